@@ -1,0 +1,220 @@
+package key
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strings"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// ID is a key's persistent identifier: 128 random bits.
+type ID [16]byte
+
+// NewID returns a fresh random id.
+func NewID() ID {
+	var id ID
+	rand.Read(id[:]) // never fails on Linux (Go 1.24+ panics rather than return an error)
+	return id
+}
+
+// String returns the id as 32 lowercase hex digits.
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// IDFromBytes converts the wire form of an id.
+func IDFromBytes(b []byte) (ID, bool) {
+	var id ID
+	if len(b) != len(id) {
+		return id, false
+	}
+	copy(id[:], b)
+	return id, true
+}
+
+// ParseID parses the 32-hex-digit form of an id.
+func ParseID(s string) (ID, error) {
+	var id ID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, errors.New("a key id is 32 hex digits")
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// Usage is a set of usage bits (the same values as wire.Usage).
+type Usage uint32
+
+const (
+	Encrypt Usage = Usage(wire.Usage_USAGE_ENCRYPT)
+	Decrypt Usage = Usage(wire.Usage_USAGE_DECRYPT)
+	Sign    Usage = Usage(wire.Usage_USAGE_SIGN)
+	Verify  Usage = Usage(wire.Usage_USAGE_VERIFY)
+	Wrap    Usage = Usage(wire.Usage_USAGE_WRAP)
+	Unwrap  Usage = Usage(wire.Usage_USAGE_UNWRAP)
+	Derive  Usage = Usage(wire.Usage_USAGE_DERIVE)
+
+	// AllUsages is every defined bit.
+	AllUsages = Encrypt | Decrypt | Sign | Verify | Wrap | Unwrap | Derive
+)
+
+var usageNames = []struct {
+	u    Usage
+	name string
+}{
+	{Encrypt, "encrypt"}, {Decrypt, "decrypt"}, {Sign, "sign"}, {Verify, "verify"},
+	{Wrap, "wrap"}, {Unwrap, "unwrap"}, {Derive, "derive"},
+}
+
+// Has reports whether every bit of x is in u.
+func (u Usage) Has(x Usage) bool { return u&x == x }
+
+// String lists the bits as comma-separated names ("" for none).
+func (u Usage) String() string {
+	var parts []string
+	for _, n := range usageNames {
+		if u&n.u != 0 {
+			parts = append(parts, n.name)
+		}
+	}
+	if rest := u &^ AllUsages; rest != 0 {
+		parts = append(parts, "unknown")
+	}
+	return strings.Join(parts, ",")
+}
+
+// Type is a key type; the wire enum is the model's enum.
+type Type = wire.KeyType
+
+// Class says what a key object holds.
+type Class = wire.KeyClass
+
+const (
+	Secret  = wire.KeyClass_KEY_CLASS_SECRET
+	Public  = wire.KeyClass_KEY_CLASS_PUBLIC
+	Private = wire.KeyClass_KEY_CLASS_PRIVATE
+)
+
+// Family groups key types that share mechanisms.
+type Family int
+
+const (
+	FamilyAES Family = iota + 1
+	FamilyHMAC
+	FamilyEd25519
+	FamilyECDSA
+	FamilyRSA
+	FamilyX25519
+	FamilyECDH
+)
+
+// Spec holds the static facts of one key type.
+type Spec struct {
+	Type   Type
+	Name   string // the CLI and documentation name, e.g. "aes256-gcm"
+	Family Family
+	// Asymmetric types have a private and a public class; the others are
+	// secret keys.
+	Asymmetric bool
+	// Strength is the security strength in bits (NIST SP 800-57), used to
+	// refuse wrapping a key under a weaker one.
+	Strength int
+	// SecretLen is the generated length of a secret key, in bytes.
+	SecretLen int
+	// Private and Public are the usages a key of this type can have at all,
+	// per class (Secret uses Private).
+	Private Usage
+	Public  Usage
+}
+
+var specs = map[Type]*Spec{
+	wire.KeyType_KEY_TYPE_AES256_GCM:  {Name: "aes256-gcm", Family: FamilyAES, Strength: 256, SecretLen: 32, Private: Encrypt | Decrypt | Wrap | Unwrap},
+	wire.KeyType_KEY_TYPE_HMAC_SHA256: {Name: "hmac-sha256", Family: FamilyHMAC, Strength: 256, SecretLen: 32, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA384: {Name: "hmac-sha384", Family: FamilyHMAC, Strength: 384, SecretLen: 48, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA512: {Name: "hmac-sha512", Family: FamilyHMAC, Strength: 512, SecretLen: 64, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_ED25519:     {Name: "ed25519", Family: FamilyEd25519, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_ECDSA_P256:  {Name: "ecdsa-p256", Family: FamilyECDSA, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_ECDSA_P384:  {Name: "ecdsa-p384", Family: FamilyECDSA, Asymmetric: true, Strength: 192, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_RSA_2048:    {Name: "rsa-2048", Family: FamilyRSA, Asymmetric: true, Strength: 112, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
+	wire.KeyType_KEY_TYPE_RSA_3072:    {Name: "rsa-3072", Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
+	wire.KeyType_KEY_TYPE_RSA_4096:    {Name: "rsa-4096", Family: FamilyRSA, Asymmetric: true, Strength: 152, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
+	wire.KeyType_KEY_TYPE_X25519:      {Name: "x25519", Family: FamilyX25519, Asymmetric: true, Strength: 128, Private: Derive},
+	wire.KeyType_KEY_TYPE_ECDH_P256:   {Name: "ecdh-p256", Family: FamilyECDH, Asymmetric: true, Strength: 128, Private: Derive},
+	wire.KeyType_KEY_TYPE_ECDH_P384:   {Name: "ecdh-p384", Family: FamilyECDH, Asymmetric: true, Strength: 192, Private: Derive},
+}
+
+func init() {
+	for t, s := range specs {
+		s.Type = t
+	}
+}
+
+// Lookup returns the spec of t, or nil for an unknown or unspecified type.
+func Lookup(t Type) *Spec { return specs[t] }
+
+// Types returns every supported type in enum order.
+func Types() []Type {
+	var ts []Type
+	for t := wire.KeyType(1); ; t++ {
+		if _, ok := wire.KeyType_name[int32(t)]; !ok {
+			return ts
+		}
+		if specs[t] != nil {
+			ts = append(ts, t)
+		}
+	}
+}
+
+// Capable returns the usages a key of this spec and class can have at all.
+func (s *Spec) Capable(c Class) Usage {
+	if c == Public {
+		return s.Public
+	}
+	return s.Private
+}
+
+// ClassOK reports whether c is a valid class for keys of this spec.
+func (s *Spec) ClassOK(c Class) bool {
+	if s.Asymmetric {
+		return c == Private || c == Public
+	}
+	return c == Secret
+}
+
+// ACLEntry grants one uid or gid some usages.
+type ACLEntry struct {
+	Group bool   // ID is a gid rather than a uid
+	ID    uint32 // uid or gid
+	Usage Usage
+}
+
+// Attrs are the mutable, sticky attributes of a key object. A value is
+// never modified once published: a change makes a new Attrs.
+type Attrs struct {
+	Usage      Usage
+	Exportable bool
+	Wrappable  bool
+	ACL        []ACLEntry
+}
+
+// MaxACLEntries bounds the ACL of one key.
+const MaxACLEntries = 64
+
+// ValidName reports whether s is a valid key name: 1-128 bytes of
+// [A-Za-z0-9._@+-], the first being a letter, digit or underscore.
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_':
+		case i > 0 && (c == '.' || c == '@' || c == '+' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,379 @@
+package seqpacket
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Socket options and control messages that golang.org/x/sys does not name
+// yet (asm-generic values, Linux 6.5+).
+const (
+	soPassPidfd = 76 // SO_PASSPIDFD
+	soPeerPidfd = 77 // SO_PEERPIDFD
+	scmPidfd    = 0x4
+)
+
+// ErrClosed is returned by operations on a closed Conn or Listener.
+var ErrClosed = errors.New("seqpacket: use of closed connection")
+
+// SendBufferBytes is the send buffer size requested on every socket. A
+// SOCK_SEQPACKET message must fit in the sender's buffer whole; Linux
+// doubles the value asked for, up to twice net.core.wmem_max.
+const SendBufferBytes = 512 << 10
+
+// Conn is one connected SOCK_SEQPACKET socket. Send and Recv may be called
+// concurrently with each other and with Close; a message is always sent
+// and received whole.
+type Conn struct {
+	fd int
+	// state holds the number of system calls in progress on fd in its low
+	// bits and closedBit once Close was called. fd is closed by whoever
+	// leaves state at exactly closedBit, so no call ever sees a reused fd.
+	state atomic.Int64
+}
+
+const closedBit = 1 << 62
+
+func newConn(fd int) *Conn { return &Conn{fd: fd} }
+
+// acquire registers a system call on fd.
+func (c *Conn) acquire() bool {
+	for {
+		s := c.state.Load()
+		if s&closedBit != 0 {
+			return false
+		}
+		if c.state.CompareAndSwap(s, s+1) {
+			return true
+		}
+	}
+}
+
+func (c *Conn) release() {
+	if c.state.Add(-1) == closedBit {
+		unix.Close(c.fd)
+	}
+}
+
+// Close shuts the socket down, which wakes any goroutine blocked on it,
+// and closes the descriptor once the last call on it has returned.
+func (c *Conn) Close() error {
+	for {
+		s := c.state.Load()
+		if s&closedBit != 0 {
+			return nil
+		}
+		if c.state.CompareAndSwap(s, s|closedBit) {
+			unix.Shutdown(c.fd, unix.SHUT_RDWR)
+			if s == 0 {
+				unix.Close(c.fd)
+			}
+			return nil
+		}
+	}
+}
+
+// Shutdown stops further sends and receives and wakes blocked callers, but
+// keeps the descriptor until Close.
+func (c *Conn) Shutdown() {
+	if c.acquire() {
+		unix.Shutdown(c.fd, unix.SHUT_RDWR)
+		c.release()
+	}
+}
+
+// ShutdownRead stops further receives and wakes a blocked receiver; sends
+// still work, so replies in progress can go out.
+func (c *Conn) ShutdownRead() {
+	if c.acquire() {
+		unix.Shutdown(c.fd, unix.SHUT_RD)
+		c.release()
+	}
+}
+
+// Send sends b as one message. It blocks while the socket's send buffer is
+// full.
+func (c *Conn) Send(b []byte) error {
+	if !c.acquire() {
+		return ErrClosed
+	}
+	defer c.release()
+	for {
+		_, err := unix.SendmsgN(c.fd, b, nil, nil, unix.MSG_NOSIGNAL)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return opError("send", err)
+		}
+		return nil
+	}
+}
+
+// Recv receives one message into buf. n is the message's real length: if
+// it exceeds len(buf) the message was truncated and its tail is lost.
+// When the peer has closed the connection Recv returns ErrPeerClosed; when
+// the timeout set with SetRecvTimeout elapses, ErrTimeout.
+func (c *Conn) Recv(buf []byte) (n int, err error) {
+	if !c.acquire() {
+		return 0, ErrClosed
+	}
+	defer c.release()
+	for {
+		n, _, flags, _, err := unix.Recvmsg(c.fd, buf, nil, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, ErrTimeout
+		case err != nil:
+			return 0, opError("recv", err)
+		case n == 0 && flags&unix.MSG_TRUNC == 0:
+			return 0, ErrPeerClosed
+		}
+		return n, nil
+	}
+}
+
+// Cred is the identity the kernel attached to one received message.
+type Cred struct {
+	PID int32
+	UID uint32
+	GID uint32
+	// Pidfd refers to the sending process (SCM_PIDFD, Linux 6.5+), or is -1.
+	// The receiver owns it and must close it.
+	Pidfd int
+}
+
+// Message is one message received with RecvMsg.
+type Message struct {
+	// N is the message's length; larger than the buffer means truncated.
+	N int
+	// Cred is valid when HasCred is set: the socket has SO_PASSCRED and the
+	// kernel attached SCM_CREDENTIALS.
+	Cred    Cred
+	HasCred bool
+}
+
+// ErrPeerClosed is returned by Recv when the peer has closed the
+// connection (or Shutdown was called).
+var ErrPeerClosed = errors.New("seqpacket: connection closed by peer")
+
+// ErrTimeout is returned by Recv when the receive timeout elapsed.
+var ErrTimeout = errors.New("seqpacket: receive timeout")
+
+// OOBSize is the control buffer size RecvMsg needs: credentials, a pidfd,
+// and room for a few unwanted descriptors, which are closed.
+const OOBSize = 256
+
+// RecvMsg receives one message with its credentials. oob must have at
+// least OOBSize bytes. Descriptors a peer passes with SCM_RIGHTS are closed
+// at once: the daemon never accepts descriptors from clients.
+func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
+	if !c.acquire() {
+		return Message{}, ErrClosed
+	}
+	defer c.release()
+	for {
+		n, oobn, flags, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return Message{}, ErrTimeout
+		case err != nil:
+			return Message{}, opError("recv", err)
+		}
+		m := Message{N: n, Cred: Cred{Pidfd: -1}}
+		parseControl(oob[:oobn], &m)
+		if n == 0 && flags&unix.MSG_TRUNC == 0 && oobn == 0 {
+			return Message{}, ErrPeerClosed
+		}
+		return m, nil
+	}
+}
+
+// parseControl reads SCM_CREDENTIALS and SCM_PIDFD from b without
+// allocating, and closes any other descriptors it finds.
+func parseControl(b []byte, m *Message) {
+	const hdr = unix.SizeofCmsghdr
+	for len(b) >= hdr {
+		l := int(binary.NativeEndian.Uint64(b[0:8]))
+		level := int32(binary.NativeEndian.Uint32(b[8:12]))
+		typ := int32(binary.NativeEndian.Uint32(b[12:16]))
+		if l < hdr || l > len(b) {
+			return
+		}
+		data := b[hdr:l]
+		if level == unix.SOL_SOCKET {
+			switch typ {
+			case unix.SCM_CREDENTIALS:
+				if len(data) >= 12 {
+					m.Cred.PID = int32(binary.NativeEndian.Uint32(data[0:4]))
+					m.Cred.UID = binary.NativeEndian.Uint32(data[4:8])
+					m.Cred.GID = binary.NativeEndian.Uint32(data[8:12])
+					m.HasCred = true
+				}
+			case scmPidfd:
+				if len(data) >= 4 {
+					fd := int(int32(binary.NativeEndian.Uint32(data[0:4])))
+					if m.Cred.Pidfd >= 0 {
+						unix.Close(m.Cred.Pidfd)
+					}
+					m.Cred.Pidfd = fd
+				}
+			case unix.SCM_RIGHTS:
+				for i := 0; i+4 <= len(data); i += 4 {
+					unix.Close(int(int32(binary.NativeEndian.Uint32(data[i : i+4]))))
+				}
+			}
+		}
+		next := (l + 7) &^ 7 // CMSG_ALIGN on 64-bit
+		if next > len(b) {
+			return
+		}
+		b = b[next:]
+	}
+}
+
+// EnableCredentials sets SO_PASSCRED, so every message received carries
+// the sender's pid, uid and gid as the kernel sees them when it is sent,
+// and, where the kernel offers it, SO_PASSPIDFD, so it also carries a
+// pidfd for the sender. It reports whether pidfds are on.
+func (c *Conn) EnableCredentials() (pidfd bool, err error) {
+	if !c.acquire() {
+		return false, ErrClosed
+	}
+	defer c.release()
+	if err := unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return false, opError("setsockopt SO_PASSCRED", err)
+	}
+	return unix.SetsockoptInt(c.fd, unix.SOL_SOCKET, soPassPidfd, 1) == nil, nil
+}
+
+// PeerCred returns the identity of the process that connected (SO_PEERCRED)
+// and, where the kernel offers it, a pidfd for it (SO_PEERPIDFD), else -1.
+// The caller owns the pidfd.
+func (c *Conn) PeerCred() (Cred, error) {
+	if !c.acquire() {
+		return Cred{}, ErrClosed
+	}
+	defer c.release()
+	uc, err := unix.GetsockoptUcred(c.fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return Cred{}, opError("getsockopt SO_PEERCRED", err)
+	}
+	cr := Cred{PID: uc.Pid, UID: uc.Uid, GID: uc.Gid, Pidfd: -1}
+	if fd, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, soPeerPidfd); err == nil {
+		cr.Pidfd = fd
+	}
+	return cr, nil
+}
+
+// SetRecvTimeout bounds how long Recv blocks (SO_RCVTIMEO); 0 means
+// forever.
+func (c *Conn) SetRecvTimeout(d time.Duration) error {
+	if !c.acquire() {
+		return ErrClosed
+	}
+	defer c.release()
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	return opError("setsockopt SO_RCVTIMEO", unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv))
+}
+
+func setBuffers(fd int) {
+	// Best effort: the kernel caps the value at net.core.wmem_max/rmem_max.
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, SendBufferBytes)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, SendBufferBytes)
+}
+
+// MaxMessage reports the largest message this socket can send, which the
+// kernel bounds by the send buffer.
+func (c *Conn) MaxMessage() int {
+	if !c.acquire() {
+		return 0
+	}
+	defer c.release()
+	n, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return 0
+	}
+	return n - 32 // the kernel keeps 32 bytes of the buffer for itself
+}
+
+// Dial connects to the SOCK_SEQPACKET socket at path. It retries while the
+// daemon's accept queue is full, until ctx is done.
+func Dial(ctx context.Context, path string) (*Conn, error) {
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("socket path too long (%d bytes, at most %d)", len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, opError("socket", err)
+	}
+	setBuffers(fd)
+	delay := 100 * time.Microsecond
+	for {
+		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+		if err != unix.EAGAIN && err != unix.EINTR {
+			break
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			unix.Close(fd)
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &DialError{Path: path, Err: err}
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, opError("fcntl", err)
+	}
+	return newConn(fd), nil
+}
+
+// DialError reports a failed connect.
+type DialError struct {
+	Path string
+	Err  error
+}
+
+func (e *DialError) Error() string {
+	switch e.Err {
+	case unix.ENOENT:
+		return fmt.Sprintf("no keywarden daemon at %s (socket does not exist)", e.Path)
+	case unix.ECONNREFUSED:
+		return fmt.Sprintf("no keywarden daemon at %s (connection refused)", e.Path)
+	case unix.EACCES:
+		return fmt.Sprintf("permission denied connecting to %s", e.Path)
+	case unix.EPROTOTYPE:
+		return fmt.Sprintf("%s is not a keywarden socket (wrong socket type)", e.Path)
+	}
+	return fmt.Sprintf("connect %s: %v", e.Path, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+func opError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errno, ok := err.(syscall.Errno); ok && (errno == unix.EPIPE || errno == unix.ECONNRESET) {
+		return ErrPeerClosed
+	}
+	return fmt.Errorf("seqpacket: %s: %w", op, err)
+}

@@ -1,0 +1,13 @@
+// Package seqpacket is keywarden's transport: Unix SOCK_SEQPACKET sockets
+// driven with blocking system calls, one message per send or receive.
+//
+// It deliberately bypasses Go's network poller. A goroutine blocked in
+// recvmsg is woken by the kernel directly when the peer sends, on the CPU
+// the kernel chooses, instead of through epoll, the poller thread and the
+// scheduler; on small virtual machines that hop costs more than the whole
+// round trip. The price is one OS thread per blocked receiver, which the
+// daemon bounds with its connection limit.
+//
+// The package is shared by the client library and the daemon. It carries
+// bytes and the kernel's credentials; it knows nothing of keys or policy.
+package seqpacket

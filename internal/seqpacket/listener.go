@@ -1,0 +1,157 @@
+package seqpacket
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Listener is a listening SOCK_SEQPACKET socket bound to a path. It holds
+// an exclusive lock on path+".lock" for its lifetime, so two daemons can
+// never serve the same socket path.
+type Listener struct {
+	path   string
+	fd     int
+	lockFD int
+	closed atomic.Bool
+	conn   *Conn // refcounting for fd, shared with Accept
+}
+
+// ErrInUse is returned by Listen when another live process serves the
+// path.
+var ErrInUse = errors.New("another keywarden daemon is serving this socket")
+
+// Listen binds a SOCK_SEQPACKET socket at path with the given permission
+// bits. If a socket file is already there, Listen connects to it: a live
+// server means ErrInUse; a dead one (a stale file left by a crash) is
+// removed. A path that exists but is not a socket is never removed.
+// SO_PASSCRED is set on the listening socket, so accepted connections
+// carry credentials from their very first message.
+func Listen(path string, mode fs.FileMode) (*Listener, error) {
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("socket path too long (%d bytes, at most %d)", len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+	}
+	lockFD, err := unix.Open(path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file %s.lock: %w", path, err)
+	}
+	if err := unix.Flock(lockFD, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(lockFD)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("%s: %w", path, ErrInUse)
+		}
+		return nil, fmt.Errorf("lock %s.lock: %w", path, err)
+	}
+	fail := func(err error) (*Listener, error) {
+		unix.Close(lockFD)
+		return nil, err
+	}
+	if err := removeStale(path); err != nil {
+		return fail(err)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fail(opError("socket", err))
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		unix.Close(fd)
+		return fail(opError("setsockopt SO_PASSCRED", err))
+	}
+	// Bind with a umask that leaves the socket inaccessible until chmod sets
+	// the mode we want, so there is no window with wider permissions.
+	old := unix.Umask(0o777)
+	err = unix.Bind(fd, &unix.SockaddrUnix{Name: path})
+	unix.Umask(old)
+	if err != nil {
+		unix.Close(fd)
+		return fail(fmt.Errorf("bind %s: %w", path, err))
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return fail(err)
+	}
+	if err := unix.Listen(fd, 128); err != nil {
+		unix.Close(fd)
+		os.Remove(path)
+		return fail(opError("listen", err))
+	}
+	return &Listener{path: path, fd: fd, lockFD: lockFD, conn: newConn(fd)}, nil
+}
+
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return opError("socket", err)
+	}
+	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
+	unix.Close(fd)
+	switch err {
+	case nil, unix.EAGAIN:
+		return fmt.Errorf("%s: %w", path, ErrInUse)
+	case unix.ECONNREFUSED, unix.EPROTOTYPE:
+		// Nobody listens: a stale socket from a process that died.
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("probe existing socket %s: %w", path, err)
+}
+
+// Path returns the socket path.
+func (l *Listener) Path() string { return l.path }
+
+// Accept waits for a connection. After Close it returns ErrClosed.
+func (l *Listener) Accept() (*Conn, error) {
+	if !l.conn.acquire() {
+		return nil, ErrClosed
+	}
+	defer l.conn.release()
+	for {
+		nfd, _, err := unix.Accept4(l.fd, unix.SOCK_CLOEXEC)
+		if err == unix.EINTR || err == unix.ECONNABORTED {
+			continue
+		}
+		if err != nil {
+			if l.closed.Load() {
+				return nil, ErrClosed
+			}
+			return nil, opError("accept", err)
+		}
+		if l.closed.Load() {
+			unix.Close(nfd)
+			return nil, ErrClosed
+		}
+		setBuffers(nfd)
+		return newConn(nfd), nil
+	}
+}
+
+// Close stops Accept, removes the socket file and releases the lock. The
+// lock file itself stays: removing it would let two later daemons lock two
+// different files of the same name.
+func (l *Listener) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	// Remove the name first, so no new client connects to a dying daemon.
+	err := os.Remove(l.path)
+	l.conn.Close() // shutdown wakes a blocked accept
+	unix.Close(l.lockFD)
+	return err
+}
