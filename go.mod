@@ -3,7 +3,11 @@ module github.com/keywarden/keywarden
 go 1.26.0
 
 require (
-	golang.org/x/crypto v0.58.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
+	github.com/planetscale/vtprotobuf v0.6.0
+	github.com/rogpeppe/go-internal v1.16.0
+	golang.org/x/crypto v0.58.0
+	golang.org/x/sys v0.49.0
+	google.golang.org/protobuf v1.36.12
 )
+
+require golang.org/x/tools v0.26.0 // indirect

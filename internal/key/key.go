@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/keywarden/keywarden/internal/wire"
@@ -117,8 +118,10 @@ type Spec struct {
 	// Asymmetric types have a private and a public class; the others are
 	// secret keys.
 	Asymmetric bool
-	// Strength is the security strength in bits (NIST SP 800-57), used to
-	// refuse wrapping a key under a weaker one.
+	// Strength is the security strength in bits (NIST SP 800-57 part 1,
+	// table 2; HMAC capped at 256), used to refuse wrapping a key under a
+	// weaker one. An imported secret key shorter than SecretLen is weaker:
+	// its strength is at most 8 times its length.
 	Strength int
 	// SecretLen is the generated length of a secret key, in bytes.
 	SecretLen int
@@ -131,14 +134,14 @@ type Spec struct {
 var specs = map[Type]*Spec{
 	wire.KeyType_KEY_TYPE_AES256_GCM:  {Name: "aes256-gcm", Family: FamilyAES, Strength: 256, SecretLen: 32, Private: Encrypt | Decrypt | Wrap | Unwrap},
 	wire.KeyType_KEY_TYPE_HMAC_SHA256: {Name: "hmac-sha256", Family: FamilyHMAC, Strength: 256, SecretLen: 32, Private: Sign | Verify | Derive},
-	wire.KeyType_KEY_TYPE_HMAC_SHA384: {Name: "hmac-sha384", Family: FamilyHMAC, Strength: 384, SecretLen: 48, Private: Sign | Verify | Derive},
-	wire.KeyType_KEY_TYPE_HMAC_SHA512: {Name: "hmac-sha512", Family: FamilyHMAC, Strength: 512, SecretLen: 64, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA384: {Name: "hmac-sha384", Family: FamilyHMAC, Strength: 256, SecretLen: 48, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA512: {Name: "hmac-sha512", Family: FamilyHMAC, Strength: 256, SecretLen: 64, Private: Sign | Verify | Derive},
 	wire.KeyType_KEY_TYPE_ED25519:     {Name: "ed25519", Family: FamilyEd25519, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
 	wire.KeyType_KEY_TYPE_ECDSA_P256:  {Name: "ecdsa-p256", Family: FamilyECDSA, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
 	wire.KeyType_KEY_TYPE_ECDSA_P384:  {Name: "ecdsa-p384", Family: FamilyECDSA, Asymmetric: true, Strength: 192, Private: Sign | Verify, Public: Verify},
 	wire.KeyType_KEY_TYPE_RSA_2048:    {Name: "rsa-2048", Family: FamilyRSA, Asymmetric: true, Strength: 112, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
 	wire.KeyType_KEY_TYPE_RSA_3072:    {Name: "rsa-3072", Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
-	wire.KeyType_KEY_TYPE_RSA_4096:    {Name: "rsa-4096", Family: FamilyRSA, Asymmetric: true, Strength: 152, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
+	wire.KeyType_KEY_TYPE_RSA_4096:    {Name: "rsa-4096", Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt, Public: Verify | Encrypt},
 	wire.KeyType_KEY_TYPE_X25519:      {Name: "x25519", Family: FamilyX25519, Asymmetric: true, Strength: 128, Private: Derive},
 	wire.KeyType_KEY_TYPE_ECDH_P256:   {Name: "ecdh-p256", Family: FamilyECDH, Asymmetric: true, Strength: 128, Private: Derive},
 	wire.KeyType_KEY_TYPE_ECDH_P384:   {Name: "ecdh-p384", Family: FamilyECDH, Asymmetric: true, Strength: 192, Private: Derive},
@@ -155,15 +158,12 @@ func Lookup(t Type) *Spec { return specs[t] }
 
 // Types returns every supported type in enum order.
 func Types() []Type {
-	var ts []Type
-	for t := wire.KeyType(1); ; t++ {
-		if _, ok := wire.KeyType_name[int32(t)]; !ok {
-			return ts
-		}
-		if specs[t] != nil {
-			ts = append(ts, t)
-		}
+	ts := make([]Type, 0, len(specs))
+	for t := range specs {
+		ts = append(ts, t)
 	}
+	slices.Sort(ts)
+	return ts
 }
 
 // Capable returns the usages a key of this spec and class can have at all.

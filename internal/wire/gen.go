@@ -1,6 +1,8 @@
 package wire
 
-// Regenerate keywarden.pb.go after editing keywarden.proto (needs protoc and
-// protoc-gen-go at the version pinned in go.mod):
+// Regenerate keywarden.pb.go and keywarden_vtproto.pb.go after editing
+// keywarden.proto. It needs protoc, and protoc-gen-go and
+// protoc-gen-go-vtproto at the versions pinned in go.mod ("make proto"
+// installs them).
 //
-//go:generate protoc --go_out=. --go_opt=paths=source_relative keywarden.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-vtproto_out=. --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size keywarden.proto

@@ -1162,11 +1162,15 @@ type Result struct {
 	Status Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=keywarden.v1.Status" json:"status,omitempty"`
 	// A short reason when status is not OK. Never contains secrets.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The bytes an operation produces: ciphertext, plaintext, signature,
+	// tag, digest, exported key, public key, or the Ping payload. (A plain
+	// field rather than a member of value: it is the data path's result, and
+	// decoding it then costs no extra allocation.)
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
 	// Types that are valid to be assigned to Value:
 	//
 	//	*Result_Key
 	//	*Result_Info
-	//	*Result_Data
 	//	*Result_List
 	//	*Result_Server
 	//	*Result_Session
@@ -1219,6 +1223,13 @@ func (x *Result) GetMessage() string {
 	return ""
 }
 
+func (x *Result) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 func (x *Result) GetValue() isResult_Value {
 	if x != nil {
 		return x.Value
@@ -1239,15 +1250,6 @@ func (x *Result) GetInfo() *KeyInfo {
 	if x != nil {
 		if x, ok := x.Value.(*Result_Info); ok {
 			return x.Info
-		}
-	}
-	return nil
-}
-
-func (x *Result) GetData() []byte {
-	if x != nil {
-		if x, ok := x.Value.(*Result_Data); ok {
-			return x.Data
 		}
 	}
 	return nil
@@ -1292,12 +1294,6 @@ type Result_Info struct {
 	Info *KeyInfo `protobuf:"bytes,11,opt,name=info,proto3,oneof"`
 }
 
-type Result_Data struct {
-	// Ciphertext, plaintext, signature, tag, digest, exported key bytes,
-	// public key, or the Ping payload.
-	Data []byte `protobuf:"bytes,12,opt,name=data,proto3,oneof"`
-}
-
 type Result_List struct {
 	List *ListResult `protobuf:"bytes,13,opt,name=list,proto3,oneof"`
 }
@@ -1313,8 +1309,6 @@ type Result_Session struct {
 func (*Result_Key) isResult_Value() {}
 
 func (*Result_Info) isResult_Value() {}
-
-func (*Result_Data) isResult_Value() {}
 
 func (*Result_List) isResult_Value() {}
 
@@ -2907,7 +2901,8 @@ type Sign struct {
 	Prehashed bool   `protobuf:"varint,3,opt,name=prehashed,proto3" json:"prehashed,omitempty"`
 	// Hash for ECDSA and RSA (default: SHA-256 for P-256 and RSA, SHA-384
 	// for P-384). For Ed25519: unset means pure Ed25519 over data; SHA-512
-	// with prehashed set means Ed25519ph over the given digest.
+	// means Ed25519ph, over the given 64-byte digest when prehashed is set,
+	// else over data, which the daemon hashes.
 	Hash          HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
 	Padding       Padding `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3236,7 +3231,8 @@ type Derive struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
 	// The peer's public key: SPKI (DER or PEM), or raw (32 bytes for X25519,
-	// an uncompressed point for P-256/P-384). Empty for HMAC parents.
+	// an uncompressed or compressed SEC 1 point for P-256/P-384). Empty for
+	// HMAC parents.
 	PeerPublicKey []byte `protobuf:"bytes,2,opt,name=peer_public_key,json=peerPublicKey,proto3" json:"peer_public_key,omitempty"`
 	// HKDF hash; default SHA-256, or the HMAC key's own hash.
 	Hash HashAlg `protobuf:"varint,3,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
@@ -3585,18 +3581,18 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0esession_update\x18\x17 \x01(\v2\x1b.keywarden.v1.SessionUpdateH\x00R\rsessionUpdate\x12A\n" +
 	"\rsession_final\x18\x18 \x01(\v2\x1a.keywarden.v1.SessionFinalH\x00R\fsessionFinal\x12A\n" +
 	"\rsession_abort\x18\x19 \x01(\v2\x1a.keywarden.v1.SessionAbortH\x00R\fsessionAbortB\x04\n" +
-	"\x02op\"\xe8\x02\n" +
+	"\x02op\"\xec\x02\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\x12+\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12+\n" +
 	"\x03key\x18\n" +
 	" \x01(\v2\x17.keywarden.v1.KeyResultH\x00R\x03key\x12+\n" +
-	"\x04info\x18\v \x01(\v2\x15.keywarden.v1.KeyInfoH\x00R\x04info\x12\x14\n" +
-	"\x04data\x18\f \x01(\fH\x00R\x04data\x12.\n" +
+	"\x04info\x18\v \x01(\v2\x15.keywarden.v1.KeyInfoH\x00R\x04info\x12.\n" +
 	"\x04list\x18\r \x01(\v2\x18.keywarden.v1.ListResultH\x00R\x04list\x124\n" +
 	"\x06server\x18\x0e \x01(\v2\x1a.keywarden.v1.StatusResultH\x00R\x06server\x127\n" +
 	"\asession\x18\x0f \x01(\v2\x1b.keywarden.v1.SessionResultH\x00R\asessionB\a\n" +
-	"\x05value\"U\n" +
+	"\x05valueJ\x04\b\f\x10\r\"U\n" +
 	"\bAclEntry\x12\x12\n" +
 	"\x03uid\x18\x01 \x01(\rH\x00R\x03uid\x12\x12\n" +
 	"\x03gid\x18\x02 \x01(\rH\x00R\x03gid\x12\x14\n" +
@@ -4006,7 +4002,6 @@ func file_keywarden_proto_init() {
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
 		(*Result_Info)(nil),
-		(*Result_Data)(nil),
 		(*Result_List)(nil),
 		(*Result_Server)(nil),
 		(*Result_Session)(nil),
