@@ -1,0 +1,178 @@
+package mech
+
+import (
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/hkdf"
+	"encoding/pem"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+func errPeer() error      { return invalid("invalid peer public key") }
+func errPeerCurve() error { return invalid("peer key is not on the key's curve") }
+
+// Derive makes a new secret key of type out (AES or HMAC, out.SecretLen
+// bytes) with HKDF (RFC 5869) under hash h, salt and info.
+//
+// With an X25519 or ECDH private key the HKDF input is the shared secret
+// with peer, a public key on the same curve given as SPKI DER, SPKI PEM,
+// or raw (32 bytes for X25519; a SEC 1 uncompressed or compressed point
+// for P-256/P-384); h defaults to SHA-256. A shared secret of zero (a
+// low-order X25519 peer point) is refused. With an HMAC key the input is
+// the key itself, peer must be empty, and h defaults to the key's hash.
+//
+// The shared secret is wiped after use. The new key's bytes leave this
+// package only through its Export.
+func (k *Key) Derive(peer []byte, h wire.HashAlg, salt, info []byte, out *key.Spec) (*Key, error) {
+	if err := k.live(); err != nil {
+		return nil, err
+	}
+	switch k.spec.Family {
+	case key.FamilyX25519, key.FamilyECDH:
+		if k.dhPriv == nil {
+			return nil, errNeedPrivate()
+		}
+	case key.FamilyHMAC:
+		if len(peer) != 0 {
+			return nil, invalid("HMAC derivation takes no peer key")
+		}
+		if h == wire.HashAlg_HASH_ALG_UNSPECIFIED {
+			h = k.macAlg
+		}
+	default:
+		return nil, errUnsupported()
+	}
+	out, err := lookupSpec(out)
+	if err != nil {
+		return nil, err
+	}
+	if out.Asymmetric || out.SecretLen <= 0 {
+		return nil, invalid("derived key type must be a secret key type")
+	}
+	if h == wire.HashAlg_HASH_ALG_UNSPECIFIED {
+		h = wire.HashAlg_HASH_ALG_SHA256
+	}
+	hf := hashFunc(h)
+	if hf == nil {
+		return nil, errUnknownHash()
+	}
+
+	ikm := k.secret
+	if k.spec.Family != key.FamilyHMAC {
+		shared, err := k.agree(peer)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(shared)
+		ikm = shared
+	}
+	okm, err := hkdf.Key(hf, ikm, salt, string(info), out.SecretLen)
+	if err != nil {
+		return nil, internal("key derivation failed")
+	}
+	return newSecretKey(out, okm)
+}
+
+// agree returns the raw shared secret of k's private key with peer. The
+// caller must wipe it.
+func (k *Key) agree(peer []byte) ([]byte, error) {
+	pub, err := k.parsePeer(peer)
+	if err != nil {
+		return nil, err
+	}
+	// crypto/ecdh refuses the identity point and all-zero X25519 outputs.
+	shared, err := k.dhPriv.ECDH(pub)
+	if err != nil {
+		return nil, errPeer()
+	}
+	return shared, nil
+}
+
+// parsePeer decodes a peer public key for k's curve.
+func (k *Key) parsePeer(peer []byte) (*ecdh.PublicKey, error) {
+	curve := k.dhPriv.Curve()
+	switch {
+	case isPEM(peer):
+		block, rest := pem.Decode(peer)
+		if block == nil || block.Type != pemPublic || len(block.Headers) != 0 || !isBlank(rest) {
+			return nil, errPeer()
+		}
+		return k.peerFromSPKI(block.Bytes)
+	case len(peer) == 0:
+		return nil, errPeer()
+	case curve == ecdh.X25519() && len(peer) == 32:
+		pub, err := curve.NewPublicKey(peer)
+		if err != nil {
+			return nil, errPeer()
+		}
+		return pub, nil
+	case peer[0] == 0x30: // an ASN.1 SEQUENCE: SPKI DER
+		return k.peerFromSPKI(peer)
+	case curve != ecdh.X25519() && (peer[0] == 2 || peer[0] == 3):
+		return k.decompress(peer)
+	}
+	pub, err := curve.NewPublicKey(peer)
+	if err != nil {
+		return nil, errPeer()
+	}
+	return pub, nil
+}
+
+func (k *Key) peerFromSPKI(der []byte) (*ecdh.PublicKey, error) {
+	pub, err := parseSPKI(der)
+	if err != nil {
+		return nil, errPeer()
+	}
+	switch p := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.spec.Family != key.FamilyECDH || p.Curve != ecdsaCurve(k.spec) {
+			return nil, errPeerCurve()
+		}
+		dh, err := p.ECDH()
+		if err != nil {
+			return nil, errPeer()
+		}
+		return dh, nil
+	case *ecdh.PublicKey:
+		if p.Curve() != k.dhPriv.Curve() {
+			return nil, errPeerCurve()
+		}
+		return p, nil
+	}
+	return nil, errPeerCurve()
+}
+
+// decompress turns a SEC 1 compressed P-256/P-384 point into a public key.
+func (k *Key) decompress(peer []byte) (*ecdh.PublicKey, error) {
+	c := ecdsaCurve(k.spec)
+	if c == nil {
+		return nil, errPeer()
+	}
+	x, y := elliptic.UnmarshalCompressed(c, peer)
+	if x == nil {
+		return nil, errPeer()
+	}
+	n := (c.Params().BitSize + 7) / 8
+	raw := make([]byte, 1+2*n)
+	raw[0] = 4
+	x.FillBytes(raw[1 : 1+n])
+	y.FillBytes(raw[1+n:])
+	pub, err := k.dhPriv.Curve().NewPublicKey(raw)
+	if err != nil {
+		return nil, errPeer()
+	}
+	return pub, nil
+}
+
+// isBlank reports whether b is only white space.
+func isBlank(b []byte) bool {
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return false
+		}
+	}
+	return true
+}

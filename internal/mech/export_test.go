@@ -1,0 +1,5 @@
+package mech
+
+// secretBytes exposes the canonical secret slice to tests, so that they
+// can check Destroy wipes it in place.
+func (k *Key) secretBytes() []byte { return k.secret }
