@@ -377,3 +377,15 @@ func opError(op string, err error) error {
 	}
 	return fmt.Errorf("seqpacket: %s: %w", op, err)
 }
+
+// Pair returns two connected sockets, as socketpair(2) makes them: for
+// tests and for serving a connection inherited from another process.
+func Pair() (*Conn, *Conn, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, opError("socketpair", err)
+	}
+	setBuffers(fds[0])
+	setBuffers(fds[1])
+	return newConn(fds[0]), newConn(fds[1]), nil
+}

@@ -1,0 +1,352 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Identity is who sent one message, as the kernel attested it when the
+// message was sent (SCM_CREDENTIALS), not when the connection was made:
+// a socket passed to another process speaks for that process.
+type Identity struct {
+	PID int32
+	UID uint32
+	GID uint32
+	// Pidfd refers to the sending process (SCM_PIDFD), or is -1 where the
+	// kernel does not provide one. Valid only while the request is handled.
+	Pidfd int
+}
+
+func (id Identity) caller() policy.Caller { return policy.Caller{UID: id.UID, GID: id.GID} }
+
+// conn is the state of one client connection.
+type conn struct {
+	s     *Server
+	c     *seqpacket.Conn
+	id    uint64
+	log   *slog.Logger
+	pidfd bool // messages carry SCM_PIDFD
+
+	inFlight atomic.Int32   // requests executing, inline or concurrently
+	async    sync.WaitGroup // requests running concurrently
+
+	// mu guards the per-connection tables. It is held only to look up or
+	// change them, never across crypto or I/O.
+	mu          sync.Mutex
+	handles     map[uint32]*keystore.Object
+	nextHandle  uint32
+	sessions    map[uint32]*session
+	nextSession uint32
+	closed      bool
+
+	// Used only by the serving goroutine.
+	buf   []byte
+	oob   []byte
+	out   []byte
+	arena arena
+}
+
+func newConn(s *Server, c *seqpacket.Conn) *conn {
+	cn := &conn{
+		s:        s,
+		c:        c,
+		id:       s.nextConn.Add(1),
+		handles:  make(map[uint32]*keystore.Object),
+		sessions: make(map[uint32]*session),
+		buf:      make([]byte, s.limits.MaxMessageBytes+1),
+		oob:      make([]byte, seqpacket.OOBSize),
+	}
+	cn.log = s.log.With("conn", cn.id)
+	return cn
+}
+
+// stopReading makes the serving goroutine's receive return, so it stops
+// taking requests; replies in progress can still be sent.
+func (cn *conn) stopReading() { cn.c.ShutdownRead() }
+
+func (cn *conn) serve() {
+	defer cn.cleanup()
+	pidfd, err := cn.c.EnableCredentials()
+	if err != nil {
+		cn.log.Error("cannot enable credentials; dropping connection", "err", err)
+		return
+	}
+	cn.pidfd = pidfd
+	if peer, err := cn.c.PeerCred(); err == nil {
+		cn.log.Debug("connected", "pid", peer.PID, "uid", peer.UID, "gid", peer.GID, "pidfd", pidfd)
+		if peer.Pidfd >= 0 {
+			unix.Close(peer.Pidfd)
+		}
+	}
+	for {
+		m, err := cn.c.RecvMsg(cn.buf, cn.oob)
+		if err != nil {
+			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
+				cn.log.Warn("receive failed; dropping connection", "err", err)
+			}
+			return
+		}
+		cn.handleMessage(m)
+	}
+}
+
+// handleMessage answers one received message. It owns m's pidfd.
+func (cn *conn) handleMessage(m seqpacket.Message) {
+	id := Identity{PID: m.Cred.PID, UID: m.Cred.UID, GID: m.Cred.GID, Pidfd: m.Cred.Pidfd}
+	closePidfd := true
+	defer func() {
+		if closePidfd && id.Pidfd >= 0 {
+			unix.Close(id.Pidfd)
+		}
+	}()
+	max := cn.s.limits.MaxMessageBytes
+	if !m.HasCred {
+		// Cannot happen with SO_PASSCRED set; refuse rather than guess.
+		cn.refuse(peekRequestID(cn.buf[:min(m.N, len(cn.buf))]), wire.Status_STATUS_PERMISSION_DENIED,
+			"the message carried no credentials", "no SCM_CREDENTIALS")
+		return
+	}
+	if m.N > max {
+		cn.refuse(peekRequestID(cn.buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", m.N, max), "")
+		return
+	}
+	raw := cn.buf[:m.N]
+	req := new(wire.Request)
+	if err := req.UnmarshalVT(raw); err != nil {
+		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
+		return
+	}
+	switch {
+	case req.Version != wire.ProtocolVersion:
+		cn.refuse(req.Id, wire.Status_STATUS_UNIMPLEMENTED,
+			fmt.Sprintf("unsupported protocol version %d (this daemon speaks %d)", req.Version, wire.ProtocolVersion), "")
+		return
+	case len(req.Ops) == 0:
+		cn.refuse(req.Id, wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation", "")
+		return
+	case len(req.Ops) > cn.s.limits.MaxBatchOps:
+		cn.refuse(req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			fmt.Sprintf("%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps), "")
+		return
+	}
+	// Every request counts as in flight while it executes; one that would
+	// exceed the limit is refused at once.
+	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
+		cn.inFlight.Add(-1)
+		cn.refuse(req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			fmt.Sprintf("too many requests in flight (limit %d)", cn.s.limits.MaxInFlight), "")
+		return
+	}
+	if !isHeavy(req) {
+		cn.arena.reset()
+		rep := cn.execute(req, id, &cn.arena)
+		cn.out = cn.send(cn.out, rep)
+		cn.arena.wipe()
+		cn.inFlight.Add(-1)
+		return
+	}
+	// A slow request runs concurrently so that the connection keeps serving.
+	closePidfd = false
+	cn.async.Add(1)
+	go func() {
+		defer cn.async.Done()
+		defer cn.inFlight.Add(-1)
+		defer func() {
+			if id.Pidfd >= 0 {
+				unix.Close(id.Pidfd)
+			}
+		}()
+		if h := cn.s.cfg.heavyHook; h != nil {
+			h()
+		}
+		var a arena
+		cn.send(nil, cn.execute(req, id, &a)) // decoding copied every field out of cn.buf
+		a.wipe()
+	}()
+}
+
+// refuse answers a whole request with an error status.
+func (cn *conn) refuse(reqID uint64, st wire.Status, public, detail string) {
+	cn.log.Info("request refused", "request", reqID, "status", st.String(), "reason", public, "detail", detail)
+	cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID, Status: st, Message: public})
+}
+
+// send marshals rep into buf (reused when large enough) and sends it. A
+// reply that would exceed the message limit is replaced by an error.
+func (cn *conn) send(buf []byte, rep *wire.Reply) []byte {
+	b, err := marshal(buf, rep)
+	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
+		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
+	}
+	if err != nil {
+		cn.log.Error("cannot encode reply", "request", rep.Id, "err", err)
+		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
+			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
+	}
+	if err := cn.c.Send(b); err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
+		cn.log.Warn("send failed", "request", rep.Id, "err", err)
+	}
+	if cap(b) > 4*cn.s.limits.MaxMessageBytes {
+		return nil
+	}
+	return b[:0]
+}
+
+func marshal(buf []byte, rep *wire.Reply) ([]byte, error) {
+	return wire.AppendMarshal(buf, rep)
+}
+
+// peekRequestID finds the id field of a request that could not be decoded
+// whole (malformed or truncated), so the error reply can still be matched
+// to it. It returns 0 if there is none.
+func peekRequestID(b []byte) uint64 {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0
+		}
+		b = b[n:]
+		if num == 2 && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return 0
+			}
+			return v
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return 0
+		}
+		b = b[n:]
+	}
+	return 0
+}
+
+// execute runs every operation of req and builds the reply. It never
+// panics: a panic in an operation becomes STATUS_INTERNAL for that
+// operation, logged without its arguments. Outputs are carved from a, so
+// the reply must be sent before a is reused.
+func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
+	n := len(req.Ops)
+	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
+	// One allocation for all results rather than one per operation.
+	results := make([]wire.Result, n)
+	budget := cn.s.limits.MaxMessageBytes - wire.MessageOverhead
+	size := 0
+	for i, op := range req.Ops {
+		var res *wire.Result
+		if size+opReplyBound(op) > budget {
+			res = &results[i]
+			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
+			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
+		} else {
+			res = cn.safeDispatch(op, id, req.Id, a, &results[i])
+		}
+		rep.Results[i] = res
+		size += res.SizeVT() + 8
+	}
+	return rep
+}
+
+// opReplyBound is an upper bound of the size of an operation's result.
+func opReplyBound(op *wire.Op) int {
+	const fixed = 4 << 10 // key info with an RSA-4096 public key, signatures, exports
+	switch o := op.Op.(type) {
+	case *wire.Op_Ping:
+		return fixed + len(o.Ping.Payload)
+	case *wire.Op_Encrypt:
+		return fixed + len(o.Encrypt.Plaintext)
+	case *wire.Op_Decrypt:
+		return fixed + len(o.Decrypt.Ciphertext)
+	case *wire.Op_List:
+		return 32 << 10
+	}
+	return fixed
+}
+
+// safeDispatch runs one operation. A data result is written to out, which
+// the caller provides to save an allocation.
+func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result) (res *wire.Result) {
+	defer func() {
+		if p := recover(); p != nil {
+			cn.log.Error("operation panicked", "request", reqID, "op", opName(op), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
+			res = &wire.Result{Status: wire.Status_STATUS_INTERNAL, Message: "internal error"}
+		}
+	}()
+	data, full, err := cn.dispatch(op, id, a)
+	if err != nil {
+		var we *wire.Error
+		if errors.As(err, &we) {
+			if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {
+				cn.log.Info("operation refused", "request", reqID, "op", opName(op), "uid", id.UID, "gid", id.GID, "pid", id.PID,
+					"status", we.Status.String(), "reason", we.Public, "detail", we.Detail)
+			}
+			out.Status, out.Message = we.Status, we.Public
+			return out
+		}
+		cn.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
+		out.Status, out.Message = wire.Status_STATUS_INTERNAL, "internal error"
+		return out
+	}
+	if full != nil {
+		return full
+	}
+	out.Data = data
+	return out
+}
+
+// stackWithoutArgs returns the goroutine's stack with argument values
+// removed: they are raw words that may hold key bytes.
+func stackWithoutArgs() string {
+	lines := strings.Split(string(debug.Stack()), "\n")
+	for i, l := range lines {
+		if j := strings.LastIndexByte(l, '('); j > 0 && strings.HasSuffix(l, ")") && !strings.HasPrefix(l, "\t") {
+			lines[i] = l[:j] + "(...)"
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func opName(op *wire.Op) string {
+	if op == nil || op.Op == nil {
+		return "none"
+	}
+	name := fmt.Sprintf("%T", op.Op)
+	return strings.TrimPrefix(name, "*wire.Op_")
+}
+
+// cleanup runs when the connection ends: wait for concurrent requests,
+// close sessions, drop handles and destroy the connection's ephemeral keys.
+func (cn *conn) cleanup() {
+	cn.c.ShutdownRead()
+	cn.async.Wait()
+	cn.mu.Lock()
+	cn.closed = true
+	handles, sessions := cn.handles, cn.sessions
+	cn.handles, cn.sessions = nil, nil
+	cn.mu.Unlock()
+	for sid, ss := range sessions {
+		cn.endSession(sid, ss)
+	}
+	for _, o := range handles {
+		if o.Ephemeral {
+			cn.s.store.Remove(o)
+		}
+	}
+	cn.c.Close()
+	cn.log.Debug("disconnected")
+}

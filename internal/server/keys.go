@@ -1,0 +1,372 @@
+package server
+
+import (
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+func (cn *conn) opStatus(id Identity) *wire.Result {
+	s := cn.s
+	persistent, _ := s.store.Counts()
+	l := s.limits
+	return &wire.Result{Value: &wire.Result_Server{Server: &wire.StatusResult{
+		ProtocolVersion: wire.ProtocolVersion,
+		ServerVersion:   s.cfg.Version,
+		Limits: &wire.Limits{
+			MaxMessageBytes: uint32(l.MaxMessageBytes),
+			MaxInFlight:     uint32(l.MaxInFlight),
+			MaxSessions:     uint32(l.MaxSessions),
+			MaxHandles:      uint32(l.MaxHandles),
+			MaxKeysPerUser:  uint32(l.MaxKeysPerUser),
+			MaxBatchOps:     uint32(l.MaxBatchOps),
+		},
+		DevMode:         s.cfg.DevMode,
+		StartedUnixNano: s.started.UnixNano(),
+		Keys:            uint64(persistent),
+		Connections:     uint32(s.connsN.Load()),
+		CallerUid:       id.UID,
+		CallerGid:       id.GID,
+		CallerPid:       id.PID,
+		CallerPidfd:     id.Pidfd >= 0,
+	}}}
+}
+
+// template turns a wire template into a policy template for class c.
+func template(t *wire.KeyTemplate, c key.Class) (policy.Template, error) {
+	if t == nil {
+		return policy.Template{}, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "missing key template")
+	}
+	spec := key.Lookup(t.Type)
+	if spec == nil {
+		return policy.Template{}, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type")
+	}
+	if t.Name != "" && !key.ValidName(t.Name) {
+		return policy.Template{}, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"invalid key name: 1-128 characters of A-Z a-z 0-9 . _ @ + -, starting with a letter, digit or underscore")
+	}
+	acl, err := aclFromWire(t.Acl)
+	if err != nil {
+		return policy.Template{}, err
+	}
+	return policy.Template{Spec: spec, Class: c, Usage: key.Usage(t.Usage),
+		Exportable: t.Exportable, Wrappable: t.Wrappable, ACL: acl}, nil
+}
+
+func aclFromWire(w []*wire.AclEntry) ([]key.ACLEntry, error) {
+	if len(w) > key.MaxACLEntries {
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "an ACL holds at most %d entries", key.MaxACLEntries)
+	}
+	acl := make([]key.ACLEntry, 0, len(w))
+	for _, e := range w {
+		switch p := e.GetPrincipal().(type) {
+		case *wire.AclEntry_Uid:
+			acl = append(acl, key.ACLEntry{ID: p.Uid, Usage: key.Usage(e.Usage)})
+		case *wire.AclEntry_Gid:
+			acl = append(acl, key.ACLEntry{Group: true, ID: p.Gid, Usage: key.Usage(e.Usage)})
+		default:
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "an ACL entry names neither a uid nor a gid")
+		}
+	}
+	return acl, nil
+}
+
+// create registers material made for template t as a new key owned by the
+// caller and opens a handle to it. It takes ownership of mat.
+func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity) (*wire.Result, error) {
+	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
+	o := keystore.NewObject(t.Name, id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now())
+	if err := cn.s.store.Add(o); err != nil {
+		keystore.Discard(o)
+		return nil, err
+	}
+	h, err := cn.addHandle(o)
+	if err != nil {
+		cn.s.store.Remove(o)
+		return nil, err
+	}
+	cn.log.Info("key created", "key", o.ID.String(), "type", o.Spec.Name, "class", o.Class.String(),
+		"owner", o.Owner, "usage", usage.String(), "exportable", attrs.Exportable, "ephemeral", o.Ephemeral)
+	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
+}
+
+func (cn *conn) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) {
+	spec := key.Lookup(g.GetTemplate().GetType())
+	class := key.Secret
+	if spec != nil && spec.Asymmetric {
+		class = key.Private
+	}
+	pt, err := template(g.Template, class)
+	if err != nil {
+		return nil, err
+	}
+	usage, d := policy.CheckTemplate(pt)
+	if err := d.Err(); err != nil {
+		return nil, err
+	}
+	if err := cn.precheck(g.Template, id); err != nil {
+		return nil, err
+	}
+	mat, err := mech.Generate(pt.Spec)
+	if err != nil {
+		return nil, err
+	}
+	return cn.create(g.Template, pt, usage, mat, id)
+}
+
+// precheck refuses early, before any expensive work, what Add and
+// addHandle would refuse anyway.
+func (cn *conn) precheck(t *wire.KeyTemplate, id Identity) error {
+	if err := cn.roomForHandle(); err != nil {
+		return err
+	}
+	if err := policy.CheckQuota(cn.s.store.Owned(id.UID), cn.s.limits.MaxKeysPerUser).Err(); err != nil {
+		return err
+	}
+	if !t.Ephemeral && t.Name != "" {
+		if _, taken := cn.s.store.Lookup(id.UID, t.Name); taken {
+			return wire.Errorf(wire.Status_STATUS_ALREADY_EXISTS, "a key named %q already exists", t.Name)
+		}
+	}
+	return nil
+}
+
+func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
+	defer clear(im.Data) // the key bytes are not needed after parsing
+	spec := key.Lookup(im.GetTemplate().GetType())
+	if spec == nil {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type")
+	}
+	if err := cn.precheck(im.Template, id); err != nil {
+		return nil, err
+	}
+	mat, err := mech.Import(spec, im.Format, im.Data)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := template(im.Template, mat.Class())
+	if err == nil {
+		var usage key.Usage
+		var d policy.Decision
+		usage, d = policy.CheckTemplate(pt)
+		if err = d.Err(); err == nil {
+			return cn.create(im.Template, pt, usage, mat, id)
+		}
+	}
+	mat.Destroy()
+	return nil, err
+}
+
+func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
+	var o *keystore.Object
+	var found bool
+	switch k := op.GetKey().(type) {
+	case *wire.Open_Id:
+		kid, valid := key.IDFromBytes(k.Id)
+		if !valid {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key id is 16 bytes")
+		}
+		o, found = cn.s.store.Get(kid)
+	case *wire.Open_Name:
+		owner := id.UID
+		if k.Name.OwnerUid != nil {
+			owner = *k.Name.OwnerUid
+		}
+		o, found = cn.s.store.Lookup(owner, k.Name.Name)
+	default:
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "open needs a key id or name")
+	}
+	if !found {
+		return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
+	}
+	if err := policy.Authorize(id.caller(), o.Policy(), policy.Open, 0).Err(); err != nil {
+		return nil, err
+	}
+	h, err := cn.addHandle(o)
+	if err != nil {
+		return nil, err
+	}
+	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
+}
+
+// opClose releases a handle. Closing the handle of an ephemeral key
+// destroys the key: nothing else can reach it.
+func (cn *conn) opClose(h uint32) (*wire.Result, error) {
+	cn.mu.Lock()
+	o, found := cn.handles[h]
+	delete(cn.handles, h)
+	cn.mu.Unlock()
+	if !found {
+		return nil, errBadHandle
+	}
+	if o.Ephemeral {
+		cn.s.store.Remove(o)
+	}
+	return ok(), nil
+}
+
+// listPageDefault bounds a page of List when the client sets no limit;
+// the reply must fit in one message even with RSA-4096 public keys.
+const listPageDefault = 128
+
+func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
+	var after key.ID
+	if len(l.After) > 0 {
+		a, valid := key.IDFromBytes(l.After)
+		if !valid {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "list: after must be a 16-byte key id")
+		}
+		after = a
+	}
+	limit := int(l.Limit)
+	if limit <= 0 || limit > listPageDefault {
+		limit = listPageDefault
+	}
+	caller := id.caller()
+	objs := cn.s.store.List(after, limit+1, func(o *keystore.Object) bool {
+		_, visible := policy.Granted(caller, o.Policy())
+		return visible
+	})
+	res := &wire.ListResult{}
+	for i, o := range objs {
+		if i == limit {
+			res.Next = objs[i-1].ID[:]
+			break
+		}
+		res.Keys = append(res.Keys, o.Info(caller))
+	}
+	return &wire.Result{Value: &wire.Result_List{List: res}}, nil
+}
+
+func (cn *conn) opInfo(h uint32, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(h, id, policy.Open, 0)
+	if err != nil {
+		return nil, err
+	}
+	if o.Destroyed() {
+		return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key destroyed")
+	}
+	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
+}
+
+func (cn *conn) opExport(e *wire.Export, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(e.Handle, id, policy.Export, 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = o.Use(func(m *mech.Key) error {
+		var err error
+		out, err = m.Export(e.Format)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if o.Class != key.Public {
+		cn.log.Info("key exported", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
+	}
+	return dataResult(out), nil
+}
+
+func (cn *conn) opPublicKey(p *wire.PublicKey, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(p.Handle, id, policy.ReadPublic, 0)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	err = o.Use(func(m *mech.Key) error {
+		var err error
+		out, err = m.Public(p.Format)
+		return err
+	})
+	return dataResult(out), err
+}
+
+func (cn *conn) opDestroy(h uint32, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(h, id, policy.Manage, 0)
+	if err != nil {
+		return nil, err
+	}
+	cn.mu.Lock()
+	delete(cn.handles, h)
+	cn.mu.Unlock()
+	cn.s.store.Remove(o)
+	cn.log.Info("key destroyed", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
+	return ok(), nil
+}
+
+func (cn *conn) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(sa.Handle, id, policy.Manage, 0)
+	if err != nil {
+		return nil, err
+	}
+	var ch policy.Change
+	if sa.Usage != nil {
+		u := key.Usage(*sa.Usage)
+		ch.Usage = &u
+	}
+	ch.Exportable, ch.Wrappable = sa.Exportable, sa.Wrappable
+	for {
+		old := o.Attrs()
+		next, d := policy.CheckChange(old, ch)
+		if err := d.Err(); err != nil {
+			return nil, err
+		}
+		if o.ReplaceAttrs(old, next) {
+			return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
+		}
+	}
+}
+
+func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(sa.Handle, id, policy.Manage, 0)
+	if err != nil {
+		return nil, err
+	}
+	acl, err := aclFromWire(sa.Acl)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		old := o.Attrs()
+		if err := policy.CheckACL(old.Usage, acl).Err(); err != nil {
+			return nil, err
+		}
+		next := *old
+		next.ACL = acl
+		if o.ReplaceAttrs(old, &next) {
+			return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
+		}
+	}
+}
+
+func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
+	parent, err := cn.authorized(dv.Handle, id, policy.Use, key.Derive)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := template(dv.Template, key.Secret)
+	if err != nil {
+		return nil, err
+	}
+	usage, d := policy.CheckDerive(parent.Policy(), pt)
+	if err := d.Err(); err != nil {
+		return nil, err
+	}
+	if err := cn.precheck(dv.Template, id); err != nil {
+		return nil, err
+	}
+	var mat *mech.Key
+	err = parent.Use(func(m *mech.Key) error {
+		var err error
+		mat, err = m.Derive(dv.PeerPublicKey, dv.Hash, dv.Salt, dv.Info, pt.Spec)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cn.create(dv.Template, pt, usage, mat, id)
+}

@@ -1,0 +1,219 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Limits bounds what clients may consume. Zero fields take the defaults
+// from package wire.
+type Limits struct {
+	MaxMessageBytes int // one request or reply
+	MaxInFlight     int // requests accepted and not yet answered, per connection
+	MaxSessions     int // streaming sessions per connection
+	MaxHandles      int // open handles per connection
+	MaxKeysPerUser  int // live keys one uid may own
+	MaxBatchOps     int // operations in one request
+	MaxConnections  int // connections served at once
+}
+
+// DefaultMaxConnections bounds concurrent connections: each one holds an
+// OS thread while it waits for a request.
+const DefaultMaxConnections = 1024
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.MaxMessageBytes, wire.DefaultMaxMessageBytes)
+	def(&l.MaxInFlight, wire.DefaultMaxInFlight)
+	def(&l.MaxSessions, wire.DefaultMaxSessions)
+	def(&l.MaxHandles, wire.DefaultMaxHandles)
+	def(&l.MaxKeysPerUser, wire.DefaultMaxKeysPerUser)
+	def(&l.MaxBatchOps, wire.DefaultMaxBatchOps)
+	def(&l.MaxConnections, DefaultMaxConnections)
+	return l
+}
+
+// Config configures a Server. The zero value is usable.
+type Config struct {
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+	Limits Limits
+	// DevMode marks a daemon whose keys live in memory only.
+	DevMode bool
+	// Version is reported by the Status operation.
+	Version string
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+
+	// heavyHook, if set, runs at the start of every request that is
+	// executed concurrently (tests use it to hold requests in flight).
+	heavyHook func()
+}
+
+// Server serves keywarden requests.
+type Server struct {
+	cfg     Config
+	limits  Limits
+	log     *slog.Logger
+	store   *keystore.Store
+	started time.Time
+
+	nextConn atomic.Uint64
+	connsN   atomic.Int32
+
+	done chan struct{} // closed by Shutdown
+
+	// mu guards conns and closing.
+	mu      sync.Mutex
+	conns   map[*conn]struct{}
+	closing bool
+	wg      sync.WaitGroup // one per connection goroutine
+}
+
+// New returns a Server with an empty in-memory key store.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	lim := cfg.Limits.withDefaults()
+	return &Server{
+		cfg:     cfg,
+		limits:  lim,
+		log:     cfg.Logger,
+		store:   keystore.New(lim.MaxKeysPerUser),
+		started: cfg.Now(),
+		conns:   make(map[*conn]struct{}),
+		done:    make(chan struct{}),
+	}
+}
+
+// Limits returns the limits in force.
+func (s *Server) Limits() Limits { return s.limits }
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("server closed")
+
+// Serve accepts connections on l and serves each in its own goroutine
+// until Shutdown. It closes l when it returns.
+func (s *Server) Serve(l *seqpacket.Listener) error {
+	go func() {
+		// Shutdown closes the listener through this goroutine's view of it.
+		<-s.done
+		l.Close()
+	}()
+	defer l.Close()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosing() || errors.Is(err, seqpacket.ErrClosed) {
+				return ErrServerClosed
+			}
+			s.log.Error("accept failed", "err", err)
+			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
+			continue
+		}
+		s.ServeConn(c)
+	}
+}
+
+// ServeConn starts serving one accepted connection in a new goroutine and
+// takes ownership of c.
+func (s *Server) ServeConn(c *seqpacket.Conn) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	if len(s.conns) >= s.limits.MaxConnections {
+		s.mu.Unlock()
+		s.log.Warn("connection refused: connection limit reached", "limit", s.limits.MaxConnections)
+		refuseConn(c)
+		return
+	}
+	cn := newConn(s, c)
+	s.conns[cn] = struct{}{}
+	s.connsN.Store(int32(len(s.conns)))
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		cn.serve()
+		s.mu.Lock()
+		delete(s.conns, cn)
+		s.connsN.Store(int32(len(s.conns)))
+		s.mu.Unlock()
+	}()
+}
+
+// refuseConn answers the first request of a connection that is over the
+// limit with RESOURCE_EXHAUSTED and closes it, so the client gets a clear
+// error rather than a hang.
+func refuseConn(c *seqpacket.Conn) {
+	go func() {
+		defer c.Close()
+		c.SetRecvTimeout(time.Second)
+		buf := make([]byte, 64)
+		if _, err := c.Recv(buf); err != nil {
+			return
+		}
+		rep := &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf),
+			Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: "the daemon's connection limit is reached"}
+		if b, err := marshal(nil, rep); err == nil {
+			c.Send(b)
+		}
+	}()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting, stops reading new requests, lets requests in
+// progress finish and send their replies until ctx is done, then closes
+// every connection and wipes every key.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closing {
+		s.closing = true
+		close(s.done)
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+
+	finished := make(chan struct{})
+	go func() { s.wg.Wait(); close(finished) }()
+	var err error
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.c.Close()
+		}
+		s.mu.Unlock()
+		<-finished
+	}
+	s.store.Close()
+	return err
+}
