@@ -79,14 +79,8 @@ func (cn *conn) stopReading() { cn.c.ShutdownRead() }
 
 func (cn *conn) serve() {
 	defer cn.cleanup()
-	pidfd, err := cn.c.EnableCredentials()
-	if err != nil {
-		cn.log.Error("cannot enable credentials; dropping connection", "err", err)
-		return
-	}
-	cn.pidfd = pidfd
 	if peer, err := cn.c.PeerCred(); err == nil {
-		cn.log.Debug("connected", "pid", peer.PID, "uid", peer.UID, "gid", peer.GID, "pidfd", pidfd)
+		cn.log.Debug("connected", "pid", peer.PID, "uid", peer.UID, "gid", peer.GID, "pidfd", cn.pidfd)
 		if peer.Pidfd >= 0 {
 			unix.Close(peer.Pidfd)
 		}
@@ -113,10 +107,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		}
 	}()
 	max := cn.s.limits.MaxMessageBytes
-	if !m.HasCred {
-		// Cannot happen with SO_PASSCRED set; refuse rather than guess.
+	if !m.HasCred || m.Cred.PID == 0 {
+		// The kernel attaches credentials to every message once SO_PASSCRED
+		// is set; pid 0 means it had none to attach (a message queued before
+		// that, or a sender whose pid this daemon's pid namespace cannot
+		// see), and the uid would read as the overflow uid. Refuse rather
+		// than guess who is asking.
 		cn.refuse(peekRequestID(cn.buf[:min(m.N, len(cn.buf))]), wire.Status_STATUS_PERMISSION_DENIED,
-			"the message carried no credentials", "no SCM_CREDENTIALS")
+			"the daemon cannot see who sent this message", fmt.Sprintf("credentials %v, pid %d", m.HasCred, m.Cred.PID))
 		return
 	}
 	if m.N > max {
@@ -236,6 +234,10 @@ func peekRequestID(b []byte) uint64 {
 	return 0
 }
 
+// replyHeader bounds the encoded size of a reply's fields other than its
+// results.
+const replyHeader = 64
+
 // execute runs every operation of req and builds the reply. It never
 // panics: a panic in an operation becomes STATUS_INTERNAL for that
 // operation, logged without its arguments. Outputs are carved from a, so
@@ -245,38 +247,59 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
 	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
 	// One allocation for all results rather than one per operation.
 	results := make([]wire.Result, n)
-	budget := cn.s.limits.MaxMessageBytes - wire.MessageOverhead
+	max := cn.s.limits.MaxMessageBytes
+	budget := max - replyHeader
 	size := 0
+	full := false
 	for i, op := range req.Ops {
-		var res *wire.Result
-		if size+opReplyBound(op) > budget {
-			res = &results[i]
+		res := &results[i]
+		// Room stays reserved for a minimal result (4 bytes) for every
+		// operation after this one.
+		switch {
+		case full:
+			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
+		case size+opReplyBound(op, max)+4*(n-i-1) > budget:
+			full = true
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
 			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
-		} else {
-			res = cn.safeDispatch(op, id, req.Id, a, &results[i])
+		default:
+			res = cn.safeDispatch(op, id, req.Id, a, res)
 		}
 		rep.Results[i] = res
-		size += res.SizeVT() + 8
+		size += res.SizeVT() + 4
 	}
 	return rep
 }
 
-// opReplyBound is an upper bound of the size of an operation's result.
-func opReplyBound(op *wire.Op) int {
-	const fixed = 4 << 10 // key info with an RSA-4096 public key, signatures, exports
+// opReplyBound is an upper bound of the encoded size of an operation's
+// result, for a daemon whose messages are at most max bytes.
+func opReplyBound(op *wire.Op, max int) int {
+	const (
+		small   = 64      // status and a short message
+		keyInfo = 4 << 10 // key info with an RSA-4096 public key and a full ACL
+	)
 	switch o := op.Op.(type) {
 	case *wire.Op_Ping:
-		return fixed + len(o.Ping.Payload)
+		return small + len(o.Ping.Payload)
 	case *wire.Op_Encrypt:
-		return fixed + len(o.Encrypt.Plaintext)
+		return small + len(o.Encrypt.Plaintext) + 512
 	case *wire.Op_Decrypt:
-		return fixed + len(o.Decrypt.Ciphertext)
+		return small + len(o.Decrypt.Ciphertext)
+	case *wire.Op_Sign, *wire.Op_Hash, *wire.Op_Mac, *wire.Op_SessionFinal:
+		return small + 512
+	case *wire.Op_Verify, *wire.Op_MacVerify, *wire.Op_Close, *wire.Op_Destroy,
+		*wire.Op_SessionOpen, *wire.Op_SessionUpdate, *wire.Op_SessionAbort:
+		return small
+	case *wire.Op_Export, *wire.Op_PublicKey:
+		return small + 8<<10
 	case *wire.Op_List:
-		return 32 << 10
+		return listBudget(max)
 	}
-	return fixed
+	return small + keyInfo
 }
+
+// listBudget is how many bytes of key infos one List result may hold.
+func listBudget(max int) int { return max / 2 }
 
 // safeDispatch runs one operation. A data result is written to out, which
 // the caller provides to save an allocation.

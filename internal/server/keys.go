@@ -230,12 +230,15 @@ func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
 		return visible
 	})
 	res := &wire.ListResult{}
+	budget, size := listBudget(cn.s.limits.MaxMessageBytes)-64, 0
 	for i, o := range objs {
-		if i == limit {
+		info := o.Info(caller)
+		size += info.SizeVT() + 8
+		if i > 0 && (i == limit || size > budget) {
 			res.Next = objs[i-1].ID[:]
 			break
 		}
-		res.Keys = append(res.Keys, o.Info(caller))
+		res.Keys = append(res.Keys, info)
 	}
 	return &wire.Result{Value: &wire.Result_List{List: res}}, nil
 }

@@ -29,6 +29,14 @@ type Limits struct {
 // OS thread while it waits for a request.
 const DefaultMaxConnections = 1024
 
+// Bounds of MaxMessageBytes: a reply must have room for a minimal result
+// for every operation of the largest batch; the kernel caps messages at
+// twice net.core.wmem_max.
+const (
+	MinMessageBytes = 64 << 10
+	MaxMessageBytes = 1 << 20
+)
+
 func (l Limits) withDefaults() Limits {
 	def := func(v *int, d int) {
 		if *v <= 0 {
@@ -42,6 +50,7 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxKeysPerUser, wire.DefaultMaxKeysPerUser)
 	def(&l.MaxBatchOps, wire.DefaultMaxBatchOps)
 	def(&l.MaxConnections, DefaultMaxConnections)
+	l.MaxMessageBytes = min(max(l.MaxMessageBytes, MinMessageBytes), MaxMessageBytes)
 	return l
 }
 
@@ -147,6 +156,17 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 		return
 	}
 	cn := newConn(s, c)
+	// Before anything else, so that no message is received without the
+	// sender's credentials. (Accepted sockets inherit SO_PASSCRED from the
+	// listener; a connection handed in otherwise may not have it yet.)
+	pidfd, err := c.EnableCredentials()
+	if err != nil {
+		s.mu.Unlock()
+		s.log.Error("cannot enable credentials; dropping connection", "err", err)
+		c.Close()
+		return
+	}
+	cn.pidfd = pidfd
 	s.conns[cn] = struct{}{}
 	s.connsN.Store(int32(len(s.conns)))
 	s.wg.Add(1)

@@ -114,14 +114,22 @@ func TestSlowRequestDoesNotBlock(t *testing.T) {
 // A reply that would not fit in one message leaves the remaining
 // operations unexecuted, each saying so.
 func TestReplyBudget(t *testing.T) {
-	_, c := pair(t, Config{Limits: Limits{MaxMessageBytes: 32 << 10}})
-	var ops []*wire.Op
-	for range 10 {
-		ops = append(ops, ping(string(make([]byte, 2900))))
+	_, c := pair(t, Config{Limits: Limits{MaxMessageBytes: 64 << 10}})
+	send(t, c, 1, &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+		Type: wire.KeyType_KEY_TYPE_ED25519, Ephemeral: true}}}})
+	gen := recv(t, c)
+	h := gen.Results[0].GetKey().GetHandle()
+	if h == 0 {
+		t.Fatalf("generate: %v", gen)
 	}
-	send(t, c, 1, ops...)
+	// Small requests, large results: 4000 public keys in PEM.
+	var ops []*wire.Op
+	for range 4000 {
+		ops = append(ops, &wire.Op{Op: &wire.Op_PublicKey{PublicKey: &wire.PublicKey{Handle: h, Format: wire.KeyFormat_KEY_FORMAT_SPKI_PEM}}})
+	}
+	send(t, c, 2, ops...)
 	rep := recv(t, c)
-	if rep.Status != wire.Status_STATUS_OK || len(rep.Results) != 10 {
+	if rep.Status != wire.Status_STATUS_OK || len(rep.Results) != 4000 {
 		t.Fatalf("%v %d results", rep.Status, len(rep.Results))
 	}
 	done, refused := 0, 0
@@ -135,7 +143,7 @@ func TestReplyBudget(t *testing.T) {
 		case wire.Status_STATUS_RESOURCE_EXHAUSTED:
 			refused++
 		default:
-			t.Fatalf("operation %d: %v", i, r.Status)
+			t.Fatalf("operation %d: %v %s", i, r.Status, r.Message)
 		}
 	}
 	if done == 0 || refused == 0 {

@@ -1,0 +1,281 @@
+package keywarden
+
+import (
+	"context"
+	"crypto"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Batch collects small operations and sends them in as few messages as
+// the daemon's limits allow, so that they do not pay a round trip each.
+// Operations in a batch run in order and independently: one failing does
+// not stop the others. A Batch is not safe for concurrent use; the Client
+// is.
+//
+//	b := client.NewBatch()
+//	r1 := b.Encrypt(key, msg1, nil)
+//	r2 := b.Encrypt(key, msg2, nil)
+//	if err := b.Do(ctx); err != nil { ... }   // transport failure
+//	ct1, err := r1.Bytes()                    // per-operation result
+type Batch struct {
+	c     *Client
+	ops   []*wire.Op
+	res   []*BatchResult
+	sizes []opSize
+
+	// Operations and results are carved from slabs: a few allocations per
+	// hundred operations instead of four per operation.
+	opSlab  slab[wire.Op]
+	resSlab slab[BatchResult]
+	encSlab slab[wire.Encrypt]
+	encWrap slab[wire.Op_Encrypt]
+	decSlab slab[wire.Decrypt]
+	decWrap slab[wire.Op_Decrypt]
+	macSlab slab[wire.Mac]
+	macWrap slab[wire.Op_Mac]
+}
+
+// slab allocates values of T in chunks. Pointers it returns stay valid;
+// a chunk is freed when nothing points into it any more.
+type slab[T any] struct{ buf []T }
+
+const slabChunk = 128
+
+func (s *slab[T]) new() *T {
+	if len(s.buf) == cap(s.buf) {
+		s.buf = make([]T, 0, slabChunk)
+	}
+	s.buf = s.buf[:len(s.buf)+1]
+	return &s.buf[len(s.buf)-1]
+}
+
+type opSize struct{ req, rep int }
+
+// BatchResult is the outcome of one operation of a Batch, valid after Do.
+type BatchResult struct {
+	op   string
+	data []byte
+	err  error
+}
+
+// Bytes returns the operation's output (ciphertext, plaintext, signature,
+// tag or digest) or its error.
+func (r *BatchResult) Bytes() ([]byte, error) { return r.data, r.err }
+
+// Err returns the operation's error; nil means success (for Verify and
+// VerifyMAC: the signature or tag verified).
+func (r *BatchResult) Err() error { return r.err }
+
+// NewBatch starts an empty batch.
+func (c *Client) NewBatch() *Batch { return &Batch{c: c} }
+
+// Len returns the number of operations queued.
+func (b *Batch) Len() int { return len(b.ops) }
+
+// Reset empties the batch for reuse. BatchResults of earlier calls to Do
+// stay valid.
+func (b *Batch) Reset() {
+	clear(b.ops)
+	clear(b.res)
+	b.ops, b.res, b.sizes = b.ops[:0], b.res[:0], b.sizes[:0]
+}
+
+func (b *Batch) add(name string, op *wire.Op, replyData int) *BatchResult {
+	r := b.resSlab.new()
+	r.op = name
+	b.ops = append(b.ops, op)
+	b.res = append(b.res, r)
+	b.sizes = append(b.sizes, opSize{req: op.SizeVT() + 8, rep: replyData + 32})
+	return r
+}
+
+func (b *Batch) fail(name string, err error) *BatchResult {
+	r := b.add(name, nil, 0)
+	r.err = err
+	return r
+}
+
+// maxSigSize bounds the signature of any supported key (RSA-4096).
+const maxSigSize = 512
+
+// Encrypt queues k.Encrypt(plaintext, aad).
+func (b *Batch) Encrypt(k *Key, plaintext, aad []byte) *BatchResult {
+	e := b.encSlab.new()
+	e.Handle, e.Plaintext, e.Aad = k.handle, plaintext, aad
+	w := b.encWrap.new()
+	w.Encrypt = e
+	op := b.opSlab.new()
+	op.Op = w
+	return b.add("encrypt", op, len(plaintext)+maxSigSize)
+}
+
+// Decrypt queues k.Decrypt(ciphertext, aad).
+func (b *Batch) Decrypt(k *Key, ciphertext, aad []byte) *BatchResult {
+	d := b.decSlab.new()
+	d.Handle, d.Ciphertext, d.Aad = k.handle, ciphertext, aad
+	w := b.decWrap.new()
+	w.Decrypt = d
+	op := b.opSlab.new()
+	op.Op = w
+	return b.add("decrypt", op, len(ciphertext))
+}
+
+// SignMessage queues k.SignMessage(msg, opts).
+func (b *Batch) SignMessage(k *Key, msg []byte, opts *SignOptions) *BatchResult {
+	s, err := k.signOp(msg, false, opts)
+	if err != nil {
+		return b.fail("sign", err)
+	}
+	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize)
+}
+
+// SignDigest queues k.SignDigest(digest, opts).
+func (b *Batch) SignDigest(k *Key, digest []byte, opts *SignOptions) *BatchResult {
+	if opts == nil || opts.Hash == 0 {
+		return b.fail("sign", argError("sign", "signing a digest needs its hash"))
+	}
+	s, err := k.signOp(digest, true, opts)
+	if err != nil {
+		return b.fail("sign", err)
+	}
+	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize)
+}
+
+// Verify queues k.Verify(msg, sig, opts).
+func (b *Batch) Verify(k *Key, msg, sig []byte, opts *SignOptions) *BatchResult {
+	op, err := k.verifyOp(msg, sig, false, opts)
+	if err != nil {
+		return b.fail("verify", err)
+	}
+	return b.add("verify", op, 0)
+}
+
+// MAC queues k.MAC(data).
+func (b *Batch) MAC(k *Key, data []byte) *BatchResult {
+	m := b.macSlab.new()
+	m.Handle, m.Data = k.handle, data
+	w := b.macWrap.new()
+	w.Mac = m
+	op := b.opSlab.new()
+	op.Op = w
+	return b.add("mac", op, 64)
+}
+
+// VerifyMAC queues k.VerifyMAC(data, tag).
+func (b *Batch) VerifyMAC(k *Key, data, tag []byte) *BatchResult {
+	return b.add("mac-verify", &wire.Op{Op: &wire.Op_MacVerify{MacVerify: &wire.MacVerify{Handle: k.handle, Data: data, Tag: tag}}}, 0)
+}
+
+// Hash queues Client.Hash(h, data).
+func (b *Batch) Hash(h crypto.Hash, data []byte) *BatchResult {
+	alg, err := hashToWire(h)
+	if err == nil && alg == wire.HashAlg_HASH_ALG_UNSPECIFIED {
+		err = argError("hash", "a hash must be named")
+	}
+	if err != nil {
+		return b.fail("hash", err)
+	}
+	return b.add("hash", &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: alg, Data: data}}}, 64)
+}
+
+// Ping queues a Ping.
+func (b *Batch) Ping(payload []byte) *BatchResult {
+	return b.add("ping", &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: payload}}}, len(payload))
+}
+
+// requestHeadroom is room left in a request or reply for everything but
+// the operations.
+const requestHeadroom = 256
+
+// Do sends the queued operations and fills in their results. It splits
+// them into as many requests as the message size and batch limits need
+// and keeps several in flight at once. The error is non-nil only when the
+// requests could not be exchanged; each operation's own outcome is in its
+// BatchResult.
+func (b *Batch) Do(ctx context.Context) error {
+	type chunk struct{ from, to int }
+	var chunks []chunk
+	limit := b.c.limits.MaxMessageBytes - wire.MessageOverhead - requestHeadroom
+	from, req, rep := 0, 0, 0
+	for i := range b.ops {
+		if b.ops[i] == nil { // failed on the client side already
+			if from == i {
+				from++
+			}
+			continue
+		}
+		s := b.sizes[i]
+		if i > from && (req+s.req > limit || rep+s.rep > limit || i-from >= b.c.limits.MaxBatchOps) {
+			chunks = append(chunks, chunk{from, i})
+			from, req, rep = i, 0, 0
+		}
+		req += s.req
+		rep += s.rep
+	}
+	if from < len(b.ops) {
+		chunks = append(chunks, chunk{from, len(b.ops)})
+	}
+
+	type flight struct {
+		ch  chunk
+		ops []*wire.Op
+		idx []int
+		cl  *call
+	}
+	window := max(1, b.c.limits.MaxInFlight/2)
+	var inflight []flight
+	var firstErr error
+	finishOne := func() {
+		f := inflight[0]
+		inflight = inflight[1:]
+		rep, err := b.c.finish(ctx, "batch", f.cl)
+		for j, i := range f.idx {
+			r := b.res[i]
+			switch {
+			case err != nil:
+				r.err = err
+			case j >= len(rep.Results):
+				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
+			default:
+				res := rep.Results[j]
+				r.err = resultErr(r.op, res.Status, res.Message)
+				r.data = res.GetData()
+			}
+		}
+		if err != nil && firstErr == nil && CodeOf(err) == CodeUnavailable {
+			firstErr = err
+		}
+	}
+	for _, ch := range chunks {
+		f := flight{ch: ch}
+		for i := ch.from; i < ch.to; i++ {
+			if b.ops[i] != nil {
+				f.ops = append(f.ops, b.ops[i])
+				f.idx = append(f.idx, i)
+			}
+		}
+		if len(f.ops) == 0 {
+			continue
+		}
+		if len(inflight) >= window {
+			finishOne()
+		}
+		cl, err := b.c.start(ctx, f.ops)
+		if err != nil {
+			for _, i := range f.idx {
+				b.res[i].err = err
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		f.cl = cl
+		inflight = append(inflight, f)
+	}
+	for len(inflight) > 0 {
+		finishOne()
+	}
+	return firstErr
+}

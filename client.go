@@ -1,0 +1,377 @@
+package keywarden
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Client is a connection to the keywarden daemon. It is safe for
+// concurrent use: concurrent calls are pipelined on the one connection, up
+// to the daemon's in-flight limit.
+//
+// Handles, and therefore every *Key and Stream obtained from a Client,
+// belong to its connection: they stop working when it is closed, and
+// ephemeral keys are destroyed then.
+type Client struct {
+	conn   *seqpacket.Conn
+	limits Limits
+	status ServerStatus
+	sem    chan struct{} // one token per request in flight
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	pending map[uint64]*call
+	nextID  uint64
+	reading bool  // some goroutine is receiving replies
+	err     error // set once the connection is unusable
+
+	recvBuf []byte // used only by the goroutine that is reading
+}
+
+// call is one request awaiting its reply.
+type call struct {
+	id    uint64
+	reply *wire.Reply // set under Client.mu
+	err   error       // set under Client.mu
+	// wake is signalled when reply or err is set, or when this call's
+	// goroutine should take over reading replies.
+	wake chan struct{}
+}
+
+// sendBufs holds buffers for encoding requests; the kernel copies a
+// message on send, so a buffer is free again once Send returns.
+var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// recvSlice bounds how long a reading goroutine blocks before it checks
+// whether its context is done.
+const recvSlice = 25 * time.Millisecond
+
+// Dial connects to the daemon at socketPath. An empty path means the
+// KEYWARDEN_SOCKET environment variable or, if that is unset,
+// DefaultSocketPath(). Dial asks the daemon for its limits, so a nil error
+// means the daemon answered.
+func Dial(ctx context.Context, socketPath string) (*Client, error) {
+	if socketPath == "" {
+		socketPath = SocketPathFromEnv()
+	}
+	conn, err := seqpacket.Dial(ctx, socketPath)
+	if err != nil {
+		return nil, fmt.Errorf("keywarden: %w", err)
+	}
+	if err := conn.SetRecvTimeout(recvSlice); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("keywarden: %w", err)
+	}
+	c := &Client{
+		conn:    conn,
+		pending: make(map[uint64]*call),
+		sem:     make(chan struct{}, 1),
+		recvBuf: make([]byte, wire.DefaultMaxMessageBytes+1),
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if st.ProtocolVersion != wire.ProtocolVersion {
+		conn.Close()
+		return nil, fmt.Errorf("keywarden: daemon speaks protocol version %d, this client %d", st.ProtocolVersion, wire.ProtocolVersion)
+	}
+	c.status = *st
+	c.limits = st.Limits
+	if n := c.limits.MaxMessageBytes; n+1 > len(c.recvBuf) {
+		c.recvBuf = make([]byte, n+1)
+	}
+	if c.limits.MaxMessageBytes <= 0 {
+		c.limits.MaxMessageBytes = wire.DefaultMaxMessageBytes
+	}
+	// The kernel may cap the message size below what the daemon allows.
+	if m := conn.MaxMessage(); m > 0 && m < c.limits.MaxMessageBytes {
+		c.limits.MaxMessageBytes = m
+	}
+	if c.limits.MaxInFlight <= 0 {
+		c.limits.MaxInFlight = 1
+	}
+	if c.limits.MaxBatchOps <= 0 {
+		c.limits.MaxBatchOps = 1
+	}
+	c.sem = make(chan struct{}, c.limits.MaxInFlight)
+	return c, nil
+}
+
+// Limits returns the daemon's limits as this client applies them.
+func (c *Client) Limits() Limits { return c.limits }
+
+// MaxData is the largest data a one-shot operation can carry; larger data
+// needs a Stream.
+func (c *Client) MaxData() int { return c.limits.MaxMessageBytes - wire.MessageOverhead }
+
+// Close closes the connection. The daemon closes the connection's handles
+// and sessions and destroys its ephemeral keys.
+func (c *Client) Close() error {
+	c.fail(ErrClosed)
+	return c.conn.Close()
+}
+
+// fail marks the client unusable and wakes every waiter with err.
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = err
+	}
+	for id, cl := range c.pending {
+		cl.err = c.err
+		delete(c.pending, id)
+		signal(cl.wake)
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// roundTrip sends one request with the given operations and waits for the
+// reply. A refusal of the whole request becomes an *Error.
+func (c *Client) roundTrip(ctx context.Context, opName string, ops ...*wire.Op) (*wire.Reply, error) {
+	cl, err := c.start(ctx, ops)
+	if err != nil {
+		return nil, err
+	}
+	return c.finish(ctx, opName, cl)
+}
+
+// start sends a request and returns its pending call. The caller must
+// call finish, which releases the in-flight token.
+func (c *Client) start(ctx context.Context, ops []*wire.Op) (*call, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		<-c.sem
+		return nil, err
+	}
+	c.nextID++
+	cl := &call{id: c.nextID, wake: make(chan struct{}, 1)}
+	c.pending[cl.id] = cl
+	c.mu.Unlock()
+
+	req := &wire.Request{Version: wire.ProtocolVersion, Id: cl.id, Ops: ops}
+	bp := sendBufs.Get().(*[]byte)
+	b, err := wire.AppendMarshal(*bp, req)
+	defer func() {
+		clear(b) // it held the caller's data
+		if cap(b) <= 2*wire.DefaultMaxMessageBytes {
+			*bp = b[:0]
+		}
+		sendBufs.Put(bp)
+	}()
+	if err == nil && len(b) > c.limits.MaxMessageBytes && c.limits.MaxMessageBytes > 0 {
+		err = &Error{Code: CodeResourceExhausted,
+			Message: fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", len(b), c.limits.MaxMessageBytes)}
+	}
+	if err == nil {
+		err = c.conn.Send(b)
+		if err != nil {
+			err = c.transportErr(err)
+		}
+	}
+	if err != nil {
+		c.mu.Lock()
+		delete(c.pending, cl.id)
+		c.mu.Unlock()
+		<-c.sem
+		return nil, err
+	}
+	return cl, nil
+}
+
+func (c *Client) transportErr(err error) error {
+	if errors.Is(err, seqpacket.ErrPeerClosed) {
+		err = errors.New("keywarden: the daemon closed the connection")
+	} else if errors.Is(err, seqpacket.ErrClosed) {
+		err = ErrClosed
+	} else {
+		err = fmt.Errorf("keywarden: %w", err)
+	}
+	c.fail(err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// finish waits for cl's reply. Whichever waiting goroutine finds nobody
+// reading becomes the reader and hands out replies to the others, so a
+// lone caller receives its own reply with no goroutine switch.
+func (c *Client) finish(ctx context.Context, opName string, cl *call) (*wire.Reply, error) {
+	defer func() { <-c.sem }()
+	for {
+		c.mu.Lock()
+		if cl.reply != nil || cl.err != nil {
+			c.mu.Unlock()
+			break
+		}
+		if ctx.Err() != nil {
+			delete(c.pending, cl.id) // a late reply is dropped
+			c.promoteLocked()
+			c.mu.Unlock()
+			return nil, ctx.Err()
+		}
+		if !c.reading {
+			c.reading = true
+			c.mu.Unlock()
+			c.read(ctx, cl)
+			continue
+		}
+		c.mu.Unlock()
+		select {
+		case <-cl.wake:
+		case <-ctx.Done():
+		}
+	}
+	if cl.err != nil {
+		return nil, cl.err
+	}
+	rep := cl.reply
+	if rep.Status != wire.Status_STATUS_OK {
+		return nil, resultErr(opName, rep.Status, rep.Message)
+	}
+	return rep, nil
+}
+
+// read receives replies until cl's arrives, ctx is done or the connection
+// fails, then gives up the reader role.
+func (c *Client) read(ctx context.Context, cl *call) {
+	defer func() {
+		c.mu.Lock()
+		c.reading = false
+		c.promoteLocked()
+		c.mu.Unlock()
+	}()
+	for {
+		n, err := c.conn.Recv(c.recvBuf)
+		if errors.Is(err, seqpacket.ErrTimeout) {
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			c.transportErr(err)
+			return
+		}
+		if n >= len(c.recvBuf) {
+			c.transportErr(fmt.Errorf("reply of %d bytes exceeds the message limit", n))
+			return
+		}
+		// One copy of the whole message, which the decoded reply then
+		// points into, costs one allocation instead of one per field.
+		rep := new(wire.Reply)
+		if err := rep.UnmarshalVTUnsafe(bytes.Clone(c.recvBuf[:n])); err != nil {
+			c.transportErr(fmt.Errorf("malformed reply: %w", err))
+			return
+		}
+		c.mu.Lock()
+		target := c.pending[rep.Id]
+		if target != nil {
+			delete(c.pending, rep.Id)
+			target.reply = rep
+		}
+		c.mu.Unlock()
+		if target == cl {
+			return
+		}
+		if target != nil {
+			signal(target.wake)
+		}
+	}
+}
+
+// promoteLocked wakes one waiting call so it takes over reading. c.mu must
+// be held.
+func (c *Client) promoteLocked() {
+	if c.reading {
+		return
+	}
+	for _, p := range c.pending {
+		signal(p.wake)
+		return
+	}
+}
+
+// do runs one operation and returns its result, turning a non-OK status
+// into an *Error.
+func (c *Client) do(ctx context.Context, opName string, op *wire.Op) (*wire.Result, error) {
+	rep, err := c.roundTrip(ctx, opName, op)
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Results) != 1 {
+		return nil, &Error{Code: CodeInternal, Op: opName, Message: "the daemon sent a reply without a result"}
+	}
+	res := rep.Results[0]
+	if err := resultErr(opName, res.Status, res.Message); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// doData runs an operation whose result is bytes.
+func (c *Client) doData(ctx context.Context, opName string, op *wire.Op) ([]byte, error) {
+	res, err := c.do(ctx, opName, op)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetData(), nil
+}
+
+// Status asks the daemon for its version, limits and counters.
+func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
+	res, err := c.do(ctx, "status", &wire.Op{Op: &wire.Op_Status{Status: &wire.StatusOp{}}})
+	if err != nil {
+		return nil, err
+	}
+	s := res.GetServer()
+	if s == nil {
+		return nil, &Error{Code: CodeInternal, Op: "status", Message: "empty status"}
+	}
+	l := s.GetLimits()
+	return &ServerStatus{
+		ProtocolVersion: s.ProtocolVersion,
+		ServerVersion:   s.ServerVersion,
+		Limits: Limits{
+			MaxMessageBytes: int(l.GetMaxMessageBytes()), MaxInFlight: int(l.GetMaxInFlight()),
+			MaxSessions: int(l.GetMaxSessions()), MaxHandles: int(l.GetMaxHandles()),
+			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()),
+		},
+		DevMode:     s.DevMode,
+		Started:     time.Unix(0, s.StartedUnixNano),
+		Keys:        s.Keys,
+		Connections: s.Connections,
+		CallerUID:   s.CallerUid,
+		CallerGID:   s.CallerGid,
+		CallerPID:   s.CallerPid,
+		CallerPidfd: s.CallerPidfd,
+	}, nil
+}
+
+// Ping sends payload to the daemon and back; it measures the transport.
+func (c *Client) Ping(ctx context.Context, payload []byte) error {
+	_, err := c.do(ctx, "ping", &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: payload}}})
+	return err
+}

@@ -1,0 +1,190 @@
+package keywarden_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+func dial(t *testing.T) *keywarden.Client {
+	t.Helper()
+	c, err := keywarden.Dial(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Many goroutines share one client; their requests are pipelined on one
+// connection and every reply reaches its caller.
+func TestConcurrentCalls(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				msg := fmt.Appendf(nil, "goroutine %d message %d", g, i)
+				ct, err := k.Encrypt(ctx, msg, nil)
+				if err == nil {
+					var pt []byte
+					pt, err = k.Decrypt(ctx, ct, nil)
+					if err == nil && !bytes.Equal(pt, msg) {
+						err = fmt.Errorf("got %q, want %q", pt, msg)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// A cancelled context returns promptly and leaves the client usable; the
+// late reply is dropped.
+func TestContextCancel(t *testing.T) {
+	c := dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.RSA4096, Ephemeral: true})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Skipf("RSA-4096 generation finished within 1ms (%v)", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("cancellation took %v", d)
+	}
+	if err := c.Ping(context.Background(), []byte("x")); err != nil {
+		t.Fatalf("client unusable after a cancelled call: %v", err)
+	}
+}
+
+// When the daemon goes away, calls fail instead of hanging.
+func TestDaemonGone(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := seqpacket.Listen(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := server.New(server.Config{})
+	go srv.Serve(l)
+	c, err := keywarden.Dial(context.Background(), sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv.Shutdown(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Ping(context.Background(), nil) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("ping to a stopped daemon succeeded")
+		}
+		if keywarden.CodeOf(err) != keywarden.CodeUnavailable {
+			t.Fatalf("error code %v, want unavailable", keywarden.CodeOf(err))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("call to a stopped daemon hung")
+	}
+	if err := c.Ping(context.Background(), nil); err == nil {
+		t.Fatal("later call succeeded")
+	}
+}
+
+// A batch larger than one message and than the batch limit is split, and
+// every operation gets its own result.
+func TestBatchSplits(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	other, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.Ed25519, Ephemeral: true})
+	b := c.NewBatch()
+	var rs []*keywarden.BatchResult
+	for i := range 5000 {
+		rs = append(rs, b.Encrypt(k, make([]byte, 100+i%200), nil))
+	}
+	bad := b.Encrypt(other, []byte("x"), nil) // an Ed25519 key cannot encrypt
+	if err := b.Do(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rs {
+		ct, err := r.Bytes()
+		if err != nil || len(ct) != 100+i%200+28 {
+			t.Fatalf("op %d: %d bytes, %v", i, len(ct), err)
+		}
+	}
+	if !errors.Is(bad.Err(), keywarden.ErrPolicyViolation) {
+		t.Fatalf("failing op in a batch: %v", bad.Err())
+	}
+}
+
+// Data too large for one message is refused before it is sent.
+func TestTooLargeForOneMessage(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if _, err := k.Encrypt(ctx, make([]byte, c.Limits().MaxMessageBytes), nil); !errors.Is(err, keywarden.ErrResourceExhausted) {
+		t.Fatalf("oversized one-shot: %v", err)
+	}
+	if _, err := k.Encrypt(ctx, make([]byte, c.MaxData()), nil); err != nil {
+		t.Fatalf("MaxData bytes: %v", err)
+	}
+}
+
+func TestClosedClient(t *testing.T) {
+	c, err := keywarden.Dial(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := c.Ping(context.Background(), nil); !errors.Is(err, keywarden.ErrClosed) {
+		t.Fatalf("call on a closed client: %v", err)
+	}
+}
+
+func TestParsers(t *testing.T) {
+	u, err := keywarden.ParseUsage("sign, verify,derive")
+	if err != nil || u != keywarden.UsageSign|keywarden.UsageVerify|keywarden.UsageDerive || u.String() != "sign,verify,derive" {
+		t.Fatalf("ParseUsage: %v %v", u, err)
+	}
+	if _, err := keywarden.ParseUsage("sign,export"); err == nil {
+		t.Fatal("unknown usage accepted")
+	}
+	for _, typ := range keywarden.KeyTypes() {
+		if !typ.Valid() {
+			t.Errorf("%s not valid", typ)
+		}
+	}
+	if keywarden.KeyType("aes128").Valid() {
+		t.Error("unknown type valid")
+	}
+	id := keywarden.KeyID{1, 2, 3}
+	if p, err := keywarden.ParseKeyID(id.String()); err != nil || p != id {
+		t.Fatal("key id round trip")
+	}
+}

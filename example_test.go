@@ -1,0 +1,213 @@
+package keywarden_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// TestMain serves a daemon in this process on a temporary socket and
+// points $KEYWARDEN_SOCKET at it, so the examples run as written.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keywarden-example-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	sock := filepath.Join(dir, "kw.sock")
+	l, err := seqpacket.Listen(sock, 0o600)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := server.New(server.Config{DevMode: true})
+	go srv.Serve(l)
+	os.Setenv(keywarden.SocketEnv, sock)
+	code := m.Run()
+	srv.Shutdown(context.Background())
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func Example() {
+	ctx := context.Background()
+	// "" means $KEYWARDEN_SOCKET, else the default socket.
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Name: "example-data", Type: keywarden.AES256GCM})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ciphertext, err := key.Encrypt(ctx, []byte("attack at dawn"), []byte("record 42"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	plaintext, err := key.Decrypt(ctx, ciphertext, []byte("record 42"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s (%d-byte ciphertext)\n", plaintext, len(ciphertext))
+
+	// The key never leaves the daemon: it was not created exportable.
+	_, err = key.Export(ctx, keywarden.FormatRaw)
+	fmt.Println(errors.Is(err, keywarden.ErrPolicyViolation))
+	// Output:
+	// attack at dawn (42-byte ciphertext)
+	// true
+}
+
+// A daemon key is a crypto.Signer: here it signs a certificate.
+func ExampleKey_Sign() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Name: "example-ca", Type: keywarden.ECDSAP256})
+	if err != nil {
+		log.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "Example CA"},
+		NotBefore:             time.Now(),
+		NotAfter:              time.Now().AddDate(1, 0, 0),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	fmt.Println(cert.Subject.CommonName, cert.CheckSignatureFrom(cert) == nil)
+	// Output: Example CA true
+}
+
+func ExampleKey_Verify() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.Ed25519, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	msg := []byte("release v1.0")
+	sig, err := key.SignMessage(ctx, msg, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Anyone can check it with the public key alone...
+	fmt.Println(ed25519.Verify(key.Public().(ed25519.PublicKey), msg, sig))
+	// ...or ask the daemon. A bad signature is ErrVerification.
+	err = key.Verify(ctx, []byte("release v2.0"), sig, nil)
+	fmt.Println(errors.Is(err, keywarden.ErrVerification))
+	// Output:
+	// true
+	// true
+}
+
+// A Batch sends many small operations in as few messages as possible.
+func ExampleBatch() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.HMACSHA256, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	batch := client.NewBatch()
+	var results []*keywarden.BatchResult
+	for i := range 1000 {
+		results = append(results, batch.MAC(key, fmt.Appendf(nil, "record %d", i)))
+	}
+	if err := batch.Do(ctx); err != nil {
+		log.Fatal(err)
+	}
+	tag, err := results[999].Bytes()
+	fmt.Println(len(results), len(tag), err)
+	// Output: 1000 32 <nil>
+}
+
+// Streams hash, MAC or sign data of any size.
+func ExampleKey_NewSigner() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.ECDSAP256, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	signer, err := key.NewSigner(ctx, &keywarden.SignOptions{Hash: crypto.SHA256})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer signer.Close()
+	big := make([]byte, 4<<20) // larger than one message
+	signer.Write(big)
+	sig, err := signer.Sum()
+	if err != nil {
+		log.Fatal(err)
+	}
+	digest := sha256.Sum256(big)
+	fmt.Println(key.VerifyDigest(ctx, digest[:], sig, &keywarden.SignOptions{Hash: crypto.SHA256}))
+	// Output: <nil>
+}
+
+// Keys are shared with other users through their ACL.
+func ExampleKey_SetACL() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Name: "example-shared", Type: keywarden.Ed25519})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// uid 33 may verify with it; the group 1001 may sign and verify.
+	info, err := key.SetACL(ctx, []keywarden.ACLEntry{
+		{ID: 33, Usage: keywarden.UsageVerify},
+		{Group: true, ID: 1001, Usage: keywarden.UsageSign | keywarden.UsageVerify},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(info.ACL), info.ACL[1].Usage)
+	// Output: 2 sign,verify
+}

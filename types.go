@@ -1,0 +1,398 @@
+package keywarden
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// KeyType names the algorithm a key is made for. A key is only ever used
+// with its own algorithm. The string values are those the CLI accepts.
+type KeyType string
+
+const (
+	AES256GCM  KeyType = "aes256-gcm"
+	HMACSHA256 KeyType = "hmac-sha256"
+	HMACSHA384 KeyType = "hmac-sha384"
+	HMACSHA512 KeyType = "hmac-sha512"
+	Ed25519    KeyType = "ed25519"
+	ECDSAP256  KeyType = "ecdsa-p256"
+	ECDSAP384  KeyType = "ecdsa-p384"
+	RSA2048    KeyType = "rsa-2048"
+	RSA3072    KeyType = "rsa-3072"
+	RSA4096    KeyType = "rsa-4096"
+	X25519     KeyType = "x25519"
+	ECDHP256   KeyType = "ecdh-p256"
+	ECDHP384   KeyType = "ecdh-p384"
+)
+
+var keyTypes = []struct {
+	t KeyType
+	w wire.KeyType
+}{
+	{AES256GCM, wire.KeyType_KEY_TYPE_AES256_GCM},
+	{HMACSHA256, wire.KeyType_KEY_TYPE_HMAC_SHA256},
+	{HMACSHA384, wire.KeyType_KEY_TYPE_HMAC_SHA384},
+	{HMACSHA512, wire.KeyType_KEY_TYPE_HMAC_SHA512},
+	{Ed25519, wire.KeyType_KEY_TYPE_ED25519},
+	{ECDSAP256, wire.KeyType_KEY_TYPE_ECDSA_P256},
+	{ECDSAP384, wire.KeyType_KEY_TYPE_ECDSA_P384},
+	{RSA2048, wire.KeyType_KEY_TYPE_RSA_2048},
+	{RSA3072, wire.KeyType_KEY_TYPE_RSA_3072},
+	{RSA4096, wire.KeyType_KEY_TYPE_RSA_4096},
+	{X25519, wire.KeyType_KEY_TYPE_X25519},
+	{ECDHP256, wire.KeyType_KEY_TYPE_ECDH_P256},
+	{ECDHP384, wire.KeyType_KEY_TYPE_ECDH_P384},
+}
+
+// KeyTypes returns every key type the client knows.
+func KeyTypes() []KeyType {
+	ts := make([]KeyType, len(keyTypes))
+	for i, k := range keyTypes {
+		ts[i] = k.t
+	}
+	return ts
+}
+
+func (t KeyType) wire() wire.KeyType {
+	for _, k := range keyTypes {
+		if k.t == t {
+			return k.w
+		}
+	}
+	return wire.KeyType_KEY_TYPE_UNSPECIFIED
+}
+
+func keyTypeFromWire(w wire.KeyType) KeyType {
+	for _, k := range keyTypes {
+		if k.w == w {
+			return k.t
+		}
+	}
+	return KeyType(strings.ToLower(strings.TrimPrefix(w.String(), "KEY_TYPE_")))
+}
+
+// Valid reports whether t is a known key type.
+func (t KeyType) Valid() bool { return t.wire() != wire.KeyType_KEY_TYPE_UNSPECIFIED }
+
+// Class says what a key object holds.
+type Class string
+
+const (
+	ClassSecret  Class = "secret"
+	ClassPublic  Class = "public"
+	ClassPrivate Class = "private"
+)
+
+func classFromWire(c wire.KeyClass) Class {
+	switch c {
+	case wire.KeyClass_KEY_CLASS_SECRET:
+		return ClassSecret
+	case wire.KeyClass_KEY_CLASS_PUBLIC:
+		return ClassPublic
+	case wire.KeyClass_KEY_CLASS_PRIVATE:
+		return ClassPrivate
+	}
+	return Class("unknown")
+}
+
+// Usage is a set of things a key may be used for.
+type Usage uint32
+
+const (
+	UsageEncrypt = Usage(wire.Usage_USAGE_ENCRYPT)
+	UsageDecrypt = Usage(wire.Usage_USAGE_DECRYPT)
+	UsageSign    = Usage(wire.Usage_USAGE_SIGN)
+	UsageVerify  = Usage(wire.Usage_USAGE_VERIFY)
+	UsageWrap    = Usage(wire.Usage_USAGE_WRAP)
+	UsageUnwrap  = Usage(wire.Usage_USAGE_UNWRAP)
+	UsageDerive  = Usage(wire.Usage_USAGE_DERIVE)
+)
+
+var usageNames = []struct {
+	u    Usage
+	name string
+}{
+	{UsageEncrypt, "encrypt"}, {UsageDecrypt, "decrypt"}, {UsageSign, "sign"}, {UsageVerify, "verify"},
+	{UsageWrap, "wrap"}, {UsageUnwrap, "unwrap"}, {UsageDerive, "derive"},
+}
+
+// String returns the usages as a comma-separated list, e.g. "sign,verify".
+func (u Usage) String() string {
+	var parts []string
+	for _, n := range usageNames {
+		if u&n.u != 0 {
+			parts = append(parts, n.name)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// Has reports whether u includes every usage in x.
+func (u Usage) Has(x Usage) bool { return u&x == x }
+
+// ParseUsage parses a comma-separated list of usage names.
+func ParseUsage(s string) (Usage, error) {
+	var u Usage
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		found := false
+		for _, n := range usageNames {
+			if n.name == part {
+				u |= n.u
+				found = true
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("unknown usage %q (want encrypt, decrypt, sign, verify, wrap, unwrap, derive)", part)
+		}
+	}
+	return u, nil
+}
+
+// KeyID is a key's persistent identifier: 128 random bits, shown as 32
+// hex digits.
+type KeyID [16]byte
+
+func (id KeyID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseKeyID parses the 32-hex-digit form of a key id.
+func ParseKeyID(s string) (KeyID, error) {
+	var id KeyID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("invalid key id %q: want 32 hex digits", s)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// ACLEntry grants a user or group some of a key's usages. An entry with
+// no usages still lets its principal see the key and read its public half.
+type ACLEntry struct {
+	Group bool   // ID is a gid rather than a uid
+	ID    uint32 // uid or gid
+	Usage Usage
+}
+
+// KeySpec describes a key to create.
+type KeySpec struct {
+	// Name is unique per owner among persistent keys: 1-128 characters of
+	// A-Z a-z 0-9 . _ @ + -, starting with a letter, digit or underscore.
+	// Optional.
+	Name string
+	Type KeyType
+	// Usage; zero means everything the type can do, minus what the rules
+	// forbid (a key never both wraps and decrypts, or unwraps and encrypts).
+	Usage Usage
+	// Exportable keys may leave the daemon in plaintext. This can be
+	// switched off later, never on.
+	Exportable bool
+	// Wrappable keys may leave the daemon wrapped under another key.
+	Wrappable bool
+	// Ephemeral keys die with the connection and are invisible to others.
+	Ephemeral bool
+	ACL       []ACLEntry
+}
+
+func (s KeySpec) wire() *wire.KeyTemplate {
+	t := &wire.KeyTemplate{Name: s.Name, Type: s.Type.wire(), Usage: uint32(s.Usage),
+		Exportable: s.Exportable, Wrappable: s.Wrappable, Ephemeral: s.Ephemeral}
+	t.Acl = aclToWire(s.ACL)
+	return t
+}
+
+func aclToWire(acl []ACLEntry) []*wire.AclEntry {
+	var out []*wire.AclEntry
+	for _, e := range acl {
+		w := &wire.AclEntry{Usage: uint32(e.Usage)}
+		if e.Group {
+			w.Principal = &wire.AclEntry_Gid{Gid: e.ID}
+		} else {
+			w.Principal = &wire.AclEntry_Uid{Uid: e.ID}
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// KeyInfo describes a key object.
+type KeyInfo struct {
+	ID         KeyID
+	Name       string
+	Owner      uint32 // uid
+	Type       KeyType
+	Class      Class
+	Usage      Usage
+	Exportable bool
+	Wrappable  bool
+	Ephemeral  bool
+	ACL        []ACLEntry
+	Created    time.Time
+	Version    uint32
+	// PublicKeyDER is the SubjectPublicKeyInfo of an asymmetric key.
+	PublicKeyDER []byte
+	// CallerUsage is what the caller who asked may do with the key.
+	CallerUsage Usage
+}
+
+func infoFromWire(w *wire.KeyInfo) KeyInfo {
+	if w == nil {
+		return KeyInfo{}
+	}
+	i := KeyInfo{
+		Name: w.Name, Owner: w.OwnerUid, Type: keyTypeFromWire(w.Type), Class: classFromWire(w.Class),
+		Usage: Usage(w.Usage), Exportable: w.Exportable, Wrappable: w.Wrappable, Ephemeral: w.Ephemeral,
+		Created: time.Unix(0, w.CreatedUnixNano), Version: w.Version, PublicKeyDER: w.PublicKey,
+		CallerUsage: Usage(w.CallerUsage),
+	}
+	copy(i.ID[:], w.Id)
+	for _, e := range w.Acl {
+		switch p := e.Principal.(type) {
+		case *wire.AclEntry_Uid:
+			i.ACL = append(i.ACL, ACLEntry{ID: p.Uid, Usage: Usage(e.Usage)})
+		case *wire.AclEntry_Gid:
+			i.ACL = append(i.ACL, ACLEntry{Group: true, ID: p.Gid, Usage: Usage(e.Usage)})
+		}
+	}
+	return i
+}
+
+// PublicKey parses the public half of an asymmetric key: ed25519.PublicKey,
+// *ecdsa.PublicKey, *rsa.PublicKey, or *ecdh.PublicKey for X25519 and ECDH
+// keys. It returns nil for secret keys.
+func (i KeyInfo) PublicKey() (crypto.PublicKey, error) {
+	if len(i.PublicKeyDER) == 0 {
+		return nil, nil
+	}
+	pub, err := x509.ParsePKIXPublicKey(i.PublicKeyDER)
+	if err != nil {
+		return nil, fmt.Errorf("keywarden: parse public key: %w", err)
+	}
+	if ec, ok := pub.(*ecdsa.PublicKey); ok && (i.Type == ECDHP256 || i.Type == ECDHP384) {
+		return ec.ECDH()
+	}
+	return pub, nil
+}
+
+// Padding selects the RSA signature scheme.
+type Padding int
+
+const (
+	// PaddingPSS is RSASSA-PSS with a salt as long as the hash (default).
+	PaddingPSS Padding = iota
+	// PaddingPKCS1v15 is RSASSA-PKCS1-v1_5.
+	PaddingPKCS1v15
+)
+
+// wire maps the default, PSS, to "unspecified", so that options meant for
+// RSA keys are harmless on keys without padding.
+func (p Padding) wire() wire.Padding {
+	if p == PaddingPKCS1v15 {
+		return wire.Padding_PADDING_PKCS1V15
+	}
+	return wire.Padding_PADDING_UNSPECIFIED
+}
+
+// KeyFormat is the encoding of key bytes on import and export.
+type KeyFormat int
+
+const (
+	// FormatAuto detects the format on import; on export it means raw
+	// bytes for secret keys, PKCS #8 DER for private keys and SPKI DER for
+	// public keys.
+	FormatAuto KeyFormat = iota
+	FormatRaw
+	FormatPKCS8DER
+	FormatPKCS8PEM
+	FormatSPKIDER
+	FormatSPKIPEM
+)
+
+func (f KeyFormat) wire() wire.KeyFormat {
+	switch f {
+	case FormatRaw:
+		return wire.KeyFormat_KEY_FORMAT_RAW
+	case FormatPKCS8DER:
+		return wire.KeyFormat_KEY_FORMAT_PKCS8_DER
+	case FormatPKCS8PEM:
+		return wire.KeyFormat_KEY_FORMAT_PKCS8_PEM
+	case FormatSPKIDER:
+		return wire.KeyFormat_KEY_FORMAT_SPKI_DER
+	case FormatSPKIPEM:
+		return wire.KeyFormat_KEY_FORMAT_SPKI_PEM
+	}
+	return wire.KeyFormat_KEY_FORMAT_UNSPECIFIED
+}
+
+// hashToWire maps a crypto.Hash; 0 maps to unspecified (the default).
+func hashToWire(h crypto.Hash) (wire.HashAlg, error) {
+	switch h {
+	case 0:
+		return wire.HashAlg_HASH_ALG_UNSPECIFIED, nil
+	case crypto.SHA256:
+		return wire.HashAlg_HASH_ALG_SHA256, nil
+	case crypto.SHA384:
+		return wire.HashAlg_HASH_ALG_SHA384, nil
+	case crypto.SHA512:
+		return wire.HashAlg_HASH_ALG_SHA512, nil
+	case crypto.SHA3_256:
+		return wire.HashAlg_HASH_ALG_SHA3_256, nil
+	case crypto.SHA3_512:
+		return wire.HashAlg_HASH_ALG_SHA3_512, nil
+	}
+	return 0, argError("", "unsupported hash %v (want SHA-256, SHA-384, SHA-512, SHA3-256 or SHA3-512)", h)
+}
+
+// ParseHash parses a hash name as the CLI accepts it: sha256, sha384,
+// sha512, sha3-256, sha3-512.
+func ParseHash(s string) (crypto.Hash, error) {
+	switch strings.ToLower(strings.ReplaceAll(s, "_", "-")) {
+	case "sha256", "sha-256":
+		return crypto.SHA256, nil
+	case "sha384", "sha-384":
+		return crypto.SHA384, nil
+	case "sha512", "sha-512":
+		return crypto.SHA512, nil
+	case "sha3-256":
+		return crypto.SHA3_256, nil
+	case "sha3-512":
+		return crypto.SHA3_512, nil
+	}
+	return 0, fmt.Errorf("unknown hash %q (want sha256, sha384, sha512, sha3-256, sha3-512)", s)
+}
+
+// Limits are the daemon's limits, which the client honours.
+type Limits struct {
+	MaxMessageBytes int
+	MaxInFlight     int
+	MaxSessions     int
+	MaxHandles      int
+	MaxKeysPerUser  int
+	MaxBatchOps     int
+}
+
+// ServerStatus is what the daemon says about itself.
+type ServerStatus struct {
+	ProtocolVersion uint32
+	ServerVersion   string
+	Limits          Limits
+	DevMode         bool
+	Started         time.Time
+	Keys            uint64
+	Connections     uint32
+	// The identity the daemon attributed to the status request.
+	CallerUID   uint32
+	CallerGID   uint32
+	CallerPID   int32
+	CallerPidfd bool
+}
