@@ -11,3 +11,8 @@ require (
 )
 
 require golang.org/x/tools v0.26.0 // indirect
+
+tool (
+	github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto
+	google.golang.org/protobuf/cmd/protoc-gen-go
+)

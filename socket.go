@@ -16,7 +16,8 @@ const SocketEnv = "KEYWARDEN_SOCKET"
 
 // UserSocketPath is where a daemon run by an ordinary user listens:
 // $XDG_RUNTIME_DIR/keywarden/keywarden.sock, or
-// /tmp/keywarden-UID/keywarden.sock when XDG_RUNTIME_DIR is unset.
+// $TMPDIR/keywarden-UID/keywarden.sock (TMPDIR defaulting to /tmp) when
+// XDG_RUNTIME_DIR is unset.
 func UserSocketPath() string {
 	if dir := os.Getenv("XDG_RUNTIME_DIR"); dir != "" && filepath.IsAbs(dir) {
 		return filepath.Join(dir, "keywarden", "keywarden.sock")

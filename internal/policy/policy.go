@@ -285,13 +285,19 @@ func CheckChange(old *key.Attrs, c Change) (*key.Attrs, Decision) {
 	return &n, allow
 }
 
-// CheckDerive decides whether a key made from parent by derivation may
-// have the attributes t asks for. A derived key inherits its parent's
-// restrictions: it is exportable or wrappable only if the parent is, and
-// it is always a secret key.
-func CheckDerive(parent Key, t Template) (key.Usage, Decision) {
+// CheckDerive decides whether caller may have a key made from parent by
+// derivation with the attributes t asks for. A derived key inherits its
+// parent's restrictions: it is exportable or wrappable only if the parent
+// is, and only for the parent's owner (anyone else granted derive on the
+// key could otherwise take out what only the owner may); and it is always
+// a secret key.
+func CheckDerive(c Caller, parent Key, t Template) (key.Usage, Decision) {
 	if t.Spec == nil || t.Spec.Asymmetric {
 		return 0, deny(wire.Status_STATUS_INVALID_ARGUMENT, "a derived key must be of a secret key type", "derive into %v", t.Spec)
+	}
+	if (t.Exportable || t.Wrappable) && c.UID != parent.Owner {
+		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "only the parent's owner may derive an exportable or wrappable key",
+			"derive: uid %d asked for an exportable or wrappable child of uid %d's key", c.UID, parent.Owner)
 	}
 	if t.Exportable && !parent.Attrs.Exportable {
 		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "a key derived from a non-exportable key cannot be exportable",

@@ -242,23 +242,27 @@ func TestCheckDerive(t *testing.T) {
 		return Key{Owner: owner, Spec: x25519, Class: key.Private, Attrs: &key.Attrs{Usage: key.Derive, Exportable: exp, Wrappable: wrap}}
 	}
 	tests := []struct {
-		name string
-		p    Key
-		t    Template
-		want wire.Status
+		name   string
+		caller Caller
+		p      Key
+		t      Template
+		want   wire.Status
 	}{
-		{"aes child", parent(false, false), Template{Spec: aes, Class: key.Secret}, wire.Status_STATUS_OK},
-		{"hmac child", parent(false, false), Template{Spec: hmac256, Class: key.Secret, Usage: key.Sign}, wire.Status_STATUS_OK},
-		{"exportable child of exportable parent", parent(true, false), Template{Spec: aes, Class: key.Secret, Exportable: true}, wire.Status_STATUS_OK},
-		{"exportable child of locked parent", parent(false, false), Template{Spec: aes, Class: key.Secret, Exportable: true}, wire.Status_STATUS_POLICY_VIOLATION},
-		{"wrappable child of locked parent", parent(true, false), Template{Spec: aes, Class: key.Secret, Wrappable: true}, wire.Status_STATUS_POLICY_VIOLATION},
-		{"asymmetric child", parent(true, true), Template{Spec: ed, Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
-		{"child with forbidden pair", parent(true, true), Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Decrypt}, wire.Status_STATUS_POLICY_VIOLATION},
-		{"no type", parent(true, true), Template{Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
+		{"grantee, locked child", Caller{friend, 1}, parent(true, true), Template{Spec: aes, Class: key.Secret}, wire.Status_STATUS_OK},
+		{"grantee, exportable child", Caller{friend, 1}, parent(true, true), Template{Spec: aes, Class: key.Secret, Exportable: true}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"grantee, wrappable child", Caller{friend, 1}, parent(true, true), Template{Spec: aes, Class: key.Secret, Wrappable: true}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"aes child", Caller{owner, 1}, parent(false, false), Template{Spec: aes, Class: key.Secret}, wire.Status_STATUS_OK},
+		{"hmac child", Caller{owner, 1}, parent(false, false), Template{Spec: hmac256, Class: key.Secret, Usage: key.Sign}, wire.Status_STATUS_OK},
+		{"exportable child of exportable parent", Caller{owner, 1}, parent(true, false), Template{Spec: aes, Class: key.Secret, Exportable: true}, wire.Status_STATUS_OK},
+		{"exportable child of locked parent", Caller{owner, 1}, parent(false, false), Template{Spec: aes, Class: key.Secret, Exportable: true}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"wrappable child of locked parent", Caller{owner, 1}, parent(true, false), Template{Spec: aes, Class: key.Secret, Wrappable: true}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"asymmetric child", Caller{owner, 1}, parent(true, true), Template{Spec: ed, Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
+		{"child with forbidden pair", Caller{owner, 1}, parent(true, true), Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Decrypt}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"no type", Caller{owner, 1}, parent(true, true), Template{Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, d := CheckDerive(tt.p, tt.t); d.Status != tt.want {
+			if _, d := CheckDerive(tt.caller, tt.p, tt.t); d.Status != tt.want {
 				t.Fatalf("CheckDerive = %v (%s), want %v", d.Status, d.Reason, tt.want)
 			}
 		})

@@ -127,7 +127,7 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 	}
 	defer c.release()
 	for {
-		n, _, flags, _, err := unix.Recvmsg(c.fd, buf, nil, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+		n, _, flags, err := c.recvmsg(buf, nil)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -140,6 +140,12 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 		}
 		return n, nil
 	}
+}
+
+// recvmsg receives one message.
+func (c *Conn) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
+	n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+	return n, oobn, flags, err
 }
 
 // Cred is the identity the kernel attached to one received message.
@@ -182,7 +188,7 @@ func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
 	}
 	defer c.release()
 	for {
-		n, oobn, flags, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+		n, oobn, flags, err := c.recvmsg(buf, oob)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -388,4 +394,17 @@ func Pair() (*Conn, *Conn, error) {
 	setBuffers(fds[0])
 	setBuffers(fds[1])
 	return newConn(fds[0]), newConn(fds[1]), nil
+}
+
+// ProbeMaxMessage returns the largest message this process can send on a
+// socket with the buffers this package requests (the kernel caps them at
+// twice net.core.wmem_max), or 0 if it cannot tell.
+func ProbeMaxMessage() int {
+	a, b, err := Pair()
+	if err != nil {
+		return 0
+	}
+	defer a.Close()
+	defer b.Close()
+	return a.MaxMessage()
 }

@@ -152,9 +152,11 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	if !isHeavy(req) {
 		cn.arena.reset()
 		rep := cn.execute(req, id, &cn.arena)
+		// Done executing before the reply leaves: a client that sends its
+		// next request as soon as this reply arrives is within the limit.
+		cn.inFlight.Add(-1)
 		cn.out = cn.send(cn.out, rep)
 		cn.arena.wipe()
-		cn.inFlight.Add(-1)
 		return
 	}
 	// A slow request runs concurrently so that the connection keeps serving.
@@ -162,7 +164,6 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	cn.async.Add(1)
 	go func() {
 		defer cn.async.Done()
-		defer cn.inFlight.Add(-1)
 		defer func() {
 			if id.Pidfd >= 0 {
 				unix.Close(id.Pidfd)
@@ -172,7 +173,9 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			h()
 		}
 		var a arena
-		cn.send(nil, cn.execute(req, id, &a)) // decoding copied every field out of cn.buf
+		rep := cn.execute(req, id, &a) // decoding copied every field out of cn.buf
+		cn.inFlight.Add(-1)
+		cn.send(nil, rep)
 		a.wipe()
 	}()
 }
@@ -195,7 +198,16 @@ func (cn *conn) send(buf []byte, rep *wire.Reply) []byte {
 		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
 			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
 	}
-	if err := cn.c.Send(b); err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
+	err = cn.c.Send(b)
+	if errors.Is(err, unix.EMSGSIZE) {
+		// Should not happen (New caps the limit at what the kernel allows),
+		// but a client must never wait for a reply that cannot be sent.
+		cn.log.Error("reply too large for the socket", "request", rep.Id, "bytes", len(b))
+		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
+			Status: wire.Status_STATUS_INTERNAL, Message: "the reply was too large to send"})
+		err = cn.c.Send(b)
+	}
+	if err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 		cn.log.Warn("send failed", "request", rep.Id, "err", err)
 	}
 	if cap(b) > 4*cn.s.limits.MaxMessageBytes {

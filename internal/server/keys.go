@@ -355,7 +355,7 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	usage, d := policy.CheckDerive(parent.Policy(), pt)
+	usage, d := policy.CheckDerive(id.caller(), parent.Policy(), pt)
 	if err := d.Err(); err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ import (
 // from package wire.
 type Limits struct {
 	MaxMessageBytes int // one request or reply
-	MaxInFlight     int // requests accepted and not yet answered, per connection
+	MaxInFlight     int // requests of one connection executing at once
 	MaxSessions     int // streaming sessions per connection
 	MaxHandles      int // open handles per connection
 	MaxKeysPerUser  int // live keys one uid may own
@@ -100,6 +100,13 @@ func New(cfg Config) *Server {
 		cfg.Now = time.Now
 	}
 	lim := cfg.Limits.withDefaults()
+	// A reply larger than the socket's send buffer cannot be sent at all;
+	// never promise clients more than the kernel allows.
+	if m := seqpacket.ProbeMaxMessage(); m > 0 && lim.MaxMessageBytes > m {
+		cfg.Logger.Warn("message size limit lowered to what the kernel's socket buffers allow (raise net.core.wmem_max to allow more)",
+			"asked", lim.MaxMessageBytes, "allowed", m)
+		lim.MaxMessageBytes = m
+	}
 	return &Server{
 		cfg:     cfg,
 		limits:  lim,

@@ -59,7 +59,9 @@ func rsaGen() *wire.Op {
 		Type: wire.KeyType_KEY_TYPE_RSA_2048, Ephemeral: true}}}}
 }
 
-func ping(p string) *wire.Op { return &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: []byte(p)}}} }
+func ping(p string) *wire.Op {
+	return &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: []byte(p)}}}
+}
 
 // The in-flight limit counts requests executing at once; one over it is
 // refused at once, the others complete.

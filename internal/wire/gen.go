@@ -2,7 +2,7 @@ package wire
 
 // Regenerate keywarden.pb.go and keywarden_vtproto.pb.go after editing
 // keywarden.proto. It needs protoc, and protoc-gen-go and
-// protoc-gen-go-vtproto at the versions pinned in go.mod ("make proto"
-// installs them).
+// protoc-gen-go-vtproto in $PATH at the versions go.mod pins as tools
+// ("make proto" installs them and runs this).
 //
 //go:generate protoc --go_out=. --go_opt=paths=source_relative --go-vtproto_out=. --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size keywarden.proto

@@ -46,7 +46,9 @@ const (
 	Status_STATUS_NOT_FOUND Status = 2
 	// A key with that name already exists for this owner.
 	Status_STATUS_ALREADY_EXISTS Status = 3
-	// The caller is known to the key but lacks the right for this operation.
+	// The caller may see the key but lacks the right for this operation (a
+	// usage not granted to it; management by anyone but the owner), or, for
+	// a whole request, the daemon could not see who sent it.
 	Status_STATUS_PERMISSION_DENIED Status = 4
 	// The key's attributes forbid the operation or the requested attributes
 	// break a rule (forbidden usage pair, re-enabling export, ...).
@@ -55,12 +57,15 @@ const (
 	// the transport: the request itself succeeded.
 	Status_STATUS_VERIFICATION_FAILED Status = 6
 	// The machine's generation changed (VM snapshot restore or clone) and the
-	// operation depended on state from an older generation.
+	// operation depended on state from an older generation. Reserved: this
+	// version never returns it.
 	Status_STATUS_GENERATION_CHANGED Status = 7
-	// A documented limit was reached (message size, in-flight requests,
-	// handles, sessions, keys per user, batch size).
+	// A documented limit was reached (message size, reply size, in-flight
+	// requests, handles, sessions, keys per user, batch size, ACL entries,
+	// connections).
 	Status_STATUS_RESOURCE_EXHAUSTED Status = 8
-	// The daemon cannot serve this now (shutting down, sealed, ...).
+	// The daemon cannot serve this now (it is shutting down, or the
+	// connection is closing).
 	Status_STATUS_UNAVAILABLE Status = 9
 	// The protocol version or operation is not supported by this daemon.
 	Status_STATUS_UNIMPLEMENTED Status = 10
@@ -442,7 +447,7 @@ type KeyFormat int32
 
 const (
 	// On import: detect. On export: RAW for secret keys, PKCS8_DER for
-	// private keys; on PublicKey: SPKI_DER.
+	// private keys, SPKI_DER for public keys; on PublicKey: SPKI_DER.
 	KeyFormat_KEY_FORMAT_UNSPECIFIED KeyFormat = 0
 	KeyFormat_KEY_FORMAT_RAW         KeyFormat = 1
 	KeyFormat_KEY_FORMAT_PKCS8_DER   KeyFormat = 2
@@ -1160,7 +1165,9 @@ func (*Op_SessionAbort) isOp_Op() {}
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Status Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=keywarden.v1.Status" json:"status,omitempty"`
-	// A short reason when status is not OK. Never contains secrets.
+	// A short reason when status is not OK (empty for the operations of a
+	// batch left unexecuted after the first, which carries the reason).
+	// Never contains secrets.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The bytes an operation produces: ciphertext, plaintext, signature,
 	// tag, digest, exported key, public key, or the Ping payload. (A plain
@@ -1410,9 +1417,9 @@ func (*AclEntry_Gid) isAclEntry_Principal() {}
 // KeyTemplate describes a key to create.
 type KeyTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Unique per owner among persistent keys. 1-128 bytes of
-	// [A-Za-z0-9._@+-], starting with a letter, digit or underscore.
-	// Optional for ephemeral keys.
+	// Optional. Unique per owner among persistent keys. 1-128 bytes of
+	// [A-Za-z0-9._@+-], starting with a letter, digit or underscore. An
+	// ephemeral key's name is only a label: not unique, not openable.
 	Name string  `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Type KeyType `protobuf:"varint,2,opt,name=type,proto3,enum=keywarden.v1.KeyType" json:"type,omitempty"`
 	// Usage bits. 0 means the default for the type: everything it can do,
@@ -2389,7 +2396,8 @@ type List struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Continue after this key id (from ListResult.next).
 	After []byte `protobuf:"bytes,1,opt,name=after,proto3" json:"after,omitempty"`
-	// At most this many keys; 0 means as many as fit in one reply.
+	// At most this many keys; 0 or more than 128 means 128. A page also
+	// stops when its key infos reach half of max_message_bytes.
 	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

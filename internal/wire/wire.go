@@ -14,8 +14,9 @@ const (
 	// DefaultMaxMessageBytes bounds one encoded Request or Reply. Data larger
 	// than this goes through a streaming session.
 	DefaultMaxMessageBytes = 256 << 10
-	// DefaultMaxInFlight bounds requests a connection may have sent and not
-	// yet had answered.
+	// DefaultMaxInFlight bounds the requests of one connection executing at
+	// once (read by the daemon, results not yet computed). Requests still
+	// queued in the socket do not count.
 	DefaultMaxInFlight = 64
 	// DefaultMaxSessions bounds open streaming sessions per connection.
 	DefaultMaxSessions = 64
