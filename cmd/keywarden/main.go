@@ -1,0 +1,13 @@
+// Command keywarden is the keywarden daemon and its command line client.
+// Run "keywarden help" for the commands.
+package main
+
+import (
+	"os"
+
+	"github.com/keywarden/keywarden/internal/cli"
+)
+
+func main() {
+	os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}

@@ -1,0 +1,246 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keywarden/keywarden"
+)
+
+// The modes in which every operation is measured.
+const (
+	// ModeInProcess is the operation done by the Go standard library in the
+	// measuring process, one goroutine: the yardstick.
+	ModeInProcess = "inprocess"
+	// ModeRoundTrip is one operation per request, one request at a time,
+	// from one goroutine.
+	ModeRoundTrip = "roundtrip"
+	// ModePipelined is one operation per request from Config.Pipeline
+	// goroutines sharing one Client, which pipelines their requests on its
+	// one connection.
+	ModePipelined = "pipelined"
+	// ModeBatched is Config.BatchSize operations queued on a Batch and sent
+	// with one Do, from one goroutine; Do splits them into as many
+	// requests as the daemon's limits need and keeps several in flight.
+	ModeBatched = "batched"
+)
+
+// Modes returns the modes in the order they are measured.
+func Modes() []string { return []string{ModeInProcess, ModeRoundTrip, ModePipelined, ModeBatched} }
+
+// Config configures a run. Zero values mean defaults.
+type Config struct {
+	// Socket is the daemon to measure. Empty means: start a private daemon
+	// for the run, as a separate process, and stop it at the end.
+	Socket string
+	// Duration is how long each operation is measured in each mode, after
+	// a short warm-up; 0 means one second.
+	Duration time.Duration
+	// Ops names the operations to measure (see Operations); empty means
+	// all of them.
+	Ops []string
+	// BatchSize is the number of operations per Do in the batched mode;
+	// 0 means 512.
+	BatchSize int
+	// Pipeline is the number of concurrent requests in the pipelined mode;
+	// 0 means 16.
+	Pipeline int
+	// Executable is the keywarden binary to start as the private daemon;
+	// empty means the running executable (os.Executable).
+	Executable string
+	// Env is added to the private daemon's environment, as "KEY=value"
+	// entries. The daemon otherwise inherits this process's environment.
+	Env []string
+}
+
+func (c Config) withDefaults() Config {
+	if c.Duration <= 0 {
+		c.Duration = time.Second
+	}
+	if len(c.Ops) == 0 {
+		c.Ops = Operations()
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 512
+	}
+	if c.Pipeline <= 0 {
+		c.Pipeline = 16
+	}
+	return c
+}
+
+// maxWarmup bounds the warm-up before each measurement; a shorter Duration
+// shortens it too.
+const maxWarmup = 100 * time.Millisecond
+
+// Result is the measurement of one operation in one mode.
+type Result struct {
+	Op   string `json:"op"`
+	Mode string `json:"mode"`
+	// Ops is the number of operations completed in the measured interval,
+	// Seconds its length.
+	Ops     int     `json:"ops"`
+	Seconds float64 `json:"seconds"`
+	// Bytes is the payload of one operation: the message encrypted,
+	// decrypted, authenticated, signed or hashed; 0 for ping.
+	Bytes int64 `json:"size_bytes"`
+	// Batch is the number of operations per Do in the batched mode;
+	// Pipeline the number of concurrent requests in the pipelined mode.
+	Batch    int `json:"batch,omitempty"`
+	Pipeline int `json:"pipeline,omitempty"`
+
+	OpsPerSec float64 `json:"ops_per_sec"`
+	// MBPerSec is OpsPerSec × Bytes / 10⁶.
+	MBPerSec float64 `json:"mb_per_sec"`
+	// P50us and P99us are per-operation latencies in microseconds. In the
+	// batched mode they are a batch's latency divided by Batch; in the
+	// in-process mode, the time of a group of operations (enough for about
+	// ten microseconds) divided by the group's size.
+	P50us float64 `json:"p50_us"`
+	P99us float64 `json:"p99_us"`
+	// BatchP50us and BatchP99us are the latency of one batch in the
+	// batched mode: queuing Batch operations and Do.
+	BatchP50us float64 `json:"batch_p50_us,omitempty"`
+	BatchP99us float64 `json:"batch_p99_us,omitempty"`
+	// RatioToInProcess is OpsPerSec divided by the in-process OpsPerSec of
+	// the same operation in the same run; 0 where there is no in-process
+	// equivalent (ping).
+	RatioToInProcess float64 `json:"ratio_to_inprocess"`
+}
+
+// Run measures cfg.Ops in every mode and returns one Result per operation
+// and mode, in order: operations as named, modes as Modes lists them.
+// Operations without an in-process equivalent (ping) have no in-process
+// Result. If progress is not nil, Run writes a line to it before each
+// measurement.
+//
+// Run measures one thing at a time; on a machine doing other work the
+// figures say more about that work than about keywarden.
+func Run(ctx context.Context, cfg Config, progress io.Writer) (_ []Result, err error) {
+	cfg = cfg.withDefaults()
+	ops, err := lookupOps(cfg.Ops)
+	if err != nil {
+		return nil, err
+	}
+	say := func(format string, args ...any) {
+		if progress != nil {
+			fmt.Fprintf(progress, format+"\n", args...)
+		}
+	}
+	socket := cfg.Socket
+	if socket == "" {
+		say("starting a private daemon")
+		d, derr := startDaemon(ctx, cfg.Executable, cfg.Env)
+		if derr != nil {
+			return nil, derr
+		}
+		defer func() {
+			if serr := d.stop(); err == nil && serr != nil {
+				err = serr
+			}
+		}()
+		socket = d.socket
+	}
+	c, err := keywarden.Dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+
+	var results []Result
+	for _, op := range ops {
+		rs, err := runOp(ctx, cfg, c, op, say)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", op.name, err)
+		}
+		results = append(results, rs...)
+	}
+	return results, nil
+}
+
+// Operations returns the names of the operations Run can measure, in the
+// order it measures them.
+func Operations() []string {
+	names := make([]string, len(operations))
+	for i, op := range operations {
+		names[i] = op.name
+	}
+	return names
+}
+
+func lookupOps(names []string) ([]operation, error) {
+	var out []operation
+	for _, n := range names {
+		i := slices.IndexFunc(operations, func(op operation) bool { return op.name == n })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown operation %q (want one of %s)", n, strings.Join(Operations(), ", "))
+		}
+		out = append(out, operations[i])
+	}
+	return out, nil
+}
+
+// runOp measures one operation in every mode.
+func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, say func(string, ...any)) ([]Result, error) {
+	warmup := min(maxWarmup, cfg.Duration)
+	var results []Result
+	add := func(mode string, m measurement) {
+		results = append(results, m.result(op, mode))
+	}
+
+	if op.local != nil {
+		say("measuring %s %s...", op.name, ModeInProcess)
+		fn, err := op.local()
+		if err != nil {
+			return nil, err
+		}
+		m, err := measureInProcess(ctx, fn, warmup, cfg.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ModeInProcess, err)
+		}
+		add(ModeInProcess, m)
+	}
+
+	r, err := op.remote(ctx, c)
+	if err != nil {
+		return nil, fmt.Errorf("setting up: %w", err)
+	}
+	defer r.close(ctx)
+	modes := []struct {
+		name    string
+		measure func(time.Duration) (measurement, error)
+	}{
+		{ModeRoundTrip, func(d time.Duration) (measurement, error) { return measureRoundTrip(ctx, r.one, d) }},
+		{ModePipelined, func(d time.Duration) (measurement, error) {
+			return measurePipelined(ctx, r.one, cfg.Pipeline, d)
+		}},
+		{ModeBatched, func(d time.Duration) (measurement, error) {
+			return measureBatched(ctx, c, r.queue, cfg.BatchSize, d)
+		}},
+	}
+	for _, md := range modes {
+		say("measuring %s %s...", op.name, md.name)
+		runtime.GC()
+		if _, err := md.measure(warmup); err != nil {
+			return nil, fmt.Errorf("%s: %w", md.name, err)
+		}
+		m, err := md.measure(cfg.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", md.name, err)
+		}
+		add(md.name, m)
+	}
+
+	if len(results) > 0 && results[0].Mode == ModeInProcess && results[0].OpsPerSec > 0 {
+		base := results[0].OpsPerSec
+		for i := range results {
+			results[i].RatioToInProcess = results[i].OpsPerSec / base
+		}
+	}
+	return results, nil
+}

@@ -1,0 +1,290 @@
+package bench_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/bench"
+	"github.com/keywarden/keywarden/internal/cli"
+)
+
+// daemonEnv makes the test binary run as the keywarden command, so that
+// it can be the private daemon.
+const daemonEnv = "KEYWARDEN_BENCH_DAEMON"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(daemonEnv) == "1" {
+		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	code := m.Run()
+	if err := stopShared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// daemonConfig makes Run start the test binary as its daemon.
+func daemonConfig(t testing.TB) (executable string, env []string) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return self, []string{daemonEnv + "=1"}
+}
+
+func TestRun(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where the private daemon's directory goes
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := bench.Run(ctx, bench.Config{
+		Duration:   50 * time.Millisecond,
+		Ops:        []string{"aes256-gcm-seal-256", "ping"},
+		BatchSize:  64,
+		Pipeline:   4,
+		Executable: exe,
+		Env:        env,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	type key struct{ op, mode string }
+	want := []key{
+		{"aes256-gcm-seal-256", bench.ModeInProcess}, {"aes256-gcm-seal-256", bench.ModeRoundTrip},
+		{"aes256-gcm-seal-256", bench.ModePipelined}, {"aes256-gcm-seal-256", bench.ModeBatched},
+		{"ping", bench.ModeRoundTrip}, {"ping", bench.ModePipelined}, {"ping", bench.ModeBatched},
+	}
+	var got []key
+	for _, r := range results {
+		got = append(got, key{r.Op, r.Mode})
+		if r.OpsPerSec <= 0 || r.Ops <= 0 || r.P50us <= 0 || r.P99us < r.P50us {
+			t.Errorf("%s %s: ops %d, %v ops/s, p50 %v µs, p99 %v µs", r.Op, r.Mode, r.Ops, r.OpsPerSec, r.P50us, r.P99us)
+		}
+		switch {
+		case r.Op == "ping" && (r.RatioToInProcess != 0 || r.MBPerSec != 0):
+			t.Errorf("ping %s: ratio %v, %v MB/s; want 0 and 0", r.Mode, r.RatioToInProcess, r.MBPerSec)
+		case r.Op != "ping" && (r.RatioToInProcess <= 0 || r.Bytes != 256 || r.MBPerSec <= 0):
+			t.Errorf("%s %s: ratio %v, %d bytes, %v MB/s", r.Op, r.Mode, r.RatioToInProcess, r.Bytes, r.MBPerSec)
+		case r.Mode == bench.ModeInProcess && r.RatioToInProcess != 1:
+			t.Errorf("%s in-process ratio %v, want 1", r.Op, r.RatioToInProcess)
+		case r.Mode == bench.ModeBatched && (r.Batch != 64 || r.BatchP50us < r.P50us):
+			t.Errorf("%s batched: batch %d, batch p50 %v µs, p50 %v µs", r.Op, r.Batch, r.BatchP50us, r.P50us)
+		case r.Mode == bench.ModePipelined && r.Pipeline != 4:
+			t.Errorf("%s pipelined: pipeline %d, want 4", r.Op, r.Pipeline)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("measured %v, want %v", got, want)
+	}
+
+	b, err := json.Marshal(results)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var objs []map[string]any
+	if err := json.Unmarshal(b, &objs); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		for _, k := range []string{"op", "mode", "ops_per_sec", "mb_per_sec", "p50_us", "p99_us", "ratio_to_inprocess"} {
+			if _, ok := o[k]; !ok {
+				t.Errorf("%v %v: JSON has no %q", o["op"], o["mode"], k)
+			}
+		}
+	}
+
+	// The daemon is gone, reaped, and its directory removed.
+	var ws syscall.WaitStatus
+	if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); !errors.Is(err, syscall.ECHILD) {
+		t.Errorf("a child process is left (pid %d, %v)", pid, err)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("left behind in the temporary directory: %v", left)
+	}
+}
+
+func TestRunUnknownOp(t *testing.T) {
+	_, err := bench.Run(context.Background(), bench.Config{Ops: []string{"rot13"}, Executable: "/nonexistent"}, nil)
+	if err == nil {
+		t.Fatal("Run accepted an unknown operation")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var s []int64
+	for i := 1; i <= 100; i++ {
+		s = append(s, int64(i)*1000) // 1..100 µs
+	}
+	for _, tc := range []struct {
+		samples []int64
+		p, want float64
+	}{
+		{s, 0.50, 50}, {s, 0.99, 99}, {s, 1, 100}, {s[:1], 0.99, 1}, {nil, 0.5, 0},
+	} {
+		if got := bench.Percentile(tc.samples, tc.p); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("percentile %v of %d samples = %v µs, want %v", tc.p, len(tc.samples), got, tc.want)
+		}
+	}
+}
+
+func BenchmarkInProcess(b *testing.B) {
+	for _, op := range bench.Ops() {
+		fn, err := op.Local()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if fn == nil {
+			continue // no in-process equivalent
+		}
+		b.Run(op.Name, func(b *testing.B) {
+			b.SetBytes(int64(op.Size))
+			for b.Loop() {
+				if err := fn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRate(b, b.N)
+		})
+	}
+}
+
+// The daemon the benchmarks share: started once per process, by the first
+// benchmark that needs it, and stopped by TestMain.
+var (
+	sharedOnce   sync.Once
+	sharedDaemon *bench.Daemon
+	sharedErr    error
+)
+
+func shared(b *testing.B) string {
+	sharedOnce.Do(func() {
+		exe, env := daemonConfig(b)
+		sharedDaemon, sharedErr = bench.StartDaemon(context.Background(), exe, env)
+	})
+	if sharedErr != nil {
+		b.Fatal(sharedErr)
+	}
+	return sharedDaemon.Socket()
+}
+
+func stopShared() error {
+	if sharedDaemon == nil {
+		return nil
+	}
+	return sharedDaemon.Stop()
+}
+
+// The pipelined and batched benchmarks use Run's defaults.
+const (
+	pipeline  = 16
+	batchSize = 512
+)
+
+func BenchmarkDaemon(b *testing.B) {
+	ctx := context.Background()
+	c, err := keywarden.Dial(ctx, shared(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for _, op := range bench.Ops() {
+		b.Run(op.Name, func(b *testing.B) {
+			one, queue, closeKey, err := op.Remote(ctx, c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer closeKey(ctx)
+			b.Run(bench.ModeRoundTrip, func(b *testing.B) {
+				b.SetBytes(int64(op.Size))
+				lat := make([]int64, 0, 1<<16)
+				for b.Loop() {
+					t0 := time.Now()
+					if err := one(ctx); err != nil {
+						b.Fatal(err)
+					}
+					lat = append(lat, int64(time.Since(t0)))
+				}
+				reportRate(b, b.N)
+				reportLatency(b, lat, "")
+			})
+			b.Run(bench.ModePipelined, func(b *testing.B) {
+				b.SetBytes(int64(op.Size))
+				b.SetParallelism((pipeline + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+				var mu sync.Mutex
+				var lat []int64
+				b.RunParallel(func(pb *testing.PB) {
+					var mine []int64
+					for pb.Next() {
+						t0 := time.Now()
+						if err := one(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+						mine = append(mine, int64(time.Since(t0)))
+					}
+					mu.Lock()
+					lat = append(lat, mine...)
+					mu.Unlock()
+				})
+				reportRate(b, b.N)
+				reportLatency(b, lat, "")
+			})
+			b.Run(bench.ModeBatched, func(b *testing.B) {
+				// One iteration is one batch.
+				b.SetBytes(int64(op.Size) * batchSize)
+				bt := c.NewBatch()
+				res := make([]*keywarden.BatchResult, batchSize)
+				var lat []int64
+				for b.Loop() {
+					t0 := time.Now()
+					bt.Reset()
+					for i := range res {
+						res[i] = queue(bt)
+					}
+					if err := bt.Do(ctx); err != nil {
+						b.Fatal(err)
+					}
+					lat = append(lat, int64(time.Since(t0)))
+					for _, r := range res {
+						if err := r.Err(); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				reportRate(b, b.N*batchSize)
+				reportLatency(b, lat, "batch-")
+			})
+		})
+	}
+}
+
+// reportRate reports operations per second.
+func reportRate(b *testing.B, ops int) {
+	if s := b.Elapsed().Seconds(); s > 0 {
+		b.ReportMetric(float64(ops)/s, "ops/s")
+	}
+}
+
+// reportLatency reports the median and 99th percentile of lat.
+func reportLatency(b *testing.B, lat []int64, prefix string) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(bench.Percentile(lat, 0.50), prefix+"p50-µs")
+	b.ReportMetric(bench.Percentile(lat, 0.99), prefix+"p99-µs")
+}

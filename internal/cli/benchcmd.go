@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/bench"
+)
+
+func runBench(e *env, args []string) error {
+	f := newFlags("bench", e)
+	// Unlike other commands, bench does not look for the usual daemon: it
+	// measures one of its own unless told otherwise, and has no deadline
+	// unless given one.
+	f.Lookup("socket").Usage = "measure the daemon at this socket `path` (default: start a private daemon, as a separate process, for the run)"
+	f.timeout = 0
+	f.Lookup("timeout").DefValue = "0s"
+	f.Lookup("timeout").Usage = "give up after this `duration` (default: no limit)"
+	duration := f.Duration("duration", time.Second, "measure each operation in each mode for this `duration`")
+	opsList := f.String("ops", "", "comma-separated `list` of operations to measure (default: all of "+strings.Join(bench.Operations(), ", ")+")")
+	batch := f.Int("batch", 512, "operations per batch in the batched mode")
+	pipeline := f.Int("pipeline", 16, "requests in flight at once in the pipelined mode")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	switch {
+	case *duration <= 0:
+		return usagef("--duration must be positive")
+	case *batch < 1:
+		return usagef("--batch must be at least 1")
+	case *pipeline < 1:
+		return usagef("--pipeline must be at least 1")
+	}
+	var ops []string
+	for _, op := range strings.Split(*opsList, ",") {
+		if op = strings.TrimSpace(op); op == "" {
+			continue
+		}
+		if !slices.Contains(bench.Operations(), op) {
+			return usagef("unknown operation %q (want %s)", op, strings.Join(bench.Operations(), ", "))
+		}
+		ops = append(ops, op)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	var progress io.Writer
+	if !f.json {
+		progress = e.stderr
+	}
+	results, err := bench.Run(ctx, bench.Config{
+		Socket: f.socket, Duration: *duration, Ops: ops, BatchSize: *batch, Pipeline: *pipeline,
+	}, progress)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		if results == nil {
+			results = []bench.Result{}
+		}
+		return printJSON(e, results)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "OP\tMODE\tOPS/S\tMB/S\tP50(µs)\tP99(µs)\t×INPROC")
+	for _, r := range results {
+		mb, ratio := "-", "-"
+		if r.Bytes > 0 {
+			mb = fmt.Sprintf("%.1f", r.MBPerSec)
+		}
+		if r.RatioToInProcess > 0 {
+			ratio = fmt.Sprintf("%.2f", r.RatioToInProcess)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Mode, r.OpsPerSec, mb, micros(r.P50us), micros(r.P99us), ratio)
+	}
+	return w.Flush()
+}
+
+// micros formats a latency in microseconds with three significant digits
+// or more.
+func micros(us float64) string {
+	switch {
+	case us < 10:
+		return fmt.Sprintf("%.3f", us)
+	case us < 100:
+		return fmt.Sprintf("%.2f", us)
+	case us < 1000:
+		return fmt.Sprintf("%.1f", us)
+	}
+	return fmt.Sprintf("%.0f", us)
+}

@@ -1,0 +1,256 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keywarden/keywarden"
+)
+
+// Exit codes.
+const (
+	ExitOK       = 0
+	ExitFailed   = 1
+	ExitUsage    = 2
+	ExitNoVerify = 3
+)
+
+// Version is the keywarden version, set at build time with
+// -ldflags "-X github.com/keywarden/keywarden/internal/cli.Version=...".
+var Version = "dev"
+
+// env is what a command may touch.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+type command struct {
+	name    string
+	args    string // synopsis after the name
+	summary string
+	run     func(e *env, args []string) error
+}
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (u *usageError) Error() string { return u.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// errNotVerified is returned when a signature or MAC does not verify.
+var errNotVerified = errors.New("does not verify")
+
+var commands []*command
+
+func init() {
+	commands = []*command{
+		{"serve", "[--dev] [--socket PATH] [flags]", "run the daemon", runServe},
+		{"status", "[--wait DURATION] [--json]", "show the daemon's status and limits", runStatus},
+		{"key generate", "--type T --name N [--usage U,...] [--exportable] [--wrappable] [--ephemeral] [--share uid:U=USAGES]...", "create a key", runKeyGenerate},
+		{"key import", "--type T --name N [--usage U,...] [--exportable] [--wrappable] [--format F] < keyfile", "import a key", runKeyImport},
+		{"key export", "N [--format F]", "print an exportable key's bytes", runKeyExport},
+		{"key public", "N [--format pem|der]", "print a key's public half (SPKI)", runKeyPublic},
+		{"key info", "N [--json]", "describe a key", runKeyInfo},
+		{"key list", "[--json]", "list the keys you own or are granted", runKeyList},
+		{"key destroy", "N", "destroy a key", runKeyDestroy},
+		{"key set", "N [--usage U,...] [--exportable=false] [--wrappable=false]", "narrow a key's attributes", runKeySet},
+		{"key share", "N (--uid U | --gid G) [--usage U,...]", "grant a user or group some of a key's usages", runKeyShare},
+		{"key unshare", "N (--uid U | --gid G)", "revoke a grant", runKeyUnshare},
+		{"encrypt", "--key N [--aad A] [--hash H] < plaintext > ciphertext", "encrypt stdin", runEncrypt},
+		{"decrypt", "--key N [--aad A] [--hash H] < ciphertext > plaintext", "decrypt stdin", runDecrypt},
+		{"sign", "--key N [--hash H] [--padding pss|pkcs1v15] [--ed25519ph] < data > signature", "sign stdin", runSign},
+		{"verify", "--key N --signature FILE [--hash H] [--padding P] [--ed25519ph] < data", "verify a signature over stdin (exit 3 if it does not verify)", runVerify},
+		{"mac", "--key N [--verify FILE] < data", "compute or verify an HMAC tag (exit 3 if it does not verify)", runMAC},
+		{"hash", "--alg H < data", "hash stdin (hex digest)", runHash},
+		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I]", "derive a new key", runDerive},
+		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--json]", "measure operations in-process and through the daemon", runBench},
+		{"version", "", "print the version", runVersion},
+	}
+}
+
+// Main runs the command line args (without the program name) and returns
+// the exit status.
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		if len(args) > 1 {
+			if c := lookup(args[1:]); c != nil {
+				return report(e, c, c.run(e, []string{"-h"}))
+			}
+		}
+		printUsage(stdout)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	c := lookup(args)
+	if c == nil {
+		fmt.Fprintf(stderr, "keywarden: unknown command %q (run \"keywarden help\")\n", strings.Join(args[:min(2, len(args))], " "))
+		return ExitUsage
+	}
+	rest := args[len(strings.Fields(c.name)):]
+	err := c.run(e, rest)
+	return report(e, c, err)
+}
+
+func lookup(args []string) *command {
+	for _, c := range commands {
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
+			return c
+		}
+	}
+	return nil
+}
+
+// report prints err as one line and maps it to an exit status.
+func report(e *env, c *command, err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK // usage already printed
+	}
+	msg := strings.TrimPrefix(err.Error(), "keywarden: ")
+	msg = strings.Join(strings.Fields(msg), " ") // one line
+	fmt.Fprintf(e.stderr, "keywarden: %s\n", msg)
+	var ue *usageError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprintf(e.stderr, "usage: keywarden %s %s\n", c.name, c.args)
+		return ExitUsage
+	case errors.Is(err, errNotVerified), errors.Is(err, keywarden.ErrVerification):
+		return ExitNoVerify
+	}
+	return ExitFailed
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "keywarden holds cryptographic keys so that the programs using them never do.\n\nUsage: keywarden COMMAND [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, `
+Every command that talks to the daemon takes --socket PATH (default: $%s,
+else %s for root or when the system daemon runs, else
+%s) and --timeout DURATION.
+Key names: NAME (your key), UID:NAME (a key another user shares), id:HEX.
+Exit status: 0 success, 1 refused or failed, 2 bad usage, 3 not verified.
+Run "keywarden help COMMAND" for a command's flags.
+`, keywarden.SocketEnv, keywarden.SystemSocketPath, keywarden.UserSocketPath())
+}
+
+func (f *flags) printUsage() {
+	w := f.e.stdout
+	if c := lookup(strings.Fields(f.Name())); c != nil {
+		fmt.Fprintf(w, "usage: keywarden %s %s\n\n%s.\n", c.name, c.args, c.summary)
+	}
+	fmt.Fprintln(w, "\nflags:")
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
+}
+
+// flags is a FlagSet with the flags every client command shares.
+type flags struct {
+	*flag.FlagSet
+	e       *env
+	socket  string
+	json    bool
+	timeout time.Duration
+	// context is the command's deadline, set by dial.
+	context context.Context
+}
+
+func newFlags(name string, e *env) *flags {
+	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), e: e}
+	f.SetOutput(io.Discard)
+	f.StringVar(&f.socket, "socket", "", "daemon socket `path` (default $"+keywarden.SocketEnv+" or the default path)")
+	f.BoolVar(&f.json, "json", false, "print the result as JSON")
+	f.DurationVar(&f.timeout, "timeout", 2*time.Minute, "give up after this `duration`")
+	return f
+}
+
+// parse parses flags that may come before, between or after positional
+// arguments, and returns the positional ones.
+func (f *flags) parse(args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				f.printUsage()
+				return nil, err
+			}
+			return nil, usagef("%v", err)
+		}
+		args = f.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// want checks the number of positional arguments.
+func want(pos []string, n int, what string) error {
+	if len(pos) != n {
+		if n == 0 {
+			return usagef("unexpected argument %q", pos[0])
+		}
+		return usagef("want %s", what)
+	}
+	return nil
+}
+
+func (f *flags) socketPath() string {
+	if f.socket != "" {
+		return f.socket
+	}
+	if p := f.e.getenv(keywarden.SocketEnv); p != "" {
+		return p
+	}
+	return keywarden.DefaultSocketPath()
+}
+
+// dial connects to the daemon; the returned cancel also closes the client.
+func (f *flags) dial() (context.Context, *keywarden.Client, func(), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	c, err := keywarden.Dial(ctx, f.socketPath())
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	f.context = ctx
+	return ctx, c, func() { c.Close(); cancel() }, nil
+}
+
+func runVersion(e *env, args []string) error {
+	f := newFlags("version", e)
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, map[string]any{"version": Version, "protocol_version": 1})
+	}
+	fmt.Fprintf(e.stdout, "keywarden %s (protocol 1)\n", Version)
+	return nil
+}

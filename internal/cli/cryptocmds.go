@@ -1,0 +1,447 @@
+package cli
+
+import (
+	"bufio"
+	"crypto"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/keywarden/keywarden"
+)
+
+// readInput reads stdin up to limit bytes; big reports that there was
+// more (the first limit bytes are returned, the rest unread in r).
+func readInput(r io.Reader, limit int) (data []byte, big bool, err error) {
+	data, err = io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("read input: %w", err)
+	}
+	if len(data) > limit {
+		return data, true, nil
+	}
+	return data, false, nil
+}
+
+func writeOutput(e *env, f *flags, field string, b []byte) error {
+	if f.json {
+		return printJSON(e, map[string]string{field: base64.StdEncoding.EncodeToString(b)})
+	}
+	_, err := e.stdout.Write(b)
+	return err
+}
+
+func optHash(s string) (crypto.Hash, error) {
+	if s == "" {
+		return 0, nil
+	}
+	h, err := keywarden.ParseHash(s)
+	if err != nil {
+		return 0, usagef("%v", err)
+	}
+	return h, nil
+}
+
+func runEncrypt(e *env, args []string) error { return runCipher(e, args, true) }
+func runDecrypt(e *env, args []string) error { return runCipher(e, args, false) }
+
+func runCipher(e *env, args []string, encrypt bool) error {
+	name := "decrypt"
+	if encrypt {
+		name = "encrypt"
+	}
+	f := newFlags(name, e)
+	ref := f.String("key", "", "the key `name`")
+	aad := f.String("aad", "", "additional authenticated `data` (AES-GCM), or the OAEP label (RSA)")
+	hashName := f.String("hash", "", "RSA-OAEP `hash` (default sha256)")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, "data on stdin"); err != nil {
+		return err
+	}
+	if *ref == "" {
+		return usagef("--key is required")
+	}
+	h, err := optHash(*hashName)
+	if err != nil {
+		return err
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.OpenRef(ctx, *ref)
+	if err != nil {
+		return err
+	}
+	in, big, err := readInput(e.stdin, c.MaxData())
+	if err != nil {
+		return err
+	}
+	defer clear(in)
+	if big {
+		return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message", c.MaxData(), name)
+	}
+	var out []byte
+	switch {
+	case encrypt && h == 0:
+		out, err = k.Encrypt(ctx, in, []byte(*aad))
+	case encrypt:
+		return usagef("--hash applies to RSA keys only; the daemon encrypts RSA with OAEP SHA-256")
+	case h == 0:
+		out, err = k.Decrypt(ctx, in, []byte(*aad))
+	default:
+		var dec *keywarden.Decrypter
+		if dec, err = k.Decrypter(); err == nil {
+			out, err = dec.DecryptContext(ctx, in, &rsa.OAEPOptions{Hash: h, Label: []byte(*aad)})
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer clear(out)
+	field := "plaintext"
+	if encrypt {
+		field = "ciphertext"
+	}
+	return writeOutput(e, f, field, out)
+}
+
+// signFlags are shared by sign and verify.
+type signFlags struct {
+	ref     string
+	hash    string
+	padding string
+	ph      bool
+}
+
+func (s *signFlags) register(f *flags) {
+	f.StringVar(&s.ref, "key", "", "the key `name`")
+	f.StringVar(&s.hash, "hash", "", "message `hash`: sha256, sha384, sha512, sha3-256, sha3-512 (default: sha256, sha384 for P-384)")
+	f.StringVar(&s.padding, "padding", "pss", "RSA `padding`: pss or pkcs1v15")
+	f.BoolVar(&s.ph, "ed25519ph", false, "Ed25519: sign or verify as Ed25519ph (SHA-512 prehash), for input of any size")
+}
+
+func (s *signFlags) options() (*keywarden.SignOptions, error) {
+	if s.ref == "" {
+		return nil, usagef("--key is required")
+	}
+	h, err := optHash(s.hash)
+	if err != nil {
+		return nil, err
+	}
+	o := &keywarden.SignOptions{Hash: h}
+	switch s.padding {
+	case "pss", "":
+	case "pkcs1v15", "pkcs1":
+		o.Padding = keywarden.PaddingPKCS1v15
+	default:
+		return nil, usagef("unknown padding %q (want pss or pkcs1v15)", s.padding)
+	}
+	if s.ph {
+		if h != 0 && h != crypto.SHA512 {
+			return nil, usagef("Ed25519ph uses sha512")
+		}
+		o.Hash = crypto.SHA512
+	}
+	return o, nil
+}
+
+// signature computes or checks a signature over stdin: one message when
+// the input fits, a streaming session when it does not.
+func runSignature(e *env, name string, args []string, sigFile *string, extra func(*flags)) error {
+	f := newFlags(name, e)
+	var s signFlags
+	s.register(f)
+	if extra != nil {
+		extra(f)
+	}
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, "data on stdin"); err != nil {
+		return err
+	}
+	opts, err := s.options()
+	if err != nil {
+		return err
+	}
+	var sig []byte
+	if sigFile != nil {
+		if *sigFile == "" {
+			return usagef("--signature is required")
+		}
+		if sig, err = os.ReadFile(*sigFile); err != nil {
+			return err
+		}
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.OpenRef(ctx, s.ref)
+	if err != nil {
+		return err
+	}
+	ed := k.Type() == keywarden.Ed25519
+	if ed && !s.ph && opts.Hash != 0 {
+		return usagef("pure Ed25519 takes no --hash; use --ed25519ph for a SHA-512 prehash")
+	}
+	in, big, err := readInput(e.stdin, c.MaxData())
+	if err != nil {
+		return err
+	}
+	// Small input: one message. Large input, or Ed25519ph: a stream (pure
+	// Ed25519 needs the whole message at once, so it cannot stream).
+	if !big && !(ed && s.ph) {
+		if sig == nil {
+			out, err := k.SignMessage(ctx, in, opts)
+			if err != nil {
+				return err
+			}
+			return writeOutput(e, f, "signature", out)
+		}
+		return verified(e, f, k.Verify(ctx, in, sig, opts))
+	}
+	if ed && !s.ph {
+		return fmt.Errorf("input larger than %d bytes: pure Ed25519 needs the message in one piece; use --ed25519ph", c.MaxData())
+	}
+	var st *keywarden.Stream
+	if sig == nil {
+		st, err = k.NewSigner(ctx, opts)
+	} else {
+		st, err = k.NewVerifier(ctx, opts)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := stream(st, in, e.stdin); err != nil {
+		return err
+	}
+	if sig == nil {
+		out, err := st.Sum()
+		if err != nil {
+			return err
+		}
+		return writeOutput(e, f, "signature", out)
+	}
+	return verified(e, f, st.Verify(sig))
+}
+
+// stream writes head and then the rest of r to st.
+func stream(st *keywarden.Stream, head []byte, r io.Reader) error {
+	if _, err := st.Write(head); err != nil {
+		return err
+	}
+	if _, err := io.Copy(st, bufio.NewReaderSize(r, 1<<20)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// verified reports a verification outcome: "verified" and exit 0, or the
+// refusal and exit 3.
+func verified(e *env, f *flags, err error) error {
+	if errors.Is(err, keywarden.ErrVerification) {
+		if f.json {
+			printJSON(e, map[string]bool{"verified": false})
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, map[string]bool{"verified": true})
+	}
+	fmt.Fprintln(e.stdout, "verified")
+	return nil
+}
+
+func runSign(e *env, args []string) error { return runSignature(e, "sign", args, nil, nil) }
+
+func runVerify(e *env, args []string) error {
+	var sigFile string
+	return runSignature(e, "verify", args, &sigFile, func(f *flags) {
+		f.StringVar(&sigFile, "signature", "", "`file` holding the signature")
+	})
+}
+
+func runMAC(e *env, args []string) error {
+	f := newFlags("mac", e)
+	ref := f.String("key", "", "the HMAC key `name`")
+	tagFile := f.String("verify", "", "check the tag in `file` instead of printing one")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, "data on stdin"); err != nil {
+		return err
+	}
+	if *ref == "" {
+		return usagef("--key is required")
+	}
+	var tag []byte
+	if *tagFile != "" {
+		if tag, err = os.ReadFile(*tagFile); err != nil {
+			return err
+		}
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.OpenRef(ctx, *ref)
+	if err != nil {
+		return err
+	}
+	in, big, err := readInput(e.stdin, c.MaxData())
+	if err != nil {
+		return err
+	}
+	if !big {
+		if tag == nil {
+			out, err := k.MAC(ctx, in)
+			if err != nil {
+				return err
+			}
+			return writeOutput(e, f, "tag", out)
+		}
+		return verified(e, f, k.VerifyMAC(ctx, in, tag))
+	}
+	var st *keywarden.Stream
+	if tag == nil {
+		st, err = k.NewMAC(ctx)
+	} else {
+		st, err = k.NewMACVerifier(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if err := stream(st, in, e.stdin); err != nil {
+		return err
+	}
+	if tag == nil {
+		out, err := st.Sum()
+		if err != nil {
+			return err
+		}
+		return writeOutput(e, f, "tag", out)
+	}
+	return verified(e, f, st.Verify(tag))
+}
+
+func runHash(e *env, args []string) error {
+	f := newFlags("hash", e)
+	alg := f.String("alg", "", "`hash`: sha256, sha384, sha512, sha3-256, sha3-512")
+	raw := f.Bool("raw", false, "print the digest as raw bytes instead of hex")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, "data on stdin"); err != nil {
+		return err
+	}
+	if *alg == "" {
+		return usagef("--alg is required")
+	}
+	h, err := optHash(*alg)
+	if err != nil {
+		return err
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	in, big, err := readInput(e.stdin, c.MaxData())
+	if err != nil {
+		return err
+	}
+	var sum []byte
+	if !big {
+		sum, err = c.Hash(ctx, h, in)
+	} else {
+		var st *keywarden.Stream
+		if st, err = c.NewHash(ctx, h); err == nil {
+			defer st.Close()
+			if err = stream(st, in, e.stdin); err == nil {
+				sum, err = st.Sum()
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case f.json:
+		return printJSON(e, map[string]string{"alg": *alg, "digest": hex.EncodeToString(sum)})
+	case *raw:
+		_, err = e.stdout.Write(sum)
+		return err
+	}
+	fmt.Fprintln(e.stdout, hex.EncodeToString(sum))
+	return nil
+}
+
+func runDerive(e *env, args []string) error {
+	f := newFlags("derive", e)
+	ref := f.String("key", "", "the parent key `name` (X25519, ECDH or HMAC with derive usage)")
+	peer := f.String("peer", "", "`file` with the peer's public key (SPKI PEM or DER, or raw); not for HMAC parents")
+	hashName := f.String("hash", "", "HKDF `hash` (default sha256, or the HMAC key's own)")
+	salt := f.String("salt", "", "HKDF `salt`")
+	info := f.String("info", "", "HKDF `info`")
+	var s specFlags
+	s.register(f, false)
+	f.StringVar(&s.typ, "type", string(keywarden.AES256GCM), "the new key's `type`: aes256-gcm or hmac-sha256/384/512")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	if *ref == "" {
+		return usagef("--key is required")
+	}
+	spec, err := s.spec()
+	if err != nil {
+		return err
+	}
+	h, err := optHash(*hashName)
+	if err != nil {
+		return err
+	}
+	params := keywarden.DeriveParams{Hash: h, Salt: []byte(*salt), Info: []byte(*info)}
+	if *peer != "" {
+		if params.Peer, err = os.ReadFile(*peer); err != nil {
+			return err
+		}
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.OpenRef(ctx, *ref)
+	if err != nil {
+		return err
+	}
+	nk, err := k.Derive(ctx, spec, params)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, nk.Info())
+}

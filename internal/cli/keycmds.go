@@ -1,0 +1,447 @@
+package cli
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/keywarden/keywarden"
+)
+
+// specFlags are the flags that describe a new key.
+type specFlags struct {
+	typ        string
+	name       string
+	usage      string
+	exportable bool
+	wrappable  bool
+	ephemeral  bool
+	shares     shareList
+}
+
+func (s *specFlags) register(f *flags, withType bool) {
+	if withType {
+		f.StringVar(&s.typ, "type", "", "key `type`: "+typeNames())
+	}
+	f.StringVar(&s.name, "name", "", "key `name`, unique among your keys")
+	f.StringVar(&s.usage, "usage", "", "comma-separated `usages` (encrypt,decrypt,sign,verify,wrap,unwrap,derive); default: all the type allows")
+	f.BoolVar(&s.exportable, "exportable", false, "allow the key to leave the daemon in plaintext (cannot be switched on later)")
+	f.BoolVar(&s.wrappable, "wrappable", false, "allow the key to leave the daemon wrapped under another key")
+	f.BoolVar(&s.ephemeral, "ephemeral", false, "the key dies with this command's connection")
+	f.Var(&s.shares, "share", "grant `uid:U=USAGES` or gid:G=USAGES (repeatable)")
+}
+
+func typeNames() string {
+	var n []string
+	for _, t := range keywarden.KeyTypes() {
+		n = append(n, string(t))
+	}
+	return strings.Join(n, ", ")
+}
+
+func (s *specFlags) spec() (keywarden.KeySpec, error) {
+	t := keywarden.KeyType(s.typ)
+	if s.typ == "" {
+		return keywarden.KeySpec{}, usagef("--type is required (%s)", typeNames())
+	}
+	if !t.Valid() {
+		return keywarden.KeySpec{}, usagef("unknown key type %q (want %s)", s.typ, typeNames())
+	}
+	if s.name == "" && !s.ephemeral {
+		return keywarden.KeySpec{}, usagef("--name is required")
+	}
+	u, err := keywarden.ParseUsage(s.usage)
+	if err != nil {
+		return keywarden.KeySpec{}, usagef("%v", err)
+	}
+	return keywarden.KeySpec{Name: s.name, Type: t, Usage: u, Exportable: s.exportable,
+		Wrappable: s.wrappable, Ephemeral: s.ephemeral, ACL: s.shares}, nil
+}
+
+// shareList parses repeated --share uid:U=USAGES / gid:G=USAGES.
+type shareList []keywarden.ACLEntry
+
+func (l *shareList) String() string { return "" }
+
+func (l *shareList) Set(v string) error {
+	who, usages, _ := strings.Cut(v, "=")
+	kind, num, ok := strings.Cut(who, ":")
+	if !ok || (kind != "uid" && kind != "gid") {
+		return fmt.Errorf("want uid:U=USAGES or gid:G=USAGES, got %q", v)
+	}
+	id, err := strconv.ParseUint(num, 10, 32)
+	if err != nil {
+		return fmt.Errorf("invalid %s %q", kind, num)
+	}
+	u, err := keywarden.ParseUsage(usages)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, keywarden.ACLEntry{Group: kind == "gid", ID: uint32(id), Usage: u})
+	return nil
+}
+
+func runKeyGenerate(e *env, args []string) error {
+	f := newFlags("key generate", e)
+	var s specFlags
+	s.register(f, true)
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	spec, err := s.spec()
+	if err != nil {
+		return err
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.Generate(ctx, spec)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, k.Info())
+}
+
+func parseFormat(s string, public bool) (keywarden.KeyFormat, error) {
+	switch strings.ToLower(s) {
+	case "", "auto":
+		return keywarden.FormatAuto, nil
+	case "raw":
+		return keywarden.FormatRaw, nil
+	case "der":
+		if public {
+			return keywarden.FormatSPKIDER, nil
+		}
+		return keywarden.FormatPKCS8DER, nil
+	case "pem":
+		if public {
+			return keywarden.FormatSPKIPEM, nil
+		}
+		return keywarden.FormatPKCS8PEM, nil
+	case "pkcs8", "pkcs8-der":
+		return keywarden.FormatPKCS8DER, nil
+	case "pkcs8-pem":
+		return keywarden.FormatPKCS8PEM, nil
+	case "spki", "spki-der":
+		return keywarden.FormatSPKIDER, nil
+	case "spki-pem":
+		return keywarden.FormatSPKIPEM, nil
+	}
+	return 0, usagef("unknown key format %q (want auto, raw, der, pem, pkcs8, pkcs8-pem, spki, spki-pem)", s)
+}
+
+// maxKeyFile bounds what import reads from stdin.
+const maxKeyFile = 64 << 10
+
+func runKeyImport(e *env, args []string) error {
+	f := newFlags("key import", e)
+	var s specFlags
+	s.register(f, true)
+	format := f.String("format", "auto", "input `format`: auto, raw, der, pem, pkcs8, pkcs8-pem, spki, spki-pem")
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, "the key on stdin"); err != nil {
+		return err
+	}
+	spec, err := s.spec()
+	if err != nil {
+		return err
+	}
+	kf, err := parseFormat(*format, false)
+	if err != nil {
+		return err
+	}
+	data, err := io.ReadAll(io.LimitReader(e.stdin, maxKeyFile+1))
+	if err != nil {
+		return fmt.Errorf("read key: %w", err)
+	}
+	defer clear(data)
+	if len(data) == 0 {
+		return usagef("no key on stdin")
+	}
+	if len(data) > maxKeyFile {
+		return fmt.Errorf("the key file is larger than %d bytes", maxKeyFile)
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	k, err := c.Import(ctx, spec, kf, data)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, k.Info())
+}
+
+// openOne parses flags, expects one key reference, and opens it.
+func openOne(e *env, name string, args []string, extra func(*flags)) (*flags, *keywarden.Key, func(), error) {
+	f := newFlags(name, e)
+	if extra != nil {
+		extra(f)
+	}
+	pos, err := f.parse(args)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := want(pos, 1, "a key name"); err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	k, err := c.OpenRef(ctx, pos[0])
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return f, k, done, nil
+}
+
+func runKeyExport(e *env, args []string) error {
+	var format string
+	f, k, done, err := openOne(e, "key export", args, func(f *flags) {
+		f.StringVar(&format, "format", "", "output `format`: raw (secret keys), pem (default for private keys), der")
+	})
+	if err != nil {
+		return err
+	}
+	defer done()
+	kf := keywarden.FormatAuto
+	switch {
+	case format == "" && k.Info().Class == keywarden.ClassPrivate:
+		kf = keywarden.FormatPKCS8PEM
+	case format == "" && k.Info().Class == keywarden.ClassPublic:
+		kf = keywarden.FormatSPKIPEM
+	case format != "":
+		if kf, err = parseFormat(format, k.Info().Class == keywarden.ClassPublic); err != nil {
+			return err
+		}
+	}
+	ctx := f.context
+	b, err := k.Export(ctx, kf)
+	if err != nil {
+		return err
+	}
+	defer clear(b)
+	if f.json {
+		return printJSON(e, map[string]string{"key": base64.StdEncoding.EncodeToString(b)})
+	}
+	_, err = e.stdout.Write(b)
+	return err
+}
+
+func runKeyPublic(e *env, args []string) error {
+	var format string
+	f, k, done, err := openOne(e, "key public", args, func(f *flags) {
+		f.StringVar(&format, "format", "pem", "output `format`: pem or der")
+	})
+	if err != nil {
+		return err
+	}
+	defer done()
+	kf := keywarden.FormatSPKIPEM
+	if format == "der" {
+		kf = keywarden.FormatSPKIDER
+	} else if format != "pem" {
+		return usagef("unknown format %q (want pem or der)", format)
+	}
+	ctx := f.context
+	b, err := k.ExportPublic(ctx, kf)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, map[string]string{"public_key": base64.StdEncoding.EncodeToString(b)})
+	}
+	_, err = e.stdout.Write(b)
+	return err
+}
+
+func runKeyInfo(e *env, args []string) error {
+	f, k, done, err := openOne(e, "key info", args, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return printKey(e, f.json, k.Info())
+}
+
+func runKeyList(e *env, args []string) error {
+	f := newFlags("key list", e)
+	pos, err := f.parse(args)
+	if err != nil {
+		return err
+	}
+	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	ctx, c, done, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer done()
+	keys, err := c.List(ctx)
+	if err != nil {
+		return err
+	}
+	return printKeyList(e, f.json, keys)
+}
+
+func runKeyDestroy(e *env, args []string) error {
+	f, k, done, err := openOne(e, "key destroy", args, nil)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx := f.context
+	info := k.Info()
+	if err := k.Destroy(ctx); err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, map[string]string{"destroyed": info.ID.String()})
+	}
+	fmt.Fprintf(e.stdout, "destroyed %s (%s)\n", info.Name, info.ID)
+	return nil
+}
+
+// optBool is a boolean flag that remembers whether it was given.
+type optBool struct{ v *bool }
+
+func (o *optBool) String() string {
+	if o == nil || o.v == nil {
+		return ""
+	}
+	return strconv.FormatBool(*o.v)
+}
+func (o *optBool) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	o.v = &b
+	return nil
+}
+func (o *optBool) IsBoolFlag() bool { return true }
+
+func runKeySet(e *env, args []string) error {
+	var usage string
+	var exp, wrap optBool
+	f, k, done, err := openOne(e, "key set", args, func(f *flags) {
+		f.StringVar(&usage, "usage", "", "the new, narrower `usages`")
+		f.Var(&exp, "exportable", "set exportable (only false is allowed once it is off)")
+		f.Var(&wrap, "wrappable", "set wrappable (only false is allowed once it is off)")
+	})
+	if err != nil {
+		return err
+	}
+	defer done()
+	var a keywarden.Attributes
+	if usage != "" {
+		u, err := keywarden.ParseUsage(usage)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		a.Usage = &u
+	}
+	a.Exportable, a.Wrappable = exp.v, wrap.v
+	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil {
+		return usagef("nothing to change: give --usage, --exportable or --wrappable")
+	}
+	ctx := f.context
+	info, err := k.SetAttributes(ctx, a)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, info)
+}
+
+type principalFlags struct {
+	uid, gid int64
+}
+
+func (p *principalFlags) register(f *flags) {
+	f.Int64Var(&p.uid, "uid", -1, "the user `uid`")
+	f.Int64Var(&p.gid, "gid", -1, "the group `gid`")
+}
+
+func (p *principalFlags) entry() (keywarden.ACLEntry, error) {
+	switch {
+	case (p.uid >= 0) == (p.gid >= 0):
+		return keywarden.ACLEntry{}, usagef("give exactly one of --uid and --gid")
+	case p.uid > 0xffffffff || p.gid > 0xffffffff:
+		return keywarden.ACLEntry{}, usagef("uid or gid out of range")
+	case p.uid >= 0:
+		return keywarden.ACLEntry{ID: uint32(p.uid)}, nil
+	}
+	return keywarden.ACLEntry{Group: true, ID: uint32(p.gid)}, nil
+}
+
+func runKeyShare(e *env, args []string) error {
+	var p principalFlags
+	var usage string
+	f, k, done, err := openOne(e, "key share", args, func(f *flags) {
+		p.register(f)
+		f.StringVar(&usage, "usage", "", "the `usages` to grant (default: none, the key is only visible)")
+	})
+	if err != nil {
+		return err
+	}
+	defer done()
+	ent, err := p.entry()
+	if err != nil {
+		return err
+	}
+	if ent.Usage, err = keywarden.ParseUsage(usage); err != nil {
+		return usagef("%v", err)
+	}
+	acl := []keywarden.ACLEntry{ent}
+	for _, old := range k.Info().ACL {
+		if old.Group != ent.Group || old.ID != ent.ID {
+			acl = append(acl, old)
+		}
+	}
+	ctx := f.context
+	info, err := k.SetACL(ctx, acl)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, info)
+}
+
+func runKeyUnshare(e *env, args []string) error {
+	var p principalFlags
+	f, k, done, err := openOne(e, "key unshare", args, p.register)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ent, err := p.entry()
+	if err != nil {
+		return err
+	}
+	var acl []keywarden.ACLEntry
+	for _, old := range k.Info().ACL {
+		if old.Group != ent.Group || old.ID != ent.ID {
+			acl = append(acl, old)
+		}
+	}
+	ctx := f.context
+	info, err := k.SetACL(ctx, acl)
+	if err != nil {
+		return err
+	}
+	return printKey(e, f.json, info)
+}

@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/keywarden/keywarden"
+)
+
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+type aclJSON struct {
+	UID   *uint32  `json:"uid,omitempty"`
+	GID   *uint32  `json:"gid,omitempty"`
+	Usage []string `json:"usage"`
+}
+
+type keyJSON struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	OwnerUID    uint32    `json:"owner_uid"`
+	Type        string    `json:"type"`
+	Class       string    `json:"class"`
+	Usage       []string  `json:"usage"`
+	Exportable  bool      `json:"exportable"`
+	Wrappable   bool      `json:"wrappable"`
+	Ephemeral   bool      `json:"ephemeral"`
+	ACL         []aclJSON `json:"acl"`
+	Created     string    `json:"created"`
+	Version     uint32    `json:"version"`
+	CallerUsage []string  `json:"caller_usage"`
+}
+
+func usageList(u keywarden.Usage) []string {
+	if u == 0 {
+		return []string{}
+	}
+	return strings.Split(u.String(), ",")
+}
+
+func keyToJSON(i keywarden.KeyInfo) keyJSON {
+	k := keyJSON{
+		ID: i.ID.String(), Name: i.Name, OwnerUID: i.Owner, Type: string(i.Type), Class: string(i.Class),
+		Usage: usageList(i.Usage), Exportable: i.Exportable, Wrappable: i.Wrappable, Ephemeral: i.Ephemeral,
+		ACL: []aclJSON{}, Created: i.Created.UTC().Format(time.RFC3339Nano), Version: i.Version,
+		CallerUsage: usageList(i.CallerUsage),
+	}
+	for _, a := range i.ACL {
+		id := a.ID
+		e := aclJSON{Usage: usageList(a.Usage)}
+		if a.Group {
+			e.GID = &id
+		} else {
+			e.UID = &id
+		}
+		k.ACL = append(k.ACL, e)
+	}
+	return k
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func aclString(acl []keywarden.ACLEntry) string {
+	if len(acl) == 0 {
+		return "(owner only)"
+	}
+	var parts []string
+	for _, a := range acl {
+		who := "uid"
+		if a.Group {
+			who = "gid"
+		}
+		u := a.Usage.String()
+		if u == "" {
+			u = "(see only)"
+		}
+		parts = append(parts, fmt.Sprintf("%s:%d=%s", who, a.ID, u))
+	}
+	return strings.Join(parts, " ")
+}
+
+func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
+	if asJSON {
+		return printJSON(e, keyToJSON(i))
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	name := i.Name
+	if name == "" {
+		name = "(none)"
+	}
+	fmt.Fprintf(w, "id:\t%s\n", i.ID)
+	fmt.Fprintf(w, "name:\t%s\n", name)
+	fmt.Fprintf(w, "type:\t%s (%s)\n", i.Type, i.Class)
+	fmt.Fprintf(w, "owner:\tuid %d\n", i.Owner)
+	fmt.Fprintf(w, "usage:\t%s\n", i.Usage)
+	fmt.Fprintf(w, "exportable:\t%s\n", yesNo(i.Exportable))
+	fmt.Fprintf(w, "wrappable:\t%s\n", yesNo(i.Wrappable))
+	fmt.Fprintf(w, "ephemeral:\t%s\n", yesNo(i.Ephemeral))
+	fmt.Fprintf(w, "acl:\t%s\n", aclString(i.ACL))
+	fmt.Fprintf(w, "created:\t%s\n", i.Created.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "version:\t%d\n", i.Version)
+	return w.Flush()
+}
+
+func printKeyList(e *env, asJSON bool, keys []keywarden.KeyInfo) error {
+	if asJSON {
+		out := make([]keyJSON, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, keyToJSON(k))
+		}
+		return printJSON(e, out)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tNAME\tTYPE\tOWNER\tUSAGE\tFLAGS")
+	for _, k := range keys {
+		var flags []string
+		if k.Exportable {
+			flags = append(flags, "exportable")
+		}
+		if k.Wrappable {
+			flags = append(flags, "wrappable")
+		}
+		if len(k.ACL) > 0 {
+			flags = append(flags, "shared")
+		}
+		fl := strings.Join(flags, ",")
+		if fl == "" {
+			fl = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", k.ID, k.Name, k.Type, k.Owner, k.CallerUsage, fl)
+	}
+	return w.Flush()
+}

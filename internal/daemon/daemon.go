@@ -1,0 +1,154 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// Config configures the daemon. Zero values mean defaults.
+type Config struct {
+	// SocketPath is where to listen. Required.
+	SocketPath string
+	// SocketMode is the socket file's permission bits; 0 means 0666 for a
+	// daemon run as root (every local user may connect; each key decides
+	// who may use it) and 0600 otherwise.
+	SocketMode fs.FileMode
+	// Dev keeps keys in memory only. It is required until persistent
+	// storage exists.
+	Dev    bool
+	Limits server.Limits
+	Logger *slog.Logger
+	// Version is reported to clients.
+	Version string
+	// ShutdownGrace bounds how long requests in progress may take to finish
+	// at shutdown; 0 means 10 seconds.
+	ShutdownGrace time.Duration
+	// Ready, if set, is called once the socket accepts connections.
+	Ready func()
+}
+
+// gcPercent is the daemon's garbage collection target (see runtime/debug).
+const gcPercent = 400
+
+// ErrPersistenceUnavailable is returned when the daemon is started without
+// --dev: this version keeps keys in memory only.
+var ErrPersistenceUnavailable = errors.New("persistent key storage is not available in this version; start the daemon with --dev to keep keys in memory only")
+
+// Run serves until ctx is done or SIGTERM or SIGINT arrives.
+func Run(ctx context.Context, cfg Config) error {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if !cfg.Dev {
+		return ErrPersistenceUnavailable
+	}
+	log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
+		"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
+
+	if err := mech.SelfTest(); err != nil {
+		return fmt.Errorf("start-up self-test failed: %w", err)
+	}
+	log.Debug("self-tests passed")
+
+	// The daemon's live heap is small and its garbage is per request; a
+	// higher GC target trades a few MiB for much less collector work on
+	// the data path. GOGC, if set, still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+
+	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version})
+	lim := srv.Limits()
+	// Every connection may hold a thread while it waits; leave headroom.
+	debug.SetMaxThreads(max(10000, 2*lim.MaxConnections+100))
+
+	if err := prepareDir(filepath.Dir(cfg.SocketPath)); err != nil {
+		return err
+	}
+	mode := cfg.SocketMode
+	if mode == 0 {
+		mode = 0o600
+		if os.Getuid() == 0 {
+			mode = 0o666
+		}
+	}
+	l, err := seqpacket.Listen(cfg.SocketPath, mode)
+	if err != nil {
+		return err
+	}
+	log.Info("listening", "socket", l.Path(), "mode", fmt.Sprintf("%04o", mode),
+		"max_message_bytes", lim.MaxMessageBytes, "max_in_flight", lim.MaxInFlight,
+		"max_sessions", lim.MaxSessions, "max_handles", lim.MaxHandles,
+		"max_keys_per_user", lim.MaxKeysPerUser, "max_connections", lim.MaxConnections)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx))
+	case err := <-served:
+		if !errors.Is(err, server.ErrServerClosed) {
+			log.Error("serving failed", "err", err)
+		}
+	}
+	grace := cfg.ShutdownGrace
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	l.Close()
+	if err != nil {
+		log.Warn("shutdown grace period expired; connections closed with requests in progress")
+	}
+	log.Info("stopped; every key has been wiped")
+	return nil
+}
+
+// prepareDir creates the socket's directory if needed and refuses one that
+// someone else could tamper with.
+func prepareDir(dir string) error {
+	perm := fs.FileMode(0o700)
+	if os.Getuid() == 0 {
+		perm = 0o755
+	}
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if int(st.Uid) != os.Getuid() && st.Uid != 0 {
+		return fmt.Errorf("socket directory %s belongs to uid %d, not to this user or root", dir, st.Uid)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
+		return fmt.Errorf("socket directory %s is writable by others (mode %04o); fix its permissions", dir, fi.Mode().Perm())
+	}
+	return nil
+}
