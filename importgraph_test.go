@@ -16,8 +16,9 @@ const module = "github.com/keywarden/keywarden"
 // internal/ belongs to the daemon.
 var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket"}
 
-// clientSide are the packages that run in the caller's process.
-var clientSide = []string{module}
+// clientSide are the packages that run in the caller's process: the
+// library, and the benchmark, which measures the daemon as a client does.
+var clientSide = []string{module, module + "/internal/bench"}
 
 func dirOf(path string) string {
 	return filepath.Join(".", strings.TrimPrefix(strings.TrimPrefix(path, module), "/"))

@@ -1,0 +1,35 @@
+# The usual entry points. Everything also works with plain go commands.
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/keywarden/keywarden/internal/cli.Version=$(VERSION)
+
+.PHONY: build test proto fuzz bench clean
+
+# bin/keywarden: the daemon and the command line in one binary.
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keywarden ./cmd/keywarden
+
+# Every test, installing what the tests need on a fresh Debian machine.
+test:
+	./scripts/test.sh
+
+# Regenerate internal/wire from keywarden.proto (needs protoc).
+proto:
+	GOBIN=$(CURDIR)/bin/tools $(GO) install tool
+	cd internal/wire && PATH=$(CURDIR)/bin/tools:$$PATH $(GO) generate
+
+# Fuzz each target for FUZZTIME (default 1m).
+FUZZTIME ?= 1m
+fuzz:
+	$(GO) test -run=NONE -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./internal/server
+	for f in FuzzImport FuzzDerivePeer FuzzDecrypt FuzzVerify; do \
+		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/mech || exit 1; \
+	done
+
+# The figures of docs/performance.md.
+bench: build
+	./bin/keywarden bench
+
+clean:
+	rm -rf bin
