@@ -184,6 +184,9 @@ func (b *Batch) Ping(payload []byte) *BatchResult {
 	return b.add("ping", &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: payload}}}, len(payload))
 }
 
+// pipelineChunk bounds the requests a Batch sends (see Do).
+const pipelineChunk = 64 << 10
+
 // requestHeadroom is room left in a request or reply for everything but
 // the operations.
 const requestHeadroom = 256
@@ -196,7 +199,10 @@ const requestHeadroom = 256
 func (b *Batch) Do(ctx context.Context) error {
 	type chunk struct{ from, to int }
 	var chunks []chunk
-	limit := b.c.limits.MaxMessageBytes - wire.MessageOverhead - requestHeadroom
+	// Requests of at most pipelineChunk bytes: while the daemon works on
+	// one, this process encodes the next and decodes the last reply, so
+	// the two processes work at once rather than in turn.
+	limit := min(b.c.limits.MaxMessageBytes-wire.MessageOverhead-requestHeadroom, pipelineChunk)
 	from, req, rep := 0, 0, 0
 	for i := range b.ops {
 		if b.ops[i] == nil { // failed on the client side already
@@ -246,6 +252,9 @@ func (b *Batch) Do(ctx context.Context) error {
 		if err != nil && firstErr == nil && CodeOf(err) == CodeUnavailable {
 			firstErr = err
 		}
+		// Nothing refers to the reply's messages any more (results point
+		// into its bytes, not into them): recycle them.
+		rep.ReturnToVTPool()
 	}
 	for _, ch := range chunks {
 		f := flight{ch: ch}

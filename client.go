@@ -49,6 +49,11 @@ type call struct {
 // message on send, so a buffer is free again once Send returns.
 var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 
+// replySpin is how long the goroutine reading replies polls for one, when
+// the last came quickly, before it sleeps: a fast operation's reply then
+// costs no thread wake-up (see seqpacket.Conn.SetSpin).
+const replySpin = 50 * time.Microsecond
+
 // recvSlice bounds how long a reading goroutine blocks before it checks
 // whether its context is done.
 const recvSlice = 25 * time.Millisecond
@@ -65,6 +70,7 @@ func Dial(ctx context.Context, socketPath string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keywarden: %w", err)
 	}
+	conn.SetSpin(replySpin)
 	if err := conn.SetRecvTimeout(recvSlice); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("keywarden: %w", err)
@@ -281,7 +287,7 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		}
 		// One copy of the whole message, which the decoded reply then
 		// points into, costs one allocation instead of one per field.
-		rep := new(wire.Reply)
+		rep := wire.ReplyFromVTPool()
 		if err := rep.UnmarshalVTUnsafe(bytes.Clone(c.recvBuf[:n])); err != nil {
 			c.transportErr(fmt.Errorf("malformed reply: %w", err))
 			return

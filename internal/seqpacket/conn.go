@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -33,6 +34,10 @@ const SendBufferBytes = 512 << 10
 // and received whole.
 type Conn struct {
 	fd int
+	// spin and lastWait drive adaptive polling (see SetSpin); they are used
+	// only by the goroutine that receives.
+	spin     time.Duration
+	lastWait time.Duration
 	// state holds the number of system calls in progress on fd in its low
 	// bits and closedBit once Close was called. fd is closed by whoever
 	// leaves state at exactly closedBit, so no call ever sees a reused fd.
@@ -142,9 +147,40 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 	}
 }
 
-// recvmsg receives one message.
+// SetSpin lets receives poll the socket for up to d before they block,
+// when the previous message arrived within d of being waited for.
+//
+// Sleeping in recvmsg costs a wake-up when the message arrives, and on a
+// virtual machine waking an idle virtual CPU can take longer than a whole
+// round trip. A peer in a request-reply loop answers within microseconds,
+// so polling briefly catches its message without any sleep; a peer that
+// is slow to answer (or idle) does not make us poll, so no CPU is burnt
+// waiting for it. Set it before the first receive; 0 never polls.
+func (c *Conn) SetSpin(d time.Duration) { c.spin = d }
+
+// recvmsg receives one message, polling first when SetSpin says so.
 func (c *Conn) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
-	n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC)
+	const fl = unix.MSG_CMSG_CLOEXEC | unix.MSG_TRUNC
+	if c.spin == 0 {
+		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
+		return n, oobn, flags, err
+	}
+	start := time.Now()
+	if c.lastWait < c.spin {
+		for {
+			n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl|unix.MSG_DONTWAIT)
+			if err != unix.EAGAIN {
+				c.lastWait = time.Since(start)
+				return n, oobn, flags, err
+			}
+			if time.Since(start) > c.spin {
+				break
+			}
+			runtime.Gosched() // polling must not starve other goroutines
+		}
+	}
+	n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
+	c.lastWait = time.Since(start)
 	return n, oobn, flags, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -31,6 +32,12 @@ type Identity struct {
 }
 
 func (id Identity) caller() policy.Caller { return policy.Caller{UID: id.UID, GID: id.GID} }
+
+// spin is how long a connection polls for the next request, when the last
+// one came quickly, before it sleeps (see seqpacket.Conn.SetSpin): a
+// client in a request-reply loop then never pays the wake-up of a
+// sleeping thread.
+const spin = 100 * time.Microsecond
 
 // conn is the state of one client connection.
 type conn struct {
@@ -70,6 +77,7 @@ func newConn(s *Server, c *seqpacket.Conn) *conn {
 		oob:      make([]byte, seqpacket.OOBSize),
 	}
 	cn.log = s.log.With("conn", cn.id)
+	c.SetSpin(spin)
 	return cn
 }
 
@@ -123,8 +131,15 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		return
 	}
 	raw := cn.buf[:m.N]
+	// Plaintexts and other inputs must not outlive the request in the
+	// receive buffer.
+	defer clear(raw)
+	// Decode without copying: byte and string fields point into cn.buf,
+	// which is reused for the next message. Everything that keeps a field
+	// beyond the request copies it (see "aliasing" in dispatch.go); a
+	// request that runs concurrently is decoded again, with copies.
 	req := new(wire.Request)
-	if err := req.UnmarshalVT(raw); err != nil {
+	if err := req.UnmarshalVTUnsafe(raw); err != nil {
 		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
@@ -159,7 +174,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.arena.wipe()
 		return
 	}
-	// A slow request runs concurrently so that the connection keeps serving.
+	// A slow request runs concurrently so that the connection keeps
+	// serving; it needs its own copy of every field.
+	req = new(wire.Request)
+	if err := req.UnmarshalVT(raw); err != nil {
+		cn.inFlight.Add(-1)
+		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
+		return
+	}
 	closePidfd = false
 	cn.async.Add(1)
 	go func() {
@@ -173,7 +195,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			h()
 		}
 		var a arena
-		rep := cn.execute(req, id, &a) // decoding copied every field out of cn.buf
+		rep := cn.execute(req, id, &a)
 		cn.inFlight.Add(-1)
 		cn.send(nil, rep)
 		a.wipe()

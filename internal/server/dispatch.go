@@ -32,6 +32,12 @@ var (
 // dispatch runs one operation. It returns either data, the operation's
 // bytes output (nil for none), or full, a complete result. Errors are
 // *wire.Error unless a bug.
+//
+// Aliasing: the byte and string fields of op may point into the
+// connection's receive buffer, which is overwritten by the next message.
+// Nothing may keep them beyond the operation without copying: key names
+// (create), imported key bytes (opImport). Results may alias them (the
+// reply is encoded before the buffer is reused).
 func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena) (data []byte, full *wire.Result, err error) {
 	switch o := op.GetOp().(type) {
 	case *wire.Op_Encrypt:

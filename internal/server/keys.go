@@ -1,6 +1,9 @@
 package server
 
 import (
+	"bytes"
+	"strings"
+
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
@@ -77,7 +80,7 @@ func aclFromWire(w []*wire.AclEntry) ([]key.ACLEntry, error) {
 // caller and opens a handle to it. It takes ownership of mat.
 func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity) (*wire.Result, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o := keystore.NewObject(t.Name, id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now())
+	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now()) // not aliasing the request
 	if err := cn.s.store.Add(o); err != nil {
 		keystore.Discard(o)
 		return nil, err
@@ -134,7 +137,11 @@ func (cn *conn) precheck(t *wire.KeyTemplate, id Identity) error {
 }
 
 func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
-	defer clear(im.Data) // the key bytes are not needed after parsing
+	// A parser may keep slices of its input (x509 does, for public keys):
+	// hand it a copy, never the request buffer, and wipe both after.
+	data := bytes.Clone(im.Data)
+	defer clear(data)
+	defer clear(im.Data)
 	spec := key.Lookup(im.GetTemplate().GetType())
 	if spec == nil {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type")
@@ -142,7 +149,7 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 	if err := cn.precheck(im.Template, id); err != nil {
 		return nil, err
 	}
-	mat, err := mech.Import(spec, im.Format, im.Data)
+	mat, err := mech.Import(spec, im.Format, data)
 	if err != nil {
 		return nil, err
 	}

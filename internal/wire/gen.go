@@ -5,4 +5,4 @@ package wire
 // protoc-gen-go-vtproto in $PATH at the versions go.mod pins as tools
 // ("make proto" installs them and runs this).
 //
-//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-vtproto_out=. --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size keywarden.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative --go-vtproto_out=. --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size+pool,pool=github.com/keywarden/keywarden/internal/wire.Reply,pool=github.com/keywarden/keywarden/internal/wire.Result keywarden.proto

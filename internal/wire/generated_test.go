@@ -20,7 +20,8 @@ func TestGeneratedCodeIsCurrent(t *testing.T) {
 	}
 	out := t.TempDir()
 	cmd := exec.Command("protoc", "--go_out="+out, "--go_opt=paths=source_relative",
-		"--go-vtproto_out="+out, "--go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size",
+		"--go-vtproto_out="+out, "--go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size+pool,"+
+			"pool=github.com/keywarden/keywarden/internal/wire.Reply,pool=github.com/keywarden/keywarden/internal/wire.Result",
 		"keywarden.proto")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("protoc: %v\n%s", err, b)

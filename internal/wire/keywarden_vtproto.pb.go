@@ -9,6 +9,7 @@ import (
 	protohelpers "github.com/planetscale/vtprotobuf/protohelpers"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	io "io"
+	sync "sync"
 	unsafe "unsafe"
 )
 
@@ -2731,6 +2732,54 @@ func (m *SessionAbort) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+var vtprotoPool_Reply = sync.Pool{
+	New: func() interface{} {
+		return &Reply{}
+	},
+}
+
+func (m *Reply) ResetVT() {
+	if m != nil {
+		for _, mm := range m.Results {
+			mm.ResetVT()
+		}
+		f0 := m.Results[:0]
+		m.Reset()
+		m.Results = f0
+	}
+}
+func (m *Reply) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_Reply.Put(m)
+	}
+}
+func ReplyFromVTPool() *Reply {
+	return vtprotoPool_Reply.Get().(*Reply)
+}
+
+var vtprotoPool_Result = sync.Pool{
+	New: func() interface{} {
+		return &Result{}
+	},
+}
+
+func (m *Result) ResetVT() {
+	if m != nil {
+		f0 := m.Data[:0]
+		m.Reset()
+		m.Data = f0
+	}
+}
+func (m *Result) ReturnToVTPool() {
+	if m != nil {
+		m.ResetVT()
+		vtprotoPool_Result.Put(m)
+	}
+}
+func ResultFromVTPool() *Result {
+	return vtprotoPool_Result.Get().(*Result)
+}
 func (m *Request) SizeVT() (n int) {
 	if m == nil {
 		return 0
@@ -4199,7 +4248,14 @@ func (m *Reply) UnmarshalVT(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Results = append(m.Results, &Result{})
+			if len(m.Results) == cap(m.Results) {
+				m.Results = append(m.Results, &Result{})
+			} else {
+				m.Results = m.Results[:len(m.Results)+1]
+				if m.Results[len(m.Results)-1] == nil {
+					m.Results[len(m.Results)-1] = &Result{}
+				}
+			}
 			if err := m.Results[len(m.Results)-1].UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
@@ -10341,7 +10397,14 @@ func (m *Reply) UnmarshalVTUnsafe(dAtA []byte) error {
 			if postIndex > l {
 				return io.ErrUnexpectedEOF
 			}
-			m.Results = append(m.Results, &Result{})
+			if len(m.Results) == cap(m.Results) {
+				m.Results = append(m.Results, &Result{})
+			} else {
+				m.Results = m.Results[:len(m.Results)+1]
+				if m.Results[len(m.Results)-1] == nil {
+					m.Results[len(m.Results)-1] = &Result{}
+				}
+			}
 			if err := m.Results[len(m.Results)-1].UnmarshalVTUnsafe(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
