@@ -253,8 +253,14 @@ func (b *Batch) Do(ctx context.Context) error {
 			firstErr = err
 		}
 		// Nothing refers to the reply's messages any more (results point
-		// into its bytes, not into them): recycle them.
-		rep.ReturnToVTPool()
+		// into its bytes, not into them): recycle them, without the slices
+		// into those bytes, which the results still use.
+		if rep != nil {
+			for _, r := range rep.Results {
+				r.Data = nil
+			}
+			rep.ReturnToVTPool()
+		}
 	}
 	for _, ch := range chunks {
 		f := flight{ch: ch}

@@ -52,7 +52,7 @@ var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 // replySpin is how long the goroutine reading replies polls for one, when
 // the last came quickly, before it sleeps: a fast operation's reply then
 // costs no thread wake-up (see seqpacket.Conn.SetSpin).
-const replySpin = 50 * time.Microsecond
+const replySpin = 100 * time.Microsecond
 
 // recvSlice bounds how long a reading goroutine blocks before it checks
 // whether its context is done.

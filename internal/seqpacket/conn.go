@@ -148,7 +148,7 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 }
 
 // SetSpin lets receives poll the socket for up to d before they block,
-// when the previous message arrived within d of being waited for.
+// when the previous message arrived within 2d of being waited for.
 //
 // Sleeping in recvmsg costs a wake-up when the message arrives, and on a
 // virtual machine waking an idle virtual CPU can take longer than a whole
@@ -166,7 +166,10 @@ func (c *Conn) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
 		return n, oobn, flags, err
 	}
 	start := time.Now()
-	if c.lastWait < c.spin {
+	// A wait that was a little longer than the spin (it ended in a sleep and
+	// a wake-up, which lengthens it) still says the peer is answering
+	// quickly; only a clearly slow peer stops the polling.
+	if c.lastWait < 2*c.spin {
 		for {
 			n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl|unix.MSG_DONTWAIT)
 			if err != unix.EAGAIN {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -175,9 +176,9 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		return
 	}
 	// A slow request runs concurrently so that the connection keeps
-	// serving; it needs its own copy of every field.
+	// serving; it needs its own copy of the message.
 	req = new(wire.Request)
-	if err := req.UnmarshalVT(raw); err != nil {
+	if err := req.UnmarshalVTUnsafe(bytes.Clone(raw)); err != nil {
 		cn.inFlight.Add(-1)
 		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return

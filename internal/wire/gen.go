@@ -1,5 +1,11 @@
 package wire
 
+// Reply and Result are recycled (vtprotobuf's pool feature) by the client,
+// which decodes replies without copying. A recycled message keeps its byte
+// slices truncated, not cleared, and UnmarshalVT appends into them: clear
+// them (set nil) before recycling a message whose fields point into a
+// buffer someone still holds.
+//
 // Regenerate keywarden.pb.go and keywarden_vtproto.pb.go after editing
 // keywarden.proto. It needs protoc, and protoc-gen-go and
 // protoc-gen-go-vtproto in $PATH at the versions go.mod pins as tools

@@ -9,6 +9,10 @@ import (
 	"testing"
 )
 
+// vtprotoPools are the messages whose generated code recycles them (see
+// gen.go).
+const vtprotoPools = "pool=github.com/keywarden/keywarden/internal/wire.Reply,pool=github.com/keywarden/keywarden/internal/wire.Result"
+
 // TestGeneratedCodeIsCurrent regenerates the Go code from keywarden.proto
 // and compares it with the committed files. It needs protoc and the two
 // plugins in $PATH (scripts/test.sh provides them) and skips otherwise.
@@ -21,7 +25,7 @@ func TestGeneratedCodeIsCurrent(t *testing.T) {
 	out := t.TempDir()
 	cmd := exec.Command("protoc", "--go_out="+out, "--go_opt=paths=source_relative",
 		"--go-vtproto_out="+out, "--go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+unmarshal_unsafe+size+pool,"+
-			"pool=github.com/keywarden/keywarden/internal/wire.Reply,pool=github.com/keywarden/keywarden/internal/wire.Result",
+			vtprotoPools,
 		"keywarden.proto")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("protoc: %v\n%s", err, b)
