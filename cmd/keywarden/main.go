@@ -1,5 +1,3 @@
-// Command keywarden is the keywarden daemon and its command line client.
-// Run "keywarden help" for the commands.
 package main
 
 import (
