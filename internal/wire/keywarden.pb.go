@@ -1871,7 +1871,9 @@ type StatusResult struct {
 	CallerGid uint32 `protobuf:"varint,9,opt,name=caller_gid,json=callerGid,proto3" json:"caller_gid,omitempty"`
 	CallerPid int32  `protobuf:"varint,10,opt,name=caller_pid,json=callerPid,proto3" json:"caller_pid,omitempty"`
 	// Whether that identity is tied to a pidfd (race-free against PID reuse).
-	CallerPidfd   bool `protobuf:"varint,11,opt,name=caller_pidfd,json=callerPidfd,proto3" json:"caller_pidfd,omitempty"`
+	CallerPidfd bool `protobuf:"varint,11,opt,name=caller_pidfd,json=callerPidfd,proto3" json:"caller_pidfd,omitempty"`
+	// Where and how key bytes are held.
+	Memory        *MemoryStatus `protobuf:"bytes,12,opt,name=memory,proto3" json:"memory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1983,6 +1985,134 @@ func (x *StatusResult) GetCallerPidfd() bool {
 	return false
 }
 
+func (x *StatusResult) GetMemory() *MemoryStatus {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
+// MemoryStatus describes the daemon's key memory (docs/security.md).
+type MemoryStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "memfd_secret" (pages removed from the kernel's direct map) or "mlock"
+	// (locked anonymous memory with guard pages).
+	Backing string `protobuf:"bytes,1,opt,name=backing,proto3" json:"backing,omitempty"`
+	// Bytes of key memory mapped and locked.
+	LockedBytes uint64 `protobuf:"varint,2,opt,name=locked_bytes,json=lockedBytes,proto3" json:"locked_bytes,omitempty"`
+	// Bytes of live allocations in it.
+	InUseBytes uint64 `protobuf:"varint,3,opt,name=in_use_bytes,json=inUseBytes,proto3" json:"in_use_bytes,omitempty"`
+	// The most key memory the daemon will lock; 0 means no limit.
+	LimitBytes uint64 `protobuf:"varint,4,opt,name=limit_bytes,json=limitBytes,proto3" json:"limit_bytes,omitempty"`
+	// Live allocations (keys' secret bytes).
+	Allocations uint64 `protobuf:"varint,5,opt,name=allocations,proto3" json:"allocations,omitempty"`
+	// Operations on key bytes run inside runtime/secret.Do.
+	RuntimeSecret bool `protobuf:"varint,6,opt,name=runtime_secret,json=runtimeSecret,proto3" json:"runtime_secret,omitempty"`
+	// The daemon's whole memory is locked (mlockall).
+	Mlockall bool `protobuf:"varint,7,opt,name=mlockall,proto3" json:"mlockall,omitempty"`
+	// The process is dumpable (core dumps, ptrace by its own uid); false
+	// once hardened.
+	Dumpable bool `protobuf:"varint,8,opt,name=dumpable,proto3" json:"dumpable,omitempty"`
+	// Keys whose expanded state (key schedules, parsed private keys) is
+	// cached right now.
+	CachedKeys    uint32 `protobuf:"varint,9,opt,name=cached_keys,json=cachedKeys,proto3" json:"cached_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryStatus) Reset() {
+	*x = MemoryStatus{}
+	mi := &file_keywarden_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryStatus) ProtoMessage() {}
+
+func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
+func (*MemoryStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MemoryStatus) GetBacking() string {
+	if x != nil {
+		return x.Backing
+	}
+	return ""
+}
+
+func (x *MemoryStatus) GetLockedBytes() uint64 {
+	if x != nil {
+		return x.LockedBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetInUseBytes() uint64 {
+	if x != nil {
+		return x.InUseBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetLimitBytes() uint64 {
+	if x != nil {
+		return x.LimitBytes
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetAllocations() uint64 {
+	if x != nil {
+		return x.Allocations
+	}
+	return 0
+}
+
+func (x *MemoryStatus) GetRuntimeSecret() bool {
+	if x != nil {
+		return x.RuntimeSecret
+	}
+	return false
+}
+
+func (x *MemoryStatus) GetMlockall() bool {
+	if x != nil {
+		return x.Mlockall
+	}
+	return false
+}
+
+func (x *MemoryStatus) GetDumpable() bool {
+	if x != nil {
+		return x.Dumpable
+	}
+	return false
+}
+
+func (x *MemoryStatus) GetCachedKeys() uint32 {
+	if x != nil {
+		return x.CachedKeys
+	}
+	return 0
+}
+
 type SessionResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Session       uint32                 `protobuf:"varint,1,opt,name=session,proto3" json:"session,omitempty"`
@@ -1992,7 +2122,7 @@ type SessionResult struct {
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2134,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2147,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{11}
+	return file_keywarden_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SessionResult) GetSession() uint32 {
@@ -2036,7 +2166,7 @@ type StatusOp struct {
 
 func (x *StatusOp) Reset() {
 	*x = StatusOp{}
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2178,7 @@ func (x *StatusOp) String() string {
 func (*StatusOp) ProtoMessage() {}
 
 func (x *StatusOp) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2191,7 @@ func (x *StatusOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusOp.ProtoReflect.Descriptor instead.
 func (*StatusOp) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{12}
+	return file_keywarden_proto_rawDescGZIP(), []int{13}
 }
 
 // Ping echoes its payload. It exists to measure the transport.
@@ -2074,7 +2204,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2216,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2229,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Ping) GetPayload() []byte {
@@ -2118,7 +2248,7 @@ type Generate struct {
 
 func (x *Generate) Reset() {
 	*x = Generate{}
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +2260,7 @@ func (x *Generate) String() string {
 func (*Generate) ProtoMessage() {}
 
 func (x *Generate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +2273,7 @@ func (x *Generate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generate.ProtoReflect.Descriptor instead.
 func (*Generate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Generate) GetTemplate() *KeyTemplate {
@@ -2164,7 +2294,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2176,7 +2306,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2189,7 +2319,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Import) GetTemplate() *KeyTemplate {
@@ -2224,7 +2354,7 @@ type NameRef struct {
 
 func (x *NameRef) Reset() {
 	*x = NameRef{}
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2236,7 +2366,7 @@ func (x *NameRef) String() string {
 func (*NameRef) ProtoMessage() {}
 
 func (x *NameRef) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2249,7 +2379,7 @@ func (x *NameRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRef.ProtoReflect.Descriptor instead.
 func (*NameRef) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NameRef) GetName() string {
@@ -2279,7 +2409,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2421,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2434,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Open) GetKey() isOpen_Key {
@@ -2357,7 +2487,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2499,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2512,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Close) GetHandle() uint32 {
@@ -2405,7 +2535,7 @@ type List struct {
 
 func (x *List) Reset() {
 	*x = List{}
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2547,7 @@ func (x *List) String() string {
 func (*List) ProtoMessage() {}
 
 func (x *List) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2560,7 @@ func (x *List) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use List.ProtoReflect.Descriptor instead.
 func (*List) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *List) GetAfter() []byte {
@@ -2456,7 +2586,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2598,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2611,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Info) GetHandle() uint32 {
@@ -2501,7 +2631,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +2643,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +2656,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Export) GetHandle() uint32 {
@@ -2553,7 +2683,7 @@ type PublicKey struct {
 
 func (x *PublicKey) Reset() {
 	*x = PublicKey{}
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2565,7 +2695,7 @@ func (x *PublicKey) String() string {
 func (*PublicKey) ProtoMessage() {}
 
 func (x *PublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2578,7 +2708,7 @@ func (x *PublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicKey.ProtoReflect.Descriptor instead.
 func (*PublicKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PublicKey) GetHandle() uint32 {
@@ -2604,7 +2734,7 @@ type Destroy struct {
 
 func (x *Destroy) Reset() {
 	*x = Destroy{}
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2746,7 @@ func (x *Destroy) String() string {
 func (*Destroy) ProtoMessage() {}
 
 func (x *Destroy) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2759,7 @@ func (x *Destroy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destroy.ProtoReflect.Descriptor instead.
 func (*Destroy) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Destroy) GetHandle() uint32 {
@@ -2654,7 +2784,7 @@ type SetAttributes struct {
 
 func (x *SetAttributes) Reset() {
 	*x = SetAttributes{}
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2666,7 +2796,7 @@ func (x *SetAttributes) String() string {
 func (*SetAttributes) ProtoMessage() {}
 
 func (x *SetAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2679,7 +2809,7 @@ func (x *SetAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAttributes.ProtoReflect.Descriptor instead.
 func (*SetAttributes) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetAttributes) GetHandle() uint32 {
@@ -2721,7 +2851,7 @@ type SetACL struct {
 
 func (x *SetACL) Reset() {
 	*x = SetACL{}
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +2863,7 @@ func (x *SetACL) String() string {
 func (*SetACL) ProtoMessage() {}
 
 func (x *SetACL) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +2876,7 @@ func (x *SetACL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetACL.ProtoReflect.Descriptor instead.
 func (*SetACL) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetACL) GetHandle() uint32 {
@@ -2777,7 +2907,7 @@ type Encrypt struct {
 
 func (x *Encrypt) Reset() {
 	*x = Encrypt{}
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2919,7 @@ func (x *Encrypt) String() string {
 func (*Encrypt) ProtoMessage() {}
 
 func (x *Encrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2932,7 @@ func (x *Encrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Encrypt.ProtoReflect.Descriptor instead.
 func (*Encrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Encrypt) GetHandle() uint32 {
@@ -2845,7 +2975,7 @@ type Decrypt struct {
 
 func (x *Decrypt) Reset() {
 	*x = Decrypt{}
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2857,7 +2987,7 @@ func (x *Decrypt) String() string {
 func (*Decrypt) ProtoMessage() {}
 
 func (x *Decrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2870,7 +3000,7 @@ func (x *Decrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decrypt.ProtoReflect.Descriptor instead.
 func (*Decrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Decrypt) GetHandle() uint32 {
@@ -2919,7 +3049,7 @@ type Sign struct {
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3061,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3074,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -2996,7 +3126,7 @@ type Verify struct {
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3008,7 +3138,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3021,7 +3151,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -3076,7 +3206,7 @@ type Mac struct {
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3088,7 +3218,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3101,7 +3231,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -3129,7 +3259,7 @@ type MacVerify struct {
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3141,7 +3271,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3154,7 +3284,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -3188,7 +3318,7 @@ type Hash struct {
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3330,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3343,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -3254,7 +3384,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3266,7 +3396,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3279,7 +3409,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -3339,7 +3469,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3351,7 +3481,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3364,7 +3494,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -3405,7 +3535,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3417,7 +3547,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3430,7 +3560,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -3458,7 +3588,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3470,7 +3600,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3483,7 +3613,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -3509,7 +3639,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3651,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3664,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -3649,7 +3779,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\vmax_handles\x18\x04 \x01(\rR\n" +
 	"maxHandles\x12)\n" +
 	"\x11max_keys_per_user\x18\x05 \x01(\rR\x0emaxKeysPerUser\x12\"\n" +
-	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\x8b\x03\n" +
+	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xbf\x03\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -3665,7 +3795,21 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"caller_pid\x18\n" +
 	" \x01(\x05R\tcallerPid\x12!\n" +
-	"\fcaller_pidfd\x18\v \x01(\bR\vcallerPidfd\")\n" +
+	"\fcaller_pidfd\x18\v \x01(\bR\vcallerPidfd\x122\n" +
+	"\x06memory\x18\f \x01(\v2\x1a.keywarden.v1.MemoryStatusR\x06memory\"\xb0\x02\n" +
+	"\fMemoryStatus\x12\x18\n" +
+	"\abacking\x18\x01 \x01(\tR\abacking\x12!\n" +
+	"\flocked_bytes\x18\x02 \x01(\x04R\vlockedBytes\x12 \n" +
+	"\fin_use_bytes\x18\x03 \x01(\x04R\n" +
+	"inUseBytes\x12\x1f\n" +
+	"\vlimit_bytes\x18\x04 \x01(\x04R\n" +
+	"limitBytes\x12 \n" +
+	"\vallocations\x18\x05 \x01(\x04R\vallocations\x12%\n" +
+	"\x0eruntime_secret\x18\x06 \x01(\bR\rruntimeSecret\x12\x1a\n" +
+	"\bmlockall\x18\a \x01(\bR\bmlockall\x12\x1a\n" +
+	"\bdumpable\x18\b \x01(\bR\bdumpable\x12\x1f\n" +
+	"\vcached_keys\x18\t \x01(\rR\n" +
+	"cachedKeys\")\n" +
 	"\rSessionResult\x12\x18\n" +
 	"\asession\x18\x01 \x01(\rR\asession\"\n" +
 	"\n" +
@@ -3857,7 +4001,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),           // 0: keywarden.v1.Status
 	(KeyType)(0),          // 1: keywarden.v1.KeyType
@@ -3878,69 +4022,70 @@ var file_keywarden_proto_goTypes = []any{
 	(*ListResult)(nil),    // 16: keywarden.v1.ListResult
 	(*Limits)(nil),        // 17: keywarden.v1.Limits
 	(*StatusResult)(nil),  // 18: keywarden.v1.StatusResult
-	(*SessionResult)(nil), // 19: keywarden.v1.SessionResult
-	(*StatusOp)(nil),      // 20: keywarden.v1.StatusOp
-	(*Ping)(nil),          // 21: keywarden.v1.Ping
-	(*Generate)(nil),      // 22: keywarden.v1.Generate
-	(*Import)(nil),        // 23: keywarden.v1.Import
-	(*NameRef)(nil),       // 24: keywarden.v1.NameRef
-	(*Open)(nil),          // 25: keywarden.v1.Open
-	(*Close)(nil),         // 26: keywarden.v1.Close
-	(*List)(nil),          // 27: keywarden.v1.List
-	(*Info)(nil),          // 28: keywarden.v1.Info
-	(*Export)(nil),        // 29: keywarden.v1.Export
-	(*PublicKey)(nil),     // 30: keywarden.v1.PublicKey
-	(*Destroy)(nil),       // 31: keywarden.v1.Destroy
-	(*SetAttributes)(nil), // 32: keywarden.v1.SetAttributes
-	(*SetACL)(nil),        // 33: keywarden.v1.SetACL
-	(*Encrypt)(nil),       // 34: keywarden.v1.Encrypt
-	(*Decrypt)(nil),       // 35: keywarden.v1.Decrypt
-	(*Sign)(nil),          // 36: keywarden.v1.Sign
-	(*Verify)(nil),        // 37: keywarden.v1.Verify
-	(*Mac)(nil),           // 38: keywarden.v1.Mac
-	(*MacVerify)(nil),     // 39: keywarden.v1.MacVerify
-	(*Hash)(nil),          // 40: keywarden.v1.Hash
-	(*Derive)(nil),        // 41: keywarden.v1.Derive
-	(*SessionOpen)(nil),   // 42: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil), // 43: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),  // 44: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),  // 45: keywarden.v1.SessionAbort
+	(*MemoryStatus)(nil),  // 19: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil), // 20: keywarden.v1.SessionResult
+	(*StatusOp)(nil),      // 21: keywarden.v1.StatusOp
+	(*Ping)(nil),          // 22: keywarden.v1.Ping
+	(*Generate)(nil),      // 23: keywarden.v1.Generate
+	(*Import)(nil),        // 24: keywarden.v1.Import
+	(*NameRef)(nil),       // 25: keywarden.v1.NameRef
+	(*Open)(nil),          // 26: keywarden.v1.Open
+	(*Close)(nil),         // 27: keywarden.v1.Close
+	(*List)(nil),          // 28: keywarden.v1.List
+	(*Info)(nil),          // 29: keywarden.v1.Info
+	(*Export)(nil),        // 30: keywarden.v1.Export
+	(*PublicKey)(nil),     // 31: keywarden.v1.PublicKey
+	(*Destroy)(nil),       // 32: keywarden.v1.Destroy
+	(*SetAttributes)(nil), // 33: keywarden.v1.SetAttributes
+	(*SetACL)(nil),        // 34: keywarden.v1.SetACL
+	(*Encrypt)(nil),       // 35: keywarden.v1.Encrypt
+	(*Decrypt)(nil),       // 36: keywarden.v1.Decrypt
+	(*Sign)(nil),          // 37: keywarden.v1.Sign
+	(*Verify)(nil),        // 38: keywarden.v1.Verify
+	(*Mac)(nil),           // 39: keywarden.v1.Mac
+	(*MacVerify)(nil),     // 40: keywarden.v1.MacVerify
+	(*Hash)(nil),          // 41: keywarden.v1.Hash
+	(*Derive)(nil),        // 42: keywarden.v1.Derive
+	(*SessionOpen)(nil),   // 43: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil), // 44: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),  // 45: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),  // 46: keywarden.v1.SessionAbort
 }
 var file_keywarden_proto_depIdxs = []int32{
 	10, // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,  // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
 	11, // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	20, // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	21, // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	22, // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	23, // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	25, // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	26, // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	27, // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	28, // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	29, // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	30, // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	31, // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	32, // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	33, // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	34, // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	35, // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	36, // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	37, // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	38, // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	39, // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	40, // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	41, // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	42, // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	43, // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	44, // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	45, // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	21, // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	22, // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	23, // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	24, // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	26, // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	27, // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	28, // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	29, // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	30, // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	31, // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	32, // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	33, // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	34, // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	35, // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	36, // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	37, // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	38, // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	39, // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	40, // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	41, // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	42, // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	43, // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	44, // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	45, // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	46, // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
 	0,  // 28: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
 	15, // 29: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
 	14, // 30: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
 	16, // 31: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
 	18, // 32: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	19, // 33: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	20, // 33: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
 	1,  // 34: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
 	12, // 35: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
 	1,  // 36: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
@@ -3949,30 +4094,31 @@ var file_keywarden_proto_depIdxs = []int32{
 	14, // 39: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
 	14, // 40: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
 	17, // 41: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	13, // 42: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	13, // 43: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,  // 44: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	24, // 45: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,  // 46: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,  // 47: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	12, // 48: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,  // 49: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 50: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 51: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 52: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,  // 53: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 54: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,  // 55: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,  // 56: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	13, // 57: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,  // 58: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,  // 59: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 60: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	61, // [61:61] is the sub-list for method output_type
-	61, // [61:61] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	19, // 42: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	13, // 43: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	13, // 44: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,  // 45: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	25, // 46: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,  // 47: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,  // 48: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	12, // 49: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,  // 50: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,  // 51: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,  // 52: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 53: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,  // 54: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 55: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,  // 56: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,  // 57: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	13, // 58: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,  // 59: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,  // 60: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 61: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	62, // [62:62] is the sub-list for method output_type
+	62, // [62:62] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -4018,19 +4164,19 @@ func file_keywarden_proto_init() {
 		(*AclEntry_Uid)(nil),
 		(*AclEntry_Gid)(nil),
 	}
-	file_keywarden_proto_msgTypes[16].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[17].OneofWrappers = []any{
+	file_keywarden_proto_msgTypes[17].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[18].OneofWrappers = []any{
 		(*Open_Id)(nil),
 		(*Open_Name)(nil),
 	}
-	file_keywarden_proto_msgTypes[24].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[25].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
