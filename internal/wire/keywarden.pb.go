@@ -741,6 +741,10 @@ type Op struct {
 	//	*Op_SessionUpdate
 	//	*Op_SessionFinal
 	//	*Op_SessionAbort
+	//	*Op_DerivePassphrase
+	//	*Op_PasswordHash
+	//	*Op_PasswordVerify
+	//	*Op_KdfCalibrate
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1008,6 +1012,42 @@ func (x *Op) GetSessionAbort() *SessionAbort {
 	return nil
 }
 
+func (x *Op) GetDerivePassphrase() *DeriveFromPassphrase {
+	if x != nil {
+		if x, ok := x.Op.(*Op_DerivePassphrase); ok {
+			return x.DerivePassphrase
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetPasswordHash() *PasswordHash {
+	if x != nil {
+		if x, ok := x.Op.(*Op_PasswordHash); ok {
+			return x.PasswordHash
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetPasswordVerify() *PasswordVerify {
+	if x != nil {
+		if x, ok := x.Op.(*Op_PasswordVerify); ok {
+			return x.PasswordVerify
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetKdfCalibrate() *KdfCalibrate {
+	if x != nil {
+		if x, ok := x.Op.(*Op_KdfCalibrate); ok {
+			return x.KdfCalibrate
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -1112,6 +1152,23 @@ type Op_SessionAbort struct {
 	SessionAbort *SessionAbort `protobuf:"bytes,25,opt,name=session_abort,json=sessionAbort,proto3,oneof"`
 }
 
+type Op_DerivePassphrase struct {
+	// Argon2id, run in a short-lived worker process (docs/kdf.md).
+	DerivePassphrase *DeriveFromPassphrase `protobuf:"bytes,40,opt,name=derive_passphrase,json=derivePassphrase,proto3,oneof"`
+}
+
+type Op_PasswordHash struct {
+	PasswordHash *PasswordHash `protobuf:"bytes,41,opt,name=password_hash,json=passwordHash,proto3,oneof"`
+}
+
+type Op_PasswordVerify struct {
+	PasswordVerify *PasswordVerify `protobuf:"bytes,42,opt,name=password_verify,json=passwordVerify,proto3,oneof"`
+}
+
+type Op_KdfCalibrate struct {
+	KdfCalibrate *KdfCalibrate `protobuf:"bytes,43,opt,name=kdf_calibrate,json=kdfCalibrate,proto3,oneof"`
+}
+
 func (*Op_Status) isOp_Op() {}
 
 func (*Op_Ping) isOp_Op() {}
@@ -1162,6 +1219,14 @@ func (*Op_SessionFinal) isOp_Op() {}
 
 func (*Op_SessionAbort) isOp_Op() {}
 
+func (*Op_DerivePassphrase) isOp_Op() {}
+
+func (*Op_PasswordHash) isOp_Op() {}
+
+func (*Op_PasswordVerify) isOp_Op() {}
+
+func (*Op_KdfCalibrate) isOp_Op() {}
+
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Status Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=keywarden.v1.Status" json:"status,omitempty"`
@@ -1181,6 +1246,7 @@ type Result struct {
 	//	*Result_List
 	//	*Result_Server
 	//	*Result_Session
+	//	*Result_KdfCalibration
 	Value         isResult_Value `protobuf_oneof:"value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1289,6 +1355,15 @@ func (x *Result) GetSession() *SessionResult {
 	return nil
 }
 
+func (x *Result) GetKdfCalibration() *KdfCalibration {
+	if x != nil {
+		if x, ok := x.Value.(*Result_KdfCalibration); ok {
+			return x.KdfCalibration
+		}
+	}
+	return nil
+}
+
 type isResult_Value interface {
 	isResult_Value()
 }
@@ -1313,6 +1388,10 @@ type Result_Session struct {
 	Session *SessionResult `protobuf:"bytes,15,opt,name=session,proto3,oneof"`
 }
 
+type Result_KdfCalibration struct {
+	KdfCalibration *KdfCalibration `protobuf:"bytes,20,opt,name=kdf_calibration,json=kdfCalibration,proto3,oneof"`
+}
+
 func (*Result_Key) isResult_Value() {}
 
 func (*Result_Info) isResult_Value() {}
@@ -1322,6 +1401,8 @@ func (*Result_List) isResult_Value() {}
 func (*Result_Server) isResult_Value() {}
 
 func (*Result_Session) isResult_Value() {}
+
+func (*Result_KdfCalibration) isResult_Value() {}
 
 // AclEntry grants a uid or a gid some of the key's usages.
 type AclEntry struct {
@@ -1534,7 +1615,9 @@ type KeyInfo struct {
 	// SubjectPublicKeyInfo DER of asymmetric keys; empty for secret keys.
 	PublicKey []byte `protobuf:"bytes,13,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	// Usages the caller who asked may exercise on this key right now.
-	CallerUsage   uint32 `protobuf:"varint,14,opt,name=caller_usage,json=callerUsage,proto3" json:"caller_usage,omitempty"`
+	CallerUsage uint32 `protobuf:"varint,14,opt,name=caller_usage,json=callerUsage,proto3" json:"caller_usage,omitempty"`
+	// How a key made by derive_passphrase was derived; absent for other keys.
+	Kdf           *PassphraseKdf `protobuf:"bytes,15,opt,name=kdf,proto3" json:"kdf,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1665,6 +1748,13 @@ func (x *KeyInfo) GetCallerUsage() uint32 {
 		return x.CallerUsage
 	}
 	return 0
+}
+
+func (x *KeyInfo) GetKdf() *PassphraseKdf {
+	if x != nil {
+		return x.Kdf
+	}
+	return nil
 }
 
 type KeyResult struct {
@@ -3674,6 +3764,521 @@ func (x *SessionAbort) GetSession() uint32 {
 	return 0
 }
 
+// Argon2Params are Argon2id's cost parameters (RFC 9106, version 0x13). A
+// field left 0 takes the daemon's default (time 3, memory 65536 KiB,
+// threads 4).
+type Argon2Params struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Passes over the memory: at least 1.
+	Time uint32 `protobuf:"varint,1,opt,name=time,proto3" json:"time,omitempty"`
+	// Memory in KiB: at least 8 per thread, at most the daemon's
+	// --kdf-max-memory.
+	MemoryKib uint32 `protobuf:"varint,2,opt,name=memory_kib,json=memoryKib,proto3" json:"memory_kib,omitempty"`
+	// Lanes (parallelism): 1 to 255.
+	Threads       uint32 `protobuf:"varint,3,opt,name=threads,proto3" json:"threads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Argon2Params) Reset() {
+	*x = Argon2Params{}
+	mi := &file_keywarden_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Argon2Params) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Argon2Params) ProtoMessage() {}
+
+func (x *Argon2Params) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
+func (*Argon2Params) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Argon2Params) GetTime() uint32 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *Argon2Params) GetMemoryKib() uint32 {
+	if x != nil {
+		return x.MemoryKib
+	}
+	return 0
+}
+
+func (x *Argon2Params) GetThreads() uint32 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+// PassphraseKdf records how a key was derived from a passphrase. Nothing
+// in it is secret: with the same passphrase it derives the same key again.
+type PassphraseKdf struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "argon2id".
+	Algorithm string `protobuf:"bytes,1,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// Argon2 version: 19 (0x13).
+	Version       uint32        `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Params        *Argon2Params `protobuf:"bytes,3,opt,name=params,proto3" json:"params,omitempty"`
+	Salt          []byte        `protobuf:"bytes,4,opt,name=salt,proto3" json:"salt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PassphraseKdf) Reset() {
+	*x = PassphraseKdf{}
+	mi := &file_keywarden_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PassphraseKdf) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PassphraseKdf) ProtoMessage() {}
+
+func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
+func (*PassphraseKdf) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PassphraseKdf) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *PassphraseKdf) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *PassphraseKdf) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *PassphraseKdf) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
+// DeriveFromPassphrase creates a secret key (AES or HMAC type) whose bytes
+// are Argon2id(passphrase, salt, params) of the type's key length. The
+// passphrase goes to a worker process and is never stored.
+type DeriveFromPassphrase struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 65536 bytes.
+	Passphrase []byte `protobuf:"bytes,1,opt,name=passphrase,proto3" json:"passphrase,omitempty"`
+	// 8 to 256 bytes; not secret, but should be unique per key.
+	Salt   []byte        `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	Params *Argon2Params `protobuf:"bytes,3,opt,name=params,proto3" json:"params,omitempty"`
+	// The new key: type must be a secret type (AES or HMAC).
+	Template      *KeyTemplate `protobuf:"bytes,4,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeriveFromPassphrase) Reset() {
+	*x = DeriveFromPassphrase{}
+	mi := &file_keywarden_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeriveFromPassphrase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeriveFromPassphrase) ProtoMessage() {}
+
+func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
+func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DeriveFromPassphrase) GetPassphrase() []byte {
+	if x != nil {
+		return x.Passphrase
+	}
+	return nil
+}
+
+func (x *DeriveFromPassphrase) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
+func (x *DeriveFromPassphrase) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *DeriveFromPassphrase) GetTemplate() *KeyTemplate {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+// PasswordHash hashes a password with Argon2id into a PHC string,
+// "$argon2id$v=19$m=M,t=T,p=P$SALT$HASH", returned in Result.data.
+type PasswordHash struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 65536 bytes.
+	Password []byte        `protobuf:"bytes,1,opt,name=password,proto3" json:"password,omitempty"`
+	Params   *Argon2Params `protobuf:"bytes,2,opt,name=params,proto3" json:"params,omitempty"`
+	// Empty: 16 random bytes chosen by the daemon (recommended); else 8 to
+	// 256 bytes.
+	Salt []byte `protobuf:"bytes,3,opt,name=salt,proto3" json:"salt,omitempty"`
+	// Bytes of hash: 0 means 32; else 16 to 64.
+	HashLen       uint32 `protobuf:"varint,4,opt,name=hash_len,json=hashLen,proto3" json:"hash_len,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PasswordHash) Reset() {
+	*x = PasswordHash{}
+	mi := &file_keywarden_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PasswordHash) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PasswordHash) ProtoMessage() {}
+
+func (x *PasswordHash) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
+func (*PasswordHash) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *PasswordHash) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *PasswordHash) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *PasswordHash) GetSalt() []byte {
+	if x != nil {
+		return x.Salt
+	}
+	return nil
+}
+
+func (x *PasswordHash) GetHashLen() uint32 {
+	if x != nil {
+		return x.HashLen
+	}
+	return 0
+}
+
+// PasswordVerify checks a password against a PHC string in constant time:
+// STATUS_OK if it matches, STATUS_VERIFICATION_FAILED if not.
+type PasswordVerify struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Password      []byte                 `protobuf:"bytes,1,opt,name=password,proto3" json:"password,omitempty"`
+	Phc           string                 `protobuf:"bytes,2,opt,name=phc,proto3" json:"phc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PasswordVerify) Reset() {
+	*x = PasswordVerify{}
+	mi := &file_keywarden_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PasswordVerify) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PasswordVerify) ProtoMessage() {}
+
+func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
+func (*PasswordVerify) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *PasswordVerify) GetPassword() []byte {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *PasswordVerify) GetPhc() string {
+	if x != nil {
+		return x.Phc
+	}
+	return ""
+}
+
+// KdfCalibrate measures one candidate of a calibration in a worker. A
+// client calls it repeatedly, passing back the last result, until done is
+// set (docs/kdf.md).
+type KdfCalibrate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The time one derivation should take, in milliseconds (1 to 60000).
+	TargetMs uint32 `protobuf:"varint,1,opt,name=target_ms,json=targetMs,proto3" json:"target_ms,omitempty"`
+	// The most memory the result may use, in KiB; 0 means the daemon's cap.
+	MaxMemoryKib uint32 `protobuf:"varint,2,opt,name=max_memory_kib,json=maxMemoryKib,proto3" json:"max_memory_kib,omitempty"`
+	// Lanes; 0 means min(4, the daemon's CPUs).
+	Threads uint32 `protobuf:"varint,3,opt,name=threads,proto3" json:"threads,omitempty"`
+	// The last measurement (from KdfCalibration), absent on the first call.
+	Previous   *Argon2Params `protobuf:"bytes,4,opt,name=previous,proto3" json:"previous,omitempty"`
+	PreviousNs uint64        `protobuf:"varint,5,opt,name=previous_ns,json=previousNs,proto3" json:"previous_ns,omitempty"`
+	// 0 on the first call, then KdfCalibration.step.
+	Step          uint32 `protobuf:"varint,6,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KdfCalibrate) Reset() {
+	*x = KdfCalibrate{}
+	mi := &file_keywarden_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KdfCalibrate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KdfCalibrate) ProtoMessage() {}
+
+func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
+func (*KdfCalibrate) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *KdfCalibrate) GetTargetMs() uint32 {
+	if x != nil {
+		return x.TargetMs
+	}
+	return 0
+}
+
+func (x *KdfCalibrate) GetMaxMemoryKib() uint32 {
+	if x != nil {
+		return x.MaxMemoryKib
+	}
+	return 0
+}
+
+func (x *KdfCalibrate) GetThreads() uint32 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
+func (x *KdfCalibrate) GetPrevious() *Argon2Params {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+func (x *KdfCalibrate) GetPreviousNs() uint64 {
+	if x != nil {
+		return x.PreviousNs
+	}
+	return 0
+}
+
+func (x *KdfCalibrate) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+type KdfCalibration struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The candidate measured by this call (or, when done, the result).
+	Params *Argon2Params `protobuf:"bytes,1,opt,name=params,proto3" json:"params,omitempty"`
+	// How long Argon2id took with params in the worker, in nanoseconds.
+	ElapsedNs uint64 `protobuf:"varint,2,opt,name=elapsed_ns,json=elapsedNs,proto3" json:"elapsed_ns,omitempty"`
+	// Set when params are the result; no further call is needed.
+	Done bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
+	// The memory cap in force: min(max_memory_kib, --kdf-max-memory, half
+	// of RAM, half of available memory), in KiB.
+	MemoryCapKib uint32 `protobuf:"varint,4,opt,name=memory_cap_kib,json=memoryCapKib,proto3" json:"memory_cap_kib,omitempty"`
+	// Pass back as KdfCalibrate.step.
+	Step          uint32 `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KdfCalibration) Reset() {
+	*x = KdfCalibration{}
+	mi := &file_keywarden_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KdfCalibration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KdfCalibration) ProtoMessage() {}
+
+func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
+func (*KdfCalibration) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *KdfCalibration) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *KdfCalibration) GetElapsedNs() uint64 {
+	if x != nil {
+		return x.ElapsedNs
+	}
+	return 0
+}
+
+func (x *KdfCalibration) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *KdfCalibration) GetMemoryCapKib() uint32 {
+	if x != nil {
+		return x.MemoryCapKib
+	}
+	return 0
+}
+
+func (x *KdfCalibration) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
 var File_keywarden_proto protoreflect.FileDescriptor
 
 const file_keywarden_proto_rawDesc = "" +
@@ -3688,8 +4293,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12.\n" +
-	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\x92\n" +
-	"\n" +
+	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xb4\f\n" +
 	"\x02Op\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.keywarden.v1.StatusOpH\x00R\x06status\x12(\n" +
 	"\x04ping\x18\x02 \x01(\v2\x12.keywarden.v1.PingH\x00R\x04ping\x124\n" +
@@ -3718,8 +4322,12 @@ const file_keywarden_proto_rawDesc = "" +
 	"\fsession_open\x18\x16 \x01(\v2\x19.keywarden.v1.SessionOpenH\x00R\vsessionOpen\x12D\n" +
 	"\x0esession_update\x18\x17 \x01(\v2\x1b.keywarden.v1.SessionUpdateH\x00R\rsessionUpdate\x12A\n" +
 	"\rsession_final\x18\x18 \x01(\v2\x1a.keywarden.v1.SessionFinalH\x00R\fsessionFinal\x12A\n" +
-	"\rsession_abort\x18\x19 \x01(\v2\x1a.keywarden.v1.SessionAbortH\x00R\fsessionAbortB\x04\n" +
-	"\x02op\"\xec\x02\n" +
+	"\rsession_abort\x18\x19 \x01(\v2\x1a.keywarden.v1.SessionAbortH\x00R\fsessionAbort\x12Q\n" +
+	"\x11derive_passphrase\x18( \x01(\v2\".keywarden.v1.DeriveFromPassphraseH\x00R\x10derivePassphrase\x12A\n" +
+	"\rpassword_hash\x18) \x01(\v2\x1a.keywarden.v1.PasswordHashH\x00R\fpasswordHash\x12G\n" +
+	"\x0fpassword_verify\x18* \x01(\v2\x1c.keywarden.v1.PasswordVerifyH\x00R\x0epasswordVerify\x12A\n" +
+	"\rkdf_calibrate\x18+ \x01(\v2\x1a.keywarden.v1.KdfCalibrateH\x00R\fkdfCalibrateB\x04\n" +
+	"\x02op\"\xb5\x03\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
@@ -3729,7 +4337,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x04info\x18\v \x01(\v2\x15.keywarden.v1.KeyInfoH\x00R\x04info\x12.\n" +
 	"\x04list\x18\r \x01(\v2\x18.keywarden.v1.ListResultH\x00R\x04list\x124\n" +
 	"\x06server\x18\x0e \x01(\v2\x1a.keywarden.v1.StatusResultH\x00R\x06server\x127\n" +
-	"\asession\x18\x0f \x01(\v2\x1b.keywarden.v1.SessionResultH\x00R\asessionB\a\n" +
+	"\asession\x18\x0f \x01(\v2\x1b.keywarden.v1.SessionResultH\x00R\asession\x12G\n" +
+	"\x0fkdf_calibration\x18\x14 \x01(\v2\x1c.keywarden.v1.KdfCalibrationH\x00R\x0ekdfCalibrationB\a\n" +
 	"\x05valueJ\x04\b\f\x10\r\"U\n" +
 	"\bAclEntry\x12\x12\n" +
 	"\x03uid\x18\x01 \x01(\rH\x00R\x03uid\x12\x12\n" +
@@ -3745,7 +4354,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"exportable\x12\x1c\n" +
 	"\twrappable\x18\x05 \x01(\bR\twrappable\x12\x1c\n" +
 	"\tephemeral\x18\x06 \x01(\bR\tephemeral\x12(\n" +
-	"\x03acl\x18\a \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\"\xc7\x03\n" +
+	"\x03acl\x18\a \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\"\xf6\x03\n" +
 	"\aKeyInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -3764,7 +4373,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\aversion\x18\f \x01(\rR\aversion\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
-	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\"N\n" +
+	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
+	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\"N\n" +
 	"\tKeyResult\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12)\n" +
 	"\x04info\x18\x02 \x01(\v2\x15.keywarden.v1.KeyInfoR\x04info\"K\n" +
@@ -3914,7 +4524,47 @@ const file_keywarden_proto_rawDesc = "" +
 	"\asession\x18\x01 \x01(\rR\asession\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\"(\n" +
 	"\fSessionAbort\x12\x18\n" +
-	"\asession\x18\x01 \x01(\rR\asession*\xc5\x02\n" +
+	"\asession\x18\x01 \x01(\rR\asession\"[\n" +
+	"\fArgon2Params\x12\x12\n" +
+	"\x04time\x18\x01 \x01(\rR\x04time\x12\x1d\n" +
+	"\n" +
+	"memory_kib\x18\x02 \x01(\rR\tmemoryKib\x12\x18\n" +
+	"\athreads\x18\x03 \x01(\rR\athreads\"\x8f\x01\n" +
+	"\rPassphraseKdf\x12\x1c\n" +
+	"\talgorithm\x18\x01 \x01(\tR\talgorithm\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x122\n" +
+	"\x06params\x18\x03 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x12\x12\n" +
+	"\x04salt\x18\x04 \x01(\fR\x04salt\"\xb5\x01\n" +
+	"\x14DeriveFromPassphrase\x12\x1e\n" +
+	"\n" +
+	"passphrase\x18\x01 \x01(\fR\n" +
+	"passphrase\x12\x12\n" +
+	"\x04salt\x18\x02 \x01(\fR\x04salt\x122\n" +
+	"\x06params\x18\x03 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x125\n" +
+	"\btemplate\x18\x04 \x01(\v2\x19.keywarden.v1.KeyTemplateR\btemplate\"\x8d\x01\n" +
+	"\fPasswordHash\x12\x1a\n" +
+	"\bpassword\x18\x01 \x01(\fR\bpassword\x122\n" +
+	"\x06params\x18\x02 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x12\x12\n" +
+	"\x04salt\x18\x03 \x01(\fR\x04salt\x12\x19\n" +
+	"\bhash_len\x18\x04 \x01(\rR\ahashLen\">\n" +
+	"\x0ePasswordVerify\x12\x1a\n" +
+	"\bpassword\x18\x01 \x01(\fR\bpassword\x12\x10\n" +
+	"\x03phc\x18\x02 \x01(\tR\x03phc\"\xd8\x01\n" +
+	"\fKdfCalibrate\x12\x1b\n" +
+	"\ttarget_ms\x18\x01 \x01(\rR\btargetMs\x12$\n" +
+	"\x0emax_memory_kib\x18\x02 \x01(\rR\fmaxMemoryKib\x12\x18\n" +
+	"\athreads\x18\x03 \x01(\rR\athreads\x126\n" +
+	"\bprevious\x18\x04 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\bprevious\x12\x1f\n" +
+	"\vprevious_ns\x18\x05 \x01(\x04R\n" +
+	"previousNs\x12\x12\n" +
+	"\x04step\x18\x06 \x01(\rR\x04step\"\xb1\x01\n" +
+	"\x0eKdfCalibration\x122\n" +
+	"\x06params\x18\x01 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x12\x1d\n" +
+	"\n" +
+	"elapsed_ns\x18\x02 \x01(\x04R\telapsedNs\x12\x12\n" +
+	"\x04done\x18\x03 \x01(\bR\x04done\x12$\n" +
+	"\x0ememory_cap_kib\x18\x04 \x01(\rR\fmemoryCapKib\x12\x12\n" +
+	"\x04step\x18\x05 \x01(\rR\x04step*\xc5\x02\n" +
 	"\x06Status\x12\r\n" +
 	"\tSTATUS_OK\x10\x00\x12\x1b\n" +
 	"\x17STATUS_INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -4001,55 +4651,62 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_keywarden_proto_goTypes = []any{
-	(Status)(0),           // 0: keywarden.v1.Status
-	(KeyType)(0),          // 1: keywarden.v1.KeyType
-	(KeyClass)(0),         // 2: keywarden.v1.KeyClass
-	(Usage)(0),            // 3: keywarden.v1.Usage
-	(HashAlg)(0),          // 4: keywarden.v1.HashAlg
-	(Padding)(0),          // 5: keywarden.v1.Padding
-	(KeyFormat)(0),        // 6: keywarden.v1.KeyFormat
-	(SessionKind)(0),      // 7: keywarden.v1.SessionKind
-	(*Request)(nil),       // 8: keywarden.v1.Request
-	(*Reply)(nil),         // 9: keywarden.v1.Reply
-	(*Op)(nil),            // 10: keywarden.v1.Op
-	(*Result)(nil),        // 11: keywarden.v1.Result
-	(*AclEntry)(nil),      // 12: keywarden.v1.AclEntry
-	(*KeyTemplate)(nil),   // 13: keywarden.v1.KeyTemplate
-	(*KeyInfo)(nil),       // 14: keywarden.v1.KeyInfo
-	(*KeyResult)(nil),     // 15: keywarden.v1.KeyResult
-	(*ListResult)(nil),    // 16: keywarden.v1.ListResult
-	(*Limits)(nil),        // 17: keywarden.v1.Limits
-	(*StatusResult)(nil),  // 18: keywarden.v1.StatusResult
-	(*MemoryStatus)(nil),  // 19: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil), // 20: keywarden.v1.SessionResult
-	(*StatusOp)(nil),      // 21: keywarden.v1.StatusOp
-	(*Ping)(nil),          // 22: keywarden.v1.Ping
-	(*Generate)(nil),      // 23: keywarden.v1.Generate
-	(*Import)(nil),        // 24: keywarden.v1.Import
-	(*NameRef)(nil),       // 25: keywarden.v1.NameRef
-	(*Open)(nil),          // 26: keywarden.v1.Open
-	(*Close)(nil),         // 27: keywarden.v1.Close
-	(*List)(nil),          // 28: keywarden.v1.List
-	(*Info)(nil),          // 29: keywarden.v1.Info
-	(*Export)(nil),        // 30: keywarden.v1.Export
-	(*PublicKey)(nil),     // 31: keywarden.v1.PublicKey
-	(*Destroy)(nil),       // 32: keywarden.v1.Destroy
-	(*SetAttributes)(nil), // 33: keywarden.v1.SetAttributes
-	(*SetACL)(nil),        // 34: keywarden.v1.SetACL
-	(*Encrypt)(nil),       // 35: keywarden.v1.Encrypt
-	(*Decrypt)(nil),       // 36: keywarden.v1.Decrypt
-	(*Sign)(nil),          // 37: keywarden.v1.Sign
-	(*Verify)(nil),        // 38: keywarden.v1.Verify
-	(*Mac)(nil),           // 39: keywarden.v1.Mac
-	(*MacVerify)(nil),     // 40: keywarden.v1.MacVerify
-	(*Hash)(nil),          // 41: keywarden.v1.Hash
-	(*Derive)(nil),        // 42: keywarden.v1.Derive
-	(*SessionOpen)(nil),   // 43: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil), // 44: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),  // 45: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),  // 46: keywarden.v1.SessionAbort
+	(Status)(0),                  // 0: keywarden.v1.Status
+	(KeyType)(0),                 // 1: keywarden.v1.KeyType
+	(KeyClass)(0),                // 2: keywarden.v1.KeyClass
+	(Usage)(0),                   // 3: keywarden.v1.Usage
+	(HashAlg)(0),                 // 4: keywarden.v1.HashAlg
+	(Padding)(0),                 // 5: keywarden.v1.Padding
+	(KeyFormat)(0),               // 6: keywarden.v1.KeyFormat
+	(SessionKind)(0),             // 7: keywarden.v1.SessionKind
+	(*Request)(nil),              // 8: keywarden.v1.Request
+	(*Reply)(nil),                // 9: keywarden.v1.Reply
+	(*Op)(nil),                   // 10: keywarden.v1.Op
+	(*Result)(nil),               // 11: keywarden.v1.Result
+	(*AclEntry)(nil),             // 12: keywarden.v1.AclEntry
+	(*KeyTemplate)(nil),          // 13: keywarden.v1.KeyTemplate
+	(*KeyInfo)(nil),              // 14: keywarden.v1.KeyInfo
+	(*KeyResult)(nil),            // 15: keywarden.v1.KeyResult
+	(*ListResult)(nil),           // 16: keywarden.v1.ListResult
+	(*Limits)(nil),               // 17: keywarden.v1.Limits
+	(*StatusResult)(nil),         // 18: keywarden.v1.StatusResult
+	(*MemoryStatus)(nil),         // 19: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),        // 20: keywarden.v1.SessionResult
+	(*StatusOp)(nil),             // 21: keywarden.v1.StatusOp
+	(*Ping)(nil),                 // 22: keywarden.v1.Ping
+	(*Generate)(nil),             // 23: keywarden.v1.Generate
+	(*Import)(nil),               // 24: keywarden.v1.Import
+	(*NameRef)(nil),              // 25: keywarden.v1.NameRef
+	(*Open)(nil),                 // 26: keywarden.v1.Open
+	(*Close)(nil),                // 27: keywarden.v1.Close
+	(*List)(nil),                 // 28: keywarden.v1.List
+	(*Info)(nil),                 // 29: keywarden.v1.Info
+	(*Export)(nil),               // 30: keywarden.v1.Export
+	(*PublicKey)(nil),            // 31: keywarden.v1.PublicKey
+	(*Destroy)(nil),              // 32: keywarden.v1.Destroy
+	(*SetAttributes)(nil),        // 33: keywarden.v1.SetAttributes
+	(*SetACL)(nil),               // 34: keywarden.v1.SetACL
+	(*Encrypt)(nil),              // 35: keywarden.v1.Encrypt
+	(*Decrypt)(nil),              // 36: keywarden.v1.Decrypt
+	(*Sign)(nil),                 // 37: keywarden.v1.Sign
+	(*Verify)(nil),               // 38: keywarden.v1.Verify
+	(*Mac)(nil),                  // 39: keywarden.v1.Mac
+	(*MacVerify)(nil),            // 40: keywarden.v1.MacVerify
+	(*Hash)(nil),                 // 41: keywarden.v1.Hash
+	(*Derive)(nil),               // 42: keywarden.v1.Derive
+	(*SessionOpen)(nil),          // 43: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),        // 44: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),         // 45: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),         // 46: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),         // 47: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),        // 48: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil), // 49: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),         // 50: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),       // 51: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),         // 52: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),       // 53: keywarden.v1.KdfCalibration
 }
 var file_keywarden_proto_depIdxs = []int32{
 	10, // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
@@ -4080,45 +4737,57 @@ var file_keywarden_proto_depIdxs = []int32{
 	44, // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
 	45, // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
 	46, // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	0,  // 28: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	15, // 29: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	14, // 30: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	16, // 31: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	18, // 32: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	20, // 33: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	1,  // 34: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	12, // 35: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
-	1,  // 36: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
-	2,  // 37: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	12, // 38: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	14, // 39: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	14, // 40: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	17, // 41: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	19, // 42: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	13, // 43: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	13, // 44: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,  // 45: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	25, // 46: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,  // 47: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,  // 48: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	12, // 49: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,  // 50: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 51: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 52: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 53: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,  // 54: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 55: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,  // 56: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,  // 57: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	13, // 58: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,  // 59: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,  // 60: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 61: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	62, // [62:62] is the sub-list for method output_type
-	62, // [62:62] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	49, // 28: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	50, // 29: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	51, // 30: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	52, // 31: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	0,  // 32: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
+	15, // 33: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	14, // 34: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	16, // 35: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	18, // 36: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	20, // 37: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	53, // 38: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	1,  // 39: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
+	12, // 40: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	1,  // 41: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
+	2,  // 42: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
+	12, // 43: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	48, // 44: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	14, // 45: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	14, // 46: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	17, // 47: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	19, // 48: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	13, // 49: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	13, // 50: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,  // 51: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	25, // 52: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,  // 53: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,  // 54: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	12, // 55: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,  // 56: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,  // 57: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,  // 58: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 59: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,  // 60: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 61: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,  // 62: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,  // 63: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	13, // 64: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,  // 65: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,  // 66: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,  // 67: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	47, // 68: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	47, // 69: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	13, // 70: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	47, // 71: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	47, // 72: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	47, // 73: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	74, // [74:74] is the sub-list for method output_type
+	74, // [74:74] is the sub-list for method input_type
+	74, // [74:74] is the sub-list for extension type_name
+	74, // [74:74] is the sub-list for extension extendee
+	0,  // [0:74] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -4152,6 +4821,10 @@ func file_keywarden_proto_init() {
 		(*Op_SessionUpdate)(nil),
 		(*Op_SessionFinal)(nil),
 		(*Op_SessionAbort)(nil),
+		(*Op_DerivePassphrase)(nil),
+		(*Op_PasswordHash)(nil),
+		(*Op_PasswordVerify)(nil),
+		(*Op_KdfCalibrate)(nil),
 	}
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
@@ -4159,6 +4832,7 @@ func file_keywarden_proto_init() {
 		(*Result_List)(nil),
 		(*Result_Server)(nil),
 		(*Result_Session)(nil),
+		(*Result_KdfCalibration)(nil),
 	}
 	file_keywarden_proto_msgTypes[4].OneofWrappers = []any{
 		(*AclEntry_Uid)(nil),
@@ -4176,7 +4850,7 @@ func file_keywarden_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   39,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -41,3 +41,32 @@ func TestCodecsAgree(t *testing.T) {
 		t.Fatalf("round trip: %v", err)
 	}
 }
+
+// A recycled request leaves no slice pointing into the buffer it was
+// decoded from: a later decode that copies must not write into it.
+func TestRecycleClearsAliases(t *testing.T) {
+	buf, _ := (&Request{Version: 1, Id: 1, Ops: []*Op{
+		{Op: &Op_Encrypt{Encrypt: &Encrypt{Handle: 1, Plaintext: []byte("plaintext one"), Aad: []byte("aad")}}},
+		{Op: &Op_Mac{Mac: &Mac{Handle: 2, Data: []byte("data to mac")}}},
+	}}).MarshalVT()
+	keep := append([]byte(nil), buf...)
+	for range 50 {
+		req := RequestFromVTPool()
+		if err := req.UnmarshalVTUnsafe(buf); err != nil {
+			t.Fatal(err)
+		}
+		Recycle(req)
+		other, _ := (&Request{Version: 1, Id: 2, Ops: []*Op{
+			{Op: &Op_Encrypt{Encrypt: &Encrypt{Handle: 9, Plaintext: []byte("XXXXXXXXXXXXX"), Aad: []byte("YYY")}}},
+			{Op: &Op_Mac{Mac: &Mac{Handle: 8, Data: []byte("ZZZZZZZZZZZ")}}},
+		}}).MarshalVT()
+		copied := RequestFromVTPool()
+		if err := copied.UnmarshalVT(other); err != nil {
+			t.Fatal(err)
+		}
+		Recycle(copied)
+	}
+	if string(buf) != string(keep) {
+		t.Fatal("a copying decode wrote into the buffer of a recycled request")
+	}
+}
