@@ -1,6 +1,10 @@
 # The usual entry points. Everything also works with plain go commands.
 
 GO      ?= go
+# The official build: operations on key bytes run inside runtime/secret.Do
+# (Go 1.26 experiment; without it the daemon works but does not erase the
+# copies the cryptographic libraries make).
+export GOEXPERIMENT := runtimesecret
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/keywarden/keywarden/internal/cli.Version=$(VERSION)
 

@@ -373,6 +373,13 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 		CallerGID:   s.CallerGid,
 		CallerPID:   s.CallerPid,
 		CallerPidfd: s.CallerPidfd,
+		Memory: MemoryStatus{
+			Backing: s.GetMemory().GetBacking(), LockedBytes: s.GetMemory().GetLockedBytes(),
+			InUseBytes: s.GetMemory().GetInUseBytes(), LimitBytes: s.GetMemory().GetLimitBytes(),
+			Allocations: s.GetMemory().GetAllocations(), RuntimeSecret: s.GetMemory().GetRuntimeSecret(),
+			Mlockall: s.GetMemory().GetMlockall(), Dumpable: s.GetMemory().GetDumpable(),
+			CachedKeys: s.GetMemory().GetCachedKeys(),
+		},
 	}, nil
 }
 

@@ -243,6 +243,9 @@ type KeyInfo struct {
 	PublicKeyDER []byte
 	// CallerUsage is what the caller who asked may do with the key.
 	CallerUsage Usage
+	// KDF says how a key derived from a passphrase was made; nil for
+	// others.
+	KDF *PassphraseKDF
 }
 
 func infoFromWire(w *wire.KeyInfo) KeyInfo {
@@ -253,7 +256,7 @@ func infoFromWire(w *wire.KeyInfo) KeyInfo {
 		Name: w.Name, Owner: w.OwnerUid, Type: keyTypeFromWire(w.Type), Class: classFromWire(w.Class),
 		Usage: Usage(w.Usage), Exportable: w.Exportable, Wrappable: w.Wrappable, Ephemeral: w.Ephemeral,
 		Created: time.Unix(0, w.CreatedUnixNano), Version: w.Version, PublicKeyDER: w.PublicKey,
-		CallerUsage: Usage(w.CallerUsage),
+		CallerUsage: Usage(w.CallerUsage), KDF: kdfFromWire(w.Kdf),
 	}
 	copy(i.ID[:], w.Id)
 	for _, e := range w.Acl {
@@ -395,4 +398,25 @@ type ServerStatus struct {
 	CallerGID   uint32
 	CallerPID   int32
 	CallerPidfd bool
+	// Memory describes where the daemon keeps key bytes.
+	Memory MemoryStatus
+}
+
+// MemoryStatus describes the daemon's key memory.
+type MemoryStatus struct {
+	// Backing is "memfd_secret" (pages removed from the kernel's direct
+	// map) or "mlock" (locked memory with guard pages).
+	Backing     string
+	LockedBytes uint64
+	InUseBytes  uint64
+	LimitBytes  uint64 // 0: no limit
+	Allocations uint64
+	// RuntimeSecret: operations on key bytes run inside runtime/secret.Do.
+	RuntimeSecret bool
+	// Mlockall: the whole daemon is locked in memory.
+	Mlockall bool
+	// Dumpable: the daemon could be dumped or traced by its own uid (false
+	// once hardened).
+	Dumpable   bool
+	CachedKeys uint32
 }

@@ -124,19 +124,27 @@ func startDaemonAt(t *testing.T, sock string, flags ...string) *daemon {
 	}
 	go func() { d.done <- d.cmd.Wait() }()
 	t.Cleanup(d.stop)
+	d.waitReady()
+	return d
+}
+
+// waitReady waits until the daemon answers, failing the test if it exits
+// or takes more than 10 seconds.
+func (d *daemon) waitReady() {
+	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
-		c, err := keywarden.Dial(ctx, sock)
+		c, err := keywarden.Dial(ctx, d.sock)
 		if err == nil {
 			c.Close()
-			return d
+			return
 		}
 		select {
 		case err := <-d.done:
-			t.Fatalf("daemon exited during start-up: %v\n%s", err, d.log)
+			d.t.Fatalf("daemon exited during start-up: %v\n%s", err, d.log)
 		case <-ctx.Done():
-			t.Fatalf("daemon did not come up: %v\n%s", err, d.log)
+			d.t.Fatalf("daemon did not come up: %v\n%s", err, d.log)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

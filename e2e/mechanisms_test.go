@@ -392,6 +392,18 @@ func TestImportExportFormats(t *testing.T) {
 			if got, err := pk.Export(ctx, keywarden.FormatSPKIDER); err != nil || !bytes.Equal(got, spki) {
 				t.Fatalf("public key object exports as %v", err)
 			}
+			// Imported from DER, used after other messages went through the
+			// same connection: the daemon kept its own copy of the key.
+			pk2, err := c.Import(ctx, keywarden.KeySpec{Type: tc.typ, Ephemeral: true}, keywarden.FormatSPKIDER, spki)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				c.Ping(ctx, bytes.Repeat([]byte{0xAA}, 4096))
+			}
+			if got, err := pk2.ExportPublic(ctx, keywarden.FormatSPKIDER); err != nil || !bytes.Equal(got, spki) {
+				t.Fatalf("public key imported from DER changed: %v", err)
+			}
 		})
 	}
 	t.Run("mismatched type", func(t *testing.T) {

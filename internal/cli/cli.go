@@ -66,6 +66,7 @@ func init() {
 		{"key set", "N [--usage U,...] [--exportable=false] [--wrappable=false]", "narrow a key's attributes", runKeySet},
 		{"key share", "N (--uid U | --gid G) [--usage U,...]", "grant a user or group some of a key's usages", runKeyShare},
 		{"key unshare", "N (--uid U | --gid G)", "revoke a grant", runKeyUnshare},
+		{"key derive-passphrase", "--name N --salt S [--type T] [--time T --memory KIB --threads P] [--usage U,...] [--exportable] [--passphrase-file F]", "derive a key from a passphrase (Argon2id)", runKeyDerivePassphrase},
 		{"encrypt", "--key N [--aad A] [--hash H] < plaintext > ciphertext", "encrypt stdin", runEncrypt},
 		{"decrypt", "--key N [--aad A] [--hash H] < ciphertext > plaintext", "decrypt stdin", runDecrypt},
 		{"sign", "--key N [--hash H] [--padding pss|pkcs1v15] [--ed25519ph] < data > signature", "sign stdin", runSign},
@@ -73,6 +74,10 @@ func init() {
 		{"mac", "--key N [--verify FILE] < data", "compute or verify an HMAC tag (exit 3 if it does not verify)", runMAC},
 		{"hash", "--alg H < data", "hash stdin (hex digest)", runHash},
 		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I]", "derive a new key", runDerive},
+		{"password hash", "[--time T --memory KIB --threads P] [--passphrase-file F]", "hash a password (Argon2id, PHC string)", runPasswordHash},
+		{"password verify", "--hash PHC [--passphrase-file F]", "check a password against a PHC string (exit 3 if it does not match)", runPasswordVerify},
+		{"kdf calibrate", "--target-ms MS [--max-memory KIB] [--threads P]", "find Argon2id parameters that take MS on the daemon's machine", runKDFCalibrate},
+		{"kdf bench", "[--count N] [--memory KIB] [--time T] [--threads P] [--kdf-cgroup auto|off] [--json]", "measure the daemon's memory over many derivations and a worker's fixed cost", runKDFBench},
 		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--json]", "measure operations in-process and through the daemon", runBench},
 		{"version", "", "print the version", runVersion},
 	}
@@ -139,7 +144,7 @@ func report(e *env, c *command, err error) int {
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "keywarden holds cryptographic keys so that the programs using them never do.\n\nUsage: keywarden COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-21s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
 Every command that talks to the daemon takes --socket PATH (default: $%s,

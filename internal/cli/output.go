@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -36,6 +37,17 @@ type keyJSON struct {
 	Created     string    `json:"created"`
 	Version     uint32    `json:"version"`
 	CallerUsage []string  `json:"caller_usage"`
+	KDF         *kdfJSON  `json:"kdf,omitempty"`
+}
+
+// kdfJSON is how a key derived from a passphrase was made.
+type kdfJSON struct {
+	Algorithm string `json:"algorithm"`
+	Version   uint32 `json:"version"`
+	Time      uint32 `json:"time"`
+	MemoryKiB uint32 `json:"memory_kib"`
+	Threads   uint8  `json:"threads"`
+	SaltHex   string `json:"salt_hex"`
 }
 
 func usageList(u keywarden.Usage) []string {
@@ -51,6 +63,9 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 		Usage: usageList(i.Usage), Exportable: i.Exportable, Wrappable: i.Wrappable, Ephemeral: i.Ephemeral,
 		ACL: []aclJSON{}, Created: i.Created.UTC().Format(time.RFC3339Nano), Version: i.Version,
 		CallerUsage: usageList(i.CallerUsage),
+	}
+	if r := i.KDF; r != nil {
+		k.KDF = &kdfJSON{r.Algorithm, r.Version, r.Params.Time, r.Params.MemoryKiB, r.Params.Threads, hex.EncodeToString(r.Salt)}
 	}
 	for _, a := range i.ACL {
 		id := a.ID
@@ -111,6 +126,10 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 	fmt.Fprintf(w, "acl:\t%s\n", aclString(i.ACL))
 	fmt.Fprintf(w, "created:\t%s\n", i.Created.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "version:\t%d\n", i.Version)
+	if r := i.KDF; r != nil {
+		fmt.Fprintf(w, "kdf:\t%s v=%d m=%d,t=%d,p=%d salt=%s\n", r.Algorithm, r.Version,
+			r.Params.MemoryKiB, r.Params.Time, r.Params.Threads, saltString(r.Salt))
+	}
 	return w.Flush()
 }
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden"
@@ -28,6 +29,10 @@ func runServe(e *env, args []string) error {
 	f.IntVar(&lim.MaxKeysPerUser, "max-keys-per-user", 0, "live keys per uid (default 10000)")
 	f.IntVar(&lim.MaxBatchOps, "max-batch-ops", 0, "operations per request (default 4096)")
 	f.IntVar(&lim.MaxConnections, "max-connections", 0, "connections served at once (default 1024)")
+	kcfg := kdfServeFlags(f)
+	backing := f.String("memory-backing", "", "where key bytes live: memfd_secret or mlock (default: memfd_secret where the kernel offers it)")
+	maxLocked := f.String("max-locked-memory", "", "bound the key memory, e.g. 64M (default: what RLIMIT_MEMLOCK allows; none with CAP_IPC_LOCK)")
+	cacheIdle := f.Duration("key-cache-idle", 0, "how long an unused key keeps its expanded state (key schedules, parsed keys) before only its locked copy is left (default 1s)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -60,6 +65,17 @@ func runServe(e *env, args []string) error {
 	if lim.MaxMessageBytes != 0 && (lim.MaxMessageBytes < 64<<10 || lim.MaxMessageBytes > 1<<20) {
 		return usagef("--max-message-bytes must be between 65536 and 1048576")
 	}
+	var locked int64
+	if *maxLocked != "" {
+		if locked, err = parseSize(*maxLocked); err != nil {
+			return usagef("invalid --max-locked-memory %q: %v", *maxLocked, err)
+		}
+	}
+	switch *backing {
+	case "", "memfd_secret", "mlock":
+	default:
+		return usagef("unknown --memory-backing %q (want memfd_secret or mlock)", *backing)
+	}
 	path := f.socket
 	if path == "" {
 		if path = e.getenv(keywarden.SocketEnv); path == "" {
@@ -68,11 +84,35 @@ func runServe(e *env, args []string) error {
 	}
 	err = daemon.Run(context.Background(), daemon.Config{
 		SocketPath: path, SocketMode: sockMode, Dev: *dev, Limits: lim, Logger: log, Version: Version,
+		KDF:           *kcfg,
+		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 	})
 	if errors.Is(err, daemon.ErrPersistenceUnavailable) {
 		return usagef("%v", err)
 	}
 	return err
+}
+
+// parseSize parses a byte count with an optional K, M or G suffix
+// (powers of 1024).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errors.New("want a number of bytes, optionally with K, M or G")
+	}
+	return n * mult, nil
 }
 
 func runStatus(e *env, args []string) error {
@@ -114,6 +154,12 @@ func runStatus(e *env, args []string) error {
 			"keys":             st.Keys,
 			"connections":      st.Connections,
 			"caller":           map[string]any{"uid": st.CallerUID, "gid": st.CallerGID, "pid": st.CallerPID, "pidfd": st.CallerPidfd},
+			"memory": map[string]any{
+				"backing": st.Memory.Backing, "locked_bytes": st.Memory.LockedBytes, "in_use_bytes": st.Memory.InUseBytes,
+				"limit_bytes": st.Memory.LimitBytes, "allocations": st.Memory.Allocations,
+				"runtime_secret": st.Memory.RuntimeSecret, "mlockall": st.Memory.Mlockall,
+				"dumpable": st.Memory.Dumpable, "cached_keys": st.Memory.CachedKeys,
+			},
 			"limits": map[string]int{
 				"max_message_bytes": st.Limits.MaxMessageBytes, "max_in_flight": st.Limits.MaxInFlight,
 				"max_sessions": st.Limits.MaxSessions, "max_handles": st.Limits.MaxHandles,
@@ -132,6 +178,15 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "keys:         %d\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
 	fmt.Fprintf(e.stdout, "you are:      uid %d gid %d pid %d (pidfd: %s)\n", st.CallerUID, st.CallerGID, st.CallerPID, yesNo(st.CallerPidfd))
+	m := st.Memory
+	limit := "none"
+	if m.LimitBytes > 0 {
+		limit = fmt.Sprintf("%d bytes", m.LimitBytes)
+	}
+	fmt.Fprintf(e.stdout, "key memory:   %s, %d bytes locked (%d in use by %d keys), limit %s\n",
+		m.Backing, m.LockedBytes, m.InUseBytes, m.Allocations, limit)
+	fmt.Fprintf(e.stdout, "hardening:    runtime/secret %s, mlockall %s, dumpable %s; %d keys with cached expanded state\n",
+		yesNo(m.RuntimeSecret), yesNo(m.Mlockall), yesNo(m.Dumpable), m.CachedKeys)
 	l := st.Limits
 	fmt.Fprintf(e.stdout, "limits:       message %d bytes, %d in flight, %d sessions, %d handles per connection; %d keys per user; %d ops per batch\n",
 		l.MaxMessageBytes, l.MaxInFlight, l.MaxSessions, l.MaxHandles, l.MaxKeysPerUser, l.MaxBatchOps)

@@ -13,9 +13,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // Config configures the daemon. Zero values mean defaults.
@@ -38,6 +41,19 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Ready, if set, is called once the socket accepts connections.
 	Ready func()
+	// KDF configures the Argon2id workers (passphrase keys, password
+	// hashing); zero values mean kdf's defaults.
+	KDF kdf.Config
+
+	// MemoryBacking forces where key bytes live: "memfd_secret" or
+	// "mlock"; "" chooses memfd_secret where the kernel offers it.
+	MemoryBacking string
+	// MaxLockedMemory bounds the key memory; 0 means what RLIMIT_MEMLOCK
+	// allows (no bound with CAP_IPC_LOCK).
+	MaxLockedMemory int64
+	// KeyCacheIdle is how long an unused key keeps its expanded state; 0
+	// means mech.DefaultCacheIdle.
+	KeyCacheIdle time.Duration
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -59,6 +75,24 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
 		"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
 
+	hard, err := harden(log)
+	if err != nil {
+		return err
+	}
+	arena, err := secmem.New(secmem.Options{Backing: secmem.Backing(cfg.MemoryBacking), Limit: cfg.MaxLockedMemory})
+	if err != nil {
+		return err
+	}
+	defer arena.Close()
+	mech.SetArena(arena)
+	mech.SetCacheIdle(cfg.KeyCacheIdle)
+	st := arena.Stats()
+	log.Info("key memory", "backing", string(st.Backing), "limit_bytes", st.Limit,
+		"runtime_secret", secmem.RuntimeSecret, "mlockall", hard.mlockall, "dumpable", dumpable())
+	if !secmem.RuntimeSecret {
+		log.Warn("built without GOEXPERIMENT=runtimesecret: copies of key material made by the cryptographic libraries are not erased when freed")
+	}
+
 	if err := mech.SelfTest(); err != nil {
 		return fmt.Errorf("start-up self-test failed: %w", err)
 	}
@@ -71,7 +105,32 @@ func Run(ctx context.Context, cfg Config) error {
 		debug.SetGCPercent(gcPercent)
 	}
 
-	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version})
+	memory := func() *wire.MemoryStatus {
+		st := arena.Stats()
+		return &wire.MemoryStatus{
+			Backing:       string(st.Backing),
+			LockedBytes:   uint64(st.Locked),
+			InUseBytes:    uint64(st.InUse),
+			LimitBytes:    uint64(st.Limit),
+			Allocations:   uint64(st.Allocations),
+			RuntimeSecret: secmem.RuntimeSecret,
+			Mlockall:      hard.mlockall,
+			Dumpable:      dumpable(),
+			CachedKeys:    uint32(mech.CachedKeys()),
+		}
+	}
+	kcfg := cfg.KDF
+	kcfg.Logger = log
+	kdfSup, err := kdf.New(kcfg)
+	if err != nil {
+		return err
+	}
+	defer kdfSup.Close()
+	kl := kdfSup.Limits()
+	log.Info("kdf: Argon2id runs in worker processes", "max_memory_kib", kl.MaxMemoryKiB, "budget_kib", kl.BudgetKiB,
+		"queue", kl.Queue, "deadline", kl.Deadline, "watchdog", kl.Watchdog, "cgroup", kl.Cgroup)
+
+	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup})
 	lim := srv.Limits()
 	// Every connection may hold a thread while it waits; leave headroom.
 	debug.SetMaxThreads(max(10000, 2*lim.MaxConnections+100))
@@ -117,7 +176,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	// Derivations still running when the grace period ends are killed,
+	// so that their requests can finish.
+	context.AfterFunc(sctx, kdfSup.Close)
 	err = srv.Shutdown(sctx)
+	kdfSup.Close()
 	l.Close()
 	if err != nil {
 		log.Warn("shutdown grace period expired; connections closed with requests in progress")

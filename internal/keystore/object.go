@@ -22,6 +22,10 @@ type Object struct {
 	Ephemeral bool
 	Created   time.Time
 	Version   uint32
+	// KDF records how a key derived from a passphrase was made (the
+	// Argon2id parameters and salt, none of them secret); nil for others.
+	// Set before the object is added to a store, never changed.
+	KDF *wire.PassphraseKdf
 
 	attrs atomic.Pointer[key.Attrs]
 	// removed is set once the object left the store.
@@ -86,14 +90,17 @@ func (o *Object) Destroyed() bool {
 	return o.mat == nil
 }
 
-// wipe destroys the material, waiting for operations in progress.
-func (o *Object) wipe() {
+// wipe destroys the material, waiting for operations in progress. It
+// reports memory corruption found on the way (see mech.Key.Destroy).
+func (o *Object) wipe() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	var err error
 	if o.mat != nil {
-		o.mat.Destroy()
+		err = o.mat.Destroy()
 		o.mat = nil
 	}
+	return err
 }
 
 // Info returns the object's description for the wire, with the usages
@@ -114,6 +121,7 @@ func (o *Object) Info(caller policy.Caller) *wire.KeyInfo {
 		CreatedUnixNano: o.Created.UnixNano(),
 		Version:         o.Version,
 		CallerUsage:     uint32(granted),
+		Kdf:             o.KDF,
 	}
 	for _, e := range a.ACL {
 		info.Acl = append(info.Acl, ACLToWire(e))

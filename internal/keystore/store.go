@@ -68,7 +68,7 @@ func (s *Store) Add(o *Object) error {
 }
 
 // Discard wipes an object that was never added.
-func Discard(o *Object) { o.wipe() }
+func Discard(o *Object) error { return o.wipe() }
 
 // Get returns the persistent object with this id.
 func (s *Store) Get(id key.ID) (*Object, bool) {
@@ -88,10 +88,11 @@ func (s *Store) Lookup(owner uint32, name string) (*Object, bool) {
 
 // Remove unregisters o and wipes its material once no operation uses it.
 // Handles other connections hold to o fail from then on. Removing an
-// object twice is harmless.
-func (s *Store) Remove(o *Object) {
+// object twice is harmless. An error means the wipe found the key's memory
+// overwritten past its end: a bug or an attack, to be logged loudly.
+func (s *Store) Remove(o *Object) error {
 	if o.removed.Swap(true) {
-		return
+		return nil
 	}
 	s.mu.Lock()
 	if cur, ok := s.byID[o.ID]; ok && cur == o {
@@ -104,7 +105,7 @@ func (s *Store) Remove(o *Object) {
 		delete(s.owned, o.Owner)
 	}
 	s.mu.Unlock()
-	o.wipe()
+	return o.wipe()
 }
 
 // List returns, in id order, up to limit persistent objects with ids
@@ -143,8 +144,9 @@ func (s *Store) Owned(owner uint32) int {
 }
 
 // Close refuses further Adds and wipes every persistent object. Ephemeral
-// objects are wiped by their connections.
-func (s *Store) Close() {
+// objects are wiped by their connections. It reports the first memory
+// corruption found.
+func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	objs := make([]*Object, 0, len(s.byID))
@@ -154,7 +156,11 @@ func (s *Store) Close() {
 	s.byID = map[key.ID]*Object{}
 	s.byName = map[nameKey]*Object{}
 	s.mu.Unlock()
+	var first error
 	for _, o := range objs {
-		o.wipe()
+		if err := o.wipe(); err != nil && first == nil {
+			first = err
+		}
 	}
+	return first
 }

@@ -20,7 +20,7 @@ const (
 // unspecified. RSA (private or public key): OAEP with hash h (default
 // SHA-256) for both the label and MGF1, and aad as the label. A plaintext
 // too long for the modulus is refused. dst must not overlap pt.
-func (k *Key) Encrypt(pt, aad []byte, h wire.HashAlg, dst []byte) ([]byte, error) {
+func (k *Key) Encrypt(pt, aad []byte, h wire.HashAlg, dst []byte) (out []byte, err error) {
 	if err := k.live(); err != nil {
 		return nil, err
 	}
@@ -29,8 +29,13 @@ func (k *Key) Encrypt(pt, aad []byte, h wire.HashAlg, dst []byte) ([]byte, error
 		if h != wire.HashAlg_HASH_ALG_UNSPECIFIED {
 			return nil, errHash()
 		}
-		return k.aead.Seal(dst, nil, pt, aad), nil
+		err = k.run(func(e *expanded) error {
+			out = e.aead.Seal(dst, nil, pt, aad)
+			return nil
+		})
+		return out, err
 	case key.FamilyRSA:
+		// Public-key encryption touches no secret.
 		return k.encryptOAEP(pt, aad, h, dst)
 	}
 	return nil, errUnsupported()
@@ -40,7 +45,7 @@ func (k *Key) Encrypt(pt, aad []byte, h wire.HashAlg, dst []byte) ([]byte, error
 // to dst. Every failure that depends on ct (length, tag, padding) gives the
 // same error, STATUS_INVALID_ARGUMENT "decryption failed". RSA decryption
 // needs a private key. dst must not overlap ct.
-func (k *Key) Decrypt(ct, aad []byte, h wire.HashAlg, dst []byte) ([]byte, error) {
+func (k *Key) Decrypt(ct, aad []byte, h wire.HashAlg, dst []byte) (out []byte, err error) {
 	if err := k.live(); err != nil {
 		return nil, err
 	}
@@ -52,13 +57,21 @@ func (k *Key) Decrypt(ct, aad []byte, h wire.HashAlg, dst []byte) ([]byte, error
 		if len(ct) < gcmNonceSize+gcmTagSize {
 			return nil, errDecrypt()
 		}
-		out, err := k.aead.Open(dst, nil, ct, aad)
-		if err != nil {
-			return nil, errDecrypt()
-		}
-		return out, nil
+		err = k.run(func(e *expanded) error {
+			var err error
+			if out, err = e.aead.Open(dst, nil, ct, aad); err != nil {
+				return errDecrypt()
+			}
+			return nil
+		})
+		return out, err
 	case key.FamilyRSA:
-		return k.decryptOAEP(ct, aad, h, dst)
+		err = k.run(func(e *expanded) error {
+			var err error
+			out, err = k.decryptOAEP(e, ct, aad, h, dst)
+			return err
+		})
+		return out, err
 	}
 	return nil, errUnsupported()
 }

@@ -1,7 +1,6 @@
 package mech
 
 import (
-	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -11,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -21,8 +21,8 @@ import (
 //
 // # Memory
 //
-// A key's secret exists in exactly one canonical form, the byte slice
-// secret, from which every other form is built (see expand):
+// A key's secret exists at rest in exactly one place, its canonical bytes
+// in the locked arena (package secmem; see SetArena):
 //
 //   - AES and HMAC keys: the raw key;
 //   - Ed25519: the 32-byte seed (RFC 8032);
@@ -31,17 +31,16 @@ import (
 //   - X25519: the 32-byte scalar (RFC 7748);
 //   - RSA: the PKCS #1 DER encoding of the private key.
 //
-// The expanded forms cached next to it (the AEAD, the pool of keyed HMAC
-// states, the ed25519.PrivateKey, *ecdsa.PrivateKey, *rsa.PrivateKey and
-// *ecdh.PrivateKey) are derived from secret and may be dropped and rebuilt
-// at any time. Destroy zeroes secret and the ed25519.PrivateKey in place,
-// overwrites the big.Int limbs of the ECDSA and RSA keys (best effort), and
-// drops every reference, so that only copies internal to the standard
-// library (expanded AES round keys, HMAC pads, the FIPS module's own copy
-// of a scalar) remain for the garbage collector. A later change moves
-// secret into the locked arena and builds the expanded forms inside
-// runtime/secret; keeping one canonical slice is what makes that a local
-// change.
+// Every method that touches them runs inside secmem.Do (runtime/secret):
+// it copies the canonical bytes into a heap buffer made there, and builds
+// from it the expanded forms the standard library works with (the AEAD,
+// the HMAC key, the ed25519.PrivateKey, *ecdsa.PrivateKey, *rsa.PrivateKey
+// or *ecdh.PrivateKey). Those are cached while the key is in use and
+// dropped after an idle period (see SetCacheIdle) or at once when the key
+// is destroyed; having been allocated inside secmem.Do, they are erased
+// when the garbage collector frees them. An idle key therefore exists only
+// in the arena. (The standard library also refuses, or crashes on, key
+// memory outside the Go heap: it takes weak pointers to it.)
 //
 // Public keys (class key.Public) have no secret; only the public fields and
 // pubDER are set.
@@ -52,18 +51,16 @@ type Key struct {
 	// destroyed is set first thing by Destroy; every operation checks it.
 	destroyed atomic.Bool
 
-	// secret is the canonical secret (see above); nil for public keys.
-	secret []byte
+	// secret holds the canonical bytes (see above); nil for public keys.
+	secret *secmem.Buf
 
-	// Expanded private state, built from secret by expand.
-	aead    cipher.AEAD        // AES-256-GCM with random nonces; safe for concurrent use
-	macPool *sync.Pool         // of hash.Hash from hmac.New, Reset before Put
-	macHash func() hash.Hash   // the HMAC key's hash
-	macAlg  wire.HashAlg       // and its wire name
-	edPriv  ed25519.PrivateKey // seed || public key
-	ecPriv  *ecdsa.PrivateKey
-	rsaPriv *rsa.PrivateKey // with Precomputed values
-	dhPriv  *ecdh.PrivateKey
+	// exp is the expanded state, built from secret by expand, or nil.
+	exp   atomic.Pointer[expanded]
+	used  atomic.Int64 // when exp was last used, in Unix nanoseconds
+	expMu sync.Mutex   // serializes building exp
+
+	macHash func() hash.Hash // the HMAC key's hash
+	macAlg  wire.HashAlg     // and its wire name
 
 	// Public half of asymmetric keys (both classes).
 	edPub  ed25519.PublicKey

@@ -32,7 +32,7 @@ func (k *Key) Derive(peer []byte, h wire.HashAlg, salt, info []byte, out *key.Sp
 	}
 	switch k.spec.Family {
 	case key.FamilyX25519, key.FamilyECDH:
-		if k.dhPriv == nil {
+		if !k.hasPrivate() {
 			return nil, errNeedPrivate()
 		}
 	case key.FamilyHMAC:
@@ -60,31 +60,39 @@ func (k *Key) Derive(peer []byte, h wire.HashAlg, salt, info []byte, out *key.Sp
 		return nil, errUnknownHash()
 	}
 
-	ikm := k.secret
-	if k.spec.Family != key.FamilyHMAC {
-		shared, err := k.agree(peer)
-		if err != nil {
-			return nil, err
+	var child *Key
+	err = k.run(func(e *expanded) error {
+		ikm := e.macKey
+		if k.spec.Family != key.FamilyHMAC {
+			shared, err := k.agree(e, peer)
+			if err != nil {
+				return err
+			}
+			defer clear(shared)
+			ikm = shared
 		}
-		defer clear(shared)
-		ikm = shared
-	}
-	okm, err := hkdf.Key(hf, ikm, salt, string(info), out.SecretLen)
-	if err != nil {
-		return nil, internal("key derivation failed")
-	}
-	return newSecretKey(out, okm)
+		okm, err := hkdf.Key(hf, ikm, salt, string(info), out.SecretLen)
+		if err != nil {
+			return internal("key derivation failed")
+		}
+		child, err = newSecretKey(out, okm)
+		return err
+	})
+	return child, err
 }
 
-// agree returns the raw shared secret of k's private key with peer. The
-// caller must wipe it.
-func (k *Key) agree(peer []byte) ([]byte, error) {
+// agree returns the raw shared secret of the expanded private key e with
+// peer. It runs inside secmem.Do; the caller must wipe the result.
+func (k *Key) agree(e *expanded, peer []byte) ([]byte, error) {
+	if e == nil || e.dh == nil {
+		return nil, errNeedPrivate()
+	}
 	pub, err := k.parsePeer(peer)
 	if err != nil {
 		return nil, err
 	}
 	// crypto/ecdh refuses the identity point and all-zero X25519 outputs.
-	shared, err := k.dhPriv.ECDH(pub)
+	shared, err := e.dh.ECDH(pub)
 	if err != nil {
 		return nil, errPeer()
 	}
@@ -93,7 +101,7 @@ func (k *Key) agree(peer []byte) ([]byte, error) {
 
 // parsePeer decodes a peer public key for k's curve.
 func (k *Key) parsePeer(peer []byte) (*ecdh.PublicKey, error) {
-	curve := k.dhPriv.Curve()
+	curve := ecdhCurve(k.spec)
 	switch {
 	case isPEM(peer):
 		block, rest := pem.Decode(peer)
@@ -137,7 +145,7 @@ func (k *Key) peerFromSPKI(der []byte) (*ecdh.PublicKey, error) {
 		}
 		return dh, nil
 	case *ecdh.PublicKey:
-		if p.Curve() != k.dhPriv.Curve() {
+		if p.Curve() != ecdhCurve(k.spec) {
 			return nil, errPeerCurve()
 		}
 		return p, nil
@@ -160,7 +168,7 @@ func (k *Key) decompress(peer []byte) (*ecdh.PublicKey, error) {
 	raw[0] = 4
 	x.FillBytes(raw[1 : 1+n])
 	y.FillBytes(raw[1+n:])
-	pub, err := k.dhPriv.Curve().NewPublicKey(raw)
+	pub, err := ecdhCurve(k.spec).NewPublicKey(raw)
 	if err != nil {
 		return nil, errPeer()
 	}

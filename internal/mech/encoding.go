@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -48,11 +49,17 @@ func errMismatch(s *key.Spec) error {
 // The key inside must be exactly of type s (curve, modulus size); trailing
 // data, extra PEM blocks and encrypted PEM are refused. Import never keeps
 // or modifies data.
-func Import(s *key.Spec, f wire.KeyFormat, data []byte) (*Key, error) {
-	s, err := lookupSpec(s)
-	if err != nil {
+func Import(s *key.Spec, f wire.KeyFormat, data []byte) (k *Key, err error) {
+	if s, err = lookupSpec(s); err != nil {
 		return nil, err
 	}
+	// Parsing makes copies of the key (big.Ints, decoded DER): inside
+	// secmem.Do they are erased once collected.
+	secmem.Do(func() { k, err = importKey(s, f, data) })
+	return k, err
+}
+
+func importKey(s *key.Spec, f wire.KeyFormat, data []byte) (*Key, error) {
 	if !s.Asymmetric {
 		return importSecret(s, f, data)
 	}
@@ -281,7 +288,7 @@ func fromPublic(s *key.Spec, pub any) (*Key, error) {
 // PKCS8_PEM; public-class keys as Public(f) does. Whether the key may be
 // exported is the caller's decision. The result is a fresh slice the
 // caller owns and should wipe.
-func (k *Key) Export(f wire.KeyFormat) ([]byte, error) {
+func (k *Key) Export(f wire.KeyFormat) (out []byte, err error) {
 	if err := k.live(); err != nil {
 		return nil, err
 	}
@@ -290,7 +297,11 @@ func (k *Key) Export(f wire.KeyFormat) ([]byte, error) {
 		if f != wire.KeyFormat_KEY_FORMAT_UNSPECIFIED && f != wire.KeyFormat_KEY_FORMAT_RAW {
 			return nil, errFormat()
 		}
-		return bytes.Clone(k.secret), nil
+		err = k.run(func(*expanded) error {
+			out = bytes.Clone(k.secret.Bytes())
+			return nil
+		})
+		return out, err
 	case key.Public:
 		return k.Public(f)
 	}
@@ -298,28 +309,35 @@ func (k *Key) Export(f wire.KeyFormat) ([]byte, error) {
 		f != wire.KeyFormat_KEY_FORMAT_PKCS8_PEM {
 		return nil, errFormat()
 	}
-	var priv any
-	switch {
-	case k.edPriv != nil:
-		priv = k.edPriv
-	case k.ecPriv != nil:
-		priv = k.ecPriv
-	case k.rsaPriv != nil:
-		priv = k.rsaPriv
-	case k.dhPriv != nil:
-		priv = k.dhPriv
-	default:
-		return nil, errUnsupported()
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, internal("cannot encode key")
-	}
-	if f != wire.KeyFormat_KEY_FORMAT_PKCS8_PEM {
-		return der, nil
-	}
-	defer clear(der)
-	return pem.EncodeToMemory(&pem.Block{Type: pemPKCS8, Bytes: der}), nil
+	err = k.run(func(e *expanded) error {
+		var priv any
+		switch {
+		case e == nil:
+			return errUnsupported()
+		case e.ed != nil:
+			priv = e.ed
+		case e.ec != nil:
+			priv = e.ec
+		case e.rsa != nil:
+			priv = e.rsa
+		case e.dh != nil:
+			priv = e.dh
+		default:
+			return errUnsupported()
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(priv)
+		if err != nil {
+			return internal("cannot encode key")
+		}
+		if f != wire.KeyFormat_KEY_FORMAT_PKCS8_PEM {
+			out = der
+			return nil
+		}
+		defer clear(der)
+		out = pem.EncodeToMemory(&pem.Block{Type: pemPKCS8, Bytes: der})
+		return nil
+	})
+	return out, err
 }
 
 // Public returns the public half of an asymmetric key as SPKI_DER (the

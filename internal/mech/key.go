@@ -1,31 +1,34 @@
 package mech
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"math/big"
-	"sync"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // Generate returns a fresh random key of s's type: a secret key for AES
 // and HMAC types (s.SecretLen bytes), a private key otherwise. RSA keys
 // have exactly the type's modulus size.
-func Generate(s *key.Spec) (*Key, error) {
-	s, err := lookupSpec(s)
-	if err != nil {
+func Generate(s *key.Spec) (k *Key, err error) {
+	if s, err = lookupSpec(s); err != nil {
 		return nil, err
 	}
+	secmem.Do(func() { k, err = generate(s) })
+	return k, err
+}
+
+// generate runs inside secmem.Do: the generators' temporaries are erased.
+func generate(s *key.Spec) (*Key, error) {
 	var secret []byte
 	switch s.Family {
 	case key.FamilyAES, key.FamilyHMAC:
@@ -66,6 +69,9 @@ func Generate(s *key.Spec) (*Key, error) {
 	}
 	k, err := newPrivateKey(s, secret)
 	if err != nil {
+		if wire.StatusOf(err) == wire.Status_STATUS_RESOURCE_EXHAUSTED {
+			return nil, err
+		}
 		return nil, internal("key generation failed")
 	}
 	return k, nil
@@ -100,32 +106,39 @@ func (k *Key) PublicDER() []byte {
 	return k.pubDER
 }
 
-// Destroy wipes the key's secret bytes and drops every expanded form (see
-// Key for what that reaches). Every later operation on k fails with
-// STATUS_NOT_FOUND "key destroyed"; Spec and Class keep working. Destroy
-// is idempotent and must not run concurrently with other methods of k.
-func (k *Key) Destroy() {
-	if k == nil {
-		return
+// errCorrupted reports a canary found overwritten when a key was freed.
+var errCorrupted = internal("key memory corrupted")
+
+// Destroy wipes the key's canonical bytes in the arena and its expanded
+// state, and forgets its public half. Every later operation on k fails
+// with STATUS_NOT_FOUND "key destroyed"; Spec and Class keep working.
+// Destroy is idempotent and must not run concurrently with other methods
+// of k. It reports an error when it found the key's memory overwritten
+// past its end (the key is destroyed regardless).
+func (k *Key) Destroy() error {
+	if k == nil || k.destroyed.Swap(true) {
+		return nil
 	}
-	k.destroyed.Store(true)
-	clear(k.secret)
-	clear(k.edPriv)
-	wipeECDSA(k.ecPriv)
-	wipeRSA(k.rsaPriv)
-	k.secret = nil
-	k.aead = nil
-	k.macPool = nil
+	k.expMu.Lock()
+	if e := k.exp.Swap(nil); e != nil {
+		e.wipe()
+	}
+	k.expMu.Unlock()
+	cache.remove(k)
+	var err error
+	if k.secret != nil {
+		if k.secret.Free() != nil {
+			err = errCorrupted
+		}
+		k.secret = nil
+	}
 	k.macHash = nil
-	k.edPriv = nil
-	k.ecPriv = nil
-	k.rsaPriv = nil
-	k.dhPriv = nil
 	k.edPub = nil
 	k.ecPub = nil
 	k.rsaPub = nil
 	k.dhPub = nil
 	k.pubDER = nil
+	return err
 }
 
 // live returns nil when k may be used, else the "key destroyed" error.
@@ -150,101 +163,99 @@ func lookupSpec(s *key.Spec) (*key.Spec, error) {
 	return c, nil
 }
 
-// newSecretKey makes an AES or HMAC key that owns secret.
+// newSecretKey makes an AES or HMAC key from its raw bytes, which it
+// copies into the arena and then wipes. It runs inside secmem.Do.
 func newSecretKey(s *key.Spec, secret []byte) (*Key, error) {
-	k := &Key{spec: s, class: key.Secret, secret: secret}
+	defer clear(secret)
 	switch s.Family {
-	case key.FamilyAES:
-		if len(secret) != 32 {
-			clear(secret)
-			return nil, invalid("secret key has wrong length")
-		}
-		block, err := aes.NewCipher(secret)
-		if err != nil {
-			clear(secret)
-			return nil, internal("cannot expand key")
-		}
-		k.aead, err = cipher.NewGCMWithRandomNonce(block)
-		if err != nil {
-			clear(secret)
-			return nil, internal("cannot expand key")
-		}
-	case key.FamilyHMAC:
-		k.macAlg = hmacHash(s)
-		k.macHash = hashFunc(k.macAlg)
-		if k.macHash == nil || len(secret) == 0 {
-			clear(secret)
-			return nil, internal("cannot expand key")
-		}
-		h := k.macHash
-		// The closure captures the canonical slice, not k: Destroy clears
-		// that slice and drops the pool.
-		k.macPool = &sync.Pool{New: func() any { return hmac.New(h, secret) }}
+	case key.FamilyAES, key.FamilyHMAC:
 	default:
-		clear(secret)
 		return nil, errUnsupported()
 	}
-	return k, nil
+	return newKey(s, key.Secret, secret)
 }
 
-// newPrivateKey makes a private key that owns secret, its canonical bytes,
-// and expands it. On error secret is wiped.
+// newPrivateKey makes a private key from its canonical bytes, which it
+// copies into the arena and then wipes. It runs inside secmem.Do.
 func newPrivateKey(s *key.Spec, secret []byte) (*Key, error) {
-	k := &Key{spec: s, class: key.Private, secret: secret}
-	if err := k.expandPrivate(); err != nil {
-		clear(secret)
-		clear(k.edPriv)
-		wipeECDSA(k.ecPriv)
-		wipeRSA(k.rsaPriv)
+	defer clear(secret)
+	if !s.Asymmetric {
+		return nil, errUnsupported()
+	}
+	return newKey(s, key.Private, secret)
+}
+
+// newKey expands canonical bytes sec (which validates them), derives the
+// public half, stores sec in the arena and caches the expansion: a key
+// just made is about to be used.
+func newKey(s *key.Spec, c key.Class, sec []byte) (*Key, error) {
+	e, err := build(s, sec)
+	if err != nil {
 		return nil, err
 	}
+	k := &Key{spec: s, class: c}
+	if s.Family == key.FamilyHMAC {
+		k.macAlg = hmacHash(s)
+		k.macHash = hashFunc(k.macAlg)
+		if k.macHash == nil {
+			return nil, internal("cannot expand key")
+		}
+	}
+	if s.Asymmetric {
+		if err := k.setPublicFrom(e); err != nil {
+			e.wipe()
+			return nil, err
+		}
+	}
+	if k.secret, err = store(sec); err != nil {
+		e.wipe()
+		return nil, err
+	}
+	k.used.Store(time.Now().UnixNano())
+	k.exp.Store(e)
+	cache.add(k)
 	return k, nil
 }
 
-// expandPrivate builds the parsed private key and the public half from
-// k.secret.
-func (k *Key) expandPrivate() error {
-	s := k.spec
-	switch s.Family {
-	case key.FamilyEd25519:
-		if len(k.secret) != ed25519.SeedSize {
-			return invalid("malformed key")
-		}
-		k.edPriv = ed25519.NewKeyFromSeed(k.secret)
-		k.edPub = k.edPriv.Public().(ed25519.PublicKey) // a copy
-		return k.setPubDER(k.edPub)
-	case key.FamilyECDSA:
-		priv, err := ecdsa.ParseRawPrivateKey(ecdsaCurve(s), k.secret)
-		if err != nil {
-			return invalid("malformed key")
-		}
-		k.ecPriv, k.ecPub = priv, &priv.PublicKey
-		return k.setPubDER(k.ecPub)
-	case key.FamilyRSA:
-		priv, err := x509.ParsePKCS1PrivateKey(k.secret) // validates and precomputes
-		if err != nil {
-			return invalid("malformed key")
-		}
-		k.rsaPriv, k.rsaPub = priv, &priv.PublicKey
-		if priv.N.BitLen() != rsaBits(s) || len(priv.Primes) != 2 {
-			return invalid("key does not match type " + s.Name)
-		}
-		return k.setPubDER(k.rsaPub)
-	case key.FamilyX25519, key.FamilyECDH:
-		priv, err := ecdhCurve(s).NewPrivateKey(k.secret)
-		if err != nil {
-			return invalid("malformed key")
-		}
-		k.dhPriv, k.dhPub = priv, priv.PublicKey()
-		return k.setPubDER(k.dhPub)
+// setPublicFrom derives the public half from an expanded private key. The
+// public objects are parsed anew from the SPKI encoding, so that none of
+// them points into the private key (which would keep it alive).
+func (k *Key) setPublicFrom(e *expanded) error {
+	var pub any
+	switch {
+	case e.ed != nil:
+		pub = e.ed.Public()
+	case e.ec != nil:
+		pub = e.ec.Public()
+	case e.rsa != nil:
+		pub = e.rsa.Public()
+	case e.dh != nil:
+		pub = e.dh.Public()
+	default:
+		return errUnsupported()
 	}
-	return errUnsupported()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return internal("cannot encode public key")
+	}
+	parsed, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return internal("cannot encode public key")
+	}
+	if ec, ok := parsed.(*ecdsa.PublicKey); ok && k.spec.Family == key.FamilyECDH {
+		if parsed, err = ec.ECDH(); err != nil {
+			return internal("cannot encode public key")
+		}
+	}
+	if err := k.setPub(parsed); err != nil {
+		return err
+	}
+	k.pubDER = der
+	return nil
 }
 
-// newPublicKey makes a public-class key from a parsed public key, which
-// the caller has matched to s.
-func newPublicKey(s *key.Spec, pub any) (*Key, error) {
-	k := &Key{spec: s, class: key.Public}
+// setPub sets the public half from a parsed public key.
+func (k *Key) setPub(pub any) error {
 	switch p := pub.(type) {
 	case ed25519.PublicKey:
 		k.edPub = p
@@ -255,7 +266,17 @@ func newPublicKey(s *key.Spec, pub any) (*Key, error) {
 	case *ecdh.PublicKey:
 		k.dhPub = p
 	default:
-		return nil, errUnsupported()
+		return errUnsupported()
+	}
+	return nil
+}
+
+// newPublicKey makes a public-class key from a parsed public key, which
+// the caller has matched to s.
+func newPublicKey(s *key.Spec, pub any) (*Key, error) {
+	k := &Key{spec: s, class: key.Public}
+	if err := k.setPub(pub); err != nil {
+		return nil, err
 	}
 	if err := k.setPubDER(pub); err != nil {
 		return nil, err

@@ -36,15 +36,15 @@ func (k *Key) encryptOAEP(pt, label []byte, h wire.HashAlg, dst []byte) ([]byte,
 	return append(dst, ct...), nil
 }
 
-func (k *Key) decryptOAEP(ct, label []byte, h wire.HashAlg, dst []byte) ([]byte, error) {
-	if k.rsaPriv == nil {
+func (k *Key) decryptOAEP(e *expanded, ct, label []byte, h wire.HashAlg, dst []byte) ([]byte, error) {
+	if e == nil || e.rsa == nil {
 		return nil, errNeedPrivate()
 	}
 	ch, err := oaepHash(h)
 	if err != nil {
 		return nil, err
 	}
-	pt, err := k.rsaPriv.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: ch, Label: label})
+	pt, err := e.rsa.Decrypt(nil, ct, &rsa.OAEPOptions{Hash: ch, Label: label})
 	if err != nil {
 		return nil, errDecrypt()
 	}
@@ -55,16 +55,16 @@ func (k *Key) decryptOAEP(ct, label []byte, h wire.HashAlg, dst []byte) ([]byte,
 
 // signRSA signs digest (made with ch) with PSS, salt length equal to the
 // hash size, or PKCS #1 v1.5.
-func (k *Key) signRSA(sc scheme, digest []byte) ([]byte, error) {
+func signRSA(priv *rsa.PrivateKey, sc scheme, digest []byte) ([]byte, error) {
 	var (
 		sig []byte
 		err error
 	)
 	if sc.pss {
-		sig, err = rsa.SignPSS(rand.Reader, k.rsaPriv, sc.ch, digest,
+		sig, err = rsa.SignPSS(rand.Reader, priv, sc.ch, digest,
 			&rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
 	} else {
-		sig, err = rsa.SignPKCS1v15(nil, k.rsaPriv, sc.ch, digest)
+		sig, err = rsa.SignPKCS1v15(nil, priv, sc.ch, digest)
 	}
 	if err != nil {
 		return nil, internal("signing failed")

@@ -249,7 +249,12 @@ func katX25519() error {
 	if !bytes.Equal(k.dhPub.Bytes(), v[1]) {
 		return errKAT
 	}
-	shared, err := k.agree(v[2])
+	var shared []byte
+	err = k.run(func(e *expanded) error {
+		var err error
+		shared, err = k.agree(e, v[2])
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -281,7 +286,7 @@ func katHKDF() error {
 		return err
 	}
 	defer d.Destroy()
-	if !bytes.Equal(d.secret, v[3][:32]) {
+	if raw, err := d.Export(wire.KeyFormat_KEY_FORMAT_RAW); err != nil || !bytes.Equal(raw, v[3][:32]) {
 		return errKAT
 	}
 	return nil

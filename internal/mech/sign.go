@@ -29,10 +29,8 @@ func (k *Key) canSign() bool {
 	return false
 }
 
-// hasPrivate reports whether k holds the private half of a signature key.
-func (k *Key) hasPrivate() bool {
-	return k.edPriv != nil || k.ecPriv != nil || k.rsaPriv != nil
-}
+// hasPrivate reports whether k holds the private half of a key.
+func (k *Key) hasPrivate() bool { return k.class == key.Private }
 
 // scheme resolves p for k. In a stream the data is always the message,
 // and Ed25519 is always Ed25519ph.
@@ -127,7 +125,13 @@ func (k *Key) Sign(p SignParams, data []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return k.signMessage(sc, m)
+	var sig []byte
+	err = k.run(func(e *expanded) error {
+		var err error
+		sig, err = signMessage(e, sc, m)
+		return err
+	})
+	return sig, err
 }
 
 // Verify checks sig over data as p describes; a private or public key
@@ -151,26 +155,28 @@ func (k *Key) Verify(p SignParams, data, sig []byte) error {
 	return k.verifyMessage(sc, m, sig)
 }
 
-// signMessage signs m, the output of scheme.message.
-func (k *Key) signMessage(sc scheme, m []byte) ([]byte, error) {
+// signMessage signs m, the output of scheme.message, with the expanded
+// private key e. It runs inside secmem.Do.
+func signMessage(e *expanded, sc scheme, m []byte) ([]byte, error) {
 	switch {
-	case k.edPriv != nil:
+	case e == nil:
+	case e.ed != nil:
 		if sc.pure {
-			return ed25519.Sign(k.edPriv, m), nil
+			return ed25519.Sign(e.ed, m), nil
 		}
-		sig, err := k.edPriv.Sign(nil, m, ed25519ph)
+		sig, err := e.ed.Sign(nil, m, ed25519ph)
 		if err != nil {
 			return nil, internal("signing failed")
 		}
 		return sig, nil
-	case k.ecPriv != nil:
-		sig, err := ecdsa.SignASN1(rand.Reader, k.ecPriv, m)
+	case e.ec != nil:
+		sig, err := ecdsa.SignASN1(rand.Reader, e.ec, m)
 		if err != nil {
 			return nil, internal("signing failed")
 		}
 		return sig, nil
-	case k.rsaPriv != nil:
-		return k.signRSA(sc, m)
+	case e.rsa != nil:
+		return signRSA(e.rsa, sc, m)
 	}
 	return nil, errNeedPrivate()
 }

@@ -3,8 +3,8 @@ package mech
 import (
 	"crypto/hmac"
 	"hash"
-	"sync"
 
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -64,28 +64,38 @@ func (s *hashStream) Destroy() {
 // and returns (nil, nil) or STATUS_VERIFICATION_FAILED; otherwise Final
 // returns the tag. The stream holds one keyed state from the key's pool;
 // Final and Destroy give it back.
+//
+// The keyed state is made from the key inside secmem.Do, and every step
+// runs inside it too: the state is as secret as the key.
 func (k *Key) NewMACStream(verify bool) (Stream, error) {
-	h, err := k.getMAC()
+	if err := k.isMAC(); err != nil {
+		return nil, err
+	}
+	st := &macStream{k: k, verify: verify}
+	err := k.run(func(e *expanded) error {
+		st.e, st.h = e, k.getMAC(e)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	return &macStream{k: k, pool: k.macPool, h: h, verify: verify}, nil
+	return st, nil
 }
 
 type macStream struct {
 	k      *Key
-	pool   *sync.Pool
+	e      *expanded // the key's expanded state, for returning h
 	h      hash.Hash // nil once finished or destroyed
 	verify bool
 }
 
 func (s *macStream) Write(p []byte) {
 	if s.h != nil {
-		s.h.Write(p)
+		secmem.Do(func() { s.h.Write(p) })
 	}
 }
 
-func (s *macStream) Final(sig []byte) ([]byte, error) {
+func (s *macStream) Final(sig []byte) (out []byte, err error) {
 	if s.h == nil {
 		return nil, errStreamDone()
 	}
@@ -93,20 +103,23 @@ func (s *macStream) Final(sig []byte) ([]byte, error) {
 	if err := s.k.live(); err != nil {
 		return nil, err
 	}
-	if !s.verify {
-		if len(sig) != 0 {
-			return nil, errUnexpectedSig()
+	if !s.verify && len(sig) != 0 {
+		return nil, errUnexpectedSig()
+	}
+	secmem.Do(func() {
+		if !s.verify {
+			out = s.h.Sum(nil)
+			return
 		}
-		return s.h.Sum(nil), nil
-	}
-	var buf [maxTagSize]byte
-	sum := s.h.Sum(buf[:0])
-	ok := hmac.Equal(sum, sig)
-	clear(buf[:])
-	if !ok {
-		return nil, errBadMAC()
-	}
-	return nil, nil
+		var buf [maxTagSize]byte
+		sum := s.h.Sum(buf[:0])
+		ok := hmac.Equal(sum, sig)
+		clear(buf[:])
+		if !ok {
+			err = errBadMAC()
+		}
+	})
+	return out, err
 }
 
 // Destroy resets the keyed state and returns it to the key's pool, or
@@ -115,10 +128,14 @@ func (s *macStream) Destroy() {
 	if s.h == nil {
 		return
 	}
-	if s.k.live() == nil {
-		putMAC(s.pool, s.h)
-	}
-	s.h, s.pool, s.k = nil, nil, nil
+	secmem.Do(func() {
+		if s.k.live() == nil {
+			putMAC(s.e, s.h)
+		} else {
+			s.h.Reset()
+		}
+	})
+	s.h, s.e, s.k = nil, nil, nil
 }
 
 // NewSignStream returns a stream that hashes everything written to it and
@@ -175,7 +192,13 @@ func (s *signStream) Final(sig []byte) ([]byte, error) {
 	if len(sig) != 0 {
 		return nil, errUnexpectedSig()
 	}
-	return s.k.signMessage(s.sc, d)
+	var out []byte
+	err := s.k.run(func(e *expanded) error {
+		var err error
+		out, err = signMessage(e, s.sc, d)
+		return err
+	})
+	return out, err
 }
 
 func (s *signStream) Destroy() {

@@ -139,8 +139,9 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	// which is reused for the next message. Everything that keeps a field
 	// beyond the request copies it (see "aliasing" in dispatch.go); a
 	// request that runs concurrently is decoded again, with copies.
-	req := new(wire.Request)
+	req := wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(raw); err != nil {
+		wire.Recycle(req)
 		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
@@ -173,12 +174,17 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.inFlight.Add(-1)
 		cn.out = cn.send(cn.out, rep)
 		cn.arena.wipe()
+		wire.Recycle(req) // nothing refers to the request now
 		return
 	}
 	// A slow request runs concurrently so that the connection keeps
 	// serving; it needs its own copy of the message.
-	req = new(wire.Request)
-	if err := req.UnmarshalVTUnsafe(bytes.Clone(raw)); err != nil {
+	wire.Recycle(req)
+	own := bytes.Clone(raw)
+	req = wire.RequestFromVTPool()
+	if err := req.UnmarshalVTUnsafe(own); err != nil {
+		wire.Recycle(req)
+		clear(own)
 		cn.inFlight.Add(-1)
 		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
@@ -200,6 +206,8 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.inFlight.Add(-1)
 		cn.send(nil, rep)
 		a.wipe()
+		wire.Recycle(req)
+		clear(own)
 	}()
 }
 
@@ -233,6 +241,8 @@ func (cn *conn) send(buf []byte, rep *wire.Reply) []byte {
 	if err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 		cn.log.Warn("send failed", "request", rep.Id, "err", err)
 	}
+	// The kernel has its copy; ours may hold plaintext or an exported key.
+	clear(b)
 	if cap(b) > 4*cn.s.limits.MaxMessageBytes {
 		return nil
 	}
@@ -286,10 +296,32 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
 	budget := max - replyHeader
 	size := 0
 	full := false
-	for i, op := range req.Ops {
-		res := &results[i]
+	for i := 0; i < n; {
 		// Room stays reserved for a minimal result (4 bytes) for every
-		// operation after this one.
+		// operation after the ones executed.
+		if !full {
+			// A run of small operations on one key, as far as the reply
+			// has room for it.
+			run, bound := 0, size
+			for most := runLength(req.Ops[i:], n-i); run < most; run++ {
+				b := opReplyBound(req.Ops[i+run], max)
+				if bound+b+4*(n-i-run-1) > budget {
+					break
+				}
+				bound += b
+			}
+			if run > 1 {
+				cn.executeRun(req.Ops[i:i+run], id, req.Id, a, results[i:i+run])
+				for j := i; j < i+run; j++ {
+					rep.Results[j] = &results[j]
+					size += results[j].SizeVT() + 4
+				}
+				i += run
+				continue
+			}
+		}
+		op := req.Ops[i]
+		res := &results[i]
 		switch {
 		case full:
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
@@ -302,6 +334,7 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
 		}
 		rep.Results[i] = res
 		size += res.SizeVT() + 4
+		i++
 	}
 	return rep
 }
@@ -402,7 +435,7 @@ func (cn *conn) cleanup() {
 	}
 	for _, o := range handles {
 		if o.Ephemeral {
-			cn.s.store.Remove(o)
+			cn.remove(o)
 		}
 	}
 	cn.c.Close()

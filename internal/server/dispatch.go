@@ -9,10 +9,14 @@ import (
 )
 
 // isHeavy reports whether a request must run concurrently rather than
-// inline: RSA key generation takes from tens of milliseconds to seconds.
+// inline: RSA key generation takes from tens of milliseconds to seconds,
+// and an Argon2id operation waits for the memory budget and a worker.
 // Such a request may finish after requests sent later.
 func isHeavy(req *wire.Request) bool {
 	for _, op := range req.Ops {
+		if isKDF(op) {
+			return true
+		}
 		if g, ok := op.Op.(*wire.Op_Generate); ok && g.Generate.GetTemplate() != nil {
 			if s := key.Lookup(g.Generate.Template.Type); s != nil && s.Family == key.FamilyRSA {
 				return true
@@ -129,6 +133,14 @@ func (cn *conn) dispatchManagement(op *wire.Op, id Identity) (*wire.Result, erro
 		return cn.opSessionFinal(o.SessionFinal, id)
 	case *wire.Op_SessionAbort:
 		return cn.opSessionAbort(o.SessionAbort.Session)
+	case *wire.Op_DerivePassphrase:
+		return cn.opDerivePassphrase(o.DerivePassphrase, id)
+	case *wire.Op_PasswordHash:
+		return cn.opPasswordHash(o.PasswordHash, id)
+	case *wire.Op_PasswordVerify:
+		return cn.opPasswordVerify(o.PasswordVerify, id)
+	case *wire.Op_KdfCalibrate:
+		return cn.opKdfCalibrate(o.KdfCalibrate, id)
 	}
 	return nil, errNoOp
 }

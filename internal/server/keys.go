@@ -15,7 +15,12 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 	s := cn.s
 	persistent, _ := s.store.Counts()
 	l := s.limits
+	var mem *wire.MemoryStatus
+	if s.cfg.Memory != nil {
+		mem = s.cfg.Memory()
+	}
 	return &wire.Result{Value: &wire.Result_Server{Server: &wire.StatusResult{
+		Memory:          mem,
 		ProtocolVersion: wire.ProtocolVersion,
 		ServerVersion:   s.cfg.Version,
 		Limits: &wire.Limits{
@@ -76,18 +81,35 @@ func aclFromWire(w []*wire.AclEntry) ([]key.ACLEntry, error) {
 	return acl, nil
 }
 
+// remove destroys o (see keystore.Store.Remove), loudly if its memory was
+// found corrupted.
+func (cn *conn) remove(o *keystore.Object) {
+	if err := cn.s.store.Remove(o); err != nil {
+		cn.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+	}
+}
+
+// discard destroys an object that never made it into the store.
+func (cn *conn) discard(o *keystore.Object) {
+	if err := keystore.Discard(o); err != nil {
+		cn.log.Error("key memory corrupted: something wrote past the end of a key", "err", err)
+	}
+}
+
 // create registers material made for template t as a new key owned by the
-// caller and opens a handle to it. It takes ownership of mat.
-func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity) (*wire.Result, error) {
+// caller and opens a handle to it. It takes ownership of mat. kdf records
+// how a key derived from a passphrase was made (nil for others).
+func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf) (*wire.Result, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
 	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now()) // not aliasing the request
+	o.KDF = kdf
 	if err := cn.s.store.Add(o); err != nil {
-		keystore.Discard(o)
+		cn.discard(o)
 		return nil, err
 	}
 	h, err := cn.addHandle(o)
 	if err != nil {
-		cn.s.store.Remove(o)
+		cn.remove(o)
 		return nil, err
 	}
 	cn.log.Info("key created", "key", o.ID.String(), "type", o.Spec.Name, "class", o.Class.String(),
@@ -116,7 +138,7 @@ func (cn *conn) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(g.Template, pt, usage, mat, id)
+	return cn.create(g.Template, pt, usage, mat, id, nil)
 }
 
 // precheck refuses early, before any expensive work, what Add and
@@ -159,7 +181,7 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 		var d policy.Decision
 		usage, d = policy.CheckTemplate(pt)
 		if err = d.Err(); err == nil {
-			return cn.create(im.Template, pt, usage, mat, id)
+			return cn.create(im.Template, pt, usage, mat, id, nil)
 		}
 	}
 	mat.Destroy()
@@ -209,7 +231,7 @@ func (cn *conn) opClose(h uint32) (*wire.Result, error) {
 		return nil, errBadHandle
 	}
 	if o.Ephemeral {
-		cn.s.store.Remove(o)
+		cn.remove(o)
 	}
 	return ok(), nil
 }
@@ -303,7 +325,7 @@ func (cn *conn) opDestroy(h uint32, id Identity) (*wire.Result, error) {
 	cn.mu.Lock()
 	delete(cn.handles, h)
 	cn.mu.Unlock()
-	cn.s.store.Remove(o)
+	cn.remove(o)
 	cn.log.Info("key destroyed", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
 	return ok(), nil
 }
@@ -378,5 +400,5 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(dv.Template, pt, usage, mat, id)
+	return cn.create(dv.Template, pt, usage, mat, id, nil)
 }

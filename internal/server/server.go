@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -65,6 +66,11 @@ type Config struct {
 	Version string
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// KDF runs Argon2id in worker processes; nil means the daemon offers
+	// no passphrase keys or password hashing (STATUS_UNAVAILABLE).
+	KDF *kdf.Supervisor
+	// Memory, if set, describes the daemon's key memory for Status.
+	Memory func() *wire.MemoryStatus
 
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).
@@ -241,6 +247,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-finished
 	}
-	s.store.Close()
+	if cerr := s.store.Close(); cerr != nil {
+		s.log.Error("key memory corrupted: something wrote past the end of a key", "err", cerr)
+	}
 	return err
 }

@@ -1,0 +1,653 @@
+package kdf
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Config configures a Supervisor. Zero values mean the defaults below.
+type Config struct {
+	// Executable is the program started as a worker; default
+	// "/proc/self/exe", the daemon's own binary (even if the file was
+	// replaced or removed since the daemon started).
+	Executable string
+	// Args is the worker's argv; default {"keywarden", "kdf-worker"},
+	// which IsWorker recognizes.
+	Args []string
+	// MaxMemoryKiB bounds the memory of one derivation; default
+	// DefaultMaxMemoryKiB, or less when half the machine's RAM is less.
+	MaxMemoryKiB uint32
+	// BudgetKiB bounds the sum of the costs of the derivations that run
+	// at once (a derivation costs its memory plus WorkerOverheadKiB);
+	// default: one derivation of MaxMemoryKiB.
+	BudgetKiB uint64
+	// Queue bounds the derivations waiting for room in the budget;
+	// default DefaultQueue. One more gets ErrQueueFull.
+	Queue int
+	// Deadline bounds one worker, from start to reply; default
+	// DefaultDeadline.
+	Deadline time.Duration
+	// Watchdog is the liveness period: a worker that leaves a challenge
+	// unanswered for half of it is killed, so one that stops is killed at
+	// most one period later. Default DefaultWatchdog.
+	Watchdog time.Duration
+	// Cgroup is "auto" (default: a memory cgroup per worker where the
+	// machine allows one) or "off".
+	Cgroup string
+	// CgroupRoot is where the cgroup file system is mounted; default
+	// /sys/fs/cgroup.
+	CgroupRoot string
+	// Logger receives the supervisor's logs; nil discards them.
+	Logger *slog.Logger
+
+	// Test hooks.
+	onStart     func(pid int)           // called with each worker's pid once it runs
+	cellLimit   func(cost uint64) int64 // a worker cgroup's limit in bytes
+	v2Unlimited bool                    // v2 without the memory controller: placement only
+}
+
+// Defaults.
+const (
+	DefaultMaxMemoryKiB = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
+	DefaultQueue        = 64
+	DefaultDeadline     = time.Minute
+	DefaultWatchdog     = time.Second
+	// WorkerOverheadKiB is what a worker costs besides Argon2's memory:
+	// the Go runtime, the binary's pages, buffers. A worker peaks at about
+	// 8 MiB resident at tiny parameters, and 9-10 MiB above its Argon2
+	// memory at 256 MiB-1 GiB (docs/performance.md).
+	WorkerOverheadKiB = 16 << 10
+	// MinWatchdog and MinDeadline bound the configuration from below.
+	MinWatchdog = 20 * time.Millisecond
+	MinDeadline = 100 * time.Millisecond
+)
+
+// cellSlack is what a worker's cgroup allows beyond its cost: page
+// tables, the kernel's own accounting, the runtime's rounding.
+func cellSlack(memKiB uint64) uint64 { return 16<<10 + memKiB/32 }
+
+// Limits are the settings in force.
+type Limits struct {
+	MaxMemoryKiB uint32
+	BudgetKiB    uint64
+	Queue        int
+	Deadline     time.Duration
+	Watchdog     time.Duration
+	// Cgroup is "v2", "v1" or "off".
+	Cgroup string
+}
+
+// Supervisor runs derivations in worker processes. Its methods are safe
+// for concurrent use.
+type Supervisor struct {
+	cfg    Config
+	log    *slog.Logger
+	budget budget
+	cg     *cgroups // nil: workers run without a memory cgroup
+
+	ctx    context.Context // ends at Close: running workers are killed
+	cancel context.CancelFunc
+	// running counts workers between start and reap; Close waits for 0.
+	running sync.WaitGroup
+	// mu guards closed, and orders Add on running after Close's check.
+	mu        sync.Mutex
+	closed    bool
+	closeOnce sync.Once
+}
+
+// New returns a Supervisor. It validates cfg, fills defaults, and sets up
+// memory cgroups where it can (logging what it found). It starts no
+// worker.
+func New(cfg Config) (*Supervisor, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Executable == "" {
+		cfg.Executable = "/proc/self/exe"
+	}
+	if len(cfg.Args) == 0 {
+		cfg.Args = []string{"keywarden", WorkerArg}
+	}
+	halfRAM := memTotalKiB() / 2
+	if cfg.MaxMemoryKiB == 0 {
+		cfg.MaxMemoryKiB = DefaultMaxMemoryKiB
+		if halfRAM > 0 && uint64(cfg.MaxMemoryKiB)+WorkerOverheadKiB > halfRAM && halfRAM > 2*WorkerOverheadKiB {
+			cfg.MaxMemoryKiB = uint32(halfRAM - WorkerOverheadKiB)
+		}
+		if cfg.BudgetKiB != 0 && uint64(cfg.MaxMemoryKiB)+WorkerOverheadKiB > cfg.BudgetKiB && cfg.BudgetKiB > WorkerOverheadKiB+8 {
+			cfg.MaxMemoryKiB = uint32(min(cfg.BudgetKiB-WorkerOverheadKiB, uint64(cfg.MaxMemoryKiB)))
+		}
+	}
+	if cfg.MaxMemoryKiB < 8 {
+		return nil, fmt.Errorf("kdf: the maximum memory per derivation must be at least 8 KiB")
+	}
+	if cfg.BudgetKiB == 0 {
+		cfg.BudgetKiB = uint64(cfg.MaxMemoryKiB) + WorkerOverheadKiB
+	}
+	if cfg.BudgetKiB < uint64(cfg.MaxMemoryKiB)+WorkerOverheadKiB {
+		return nil, fmt.Errorf("kdf: a memory budget of %d KiB cannot run one derivation of the maximum %d KiB (which costs %d KiB with the worker's overhead)",
+			cfg.BudgetKiB, cfg.MaxMemoryKiB, uint64(cfg.MaxMemoryKiB)+WorkerOverheadKiB)
+	}
+	if cfg.Queue == 0 {
+		cfg.Queue = DefaultQueue
+	}
+	if cfg.Queue < 0 {
+		return nil, errors.New("kdf: the queue length must not be negative")
+	}
+	if cfg.Deadline == 0 {
+		cfg.Deadline = DefaultDeadline
+	}
+	if cfg.Watchdog == 0 {
+		cfg.Watchdog = DefaultWatchdog
+	}
+	if cfg.Deadline < MinDeadline || cfg.Watchdog < MinWatchdog {
+		return nil, fmt.Errorf("kdf: the deadline must be at least %v and the watchdog period at least %v", MinDeadline, MinWatchdog)
+	}
+	if cfg.CgroupRoot == "" {
+		cfg.CgroupRoot = "/sys/fs/cgroup"
+	}
+	s := &Supervisor{cfg: cfg, log: log}
+	s.budget = budget{total: cfg.BudgetKiB, maxQueue: cfg.Queue}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	switch cfg.Cgroup {
+	case "", "auto":
+		total := int64(cfg.BudgetKiB+cellSlack(cfg.BudgetKiB)) << 10
+		var err error
+		if cfg.v2Unlimited {
+			var self string
+			if self, err = ownCgroup(""); err == nil {
+				s.cg, err = setupV2(cfg.CgroupRoot, self, total, false)
+			}
+		} else {
+			s.cg, err = setupCgroups(cfg.CgroupRoot, total)
+		}
+		if err != nil {
+			log.Warn("kdf: workers run without a memory cgroup; an Argon2 worker that runs out of memory is left to the kernel's OOM killer (workers are its first choice, oom_score_adj 1000)",
+				"reason", err.Error())
+		} else {
+			log.Info("kdf: each worker runs in its own memory cgroup", "cgroup", s.cg.version(), "parent", s.cg.parent)
+		}
+	case "off":
+		log.Info("kdf: memory cgroups are off; workers are the OOM killer's first choice (oom_score_adj 1000)")
+	default:
+		return nil, fmt.Errorf("kdf: unknown cgroup mode %q (want auto or off)", cfg.Cgroup)
+	}
+	return s, nil
+}
+
+// Limits returns the settings in force.
+func (s *Supervisor) Limits() Limits {
+	cg := "off"
+	if s.cg != nil {
+		cg = s.cg.version()
+	}
+	return Limits{MaxMemoryKiB: s.cfg.MaxMemoryKiB, BudgetKiB: s.cfg.BudgetKiB, Queue: s.cfg.Queue,
+		Deadline: s.cfg.Deadline, Watchdog: s.cfg.Watchdog, Cgroup: cg}
+}
+
+// Stats returns the admission state.
+func (s *Supervisor) Stats() Stats { return s.budget.stats() }
+
+// Close refuses new derivations, fails queued ones with ErrClosed, kills
+// running workers and waits until every worker is reaped and its cgroup
+// removed.
+// Close may be called more than once.
+func (s *Supervisor) Close() {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.budget.close()
+		s.cancel()
+		s.running.Wait()
+		if s.cg != nil {
+			s.cg.close()
+		}
+	})
+}
+
+// Derive returns keyLen bytes of Argon2id(password, salt, p), computed in
+// a worker. The caller owns (and must wipe) the result.
+func (s *Supervisor) Derive(ctx context.Context, p Params, password, salt []byte, keyLen int) ([]byte, error) {
+	if keyLen < 1 || keyLen > MaxKeyLen {
+		return nil, invalid("argon2: output length must be 1 to %d bytes", MaxKeyLen)
+	}
+	res, err := s.do(ctx, &request{op: opDerive, params: p, keyLen: uint32(keyLen), salt: salt, password: password})
+	if err != nil {
+		return nil, err
+	}
+	if len(res.out) != keyLen {
+		clear(res.out)
+		return nil, ErrFailed.WithDetail("worker returned %d bytes, want %d", len(res.out), keyLen)
+	}
+	return res.out, nil
+}
+
+// Verify reports whether Argon2id(password, salt, p) equals expected. The
+// worker compares in constant time; only the verdict comes back.
+func (s *Supervisor) Verify(ctx context.Context, p Params, password, salt, expected []byte) (bool, error) {
+	if len(expected) < MinVerifyHashLen || len(expected) > MaxVerifyHashLen {
+		return false, invalid("argon2: hash length out of range")
+	}
+	res, err := s.do(ctx, &request{op: opVerify, params: p, salt: salt, password: password, expected: expected})
+	if err != nil {
+		return false, err
+	}
+	if len(res.out) != 1 {
+		return false, ErrFailed.WithDetail("worker returned a verdict of %d bytes", len(res.out))
+	}
+	return res.out[0] == 1, nil
+}
+
+// Measurement is what Measure found.
+type Measurement struct {
+	// Elapsed is how long Argon2id took in the worker.
+	Elapsed time.Duration
+	// Total is from starting the worker to its reply.
+	Total time.Duration
+	// MaxRSSKiB is the worker's peak resident set.
+	MaxRSSKiB uint64
+}
+
+// Measure runs Argon2id with p on a fixed input in a worker and reports
+// how long it took.
+func (s *Supervisor) Measure(ctx context.Context, p Params) (Measurement, error) {
+	salt := []byte("keywarden-calibration")
+	start := time.Now()
+	res, err := s.do(ctx, &request{op: opMeasure, params: p, salt: salt, password: []byte("keywarden calibration")})
+	if err != nil {
+		return Measurement{}, err
+	}
+	return Measurement{Elapsed: res.elapsed, Total: time.Since(start), MaxRSSKiB: res.maxRSSKiB}, nil
+}
+
+// do validates r, waits for room in the budget and runs one worker.
+func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
+	if err := r.params.Check(s.cfg.MaxMemoryKiB); err != nil {
+		return result{}, err
+	}
+	if err := CheckSalt(r.salt); err != nil {
+		return result{}, err
+	}
+	if err := CheckPassword(r.password); err != nil {
+		return result{}, err
+	}
+	cost := uint64(r.params.MemoryKiB) + WorkerOverheadKiB
+	if err := s.budget.acquire(ctx, cost); err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return result{}, ErrClosed.WithDetail("%v", err)
+		}
+		return result{}, err
+	}
+	defer s.budget.release(cost)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return result{}, ErrClosed
+	}
+	s.running.Add(1)
+	s.mu.Unlock()
+	defer s.running.Done()
+	rand.Read(r.seed[:])
+	return s.run(ctx, r, cost)
+}
+
+// event is a frame (or the end of the stream) read from a worker.
+type event struct {
+	typ     byte
+	answer  [challengeLen]byte
+	payload []byte // the result or error frame; the reader's buffer
+	err     error
+}
+
+// maxReplyFrame bounds a frame from a worker: a result carries at most
+// MaxKeyLen bytes after 18 bytes of fixed fields.
+const maxReplyFrame = max(challengeLen, maxErrorLen, 18+MaxKeyLen)
+
+// stderrLimit bounds what is kept of a worker's stderr.
+const stderrLimit = 4 << 10
+
+// run starts one worker for r and supervises it to the end: deadline,
+// watchdog, result, reaping, cgroup removal.
+func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res result, err error) {
+	// PR_SET_PDEATHSIG fires when the thread that started the child
+	// exits, not the process: keep this goroutine on its thread until
+	// the worker is reaped, so a Go runtime thread exit never kills it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	var cl *cell
+	if s.cg != nil {
+		limit := int64(cost+cellSlack(uint64(r.params.MemoryKiB))) << 10
+		if s.cfg.cellLimit != nil {
+			limit = s.cfg.cellLimit(cost)
+		}
+		if cl, err = s.cg.newCell(limit); err != nil {
+			s.log.Warn("kdf: cannot create a worker cgroup; running this worker without one", "err", err)
+			cl = nil
+		} else {
+			defer cl.remove()
+		}
+	}
+
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		return result{}, ErrFailed.WithDetail("pipe: %v", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		inR.Close()
+		inW.Close()
+		return result{}, ErrFailed.WithDetail("pipe: %v", err)
+	}
+	stderr := &boundedBuffer{max: stderrLimit}
+	newCmd := func() *exec.Cmd {
+		return &exec.Cmd{
+			Path: s.cfg.Executable,
+			Args: s.cfg.Args,
+			// Nothing from the daemon's environment: the worker needs none.
+			Env:         []string{},
+			Dir:         "/",
+			Stdin:       inR,
+			Stdout:      outW,
+			Stderr:      stderr,
+			SysProcAttr: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+			WaitDelay:   time.Second,
+		}
+	}
+	cmd := newCmd()
+	if cl != nil {
+		cl.prepare(cmd.SysProcAttr)
+	}
+	start := time.Now()
+	err = cmd.Start()
+	if err != nil && cl != nil && cl.fd >= 0 {
+		// clone3 with CLONE_INTO_CGROUP unavailable: start outside the
+		// cgroup and move the worker in before it gets its request.
+		s.log.Warn("kdf: cannot start a worker inside its cgroup; moving it in after start", "err", err)
+		cl.closeFD()
+		cmd = newCmd()
+		err = cmd.Start()
+	}
+	inR.Close()
+	outW.Close()
+	if err != nil {
+		inW.Close()
+		outR.Close()
+		return result{}, ErrFailed.WithDetail("start worker: %v", err)
+	}
+	pid := cmd.Process.Pid
+	killed := false
+	kill := func() {
+		if !killed {
+			killed = true
+			cmd.Process.Kill() // SIGKILL, through a pidfd: never another process
+		}
+	}
+	// Whatever happens, the worker is reaped before run returns.
+	defer func() {
+		inW.Close()
+		waited := make(chan error, 1)
+		go func() { waited <- cmd.Wait() }()
+		var werr error
+		select {
+		case werr = <-waited:
+		case <-time.After(2 * time.Second):
+			kill()
+			werr = <-waited
+		}
+		outR.Close()
+		st := cmd.ProcessState
+		if err == nil {
+			s.log.Debug("kdf: worker done", "pid", pid, "op", r.op.String(), "params", r.params.String(),
+				"argon2", res.elapsed, "total", time.Since(start), "max_rss_kib", res.maxRSSKiB)
+		} else if !IsError(err, ErrClosed) {
+			err = s.classify(err, werr, st, killed, cl, stderr)
+		}
+		if msg := stderr.String(); msg != "" {
+			s.log.Warn("kdf: worker wrote to stderr", "pid", pid, "stderr", msg)
+		}
+	}()
+
+	if cl != nil {
+		if perr := cl.started(pid); perr != nil {
+			kill()
+			return result{}, ErrFailed.WithDetail("move worker %d into its cgroup: %v", pid, perr)
+		}
+	}
+	if s.cfg.onStart != nil {
+		s.cfg.onStart(pid)
+	}
+	s.log.Debug("kdf: worker started", "pid", pid, "op", r.op.String(), "params", r.params.String(), "cost_kib", cost)
+
+	deadline := start.Add(s.cfg.Deadline)
+	inW.SetWriteDeadline(deadline)
+	msg := append(magic[:0:0], magic[:]...)
+	payload := appendRequest(nil, r)
+	msg = appendFrame(msg, frameRequest, payload)
+	clear(payload)
+	_, werr := inW.Write(msg)
+	clear(msg)
+	if werr != nil {
+		kill()
+		return result{}, ErrFailed.WithDetail("send request to worker %d: %v", pid, werr)
+	}
+
+	events := make(chan event)
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		readWorker(outR, events, stop)
+	}()
+	defer func() {
+		close(stop)
+		outR.SetReadDeadline(time.Now()) // unblock the reader
+		readers.Wait()
+	}()
+
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	tick := time.NewTicker(s.cfg.Watchdog / 2)
+	defer tick.Stop()
+	prev := r.seed
+	var expect [challengeLen]byte
+	outstanding := false
+	var challenge [challengeLen]byte
+	for {
+		select {
+		case <-timer.C:
+			kill()
+			return result{}, ErrTimeout.WithDetail("worker %d overran the deadline of %v (%s)", pid, s.cfg.Deadline, r.params)
+		case <-ctx.Done():
+			kill()
+			return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+		case <-s.ctx.Done():
+			kill()
+			return result{}, ErrClosed
+		case <-tick.C:
+			if outstanding {
+				kill()
+				return result{}, ErrStopped.WithDetail("worker %d left a watchdog challenge unanswered for %v", pid, s.cfg.Watchdog/2)
+			}
+			rand.Read(challenge[:])
+			expect = chain(&prev, challenge[:])
+			inW.SetWriteDeadline(time.Now().Add(s.cfg.Watchdog / 2))
+			if _, werr := inW.Write(appendFrame(nil, frameChallenge, challenge[:])); werr != nil {
+				kill()
+				return result{}, ErrStopped.WithDetail("send a watchdog challenge to worker %d: %v", pid, werr)
+			}
+			outstanding = true
+		case ev := <-events:
+			switch {
+			case ev.err != nil:
+				if !errors.Is(ev.err, io.EOF) && !errors.Is(ev.err, io.ErrUnexpectedEOF) {
+					// Not a worker dying (whose exit status tells why): a
+					// broken or foreign stream.
+					kill()
+				}
+				return result{}, ErrFailed.WithDetail("worker %d closed its output without a result: %v", pid, ev.err)
+			case ev.typ == frameAnswer:
+				if !outstanding || ev.answer != expect {
+					kill()
+					return result{}, ErrFailed.WithDetail("worker %d answered the watchdog wrongly", pid)
+				}
+				prev, outstanding = expect, false
+			case ev.typ == frameResult:
+				res, derr := decodeResult(ev.payload)
+				if derr != nil {
+					clear(ev.payload)
+					kill()
+					return result{}, ErrFailed.WithDetail("worker %d: %v", pid, derr)
+				}
+				res.out = bytes.Clone(res.out)
+				clear(ev.payload)
+				return res, nil
+			case ev.typ == frameError:
+				text := sanitize(string(ev.payload))
+				kill()
+				return result{}, ErrFailed.WithDetail("worker %d refused: %s", pid, text)
+			default:
+				kill()
+				return result{}, ErrFailed.WithDetail("worker %d sent an unexpected frame %q", pid, ev.typ)
+			}
+		}
+	}
+}
+
+// classify turns the failure of a worker into the error the client gets,
+// once it has been reaped.
+func (s *Supervisor) classify(err, waitErr error, st *os.ProcessState, killed bool, cl *cell, stderr *boundedBuffer) error {
+	status := "status unknown"
+	if st != nil {
+		status = st.String()
+	}
+	var why string
+	switch {
+	case cl != nil && cl.oomKilled():
+		why = "killed by the kernel at its " + cl.g.version() + " cgroup's memory limit"
+	case st != nil && !killed && signaled(st, syscall.SIGKILL):
+		// Not killed by the daemon: the OOM killer (workers are its first
+		// choice) or an administrator.
+		why = "killed by SIGKILL, not sent by the daemon (the kernel's OOM killer?)"
+	case strings.Contains(stderr.String(), "out of memory"):
+		why = "its runtime ran out of memory"
+	}
+	if why != "" {
+		return ErrOutOfMemory.WithDetail("worker %s (%s); %s", why, status, detailOf(err))
+	}
+	if killed {
+		return err
+	}
+	return ErrFailed.WithDetail("%s (worker %s)", detailOf(err), status)
+}
+
+// detailOf is the log's reason of err.
+func detailOf(err error) string {
+	var we *wire.Error
+	if errors.As(err, &we) && we.Detail != "" {
+		return we.Detail
+	}
+	return err.Error()
+}
+
+func signaled(st *os.ProcessState, sig syscall.Signal) bool {
+	ws, ok := st.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == sig
+}
+
+// readWorker reads the worker's stream and passes each frame on until the
+// stream ends, a result or error arrives, or stop is closed.
+func readWorker(r io.Reader, events chan<- event, stop <-chan struct{}) {
+	send := func(ev event) bool {
+		select {
+		case events <- ev:
+			return true
+		case <-stop:
+			clear(ev.payload)
+			return false
+		}
+	}
+	if err := readMagic(r); err != nil {
+		send(event{err: fmt.Errorf("no worker greeting: %w", err)})
+		return
+	}
+	var buf []byte
+	for {
+		typ, payload, nb, err := readFrame(r, buf, maxReplyFrame)
+		buf = nb
+		if err != nil {
+			send(event{err: err})
+			clear(buf)
+			return
+		}
+		switch typ {
+		case frameAnswer:
+			ev := event{typ: typ}
+			if len(payload) != challengeLen {
+				send(event{err: errors.New("malformed watchdog answer")})
+				return
+			}
+			copy(ev.answer[:], payload)
+			if !send(ev) {
+				return
+			}
+		default:
+			// A result or an error ends the stream: hand over the buffer.
+			send(event{typ: typ, payload: payload})
+			return
+		}
+	}
+}
+
+// boundedBuffer keeps the first max bytes written to it.
+type boundedBuffer struct {
+	mu  sync.Mutex
+	b   []byte
+	max int
+}
+
+func (w *boundedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if room := w.max - len(w.b); room > 0 {
+		w.b = append(w.b, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (w *boundedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return sanitize(string(w.b))
+}
+
+// sanitize keeps printable ASCII of s, on one line.
+func sanitize(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n' || r == '\t':
+			b.WriteString(" | ")
+		case r >= 0x20 && r < 0x7f:
+			b.WriteRune(r)
+		}
+	}
+	return strings.TrimSuffix(strings.TrimSpace(b.String()), " |")
+}

@@ -1,0 +1,188 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/kdf"
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// The Argon2id operations (docs/kdf.md). None runs Argon2 here: the
+// supervisor runs it in a worker process. They run concurrently (isHeavy)
+// and count toward the supervisor's memory budget and queue, whoever
+// asks: any uid may hash and verify passwords and calibrate; deriving a
+// key needs what generate needs (a handle, quota, a free name).
+//
+// Every argument is checked before a worker starts. Passphrases are
+// wiped from the request as soon as the worker has them.
+
+// isKDF reports whether op runs Argon2id in a worker.
+func isKDF(op *wire.Op) bool {
+	switch op.GetOp().(type) {
+	case *wire.Op_DerivePassphrase, *wire.Op_PasswordHash, *wire.Op_PasswordVerify, *wire.Op_KdfCalibrate:
+		return true
+	}
+	return false
+}
+
+// kdfSup returns the daemon's KDF supervisor.
+func (cn *conn) kdfSup() (*kdf.Supervisor, error) {
+	if cn.s.cfg.KDF == nil {
+		return nil, kdf.ErrUnavailable
+	}
+	return cn.s.cfg.KDF, nil
+}
+
+func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*wire.Result, error) {
+	defer clear(d.Passphrase)
+	sup, err := cn.kdfSup()
+	if err != nil {
+		return nil, err
+	}
+	pt, err := template(d.Template, key.Secret)
+	if err != nil {
+		return nil, err
+	}
+	if pt.Spec.Asymmetric || pt.Spec.SecretLen <= 0 {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key derived from a passphrase must be of a secret key type")
+	}
+	usage, dec := policy.CheckTemplate(pt)
+	if err := dec.Err(); err != nil {
+		return nil, err
+	}
+	params, err := kdf.FromWire(d.Params, sup.Limits().MaxMemoryKiB)
+	if err != nil {
+		return nil, err
+	}
+	if err := kdf.CheckSalt(d.Salt); err != nil {
+		return nil, err
+	}
+	if err := kdf.CheckPassword(d.Passphrase); err != nil {
+		return nil, err
+	}
+	if err := cn.precheck(d.Template, id); err != nil {
+		return nil, err
+	}
+	secret, err := sup.Derive(context.Background(), params, d.Passphrase, d.Salt, pt.Spec.SecretLen)
+	clear(d.Passphrase)
+	if err != nil {
+		return nil, err
+	}
+	mat, err := mech.FromSecret(pt.Spec, secret) // wipes secret
+	if err != nil {
+		return nil, err
+	}
+	rec := &wire.PassphraseKdf{Algorithm: "argon2id", Version: kdf.Version, Params: params.Wire(), Salt: bytes.Clone(d.Salt)}
+	res, err := cn.create(d.Template, pt, usage, mat, id, rec)
+	if err != nil {
+		return nil, err
+	}
+	cn.log.Debug("key derived from a passphrase", "key", keyIDString(res.GetKey().GetInfo()), "kdf", "argon2id", "params", params.String())
+	return res, nil
+}
+
+func keyIDString(info *wire.KeyInfo) string {
+	if id, ok := key.IDFromBytes(info.GetId()); ok {
+		return id.String()
+	}
+	return ""
+}
+
+func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result, error) {
+	defer clear(h.Password)
+	sup, err := cn.kdfSup()
+	if err != nil {
+		return nil, err
+	}
+	params, err := kdf.FromWire(h.Params, sup.Limits().MaxMemoryKiB)
+	if err != nil {
+		return nil, err
+	}
+	if err := kdf.CheckPassword(h.Password); err != nil {
+		return nil, err
+	}
+	salt := h.Salt
+	if len(salt) == 0 {
+		salt = make([]byte, kdf.DefaultSaltLen)
+		rand.Read(salt)
+	} else if err := kdf.CheckSalt(salt); err != nil {
+		return nil, err
+	}
+	n := int(h.HashLen)
+	if n == 0 {
+		n = kdf.DefaultHashLen
+	}
+	if n < kdf.MinHashLen || n > kdf.MaxHashLen {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a password hash is %d to %d bytes", kdf.MinHashLen, kdf.MaxHashLen)
+	}
+	out, err := sup.Derive(context.Background(), params, h.Password, salt, n)
+	if err != nil {
+		return nil, err
+	}
+	phc := kdf.EncodePHC(params, salt, out)
+	clear(out)
+	return dataResult([]byte(phc)), nil
+}
+
+var errNoMatch = wire.Errorf(wire.Status_STATUS_VERIFICATION_FAILED, "password does not match")
+
+func (cn *conn) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Result, error) {
+	defer clear(v.Password)
+	sup, err := cn.kdfSup()
+	if err != nil {
+		return nil, err
+	}
+	h, err := kdf.ParsePHC(v.Phc)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Params.Check(sup.Limits().MaxMemoryKiB); err != nil {
+		return nil, err
+	}
+	if err := kdf.CheckPassword(v.Password); err != nil {
+		return nil, err
+	}
+	match, err := sup.Verify(context.Background(), h.Params, v.Password, h.Salt, h.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if !match {
+		return nil, errNoMatch
+	}
+	return ok(), nil
+}
+
+func (cn *conn) opKdfCalibrate(c *wire.KdfCalibrate, id Identity) (*wire.Result, error) {
+	sup, err := cn.kdfSup()
+	if err != nil {
+		return nil, err
+	}
+	if c.Threads > kdf.MaxThreads {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "argon2: threads must be at most %d", kdf.MaxThreads)
+	}
+	var prev *kdf.Trial
+	if p := c.Previous; p != nil {
+		if p.Threads > kdf.MaxThreads {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "calibration: bad previous measurement")
+		}
+		prev = &kdf.Trial{Params: kdf.Params{Time: p.Time, MemoryKiB: p.MemoryKib, Threads: uint8(p.Threads)},
+			Elapsed: time.Duration(min(c.PreviousNs, uint64(time.Hour)))}
+	}
+	if c.Step > kdf.MaxCalibrationSteps {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "calibration: bad step")
+	}
+	st, err := sup.Calibrate(context.Background(), time.Duration(c.TargetMs)*time.Millisecond, c.MaxMemoryKib,
+		uint8(c.Threads), prev, int(c.Step))
+	if err != nil {
+		return nil, err
+	}
+	return &wire.Result{Value: &wire.Result_KdfCalibration{KdfCalibration: &wire.KdfCalibration{
+		Params: st.Trial.Params.Wire(), ElapsedNs: uint64(st.Trial.Elapsed), Done: st.Done,
+		MemoryCapKib: st.CapKiB, Step: uint32(st.Step)}}}, nil
+}
