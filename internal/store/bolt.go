@@ -1,0 +1,207 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// FileName is the bbolt file in a state directory.
+const FileName = "keywarden.db"
+
+// Bolt is a Store in one bbolt file.
+//
+// Update commits by group: a writer that finds no commit in progress
+// commits at once; writers that arrive while a commit (and its fsync) is
+// in progress are committed together in the next transaction, with one
+// fsync. A lone client pays one fsync per write and no added delay; many
+// concurrent clients share fsyncs.
+type Bolt struct {
+	db   *bolt.DB
+	path string
+
+	mu      sync.Mutex
+	pending []*boltCall
+	running bool // the committer goroutine is draining pending
+}
+
+type boltCall struct {
+	fn   func(Tx) error
+	err  error
+	done chan struct{}
+}
+
+// OpenBolt opens (creating it if needed) the store in directory dir, which
+// it creates with mode 0700; the file is created with mode 0600. Only one
+// process may have it open: a second gets an error after timeout.
+func OpenBolt(dir string, timeout time.Duration) (*Bolt, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("state directory %s is accessible to others (mode %04o); it must be 0700", dir, fi.Mode().Perm())
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("%s is in use by another process", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return &Bolt{db: db, path: path}, nil
+}
+
+// Path returns the file's path.
+func (b *Bolt) Path() string { return b.path }
+
+func (b *Bolt) Update(fn func(Tx) error) error {
+	c := &boltCall{fn: fn, done: make(chan struct{})}
+	b.mu.Lock()
+	b.pending = append(b.pending, c)
+	start := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if start {
+		go b.commitLoop()
+	}
+	<-c.done
+	if errors.Is(c.err, bolt.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return c.err
+}
+
+// maxGroup bounds the writers committed in one transaction.
+const maxGroup = 1024
+
+func (b *Bolt) commitLoop() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.pending), maxGroup)
+		if n == 0 {
+			b.running = false
+			b.mu.Unlock()
+			return
+		}
+		group := b.pending[:n:n]
+		b.pending = b.pending[n:]
+		b.mu.Unlock()
+		b.commitGroup(group)
+	}
+}
+
+// failedCall identifies the writer whose fn failed a group transaction.
+type failedCall struct {
+	i   int
+	err error
+}
+
+func (f *failedCall) Error() string { return f.err.Error() }
+
+// commitGroup runs every call's fn in one transaction. If one fails, the
+// transaction is rolled back, that call gets its error, and the others are
+// tried again without it: each call's effect is committed exactly once or
+// not at all.
+func (b *Bolt) commitGroup(group []*boltCall) {
+	for len(group) > 0 {
+		err := b.db.Update(func(tx *bolt.Tx) error {
+			for i, c := range group {
+				if err := c.fn(boltTx{tx}); err != nil {
+					return &failedCall{i, err}
+				}
+			}
+			return nil
+		})
+		var f *failedCall
+		if errors.As(err, &f) {
+			group[f.i].err = f.err
+			close(group[f.i].done)
+			group = append(group[:f.i:f.i], group[f.i+1:]...)
+			continue
+		}
+		for _, c := range group {
+			c.err = err
+			close(c.done)
+		}
+		return
+	}
+}
+
+func (b *Bolt) View(fn func(Tx) error) error {
+	err := b.db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		return ErrClosed
+	}
+	return err
+}
+
+func (b *Bolt) Close() error { return b.db.Close() }
+
+type boltTx struct{ tx *bolt.Tx }
+
+func (t boltTx) Get(bucket, key []byte) []byte {
+	bk := t.tx.Bucket(bucket)
+	if bk == nil {
+		return nil
+	}
+	return bk.Get(key)
+}
+
+func (t boltTx) Put(bucket, key, value []byte) error {
+	if !t.tx.Writable() {
+		return ErrReadOnly
+	}
+	bk, err := t.tx.CreateBucketIfNotExists(bucket)
+	if err != nil {
+		return err
+	}
+	return bk.Put(key, value)
+}
+
+func (t boltTx) Delete(bucket, key []byte) error {
+	if !t.tx.Writable() {
+		return ErrReadOnly
+	}
+	bk := t.tx.Bucket(bucket)
+	if bk == nil {
+		return nil
+	}
+	return bk.Delete(key)
+}
+
+func (t boltTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {
+	bk := t.tx.Bucket(bucket)
+	if bk == nil {
+		return nil
+	}
+	c := bk.Cursor()
+	var k, v []byte
+	if after == nil {
+		k, v = c.First()
+	} else {
+		k, v = c.Seek(after)
+		if k != nil && bytes.Equal(k, after) {
+			k, v = c.Next()
+		}
+	}
+	for ; k != nil; k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			if errors.Is(err, ErrStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}

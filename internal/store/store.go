@@ -1,0 +1,42 @@
+package store
+
+import "errors"
+
+// Store is a transactional key-value store of named buckets, each an
+// ordered map from byte keys to byte values.
+type Store interface {
+	// Update runs fn in a read-write transaction and returns once the
+	// transaction is durable (or fn failed, and nothing changed).
+	// Concurrent calls may be committed together, with one fsync; fn may
+	// then be called more than once, so it must have no effect beyond tx.
+	Update(fn func(Tx) error) error
+	// View runs fn in a read-only transaction on a consistent snapshot.
+	View(fn func(Tx) error) error
+	// Close releases the store. Later calls fail with ErrClosed.
+	Close() error
+}
+
+// Tx is a transaction. Slices it returns are valid only until the
+// transaction ends; copy what must outlive it.
+type Tx interface {
+	// Get returns the value of key in bucket, or nil.
+	Get(bucket, key []byte) []byte
+	// Put sets key in bucket, creating the bucket if needed.
+	Put(bucket, key, value []byte) error
+	// Delete removes key from bucket; a missing key is not an error.
+	Delete(bucket, key []byte) error
+	// ForEach calls fn for the keys of bucket greater than after (all
+	// keys when after is nil), in order, until fn returns an error or
+	// ErrStop. fn must not modify bucket.
+	ForEach(bucket, after []byte, fn func(k, v []byte) error) error
+}
+
+// Errors.
+var (
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("store: closed")
+	// ErrStop ends a ForEach early without error.
+	ErrStop = errors.New("store: stop iteration")
+	// ErrReadOnly is returned by writes in a View transaction.
+	ErrReadOnly = errors.New("store: write in a read-only transaction")
+)
