@@ -1,0 +1,125 @@
+// Package wrap implements the key wrapping formats keywarden uses to move
+// key material between key stores: AES key wrap (RFC 3394, "KW") and with
+// padding (RFC 5649, "KWP"); RSA-OAEP + AES-KWP, the format of PKCS #11
+// CKM_RSA_AES_KEY_WRAP and of cloud KMS key imports; and keywarden's own
+// format, KWW1, which binds a key's attributes to its bytes.
+//
+// wrap owns only these byte transformations. It never decides who may
+// wrap or unwrap what, nor whether a key is weaker than its wrapping key
+// (package policy and the daemon do), holds no state and never logs. Its
+// functions take key bytes in ordinary heap slices: the daemon calls them
+// inside secmem.Do (runtime/secret) so that the copies made here and by
+// crypto/aes are erased, and wipes the slices it gets back.
+//
+// # Errors
+//
+// Every unwrap function reports any failure of the blob (wrong key,
+// tampering, truncation, bad padding, unknown version, malformed
+// attributes) as the single ErrUnwrap, which does not say which check
+// failed, and the checks of KW and KWP run in constant time. A wrapping key
+// of invalid size is an aes.KeySizeError: a fault of the caller, not of
+// the data. Wrapping functions describe invalid input in their errors.
+//
+// # Why KW and KWP are written here
+//
+// Neither the Go standard library nor golang.org/x/crypto implements RFC
+// 3394 or RFC 5649, and no well-kept Go library offers both: Tink's
+// kwp/subtle has KWP only, for AES-128/256 and 16 to 8192 bytes of
+// plaintext (too narrow for interoperation: it refuses short keys and has
+// no KW) and would bring in all of Tink; other Go implementations sit
+// inside JOSE libraries (such as lestrrat-go/jwx) or are small
+// single-author packages. The algorithms are short (RFC 3394 §2.2, RFC
+// 5649 §4) and are implemented on crypto/aes's cipher.Block in kw.go,
+// checked against every test vector of both RFCs and against OpenSSL in
+// both directions.
+//
+// # What the material is
+//
+// The two kinds of format carry different bytes, and the caller converts
+// (package mech gives and takes both: Canonical and FromCanonical, Export
+// and Import):
+//
+//   - KWW1 (SealKeyword, OpenKeyword) carries a key's canonical bytes, as
+//     mech keeps them: the raw key for AES and HMAC; the 32-byte seed for
+//     Ed25519; the private scalar, big-endian, of the curve's size, for
+//     ECDSA and ECDH P-256/P-384; the 32-byte scalar for X25519; the PKCS
+//     #1 DER RSAPrivateKey for RSA.
+//   - KW, KWP and RSA-KWP interoperate with other systems, which expect
+//     the raw key for secret keys (AES, HMAC) and a PKCS #8 DER
+//     PrivateKeyInfo for private keys (as PKCS #11 wraps them, and as AWS
+//     KMS and Google Cloud KMS imports take them). InteropFormat names that format for each key type. KW needs a
+//     multiple of 8 bytes of at least 16, so it fits AES and most HMAC
+//     keys only; KWP and RSA-KWP take any length.
+//
+// Public keys are never wrapped: they have no secret.
+//
+// # The KWW1 format
+//
+// A KWW1 blob is a key's canonical bytes encrypted with AES-256-GCM under
+// a 32-byte wrapping key, with the key's attributes in the authenticated
+// data, so that unwrapping restores them exactly and any change to them,
+// to the bytes, or to the blob is detected. All integers are big-endian.
+//
+//	offset     size  field
+//	0          3     magic "KWW" (4B 57 57)
+//	3          1     format version '1' (0x31): the blob starts "KWW1"
+//	4          2     L, the length of the attributes
+//	6          L     attributes, canonical encoding (below)
+//	6+L        12    nonce, random
+//	18+L       M     ciphertext of the M-byte material, 1 <= M <= 16384
+//	18+L+M     16    GCM tag
+//
+// The additional data of AES-256-GCM is bytes 0 to 6+L (magic, version,
+// length and attributes); the plaintext is the material. A blob is
+// 6+L+12+M+16 bytes.
+//
+// The attributes, encoding version 1 (L = 59+N):
+//
+//	offset  size  field
+//	0       1     encoding version, 1
+//	1       4     key type (wire.KeyType)
+//	5       4     key class (wire.KeyClass): SECRET (1) or PRIVATE (3)
+//	9       4     usage bits (wire.Usage)
+//	13      1     flags: bit 0 exportable, bit 1 wrappable, bit 2 never
+//	              exportable; the others zero
+//	14      4     version of the material (rotation)
+//	18      16    id of the wrapped key
+//	34      8     creation time, Unix nanoseconds, signed (0: unknown)
+//	42      8     AES-GCM encryptions this version may have made
+//	50      8     AES-GCM encryption limit of this version (0: none)
+//	58      1     N, the length of the name, 0 to 128
+//	59      N     name, empty or a valid key name
+//
+// The encoding is deterministic: one set of attributes has exactly one
+// encoding. OpenKeyword refuses an unknown format or encoding version,
+// unknown flags, a name length that does not match L, trailing data, an
+// unknown key type, a class the type cannot have or the public class,
+// usage bits the type and class cannot have, exportable together with
+// never exportable, and an invalid name: all as ErrUnwrap. It authenticates before it parses the attributes.
+//
+// What travels is what describes the key itself; what is local to one
+// daemon (owner, ACL, handles, ephemeral or persistent, origin, trusted,
+// rotation and budget policy) does not. The id travels as provenance; the
+// unwrapping daemon decides whether to keep it. The encryption count and
+// limit travel so that an AES-GCM key does not get a fresh random-nonce
+// budget by being wrapped and unwrapped.
+// An unwrapped key is never more permissive than the wrapped key because
+// its attributes are restored exactly; the daemon may narrow them further
+// (usage the caller asks for, local policy), never widen them. They are
+// only as trustworthy as the wrapping key is secret: whoever knows it can
+// seal any attributes, so a wrapping key that was ever exportable vouches
+// for nothing.
+//
+// With random 96-bit nonces one wrapping key may seal at most 2^32 blobs
+// (NIST SP 800-38D §8.3).
+//
+// # The RSA-KWP format
+//
+// WrapRSAKWP's blob is C1 || C2: C1 is RSA-OAEP (hash H for OAEP and MGF1,
+// empty label) of a fresh AES-256 key K, as long as the RSA modulus; C2 is
+// KWP(K, material). This is CKM_RSA_AES_KEY_WRAP of PKCS #11 v2.40 and
+// the import format of AWS KMS (RSA_AES_KEY_WRAP_SHA_1 and _SHA_256) and
+// Google Cloud KMS (RSA_OAEP_*_SHA1_AES_256 and _SHA256_AES_256). H is
+// SHA-256, SHA-384 or SHA-512 for wrapping; unwrapping also takes SHA-1,
+// which cloud KMSs offer, and AES-128/192 keys K, which PKCS #11 allows.
+package wrap
