@@ -1,0 +1,125 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func sampleRecords() []*Record {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 5, time.UTC)
+	full := &Record{Seq: 7, Time: t0, Mono: 123456789, Kind: KindRequest, Op: OpBatch, Alg: "ed25519",
+		KeyVersion: 3, Status: "OK", Conn: 1, Session: 2, Request: 3, Msg: "tab\there, quote \" and \\ and \x01",
+		Caller: Caller{PID: 99, UID: 0, GID: 0, Exe: "/usr/bin/é", Cgroup: "/system.slice/x.service",
+			ExeError: "permission denied", Exited: true, Unverified: true}}
+	full.Key[3] = 1
+	full.AddOp(OpEntry{Op: "sign", Key: full.Key, Status: "OK"})
+	full.AddOp(OpEntry{Op: "sign", Key: full.Key, Status: "OK", Count: 4})
+	full.AddOp(OpEntry{Op: "verify", Alg: "ed25519", KeyVersion: 2, Status: "VERIFICATION_FAILED"})
+	full.Hash[0], full.MAC[31], full.HasMAC = 1, 2, true
+	k, _ := DeriveKeys(bytes.Repeat([]byte{0x42}, 32))
+	seg := &Record{Seq: 1, Time: t0, Kind: KindSegment, Segment: &Segment{Reason: "new log", Boot: "b", Host: "h",
+		PID: 1, Software: "keywarden test", PublicKey: k.PublicKey(), MACKeyID: k.MACKeyID()}}
+	seg.Segment.Nonce[0] = 9
+	cp := &Record{Seq: 9, Time: t0, Kind: KindCheckpoint, HasMAC: true, Checkpoint: &CheckpointInfo{Reason: "rekey",
+		Upto: 8, PublicKey: k.PublicKey(), NextPublicKey: k.PublicKey(), KeysOff: true, Final: true,
+		Signature: make([]byte, 64)}}
+	ev := &Record{Seq: 10, Time: t0, Kind: KindEvent, Op: OpStart}
+	bare := &Record{Seq: 11, Time: t0, Kind: KindRequest}
+	return []*Record{full, seg, cp, ev, bare}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, r := range sampleRecords() {
+		line := AppendLine(nil, r)
+		got, err := ParseRecord(line)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if again := AppendLine(nil, got); !bytes.Equal(again, line) {
+			t.Fatalf("round trip:\n%s%s", line, again)
+		}
+		// Any JSON reader reads it.
+		var m map[string]any
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestInvalidUTF8(t *testing.T) {
+	r := &Record{Kind: KindRequest, Caller: Caller{Exe: "/bin/a\xffb"}}
+	line := AppendLine(nil, r)
+	got, err := ParseRecord(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Caller.Exe != "/bin/a\uFFFDb" {
+		t.Fatalf("exe %q", got.Caller.Exe)
+	}
+}
+
+func TestNonCanonicalRejected(t *testing.T) {
+	line := string(bytes.TrimSuffix(AppendLine(nil, sampleRecords()[0]), []byte{'\n'}))
+	edits := map[string]func(string) string{
+		"space":           func(s string) string { return strings.Replace(s, `"seq":7`, `"seq": 7`, 1) },
+		"field order":     func(s string) string { return strings.Replace(s, `"v":1,"seq":7`, `"seq":7,"v":1`, 1) },
+		"uppercase hex":   func(s string) string { return strings.Replace(s, `"h":"01`, `"h":"0A`, 1) },
+		"escaped slash":   func(s string) string { return strings.Replace(s, `/usr/bin`, `\/usr/bin`, 1) },
+		"unicode escape":  func(s string) string { return strings.Replace(s, `é`, `\u00e9`, 1) },
+		"field case":      func(s string) string { return strings.Replace(s, `"seq"`, `"SEQ"`, 1) },
+		"duplicate field": func(s string) string { return strings.Replace(s, `"seq":7`, `"seq":7,"seq":8`, 1) },
+		"unknown field":   func(s string) string { return strings.Replace(s, `"seq":7`, `"seq":7,"x":1`, 1) },
+		"version":         func(s string) string { return strings.Replace(s, `"v":1`, `"v":2`, 1) },
+		"explicit zero":   func(s string) string { return strings.Replace(s, `"conn":1`, `"conn":0`, 1) },
+		"explicit n": func(s string) string {
+			return strings.Replace(s, `"status":"VERIFICATION_FAILED"}`, `"status":"VERIFICATION_FAILED","n":1}`, 1)
+		},
+		"exponent":         func(s string) string { return strings.Replace(s, `"conn":1`, `"conn":1e0`, 1) },
+		"trailing garbage": func(s string) string { return s + "x" },
+		"local time":       func(s string) string { return strings.Replace(s, `00.000000005Z`, `00.000000005+00:00`, 1) },
+		"short fraction":   func(s string) string { return strings.Replace(s, `00.000000005Z`, `00.5Z`, 1) },
+	}
+	for name, edit := range edits {
+		bad := edit(line)
+		if bad == line {
+			t.Fatalf("%s: edit did nothing", name)
+		}
+		if _, err := ParseRecord([]byte(bad)); err == nil {
+			t.Errorf("%s accepted: %s", name, bad)
+		}
+	}
+}
+
+func TestAddOpCoalesces(t *testing.T) {
+	var r Record
+	e := OpEntry{Op: "encrypt", Status: "OK"}
+	for range 512 {
+		r.AddOp(e)
+	}
+	r.AddOp(OpEntry{Op: "encrypt", Status: "INVALID_ARGUMENT"})
+	r.AddOp(e)
+	if len(r.Ops) != 3 || r.Ops[0].Count != 512 || r.Ops[1].Count != 1 || r.Ops[2].Count != 1 {
+		t.Fatalf("ops %+v", r.Ops)
+	}
+	r.Reset()
+	if len(r.Ops) != 0 || cap(r.Ops) == 0 || r.Op != "" {
+		t.Fatalf("reset: %+v", r)
+	}
+}
+
+func TestCheckpointString(t *testing.T) {
+	c := Checkpoint{Seq: 42}
+	c.Hash[0] = 0xab
+	got, err := ParseCheckpoint(c.String())
+	if err != nil || got.Seq != 42 || got.Hash != c.Hash {
+		t.Fatalf("%v %+v", err, got)
+	}
+	for _, bad := range []string{"", "42", "x:00", "0:" + strings.Repeat("0", 64), "1:abc"} {
+		if _, err := ParseCheckpoint(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,247 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// The public-key file: the daemon publishes its checkpoint key(s) there,
+// and `keywarden audit verify --public-key FILE` reads it. One key per
+// line in hex (64 digits); blank lines and lines starting with # are
+// ignored. PEM "PUBLIC KEY" blocks (PKIX, as openssl writes them) are
+// read too. The file lists every key the log has used, oldest first.
+
+// ParsePublicKeys reads a public-key file.
+func ParsePublicKeys(data []byte) ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "PUBLIC KEY" {
+			return nil, fmt.Errorf("audit: public-key file: unexpected PEM block %q", block.Type)
+		}
+		k, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("audit: public-key file: %v", err)
+		}
+		pub, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, errors.New("audit: public-key file: not an Ed25519 key")
+		}
+		keys = append(keys, pub)
+	}
+	if len(keys) > 0 {
+		return keys, nil
+	}
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		b, err := hex.DecodeString(line)
+		if err != nil || len(b) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("audit: public-key file, line %d: want %d hex digits", i+1, 2*ed25519.PublicKeySize)
+		}
+		keys = append(keys, ed25519.PublicKey(b))
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("audit: public-key file holds no key")
+	}
+	return keys, nil
+}
+
+// PublishPublicKey adds pub to the public-key file at path (keeping the
+// keys already there), replacing the file atomically. It does nothing if
+// the key is listed already.
+func PublishPublicKey(path string, pub ed25519.PublicKey) error {
+	var keys []ed25519.PublicKey
+	if data, err := os.ReadFile(path); err == nil {
+		if keys, err = ParsePublicKeys(data); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, k := range keys {
+		if k.Equal(pub) {
+			return nil
+		}
+	}
+	keys = append(keys, pub)
+	var b bytes.Buffer
+	b.WriteString("# keywarden audit log: checkpoint public keys, oldest first\n")
+	for _, k := range keys {
+		b.WriteString(hex.EncodeToString(k))
+		b.WriteByte('\n')
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		err = f.Sync()
+		f.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// Text formats r on one line for people (`keywarden audit tail`):
+//
+//	2026-03-01T12:00:00.123Z #42 request encrypt aes256-gcm key=9f0c…(v1) OK uid=1000 gid=1000 pid=4242 exe=/usr/bin/app conn=7 req=3
+func (r *Record) Text() string {
+	var b strings.Builder
+	b.WriteString(r.Time.UTC().Format("2006-01-02T15:04:05.000Z"))
+	fmt.Fprintf(&b, " #%d %s", r.Seq, r.Kind)
+	word := func(s string) {
+		if s != "" {
+			b.WriteByte(' ')
+			b.WriteString(s)
+		}
+	}
+	kv := func(k, v string) {
+		if v != "" {
+			b.WriteByte(' ')
+			b.WriteString(k)
+			b.WriteByte('=')
+			b.WriteString(strconv.Quote(v)[1 : len(strconv.Quote(v))-1])
+		}
+	}
+	key := func(id KeyID, v uint32) string {
+		if id.IsZero() {
+			return ""
+		}
+		s := id.String()
+		if v > 0 {
+			s += "(v" + strconv.FormatUint(uint64(v), 10) + ")"
+		}
+		return s
+	}
+	switch r.Kind {
+	case KindSegment:
+		kv("reason", r.Segment.Reason)
+		kv("host", r.Segment.Host)
+		kv("pid", strconv.Itoa(r.Segment.PID))
+		kv("software", r.Segment.Software)
+		if r.Segment.PublicKey != nil {
+			kv("pub", hex.EncodeToString(r.Segment.PublicKey))
+		}
+	case KindCheckpoint:
+		c := r.Checkpoint
+		kv("reason", c.Reason)
+		kv("upto", strconv.FormatUint(c.Upto, 10))
+		kv("pub", hex.EncodeToString(c.PublicKey))
+		if c.NextPublicKey != nil {
+			kv("next_pub", hex.EncodeToString(c.NextPublicKey))
+		}
+		if c.KeysOff {
+			word("keys-off")
+		}
+		if c.Final {
+			word("final")
+		}
+	default:
+		word(r.Op)
+		word(r.Alg)
+		kv("key", key(r.Key, r.KeyVersion))
+		word(r.Status)
+		if r.Kind == KindRequest {
+			c := &r.Caller
+			fmt.Fprintf(&b, " uid=%d gid=%d pid=%d", c.UID, c.GID, c.PID)
+			kv("exe", c.Exe)
+			kv("exe_error", c.ExeError)
+			kv("cgroup", c.Cgroup)
+			if c.Exited {
+				word("exited")
+			}
+			if c.Unverified {
+				word("unverified")
+			}
+		}
+		if r.Conn != 0 {
+			kv("conn", strconv.FormatUint(r.Conn, 10))
+		}
+		if r.Session != 0 {
+			kv("session", strconv.FormatUint(r.Session, 10))
+		}
+		if r.Request != 0 {
+			kv("req", strconv.FormatUint(r.Request, 10))
+		}
+		for _, e := range r.Ops {
+			b.WriteString(" [")
+			b.WriteString(e.Op)
+			if e.Alg != "" {
+				b.WriteByte(' ')
+				b.WriteString(e.Alg)
+			}
+			if k := key(e.Key, e.KeyVersion); k != "" {
+				b.WriteString(" key=" + k)
+			}
+			b.WriteString(" " + e.Status)
+			if e.Count > 1 {
+				fmt.Fprintf(&b, " ×%d", e.Count)
+			}
+			b.WriteByte(']')
+		}
+		kv("msg", r.Msg)
+	}
+	return b.String()
+}
+
+// WriteText writes what a verification found, for `keywarden audit
+// verify`: first the verdict (and the problem), then what was checked,
+// then the warnings.
+func (rep *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	if rep.Intact {
+		b.WriteString("intact")
+	} else {
+		b.WriteString("NOT INTACT: ")
+		b.WriteString(rep.Problem.Error())
+	}
+	b.WriteByte('\n')
+	if rep.Records > 0 {
+		fmt.Fprintf(&b, "%s in %s, seq %d to %d; last hash %d:%s\n", plural(rep.Records, "record", "records"),
+			plural(uint64(len(rep.Files)), "file", "files"), rep.FirstSeq, rep.LastSeq, rep.LastSeq, hex.EncodeToString(rep.LastHash[:]))
+		fmt.Fprintf(&b, "%s", plural(uint64(rep.Checkpoints), "checkpoint", "checkpoints"))
+		if rep.Pinned {
+			if rep.TrustedThrough > 0 {
+				fmt.Fprintf(&b, "; signed with a trusted key through seq %d", rep.TrustedThrough)
+			} else {
+				b.WriteString("; none signed with a trusted key")
+			}
+		}
+		b.WriteByte('\n')
+		if rep.MACsChecked > 0 {
+			fmt.Fprintf(&b, "%s checked\n", plural(rep.MACsChecked, "MAC", "MACs"))
+		}
+	}
+	for _, warn := range rep.Warnings {
+		b.WriteString("warning: ")
+		b.WriteString(warn)
+		b.WriteByte('\n')
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

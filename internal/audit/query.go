@@ -1,0 +1,373 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Filter selects records, for `keywarden audit query` and `tail`. A zero
+// field matches everything; a record must match every field that is set.
+type Filter struct {
+	// Key is a key id in hex, or a prefix of one: it matches the record's
+	// key or the key of any operation of a batch.
+	Key string
+	// UID matches the caller's uid.
+	UID    uint32
+	HasUID bool
+	// Op matches the record's operation or that of any operation of a
+	// batch.
+	Op string
+	// Status matches the status ("OK", "PERMISSION_DENIED", ...);
+	// Failed matches every status but OK (and requests with no status).
+	Status string
+	Failed bool
+	Kind   Kind
+	// HasKind: only records of Kind.
+	HasKind      bool
+	Since, Until time.Time // Since <= Time < Until
+}
+
+// Match reports whether r passes f.
+func (f *Filter) Match(r *Record) bool {
+	if f.HasKind && r.Kind != f.Kind {
+		return false
+	}
+	if f.HasUID && (r.Kind != KindRequest || r.Caller.UID != f.UID) {
+		return false
+	}
+	if !f.Since.IsZero() && r.Time.Before(f.Since) {
+		return false
+	}
+	if !f.Until.IsZero() && !r.Time.Before(f.Until) {
+		return false
+	}
+	if f.Status != "" && !r.anyStatus(func(s string) bool { return s == f.Status }) {
+		return false
+	}
+	if f.Failed && !r.anyStatus(func(s string) bool { return s != "OK" }) {
+		return false
+	}
+	if f.Op != "" && r.Op != f.Op && !slices.ContainsFunc(r.Ops, func(e OpEntry) bool { return e.Op == f.Op }) {
+		return false
+	}
+	if f.Key != "" {
+		want := strings.ToLower(f.Key)
+		match := func(id KeyID) bool { return !id.IsZero() && strings.HasPrefix(id.String(), want) }
+		if !match(r.Key) && !slices.ContainsFunc(r.Ops, func(e OpEntry) bool { return match(e.Key) }) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Record) anyStatus(f func(string) bool) bool {
+	if r.Kind != KindRequest && r.Kind != KindEvent {
+		return false
+	}
+	if r.Status != "" && f(r.Status) {
+		return true
+	}
+	return slices.ContainsFunc(r.Ops, func(e OpEntry) bool { return f(e.Status) })
+}
+
+// Scan calls fn for each record of r that f matches, in order, until fn
+// returns an error (ErrStopScan ends it without one). An incomplete last
+// line is ignored; any other line that is not a record is an error: run
+// Verify to learn more.
+func Scan(r io.Reader, f Filter, fn func(*Record) error) error {
+	err := scanLines(r, func(line []byte, n int) error {
+		if line[len(line)-1] != '\n' {
+			if len(line) > MaxLineBytes {
+				return fmt.Errorf("line %d: longer than %d bytes", n, MaxLineBytes)
+			}
+			return nil
+		}
+		rec, err := ParseRecord(line)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		if f.Match(rec) {
+			return fn(rec)
+		}
+		return nil
+	})
+	if err == ErrStopScan {
+		return nil
+	}
+	return err
+}
+
+// ErrStopScan, returned by a Scan callback, ends the scan without error.
+var ErrStopScan = errors.New("audit: stop scan")
+
+// LogFiles returns the files of the log whose active file is path: the
+// rotated ones in chain order, then path itself if it exists.
+func LogFiles(path string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	type rf struct {
+		name string
+		seq  uint64
+	}
+	var rot []rf
+	active := false
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if e.Name() == filepath.Base(path) {
+			active = true
+		} else if seq, ok := rotatedSeq(path, e.Name()); ok {
+			rot = append(rot, rf{filepath.Join(filepath.Dir(path), e.Name()), seq})
+		}
+	}
+	slices.SortFunc(rot, func(a, b rf) int {
+		if a.seq < b.seq {
+			return -1
+		}
+		if a.seq > b.seq {
+			return 1
+		}
+		return 0
+	})
+	out := make([]string, 0, len(rot)+1)
+	for _, r := range rot {
+		out = append(out, r.name)
+	}
+	if active {
+		out = append(out, path)
+	}
+	return out, nil
+}
+
+// ScanFiles scans files in the order given.
+func ScanFiles(paths []string, f Filter, fn func(*Record) error) error {
+	stop := false
+	wrapped := func(r *Record) error {
+		if err := fn(r); err == ErrStopScan {
+			stop = true
+			return ErrStopScan
+		} else {
+			return err
+		}
+	}
+	for _, p := range paths {
+		fh, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		err = Scan(fh, f, wrapped)
+		fh.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		if stop {
+			return nil
+		}
+	}
+	return nil
+}
+
+// Last returns the last n records of the log whose active file is path
+// that f matches, oldest first, and the seq of the last record of the log
+// (from which Follow can go on).
+func Last(path string, n int, f Filter) (recs []*Record, lastSeq uint64, err error) {
+	files, err := LogFiles(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	for i := len(files) - 1; i >= 0 && len(recs) < n; i-- {
+		var got []*Record
+		err := ScanFiles(files[i:i+1], Filter{}, func(r *Record) error {
+			if i == len(files)-1 {
+				lastSeq = max(lastSeq, r.Seq)
+			}
+			if f.Match(r) {
+				got = append(got, r)
+				if len(got) > n {
+					got = got[1:]
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		recs = append(got, recs...)
+	}
+	if len(recs) > n {
+		recs = recs[len(recs)-n:]
+	}
+	return recs, lastSeq, nil
+}
+
+func sameFile(name string, ino uint64) bool {
+	var st unix.Stat_t
+	return unix.Stat(name, &st) == nil && st.Ino == ino
+}
+
+// Follow calls fn, in order, for each record of the log at path with a
+// seq above after that f matches: those already in the active file, then
+// each one as it is written, across rotations, until ctx is done (nil) or
+// fn fails. It polls every poll (default 200ms).
+func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.Duration, fn func(*Record) error) error {
+	if poll <= 0 {
+		poll = 200 * time.Millisecond
+	}
+	var (
+		fh      *os.File
+		ino     uint64
+		off     int64
+		part    []byte
+		seen    = after
+		rotated bool   // the next file exists: read the current one once more
+		jumped  uint64 // the seq last looked for in another file
+	)
+	defer func() {
+		if fh != nil {
+			fh.Close()
+		}
+	}()
+	open := func(name string) error {
+		g, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(g.Fd()), &st); err != nil {
+			g.Close()
+			return err
+		}
+		if fh != nil {
+			fh.Close()
+		}
+		fh, ino, off, part, rotated = g, st.Ino, 0, part[:0], false
+		return nil
+	}
+	// next names the file that follows the current one, if it exists: the
+	// rotated file that starts after the last record seen (when the
+	// follower fell behind several rotations), else the active file if it
+	// is another file now.
+	next := func() string {
+		for _, name := range []string{rotatedName(path, seen+1), path} {
+			var st unix.Stat_t
+			if err := unix.Stat(name, &st); err == nil && st.Ino != ino {
+				return name
+			}
+		}
+		return ""
+	}
+	// holder names the rotated file that holds seq, if any: the one with
+	// the highest first seq not above it.
+	holder := func(seq uint64) string {
+		files, _ := LogFiles(path)
+		found := ""
+		for _, name := range files {
+			if first, ok := rotatedSeq(path, filepath.Base(name)); ok && first <= seq {
+				found = name
+			}
+		}
+		return found
+	}
+	start := holder(after + 1)
+	buf := make([]byte, 64<<10)
+	for {
+		if fh == nil {
+			name := start
+			if name == "" {
+				name = path
+			}
+			start = ""
+			if err := open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		progressed := false
+		for fh != nil {
+			n, err := fh.ReadAt(buf, off)
+			off += int64(n)
+			part = append(part, buf[:n]...)
+			done := 0
+			for {
+				i := slices.Index(part[done:], '\n')
+				if i < 0 {
+					break
+				}
+				line := part[done : done+i+1]
+				done += i + 1
+				progressed = true
+				r, perr := ParseRecord(line)
+				if perr != nil {
+					return fmt.Errorf("%s: %w", path, perr)
+				}
+				if r.Seq > seen+1 && jumped != seen+1 {
+					// Records missing: the file was opened after the log
+					// rotated past them. Go to the file that holds them
+					// (once: if they are not there, they are gone).
+					jumped = seen + 1
+					if name := holder(seen + 1); name != "" && !sameFile(name, ino) {
+						start = name
+						fh.Close()
+						fh = nil
+						break
+					}
+				}
+				if r.Seq > seen {
+					seen = r.Seq
+					if f.Match(r) {
+						if err := fn(r); err != nil {
+							return err
+						}
+					}
+				}
+			}
+			if fh == nil {
+				break
+			}
+			part = part[:copy(part, part[done:])]
+			if len(part) > MaxLineBytes {
+				return fmt.Errorf("%s: a line longer than %d bytes", path, MaxLineBytes)
+			}
+			if err == io.EOF || n == 0 {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if fh == nil && start != "" {
+			continue
+		}
+		if fh != nil && !progressed {
+			// At the end of the file. Rotation finishes a file before the
+			// next one appears, so once the next one exists, one more pass
+			// over this one is enough.
+			if name := next(); name != "" {
+				if rotated {
+					if err := open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+						return err
+					}
+					continue
+				}
+				rotated = true
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(poll):
+		}
+	}
+}

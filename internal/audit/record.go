@@ -1,0 +1,234 @@
+package audit
+
+import (
+	"crypto/ed25519"
+	"time"
+)
+
+// SchemaVersion is the value of every record's "v" field. A reader
+// rejects records of a version it does not know.
+const SchemaVersion = 1
+
+// Kind says what a record is.
+type Kind uint8
+
+const (
+	// KindRequest records one request from a client: who asked, what, and
+	// the result. It always has a Caller.
+	KindRequest Kind = iota
+	// KindEvent records something the daemon did or saw on its own: start,
+	// stop, a failed self-test, a generation change, an unseal from the
+	// console. It has no Caller.
+	KindEvent
+	// KindSegment opens every file and every run of the daemon, and marks
+	// events that must make copies of the log diverge (see
+	// Log.NewSegment). The log writes these itself.
+	KindSegment
+	// KindCheckpoint is a signed checkpoint. The log writes these itself.
+	KindCheckpoint
+)
+
+var kindNames = [...]string{"request", "event", "segment", "checkpoint"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+func parseKind(s string) (Kind, bool) {
+	for i, n := range kindNames {
+		if n == s {
+			return Kind(i), true
+		}
+	}
+	return 0, false
+}
+
+// KeyID is a key's persistent 128-bit id. The zero KeyID means "no key".
+type KeyID [16]byte
+
+// IsZero reports whether id is the zero KeyID.
+func (id KeyID) IsZero() bool { return id == KeyID{} }
+
+// String returns id in lowercase hex, as in the log.
+func (id KeyID) String() string { return string(appendHex(nil, id[:])) }
+
+// Record is one line of the log.
+//
+// The daemon fills the request or event fields and calls Log.Append; the
+// log sets Seq, Time, Mono and Hash. Records read back (Scan, Verify)
+// have every field set as it appears in the log. Nothing in a record is
+// secret: never put key bytes, plaintext or passphrases in any field.
+type Record struct {
+	// Set by the log.
+	Seq  uint64        // 1, 2, 3, ... with no gap across files
+	Time time.Time     // wall clock, UTC, nanoseconds
+	Mono time.Duration // CLOCK_MONOTONIC: time since boot (see Segment.Boot)
+	Kind Kind
+
+	// Requests and events.
+	Op         string // operation (see the Op constants)
+	Alg        string // algorithm or key type, e.g. "aes256-gcm"
+	Key        KeyID  // the key operated on, if any
+	KeyVersion uint32 // its version, if known (0: not recorded)
+	Status     string // the status sent to the client: "OK", "PERMISSION_DENIED", ...
+	Caller     Caller // requests only
+	Conn       uint64 // connection id (daemon-local)
+	Session    uint64 // streaming session id, if any
+	Request    uint64 // the request id the client chose
+	Ops        []OpEntry
+	Msg        string // a precise reason, for refusals and failures; never secrets
+
+	// Set by the log on segment and checkpoint records.
+	Segment    *Segment
+	Checkpoint *CheckpointInfo
+
+	// Hash is the chain hash after this record; MAC, HMAC-SHA-256 of Hash
+	// under the audit MAC key, is present while the log has keys.
+	Hash   [32]byte
+	MAC    [32]byte
+	HasMAC bool
+}
+
+// Caller is who sent a request, as the kernel attested it for that very
+// message (SCM_CREDENTIALS), plus what the daemon read of that process
+// through its pidfd (see Resolver).
+type Caller struct {
+	PID int32
+	UID uint32
+	GID uint32
+	// Exe is the caller's executable and Cgroup its cgroup (v2 path), read
+	// when the daemon received the request. Both are empty if the process
+	// had exited (Exited) or could not be read (ExeError).
+	Exe    string
+	Cgroup string
+	// ExeError says why Exe could not be read from a live process, e.g.
+	// "permission denied" for a daemon that is not root.
+	ExeError string
+	// Exited: the caller had exited before the daemon looked; its pid may
+	// already belong to another process, so nothing else was read.
+	Exited bool
+	// Unverified: the kernel gave no pidfd with the message, so Exe and
+	// Cgroup were read by pid alone and could, in a rare race, belong to a
+	// process that reused the pid.
+	Unverified bool
+}
+
+// OpEntry is one operation of a batch, or Count consecutive operations
+// that are alike in every field.
+type OpEntry struct {
+	Op         string
+	Alg        string
+	Key        KeyID
+	KeyVersion uint32
+	Status     string
+	Count      uint32 // 0 or 1: one operation
+}
+
+// AddOp appends e to r.Ops, merging it into the last entry when they are
+// alike: a batch of 512 encryptions under one key is one entry with
+// Count 512, and the log still says, in order, what each operation was.
+func (r *Record) AddOp(e OpEntry) {
+	n := max(e.Count, 1)
+	if k := len(r.Ops); k > 0 {
+		last := &r.Ops[k-1]
+		if last.Op == e.Op && last.Alg == e.Alg && last.Key == e.Key &&
+			last.KeyVersion == e.KeyVersion && last.Status == e.Status {
+			c := max(last.Count, 1)
+			if c+n >= c { // no overflow
+				last.Count = c + n
+				return
+			}
+		}
+	}
+	e.Count = n
+	r.Ops = append(r.Ops, e)
+}
+
+// Reset clears r for reuse, keeping the capacity of r.Ops.
+func (r *Record) Reset() {
+	ops := r.Ops[:0]
+	clear(r.Ops)
+	*r = Record{Ops: ops}
+}
+
+// Segment describes a segment record: the first record of every file, of
+// every run of the daemon, and of every NewSegment.
+type Segment struct {
+	Reason string   // "new log", "start", "rotate", "recovery", or NewSegment's reason
+	Prev   [32]byte // the chain hash before this record (zero at seq 1)
+	Nonce  [16]byte // random: two copies of a log diverge here
+	Boot   string   // the kernel's boot id: Mono is comparable within one boot
+	Host   string
+	PID    int // the daemon's pid
+	// Software names the program writing the log.
+	Software string
+	// PublicKey and MACKeyID identify the keys in use, if the log has keys.
+	PublicKey ed25519.PublicKey
+	MACKeyID  [8]byte
+}
+
+// CheckpointInfo describes a checkpoint record, signed with Ed25519 over
+// the record's bytes up to its "sig" field. The signature covers Upto and
+// UptoHash, so it vouches for every record before it.
+type CheckpointInfo struct {
+	// Reason: "count", "interval", "rotate", "close", "keys" (the log got
+	// keys: signed with the new key), "rekey" (the log changes keys:
+	// signed with the old key, naming the next), "keys-off" (the log
+	// drops its keys), or "request".
+	Reason    string
+	Upto      uint64   // the previous record's seq (this record's seq - 1)
+	UptoHash  [32]byte // the previous record's chain hash
+	PublicKey ed25519.PublicKey
+	MACKeyID  [8]byte
+	// NextPublicKey and NextMACKeyID (reason "rekey") are the keys used
+	// from the next record on.
+	NextPublicKey ed25519.PublicKey
+	NextMACKeyID  [8]byte
+	KeysOff       bool // records after this one have no MAC
+	Final         bool // the log was closed cleanly after this record
+	Signature     []byte
+}
+
+// Operation names. Requests use the name of the protocol operation in
+// lower case ("encrypt", "sign", "session-update", ...); these are the
+// ones the log treats specially: key management, forwarded to Linux
+// audit, and the events of the daemon itself.
+const (
+	OpGenerate        = "generate"
+	OpImport          = "import"
+	OpExport          = "export"
+	OpWrap            = "wrap"
+	OpUnwrap          = "unwrap"
+	OpDerive          = "derive"
+	OpDestroy         = "destroy"
+	OpSetAttributes   = "set-attributes"
+	OpSetACL          = "set-acl"
+	OpRotate          = "rotate"
+	OpSeal            = "seal"
+	OpUnseal          = "unseal"
+	OpMasterKeyRotate = "master-key-rotate"
+
+	OpBatch           = "batch"             // a request of several operations: see Ops
+	OpStart           = "daemon-start"      // event
+	OpStop            = "daemon-stop"       // event
+	OpSelfTestFailure = "self-test-failure" // event
+	OpGeneration      = "generation-change" // event
+	OpAuditResumed    = "audit-resumed"     // event, written by the log itself
+	OpAuditRecovered  = "audit-recovered"   // event, written by the log itself
+	OpAuditClose      = "audit-close"       // event: the last record of a log closed without keys
+)
+
+// IsKeyManagement reports whether op creates, changes, moves or destroys
+// keys, or seals and unseals the daemon: the operations that are always
+// recorded and that also go to Linux audit.
+func IsKeyManagement(op string) bool {
+	switch op {
+	case OpGenerate, OpImport, OpExport, OpWrap, OpUnwrap, OpDerive, OpDestroy,
+		OpSetAttributes, OpSetACL, OpRotate, OpSeal, OpUnseal, OpMasterKeyRotate:
+		return true
+	}
+	return false
+}
