@@ -523,6 +523,7 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
+	l.ready.Store(&Error{Op: "append", Err: ErrClosed})
 	failed := l.failure
 	if failed == nil {
 		if l.keys != nil {

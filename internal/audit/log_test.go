@@ -101,6 +101,9 @@ func TestAppendAfterClose(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, ErrClosed) {
 		t.Fatalf("append after close: %v", err)
 	}
+	if err := l.Ready(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ready after close: %v", err)
+	}
 }
 
 // TestOpenDamaged: a log whose last complete line is damaged is kept

@@ -598,7 +598,7 @@ func (l *Log) maintain() bool {
 		ok = l.recover()
 	} else if l.extendReserve() {
 		l.mu.Lock()
-		if l.failure == nil {
+		if l.failure == nil && !l.closed {
 			l.ready.Store(nil)
 			l.log.Info("audit log: room for its reserve again; accepting work")
 		}
@@ -672,7 +672,9 @@ func (l *Log) recover() bool {
 	l.dirty.Store(false)
 	l.failure = nil
 	l.recoveries++
-	l.ready.Store(nil)
+	if !l.closed {
+		l.ready.Store(nil)
+	}
 	seq := l.seq
 	l.mu.Unlock()
 	if l.opts.Reserve > 0 && !l.noReserve {
