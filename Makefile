@@ -18,10 +18,12 @@ build:
 test:
 	./scripts/test.sh
 
-# Regenerate internal/wire from keywarden.proto (needs protoc).
+# Regenerate internal/wire and internal/persist from their .proto files
+# (needs protoc).
 proto:
 	GOBIN=$(CURDIR)/bin/tools $(GO) install tool
 	cd internal/wire && PATH=$(CURDIR)/bin/tools:$$PATH $(GO) generate
+	cd internal/persist && PATH=$(CURDIR)/bin/tools:$$PATH $(GO) generate
 
 # Fuzz each target for FUZZTIME (default 1m).
 FUZZTIME ?= 1m
@@ -29,6 +31,9 @@ fuzz:
 	$(GO) test -run=NONE -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./internal/server
 	for f in FuzzImport FuzzDerivePeer FuzzDecrypt FuzzVerify; do \
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/mech || exit 1; \
+	done
+	for f in FuzzParseKmsg FuzzParseUevent FuzzVMClockPage FuzzFindVMGenIDAddress; do \
+		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/genid || exit 1; \
 	done
 
 # The figures of docs/performance.md.

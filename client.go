@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/seqpacket"
@@ -33,6 +34,12 @@ type Client struct {
 	err     error // set once the connection is unusable
 
 	recvBuf []byte // used only by the goroutine that is reading
+	recvOOB []byte // likewise, for replies that carry a descriptor
+
+	// fdWanted counts calls waiting for a reply with a descriptor
+	// (generation_map); while it is not 0 the reader receives with a
+	// control buffer.
+	fdWanted atomic.Int32
 }
 
 // call is one request awaiting its reply.
@@ -40,6 +47,10 @@ type call struct {
 	id    uint64
 	reply *wire.Reply // set under Client.mu
 	err   error       // set under Client.mu
+	// wantFD: the reply may carry a descriptor, which goes to fds (set
+	// under Client.mu); any other reply's descriptors are closed.
+	wantFD bool
+	fds    []int
 	// wake is signalled when reply or err is set, or when this call's
 	// goroutine should take over reading replies.
 	wake chan struct{}
@@ -160,6 +171,11 @@ func (c *Client) roundTrip(ctx context.Context, opName string, ops ...*wire.Op) 
 // start sends a request and returns its pending call. The caller must
 // call finish, which releases the in-flight token.
 func (c *Client) start(ctx context.Context, ops []*wire.Op) (*call, error) {
+	return c.startCall(ctx, ops, false)
+}
+
+// startCall is start for a call that may receive a descriptor.
+func (c *Client) startCall(ctx context.Context, ops []*wire.Op, wantFD bool) (*call, error) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -173,11 +189,14 @@ func (c *Client) start(ctx context.Context, ops []*wire.Op) (*call, error) {
 		return nil, err
 	}
 	c.nextID++
-	cl := &call{id: c.nextID, wake: make(chan struct{}, 1)}
+	cl := &call{id: c.nextID, wake: make(chan struct{}, 1), wantFD: wantFD}
 	c.pending[cl.id] = cl
 	c.mu.Unlock()
 
 	req := &wire.Request{Version: wire.ProtocolVersion, Id: cl.id, Ops: ops}
+	if g, ok := ExpectedGeneration(ctx); ok {
+		req.ExpectedGeneration = &g
+	}
 	bp := sendBufs.Get().(*[]byte)
 	b, err := wire.AppendMarshal(*bp, req)
 	defer func() {
@@ -270,7 +289,17 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		c.mu.Unlock()
 	}()
 	for {
-		n, err := c.conn.Recv(c.recvBuf)
+		var n int
+		var fds []int
+		var err error
+		if c.fdWanted.Load() > 0 {
+			if c.recvOOB == nil {
+				c.recvOOB = make([]byte, seqpacket.OOBSize)
+			}
+			n, fds, err = c.conn.RecvFDs(c.recvBuf, c.recvOOB)
+		} else {
+			n, err = c.conn.Recv(c.recvBuf)
+		}
 		if errors.Is(err, seqpacket.ErrTimeout) {
 			if ctx.Err() != nil {
 				return
@@ -282,6 +311,7 @@ func (c *Client) read(ctx context.Context, cl *call) {
 			return
 		}
 		if n >= len(c.recvBuf) {
+			closeFDs(fds)
 			c.transportErr(fmt.Errorf("reply of %d bytes exceeds the message limit", n))
 			return
 		}
@@ -289,6 +319,7 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		// points into, costs one allocation instead of one per field.
 		rep := wire.ReplyFromVTPool()
 		if err := rep.UnmarshalVTUnsafe(bytes.Clone(c.recvBuf[:n])); err != nil {
+			closeFDs(fds)
 			c.transportErr(fmt.Errorf("malformed reply: %w", err))
 			return
 		}
@@ -297,8 +328,12 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		if target != nil {
 			delete(c.pending, rep.Id)
 			target.reply = rep
+			if target.wantFD {
+				target.fds, fds = fds, nil
+			}
 		}
 		c.mu.Unlock()
+		closeFDs(fds) // descriptors nobody asked for
 		if target == cl {
 			return
 		}
@@ -380,6 +415,8 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 			Mlockall: s.GetMemory().GetMlockall(), Dumpable: s.GetMemory().GetDumpable(),
 			CachedKeys: s.GetMemory().GetCachedKeys(),
 		},
+		Generation: generationFromWire(s.GetGeneration()),
+		Seal:       sealStatusFromWire(s.GetSeal()),
 	}, nil
 }
 

@@ -134,7 +134,7 @@ func TestBatchSplits(t *testing.T) {
 	}
 	for i, r := range rs {
 		ct, err := r.Bytes()
-		if err != nil || len(ct) != 100+i%200+28 {
+		if err != nil || len(ct) != 100+i%200+7+28 {
 			t.Fatalf("op %d: %d bytes, %v", i, len(ct), err)
 		}
 	}

@@ -70,7 +70,7 @@ func Example() {
 	_, err = key.Export(ctx, keywarden.FormatRaw)
 	fmt.Println(errors.Is(err, keywarden.ErrPolicyViolation))
 	// Output:
-	// attack at dawn (42-byte ciphertext)
+	// attack at dawn (49-byte ciphertext)
 	// true
 }
 

@@ -136,6 +136,9 @@ func (c *Client) Hash(ctx context.Context, h crypto.Hash, data []byte) ([]byte, 
 	return c.doData(ctx, "hash", &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: alg, Data: data}}})
 }
 
+// Client returns the client the key was opened on.
+func (k *Key) Client() *Client { return k.c }
+
 // Handle returns the key's handle on its connection.
 func (k *Key) Handle() uint32 { return k.handle }
 
@@ -172,9 +175,12 @@ func (k *Key) Refresh(ctx context.Context) (KeyInfo, error) {
 	return k.setInfo(res.GetInfo()), nil
 }
 
-// Encrypt encrypts plaintext. AES-256-GCM returns nonce || ciphertext ||
-// tag, with a nonce the daemon chose at random, and authenticates aad; RSA
-// keys use OAEP with SHA-256 and aad as the label.
+// Encrypt encrypts plaintext with the key's newest version. AES-256-GCM
+// returns a 7-byte header naming that version ('K' 'W' 1, then the
+// version as 4 bytes big-endian), then nonce || ciphertext || tag, with a
+// nonce the daemon chose at random, and authenticates aad: the standard
+// library opens it with that version's key as gcm.Open(nil, c[7:19],
+// c[19:], aad). RSA keys use OAEP with SHA-256 and aad as the label.
 func (k *Key) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	return k.c.doData(ctx, "encrypt", k.encryptOp(plaintext, aad, 0))
 }
@@ -183,7 +189,8 @@ func (k *Key) encryptOp(plaintext, aad []byte, h wire.HashAlg) *wire.Op {
 	return &wire.Op{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: k.handle, Plaintext: plaintext, Aad: aad, Hash: h}}}
 }
 
-// Decrypt reverses Encrypt. Any failure (wrong key, tampered data, wrong
+// Decrypt reverses Encrypt, with the version that made the ciphertext
+// (if it is not retired). Any failure (wrong key, tampered data, wrong
 // aad) is the same ErrInvalidArgument "decryption failed".
 func (k *Key) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, error) {
 	return k.c.doData(ctx, "decrypt", k.decryptOp(ciphertext, aad, 0))
@@ -199,6 +206,9 @@ func (k *Key) decryptOp(ciphertext, aad []byte, h wire.HashAlg) *wire.Op {
 type SignOptions struct {
 	Hash    crypto.Hash
 	Padding Padding
+	// KeyVersion is the version Verify checks against; 0 tries every live
+	// version, newest first. Signing always uses the newest.
+	KeyVersion uint32
 }
 
 func (k *Key) signOp(data []byte, prehashed bool, o *SignOptions) (*wire.Sign, error) {
@@ -241,8 +251,12 @@ func (k *Key) verifyOp(data, sig []byte, prehashed bool, opts *SignOptions) (*wi
 	if err != nil {
 		return nil, err
 	}
+	var ver uint32
+	if opts != nil {
+		ver = opts.KeyVersion
+	}
 	return &wire.Op{Op: &wire.Op_Verify{Verify: &wire.Verify{Handle: s.Handle, Data: s.Data, Prehashed: s.Prehashed,
-		Hash: s.Hash, Padding: s.Padding, Signature: sig}}}, nil
+		Hash: s.Hash, Padding: s.Padding, Signature: sig, KeyVersion: ver}}}, nil
 }
 
 // Verify checks a signature over msg. A signature that does not verify

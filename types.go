@@ -202,11 +202,19 @@ type KeySpec struct {
 	// Ephemeral keys die with the connection and are invisible to others.
 	Ephemeral bool
 	ACL       []ACLEntry
+	// RotateAfter makes a new version automatically when the newest is
+	// older (0: never).
+	RotateAfter time.Duration
+	// RefuseWhenSpent: when a version has made as many AES-GCM encryptions
+	// as it may (2^32 with random nonces), refuse to encrypt rather than
+	// make a new version.
+	RefuseWhenSpent bool
 }
 
 func (s KeySpec) wire() *wire.KeyTemplate {
 	t := &wire.KeyTemplate{Name: s.Name, Type: s.Type.wire(), Usage: uint32(s.Usage),
-		Exportable: s.Exportable, Wrappable: s.Wrappable, Ephemeral: s.Ephemeral}
+		Exportable: s.Exportable, Wrappable: s.Wrappable, Ephemeral: s.Ephemeral,
+		RotateAfterSeconds: int64(s.RotateAfter / time.Second), RefuseWhenSpent: s.RefuseWhenSpent}
 	t.Acl = aclToWire(s.ACL)
 	return t
 }
@@ -246,6 +254,8 @@ type KeyInfo struct {
 	// KDF says how a key derived from a passphrase was made; nil for
 	// others.
 	KDF *PassphraseKDF
+	// Lifecycle is the key's origin and versions.
+	Lifecycle Lifecycle
 }
 
 func infoFromWire(w *wire.KeyInfo) KeyInfo {
@@ -256,7 +266,7 @@ func infoFromWire(w *wire.KeyInfo) KeyInfo {
 		Name: w.Name, Owner: w.OwnerUid, Type: keyTypeFromWire(w.Type), Class: classFromWire(w.Class),
 		Usage: Usage(w.Usage), Exportable: w.Exportable, Wrappable: w.Wrappable, Ephemeral: w.Ephemeral,
 		Created: time.Unix(0, w.CreatedUnixNano), Version: w.Version, PublicKeyDER: w.PublicKey,
-		CallerUsage: Usage(w.CallerUsage), KDF: kdfFromWire(w.Kdf),
+		CallerUsage: Usage(w.CallerUsage), KDF: kdfFromWire(w.Kdf), Lifecycle: lifecycleFromWire(w.Lifecycle),
 	}
 	copy(i.ID[:], w.Id)
 	for _, e := range w.Acl {
@@ -400,6 +410,10 @@ type ServerStatus struct {
 	CallerPidfd bool
 	// Memory describes where the daemon keeps key bytes.
 	Memory MemoryStatus
+	// Generation is the machine generation and its sources.
+	Generation Generation
+	// Seal describes the master key and the store.
+	Seal SealStatus
 }
 
 // MemoryStatus describes the daemon's key memory.

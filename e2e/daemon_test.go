@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -27,15 +26,6 @@ func TestDevModeSaysSo(t *testing.T) {
 	first, _, _ := strings.Cut(d.log.String(), "\n")
 	if !strings.Contains(first, "development mode") || !strings.Contains(first, "memory only") {
 		t.Fatalf("first log line: %q", first)
-	}
-}
-
-func TestServeWithoutDevRefuses(t *testing.T) {
-	cmd, log := serveCmd(t, "--socket", filepath.Join(t.TempDir(), "s.sock"))
-	err := cmd.Run()
-	ee, ok := err.(*exec.ExitError)
-	if !ok || ee.ExitCode() != 2 || !strings.Contains(log.String(), "--dev") {
-		t.Fatalf("serve without --dev: %v\n%s", err, log)
 	}
 }
 

@@ -3,5 +3,7 @@
 // temporary socket and drive it with the Go client, with the CLI, with
 // raw protocol messages, and as other users.
 //
-// The package has no code of its own outside tests.
+// The package has no code of its own outside tests. Its subpackage
+// vmguest is the program the snapshot test (vm_test.go) runs as init and
+// as keywarden inside a QEMU guest.
 package e2e

@@ -114,8 +114,21 @@ func startDaemon(t *testing.T, flags ...string) *daemon {
 // startDaemonAt is startDaemon on a given socket path.
 func startDaemonAt(t *testing.T, sock string, flags ...string) *daemon {
 	t.Helper()
+	return launch(t, sock, append([]string{"--dev"}, flags...))
+}
+
+// startPersistent starts a daemon whose store is in state (which it
+// creates), sealed or uninitialized as the store is, with extra flags.
+func startPersistent(t *testing.T, sock, state string, flags ...string) *daemon {
+	t.Helper()
+	return launch(t, sock, append([]string{"--state", state, "--kdf-max-memory", "65536"}, flags...))
+}
+
+// launch starts "keywarden serve" with flags and waits until it answers.
+func launch(t *testing.T, sock string, flags []string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
-	args := append([]string{"serve", "--dev", "--socket", sock, "--log-level", "debug", "--socket-mode", "0666"}, flags...)
+	args := append([]string{"serve", "--socket", sock, "--log-level", "debug", "--socket-mode", "0666"}, flags...)
 	d.cmd = exec.Command(binary(t), args...)
 	d.cmd.Env = append(os.Environ(), mainEnv+"=1")
 	d.cmd.Stderr = d.log

@@ -41,8 +41,8 @@ func TestEveryMechanism(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ct) != 12+len(msg)+16 {
-			t.Fatalf("ciphertext of %d bytes, want nonce||ct||tag = %d", len(ct), 12+len(msg)+16)
+		if len(ct) != 7+12+len(msg)+16 || string(ct[:3]) != "KW\x01" || ct[6] != 1 {
+			t.Fatalf("ciphertext of %d bytes, want header(KW 1, version 1)||nonce||ct||tag = %d", len(ct), 7+12+len(msg)+16)
 		}
 		pt, err := k.Decrypt(ctx, ct, aad)
 		if err != nil || !bytes.Equal(pt, msg) {
@@ -55,20 +55,21 @@ func TestEveryMechanism(t *testing.T) {
 		}
 		block, _ := aes.NewCipher(raw)
 		gcm, _ := cipher.NewGCM(block)
-		pt, err = gcm.Open(nil, ct[:12], ct[12:], aad)
+		pt, err = gcm.Open(nil, ct[7:19], ct[19:], aad)
 		if err != nil || !bytes.Equal(pt, msg) {
 			t.Fatalf("stdlib Open = %q, %v", pt, err)
 		}
-		// And the daemon opens what the standard library sealed.
+		// And the daemon opens what the standard library sealed, under
+		// the header that names version 1.
 		nonce := make([]byte, 12)
 		rand.Read(nonce)
-		theirs := gcm.Seal(append([]byte{}, nonce...), nonce, msg, nil)
+		theirs := gcm.Seal(append([]byte("KW\x01\x00\x00\x00\x01"), nonce...), nonce, msg, nil)
 		if pt, err := k.Decrypt(ctx, theirs, nil); err != nil || !bytes.Equal(pt, msg) {
 			t.Fatalf("DecryptData of stdlib ciphertext = %q, %v", pt, err)
 		}
 		// Nonces are fresh each time.
 		ct2, _ := k.Encrypt(ctx, msg, aad)
-		if bytes.Equal(ct[:12], ct2[:12]) {
+		if bytes.Equal(ct[7:19], ct2[7:19]) {
 			t.Fatal("two encryptions used the same nonce")
 		}
 		// Tampering, wrong AAD and truncation all fail the same way.

@@ -4,9 +4,10 @@
 # protocol code matches keywarden.proto.
 #
 # On a fresh Debian machine with Go it first installs what the tests
-# need: openssl and argon2 (interoperability tests) and protoc with its
-# Go plugins (generated code check). Run it as root, or as a user with
-# sudo, or with those installed already.
+# need: openssl and argon2 (interoperability tests), protoc with its Go
+# plugins (generated code check), and QEMU with a Debian kernel (the VM
+# snapshot test, e2e/vm_test.go, which must then run: KEYWARDEN_VM_TEST).
+# Run it as root, or as a user with sudo, or with those installed already.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,13 @@ missing=""
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 command -v argon2 >/dev/null 2>&1 || missing="$missing argon2"
+# The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
+# and xz to unpack it (booting it uncompressed saves seconds under TCG).
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
+command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
+if [ "$(uname -m)" = x86_64 ] && ! grep -qs '^CONFIG_VMGENID=y' /boot/config-*; then
+	missing="$missing linux-image-amd64"
+fi
 if [ -n "$missing" ]; then
 	log "installing$missing"
 	sudo=""
@@ -46,13 +54,22 @@ if [ -n "$unformatted" ]; then
 fi
 
 log "tests"
+# The snapshot test fails rather than skips if QEMU or the kernel is missing.
+[ "$(uname -m)" = x86_64 ] && export KEYWARDEN_VM_TEST=require
 go test -count=1 ./...
 
 log "race detector"
-go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem
+go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid
 
 log "fuzzing, briefly"
-fuzz() { go test -run=NONE -fuzz="^$2\$" -fuzztime="${FUZZTIME:-10s}" "$1" >/dev/null; }
+fuzz() {
+	local out
+	if ! out=$(go test -run=NONE -fuzz="^$2\$" -fuzztime="${FUZZTIME:-5s}" "$1" 2>&1); then
+		printf '%s\n' "$out" >&2
+		echo "fuzz $1 $2 failed" >&2
+		return 1
+	fi
+}
 fuzz ./internal/server FuzzRequest
 fuzz ./internal/mech FuzzImport
 fuzz ./internal/mech FuzzDerivePeer
@@ -60,5 +77,18 @@ fuzz ./internal/mech FuzzDecrypt
 fuzz ./internal/mech FuzzVerify
 fuzz ./internal/kdf FuzzParsePHC
 fuzz ./internal/kdf FuzzWorkerStream
+fuzz ./internal/keystore FuzzRecord
+fuzz ./internal/audit FuzzParseRecord
+fuzz ./internal/audit FuzzVerify
+fuzz ./internal/keystore FuzzBackup
+fuzz ./internal/shamir FuzzParse
+fuzz ./internal/shamir FuzzCombine
+fuzz ./internal/wrap FuzzUnwrapKWP
+fuzz ./internal/wrap FuzzOpenKeyword
+fuzz ./internal/wrap FuzzUnwrapRSAKWP
+fuzz ./internal/genid FuzzParseKmsg
+fuzz ./internal/genid FuzzParseUevent
+fuzz ./internal/genid FuzzVMClockPage
+fuzz ./internal/genid FuzzFindVMGenIDAddress
 
 log "all tests passed"

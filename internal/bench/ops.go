@@ -197,7 +197,7 @@ func remoteSeal(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
 	if err == nil {
 		var back []byte
 		back, err = k.Decrypt(ctx, ct, nil)
-		if err == nil && (len(ct) != aeadSize+gcmOver || !bytes.Equal(back, pt)) {
+		if err == nil && (len(ct) != 7+aeadSize+gcmOver || !bytes.Equal(back, pt)) { // the version header, then nonce, ciphertext, tag
 			err = errWrongAnswer
 		}
 	}

@@ -66,6 +66,10 @@ func init() {
 		{"key set", "N [--usage U,...] [--exportable=false] [--wrappable=false]", "narrow a key's attributes", runKeySet},
 		{"key share", "N (--uid U | --gid G) [--usage U,...]", "grant a user or group some of a key's usages", runKeyShare},
 		{"key unshare", "N (--uid U | --gid G)", "revoke a grant", runKeyUnshare},
+		{"key rotate", "N", "add a new version of a key", runKeyRotate},
+		{"key lifecycle", "N [--min-version V] [--trim-below V] [--rotate-after D] [--refuse-when-spent] [--trusted]", "change a key's versions and rotation settings", runKeyLifecycle},
+		{"key wrap", "N --with W [--format keywarden|kw|kwp|rsa-aes-kwp] [--hash H] > blob", "wrap a key under another for transport", runKeyWrap},
+		{"key unwrap", "--with W --name NEW [--type T --usage U,...] [--format F] < blob", "make a key from a wrapped blob", runKeyUnwrap},
 		{"key derive-passphrase", "--name N --salt S [--type T] [--time T --memory KIB --threads P] [--usage U,...] [--exportable] [--passphrase-file F]", "derive a key from a passphrase (Argon2id)", runKeyDerivePassphrase},
 		{"encrypt", "--key N [--aad A] [--hash H] < plaintext > ciphertext", "encrypt stdin", runEncrypt},
 		{"decrypt", "--key N [--aad A] [--hash H] < ciphertext > plaintext", "decrypt stdin", runDecrypt},
@@ -74,10 +78,24 @@ func init() {
 		{"mac", "--key N [--verify FILE] < data", "compute or verify an HMAC tag (exit 3 if it does not verify)", runMAC},
 		{"hash", "--alg H < data", "hash stdin (hex digest)", runHash},
 		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I]", "derive a new key", runDerive},
+		{"rewrap", "--key N [--aad A] < ciphertext > ciphertext", "re-encrypt a ciphertext under the key's newest version", runRewrap},
+		{"datakey", "--key N [--bytes 32] [--aad A] [--plaintext-out FILE] > encrypted-key", "make a data key encrypted under a key (envelope encryption)", runDataKey},
+		{"init", "[--passphrase-file F] [--shares N --threshold K --share-dir D] [--no-passphrase] [--force]", "create the master key (administrators)", runInit},
+		{"unseal", "[--passphrase-file F | --share-file F ...] [--accept-store]", "unseal the daemon (administrators)", runUnseal},
+		{"seal", "", "wipe the master key and every key from the daemon's memory (administrators)", runSeal},
+		{"master rotate", "[--passphrase-file F] [--shares N --threshold K --share-dir D] [--no-wait]", "replace the master key and re-wrap every key (administrators)", runMasterRotate},
+		{"backup", "FILE", "copy the whole store (ciphertext only) to FILE (administrators)", runBackup},
+		{"restore", "FILE", "replace the store with a backup; the daemon is sealed after (administrators)", runRestore},
 		{"password hash", "[--time T --memory KIB --threads P] [--passphrase-file F]", "hash a password (Argon2id, PHC string)", runPasswordHash},
 		{"password verify", "--hash PHC [--passphrase-file F]", "check a password against a PHC string (exit 3 if it does not match)", runPasswordVerify},
 		{"kdf calibrate", "--target-ms MS [--max-memory KIB] [--threads P]", "find Argon2id parameters that take MS on the daemon's machine", runKDFCalibrate},
 		{"kdf bench", "[--count N] [--memory KIB] [--time T] [--threads P] [--kdf-cgroup auto|off] [--json]", "measure the daemon's memory over many derivations and a worker's fixed cost", runKDFBench},
+		{"generation show", "[--json]", "show the machine generation (VM restores and clones) and how the daemon learns of changes", runGenerationShow},
+		{"generation watch", "[--after G] [--count N] [--name W] [--ack] [--json]", "print each new machine generation as the daemon sees it", runGenerationWatch},
+		{"generation ack", "G [--name W]", "acknowledge generation G for a named watcher", runGenerationAck},
+		{"generation forget", "--name W", "remove a named watcher", runGenerationForget},
+		{"generation wait-watchers", "[--timeout D] [--json]", "wait until every watcher has acknowledged the current generation (exit 1 on timeout)", runGenerationWaitWatchers},
+		{"generation bump", "[--json]", "increase the generation after a restore the daemon cannot see (root or a --generation-admin)", runGenerationBump},
 		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--json]", "measure operations in-process and through the daemon", runBench},
 		{"version", "", "print the version", runVersion},
 	}
@@ -144,7 +162,7 @@ func report(e *env, c *command, err error) int {
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "keywarden holds cryptographic keys so that the programs using them never do.\n\nUsage: keywarden COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-21s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-24s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
 Every command that talks to the daemon takes --socket PATH (default: $%s,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keywarden/keywarden"
 )
@@ -19,6 +20,8 @@ type specFlags struct {
 	wrappable  bool
 	ephemeral  bool
 	shares     shareList
+	rotate     time.Duration
+	refuse     bool
 }
 
 func (s *specFlags) register(f *flags, withType bool) {
@@ -31,6 +34,8 @@ func (s *specFlags) register(f *flags, withType bool) {
 	f.BoolVar(&s.wrappable, "wrappable", false, "allow the key to leave the daemon wrapped under another key")
 	f.BoolVar(&s.ephemeral, "ephemeral", false, "the key dies with this command's connection")
 	f.Var(&s.shares, "share", "grant `uid:U=USAGES` or gid:G=USAGES (repeatable)")
+	f.DurationVar(&s.rotate, "rotate-after", 0, "make a new version when the newest is older than this `duration` (default: never)")
+	f.BoolVar(&s.refuse, "refuse-when-spent", false, "refuse encryption when a version's nonce budget (2^32) is spent, instead of rotating")
 }
 
 func typeNames() string {
@@ -56,8 +61,11 @@ func (s *specFlags) spec() (keywarden.KeySpec, error) {
 	if err != nil {
 		return keywarden.KeySpec{}, usagef("%v", err)
 	}
+	if s.rotate < 0 {
+		return keywarden.KeySpec{}, usagef("--rotate-after must not be negative")
+	}
 	return keywarden.KeySpec{Name: s.name, Type: t, Usage: u, Exportable: s.exportable,
-		Wrappable: s.wrappable, Ephemeral: s.ephemeral, ACL: s.shares}, nil
+		Wrappable: s.wrappable, Ephemeral: s.ephemeral, ACL: s.shares, RotateAfter: s.rotate, RefuseWhenSpent: s.refuse}, nil
 }
 
 // shareList parses repeated --share uid:U=USAGES / gid:G=USAGES.

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -24,20 +25,38 @@ type aclJSON struct {
 }
 
 type keyJSON struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	OwnerUID    uint32    `json:"owner_uid"`
-	Type        string    `json:"type"`
-	Class       string    `json:"class"`
-	Usage       []string  `json:"usage"`
-	Exportable  bool      `json:"exportable"`
-	Wrappable   bool      `json:"wrappable"`
-	Ephemeral   bool      `json:"ephemeral"`
-	ACL         []aclJSON `json:"acl"`
-	Created     string    `json:"created"`
-	Version     uint32    `json:"version"`
-	CallerUsage []string  `json:"caller_usage"`
-	KDF         *kdfJSON  `json:"kdf,omitempty"`
+	ID          string         `json:"id"`
+	Name        string         `json:"name"`
+	OwnerUID    uint32         `json:"owner_uid"`
+	Type        string         `json:"type"`
+	Class       string         `json:"class"`
+	Usage       []string       `json:"usage"`
+	Exportable  bool           `json:"exportable"`
+	Wrappable   bool           `json:"wrappable"`
+	Ephemeral   bool           `json:"ephemeral"`
+	ACL         []aclJSON      `json:"acl"`
+	Created     string         `json:"created"`
+	Version     uint32         `json:"version"`
+	CallerUsage []string       `json:"caller_usage"`
+	KDF         *kdfJSON       `json:"kdf,omitempty"`
+	Lifecycle   *lifecycleJSON `json:"lifecycle,omitempty"`
+}
+
+type lifecycleJSON struct {
+	Origin             string        `json:"origin"`
+	NeverExportable    bool          `json:"never_exportable"`
+	Trusted            bool          `json:"trusted"`
+	MinVersion         uint32        `json:"min_version"`
+	RotateAfterSeconds int64         `json:"rotate_after_seconds"`
+	RefuseWhenSpent    bool          `json:"refuse_when_spent"`
+	Versions           []versionJSON `json:"versions"`
+}
+
+type versionJSON struct {
+	Version         uint32 `json:"version"`
+	Created         string `json:"created"`
+	Encryptions     uint64 `json:"encryptions"`
+	EncryptionLimit uint64 `json:"encryption_limit"`
 }
 
 // kdfJSON is how a key derived from a passphrase was made.
@@ -66,6 +85,15 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 	}
 	if r := i.KDF; r != nil {
 		k.KDF = &kdfJSON{r.Algorithm, r.Version, r.Params.Time, r.Params.MemoryKiB, r.Params.Threads, hex.EncodeToString(r.Salt)}
+	}
+	if l := i.Lifecycle; len(l.Versions) > 0 {
+		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted,
+			MinVersion: l.MinVersion, RotateAfterSeconds: int64(l.RotateAfter / time.Second), RefuseWhenSpent: l.RefuseWhenSpent,
+			Versions: []versionJSON{}}
+		for _, v := range l.Versions {
+			lj.Versions = append(lj.Versions, versionJSON{v.Version, v.Created.UTC().Format(time.RFC3339Nano), v.Encryptions, v.EncryptionLimit})
+		}
+		k.Lifecycle = lj
 	}
 	for _, a := range i.ACL {
 		id := a.ID
@@ -126,6 +154,35 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 	fmt.Fprintf(w, "acl:\t%s\n", aclString(i.ACL))
 	fmt.Fprintf(w, "created:\t%s\n", i.Created.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "version:\t%d\n", i.Version)
+	if l := i.Lifecycle; len(l.Versions) > 0 {
+		var vs []string
+		for _, v := range l.Versions {
+			if v.EncryptionLimit > 0 && (i.Type == keywarden.AES256GCM) {
+				vs = append(vs, fmt.Sprintf("%d (%d of %d encryptions)", v.Version, v.Encryptions, v.EncryptionLimit))
+			} else {
+				vs = append(vs, strconv.FormatUint(uint64(v.Version), 10))
+			}
+		}
+		fmt.Fprintf(w, "versions:\t%s; minimum %d\n", strings.Join(vs, ", "), l.MinVersion)
+		origin := l.Origin.String()
+		if l.NeverExportable {
+			origin += ", never exportable"
+		}
+		if l.Trusted {
+			origin += ", trusted wrapping key"
+		}
+		fmt.Fprintf(w, "origin:\t%s\n", origin)
+		if l.RotateAfter > 0 || l.RefuseWhenSpent {
+			rot := "rotate after " + l.RotateAfter.String()
+			if l.RotateAfter == 0 {
+				rot = "no rotation by age"
+			}
+			if l.RefuseWhenSpent {
+				rot += "; refuse when a version's budget is spent"
+			}
+			fmt.Fprintf(w, "rotation:\t%s\n", rot)
+		}
+	}
 	if r := i.KDF; r != nil {
 		fmt.Fprintf(w, "kdf:\t%s v=%d m=%d,t=%d,p=%d salt=%s\n", r.Algorithm, r.Version,
 			r.Params.MemoryKiB, r.Params.Time, r.Params.Threads, saltString(r.Salt))

@@ -6,18 +6,25 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/daemon"
+	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/server"
 )
 
 func runServe(e *env, args []string) error {
 	f := newFlags("serve", e)
-	dev := f.Bool("dev", false, "development mode: keys in memory only, lost when the daemon stops")
+	dev := f.Bool("dev", false, "development mode: keys in memory only, under an ephemeral master key, lost when the daemon stops")
+	state := f.String("state", "", "the state `directory` holding the key store (default "+DefaultStateDir()+")")
+	unsealFile := f.String("unseal-passphrase-file", "", "unseal at start with the master passphrase in this `file` (mode 0600), for unattended starts")
+	var admins uidList
+	f.Var(&admins, "admin", "a `uid` that may init, unseal, seal, back up and restore besides root and the daemon's uid (repeatable)")
 	level := f.String("log-level", "info", "log `level`: debug, info, warn, error")
 	format := f.String("log-format", "text", "log `format`: text or json")
 	mode := f.String("socket-mode", "", "socket permission bits in `octal` (default 0666 as root, else 0600)")
@@ -33,6 +40,10 @@ func runServe(e *env, args []string) error {
 	backing := f.String("memory-backing", "", "where key bytes live: memfd_secret or mlock (default: memfd_secret where the kernel offers it)")
 	maxLocked := f.String("max-locked-memory", "", "bound the key memory, e.g. 64M (default: what RLIMIT_MEMLOCK allows; none with CAP_IPC_LOCK)")
 	cacheIdle := f.Duration("key-cache-idle", 0, "how long an unused key keeps its expanded state (key schedules, parsed keys) before only its locked copy is left (default 1s)")
+	genSources := f.String("generation-sources", "auto", "how the daemon learns of VM snapshot restores and clones: auto, none, or a list of kmsg,vmclock,uevent,guid")
+	var genAdmins uidList
+	f.Var(&genAdmins, "generation-admin", "a `uid` that may bump the generation besides root (repeatable)")
+	budget := f.String("generation-budget-policy", "halve", "what a generation change does to nonce budgets: halve or rotate")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -76,21 +87,51 @@ func runServe(e *env, args []string) error {
 	default:
 		return usagef("unknown --memory-backing %q (want memfd_secret or mlock)", *backing)
 	}
+	if _, err := genid.NewSources(*genSources); err != nil {
+		return usagef("invalid --generation-sources: %v", err)
+	}
+	budgetPolicy, err := genid.ParseBudgetPolicy(*budget)
+	if err != nil {
+		return usagef("invalid --generation-budget-policy: %v", err)
+	}
 	path := f.socket
 	if path == "" {
 		if path = e.getenv(keywarden.SocketEnv); path == "" {
 			path = keywarden.DefaultServeSocketPath()
 		}
 	}
+	stateDir := *state
+	if *dev {
+		if stateDir != "" || *unsealFile != "" {
+			return usagef("--dev keeps keys in memory: it takes neither --state nor --unseal-passphrase-file")
+		}
+	} else if stateDir == "" {
+		stateDir = DefaultStateDir()
+	}
 	err = daemon.Run(context.Background(), daemon.Config{
 		SocketPath: path, SocketMode: sockMode, Dev: *dev, Limits: lim, Logger: log, Version: Version,
+		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, Admins: admins,
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
+		GenerationSources: *genSources, GenerationAdmins: genAdmins, BudgetPolicy: budgetPolicy,
 	})
-	if errors.Is(err, daemon.ErrPersistenceUnavailable) {
-		return usagef("%v", err)
-	}
 	return err
+}
+
+// DefaultStateDir is where the daemon keeps its store unless --state says
+// otherwise: /var/lib/keywarden for root, else $XDG_STATE_HOME/keywarden
+// (by default ~/.local/state/keywarden).
+func DefaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/keywarden"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "keywarden")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "keywarden")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("keywarden-%d", os.Geteuid()))
 }
 
 // parseSize parses a byte count with an optional K, M or G suffix
@@ -160,6 +201,9 @@ func runStatus(e *env, args []string) error {
 				"runtime_secret": st.Memory.RuntimeSecret, "mlockall": st.Memory.Mlockall,
 				"dumpable": st.Memory.Dumpable, "cached_keys": st.Memory.CachedKeys,
 			},
+			"generation": generationToJSON(&st.Generation),
+			"sealed":     st.Seal.Sealed,
+			"seal":       sealToJSON(st.Seal),
 			"limits": map[string]int{
 				"max_message_bytes": st.Limits.MaxMessageBytes, "max_in_flight": st.Limits.MaxInFlight,
 				"max_sessions": st.Limits.MaxSessions, "max_handles": st.Limits.MaxHandles,
@@ -175,6 +219,7 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "version:      %s (protocol %d)\n", st.ServerVersion, st.ProtocolVersion)
 	fmt.Fprintf(e.stdout, "mode:         %s\n", mode)
 	fmt.Fprintf(e.stdout, "up since:     %s\n", st.Started.UTC().Format(time.RFC3339))
+	fmt.Fprintf(e.stdout, "master key:   %s\n", sealLine(st.Seal))
 	fmt.Fprintf(e.stdout, "keys:         %d\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
 	fmt.Fprintf(e.stdout, "you are:      uid %d gid %d pid %d (pidfd: %s)\n", st.CallerUID, st.CallerGID, st.CallerPID, yesNo(st.CallerPidfd))
@@ -187,8 +232,58 @@ func runStatus(e *env, args []string) error {
 		m.Backing, m.LockedBytes, m.InUseBytes, m.Allocations, limit)
 	fmt.Fprintf(e.stdout, "hardening:    runtime/secret %s, mlockall %s, dumpable %s; %d keys with cached expanded state\n",
 		yesNo(m.RuntimeSecret), yesNo(m.Mlockall), yesNo(m.Dumpable), m.CachedKeys)
+	fmt.Fprintf(e.stdout, "generation:   %s\n", generationLine(&st.Generation))
+	fmt.Fprintf(e.stdout, "gen. sources: %s\n", sourcesLine(&st.Generation))
 	l := st.Limits
 	fmt.Fprintf(e.stdout, "limits:       message %d bytes, %d in flight, %d sessions, %d handles per connection; %d keys per user; %d ops per batch\n",
 		l.MaxMessageBytes, l.MaxInFlight, l.MaxSessions, l.MaxHandles, l.MaxKeysPerUser, l.MaxBatchOps)
 	return nil
+}
+
+func sealToJSON(s keywarden.SealStatus) map[string]any {
+	return map[string]any{
+		"initialized": s.Initialized, "sealed": s.Sealed, "generation": s.Generation,
+		"passphrase": s.Passphrase, "threshold": s.Threshold, "shares": s.Shares, "shares_held": s.SharesHeld,
+		"retry_after_ms": s.RetryAfter.Milliseconds(), "rotating": s.Rotating,
+		"rotation_done": s.RotationDone, "rotation_total": s.RotationTotal,
+		"state_dir": s.StateDir, "persistent": s.Persistent, "quarantined": s.Quarantined,
+	}
+}
+
+// sealLine says in one line what the master key's state is.
+func sealLine(s keywarden.SealStatus) string {
+	if !s.Initialized {
+		return "none yet (run \"keywarden init\")"
+	}
+	state := "unsealed"
+	if s.Sealed {
+		state = "SEALED (run \"keywarden unseal\")"
+	}
+	var by []string
+	if s.Passphrase {
+		by = append(by, "passphrase")
+	}
+	if s.Shares > 0 {
+		by = append(by, fmt.Sprintf("%d of %d shares", s.Threshold, s.Shares))
+	}
+	if !s.Persistent {
+		by = append(by, "ephemeral, in memory")
+	}
+	line := fmt.Sprintf("%s, generation %d, sealed by %s", state, s.Generation, strings.Join(by, " or "))
+	if s.Sealed && s.SharesHeld > 0 {
+		line += fmt.Sprintf("; %d of %d shares submitted", s.SharesHeld, s.Threshold)
+	}
+	if s.RetryAfter > 0 {
+		line += fmt.Sprintf("; unseal refused for %s after failed attempts", s.RetryAfter.Round(time.Second))
+	}
+	if s.Rotating {
+		line += fmt.Sprintf("; rotation re-wrapping keys: %d of %d", s.RotationDone, s.RotationTotal)
+	}
+	if s.Quarantined > 0 {
+		line += fmt.Sprintf("; %d key records refused (failed their integrity check)", s.Quarantined)
+	}
+	if s.StateDir != "" {
+		line += "; store in " + s.StateDir
+	}
+	return line
 }

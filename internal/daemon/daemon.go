@@ -13,12 +13,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
+	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
+	"github.com/keywarden/keywarden/internal/wrap"
 )
 
 // Config configures the daemon. Zero values mean defaults.
@@ -29,9 +34,19 @@ type Config struct {
 	// daemon run as root (every local user may connect; each key decides
 	// who may use it) and 0600 otherwise.
 	SocketMode fs.FileMode
-	// Dev keeps keys in memory only. It is required until persistent
-	// storage exists.
-	Dev    bool
+	// Dev keeps keys in memory only, under an ephemeral master key,
+	// unsealed from the start.
+	Dev bool
+	// StateDir holds the key store (a bbolt file; created 0700). Required
+	// unless Dev.
+	StateDir string
+	// UnsealPassphraseFile, if set, unseals the master key at start with
+	// the passphrase in this file (for unattended starts; the file must
+	// be readable by the daemon's user only).
+	UnsealPassphraseFile string
+	// Admins may run the master-key and store operations, besides root and
+	// the daemon's own uid.
+	Admins []uint32
 	Limits server.Limits
 	Logger *slog.Logger
 	// Version is reported to clients.
@@ -54,14 +69,18 @@ type Config struct {
 	// KeyCacheIdle is how long an unused key keeps its expanded state; 0
 	// means mech.DefaultCacheIdle.
 	KeyCacheIdle time.Duration
+
+	// GenerationSources names the sources of machine generation changes
+	// (genid.NewSources): "" or "auto" for every one this machine offers.
+	GenerationSources string
+	// GenerationAdmins may bump the generation, besides root.
+	GenerationAdmins []uint32
+	// BudgetPolicy is what a generation change does to nonce budgets.
+	BudgetPolicy genid.BudgetPolicy
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
 const gcPercent = 400
-
-// ErrPersistenceUnavailable is returned when the daemon is started without
-// --dev: this version keeps keys in memory only.
-var ErrPersistenceUnavailable = errors.New("persistent key storage is not available in this version; start the daemon with --dev to keep keys in memory only")
 
 // Run serves until ctx is done or SIGTERM or SIGINT arrives.
 func Run(ctx context.Context, cfg Config) error {
@@ -69,11 +88,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	if !cfg.Dev {
-		return ErrPersistenceUnavailable
+	if cfg.Dev {
+		log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
+			"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
+	} else {
+		if cfg.StateDir == "" {
+			return errors.New("no state directory: give --state DIR, or --dev to keep keys in memory only")
+		}
+		log.Info("keywarden starting", "socket", cfg.SocketPath, "state", cfg.StateDir, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
 	}
-	log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
-		"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
 
 	hard, err := harden(log)
 	if err != nil {
@@ -94,6 +117,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	if err := mech.SelfTest(); err != nil {
+		return fmt.Errorf("start-up self-test failed: %w", err)
+	}
+	if err := wrap.SelfTest(); err != nil {
 		return fmt.Errorf("start-up self-test failed: %w", err)
 	}
 	log.Debug("self-tests passed")
@@ -130,7 +156,32 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("kdf: Argon2id runs in worker processes", "max_memory_kib", kl.MaxMemoryKiB, "budget_kib", kl.BudgetKiB,
 		"queue", kl.Queue, "deadline", kl.Deadline, "watchdog", kl.Watchdog, "cgroup", kl.Cgroup)
 
-	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup})
+	gen, err := newGeneration(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer gen.Close()
+
+	var keys *keystore.Store
+	if !cfg.Dev {
+		db, err := store.OpenBolt(cfg.StateDir, time.Second)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		m, err := seal.Open(seal.Config{Store: db, KDF: kdfSup, Logger: log})
+		if err != nil {
+			return fmt.Errorf("%s: %w", cfg.StateDir, err)
+		}
+		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
+	}
+	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
+		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins})
+	if keys != nil {
+		if err := startSealed(ctx, srv, cfg, log); err != nil {
+			return err
+		}
+	}
 	lim := srv.Limits()
 	// Every connection may hold a thread while it waits; leave headroom.
 	debug.SetMaxThreads(max(10000, 2*lim.MaxConnections+100))
@@ -187,6 +238,27 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("stopped; every key has been wiped")
 	return nil
+}
+
+// newGeneration starts tracking the machine generation (docs/genid.md).
+// On a change the kernel's random generator is re-seeded first: the
+// daemon's every random value comes from it.
+func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
+	srcs, err := genid.NewSources(cfg.GenerationSources)
+	if err != nil {
+		return nil, err
+	}
+	who := "root"
+	for _, uid := range cfg.GenerationAdmins {
+		who += fmt.Sprintf(", uid %d", uid)
+	}
+	srcs = append(srcs, genid.NewRequestSource("keywarden generation bump, by "+who))
+	gen := genid.New(genid.Config{Sources: srcs, Logger: log, BudgetPolicy: cfg.BudgetPolicy})
+	gen.Register("kernel random generator", genid.ReseedHook(log))
+	gen.Start()
+	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(),
+		"budget_policy", cfg.BudgetPolicy.String())
+	return gen, nil
 }
 
 // prepareDir creates the socket's directory if needed and refuses one that

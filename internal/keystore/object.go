@@ -1,18 +1,22 @@
 package keystore
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // Object is one key object. Its identity fields never change after
-// creation; its attributes change only by replacing the whole *key.Attrs.
+// creation; its attributes change only by replacing the whole *key.Attrs,
+// its lifecycle settings by replacing the whole *Meta, and its versions by
+// replacing the whole slice.
 type Object struct {
 	ID        key.ID
 	Name      string
@@ -21,25 +25,75 @@ type Object struct {
 	Class     key.Class
 	Ephemeral bool
 	Created   time.Time
-	Version   uint32
 	// KDF records how a key derived from a passphrase was made (the
 	// Argon2id parameters and salt, none of them secret); nil for others.
 	// Set before the object is added to a store, never changed.
 	KDF *wire.PassphraseKdf
 
 	attrs atomic.Pointer[key.Attrs]
+	meta  atomic.Pointer[Meta]
+	// vers holds the live versions, oldest first; the last is the newest.
+	vers atomic.Pointer[[]*Version]
+
 	// removed is set once the object left the store.
 	removed atomic.Bool
+	// refs counts the handles and sessions that hold a persistent object;
+	// at zero the store unloads it (guarded by the store's mu).
+	refs int
 
-	// mu guards mat: operations hold it for reading while they use the
-	// material, Destroy holds it for writing while it wipes, so material is
-	// never wiped under a running operation. Nothing else is done under mu.
-	mu  sync.RWMutex
-	mat *mech.Key // nil once destroyed
+	// mu guards the versions' material: operations hold it for reading
+	// while they use it, wiping holds it for writing, so material is never
+	// wiped under a running operation. Nothing else is done under mu.
+	mu sync.RWMutex
+	// gone is why the material is gone (nil while it is there).
+	gone error
+
+	// wmu serializes changes to the object's record.
+	wmu sync.Mutex
+	// sealCount is the store's seal count when the object was loaded.
+	sealCount uint64
 }
 
-// NewObject makes an object for freshly generated or imported material.
-func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time) *Object {
+// Meta are an object's lifecycle settings.
+type Meta struct {
+	Origin persist.Origin
+	// NeverExportable: the key has never been exportable.
+	NeverExportable bool
+	// Trusted: an administrator made it a trusted wrapping key.
+	Trusted bool
+	// MinVersion: versions below it no longer decrypt or verify.
+	MinVersion uint32
+	// NextVersion is the number the next version gets.
+	NextVersion uint32
+	Budget      persist.BudgetPolicy
+	RotateAfter time.Duration
+}
+
+// Version is one version of a key's material.
+type Version struct {
+	N       uint32
+	Created time.Time
+	Mat     *mech.Key
+	// Counts of AES-GCM encryptions: made (in this process, on top of
+	// what earlier processes reserved), durably reserved, and allowed.
+	used     atomic.Uint64
+	reserved atomic.Uint64
+	limit    atomic.Uint64
+}
+
+// Used returns the encryptions this version has made, as far as known.
+func (v *Version) Used() uint64 { return v.used.Load() }
+
+// Limit returns the most encryptions it may make.
+func (v *Version) Limit() uint64 { return v.limit.Load() }
+
+// DefaultEncryptionLimit is the most AES-GCM encryptions one version of a
+// key makes: with random 96-bit nonces, NIST SP 800-38D allows 2^32.
+const DefaultEncryptionLimit = 1 << 32
+
+// NewObject makes an object for freshly generated, imported, derived or
+// unwrapped material: version 1.
+func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time, origin persist.Origin) *Object {
 	o := &Object{
 		ID:        key.NewID(),
 		Name:      name,
@@ -48,15 +102,64 @@ func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephem
 		Class:     mat.Class(),
 		Ephemeral: ephemeral,
 		Created:   now,
-		Version:   1,
-		mat:       mat,
 	}
 	o.attrs.Store(attrs)
+	o.meta.Store(&Meta{Origin: origin, NeverExportable: !attrs.Exportable, MinVersion: 1, NextVersion: 2})
+	v := &Version{N: 1, Created: now, Mat: mat}
+	v.limit.Store(DefaultEncryptionLimit)
+	o.vers.Store(&[]*Version{v})
 	return o
+}
+
+// SetMeta sets the lifecycle settings of an object not yet added to a
+// store.
+func SetMeta(o *Object, m *Meta) { o.meta.Store(m) }
+
+// SetFirstVersion renumbers the only version of an object not yet added
+// to a store (an unwrapped key keeps its number), with what it has spent.
+func SetFirstVersion(o *Object, n uint32, created time.Time, used, limit uint64) {
+	v := o.Versions()[0]
+	if n > 0 {
+		v.N = n
+	}
+	if created.UnixNano() > 0 {
+		v.Created = created
+	}
+	if limit > 0 {
+		v.limit.Store(min(limit, DefaultEncryptionLimit))
+	}
+	v.used.Store(used)
+	v.reserved.Store(used)
 }
 
 // Attrs returns the current attributes. The value must not be modified.
 func (o *Object) Attrs() *key.Attrs { return o.attrs.Load() }
+
+// Meta returns the lifecycle settings. The value must not be modified.
+func (o *Object) Meta() *Meta { return o.meta.Load() }
+
+// Versions returns the live versions, oldest first. The slice must not be
+// modified.
+func (o *Object) Versions() []*Version { return *o.vers.Load() }
+
+// Newest returns the newest version.
+func (o *Object) Newest() *Version {
+	vs := o.Versions()
+	return vs[len(vs)-1]
+}
+
+// Version returns version n if it is live and not below the minimum.
+func (o *Object) Version(n uint32) (*Version, bool) {
+	if n < o.Meta().MinVersion {
+		return nil, false
+	}
+	for _, v := range o.Versions() {
+		if v.N == n {
+			return v, true
+		}
+	}
+	return nil, false
+}
 
 // Policy returns the object as package policy sees it.
 func (o *Object) Policy() policy.Key {
@@ -64,41 +167,98 @@ func (o *Object) Policy() policy.Key {
 }
 
 // ReplaceAttrs installs next if the attributes are still old, and reports
-// whether it did. Callers decide next from old with package policy and
-// retry on false.
+// whether it did. Only ephemeral objects change this way; persistent ones
+// go through Store.SetAttrs, which makes the change durable first.
 func (o *Object) ReplaceAttrs(old, next *key.Attrs) bool {
 	return o.attrs.CompareAndSwap(old, next)
 }
 
 var errDestroyed = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key destroyed")
 
-// Use runs fn with the key's material, which stays valid (not wiped) until
-// fn returns. It fails with STATUS_NOT_FOUND once the key is destroyed.
+// ErrSealedAway is the error of operations on keys that were wiped when
+// the daemon was sealed: their handles are dead, the key is not.
+var ErrSealedAway = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the daemon was sealed: unseal it and open the key again")
+
+// errUnloaded is for handles of an object the store unloaded (it cannot
+// happen while a handle holds it; reported rather than trusted).
+var errUnloaded = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key no longer loaded: open it again")
+
+// Use runs fn with the newest version's material, which stays valid (not
+// wiped) until fn returns. It fails with STATUS_NOT_FOUND once the key is
+// destroyed.
 func (o *Object) Use(fn func(*mech.Key) error) error {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	if o.mat == nil {
-		return errDestroyed
+	if o.gone != nil {
+		return o.gone
 	}
-	return fn(o.mat)
+	return fn(o.Newest().Mat)
+}
+
+// UseVersion runs fn with version v's material (see Use).
+func (o *Object) UseVersion(v *Version, fn func(*mech.Key) error) error {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if o.gone != nil {
+		return o.gone
+	}
+	return fn(v.Mat)
 }
 
 // Destroyed reports whether the object's material is gone.
 func (o *Object) Destroyed() bool {
 	o.mu.RLock()
 	defer o.mu.RUnlock()
-	return o.mat == nil
+	return o.gone != nil
 }
 
-// wipe destroys the material, waiting for operations in progress. It
-// reports memory corruption found on the way (see mech.Key.Destroy).
-func (o *Object) wipe() error {
+// Gone returns why the material is gone, or nil.
+func (o *Object) Gone() error {
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	return o.gone
+}
+
+// wipe destroys the material of every version, waiting for operations in
+// progress, and makes later operations fail with why. It reports memory
+// corruption found on the way (see mech.Key.Destroy).
+func (o *Object) wipe(why error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.gone != nil {
+		return nil
+	}
+	o.gone = why
+	var err error
+	for _, v := range o.Versions() {
+		if e := v.Mat.Destroy(); e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// setVersions installs new versions and wipes the material of those that
+// are no longer among them, once no operation uses it.
+func (o *Object) setVersions(next []*Version) error {
+	old := o.Versions()
+	o.vers.Store(&next)
+	var dropped []*Version
+	for _, v := range old {
+		if !slices.Contains(next, v) {
+			dropped = append(dropped, v)
+		}
+	}
+	if len(dropped) == 0 {
+		return nil
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var err error
-	if o.mat != nil {
-		err = o.mat.Destroy()
-		o.mat = nil
+	for _, v := range dropped {
+		if e := v.Mat.Destroy(); e != nil && err == nil {
+			err = e
+		}
 	}
 	return err
 }
@@ -107,7 +267,9 @@ func (o *Object) wipe() error {
 // the given caller may exercise.
 func (o *Object) Info(caller policy.Caller) *wire.KeyInfo {
 	a := o.Attrs()
+	m := o.Meta()
 	granted, _ := policy.Granted(caller, o.Policy())
+	newest := o.Newest()
 	info := &wire.KeyInfo{
 		Id:              o.ID[:],
 		Name:            o.Name,
@@ -119,19 +281,40 @@ func (o *Object) Info(caller policy.Caller) *wire.KeyInfo {
 		Wrappable:       a.Wrappable,
 		Ephemeral:       o.Ephemeral,
 		CreatedUnixNano: o.Created.UnixNano(),
-		Version:         o.Version,
+		Version:         newest.N,
 		CallerUsage:     uint32(granted),
 		Kdf:             o.KDF,
+		Lifecycle:       lifecycleInfo(m, o.Versions()),
 	}
 	for _, e := range a.ACL {
 		info.Acl = append(info.Acl, ACLToWire(e))
 	}
 	o.mu.RLock()
-	if o.mat != nil {
-		info.PublicKey = o.mat.PublicDER()
+	if o.gone == nil {
+		info.PublicKey = newest.Mat.PublicDER()
 	}
 	o.mu.RUnlock()
 	return info
+}
+
+func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
+	l := &wire.KeyLifecycle{
+		Origin:             wire.KeyOrigin(m.Origin),
+		NeverExportable:    m.NeverExportable,
+		Trusted:            m.Trusted,
+		MinVersion:         m.MinVersion,
+		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
+		RefuseWhenSpent:    m.Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
+	}
+	for _, v := range vs {
+		l.Versions = append(l.Versions, &wire.KeyVersionInfo{
+			Version:         v.N,
+			CreatedUnixNano: v.Created.UnixNano(),
+			Encryptions:     v.used.Load(),
+			EncryptionLimit: v.limit.Load(),
+		})
+	}
+	return l
 }
 
 // ACLToWire converts one ACL entry to its wire form.

@@ -1,166 +1,498 @@
 package keystore
 
 import (
-	"bytes"
-	"slices"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
-type nameKey struct {
-	owner uint32
-	name  string
-}
-
-// Store indexes the live key objects.
+// Store holds the key objects. Persistent keys live in a store.Store as
+// records whose key bytes are sealed under the master key; an object is
+// loaded (its blobs opened into locked memory) when a handle or session
+// first needs it, and unloaded (wiped) when the last one lets go.
+// Ephemeral keys live only in memory.
 type Store struct {
 	maxPerUser int
+	db         store.Store
+	master     *seal.Master
+	log        *slog.Logger
+	now        func() time.Time
 
-	// mu guards the maps below. It is held only to read or change the
-	// indexes, never across crypto or I/O.
-	mu     sync.RWMutex
-	byID   map[key.ID]*Object  // persistent keys
-	byName map[nameKey]*Object // persistent keys with a name
-	owned  map[uint32]int      // live keys (persistent and ephemeral) per owner
+	// mu guards the fields below. It is held only to read or change them,
+	// never across crypto or I/O.
+	mu     sync.Mutex
+	loaded map[key.ID]*Object // persistent objects in memory
+	eph    map[*Object]struct{}
+	owned  map[uint32]int // live keys (persistent and ephemeral) per owner
+	count  int            // persistent keys
+	// bad are records that failed their integrity check: refused.
+	bad    map[key.ID]struct{}
 	closed bool
+	// verified: the store was checked against the current master key.
+	verified bool
+	// epoch counts seals: an object loaded under an older one is stale.
+	sealCount uint64
+	// used remembers, for unloaded keys, how many encryptions each
+	// version made in this process, below what its record reserves: a key
+	// reloaded within the process's life goes on from there rather than
+	// counting its whole reservation as spent.
+	used map[key.ID]map[uint32]uint64
 }
 
-// New returns an empty store whose owners may each hold at most
-// maxPerUser live keys.
-func New(maxPerUser int) *Store {
-	return &Store{
-		maxPerUser: maxPerUser,
-		byID:       make(map[key.ID]*Object),
-		byName:     make(map[nameKey]*Object),
+// Config configures a Store.
+type Config struct {
+	MaxPerUser int
+	DB         store.Store
+	Master     *seal.Master
+	Logger     *slog.Logger
+	Now        func() time.Time
+}
+
+// New returns a store over cfg.DB. Until the master key is unsealed (and
+// Unsealed called) it refuses everything that needs keys.
+func New(cfg Config) *Store {
+	s := &Store{
+		maxPerUser: cfg.MaxPerUser,
+		db:         cfg.DB,
+		master:     cfg.Master,
+		log:        cfg.Logger,
+		now:        cfg.Now,
+		loaded:     make(map[key.ID]*Object),
+		eph:        make(map[*Object]struct{}),
 		owned:      make(map[uint32]int),
+		bad:        make(map[key.ID]struct{}),
+		used:       make(map[key.ID]map[uint32]uint64),
 	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s
 }
 
 var errClosed = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the daemon is shutting down")
 
-// Add registers a new object: it counts toward its owner's quota, and a
-// persistent one becomes findable by id and, if named, by name. On error
-// the caller still owns o and must Discard it.
-func (s *Store) Add(o *Object) error {
+// SetMaxPerUser sets the per-owner quota.
+func (s *Store) SetMaxPerUser(n int) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.maxPerUser = n
+	s.mu.Unlock()
+}
+
+// Master returns the store's master key keeper.
+func (s *Store) Master() *seal.Master { return s.master }
+
+// keys returns the master key's keys, if the store is usable.
+func (s *Store) keys() (*seal.Keys, error) {
+	s.mu.Lock()
+	closed, verified := s.closed, s.verified
+	s.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+	k, err := s.master.Keys()
+	if err != nil {
+		return nil, err
+	}
+	if !verified {
+		return nil, seal.ErrSealed
+	}
+	return k, nil
+}
+
+// Ready returns nil when keys may be used: the master key is unsealed and
+// the store verified.
+func (s *Store) Ready() error {
+	_, err := s.keys()
+	return err
+}
+
+// Add registers a new object. A persistent one is written durably first
+// (it exists once Add returns nil); every one counts toward its owner's
+// quota. On error the caller still owns o and must Discard it. The new
+// object holds one reference, the caller's (see Release).
+func (s *Store) Add(o *Object) error {
+	k, err := s.keys()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
 	if s.closed {
+		s.mu.Unlock()
 		return errClosed
 	}
 	if d := policy.CheckQuota(s.owned[o.Owner], s.maxPerUser); !d.Allowed() {
+		s.mu.Unlock()
 		return d.Err()
 	}
+	s.owned[o.Owner]++ // reserved; given back on failure
+	s.mu.Unlock()
 	if !o.Ephemeral {
-		if o.Name != "" {
-			nk := nameKey{o.Owner, o.Name}
-			if _, dup := s.byName[nk]; dup {
-				return wire.Errorf(wire.Status_STATUS_ALREADY_EXISTS, "a key named %q already exists", o.Name)
-			}
-			s.byName[nk] = o
+		if err := s.create(k, o); err != nil {
+			s.mu.Lock()
+			s.unown(o.Owner)
+			s.mu.Unlock()
+			return err
 		}
-		s.byID[o.ID] = o
 	}
-	s.owned[o.Owner]++
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o.Ephemeral {
+		s.eph[o] = struct{}{}
+	} else {
+		s.count++
+		o.refs = 1
+		o.sealCount = s.sealCount
+		s.loaded[o.ID] = o
+	}
 	return nil
 }
 
+func (s *Store) unown(owner uint32) {
+	if s.owned[owner]--; s.owned[owner] <= 0 {
+		delete(s.owned, owner)
+	}
+}
+
 // Discard wipes an object that was never added.
-func Discard(o *Object) error { return o.wipe() }
+func Discard(o *Object) error { return o.wipe(errDestroyed) }
 
-// Get returns the persistent object with this id.
-func (s *Store) Get(id key.ID) (*Object, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	o, ok := s.byID[id]
-	return o, ok
+// Get returns the persistent object with this id, loading it if needed,
+// with one more reference that the caller must Release.
+func (s *Store) Get(id key.ID) (*Object, error) {
+	k, err := s.keys()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if o := s.loaded[id]; o != nil {
+		o.refs++
+		s.mu.Unlock()
+		return o, nil
+	}
+	_, bad := s.bad[id]
+	s.mu.Unlock()
+	if bad {
+		return nil, errQuarantined
+	}
+	s.mu.Lock()
+	sc := s.sealCount
+	s.mu.Unlock()
+	o, err := s.load(k, id)
+	if err != nil {
+		return nil, err
+	}
+	o.sealCount = sc
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.sealCount != o.sealCount {
+		o.wipe(ErrSealedAway)
+		return nil, seal.ErrSealed
+	}
+	if cur := s.loaded[id]; cur != nil {
+		// Loaded meanwhile by someone else: use theirs.
+		cur.refs++
+		go o.wipe(errUnloaded)
+		return cur, nil
+	}
+	o.refs = 1
+	s.loaded[id] = o
+	if used := s.used[id]; used != nil {
+		for _, v := range o.Versions() {
+			if u, ok := used[v.N]; ok && u < v.used.Load() {
+				v.used.Store(u)
+			}
+		}
+		delete(s.used, id)
+	}
+	return o, nil
 }
 
-// Lookup returns owner's persistent object of this name.
-func (s *Store) Lookup(owner uint32, name string) (*Object, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	o, ok := s.byName[nameKey{owner, name}]
-	return o, ok
+// Lookup returns owner's persistent object of this name (see Get).
+func (s *Store) Lookup(owner uint32, name string) (*Object, error) {
+	if _, err := s.keys(); err != nil {
+		return nil, err
+	}
+	var id key.ID
+	var found bool
+	err := s.db.View(func(tx store.Tx) error {
+		v := tx.Get(persist.BucketNames, persist.NameKey(owner, name))
+		if len(v) == persist.IDSize {
+			copy(id[:], v)
+			found = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if !found {
+		return nil, errNoKey
+	}
+	o, err := s.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	if o.Owner != owner || o.Name != name {
+		s.Release(o)
+		s.log.Error("store index is inconsistent: a name points to another key", "owner", owner, "key", id.String())
+		return nil, errNoKey
+	}
+	return o, nil
 }
 
-// Remove unregisters o and wipes its material once no operation uses it.
+var (
+	errNoKey       = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
+	errQuarantined = wire.Errorf(wire.Status_STATUS_INTERNAL, "the key's record failed its integrity check and is refused")
+)
+
+// Hold adds a reference to o (a handle or session that keeps it).
+func (s *Store) Hold(o *Object) {
+	if o.Ephemeral {
+		return
+	}
+	s.mu.Lock()
+	o.refs++
+	s.mu.Unlock()
+}
+
+// Release drops a reference; the last one unloads a persistent object and
+// wipes its material (it stays in the store).
+func (s *Store) Release(o *Object) {
+	if o.Ephemeral {
+		return
+	}
+	s.mu.Lock()
+	o.refs--
+	unload := o.refs <= 0 && s.loaded[o.ID] == o
+	if unload {
+		delete(s.loaded, o.ID)
+		s.rememberUsed(o)
+	}
+	s.mu.Unlock()
+	if unload {
+		if err := o.wipe(errUnloaded); err != nil {
+			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+		}
+	}
+}
+
+// rememberUsed keeps what o's versions used of their reservations, for
+// when o is loaded again. s.mu is held.
+func (s *Store) rememberUsed(o *Object) {
+	var used map[uint32]uint64
+	for _, v := range o.Versions() {
+		if u := v.used.Load(); u < v.reserved.Load() {
+			if used == nil {
+				used = make(map[uint32]uint64)
+			}
+			used[v.N] = u
+		}
+	}
+	if used != nil {
+		s.used[o.ID] = used
+	}
+}
+
+// Remove destroys o: a persistent key's record is deleted durably first.
 // Handles other connections hold to o fail from then on. Removing an
-// object twice is harmless. An error means the wipe found the key's memory
-// overwritten past its end: a bug or an attack, to be logged loudly.
+// object twice is harmless. A memory-corruption error from the wipe (a
+// bug or an attack) is logged loudly here; the error returned is the
+// store's.
 func (s *Store) Remove(o *Object) error {
+	if o.removed.Load() {
+		return nil
+	}
+	if !o.Ephemeral {
+		k, err := s.keys()
+		if err != nil {
+			return err
+		}
+		o.wmu.Lock()
+		err = s.delete(k, o)
+		o.wmu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 	if o.removed.Swap(true) {
 		return nil
 	}
 	s.mu.Lock()
-	if cur, ok := s.byID[o.ID]; ok && cur == o {
-		delete(s.byID, o.ID)
-		if o.Name != "" {
-			delete(s.byName, nameKey{o.Owner, o.Name})
+	if o.Ephemeral {
+		delete(s.eph, o)
+	} else {
+		if s.loaded[o.ID] == o {
+			delete(s.loaded, o.ID)
 		}
+		delete(s.used, o.ID)
+		s.count--
 	}
-	if s.owned[o.Owner]--; s.owned[o.Owner] <= 0 {
-		delete(s.owned, o.Owner)
-	}
+	s.unown(o.Owner)
 	s.mu.Unlock()
-	return o.wipe()
+	if err := o.wipe(errDestroyed); err != nil {
+		s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+	}
+	return nil
 }
 
-// List returns, in id order, up to limit persistent objects with ids
-// greater than after for which visible returns true.
-func (s *Store) List(after key.ID, limit int, visible func(*Object) bool) []*Object {
-	s.mu.RLock()
-	var out []*Object
-	for id, o := range s.byID {
-		if bytes.Compare(id[:], after[:]) > 0 && visible(o) {
-			out = append(out, o)
-		}
-	}
-	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *Object) int { return bytes.Compare(a.ID[:], b.ID[:]) })
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
-	}
-	return out
-}
-
-// Counts returns the number of persistent objects and of all live ones.
+// Counts returns the number of persistent keys and of all live ones.
 func (s *Store) Counts() (persistent, live int) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, n := range s.owned {
 		live += n
 	}
-	return len(s.byID), live
+	return s.count, live
+}
+
+// Loaded returns how many persistent keys are in memory.
+func (s *Store) Loaded() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.loaded)
+}
+
+// Quarantined returns how many records failed their integrity check.
+func (s *Store) Quarantined() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.bad)
 }
 
 // Owned returns how many live keys owner holds.
 func (s *Store) Owned(owner uint32) int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.owned[owner]
 }
 
-// Close refuses further Adds and wipes every persistent object. Ephemeral
-// objects are wiped by their connections. It reports the first memory
-// corruption found.
+// NameTaken reports whether owner has a persistent key called name.
+func (s *Store) NameTaken(owner uint32, name string) bool {
+	var taken bool
+	s.db.View(func(tx store.Tx) error {
+		taken = tx.Get(persist.BucketNames, persist.NameKey(owner, name)) != nil
+		return nil
+	})
+	return taken
+}
+
+// SealAll wipes every key in memory (persistent and ephemeral) and the
+// master key: handles to them fail with ErrSealedAway from then on.
+func (s *Store) SealAll() bool {
+	s.mu.Lock()
+	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
+	for _, o := range s.loaded {
+		objs = append(objs, o)
+		s.rememberUsed(o)
+	}
+	for o := range s.eph {
+		objs = append(objs, o)
+	}
+	s.loaded = make(map[key.ID]*Object)
+	s.eph = make(map[*Object]struct{})
+	s.owned = make(map[uint32]int)
+	s.count = 0
+	s.verified = false
+	s.sealCount++
+	s.mu.Unlock()
+	was := s.master.Seal()
+	for _, o := range objs {
+		if err := o.wipe(ErrSealedAway); err != nil {
+			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+		}
+	}
+	return was
+}
+
+// Close refuses further use and wipes every key in memory and the master
+// key. It reports the first memory corruption found.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	objs := make([]*Object, 0, len(s.byID))
-	for _, o := range s.byID {
+	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
+	for _, o := range s.loaded {
 		objs = append(objs, o)
 	}
-	s.byID = map[key.ID]*Object{}
-	s.byName = map[nameKey]*Object{}
+	for o := range s.eph {
+		objs = append(objs, o)
+	}
+	s.loaded = map[key.ID]*Object{}
+	s.eph = map[*Object]struct{}{}
 	s.mu.Unlock()
+	s.master.Seal()
 	var first error
 	for _, o := range objs {
-		if err := o.wipe(); err != nil && first == nil {
+		if err := o.wipe(errClosed); err != nil && first == nil {
 			first = err
 		}
 	}
 	return first
+}
+
+// storeErr maps a storage failure to the wire: the operation did not
+// happen, and may work later.
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var we *wire.Error
+	if errors.As(err, &we) {
+		return err
+	}
+	return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "key store: %v", err)
+}
+
+// IntegrityError reports what the check at unseal found.
+type IntegrityError struct {
+	BadRecords int  // records whose MAC does not match
+	SetChanged bool // the records do not add up to the header
+	Detail     string
+}
+
+func (e *IntegrityError) Error() string {
+	return fmt.Sprintf("store integrity check failed: %s", e.Detail)
+}
+
+// NewDev returns a store in memory with an ephemeral master key, unsealed
+// and verified: development mode, where nothing reaches a disk, and
+// tests. It runs the same code as a persistent store.
+func NewDev(cfg Config) (*Store, error) {
+	db := store.NewMemory()
+	m, err := seal.Open(seal.Config{Store: db, Logger: cfg.Logger, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	p, err := m.PrepareInit(context.Background(), seal.Sealing{Ephemeral: true}, false)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DB, cfg.Master = db, m
+	s := New(cfg)
+	if err := m.CommitInit(p, func(k *seal.Keys) ([]byte, error) { return NewHeader(k, s.now()) }); err != nil {
+		return nil, err
+	}
+	k, err := m.Keys()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Verify(k, false); err != nil {
+		return nil, err
+	}
+	return s, nil
 }

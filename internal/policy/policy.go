@@ -319,3 +319,69 @@ func CheckQuota(owned, limit int) Decision {
 	}
 	return allow
 }
+
+// WrapFormat says what a wrap carries besides the key's bytes.
+type WrapFormat int
+
+const (
+	// Bare formats (RFC 3394/5649, RSA-AES-KWP) carry no attributes.
+	Bare WrapFormat = iota + 1
+	// Bound is keywarden's format: the attributes are bound to the bytes.
+	Bound
+)
+
+// CheckWrap decides whether c may wrap target under wrapping.
+// wrappingTrusted says the wrapping key's bytes are known to no one: it
+// was generated here and never exportable, or an administrator made it a
+// trusted wrapping key. An imported or once-exportable key could be known
+// to its importer, who would then read what it wraps: it must not wrap.
+//
+// Rules (DESIGN.md §4): only a key with wrap usage wraps; only a wrappable
+// key is wrapped, and only by its owner (wrapping hands out a copy of the
+// key); a key is never wrapped by a weaker one; public keys are not
+// wrapped (they are readable anyway).
+func CheckWrap(c Caller, wrapping Key, wrappingTrusted bool, target Key) Decision {
+	if d := Authorize(c, wrapping, Use, key.Wrap); !d.Allowed() {
+		return d
+	}
+	if d := Authorize(c, target, Manage, 0); !d.Allowed() {
+		return d
+	}
+	switch {
+	case target.Class == key.Public:
+		return deny(wire.Status_STATUS_INVALID_ARGUMENT, "a public key is not wrapped: read it instead", "wrap of a public key")
+	case !target.Attrs.Wrappable:
+		return deny(wire.Status_STATUS_POLICY_VIOLATION, "the key is not wrappable", "wrap of a non-wrappable %s key", target.Spec.Name)
+	case !wrappingTrusted:
+		return deny(wire.Status_STATUS_POLICY_VIOLATION,
+			"the wrapping key may be known outside the daemon (imported or once exportable): only keys generated here and never exportable, or trusted by an administrator, wrap",
+			"untrusted %s wrapping key", wrapping.Spec.Name)
+	case wrapping.Spec.Strength < target.Spec.Strength:
+		return deny(wire.Status_STATUS_POLICY_VIOLATION,
+			fmt.Sprintf("a %d-bit key is not wrapped under a %d-bit key", target.Spec.Strength, wrapping.Spec.Strength),
+			"wrap of %s (%d bits) under %s (%d bits)", target.Spec.Name, target.Spec.Strength, wrapping.Spec.Name, wrapping.Spec.Strength)
+	}
+	return allow
+}
+
+// CheckUnwrap decides whether c may unwrap with unwrapping into a key
+// made from t, and returns its usage. A bound blob's attributes count only
+// when the unwrapping key is trusted (anyone who knows the key could have
+// written them); its key is then never more permissive than the blob
+// says. A bare blob carries no attributes: its key is never exportable and
+// gets the usages asked for.
+func CheckUnwrap(c Caller, unwrapping Key, unwrappingTrusted bool, f WrapFormat, t Template) (key.Usage, Decision) {
+	if d := Authorize(c, unwrapping, Use, key.Unwrap); !d.Allowed() {
+		return 0, d
+	}
+	if f == Bound && !unwrappingTrusted {
+		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION,
+			"attributes are taken only from a blob wrapped under a key known to no one (generated here and never exportable, or trusted by an administrator)",
+			"bound unwrap with an untrusted %s key", unwrapping.Spec.Name)
+	}
+	if f == Bare && t.Exportable {
+		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "a key unwrapped from a standard wrap is never exportable",
+			"bare unwrap asked for an exportable key")
+	}
+	return CheckTemplate(t)
+}

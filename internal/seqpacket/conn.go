@@ -122,6 +122,23 @@ func (c *Conn) Send(b []byte) error {
 	}
 }
 
+// SendFDs sends b as one message with descriptors attached (SCM_RIGHTS):
+// the peer receives duplicates of them, and the caller keeps its own.
+func (c *Conn) SendFDs(b []byte, fds []int) error {
+	if !c.acquire() {
+		return ErrClosed
+	}
+	defer c.release()
+	oob := unix.UnixRights(fds...)
+	for {
+		_, err := unix.SendmsgN(c.fd, b, oob, nil, unix.MSG_NOSIGNAL)
+		if err == unix.EINTR {
+			continue
+		}
+		return opError("send", err)
+	}
+}
+
 // Recv receives one message into buf. n is the message's real length: if
 // it exceeds len(buf) the message was truncated and its tail is lost.
 // When the peer has closed the connection Recv returns ErrPeerClosed; when
@@ -243,6 +260,61 @@ func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
 		}
 		return m, nil
 	}
+}
+
+// RecvFDs receives one message into buf, like Recv, and returns the
+// descriptors the peer passed with it (SCM_RIGHTS), which the caller owns.
+// oob must have at least OOBSize bytes. Passed descriptors that did not
+// fit in oob were closed by the kernel. Credentials and pidfds are
+// dropped: this is the client's receive, for the rare reply that carries
+// a descriptor; Recv stays the allocation-free path for all others.
+func (c *Conn) RecvFDs(buf, oob []byte) (n int, fds []int, err error) {
+	if !c.acquire() {
+		return 0, nil, ErrClosed
+	}
+	defer c.release()
+	for {
+		n, oobn, flags, err := c.recvmsg(buf, oob)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil, ErrTimeout
+		case err != nil:
+			return 0, nil, opError("recv", err)
+		}
+		fds = rightsOf(oob[:oobn])
+		if n == 0 && flags&unix.MSG_TRUNC == 0 && oobn == 0 {
+			return 0, nil, ErrPeerClosed
+		}
+		return n, fds, nil
+	}
+}
+
+// rightsOf returns the descriptors of the SCM_RIGHTS messages in b and
+// closes any pidfd that came with them.
+func rightsOf(b []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(b)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_RIGHTS:
+			if r, err := unix.ParseUnixRights(&m); err == nil {
+				fds = append(fds, r...)
+			}
+		case scmPidfd:
+			if len(m.Data) >= 4 {
+				unix.Close(int(int32(binary.NativeEndian.Uint32(m.Data[0:4]))))
+			}
+		}
+	}
+	return fds
 }
 
 // parseControl reads SCM_CREDENTIALS and SCM_PIDFD from b without

@@ -9,5 +9,6 @@
 // daemon bounds with its connection limit.
 //
 // The package is shared by the client library and the daemon. It carries
-// bytes and the kernel's credentials; it knows nothing of keys or policy.
+// bytes, the kernel's credentials and, for the one reply that needs it
+// (the generation page), a descriptor; it knows nothing of keys or policy.
 package seqpacket

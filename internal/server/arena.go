@@ -7,6 +7,9 @@ package server
 type arena struct {
 	buf   []byte   // current chunk; len is what has been handed out
 	spent [][]byte // earlier chunks of this request
+	// attach are descriptors to pass with the reply (generation_map);
+	// not owned by the request.
+	attach []int
 }
 
 const (
@@ -32,6 +35,7 @@ func (a *arena) take(n int) []byte {
 // one chunk, the next starts with one chunk as large as all of them, up to
 // arenaMaxKeep.
 func (a *arena) reset() {
+	a.attach = a.attach[:0]
 	if len(a.spent) > 0 {
 		total := len(a.buf)
 		for _, b := range a.spent {

@@ -11,7 +11,7 @@ func BenchmarkExecuteEncryptBatch(b *testing.B) {
 	s := New(Config{})
 	cn := newConn(s, (*seqpacket.Conn)(nil))
 	id := Identity{UID: 1, GID: 1, Pidfd: -1}
-	res, _, err := cn.dispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}, id, &arena{})
+	res, _, err := cn.dispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}, id, &arena{}, &wire.Result{})
 	_ = res
 	if err != nil {
 		b.Fatal(err)

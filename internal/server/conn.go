@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seqpacket"
@@ -48,8 +49,10 @@ type conn struct {
 	log   *slog.Logger
 	pidfd bool // messages carry SCM_PIDFD
 
-	inFlight atomic.Int32   // requests executing, inline or concurrently
-	async    sync.WaitGroup // requests running concurrently
+	inFlight  atomic.Int32   // requests executing, inline or concurrently
+	async     sync.WaitGroup // requests running concurrently
+	longPolls atomic.Int32   // generation watches waiting (generation.go)
+	closing   chan struct{}  // closed when the connection ends: long polls stop
 
 	// mu guards the per-connection tables. It is held only to look up or
 	// change them, never across crypto or I/O.
@@ -59,6 +62,8 @@ type conn struct {
 	sessions    map[uint32]*session
 	nextSession uint32
 	closed      bool
+	genWatcher  *genid.Watcher // the connection as a watcher, once it watched
+	st          connStore      // pending init, rotation, backup, restore (storeops.go)
 
 	// Used only by the serving goroutine.
 	buf   []byte
@@ -74,6 +79,7 @@ func newConn(s *Server, c *seqpacket.Conn) *conn {
 		id:       s.nextConn.Add(1),
 		handles:  make(map[uint32]*keystore.Object),
 		sessions: make(map[uint32]*session),
+		closing:  make(chan struct{}),
 		buf:      make([]byte, s.limits.MaxMessageBytes+1),
 		oob:      make([]byte, seqpacket.OOBSize),
 	}
@@ -158,6 +164,12 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			fmt.Sprintf("%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps), "")
 		return
 	}
+	// Nothing is served from a generation the machine has left.
+	if err := cn.checkGeneration(req); err != nil {
+		we := err.(*wire.Error)
+		cn.refuse(req.Id, we.Status, we.Public, "")
+		return
+	}
 	// Every request counts as in flight while it executes; one that would
 	// exceed the limit is refused at once.
 	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
@@ -172,7 +184,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		// Done executing before the reply leaves: a client that sends its
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
-		cn.out = cn.send(cn.out, rep)
+		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 		cn.arena.wipe()
 		wire.Recycle(req) // nothing refers to the request now
 		return
@@ -204,7 +216,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		var a arena
 		rep := cn.execute(req, id, &a)
 		cn.inFlight.Add(-1)
-		cn.send(nil, rep)
+		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
 		wire.Recycle(req)
 		clear(own)
@@ -219,7 +231,11 @@ func (cn *conn) refuse(reqID uint64, st wire.Status, public, detail string) {
 
 // send marshals rep into buf (reused when large enough) and sends it. A
 // reply that would exceed the message limit is replaced by an error.
-func (cn *conn) send(buf []byte, rep *wire.Reply) []byte {
+func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
+
+// sendFDs is send with descriptors attached to the reply (SCM_RIGHTS):
+// only the generation page's, for generation_map. The caller keeps them.
+func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 	b, err := marshal(buf, rep)
 	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
 		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
@@ -229,7 +245,11 @@ func (cn *conn) send(buf []byte, rep *wire.Reply) []byte {
 		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
 			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
 	}
-	err = cn.c.Send(b)
+	if len(fds) > 0 && rep.Status == wire.Status_STATUS_OK {
+		err = cn.c.SendFDs(b, fds)
+	} else {
+		err = cn.c.Send(b)
+	}
 	if errors.Is(err, unix.EMSGSIZE) {
 		// Should not happen (New caps the limit at what the kernel allows),
 		// but a client must never wait for a reply that cannot be sent.
@@ -362,6 +382,16 @@ func opReplyBound(op *wire.Op, max int) int {
 		return small + 8<<10
 	case *wire.Op_List:
 		return listBudget(max)
+	case *wire.Op_Backup:
+		return small + max - 1024 // see backupChunk
+	case *wire.Op_Wrap:
+		return small + 16<<10
+	case *wire.Op_Rewrap:
+		return small + len(o.Rewrap.Ciphertext)
+	case *wire.Op_DataKey:
+		return small + 2*64 + 64
+	case *wire.Op_Init, *wire.Op_MasterRotate:
+		return small + 255*64
 	}
 	return small + keyInfo
 }
@@ -378,7 +408,7 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 			res = &wire.Result{Status: wire.Status_STATUS_INTERNAL, Message: "internal error"}
 		}
 	}()
-	data, full, err := cn.dispatch(op, id, a)
+	data, full, err := cn.dispatch(op, id, a, out)
 	if err != nil {
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -424,20 +454,24 @@ func opName(op *wire.Op) string {
 // close sessions, drop handles and destroy the connection's ephemeral keys.
 func (cn *conn) cleanup() {
 	cn.c.ShutdownRead()
+	close(cn.closing) // generation watches end now, not at their timeout
 	cn.async.Wait()
 	cn.mu.Lock()
 	cn.closed = true
 	handles, sessions := cn.handles, cn.sessions
 	cn.handles, cn.sessions = nil, nil
+	w := cn.genWatcher
 	cn.mu.Unlock()
+	if w != nil {
+		w.Remove()
+	}
 	for sid, ss := range sessions {
 		cn.endSession(sid, ss)
 	}
 	for _, o := range handles {
-		if o.Ephemeral {
-			cn.remove(o)
-		}
+		cn.release(o)
 	}
+	cn.st.cleanup()
 	cn.c.Close()
 	cn.log.Debug("disconnected")
 }

@@ -14,7 +14,7 @@ import (
 // Such a request may finish after requests sent later.
 func isHeavy(req *wire.Request) bool {
 	for _, op := range req.Ops {
-		if isKDF(op) {
+		if isKDF(op) || isLongPoll(op) || writesStore(op) {
 			return true
 		}
 		if g, ok := op.Op.(*wire.Op_Generate); ok && g.Generate.GetTemplate() != nil {
@@ -22,6 +22,26 @@ func isHeavy(req *wire.Request) bool {
 				return true
 			}
 		}
+	}
+	return false
+}
+
+// writesStore reports whether op may wait for the store (a durable write
+// and its fsync, a master-key derivation, a backup): run concurrently, such
+// operations of pipelined requests share their fsyncs.
+func writesStore(op *wire.Op) bool {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Generate:
+		return !o.Generate.GetTemplate().GetEphemeral()
+	case *wire.Op_Import:
+		return !o.Import.GetTemplate().GetEphemeral()
+	case *wire.Op_Derive:
+		return !o.Derive.GetTemplate().GetEphemeral()
+	case *wire.Op_Unwrap:
+		return !o.Unwrap.GetTemplate().GetEphemeral()
+	case *wire.Op_Destroy, *wire.Op_SetAttributes, *wire.Op_SetAcl, *wire.Op_Rotate, *wire.Op_SetLifecycle,
+		*wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_MasterRotate, *wire.Op_Backup, *wire.Op_Restore:
+		return true
 	}
 	return false
 }
@@ -35,43 +55,35 @@ var (
 
 // dispatch runs one operation. It returns either data, the operation's
 // bytes output (nil for none), or full, a complete result. Errors are
-// *wire.Error unless a bug.
+// *wire.Error unless a bug. Data-path operations also set fields of out
+// (the key version).
 //
 // Aliasing: the byte and string fields of op may point into the
 // connection's receive buffer, which is overwritten by the next message.
 // Nothing may keep them beyond the operation without copying: key names
 // (create), imported key bytes (opImport). Results may alias them (the
 // reply is encoded before the buffer is reused).
-func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena) (data []byte, full *wire.Result, err error) {
+func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
 	switch o := op.GetOp().(type) {
 	case *wire.Op_Encrypt:
-		e := o.Encrypt
-		return cn.withKey(e.Handle, id, key.Encrypt, func(m *mech.Key) ([]byte, error) {
-			return m.Encrypt(e.Plaintext, e.Aad, e.Hash, a.take(len(e.Plaintext)+encryptOverhead(m)))
-		})
+		data, err = cn.opEncrypt(o.Encrypt, id, a, out)
+		return data, nil, err
 	case *wire.Op_Decrypt:
-		dc := o.Decrypt
-		return cn.withKey(dc.Handle, id, key.Decrypt, func(m *mech.Key) ([]byte, error) {
-			return m.Decrypt(dc.Ciphertext, dc.Aad, dc.Hash, a.take(len(dc.Ciphertext)))
-		})
+		data, err = cn.opDecrypt(o.Decrypt, id, a, out)
+		return data, nil, err
 	case *wire.Op_Sign:
-		s := o.Sign
-		return cn.withKey(s.Handle, id, key.Sign, func(m *mech.Key) ([]byte, error) {
-			return m.Sign(mech.SignParams{Hash: s.Hash, Prehashed: s.Prehashed, Padding: s.Padding}, s.Data)
-		})
+		data, err = cn.opSign(o.Sign, id, out)
+		return data, nil, err
 	case *wire.Op_Verify:
-		v := o.Verify
-		return cn.withKey(v.Handle, id, key.Verify, func(m *mech.Key) ([]byte, error) {
-			return nil, m.Verify(mech.SignParams{Hash: v.Hash, Prehashed: v.Prehashed, Padding: v.Padding}, v.Data, v.Signature)
-		})
+		return nil, nil, cn.opVerify(o.Verify, id, out)
 	case *wire.Op_Mac:
-		return cn.withKey(o.Mac.Handle, id, key.Sign, func(m *mech.Key) ([]byte, error) {
-			return m.MAC(o.Mac.Data, a.take(64))
-		})
+		data, err = cn.opMAC(o.Mac, id, a, out)
+		return data, nil, err
 	case *wire.Op_MacVerify:
-		return cn.withKey(o.MacVerify.Handle, id, key.Verify, func(m *mech.Key) ([]byte, error) {
-			return nil, m.VerifyMAC(o.MacVerify.Data, o.MacVerify.Tag)
-		})
+		return nil, nil, cn.opMACVerify(o.MacVerify, id, out)
+	case *wire.Op_DataKey:
+		full, err = cn.opDataKey(o.DataKey, id, a)
+		return nil, full, err
 	case *wire.Op_Hash:
 		data, err = mech.Hash(o.Hash.Alg, o.Hash.Data, a.take(64))
 		return data, nil, err
@@ -79,6 +91,10 @@ func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena) (data []byte, full 
 		return o.Ping.Payload, nil, nil
 	case *wire.Op_Status:
 		return nil, cn.opStatus(id), nil
+	}
+	if isGenerationOp(op) {
+		full, err = cn.dispatchGeneration(op, id, a)
+		return nil, full, err
 	}
 	full, err = cn.dispatchManagement(op, id)
 	return nil, full, err
@@ -141,6 +157,28 @@ func (cn *conn) dispatchManagement(op *wire.Op, id Identity) (*wire.Result, erro
 		return cn.opPasswordVerify(o.PasswordVerify, id)
 	case *wire.Op_KdfCalibrate:
 		return cn.opKdfCalibrate(o.KdfCalibrate, id)
+	case *wire.Op_Init:
+		return cn.opInit(o.Init, id)
+	case *wire.Op_Unseal:
+		return cn.opUnseal(o.Unseal, id)
+	case *wire.Op_Seal:
+		return cn.opSeal(id)
+	case *wire.Op_MasterRotate:
+		return cn.opMasterRotate(o.MasterRotate, id)
+	case *wire.Op_Rotate:
+		return cn.opRotate(o.Rotate, id)
+	case *wire.Op_SetLifecycle:
+		return cn.opSetLifecycle(o.SetLifecycle, id)
+	case *wire.Op_Backup:
+		return cn.opBackup(o.Backup, id)
+	case *wire.Op_Restore:
+		return cn.opRestore(o.Restore, id)
+	case *wire.Op_Wrap:
+		return cn.opWrap(o.Wrap, id)
+	case *wire.Op_Unwrap:
+		return cn.opUnwrap(o.Unwrap, id)
+	case *wire.Op_Rewrap:
+		return cn.opRewrap(o.Rewrap, id)
 	}
 	return nil, errNoOp
 }
@@ -166,22 +204,6 @@ func (cn *conn) authorized(h uint32, id Identity, act policy.Action, need key.Us
 		return nil, err
 	}
 	return o, nil
-}
-
-// withKey authorizes a usage of the key behind h and runs fn with its
-// material.
-func (cn *conn) withKey(h uint32, id Identity, need key.Usage, fn func(*mech.Key) ([]byte, error)) ([]byte, *wire.Result, error) {
-	o, err := cn.authorized(h, id, policy.Use, need)
-	if err != nil {
-		return nil, nil, err
-	}
-	var out []byte
-	err = o.Use(func(m *mech.Key) error {
-		var err error
-		out, err = fn(m)
-		return err
-	})
-	return out, nil, err
 }
 
 // addHandle gives o a handle on this connection.

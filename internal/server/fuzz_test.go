@@ -97,6 +97,12 @@ func seedRequests() []*wire.Request {
 		{Op: &wire.Op_SessionUpdate{SessionUpdate: &wire.SessionUpdate{Session: 1, Data: []byte("chunk")}}},
 		{Op: &wire.Op_SessionFinal{SessionFinal: &wire.SessionFinal{Session: 1}}},
 		{Op: &wire.Op_SessionAbort{SessionAbort: &wire.SessionAbort{Session: 2}}},
+		{Op: &wire.Op_GenerationGet{GenerationGet: &wire.GenerationGet{}}},
+		{Op: &wire.Op_GenerationWatch{GenerationWatch: &wire.GenerationWatch{After: 0, TimeoutMs: 10, Name: "fuzzed"}}},
+		{Op: &wire.Op_GenerationAck{GenerationAck: &wire.GenerationAck{Generation: 0}}},
+		{Op: &wire.Op_GenerationWaitWatchers{GenerationWaitWatchers: &wire.GenerationWaitWatchers{TimeoutMs: 10}}},
+		{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{}}},
+		{Op: &wire.Op_GenerationMap{GenerationMap: &wire.GenerationMap{}}},
 		{},
 	}
 	var reqs []*wire.Request

@@ -9,6 +9,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -79,7 +80,7 @@ func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*
 		return nil, err
 	}
 	rec := &wire.PassphraseKdf{Algorithm: "argon2id", Version: kdf.Version, Params: params.Wire(), Salt: bytes.Clone(d.Salt)}
-	res, err := cn.create(d.Template, pt, usage, mat, id, rec)
+	res, err := cn.create(d.Template, pt, usage, mat, id, rec, persist.Origin_ORIGIN_PASSPHRASE)
 	if err != nil {
 		return nil, err
 	}

@@ -3,10 +3,12 @@ package server
 import (
 	"bytes"
 	"strings"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -39,6 +41,8 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 		CallerGid:       id.GID,
 		CallerPid:       id.PID,
 		CallerPidfd:     id.Pidfd >= 0,
+		Seal:            s.sealStatus(),
+		Generation:      s.generationInfo(true),
 	}}}
 }
 
@@ -81,12 +85,24 @@ func aclFromWire(w []*wire.AclEntry) ([]key.ACLEntry, error) {
 	return acl, nil
 }
 
-// remove destroys o (see keystore.Store.Remove), loudly if its memory was
-// found corrupted.
-func (cn *conn) remove(o *keystore.Object) {
-	if err := cn.s.store.Remove(o); err != nil {
-		cn.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+// remove destroys o (see keystore.Store.Remove).
+func (cn *conn) remove(o *keystore.Object) error {
+	err := cn.s.store.Remove(o)
+	if err != nil {
+		cn.log.Error("destroying a key failed", "key", o.ID.String(), "err", err)
 	}
+	return err
+}
+
+// release lets go of a handle's or session's hold on o: an ephemeral key
+// dies with its handle; a persistent one stays in the store and is
+// unloaded when nothing holds it.
+func (cn *conn) release(o *keystore.Object) {
+	if o.Ephemeral {
+		cn.remove(o)
+		return
+	}
+	cn.s.store.Release(o)
 }
 
 // discard destroys an object that never made it into the store.
@@ -99,21 +115,33 @@ func (cn *conn) discard(o *keystore.Object) {
 // create registers material made for template t as a new key owned by the
 // caller and opens a handle to it. It takes ownership of mat. kdf records
 // how a key derived from a passphrase was made (nil for others).
-func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf) (*wire.Result, error) {
+func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf, origin persist.Origin) (*wire.Result, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now()) // not aliasing the request
+	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now(), origin) // not aliasing the request
 	o.KDF = kdf
+	return cn.createObject(o, t, id)
+}
+
+// createObject adds o, a new object made for template t, to the store and
+// opens a handle to it.
+func (cn *conn) createObject(o *keystore.Object, t *wire.KeyTemplate, id Identity) (*wire.Result, error) {
+	if err := lifecycleFromTemplate(o, t); err != nil {
+		cn.discard(o)
+		return nil, err
+	}
+	attrs := o.Attrs()
 	if err := cn.s.store.Add(o); err != nil {
 		cn.discard(o)
 		return nil, err
 	}
 	h, err := cn.addHandle(o)
 	if err != nil {
+		// The connection is closing: the client will never know of the key.
 		cn.remove(o)
 		return nil, err
 	}
 	cn.log.Info("key created", "key", o.ID.String(), "type", o.Spec.Name, "class", o.Class.String(),
-		"owner", o.Owner, "usage", usage.String(), "exportable", attrs.Exportable, "ephemeral", o.Ephemeral)
+		"owner", o.Owner, "usage", attrs.Usage.String(), "exportable", attrs.Exportable, "ephemeral", o.Ephemeral)
 	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
 }
 
@@ -138,7 +166,7 @@ func (cn *conn) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(g.Template, pt, usage, mat, id, nil)
+	return cn.create(g.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_GENERATED)
 }
 
 // precheck refuses early, before any expensive work, what Add and
@@ -150,10 +178,11 @@ func (cn *conn) precheck(t *wire.KeyTemplate, id Identity) error {
 	if err := policy.CheckQuota(cn.s.store.Owned(id.UID), cn.s.limits.MaxKeysPerUser).Err(); err != nil {
 		return err
 	}
-	if !t.Ephemeral && t.Name != "" {
-		if _, taken := cn.s.store.Lookup(id.UID, t.Name); taken {
-			return wire.Errorf(wire.Status_STATUS_ALREADY_EXISTS, "a key named %q already exists", t.Name)
-		}
+	if err := cn.s.store.Ready(); err != nil {
+		return err
+	}
+	if !t.Ephemeral && t.Name != "" && cn.s.store.NameTaken(id.UID, t.Name) {
+		return wire.Errorf(wire.Status_STATUS_ALREADY_EXISTS, "a key named %q already exists", t.Name)
 	}
 	return nil
 }
@@ -181,7 +210,7 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 		var d policy.Decision
 		usage, d = policy.CheckTemplate(pt)
 		if err = d.Err(); err == nil {
-			return cn.create(im.Template, pt, usage, mat, id, nil)
+			return cn.create(im.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_IMPORTED)
 		}
 	}
 	mat.Destroy()
@@ -189,32 +218,40 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 }
 
 func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
+	if err := cn.roomForHandle(); err != nil {
+		return nil, err
+	}
 	var o *keystore.Object
-	var found bool
+	var err error
 	switch k := op.GetKey().(type) {
 	case *wire.Open_Id:
 		kid, valid := key.IDFromBytes(k.Id)
 		if !valid {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key id is 16 bytes")
 		}
-		o, found = cn.s.store.Get(kid)
+		o, err = cn.s.store.Get(kid)
 	case *wire.Open_Name:
 		owner := id.UID
 		if k.Name.OwnerUid != nil {
 			owner = *k.Name.OwnerUid
 		}
-		o, found = cn.s.store.Lookup(owner, k.Name.Name)
+		if !key.ValidName(k.Name.Name) {
+			return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
+		}
+		o, err = cn.s.store.Lookup(owner, k.Name.Name)
 	default:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "open needs a key id or name")
 	}
-	if !found {
-		return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
+	if err != nil {
+		return nil, err
 	}
 	if err := policy.Authorize(id.caller(), o.Policy(), policy.Open, 0).Err(); err != nil {
+		cn.s.store.Release(o)
 		return nil, err
 	}
 	h, err := cn.addHandle(o)
 	if err != nil {
+		cn.s.store.Release(o)
 		return nil, err
 	}
 	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
@@ -230,9 +267,7 @@ func (cn *conn) opClose(h uint32) (*wire.Result, error) {
 	if !found {
 		return nil, errBadHandle
 	}
-	if o.Ephemeral {
-		cn.remove(o)
-	}
+	cn.release(o)
 	return ok(), nil
 }
 
@@ -254,17 +289,20 @@ func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
 		limit = listPageDefault
 	}
 	caller := id.caller()
-	objs := cn.s.store.List(after, limit+1, func(o *keystore.Object) bool {
-		_, visible := policy.Granted(caller, o.Policy())
+	infos, err := cn.s.store.List(after, limit+1, func(info *wire.KeyInfo) bool {
+		granted, visible := policy.Granted(caller, policyKey(info))
+		info.CallerUsage = uint32(granted)
 		return visible
 	})
+	if err != nil {
+		return nil, err
+	}
 	res := &wire.ListResult{}
 	budget, size := listBudget(cn.s.limits.MaxMessageBytes)-64, 0
-	for i, o := range objs {
-		info := o.Info(caller)
+	for i, info := range infos {
 		size += info.SizeVT() + 8
 		if i > 0 && (i == limit || size > budget) {
-			res.Next = objs[i-1].ID[:]
+			res.Next = infos[i-1].Id
 			break
 		}
 		res.Keys = append(res.Keys, info)
@@ -322,10 +360,13 @@ func (cn *conn) opDestroy(h uint32, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := cn.remove(o); err != nil {
+		return nil, err
+	}
 	cn.mu.Lock()
 	delete(cn.handles, h)
 	cn.mu.Unlock()
-	cn.remove(o)
+	cn.s.store.Release(o)
 	cn.log.Info("key destroyed", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
 	return ok(), nil
 }
@@ -341,16 +382,14 @@ func (cn *conn) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Resu
 		ch.Usage = &u
 	}
 	ch.Exportable, ch.Wrappable = sa.Exportable, sa.Wrappable
-	for {
-		old := o.Attrs()
+	err = cn.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
 		next, d := policy.CheckChange(old, ch)
-		if err := d.Err(); err != nil {
-			return nil, err
-		}
-		if o.ReplaceAttrs(old, next) {
-			return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
-		}
+		return next, d.Err()
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
 
 func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
@@ -362,17 +401,18 @@ func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	for {
-		old := o.Attrs()
+	err = cn.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
 		if err := policy.CheckACL(old.Usage, acl).Err(); err != nil {
 			return nil, err
 		}
 		next := *old
 		next.ACL = acl
-		if o.ReplaceAttrs(old, &next) {
-			return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
-		}
+		return &next, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
 
 func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
@@ -391,8 +431,12 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err := cn.precheck(dv.Template, id); err != nil {
 		return nil, err
 	}
+	pv, err := cn.current(parent)
+	if err != nil {
+		return nil, err
+	}
 	var mat *mech.Key
-	err = parent.Use(func(m *mech.Key) error {
+	err = parent.UseVersion(pv, func(m *mech.Key) error {
 		var err error
 		mat, err = m.Derive(dv.PeerPublicKey, dv.Hash, dv.Salt, dv.Info, pt.Spec)
 		return err
@@ -400,5 +444,37 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(dv.Template, pt, usage, mat, id, nil)
+	return cn.create(dv.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_DERIVED)
+}
+
+// policyKey describes a key for package policy from its description.
+func policyKey(info *wire.KeyInfo) policy.Key {
+	a := &key.Attrs{Usage: key.Usage(info.Usage), Exportable: info.Exportable, Wrappable: info.Wrappable}
+	for _, e := range info.Acl {
+		switch p := e.GetPrincipal().(type) {
+		case *wire.AclEntry_Uid:
+			a.ACL = append(a.ACL, key.ACLEntry{ID: p.Uid, Usage: key.Usage(e.Usage)})
+		case *wire.AclEntry_Gid:
+			a.ACL = append(a.ACL, key.ACLEntry{Group: true, ID: p.Gid, Usage: key.Usage(e.Usage)})
+		}
+	}
+	return policy.Key{Owner: info.OwnerUid, Spec: key.Lookup(info.Type), Class: key.Class(info.Class), Attrs: a}
+}
+
+// lifecycleFromTemplate applies a template's rotation settings to a new
+// object.
+func lifecycleFromTemplate(o *keystore.Object, t *wire.KeyTemplate) error {
+	if t.RotateAfterSeconds == 0 && !t.RefuseWhenSpent {
+		return nil
+	}
+	if t.RotateAfterSeconds < 0 {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "negative rotation period")
+	}
+	m := *o.Meta()
+	m.RotateAfter = time.Duration(t.RotateAfterSeconds) * time.Second
+	if t.RefuseWhenSpent {
+		m.Budget = persist.BudgetPolicy_BUDGET_POLICY_REFUSE
+	}
+	keystore.SetMeta(o, &m)
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -68,25 +69,65 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 		fail(err)
 		return
 	}
+	var ver uint32
 	done := func(i int, data []byte, err error) {
 		if err != nil {
 			cn.setError(&out[i], ops[i], id, reqID, err)
 			return
 		}
 		out[i].Data = data
+		out[i].KeyVersion = ver
 	}
-	err = o.Use(func(m *mech.Key) error {
+	var v *keystore.Version
+	switch {
+	case kind == 1 && o.Spec.Family == key.FamilyAES:
+		v, err = cn.s.store.Encrypting(o, uint64(len(ops)))
+	case kind == 2 && o.Spec.Family == key.FamilyAES:
+		// One version for the run, named by the first ciphertext; a run
+		// that mixes versions is done one operation at a time.
+		var n uint32
+		if n, _, err = ctVersion(ops[0].GetDecrypt().Ciphertext); err == nil {
+			for _, op := range ops[1:] {
+				if n2, _, err2 := ctVersion(op.GetDecrypt().Ciphertext); err2 != nil || n2 != n {
+					cn.executeEach(ops, id, reqID, a, out)
+					return
+				}
+			}
+			var ok bool
+			if v, ok = o.Version(n); !ok {
+				err = errRetired(n)
+			}
+		}
+	case kind == 2:
+		cn.executeEach(ops, id, reqID, a, out) // RSA: versions are tried per ciphertext
+		return
+	default:
+		v, err = cn.current(o)
+	}
+	if err != nil {
+		fail(err)
+		return
+	}
+	ver = v.N
+	err = o.UseVersion(v, func(m *mech.Key) error {
 		switch kind {
 		case 1:
 			over := encryptOverhead(m)
+			if m.Spec().Family == key.FamilyAES {
+				over += ctHeaderLen
+			}
 			return m.EncryptEach(len(ops), hash, func(i int) (pt, aad, dst []byte) {
 				e := ops[i].GetEncrypt()
-				return e.Plaintext, e.Aad, a.take(len(e.Plaintext) + over)
+				dst = a.take(len(e.Plaintext) + over)
+				if m.Spec().Family == key.FamilyAES {
+					dst = appendCTHeader(dst, v.N)
+				}
+				return e.Plaintext, e.Aad, dst
 			}, done)
 		case 2:
 			return m.DecryptEach(len(ops), hash, func(i int) (ct, aad, dst []byte) {
 				d := ops[i].GetDecrypt()
-				return d.Ciphertext, d.Aad, a.take(len(d.Ciphertext))
+				return d.Ciphertext[ctHeaderLen:], d.Aad, a.take(len(d.Ciphertext))
 			}, done)
 		default:
 			return m.MACEach(len(ops), func(i int) (data, dst []byte) {
@@ -95,7 +136,20 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 		}
 	})
 	if err != nil {
+		if kind == 1 && o.Spec.Family == key.FamilyAES {
+			cn.s.store.Uncount(v, uint64(len(ops)))
+		}
 		fail(err)
+	}
+}
+
+// executeEach runs ops one at a time.
+func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result) {
+	for i, op := range ops {
+		// Encrypt, decrypt and MAC set only these fields.
+		if r := cn.safeDispatch(op, id, reqID, a, &out[i]); r != &out[i] {
+			out[i].Status, out[i].Message, out[i].Data, out[i].KeyVersion = r.Status, r.Message, r.Data, r.KeyVersion
+		}
 	}
 }
 

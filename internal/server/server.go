@@ -8,9 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/seqpacket"
+	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -71,6 +74,25 @@ type Config struct {
 	KDF *kdf.Supervisor
 	// Memory, if set, describes the daemon's key memory for Status.
 	Memory func() *wire.MemoryStatus
+	// Generation tracks the machine generation (docs/genid.md); nil means
+	// a tracker with no sources, which only a bump changes, closed by
+	// Shutdown.
+	Generation *genid.Tracker
+	// GenerationAdmins may bump the generation, besides root.
+	GenerationAdmins []uint32
+
+	// Store is the persistent key store, made with keystore.New over a
+	// store and its master key (which may be sealed); nil means a store in
+	// memory with an ephemeral master key, made by New (development mode
+	// and tests).
+	Store *keystore.Store
+	// StateDir is where the store lives ("" for memory), for Status and
+	// for the temporary file of a restore.
+	StateDir string
+	// Admins may run the master-key and store operations (init, unseal,
+	// seal, master rotation, backup, restore, trusting wrapping keys),
+	// besides root and the daemon's own uid.
+	Admins []uint32
 
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).
@@ -84,9 +106,12 @@ type Server struct {
 	log     *slog.Logger
 	store   *keystore.Store
 	started time.Time
+	gen     *genid.Tracker
+	ownGen  bool // gen was made by New, and is closed by Shutdown
 
-	nextConn atomic.Uint64
-	connsN   atomic.Int32
+	nextConn   atomic.Uint64
+	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
+	connsN     atomic.Int32
 
 	done chan struct{} // closed by Shutdown
 
@@ -113,15 +138,35 @@ func New(cfg Config) *Server {
 			"asked", lim.MaxMessageBytes, "allowed", m)
 		lim.MaxMessageBytes = m
 	}
-	return &Server{
+	s := &Server{
 		cfg:     cfg,
 		limits:  lim,
 		log:     cfg.Logger,
-		store:   keystore.New(lim.MaxKeysPerUser),
+		store:   cfg.Store,
 		started: cfg.Now(),
 		conns:   make(map[*conn]struct{}),
 		done:    make(chan struct{}),
+		gen:     cfg.Generation,
 	}
+	if s.gen == nil {
+		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now})
+		s.ownGen = true
+	}
+	if s.store == nil {
+		st, err := keystore.NewDev(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, Logger: cfg.Logger, Now: cfg.Now})
+		if err != nil {
+			// Only when no key memory can be had at all; every key
+			// operation then fails with UNAVAILABLE.
+			cfg.Logger.Error("cannot make the in-memory key store", "err", err)
+			db := store.NewMemory()
+			m, _ := seal.Open(seal.Config{Store: db, Logger: cfg.Logger})
+			st = keystore.New(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, DB: db, Master: m, Logger: cfg.Logger, Now: cfg.Now})
+		}
+		s.store = st
+	}
+	s.store.SetMaxPerUser(lim.MaxKeysPerUser)
+	s.registerGenerationHooks()
+	return s
 }
 
 // Limits returns the limits in force.
@@ -249,6 +294,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if cerr := s.store.Close(); cerr != nil {
 		s.log.Error("key memory corrupted: something wrote past the end of a key", "err", cerr)
+	}
+	if s.ownGen {
+		s.gen.Close()
 	}
 	return err
 }

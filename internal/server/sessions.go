@@ -21,11 +21,12 @@ type session struct {
 	obj    *keystore.Object // nil for HASH
 	need   key.Usage
 	stream mech.Stream
-	ended  bool // under mu: the stream is destroyed
+	ended  bool   // under mu: the stream is destroyed
+	gen    uint64 // the machine generation it was opened in
 }
 
 func (cn *conn) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, error) {
-	ss := &session{kind: so.Kind}
+	ss := &session{kind: so.Kind, gen: cn.s.gen.Current()}
 	params := mech.SignParams{Hash: so.Hash, Padding: so.Padding}
 	var err error
 	switch so.Kind {
@@ -74,6 +75,9 @@ func (cn *conn) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, 
 		}
 	}
 	cn.sessions[cn.nextSession] = ss
+	if ss.obj != nil {
+		cn.s.store.Hold(ss.obj) // released by endSession
+	}
 	return &wire.Result{Value: &wire.Result_Session{Session: &wire.SessionResult{Session: cn.nextSession}}}, nil
 }
 
@@ -94,11 +98,15 @@ func (cn *conn) endSession(sid uint32, ss *session) {
 	}
 	cn.mu.Unlock()
 	ss.mu.Lock()
+	release := !ss.ended && ss.obj != nil
 	if !ss.ended {
 		ss.ended = true
 		ss.stream.Destroy()
 	}
 	ss.mu.Unlock()
+	if release {
+		cn.s.store.Release(ss.obj)
+	}
 }
 
 // step runs fn on the session's stream with the key's material held, after
@@ -108,6 +116,9 @@ func (cn *conn) step(sid uint32, ss *session, id Identity, fn func() error) erro
 	var err error
 	if ss.ended {
 		err = errBadSession
+	} else if ss.gen != cn.s.gen.Current() {
+		// A clone of this machine may hold the same session state.
+		err = errGenerationChanged
 	} else if ss.obj == nil {
 		err = fn()
 	} else if err = policy.Authorize(id.caller(), ss.obj.Policy(), policy.Use, ss.need).Err(); err == nil {

@@ -57,8 +57,9 @@ const (
 	// the transport: the request itself succeeded.
 	Status_STATUS_VERIFICATION_FAILED Status = 6
 	// The machine's generation changed (VM snapshot restore or clone) and the
-	// operation depended on state from an older generation. Reserved: this
-	// version never returns it.
+	// operation depended on state from an older generation: a streaming
+	// session begun before the change, or a request whose
+	// expected_generation is not the current one (docs/genid.md).
 	Status_STATUS_GENERATION_CHANGED Status = 7
 	// A documented limit was reached (message size, reply size, in-flight
 	// requests, handles, sessions, keys per user, batch size, ACL entries,
@@ -561,6 +562,125 @@ func (SessionKind) EnumDescriptor() ([]byte, []int) {
 	return file_keywarden_proto_rawDescGZIP(), []int{7}
 }
 
+// KeyOrigin says how a key came to be.
+type KeyOrigin int32
+
+const (
+	KeyOrigin_KEY_ORIGIN_UNSPECIFIED KeyOrigin = 0
+	KeyOrigin_KEY_ORIGIN_GENERATED   KeyOrigin = 1
+	KeyOrigin_KEY_ORIGIN_IMPORTED    KeyOrigin = 2
+	KeyOrigin_KEY_ORIGIN_DERIVED     KeyOrigin = 3
+	KeyOrigin_KEY_ORIGIN_UNWRAPPED   KeyOrigin = 4
+	KeyOrigin_KEY_ORIGIN_PASSPHRASE  KeyOrigin = 5
+)
+
+// Enum value maps for KeyOrigin.
+var (
+	KeyOrigin_name = map[int32]string{
+		0: "KEY_ORIGIN_UNSPECIFIED",
+		1: "KEY_ORIGIN_GENERATED",
+		2: "KEY_ORIGIN_IMPORTED",
+		3: "KEY_ORIGIN_DERIVED",
+		4: "KEY_ORIGIN_UNWRAPPED",
+		5: "KEY_ORIGIN_PASSPHRASE",
+	}
+	KeyOrigin_value = map[string]int32{
+		"KEY_ORIGIN_UNSPECIFIED": 0,
+		"KEY_ORIGIN_GENERATED":   1,
+		"KEY_ORIGIN_IMPORTED":    2,
+		"KEY_ORIGIN_DERIVED":     3,
+		"KEY_ORIGIN_UNWRAPPED":   4,
+		"KEY_ORIGIN_PASSPHRASE":  5,
+	}
+)
+
+func (x KeyOrigin) Enum() *KeyOrigin {
+	p := new(KeyOrigin)
+	*p = x
+	return p
+}
+
+func (x KeyOrigin) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyOrigin) Descriptor() protoreflect.EnumDescriptor {
+	return file_keywarden_proto_enumTypes[8].Descriptor()
+}
+
+func (KeyOrigin) Type() protoreflect.EnumType {
+	return &file_keywarden_proto_enumTypes[8]
+}
+
+func (x KeyOrigin) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyOrigin.Descriptor instead.
+func (KeyOrigin) EnumDescriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{8}
+}
+
+type WrapFormat int32
+
+const (
+	// keywarden's own format: the key's attributes are bound to it.
+	WrapFormat_WRAP_FORMAT_UNSPECIFIED WrapFormat = 0
+	// RFC 3394 AES key wrap (secret keys whose length is a multiple of 8).
+	WrapFormat_WRAP_FORMAT_KW WrapFormat = 1
+	// RFC 5649 AES key wrap with padding.
+	WrapFormat_WRAP_FORMAT_KWP       WrapFormat = 2
+	WrapFormat_WRAP_FORMAT_KEYWARDEN WrapFormat = 3
+	// RSA-OAEP of an ephemeral AES key, then RFC 5649 under it (as cloud
+	// KMS key import and PKCS #11 CKM_RSA_AES_KEY_WRAP).
+	WrapFormat_WRAP_FORMAT_RSA_AES_KWP WrapFormat = 4
+)
+
+// Enum value maps for WrapFormat.
+var (
+	WrapFormat_name = map[int32]string{
+		0: "WRAP_FORMAT_UNSPECIFIED",
+		1: "WRAP_FORMAT_KW",
+		2: "WRAP_FORMAT_KWP",
+		3: "WRAP_FORMAT_KEYWARDEN",
+		4: "WRAP_FORMAT_RSA_AES_KWP",
+	}
+	WrapFormat_value = map[string]int32{
+		"WRAP_FORMAT_UNSPECIFIED": 0,
+		"WRAP_FORMAT_KW":          1,
+		"WRAP_FORMAT_KWP":         2,
+		"WRAP_FORMAT_KEYWARDEN":   3,
+		"WRAP_FORMAT_RSA_AES_KWP": 4,
+	}
+)
+
+func (x WrapFormat) Enum() *WrapFormat {
+	p := new(WrapFormat)
+	*p = x
+	return p
+}
+
+func (x WrapFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WrapFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_keywarden_proto_enumTypes[9].Descriptor()
+}
+
+func (WrapFormat) Type() protoreflect.EnumType {
+	return &file_keywarden_proto_enumTypes[9]
+}
+
+func (x WrapFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WrapFormat.Descriptor instead.
+func (WrapFormat) EnumDescriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{9}
+}
+
 // Request is one message from client to daemon.
 type Request struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -572,9 +692,13 @@ type Request struct {
 	Id uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
 	// The operations, executed in order, each independently: one failing
 	// does not stop the others. At least one, at most Limits.max_batch_ops.
-	Ops           []*Op `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ops []*Op `protobuf:"bytes,3,rep,name=ops,proto3" json:"ops,omitempty"`
+	// The machine generation the client expects (docs/genid.md). When set
+	// and the daemon's generation is another, the whole request is refused
+	// with STATUS_GENERATION_CHANGED before any operation runs.
+	ExpectedGeneration *uint64 `protobuf:"varint,4,opt,name=expected_generation,json=expectedGeneration,proto3,oneof" json:"expected_generation,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
@@ -626,6 +750,13 @@ func (x *Request) GetOps() []*Op {
 		return x.Ops
 	}
 	return nil
+}
+
+func (x *Request) GetExpectedGeneration() uint64 {
+	if x != nil && x.ExpectedGeneration != nil {
+		return *x.ExpectedGeneration
+	}
+	return 0
 }
 
 // Reply is one message from daemon to client.
@@ -741,10 +872,28 @@ type Op struct {
 	//	*Op_SessionUpdate
 	//	*Op_SessionFinal
 	//	*Op_SessionAbort
+	//	*Op_Init
+	//	*Op_Unseal
+	//	*Op_Seal
+	//	*Op_MasterRotate
+	//	*Op_Rotate
+	//	*Op_Wrap
+	//	*Op_Unwrap
+	//	*Op_Rewrap
+	//	*Op_DataKey
+	//	*Op_Backup
+	//	*Op_Restore
+	//	*Op_SetLifecycle
 	//	*Op_DerivePassphrase
 	//	*Op_PasswordHash
 	//	*Op_PasswordVerify
 	//	*Op_KdfCalibrate
+	//	*Op_GenerationGet
+	//	*Op_GenerationWatch
+	//	*Op_GenerationAck
+	//	*Op_GenerationWaitWatchers
+	//	*Op_GenerationBump
+	//	*Op_GenerationMap
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1012,6 +1161,114 @@ func (x *Op) GetSessionAbort() *SessionAbort {
 	return nil
 }
 
+func (x *Op) GetInit() *Init {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Init); ok {
+			return x.Init
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetUnseal() *Unseal {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Unseal); ok {
+			return x.Unseal
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetSeal() *Seal {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Seal); ok {
+			return x.Seal
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetMasterRotate() *MasterRotate {
+	if x != nil {
+		if x, ok := x.Op.(*Op_MasterRotate); ok {
+			return x.MasterRotate
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetRotate() *Rotate {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Rotate); ok {
+			return x.Rotate
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetWrap() *Wrap {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Wrap); ok {
+			return x.Wrap
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetUnwrap() *Unwrap {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Unwrap); ok {
+			return x.Unwrap
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetRewrap() *Rewrap {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Rewrap); ok {
+			return x.Rewrap
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetDataKey() *DataKey {
+	if x != nil {
+		if x, ok := x.Op.(*Op_DataKey); ok {
+			return x.DataKey
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetBackup() *Backup {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Backup); ok {
+			return x.Backup
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetRestore() *Restore {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Restore); ok {
+			return x.Restore
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetSetLifecycle() *SetLifecycle {
+	if x != nil {
+		if x, ok := x.Op.(*Op_SetLifecycle); ok {
+			return x.SetLifecycle
+		}
+	}
+	return nil
+}
+
 func (x *Op) GetDerivePassphrase() *DeriveFromPassphrase {
 	if x != nil {
 		if x, ok := x.Op.(*Op_DerivePassphrase); ok {
@@ -1043,6 +1300,60 @@ func (x *Op) GetKdfCalibrate() *KdfCalibrate {
 	if x != nil {
 		if x, ok := x.Op.(*Op_KdfCalibrate); ok {
 			return x.KdfCalibrate
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationGet() *GenerationGet {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationGet); ok {
+			return x.GenerationGet
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationWatch() *GenerationWatch {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationWatch); ok {
+			return x.GenerationWatch
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationAck() *GenerationAck {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationAck); ok {
+			return x.GenerationAck
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationWaitWatchers() *GenerationWaitWatchers {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationWaitWatchers); ok {
+			return x.GenerationWaitWatchers
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationBump() *GenerationBump {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationBump); ok {
+			return x.GenerationBump
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetGenerationMap() *GenerationMap {
+	if x != nil {
+		if x, ok := x.Op.(*Op_GenerationMap); ok {
+			return x.GenerationMap
 		}
 	}
 	return nil
@@ -1152,6 +1463,57 @@ type Op_SessionAbort struct {
 	SessionAbort *SessionAbort `protobuf:"bytes,25,opt,name=session_abort,json=sessionAbort,proto3,oneof"`
 }
 
+type Op_Init struct {
+	// The master key and the store (docs/operations.md); administrators
+	// only, except that anyone may read the seal state through Status.
+	Init *Init `protobuf:"bytes,26,opt,name=init,proto3,oneof"`
+}
+
+type Op_Unseal struct {
+	Unseal *Unseal `protobuf:"bytes,27,opt,name=unseal,proto3,oneof"`
+}
+
+type Op_Seal struct {
+	Seal *Seal `protobuf:"bytes,28,opt,name=seal,proto3,oneof"`
+}
+
+type Op_MasterRotate struct {
+	MasterRotate *MasterRotate `protobuf:"bytes,29,opt,name=master_rotate,json=masterRotate,proto3,oneof"`
+}
+
+type Op_Rotate struct {
+	// Versions and wrapping (docs/formats.md).
+	Rotate *Rotate `protobuf:"bytes,30,opt,name=rotate,proto3,oneof"`
+}
+
+type Op_Wrap struct {
+	Wrap *Wrap `protobuf:"bytes,31,opt,name=wrap,proto3,oneof"`
+}
+
+type Op_Unwrap struct {
+	Unwrap *Unwrap `protobuf:"bytes,32,opt,name=unwrap,proto3,oneof"`
+}
+
+type Op_Rewrap struct {
+	Rewrap *Rewrap `protobuf:"bytes,33,opt,name=rewrap,proto3,oneof"`
+}
+
+type Op_DataKey struct {
+	DataKey *DataKey `protobuf:"bytes,34,opt,name=data_key,json=dataKey,proto3,oneof"`
+}
+
+type Op_Backup struct {
+	Backup *Backup `protobuf:"bytes,35,opt,name=backup,proto3,oneof"`
+}
+
+type Op_Restore struct {
+	Restore *Restore `protobuf:"bytes,36,opt,name=restore,proto3,oneof"`
+}
+
+type Op_SetLifecycle struct {
+	SetLifecycle *SetLifecycle `protobuf:"bytes,37,opt,name=set_lifecycle,json=setLifecycle,proto3,oneof"`
+}
+
 type Op_DerivePassphrase struct {
 	// Argon2id, run in a short-lived worker process (docs/kdf.md).
 	DerivePassphrase *DeriveFromPassphrase `protobuf:"bytes,40,opt,name=derive_passphrase,json=derivePassphrase,proto3,oneof"`
@@ -1167,6 +1529,31 @@ type Op_PasswordVerify struct {
 
 type Op_KdfCalibrate struct {
 	KdfCalibrate *KdfCalibrate `protobuf:"bytes,43,opt,name=kdf_calibrate,json=kdfCalibrate,proto3,oneof"`
+}
+
+type Op_GenerationGet struct {
+	// The machine generation: VM snapshot and clone safety (docs/genid.md).
+	GenerationGet *GenerationGet `protobuf:"bytes,60,opt,name=generation_get,json=generationGet,proto3,oneof"`
+}
+
+type Op_GenerationWatch struct {
+	GenerationWatch *GenerationWatch `protobuf:"bytes,61,opt,name=generation_watch,json=generationWatch,proto3,oneof"`
+}
+
+type Op_GenerationAck struct {
+	GenerationAck *GenerationAck `protobuf:"bytes,62,opt,name=generation_ack,json=generationAck,proto3,oneof"`
+}
+
+type Op_GenerationWaitWatchers struct {
+	GenerationWaitWatchers *GenerationWaitWatchers `protobuf:"bytes,63,opt,name=generation_wait_watchers,json=generationWaitWatchers,proto3,oneof"`
+}
+
+type Op_GenerationBump struct {
+	GenerationBump *GenerationBump `protobuf:"bytes,64,opt,name=generation_bump,json=generationBump,proto3,oneof"`
+}
+
+type Op_GenerationMap struct {
+	GenerationMap *GenerationMap `protobuf:"bytes,65,opt,name=generation_map,json=generationMap,proto3,oneof"`
 }
 
 func (*Op_Status) isOp_Op() {}
@@ -1219,6 +1606,30 @@ func (*Op_SessionFinal) isOp_Op() {}
 
 func (*Op_SessionAbort) isOp_Op() {}
 
+func (*Op_Init) isOp_Op() {}
+
+func (*Op_Unseal) isOp_Op() {}
+
+func (*Op_Seal) isOp_Op() {}
+
+func (*Op_MasterRotate) isOp_Op() {}
+
+func (*Op_Rotate) isOp_Op() {}
+
+func (*Op_Wrap) isOp_Op() {}
+
+func (*Op_Unwrap) isOp_Op() {}
+
+func (*Op_Rewrap) isOp_Op() {}
+
+func (*Op_DataKey) isOp_Op() {}
+
+func (*Op_Backup) isOp_Op() {}
+
+func (*Op_Restore) isOp_Op() {}
+
+func (*Op_SetLifecycle) isOp_Op() {}
+
 func (*Op_DerivePassphrase) isOp_Op() {}
 
 func (*Op_PasswordHash) isOp_Op() {}
@@ -1226,6 +1637,18 @@ func (*Op_PasswordHash) isOp_Op() {}
 func (*Op_PasswordVerify) isOp_Op() {}
 
 func (*Op_KdfCalibrate) isOp_Op() {}
+
+func (*Op_GenerationGet) isOp_Op() {}
+
+func (*Op_GenerationWatch) isOp_Op() {}
+
+func (*Op_GenerationAck) isOp_Op() {}
+
+func (*Op_GenerationWaitWatchers) isOp_Op() {}
+
+func (*Op_GenerationBump) isOp_Op() {}
+
+func (*Op_GenerationMap) isOp_Op() {}
 
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1239,6 +1662,10 @@ type Result struct {
 	// field rather than a member of value: it is the data path's result, and
 	// decoding it then costs no extra allocation.)
 	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// The key version an operation used or made: encrypt, sign, mac,
+	// rewrap, data_key; and for verify and mac_verify the version that
+	// verified. 0 when not applicable.
+	KeyVersion uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
 	// Types that are valid to be assigned to Value:
 	//
 	//	*Result_Key
@@ -1247,6 +1674,12 @@ type Result struct {
 	//	*Result_Server
 	//	*Result_Session
 	//	*Result_KdfCalibration
+	//	*Result_Init
+	//	*Result_Unseal
+	//	*Result_Backup
+	//	*Result_DataKey
+	//	*Result_Generation
+	//	*Result_GenerationMap
 	Value         isResult_Value `protobuf_oneof:"value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1301,6 +1734,13 @@ func (x *Result) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *Result) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
 }
 
 func (x *Result) GetValue() isResult_Value {
@@ -1364,6 +1804,60 @@ func (x *Result) GetKdfCalibration() *KdfCalibration {
 	return nil
 }
 
+func (x *Result) GetInit() *InitResult {
+	if x != nil {
+		if x, ok := x.Value.(*Result_Init); ok {
+			return x.Init
+		}
+	}
+	return nil
+}
+
+func (x *Result) GetUnseal() *UnsealResult {
+	if x != nil {
+		if x, ok := x.Value.(*Result_Unseal); ok {
+			return x.Unseal
+		}
+	}
+	return nil
+}
+
+func (x *Result) GetBackup() *BackupChunk {
+	if x != nil {
+		if x, ok := x.Value.(*Result_Backup); ok {
+			return x.Backup
+		}
+	}
+	return nil
+}
+
+func (x *Result) GetDataKey() *DataKeyResult {
+	if x != nil {
+		if x, ok := x.Value.(*Result_DataKey); ok {
+			return x.DataKey
+		}
+	}
+	return nil
+}
+
+func (x *Result) GetGeneration() *GenerationInfo {
+	if x != nil {
+		if x, ok := x.Value.(*Result_Generation); ok {
+			return x.Generation
+		}
+	}
+	return nil
+}
+
+func (x *Result) GetGenerationMap() *GenerationMapInfo {
+	if x != nil {
+		if x, ok := x.Value.(*Result_GenerationMap); ok {
+			return x.GenerationMap
+		}
+	}
+	return nil
+}
+
 type isResult_Value interface {
 	isResult_Value()
 }
@@ -1392,6 +1886,30 @@ type Result_KdfCalibration struct {
 	KdfCalibration *KdfCalibration `protobuf:"bytes,20,opt,name=kdf_calibration,json=kdfCalibration,proto3,oneof"`
 }
 
+type Result_Init struct {
+	Init *InitResult `protobuf:"bytes,16,opt,name=init,proto3,oneof"`
+}
+
+type Result_Unseal struct {
+	Unseal *UnsealResult `protobuf:"bytes,17,opt,name=unseal,proto3,oneof"`
+}
+
+type Result_Backup struct {
+	Backup *BackupChunk `protobuf:"bytes,18,opt,name=backup,proto3,oneof"`
+}
+
+type Result_DataKey struct {
+	DataKey *DataKeyResult `protobuf:"bytes,19,opt,name=data_key,json=dataKey,proto3,oneof"`
+}
+
+type Result_Generation struct {
+	Generation *GenerationInfo `protobuf:"bytes,30,opt,name=generation,proto3,oneof"`
+}
+
+type Result_GenerationMap struct {
+	GenerationMap *GenerationMapInfo `protobuf:"bytes,31,opt,name=generation_map,json=generationMap,proto3,oneof"`
+}
+
 func (*Result_Key) isResult_Value() {}
 
 func (*Result_Info) isResult_Value() {}
@@ -1403,6 +1921,18 @@ func (*Result_Server) isResult_Value() {}
 func (*Result_Session) isResult_Value() {}
 
 func (*Result_KdfCalibration) isResult_Value() {}
+
+func (*Result_Init) isResult_Value() {}
+
+func (*Result_Unseal) isResult_Value() {}
+
+func (*Result_Backup) isResult_Value() {}
+
+func (*Result_DataKey) isResult_Value() {}
+
+func (*Result_Generation) isResult_Value() {}
+
+func (*Result_GenerationMap) isResult_Value() {}
 
 // AclEntry grants a uid or a gid some of the key's usages.
 type AclEntry struct {
@@ -1512,10 +2042,17 @@ type KeyTemplate struct {
 	// May leave the daemon wrapped under another key.
 	Wrappable bool `protobuf:"varint,5,opt,name=wrappable,proto3" json:"wrappable,omitempty"`
 	// Dies with the connection; not visible to other connections.
-	Ephemeral     bool        `protobuf:"varint,6,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"`
-	Acl           []*AclEntry `protobuf:"bytes,7,rep,name=acl,proto3" json:"acl,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ephemeral bool        `protobuf:"varint,6,opt,name=ephemeral,proto3" json:"ephemeral,omitempty"`
+	Acl       []*AclEntry `protobuf:"bytes,7,rep,name=acl,proto3" json:"acl,omitempty"`
+	// Add a version automatically when the newest is older than this many
+	// seconds (0: never).
+	RotateAfterSeconds int64 `protobuf:"varint,8,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3" json:"rotate_after_seconds,omitempty"`
+	// When a version has made as many AES-GCM encryptions as it may,
+	// refuse to encrypt (STATUS_RESOURCE_EXHAUSTED) instead of adding a
+	// version.
+	RefuseWhenSpent bool `protobuf:"varint,9,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3" json:"refuse_when_spent,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *KeyTemplate) Reset() {
@@ -1597,6 +2134,20 @@ func (x *KeyTemplate) GetAcl() []*AclEntry {
 	return nil
 }
 
+func (x *KeyTemplate) GetRotateAfterSeconds() int64 {
+	if x != nil {
+		return x.RotateAfterSeconds
+	}
+	return 0
+}
+
+func (x *KeyTemplate) GetRefuseWhenSpent() bool {
+	if x != nil {
+		return x.RefuseWhenSpent
+	}
+	return false
+}
+
 type KeyInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 16 random bytes, stable for the key's life.
@@ -1618,6 +2169,7 @@ type KeyInfo struct {
 	CallerUsage uint32 `protobuf:"varint,14,opt,name=caller_usage,json=callerUsage,proto3" json:"caller_usage,omitempty"`
 	// How a key made by derive_passphrase was derived; absent for other keys.
 	Kdf           *PassphraseKdf `protobuf:"bytes,15,opt,name=kdf,proto3" json:"kdf,omitempty"`
+	Lifecycle     *KeyLifecycle  `protobuf:"bytes,16,opt,name=lifecycle,proto3" json:"lifecycle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1757,6 +2309,180 @@ func (x *KeyInfo) GetKdf() *PassphraseKdf {
 	return nil
 }
 
+func (x *KeyInfo) GetLifecycle() *KeyLifecycle {
+	if x != nil {
+		return x.Lifecycle
+	}
+	return nil
+}
+
+// KeyLifecycle describes a key's origin and versions.
+type KeyLifecycle struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Origin KeyOrigin              `protobuf:"varint,1,opt,name=origin,proto3,enum=keywarden.v1.KeyOrigin" json:"origin,omitempty"`
+	// The key has never been exportable.
+	NeverExportable bool `protobuf:"varint,2,opt,name=never_exportable,json=neverExportable,proto3" json:"never_exportable,omitempty"`
+	// An administrator made it a trusted wrapping key.
+	Trusted bool `protobuf:"varint,3,opt,name=trusted,proto3" json:"trusted,omitempty"`
+	// Versions below this no longer decrypt or verify.
+	MinVersion         uint32 `protobuf:"varint,4,opt,name=min_version,json=minVersion,proto3" json:"min_version,omitempty"`
+	RotateAfterSeconds int64  `protobuf:"varint,5,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3" json:"rotate_after_seconds,omitempty"`
+	RefuseWhenSpent    bool   `protobuf:"varint,6,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3" json:"refuse_when_spent,omitempty"`
+	// The live versions, oldest first.
+	Versions      []*KeyVersionInfo `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyLifecycle) Reset() {
+	*x = KeyLifecycle{}
+	mi := &file_keywarden_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyLifecycle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyLifecycle) ProtoMessage() {}
+
+func (x *KeyLifecycle) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyLifecycle.ProtoReflect.Descriptor instead.
+func (*KeyLifecycle) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *KeyLifecycle) GetOrigin() KeyOrigin {
+	if x != nil {
+		return x.Origin
+	}
+	return KeyOrigin_KEY_ORIGIN_UNSPECIFIED
+}
+
+func (x *KeyLifecycle) GetNeverExportable() bool {
+	if x != nil {
+		return x.NeverExportable
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetTrusted() bool {
+	if x != nil {
+		return x.Trusted
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetMinVersion() uint32 {
+	if x != nil {
+		return x.MinVersion
+	}
+	return 0
+}
+
+func (x *KeyLifecycle) GetRotateAfterSeconds() int64 {
+	if x != nil {
+		return x.RotateAfterSeconds
+	}
+	return 0
+}
+
+func (x *KeyLifecycle) GetRefuseWhenSpent() bool {
+	if x != nil {
+		return x.RefuseWhenSpent
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetVersions() []*KeyVersionInfo {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+type KeyVersionInfo struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	// AES-GCM encryptions made (an upper bound after a restart) and the
+	// most this version may make.
+	Encryptions     uint64 `protobuf:"varint,3,opt,name=encryptions,proto3" json:"encryptions,omitempty"`
+	EncryptionLimit uint64 `protobuf:"varint,4,opt,name=encryption_limit,json=encryptionLimit,proto3" json:"encryption_limit,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *KeyVersionInfo) Reset() {
+	*x = KeyVersionInfo{}
+	mi := &file_keywarden_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyVersionInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyVersionInfo) ProtoMessage() {}
+
+func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyVersionInfo.ProtoReflect.Descriptor instead.
+func (*KeyVersionInfo) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *KeyVersionInfo) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *KeyVersionInfo) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *KeyVersionInfo) GetEncryptions() uint64 {
+	if x != nil {
+		return x.Encryptions
+	}
+	return 0
+}
+
+func (x *KeyVersionInfo) GetEncryptionLimit() uint64 {
+	if x != nil {
+		return x.EncryptionLimit
+	}
+	return 0
+}
+
 type KeyResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Valid only on the connection that received it.
@@ -1768,7 +2494,7 @@ type KeyResult struct {
 
 func (x *KeyResult) Reset() {
 	*x = KeyResult{}
-	mi := &file_keywarden_proto_msgTypes[7]
+	mi := &file_keywarden_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +2506,7 @@ func (x *KeyResult) String() string {
 func (*KeyResult) ProtoMessage() {}
 
 func (x *KeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[7]
+	mi := &file_keywarden_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +2519,7 @@ func (x *KeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyResult.ProtoReflect.Descriptor instead.
 func (*KeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{7}
+	return file_keywarden_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KeyResult) GetHandle() uint32 {
@@ -1821,7 +2547,7 @@ type ListResult struct {
 
 func (x *ListResult) Reset() {
 	*x = ListResult{}
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +2559,7 @@ func (x *ListResult) String() string {
 func (*ListResult) ProtoMessage() {}
 
 func (x *ListResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +2572,7 @@ func (x *ListResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResult.ProtoReflect.Descriptor instead.
 func (*ListResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{8}
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListResult) GetKeys() []*KeyInfo {
@@ -1877,7 +2603,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2615,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2628,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{9}
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Limits) GetMaxMessageBytes() uint32 {
@@ -1963,14 +2689,18 @@ type StatusResult struct {
 	// Whether that identity is tied to a pidfd (race-free against PID reuse).
 	CallerPidfd bool `protobuf:"varint,11,opt,name=caller_pidfd,json=callerPidfd,proto3" json:"caller_pidfd,omitempty"`
 	// Where and how key bytes are held.
-	Memory        *MemoryStatus `protobuf:"bytes,12,opt,name=memory,proto3" json:"memory,omitempty"`
+	Memory *MemoryStatus `protobuf:"bytes,12,opt,name=memory,proto3" json:"memory,omitempty"`
+	// The master key and the store.
+	Seal *SealStatus `protobuf:"bytes,13,opt,name=seal,proto3" json:"seal,omitempty"`
+	// The machine generation and its sources (docs/genid.md).
+	Generation    *GenerationInfo `protobuf:"bytes,20,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1982,7 +2712,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1995,7 +2725,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{10}
+	return file_keywarden_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StatusResult) GetProtocolVersion() uint32 {
@@ -2082,6 +2812,20 @@ func (x *StatusResult) GetMemory() *MemoryStatus {
 	return nil
 }
 
+func (x *StatusResult) GetSeal() *SealStatus {
+	if x != nil {
+		return x.Seal
+	}
+	return nil
+}
+
+func (x *StatusResult) GetGeneration() *GenerationInfo {
+	if x != nil {
+		return x.Generation
+	}
+	return nil
+}
+
 // MemoryStatus describes the daemon's key memory (docs/security.md).
 type MemoryStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2112,7 +2856,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2868,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2881,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{11}
+	return file_keywarden_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MemoryStatus) GetBacking() string {
@@ -2212,7 +2956,7 @@ type SessionResult struct {
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2224,7 +2968,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2237,7 +2981,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{12}
+	return file_keywarden_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SessionResult) GetSession() uint32 {
@@ -2256,7 +3000,7 @@ type StatusOp struct {
 
 func (x *StatusOp) Reset() {
 	*x = StatusOp{}
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +3012,7 @@ func (x *StatusOp) String() string {
 func (*StatusOp) ProtoMessage() {}
 
 func (x *StatusOp) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +3025,7 @@ func (x *StatusOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusOp.ProtoReflect.Descriptor instead.
 func (*StatusOp) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_proto_rawDescGZIP(), []int{15}
 }
 
 // Ping echoes its payload. It exists to measure the transport.
@@ -2294,7 +3038,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +3050,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +3063,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Ping) GetPayload() []byte {
@@ -2338,7 +3082,7 @@ type Generate struct {
 
 func (x *Generate) Reset() {
 	*x = Generate{}
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2350,7 +3094,7 @@ func (x *Generate) String() string {
 func (*Generate) ProtoMessage() {}
 
 func (x *Generate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2363,7 +3107,7 @@ func (x *Generate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generate.ProtoReflect.Descriptor instead.
 func (*Generate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Generate) GetTemplate() *KeyTemplate {
@@ -2384,7 +3128,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +3140,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +3153,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Import) GetTemplate() *KeyTemplate {
@@ -2444,7 +3188,7 @@ type NameRef struct {
 
 func (x *NameRef) Reset() {
 	*x = NameRef{}
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +3200,7 @@ func (x *NameRef) String() string {
 func (*NameRef) ProtoMessage() {}
 
 func (x *NameRef) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +3213,7 @@ func (x *NameRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRef.ProtoReflect.Descriptor instead.
 func (*NameRef) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NameRef) GetName() string {
@@ -2499,7 +3243,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2511,7 +3255,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2524,7 +3268,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Open) GetKey() isOpen_Key {
@@ -2577,7 +3321,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +3333,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +3346,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Close) GetHandle() uint32 {
@@ -2625,7 +3369,7 @@ type List struct {
 
 func (x *List) Reset() {
 	*x = List{}
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2637,7 +3381,7 @@ func (x *List) String() string {
 func (*List) ProtoMessage() {}
 
 func (x *List) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2650,7 +3394,7 @@ func (x *List) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use List.ProtoReflect.Descriptor instead.
 func (*List) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *List) GetAfter() []byte {
@@ -2676,7 +3420,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +3432,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +3445,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Info) GetHandle() uint32 {
@@ -2721,7 +3465,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +3477,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +3490,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Export) GetHandle() uint32 {
@@ -2773,7 +3517,7 @@ type PublicKey struct {
 
 func (x *PublicKey) Reset() {
 	*x = PublicKey{}
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2785,7 +3529,7 @@ func (x *PublicKey) String() string {
 func (*PublicKey) ProtoMessage() {}
 
 func (x *PublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2798,7 +3542,7 @@ func (x *PublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicKey.ProtoReflect.Descriptor instead.
 func (*PublicKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PublicKey) GetHandle() uint32 {
@@ -2824,7 +3568,7 @@ type Destroy struct {
 
 func (x *Destroy) Reset() {
 	*x = Destroy{}
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2836,7 +3580,7 @@ func (x *Destroy) String() string {
 func (*Destroy) ProtoMessage() {}
 
 func (x *Destroy) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2849,7 +3593,7 @@ func (x *Destroy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destroy.ProtoReflect.Descriptor instead.
 func (*Destroy) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Destroy) GetHandle() uint32 {
@@ -2874,7 +3618,7 @@ type SetAttributes struct {
 
 func (x *SetAttributes) Reset() {
 	*x = SetAttributes{}
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3630,7 @@ func (x *SetAttributes) String() string {
 func (*SetAttributes) ProtoMessage() {}
 
 func (x *SetAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3643,7 @@ func (x *SetAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAttributes.ProtoReflect.Descriptor instead.
 func (*SetAttributes) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SetAttributes) GetHandle() uint32 {
@@ -2941,7 +3685,7 @@ type SetACL struct {
 
 func (x *SetACL) Reset() {
 	*x = SetACL{}
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3697,7 @@ func (x *SetACL) String() string {
 func (*SetACL) ProtoMessage() {}
 
 func (x *SetACL) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3710,7 @@ func (x *SetACL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetACL.ProtoReflect.Descriptor instead.
 func (*SetACL) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetACL) GetHandle() uint32 {
@@ -2997,7 +3741,7 @@ type Encrypt struct {
 
 func (x *Encrypt) Reset() {
 	*x = Encrypt{}
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3009,7 +3753,7 @@ func (x *Encrypt) String() string {
 func (*Encrypt) ProtoMessage() {}
 
 func (x *Encrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3022,7 +3766,7 @@ func (x *Encrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Encrypt.ProtoReflect.Descriptor instead.
 func (*Encrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Encrypt) GetHandle() uint32 {
@@ -3065,7 +3809,7 @@ type Decrypt struct {
 
 func (x *Decrypt) Reset() {
 	*x = Decrypt{}
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3821,7 @@ func (x *Decrypt) String() string {
 func (*Decrypt) ProtoMessage() {}
 
 func (x *Decrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3834,7 @@ func (x *Decrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decrypt.ProtoReflect.Descriptor instead.
 func (*Decrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Decrypt) GetHandle() uint32 {
@@ -3139,7 +3883,7 @@ type Sign struct {
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3895,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3908,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -3203,20 +3947,22 @@ func (x *Sign) GetPadding() Padding {
 }
 
 type Verify struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	Prehashed     bool                   `protobuf:"varint,3,opt,name=prehashed,proto3" json:"prehashed,omitempty"`
-	Hash          HashAlg                `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
-	Padding       Padding                `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
-	Signature     []byte                 `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Handle    uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Data      []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Prehashed bool                   `protobuf:"varint,3,opt,name=prehashed,proto3" json:"prehashed,omitempty"`
+	Hash      HashAlg                `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	Padding   Padding                `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
+	Signature []byte                 `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The version to verify with; 0 tries every live version, newest first.
+	KeyVersion    uint32 `protobuf:"varint,7,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3974,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3987,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -3286,6 +4032,13 @@ func (x *Verify) GetSignature() []byte {
 	return nil
 }
 
+func (x *Verify) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 type Mac struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -3296,7 +4049,7 @@ type Mac struct {
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3308,7 +4061,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3321,7 +4074,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -3339,17 +4092,19 @@ func (x *Mac) GetData() []byte {
 }
 
 type MacVerify struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	Tag           []byte                 `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Data   []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Tag    []byte                 `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
+	// The version to verify with; 0 tries every live version, newest first.
+	KeyVersion    uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3361,7 +4116,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3374,7 +4129,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -3398,6 +4153,13 @@ func (x *MacVerify) GetTag() []byte {
 	return nil
 }
 
+func (x *MacVerify) GetKeyVersion() uint32 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
 type Hash struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Alg           HashAlg                `protobuf:"varint,1,opt,name=alg,proto3,enum=keywarden.v1.HashAlg" json:"alg,omitempty"`
@@ -3408,7 +4170,7 @@ type Hash struct {
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3420,7 +4182,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3433,7 +4195,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -3474,7 +4236,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3486,7 +4248,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3499,7 +4261,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -3559,7 +4321,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3571,7 +4333,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3584,7 +4346,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -3625,7 +4387,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3637,7 +4399,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3650,7 +4412,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -3678,7 +4440,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3690,7 +4452,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3703,7 +4465,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -3729,7 +4491,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3741,7 +4503,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3754,7 +4516,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{38}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -3782,7 +4544,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3794,7 +4556,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3807,7 +4569,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -3847,7 +4609,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3859,7 +4621,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3872,7 +4634,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -3921,7 +4683,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3933,7 +4695,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3946,7 +4708,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -3995,7 +4757,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4007,7 +4769,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4020,7 +4782,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -4063,7 +4825,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4075,7 +4837,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4088,7 +4850,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -4127,7 +4889,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4139,7 +4901,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4152,7 +4914,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -4216,7 +4978,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4228,7 +4990,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4241,7 +5003,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -4279,21 +5041,1825 @@ func (x *KdfCalibration) GetStep() uint32 {
 	return 0
 }
 
+// GenerationInfo describes the machine generation as the daemon sees it.
+type GenerationInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 when the daemon starts; increases on every change of the machine's
+	// generation (a VM snapshot restored, a VM cloned) and on every
+	// privileged bump.
+	Generation uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	// When the last change was seen; 0 if there was none since the daemon
+	// started.
+	ChangedUnixNano int64 `protobuf:"varint,2,opt,name=changed_unix_nano,json=changedUnixNano,proto3" json:"changed_unix_nano,omitempty"`
+	// The sources that reported the last change ("kmsg", "vmclock",
+	// "uevent", "guid", "request").
+	ChangedBy []string `protobuf:"bytes,3,rep,name=changed_by,json=changedBy,proto3" json:"changed_by,omitempty"`
+	// Watchers (connections that watched or acknowledged, and named
+	// watchers), and how many of them have not acknowledged the current
+	// generation.
+	Watchers         uint32 `protobuf:"varint,4,opt,name=watchers,proto3" json:"watchers,omitempty"`
+	OutdatedWatchers uint32 `protobuf:"varint,5,opt,name=outdated_watchers,json=outdatedWatchers,proto3" json:"outdated_watchers,omitempty"`
+	// Every source the daemon knows and whether it is active; filled by
+	// status, generation_get and generation_bump only.
+	Sources       []*GenerationSource `protobuf:"bytes,6,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationInfo) Reset() {
+	*x = GenerationInfo{}
+	mi := &file_keywarden_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationInfo) ProtoMessage() {}
+
+func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
+func (*GenerationInfo) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *GenerationInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GenerationInfo) GetChangedUnixNano() int64 {
+	if x != nil {
+		return x.ChangedUnixNano
+	}
+	return 0
+}
+
+func (x *GenerationInfo) GetChangedBy() []string {
+	if x != nil {
+		return x.ChangedBy
+	}
+	return nil
+}
+
+func (x *GenerationInfo) GetWatchers() uint32 {
+	if x != nil {
+		return x.Watchers
+	}
+	return 0
+}
+
+func (x *GenerationInfo) GetOutdatedWatchers() uint32 {
+	if x != nil {
+		return x.OutdatedWatchers
+	}
+	return 0
+}
+
+func (x *GenerationInfo) GetSources() []*GenerationSource {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+type GenerationSource struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Active bool                   `protobuf:"varint,2,opt,name=active,proto3" json:"active,omitempty"`
+	// What an active source watches, or why a source is not active.
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// When this source last reported a change; 0 if never.
+	LastSeenUnixNano int64 `protobuf:"varint,4,opt,name=last_seen_unix_nano,json=lastSeenUnixNano,proto3" json:"last_seen_unix_nano,omitempty"`
+	// What it reported then (a log line, a counter, the new VM generation
+	// ID).
+	LastReport    string `protobuf:"bytes,5,opt,name=last_report,json=lastReport,proto3" json:"last_report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationSource) Reset() {
+	*x = GenerationSource{}
+	mi := &file_keywarden_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationSource) ProtoMessage() {}
+
+func (x *GenerationSource) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
+func (*GenerationSource) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GenerationSource) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GenerationSource) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *GenerationSource) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *GenerationSource) GetLastSeenUnixNano() int64 {
+	if x != nil {
+		return x.LastSeenUnixNano
+	}
+	return 0
+}
+
+func (x *GenerationSource) GetLastReport() string {
+	if x != nil {
+		return x.LastReport
+	}
+	return ""
+}
+
+// GenerationGet returns GenerationInfo (Result.generation).
+type GenerationGet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationGet) Reset() {
+	*x = GenerationGet{}
+	mi := &file_keywarden_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationGet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationGet) ProtoMessage() {}
+
+func (x *GenerationGet) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
+func (*GenerationGet) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
+}
+
+// GenerationWatch answers when the generation exceeds after, or when
+// timeout_ms has passed (then with the generation unchanged). It makes the
+// caller a watcher: this connection, or the named watcher of the caller's
+// uid. It runs concurrently with the connection's other requests.
+type GenerationWatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	After uint64                 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"`
+	// 0 answers at once; at most 3600000 (one hour).
+	TimeoutMs uint32 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Empty: the connection is the watcher, until it closes. Otherwise a
+	// watcher of the caller's uid that outlives connections (1-64 bytes).
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationWatch) Reset() {
+	*x = GenerationWatch{}
+	mi := &file_keywarden_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationWatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationWatch) ProtoMessage() {}
+
+func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
+func (*GenerationWatch) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *GenerationWatch) GetAfter() uint64 {
+	if x != nil {
+		return x.After
+	}
+	return 0
+}
+
+func (x *GenerationWatch) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *GenerationWatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GenerationAck records that the watcher has adjusted to generation (at
+// most the current one), or with forget, removes the watcher.
+type GenerationAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Forget        bool                   `protobuf:"varint,3,opt,name=forget,proto3" json:"forget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationAck) Reset() {
+	*x = GenerationAck{}
+	mi := &file_keywarden_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationAck) ProtoMessage() {}
+
+func (x *GenerationAck) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
+func (*GenerationAck) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *GenerationAck) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *GenerationAck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GenerationAck) GetForget() bool {
+	if x != nil {
+		return x.Forget
+	}
+	return false
+}
+
+// GenerationWaitWatchers answers when no watcher is outdated, or when
+// timeout_ms has passed; outdated_watchers in the result says which. It
+// runs concurrently with the connection's other requests.
+type GenerationWaitWatchers struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 answers at once; at most 3600000 (one hour).
+	TimeoutMs     uint32 `protobuf:"varint,1,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationWaitWatchers) Reset() {
+	*x = GenerationWaitWatchers{}
+	mi := &file_keywarden_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationWaitWatchers) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationWaitWatchers) ProtoMessage() {}
+
+func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
+func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+// GenerationBump increases the generation, for orchestrators that learn of
+// a restore another way. Root or a uid given by --generation-admin only.
+type GenerationBump struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationBump) Reset() {
+	*x = GenerationBump{}
+	mi := &file_keywarden_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationBump) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationBump) ProtoMessage() {}
+
+func (x *GenerationBump) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
+func (*GenerationBump) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
+}
+
+// GenerationMap asks for the generation page: the reply carries a
+// read-only memfd (SCM_RIGHTS) holding the current generation, which a
+// client maps and reads without a round trip (layout in docs/genid.md).
+type GenerationMap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationMap) Reset() {
+	*x = GenerationMap{}
+	mi := &file_keywarden_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationMap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationMap) ProtoMessage() {}
+
+func (x *GenerationMap) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
+func (*GenerationMap) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
+}
+
+type GenerationMapInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes to map from offset 0.
+	Size uint32 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	// The page layout's version (1).
+	LayoutVersion uint32 `protobuf:"varint,2,opt,name=layout_version,json=layoutVersion,proto3" json:"layout_version,omitempty"`
+	Generation    uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationMapInfo) Reset() {
+	*x = GenerationMapInfo{}
+	mi := &file_keywarden_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationMapInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationMapInfo) ProtoMessage() {}
+
+func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
+func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *GenerationMapInfo) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GenerationMapInfo) GetLayoutVersion() uint32 {
+	if x != nil {
+		return x.LayoutVersion
+	}
+	return 0
+}
+
+func (x *GenerationMapInfo) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// SealStatus describes the master key and the store.
+type SealStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A master key exists (keywarden init has run).
+	Initialized bool `protobuf:"varint,1,opt,name=initialized,proto3" json:"initialized,omitempty"`
+	// The master key is not in memory: key operations are refused with
+	// STATUS_UNAVAILABLE until an unseal.
+	Sealed bool `protobuf:"varint,2,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	// The master key's generation (1 after init, +1 per rotation).
+	Generation uint64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	// It is sealed under a passphrase; and/or split into shares, any
+	// threshold of which unseal it.
+	Passphrase bool   `protobuf:"varint,4,opt,name=passphrase,proto3" json:"passphrase,omitempty"`
+	Threshold  uint32 `protobuf:"varint,5,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	Shares     uint32 `protobuf:"varint,6,opt,name=shares,proto3" json:"shares,omitempty"`
+	// Shares submitted toward the next unseal.
+	SharesHeld uint32 `protobuf:"varint,7,opt,name=shares_held,json=sharesHeld,proto3" json:"shares_held,omitempty"`
+	// After failed unseals, attempts are refused for this long.
+	RetryAfterMs uint32 `protobuf:"varint,8,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
+	// A master-key rotation is re-wrapping key records.
+	Rotating      bool   `protobuf:"varint,9,opt,name=rotating,proto3" json:"rotating,omitempty"`
+	RotationDone  uint64 `protobuf:"varint,10,opt,name=rotation_done,json=rotationDone,proto3" json:"rotation_done,omitempty"`
+	RotationTotal uint64 `protobuf:"varint,11,opt,name=rotation_total,json=rotationTotal,proto3" json:"rotation_total,omitempty"`
+	// The store: a file in this directory, or memory (dev mode).
+	StateDir   string `protobuf:"bytes,12,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
+	Persistent bool   `protobuf:"varint,13,opt,name=persistent,proto3" json:"persistent,omitempty"`
+	// Key records that failed their integrity check and are refused.
+	Quarantined   uint32 `protobuf:"varint,14,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealStatus) Reset() {
+	*x = SealStatus{}
+	mi := &file_keywarden_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealStatus) ProtoMessage() {}
+
+func (x *SealStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
+func (*SealStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *SealStatus) GetInitialized() bool {
+	if x != nil {
+		return x.Initialized
+	}
+	return false
+}
+
+func (x *SealStatus) GetSealed() bool {
+	if x != nil {
+		return x.Sealed
+	}
+	return false
+}
+
+func (x *SealStatus) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *SealStatus) GetPassphrase() bool {
+	if x != nil {
+		return x.Passphrase
+	}
+	return false
+}
+
+func (x *SealStatus) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *SealStatus) GetShares() uint32 {
+	if x != nil {
+		return x.Shares
+	}
+	return 0
+}
+
+func (x *SealStatus) GetSharesHeld() uint32 {
+	if x != nil {
+		return x.SharesHeld
+	}
+	return 0
+}
+
+func (x *SealStatus) GetRetryAfterMs() uint32 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
+func (x *SealStatus) GetRotating() bool {
+	if x != nil {
+		return x.Rotating
+	}
+	return false
+}
+
+func (x *SealStatus) GetRotationDone() uint64 {
+	if x != nil {
+		return x.RotationDone
+	}
+	return 0
+}
+
+func (x *SealStatus) GetRotationTotal() uint64 {
+	if x != nil {
+		return x.RotationTotal
+	}
+	return 0
+}
+
+func (x *SealStatus) GetStateDir() string {
+	if x != nil {
+		return x.StateDir
+	}
+	return ""
+}
+
+func (x *SealStatus) GetPersistent() bool {
+	if x != nil {
+		return x.Persistent
+	}
+	return false
+}
+
+func (x *SealStatus) GetQuarantined() uint32 {
+	if x != nil {
+		return x.Quarantined
+	}
+	return 0
+}
+
+// Share is one share of a split master key (docs/operations.md).
+type Share struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SplitId       []byte                 `protobuf:"bytes,1,opt,name=split_id,json=splitId,proto3" json:"split_id,omitempty"`
+	Threshold     uint32                 `protobuf:"varint,2,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	X             uint32                 `protobuf:"varint,3,opt,name=x,proto3" json:"x,omitempty"`
+	Y             []byte                 `protobuf:"bytes,4,opt,name=y,proto3" json:"y,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Share) Reset() {
+	*x = Share{}
+	mi := &file_keywarden_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Share) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Share) ProtoMessage() {}
+
+func (x *Share) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Share.ProtoReflect.Descriptor instead.
+func (*Share) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *Share) GetSplitId() []byte {
+	if x != nil {
+		return x.SplitId
+	}
+	return nil
+}
+
+func (x *Share) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *Share) GetX() uint32 {
+	if x != nil {
+		return x.X
+	}
+	return 0
+}
+
+func (x *Share) GetY() []byte {
+	if x != nil {
+		return x.Y
+	}
+	return nil
+}
+
+// Init creates the master key. The first call (commit empty) makes it and
+// returns its shares and a token; nothing is stored yet. The second call,
+// with commit set to that token on the same connection, stores it once
+// the shares are safe. Administrators only.
+type Init struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Seal the master key under Argon2id of this passphrase.
+	Passphrase []byte        `protobuf:"bytes,1,opt,name=passphrase,proto3" json:"passphrase,omitempty"`
+	Params     *Argon2Params `protobuf:"bytes,2,opt,name=params,proto3" json:"params,omitempty"`
+	// Split it into shares, any threshold of which unseal it.
+	Shares    uint32 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
+	Threshold uint32 `protobuf:"varint,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	// Replace the master key of a store that holds no keys.
+	Force         bool   `protobuf:"varint,5,opt,name=force,proto3" json:"force,omitempty"`
+	Commit        []byte `protobuf:"bytes,6,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Init) Reset() {
+	*x = Init{}
+	mi := &file_keywarden_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Init) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Init) ProtoMessage() {}
+
+func (x *Init) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Init.ProtoReflect.Descriptor instead.
+func (*Init) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *Init) GetPassphrase() []byte {
+	if x != nil {
+		return x.Passphrase
+	}
+	return nil
+}
+
+func (x *Init) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *Init) GetShares() uint32 {
+	if x != nil {
+		return x.Shares
+	}
+	return 0
+}
+
+func (x *Init) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *Init) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *Init) GetCommit() []byte {
+	if x != nil {
+		return x.Commit
+	}
+	return nil
+}
+
+type InitResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pass back as Init.commit (or MasterRotate.commit).
+	Token         []byte   `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Shares        []*Share `protobuf:"bytes,2,rep,name=shares,proto3" json:"shares,omitempty"`
+	StoreId       []byte   `protobuf:"bytes,3,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"`
+	Generation    uint64   `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InitResult) Reset() {
+	*x = InitResult{}
+	mi := &file_keywarden_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InitResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InitResult) ProtoMessage() {}
+
+func (x *InitResult) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
+func (*InitResult) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *InitResult) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *InitResult) GetShares() []*Share {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *InitResult) GetStoreId() []byte {
+	if x != nil {
+		return x.StoreId
+	}
+	return nil
+}
+
+func (x *InitResult) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// Unseal submits the passphrase or one or more shares.
+type Unseal struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Passphrase []byte                 `protobuf:"bytes,1,opt,name=passphrase,proto3" json:"passphrase,omitempty"`
+	Shares     []*Share               `protobuf:"bytes,2,rep,name=shares,proto3" json:"shares,omitempty"`
+	// Accept the store as it is even if its records no longer add up to
+	// what this daemon last wrote (a record deleted, added or restored
+	// from an older copy): for an administrator who knows why.
+	AcceptStore   bool `protobuf:"varint,3,opt,name=accept_store,json=acceptStore,proto3" json:"accept_store,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Unseal) Reset() {
+	*x = Unseal{}
+	mi := &file_keywarden_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Unseal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Unseal) ProtoMessage() {}
+
+func (x *Unseal) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
+func (*Unseal) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *Unseal) GetPassphrase() []byte {
+	if x != nil {
+		return x.Passphrase
+	}
+	return nil
+}
+
+func (x *Unseal) GetShares() []*Share {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *Unseal) GetAcceptStore() bool {
+	if x != nil {
+		return x.AcceptStore
+	}
+	return false
+}
+
+type UnsealResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Unsealed      bool                   `protobuf:"varint,1,opt,name=unsealed,proto3" json:"unsealed,omitempty"`
+	SharesHeld    uint32                 `protobuf:"varint,2,opt,name=shares_held,json=sharesHeld,proto3" json:"shares_held,omitempty"`
+	Threshold     uint32                 `protobuf:"varint,3,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnsealResult) Reset() {
+	*x = UnsealResult{}
+	mi := &file_keywarden_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnsealResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnsealResult) ProtoMessage() {}
+
+func (x *UnsealResult) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
+func (*UnsealResult) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *UnsealResult) GetUnsealed() bool {
+	if x != nil {
+		return x.Unsealed
+	}
+	return false
+}
+
+func (x *UnsealResult) GetSharesHeld() uint32 {
+	if x != nil {
+		return x.SharesHeld
+	}
+	return 0
+}
+
+func (x *UnsealResult) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+// Seal wipes the master key and every key from memory.
+type Seal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Seal) Reset() {
+	*x = Seal{}
+	mi := &file_keywarden_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Seal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Seal) ProtoMessage() {}
+
+func (x *Seal) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Seal.ProtoReflect.Descriptor instead.
+func (*Seal) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
+}
+
+// MasterRotate makes a new master key, sealed anew (passphrase and/or
+// shares, as Init), and re-wraps every key record under it in the
+// background; SealStatus reports progress. Two calls, as Init.
+type MasterRotate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Passphrase    []byte                 `protobuf:"bytes,1,opt,name=passphrase,proto3" json:"passphrase,omitempty"`
+	Params        *Argon2Params          `protobuf:"bytes,2,opt,name=params,proto3" json:"params,omitempty"`
+	Shares        uint32                 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
+	Threshold     uint32                 `protobuf:"varint,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	Commit        []byte                 `protobuf:"bytes,5,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MasterRotate) Reset() {
+	*x = MasterRotate{}
+	mi := &file_keywarden_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MasterRotate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MasterRotate) ProtoMessage() {}
+
+func (x *MasterRotate) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
+func (*MasterRotate) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *MasterRotate) GetPassphrase() []byte {
+	if x != nil {
+		return x.Passphrase
+	}
+	return nil
+}
+
+func (x *MasterRotate) GetParams() *Argon2Params {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *MasterRotate) GetShares() uint32 {
+	if x != nil {
+		return x.Shares
+	}
+	return 0
+}
+
+func (x *MasterRotate) GetThreshold() uint32 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *MasterRotate) GetCommit() []byte {
+	if x != nil {
+		return x.Commit
+	}
+	return nil
+}
+
+// Rotate adds a new version to a key; it becomes the one new ciphertexts
+// and signatures use. Result.info describes the key.
+type Rotate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rotate) Reset() {
+	*x = Rotate{}
+	mi := &file_keywarden_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rotate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rotate) ProtoMessage() {}
+
+func (x *Rotate) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
+func (*Rotate) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *Rotate) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+// SetLifecycle changes a key's version and rotation settings. Raising
+// min_version retires older versions (they no longer decrypt or verify);
+// trim_below deletes versions below it (at most up to min_version).
+// trusted makes a key a trusted wrapping key: administrators only.
+type SetLifecycle struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Handle             uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	MinVersion         *uint32                `protobuf:"varint,2,opt,name=min_version,json=minVersion,proto3,oneof" json:"min_version,omitempty"`
+	TrimBelow          *uint32                `protobuf:"varint,3,opt,name=trim_below,json=trimBelow,proto3,oneof" json:"trim_below,omitempty"`
+	RotateAfterSeconds *int64                 `protobuf:"varint,4,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3,oneof" json:"rotate_after_seconds,omitempty"`
+	RefuseWhenSpent    *bool                  `protobuf:"varint,5,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3,oneof" json:"refuse_when_spent,omitempty"`
+	Trusted            *bool                  `protobuf:"varint,6,opt,name=trusted,proto3,oneof" json:"trusted,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *SetLifecycle) Reset() {
+	*x = SetLifecycle{}
+	mi := &file_keywarden_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetLifecycle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetLifecycle) ProtoMessage() {}
+
+func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
+func (*SetLifecycle) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *SetLifecycle) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *SetLifecycle) GetMinVersion() uint32 {
+	if x != nil && x.MinVersion != nil {
+		return *x.MinVersion
+	}
+	return 0
+}
+
+func (x *SetLifecycle) GetTrimBelow() uint32 {
+	if x != nil && x.TrimBelow != nil {
+		return *x.TrimBelow
+	}
+	return 0
+}
+
+func (x *SetLifecycle) GetRotateAfterSeconds() int64 {
+	if x != nil && x.RotateAfterSeconds != nil {
+		return *x.RotateAfterSeconds
+	}
+	return 0
+}
+
+func (x *SetLifecycle) GetRefuseWhenSpent() bool {
+	if x != nil && x.RefuseWhenSpent != nil {
+		return *x.RefuseWhenSpent
+	}
+	return false
+}
+
+func (x *SetLifecycle) GetTrusted() bool {
+	if x != nil && x.Trusted != nil {
+		return *x.Trusted
+	}
+	return false
+}
+
+// Wrap returns the key behind target wrapped under the key behind handle.
+type Wrap struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Target uint32                 `protobuf:"varint,2,opt,name=target,proto3" json:"target,omitempty"`
+	Format WrapFormat             `protobuf:"varint,3,opt,name=format,proto3,enum=keywarden.v1.WrapFormat" json:"format,omitempty"`
+	// RSA_AES_KWP: the OAEP and MGF1 hash (default SHA-256).
+	Hash          HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Wrap) Reset() {
+	*x = Wrap{}
+	mi := &file_keywarden_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Wrap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Wrap) ProtoMessage() {}
+
+func (x *Wrap) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
+func (*Wrap) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *Wrap) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *Wrap) GetTarget() uint32 {
+	if x != nil {
+		return x.Target
+	}
+	return 0
+}
+
+func (x *Wrap) GetFormat() WrapFormat {
+	if x != nil {
+		return x.Format
+	}
+	return WrapFormat_WRAP_FORMAT_UNSPECIFIED
+}
+
+func (x *Wrap) GetHash() HashAlg {
+	if x != nil {
+		return x.Hash
+	}
+	return HashAlg_HASH_ALG_UNSPECIFIED
+}
+
+// Unwrap makes a new key from a blob wrapped under the key behind handle.
+// With the keywarden format the blob's attributes apply and template
+// gives only the name, ephemeral and ACL; otherwise template gives the
+// type and usages, and the key is never exportable.
+type Unwrap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Blob          []byte                 `protobuf:"bytes,2,opt,name=blob,proto3" json:"blob,omitempty"`
+	Format        WrapFormat             `protobuf:"varint,3,opt,name=format,proto3,enum=keywarden.v1.WrapFormat" json:"format,omitempty"`
+	Template      *KeyTemplate           `protobuf:"bytes,4,opt,name=template,proto3" json:"template,omitempty"`
+	Hash          HashAlg                `protobuf:"varint,5,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Unwrap) Reset() {
+	*x = Unwrap{}
+	mi := &file_keywarden_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Unwrap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Unwrap) ProtoMessage() {}
+
+func (x *Unwrap) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
+func (*Unwrap) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *Unwrap) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *Unwrap) GetBlob() []byte {
+	if x != nil {
+		return x.Blob
+	}
+	return nil
+}
+
+func (x *Unwrap) GetFormat() WrapFormat {
+	if x != nil {
+		return x.Format
+	}
+	return WrapFormat_WRAP_FORMAT_UNSPECIFIED
+}
+
+func (x *Unwrap) GetTemplate() *KeyTemplate {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+func (x *Unwrap) GetHash() HashAlg {
+	if x != nil {
+		return x.Hash
+	}
+	return HashAlg_HASH_ALG_UNSPECIFIED
+}
+
+// Rewrap decrypts an AES-GCM ciphertext made by the key behind handle
+// under whatever version made it and encrypts the plaintext again under
+// the newest, inside the daemon: the caller never sees the plaintext.
+type Rewrap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Ciphertext    []byte                 `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	Aad           []byte                 `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rewrap) Reset() {
+	*x = Rewrap{}
+	mi := &file_keywarden_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rewrap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rewrap) ProtoMessage() {}
+
+func (x *Rewrap) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
+func (*Rewrap) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Rewrap) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *Rewrap) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *Rewrap) GetAad() []byte {
+	if x != nil {
+		return x.Aad
+	}
+	return nil
+}
+
+// DataKey makes a random data key and returns it encrypted under the key
+// behind handle (AES-GCM, openable with Decrypt), and in plain only if
+// plaintext is set. The key needs encrypt usage.
+type DataKey struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	// Length in bytes: 16 to 64; 0 means 32.
+	Length        uint32 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	Aad           []byte `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
+	Plaintext     bool   `protobuf:"varint,4,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataKey) Reset() {
+	*x = DataKey{}
+	mi := &file_keywarden_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataKey) ProtoMessage() {}
+
+func (x *DataKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
+func (*DataKey) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *DataKey) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *DataKey) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *DataKey) GetAad() []byte {
+	if x != nil {
+		return x.Aad
+	}
+	return nil
+}
+
+func (x *DataKey) GetPlaintext() bool {
+	if x != nil {
+		return x.Plaintext
+	}
+	return false
+}
+
+type DataKeyResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ciphertext    []byte                 `protobuf:"bytes,1,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	Plaintext     []byte                 `protobuf:"bytes,2,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DataKeyResult) Reset() {
+	*x = DataKeyResult{}
+	mi := &file_keywarden_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DataKeyResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DataKeyResult) ProtoMessage() {}
+
+func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
+func (*DataKeyResult) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *DataKeyResult) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *DataKeyResult) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+// Backup reads a consistent copy of the whole store (it holds only
+// ciphertext and the sealed master key), chunk by chunk: the first call
+// without token, the next ones with the token the first returned, on the
+// same connection. Administrators only.
+type Backup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Backup) Reset() {
+	*x = Backup{}
+	mi := &file_keywarden_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Backup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Backup) ProtoMessage() {}
+
+func (x *Backup) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Backup.ProtoReflect.Descriptor instead.
+func (*Backup) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *Backup) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_keywarden_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *BackupChunk) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+// Restore replaces the whole store with a backup, sent chunk by chunk
+// (token as Backup), last set on the final chunk. The daemon is sealed
+// afterwards; unsealing checks the restored store. A store that has a
+// master key accepts only a backup of the same store. Administrators only.
+type Restore struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Restore) Reset() {
+	*x = Restore{}
+	mi := &file_keywarden_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Restore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Restore) ProtoMessage() {}
+
+func (x *Restore) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Restore.ProtoReflect.Descriptor instead.
+func (*Restore) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *Restore) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *Restore) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Restore) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
 var File_keywarden_proto protoreflect.FileDescriptor
 
 const file_keywarden_proto_rawDesc = "" +
 	"\n" +
-	"\x0fkeywarden.proto\x12\fkeywarden.v1\"W\n" +
+	"\x0fkeywarden.proto\x12\fkeywarden.v1\"\xa5\x01\n" +
 	"\aRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\"\n" +
-	"\x03ops\x18\x03 \x03(\v2\x10.keywarden.v1.OpR\x03ops\"\xa9\x01\n" +
+	"\x03ops\x18\x03 \x03(\v2\x10.keywarden.v1.OpR\x03ops\x124\n" +
+	"\x13expected_generation\x18\x04 \x01(\x04H\x00R\x12expectedGeneration\x88\x01\x01B\x16\n" +
+	"\x14_expected_generation\"\xa9\x01\n" +
 	"\x05Reply\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12.\n" +
-	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xb4\f\n" +
+	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xd8\x14\n" +
 	"\x02Op\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.keywarden.v1.StatusOpH\x00R\x06status\x12(\n" +
 	"\x04ping\x18\x02 \x01(\v2\x12.keywarden.v1.PingH\x00R\x04ping\x124\n" +
@@ -4322,29 +6888,57 @@ const file_keywarden_proto_rawDesc = "" +
 	"\fsession_open\x18\x16 \x01(\v2\x19.keywarden.v1.SessionOpenH\x00R\vsessionOpen\x12D\n" +
 	"\x0esession_update\x18\x17 \x01(\v2\x1b.keywarden.v1.SessionUpdateH\x00R\rsessionUpdate\x12A\n" +
 	"\rsession_final\x18\x18 \x01(\v2\x1a.keywarden.v1.SessionFinalH\x00R\fsessionFinal\x12A\n" +
-	"\rsession_abort\x18\x19 \x01(\v2\x1a.keywarden.v1.SessionAbortH\x00R\fsessionAbort\x12Q\n" +
+	"\rsession_abort\x18\x19 \x01(\v2\x1a.keywarden.v1.SessionAbortH\x00R\fsessionAbort\x12(\n" +
+	"\x04init\x18\x1a \x01(\v2\x12.keywarden.v1.InitH\x00R\x04init\x12.\n" +
+	"\x06unseal\x18\x1b \x01(\v2\x14.keywarden.v1.UnsealH\x00R\x06unseal\x12(\n" +
+	"\x04seal\x18\x1c \x01(\v2\x12.keywarden.v1.SealH\x00R\x04seal\x12A\n" +
+	"\rmaster_rotate\x18\x1d \x01(\v2\x1a.keywarden.v1.MasterRotateH\x00R\fmasterRotate\x12.\n" +
+	"\x06rotate\x18\x1e \x01(\v2\x14.keywarden.v1.RotateH\x00R\x06rotate\x12(\n" +
+	"\x04wrap\x18\x1f \x01(\v2\x12.keywarden.v1.WrapH\x00R\x04wrap\x12.\n" +
+	"\x06unwrap\x18  \x01(\v2\x14.keywarden.v1.UnwrapH\x00R\x06unwrap\x12.\n" +
+	"\x06rewrap\x18! \x01(\v2\x14.keywarden.v1.RewrapH\x00R\x06rewrap\x122\n" +
+	"\bdata_key\x18\" \x01(\v2\x15.keywarden.v1.DataKeyH\x00R\adataKey\x12.\n" +
+	"\x06backup\x18# \x01(\v2\x14.keywarden.v1.BackupH\x00R\x06backup\x121\n" +
+	"\arestore\x18$ \x01(\v2\x15.keywarden.v1.RestoreH\x00R\arestore\x12A\n" +
+	"\rset_lifecycle\x18% \x01(\v2\x1a.keywarden.v1.SetLifecycleH\x00R\fsetLifecycle\x12Q\n" +
 	"\x11derive_passphrase\x18( \x01(\v2\".keywarden.v1.DeriveFromPassphraseH\x00R\x10derivePassphrase\x12A\n" +
 	"\rpassword_hash\x18) \x01(\v2\x1a.keywarden.v1.PasswordHashH\x00R\fpasswordHash\x12G\n" +
 	"\x0fpassword_verify\x18* \x01(\v2\x1c.keywarden.v1.PasswordVerifyH\x00R\x0epasswordVerify\x12A\n" +
-	"\rkdf_calibrate\x18+ \x01(\v2\x1a.keywarden.v1.KdfCalibrateH\x00R\fkdfCalibrateB\x04\n" +
-	"\x02op\"\xb5\x03\n" +
+	"\rkdf_calibrate\x18+ \x01(\v2\x1a.keywarden.v1.KdfCalibrateH\x00R\fkdfCalibrate\x12D\n" +
+	"\x0egeneration_get\x18< \x01(\v2\x1b.keywarden.v1.GenerationGetH\x00R\rgenerationGet\x12J\n" +
+	"\x10generation_watch\x18= \x01(\v2\x1d.keywarden.v1.GenerationWatchH\x00R\x0fgenerationWatch\x12D\n" +
+	"\x0egeneration_ack\x18> \x01(\v2\x1b.keywarden.v1.GenerationAckH\x00R\rgenerationAck\x12`\n" +
+	"\x18generation_wait_watchers\x18? \x01(\v2$.keywarden.v1.GenerationWaitWatchersH\x00R\x16generationWaitWatchers\x12G\n" +
+	"\x0fgeneration_bump\x18@ \x01(\v2\x1c.keywarden.v1.GenerationBumpH\x00R\x0egenerationBump\x12D\n" +
+	"\x0egeneration_map\x18A \x01(\v2\x1b.keywarden.v1.GenerationMapH\x00R\rgenerationMapB\x04\n" +
+	"\x02op\"\xb5\x06\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\fR\x04data\x12+\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x1f\n" +
+	"\vkey_version\x18\x04 \x01(\rR\n" +
+	"keyVersion\x12+\n" +
 	"\x03key\x18\n" +
 	" \x01(\v2\x17.keywarden.v1.KeyResultH\x00R\x03key\x12+\n" +
 	"\x04info\x18\v \x01(\v2\x15.keywarden.v1.KeyInfoH\x00R\x04info\x12.\n" +
 	"\x04list\x18\r \x01(\v2\x18.keywarden.v1.ListResultH\x00R\x04list\x124\n" +
 	"\x06server\x18\x0e \x01(\v2\x1a.keywarden.v1.StatusResultH\x00R\x06server\x127\n" +
 	"\asession\x18\x0f \x01(\v2\x1b.keywarden.v1.SessionResultH\x00R\asession\x12G\n" +
-	"\x0fkdf_calibration\x18\x14 \x01(\v2\x1c.keywarden.v1.KdfCalibrationH\x00R\x0ekdfCalibrationB\a\n" +
+	"\x0fkdf_calibration\x18\x14 \x01(\v2\x1c.keywarden.v1.KdfCalibrationH\x00R\x0ekdfCalibration\x12.\n" +
+	"\x04init\x18\x10 \x01(\v2\x18.keywarden.v1.InitResultH\x00R\x04init\x124\n" +
+	"\x06unseal\x18\x11 \x01(\v2\x1a.keywarden.v1.UnsealResultH\x00R\x06unseal\x123\n" +
+	"\x06backup\x18\x12 \x01(\v2\x19.keywarden.v1.BackupChunkH\x00R\x06backup\x128\n" +
+	"\bdata_key\x18\x13 \x01(\v2\x1b.keywarden.v1.DataKeyResultH\x00R\adataKey\x12>\n" +
+	"\n" +
+	"generation\x18\x1e \x01(\v2\x1c.keywarden.v1.GenerationInfoH\x00R\n" +
+	"generation\x12H\n" +
+	"\x0egeneration_map\x18\x1f \x01(\v2\x1f.keywarden.v1.GenerationMapInfoH\x00R\rgenerationMapB\a\n" +
 	"\x05valueJ\x04\b\f\x10\r\"U\n" +
 	"\bAclEntry\x12\x12\n" +
 	"\x03uid\x18\x01 \x01(\rH\x00R\x03uid\x12\x12\n" +
 	"\x03gid\x18\x02 \x01(\rH\x00R\x03gid\x12\x14\n" +
 	"\x05usage\x18\x03 \x01(\rR\x05usageB\v\n" +
-	"\tprincipal\"\xe8\x01\n" +
+	"\tprincipal\"\xc6\x02\n" +
 	"\vKeyTemplate\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x15.keywarden.v1.KeyTypeR\x04type\x12\x14\n" +
@@ -4354,7 +6948,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"exportable\x12\x1c\n" +
 	"\twrappable\x18\x05 \x01(\bR\twrappable\x12\x1c\n" +
 	"\tephemeral\x18\x06 \x01(\bR\tephemeral\x12(\n" +
-	"\x03acl\x18\a \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\"\xf6\x03\n" +
+	"\x03acl\x18\a \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\x120\n" +
+	"\x14rotate_after_seconds\x18\b \x01(\x03R\x12rotateAfterSeconds\x12*\n" +
+	"\x11refuse_when_spent\x18\t \x01(\bR\x0frefuseWhenSpent\"\xb0\x04\n" +
 	"\aKeyInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
@@ -4374,7 +6970,22 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
-	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\"N\n" +
+	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xbd\x02\n" +
+	"\fKeyLifecycle\x12/\n" +
+	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
+	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
+	"\atrusted\x18\x03 \x01(\bR\atrusted\x12\x1f\n" +
+	"\vmin_version\x18\x04 \x01(\rR\n" +
+	"minVersion\x120\n" +
+	"\x14rotate_after_seconds\x18\x05 \x01(\x03R\x12rotateAfterSeconds\x12*\n" +
+	"\x11refuse_when_spent\x18\x06 \x01(\bR\x0frefuseWhenSpent\x128\n" +
+	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\"\xa3\x01\n" +
+	"\x0eKeyVersionInfo\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
+	"\vencryptions\x18\x03 \x01(\x04R\vencryptions\x12)\n" +
+	"\x10encryption_limit\x18\x04 \x01(\x04R\x0fencryptionLimit\"N\n" +
 	"\tKeyResult\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12)\n" +
 	"\x04info\x18\x02 \x01(\v2\x15.keywarden.v1.KeyInfoR\x04info\"K\n" +
@@ -4389,7 +7000,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\vmax_handles\x18\x04 \x01(\rR\n" +
 	"maxHandles\x12)\n" +
 	"\x11max_keys_per_user\x18\x05 \x01(\rR\x0emaxKeysPerUser\x12\"\n" +
-	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xbf\x03\n" +
+	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xab\x04\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -4406,7 +7017,11 @@ const file_keywarden_proto_rawDesc = "" +
 	"caller_pid\x18\n" +
 	" \x01(\x05R\tcallerPid\x12!\n" +
 	"\fcaller_pidfd\x18\v \x01(\bR\vcallerPidfd\x122\n" +
-	"\x06memory\x18\f \x01(\v2\x1a.keywarden.v1.MemoryStatusR\x06memory\"\xb0\x02\n" +
+	"\x06memory\x18\f \x01(\v2\x1a.keywarden.v1.MemoryStatusR\x06memory\x12,\n" +
+	"\x04seal\x18\r \x01(\v2\x18.keywarden.v1.SealStatusR\x04seal\x12<\n" +
+	"\n" +
+	"generation\x18\x14 \x01(\v2\x1c.keywarden.v1.GenerationInfoR\n" +
+	"generation\"\xb0\x02\n" +
 	"\fMemoryStatus\x12\x18\n" +
 	"\abacking\x18\x01 \x01(\tR\abacking\x12!\n" +
 	"\flocked_bytes\x18\x02 \x01(\x04R\vlockedBytes\x12 \n" +
@@ -4487,21 +7102,25 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1c\n" +
 	"\tprehashed\x18\x03 \x01(\bR\tprehashed\x12)\n" +
 	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12/\n" +
-	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\"\xcc\x01\n" +
+	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\"\xed\x01\n" +
 	"\x06Verify\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1c\n" +
 	"\tprehashed\x18\x03 \x01(\bR\tprehashed\x12)\n" +
 	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12/\n" +
 	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\x12\x1c\n" +
-	"\tsignature\x18\x06 \x01(\fR\tsignature\"1\n" +
+	"\tsignature\x18\x06 \x01(\fR\tsignature\x12\x1f\n" +
+	"\vkey_version\x18\a \x01(\rR\n" +
+	"keyVersion\"1\n" +
 	"\x03Mac\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"I\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"j\n" +
 	"\tMacVerify\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
-	"\x03tag\x18\x03 \x01(\fR\x03tag\"C\n" +
+	"\x03tag\x18\x03 \x01(\fR\x03tag\x12\x1f\n" +
+	"\vkey_version\x18\x04 \x01(\rR\n" +
+	"keyVersion\"C\n" +
 	"\x04Hash\x12'\n" +
 	"\x03alg\x18\x01 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x03alg\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"\xd2\x01\n" +
@@ -4564,7 +7183,167 @@ const file_keywarden_proto_rawDesc = "" +
 	"elapsed_ns\x18\x02 \x01(\x04R\telapsedNs\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\bR\x04done\x12$\n" +
 	"\x0ememory_cap_kib\x18\x04 \x01(\rR\fmemoryCapKib\x12\x12\n" +
-	"\x04step\x18\x05 \x01(\rR\x04step*\xc5\x02\n" +
+	"\x04step\x18\x05 \x01(\rR\x04step\"\xfe\x01\n" +
+	"\x0eGenerationInfo\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12*\n" +
+	"\x11changed_unix_nano\x18\x02 \x01(\x03R\x0fchangedUnixNano\x12\x1d\n" +
+	"\n" +
+	"changed_by\x18\x03 \x03(\tR\tchangedBy\x12\x1a\n" +
+	"\bwatchers\x18\x04 \x01(\rR\bwatchers\x12+\n" +
+	"\x11outdated_watchers\x18\x05 \x01(\rR\x10outdatedWatchers\x128\n" +
+	"\asources\x18\x06 \x03(\v2\x1e.keywarden.v1.GenerationSourceR\asources\"\xa6\x01\n" +
+	"\x10GenerationSource\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06active\x18\x02 \x01(\bR\x06active\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12-\n" +
+	"\x13last_seen_unix_nano\x18\x04 \x01(\x03R\x10lastSeenUnixNano\x12\x1f\n" +
+	"\vlast_report\x18\x05 \x01(\tR\n" +
+	"lastReport\"\x0f\n" +
+	"\rGenerationGet\"Z\n" +
+	"\x0fGenerationWatch\x12\x14\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"[\n" +
+	"\rGenerationAck\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06forget\x18\x03 \x01(\bR\x06forget\"7\n" +
+	"\x16GenerationWaitWatchers\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x01 \x01(\rR\ttimeoutMs\"\x10\n" +
+	"\x0eGenerationBump\"\x0f\n" +
+	"\rGenerationMap\"n\n" +
+	"\x11GenerationMapInfo\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\rR\x04size\x12%\n" +
+	"\x0elayout_version\x18\x02 \x01(\rR\rlayoutVersion\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\"\xca\x03\n" +
+	"\n" +
+	"SealStatus\x12 \n" +
+	"\vinitialized\x18\x01 \x01(\bR\vinitialized\x12\x16\n" +
+	"\x06sealed\x18\x02 \x01(\bR\x06sealed\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x12\x1e\n" +
+	"\n" +
+	"passphrase\x18\x04 \x01(\bR\n" +
+	"passphrase\x12\x1c\n" +
+	"\tthreshold\x18\x05 \x01(\rR\tthreshold\x12\x16\n" +
+	"\x06shares\x18\x06 \x01(\rR\x06shares\x12\x1f\n" +
+	"\vshares_held\x18\a \x01(\rR\n" +
+	"sharesHeld\x12$\n" +
+	"\x0eretry_after_ms\x18\b \x01(\rR\fretryAfterMs\x12\x1a\n" +
+	"\brotating\x18\t \x01(\bR\brotating\x12#\n" +
+	"\rrotation_done\x18\n" +
+	" \x01(\x04R\frotationDone\x12%\n" +
+	"\x0erotation_total\x18\v \x01(\x04R\rrotationTotal\x12\x1b\n" +
+	"\tstate_dir\x18\f \x01(\tR\bstateDir\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\r \x01(\bR\n" +
+	"persistent\x12 \n" +
+	"\vquarantined\x18\x0e \x01(\rR\vquarantined\"\\\n" +
+	"\x05Share\x12\x19\n" +
+	"\bsplit_id\x18\x01 \x01(\fR\asplitId\x12\x1c\n" +
+	"\tthreshold\x18\x02 \x01(\rR\tthreshold\x12\f\n" +
+	"\x01x\x18\x03 \x01(\rR\x01x\x12\f\n" +
+	"\x01y\x18\x04 \x01(\fR\x01y\"\xbe\x01\n" +
+	"\x04Init\x12\x1e\n" +
+	"\n" +
+	"passphrase\x18\x01 \x01(\fR\n" +
+	"passphrase\x122\n" +
+	"\x06params\x18\x02 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x12\x16\n" +
+	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
+	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x14\n" +
+	"\x05force\x18\x05 \x01(\bR\x05force\x12\x16\n" +
+	"\x06commit\x18\x06 \x01(\fR\x06commit\"\x8a\x01\n" +
+	"\n" +
+	"InitResult\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\x12+\n" +
+	"\x06shares\x18\x02 \x03(\v2\x13.keywarden.v1.ShareR\x06shares\x12\x19\n" +
+	"\bstore_id\x18\x03 \x01(\fR\astoreId\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\"x\n" +
+	"\x06Unseal\x12\x1e\n" +
+	"\n" +
+	"passphrase\x18\x01 \x01(\fR\n" +
+	"passphrase\x12+\n" +
+	"\x06shares\x18\x02 \x03(\v2\x13.keywarden.v1.ShareR\x06shares\x12!\n" +
+	"\faccept_store\x18\x03 \x01(\bR\vacceptStore\"i\n" +
+	"\fUnsealResult\x12\x1a\n" +
+	"\bunsealed\x18\x01 \x01(\bR\bunsealed\x12\x1f\n" +
+	"\vshares_held\x18\x02 \x01(\rR\n" +
+	"sharesHeld\x12\x1c\n" +
+	"\tthreshold\x18\x03 \x01(\rR\tthreshold\"\x06\n" +
+	"\x04Seal\"\xb0\x01\n" +
+	"\fMasterRotate\x12\x1e\n" +
+	"\n" +
+	"passphrase\x18\x01 \x01(\fR\n" +
+	"passphrase\x122\n" +
+	"\x06params\x18\x02 \x01(\v2\x1a.keywarden.v1.Argon2ParamsR\x06params\x12\x16\n" +
+	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
+	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x16\n" +
+	"\x06commit\x18\x05 \x01(\fR\x06commit\" \n" +
+	"\x06Rotate\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xd1\x02\n" +
+	"\fSetLifecycle\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12$\n" +
+	"\vmin_version\x18\x02 \x01(\rH\x00R\n" +
+	"minVersion\x88\x01\x01\x12\"\n" +
+	"\n" +
+	"trim_below\x18\x03 \x01(\rH\x01R\ttrimBelow\x88\x01\x01\x125\n" +
+	"\x14rotate_after_seconds\x18\x04 \x01(\x03H\x02R\x12rotateAfterSeconds\x88\x01\x01\x12/\n" +
+	"\x11refuse_when_spent\x18\x05 \x01(\bH\x03R\x0frefuseWhenSpent\x88\x01\x01\x12\x1d\n" +
+	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01B\x0e\n" +
+	"\f_min_versionB\r\n" +
+	"\v_trim_belowB\x17\n" +
+	"\x15_rotate_after_secondsB\x14\n" +
+	"\x12_refuse_when_spentB\n" +
+	"\n" +
+	"\b_trusted\"\x93\x01\n" +
+	"\x04Wrap\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x16\n" +
+	"\x06target\x18\x02 \x01(\rR\x06target\x120\n" +
+	"\x06format\x18\x03 \x01(\x0e2\x18.keywarden.v1.WrapFormatR\x06format\x12)\n" +
+	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\"\xc8\x01\n" +
+	"\x06Unwrap\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
+	"\x04blob\x18\x02 \x01(\fR\x04blob\x120\n" +
+	"\x06format\x18\x03 \x01(\x0e2\x18.keywarden.v1.WrapFormatR\x06format\x125\n" +
+	"\btemplate\x18\x04 \x01(\v2\x19.keywarden.v1.KeyTemplateR\btemplate\x12)\n" +
+	"\x04hash\x18\x05 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\"R\n" +
+	"\x06Rewrap\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x02 \x01(\fR\n" +
+	"ciphertext\x12\x10\n" +
+	"\x03aad\x18\x03 \x01(\fR\x03aad\"i\n" +
+	"\aDataKey\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\x12\x10\n" +
+	"\x03aad\x18\x03 \x01(\fR\x03aad\x12\x1c\n" +
+	"\tplaintext\x18\x04 \x01(\bR\tplaintext\"M\n" +
+	"\rDataKeyResult\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x01 \x01(\fR\n" +
+	"ciphertext\x12\x1c\n" +
+	"\tplaintext\x18\x02 \x01(\fR\tplaintext\"\x1e\n" +
+	"\x06Backup\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\"K\n" +
+	"\vBackupChunk\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"G\n" +
+	"\aRestore\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last*\xc5\x02\n" +
 	"\x06Status\x12\r\n" +
 	"\tSTATUS_OK\x10\x00\x12\x1b\n" +
 	"\x17STATUS_INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -4636,7 +7415,21 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x10SESSION_KIND_MAC\x10\x02\x12\x1b\n" +
 	"\x17SESSION_KIND_MAC_VERIFY\x10\x03\x12\x15\n" +
 	"\x11SESSION_KIND_SIGN\x10\x04\x12\x17\n" +
-	"\x13SESSION_KIND_VERIFY\x10\x05B.Z,github.com/keywarden/keywarden/internal/wireb\x06proto3"
+	"\x13SESSION_KIND_VERIFY\x10\x05*\xa7\x01\n" +
+	"\tKeyOrigin\x12\x1a\n" +
+	"\x16KEY_ORIGIN_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14KEY_ORIGIN_GENERATED\x10\x01\x12\x17\n" +
+	"\x13KEY_ORIGIN_IMPORTED\x10\x02\x12\x16\n" +
+	"\x12KEY_ORIGIN_DERIVED\x10\x03\x12\x18\n" +
+	"\x14KEY_ORIGIN_UNWRAPPED\x10\x04\x12\x19\n" +
+	"\x15KEY_ORIGIN_PASSPHRASE\x10\x05*\x8a\x01\n" +
+	"\n" +
+	"WrapFormat\x12\x1b\n" +
+	"\x17WRAP_FORMAT_UNSPECIFIED\x10\x00\x12\x12\n" +
+	"\x0eWRAP_FORMAT_KW\x10\x01\x12\x13\n" +
+	"\x0fWRAP_FORMAT_KWP\x10\x02\x12\x19\n" +
+	"\x15WRAP_FORMAT_KEYWARDEN\x10\x03\x12\x1b\n" +
+	"\x17WRAP_FORMAT_RSA_AES_KWP\x10\x04B.Z,github.com/keywarden/keywarden/internal/wireb\x06proto3"
 
 var (
 	file_keywarden_proto_rawDescOnce sync.Once
@@ -4650,144 +7443,214 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 	return file_keywarden_proto_rawDescData
 }
 
-var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
 var file_keywarden_proto_goTypes = []any{
-	(Status)(0),                  // 0: keywarden.v1.Status
-	(KeyType)(0),                 // 1: keywarden.v1.KeyType
-	(KeyClass)(0),                // 2: keywarden.v1.KeyClass
-	(Usage)(0),                   // 3: keywarden.v1.Usage
-	(HashAlg)(0),                 // 4: keywarden.v1.HashAlg
-	(Padding)(0),                 // 5: keywarden.v1.Padding
-	(KeyFormat)(0),               // 6: keywarden.v1.KeyFormat
-	(SessionKind)(0),             // 7: keywarden.v1.SessionKind
-	(*Request)(nil),              // 8: keywarden.v1.Request
-	(*Reply)(nil),                // 9: keywarden.v1.Reply
-	(*Op)(nil),                   // 10: keywarden.v1.Op
-	(*Result)(nil),               // 11: keywarden.v1.Result
-	(*AclEntry)(nil),             // 12: keywarden.v1.AclEntry
-	(*KeyTemplate)(nil),          // 13: keywarden.v1.KeyTemplate
-	(*KeyInfo)(nil),              // 14: keywarden.v1.KeyInfo
-	(*KeyResult)(nil),            // 15: keywarden.v1.KeyResult
-	(*ListResult)(nil),           // 16: keywarden.v1.ListResult
-	(*Limits)(nil),               // 17: keywarden.v1.Limits
-	(*StatusResult)(nil),         // 18: keywarden.v1.StatusResult
-	(*MemoryStatus)(nil),         // 19: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),        // 20: keywarden.v1.SessionResult
-	(*StatusOp)(nil),             // 21: keywarden.v1.StatusOp
-	(*Ping)(nil),                 // 22: keywarden.v1.Ping
-	(*Generate)(nil),             // 23: keywarden.v1.Generate
-	(*Import)(nil),               // 24: keywarden.v1.Import
-	(*NameRef)(nil),              // 25: keywarden.v1.NameRef
-	(*Open)(nil),                 // 26: keywarden.v1.Open
-	(*Close)(nil),                // 27: keywarden.v1.Close
-	(*List)(nil),                 // 28: keywarden.v1.List
-	(*Info)(nil),                 // 29: keywarden.v1.Info
-	(*Export)(nil),               // 30: keywarden.v1.Export
-	(*PublicKey)(nil),            // 31: keywarden.v1.PublicKey
-	(*Destroy)(nil),              // 32: keywarden.v1.Destroy
-	(*SetAttributes)(nil),        // 33: keywarden.v1.SetAttributes
-	(*SetACL)(nil),               // 34: keywarden.v1.SetACL
-	(*Encrypt)(nil),              // 35: keywarden.v1.Encrypt
-	(*Decrypt)(nil),              // 36: keywarden.v1.Decrypt
-	(*Sign)(nil),                 // 37: keywarden.v1.Sign
-	(*Verify)(nil),               // 38: keywarden.v1.Verify
-	(*Mac)(nil),                  // 39: keywarden.v1.Mac
-	(*MacVerify)(nil),            // 40: keywarden.v1.MacVerify
-	(*Hash)(nil),                 // 41: keywarden.v1.Hash
-	(*Derive)(nil),               // 42: keywarden.v1.Derive
-	(*SessionOpen)(nil),          // 43: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),        // 44: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),         // 45: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),         // 46: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),         // 47: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),        // 48: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil), // 49: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),         // 50: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),       // 51: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),         // 52: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),       // 53: keywarden.v1.KdfCalibration
+	(Status)(0),                    // 0: keywarden.v1.Status
+	(KeyType)(0),                   // 1: keywarden.v1.KeyType
+	(KeyClass)(0),                  // 2: keywarden.v1.KeyClass
+	(Usage)(0),                     // 3: keywarden.v1.Usage
+	(HashAlg)(0),                   // 4: keywarden.v1.HashAlg
+	(Padding)(0),                   // 5: keywarden.v1.Padding
+	(KeyFormat)(0),                 // 6: keywarden.v1.KeyFormat
+	(SessionKind)(0),               // 7: keywarden.v1.SessionKind
+	(KeyOrigin)(0),                 // 8: keywarden.v1.KeyOrigin
+	(WrapFormat)(0),                // 9: keywarden.v1.WrapFormat
+	(*Request)(nil),                // 10: keywarden.v1.Request
+	(*Reply)(nil),                  // 11: keywarden.v1.Reply
+	(*Op)(nil),                     // 12: keywarden.v1.Op
+	(*Result)(nil),                 // 13: keywarden.v1.Result
+	(*AclEntry)(nil),               // 14: keywarden.v1.AclEntry
+	(*KeyTemplate)(nil),            // 15: keywarden.v1.KeyTemplate
+	(*KeyInfo)(nil),                // 16: keywarden.v1.KeyInfo
+	(*KeyLifecycle)(nil),           // 17: keywarden.v1.KeyLifecycle
+	(*KeyVersionInfo)(nil),         // 18: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 19: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 20: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 21: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 22: keywarden.v1.StatusResult
+	(*MemoryStatus)(nil),           // 23: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 24: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 25: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 26: keywarden.v1.Ping
+	(*Generate)(nil),               // 27: keywarden.v1.Generate
+	(*Import)(nil),                 // 28: keywarden.v1.Import
+	(*NameRef)(nil),                // 29: keywarden.v1.NameRef
+	(*Open)(nil),                   // 30: keywarden.v1.Open
+	(*Close)(nil),                  // 31: keywarden.v1.Close
+	(*List)(nil),                   // 32: keywarden.v1.List
+	(*Info)(nil),                   // 33: keywarden.v1.Info
+	(*Export)(nil),                 // 34: keywarden.v1.Export
+	(*PublicKey)(nil),              // 35: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 36: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 37: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 38: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 39: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 40: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 41: keywarden.v1.Sign
+	(*Verify)(nil),                 // 42: keywarden.v1.Verify
+	(*Mac)(nil),                    // 43: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 44: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 45: keywarden.v1.Hash
+	(*Derive)(nil),                 // 46: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 47: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 48: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 49: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 50: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 51: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 52: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 53: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 54: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 55: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 56: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 57: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 58: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 59: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 60: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 61: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 62: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 63: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 64: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 65: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 66: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 67: keywarden.v1.SealStatus
+	(*Share)(nil),                  // 68: keywarden.v1.Share
+	(*Init)(nil),                   // 69: keywarden.v1.Init
+	(*InitResult)(nil),             // 70: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 71: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 72: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 73: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 74: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 75: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 76: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 77: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 78: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 79: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 80: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 81: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 82: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 83: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 84: keywarden.v1.Restore
 }
 var file_keywarden_proto_depIdxs = []int32{
-	10, // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
-	0,  // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
-	11, // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	21, // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	22, // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	23, // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	24, // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	26, // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	27, // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	28, // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	29, // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	30, // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	31, // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	32, // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	33, // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	34, // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	35, // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	36, // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	37, // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	38, // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	39, // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	40, // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	41, // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	42, // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	43, // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	44, // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	45, // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	46, // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	49, // 28: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	50, // 29: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	51, // 30: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	52, // 31: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	0,  // 32: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	15, // 33: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	14, // 34: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	16, // 35: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	18, // 36: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	20, // 37: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	53, // 38: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	1,  // 39: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	12, // 40: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
-	1,  // 41: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
-	2,  // 42: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	12, // 43: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	48, // 44: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
-	14, // 45: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	14, // 46: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	17, // 47: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	19, // 48: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	13, // 49: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	13, // 50: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,  // 51: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	25, // 52: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,  // 53: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,  // 54: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	12, // 55: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,  // 56: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 57: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,  // 58: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 59: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,  // 60: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 61: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,  // 62: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,  // 63: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	13, // 64: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,  // 65: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,  // 66: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,  // 67: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	47, // 68: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	47, // 69: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	13, // 70: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	47, // 71: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	47, // 72: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	47, // 73: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	74, // [74:74] is the sub-list for method output_type
-	74, // [74:74] is the sub-list for method input_type
-	74, // [74:74] is the sub-list for extension type_name
-	74, // [74:74] is the sub-list for extension extendee
-	0,  // [0:74] is the sub-list for field type_name
+	12,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
+	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
+	13,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
+	25,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	26,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	27,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	28,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	30,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	31,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	32,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	33,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	34,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	35,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	36,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	37,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	38,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	39,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	40,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	41,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	42,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	43,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	44,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	45,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	46,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	47,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	48,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	49,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	50,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	69,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	71,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	73,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	74,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	75,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	77,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	78,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	79,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	80,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	82,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	84,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	76,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	53,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	54,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	55,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	56,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	60,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	61,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	62,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	63,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	64,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	65,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	0,   // 50: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
+	19,  // 51: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	16,  // 52: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	20,  // 53: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	22,  // 54: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	24,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	57,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	70,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	72,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	83,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	81,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	58,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	66,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	1,   // 63: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
+	14,  // 64: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	1,   // 65: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
+	2,   // 66: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
+	14,  // 67: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	52,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	17,  // 69: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
+	8,   // 70: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
+	18,  // 71: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	16,  // 72: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	16,  // 73: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	21,  // 74: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	23,  // 75: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	67,  // 76: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	58,  // 77: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	15,  // 78: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	15,  // 79: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 80: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	29,  // 81: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 82: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 83: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	14,  // 84: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 85: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 86: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 87: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 88: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 89: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 90: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 91: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,   // 92: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	15,  // 93: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 94: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 95: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 96: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	51,  // 97: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	51,  // 98: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	15,  // 99: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	51,  // 100: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	51,  // 101: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	51,  // 102: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	59,  // 103: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	51,  // 104: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	68,  // 105: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	68,  // 106: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	51,  // 107: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	9,   // 108: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 109: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 110: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	15,  // 111: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 112: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	113, // [113:113] is the sub-list for method output_type
+	113, // [113:113] is the sub-list for method input_type
+	113, // [113:113] is the sub-list for extension type_name
+	113, // [113:113] is the sub-list for extension extendee
+	0,   // [0:113] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -4795,6 +7658,7 @@ func file_keywarden_proto_init() {
 	if File_keywarden_proto != nil {
 		return
 	}
+	file_keywarden_proto_msgTypes[0].OneofWrappers = []any{}
 	file_keywarden_proto_msgTypes[2].OneofWrappers = []any{
 		(*Op_Status)(nil),
 		(*Op_Ping)(nil),
@@ -4821,10 +7685,28 @@ func file_keywarden_proto_init() {
 		(*Op_SessionUpdate)(nil),
 		(*Op_SessionFinal)(nil),
 		(*Op_SessionAbort)(nil),
+		(*Op_Init)(nil),
+		(*Op_Unseal)(nil),
+		(*Op_Seal)(nil),
+		(*Op_MasterRotate)(nil),
+		(*Op_Rotate)(nil),
+		(*Op_Wrap)(nil),
+		(*Op_Unwrap)(nil),
+		(*Op_Rewrap)(nil),
+		(*Op_DataKey)(nil),
+		(*Op_Backup)(nil),
+		(*Op_Restore)(nil),
+		(*Op_SetLifecycle)(nil),
 		(*Op_DerivePassphrase)(nil),
 		(*Op_PasswordHash)(nil),
 		(*Op_PasswordVerify)(nil),
 		(*Op_KdfCalibrate)(nil),
+		(*Op_GenerationGet)(nil),
+		(*Op_GenerationWatch)(nil),
+		(*Op_GenerationAck)(nil),
+		(*Op_GenerationWaitWatchers)(nil),
+		(*Op_GenerationBump)(nil),
+		(*Op_GenerationMap)(nil),
 	}
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
@@ -4833,24 +7715,31 @@ func file_keywarden_proto_init() {
 		(*Result_Server)(nil),
 		(*Result_Session)(nil),
 		(*Result_KdfCalibration)(nil),
+		(*Result_Init)(nil),
+		(*Result_Unseal)(nil),
+		(*Result_Backup)(nil),
+		(*Result_DataKey)(nil),
+		(*Result_Generation)(nil),
+		(*Result_GenerationMap)(nil),
 	}
 	file_keywarden_proto_msgTypes[4].OneofWrappers = []any{
 		(*AclEntry_Uid)(nil),
 		(*AclEntry_Gid)(nil),
 	}
-	file_keywarden_proto_msgTypes[17].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[18].OneofWrappers = []any{
+	file_keywarden_proto_msgTypes[19].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[20].OneofWrappers = []any{
 		(*Open_Id)(nil),
 		(*Open_Name)(nil),
 	}
-	file_keywarden_proto_msgTypes[25].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[27].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[66].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   46,
+			NumEnums:      10,
+			NumMessages:   75,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

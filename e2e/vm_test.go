@@ -1,0 +1,608 @@
+package e2e_test
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The snapshot test boots the daemon inside a QEMU guest (TCG, Debian's
+// kernel, an initramfs holding e2e/vmguest as init and as keywarden),
+// saves the running guest, restores it into two new QEMU processes with
+// different VM generation IDs, and checks that in each clone the daemon
+// saw the change, failed the session opened before it, and that the two
+// clones' next nonces and key ids differ (docs/genid.md, "The QEMU test").
+//
+// It needs qemu-system-x86_64 and a kernel with CONFIG_VMGENID in /boot
+// (scripts/test.sh installs qemu-system-x86 and linux-image-amd64). Without
+// them it is skipped, unless KEYWARDEN_VM_TEST=require (as in CI), which
+// makes it fail instead. KEYWARDEN_VM_KERNEL names another kernel;
+// KEYWARDEN_VM_CAPTURE=DIR saves the guest's kernel log and ACPI tables
+// there (how internal/genid/testdata was made).
+
+const vmMemory = "256"
+
+func vmSkip(t *testing.T, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if os.Getenv("KEYWARDEN_VM_TEST") == "require" {
+		t.Fatalf("snapshot test cannot run: %s", msg)
+	}
+	t.Skipf("snapshot test skipped: %s (scripts/test.sh installs qemu-system-x86 and linux-image-amd64)", msg)
+}
+
+// vmKernel finds a kernel whose configuration has the vmgenid driver built
+// in, and the release it was built for.
+func vmKernel(t *testing.T) (path, release string) {
+	t.Helper()
+	if p := os.Getenv("KEYWARDEN_VM_KERNEL"); p != "" {
+		return p, strings.TrimPrefix(filepath.Base(p), "vmlinuz-")
+	}
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	for _, k := range kernels {
+		rel := strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
+		cfg, err := os.ReadFile("/boot/config-" + rel)
+		if err == nil && bytes.Contains(cfg, []byte("\nCONFIG_VMGENID=y\n")) {
+			return k, rel
+		}
+	}
+	vmSkip(t, "no kernel with CONFIG_VMGENID=y in /boot")
+	return "", ""
+}
+
+// vmlinux extracts the uncompressed kernel from a bzImage: QEMU boots it
+// directly (PVH), which spares the seconds TCG needs to decompress it.
+// When it cannot, the bzImage itself is used.
+func vmlinux(t *testing.T, bz, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(bz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "vmlinux")
+	if i := bytes.Index(b, []byte("\xfd7zXZ\x00")); i >= 0 {
+		if _, err := exec.LookPath("xz"); err == nil {
+			cmd := exec.Command("xz", "--decompress", "--stdout", "--single-stream")
+			cmd.Stdin = bytes.NewReader(b[i:])
+			if elf, err := cmd.Output(); err == nil && bytes.HasPrefix(elf, []byte("\x7fELF")) {
+				if err := os.WriteFile(out, elf, 0o644); err == nil {
+					return out
+				}
+			}
+		}
+	}
+	if i := bytes.Index(b, []byte("\x1f\x8b\x08\x00")); i >= 0 {
+		if zr, err := gzip.NewReader(bytes.NewReader(b[i:])); err == nil {
+			zr.Multistream(false)
+			if elf, err := io.ReadAll(zr); (err == nil || len(elf) > 0) && bytes.HasPrefix(elf, []byte("\x7fELF")) {
+				if err := os.WriteFile(out, elf, 0o644); err == nil {
+					return out
+				}
+			}
+		}
+	}
+	t.Logf("booting the compressed kernel (slow under TCG): no way to extract %s", bz)
+	return bz
+}
+
+// buildGuest builds e2e/vmguest statically.
+func buildGuest(t *testing.T, dir string) string {
+	t.Helper()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(dir, "keywarden")
+	cmd := exec.Command(goCmd, "build", "-o", out, "./e2e/vmguest")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the guest: %v\n%s", err, b)
+	}
+	return out
+}
+
+// cpio writes a newc archive, the initramfs format.
+type cpio struct {
+	buf bytes.Buffer
+	ino int
+}
+
+func (c *cpio) add(name string, mode uint32, data []byte, rdevMajor, rdevMinor int) {
+	c.ino++
+	fmt.Fprintf(&c.buf, "070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
+		c.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdevMajor, rdevMinor, len(name)+1, 0)
+	c.buf.WriteString(name)
+	c.buf.WriteByte(0)
+	c.pad()
+	c.buf.Write(data)
+	c.pad()
+}
+
+func (c *cpio) pad() {
+	for c.buf.Len()%4 != 0 {
+		c.buf.WriteByte(0)
+	}
+}
+
+func initramfs(t *testing.T, dir, guest, release string) string {
+	t.Helper()
+	bin, err := os.ReadFile(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c cpio
+	for _, d := range []string{"bin", "dev", "proc", "sys", "run", "tmp"} {
+		c.add(d, 0o040755, nil, 0, 0)
+	}
+	c.add("dev/console", 0o020600, nil, 5, 1)
+	c.add("bin/keywarden", 0o100755, bin, 0, 0)
+	c.add("init", 0o120777, []byte("/bin/keywarden"), 0, 0)
+	// QEMU's fw_cfg files show the VM generation ID (the guid source).
+	if ko, err := os.ReadFile("/lib/modules/" + release + "/kernel/drivers/firmware/qemu_fw_cfg.ko"); err == nil {
+		c.add("qemu_fw_cfg.ko", 0o100644, ko, 0, 0)
+	}
+	c.add("TRAILER!!!", 0, nil, 0, 0)
+	out := filepath.Join(dir, "initramfs.cpio")
+	if err := os.WriteFile(out, c.buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// vm is one QEMU process.
+type vm struct {
+	t      *testing.T
+	name   string
+	cmd    *exec.Cmd
+	dir    string
+	qmp    *qmpConn
+	agent  *agentConn
+	exited chan struct{}
+}
+
+type vmImage struct{ kernel, initrd, dir string }
+
+func startVM(t *testing.T, img vmImage, name, guid, incoming string) *vm {
+	t.Helper()
+	v := &vm{t: t, name: name, dir: img.dir, exited: make(chan struct{})}
+	args := []string{"-machine", "q35,accel=tcg", "-m", vmMemory, "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+		"-kernel", img.kernel, "-initrd", img.initrd, "-append", "console=ttyS0 panic=-1 mitigations=off",
+		"-serial", "file:" + v.path("console.log"),
+		"-chardev", "socket,id=agent,path=" + v.path("agent.sock") + ",server=on,wait=off", "-serial", "chardev:agent",
+		"-qmp", "unix:" + v.path("qmp.sock") + ",server=on,wait=off",
+		"-device", "vmgenid,guid=" + guid}
+	if incoming != "" {
+		args = append(args, "-incoming", incoming)
+	}
+	v.cmd = exec.Command("qemu-system-x86_64", args...)
+	var stderr syncBuffer
+	v.cmd.Stdout, v.cmd.Stderr = &stderr, &stderr
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { v.cmd.Wait(); close(v.exited) }()
+	t.Cleanup(func() {
+		v.cmd.Process.Kill()
+		<-v.exited
+		if t.Failed() {
+			console, _ := os.ReadFile(v.path("console.log"))
+			t.Logf("VM %s: qemu said %q; console (last 6 KiB):\n%s", name, stderr.String(), tail(console, 6<<10))
+		}
+	})
+	v.qmp = dialQMP(t, v.path("qmp.sock"), v.exited)
+	return v
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+func (v *vm) path(f string) string { return filepath.Join(v.dir, v.name+"-"+f) }
+
+// connectAgent connects to the guest's serial line.
+func (v *vm) connectAgent() {
+	v.t.Helper()
+	v.agent = dialAgent(v.t, v.path("agent.sock"), v.exited)
+}
+
+// do runs a command in the guest and decodes its data into out (if not
+// nil). It returns the error code the guest reported, "" on success.
+func (v *vm) do(out any, cmd string, args ...string) (code string) {
+	v.t.Helper()
+	rep := v.agent.call(cmd, args...)
+	if rep.Error != "" && rep.Code == "" {
+		v.t.Fatalf("VM %s: %s: %s", v.name, cmd, rep.Error)
+	}
+	if out != nil && rep.Error == "" {
+		if err := json.Unmarshal(rep.Data, out); err != nil {
+			v.t.Fatalf("VM %s: %s: %v in %s", v.name, cmd, err, rep.Data)
+		}
+	}
+	if rep.Error != "" {
+		return rep.Code
+	}
+	return ""
+}
+
+func (v *vm) must(out any, cmd string, args ...string) {
+	v.t.Helper()
+	if code := v.do(out, cmd, args...); code != "" {
+		v.t.Fatalf("VM %s: %s failed: %s", v.name, cmd, code)
+	}
+}
+
+// qmpConn speaks QEMU's machine protocol.
+type qmpConn struct {
+	c   net.Conn
+	dec *json.Decoder
+}
+
+func dialUnix(t *testing.T, path string, exited chan struct{}) net.Conn {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			return c
+		}
+		select {
+		case <-exited:
+			t.Fatalf("QEMU exited before %s was ready", filepath.Base(path))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("connect %s: %v", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func dialQMP(t *testing.T, path string, exited chan struct{}) *qmpConn {
+	t.Helper()
+	c := dialUnix(t, path, exited)
+	t.Cleanup(func() { c.Close() })
+	q := &qmpConn{c: c, dec: json.NewDecoder(c)}
+	var greeting map[string]any
+	if err := q.dec.Decode(&greeting); err != nil {
+		t.Fatalf("QMP greeting: %v", err)
+	}
+	q.cmd(t, "qmp_capabilities", nil)
+	return q
+}
+
+func (q *qmpConn) cmd(t *testing.T, name string, args map[string]any) map[string]any {
+	t.Helper()
+	m := map[string]any{"execute": name}
+	if args != nil {
+		m["arguments"] = args
+	}
+	if err := json.NewEncoder(q.c).Encode(m); err != nil {
+		t.Fatalf("QMP %s: %v", name, err)
+	}
+	for {
+		var r struct {
+			Event  string         `json:"event"`
+			Return map[string]any `json:"return"`
+			Error  map[string]any `json:"error"`
+		}
+		if err := q.dec.Decode(&r); err != nil {
+			if name == "quit" {
+				return nil
+			}
+			t.Fatalf("QMP %s: %v", name, err)
+		}
+		if r.Event != "" {
+			continue
+		}
+		if r.Error != nil {
+			t.Fatalf("QMP %s: %v", name, r.Error)
+		}
+		return r.Return
+	}
+}
+
+// waitStatus polls until QEMU's run state satisfies ok.
+func (q *qmpConn) waitStatus(t *testing.T, ok func(string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, _ := q.cmd(t, "query-status", nil)["status"].(string)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("QEMU stays %q", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// agentConn speaks to e2e/vmguest over the guest's second serial port.
+type agentConn struct {
+	t    *testing.T
+	c    net.Conn
+	in   *bufio.Scanner
+	next int
+	mu   sync.Mutex
+}
+
+type agentReply struct {
+	ID    int             `json:"id"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+	Error string          `json:"error"`
+	Code  string          `json:"code"`
+}
+
+func dialAgent(t *testing.T, path string, exited chan struct{}) *agentConn {
+	t.Helper()
+	c := dialUnix(t, path, exited)
+	t.Cleanup(func() { c.Close() })
+	in := bufio.NewScanner(c)
+	in.Buffer(make([]byte, 1<<16), 8<<20)
+	return &agentConn{t: t, c: c, in: in}
+}
+
+func (a *agentConn) read(deadline time.Duration) agentReply {
+	a.t.Helper()
+	a.c.SetReadDeadline(time.Now().Add(deadline))
+	for a.in.Scan() {
+		line := bytes.TrimSpace(a.in.Bytes())
+		if i := bytes.IndexByte(line, '{'); i > 0 {
+			line = line[i:] // noise on the line before the guest set it up
+		}
+		var r agentReply
+		if json.Unmarshal(line, &r) == nil {
+			return r
+		}
+	}
+	a.t.Fatalf("guest agent: %v", a.in.Err())
+	return agentReply{}
+}
+
+func (a *agentConn) waitReady() {
+	a.t.Helper()
+	for {
+		if r := a.read(90 * time.Second); r.Event == "ready" {
+			return
+		}
+	}
+}
+
+func (a *agentConn) call(cmd string, args ...string) agentReply {
+	a.t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.next++
+	b, _ := json.Marshal(map[string]any{"id": a.next, "cmd": cmd, "args": args})
+	if _, err := a.c.Write(append(b, '\n')); err != nil {
+		a.t.Fatalf("guest agent: %v", err)
+	}
+	for {
+		if r := a.read(90 * time.Second); r.ID == a.next {
+			return r
+		}
+	}
+}
+
+// generation is the agent's view of keywarden.Generation.
+type vmGeneration struct {
+	Generation uint64
+	ChangedBy  []string
+	Sources    []struct {
+		Name       string
+		Active     bool
+		Detail     string
+		LastReport string
+	}
+}
+
+// source returns whether a source is active, what it watches and what it
+// last reported.
+func (g vmGeneration) source(name string) (active bool, detail, last string) {
+	for _, s := range g.Sources {
+		if s.Name == name {
+			return s.Active, s.Detail, s.LastReport
+		}
+	}
+	return false, "", ""
+}
+
+func TestVMSnapshotClones(t *testing.T) {
+	if runtime.GOARCH != "amd64" {
+		vmSkip(t, "the test boots an x86-64 guest")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		vmSkip(t, "no qemu-system-x86_64")
+	}
+	if testing.Short() {
+		t.Skip("snapshot test skipped in -short mode")
+	}
+	bz, release := vmKernel(t)
+	start := time.Now()
+	dir := t.TempDir()
+	img := vmImage{dir: dir}
+	img.kernel = vmlinux(t, bz, dir)
+	img.initrd = initramfs(t, dir, buildGuest(t, dir), release)
+	t.Logf("image ready in %v (kernel %s)", time.Since(start).Round(time.Millisecond), release)
+
+	const (
+		guidA = "6c3b2f4e-0d1a-4c8b-9e7f-a1b2c3d4e5f6"
+		guidB = "0b9e1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"
+		guidC = "d4c3b2a1-9f8e-4d7c-a6b5-c4d3e2f1a0b9"
+	)
+	// Boot, open a session, map the page, and save the running guest.
+	a := startVM(t, img, "a", guidA, "")
+	a.connectAgent()
+	a.agent.waitReady()
+	var g0 vmGeneration
+	a.must(&g0, "setup")
+	if g0.Generation != 0 {
+		t.Fatalf("fresh daemon at generation %d", g0.Generation)
+	}
+	if on, detail, _ := g0.source("kmsg"); !on {
+		t.Fatalf("the kmsg source is not active in the guest: %s", detail)
+	}
+	if on, detail, _ := g0.source("guid"); !on || !strings.Contains(detail, guidA) {
+		t.Logf("the guid source in the guest: active %v, %s", on, detail)
+	}
+	capture(t, a, "before")
+	t.Logf("guest up in %v", time.Since(start).Round(time.Millisecond))
+
+	state := filepath.Join(dir, "state")
+	a.qmp.cmd(t, "stop", nil)
+	a.qmp.cmd(t, "migrate", map[string]any{"uri": "exec:cat > " + state})
+	for {
+		st, _ := a.qmp.cmd(t, "query-migrate", nil)["status"].(string)
+		if st == "completed" {
+			break
+		}
+		if st == "failed" || st == "cancelled" {
+			t.Fatalf("saving the guest: %s", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a.qmp.cmd(t, "quit", nil)
+	<-a.exited
+	t.Logf("guest saved in %v", time.Since(start).Round(time.Millisecond))
+
+	// Two clones of that one state, each with its own VM generation ID.
+	type result struct {
+		gen    vmGeneration
+		nonce  string
+		keyID  string
+		stream string
+		pinned string
+		page   struct{ Generation uint64 }
+		show   struct {
+			Stdout string
+			Code   int
+		}
+	}
+	clones := map[string]string{"b": guidB, "c": guidC}
+	results := map[string]*result{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	vms := map[string]*vm{}
+	for name, guid := range clones {
+		vms[name] = startVM(t, img, name, guid, "exec:cat "+state)
+	}
+	for name, v := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.qmp.waitStatus(t, func(s string) bool { return s != "inmigrate" })
+			v.connectAgent()
+			v.qmp.cmd(t, "cont", nil)
+			r := &result{}
+			// The daemon sees the change (the kernel log line, within
+			// moments of the resume) ...
+			v.must(&r.gen, "wait", "0", "60s")
+			// Whichever source saw it first, the other confirms it within
+			// moments: the guid source may read the new ID before the
+			// guest kernel has handled the ACPI notification and logged.
+			for deadline := time.Now().Add(20 * time.Second); ; {
+				v.must(&r.gen, "generation")
+				guidOn, _, guidLast := r.gen.source("guid")
+				if slices.Contains(r.gen.ChangedBy, "kmsg") && (!guidOn || guidLast != "") || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			// ... the session opened before the snapshot fails, and so does
+			// a request pinned to the old generation ...
+			r.stream = v.do(nil, "stream")
+			r.pinned = v.do(nil, "pinned")
+			v.must(&r.page, "page")
+			// ... and what it makes now differs between the clones.
+			v.must(&r.nonce, "encrypt")
+			v.must(&r.keyID, "newkey")
+			v.must(&r.show, "cli", "generation", "show")
+			capture(t, v, "after-"+name)
+			mu.Lock()
+			results[name] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for name, r := range results {
+		t.Logf("clone %s: generation %d by %v; session %q; pinned request %q; page %d; nonce %s; new key %s",
+			name, r.gen.Generation, r.gen.ChangedBy, r.stream, r.pinned, r.page.Generation, r.nonce, r.keyID)
+		t.Logf("clone %s: keywarden generation show:\n%s", name, r.show.Stdout)
+		if r.gen.Generation < 1 {
+			t.Errorf("clone %s: the daemon did not see the restore", name)
+		}
+		if !strings.Contains(strings.Join(r.gen.ChangedBy, ","), "kmsg") {
+			t.Errorf("clone %s: the change was not seen in the kernel log: %v", name, r.gen.ChangedBy)
+		}
+		if r.stream != "generation changed" {
+			t.Errorf("clone %s: the session from before the snapshot: %q, want generation changed", name, r.stream)
+		}
+		if r.pinned != "generation changed" {
+			t.Errorf("clone %s: the request pinned to generation 0: %q, want generation changed", name, r.pinned)
+		}
+		if r.page.Generation != r.gen.Generation {
+			t.Errorf("clone %s: the mapped page says %d, the daemon %d", name, r.page.Generation, r.gen.Generation)
+		}
+		if on, _, last := r.gen.source("guid"); on && !strings.Contains(last, guidA+" -> "+clones[name]) {
+			t.Errorf("clone %s: the guid source reported %q, not the change to %s", name, last, clones[name])
+		}
+		if !strings.Contains(r.show.Stdout, "generation:  ") || r.show.Code != 0 {
+			t.Errorf("clone %s: keywarden generation show: %+v", name, r.show)
+		}
+	}
+	b, c := results["b"], results["c"]
+	if b.nonce == c.nonce {
+		t.Errorf("both clones chose the nonce %s", b.nonce)
+	}
+	if b.keyID == c.keyID {
+		t.Errorf("both clones made key %s", b.keyID)
+	}
+	d := time.Since(start)
+	t.Logf("snapshot test took %v", d.Round(time.Millisecond))
+	if d > 2*time.Minute {
+		t.Logf("warning: the snapshot test took longer than two minutes")
+	}
+}
+
+// capture saves the guest's kernel log and ACPI tables when
+// KEYWARDEN_VM_CAPTURE names a directory.
+func capture(t *testing.T, v *vm, tag string) {
+	dir := os.Getenv("KEYWARDEN_VM_CAPTURE")
+	if dir == "" {
+		return
+	}
+	var recs []string
+	if v.do(&recs, "kmsg") == "" {
+		os.WriteFile(filepath.Join(dir, "kmsg-"+tag+".txt"), []byte(strings.Join(recs, "")), 0o644)
+	}
+	for _, table := range []string{"SSDT", "DSDT"} {
+		var b64 string
+		if v.do(&b64, "file", "/sys/firmware/acpi/tables/"+table) == "" {
+			if b, err := base64.StdEncoding.DecodeString(b64); err == nil {
+				os.WriteFile(filepath.Join(dir, strings.ToLower(table)+"-qemu.aml"), b, 0o644)
+			}
+		}
+	}
+}

@@ -1,0 +1,52 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// startSealed says what a persistent daemon needs before it serves keys,
+// and unseals it at once if given a passphrase file.
+func startSealed(ctx context.Context, srv *server.Server, cfg Config, log *slog.Logger) error {
+	st := srv.SealState()
+	switch {
+	case !st.Initialized:
+		log.Warn("the store has no master key yet: run \"keywarden init\"; until then key operations are refused", "state", cfg.StateDir)
+		return nil
+	case cfg.UnsealPassphraseFile == "":
+		log.Warn("sealed: run \"keywarden unseal\"; until then key operations are refused", "state", cfg.StateDir)
+		return nil
+	}
+	pass, err := readSecretFile(cfg.UnsealPassphraseFile)
+	if err != nil {
+		return err
+	}
+	if err := srv.UnsealWith(ctx, pass); err != nil {
+		return fmt.Errorf("unseal with %s: %w", cfg.UnsealPassphraseFile, err)
+	}
+	log.Info("unsealed with the passphrase file", "file", cfg.UnsealPassphraseFile)
+	return nil
+}
+
+// readSecretFile reads a passphrase file, refusing one that others may
+// read, and strips one trailing newline.
+func readSecretFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s is readable by others (mode %04o): make it 0600", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b = bytes.TrimSuffix(b, []byte("\n"))
+	return bytes.TrimSuffix(b, []byte("\r")), nil
+}

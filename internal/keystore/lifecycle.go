@@ -1,0 +1,297 @@
+package keystore
+
+import (
+	"slices"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// SetAttrs changes o's attributes to what decide makes of the current
+// ones, durably first for a persistent key.
+func (s *Store) SetAttrs(o *Object, decide func(old *key.Attrs) (*key.Attrs, error)) error {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	old := o.Attrs()
+	next, err := decide(old)
+	if err != nil {
+		return err
+	}
+	if !o.Ephemeral {
+		err := s.update(o, func(r *persist.KeyRecord) error {
+			r.Usage = uint32(next.Usage)
+			r.Exportable, r.Wrappable = next.Exportable, next.Wrappable
+			r.Acl = nil
+			for _, e := range next.ACL {
+				r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
+			}
+			return nil
+		}, nil)
+		if err != nil {
+			return err
+		}
+	}
+	o.attrs.Store(next)
+	return nil
+}
+
+// MaxVersions bounds the live versions of one key.
+const MaxVersions = 64
+
+var errPublicRotate = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "a public key cannot be rotated: import the new key instead")
+
+// Rotate adds a new version of o, made fresh (a key of the same type
+// from the system's random source), and makes it the newest.
+func (s *Store) Rotate(o *Object) (*Version, error) {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	return s.rotateLocked(o)
+}
+
+func (s *Store) rotateLocked(o *Object) (*Version, error) {
+	switch {
+	case o.Class == key.Public:
+		return nil, errPublicRotate
+	case o.Meta().Origin == persist.Origin_ORIGIN_PASSPHRASE:
+		return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "a key derived from a passphrase cannot be rotated: derive a new one")
+	case len(o.Versions()) >= MaxVersions:
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "a key has at most %d live versions: trim old ones first", MaxVersions)
+	}
+	if err := o.Gone(); err != nil {
+		return nil, err
+	}
+	mat, err := mech.Generate(o.Spec)
+	if err != nil {
+		return nil, err
+	}
+	m := *o.Meta()
+	v := &Version{N: m.NextVersion, Created: s.now(), Mat: mat}
+	v.limit.Store(DefaultEncryptionLimit)
+	m.NextVersion++
+	next := append(slices.Clone(o.Versions()), v)
+	if !o.Ephemeral {
+		plain := func(i int, fn func([]byte) error) error {
+			if i == len(next)-1 {
+				return mat.Canonical(fn)
+			}
+			return o.UseVersion(next[i], func(k *mech.Key) error { return k.Canonical(fn) })
+		}
+		err := s.update(o, func(r *persist.KeyRecord) error {
+			r.NextVersion = m.NextVersion
+			r.Versions = append(r.Versions, &persist.KeyVersion{
+				Version: v.N, CreatedUnixNano: v.Created.UnixNano(), EncryptionsLimit: v.limit.Load(),
+			})
+			return nil
+		}, plain)
+		if err != nil {
+			mat.Destroy()
+			return nil, err
+		}
+	}
+	o.meta.Store(&m)
+	o.setVersions(next)
+	s.log.Info("key rotated", "key", o.ID.String(), "version", v.N)
+	return v, nil
+}
+
+// Lifecycle is a change of o's version and rotation settings; nil fields
+// stay as they are.
+type Lifecycle struct {
+	MinVersion  *uint32
+	TrimBelow   *uint32
+	RotateAfter *time.Duration
+	Refuse      *bool
+	Trusted     *bool
+}
+
+// SetLifecycle applies c to o.
+func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	m := *o.Meta()
+	vs := o.Versions()
+	newest := vs[len(vs)-1].N
+	if c.MinVersion != nil {
+		switch {
+		case *c.MinVersion < m.MinVersion:
+			return wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "the minimum version can only be raised (it is %d)", m.MinVersion)
+		case *c.MinVersion > newest:
+			return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the minimum version cannot exceed the newest version, %d", newest)
+		}
+		m.MinVersion = *c.MinVersion
+	}
+	next := vs
+	if c.TrimBelow != nil {
+		if *c.TrimBelow > m.MinVersion {
+			return wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "only retired versions can be trimmed: raise the minimum version to %d first", *c.TrimBelow)
+		}
+		next = slices.DeleteFunc(slices.Clone(vs), func(v *Version) bool { return v.N < *c.TrimBelow })
+	}
+	if c.RotateAfter != nil {
+		if *c.RotateAfter < 0 {
+			return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "negative rotation period")
+		}
+		m.RotateAfter = *c.RotateAfter
+	}
+	if c.Refuse != nil {
+		m.Budget = persist.BudgetPolicy_BUDGET_POLICY_ROTATE
+		if *c.Refuse {
+			m.Budget = persist.BudgetPolicy_BUDGET_POLICY_REFUSE
+		}
+	}
+	if c.Trusted != nil {
+		if *c.Trusted && !o.Attrs().Usage.Has(key.Wrap) && !o.Attrs().Usage.Has(key.Unwrap) {
+			return wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "only a key with wrap or unwrap usage can be a trusted wrapping key")
+		}
+		m.Trusted = *c.Trusted
+	}
+	if !o.Ephemeral {
+		keep := map[uint32]bool{}
+		for _, v := range next {
+			keep[v.N] = true
+		}
+		plain := func(i int, fn func([]byte) error) error {
+			return o.UseVersion(next[i], func(k *mech.Key) error { return k.Canonical(fn) })
+		}
+		err := s.update(o, func(r *persist.KeyRecord) error {
+			r.MinVersion, r.Trusted, r.BudgetPolicy = m.MinVersion, m.Trusted, m.Budget
+			r.RotateAfterSeconds = int64(m.RotateAfter / time.Second)
+			r.Versions = slices.DeleteFunc(r.Versions, func(v *persist.KeyVersion) bool { return !keep[v.Version] })
+			return nil
+		}, plain)
+		if err != nil {
+			return err
+		}
+	}
+	o.meta.Store(&m)
+	if len(next) != len(vs) {
+		if err := o.setVersions(next); err != nil {
+			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+		}
+	}
+	return nil
+}
+
+// reserveBlock is how many encryptions a durable reservation covers.
+const reserveBlock = 1 << 20
+
+var errSpent = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+	"the key's newest version has made as many encryptions as it may (random nonces: NIST SP 800-38D): rotate the key")
+
+// Current returns the version new signatures, MACs and RSA encryptions
+// use: the newest, after a rotation if the key's rotation period passed.
+func (s *Store) Current(o *Object) (*Version, error) {
+	v := o.Newest()
+	if !s.tooOld(o, v) {
+		return v, nil
+	}
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	if v = o.Newest(); !s.tooOld(o, v) {
+		return v, nil
+	}
+	return s.rotateLocked(o)
+}
+
+// Encrypting returns the version that n more AES-GCM encryptions must use
+// and counts them: the newest, unless the newest is older than the key's
+// rotation period or has spent its budget, in which case a new version is
+// made first (or, by the key's policy, the encryptions are refused). The
+// count is durable before it is used: reservations of reserveBlock
+// encryptions are written ahead.
+func (s *Store) Encrypting(o *Object, n uint64) (*Version, error) {
+	v := o.Newest()
+	if used := v.used.Add(n); used <= v.reserved.Load() && used <= v.limit.Load() && !s.tooOld(o, v) {
+		return v, nil
+	}
+	v.used.Add(-n)
+	return s.encryptingSlow(o, n)
+}
+
+func (s *Store) tooOld(o *Object, v *Version) bool {
+	m := o.Meta()
+	return m.RotateAfter > 0 && s.now().Sub(v.Created) > m.RotateAfter && o.Class != key.Public
+}
+
+func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	v := o.Newest()
+	if s.tooOld(o, v) {
+		var err error
+		if v, err = s.rotateLocked(o); err != nil {
+			return nil, err
+		}
+	}
+	if v.used.Load()+n > v.limit.Load() {
+		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE || n > DefaultEncryptionLimit/2 {
+			return nil, errSpent
+		}
+		var err error
+		if v, err = s.rotateLocked(o); err != nil {
+			return nil, err
+		}
+	}
+	if need := v.used.Load() + n; need > v.reserved.Load() {
+		res := min(need+reserveBlock, v.limit.Load())
+		if o.Ephemeral {
+			res = v.limit.Load()
+		} else {
+			idx := slices.Index(o.Versions(), v)
+			err := s.update(o, func(r *persist.KeyRecord) error {
+				r.Versions[idx].EncryptionsReserved = res
+				return nil
+			}, nil)
+			if err != nil {
+				return nil, err
+			}
+		}
+		v.reserved.Store(res)
+	}
+	v.used.Add(n)
+	return v, nil
+}
+
+// Uncount gives back n encryptions counted by Encrypting that did not
+// happen (the operation failed before encrypting).
+func (s *Store) Uncount(v *Version, n uint64) { v.used.Add(-n) }
+
+// LimitBudgets lowers the remaining encryption budget of every loaded
+// key's versions to a fraction (1/2 per halving), for when the machine may
+// have been cloned and the same budget may be spent twice. It returns how
+// many versions it changed. Keys loaded later keep their stored limits,
+// which count everything reserved as spent.
+func (s *Store) LimitBudgets(halvings uint) int {
+	s.mu.Lock()
+	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
+	for _, o := range s.loaded {
+		objs = append(objs, o)
+	}
+	for o := range s.eph {
+		objs = append(objs, o)
+	}
+	s.mu.Unlock()
+	changed := 0
+	for _, o := range objs {
+		o.wmu.Lock()
+		for _, v := range o.Versions() {
+			used, lim := v.used.Load(), v.limit.Load()
+			if used >= lim {
+				continue
+			}
+			v.limit.Store(used + (lim-used)>>halvings)
+			if v.reserved.Load() > v.limit.Load() {
+				v.reserved.Store(v.limit.Load())
+			}
+			changed++
+		}
+		if !o.Ephemeral {
+			s.update(o, func(*persist.KeyRecord) error { return nil }, nil)
+		}
+		o.wmu.Unlock()
+	}
+	return changed
+}

@@ -1,0 +1,42 @@
+package persist
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+)
+
+// TestGeneratedCodeIsCurrent regenerates the Go code from persist.proto
+// and compares it with the committed files. It needs protoc and the two
+// plugins in $PATH (scripts/test.sh provides them) and skips otherwise.
+func TestGeneratedCodeIsCurrent(t *testing.T) {
+	for _, tool := range []string{"protoc", "protoc-gen-go", "protoc-gen-go-vtproto"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not in $PATH", tool)
+		}
+	}
+	out := t.TempDir()
+	cmd := exec.Command("protoc", "--go_out="+out, "--go_opt=paths=source_relative",
+		"--go-vtproto_out="+out, "--go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size+clone",
+		"persist.proto")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("protoc: %v\n%s", err, b)
+	}
+	version := regexp.MustCompile(`(?m)^//\s+protoc\s+.*$`)
+	for _, f := range []string{"persist.pb.go", "persist_vtproto.pb.go"} {
+		want, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(version.ReplaceAll(got, nil), version.ReplaceAll(want, nil)) {
+			t.Errorf("%s is stale: run \"make proto\" and commit the result", f)
+		}
+	}
+}

@@ -1,0 +1,260 @@
+package server
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/genid"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// The machine generation (docs/genid.md). The ordering guarantee: every
+// request calls genid.Tracker.Check before it runs, a request that names
+// an expected generation is refused when it is not the current one, and
+// every session step compares the generation the session was opened in
+// with the current one. A change runs its hooks before the new generation
+// is published, and requests that start meanwhile wait in Check, so once a
+// change is under way nothing of the old generation is served.
+
+// maxLongPolls bounds the generation_watch and generation_wait_watchers
+// operations one connection may have waiting at once.
+const maxLongPolls = 8
+
+// maxPollTimeout bounds the timeout of one long poll.
+const maxPollTimeout = time.Hour
+
+// maxWatcherName bounds a named watcher's name.
+const maxWatcherName = 64
+
+var (
+	errTooManyPolls = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+		"too many generation watches waiting on this connection (limit %d)", maxLongPolls)
+	errPollTimeout = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+		"timeout_ms must be at most %d", maxPollTimeout.Milliseconds())
+	errBumpDenied = wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED,
+		"only root or a generation admin may bump the generation")
+	errNoPage = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the generation page is not available")
+)
+
+// registerGenerationHooks makes a generation change limit the nonce
+// budgets of the keys in memory before any request of the new generation
+// runs: after a clone, two machines spend what is left of each budget.
+func (s *Server) registerGenerationHooks() {
+	s.gen.Register("nonce budgets", genid.HookFunc(func(c genid.Change) {
+		halvings := uint(1)
+		if c.BudgetPolicy == genid.BudgetRotate {
+			halvings = 64 // nothing left: each key rotates (or refuses) at its next encryption
+		}
+		n := s.store.LimitBudgets(halvings)
+		s.log.Warn("nonce budgets limited after a generation change", "generation", c.To, "policy", c.BudgetPolicy.String(), "key_versions", n)
+	}))
+}
+
+// isGenerationOp reports whether op is one of the generation operations.
+func isGenerationOp(op *wire.Op) bool {
+	switch op.GetOp().(type) {
+	case *wire.Op_GenerationGet, *wire.Op_GenerationWatch, *wire.Op_GenerationAck,
+		*wire.Op_GenerationWaitWatchers, *wire.Op_GenerationBump, *wire.Op_GenerationMap:
+		return true
+	}
+	return false
+}
+
+// isLongPoll reports whether op may wait: it must run concurrently.
+func isLongPoll(op *wire.Op) bool {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_GenerationWatch:
+		return o.GenerationWatch.TimeoutMs > 0
+	case *wire.Op_GenerationWaitWatchers:
+		return o.GenerationWaitWatchers.TimeoutMs > 0
+	}
+	return false
+}
+
+// dispatchGeneration runs a generation operation. A generation_map result
+// attaches the page's descriptor to the reply through a.
+func (cn *conn) dispatchGeneration(op *wire.Op, id Identity, a *arena) (*wire.Result, error) {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_GenerationGet:
+		return cn.generationResult(true), nil
+	case *wire.Op_GenerationWatch:
+		return cn.opGenerationWatch(o.GenerationWatch, id)
+	case *wire.Op_GenerationAck:
+		return cn.opGenerationAck(o.GenerationAck, id)
+	case *wire.Op_GenerationWaitWatchers:
+		return cn.opGenerationWaitWatchers(o.GenerationWaitWatchers)
+	case *wire.Op_GenerationBump:
+		return cn.opGenerationBump(id)
+	case *wire.Op_GenerationMap:
+		return cn.opGenerationMap(a)
+	}
+	return nil, errNoOp
+}
+
+// generationInfo describes the generation; sources only when asked.
+func (s *Server) generationInfo(sources bool) *wire.GenerationInfo {
+	var st genid.Status
+	if sources {
+		st = s.gen.Status()
+	} else {
+		st = s.gen.Brief()
+	}
+	info := &wire.GenerationInfo{
+		Generation:       st.Generation,
+		ChangedBy:        st.ChangedBy,
+		Watchers:         uint32(st.Watchers),
+		OutdatedWatchers: uint32(st.Outdated),
+	}
+	if !st.Changed.IsZero() {
+		info.ChangedUnixNano = st.Changed.UnixNano()
+	}
+	for _, src := range st.Sources {
+		ws := &wire.GenerationSource{Name: src.Name, Active: src.Active, Detail: src.Detail, LastReport: src.LastReport}
+		if !src.LastSeen.IsZero() {
+			ws.LastSeenUnixNano = src.LastSeen.UnixNano()
+		}
+		info.Sources = append(info.Sources, ws)
+	}
+	return info
+}
+
+func (cn *conn) generationResult(sources bool) *wire.Result {
+	return &wire.Result{Value: &wire.Result_Generation{Generation: cn.s.generationInfo(sources)}}
+}
+
+// watcher returns the watcher an operation names: the caller's named
+// watcher, or this connection's, made on first use.
+func (cn *conn) watcher(name string, id Identity) (*genid.Watcher, error) {
+	if name != "" {
+		if len(name) > maxWatcherName {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a watcher name has at most %d bytes", maxWatcherName)
+		}
+		w, err := cn.s.gen.NamedWatcher(id.UID, name)
+		if err != nil {
+			return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many named watchers for this user (limit %d)",
+				genid.DefaultNamedWatchersPerUID)
+		}
+		return w, nil
+	}
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.closed {
+		return nil, errConnClosing
+	}
+	if cn.genWatcher == nil {
+		cn.genWatcher = cn.s.gen.NewWatcher()
+	}
+	return cn.genWatcher, nil
+}
+
+func pollTimeout(ms uint32) (time.Duration, error) {
+	d := time.Duration(ms) * time.Millisecond
+	if d > maxPollTimeout {
+		return 0, errPollTimeout
+	}
+	return d, nil
+}
+
+// longPoll counts a waiting operation against the connection's bound.
+func (cn *conn) longPoll(d time.Duration) (func(), error) {
+	if d <= 0 {
+		return func() {}, nil
+	}
+	if cn.longPolls.Add(1) > maxLongPolls {
+		cn.longPolls.Add(-1)
+		return nil, errTooManyPolls
+	}
+	return func() { cn.longPolls.Add(-1) }, nil
+}
+
+func (cn *conn) opGenerationWatch(gw *wire.GenerationWatch, id Identity) (*wire.Result, error) {
+	d, err := pollTimeout(gw.TimeoutMs)
+	if err != nil {
+		return nil, err
+	}
+	if cur := cn.s.gen.Check(); gw.After > cur {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"generation %d is ahead of the daemon's (%d): did the daemon restart?", gw.After, cur)
+	}
+	if _, err := cn.watcher(gw.Name, id); err != nil {
+		return nil, err
+	}
+	done, err := cn.longPoll(d)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if _, stopped := cn.s.gen.Wait(gw.After, d, cn.closing); stopped {
+		return nil, errConnClosing
+	}
+	return cn.generationResult(false), nil
+}
+
+func (cn *conn) opGenerationAck(ga *wire.GenerationAck, id Identity) (*wire.Result, error) {
+	w, err := cn.watcher(ga.Name, id)
+	if err != nil {
+		return nil, err
+	}
+	if ga.Forget {
+		w.Remove()
+		return cn.generationResult(false), nil
+	}
+	if err := w.Ack(ga.Generation); err != nil {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"generation %d is ahead of the daemon's (%d)", ga.Generation, cn.s.gen.Current())
+	}
+	return cn.generationResult(false), nil
+}
+
+func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers) (*wire.Result, error) {
+	d, err := pollTimeout(gw.TimeoutMs)
+	if err != nil {
+		return nil, err
+	}
+	done, err := cn.longPoll(d)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	if _, stopped := cn.s.gen.WaitWatchers(d, cn.closing); stopped {
+		return nil, errConnClosing
+	}
+	return cn.generationResult(false), nil
+}
+
+func (cn *conn) opGenerationBump(id Identity) (*wire.Result, error) {
+	if id.UID != 0 && !slices.Contains(cn.s.cfg.GenerationAdmins, id.UID) {
+		return nil, errBumpDenied.WithDetail("uid %d is neither root nor a --generation-admin", id.UID)
+	}
+	c := cn.s.gen.Bump(fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID))
+	cn.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To)
+	return cn.generationResult(true), nil
+}
+
+func (cn *conn) opGenerationMap(a *arena) (*wire.Result, error) {
+	fd, err := cn.s.gen.PageFD()
+	if err != nil {
+		return nil, errNoPage.WithDetail("%v", err)
+	}
+	if !slices.Contains(a.attach, fd) {
+		a.attach = append(a.attach, fd)
+	}
+	return &wire.Result{Value: &wire.Result_GenerationMap{GenerationMap: &wire.GenerationMapInfo{
+		Size: wire.GenPageSize, LayoutVersion: wire.GenPageLayout, Generation: cn.s.gen.Current()}}}, nil
+}
+
+// checkGeneration runs the tracker's synchronous checks before a request
+// and refuses one that expects another generation.
+func (cn *conn) checkGeneration(req *wire.Request) error {
+	cur := cn.s.gen.Check()
+	if req.ExpectedGeneration != nil && *req.ExpectedGeneration != cur {
+		return wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
+			"the machine's generation is %d, not %d", cur, *req.ExpectedGeneration)
+	}
+	return nil
+}
+
+// errGenerationChanged fails a session step from an older generation.
+var errGenerationChanged = wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
+	"the machine's generation changed since the session began")

@@ -1,0 +1,235 @@
+package server
+
+import (
+	"encoding/binary"
+	"errors"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Key versions on the data path (docs/formats.md). An AES-GCM ciphertext
+// names the version that made it in a 7-byte header:
+//
+//	'K' 'W' 0x01 || version (4 bytes, big-endian) || nonce (12) || ciphertext || tag (16)
+//
+// so the standard library opens it with the exported key of that version
+// as gcm.Open(nil, c[7:19], c[19:], aad). RSA-OAEP ciphertexts and
+// signatures keep their standard forms, so that other software reads them;
+// the result's key_version names the version instead, and decryption and
+// verification without one try the live versions, newest first.
+
+// ctHeaderLen is the length of the AES-GCM ciphertext header.
+const ctHeaderLen = 7
+
+var ctMagic = [3]byte{'K', 'W', 1}
+
+func appendCTHeader(dst []byte, version uint32) []byte {
+	dst = append(dst, ctMagic[:]...)
+	return binary.BigEndian.AppendUint32(dst, version)
+}
+
+var errBadHeader = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "decryption failed")
+
+// ctVersion reads the header of an AES-GCM ciphertext.
+func ctVersion(ct []byte) (uint32, []byte, error) {
+	if len(ct) < ctHeaderLen || ct[0] != ctMagic[0] || ct[1] != ctMagic[1] || ct[2] != ctMagic[2] {
+		return 0, nil, errBadHeader
+	}
+	return binary.BigEndian.Uint32(ct[3:]), ct[ctHeaderLen:], nil
+}
+
+func errRetired(v uint32) error {
+	return wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key version %d no longer decrypts or verifies (retired or trimmed)", v)
+}
+
+// current returns the version new signatures and MACs use: the newest,
+// after a rotation if the key's rotation period has passed.
+func (cn *conn) current(o *keystore.Object) (*keystore.Version, error) {
+	return cn.s.store.Current(o)
+}
+
+func (cn *conn) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := cn.authorized(e.Handle, id, policy.Use, key.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	if o.Spec.Family != key.FamilyAES {
+		v, err := cn.current(o)
+		if err != nil {
+			return nil, err
+		}
+		var ct []byte
+		err = o.UseVersion(v, func(m *mech.Key) error {
+			ct, err = m.Encrypt(e.Plaintext, e.Aad, e.Hash, a.take(len(e.Plaintext)+encryptOverhead(m)))
+			return err
+		})
+		out.KeyVersion = v.N
+		return ct, err
+	}
+	v, err := cn.s.store.Encrypting(o, 1)
+	if err != nil {
+		return nil, err
+	}
+	var ct []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		dst := appendCTHeader(a.take(ctHeaderLen+len(e.Plaintext)+encryptOverhead(m)), v.N)
+		ct, err = m.Encrypt(e.Plaintext, e.Aad, e.Hash, dst)
+		return err
+	})
+	if err != nil {
+		cn.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	out.KeyVersion = v.N
+	return ct, nil
+}
+
+func (cn *conn) opDecrypt(d *wire.Decrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := cn.authorized(d.Handle, id, policy.Use, key.Decrypt)
+	if err != nil {
+		return nil, err
+	}
+	if o.Spec.Family != key.FamilyAES {
+		// OAEP names no version: try them, newest first.
+		var pt []byte
+		err := cn.eachVersion(o, 0, func(v *keystore.Version, m *mech.Key) error {
+			var err error
+			pt, err = m.Decrypt(d.Ciphertext, d.Aad, d.Hash, a.take(len(d.Ciphertext)))
+			if err == nil {
+				out.KeyVersion = v.N
+			}
+			return err
+		})
+		return pt, err
+	}
+	n, body, err := ctVersion(d.Ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	v, ok := o.Version(n)
+	if !ok {
+		return nil, errRetired(n)
+	}
+	var pt []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		pt, err = m.Decrypt(body, d.Aad, d.Hash, a.take(len(body)))
+		return err
+	})
+	out.KeyVersion = n
+	return pt, err
+}
+
+// eachVersion calls try with each live version of o, newest first (or
+// only version n when n is not 0), until one succeeds. It returns the
+// last error when none does.
+func (cn *conn) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.Version, m *mech.Key) error) error {
+	if n != 0 {
+		v, ok := o.Version(n)
+		if !ok {
+			return errRetired(n)
+		}
+		return o.UseVersion(v, func(m *mech.Key) error { return try(v, m) })
+	}
+	vs := o.Versions()
+	min := o.Meta().MinVersion
+	var last error
+	for i := len(vs) - 1; i >= 0; i-- {
+		v := vs[i]
+		if v.N < min {
+			break
+		}
+		err := o.UseVersion(v, func(m *mech.Key) error { return try(v, m) })
+		if err == nil {
+			return nil
+		}
+		if !isCryptoFailure(err) {
+			return err
+		}
+		last = err
+	}
+	if last == nil {
+		last = errRetired(0)
+	}
+	return last
+}
+
+// isCryptoFailure reports whether err says that the input did not verify
+// or decrypt under a key (worth trying the next version), rather than
+// that the request is wrong.
+func isCryptoFailure(err error) bool {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		return false
+	}
+	return we.Status == wire.Status_STATUS_VERIFICATION_FAILED ||
+		(we.Status == wire.Status_STATUS_INVALID_ARGUMENT && we.Public == "decryption failed")
+}
+
+func (cn *conn) opSign(s *wire.Sign, id Identity, out *wire.Result) ([]byte, error) {
+	o, err := cn.authorized(s.Handle, id, policy.Use, key.Sign)
+	if err != nil {
+		return nil, err
+	}
+	v, err := cn.current(o)
+	if err != nil {
+		return nil, err
+	}
+	var sig []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		sig, err = m.Sign(mech.SignParams{Hash: s.Hash, Prehashed: s.Prehashed, Padding: s.Padding}, s.Data)
+		return err
+	})
+	out.KeyVersion = v.N
+	return sig, err
+}
+
+func (cn *conn) opVerify(vr *wire.Verify, id Identity, out *wire.Result) error {
+	o, err := cn.authorized(vr.Handle, id, policy.Use, key.Verify)
+	if err != nil {
+		return err
+	}
+	p := mech.SignParams{Hash: vr.Hash, Prehashed: vr.Prehashed, Padding: vr.Padding}
+	return cn.eachVersion(o, vr.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
+		err := m.Verify(p, vr.Data, vr.Signature)
+		if err == nil {
+			out.KeyVersion = v.N
+		}
+		return err
+	})
+}
+
+func (cn *conn) opMAC(mc *wire.Mac, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := cn.authorized(mc.Handle, id, policy.Use, key.Sign)
+	if err != nil {
+		return nil, err
+	}
+	v, err := cn.current(o)
+	if err != nil {
+		return nil, err
+	}
+	var tag []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		tag, err = m.MAC(mc.Data, a.take(64))
+		return err
+	})
+	out.KeyVersion = v.N
+	return tag, err
+}
+
+func (cn *conn) opMACVerify(mv *wire.MacVerify, id Identity, out *wire.Result) error {
+	o, err := cn.authorized(mv.Handle, id, policy.Use, key.Verify)
+	if err != nil {
+		return err
+	}
+	return cn.eachVersion(o, mv.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
+		err := m.VerifyMAC(mv.Data, mv.Tag)
+		if err == nil {
+			out.KeyVersion = v.N
+		}
+		return err
+	})
+}

@@ -1,0 +1,367 @@
+package server
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"strings"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/wire"
+	"github.com/keywarden/keywarden/internal/wrap"
+)
+
+// Wrapping for transport (docs/formats.md), rewrap and data keys.
+
+// trustedWrapKey reports whether o's bytes are known to no one outside the
+// daemon: generated here and never exportable, or made a trusted wrapping
+// key by an administrator.
+func trustedWrapKey(o *keystore.Object) bool {
+	m := o.Meta()
+	if m.Trusted {
+		return true
+	}
+	return m.Origin == persist.Origin_ORIGIN_GENERATED && m.NeverExportable && !o.Attrs().Exportable
+}
+
+func oaepHash(h wire.HashAlg) (crypto.Hash, error) {
+	switch h {
+	case wire.HashAlg_HASH_ALG_UNSPECIFIED, wire.HashAlg_HASH_ALG_SHA256:
+		return crypto.SHA256, nil
+	case wire.HashAlg_HASH_ALG_SHA384:
+		return crypto.SHA384, nil
+	case wire.HashAlg_HASH_ALG_SHA512:
+		return crypto.SHA512, nil
+	}
+	return 0, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "RSA-AES key wrap takes SHA-256, SHA-384 or SHA-512")
+}
+
+var errWrapFamily = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+	"this wrap format needs an AES wrapping key (RSA keys wrap with the rsa-aes-kwp format)")
+
+func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
+	wk, err := cn.object(w.Handle)
+	if err != nil {
+		return nil, err
+	}
+	tk, err := cn.object(w.Target)
+	if err != nil {
+		return nil, err
+	}
+	if err := policy.CheckWrap(id.caller(), wk.Policy(), trustedWrapKey(wk), tk.Policy()).Err(); err != nil {
+		return nil, err
+	}
+	format := w.Format
+	if format == wire.WrapFormat_WRAP_FORMAT_UNSPECIFIED {
+		format = wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
+	}
+	rsaFormat := format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP
+	if (wk.Spec.Family == key.FamilyRSA) != rsaFormat {
+		if rsaFormat {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the rsa-aes-kwp format needs an RSA wrapping key")
+		}
+		return nil, errWrapFamily
+	}
+	tv := tk.Newest()
+	var material []byte
+	err = tk.UseVersion(tv, func(m *mech.Key) error {
+		if format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN {
+			// keywarden's format carries the canonical bytes; the
+			// others what other systems expect (raw, PKCS #8).
+			return m.Canonical(func(b []byte) error { material = bytes.Clone(b); return nil })
+		}
+		var err error
+		material, err = m.Export(wrap.InteropFormat(tk.Spec))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer clear(material)
+	if format == wire.WrapFormat_WRAP_FORMAT_KW && len(material)%8 != 0 {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "RFC 3394 wraps only keys whose length is a multiple of 8 bytes: use kwp")
+	}
+	var blob []byte
+	err = wk.Use(func(m *mech.Key) error {
+		if rsaFormat {
+			pub := m.RSAPublic()
+			h, err := oaepHash(w.Hash)
+			if err != nil {
+				return err
+			}
+			blob, err = wrap.WrapRSAKWP(pub, h, material)
+			return err
+		}
+		return m.Canonical(func(kek []byte) error {
+			var err error
+			switch format {
+			case wire.WrapFormat_WRAP_FORMAT_KW:
+				blob, err = wrap.WrapKW(kek, material)
+			case wire.WrapFormat_WRAP_FORMAT_KWP:
+				blob, err = wrap.WrapKWP(kek, material)
+			case wire.WrapFormat_WRAP_FORMAT_KEYWARDEN:
+				a := tk.Attrs()
+				blob, err = wrap.SealKeyword(kek, material, wrap.Attributes{
+					Type: tk.Spec.Type, Class: tk.Class, Usage: a.Usage,
+					Exportable: a.Exportable, Wrappable: a.Wrappable, NeverExportable: tk.Meta().NeverExportable,
+					Version: tv.N, ID: tk.ID, Name: tk.Name, CreatedUnixNano: tk.Created.UnixNano(),
+					Encryptions: tv.Used(), EncryptionLimit: tv.Limit(),
+				})
+			default:
+				return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown wrap format")
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return nil, wrapErr(err)
+	}
+	cn.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	res := dataResult(blob)
+	res.KeyVersion = tv.N
+	return res, nil
+}
+
+// wrapErr maps the wrap package's errors to the wire.
+func wrapErr(err error) error {
+	if _, ok := err.(*wire.Error); ok {
+		return err
+	}
+	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "key wrap failed: %v", err)
+}
+
+var errUnwrapFailed = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unwrap failed: the blob is damaged, or not wrapped under this key")
+
+func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
+	defer clear(u.Blob)
+	uk, err := cn.object(u.Handle)
+	if err != nil {
+		return nil, err
+	}
+	if u.Template == nil {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "missing key template")
+	}
+	format := u.Format
+	if format == wire.WrapFormat_WRAP_FORMAT_UNSPECIFIED {
+		format = wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
+	}
+	rsaFormat := format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP
+	if (uk.Spec.Family == key.FamilyRSA) != rsaFormat {
+		if rsaFormat {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the rsa-aes-kwp format needs an RSA unwrapping key")
+		}
+		return nil, errWrapFamily
+	}
+	bound := format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
+	// Refuse early what no blob could make allowed.
+	pf := policy.Bare
+	if bound {
+		pf = policy.Bound
+	}
+	if err := policy.Authorize(id.caller(), uk.Policy(), policy.Use, key.Unwrap).Err(); err != nil {
+		return nil, err
+	}
+	if bound && !trustedWrapKey(uk) {
+		_, d := policy.CheckUnwrap(id.caller(), uk.Policy(), false, pf, policy.Template{})
+		return nil, d.Err()
+	}
+	if err := cn.precheck(u.Template, id); err != nil {
+		return nil, err
+	}
+	var material []byte
+	var attrs wrap.Attributes
+	err = uk.Use(func(m *mech.Key) error {
+		if rsaFormat {
+			h, err := oaepHash(u.Hash)
+			if err != nil {
+				return err
+			}
+			return m.WithRSAPrivate(func(priv *rsa.PrivateKey) error {
+				var err error
+				material, err = wrap.UnwrapRSAKWP(priv, h, u.Blob)
+				return err
+			})
+		}
+		return m.Canonical(func(kek []byte) error {
+			var err error
+			switch format {
+			case wire.WrapFormat_WRAP_FORMAT_KW:
+				material, err = wrap.UnwrapKW(kek, u.Blob)
+			case wire.WrapFormat_WRAP_FORMAT_KWP:
+				material, err = wrap.UnwrapKWP(kek, u.Blob)
+			case wire.WrapFormat_WRAP_FORMAT_KEYWARDEN:
+				material, attrs, err = wrap.OpenKeyword(kek, u.Blob)
+			default:
+				return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown wrap format")
+			}
+			return err
+		})
+	})
+	if err != nil {
+		if _, ok := err.(*wire.Error); ok {
+			return nil, err
+		}
+		return nil, errUnwrapFailed
+	}
+	defer clear(material)
+
+	t := u.Template
+	var pt policy.Template
+	if bound {
+		spec := key.Lookup(attrs.Type)
+		if spec == nil || !spec.ClassOK(attrs.Class) {
+			return nil, errUnwrapFailed
+		}
+		acl, err := aclFromWire(t.Acl)
+		if err != nil {
+			return nil, err
+		}
+		if t.Name != "" && !key.ValidName(t.Name) {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "invalid key name")
+		}
+		pt = policy.Template{Spec: spec, Class: attrs.Class, Usage: attrs.Usage, Exportable: attrs.Exportable, Wrappable: attrs.Wrappable, ACL: acl}
+		if pt.Usage == 0 {
+			return nil, errUnwrapFailed
+		}
+	} else {
+		spec := key.Lookup(t.Type)
+		if spec == nil {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type: a standard wrap does not say, the template must")
+		}
+		class := key.Secret
+		if spec.Asymmetric {
+			class = key.Private
+		}
+		if pt, err = template(t, class); err != nil {
+			return nil, err
+		}
+	}
+	usage, d := policy.CheckUnwrap(id.caller(), uk.Policy(), trustedWrapKey(uk), pf, pt)
+	if err := d.Err(); err != nil {
+		return nil, err
+	}
+	var mat *mech.Key
+	if bound {
+		mat, err = mech.FromCanonical(pt.Spec, pt.Class, bytes.Clone(material))
+	} else {
+		mat, err = mech.Import(pt.Spec, wrap.InteropFormat(pt.Spec), material)
+	}
+	if err != nil {
+		return nil, errUnwrapFailed
+	}
+	if mat.Class() != pt.Class {
+		mat.Destroy()
+		return nil, errUnwrapFailed
+	}
+	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
+	attrsOut := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
+	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	if bound {
+		// The key keeps its version number (its ciphertexts name it) and
+		// what it has spent of its encryption budget.
+		m := *o.Meta()
+		m.NeverExportable = attrs.NeverExportable || !attrs.Exportable
+		if attrs.Version > 0 {
+			m.MinVersion, m.NextVersion = attrs.Version, attrs.Version+1
+		}
+		keystore.SetMeta(o, &m)
+		keystore.SetFirstVersion(o, attrs.Version, time.Unix(0, attrs.CreatedUnixNano), attrs.Encryptions, attrs.EncryptionLimit)
+	}
+	res, err := cn.createObject(o, tmpl, id)
+	if err != nil {
+		return nil, err
+	}
+	cn.log.Info("key unwrapped", "key", o.ID.String(), "with", uk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	return res, nil
+}
+
+func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
+	o, err := cn.authorized(r.Handle, id, policy.Use, key.Decrypt|key.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	if o.Spec.Family != key.FamilyAES {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "rewrap takes an AES-GCM ciphertext")
+	}
+	n, body, err := ctVersion(r.Ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	old, ok := o.Version(n)
+	if !ok {
+		return nil, errRetired(n)
+	}
+	var pt []byte
+	defer func() { clear(pt) }()
+	err = o.UseVersion(old, func(m *mech.Key) error {
+		pt, err = m.Decrypt(body, r.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, nil)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	v, err := cn.s.store.Encrypting(o, 1)
+	if err != nil {
+		return nil, err
+	}
+	var ct []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		ct, err = m.Encrypt(pt, r.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, appendCTHeader(make([]byte, 0, ctHeaderLen+len(pt)+28), v.N))
+		return err
+	})
+	if err != nil {
+		cn.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	res := dataResult(ct)
+	res.KeyVersion = v.N
+	return res, nil
+}
+
+// opDataKey runs on the data path: the plaintext key, if asked for, is
+// carved from the request's arena, wiped once the reply is sent.
+func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result, error) {
+	o, err := cn.authorized(dk.Handle, id, policy.Use, key.Encrypt)
+	if err != nil {
+		return nil, err
+	}
+	if o.Spec.Family != key.FamilyAES {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "data keys are encrypted under an AES-GCM key")
+	}
+	n := int(dk.Length)
+	if n == 0 {
+		n = 32
+	}
+	if n < 16 || n > 64 {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a data key is 16 to 64 bytes")
+	}
+	v, err := cn.s.store.Encrypting(o, 1)
+	if err != nil {
+		return nil, err
+	}
+	plain := a.take(n)[:n]
+	rand.Read(plain)
+	var ct []byte
+	err = o.UseVersion(v, func(m *mech.Key) error {
+		ct, err = m.Encrypt(plain, dk.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, appendCTHeader(make([]byte, 0, ctHeaderLen+n+28), v.N))
+		return err
+	})
+	if err != nil {
+		clear(plain)
+		cn.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	res := &wire.DataKeyResult{Ciphertext: ct}
+	if dk.Plaintext {
+		res.Plaintext = plain
+	} else {
+		clear(plain)
+	}
+	return &wire.Result{KeyVersion: v.N, Value: &wire.Result_DataKey{DataKey: res}}, nil
+}

@@ -1,0 +1,251 @@
+package keywarden
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// The master key and the store (docs/operations.md). These calls are for
+// the daemon's administrators: root, the daemon's own uid, and the uids it
+// was given with --admin.
+
+// MasterSealing says how a new master key is sealed: under a passphrase
+// (Argon2id, run by the daemon in a worker process), split into shares,
+// or both.
+type MasterSealing struct {
+	// Passphrase, if not empty, seals the master key. The call wipes it.
+	Passphrase []byte
+	// Argon2 are the passphrase's costs; zero fields take the daemon's
+	// defaults for master keys (t=3, 256 MiB, 4 lanes).
+	Argon2 Argon2Params
+	// Shares, if not 0, splits the master key into this many shares, any
+	// Threshold of which unseal it (2 <= Threshold <= Shares <= 255).
+	Shares, Threshold int
+}
+
+func (s MasterSealing) wire() (pass []byte, p *wire.Argon2Params, n, k uint32) {
+	return s.Passphrase, s.Argon2.wire(), uint32(s.Shares), uint32(s.Threshold)
+}
+
+// Share is one share of a master key split k-of-n. Whoever holds
+// Threshold shares of a split holds the master key: keep them apart.
+type Share struct {
+	SplitID   [8]byte
+	Threshold int
+	X         byte   // 1 to 255, unique within the split
+	Y         []byte // secret
+}
+
+func sharesFromWire(ws []*wire.Share) []Share {
+	out := make([]Share, 0, len(ws))
+	for _, w := range ws {
+		var s Share
+		copy(s.SplitID[:], w.SplitId)
+		s.Threshold, s.X, s.Y = int(w.Threshold), byte(w.X), w.Y
+		out = append(out, s)
+	}
+	return out
+}
+
+func sharesToWire(ss []Share) []*wire.Share {
+	out := make([]*wire.Share, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, &wire.Share{SplitId: s.SplitID[:], Threshold: uint32(s.Threshold), X: uint32(s.X), Y: s.Y})
+	}
+	return out
+}
+
+// MasterKeyInfo identifies a master key.
+type MasterKeyInfo struct {
+	StoreID    [16]byte
+	Generation uint64
+}
+
+// Init creates the daemon's master key, sealed as s says, and leaves the
+// daemon unsealed. If s asks for shares, keep is called with them before
+// anything is stored: it must put them somewhere safe (one share per
+// holder), and only if it returns nil does the daemon store the new master
+// key. force replaces the master key of a store that holds no keys.
+func (c *Client) Init(ctx context.Context, s MasterSealing, force bool, keep func([]Share) error) (MasterKeyInfo, error) {
+	pass, p, n, k := s.wire()
+	defer clear(pass)
+	res, err := c.do(ctx, "init", &wire.Op{Op: &wire.Op_Init{Init: &wire.Init{Passphrase: pass, Params: p, Shares: n, Threshold: k, Force: force}}})
+	clear(pass)
+	if err != nil {
+		return MasterKeyInfo{}, err
+	}
+	ir := res.GetInit()
+	shares := sharesFromWire(ir.GetShares())
+	defer func() {
+		for _, s := range shares {
+			clear(s.Y)
+		}
+	}()
+	if keep != nil {
+		if err := keep(shares); err != nil {
+			return MasterKeyInfo{}, err
+		}
+	} else if len(shares) > 0 {
+		return MasterKeyInfo{}, argError("init", "shares were asked for but nothing keeps them")
+	}
+	res, err = c.do(ctx, "init", &wire.Op{Op: &wire.Op_Init{Init: &wire.Init{Commit: ir.GetToken(), Force: force}}})
+	if err != nil {
+		return MasterKeyInfo{}, err
+	}
+	var info MasterKeyInfo
+	copy(info.StoreID[:], res.GetInit().GetStoreId())
+	info.Generation = res.GetInit().GetGeneration()
+	return info, nil
+}
+
+// UnsealProgress says how far an unseal with shares has come.
+type UnsealProgress struct {
+	Unsealed   bool
+	SharesHeld int
+	Threshold  int
+}
+
+// Unseal unseals the daemon with the master key's passphrase, which it
+// wipes. After failed attempts the daemon refuses more for a while
+// (ErrResourceExhausted).
+func (c *Client) Unseal(ctx context.Context, passphrase []byte, acceptStore bool) error {
+	defer clear(passphrase)
+	_, err := c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Passphrase: passphrase, AcceptStore: acceptStore}}})
+	return err
+}
+
+// UnsealShares submits shares of the master key; the daemon unseals once
+// it holds as many as the threshold (they may come from several callers,
+// one at a time). acceptStore accepts a store whose records no longer add
+// up to what the daemon last wrote; see docs/operations.md.
+func (c *Client) UnsealShares(ctx context.Context, shares []Share, acceptStore bool) (UnsealProgress, error) {
+	res, err := c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Shares: sharesToWire(shares), AcceptStore: acceptStore}}})
+	if err != nil {
+		return UnsealProgress{}, err
+	}
+	u := res.GetUnseal()
+	return UnsealProgress{Unsealed: u.GetUnsealed(), SharesHeld: int(u.GetSharesHeld()), Threshold: int(u.GetThreshold())}, nil
+}
+
+// Seal wipes the master key and every key from the daemon's memory; key
+// operations are refused until the next unseal.
+func (c *Client) Seal(ctx context.Context) error {
+	_, err := c.do(ctx, "seal", &wire.Op{Op: &wire.Op_Seal{Seal: &wire.Seal{}}})
+	return err
+}
+
+// RotateMaster makes a new master key, sealed as s says (keep as for
+// Init), and returns its generation. The daemon then re-wraps every key
+// under it in the background, resuming after a crash;
+// ServerStatus.Seal reports progress.
+func (c *Client) RotateMaster(ctx context.Context, s MasterSealing, keep func([]Share) error) (uint64, error) {
+	pass, p, n, k := s.wire()
+	defer clear(pass)
+	res, err := c.do(ctx, "master-rotate", &wire.Op{Op: &wire.Op_MasterRotate{MasterRotate: &wire.MasterRotate{Passphrase: pass, Params: p, Shares: n, Threshold: k}}})
+	clear(pass)
+	if err != nil {
+		return 0, err
+	}
+	ir := res.GetInit()
+	shares := sharesFromWire(ir.GetShares())
+	defer func() {
+		for _, s := range shares {
+			clear(s.Y)
+		}
+	}()
+	if keep != nil {
+		if err := keep(shares); err != nil {
+			return 0, err
+		}
+	} else if len(shares) > 0 {
+		return 0, argError("master-rotate", "shares were asked for but nothing keeps them")
+	}
+	res, err = c.do(ctx, "master-rotate", &wire.Op{Op: &wire.Op_MasterRotate{MasterRotate: &wire.MasterRotate{Commit: ir.GetToken()}}})
+	if err != nil {
+		return 0, err
+	}
+	return res.GetInit().GetGeneration(), nil
+}
+
+// Backup writes a consistent copy of the daemon's whole store to w. It
+// holds only ciphertext and the sealed master key: a daemon restored from
+// it unseals with the same passphrase or shares.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	var n int64
+	var token []byte
+	for {
+		res, err := c.do(ctx, "backup", &wire.Op{Op: &wire.Op_Backup{Backup: &wire.Backup{Token: token}}})
+		if err != nil {
+			return n, err
+		}
+		b := res.GetBackup()
+		m, err := w.Write(b.GetData())
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+		if b.GetLast() {
+			return n, nil
+		}
+		token = b.GetToken()
+	}
+}
+
+// Restore replaces the daemon's whole store with a backup read from r,
+// and leaves the daemon sealed: unsealing checks the restored store. A
+// daemon with a master key takes only a backup of its own store.
+func (c *Client) Restore(ctx context.Context, r io.Reader) (int64, error) {
+	chunk := make([]byte, min(c.MaxData(), 256<<10))
+	var n int64
+	var token []byte
+	for {
+		m, err := io.ReadFull(r, chunk)
+		last := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if err != nil && !last {
+			return n, err
+		}
+		res, derr := c.do(ctx, "restore", &wire.Op{Op: &wire.Op_Restore{Restore: &wire.Restore{Token: token, Data: chunk[:m], Last: last}}})
+		if derr != nil {
+			return n, derr
+		}
+		n += int64(m)
+		if last {
+			return n, nil
+		}
+		token = res.GetBackup().GetToken()
+	}
+}
+
+// SealStatus describes the daemon's master key and store.
+type SealStatus struct {
+	// Initialized: a master key exists. Sealed: it is not in memory, and
+	// key operations are refused.
+	Initialized, Sealed bool
+	Generation          uint64
+	Passphrase          bool // sealed under a passphrase
+	Threshold, Shares   int  // split into shares (0: not)
+	SharesHeld          int  // submitted toward the next unseal
+	// RetryAfter: unseal attempts are refused for this long after failures.
+	RetryAfter time.Duration
+	// A master-key rotation is re-wrapping keys.
+	Rotating                    bool
+	RotationDone, RotationTotal uint64
+	// The store: a file in StateDir, or memory (development mode).
+	StateDir    string
+	Persistent  bool
+	Quarantined int // key records refused for failing their integrity check
+}
+
+func sealStatusFromWire(s *wire.SealStatus) SealStatus {
+	return SealStatus{
+		Initialized: s.GetInitialized(), Sealed: s.GetSealed(), Generation: s.GetGeneration(),
+		Passphrase: s.GetPassphrase(), Threshold: int(s.GetThreshold()), Shares: int(s.GetShares()),
+		SharesHeld: int(s.GetSharesHeld()), RetryAfter: time.Duration(s.GetRetryAfterMs()) * time.Millisecond,
+		Rotating: s.GetRotating(), RotationDone: s.GetRotationDone(), RotationTotal: s.GetRotationTotal(),
+		StateDir: s.GetStateDir(), Persistent: s.GetPersistent(), Quarantined: int(s.GetQuarantined()),
+	}
+}

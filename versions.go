@@ -1,0 +1,223 @@
+package keywarden
+
+import (
+	"context"
+	"crypto"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Key versions, rotation, wrapping for transport, and data keys
+// (docs/formats.md).
+
+// Lifecycle describes a key's origin and versions.
+type Lifecycle struct {
+	Origin Origin
+	// NeverExportable: the key has never been exportable.
+	NeverExportable bool
+	// Trusted: an administrator made it a trusted wrapping key.
+	Trusted bool
+	// MinVersion: versions below it no longer decrypt or verify.
+	MinVersion uint32
+	// RotateAfter: a new version is made when the newest is older (0:
+	// never).
+	RotateAfter time.Duration
+	// RefuseWhenSpent: a version that has made as many AES-GCM encryptions
+	// as it may refuses more, rather than a new version being made.
+	RefuseWhenSpent bool
+	// Versions are the live versions, oldest first.
+	Versions []VersionInfo
+}
+
+// VersionInfo describes one version of a key.
+type VersionInfo struct {
+	Version uint32
+	Created time.Time
+	// Encryptions made with it (AES-GCM; an upper bound after a daemon
+	// restart) and the most it may make.
+	Encryptions, EncryptionLimit uint64
+}
+
+// Origin says how a key came to be.
+type Origin int
+
+const (
+	OriginUnknown Origin = iota
+	OriginGenerated
+	OriginImported
+	OriginDerived
+	OriginUnwrapped
+	OriginPassphrase
+)
+
+func (o Origin) String() string {
+	switch o {
+	case OriginGenerated:
+		return "generated"
+	case OriginImported:
+		return "imported"
+	case OriginDerived:
+		return "derived"
+	case OriginUnwrapped:
+		return "unwrapped"
+	case OriginPassphrase:
+		return "passphrase"
+	}
+	return "unknown"
+}
+
+func lifecycleFromWire(w *wire.KeyLifecycle) Lifecycle {
+	if w == nil {
+		return Lifecycle{}
+	}
+	l := Lifecycle{
+		Origin: Origin(w.Origin), NeverExportable: w.NeverExportable, Trusted: w.Trusted, MinVersion: w.MinVersion,
+		RotateAfter: time.Duration(w.RotateAfterSeconds) * time.Second, RefuseWhenSpent: w.RefuseWhenSpent,
+	}
+	for _, v := range w.Versions {
+		l.Versions = append(l.Versions, VersionInfo{Version: v.Version, Created: time.Unix(0, v.CreatedUnixNano),
+			Encryptions: v.Encryptions, EncryptionLimit: v.EncryptionLimit})
+	}
+	return l
+}
+
+// Rotate adds a new version to the key, made fresh; new ciphertexts and
+// signatures use it, older versions still decrypt and verify until the
+// minimum version is raised. Owner only.
+func (k *Key) Rotate(ctx context.Context) (KeyInfo, error) {
+	res, err := k.c.do(ctx, "rotate", &wire.Op{Op: &wire.Op_Rotate{Rotate: &wire.Rotate{Handle: k.handle}}})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return k.setInfo(res.GetInfo()), nil
+}
+
+// LifecycleChange changes a key's version and rotation settings; nil
+// fields stay as they are.
+type LifecycleChange struct {
+	// MinVersion retires older versions (it can only be raised).
+	MinVersion *uint32
+	// TrimBelow deletes the versions below it (retired ones only).
+	TrimBelow *uint32
+	// RotateAfter: make a new version when the newest is older (0: never).
+	RotateAfter *time.Duration
+	// RefuseWhenSpent: see Lifecycle.
+	RefuseWhenSpent *bool
+	// Trusted makes the key a trusted wrapping key (administrators only).
+	Trusted *bool
+}
+
+// SetLifecycle changes the key's version and rotation settings. Owner only.
+func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, error) {
+	sl := &wire.SetLifecycle{Handle: k.handle, MinVersion: ch.MinVersion, TrimBelow: ch.TrimBelow,
+		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted}
+	if ch.RotateAfter != nil {
+		s := int64(*ch.RotateAfter / time.Second)
+		sl.RotateAfterSeconds = &s
+	}
+	res, err := k.c.do(ctx, "set-lifecycle", &wire.Op{Op: &wire.Op_SetLifecycle{SetLifecycle: sl}})
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return k.setInfo(res.GetInfo()), nil
+}
+
+// WrapFormat is a key wrapping format.
+type WrapFormat int
+
+const (
+	// WrapKeywarden is keywarden's own format: the key's attributes travel
+	// with it, bound to its bytes, so that a daemon sharing the wrapping
+	// key restores them exactly.
+	WrapKeywarden WrapFormat = iota
+	// WrapKW is AES key wrap, RFC 3394 (as openssl's id-aes256-wrap).
+	WrapKW
+	// WrapKWP is AES key wrap with padding, RFC 5649 (id-aes256-wrap-pad).
+	WrapKWP
+	// WrapRSAAESKWP is RSA-OAEP of an ephemeral AES key followed by RFC 5649
+	// under it: what cloud KMS key import and PKCS #11
+	// CKM_RSA_AES_KEY_WRAP use.
+	WrapRSAAESKWP
+)
+
+func (f WrapFormat) wire() wire.WrapFormat {
+	switch f {
+	case WrapKW:
+		return wire.WrapFormat_WRAP_FORMAT_KW
+	case WrapKWP:
+		return wire.WrapFormat_WRAP_FORMAT_KWP
+	case WrapRSAAESKWP:
+		return wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP
+	}
+	return wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
+}
+
+// WrapOptions are the RSA-AES-KWP format's options.
+type WrapOptions struct {
+	// Hash is OAEP's and MGF1's hash: SHA-256 (default), SHA-384 or
+	// SHA-512.
+	Hash crypto.Hash
+}
+
+func (o *WrapOptions) hash() (wire.HashAlg, error) {
+	if o == nil || o.Hash == 0 {
+		return wire.HashAlg_HASH_ALG_UNSPECIFIED, nil
+	}
+	return hashToWire(o.Hash)
+}
+
+// Wrap returns target's newest version wrapped under this key, which must
+// have wrap usage and be known to no one (generated by the daemon and
+// never exportable, or trusted by an administrator). target must be
+// wrappable, owned by the caller, and no stronger than this key.
+func (k *Key) Wrap(ctx context.Context, target *Key, format WrapFormat, opts *WrapOptions) ([]byte, error) {
+	h, err := opts.hash()
+	if err != nil {
+		return nil, err
+	}
+	return k.c.doData(ctx, "wrap", &wire.Op{Op: &wire.Op_Wrap{Wrap: &wire.Wrap{Handle: k.handle, Target: target.handle, Format: format.wire(), Hash: h}}})
+}
+
+// Unwrap makes a new key from blob, wrapped under this key (which needs
+// unwrap usage). With WrapKeywarden the blob's attributes apply, and spec
+// gives only Name, Ephemeral and ACL; the unwrapping key must then be
+// known to no one, as for Wrap. With the other formats spec gives the
+// type and usages, and the key is never exportable.
+func (k *Key) Unwrap(ctx context.Context, blob []byte, format WrapFormat, spec KeySpec, opts *WrapOptions) (*Key, error) {
+	h, err := opts.hash()
+	if err != nil {
+		return nil, err
+	}
+	return k.c.keyOp(ctx, "unwrap", &wire.Op{Op: &wire.Op_Unwrap{Unwrap: &wire.Unwrap{Handle: k.handle, Blob: blob, Format: format.wire(), Template: spec.wire(), Hash: h}}})
+}
+
+// Rewrap re-encrypts an AES-GCM ciphertext of this key under its newest
+// version, inside the daemon: the caller never sees the plaintext. The
+// key needs both encrypt and decrypt usage.
+func (k *Key) Rewrap(ctx context.Context, ciphertext, aad []byte) ([]byte, error) {
+	return k.c.doData(ctx, "rewrap", &wire.Op{Op: &wire.Op_Rewrap{Rewrap: &wire.Rewrap{Handle: k.handle, Ciphertext: ciphertext, Aad: aad}}})
+}
+
+// DataKey is a random key for encrypting data outside the daemon
+// (envelope encryption).
+type DataKey struct {
+	// Ciphertext is the data key encrypted under the key that made it;
+	// Decrypt with that key recovers it.
+	Ciphertext []byte
+	// Plaintext is the data key itself, if it was asked for. Wipe it
+	// after use.
+	Plaintext []byte
+}
+
+// GenerateDataKey makes a random data key of n bytes (0 means 32) and
+// returns it encrypted under this AES-GCM key (which needs encrypt usage)
+// with aad, and in plain only if withPlaintext.
+func (k *Key) GenerateDataKey(ctx context.Context, n int, aad []byte, withPlaintext bool) (DataKey, error) {
+	res, err := k.c.do(ctx, "data-key", &wire.Op{Op: &wire.Op_DataKey{DataKey: &wire.DataKey{Handle: k.handle, Length: uint32(n), Aad: aad, Plaintext: withPlaintext}}})
+	if err != nil {
+		return DataKey{}, err
+	}
+	d := res.GetDataKey()
+	return DataKey{Ciphertext: d.GetCiphertext(), Plaintext: d.GetPlaintext()}, nil
+}
