@@ -219,6 +219,17 @@ func flipIn(t *testing.T, v []byte, bit byte, path ...protowire.Number) []byte {
 	return out
 }
 
+// logSays reports whether the daemon's log says what, within a few
+// seconds (its stderr arrives through a pipe, after the reply may have).
+func logSays(d *daemon, what string) bool {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if strings.Contains(d.log.String(), what) {
+			return true
+		}
+	}
+	return false
+}
+
 // sealedDaemon starts a daemon on state; it is sealed (no passphrase file).
 func sealedDaemon(t *testing.T, state string) *daemon {
 	t.Helper()
@@ -238,7 +249,7 @@ func (f *tamperFixture) checkRefused(t *testing.T, d *daemon, want ...string) {
 			t.Errorf("unseal's error does not say %q: %s", w, r.stderr)
 		}
 	}
-	if !strings.Contains(d.log.String(), "unseal refused") {
+	if !logSays(d, "unseal refused") {
 		t.Errorf("the daemon's log does not record the refusal:\n%s", d.log)
 	}
 	c := d.client(t)
@@ -422,7 +433,7 @@ func TestTamperStoreFile(t *testing.T) {
 		if st := status(t, c); st.Seal.Sealed || st.Seal.Quarantined != 1 {
 			t.Fatalf("status: %+v", st.Seal)
 		}
-		if !strings.Contains(d.log.String(), "key record refused") {
+		if !logSays(d, "key record refused") {
 			t.Errorf("the log does not say why:\n%s", d.log)
 		}
 		f.works(t, c, "beta", "gamma")
@@ -595,7 +606,7 @@ func TestTamperStoreFile(t *testing.T) {
 		if _, err := c.Open(ctx, "alpha"); !errors.Is(err, keywarden.ErrNotFound) {
 			t.Fatalf("open through a redirected name: %v", err)
 		}
-		if !strings.Contains(d.log.String(), "store index is inconsistent") {
+		if !logSays(d, "store index is inconsistent") {
 			t.Errorf("the log does not report the inconsistent index:\n%s", d.log)
 		}
 		if _, err := c.OpenID(ctx, f.ids["alpha"]); err != nil {
