@@ -181,19 +181,20 @@ func ScanFiles(paths []string, f Filter, fn func(*Record) error) error {
 
 // Last returns the last n records of the log whose active file is path
 // that f matches, oldest first, and the seq of the last record of the log
-// (from which Follow can go on).
+// (from which Follow can go on), also when n is 0 or the active file is
+// still empty (a crash right after a rotation).
 func Last(path string, n int, f Filter) (recs []*Record, lastSeq uint64, err error) {
+	n = max(n, 0)
 	files, err := LogFiles(path)
 	if err != nil {
 		return nil, 0, err
 	}
-	for i := len(files) - 1; i >= 0 && len(recs) < n; i-- {
+	for i := len(files) - 1; i >= 0 && (len(recs) < n || lastSeq == 0); i-- {
 		var got []*Record
+		var fileLast uint64
 		err := ScanFiles(files[i:i+1], Filter{}, func(r *Record) error {
-			if i == len(files)-1 {
-				lastSeq = max(lastSeq, r.Seq)
-			}
-			if f.Match(r) {
+			fileLast = max(fileLast, r.Seq)
+			if n > 0 && f.Match(r) {
 				got = append(got, r)
 				if len(got) > n {
 					got = got[1:]
@@ -203,6 +204,9 @@ func Last(path string, n int, f Filter) (recs []*Record, lastSeq uint64, err err
 		})
 		if err != nil {
 			return nil, 0, err
+		}
+		if lastSeq == 0 {
+			lastSeq = fileLast
 		}
 		recs = append(got, recs...)
 	}

@@ -136,3 +136,45 @@ func TestFollowAcrossMissingFile(t *testing.T) {
 		}
 	}
 }
+
+// TestLastSeqWithoutRecords: Last gives the seq of the log's last record
+// also when asked for no records, and when the active file is empty (a
+// crash right after a rotation), so that Follow goes on from there
+// instead of replaying the whole log.
+func TestLastSeqWithoutRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openLog(t, Options{Path: path, Keys: testKeys(t), RotateBytes: 4 << 10})
+	appendN(t, l, 40)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	recs, want, err := Last(path, 1, Filter{})
+	if err != nil || len(recs) != 1 || want != recs[0].Seq {
+		t.Fatalf("Last(1): %d records, last seq %d, %v", len(recs), want, err)
+	}
+	for _, n := range []int{0, -1} {
+		recs, last, err := Last(path, n, Filter{})
+		if err != nil || len(recs) != 0 || last != want {
+			t.Fatalf("Last(%d): %d records, last seq %d (want %d), %v", n, len(recs), last, want, err)
+		}
+	}
+	// The active file empty: the last record is in the newest rotated file.
+	files := logFiles(t, path)
+	if len(files) < 2 {
+		t.Fatalf("want rotated files, have %v", files)
+	}
+	if err := os.Rename(path, rotatedName(path, want-uint64(len(readLines(t, path)))+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, last, err := Last(path, 0, Filter{})
+	if err != nil || len(recs) != 0 || last != want {
+		t.Fatalf("empty active file: %d records, last seq %d (want %d), %v", len(recs), last, want, err)
+	}
+	recs, last, err = Last(path, 3, Filter{})
+	if err != nil || len(recs) != 3 || last != want || recs[2].Seq != want {
+		t.Fatalf("empty active file: %d records, last seq %d (want %d), %v", len(recs), last, want, err)
+	}
+}

@@ -96,6 +96,9 @@ func init() {
 		{"generation forget", "--name W", "remove a named watcher", runGenerationForget},
 		{"generation wait-watchers", "[--timeout D] [--json]", "wait until every watcher has acknowledged the current generation (exit 1 on timeout)", runGenerationWaitWatchers},
 		{"generation bump", "[--json]", "increase the generation after a restore the daemon cannot see (root or a --generation-admin)", runGenerationBump},
+		{"audit verify", "[--public-key FILE] [--expect SEQ:HASH]... [--closed] [--json] FILE...", "check that the files of an audit log are intact (exit 1 if not)", runAuditVerify},
+		{"audit tail", "[-n N] [-f] [FILTERS] [--json] [--log PATH]", "print the last audit records, and with -f each new one", runAuditTail},
+		{"audit query", "[FILTERS] [--json] [--log PATH | FILE...]", "print the audit records that match the filters", runAuditQuery},
 		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--json]", "measure operations in-process and through the daemon", runBench},
 		{"version", "", "print the version", runVersion},
 	}
