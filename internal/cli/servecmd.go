@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/daemon"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/server"
@@ -44,12 +45,18 @@ func runServe(e *env, args []string) error {
 	var genAdmins uidList
 	f.Var(&genAdmins, "generation-admin", "a `uid` that may bump the generation besides root (repeatable)")
 	budget := f.String("generation-budget-policy", "halve", "what a generation change does to nonce budgets: halve or rotate")
+	auditLog := f.String("audit-log", "", "the audit log's `path`, or off (default audit.log in the state directory; with --dev, SOCKET.audit.log beside the socket)")
+	auditSync := f.String("audit-sync", "grouped", "when audit records reach the disk: grouped (written before the reply, fsync grouped every few ms) or always (fsync before the reply)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	syncMode, err := audit.ParseSyncMode(*auditSync)
+	if err != nil {
+		return usagef("invalid --audit-sync %q: want grouped or always", *auditSync)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -108,7 +115,18 @@ func runServe(e *env, args []string) error {
 	} else if stateDir == "" {
 		stateDir = DefaultStateDir()
 	}
+	alog := *auditLog
+	switch {
+	case alog == "off":
+		alog = ""
+	case alog != "":
+	case *dev:
+		alog = path + ".audit.log"
+	default:
+		alog = filepath.Join(stateDir, "audit.log")
+	}
 	err = daemon.Run(context.Background(), daemon.Config{
+		AuditLog: alog, AuditSync: syncMode,
 		SocketPath: path, SocketMode: sockMode, Dev: *dev, Limits: lim, Logger: log, Version: Version,
 		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, Admins: admins,
 		KDF:           *kcfg,

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
@@ -77,6 +78,12 @@ type Config struct {
 	GenerationAdmins []uint32
 	// BudgetPolicy is what a generation change does to nonce budgets.
 	BudgetPolicy genid.BudgetPolicy
+
+	// AuditLog is the audit log's path (docs/audit.md); "" means no audit
+	// log, which only tests and benchmarks want.
+	AuditLog string
+	// AuditSync says when a record is forced to disk.
+	AuditSync audit.SyncMode
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -116,11 +123,33 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("built without GOEXPERIMENT=runtimesecret: copies of key material made by the cryptographic libraries are not erased when freed")
 	}
 
-	if err := mech.SelfTest(); err != nil {
-		return fmt.Errorf("start-up self-test failed: %w", err)
+	var alog *auditLog
+	if cfg.AuditLog != "" {
+		if alog, err = openAudit(cfg.AuditLog, cfg.AuditSync, cfg.Version, log); err != nil {
+			return err
+		}
+		defer alog.close(log)
+		mode := "persistent, state " + cfg.StateDir
+		if cfg.Dev {
+			mode = "development mode: keys in memory, an ephemeral audit key"
+		}
+		if err := alog.event(audit.OpStart, "", fmt.Sprintf("keywarden %s, pid %d, uid %d, %s", cfg.Version, os.Getpid(), os.Getuid(), mode)); err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+	} else {
+		log.Warn("no audit log: requests are not recorded")
 	}
-	if err := wrap.SelfTest(); err != nil {
-		return fmt.Errorf("start-up self-test failed: %w", err)
+
+	for _, t := range []struct {
+		name string
+		run  func() error
+	}{{"mechanisms", mech.SelfTest}, {"key wrapping", wrap.SelfTest}} {
+		if err := t.run(); err != nil {
+			if aerr := alog.event(audit.OpSelfTestFailure, "INTERNAL", t.name+": "+err.Error()); aerr != nil {
+				log.Error("audit log: cannot record the self-test failure", "err", aerr)
+			}
+			return fmt.Errorf("start-up self-test failed: %w", err)
+		}
 	}
 	log.Debug("self-tests passed")
 
@@ -176,7 +205,8 @@ func Run(ctx context.Context, cfg Config) error {
 		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
 	}
 	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
-		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins})
+		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
+		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg)})
 	if keys != nil {
 		if err := startSealed(ctx, srv, cfg, log); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/server"
 )
 
@@ -27,7 +28,14 @@ func startSealed(ctx context.Context, srv *server.Server, cfg Config, log *slog.
 		return err
 	}
 	if err := srv.UnsealWith(ctx, pass); err != nil {
+		if aerr := srv.RecordEvent(audit.OpUnseal, "FAILED", "at start, with the passphrase file: "+err.Error()); aerr != nil {
+			log.Error("audit log: cannot record the unseal attempt", "err", aerr)
+		}
 		return fmt.Errorf("unseal with %s: %w", cfg.UnsealPassphraseFile, err)
+	}
+	if err := srv.RecordEvent(audit.OpUnseal, "OK", "at start, with the passphrase file"); err != nil {
+		srv.SealAll()
+		return fmt.Errorf("audit log: cannot record the unseal: %w", err)
 	}
 	log.Info("unsealed with the passphrase file", "file", cfg.UnsealPassphraseFile)
 	return nil

@@ -30,7 +30,7 @@ func BenchmarkExecuteEncryptBatch(b *testing.B) {
 			b.Fatal(err)
 		}
 		cn.arena.reset()
-		rep := cn.execute(r, id, &cn.arena)
+		rep := cn.execute(r, id, &cn.arena, nil)
 		out, _ = marshal(out, rep)
 		cn.arena.wipe()
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/policy"
@@ -70,6 +71,7 @@ type conn struct {
 	oob   []byte
 	out   []byte
 	arena arena
+	notes []auditNote
 }
 
 func newConn(s *Server, c *seqpacket.Conn) *conn {
@@ -122,18 +124,33 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		}
 	}()
 	max := cn.s.limits.MaxMessageBytes
+	// The audit: a log that cannot take records refuses the request before
+	// anything is done (not recorded, necessarily; the log counts these).
+	// Otherwise the caller's executable and cgroup are read now, through
+	// the message's pidfd, before the caller can move on.
+	var caller *audit.Caller
+	if cn.s.alog != nil {
+		if err := cn.s.alog.Ready(); err != nil {
+			cn.log.Warn("request refused: the audit log cannot be written", "err", err)
+			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(cn.buf[:min(m.N, len(cn.buf), max)]),
+				Status: errAuditDown.Status, Message: errAuditDown.Public})
+			return
+		}
+		c := cn.s.callerOf(id)
+		caller = &c
+	}
 	if !m.HasCred || m.Cred.PID == 0 {
 		// The kernel attaches credentials to every message once SO_PASSCRED
 		// is set; pid 0 means it had none to attach (a message queued before
 		// that, or a sender whose pid this daemon's pid namespace cannot
 		// see), and the uid would read as the overflow uid. Refuse rather
 		// than guess who is asking.
-		cn.refuse(peekRequestID(cn.buf[:min(m.N, len(cn.buf))]), wire.Status_STATUS_PERMISSION_DENIED,
+		cn.refuse(caller, peekRequestID(cn.buf[:min(m.N, len(cn.buf))]), wire.Status_STATUS_PERMISSION_DENIED,
 			"the daemon cannot see who sent this message", fmt.Sprintf("credentials %v, pid %d", m.HasCred, m.Cred.PID))
 		return
 	}
 	if m.N > max {
-		cn.refuse(peekRequestID(cn.buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
+		cn.refuse(caller, peekRequestID(cn.buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", m.N, max), "")
 		return
 	}
@@ -148,39 +165,41 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	req := wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(raw); err != nil {
 		wire.Recycle(req)
-		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
+		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
 	switch {
 	case req.Version != wire.ProtocolVersion:
-		cn.refuse(req.Id, wire.Status_STATUS_UNIMPLEMENTED,
+		cn.refuse(caller, req.Id, wire.Status_STATUS_UNIMPLEMENTED,
 			fmt.Sprintf("unsupported protocol version %d (this daemon speaks %d)", req.Version, wire.ProtocolVersion), "")
 		return
 	case len(req.Ops) == 0:
-		cn.refuse(req.Id, wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation", "")
+		cn.refuse(caller, req.Id, wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation", "")
 		return
 	case len(req.Ops) > cn.s.limits.MaxBatchOps:
-		cn.refuse(req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+		cn.refuse(caller, req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps), "")
 		return
 	}
 	// Nothing is served from a generation the machine has left.
 	if err := cn.checkGeneration(req); err != nil {
 		we := err.(*wire.Error)
-		cn.refuse(req.Id, we.Status, we.Public, "")
+		cn.refuse(caller, req.Id, we.Status, we.Public, we.Detail)
 		return
 	}
 	// Every request counts as in flight while it executes; one that would
 	// exceed the limit is refused at once.
 	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
 		cn.inFlight.Add(-1)
-		cn.refuse(req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+		cn.refuse(caller, req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("too many requests in flight (limit %d)", cn.s.limits.MaxInFlight), "")
 		return
 	}
 	if !isHeavy(req) {
 		cn.arena.reset()
-		rep := cn.execute(req, id, &cn.arena)
+		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
+		rep := cn.execute(req, id, &cn.arena, notes)
+		rep = cn.record(req, rep, caller, notes)
 		// Done executing before the reply leaves: a client that sends its
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
@@ -198,7 +217,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		wire.Recycle(req)
 		clear(own)
 		cn.inFlight.Add(-1)
-		cn.refuse(peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
+		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
 	closePidfd = false
@@ -214,7 +233,10 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			h()
 		}
 		var a arena
-		rep := cn.execute(req, id, &a)
+		var nbuf []auditNote
+		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
+		rep := cn.execute(req, id, &a, notes)
+		rep = cn.record(req, rep, caller, notes)
 		cn.inFlight.Add(-1)
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
@@ -223,9 +245,49 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	}()
 }
 
-// refuse answers a whole request with an error status.
-func (cn *conn) refuse(reqID uint64, st wire.Status, public, detail string) {
+// notesFor returns n cleared audit notes from *buf, or nil when nothing is
+// audited (caller is nil).
+func (cn *conn) notesFor(buf *[]auditNote, caller *audit.Caller, n int) []auditNote {
+	if caller == nil {
+		return nil
+	}
+	if cap(*buf) < n {
+		*buf = make([]auditNote, n)
+	}
+	ns := (*buf)[:n]
+	clear(ns)
+	return ns
+}
+
+// record runs what must follow the execution of req before its reply
+// leaves: the audit log takes its keys or drops them if req changed the
+// seal state, and the request is recorded. It returns the reply to send:
+// rep, or, when the record could not be written, an UNAVAILABLE reply
+// that withholds rep's results.
+func (cn *conn) record(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) *wire.Reply {
+	if caller == nil {
+		return rep
+	}
+	if changesSeal(req) {
+		cn.s.syncAuditKeys()
+	}
+	if err := cn.auditRequest(req, rep, caller, notes); err != nil {
+		cn.log.Error("results withheld: the audit log could not record the request", "request", req.Id, "err", err)
+		return &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Status: errAuditLost.Status, Message: errAuditLost.Public}
+	}
+	return rep
+}
+
+// refuse answers a whole request with an error status, once the refusal
+// is recorded (caller nil: nothing is audited).
+func (cn *conn) refuse(caller *audit.Caller, reqID uint64, st wire.Status, public, detail string) {
 	cn.log.Info("request refused", "request", reqID, "status", st.String(), "reason", public, "detail", detail)
+	if caller != nil {
+		if err := cn.auditRefusal(caller, reqID, st, public, detail); err != nil {
+			cn.log.Error("the audit log could not record a refusal", "request", reqID, "err", err)
+			st, public = errAuditLost.Status, errAuditLost.Public
+		}
+	}
 	cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID, Status: st, Message: public})
 }
 
@@ -307,7 +369,10 @@ const replyHeader = 64
 // panics: a panic in an operation becomes STATUS_INTERNAL for that
 // operation, logged without its arguments. Outputs are carved from a, so
 // the reply must be sent before a is reused.
-func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
+//
+// notes, if not nil, has one entry per operation, which execute fills
+// for the audit record.
+func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditNote) *wire.Reply {
 	n := len(req.Ops)
 	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
 	// One allocation for all results rather than one per operation.
@@ -331,10 +396,22 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
 				bound += b
 			}
 			if run > 1 {
-				cn.executeRun(req.Ops[i:i+run], id, req.Id, a, results[i:i+run])
+				var rn []auditNote
+				if notes != nil {
+					// One key for the whole run.
+					cn.noteBefore(req.Ops[i], &notes[i])
+					for j := i + 1; j < i+run; j++ {
+						notes[j] = notes[i]
+					}
+					rn = notes[i : i+run]
+				}
+				cn.executeRun(req.Ops[i:i+run], id, req.Id, a, results[i:i+run], rn)
 				for j := i; j < i+run; j++ {
 					rep.Results[j] = &results[j]
 					size += results[j].SizeVT() + 4
+					if notes != nil {
+						noteAfter(&notes[j], &results[j])
+					}
 				}
 				i += run
 				continue
@@ -350,7 +427,7 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena) *wire.Reply {
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
 			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
 		default:
-			res = cn.safeDispatch(op, id, req.Id, a, res)
+			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
 		}
 		rep.Results[i] = res
 		size += res.SizeVT() + 4
@@ -401,15 +478,25 @@ func listBudget(max int) int { return max / 2 }
 
 // safeDispatch runs one operation. A data result is written to out, which
 // the caller provides to save an allocation.
-func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result) (res *wire.Result) {
+//
+// note, if not nil, gets what the audit records of the operation.
+func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result, note *auditNote) (res *wire.Result) {
 	defer func() {
 		if p := recover(); p != nil {
 			cn.log.Error("operation panicked", "request", reqID, "op", opName(op), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
 			res = &wire.Result{Status: wire.Status_STATUS_INTERNAL, Message: "internal error"}
+			if note != nil {
+				note.msg = "internal error: the operation panicked"
+			}
 		}
 	}()
+	if note != nil {
+		cn.noteBefore(op, note)
+		defer func() { noteAfter(note, res) }()
+	}
 	data, full, err := cn.dispatch(op, id, a, out)
 	if err != nil {
+		note.setErr(err)
 		var we *wire.Error
 		if errors.As(err, &we) {
 			if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {

@@ -3,8 +3,10 @@ package server
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -41,6 +43,18 @@ var (
 // budgets of the keys in memory before any request of the new generation
 // runs: after a clone, two machines spend what is left of each budget.
 func (s *Server) registerGenerationHooks() {
+	if s.alog != nil {
+		// The log records the change and starts a new segment with a fresh
+		// nonce: two clones' logs diverge visibly from here.
+		s.gen.Register("audit log", genid.HookFunc(func(c genid.Change) {
+			if err := s.auditEvent(audit.OpGeneration, fmt.Sprintf("generation %d -> %d (%s)", c.From, c.To, strings.Join(c.Sources, ", "))); err != nil {
+				s.log.Error("audit log: cannot record the generation change", "err", err)
+			}
+			if err := s.alog.NewSegment(fmt.Sprintf("generation %d", c.To)); err != nil {
+				s.log.Error("audit log: cannot start a new segment", "err", err)
+			}
+		}))
+	}
 	s.gen.Register("nonce budgets", genid.HookFunc(func(c genid.Change) {
 		halvings := uint(1)
 		if c.BudgetPolicy == genid.BudgetRotate {

@@ -49,19 +49,23 @@ func runLength(ops []*wire.Op, most int) int {
 }
 
 // executeRun runs ops, a run, writing a result for each into out.
-func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result) {
+// notes, if not nil, get the precise reasons of failures for the audit.
+func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	defer func() {
 		if p := recover(); p != nil {
 			cn.log.Error("operation panicked", "request", reqID, "op", opName(ops[0]), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
 			for i := range out {
 				out[i].Status, out[i].Message, out[i].Data = wire.Status_STATUS_INTERNAL, "internal error", nil
+				if notes != nil {
+					notes[i].msg = "internal error: the operation panicked"
+				}
 			}
 		}
 	}()
 	kind, h, hash, need := runKind(ops[0])
 	fail := func(err error) {
 		for i := range out {
-			cn.setError(&out[i], ops[i], id, reqID, err)
+			cn.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
 		}
 	}
 	o, err := cn.authorized(h, id, policy.Use, need)
@@ -72,7 +76,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 	var ver uint32
 	done := func(i int, data []byte, err error) {
 		if err != nil {
-			cn.setError(&out[i], ops[i], id, reqID, err)
+			cn.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
 			return
 		}
 		out[i].Data = data
@@ -89,7 +93,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 		if n, _, err = ctVersion(ops[0].GetDecrypt().Ciphertext); err == nil {
 			for _, op := range ops[1:] {
 				if n2, _, err2 := ctVersion(op.GetDecrypt().Ciphertext); err2 != nil || n2 != n {
-					cn.executeEach(ops, id, reqID, a, out)
+					cn.executeEach(ops, id, reqID, a, out, notes)
 					return
 				}
 			}
@@ -99,7 +103,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 			}
 		}
 	case kind == 2:
-		cn.executeEach(ops, id, reqID, a, out) // RSA: versions are tried per ciphertext
+		cn.executeEach(ops, id, reqID, a, out, notes) // RSA: versions are tried per ciphertext
 		return
 	default:
 		v, err = cn.current(o)
@@ -144,17 +148,18 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 }
 
 // executeEach runs ops one at a time.
-func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result) {
+func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	for i, op := range ops {
 		// Encrypt, decrypt and MAC set only these fields.
-		if r := cn.safeDispatch(op, id, reqID, a, &out[i]); r != &out[i] {
+		if r := cn.safeDispatch(op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
 			out[i].Status, out[i].Message, out[i].Data, out[i].KeyVersion = r.Status, r.Message, r.Data, r.KeyVersion
 		}
 	}
 }
 
 // setError writes err into res as safeDispatch would, logging refusals.
-func (cn *conn) setError(res *wire.Result, op *wire.Op, id Identity, reqID uint64, err error) {
+func (cn *conn) setError(res *wire.Result, op *wire.Op, id Identity, reqID uint64, err error, note *auditNote) {
+	note.setErr(err)
 	var we *wire.Error
 	if errors.As(err, &we) {
 		if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {
@@ -166,4 +171,12 @@ func (cn *conn) setError(res *wire.Result, op *wire.Op, id Identity, reqID uint6
 	}
 	cn.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
 	res.Status, res.Message, res.Data = wire.Status_STATUS_INTERNAL, "internal error", nil
+}
+
+// noteAt is the audit note of operation i, or nil when nothing is audited.
+func noteAt(notes []auditNote, i int) *auditNote {
+	if notes == nil {
+		return nil
+	}
+	return &notes[i]
 }

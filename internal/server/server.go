@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
@@ -94,6 +95,14 @@ type Config struct {
 	// besides root and the daemon's own uid.
 	Admins []uint32
 
+	// Audit is the audit log (docs/audit.md): every request is recorded in
+	// it before its reply is sent. nil: nothing is recorded. The caller
+	// owns it and closes it after Shutdown.
+	Audit *audit.Log
+	// AuditPublicKey, if set, is where the audit log's public checkpoint
+	// key is written once the daemon has it (when it is unsealed).
+	AuditPublicKey string
+
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).
 	heavyHook func()
@@ -114,6 +123,14 @@ type Server struct {
 	connsN     atomic.Int32
 
 	done chan struct{} // closed by Shutdown
+
+	alog     *audit.Log
+	resolver *audit.Resolver
+	// auditMu guards the audit log's keys: whether it has them, for which
+	// store.
+	auditMu    sync.Mutex
+	auditKeyed bool
+	auditStore string
 
 	// mu guards conns and closing.
 	mu      sync.Mutex
@@ -147,6 +164,10 @@ func New(cfg Config) *Server {
 		conns:   make(map[*conn]struct{}),
 		done:    make(chan struct{}),
 		gen:     cfg.Generation,
+		alog:    cfg.Audit,
+	}
+	if s.alog != nil {
+		s.resolver = audit.NewResolver()
 	}
 	if s.gen == nil {
 		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now})
@@ -166,6 +187,7 @@ func New(cfg Config) *Server {
 	}
 	s.store.SetMaxPerUser(lim.MaxKeysPerUser)
 	s.registerGenerationHooks()
+	s.syncAuditKeys()
 	return s
 }
 

@@ -497,5 +497,6 @@ func (s *Server) UnsealWith(ctx context.Context, pass []byte) error {
 	if err == nil {
 		s.resumeRotation()
 	}
+	s.syncAuditKeys()
 	return err
 }

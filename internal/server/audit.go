@@ -1,0 +1,335 @@
+package server
+
+import (
+	"encoding/hex"
+	"errors"
+	"strings"
+	"sync"
+
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Every request is recorded in the audit log (docs/audit.md) before its
+// reply is sent: the caller as the kernel attested it for that message,
+// read when the message arrived; each operation's key, version and
+// status; the precise reason of a refusal. A request is refused with
+// UNAVAILABLE, before anything is done, when the log cannot take records;
+// and its results are withheld when its record cannot be written.
+
+// auditNote is what one operation tells its audit record, beyond its
+// status: filled while the operation runs.
+type auditNote struct {
+	key     audit.KeyID
+	alg     string
+	kv      uint32
+	session uint32
+	msg     string // the precise reason of a refusal or failure
+}
+
+func (n *auditNote) setObject(o *keystore.Object) {
+	n.key, n.alg = audit.KeyID(o.ID), o.Spec.Name
+}
+
+func (n *auditNote) setInfo(info *wire.KeyInfo) {
+	if info == nil || len(info.Id) != len(n.key) {
+		return
+	}
+	copy(n.key[:], info.Id)
+	if s := key.Lookup(info.Type); s != nil {
+		n.alg = s.Name
+	}
+	n.kv = info.Version
+}
+
+// setErr records why an operation failed: the detail the client does not
+// get, where there is one, after the public reason.
+func (n *auditNote) setErr(err error) {
+	if n == nil || err == nil {
+		return
+	}
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we) && we.Detail != "" && we.Detail != we.Public:
+		n.msg = we.Public + ": " + we.Detail
+	case errors.As(err, &we):
+		n.msg = we.Public
+	default:
+		n.msg = "internal error"
+	}
+}
+
+// opInfo is what the audit needs to know of one kind of operation: its
+// name in the log, and the fields of its message naming a key handle
+// (target: the key an operation acts on when handle is the one it uses,
+// as in wrap) or a session.
+type opInfo struct {
+	name                    string
+	handle, target, session protoreflect.FieldDescriptor
+}
+
+var (
+	opInfosOnce sync.Once
+	opInfos     map[protoreflect.FieldNumber]*opInfo
+	opOneof     protoreflect.OneofDescriptor
+)
+
+func loadOpInfos() {
+	od := (&wire.Op{}).ProtoReflect().Descriptor().Oneofs().ByName("op")
+	m := make(map[protoreflect.FieldNumber]*opInfo, od.Fields().Len())
+	for i := 0; i < od.Fields().Len(); i++ {
+		f := od.Fields().Get(i)
+		name := strings.ReplaceAll(string(f.Name()), "_", "-")
+		if name == "master-rotate" {
+			name = audit.OpMasterKeyRotate
+		}
+		oi := &opInfo{name: name}
+		if md := f.Message(); md != nil {
+			fs := md.Fields()
+			if h := fs.ByName("handle"); h != nil && h.Kind() == protoreflect.Uint32Kind {
+				oi.handle = h
+			}
+			if t := fs.ByName("target"); t != nil && t.Kind() == protoreflect.Uint32Kind {
+				oi.target = t
+			}
+			if s := fs.ByName("session"); s != nil && s.Kind() == protoreflect.Uint32Kind {
+				oi.session = s
+			}
+		}
+		m[f.Number()] = oi
+	}
+	opInfos, opOneof = m, od
+}
+
+// infoOf returns what the audit knows of op's kind, and op's message.
+func infoOf(op *wire.Op) (*opInfo, protoreflect.Message) {
+	opInfosOnce.Do(loadOpInfos)
+	pm := op.ProtoReflect()
+	f := pm.WhichOneof(opOneof)
+	if f == nil {
+		return &opInfo{name: "none"}, nil
+	}
+	return opInfos[f.Number()], pm.Get(f).Message()
+}
+
+// auditOpName is op's name in the audit log.
+func auditOpName(op *wire.Op) string {
+	oi, _ := infoOf(op)
+	return oi.name
+}
+
+// noteBefore fills n with the key (and session) op names, before it runs:
+// a key that the operation destroys is still there.
+func (cn *conn) noteBefore(op *wire.Op, n *auditNote) {
+	oi, m := infoOf(op)
+	if m == nil {
+		return
+	}
+	h := oi.target
+	if h == nil {
+		h = oi.handle
+	}
+	if h != nil {
+		if o, err := cn.object(uint32(m.Get(h).Uint())); err == nil {
+			n.setObject(o)
+		}
+	}
+	if oi.session != nil {
+		n.session = uint32(m.Get(oi.session).Uint())
+		if ss, err := cn.session(n.session); err == nil && ss.obj != nil {
+			n.setObject(ss.obj)
+		}
+	}
+}
+
+// noteAfter completes n from the operation's result: the key a creating
+// operation made, the version used, the session opened.
+func noteAfter(n *auditNote, res *wire.Result) {
+	if res == nil {
+		return
+	}
+	switch v := res.Value.(type) {
+	case *wire.Result_Key:
+		n.setInfo(v.Key.GetInfo())
+	case *wire.Result_Info:
+		if n.key.IsZero() {
+			n.setInfo(v.Info)
+		}
+	case *wire.Result_Session:
+		n.session = v.Session.GetSession()
+	}
+	if res.KeyVersion != 0 {
+		n.kv = res.KeyVersion
+	}
+}
+
+// callerOf is the audit's view of who sent a message: what the kernel
+// attached to it, and what the resolver reads through its pidfd.
+func (s *Server) callerOf(id Identity) audit.Caller {
+	c := audit.Caller{PID: id.PID, UID: id.UID, GID: id.GID}
+	if s.resolver != nil {
+		s.resolver.Fill(&c, id.Pidfd)
+	}
+	return c
+}
+
+// errAuditDown is the reply to a request the audit log cannot take.
+var errAuditDown = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
+	"the audit log cannot be written: the daemon refuses every request until it can")
+
+// errAuditLost replaces the results of a request whose record could not
+// be written.
+var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
+	"the audit log could not record this request: its results are withheld")
+
+// auditRequest appends the record of req, answered by rep. Records are
+// per request: a request of several operations is one "batch" record that
+// lists them. A non-nil error means the record is not in the log: the
+// reply must not be sent.
+func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) error {
+	r := auditRecordPool.Get().(*audit.Record)
+	defer func() { r.Reset(); auditRecordPool.Put(r) }()
+	r.Kind, r.Caller, r.Conn, r.Request = audit.KindRequest, *caller, cn.id, req.Id
+	r.Status = statusName(rep.Status)
+	if len(req.Ops) == 1 && len(rep.Results) == 1 && len(notes) == 1 {
+		n := &notes[0]
+		r.Op = auditOpName(req.Ops[0])
+		r.Alg, r.Key, r.KeyVersion, r.Session, r.Msg = n.alg, n.key, n.kv, uint64(n.session), n.msg
+		r.Status = statusName(rep.Results[0].Status)
+	} else {
+		r.Op = audit.OpBatch
+		for i, op := range req.Ops {
+			e := audit.OpEntry{Op: auditOpName(op)}
+			if i < len(notes) {
+				n := &notes[i]
+				e.Alg, e.Key, e.KeyVersion = n.alg, n.key, n.kv
+			}
+			if i < len(rep.Results) && rep.Results[i] != nil {
+				e.Status = statusName(rep.Results[i].Status)
+			}
+			r.AddOp(e)
+		}
+	}
+	return cn.s.alog.Append(r)
+}
+
+// auditRefusal records a request refused as a whole (malformed, over a
+// limit, from a generation the machine has left). A non-nil error means
+// the record is not in the log.
+func (cn *conn) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status, public, detail string) error {
+	r := auditRecordPool.Get().(*audit.Record)
+	defer func() { r.Reset(); auditRecordPool.Put(r) }()
+	r.Kind, r.Op, r.Conn, r.Request, r.Status = audit.KindRequest, "request", cn.id, reqID, statusName(st)
+	if caller != nil {
+		r.Caller = *caller
+	}
+	r.Msg = public
+	if detail != "" {
+		r.Msg += ": " + detail
+	}
+	return cn.s.alog.Append(r)
+}
+
+var auditRecordPool = sync.Pool{New: func() any { return &audit.Record{Ops: make([]audit.OpEntry, 0, 8)} }}
+
+// statusName is a status as the audit log writes it: "OK",
+// "PERMISSION_DENIED", ...
+func statusName(st wire.Status) string {
+	if st == wire.Status_STATUS_OK {
+		return "OK"
+	}
+	return strings.TrimPrefix(st.String(), "STATUS_")
+}
+
+// auditEvent records something the daemon did on its own (a generation
+// change, a self-test failure).
+func (s *Server) auditEvent(op, msg string) error { return s.RecordEvent(op, "", msg) }
+
+// RecordEvent records in the audit log something the daemon did on its
+// own: an unseal at start, a self-test failure. A nil error means it is in
+// the log (or there is no log).
+func (s *Server) RecordEvent(op, status, msg string) error {
+	if s.alog == nil {
+		return nil
+	}
+	return s.alog.Append(&audit.Record{Kind: audit.KindEvent, Op: op, Status: status, Msg: msg})
+}
+
+// SealAll seals the daemon: the master key and every key are wiped.
+func (s *Server) SealAll() {
+	s.store.SealAll()
+	s.syncAuditKeys()
+}
+
+// syncAuditKeys gives the audit log the keys derived from the audit secret
+// kept under the master key while the daemon is unsealed, and takes them
+// back when it is sealed. It runs after every operation that can change
+// the seal state.
+func (s *Server) syncAuditKeys() {
+	if s.alog == nil {
+		return
+	}
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	k, err := s.store.Master().Keys()
+	if err != nil || s.store.Ready() != nil {
+		if s.auditKeyed {
+			if err := s.alog.ClearKeys("keys-off"); err != nil {
+				s.log.Error("audit log: cannot record that it drops its keys", "err", err)
+				return
+			}
+			s.auditKeyed = false
+		}
+		return
+	}
+	if s.auditKeyed && s.auditStore == string(k.StoreID) {
+		return
+	}
+	ak, err := auditKeys(k)
+	if err != nil {
+		s.log.Error("audit log: cannot derive its keys; records carry no MAC", "err", err)
+		return
+	}
+	if err := s.alog.SetKeys(ak); err != nil {
+		s.log.Error("audit log: cannot take its keys", "err", err)
+		ak.Destroy()
+		return
+	}
+	s.auditKeyed, s.auditStore = true, string(k.StoreID)
+	if s.cfg.AuditPublicKey != "" {
+		if err := audit.PublishPublicKey(s.cfg.AuditPublicKey, ak.PublicKey()); err != nil {
+			s.log.Error("audit log: cannot publish its public key", "path", s.cfg.AuditPublicKey, "err", err)
+		}
+	}
+	s.log.Info("audit log keyed: records carry MACs, checkpoints are signed",
+		"public_key", hex.EncodeToString(ak.PublicKey()))
+}
+
+// auditKeys derives the audit log's keys from the master key's audit
+// secret.
+func auditKeys(k *seal.Keys) (*audit.Keys, error) {
+	var ak *audit.Keys
+	err := k.Audit.Canonical(func(b []byte) error {
+		var err error
+		ak, err = audit.DeriveKeys(b)
+		return err
+	})
+	return ak, err
+}
+
+// changesSeal reports whether req may change the seal state: the audit
+// log then takes or drops its keys.
+func changesSeal(req *wire.Request) bool {
+	for _, op := range req.Ops {
+		switch op.GetOp().(type) {
+		case *wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_Restore:
+			return true
+		}
+	}
+	return false
+}
