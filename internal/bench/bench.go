@@ -93,6 +93,13 @@ type Result struct {
 	// Pipeline the number of concurrent requests in the pipelined mode.
 	Batch    int `json:"batch,omitempty"`
 	Pipeline int `json:"pipeline,omitempty"`
+	// Clients is the number of concurrent clients, each on its own
+	// connection, in RunCreate's results.
+	Clients int `json:"clients,omitempty"`
+	// Runs is the number of runs whose medians a RunCreate result holds,
+	// and RunsOpsPerSec each run's OpsPerSec.
+	Runs          int       `json:"runs,omitempty"`
+	RunsOpsPerSec []float64 `json:"runs_ops_per_sec,omitempty"`
 
 	OpsPerSec float64 `json:"ops_per_sec"`
 	// MBPerSec is OpsPerSec × Bytes / 10⁶.

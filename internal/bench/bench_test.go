@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -16,7 +17,9 @@ import (
 
 	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/bench"
+	"github.com/keywarden/keywarden/internal/bench/storebench"
 	"github.com/keywarden/keywarden/internal/cli"
+	"github.com/keywarden/keywarden/internal/kdf"
 )
 
 // daemonEnv makes the test binary run as the keywarden command, so that
@@ -24,6 +27,11 @@ import (
 const daemonEnv = "KEYWARDEN_BENCH_DAEMON"
 
 func TestMain(m *testing.M) {
+	// A daemon with a persistent store starts its binary, this one, as
+	// its Argon2id worker, with an empty environment.
+	if kdf.IsWorker(os.Args) {
+		os.Exit(kdf.WorkerMain())
+	}
 	if os.Getenv(daemonEnv) == "1" {
 		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
@@ -287,4 +295,127 @@ func reportLatency(b *testing.B, lat []int64, prefix string) {
 	slices.Sort(lat)
 	b.ReportMetric(bench.Percentile(lat, 0.50), prefix+"p50-µs")
 	b.ReportMetric(bench.Percentile(lat, 0.99), prefix+"p99-µs")
+}
+
+func TestRunCreate(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // where the private daemons' directories go
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var counted []int
+	results, err := bench.RunCreate(ctx, bench.CreateConfig{
+		Clients: []int{1, 3}, Duration: 100 * time.Millisecond, Runs: 2, Dir: tmp,
+		Passphrase: []byte(storebench.Passphrase), Argon2: keywarden.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1},
+		InProcess: func(ctx context.Context, dir string, clients int, warmup, d time.Duration) (int, time.Duration, []int64, error) {
+			c, err := storebench.MeasureCreates(ctx, dir, clients, warmup, d)
+			return c.Ops, c.Elapsed, c.Lat, err
+		},
+		Count: func(dir string) (int, error) {
+			s, _, err := storebench.Open(dir)
+			if err != nil {
+				return 0, err
+			}
+			defer s.Close()
+			n, _ := s.Counts()
+			counted = append(counted, n)
+			return n, nil
+		},
+		Executable: exe, Env: env,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type key struct {
+		mode    string
+		clients int
+	}
+	want := []key{{bench.ModeInProcess, 1}, {bench.ModeDaemon, 1}, {bench.ModeInProcess, 3}, {bench.ModeDaemon, 3}}
+	var got []key
+	for _, r := range results {
+		got = append(got, key{r.Mode, r.Clients})
+		if r.Op != bench.OpCreate || r.OpsPerSec <= 0 || r.Ops <= 0 || r.P50us <= 0 || r.P99us < r.P50us || r.Runs != 2 || len(r.RunsOpsPerSec) != 2 {
+			t.Errorf("%+v", r)
+		}
+		if r.RatioToInProcess <= 0 || (r.Mode == bench.ModeInProcess && r.RatioToInProcess != 1) {
+			t.Errorf("%s, %d clients: ratio %v", r.Mode, r.Clients, r.RatioToInProcess)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("measured %v, want %v", got, want)
+	}
+	// Every daemon's store was checked after it stopped: 2 runs × 2.
+	if len(counted) != 4 || slices.Contains(counted, 0) {
+		t.Errorf("stores counted: %v", counted)
+	}
+	var ws syscall.WaitStatus
+	if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); !errors.Is(err, syscall.ECHILD) {
+		t.Errorf("a child process is left (pid %d, %v)", pid, err)
+	}
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("left behind in the temporary directory: %v", left)
+	}
+}
+
+func TestRunStartup(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	state := filepath.Join(t.TempDir(), "state")
+	s, err := storebench.Init(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const keys = 40
+	if err := storebench.Fill(ctx, s, 0, keys, uint32(os.Getuid()), 8, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := bench.RunStartup(ctx, bench.StartupConfig{
+		State: state, Keys: keys, KeyName: storebench.KeyName, Passphrase: []byte(storebench.Passphrase),
+		Runs: 2, FirstUse: 10,
+		InProcess: func(dir string) (time.Duration, error) {
+			s, v, err := storebench.Open(dir)
+			if err != nil {
+				return 0, err
+			}
+			return v, s.Close()
+		},
+		Executable: exe, Env: env,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Keys != keys || res.Runs != 2 || res.FirstUse != 10 || len(res.RunsServingMs) != 2 || len(res.RunsUnsealMs) != 2 || len(res.RunsVerifyProcMs) != 2 {
+		t.Errorf("%+v", res)
+	}
+	for name, v := range map[string]float64{
+		"serving": res.ServingMs, "unseal": res.UnsealMs, "verify": res.VerifyInProcessMs,
+		"sealed rss": res.SealedRSSMiB, "unsealed rss": res.UnsealedRSSMiB, "anon": res.UnsealedAnonMiB,
+		"open p50": res.OpenP50us, "first encryption p50": res.FirstEncP50us, "second encryption p50": res.SecondEncP50us,
+		"first use p50": res.FirstUseP50us, "store": res.StoreMiB,
+	} {
+		if v <= 0 {
+			t.Errorf("%s: %v", name, v)
+		}
+	}
+	if res.OpenP99us < res.OpenP50us || res.FirstUseP50us < res.OpenP50us {
+		t.Errorf("latencies: %+v", res)
+	}
+	// The store is as it was: it still verifies, with every key.
+	s, _, err = storebench.Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.Counts(); n != keys {
+		t.Errorf("%d keys after the runs", n)
+	}
+	s.Close()
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("left behind in the temporary directory: %v", left)
+	}
 }

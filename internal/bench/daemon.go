@@ -32,16 +32,48 @@ type daemon struct {
 	stderr *headBuffer
 	exited chan struct{} // closed once cmd.Wait returned
 	err    error         // cmd.Wait's result; read after exited is closed
+	// started is when the process was started, ready when it first
+	// answered.
+	started, ready time.Time
 }
 
 // startDaemon starts executable as a development-mode daemon with env
 // added to its environment, and returns once a client can dial it.
 func startDaemon(ctx context.Context, executable string, env []string) (*daemon, error) {
+	return startServe(ctx, serveSpec{executable: executable, env: env, args: []string{"--dev"}})
+}
+
+// serveSpec says how to start a private daemon.
+type serveSpec struct {
+	// executable is the keywarden binary; empty means os.Executable.
+	executable string
+	// env is added to the daemon's environment.
+	env []string
+	// args are given to "keywarden serve" besides --socket and
+	// --log-level.
+	args []string
+	// poll is how often to try the daemon during start-up; 0 means 10 ms.
+	poll time.Duration
+	// ready, if not nil, must succeed on a connected client before the
+	// daemon counts as started (the default is a successful dial).
+	ready func(ctx context.Context, c *keywarden.Client) error
+}
+
+// startServe starts a private daemon as spec says, in a new temporary
+// directory holding its socket, and returns once it answers. The
+// daemon's started and ready fields say when it was started and when it
+// first answered.
+func startServe(ctx context.Context, spec serveSpec) (*daemon, error) {
+	executable := spec.executable
 	if executable == "" {
 		var err error
 		if executable, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("find the keywarden executable: %w", err)
 		}
+	}
+	poll := spec.poll
+	if poll <= 0 {
+		poll = 10 * time.Millisecond
 	}
 	dir, err := os.MkdirTemp("", "keywarden-bench-")
 	if err != nil {
@@ -53,12 +85,15 @@ func startDaemon(ctx context.Context, executable string, env []string) (*daemon,
 		stderr: &headBuffer{max: 4 << 10},
 		exited: make(chan struct{}),
 	}
-	d.cmd = exec.Command(executable, "serve", "--dev", "--socket", d.socket, "--log-level", "error")
-	d.cmd.Env = append(os.Environ(), env...)
+	args := append([]string{"serve"}, spec.args...)
+	args = append(args, "--socket", d.socket, "--log-level", "error")
+	d.cmd = exec.Command(executable, args...)
+	d.cmd.Env = append(os.Environ(), spec.env...)
 	d.cmd.Stderr = d.stderr
 	// Should this process die without stopping the daemon, the kernel
 	// stops it.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	d.started = time.Now()
 	if err := d.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start the daemon: %w", err)
@@ -68,13 +103,11 @@ func startDaemon(ctx context.Context, executable string, env []string) (*daemon,
 		close(d.exited)
 	}()
 
-	deadline := time.Now().Add(startTimeout)
+	deadline := d.started.Add(startTimeout)
 	for {
-		dctx, cancel := context.WithTimeout(ctx, time.Second)
-		c, err := keywarden.Dial(dctx, d.socket)
-		cancel()
+		err := d.try(ctx, spec.ready)
 		if err == nil {
-			c.Close()
+			d.ready = time.Now()
 			return d, nil
 		}
 		select {
@@ -84,7 +117,7 @@ func startDaemon(ctx context.Context, executable string, env []string) (*daemon,
 		case <-ctx.Done():
 			d.stop()
 			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(poll):
 		}
 		if time.Now().After(deadline) {
 			d.stop()
@@ -92,6 +125,24 @@ func startDaemon(ctx context.Context, executable string, env []string) (*daemon,
 		}
 	}
 }
+
+// try connects to the daemon once and calls ready, if not nil.
+func (d *daemon) try(ctx context.Context, ready func(context.Context, *keywarden.Client) error) error {
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := keywarden.Dial(dctx, d.socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if ready != nil {
+		return ready(dctx, c)
+	}
+	return nil
+}
+
+// pid returns the daemon's process id.
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
 
 // stop stops the daemon with SIGTERM (killing it if it does not stop in
 // time), reaps it, and removes its directory.

@@ -64,11 +64,12 @@ type measurement struct {
 	lat      []int64
 	batch    int
 	pipeline int
+	clients  int
 }
 
 func (m measurement) result(op operation, mode string) Result {
 	r := Result{Op: op.name, Mode: mode, Ops: m.ops, Seconds: m.elapsed.Seconds(), Bytes: int64(op.size),
-		Batch: m.batch, Pipeline: m.pipeline}
+		Batch: m.batch, Pipeline: m.pipeline, Clients: m.clients}
 	if m.elapsed > 0 {
 		r.OpsPerSec = float64(m.ops) / m.elapsed.Seconds()
 		r.MBPerSec = r.OpsPerSec * float64(op.size) / 1e6

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,12 +29,22 @@ func runBench(e *env, args []string) error {
 	opsList := f.String("ops", "", "comma-separated `list` of operations to measure (default: all of "+strings.Join(bench.Operations(), ", ")+")")
 	batch := f.Int("batch", 512, "operations per batch in the batched mode")
 	pipeline := f.Int("pipeline", 16, "requests in flight at once in the pipelined mode")
+	var st storeBenchFlags
+	st.register(f)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	if st.create || st.startup {
+		explicit := map[string]bool{}
+		f.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+		if !explicit["duration"] {
+			*duration = 0 // the store modes' own default
+		}
+		return runStoreBench(e, f, &st, *duration, explicit)
 	}
 	switch {
 	case *duration <= 0:
