@@ -417,7 +417,24 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 		},
 		Generation: generationFromWire(s.GetGeneration()),
 		Seal:       sealStatusFromWire(s.GetSeal()),
+		Audit:      auditStatusFromWire(s.GetAudit()),
 	}, nil
+}
+
+func auditStatusFromWire(a *wire.AuditStatus) *AuditStatus {
+	if a == nil {
+		return nil
+	}
+	st := &AuditStatus{
+		Path: a.Path, Sync: a.Sync, Healthy: a.Healthy, Error: a.Error, Refused: a.Refused,
+		Seq: a.Seq, FileBytes: a.FileBytes, Keyed: a.Keyed, PublicKey: a.PublicKey,
+		LastCheckpoint: a.LastCheckpoint, LinuxEnabled: a.LinuxEnabled, LinuxReason: a.LinuxReason,
+		LinuxSent: a.LinuxSent, LinuxDropped: a.LinuxDropped,
+	}
+	if a.FailedSinceUnixNano != 0 {
+		st.FailedSince = time.Unix(0, a.FailedSinceUnixNano)
+	}
+	return st
 }
 
 // Ping sends payload to the daemon and back; it measures the transport.

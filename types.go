@@ -414,6 +414,36 @@ type ServerStatus struct {
 	Generation Generation
 	// Seal describes the master key and the store.
 	Seal SealStatus
+	// Audit describes the audit log; nil when the daemon keeps none.
+	Audit *AuditStatus
+}
+
+// AuditStatus describes the daemon's audit log (docs/audit.md).
+type AuditStatus struct {
+	Path string
+	// Sync is "grouped" or "always".
+	Sync string
+	// Healthy: the log is writing. When it is not, every request is
+	// refused with ErrUnavailable; Error says why, and since when.
+	Healthy     bool
+	Error       string
+	FailedSince time.Time
+	// Refused counts requests refused since the log stopped writing.
+	Refused   uint64
+	Seq       uint64
+	FileBytes uint64
+	// Keyed: records carry MACs and checkpoints are signed (the daemon is
+	// unsealed); PublicKey verifies the checkpoints.
+	Keyed     bool
+	PublicKey []byte
+	// LastCheckpoint is the last checkpoint written, as SEQ:HASH, the form
+	// "keywarden audit verify --expect" takes.
+	LastCheckpoint string
+	// Copies of key-management records for the kernel's audit subsystem.
+	LinuxEnabled bool
+	LinuxReason  string
+	LinuxSent    uint64
+	LinuxDropped uint64
 }
 
 // MemoryStatus describes the daemon's key memory.

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -222,6 +223,7 @@ func runStatus(e *env, args []string) error {
 			"generation": generationToJSON(&st.Generation),
 			"sealed":     st.Seal.Sealed,
 			"seal":       sealToJSON(st.Seal),
+			"audit":      auditToJSON(st.Audit),
 			"limits": map[string]int{
 				"max_message_bytes": st.Limits.MaxMessageBytes, "max_in_flight": st.Limits.MaxInFlight,
 				"max_sessions": st.Limits.MaxSessions, "max_handles": st.Limits.MaxHandles,
@@ -238,6 +240,7 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "mode:         %s\n", mode)
 	fmt.Fprintf(e.stdout, "up since:     %s\n", st.Started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(e.stdout, "master key:   %s\n", sealLine(st.Seal))
+	fmt.Fprintf(e.stdout, "audit log:    %s\n", auditLine(st.Audit))
 	fmt.Fprintf(e.stdout, "keys:         %d\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
 	fmt.Fprintf(e.stdout, "you are:      uid %d gid %d pid %d (pidfd: %s)\n", st.CallerUID, st.CallerGID, st.CallerPID, yesNo(st.CallerPidfd))
@@ -266,6 +269,48 @@ func sealToJSON(s keywarden.SealStatus) map[string]any {
 		"rotation_done": s.RotationDone, "rotation_total": s.RotationTotal,
 		"state_dir": s.StateDir, "persistent": s.Persistent, "quarantined": s.Quarantined,
 	}
+}
+
+func auditToJSON(a *keywarden.AuditStatus) any {
+	if a == nil {
+		return nil
+	}
+	m := map[string]any{
+		"path": a.Path, "sync": a.Sync, "healthy": a.Healthy, "refused": a.Refused, "seq": a.Seq,
+		"file_bytes": a.FileBytes, "keyed": a.Keyed, "public_key": hex.EncodeToString(a.PublicKey),
+		"last_checkpoint": a.LastCheckpoint,
+		"linux":           map[string]any{"enabled": a.LinuxEnabled, "reason": a.LinuxReason, "sent": a.LinuxSent, "dropped": a.LinuxDropped},
+	}
+	if a.Error != "" {
+		m["error"] = a.Error
+		if !a.FailedSince.IsZero() {
+			m["failed_since"] = a.FailedSince.UTC().Format(time.RFC3339Nano)
+		}
+	}
+	return m
+}
+
+// auditLine says in one line what the audit log's state is.
+func auditLine(a *keywarden.AuditStatus) string {
+	if a == nil {
+		return "NONE: requests are not recorded"
+	}
+	state := "writing"
+	if !a.Healthy {
+		state = "FAILING (every request is refused): " + a.Error
+		if a.Refused > 0 {
+			state += fmt.Sprintf("; %d refused", a.Refused)
+		}
+	}
+	keyed := "no MACs yet (sealed)"
+	if a.Keyed {
+		keyed = "MACs and signed checkpoints"
+	}
+	linux := "Linux audit off (" + a.LinuxReason + ")"
+	if a.LinuxEnabled {
+		linux = fmt.Sprintf("Linux audit on (%d sent, %d dropped)", a.LinuxSent, a.LinuxDropped)
+	}
+	return fmt.Sprintf("%s, %s, seq %d, sync %s, %s; %s", a.Path, state, a.Seq, a.Sync, keyed, linux)
 }
 
 // sealLine says in one line what the master key's state is.

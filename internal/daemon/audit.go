@@ -99,3 +99,11 @@ func auditPubPath(cfg Config) string {
 	}
 	return strings.TrimSuffix(cfg.AuditLog, ".log") + ".pub"
 }
+
+// linuxStatus reports on the copies sent to the kernel's audit subsystem.
+func (a *auditLog) linuxStatus() linuxaudit.Status {
+	if a == nil {
+		return linuxaudit.Status{Reason: "no audit log"}
+	}
+	return a.linux.Status()
+}

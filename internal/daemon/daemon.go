@@ -206,7 +206,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
 		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
-		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg)})
+		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus})
 	if keys != nil {
 		if err := startSealed(ctx, srv, cfg, log); err != nil {
 			return err

@@ -333,3 +333,30 @@ func changesSeal(req *wire.Request) bool {
 	}
 	return false
 }
+
+// auditStatus describes the audit log for Status.
+func (s *Server) auditStatus() *wire.AuditStatus {
+	if s.alog == nil {
+		return nil
+	}
+	st := s.alog.Status()
+	as := &wire.AuditStatus{
+		Path: st.Path, Sync: st.Sync.String(), Healthy: st.Healthy && !st.LowSpace, Refused: st.Refused,
+		Seq: st.Seq, FileBytes: uint64(st.FileBytes), Keyed: st.Keyed, PublicKey: st.PublicKey,
+	}
+	switch {
+	case st.Err != nil:
+		as.Error = st.Err.Error()
+		as.FailedSinceUnixNano = st.FailedSince.UnixNano()
+	case st.LowSpace:
+		as.Error = "no room left on its file system for the reserve"
+	}
+	if st.LastCheckpoint.Seq != 0 {
+		as.LastCheckpoint = st.LastCheckpoint.String()
+	}
+	if s.cfg.AuditLinux != nil {
+		ls := s.cfg.AuditLinux()
+		as.LinuxEnabled, as.LinuxReason, as.LinuxSent, as.LinuxDropped = ls.Enabled, ls.Reason, ls.Sent, ls.Dropped
+	}
+	return as
+}

@@ -43,6 +43,7 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 		CallerPidfd:     id.Pidfd >= 0,
 		Seal:            s.sealStatus(),
 		Generation:      s.generationInfo(true),
+		Audit:           s.auditStatus(),
 	}}}
 }
 

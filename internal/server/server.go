@@ -10,6 +10,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
+	"github.com/keywarden/keywarden/internal/linuxaudit"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -102,6 +103,9 @@ type Config struct {
 	// AuditPublicKey, if set, is where the audit log's public checkpoint
 	// key is written once the daemon has it (when it is unsealed).
 	AuditPublicKey string
+	// AuditLinux, if set, reports on the copies of key-management records
+	// sent to the kernel's audit subsystem, for Status.
+	AuditLinux func() linuxaudit.Status
 
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).

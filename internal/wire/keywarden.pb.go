@@ -2693,7 +2693,9 @@ type StatusResult struct {
 	// The master key and the store.
 	Seal *SealStatus `protobuf:"bytes,13,opt,name=seal,proto3" json:"seal,omitempty"`
 	// The machine generation and its sources (docs/genid.md).
-	Generation    *GenerationInfo `protobuf:"bytes,20,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation *GenerationInfo `protobuf:"bytes,20,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The audit log (docs/audit.md); absent when the daemon keeps none.
+	Audit         *AuditStatus `protobuf:"bytes,21,opt,name=audit,proto3" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2826,6 +2828,180 @@ func (x *StatusResult) GetGeneration() *GenerationInfo {
 	return nil
 }
 
+func (x *StatusResult) GetAudit() *AuditStatus {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
+}
+
+// AuditStatus describes the daemon's audit log.
+type AuditStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// "grouped" or "always".
+	Sync string `protobuf:"bytes,2,opt,name=sync,proto3" json:"sync,omitempty"`
+	// The log is writing; when not, every request is refused.
+	Healthy bool `protobuf:"varint,3,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// Why it is not writing, and since when.
+	Error               string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	FailedSinceUnixNano int64  `protobuf:"varint,5,opt,name=failed_since_unix_nano,json=failedSinceUnixNano,proto3" json:"failed_since_unix_nano,omitempty"`
+	// Requests refused since it stopped writing.
+	Refused uint64 `protobuf:"varint,6,opt,name=refused,proto3" json:"refused,omitempty"`
+	// The last record's sequence number.
+	Seq       uint64 `protobuf:"varint,7,opt,name=seq,proto3" json:"seq,omitempty"`
+	FileBytes uint64 `protobuf:"varint,8,opt,name=file_bytes,json=fileBytes,proto3" json:"file_bytes,omitempty"`
+	// Records carry MACs and checkpoints are signed (the daemon is
+	// unsealed); public_key verifies the checkpoints.
+	Keyed     bool   `protobuf:"varint,9,opt,name=keyed,proto3" json:"keyed,omitempty"`
+	PublicKey []byte `protobuf:"bytes,10,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// The last checkpoint written, as SEQ:HASH (for audit verify --expect).
+	LastCheckpoint string `protobuf:"bytes,11,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"`
+	// Copies of key-management records sent to the kernel's audit
+	// subsystem: whether it takes them (and why not), sent and dropped.
+	LinuxEnabled  bool   `protobuf:"varint,12,opt,name=linux_enabled,json=linuxEnabled,proto3" json:"linux_enabled,omitempty"`
+	LinuxReason   string `protobuf:"bytes,13,opt,name=linux_reason,json=linuxReason,proto3" json:"linux_reason,omitempty"`
+	LinuxSent     uint64 `protobuf:"varint,14,opt,name=linux_sent,json=linuxSent,proto3" json:"linux_sent,omitempty"`
+	LinuxDropped  uint64 `protobuf:"varint,15,opt,name=linux_dropped,json=linuxDropped,proto3" json:"linux_dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditStatus) Reset() {
+	*x = AuditStatus{}
+	mi := &file_keywarden_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditStatus) ProtoMessage() {}
+
+func (x *AuditStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditStatus.ProtoReflect.Descriptor instead.
+func (*AuditStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AuditStatus) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetSync() string {
+	if x != nil {
+		return x.Sync
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *AuditStatus) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetFailedSinceUnixNano() int64 {
+	if x != nil {
+		return x.FailedSinceUnixNano
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetFileBytes() uint64 {
+	if x != nil {
+		return x.FileBytes
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetKeyed() bool {
+	if x != nil {
+		return x.Keyed
+	}
+	return false
+}
+
+func (x *AuditStatus) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *AuditStatus) GetLastCheckpoint() string {
+	if x != nil {
+		return x.LastCheckpoint
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetLinuxEnabled() bool {
+	if x != nil {
+		return x.LinuxEnabled
+	}
+	return false
+}
+
+func (x *AuditStatus) GetLinuxReason() string {
+	if x != nil {
+		return x.LinuxReason
+	}
+	return ""
+}
+
+func (x *AuditStatus) GetLinuxSent() uint64 {
+	if x != nil {
+		return x.LinuxSent
+	}
+	return 0
+}
+
+func (x *AuditStatus) GetLinuxDropped() uint64 {
+	if x != nil {
+		return x.LinuxDropped
+	}
+	return 0
+}
+
 // MemoryStatus describes the daemon's key memory (docs/security.md).
 type MemoryStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2856,7 +3032,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2868,7 +3044,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2881,7 +3057,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemoryStatus) GetBacking() string {
@@ -2956,7 +3132,7 @@ type SessionResult struct {
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2968,7 +3144,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2981,7 +3157,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SessionResult) GetSession() uint32 {
@@ -3000,7 +3176,7 @@ type StatusOp struct {
 
 func (x *StatusOp) Reset() {
 	*x = StatusOp{}
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3188,7 @@ func (x *StatusOp) String() string {
 func (*StatusOp) ProtoMessage() {}
 
 func (x *StatusOp) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3201,7 @@ func (x *StatusOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusOp.ProtoReflect.Descriptor instead.
 func (*StatusOp) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_proto_rawDescGZIP(), []int{16}
 }
 
 // Ping echoes its payload. It exists to measure the transport.
@@ -3038,7 +3214,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3050,7 +3226,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3063,7 +3239,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Ping) GetPayload() []byte {
@@ -3082,7 +3258,7 @@ type Generate struct {
 
 func (x *Generate) Reset() {
 	*x = Generate{}
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3094,7 +3270,7 @@ func (x *Generate) String() string {
 func (*Generate) ProtoMessage() {}
 
 func (x *Generate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3107,7 +3283,7 @@ func (x *Generate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generate.ProtoReflect.Descriptor instead.
 func (*Generate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Generate) GetTemplate() *KeyTemplate {
@@ -3128,7 +3304,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3140,7 +3316,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3153,7 +3329,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Import) GetTemplate() *KeyTemplate {
@@ -3188,7 +3364,7 @@ type NameRef struct {
 
 func (x *NameRef) Reset() {
 	*x = NameRef{}
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3376,7 @@ func (x *NameRef) String() string {
 func (*NameRef) ProtoMessage() {}
 
 func (x *NameRef) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3389,7 @@ func (x *NameRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRef.ProtoReflect.Descriptor instead.
 func (*NameRef) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NameRef) GetName() string {
@@ -3243,7 +3419,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3255,7 +3431,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3268,7 +3444,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Open) GetKey() isOpen_Key {
@@ -3321,7 +3497,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3333,7 +3509,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3346,7 +3522,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Close) GetHandle() uint32 {
@@ -3369,7 +3545,7 @@ type List struct {
 
 func (x *List) Reset() {
 	*x = List{}
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3557,7 @@ func (x *List) String() string {
 func (*List) ProtoMessage() {}
 
 func (x *List) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3570,7 @@ func (x *List) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use List.ProtoReflect.Descriptor instead.
 func (*List) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *List) GetAfter() []byte {
@@ -3420,7 +3596,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3608,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3621,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Info) GetHandle() uint32 {
@@ -3465,7 +3641,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3477,7 +3653,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3490,7 +3666,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Export) GetHandle() uint32 {
@@ -3517,7 +3693,7 @@ type PublicKey struct {
 
 func (x *PublicKey) Reset() {
 	*x = PublicKey{}
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3529,7 +3705,7 @@ func (x *PublicKey) String() string {
 func (*PublicKey) ProtoMessage() {}
 
 func (x *PublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3542,7 +3718,7 @@ func (x *PublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicKey.ProtoReflect.Descriptor instead.
 func (*PublicKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PublicKey) GetHandle() uint32 {
@@ -3568,7 +3744,7 @@ type Destroy struct {
 
 func (x *Destroy) Reset() {
 	*x = Destroy{}
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3756,7 @@ func (x *Destroy) String() string {
 func (*Destroy) ProtoMessage() {}
 
 func (x *Destroy) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3769,7 @@ func (x *Destroy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destroy.ProtoReflect.Descriptor instead.
 func (*Destroy) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Destroy) GetHandle() uint32 {
@@ -3618,7 +3794,7 @@ type SetAttributes struct {
 
 func (x *SetAttributes) Reset() {
 	*x = SetAttributes{}
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3630,7 +3806,7 @@ func (x *SetAttributes) String() string {
 func (*SetAttributes) ProtoMessage() {}
 
 func (x *SetAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3643,7 +3819,7 @@ func (x *SetAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAttributes.ProtoReflect.Descriptor instead.
 func (*SetAttributes) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SetAttributes) GetHandle() uint32 {
@@ -3685,7 +3861,7 @@ type SetACL struct {
 
 func (x *SetACL) Reset() {
 	*x = SetACL{}
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +3873,7 @@ func (x *SetACL) String() string {
 func (*SetACL) ProtoMessage() {}
 
 func (x *SetACL) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3710,7 +3886,7 @@ func (x *SetACL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetACL.ProtoReflect.Descriptor instead.
 func (*SetACL) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SetACL) GetHandle() uint32 {
@@ -3741,7 +3917,7 @@ type Encrypt struct {
 
 func (x *Encrypt) Reset() {
 	*x = Encrypt{}
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3753,7 +3929,7 @@ func (x *Encrypt) String() string {
 func (*Encrypt) ProtoMessage() {}
 
 func (x *Encrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3766,7 +3942,7 @@ func (x *Encrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Encrypt.ProtoReflect.Descriptor instead.
 func (*Encrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Encrypt) GetHandle() uint32 {
@@ -3809,7 +3985,7 @@ type Decrypt struct {
 
 func (x *Decrypt) Reset() {
 	*x = Decrypt{}
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3821,7 +3997,7 @@ func (x *Decrypt) String() string {
 func (*Decrypt) ProtoMessage() {}
 
 func (x *Decrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3834,7 +4010,7 @@ func (x *Decrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decrypt.ProtoReflect.Descriptor instead.
 func (*Decrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Decrypt) GetHandle() uint32 {
@@ -3883,7 +4059,7 @@ type Sign struct {
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3895,7 +4071,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3908,7 +4084,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -3962,7 +4138,7 @@ type Verify struct {
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3974,7 +4150,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3987,7 +4163,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -4049,7 +4225,7 @@ type Mac struct {
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4237,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4250,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -4104,7 +4280,7 @@ type MacVerify struct {
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4116,7 +4292,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4129,7 +4305,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -4170,7 +4346,7 @@ type Hash struct {
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4182,7 +4358,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4195,7 +4371,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -4236,7 +4412,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4248,7 +4424,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4261,7 +4437,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -4321,7 +4497,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +4509,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +4522,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -4387,7 +4563,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4399,7 +4575,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4412,7 +4588,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{38}
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -4440,7 +4616,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4452,7 +4628,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4465,7 +4641,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -4491,7 +4667,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4503,7 +4679,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4516,7 +4692,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -4544,7 +4720,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4556,7 +4732,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4569,7 +4745,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -4609,7 +4785,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4621,7 +4797,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4634,7 +4810,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -4683,7 +4859,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4695,7 +4871,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4708,7 +4884,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -4757,7 +4933,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4769,7 +4945,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4782,7 +4958,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -4825,7 +5001,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4837,7 +5013,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4850,7 +5026,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -4889,7 +5065,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4901,7 +5077,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4914,7 +5090,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{46}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -4978,7 +5154,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4990,7 +5166,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5003,7 +5179,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{47}
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -5068,7 +5244,7 @@ type GenerationInfo struct {
 
 func (x *GenerationInfo) Reset() {
 	*x = GenerationInfo{}
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5080,7 +5256,7 @@ func (x *GenerationInfo) String() string {
 func (*GenerationInfo) ProtoMessage() {}
 
 func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5093,7 +5269,7 @@ func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
 func (*GenerationInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{48}
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GenerationInfo) GetGeneration() uint64 {
@@ -5155,7 +5331,7 @@ type GenerationSource struct {
 
 func (x *GenerationSource) Reset() {
 	*x = GenerationSource{}
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5167,7 +5343,7 @@ func (x *GenerationSource) String() string {
 func (*GenerationSource) ProtoMessage() {}
 
 func (x *GenerationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5180,7 +5356,7 @@ func (x *GenerationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
 func (*GenerationSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{49}
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GenerationSource) GetName() string {
@@ -5227,7 +5403,7 @@ type GenerationGet struct {
 
 func (x *GenerationGet) Reset() {
 	*x = GenerationGet{}
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5239,7 +5415,7 @@ func (x *GenerationGet) String() string {
 func (*GenerationGet) ProtoMessage() {}
 
 func (x *GenerationGet) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5252,7 +5428,7 @@ func (x *GenerationGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
 func (*GenerationGet) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{50}
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
 }
 
 // GenerationWatch answers when the generation exceeds after, or when
@@ -5273,7 +5449,7 @@ type GenerationWatch struct {
 
 func (x *GenerationWatch) Reset() {
 	*x = GenerationWatch{}
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5285,7 +5461,7 @@ func (x *GenerationWatch) String() string {
 func (*GenerationWatch) ProtoMessage() {}
 
 func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5298,7 +5474,7 @@ func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
 func (*GenerationWatch) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{51}
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GenerationWatch) GetAfter() uint64 {
@@ -5335,7 +5511,7 @@ type GenerationAck struct {
 
 func (x *GenerationAck) Reset() {
 	*x = GenerationAck{}
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5347,7 +5523,7 @@ func (x *GenerationAck) String() string {
 func (*GenerationAck) ProtoMessage() {}
 
 func (x *GenerationAck) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5360,7 +5536,7 @@ func (x *GenerationAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
 func (*GenerationAck) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{52}
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GenerationAck) GetGeneration() uint64 {
@@ -5397,7 +5573,7 @@ type GenerationWaitWatchers struct {
 
 func (x *GenerationWaitWatchers) Reset() {
 	*x = GenerationWaitWatchers{}
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5409,7 +5585,7 @@ func (x *GenerationWaitWatchers) String() string {
 func (*GenerationWaitWatchers) ProtoMessage() {}
 
 func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5422,7 +5598,7 @@ func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
 func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{53}
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
@@ -5442,7 +5618,7 @@ type GenerationBump struct {
 
 func (x *GenerationBump) Reset() {
 	*x = GenerationBump{}
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5454,7 +5630,7 @@ func (x *GenerationBump) String() string {
 func (*GenerationBump) ProtoMessage() {}
 
 func (x *GenerationBump) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5467,7 +5643,7 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{54}
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
 }
 
 // GenerationMap asks for the generation page: the reply carries a
@@ -5481,7 +5657,7 @@ type GenerationMap struct {
 
 func (x *GenerationMap) Reset() {
 	*x = GenerationMap{}
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5493,7 +5669,7 @@ func (x *GenerationMap) String() string {
 func (*GenerationMap) ProtoMessage() {}
 
 func (x *GenerationMap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5506,7 +5682,7 @@ func (x *GenerationMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
 func (*GenerationMap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{55}
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
 }
 
 type GenerationMapInfo struct {
@@ -5522,7 +5698,7 @@ type GenerationMapInfo struct {
 
 func (x *GenerationMapInfo) Reset() {
 	*x = GenerationMapInfo{}
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5534,7 +5710,7 @@ func (x *GenerationMapInfo) String() string {
 func (*GenerationMapInfo) ProtoMessage() {}
 
 func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5547,7 +5723,7 @@ func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
 func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{56}
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GenerationMapInfo) GetSize() uint32 {
@@ -5605,7 +5781,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5617,7 +5793,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5630,7 +5806,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{57}
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -5744,7 +5920,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5756,7 +5932,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5769,7 +5945,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{58}
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -5821,7 +5997,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5833,7 +6009,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5846,7 +6022,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{59}
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -5904,7 +6080,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5916,7 +6092,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5929,7 +6105,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{60}
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -5975,7 +6151,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5987,7 +6163,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6000,7 +6176,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6035,7 +6211,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6047,7 +6223,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6060,7 +6236,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -6093,7 +6269,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6105,7 +6281,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6118,7 +6294,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -6137,7 +6313,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6149,7 +6325,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6162,7 +6338,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -6211,7 +6387,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6223,7 +6399,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6236,7 +6412,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -6264,7 +6440,7 @@ type SetLifecycle struct {
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6276,7 +6452,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6289,7 +6465,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -6348,7 +6524,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6360,7 +6536,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6373,7 +6549,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -6421,7 +6597,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6433,7 +6609,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6446,7 +6622,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -6498,7 +6674,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6510,7 +6686,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6523,7 +6699,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -6563,7 +6739,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6575,7 +6751,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6588,7 +6764,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -6629,7 +6805,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6641,7 +6817,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6654,7 +6830,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -6684,7 +6860,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6696,7 +6872,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6709,7 +6885,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -6730,7 +6906,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6742,7 +6918,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6755,7 +6931,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -6794,7 +6970,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6806,7 +6982,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6819,7 +6995,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7000,7 +7176,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\vmax_handles\x18\x04 \x01(\rR\n" +
 	"maxHandles\x12)\n" +
 	"\x11max_keys_per_user\x18\x05 \x01(\rR\x0emaxKeysPerUser\x12\"\n" +
-	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xab\x04\n" +
+	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xdc\x04\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -7021,7 +7197,28 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x04seal\x18\r \x01(\v2\x18.keywarden.v1.SealStatusR\x04seal\x12<\n" +
 	"\n" +
 	"generation\x18\x14 \x01(\v2\x1c.keywarden.v1.GenerationInfoR\n" +
-	"generation\"\xb0\x02\n" +
+	"generation\x12/\n" +
+	"\x05audit\x18\x15 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\"\xcf\x03\n" +
+	"\vAuditStatus\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x18\n" +
+	"\ahealthy\x18\x03 \x01(\bR\ahealthy\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x123\n" +
+	"\x16failed_since_unix_nano\x18\x05 \x01(\x03R\x13failedSinceUnixNano\x12\x18\n" +
+	"\arefused\x18\x06 \x01(\x04R\arefused\x12\x10\n" +
+	"\x03seq\x18\a \x01(\x04R\x03seq\x12\x1d\n" +
+	"\n" +
+	"file_bytes\x18\b \x01(\x04R\tfileBytes\x12\x14\n" +
+	"\x05keyed\x18\t \x01(\bR\x05keyed\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\n" +
+	" \x01(\fR\tpublicKey\x12'\n" +
+	"\x0flast_checkpoint\x18\v \x01(\tR\x0elastCheckpoint\x12#\n" +
+	"\rlinux_enabled\x18\f \x01(\bR\flinuxEnabled\x12!\n" +
+	"\flinux_reason\x18\r \x01(\tR\vlinuxReason\x12\x1d\n" +
+	"\n" +
+	"linux_sent\x18\x0e \x01(\x04R\tlinuxSent\x12#\n" +
+	"\rlinux_dropped\x18\x0f \x01(\x04R\flinuxDropped\"\xb0\x02\n" +
 	"\fMemoryStatus\x12\x18\n" +
 	"\abacking\x18\x01 \x01(\tR\abacking\x12!\n" +
 	"\flocked_bytes\x18\x02 \x01(\x04R\vlockedBytes\x12 \n" +
@@ -7444,7 +7641,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 75)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -7469,188 +7666,190 @@ var file_keywarden_proto_goTypes = []any{
 	(*ListResult)(nil),             // 20: keywarden.v1.ListResult
 	(*Limits)(nil),                 // 21: keywarden.v1.Limits
 	(*StatusResult)(nil),           // 22: keywarden.v1.StatusResult
-	(*MemoryStatus)(nil),           // 23: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 24: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 25: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 26: keywarden.v1.Ping
-	(*Generate)(nil),               // 27: keywarden.v1.Generate
-	(*Import)(nil),                 // 28: keywarden.v1.Import
-	(*NameRef)(nil),                // 29: keywarden.v1.NameRef
-	(*Open)(nil),                   // 30: keywarden.v1.Open
-	(*Close)(nil),                  // 31: keywarden.v1.Close
-	(*List)(nil),                   // 32: keywarden.v1.List
-	(*Info)(nil),                   // 33: keywarden.v1.Info
-	(*Export)(nil),                 // 34: keywarden.v1.Export
-	(*PublicKey)(nil),              // 35: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 36: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 37: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 38: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 39: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 40: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 41: keywarden.v1.Sign
-	(*Verify)(nil),                 // 42: keywarden.v1.Verify
-	(*Mac)(nil),                    // 43: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 44: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 45: keywarden.v1.Hash
-	(*Derive)(nil),                 // 46: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 47: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 48: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 49: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 50: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 51: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 52: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 53: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 54: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 55: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 56: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 57: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 58: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 59: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 60: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 61: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 62: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 63: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 64: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 65: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 66: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 67: keywarden.v1.SealStatus
-	(*Share)(nil),                  // 68: keywarden.v1.Share
-	(*Init)(nil),                   // 69: keywarden.v1.Init
-	(*InitResult)(nil),             // 70: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 71: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 72: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 73: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 74: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 75: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 76: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 77: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 78: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 79: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 80: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 81: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 82: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 83: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 84: keywarden.v1.Restore
+	(*AuditStatus)(nil),            // 23: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 24: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 25: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 26: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 27: keywarden.v1.Ping
+	(*Generate)(nil),               // 28: keywarden.v1.Generate
+	(*Import)(nil),                 // 29: keywarden.v1.Import
+	(*NameRef)(nil),                // 30: keywarden.v1.NameRef
+	(*Open)(nil),                   // 31: keywarden.v1.Open
+	(*Close)(nil),                  // 32: keywarden.v1.Close
+	(*List)(nil),                   // 33: keywarden.v1.List
+	(*Info)(nil),                   // 34: keywarden.v1.Info
+	(*Export)(nil),                 // 35: keywarden.v1.Export
+	(*PublicKey)(nil),              // 36: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 37: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 38: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 39: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 40: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 41: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 42: keywarden.v1.Sign
+	(*Verify)(nil),                 // 43: keywarden.v1.Verify
+	(*Mac)(nil),                    // 44: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 45: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 46: keywarden.v1.Hash
+	(*Derive)(nil),                 // 47: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 48: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 49: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 50: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 51: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 52: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 53: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 54: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 55: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 56: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 57: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 58: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 59: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 60: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 61: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 62: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 63: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 64: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 65: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 66: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 67: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 68: keywarden.v1.SealStatus
+	(*Share)(nil),                  // 69: keywarden.v1.Share
+	(*Init)(nil),                   // 70: keywarden.v1.Init
+	(*InitResult)(nil),             // 71: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 72: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 73: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 74: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 75: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 76: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 77: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 78: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 79: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 80: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 81: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 82: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 83: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 84: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 85: keywarden.v1.Restore
 }
 var file_keywarden_proto_depIdxs = []int32{
 	12,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
 	13,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	25,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	26,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	27,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	28,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	30,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	31,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	32,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	33,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	34,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	35,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	36,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	37,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	38,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	39,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	40,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	41,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	42,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	43,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	44,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	45,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	46,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	47,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	48,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	49,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	50,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	69,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	71,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	73,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	74,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	75,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	77,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	78,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	79,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	80,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	82,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	84,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	76,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	53,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	54,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	55,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	56,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	60,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	61,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	62,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	63,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	64,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	65,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	26,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	27,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	28,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	29,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	31,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	32,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	33,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	34,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	35,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	36,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	37,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	38,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	39,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	40,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	41,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	42,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	43,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	44,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	45,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	46,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	47,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	48,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	49,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	50,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	51,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	70,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	72,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	74,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	75,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	76,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	78,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	79,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	80,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	81,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	83,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	85,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	77,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	54,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	55,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	56,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	57,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	61,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	62,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	63,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	64,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	65,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	66,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
 	0,   // 50: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
 	19,  // 51: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
 	16,  // 52: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
 	20,  // 53: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
 	22,  // 54: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	24,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	57,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	70,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	72,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	83,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	81,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	58,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	66,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	25,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	58,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	71,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	73,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	84,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	82,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	59,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	67,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
 	1,   // 63: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
 	14,  // 64: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
 	1,   // 65: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
 	2,   // 66: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
 	14,  // 67: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	52,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	53,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
 	17,  // 69: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
 	8,   // 70: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
 	18,  // 71: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
 	16,  // 72: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
 	16,  // 73: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
 	21,  // 74: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	23,  // 75: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	67,  // 76: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	58,  // 77: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	15,  // 78: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	15,  // 79: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 80: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	29,  // 81: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 82: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 83: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	14,  // 84: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 85: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 86: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 87: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 88: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 89: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 90: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 91: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,   // 92: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	15,  // 93: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 94: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 95: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 96: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	51,  // 97: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	51,  // 98: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	15,  // 99: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	51,  // 100: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	51,  // 101: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	51,  // 102: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	59,  // 103: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	51,  // 104: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	68,  // 105: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	68,  // 106: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	51,  // 107: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	9,   // 108: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 109: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 110: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	15,  // 111: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 112: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	113, // [113:113] is the sub-list for method output_type
-	113, // [113:113] is the sub-list for method input_type
-	113, // [113:113] is the sub-list for extension type_name
-	113, // [113:113] is the sub-list for extension extendee
-	0,   // [0:113] is the sub-list for field type_name
+	24,  // 75: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	68,  // 76: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	59,  // 77: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	23,  // 78: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	15,  // 79: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	15,  // 80: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 81: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	30,  // 82: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 83: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 84: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	14,  // 85: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 86: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 87: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 88: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 89: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 90: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 91: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 92: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,   // 93: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	15,  // 94: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 95: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 96: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 97: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	52,  // 98: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	52,  // 99: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	15,  // 100: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	52,  // 101: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	52,  // 102: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	52,  // 103: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	60,  // 104: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	52,  // 105: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	69,  // 106: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	69,  // 107: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	52,  // 108: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	9,   // 109: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 110: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 111: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	15,  // 112: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 113: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	114, // [114:114] is the sub-list for method output_type
+	114, // [114:114] is the sub-list for method input_type
+	114, // [114:114] is the sub-list for extension type_name
+	114, // [114:114] is the sub-list for extension extendee
+	0,   // [0:114] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -7726,20 +7925,20 @@ func file_keywarden_proto_init() {
 		(*AclEntry_Uid)(nil),
 		(*AclEntry_Gid)(nil),
 	}
-	file_keywarden_proto_msgTypes[19].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[20].OneofWrappers = []any{
+	file_keywarden_proto_msgTypes[20].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[21].OneofWrappers = []any{
 		(*Open_Id)(nil),
 		(*Open_Name)(nil),
 	}
-	file_keywarden_proto_msgTypes[27].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[66].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[28].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[67].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   75,
+			NumMessages:   76,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
