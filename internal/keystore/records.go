@@ -395,10 +395,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 // count and accumulator. It also counts each owner's keys. With accept,
 // a set that does not add up is accepted and the header rewritten.
 func (s *Store) Verify(k *seal.Keys, accept bool) error {
-	owned := make(map[uint32]int)
-	bad := make(map[key.ID]struct{})
-	var count uint64
-	var acc persist.Acc
+	var scan verifyScan
 	var hdr *persist.StoreHeader
 	var hacc persist.Acc
 	err := s.db.View(func(tx store.Tx) error {
@@ -406,29 +403,13 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
 		}
-		return tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
-			count++
-			mac, rb, err := persist.SplitValue(v)
-			if err == nil {
-				acc.Add(mac)
-				var want []byte
-				if want, err = k.MAC(nil, rb); err == nil && hmac.Equal(mac, want) {
-					r := &persist.KeyRecord{}
-					if err = r.UnmarshalVT(rb); err == nil && bytes.Equal(r.Id, id) {
-						owned[r.Owner]++
-						return nil
-					}
-				}
-			}
-			var kid key.ID
-			copy(kid[:], id)
-			bad[kid] = struct{}{}
-			return nil
-		})
+		scan, err = scanRecords(tx, k)
+		return err
 	})
 	if err != nil {
 		return &IntegrityError{Detail: err.Error()}
 	}
+	owned, bad, count, acc := scan.owned, scan.bad, scan.count, scan.acc
 	setChanged := count != hdr.Count || acc != hacc
 	if len(bad) > 0 || (setChanged && !accept) {
 		ie := &IntegrityError{BadRecords: len(bad), SetChanged: setChanged}
