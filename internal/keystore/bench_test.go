@@ -1,0 +1,92 @@
+package keystore
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/store"
+)
+
+// fileStore makes an unsealed store in a bbolt file in a new directory,
+// with a quota that does not get in the way.
+func fileStore(b *testing.B) *Store {
+	b.Helper()
+	db, err := store.OpenBolt(filepath.Join(b.TempDir(), "state"), time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := New(Config{MaxPerUser: 1 << 30, DB: db, Master: m})
+	p, err := m.PrepareInit(context.Background(), seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams}, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := m.CommitInit(p, func(k *seal.Keys) ([]byte, error) { return NewHeader(k, time.Now()) }); err != nil {
+		b.Fatal(err)
+	}
+	k, _ := m.Keys()
+	if err := s.Verify(k, false); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close(); db.Close() })
+	return s
+}
+
+// addKeys adds n new persistent AES-256-GCM keys from g goroutines, each
+// durable when its Add returns, and lets go of each.
+func addKeys(b *testing.B, s *Store, n, g int) {
+	var wg sync.WaitGroup
+	per := (n + g - 1) / g
+	for range g {
+		wg.Go(func() {
+			for range per {
+				o := obj(b, 1, "", false)
+				if err := s.Add(o); err != nil {
+					b.Error(err)
+					return
+				}
+				s.Release(o)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// BenchmarkAdd measures the creation of persistent keys in a bbolt file,
+// each durable before Add returns, from 1 and 16 goroutines: concurrent
+// writers share transactions and fsyncs. "keywarden bench --create"
+// measures the same through a daemon (docs/performance.md).
+func BenchmarkAdd(b *testing.B) {
+	for _, g := range []int{1, 16} {
+		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
+			s := fileStore(b)
+			b.ResetTimer()
+			addKeys(b, s, b.N, g)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+		})
+	}
+}
+
+// BenchmarkVerify measures the check of the whole store at unseal, per
+// key record. "keywarden bench --startup" measures it on a million keys.
+func BenchmarkVerify(b *testing.B) {
+	const n = 10000
+	s := fileStore(b)
+	addKeys(b, s, n, 256)
+	k, _ := s.Master().Keys()
+	b.ResetTimer()
+	for b.Loop() {
+		if err := s.Verify(k, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/key")
+}
