@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/audit"
 )
 
 // The snapshot test boots the daemon inside a QEMU guest (TCG, Debian's
@@ -496,6 +498,7 @@ func TestVMSnapshotClones(t *testing.T) {
 			Stdout string
 			Code   int
 		}
+		audit string // the guest's audit log, base64
 	}
 	clones := map[string]string{"b": guidB, "c": guidC}
 	results := map[string]*result{}
@@ -536,6 +539,7 @@ func TestVMSnapshotClones(t *testing.T) {
 			v.must(&r.nonce, "encrypt")
 			v.must(&r.keyID, "newkey")
 			v.must(&r.show, "cli", "generation", "show")
+			v.must(&r.audit, "file", "/run/keywarden/keywarden.sock.audit.log")
 			capture(t, v, "after-"+name)
 			mu.Lock()
 			results[name] = r
@@ -573,6 +577,7 @@ func TestVMSnapshotClones(t *testing.T) {
 		}
 	}
 	b, c := results["b"], results["c"]
+	checkCloneAuditLogs(t, b.audit, c.audit)
 	if b.nonce == c.nonce {
 		t.Errorf("both clones chose the nonce %s", b.nonce)
 	}
@@ -605,4 +610,58 @@ func capture(t *testing.T, v *vm, tag string) {
 			}
 		}
 	}
+}
+
+// checkCloneAuditLogs checks what the audit logs of two clones of one
+// snapshot say: each recorded the generation change and started a new
+// segment, each verifies on its own, and they diverge from that segment
+// on (fresh nonces), having shared everything before the snapshot.
+func checkCloneAuditLogs(t *testing.T, b64b, b64c string) {
+	t.Helper()
+	logs := map[string][]byte{}
+	for name, b64 := range map[string]string{"b": b64b, "c": b64c} {
+		b, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil || len(b) == 0 {
+			t.Errorf("clone %s: no audit log (%v)", name, err)
+			return
+		}
+		logs[name] = b
+		var sawEvent, sawSegment bool
+		for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			r, err := audit.ParseRecord(line)
+			if err != nil {
+				t.Errorf("clone %s: audit record %q: %v", name, line, err)
+				return
+			}
+			if r.Kind == audit.KindEvent && r.Op == audit.OpGeneration {
+				sawEvent = true
+			}
+			if r.Kind == audit.KindSegment && strings.HasPrefix(r.Segment.Reason, "generation ") {
+				sawSegment = true
+			}
+		}
+		if !sawEvent || !sawSegment {
+			t.Errorf("clone %s: the audit log lacks the generation change (event %v, new segment %v)", name, sawEvent, sawSegment)
+		}
+		rep, err := audit.Verify([]audit.Input{{Name: "clone " + name, R: bytes.NewReader(b)}}, audit.VerifyOptions{})
+		if err != nil || !rep.Intact {
+			var buf bytes.Buffer
+			if rep != nil {
+				rep.WriteText(&buf)
+			}
+			t.Errorf("clone %s: the audit log does not verify: %v\n%s", name, err, buf.String())
+		}
+	}
+	lb, lc := bytes.Split(logs["b"], []byte("\n")), bytes.Split(logs["c"], []byte("\n"))
+	shared := 0
+	for shared < len(lb) && shared < len(lc) && bytes.Equal(lb[shared], lc[shared]) {
+		shared++
+	}
+	if shared == 0 {
+		t.Errorf("the clones' audit logs share nothing: both should hold the records from before the snapshot")
+	}
+	if shared == len(lb) || shared == len(lc) {
+		t.Errorf("the clones' audit logs do not diverge")
+	}
+	t.Logf("the clones' audit logs share %d records, then diverge", shared)
 }
