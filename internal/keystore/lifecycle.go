@@ -134,6 +134,9 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 		if *c.RotateAfter < 0 {
 			return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "negative rotation period")
 		}
+		if *c.RotateAfter > 0 && o.KDF != nil {
+			return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key derived from a passphrase cannot rotate: give it no rotation period")
+		}
 		m.RotateAfter = *c.RotateAfter
 	}
 	if c.Refuse != nil {
@@ -213,7 +216,9 @@ func (s *Store) Encrypting(o *Object, n uint64) (*Version, error) {
 
 func (s *Store) tooOld(o *Object, v *Version) bool {
 	m := o.Meta()
-	return m.RotateAfter > 0 && s.now().Sub(v.Created) > m.RotateAfter && o.Class != key.Public
+	// A key derived from a passphrase cannot rotate: a period it was given
+	// before periods were refused for it is ignored.
+	return m.RotateAfter > 0 && s.now().Sub(v.Created) > m.RotateAfter && o.Class != key.Public && o.KDF == nil
 }
 
 func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {

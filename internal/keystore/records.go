@@ -415,9 +415,9 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		ie := &IntegrityError{BadRecords: len(bad), SetChanged: setChanged}
 		switch {
 		case len(bad) > 0 && setChanged:
-			ie.Detail = fmt.Sprintf("%d key records were changed, and the set of records differs from what this daemon last wrote", len(bad))
+			ie.Detail = fmt.Sprintf("%s changed, and the set of records differs from what this daemon last wrote", recordsWere(len(bad)))
 		case len(bad) > 0:
-			ie.Detail = fmt.Sprintf("%d key records were changed outside the daemon", len(bad))
+			ie.Detail = fmt.Sprintf("%s changed outside the daemon", recordsWere(len(bad)))
 		default:
 			ie.Detail = fmt.Sprintf("the set of key records differs from what this daemon last wrote (%d records, %d expected): a record was deleted, added, or restored from an older copy", count, hdr.Count)
 		}
@@ -524,4 +524,12 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 		info.Kdf.UnmarshalVT(r.Kdf)
 	}
 	return info
+}
+
+// recordsWere is "1 key record was" or "N key records were".
+func recordsWere(n int) string {
+	if n == 1 {
+		return "1 key record was"
+	}
+	return fmt.Sprintf("%d key records were", n)
 }

@@ -462,6 +462,11 @@ func policyKey(info *wire.KeyInfo) policy.Key {
 	return policy.Key{Owner: info.OwnerUid, Spec: key.Lookup(info.Type), Class: key.Class(info.Class), Attrs: a}
 }
 
+// errPassphraseRotation refuses a rotation period for a key derived from a
+// passphrase: its bytes follow from the passphrase, so it cannot rotate.
+var errPassphraseRotation = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+	"a key derived from a passphrase cannot rotate: give it no rotation period")
+
 // lifecycleFromTemplate applies a template's rotation settings to a new
 // object.
 func lifecycleFromTemplate(o *keystore.Object, t *wire.KeyTemplate) error {
@@ -470,6 +475,9 @@ func lifecycleFromTemplate(o *keystore.Object, t *wire.KeyTemplate) error {
 	}
 	if t.RotateAfterSeconds < 0 {
 		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "negative rotation period")
+	}
+	if t.RotateAfterSeconds > 0 && o.KDF != nil {
+		return errPassphraseRotation
 	}
 	m := *o.Meta()
 	m.RotateAfter = time.Duration(t.RotateAfterSeconds) * time.Second
