@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/audit"
 )
 
@@ -31,6 +32,21 @@ var followPoll = 200 * time.Millisecond
 // audit.log in the default state directory.
 func defaultAuditLog() string { return filepath.Join(DefaultStateDir(), "audit.log") }
 
+// daemonAuditLog is the path of the audit log of the daemon at the socket
+// ($KEYWARDEN_SOCKET or the default), if one answers at once; else the
+// default path in the default state directory.
+func daemonAuditLog(f *flags) string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if c, err := keywarden.Dial(ctx, f.socketPath()); err == nil {
+		defer c.Close()
+		if st, err := c.Status(ctx); err == nil && st.Audit != nil && st.Audit.Path != "" {
+			return st.Audit.Path
+		}
+	}
+	return defaultAuditLog()
+}
+
 // newFileFlags is newFlags for commands that read files instead of talking
 // to the daemon: --json, but no --socket or --timeout.
 func newFileFlags(name string, e *env, jsonUsage string) *flags {
@@ -38,6 +54,12 @@ func newFileFlags(name string, e *env, jsonUsage string) *flags {
 	f.SetOutput(io.Discard)
 	f.BoolVar(&f.json, "json", false, jsonUsage)
 	return f
+}
+
+// addDaemonLog gives tail and query --socket: without --log they read the
+// log of the daemon that answers there.
+func addDaemonLog(f *flags) {
+	f.StringVar(&f.socket, "socket", "", "without --log, read the audit log of the daemon at this socket `path` (default $"+keywarden.SocketEnv+" or the default path)")
 }
 
 const recordsJSONUsage = "print the records as the log's own JSON lines"
@@ -239,7 +261,8 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 	f := newFileFlags("audit tail", e, recordsJSONUsage)
 	n := f.Int("n", 10, "print the last `N` records that match")
 	follow := f.Bool("f", false, "then print each new record that matches as it is written, across rotations, until interrupted")
-	logPath := f.String("log", "", "the log's active `file` (default "+defaultAuditLog()+"; a --dev daemon's is SOCKET.audit.log)")
+	logPath := f.String("log", "", "the log's active `file` (default: the running daemon's, else "+defaultAuditLog()+")")
+	addDaemonLog(f)
 	var ff filterFlags
 	ff.register(f)
 	pos, err := f.parse(args)
@@ -258,7 +281,7 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 	}
 	path := *logPath
 	if path == "" {
-		path = defaultAuditLog()
+		path = daemonAuditLog(f)
 	}
 	files, err := audit.LogFiles(path)
 	if err != nil && !(*follow && errors.Is(err, os.ErrNotExist)) {
@@ -291,7 +314,8 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 
 func runAuditQuery(e *env, args []string) error {
 	f := newFileFlags("audit query", e, recordsJSONUsage)
-	logPath := f.String("log", "", "read every file of the log whose active `file` this is (default "+defaultAuditLog()+"), unless files are given")
+	logPath := f.String("log", "", "read every file of the log whose active `file` this is (default: the running daemon's, else "+defaultAuditLog()+"), unless files are given")
+	addDaemonLog(f)
 	var ff filterFlags
 	ff.register(f)
 	pos, err := f.parse(args)
@@ -313,7 +337,7 @@ func runAuditQuery(e *env, args []string) error {
 	default:
 		path := *logPath
 		if path == "" {
-			path = defaultAuditLog()
+			path = daemonAuditLog(f)
 		}
 		if files, err = audit.LogFiles(path); err == nil && len(files) == 0 {
 			err = fmt.Errorf("no audit log at %s (the daemon's --audit-log; see --log)", path)
