@@ -22,6 +22,15 @@ const FileName = "keywarden.db"
 // in progress are committed together in the next transaction, with one
 // fsync. A lone client pays one fsync per write and no added delay; many
 // concurrent clients share fsyncs.
+//
+// Concurrent writers do not all arrive while a commit is in progress:
+// those whose last write was just committed come back a little later
+// (a client receives its reply and sends its next request). So when the
+// last transaction committed several writers and fewer are waiting, the
+// next one waits for as many as the last one had, but no longer than a
+// quarter of the last commit's time (at most maxGather): groups stay
+// large, and each write waits a small fraction of an fsync at most. A
+// lone writer (the last group held one) never waits.
 type Bolt struct {
 	db   *bolt.DB
 	path string
@@ -29,6 +38,15 @@ type Bolt struct {
 	mu      sync.Mutex
 	pending []*boltCall
 	running bool // the committer goroutine is draining pending
+	// The last group committed: its writers, when its commit ended, and
+	// how long it took.
+	lastN   int
+	lastEnd time.Time
+	lastDur time.Duration
+	// want, if not 0, is the number of pending writers the committer
+	// waits for; enough is closed when they are there.
+	want   int
+	enough chan struct{}
 }
 
 type boltCall struct {
@@ -71,6 +89,10 @@ func (b *Bolt) Update(fn func(Tx) error) error {
 	b.pending = append(b.pending, c)
 	start := !b.running
 	b.running = true
+	if b.want > 0 && len(b.pending) >= b.want {
+		close(b.enough)
+		b.want = 0
+	}
 	b.mu.Unlock()
 	if start {
 		go b.commitLoop()
@@ -85,20 +107,50 @@ func (b *Bolt) Update(fn func(Tx) error) error {
 // maxGroup bounds the writers committed in one transaction.
 const maxGroup = 1024
 
+// maxGather bounds how long a transaction waits for more writers.
+const maxGather = time.Millisecond
+
 func (b *Bolt) commitLoop() {
 	for {
 		b.mu.Lock()
-		n := min(len(b.pending), maxGroup)
-		if n == 0 {
+		if len(b.pending) == 0 {
 			b.running = false
 			b.mu.Unlock()
 			return
 		}
+		b.gather()
+		n := min(len(b.pending), maxGroup)
 		group := b.pending[:n:n]
 		b.pending = b.pending[n:]
 		b.mu.Unlock()
+		t0 := time.Now()
 		b.commitGroup(group)
+		t1 := time.Now()
+		b.mu.Lock()
+		b.lastN, b.lastEnd, b.lastDur = n, t1, t1.Sub(t0)
+		b.mu.Unlock()
 	}
+}
+
+// gather waits a little for more writers if the last group had more than
+// are pending and was committed just now (see Bolt). b.mu is held; it is
+// released while waiting.
+func (b *Bolt) gather() {
+	wait := min(b.lastDur/4, maxGather)
+	if b.lastN <= 1 || len(b.pending) >= b.lastN || wait <= 0 || time.Since(b.lastEnd) > b.lastDur {
+		return
+	}
+	b.want, b.enough = min(b.lastN, maxGroup), make(chan struct{})
+	enough := b.enough
+	b.mu.Unlock()
+	t := time.NewTimer(wait)
+	select {
+	case <-enough:
+	case <-t.C:
+	}
+	t.Stop()
+	b.mu.Lock()
+	b.want = 0
 }
 
 // failedCall identifies the writer whose fn failed a group transaction.
