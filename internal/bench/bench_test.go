@@ -406,7 +406,11 @@ func TestRunStartup(t *testing.T) {
 	if res.OpenP99us < res.OpenP50us || res.FirstUseP50us < res.OpenP50us {
 		t.Errorf("latencies: %+v", res)
 	}
-	// The store is as it was: it still verifies, with every key.
+	// The store is as it was: alone in its directory (the daemons' audit
+	// logs went elsewhere), and it still verifies, with every key.
+	if ents, _ := os.ReadDir(state); len(ents) != 1 || ents[0].Name() != "keywarden.db" {
+		t.Errorf("the state directory holds %v", ents)
+	}
 	s, _, err = storebench.Open(state)
 	if err != nil {
 		t.Fatal(err)

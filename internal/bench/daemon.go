@@ -57,6 +57,9 @@ type serveSpec struct {
 	// ready, if not nil, must succeed on a connected client before the
 	// daemon counts as started (the default is a successful dial).
 	ready func(ctx context.Context, c *keywarden.Client) error
+	// privateAudit puts the daemon's audit log in its temporary directory
+	// rather than where it would go by default (the state directory).
+	privateAudit bool
 }
 
 // startServe starts a private daemon as spec says, in a new temporary
@@ -87,6 +90,9 @@ func startServe(ctx context.Context, spec serveSpec) (*daemon, error) {
 	}
 	args := append([]string{"serve"}, spec.args...)
 	args = append(args, "--socket", d.socket, "--log-level", "error")
+	if spec.privateAudit {
+		args = append(args, "--audit-log", filepath.Join(dir, "audit.log"))
+	}
 	d.cmd = exec.Command(executable, args...)
 	d.cmd.Env = append(os.Environ(), spec.env...)
 	d.cmd.Stderr = d.stderr

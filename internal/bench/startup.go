@@ -95,7 +95,9 @@ type Startup struct {
 
 // RunStartup measures a daemon's start-up on the store in cfg.State: the
 // time until it serves (sealed), the unseal, its memory, and the first
-// use of keys, cfg.Runs times, each with a new daemon process.
+// use of keys, cfg.Runs times, each with a new daemon process. The
+// daemons write their audit logs to their temporary directories, not to
+// cfg.State.
 func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*Startup, error) {
 	if cfg.Runs <= 0 {
 		cfg.Runs = 3
@@ -172,7 +174,10 @@ type startupRun struct {
 func startupOnce(ctx context.Context, cfg StartupConfig) (r startupRun, err error) {
 	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env,
 		args: []string{"--state", cfg.State},
-		poll: time.Millisecond,
+		// Each run's audit log is its own: the store's directory is left
+		// as it was, and every run starts alike.
+		privateAudit: true,
+		poll:         time.Millisecond,
 		ready: func(ctx context.Context, c *keywarden.Client) error {
 			st, err := c.Status(ctx)
 			if err != nil {
