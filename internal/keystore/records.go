@@ -395,6 +395,9 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 // count and accumulator. It also counts each owner's keys. With accept,
 // a set that does not add up is accepted and the header rewritten.
 func (s *Store) Verify(k *seal.Keys, accept bool) error {
+	if p, ok := s.db.(prefetcher); ok {
+		p.Prefetch()
+	}
 	var scan verifyScan
 	var hdr *persist.StoreHeader
 	var hacc persist.Acc

@@ -24,6 +24,10 @@ import (
 // entry into the index key's secret state and written to a buffer of the
 // worker's, so that checking a record allocates nothing in there.
 
+// prefetcher is a store that can read itself into memory ahead of a scan
+// (store.Bolt).
+type prefetcher interface{ Prefetch() }
+
 // verifyBatch is the number of records handed to a worker at once.
 const verifyBatch = 256
 

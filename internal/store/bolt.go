@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // FileName is the bbolt file in a state directory.
@@ -199,6 +200,32 @@ func (b *Bolt) View(fn func(Tx) error) error {
 }
 
 func (b *Bolt) Close() error { return b.db.Close() }
+
+// Prefetch asks the kernel to read the whole file into its page cache,
+// before a scan of all of it (the check of every key at unseal). The
+// scan walks the file in key order, which is not the file's order, and
+// faults its pages in one at a time: from a cold cache, a million keys
+// took seconds that way, where reading the file in order takes a
+// fraction of one. Prefetch returns once the reads are under way; it is
+// only advice, and its failure is not an error.
+func (b *Bolt) Prefetch() {
+	f, err := os.Open(b.path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return
+	}
+	// The kernel starts at most a few MiB of reads per call.
+	const chunk = 4 << 20
+	for off := int64(0); off < fi.Size(); off += chunk {
+		if unix.Fadvise(int(f.Fd()), off, chunk, unix.FADV_WILLNEED) != nil {
+			return
+		}
+	}
+}
 
 type boltTx struct{ tx *bolt.Tx }
 

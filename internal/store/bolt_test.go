@@ -101,3 +101,35 @@ func BenchmarkBoltUpdate(b *testing.B) {
 		})
 	}
 }
+
+// Prefetch is only advice: the store works the same after it, and after
+// it fails (a file no longer there).
+func TestBoltPrefetch(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s, err := store.OpenBolt(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	val := make([]byte, 3000)
+	for i := range 100 {
+		if err := s.Update(func(tx store.Tx) error { return tx.Put([]byte("b"), fmt.Appendf(nil, "%03d", i), val) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Prefetch()
+	var n int
+	s.View(func(tx store.Tx) error {
+		return tx.ForEach([]byte("b"), nil, func(k, v []byte) error {
+			if len(v) == len(val) {
+				n++
+			}
+			return nil
+		})
+	})
+	if n != 100 {
+		t.Fatalf("%d values after Prefetch", n)
+	}
+	os.Rename(s.Path(), s.Path()+".moved")
+	s.Prefetch()
+}
