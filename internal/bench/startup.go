@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/keywarden/keywarden"
@@ -35,9 +36,13 @@ type StartupConfig struct {
 	FirstUse int
 	// InProcess, if not nil, opens the store in this process, unseals it
 	// and verifies it as the daemon's unseal does, closes it, and returns
-	// how long the verification took. It runs once per run, while no
-	// daemon has the store open.
+	// how long the verification took. It runs once per run, after the
+	// daemon has stopped.
 	InProcess func(dir string) (verify time.Duration, err error)
+	// Cold empties the kernel's page cache (which needs root) before each
+	// daemon starts and before each in-process verification, so that
+	// they read the store, and the daemon its executable, from the disk.
+	Cold bool
 	// Executable and Env are as in Config.
 	Executable string
 	Env        []string
@@ -49,6 +54,7 @@ type Startup struct {
 	Keys       int     `json:"keys"`
 	StoreMiB   float64 `json:"store_mib"`
 	Runs       int     `json:"runs"`
+	Cold       bool    `json:"cold,omitempty"`
 	FirstUse   int     `json:"first_use_keys"`
 	FileSystem string  `json:"file_system,omitempty"`
 
@@ -111,16 +117,13 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 	if err != nil {
 		return nil, err
 	}
-	out := &Startup{Keys: cfg.Keys, StoreMiB: mib(fi.Size()), Runs: cfg.Runs, FirstUse: cfg.FirstUse, FileSystem: fsName(cfg.State)}
+	out := &Startup{Keys: cfg.Keys, StoreMiB: mib(fi.Size()), Runs: cfg.Runs, Cold: cfg.Cold, FirstUse: cfg.FirstUse, FileSystem: fsName(cfg.State)}
 	var runs []startupRun
 	for run := 1; run <= cfg.Runs; run++ {
-		if cfg.InProcess != nil {
-			say("verifying the store in-process, run %d of %d...", run, cfg.Runs)
-			v, err := cfg.InProcess(cfg.State)
-			if err != nil {
-				return nil, fmt.Errorf("in-process: %w", err)
+		if cfg.Cold {
+			if err := dropCaches(); err != nil {
+				return nil, err
 			}
-			out.RunsVerifyProcMs = append(out.RunsVerifyProcMs, ms(v))
 		}
 		say("starting a daemon on the store, run %d of %d...", run, cfg.Runs)
 		r, err := startupOnce(ctx, cfg)
@@ -130,6 +133,19 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 		runs = append(runs, r)
 		out.RunsServingMs = append(out.RunsServingMs, r.serving)
 		out.RunsUnsealMs = append(out.RunsUnsealMs, r.unseal)
+		if cfg.InProcess != nil {
+			if cfg.Cold {
+				if err := dropCaches(); err != nil {
+					return nil, err
+				}
+			}
+			say("verifying the store in-process, run %d of %d...", run, cfg.Runs)
+			v, err := cfg.InProcess(cfg.State)
+			if err != nil {
+				return nil, fmt.Errorf("in-process: %w", err)
+			}
+			out.RunsVerifyProcMs = append(out.RunsVerifyProcMs, ms(v))
+		}
 	}
 	pick := func(f func(r startupRun) float64) float64 {
 		v := make([]float64, len(runs))
@@ -296,6 +312,15 @@ func readProcMem(pid int) (procMem, error) {
 		}
 	}
 	return m, sc.Err()
+}
+
+// dropCaches writes dirty pages out and empties the page cache.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return fmt.Errorf("emptying the page cache (root only): %w", err)
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
