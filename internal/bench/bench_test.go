@@ -378,12 +378,8 @@ func TestRunStartup(t *testing.T) {
 	res, err := bench.RunStartup(ctx, bench.StartupConfig{
 		State: state, Keys: keys, KeyName: storebench.KeyName, Passphrase: []byte(storebench.Passphrase),
 		Runs: 2, FirstUse: 10,
-		InProcess: func(dir string) (time.Duration, error) {
-			s, v, err := storebench.Open(dir)
-			if err != nil {
-				return 0, err
-			}
-			return v, s.Close()
+		InProcess: func(dir string, names []string) (time.Duration, []int64, error) {
+			return storebench.MeasureLoads(dir, uint32(os.Getuid()), names)
 		},
 		Executable: exe, Env: env,
 	}, nil)
@@ -397,7 +393,7 @@ func TestRunStartup(t *testing.T) {
 		"serving": res.ServingMs, "unseal": res.UnsealMs, "verify": res.VerifyInProcessMs,
 		"sealed rss": res.SealedRSSMiB, "unsealed rss": res.UnsealedRSSMiB, "anon": res.UnsealedAnonMiB,
 		"open p50": res.OpenP50us, "first encryption p50": res.FirstEncP50us, "second encryption p50": res.SecondEncP50us,
-		"first use p50": res.FirstUseP50us, "store": res.StoreMiB,
+		"first use p50": res.FirstUseP50us, "store": res.StoreMiB, "in-process load p50": res.LoadInProcessP50us,
 	} {
 		if v <= 0 {
 			t.Errorf("%s: %v", name, v)

@@ -35,10 +35,12 @@ type StartupConfig struct {
 	// run to time a first use; 0 means 200.
 	FirstUse int
 	// InProcess, if not nil, opens the store in this process, unseals it
-	// and verifies it as the daemon's unseal does, closes it, and returns
-	// how long the verification took. It runs once per run, after the
-	// daemon has stopped.
-	InProcess func(dir string) (verify time.Duration, err error)
+	// and verifies it as the daemon's unseal does, loads the keys named
+	// (as the daemon does when a client first opens one), closes it, and
+	// returns how long the verification took and each load's latency in
+	// nanoseconds. It runs once per run, after the daemon has stopped,
+	// with as many keys as the daemon's first uses but others.
+	InProcess func(dir string, names []string) (verify time.Duration, loads []int64, err error)
 	// Cold empties the kernel's page cache (which needs root) before each
 	// daemon starts and before each in-process verification, so that
 	// they read the store, and the daemon its executable, from the disk.
@@ -67,6 +69,10 @@ type Startup struct {
 	// VerifyInProcessMs: the same verification in this process, with the
 	// daemon's code (the in-process baseline).
 	VerifyInProcessMs float64 `json:"verify_inprocess_ms,omitempty"`
+	// LoadInProcess: a key's first use in this process, with the daemon's
+	// code (what an open does in the daemon, without the round trip).
+	LoadInProcessP50us float64 `json:"load_inprocess_p50_us,omitempty"`
+	LoadInProcessP99us float64 `json:"load_inprocess_p99_us,omitempty"`
 
 	// The daemon's memory (its /proc/PID/status), sealed and once
 	// unsealed: resident in all, anonymous (the Go heap and stacks), and
@@ -119,6 +125,7 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 	}
 	out := &Startup{Keys: cfg.Keys, StoreMiB: mib(fi.Size()), Runs: cfg.Runs, Cold: cfg.Cold, FirstUse: cfg.FirstUse, FileSystem: fsName(cfg.State)}
 	var runs []startupRun
+	var inLoads [][]int64
 	for run := 1; run <= cfg.Runs; run++ {
 		if cfg.Cold {
 			if err := dropCaches(); err != nil {
@@ -140,11 +147,13 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 				}
 			}
 			say("verifying the store in-process, run %d of %d...", run, cfg.Runs)
-			v, err := cfg.InProcess(cfg.State)
+			v, loads, err := cfg.InProcess(cfg.State, pickNames(cfg))
 			if err != nil {
 				return nil, fmt.Errorf("in-process: %w", err)
 			}
 			out.RunsVerifyProcMs = append(out.RunsVerifyProcMs, ms(v))
+			slices.Sort(loads)
+			inLoads = append(inLoads, loads)
 		}
 	}
 	pick := func(f func(r startupRun) float64) float64 {
@@ -157,6 +166,13 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 	out.ServingMs = median(slices.Clone(out.RunsServingMs))
 	out.UnsealMs = median(slices.Clone(out.RunsUnsealMs))
 	out.VerifyInProcessMs = median(slices.Clone(out.RunsVerifyProcMs))
+	if len(inLoads) > 0 {
+		p50, p99 := make([]float64, len(inLoads)), make([]float64, len(inLoads))
+		for i, l := range inLoads {
+			p50[i], p99[i] = percentile(l, 0.50, 1), percentile(l, 0.99, 1)
+		}
+		out.LoadInProcessP50us, out.LoadInProcessP99us = median(p50), median(p99)
+	}
 	out.SealedRSSMiB = pick(func(r startupRun) float64 { return r.sealed.rss })
 	out.UnsealedRSSMiB = pick(func(r startupRun) float64 { return r.unsealed.rss })
 	out.UnsealedAnonMiB = pick(func(r startupRun) float64 { return r.unsealed.anon })
@@ -238,8 +254,7 @@ func startupOnce(ctx context.Context, cfg StartupConfig) (r startupRun, err erro
 	}
 
 	msg := message(aeadSize)
-	for _, i := range rand.Perm(cfg.Keys)[:cfg.FirstUse] {
-		name := cfg.KeyName(i)
+	for _, name := range pickNames(cfg) {
 		t0 := time.Now()
 		k, err := c.Open(ctx, name)
 		if err != nil {
@@ -272,6 +287,15 @@ func startupOnce(ctx context.Context, cfg StartupConfig) (r startupRun, err erro
 		return r, err
 	}
 	return r, nil
+}
+
+// pickNames returns the names of cfg.FirstUse keys chosen at random.
+func pickNames(cfg StartupConfig) []string {
+	var names []string
+	for _, i := range rand.Perm(cfg.Keys)[:cfg.FirstUse] {
+		names = append(names, cfg.KeyName(i))
+	}
+	return names
 }
 
 // procMem is a process's memory from /proc/PID/status, in MiB.
