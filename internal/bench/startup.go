@@ -76,7 +76,8 @@ type Startup struct {
 
 	// The daemon's memory (its /proc/PID/status), sealed and once
 	// unsealed: resident in all, anonymous (the Go heap and stacks), and
-	// file pages mapped from the store.
+	// file-backed (pages of the executable and of the store file, which
+	// the daemon maps).
 	SealedRSSMiB     float64   `json:"sealed_rss_mib"`
 	UnsealedRSSMiB   float64   `json:"unsealed_rss_mib"`
 	UnsealedAnonMiB  float64   `json:"unsealed_anon_mib"`

@@ -172,13 +172,13 @@ func runStartupBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags,
 	} else {
 		row("runs", "%d (medians)", res.Runs)
 	}
-	row("start until serving (sealed)", "%.1f ms", res.ServingMs)
-	row("unseal (Argon2id and verification)", "%.0f ms", res.UnsealMs)
+	row("start until serving (sealed)", "%s ms", millis(res.ServingMs))
+	row("unseal (Argon2id and verification)", "%s ms", millis(res.UnsealMs))
 	if res.VerifyInProcessMs > 0 {
-		row("verification in-process", "%.0f ms", res.VerifyInProcessMs)
+		row("verification in-process", "%s ms", millis(res.VerifyInProcessMs))
 	}
 	row("memory sealed", "%.1f MiB resident", res.SealedRSSMiB)
-	row("memory unsealed", "%.1f MiB resident: %.1f MiB anonymous, %.1f MiB of the store file; peak %.1f MiB", res.UnsealedRSSMiB, res.UnsealedAnonMiB, res.UnsealedFileMiB, res.UnsealedPeakMiB)
+	row("memory unsealed", "%.1f MiB resident: %.1f MiB anonymous, %.1f MiB file-backed (the executable and the store); peak %.1f MiB", res.UnsealedRSSMiB, res.UnsealedAnonMiB, res.UnsealedFileMiB, res.UnsealedPeakMiB)
 	row("memory after first use", "%.1f MiB resident, %.1f MiB anonymous, with %d keys loaded (%.1f KiB of key memory)", res.AfterUseRSSMiB, res.AfterUseAnonMiB, res.LoadedAfterUse, res.LockedKeyMemKiB)
 	row("first use: open", "p50 %s µs, p99 %s µs", micros(res.OpenP50us), micros(res.OpenP99us))
 	if res.LoadInProcessP50us > 0 {
@@ -189,6 +189,9 @@ func runStartupBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags,
 	row("second encryption", "p50 %s µs, p99 %s µs", micros(res.SecondEncP50us), micros(res.SecondEncP99us))
 	return w.Flush()
 }
+
+// millis formats milliseconds with three significant digits or more.
+func millis(ms float64) string { return micros(ms) }
 
 // prepareStartupStore makes a store of keys keys in state unless it holds
 // one, and checks that a store there has that many.
