@@ -30,9 +30,13 @@ func TestMain(m *testing.M) {
 	if os.Getenv(mainEnv) == "1" {
 		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
-	os.Exit(testscript.RunMain(m, map[string]func() int{
+	code := testscript.RunMain(m, map[string]func() int{
 		"keywarden": func() int { return cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr) },
-	}))
+	})
+	if selfBin != "" {
+		os.RemoveAll(filepath.Dir(selfBin))
+	}
+	os.Exit(code)
 }
 
 var setupOnce sync.Once

@@ -362,7 +362,7 @@ func TestTamperStoreFile(t *testing.T) {
 				return b.Put(id, flipIn(t, b.Get(id), tc.bit, tc.path...))
 			})
 			d := sealedDaemon(t, state)
-			f.checkRefused(t, d, "1 key records were changed outside the daemon")
+			f.checkRefused(t, d, "1 key record was changed outside the daemon")
 			// Accepting the store unseals it, but not the changed record:
 			// that key stays refused, the others work.
 			c := f.accept(t, d)
@@ -386,7 +386,7 @@ func TestTamperStoreFile(t *testing.T) {
 			// It stays refused: the next unseal refuses the store again.
 			d.stop()
 			d = sealedDaemon(t, state)
-			f.checkRefused(t, d, "1 key records were changed outside the daemon")
+			f.checkRefused(t, d, "1 key record was changed outside the daemon")
 		})
 	}
 
@@ -450,7 +450,7 @@ func TestTamperStoreFile(t *testing.T) {
 		select {
 		case err := <-done:
 			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(log.String(), "store integrity check failed: 1 key records were changed") {
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(log.String(), "store integrity check failed: 1 key record was changed") {
 				t.Fatalf("start with --unseal-passphrase-file on a tampered store: %v\n%s", err, log)
 			}
 		case <-time.After(20 * time.Second):

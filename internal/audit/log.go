@@ -360,6 +360,8 @@ func (l *Log) Append(r *Record) error {
 // want of space, because its record goes into space already allocated.
 func (l *Log) Ready() error {
 	if e := l.ready.Load(); e != nil {
+		// Counted: the audit-resumed event says how many were refused.
+		l.refused.Add(1)
 		return e
 	}
 	return nil

@@ -326,6 +326,7 @@ func (l *Log) extendReserve() bool {
 	l.mu.Lock()
 	if l.failure == nil && l.ready.Load() == nil {
 		l.log.Warn("audit log: no room for its reserve; refusing new work", "err", err)
+		l.refusedFrom = l.refused.Load()
 		l.ready.Store(&Error{Op: "reserve", Err: err, Since: time.Now()})
 	}
 	l.mu.Unlock()
@@ -598,9 +599,17 @@ func (l *Log) maintain() bool {
 		ok = l.recover()
 	} else if l.extendReserve() {
 		l.mu.Lock()
-		if l.failure == nil && !l.closed {
+		if e := l.ready.Load(); e != nil && l.failure == nil && !l.closed {
+			// Refusals for want of room are recorded nowhere else: say
+			// what happened, then accept work again.
+			l.eventLocked(OpAuditResumed, fmt.Sprintf("the audit log takes records again; it had no room for its reserve since %s (%s: %v), "+
+				"and %d requests were refused meanwhile", e.Since.UTC().Format(time.RFC3339Nano), e.Op, e.Err,
+				l.refused.Load()-l.refusedFrom))
 			l.ready.Store(nil)
 			l.log.Info("audit log: room for its reserve again; accepting work")
+			l.mu.Unlock()
+			l.runWriter(nil) // writes the event, and hands the writer role on
+			return true
 		}
 		l.mu.Unlock()
 		ok = true

@@ -82,7 +82,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				cn.arena.reset()
 				notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
 				rep := cn.execute(req, id, &cn.arena, notes)
-				rep = cn.record(req, rep, caller, notes)
+				rep = cn.record(req, rep, id, caller, notes)
 				if rep.Results[0].Status != wire.Status_STATUS_OK {
 					b.Fatal(rep.Results[0].Message)
 				}

@@ -199,7 +199,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.arena.reset()
 		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
 		rep := cn.execute(req, id, &cn.arena, notes)
-		rep = cn.record(req, rep, caller, notes)
+		rep = cn.record(req, rep, id, caller, notes)
 		// Done executing before the reply leaves: a client that sends its
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
@@ -236,7 +236,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		var nbuf []auditNote
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
 		rep := cn.execute(req, id, &a, notes)
-		rep = cn.record(req, rep, caller, notes)
+		rep = cn.record(req, rep, id, caller, notes)
 		cn.inFlight.Add(-1)
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
@@ -264,7 +264,7 @@ func (cn *conn) notesFor(buf *[]auditNote, caller *audit.Caller, n int) []auditN
 // seal state, and the request is recorded. It returns the reply to send:
 // rep, or, when the record could not be written, an UNAVAILABLE reply
 // that withholds rep's results.
-func (cn *conn) record(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) *wire.Reply {
+func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote) *wire.Reply {
 	if caller == nil {
 		return rep
 	}
@@ -273,9 +273,37 @@ func (cn *conn) record(req *wire.Request, rep *wire.Reply, caller *audit.Caller,
 	}
 	if err := cn.auditRequest(req, rep, caller, notes); err != nil {
 		cn.log.Error("results withheld: the audit log could not record the request", "request", req.Id, "err", err)
+		cn.undoCreated(req, rep, id)
 		return &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Status: errAuditLost.Status, Message: errAuditLost.Public}
 	}
 	return rep
+}
+
+// undoCreated destroys the keys that the operations of req made, when its
+// record could not be written: no key exists that the log does not know
+// of. (Other changes, such as a destruction or an attribute change, stand
+// unrecorded; the log's reserve makes a failed record after a passed
+// Ready rare.)
+func (cn *conn) undoCreated(req *wire.Request, rep *wire.Reply, id Identity) {
+	for i, op := range req.Ops {
+		if i >= len(rep.Results) || rep.Results[i] == nil || rep.Results[i].Status != wire.Status_STATUS_OK {
+			continue
+		}
+		switch op.GetOp().(type) {
+		case *wire.Op_Generate, *wire.Op_Import, *wire.Op_Derive, *wire.Op_Unwrap, *wire.Op_DerivePassphrase:
+		default:
+			continue
+		}
+		k := rep.Results[i].GetKey()
+		if k == nil {
+			continue
+		}
+		if _, err := cn.opDestroy(k.Handle, id); err != nil {
+			cn.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", req.Id, "err", err)
+			continue
+		}
+		cn.log.Warn("destroyed a key made by a request that could not be recorded", "request", req.Id)
+	}
 }
 
 // refuse answers a whole request with an error status, once the refusal

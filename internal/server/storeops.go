@@ -311,7 +311,8 @@ func (cn *conn) opRotate(r *wire.Rotate, id Identity) (*wire.Result, error) {
 	if _, err := cn.s.store.Rotate(o); err != nil {
 		return nil, err
 	}
-	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
+	info := o.Info(id.caller())
+	return &wire.Result{KeyVersion: info.Version, Value: &wire.Result_Info{Info: info}}, nil
 }
 
 func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result, error) {
