@@ -166,7 +166,11 @@ func runStartupBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags,
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(w, "%s\t"+format+"\n", append([]any{name}, args...)...)
 	}
-	row("keys", "%d (store file %.0f MiB)", res.Keys, res.StoreMiB)
+	if res.StoreMiB >= 1 {
+		row("keys", "%d (store file %.0f MiB)", res.Keys, res.StoreMiB)
+	} else {
+		row("keys", "%d (store file %.0f KiB)", res.Keys, res.StoreMiB*1024)
+	}
 	if res.Cold {
 		row("runs", "%d (medians), each from an empty page cache", res.Runs)
 	} else {
@@ -179,7 +183,7 @@ func runStartupBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags,
 	}
 	row("memory sealed", "%.1f MiB resident", res.SealedRSSMiB)
 	row("memory unsealed", "%.1f MiB resident: %.1f MiB anonymous, %.1f MiB file-backed (the executable and the store); peak %.1f MiB", res.UnsealedRSSMiB, res.UnsealedAnonMiB, res.UnsealedFileMiB, res.UnsealedPeakMiB)
-	row("memory after first use", "%.1f MiB resident, %.1f MiB anonymous, with %d keys loaded (%.1f KiB of key memory)", res.AfterUseRSSMiB, res.AfterUseAnonMiB, res.LoadedAfterUse, res.LockedKeyMemKiB)
+	row("memory after first use", "%.1f MiB resident, %.1f MiB anonymous; keys loaded: %d (%.1f KiB of key memory)", res.AfterUseRSSMiB, res.AfterUseAnonMiB, res.LoadedAfterUse, res.LockedKeyMemKiB)
 	row("first use: open", "p50 %s µs, p99 %s µs", micros(res.OpenP50us), micros(res.OpenP99us))
 	if res.LoadInProcessP50us > 0 {
 		row("first use in-process: load", "p50 %s µs, p99 %s µs", micros(res.LoadInProcessP50us), micros(res.LoadInProcessP99us))
