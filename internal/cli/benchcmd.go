@@ -25,7 +25,7 @@ func runBench(e *env, args []string) error {
 	f.timeout = 0
 	f.Lookup("timeout").DefValue = "0s"
 	f.Lookup("timeout").Usage = "give up after this `duration` (default: no limit)"
-	duration := f.Duration("duration", time.Second, "measure each operation in each mode for this `duration`")
+	duration := f.Duration("duration", time.Second, "measure each operation in each mode for this `duration` (with --create: each measurement, default 5s)")
 	opsList := f.String("ops", "", "comma-separated `list` of operations to measure (default: all of "+strings.Join(bench.Operations(), ", ")+")")
 	batch := f.Int("batch", 512, "operations per batch in the batched mode")
 	pipeline := f.Int("pipeline", 16, "requests in flight at once in the pipelined mode")
