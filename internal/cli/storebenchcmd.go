@@ -34,9 +34,9 @@ type storeBenchFlags struct {
 func (s *storeBenchFlags) register(f *flags) {
 	f.BoolVar(&s.create, "create", false, "measure the creation of persistent keys (durable) through a daemon with a store on disk, and in-process")
 	f.BoolVar(&s.startup, "startup", false, "measure a daemon's start-up, unseal, memory and first key use on a store of --keys keys")
-	f.StringVar(&s.clients, "clients", "1,16", "with --create: comma-separated `list` of numbers of concurrent clients")
-	f.IntVar(&s.runs, "runs", 3, "with --create or --startup: repeat each measurement `N` times and report the medians")
-	f.StringVar(&s.dir, "dir", "", "with --create: make the stores in this `directory` (default: the temporary directory)")
+	f.StringVar(&s.clients, "clients", "1,16", "with --create or --audit: comma-separated `list` of numbers of concurrent clients")
+	f.IntVar(&s.runs, "runs", 3, "with --create, --startup or --audit: repeat each measurement `N` times and report the medians")
+	f.StringVar(&s.dir, "dir", "", "with --create or --audit: make the stores or audit logs in this `directory` (default: the temporary directory)")
 	f.StringVar(&s.state, "state", "", "with --startup: the store's state `directory`; made there with --keys keys if it holds none, and kept (default: a temporary one, removed after)")
 	f.IntVar(&s.keys, "keys", 1000000, "with --startup: the number of keys in the store")
 	f.IntVar(&s.firstUse, "first-use", 200, "with --startup: time the first use of this many keys per run")
@@ -83,17 +83,26 @@ func benchArgon2() keywarden.Argon2Params {
 	return keywarden.Argon2Params{Time: p.Time, MemoryKiB: p.MemoryKiB, Threads: p.Threads}
 }
 
-func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, duration time.Duration, progress io.Writer) error {
+// clientCounts parses --clients.
+func (s *storeBenchFlags) clientCounts() ([]int, error) {
 	var clients []int
-	for _, c := range strings.Split(st.clients, ",") {
+	for _, c := range strings.Split(s.clients, ",") {
 		if c = strings.TrimSpace(c); c == "" {
 			continue
 		}
 		n, err := strconv.Atoi(c)
 		if err != nil || n < 1 || n > 1024 {
-			return usagef("--clients: %q is not a number from 1 to 1024", c)
+			return nil, usagef("--clients: %q is not a number from 1 to 1024", c)
 		}
 		clients = append(clients, n)
+	}
+	return clients, nil
+}
+
+func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, duration time.Duration, progress io.Writer) error {
+	clients, err := st.clientCounts()
+	if err != nil {
+		return err
 	}
 	results, err := bench.RunCreate(ctx, bench.CreateConfig{
 		Clients: clients, Duration: duration, Runs: st.runs, Dir: st.dir,

@@ -117,8 +117,27 @@ func infoOf(op *wire.Op) (*opInfo, protoreflect.Message) {
 	return opInfos[f.Number()], pm.Get(f).Message()
 }
 
-// auditOpName is op's name in the audit log.
+// auditOpName is op's name in the audit log. The data path's operations,
+// which batches hold by the hundred, are named without reflection.
 func auditOpName(op *wire.Op) string {
+	switch op.GetOp().(type) {
+	case *wire.Op_Encrypt:
+		return "encrypt"
+	case *wire.Op_Decrypt:
+		return "decrypt"
+	case *wire.Op_Sign:
+		return "sign"
+	case *wire.Op_Verify:
+		return "verify"
+	case *wire.Op_Mac:
+		return "mac"
+	case *wire.Op_MacVerify:
+		return "mac-verify"
+	case *wire.Op_Hash:
+		return "hash"
+	case *wire.Op_Ping:
+		return "ping"
+	}
 	oi, _ := infoOf(op)
 	return oi.name
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -47,8 +48,9 @@ func BenchmarkExecuteEncryptBatch(b *testing.B) {
 // and the append (grouped: written, not fsynced) against the same request
 // unaudited.
 func BenchmarkAuditedRequest(b *testing.B) {
-	for _, mode := range []string{"off", "grouped", "always"} {
+	for _, mode := range []string{"off", "grouped", "always", "off-batch512", "grouped-batch512"} {
 		b.Run(mode, func(b *testing.B) {
+			mode, batch := strings.CutSuffix(mode, "-batch512")
 			cfg := Config{}
 			if mode != "off" {
 				sync, _ := audit.ParseSyncMode(mode)
@@ -72,6 +74,11 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				b.Fatal(err)
 			}
 			req := &wire.Request{Version: 1, Id: 1, Ops: []*wire.Op{{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: 1, Plaintext: make([]byte, 256)}}}}}
+			if batch {
+				for range 511 {
+					req.Ops = append(req.Ops, req.Ops[0])
+				}
+			}
 			b.ReportAllocs()
 			for b.Loop() {
 				var caller *audit.Caller

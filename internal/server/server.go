@@ -10,9 +10,9 @@ import (
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
-	"github.com/keywarden/keywarden/internal/linuxaudit"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/linuxaudit"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/store"
