@@ -240,6 +240,7 @@ type Log struct {
 	tailCheck   *Record // the last record of a previous run, to check when keys arrive
 	recoveries  int
 	refusedFrom uint64 // refused counter when the failure began
+	gatherWant  int    // SyncAlways: the writer waits for this many records (gatherGroup)
 
 	// Writer state, used only by the goroutine that holds the writer role
 	// (and by Open and Close, which hold it too).
@@ -250,6 +251,11 @@ type Log struct {
 	fileFirstSeq uint64                                  // seq of its first record
 	noReserve    bool                                    // the file system does not support fallocate
 	hookWrite    func(fd int, b []byte, off int64) error // tests: replaces the write
+	// With SyncAlways: how many records the last write covered and how
+	// long it took with its fsync, and the timer of gatherGroup.
+	lastGroup   int
+	lastSync    time.Duration
+	gatherTimer *time.Timer
 
 	// fmu guards fd against the background fsync while the writer swaps
 	// files.
@@ -260,6 +266,7 @@ type Log struct {
 	dirty   atomic.Bool           // written but not yet fsynced (SyncGrouped)
 	size    atomic.Int64          // mirror of off, for Status
 	kick    chan struct{}         // wakes the background goroutine to fsync
+	gather  chan struct{}         // tells a gathering writer its group is there
 	retryCh chan struct{}         // asks it to retry a failed log soon
 	done    chan struct{}
 	bg      sync.WaitGroup
@@ -290,6 +297,7 @@ func Open(o Options) (*Log, error) {
 		fd:       -1,
 		kick:     make(chan struct{}, 1),
 		retryCh:  make(chan struct{}, 1),
+		gather:   make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
 	l.host, _ = os.Hostname()

@@ -50,6 +50,14 @@ func (l *Log) sequenceLocked(kind Kind, body []byte, r *Record, w *waiter) {
 	}
 	if w != nil {
 		q.waiters = append(q.waiters, w)
+		if l.gatherWant > 0 && len(q.waiters) >= l.gatherWant {
+			// The writer gathering a group for its fsync has it.
+			l.gatherWant = 0
+			select {
+			case l.gather <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -154,6 +162,39 @@ func (l *Log) forwardLocked(r *Record) {
 	}
 }
 
+// gatherGroup, with SyncAlways, waits briefly before a write and its
+// fsync until as many records wait as the last fsync covered: clients
+// that were just answered need a moment to send their next requests, and
+// an fsync started without them makes them wait for a whole next one. It
+// waits at most a quarter of the last write's time, and at most a
+// millisecond; a lone writer (a group of one) never waits.
+func (l *Log) gatherGroup() {
+	l.mu.Lock()
+	want := l.lastGroup
+	if want <= 1 || len(l.queue.waiters) >= want || l.failure != nil || l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.gatherWant = want
+	l.mu.Unlock()
+	if l.gatherTimer == nil {
+		l.gatherTimer = time.NewTimer(time.Hour)
+	}
+	l.gatherTimer.Reset(min(l.lastSync/4, time.Millisecond))
+	select {
+	case <-l.gather:
+	case <-l.gatherTimer.C:
+	}
+	l.gatherTimer.Stop()
+	l.mu.Lock()
+	l.gatherWant = 0
+	l.mu.Unlock()
+	select { // a signal sent after the timer fired
+	case <-l.gather:
+	default:
+	}
+}
+
 // The writer role. One goroutine at a time holds it (l.writing): it takes
 // the queue, writes it, tells the waiters, and passes the role on.
 
@@ -187,13 +228,18 @@ func (l *Log) runWriter(self *waiter) error {
 			// queue their next ones, so that they join this fsync rather
 			// than wait for the next (two half-size groups alternating).
 			runtime.Gosched()
+			l.gatherGroup()
 		}
 		l.mu.Lock()
 		b := l.queue
 		l.queue, l.spare = l.spare, nil
 		l.mu.Unlock()
 
+		t0 := time.Now()
 		err := l.writeBatch(b, true)
+		if l.opts.Sync == SyncAlways {
+			l.lastGroup, l.lastSync = len(b.waiters), time.Since(t0)
+		}
 		l.mu.Lock()
 		var failed []*waiter
 		if err != nil {
