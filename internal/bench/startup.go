@@ -78,18 +78,22 @@ type Startup struct {
 	// unsealed: resident in all, anonymous (the Go heap and stacks), and
 	// file-backed (pages of the executable and of the store file, which
 	// the daemon maps).
-	SealedRSSMiB     float64   `json:"sealed_rss_mib"`
-	UnsealedRSSMiB   float64   `json:"unsealed_rss_mib"`
-	UnsealedAnonMiB  float64   `json:"unsealed_anon_mib"`
-	UnsealedFileMiB  float64   `json:"unsealed_file_mib"`
-	UnsealedPeakMiB  float64   `json:"unsealed_peak_mib"`
-	AfterUseRSSMiB   float64   `json:"after_use_rss_mib"`
-	AfterUseAnonMiB  float64   `json:"after_use_anon_mib"`
-	LoadedAfterUse   int       `json:"loaded_after_use"`
-	LockedKeyMemKiB  float64   `json:"locked_key_memory_kib"`
-	RunsServingMs    []float64 `json:"runs_serving_ms"`
-	RunsUnsealMs     []float64 `json:"runs_unseal_ms"`
-	RunsVerifyProcMs []float64 `json:"runs_verify_inprocess_ms,omitempty"`
+	SealedRSSMiB    float64 `json:"sealed_rss_mib"`
+	UnsealedRSSMiB  float64 `json:"unsealed_rss_mib"`
+	UnsealedAnonMiB float64 `json:"unsealed_anon_mib"`
+	UnsealedFileMiB float64 `json:"unsealed_file_mib"`
+	UnsealedPeakMiB float64 `json:"unsealed_peak_mib"`
+	// UnsealedLockedMiB is the daemon's locked resident memory once
+	// unsealed (Locked in smaps_rollup): with mlockall, its heap, stacks
+	// and key memory, not the store file.
+	UnsealedLockedMiB float64   `json:"unsealed_locked_mib"`
+	AfterUseRSSMiB    float64   `json:"after_use_rss_mib"`
+	AfterUseAnonMiB   float64   `json:"after_use_anon_mib"`
+	LoadedAfterUse    int       `json:"loaded_after_use"`
+	LockedKeyMemKiB   float64   `json:"locked_key_memory_kib"`
+	RunsServingMs     []float64 `json:"runs_serving_ms"`
+	RunsUnsealMs      []float64 `json:"runs_unseal_ms"`
+	RunsVerifyProcMs  []float64 `json:"runs_verify_inprocess_ms,omitempty"`
 
 	// First use of a key not in memory: Open by name (the daemon reads
 	// the record, checks its MAC, opens its blob) and the first
@@ -176,6 +180,7 @@ func RunStartup(ctx context.Context, cfg StartupConfig, progress io.Writer) (*St
 	}
 	out.SealedRSSMiB = pick(func(r startupRun) float64 { return r.sealed.rss })
 	out.UnsealedRSSMiB = pick(func(r startupRun) float64 { return r.unsealed.rss })
+	out.UnsealedLockedMiB = pick(func(r startupRun) float64 { return r.unsealed.lck })
 	out.UnsealedAnonMiB = pick(func(r startupRun) float64 { return r.unsealed.anon })
 	out.UnsealedFileMiB = pick(func(r startupRun) float64 { return r.unsealed.file })
 	out.UnsealedPeakMiB = pick(func(r startupRun) float64 { return r.unsealed.hwm })
@@ -301,7 +306,7 @@ func pickNames(cfg StartupConfig) []string {
 
 // procMem is a process's memory from /proc/PID/status, in MiB.
 type procMem struct {
-	rss, anon, file, hwm float64
+	rss, anon, file, hwm, lck float64
 }
 
 func readProcMem(pid int) (procMem, error) {
@@ -336,7 +341,22 @@ func readProcMem(pid int) (procMem, error) {
 			m.hwm = kb / 1024
 		}
 	}
-	return m, sc.Err()
+	if err := sc.Err(); err != nil {
+		return m, err
+	}
+	// Locked resident pages: VmLck above counts whole locked mappings,
+	// untouched reservations included.
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid)); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "Locked:"); ok {
+				if fs := strings.Fields(v); len(fs) == 2 {
+					kb, _ := strconv.ParseFloat(fs[0], 64)
+					m.lck = kb / 1024
+				}
+			}
+		}
+	}
+	return m, nil
 }
 
 // dropCaches writes dirty pages out and empties the page cache.

@@ -191,7 +191,7 @@ func runStartupBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags,
 		row("verification in-process", "%s ms", millis(res.VerifyInProcessMs))
 	}
 	row("memory sealed", "%.1f MiB resident", res.SealedRSSMiB)
-	row("memory unsealed", "%.1f MiB resident: %.1f MiB anonymous, %.1f MiB file-backed (the executable and the store); peak %.1f MiB", res.UnsealedRSSMiB, res.UnsealedAnonMiB, res.UnsealedFileMiB, res.UnsealedPeakMiB)
+	row("memory unsealed", "%.1f MiB resident: %.1f MiB anonymous, %.1f MiB file-backed (the executable and the store); peak %.1f MiB; %.1f MiB locked", res.UnsealedRSSMiB, res.UnsealedAnonMiB, res.UnsealedFileMiB, res.UnsealedPeakMiB, res.UnsealedLockedMiB)
 	row("memory after first use", "%.1f MiB resident, %.1f MiB anonymous; keys loaded: %d (%.1f KiB of key memory)", res.AfterUseRSSMiB, res.AfterUseAnonMiB, res.LoadedAfterUse, res.LockedKeyMemKiB)
 	row("first use: open", "p50 %s µs, p99 %s µs", micros(res.OpenP50us), micros(res.OpenP99us))
 	if res.LoadInProcessP50us > 0 {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +50,10 @@ type Bolt struct {
 	// waits for; enough is closed when they are there.
 	want   int
 	enough chan struct{}
+
+	// mappedSize is the file's size when its mapping was last unpinned
+	// (used by the committer goroutine only, after OpenBolt).
+	mappedSize int64
 }
 
 type boltCall struct {
@@ -70,7 +76,10 @@ func OpenBolt(dir string, timeout time.Duration) (*Bolt, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("state directory %s is accessible to others (mode %04o); it must be 0700", dir, fi.Mode().Perm())
 	}
-	path := filepath.Join(dir, FileName)
+	path, err := filepath.Abs(filepath.Join(dir, FileName))
+	if err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("%s is in use by another process", path)
@@ -78,7 +87,42 @@ func OpenBolt(dir string, timeout time.Duration) (*Bolt, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	return &Bolt{db: db, path: path}, nil
+	b := &Bolt{db: db, path: path}
+	b.unpin()
+	return b, nil
+}
+
+// unpin unlocks the file's mapping if the daemon locked all its memory
+// (mlockall with MCL_FUTURE locks every new mapping, this one too): the
+// file holds only ciphertext, and a store of a million keys would keep
+// hundreds of MiB locked in memory for nothing. The mapping is replaced
+// when the file grows, so a commit that grew it calls unpin again.
+func (b *Bolt) unpin() {
+	fi, err := os.Stat(b.path)
+	if err != nil {
+		return
+	}
+	b.mappedSize = fi.Size()
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		return
+	}
+	for line := range strings.Lines(string(maps)) {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[len(f)-1] != b.path {
+			continue
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil || end <= start {
+			continue
+		}
+		unix.Syscall(unix.SYS_MUNLOCK, uintptr(start), uintptr(end-start), 0)
+	}
 }
 
 // Path returns the file's path.
@@ -127,6 +171,9 @@ func (b *Bolt) commitLoop() {
 		t0 := time.Now()
 		b.commitGroup(group)
 		t1 := time.Now()
+		if fi, err := os.Stat(b.path); err == nil && fi.Size() != b.mappedSize {
+			b.unpin() // the file grew: bolt mapped it anew
+		}
 		b.mu.Lock()
 		b.lastN, b.lastEnd, b.lastDur = n, t1, t1.Sub(t0)
 		b.mu.Unlock()
