@@ -301,6 +301,15 @@ func quarantined(t *testing.T, c *keywarden.Client, name string) {
 	}
 }
 
+// setAside checks that a key whose changed record an unseal with
+// --accept-store set aside is gone.
+func setAside(t *testing.T, c *keywarden.Client, name string) {
+	t.Helper()
+	if _, err := c.Open(ctx, name); !errors.Is(err, keywarden.ErrNotFound) {
+		t.Errorf("open %s, whose changed record was set aside: %v", name, err)
+	}
+}
+
 // works checks alpha (both versions), beta and gamma.
 func (f *tamperFixture) works(t *testing.T, c *keywarden.Client, names ...string) {
 	t.Helper()
@@ -363,16 +372,16 @@ func TestTamperStoreFile(t *testing.T) {
 			})
 			d := sealedDaemon(t, state)
 			f.checkRefused(t, d, "1 key record was changed outside the daemon")
-			// Accepting the store unseals it, but not the changed record:
-			// that key stays refused, the others work.
+			// Accepting the store unseals it, and sets the changed record
+			// aside: that key is gone, the others work.
 			c := f.accept(t, d)
 			if st := status(t, c); st.Seal.Sealed || st.Seal.Quarantined != 1 {
 				t.Fatalf("status after --accept-store: %+v", st.Seal)
 			}
-			if r := d.runCLI(t, nil, nil, "status"); !strings.Contains(r.stdout, "1 key records refused") {
-				t.Errorf("status does not show the refused record: %s", r)
+			if r := d.runCLI(t, nil, nil, "status"); !strings.Contains(r.stdout, "1 key records failed their integrity check") {
+				t.Errorf("status does not show the record set aside: %s", r)
 			}
-			quarantined(t, c, "alpha")
+			setAside(t, c, "alpha")
 			f.works(t, c, "beta", "gamma")
 			keys, err := c.List(ctx)
 			if err != nil {
@@ -383,10 +392,27 @@ func TestTamperStoreFile(t *testing.T) {
 					t.Errorf("list shows the changed record: %+v", k)
 				}
 			}
-			// It stays refused: the next unseal refuses the store again.
+			// The record stays set aside, as evidence, and the store is
+			// consistent again: the next start unseals unattended.
 			d.stop()
-			d = sealedDaemon(t, state)
-			f.checkRefused(t, d, "1 key record was changed outside the daemon")
+			d = startPersistent(t, filepath.Join(openDir(t), "kw.sock"), state, "--unseal-passphrase-file", f.passFile)
+			c = d.client(t)
+			if st := status(t, c); st.Seal.Sealed || st.Seal.Quarantined != 1 {
+				t.Fatalf("status after a restart: %+v", st.Seal)
+			}
+			setAside(t, c, "alpha")
+			f.works(t, c, "beta", "gamma")
+			// Its name is free again.
+			if r := d.runCLI(t, nil, nil, "key", "generate", "--type", "aes256-gcm", "--name", "alpha"); r.code != 0 {
+				t.Errorf("the name of a key set aside cannot be reused: %v", r)
+			}
+			d.stop()
+			readStore(t, state, func(tx *bolt.Tx) error {
+				if q := tx.Bucket(persist.BucketQuarantine); q == nil || q.Get(f.id("alpha")) == nil {
+					t.Error("the changed record is not kept in the quarantine bucket")
+				}
+				return nil
+			})
 		})
 	}
 
@@ -479,8 +505,8 @@ func TestTamperStoreFile(t *testing.T) {
 		if st := status(t, c); st.Seal.Quarantined != 2 {
 			t.Fatalf("status after --accept-store: %+v", st.Seal)
 		}
-		quarantined(t, c, "alpha")
-		quarantined(t, c, "beta")
+		setAside(t, c, "alpha")
+		setAside(t, c, "beta")
 		f.works(t, c, "gamma")
 	})
 

@@ -343,7 +343,7 @@ func sealLine(s keywarden.SealStatus) string {
 		line += fmt.Sprintf("; rotation re-wrapping keys: %d of %d", s.RotationDone, s.RotationTotal)
 	}
 	if s.Quarantined > 0 {
-		line += fmt.Sprintf("; %d key records refused (failed their integrity check)", s.Quarantined)
+		line += fmt.Sprintf("; %d key records failed their integrity check (refused or set aside)", s.Quarantined)
 	}
 	if s.StateDir != "" {
 		line += "; store in " + s.StateDir

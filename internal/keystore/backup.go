@@ -29,7 +29,7 @@ import (
 // catch a forged one.
 const backupMagic = "keywarden-backup-v1\n"
 
-var backupBuckets = [][]byte{persist.BucketMeta, persist.BucketKeys, persist.BucketNames}
+var backupBuckets = [][]byte{persist.BucketMeta, persist.BucketKeys, persist.BucketNames, persist.BucketQuarantine}
 
 // Backup writes a consistent copy of the whole store to w. It needs no
 // master key: the store holds only ciphertext and the sealed master key.

@@ -432,6 +432,17 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return ie
 		}
 	}
+	if len(bad) > 0 && accept {
+		// Records that fail their check are set aside, as evidence, out of
+		// the key set: the store is consistent again, and the next unseal
+		// (an unattended one too) needs no acceptance.
+		n, err := s.setAside(k, bad)
+		if err != nil {
+			return storeErr(err)
+		}
+		s.log.Warn("key records that failed their check were set aside, as asked; their keys are gone", "records", len(bad))
+		count, bad, setChanged = n, map[key.ID]struct{}{}, false
+	}
 	if setChanged && accept {
 		s.log.Warn("the store's records do not add up to its header; accepting them as they are, as asked", "records", count, "expected", hdr.Count)
 		err := s.db.Update(func(tx store.Tx) error {
@@ -535,4 +546,71 @@ func recordsWere(n int) string {
 		return "1 key record was"
 	}
 	return fmt.Sprintf("%d key records were", n)
+}
+
+// setAside moves the records of bad out of the keys bucket into the
+// quarantine bucket, drops the names that point to them, and rewrites the
+// header to match what is left. It returns the number of records left.
+func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) {
+	var count uint64
+	err := s.db.Update(func(tx store.Tx) error {
+		for id := range bad {
+			v := tx.Get(persist.BucketKeys, id[:])
+			if v == nil {
+				continue
+			}
+			if err := tx.Put(persist.BucketQuarantine, id[:], bytes.Clone(v)); err != nil {
+				return err
+			}
+			if err := tx.Delete(persist.BucketKeys, id[:]); err != nil {
+				return err
+			}
+		}
+		var names [][]byte
+		err := tx.ForEach(persist.BucketNames, nil, func(nk, v []byte) error {
+			var id key.ID
+			if len(v) == len(id) {
+				copy(id[:], v)
+				if _, found := bad[id]; found {
+					names = append(names, bytes.Clone(nk))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, nk := range names {
+			if err := tx.Delete(persist.BucketNames, nk); err != nil {
+				return err
+			}
+		}
+		var acc persist.Acc
+		count = 0
+		err = tx.ForEach(persist.BucketKeys, nil, func(_, v []byte) error {
+			count++
+			if mac, _, err := persist.SplitValue(v); err == nil {
+				acc.Add(mac)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		h, _, err := readHeader(tx, k)
+		if err != nil {
+			return err
+		}
+		h.Count = count
+		h.Epoch++
+		return writeHeader(tx, k, h, acc)
+	})
+	return count, err
+}
+
+// countSetAside counts the records in the quarantine bucket.
+func countSetAside(tx store.Tx) int {
+	n := 0
+	tx.ForEach(persist.BucketQuarantine, nil, func(_, _ []byte) error { n++; return nil })
+	return n
 }

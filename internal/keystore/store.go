@@ -368,11 +368,17 @@ func (s *Store) Loaded() int {
 	return len(s.loaded)
 }
 
-// Quarantined returns how many records failed their integrity check.
+// Quarantined returns how many records failed their integrity check:
+// refused ones, and those set aside by an unseal that accepted the store.
 func (s *Store) Quarantined() int {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.bad)
+	n := len(s.bad)
+	s.mu.Unlock()
+	s.db.View(func(tx store.Tx) error {
+		n += countSetAside(tx)
+		return nil
+	})
+	return n
 }
 
 // Owned returns how many live keys owner holds.

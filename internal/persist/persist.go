@@ -14,6 +14,10 @@ var (
 	BucketMeta  = []byte("meta")
 	BucketKeys  = []byte("keys")
 	BucketNames = []byte("names")
+	// BucketQuarantine holds, by id, key records that failed their check
+	// and that an administrator set aside (unseal --accept-store): kept as
+	// evidence, out of the key set.
+	BucketQuarantine = []byte("quarantine")
 
 	MetaHeader = []byte("header")
 	MetaMaster = []byte("master")
