@@ -62,9 +62,20 @@ log "race detector"
 go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid
 
 log "fuzzing, briefly"
+# A run that ends in "context deadline exceeded" without writing a failing
+# input is Go 1.26's fuzzing coordinator racing its own -fuzztime deadline
+# (go.dev/issue/75804), not a finding: it is reported and not counted.
+# Anything else, and any failing input written, fails.
 fuzz() {
 	local out
 	if ! out=$(go test -run=NONE -fuzz="^$2\$" -fuzztime="${FUZZTIME:-5s}" "$1" 2>&1); then
+		case "$out" in
+		*"Failing input written"*) ;;
+		*"context deadline exceeded"*)
+			echo "fuzz $1 $2: ended at its deadline without a finding (go.dev/issue/75804)" >&2
+			return 0
+			;;
+		esac
 		printf '%s\n' "$out" >&2
 		echo "fuzz $1 $2 failed" >&2
 		return 1
