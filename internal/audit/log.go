@@ -360,6 +360,54 @@ func (l *Log) Append(r *Record) error {
 	return l.commit(w)
 }
 
+// AppendAll writes rs to the log as Append does, one after the other with
+// nothing between them, in one write (and, with SyncAlways, one fsync):
+// the records of requests answered together. A nil error means every
+// record is in the log; any error means none is.
+func (l *Log) AppendAll(rs []*Record) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	bodies := getWaiter() // its body holds every record's body, back to back
+	defer putWaiter(bodies)
+	bodies.body = bodies.body[:0]
+	ends := make([]int, 0, len(rs))
+	for _, r := range rs {
+		if r.Kind != KindRequest && r.Kind != KindEvent {
+			return ErrKind
+		}
+		start := len(bodies.body)
+		bodies.body = appendBody(bodies.body, r)
+		if len(bodies.body)-start > MaxLineBytes-512 {
+			return &Error{Op: "append", Err: ErrTooLarge}
+		}
+		ends = append(ends, len(bodies.body))
+	}
+	w := getWaiter()
+	l.mu.Lock()
+	if err := l.usableLocked(); err != nil {
+		l.mu.Unlock()
+		putWaiter(w)
+		return err
+	}
+	start := 0
+	for i, r := range rs {
+		var wi *waiter
+		if i == len(rs)-1 {
+			wi = w // the last record's write covers them all
+		}
+		l.sequenceLocked(r.Kind, bodies.body[start:ends[i]], r, wi)
+		start = ends[i]
+		if IsKeyManagement(r.Op) || r.Op == OpSelfTestFailure || r.Op == OpBatch {
+			l.forwardLocked(r)
+		}
+		if l.keys != nil && l.sinceCP >= l.opts.CheckpointEvery {
+			l.checkpointLocked("count", nil, false, false)
+		}
+	}
+	return l.commit(w)
+}
+
 // Ready reports whether the log can take records: nil, or an error that
 // matches ErrUnavailable when the log is failing or the disk has no room
 // left for the reserve. It costs one atomic load. The server calls it

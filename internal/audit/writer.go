@@ -340,8 +340,10 @@ func (l *Log) writeBatch(b *batch, reserve bool) error {
 			unix.Ftruncate(l.fd, l.off)
 			return &Error{Op: "fsync", Err: err}
 		}
-	} else {
-		l.dirty.Store(true)
+	} else if !l.dirty.Swap(true) {
+		// The first write since the last fsync arms it; later ones do not
+		// wake the background goroutine again (a wake-up per request costs
+		// more than the write).
 		select {
 		case l.kick <- struct{}{}:
 		default:

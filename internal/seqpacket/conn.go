@@ -262,6 +262,36 @@ func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
 	}
 }
 
+// ErrWouldBlock is returned by TryRecvMsg when no message is waiting.
+var ErrWouldBlock = errors.New("seqpacket: no message waiting")
+
+// TryRecvMsg is RecvMsg that does not wait: it returns ErrWouldBlock at
+// once when no message is queued. A server that answers several queued
+// requests together uses it to see whether another is there.
+func (c *Conn) TryRecvMsg(buf, oob []byte) (Message, error) {
+	if !c.acquire() {
+		return Message{}, ErrClosed
+	}
+	defer c.release()
+	for {
+		n, oobn, flags, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return Message{}, ErrWouldBlock
+		case err != nil:
+			return Message{}, opError("recv", err)
+		}
+		m := Message{N: n, Cred: Cred{Pidfd: -1}}
+		parseControl(oob[:oobn], &m)
+		if n == 0 && flags&unix.MSG_TRUNC == 0 && oobn == 0 {
+			return Message{}, ErrPeerClosed
+		}
+		return m, nil
+	}
+}
+
 // RecvFDs receives one message into buf, like Recv, and returns the
 // descriptors the peer passed with it (SCM_RIGHTS), which the caller owns.
 // oob must have at least OOBSize bytes. Passed descriptors that did not

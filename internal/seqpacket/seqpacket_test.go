@@ -263,3 +263,31 @@ func TestMaxMessage(t *testing.T) {
 		t.Logf("send buffer allows only %d-byte messages (net.core.wmem_max too small)", m)
 	}
 }
+
+// TestTryRecvMsg: it returns a queued message with its credentials, and
+// ErrWouldBlock at once when none is queued; ErrPeerClosed once the peer
+// has gone.
+func TestTryRecvMsg(t *testing.T) {
+	client, server := pair(t)
+	if _, err := server.EnableCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 64), make([]byte, OOBSize)
+	if _, err := server.TryRecvMsg(buf, oob); !errors.Is(err, ErrWouldBlock) {
+		t.Fatalf("nothing queued: %v", err)
+	}
+	if err := client.Send([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := server.TryRecvMsg(buf, oob)
+	if err != nil || string(buf[:m.N]) != "one" || !m.HasCred || m.Cred.PID != int32(os.Getpid()) {
+		t.Fatalf("queued message: %+v %q %v", m, buf[:m.N], err)
+	}
+	if m.Cred.Pidfd >= 0 {
+		unix.Close(m.Cred.Pidfd)
+	}
+	client.Close()
+	if _, err := server.TryRecvMsg(buf, oob); !errors.Is(err, ErrPeerClosed) {
+		t.Fatalf("after the peer closed: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/hex"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 
@@ -206,13 +207,21 @@ var errAuditDown = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 	"the audit log could not record this request: its results are withheld")
 
-// auditRequest appends the record of req, answered by rep. Records are
-// per request: a request of several operations is one "batch" record that
-// lists them. A non-nil error means the record is not in the log: the
-// reply must not be sent.
+// auditRequest appends the record of req, answered by rep. A non-nil
+// error means the record is not in the log: the reply must not be sent.
 func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) error {
+	r := cn.requestRecord(req, rep, caller, notes)
+	defer putRecord(r)
+	return cn.s.alog.Append(r)
+}
+
+func putRecord(r *audit.Record) { r.Reset(); auditRecordPool.Put(r) }
+
+// requestRecord builds the record of req, answered by rep (putRecord
+// returns it). Records are per request: a request of several operations
+// is one "batch" record that lists them.
+func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) *audit.Record {
 	r := auditRecordPool.Get().(*audit.Record)
-	defer func() { r.Reset(); auditRecordPool.Put(r) }()
 	r.Kind, r.Caller, r.Conn, r.Request = audit.KindRequest, *caller, cn.id, req.Id
 	r.Status = statusName(rep.Status)
 	if len(req.Ops) == 1 && len(rep.Results) == 1 && len(notes) == 1 {
@@ -234,7 +243,109 @@ func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.C
 			r.AddOp(e)
 		}
 	}
-	return cn.s.alog.Append(r)
+	return r
+}
+
+// maxPending bounds the replies a connection holds for their records.
+const maxPending = 64
+
+// pendingReply is a reply held until its request's audit record is
+// written (see queueReply).
+type pendingReply struct {
+	b       []byte // the encoded reply: may hold plaintext, cleared once sent
+	fds     []int  // descriptors to attach (not owned)
+	reqID   uint64
+	rec     *audit.Record
+	created []uint32 // handles of keys the request made
+	id      Identity
+}
+
+// queueReply holds the reply of an inline request until flush writes the
+// audit records of every held reply in one write and sends them: a client
+// that keeps several requests in flight on one connection then costs one
+// write for all of them rather than one each. Everything the reply and the
+// record need is copied now, before the receive buffer is reused.
+func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, attach []int) {
+	var b []byte
+	if n := len(cn.bufs); n > 0 {
+		b, cn.bufs = cn.bufs[n-1], cn.bufs[:n-1]
+	}
+	p := pendingReply{
+		b:     cn.encodeReply(b, rep),
+		reqID: req.Id,
+		rec:   cn.requestRecord(req, rep, caller, notes),
+		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
+	}
+	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
+		p.fds = slices.Clone(attach)
+	}
+	p.created = createdHandles(req, rep)
+	cn.pending = append(cn.pending, p)
+}
+
+// flush writes the audit records of the held replies in one write and
+// sends the replies, in order; if the records cannot be written, each
+// request gets UNAVAILABLE and the keys they made are destroyed.
+func (cn *conn) flush() {
+	if len(cn.pending) == 0 {
+		return
+	}
+	recs := cn.recs[:0]
+	for i := range cn.pending {
+		recs = append(recs, cn.pending[i].rec)
+	}
+	err := cn.s.alog.AppendAll(recs)
+	for i := range cn.pending {
+		p := &cn.pending[i]
+		if err != nil {
+			cn.log.Error("results withheld: the audit log could not record the request", "request", p.reqID, "err", err)
+			cn.undoHandles(p.created, p.id, p.reqID)
+			clear(p.b)
+			p.b, _ = marshal(p.b[:0], &wire.Reply{Version: wire.ProtocolVersion, Id: p.reqID, Status: errAuditLost.Status, Message: errAuditLost.Public})
+			p.fds = nil
+		}
+		if b := cn.sendEncoded(p.b, p.reqID, p.fds); b != nil {
+			cn.bufs = append(cn.bufs, b)
+		}
+		putRecord(p.rec)
+		*p = pendingReply{}
+	}
+	clear(recs)
+	cn.recs = recs[:0]
+	cn.pending = cn.pending[:0]
+}
+
+// createdHandles returns the handles of the keys that req's operations
+// made (generate, import, derive, unwrap, derive_passphrase), nil if none.
+func createdHandles(req *wire.Request, rep *wire.Reply) []uint32 {
+	var hs []uint32
+	for i, op := range req.Ops {
+		if i >= len(rep.Results) || rep.Results[i] == nil || rep.Results[i].Status != wire.Status_STATUS_OK {
+			continue
+		}
+		switch op.GetOp().(type) {
+		case *wire.Op_Generate, *wire.Op_Import, *wire.Op_Derive, *wire.Op_Unwrap, *wire.Op_DerivePassphrase:
+			if k := rep.Results[i].GetKey(); k != nil {
+				hs = append(hs, k.Handle)
+			}
+		}
+	}
+	return hs
+}
+
+// undoHandles destroys the keys behind hs, made by a request that could
+// not be recorded: no key exists that the log does not know of. (Other
+// changes, such as a destruction or an attribute change, stand
+// unrecorded; the log's reserve makes a failed record after a passed
+// Ready rare.)
+func (cn *conn) undoHandles(hs []uint32, id Identity, reqID uint64) {
+	for _, h := range hs {
+		if _, err := cn.opDestroy(h, id); err != nil {
+			cn.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", reqID, "err", err)
+			continue
+		}
+		cn.log.Warn("destroyed a key made by a request that could not be recorded", "request", reqID)
+	}
 }
 
 // auditRefusal records a request refused as a whole (malformed, over a

@@ -67,11 +67,14 @@ type conn struct {
 	st          connStore      // pending init, rotation, backup, restore (storeops.go)
 
 	// Used only by the serving goroutine.
-	buf   []byte
-	oob   []byte
-	out   []byte
-	arena arena
-	notes []auditNote
+	buf     []byte
+	oob     []byte
+	out     []byte
+	arena   arena
+	notes   []auditNote
+	pending []pendingReply  // replies waiting for their audit records (queueReply)
+	recs    []*audit.Record // flush's scratch
+	bufs    [][]byte        // encoded-reply buffers for reuse
 }
 
 func newConn(s *Server, c *seqpacket.Conn) *conn {
@@ -102,6 +105,7 @@ func (cn *conn) serve() {
 			unix.Close(peer.Pidfd)
 		}
 	}
+	defer cn.flush()
 	for {
 		m, err := cn.c.RecvMsg(cn.buf, cn.oob)
 		if err != nil {
@@ -111,6 +115,17 @@ func (cn *conn) serve() {
 			return
 		}
 		cn.handleMessage(m)
+		// Replies held for their audit records (see queueReply): take the
+		// requests already waiting too, then record them all in one write
+		// and send their replies.
+		for len(cn.pending) > 0 && len(cn.pending) < maxPending {
+			m, err := cn.c.TryRecvMsg(cn.buf, cn.oob)
+			if err != nil {
+				break // ErrWouldBlock; any other error shows at the next RecvMsg
+			}
+			cn.handleMessage(m)
+		}
+		cn.flush()
 	}
 }
 
@@ -131,6 +146,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	var caller *audit.Caller
 	if cn.s.alog != nil {
 		if err := cn.s.alog.Ready(); err != nil {
+			cn.flush()
 			cn.log.Warn("request refused: the audit log cannot be written", "err", err)
 			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(cn.buf[:min(m.N, len(cn.buf), max)]),
 				Status: errAuditDown.Status, Message: errAuditDown.Public})
@@ -199,15 +215,22 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.arena.reset()
 		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
 		rep := cn.execute(req, id, &cn.arena, notes)
-		rep = cn.record(req, rep, id, caller, notes)
 		// Done executing before the reply leaves: a client that sends its
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
-		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
+		if caller != nil && !changesSeal(req) {
+			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach)
+		} else {
+			rep = cn.record(req, rep, id, caller, notes)
+			cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
+		}
 		cn.arena.wipe()
 		wire.Recycle(req) // nothing refers to the request now
 		return
 	}
+	// Replies held so far go first: records stay in the order requests
+	// were taken.
+	cn.flush()
 	// A slow request runs concurrently so that the connection keeps
 	// serving; it needs its own copy of the message.
 	wire.Recycle(req)
@@ -273,42 +296,16 @@ func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *
 	}
 	if err := cn.auditRequest(req, rep, caller, notes); err != nil {
 		cn.log.Error("results withheld: the audit log could not record the request", "request", req.Id, "err", err)
-		cn.undoCreated(req, rep, id)
+		cn.undoHandles(createdHandles(req, rep), id, req.Id)
 		return &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Status: errAuditLost.Status, Message: errAuditLost.Public}
 	}
 	return rep
 }
 
-// undoCreated destroys the keys that the operations of req made, when its
-// record could not be written: no key exists that the log does not know
-// of. (Other changes, such as a destruction or an attribute change, stand
-// unrecorded; the log's reserve makes a failed record after a passed
-// Ready rare.)
-func (cn *conn) undoCreated(req *wire.Request, rep *wire.Reply, id Identity) {
-	for i, op := range req.Ops {
-		if i >= len(rep.Results) || rep.Results[i] == nil || rep.Results[i].Status != wire.Status_STATUS_OK {
-			continue
-		}
-		switch op.GetOp().(type) {
-		case *wire.Op_Generate, *wire.Op_Import, *wire.Op_Derive, *wire.Op_Unwrap, *wire.Op_DerivePassphrase:
-		default:
-			continue
-		}
-		k := rep.Results[i].GetKey()
-		if k == nil {
-			continue
-		}
-		if _, err := cn.opDestroy(k.Handle, id); err != nil {
-			cn.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", req.Id, "err", err)
-			continue
-		}
-		cn.log.Warn("destroyed a key made by a request that could not be recorded", "request", req.Id)
-	}
-}
-
 // refuse answers a whole request with an error status, once the refusal
 // is recorded (caller nil: nothing is audited).
 func (cn *conn) refuse(caller *audit.Caller, reqID uint64, st wire.Status, public, detail string) {
+	cn.flush()
 	cn.log.Info("request refused", "request", reqID, "status", st.String(), "reason", public, "detail", detail)
 	if caller != nil {
 		if err := cn.auditRefusal(caller, reqID, st, public, detail); err != nil {
@@ -326,6 +323,16 @@ func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf
 // sendFDs is send with descriptors attached to the reply (SCM_RIGHTS):
 // only the generation page's, for generation_map. The caller keeps them.
 func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
+	b := cn.encodeReply(buf, rep)
+	if rep.Status != wire.Status_STATUS_OK {
+		fds = nil
+	}
+	return cn.sendEncoded(b, rep.Id, fds)
+}
+
+// encodeReply marshals rep into buf (reused when large enough). A reply
+// that would exceed the message limit is replaced by an error.
+func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
 	b, err := marshal(buf, rep)
 	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
 		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
@@ -335,7 +342,14 @@ func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
 			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
 	}
-	if len(fds) > 0 && rep.Status == wire.Status_STATUS_OK {
+	return b
+}
+
+// sendEncoded sends the encoded reply b to request reqID, with fds if any,
+// then clears b and returns it for reuse (nil if it grew too large).
+func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
+	var err error
+	if len(fds) > 0 {
 		err = cn.c.SendFDs(b, fds)
 	} else {
 		err = cn.c.Send(b)
@@ -343,13 +357,13 @@ func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 	if errors.Is(err, unix.EMSGSIZE) {
 		// Should not happen (New caps the limit at what the kernel allows),
 		// but a client must never wait for a reply that cannot be sent.
-		cn.log.Error("reply too large for the socket", "request", rep.Id, "bytes", len(b))
-		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
+		cn.log.Error("reply too large for the socket", "request", reqID, "bytes", len(b))
+		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID,
 			Status: wire.Status_STATUS_INTERNAL, Message: "the reply was too large to send"})
 		err = cn.c.Send(b)
 	}
 	if err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
-		cn.log.Warn("send failed", "request", rep.Id, "err", err)
+		cn.log.Warn("send failed", "request", reqID, "err", err)
 	}
 	// The kernel has its copy; ours may hold plaintext or an exported key.
 	clear(b)
