@@ -246,8 +246,16 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 	return r
 }
 
-// maxPending bounds the replies a connection holds for their records.
-const maxPending = 64
+// maxPending bounds the replies a connection holds for their records, and
+// maxPendingBytes their size: a large reply (a batch's) is worth sending
+// at once, so that the client decodes it while the next request runs,
+// and holding it saves little next to the work it took. With
+// --audit-sync always, where each write costs an fsync, only maxPending
+// applies.
+const (
+	maxPending      = 64
+	maxPendingBytes = 16 << 10
+)
 
 // pendingReply is a reply held until its request's audit record is
 // written (see queueReply).
@@ -281,6 +289,7 @@ func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, call
 	}
 	p.created = createdHandles(req, rep)
 	cn.pending = append(cn.pending, p)
+	cn.pendingBytes += len(p.b)
 }
 
 // flush writes the audit records of the held replies in one write and
@@ -313,6 +322,7 @@ func (cn *conn) flush() {
 	clear(recs)
 	cn.recs = recs[:0]
 	cn.pending = cn.pending[:0]
+	cn.pendingBytes = 0
 }
 
 // createdHandles returns the handles of the keys that req's operations

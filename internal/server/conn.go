@@ -67,14 +67,15 @@ type conn struct {
 	st          connStore      // pending init, rotation, backup, restore (storeops.go)
 
 	// Used only by the serving goroutine.
-	buf     []byte
-	oob     []byte
-	out     []byte
-	arena   arena
-	notes   []auditNote
-	pending []pendingReply  // replies waiting for their audit records (queueReply)
-	recs    []*audit.Record // flush's scratch
-	bufs    [][]byte        // encoded-reply buffers for reuse
+	buf          []byte
+	oob          []byte
+	out          []byte
+	arena        arena
+	notes        []auditNote
+	pending      []pendingReply  // replies waiting for their audit records (queueReply)
+	pendingBytes int             // their encoded size
+	recs         []*audit.Record // flush's scratch
+	bufs         [][]byte        // encoded-reply buffers for reuse
 }
 
 func newConn(s *Server, c *seqpacket.Conn) *conn {
@@ -118,7 +119,7 @@ func (cn *conn) serve() {
 		// Replies held for their audit records (see queueReply): take the
 		// requests already waiting too, then record them all in one write
 		// and send their replies.
-		for len(cn.pending) > 0 && len(cn.pending) < maxPending {
+		for len(cn.pending) > 0 && len(cn.pending) < maxPending && (cn.pendingBytes < maxPendingBytes || cn.s.auditAlways) {
 			m, err := cn.c.TryRecvMsg(cn.buf, cn.oob)
 			if err != nil {
 				break // ErrWouldBlock; any other error shows at the next RecvMsg

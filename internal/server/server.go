@@ -128,8 +128,9 @@ type Server struct {
 
 	done chan struct{} // closed by Shutdown
 
-	alog     *audit.Log
-	resolver *audit.Resolver
+	alog        *audit.Log
+	auditAlways bool // alog fsyncs every write (--audit-sync always)
+	resolver    *audit.Resolver
 	// auditMu guards the audit log's keys: whether it has them, for which
 	// store.
 	auditMu    sync.Mutex
@@ -172,6 +173,7 @@ func New(cfg Config) *Server {
 	}
 	if s.alog != nil {
 		s.resolver = audit.NewResolver()
+		s.auditAlways = s.alog.Status().Sync == audit.SyncAlways
 	}
 	if s.gen == nil {
 		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now})
