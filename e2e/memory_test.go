@@ -228,6 +228,9 @@ func TestRefusesToRunTraced(t *testing.T) {
 		}
 		unix.PtraceCont(pid, int(sig))
 	}
+	// The process is reaped already; Wait (which then fails) still waits
+	// until its stderr has been copied into log.
+	cmd.Wait()
 	if !ws.Exited() || ws.ExitStatus() == 0 || !strings.Contains(log.String(), "being traced") {
 		t.Fatalf("exit %v (%d)\n%s", ws, ws.ExitStatus(), log)
 	}
