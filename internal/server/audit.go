@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/hex"
 	"errors"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +32,9 @@ type auditNote struct {
 	kv      uint32
 	session uint32
 	msg     string // the precise reason of a refusal or failure
+	// likePrev: the operation is of the same run as the one before (same
+	// kind, key and version); only its status may differ.
+	likePrev bool
 }
 
 func (n *auditNote) setObject(o *keystore.Object) {
@@ -232,6 +236,18 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 	} else {
 		r.Op = audit.OpBatch
 		for i, op := range req.Ops {
+			if i < len(notes) && notes[i].likePrev && len(r.Ops) > 0 && i < len(rep.Results) && rep.Results[i] != nil {
+				// The common case of a batch, without building an entry.
+				last := &r.Ops[len(r.Ops)-1]
+				if st := rep.Results[i].Status; st == wire.Status_STATUS_OK && last.Status == "OK" && last.Count < math.MaxUint32 {
+					last.Count = max(last.Count, 1) + 1
+					continue
+				}
+				e := *last
+				e.Status, e.Count = statusName(rep.Results[i].Status), 0
+				r.AddOp(e)
+				continue
+			}
 			e := audit.OpEntry{Op: auditOpName(op)}
 			if i < len(notes) {
 				n := &notes[i]

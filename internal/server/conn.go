@@ -441,10 +441,11 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 			if run > 1 {
 				var rn []auditNote
 				if notes != nil {
-					// One key for the whole run.
+					// One key and one version for the whole run: the other
+					// operations' notes say only that they are alike.
 					cn.noteBefore(req.Ops[i], &notes[i])
 					for j := i + 1; j < i+run; j++ {
-						notes[j] = notes[i]
+						notes[j].likePrev = true
 					}
 					rn = notes[i : i+run]
 				}
@@ -452,9 +453,9 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 				for j := i; j < i+run; j++ {
 					rep.Results[j] = &results[j]
 					size += results[j].SizeVT() + 4
-					if notes != nil {
-						noteAfter(&notes[j], &results[j])
-					}
+				}
+				if notes != nil {
+					noteAfter(&notes[i], &results[i])
 				}
 				i += run
 				continue
