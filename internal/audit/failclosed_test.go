@@ -169,6 +169,13 @@ func TestFailClosedFullDisk(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a tmpfs")
 	}
+	// With SyncAlways the reserve is zeros the file is extended over.
+	for _, mode := range []SyncMode{SyncGrouped, SyncAlways} {
+		t.Run(mode.String(), func(t *testing.T) { testFailClosedFullDisk(t, mode) })
+	}
+}
+
+func testFailClosedFullDisk(t *testing.T, mode SyncMode) {
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0700"); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v", err)
@@ -176,7 +183,7 @@ func TestFailClosedFullDisk(t *testing.T) {
 	defer unix.Unmount(dir, unix.MNT_DETACH)
 	path := filepath.Join(dir, "audit.log")
 	l := openLog(t, Options{Path: path, Keys: testKeys(t), RetryInterval: 5 * time.Millisecond,
-		Reserve: 16 << 10, CheckpointEvery: 1 << 30})
+		Reserve: 16 << 10, CheckpointEvery: 1 << 30, Sync: mode})
 	defer l.Close()
 	appendN(t, l, 3)
 	// Fill the file system.
@@ -217,6 +224,7 @@ func TestFailClosedFullDisk(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
+	mustEndWithRecord(t, path)
 	rep := verifyPath(t, path, strict(t))
 	mustIntact(t, rep)
 	if countOps(t, path, OpAuditResumed) != 1 {

@@ -98,7 +98,7 @@ type tail struct {
 	prevHash  [32]byte // the chain hash before last
 	hasPrev   bool     // prevHash is known (from the line before, or last is a segment)
 	goodSize  int64    // the size up to and including the last newline
-	tornBytes int64    // bytes after the last newline: an incomplete line
+	tornBytes int64    // bytes after the last newline but before any trailing zeros: an incomplete line
 }
 
 var errDamaged = errors.New("the end of the file is not a valid record")
@@ -108,6 +108,10 @@ var errDamaged = errors.New("the end of the file is not a valid record")
 // from the one before.
 func readTail(fd int, size int64) (*tail, error) {
 	t := &tail{}
+	size, err := zeroTailStart(fd, size)
+	if err != nil {
+		return nil, err
+	}
 	const maxScan = 2*MaxLineBytes + 2
 	start := max(size-maxScan, 0)
 	buf := make([]byte, size-start)
@@ -159,6 +163,83 @@ func readTail(fd int, size int64) (*tail, error) {
 	return t, nil
 }
 
+// zeroTailStart returns where the trailing zero bytes of the file open at
+// fd, of the given size, begin: size if it does not end with a zero.
+func zeroTailStart(fd int, size int64) (int64, error) {
+	buf := make([]byte, 64<<10)
+	for size > 0 {
+		n := min(int64(len(buf)), size)
+		b := buf[:n]
+		if _, err := unix.Pread(fd, b, size-n); err != nil {
+			return 0, err
+		}
+		for i := len(b) - 1; i >= 0; i-- {
+			if b[i] != 0 {
+				return size - n + int64(i) + 1, nil
+			}
+		}
+		size -= n
+	}
+	return 0, nil
+}
+
+// zeroTail reads r without the zero bytes at its end. A log file with
+// --audit-sync always is extended ahead of its records (see
+// extendReserve) and reads as zeros past them until they are cut off: the
+// records end where the zeros to the end of the file begin. Zeros followed
+// by anything else are passed on, for the reader to find them damaged.
+type zeroTail struct {
+	r     io.Reader
+	zeros int64  // zeros held back: passed on only if data follows them
+	data  []byte // data that followed them, passed on after them
+	after int64  // zeros that followed data, held back once it is passed on
+	buf   []byte // data's storage
+	err   error  // from r, returned once what came before it is passed on
+}
+
+func newZeroTail(r io.Reader) *zeroTail { return &zeroTail{r: r} }
+
+func (z *zeroTail) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		if len(z.data) > 0 {
+			if z.zeros > 0 {
+				n := int(min(int64(len(p)), z.zeros))
+				clear(p[:n])
+				z.zeros -= int64(n)
+				return n, nil
+			}
+			n := copy(p, z.data)
+			if z.data = z.data[n:]; len(z.data) == 0 {
+				z.zeros, z.after = z.after, 0
+			}
+			return n, nil
+		}
+		if z.err != nil {
+			return 0, z.err // zeros still held are the end of the file
+		}
+		n, err := z.r.Read(p)
+		z.err = err
+		i := n // p[:i] ends with its last nonzero byte
+		for i > 0 && p[i-1] == 0 {
+			i--
+		}
+		switch {
+		case i == 0:
+			z.zeros += int64(n)
+		case z.zeros == 0:
+			z.zeros = int64(n - i)
+			return i, nil
+		default:
+			// Data after zeros held back: they were not the end.
+			z.buf = append(z.buf[:0], p[:i]...)
+			z.data, z.after = z.buf, int64(n-i)
+		}
+	}
+}
+
 // lastGood scans a damaged file from the start and returns the last
 // record up to which the file is a valid chain, or nil.
 func lastGood(path string) (*Record, error) {
@@ -204,8 +285,10 @@ var errStop = errors.New("stop")
 
 // scanLines calls fn with each line of r, newline included (the last line
 // may lack it), and its 1-based number. A line longer than MaxLineBytes
-// is passed cut to MaxLineBytes+1 bytes, without a newline.
+// is passed cut to MaxLineBytes+1 bytes, without a newline. Zeros at the
+// end of r are not read (see zeroTail).
 func scanLines(r io.Reader, fn func(line []byte, n int) error) error {
+	r = newZeroTail(r)
 	buf := make([]byte, 0, 64<<10)
 	rd := make([]byte, 64<<10)
 	n := 0

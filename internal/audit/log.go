@@ -614,11 +614,9 @@ func (l *Log) Close() error {
 	l.keys = nil
 	l.mu.Unlock()
 	if l.fd >= 0 {
+		l.giveBackReserve() // before the fsync, which makes the size durable too
 		if serr := retryEINTR(func() error { return unix.Fdatasync(l.fd) }); serr != nil && err == nil {
 			err = &Error{Op: "fsync", Err: serr}
-		}
-		if l.reservedTo > l.off {
-			unix.Ftruncate(l.fd, l.off)
 		}
 	}
 	l.closeFile()

@@ -300,6 +300,12 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 		progressed := false
 		for fh != nil {
 			n, err := fh.ReadAt(buf, off)
+			if i := slices.Index(buf[:n], 0); i >= 0 {
+				// Zeros past the records, which a daemon with
+				// --audit-sync always writes over (see zeroTail): the
+				// end for now.
+				n, err = i, io.EOF
+			}
 			off += int64(n)
 			part = append(part, buf[:n]...)
 			done := 0

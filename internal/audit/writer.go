@@ -333,11 +333,13 @@ func (l *Log) writeBatch(b *batch, reserve bool) error {
 	}
 	if err != nil {
 		unix.Ftruncate(l.fd, l.off)
+		l.reservedTo = l.off
 		return &Error{Op: "write", Err: err}
 	}
 	if l.opts.Sync == SyncAlways {
 		if err := retryEINTR(func() error { return unix.Fdatasync(l.fd) }); err != nil {
 			unix.Ftruncate(l.fd, l.off)
+			l.reservedTo = l.off
 			return &Error{Op: "fsync", Err: err}
 		}
 	} else if !l.dirty.Swap(true) {
@@ -357,12 +359,29 @@ func (l *Log) writeBatch(b *batch, reserve bool) error {
 	return nil
 }
 
-// extendReserve allocates Reserve bytes past the end of the file. It runs
-// in the writer role.
+// extendReserve allocates Reserve bytes past the end of the log's records.
+// It runs in the writer role.
+//
+// With SyncGrouped the space is allocated beyond the end of the file
+// (FALLOC_FL_KEEP_SIZE), which stays exactly the records. With SyncAlways
+// the file is extended over the space with zeros, written and made
+// durable now: records then overwrite blocks that are already allocated,
+// written and within the file, so the fsync before each reply has their
+// data to write and nothing else (no new file size, no extent to convert
+// from unwritten, no journal commit). On common disks that makes it a
+// good third cheaper, for writing the file's blocks twice. Readers take a
+// log file's trailing zeros as its end (see zeroTail), and the zeros are
+// cut off when the file is closed or rotated, and at the next start after
+// a crash.
 func (l *Log) extendReserve() bool {
-	err := retryEINTR(func() error {
-		return unix.Fallocate(l.fd, unix.FALLOC_FL_KEEP_SIZE, l.off, l.opts.Reserve)
-	})
+	var err error
+	if l.opts.Sync == SyncAlways {
+		err = l.extendWithZeros()
+	} else {
+		err = retryEINTR(func() error {
+			return unix.Fallocate(l.fd, unix.FALLOC_FL_KEEP_SIZE, l.off, l.opts.Reserve)
+		})
+	}
 	switch err {
 	case nil:
 		l.reservedTo = l.off + l.opts.Reserve
@@ -381,6 +400,26 @@ func (l *Log) extendReserve() bool {
 	l.arm()
 	return false
 }
+
+// extendWithZeros extends the file with zeros up to Reserve bytes past the
+// records, and fsyncs them (see extendReserve).
+func (l *Log) extendWithZeros() error {
+	from, to := max(l.reservedTo, l.off), l.off+l.opts.Reserve
+	for off := from; off < to; {
+		n := min(to-off, int64(len(zeroBlock)))
+		if err := pwriteAll(l.fd, zeroBlock[:n], off); err != nil {
+			// What was written stays: zeros past the records.
+			l.reservedTo = off
+			return err
+		}
+		off += n
+	}
+	l.reservedTo = to
+	return retryEINTR(func() error { return unix.Fdatasync(l.fd) })
+}
+
+// zeroBlock is zeros, never written to.
+var zeroBlock [64 << 10]byte
 
 // failLocked puts the log in the failed state. With rollback, the chain
 // goes back to the last record written and everything queued is dropped;
@@ -431,6 +470,9 @@ func (l *Log) rotate() {
 
 	err := l.writeBatch(old, false)
 	if err == nil {
+		// The file is complete: it gives back its reserve before it is
+		// made durable, so that it ends with its last record.
+		l.giveBackReserve()
 		if e := retryEINTR(func() error { return unix.Fdatasync(l.fd) }); e != nil {
 			unix.Ftruncate(l.fd, l.off-int64(len(old.buf)))
 			l.off -= int64(len(old.buf))
@@ -484,6 +526,16 @@ func (l *Log) rotate() {
 	}
 }
 
+// giveBackReserve frees the space allocated past the records of the
+// active file (with SyncAlways, zeros the file was extended over), so
+// that the file ends with its last record. It runs in the writer role.
+func (l *Log) giveBackReserve() {
+	if l.reservedTo > l.off {
+		unix.Ftruncate(l.fd, l.off)
+		l.reservedTo = l.off
+	}
+}
+
 func (l *Log) recycle(b *batch) {
 	l.mu.Lock()
 	b.reset()
@@ -504,8 +556,8 @@ func (l *Log) newFile(first uint64) error {
 		unix.Close(fd)
 		return &Error{Op: "rotate", Err: err}
 	}
-	if l.fd >= 0 && l.reservedTo > l.off {
-		unix.Ftruncate(l.fd, l.off) // give back the reserve
+	if l.fd >= 0 {
+		l.giveBackReserve()
 	}
 	l.fmu.Lock()
 	if l.fd >= 0 {
@@ -764,10 +816,13 @@ func (l *Log) resume() (reason string, notes []string, err error) {
 		if err != nil {
 			return "", nil, err
 		}
-		if t.tornBytes > 0 {
+		if t.goodSize < size {
+			// A torn record, or zeros past the records (see extendReserve).
 			if err := unix.Ftruncate(fd, t.goodSize); err != nil {
 				return "", nil, err
 			}
+		}
+		if t.tornBytes > 0 {
 			notes = append(notes, fmt.Sprintf("cut off %d bytes of an incomplete record at the end of %s, "+
 				"left by a crash during a write", t.tornBytes, filepath.Base(path)))
 		}
