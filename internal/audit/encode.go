@@ -2,6 +2,7 @@ package audit
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -108,13 +109,39 @@ func appendHeader(dst []byte, seq uint64, t time.Time, mono time.Duration, k Kin
 	dst = append(dst, `,"seq":`...)
 	dst = strconv.AppendUint(dst, seq, 10)
 	dst = append(dst, `,"time":"`...)
-	dst = t.UTC().AppendFormat(dst, timeLayout)
+	dst = appendTime(dst, t)
 	dst = append(dst, `","mono":`...)
 	dst = strconv.AppendInt(dst, int64(mono), 10)
 	dst = append(dst, `,"kind":"`...)
 	dst = append(dst, k.String()...)
 	return append(dst, '"')
 }
+
+// appendTime appends t in timeLayout. The part up to the seconds is
+// formatted once a second: records come by the thousand.
+func appendTime(dst []byte, t time.Time) []byte {
+	t = t.UTC()
+	sec := t.Unix()
+	c := timeCache.Load()
+	if c == nil || c.sec != sec {
+		c = &secondPrefix{sec: sec, b: t.Truncate(time.Second).AppendFormat(nil, "2006-01-02T15:04:05.")}
+		timeCache.Store(c)
+	}
+	dst = append(dst, c.b...)
+	ns := t.Nanosecond()
+	for div := 100000000; div > 0; div /= 10 {
+		dst = append(dst, byte('0'+ns/div%10))
+	}
+	return append(dst, 'Z')
+}
+
+// secondPrefix is a second formatted for appendTime.
+type secondPrefix struct {
+	sec int64
+	b   []byte
+}
+
+var timeCache atomic.Pointer[secondPrefix]
 
 // appendBody appends the fields of a request or an event.
 func appendBody(dst []byte, r *Record) []byte {

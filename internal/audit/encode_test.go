@@ -123,3 +123,24 @@ func TestCheckpointString(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendTime: the cached formatting is timeLayout's, across seconds,
+// years and zones.
+func TestAppendTime(t *testing.T) {
+	zone := time.FixedZone("x", 5*3600+1800)
+	base := time.Date(2026, 12, 31, 23, 59, 58, 999999999, time.UTC)
+	for i := range 3000 {
+		tm := base.Add(time.Duration(i) * 997 * time.Microsecond)
+		if i%2 == 1 {
+			tm = tm.In(zone)
+		}
+		if got, want := string(appendTime(nil, tm)), tm.UTC().Format(timeLayout); got != want {
+			t.Fatalf("%v: %s, want %s", tm, got, want)
+		}
+	}
+	for _, tm := range []time.Time{time.Unix(0, 0), time.Unix(0, 1), time.Date(2026, 1, 1, 0, 0, 0, 120, time.UTC)} {
+		if got, want := string(appendTime(nil, tm)), tm.UTC().Format(timeLayout); got != want {
+			t.Fatalf("%v: %s, want %s", tm, got, want)
+		}
+	}
+}

@@ -147,9 +147,35 @@ func auditOpName(op *wire.Op) string {
 	return oi.name
 }
 
+// dataHandle returns the handle a data-path operation uses, found without
+// reflection: these are the operations of most requests.
+func dataHandle(op *wire.Op) (uint32, bool) {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Encrypt:
+		return o.Encrypt.GetHandle(), true
+	case *wire.Op_Decrypt:
+		return o.Decrypt.GetHandle(), true
+	case *wire.Op_Sign:
+		return o.Sign.GetHandle(), true
+	case *wire.Op_Verify:
+		return o.Verify.GetHandle(), true
+	case *wire.Op_Mac:
+		return o.Mac.GetHandle(), true
+	case *wire.Op_MacVerify:
+		return o.MacVerify.GetHandle(), true
+	}
+	return 0, false
+}
+
 // noteBefore fills n with the key (and session) op names, before it runs:
 // a key that the operation destroys is still there.
 func (cn *conn) noteBefore(op *wire.Op, n *auditNote) {
+	if h, ok := dataHandle(op); ok {
+		if o, err := cn.object(h); err == nil {
+			n.setObject(o)
+		}
+		return
+	}
 	oi, m := infoOf(op)
 	if m == nil {
 		return
