@@ -88,8 +88,11 @@ type AuditResult struct {
 	// batched), in microseconds, over every client's requests.
 	P50us float64 `json:"p50_us"`
 	P99us float64 `json:"p99_us"`
-	// RatioToOff is OpsPerSec divided by that of the same kind and clients
-	// with no audit log, in the same run; 0 if that was not measured.
+	// RatioToOff compares with the same kind and clients with no audit
+	// log: the median over the runs of each run's ratio, OpsPerSec over
+	// that of no audit log measured just before it; 0 if that was not
+	// measured. Ratios of measurements taken moments apart vary less than
+	// a ratio of medians when the machine's speed drifts.
 	RatioToOff float64 `json:"ratio_to_off"`
 }
 
@@ -180,7 +183,7 @@ func RunAudit(ctx context.Context, cfg AuditConfig, progress io.Writer) (_ []Aud
 				c := get(s, kind, n)
 				slices.Sort(c.lat)
 				r := AuditResult{Audit: s, Kind: kind, Clients: n, Runs: cfg.Runs, RunsOpsPerSec: c.runs,
-					OpsPerSec: median(c.runs), P50us: percentile(c.lat, 0.50, 1), P99us: percentile(c.lat, 0.99, 1)}
+					OpsPerSec: median(slices.Clone(c.runs)), P50us: percentile(c.lat, 0.50, 1), P99us: percentile(c.lat, 0.99, 1)}
 				if kind == AuditBatched {
 					r.Batch = cfg.BatchSize
 				}
@@ -189,9 +192,10 @@ func RunAudit(ctx context.Context, cfg AuditConfig, progress io.Writer) (_ []Aud
 				}
 				out = append(out, r)
 			}
+			offRuns := get(AuditOff, kind, n).runs
 			for i := range out {
 				if o := &out[i]; o.Kind == kind && o.Clients == n && off > 0 {
-					o.RatioToOff = o.OpsPerSec / off
+					o.RatioToOff = pairedRatio(o.RunsOpsPerSec, offRuns)
 				}
 			}
 		}
@@ -245,4 +249,16 @@ func measureAuditClients(ctx context.Context, socket string, n int, kind string,
 		m.ops *= size
 	}
 	return m, err
+}
+
+// pairedRatio is the median of runs[i]/base[i]: of ratios of measurements
+// taken in the same run.
+func pairedRatio(runs, base []float64) float64 {
+	var ratios []float64
+	for i, v := range runs {
+		if i < len(base) && base[i] > 0 {
+			ratios = append(ratios, v/base[i])
+		}
+	}
+	return median(ratios)
 }
