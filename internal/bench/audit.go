@@ -99,8 +99,9 @@ type AuditResult struct {
 // RunAudit measures what the audit log costs: for each setting it starts
 // a private development daemon with that audit configuration and, for
 // each number of clients, measures requests and batches of AES-GCM
-// encryptions. The runs alternate between the settings, so that a change
-// in the machine's load affects them alike.
+// encryptions. The runs alternate between the settings, in one order and
+// then the other, so that a change in the machine's load affects them
+// alike.
 func RunAudit(ctx context.Context, cfg AuditConfig, progress io.Writer) (_ []AuditResult, err error) {
 	cfg = cfg.withDefaults()
 	say := func(format string, args ...any) {
@@ -159,9 +160,15 @@ func RunAudit(ctx context.Context, cfg AuditConfig, progress io.Writer) (_ []Aud
 		return cells[k]
 	}
 	for run := range cfg.Runs {
+		// Odd runs take the settings in reverse order, so that a drift of
+		// the machine's speed within a run favours none of them.
+		order := slices.Clone(cfg.Settings)
+		if run%2 == 1 {
+			slices.Reverse(order)
+		}
 		for _, n := range cfg.Clients {
 			for _, kind := range []string{AuditRequests, AuditBatched} {
-				for _, s := range cfg.Settings {
+				for _, s := range order {
 					say("run %d: audit %s, %d clients, %s", run+1, s, n, kind)
 					m, err := measureAuditClients(ctx, daemons[s].socket, n, kind, cfg.BatchSize, cfg.Duration)
 					if err != nil {
