@@ -107,7 +107,25 @@ func (b *Batch) Encrypt(k *Key, plaintext, aad []byte) *BatchResult {
 	w.Encrypt = e
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("encrypt", op, len(plaintext)+maxSigSize)
+	return b.add("encrypt", op, k.ciphertextBound(len(plaintext)))
+}
+
+// aesGCMOverhead is what an AES-GCM ciphertext adds to its plaintext: the
+// daemon's header (magic and key version), the nonce and the tag.
+const aesGCMOverhead = 7 + 12 + 16
+
+// ciphertextBound bounds the size of k's ciphertext of n bytes. An
+// estimate close to the truth lets a batch of small encryptions go in a
+// few large requests rather than many small ones: every request costs the
+// daemon a round of work of its own, an audit record among it.
+func (k *Key) ciphertextBound(n int) int {
+	k.mu.Lock()
+	t := k.info.Type
+	k.mu.Unlock()
+	if t == AES256GCM {
+		return n + aesGCMOverhead
+	}
+	return n + maxSigSize // RSA-OAEP: at most the modulus
 }
 
 // Decrypt queues k.Decrypt(ciphertext, aad).
@@ -197,31 +215,7 @@ const requestHeadroom = 256
 // requests could not be exchanged; each operation's own outcome is in its
 // BatchResult.
 func (b *Batch) Do(ctx context.Context) error {
-	type chunk struct{ from, to int }
-	var chunks []chunk
-	// Requests of at most pipelineChunk bytes: while the daemon works on
-	// one, this process encodes the next and decodes the last reply, so
-	// the two processes work at once rather than in turn.
-	limit := min(b.c.limits.MaxMessageBytes-wire.MessageOverhead-requestHeadroom, pipelineChunk)
-	from, req, rep := 0, 0, 0
-	for i := range b.ops {
-		if b.ops[i] == nil { // failed on the client side already
-			if from == i {
-				from++
-			}
-			continue
-		}
-		s := b.sizes[i]
-		if i > from && (req+s.req > limit || rep+s.rep > limit || i-from >= b.c.limits.MaxBatchOps) {
-			chunks = append(chunks, chunk{from, i})
-			from, req, rep = i, 0, 0
-		}
-		req += s.req
-		rep += s.rep
-	}
-	if from < len(b.ops) {
-		chunks = append(chunks, chunk{from, len(b.ops)})
-	}
+	chunks := b.chunks()
 
 	type flight struct {
 		ch  chunk
@@ -293,4 +287,36 @@ func (b *Batch) Do(ctx context.Context) error {
 		finishOne()
 	}
 	return firstErr
+}
+
+// chunk is a run of a batch's operations sent as one request.
+type chunk struct{ from, to int }
+
+// chunks splits the batch into requests.
+func (b *Batch) chunks() []chunk {
+	var chunks []chunk
+	// Requests of at most pipelineChunk bytes: while the daemon works on
+	// one, this process encodes the next and decodes the last reply, so
+	// the two processes work at once rather than in turn.
+	limit := min(b.c.limits.MaxMessageBytes-wire.MessageOverhead-requestHeadroom, pipelineChunk)
+	from, req, rep := 0, 0, 0
+	for i := range b.ops {
+		if b.ops[i] == nil { // failed on the client side already
+			if from == i {
+				from++
+			}
+			continue
+		}
+		s := b.sizes[i]
+		if i > from && (req+s.req > limit || rep+s.rep > limit || i-from >= b.c.limits.MaxBatchOps) {
+			chunks = append(chunks, chunk{from, i})
+			from, req, rep = i, 0, 0
+		}
+		req += s.req
+		rep += s.rep
+	}
+	if from < len(b.ops) {
+		chunks = append(chunks, chunk{from, len(b.ops)})
+	}
+	return chunks
 }
