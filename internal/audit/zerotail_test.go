@@ -202,3 +202,26 @@ func TestAlwaysCrashLeavesZeros(t *testing.T) {
 		})
 	}
 }
+
+// TestNoZeroByteInRecords: readers take zeros for the end of a file's
+// records, so no record may hold one, whatever its strings hold.
+func TestNoZeroByteInRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l := openLog(t, Options{Path: path, Keys: testKeys(t)})
+	r := request(1)
+	r.Msg, r.Caller.Exe, r.Caller.Cgroup = "a\x00b", "/bin/\x00", "\x00"
+	if err := l.Append(r); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.IndexByte(b, 0) >= 0 {
+		t.Fatal("a record holds a zero byte")
+	}
+	mustIntact(t, verifyPath(t, path, strict(t)))
+}
