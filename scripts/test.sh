@@ -91,6 +91,7 @@ fuzz ./internal/kdf FuzzWorkerStream
 fuzz ./internal/keystore FuzzRecord
 fuzz ./internal/audit FuzzParseRecord
 fuzz ./internal/audit FuzzVerify
+fuzz ./internal/audit FuzzZeroTail
 fuzz ./internal/keystore FuzzBackup
 fuzz ./internal/shamir FuzzParse
 fuzz ./internal/shamir FuzzCombine

@@ -42,6 +42,9 @@ func FuzzVerify(f *testing.F) {
 	f.Add(seed.Bytes(), 10)
 	f.Add([]byte("\n\n{}\n"), 1)
 	f.Add(smallLog(f), 300)
+	f.Add(append(smallLog(f), make([]byte, 300)...), 200) // zeros past the records
+	withZeros := smallLog(f)
+	f.Add(append(append(withZeros[:len(withZeros)/2:len(withZeros)/2], make([]byte, 40)...), withZeros[len(withZeros)/2:]...), 100)
 	f.Fuzz(func(t *testing.T, b []byte, cut int) {
 		opts := VerifyOptions{PublicKeys: []ed25519.PublicKey{k.PublicKey()}, Keys: []*Keys{k}}
 		rep, err := Verify([]Input{{Name: "a", R: bytes.NewReader(b)}}, opts)

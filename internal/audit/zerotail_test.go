@@ -225,3 +225,30 @@ func TestNoZeroByteInRecords(t *testing.T) {
 	}
 	mustIntact(t, verifyPath(t, path, strict(t)))
 }
+
+// FuzzZeroTail: whatever a file holds and however it is read, zeroTail
+// passes on exactly the file without the zeros at its end.
+func FuzzZeroTail(f *testing.F) {
+	f.Add([]byte("abc\n\x00\x00\x00"), uint8(1))
+	f.Add([]byte("a\x00\x00b\x00"), uint8(2))
+	f.Add([]byte("\x00\x00\x00"), uint8(3))
+	f.Add([]byte("x"), uint8(0))
+	f.Fuzz(func(t *testing.T, b []byte, how uint8) {
+		var r io.Reader = bytes.NewReader(b)
+		switch how % 4 {
+		case 1:
+			r = iotest.OneByteReader(r)
+		case 2:
+			r = iotest.HalfReader(r)
+		case 3:
+			r = iotest.DataErrReader(r)
+		}
+		got, err := io.ReadAll(newZeroTail(r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := bytes.TrimRight(b, "\x00"); !bytes.Equal(got, want) {
+			t.Fatalf("read %q from %q, want %q", got, b, want)
+		}
+	})
+}
