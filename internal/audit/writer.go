@@ -368,8 +368,9 @@ func (l *Log) writeBatch(b *batch, reserve bool) error {
 // durable now: records then overwrite blocks that are already allocated,
 // written and within the file, so the fsync before each reply has their
 // data to write and nothing else (no new file size, no extent to convert
-// from unwritten, no journal commit). On common disks that makes it a
-// good third cheaper, for writing the file's blocks twice. Readers take a
+// from unwritten, no journal commit). On the disk of docs/performance.md
+// that halves its cost under load, for writing the file's blocks twice
+// (and an overwrite that costs more than an append). Readers take a
 // log file's trailing zeros as its end (see zeroTail), and the zeros are
 // cut off when the file is closed or rotated, and at the next start after
 // a crash.
