@@ -119,10 +119,7 @@ const aesGCMOverhead = 7 + 12 + 16
 // few large requests rather than many small ones: every request costs the
 // daemon a round of work of its own, an audit record among it.
 func (k *Key) ciphertextBound(n int) int {
-	k.mu.Lock()
-	t := k.info.Type
-	k.mu.Unlock()
-	if t == AES256GCM {
+	if k.typ == AES256GCM {
 		return n + aesGCMOverhead
 	}
 	return n + maxSigSize // RSA-OAEP: at most the modulus

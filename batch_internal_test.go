@@ -14,8 +14,8 @@ import (
 func TestBatchChunks(t *testing.T) {
 	c := &Client{limits: Limits{MaxMessageBytes: wire.DefaultMaxMessageBytes, MaxInFlight: wire.DefaultMaxInFlight,
 		MaxBatchOps: wire.DefaultMaxBatchOps}}
-	aes := &Key{c: c, handle: 1, info: KeyInfo{Type: AES256GCM}}
-	rsa := &Key{c: c, handle: 2, info: KeyInfo{Type: RSA4096}}
+	aes := &Key{c: c, handle: 1, typ: AES256GCM, info: KeyInfo{Type: AES256GCM}}
+	rsa := &Key{c: c, handle: 2, typ: RSA4096, info: KeyInfo{Type: RSA4096}}
 
 	b := c.NewBatch()
 	for range 512 {

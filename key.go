@@ -17,6 +17,7 @@ type Key struct {
 	c      *Client
 	handle uint32
 	pub    crypto.PublicKey
+	typ    KeyType // never changes
 
 	mu   sync.Mutex
 	info KeyInfo // as last seen
@@ -28,6 +29,7 @@ func (c *Client) keyFromResult(op string, res *wire.Result) (*Key, error) {
 		return nil, &Error{Code: CodeInternal, Op: op, Message: "the daemon sent no key"}
 	}
 	k := &Key{c: c, handle: kr.Handle, info: infoFromWire(kr.Info)}
+	k.typ = k.info.Type
 	pub, err := k.info.PublicKey()
 	if err != nil {
 		return nil, err
