@@ -1,6 +1,7 @@
 package keywarden
 
 import (
+	"context"
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/wire"
@@ -39,5 +40,27 @@ func TestBatchChunks(t *testing.T) {
 	// plaintext: the bound stays that of the largest modulus.
 	if got := rsa.ciphertextBound(16); got < 512 {
 		t.Fatalf("RSA ciphertext bound %d, below a 4096-bit modulus", got)
+	}
+}
+
+// TestKeyTypeKept: a key the daemon makes knows its type, which sizes the
+// requests of batches.
+func TestKeyTypeKept(t *testing.T) {
+	ctx := context.Background()
+	c, err := Dial(ctx, "") // the daemon of TestMain (example_test.go)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, err := c.Generate(ctx, KeySpec{Type: AES256GCM, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.typ != AES256GCM || k.ciphertextBound(256) != 256+aesGCMOverhead {
+		t.Fatalf("generated key: type %q, bound %d", k.typ, k.ciphertextBound(256))
+	}
+	ct, err := k.Encrypt(ctx, make([]byte, 256), nil)
+	if err != nil || len(ct) != k.ciphertextBound(256) {
+		t.Fatalf("ciphertext of %d bytes (%v), bound %d: the overhead is not the daemon's", len(ct), err, k.ciphertextBound(256))
 	}
 }
