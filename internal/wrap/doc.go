@@ -2,7 +2,7 @@
 // key material between key stores: AES key wrap (RFC 3394, "KW") and with
 // padding (RFC 5649, "KWP"); RSA-OAEP + AES-KWP, the format of PKCS #11
 // CKM_RSA_AES_KEY_WRAP and of cloud KMS key imports; and keywarden's own
-// format, KWW1, which binds a key's attributes to its bytes.
+// format, KWW2, which binds a key's attributes to its bytes.
 //
 // wrap owns only these byte transformations. It never decides who may
 // wrap or unwrap what, nor whether a key is weaker than its wrapping key
@@ -39,7 +39,7 @@
 // (package mech gives and takes both: Canonical and FromCanonical, Export
 // and Import):
 //
-//   - KWW1 (SealKeyword, OpenKeyword) carries a key's canonical bytes, as
+//   - KWW2 (SealKeyword, OpenKeyword) carries a key's canonical bytes, as
 //     mech keeps them: the raw key for AES and HMAC; the 32-byte seed for
 //     Ed25519; the private scalar, big-endian, of the curve's size, for
 //     ECDSA and ECDH P-256/P-384; the 32-byte scalar for X25519; the PKCS
@@ -53,16 +53,18 @@
 //
 // Public keys are never wrapped: they have no secret.
 //
-// # The KWW1 format
+// # The KWW2 format
 //
-// A KWW1 blob is a key's canonical bytes encrypted with AES-256-GCM under
-// a 32-byte wrapping key, with the key's attributes in the authenticated
-// data, so that unwrapping restores them exactly and any change to them,
-// to the bytes, or to the blob is detected. All integers are big-endian.
+// A KWW2 blob is a key's canonical bytes encrypted with AES-256-GCM under
+// a key derived from the 32-byte wrapping key for this format alone
+// (HKDF-SHA-256 with no salt and the info "keywarden KWW2 key wrap"), with
+// the key's attributes in the authenticated data, so that unwrapping
+// restores them exactly and any change to them, to the bytes, or to the
+// blob is detected. All integers are big-endian.
 //
 //	offset     size  field
 //	0          3     magic "KWW" (4B 57 57)
-//	3          1     format version '1' (0x31): the blob starts "KWW1"
+//	3          1     format version '2' (0x32): the blob starts "KWW2"
 //	4          2     L, the length of the attributes
 //	6          L     attributes, canonical encoding (below)
 //	6+L        12    nonce, random
@@ -72,6 +74,12 @@
 // The additional data of AES-256-GCM is bytes 0 to 6+L (magic, version,
 // length and attributes); the plaintext is the material. A blob is
 // 6+L+12+M+16 bytes.
+//
+// Why a derived key: the first version, KWW1, sealed under the wrapping
+// key itself, which is also how encryption of data under an AES key works,
+// so a copy of a wrapping key that could encrypt or decrypt data could
+// forge blobs with any attributes or open them. KWW2's key is used for
+// nothing else. OpenKeyword refuses KWW1 blobs with ErrLegacyKeyword.
 //
 // The attributes, encoding version 1 (L = 59+N):
 //

@@ -3,13 +3,15 @@ package wrap
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"encoding/binary"
 
 	"github.com/keywarden/keywarden/internal/key"
 )
 
 // Attributes are the attributes of a key that travel with it in a
-// keywarden wrap (KWW1) blob, authenticated together with its material.
+// keywarden wrap (KWW2) blob, authenticated together with its material.
 // They are the key's intrinsic facts and restrictions; what is local to
 // one daemon (owner, ACL, handles, persistence, origin, trust, rotation
 // and budget policy) does not travel. doc.go gives the encoding.
@@ -44,10 +46,11 @@ const (
 	MaxMaterial = 16 << 10
 )
 
-// KWW1 layout constants; doc.go describes the format.
+// KWW2 layout constants; doc.go describes the format.
 const (
 	kwwMagic      = "KWW"
-	kwwVersion    = '1' // the format version; "KWW" followed by it reads "KWW1"
+	kwwVersion    = '2' // the format version; "KWW" followed by it reads "KWW2"
+	kwwLegacy     = '1' // the first version, which sealed under the wrapping key itself
 	kwwHeaderLen  = len(kwwMagic) + 1 + 2
 	attrVersion   = 1
 	attrFixedLen  = 1 + 4 + 4 + 4 + 1 + 4 + 16 + 8 + 8 + 8 + 1
@@ -60,6 +63,11 @@ const (
 	gcmNonceLen   = 12
 	gcmTagLen     = 16
 	kwwKEKLen     = 32
+	// kwwSubkeyInfo is the HKDF info of the key KWW2 seals under: a key
+	// derived from the wrapping key for this format alone, so that no
+	// other use of the wrapping key's bytes (AES-GCM encryption of data,
+	// RFC 3394 wrapping) makes or opens a KWW2 blob.
+	kwwSubkeyInfo = "keywarden KWW2 key wrap"
 )
 
 // Check reports whether a are well-formed attributes: a known key type, a
@@ -142,8 +150,9 @@ func parseAttributes(b []byte) (Attributes, bool) {
 }
 
 // SealKeyword wraps material, a key's canonical bytes, under kek (an
-// AES-256 key) in the keywarden wrap format (KWW1): AES-256-GCM with a
-// random nonce and the encoded attributes as authenticated data. a must
+// AES-256 key) in the keywarden wrap format (KWW2): AES-256-GCM, under a
+// key derived from kek for this format alone, with a random nonce and the
+// encoded attributes as authenticated data. a must
 // pass Check; material is 1 to MaxMaterial bytes. Sealing is randomized:
 // with random 96-bit nonces, one kek may seal at most 2^32 blobs (NIST SP
 // 800-38D §8.3), far more than a daemon holds; rotate the kek before that.
@@ -186,7 +195,14 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 	if len(kek) != kwwKEKLen {
 		return nil, Attributes{}, aes.KeySizeError(len(kek))
 	}
-	if len(blob) < kwwHeaderLen || string(blob[:len(kwwMagic)]) != kwwMagic || blob[len(kwwMagic)] != kwwVersion {
+	if len(blob) < kwwHeaderLen || string(blob[:len(kwwMagic)]) != kwwMagic {
+		return nil, Attributes{}, ErrUnwrap
+	}
+	switch blob[len(kwwMagic)] {
+	case kwwVersion:
+	case kwwLegacy:
+		return nil, Attributes{}, ErrLegacyKeyword
+	default:
 		return nil, Attributes{}, ErrUnwrap
 	}
 	aadLen := kwwHeaderLen + int(binary.BigEndian.Uint16(blob[kwwHeaderLen-2:]))
@@ -210,10 +226,16 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 	return material, a, nil
 }
 
-// newKeywordAEAD returns AES-256-GCM with a random 96-bit nonce that Seal
-// prepends to its output and Open expects there.
+// newKeywordAEAD returns AES-256-GCM under the format's subkey of kek
+// (HKDF-SHA-256, no salt, info kwwSubkeyInfo), with a random 96-bit nonce
+// that Seal prepends to its output and Open expects there.
 func newKeywordAEAD(kek []byte) (cipher.AEAD, error) {
-	b, err := aes.NewCipher(kek)
+	sub, err := hkdf.Key(sha256.New, kek, nil, kwwSubkeyInfo, kwwKEKLen)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(sub)
+	b, err := aes.NewCipher(sub)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
@@ -117,7 +119,7 @@ func TestKeywordLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantHeader := unhex(t, "4b575731"+ // "KWW1"
+	wantHeader := unhex(t, "4b575732"+ // "KWW2"
 		"003e"+ // L = 62
 		"01"+ // encoding version
 		"00000003"+ // HMAC-SHA384
@@ -133,14 +135,62 @@ func TestKeywordLayout(t *testing.T) {
 	if !bytes.HasPrefix(blob, wantHeader) {
 		t.Fatalf("header\n got %x\nwant %x", blob[:len(wantHeader)], wantHeader)
 	}
-	// The rest is nonce || ciphertext || tag of AES-256-GCM with the header
-	// as additional data.
-	b, _ := aes.NewCipher(kek)
+	// The rest is nonce || ciphertext || tag of AES-256-GCM, under
+	// HKDF-SHA-256(kek, no salt, "keywarden KWW2 key wrap"), with the
+	// header as additional data.
+	sub, err := hkdf.Key(sha256.New, kek, nil, "keywarden KWW2 key wrap", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := aes.NewCipher(sub)
 	gcm, _ := cipher.NewGCM(b)
 	rest := blob[len(wantHeader):]
 	pt, err := gcm.Open(nil, rest[:12], rest[12:], wantHeader)
 	if err != nil || !bytes.Equal(pt, material) {
-		t.Fatalf("plain AES-256-GCM open: %x, %v", pt, err)
+		t.Fatalf("plain AES-256-GCM open under the subkey: %x, %v", pt, err)
+	}
+	// And not under the wrapping key itself, as encryption of data is.
+	b, _ = aes.NewCipher(kek)
+	gcm, _ = cipher.NewGCM(b)
+	if _, err := gcm.Open(nil, rest[:12], rest[12:], wantHeader); err == nil {
+		t.Fatal("the blob opens under the wrapping key itself")
+	}
+}
+
+// A blob made the way encryption of data under the wrapping key makes
+// ciphertexts (AES-256-GCM under the key's own bytes), with a well-formed
+// header and attributes of the forger's choice as associated data, is not
+// opened: whoever may encrypt under a wrapping key cannot forge a blob.
+func TestKeywordDomainSeparation(t *testing.T) {
+	kek := randBytes(32)
+	a := fullAttributes(key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM))
+	a.Exportable, a.NeverExportable = true, false
+	attrs := appendAttributes(nil, &a)
+	for _, version := range []string{"KWW2", "KWW1"} {
+		hdr := append([]byte(version), byte(len(attrs)>>8), byte(len(attrs)))
+		hdr = append(hdr, attrs...)
+		b, _ := aes.NewCipher(kek)
+		gcm, _ := cipher.NewGCMWithRandomNonce(b)
+		blob := gcm.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+		m, got, err := OpenKeyword(kek, blob)
+		if err == nil || m != nil || got != (Attributes{}) {
+			t.Fatalf("%s blob sealed under the wrapping key itself opened: %+v, %v", version, got, err)
+		}
+	}
+}
+
+// A blob of the first format version is refused with its own error, which
+// says what the blob is (its header is in the clear).
+func TestKeywordLegacyRefused(t *testing.T) {
+	kek := randBytes(32)
+	attrs := appendAttributes(nil, &Attributes{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Class: key.Secret, Usage: key.Encrypt})
+	hdr := append([]byte("KWW1"), 0, byte(len(attrs)))
+	hdr = append(hdr, attrs...)
+	b, _ := aes.NewCipher(kek)
+	gcm, _ := cipher.NewGCMWithRandomNonce(b)
+	blob := gcm.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+	if _, _, err := OpenKeyword(kek, blob); err != ErrLegacyKeyword {
+		t.Fatalf("KWW1 blob: %v, want ErrLegacyKeyword", err)
 	}
 }
 
@@ -322,9 +372,9 @@ func TestKeywordRejectsMalformedAttributes(t *testing.T) {
 	}
 }
 
-// sealRaw makes a KWW1 blob with arbitrary attribute bytes.
+// sealRaw makes a KWW2 blob with arbitrary attribute bytes.
 func sealRaw(t *testing.T, kek, attrs, material []byte) []byte {
-	hdr := append([]byte("KWW1"), byte(len(attrs)>>8), byte(len(attrs)))
+	hdr := append([]byte("KWW2"), byte(len(attrs)>>8), byte(len(attrs)))
 	hdr = append(hdr, attrs...)
 	aead, err := newKeywordAEAD(kek)
 	if err != nil {
@@ -336,7 +386,7 @@ func sealRaw(t *testing.T, kek, attrs, material []byte) []byte {
 func TestKeywordUnknownFormatVersion(t *testing.T) {
 	kek := randBytes(32)
 	attrs := appendAttributes(nil, &Attributes{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Class: key.Secret})
-	for _, magic := range []string{"KWW0", "KWW2", "KWW\x01", "kww1", "KWX1"} {
+	for _, magic := range []string{"KWW0", "KWW3", "KWW\x02", "kww2", "KWX2"} {
 		hdr := append([]byte(magic), 0, byte(len(attrs)))
 		hdr = append(hdr, attrs...)
 		aead, _ := newKeywordAEAD(kek)
