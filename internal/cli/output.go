@@ -46,6 +46,7 @@ type lifecycleJSON struct {
 	Origin             string        `json:"origin"`
 	NeverExportable    bool          `json:"never_exportable"`
 	Trusted            bool          `json:"trusted"`
+	WrappedOut         bool          `json:"wrapped_out"`
 	MinVersion         uint32        `json:"min_version"`
 	RotateAfterSeconds int64         `json:"rotate_after_seconds"`
 	RefuseWhenSpent    bool          `json:"refuse_when_spent"`
@@ -87,7 +88,7 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 		k.KDF = &kdfJSON{r.Algorithm, r.Version, r.Params.Time, r.Params.MemoryKiB, r.Params.Threads, hex.EncodeToString(r.Salt)}
 	}
 	if l := i.Lifecycle; len(l.Versions) > 0 {
-		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted,
+		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted, WrappedOut: l.WrappedOut,
 			MinVersion: l.MinVersion, RotateAfterSeconds: int64(l.RotateAfter / time.Second), RefuseWhenSpent: l.RefuseWhenSpent,
 			Versions: []versionJSON{}}
 		for _, v := range l.Versions {
@@ -170,6 +171,9 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 		}
 		if l.Trusted {
 			origin += ", trusted wrapping key"
+		}
+		if l.WrappedOut {
+			origin += ", wrapped out"
 		}
 		fmt.Fprintf(w, "origin:\t%s\n", origin)
 		if l.RotateAfter > 0 || l.RefuseWhenSpent {

@@ -97,6 +97,25 @@ const (
 	Private = wire.KeyClass_KEY_CLASS_PRIVATE
 )
 
+// Origin says how a key object's material came to be; the wire enum is
+// the model's enum.
+type Origin = wire.KeyOrigin
+
+const (
+	Generated  = wire.KeyOrigin_KEY_ORIGIN_GENERATED
+	Imported   = wire.KeyOrigin_KEY_ORIGIN_IMPORTED
+	Derived    = wire.KeyOrigin_KEY_ORIGIN_DERIVED
+	Unwrapped  = wire.KeyOrigin_KEY_ORIGIN_UNWRAPPED
+	Passphrase = wire.KeyOrigin_KEY_ORIGIN_PASSPHRASE
+)
+
+// Transport are the usages of a key that moves other keys (key-transport
+// keys); Data those of a key that protects data. No key has both.
+const (
+	Transport = Wrap | Unwrap
+	Data      = Encrypt | Decrypt
+)
+
 // Family groups key types that share mechanisms.
 type Family int
 

@@ -7,6 +7,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -34,7 +35,39 @@ func (s *Store) SetAttrs(o *Object, decide func(old *key.Attrs) (*key.Attrs, err
 			return err
 		}
 	}
+	s.mu.Lock()
 	o.attrs.Store(next)
+	if !o.removed.Load() {
+		s.mats.addObject(o) // the copy rule sees the new attributes
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// MarkWrappedOut records, durably first for a persistent key, that o's
+// material has left the daemon wrapped: o is never again trusted to wrap
+// (policy.TrustedWrapping).
+func (s *Store) MarkWrappedOut(o *Object) error {
+	if o.Meta().WrappedOut {
+		return nil
+	}
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	m := *o.Meta()
+	if m.WrappedOut {
+		return nil
+	}
+	m.WrappedOut = true
+	if !o.Ephemeral {
+		err := s.update(o, func(r *persist.KeyRecord) error {
+			r.WrappedOut = true
+			return nil
+		}, nil)
+		if err != nil {
+			return err
+		}
+	}
+	o.meta.Store(&m)
 	return nil
 }
 
@@ -63,12 +96,20 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 	if err := o.Gone(); err != nil {
 		return nil, err
 	}
+	k, err := s.keys()
+	if err != nil {
+		return nil, err
+	}
 	mat, err := mech.Generate(o.Spec)
 	if err != nil {
 		return nil, err
 	}
 	m := *o.Meta()
 	v := &Version{N: m.NextVersion, Created: s.now(), Mat: mat}
+	if v.fp, v.hasFP, err = fingerprintOf(k, mat); err != nil {
+		mat.Destroy()
+		return nil, err
+	}
 	v.limit.Store(DefaultEncryptionLimit)
 	m.NextVersion++
 	next := append(slices.Clone(o.Versions()), v)
@@ -92,6 +133,11 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 		}
 	}
 	o.meta.Store(&m)
+	s.mu.Lock()
+	if !o.removed.Load() {
+		s.mats.add(v.fp, holderOf(o.ID, o.Spec, o.Class, o.Attrs()))
+	}
+	s.mu.Unlock()
 	o.setVersions(next)
 	s.log.Info("key rotated", "key", o.ID.String(), "version", v.N)
 	return v, nil
@@ -146,8 +192,10 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 		}
 	}
 	if c.Trusted != nil {
-		if *c.Trusted && !o.Attrs().Usage.Has(key.Wrap) && !o.Attrs().Usage.Has(key.Unwrap) {
-			return wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "only a key with wrap or unwrap usage can be a trusted wrapping key")
+		if *c.Trusted {
+			if err := policy.CheckTrust(o.Policy()).Err(); err != nil {
+				return err
+			}
 		}
 		m.Trusted = *c.Trusted
 	}
@@ -171,6 +219,9 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 	}
 	o.meta.Store(&m)
 	if len(next) != len(vs) {
+		s.mu.Lock()
+		s.mats.removeObject(o, slices.DeleteFunc(slices.Clone(vs), func(v *Version) bool { return slices.Contains(next, v) }))
+		s.mu.Unlock()
 		if err := o.setVersions(next); err != nil {
 			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
 		}

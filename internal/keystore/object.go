@@ -61,6 +61,8 @@ type Meta struct {
 	NeverExportable bool
 	// Trusted: an administrator made it a trusted wrapping key.
 	Trusted bool
+	// WrappedOut: the key's material has left the daemon wrapped.
+	WrappedOut bool
 	// MinVersion: versions below it no longer decrypt or verify.
 	MinVersion uint32
 	// NextVersion is the number the next version gets.
@@ -74,6 +76,10 @@ type Version struct {
 	N       uint32
 	Created time.Time
 	Mat     *mech.Key
+	// fp is the fingerprint of the material (hasFP false for a public
+	// key), set before the version is shared and never changed.
+	fp    fingerprint
+	hasFP bool
 	// Counts of AES-GCM encryptions: made (in this process, on top of
 	// what earlier processes reserved), durably reserved, and allowed.
 	used     atomic.Uint64
@@ -163,7 +169,10 @@ func (o *Object) Version(n uint32) (*Version, bool) {
 
 // Policy returns the object as package policy sees it.
 func (o *Object) Policy() policy.Key {
-	return policy.Key{Owner: o.Owner, Spec: o.Spec, Class: o.Class, Attrs: o.attrs.Load()}
+	m := o.Meta()
+	return policy.Key{Owner: o.Owner, Spec: o.Spec, Class: o.Class, Attrs: o.attrs.Load(), Prov: policy.Provenance{
+		Origin: key.Origin(m.Origin), NeverExportable: m.NeverExportable, Trusted: m.Trusted, WrappedOut: m.WrappedOut,
+	}}
 }
 
 // ReplaceAttrs installs next if the attributes are still old, and reports
@@ -302,6 +311,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		Origin:             wire.KeyOrigin(m.Origin),
 		NeverExportable:    m.NeverExportable,
 		Trusted:            m.Trusted,
+		WrappedOut:         m.WrappedOut,
 		MinVersion:         m.MinVersion,
 		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
 		RefuseWhenSpent:    m.Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,

@@ -10,6 +10,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
@@ -44,6 +45,7 @@ func record(o *Object) *persist.KeyRecord {
 		BudgetPolicy:       m.Budget,
 		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
 		NextVersion:        m.NextVersion,
+		WrappedOut:         m.WrappedOut,
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -58,8 +60,23 @@ func record(o *Object) *persist.KeyRecord {
 			EncryptionsReserved: v.reserved.Load(),
 			EncryptionsLimit:    v.limit.Load(),
 		})
+		if v.hasFP {
+			r.Versions[len(r.Versions)-1].Fingerprint = bytes.Clone(v.fp[:])
+		}
 	}
 	return r
+}
+
+// recordAttrs returns the attributes and provenance r gives, brought
+// within today's rules (policy.Normalize: a key made under older rules is
+// narrowed, never widened), and whether they had to be.
+func recordAttrs(r *persist.KeyRecord) (*key.Attrs, policy.Provenance, bool) {
+	a := &key.Attrs{Usage: key.Usage(r.Usage), Exportable: r.Exportable, Wrappable: r.Wrappable}
+	for _, e := range r.Acl {
+		a.ACL = append(a.ACL, key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)})
+	}
+	p := policy.Provenance{Origin: key.Origin(r.Origin), NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: r.WrappedOut}
+	return policy.Normalize(a, p)
 }
 
 // sealVersions seals every version's canonical bytes (given by plain, in
@@ -336,13 +353,14 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 	var id key.ID
 	copy(id[:], r.Id)
 	o = &Object{ID: id, Name: r.Name, Owner: r.Owner, Spec: spec, Class: class, Created: time.Unix(0, r.CreatedUnixNano)}
-	attrs := &key.Attrs{Usage: key.Usage(r.Usage), Exportable: r.Exportable, Wrappable: r.Wrappable}
-	for _, e := range r.Acl {
-		attrs.ACL = append(attrs.ACL, key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)})
+	attrs, prov, narrowed := recordAttrs(r)
+	if narrowed {
+		s.log.Warn("key made under older rules: narrowed to today's (a key never both wraps keys and protects data; a wrapping key is never wrappable)",
+			"key", id.String(), "usage", attrs.Usage.String(), "wrappable", attrs.Wrappable)
 	}
 	o.attrs.Store(attrs)
 	o.meta.Store(&Meta{
-		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted,
+		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: prov.WrappedOut,
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
 		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second,
 	})
@@ -379,6 +397,13 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 			return nil, fmt.Errorf("version %d: %w", rv.Version, errRecord)
 		}
 		v := &Version{N: rv.Version, Created: time.Unix(0, rv.CreatedUnixNano), Mat: m}
+		if len(rv.Fingerprint) == seal.FingerprintSize {
+			copy(v.fp[:], rv.Fingerprint)
+			v.hasFP = true
+		} else if v.fp, v.hasFP, err = fingerprintOf(k, m); err != nil {
+			m.Destroy()
+			return nil, err
+		}
 		// What an earlier process may have used of its reservation is
 		// unknown: count all of it as used.
 		v.used.Store(rv.EncryptionsReserved)
@@ -458,11 +483,19 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return storeErr(err)
 		}
 	}
+	mats := newMaterials(len(scan.mats))
+	for _, e := range scan.mats {
+		if _, isBad := bad[e.h.id]; !isBad {
+			mats.add(e.fp, e.h)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for o := range s.eph {
 		owned[o.Owner]++
+		mats.addObject(o)
 	}
+	s.mats = mats
 	s.owned = owned
 	s.count = int(count) - len(bad)
 	s.bad = bad
@@ -513,19 +546,20 @@ func (s *Store) List(after key.ID, limit int, visible func(info *wire.KeyInfo) b
 // infoFromRecord describes a key from its record (the caller fills
 // CallerUsage and, for asymmetric keys, PublicKey if it needs them).
 func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
+	a, p, _ := recordAttrs(r)
 	info := &wire.KeyInfo{
 		Id: bytes.Clone(r.Id), Name: r.Name, OwnerUid: r.Owner,
-		Type: wire.KeyType(r.Type), Class: wire.KeyClass(r.Class), Usage: r.Usage,
-		Exportable: r.Exportable, Wrappable: r.Wrappable, CreatedUnixNano: r.CreatedUnixNano,
+		Type: wire.KeyType(r.Type), Class: wire.KeyClass(r.Class), Usage: uint32(a.Usage),
+		Exportable: a.Exportable, Wrappable: a.Wrappable, CreatedUnixNano: r.CreatedUnixNano,
 		Version: r.Versions[len(r.Versions)-1].Version,
 		Lifecycle: &wire.KeyLifecycle{
 			Origin: wire.KeyOrigin(r.Origin), NeverExportable: r.NeverExportable, Trusted: r.Trusted,
-			MinVersion: r.MinVersion, RotateAfterSeconds: r.RotateAfterSeconds,
+			WrappedOut: p.WrappedOut, MinVersion: r.MinVersion, RotateAfterSeconds: r.RotateAfterSeconds,
 			RefuseWhenSpent: r.BudgetPolicy == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
 		},
 	}
-	for _, e := range r.Acl {
-		info.Acl = append(info.Acl, ACLToWire(key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)}))
+	for _, e := range a.ACL {
+		info.Acl = append(info.Acl, ACLToWire(e))
 	}
 	for _, v := range r.Versions {
 		info.Lifecycle.Versions = append(info.Lifecycle.Versions, &wire.KeyVersionInfo{

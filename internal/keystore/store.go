@@ -47,6 +47,9 @@ type Store struct {
 	// reloaded within the process's life goes on from there rather than
 	// counting its whole reservation as spent.
 	used map[key.ID]map[uint32]uint64
+	// mats knows which live key objects hold which material (the copy
+	// rule: materials.go).
+	mats materials
 }
 
 // Config configures a Store.
@@ -72,6 +75,7 @@ func New(cfg Config) *Store {
 		owned:      make(map[uint32]int),
 		bad:        make(map[key.ID]struct{}),
 		used:       make(map[key.ID]map[uint32]uint64),
+		mats:       newMaterials(0),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -121,10 +125,16 @@ func (s *Store) Ready() error {
 
 // Add registers a new object. A persistent one is written durably first
 // (it exists once Add returns nil); every one counts toward its owner's
-// quota. On error the caller still owns o and must Discard it. The new
-// object holds one reference, the caller's (see Release).
+// quota. Whatever made o, its material is looked up among the material of
+// every live key: a copy must pass the copy rule (policy.CheckCopy). On
+// error the caller still owns o and must Discard it. The new object holds
+// one reference, the caller's (see Release).
 func (s *Store) Add(o *Object) error {
 	k, err := s.keys()
+	if err != nil {
+		return err
+	}
+	fps, err := setFingerprints(k, o)
 	if err != nil {
 		return err
 	}
@@ -137,12 +147,21 @@ func (s *Store) Add(o *Object) error {
 		s.mu.Unlock()
 		return d.Err()
 	}
-	s.owned[o.Owner]++ // reserved; given back on failure
+	if d := s.mats.checkCopy(o, fps); !d.Allowed() {
+		s.mu.Unlock()
+		s.log.Warn("key refused: a copy of another key's material with wider attributes", "reason", d.Reason, "owner", o.Owner)
+		return d.Err()
+	}
+	// Reserved, and the material claimed, before the slow write: a racing
+	// copy is checked against this one. Given back on failure.
+	s.owned[o.Owner]++
+	s.mats.addObject(o)
 	s.mu.Unlock()
 	if !o.Ephemeral {
 		if err := s.create(k, o); err != nil {
 			s.mu.Lock()
 			s.unown(o.Owner)
+			s.mats.removeObject(o, o.Versions())
 			s.mu.Unlock()
 			return err
 		}
@@ -344,6 +363,7 @@ func (s *Store) Remove(o *Object) error {
 		s.count--
 	}
 	s.unown(o.Owner)
+	s.mats.removeObject(o, o.Versions())
 	s.mu.Unlock()
 	if err := o.wipe(errDestroyed); err != nil {
 		s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
@@ -413,6 +433,7 @@ func (s *Store) SealAll() bool {
 	s.loaded = make(map[key.ID]*Object)
 	s.eph = make(map[*Object]struct{})
 	s.owned = make(map[uint32]int)
+	s.mats = newMaterials(0)
 	s.count = 0
 	s.verified = false
 	s.sealCount++
@@ -440,6 +461,7 @@ func (s *Store) Close() error {
 	}
 	s.loaded = map[key.ID]*Object{}
 	s.eph = map[*Object]struct{}{}
+	s.mats = newMaterials(0)
 	s.mu.Unlock()
 	s.master.Seal()
 	var first error

@@ -3,13 +3,16 @@ package keystore
 import (
 	"bytes"
 	"crypto/hmac"
+	"fmt"
 	"runtime"
 	"slices"
 	"sync"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
 )
 
@@ -37,6 +40,13 @@ type verifyScan struct {
 	bad   map[key.ID]struct{}
 	count uint64
 	acc   persist.Acc
+	// mats are the (fingerprint, holder) entries of the good records.
+	mats []matEntry
+}
+
+type matEntry struct {
+	fp fingerprint
+	h  holder
 }
 
 type verifyJob struct {
@@ -91,6 +101,7 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 	wg.Wait() // before the transaction, and the records' memory, goes away
 	out := parts[0]
 	for _, p := range parts[1:] {
+		out.mats = append(out.mats, p.mats...)
 		out.count += p.count
 		out.acc.Add(p.acc[:])
 		for o, n := range p.owned {
@@ -141,12 +152,68 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 		if c.ok[i] {
 			r := &persist.KeyRecord{}
 			if err := r.UnmarshalVT(j.vals[i][persist.MACSize:]); err == nil && bytes.Equal(r.Id, id) {
-				p.owned[r.Owner]++
-				continue
+				if err := p.addMaterials(k, r); err == nil {
+					p.owned[r.Owner]++
+					continue
+				}
 			}
 		}
 		var kid key.ID
 		copy(kid[:], id)
 		p.bad[kid] = struct{}{}
 	}
+}
+
+// addMaterials adds the material entries of r, a checked record, to p.
+// A version whose record carries no fingerprint (written before
+// fingerprints were) is opened to compute it; one that does not open
+// makes the record bad.
+func (p *verifyScan) addMaterials(k *seal.Keys, r *persist.KeyRecord) error {
+	spec := key.Lookup(key.Type(r.Type))
+	class := key.Class(r.Class)
+	if spec == nil || !spec.ClassOK(class) {
+		return errRecord
+	}
+	if class == key.Public {
+		return nil
+	}
+	var id key.ID
+	copy(id[:], r.Id)
+	a, _, _ := recordAttrs(r)
+	h := holderOf(id, spec, class, a)
+	for _, v := range r.Versions {
+		var e matEntry
+		e.h = h
+		if len(v.Fingerprint) == seal.FingerprintSize {
+			copy(e.fp[:], v.Fingerprint)
+		} else {
+			var err error
+			if e.fp, err = legacyFingerprint(k, r, v, spec, class); err != nil {
+				return err
+			}
+		}
+		p.mats = append(p.mats, e)
+	}
+	return nil
+}
+
+// legacyFingerprint opens version v of r to compute its fingerprint.
+func legacyFingerprint(k *seal.Keys, r *persist.KeyRecord, v *persist.KeyVersion, spec *key.Spec, class key.Class) (fp fingerprint, err error) {
+	aad := persist.BlobAAD(nil, k.StoreID, r, v.Version, v.MkGeneration)
+	secmem.Do(func() {
+		var b []byte
+		if b, err = k.OpenBlob(v.MkGeneration, aad, v.Blob); err != nil {
+			return
+		}
+		var m *mech.Key
+		if m, err = mech.FromCanonical(spec, class, b); err != nil {
+			return
+		}
+		fp, _, err = fingerprintOf(k, m)
+		m.Destroy()
+	})
+	if err != nil {
+		return fp, fmt.Errorf("version %d: %w", v.Version, errRecord)
+	}
+	return fp, nil
 }

@@ -166,7 +166,11 @@ type KeyRecord struct {
 	// never).
 	RotateAfterSeconds int64 `protobuf:"varint,19,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3" json:"rotate_after_seconds,omitempty"`
 	// The next version number to assign (versions trimmed are not reused).
-	NextVersion   uint32 `protobuf:"varint,20,opt,name=next_version,json=nextVersion,proto3" json:"next_version,omitempty"`
+	NextVersion uint32 `protobuf:"varint,20,opt,name=next_version,json=nextVersion,proto3" json:"next_version,omitempty"`
+	// The key's material has left the daemon wrapped (or may have: a
+	// wrappable wrapping key of an older version); it is then never trusted
+	// to wrap.
+	WrappedOut    bool `protobuf:"varint,21,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -341,6 +345,13 @@ func (x *KeyRecord) GetNextVersion() uint32 {
 	return 0
 }
 
+func (x *KeyRecord) GetWrappedOut() bool {
+	if x != nil {
+		return x.WrappedOut
+	}
+	return false
+}
+
 type AclEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         bool                   `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -417,8 +428,14 @@ type KeyVersion struct {
 	// most 2^32 by NIST SP 800-38D); lowered when the machine may have been
 	// cloned.
 	EncryptionsLimit uint64 `protobuf:"varint,6,opt,name=encryptions_limit,json=encryptionsLimit,proto3" json:"encryptions_limit,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The material's fingerprint: the first 16 bytes of HMAC-SHA-256 under
+	// the index key of "keywarden material v1", a class byte and the
+	// material (secret keys) or the public key (private keys). It finds the
+	// other key objects holding the same material (docs/security.md, "One
+	// key's material, many objects"); empty in records written before it.
+	Fingerprint   []byte `protobuf:"bytes,7,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyVersion) Reset() {
@@ -491,6 +508,13 @@ func (x *KeyVersion) GetEncryptionsLimit() uint64 {
 		return x.EncryptionsLimit
 	}
 	return 0
+}
+
+func (x *KeyVersion) GetFingerprint() []byte {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return nil
 }
 
 // StoreHeader authenticates the set of key records as a whole, so that a
@@ -977,7 +1001,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xbd\x05\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xde\x05\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1002,11 +1026,13 @@ const file_persist_proto_rawDesc = "" +
 	"\x03rev\x18\x11 \x01(\x04R\x03rev\x12G\n" +
 	"\rbudget_policy\x18\x12 \x01(\x0e2\".keywarden.persist.v1.BudgetPolicyR\fbudgetPolicy\x120\n" +
 	"\x14rotate_after_seconds\x18\x13 \x01(\x03R\x12rotateAfterSeconds\x12!\n" +
-	"\fnext_version\x18\x14 \x01(\rR\vnextVersion\"F\n" +
+	"\fnext_version\x18\x14 \x01(\rR\vnextVersion\x12\x1f\n" +
+	"\vwrapped_out\x18\x15 \x01(\bR\n" +
+	"wrappedOut\"F\n" +
 	"\bAclEntry\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\bR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +
-	"\x05usage\x18\x03 \x01(\rR\x05usage\"\xeb\x01\n" +
+	"\x05usage\x18\x03 \x01(\rR\x05usage\"\x8d\x02\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1014,7 +1040,8 @@ const file_persist_proto_rawDesc = "" +
 	"\rmk_generation\x18\x03 \x01(\x04R\fmkGeneration\x12\x12\n" +
 	"\x04blob\x18\x04 \x01(\fR\x04blob\x121\n" +
 	"\x14encryptions_reserved\x18\x05 \x01(\x04R\x13encryptionsReserved\x12+\n" +
-	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\"\xbc\x01\n" +
+	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\x12 \n" +
+	"\vfingerprint\x18\a \x01(\fR\vfingerprint\"\xbc\x01\n" +
 	"\vStoreHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x14\n" +

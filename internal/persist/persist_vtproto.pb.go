@@ -40,6 +40,7 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.BudgetPolicy = m.BudgetPolicy
 	r.RotateAfterSeconds = m.RotateAfterSeconds
 	r.NextVersion = m.NextVersion
+	r.WrappedOut = m.WrappedOut
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -108,6 +109,11 @@ func (m *KeyVersion) CloneVT() *KeyVersion {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
 		r.Blob = tmpBytes
+	}
+	if rhs := m.Fingerprint; rhs != nil {
+		tmpBytes := make([]byte, len(rhs))
+		copy(tmpBytes, rhs)
+		r.Fingerprint = tmpBytes
 	}
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
@@ -328,6 +334,18 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.WrappedOut {
+		i--
+		if m.WrappedOut {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
 	}
 	if m.NextVersion != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.NextVersion))
@@ -564,6 +582,13 @@ func (m *KeyVersion) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if len(m.Fingerprint) > 0 {
+		i -= len(m.Fingerprint)
+		copy(dAtA[i:], m.Fingerprint)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Fingerprint)))
+		i--
+		dAtA[i] = 0x3a
 	}
 	if m.EncryptionsLimit != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.EncryptionsLimit))
@@ -1069,6 +1094,9 @@ func (m *KeyRecord) SizeVT() (n int) {
 	if m.NextVersion != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.NextVersion))
 	}
+	if m.WrappedOut {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1116,6 +1144,10 @@ func (m *KeyVersion) SizeVT() (n int) {
 	}
 	if m.EncryptionsLimit != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.EncryptionsLimit))
+	}
+	l = len(m.Fingerprint)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -1776,6 +1808,26 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field WrappedOut", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.WrappedOut = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -2065,6 +2117,40 @@ func (m *KeyVersion) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 7:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Fingerprint", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Fingerprint = append(m.Fingerprint[:0], dAtA[iNdEx:postIndex]...)
+			if m.Fingerprint == nil {
+				m.Fingerprint = []byte{}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -19,6 +19,21 @@ type Key struct {
 	Spec  *key.Spec
 	Class key.Class
 	Attrs *key.Attrs
+	Prov  Provenance
+}
+
+// Provenance is where a key object's material came from and where it has
+// been: what decides whether anyone outside the daemon may know it.
+type Provenance struct {
+	Origin key.Origin
+	// NeverExportable: the key has never been exportable.
+	NeverExportable bool
+	// Trusted: an administrator vouches that the key's bytes are known to
+	// no one outside the daemon (a key imported from an HSM, say).
+	Trusted bool
+	// WrappedOut: the key's material has left the daemon wrapped (or may
+	// have: see Normalize).
+	WrappedOut bool
 }
 
 // Decision is the outcome of a check. The zero value allows.
@@ -43,13 +58,6 @@ var allow = Decision{}
 
 func deny(st wire.Status, public, format string, args ...any) Decision {
 	return Decision{Status: st, Public: public, Reason: fmt.Sprintf(format, args...)}
-}
-
-// Forbidden usage pairs: a wrapped blob must never be decryptable as data,
-// nor data unwrappable as a key.
-var forbiddenPairs = [][2]key.Usage{
-	{key.Wrap, key.Decrypt},
-	{key.Unwrap, key.Encrypt},
 }
 
 // Action is what a caller wants to do with a key.
@@ -154,13 +162,13 @@ func Authorize(c Caller, k Key, act Action, need key.Usage) Decision {
 }
 
 // DefaultUsage is what a key of this type and class gets when its template
-// names no usage: everything it can do, minus what the forbidden pairs
-// exclude. Where a type can both encrypt data and wrap keys, data wins:
-// wrap and unwrap must be asked for explicitly.
+// names no usage: everything it can do, minus what the role rule excludes
+// (no key both moves keys and protects data). Where a type can do both,
+// data wins: wrap and unwrap must be asked for explicitly.
 func DefaultUsage(s *key.Spec, c key.Class) key.Usage {
 	u := s.Capable(c)
-	if u&(key.Encrypt|key.Decrypt) != 0 {
-		u &^= key.Wrap | key.Unwrap
+	if u&key.Data != 0 {
+		u &^= key.Transport
 	}
 	return u
 }
@@ -174,11 +182,10 @@ func CheckUsage(s *key.Spec, c key.Class, u key.Usage) Decision {
 		return deny(wire.Status_STATUS_INVALID_ARGUMENT, fmt.Sprintf("a %s key cannot %s", s.Name, u&^capable),
 			"%s %v key asked for %q, capable of %q", s.Name, c, u, capable)
 	}
-	for _, p := range forbiddenPairs {
-		if u.Has(p[0] | p[1]) {
-			return deny(wire.Status_STATUS_POLICY_VIOLATION, fmt.Sprintf("a key may not have both %s and %s", p[0], p[1]),
-				"usage %q holds the forbidden pair %s+%s", u, p[0], p[1])
-		}
+	if u&key.Transport != 0 && u&key.Data != 0 {
+		return deny(wire.Status_STATUS_POLICY_VIOLATION,
+			fmt.Sprintf("a key that wraps or unwraps keys never encrypts or decrypts data (asked for %s): make two keys", u),
+			"usage %q mixes key transport (%q) and data (%q)", u, u&key.Transport, u&key.Data)
 	}
 	return allow
 }
@@ -208,6 +215,10 @@ func CheckTemplate(t Template) (key.Usage, Decision) {
 	}
 	if d := CheckUsage(t.Spec, t.Class, u); !d.Allowed() {
 		return 0, d
+	}
+	if u&key.Transport != 0 && t.Wrappable {
+		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "a key that wraps or unwraps keys is never wrappable",
+			"wrappable key with usage %q", u)
 	}
 	if d := CheckACL(u, t.ACL); !d.Allowed() {
 		return 0, d
@@ -318,70 +329,4 @@ func CheckQuota(owned, limit int) Decision {
 			"owner holds %d keys, limit %d", owned, limit)
 	}
 	return allow
-}
-
-// WrapFormat says what a wrap carries besides the key's bytes.
-type WrapFormat int
-
-const (
-	// Bare formats (RFC 3394/5649, RSA-AES-KWP) carry no attributes.
-	Bare WrapFormat = iota + 1
-	// Bound is keywarden's format: the attributes are bound to the bytes.
-	Bound
-)
-
-// CheckWrap decides whether c may wrap target under wrapping.
-// wrappingTrusted says the wrapping key's bytes are known to no one: it
-// was generated here and never exportable, or an administrator made it a
-// trusted wrapping key. An imported or once-exportable key could be known
-// to its importer, who would then read what it wraps: it must not wrap.
-//
-// Rules (DESIGN.md §4): only a key with wrap usage wraps; only a wrappable
-// key is wrapped, and only by its owner (wrapping hands out a copy of the
-// key); a key is never wrapped by a weaker one; public keys are not
-// wrapped (they are readable anyway).
-func CheckWrap(c Caller, wrapping Key, wrappingTrusted bool, target Key) Decision {
-	if d := Authorize(c, wrapping, Use, key.Wrap); !d.Allowed() {
-		return d
-	}
-	if d := Authorize(c, target, Manage, 0); !d.Allowed() {
-		return d
-	}
-	switch {
-	case target.Class == key.Public:
-		return deny(wire.Status_STATUS_INVALID_ARGUMENT, "a public key is not wrapped: read it instead", "wrap of a public key")
-	case !target.Attrs.Wrappable:
-		return deny(wire.Status_STATUS_POLICY_VIOLATION, "the key is not wrappable", "wrap of a non-wrappable %s key", target.Spec.Name)
-	case !wrappingTrusted:
-		return deny(wire.Status_STATUS_POLICY_VIOLATION,
-			"the wrapping key may be known outside the daemon (imported or once exportable): only keys generated here and never exportable, or trusted by an administrator, wrap",
-			"untrusted %s wrapping key", wrapping.Spec.Name)
-	case wrapping.Spec.Strength < target.Spec.Strength:
-		return deny(wire.Status_STATUS_POLICY_VIOLATION,
-			fmt.Sprintf("a %d-bit key is not wrapped under a %d-bit key", target.Spec.Strength, wrapping.Spec.Strength),
-			"wrap of %s (%d bits) under %s (%d bits)", target.Spec.Name, target.Spec.Strength, wrapping.Spec.Name, wrapping.Spec.Strength)
-	}
-	return allow
-}
-
-// CheckUnwrap decides whether c may unwrap with unwrapping into a key
-// made from t, and returns its usage. A bound blob's attributes count only
-// when the unwrapping key is trusted (anyone who knows the key could have
-// written them); its key is then never more permissive than the blob
-// says. A bare blob carries no attributes: its key is never exportable and
-// gets the usages asked for.
-func CheckUnwrap(c Caller, unwrapping Key, unwrappingTrusted bool, f WrapFormat, t Template) (key.Usage, Decision) {
-	if d := Authorize(c, unwrapping, Use, key.Unwrap); !d.Allowed() {
-		return 0, d
-	}
-	if f == Bound && !unwrappingTrusted {
-		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION,
-			"attributes are taken only from a blob wrapped under a key known to no one (generated here and never exportable, or trusted by an administrator)",
-			"bound unwrap with an untrusted %s key", unwrapping.Spec.Name)
-	}
-	if f == Bare && t.Exportable {
-		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "a key unwrapped from a standard wrap is never exportable",
-			"bare unwrap asked for an exportable key")
-	}
-	return CheckTemplate(t)
 }

@@ -113,6 +113,14 @@ func TestCheckTemplate(t *testing.T) {
 		{"wrap+decrypt forbidden", Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Decrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
 		{"unwrap+encrypt forbidden", Template{Spec: aes, Class: key.Secret, Usage: key.Unwrap | key.Encrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
 		{"all four forbidden", Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Unwrap | key.Encrypt | key.Decrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"wrap+encrypt forbidden", Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Encrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"unwrap+decrypt forbidden", Template{Spec: aes, Class: key.Secret, Usage: key.Unwrap | key.Decrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"rsa unwrap+decrypt forbidden", Template{Spec: rsa2048, Class: key.Private, Usage: key.Unwrap | key.Decrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"rsa public wrap+encrypt forbidden", Template{Spec: rsa2048, Class: key.Public, Usage: key.Wrap | key.Encrypt}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"rsa sign with unwrap allowed", Template{Spec: rsa2048, Class: key.Private, Usage: key.Unwrap | key.Sign | key.Verify}, key.Unwrap | key.Sign | key.Verify, wire.Status_STATUS_OK},
+		{"wrapping key never wrappable", Template{Spec: aes, Class: key.Secret, Usage: key.Wrap, Wrappable: true}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"unwrapping key never wrappable", Template{Spec: rsa2048, Class: key.Private, Usage: key.Unwrap, Wrappable: true}, 0, wire.Status_STATUS_POLICY_VIOLATION},
+		{"data key may be wrappable", Template{Spec: aes, Class: key.Secret, Wrappable: true}, key.Encrypt | key.Decrypt, wire.Status_STATUS_OK},
 		{"aes cannot sign", Template{Spec: aes, Class: key.Secret, Usage: key.Sign}, 0, wire.Status_STATUS_INVALID_ARGUMENT},
 		{"ed25519 cannot encrypt", Template{Spec: ed, Class: key.Private, Usage: key.Encrypt}, 0, wire.Status_STATUS_INVALID_ARGUMENT},
 		{"public key cannot sign", Template{Spec: ed, Class: key.Public, Usage: key.Sign}, 0, wire.Status_STATUS_INVALID_ARGUMENT},
@@ -161,10 +169,8 @@ func TestDefaultsAreAllowed(t *testing.T) {
 			if d := CheckUsage(s, c, u); !d.Allowed() {
 				t.Errorf("%s %v: default usage %q refused: %s", s.Name, c, u, d.Reason)
 			}
-			for _, p := range forbiddenPairs {
-				if u.Has(p[0] | p[1]) {
-					t.Errorf("%s %v: default usage %q holds a forbidden pair", s.Name, c, u)
-				}
+			if u&key.Transport != 0 && u&key.Data != 0 {
+				t.Errorf("%s %v: default usage %q mixes key transport and data", s.Name, c, u)
 			}
 		}
 	}
@@ -283,76 +289,5 @@ func TestCheckQuota(t *testing.T) {
 		if d := CheckQuota(tt.owned, tt.limit); d.Status != tt.want {
 			t.Errorf("CheckQuota(%d, %d) = %v, want %v", tt.owned, tt.limit, d.Status, tt.want)
 		}
-	}
-}
-
-func TestCheckWrap(t *testing.T) {
-	aes := key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM)
-	p256 := key.Lookup(wire.KeyType_KEY_TYPE_ECDSA_P256)
-	rsa2048 := key.Lookup(wire.KeyType_KEY_TYPE_RSA_2048)
-	rsa3072 := key.Lookup(wire.KeyType_KEY_TYPE_RSA_3072)
-	owner := Caller{UID: 1000, GID: 1000}
-	other := Caller{UID: 2000, GID: 2000}
-	k := func(s *key.Spec, c key.Class, u key.Usage, wrappable bool, acl ...key.ACLEntry) Key {
-		return Key{Owner: 1000, Spec: s, Class: c, Attrs: &key.Attrs{Usage: u, Wrappable: wrappable, ACL: acl}}
-	}
-	kek := k(aes, key.Secret, key.Wrap|key.Unwrap, false)
-	target := k(aes, key.Secret, key.Encrypt|key.Decrypt, true)
-	for _, tc := range []struct {
-		name     string
-		c        Caller
-		wrapping Key
-		trusted  bool
-		target   Key
-		want     wire.Status
-	}{
-		{"allowed", owner, kek, true, target, wire.Status_STATUS_OK},
-		{"wrapping key lacks wrap", owner, k(aes, key.Secret, key.Encrypt, false), true, target, wire.Status_STATUS_POLICY_VIOLATION},
-		{"target not wrappable", owner, kek, true, k(aes, key.Secret, key.Encrypt, false), wire.Status_STATUS_POLICY_VIOLATION},
-		{"untrusted (imported) wrapping key", owner, kek, false, target, wire.Status_STATUS_POLICY_VIOLATION},
-		{"256-bit key under RSA-2048 (112)", owner, k(rsa2048, key.Public, key.Wrap, false), true, target, wire.Status_STATUS_POLICY_VIOLATION},
-		{"P-256 under RSA-3072 (128)", owner, k(rsa3072, key.Public, key.Wrap, false), true, k(p256, key.Private, key.Sign, true), wire.Status_STATUS_OK},
-		{"public key", owner, kek, true, k(p256, key.Public, key.Verify, true), wire.Status_STATUS_INVALID_ARGUMENT},
-		{"granted encrypt is not enough to wrap another's key", other,
-			k(aes, key.Secret, key.Wrap, false, key.ACLEntry{ID: 2000, Usage: key.Wrap}), true,
-			k(aes, key.Secret, key.Encrypt, true, key.ACLEntry{ID: 2000, Usage: key.Encrypt}), wire.Status_STATUS_PERMISSION_DENIED},
-	} {
-		if got := CheckWrap(tc.c, tc.wrapping, tc.trusted, tc.target).Status; got != tc.want {
-			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
-func TestCheckUnwrap(t *testing.T) {
-	aes := key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM)
-	owner := Caller{UID: 1000, GID: 1000}
-	kek := Key{Owner: 1000, Spec: aes, Class: key.Secret, Attrs: &key.Attrs{Usage: key.Wrap | key.Unwrap}}
-	tmpl := Template{Spec: aes, Class: key.Secret, Usage: key.Encrypt | key.Decrypt}
-	exportable := tmpl
-	exportable.Exportable = true
-	bad := tmpl
-	bad.Usage = key.Unwrap | key.Encrypt
-	for _, tc := range []struct {
-		name    string
-		trusted bool
-		f       WrapFormat
-		t       Template
-		want    wire.Status
-	}{
-		{"bare", false, Bare, tmpl, wire.Status_STATUS_OK},
-		{"bare never exportable", true, Bare, exportable, wire.Status_STATUS_POLICY_VIOLATION},
-		{"bound needs a trusted key", false, Bound, exportable, wire.Status_STATUS_POLICY_VIOLATION},
-		{"bound keeps the blob's attributes", true, Bound, exportable, wire.Status_STATUS_OK},
-		{"forbidden pair still refused", true, Bound, bad, wire.Status_STATUS_POLICY_VIOLATION},
-	} {
-		_, d := CheckUnwrap(owner, kek, tc.trusted, tc.f, tc.t)
-		if d.Status != tc.want {
-			t.Errorf("%s: %v, want %v", tc.name, d.Status, tc.want)
-		}
-	}
-	noUnwrap := kek
-	noUnwrap.Attrs = &key.Attrs{Usage: key.Wrap}
-	if _, d := CheckUnwrap(owner, noUnwrap, true, Bare, tmpl); d.Status != wire.Status_STATUS_POLICY_VIOLATION {
-		t.Errorf("unwrap with a key without unwrap usage: %v", d.Status)
 	}
 }

@@ -100,6 +100,33 @@ func (k *Keys) MACEach(n int, in func(i int) (data, dst []byte), done func(i int
 	return k.Index.MACEach(n, in, func(i int, out []byte, _ error) { done(i, out) })
 }
 
+// FingerprintSize is the length of a material fingerprint.
+const FingerprintSize = 16
+
+// fingerprintLabel starts the input of every material fingerprint: no
+// record or header MAC input (protobuf encodings) starts with it.
+const fingerprintLabel = "keywarden material v1\x00"
+
+// Fingerprint returns the fingerprint of key material under the index key:
+// the first 16 bytes of HMAC-SHA-256 of fingerprintLabel, the byte class
+// and data. Without the index key it says nothing about data; with it, it
+// tells the daemon that two key objects hold the same material. data may
+// be secret: Fingerprint copies it only inside secmem.Do and wipes the
+// copy.
+func (k *Keys) Fingerprint(class byte, data []byte) (fp [FingerprintSize]byte, err error) {
+	secmem.Do(func() {
+		in := make([]byte, 0, len(fingerprintLabel)+1+len(data))
+		in = append(append(append(in, fingerprintLabel...), class), data...)
+		var mac []byte
+		mac, err = k.Index.MAC(in, make([]byte, 0, 32))
+		clear(in)
+		if err == nil {
+			copy(fp[:], mac)
+		}
+	})
+	return fp, err
+}
+
 // Generations returns the master-key generations whose blobs can be opened.
 func (k *Keys) Generations() []uint64 {
 	var g []uint64

@@ -39,6 +39,8 @@ func writesStore(op *wire.Op) bool {
 		return !o.Derive.GetTemplate().GetEphemeral()
 	case *wire.Op_Unwrap:
 		return !o.Unwrap.GetTemplate().GetEphemeral()
+	case *wire.Op_Wrap:
+		return true // the first wrap of a key records that it left the daemon
 	case *wire.Op_Destroy, *wire.Op_SetAttributes, *wire.Op_SetAcl, *wire.Op_Rotate, *wire.Op_SetLifecycle,
 		*wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_MasterRotate, *wire.Op_Backup, *wire.Op_Restore:
 		return true

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"errors"
 	"strings"
 	"time"
 
@@ -18,17 +19,6 @@ import (
 )
 
 // Wrapping for transport (docs/formats.md), rewrap and data keys.
-
-// trustedWrapKey reports whether o's bytes are known to no one outside the
-// daemon: generated here and never exportable, or made a trusted wrapping
-// key by an administrator.
-func trustedWrapKey(o *keystore.Object) bool {
-	m := o.Meta()
-	if m.Trusted {
-		return true
-	}
-	return m.Origin == persist.Origin_ORIGIN_GENERATED && m.NeverExportable && !o.Attrs().Exportable
-}
 
 func oaepHash(h wire.HashAlg) (crypto.Hash, error) {
 	switch h {
@@ -54,7 +44,7 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := policy.CheckWrap(id.caller(), wk.Policy(), trustedWrapKey(wk), tk.Policy()).Err(); err != nil {
+	if err := policy.CheckWrap(id.caller(), wk.Policy(), tk.Policy()).Err(); err != nil {
 		return nil, err
 	}
 	format := w.Format
@@ -122,6 +112,10 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, wrapErr(err)
 	}
+	// The key has left the daemon: durably so before the blob does.
+	if err := cn.s.store.MarkWrappedOut(tk); err != nil {
+		return nil, err
+	}
 	cn.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
 	res := dataResult(blob)
 	res.KeyVersion = tv.N
@@ -159,17 +153,13 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		return nil, errWrapFamily
 	}
 	bound := format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
-	// Refuse early what no blob could make allowed.
 	pf := policy.Bare
 	if bound {
 		pf = policy.Bound
 	}
-	if err := policy.Authorize(id.caller(), uk.Policy(), policy.Use, key.Unwrap).Err(); err != nil {
+	// Refuse early, before any work, what no blob could make allowed.
+	if err := policy.CheckUnwrapKey(id.caller(), uk.Policy(), pf, policy.Template{Exportable: u.Template.Exportable}).Err(); err != nil {
 		return nil, err
-	}
-	if bound && !trustedWrapKey(uk) {
-		_, d := policy.CheckUnwrap(id.caller(), uk.Policy(), false, pf, policy.Template{})
-		return nil, d.Err()
 	}
 	if err := cn.precheck(u.Template, id); err != nil {
 		return nil, err
@@ -207,45 +197,44 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		if _, ok := err.(*wire.Error); ok {
 			return nil, err
 		}
+		if errors.Is(err, wrap.ErrLegacyKeyword) {
+			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "%v", err)
+		}
 		return nil, errUnwrapFailed
 	}
 	defer clear(material)
 
 	t := u.Template
-	var pt policy.Template
+	if t.Name != "" && !key.ValidName(t.Name) {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "invalid key name")
+	}
+	acl, err := aclFromWire(t.Acl)
+	if err != nil {
+		return nil, err
+	}
+	req := policy.Template{Usage: key.Usage(t.Usage), Exportable: t.Exportable, Wrappable: t.Wrappable, ACL: acl}
+	var sealed *policy.Sealed
 	if bound {
 		spec := key.Lookup(attrs.Type)
-		if spec == nil || !spec.ClassOK(attrs.Class) {
+		if spec == nil || !spec.ClassOK(attrs.Class) || attrs.Usage == 0 {
 			return nil, errUnwrapFailed
 		}
-		acl, err := aclFromWire(t.Acl)
-		if err != nil {
-			return nil, err
-		}
-		if t.Name != "" && !key.ValidName(t.Name) {
-			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "invalid key name")
-		}
-		pt = policy.Template{Spec: spec, Class: attrs.Class, Usage: attrs.Usage, Exportable: attrs.Exportable, Wrappable: attrs.Wrappable, ACL: acl}
-		if pt.Usage == 0 {
-			return nil, errUnwrapFailed
-		}
+		sealed = &policy.Sealed{Spec: spec, Class: attrs.Class, Usage: attrs.Usage, Exportable: attrs.Exportable, Wrappable: attrs.Wrappable}
 	} else {
-		spec := key.Lookup(t.Type)
-		if spec == nil {
+		req.Spec = key.Lookup(t.Type)
+		if req.Spec == nil {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type: a standard wrap does not say, the template must")
 		}
-		class := key.Secret
-		if spec.Asymmetric {
-			class = key.Private
-		}
-		if pt, err = template(t, class); err != nil {
-			return nil, err
+		req.Class = key.Secret
+		if req.Spec.Asymmetric {
+			req.Class = key.Private
 		}
 	}
-	usage, d := policy.CheckUnwrap(id.caller(), uk.Policy(), trustedWrapKey(uk), pf, pt)
+	pt, d := policy.CheckUnwrap(id.caller(), uk.Policy(), pf, sealed, req)
 	if err := d.Err(); err != nil {
 		return nil, err
 	}
+	usage := pt.Usage
 	var mat *mech.Key
 	if bound {
 		mat, err = mech.FromCanonical(pt.Spec, pt.Class, bytes.Clone(material))
@@ -260,7 +249,7 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		return nil, errUnwrapFailed
 	}
 	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
-	attrsOut := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
+	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
 	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
 	if bound {
 		// The key keeps its version number (its ciphertexts name it) and

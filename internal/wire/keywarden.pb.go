@@ -2329,7 +2329,10 @@ type KeyLifecycle struct {
 	RotateAfterSeconds int64  `protobuf:"varint,5,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3" json:"rotate_after_seconds,omitempty"`
 	RefuseWhenSpent    bool   `protobuf:"varint,6,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3" json:"refuse_when_spent,omitempty"`
 	// The live versions, oldest first.
-	Versions      []*KeyVersionInfo `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
+	Versions []*KeyVersionInfo `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
+	// The key's material has left the daemon wrapped (it is then never a
+	// trusted wrapping key).
+	WrappedOut    bool `protobuf:"varint,8,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2411,6 +2414,13 @@ func (x *KeyLifecycle) GetVersions() []*KeyVersionInfo {
 		return x.Versions
 	}
 	return nil
+}
+
+func (x *KeyLifecycle) GetWrappedOut() bool {
+	if x != nil {
+		return x.WrappedOut
+	}
+	return false
 }
 
 type KeyVersionInfo struct {
@@ -7147,7 +7157,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xbd\x02\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xde\x02\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -7156,7 +7166,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"minVersion\x120\n" +
 	"\x14rotate_after_seconds\x18\x05 \x01(\x03R\x12rotateAfterSeconds\x12*\n" +
 	"\x11refuse_when_spent\x18\x06 \x01(\bR\x0frefuseWhenSpent\x128\n" +
-	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\"\xa3\x01\n" +
+	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\x12\x1f\n" +
+	"\vwrapped_out\x18\b \x01(\bR\n" +
+	"wrappedOut\"\xa3\x01\n" +
 	"\x0eKeyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
