@@ -473,13 +473,17 @@ func runKeyUnwrap(e *env, args []string) error {
 	}
 	var spec keywarden.KeySpec
 	if wf == keywarden.WrapKeywarden {
-		if s.typ != "" || s.usage != "" || s.exportable || s.wrappable {
-			return usagef("the keywarden format carries the key's type, usage and flags: give only --name, --ephemeral and --share")
+		if s.typ != "" || s.exportable || s.wrappable {
+			return usagef("the keywarden format carries the key's type and flags: give only --name, --ephemeral, --share and, to narrow it, --usage")
 		}
 		if s.name == "" && !s.ephemeral {
 			return usagef("--name is required")
 		}
-		spec = keywarden.KeySpec{Name: s.name, Ephemeral: s.ephemeral, ACL: s.shares}
+		u, err := keywarden.ParseUsage(s.usage)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		spec = keywarden.KeySpec{Name: s.name, Ephemeral: s.ephemeral, ACL: s.shares, Usage: u}
 	} else if spec, err = s.spec(); err != nil {
 		return err
 	}
