@@ -73,13 +73,42 @@ const recvSlice = 25 * time.Millisecond
 // KEYWARDEN_SOCKET environment variable or, if that is unset,
 // DefaultSocketPath(). Dial asks the daemon for its limits, so a nil error
 // means the daemon answered.
+//
+// Before it sends anything, Dial checks that the socket is served by a
+// daemon it trusts: one run by root, by the caller's own uid, or by the uid
+// $KEYWARDEN_DAEMON_UID names, in a directory that no one else could have
+// made or written to; otherwise it returns an *UntrustedSocketError (see
+// DialWithOptions).
 func Dial(ctx context.Context, socketPath string) (*Client, error) {
+	return DialWithOptions(ctx, socketPath, nil)
+}
+
+// DialWithOptions is Dial with options; nil options are Dial's. It refuses
+// a socket whose directory belongs to a uid it does not trust (root, the
+// caller, opts.DaemonUID or $KEYWARDEN_DAEMON_UID, and the owner of a
+// directory that root gave them, such as systemd's RuntimeDirectory) or is
+// writable by others without being sticky, and a daemon whose uid, as the
+// kernel reports it (SO_PEERCRED), is not trusted; either refusal is an
+// *UntrustedSocketError that says what was found, and happens before any
+// byte is sent.
+func DialWithOptions(ctx context.Context, socketPath string, opts *DialOptions) (*Client, error) {
 	if socketPath == "" {
 		socketPath = SocketPathFromEnv()
+	}
+	trust, err := newTrust(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := trust.checkDir(socketPath); err != nil {
+		return nil, err
 	}
 	conn, err := seqpacket.Dial(ctx, socketPath)
 	if err != nil {
 		return nil, fmt.Errorf("keywarden: %w", err)
+	}
+	if err := trust.checkPeer(socketPath, conn); err != nil {
+		conn.Close()
+		return nil, err
 	}
 	conn.SetSpin(replySpin)
 	if err := conn.SetRecvTimeout(recvSlice); err != nil {

@@ -105,6 +105,14 @@ type daemon struct {
 	sock string
 	log  *syncBuffer
 	done chan error
+	// uid is the daemon's uid when it is not root: clients are told to
+	// trust it.
+	uid uint32
+}
+
+// dial connects to the daemon, trusting its uid.
+func (d *daemon) dial(ctx context.Context) (*keywarden.Client, error) {
+	return keywarden.DialWithOptions(ctx, d.sock, &keywarden.DialOptions{DaemonUID: d.uid})
 }
 
 // startDaemon starts "keywarden serve --dev" on a fresh socket with extra
@@ -152,7 +160,7 @@ func (d *daemon) waitReady() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for {
-		c, err := keywarden.Dial(ctx, d.sock)
+		c, err := d.dial(ctx)
 		if err == nil {
 			c.Close()
 			return
@@ -190,7 +198,7 @@ func (d *daemon) stop() {
 // client dials the daemon; the client is closed when the test ends.
 func (d *daemon) client(t *testing.T) *keywarden.Client {
 	t.Helper()
-	c, err := keywarden.Dial(context.Background(), d.sock)
+	c, err := d.dial(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,11 +209,11 @@ func (d *daemon) client(t *testing.T) *keywarden.Client {
 // healthy checks the daemon still answers on a new connection.
 func (d *daemon) healthy(t *testing.T) {
 	t.Helper()
-	c, err := keywarden.Dial(context.Background(), d.sock)
+	c, err := d.dial(context.Background())
 	// Connections just closed may take a moment to leave the daemon's count.
 	for i := 0; i < 100 && errors.Is(err, keywarden.ErrResourceExhausted); i++ {
 		time.Sleep(20 * time.Millisecond)
-		c, err = keywarden.Dial(context.Background(), d.sock)
+		c, err = d.dial(context.Background())
 	}
 	if err != nil {
 		t.Fatalf("daemon unhealthy: %v\n%s", err, d.log)
@@ -232,6 +240,9 @@ func (d *daemon) runCLI(t *testing.T, cred *syscall.Credential, stdin []byte, ar
 	t.Helper()
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
+	if d.uid != 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", keywarden.DaemonUIDEnv, d.uid))
+	}
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

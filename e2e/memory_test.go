@@ -75,7 +75,7 @@ func startDaemonAs(t *testing.T, cred *syscall.Credential, memlock uint64, flags
 	}
 	os.Chown(dir, int(cred.Uid), int(cred.Gid))
 	sock := filepath.Join(dir, "kw.sock")
-	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
+	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1), uid: cred.Uid}
 	args := append([]string{"serve", "--dev", "--socket", sock, "--log-level", "debug", "--socket-mode", "0666"}, flags...)
 	d.cmd = exec.Command(binary(t), args...)
 	d.cmd.Env = append(os.Environ(), mainEnv+"=1")

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // The public-key file: the daemon publishes its checkpoint key(s) there,
@@ -69,7 +71,7 @@ func ParsePublicKeys(data []byte) ([]ed25519.PublicKey, error) {
 // the key is listed already.
 func PublishPublicKey(path string, pub ed25519.PublicKey) error {
 	var keys []ed25519.PublicKey
-	if data, err := os.ReadFile(path); err == nil {
+	if data, err := readOwn(path); err == nil {
 		if keys, err = ParsePublicKeys(data); err != nil {
 			return err
 		}
@@ -88,14 +90,25 @@ func PublishPublicKey(path string, pub ed25519.PublicKey) error {
 		b.WriteString(hex.EncodeToString(k))
 		b.WriteByte('\n')
 	}
+	// The new file is written beside the old one and renamed over it. A
+	// PATH.tmp already there (left by a crash, or put there by someone
+	// else) is removed, never followed, and the new one is created
+	// exclusively.
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b.Bytes(), 0o644); err != nil {
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	f, err := os.Open(tmp)
+	fd, err := openOwn(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.Write(b.Bytes())
 	if err == nil {
 		err = f.Sync()
-		f.Close()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	if err == nil {
 		err = os.Rename(tmp, path)
@@ -105,6 +118,18 @@ func PublishPublicKey(path string, pub ed25519.PublicKey) error {
 		return err
 	}
 	return syncDir(filepath.Dir(path))
+}
+
+// readOwn reads the file at path if it is a regular file of this
+// process's uid or root, reached without a symbolic link (see openOwn).
+func readOwn(path string) ([]byte, error) {
+	fd, err := openOwn(path, unix.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // Text formats r on one line for people (`keywarden audit tail`):

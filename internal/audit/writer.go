@@ -549,7 +549,7 @@ func (l *Log) recycle(b *batch) {
 // newFile creates a new active file, whose first record will have seq
 // first, and makes it current.
 func (l *Log) newFile(first uint64) error {
-	fd, err := unix.Open(l.opts.Path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o600)
+	fd, err := openOwn(l.opts.Path, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, 0o600)
 	if err != nil {
 		return &Error{Op: "rotate", Err: err}
 	}
@@ -799,7 +799,7 @@ func (l *Log) recover() bool {
 // and notes about any recovery, which Open records as events.
 func (l *Log) resume() (reason string, notes []string, err error) {
 	path := l.opts.Path
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	fd, err := openOwn(path, unix.O_RDWR|unix.O_CREAT, 0o600)
 	if err != nil {
 		return "", nil, err
 	}

@@ -38,7 +38,7 @@ func defaultAuditLog() string { return filepath.Join(DefaultStateDir(), "audit.l
 func daemonAuditLog(f *flags) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if c, err := keywarden.Dial(ctx, f.socketPath()); err == nil {
+	if c, err := f.dialContext(ctx); err == nil {
 		defer c.Close()
 		if st, err := c.Status(ctx); err == nil && st.Audit != nil && st.Audit.Path != "" {
 			return st.Audit.Path

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -170,11 +171,12 @@ func printUsage(w io.Writer) {
 	fmt.Fprintf(w, `
 Every command that talks to the daemon takes --socket PATH (default: $%s,
 else %s for root or when the system daemon runs, else
-%s) and --timeout DURATION.
+%s) and --timeout DURATION. It talks only to a daemon
+run by root, by you, or by the uid of --daemon-uid UID (default $%s).
 Key names: NAME (your key), UID:NAME (a key another user shares), id:HEX.
 Exit status: 0 success, 1 refused or failed, 2 bad usage, 3 not verified.
 Run "keywarden help COMMAND" for a command's flags.
-`, keywarden.SocketEnv, keywarden.SystemSocketPath, keywarden.UserSocketPath())
+`, keywarden.SocketEnv, keywarden.SystemSocketPath, keywarden.UserSocketPath(), keywarden.DaemonUIDEnv)
 }
 
 func (f *flags) printUsage() {
@@ -191,10 +193,13 @@ func (f *flags) printUsage() {
 // flags is a FlagSet with the flags every client command shares.
 type flags struct {
 	*flag.FlagSet
-	e       *env
-	socket  string
-	json    bool
-	timeout time.Duration
+	e      *env
+	socket string
+	// daemonUID is --daemon-uid: a uid whose daemon to trust besides root
+	// and the caller (0: $KEYWARDEN_DAEMON_UID, else none).
+	daemonUID uint32
+	json      bool
+	timeout   time.Duration
 	// context is the command's deadline, set by dial.
 	context context.Context
 }
@@ -203,6 +208,16 @@ func newFlags(name string, e *env) *flags {
 	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), e: e}
 	f.SetOutput(io.Discard)
 	f.StringVar(&f.socket, "socket", "", "daemon socket `path` (default $"+keywarden.SocketEnv+" or the default path)")
+	if name != "serve" {
+		f.Func("daemon-uid", "trust a daemon run by this `uid` too, besides root and you (default $"+keywarden.DaemonUIDEnv+")", func(v string) error {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return fmt.Errorf("want a numeric uid (id -u USER prints it)")
+			}
+			f.daemonUID = uint32(n)
+			return nil
+		})
+	}
 	f.BoolVar(&f.json, "json", false, "print the result as JSON")
 	f.DurationVar(&f.timeout, "timeout", 2*time.Minute, "give up after this `duration`")
 	return f
@@ -256,13 +271,19 @@ func (f *flags) socketPath() string {
 // dial connects to the daemon; the returned cancel also closes the client.
 func (f *flags) dial() (context.Context, *keywarden.Client, func(), error) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-	c, err := keywarden.Dial(ctx, f.socketPath())
+	c, err := f.dialContext(ctx)
 	if err != nil {
 		cancel()
 		return nil, nil, nil, err
 	}
 	f.context = ctx
 	return ctx, c, func() { c.Close(); cancel() }, nil
+}
+
+// dialContext connects to the daemon at socketPath(), trusting the uid of
+// --daemon-uid besides root and the caller.
+func (f *flags) dialContext(ctx context.Context) (*keywarden.Client, error) {
+	return keywarden.DialWithOptions(ctx, f.socketPath(), &keywarden.DialOptions{DaemonUID: f.daemonUID})
 }
 
 func runVersion(e *env, args []string) error {

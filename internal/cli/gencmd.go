@@ -170,7 +170,7 @@ func runGenerationWatch(e *env, args []string) error {
 		ctx, cancel = context.WithTimeout(ctx, f.timeout)
 		defer cancel()
 	}
-	c, err := keywarden.Dial(ctx, f.socketPath())
+	c, err := f.dialContext(ctx)
 	if err != nil {
 		return err
 	}

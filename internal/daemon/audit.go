@@ -43,14 +43,21 @@ func openAudit(path string, sync audit.SyncMode, version string, log *slog.Logge
 	return &auditLog{Log: l, lock: lock, linux: linux}, nil
 }
 
-// lockAuditLog takes an exclusive lock on PATH.lock beside the log.
+// lockAuditLog takes an exclusive lock on PATH.lock beside the log. The
+// log's directory must be one that no one else may write to (not even a
+// sticky one): the log's files are found by name there (the active file,
+// the rotated ones, the public key), and another user could put their own.
 func lockAuditLog(path string) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("audit log directory: %w", err)
 	}
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err := checkDir("audit log directory", dir, false); err != nil {
+		return nil, fmt.Errorf("%w (see --audit-log)", err)
+	}
+	f, err := openOwn("audit log lock", path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("audit log lock: %w", err)
+		return nil, err
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()

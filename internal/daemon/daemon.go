@@ -123,6 +123,11 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("built without GOEXPERIMENT=runtimesecret: copies of key material made by the cryptographic libraries are not erased when freed")
 	}
 
+	// The socket's directory is checked before anything is created beside
+	// the socket (with --dev, the audit log).
+	if err := prepareDir(filepath.Dir(cfg.SocketPath)); err != nil {
+		return err
+	}
 	var alog *auditLog
 	if cfg.AuditLog != "" {
 		if alog, err = openAudit(cfg.AuditLog, cfg.AuditSync, cfg.Version, log); err != nil {
@@ -193,6 +198,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var keys *keystore.Store
 	if !cfg.Dev {
+		if err := prepareStateDir(cfg.StateDir); err != nil {
+			return err
+		}
 		db, err := store.OpenBolt(cfg.StateDir, time.Second)
 		if err != nil {
 			return err
@@ -216,9 +224,6 @@ func Run(ctx context.Context, cfg Config) error {
 	// Every connection may hold a thread while it waits; leave headroom.
 	debug.SetMaxThreads(max(10000, 2*lim.MaxConnections+100))
 
-	if err := prepareDir(filepath.Dir(cfg.SocketPath)); err != nil {
-		return err
-	}
 	mode := cfg.SocketMode
 	if mode == 0 {
 		mode = 0o600
@@ -291,8 +296,11 @@ func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 	return gen, nil
 }
 
-// prepareDir creates the socket's directory if needed and refuses one that
-// someone else could tamper with.
+// prepareDir creates the socket's directory if needed (0700, or 0755 for
+// root, so that every user reaches the system socket) and refuses one that
+// someone else could tamper with (see checkDir); a sticky directory such as
+// /tmp is accepted, since every file the daemon keeps beside its socket is
+// opened without following links and only if it is the daemon's own.
 func prepareDir(dir string) error {
 	perm := fs.FileMode(0o700)
 	if os.Getuid() == 0 {
@@ -301,19 +309,14 @@ func prepareDir(dir string) error {
 	if err := os.MkdirAll(dir, perm); err != nil {
 		return fmt.Errorf("create socket directory: %w", err)
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
+	return checkDir("socket directory", dir, true)
+}
+
+// prepareStateDir creates the state directory if needed (0700) and refuses
+// one that someone else could tamper with.
+func prepareStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	if int(st.Uid) != os.Getuid() && st.Uid != 0 {
-		return fmt.Errorf("socket directory %s belongs to uid %d, not to this user or root", dir, st.Uid)
-	}
-	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&fs.ModeSticky == 0 {
-		return fmt.Errorf("socket directory %s is writable by others (mode %04o); fix its permissions", dir, fi.Mode().Perm())
-	}
-	return nil
+	return checkDir("state directory", dir, false)
 }

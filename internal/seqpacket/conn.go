@@ -424,6 +424,21 @@ func (c *Conn) PeerCred() (Cred, error) {
 	return cr, nil
 }
 
+// PeerUcred returns the identity the kernel recorded for the peer when the
+// connection was made (SO_PEERCRED): for a client, that of the process
+// that called listen(2) on the daemon's socket. Its Pidfd is -1.
+func (c *Conn) PeerUcred() (Cred, error) {
+	if !c.acquire() {
+		return Cred{}, ErrClosed
+	}
+	defer c.release()
+	uc, err := unix.GetsockoptUcred(c.fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		return Cred{}, opError("getsockopt SO_PEERCRED", err)
+	}
+	return Cred{PID: uc.Pid, UID: uc.Uid, GID: uc.Gid, Pidfd: -1}, nil
+}
+
 // SetRecvTimeout bounds how long Recv blocks (SO_RCVTIMEO); 0 means
 // forever.
 func (c *Conn) SetRecvTimeout(d time.Duration) error {

@@ -35,9 +35,9 @@ func Listen(path string, mode fs.FileMode) (*Listener, error) {
 	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
 		return nil, fmt.Errorf("socket path too long (%d bytes, at most %d)", len(path), len(unix.RawSockaddrUnix{}.Path)-1)
 	}
-	lockFD, err := unix.Open(path+".lock", unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	lockFD, err := openLock(path + ".lock")
 	if err != nil {
-		return nil, fmt.Errorf("open lock file %s.lock: %w", path, err)
+		return nil, err
 	}
 	if err := unix.Flock(lockFD, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		unix.Close(lockFD)
@@ -81,6 +81,35 @@ func Listen(path string, mode fs.FileMode) (*Listener, error) {
 		return fail(opError("listen", err))
 	}
 	return &Listener{path: path, fd: fd, lockFD: lockFD, conn: newConn(fd)}, nil
+}
+
+// openLock opens (creating it if needed) the lock file beside a socket,
+// never through a symbolic link, and refuses anything but a regular file
+// of this process's uid or root: in a directory others may write to, such
+// as /tmp, another user could have made one to hold its lock.
+func openLock(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err == unix.ELOOP {
+		return -1, fmt.Errorf("lock file %s is a symbolic link: another user may have put it there; refusing to follow it (remove it)", path)
+	}
+	if err != nil {
+		return -1, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("lock file %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, fmt.Errorf("lock file %s is not a regular file; remove it", path)
+	}
+	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		unix.Close(fd)
+		return -1, fmt.Errorf("lock file %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it, or choose a socket in a directory of your own",
+			path, st.Uid, os.Geteuid())
+	}
+	return fd, nil
 }
 
 func removeStale(path string) error {

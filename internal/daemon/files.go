@@ -1,0 +1,107 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The daemon's files live beside its socket and in its state directory.
+// Where another user may create files (a directory they own or may write
+// to), they could make the daemon write through a symbolic link of theirs
+// or into a file of theirs, or pre-empt a name the daemon needs. So the
+// daemon checks each directory before it creates anything there, and opens
+// each file it keeps without following a symbolic link, refusing one that
+// belongs to anyone but its own uid or root.
+
+// ownerOK reports whether a file of uid may be trusted by this process:
+// its own uid's, or root's.
+func ownerOK(uid uint32) bool { return uid == 0 || int(uid) == os.Geteuid() }
+
+// checkDir refuses a directory that another user could tamper with: one
+// that belongs to a uid other than the daemon's or root, a symbolic link
+// that does, or one that others may write to. sticky allows a directory
+// that others may write to but whose sticky bit keeps them from removing
+// or renaming the daemon's files, as in /tmp.
+func checkDir(what, dir string, sticky bool) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if uid := fileOwner(fi); !ownerOK(uid) {
+			return fmt.Errorf("%s %s is a symbolic link made by uid %d, not by this user (uid %d) or root: another user may have made it; remove it",
+				what, dir, uid, os.Geteuid())
+		}
+		if fi, err = os.Stat(dir); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s %s is not a directory", what, dir)
+	}
+	if uid := fileOwner(fi); !ownerOK(uid) {
+		return fmt.Errorf("%s %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it, or choose another directory",
+			what, dir, uid, os.Geteuid())
+	}
+	if m := fi.Mode(); m.Perm()&0o022 != 0 && !(sticky && m&fs.ModeSticky != 0) {
+		return fmt.Errorf("%s %s is writable by others (mode %04o): they could put files there for the daemon to use; fix its permissions (chmod go-w %s) or choose another directory",
+			what, dir, unixMode(m), dir)
+	}
+	return nil
+}
+
+// openOwn opens the file at path with flags, never through a symbolic
+// link, and refuses anything but a regular file of the daemon's uid or
+// root.
+func openOwn(what, path string, flags int, perm uint32) (*os.File, error) {
+	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s %s is a symbolic link: another user may have put it there; refusing to follow it (remove it)", what, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s %s is not a regular file; remove it", what, path)
+	}
+	if !ownerOK(st.Uid) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%s %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it",
+			what, path, st.Uid, os.Geteuid())
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func fileOwner(fi fs.FileInfo) uint32 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Uid
+	}
+	return ^uint32(0)
+}
+
+// unixMode returns m's permission bits as chmod(1) writes them, with the
+// setuid, setgid and sticky bits.
+func unixMode(m fs.FileMode) uint32 {
+	u := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		u |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		u |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		u |= 0o1000
+	}
+	return u
+}
