@@ -1,0 +1,911 @@
+package policy
+
+// A model of keywarden's key-management API, searched exhaustively: every
+// sequence of up to modelDepth calls that a compromised client may make,
+// from each of a set of starting states, against the rules of this package
+// (the same functions the daemon calls, composed as the daemon composes
+// them). In no reachable state may the attacker know the bytes of a key
+// that was never exportable, nor may the objects of one key's material
+// together allow more than they did (usage, exportable, wrappable, type).
+//
+// The model is symbolic (Dolev-Yao): key material is a name, not bytes.
+// The attacker knows a material if it imported it, exported it, derived it
+// by ECDH with a peer of its own, or opened a blob or ciphertext under a
+// material it knows; it can also make any blob under a material it knows
+// (and under any RSA key: the public half is public), and derive offline
+// what HKDF gives from a material it knows. Encryption of data and key
+// wrapping are separate domains exactly where the daemon separates them:
+// keywarden's format (KWW2) under a key derived for it, RFC 3394/5649 not
+// being AES-GCM, and RSA-OAEP with an empty label being the same for
+// decrypt and for the first half of RSA-AES-KWP. With the rules of the
+// previous release (oldRules, KWW1 under the wrapping key itself), the
+// search finds the attacks that were reported; with each of today's rules
+// switched off in turn, it finds what that rule prevents.
+
+import (
+	"bytes"
+	"fmt"
+	"hash/maphash"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+const (
+	attackerUID = 1000
+	victimUID   = 2000
+)
+
+var attacker = Caller{UID: attackerUID, GID: attackerUID}
+
+// shape says which key types a material's bytes fit: AES-256 and
+// HMAC-SHA-256 keys are both 32 raw bytes (type confusion); an RSA or
+// X25519 private key fits only its own type.
+type shape uint8
+
+const (
+	shSym32 shape = iota + 1
+	shRSA
+	shX25519
+)
+
+var (
+	mAES    = key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM)
+	mHMAC   = key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
+	mRSA    = key.Lookup(wire.KeyType_KEY_TYPE_RSA_3072)
+	mX25519 = key.Lookup(wire.KeyType_KEY_TYPE_X25519)
+)
+
+func shapeOf(s *key.Spec) shape {
+	switch s.Family {
+	case key.FamilyRSA:
+		return shRSA
+	case key.FamilyX25519:
+		return shX25519
+	}
+	return shSym32
+}
+
+func classOf(s *key.Spec) key.Class {
+	if s.Asymmetric {
+		return key.Private
+	}
+	return key.Secret
+}
+
+// mkind says how a material came to be.
+type mkind uint8
+
+const (
+	mkGenerated mkind = iota + 1 // fresh random bytes, in the daemon
+	mkAttacker                   // the attacker's own bytes
+	mkHKDF                       // HKDF of parent with param
+	mkECDH                       // ECDH of parent with the attacker's peer key
+)
+
+type material struct {
+	shape  shape
+	kind   mkind
+	parent int8
+	param  uint8
+	// secret: made in the daemon and never held by an exportable object.
+	secret bool
+	known  bool
+}
+
+// obj is one key object.
+type obj struct {
+	mat   int8
+	spec  *key.Spec
+	owner uint32
+	usage key.Usage
+	exp   bool
+	wrp   bool
+	prov  Provenance
+	// grant is what an ACL entry gives the attacker on a victim's key
+	// (visible says the entry exists).
+	grant   key.Usage
+	visible bool
+}
+
+func (o *obj) key() Key {
+	i := int(o.usage) | int(boolByte(o.exp))<<7 | int(boolByte(o.wrp))<<8
+	if o.visible {
+		i |= 1<<9 | int(o.grant)<<10
+	}
+	return Key{Owner: o.owner, Spec: o.spec, Class: classOf(o.spec), Attrs: attrsTable()[i], Prov: o.prov}
+}
+
+// attrsTable holds every attribute set the model's objects can have,
+// made once: the rules never modify the attributes they are given.
+var attrsTable = sync.OnceValue(func() []*key.Attrs {
+	t := make([]*key.Attrs, 1<<17)
+	for i := range t {
+		a := &key.Attrs{Usage: key.Usage(i & 0x7f), Exportable: i&(1<<7) != 0, Wrappable: i&(1<<8) != 0}
+		if i&(1<<9) != 0 {
+			a.ACL = []key.ACLEntry{{ID: attackerUID, Usage: key.Usage(i >> 10)}}
+		} else if i>>10 != 0 {
+			continue
+		}
+		t[i] = a
+	}
+	return t
+})
+
+// Wrap formats.
+const (
+	fKW uint8 = iota + 1
+	fKWP
+	fKWW
+	fRSA
+)
+
+var fmtNames = map[uint8]string{fKW: "kw", fKWP: "kwp", fKWW: "keywarden", fRSA: "rsa-aes-kwp"}
+
+// blob is a wrapped key (or, with forged, one the attacker made); for KWW
+// it carries attributes.
+type blob struct {
+	f     uint8
+	kek   int8
+	inner int8
+	spec  *key.Spec
+	usage key.Usage
+	exp   bool
+	wrp   bool
+}
+
+type state struct {
+	mats  []material
+	objs  []obj
+	blobs []blob
+}
+
+func (s *state) clone() *state {
+	return &state{mats: slices.Clone(s.mats), objs: slices.Clone(s.objs), blobs: slices.Clone(s.blobs)}
+}
+
+// encode appends the state's identity, for the search's visited set, to
+// b: objects in a canonical order (handles are numbers the attacker
+// chooses nothing by), materials and blobs as they are.
+func (s *state) encode(b []byte) []byte {
+	for _, m := range s.mats {
+		b = append(b, byte(m.shape), byte(m.kind), byte(m.parent), m.param, boolByte(m.secret)|boolByte(m.known)<<1)
+	}
+	b = append(b, 0xff)
+	start := len(b)
+	for _, o := range s.objs {
+		b = o.encode(b)
+	}
+	// Sort the fixed-size object encodings in place.
+	n := (len(b) - start) / objEncLen
+	objs := make([][objEncLen]byte, n)
+	for i := range objs {
+		copy(objs[i][:], b[start+i*objEncLen:])
+	}
+	slices.SortFunc(objs, func(x, y [objEncLen]byte) int { return bytes.Compare(x[:], y[:]) })
+	b = b[:start]
+	for _, o := range objs {
+		b = append(b, o[:]...)
+	}
+	b = append(b, 0xff)
+	for _, x := range s.blobs {
+		b = append(b, x.f, byte(x.kek), byte(x.inner), specByte(x.spec), byte(x.usage), boolByte(x.exp)|boolByte(x.wrp)<<1)
+	}
+	return b
+}
+
+const objEncLen = 10
+
+func (o *obj) encode(b []byte) []byte {
+	p := o.prov
+	return append(b, byte(o.mat), specByte(o.spec), byte(o.owner>>8), byte(o.usage),
+		boolByte(o.exp)|boolByte(o.wrp)<<1|boolByte(o.visible)<<2, byte(p.Origin),
+		boolByte(p.NeverExportable)|boolByte(p.Trusted)<<1|boolByte(p.WrappedOut)<<2, byte(o.grant), 0, 0)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func specByte(s *key.Spec) byte {
+	if s == nil {
+		return 0
+	}
+	return byte(s.Type)
+}
+
+// holders returns the keys of the live objects holding material m.
+func (s *state) holders(m int8) []Key {
+	var ks []Key
+	for i := range s.objs {
+		if s.objs[i].mat == m {
+			ks = append(ks, s.objs[i].key())
+		}
+	}
+	return ks
+}
+
+// newMat returns the index of the material of this kind, parent and
+// param, making it if it does not exist.
+func (s *state) newMat(m material) int8 {
+	if m.kind == mkHKDF || m.kind == mkECDH {
+		for i, x := range s.mats {
+			if x.kind == m.kind && x.parent == m.parent && x.param == m.param {
+				return int8(i)
+			}
+		}
+	}
+	s.mats = append(s.mats, m)
+	return int8(len(s.mats) - 1)
+}
+
+// learn closes the attacker's knowledge: blobs under known keys open, and
+// HKDF of a known material is known.
+func (s *state) learn() {
+	for changed := true; changed; {
+		changed = false
+		for _, b := range s.blobs {
+			if s.mats[b.kek].known && !s.mats[b.inner].known {
+				s.mats[b.inner].known = true
+				changed = true
+			}
+		}
+		for i, m := range s.mats {
+			if !m.known && m.kind == mkHKDF && s.mats[m.parent].known {
+				s.mats[i].known = true
+				changed = true
+			}
+		}
+	}
+}
+
+// rules are the decisions the daemon takes, as functions; today's are
+// this package's, and domainSep says KWW2 is apart from data encryption.
+type rules struct {
+	name      string
+	template  func(Template) (key.Usage, Decision)
+	wrap      func(c Caller, wrapping, target Key) Decision
+	unwrapKey func(c Caller, k Key, f WrapFormat, req Template) Decision
+	unwrap    func(c Caller, k Key, f WrapFormat, sealed *Sealed, req Template) (Template, Decision)
+	derive    func(c Caller, parent Key, t Template) (key.Usage, Decision)
+	copy      func(n Key, held []Key) Decision
+	domainSep bool
+}
+
+var todaysRules = rules{
+	name: "today", template: CheckTemplate, wrap: CheckWrap, unwrapKey: CheckUnwrapKey, unwrap: CheckUnwrap,
+	derive: CheckDerive, copy: CheckCopy, domainSep: true,
+}
+
+// action is one call of the attacker's, with its arguments.
+type action struct {
+	op     string
+	h, h2  int // object indexes
+	spec   *key.Spec
+	usage  key.Usage
+	exp    bool
+	wrp    bool
+	f      uint8
+	blob   blob
+	param  uint8
+	mat    int8
+	change Change
+}
+
+func (a action) String() string {
+	switch a.op {
+	case "generate", "import":
+		return fmt.Sprintf("%s %s usage=%s exportable=%t wrappable=%t (material %d)", a.op, a.spec.Name, a.usage, a.exp, a.wrp, a.mat)
+	case "export", "destroy":
+		return fmt.Sprintf("%s #%d", a.op, a.h)
+	case "wrap":
+		return fmt.Sprintf("wrap #%d under #%d as %s", a.h2, a.h, fmtNames[a.f])
+	case "unwrap":
+		return fmt.Sprintf("unwrap %s blob (material %d under %d) with #%d as %s usage=%s exportable=%t wrappable=%t",
+			fmtNames[a.blob.f], a.blob.inner, a.blob.kek, a.h, specName(a.spec), a.usage, a.exp, a.wrp)
+	case "decrypt":
+		return fmt.Sprintf("decrypt %s blob (material %d under %d) with #%d", fmtNames[a.blob.f], a.blob.inner, a.blob.kek, a.h)
+	case "encrypt":
+		return fmt.Sprintf("encrypt, under #%d, a keywarden-format blob of material %d claiming usage=%s exportable=%t", a.h, a.mat, a.usage, a.exp)
+	case "derive":
+		return fmt.Sprintf("derive from #%d (param %d) %s usage=%s exportable=%t wrappable=%t", a.h, a.param, a.spec.Name, a.usage, a.exp, a.wrp)
+	case "set":
+		return fmt.Sprintf("set attributes of #%d: %s", a.h, changeString(a.change))
+	}
+	return a.op
+}
+
+func specName(s *key.Spec) string {
+	if s == nil {
+		return "(from the blob)"
+	}
+	return s.Name
+}
+
+func changeString(c Change) string {
+	var p []string
+	if c.Usage != nil {
+		p = append(p, "usage="+c.Usage.String())
+	}
+	if c.Exportable != nil {
+		p = append(p, fmt.Sprint("exportable=", *c.Exportable))
+	}
+	if c.Wrappable != nil {
+		p = append(p, fmt.Sprint("wrappable=", *c.Wrappable))
+	}
+	return strings.Join(p, " ")
+}
+
+// domain is what the attacker may ask for: the templates of generate,
+// import, unwrap and derive.
+type domain struct {
+	templates []tmpl
+	derive    bool // derive calls
+}
+
+type tmpl struct {
+	spec  *key.Spec
+	usage key.Usage
+	exp   bool
+	wrp   bool
+}
+
+// actions lists every call worth trying in s.
+func (d *domain) actions(as []action, s *state) []action {
+	as = as[:0]
+	for _, t := range d.templates {
+		as = append(as, action{op: "generate", spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
+		// Import of bytes the attacker knows: its own, or any it learnt.
+		for m, x := range s.mats {
+			if (x.known || x.kind == mkAttacker) && x.shape == shapeOf(t.spec) {
+				as = append(as, action{op: "import", spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp, mat: int8(m)})
+			}
+		}
+	}
+	// A material of the attacker's own, to import.
+	for _, sh := range []shape{shSym32} {
+		have := false
+		for _, x := range s.mats {
+			have = have || (x.kind == mkAttacker && x.shape == sh)
+		}
+		if !have {
+			as = append(as, action{op: "attacker-material", mat: int8(sh)})
+		}
+	}
+	for i := range s.objs {
+		o := &s.objs[i]
+		as = append(as, action{op: "export", h: i}, action{op: "destroy", h: i})
+		for _, u := range []key.Usage{key.Encrypt, key.Decrypt, key.Wrap, key.Unwrap} {
+			if o.usage&u != 0 {
+				n := o.usage &^ u
+				as = append(as, action{op: "set", h: i, change: Change{Usage: &n}})
+			}
+		}
+		if o.exp {
+			as = append(as, action{op: "set", h: i, change: Change{Exportable: new(bool)}})
+		}
+		if o.wrp {
+			as = append(as, action{op: "set", h: i, change: Change{Wrappable: new(bool)}})
+		}
+		for j := range s.objs {
+			for _, f := range []uint8{fKW, fKWP, fKWW, fRSA} {
+				as = append(as, action{op: "wrap", h: i, h2: j, f: f})
+			}
+		}
+		// Blobs under this key's material: the daemon's, and any the
+		// attacker can make.
+		var bs []blob
+		for _, b := range s.blobs {
+			if b.kek == o.mat {
+				bs = append(bs, b)
+			}
+		}
+		kekKnown := s.mats[o.mat].known || shapeOf(o.spec) == shRSA
+		if kekKnown {
+			for m, x := range s.mats {
+				if !x.known {
+					continue
+				}
+				for _, f := range []uint8{fKW, fKWP, fRSA} {
+					bs = append(bs, blob{f: f, kek: o.mat, inner: int8(m)})
+				}
+				for _, t := range d.templates {
+					if shapeOf(t.spec) == x.shape && s.mats[o.mat].known {
+						bs = append(bs, blob{f: fKWW, kek: o.mat, inner: int8(m), spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
+					}
+				}
+			}
+		}
+		for _, b := range bs {
+			as = append(as, action{op: "decrypt", h: i, blob: b})
+			if b.f == fKWW {
+				as = append(as, action{op: "unwrap", h: i, blob: b})
+				as = append(as, action{op: "unwrap", h: i, blob: b, exp: true})
+				for _, t := range d.templates {
+					if t.spec == b.spec && b.usage.Has(t.usage) && t.usage != b.usage {
+						as = append(as, action{op: "unwrap", h: i, blob: b, usage: t.usage})
+					}
+				}
+				continue
+			}
+			for _, t := range d.templates {
+				as = append(as, action{op: "unwrap", h: i, blob: b, spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
+			}
+		}
+		// Forging a KWW blob by encrypting under the key (it works only
+		// where the formats are not apart).
+		for m, x := range s.mats {
+			if x.known && o.spec == mAES {
+				for _, t := range d.templates {
+					if shapeOf(t.spec) == x.shape {
+						as = append(as, action{op: "encrypt", h: i, mat: int8(m), spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
+					}
+				}
+			}
+		}
+		if d.derive {
+			for _, t := range d.templates {
+				if t.spec.Asymmetric {
+					continue
+				}
+				for p := uint8(0); p < 2; p++ {
+					as = append(as, action{op: "derive", h: i, param: p, spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
+				}
+			}
+		}
+	}
+	return as
+}
+
+// apply runs a in s under r. It returns the next state, or nil when the
+// daemon refuses the call (or it changes nothing). Decisions are taken on
+// s; the state is copied only for a call that goes through.
+func apply(s *state, a action, r *rules) *state {
+	var n *state
+	switch a.op {
+	case "attacker-material":
+		n = s.clone()
+		n.newMat(material{shape: shape(a.mat), kind: mkAttacker, known: true})
+	case "generate":
+		t := Template{Spec: a.spec, Class: classOf(a.spec), Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
+		u, d := r.template(t)
+		if !d.Allowed() {
+			return nil
+		}
+		n = s.clone()
+		m := n.newMat(material{shape: shapeOf(a.spec), kind: mkGenerated, secret: !a.exp})
+		n.objs = append(n.objs, obj{mat: m, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
+			prov: Provenance{Origin: key.Generated, NeverExportable: !a.exp}})
+	case "import":
+		t := Template{Spec: a.spec, Class: classOf(a.spec), Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
+		u, d := r.template(t)
+		if !d.Allowed() {
+			return nil
+		}
+		n = s.add(r, obj{mat: a.mat, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
+			prov: Provenance{Origin: key.Imported, NeverExportable: !a.exp}})
+	case "export":
+		o := &s.objs[a.h]
+		if s.mats[o.mat].known || !Authorize(attacker, o.key(), Export, 0).Allowed() {
+			return nil
+		}
+		n = s.clone()
+		n.mats[o.mat].known = true
+	case "destroy":
+		if !Authorize(attacker, s.objs[a.h].key(), Manage, 0).Allowed() {
+			return nil
+		}
+		n = s.clone()
+		n.objs = slices.Delete(n.objs, a.h, a.h+1)
+	case "set":
+		o := &s.objs[a.h]
+		if !Authorize(attacker, o.key(), Manage, 0).Allowed() {
+			return nil
+		}
+		next, d := CheckChange(o.key().Attrs, a.change)
+		if !d.Allowed() {
+			return nil
+		}
+		n = s.clone()
+		no := &n.objs[a.h]
+		no.usage, no.exp, no.wrp = next.Usage, next.Exportable, next.Wrappable
+	case "wrap":
+		w, t := &s.objs[a.h], &s.objs[a.h2]
+		// Formats by the wrapping key's family, and KW's length rule.
+		if (a.f == fRSA) != (w.spec.Family == key.FamilyRSA) || (a.f == fKW && shapeOf(t.spec) != shSym32) {
+			return nil
+		}
+		if !r.wrap(attacker, w.key(), t.key()).Allowed() {
+			return nil
+		}
+		b := blob{f: a.f, kek: w.mat, inner: t.mat}
+		if a.f == fKWW {
+			b.spec, b.usage, b.exp, b.wrp = t.spec, t.usage, t.exp, t.wrp
+		}
+		if slices.Contains(s.blobs, b) && t.prov.WrappedOut {
+			return nil
+		}
+		n = s.clone()
+		if !slices.Contains(n.blobs, b) {
+			n.blobs = append(n.blobs, b)
+		}
+		n.objs[a.h2].prov.WrappedOut = true
+	case "unwrap":
+		n = applyUnwrap(s, a, r)
+	case "decrypt":
+		o := &s.objs[a.h]
+		if s.mats[a.blob.inner].known || !Authorize(attacker, o.key(), Use, key.Decrypt).Allowed() {
+			return nil
+		}
+		switch {
+		case a.blob.f == fRSA && o.spec.Family == key.FamilyRSA:
+			// RSA-OAEP, empty label: decrypt opens the blob's first half.
+		case a.blob.f == fKWW && o.spec == mAES && !r.domainSep:
+			// KWW1: AES-GCM under the wrapping key itself.
+		default:
+			return nil
+		}
+		n = s.clone()
+		n.mats[a.blob.inner].known = true
+	case "encrypt":
+		o := &s.objs[a.h]
+		if r.domainSep || !Authorize(attacker, o.key(), Use, key.Encrypt).Allowed() {
+			return nil
+		}
+		b := blob{f: fKWW, kek: o.mat, inner: a.mat, spec: a.spec, usage: a.usage, exp: a.exp, wrp: a.wrp}
+		if slices.Contains(s.blobs, b) {
+			return nil
+		}
+		n = s.clone()
+		n.blobs = append(n.blobs, b)
+	case "derive":
+		p := &s.objs[a.h]
+		if !Authorize(attacker, p.key(), Use, key.Derive).Allowed() {
+			return nil
+		}
+		t := Template{Spec: a.spec, Class: key.Secret, Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
+		u, d := r.derive(attacker, p.key(), t)
+		if !d.Allowed() {
+			return nil
+		}
+		pm := s.mats[p.mat]
+		m := material{shape: shSym32, kind: mkHKDF, parent: p.mat, param: a.param, secret: pm.secret && !a.exp, known: pm.known}
+		if p.spec.Family == key.FamilyX25519 {
+			// The peer is the attacker's: it knows the shared secret.
+			m = material{shape: shSym32, kind: mkECDH, parent: p.mat, param: a.param, known: true}
+		}
+		mi, ns := s.withMat(m)
+		n = ns.add(r, obj{mat: mi, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
+			prov: Provenance{Origin: key.Derived, NeverExportable: !a.exp}})
+	default:
+		panic(a.op)
+	}
+	if n == nil {
+		return nil
+	}
+	n.learn()
+	return n
+}
+
+// withMat returns the index of material m in s, and s, or, when s has no
+// such material yet, its index in a copy of s that has it.
+func (s *state) withMat(m material) (int8, *state) {
+	for i, x := range s.mats {
+		if x.kind == m.kind && x.parent == m.parent && x.param == m.param && (m.kind == mkHKDF || m.kind == mkECDH) {
+			return int8(i), s
+		}
+	}
+	n := s.clone()
+	n.mats = append(n.mats, m)
+	return int8(len(n.mats) - 1), n
+}
+
+// add returns a copy of s with o, a new object for material that may be
+// held already (the daemon's keystore.Add), or nil if the copy rule
+// refuses it.
+func (s *state) add(r *rules, o obj) *state {
+	if !r.copy(o.key(), s.holders(o.mat)).Allowed() {
+		return nil
+	}
+	n := s.clone()
+	if o.exp {
+		n.mats[o.mat].secret = false
+	}
+	n.objs = append(n.objs, o)
+	return n
+}
+
+func applyUnwrap(s *state, a action, r *rules) *state {
+	k := &s.objs[a.h]
+	b := a.blob
+	f := Bare
+	if b.f == fKWW {
+		f = Bound
+	}
+	if (b.f == fRSA) != (k.spec.Family == key.FamilyRSA) || b.kek != k.mat {
+		return nil
+	}
+	if !r.unwrapKey(attacker, k.key(), f, Template{Exportable: a.exp}).Allowed() {
+		return nil
+	}
+	req := Template{Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
+	var sealed *Sealed
+	if f == Bound {
+		sealed = &Sealed{Spec: b.spec, Class: classOf(b.spec), Usage: b.usage, Exportable: b.exp, Wrappable: b.wrp}
+	} else {
+		req.Spec, req.Class = a.spec, classOf(a.spec)
+	}
+	t, d := r.unwrap(attacker, k.key(), f, sealed, req)
+	if !d.Allowed() {
+		return nil
+	}
+	if shapeOf(t.Spec) != s.mats[b.inner].shape {
+		return nil // the bytes do not make a key of that type
+	}
+	return s.add(r, obj{mat: b.inner, spec: t.Spec, owner: attackerUID, usage: t.Usage, exp: t.Exportable, wrp: t.Wrappable,
+		prov: Provenance{Origin: key.Unwrapped, NeverExportable: !t.Exportable}})
+}
+
+// violation returns what is wrong in s, reached from prev, or "". With
+// secrecyOnly it looks only for a key that was never exportable and whose
+// bytes the attacker knows.
+func violation(prev, s *state, a action, secrecyOnly bool) string {
+	for i, m := range s.mats {
+		if m.secret && m.known {
+			return fmt.Sprintf("the attacker knows material %d, which was never exportable", i)
+		}
+	}
+	if secrecyOnly {
+		return ""
+	}
+	if a.op == "unwrap" && len(s.objs) > len(prev.objs) && s.objs[len(s.objs)-1].exp {
+		return "an unwrapped key is exportable"
+	}
+	for i := range s.mats {
+		now := union(s, int8(i))
+		if now.n == 0 {
+			continue
+		}
+		if now.usage&key.Transport != 0 && now.usage&key.Data != 0 {
+			return fmt.Sprintf("the objects of material %d together both move keys and protect data (%s)", i, now.usage)
+		}
+		if len(now.types) > 1 {
+			return fmt.Sprintf("material %d is held as %d key types", i, len(now.types))
+		}
+		if i >= len(prev.mats) {
+			continue
+		}
+		was := union(prev, int8(i))
+		if was.n == 0 {
+			continue // held again after none held it: a key of its own
+		}
+		if !was.usage.Has(now.usage) || (now.exp && !was.exp) || (now.wrp && !was.wrp) {
+			return fmt.Sprintf("what the objects of material %d allow grew: usage %s exportable %t wrappable %t, was %s %t %t",
+				i, now.usage, now.exp, now.wrp, was.usage, was.exp, was.wrp)
+		}
+	}
+	return ""
+}
+
+type matUnion struct {
+	n        int
+	usage    key.Usage
+	exp, wrp bool
+	types    map[*key.Spec]bool
+}
+
+func union(s *state, m int8) matUnion {
+	u := matUnion{types: map[*key.Spec]bool{}}
+	for _, o := range s.objs {
+		if o.mat == m {
+			u.n++
+			u.usage |= o.usage
+			u.exp = u.exp || o.exp
+			u.wrp = u.wrp || o.wrp
+			u.types[o.spec] = true
+		}
+	}
+	return u
+}
+
+// search explores every sequence of up to depth calls from start and
+// returns the first violation found (with the calls that lead to it) and
+// the number of distinct states visited.
+func search(start *state, d *domain, r *rules, depth int, secrecyOnly bool) (trace []string, states int) {
+	type node struct {
+		s      *state
+		parent *node
+		a      action
+	}
+	seed1, seed2 := maphash.MakeSeed(), maphash.MakeSeed()
+	var buf []byte
+	id := func(s *state) [2]uint64 {
+		buf = s.encode(buf[:0])
+		return [2]uint64{maphash.Bytes(seed1, buf), maphash.Bytes(seed2, buf)}
+	}
+	seen := map[[2]uint64]bool{id(start): true}
+	level := []*node{{s: start}}
+	var as []action
+	for range depth {
+		var next []*node
+		for _, nd := range level {
+			as = d.actions(as, nd.s)
+			for _, a := range as {
+				ns := apply(nd.s, a, r)
+				if ns == nil {
+					continue
+				}
+				if v := violation(nd.s, ns, a, secrecyOnly); v != "" {
+					out := []string{a.String(), "=> " + v}
+					for p := nd; p.parent != nil; p = p.parent {
+						out = append([]string{p.a.String()}, out...)
+					}
+					return out, len(seen)
+				}
+				key := id(ns)
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+				next = append(next, &node{s: ns, parent: nd, a: a})
+			}
+		}
+		level = next
+	}
+	return nil, len(seen)
+}
+
+// --- starting states --------------------------------------------------
+
+// world builds a starting state: keys made by their owners through the
+// same rules, and blobs the attacker has seen.
+type world struct {
+	s *state
+}
+
+func newWorld() *world { return &world{s: &state{}} }
+
+// key adds a key generated by owner (which the attacker is, or is granted
+// grant on), checked against today's rules, and returns its index.
+func (w *world) key(t *testing.T, owner uint32, spec *key.Spec, u key.Usage, exp, wrp bool, grant key.Usage) int {
+	t.Helper()
+	if _, d := CheckTemplate(Template{Spec: spec, Class: classOf(spec), Usage: u, Exportable: exp, Wrappable: wrp}); !d.Allowed() {
+		t.Fatalf("starting key %s %s: %s", spec.Name, u, d.Reason)
+	}
+	m := w.s.newMat(material{shape: shapeOf(spec), kind: mkGenerated, secret: !exp})
+	w.s.objs = append(w.s.objs, obj{mat: m, spec: spec, owner: owner, usage: u, exp: exp, wrp: wrp,
+		prov: Provenance{Origin: key.Generated, NeverExportable: !exp}, grant: grant, visible: owner != attackerUID})
+	return len(w.s.objs) - 1
+}
+
+// wrapped adds the blob of key i wrapped under key kek in format f, as its
+// owner made it (checked against today's rules), and marks i wrapped out.
+func (w *world) wrapped(t *testing.T, kek, i int, f uint8) {
+	t.Helper()
+	k, o := &w.s.objs[kek], &w.s.objs[i]
+	if d := CheckWrap(Caller{UID: o.owner, GID: o.owner}, k.key(), o.key()); !d.Allowed() {
+		t.Fatalf("starting blob: %s", d.Reason)
+	}
+	b := blob{f: f, kek: k.mat, inner: o.mat}
+	if f == fKWW {
+		b.spec, b.usage, b.exp, b.wrp = o.spec, o.usage, o.exp, o.wrp
+	}
+	w.s.blobs = append(w.s.blobs, b)
+	o.prov.WrappedOut = true
+}
+
+var (
+	aesData   = tmpl{spec: mAES, usage: key.Encrypt | key.Decrypt, wrp: true}
+	aesDec    = tmpl{spec: mAES, usage: key.Decrypt}
+	aesEnc    = tmpl{spec: mAES, usage: key.Encrypt}
+	aesKnown  = tmpl{spec: mAES, usage: key.Encrypt | key.Decrypt, exp: true}
+	aesKEK    = tmpl{spec: mAES, usage: key.Wrap | key.Unwrap}
+	aesKEKW   = tmpl{spec: mAES, usage: key.Wrap | key.Unwrap, wrp: true}
+	aesKEKExp = tmpl{spec: mAES, usage: key.Wrap | key.Unwrap, exp: true}
+	aesWrapEn = tmpl{spec: mAES, usage: key.Wrap | key.Encrypt}
+	aesUnwDec = tmpl{spec: mAES, usage: key.Unwrap | key.Decrypt}
+	hmacSign  = tmpl{spec: mHMAC, usage: key.Sign | key.Verify, wrp: true}
+	hmacDrv   = tmpl{spec: mHMAC, usage: key.Derive}
+	rsaKEK    = tmpl{spec: mRSA, usage: key.Wrap | key.Unwrap}
+	rsaUnwDec = tmpl{spec: mRSA, usage: key.Unwrap | key.Decrypt}
+	rsaDec    = tmpl{spec: mRSA, usage: key.Decrypt}
+	x25519Drv = tmpl{spec: mX25519, usage: key.Derive, wrp: true}
+)
+
+type scenario struct {
+	name  string
+	build func(t *testing.T) *state
+	d     domain
+}
+
+func scenarios() []scenario {
+	return []scenario{
+		{
+			// The application's own wrapping key and data key (the
+			// reported attack: wrap the wrapping key under itself, unwrap
+			// it with decrypt, open the data key's blob).
+			name: "own wrapping and data keys",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, attackerUID, mAES, key.Wrap|key.Unwrap, false, false, 0)
+				data := w.key(t, attackerUID, mAES, key.Encrypt|key.Decrypt, false, true, 0)
+				w.wrapped(t, kek, data, fKWW)
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesData, aesDec, aesKnown, aesKEK, aesKEKW, aesKEKExp, aesWrapEn, aesUnwDec}},
+		},
+		{
+			// Widening usage and changing type through a copy.
+			name: "encrypt-only and HMAC keys",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, attackerUID, mAES, key.Wrap|key.Unwrap, false, false, 0)
+				enc := w.key(t, attackerUID, mAES, key.Encrypt, false, true, 0)
+				mac := w.key(t, attackerUID, mHMAC, key.Sign|key.Verify, false, true, 0)
+				w.wrapped(t, kek, enc, fKWP)
+				w.wrapped(t, kek, mac, fKWP)
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesData, aesEnc, aesDec, aesKEK, hmacSign}},
+		},
+		{
+			// RSA-AES-KWP, and RSA decryption of its first half.
+			name: "RSA wrapping key",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				w.key(t, attackerUID, mRSA, key.Wrap|key.Unwrap, false, false, 0)
+				w.key(t, attackerUID, mX25519, key.Derive, false, true, 0)
+				return w.s
+			},
+			d: domain{templates: []tmpl{rsaKEK, rsaUnwDec, rsaDec, x25519Drv}},
+		},
+		{
+			// A victim's wrapping key shared with the attacker for unwrap,
+			// and blobs the victim made of its data key.
+			name: "shared wrapping key",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, victimUID, mAES, key.Wrap|key.Unwrap, false, false, key.Unwrap)
+				data := w.key(t, victimUID, mAES, key.Encrypt|key.Decrypt, false, true, 0)
+				w.wrapped(t, kek, data, fKWW)
+				w.wrapped(t, kek, data, fKWP)
+				w.s.objs = slices.Delete(w.s.objs, data, data+1) // the victim's key lives elsewhere
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesData, aesKnown, aesKEK, aesKEKW}},
+		},
+		{
+			// A key wrapped while it was exportable, then locked.
+			name: "exportable switched off",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, attackerUID, mAES, key.Wrap|key.Unwrap, false, false, 0)
+				data := w.key(t, attackerUID, mAES, key.Encrypt|key.Decrypt, true, true, 0)
+				w.wrapped(t, kek, data, fKWW)
+				w.s.objs[data].exp = false
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesData, aesKnown, aesKEK}},
+		},
+		{
+			// Derivation: the same child twice, an ECDH child the attacker
+			// knows, a derived wrapping key.
+			name: "derivation",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				w.key(t, attackerUID, mHMAC, key.Derive, false, true, 0)
+				w.key(t, attackerUID, mAES, key.Encrypt|key.Decrypt, false, true, 0)
+				w.key(t, attackerUID, mX25519, key.Derive, false, false, 0)
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesEnc, aesData, aesKEK}, derive: true},
+		},
+	}
+}
