@@ -10,6 +10,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
@@ -296,7 +297,9 @@ func checkRecord(k *seal.Keys, id, v []byte) (*persist.KeyRecord, error) {
 var errRecord = errors.New("key record fails its integrity check")
 
 // load reads key id's record and opens its blobs into a new object.
-func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
+// check, if not nil, decides from the checked record, before any blob is
+// opened: its error is load's.
+func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error) {
 	var r *persist.KeyRecord
 	err := s.db.View(func(tx store.Tx) error {
 		var err error
@@ -306,8 +309,18 @@ func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
 		}
 		return err
 	})
+	if err == nil && check != nil {
+		pk, perr := recordPolicy(r)
+		if perr == nil {
+			if err := check(r.Owner, r.Name, pk); err != nil {
+				return nil, err
+			}
+		}
+		err = perr
+	}
 	if err == nil {
 		var o *Object
+		s.loads.Add(1)
 		if o, err = s.objectFrom(k, r); err == nil {
 			return o, nil
 		}
@@ -326,6 +339,27 @@ func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
 	return nil, errQuarantined
 }
 
+// recordAttrs returns the attributes a checked record gives its key.
+func recordAttrs(r *persist.KeyRecord) *key.Attrs {
+	attrs := &key.Attrs{Usage: key.Usage(r.Usage), Exportable: r.Exportable, Wrappable: r.Wrappable}
+	for _, e := range r.Acl {
+		attrs.ACL = append(attrs.ACL, key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)})
+	}
+	return attrs
+}
+
+// recordPolicy returns what policy decisions need of a checked record's
+// key, as its object would give it (Object.Policy), without opening its
+// blobs.
+func recordPolicy(r *persist.KeyRecord) (policy.Key, error) {
+	spec := key.Lookup(key.Type(r.Type))
+	class := key.Class(r.Class)
+	if spec == nil || !spec.ClassOK(class) {
+		return policy.Key{}, errRecord
+	}
+	return policy.Key{Owner: r.Owner, Spec: spec, Class: class, Attrs: recordAttrs(r)}, nil
+}
+
 // objectFrom makes an object from a checked record, opening every blob.
 func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err error) {
 	spec := key.Lookup(key.Type(r.Type))
@@ -336,11 +370,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 	var id key.ID
 	copy(id[:], r.Id)
 	o = &Object{ID: id, Name: r.Name, Owner: r.Owner, Spec: spec, Class: class, Created: time.Unix(0, r.CreatedUnixNano)}
-	attrs := &key.Attrs{Usage: key.Usage(r.Usage), Exportable: r.Exportable, Wrappable: r.Wrappable}
-	for _, e := range r.Acl {
-		attrs.ACL = append(attrs.ACL, key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)})
-	}
-	o.attrs.Store(attrs)
+	o.attrs.Store(recordAttrs(r))
 	o.meta.Store(&Meta{
 		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted,
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
