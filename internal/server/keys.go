@@ -42,7 +42,7 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 		CallerPid:       id.PID,
 		CallerPidfd:     id.Pidfd >= 0,
 		Seal:            s.sealStatus(),
-		Generation:      s.generationInfo(true),
+		Generation:      s.generationInfo(true, s.watcherScope(id.UID)),
 		Audit:           s.auditStatus(),
 	}}}
 }
