@@ -292,7 +292,7 @@ func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error
 	// The record, not the index, says whose key it is and what it is
 	// called (the index carries no MAC); both are checked before the key
 	// is loaded, and so is access.
-	o, err := s.get(id, func(o uint32, n string, k policy.Key) error {
+	return s.get(id, func(o uint32, n string, k policy.Key) error {
 		if o != owner || n != name {
 			s.log.Error("store index is inconsistent: a name points to another key", "owner", owner, "key", id.String())
 			return errNoKey
@@ -302,10 +302,6 @@ func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return o, nil
 }
 
 var (
