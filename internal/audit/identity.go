@@ -329,7 +329,15 @@ func (r *Resolver) pidDepth(pid int32, buf []byte) int {
 	if err != nil {
 		return 0
 	}
-	for _, line := range bytes.Split(b, []byte{'\n'}) {
+	return nspidDepth(b)
+}
+
+// nspidDepth returns the number of pids on the NSpid line of a
+// /proc/PID/status, 0 if it has none. (The process chooses its own Name,
+// which the kernel escapes, so that no line but the kernel's can begin
+// with "NSpid:".)
+func nspidDepth(status []byte) int {
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
 		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
 			return len(bytes.Fields(rest))
 		}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,6 +271,36 @@ func TestResolverNamespaces(t *testing.T) {
 		r.FillNamespaces(&c, fd)
 		if c.OtherUserNS || c.OtherPIDNS {
 			t.Errorf("%s, after it exited: %+v", tc.name, c)
+		}
+	}
+}
+
+// FuzzNSpidDepth: the NSpid line of any status file is read without
+// panic, as the count of its fields.
+func FuzzNSpidDepth(f *testing.F) {
+	f.Add([]byte("Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nNSpid:\t25021\t2\nNSpgid:\t25015\t1\n"))
+	f.Add([]byte("Name:\tNSpid:\\n\nNSpid:\t7\n"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n := nspidDepth(b)
+		if n < 0 || n > len(b) {
+			t.Fatalf("depth %d of %q", n, b)
+		}
+		if !bytes.Contains(b, []byte("NSpid:")) && n != 0 {
+			t.Fatalf("depth %d without an NSpid line: %q", n, b)
+		}
+	})
+}
+
+func TestNSpidDepth(t *testing.T) {
+	for in, want := range map[string]int{
+		"Name:\tsleep\nNSpid:\t25021\t2\nNSpgid:\t1\n": 2,
+		"Name:\tsleep\nNSpid:\t25021\n":                1,
+		"Name:\tNSpid:\t1\t2\t3\nNSpid:\t9\n":          1, // only a line that begins with it
+		"Name:\tsleep\n":                               0,
+	} {
+		if got := nspidDepth([]byte(in)); got != want {
+			t.Errorf("%q: %d, want %d", in, got, want)
 		}
 	}
 }
