@@ -141,8 +141,11 @@ var ErrOutdatedWatchers = errors.New("keywarden: watchers are still outdated")
 
 // WaitWatchers waits up to timeout (at most an hour) until no watcher is
 // outdated: the orchestrator's flow, which holds traffic until every
-// component has adjusted to a change. When the timeout passes first it
-// returns the generation with ErrOutdatedWatchers.
+// component has adjusted to a change. The watchers that count are those
+// of the daemon's administrators, of its --generation-watcher uids and of
+// the caller's own uid; other users' watchers neither delay the wait nor
+// show in the counts. When the timeout passes first it returns the
+// generation with ErrOutdatedWatchers.
 func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) (*Generation, error) {
 	if timeout < 0 || timeout > time.Hour {
 		return nil, argError("generation wait-watchers", "the timeout must be between 0 and 1h")

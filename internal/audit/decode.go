@@ -67,6 +67,19 @@ type jsonCaller struct {
 	Cgroup     string `json:"cgroup"`
 	Exited     bool   `json:"exited"`
 	Unverified bool   `json:"unverified"`
+	Claimed    bool   `json:"claimed"`
+	OtherUser  bool   `json:"other_userns"`
+	OtherPID   bool   `json:"other_pidns"`
+	// Peer: optional, so that logs written before it existed read as
+	// they were written.
+	Peer *jsonPeer `json:"peer"`
+}
+
+type jsonPeer struct {
+	PID int32  `json:"pid"`
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	Exe string `json:"exe"`
 }
 
 type jsonOp struct {
@@ -171,7 +184,11 @@ func fromJSON(j *jsonRecord) (*Record, error) {
 	}
 	if c := j.Caller; c != nil {
 		r.Caller = Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Cgroup: c.Cgroup,
-			ExeError: c.ExeError, Exited: c.Exited, Unverified: c.Unverified}
+			ExeError: c.ExeError, Exited: c.Exited, Unverified: c.Unverified,
+			Claimed: c.Claimed, OtherUserNS: c.OtherUser, OtherPIDNS: c.OtherPID}
+		if p := c.Peer; p != nil {
+			r.Caller.Peer = Peer{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe}
+		}
 	}
 	for i := range j.Ops {
 		o := &j.Ops[i]

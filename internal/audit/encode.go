@@ -165,6 +165,19 @@ func appendBody(dst []byte, r *Record) []byte {
 		dst = appendStringField(dst, "cgroup", c.Cgroup)
 		dst = appendTrueField(dst, "exited", c.Exited)
 		dst = appendTrueField(dst, "unverified", c.Unverified)
+		dst = appendTrueField(dst, "claimed", c.Claimed)
+		dst = appendTrueField(dst, "other_userns", c.OtherUserNS)
+		dst = appendTrueField(dst, "other_pidns", c.OtherPIDNS)
+		if p := &c.Peer; !p.IsZero() {
+			dst = append(dst, `,"peer":{"pid":`...)
+			dst = strconv.AppendInt(dst, int64(p.PID), 10)
+			dst = append(dst, `,"uid":`...)
+			dst = strconv.AppendUint(dst, uint64(p.UID), 10)
+			dst = append(dst, `,"gid":`...)
+			dst = strconv.AppendUint(dst, uint64(p.GID), 10)
+			dst = appendStringField(dst, "exe", p.Exe)
+			dst = append(dst, '}')
+		}
 		dst = append(dst, '}')
 	}
 	dst = appendUintField(dst, "conn", r.Conn)

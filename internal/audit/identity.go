@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"errors"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,12 +21,16 @@ import (
 // pidfd whether its process is still there: if it is, the pid could not
 // have been reused in between, and what was read is the caller's; if it
 // is gone, nothing read is kept and the caller is recorded as exited.
+//
+// FillNamespaces says, the same way, whether the process is in another
+// user or pid namespace than the daemon.
 type Resolver struct {
 	mu      sync.Mutex
 	exes    map[string]string // interned executable paths
 	cgroups map[uint64]string // cgroup id -> path
 	noInfo  atomic.Bool       // the kernel lacks PIDFD_GET_INFO (before 6.13)
 	procDir string            // "/proc/", for tests
+	self    selfNS            // the daemon's own namespaces
 }
 
 // Bounds of the caches; past them a cache starts afresh.
@@ -36,7 +41,9 @@ const (
 
 // NewResolver returns a Resolver.
 func NewResolver() *Resolver {
-	return &Resolver{exes: map[string]string{}, cgroups: map[uint64]string{}, procDir: "/proc/"}
+	r := &Resolver{exes: map[string]string{}, cgroups: map[uint64]string{}, procDir: "/proc/"}
+	r.self = r.readSelfNS()
+	return r
 }
 
 var pathPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -195,4 +202,145 @@ func (r *Resolver) readCgroup(pid int32, buf []byte) string {
 		}
 	}
 	return string(bytes.ReplaceAll(b, []byte{'\n'}, []byte{';'}))
+}
+
+// FillNamespaces sets c.OtherUserNS and c.OtherPIDNS for the process
+// c.PID: whether it is in another user namespace, and another pid
+// namespace, than the daemon. As in Fill, what /proc says is read first
+// and kept only if pidfd (-1: none) still names a live process. A caller
+// that Fill found exited, or whose namespaces cannot be read, is left in
+// the daemon's. It costs two system calls more than Fill.
+func (r *Resolver) FillNamespaces(c *Caller, pidfd int) {
+	c.OtherUserNS, c.OtherPIDNS = false, false
+	if c.PID <= 0 || c.Exited {
+		return
+	}
+	bp := pathPool.Get().(*[]byte)
+	defer pathPool.Put(bp)
+	user, pid := r.namespaces(c.PID, (*bp)[:cap(*bp)])
+	if pidfd >= 0 {
+		if _, alive, _ := r.check(pidfd); !alive {
+			return
+		}
+	}
+	c.OtherUserNS, c.OtherPIDNS = user, pid
+}
+
+// selfNS identifies the daemon's own namespaces, as namespaces compares
+// them: the targets of /proc/self/ns/user and ns/pid ("user:[4026531837]"),
+// and, for processes whose links the daemon may not read, its uid_map and
+// the depth of its pid namespace as /proc shows it (the fields of NSpid).
+// An empty link means it could not be read: nothing is compared then.
+type selfNS struct {
+	user, pid string
+	uidMap    string
+	pidDepth  int
+}
+
+func (r *Resolver) readSelfNS() selfNS {
+	var s selfNS
+	s.user, _ = os.Readlink(r.procDir + "self/ns/user")
+	s.pid, _ = os.Readlink(r.procDir + "self/ns/pid")
+	if b, err := os.ReadFile(r.procDir + "self/uid_map"); err == nil {
+		s.uidMap = string(b)
+	}
+	buf := make([]byte, 4096)
+	s.pidDepth = r.pidDepth(int32(os.Getpid()), buf)
+	return s
+}
+
+// namespaces reports whether process pid is in another user namespace, and
+// in another pid namespace, than the daemon.
+//
+// /proc/PID/ns/user and ns/pid name a process's namespaces, but only to a
+// reader that may ptrace it (root, or its own uid). For other processes
+// the answer comes from files anyone may read: /proc/PID/uid_map, which
+// shows the process's user namespace's mapping as seen from the daemon's
+// (another namespace maps otherwise, unless a privileged process made it
+// map exactly as the daemon's does), and the NSpid line of
+// /proc/PID/status, which has one pid per level of pid namespace, from the
+// one /proc belongs to down to the process's own.
+func (r *Resolver) namespaces(pid int32, buf []byte) (otherUser, otherPID bool) {
+	if r.self.user != "" {
+		same, err := r.sameLink(pid, "ns/user", r.self.user, buf)
+		switch {
+		case err == nil:
+			otherUser = !same
+		case isDenied(err) && r.self.uidMap != "":
+			if m, err := r.readSmall(pid, "uid_map", buf); err == nil {
+				otherUser = string(m) != r.self.uidMap
+			}
+		}
+	}
+	if r.self.pid != "" {
+		same, err := r.sameLink(pid, "ns/pid", r.self.pid, buf)
+		switch {
+		case err == nil:
+			otherPID = !same
+		case isDenied(err) && r.self.pidDepth > 0:
+			if d := r.pidDepth(pid, buf); d > 0 {
+				otherPID = d != r.self.pidDepth
+			}
+		}
+	}
+	return otherUser, otherPID
+}
+
+func isDenied(err error) bool { return err == unix.EACCES || err == unix.EPERM }
+
+// sameLink reports whether /proc/PID/name links to want.
+func (r *Resolver) sameLink(pid int32, name, want string, buf []byte) (bool, error) {
+	p := string(r.procPath(buf[:0], pid, name))
+	n, err := unix.Readlink(p, buf[:cap(buf)])
+	if err != nil {
+		return false, err
+	}
+	return string(buf[:n]) == want, nil
+}
+
+// readSmall reads /proc/PID/name, at most len(buf) bytes, into buf.
+func (r *Resolver) readSmall(pid int32, name string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(string(r.procPath(buf[:0], pid, name)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < cap(buf) {
+		k, err := unix.Read(fd, buf[n:cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	return buf[:n], nil
+}
+
+// pidDepth returns the number of pids on the NSpid line of
+// /proc/PID/status, 0 if it cannot tell.
+func (r *Resolver) pidDepth(pid int32, buf []byte) int {
+	b, err := r.readSmall(pid, "status", buf)
+	if err != nil {
+		return 0
+	}
+	return nspidDepth(b)
+}
+
+// nspidDepth returns the number of pids on the NSpid line of a
+// /proc/PID/status, 0 if it has none. (The process chooses its own Name,
+// which the kernel escapes, so that no line but the kernel's can begin
+// with "NSpid:".)
+func nspidDepth(status []byte) int {
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			return len(bytes.Fields(rest))
+		}
+	}
+	return 0
 }

@@ -1,11 +1,13 @@
 package audit
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -188,4 +190,117 @@ func BenchmarkResolver(b *testing.B) {
 			r.Fill(&c, -1)
 		}
 	})
+}
+
+// startInNamespaces is startSleeper for a child in new namespaces
+// (flags), mapped to uid and gid 65534 outside.
+func startInNamespaces(t *testing.T, exe string, flags uintptr) (*exec.Cmd, int) {
+	t.Helper()
+	cmd := exec.Command(exe, "1000")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 65534, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 65534, Size: 1}}}
+	if err := cmd.Start(); err != nil {
+		t.Skipf("cannot start a process in new namespaces here: %v", err)
+	}
+	fd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Skipf("no pidfds here: %v", err)
+	}
+	t.Cleanup(func() {
+		unix.Close(fd)
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd, fd
+}
+
+// The resolver says when a caller lives in another user or pid namespace
+// than the daemon, and says nothing for one in the daemon's own; and
+// nothing of one that has gone.
+func TestResolverNamespaces(t *testing.T) {
+	exe := sleepPath(t)
+	r := NewResolver()
+	if r.self.user == "" || r.self.pid == "" {
+		t.Skip("cannot read this process's namespaces")
+	}
+	cmd, fd := startSleeper(t, exe)
+	c := Caller{PID: int32(cmd.Process.Pid)}
+	r.Fill(&c, fd)
+	r.FillNamespaces(&c, fd)
+	if c.OtherUserNS || c.OtherPIDNS {
+		t.Fatalf("a child in the same namespaces: %+v", c)
+	}
+	for _, tc := range []struct {
+		name          string
+		flags         uintptr
+		userNS, pidNS bool
+	}{
+		{"user", syscall.CLONE_NEWUSER, true, false},
+		{"user+pid", syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID, true, true},
+	} {
+		cmd, fd := startInNamespaces(t, exe, tc.flags)
+		pid := int32(cmd.Process.Pid)
+		c := Caller{PID: pid}
+		r.Fill(&c, fd)
+		r.FillNamespaces(&c, fd)
+		if c.Exited || c.OtherUserNS != tc.userNS || c.OtherPIDNS != tc.pidNS {
+			t.Errorf("%s: %+v, want other user namespace %v, other pid namespace %v", tc.name, c, tc.userNS, tc.pidNS)
+		}
+		c = Caller{PID: pid}
+		r.FillNamespaces(&c, -1)
+		if c.OtherUserNS != tc.userNS || c.OtherPIDNS != tc.pidNS {
+			t.Errorf("%s, without pidfd: %+v", tc.name, c)
+		}
+		// What a daemon that may not read the links relies on: the
+		// uid_map and the depth of the pid namespace.
+		buf := make([]byte, 4096)
+		m, err := r.readSmall(pid, "uid_map", buf)
+		if err != nil || (string(m) != r.self.uidMap) != tc.userNS {
+			t.Errorf("%s: uid_map %q (%v), the daemon's %q", tc.name, m, err, r.self.uidMap)
+		}
+		if d := r.pidDepth(pid, buf); d == 0 || (d != r.self.pidDepth) != tc.pidNS {
+			t.Errorf("%s: pid namespace depth %d, the daemon's %d", tc.name, d, r.self.pidDepth)
+		}
+		// Gone: nothing is kept.
+		cmd.Process.Kill()
+		cmd.Wait()
+		c = Caller{PID: pid}
+		r.FillNamespaces(&c, fd)
+		if c.OtherUserNS || c.OtherPIDNS {
+			t.Errorf("%s, after it exited: %+v", tc.name, c)
+		}
+	}
+}
+
+// FuzzNSpidDepth: the NSpid line of any status file is read without
+// panic, as the count of its fields.
+func FuzzNSpidDepth(f *testing.F) {
+	f.Add([]byte("Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nNSpid:\t25021\t2\nNSpgid:\t25015\t1\n"))
+	f.Add([]byte("Name:\tNSpid:\\n\nNSpid:\t7\n"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n := nspidDepth(b)
+		if n < 0 || n > len(b) {
+			t.Fatalf("depth %d of %q", n, b)
+		}
+		if !bytes.Contains(b, []byte("NSpid:")) && n != 0 {
+			t.Fatalf("depth %d without an NSpid line: %q", n, b)
+		}
+	})
+}
+
+func TestNSpidDepth(t *testing.T) {
+	for in, want := range map[string]int{
+		"Name:\tsleep\nNSpid:\t25021\t2\nNSpgid:\t1\n": 2,
+		"Name:\tsleep\nNSpid:\t25021\n":                1,
+		"Name:\tNSpid:\t1\t2\t3\nNSpid:\t9\n":          1, // only a line that begins with it
+		"Name:\tsleep\n":                               0,
+	} {
+		if got := nspidDepth([]byte(in)); got != want {
+			t.Errorf("%q: %d, want %d", in, got, want)
+		}
+	}
 }

@@ -203,6 +203,19 @@ func (r *Record) Text() string {
 			if c.Unverified {
 				word("unverified")
 			}
+			if c.Claimed {
+				word("claimed")
+			}
+			if c.OtherUserNS {
+				word("other-userns")
+			}
+			if c.OtherPIDNS {
+				word("other-pidns")
+			}
+			if p := &c.Peer; !p.IsZero() {
+				fmt.Fprintf(&b, " peer.pid=%d peer.uid=%d peer.gid=%d", p.PID, p.UID, p.GID)
+				kv("peer.exe", p.Exe)
+			}
 		}
 		if r.Conn != 0 {
 			kv("conn", strconv.FormatUint(r.Conn, 10))

@@ -114,7 +114,40 @@ type Caller struct {
 	// Cgroup were read by pid alone and could, in a rare race, belong to a
 	// process that reused the pid.
 	Unverified bool
+
+	// Claimed: the identity is what the message stated, which the daemon
+	// cannot take as the kernel's word. The pid is not that of the process
+	// that opened the connection (Peer), or the process is in another user
+	// or pid namespace than the daemon (OtherUserNS, OtherPIDNS), where a
+	// process privileged over the namespace may name any process of it as
+	// the sender, and any uid or gid the namespace maps. Exe and Cgroup are
+	// then those of the process named. (The kernel still checks that the
+	// ids are mapped to the sender's namespace: a sender cannot name a uid
+	// its namespace does not map.)
+	Claimed bool
+	// OtherUserNS and OtherPIDNS: the process named by PID is in another
+	// user namespace, or another pid namespace, than the daemon.
+	OtherUserNS bool
+	OtherPIDNS  bool
+	// Peer is the process that opened the connection, as the kernel saw it
+	// then (SO_PEERCRED), when its pid or its executable differ from this
+	// message's; the zero Peer otherwise.
+	Peer Peer
 }
+
+// Peer is the process that opened a connection, as the kernel recorded it
+// at connect time (SO_PEERCRED: the pid and the effective uid and gid),
+// with its executable as the daemon read it then, through the pidfd the
+// kernel gives for it (SO_PEERPIDFD, Linux 6.5 and later).
+type Peer struct {
+	PID int32
+	UID uint32
+	GID uint32
+	Exe string // empty if it could not be read
+}
+
+// IsZero reports whether p names no process.
+func (p Peer) IsZero() bool { return p.PID == 0 }
 
 // OpEntry is one operation of a batch, or Count consecutive operations
 // that are alike in every field.

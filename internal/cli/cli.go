@@ -95,7 +95,7 @@ func init() {
 		{"generation watch", "[--after G] [--count N] [--name W] [--ack] [--json]", "print each new machine generation as the daemon sees it", runGenerationWatch},
 		{"generation ack", "G [--name W]", "acknowledge generation G for a named watcher", runGenerationAck},
 		{"generation forget", "--name W", "remove a named watcher", runGenerationForget},
-		{"generation wait-watchers", "[--timeout D] [--json]", "wait until every watcher has acknowledged the current generation (exit 1 on timeout)", runGenerationWaitWatchers},
+		{"generation wait-watchers", "[--timeout D] [--json]", "wait until every watcher that counts (administrators', --generation-watcher uids', your own) has acknowledged the current generation (exit 1 on timeout)", runGenerationWaitWatchers},
 		{"generation bump", "[--json]", "increase the generation after a restore the daemon cannot see (root or a --generation-admin)", runGenerationBump},
 		{"audit verify", "[--public-key FILE] [--expect SEQ:HASH]... [--closed] [--json] FILE...", "check that the files of an audit log are intact (exit 1 if not)", runAuditVerify},
 		{"audit tail", "[-n N] [-f] [FILTERS] [--json] [--log PATH]", "print the last audit records, and with -f each new one", runAuditTail},

@@ -45,6 +45,8 @@ func runServe(e *env, args []string) error {
 	genSources := f.String("generation-sources", "auto", "how the daemon learns of VM snapshot restores and clones: auto, none, or a list of kmsg,vmclock,uevent,guid")
 	var genAdmins uidList
 	f.Var(&genAdmins, "generation-admin", "a `uid` that may bump the generation besides root (repeatable)")
+	var genWatchers uidList
+	f.Var(&genWatchers, "generation-watcher", "a `uid` whose generation watchers every wait-watchers waits for, besides administrators' and the waiter's own (repeatable)")
 	budget := f.String("generation-budget-policy", "halve", "what a generation change does to nonce budgets: halve or rotate")
 	auditLog := f.String("audit-log", "", "the audit log's `path`, or off (default audit.log in the state directory; with --dev, SOCKET.audit.log beside the socket)")
 	auditSync := f.String("audit-sync", "grouped", "when audit records reach the disk: grouped (written before the reply, fsync grouped every few ms) or always (fsync before the reply)")
@@ -132,7 +134,7 @@ func runServe(e *env, args []string) error {
 		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, Admins: admins,
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
-		GenerationSources: *genSources, GenerationAdmins: genAdmins, BudgetPolicy: budgetPolicy,
+		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, BudgetPolicy: budgetPolicy,
 	})
 	return err
 }

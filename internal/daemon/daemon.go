@@ -76,6 +76,9 @@ type Config struct {
 	GenerationSources string
 	// GenerationAdmins may bump the generation, besides root.
 	GenerationAdmins []uint32
+	// GenerationWatchers are uids whose watchers generation_wait_watchers
+	// counts besides the administrators' and the waiter's own.
+	GenerationWatchers []uint32
 	// BudgetPolicy is what a generation change does to nonce budgets.
 	BudgetPolicy genid.BudgetPolicy
 
@@ -213,7 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
 	}
 	srv := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
-		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
+		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
 		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus})
 	if keys != nil {
 		if err := startSealed(ctx, srv, cfg, log); err != nil {

@@ -413,9 +413,10 @@ type Status struct {
 	Changed time.Time
 	// ChangedBy are the sources that reported it.
 	ChangedBy []string
-	Watchers  int
-	Outdated  int
-	Sources   []SourceStatus
+	// Watchers and Outdated count the watchers of the Scope asked for.
+	Watchers int
+	Outdated int
+	Sources  []SourceStatus
 }
 
 // SourceStatus says whether a source is active and what it saw last.
@@ -429,11 +430,15 @@ type SourceStatus struct {
 	LastReport string
 }
 
-// Status returns the current state, sources included.
-func (t *Tracker) Status() Status {
+// Status returns the current state, sources included, counting every
+// watcher.
+func (t *Tracker) Status() Status { return t.StatusIn(nil) }
+
+// StatusIn is Status counting the watchers sc counts.
+func (t *Tracker) StatusIn(sc Scope) Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := t.statusLocked()
+	s := t.statusLocked(sc)
 	for _, st := range t.sources {
 		s.Sources = append(s.Sources, SourceStatus{Name: st.src.Name(), Active: st.active, Detail: st.detail,
 			LastSeen: st.lastSeen, LastReport: st.lastReport})
@@ -441,20 +446,22 @@ func (t *Tracker) Status() Status {
 	return s
 }
 
-// Brief returns the state without the sources.
-func (t *Tracker) Brief() Status {
+// Brief returns the state without the sources, counting the watchers sc
+// counts (nil: every watcher).
+func (t *Tracker) Brief(sc Scope) Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.statusLocked()
+	return t.statusLocked(sc)
 }
 
-func (t *Tracker) statusLocked() Status {
+func (t *Tracker) statusLocked(sc Scope) Status {
+	w, o := t.countLocked(sc)
 	return Status{
 		Generation: t.gen.Load(),
 		Changed:    t.last.At,
 		ChangedBy:  slices.Clone(t.last.Sources),
-		Watchers:   len(t.watchers),
-		Outdated:   t.outdatedLocked(),
+		Watchers:   w,
+		Outdated:   o,
 	}
 }
 

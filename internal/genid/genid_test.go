@@ -239,7 +239,7 @@ func TestWait(t *testing.T) {
 
 func TestWatchersAndAcks(t *testing.T) {
 	tr := newTracker(t, Config{NamedWatchersPerUID: 2})
-	conn := tr.NewWatcher()
+	conn := tr.NewWatcher(0)
 	named, err := tr.NamedWatcher(1000, "db")
 	if err != nil {
 		t.Fatal(err)
@@ -251,7 +251,7 @@ func TestWatchersAndAcks(t *testing.T) {
 		t.Fatalf("%d watchers, %d outdated before a change", w, o)
 	}
 	// Nothing outdated: WaitWatchers returns at once.
-	if n, _ := tr.WaitWatchers(time.Hour, nil); n != 0 {
+	if n, _ := tr.WaitWatchers(time.Hour, nil, nil); n != 0 {
 		t.Fatalf("WaitWatchers: %d outdated", n)
 	}
 	tr.Bump("restore")
@@ -269,13 +269,13 @@ func TestWatchersAndAcks(t *testing.T) {
 	}
 	// One still outdated: the wait times out.
 	start := time.Now()
-	if n, stopped := tr.WaitWatchers(50*time.Millisecond, nil); n != 1 || stopped || time.Since(start) < 50*time.Millisecond {
+	if n, stopped := tr.WaitWatchers(50*time.Millisecond, nil, nil); n != 1 || stopped || time.Since(start) < 50*time.Millisecond {
 		t.Fatalf("WaitWatchers: %d outdated, stopped %v, after %v", n, stopped, time.Since(start))
 	}
 	// It returns as soon as the last one acknowledges.
 	go func() { time.Sleep(20 * time.Millisecond); named.Ack(1) }()
 	start = time.Now()
-	if n, _ := tr.WaitWatchers(10*time.Second, nil); n != 0 || time.Since(start) > 5*time.Second {
+	if n, _ := tr.WaitWatchers(10*time.Second, nil, nil); n != 0 || time.Since(start) > 5*time.Second {
 		t.Fatalf("WaitWatchers: %d outdated after %v", n, time.Since(start))
 	}
 	// A removed watcher no longer counts, and a new one starts up to date.
@@ -285,7 +285,7 @@ func TestWatchersAndAcks(t *testing.T) {
 		t.Fatalf("after removal: %d watchers, %d outdated", w, o)
 	}
 	named.Remove()
-	fresh := tr.NewWatcher()
+	fresh := tr.NewWatcher(0)
 	if w, o := tr.Outdated(); w != 1 || o != 0 || fresh.Acked() != 2 {
 		t.Fatalf("fresh watcher: %d watchers, %d outdated, acked %d", w, o, fresh.Acked())
 	}
@@ -302,7 +302,7 @@ func TestWatchersAndAcks(t *testing.T) {
 	stop := make(chan struct{})
 	close(stop)
 	tr.Bump("third")
-	if _, stopped := tr.WaitWatchers(time.Hour, stop); !stopped {
+	if _, stopped := tr.WaitWatchers(time.Hour, nil, stop); !stopped {
 		t.Fatal("not stopped")
 	}
 }
@@ -487,5 +487,45 @@ func TestCheckWaitsForChange(t *testing.T) {
 	close(release)
 	if g := <-got; g != 1 {
 		t.Fatalf("Check after the change: %d", g)
+	}
+}
+
+// A Scope counts only the watchers of the uids it names: an outdated
+// watcher of another uid neither delays a wait nor shows in its answer.
+func TestWatcherScope(t *testing.T) {
+	tr := newTracker(t, Config{})
+	admin, err := tr.NamedWatcher(0, "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled, err := tr.NamedWatcher(1000, "never-acks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := tr.NewWatcher(1000)
+	if admin.UID() != 0 || stalled.UID() != 1000 || conn.UID() != 1000 {
+		t.Fatalf("watchers of uids %d, %d, %d", admin.UID(), stalled.UID(), conn.UID())
+	}
+	root := Scope(func(uid uint32) bool { return uid == 0 })
+	tr.Bump("restore")
+	if w, o := tr.OutdatedIn(root); w != 1 || o != 1 {
+		t.Fatalf("root's scope: %d watchers, %d outdated; want 1, 1", w, o)
+	}
+	if w, o := tr.Outdated(); w != 3 || o != 3 {
+		t.Fatalf("every watcher: %d, %d outdated; want 3, 3", w, o)
+	}
+	// The counted watcher still holds the wait until it acknowledges.
+	start := time.Now()
+	if n, _ := tr.WaitWatchers(50*time.Millisecond, root, nil); n != 1 || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("root's wait: %d outdated after %v, want 1 after the timeout", n, time.Since(start))
+	}
+	go func() { time.Sleep(20 * time.Millisecond); admin.Ack(1) }()
+	start = time.Now()
+	if n, _ := tr.WaitWatchers(10*time.Second, root, nil); n != 0 || time.Since(start) > 5*time.Second {
+		t.Fatalf("root's wait: %d outdated after %v, want 0 once its watcher acknowledged", n, time.Since(start))
+	}
+	// uid 1000's watchers are still outdated, for whoever counts them.
+	if n, _ := tr.WaitWatchers(0, nil, nil); n != 2 {
+		t.Fatalf("every watcher: %d outdated, want 2", n)
 	}
 }

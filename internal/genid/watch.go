@@ -9,24 +9,41 @@ import (
 // A Watcher is a party that learns of changes and acknowledges them: a
 // connection that watched (sysgenid's open file), or a named watcher of a
 // uid that outlives connections. A watcher whose last acknowledged
-// generation is below the current one is outdated.
+// generation is below the current one is outdated. Every watcher belongs
+// to a uid: the named watcher's, or the uid that made a connection a
+// watcher; a Scope counts watchers by it.
 type Watcher struct {
 	t     *Tracker
+	uid   uint32
 	key   namedKey // zero for a connection's watcher
 	named bool
 	acked uint64 // under t.mu
 	gone  bool   // under t.mu: removed
 }
 
-// NewWatcher registers an anonymous watcher (a connection's), up to date
-// with the current generation, as a sysgenid watcher is when opened.
-func (t *Tracker) NewWatcher() *Watcher {
+// A Scope says whose watchers count: a watcher counts when the Scope
+// returns true for its uid. The nil Scope counts every watcher.
+//
+// Anyone who can connect may register watchers, so waiting for every
+// watcher lets any user stall the wait with a watcher that never
+// acknowledges; a Scope limits the wait to the users whose watchers the
+// waiter relies on.
+type Scope func(uid uint32) bool
+
+func (sc Scope) counts(w *Watcher) bool { return sc == nil || sc(w.uid) }
+
+// NewWatcher registers an anonymous watcher of uid (a connection's), up to
+// date with the current generation, as a sysgenid watcher is when opened.
+func (t *Tracker) NewWatcher(uid uint32) *Watcher {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	w := &Watcher{t: t, acked: t.gen.Load()}
+	w := &Watcher{t: t, uid: uid, acked: t.gen.Load()}
 	t.watchers[w] = struct{}{}
 	return w
 }
+
+// UID returns the uid the watcher belongs to.
+func (w *Watcher) UID() uint32 { return w.uid }
 
 // NamedWatcher returns uid's watcher of that name, registering it (up to
 // date) if it does not exist.
@@ -41,7 +58,7 @@ func (t *Tracker) NamedWatcher(uid uint32, name string) (*Watcher, error) {
 		return nil, ErrTooManyWatchers
 	}
 	k.name = strings.Clone(name) // name may point into a reused buffer
-	w := &Watcher{t: t, key: k, named: true, acked: t.gen.Load()}
+	w := &Watcher{t: t, uid: uid, key: k, named: true, acked: t.gen.Load()}
 	t.named[k] = w
 	t.perUID[uid]++
 	t.watchers[w] = struct{}{}
@@ -105,32 +122,48 @@ func (t *Tracker) wakeAckedLocked() {
 }
 
 func (t *Tracker) outdatedLocked() int {
-	g := t.gen.Load()
-	n := 0
-	for w := range t.watchers {
-		if w.acked < g {
-			n++
-		}
-	}
+	_, n := t.countLocked(nil)
 	return n
 }
 
-// Outdated returns the number of watchers and of outdated watchers.
-func (t *Tracker) Outdated() (watchers, outdated int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.watchers), t.outdatedLocked()
+// countLocked returns how many watchers sc counts, and how many of them
+// are outdated.
+func (t *Tracker) countLocked(sc Scope) (watchers, outdated int) {
+	g := t.gen.Load()
+	for w := range t.watchers {
+		if !sc.counts(w) {
+			continue
+		}
+		watchers++
+		if w.acked < g {
+			outdated++
+		}
+	}
+	return watchers, outdated
 }
 
-// WaitWatchers returns when no watcher is outdated, when timeout has
-// passed or when stop is closed, with the number still outdated.
-func (t *Tracker) WaitWatchers(timeout time.Duration, stop <-chan struct{}) (outdated int, stopped bool) {
+// Outdated returns the number of watchers and of outdated watchers.
+func (t *Tracker) Outdated() (watchers, outdated int) { return t.OutdatedIn(nil) }
+
+// OutdatedIn returns the number of watchers sc counts, and of outdated
+// ones among them.
+func (t *Tracker) OutdatedIn(sc Scope) (watchers, outdated int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.countLocked(sc)
+}
+
+// WaitWatchers returns when no watcher that sc counts is outdated, when
+// timeout has passed or when stop is closed, with the number of them
+// still outdated. Watchers sc does not count neither delay it nor show in
+// its answer.
+func (t *Tracker) WaitWatchers(timeout time.Duration, sc Scope, stop <-chan struct{}) (outdated int, stopped bool) {
 	var timer *time.Timer
 	var expired <-chan time.Time
 	for {
 		t.Check()
 		t.mu.Lock()
-		n := t.outdatedLocked()
+		_, n := t.countLocked(sc)
 		acked, changed := t.acked, t.changed
 		t.mu.Unlock()
 		if n == 0 || timeout <= 0 {
@@ -145,10 +178,10 @@ func (t *Tracker) WaitWatchers(timeout time.Duration, stop <-chan struct{}) (out
 		case <-acked:
 		case <-changed:
 		case <-expired:
-			_, n := t.Outdated()
+			_, n := t.OutdatedIn(sc)
 			return n, false
 		case <-stop:
-			_, n := t.Outdated()
+			_, n := t.OutdatedIn(sc)
 			return n, true
 		}
 	}

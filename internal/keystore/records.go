@@ -313,7 +313,9 @@ func checkRecord(k *seal.Keys, id, v []byte) (*persist.KeyRecord, error) {
 var errRecord = errors.New("key record fails its integrity check")
 
 // load reads key id's record and opens its blobs into a new object.
-func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
+// check, if not nil, decides from the checked record, before any blob is
+// opened: its error is load's.
+func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error) {
 	var r *persist.KeyRecord
 	err := s.db.View(func(tx store.Tx) error {
 		var err error
@@ -323,8 +325,18 @@ func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
 		}
 		return err
 	})
+	if err == nil && check != nil {
+		pk, perr := recordPolicy(r)
+		if perr == nil {
+			if err := check(r.Owner, r.Name, pk); err != nil {
+				return nil, err
+			}
+		}
+		err = perr
+	}
 	if err == nil {
 		var o *Object
+		s.loads.Add(1)
 		if o, err = s.objectFrom(k, r); err == nil {
 			return o, nil
 		}
@@ -341,6 +353,19 @@ func (s *Store) load(k *seal.Keys, id key.ID) (*Object, error) {
 	s.bad[id] = struct{}{}
 	s.mu.Unlock()
 	return nil, errQuarantined
+}
+
+// recordPolicy returns what policy decisions need of a checked record's
+// key, as its object would give it (Object.Policy), without opening its
+// blobs.
+func recordPolicy(r *persist.KeyRecord) (policy.Key, error) {
+	spec := key.Lookup(key.Type(r.Type))
+	class := key.Class(r.Class)
+	if spec == nil || !spec.ClassOK(class) {
+		return policy.Key{}, errRecord
+	}
+	a, p, _ := recordAttrs(r)
+	return policy.Key{Owner: r.Owner, Spec: spec, Class: class, Attrs: a, Prov: p}, nil
 }
 
 // objectFrom makes an object from a checked record, opening every blob.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
@@ -50,6 +51,9 @@ type Store struct {
 	// mats knows which live key objects hold which material (the copy
 	// rule: materials.go).
 	mats materials
+
+	// loads counts records opened into memory (tests).
+	loads atomic.Uint64
 }
 
 // Config configures a Store.
@@ -190,7 +194,34 @@ func Discard(o *Object) error { return o.wipe(errDestroyed) }
 
 // Get returns the persistent object with this id, loading it if needed,
 // with one more reference that the caller must Release.
-func (s *Store) Get(id key.ID) (*Object, error) {
+func (s *Store) Get(id key.ID) (*Object, error) { return s.get(id, nil) }
+
+// Access decides, from what a key's record says (its owner and name, and
+// its policy: type, usage, ACL), whether a caller may reach the key: nil
+// lets the store load it, an error is the answer. GetFor and LookupFor
+// call it before a key's bytes are loaded, so that a key the caller may
+// not see is refused without being opened into memory, exactly as a key
+// that does not exist is.
+type Access func(k policy.Key) error
+
+// GetFor is Get for a caller that access decides about: a key it refuses
+// is neither loaded nor counted, and the answer is access's error.
+func (s *Store) GetFor(id key.ID, access Access) (*Object, error) {
+	if access == nil {
+		return nil, errNoAccess
+	}
+	return s.get(id, func(_ uint32, _ string, k policy.Key) error { return access(k) })
+}
+
+// errNoAccess: GetFor or LookupFor without an Access, a bug.
+var errNoAccess = wire.Errorf(wire.Status_STATUS_INTERNAL, "internal error: no access check")
+
+// recordCheck checks a key's owner, name and policy, from its record or
+// its object in memory, before the store hands it out.
+type recordCheck func(owner uint32, name string, k policy.Key) error
+
+// get is Get with check, if not nil, passed before anything is loaded.
+func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	k, err := s.keys()
 	if err != nil {
 		return nil, err
@@ -199,24 +230,25 @@ func (s *Store) Get(id key.ID) (*Object, error) {
 	if o := s.loaded[id]; o != nil {
 		o.refs++
 		s.mu.Unlock()
+		if check != nil {
+			if err := check(o.Owner, o.Name, o.Policy()); err != nil {
+				s.Release(o)
+				return nil, err
+			}
+		}
 		return o, nil
 	}
 	_, bad := s.bad[id]
+	sc := s.sealCount
 	s.mu.Unlock()
 	if bad {
 		return nil, errQuarantined
 	}
-	s.mu.Lock()
-	sc := s.sealCount
-	s.mu.Unlock()
-	o, err := s.load(k, id)
+	o, err := s.load(k, id, check)
 	if err != nil {
 		return nil, err
 	}
 	o.sealCount = sc
-	if err != nil {
-		return nil, err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.sealCount != o.sealCount {
@@ -244,6 +276,19 @@ func (s *Store) Get(id key.ID) (*Object, error) {
 
 // Lookup returns owner's persistent object of this name (see Get).
 func (s *Store) Lookup(owner uint32, name string) (*Object, error) {
+	return s.lookup(owner, name, nil)
+}
+
+// LookupFor is Lookup for a caller that access decides about (see
+// GetFor): a key it refuses is neither loaded nor counted.
+func (s *Store) LookupFor(owner uint32, name string, access Access) (*Object, error) {
+	if access == nil {
+		return nil, errNoAccess
+	}
+	return s.lookup(owner, name, access)
+}
+
+func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error) {
 	if _, err := s.keys(); err != nil {
 		return nil, err
 	}
@@ -263,16 +308,19 @@ func (s *Store) Lookup(owner uint32, name string) (*Object, error) {
 	if !found {
 		return nil, errNoKey
 	}
-	o, err := s.Get(id)
-	if err != nil {
-		return nil, err
-	}
-	if o.Owner != owner || o.Name != name {
-		s.Release(o)
-		s.log.Error("store index is inconsistent: a name points to another key", "owner", owner, "key", id.String())
-		return nil, errNoKey
-	}
-	return o, nil
+	// The record, not the index, says whose key it is and what it is
+	// called (the index carries no MAC); both are checked before the key
+	// is loaded, and so is access.
+	return s.get(id, func(o uint32, n string, k policy.Key) error {
+		if o != owner || n != name {
+			s.log.Error("store index is inconsistent: a name points to another key", "owner", owner, "key", id.String())
+			return errNoKey
+		}
+		if access != nil {
+			return access(k)
+		}
+		return nil
+	})
 }
 
 var (

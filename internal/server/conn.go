@@ -67,6 +67,7 @@ type conn struct {
 	st          connStore      // pending init, rotation, backup, restore (storeops.go)
 
 	// Used only by the serving goroutine.
+	peer         peer // who opened the connection, for the audit (peer.go)
 	buf          []byte
 	oob          []byte
 	out          []byte
@@ -100,12 +101,7 @@ func (cn *conn) stopReading() { cn.c.ShutdownRead() }
 
 func (cn *conn) serve() {
 	defer cn.cleanup()
-	if peer, err := cn.c.PeerCred(); err == nil {
-		cn.log.Debug("connected", "pid", peer.PID, "uid", peer.UID, "gid", peer.GID, "pidfd", cn.pidfd)
-		if peer.Pidfd >= 0 {
-			unix.Close(peer.Pidfd)
-		}
-	}
+	cn.readPeer()
 	defer cn.flush()
 	for {
 		m, err := cn.c.RecvMsg(cn.buf, cn.oob)
@@ -153,7 +149,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 				Status: errAuditDown.Status, Message: errAuditDown.Public})
 			return
 		}
-		c := cn.s.callerOf(id)
+		c := cn.callerOf(id)
 		caller = &c
 	}
 	if !m.HasCred || m.Cred.PID == 0 {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -91,13 +92,13 @@ func isLongPoll(op *wire.Op) bool {
 func (cn *conn) dispatchGeneration(op *wire.Op, id Identity, a *arena) (*wire.Result, error) {
 	switch o := op.GetOp().(type) {
 	case *wire.Op_GenerationGet:
-		return cn.generationResult(true), nil
+		return cn.generationResult(true, id), nil
 	case *wire.Op_GenerationWatch:
 		return cn.opGenerationWatch(o.GenerationWatch, id)
 	case *wire.Op_GenerationAck:
 		return cn.opGenerationAck(o.GenerationAck, id)
 	case *wire.Op_GenerationWaitWatchers:
-		return cn.opGenerationWaitWatchers(o.GenerationWaitWatchers)
+		return cn.opGenerationWaitWatchers(o.GenerationWaitWatchers, id)
 	case *wire.Op_GenerationBump:
 		return cn.opGenerationBump(id)
 	case *wire.Op_GenerationMap:
@@ -106,13 +107,14 @@ func (cn *conn) dispatchGeneration(op *wire.Op, id Identity, a *arena) (*wire.Re
 	return nil, errNoOp
 }
 
-// generationInfo describes the generation; sources only when asked.
-func (s *Server) generationInfo(sources bool) *wire.GenerationInfo {
+// generationInfo describes the generation; sources only when asked. The
+// watchers it counts are those sc counts (see watcherScope).
+func (s *Server) generationInfo(sources bool, sc genid.Scope) *wire.GenerationInfo {
 	var st genid.Status
 	if sources {
-		st = s.gen.Status()
+		st = s.gen.StatusIn(sc)
 	} else {
-		st = s.gen.Brief()
+		st = s.gen.Brief(sc)
 	}
 	info := &wire.GenerationInfo{
 		Generation:       st.Generation,
@@ -133,8 +135,23 @@ func (s *Server) generationInfo(sources bool) *wire.GenerationInfo {
 	return info
 }
 
-func (cn *conn) generationResult(sources bool) *wire.Result {
-	return &wire.Result{Value: &wire.Result_Generation{Generation: cn.s.generationInfo(sources)}}
+func (cn *conn) generationResult(sources bool, id Identity) *wire.Result {
+	return &wire.Result{Value: &wire.Result_Generation{Generation: cn.s.generationInfo(sources, cn.s.watcherScope(id.UID))}}
+}
+
+// watcherScope is whose watchers count for a caller of uid: those of
+// the administrators (root, the daemon's uid, --admin and
+// --generation-admin uids), of the --generation-watcher uids, and the
+// caller's own. generation_wait_watchers waits for these only, and every
+// reply counts these only: any user may register watchers, and one that
+// never acknowledges must not hold up an orchestrator that does not rely
+// on it (docs/genid.md, "Whose watchers count").
+func (s *Server) watcherScope(uid uint32) genid.Scope {
+	self := uint32(os.Geteuid())
+	return func(w uint32) bool {
+		return w == uid || w == 0 || w == self || slices.Contains(s.cfg.Admins, w) ||
+			slices.Contains(s.cfg.GenerationAdmins, w) || slices.Contains(s.cfg.GenerationWatchers, w)
+	}
 }
 
 // watcher returns the watcher an operation names: the caller's named
@@ -157,7 +174,7 @@ func (cn *conn) watcher(name string, id Identity) (*genid.Watcher, error) {
 		return nil, errConnClosing
 	}
 	if cn.genWatcher == nil {
-		cn.genWatcher = cn.s.gen.NewWatcher()
+		cn.genWatcher = cn.s.gen.NewWatcher(id.UID)
 	}
 	return cn.genWatcher, nil
 }
@@ -202,7 +219,7 @@ func (cn *conn) opGenerationWatch(gw *wire.GenerationWatch, id Identity) (*wire.
 	if _, stopped := cn.s.gen.Wait(gw.After, d, cn.closing); stopped {
 		return nil, errConnClosing
 	}
-	return cn.generationResult(false), nil
+	return cn.generationResult(false, id), nil
 }
 
 func (cn *conn) opGenerationAck(ga *wire.GenerationAck, id Identity) (*wire.Result, error) {
@@ -212,16 +229,16 @@ func (cn *conn) opGenerationAck(ga *wire.GenerationAck, id Identity) (*wire.Resu
 	}
 	if ga.Forget {
 		w.Remove()
-		return cn.generationResult(false), nil
+		return cn.generationResult(false, id), nil
 	}
 	if err := w.Ack(ga.Generation); err != nil {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
 			"generation %d is ahead of the daemon's (%d)", ga.Generation, cn.s.gen.Current())
 	}
-	return cn.generationResult(false), nil
+	return cn.generationResult(false, id), nil
 }
 
-func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers) (*wire.Result, error) {
+func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers, id Identity) (*wire.Result, error) {
 	d, err := pollTimeout(gw.TimeoutMs)
 	if err != nil {
 		return nil, err
@@ -231,10 +248,10 @@ func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers) (*wire
 		return nil, err
 	}
 	defer done()
-	if _, stopped := cn.s.gen.WaitWatchers(d, cn.closing); stopped {
+	if _, stopped := cn.s.gen.WaitWatchers(d, cn.s.watcherScope(id.UID), cn.closing); stopped {
 		return nil, errConnClosing
 	}
-	return cn.generationResult(false), nil
+	return cn.generationResult(false, id), nil
 }
 
 func (cn *conn) opGenerationBump(id Identity) (*wire.Result, error) {
@@ -243,7 +260,7 @@ func (cn *conn) opGenerationBump(id Identity) (*wire.Result, error) {
 	}
 	c := cn.s.gen.Bump(fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID))
 	cn.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To)
-	return cn.generationResult(true), nil
+	return cn.generationResult(true, id), nil
 }
 
 func (cn *conn) opGenerationMap(a *arena) (*wire.Result, error) {

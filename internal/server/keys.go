@@ -42,7 +42,7 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 		CallerPid:       id.PID,
 		CallerPidfd:     id.Pidfd >= 0,
 		Seal:            s.sealStatus(),
-		Generation:      s.generationInfo(true),
+		Generation:      s.generationInfo(true, s.watcherScope(id.UID)),
 		Audit:           s.auditStatus(),
 	}}}
 }
@@ -224,13 +224,17 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 	}
 	var o *keystore.Object
 	var err error
+	// A key the caller may not see is refused from its record, before its
+	// bytes are loaded: the same NOT_FOUND as a key that does not exist,
+	// without the work (and the memory) of opening it.
+	access := func(k policy.Key) error { return policy.Authorize(id.caller(), k, policy.Open, 0).Err() }
 	switch k := op.GetKey().(type) {
 	case *wire.Open_Id:
 		kid, valid := key.IDFromBytes(k.Id)
 		if !valid {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key id is 16 bytes")
 		}
-		o, err = cn.s.store.Get(kid)
+		o, err = cn.s.store.GetFor(kid, access)
 	case *wire.Open_Name:
 		owner := id.UID
 		if k.Name.OwnerUid != nil {
@@ -239,14 +243,15 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 		if !key.ValidName(k.Name.Name) {
 			return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
 		}
-		o, err = cn.s.store.Lookup(owner, k.Name.Name)
+		o, err = cn.s.store.LookupFor(owner, k.Name.Name, access)
 	default:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "open needs a key id or name")
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := policy.Authorize(id.caller(), o.Policy(), policy.Open, 0).Err(); err != nil {
+	// Again on the object: its attributes may have changed since.
+	if err := access(o.Policy()); err != nil {
 		cn.s.store.Release(o)
 		return nil, err
 	}

@@ -82,6 +82,10 @@ type Config struct {
 	Generation *genid.Tracker
 	// GenerationAdmins may bump the generation, besides root.
 	GenerationAdmins []uint32
+	// GenerationWatchers are uids whose watchers every
+	// generation_wait_watchers counts, besides the administrators' and the
+	// waiter's own (see watcherScope).
+	GenerationWatchers []uint32
 
 	// Store is the persistent key store, made with keystore.New over a
 	// store and its master key (which may be sealed); nil means a store in

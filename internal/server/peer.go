@@ -1,0 +1,82 @@
+package server
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/audit"
+)
+
+// The process that opened a connection, for the audit (docs/audit.md,
+// "Who asked"). Decisions use each message's own credentials; but the pid
+// in them is the kernel's word only when the sender could not have chosen
+// it: a process with CAP_SYS_ADMIN over its pid namespace (which the
+// creator of a user and pid namespace has, without any privilege outside
+// it) may name any process of that namespace in SCM_CREDENTIALS, and a
+// process with CAP_SETUID over its user namespace any uid the namespace
+// maps. The record therefore also gives the connect-time peer, which the
+// sender cannot choose (SO_PEERCRED), when the message names another
+// process, and marks the identity claimed when it names another process
+// or comes from another user or pid namespace than the daemon's.
+
+// peer is the process that opened a connection, as the kernel saw it
+// when it connected, with what the daemon read of it then.
+type peer struct {
+	audit.Peer
+	// otherUser and otherPID: it was in another user, or pid, namespace
+	// than the daemon.
+	otherUser, otherPID bool
+}
+
+// readPeer records who opened the connection: SO_PEERCRED, and, through
+// SO_PEERPIDFD, its executable and namespaces. Only the audit uses it.
+func (cn *conn) readPeer() {
+	cr, err := cn.c.PeerCred()
+	if err != nil {
+		return
+	}
+	if cr.Pidfd >= 0 {
+		defer unix.Close(cr.Pidfd)
+	}
+	cn.log.Debug("connected", "pid", cr.PID, "uid", cr.UID, "gid", cr.GID, "pidfd", cn.pidfd)
+	if cn.s.resolver == nil || cr.PID <= 0 {
+		return
+	}
+	c := audit.Caller{PID: cr.PID, UID: cr.UID, GID: cr.GID}
+	cn.s.resolver.Fill(&c, cr.Pidfd)
+	cn.s.resolver.FillNamespaces(&c, cr.Pidfd)
+	cn.peer = peer{Peer: audit.Peer{PID: cr.PID, UID: cr.UID, GID: cr.GID, Exe: c.Exe},
+		otherUser: c.OtherUserNS, otherPID: c.OtherPIDNS}
+}
+
+// callerOf is the audit's view of who sent a message on this connection:
+// the server's (callerOf), marked against the connection's peer.
+func (cn *conn) callerOf(id Identity) audit.Caller {
+	c := cn.s.callerOf(id)
+	cn.markCaller(&c, id.Pidfd)
+	return c
+}
+
+// markCaller sets c's namespaces, Claimed and Peer. pidfd is the
+// message's.
+//
+// A message from the process that connected, with the ids and the program
+// it connected with, has the namespaces read at connect time: a process's
+// pid namespace never changes, and its user namespace changes only by
+// unshare or setns, after which its ids differ (mapped anew) from those it
+// connected with. Any other message has them read now, which costs two
+// system calls.
+func (cn *conn) markCaller(c *audit.Caller, pidfd int) {
+	if cn.s.resolver == nil {
+		return
+	}
+	p := &cn.peer
+	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited {
+		c.OtherUserNS, c.OtherPIDNS = p.otherUser, p.otherPID
+	} else {
+		cn.s.resolver.FillNamespaces(c, pidfd)
+	}
+	c.Claimed = c.OtherUserNS || c.OtherPIDNS || (!p.IsZero() && c.PID != p.PID)
+	if !p.IsZero() && (c.PID != p.PID || (c.Exe != "" && p.Exe != "" && c.Exe != p.Exe)) {
+		c.Peer = p.Peer
+	}
+}

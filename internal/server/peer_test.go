@@ -1,0 +1,100 @@
+package server
+
+import (
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/seqpacket"
+)
+
+// markCaller against the connection's peer: the ordinary message adds
+// nothing; another process's is claimed and names the peer; another
+// program of the same process names the peer only.
+func TestMarkCaller(t *testing.T) {
+	s := New(Config{})
+	s.resolver = audit.NewResolver()
+	a, b, err := seqpacket.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	cn := newConn(s, a)
+	me := int32(os.Getpid())
+	exe, _ := os.Executable()
+	peer0 := peer{Peer: audit.Peer{PID: me, UID: 1000, GID: 1000, Exe: exe}}
+	for _, tc := range []struct {
+		name    string
+		peer    peer
+		caller  audit.Caller
+		claimed bool
+		named   bool // the record names the peer
+	}{
+		{name: "the peer", peer: peer0, caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}},
+		{name: "another process", peer: peer0, caller: audit.Caller{PID: 1, UID: 1000, GID: 1000, Exe: "/sbin/init"}, claimed: true, named: true},
+		{name: "another program", peer: peer0, caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: "/bin/other"}, named: true},
+		{name: "exited", peer: peer0, caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exited: true}},
+		{name: "unknown peer", caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}},
+		// The peer's namespaces, read at connect time, stand for its own
+		// messages.
+		{name: "the peer, in other namespaces", peer: peer{Peer: peer0.Peer, otherUser: true, otherPID: true},
+			caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}, claimed: true},
+	} {
+		cn.peer = tc.peer
+		c := tc.caller
+		cn.markCaller(&c, -1)
+		if c.Claimed != tc.claimed || c.Peer.IsZero() == tc.named {
+			t.Errorf("%s: %+v, want claimed %v, peer named %v", tc.name, c, tc.claimed, tc.named)
+		}
+		if tc.named && c.Peer != tc.peer.Peer {
+			t.Errorf("%s: peer %+v, want %+v", tc.name, c.Peer, tc.peer.Peer)
+		}
+		if want := tc.peer.otherUser && tc.caller.PID == tc.peer.PID; c.OtherUserNS != want || c.OtherPIDNS != want {
+			t.Errorf("%s: namespaces %v %v, want %v", tc.name, c.OtherUserNS, c.OtherPIDNS, want)
+		}
+	}
+}
+
+// BenchmarkCallerOf measures the audit's view of a sender: the ordinary
+// message, from the process that connected (its namespaces known since
+// it connected), and one from another process of the same uid, whose
+// namespaces are read.
+func BenchmarkCallerOf(b *testing.B) {
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		b.Skip(err)
+	}
+	defer unix.Close(pidfd)
+	s := New(Config{})
+	s.resolver = audit.NewResolver()
+	cn := newConn(s, benchConn(b))
+	id := Identity{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Pidfd: pidfd}
+	c := s.callerOf(id)
+	s.resolver.FillNamespaces(&c, pidfd)
+	cn.peer = peer{Peer: audit.Peer{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe}}
+	b.Run("peer", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if c := cn.callerOf(id); c.Claimed {
+				b.Fatal(c)
+			}
+		}
+	})
+	cn.peer.PID++
+	b.Run("other-process", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if c := cn.callerOf(id); !c.Claimed {
+				b.Fatal(c)
+			}
+		}
+	})
+	b.Run("resolver-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			s.callerOf(id)
+		}
+	})
+}
