@@ -8,6 +8,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -174,5 +175,100 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 	}
 	if err := s.Add(narrowB); err != nil {
 		t.Fatalf("a narrowing copy: %v", err)
+	}
+}
+
+// A key written by an older version with both a key-transport and a data
+// usage, or a wrappable wrapping key, is narrowed when it is loaded (and
+// listed): data usages win, and a wrapping key that could have been
+// wrapped out counts as wrapped out and is no longer trusted.
+func TestLegacyRolesNormalized(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	mixed := NewObject("mixed", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	kek := NewObject("kek", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Wrap | key.Unwrap}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	for _, o := range []*Object{mixed, kek} {
+		if err := s.Add(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !policy.TrustedWrapping(kek.Policy()) {
+		t.Fatal("a generated wrapping key is not trusted")
+	}
+	// Rewrite the records as the previous release allowed them.
+	k, _ := s.master.Keys()
+	legacy := map[*Object]func(r *persist.KeyRecord){
+		mixed: func(r *persist.KeyRecord) {
+			r.Usage = uint32(key.Unwrap | key.Decrypt)
+			r.Acl = []*persist.AclEntry{{Id: 1001, Usage: uint32(key.Unwrap | key.Decrypt)}}
+		},
+		kek: func(r *persist.KeyRecord) { r.Wrappable = true },
+	}
+	for o, change := range legacy {
+		err := s.db.Update(func(tx store.Tx) error {
+			r, err := readRecord(tx, k, o.ID[:])
+			if err != nil {
+				return err
+			}
+			r = r.CloneVT()
+			change(r)
+			return putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
+				return o.UseVersion(o.Versions()[i], func(m *mech.Key) error { return m.Canonical(fn) })
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Release(mixed)
+	s.Release(kek)
+	s = reopen(t, s, dir)
+	m, err := s.Lookup(1000, "mixed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := m.Attrs(); a.Usage != key.Decrypt || a.ACL[0].Usage != key.Decrypt {
+		t.Fatalf("a key that unwrapped and decrypted loads as %s (ACL %s)", a.Usage, a.ACL[0].Usage)
+	}
+	kk, err := s.Lookup(1000, "kek")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := kk.Attrs(); a.Wrappable || a.Usage != key.Wrap|key.Unwrap || !kk.Meta().WrappedOut {
+		t.Fatalf("a wrappable wrapping key loads as %+v, wrapped out %v", a, kk.Meta().WrappedOut)
+	}
+	if policy.TrustedWrapping(kk.Policy()) {
+		t.Fatal("a wrapping key that may have been wrapped out is still trusted")
+	}
+	infos, err := s.List(key.ID{}, 0, func(*wire.KeyInfo) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range infos {
+		if i.Name == "mixed" && key.Usage(i.Usage) != key.Decrypt || i.Name == "kek" && (i.Wrappable || !i.Lifecycle.WrappedOut) {
+			t.Fatalf("list shows %s as %+v", i.Name, i)
+		}
+	}
+}
+
+// A wrap is recorded: the key is wrapped out, across a restart.
+func TestWrappedOutPersists(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	o := NewObject("w", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	if err := s.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkWrappedOut(o); err != nil {
+		t.Fatal(err)
+	}
+	s.Release(o)
+	s = reopen(t, s, dir)
+	got, err := s.Lookup(1000, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Meta().WrappedOut || !got.Policy().Prov.WrappedOut {
+		t.Fatal("wrapped out lost across a restart")
 	}
 }
