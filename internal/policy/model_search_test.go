@@ -11,11 +11,16 @@ import (
 // modelDepth is how many calls the search chains: every sequence of up to
 // this many calls from each starting state is tried.
 func modelDepth() int {
-	if testing.Short() {
-		return 3
+	if fullSearch() {
+		return 5
 	}
-	return 5
+	return 3
 }
+
+// fullSearch reports whether the search runs to its full depth: not with
+// -short, nor under the race detector (the search is single-threaded;
+// the race run checks the concurrent code elsewhere).
+func fullSearch() bool { return !testing.Short() && !raceEnabled }
 
 // TestModelSearch: under today's rules no sequence of calls reveals a key
 // that was never exportable or widens what a key's material allows.
@@ -90,8 +95,8 @@ func oldRules() rules {
 // same search finds the attacks that were reported, so a search that finds
 // nothing under today's rules means something.
 func TestModelFindsTheReportedAttacks(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the attacks take up to 5 calls: the full search runs without -short")
+	if !fullSearch() {
+		t.Skip("the attacks take up to 5 calls: the full search runs without -short and without -race")
 	}
 	// The leaks are looked for alone: a key that both wraps and encrypts
 	// breaks today's rules already, but is not yet a leak.
@@ -227,8 +232,8 @@ func mutants() []mutant {
 // what it prevents; for the rules marked as covered by the others, it
 // finds nothing within its bounds, which docs/security.md says.
 func TestModelRulesAreNeeded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the attacks take up to 5 calls: the full search runs without -short")
+	if !fullSearch() {
+		t.Skip("the attacks take up to 5 calls: the full search runs without -short and without -race")
 	}
 	scs := map[string]scenario{}
 	for _, sc := range scenarios() {
