@@ -12,10 +12,10 @@ import (
 const module = "github.com/keywarden/keywarden"
 
 // clientAllowed are the module's internal packages that client-side code
-// may import: the protocol, the transport, and atomic access to the
-// shared generation page. Everything else under internal/ belongs to the
+// may import: the protocol, the transport, atomic access to the shared
+// generation page, and the checks of who owns a file. Everything else under internal/ belongs to the
 // daemon.
-var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/shm"}
+var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/shm", module + "/internal/ownfile"}
 
 // clientSide are the packages that run in the caller's process: the
 // library, and the benchmark, which measures the daemon as a client does.

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/keywarden/keywarden/internal/ownfile"
 
 	"github.com/keywarden/keywarden/internal/seqpacket"
 )
@@ -138,7 +139,7 @@ func (t *trust) checkDir(socket string) error {
 		return nil
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		if uid := ownerOf(fi); !t.trusts(uid) {
+		if uid := ownfile.Owner(fi); !t.trusts(uid) {
 			return t.refuseDir(socket, dir, uid, fmt.Sprintf("is a symbolic link made by uid %d", uid))
 		}
 		if fi, err = os.Stat(dir); err != nil {
@@ -148,7 +149,7 @@ func (t *trust) checkDir(socket string) error {
 	if !fi.IsDir() {
 		return nil
 	}
-	uid := ownerOf(fi)
+	uid := ownfile.Owner(fi)
 	if !t.trusts(uid) {
 		if !vouched(socket) {
 			return t.refuseDir(socket, dir, uid, fmt.Sprintf("belongs to uid %d", uid))
@@ -158,7 +159,7 @@ func (t *trust) checkDir(socket string) error {
 	if m := fi.Mode(); m.Perm()&0o022 != 0 && m&fs.ModeSticky == 0 {
 		return &UntrustedSocketError{Socket: socket, Path: dir, UID: uid, msg: fmt.Sprintf(
 			"keywarden: the socket's directory %s is writable by others (mode %04o): anyone could have put the socket %s there; "+
-				"refusing to connect (its owner can fix it with chmod go-w %s)", dir, modeBits(m), socket, dir)}
+				"refusing to connect (its owner can fix it with chmod go-w %s)", dir, ownfile.ModeBits(m), socket, dir)}
 	}
 	return nil
 }
@@ -203,33 +204,11 @@ func vouched(socket string) bool {
 	}
 	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
 		fi, err := os.Lstat(p)
-		if err != nil || !fi.IsDir() || ownerOf(fi) != 0 || fi.Mode().Perm()&0o022 != 0 {
+		if err != nil || !fi.IsDir() || ownfile.Owner(fi) != 0 || fi.Mode().Perm()&0o022 != 0 {
 			return false
 		}
 		if p == "/" {
 			return true
 		}
 	}
-}
-
-func ownerOf(fi fs.FileInfo) uint32 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Uid
-	}
-	return ^uint32(0)
-}
-
-// modeBits returns m's permission bits as chmod(1) writes them.
-func modeBits(m fs.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return u
 }

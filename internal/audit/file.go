@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keywarden/keywarden/internal/ownfile"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -50,33 +52,11 @@ func latestRotated(path string) (string, error) {
 }
 
 // openOwn opens a file of the log with flags, never through a symbolic
-// link, and refuses anything but a regular file of this process's uid or
-// root: where others can create files, they could otherwise make the
-// daemon write through a link of theirs or into a file of theirs.
+// link, and only if it is a regular file of this process's uid or root:
+// where others can create files, they could otherwise make the daemon
+// write through a link of theirs or into a file of theirs.
 func openOwn(path string, flags int, perm uint32) (int, error) {
-	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
-	if err == unix.ELOOP {
-		return -1, fmt.Errorf("%s is a symbolic link; refusing to follow it", path)
-	}
-	if err != nil {
-		return -1, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	switch {
-	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		err = fmt.Errorf("%s is not a regular file", path)
-	case st.Uid != 0 && int(st.Uid) != os.Geteuid():
-		err = fmt.Errorf("%s belongs to uid %d, not to this process's uid %d or root", path, st.Uid, os.Geteuid())
-	}
-	if err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+	return ownfile.Open("audit file", path, flags, perm, "")
 }
 
 func syncDir(dir string) error {

@@ -1,13 +1,11 @@
 package daemon
 
 import (
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/keywarden/keywarden/internal/ownfile"
 )
 
 // The daemon's files live beside its socket and in its state directory.
@@ -33,7 +31,7 @@ func checkDir(what, dir string, sticky bool) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	if fi.Mode()&fs.ModeSymlink != 0 {
-		if uid := fileOwner(fi); !ownerOK(uid) {
+		if uid := ownfile.Owner(fi); !ownerOK(uid) {
 			return fmt.Errorf("%s %s is a symbolic link made by uid %d, not by this user (uid %d) or root: another user may have made it; remove it",
 				what, dir, uid, os.Geteuid())
 		}
@@ -44,13 +42,13 @@ func checkDir(what, dir string, sticky bool) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("%s %s is not a directory", what, dir)
 	}
-	if uid := fileOwner(fi); !ownerOK(uid) {
+	if uid := ownfile.Owner(fi); !ownerOK(uid) {
 		return fmt.Errorf("%s %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it, or choose another directory",
 			what, dir, uid, os.Geteuid())
 	}
 	if m := fi.Mode(); m.Perm()&0o022 != 0 && !(sticky && m&fs.ModeSticky != 0) {
 		return fmt.Errorf("%s %s is writable by others (mode %04o): they could put files there for the daemon to use; fix its permissions (chmod go-w %s) or choose another directory",
-			what, dir, unixMode(m), dir)
+			what, dir, ownfile.ModeBits(m), dir)
 	}
 	return nil
 }
@@ -59,49 +57,5 @@ func checkDir(what, dir string, sticky bool) error {
 // link, and refuses anything but a regular file of the daemon's uid or
 // root.
 func openOwn(what, path string, flags int, perm uint32) (*os.File, error) {
-	fd, err := unix.Open(path, flags|unix.O_NOFOLLOW|unix.O_CLOEXEC, perm)
-	if errors.Is(err, unix.ELOOP) {
-		return nil, fmt.Errorf("%s %s is a symbolic link: another user may have put it there; refusing to follow it (remove it)", what, path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", what, path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("%s %s: %w", what, path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return nil, fmt.Errorf("%s %s is not a regular file; remove it", what, path)
-	}
-	if !ownerOK(st.Uid) {
-		unix.Close(fd)
-		return nil, fmt.Errorf("%s %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it",
-			what, path, st.Uid, os.Geteuid())
-	}
-	return os.NewFile(uintptr(fd), path), nil
-}
-
-func fileOwner(fi fs.FileInfo) uint32 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Uid
-	}
-	return ^uint32(0)
-}
-
-// unixMode returns m's permission bits as chmod(1) writes them, with the
-// setuid, setgid and sticky bits.
-func unixMode(m fs.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		u |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		u |= 0o1000
-	}
-	return u
+	return ownfile.OpenFile(what, path, flags, perm, "")
 }

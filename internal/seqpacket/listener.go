@@ -7,6 +7,8 @@ import (
 	"os"
 	"sync/atomic"
 
+	"github.com/keywarden/keywarden/internal/ownfile"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -88,28 +90,7 @@ func Listen(path string, mode fs.FileMode) (*Listener, error) {
 // of this process's uid or root: in a directory others may write to, such
 // as /tmp, another user could have made one to hold its lock.
 func openLock(path string) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
-	if err == unix.ELOOP {
-		return -1, fmt.Errorf("lock file %s is a symbolic link: another user may have put it there; refusing to follow it (remove it)", path)
-	}
-	if err != nil {
-		return -1, fmt.Errorf("open lock file %s: %w", path, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("lock file %s: %w", path, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return -1, fmt.Errorf("lock file %s is not a regular file; remove it", path)
-	}
-	if st.Uid != 0 && int(st.Uid) != os.Geteuid() {
-		unix.Close(fd)
-		return -1, fmt.Errorf("lock file %s belongs to uid %d, not to this user (uid %d) or root: another user may have made it; remove it, or choose a socket in a directory of your own",
-			path, st.Uid, os.Geteuid())
-	}
-	return fd, nil
+	return ownfile.Open("lock file", path, unix.O_RDWR|unix.O_CREAT, 0o600, ", or choose a socket in a directory of your own")
 }
 
 func removeStale(path string) error {
