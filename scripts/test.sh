@@ -92,6 +92,7 @@ fuzz ./internal/keystore FuzzRecord
 fuzz ./internal/audit FuzzParseRecord
 fuzz ./internal/audit FuzzVerify
 fuzz ./internal/audit FuzzZeroTail
+fuzz ./internal/audit FuzzStart
 fuzz ./internal/keystore FuzzBackup
 fuzz ./internal/shamir FuzzParse
 fuzz ./internal/shamir FuzzCombine
