@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -634,5 +635,77 @@ func TestDamagedWithKeys(t *testing.T) {
 	}
 	if now := readLines(t, path); !slices.EqualFunc(now[:len(orig)-1], orig[:len(orig)-1], bytes.Equal) {
 		t.Fatal("the verified records were not kept")
+	}
+}
+
+// TestFollowAcrossSetAside: `audit tail -f` follows the log while the
+// daemon, getting its keys, sets records aside: the new file renumbers
+// what the follower has already seen past the cut, and the follower goes
+// on with the recovery segment, the event, this run's records again and
+// what comes after, not waiting for the seq it had reached.
+func TestFollowAcrossSetAside(t *testing.T) {
+	path := baseLog(t)
+	orig := readLines(t, path)
+	writeLines(t, path, forge(t, orig[:len(orig)-3], nil, forgedSegment(nil), forgedRequest(), forgedRequest(), forgedRequest()))
+	l := openLog(t, Options{Path: path})
+	defer l.Close()
+	_, last, err := Last(path, 0, Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan *Record, 100)
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, path, last, Filter{}, time.Millisecond, func(r *Record) error {
+			got <- r
+			return nil
+		})
+	}()
+	next := func(what string) *Record {
+		t.Helper()
+		select {
+		case r := <-got:
+			return r
+		case <-time.After(20 * time.Second):
+			t.Fatalf("follow stalled before %s", what)
+		}
+		return nil
+	}
+	if err := l.Append(request(1000)); err != nil {
+		t.Fatal(err)
+	}
+	if r := next("the first request"); r.Request != 1000 {
+		t.Fatalf("followed %+v", r)
+	}
+	if err := l.SetKeys(testKeys(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(request(1001)); err != nil {
+		t.Fatal(err)
+	}
+	var ops []string
+	for {
+		r := next("the request after the keys")
+		switch r.Kind {
+		case KindSegment:
+			ops = append(ops, "segment "+r.Segment.Reason)
+		case KindCheckpoint:
+			ops = append(ops, "checkpoint "+r.Checkpoint.Reason)
+		default:
+			ops = append(ops, r.Op)
+		}
+		if r.Request == 1001 {
+			break
+		}
+	}
+	want := []string{"segment recovery", OpAuditRecovered, "segment start", "encrypt", "checkpoint keys", "encrypt"}
+	if !slices.Equal(ops, want) {
+		t.Fatalf("followed %q, want %q", ops, want)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
