@@ -30,7 +30,9 @@ type VerifyOptions struct {
 	// cut.
 	Expect []Checkpoint
 	// RequireClosed: the log must end with the final checkpoint of a
-	// clean Close (for the logs of a daemon that is not running).
+	// clean Close (for the logs of a daemon that is not running). The
+	// unsigned audit-close event of a log closed without keys counts only
+	// in a log that has never had keys, with no pinned key.
 	RequireClosed bool
 }
 
@@ -90,7 +92,7 @@ type Report struct {
 	SigningKeys    []ed25519.PublicKey // the keys that signed checkpoints
 	MACsChecked    uint64              // records whose MAC was verified
 	Unkeyed        uint64              // records without a MAC (the daemon had no keys)
-	Closed         bool                // the log ends with a clean close
+	Closed         bool                // the log ends with a clean close (see RequireClosed)
 	TornBytes      int64               // an incomplete last line, ignored (a crash during a write)
 	Warnings       []string
 }
