@@ -93,6 +93,7 @@ fuzz ./internal/audit FuzzParseRecord
 fuzz ./internal/audit FuzzVerify
 fuzz ./internal/audit FuzzZeroTail
 fuzz ./internal/audit FuzzNSpidDepth
+fuzz ./internal/audit FuzzStart
 fuzz ./internal/keystore FuzzBackup
 fuzz ./internal/shamir FuzzParse
 fuzz ./internal/shamir FuzzCombine

@@ -7,9 +7,12 @@
 // daemon holds its audit keys, each line also carries an HMAC of that hash
 // (the MAC key), and checkpoints signed with Ed25519 (the checkpoint key,
 // whose public half the daemon publishes) vouch for everything before
-// them. Verify checks a log, or a rotated series of log files, and names
-// the first bad record or the missing tail. Scan, Last and Follow read
-// records for `keywarden audit query` and `tail`.
+// them. A run of the log signs only what it has verified: before its
+// first checkpoint it checks what earlier runs wrote since the last one
+// signed with its keys, and sets aside as evidence what it cannot verify
+// (vouch.go). Verify checks a log, or a rotated series of log files, and
+// names the first bad record or the missing tail. Scan, Last and Follow
+// read records for `keywarden audit query` and `tail`.
 //
 // The log is fail-closed: when a record cannot be written, Append says so
 // with an error that matches ErrUnavailable, the operation must not take

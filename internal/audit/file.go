@@ -251,20 +251,23 @@ func (z *zeroTail) Read(p []byte) (int, error) {
 }
 
 // lastGood scans a damaged file from the start and returns the last
-// record up to which the file is a valid chain, or nil.
-func lastGood(path string) (*Record, error) {
+// record up to which the file is a valid chain, or nil, and where its
+// line ends.
+func lastGood(path string) (*Record, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer f.Close()
 	var good *Record
 	var h [32]byte
+	var off, end int64
 	d := newDigest()
 	err = scanLines(f, func(line []byte, _ int) error {
 		if len(line) == 0 || line[len(line)-1] != '\n' {
 			return errStop
 		}
+		off += int64(len(line))
 		line = line[:len(line)-1]
 		r, err := ParseRecord(line)
 		if err != nil {
@@ -282,13 +285,13 @@ func lastGood(path string) (*Record, error) {
 		if chainHashOf(d, &h, line[:prefix]) != r.Hash {
 			return errStop
 		}
-		h, good = r.Hash, r
+		h, good, end = r.Hash, r, off
 		return nil
 	})
 	if err != nil && err != errStop {
-		return nil, err
+		return nil, 0, err
 	}
-	return good, nil
+	return good, end, nil
 }
 
 var errStop = errors.New("stop")

@@ -106,3 +106,89 @@ func smallLog(f *testing.F) []byte {
 	}()
 	return <-ch
 }
+
+// freshKeys hands out keys derived by another goroutine, for the reason
+// given above fuzzKeys: a log destroys its keys when it is closed.
+var freshKeys = func() chan *Keys {
+	ch := make(chan *Keys)
+	go func() {
+		for {
+			k, _ := DeriveKeys(testSecret)
+			ch <- k
+		}
+	}()
+	return ch
+}()
+
+// FuzzStart gives a starting log any file as the log of earlier runs, and
+// its keys, as a daemon unsealed at start: it must neither fail nor
+// panic; it must keep that file, as it is or set aside as evidence; and
+// whatever of it the chain keeps after the check must verify: a problem
+// verify finds can only lie in the records before the last checkpoint it
+// signed, which it does not check again.
+func FuzzStart(f *testing.F) {
+	seed := smallLog(f)
+	f.Add(seed)
+	lines := bytes.SplitAfter(seed, []byte{'\n'})
+	f.Add(bytes.Join(lines[:len(lines)-2], nil))
+	f.Add(append(bytes.Clone(seed), `{"v":1,"seq":99}`+"\n"...))
+	f.Add(append(bytes.Clone(seed), make([]byte, 100)...))
+	f.Add([]byte("garbage\n"))
+	// The attack: cut, then records without keys.
+	f.Add(bytes.Join(forge(f, lines[:len(lines)-3], nil, forgedSegment(nil), forgedRequest()), nil))
+	f.Fuzz(fuzzStart)
+}
+
+func fuzzStart(t *testing.T, data []byte) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "audit.log")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(Options{Path: path, Reserve: -1})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	if err := l.Append(request(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SetKeys(<-freshKeys); err != nil {
+		t.Fatalf("set keys: %v", err)
+	}
+	if err := l.Append(request(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The file found is kept: as the chain's start, or as evidence.
+	found := bytes.TrimRight(data, "\x00")
+	found = found[:bytes.LastIndexByte(found, '\n')+1]
+	names, _ := filepath.Glob(path + "*")
+	kept := false
+	for _, n := range names {
+		b, _ := os.ReadFile(n)
+		kept = kept || bytes.HasPrefix(b, found)
+	}
+	if !kept {
+		t.Fatalf("the file found is in none of %v", names)
+	}
+	rep, err := VerifyFiles([]string{path}, VerifyOptions{Keys: []*Keys{fuzzKeys}, RequireClosed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Intact {
+		return
+	}
+	now, _ := os.ReadFile(path)
+	same := 0
+	for i := range min(len(now), len(found)) {
+		if now[i] != found[i] {
+			break
+		}
+		same = i + 1
+	}
+	if p := rep.Problem; p.Line < 1 || p.Line > bytes.Count(now[:same], []byte{'\n'}) {
+		t.Fatalf("the log after the check is not intact past what it found: %v\n%s", p, now)
+	}
+}

@@ -223,21 +223,27 @@ type Log struct {
 	// sequence records (encode the header, hash, MAC, sign a checkpoint)
 	// and to hand batches between appenders and the writer; never across
 	// I/O.
-	mu          sync.Mutex
-	seq         uint64
-	h           [32]byte
-	keys        *Keys
-	digest      hash.Hash
-	sigBuf      []byte
-	sinceCP     int        // records since the last checkpoint
-	queue       *batch     // sequenced, waiting for the writer
-	spare       *batch     // the batch the writer returns, reused
-	writing     bool       // some goroutine holds the writer role
-	written     chainState // after the last record written to the file
-	failure     *Error     // non-nil: the log cannot write; appends fail at once
-	closed      bool
-	lastCP      Checkpoint
-	tailCheck   *Record // the last record of a previous run, to check when keys arrive
+	mu      sync.Mutex
+	seq     uint64
+	h       [32]byte
+	keys    *Keys
+	digest  hash.Hash
+	sigBuf  []byte
+	sinceCP int        // records since the last checkpoint
+	queue   *batch     // sequenced, waiting for the writer
+	spare   *batch     // the batch the writer returns, reused
+	writing bool       // some goroutine holds the writer role
+	written chainState // after the last record written to the file
+	failure *Error     // non-nil: the log cannot write; appends fail at once
+	closed  bool
+	lastCP  Checkpoint
+	// earlier is where the records of earlier runs end, until the log
+	// has checked them under its keys (see vouch.go); damaged is where a
+	// damaged file's valid records end, found by Open.
+	earlier *earlier
+	damaged *cut
+	// leader waits to take the writer role (leadLocked).
+	leader      *waiter
 	recoveries  int
 	refusedFrom uint64 // refused counter when the failure began
 	gatherWant  int    // SyncAlways: the writer waits for this many records (gatherGroup)
@@ -261,6 +267,9 @@ type Log struct {
 	// files.
 	fmu sync.Mutex
 
+	// keysMu serializes SetKeys and ClearKeys.
+	keysMu sync.Mutex
+
 	ready   atomic.Pointer[Error] // nil: Ready returns nil
 	refused atomic.Uint64         // appends refused while failed
 	dirty   atomic.Bool           // written but not yet fsynced (SyncGrouped)
@@ -274,11 +283,12 @@ type Log struct {
 
 // Open opens the log at o.Path, creating it if needed. An existing log is
 // continued: the chain resumes from its last record, after checking that
-// record's hash (and, with keys, its MAC). An incomplete last line left by
-// a crash is cut off and the cut recorded; a file whose end is damaged
-// otherwise is moved aside as evidence and a new file continues the chain
-// from its last valid record. Every Open writes a segment record, and
-// returns once it is on disk.
+// record's hash. An incomplete last line left by a crash is cut off and
+// the cut recorded; a file whose end is damaged otherwise is kept aside
+// as evidence, and the chain continues from its last valid record. With
+// keys, Open checks what earlier runs wrote since the last checkpoint
+// signed with them, and sets aside what it cannot verify (see SetKeys).
+// Every Open writes a segment record, and returns once it is on disk.
 func Open(o Options) (*Log, error) {
 	if o.Path == "" {
 		return nil, errors.New("audit: Options.Path is empty")
@@ -312,12 +322,16 @@ func Open(o Options) (*Log, error) {
 	l.mu.Lock()
 	l.writing = true
 	l.written = l.stateLocked()
+	if err := l.vouchAtOpenLocked(); err != nil {
+		l.mu.Unlock()
+		l.closeFile()
+		return nil, &Error{Op: "open", Err: err}
+	}
 	l.segmentLocked(reason)
 	for _, n := range notes {
 		l.log.Warn("audit log recovered", "detail", n)
 		l.eventLocked(OpAuditRecovered, n)
 	}
-	l.checkTailLocked()
 	l.mu.Unlock()
 	if err := l.writeOpen(); err != nil {
 		l.closeFile()
@@ -428,10 +442,19 @@ func (l *Log) Ready() error {
 // (which covers, and so authenticates, the records written without keys
 // before it); if it had others, a checkpoint signed with the old keys that
 // names the new ones. Records from then on carry a MAC. The log owns k.
+//
+// The first keys of a run check, before anything is signed, what earlier
+// runs wrote since the last checkpoint signed with them: whatever cannot
+// be verified is set aside (kept as evidence, out of the chain), and the
+// records of this run follow a recovery segment that says so (see
+// vouch.go). If that fails, SetKeys fails and the log goes on without
+// keys.
 func (l *Log) SetKeys(k *Keys) error {
 	if k == nil {
 		return errors.New("audit: SetKeys(nil); use ClearKeys")
 	}
+	l.keysMu.Lock()
+	defer l.keysMu.Unlock()
 	w := getWaiter()
 	l.mu.Lock()
 	if err := l.usableLocked(); err != nil {
@@ -445,10 +468,15 @@ func (l *Log) SetKeys(k *Keys) error {
 		putWaiter(w)
 		return nil
 	}
+	if old == nil && l.earlier != nil {
+		if done, err := l.vouchLocked(w, k); done || err != nil {
+			putWaiter(w)
+			return err
+		}
+	}
 	if old == nil {
 		l.keys = k
 		l.checkpointLocked("keys", nil, false, false)
-		l.checkTailLocked()
 	} else {
 		l.checkpointLocked("rekey", k, false, false)
 		l.keys = k
@@ -466,6 +494,8 @@ func (l *Log) SetKeys(k *Keys) error {
 // the log drops them (the daemon is sealed again), destroys them, and
 // goes on without MACs or checkpoints until SetKeys.
 func (l *Log) ClearKeys(reason string) error {
+	l.keysMu.Lock()
+	defer l.keysMu.Unlock()
 	w := getWaiter()
 	l.mu.Lock()
 	if err := l.usableLocked(); err != nil {

@@ -1,6 +1,8 @@
 package audit
 
 import (
+	"bytes"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -107,8 +109,8 @@ func TestAppendAfterClose(t *testing.T) {
 }
 
 // TestOpenDamaged: a log whose last complete line is damaged is kept
-// aside as evidence, and a new file continues the chain from its last
-// valid record.
+// aside as evidence, and the chain continues from its last valid record:
+// the new file holds the valid records, then a recovery segment.
 func TestOpenDamaged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l := openLog(t, Options{Path: path, Keys: testKeys(t)})
@@ -126,16 +128,21 @@ func TestOpenDamaged(t *testing.T) {
 	if len(aside) != 1 {
 		t.Fatalf("damaged file kept as %v", aside)
 	}
-	// The new file continues from the last valid record.
-	first, _ := ParseRecord(readLines(t, path)[0])
-	if first.Seq != good.Seq+1 || first.Segment.Prev != good.Hash || first.Segment.Reason != "recovery" {
-		t.Fatalf("new file starts %+v, last good seq %d", first, good.Seq)
+	// The new file holds the valid records, then continues from the last.
+	now := readLines(t, path)
+	if !slices.EqualFunc(now[:good.Seq], lines[:good.Seq], bytes.Equal) {
+		t.Fatal("the valid records were not kept")
+	}
+	seg, _ := ParseRecord(now[good.Seq])
+	if seg.Seq != good.Seq+1 || seg.Kind != KindSegment || seg.Segment.Prev != good.Hash || seg.Segment.Reason != "recovery" {
+		t.Fatalf("after the valid records %+v, last good seq %d", seg, good.Seq)
 	}
 	if countOps(t, path, OpAuditRecovered) != 1 {
 		t.Fatal("recovery not recorded")
 	}
+	mustIntact(t, verifyPath(t, path, strict(t)))
 	// The damage itself shows when the evidence is verified.
-	rep, _ := VerifyFiles([]string{aside[0], path}, VerifyOptions{Keys: []*Keys{testKeys(t)}})
+	rep, _ := VerifyFiles([]string{aside[0]}, VerifyOptions{Keys: []*Keys{testKeys(t)}})
 	mustBroken(t, rep, "malformed")
 }
 

@@ -237,6 +237,13 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 		seen    = after
 		rotated bool   // the next file exists: read the current one once more
 		jumped  uint64 // the seq last looked for in another file
+		// rewind: the current file replaced the one followed (a rotation,
+		// or records set aside when the daemon got its keys, which
+		// renumbers what follows the cut). Records from its last recovery
+		// segment at or below seen on are new: pending holds them until
+		// the file shows whether the chain reaches past seen again.
+		rewind  bool
+		pending []*Record
 	)
 	defer func() {
 		if fh != nil {
@@ -256,7 +263,21 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 		if fh != nil {
 			fh.Close()
 		}
-		fh, ino, off, part, rotated = g, st.Ino, 0, part[:0], false
+		fh, ino, off, part, rotated, rewind, pending = g, st.Ino, 0, part[:0], false, false, nil
+		return nil
+	}
+	// flush passes on the records pending after a rewind.
+	flush := func() error {
+		rs := pending
+		pending, rewind = nil, false
+		for _, r := range rs {
+			seen = r.Seq
+			if f.Match(r) {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	// next names the file that follows the current one, if it exists: the
@@ -321,6 +342,17 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 				if perr != nil {
 					return fmt.Errorf("%s: %w", path, perr)
 				}
+				if rewind && r.Seq <= seen {
+					if r.Kind == KindSegment && r.Segment.Reason == "recovery" {
+						pending = append(pending[:0], r)
+					} else if len(pending) > 0 {
+						pending = append(pending, r)
+					}
+					continue
+				}
+				if err := flush(); err != nil {
+					return err
+				}
 				if r.Seq > seen+1 && jumped != seen+1 {
 					// Records missing: the file was opened after the log
 					// rotated past them. Go to the file that holds them
@@ -345,6 +377,13 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 			if fh == nil {
 				break
 			}
+			if rewind && (err == io.EOF || n == 0) {
+				// The end of what the new file holds: the chain has not
+				// reached seen again, and what is pending is new.
+				if err := flush(); err != nil {
+					return err
+				}
+			}
 			part = part[:copy(part, part[done:])]
 			if len(part) > MaxLineBytes {
 				return fmt.Errorf("%s: a line longer than %d bytes", path, MaxLineBytes)
@@ -368,6 +407,7 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 					if err := open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 						return err
 					}
+					rewind = fh != nil
 					continue
 				}
 				rotated = true

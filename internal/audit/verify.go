@@ -3,6 +3,7 @@ package audit
 import (
 	"bufio"
 	"crypto/ed25519"
+	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
@@ -29,7 +30,9 @@ type VerifyOptions struct {
 	// cut.
 	Expect []Checkpoint
 	// RequireClosed: the log must end with the final checkpoint of a
-	// clean Close (for the logs of a daemon that is not running).
+	// clean Close (for the logs of a daemon that is not running). The
+	// unsigned audit-close event of a log closed without keys counts only
+	// in a log that has never had keys, with no pinned key.
 	RequireClosed bool
 }
 
@@ -89,7 +92,7 @@ type Report struct {
 	SigningKeys    []ed25519.PublicKey // the keys that signed checkpoints
 	MACsChecked    uint64              // records whose MAC was verified
 	Unkeyed        uint64              // records without a MAC (the daemon had no keys)
-	Closed         bool                // the log ends with a clean close
+	Closed         bool                // the log ends with a clean close (see RequireClosed)
 	TornBytes      int64               // an incomplete last line, ignored (a crash during a write)
 	Warnings       []string
 }
@@ -159,6 +162,20 @@ type verifier struct {
 	macID   [8]byte
 	last    *Record
 	d       hash.Hash
+
+	// Where the record being checked is, for problems found later.
+	name string
+	line int
+	// everKeyed: the log has used keys (a keyed segment or a checkpoint),
+	// so only a signed final checkpoint is a clean close.
+	everKeyed bool
+	// closedAt is the seq of the record just checked if it closed the log
+	// (only a segment may follow it), else 0.
+	closedAt uint64
+	// unsigned is the last segment that changed the keys in use and that
+	// no checkpoint has covered yet: a log that ends before one does is
+	// not intact.
+	unsigned *Problem
 }
 
 // Verify checks the files of one log in the order given, and reports the
@@ -233,6 +250,7 @@ func (v *verifier) file(in Input, lastFile bool) (*Problem, error) {
 		if err != nil {
 			return bad(0, "%v", err)
 		}
+		v.name, v.line = in.Name, n
 		if reason := v.record(line, r, n == 1); reason != "" {
 			return bad(r.Seq, "%s", reason)
 		}
@@ -296,6 +314,9 @@ func (v *verifier) record(line []byte, r *Record, firstOfFile bool) string {
 		}
 		return "the segment does not continue the chain"
 	}
+	if v.closedAt != 0 && r.Kind != KindSegment {
+		return fmt.Sprintf("the log was closed at seq %d, and this record follows without a segment: records were appended to a closed log", v.closedAt)
+	}
 	if chainHashOf(v.d, &v.h, line[:prefix]) != r.Hash {
 		return "the chain hash does not match: this record, or the chain before it, was altered"
 	}
@@ -304,8 +325,19 @@ func (v *verifier) record(line []byte, r *Record, firstOfFile bool) string {
 	macID := v.macID
 	switch r.Kind {
 	case KindSegment:
-		v.keyed = r.Segment.PublicKey != nil
-		v.pub, v.macID = r.Segment.PublicKey, r.Segment.MACKeyID
+		s := r.Segment
+		keyed := s.PublicKey != nil
+		if v.rep.Records > 0 && (keyed != v.keyed || keyed && (!s.PublicKey.Equal(v.pub) || s.MACKeyID != v.macID)) {
+			// A segment that changes the keys in use counts only once a
+			// checkpoint signed with a trusted key covers it.
+			v.unsigned = &Problem{File: v.name, Line: v.line, Seq: r.Seq, Reason: keyChange(v.keyed, v.pub, keyed, s.PublicKey) +
+				", and no checkpoint " + v.signedBy() + " follows it: the records from here on are not authenticated. " +
+				"They were forged, or written by a daemon that has not had its keys since it started (sealed): " +
+				"verify again once it has been unsealed"}
+		}
+		v.keyed = keyed
+		v.everKeyed = v.everKeyed || keyed
+		v.pub, v.macID = s.PublicKey, s.MACKeyID
 		macID = v.macID
 	case KindCheckpoint:
 		c := r.Checkpoint
@@ -354,6 +386,8 @@ func (v *verifier) record(line []byte, r *Record, firstOfFile bool) string {
 		}
 		v.rep.Checkpoints++
 		v.rep.LastCheckpoint = r.Seq
+		v.unsigned = nil
+		v.everKeyed = true
 		switch {
 		case c.NextPublicKey != nil:
 			v.pub, v.macID = c.NextPublicKey, c.NextMACKeyID
@@ -371,7 +405,15 @@ func (v *verifier) record(line []byte, r *Record, firstOfFile bool) string {
 	v.seq, v.h, v.last = r.Seq, r.Hash, r
 	v.rep.Records++
 	v.rep.LastSeq, v.rep.LastHash = r.Seq, r.Hash
-	v.rep.Closed = (r.Kind == KindCheckpoint && r.Checkpoint.Final) || (r.Kind == KindEvent && r.Op == OpAuditClose)
+	// A clean close: the final checkpoint, signed; or, in a log that has
+	// never had keys and whose verifier pins none, the audit-close event
+	// of a daemon that never had them (nothing there is signed anyway).
+	closing := (r.Kind == KindCheckpoint && r.Checkpoint.Final) || (r.Kind == KindEvent && r.Op == OpAuditClose)
+	v.rep.Closed = closing && (r.Kind == KindCheckpoint || !v.everKeyed && !v.rep.Pinned)
+	v.closedAt = 0
+	if closing {
+		v.closedAt = r.Seq
+	}
 	return ""
 }
 
@@ -399,11 +441,40 @@ func (v *verifier) end(files []Input) *Problem {
 		return &Problem{File: name, Seq: seq, Reason: fmt.Sprintf(
 			"the published checkpoint at seq %d is not in the log given", seq)}
 	}
+	if v.unsigned != nil {
+		return v.unsigned
+	}
 	if v.o.RequireClosed && !v.rep.Closed {
+		if v.last.Kind == KindEvent && v.last.Op == OpAuditClose {
+			return &Problem{File: name, Seq: v.seq, MissingTail: true, Reason: fmt.Sprintf(
+				"the log ends at seq %d with an audit-close event, which is not signed: a log that has had keys "+
+					"(or whose verifier pins a key) is closed only by a signed final checkpoint. Its tail was cut and "+
+					"the close forged, or the daemon was stopped while sealed", v.seq)}
+		}
 		return &Problem{File: name, Seq: v.seq, MissingTail: true, Reason: fmt.Sprintf(
 			"the log ends at seq %d without the final record of a clean close: its tail was cut, or the daemon is running or crashed", v.seq)}
 	}
 	return nil
+}
+
+// signedBy says which checkpoints count: with pinned keys, those signed
+// with a trusted key.
+func (v *verifier) signedBy() string {
+	if v.rep.Pinned {
+		return "signed with a trusted key"
+	}
+	return "signed with the keys the log states"
+}
+
+// keyChange describes a segment's change of the keys in use.
+func keyChange(wasKeyed bool, was ed25519.PublicKey, keyed bool, now ed25519.PublicKey) string {
+	name := func(on bool, k ed25519.PublicKey) string {
+		if !on {
+			return "none"
+		}
+		return hex.EncodeToString(k[:8]) + "…"
+	}
+	return "the segment changes the keys in use, from " + name(wasKeyed, was) + " to " + name(keyed, now)
 }
 
 func (v *verifier) warn() {

@@ -114,24 +114,6 @@ func (l *Log) checkpointLocked(reason string, next *Keys, keysOff, final bool) C
 	return cp
 }
 
-// checkTailLocked checks, once keys are known, the MAC of the last record
-// a previous run wrote, and records a mismatch.
-func (l *Log) checkTailLocked() {
-	t := l.tailCheck
-	if t == nil || l.keys == nil {
-		return
-	}
-	l.tailCheck = nil
-	if !t.HasMAC {
-		return
-	}
-	if mac := l.keys.macOf(&t.Hash); !macEqual(&mac, &t.MAC) {
-		l.log.Error("the last record of the existing audit log does not verify under the current key", "seq", t.Seq)
-		l.eventLocked(OpAuditRecovered, fmt.Sprintf("the last record written before this start (seq %d) does not verify "+
-			"under the current MAC key: the log was altered, or written with other keys", t.Seq))
-	}
-}
-
 // forwardLocked queues the Linux audit messages for r.
 func (l *Log) forwardLocked(r *Record) {
 	if l.opts.Linux == nil {
@@ -261,17 +243,16 @@ func (l *Log) runWriter(self *waiter) error {
 		l.mu.Lock()
 		b.reset()
 		l.spare = b
-		rotate := err == nil && l.opts.RotateBytes > 0 && l.off >= l.opts.RotateBytes && !l.closed
+		// No rotation while the records of earlier runs are unchecked:
+		// they must stay where the check looks for them.
+		rotate := err == nil && l.opts.RotateBytes > 0 && l.off >= l.opts.RotateBytes && !l.closed && l.earlier == nil
 		l.mu.Unlock()
 		if rotate {
 			l.rotate()
 		}
 
 		l.mu.Lock()
-		if len(l.queue.waiters) > 0 {
-			next := l.queue.waiters[0]
-			l.mu.Unlock()
-			next.ch <- errLead
+		if l.handOffLocked() {
 			return result
 		}
 		if len(l.queue.buf) == 0 || l.failure != nil {
@@ -716,15 +697,57 @@ func (l *Log) maintain() bool {
 		ok = true
 	}
 	l.mu.Lock()
-	if len(l.queue.waiters) > 0 {
-		next := l.queue.waiters[0]
-		l.mu.Unlock()
-		next.ch <- errLead
+	if l.handOffLocked() {
 		return ok
 	}
 	l.writing = false
 	l.mu.Unlock()
 	return ok
+}
+
+// handOffLocked passes the writer role to the goroutine that asked for
+// it (leadLocked), else to the first waiter of the queue, if any: it then
+// releases l.mu and reports true. It is called with l.mu held, by the
+// writer.
+func (l *Log) handOffLocked() bool {
+	next := l.leader
+	l.leader = nil
+	if next == nil && len(l.queue.waiters) > 0 {
+		next = l.queue.waiters[0]
+	}
+	if next == nil {
+		return false
+	}
+	l.mu.Unlock()
+	next.ch <- errLead
+	return true
+}
+
+// leadLocked takes the writer role for w's goroutine: called with l.mu
+// held, it returns with l.mu held once the role is its own. Records
+// queued meanwhile stay queued. One leader at a time (SetKeys, under
+// keysMu).
+func (l *Log) leadLocked(w *waiter) {
+	if !l.writing {
+		l.writing = true
+		return
+	}
+	l.leader = w
+	l.mu.Unlock()
+	<-w.ch // errLead
+	l.mu.Lock()
+}
+
+// releaseLead gives up the writer role taken with leadLocked, writing
+// what is queued first. It is called with l.mu held and releases it.
+func (l *Log) releaseLead() {
+	if len(l.queue.buf) > 0 || len(l.queue.waiters) > 0 || l.leader != nil {
+		l.mu.Unlock()
+		l.runWriter(nil)
+		return
+	}
+	l.writing = false
+	l.mu.Unlock()
 }
 
 // recover tries to write again after a failure, in the writer role: it
@@ -796,7 +819,10 @@ func (l *Log) recover() bool {
 
 // resume positions the log at the end of an existing log, or at the start
 // of a new one. It returns the reason for the segment record Open writes
-// and notes about any recovery, which Open records as events.
+// and notes about any recovery, which Open records as events; it sets
+// l.earlier to where the records of earlier runs end, and l.damaged to
+// where the valid records of a damaged active file end (Open sets the rest
+// aside).
 func (l *Log) resume() (reason string, notes []string, err error) {
 	path := l.opts.Path
 	fd, err := openOwn(path, unix.O_RDWR|unix.O_CREAT, 0o600)
@@ -809,27 +835,52 @@ func (l *Log) resume() (reason string, notes []string, err error) {
 		return "", nil, err
 	}
 	var last *Record
+	var end int64
+	file := path
 	if size > 0 {
 		t, err := readTail(fd, size)
-		if errors.Is(err, errDamaged) {
-			return l.moveDamaged(err)
-		}
-		if err != nil {
-			return "", nil, err
-		}
-		if t.goodSize < size {
-			// A torn record, or zeros past the records (see extendReserve).
-			if err := unix.Ftruncate(fd, t.goodSize); err != nil {
+		switch {
+		case errors.Is(err, errDamaged):
+			good, goodEnd, gerr := lastGood(path)
+			if gerr != nil {
+				return "", nil, gerr
+			}
+			if good != nil {
+				l.damaged = &cut{off: goodEnd, seq: good.Seq, h: good.Hash, bad: good.Seq + 1, why: err.Error()}
+				l.off, last, end = goodEnd, good, goodEnd
+				l.fileFirstSeq = firstSeq(fd, good.Seq)
+				break
+			}
+			// Not one valid record: the file is set aside whole, and the
+			// log goes on as from an empty one.
+			aside := asideName(path, "damaged")
+			if err := os.Rename(path, aside); err != nil {
 				return "", nil, err
 			}
-		}
-		if t.tornBytes > 0 {
-			notes = append(notes, fmt.Sprintf("cut off %d bytes of an incomplete record at the end of %s, "+
-				"left by a crash during a write", t.tornBytes, filepath.Base(path)))
-		}
-		l.off, last = t.goodSize, t.last
-		if last != nil {
-			l.fileFirstSeq = firstSeq(fd, last.Seq)
+			unix.Close(l.fd)
+			l.fd = -1
+			if err := l.newFile(0); err != nil {
+				return "", nil, err.(*Error).Err
+			}
+			notes = append(notes, fmt.Sprintf("%s was set aside as %s: it holds no valid record (%v)",
+				filepath.Base(path), filepath.Base(aside), err))
+		case err != nil:
+			return "", nil, err
+		default:
+			if t.goodSize < size {
+				// A torn record, or zeros past the records (see extendReserve).
+				if err := unix.Ftruncate(fd, t.goodSize); err != nil {
+					return "", nil, err
+				}
+			}
+			if t.tornBytes > 0 {
+				notes = append(notes, fmt.Sprintf("cut off %d bytes of an incomplete record at the end of %s, "+
+					"left by a crash during a write", t.tornBytes, filepath.Base(path)))
+			}
+			l.off, last, end = t.goodSize, t.last, t.goodSize
+			if last != nil {
+				l.fileFirstSeq = firstSeq(fd, last.Seq)
+			}
 		}
 	}
 	if last == nil {
@@ -839,13 +890,14 @@ func (l *Log) resume() (reason string, notes []string, err error) {
 			return "", nil, err
 		}
 		if prev != "" {
-			last, err = lastRecordOf(prev)
+			last, end, err = lastRecordOf(prev)
 			if err != nil {
 				return "", nil, err
 			}
 			if last == nil {
 				notes = append(notes, fmt.Sprintf("%s holds no valid record; a new chain starts", filepath.Base(prev)))
 			}
+			file = prev
 		}
 	}
 	l.size.Store(l.off)
@@ -857,38 +909,8 @@ func (l *Log) resume() (reason string, notes []string, err error) {
 	if l.off == 0 {
 		l.fileFirstSeq = l.seq + 1
 	}
-	if last.HasMAC {
-		l.tailCheck = last
-	}
+	l.earlier = &earlier{file: file, end: end, seq: last.Seq, h: last.Hash}
 	return "start", notes, nil
-}
-
-// moveDamaged keeps a log file whose end is damaged as evidence, under
-// another name, and continues the chain in a new file from the file's
-// last valid record.
-func (l *Log) moveDamaged(cause error) (string, []string, error) {
-	path := l.opts.Path
-	good, err := lastGood(path)
-	if err != nil {
-		return "", nil, err
-	}
-	aside := fmt.Sprintf("%s.damaged-%s", path, time.Now().UTC().Format("20060102T150405.000000000Z"))
-	if err := os.Rename(path, aside); err != nil {
-		return "", nil, err
-	}
-	unix.Close(l.fd)
-	l.fd = -1
-	if err := l.newFile(0); err != nil {
-		return "", nil, err.(*Error).Err
-	}
-	note := fmt.Sprintf("%s was damaged (%v); it was moved to %s", filepath.Base(path), cause, filepath.Base(aside))
-	if good == nil {
-		l.fileFirstSeq = 1
-		return "recovery", []string{note + ", and a new chain starts"}, nil
-	}
-	l.seq, l.h = good.Seq, good.Hash
-	l.fileFirstSeq = good.Seq + 1
-	return "recovery", []string{fmt.Sprintf("%s; the chain continues from its last valid record, seq %d", note, good.Seq)}, nil
 }
 
 // firstSeq reads the seq of the first record of the file at fd, or
@@ -910,20 +932,21 @@ func firstSeq(fd int, fallback uint64) uint64 {
 	return r.Seq
 }
 
-// lastRecordOf returns the last valid record of the file at path.
-func lastRecordOf(path string) (*Record, error) {
+// lastRecordOf returns the last valid record of the file at path, and
+// where its line ends.
+func lastRecordOf(path string) (*Record, int64, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer unix.Close(fd)
 	size, err := fileSize(fd)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	t, err := readTail(fd, size)
 	if err == nil && t.last != nil {
-		return t.last, nil
+		return t.last, t.goodSize, nil
 	}
 	return lastGood(path)
 }
