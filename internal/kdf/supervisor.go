@@ -11,10 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -38,6 +41,17 @@ type Config struct {
 	// Queue bounds the derivations waiting for room in the budget;
 	// default DefaultQueue. One more gets ErrQueueFull.
 	Queue int
+	// QueuePerTenant bounds the derivations of one tenant (ForTenant: a
+	// uid) waiting, and RunningPerTenant those running; defaults
+	// DefaultQueuePerTenant and DefaultRunningPerTenant. Tenants take
+	// turns (see budget).
+	QueuePerTenant   int
+	RunningPerTenant int
+	// Nice is the scheduling priority (nice value, 1 to 19) of the
+	// workers of derivations other than Priority ones, so that they use
+	// the processors the daemon's requests leave; default DefaultNice.
+	// Negative: the daemon's own.
+	Nice int
 	// Deadline bounds one worker, from start to reply; default
 	// DefaultDeadline.
 	Deadline time.Duration
@@ -62,10 +76,12 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultMaxMemoryKiB = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
-	DefaultQueue        = 64
-	DefaultDeadline     = time.Minute
-	DefaultWatchdog     = time.Second
+	DefaultMaxMemoryKiB   = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
+	DefaultQueue          = 64
+	DefaultQueuePerTenant = 8
+	DefaultNice           = 10
+	DefaultDeadline       = time.Minute
+	DefaultWatchdog       = time.Second
 	// WorkerOverheadKiB is what a worker costs besides Argon2's memory:
 	// the Go runtime, the binary's pages, buffers. A worker peaks at about
 	// 8 MiB resident at tiny parameters, and 9-10 MiB above its Argon2
@@ -76,17 +92,24 @@ const (
 	MinDeadline = 100 * time.Millisecond
 )
 
+// DefaultRunningPerTenant is the default RunningPerTenant on a machine
+// with procs processors: half of them.
+func DefaultRunningPerTenant(procs int) int { return max(1, procs/2) }
+
 // cellSlack is what a worker's cgroup allows beyond its cost: page
 // tables, the kernel's own accounting, the runtime's rounding.
 func cellSlack(memKiB uint64) uint64 { return 16<<10 + memKiB/32 }
 
 // Limits are the settings in force.
 type Limits struct {
-	MaxMemoryKiB uint32
-	BudgetKiB    uint64
-	Queue        int
-	Deadline     time.Duration
-	Watchdog     time.Duration
+	MaxMemoryKiB     uint32
+	BudgetKiB        uint64
+	Queue            int
+	QueuePerTenant   int
+	RunningPerTenant int
+	Nice             int // 0: the daemon's own
+	Deadline         time.Duration
+	Watchdog         time.Duration
 	// Cgroup is "v2", "v1" or "off".
 	Cgroup string
 }
@@ -149,6 +172,23 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Queue < 0 {
 		return nil, errors.New("kdf: the queue length must not be negative")
 	}
+	if cfg.QueuePerTenant == 0 {
+		cfg.QueuePerTenant = min(DefaultQueuePerTenant, cfg.Queue)
+	}
+	if cfg.RunningPerTenant == 0 {
+		cfg.RunningPerTenant = DefaultRunningPerTenant(runtime.NumCPU())
+	}
+	if cfg.QueuePerTenant < 0 || cfg.RunningPerTenant < 0 {
+		return nil, errors.New("kdf: the per-tenant limits must not be negative")
+	}
+	switch {
+	case cfg.Nice == 0:
+		cfg.Nice = DefaultNice
+	case cfg.Nice < 0:
+		cfg.Nice = 0
+	case cfg.Nice > 19:
+		return nil, errors.New("kdf: a nice value is at most 19")
+	}
 	if cfg.Deadline == 0 {
 		cfg.Deadline = DefaultDeadline
 	}
@@ -162,7 +202,8 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg.CgroupRoot = "/sys/fs/cgroup"
 	}
 	s := &Supervisor{cfg: cfg, log: log}
-	s.budget = budget{total: cfg.BudgetKiB, maxQueue: cfg.Queue}
+	s.budget = budget{total: cfg.BudgetKiB, maxQueue: cfg.Queue,
+		perTenantQueue: cfg.QueuePerTenant, perTenantRunning: cfg.RunningPerTenant}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	switch cfg.Cgroup {
 	case "", "auto":
@@ -197,6 +238,7 @@ func (s *Supervisor) Limits() Limits {
 		cg = s.cg.version()
 	}
 	return Limits{MaxMemoryKiB: s.cfg.MaxMemoryKiB, BudgetKiB: s.cfg.BudgetKiB, Queue: s.cfg.Queue,
+		QueuePerTenant: s.cfg.QueuePerTenant, RunningPerTenant: s.cfg.RunningPerTenant, Nice: s.cfg.Nice,
 		Deadline: s.cfg.Deadline, Watchdog: s.cfg.Watchdog, Cgroup: cg}
 }
 
@@ -294,7 +336,7 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 		}
 		return result{}, err
 	}
-	defer s.budget.release(cost)
+	defer s.budget.release(ctx, cost)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -304,7 +346,11 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 	s.mu.Unlock()
 	defer s.running.Done()
 	rand.Read(r.seed[:])
-	return s.run(ctx, r, cost)
+	nice := s.cfg.Nice
+	if claimOf(ctx).priority {
+		nice = 0
+	}
+	return s.run(ctx, r, cost, nice)
 }
 
 // event is a frame (or the end of the stream) read from a worker.
@@ -324,12 +370,24 @@ const stderrLimit = 4 << 10
 
 // run starts one worker for r and supervises it to the end: deadline,
 // watchdog, result, reaping, cgroup removal.
-func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res result, err error) {
+func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, nice int) (res result, err error) {
 	// PR_SET_PDEATHSIG fires when the thread that started the child
 	// exits, not the process: keep this goroutine on its thread until
 	// the worker is reaped, so a Go runtime thread exit never kills it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if nice > 0 {
+		// A background worker is made background from its start (fork
+		// and exec, and the runtime's start, already cost): it inherits
+		// its priority from this thread. This thread cannot be given its
+		// priority back (an unprivileged process may not raise one), so
+		// it is never given back: locked once more, it ends with its
+		// goroutine.
+		runtime.LockOSThread()
+		if err := SetBackground(unix.Gettid(), nice); err != nil {
+			s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
+		}
+	}
 
 	var cl *cell
 	if s.cg != nil {
@@ -356,12 +414,18 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res resu
 		return result{}, ErrFailed.WithDetail("pipe: %v", err)
 	}
 	stderr := &boundedBuffer{max: stderrLimit}
+	// Nothing from the daemon's environment: the worker needs none. A
+	// background worker leaves a processor to everything else: Argon2id's
+	// lanes then share fewer threads, with the same result.
+	env := []string{}
+	if nice > 0 {
+		env = []string{fmt.Sprintf("GOMAXPROCS=%d", backgroundProcs())}
+	}
 	newCmd := func() *exec.Cmd {
 		return &exec.Cmd{
-			Path: s.cfg.Executable,
-			Args: s.cfg.Args,
-			// Nothing from the daemon's environment: the worker needs none.
-			Env:         []string{},
+			Path:        s.cfg.Executable,
+			Args:        s.cfg.Args,
+			Env:         env,
 			Dir:         "/",
 			Stdin:       inR,
 			Stdout:      outW,
@@ -428,6 +492,13 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res resu
 		if perr := cl.started(pid); perr != nil {
 			kill()
 			return result{}, ErrFailed.WithDetail("move worker %d into its cgroup: %v", pid, perr)
+		}
+	}
+	// Before the worker has its request (it computes nothing until then):
+	// the time slice is not inherited.
+	if nice > 0 {
+		if perr := renice(pid, nice); perr != nil {
+			s.log.Debug("kdf: cannot lower a worker's priority", "pid", pid, "err", perr)
 		}
 	}
 	if s.cfg.onStart != nil {
@@ -651,3 +722,73 @@ func sanitize(s string) string {
 	}
 	return strings.TrimSuffix(strings.TrimSpace(b.String()), " |")
 }
+
+// BackgroundSlice is the time slice of background threads (see
+// SetBackground).
+const BackgroundSlice = 100 * time.Microsecond
+
+// SetBackground schedules thread tid as background work: a lower
+// priority (nice, 1 to 19) and, where the kernel takes one (Linux 6.12
+// and later, EEVDF), the shortest time slice, so that a thread that wakes
+// up (a request arriving) never waits for the end of a background
+// thread's slice. Background threads still get their share of the
+// processors: under load they slow down, never stop. The supervisor's
+// workers for ordinary uids run so, and the daemon's threads that
+// generate RSA keys for them.
+func SetBackground(tid, nice int) error {
+	attr := &unix.SchedAttr{Policy: unix.SCHED_NORMAL, Nice: int32(nice), Runtime: uint64(BackgroundSlice)}
+	err := unix.SchedSetAttr(tid, attr, 0)
+	if err == unix.EINVAL || err == unix.ENOSYS {
+		err = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+	}
+	return err
+}
+
+// backgroundProcs is how many processors a background worker uses: all
+// but one.
+func backgroundProcs() int { return max(1, runtime.NumCPU()-1) }
+
+// SetShortSlice gives thread tid the shortest time slice (as
+// SetBackground does) and leaves its priority as it is.
+func SetShortSlice(tid int) error {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		return err
+	}
+	// The raw value of getpriority(2) is 20 - nice.
+	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_NORMAL, Nice: int32(20 - prio), Runtime: uint64(BackgroundSlice)}, 0)
+}
+
+// renice schedules every thread of process pid as background work. A
+// thread inherits the scheduling of the thread that makes it, so once
+// every thread has it, the ones made later have it too; a pass that finds
+// no new thread ends it.
+func renice(pid, nice int) error {
+	done := map[int]bool{}
+	for range 8 {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		fresh := false
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil || done[tid] {
+				continue
+			}
+			done[tid], fresh = true, true
+			if err := SetBackground(tid, nice); err != nil && err != unix.ESRCH {
+				return err
+			}
+		}
+		if !fresh {
+			return nil
+		}
+	}
+	return nil
+}
+
+// TenantFull reports whether a derivation for the tenant ctx names (see
+// ForTenant) would now be refused for its share of the queue: a caller
+// can refuse it early, before it does any work for it.
+func (s *Supervisor) TenantFull(ctx context.Context) bool { return s.budget.tenantFull(claimOf(ctx)) }
