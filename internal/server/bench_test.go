@@ -79,6 +79,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 					req.Ops = append(req.Ops, req.Ops[0])
 				}
 			}
+			size := req.SizeVT()
 			b.ReportAllocs()
 			for b.Loop() {
 				var caller *audit.Caller
@@ -89,7 +90,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				cn.arena.reset()
 				notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
 				rep := cn.execute(req, id, &cn.arena, notes)
-				rep = cn.record(req, rep, id, caller, notes)
+				rep = cn.record(req, rep, id, caller, notes, size)
 				if rep.Results[0].Status != wire.Status_STATUS_OK {
 					b.Fatal(rep.Results[0].Message)
 				}

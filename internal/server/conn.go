@@ -220,9 +220,9 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
 		if caller != nil && !changesSeal(req) {
-			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach)
+			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
 		} else {
-			rep = cn.record(req, rep, id, caller, notes)
+			rep = cn.record(req, rep, id, caller, notes, len(raw))
 			cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 		}
 		cn.arena.wipe()
@@ -260,7 +260,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		var nbuf []auditNote
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
 		rep := cn.execute(req, id, &a, notes)
-		rep = cn.record(req, rep, id, caller, notes)
+		rep = cn.record(req, rep, id, caller, notes, len(own))
 		cn.inFlight.Add(-1)
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
@@ -288,14 +288,14 @@ func (cn *conn) notesFor(buf *[]auditNote, caller *audit.Caller, n int) []auditN
 // seal state, and the request is recorded. It returns the reply to send:
 // rep, or, when the record could not be written, an UNAVAILABLE reply
 // that withholds rep's results.
-func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote) *wire.Reply {
+func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, reqBytes int) *wire.Reply {
 	if caller == nil {
 		return rep
 	}
 	if changesSeal(req) {
 		cn.s.syncAuditKeys()
 	}
-	if err := cn.auditRequest(req, rep, caller, notes); err != nil {
+	if err := cn.auditRequest(req, rep, caller, notes, reqBytes); err != nil {
 		cn.log.Error("results withheld: the audit log could not record the request", "request", req.Id, "err", err)
 		cn.undoHandles(createdHandles(req, rep), id, req.Id)
 		return &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Status: errAuditLost.Status, Message: errAuditLost.Public}
