@@ -244,7 +244,15 @@ var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) error {
 	r := cn.requestRecord(req, rep, caller, notes, reqBytes)
 	defer putRecord(r)
+	cn.spendAudit(r)
 	return cn.s.alog.Append(r)
+}
+
+// spendAudit charges r's size to the uid of the connection (peruid.go).
+func (cn *conn) spendAudit(r *audit.Record) {
+	if !cn.acct.admin {
+		cn.acct.spendAudit(recordSize(r))
+	}
 }
 
 func putRecord(r *audit.Record) { r.Reset(); auditRecordPool.Put(r) }
@@ -478,6 +486,7 @@ func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, call
 		rec:   cn.requestRecord(req, rep, caller, notes, reqBytes),
 		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
 	}
+	cn.spendAudit(p.rec)
 	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
 		p.fds = slices.Clone(attach)
 	}
@@ -566,6 +575,7 @@ func (cn *conn) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status,
 	if detail != "" {
 		r.Msg += ": " + detail
 	}
+	cn.spendAudit(r)
 	return cn.s.alog.Append(r)
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -51,6 +52,72 @@ func auditRecords(t *testing.T, path string) []*audit.Record {
 	return out
 }
 
+// A uid whose requests made more audit records than its allowance is
+// refused, without a record for each refusal, until the allowance
+// refills; the refusals are counted in a "limits" event. Another uid is
+// served meanwhile.
+func TestAuditRatePerUID(t *testing.T) {
+	s, path := auditedServer(t, Limits{AuditBytesPerSecondPerUID: 100, AuditBurstPerUID: 3000})
+	c := serveAs(t, s, 1000)
+	other := serveAs(t, s, 1001)
+	served, refused := 0, 0
+	for i := range 50 {
+		send(t, c, uint64(i+1), ping("flood"))
+		rep := recv(t, c)
+		switch {
+		case rep.Status == wire.Status_STATUS_OK:
+			served++
+		case rep.Status == wire.Status_STATUS_RESOURCE_EXHAUSTED && strings.Contains(rep.Message, "audit records"):
+			refused++
+		default:
+			t.Fatalf("request %d: %v %q", i+1, rep.Status, rep.Message)
+		}
+	}
+	if served == 0 || served > 10 || refused != 50-served {
+		t.Fatalf("%d served and %d refused of 50 pings with an allowance of 3000 bytes", served, refused)
+	}
+	send(t, other, 1, ping("other"))
+	if rep := recv(t, other); rep.Status != wire.Status_STATUS_OK {
+		t.Fatalf("another uid: %v %q", rep.Status, rep.Message)
+	}
+	s.reportRefusals()
+	recs := auditRecords(t, path)
+	var pings, limits int
+	var size int
+	lines := bytes.Split(must(os.ReadFile(path)), []byte("\n"))
+	for i, r := range recs {
+		switch {
+		case r.Kind == audit.KindRequest && r.Op == "ping" && r.Conn != 0:
+			if r.Status != "OK" {
+				t.Errorf("a refusal was recorded: %+v", r)
+			}
+			pings++
+			size += len(lines[i]) + 1
+		case r.Kind == audit.KindEvent && r.Op == opLimits:
+			limits++
+			if want := "uid 1000: " + itoa(refused) + " (audit rate " + itoa(refused) + ")"; !strings.Contains(r.Msg, want) || r.Status != "RESOURCE_EXHAUSTED" {
+				t.Errorf("limits event %q %q, want %q", r.Status, r.Msg, want)
+			}
+		}
+	}
+	if pings != served+1 || limits != 1 {
+		t.Fatalf("%d ping records (want %d), %d limits events", pings, served+1, limits)
+	}
+	// The allowance was charged at least what the records took.
+	if spent := 3000 - acctOf(s, 1000).audit.tokens; spent < float64(size*served/(served+1)) {
+		t.Errorf("charged %.0f bytes for records of %d", spent, size)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
 // A batch of unalike operations is recorded in at most twice the bytes of
 // its request (beyond the fixed part of a record): the entries that do
 // not fit are summarised by kind and status. recordSize bounds the size
@@ -62,7 +129,7 @@ func TestBatchRecordBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
-	cn := newConn(s, a)
+	cn := testConn(t, s, a, 1000)
 	id := Identity{PID: int32(os.Getpid()), UID: 1000, GID: 1000, Pidfd: -1}
 	for range 64 {
 		res := cn.safeDispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
@@ -86,7 +153,7 @@ func TestBatchRecordBound(t *testing.T) {
 		caller := s.callerOf(id)
 		notes := cn.notesFor(new([]auditNote), &caller, n)
 		var ar arena
-		rep := cn.execute(req, id, &ar, notes)
+		rep := cn.execute(req, id, &ar, notes, false)
 		r := cn.requestRecord(req, rep, &caller, notes, reqBytes)
 		r.Seq, r.Mono, r.HasMAC = 1<<40, 1<<50, true
 		line := audit.AppendLine(nil, r)
