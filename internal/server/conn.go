@@ -76,7 +76,7 @@ type conn struct {
 	st          connStore      // pending init, rotation, backup, restore (storeops.go)
 
 	// Used only by the serving goroutine.
-	buf          []byte
+	buf          recvBuf
 	oob          []byte
 	out          []byte
 	arena        arena
@@ -97,7 +97,7 @@ func newConn(s *Server, c *seqpacket.Conn, acct *account, peer seqpacket.Cred) *
 		handles:  make(map[uint32]*keystore.Object),
 		sessions: make(map[uint32]*session),
 		closing:  make(chan struct{}),
-		buf:      make([]byte, s.limits.MaxMessageBytes+1),
+		buf:      newRecvBuf(s.limits.MaxMessageBytes + 1),
 		oob:      make([]byte, seqpacket.OOBSize),
 	}
 	cn.log = s.log.With("conn", cn.id)
@@ -115,7 +115,7 @@ func (cn *conn) serve() {
 	cn.log.Debug("connected", "pid", cn.peer.PID, "uid", cn.peer.UID, "gid", cn.peer.GID, "pidfd", cn.pidfd, "admin", cn.acct.admin)
 	defer cn.flush()
 	for {
-		m, err := cn.c.RecvMsg(cn.buf, cn.oob)
+		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
 		if err != nil {
 			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 				cn.log.Warn("receive failed; dropping connection", "err", err)
@@ -123,15 +123,19 @@ func (cn *conn) serve() {
 			return
 		}
 		cn.handleMessage(m)
+		// Plaintexts and other inputs must not outlive the request in the
+		// receive buffer.
+		cn.buf.done(m.N)
 		// Replies held for their audit records (see queueReply): take the
 		// requests already waiting too, then record them all in one write
 		// and send their replies.
 		for len(cn.pending) > 0 && len(cn.pending) < maxPending && (cn.pendingBytes < maxPendingBytes || cn.s.auditAlways) {
-			m, err := cn.c.TryRecvMsg(cn.buf, cn.oob)
+			m, err := cn.c.TryRecvMsg(cn.buf.b, cn.oob)
 			if err != nil {
 				break // ErrWouldBlock; any other error shows at the next RecvMsg
 			}
 			cn.handleMessage(m)
+			cn.buf.done(m.N)
 		}
 		cn.flush()
 	}
@@ -147,7 +151,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		}
 	}()
 	max := cn.s.limits.MaxMessageBytes
-	buf := cn.buf
+	buf := cn.buf.b
 	// The audit: a log that cannot take records refuses the request before
 	// anything is done (not recorded, necessarily; the log counts these).
 	// Otherwise the caller's executable and cgroup are read now, through
@@ -186,11 +190,9 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		return
 	}
 	raw := buf[:m.N]
-	// Plaintexts and other inputs must not outlive the request in the
-	// receive buffer.
-	defer clear(raw)
-	// Decode without copying: byte and string fields point into cn.buf,
-	// which is reused for the next message. Everything that keeps a field
+	// Decode without copying: byte and string fields point into the
+	// receive buffer, which the serving loop wipes once this returns and
+	// reuses for the next message. Everything that keeps a field
 	// beyond the request copies it (see "aliasing" in dispatch.go); a
 	// request that runs concurrently is decoded again, with copies.
 	req := wire.RequestFromVTPool()
@@ -398,7 +400,12 @@ func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 // encodeReply marshals rep into buf (reused when large enough). A reply
 // that would exceed the message limit is replaced by an error.
 func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
-	b, err := marshal(buf, rep)
+	n := rep.SizeVT()
+	if cap(buf) < n {
+		buf = cn.s.getReplyBuf(n)
+	}
+	b := buf[:n]
+	_, err := rep.MarshalToSizedBufferVT(b)
 	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
 		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
 	}
@@ -432,10 +439,37 @@ func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
 	}
 	// The kernel has its copy; ours may hold plaintext or an exported key.
 	clear(b)
-	if cap(b) > 4*cn.s.limits.MaxMessageBytes {
+	if cap(b) > replyKeep {
+		cn.s.putReplyBuf(b)
 		return nil
 	}
 	return b[:0]
+}
+
+// replyKeep bounds the reply buffers a connection keeps for its next
+// replies; larger ones are shared by all connections (Server.replyBufs),
+// so that an idle connection holds no large buffer.
+const replyKeep = 64 << 10
+
+// getReplyBuf returns a buffer of at least n bytes, empty: a shared one
+// of the message limit's size for a large reply.
+func (s *Server) getReplyBuf(n int) []byte {
+	size := s.limits.MaxMessageBytes
+	if n > replyKeep && n <= size {
+		if p, _ := s.replyBufs.Get().(*[]byte); p != nil {
+			return (*p)[:0]
+		}
+		return make([]byte, 0, size)
+	}
+	return make([]byte, 0, n)
+}
+
+// putReplyBuf gives back a wiped buffer that getReplyBuf made.
+func (s *Server) putReplyBuf(b []byte) {
+	if cap(b) == s.limits.MaxMessageBytes {
+		b = b[:0]
+		s.replyBufs.Put(&b)
+	}
 }
 
 func marshal(buf []byte, rep *wire.Reply) ([]byte, error) {
@@ -697,5 +731,6 @@ func (cn *conn) cleanup() {
 	}
 	cn.st.cleanup()
 	cn.c.Close()
+	cn.buf.free()
 	cn.log.Debug("disconnected")
 }

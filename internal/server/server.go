@@ -197,7 +197,8 @@ type Server struct {
 	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
 	connsN     atomic.Int32
 
-	accts *accounts // per-uid limits (peruid.go)
+	accts     *accounts // per-uid limits (peruid.go)
+	replyBufs sync.Pool // wiped buffers for large replies (getReplyBuf)
 	limitMessages
 	refusing chan struct{} // a token per connection being refused (refuseConn)
 	reported chan struct{} // closed when reportLimits has returned
