@@ -5,12 +5,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // admitted waits for the next admission reported on order.
@@ -188,12 +191,15 @@ func TestWorkerBackground(t *testing.T) {
 	type seen struct {
 		nices []int
 		env   string
+		cpus  int
 	}
 	got := make(chan seen, 1)
 	s, _ := newSupervisor(t, Config{Nice: 7, onStart: func(pid int) {
 		time.Sleep(50 * time.Millisecond) // the runtime's threads start
 		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-		got <- seen{threadNices(t, pid), string(env)}
+		var set unix.CPUSet
+		unix.SchedGetaffinity(pid, &set)
+		got <- seen{threadNices(t, pid), string(env), set.Count()}
 	}})
 	p := Params{Time: 1, MemoryKiB: 1024, Threads: 1}
 	if _, err := s.Derive(ForTenant(context.Background(), 1000, false), p, []byte("pw"), []byte("saltsalt"), 32); err != nil {
@@ -206,13 +212,16 @@ func TestWorkerBackground(t *testing.T) {
 	if want := fmt.Sprintf("GOMAXPROCS=%d\x00", backgroundProcs()); g.env != want {
 		t.Errorf("a tenant's worker environment %q, want %q", g.env, want)
 	}
+	if want := max(1, runtime.NumCPU()-1); g.cpus != want {
+		t.Errorf("a tenant's worker runs on %d processors, want %d", g.cpus, want)
+	}
 	own, _ := syscall.Getpriority(syscall.PRIO_PROCESS, 0)
 	if _, err := s.Derive(Priority(context.Background()), p, []byte("pw"), []byte("saltsalt"), 32); err != nil {
 		t.Fatal(err)
 	}
 	g = <-got
 	// getpriority's raw value is 20 - nice.
-	if slices.ContainsFunc(g.nices, func(n int) bool { return n != 20-own }) || g.env != "" {
-		t.Errorf("a priority worker: nice %v (want %d), environment %q", g.nices, 20-own, g.env)
+	if slices.ContainsFunc(g.nices, func(n int) bool { return n != 20-own }) || g.env != "" || g.cpus != runtime.NumCPU() {
+		t.Errorf("a priority worker: nice %v (want %d), environment %q, %d processors", g.nices, 20-own, g.env, g.cpus)
 	}
 }

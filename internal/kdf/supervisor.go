@@ -47,10 +47,12 @@ type Config struct {
 	// turns (see budget).
 	QueuePerTenant   int
 	RunningPerTenant int
-	// Nice is the scheduling priority (nice value, 1 to 19) of the
-	// workers of derivations other than Priority ones, so that they use
-	// the processors the daemon's requests leave; default DefaultNice.
-	// Negative: the daemon's own.
+	// Nice, if 1 to 19, is the scheduling priority (nice value) of the
+	// workers of derivations other than Priority ones; default 0: the
+	// daemon's own. (Such workers always get the shortest time slice and
+	// all processors but one: see SetBackground.) A worker whose priority
+	// is much lower than the machine's other work may be too slow to
+	// answer the watchdog.
 	Nice int
 	// Deadline bounds one worker, from start to reply; default
 	// DefaultDeadline.
@@ -79,7 +81,6 @@ const (
 	DefaultMaxMemoryKiB   = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
 	DefaultQueue          = 64
 	DefaultQueuePerTenant = 8
-	DefaultNice           = 10
 	DefaultDeadline       = time.Minute
 	DefaultWatchdog       = time.Second
 	// WorkerOverheadKiB is what a worker costs besides Argon2's memory:
@@ -107,7 +108,7 @@ type Limits struct {
 	Queue            int
 	QueuePerTenant   int
 	RunningPerTenant int
-	Nice             int // 0: the daemon's own
+	Nice             int // of background workers; 0: the daemon's own
 	Deadline         time.Duration
 	Watchdog         time.Duration
 	// Cgroup is "v2", "v1" or "off".
@@ -181,13 +182,8 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.QueuePerTenant < 0 || cfg.RunningPerTenant < 0 {
 		return nil, errors.New("kdf: the per-tenant limits must not be negative")
 	}
-	switch {
-	case cfg.Nice == 0:
-		cfg.Nice = DefaultNice
-	case cfg.Nice < 0:
-		cfg.Nice = 0
-	case cfg.Nice > 19:
-		return nil, errors.New("kdf: a nice value is at most 19")
+	if cfg.Nice < 0 || cfg.Nice > 19 {
+		return nil, errors.New("kdf: a nice value is 0 to 19")
 	}
 	if cfg.Deadline == 0 {
 		cfg.Deadline = DefaultDeadline
@@ -346,11 +342,7 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 	s.mu.Unlock()
 	defer s.running.Done()
 	rand.Read(r.seed[:])
-	nice := s.cfg.Nice
-	if claimOf(ctx).priority {
-		nice = 0
-	}
-	return s.run(ctx, r, cost, nice)
+	return s.run(ctx, r, cost, !claimOf(ctx).priority)
 }
 
 // event is a frame (or the end of the stream) read from a worker.
@@ -370,13 +362,33 @@ const stderrLimit = 4 << 10
 
 // run starts one worker for r and supervises it to the end: deadline,
 // watchdog, result, reaping, cgroup removal.
-func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, nice int) (res result, err error) {
+func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, background bool) (result, error) {
+	if !background {
+		return s.runWorker(ctx, r, cost, false)
+	}
+	// A background worker starts from a thread of its own, which is never
+	// given back (runWorker): not the caller's.
+	type outcome struct {
+		res result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := s.runWorker(ctx, r, cost, true)
+		done <- outcome{res, err}
+	}()
+	o := <-done
+	return o.res, o.err
+}
+
+// runWorker is run on the calling goroutine.
+func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, background bool) (res result, err error) {
 	// PR_SET_PDEATHSIG fires when the thread that started the child
 	// exits, not the process: keep this goroutine on its thread until
 	// the worker is reaped, so a Go runtime thread exit never kills it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if nice > 0 {
+	if background {
 		// A background worker is made background from its start (fork
 		// and exec, and the runtime's start, already cost): it inherits
 		// its priority from this thread. This thread cannot be given its
@@ -384,8 +396,11 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, nice int)
 		// it is never given back: locked once more, it ends with its
 		// goroutine.
 		runtime.LockOSThread()
-		if err := SetBackground(unix.Gettid(), nice); err != nil {
+		if err := SetBackground(unix.Gettid(), s.cfg.Nice); err != nil {
 			s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
+		}
+		if err := leaveOneCPU(); err != nil {
+			s.log.Debug("kdf: cannot keep a worker off one processor", "err", err)
 		}
 	}
 
@@ -415,10 +430,11 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, nice int)
 	}
 	stderr := &boundedBuffer{max: stderrLimit}
 	// Nothing from the daemon's environment: the worker needs none. A
-	// background worker leaves a processor to everything else: Argon2id's
-	// lanes then share fewer threads, with the same result.
+	// background worker leaves a processor to everything else (its parent
+	// thread's affinity, leaveOneCPU); Argon2id's lanes then share fewer
+	// processors, with the same result.
 	env := []string{}
-	if nice > 0 {
+	if background {
 		env = []string{fmt.Sprintf("GOMAXPROCS=%d", backgroundProcs())}
 	}
 	newCmd := func() *exec.Cmd {
@@ -496,8 +512,8 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, nice int)
 	}
 	// Before the worker has its request (it computes nothing until then):
 	// the time slice is not inherited.
-	if nice > 0 {
-		if perr := renice(pid, nice); perr != nil {
+	if background {
+		if perr := renice(pid, s.cfg.Nice); perr != nil {
 			s.log.Debug("kdf: cannot lower a worker's priority", "pid", pid, "err", perr)
 		}
 	}
@@ -727,15 +743,24 @@ func sanitize(s string) string {
 // SetBackground).
 const BackgroundSlice = 100 * time.Microsecond
 
-// SetBackground schedules thread tid as background work: a lower
-// priority (nice, 1 to 19) and, where the kernel takes one (Linux 6.12
-// and later, EEVDF), the shortest time slice, so that a thread that wakes
-// up (a request arriving) never waits for the end of a background
-// thread's slice. Background threads still get their share of the
-// processors: under load they slow down, never stop. The supervisor's
-// workers for ordinary uids run so, and the daemon's threads that
-// generate RSA keys for them.
+// SetBackground schedules thread tid as background work: where the kernel
+// takes one (Linux 6.12 and later, EEVDF), the shortest time slice, so
+// that a thread that wakes up (a request arriving) waits at most that
+// long for a background thread to give way; and, if nice is 1 to 19, that
+// priority (0: the thread's own). Background threads still get their
+// share of the processors: under load they slow down, never stop. The
+// supervisor's workers for ordinary uids run so, and the daemon's threads
+// that generate RSA keys for them (with their own priority: a thread of
+// the daemon that waited long to run would hold up the garbage
+// collector's stops of the world).
 func SetBackground(tid, nice int) error {
+	if nice <= 0 {
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil {
+			return err
+		}
+		nice = 20 - prio // the raw value of getpriority(2) is 20 - nice
+	}
 	attr := &unix.SchedAttr{Policy: unix.SCHED_NORMAL, Nice: int32(nice), Runtime: uint64(BackgroundSlice)}
 	err := unix.SchedSetAttr(tid, attr, 0)
 	if err == unix.EINVAL || err == unix.ENOSYS {
@@ -744,19 +769,29 @@ func SetBackground(tid, nice int) error {
 	return err
 }
 
-// backgroundProcs is how many processors a background worker uses: all
-// but one.
-func backgroundProcs() int { return max(1, runtime.NumCPU()-1) }
+// backgroundProcs is the GOMAXPROCS of a background worker: the
+// processors it may run on (all but one, leaveOneCPU), but at least 2, so
+// that the goroutine that answers the watchdog never waits long for one
+// (Argon2id's loops do not give way to it quickly).
+func backgroundProcs() int { return max(2, runtime.NumCPU()-1) }
 
-// SetShortSlice gives thread tid the shortest time slice (as
-// SetBackground does) and leaves its priority as it is.
-func SetShortSlice(tid int) error {
-	prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	if err != nil {
+// leaveOneCPU takes one processor (the last) out of the calling thread's
+// affinity, if it has more than one: the workers it starts inherit it.
+func leaveOneCPU() error {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
 		return err
 	}
-	// The raw value of getpriority(2) is 20 - nice.
-	return unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_NORMAL, Nice: int32(20 - prio), Runtime: uint64(BackgroundSlice)}, 0)
+	if set.Count() < 2 {
+		return nil
+	}
+	for cpu := len(set)*64 - 1; cpu >= 0; cpu-- {
+		if set.IsSet(cpu) {
+			set.Clear(cpu)
+			break
+		}
+	}
+	return unix.SchedSetaffinity(0, &set)
 }
 
 // renice schedules every thread of process pid as background work. A

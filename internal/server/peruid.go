@@ -567,7 +567,7 @@ func newLimitMessages(l *Limits) limitMessages {
 }
 
 // shortenSlice makes the calling goroutine run, until it ends, on a
-// thread of its own with the shortest time slice (kdf.SetShortSlice): a
+// thread of its own with the shortest time slice (kdf.SetBackground): a
 // request that arrives while it computes waits for the processor at most
 // that long. Its priority stays: a thread of the daemon that waited long
 // to run would hold up every stop of the world the garbage collector
@@ -577,7 +577,7 @@ func newLimitMessages(l *Limits) limitMessages {
 // thread's start costs little next to an RSA key generation.
 func shortenSlice() {
 	runtime.LockOSThread()
-	kdf.SetShortSlice(unix.Gettid())
+	kdf.SetBackground(unix.Gettid(), 0)
 }
 
 // wireLimits describes the limits in force for Status.
