@@ -114,8 +114,21 @@ func (cn *conn) serve() {
 	defer cn.cleanup()
 	cn.log.Debug("connected", "pid", cn.peer.PID, "uid", cn.peer.UID, "gid", cn.peer.GID, "pidfd", cn.pidfd, "admin", cn.acct.admin)
 	defer cn.flush()
+	idleArmed := false // the receive times out, to give back a large buffer
 	for {
+		if cn.buf.dirty != idleArmed {
+			idleArmed = cn.buf.dirty
+			timeout := time.Duration(0)
+			if idleArmed {
+				timeout = recvIdle
+			}
+			cn.c.SetRecvTimeout(timeout)
+		}
 		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
+		if errors.Is(err, seqpacket.ErrTimeout) {
+			cn.buf.release() // idle after a large message
+			continue
+		}
 		if err != nil {
 			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 				cn.log.Warn("receive failed; dropping connection", "err", err)

@@ -1,21 +1,36 @@
 package server
 
-import "golang.org/x/sys/unix"
+import (
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // recvBuf is a connection's receive buffer. It is mapped outside the Go
 // heap: an idle connection holds only the pages its messages touched
 // (not the whole message limit), they do not count toward the garbage
-// collector's target, and after a large message the buffer is wiped and
-// mapped afresh, so that a connection that once received a large request
-// does not keep its memory. Where mapping fails it is a slice of the heap.
+// collector's target, and once a connection that received a large
+// message has been idle for recvIdle, the buffer is mapped afresh, so
+// that it does not keep the memory of the largest request it ever
+// received. (Not at once after every large message: touching a fresh
+// buffer's pages costs more than the message's own work.) Where mapping
+// fails it is a slice of the heap.
 type recvBuf struct {
 	b      []byte
 	mapped bool
+	dirty  bool // more than recvKeep bytes of it are resident
+	// released counts the times the buffer was mapped afresh; it may be
+	// read by any goroutine.
+	released atomic.Uint32
 }
 
-// recvKeep is the size of a message after which the buffer keeps its
-// pages; past it, it is mapped afresh.
-const recvKeep = 64 << 10
+// recvKeep is the size of message after which the buffer is mapped afresh
+// once the connection is idle; recvIdle is how long it must be idle.
+const (
+	recvKeep = 64 << 10
+	recvIdle = time.Second
+)
 
 func newRecvBuf(n int) recvBuf {
 	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -25,18 +40,27 @@ func newRecvBuf(n int) recvBuf {
 	return recvBuf{b: b, mapped: true}
 }
 
-// done wipes the first n bytes, what the last message used, and gives the
-// pages back if they were many. Nothing may refer to the buffer after.
+// done wipes the first n bytes, what the last message used. Nothing may
+// refer to the buffer after.
 func (r *recvBuf) done(n int) {
 	n = min(n, len(r.b))
 	clear(r.b[:n])
-	if n <= recvKeep || !r.mapped {
+	if n > recvKeep && r.mapped {
+		r.dirty = true
+	}
+}
+
+// release gives the pages of a large message back: the buffer is mapped
+// afresh. It must not be in use (no receive in progress).
+func (r *recvBuf) release() {
+	if !r.dirty {
 		return
 	}
-	size := len(r.b)
-	if b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
+	if b, err := unix.Mmap(-1, 0, len(r.b), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err == nil {
 		unix.Munmap(r.b)
 		r.b = b
+		r.dirty = false
+		r.released.Add(1)
 	}
 }
 
