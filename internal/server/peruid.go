@@ -202,13 +202,12 @@ type accounts struct {
 	isAdmin func(uid uint32) bool
 	now     func() time.Time
 
-	// mu guards byUID, each account's conns, conns, refused and refusals.
+	// mu guards byUID, each account's conns, conns, ordinary and refused.
 	mu       sync.Mutex
 	byUID    map[uint32]*account
 	conns    int                // all connections
 	ordinary int                // connections of ordinary uids
 	refused  map[refusal]uint64 // since the last report
-	refusals uint64             // since start
 
 	heavy [numHeavyClasses]fairQueue
 }
@@ -281,13 +280,6 @@ func (a *accounts) disconnect(acct *account) {
 	a.mu.Unlock()
 }
 
-// connections returns the number of connections served.
-func (a *accounts) connections() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.conns
-}
-
 // refuse counts a refusal of uid for a limit and returns it as an error.
 func (a *accounts) refuse(uid uint32, kind limitKind, public string) error {
 	a.mu.Lock()
@@ -297,7 +289,6 @@ func (a *accounts) refuse(uid uint32, kind limitKind, public string) error {
 
 func (a *accounts) refuseLocked(uid uint32, kind limitKind, public string) error {
 	a.refused[refusal{uid, kind}]++
-	a.refusals++
 	return &limitError{kind: kind, public: public}
 }
 
@@ -382,13 +373,6 @@ func (a *accounts) report() string {
 		b.WriteString(")")
 	}
 	return b.String()
-}
-
-// totalRefusals returns the refusals for limits since start.
-func (a *accounts) totalRefusals() uint64 {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.refusals
 }
 
 // Heavy work: operations that keep a processor busy for long (RSA key
