@@ -392,6 +392,38 @@ type Limits struct {
 	MaxHandles      int
 	MaxKeysPerUser  int
 	MaxBatchOps     int
+
+	// MaxConnections the daemon serves at once, of which AdminConnections
+	// are kept for administrators.
+	MaxConnections   int
+	AdminConnections int
+	// PerUID is what the connections one ordinary uid opens may hold at
+	// once, and the audit records its requests may make. Administrators
+	// have none of these limits. A request over one of them fails with
+	// ErrResourceExhausted.
+	PerUID PerUIDLimits
+}
+
+// PerUIDLimits are the daemon's limits for each ordinary uid (0: the
+// daemon did not say).
+type PerUIDLimits struct {
+	Connections   int
+	InFlight      int
+	RequestBytes  int // of the requests running concurrently
+	LongPolls     int // generation watches waiting
+	Sessions      int
+	NamedWatchers int
+	Computing     int // requests computing at once
+	Heavy         int // RSA key generations and rotations running
+	// HeavySlots are the RSA key generations and rotations of every
+	// ordinary uid running at once.
+	HeavySlots int
+	// AuditBytesPerSecond and AuditBurst bound the audit records a uid's
+	// requests make.
+	AuditBytesPerSecond int
+	AuditBurst          int
+	KDFQueue            int // Argon2id derivations waiting
+	KDFRunning          int // Argon2id derivations running
 }
 
 // ServerStatus is what the daemon says about itself.

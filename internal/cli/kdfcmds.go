@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -31,6 +32,9 @@ func kdfServeFlags(f *flags) *kdf.Config {
 	f.Var((*kibFlag)(&c.MaxMemoryKiB), "kdf-max-memory", "most memory of one Argon2id derivation, in `KiB` (default 1048576, at most half of RAM)")
 	f.Uint64Var(&c.BudgetKiB, "kdf-memory-budget", 0, "memory all derivations running at once may use, in `KiB`, counting 16384 per worker besides Argon2's memory (default: one derivation of --kdf-max-memory)")
 	f.IntVar(&c.Queue, "kdf-queue", 0, "derivations that may wait for the memory budget (default 64)")
+	f.IntVar(&c.QueuePerTenant, "kdf-queue-per-uid", 0, "derivations of one uid that may wait (default 8)")
+	f.IntVar(&c.RunningPerTenant, "kdf-running-per-uid", 0, fmt.Sprintf("derivations of one uid that may run at once (default %d: half the processors)", kdf.DefaultRunningPerTenant(runtime.NumCPU())))
+	f.IntVar(&c.Nice, "kdf-nice", 0, "nice value (1 to 19) of the workers of derivations other than unsealing (default: the daemon's own)")
 	f.DurationVar(&c.Deadline, "kdf-deadline", 0, "kill a derivation's worker after this `duration` (default 1m)")
 	f.DurationVar(&c.Watchdog, "kdf-watchdog", 0, "kill a worker that leaves a liveness challenge unanswered for half this `period` (default 1s)")
 	f.StringVar(&c.Cgroup, "kdf-cgroup", "auto", "`mode`: auto (a memory cgroup per worker where the machine allows) or off")

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +40,21 @@ func runServe(e *env, args []string) error {
 	f.IntVar(&lim.MaxKeysPerUser, "max-keys-per-user", 0, "live keys per uid (default 10000)")
 	f.IntVar(&lim.MaxBatchOps, "max-batch-ops", 0, "operations per request (default 4096)")
 	f.IntVar(&lim.MaxConnections, "max-connections", 0, "connections served at once (default 1024)")
+	// Per-uid limits: what the connections one ordinary uid opened may
+	// hold at once (docs/security.md, "Limits").
+	f.IntVar(&lim.AdminConnections, "admin-connections", 0, "connection slots kept for administrators (default 32, at most a quarter of --max-connections)")
+	f.IntVar(&lim.MaxConnectionsPerUID, "max-connections-per-uid", 0, "connections of one uid (default 64)")
+	f.IntVar(&lim.MaxInFlightPerUID, "max-in-flight-per-uid", 0, "requests of one uid in flight (default 256)")
+	f.Var((*sizeFlag)(&lim.MaxRequestBytesPerUID), "max-request-memory-per-uid", "`bytes` of one uid's requests running concurrently, e.g. 16M (default 16M)")
+	f.IntVar(&lim.MaxLongPollsPerUID, "max-long-polls-per-uid", 0, "generation watches of one uid waiting (default 64)")
+	f.IntVar(&lim.MaxSessionsPerUID, "max-sessions-per-uid", 0, "streaming sessions of one uid (default 1024)")
+	f.IntVar(&lim.MaxNamedWatchersPerUID, "max-named-watchers-per-uid", 0, "named generation watchers of one uid (default 64)")
+	heavySlots, heavyPerUID := server.DefaultHeavySlots(runtime.GOMAXPROCS(0))
+	f.IntVar(&lim.HeavySlots, "heavy-slots", 0, fmt.Sprintf("RSA key generations and rotations of ordinary uids running at once (default %d: the processors but one)", heavySlots))
+	f.IntVar(&lim.MaxHeavyPerUID, "max-heavy-per-uid", 0, fmt.Sprintf("RSA key generations and rotations of one uid running at once (default %d: a quarter of the processors)", heavyPerUID))
+	f.IntVar(&lim.MaxComputingPerUID, "max-computing-per-uid", 0, fmt.Sprintf("requests of one uid computing at once (default %d: the processors but one)", server.DefaultMaxComputingPerUID(runtime.GOMAXPROCS(0))))
+	f.Var((*sizeFlag)(&lim.AuditBytesPerSecondPerUID), "audit-rate-per-uid", "`bytes` of audit records one uid's requests may make per second, e.g. 1M (default 1M)")
+	f.Var((*sizeFlag)(&lim.AuditBurstPerUID), "audit-burst-per-uid", "`bytes` of audit records one uid's requests may make at once (default 4M)")
 	kcfg := kdfServeFlags(f)
 	backing := f.String("memory-backing", "", "where key bytes live: memfd_secret or mlock (default: memfd_secret where the kernel offers it)")
 	maxLocked := f.String("max-locked-memory", "", "bound the key memory, e.g. 64M (default: what RLIMIT_MEMLOCK allows; none with CAP_IPC_LOCK)")
@@ -155,6 +172,25 @@ func DefaultStateDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("keywarden-%d", os.Geteuid()))
 }
 
+// sizeFlag is an int flag of bytes, with an optional K, M or G suffix.
+type sizeFlag int
+
+func (s *sizeFlag) String() string { return strconv.Itoa(int(*s)) }
+func (s *sizeFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("want a number of bytes, optionally with K, M or G")
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	if n > math.MaxInt32 {
+		return errors.New("at most 2G")
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
 // parseSize parses a byte count with an optional K, M or G suffix
 // (powers of 1024).
 func parseSize(s string) (int64, error) {
@@ -230,7 +266,9 @@ func runStatus(e *env, args []string) error {
 				"max_message_bytes": st.Limits.MaxMessageBytes, "max_in_flight": st.Limits.MaxInFlight,
 				"max_sessions": st.Limits.MaxSessions, "max_handles": st.Limits.MaxHandles,
 				"max_keys_per_user": st.Limits.MaxKeysPerUser, "max_batch_ops": st.Limits.MaxBatchOps,
+				"max_connections": st.Limits.MaxConnections, "admin_connections": st.Limits.AdminConnections,
 			},
+			"per_uid_limits": perUIDToJSON(st.Limits.PerUID),
 		})
 	}
 	mode := "persistent"
@@ -260,7 +298,22 @@ func runStatus(e *env, args []string) error {
 	l := st.Limits
 	fmt.Fprintf(e.stdout, "limits:       message %d bytes, %d in flight, %d sessions, %d handles per connection; %d keys per user; %d ops per batch\n",
 		l.MaxMessageBytes, l.MaxInFlight, l.MaxSessions, l.MaxHandles, l.MaxKeysPerUser, l.MaxBatchOps)
+	if u := l.PerUID; u.Connections > 0 {
+		fmt.Fprintf(e.stdout, "per uid:      %d connections (%d of %d kept for administrators), %d in flight, %d bytes of requests, %d computing, %d heavy (%d slots), %d watches, %d sessions, %d named watchers, %d derivations waiting, %d running; audit %d bytes/s (burst %d)\n",
+			u.Connections, l.AdminConnections, l.MaxConnections, u.InFlight, u.RequestBytes, u.Computing, u.Heavy, u.HeavySlots,
+			u.LongPolls, u.Sessions, u.NamedWatchers, u.KDFQueue, u.KDFRunning, u.AuditBytesPerSecond, u.AuditBurst)
+	}
 	return nil
+}
+
+func perUIDToJSON(u keywarden.PerUIDLimits) map[string]int {
+	return map[string]int{
+		"connections": u.Connections, "in_flight": u.InFlight, "request_bytes": u.RequestBytes,
+		"long_polls": u.LongPolls, "sessions": u.Sessions, "named_watchers": u.NamedWatchers,
+		"computing": u.Computing, "heavy": u.Heavy, "heavy_slots": u.HeavySlots,
+		"audit_bytes_per_second": u.AuditBytesPerSecond, "audit_burst": u.AuditBurst,
+		"kdf_queue": u.KDFQueue, "kdf_running": u.KDFRunning,
+	}
 }
 
 func sealToJSON(s keywarden.SealStatus) map[string]any {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -191,7 +192,8 @@ func Run(ctx context.Context, cfg Config) error {
 	defer kdfSup.Close()
 	kl := kdfSup.Limits()
 	log.Info("kdf: Argon2id runs in worker processes", "max_memory_kib", kl.MaxMemoryKiB, "budget_kib", kl.BudgetKiB,
-		"queue", kl.Queue, "deadline", kl.Deadline, "watchdog", kl.Watchdog, "cgroup", kl.Cgroup)
+		"queue", kl.Queue, "queue_per_uid", kl.QueuePerTenant, "running_per_uid", kl.RunningPerTenant, "nice", kl.Nice,
+		"deadline", kl.Deadline, "watchdog", kl.Watchdog, "cgroup", kl.Cgroup)
 
 	gen, err := newGeneration(cfg, log)
 	if err != nil {
@@ -226,6 +228,14 @@ func Run(ctx context.Context, cfg Config) error {
 	lim := srv.Limits()
 	// Every connection may hold a thread while it waits; leave headroom.
 	debug.SetMaxThreads(max(10000, 2*lim.MaxConnections+100))
+	// Heavy work (RSA key generation) gets processors of the Go runtime's
+	// own, so that it never holds one that another request is waiting
+	// for: the kernel, not the runtime, then decides who runs, and heavy
+	// work gives way within a short time slice (server.shortenSlice).
+	// GOMAXPROCS, if set, still wins.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + lim.HeavySlots)
+	}
 
 	mode := cfg.SocketMode
 	if mode == 0 {
@@ -242,6 +252,13 @@ func Run(ctx context.Context, cfg Config) error {
 		"max_message_bytes", lim.MaxMessageBytes, "max_in_flight", lim.MaxInFlight,
 		"max_sessions", lim.MaxSessions, "max_handles", lim.MaxHandles,
 		"max_keys_per_user", lim.MaxKeysPerUser, "max_connections", lim.MaxConnections)
+	log.Info("per-uid limits (administrators excepted)", "admin_connections", lim.AdminConnections,
+		"connections", lim.MaxConnectionsPerUID, "in_flight", lim.MaxInFlightPerUID,
+		"request_bytes", lim.MaxRequestBytesPerUID, "long_polls", lim.MaxLongPollsPerUID,
+		"sessions", lim.MaxSessionsPerUID, "named_watchers", lim.MaxNamedWatchersPerUID,
+		"heavy", lim.MaxHeavyPerUID, "heavy_slots", lim.HeavySlots,
+		"audit_bytes_per_second", lim.AuditBytesPerSecondPerUID, "audit_burst", lim.AuditBurstPerUID,
+		"kdf_queue", kl.QueuePerTenant, "kdf_running", kl.RunningPerTenant)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -291,7 +308,8 @@ func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 		who += fmt.Sprintf(", uid %d", uid)
 	}
 	srcs = append(srcs, genid.NewRequestSource("keywarden generation bump, by "+who))
-	gen := genid.New(genid.Config{Sources: srcs, Logger: log, BudgetPolicy: cfg.BudgetPolicy})
+	gen := genid.New(genid.Config{Sources: srcs, Logger: log, BudgetPolicy: cfg.BudgetPolicy,
+		NamedWatchersPerUID: cfg.Limits.MaxNamedWatchersPerUID})
 	gen.Register("kernel random generator", genid.ReseedHook(log))
 	gen.Start()
 	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(),

@@ -114,7 +114,7 @@ func TestBudgetFIFO(t *testing.T) {
 		t.Fatalf("%d admitted before room was made", n)
 	default:
 	}
-	b.release(8)
+	b.release(ctx, 8)
 	if n := <-order; n != 9 {
 		t.Fatalf("admitted %d first, want 9", n)
 	}
@@ -122,7 +122,7 @@ func TestBudgetFIFO(t *testing.T) {
 	if st := b.stats(); st.Queued != 1 || st.Running != 1 || st.UsedKiB != 9 {
 		t.Fatalf("%+v", st)
 	}
-	b.release(9)
+	b.release(ctx, 9)
 	if n := <-order; n != 2 {
 		t.Fatalf("admitted %d", n)
 	}
@@ -132,7 +132,7 @@ func TestBudgetFIFO(t *testing.T) {
 	if err := b.acquire(cctx, 9); err == nil {
 		t.Fatal("admitted over the budget")
 	}
-	b.release(2)
+	b.release(ctx, 2)
 	if st := b.stats(); st.Queued != 0 || st.Running != 0 || st.UsedKiB != 0 {
 		t.Fatalf("%+v", st)
 	}

@@ -11,10 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -38,6 +41,19 @@ type Config struct {
 	// Queue bounds the derivations waiting for room in the budget;
 	// default DefaultQueue. One more gets ErrQueueFull.
 	Queue int
+	// QueuePerTenant bounds the derivations of one tenant (ForTenant: a
+	// uid) waiting, and RunningPerTenant those running; defaults
+	// DefaultQueuePerTenant and DefaultRunningPerTenant. Tenants take
+	// turns (see budget).
+	QueuePerTenant   int
+	RunningPerTenant int
+	// Nice, if 1 to 19, is the scheduling priority (nice value) of the
+	// workers of derivations other than Priority ones; default 0: the
+	// daemon's own. (Such workers always get the shortest time slice and
+	// all processors but one: see SetBackground.) A worker whose priority
+	// is much lower than the machine's other work may be too slow to
+	// answer the watchdog.
+	Nice int
 	// Deadline bounds one worker, from start to reply; default
 	// DefaultDeadline.
 	Deadline time.Duration
@@ -62,10 +78,11 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultMaxMemoryKiB = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
-	DefaultQueue        = 64
-	DefaultDeadline     = time.Minute
-	DefaultWatchdog     = time.Second
+	DefaultMaxMemoryKiB   = 1 << 20 // 1 GiB, as cryptsetup caps Argon2
+	DefaultQueue          = 64
+	DefaultQueuePerTenant = 8
+	DefaultDeadline       = time.Minute
+	DefaultWatchdog       = time.Second
 	// WorkerOverheadKiB is what a worker costs besides Argon2's memory:
 	// the Go runtime, the binary's pages, buffers. A worker peaks at about
 	// 8 MiB resident at tiny parameters, and 9-10 MiB above its Argon2
@@ -76,17 +93,24 @@ const (
 	MinDeadline = 100 * time.Millisecond
 )
 
+// DefaultRunningPerTenant is the default RunningPerTenant on a machine
+// with procs processors: half of them.
+func DefaultRunningPerTenant(procs int) int { return max(1, procs/2) }
+
 // cellSlack is what a worker's cgroup allows beyond its cost: page
 // tables, the kernel's own accounting, the runtime's rounding.
 func cellSlack(memKiB uint64) uint64 { return 16<<10 + memKiB/32 }
 
 // Limits are the settings in force.
 type Limits struct {
-	MaxMemoryKiB uint32
-	BudgetKiB    uint64
-	Queue        int
-	Deadline     time.Duration
-	Watchdog     time.Duration
+	MaxMemoryKiB     uint32
+	BudgetKiB        uint64
+	Queue            int
+	QueuePerTenant   int
+	RunningPerTenant int
+	Nice             int // of background workers; 0: the daemon's own
+	Deadline         time.Duration
+	Watchdog         time.Duration
 	// Cgroup is "v2", "v1" or "off".
 	Cgroup string
 }
@@ -149,6 +173,18 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Queue < 0 {
 		return nil, errors.New("kdf: the queue length must not be negative")
 	}
+	if cfg.QueuePerTenant == 0 {
+		cfg.QueuePerTenant = min(DefaultQueuePerTenant, cfg.Queue)
+	}
+	if cfg.RunningPerTenant == 0 {
+		cfg.RunningPerTenant = DefaultRunningPerTenant(runtime.NumCPU())
+	}
+	if cfg.QueuePerTenant < 0 || cfg.RunningPerTenant < 0 {
+		return nil, errors.New("kdf: the per-tenant limits must not be negative")
+	}
+	if cfg.Nice < 0 || cfg.Nice > 19 {
+		return nil, errors.New("kdf: a nice value is 0 to 19")
+	}
 	if cfg.Deadline == 0 {
 		cfg.Deadline = DefaultDeadline
 	}
@@ -162,7 +198,8 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg.CgroupRoot = "/sys/fs/cgroup"
 	}
 	s := &Supervisor{cfg: cfg, log: log}
-	s.budget = budget{total: cfg.BudgetKiB, maxQueue: cfg.Queue}
+	s.budget = budget{total: cfg.BudgetKiB, maxQueue: cfg.Queue,
+		perTenantQueue: cfg.QueuePerTenant, perTenantRunning: cfg.RunningPerTenant}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	switch cfg.Cgroup {
 	case "", "auto":
@@ -197,6 +234,7 @@ func (s *Supervisor) Limits() Limits {
 		cg = s.cg.version()
 	}
 	return Limits{MaxMemoryKiB: s.cfg.MaxMemoryKiB, BudgetKiB: s.cfg.BudgetKiB, Queue: s.cfg.Queue,
+		QueuePerTenant: s.cfg.QueuePerTenant, RunningPerTenant: s.cfg.RunningPerTenant, Nice: s.cfg.Nice,
 		Deadline: s.cfg.Deadline, Watchdog: s.cfg.Watchdog, Cgroup: cg}
 }
 
@@ -294,7 +332,7 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 		}
 		return result{}, err
 	}
-	defer s.budget.release(cost)
+	defer s.budget.release(ctx, cost)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -304,7 +342,7 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 	s.mu.Unlock()
 	defer s.running.Done()
 	rand.Read(r.seed[:])
-	return s.run(ctx, r, cost)
+	return s.run(ctx, r, cost, !claimOf(ctx).priority)
 }
 
 // event is a frame (or the end of the stream) read from a worker.
@@ -324,12 +362,47 @@ const stderrLimit = 4 << 10
 
 // run starts one worker for r and supervises it to the end: deadline,
 // watchdog, result, reaping, cgroup removal.
-func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res result, err error) {
+func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, background bool) (result, error) {
+	if !background {
+		return s.runWorker(ctx, r, cost, false)
+	}
+	// A background worker starts from a thread of its own, which is never
+	// given back (runWorker): not the caller's.
+	type outcome struct {
+		res result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := s.runWorker(ctx, r, cost, true)
+		done <- outcome{res, err}
+	}()
+	o := <-done
+	return o.res, o.err
+}
+
+// runWorker is run on the calling goroutine.
+func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, background bool) (res result, err error) {
 	// PR_SET_PDEATHSIG fires when the thread that started the child
 	// exits, not the process: keep this goroutine on its thread until
 	// the worker is reaped, so a Go runtime thread exit never kills it.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if background {
+		// A background worker is made background from its start (fork
+		// and exec, and the runtime's start, already cost): it inherits
+		// its priority from this thread. This thread cannot be given its
+		// priority back (an unprivileged process may not raise one), so
+		// it is never given back: locked once more, it ends with its
+		// goroutine.
+		runtime.LockOSThread()
+		if err := SetBackground(unix.Gettid(), s.cfg.Nice); err != nil {
+			s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
+		}
+		if err := leaveOneCPU(); err != nil {
+			s.log.Debug("kdf: cannot keep a worker off one processor", "err", err)
+		}
+	}
 
 	var cl *cell
 	if s.cg != nil {
@@ -356,12 +429,19 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res resu
 		return result{}, ErrFailed.WithDetail("pipe: %v", err)
 	}
 	stderr := &boundedBuffer{max: stderrLimit}
+	// Nothing from the daemon's environment: the worker needs none. A
+	// background worker leaves a processor to everything else (its parent
+	// thread's affinity, leaveOneCPU); Argon2id's lanes then share fewer
+	// processors, with the same result.
+	env := []string{}
+	if background {
+		env = []string{fmt.Sprintf("GOMAXPROCS=%d", backgroundProcs())}
+	}
 	newCmd := func() *exec.Cmd {
 		return &exec.Cmd{
-			Path: s.cfg.Executable,
-			Args: s.cfg.Args,
-			// Nothing from the daemon's environment: the worker needs none.
-			Env:         []string{},
+			Path:        s.cfg.Executable,
+			Args:        s.cfg.Args,
+			Env:         env,
 			Dir:         "/",
 			Stdin:       inR,
 			Stdout:      outW,
@@ -428,6 +508,13 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64) (res resu
 		if perr := cl.started(pid); perr != nil {
 			kill()
 			return result{}, ErrFailed.WithDetail("move worker %d into its cgroup: %v", pid, perr)
+		}
+	}
+	// Before the worker has its request (it computes nothing until then):
+	// the time slice is not inherited.
+	if background {
+		if perr := renice(pid, s.cfg.Nice); perr != nil {
+			s.log.Debug("kdf: cannot lower a worker's priority", "pid", pid, "err", perr)
 		}
 	}
 	if s.cfg.onStart != nil {
@@ -651,3 +738,92 @@ func sanitize(s string) string {
 	}
 	return strings.TrimSuffix(strings.TrimSpace(b.String()), " |")
 }
+
+// BackgroundSlice is the time slice of background threads (see
+// SetBackground).
+const BackgroundSlice = 100 * time.Microsecond
+
+// SetBackground schedules thread tid as background work: where the kernel
+// takes one (Linux 6.12 and later, EEVDF), the shortest time slice, so
+// that a thread that wakes up (a request arriving) waits at most that
+// long for a background thread to give way; and, if nice is 1 to 19, that
+// priority (0: the thread's own). Background threads still get their
+// share of the processors: under load they slow down, never stop. The
+// supervisor's workers for ordinary uids run so, and the daemon's threads
+// that generate RSA keys for them (with their own priority: a thread of
+// the daemon that waited long to run would hold up the garbage
+// collector's stops of the world).
+func SetBackground(tid, nice int) error {
+	if nice <= 0 {
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil {
+			return err
+		}
+		nice = 20 - prio // the raw value of getpriority(2) is 20 - nice
+	}
+	attr := &unix.SchedAttr{Policy: unix.SCHED_NORMAL, Nice: int32(nice), Runtime: uint64(BackgroundSlice)}
+	err := unix.SchedSetAttr(tid, attr, 0)
+	if err == unix.EINVAL || err == unix.ENOSYS {
+		err = unix.Setpriority(unix.PRIO_PROCESS, tid, nice)
+	}
+	return err
+}
+
+// backgroundProcs is the GOMAXPROCS of a background worker: the
+// processors it may run on (all but one, leaveOneCPU), but at least 2, so
+// that the goroutine that answers the watchdog never waits long for one
+// (Argon2id's loops do not give way to it quickly).
+func backgroundProcs() int { return max(2, runtime.NumCPU()-1) }
+
+// leaveOneCPU takes one processor (the last) out of the calling thread's
+// affinity, if it has more than one: the workers it starts inherit it.
+func leaveOneCPU() error {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return err
+	}
+	if set.Count() < 2 {
+		return nil
+	}
+	for cpu := len(set)*64 - 1; cpu >= 0; cpu-- {
+		if set.IsSet(cpu) {
+			set.Clear(cpu)
+			break
+		}
+	}
+	return unix.SchedSetaffinity(0, &set)
+}
+
+// renice schedules every thread of process pid as background work. A
+// thread inherits the scheduling of the thread that makes it, so once
+// every thread has it, the ones made later have it too; a pass that finds
+// no new thread ends it.
+func renice(pid, nice int) error {
+	done := map[int]bool{}
+	for range 8 {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		fresh := false
+		for _, e := range ents {
+			tid, err := strconv.Atoi(e.Name())
+			if err != nil || done[tid] {
+				continue
+			}
+			done[tid], fresh = true, true
+			if err := SetBackground(tid, nice); err != nil && err != unix.ESRCH {
+				return err
+			}
+		}
+		if !fresh {
+			return nil
+		}
+	}
+	return nil
+}
+
+// TenantFull reports whether a derivation for the tenant ctx names (see
+// ForTenant) would now be refused for its share of the queue: a caller
+// can refuse it early, before it does any work for it.
+func (s *Supervisor) TenantFull(ctx context.Context) bool { return s.budget.tenantFull(claimOf(ctx)) }

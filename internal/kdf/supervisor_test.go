@@ -347,8 +347,8 @@ func TestNotAWorker(t *testing.T) {
 	}
 }
 
-// TestCleanEnvironment: the worker gets no environment and its argv
-// holds no secret.
+// TestCleanEnvironment: the worker gets no environment (but the number of
+// processors a background worker may use) and its argv holds no secret.
 func TestCleanEnvironment(t *testing.T) {
 	t.Setenv("KEYWARDEN_SECRET_ENV", "hunter2")
 	type seen struct{ env, cmdline []byte }
@@ -360,8 +360,8 @@ func TestCleanEnvironment(t *testing.T) {
 	}})
 	s.Derive(context.Background(), Params{Time: 200, MemoryKiB: 1024, Threads: 1}, []byte("hunter2"), []byte("saltsalt"), 32)
 	g := <-got
-	if len(g.env) != 0 {
-		t.Errorf("worker environment: %q", g.env)
+	if want := fmt.Sprintf("GOMAXPROCS=%d\x00", backgroundProcs()); string(g.env) != want {
+		t.Errorf("worker environment: %q, want %q", g.env, want)
 	}
 	if string(g.cmdline) != "keywarden\x00kdf-worker\x00" {
 		t.Errorf("worker cmdline: %q", g.cmdline)

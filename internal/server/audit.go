@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -237,20 +238,32 @@ var errAuditDown = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 	"the audit log could not record this request: its results are withheld")
 
-// auditRequest appends the record of req, answered by rep. A non-nil
-// error means the record is not in the log: the reply must not be sent.
-func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) error {
-	r := cn.requestRecord(req, rep, caller, notes)
+// auditRequest appends the record of req (reqBytes long), answered by
+// rep. A non-nil error means the record is not in the log: the reply must
+// not be sent.
+func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) error {
+	r := cn.requestRecord(req, rep, caller, notes, reqBytes)
 	defer putRecord(r)
+	cn.spendAudit(r)
 	return cn.s.alog.Append(r)
+}
+
+// spendAudit charges r's size to the uid of the connection (peruid.go).
+func (cn *conn) spendAudit(r *audit.Record) {
+	if !cn.acct.admin {
+		cn.acct.spendAudit(recordSize(r))
+	}
 }
 
 func putRecord(r *audit.Record) { r.Reset(); auditRecordPool.Put(r) }
 
-// requestRecord builds the record of req, answered by rep (putRecord
-// returns it). Records are per request: a request of several operations
-// is one "batch" record that lists them.
-func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote) *audit.Record {
+// requestRecord builds the record of req, reqBytes long, answered by rep
+// (putRecord returns it). Records are per request: a request of several
+// operations is one "batch" record that lists them, in as many bytes as
+// the request at most twice (or opsBudgetMin): operations alike in a row
+// are one entry with a count, and the operations whose entries would not
+// fit are summarised by kind and status in the record's message.
+func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) *audit.Record {
 	r := auditRecordPool.Get().(*audit.Record)
 	r.Kind, r.Caller, r.Conn, r.Request = audit.KindRequest, *caller, cn.id, req.Id
 	r.Status = statusName(rep.Status)
@@ -261,7 +274,15 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 		r.Status = statusName(rep.Results[0].Status)
 	} else {
 		r.Op = audit.OpBatch
+		budget := max(2*reqBytes, opsBudgetMin) - summaryBytes
+		size := 0
+		var sum *opSummary
 		for i, op := range req.Ops {
+			if sum != nil {
+				sum.add(auditOpName(op), resultStatus(rep, i))
+				continue
+			}
+			var e audit.OpEntry
 			if i < len(notes) && notes[i].likePrev && len(r.Ops) > 0 && i < len(rep.Results) && rep.Results[i] != nil {
 				// The common case of a batch, without building an entry.
 				last := &r.Ops[len(r.Ops)-1]
@@ -269,23 +290,162 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 					last.Count = max(last.Count, 1) + 1
 					continue
 				}
-				e := *last
+				e = *last
 				e.Status, e.Count = statusName(rep.Results[i].Status), 0
-				r.AddOp(e)
+			} else {
+				e = audit.OpEntry{Op: auditOpName(op)}
+				if i < len(notes) {
+					n := &notes[i]
+					e.Alg, e.Key, e.KeyVersion = n.alg, n.key, n.kv
+				}
+				e.Status = resultStatus(rep, i)
+			}
+			n := len(r.Ops)
+			if k := n - 1; k >= 0 && r.Ops[k].Op == e.Op && r.Ops[k].Alg == e.Alg && r.Ops[k].Key == e.Key &&
+				r.Ops[k].KeyVersion == e.KeyVersion && r.Ops[k].Status == e.Status {
+				r.AddOp(e) // merged into the last entry: no new bytes
 				continue
 			}
-			e := audit.OpEntry{Op: auditOpName(op)}
-			if i < len(notes) {
-				n := &notes[i]
-				e.Alg, e.Key, e.KeyVersion = n.alg, n.key, n.kv
+			if es := entrySize(&e); size+es <= budget {
+				r.AddOp(e)
+				size += es
+				continue
 			}
-			if i < len(rep.Results) && rep.Results[i] != nil {
-				e.Status = statusName(rep.Results[i].Status)
-			}
-			r.AddOp(e)
+			sum = &opSummary{from: i, total: len(req.Ops)}
+			sum.add(e.Op, e.Status)
+		}
+		if sum != nil {
+			r.Msg = sum.String()
 		}
 	}
 	return r
+}
+
+// resultStatus is the status of rep's i-th result as the log writes it.
+func resultStatus(rep *wire.Reply, i int) string {
+	if i < len(rep.Results) && rep.Results[i] != nil {
+		return statusName(rep.Results[i].Status)
+	}
+	return ""
+}
+
+// opsBudgetMin is the room a batch record's entries always have, however
+// small the request; summaryBytes bounds the message that summarises the
+// operations after the entries that fit.
+const (
+	opsBudgetMin = 4 << 10
+	summaryBytes = 1 << 10
+)
+
+// opSummary counts the operations of a batch, from the first whose entry
+// did not fit, by kind and status.
+type opSummary struct {
+	from, total int
+	kinds       []opCount
+}
+
+type opCount struct {
+	op, status string
+	n          int
+}
+
+// maxSummaryKinds bounds the kinds a summary names; the others are
+// counted together.
+const maxSummaryKinds = 12
+
+func (s *opSummary) add(op, status string) {
+	for i := range s.kinds {
+		if k := &s.kinds[i]; k.op == op && k.status == status {
+			k.n++
+			return
+		}
+	}
+	s.kinds = append(s.kinds, opCount{op, status, 1})
+}
+
+func (s *opSummary) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "operations %d to %d not listed, the record being as large as its request allows:", s.from+1, s.total)
+	rest := 0
+	for i, k := range s.kinds {
+		if i >= maxSummaryKinds {
+			rest += k.n
+			continue
+		}
+		fmt.Fprintf(&b, " %s %s %d,", k.op, k.status, k.n)
+	}
+	if rest > 0 {
+		fmt.Fprintf(&b, " others %d,", rest)
+	}
+	return strings.TrimSuffix(b.String(), ",")
+}
+
+// Sizes of a record's encoding (package audit, encode.go), as upper
+// bounds: what the per-uid audit allowance is charged, and what bounds a
+// batch record.
+const (
+	// The header ({"v":1,"seq":…,"time":"…","mono":…,"kind":"request"),
+	// the caller's numbers and flags, the numeric fields (conn, session,
+	// request, kv), and the tail (chain hash, MAC, closing brace,
+	// newline).
+	recordFixedBytes = 118 + 95 + 106 + 146
+	// An entry's ,"kv":<uint32> and ,"n":<uint32>.
+	entryNumberBytes = 16 + 15
+)
+
+// jsonLen bounds the encoded length of s as a JSON string: quotes, escapes,
+// and three bytes for every byte of a multi-byte or invalid sequence.
+func jsonLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"' || c == '\\':
+			n += 2
+		case c < 0x20:
+			n += 6
+		case c >= 0x80:
+			n += 3
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// strFieldLen bounds ,"name":"value" (nothing when value is empty).
+func strFieldLen(name, v string) int {
+	if v == "" {
+		return 0
+	}
+	return len(name) + 4 + jsonLen(v)
+}
+
+// entrySize bounds the encoding of one entry of a batch, with its comma
+// and room for a count.
+func entrySize(e *audit.OpEntry) int {
+	n := len(`{"op":},`) + jsonLen(e.Op) + strFieldLen("alg", e.Alg) + strFieldLen("status", e.Status) + entryNumberBytes
+	if !e.Key.IsZero() {
+		n += 41 // ,"key":"<32 hex>"
+	}
+	return n
+}
+
+// recordSize bounds the size of r in the log.
+func recordSize(r *audit.Record) int {
+	c := &r.Caller
+	n := recordFixedBytes + strFieldLen("op", r.Op) + strFieldLen("alg", r.Alg) + strFieldLen("status", r.Status) +
+		strFieldLen("exe", c.Exe) + strFieldLen("exe_error", c.ExeError) + strFieldLen("cgroup", c.Cgroup) +
+		strFieldLen("msg", r.Msg)
+	if !r.Key.IsZero() {
+		n += 41
+	}
+	if len(r.Ops) > 0 {
+		n += len(`,"ops":[]`)
+	}
+	for i := range r.Ops {
+		n += entrySize(&r.Ops[i])
+	}
+	return n
 }
 
 // maxPending bounds the replies a connection holds for their records, and
@@ -315,7 +475,7 @@ type pendingReply struct {
 // that keeps several requests in flight on one connection then costs one
 // write for all of them rather than one each. Everything the reply and the
 // record need is copied now, before the receive buffer is reused.
-func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, attach []int) {
+func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, attach []int, reqBytes int) {
 	var b []byte
 	if n := len(cn.bufs); n > 0 {
 		b, cn.bufs = cn.bufs[n-1], cn.bufs[:n-1]
@@ -323,9 +483,10 @@ func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, call
 	p := pendingReply{
 		b:     cn.encodeReply(b, rep),
 		reqID: req.Id,
-		rec:   cn.requestRecord(req, rep, caller, notes),
+		rec:   cn.requestRecord(req, rep, caller, notes, reqBytes),
 		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
 	}
+	cn.spendAudit(p.rec)
 	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
 		p.fds = slices.Clone(attach)
 	}
@@ -414,6 +575,7 @@ func (cn *conn) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status,
 	if detail != "" {
 		r.Msg += ": " + detail
 	}
+	cn.spendAudit(r)
 	return cn.s.alog.Append(r)
 }
 

@@ -16,7 +16,7 @@ import (
 
 func BenchmarkExecuteEncryptBatch(b *testing.B) {
 	s := New(Config{})
-	cn := newConn(s, benchConn(b))
+	cn := testConn(b, s, benchConn(b), 1)
 	id := Identity{UID: 1, GID: 1, Pidfd: -1}
 	res, _, err := cn.dispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}, id, &arena{}, &wire.Result{})
 	_ = res
@@ -37,7 +37,7 @@ func BenchmarkExecuteEncryptBatch(b *testing.B) {
 			b.Fatal(err)
 		}
 		cn.arena.reset()
-		rep := cn.execute(r, id, &cn.arena, nil)
+		rep := cn.execute(r, id, &cn.arena, nil, false)
 		out, _ = marshal(out, rep)
 		cn.arena.wipe()
 	}
@@ -62,7 +62,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				cfg.Audit = l
 			}
 			s := New(cfg)
-			cn := newConn(s, benchConn(b))
+			cn := testConn(b, s, benchConn(b), 1)
 			pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
 			if err != nil {
 				pidfd = -1
@@ -79,6 +79,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 					req.Ops = append(req.Ops, req.Ops[0])
 				}
 			}
+			size := req.SizeVT()
 			b.ReportAllocs()
 			for b.Loop() {
 				var caller *audit.Caller
@@ -88,8 +89,8 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				}
 				cn.arena.reset()
 				notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
-				rep := cn.execute(req, id, &cn.arena, notes)
-				rep = cn.record(req, rep, id, caller, notes)
+				rep := cn.execute(req, id, &cn.arena, notes, false)
+				rep = cn.record(req, rep, id, caller, notes, size)
 				if rep.Results[0].Status != wire.Status_STATUS_OK {
 					b.Fatal(rep.Results[0].Message)
 				}
@@ -108,4 +109,14 @@ func benchConn(b *testing.B) *seqpacket.Conn {
 	}
 	b.Cleanup(func() { c1.Close(); c2.Close() })
 	return c1
+}
+
+// testConn makes a conn on c for a connection opened by uid, counted in
+// s's per-uid accounts.
+func testConn(tb testing.TB, s *Server, c *seqpacket.Conn, uid uint32) *conn {
+	acct, err := s.accts.connect(uid)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return newConn(s, c, acct, seqpacket.Cred{UID: uid, PID: int32(os.Getpid()), Pidfd: -1})
 }

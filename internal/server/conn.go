@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,11 +50,23 @@ type conn struct {
 	id    uint64
 	log   *slog.Logger
 	pidfd bool // messages carry SCM_PIDFD
+	// acct is the uid that opened the connection (peer): whatever the
+	// connection holds is counted against it (peruid.go).
+	acct *account
+	// opener is what SO_PEERCRED said of the process that opened the
+	// connection, with its pidfd (-1 if none), kept open for the
+	// connection's life so that its pid cannot be taken by another process
+	// unnoticed (peer.go); closed by cleanup.
+	opener seqpacket.Cred
 
 	inFlight  atomic.Int32   // requests executing, inline or concurrently
 	async     sync.WaitGroup // requests running concurrently
 	longPolls atomic.Int32   // generation watches waiting (generation.go)
 	closing   chan struct{}  // closed when the connection ends: long polls stop
+	// ctx ends with the connection: derivations waiting for a worker, or
+	// running, stop.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// mu guards the per-connection tables. It is held only to look up or
 	// change them, never across crypto or I/O.
@@ -68,7 +81,7 @@ type conn struct {
 
 	// Used only by the serving goroutine.
 	peer         peer // who opened the connection, for the audit (peer.go)
-	buf          []byte
+	buf          recvBuf
 	oob          []byte
 	out          []byte
 	arena        arena
@@ -79,18 +92,21 @@ type conn struct {
 	bufs         [][]byte        // encoded-reply buffers for reuse
 }
 
-func newConn(s *Server, c *seqpacket.Conn) *conn {
+func newConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cred) *conn {
 	cn := &conn{
 		s:        s,
 		c:        c,
+		acct:     acct,
+		opener:   opener,
 		id:       s.nextConn.Add(1),
 		handles:  make(map[uint32]*keystore.Object),
 		sessions: make(map[uint32]*session),
 		closing:  make(chan struct{}),
-		buf:      make([]byte, s.limits.MaxMessageBytes+1),
+		buf:      newRecvBuf(s.limits.MaxMessageBytes + 1),
 		oob:      make([]byte, seqpacket.OOBSize),
 	}
 	cn.log = s.log.With("conn", cn.id)
+	cn.ctx, cn.cancel = context.WithCancel(context.Background())
 	c.SetSpin(spin)
 	return cn
 }
@@ -103,8 +119,21 @@ func (cn *conn) serve() {
 	defer cn.cleanup()
 	cn.readPeer()
 	defer cn.flush()
+	idleArmed := false // the receive times out, to give back a large buffer
 	for {
-		m, err := cn.c.RecvMsg(cn.buf, cn.oob)
+		if cn.buf.dirty != idleArmed {
+			idleArmed = cn.buf.dirty
+			timeout := time.Duration(0)
+			if idleArmed {
+				timeout = recvIdle
+			}
+			cn.c.SetRecvTimeout(timeout)
+		}
+		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
+		if errors.Is(err, seqpacket.ErrTimeout) {
+			cn.buf.release() // idle after a large message
+			continue
+		}
 		if err != nil {
 			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 				cn.log.Warn("receive failed; dropping connection", "err", err)
@@ -112,15 +141,19 @@ func (cn *conn) serve() {
 			return
 		}
 		cn.handleMessage(m)
+		// Plaintexts and other inputs must not outlive the request in the
+		// receive buffer.
+		cn.buf.done(m.N)
 		// Replies held for their audit records (see queueReply): take the
 		// requests already waiting too, then record them all in one write
 		// and send their replies.
 		for len(cn.pending) > 0 && len(cn.pending) < maxPending && (cn.pendingBytes < maxPendingBytes || cn.s.auditAlways) {
-			m, err := cn.c.TryRecvMsg(cn.buf, cn.oob)
+			m, err := cn.c.TryRecvMsg(cn.buf.b, cn.oob)
 			if err != nil {
 				break // ErrWouldBlock; any other error shows at the next RecvMsg
 			}
 			cn.handleMessage(m)
+			cn.buf.done(m.N)
 		}
 		cn.flush()
 	}
@@ -136,6 +169,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		}
 	}()
 	max := cn.s.limits.MaxMessageBytes
+	buf := cn.buf.b
 	// The audit: a log that cannot take records refuses the request before
 	// anything is done (not recorded, necessarily; the log counts these).
 	// Otherwise the caller's executable and cgroup are read now, through
@@ -145,8 +179,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		if err := cn.s.alog.Ready(); err != nil {
 			cn.flush()
 			cn.log.Warn("request refused: the audit log cannot be written", "err", err)
-			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(cn.buf[:min(m.N, len(cn.buf), max)]),
+			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf[:min(m.N, len(buf), max)]),
 				Status: errAuditDown.Status, Message: errAuditDown.Public})
+			return
+		}
+		// A uid whose requests made more records than its allowance
+		// waits until it refills.
+		if !cn.acct.auditOK(cn.s.cfg.Now, &cn.s.limits) {
+			cn.refuseLimit(peekRequestID(buf[:min(m.N, len(buf), max)]), limitAuditRate, cn.s.auditRateMsg)
 			return
 		}
 		c := cn.callerOf(id)
@@ -158,21 +198,19 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		// that, or a sender whose pid this daemon's pid namespace cannot
 		// see), and the uid would read as the overflow uid. Refuse rather
 		// than guess who is asking.
-		cn.refuse(caller, peekRequestID(cn.buf[:min(m.N, len(cn.buf))]), wire.Status_STATUS_PERMISSION_DENIED,
+		cn.refuse(caller, peekRequestID(buf[:min(m.N, len(buf))]), wire.Status_STATUS_PERMISSION_DENIED,
 			"the daemon cannot see who sent this message", fmt.Sprintf("credentials %v, pid %d", m.HasCred, m.Cred.PID))
 		return
 	}
 	if m.N > max {
-		cn.refuse(caller, peekRequestID(cn.buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
+		cn.refuse(caller, peekRequestID(buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", m.N, max), "")
 		return
 	}
-	raw := cn.buf[:m.N]
-	// Plaintexts and other inputs must not outlive the request in the
-	// receive buffer.
-	defer clear(raw)
-	// Decode without copying: byte and string fields point into cn.buf,
-	// which is reused for the next message. Everything that keeps a field
+	raw := buf[:m.N]
+	// Decode without copying: byte and string fields point into the
+	// receive buffer, which the serving loop wipes once this returns and
+	// reuses for the next message. Everything that keeps a field
 	// beyond the request copies it (see "aliasing" in dispatch.go); a
 	// request that runs concurrently is decoded again, with copies.
 	req := wire.RequestFromVTPool()
@@ -200,43 +238,74 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		cn.refuse(caller, req.Id, we.Status, we.Public, we.Detail)
 		return
 	}
-	// Every request counts as in flight while it executes; one that would
-	// exceed the limit is refused at once.
+	// Every request counts as in flight, on its connection and for its
+	// uid, while it executes; one that would exceed a limit is refused at
+	// once.
 	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
 		cn.inFlight.Add(-1)
-		cn.refuse(caller, req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			fmt.Sprintf("too many requests in flight (limit %d)", cn.s.limits.MaxInFlight), "")
+		wire.Recycle(req)
+		cn.refuseLimit(peekRequestID(raw), limitConnInFlight, cn.s.connInFlightMsg)
+		return
+	}
+	if !cn.acct.enter(cn.s.limits.MaxInFlightPerUID) {
+		cn.inFlight.Add(-1)
+		wire.Recycle(req)
+		cn.refuseLimit(peekRequestID(raw), limitInFlight, cn.s.inFlightMsg)
 		return
 	}
 	if !isHeavy(req) {
 		cn.arena.reset()
 		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
-		rep := cn.execute(req, id, &cn.arena, notes)
+		cn.acct.startComputing()
+		rep := cn.execute(req, id, &cn.arena, notes, false)
+		cn.acct.stopComputing()
 		// Done executing before the reply leaves: a client that sends its
 		// next request as soon as this reply arrives is within the limit.
 		cn.inFlight.Add(-1)
+		cn.acct.leave()
 		if caller != nil && !changesSeal(req) {
-			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach)
+			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
 		} else {
-			rep = cn.record(req, rep, id, caller, notes)
+			rep = cn.record(req, rep, id, caller, notes, len(raw))
 			cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 		}
 		cn.arena.wipe()
 		wire.Recycle(req) // nothing refers to the request now
 		return
 	}
+	// A uid whose derivations fill its share of the KDF queue is refused
+	// here, cheaply, rather than by the supervisor once the request runs.
+	if sup := cn.s.cfg.KDF; sup != nil && hasKDF(req) && sup.TenantFull(cn.kdfContext()) {
+		cn.inFlight.Add(-1)
+		cn.acct.leave()
+		wire.Recycle(req)
+		cn.refuseLimit(peekRequestID(raw), limitKDFQueue, cn.s.kdfQueueMsg)
+		return
+	}
 	// Replies held so far go first: records stay in the order requests
 	// were taken.
 	cn.flush()
 	// A slow request runs concurrently so that the connection keeps
-	// serving; it needs its own copy of the message.
+	// serving; it needs its own copy of the message, which counts against
+	// its uid's share of memory until it is done.
 	wire.Recycle(req)
+	if !cn.acct.hold(len(raw), cn.s.limits.MaxRequestBytesPerUID) {
+		cn.inFlight.Add(-1)
+		cn.acct.leave()
+		cn.refuseLimit(peekRequestID(raw), limitRequestMemory, cn.s.requestMemoryMsg)
+		return
+	}
 	own := bytes.Clone(raw)
+	done := func() {
+		clear(own)
+		cn.inFlight.Add(-1)
+		cn.acct.leave()
+		cn.acct.unhold(len(own))
+	}
 	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(own); err != nil {
 		wire.Recycle(req)
-		clear(own)
-		cn.inFlight.Add(-1)
+		done()
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
@@ -255,13 +324,15 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		var a arena
 		var nbuf []auditNote
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
-		rep := cn.execute(req, id, &a, notes)
-		rep = cn.record(req, rep, id, caller, notes)
+		rep := cn.execute(req, id, &a, notes, true)
+		rep = cn.record(req, rep, id, caller, notes, len(own))
 		cn.inFlight.Add(-1)
+		cn.acct.leave()
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
 		wire.Recycle(req)
 		clear(own)
+		cn.acct.unhold(len(own))
 	}()
 }
 
@@ -284,14 +355,14 @@ func (cn *conn) notesFor(buf *[]auditNote, caller *audit.Caller, n int) []auditN
 // seal state, and the request is recorded. It returns the reply to send:
 // rep, or, when the record could not be written, an UNAVAILABLE reply
 // that withholds rep's results.
-func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote) *wire.Reply {
+func (cn *conn) record(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, reqBytes int) *wire.Reply {
 	if caller == nil {
 		return rep
 	}
 	if changesSeal(req) {
 		cn.s.syncAuditKeys()
 	}
-	if err := cn.auditRequest(req, rep, caller, notes); err != nil {
+	if err := cn.auditRequest(req, rep, caller, notes, reqBytes); err != nil {
 		cn.log.Error("results withheld: the audit log could not record the request", "request", req.Id, "err", err)
 		cn.undoHandles(createdHandles(req, rep), id, req.Id)
 		return &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Status: errAuditLost.Status, Message: errAuditLost.Public}
@@ -313,6 +384,23 @@ func (cn *conn) refuse(caller *audit.Caller, reqID uint64, st wire.Status, publi
 	cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID, Status: st, Message: public})
 }
 
+// limitPause is how long a connection waits after a request was refused
+// for a limit before it reads the next: a client that sends again at
+// once, in a loop, then costs the daemon little.
+const limitPause = 10 * time.Millisecond
+
+// refuseLimit answers a whole request refused for a limit with
+// RESOURCE_EXHAUSTED. The refusal is counted, and reported in the next
+// "limits" audit event, rather than recorded on its own: a flood of
+// refusals must not become a flood of records.
+func (cn *conn) refuseLimit(reqID uint64, kind limitKind, public string) {
+	cn.flush()
+	cn.s.accts.refuse(cn.acct.uid, kind, public)
+	cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID,
+		Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: public})
+	time.Sleep(limitPause)
+}
+
 // send marshals rep into buf (reused when large enough) and sends it. A
 // reply that would exceed the message limit is replaced by an error.
 func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
@@ -330,7 +418,12 @@ func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 // encodeReply marshals rep into buf (reused when large enough). A reply
 // that would exceed the message limit is replaced by an error.
 func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
-	b, err := marshal(buf, rep)
+	n := rep.SizeVT()
+	if cap(buf) < n {
+		buf = cn.s.getReplyBuf(n)
+	}
+	b := buf[:n]
+	_, err := rep.MarshalToSizedBufferVT(b)
 	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
 		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
 	}
@@ -364,10 +457,37 @@ func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
 	}
 	// The kernel has its copy; ours may hold plaintext or an exported key.
 	clear(b)
-	if cap(b) > 4*cn.s.limits.MaxMessageBytes {
+	if cap(b) > replyKeep {
+		cn.s.putReplyBuf(b)
 		return nil
 	}
 	return b[:0]
+}
+
+// replyKeep bounds the reply buffers a connection keeps for its next
+// replies; larger ones are shared by all connections (Server.replyBufs),
+// so that an idle connection holds no large buffer.
+const replyKeep = 64 << 10
+
+// getReplyBuf returns a buffer of at least n bytes, empty: a shared one
+// of the message limit's size for a large reply.
+func (s *Server) getReplyBuf(n int) []byte {
+	size := s.limits.MaxMessageBytes
+	if n > replyKeep && n <= size {
+		if p, _ := s.replyBufs.Get().(*[]byte); p != nil {
+			return (*p)[:0]
+		}
+		return make([]byte, 0, size)
+	}
+	return make([]byte, 0, n)
+}
+
+// putReplyBuf gives back a wiped buffer that getReplyBuf made.
+func (s *Server) putReplyBuf(b []byte) {
+	if cap(b) == s.limits.MaxMessageBytes {
+		b = b[:0]
+		s.replyBufs.Put(&b)
+	}
 }
 
 func marshal(buf []byte, rep *wire.Reply) ([]byte, error) {
@@ -411,7 +531,11 @@ const replyHeader = 64
 //
 // notes, if not nil, has one entry per operation, which execute fills
 // for the audit record.
-func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditNote) *wire.Reply {
+//
+// perOp: the request runs concurrently, and each operation that computes
+// (see runsApart) holds a compute slot of its uid while it
+// does (peruid.go); otherwise the caller holds one for the whole request.
+func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditNote, perOp bool) *wire.Reply {
 	n := len(req.Ops)
 	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
 	// One allocation for all results rather than one per operation.
@@ -445,7 +569,13 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 					}
 					rn = notes[i : i+run]
 				}
+				if perOp {
+					cn.acct.startComputing()
+				}
 				cn.executeRun(req.Ops[i:i+run], id, req.Id, a, results[i:i+run], rn)
+				if perOp {
+					cn.acct.stopComputing()
+				}
 				for j := i; j < i+run; j++ {
 					rep.Results[j] = &results[j]
 					size += results[j].SizeVT() + 4
@@ -466,6 +596,10 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 			full = true
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
 			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
+		case perOp && !runsApart(op):
+			cn.acct.startComputing()
+			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
+			cn.acct.stopComputing()
 		default:
 			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
 		}
@@ -534,6 +668,19 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 		cn.noteBefore(op, note)
 		defer func() { noteAfter(note, res) }()
 	}
+	// Heavy work waits for a slot, in turn with other uids' (peruid.go).
+	if class, heavy := cn.heavyClassOf(op); heavy {
+		q := &cn.s.accts.heavy[class]
+		if err := q.acquire(cn.acct, cn.closing); err != nil {
+			note.setErr(err)
+			out.Status, out.Message = errConnClosing.Status, errConnClosing.Public
+			return out
+		}
+		defer q.release(cn.acct)
+		if class == heavyCPU && !cn.acct.admin {
+			shortenSlice()
+		}
+	}
 	data, full, err := cn.dispatch(op, id, a, out)
 	if err != nil {
 		note.setErr(err)
@@ -582,6 +729,7 @@ func opName(op *wire.Op) string {
 func (cn *conn) cleanup() {
 	cn.c.ShutdownRead()
 	close(cn.closing) // generation watches end now, not at their timeout
+	cn.cancel()       // and derivations, and waits for heavy slots
 	cn.async.Wait()
 	cn.mu.Lock()
 	cn.closed = true
@@ -595,10 +743,16 @@ func (cn *conn) cleanup() {
 	for sid, ss := range sessions {
 		cn.endSession(sid, ss)
 	}
+	cn.acct.dropSessions(len(sessions))
 	for _, o := range handles {
 		cn.release(o)
 	}
 	cn.st.cleanup()
 	cn.c.Close()
+	if cn.opener.Pidfd >= 0 {
+		unix.Close(cn.opener.Pidfd)
+		cn.opener.Pidfd = -1
+	}
+	cn.buf.free()
 	cn.log.Debug("disconnected")
 }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"slices"
+
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
@@ -14,16 +16,55 @@ import (
 // Such a request may finish after requests sent later.
 func isHeavy(req *wire.Request) bool {
 	for _, op := range req.Ops {
-		if isKDF(op) || isLongPoll(op) || writesStore(op) {
+		if runsApart(op) {
 			return true
-		}
-		if g, ok := op.Op.(*wire.Op_Generate); ok && g.Generate.GetTemplate() != nil {
-			if s := key.Lookup(g.Generate.Template.Type); s != nil && s.Family == key.FamilyRSA {
-				return true
-			}
 		}
 	}
 	return false
+}
+
+// hasKDF reports whether one of req's operations runs Argon2id.
+func hasKDF(req *wire.Request) bool {
+	return slices.ContainsFunc(req.Ops, isKDF)
+}
+
+// runsApart reports whether op runs without a compute slot of its uid
+// (peruid.go): it spends its time waiting (for a worker, the store, a
+// generation change), or computes in a heavy slot (heavyClassOf).
+func runsApart(op *wire.Op) bool {
+	return isKDF(op) || isLongPoll(op) || writesStore(op) || isRSAGenerate(op)
+}
+
+// isRSAGenerate reports whether op generates an RSA key.
+func isRSAGenerate(op *wire.Op) bool {
+	g, ok := op.Op.(*wire.Op_Generate)
+	if !ok || g.Generate.GetTemplate() == nil {
+		return false
+	}
+	s := key.Lookup(g.Generate.Template.Type)
+	return s != nil && s.Family == key.FamilyRSA
+}
+
+// heavyClassOf says which slots op must wait for, if any (peruid.go): RSA
+// key generation, and the rotation of an RSA key (which makes a new one),
+// keep a processor busy for long; other operations that write the store
+// wait for its commits. Argon2id operations wait in the KDF supervisor's
+// queue instead. Every such operation makes its request run concurrently
+// (isHeavy), never on the connection's own goroutine.
+func (cn *conn) heavyClassOf(op *wire.Op) (heavyClass, bool) {
+	if isRSAGenerate(op) {
+		return heavyCPU, true
+	}
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Rotate:
+		if obj, err := cn.object(o.Rotate.GetHandle()); err == nil && obj.Spec.Family == key.FamilyRSA {
+			return heavyCPU, true
+		}
+	}
+	if writesStore(op) && !isKDF(op) {
+		return heavyStore, true
+	}
+	return 0, false
 }
 
 // writesStore reports whether op may wait for the store (a durable write

@@ -164,7 +164,7 @@ func (cn *conn) watcher(name string, id Identity) (*genid.Watcher, error) {
 		w, err := cn.s.gen.NamedWatcher(id.UID, name)
 		if err != nil {
 			return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many named watchers for this user (limit %d)",
-				genid.DefaultNamedWatchersPerUID)
+				cn.s.limits.MaxNamedWatchersPerUID)
 		}
 		return w, nil
 	}
@@ -196,7 +196,15 @@ func (cn *conn) longPoll(d time.Duration) (func(), error) {
 		cn.longPolls.Add(-1)
 		return nil, errTooManyPolls
 	}
-	return func() { cn.longPolls.Add(-1) }, nil
+	if !cn.acct.takeLongPoll(cn.s.limits.MaxLongPollsPerUID) {
+		cn.longPolls.Add(-1)
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			"too many generation watches waiting for this user (limit %d)", cn.s.limits.MaxLongPollsPerUID)
+	}
+	return func() {
+		cn.longPolls.Add(-1)
+		cn.acct.dropLongPoll()
+	}, nil
 }
 
 func (cn *conn) opGenerationWatch(gw *wire.GenerationWatch, id Identity) (*wire.Result, error) {

@@ -32,6 +32,14 @@ func isKDF(op *wire.Op) bool {
 	return false
 }
 
+// kdfContext is the context of a derivation for this connection: it ends
+// with the connection, and it names the connection's uid, whose
+// derivations queue apart from other uids' and take turns with them
+// (kdf.ForTenant); administrators are not held to one uid's share.
+func (cn *conn) kdfContext() context.Context {
+	return kdf.ForTenant(cn.ctx, cn.acct.uid, cn.acct.admin)
+}
+
 // kdfSup returns the daemon's KDF supervisor.
 func (cn *conn) kdfSup() (*kdf.Supervisor, error) {
 	if cn.s.cfg.KDF == nil {
@@ -70,7 +78,7 @@ func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*
 	if err := cn.precheck(d.Template, id); err != nil {
 		return nil, err
 	}
-	secret, err := sup.Derive(context.Background(), params, d.Passphrase, d.Salt, pt.Spec.SecretLen)
+	secret, err := sup.Derive(cn.kdfContext(), params, d.Passphrase, d.Salt, pt.Spec.SecretLen)
 	clear(d.Passphrase)
 	if err != nil {
 		return nil, err
@@ -122,7 +130,7 @@ func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result,
 	if n < kdf.MinHashLen || n > kdf.MaxHashLen {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a password hash is %d to %d bytes", kdf.MinHashLen, kdf.MaxHashLen)
 	}
-	out, err := sup.Derive(context.Background(), params, h.Password, salt, n)
+	out, err := sup.Derive(cn.kdfContext(), params, h.Password, salt, n)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +157,7 @@ func (cn *conn) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Res
 	if err := kdf.CheckPassword(v.Password); err != nil {
 		return nil, err
 	}
-	match, err := sup.Verify(context.Background(), h.Params, v.Password, h.Salt, h.Hash)
+	match, err := sup.Verify(cn.kdfContext(), h.Params, v.Password, h.Salt, h.Hash)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +186,7 @@ func (cn *conn) opKdfCalibrate(c *wire.KdfCalibrate, id Identity) (*wire.Result,
 	if c.Step > kdf.MaxCalibrationSteps {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "calibration: bad step")
 	}
-	st, err := sup.Calibrate(context.Background(), time.Duration(c.TargetMs)*time.Millisecond, c.MaxMemoryKib,
+	st, err := sup.Calibrate(cn.kdfContext(), time.Duration(c.TargetMs)*time.Millisecond, c.MaxMemoryKib,
 		uint8(c.Threads), prev, int(c.Step))
 	if err != nil {
 		return nil, err

@@ -16,7 +16,6 @@ import (
 func (cn *conn) opStatus(id Identity) *wire.Result {
 	s := cn.s
 	persistent, _ := s.store.Counts()
-	l := s.limits
 	var mem *wire.MemoryStatus
 	if s.cfg.Memory != nil {
 		mem = s.cfg.Memory()
@@ -25,14 +24,7 @@ func (cn *conn) opStatus(id Identity) *wire.Result {
 		Memory:          mem,
 		ProtocolVersion: wire.ProtocolVersion,
 		ServerVersion:   s.cfg.Version,
-		Limits: &wire.Limits{
-			MaxMessageBytes: uint32(l.MaxMessageBytes),
-			MaxInFlight:     uint32(l.MaxInFlight),
-			MaxSessions:     uint32(l.MaxSessions),
-			MaxHandles:      uint32(l.MaxHandles),
-			MaxKeysPerUser:  uint32(l.MaxKeysPerUser),
-			MaxBatchOps:     uint32(l.MaxBatchOps),
-		},
+		Limits:          s.wireLimits(),
 		DevMode:         s.cfg.DevMode,
 		StartedUnixNano: s.started.UnixNano(),
 		Keys:            uint64(persistent),

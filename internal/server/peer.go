@@ -27,17 +27,12 @@ type peer struct {
 	otherUser, otherPID bool
 }
 
-// readPeer records who opened the connection: SO_PEERCRED, and, through
-// SO_PEERPIDFD, its executable and namespaces. Only the audit uses it.
+// readPeer records who opened the connection (SO_PEERCRED, read when it
+// was accepted), and, through its pidfd, its executable and namespaces.
+// Only the audit uses it.
 func (cn *conn) readPeer() {
-	cr, err := cn.c.PeerCred()
-	if err != nil {
-		return
-	}
-	if cr.Pidfd >= 0 {
-		defer unix.Close(cr.Pidfd)
-	}
-	cn.log.Debug("connected", "pid", cr.PID, "uid", cr.UID, "gid", cr.GID, "pidfd", cn.pidfd)
+	cr := cn.opener
+	cn.log.Debug("connected", "pid", cr.PID, "uid", cr.UID, "gid", cr.GID, "pidfd", cn.pidfd, "admin", cn.acct != nil && cn.acct.admin)
 	if cn.s.resolver == nil || cr.PID <= 0 {
 		return
 	}
@@ -46,6 +41,16 @@ func (cn *conn) readPeer() {
 	cn.s.resolver.FillNamespaces(&c, cr.Pidfd)
 	cn.peer = peer{Peer: audit.Peer{PID: cr.PID, UID: cr.UID, GID: cr.GID, Exe: c.Exe},
 		otherUser: c.OtherUserNS, otherPID: c.OtherPIDNS}
+}
+
+// openerAlive reports whether the process that opened the connection
+// still exists (a zombie counts: its pid is not free yet). While it
+// does, no other process can have its pid.
+func (cn *conn) openerAlive() bool {
+	if cn.opener.Pidfd < 0 {
+		return false
+	}
+	return unix.PidfdSendSignal(cn.opener.Pidfd, 0, nil, 0) == nil
 }
 
 // callerOf is the audit's view of who sent a message on this connection:
@@ -61,16 +66,19 @@ func (cn *conn) callerOf(id Identity) audit.Caller {
 //
 // A message from the process that connected, with the ids and the program
 // it connected with, has the namespaces read at connect time: a process's
-// pid namespace never changes, and its user namespace changes only by
-// unshare or setns, after which its ids differ (mapped anew) from those it
-// connected with. Any other message has them read now, which costs two
-// system calls.
+// pid namespace never changes. That holds only while the process lives:
+// once it is gone, another process (in another namespace) may take its
+// pid, so the daemon keeps the opener's pidfd and checks it is still
+// alive. Any other message has them read now, which costs two system
+// calls. A process that moved to another user namespace since it
+// connected (unshare) keeps the ids the kernel gives it, which are the
+// ones recorded; its new namespace is not marked.
 func (cn *conn) markCaller(c *audit.Caller, pidfd int) {
 	if cn.s.resolver == nil {
 		return
 	}
 	p := &cn.peer
-	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited {
+	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited && cn.openerAlive() {
 		c.OtherUserNS, c.OtherPIDNS = p.otherUser, p.otherPID
 	} else {
 		cn.s.resolver.FillNamespaces(c, pidfd)

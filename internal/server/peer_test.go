@@ -2,6 +2,7 @@ package server
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -21,8 +22,24 @@ func TestMarkCaller(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(); b.Close() })
-	cn := newConn(s, a)
+	cn := testConn(t, s, a, 1000)
 	me := int32(os.Getpid())
+	alive, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer unix.Close(alive)
+	// The pidfd of a process that has gone: its pid may be another's now.
+	gone := exec.Command("true")
+	if err := gone.Start(); err != nil {
+		t.Fatal(err)
+	}
+	goneFD, err := unix.PidfdOpen(gone.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(goneFD)
+	gone.Wait()
 	exe, _ := os.Executable()
 	peer0 := peer{Peer: audit.Peer{PID: me, UID: 1000, GID: 1000, Exe: exe}}
 	for _, tc := range []struct {
@@ -31,6 +48,7 @@ func TestMarkCaller(t *testing.T) {
 		caller  audit.Caller
 		claimed bool
 		named   bool // the record names the peer
+		goneNow bool // the process that connected has exited since
 	}{
 		{name: "the peer", peer: peer0, caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}},
 		{name: "another process", peer: peer0, caller: audit.Caller{PID: 1, UID: 1000, GID: 1000, Exe: "/sbin/init"}, claimed: true, named: true},
@@ -41,8 +59,17 @@ func TestMarkCaller(t *testing.T) {
 		// messages.
 		{name: "the peer, in other namespaces", peer: peer{Peer: peer0.Peer, otherUser: true, otherPID: true},
 			caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}, claimed: true},
+		// Once the process that connected is gone, a process with its pid
+		// (in this test, this one: not in other namespaces) is looked at
+		// anew, not taken for the peer.
+		{name: "the peer's pid, the peer gone", peer: peer{Peer: peer0.Peer, otherUser: true, otherPID: true},
+			caller: audit.Caller{PID: me, UID: 1000, GID: 1000, Exe: exe}, goneNow: true},
 	} {
 		cn.peer = tc.peer
+		cn.opener.Pidfd = alive
+		if tc.goneNow {
+			cn.opener.Pidfd = goneFD
+		}
 		c := tc.caller
 		cn.markCaller(&c, -1)
 		if c.Claimed != tc.claimed || c.Peer.IsZero() == tc.named {
@@ -51,7 +78,7 @@ func TestMarkCaller(t *testing.T) {
 		if tc.named && c.Peer != tc.peer.Peer {
 			t.Errorf("%s: peer %+v, want %+v", tc.name, c.Peer, tc.peer.Peer)
 		}
-		if want := tc.peer.otherUser && tc.caller.PID == tc.peer.PID; c.OtherUserNS != want || c.OtherPIDNS != want {
+		if want := tc.peer.otherUser && tc.caller.PID == tc.peer.PID && !tc.goneNow; c.OtherUserNS != want || c.OtherPIDNS != want {
 			t.Errorf("%s: namespaces %v %v, want %v", tc.name, c.OtherUserNS, c.OtherPIDNS, want)
 		}
 	}
@@ -69,7 +96,8 @@ func BenchmarkCallerOf(b *testing.B) {
 	defer unix.Close(pidfd)
 	s := New(Config{})
 	s.resolver = audit.NewResolver()
-	cn := newConn(s, benchConn(b))
+	cn := testConn(b, s, benchConn(b), uint32(os.Getuid()))
+	cn.opener.Pidfd = pidfd
 	id := Identity{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Pidfd: pidfd}
 	c := s.callerOf(id)
 	s.resolver.FillNamespaces(&c, pidfd)

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
+	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
@@ -20,7 +25,7 @@ import (
 )
 
 // Limits bounds what clients may consume. Zero fields take the defaults
-// from package wire.
+// from package wire and those below.
 type Limits struct {
 	MaxMessageBytes int // one request or reply
 	MaxInFlight     int // requests of one connection executing at once
@@ -29,7 +34,56 @@ type Limits struct {
 	MaxKeysPerUser  int // live keys one uid may own
 	MaxBatchOps     int // operations in one request
 	MaxConnections  int // connections served at once
+
+	// Per uid (peruid.go): what the connections one ordinary uid opened
+	// may hold at once. Administrators have no per-uid limits.
+	AdminConnections      int // connection slots kept for administrators
+	MaxConnectionsPerUID  int
+	MaxInFlightPerUID     int // requests executing
+	MaxRequestBytesPerUID int // bytes of the requests running concurrently
+	MaxLongPollsPerUID    int // generation watches waiting
+	MaxSessionsPerUID     int // streaming sessions open
+	// MaxNamedWatchersPerUID bounds the named generation watchers of a
+	// uid (the daemon's genid.Tracker must be made with the same).
+	MaxNamedWatchersPerUID int
+	MaxHeavyPerUID         int // RSA generations and rotations running
+	// MaxComputingPerUID bounds a uid's requests computing at once (on a
+	// processor, not waiting for the store, a worker or a generation
+	// change): a flood leaves processors to the others.
+	MaxComputingPerUID int
+	// HeavySlots bounds the RSA generations and rotations of ordinary
+	// uids running at once, daemon-wide: processors left for the rest.
+	HeavySlots int
+	// AuditBytesPerSecondPerUID and AuditBurstPerUID bound the audit
+	// records one uid's requests make.
+	AuditBytesPerSecondPerUID int
+	AuditBurstPerUID          int
 }
+
+// Defaults of the per-uid limits; HeavySlots and MaxHeavyPerUID depend on
+// the processors (DefaultHeavySlots).
+const (
+	DefaultAdminConnections          = 32 // at most a quarter of MaxConnections
+	DefaultMaxConnectionsPerUID      = 64
+	DefaultMaxInFlightPerUID         = 256
+	DefaultMaxRequestBytesPerUID     = 16 << 20
+	DefaultMaxLongPollsPerUID        = 64
+	DefaultMaxSessionsPerUID         = 1024
+	DefaultAuditBytesPerSecondPerUID = 1 << 20
+	DefaultAuditBurstPerUID          = 4 << 20
+)
+
+// DefaultHeavySlots returns the default HeavySlots and MaxHeavyPerUID for
+// a daemon with procs processors (GOMAXPROCS): one processor is always
+// left to requests that are not heavy, and one uid takes at most a
+// quarter of them.
+func DefaultHeavySlots(procs int) (slots, perUID int) {
+	return max(1, procs-1), max(1, procs/4)
+}
+
+// DefaultMaxComputingPerUID is the default MaxComputingPerUID for a
+// daemon with procs processors: all but one.
+func DefaultMaxComputingPerUID(procs int) int { return max(1, procs-1) }
 
 // DefaultMaxConnections bounds concurrent connections: each one holds an
 // OS thread while it waits for a request.
@@ -56,7 +110,24 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxKeysPerUser, wire.DefaultMaxKeysPerUser)
 	def(&l.MaxBatchOps, wire.DefaultMaxBatchOps)
 	def(&l.MaxConnections, DefaultMaxConnections)
+	def(&l.AdminConnections, min(DefaultAdminConnections, max(1, l.MaxConnections/4)))
+	def(&l.MaxConnectionsPerUID, DefaultMaxConnectionsPerUID)
+	def(&l.MaxInFlightPerUID, DefaultMaxInFlightPerUID)
+	def(&l.MaxRequestBytesPerUID, DefaultMaxRequestBytesPerUID)
+	def(&l.MaxLongPollsPerUID, DefaultMaxLongPollsPerUID)
+	def(&l.MaxSessionsPerUID, DefaultMaxSessionsPerUID)
+	def(&l.MaxNamedWatchersPerUID, genid.DefaultNamedWatchersPerUID)
+	procs := runtime.GOMAXPROCS(0)
+	slots, perUID := DefaultHeavySlots(procs)
+	def(&l.HeavySlots, slots)
+	def(&l.MaxHeavyPerUID, perUID)
+	def(&l.MaxComputingPerUID, DefaultMaxComputingPerUID(procs))
+	def(&l.AuditBytesPerSecondPerUID, DefaultAuditBytesPerSecondPerUID)
+	def(&l.AuditBurstPerUID, DefaultAuditBurstPerUID)
 	l.MaxMessageBytes = min(max(l.MaxMessageBytes, MinMessageBytes), MaxMessageBytes)
+	// A request that may run must fit in its uid's share.
+	l.MaxRequestBytesPerUID = max(l.MaxRequestBytesPerUID, l.MaxMessageBytes)
+	l.AdminConnections = min(l.AdminConnections, l.MaxConnections-1)
 	return l
 }
 
@@ -130,6 +201,12 @@ type Server struct {
 	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
 	connsN     atomic.Int32
 
+	accts     *accounts // per-uid limits (peruid.go)
+	replyBufs sync.Pool // wiped buffers for large replies (getReplyBuf)
+	limitMessages
+	refusing chan struct{} // a token per connection being refused (refuseConn)
+	reported chan struct{} // closed when reportLimits has returned
+
 	done chan struct{} // closed by Shutdown
 
 	alog        *audit.Log
@@ -175,12 +252,16 @@ func New(cfg Config) *Server {
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,
 	}
+	s.accts = newAccounts(&s.limits, s.isAdminUID, cfg.Now)
+	s.limitMessages = newLimitMessages(&s.limits)
+	s.refusing = make(chan struct{}, maxRefusing)
+	s.reported = make(chan struct{})
 	if s.alog != nil {
 		s.resolver = audit.NewResolver()
 		s.auditAlways = s.alog.Status().Sync == audit.SyncAlways
 	}
 	if s.gen == nil {
-		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now})
+		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now, NamedWatchersPerUID: lim.MaxNamedWatchersPerUID})
 		s.ownGen = true
 	}
 	if s.store == nil {
@@ -198,6 +279,7 @@ func New(cfg Config) *Server {
 	s.store.SetMaxPerUser(lim.MaxKeysPerUser)
 	s.registerGenerationHooks()
 	s.syncAuditKeys()
+	go s.reportLimits()
 	return s
 }
 
@@ -233,26 +315,45 @@ func (s *Server) Serve(l *seqpacket.Listener) error {
 // ServeConn starts serving one accepted connection in a new goroutine and
 // takes ownership of c.
 func (s *Server) ServeConn(c *seqpacket.Conn) {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
+	// The uid that opened the connection pays for what it holds
+	// (peruid.go).
+	peer, err := c.PeerCred()
+	if err != nil {
+		s.log.Error("cannot read the credentials of a new connection; dropping it", "err", err)
 		c.Close()
 		return
 	}
-	if len(s.conns) >= s.limits.MaxConnections {
+	dropPeer := func() {
+		if peer.Pidfd >= 0 {
+			unix.Close(peer.Pidfd)
+		}
+	}
+	s.mu.Lock()
+	if s.closing {
 		s.mu.Unlock()
-		s.log.Warn("connection refused: connection limit reached", "limit", s.limits.MaxConnections)
-		refuseConn(c)
+		dropPeer()
+		c.Close()
 		return
 	}
-	cn := newConn(s, c)
+	acct, err := s.accts.connect(peer.UID)
+	if err != nil {
+		s.mu.Unlock()
+		// Counted, and reported once a second (reportLimits).
+		s.log.Debug("connection refused", "uid", peer.UID, "pid", peer.PID, "reason", err.Error())
+		dropPeer()
+		s.refuseConn(c, err.Error())
+		return
+	}
+	cn := newConn(s, c, acct, peer)
 	// Before anything else, so that no message is received without the
 	// sender's credentials. (Accepted sockets inherit SO_PASSCRED from the
 	// listener; a connection handed in otherwise may not have it yet.)
 	pidfd, err := c.EnableCredentials()
 	if err != nil {
 		s.mu.Unlock()
+		s.accts.disconnect(acct)
 		s.log.Error("cannot enable credentials; dropping connection", "err", err)
+		dropPeer()
 		c.Close()
 		return
 	}
@@ -268,14 +369,27 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 		delete(s.conns, cn)
 		s.connsN.Store(int32(len(s.conns)))
 		s.mu.Unlock()
+		s.accts.disconnect(acct)
 	}()
 }
 
-// refuseConn answers the first request of a connection that is over the
+// maxRefusing bounds the connections being refused at once: each holds a
+// thread while it waits for the client's first request.
+const maxRefusing = 16
+
+// refuseConn answers the first request of a connection that is over a
 // limit with RESOURCE_EXHAUSTED and closes it, so the client gets a clear
-// error rather than a hang.
-func refuseConn(c *seqpacket.Conn) {
+// error rather than a hang. When many are being refused already, it closes
+// the connection at once.
+func (s *Server) refuseConn(c *seqpacket.Conn, msg string) {
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
 	go func() {
+		defer func() { <-s.refusing }()
 		defer c.Close()
 		c.SetRecvTimeout(time.Second)
 		buf := make([]byte, 64)
@@ -283,11 +397,53 @@ func refuseConn(c *seqpacket.Conn) {
 			return
 		}
 		rep := &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf),
-			Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: "the daemon's connection limit is reached"}
+			Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: msg}
 		if b, err := marshal(nil, rep); err == nil {
 			c.Send(b)
 		}
 	}()
+}
+
+// isAdminUID reports whether uid is an administrator: root, the daemon's
+// own uid, or an --admin uid.
+func (s *Server) isAdminUID(uid uint32) bool {
+	return uid == 0 || uid == uint32(os.Geteuid()) || slices.Contains(s.cfg.Admins, uid)
+}
+
+// opLimits is the audit event that counts the requests refused for
+// limits.
+const opLimits = "limits"
+
+// limitReportInterval is how often refusals for limits are reported.
+const limitReportInterval = time.Second
+
+// reportLimits writes, every limitReportInterval while there were any,
+// an audit event (and a log line) that counts the requests refused for
+// limits, by uid and limit: refusals are not recorded one by one, or a
+// flood of them would be a flood of records.
+func (s *Server) reportLimits() {
+	defer close(s.reported)
+	t := time.NewTicker(limitReportInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.reportRefusals()
+		}
+	}
+}
+
+func (s *Server) reportRefusals() {
+	msg := s.accts.report()
+	if msg == "" {
+		return
+	}
+	s.log.Warn(msg)
+	if err := s.RecordEvent(opLimits, statusName(wire.Status_STATUS_RESOURCE_EXHAUSTED), msg); err != nil {
+		s.log.Error("audit log: cannot record the refusals for limits", "err", err)
+	}
 }
 
 func (s *Server) isClosing() bool {
@@ -324,6 +480,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		<-finished
 	}
+	<-s.reported
+	s.reportRefusals()
 	if cerr := s.store.Close(); cerr != nil {
 		s.log.Error("key memory corrupted: something wrote past the end of a key", "err", cerr)
 	}

@@ -68,6 +68,10 @@ func (cn *conn) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, 
 		ss.stream.Destroy()
 		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions on this connection (limit %d)", cn.s.limits.MaxSessions)
 	}
+	if !cn.acct.takeSession(cn.s.limits.MaxSessionsPerUID) {
+		ss.stream.Destroy()
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions for this user (limit %d)", cn.s.limits.MaxSessionsPerUID)
+	}
 	for {
 		cn.nextSession++
 		if _, used := cn.sessions[cn.nextSession]; cn.nextSession != 0 && !used {
@@ -95,6 +99,7 @@ func (cn *conn) endSession(sid uint32, ss *session) {
 	cn.mu.Lock()
 	if cn.sessions[sid] == ss {
 		delete(cn.sessions, sid)
+		cn.acct.dropSessions(1)
 	}
 	cn.mu.Unlock()
 	ss.mu.Lock()

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -27,9 +26,7 @@ import (
 
 var errNotAdmin = wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED, "only an administrator may do this (root, the daemon's uid, or an --admin uid)")
 
-func (cn *conn) isAdmin(id Identity) bool {
-	return id.UID == 0 || id.UID == uint32(os.Geteuid()) || slices.Contains(cn.s.cfg.Admins, id.UID)
-}
+func (cn *conn) isAdmin(id Identity) bool { return cn.s.isAdminUID(id.UID) }
 
 // connStore is a connection's state for the multi-step store operations.
 type connStore struct {
@@ -159,7 +156,7 @@ func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := m.PrepareInit(context.Background(), s, in.Force)
+	p, err := m.PrepareInit(kdf.Priority(cn.ctx), s, in.Force)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +194,7 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 	case len(u.Passphrase) > 0 && len(u.Shares) > 0:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unseal with a passphrase or with shares, not both")
 	case len(u.Passphrase) > 0:
-		if err := m.UnsealPassphrase(context.Background(), bytes.Clone(u.Passphrase), verify); err != nil {
+		if err := m.UnsealPassphrase(kdf.Priority(cn.ctx), bytes.Clone(u.Passphrase), verify); err != nil {
 			cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
 			return nil, err
 		}
@@ -273,7 +270,7 @@ func (cn *conn) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result,
 	if err != nil {
 		return nil, err
 	}
-	p, err := m.PrepareRotation(context.Background(), s)
+	p, err := m.PrepareRotation(kdf.Priority(cn.ctx), s)
 	if err != nil {
 		return nil, err
 	}
@@ -494,7 +491,7 @@ func (s *Server) SealState() seal.State { return s.store.Master().State() }
 // UnsealWith unseals with a passphrase (which it wipes), as the unseal
 // operation does: the daemon's own start with --unseal-passphrase-file.
 func (s *Server) UnsealWith(ctx context.Context, pass []byte) error {
-	err := s.store.Master().UnsealPassphrase(ctx, pass, func(k *seal.Keys) error {
+	err := s.store.Master().UnsealPassphrase(kdf.Priority(ctx), pass, func(k *seal.Keys) error {
 		err := s.store.Verify(k, false)
 		var ie *keystore.IntegrityError
 		if errors.As(err, &ie) {

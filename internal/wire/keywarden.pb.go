@@ -2607,8 +2607,30 @@ type Limits struct {
 	MaxHandles      uint32                 `protobuf:"varint,4,opt,name=max_handles,json=maxHandles,proto3" json:"max_handles,omitempty"`
 	MaxKeysPerUser  uint32                 `protobuf:"varint,5,opt,name=max_keys_per_user,json=maxKeysPerUser,proto3" json:"max_keys_per_user,omitempty"`
 	MaxBatchOps     uint32                 `protobuf:"varint,6,opt,name=max_batch_ops,json=maxBatchOps,proto3" json:"max_batch_ops,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Connections the daemon serves at once, and of those the slots kept
+	// for administrators.
+	MaxConnections   uint32 `protobuf:"varint,7,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	AdminConnections uint32 `protobuf:"varint,8,opt,name=admin_connections,json=adminConnections,proto3" json:"admin_connections,omitempty"`
+	// What the connections one ordinary uid opened may hold at once, and
+	// the audit records its requests may make (docs/security.md, "Limits").
+	// Administrators have none of these limits.
+	MaxConnectionsPerUid   uint32 `protobuf:"varint,9,opt,name=max_connections_per_uid,json=maxConnectionsPerUid,proto3" json:"max_connections_per_uid,omitempty"`
+	MaxInFlightPerUid      uint32 `protobuf:"varint,10,opt,name=max_in_flight_per_uid,json=maxInFlightPerUid,proto3" json:"max_in_flight_per_uid,omitempty"`
+	MaxRequestBytesPerUid  uint32 `protobuf:"varint,11,opt,name=max_request_bytes_per_uid,json=maxRequestBytesPerUid,proto3" json:"max_request_bytes_per_uid,omitempty"`
+	MaxLongPollsPerUid     uint32 `protobuf:"varint,12,opt,name=max_long_polls_per_uid,json=maxLongPollsPerUid,proto3" json:"max_long_polls_per_uid,omitempty"`
+	MaxSessionsPerUid      uint32 `protobuf:"varint,13,opt,name=max_sessions_per_uid,json=maxSessionsPerUid,proto3" json:"max_sessions_per_uid,omitempty"`
+	MaxNamedWatchersPerUid uint32 `protobuf:"varint,14,opt,name=max_named_watchers_per_uid,json=maxNamedWatchersPerUid,proto3" json:"max_named_watchers_per_uid,omitempty"`
+	MaxComputingPerUid     uint32 `protobuf:"varint,15,opt,name=max_computing_per_uid,json=maxComputingPerUid,proto3" json:"max_computing_per_uid,omitempty"`
+	MaxHeavyPerUid         uint32 `protobuf:"varint,16,opt,name=max_heavy_per_uid,json=maxHeavyPerUid,proto3" json:"max_heavy_per_uid,omitempty"`
+	// RSA key generations and rotations of ordinary uids running at once.
+	HeavySlots                uint32 `protobuf:"varint,17,opt,name=heavy_slots,json=heavySlots,proto3" json:"heavy_slots,omitempty"`
+	AuditBytesPerSecondPerUid uint32 `protobuf:"varint,18,opt,name=audit_bytes_per_second_per_uid,json=auditBytesPerSecondPerUid,proto3" json:"audit_bytes_per_second_per_uid,omitempty"`
+	AuditBurstPerUid          uint32 `protobuf:"varint,19,opt,name=audit_burst_per_uid,json=auditBurstPerUid,proto3" json:"audit_burst_per_uid,omitempty"`
+	// Argon2id derivations of one uid waiting, and running.
+	KdfQueuePerUid   uint32 `protobuf:"varint,20,opt,name=kdf_queue_per_uid,json=kdfQueuePerUid,proto3" json:"kdf_queue_per_uid,omitempty"`
+	KdfRunningPerUid uint32 `protobuf:"varint,21,opt,name=kdf_running_per_uid,json=kdfRunningPerUid,proto3" json:"kdf_running_per_uid,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -2679,6 +2701,111 @@ func (x *Limits) GetMaxKeysPerUser() uint32 {
 func (x *Limits) GetMaxBatchOps() uint32 {
 	if x != nil {
 		return x.MaxBatchOps
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *Limits) GetAdminConnections() uint32 {
+	if x != nil {
+		return x.AdminConnections
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxConnectionsPerUid() uint32 {
+	if x != nil {
+		return x.MaxConnectionsPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxInFlightPerUid() uint32 {
+	if x != nil {
+		return x.MaxInFlightPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxRequestBytesPerUid() uint32 {
+	if x != nil {
+		return x.MaxRequestBytesPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxLongPollsPerUid() uint32 {
+	if x != nil {
+		return x.MaxLongPollsPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxSessionsPerUid() uint32 {
+	if x != nil {
+		return x.MaxSessionsPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxNamedWatchersPerUid() uint32 {
+	if x != nil {
+		return x.MaxNamedWatchersPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxComputingPerUid() uint32 {
+	if x != nil {
+		return x.MaxComputingPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxHeavyPerUid() uint32 {
+	if x != nil {
+		return x.MaxHeavyPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetHeavySlots() uint32 {
+	if x != nil {
+		return x.HeavySlots
+	}
+	return 0
+}
+
+func (x *Limits) GetAuditBytesPerSecondPerUid() uint32 {
+	if x != nil {
+		return x.AuditBytesPerSecondPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetAuditBurstPerUid() uint32 {
+	if x != nil {
+		return x.AuditBurstPerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetKdfQueuePerUid() uint32 {
+	if x != nil {
+		return x.KdfQueuePerUid
+	}
+	return 0
+}
+
+func (x *Limits) GetKdfRunningPerUid() uint32 {
+	if x != nil {
+		return x.KdfRunningPerUid
 	}
 	return 0
 }
@@ -7180,7 +7307,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"ListResult\x12)\n" +
 	"\x04keys\x18\x01 \x03(\v2\x15.keywarden.v1.KeyInfoR\x04keys\x12\x12\n" +
-	"\x04next\x18\x02 \x01(\fR\x04next\"\xeb\x01\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\"\xd0\a\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_message_bytes\x18\x01 \x01(\rR\x0fmaxMessageBytes\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12!\n" +
@@ -7188,7 +7315,24 @@ const file_keywarden_proto_rawDesc = "" +
 	"\vmax_handles\x18\x04 \x01(\rR\n" +
 	"maxHandles\x12)\n" +
 	"\x11max_keys_per_user\x18\x05 \x01(\rR\x0emaxKeysPerUser\x12\"\n" +
-	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\"\xdc\x04\n" +
+	"\rmax_batch_ops\x18\x06 \x01(\rR\vmaxBatchOps\x12'\n" +
+	"\x0fmax_connections\x18\a \x01(\rR\x0emaxConnections\x12+\n" +
+	"\x11admin_connections\x18\b \x01(\rR\x10adminConnections\x125\n" +
+	"\x17max_connections_per_uid\x18\t \x01(\rR\x14maxConnectionsPerUid\x120\n" +
+	"\x15max_in_flight_per_uid\x18\n" +
+	" \x01(\rR\x11maxInFlightPerUid\x128\n" +
+	"\x19max_request_bytes_per_uid\x18\v \x01(\rR\x15maxRequestBytesPerUid\x122\n" +
+	"\x16max_long_polls_per_uid\x18\f \x01(\rR\x12maxLongPollsPerUid\x12/\n" +
+	"\x14max_sessions_per_uid\x18\r \x01(\rR\x11maxSessionsPerUid\x12:\n" +
+	"\x1amax_named_watchers_per_uid\x18\x0e \x01(\rR\x16maxNamedWatchersPerUid\x121\n" +
+	"\x15max_computing_per_uid\x18\x0f \x01(\rR\x12maxComputingPerUid\x12)\n" +
+	"\x11max_heavy_per_uid\x18\x10 \x01(\rR\x0emaxHeavyPerUid\x12\x1f\n" +
+	"\vheavy_slots\x18\x11 \x01(\rR\n" +
+	"heavySlots\x12A\n" +
+	"\x1eaudit_bytes_per_second_per_uid\x18\x12 \x01(\rR\x19auditBytesPerSecondPerUid\x12-\n" +
+	"\x13audit_burst_per_uid\x18\x13 \x01(\rR\x10auditBurstPerUid\x12)\n" +
+	"\x11kdf_queue_per_uid\x18\x14 \x01(\rR\x0ekdfQueuePerUid\x12-\n" +
+	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\xdc\x04\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +

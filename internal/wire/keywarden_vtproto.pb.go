@@ -2068,6 +2068,93 @@ func (m *Limits) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.KdfRunningPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.KdfRunningPerUid))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
+	}
+	if m.KdfQueuePerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.KdfQueuePerUid))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa0
+	}
+	if m.AuditBurstPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AuditBurstPerUid))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x98
+	}
+	if m.AuditBytesPerSecondPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AuditBytesPerSecondPerUid))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x90
+	}
+	if m.HeavySlots != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.HeavySlots))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x88
+	}
+	if m.MaxHeavyPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxHeavyPerUid))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x80
+	}
+	if m.MaxComputingPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxComputingPerUid))
+		i--
+		dAtA[i] = 0x78
+	}
+	if m.MaxNamedWatchersPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxNamedWatchersPerUid))
+		i--
+		dAtA[i] = 0x70
+	}
+	if m.MaxSessionsPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxSessionsPerUid))
+		i--
+		dAtA[i] = 0x68
+	}
+	if m.MaxLongPollsPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxLongPollsPerUid))
+		i--
+		dAtA[i] = 0x60
+	}
+	if m.MaxRequestBytesPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxRequestBytesPerUid))
+		i--
+		dAtA[i] = 0x58
+	}
+	if m.MaxInFlightPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxInFlightPerUid))
+		i--
+		dAtA[i] = 0x50
+	}
+	if m.MaxConnectionsPerUid != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxConnectionsPerUid))
+		i--
+		dAtA[i] = 0x48
+	}
+	if m.AdminConnections != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.AdminConnections))
+		i--
+		dAtA[i] = 0x40
+	}
+	if m.MaxConnections != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxConnections))
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.MaxBatchOps != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.MaxBatchOps))
 		i--
@@ -7138,6 +7225,51 @@ func (m *Limits) SizeVT() (n int) {
 	}
 	if m.MaxBatchOps != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxBatchOps))
+	}
+	if m.MaxConnections != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxConnections))
+	}
+	if m.AdminConnections != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.AdminConnections))
+	}
+	if m.MaxConnectionsPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxConnectionsPerUid))
+	}
+	if m.MaxInFlightPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxInFlightPerUid))
+	}
+	if m.MaxRequestBytesPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxRequestBytesPerUid))
+	}
+	if m.MaxLongPollsPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxLongPollsPerUid))
+	}
+	if m.MaxSessionsPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxSessionsPerUid))
+	}
+	if m.MaxNamedWatchersPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxNamedWatchersPerUid))
+	}
+	if m.MaxComputingPerUid != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.MaxComputingPerUid))
+	}
+	if m.MaxHeavyPerUid != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.MaxHeavyPerUid))
+	}
+	if m.HeavySlots != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.HeavySlots))
+	}
+	if m.AuditBytesPerSecondPerUid != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.AuditBytesPerSecondPerUid))
+	}
+	if m.AuditBurstPerUid != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.AuditBurstPerUid))
+	}
+	if m.KdfQueuePerUid != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.KdfQueuePerUid))
+	}
+	if m.KdfRunningPerUid != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.KdfRunningPerUid))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -13060,6 +13192,291 @@ func (m *Limits) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.MaxBatchOps |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxConnections", wireType)
+			}
+			m.MaxConnections = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxConnections |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 8:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AdminConnections", wireType)
+			}
+			m.AdminConnections = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AdminConnections |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxConnectionsPerUid", wireType)
+			}
+			m.MaxConnectionsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxConnectionsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 10:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxInFlightPerUid", wireType)
+			}
+			m.MaxInFlightPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxInFlightPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 11:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxRequestBytesPerUid", wireType)
+			}
+			m.MaxRequestBytesPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxRequestBytesPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 12:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxLongPollsPerUid", wireType)
+			}
+			m.MaxLongPollsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxLongPollsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 13:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxSessionsPerUid", wireType)
+			}
+			m.MaxSessionsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxSessionsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 14:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxNamedWatchersPerUid", wireType)
+			}
+			m.MaxNamedWatchersPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxNamedWatchersPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 15:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxComputingPerUid", wireType)
+			}
+			m.MaxComputingPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxComputingPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 16:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxHeavyPerUid", wireType)
+			}
+			m.MaxHeavyPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxHeavyPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 17:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field HeavySlots", wireType)
+			}
+			m.HeavySlots = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.HeavySlots |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 18:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AuditBytesPerSecondPerUid", wireType)
+			}
+			m.AuditBytesPerSecondPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AuditBytesPerSecondPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 19:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AuditBurstPerUid", wireType)
+			}
+			m.AuditBurstPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AuditBurstPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 20:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field KdfQueuePerUid", wireType)
+			}
+			m.KdfQueuePerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.KdfQueuePerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field KdfRunningPerUid", wireType)
+			}
+			m.KdfRunningPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.KdfRunningPerUid |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
@@ -26483,6 +26900,291 @@ func (m *Limits) UnmarshalVTUnsafe(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.MaxBatchOps |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxConnections", wireType)
+			}
+			m.MaxConnections = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxConnections |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 8:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AdminConnections", wireType)
+			}
+			m.AdminConnections = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AdminConnections |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxConnectionsPerUid", wireType)
+			}
+			m.MaxConnectionsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxConnectionsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 10:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxInFlightPerUid", wireType)
+			}
+			m.MaxInFlightPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxInFlightPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 11:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxRequestBytesPerUid", wireType)
+			}
+			m.MaxRequestBytesPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxRequestBytesPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 12:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxLongPollsPerUid", wireType)
+			}
+			m.MaxLongPollsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxLongPollsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 13:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxSessionsPerUid", wireType)
+			}
+			m.MaxSessionsPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxSessionsPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 14:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxNamedWatchersPerUid", wireType)
+			}
+			m.MaxNamedWatchersPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxNamedWatchersPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 15:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxComputingPerUid", wireType)
+			}
+			m.MaxComputingPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxComputingPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 16:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxHeavyPerUid", wireType)
+			}
+			m.MaxHeavyPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxHeavyPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 17:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field HeavySlots", wireType)
+			}
+			m.HeavySlots = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.HeavySlots |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 18:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AuditBytesPerSecondPerUid", wireType)
+			}
+			m.AuditBytesPerSecondPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AuditBytesPerSecondPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 19:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AuditBurstPerUid", wireType)
+			}
+			m.AuditBurstPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.AuditBurstPerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 20:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field KdfQueuePerUid", wireType)
+			}
+			m.KdfQueuePerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.KdfQueuePerUid |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field KdfRunningPerUid", wireType)
+			}
+			m.KdfRunningPerUid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.KdfRunningPerUid |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
