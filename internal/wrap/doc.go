@@ -127,7 +127,9 @@
 // empty label) of a fresh AES-256 key K, as long as the RSA modulus; C2 is
 // KWP(K, material). This is CKM_RSA_AES_KEY_WRAP of PKCS #11 v2.40 and
 // the import format of AWS KMS (RSA_AES_KEY_WRAP_SHA_1 and _SHA_256) and
-// Google Cloud KMS (RSA_OAEP_*_SHA1_AES_256 and _SHA256_AES_256). H is
-// SHA-256, SHA-384 or SHA-512 for wrapping; unwrapping also takes SHA-1,
-// which cloud KMSs offer, and AES-128/192 keys K, which PKCS #11 allows.
+// Google Cloud KMS (RSA_OAEP_*_SHA256_AES_256). H is SHA-256, SHA-384 or
+// SHA-512, for wrapping and unwrapping alike: SHA-1, which some of those
+// systems also offer, is refused both ways, as keywarden offers SHA-1
+// nowhere (ask the other side for SHA-256). Unwrapping also takes
+// AES-128/192 keys K, which PKCS #11 allows.
 package wrap
