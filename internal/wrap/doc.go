@@ -133,7 +133,8 @@
 // rotation and budget policy) does not. The id travels as provenance; the
 // unwrapping daemon decides whether to keep it. The encryption count and
 // limit travel so that an AES-GCM key does not get a fresh random-nonce
-// budget by being wrapped and unwrapped.
+// budget by being wrapped and unwrapped (and the daemon gives a second
+// copy of one key's material no budget of its own: package keystore).
 // An unwrapped key is never more permissive than the wrapped key because
 // its attributes are restored exactly; the daemon may narrow them further
 // (usage the caller asks for, local policy), never widen them. They are
