@@ -499,6 +499,30 @@ func (m *Master) sealPassphrase(ctx context.Context, mk *mech.Key, storeID []byt
 	return &persist.PassphraseSlot{Time: params.Time, MemoryKib: params.MemoryKiB, Threads: uint32(params.Threads), Salt: salt, Sealed: sealed}, nil
 }
 
+// slotParams returns the Argon2id parameters a passphrase slot records,
+// and refuses values that no slot can have. The record keeps them as
+// 32-bit integers and Argon2id takes at most 255 lanes (kdf.Params.Threads
+// is a uint8): a count above 255 is refused, never truncated into another
+// (260 lanes read as 4 would derive with parameters the slot does not
+// name).
+func slotParams(sl *persist.PassphraseSlot) (kdf.Params, error) {
+	damaged := func(what string, args ...any) (kdf.Params, error) {
+		return kdf.Params{}, wire.Errorf(wire.Status_STATUS_INTERNAL,
+			"the master record's passphrase slot is damaged: "+what+"; restore the store from a backup", args...)
+	}
+	if sl.Threads < 1 || sl.Threads > kdf.MaxThreads {
+		return damaged("it records %d Argon2id lanes (1 to %d are possible)", sl.Threads, kdf.MaxThreads)
+	}
+	p := kdf.Params{Time: sl.Time, MemoryKiB: sl.MemoryKib, Threads: uint8(sl.Threads)}
+	if err := p.Check(^uint32(0)); err != nil {
+		return damaged("its Argon2id parameters (%v) are invalid", p)
+	}
+	if kdf.CheckSalt(sl.Salt) != nil {
+		return damaged("its salt is %d bytes", len(sl.Salt))
+	}
+	return p, nil
+}
+
 func (m *Master) passphraseKEK(ctx context.Context, p kdf.Params, pass, salt []byte) (*mech.Key, error) {
 	out, err := m.kdf.Derive(ctx, p, pass, salt, KeyLen)
 	if err != nil {
@@ -675,7 +699,11 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 		return kdf.ErrUnavailable
 	}
 	sl := rec.Passphrase
-	p := kdf.Params{Time: sl.Time, MemoryKiB: sl.MemoryKib, Threads: uint8(sl.Threads)}
+	p, err := slotParams(sl)
+	if err != nil {
+		m.log.Error("unseal refused: the passphrase slot is damaged", "err", err)
+		return err
+	}
 	kek, err := m.passphraseKEK(ctx, p, pass, sl.Salt)
 	if err != nil {
 		return err
