@@ -93,3 +93,74 @@ func TestSlotThreadsNotTruncated(t *testing.T) {
 		t.Fatalf("derived with %v, want %v", f.calls, params)
 	}
 }
+
+// TestPassphraseFloor: init and rotation refuse Argon2id costs below
+// MinParams (RFC 9106's second recommended option) before any
+// derivation, and take the floor, the defaults, and as much work with
+// fewer passes over more memory. InsecureKDF, for tests, takes anything.
+func TestPassphraseFloor(t *testing.T) {
+	const MiB = 1024
+	below := []kdf.Params{
+		{Time: 1, MemoryKiB: 8 * MiB, Threads: 1}, // what init took before
+		{Time: 1, MemoryKiB: 64 * MiB, Threads: 4},
+		{Time: 2, MemoryKiB: 64 * MiB, Threads: 4},
+		{Time: 1, MemoryKiB: 192*MiB - 1, Threads: 1},
+		{Time: 10, MemoryKiB: 64*MiB - 1, Threads: 1}, // more work, too little memory
+		{Time: 1 << 20, MemoryKiB: 8, Threads: 1},
+	}
+	atOrAbove := []kdf.Params{
+		{}, // DefaultParams
+		{Time: 3, MemoryKiB: 64 * MiB, Threads: 1},
+		{Time: 2, MemoryKiB: 96 * MiB, Threads: 1},
+		{Time: 1, MemoryKiB: 192 * MiB, Threads: 1},
+		{Time: 1, MemoryKiB: 2048 * MiB, Threads: 4}, // RFC 9106's first option
+		{MemoryKiB: 64 * MiB},                        // 3 passes by default
+	}
+	seal := func(m *Master, p kdf.Params) error {
+		pend, err := m.PrepareInit(context.Background(), Sealing{Passphrase: []byte("passphrase"), Params: p}, false)
+		pend.Discard()
+		return err
+	}
+	for _, insecure := range []bool{false, true} {
+		f := &fakeKDF{}
+		m, err := Open(Config{Store: store.NewMemory(), KDF: f, InsecureKDF: insecure})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range below {
+			err := seal(m, p)
+			switch {
+			case insecure && err != nil:
+				t.Errorf("InsecureKDF, %v: %v", p, err)
+			case !insecure && (wire.StatusOf(err) != wire.Status_STATUS_INVALID_ARGUMENT || !strings.Contains(err.Error(), "below the floor")):
+				t.Errorf("%v: %v, want it refused below the floor", p, err)
+			}
+			if err := CheckFloor(slotDefaults(p)); err == nil {
+				t.Errorf("CheckFloor(%v) passed", p)
+			}
+		}
+		if !insecure && len(f.calls) != 0 {
+			t.Errorf("refused costs were derived: %v", f.calls)
+		}
+		for _, p := range atOrAbove {
+			if err := seal(m, p); err != nil {
+				t.Errorf("%v: %v", p, err)
+			}
+		}
+	}
+
+	// Rotation keeps the floor too.
+	f := &fakeKDF{}
+	m, _ := passMaster(t, f, DefaultParams)
+	if err := m.UnsealPassphrase(context.Background(), []byte("passphrase"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.PrepareRotation(context.Background(), Sealing{Passphrase: []byte("new"), Params: below[0]}); wire.StatusOf(err) != wire.Status_STATUS_INVALID_ARGUMENT {
+		t.Fatalf("rotation below the floor: %v", err)
+	}
+	p, err := m.PrepareRotation(context.Background(), Sealing{Passphrase: []byte("new"), Params: MinParams})
+	if err != nil {
+		t.Fatalf("rotation at the floor: %v", err)
+	}
+	p.Discard()
+}

@@ -39,6 +39,42 @@ const (
 // lanes), about a second on a current server core.
 var DefaultParams = kdf.Params{Time: 3, MemoryKiB: 256 << 10, Threads: 4}
 
+// MinParams is the floor of a passphrase slot's Argon2id costs: RFC 9106's
+// second recommended option (§4), 3 passes over 64 MiB. Its memory must be
+// at least MinParams.MemoryKiB, and its passes times its memory at least
+// MinParams' (3 × 64 MiB: so 1 pass needs 192 MiB, 2 passes 96 MiB; RFC
+// 9106's first option, 1 pass over 2 GiB, is well above). Lanes do not
+// count: they change how fast the defender computes, not how much memory
+// and work each guess costs. Init and master-key rotation refuse less.
+var MinParams = kdf.Params{Time: 3, MemoryKiB: 64 << 10, Threads: 1}
+
+// CheckFloor reports whether p, a passphrase slot's Argon2id parameters,
+// meets MinParams; its error says what is missing and what to give.
+func CheckFloor(p kdf.Params) error {
+	minWork := uint64(MinParams.Time) * uint64(MinParams.MemoryKiB)
+	if p.MemoryKiB >= MinParams.MemoryKiB && uint64(p.Time)*uint64(p.MemoryKiB) >= minWork {
+		return nil
+	}
+	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+		"the master passphrase's Argon2id costs (%d passes over %d KiB) are below the floor: at least %d KiB of memory, and passes × memory at least %d (RFC 9106: 3 passes over 64 MiB); give, say, --time %d --memory %d, or leave the defaults (--time %d --memory %d)",
+		p.Time, p.MemoryKiB, MinParams.MemoryKiB, minWork, MinParams.Time, MinParams.MemoryKiB, DefaultParams.Time, DefaultParams.MemoryKiB)
+}
+
+// slotDefaults fills the zero fields of p, the costs asked for a new
+// passphrase slot, with DefaultParams.
+func slotDefaults(p kdf.Params) kdf.Params {
+	if p.Time == 0 {
+		p.Time = DefaultParams.Time
+	}
+	if p.MemoryKiB == 0 {
+		p.MemoryKiB = DefaultParams.MemoryKiB
+	}
+	if p.Threads == 0 {
+		p.Threads = DefaultParams.Threads
+	}
+	return p
+}
+
 // Deriver runs Argon2id (a kdf.Supervisor: in a worker process).
 type Deriver interface {
 	Derive(ctx context.Context, p kdf.Params, password, salt []byte, keyLen int) ([]byte, error)
@@ -172,6 +208,8 @@ type Master struct {
 	log  *slog.Logger
 	now  func() time.Time
 	rand func([]byte)
+	// insecureKDF: passphrase slots below MinParams are made (tests only).
+	insecureKDF bool
 
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
@@ -193,11 +231,15 @@ type Config struct {
 	KDF    Deriver // nil: passphrase slots are refused
 	Logger *slog.Logger
 	Now    func() time.Time
+	// InsecureKDF, for tests only, lets init and rotation seal the master
+	// key under a passphrase with Argon2id costs below MinParams (tests
+	// derive in milliseconds). Never set it for keys that matter.
+	InsecureKDF bool
 }
 
 // Open reads the master record, if any. The master key starts sealed.
 func Open(cfg Config) (*Master, error) {
-	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: func(b []byte) { rand.Read(b) }}
+	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: func(b []byte) { rand.Read(b) }, insecureKDF: cfg.InsecureKDF}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -228,7 +270,7 @@ func Open(cfg Config) (*Master, error) {
 // Reload re-reads the master record (after a restore replaced the store);
 // the master key must be sealed.
 func (m *Master) Reload() error {
-	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now})
+	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now, InsecureKDF: m.insecureKDF})
 	if err != nil {
 		return err
 	}
@@ -293,7 +335,9 @@ type Sealing struct {
 	// Passphrase, if not empty, seals the master key under Argon2id of it.
 	// Sealing wipes it.
 	Passphrase []byte
-	Params     kdf.Params // zero fields: DefaultParams
+	// Params are the passphrase's Argon2id costs; zero fields take
+	// DefaultParams. Less than MinParams (CheckFloor) is refused.
+	Params kdf.Params
 	// Shares and Threshold, if Shares > 0, split the master key into
 	// Shares shares, any Threshold of which unseal it.
 	Shares, Threshold int
@@ -358,6 +402,11 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 	}
 	if s.Shares > 0 && (s.Threshold < shamir.MinThreshold || s.Threshold > s.Shares || s.Shares > shamir.MaxShares) {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "shares: need 2 <= threshold <= shares <= 255 (have threshold %d of %d)", s.Threshold, s.Shares)
+	}
+	if len(s.Passphrase) > 0 && !m.insecureKDF {
+		if err := CheckFloor(slotDefaults(s.Params)); err != nil {
+			return nil, err
+		}
 	}
 	hmacSpec := key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
 	mk, err := mech.Generate(hmacSpec)
@@ -471,15 +520,7 @@ func (m *Master) sealPassphrase(ctx context.Context, mk *mech.Key, storeID []byt
 	if m.kdf == nil {
 		return nil, kdf.ErrUnavailable
 	}
-	if params.Time == 0 {
-		params.Time = DefaultParams.Time
-	}
-	if params.MemoryKiB == 0 {
-		params.MemoryKiB = DefaultParams.MemoryKiB
-	}
-	if params.Threads == 0 {
-		params.Threads = DefaultParams.Threads
-	}
+	params = slotDefaults(params)
 	salt := make([]byte, 16)
 	m.rand(salt)
 	kek, err := m.passphraseKEK(ctx, params, pass, salt)
@@ -717,7 +758,14 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 	if err != nil {
 		return err
 	}
-	return m.finishUnseal(mk, rec, verify)
+	if err := m.finishUnseal(mk, rec, verify); err != nil {
+		return err
+	}
+	if !m.insecureKDF && CheckFloor(p) != nil {
+		m.log.Warn("the master passphrase's Argon2id costs are below the floor (made before it existed): run \"keywarden master rotate\" to seal the master key anew",
+			"params", p.String(), "floor", fmt.Sprintf("m>=%d,t*m>=%d", MinParams.MemoryKiB, uint64(MinParams.Time)*uint64(MinParams.MemoryKiB)))
+	}
+	return nil
 }
 
 // beginUnseal checks that an unseal may be attempted now. m.mu is held.
