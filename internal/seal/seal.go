@@ -474,6 +474,10 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 			return nil, wire.Errorf(wire.Status_STATUS_INTERNAL, "splitting the master key failed")
 		}
 		rec.Shares = &persist.ShareSet{SplitId: p.Shares[0].SplitID[:], Threshold: uint32(s.Threshold), Shares: uint32(s.Shares)}
+		for _, sh := range p.Shares {
+			c := shamir.Commit(sh)
+			rec.Shares.Commitments = append(rec.Shares.Commitments, c[:])
+		}
 	}
 	p.rec = rec
 	return p, nil
@@ -822,9 +826,62 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, verify fu
 	return nil
 }
 
-// UnsealShare submits one share. Once the threshold is reached it combines
-// them and unseals (see UnsealPassphrase for verify). It returns how many
-// shares are held and needed; unsealed reports success.
+// CheckShare checks a share against the master record without taking
+// it: its split, threshold and number, and, where the record keeps
+// commitments to the shares (splits made since they exist), that it is
+// the share that was issued. The daemon checks every share of a request
+// this way before submitting any, so that a bad share is named and the
+// good ones are not spent.
+func (m *Master) CheckShare(sh shamir.Share) error {
+	m.mu.Lock()
+	rec, unsealed := m.rec, m.keys != nil
+	m.mu.Unlock()
+	switch {
+	case rec == nil:
+		return ErrNotInitialized
+	case unsealed:
+		return ErrUnsealed
+	}
+	if rec.Shares == nil {
+		return ErrNoShares
+	}
+	return m.checkShare(rec.Shares, sh)
+}
+
+// checkShare checks sh against the share set of the master record.
+func (m *Master) checkShare(set *persist.ShareSet, sh shamir.Share) error {
+	if !bytes.Equal(sh.SplitID[:], set.SplitId) {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"this share belongs to another split (%s) than the master key's (%x)", sh.SplitID, set.SplitId)
+	}
+	if sh.Threshold != int(set.Threshold) || sh.X == 0 || len(sh.Y) != KeyLen {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+	}
+	if uint32(sh.X) > set.Shares {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"share %d of split %s: the split has only %d shares, so no share %d was issued", sh.X, sh.SplitID, set.Shares, sh.X)
+	}
+	if len(set.Commitments) == int(set.Shares) && !matches(sh, set.Commitments[sh.X-1]) {
+		m.log.Warn("unseal: a share is not the one issued (its commitment does not match)", "share", sh.X, "split", sh.SplitID.String())
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"share %d of split %s is not the share that was issued: it does not match the commitment the store keeps for it (damaged or altered; a typo would have failed its checksum): get a good copy from its holder",
+			sh.X, sh.SplitID)
+	}
+	return nil
+}
+
+// matches reports whether sh is the share of commitment c, hashing it
+// inside secmem.Do so that no copy of its state is left behind.
+func matches(sh shamir.Share, c []byte) bool {
+	var ok bool
+	secmem.Do(func() { ok = sh.Matches(c) })
+	return ok
+}
+
+// UnsealShare submits one share, after the checks of CheckShare. Once the
+// threshold is reached it combines the shares and unseals (see
+// UnsealPassphrase for verify). It returns how many shares are held and
+// needed; unsealed reports success.
 func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, need int, unsealed bool, err error) {
 	defer clear(sh.Y)
 	m.mu.Lock()
@@ -839,14 +896,9 @@ func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, n
 		return 0, 0, false, ErrNoShares
 	}
 	need = int(set.Threshold)
-	if !bytes.Equal(sh.SplitID[:], set.SplitId) {
+	if err := m.checkShare(set, sh); err != nil {
 		m.mu.Unlock()
-		return len(m.held), need, false, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
-			"this share belongs to another split (%s) than the master key's (%x)", sh.SplitID, set.SplitId)
-	}
-	if sh.Threshold != need || sh.X == 0 || len(sh.Y) != KeyLen {
-		m.mu.Unlock()
-		return len(m.held), need, false, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+		return len(m.held), need, false, err
 	}
 	for _, h := range m.held {
 		if h.x == sh.X {
