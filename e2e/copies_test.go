@@ -60,7 +60,7 @@ func TestCopiesSelfWrap(t *testing.T) {
 	// Step 3: whatever blob of data exists, no key that decrypts shares
 	// the wrapping key's bytes, and decrypt does not open a blob anyway.
 	blob := ok(kek.Wrap(ctx, data, keywarden.WrapKeywarden, nil))
-	if !bytes.HasPrefix(blob, []byte("KWW2")) {
+	if !bytes.HasPrefix(blob, []byte("KWW3")) {
 		t.Fatalf("blob starts %q", blob[:4])
 	}
 	_, err = kek.Decrypt(ctx, blob, nil)

@@ -130,10 +130,12 @@ func startDaemonAt(t *testing.T, sock string, flags ...string) *daemon {
 }
 
 // startPersistent starts a daemon whose store is in state (which it
-// creates), sealed or uninitialized as the store is, with extra flags.
+// creates), sealed or uninitialized as the store is, with extra flags. It
+// takes the tests' cheap master passphrase costs (cheapKDF), below the
+// floor a daemon otherwise keeps (--insecure-master-kdf, for tests only).
 func startPersistent(t *testing.T, sock, state string, flags ...string) *daemon {
 	t.Helper()
-	return launch(t, sock, append([]string{"--state", state, "--kdf-max-memory", "65536"}, flags...))
+	return launch(t, sock, append([]string{"--state", state, "--kdf-max-memory", "65536", "--insecure-master-kdf"}, flags...))
 }
 
 // launch starts "keywarden serve" with flags and waits until it answers.

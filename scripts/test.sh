@@ -97,6 +97,7 @@ fuzz ./internal/audit FuzzStart
 fuzz ./internal/keystore FuzzBackup
 fuzz ./internal/shamir FuzzParse
 fuzz ./internal/shamir FuzzCombine
+fuzz ./internal/seal FuzzCheckShare
 fuzz ./internal/wrap FuzzUnwrapKWP
 fuzz ./internal/wrap FuzzOpenKeyword
 fuzz ./internal/wrap FuzzUnwrapRSAKWP

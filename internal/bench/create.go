@@ -165,7 +165,7 @@ func daemonCreates(ctx context.Context, cfg CreateConfig, clients int, warmup ti
 	}
 	defer cleanup()
 	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env,
-		args: []string{"--state", state, "--max-keys-per-user", strconv.Itoa(1 << 30)}})
+		args: []string{"--state", state, "--insecure-master-kdf", "--max-keys-per-user", strconv.Itoa(1 << 30)}})
 	if err != nil {
 		return m, err
 	}

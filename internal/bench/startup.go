@@ -211,7 +211,7 @@ type startupRun struct {
 
 func startupOnce(ctx context.Context, cfg StartupConfig) (r startupRun, err error) {
 	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env,
-		args: []string{"--state", cfg.State},
+		args: []string{"--state", cfg.State, "--insecure-master-kdf"},
 		// Each run's audit log is its own: the store's directory is left
 		// as it was, and every run starts alike.
 		privateAudit: true,

@@ -27,6 +27,7 @@ func runServe(e *env, args []string) error {
 	dev := f.Bool("dev", false, "development mode: keys in memory only, under an ephemeral master key, lost when the daemon stops")
 	state := f.String("state", "", "the state `directory` holding the key store (default "+DefaultStateDir()+")")
 	unsealFile := f.String("unseal-passphrase-file", "", "unseal at start with the master passphrase in this `file` (mode 0600), for unattended starts")
+	insecureKDF := f.Bool("insecure-master-kdf", false, "TESTS ONLY: let init and master rotate seal the master key under a passphrase with Argon2id costs below the floor (3 passes over 64 MiB)")
 	var admins uidList
 	f.Var(&admins, "admin", "a `uid` that may init, unseal, seal, back up and restore besides root and the daemon's uid (repeatable)")
 	level := f.String("log-level", "info", "log `level`: debug, info, warn, error")
@@ -129,8 +130,8 @@ func runServe(e *env, args []string) error {
 	}
 	stateDir := *state
 	if *dev {
-		if stateDir != "" || *unsealFile != "" {
-			return usagef("--dev keeps keys in memory: it takes neither --state nor --unseal-passphrase-file")
+		if stateDir != "" || *unsealFile != "" || *insecureKDF {
+			return usagef("--dev keeps keys in memory: it takes neither --state, --unseal-passphrase-file nor --insecure-master-kdf")
 		}
 	} else if stateDir == "" {
 		stateDir = DefaultStateDir()
@@ -148,7 +149,7 @@ func runServe(e *env, args []string) error {
 	err = daemon.Run(context.Background(), daemon.Config{
 		AuditLog: alog, AuditSync: syncMode,
 		SocketPath: path, SocketMode: sockMode, Dev: *dev, Limits: lim, Logger: log, Version: Version,
-		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, Admins: admins,
+		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, InsecureMasterKDF: *insecureKDF, Admins: admins,
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, BudgetPolicy: budgetPolicy,

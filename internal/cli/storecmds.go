@@ -36,8 +36,8 @@ func (s *sealingFlags) register(f *flags) {
 	f.IntVar(&s.shares, "shares", 0, "split the master key into `N` shares")
 	f.IntVar(&s.threshold, "threshold", 0, "any `K` of the shares unseal")
 	f.StringVar(&s.shareDir, "share-dir", "", "write the shares to share-1.txt ... share-N.txt in this `directory` (created 0700)")
-	f.UintVar(&s.argon2.time, "time", 0, "Argon2id `passes` for the passphrase (default 3)")
-	f.UintVar(&s.argon2.memory, "memory", 0, "Argon2id memory in `KiB` for the passphrase (default 262144)")
+	f.UintVar(&s.argon2.time, "time", 0, "Argon2id `passes` for the passphrase (default 3; passes × memory at least 3 × 65536)")
+	f.UintVar(&s.argon2.memory, "memory", 0, "Argon2id memory in `KiB` for the passphrase (default 262144, at least 65536)")
 	f.UintVar(&s.argon2.threads, "threads", 0, "Argon2id `lanes` for the passphrase (default 4)")
 }
 

@@ -46,6 +46,9 @@ type Config struct {
 	// the passphrase in this file (for unattended starts; the file must
 	// be readable by the daemon's user only).
 	UnsealPassphraseFile string
+	// InsecureMasterKDF, for tests only, accepts master passphrases sealed
+	// with Argon2id costs below the floor (seal.MinParams).
+	InsecureMasterKDF bool
 	// Admins may run the master-key and store operations, besides root and
 	// the daemon's own uid.
 	Admins []uint32
@@ -211,9 +214,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		defer db.Close()
-		m, err := seal.Open(seal.Config{Store: db, KDF: kdfSup, Logger: log})
+		m, err := seal.Open(seal.Config{Store: db, KDF: kdfSup, Logger: log, InsecureKDF: cfg.InsecureMasterKDF})
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.StateDir, err)
+		}
+		if cfg.InsecureMasterKDF {
+			log.Warn("--insecure-master-kdf: master passphrases may be sealed with Argon2id costs below the floor; for tests only, never for keys that matter")
 		}
 		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
 	}

@@ -284,7 +284,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db2.Close()
-	m2, _ := seal.Open(seal.Config{Store: db2, KDF: inProcessKDF{}})
+	m2, _ := seal.Open(seal.Config{Store: db2, KDF: inProcessKDF{}, InsecureKDF: true})
 	s2 := New(Config{MaxPerUser: 10, DB: db2, Master: m2})
 	defer s2.Close()
 	if err := s2.Restore(file); err != nil {

@@ -156,6 +156,10 @@ func (s *Store) Add(o *Object) error {
 		s.log.Warn("key refused: a copy of another key's material with wider attributes", "reason", d.Reason, "owner", o.Owner)
 		return d.Err()
 	}
+	if n := s.mats.spendCopyBudgets(o); n > 0 {
+		s.log.Info("key is a copy of another key's AES-GCM material, which keeps the encryption budget: this one gets a new version at its first encryption",
+			"key", o.ID.String(), "owner", o.Owner, "versions", n)
+	}
 	// Reserved, and the material claimed, before the slow write: a racing
 	// copy is checked against this one. Given back on failure.
 	s.owned[o.Owner]++

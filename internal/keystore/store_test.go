@@ -57,7 +57,7 @@ func persistent(t *testing.T, dir string) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}})
+	m, err := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}, InsecureKDF: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -800,10 +800,14 @@ func (x *PassphraseSlot) GetSealed() []byte {
 }
 
 type ShareSet struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SplitId       []byte                 `protobuf:"bytes,1,opt,name=split_id,json=splitId,proto3" json:"split_id,omitempty"`
-	Threshold     uint32                 `protobuf:"varint,2,opt,name=threshold,proto3" json:"threshold,omitempty"`
-	Shares        uint32                 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SplitId   []byte                 `protobuf:"bytes,1,opt,name=split_id,json=splitId,proto3" json:"split_id,omitempty"`
+	Threshold uint32                 `protobuf:"varint,2,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	Shares    uint32                 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
+	// The commitment to each share (shamir.Commit: SHA-256 of the share
+	// under a label), share x's at index x-1, so that unseal names a share
+	// that is not the one issued. Empty for splits made before commitments.
+	Commitments   [][]byte `protobuf:"bytes,4,rep,name=commitments,proto3" json:"commitments,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -857,6 +861,13 @@ func (x *ShareSet) GetShares() uint32 {
 		return x.Shares
 	}
 	return 0
+}
+
+func (x *ShareSet) GetCommitments() [][]byte {
+	if x != nil {
+		return x.Commitments
+	}
+	return nil
 }
 
 type Rotation struct {
@@ -1069,11 +1080,12 @@ const file_persist_proto_rawDesc = "" +
 	"memory_kib\x18\x02 \x01(\rR\tmemoryKib\x12\x18\n" +
 	"\athreads\x18\x03 \x01(\rR\athreads\x12\x12\n" +
 	"\x04salt\x18\x04 \x01(\fR\x04salt\x12\x16\n" +
-	"\x06sealed\x18\x05 \x01(\fR\x06sealed\"[\n" +
+	"\x06sealed\x18\x05 \x01(\fR\x06sealed\"}\n" +
 	"\bShareSet\x12\x19\n" +
 	"\bsplit_id\x18\x01 \x01(\fR\asplitId\x12\x1c\n" +
 	"\tthreshold\x18\x02 \x01(\rR\tthreshold\x12\x16\n" +
-	"\x06shares\x18\x03 \x01(\rR\x06shares\"\xd2\x01\n" +
+	"\x06shares\x18\x03 \x01(\rR\x06shares\x12 \n" +
+	"\vcommitments\x18\x04 \x03(\fR\vcommitments\"\xd2\x01\n" +
 	"\bRotation\x12/\n" +
 	"\x13previous_generation\x18\x01 \x01(\x04R\x12previousGeneration\x12'\n" +
 	"\x0fprevious_sealed\x18\x02 \x01(\fR\x0epreviousSealed\x12\x16\n" +

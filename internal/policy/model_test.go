@@ -15,7 +15,7 @@ package policy
 // (and under any RSA key: the public half is public), and derive offline
 // what HKDF gives from a material it knows. Encryption of data and key
 // wrapping are separate domains exactly where the daemon separates them:
-// keywarden's format (KWW2) under a key derived for it, RFC 3394/5649 not
+// keywarden's format (KWW3) under keys derived for it, RFC 3394/5649 not
 // being AES-GCM, and RSA-OAEP with an empty label being the same for
 // decrypt and for the first half of RSA-AES-KWP. With the rules of the
 // previous release (oldRules, KWW1 under the wrapping key itself), the
@@ -267,7 +267,7 @@ func (s *state) learn() {
 }
 
 // rules are the decisions the daemon takes, as functions; today's are
-// this package's, and domainSep says KWW2 is apart from data encryption.
+// this package's, and domainSep says keywarden's format is apart from data encryption.
 type rules struct {
 	name      string
 	template  func(Template) (key.Usage, Decision)

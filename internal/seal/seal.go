@@ -39,6 +39,42 @@ const (
 // lanes), about a second on a current server core.
 var DefaultParams = kdf.Params{Time: 3, MemoryKiB: 256 << 10, Threads: 4}
 
+// MinParams is the floor of a passphrase slot's Argon2id costs: RFC 9106's
+// second recommended option (§4), 3 passes over 64 MiB. Its memory must be
+// at least MinParams.MemoryKiB, and its passes times its memory at least
+// MinParams' (3 × 64 MiB: so 1 pass needs 192 MiB, 2 passes 96 MiB; RFC
+// 9106's first option, 1 pass over 2 GiB, is well above). Lanes do not
+// count: they change how fast the defender computes, not how much memory
+// and work each guess costs. Init and master-key rotation refuse less.
+var MinParams = kdf.Params{Time: 3, MemoryKiB: 64 << 10, Threads: 1}
+
+// CheckFloor reports whether p, a passphrase slot's Argon2id parameters,
+// meets MinParams; its error says what is missing and what to give.
+func CheckFloor(p kdf.Params) error {
+	minWork := uint64(MinParams.Time) * uint64(MinParams.MemoryKiB)
+	if p.MemoryKiB >= MinParams.MemoryKiB && uint64(p.Time)*uint64(p.MemoryKiB) >= minWork {
+		return nil
+	}
+	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+		"the master passphrase's Argon2id costs (%d passes over %d KiB) are below the floor: at least %d KiB of memory, and passes × memory at least %d (RFC 9106: 3 passes over 64 MiB); give, say, --time %d --memory %d, or leave the defaults (--time %d --memory %d)",
+		p.Time, p.MemoryKiB, MinParams.MemoryKiB, minWork, MinParams.Time, MinParams.MemoryKiB, DefaultParams.Time, DefaultParams.MemoryKiB)
+}
+
+// slotDefaults fills the zero fields of p, the costs asked for a new
+// passphrase slot, with DefaultParams.
+func slotDefaults(p kdf.Params) kdf.Params {
+	if p.Time == 0 {
+		p.Time = DefaultParams.Time
+	}
+	if p.MemoryKiB == 0 {
+		p.MemoryKiB = DefaultParams.MemoryKiB
+	}
+	if p.Threads == 0 {
+		p.Threads = DefaultParams.Threads
+	}
+	return p
+}
+
 // Deriver runs Argon2id (a kdf.Supervisor: in a worker process).
 type Deriver interface {
 	Derive(ctx context.Context, p kdf.Params, password, salt []byte, keyLen int) ([]byte, error)
@@ -172,6 +208,8 @@ type Master struct {
 	log  *slog.Logger
 	now  func() time.Time
 	rand func([]byte)
+	// insecureKDF: passphrase slots below MinParams are made (tests only).
+	insecureKDF bool
 
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
@@ -193,11 +231,15 @@ type Config struct {
 	KDF    Deriver // nil: passphrase slots are refused
 	Logger *slog.Logger
 	Now    func() time.Time
+	// InsecureKDF, for tests only, lets init and rotation seal the master
+	// key under a passphrase with Argon2id costs below MinParams (tests
+	// derive in milliseconds). Never set it for keys that matter.
+	InsecureKDF bool
 }
 
 // Open reads the master record, if any. The master key starts sealed.
 func Open(cfg Config) (*Master, error) {
-	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: func(b []byte) { rand.Read(b) }}
+	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: func(b []byte) { rand.Read(b) }, insecureKDF: cfg.InsecureKDF}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -228,7 +270,7 @@ func Open(cfg Config) (*Master, error) {
 // Reload re-reads the master record (after a restore replaced the store);
 // the master key must be sealed.
 func (m *Master) Reload() error {
-	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now})
+	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now, InsecureKDF: m.insecureKDF})
 	if err != nil {
 		return err
 	}
@@ -293,7 +335,9 @@ type Sealing struct {
 	// Passphrase, if not empty, seals the master key under Argon2id of it.
 	// Sealing wipes it.
 	Passphrase []byte
-	Params     kdf.Params // zero fields: DefaultParams
+	// Params are the passphrase's Argon2id costs; zero fields take
+	// DefaultParams. Less than MinParams (CheckFloor) is refused.
+	Params kdf.Params
 	// Shares and Threshold, if Shares > 0, split the master key into
 	// Shares shares, any Threshold of which unseal it.
 	Shares, Threshold int
@@ -358,6 +402,11 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 	}
 	if s.Shares > 0 && (s.Threshold < shamir.MinThreshold || s.Threshold > s.Shares || s.Shares > shamir.MaxShares) {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "shares: need 2 <= threshold <= shares <= 255 (have threshold %d of %d)", s.Threshold, s.Shares)
+	}
+	if len(s.Passphrase) > 0 && !m.insecureKDF {
+		if err := CheckFloor(slotDefaults(s.Params)); err != nil {
+			return nil, err
+		}
 	}
 	hmacSpec := key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
 	mk, err := mech.Generate(hmacSpec)
@@ -425,6 +474,10 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 			return nil, wire.Errorf(wire.Status_STATUS_INTERNAL, "splitting the master key failed")
 		}
 		rec.Shares = &persist.ShareSet{SplitId: p.Shares[0].SplitID[:], Threshold: uint32(s.Threshold), Shares: uint32(s.Shares)}
+		for _, sh := range p.Shares {
+			c := shamir.Commit(sh)
+			rec.Shares.Commitments = append(rec.Shares.Commitments, c[:])
+		}
 	}
 	p.rec = rec
 	return p, nil
@@ -471,15 +524,7 @@ func (m *Master) sealPassphrase(ctx context.Context, mk *mech.Key, storeID []byt
 	if m.kdf == nil {
 		return nil, kdf.ErrUnavailable
 	}
-	if params.Time == 0 {
-		params.Time = DefaultParams.Time
-	}
-	if params.MemoryKiB == 0 {
-		params.MemoryKiB = DefaultParams.MemoryKiB
-	}
-	if params.Threads == 0 {
-		params.Threads = DefaultParams.Threads
-	}
+	params = slotDefaults(params)
 	salt := make([]byte, 16)
 	m.rand(salt)
 	kek, err := m.passphraseKEK(ctx, params, pass, salt)
@@ -497,6 +542,30 @@ func (m *Master) sealPassphrase(ctx context.Context, mk *mech.Key, storeID []byt
 		return nil, err
 	}
 	return &persist.PassphraseSlot{Time: params.Time, MemoryKib: params.MemoryKiB, Threads: uint32(params.Threads), Salt: salt, Sealed: sealed}, nil
+}
+
+// slotParams returns the Argon2id parameters a passphrase slot records,
+// and refuses values that no slot can have. The record keeps them as
+// 32-bit integers and Argon2id takes at most 255 lanes (kdf.Params.Threads
+// is a uint8): a count above 255 is refused, never truncated into another
+// (260 lanes read as 4 would derive with parameters the slot does not
+// name).
+func slotParams(sl *persist.PassphraseSlot) (kdf.Params, error) {
+	damaged := func(what string, args ...any) (kdf.Params, error) {
+		return kdf.Params{}, wire.Errorf(wire.Status_STATUS_INTERNAL,
+			"the master record's passphrase slot is damaged: "+what+"; restore the store from a backup", args...)
+	}
+	if sl.Threads < 1 || sl.Threads > kdf.MaxThreads {
+		return damaged("it records %d Argon2id lanes (1 to %d are possible)", sl.Threads, kdf.MaxThreads)
+	}
+	p := kdf.Params{Time: sl.Time, MemoryKiB: sl.MemoryKib, Threads: uint8(sl.Threads)}
+	if err := p.Check(^uint32(0)); err != nil {
+		return damaged("its Argon2id parameters (%v) are invalid", p)
+	}
+	if kdf.CheckSalt(sl.Salt) != nil {
+		return damaged("its salt is %d bytes", len(sl.Salt))
+	}
+	return p, nil
 }
 
 func (m *Master) passphraseKEK(ctx context.Context, p kdf.Params, pass, salt []byte) (*mech.Key, error) {
@@ -675,7 +744,11 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 		return kdf.ErrUnavailable
 	}
 	sl := rec.Passphrase
-	p := kdf.Params{Time: sl.Time, MemoryKiB: sl.MemoryKib, Threads: uint8(sl.Threads)}
+	p, err := slotParams(sl)
+	if err != nil {
+		m.log.Error("unseal refused: the passphrase slot is damaged", "err", err)
+		return err
+	}
 	kek, err := m.passphraseKEK(ctx, p, pass, sl.Salt)
 	if err != nil {
 		return err
@@ -689,7 +762,14 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 	if err != nil {
 		return err
 	}
-	return m.finishUnseal(mk, rec, verify)
+	if err := m.finishUnseal(mk, rec, verify); err != nil {
+		return err
+	}
+	if !m.insecureKDF && CheckFloor(p) != nil {
+		m.log.Warn("the master passphrase's Argon2id costs are below the floor (made before it existed): run \"keywarden master rotate\" to seal the master key anew",
+			"params", p.String(), "floor", fmt.Sprintf("m>=%d,t*m>=%d", MinParams.MemoryKiB, uint64(MinParams.Time)*uint64(MinParams.MemoryKiB)))
+	}
+	return nil
 }
 
 // beginUnseal checks that an unseal may be attempted now. m.mu is held.
@@ -746,9 +826,62 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, verify fu
 	return nil
 }
 
-// UnsealShare submits one share. Once the threshold is reached it combines
-// them and unseals (see UnsealPassphrase for verify). It returns how many
-// shares are held and needed; unsealed reports success.
+// CheckShare checks a share against the master record without taking
+// it: its split, threshold and number, and, where the record keeps
+// commitments to the shares (splits made since they exist), that it is
+// the share that was issued. The daemon checks every share of a request
+// this way before submitting any, so that a bad share is named and the
+// good ones are not spent.
+func (m *Master) CheckShare(sh shamir.Share) error {
+	m.mu.Lock()
+	rec, unsealed := m.rec, m.keys != nil
+	m.mu.Unlock()
+	switch {
+	case rec == nil:
+		return ErrNotInitialized
+	case unsealed:
+		return ErrUnsealed
+	}
+	if rec.Shares == nil {
+		return ErrNoShares
+	}
+	return m.checkShare(rec.Shares, sh)
+}
+
+// checkShare checks sh against the share set of the master record.
+func (m *Master) checkShare(set *persist.ShareSet, sh shamir.Share) error {
+	if !bytes.Equal(sh.SplitID[:], set.SplitId) {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"this share belongs to another split (%s) than the master key's (%x)", sh.SplitID, set.SplitId)
+	}
+	if sh.Threshold != int(set.Threshold) || sh.X == 0 || len(sh.Y) != KeyLen {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+	}
+	if uint32(sh.X) > set.Shares {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"share %d of split %s: the split has only %d shares, so no share %d was issued", sh.X, sh.SplitID, set.Shares, sh.X)
+	}
+	if len(set.Commitments) == int(set.Shares) && !matches(sh, set.Commitments[sh.X-1]) {
+		m.log.Warn("unseal: a share is not the one issued (its commitment does not match)", "share", sh.X, "split", sh.SplitID.String())
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"share %d of split %s is not the share that was issued: it does not match the commitment the store keeps for it (damaged or altered; a typo would have failed its checksum): get a good copy from its holder",
+			sh.X, sh.SplitID)
+	}
+	return nil
+}
+
+// matches reports whether sh is the share of commitment c, hashing it
+// inside secmem.Do so that no copy of its state is left behind.
+func matches(sh shamir.Share, c []byte) bool {
+	var ok bool
+	secmem.Do(func() { ok = sh.Matches(c) })
+	return ok
+}
+
+// UnsealShare submits one share, after the checks of CheckShare. Once the
+// threshold is reached it combines the shares and unseals (see
+// UnsealPassphrase for verify). It returns how many shares are held and
+// needed; unsealed reports success.
 func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, need int, unsealed bool, err error) {
 	defer clear(sh.Y)
 	m.mu.Lock()
@@ -763,14 +896,9 @@ func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, n
 		return 0, 0, false, ErrNoShares
 	}
 	need = int(set.Threshold)
-	if !bytes.Equal(sh.SplitID[:], set.SplitId) {
+	if err := m.checkShare(set, sh); err != nil {
 		m.mu.Unlock()
-		return len(m.held), need, false, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
-			"this share belongs to another split (%s) than the master key's (%x)", sh.SplitID, set.SplitId)
-	}
-	if sh.Threshold != need || sh.X == 0 || len(sh.Y) != KeyLen {
-		m.mu.Unlock()
-		return len(m.held), need, false, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+		return len(m.held), need, false, err
 	}
 	for _, h := range m.held {
 		if h.x == sh.X {

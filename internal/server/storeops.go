@@ -200,14 +200,17 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 		}
 		res.Unsealed = true
 	case len(u.Shares) > 0:
-		for _, w := range u.Shares {
-			var sh shamir.Share
-			if len(w.SplitId) != len(sh.SplitID) || w.X == 0 || w.X > 255 || w.Threshold > 255 {
-				return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+		shares, err := sharesFromRequest(m, u.Shares)
+		if err != nil {
+			cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
+			return nil, err
+		}
+		defer func() {
+			for _, sh := range shares {
+				clear(sh.Y) // those not submitted (UnsealShare wipes its own)
 			}
-			copy(sh.SplitID[:], w.SplitId)
-			sh.Threshold, sh.X, sh.Y = int(w.Threshold), byte(w.X), bytes.Clone(w.Y)
-			clear(w.Y)
+		}()
+		for _, sh := range shares {
 			held, need, done, err := m.UnsealShare(sh, verify)
 			if err != nil {
 				cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
@@ -226,6 +229,35 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 		cn.s.resumeRotation()
 	}
 	return &wire.Result{Value: &wire.Result_Unseal{Unseal: res}}, nil
+}
+
+// sharesFromRequest decodes the shares of an unseal request (wiping the
+// request's copies) and checks each against the master record before any
+// is submitted: a bad share (another split, a number the split does not
+// have, one that is not the share issued) is named, and the good shares
+// of the request are not spent on an unseal that cannot succeed.
+func sharesFromRequest(m *seal.Master, ws []*wire.Share) ([]shamir.Share, error) {
+	shares := make([]shamir.Share, 0, len(ws))
+	var err error
+	for _, w := range ws {
+		var sh shamir.Share
+		if len(w.SplitId) != len(sh.SplitID) || w.X == 0 || w.X > 255 || w.Threshold > 255 {
+			err = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed share")
+		} else if err == nil {
+			copy(sh.SplitID[:], w.SplitId)
+			sh.Threshold, sh.X, sh.Y = int(w.Threshold), byte(w.X), bytes.Clone(w.Y)
+			shares = append(shares, sh)
+			err = m.CheckShare(sh)
+		}
+		clear(w.Y)
+	}
+	if err != nil {
+		for _, sh := range shares {
+			clear(sh.Y)
+		}
+		return nil, err
+	}
+	return shares, nil
 }
 
 func (cn *conn) opSeal(id Identity) (*wire.Result, error) {

@@ -34,7 +34,27 @@
 //
 // With more than k shares Combine uses the first k and checks that the
 // others lie on the same polynomials, which catches a damaged share or one
-// of another split. With exactly k shares there is nothing to check.
+// of another split. With exactly k shares there is nothing to check: that
+// is what commitments are for.
+//
+// # Commitments
+//
+// Commit makes a commitment to a share: SHA-256 of the label "keywarden
+// share commitment v1", a zero byte, the split id, the threshold and x (a
+// byte each) and the share's bytes. Kept beside the split (keywarden keeps
+// the n commitments in the master record, where unseal reads them before
+// it takes a share), they tell the share that was issued from any other
+// with its split and number, one share at a time, without the secret: a
+// share that is damaged beyond what its checksum catches, or altered, is
+// named instead of making k shares combine to a wrong secret that nothing
+// can attribute. They hide the shares: a share is as many uniformly random
+// bytes as the secret, so recovering it from its commitment is a preimage
+// search over 2^256 values for a 32-byte key (and with k-1 other shares in
+// hand, a search for the secret itself, which the master record's check
+// value already allows). Whoever can change the record can change the
+// commitments too, and so have good shares refused (as any change to the
+// store can deny service), never a bad one taken: the secret they combine
+// to is still checked.
 //
 // # Constant time
 //

@@ -35,6 +35,10 @@ func FuzzParse(f *testing.F) {
 		if err != nil || !equalShare(back, s) {
 			t.Fatalf("re-parse: %v", err)
 		}
+		// The commitment of what was parsed is that of what is written.
+		if c := Commit(s); !back.Matches(c[:]) {
+			t.Fatal("a re-parsed share does not match its commitment")
+		}
 	})
 }
 

@@ -76,7 +76,7 @@ func FuzzUnwrapKWP(f *testing.F) {
 	})
 }
 
-// fuzzKEK is the 32-byte key of the KWW2 seeds in testdata/fuzz.
+// fuzzKEK is the 32-byte key of the KWW2 and KWW3 seeds in testdata/fuzz.
 var fuzzKEK = func() []byte {
 	k := make([]byte, 32)
 	for i := range k {
@@ -119,7 +119,11 @@ func FuzzOpenKeyword(f *testing.F) {
 		if enc := appendAttributes(nil, &a); !bytes.Equal(enc, blob[6:6+l]) {
 			t.Fatalf("attributes %x re-encode as %x", blob[6:6+l], enc)
 		}
-		if len(m) == 0 || len(m) > MaxMaterial || len(blob) != 6+l+12+len(m)+16 {
+		extra := 32 // KWW3: the salt
+		if blob[3] == '2' {
+			extra = 12 // KWW2: the nonce
+		}
+		if len(m) == 0 || len(m) > MaxMaterial || len(blob) != 6+l+extra+len(m)+16 {
 			t.Fatalf("%d bytes of material from a %d-byte blob", len(m), len(blob))
 		}
 	})
@@ -134,6 +138,7 @@ func FuzzUnwrapRSAKWP(f *testing.F) {
 		}
 		f.Add(false, blob)
 	}
+	// sha1 asks for SHA-1, which is refused whatever the blob.
 	f.Fuzz(func(t *testing.T, sha1 bool, blob []byte) {
 		h := crypto.SHA256
 		if sha1 {
@@ -141,6 +146,10 @@ func FuzzUnwrapRSAKWP(f *testing.F) {
 		}
 		m, err := UnwrapRSAKWP(priv, h, blob)
 		switch {
+		case sha1:
+			if err == nil || err == ErrUnwrap || m != nil {
+				t.Fatalf("SHA-1: %x, %v; want the hash refused", m, err)
+			}
 		case err == nil:
 			if len(m) == 0 {
 				t.Fatal("no material")

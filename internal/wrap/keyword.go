@@ -1,9 +1,11 @@
 package wrap
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 
@@ -11,7 +13,7 @@ import (
 )
 
 // Attributes are the attributes of a key that travel with it in a
-// keywarden wrap (KWW2) blob, authenticated together with its material.
+// keywarden wrap (KWW3) blob, authenticated together with its material.
 // They are the key's intrinsic facts and restrictions; what is local to
 // one daemon (owner, ACL, handles, persistence, origin, trust, rotation
 // and budget policy) does not travel. doc.go gives the encoding.
@@ -46,12 +48,16 @@ const (
 	MaxMaterial = 16 << 10
 )
 
-// KWW2 layout constants; doc.go describes the format.
+// Layout constants of the format; doc.go describes it.
 const (
-	kwwMagic      = "KWW"
-	kwwVersion    = '2' // the format version; "KWW" followed by it reads "KWW2"
-	kwwLegacy     = '1' // the first version, which sealed under the wrapping key itself
-	kwwHeaderLen  = len(kwwMagic) + 1 + 2
+	kwwMagic     = "KWW"
+	kwwVersion   = '3' // the format written; "KWW" followed by it reads "KWW3"
+	kwwPrevious  = '2' // the second version, still opened, no longer written
+	kwwLegacy    = '1' // the first version, which sealed under the wrapping key itself
+	kwwHeaderLen = len(kwwMagic) + 1 + 2
+	// kwwSaltLen is the length of a KWW3 blob's salt, the random value
+	// from which its own AES key is derived.
+	kwwSaltLen    = 32
 	attrVersion   = 1
 	attrFixedLen  = 1 + 4 + 4 + 4 + 1 + 4 + 16 + 8 + 8 + 8 + 1
 	attrNameLenAt = attrFixedLen - 1
@@ -63,12 +69,21 @@ const (
 	gcmNonceLen   = 12
 	gcmTagLen     = 16
 	kwwKEKLen     = 32
-	// kwwSubkeyInfo is the HKDF info of the key KWW2 seals under: a key
-	// derived from the wrapping key for this format alone, so that no
-	// other use of the wrapping key's bytes (AES-GCM encryption of data,
-	// RFC 3394 wrapping) makes or opens a KWW2 blob.
-	kwwSubkeyInfo = "keywarden KWW2 key wrap"
+	// kwwSubkeyInfo starts the HKDF info of a KWW3 blob's key, which the
+	// blob's salt completes: a key derived from the wrapping key for this
+	// format alone (so that no other use of the wrapping key's bytes, such
+	// as RFC 3394 wrapping, makes or opens a blob) and for this blob alone
+	// (so that no AES-GCM key is used twice, and the number of blobs one
+	// wrapping key seals needs no counting).
+	kwwSubkeyInfo = "keywarden KWW3 key wrap"
+	// kww2SubkeyInfo is the HKDF info of the one key under which KWW2
+	// sealed every blob of a wrapping key, with random nonces.
+	kww2SubkeyInfo = "keywarden KWW2 key wrap"
 )
+
+// kwwNonce is the GCM nonce of every KWW3 blob: each blob's key seals
+// that blob and nothing else, so the nonce need not vary.
+var kwwNonce [gcmNonceLen]byte
 
 // Check reports whether a are well-formed attributes: a known key type, a
 // class with secret material that the type can have, usage within what
@@ -150,12 +165,13 @@ func parseAttributes(b []byte) (Attributes, bool) {
 }
 
 // SealKeyword wraps material, a key's canonical bytes, under kek (an
-// AES-256 key) in the keywarden wrap format (KWW2): AES-256-GCM, under a
-// key derived from kek for this format alone, with a random nonce and the
-// encoded attributes as authenticated data. a must
-// pass Check; material is 1 to MaxMaterial bytes. Sealing is randomized:
-// with random 96-bit nonces, one kek may seal at most 2^32 blobs (NIST SP
-// 800-38D §8.3), far more than a daemon holds; rotate the kek before that.
+// AES-256 key) in the keywarden wrap format (KWW3): AES-256-GCM under a
+// key of this blob's own, derived from kek and a fresh random 32-byte
+// salt, with the encoded attributes and the salt as authenticated data.
+// a must pass Check; material is 1 to MaxMaterial bytes. Since every
+// blob has its own key, used once, one kek may seal any number of blobs:
+// two share a key only if their salts collide (about n^2/2^257 for n
+// blobs), and no GCM nonce budget applies (doc.go).
 func SealKeyword(kek, material []byte, a Attributes) ([]byte, error) {
 	if len(kek) != kwwKEKLen {
 		return nil, aes.KeySizeError(len(kek))
@@ -166,27 +182,30 @@ func SealKeyword(kek, material []byte, a Attributes) ([]byte, error) {
 	if err := a.Check(); err != nil {
 		return nil, err
 	}
-	aead, err := newKeywordAEAD(kek)
-	if err != nil {
-		return nil, err
-	}
-	n := kwwHeaderLen + attrFixedLen + len(a.Name)
-	hdr := make([]byte, 0, n+gcmNonceLen+len(material)+gcmTagLen)
+	n := kwwHeaderLen + attrFixedLen + len(a.Name) // the header up to the salt
+	hdr := make([]byte, 0, n+kwwSaltLen+len(material)+gcmTagLen)
 	hdr = append(hdr, kwwMagic...)
 	hdr = append(hdr, kwwVersion)
 	hdr = binary.BigEndian.AppendUint16(hdr, uint16(attrFixedLen+len(a.Name)))
 	hdr = appendAttributes(hdr, &a)
-	// The AEAD appends nonce || ciphertext || tag to the header; the
-	// header is also the additional data (a copy: dst and additional
-	// data must not overlap).
-	return aead.Seal(hdr, nil, material, append([]byte(nil), hdr...)), nil
+	hdr = hdr[:n+kwwSaltLen]
+	salt := hdr[n:]
+	rand.Read(salt) // never fails (Go 1.24+ crashes the program rather than return an error)
+	aead, err := newBlobAEAD(kek, salt)
+	if err != nil {
+		return nil, err
+	}
+	// The AEAD appends ciphertext || tag to the header, which is also the
+	// additional data (a copy: dst and additional data must not overlap).
+	return aead.Seal(hdr, kwwNonce[:], material, bytes.Clone(hdr)), nil
 }
 
-// OpenKeyword opens a blob made by SealKeyword under the same kek. It
-// returns the material and exactly the attributes that were sealed, which
-// have passed Check. Every failure of the blob is ErrUnwrap; an invalid
-// kek size is an aes.KeySizeError. The material is a fresh slice the
-// caller owns and should wipe.
+// OpenKeyword opens a blob made by SealKeyword under the same kek (KWW3),
+// or a blob of the previous version, KWW2. It returns the material and
+// exactly the attributes that were sealed, which have passed Check. A
+// KWW1 blob is ErrLegacyKeyword; every other failure of the blob is
+// ErrUnwrap; an invalid kek size is an aes.KeySizeError. The material is a
+// fresh slice the caller owns and should wipe.
 //
 // The attributes are only as trustworthy as kek is secret: whoever knows
 // kek can seal any attributes. The caller applies policy to them, and may
@@ -198,27 +217,42 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 	if len(blob) < kwwHeaderLen || string(blob[:len(kwwMagic)]) != kwwMagic {
 		return nil, Attributes{}, ErrUnwrap
 	}
+	attrEnd := kwwHeaderLen + int(binary.BigEndian.Uint16(blob[kwwHeaderLen-2:]))
+	var aead cipher.AEAD
+	var aadLen, nonceLen int
 	switch blob[len(kwwMagic)] {
 	case kwwVersion:
+		// magic, version, length, attributes, salt || ciphertext || tag
+		aadLen = attrEnd + kwwSaltLen
+		if len(blob) < aadLen {
+			return nil, Attributes{}, ErrUnwrap
+		}
+		aead, err = newBlobAEAD(kek, blob[attrEnd:aadLen])
+	case kwwPrevious:
+		// magic, version, length, attributes || nonce || ciphertext || tag
+		aadLen, nonceLen = attrEnd, gcmNonceLen
+		aead, err = newKWW2AEAD(kek)
 	case kwwLegacy:
 		return nil, Attributes{}, ErrLegacyKeyword
 	default:
 		return nil, Attributes{}, ErrUnwrap
 	}
-	aadLen := kwwHeaderLen + int(binary.BigEndian.Uint16(blob[kwwHeaderLen-2:]))
-	if len(blob) < aadLen+gcmNonceLen+1+gcmTagLen || len(blob) > aadLen+gcmNonceLen+MaxMaterial+gcmTagLen {
-		return nil, Attributes{}, ErrUnwrap
-	}
-	aead, err := newKeywordAEAD(kek)
 	if err != nil {
 		return nil, Attributes{}, err
 	}
+	if body := len(blob) - aadLen - nonceLen - gcmTagLen; body < 1 || body > MaxMaterial {
+		return nil, Attributes{}, ErrUnwrap
+	}
 	// Authenticate first: only authenticated attributes are parsed.
-	material, err = aead.Open(nil, nil, blob[aadLen:], blob[:aadLen])
+	if nonceLen == 0 {
+		material, err = aead.Open(nil, kwwNonce[:], blob[aadLen:], blob[:aadLen])
+	} else {
+		material, err = aead.Open(nil, nil, blob[aadLen:], blob[:aadLen])
+	}
 	if err != nil {
 		return nil, Attributes{}, ErrUnwrap
 	}
-	a, ok := parseAttributes(blob[kwwHeaderLen:aadLen])
+	a, ok := parseAttributes(blob[kwwHeaderLen:attrEnd])
 	if !ok {
 		clear(material)
 		return nil, Attributes{}, ErrUnwrap
@@ -226,11 +260,24 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 	return material, a, nil
 }
 
-// newKeywordAEAD returns AES-256-GCM under the format's subkey of kek
-// (HKDF-SHA-256, no salt, info kwwSubkeyInfo), with a random 96-bit nonce
-// that Seal prepends to its output and Open expects there.
-func newKeywordAEAD(kek []byte) (cipher.AEAD, error) {
-	sub, err := hkdf.Key(sha256.New, kek, nil, kwwSubkeyInfo, kwwKEKLen)
+// newBlobAEAD returns AES-256-GCM under a KWW3 blob's own key:
+// HKDF-SHA-256 of kek with no salt and the info kwwSubkeyInfo || salt,
+// where salt is the blob's 32 random bytes.
+func newBlobAEAD(kek, salt []byte) (cipher.AEAD, error) {
+	info := make([]byte, 0, len(kwwSubkeyInfo)+len(salt))
+	info = append(append(info, kwwSubkeyInfo...), salt...)
+	return subkeyAEAD(kek, string(info), cipher.NewGCM)
+}
+
+// newKWW2AEAD returns AES-256-GCM under the one key of a wrapping key
+// that KWW2 used (HKDF-SHA-256, no salt, info kww2SubkeyInfo), with a
+// random 96-bit nonce that Open expects before the ciphertext.
+func newKWW2AEAD(kek []byte) (cipher.AEAD, error) {
+	return subkeyAEAD(kek, kww2SubkeyInfo, cipher.NewGCMWithRandomNonce)
+}
+
+func subkeyAEAD(kek []byte, info string, gcm func(cipher.Block) (cipher.AEAD, error)) (cipher.AEAD, error) {
+	sub, err := hkdf.Key(sha256.New, kek, nil, info, kwwKEKLen)
 	if err != nil {
 		return nil, err
 	}
@@ -239,5 +286,5 @@ func newKeywordAEAD(kek []byte) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cipher.NewGCMWithRandomNonce(b)
+	return gcm(b)
 }

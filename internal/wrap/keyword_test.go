@@ -85,7 +85,7 @@ func TestKeywordRoundTrip(t *testing.T) {
 				if err != nil {
 					t.Fatalf("%s, %d bytes: %v", s.Name, n, err)
 				}
-				if want := 6 + attrFixedLen + len(a.Name) + 12 + n + 16; len(blob) != want {
+				if want := 6 + attrFixedLen + len(a.Name) + 32 + n + 16; len(blob) != want {
 					t.Fatalf("%s: blob is %d bytes, want %d", s.Name, len(blob), want)
 				}
 				got, ga, err := OpenKeyword(kek, blob)
@@ -119,7 +119,7 @@ func TestKeywordLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantHeader := unhex(t, "4b575732"+ // "KWW2"
+	wantHeader := unhex(t, "4b575733"+ // "KWW3"
 		"003e"+ // L = 62
 		"01"+ // encoding version
 		"00000003"+ // HMAC-SHA384
@@ -135,26 +135,115 @@ func TestKeywordLayout(t *testing.T) {
 	if !bytes.HasPrefix(blob, wantHeader) {
 		t.Fatalf("header\n got %x\nwant %x", blob[:len(wantHeader)], wantHeader)
 	}
-	// The rest is nonce || ciphertext || tag of AES-256-GCM, under
-	// HKDF-SHA-256(kek, no salt, "keywarden KWW2 key wrap"), with the
-	// header as additional data.
-	sub, err := hkdf.Key(sha256.New, kek, nil, "keywarden KWW2 key wrap", 32)
+	// The rest is salt || ciphertext || tag: AES-256-GCM with the zero
+	// nonce under HKDF-SHA-256(kek, no salt, "keywarden KWW3 key wrap" ||
+	// salt), with the header and the salt as additional data.
+	salt := blob[len(wantHeader) : len(wantHeader)+32]
+	gcm := kww3GCM(t, kek, salt)
+	aad := blob[:len(wantHeader)+32]
+	pt, err := gcm.Open(nil, make([]byte, 12), blob[len(aad):], aad)
+	if err != nil || !bytes.Equal(pt, material) {
+		t.Fatalf("plain AES-256-GCM open under the blob's key: %x, %v", pt, err)
+	}
+	// And not under the wrapping key itself, as encryption of data is.
+	b, _ := aes.NewCipher(kek)
+	g, _ := cipher.NewGCM(b)
+	if _, err := g.Open(nil, make([]byte, 12), blob[len(aad):], aad); err == nil {
+		t.Fatal("the blob opens under the wrapping key itself")
+	}
+}
+
+// kww3GCM returns AES-256-GCM under the key of the KWW3 blob with salt
+// salt, derived as doc.go says, with the standard library alone.
+func kww3GCM(t *testing.T, kek, salt []byte) cipher.AEAD {
+	t.Helper()
+	sub, err := hkdf.Key(sha256.New, kek, nil, "keywarden KWW3 key wrap"+string(salt), 32)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ := aes.NewCipher(sub)
 	gcm, _ := cipher.NewGCM(b)
-	rest := blob[len(wantHeader):]
-	pt, err := gcm.Open(nil, rest[:12], rest[12:], wantHeader)
-	if err != nil || !bytes.Equal(pt, material) {
-		t.Fatalf("plain AES-256-GCM open under the subkey: %x, %v", pt, err)
+	return gcm
+}
+
+// TestKeywordKeyPerBlob: every blob is sealed under a key of its own,
+// derived from the wrapping key and the blob's random salt, so that the
+// AES-GCM invocations under one wrapping key need no counting (each key
+// makes one). Two blobs of the same key, attributes and wrapping key have
+// different salts and keys: neither opens under the other's key, nor
+// under the one key the previous version (KWW2) used for every blob.
+func TestKeywordKeyPerBlob(t *testing.T) {
+	kek, material := randBytes(32), randBytes(32)
+	a := fullAttributes(key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM))
+	h := 6 + attrFixedLen + len(a.Name)
+	var blobs [][]byte
+	for range 2 {
+		blob, err := SealKeyword(kek, material, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(blob, []byte("KWW3")) || len(blob) != h+32+len(material)+16 {
+			t.Fatalf("blob %x is not a KWW3 blob of %d bytes of material", blob, len(material))
+		}
+		blobs = append(blobs, blob)
 	}
-	// And not under the wrapping key itself, as encryption of data is.
-	b, _ = aes.NewCipher(kek)
-	gcm, _ = cipher.NewGCM(b)
-	if _, err := gcm.Open(nil, rest[:12], rest[12:], wantHeader); err == nil {
-		t.Fatal("the blob opens under the wrapping key itself")
+	open := func(g cipher.AEAD, blob []byte) error {
+		_, err := g.Open(nil, make([]byte, 12), blob[h+32:], blob[:h+32])
+		return err
 	}
+	g0, g1 := kww3GCM(t, kek, blobs[0][h:h+32]), kww3GCM(t, kek, blobs[1][h:h+32])
+	if bytes.Equal(blobs[0][h:h+32], blobs[1][h:h+32]) {
+		t.Fatal("two blobs have one salt")
+	}
+	if open(g0, blobs[0]) != nil || open(g1, blobs[1]) != nil {
+		t.Fatal("a blob does not open under its own key")
+	}
+	if open(g0, blobs[1]) == nil || open(g1, blobs[0]) == nil {
+		t.Fatal("a blob opens under another blob's key")
+	}
+	sub, _ := hkdf.Key(sha256.New, kek, nil, "keywarden KWW2 key wrap", 32)
+	b, _ := aes.NewCipher(sub)
+	g2, _ := cipher.NewGCM(b)
+	for i, blob := range blobs {
+		if open(g2, blob) == nil {
+			t.Fatalf("blob %d opens under the wrapping key's one KWW2 key", i)
+		}
+	}
+}
+
+// A blob of the previous version, KWW2, (one key per wrapping key, random
+// nonces) still opens: only sealing many blobs under one key was the
+// concern, and nothing seals KWW2 any more.
+func TestKeywordOpensKWW2(t *testing.T) {
+	kek, material := randBytes(32), randBytes(48)
+	a := fullAttributes(key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA384))
+	blob := sealKWW2(t, kek, appendAttributes(nil, &a), material)
+	got, ga, err := OpenKeyword(kek, blob)
+	if err != nil || !bytes.Equal(got, material) || ga != a {
+		t.Fatalf("KWW2 blob: %x, %+v, %v", got, ga, err)
+	}
+	for i := range blob {
+		bad := bytes.Clone(blob)
+		bad[i] ^= 0x10
+		if m, _, err := OpenKeyword(kek, bad); err != ErrUnwrap || m != nil {
+			t.Fatalf("KWW2 blob with byte %d changed: %x, %v", i, m, err)
+		}
+	}
+}
+
+// sealKWW2 makes a blob of the previous version: AES-256-GCM under
+// HKDF-SHA-256(kek, no salt, "keywarden KWW2 key wrap"), nonce prepended.
+func sealKWW2(t *testing.T, kek, attrs, material []byte) []byte {
+	t.Helper()
+	hdr := append([]byte("KWW2"), byte(len(attrs)>>8), byte(len(attrs)))
+	hdr = append(hdr, attrs...)
+	sub, err := hkdf.Key(sha256.New, kek, nil, "keywarden KWW2 key wrap", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := aes.NewCipher(sub)
+	g, _ := cipher.NewGCMWithRandomNonce(b)
+	return g.Seal(hdr, nil, material, bytes.Clone(hdr))
 }
 
 // A blob made the way encryption of data under the wrapping key makes
@@ -166,12 +255,20 @@ func TestKeywordDomainSeparation(t *testing.T) {
 	a := fullAttributes(key.Lookup(wire.KeyType_KEY_TYPE_AES256_GCM))
 	a.Exportable, a.NeverExportable = true, false
 	attrs := appendAttributes(nil, &a)
-	for _, version := range []string{"KWW2", "KWW1"} {
+	for _, version := range []string{"KWW3", "KWW2", "KWW1"} {
 		hdr := append([]byte(version), byte(len(attrs)>>8), byte(len(attrs)))
 		hdr = append(hdr, attrs...)
 		b, _ := aes.NewCipher(kek)
-		gcm, _ := cipher.NewGCMWithRandomNonce(b)
-		blob := gcm.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+		var blob []byte
+		if version == "KWW3" {
+			// Salt, then GCM with the zero nonce, under the key itself.
+			hdr = append(hdr, randBytes(32)...)
+			gcm, _ := cipher.NewGCM(b)
+			blob = gcm.Seal(hdr, make([]byte, 12), randBytes(32), bytes.Clone(hdr))
+		} else {
+			gcm, _ := cipher.NewGCMWithRandomNonce(b)
+			blob = gcm.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+		}
 		m, got, err := OpenKeyword(kek, blob)
 		if err == nil || m != nil || got != (Attributes{}) {
 			t.Fatalf("%s blob sealed under the wrapping key itself opened: %+v, %v", version, got, err)
@@ -204,13 +301,17 @@ func TestKeywordTamper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every bit of every byte: magic, version, length, attributes, nonce,
+	// Every bit of every byte: magic, version, length, attributes, salt,
 	// ciphertext and tag.
 	for i := range blob {
 		for bit := range 8 {
 			bad := bytes.Clone(blob)
 			bad[i] ^= 1 << bit
-			if m, _, err := OpenKeyword(kek, bad); err != ErrUnwrap || m != nil {
+			want := ErrUnwrap
+			if i == 3 && bad[i] == '1' {
+				want = ErrLegacyKeyword // "KWW3" became "KWW1"
+			}
+			if m, _, err := OpenKeyword(kek, bad); err != want || m != nil {
 				t.Fatalf("flipped bit %d of byte %d: %x, %v", bit, i, m, err)
 			}
 		}
@@ -251,17 +352,17 @@ func TestKeywordAttributeSwap(t *testing.T) {
 	}
 }
 
-func TestKeywordDistinctNonces(t *testing.T) {
+func TestKeywordDistinctSalts(t *testing.T) {
 	kek, material := randBytes(32), randBytes(32)
 	a := Attributes{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Class: key.Secret}
 	seen := map[string]bool{}
 	for range 100 {
 		blob, _ := SealKeyword(kek, material, a)
-		nonce := string(blob[6+attrFixedLen : 6+attrFixedLen+12])
-		if seen[nonce] {
-			t.Fatal("nonce repeated")
+		salt := string(blob[6+attrFixedLen : 6+attrFixedLen+32])
+		if seen[salt] {
+			t.Fatal("salt repeated")
 		}
-		seen[nonce] = true
+		seen[salt] = true
 	}
 }
 
@@ -372,25 +473,24 @@ func TestKeywordRejectsMalformedAttributes(t *testing.T) {
 	}
 }
 
-// sealRaw makes a KWW2 blob with arbitrary attribute bytes.
+// sealRaw makes a KWW3 blob with arbitrary attribute bytes.
 func sealRaw(t *testing.T, kek, attrs, material []byte) []byte {
-	hdr := append([]byte("KWW2"), byte(len(attrs)>>8), byte(len(attrs)))
+	hdr := append([]byte("KWW3"), byte(len(attrs)>>8), byte(len(attrs)))
 	hdr = append(hdr, attrs...)
-	aead, err := newKeywordAEAD(kek)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return aead.Seal(hdr, nil, material, bytes.Clone(hdr))
+	salt := randBytes(32)
+	hdr = append(hdr, salt...)
+	return kww3GCM(t, kek, salt).Seal(hdr, make([]byte, 12), material, bytes.Clone(hdr))
 }
 
 func TestKeywordUnknownFormatVersion(t *testing.T) {
 	kek := randBytes(32)
 	attrs := appendAttributes(nil, &Attributes{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Class: key.Secret})
-	for _, magic := range []string{"KWW0", "KWW3", "KWW\x02", "kww2", "KWX2"} {
+	for _, magic := range []string{"KWW0", "KWW4", "KWW\x03", "kww3", "KWX3"} {
 		hdr := append([]byte(magic), 0, byte(len(attrs)))
 		hdr = append(hdr, attrs...)
-		aead, _ := newKeywordAEAD(kek)
-		blob := aead.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+		salt := randBytes(32)
+		hdr = append(hdr, salt...)
+		blob := kww3GCM(t, kek, salt).Seal(hdr, make([]byte, 12), randBytes(32), bytes.Clone(hdr))
 		if _, _, err := OpenKeyword(kek, blob); err != ErrUnwrap {
 			t.Errorf("magic %q: %v", magic, err)
 		}

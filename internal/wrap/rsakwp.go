@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
-	_ "crypto/sha1" // registers crypto.SHA1 for unwrapping
 	_ "crypto/sha256"
 	_ "crypto/sha512"
 )
@@ -25,10 +24,8 @@ func WrapRSAKWP(pub *rsa.PublicKey, h crypto.Hash, material []byte) ([]byte, err
 	if pub == nil || pub.N == nil || pub.N.BitLen() < MinRSABits {
 		return nil, errorf("RSA key must have at least 2048 bits")
 	}
-	switch h {
-	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
-	default:
-		return nil, errorf("RSA-OAEP hash must be SHA-256, SHA-384 or SHA-512")
+	if err := checkOAEPHash(h); err != nil {
+		return nil, err
 	}
 	ek := make([]byte, rsaKWPKeyLen)
 	defer clear(ek)
@@ -45,19 +42,19 @@ func WrapRSAKWP(pub *rsa.PublicKey, h crypto.Hash, material []byte) ([]byte, err
 }
 
 // UnwrapRSAKWP reverses WrapRSAKWP with the private key priv and the same
-// hash h, which may also be crypto.SHA1 (cloud KMSs offer RSA-OAEP with
-// SHA-1 for imports). The ephemeral AES key may be AES-128, -192 or -256
-// (PKCS #11 lets the wrapper choose); it is wiped before UnwrapRSAKWP
-// returns. Every failure of the blob is ErrUnwrap, whether in RSA-OAEP or in
-// KWP. The material is a fresh slice the caller owns and should wipe.
+// hash h: crypto.SHA256, SHA384 or SHA512, as for wrapping. SHA-1 is
+// refused in both directions (keywarden offers SHA-1 nowhere; every
+// system that makes these blobs can use SHA-256). The ephemeral AES key
+// may be AES-128, -192 or -256 (PKCS #11 lets the wrapper choose); it is
+// wiped before UnwrapRSAKWP returns. Every failure of the blob is
+// ErrUnwrap, whether in RSA-OAEP or in KWP. The material is a fresh slice
+// the caller owns and should wipe.
 func UnwrapRSAKWP(priv *rsa.PrivateKey, h crypto.Hash, blob []byte) ([]byte, error) {
 	if priv == nil || priv.N == nil || priv.N.BitLen() < MinRSABits {
 		return nil, errorf("RSA key must have at least 2048 bits")
 	}
-	switch h {
-	case crypto.SHA1, crypto.SHA256, crypto.SHA384, crypto.SHA512:
-	default:
-		return nil, errorf("RSA-OAEP hash must be SHA-1, SHA-256, SHA-384 or SHA-512")
+	if err := checkOAEPHash(h); err != nil {
+		return nil, err
 	}
 	k := priv.Size()
 	if len(blob) < k+2*semiblock {
@@ -78,6 +75,16 @@ func UnwrapRSAKWP(priv *rsa.PrivateKey, h crypto.Hash, blob []byte) ([]byte, err
 		return nil, ErrUnwrap
 	}
 	return material, nil
+}
+
+// checkOAEPHash accepts the hashes of RSA-OAEP (and MGF1) in both
+// directions: SHA-256, SHA-384 and SHA-512.
+func checkOAEPHash(h crypto.Hash) error {
+	switch h {
+	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
+		return nil
+	}
+	return errorf("RSA-OAEP hash must be SHA-256, SHA-384 or SHA-512")
 }
 
 // wipeEphemeral wipes the ephemeral AES key of UnwrapRSAKWP.

@@ -5,11 +5,13 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -78,21 +80,26 @@ func TestRSAKWPFresh(t *testing.T) {
 	}
 }
 
-// TestRSAKWPSHA1 builds a SHA-1 blob by hand, as AWS and Google Cloud KMS
-// accept, since WrapRSAKWP does not make them.
-func TestRSAKWPSHA1(t *testing.T) {
+// TestRSAKWPRefusesSHA1 builds a well-formed blob with SHA-1 for OAEP and
+// MGF1 by hand (WrapRSAKWP does not make them) and checks that unwrapping
+// refuses SHA-1 as wrapping does, as docs/formats.md says: keywarden
+// offers SHA-1 nowhere.
+func TestRSAKWPRefusesSHA1(t *testing.T) {
 	priv := testRSAKey(t, 3072)
 	material := randBytes(48)
 	ek := randBytes(32)
-	c1, err := rsa.EncryptOAEP(crypto.SHA1.New(), rand.Reader, &priv.PublicKey, ek, nil)
+	c1, err := rsa.EncryptOAEP(sha1.New(), rand.Reader, &priv.PublicKey, ek, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c2, _ := WrapKWP(ek, material)
 	blob := append(c1, c2...)
 	got, err := UnwrapRSAKWP(priv, crypto.SHA1, blob)
-	if err != nil || !bytes.Equal(got, material) {
-		t.Fatalf("UnwrapRSAKWP = %x, %v", got, err)
+	if err == nil || err == ErrUnwrap || got != nil {
+		t.Fatalf("UnwrapRSAKWP with SHA-1 = %x, %v; want the hash refused", got, err)
+	}
+	if !strings.Contains(err.Error(), "SHA-256, SHA-384 or SHA-512") {
+		t.Fatalf("the refusal does not say which hashes are taken: %v", err)
 	}
 	if _, err := UnwrapRSAKWP(priv, crypto.SHA256, blob); err != ErrUnwrap {
 		t.Fatalf("SHA-1 blob opened as SHA-256: %v", err)
@@ -146,7 +153,7 @@ func TestRSAKWPTamper(t *testing.T) {
 	if p, err := UnwrapRSAKWP(testRSAKey(t, 3072), crypto.SHA256, blob); err != ErrUnwrap || p != nil {
 		t.Fatalf("other key: %x, %v", p, err)
 	}
-	for _, h := range []crypto.Hash{crypto.SHA1, crypto.SHA384, crypto.SHA512} {
+	for _, h := range []crypto.Hash{crypto.SHA384, crypto.SHA512} {
 		if p, err := UnwrapRSAKWP(priv, h, blob); err != ErrUnwrap || p != nil {
 			t.Fatalf("hash %v: %x, %v", h, p, err)
 		}

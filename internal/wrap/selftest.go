@@ -10,7 +10,7 @@ import (
 )
 
 // SelfTest runs known-answer tests of KW and KWP from RFC 3394 §4.6 and
-// RFC 5649 §6, wrapping and unwrapping, and a KWW2 seal-and-open with a
+// RFC 5649 §6, wrapping and unwrapping, and a KWW3 seal-and-open with a
 // tampered copy, through the functions the daemon uses. The daemon runs it
 // at start; the error names the failed test. It takes microseconds.
 func SelfTest() error {
@@ -27,7 +27,7 @@ func SelfTest() error {
 		{"KWP (RFC 5649 §6, 7 octets)", func() error {
 			return kat(WrapKWP, UnwrapKWP, selfKEK192, selfKWPData7, selfKWP7)
 		}},
-		{"KWW2", selfTestKeyword},
+		{"KWW3", selfTestKeyword},
 	} {
 		if err := t.run(); err != nil {
 			return errors.New("wrap self-test failed: " + t.name + ": " + err.Error())
