@@ -286,6 +286,14 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				if err != nil {
 					continue // quarantined: left as it is
 				}
+				var kid key.ID
+				copy(kid[:], id)
+				if !s.isCurrent(kid, tx.Get(persist.BucketKeys, id)) {
+					// Replaced while the daemon runs (refused on use), or
+					// written by a writer committed with this batch, and
+					// so already under the current generation.
+					continue
+				}
 				r = r.CloneVT()
 				stale := false
 				for _, v := range r.Versions {
@@ -294,7 +302,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				if !stale {
 					continue
 				}
-				if err := rewrapRecord(tx, k, r); err != nil {
+				if err := s.rewrapRecord(tx, k, r); err != nil {
 					return err
 				}
 			}
@@ -317,7 +325,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 }
 
 // rewrapRecord re-seals r's blobs under the current generation.
-func rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) error {
+func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) error {
 	old := r.CloneVT()
 	plain := func(i int, fn func([]byte) error) error {
 		ov := old.Versions[i]
@@ -333,5 +341,5 @@ func rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) error {
 		})
 		return err
 	}
-	return putRecord(tx, k, r, true, plain)
+	return s.putRecord(tx, k, r, true, plain)
 }

@@ -165,7 +165,7 @@ func NewHeader(k *seal.Keys, now time.Time) ([]byte, error) {
 // putRecord writes r (whose blobs seal gives) in tx, updating the header.
 // old is whether a record with its id must exist (an update) or must not
 // (a create).
-func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
+func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
 	h, acc, err := readHeader(tx, k)
 	if err != nil {
 		return err
@@ -203,6 +203,7 @@ func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, pla
 	if err := tx.Put(persist.BucketKeys, r.Id, persist.JoinValue(mac, rb)); err != nil {
 		return err
 	}
+	s.noteRecord(tx, r.Id, mac)
 	if !update && r.Name != "" {
 		nk := persist.NameKey(r.Owner, r.Name)
 		if tx.Get(persist.BucketNames, nk) != nil {
@@ -218,7 +219,7 @@ func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, pla
 // create writes o's first record.
 func (s *Store) create(k *seal.Keys, o *Object) error {
 	err := s.db.Update(func(tx store.Tx) error {
-		return putRecord(tx, k, record(o), false, objectPlain(o))
+		return s.putRecord(tx, k, record(o), false, objectPlain(o))
 	})
 	return storeErr(err)
 }
@@ -243,7 +244,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	}
 	err = s.db.Update(func(tx store.Tx) error {
 		c := r.CloneVT() // Update may run fn more than once
-		return putRecord(tx, k, c, true, plain)
+		return s.putRecord(tx, k, c, true, plain)
 	})
 	return storeErr(err)
 }
@@ -269,6 +270,7 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 		if err := tx.Delete(persist.BucketKeys, o.ID[:]); err != nil {
 			return err
 		}
+		s.noteRecord(tx, o.ID[:], nil)
 		if o.Name != "" {
 			nk := persist.NameKey(o.Owner, o.Name)
 			if bytes.Equal(tx.Get(persist.BucketNames, nk), o.ID[:]) {
@@ -316,15 +318,7 @@ var errRecord = errors.New("key record fails its integrity check")
 // check, if not nil, decides from the checked record, before any blob is
 // opened: its error is load's.
 func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error) {
-	var r *persist.KeyRecord
-	err := s.db.View(func(tx store.Tx) error {
-		var err error
-		r, err = readRecord(tx, k, id[:])
-		if r != nil {
-			r = r.CloneVT() // the transaction's bytes go away
-		}
-		return err
-	})
+	r, err := s.readCurrent(k, id)
 	if err == nil && check != nil {
 		pk, perr := recordPolicy(r)
 		if perr == nil {
@@ -514,6 +508,10 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			mats.add(e.fp, e.h)
 		}
 	}
+	seen := make(map[key.ID]uint64, len(scan.seen))
+	for _, e := range scan.seen {
+		seen[e.id] = e.tag
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for o := range s.eph {
@@ -521,6 +519,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		mats.addObject(o)
 	}
 	s.mats = mats
+	s.seen = seen
 	s.owned = owned
 	s.count = int(count) - len(bad)
 	s.bad = bad
@@ -542,30 +541,46 @@ func (s *Store) Empty() (bool, error) {
 
 // List returns, in id order, up to limit descriptions of persistent keys
 // with ids greater than after for which visible returns true. Keys need
-// not be loaded: the descriptions come from their (checked) records.
+// not be loaded: the descriptions come from their (checked) records, each
+// the one the daemon last wrote (see readCurrent: a record that is not is
+// looked at again after the commits under way, then left out).
 func (s *Store) List(after key.ID, limit int, visible func(info *wire.KeyInfo) bool) ([]*wire.KeyInfo, error) {
 	k, err := s.keys()
 	if err != nil {
 		return nil, err
 	}
-	var out []*wire.KeyInfo
-	err = s.db.View(func(tx store.Tx) error {
-		return tx.ForEach(persist.BucketKeys, after[:], func(id, v []byte) error {
-			r, err := checkRecord(k, id, v)
-			if err != nil {
-				return nil // quarantined; reported at unseal and on use
-			}
-			info := infoFromRecord(r)
-			if visible(info) {
-				out = append(out, info)
-				if limit > 0 && len(out) >= limit {
-					return store.ErrStop
+	for try := 0; ; try++ {
+		var out []*wire.KeyInfo
+		replaced := 0
+		err = s.db.View(func(tx store.Tx) error {
+			return tx.ForEach(persist.BucketKeys, after[:], func(id, v []byte) error {
+				r, err := checkRecord(k, id, v)
+				if err != nil {
+					return nil // quarantined; reported at unseal and on use
 				}
-			}
-			return nil
+				var kid key.ID
+				copy(kid[:], id)
+				if !s.isCurrent(kid, v) {
+					replaced++
+					return nil // refused on use
+				}
+				info := infoFromRecord(r)
+				if visible(info) {
+					out = append(out, info)
+					if limit > 0 && len(out) >= limit {
+						return store.ErrStop
+					}
+				}
+				return nil
+			})
 		})
-	})
-	return out, storeErr(err)
+		if err != nil || replaced == 0 || try == 2 {
+			return out, storeErr(err)
+		}
+		if err := s.db.Update(func(store.Tx) error { return nil }); err != nil {
+			return nil, storeErr(err)
+		}
+	}
 }
 
 // infoFromRecord describes a key from its record (the caller fills
@@ -624,6 +639,7 @@ func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) 
 			if err := tx.Delete(persist.BucketKeys, id[:]); err != nil {
 				return err
 			}
+			s.noteRecord(tx, id[:], nil)
 		}
 		var names [][]byte
 		err := tx.ForEach(persist.BucketNames, nil, func(nk, v []byte) error {

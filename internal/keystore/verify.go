@@ -42,6 +42,13 @@ type verifyScan struct {
 	acc   persist.Acc
 	// mats are the (fingerprint, holder) entries of the good records.
 	mats []matEntry
+	// seen are the ids and MAC tags of the good records (Store.seen).
+	seen []seenEntry
+}
+
+type seenEntry struct {
+	id  key.ID
+	tag uint64
 }
 
 type matEntry struct {
@@ -102,6 +109,7 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 	out := parts[0]
 	for _, p := range parts[1:] {
 		out.mats = append(out.mats, p.mats...)
+		out.seen = append(out.seen, p.seen...)
 		out.count += p.count
 		out.acc.Add(p.acc[:])
 		for o, n := range p.owned {
@@ -149,17 +157,18 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 		c.ok[i] = hmac.Equal(j.vals[i][:persist.MACSize], want)
 	})
 	for i, id := range j.ids {
+		var kid key.ID
+		copy(kid[:], id)
 		if c.ok[i] {
 			r := &persist.KeyRecord{}
 			if err := r.UnmarshalVT(j.vals[i][persist.MACSize:]); err == nil && bytes.Equal(r.Id, id) {
 				if err := p.addMaterials(k, r); err == nil {
 					p.owned[r.Owner]++
+					p.seen = append(p.seen, seenEntry{kid, macTag(j.vals[i])})
 					continue
 				}
 			}
 		}
-		var kid key.ID
-		copy(kid[:], id)
 		p.bad[kid] = struct{}{}
 	}
 }
