@@ -2,11 +2,19 @@ package e2e_test
 
 import (
 	"bytes"
+	"compress/gzip"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -111,4 +119,128 @@ func TestStoreRollbackWhileRunning(t *testing.T) {
 		t.Errorf("the log does not say why:\n%s", d.log)
 	}
 	open(t, c, "beta").Close(ctx)
+}
+
+// format1State makes a state directory holding a store written by format
+// 1 (internal/keystore/testdata/format1), and returns it with what that
+// directory's facts.json says of it.
+func format1State(t *testing.T, name string) (string, map[string]string) {
+	t.Helper()
+	dir := "../internal/keystore/testdata/format1"
+	b, err := os.ReadFile(filepath.Join(dir, "facts.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var facts map[string]string
+	if err := json.Unmarshal(b, &facts); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, name+".db.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := io.ReadAll(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(state, "keywarden.db"), db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return state, facts
+}
+
+func fromHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A store written by the previous format opens: the daemon checks it
+// under that format's rules, upgrades it, and re-writes its records in the
+// background; the keys work throughout and after a restart.
+func TestUpgradeFormat1Store(t *testing.T) {
+	state, facts := format1State(t, "keys")
+	passFile := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(passFile, []byte(facts["passphrase"]+"\n"), 0o600)
+	sock := filepath.Join(openDir(t), "kw.sock")
+	check := func(c *keywarden.Client) {
+		t.Helper()
+		msg := fromHex(t, facts["message"])
+		alpha := open(t, c, "alpha")
+		for _, ct := range []string{facts["alpha_ct1"], facts["alpha_ct2"]} {
+			if pt, err := alpha.Decrypt(ctx, fromHex(t, ct), nil); err != nil || !bytes.Equal(pt, msg) {
+				t.Errorf("alpha: a ciphertext of format 1's time does not decrypt: %v", err)
+			}
+		}
+		if got, err := open(t, c, "beta").Export(ctx, keywarden.FormatRaw); err != nil || !bytes.Equal(got, fromHex(t, facts["beta_raw"])) {
+			t.Errorf("beta's bytes: %v", err)
+		}
+		gamma := open(t, c, "gamma")
+		if pub, err := gamma.ExportPublic(ctx, keywarden.FormatSPKIDER); err != nil || !bytes.Equal(pub, fromHex(t, facts["gamma_public"])) {
+			t.Errorf("gamma's public key: %v", err)
+		}
+		if _, err := gamma.SignMessage(ctx, msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
+			t.Errorf("gamma, narrowed to verify, signs: %v", err)
+		}
+		delta := open(t, c, "delta")
+		sig, err := delta.SignMessage(ctx, msg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, _ := x509.ParsePKIXPublicKey(fromHex(t, facts["delta_public"]))
+		h := sha256.Sum256(msg)
+		if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), h[:], sig) {
+			t.Error("delta's signature does not verify under its public key of format 1's time")
+		}
+		if _, err := c.Open(ctx, "doomed"); !errors.Is(err, keywarden.ErrNotFound) {
+			t.Errorf("a key destroyed under format 1: %v", err)
+		}
+		if st := status(t, c); st.Keys != 5 {
+			t.Errorf("%d keys, want 5", st.Keys)
+		}
+	}
+	d := startPersistent(t, sock, state)
+	if r := d.runCLI(t, nil, nil, "unseal", "--passphrase-file", passFile); r.code != 0 {
+		t.Fatalf("unseal of a store of format 1: %s\n%s", r, d.log)
+	}
+	c := d.client(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for status(t, c).Seal.Rotating {
+		if time.Now().After(deadline) {
+			t.Fatal("the re-write did not finish")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !logSays(d, "store upgraded from format 1") {
+		t.Errorf("the log does not say that the store was upgraded:\n%s", d.log)
+	}
+	check(c)
+	c.Close()
+	d.stop()
+	readStore(t, state, func(tx *bolt.Tx) error {
+		return tx.Bucket(persist.BucketKeys).ForEach(func(_, v []byte) error {
+			r := &persist.KeyRecord{}
+			if err := r.UnmarshalVT(v[persist.MACSize:]); err != nil {
+				return err
+			}
+			if r.Format != persist.Format {
+				t.Errorf("a record of format %d after the re-write", r.Format)
+			}
+			return nil
+		})
+	})
+	d = startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	check(d.client(t))
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // What the daemon knows of each record while it runs. A record's own MAC
@@ -27,7 +28,8 @@ import (
 // errReplaced: a record that is not the one the daemon last wrote.
 var errReplaced = errors.New("the key's record is not the one this daemon last wrote (an older copy put back?)")
 
-// macTag is what the store remembers of a record's MAC.
+// macTag is what the store remembers of a record's MAC (of a keys-bucket
+// value: MAC || record), which is at least 8 bytes long.
 func macTag(mac []byte) uint64 { return binary.BigEndian.Uint64(mac) }
 
 // noteRecord makes tx record, once it commits, that key id's record has
@@ -55,6 +57,9 @@ func (s *Store) noteRecord(tx store.Tx, id []byte, mac []byte) {
 // isCurrent reports whether mac is the MAC of the record the daemon last
 // read or wrote for id.
 func (s *Store) isCurrent(id key.ID, mac []byte) bool {
+	if len(mac) < persist.MACSize {
+		return false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tag, ok := s.seen[id]
@@ -95,4 +100,48 @@ func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error)
 			return nil, storeErr(err)
 		}
 	}
+}
+
+var errChangedLive = wire.Errorf(wire.Status_STATUS_INTERNAL,
+	"a key record was changed while the daemon runs: seal and unseal (which checks the store) before rotating the master key")
+
+// CommitRotation commits a master-key rotation that p holds
+// (seal.Master.PrepareRotation): in one transaction, the new master
+// record and the store header under the new generation, its accumulator
+// summed anew under the new index key (whatever made a record, its
+// summand is the current generation's). The sum is made from the file,
+// so every record must be the one the daemon last wrote. The records are
+// re-wrapped afterwards (RewrapAll).
+func (s *Store) CommitRotation(p *seal.Pending) error {
+	if _, err := s.keys(); err != nil {
+		p.Discard()
+		return err
+	}
+	total, _ := s.Counts()
+	return s.master.CommitRotation(p, uint64(total), func(tx store.Tx, old, next *seal.Keys) error {
+		h, _, err := readHeader(tx, old)
+		if err != nil {
+			return err
+		}
+		count, acc, err := sumRecords(tx, next, func(id, v []byte) error {
+			var kid key.ID
+			copy(kid[:], id)
+			if !s.isCurrent(kid, v) {
+				return errChangedLive
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		known := len(s.seen)
+		s.mu.Unlock()
+		if count != uint64(known) {
+			return errChangedLive
+		}
+		h.Count = count
+		h.Epoch++
+		return writeHeader(tx, next, h, acc)
+	})
 }
