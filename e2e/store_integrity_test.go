@@ -121,6 +121,51 @@ func TestStoreRollbackWhileRunning(t *testing.T) {
 	open(t, c, "beta").Close(ctx)
 }
 
+// Rotating the master key rotates the audit log's keys with it: the log
+// starts a new key epoch (a rekey checkpoint, signed with the old key,
+// names the new one), so that whoever held the old master key cannot make
+// MACs or checkpoints for what the log records after the rotation. The
+// whole log still verifies from the first public key, and audit.pub names
+// the new one.
+func TestMasterRotationRekeysAuditLog(t *testing.T) {
+	sock, state, passFile := persistentSetup(t)
+	d := startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	initStore(t, d, passFile)
+	c := d.client(t)
+	generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
+	logPath, pub := filepath.Join(state, "audit.log"), filepath.Join(state, "audit.pub")
+	first := status(t, c).Audit.PublicKey
+	firstPub, err := os.ReadFile(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPub := filepath.Join(t.TempDir(), "old.pub")
+	os.WriteFile(oldPub, firstPub, 0o600)
+	if r := d.runCLI(t, nil, nil, append([]string{"master", "rotate", "--passphrase-file", passFile}, cheapKDF...)...); r.code != 0 {
+		t.Fatalf("master rotate: %s", r)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for status(t, c).Seal.Rotating {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotation did not finish")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	open(t, c, "k").Close(ctx)
+	st := status(t, c)
+	if !st.Audit.Keyed || bytes.Equal(st.Audit.PublicKey, first) {
+		t.Errorf("the audit log's public key is the same after a master-key rotation: %x", st.Audit.PublicKey)
+	}
+	if now, _ := os.ReadFile(pub); bytes.Equal(now, firstPub) {
+		t.Error("audit.pub was not republished after the rotation")
+	}
+	c.Close()
+	d.stop()
+	if r := auditVerify(t, d, "--public-key", oldPub, "--closed", logPath); r.code != 0 || !strings.HasPrefix(r.stdout, "intact\n") {
+		t.Fatalf("verify from the first public key: %s", r)
+	}
+}
+
 // format1State makes a state directory holding a store written by format
 // 1 (internal/keystore/testdata/format1), and returns it with what that
 // directory's facts.json says of it.
