@@ -279,6 +279,8 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 			}); err != nil {
 				return err
 			}
+			var h *persist.StoreHeader
+			var acc persist.Acc
 			for _, id := range ids {
 				last = id
 				n++
@@ -298,12 +300,22 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				if c, _ := kindOf(k, r); !c.legacy && c.gen == k.Generation {
 					continue
 				}
-				if err := s.rewrapRecord(tx, k, r.CloneVT()); err != nil {
+				if h == nil {
+					if h, acc, err = readHeader(tx, k); err != nil {
+						return err
+					}
+				}
+				if err := s.rewrapRecord(tx, k, h, &acc, r.CloneVT()); err != nil {
 					return err
 				}
 			}
 			if last == nil {
 				return nil
+			}
+			if h != nil {
+				if err := writeHeader(tx, k, h, acc); err != nil {
+					return err
+				}
 			}
 			return s.master.RotationStep(tx, last, done+n)
 		})
@@ -324,7 +336,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 // format, under the current generation: its blobs opened under the old
 // rules and sealed anew, its fingerprints re-encrypted (the inner values
 // need no material), its MAC made anew.
-func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) error {
+func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord) error {
 	old := r.CloneVT()
 	if err := openFingerprints(k, r); err != nil {
 		return err
@@ -332,5 +344,5 @@ func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) er
 	plain := func(i int, fn func([]byte) error) error {
 		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
 	}
-	return s.putRecord(tx, k, r, true, plain)
+	return s.putRecordIn(tx, k, h, acc, r, true, plain)
 }

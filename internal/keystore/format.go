@@ -54,13 +54,14 @@ func recordMAC(k *seal.Keys, c recordKind, dst, rb []byte) ([]byte, error) {
 	return k.MAC(c.gen, dst, in)
 }
 
-// summand returns key id's summand in the accumulator: the MAC, under the
-// current generation's index key, of its id and record MAC. Whatever made
-// the record, its summand is the current generation's: no one who held an
+// summand returns a record's summand in the accumulator: the MAC, under
+// the current generation's index key, of the record's MAC (which covers
+// its id, its revision and every other byte of it). Whatever made the
+// record, its summand is the current generation's: no one who held an
 // older master key can compute it.
-func summand(k *seal.Keys, id, mac []byte) ([]byte, error) {
-	var buf [len(persist.LabelSum) + persist.IDSize + persist.MACSize]byte
-	return k.MAC(k.Generation, nil, persist.SumInput(buf[:0], id, mac))
+func summand(k *seal.Keys, mac []byte) ([]byte, error) {
+	var buf [len(persist.LabelSum) + persist.MACSize]byte
+	return k.MAC(k.Generation, nil, persist.SumInput(buf[:0], mac))
 }
 
 // accPad returns the pad that encrypts the accumulator in a header with
@@ -170,8 +171,10 @@ func NewHeader(k *seal.Keys, now time.Time) ([]byte, error) {
 func sealRecord(k *seal.Keys, r *persist.KeyRecord, plain func(i int, fn func([]byte) error) error) (rb, mac []byte, err error) {
 	r.Format = persist.Format
 	var fps []*[seal.FingerprintSize]byte
-	for _, v := range r.Versions {
+	sizes := make([]int, len(r.Versions))
+	for i, v := range r.Versions {
 		v.MkGeneration = k.Generation
+		sizes[i] = len(v.Blob)
 		v.Blob = nil
 		if len(v.Fingerprint) == seal.FingerprintSize {
 			v.Fingerprint = bytes.Clone(v.Fingerprint)
@@ -185,13 +188,20 @@ func sealRecord(k *seal.Keys, r *persist.KeyRecord, plain func(i int, fn func([]
 	if err != nil {
 		return nil, nil, err
 	}
+	// What is not secret is made before secmem.Do, where each allocation
+	// costs: the associated data and room for the blobs (as large as the
+	// ones they replace, or as an elliptic-curve key's).
 	blobs := make([][]byte, len(r.Versions))
+	aads := make([][]byte, len(r.Versions))
+	for i, v := range r.Versions {
+		aads[i] = persist.BlobAAD(nil, k.StoreID, r.Id, v.Version, &hash)
+		blobs[i] = make([]byte, 0, max(sizes[i], 12+16+64))
+	}
 	err = k.SealBlobs(r.Id, r.Rev, func(seal seal.BlobSealer) error {
-		for i, v := range r.Versions {
-			aad := persist.BlobAAD(nil, k.StoreID, r.Id, v.Version, &hash)
+		for i := range r.Versions {
 			err := plain(i, func(b []byte) error {
 				var err error
-				blobs[i], err = seal(aad, b)
+				blobs[i], err = seal(blobs[i], aads[i], b)
 				return err
 			})
 			if err != nil {
@@ -251,12 +261,16 @@ func openVersions(k *seal.Keys, r *persist.KeyRecord, only int, fn func(i int, b
 	if err != nil {
 		return err
 	}
+	aads := make([][]byte, len(r.Versions))
+	for i, v := range r.Versions {
+		aads[i] = persist.BlobAAD(nil, k.StoreID, r.Id, v.Version, &hash)
+	}
 	return k.OpenBlobs(c.gen, r.Id, r.Rev, func(open seal.BlobOpener) error {
 		for i, v := range r.Versions {
 			if only >= 0 && i != only {
 				continue
 			}
-			b, err := open(persist.BlobAAD(nil, k.StoreID, r.Id, v.Version, &hash), v.Blob)
+			b, err := open(aads[i], v.Blob)
 			if err != nil {
 				return err
 			}

@@ -95,6 +95,15 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 	if err != nil {
 		return err
 	}
+	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain); err != nil {
+		return err
+	}
+	return writeHeader(tx, k, h, acc)
+}
+
+// putRecordIn is putRecord with the header (h, acc) read and written by
+// the caller: a batch of writes reads and writes it once.
+func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
 	cur := tx.Get(persist.BucketKeys, r.Id)
 	switch {
 	case update && cur == nil:
@@ -110,7 +119,7 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 		if err != nil {
 			return err
 		}
-		old, err := summand(k, r.Id, oldMAC)
+		old, err := summand(k, oldMAC)
 		if err != nil {
 			return err
 		}
@@ -124,7 +133,7 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 	if err != nil {
 		return err
 	}
-	add, err := summand(k, r.Id, mac)
+	add, err := summand(k, mac)
 	if err != nil {
 		return err
 	}
@@ -142,7 +151,7 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 			return err
 		}
 	}
-	return writeHeader(tx, k, h, acc)
+	return nil
 }
 
 // create writes o's first record.
@@ -193,7 +202,7 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 		if err != nil {
 			return err
 		}
-		old, err := summand(k, o.ID[:], mac)
+		old, err := summand(k, mac)
 		if err != nil {
 			return err
 		}
@@ -466,10 +475,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			mats.add(e.fp, e.h)
 		}
 	}
-	seen := make(map[key.ID]uint64, len(scan.seen))
-	for _, e := range scan.seen {
-		seen[e.id] = e.tag
-	}
+	seen := newRecordTags(scan.seen)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for o := range s.eph {
@@ -688,7 +694,7 @@ func sumRecords(tx store.Tx, k *seal.Keys, check func(id, v []byte) error) (coun
 		if err != nil {
 			return nil // in the count, not in the sum: as Verify counts it
 		}
-		return sum.add(k, &acc, id, mac)
+		return sum.add(k, &acc, mac)
 	})
 	if err == nil {
 		err = sum.flush(k, &acc)
@@ -703,8 +709,8 @@ type summer struct {
 	buf []byte
 }
 
-func (s *summer) add(k *seal.Keys, acc *persist.Acc, id, mac []byte) error {
-	s.in = append(s.in, persist.SumInput(nil, id, mac))
+func (s *summer) add(k *seal.Keys, acc *persist.Acc, mac []byte) error {
+	s.in = append(s.in, persist.SumInput(nil, mac))
 	if len(s.in) == verifyBatch {
 		return s.flush(k, acc)
 	}

@@ -56,7 +56,7 @@ type Store struct {
 	// commit functions keep it up to date): a record read from the file
 	// later must be that one, or it was replaced while the daemon runs
 	// (seen.go). nil while sealed.
-	seen map[key.ID]uint64
+	seen *recordTags
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64

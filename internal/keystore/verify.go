@@ -45,13 +45,9 @@ type verifyScan struct {
 	acc, legacyAcc persist.Acc
 	// mats are the (fingerprint, holder) entries of the good records.
 	mats []matEntry
-	// seen are the ids and MAC tags of the good records (Store.seen).
+	// seen are the ids and MAC tags of the good records (Store.seen), in
+	// id order.
 	seen []seenEntry
-}
-
-type seenEntry struct {
-	id  key.ID
-	tag uint64
 }
 
 type matEntry struct {
@@ -61,6 +57,10 @@ type matEntry struct {
 
 type verifyJob struct {
 	ids, vals [][]byte
+	// seen receives the ids and MAC tags of the batch's good records, in
+	// order: the batches' parts, in the order of the batches, are in id
+	// order.
+	seen *[]seenEntry
 }
 
 // scanRecords checks every record of the keys bucket in tx.
@@ -94,25 +94,39 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 			return &verifyJob{ids: make([][]byte, 0, verifyBatch), vals: make([][]byte, 0, verifyBatch)}
 		}
 	}
+	var seen []*[]seenEntry
+	send := func(j *verifyJob) {
+		part := make([]seenEntry, 0, len(j.ids))
+		j.seen = &part
+		seen = append(seen, j.seen)
+		jobs <- j
+	}
 	j := newJob()
 	err := tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
 		j.ids = append(j.ids, id)
 		j.vals = append(j.vals, v)
 		if len(j.ids) == verifyBatch {
-			jobs <- j
+			send(j)
 			j = newJob()
 		}
 		return nil
 	})
 	if len(j.ids) > 0 {
-		jobs <- j
+		send(j)
 	}
 	close(jobs)
 	wg.Wait() // before the transaction, and the records' memory, goes away
 	out := parts[0]
+	n := 0
+	for _, part := range seen {
+		n += len(*part)
+	}
+	out.seen = make([]seenEntry, 0, n)
+	for _, part := range seen {
+		out.seen = append(out.seen, *part...)
+	}
 	for _, p := range parts[1:] {
 		out.mats = append(out.mats, p.mats...)
-		out.seen = append(out.seen, p.seen...)
 		out.count += p.count
 		out.acc.Add(p.acc[:])
 		out.legacyAcc.Add(p.legacyAcc[:])
@@ -131,7 +145,10 @@ type checker struct {
 	macs []byte // verifyBatch MACs
 	buf  []byte // the MAC input being made
 	idx  []int
+	// recs point into rec, whose records are decoded into in turn
+	// (allocating only what their fields need).
 	recs []*persist.KeyRecord
+	rec  []persist.KeyRecord
 	kind []recordKind
 	ok   []bool
 	// fps are the material entries of this batch to decrypt, by
@@ -144,11 +161,15 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 	if c.macs == nil {
 		c.macs = make([]byte, verifyBatch*persist.MACSize)
 		c.fps = make(map[uint64][]int)
+		c.buf = make([]byte, 0, 4096) // not grown inside secmem.Do, mostly
 	}
 	n := len(j.ids)
 	c.ok = slices.Grow(c.ok[:0], n)[:n]
 	c.recs = slices.Grow(c.recs[:0], n)[:n]
 	c.kind = slices.Grow(c.kind[:0], n)[:n]
+	if len(c.rec) < n {
+		c.rec = make([]persist.KeyRecord, n)
+	}
 	clear(c.ok)
 	clear(c.recs)
 	// The summands of every record there is (a record that fails its
@@ -167,7 +188,7 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 	// meanwhile): no MAC is computed and every record counts as bad.
 	k.MACEach(k.Generation, len(c.idx), func(m int) (data, dst []byte) {
 		i := c.idx[m]
-		c.buf = persist.SumInput(c.buf[:0], j.ids[i], j.vals[i][:persist.MACSize])
+		c.buf = persist.SumInput(c.buf[:0], j.vals[i][:persist.MACSize])
 		return c.buf, c.macs[m*persist.MACSize : m*persist.MACSize : (m+1)*persist.MACSize]
 	}, func(_ int, sum []byte) { p.acc.Add(sum) })
 	// Decode each record, and find the rules it was made by.
@@ -176,7 +197,8 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 		if err != nil {
 			continue
 		}
-		r := &persist.KeyRecord{}
+		r := &c.rec[i]
+		r.Reset()
 		if err := r.UnmarshalVT(rb); err != nil || !bytes.Equal(r.Id, j.ids[i]) || len(r.Versions) == 0 {
 			continue
 		}
@@ -229,14 +251,16 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 			}
 		}
 	}
-	clear(c.fps)
+	for g := range c.fps {
+		c.fps[g] = c.fps[g][:0]
+	}
 	for i, id := range j.ids {
 		var kid key.ID
 		copy(kid[:], id)
 		if r := c.recs[i]; c.ok[i] && r != nil {
 			if err := c.addMaterials(k, p, r, c.kind[i]); err == nil {
 				p.owned[r.Owner]++
-				p.seen = append(p.seen, seenEntry{kid, macTag(j.vals[i])})
+				*j.seen = append(*j.seen, seenEntry{kid, macTag(j.vals[i])})
 				continue
 			}
 		}

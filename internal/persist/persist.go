@@ -229,10 +229,11 @@ func RecordMACInput(dst, rb []byte) []byte {
 	return append(append(dst, LabelRecord...), rb...)
 }
 
-// SumInput returns the input of key id's summand: LabelSum || id || the
-// record's mac, appended to dst.
-func SumInput(dst, id, mac []byte) []byte {
-	return append(append(append(dst, LabelSum...), pad16(id)...), mac...)
+// SumInput returns the input of a record's summand: LabelSum || the
+// record's mac (55 bytes: one block of SHA-256), appended to dst. The mac
+// covers every byte of the record, its id and revision among them.
+func SumInput(dst, mac []byte) []byte {
+	return append(append(dst, LabelSum...), mac...)
 }
 
 // Acc is the header's accumulator: a sum of 256-bit big-endian numbers,

@@ -543,7 +543,7 @@ type StoreHeader struct {
 	Count   uint64                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`                   // key records
 	// The accumulator: the sum, modulo 2^256 (big-endian), of a secret
 	// summand of every key record (HMAC-SHA-256 under the index key of
-	// "keywarden store sum v2" || 0x00 || id || record mac), stored
+	// "keywarden store sum v2" || 0x00 || record mac), stored
 	// encrypted: XORed with HMAC-SHA-256 under the index key of
 	// "keywarden store sum pad v2" || 0x00 || acc_nonce. (Format 1 kept the
 	// plain sum of the record macs.)

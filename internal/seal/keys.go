@@ -3,7 +3,6 @@ package seal
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -189,8 +188,10 @@ func (k *Keys) LegacyMACEach(n int, in func(i int) (data, dst []byte), done func
 }
 
 // BlobSealer seals canonical key bytes pt with associated data aad under
-// one record write's blob key: nonce (12, random) || ciphertext || tag.
-type BlobSealer func(aad, pt []byte) ([]byte, error)
+// one record write's blob key: nonce (12, random) || ciphertext || tag,
+// appended to dst[:0]. A dst with room for it (pt, plus 28 bytes) spares
+// an allocation inside secmem.Do, where each one costs.
+type BlobSealer func(dst, aad, pt []byte) ([]byte, error)
 
 // BlobOpener opens what a BlobSealer sealed; the caller wipes the result.
 type BlobOpener func(aad, blob []byte) ([]byte, error)
@@ -204,8 +205,12 @@ type BlobOpener func(aad, blob []byte) ([]byte, error)
 // the sealer must not be kept.
 func (k *Keys) SealBlobs(id []byte, rev uint64, fn func(seal BlobSealer) error) error {
 	return k.withBlobKey(k.Generation, id, rev, func(a cipher.AEAD) error {
-		return fn(func(aad, pt []byte) ([]byte, error) {
-			out := make([]byte, 12, 12+len(pt)+a.Overhead())
+		return fn(func(dst, aad, pt []byte) ([]byte, error) {
+			out := dst[:0]
+			if cap(out) < 12+len(pt)+a.Overhead() {
+				out = make([]byte, 0, 12+len(pt)+a.Overhead())
+			}
+			out = out[:12]
 			if _, err := rand.Read(out); err != nil {
 				return nil, err
 			}
@@ -233,28 +238,31 @@ func (k *Keys) OpenBlobs(g uint64, id []byte, rev uint64, fn func(open BlobOpene
 
 var errBlob = errors.New("the blob does not open")
 
-func (k *Keys) withBlobKey(g uint64, id []byte, rev uint64, fn func(a cipher.AEAD) error) error {
+func (k *Keys) withBlobKey(g uint64, id []byte, rev uint64, fn func(a cipher.AEAD) error) (err error) {
 	gk, err := k.gen(g)
 	if err != nil {
 		return err
 	}
-	info := string(persist.BlobKeyInfo(k.StoreID, id, rev))
-	return gk.blob.Canonical(func(prk []byte) error {
-		sub, err := hkdf.Expand(sha256.New, prk, info, 32)
-		if err != nil {
-			return err
+	// HKDF-Expand to one block (32 bytes) is HMAC(PRK, info || 0x01): the
+	// blob key's HMAC state, keyed once and cached, makes it.
+	in := append(persist.BlobKeyInfo(k.StoreID, id, rev), 1)
+	secmem.Do(func() {
+		var sub []byte
+		if sub, err = gk.blob.MAC(in, make([]byte, 0, sha256.Size)); err != nil {
+			return
 		}
 		defer clear(sub)
-		b, err := aes.NewCipher(sub)
-		if err != nil {
-			return err
+		var b cipher.Block
+		if b, err = aes.NewCipher(sub); err != nil {
+			return
 		}
-		a, err := cipher.NewGCM(b)
-		if err != nil {
-			return err
+		var a cipher.AEAD
+		if a, err = cipher.NewGCM(b); err != nil {
+			return
 		}
-		return fn(a)
+		err = fn(a)
 	})
+	return err
 }
 
 // OpenLegacyBlob opens a blob of format 1, sealed under generation g's
