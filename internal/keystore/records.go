@@ -156,10 +156,23 @@ func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, a
 
 // create writes o's first record.
 func (s *Store) create(k *seal.Keys, o *Object) error {
-	err := s.db.Update(func(tx store.Tx) error {
+	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		return s.putRecord(tx, k, record(o), false, objectPlain(o))
 	})
 	return storeErr(err)
+}
+
+// write runs fn in a transaction with keys k and, if it fails and the
+// keys changed meanwhile (a rotation committed: the header is the new
+// generation's, and k is wiped), once more with the current keys.
+func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) error {
+	err := s.db.Update(func(tx store.Tx) error { return fn(k, tx) })
+	if err != nil {
+		if cur, kerr := s.keys(); kerr == nil && cur != k {
+			err = s.db.Update(func(tx store.Tx) error { return fn(cur, tx) })
+		}
+	}
+	return err
 }
 
 // update writes o's record as change makes it from o's current state;
@@ -180,7 +193,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	if plain == nil {
 		plain = objectPlain(o)
 	}
-	err = s.db.Update(func(tx store.Tx) error {
+	err = s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		c := r.CloneVT() // Update may run fn more than once
 		return s.putRecord(tx, k, c, true, plain)
 	})
@@ -189,7 +202,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 
 // delete removes o's record. o.wmu must be held.
 func (s *Store) delete(k *seal.Keys, o *Object) error {
-	err := s.db.Update(func(tx store.Tx) error {
+	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		h, acc, err := readHeader(tx, k)
 		if err != nil {
 			return err

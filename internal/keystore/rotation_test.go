@@ -236,3 +236,31 @@ func TestMasterRecordEditRefused(t *testing.T) {
 		s.Release(o)
 	}
 }
+
+// A write that took the keys just before a rotation's commit (which wipes
+// them, and writes the header under the new generation) is made with the
+// new keys, not refused.
+func TestWriteAcrossRotationCommit(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	k, err := s.keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Master().PrepareRotation(context.Background(), seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRotation(t, s, p)
+	o := obj(t, 1, "after", false)
+	if err := s.create(k, o); err != nil {
+		t.Fatalf("a write with the keys of before the commit: %v", err)
+	}
+	if err := s.RewrapAll(nil); err != nil {
+		t.Fatal(err)
+	}
+	s.SealAll()
+	unseal(t, s)
+	if _, err := s.Get(o.ID); err != nil {
+		t.Fatal(err)
+	}
+}
