@@ -394,3 +394,45 @@ func openAccept(t *testing.T, dir, pass string) *Store {
 	}
 	return s
 }
+
+// A backup of a store of format 1 restores into today's daemon, and is
+// upgraded at its first unseal.
+func TestRestoreFormat1Backup(t *testing.T) {
+	f := format1Facts(t)
+	db, err := store.OpenBolt(format1Store(t, "keys"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := New(Config{MaxPerUser: 10, DB: db, Master: m})
+	file := filepath.Join(t.TempDir(), "backup")
+	w, _ := os.Create(file)
+	if err := old.Backup(w); err != nil { // needs no master key
+		t.Fatal(err)
+	}
+	w.Close()
+	closeStore(old)
+
+	dir := filepath.Join(t.TempDir(), "state")
+	db2, err := store.OpenBolt(dir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := seal.Open(seal.Config{Store: db2, KDF: inProcessKDF{}})
+	s := New(Config{MaxPerUser: 10, DB: db2, Master: m2})
+	if err := s.Restore(file); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(s)
+	s, err = openAs(t, dir, f["passphrase"])
+	if err != nil {
+		t.Fatalf("unseal of a restored backup of format 1: %v", err)
+	}
+	if err := s.RewrapAll(nil); err != nil {
+		t.Fatal(err)
+	}
+	checkFormat1Keys(t, s, f)
+}
