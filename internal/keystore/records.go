@@ -414,7 +414,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
 		}
-		scan, err = scanRecords(tx, k)
+		scan, err = scanRecords(tx, k, hdr.Count)
 		return err
 	})
 	if err != nil {

@@ -45,8 +45,9 @@ type verifyScan struct {
 	acc, legacyAcc persist.Acc
 	// mats are the (fingerprint, holder) entries of the good records.
 	mats []matEntry
-	// seen are the ids and MAC tags of the good records (Store.seen), in
-	// id order.
+	// seen are the ids and MAC tags of the records (Store.seen), in id
+	// order: the walk of the bucket notes them; the bad ones are taken
+	// out after.
 	seen []seenEntry
 }
 
@@ -57,14 +58,11 @@ type matEntry struct {
 
 type verifyJob struct {
 	ids, vals [][]byte
-	// seen receives the ids and MAC tags of the batch's good records, in
-	// order: the batches' parts, in the order of the batches, are in id
-	// order.
-	seen *[]seenEntry
 }
 
-// scanRecords checks every record of the keys bucket in tx.
-func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
+// scanRecords checks every record of the keys bucket in tx, of which
+// there should be expect.
+func scanRecords(tx store.Tx, k *seal.Keys, expect uint64) (verifyScan, error) {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	jobs := make(chan *verifyJob, 2*workers)
 	free := make(chan *verifyJob, 3*workers)
@@ -94,15 +92,13 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 			return &verifyJob{ids: make([][]byte, 0, verifyBatch), vals: make([][]byte, 0, verifyBatch)}
 		}
 	}
-	var seen []*[]seenEntry
-	send := func(j *verifyJob) {
-		part := make([]seenEntry, 0, len(j.ids))
-		j.seen = &part
-		seen = append(seen, j.seen)
-		jobs <- j
-	}
+	seen := make([]seenEntry, 0, min(expect, 1<<27))
+	send := func(j *verifyJob) { jobs <- j }
 	j := newJob()
 	err := tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
+		if len(id) == persist.IDSize && len(v) >= persist.MACSize {
+			seen = append(seen, seenEntry{key.ID(id), macTag(v)})
+		}
 		j.ids = append(j.ids, id)
 		j.vals = append(j.vals, v)
 		if len(j.ids) == verifyBatch {
@@ -117,14 +113,6 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 	close(jobs)
 	wg.Wait() // before the transaction, and the records' memory, goes away
 	out := parts[0]
-	n := 0
-	for _, part := range seen {
-		n += len(*part)
-	}
-	out.seen = make([]seenEntry, 0, n)
-	for _, part := range seen {
-		out.seen = append(out.seen, *part...)
-	}
 	for _, p := range parts[1:] {
 		out.mats = append(out.mats, p.mats...)
 		out.count += p.count
@@ -137,6 +125,10 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 			out.bad[id] = struct{}{}
 		}
 	}
+	if len(out.bad) > 0 {
+		seen = slices.DeleteFunc(seen, func(e seenEntry) bool { _, bad := out.bad[e.id]; return bad })
+	}
+	out.seen = seen
 	return out, err
 }
 
@@ -260,7 +252,6 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 		if r := c.recs[i]; c.ok[i] && r != nil {
 			if err := c.addMaterials(k, p, r, c.kind[i]); err == nil {
 				p.owned[r.Owner]++
-				*j.seen = append(*j.seen, seenEntry{kid, macTag(j.vals[i])})
 				continue
 			}
 		}
