@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -287,5 +288,97 @@ func TestUpgradeFormat1Store(t *testing.T) {
 		})
 	})
 	d = startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	check(d.client(t))
+}
+
+// A master-key rotation killed (SIGKILL) while it re-writes the records
+// resumes at the next unseal, with the new passphrase; no key is lost or
+// changed, and the store checks out.
+func TestMasterRotationSurvivesKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills the daemon")
+	}
+	sock, state, passFile := persistentSetup(t)
+	d := startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	initStore(t, d, passFile)
+	c := d.client(t)
+	const n = 700 // three batches of re-writing
+	secrets := map[keywarden.KeyID][]byte{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := w; i < n; i += 8 {
+				secret := sha256.Sum256([]byte{byte(i), byte(i >> 8), 'k'})
+				k, err := c.Import(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Exportable: true}, keywarden.FormatRaw, bytes.Clone(secret[:]))
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				secrets[k.ID()] = secret[:]
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	newPass := filepath.Join(t.TempDir(), "new-pass")
+	os.WriteFile(newPass, []byte("the new master passphrase\n"), 0o600)
+	if r := d.runCLI(t, nil, nil, append([]string{"master", "rotate", "--no-wait", "--passphrase-file", newPass}, cheapKDF...)...); r.code != 0 {
+		t.Fatalf("master rotate: %s", r)
+	}
+	d.cmd.Process.Kill() // somewhere in the re-write, or after it
+	<-d.done
+	d.cmd.ProcessState = &os.ProcessState{}
+
+	d = startPersistent(t, sock, state, "--unseal-passphrase-file", newPass)
+	c = d.client(t)
+	if st := status(t, c).Seal; st.Rotating {
+		t.Logf("the rotation resumes at %d of %d records", st.RotationDone, st.RotationTotal)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for status(t, c).Seal.Rotating {
+		if time.Now().After(deadline) {
+			t.Fatal("the rotation did not finish after the restart")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	check := func(c *keywarden.Client) {
+		t.Helper()
+		if st := status(t, c); st.Keys != n || st.Seal.Generation != 2 || st.Seal.Quarantined != 0 {
+			t.Fatalf("status: %d keys, %+v", st.Keys, st.Seal)
+		}
+		for id, secret := range secrets {
+			k, err := c.OpenID(ctx, id)
+			if err != nil {
+				t.Fatalf("key %s after the rotation: %v", id, err)
+			}
+			if got, err := k.Export(ctx, keywarden.FormatRaw); err != nil || !bytes.Equal(got, secret) {
+				t.Fatalf("key %s changed in the rotation: %v", id, err)
+			}
+			k.Close(ctx)
+		}
+	}
+	check(c)
+	c.Close()
+	d.stop()
+	readStore(t, state, func(tx *bolt.Tx) error {
+		return tx.Bucket(persist.BucketKeys).ForEach(func(_, v []byte) error {
+			r := &persist.KeyRecord{}
+			if err := r.UnmarshalVT(v[persist.MACSize:]); err != nil {
+				return err
+			}
+			if g, _ := persist.Generation(r); g != 2 {
+				t.Errorf("a record of generation %d after the rotation", g)
+			}
+			return nil
+		})
+	})
+	d = startPersistent(t, sock, state, "--unseal-passphrase-file", newPass)
 	check(d.client(t))
 }
