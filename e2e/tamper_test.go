@@ -616,6 +616,44 @@ func TestTamperStoreFile(t *testing.T) {
 		}
 	})
 
+	// The master record: a rotation under way added, with format 1's
+	// records accepted, to a store that has none. Its MAC fails; the
+	// daemon stays sealed, and no acceptance helps.
+	t.Run("master-record", func(t *testing.T) {
+		state := copyState(t, f.state)
+		withStore(t, state, func(tx *bolt.Tx) error {
+			b := tx.Bucket(persist.BucketMeta)
+			m := &persist.MasterRecord{}
+			if err := m.UnmarshalVT(b.Get(persist.MetaMaster)); err != nil {
+				return err
+			}
+			m.Rotation = &persist.Rotation{Legacy: true, Total: 3}
+			v, err := m.MarshalVT()
+			if err != nil {
+				return err
+			}
+			return b.Put(persist.MetaMaster, v)
+		})
+		d := sealedDaemon(t, state)
+		for _, accept := range []bool{false, true} {
+			args := []string{"unseal", "--passphrase-file", f.passFile}
+			if accept {
+				args = append(args, "--accept-store")
+			}
+			r := d.runCLI(t, nil, nil, args...)
+			if r.code != 1 || !strings.Contains(r.stderr, "the master record is damaged: it fails its integrity check") {
+				t.Fatalf("unseal (accept %v) of a store whose master record was changed: %s", accept, r)
+			}
+		}
+		c := d.client(t)
+		if st := status(t, c); !st.Seal.Sealed {
+			t.Fatalf("status: %+v", st.Seal)
+		}
+		if _, err := c.Open(ctx, "alpha"); !errors.Is(err, keywarden.ErrUnavailable) {
+			t.Fatalf("open after a refused unseal: %v", err)
+		}
+	})
+
 	// The names index is not authenticated, but a name is only a way to
 	// find a record, which names its owner and name itself: a name
 	// pointed at another key finds nothing.

@@ -89,6 +89,7 @@ fuzz ./internal/mech FuzzVerify
 fuzz ./internal/kdf FuzzParsePHC
 fuzz ./internal/kdf FuzzWorkerStream
 fuzz ./internal/keystore FuzzRecord
+fuzz ./internal/keystore FuzzHeader
 fuzz ./internal/audit FuzzParseRecord
 fuzz ./internal/audit FuzzVerify
 fuzz ./internal/audit FuzzZeroTail

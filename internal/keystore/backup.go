@@ -13,7 +13,6 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
-	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -249,10 +248,11 @@ func (s *Store) Restore(path string) error {
 	return nil
 }
 
-// RewrapAll re-seals every key record whose blobs are not under the
-// current master-key generation, a batch per transaction, recording
-// progress in the master record so that it resumes after a crash. It
-// calls progress after each batch.
+// RewrapAll re-writes every key record not of the current format and
+// master-key generation, a batch per transaction, recording progress in
+// the master record so that it resumes after a crash: after a master-key
+// rotation, or after the upgrade of a store of format 1. It calls
+// progress after each batch.
 func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 	const batch = 256
 	for {
@@ -279,27 +279,43 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 			}); err != nil {
 				return err
 			}
+			var h *persist.StoreHeader
+			var acc persist.Acc
 			for _, id := range ids {
 				last = id
 				n++
-				r, err := readRecord(tx, k, id)
+				v := tx.Get(persist.BucketKeys, id)
+				r, err := checkRecord(k, id, v)
 				if err != nil {
 					continue // quarantined: left as it is
 				}
-				r = r.CloneVT()
-				stale := false
-				for _, v := range r.Versions {
-					stale = stale || v.MkGeneration != k.Generation
-				}
-				if !stale {
+				var kid key.ID
+				copy(kid[:], id)
+				if !s.isCurrent(kid, v) {
+					// Replaced while the daemon runs (refused on use), or
+					// written by a writer committed with this batch, and
+					// so already of the current generation.
 					continue
 				}
-				if err := rewrapRecord(tx, k, r); err != nil {
+				if c, _ := kindOf(k, r); !c.legacy && c.gen == k.Generation {
+					continue
+				}
+				if h == nil {
+					if h, acc, err = readHeader(tx, k); err != nil {
+						return err
+					}
+				}
+				if err := s.rewrapRecord(tx, k, h, &acc, r.CloneVT()); err != nil {
 					return err
 				}
 			}
 			if last == nil {
 				return nil
+			}
+			if h != nil {
+				if err := writeHeader(tx, k, h, acc); err != nil {
+					return err
+				}
 			}
 			return s.master.RotationStep(tx, last, done+n)
 		})
@@ -316,22 +332,17 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 	}
 }
 
-// rewrapRecord re-seals r's blobs under the current generation.
-func rewrapRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord) error {
+// rewrapRecord re-writes r, a checked record of an older generation or
+// format, under the current generation: its blobs opened under the old
+// rules and sealed anew, its fingerprints re-encrypted (the inner values
+// need no material), its MAC made anew.
+func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord) error {
 	old := r.CloneVT()
-	plain := func(i int, fn func([]byte) error) error {
-		ov := old.Versions[i]
-		aad := persist.BlobAAD(nil, k.StoreID, old, ov.Version, ov.MkGeneration)
-		var err error
-		secmem.Do(func() {
-			var b []byte
-			if b, err = k.OpenBlob(ov.MkGeneration, aad, ov.Blob); err != nil {
-				return
-			}
-			err = fn(b)
-			clear(b)
-		})
+	if err := openFingerprints(k, r); err != nil {
 		return err
 	}
-	return putRecord(tx, k, r, true, plain)
+	plain := func(i int, fn func([]byte) error) error {
+		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
+	}
+	return s.putRecordIn(tx, k, h, acc, r, true, plain)
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/store"
 )
 
 // FuzzRecord feeds arbitrary store values to the record checks and
@@ -34,6 +35,32 @@ func FuzzRecord(f *testing.F) {
 			obj.wipe(errDestroyed)
 		}
 		_ = persist.ErrCorrupt
+	})
+}
+
+// FuzzHeader feeds arbitrary store headers to the header's check: the
+// file is others' to write.
+func FuzzHeader(f *testing.F) {
+	s, err := NewDev(Config{MaxPerUser: 10})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer s.Close()
+	k, _ := s.Master().Keys()
+	var h []byte
+	s.db.View(func(tx store.Tx) error {
+		h = bytes.Clone(tx.Get(persist.BucketMeta, persist.MetaHeader))
+		return nil
+	})
+	f.Add(h)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, v []byte) {
+		db := store.NewMemory()
+		db.Update(func(tx store.Tx) error { return tx.Put(persist.BucketMeta, persist.MetaHeader, v) })
+		db.View(func(tx store.Tx) error {
+			readHeader(tx, k)
+			return nil
+		})
 	})
 }
 

@@ -96,10 +96,14 @@ func TestMovedBlobRefused(t *testing.T) {
 	rb.UnmarshalVT(bb)
 	rb.Versions[0].Blob = ra.Versions[0].Blob
 	forged, _ := rb.MarshalVT()
-	mac, _ := k.MAC(nil, forged)
-	put(t, s, b.ID, persist.JoinValue(mac, forged))
+	put(t, s, b.ID, persist.JoinValue(forgeRecordMAC(t, k, forged), forged))
 	if _, err := s.Get(b.ID); status(err) != wire.Status_STATUS_INTERNAL {
 		t.Fatalf("a blob moved to another key opened: %v", err)
+	}
+	// Refused by its associated data, not only because the daemon knows
+	// its record's MAC.
+	if _, err := s.objectFrom(k, rb); err == nil {
+		t.Fatal("a blob moved to another key's record opens")
 	}
 }
 
@@ -194,10 +198,7 @@ func TestMasterRotationResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := s.Counts()
-	if err := m.CommitRotation(p, uint64(n)); err != nil {
-		t.Fatal(err)
-	}
+	commitRotation(t, s, p)
 	// A crash after the first batch: the daemon is sealed, and the
 	// rotation resumes after the next unseal (with the new passphrase's
 	// master key, which holds the previous one sealed).

@@ -144,7 +144,7 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 		for _, v := range r.Versions {
 			v.Fingerprint = nil
 		}
-		return putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
+		return s.putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
 			return b.UseVersion(b.Versions()[i], func(m *mech.Key) error { return m.Canonical(fn) })
 		})
 	})
@@ -212,7 +212,7 @@ func TestLegacyRolesNormalized(t *testing.T) {
 			}
 			r = r.CloneVT()
 			change(r)
-			return putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
+			return s.putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
 				return o.UseVersion(o.Versions()[i], func(m *mech.Key) error { return m.Canonical(fn) })
 			})
 		})

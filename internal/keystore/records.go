@@ -12,7 +12,6 @@ import (
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seal"
-	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -79,25 +78,6 @@ func recordAttrs(r *persist.KeyRecord) (*key.Attrs, policy.Provenance, bool) {
 	return policy.Normalize(a, p)
 }
 
-// sealVersions seals every version's canonical bytes (given by plain, in
-// the order of r.Versions) under the current storage key, for r as it
-// will be written.
-func sealVersions(k *seal.Keys, r *persist.KeyRecord, plain func(i int, fn func([]byte) error) error) error {
-	for i, v := range r.Versions {
-		aad := persist.BlobAAD(nil, k.StoreID, r, v.Version, k.Generation)
-		err := plain(i, func(b []byte) error {
-			var err error
-			v.Blob, err = k.SealBlob(aad, b)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		v.MkGeneration = k.Generation
-	}
-	return nil
-}
-
 // objectPlain gives the canonical bytes of o's versions.
 func objectPlain(o *Object) func(i int, fn func([]byte) error) error {
 	vs := o.Versions()
@@ -106,70 +86,24 @@ func objectPlain(o *Object) func(i int, fn func([]byte) error) error {
 	}
 }
 
-// header reads and checks the store header.
-func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, error) {
-	var acc persist.Acc
-	v := tx.Get(persist.BucketMeta, persist.MetaHeader)
-	if v == nil {
-		return nil, acc, errors.New("the store has no header")
-	}
-	h := &persist.StoreHeader{}
-	if err := h.UnmarshalVT(v); err != nil {
-		return nil, acc, fmt.Errorf("store header: %w", persist.ErrCorrupt)
-	}
-	in, err := persist.HeaderMACInput(h)
-	if err != nil {
-		return nil, acc, err
-	}
-	mac, err := k.MAC(nil, in)
-	if err != nil {
-		return nil, acc, err
-	}
-	if !hmac.Equal(mac, h.Mac) || !bytes.Equal(h.StoreId, k.StoreID) {
-		return nil, acc, errors.New("the store header fails its integrity check")
-	}
-	acc, err = persist.AccFrom(h.Acc)
-	return h, acc, err
-}
-
-func writeHeader(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) error {
-	h.Acc = bytes.Clone(acc[:])
-	h.Mac = nil
-	in, err := persist.HeaderMACInput(h)
-	if err != nil {
-		return err
-	}
-	if h.Mac, err = k.MAC(nil, in); err != nil {
-		return err
-	}
-	b, err := h.MarshalVT()
-	if err != nil {
-		return err
-	}
-	return tx.Put(persist.BucketMeta, persist.MetaHeader, b)
-}
-
-// NewHeader returns the encoded header of an empty store for keys k.
-func NewHeader(k *seal.Keys, now time.Time) ([]byte, error) {
-	h := &persist.StoreHeader{Format: persist.Format, StoreId: k.StoreID, CreatedUnixNano: now.UnixNano()}
-	in, err := persist.HeaderMACInput(h)
-	if err != nil {
-		return nil, err
-	}
-	if h.Mac, err = k.MAC(nil, in); err != nil {
-		return nil, err
-	}
-	return h.MarshalVT()
-}
-
-// putRecord writes r (whose blobs seal gives) in tx, updating the header.
-// old is whether a record with its id must exist (an update) or must not
-// (a create).
-func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
+// putRecord writes r (whose blobs plain gives, and whose fingerprints are
+// inner values) in tx, in format 2 under the current generation, updating
+// the header. update is whether a record with its id must exist (an
+// update) or must not (a create).
+func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
 	h, acc, err := readHeader(tx, k)
 	if err != nil {
 		return err
 	}
+	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain); err != nil {
+		return err
+	}
+	return writeHeader(tx, k, h, acc)
+}
+
+// putRecordIn is putRecord with the header (h, acc) read and written by
+// the caller: a batch of writes reads and writes it once.
+func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
 	cur := tx.Get(persist.BucketKeys, r.Id)
 	switch {
 	case update && cur == nil:
@@ -178,31 +112,36 @@ func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, pla
 		return wire.Errorf(wire.Status_STATUS_INTERNAL, "key id collision")
 	}
 	if cur != nil {
+		// The summand of the record there, whatever it is: a record
+		// changed behind the daemon's back leaves the sum wrong, and the
+		// next unseal says so.
 		oldMAC, _, err := persist.SplitValue(cur)
 		if err != nil {
 			return err
 		}
-		acc.Sub(oldMAC)
+		old, err := summand(k, oldMAC)
+		if err != nil {
+			return err
+		}
+		acc.Sub(old)
 	} else {
 		h.Count++
 	}
 	h.Epoch++
 	r.Rev = h.Epoch
-	if err := sealVersions(k, r, plain); err != nil {
-		return err
-	}
-	rb, err := r.MarshalVT()
+	rb, mac, err := sealRecord(k, r, plain)
 	if err != nil {
 		return err
 	}
-	mac, err := k.MAC(nil, rb)
+	add, err := summand(k, mac)
 	if err != nil {
 		return err
 	}
-	acc.Add(mac)
+	acc.Add(add)
 	if err := tx.Put(persist.BucketKeys, r.Id, persist.JoinValue(mac, rb)); err != nil {
 		return err
 	}
+	s.noteRecord(tx, r.Id, mac)
 	if !update && r.Name != "" {
 		nk := persist.NameKey(r.Owner, r.Name)
 		if tx.Get(persist.BucketNames, nk) != nil {
@@ -212,15 +151,28 @@ func putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, pla
 			return err
 		}
 	}
-	return writeHeader(tx, k, h, acc)
+	return nil
 }
 
 // create writes o's first record.
 func (s *Store) create(k *seal.Keys, o *Object) error {
-	err := s.db.Update(func(tx store.Tx) error {
-		return putRecord(tx, k, record(o), false, objectPlain(o))
+	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
+		return s.putRecord(tx, k, record(o), false, objectPlain(o))
 	})
 	return storeErr(err)
+}
+
+// write runs fn in a transaction with keys k and, if it fails and the
+// keys changed meanwhile (a rotation committed: the header is the new
+// generation's, and k is wiped), once more with the current keys.
+func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) error {
+	err := s.db.Update(func(tx store.Tx) error { return fn(k, tx) })
+	if err != nil {
+		if cur, kerr := s.keys(); kerr == nil && cur != k {
+			err = s.db.Update(func(tx store.Tx) error { return fn(cur, tx) })
+		}
+	}
+	return err
 }
 
 // update writes o's record as change makes it from o's current state;
@@ -241,16 +193,16 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	if plain == nil {
 		plain = objectPlain(o)
 	}
-	err = s.db.Update(func(tx store.Tx) error {
+	err = s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		c := r.CloneVT() // Update may run fn more than once
-		return putRecord(tx, k, c, true, plain)
+		return s.putRecord(tx, k, c, true, plain)
 	})
 	return storeErr(err)
 }
 
 // delete removes o's record. o.wmu must be held.
 func (s *Store) delete(k *seal.Keys, o *Object) error {
-	err := s.db.Update(func(tx store.Tx) error {
+	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		h, acc, err := readHeader(tx, k)
 		if err != nil {
 			return err
@@ -263,12 +215,17 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 		if err != nil {
 			return err
 		}
-		acc.Sub(mac)
+		old, err := summand(k, mac)
+		if err != nil {
+			return err
+		}
+		acc.Sub(old)
 		h.Count--
 		h.Epoch++
 		if err := tx.Delete(persist.BucketKeys, o.ID[:]); err != nil {
 			return err
 		}
+		s.noteRecord(tx, o.ID[:], nil)
 		if o.Name != "" {
 			nk := persist.NameKey(o.Owner, o.Name)
 			if bytes.Equal(tx.Get(persist.BucketNames, nk), o.ID[:]) {
@@ -291,20 +248,27 @@ func readRecord(tx store.Tx, k *seal.Keys, id []byte) (*persist.KeyRecord, error
 	return checkRecord(k, id, v)
 }
 
+// checkRecord decodes and checks a keys-bucket value for key id: its MAC
+// under the rules it was made by (kindOf), that it names id and has
+// versions. The record is returned as stored (fingerprints encrypted).
 func checkRecord(k *seal.Keys, id, v []byte) (*persist.KeyRecord, error) {
 	mac, rb, err := persist.SplitValue(v)
 	if err != nil {
 		return nil, errRecord
 	}
-	want, err := k.MAC(nil, rb)
+	r := &persist.KeyRecord{}
+	if err := r.UnmarshalVT(rb); err != nil || !bytes.Equal(r.Id, id) || len(r.Versions) == 0 {
+		return nil, errRecord
+	}
+	c, err := kindOf(k, r)
+	if err != nil {
+		return nil, err
+	}
+	want, err := recordMAC(k, c, nil, rb)
 	if err != nil {
 		return nil, err
 	}
 	if !hmac.Equal(mac, want) {
-		return nil, errRecord
-	}
-	r := &persist.KeyRecord{}
-	if err := r.UnmarshalVT(rb); err != nil || !bytes.Equal(r.Id, id) || len(r.Versions) == 0 {
 		return nil, errRecord
 	}
 	return r, nil
@@ -316,15 +280,7 @@ var errRecord = errors.New("key record fails its integrity check")
 // check, if not nil, decides from the checked record, before any blob is
 // opened: its error is load's.
 func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error) {
-	var r *persist.KeyRecord
-	err := s.db.View(func(tx store.Tx) error {
-		var err error
-		r, err = readRecord(tx, k, id[:])
-		if r != nil {
-			r = r.CloneVT() // the transaction's bytes go away
-		}
-		return err
-	})
+	r, err := s.readCurrent(k, id)
 	if err == nil && check != nil {
 		pk, perr := recordPolicy(r)
 		if perr == nil {
@@ -403,38 +359,40 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 			}
 		}
 	}()
-	for _, rv := range r.Versions {
-		aad := persist.BlobAAD(nil, k.StoreID, r, rv.Version, rv.MkGeneration)
-		var m *mech.Key
-		var err error
-		secmem.Do(func() {
-			var b []byte
-			if b, err = k.OpenBlob(rv.MkGeneration, aad, rv.Blob); err != nil {
-				return
-			}
-			m, err = mech.FromCanonical(spec, class, b)
-		})
+	// The blobs first: their associated data covers the record as stored.
+	err = openBlobs(k, r, func(i int, b []byte) error {
+		rv := r.Versions[i]
+		m, err := mech.FromCanonical(spec, class, b)
 		if err != nil {
-			var we *wire.Error
-			if errors.As(err, &we) && we.Status == wire.Status_STATUS_RESOURCE_EXHAUSTED {
-				return nil, err
-			}
-			return nil, fmt.Errorf("version %d: %w", rv.Version, errRecord)
+			return err
 		}
 		v := &Version{N: rv.Version, Created: time.Unix(0, rv.CreatedUnixNano), Mat: m}
-		if len(rv.Fingerprint) == seal.FingerprintSize {
-			copy(v.fp[:], rv.Fingerprint)
-			v.hasFP = true
-		} else if v.fp, v.hasFP, err = fingerprintOf(k, m); err != nil {
-			m.Destroy()
-			return nil, err
-		}
 		// What an earlier process may have used of its reservation is
 		// unknown: count all of it as used.
 		v.used.Store(rv.EncryptionsReserved)
 		v.reserved.Store(rv.EncryptionsReserved)
 		v.limit.Store(rv.EncryptionsLimit)
 		vs = append(vs, v)
+		return nil
+	})
+	if err != nil {
+		var we *wire.Error
+		if errors.As(err, &we) && we.Status == wire.Status_STATUS_RESOURCE_EXHAUSTED {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%v: %w", err, errRecord)
+	}
+	if err := openFingerprints(k, r); err != nil {
+		return nil, err
+	}
+	for i, rv := range r.Versions {
+		v := vs[i]
+		if len(rv.Fingerprint) == seal.FingerprintSize {
+			copy(v.fp[:], rv.Fingerprint)
+			v.hasFP = true
+		} else if v.fp, v.hasFP, err = fingerprintOf(k, v.Mat); err != nil {
+			return nil, err
+		}
 	}
 	o.vers.Store(&vs)
 	return o, nil
@@ -456,13 +414,16 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
 		}
-		scan, err = scanRecords(tx, k)
+		scan, err = scanRecords(tx, k, hdr.Count)
 		return err
 	})
 	if err != nil {
 		return &IntegrityError{Detail: err.Error()}
 	}
 	owned, bad, count, acc := scan.owned, scan.bad, scan.count, scan.acc
+	if k.LegacyHeader() {
+		acc = scan.legacyAcc
+	}
 	setChanged := count != hdr.Count || acc != hacc
 	if len(bad) > 0 || (setChanged && !accept) {
 		ie := &IntegrityError{BadRecords: len(bad), SetChanged: setChanged}
@@ -482,7 +443,21 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return ie
 		}
 	}
-	if len(bad) > 0 && accept {
+	switch {
+	case k.LegacyHeader():
+		// A store of format 1, checked under its rules: upgraded now, in
+		// one transaction (the records that failed set aside if asked, a
+		// header of format 2, the master record); its records are
+		// re-written in the background (RewrapAll).
+		n, err := s.upgrade(k, hdr, bad)
+		if err != nil {
+			return storeErr(err)
+		}
+		if len(bad) > 0 {
+			s.log.Warn("key records that failed their check were set aside, as asked; their keys are gone", "records", len(bad))
+		}
+		count, bad = n, map[key.ID]struct{}{}
+	case len(bad) > 0 && accept:
 		// Records that fail their check are set aside, as evidence, out of
 		// the key set: the store is consistent again, and the next unseal
 		// (an unattended one too) needs no acceptance.
@@ -491,9 +466,8 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return storeErr(err)
 		}
 		s.log.Warn("key records that failed their check were set aside, as asked; their keys are gone", "records", len(bad))
-		count, bad, setChanged = n, map[key.ID]struct{}{}, false
-	}
-	if setChanged && accept {
+		count, bad = n, map[key.ID]struct{}{}
+	case setChanged && accept:
 		s.log.Warn("the store's records do not add up to its header; accepting them as they are, as asked", "records", count, "expected", hdr.Count)
 		err := s.db.Update(func(tx store.Tx) error {
 			h, _, err := readHeader(tx, k)
@@ -514,6 +488,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			mats.add(e.fp, e.h)
 		}
 	}
+	seen := newRecordTags(scan.seen)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for o := range s.eph {
@@ -521,6 +496,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		mats.addObject(o)
 	}
 	s.mats = mats
+	s.seen = seen
 	s.owned = owned
 	s.count = int(count) - len(bad)
 	s.bad = bad
@@ -542,30 +518,46 @@ func (s *Store) Empty() (bool, error) {
 
 // List returns, in id order, up to limit descriptions of persistent keys
 // with ids greater than after for which visible returns true. Keys need
-// not be loaded: the descriptions come from their (checked) records.
+// not be loaded: the descriptions come from their (checked) records, each
+// the one the daemon last wrote (see readCurrent: a record that is not is
+// looked at again after the commits under way, then left out).
 func (s *Store) List(after key.ID, limit int, visible func(info *wire.KeyInfo) bool) ([]*wire.KeyInfo, error) {
 	k, err := s.keys()
 	if err != nil {
 		return nil, err
 	}
-	var out []*wire.KeyInfo
-	err = s.db.View(func(tx store.Tx) error {
-		return tx.ForEach(persist.BucketKeys, after[:], func(id, v []byte) error {
-			r, err := checkRecord(k, id, v)
-			if err != nil {
-				return nil // quarantined; reported at unseal and on use
-			}
-			info := infoFromRecord(r)
-			if visible(info) {
-				out = append(out, info)
-				if limit > 0 && len(out) >= limit {
-					return store.ErrStop
+	for try := 0; ; try++ {
+		var out []*wire.KeyInfo
+		replaced := 0
+		err = s.db.View(func(tx store.Tx) error {
+			return tx.ForEach(persist.BucketKeys, after[:], func(id, v []byte) error {
+				r, err := checkRecord(k, id, v)
+				if err != nil {
+					return nil // quarantined; reported at unseal and on use
 				}
-			}
-			return nil
+				var kid key.ID
+				copy(kid[:], id)
+				if !s.isCurrent(kid, v) {
+					replaced++
+					return nil // refused on use
+				}
+				info := infoFromRecord(r)
+				if visible(info) {
+					out = append(out, info)
+					if limit > 0 && len(out) >= limit {
+						return store.ErrStop
+					}
+				}
+				return nil
+			})
 		})
-	})
-	return out, storeErr(err)
+		if err != nil || replaced == 0 || try == 2 {
+			return out, storeErr(err)
+		}
+		if err := s.db.Update(func(store.Tx) error { return nil }); err != nil {
+			return nil, storeErr(err)
+		}
+	}
 }
 
 // infoFromRecord describes a key from its record (the caller fills
@@ -613,47 +605,12 @@ func recordsWere(n int) string {
 func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) {
 	var count uint64
 	err := s.db.Update(func(tx store.Tx) error {
-		for id := range bad {
-			v := tx.Get(persist.BucketKeys, id[:])
-			if v == nil {
-				continue
-			}
-			if err := tx.Put(persist.BucketQuarantine, id[:], bytes.Clone(v)); err != nil {
-				return err
-			}
-			if err := tx.Delete(persist.BucketKeys, id[:]); err != nil {
-				return err
-			}
-		}
-		var names [][]byte
-		err := tx.ForEach(persist.BucketNames, nil, func(nk, v []byte) error {
-			var id key.ID
-			if len(v) == len(id) {
-				copy(id[:], v)
-				if _, found := bad[id]; found {
-					names = append(names, bytes.Clone(nk))
-				}
-			}
-			return nil
-		})
-		if err != nil {
+		if err := s.moveAside(tx, bad); err != nil {
 			return err
 		}
-		for _, nk := range names {
-			if err := tx.Delete(persist.BucketNames, nk); err != nil {
-				return err
-			}
-		}
 		var acc persist.Acc
-		count = 0
-		err = tx.ForEach(persist.BucketKeys, nil, func(_, v []byte) error {
-			count++
-			if mac, _, err := persist.SplitValue(v); err == nil {
-				acc.Add(mac)
-			}
-			return nil
-		})
-		if err != nil {
+		var err error
+		if count, acc, err = sumRecords(tx, k, nil); err != nil {
 			return err
 		}
 		h, _, err := readHeader(tx, k)
@@ -665,6 +622,126 @@ func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) 
 		return writeHeader(tx, k, h, acc)
 	})
 	return count, err
+}
+
+// upgrade upgrades a store of format 1, which Verify checked under its
+// rules (k.LegacyHeader): in one transaction, the records of bad set
+// aside (when the store was accepted), a header of format 2 for the
+// records left, and the master record (seal.Master.Upgrade). It returns
+// the number of records left.
+func (s *Store) upgrade(k *seal.Keys, old *persist.StoreHeader, bad map[key.ID]struct{}) (uint64, error) {
+	var total uint64
+	s.db.View(func(tx store.Tx) error {
+		return tx.ForEach(persist.BucketKeys, nil, func(_, _ []byte) error { total++; return nil })
+	})
+	var count uint64
+	err := s.master.Upgrade(k, total-uint64(len(bad)), func(tx store.Tx) error {
+		if err := s.moveAside(tx, bad); err != nil {
+			return err
+		}
+		var acc persist.Acc
+		var err error
+		if count, acc, err = sumRecords(tx, k, nil); err != nil {
+			return err
+		}
+		h := &persist.StoreHeader{StoreId: k.StoreID, Epoch: old.Epoch + 1, Count: count, CreatedUnixNano: old.CreatedUnixNano}
+		return writeHeader(tx, k, h, acc)
+	})
+	return count, err
+}
+
+// moveAside moves the records of bad out of the keys bucket into the
+// quarantine bucket, and drops the names that point to them.
+func (s *Store) moveAside(tx store.Tx, bad map[key.ID]struct{}) error {
+	if len(bad) == 0 {
+		return nil
+	}
+	for id := range bad {
+		v := tx.Get(persist.BucketKeys, id[:])
+		if v == nil {
+			continue
+		}
+		if err := tx.Put(persist.BucketQuarantine, id[:], bytes.Clone(v)); err != nil {
+			return err
+		}
+		if err := tx.Delete(persist.BucketKeys, id[:]); err != nil {
+			return err
+		}
+		s.noteRecord(tx, id[:], nil)
+	}
+	var names [][]byte
+	err := tx.ForEach(persist.BucketNames, nil, func(nk, v []byte) error {
+		var id key.ID
+		if len(v) == len(id) {
+			copy(id[:], v)
+			if _, found := bad[id]; found {
+				names = append(names, bytes.Clone(nk))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, nk := range names {
+		if err := tx.Delete(persist.BucketNames, nk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sumRecords counts the records of the keys bucket and sums their
+// summands under k's current generation. check, if not nil, is called
+// with each record first; its error is sumRecords'.
+func sumRecords(tx store.Tx, k *seal.Keys, check func(id, v []byte) error) (count uint64, acc persist.Acc, err error) {
+	var sum summer
+	err = tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
+		count++
+		if check != nil {
+			if err := check(id, v); err != nil {
+				return err
+			}
+		}
+		mac, _, err := persist.SplitValue(v)
+		if err != nil {
+			return nil // in the count, not in the sum: as Verify counts it
+		}
+		return sum.add(k, &acc, mac)
+	})
+	if err == nil {
+		err = sum.flush(k, &acc)
+	}
+	return count, acc, err
+}
+
+// summer sums summands a batch at a time, with one entry into the index
+// key's secret state per batch.
+type summer struct {
+	in  [][]byte
+	buf []byte
+}
+
+func (s *summer) add(k *seal.Keys, acc *persist.Acc, mac []byte) error {
+	s.in = append(s.in, persist.SumInput(nil, mac))
+	if len(s.in) == verifyBatch {
+		return s.flush(k, acc)
+	}
+	return nil
+}
+
+func (s *summer) flush(k *seal.Keys, acc *persist.Acc) error {
+	if len(s.in) == 0 {
+		return nil
+	}
+	if s.buf == nil {
+		s.buf = make([]byte, persist.MACSize)
+	}
+	err := k.MACEach(k.Generation, len(s.in), func(i int) (data, dst []byte) {
+		return s.in[i], s.buf[:0]
+	}, func(_ int, sum []byte) { acc.Add(sum) })
+	s.in = s.in[:0]
+	return err
 }
 
 // countSetAside counts the records in the quarantine bucket.

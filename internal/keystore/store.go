@@ -51,6 +51,12 @@ type Store struct {
 	// mats knows which live key objects hold which material (the copy
 	// rule: materials.go).
 	mats materials
+	// seen holds, for every key record, the first 8 bytes of the MAC of
+	// the record this daemon last read at unseal or wrote since (its
+	// commit functions keep it up to date): a record read from the file
+	// later must be that one, or it was replaced while the daemon runs
+	// (seen.go). nil while sealed.
+	seen *recordTags
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -486,6 +492,7 @@ func (s *Store) SealAll() bool {
 	s.eph = make(map[*Object]struct{})
 	s.owned = make(map[uint32]int)
 	s.mats = newMaterials(0)
+	s.seen = nil
 	s.count = 0
 	s.verified = false
 	s.sealCount++
@@ -514,6 +521,7 @@ func (s *Store) Close() error {
 	s.loaded = map[key.ID]*Object{}
 	s.eph = map[*Object]struct{}{}
 	s.mats = newMaterials(0)
+	s.seen = nil
 	s.mu.Unlock()
 	s.master.Seal()
 	var first error

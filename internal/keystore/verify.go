@@ -12,20 +12,21 @@ import (
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
-	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
 )
 
-// The scan of every key record at unseal (Verify). It checks each
-// record's MAC and that the record decodes and names its own id, counts
-// the records and each owner's keys, and sums the MACs for the
-// accumulator. A million records take about a second on one core, so
-// the work is spread over the CPUs: one goroutine walks the bucket in the
-// transaction and hands batches of records (slices of the transaction's
-// memory, which stays valid until the scan returns) to workers, each
-// with its own partial sums; every batch's MACs are computed with one
-// entry into the index key's secret state and written to a buffer of the
-// worker's, so that checking a record allocates nothing in there.
+// The scan of every key record at unseal (Verify). It checks that each
+// record decodes and names its own id and its MAC (under the rules it
+// was made by: format.go), counts the records and each owner's keys, and
+// sums the records' summands for the accumulator (and, for a header of
+// format 1, their MACs). A million records take about a second on one
+// core, so the work is spread over the CPUs: one goroutine walks the
+// bucket in the transaction and hands batches of records (slices of the
+// transaction's memory, which stays valid until the scan returns) to
+// workers, each with its own partial sums; every batch's MACs and
+// summands are computed with one entry into the index key's secret state
+// each, into buffers of the worker's, so that checking a record allocates
+// nothing in there.
 
 // prefetcher is a store that can read itself into memory ahead of a scan
 // (store.Bolt).
@@ -39,9 +40,15 @@ type verifyScan struct {
 	owned map[uint32]int
 	bad   map[key.ID]struct{}
 	count uint64
-	acc   persist.Acc
+	// acc sums the summands of the records; legacyAcc their MACs (the
+	// accumulator of a header of format 1).
+	acc, legacyAcc persist.Acc
 	// mats are the (fingerprint, holder) entries of the good records.
 	mats []matEntry
+	// seen are the ids and MAC tags of the records (Store.seen), in id
+	// order: the walk of the bucket notes them; the bad ones are taken
+	// out after.
+	seen []seenEntry
 }
 
 type matEntry struct {
@@ -53,8 +60,9 @@ type verifyJob struct {
 	ids, vals [][]byte
 }
 
-// scanRecords checks every record of the keys bucket in tx.
-func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
+// scanRecords checks every record of the keys bucket in tx, of which
+// there should be expect.
+func scanRecords(tx store.Tx, k *seal.Keys, expect uint64) (verifyScan, error) {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	jobs := make(chan *verifyJob, 2*workers)
 	free := make(chan *verifyJob, 3*workers)
@@ -84,18 +92,23 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 			return &verifyJob{ids: make([][]byte, 0, verifyBatch), vals: make([][]byte, 0, verifyBatch)}
 		}
 	}
+	seen := make([]seenEntry, 0, min(expect, 1<<27))
+	send := func(j *verifyJob) { jobs <- j }
 	j := newJob()
 	err := tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
+		if len(id) == persist.IDSize && len(v) >= persist.MACSize {
+			seen = append(seen, seenEntry{key.ID(id), macTag(v)})
+		}
 		j.ids = append(j.ids, id)
 		j.vals = append(j.vals, v)
 		if len(j.ids) == verifyBatch {
-			jobs <- j
+			send(j)
 			j = newJob()
 		}
 		return nil
 	})
 	if len(j.ids) > 0 {
-		jobs <- j
+		send(j)
 	}
 	close(jobs)
 	wg.Wait() // before the transaction, and the records' memory, goes away
@@ -104,6 +117,7 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 		out.mats = append(out.mats, p.mats...)
 		out.count += p.count
 		out.acc.Add(p.acc[:])
+		out.legacyAcc.Add(p.legacyAcc[:])
 		for o, n := range p.owned {
 			out.owned[o] += n
 		}
@@ -111,64 +125,154 @@ func scanRecords(tx store.Tx, k *seal.Keys) (verifyScan, error) {
 			out.bad[id] = struct{}{}
 		}
 	}
+	if len(out.bad) > 0 {
+		seen = slices.DeleteFunc(seen, func(e seenEntry) bool { _, bad := out.bad[e.id]; return bad })
+	}
+	out.seen = seen
 	return out, err
 }
 
 // checker is a worker's reusable state.
 type checker struct {
 	macs []byte // verifyBatch MACs
-	recs [][]byte
+	buf  []byte // the MAC input being made
 	idx  []int
+	// recs point into rec, whose records are decoded into in turn
+	// (allocating only what their fields need).
+	recs []*persist.KeyRecord
+	rec  []persist.KeyRecord
+	kind []recordKind
 	ok   []bool
+	// fps are the material entries of this batch to decrypt, by
+	// generation: indexes into the worker's mats.
+	fps map[uint64][]int
 }
 
 // check checks the records of j, adding what it finds to p.
 func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 	if c.macs == nil {
 		c.macs = make([]byte, verifyBatch*persist.MACSize)
+		c.fps = make(map[uint64][]int)
+		c.buf = make([]byte, 0, 4096) // not grown inside secmem.Do, mostly
 	}
-	c.recs, c.idx = c.recs[:0], c.idx[:0]
-	c.ok = slices.Grow(c.ok[:0], len(j.ids))[:len(j.ids)]
+	n := len(j.ids)
+	c.ok = slices.Grow(c.ok[:0], n)[:n]
+	c.recs = slices.Grow(c.recs[:0], n)[:n]
+	c.kind = slices.Grow(c.kind[:0], n)[:n]
+	if len(c.rec) < n {
+		c.rec = make([]persist.KeyRecord, n)
+	}
 	clear(c.ok)
+	clear(c.recs)
+	// The summands of every record there is (a record that fails its
+	// check counts in the sum as in the count: it is in the store).
+	c.idx = c.idx[:0]
 	for i, v := range j.vals {
 		p.count++
-		mac, rb, err := persist.SplitValue(v)
+		if mac, _, err := persist.SplitValue(v); err == nil {
+			c.idx = append(c.idx, i)
+			if k.LegacyHeader() {
+				p.legacyAcc.Add(mac)
+			}
+		}
+	}
+	// An error here, and below, means the keys are gone (sealed
+	// meanwhile): no MAC is computed and every record counts as bad.
+	k.MACEach(k.Generation, len(c.idx), func(m int) (data, dst []byte) {
+		i := c.idx[m]
+		c.buf = persist.SumInput(c.buf[:0], j.vals[i][:persist.MACSize])
+		return c.buf, c.macs[m*persist.MACSize : m*persist.MACSize : (m+1)*persist.MACSize]
+	}, func(_ int, sum []byte) { p.acc.Add(sum) })
+	// Decode each record, and find the rules it was made by.
+	for i, v := range j.vals {
+		_, rb, err := persist.SplitValue(v)
 		if err != nil {
 			continue
 		}
-		p.acc.Add(mac)
-		c.recs = append(c.recs, rb)
-		c.idx = append(c.idx, i)
+		r := &c.rec[i]
+		r.Reset()
+		if err := r.UnmarshalVT(rb); err != nil || !bytes.Equal(r.Id, j.ids[i]) || len(r.Versions) == 0 {
+			continue
+		}
+		kind, err := kindOf(k, r)
+		if err != nil {
+			continue
+		}
+		c.recs[i], c.kind[i] = r, kind
 	}
-	// An error here means the index key is gone (sealed meanwhile): no
-	// MAC is computed and every record counts as bad.
-	k.MACEach(len(c.recs), func(n int) (data, dst []byte) {
-		return c.recs[n], c.macs[n*persist.MACSize : n*persist.MACSize : (n+1)*persist.MACSize]
-	}, func(n int, want []byte) {
-		i := c.idx[n]
-		c.ok[i] = hmac.Equal(j.vals[i][:persist.MACSize], want)
-	})
-	for i, id := range j.ids {
-		if c.ok[i] {
-			r := &persist.KeyRecord{}
-			if err := r.UnmarshalVT(j.vals[i][persist.MACSize:]); err == nil && bytes.Equal(r.Id, id) {
-				if err := p.addMaterials(k, r); err == nil {
-					p.owned[r.Owner]++
-					continue
-				}
+	// Check the MACs, a pass per kind of record in the batch (almost
+	// always one).
+	for {
+		var kind recordKind
+		c.idx = c.idx[:0]
+		for i, r := range c.recs {
+			if r == nil || c.ok[i] {
+				continue
+			}
+			if len(c.idx) == 0 {
+				kind = c.kind[i]
+			}
+			if c.kind[i] == kind {
+				c.idx = append(c.idx, i)
 			}
 		}
+		if len(c.idx) == 0 {
+			break
+		}
+		in := func(m int) (data, dst []byte) {
+			rb := j.vals[c.idx[m]][persist.MACSize:]
+			if !kind.legacy {
+				c.buf = persist.RecordMACInput(c.buf[:0], rb)
+				rb = c.buf
+			}
+			return rb, c.macs[m*persist.MACSize : m*persist.MACSize : (m+1)*persist.MACSize]
+		}
+		done := func(m int, want []byte) {
+			i := c.idx[m]
+			c.ok[i] = hmac.Equal(j.vals[i][:persist.MACSize], want)
+		}
+		var err error
+		if kind.legacy {
+			err = k.LegacyMACEach(len(c.idx), in, done)
+		} else {
+			err = k.MACEach(kind.gen, len(c.idx), in, done)
+		}
+		for _, i := range c.idx {
+			if !c.ok[i] || err != nil {
+				c.ok[i], c.recs[i] = false, nil // done with it: bad
+			}
+		}
+	}
+	for g := range c.fps {
+		c.fps[g] = c.fps[g][:0]
+	}
+	for i, id := range j.ids {
 		var kid key.ID
 		copy(kid[:], id)
+		if r := c.recs[i]; c.ok[i] && r != nil {
+			if err := c.addMaterials(k, p, r, c.kind[i]); err == nil {
+				p.owned[r.Owner]++
+				continue
+			}
+		}
 		p.bad[kid] = struct{}{}
+	}
+	for g, idx := range c.fps {
+		err := k.OpenFingerprints(g, len(idx), func(m int) *[seal.FingerprintSize]byte { return &p.mats[idx[m]].fp })
+		if err != nil { // the keys are gone: so are the entries
+			for _, m := range idx {
+				p.mats[m] = matEntry{}
+			}
+		}
 	}
 }
 
-// addMaterials adds the material entries of r, a checked record, to p.
-// A version whose record carries no fingerprint (written before
-// fingerprints were) is opened to compute it; one that does not open
-// makes the record bad.
-func (p *verifyScan) addMaterials(k *seal.Keys, r *persist.KeyRecord) error {
+// addMaterials adds the material entries of r, a checked record of kind
+// kind, to p: their fingerprints as stored, decrypted when the batch is
+// done (c.fps). A version whose record carries no fingerprint (written
+// before fingerprints were) is opened to compute it; one that does not
+// open makes the record bad.
+func (c *checker) addMaterials(k *seal.Keys, p *verifyScan, r *persist.KeyRecord, kind recordKind) error {
 	spec := key.Lookup(key.Type(r.Type))
 	class := key.Class(r.Class)
 	if spec == nil || !spec.ClassOK(class) {
@@ -181,39 +285,43 @@ func (p *verifyScan) addMaterials(k *seal.Keys, r *persist.KeyRecord) error {
 	copy(id[:], r.Id)
 	a, _, _ := recordAttrs(r)
 	h := holderOf(id, spec, class, a)
-	for _, v := range r.Versions {
-		var e matEntry
-		e.h = h
-		if len(v.Fingerprint) == seal.FingerprintSize {
-			copy(e.fp[:], v.Fingerprint)
-		} else {
-			var err error
-			if e.fp, err = legacyFingerprint(k, r, v, spec, class); err != nil {
-				return err
+	var computed map[int]fingerprint
+	for i, v := range r.Versions {
+		if len(v.Fingerprint) != seal.FingerprintSize {
+			if computed == nil {
+				var err error
+				if computed, err = computeFingerprints(k, r, spec, class); err != nil {
+					return err
+				}
 			}
+			p.mats = append(p.mats, matEntry{fp: computed[i], h: h})
+			continue
+		}
+		e := matEntry{h: h}
+		copy(e.fp[:], v.Fingerprint)
+		if !kind.legacy { // format 1 kept the inner values
+			c.fps[kind.gen] = append(c.fps[kind.gen], len(p.mats))
 		}
 		p.mats = append(p.mats, e)
 	}
 	return nil
 }
 
-// legacyFingerprint opens version v of r to compute its fingerprint.
-func legacyFingerprint(k *seal.Keys, r *persist.KeyRecord, v *persist.KeyVersion, spec *key.Spec, class key.Class) (fp fingerprint, err error) {
-	aad := persist.BlobAAD(nil, k.StoreID, r, v.Version, v.MkGeneration)
-	secmem.Do(func() {
-		var b []byte
-		if b, err = k.OpenBlob(v.MkGeneration, aad, v.Blob); err != nil {
-			return
+// computeFingerprints opens the blobs of r, a checked record, to compute
+// the fingerprints of its versions, by index.
+func computeFingerprints(k *seal.Keys, r *persist.KeyRecord, spec *key.Spec, class key.Class) (map[int]fingerprint, error) {
+	fps := map[int]fingerprint{}
+	err := openBlobs(k, r, func(i int, b []byte) error {
+		m, err := mech.FromCanonical(spec, class, b)
+		if err != nil {
+			return err
 		}
-		var m *mech.Key
-		if m, err = mech.FromCanonical(spec, class, b); err != nil {
-			return
-		}
-		fp, _, err = fingerprintOf(k, m)
+		fps[i], _, err = fingerprintOf(k, m)
 		m.Destroy()
+		return err
 	})
 	if err != nil {
-		return fp, fmt.Errorf("version %d: %w", v.Version, errRecord)
+		return nil, fmt.Errorf("%v: %w", err, errRecord)
 	}
-	return fp, nil
+	return fps, nil
 }

@@ -1,13 +1,33 @@
 package persist
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"math/bits"
 )
 
-// Format is the version of the records and blobs this package writes.
-const Format = 1
+// Format is the version of the records, header and master record this
+// package writes. FormatLegacy is the one before, which the daemon still
+// reads and upgrades (docs/formats.md, "Stores of format 1").
+const (
+	Format       = 2
+	FormatLegacy = 1
+)
+
+// The labels that start the input of every HMAC under a generation's
+// index key, each ending in a zero byte: no label is a prefix of another,
+// so no MAC of one kind is the MAC of another kind of data.
+const (
+	LabelRecord    = "keywarden key record v2\x00"
+	LabelHeader    = "keywarden store header v2\x00"
+	LabelSum       = "keywarden store sum v2\x00"
+	LabelSumPad    = "keywarden store sum pad v2\x00"
+	LabelMaster    = "keywarden master record v2\x00"
+	LabelBlobKey   = "keywarden blob v2\x00"
+	NonceSize      = 16 // StoreHeader.acc_nonce
+	FingerprintLen = 16
+)
 
 // Store buckets and the keys of the meta bucket.
 var (
@@ -56,10 +76,10 @@ func NameKey(owner uint32, name string) []byte {
 	return append(k, name...)
 }
 
-// BlobAAD returns the associated data that binds version v's sealed blob
-// to its key and store: every attribute that decides what the key may do,
-// the store epoch of the record's last write, and the master-key
-// generation. docs/formats.md lists it byte by byte:
+// LegacyBlobAAD returns the associated data of format 1 that binds version
+// v's sealed blob to its key and store: every attribute that decides what
+// the key may do, the store epoch of the record's last write, and the
+// master-key generation:
 //
 //	"KWS1" || store id (16) || key id (16) || version (4) || type (4) ||
 //	class (4) || usage (4) || flags (1) || owner (4) || acl count (4) ||
@@ -68,7 +88,7 @@ func NameKey(owner uint32, name string) []byte {
 //
 // Integers are big-endian; flags: 1 exportable, 2 wrappable, 4 never
 // exportable, 8 trusted.
-func BlobAAD(dst, storeID []byte, r *KeyRecord, version uint32, mkGeneration uint64) []byte {
+func LegacyBlobAAD(dst, storeID []byte, r *KeyRecord, version uint32, mkGeneration uint64) []byte {
 	be := binary.BigEndian
 	dst = append(dst, "KWS1"...)
 	dst = append(dst, pad16(storeID)...)
@@ -107,6 +127,75 @@ func BlobAAD(dst, storeID []byte, r *KeyRecord, version uint32, mkGeneration uin
 	return dst
 }
 
+// BlobAAD returns the associated data of version v's blob in a record of
+// format 2 (docs/formats.md):
+//
+//	"KWS2" || store id (16) || key id (16) || version (4) || record hash (32)
+//
+// where the record hash (RecordHash) covers every field of the record
+// but the blobs themselves: whoever could forge a record's MAC could not
+// change any of it (origin, minimum version, budgets, rotation settings,
+// fingerprints …) without its blobs failing to open.
+func BlobAAD(dst, storeID, keyID []byte, version uint32, recordHash *[sha256.Size]byte) []byte {
+	dst = append(dst, "KWS2"...)
+	dst = append(dst, pad16(storeID)...)
+	dst = append(dst, pad16(keyID)...)
+	dst = binary.BigEndian.AppendUint32(dst, version)
+	return append(dst, recordHash[:]...)
+}
+
+// RecordHash returns SHA-256 of r's encoding with every version's blob
+// empty: r as it is (or will be) stored, blobs aside. (It sets the blobs
+// aside while it encodes: r must not be in use elsewhere.)
+func RecordHash(r *KeyRecord) (h [sha256.Size]byte, err error) {
+	blobs := make([][]byte, len(r.Versions))
+	for i, v := range r.Versions {
+		blobs[i], v.Blob = v.Blob, nil
+	}
+	b, err := r.MarshalVT()
+	for i, v := range r.Versions {
+		v.Blob = blobs[i]
+	}
+	if err != nil {
+		return h, err
+	}
+	return sha256.Sum256(b), nil
+}
+
+// Generation returns the master-key generation of r's versions, which a
+// record of format 2 must share, and whether they do.
+func Generation(r *KeyRecord) (uint64, bool) {
+	if len(r.Versions) == 0 {
+		return 0, false
+	}
+	g := r.Versions[0].MkGeneration
+	for _, v := range r.Versions[1:] {
+		if v.MkGeneration != g {
+			return 0, false
+		}
+	}
+	return g, true
+}
+
+// BlobKeyInfo returns the HKDF info of the key that seals the blobs of key
+// id's record at revision rev: LabelBlobKey || store id || id || rev.
+func BlobKeyInfo(storeID, id []byte, rev uint64) []byte {
+	b := make([]byte, 0, len(LabelBlobKey)+32+8)
+	b = append(append(append(b, LabelBlobKey...), pad16(storeID)...), pad16(id)...)
+	return binary.BigEndian.AppendUint64(b, rev)
+}
+
+// MasterMACInput returns the bytes the master record's MAC covers:
+// LabelMaster || its encoding with the mac field empty. (It sets r.Mac
+// aside while it encodes.)
+func MasterMACInput(r *MasterRecord) ([]byte, error) {
+	mac := r.Mac
+	r.Mac = nil
+	b, err := r.MarshalVT()
+	r.Mac = mac
+	return append([]byte(LabelMaster), b...), err
+}
+
 // pad16 returns b if it is 16 bytes, else 16 bytes that cannot collide
 // with a valid one's encoding in practice (ids are always 16 bytes; this
 // only keeps the layout fixed for malformed input).
@@ -120,21 +209,47 @@ func pad16(b []byte) []byte {
 }
 
 // HeaderMACInput returns the bytes the header's MAC covers: its encoding
-// with the mac field empty. (It sets h.Mac aside while it encodes: h must
-// not be in use elsewhere.)
+// with the mac field empty, after LabelHeader in format 2 (format 1: the
+// encoding alone). (It sets h.Mac aside while it encodes: h must not be
+// in use elsewhere.)
 func HeaderMACInput(h *StoreHeader) ([]byte, error) {
 	mac := h.Mac
 	h.Mac = nil
 	b, err := h.MarshalVT()
 	h.Mac = mac
-	return b, err
+	if h.Format == FormatLegacy {
+		return b, err
+	}
+	return append([]byte(LabelHeader), b...), err
 }
 
-// Acc is the header's accumulator: the sum of every record's MAC as a
-// 256-bit big-endian number, modulo 2^256. Adding a record adds its MAC;
-// removing subtracts it. Without the index key no one can compute a MAC,
-// so no one can change the set of records and keep the sum.
+// RecordMACInput returns the bytes a record's MAC covers in format 2:
+// LabelRecord || rb, appended to dst.
+func RecordMACInput(dst, rb []byte) []byte {
+	return append(append(dst, LabelRecord...), rb...)
+}
+
+// SumInput returns the input of a record's summand: LabelSum || the
+// record's mac (55 bytes: one block of SHA-256), appended to dst. The mac
+// covers every byte of the record, its id and revision among them.
+func SumInput(dst, mac []byte) []byte {
+	return append(append(dst, LabelSum...), mac...)
+}
+
+// Acc is the header's accumulator: a sum of 256-bit big-endian numbers,
+// one per record, modulo 2^256. Adding a record adds its summand;
+// removing subtracts it. The summands of format 2 are MACs of the
+// records' MACs under a key no one but the daemon has, and the stored sum
+// is encrypted, so that what the file shows says nothing of the summands
+// (format 1 summed the MACs themselves, which the file shows).
 type Acc [32]byte
+
+// Xor xors a with pad (32 bytes): the accumulator's encryption.
+func (a *Acc) Xor(pad []byte) {
+	for i := range a {
+		a[i] ^= pad[i]
+	}
+}
 
 // AccFrom reads an accumulator; a nil or empty slice is zero.
 func AccFrom(b []byte) (Acc, error) {

@@ -134,7 +134,9 @@ func (BudgetPolicy) EnumDescriptor() ([]byte, []int) {
 
 // KeyRecord is one persistent key: its attributes and its versions. The
 // store's value for it is mac(32 bytes) || KeyRecord; the mac is
-// HMAC-SHA-256 under the index key over the record's bytes.
+// HMAC-SHA-256, under the index key of the master-key generation that
+// wrote the record, of "keywarden key record v2" || 0x00 || the record's
+// bytes (docs/formats.md).
 type KeyRecord struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Id              []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`        // 16 bytes
@@ -170,7 +172,10 @@ type KeyRecord struct {
 	// The key's material has left the daemon wrapped (or may have: a
 	// wrappable wrapping key of an older version); it is then never trusted
 	// to wrap.
-	WrappedOut    bool `protobuf:"varint,21,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
+	WrappedOut bool `protobuf:"varint,21,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
+	// The record's format: 2. Records of format 1 (absent: 0) remain only
+	// while a store written by format 1 is re-written after its upgrade.
+	Format        uint32 `protobuf:"varint,22,opt,name=format,proto3" json:"format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -352,6 +357,13 @@ func (x *KeyRecord) GetWrappedOut() bool {
 	return false
 }
 
+func (x *KeyRecord) GetFormat() uint32 {
+	if x != nil {
+		return x.Format
+	}
+	return 0
+}
+
 type AclEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         bool                   `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -416,10 +428,12 @@ type KeyVersion struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	// The master key generation whose storage key sealed blob.
+	// The master key generation whose keys sealed blob (and, in a record of
+	// format 2, made the record's MAC): the same in every version.
 	MkGeneration uint64 `protobuf:"varint,3,opt,name=mk_generation,json=mkGeneration,proto3" json:"mk_generation,omitempty"`
-	// nonce(12) || AES-256-GCM(storage key, canonical key bytes, aad);
-	// docs/formats.md gives the associated data.
+	// nonce(12) || AES-256-GCM(blob key, canonical key bytes, aad), the
+	// blob key derived for this record and revision; docs/formats.md gives
+	// the key and the associated data.
 	Blob []byte `protobuf:"bytes,4,opt,name=blob,proto3" json:"blob,omitempty"`
 	// AES-GCM encryptions this version may have made: a durable upper bound,
 	// reserved in blocks before they are used.
@@ -428,11 +442,13 @@ type KeyVersion struct {
 	// most 2^32 by NIST SP 800-38D); lowered when the machine may have been
 	// cloned.
 	EncryptionsLimit uint64 `protobuf:"varint,6,opt,name=encryptions_limit,json=encryptionsLimit,proto3" json:"encryptions_limit,omitempty"`
-	// The material's fingerprint: the first 16 bytes of HMAC-SHA-256 under
-	// the index key of "keywarden material v1", a class byte and the
+	// The material's fingerprint, AES-256 under the generation's material
+	// key of the first 16 bytes of HMAC-SHA-256 under the keyring's
+	// fingerprint key of "keywarden material v1", a class byte and the
 	// material (secret keys) or the public key (private keys). It finds the
 	// other key objects holding the same material (docs/security.md, "One
 	// key's material, many objects"); empty in records written before it.
+	// (Format 1 kept the HMAC itself, under its index key.)
 	Fingerprint   []byte `protobuf:"bytes,7,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -525,11 +541,19 @@ type StoreHeader struct {
 	StoreId []byte                 `protobuf:"bytes,2,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"` // 16 random bytes, fixed at init
 	Epoch   uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`                   // incremented by every transaction that writes records
 	Count   uint64                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`                   // key records
-	// The sum, modulo 2^256 (big-endian), of every key record's mac.
+	// The accumulator: the sum, modulo 2^256 (big-endian), of a secret
+	// summand of every key record (HMAC-SHA-256 under the index key of
+	// "keywarden store sum v2" || 0x00 || record mac), stored
+	// encrypted: XORed with HMAC-SHA-256 under the index key of
+	// "keywarden store sum pad v2" || 0x00 || acc_nonce. (Format 1 kept the
+	// plain sum of the record macs.)
 	Acc             []byte `protobuf:"bytes,5,opt,name=acc,proto3" json:"acc,omitempty"`
 	CreatedUnixNano int64  `protobuf:"varint,6,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	// HMAC-SHA-256 under the index key over the header with mac empty.
-	Mac           []byte `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
+	// HMAC-SHA-256 under the index key of "keywarden store header v2" ||
+	// 0x00 || the header with mac empty.
+	Mac []byte `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
+	// 16 random bytes, new at every write of the header.
+	AccNonce      []byte `protobuf:"bytes,8,opt,name=acc_nonce,json=accNonce,proto3" json:"acc_nonce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -613,6 +637,13 @@ func (x *StoreHeader) GetMac() []byte {
 	return nil
 }
 
+func (x *StoreHeader) GetAccNonce() []byte {
+	if x != nil {
+		return x.AccNonce
+	}
+	return nil
+}
+
 // MasterRecord holds the master key, sealed, and what unseals it.
 type MasterRecord struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -625,12 +656,16 @@ type MasterRecord struct {
 	// HMAC-SHA-256 under a key derived from the master key, over the store
 	// id and generation: tells a right master key from a wrong one.
 	Check []byte `protobuf:"bytes,6,opt,name=check,proto3" json:"check,omitempty"`
-	// The index, audit and other long-lived secrets, sealed under a key
-	// derived from the master key: they survive master-key rotation.
+	// The secrets that are not derived from the master key, sealed under a
+	// key derived from it (Keyring).
 	Keyring []byte `protobuf:"bytes,7,opt,name=keyring,proto3" json:"keyring,omitempty"`
 	// During a master-key rotation: the previous master key, sealed under a
 	// key derived from the new one, and how far re-wrapping has come.
-	Rotation      *Rotation `protobuf:"bytes,8,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	Rotation *Rotation `protobuf:"bytes,8,opt,name=rotation,proto3" json:"rotation,omitempty"`
+	// HMAC-SHA-256 under the index key of this generation of
+	// "keywarden master record v2" || 0x00 || the record with mac empty.
+	// Empty in format 1.
+	Mac           []byte `protobuf:"bytes,9,opt,name=mac,proto3" json:"mac,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -717,6 +752,13 @@ func (x *MasterRecord) GetKeyring() []byte {
 func (x *MasterRecord) GetRotation() *Rotation {
 	if x != nil {
 		return x.Rotation
+	}
+	return nil
+}
+
+func (x *MasterRecord) GetMac() []byte {
+	if x != nil {
+		return x.Mac
 	}
 	return nil
 }
@@ -871,16 +913,21 @@ func (x *ShareSet) GetCommitments() [][]byte {
 }
 
 type Rotation struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	PreviousGeneration uint64                 `protobuf:"varint,1,opt,name=previous_generation,json=previousGeneration,proto3" json:"previous_generation,omitempty"`
-	PreviousSealed     []byte                 `protobuf:"bytes,2,opt,name=previous_sealed,json=previousSealed,proto3" json:"previous_sealed,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The previous generation, and its master key sealed; none (0, empty)
+	// when the master key did not change (an upgrade).
+	PreviousGeneration uint64 `protobuf:"varint,1,opt,name=previous_generation,json=previousGeneration,proto3" json:"previous_generation,omitempty"`
+	PreviousSealed     []byte `protobuf:"bytes,2,opt,name=previous_sealed,json=previousSealed,proto3" json:"previous_sealed,omitempty"`
 	// Records with ids up to and including this one are re-wrapped.
 	Cursor          []byte `protobuf:"bytes,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	Done            uint64 `protobuf:"varint,4,opt,name=done,proto3" json:"done,omitempty"`
 	Total           uint64 `protobuf:"varint,5,opt,name=total,proto3" json:"total,omitempty"`
 	StartedUnixNano int64  `protobuf:"varint,6,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The store was written by format 1: records not yet re-written may be
+	// of format 1, their macs under the keyring's index_key.
+	Legacy        bool `protobuf:"varint,7,opt,name=legacy,proto3" json:"legacy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rotation) Reset() {
@@ -955,13 +1002,27 @@ func (x *Rotation) GetStartedUnixNano() int64 {
 	return 0
 }
 
+func (x *Rotation) GetLegacy() bool {
+	if x != nil {
+		return x.Legacy
+	}
+	return false
+}
+
 // Keyring is the plaintext of MasterRecord.keyring.
 type Keyring struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	IndexKey      []byte                 `protobuf:"bytes,1,opt,name=index_key,json=indexKey,proto3" json:"index_key,omitempty"` // 32 bytes: record macs and the store header
-	AuditKey      []byte                 `protobuf:"bytes,2,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"` // 32 bytes: the audit log's chain
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Format 1's index key (record and header macs, fingerprints): kept
+	// while records of format 1 remain.
+	IndexKey []byte `protobuf:"bytes,1,opt,name=index_key,json=indexKey,proto3" json:"index_key,omitempty"`
+	// Format 1's audit secret; format 2 derives it from the master key.
+	AuditKey []byte `protobuf:"bytes,2,opt,name=audit_key,json=auditKey,proto3" json:"audit_key,omitempty"`
+	// 32 bytes: the inner value of material fingerprints (the same across
+	// master-key rotations, so that fingerprints are re-encrypted, not
+	// recomputed; a store upgraded from format 1 takes its index key).
+	FingerprintKey []byte `protobuf:"bytes,3,opt,name=fingerprint_key,json=fingerprintKey,proto3" json:"fingerprint_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Keyring) Reset() {
@@ -1008,11 +1069,18 @@ func (x *Keyring) GetAuditKey() []byte {
 	return nil
 }
 
+func (x *Keyring) GetFingerprintKey() []byte {
+	if x != nil {
+		return x.FingerprintKey
+	}
+	return nil
+}
+
 var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xde\x05\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xf6\x05\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1039,7 +1107,8 @@ const file_persist_proto_rawDesc = "" +
 	"\x14rotate_after_seconds\x18\x13 \x01(\x03R\x12rotateAfterSeconds\x12!\n" +
 	"\fnext_version\x18\x14 \x01(\rR\vnextVersion\x12\x1f\n" +
 	"\vwrapped_out\x18\x15 \x01(\bR\n" +
-	"wrappedOut\"F\n" +
+	"wrappedOut\x12\x16\n" +
+	"\x06format\x18\x16 \x01(\rR\x06format\"F\n" +
 	"\bAclEntry\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\bR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +
@@ -1052,7 +1121,7 @@ const file_persist_proto_rawDesc = "" +
 	"\x04blob\x18\x04 \x01(\fR\x04blob\x121\n" +
 	"\x14encryptions_reserved\x18\x05 \x01(\x04R\x13encryptionsReserved\x12+\n" +
 	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\x12 \n" +
-	"\vfingerprint\x18\a \x01(\fR\vfingerprint\"\xbc\x01\n" +
+	"\vfingerprint\x18\a \x01(\fR\vfingerprint\"\xd9\x01\n" +
 	"\vStoreHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x14\n" +
@@ -1060,7 +1129,8 @@ const file_persist_proto_rawDesc = "" +
 	"\x05count\x18\x04 \x01(\x04R\x05count\x12\x10\n" +
 	"\x03acc\x18\x05 \x01(\fR\x03acc\x12*\n" +
 	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x10\n" +
-	"\x03mac\x18\a \x01(\fR\x03mac\"\xcb\x02\n" +
+	"\x03mac\x18\a \x01(\fR\x03mac\x12\x1b\n" +
+	"\tacc_nonce\x18\b \x01(\fR\baccNonce\"\xdd\x02\n" +
 	"\fMasterRecord\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x1e\n" +
@@ -1073,7 +1143,8 @@ const file_persist_proto_rawDesc = "" +
 	"\x06shares\x18\x05 \x01(\v2\x1e.keywarden.persist.v1.ShareSetR\x06shares\x12\x14\n" +
 	"\x05check\x18\x06 \x01(\fR\x05check\x12\x18\n" +
 	"\akeyring\x18\a \x01(\fR\akeyring\x12:\n" +
-	"\brotation\x18\b \x01(\v2\x1e.keywarden.persist.v1.RotationR\brotation\"\x89\x01\n" +
+	"\brotation\x18\b \x01(\v2\x1e.keywarden.persist.v1.RotationR\brotation\x12\x10\n" +
+	"\x03mac\x18\t \x01(\fR\x03mac\"\x89\x01\n" +
 	"\x0ePassphraseSlot\x12\x12\n" +
 	"\x04time\x18\x01 \x01(\rR\x04time\x12\x1d\n" +
 	"\n" +
@@ -1085,17 +1156,19 @@ const file_persist_proto_rawDesc = "" +
 	"\bsplit_id\x18\x01 \x01(\fR\asplitId\x12\x1c\n" +
 	"\tthreshold\x18\x02 \x01(\rR\tthreshold\x12\x16\n" +
 	"\x06shares\x18\x03 \x01(\rR\x06shares\x12 \n" +
-	"\vcommitments\x18\x04 \x03(\fR\vcommitments\"\xd2\x01\n" +
+	"\vcommitments\x18\x04 \x03(\fR\vcommitments\"\xea\x01\n" +
 	"\bRotation\x12/\n" +
 	"\x13previous_generation\x18\x01 \x01(\x04R\x12previousGeneration\x12'\n" +
 	"\x0fprevious_sealed\x18\x02 \x01(\fR\x0epreviousSealed\x12\x16\n" +
 	"\x06cursor\x18\x03 \x01(\fR\x06cursor\x12\x12\n" +
 	"\x04done\x18\x04 \x01(\x04R\x04done\x12\x14\n" +
 	"\x05total\x18\x05 \x01(\x04R\x05total\x12*\n" +
-	"\x11started_unix_nano\x18\x06 \x01(\x03R\x0fstartedUnixNano\"C\n" +
+	"\x11started_unix_nano\x18\x06 \x01(\x03R\x0fstartedUnixNano\x12\x16\n" +
+	"\x06legacy\x18\a \x01(\bR\x06legacy\"l\n" +
 	"\aKeyring\x12\x1b\n" +
 	"\tindex_key\x18\x01 \x01(\fR\bindexKey\x12\x1b\n" +
-	"\taudit_key\x18\x02 \x01(\fR\bauditKey*\x8c\x01\n" +
+	"\taudit_key\x18\x02 \x01(\fR\bauditKey\x12'\n" +
+	"\x0ffingerprint_key\x18\x03 \x01(\fR\x0efingerprintKey*\x8c\x01\n" +
 	"\x06Origin\x12\x16\n" +
 	"\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10ORIGIN_GENERATED\x10\x01\x12\x13\n" +

@@ -41,6 +41,7 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.RotateAfterSeconds = m.RotateAfterSeconds
 	r.NextVersion = m.NextVersion
 	r.WrappedOut = m.WrappedOut
+	r.Format = m.Format
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -150,6 +151,11 @@ func (m *StoreHeader) CloneVT() *StoreHeader {
 		copy(tmpBytes, rhs)
 		r.Mac = tmpBytes
 	}
+	if rhs := m.AccNonce; rhs != nil {
+		tmpBytes := make([]byte, len(rhs))
+		copy(tmpBytes, rhs)
+		r.AccNonce = tmpBytes
+	}
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
 		copy(r.unknownFields, m.unknownFields)
@@ -185,6 +191,11 @@ func (m *MasterRecord) CloneVT() *MasterRecord {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
 		r.Keyring = tmpBytes
+	}
+	if rhs := m.Mac; rhs != nil {
+		tmpBytes := make([]byte, len(rhs))
+		copy(tmpBytes, rhs)
+		r.Mac = tmpBytes
 	}
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
@@ -267,6 +278,7 @@ func (m *Rotation) CloneVT() *Rotation {
 	r.Done = m.Done
 	r.Total = m.Total
 	r.StartedUnixNano = m.StartedUnixNano
+	r.Legacy = m.Legacy
 	if rhs := m.PreviousSealed; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -302,6 +314,11 @@ func (m *Keyring) CloneVT() *Keyring {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
 		r.AuditKey = tmpBytes
+	}
+	if rhs := m.FingerprintKey; rhs != nil {
+		tmpBytes := make([]byte, len(rhs))
+		copy(tmpBytes, rhs)
+		r.FingerprintKey = tmpBytes
 	}
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
@@ -343,6 +360,13 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Format != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Format))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb0
 	}
 	if m.WrappedOut {
 		i--
@@ -664,6 +688,13 @@ func (m *StoreHeader) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if len(m.AccNonce) > 0 {
+		i -= len(m.AccNonce)
+		copy(dAtA[i:], m.AccNonce)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.AccNonce)))
+		i--
+		dAtA[i] = 0x42
+	}
 	if len(m.Mac) > 0 {
 		i -= len(m.Mac)
 		copy(dAtA[i:], m.Mac)
@@ -737,6 +768,13 @@ func (m *MasterRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if len(m.Mac) > 0 {
+		i -= len(m.Mac)
+		copy(dAtA[i:], m.Mac)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.Mac)))
+		i--
+		dAtA[i] = 0x4a
 	}
 	if m.Rotation != nil {
 		size, err := m.Rotation.MarshalToSizedBufferVT(dAtA[:i])
@@ -953,6 +991,16 @@ func (m *Rotation) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Legacy {
+		i--
+		if m.Legacy {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.StartedUnixNano != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.StartedUnixNano))
 		i--
@@ -1019,6 +1067,13 @@ func (m *Keyring) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if len(m.FingerprintKey) > 0 {
+		i -= len(m.FingerprintKey)
+		copy(dAtA[i:], m.FingerprintKey)
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(len(m.FingerprintKey)))
+		i--
+		dAtA[i] = 0x1a
 	}
 	if len(m.AuditKey) > 0 {
 		i -= len(m.AuditKey)
@@ -1115,6 +1170,9 @@ func (m *KeyRecord) SizeVT() (n int) {
 	if m.WrappedOut {
 		n += 3
 	}
+	if m.Format != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.Format))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1201,6 +1259,10 @@ func (m *StoreHeader) SizeVT() (n int) {
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
+	l = len(m.AccNonce)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1239,6 +1301,10 @@ func (m *MasterRecord) SizeVT() (n int) {
 	}
 	if m.Rotation != nil {
 		l = m.Rotation.SizeVT()
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.Mac)
+	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	n += len(m.unknownFields)
@@ -1324,6 +1390,9 @@ func (m *Rotation) SizeVT() (n int) {
 	if m.StartedUnixNano != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.StartedUnixNano))
 	}
+	if m.Legacy {
+		n += 2
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1339,6 +1408,10 @@ func (m *Keyring) SizeVT() (n int) {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
 	l = len(m.AuditKey)
+	if l > 0 {
+		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	l = len(m.FingerprintKey)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
 	}
@@ -1852,6 +1925,25 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.WrappedOut = bool(v != 0)
+		case 22:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Format", wireType)
+			}
+			m.Format = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Format |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -2404,6 +2496,40 @@ func (m *StoreHeader) UnmarshalVT(dAtA []byte) error {
 				m.Mac = []byte{}
 			}
 			iNdEx = postIndex
+		case 8:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AccNonce", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.AccNonce = append(m.AccNonce[:0], dAtA[iNdEx:postIndex]...)
+			if m.AccNonce == nil {
+				m.AccNonce = []byte{}
+			}
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -2701,6 +2827,40 @@ func (m *MasterRecord) UnmarshalVT(dAtA []byte) error {
 			}
 			if err := m.Rotation.UnmarshalVT(dAtA[iNdEx:postIndex]); err != nil {
 				return err
+			}
+			iNdEx = postIndex
+		case 9:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Mac", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Mac = append(m.Mac[:0], dAtA[iNdEx:postIndex]...)
+			if m.Mac == nil {
+				m.Mac = []byte{}
 			}
 			iNdEx = postIndex
 		default:
@@ -3229,6 +3389,26 @@ func (m *Rotation) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Legacy", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Legacy = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -3346,6 +3526,40 @@ func (m *Keyring) UnmarshalVT(dAtA []byte) error {
 			m.AuditKey = append(m.AuditKey[:0], dAtA[iNdEx:postIndex]...)
 			if m.AuditKey == nil {
 				m.AuditKey = []byte{}
+			}
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field FingerprintKey", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return protohelpers.ErrInvalidLength
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.FingerprintKey = append(m.FingerprintKey[:0], dAtA[iNdEx:postIndex]...)
+			if m.FingerprintKey == nil {
+				m.FingerprintKey = []byte{}
 			}
 			iNdEx = postIndex
 		default:

@@ -25,9 +25,9 @@ import (
 // KeyLen is the master key's length.
 const KeyLen = 32
 
-// Derivation labels (HKDF-SHA-256 info strings; the salt is the store id).
+// Derivation labels of the master record (HKDF-SHA-256 info strings; the
+// salt is the store id). keys.go has those of the store's keys.
 const (
-	labelStorage  = "keywarden storage v1"
 	labelCheck    = "keywarden master check v1"
 	labelKeyring  = "keywarden keyring v1"
 	labelPrevious = "keywarden previous master v1"
@@ -92,98 +92,6 @@ var (
 	ErrRotating       = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "a master-key rotation is still re-wrapping keys")
 )
 
-// Keys are the secrets of an unsealed master key. A Keys value never
-// changes once published; Seal wipes it (operations still running then
-// fail as if the key were destroyed) and rotation replaces it.
-type Keys struct {
-	StoreID    []byte
-	Generation uint64 // the current master-key generation
-	// storage seals and opens key blobs, by master-key generation: the
-	// current one, and during a rotation the previous one.
-	storage map[uint64]*mech.Key
-	// Index authenticates key records and the store header (HMAC-SHA-256).
-	Index *mech.Key
-	// Audit keys the audit log's chain (HMAC-SHA-256).
-	Audit *mech.Key
-	mk    *mech.Key
-}
-
-// SealBlob seals canonical key bytes pt under the current generation's
-// storage key with associated data aad: nonce || ciphertext || tag.
-func (k *Keys) SealBlob(aad, pt []byte) ([]byte, error) {
-	return k.storage[k.Generation].Encrypt(pt, aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, nil)
-}
-
-// OpenBlob opens a blob sealed under generation gen's storage key. The
-// caller wipes the result.
-func (k *Keys) OpenBlob(gen uint64, aad, blob []byte) ([]byte, error) {
-	s := k.storage[gen]
-	if s == nil {
-		return nil, fmt.Errorf("blob sealed under unknown master-key generation %d", gen)
-	}
-	return s.Decrypt(blob, aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, nil)
-}
-
-// MAC returns HMAC-SHA-256 of data under the index key, appended to dst.
-func (k *Keys) MAC(dst, data []byte) ([]byte, error) { return k.Index.MAC(data, dst) }
-
-// MACEach computes n MACs under the index key with one entry into its
-// secret state: in(i) gives the i-th data and the slice to append its MAC
-// to, done(i, mac) receives it. A destination with room for the MAC (32
-// bytes) spares an allocation. The error concerns the key (wiped); then
-// done is not called.
-func (k *Keys) MACEach(n int, in func(i int) (data, dst []byte), done func(i int, mac []byte)) error {
-	return k.Index.MACEach(n, in, func(i int, out []byte, _ error) { done(i, out) })
-}
-
-// FingerprintSize is the length of a material fingerprint.
-const FingerprintSize = 16
-
-// fingerprintLabel starts the input of every material fingerprint: no
-// record or header MAC input (protobuf encodings) starts with it.
-const fingerprintLabel = "keywarden material v1\x00"
-
-// Fingerprint returns the fingerprint of key material under the index key:
-// the first 16 bytes of HMAC-SHA-256 of fingerprintLabel, the byte class
-// and data. Without the index key it says nothing about data; with it, it
-// tells the daemon that two key objects hold the same material. data may
-// be secret: Fingerprint copies it only inside secmem.Do and wipes the
-// copy.
-func (k *Keys) Fingerprint(class byte, data []byte) (fp [FingerprintSize]byte, err error) {
-	secmem.Do(func() {
-		in := make([]byte, 0, len(fingerprintLabel)+1+len(data))
-		in = append(append(append(in, fingerprintLabel...), class), data...)
-		var mac []byte
-		mac, err = k.Index.MAC(in, make([]byte, 0, 32))
-		clear(in)
-		if err == nil {
-			copy(fp[:], mac)
-		}
-	})
-	return fp, err
-}
-
-// Generations returns the master-key generations whose blobs can be opened.
-func (k *Keys) Generations() []uint64 {
-	var g []uint64
-	for gen := range k.storage {
-		g = append(g, gen)
-	}
-	return g
-}
-
-func (k *Keys) wipe() {
-	if k == nil {
-		return
-	}
-	for _, s := range k.storage {
-		s.Destroy()
-	}
-	k.Index.Destroy()
-	k.Audit.Destroy()
-	k.mk.Destroy()
-}
-
 // State describes the master key for Status.
 type State struct {
 	Initialized bool
@@ -216,6 +124,10 @@ type Master struct {
 	keys *Keys                 // nil while sealed
 	held []heldShare           // shares submitted toward an unseal
 	lim  limiter
+	// recs counts the master records made or read in (init, restore),
+	// but not the upgrade of one: an unseal begun on one finishes only on
+	// it.
+	recs uint64
 }
 
 type heldShare struct {
@@ -255,8 +167,8 @@ func Open(cfg Config) (*Master, error) {
 		if err := rec.UnmarshalVT(v); err != nil {
 			return fmt.Errorf("master record: %w", persist.ErrCorrupt)
 		}
-		if rec.Format != persist.Format || len(rec.StoreId) != persist.IDSize || rec.Generation == 0 {
-			return fmt.Errorf("master record of an unknown format (%d)", rec.Format)
+		if (rec.Format != persist.Format && rec.Format != persist.FormatLegacy) || len(rec.StoreId) != persist.IDSize || rec.Generation == 0 {
+			return fmt.Errorf("master record of an unknown format (%d): a newer keywarden wrote it", rec.Format)
 		}
 		m.rec = rec
 		return nil
@@ -280,6 +192,7 @@ func (m *Master) Reload() error {
 		return ErrUnsealed
 	}
 	m.rec = n.rec
+	m.recs++
 	m.dropShares()
 	m.lim.reset()
 	return nil
@@ -393,8 +306,9 @@ func (m *Master) PrepareInit(ctx context.Context, s Sealing, force bool) (*Pendi
 }
 
 // prepare makes master key generation gen for store storeID. With prev
-// (rotation), the previous master key is sealed under the new one and
-// the keyring carried over.
+// (rotation), the previous master key is sealed under the new one, and
+// the fingerprint key carried over; every other secret is derived anew
+// from the new master key.
 func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uint64, prev *Keys) (p *Pending, err error) {
 	defer clear(s.Passphrase)
 	if len(s.Passphrase) == 0 && s.Shares == 0 && !s.Ephemeral {
@@ -408,12 +322,24 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 			return nil, err
 		}
 	}
-	hmacSpec := key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
-	mk, err := mech.Generate(hmacSpec)
+	mk, err := newSecret()
 	if err != nil {
 		return nil, err
 	}
-	keys := &Keys{StoreID: storeID, Generation: gen, storage: map[uint64]*mech.Key{}, mk: mk}
+	var material *mech.Key
+	if prev == nil {
+		material, err = newSecret()
+	} else {
+		material, err = clone(prev.material)
+	}
+	if err != nil {
+		mk.Destroy()
+		return nil, err
+	}
+	keys, err := newKeys(mk, storeID, gen, material)
+	if err != nil {
+		return nil, err
+	}
 	p = &Pending{keys: keys, replaces: 0}
 	defer func() {
 		if err != nil {
@@ -425,30 +351,14 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 	if rec.Check, err = checkValue(mk, storeID, gen); err != nil {
 		return nil, err
 	}
-	if keys.storage[gen], err = derive(mk, storeID, labelStorage, wire.KeyType_KEY_TYPE_AES256_GCM); err != nil {
-		return nil, err
-	}
-	// The keyring: new at init, carried over at rotation.
-	if prev == nil {
-		hm := key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
-		if keys.Index, err = mech.Generate(hm); err != nil {
-			return nil, err
-		}
-		if keys.Audit, err = mech.Generate(hm); err != nil {
-			return nil, err
-		}
-	} else {
-		if keys.Index, err = clone(prev.Index); err != nil {
-			return nil, err
-		}
-		if keys.Audit, err = clone(prev.Audit); err != nil {
-			return nil, err
-		}
+	if prev != nil {
 		p.replaces = prev.Generation
-		for g, st := range prev.storage {
-			if keys.storage[g], err = clone(st); err != nil {
-				return nil, err
-			}
+		pg, err := prev.gen(prev.Generation)
+		if err != nil {
+			return nil, err
+		}
+		if keys.gens[prev.Generation], err = pg.clone(); err != nil {
+			return nil, err
 		}
 		sealedPrev, err := sealPrevious(mk, prev.mk, storeID, prev.Generation)
 		if err != nil {
@@ -456,7 +366,7 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 		}
 		rec.Rotation = &persist.Rotation{PreviousGeneration: prev.Generation, PreviousSealed: sealedPrev, StartedUnixNano: m.now().UnixNano()}
 	}
-	if rec.Keyring, err = sealKeyring(mk, storeID, keys); err != nil {
+	if rec.Keyring, err = sealKeyring(mk, storeID, material, nil); err != nil {
 		return nil, err
 	}
 	if len(s.Passphrase) > 0 {
@@ -483,6 +393,16 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 	return p, nil
 }
 
+// marshalMaster sets r's MAC under k and encodes it.
+func marshalMaster(k *Keys, r *persist.MasterRecord) ([]byte, error) {
+	var err error
+	r.Mac = nil
+	if r.Mac, err = k.masterMAC(r); err != nil {
+		return nil, err
+	}
+	return r.MarshalVT()
+}
+
 // CommitInit writes a prepared master key (and an empty store header)
 // and leaves the daemon unsealed with it. With force it replaces the
 // master key of a store that holds no key records, which the caller has
@@ -494,7 +414,7 @@ func (m *Master) CommitInit(p *Pending, header func(k *Keys) ([]byte, error)) er
 		p.Discard()
 		return err
 	}
-	recBytes, err := p.rec.MarshalVT()
+	recBytes, err := marshalMaster(p.keys, p.rec)
 	if err != nil {
 		p.Discard()
 		return err
@@ -512,6 +432,7 @@ func (m *Master) CommitInit(p *Pending, header func(k *Keys) ([]byte, error)) er
 	m.mu.Lock()
 	old := m.keys
 	m.rec, m.keys = p.rec, p.keys
+	m.recs++
 	m.dropShares()
 	m.lim.reset()
 	m.mu.Unlock()
@@ -608,18 +529,20 @@ func checkValue(mk *mech.Key, storeID []byte, gen uint64) ([]byte, error) {
 	return ck.MAC(binary.BigEndian.AppendUint64(bytes.Clone(storeID), gen), nil)
 }
 
-func sealKeyring(mk *mech.Key, storeID []byte, k *Keys) ([]byte, error) {
+// sealKeyring seals the keyring (material, the fingerprint key, and while
+// records of format 1 remain, legacy, their index key) under mk.
+func sealKeyring(mk *mech.Key, storeID []byte, material, legacy *mech.Key) ([]byte, error) {
 	kk, err := derive(mk, storeID, labelKeyring, wire.KeyType_KEY_TYPE_AES256_GCM)
 	if err != nil {
 		return nil, err
 	}
 	defer kk.Destroy()
 	var out []byte
-	err = k.Index.Canonical(func(ib []byte) error {
-		return k.Audit.Canonical(func(ab []byte) error {
+	err = material.Canonical(func(fb []byte) error {
+		kr := &persist.Keyring{FingerprintKey: fb}
+		seal := func() error {
 			var err error
 			secmem.Do(func() {
-				kr := &persist.Keyring{IndexKey: ib, AuditKey: ab}
 				var pt []byte
 				if pt, err = kr.MarshalVT(); err != nil {
 					return
@@ -628,15 +551,25 @@ func sealKeyring(mk *mech.Key, storeID []byte, k *Keys) ([]byte, error) {
 				clear(pt)
 			})
 			return err
+		}
+		if legacy == nil {
+			return seal()
+		}
+		return legacy.Canonical(func(lb []byte) error {
+			kr.IndexKey = lb
+			return seal()
 		})
 	})
 	return out, err
 }
 
-func openKeyring(mk *mech.Key, storeID, sealed []byte, k *Keys) error {
+// openKeyring opens the keyring of a master record of the given format:
+// it returns the fingerprint key and format 1's index key (the same key,
+// in a record of format 1; nil in one of format 2 that has none).
+func openKeyring(mk *mech.Key, storeID, sealed []byte, format uint32) (material, legacy *mech.Key, err error) {
 	kk, err := derive(mk, storeID, labelKeyring, wire.KeyType_KEY_TYPE_AES256_GCM)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	defer kk.Destroy()
 	hm := key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256)
@@ -650,15 +583,24 @@ func openKeyring(mk *mech.Key, storeID, sealed []byte, k *Keys) error {
 		if err = kr.UnmarshalVT(pt); err != nil {
 			return
 		}
-		if k.Index, err = mech.FromCanonical(hm, key.Secret, kr.IndexKey); err != nil {
+		fk := kr.FingerprintKey
+		if format == persist.FormatLegacy {
+			fk = kr.IndexKey // format 1 made fingerprints under its index key
+		}
+		if material, err = mech.FromCanonical(hm, key.Secret, bytes.Clone(fk)); err != nil {
 			return
 		}
-		k.Audit, err = mech.FromCanonical(hm, key.Secret, kr.AuditKey)
+		if len(kr.IndexKey) > 0 {
+			legacy, err = mech.FromCanonical(hm, key.Secret, bytes.Clone(kr.IndexKey))
+		}
 	})
 	if err != nil {
-		return fmt.Errorf("the keyring does not open under this master key: %w", err)
+		if material != nil {
+			material.Destroy()
+		}
+		return nil, nil, fmt.Errorf("the keyring does not open under this master key: %w", err)
 	}
-	return nil
+	return material, legacy, nil
 }
 
 func sealPrevious(mk, prev *mech.Key, storeID []byte, prevGen uint64) ([]byte, error) {
@@ -689,36 +631,68 @@ func openPrevious(mk *mech.Key, storeID []byte, rot *persist.Rotation) (*mech.Ke
 	return mech.FromCanonical(key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256), key.Secret, b)
 }
 
+// errMasterChanged: a master record of format 2 whose MAC fails under
+// the right master key.
+var errMasterChanged = errors.New("it fails its integrity check (it was changed outside the daemon): restore a backup")
+
 // unlock builds the Keys of master key mk for record rec, after checking
-// that mk is the right one. It takes ownership of mk.
+// that mk is the right one and, in format 2, that the record is intact.
+// It takes ownership of mk.
 func unlock(mk *mech.Key, rec *persist.MasterRecord) (k *Keys, err error) {
-	k = &Keys{StoreID: rec.StoreId, Generation: rec.Generation, storage: map[uint64]*mech.Key{}, mk: mk}
+	check, err := checkValue(mk, rec.StoreId, rec.Generation)
+	if err != nil {
+		mk.Destroy()
+		return nil, err
+	}
+	if !hmac.Equal(check, rec.Check) {
+		mk.Destroy()
+		return nil, ErrWrongSecret
+	}
+	material, legacy, err := openKeyring(mk, rec.StoreId, rec.Keyring, rec.Format)
+	if err != nil {
+		mk.Destroy()
+		return nil, err
+	}
+	if k, err = newKeys(mk, rec.StoreId, rec.Generation, material); err != nil {
+		if legacy != nil {
+			legacy.Destroy()
+		}
+		return nil, err
+	}
+	k.legacy = legacy
 	defer func() {
 		if err != nil {
 			k.wipe()
 			k = nil
 		}
 	}()
-	check, err := checkValue(mk, rec.StoreId, rec.Generation)
-	if err != nil {
-		return nil, err
+	rot := rec.Rotation
+	switch {
+	case rec.Format == persist.FormatLegacy:
+		// Its records and header are of format 1, until Upgrade.
+		k.legacyHeader = true
+	default:
+		mac, err := k.masterMAC(rec)
+		if err != nil {
+			return nil, err
+		}
+		if !hmac.Equal(mac, rec.Mac) {
+			return nil, errMasterChanged
+		}
+		if rot == nil || !rot.Legacy {
+			if k.legacy != nil {
+				k.legacy.Destroy()
+			}
+			k.legacy = nil
+		}
 	}
-	if !hmac.Equal(check, rec.Check) {
-		return nil, ErrWrongSecret
-	}
-	if k.storage[rec.Generation], err = derive(mk, rec.StoreId, labelStorage, wire.KeyType_KEY_TYPE_AES256_GCM); err != nil {
-		return nil, err
-	}
-	if err := openKeyring(mk, rec.StoreId, rec.Keyring, k); err != nil {
-		return nil, err
-	}
-	if rot := rec.Rotation; rot != nil {
+	if rot != nil && len(rot.PreviousSealed) > 0 {
 		prev, err := openPrevious(mk, rec.StoreId, rot)
 		if err != nil {
 			return nil, err
 		}
 		defer prev.Destroy()
-		if k.storage[rot.PreviousGeneration], err = derive(prev, rec.StoreId, labelStorage, wire.KeyType_KEY_TYPE_AES256_GCM); err != nil {
+		if k.gens[rot.PreviousGeneration], err = deriveGen(prev, rec.StoreId); err != nil {
 			return nil, err
 		}
 	}
@@ -733,6 +707,7 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 	defer clear(pass)
 	m.mu.Lock()
 	rec, err := m.beginUnseal()
+	recs := m.recs
 	m.mu.Unlock()
 	if err != nil {
 		return err
@@ -762,7 +737,7 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 	if err != nil {
 		return err
 	}
-	if err := m.finishUnseal(mk, rec, verify); err != nil {
+	if err := m.finishUnseal(mk, rec, recs, verify); err != nil {
 		return err
 	}
 	if !m.insecureKDF && CheckFloor(p) != nil {
@@ -797,7 +772,7 @@ func (m *Master) failed(what string) error {
 	return ErrWrongSecret
 }
 
-func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, verify func(*Keys) error) error {
+func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint64, verify func(*Keys) error) error {
 	keys, err := unlock(mk, rec)
 	if errors.Is(err, ErrWrongSecret) {
 		return m.failed("the master key check does not match")
@@ -813,9 +788,12 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, verify fu
 		}
 	}
 	m.mu.Lock()
-	if m.keys != nil || m.rec != rec {
+	if m.keys != nil || m.recs != recs || keys.legacyHeader {
 		m.mu.Unlock()
 		keys.wipe()
+		if keys.legacyHeader {
+			return wire.Errorf(wire.Status_STATUS_INTERNAL, "the store of format %d was not upgraded", persist.FormatLegacy)
+		}
 		return ErrUnsealed
 	}
 	m.keys = keys
@@ -878,6 +856,49 @@ func matches(sh shamir.Share, c []byte) bool {
 	return ok
 }
 
+// Upgrade rewrites the master record of format 1 that k was unsealed from
+// in today's format, in one transaction with the caller's header (fn,
+// which writes it under k), and marks every record as to be re-written
+// (a rotation without a new master key: Rotation.legacy). The caller
+// (the store's check at unseal, before k is published) has checked the
+// store under format 1's rules. total is the number of key records.
+func (m *Master) Upgrade(k *Keys, total uint64, fn func(tx store.Tx) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys != nil || m.rec == nil || m.rec.Format != persist.FormatLegacy || !k.legacyHeader {
+		return wire.Errorf(wire.Status_STATUS_INTERNAL, "no store of format %d to upgrade", persist.FormatLegacy)
+	}
+	r := m.rec.CloneVT()
+	r.Format = persist.Format
+	var err error
+	if r.Keyring, err = sealKeyring(k.mk, r.StoreId, k.material, k.legacy); err != nil {
+		return err
+	}
+	if r.Rotation == nil {
+		r.Rotation = &persist.Rotation{StartedUnixNano: m.now().UnixNano()}
+	}
+	// Every record is of format 1: all are re-written, from the first.
+	r.Rotation.Legacy, r.Rotation.Cursor, r.Rotation.Done, r.Rotation.Total = true, nil, 0, total
+	b, err := marshalMaster(k, r)
+	if err != nil {
+		return err
+	}
+	k.legacyHeader = false // fn writes the header of format 2
+	err = m.st.Update(func(tx store.Tx) error {
+		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, b); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+	if err != nil {
+		k.legacyHeader = true
+		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "upgrading the store from format %d failed: %v", persist.FormatLegacy, err)
+	}
+	m.rec = r
+	m.log.Warn("store upgraded from format 1: every key record is re-written in the background, as in a master-key rotation", "records", total)
+	return nil
+}
+
 // UnsealShare submits one share, after the checks of CheckShare. Once the
 // threshold is reached it combines the shares and unseals (see
 // UnsealPassphrase for verify). It returns how many shares are held and
@@ -886,6 +907,7 @@ func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, n
 	defer clear(sh.Y)
 	m.mu.Lock()
 	rec, err := m.beginUnseal()
+	recs := m.recs
 	if err != nil {
 		m.mu.Unlock()
 		return 0, 0, false, err
@@ -943,7 +965,7 @@ func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, n
 	if err != nil {
 		return 0, need, false, m.failed("shares do not combine")
 	}
-	if err := m.finishUnseal(mk, rec, verify); err != nil {
+	if err := m.finishUnseal(mk, rec, recs, verify); err != nil {
 		return 0, need, false, err
 	}
 	return need, need, true, nil
@@ -972,9 +994,11 @@ func (m *Master) Seal() bool {
 	return k != nil
 }
 
-// PrepareRotation makes the next master-key generation, sealed as s says;
-// it carries the keyring over and seals the current master key under the
-// new one, so that blobs not yet re-wrapped still open.
+// PrepareRotation makes the next master-key generation, sealed as s says:
+// every secret derived from the master key is new (the index key, the
+// blob and material keys, the audit secret), and the current master key
+// is sealed under the new one, so that records not yet re-wrapped still
+// open.
 func (m *Master) PrepareRotation(ctx context.Context, s Sealing) (*Pending, error) {
 	m.mu.Lock()
 	keys, err := m.keysLocked()
@@ -992,13 +1016,14 @@ func (m *Master) PrepareRotation(ctx context.Context, s Sealing) (*Pending, erro
 }
 
 // CommitRotation writes the new generation; total is the number of key
-// records to re-wrap. From then on new blobs are sealed under the new
-// generation, and the caller re-wraps the others (Progress, then
-// FinishRotation).
-func (m *Master) CommitRotation(p *Pending, total uint64) error {
+// records to re-wrap. header, called in the same transaction with the
+// current keys and the new ones, rewrites the store header under the new
+// ones. From then on new blobs are sealed under the new generation, and
+// the caller re-wraps the others (RotationStep, then FinishRotation).
+func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.Tx, old, next *Keys) error) error {
 	defer p.wipeShares()
 	p.rec.Rotation.Total = total
-	recBytes, err := p.rec.MarshalVT()
+	recBytes, err := marshalMaster(p.keys, p.rec)
 	if err != nil {
 		p.Discard()
 		return err
@@ -1009,14 +1034,21 @@ func (m *Master) CommitRotation(p *Pending, total uint64) error {
 		p.Discard()
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the master key changed or was sealed meanwhile")
 	}
+	old := m.keys
 	err = m.st.Update(func(tx store.Tx) error {
-		return tx.Put(persist.BucketMeta, persist.MetaMaster, recBytes)
+		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, recBytes); err != nil {
+			return err
+		}
+		return header(tx, old, p.keys)
 	})
 	if err != nil {
 		p.Discard()
+		var we *wire.Error
+		if errors.As(err, &we) {
+			return err
+		}
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "writing the master record failed: %v", err)
 	}
-	old := m.keys
 	m.rec, m.keys = p.rec, p.keys
 	old.wipe()
 	m.log.Info("master key rotated; re-wrapping keys", "generation", p.rec.Generation, "keys", total)
@@ -1027,14 +1059,17 @@ func (m *Master) CommitRotation(p *Pending, total uint64) error {
 // transaction: cursor is the last re-wrapped record's id.
 func (m *Master) RotationStep(tx store.Tx, cursor []byte, done uint64) error {
 	m.mu.Lock()
-	rec := m.rec.CloneVT()
+	rec, k := m.rec.CloneVT(), m.keys
 	m.mu.Unlock()
 	if rec.Rotation == nil {
 		return nil
 	}
+	if k == nil {
+		return ErrSealed
+	}
 	rec.Rotation.Cursor = bytes.Clone(cursor)
 	rec.Rotation.Done = done
-	b, err := rec.MarshalVT()
+	b, err := marshalMaster(k, rec)
 	if err != nil {
 		return err
 	}
@@ -1055,17 +1090,27 @@ func (m *Master) RotationCommitted(cursor []byte, done uint64) {
 }
 
 // FinishRotation ends a rotation once every record is re-wrapped: the
-// previous master key's sealed copy is deleted and its storage key wiped.
+// previous master key's sealed copy is deleted and its keys wiped (and,
+// after an upgrade, format 1's index key).
 func (m *Master) FinishRotation() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.rec == nil || m.rec.Rotation == nil {
 		return nil
 	}
+	if m.keys == nil {
+		return ErrSealed
+	}
 	r := m.rec.CloneVT()
-	prev := r.Rotation.PreviousGeneration
+	prev, legacy := r.Rotation.PreviousGeneration, r.Rotation.Legacy
 	r.Rotation = nil
-	b, err := r.MarshalVT()
+	if legacy {
+		var err error
+		if r.Keyring, err = sealKeyring(m.keys.mk, r.StoreId, m.keys.material, nil); err != nil {
+			return err
+		}
+	}
+	b, err := marshalMaster(m.keys, r)
 	if err != nil {
 		return err
 	}
@@ -1073,20 +1118,22 @@ func (m *Master) FinishRotation() error {
 		return err
 	}
 	m.rec = r
-	if m.keys != nil {
-		// Publish new Keys without the previous generation rather than
-		// changing the published value.
-		k := *m.keys
-		k.storage = map[uint64]*mech.Key{}
-		for g, s := range m.keys.storage {
-			if g == prev {
-				s.Destroy()
-				continue
-			}
-			k.storage[g] = s
+	// Publish new Keys without the previous generation rather than
+	// changing the published value.
+	k := *m.keys
+	k.gens = map[uint64]*genKeys{}
+	for g, gk := range m.keys.gens {
+		if g == prev && g != k.Generation {
+			gk.destroy()
+			continue
 		}
-		m.keys = &k
+		k.gens[g] = gk
 	}
+	if k.legacy != nil {
+		k.legacy.Destroy()
+		k.legacy = nil
+	}
+	m.keys = &k
 	m.log.Info("master-key rotation finished", "generation", r.Generation)
 	return nil
 }

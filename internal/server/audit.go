@@ -631,7 +631,11 @@ func (s *Server) syncAuditKeys() {
 		}
 		return
 	}
-	if s.auditKeyed && s.auditStore == string(k.StoreID) {
+	// The audit secret is the master key's generation's: a rotation
+	// changes it, and the log starts a new key epoch (a rekey checkpoint,
+	// signed with the old key, names the new one).
+	epoch := auditEpoch(k)
+	if s.auditKeyed && s.auditStore == epoch {
 		return
 	}
 	ak, err := auditKeys(k)
@@ -644,7 +648,7 @@ func (s *Server) syncAuditKeys() {
 		ak.Destroy()
 		return
 	}
-	s.auditKeyed, s.auditStore = true, string(k.StoreID)
+	s.auditKeyed, s.auditStore = true, epoch
 	if s.cfg.AuditPublicKey != "" {
 		if err := audit.PublishPublicKey(s.cfg.AuditPublicKey, ak.PublicKey()); err != nil {
 			s.log.Error("audit log: cannot publish its public key", "path", s.cfg.AuditPublicKey, "err", err)
@@ -652,6 +656,12 @@ func (s *Server) syncAuditKeys() {
 	}
 	s.log.Info("audit log keyed: records carry MACs, checkpoints are signed",
 		"public_key", hex.EncodeToString(ak.PublicKey()))
+}
+
+// auditEpoch names the audit secret of k: its store and master-key
+// generation.
+func auditEpoch(k *seal.Keys) string {
+	return fmt.Sprintf("%x/%d", k.StoreID, k.Generation)
 }
 
 // auditKeys derives the audit log's keys from the master key's audit
@@ -666,12 +676,12 @@ func auditKeys(k *seal.Keys) (*audit.Keys, error) {
 	return ak, err
 }
 
-// changesSeal reports whether req may change the seal state: the audit
-// log then takes or drops its keys.
+// changesSeal reports whether req may change the seal state or the master
+// key: the audit log then takes, drops or changes its keys.
 func changesSeal(req *wire.Request) bool {
 	for _, op := range req.Ops {
 		switch op.GetOp().(type) {
-		case *wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_Restore:
+		case *wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_Restore, *wire.Op_MasterRotate:
 			return true
 		}
 	}

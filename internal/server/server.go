@@ -213,7 +213,7 @@ type Server struct {
 	auditAlways bool // alog fsyncs every write (--audit-sync always)
 	resolver    *audit.Resolver
 	// auditMu guards the audit log's keys: whether it has them, for which
-	// store.
+	// store and master-key generation (auditEpoch).
 	auditMu    sync.Mutex
 	auditKeyed bool
 	auditStore string

@@ -287,8 +287,7 @@ func (cn *conn) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result,
 		}
 		cs.pending, cs.token = nil, nil
 		cs.mu.Unlock()
-		total, _ := st.Counts()
-		if err := m.CommitRotation(p, uint64(total)); err != nil {
+		if err := st.CommitRotation(p); err != nil {
 			return nil, err
 		}
 		cn.log.Info("master key rotated", "uid", id.UID, "pid", id.PID, "generation", m.State().Generation)

@@ -306,6 +306,11 @@ func (t boltTx) Delete(bucket, key []byte) error {
 	return bk.Delete(key)
 }
 
+// OnCommit uses bbolt's commit handlers, which run after the commit,
+// in the committing goroutine: commitLoop, the only writer, so that
+// transactions' handlers run in commit order.
+func (t boltTx) OnCommit(fn func()) { t.tx.OnCommit(fn) }
+
 func (t boltTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {
 	bk := t.tx.Bucket(bucket)
 	if bk == nil {

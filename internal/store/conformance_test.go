@@ -237,6 +237,78 @@ func conformance(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 	})
 
+	t.Run("OnCommit", func(t *testing.T) {
+		// Functions registered in a transaction run once it is durable,
+		// before Update returns, in commit order; never for a failed
+		// transaction or a View.
+		s := open(t)
+		var mu sync.Mutex
+		var ran []string
+		note := func(what string) func() {
+			return func() { mu.Lock(); ran = append(ran, what); mu.Unlock() }
+		}
+		err := s.Update(func(tx store.Tx) error {
+			tx.OnCommit(note("first"))
+			tx.OnCommit(note("second"))
+			return tx.Put(b, []byte("k"), []byte("v"))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(ran); got != "[first second]" {
+			t.Fatalf("after Update returned: %s", got)
+		}
+		s.Update(func(tx store.Tx) error {
+			tx.OnCommit(note("failed"))
+			return errors.New("boom")
+		})
+		s.View(func(tx store.Tx) error {
+			tx.OnCommit(note("view"))
+			return nil
+		})
+		if got := fmt.Sprint(ran); got != "[first second]" {
+			t.Fatalf("after a failed Update and a View: %s", got)
+		}
+		// Concurrent writers, grouped or not: each one's functions run
+		// exactly once (a writer grouped with a failing one runs again),
+		// and in the order in which their writes are visible: each
+		// writer's function sees the counter as its own write left it.
+		const writers = 32
+		var wg sync.WaitGroup
+		seen := make([]int, 0, writers)
+		for i := range writers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.Update(func(tx store.Tx) error {
+					if i%8 == 7 {
+						tx.OnCommit(note("failed writer"))
+						return fmt.Errorf("writer %d fails", i)
+					}
+					n := len(tx.Get(b, []byte("count")))
+					if err := tx.Put(b, []byte("count"), make([]byte, n+1)); err != nil {
+						return err
+					}
+					tx.OnCommit(func() { mu.Lock(); seen = append(seen, n+1); mu.Unlock() })
+					return nil
+				})
+			}()
+		}
+		wg.Wait()
+		want := writers - writers/8
+		if len(seen) != want {
+			t.Fatalf("%d commit functions ran, want %d", len(seen), want)
+		}
+		for i, n := range seen {
+			if n != i+1 {
+				t.Fatalf("commit functions out of commit order: %v", seen)
+			}
+		}
+		if len(ran) != 2 {
+			t.Fatalf("a failed writer's function ran: %v", ran)
+		}
+	})
+
 	t.Run("Closed", func(t *testing.T) {
 		s := open(t)
 		if err := s.Close(); err != nil {

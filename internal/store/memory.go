@@ -35,6 +35,9 @@ func (m *Memory) Update(fn func(Tx) error) error {
 		tx.rollback()
 		return err
 	}
+	for _, f := range tx.onCommit {
+		f()
+	}
 	return nil
 }
 
@@ -64,6 +67,7 @@ type memTx struct {
 	m        *Memory
 	writable bool
 	undo     []memUndo // in order of the writes
+	onCommit []func()
 }
 
 // memUndo restores one key (or removes a bucket the transaction created).
@@ -151,6 +155,14 @@ func (t *memTx) Delete(bucket, key []byte) error {
 	t.undo = append(t.undo, memUndo{bucket: name, key: k, val: old, existed: true})
 	b.del(k)
 	return nil
+}
+
+// OnCommit's functions run while Update still holds m.mu: no reader sees
+// the transaction's writes before they have run.
+func (t *memTx) OnCommit(fn func()) {
+	if t.writable {
+		t.onCommit = append(t.onCommit, fn)
+	}
 }
 
 func (t *memTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {

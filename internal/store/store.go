@@ -29,6 +29,13 @@ type Tx interface {
 	// keys when after is nil), in order, until fn returns an error or
 	// ErrStop. fn must not modify bucket.
 	ForEach(bucket, after []byte, fn func(k, v []byte) error) error
+	// OnCommit registers fn to run once the transaction is durable, before
+	// Update returns: the functions of successive transactions run in the
+	// order the transactions committed, those of one transaction in the
+	// order they were registered. They do not run if the transaction
+	// rolls back (a failed fn, a failed commit, or a View). fn must be
+	// quick and must not use the store.
+	OnCommit(fn func())
 }
 
 // Errors.
