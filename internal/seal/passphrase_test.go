@@ -8,6 +8,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/shamir"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -44,6 +45,33 @@ func passMaster(t *testing.T, f *fakeKDF, params kdf.Params) (*Master, store.Sto
 	}
 	m.Seal()
 	return m, st
+}
+
+// editRecordAsIssued changes the master record of m, a split master key,
+// the way the daemon itself would have written it (its MAC made anew): it
+// unseals m with shares, edits, and seals it again.
+func editRecordAsIssued(t *testing.T, m *Master, shares []shamir.Share, edit func(r *persist.MasterRecord)) {
+	t.Helper()
+	for _, sh := range shares {
+		if _, _, _, err := m.UnsealShare(cp(sh), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mu.Lock()
+	r := m.rec.CloneVT()
+	edit(r)
+	b, err := marshalMaster(m.keys, r)
+	m.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.st.Update(func(tx store.Tx) error { return tx.Put(persist.BucketMeta, persist.MetaMaster, b) }); err != nil {
+		t.Fatal(err)
+	}
+	m.Seal()
+	if err := m.Reload(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // editRecord changes the stored master record and has m read it again.

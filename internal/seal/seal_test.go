@@ -71,7 +71,7 @@ func TestWrongSharesFailAndAreRateLimited(t *testing.T) {
 	m, shares, now := sharedMaster(t, 2, 3)
 	// Without the commitments (a split made before them), a damaged share
 	// is found only when the shares combine (TestBadShareNamed has them).
-	editRecord(t, m, m.st.(*store.Memory), func(r *persist.MasterRecord) { r.Shares.Commitments = nil })
+	editRecordAsIssued(t, m, shares[:2], func(r *persist.MasterRecord) { r.Shares.Commitments = nil })
 	bad := cp(shares[0])
 	bad.Y[0] ^= 1 // a damaged share combines to a wrong master key
 	m.UnsealShare(bad, nil)

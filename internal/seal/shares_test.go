@@ -7,7 +7,6 @@ import (
 
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/shamir"
-	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -62,8 +61,7 @@ func TestBadShareNamed(t *testing.T) {
 // combination as before.
 func TestSharesWithoutCommitments(t *testing.T) {
 	m, shares, now := sharedMaster(t, 2, 3)
-	st := m.st.(*store.Memory)
-	editRecord(t, m, st, func(r *persist.MasterRecord) { r.Shares.Commitments = nil })
+	editRecordAsIssued(t, m, shares[:2], func(r *persist.MasterRecord) { r.Shares.Commitments = nil })
 	bad := cp(shares[0])
 	bad.Y[0] ^= 1
 	m.UnsealShare(bad, nil)
