@@ -187,28 +187,50 @@ func (t *trust) checkPeer(socket string, conn *seqpacket.Conn) error {
 
 // vouched reports whether root vouches for the owner of the socket's
 // directory: the socket's path is absolute and clean, its directory is a
-// real directory that no one but its owner may write to, and every
-// directory above it is a real directory that belongs to root and that no
-// one else may write to. Only root can then have made the directory and
-// given it to its owner (as systemd's RuntimeDirectory= does for a daemon
-// run as a dedicated user), and only that owner or root can have put a
-// socket in it. Nothing under /tmp qualifies.
+// real directory directly in /run (where only root makes directories),
+// that no one but its owner may write to, and its owner is a system
+// account (a uid below UID_MIN of /etc/login.defs, 1000 by default), not
+// a person's. Only root can then have made the directory and given it to
+// that account (as systemd's RuntimeDirectory= does for a daemon run as a
+// dedicated user), and only that account or root can have put a socket in
+// it. A person's directories (a home, anything under /tmp) never qualify:
+// a daemon there is trusted only when named (DialOptions.DaemonUID).
 func vouched(socket string) bool {
 	if !filepath.IsAbs(socket) || filepath.Clean(socket) != socket {
 		return false
 	}
 	dir := filepath.Dir(socket)
-	fi, err := os.Lstat(dir)
-	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 {
+	if filepath.Dir(dir) != "/run" {
 		return false
 	}
-	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+	for _, p := range []string{dir, "/run"} {
 		fi, err := os.Lstat(p)
-		if err != nil || !fi.IsDir() || ownfile.Owner(fi) != 0 || fi.Mode().Perm()&0o022 != 0 {
+		if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 {
 			return false
 		}
-		if p == "/" {
-			return true
+		if p == "/run" && ownfile.Owner(fi) != 0 {
+			return false
+		}
+		if p == dir && ownfile.Owner(fi) >= firstLoginUID() {
+			return false
 		}
 	}
+	return true
+}
+
+// firstLoginUID is the first uid of people's accounts: UID_MIN of
+// /etc/login.defs, else 1000.
+func firstLoginUID() uint32 {
+	b, err := os.ReadFile("/etc/login.defs")
+	if err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == "UID_MIN" {
+				if n, err := strconv.ParseUint(f[1], 10, 32); err == nil && n > 0 {
+					return uint32(n)
+				}
+			}
+		}
+	}
+	return 1000
 }

@@ -125,53 +125,54 @@ func TestCheckSocketDirectory(t *testing.T) {
 // such as /tmp, does.
 func TestRootVouchesForDirectoryOwner(t *testing.T) {
 	requireRoot(t)
-	var parent string
-	for _, cand := range []string{"/run", "."} {
-		abs, err := filepath.Abs(cand)
-		if err != nil {
-			continue
-		}
-		if p, err := os.MkdirTemp(abs, "keywarden-vouch-"); err == nil {
-			os.Chmod(p, 0o755)
-			// p is root's: it vouches for root if every directory above
-			// it is root's and closed to others.
-			if vouched(filepath.Join(p, "kw.sock")) {
-				parent = p
-				break
-			}
-			os.Remove(p)
-		}
+	if fi, err := os.Lstat("/run"); err != nil || !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 {
+		t.Skip("no /run closed to others here")
 	}
-	if parent == "" {
-		t.Skip("no directory here whose every ancestor is root's and closed to others")
+	// A directory root made directly in /run and gave a system account.
+	dir, err := os.MkdirTemp("/run", "keywarden-vouch-")
+	if err != nil {
+		t.Skip(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(parent) })
-	dir := filepath.Join(parent, "keywarden")
-	os.Mkdir(dir, 0o755)
-	os.Chown(dir, 1001, 1001)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	const system, person = 990, 1001
+	os.Chown(dir, system, system)
 	sock := filepath.Join(dir, "keywarden.sock")
 
 	tr := &trust{self: 1000}
-	if err := tr.checkDir(sock); err != nil || tr.vouched != 1001 || !tr.trusts(1001) {
-		t.Fatalf("a directory root gave uid 1001: %v, vouched for %d", err, tr.vouched)
+	if err := tr.checkDir(sock); err != nil || tr.vouched != system || !tr.trusts(system) {
+		t.Fatalf("a directory root gave uid %d in /run: %v, vouched for %d", system, err, tr.vouched)
 	}
 	for _, bad := range []string{
-		parent + "/../" + filepath.Base(parent) + "/keywarden/keywarden.sock", // not clean
-		"keywarden/keywarden.sock", // relative
+		"/run/../run/" + filepath.Base(dir) + "/keywarden.sock", // not clean
+		filepath.Base(dir) + "/keywarden.sock",                  // relative
 	} {
 		if vouched(bad) {
 			t.Errorf("%s is vouched for", bad)
 		}
+	}
+	// A person's directory, even in /run: a home is as closed as this.
+	os.Chown(dir, person, person)
+	if vouched(sock) {
+		t.Errorf("a directory of uid %d (a person's) is vouched for", person)
+	}
+	os.Chown(dir, system, system)
+	// Deeper than /run: root did not necessarily make it.
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o755)
+	os.Chown(sub, system, system)
+	if vouched(filepath.Join(sub, "keywarden.sock")) {
+		t.Error("a directory below /run's own is vouched for")
 	}
 	// The same layout under a directory others may write to.
 	tmp := t.TempDir()
 	os.Chmod(tmp, 0o755)
 	d := filepath.Join(tmp, "keywarden")
 	os.Mkdir(d, 0o755)
-	os.Chown(d, 1001, 1001)
+	os.Chown(d, system, system)
 	tr = &trust{self: 1000}
 	if err := tr.checkDir(filepath.Join(d, "keywarden.sock")); err == nil || tr.vouched != 0 {
-		t.Errorf("a directory of uid 1001 under %s was vouched for", os.TempDir())
+		t.Errorf("a directory of uid %d under %s was vouched for", system, os.TempDir())
 	}
 	// Writable by its group: not vouched.
 	os.Chmod(dir, 0o775)

@@ -277,3 +277,97 @@ func TestCopiesLegacyKWW1(t *testing.T) {
 		t.Fatalf("a KWW1 blob: %v", err)
 	}
 }
+
+// A public half is of its private key's material: one that wraps is
+// refused while the private half decrypts, whoever holds it, so no
+// administrator can be asked to trust it (the private half would open
+// what it wraps).
+func TestCopiesPublicHalf(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t)
+	c := d.client(t)
+	dec := generate(t, c, keywarden.KeySpec{Type: keywarden.RSA3072, Name: "rsa-data", Usage: keywarden.UsageEncrypt | keywarden.UsageDecrypt,
+		ACL: []keywarden.ACLEntry{{ID: nobody.Uid, Usage: keywarden.UsageDecrypt}}})
+	spki := ok(dec.ExportPublic(ctx, keywarden.FormatSPKIDER))
+	_, err := c.Import(ctx, keywarden.KeySpec{Type: keywarden.RSA3072, Name: "pub-wrap", Usage: keywarden.UsageWrap}, keywarden.FormatSPKIDER, spki)
+	wantPolicy(t, "the public half, to wrap, of a key that decrypts", err)
+	// As another user, who is granted decrypt on it.
+	r := d.runCLI(t, nobody, spki, "key", "import", "--type", "rsa-3072", "--name", "pub", "--usage", "wrap", "--format", "spki-der")
+	if r.code != 1 || !strings.Contains(r.stderr, "one role") {
+		t.Fatalf("another user importing the public half to wrap: %s", r)
+	}
+	// To encrypt, it is a copy like any other (a narrowing of the
+	// private key); to verify, which the private key does not, it is not.
+	if _, err := c.Import(ctx, keywarden.KeySpec{Type: keywarden.RSA3072, Name: "pub-enc", Usage: keywarden.UsageEncrypt}, keywarden.FormatSPKIDER, spki); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Import(ctx, keywarden.KeySpec{Type: keywarden.RSA3072, Name: "pub-verify", Usage: keywarden.UsageVerify}, keywarden.FormatSPKIDER, spki)
+	wantPolicy(t, "the public half, to verify, of a key that does not sign", err)
+}
+
+// A key made by unwrapping has been out of the daemon: it is marked
+// wrapped out and no administrator can make it a trusted wrapping key
+// (its bytes may be in other blobs, which bring them back as another
+// type once it is gone).
+func TestCopiesUnwrappedNeverTrusted(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	kek := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kek", Usage: keywarden.UsageWrap | keywarden.UsageUnwrap})
+	data := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "data", Wrappable: true})
+	blob := ok(kek.Wrap(ctx, data, keywarden.WrapKW, nil))
+	if err := data.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	kek2 := ok(kek.Unwrap(ctx, blob, keywarden.WrapKW, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kek2", Usage: keywarden.UsageWrap | keywarden.UsageUnwrap}, nil))
+	if !kek2.Info().Lifecycle.WrappedOut {
+		t.Fatal("an unwrapped key is not marked wrapped out")
+	}
+	on := true
+	_, err := kek2.SetLifecycle(ctx, keywarden.LifecycleChange{Trusted: &on})
+	wantPolicy(t, "an administrator trusting an unwrapped key", err)
+	target := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "t", Wrappable: true})
+	_, err = kek2.Wrap(ctx, target, keywarden.WrapKeywarden, nil)
+	wantPolicy(t, "wrap under an unwrapped key", err)
+}
+
+// A private key's bytes (PKCS #8) do not come back as a secret key of
+// another type, nor does a derivation reproduce the daemon's own keys.
+func TestCopiesPrivateKeyKeepsItsType(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	kek := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kek", Usage: keywarden.UsageWrap | keywarden.UsageUnwrap})
+	for _, typ := range []keywarden.KeyType{keywarden.X25519, keywarden.Ed25519, keywarden.ECDSAP256} {
+		k := generate(t, c, keywarden.KeySpec{Type: typ, Name: "k-" + string(typ), Wrappable: true})
+		blob := ok(kek.Wrap(ctx, k, keywarden.WrapKWP, nil))
+		_, err := kek.Unwrap(ctx, blob, keywarden.WrapKWP, keywarden.KeySpec{Type: keywarden.HMACSHA512, Name: "as-hmac-" + string(typ), Usage: keywarden.UsageSign}, nil)
+		wantPolicy(t, string(typ)+" unwrapped as an HMAC key", err)
+	}
+	parent := generate(t, c, keywarden.KeySpec{Type: keywarden.HMACSHA256, Name: "parent", Usage: keywarden.UsageDerive})
+	_, err := parent.Derive(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "d"}, keywarden.DeriveParams{Info: []byte("keywarden KWW3 key wrap")})
+	if !errors.Is(err, keywarden.ErrInvalidArgument) || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("a derivation with the daemon's own info: %v", err)
+	}
+}
+
+// Bytes one user holds tell nothing to another who imports them: the copy
+// rule binds an import (or a derivation) by its owner's keys only, so a
+// guess that happens to be another user's key is imported like any other
+// (it could be used outside the daemon anyway).
+func TestCopiesNoOracleAcrossUsers(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t)
+	c := d.client(t)
+	raw := make([]byte, 32)
+	rand.Read(raw)
+	if _, err := c.Import(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "mine", Usage: keywarden.UsageEncrypt}, keywarden.FormatRaw, raw); err != nil {
+		t.Fatal(err)
+	}
+	guess := func(b []byte) cliResult {
+		return d.runCLI(t, nobody, b, "key", "import", "--type", "aes256-gcm", "--name", fmt.Sprintf("g%x", b[:4]), "--exportable", "--format", "raw")
+	}
+	wrong := make([]byte, 32)
+	rand.Read(wrong)
+	if r, r2 := guess(raw), guess(wrong); r.code != 0 || r2.code != 0 {
+		t.Fatalf("imports of another user's bytes and of others: %s / %s", r, r2)
+	}
+}

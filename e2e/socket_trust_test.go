@@ -373,15 +373,15 @@ func TestDaemonUIDEnvMustBeANumber(t *testing.T) {
 // directory, and only its owner can have put a socket in it.
 func TestClientTrustsDaemonInDirectoryRootGaveIt(t *testing.T) {
 	requireRoot(t)
-	parent, err := os.MkdirTemp("/run", "kw-e2e-")
+	// As systemd's RuntimeDirectory= makes it for a service run as a
+	// system account: directly in /run, given to that account.
+	dir, err := os.MkdirTemp("/run", "kw-e2e-")
 	if err != nil {
 		t.Skipf("cannot make a directory in /run: %v", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(parent) })
-	os.Chmod(parent, 0o755)
-	service := &syscall.Credential{Uid: 3002, Gid: 3002}
-	dir := filepath.Join(parent, "keywarden")
-	os.Mkdir(dir, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	service := &syscall.Credential{Uid: 990, Gid: 990}
 	os.Chown(dir, int(service.Uid), int(service.Gid))
 	sock := filepath.Join(dir, "keywarden.sock")
 
@@ -412,7 +412,16 @@ func TestClientTrustsDaemonInDirectoryRootGaveIt(t *testing.T) {
 	// The same daemon's directory opened to its group: no longer vouched.
 	os.Chmod(dir, 0o775)
 	r := runAs(t, victim, userEnv(os.TempDir(), keywarden.SocketEnv+"="+sock), nil, "status")
-	if r.code != 1 || !strings.Contains(r.stderr, "belongs to uid 3002, not to root or you (uid 3000)") {
+	if r.code != 1 || !strings.Contains(r.stderr, "belongs to uid 990, not to root or you (uid 3000)") {
 		t.Errorf("status with the directory group-writable: %s", r)
+	}
+	// A person's directory (uid 3002, as a home is) is not vouched for,
+	// however closed: a daemon, or a relay, there is trusted only when
+	// named.
+	os.Chmod(dir, 0o755)
+	os.Chown(dir, 3002, 3002)
+	r = runAs(t, victim, userEnv(os.TempDir(), keywarden.SocketEnv+"="+sock), nil, "status")
+	if r.code != 1 || !strings.Contains(r.stderr, "belongs to uid 3002, not to root or you (uid 3000)") {
+		t.Errorf("status with the directory a person's: %s", r)
 	}
 }

@@ -73,3 +73,31 @@ func TestAccessBeforeLoading(t *testing.T) {
 		t.Fatalf("GetFor without an access check: %v", err)
 	}
 }
+
+// Another user's key whose record failed its check answers as a key that
+// does not exist; its owner learns it is refused.
+func TestQuarantinedKeyOfAnotherUser(t *testing.T) {
+	s := dev(t, 100)
+	a := obj(t, 1, "a", false)
+	if err := s.Add(a); err != nil {
+		t.Fatal(err)
+	}
+	s.Release(a)
+	s.mu.Lock()
+	s.bad[a.ID] = struct{}{}
+	s.mu.Unlock()
+	as := func(uid uint32) Access {
+		return func(k policy.Key) error {
+			return policy.Authorize(policy.Caller{UID: uid, GID: uid}, k, policy.Open, 0).Err()
+		}
+	}
+	_, missing := s.LookupFor(1, "missing", as(2))
+	_, byName := s.LookupFor(1, "a", as(2))
+	_, byID := s.GetFor(a.ID, as(2))
+	if status(byName) != status(missing) || status(byID) != status(missing) {
+		t.Errorf("another user's quarantined key: %v, %v; a missing one: %v", byName, byID, missing)
+	}
+	if _, err := s.GetFor(a.ID, as(1)); err != errQuarantined {
+		t.Errorf("the owner's quarantined key: %v", err)
+	}
+}

@@ -341,6 +341,7 @@ func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, 
 	if err := openFingerprints(k, r); err != nil {
 		return err
 	}
+	toTodaysRules(r) // narrowing only, as every load of it did already
 	plain := func(i int, fn func([]byte) error) error {
 		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
 	}

@@ -133,12 +133,15 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 		}
 	}
 	o.meta.Store(&m)
+	// The version first, then its material in the index, unless o was
+	// removed meanwhile: Remove marks o removed before it takes s.mu and
+	// drops the material of the versions o has then.
+	o.setVersions(next)
 	s.mu.Lock()
 	if !o.removed.Load() {
-		s.mats.add(v.fp, holderOf(o.ID, o.Spec, o.Class, o.Attrs()))
+		s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin)))
 	}
 	s.mu.Unlock()
-	o.setVersions(next)
 	s.log.Info("key rotated", "key", o.ID.String(), "version", v.N)
 	return v, nil
 }

@@ -9,13 +9,15 @@ import (
 
 // Which key objects hold which material: the index that lets the copy
 // rule (policy.CheckCopy) hold for a key's material and not only for one
-// object of it. Every version of every live key with secret or private
-// material, persistent or ephemeral, loaded or not, is in it under its
-// fingerprint (seal.Keys.Fingerprint): the fingerprints of persistent keys
-// are kept in their records, under the record MAC, and the index is built
-// from them at unseal. Public keys are not in it: they hide nothing.
+// object of it. Every version of every live key, persistent or ephemeral,
+// loaded or not, is in it under its fingerprint (seal.Keys.Fingerprint):
+// the fingerprints of persistent keys are kept in their records, under the
+// record MAC, and the index is built from them at unseal. A public key has
+// the fingerprint of its private key: an object holding only the public
+// half is of the same material (it may wrap for the private half), though
+// it hides nothing.
 //
-// An entry costs about 40 bytes of heap; a million keys, about 40 MiB.
+// An entry costs about 48 bytes of heap; a million keys, about 48 MiB.
 
 // fingerprint is a material fingerprint.
 type fingerprint = [seal.FingerprintSize]byte
@@ -23,11 +25,13 @@ type fingerprint = [seal.FingerprintSize]byte
 // holder is one key object holding some material, with what the copy rule
 // needs of it.
 type holder struct {
-	id    key.ID
-	typ   uint8
-	class uint8
-	usage uint8
-	flags uint8
+	id     key.ID
+	owner  uint32
+	typ    uint8
+	class  uint8
+	usage  uint8
+	flags  uint8
+	origin uint8
 }
 
 const (
@@ -35,8 +39,8 @@ const (
 	holderWrappable
 )
 
-func holderOf(id key.ID, s *key.Spec, c key.Class, a *key.Attrs) holder {
-	h := holder{id: id, typ: uint8(s.Type), class: uint8(c), usage: uint8(a.Usage)}
+func holderOf(id key.ID, owner uint32, s *key.Spec, c key.Class, a *key.Attrs, origin key.Origin) holder {
+	h := holder{id: id, owner: owner, typ: uint8(s.Type), class: uint8(c), usage: uint8(a.Usage), origin: uint8(origin)}
 	if a.Exportable {
 		h.flags |= holderExportable
 	}
@@ -49,9 +53,11 @@ func holderOf(id key.ID, s *key.Spec, c key.Class, a *key.Attrs) holder {
 // policyKey describes the holder as the copy rule sees it.
 func (h holder) policyKey() policy.Key {
 	return policy.Key{
+		Owner: h.owner,
 		Spec:  key.Lookup(key.Type(h.typ)),
 		Class: key.Class(h.class),
 		Attrs: &key.Attrs{Usage: key.Usage(h.usage), Exportable: h.flags&holderExportable != 0, Wrappable: h.flags&holderWrappable != 0},
+		Prov:  policy.Provenance{Origin: key.Origin(h.origin)},
 	}
 }
 
@@ -153,7 +159,7 @@ func (m *materials) checkCopy(o *Object, fps []fingerprint) policy.Decision {
 // addObject records o as a holder of its versions' material, with its
 // current attributes (again, after they change).
 func (m *materials) addObject(o *Object) {
-	h := holderOf(o.ID, o.Spec, o.Class, o.Attrs())
+	h := holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin))
 	for _, v := range o.Versions() {
 		if v.hasFP {
 			m.add(v.fp, h)
@@ -170,16 +176,14 @@ func (m *materials) removeObject(o *Object, vs []*Version) {
 	}
 }
 
-// fingerprintOf returns the fingerprint of m's material, and false for a
-// public key (which is not indexed).
+// fingerprintOf returns the fingerprint of m's material (ok is always
+// true: every key is indexed).
 func fingerprintOf(k *seal.Keys, m *mech.Key) (fp fingerprint, ok bool, err error) {
 	switch m.Class() {
-	case key.Public:
-		return fp, false, nil
-	case key.Private:
-		// A private key is known by its public key: two encodings of one
-		// private key (and an ECDSA and an ECDH key of one scalar) have
-		// the same one.
+	case key.Private, key.Public:
+		// An asymmetric key is known by its public key: two encodings of
+		// one private key, an ECDSA and an ECDH key of one scalar, and a
+		// private key and its public half have the same one.
 		fp, err = k.Fingerprint('p', m.PublicDER())
 	default:
 		err = m.Canonical(func(b []byte) error {

@@ -258,11 +258,13 @@ func (o *Object) setVersions(next []*Version) error {
 			dropped = append(dropped, v)
 		}
 	}
-	if len(dropped) == 0 {
-		return nil
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.gone != nil {
+		// Wiped meanwhile (destroyed, sealed): the wipe did not see the
+		// versions installed now.
+		dropped = append(dropped, next...)
+	}
 	var err error
 	for _, v := range dropped {
 		if e := v.Mat.Destroy(); e != nil && err == nil {

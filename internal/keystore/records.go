@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
@@ -69,13 +70,37 @@ func record(o *Object) *persist.KeyRecord {
 // recordAttrs returns the attributes and provenance r gives, brought
 // within today's rules (policy.Normalize: a key made under older rules is
 // narrowed, never widened), and whether they had to be.
+//
+// A record of format 1 was written before keys that wrap were kept from
+// being wrapped and before wraps were recorded: a key-transport key in
+// one may have been wrappable, and wrapped out, at any time before, so it
+// counts as wrapped out (and is no longer trusted to wrap).
 func recordAttrs(r *persist.KeyRecord) (*key.Attrs, policy.Provenance, bool) {
 	a := &key.Attrs{Usage: key.Usage(r.Usage), Exportable: r.Exportable, Wrappable: r.Wrappable}
 	for _, e := range r.Acl {
 		a.ACL = append(a.ACL, key.ACLEntry{Group: e.Group, ID: e.Id, Usage: key.Usage(e.Usage)})
 	}
 	p := policy.Provenance{Origin: key.Origin(r.Origin), NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: r.WrappedOut}
-	return policy.Normalize(a, p)
+	legacyKEK := r.Format < persist.Format && a.Usage&key.Transport != 0 && !p.WrappedOut
+	if legacyKEK {
+		p.WrappedOut = true
+	}
+	a, p, narrowed := policy.Normalize(a, p)
+	return a, p, narrowed || legacyKEK
+}
+
+// toTodaysRules writes into r what recordAttrs makes of it, for a record
+// of an older format re-written in today's.
+func toTodaysRules(r *persist.KeyRecord) {
+	a, p, changed := recordAttrs(r)
+	if !changed {
+		return
+	}
+	r.Usage, r.Exportable, r.Wrappable, r.WrappedOut = uint32(a.Usage), a.Exportable, a.Wrappable, p.WrappedOut
+	r.Acl = r.Acl[:0]
+	for _, e := range a.ACL {
+		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
+	}
 }
 
 // objectPlain gives the canonical bytes of o's versions.
@@ -276,6 +301,44 @@ func checkRecord(k *seal.Keys, id, v []byte) (*persist.KeyRecord, error) {
 
 var errRecord = errors.New("key record fails its integrity check")
 
+// decoyID names no key (ids are random; this one is reserved).
+var decoyID = make([]byte, persist.IDSize)
+
+// decoy does what refusing a key from its record costs, for a key that
+// does not exist: a lookup in the keys bucket, and the decoding, MAC and
+// policy check of a record of an ordinary size (which fails). So opening
+// another user's key, which is refused from its record, takes as long as
+// opening a name or id that does not exist: which keys exist is not told
+// by the time the answer takes.
+func (s *Store) decoy(k *seal.Keys) {
+	v := decoyValue()
+	s.db.View(func(tx store.Tx) error {
+		tx.Get(persist.BucketKeys, decoyID)
+		return nil
+	})
+	if r, err := checkRecord(k, decoyID, v); err == nil {
+		recordPolicy(r)
+	} else if _, rb, err := persist.SplitValue(v); err == nil {
+		r := &persist.KeyRecord{}
+		if r.UnmarshalVT(rb) == nil {
+			recordPolicy(r)
+		}
+	}
+}
+
+// decoyValue is a keys-bucket value of an ordinary record whose MAC is
+// wrong.
+var decoyValue = sync.OnceValue(func() []byte {
+	r := &persist.KeyRecord{
+		Id: decoyID, Name: "decoy", Owner: 1 << 31, Type: uint32(wire.KeyType_KEY_TYPE_AES256_GCM),
+		Class: uint32(key.Secret), Usage: uint32(key.Encrypt | key.Decrypt), Format: persist.Format,
+		Versions: []*persist.KeyVersion{{Version: 1, MkGeneration: 1, Blob: make([]byte, 12+32+16), Fingerprint: make([]byte, 16)}},
+		Acl:      []*persist.AclEntry{{Id: 1 << 31, Usage: uint32(key.Encrypt)}},
+	}
+	rb, _ := r.MarshalVT()
+	return persist.JoinValue(make([]byte, persist.MACSize), rb)
+})
+
 // load reads key id's record and opens its blobs into a new object.
 // check, if not nil, decides from the checked record, before any blob is
 // opened: its error is load's.
@@ -298,6 +361,9 @@ func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error
 		}
 	}
 	if errors.Is(err, errNoKey) {
+		if check != nil {
+			s.decoy(k) // as long as a refusal from a record takes
+		}
 		return nil, errNoKey
 	}
 	var we *wire.Error

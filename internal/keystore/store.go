@@ -252,7 +252,7 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	sc := s.sealCount
 	s.mu.Unlock()
 	if bad {
-		return nil, errQuarantined
+		return nil, s.quarantined(id, check)
 	}
 	o, err := s.load(k, id, check)
 	if err != nil {
@@ -299,12 +299,13 @@ func (s *Store) LookupFor(owner uint32, name string, access Access) (*Object, er
 }
 
 func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error) {
-	if _, err := s.keys(); err != nil {
+	k, err := s.keys()
+	if err != nil {
 		return nil, err
 	}
 	var id key.ID
 	var found bool
-	err := s.db.View(func(tx store.Tx) error {
+	err = s.db.View(func(tx store.Tx) error {
 		v := tx.Get(persist.BucketNames, persist.NameKey(owner, name))
 		if len(v) == persist.IDSize {
 			copy(id[:], v)
@@ -316,6 +317,7 @@ func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error
 		return nil, storeErr(err)
 	}
 	if !found {
+		s.decoy(k)
 		return nil, errNoKey
 	}
 	// The record, not the index, says whose key it is and what it is
@@ -331,6 +333,38 @@ func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error
 		}
 		return nil
 	})
+}
+
+// quarantined is the error of opening a key whose record failed its
+// check: for whoever the record (unauthenticated now) says may not see
+// the key, the same "no such key" as for any key they may not see.
+func (s *Store) quarantined(id key.ID, check recordCheck) error {
+	if check == nil {
+		return errQuarantined
+	}
+	var r *persist.KeyRecord
+	s.db.View(func(tx store.Tx) error {
+		if v := tx.Get(persist.BucketKeys, id[:]); v != nil {
+			if _, rb, err := persist.SplitValue(v); err == nil {
+				r = &persist.KeyRecord{}
+				if r.UnmarshalVT(rb) != nil {
+					r = nil
+				}
+			}
+		}
+		return nil
+	})
+	if r == nil {
+		return errNoKey
+	}
+	pk, err := recordPolicy(r)
+	if err != nil {
+		return errNoKey
+	}
+	if err := check(r.Owner, r.Name, pk); err != nil {
+		return err
+	}
+	return errQuarantined
 }
 
 var (

@@ -278,13 +278,10 @@ func (c *checker) addMaterials(k *seal.Keys, p *verifyScan, r *persist.KeyRecord
 	if spec == nil || !spec.ClassOK(class) {
 		return errRecord
 	}
-	if class == key.Public {
-		return nil
-	}
 	var id key.ID
 	copy(id[:], r.Id)
-	a, _, _ := recordAttrs(r)
-	h := holderOf(id, spec, class, a)
+	a, p2, _ := recordAttrs(r)
+	h := holderOf(id, r.Owner, spec, class, a, p2.Origin)
 	var computed map[int]fingerprint
 	for i, v := range r.Versions {
 		if len(v.Fingerprint) != seal.FingerprintSize {

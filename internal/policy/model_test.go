@@ -110,6 +110,15 @@ type obj struct {
 	// (visible says the entry exists).
 	grant   key.Usage
 	visible bool
+	// pub: the object holds only the public half of an asymmetric key.
+	pub bool
+}
+
+func (o *obj) class() key.Class {
+	if o.pub {
+		return key.Public
+	}
+	return classOf(o.spec)
 }
 
 func (o *obj) key() Key {
@@ -117,7 +126,7 @@ func (o *obj) key() Key {
 	if o.visible {
 		i |= 1<<9 | int(o.grant)<<10
 	}
-	return Key{Owner: o.owner, Spec: o.spec, Class: classOf(o.spec), Attrs: attrsTable()[i], Prov: o.prov}
+	return Key{Owner: o.owner, Spec: o.spec, Class: o.class(), Attrs: attrsTable()[i], Prov: o.prov}
 }
 
 // attrsTable holds every attribute set the model's objects can have,
@@ -204,7 +213,7 @@ func (o *obj) encode(b []byte) []byte {
 	p := o.prov
 	return append(b, byte(o.mat), specByte(o.spec), byte(o.owner>>8), byte(o.usage),
 		boolByte(o.exp)|boolByte(o.wrp)<<1|boolByte(o.visible)<<2, byte(p.Origin),
-		boolByte(p.NeverExportable)|boolByte(p.Trusted)<<1|boolByte(p.WrappedOut)<<2, byte(o.grant), 0, 0)
+		boolByte(p.NeverExportable)|boolByte(p.Trusted)<<1|boolByte(p.WrappedOut)<<2, byte(o.grant), boolByte(o.pub), 0)
 }
 
 func boolByte(v bool) byte {
@@ -276,12 +285,13 @@ type rules struct {
 	unwrap    func(c Caller, k Key, f WrapFormat, sealed *Sealed, req Template) (Template, Decision)
 	derive    func(c Caller, parent Key, t Template) (key.Usage, Decision)
 	copy      func(n Key, held []Key) Decision
+	trust     func(k Key) Decision
 	domainSep bool
 }
 
 var todaysRules = rules{
 	name: "today", template: CheckTemplate, wrap: CheckWrap, unwrapKey: CheckUnwrapKey, unwrap: CheckUnwrap,
-	derive: CheckDerive, copy: CheckCopy, domainSep: true,
+	derive: CheckDerive, copy: CheckCopy, trust: CheckTrust, domainSep: true,
 }
 
 // action is one call of the attacker's, with its arguments.
@@ -297,14 +307,21 @@ type action struct {
 	param  uint8
 	mat    int8
 	change Change
+	pub    bool
 }
 
 func (a action) String() string {
 	switch a.op {
 	case "generate", "import":
-		return fmt.Sprintf("%s %s usage=%s exportable=%t wrappable=%t (material %d)", a.op, a.spec.Name, a.usage, a.exp, a.wrp, a.mat)
+		half := ""
+		if a.pub {
+			half = " (public half)"
+		}
+		return fmt.Sprintf("%s %s%s usage=%s exportable=%t wrappable=%t (material %d)", a.op, a.spec.Name, half, a.usage, a.exp, a.wrp, a.mat)
 	case "export", "destroy":
 		return fmt.Sprintf("%s #%d", a.op, a.h)
+	case "trust":
+		return fmt.Sprintf("an administrator trusts #%d to wrap", a.h)
 	case "wrap":
 		return fmt.Sprintf("wrap #%d under #%d as %s", a.h2, a.h, fmtNames[a.f])
 	case "unwrap":
@@ -348,6 +365,10 @@ func changeString(c Change) string {
 type domain struct {
 	templates []tmpl
 	derive    bool // derive calls
+	// trust: an administrator trusts, to wrap, any key the attacker
+	// shows them that CheckTrust accepts and whose bytes are in truth
+	// known to no one outside (an honest administrator).
+	trust bool
 }
 
 type tmpl struct {
@@ -355,12 +376,23 @@ type tmpl struct {
 	usage key.Usage
 	exp   bool
 	wrp   bool
+	pub   bool // the public half of an asymmetric key
 }
 
 // actions lists every call worth trying in s.
 func (d *domain) actions(as []action, s *state) []action {
 	as = as[:0]
 	for _, t := range d.templates {
+		if t.pub {
+			// The public half of any asymmetric key is public: the attacker
+			// may import it.
+			for m, x := range s.mats {
+				if x.shape == shapeOf(t.spec) {
+					as = append(as, action{op: "import", spec: t.spec, usage: t.usage, exp: t.exp, mat: int8(m), pub: true})
+				}
+			}
+			continue
+		}
 		as = append(as, action{op: "generate", spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
 		// Import of bytes the attacker knows: its own, or any it learnt.
 		for m, x := range s.mats {
@@ -382,6 +414,9 @@ func (d *domain) actions(as []action, s *state) []action {
 	for i := range s.objs {
 		o := &s.objs[i]
 		as = append(as, action{op: "export", h: i}, action{op: "destroy", h: i})
+		if d.trust {
+			as = append(as, action{op: "trust", h: i})
+		}
 		for _, u := range []key.Usage{key.Encrypt, key.Decrypt, key.Wrap, key.Unwrap} {
 			if o.usage&u != 0 {
 				n := o.usage &^ u
@@ -484,16 +519,29 @@ func apply(s *state, a action, r *rules) *state {
 		n.objs = append(n.objs, obj{mat: m, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
 			prov: Provenance{Origin: key.Generated, NeverExportable: !a.exp}})
 	case "import":
-		t := Template{Spec: a.spec, Class: classOf(a.spec), Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
+		c := classOf(a.spec)
+		if a.pub {
+			c = key.Public
+		}
+		t := Template{Spec: a.spec, Class: c, Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
 		u, d := r.template(t)
 		if !d.Allowed() {
 			return nil
 		}
 		n = s.add(r, obj{mat: a.mat, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
-			prov: Provenance{Origin: key.Imported, NeverExportable: !a.exp}})
+			prov: Provenance{Origin: key.Imported, NeverExportable: !a.exp}, pub: a.pub})
+	case "trust":
+		o := &s.objs[a.h]
+		// The administrator's word is true only if no one outside knows
+		// the bytes: the private key's, for a public half.
+		if o.prov.Trusted || s.mats[o.mat].known || !r.trust(o.key()).Allowed() {
+			return nil
+		}
+		n = s.clone()
+		n.objs[a.h].prov.Trusted = true
 	case "export":
 		o := &s.objs[a.h]
-		if s.mats[o.mat].known || !Authorize(attacker, o.key(), Export, 0).Allowed() {
+		if o.pub || s.mats[o.mat].known || !Authorize(attacker, o.key(), Export, 0).Allowed() {
 			return nil
 		}
 		n = s.clone()
@@ -817,6 +865,7 @@ var (
 	rsaUnwDec = tmpl{spec: mRSA, usage: key.Unwrap | key.Decrypt}
 	rsaDec    = tmpl{spec: mRSA, usage: key.Decrypt}
 	x25519Drv = tmpl{spec: mX25519, usage: key.Derive, wrp: true}
+	rsaPubWrp = tmpl{spec: mRSA, usage: key.Wrap, pub: true}
 )
 
 type scenario struct {
@@ -865,6 +914,20 @@ func scenarios() []scenario {
 				return w.s
 			},
 			d: domain{templates: []tmpl{rsaKEK, rsaUnwDec, rsaDec, x25519Drv}},
+		},
+		{
+			// Public halves, and an administrator who trusts a key to wrap
+			// when the rules allow it and it is in truth known to no one
+			// outside: a public key that wraps, whose private half here
+			// decrypts (another user's, who granted the attacker decrypt).
+			name: "public halves and trust",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				w.key(t, attackerUID, mX25519, key.Derive, false, true, 0)
+				w.key(t, victimUID, mRSA, key.Encrypt|key.Decrypt, false, false, key.Decrypt)
+				return w.s
+			},
+			d: domain{templates: []tmpl{rsaDec, rsaPubWrp, rsaKEK}, trust: true},
 		},
 		{
 			// A victim's wrapping key shared with the attacker for unwrap,

@@ -33,12 +33,14 @@ const (
 //     as an encryption key for data a caller chooses or reads), never
 //     exportable now, never wrappable, and never wrapped out;
 //   - and was generated here and has never been exportable, or was
-//     generated, imported or unwrapped and an administrator vouches for it.
+//     generated or imported and an administrator vouches for it.
 //
 // A derived key never is: its bytes follow from its parent and inputs
 // that anyone granted derive can repeat (and with ECDH the peer knows
 // them); nor is a key derived from a passphrase, known to whoever knows
-// the passphrase.
+// the passphrase; nor a key made by unwrapping, whose bytes were in a
+// blob, and may be in others that bring them back once it is gone, as
+// another type of key.
 func TrustedWrapping(k Key) bool {
 	a, p := k.Attrs, k.Prov
 	if a.Usage&key.Data != 0 || a.Exportable || a.Wrappable || p.WrappedOut {
@@ -47,7 +49,7 @@ func TrustedWrapping(k Key) bool {
 	switch p.Origin {
 	case key.Generated:
 		return p.NeverExportable || p.Trusted
-	case key.Imported, key.Unwrapped:
+	case key.Imported:
 		return p.Trusted
 	}
 	return false
@@ -66,6 +68,10 @@ func CheckTrust(k Key) Decision {
 		return deny(wire.Status_STATUS_POLICY_VIOLATION,
 			"a derived key cannot be a trusted wrapping key: its bytes follow from its parent (or passphrase) and inputs others can repeat",
 			"trust of a %v key", p.Origin)
+	case p.Origin == key.Unwrapped:
+		return deny(wire.Status_STATUS_POLICY_VIOLATION,
+			"a key made by unwrapping cannot be a trusted wrapping key: its bytes were in a blob and may be in others; import the wrapping key instead",
+			"trust of an unwrapped key")
 	case a.Exportable:
 		return deny(wire.Status_STATUS_POLICY_VIOLATION, "an exportable key cannot be a trusted wrapping key: switch exportable off first",
 			"trust of an exportable key")

@@ -39,7 +39,7 @@ func TestTrustedWrapping(t *testing.T) {
 		{"data usage too (older rules)", kk(aes, key.Secret, key.Wrap|key.Encrypt, false, false, generated), false},
 		{"imported", kk(aes, key.Secret, key.Wrap, false, false, imported), false},
 		{"imported, vouched for", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Imported, Trusted: true}), true},
-		{"unwrapped, vouched for", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Unwrapped, Trusted: true}), true},
+		{"unwrapped, vouched for (older rules)", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Unwrapped, Trusted: true}), false},
 		{"unwrapped", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Unwrapped, NeverExportable: true}), false},
 		{"derived, even vouched for", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Derived, NeverExportable: true, Trusted: true}), false},
 		{"passphrase, even vouched for", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Passphrase, NeverExportable: true, Trusted: true}), false},
@@ -62,6 +62,7 @@ func TestCheckTrust(t *testing.T) {
 		{"data key", kk(aes, key.Secret, key.Encrypt, false, false, imported), wire.Status_STATUS_POLICY_VIOLATION},
 		{"derived", kk(aes, key.Secret, key.Unwrap, false, false, Provenance{Origin: key.Derived}), wire.Status_STATUS_POLICY_VIOLATION},
 		{"from a passphrase", kk(aes, key.Secret, key.Unwrap, false, false, Provenance{Origin: key.Passphrase}), wire.Status_STATUS_POLICY_VIOLATION},
+		{"unwrapped", kk(aes, key.Secret, key.Unwrap, false, false, Provenance{Origin: key.Unwrapped}), wire.Status_STATUS_POLICY_VIOLATION},
 		{"exportable", kk(aes, key.Secret, key.Wrap, true, false, imported), wire.Status_STATUS_POLICY_VIOLATION},
 		{"wrapped out", kk(aes, key.Secret, key.Wrap, false, false, Provenance{Origin: key.Imported, WrappedOut: true}), wire.Status_STATUS_POLICY_VIOLATION},
 		{"wrappable (older rules)", kk(aes, key.Secret, key.Wrap, false, true, imported), wire.Status_STATUS_POLICY_VIOLATION},
@@ -155,6 +156,8 @@ func TestCheckUnwrap(t *testing.T) {
 	}
 }
 
+func other(k Key) Key { k.Owner = stranger; return k }
+
 func TestCheckCopy(t *testing.T) {
 	held := kk(aes, key.Secret, key.Encrypt|key.Decrypt, false, true, generated)
 	narrow := kk(aes, key.Secret, key.Encrypt, false, true, generated)
@@ -177,6 +180,26 @@ func TestCheckCopy(t *testing.T) {
 		{"another type", kk(hmac256, key.Secret, key.Sign, false, false, imported), []Key{kk(hmac512, key.Secret, key.Sign, false, false, generated)}, wire.Status_STATUS_POLICY_VIOLATION},
 		{"another curve use", kk(spec(wire.KeyType_KEY_TYPE_ECDH_P256), key.Private, key.Derive, false, false, imported),
 			[]Key{kk(p256, key.Private, key.Sign, false, false, generated)}, wire.Status_STATUS_POLICY_VIOLATION},
+		// Whose holders constrain a copy.
+		{"an import is not constrained by another user's key", kk(aes, key.Secret, key.Encrypt|key.Decrypt, true, true, imported),
+			[]Key{other(narrow)}, wire.Status_STATUS_OK},
+		{"a derivation is not constrained by another user's key", kk(aes, key.Secret, key.Encrypt|key.Decrypt, false, false, Provenance{Origin: key.Derived}),
+			[]Key{other(narrow)}, wire.Status_STATUS_OK},
+		{"an unwrap is constrained by another user's key", kk(aes, key.Secret, key.Encrypt|key.Decrypt, false, false, Provenance{Origin: key.Unwrapped}),
+			[]Key{other(narrow)}, wire.Status_STATUS_POLICY_VIOLATION},
+		// One role per material, whoever holds it.
+		{"the other role, another user's key", kk(aes, key.Secret, key.Unwrap, false, false, imported),
+			[]Key{other(held)}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"a public half that wraps, a private half that decrypts", kk(rsa3072, key.Public, key.Wrap, false, false, imported),
+			[]Key{other(kk(rsa3072, key.Private, key.Encrypt|key.Decrypt, false, false, generated))}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"a public half that verifies", kk(rsa3072, key.Public, key.Verify, false, false, imported),
+			[]Key{kk(rsa3072, key.Private, key.Unwrap|key.Sign|key.Verify, false, false, generated)}, wire.Status_STATUS_OK},
+		{"a public half as a narrowing", kk(rsa3072, key.Public, key.Wrap, false, false, imported),
+			[]Key{kk(rsa3072, key.Private, key.Wrap|key.Unwrap, false, false, generated)}, wire.Status_STATUS_OK},
+		{"a private half after its public ones", kk(rsa3072, key.Private, key.Unwrap|key.Sign, false, false, imported),
+			[]Key{kk(rsa3072, key.Public, key.Wrap, false, false, imported)}, wire.Status_STATUS_OK},
+		{"a private half that decrypts after a public one that wraps", kk(rsa3072, key.Private, key.Decrypt, false, false, imported),
+			[]Key{kk(rsa3072, key.Public, key.Wrap, false, false, imported)}, wire.Status_STATUS_POLICY_VIOLATION},
 	} {
 		if got := CheckCopy(tc.n, tc.held); got.Status != tc.want {
 			t.Errorf("%s: %v (%s), want %v", tc.name, got.Status, got.Reason, tc.want)

@@ -413,10 +413,18 @@ func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
 	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
 
+// reservedInfo starts the HKDF info of the daemon's own derivations (the
+// keys of keywarden's wrap format, among others): a derivation a caller
+// asks for never uses it, so that no caller-derived key is one of them.
+var reservedInfo = []byte("keywarden ")
+
 func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	parent, err := cn.authorized(dv.Handle, id, policy.Use, key.Derive)
 	if err != nil {
 		return nil, err
+	}
+	if bytes.HasPrefix(dv.Info, reservedInfo) {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "derivation info that starts with %q is reserved for the daemon's own keys", reservedInfo)
 	}
 	pt, err := template(dv.Template, key.Secret)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
 )
@@ -236,6 +238,12 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	usage := pt.Usage
 	var mat *mech.Key
+	if !bound && !pt.Spec.Asymmetric && isPKCS8(material) {
+		// A private key's bytes, which would fit an HMAC key: it keeps
+		// its type.
+		return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+			"the blob holds a private key (PKCS #8): unwrap it as its own key type, not as a %s key", pt.Spec.Name)
+	}
 	if bound {
 		mat, err = mech.FromCanonical(pt.Spec, pt.Class, bytes.Clone(material))
 	} else {
@@ -251,17 +259,19 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
 	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
 	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	// Its bytes came in a blob, and may be in others: it has been out.
+	m := *o.Meta()
+	m.WrappedOut = true
 	if bound {
 		// The key keeps its version number (its ciphertexts name it) and
 		// what it has spent of its encryption budget.
-		m := *o.Meta()
 		m.NeverExportable = attrs.NeverExportable || !attrs.Exportable
 		if attrs.Version > 0 {
 			m.MinVersion, m.NextVersion = attrs.Version, attrs.Version+1
 		}
-		keystore.SetMeta(o, &m)
 		keystore.SetFirstVersion(o, attrs.Version, time.Unix(0, attrs.CreatedUnixNano), attrs.Encryptions, attrs.EncryptionLimit)
 	}
+	keystore.SetMeta(o, &m)
 	res, err := cn.createObject(o, tmpl, id)
 	if err != nil {
 		return nil, err
@@ -353,4 +363,15 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 		clear(plain)
 	}
 	return &wire.Result{KeyVersion: v.N, Value: &wire.Result_DataKey{DataKey: res}}, nil
+}
+
+// isPKCS8 reports whether b is a PKCS #8 private key, as the standard
+// formats carry private keys. The parsed key is wiped at once.
+func isPKCS8(b []byte) bool {
+	var ok bool
+	secmem.Do(func() {
+		k, err := x509.ParsePKCS8PrivateKey(b)
+		ok = err == nil && k != nil
+	})
+	return ok
 }
