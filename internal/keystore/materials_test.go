@@ -25,7 +25,7 @@ func copyOf(t *testing.T, o *Object, s *key.Spec, a key.Attrs, ephemeral bool) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewObject("", 2000, m, &a, ephemeral, time.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	return must(NewObject("", 2000, m, &a, ephemeral, time.Now(), persist.Origin_ORIGIN_UNWRAPPED))
 }
 
 var (
@@ -46,7 +46,7 @@ func TestCopyRule(t *testing.T) {
 			} else {
 				s = dev(t, 100)
 			}
-			orig := NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, !persistentHolder, time.Now(), persist.Origin_ORIGIN_GENERATED)
+			orig := must(NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, !persistentHolder, time.Now(), persist.Origin_ORIGIN_GENERATED))
 			if err := s.Add(orig); err != nil {
 				t.Fatal(err)
 			}
@@ -114,8 +114,8 @@ func mustGen(t *testing.T, s *key.Spec) *mech.Key {
 func TestCopyRuleAcrossRestart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s := persistent(t, dir)
-	a := NewObject("a", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
-	b := NewObject("b", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	a := must(NewObject("a", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
+	b := must(NewObject("b", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	for _, o := range []*Object{a, b} {
 		if err := s.Add(o); err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 		}
 	}
 	m, _ := mech.FromCanonical(aesSpec, key.Secret, v1)
-	old := NewObject("", 2000, m, &key.Attrs{Usage: key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	old := must(NewObject("", 2000, m, &key.Attrs{Usage: key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_UNWRAPPED))
 	if err := s.Add(old); status(err) != wire.Status_STATUS_POLICY_VIOLATION {
 		t.Errorf("a wider copy of an older version: %v", err)
 	}

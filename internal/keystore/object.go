@@ -98,10 +98,16 @@ func (v *Version) Limit() uint64 { return v.limit.Load() }
 const DefaultEncryptionLimit = 1 << 32
 
 // NewObject makes an object for freshly generated, imported, derived or
-// unwrapped material: version 1.
-func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time, origin persist.Origin) *Object {
+// unwrapped material: version 1. It fails only when no fresh id can be
+// drawn (after a generation change, until fresh randomness is confirmed);
+// the caller still owns mat then.
+func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time, origin persist.Origin) (*Object, error) {
+	id, err := key.NewID()
+	if err != nil {
+		return nil, err
+	}
 	o := &Object{
-		ID:        key.NewID(),
+		ID:        id,
 		Name:      name,
 		Owner:     owner,
 		Spec:      mat.Spec(),
@@ -114,7 +120,7 @@ func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephem
 	v := &Version{N: 1, Created: now, Mat: mat}
 	v.limit.Store(DefaultEncryptionLimit)
 	o.vers.Store(&[]*Version{v})
-	return o
+	return o, nil
 }
 
 // SetMeta sets the lifecycle settings of an object not yet added to a

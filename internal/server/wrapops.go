@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"errors"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
 )
@@ -250,7 +250,11 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
 	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	if err != nil {
+		mat.Destroy()
+		return nil, err
+	}
 	if bound {
 		// The key keeps its version number (its ciphertexts name it) and
 		// what it has spent of its encryption budget.
@@ -335,7 +339,10 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 		return nil, err
 	}
 	plain := a.take(n)[:n]
-	rand.Read(plain)
+	if err := random.Read(plain); err != nil {
+		cn.s.store.Uncount(v, 1)
+		return nil, err
+	}
 	var ct []byte
 	err = o.UseVersion(v, func(m *mech.Key) error {
 		ct, err = m.Encrypt(plain, dk.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, appendCTHeader(make([]byte, 0, ctHeaderLen+n+28), v.N))

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // Attributes are the attributes of a key that travel with it in a
@@ -179,7 +180,7 @@ func SealKeyword(kek, material []byte, a Attributes) ([]byte, error) {
 	// The AEAD appends nonce || ciphertext || tag to the header; the
 	// header is also the additional data (a copy: dst and additional
 	// data must not overlap).
-	return aead.Seal(hdr, nil, material, append([]byte(nil), hdr...)), nil
+	return random.Seal(aead, hdr, material, append([]byte(nil), hdr...))
 }
 
 // OpenKeyword opens a blob made by SealKeyword under the same kek. It
@@ -214,7 +215,7 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 		return nil, Attributes{}, err
 	}
 	// Authenticate first: only authenticated attributes are parsed.
-	material, err = aead.Open(nil, nil, blob[aadLen:], blob[:aadLen])
+	material, err = random.Open(aead, nil, blob[aadLen:], blob[:aadLen])
 	if err != nil {
 		return nil, Attributes{}, ErrUnwrap
 	}
@@ -227,8 +228,8 @@ func OpenKeyword(kek, blob []byte) (material []byte, a Attributes, err error) {
 }
 
 // newKeywordAEAD returns AES-256-GCM under the format's subkey of kek
-// (HKDF-SHA-256, no salt, info kwwSubkeyInfo), with a random 96-bit nonce
-// that Seal prepends to its output and Open expects there.
+// (HKDF-SHA-256, no salt, info kwwSubkeyInfo); random.Seal draws its
+// 96-bit nonce and prepends it to the output, random.Open expects it there.
 func newKeywordAEAD(kek []byte) (cipher.AEAD, error) {
 	sub, err := hkdf.Key(sha256.New, kek, nil, kwwSubkeyInfo, kwwKEKLen)
 	if err != nil {
@@ -239,5 +240,5 @@ func newKeywordAEAD(kek []byte) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cipher.NewGCMWithRandomNonce(b)
+	return cipher.NewGCM(b)
 }

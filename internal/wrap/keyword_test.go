@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -380,7 +381,11 @@ func sealRaw(t *testing.T, kek, attrs, material []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return aead.Seal(hdr, nil, material, bytes.Clone(hdr))
+	blob, err := random.Seal(aead, hdr, material, bytes.Clone(hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob
 }
 
 func TestKeywordUnknownFormatVersion(t *testing.T) {
@@ -390,7 +395,7 @@ func TestKeywordUnknownFormatVersion(t *testing.T) {
 		hdr := append([]byte(magic), 0, byte(len(attrs)))
 		hdr = append(hdr, attrs...)
 		aead, _ := newKeywordAEAD(kek)
-		blob := aead.Seal(hdr, nil, randBytes(32), bytes.Clone(hdr))
+		blob, _ := random.Seal(aead, hdr, randBytes(32), bytes.Clone(hdr))
 		if _, _, err := OpenKeyword(kek, blob); err != ErrUnwrap {
 			t.Errorf("magic %q: %v", magic, err)
 		}
