@@ -79,8 +79,6 @@ type Config struct {
 	// GenerationWatchers are uids whose watchers generation_wait_watchers
 	// counts besides the administrators' and the waiter's own.
 	GenerationWatchers []uint32
-	// BudgetPolicy is what a generation change does to nonce budgets.
-	BudgetPolicy genid.BudgetPolicy
 
 	// AuditLog is the audit log's path (docs/audit.md); "" means no audit
 	// log, which only tests and benchmarks want.
@@ -291,11 +289,10 @@ func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 		who += fmt.Sprintf(", uid %d", uid)
 	}
 	srcs = append(srcs, genid.NewRequestSource("keywarden generation bump, by "+who))
-	gen := genid.New(genid.Config{Sources: srcs, Logger: log, BudgetPolicy: cfg.BudgetPolicy})
+	gen := genid.New(genid.Config{Sources: srcs, Logger: log})
 	gen.Register("kernel random generator", genid.ReseedHook(log))
 	gen.Start()
-	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(),
-		"budget_policy", cfg.BudgetPolicy.String())
+	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources())
 	return gen, nil
 }
 

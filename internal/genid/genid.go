@@ -60,9 +60,6 @@ type Change struct {
 	// Detail is what the first source saw (a log line, a counter value, a
 	// GUID, the uid that asked).
 	Detail string
-	// BudgetPolicy says what to do with usage budgets that count towards a
-	// nonce bound: after a clone, two machines may spend them.
-	BudgetPolicy BudgetPolicy
 }
 
 // RequestSource is the name of the privileged request as a source.
@@ -84,8 +81,6 @@ type Config struct {
 	// Coalesce is the window of DefaultCoalesce; 0 means the default, a
 	// negative value disables coalescing.
 	Coalesce time.Duration
-	// BudgetPolicy is passed to hooks in every Change.
-	BudgetPolicy BudgetPolicy
 	// NamedWatchersPerUID bounds the named watchers one uid may have; 0
 	// means DefaultNamedWatchersPerUID.
 	NamedWatchersPerUID int
@@ -329,8 +324,7 @@ func (t *Tracker) Bump(detail string) Change {
 // change runs the hooks, then publishes the new generation. bumpMu is held.
 func (t *Tracker) change(source, detail string) Change {
 	from := t.gen.Load()
-	c := Change{From: from, To: from + 1, At: t.cfg.Now(), Sources: []string{source}, Detail: detail,
-		BudgetPolicy: t.cfg.BudgetPolicy}
+	c := Change{From: from, To: from + 1, At: t.cfg.Now(), Sources: []string{source}, Detail: detail}
 	// Requests that start from now on wait in Check until it is published.
 	t.changing.Store(true)
 	defer t.changing.Store(false)

@@ -51,6 +51,8 @@ type Store struct {
 	// mats knows which live key objects hold which material (the copy
 	// rule: materials.go).
 	mats materials
+	// epoch is the budget epoch (budget.go).
+	epoch budgetEpoch
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -87,6 +89,7 @@ func New(cfg Config) *Store {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.loadBudgetEpoch()
 	return s
 }
 
@@ -141,6 +144,14 @@ func (s *Store) Add(o *Object) error {
 	fps, err := setFingerprints(k, o)
 	if err != nil {
 		return err
+	}
+	// Its versions encrypt in the current budget epoch, durable first.
+	epoch, err := s.openEpoch(!o.Ephemeral)
+	if err != nil {
+		return err
+	}
+	for _, v := range o.Versions() {
+		v.epoch = epoch
 	}
 	s.mu.Lock()
 	if s.closed {

@@ -40,9 +40,10 @@ var (
 	errNoPage = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the generation page is not available")
 )
 
-// registerGenerationHooks makes a generation change limit the nonce
-// budgets of the keys in memory before any request of the new generation
-// runs: after a clone, two machines spend what is left of each budget.
+// registerGenerationHooks makes a generation change close every key
+// version for encryption before any request of the new generation runs
+// (keystore.Store.CloseBudgets): after a clone, every copy would spend
+// what is left of each budget.
 func (s *Server) registerGenerationHooks() {
 	if s.alog != nil {
 		// The log records the change and starts a new segment with a fresh
@@ -57,12 +58,14 @@ func (s *Server) registerGenerationHooks() {
 		}))
 	}
 	s.gen.Register("nonce budgets", genid.HookFunc(func(c genid.Change) {
-		halvings := uint(1)
-		if c.BudgetPolicy == genid.BudgetRotate {
-			halvings = 64 // nothing left: each key rotates (or refuses) at its next encryption
+		e, err := s.store.CloseBudgets()
+		if err != nil {
+			s.log.Error("key versions closed for encryption after a generation change, but the store could not record it: "+
+				"new versions are refused until it can", "generation", c.To, "budget_epoch", e, "err", err)
+			return
 		}
-		n := s.store.LimitBudgets(halvings)
-		s.log.Warn("nonce budgets limited after a generation change", "generation", c.To, "policy", c.BudgetPolicy.String(), "key_versions", n)
+		s.log.Warn("key versions closed for encryption after a generation change: each key makes a new version at its next encryption",
+			"generation", c.To, "budget_epoch", e)
 	}))
 }
 
