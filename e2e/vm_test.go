@@ -467,6 +467,9 @@ func TestVMSnapshotClones(t *testing.T) {
 		t.Logf("the guid source in the guest: active %v, %s", on, detail)
 	}
 	capture(t, a, "before")
+	var probe string
+	a.must(&probe, "getrandom")
+	t.Logf("guest before the snapshot: getrandom %s", probe)
 	t.Logf("guest up in %v", time.Since(start).Round(time.Millisecond))
 
 	state := filepath.Join(dir, "state")
@@ -584,10 +587,113 @@ func TestVMSnapshotClones(t *testing.T) {
 	if b.keyID == c.keyID {
 		t.Errorf("both clones made key %s", b.keyID)
 	}
+	t.Logf("clones with new VM generation IDs checked in %v", time.Since(start).Round(time.Millisecond))
+	for _, v := range vms {
+		v.qmp.cmd(t, "quit", nil)
+		<-v.exited
+	}
+
+	vmUnawareClones(t, img, guidA, state)
 	d := time.Since(start)
 	t.Logf("snapshot test took %v", d.Round(time.Millisecond))
 	if d > 2*time.Minute {
 		t.Logf("warning: the snapshot test took longer than two minutes")
+	}
+}
+
+// vmUnawareClones restores the state twice more, keeping the VM
+// generation ID: the guest kernel does not learn of the restore and does
+// not re-seed its generator, so until its scheduled re-seed both clones'
+// getrandom return the same bytes. An orchestrator tells the daemon that
+// runs as an ordinary user (no CAP_SYS_ADMIN: it cannot make the kernel
+// re-seed) of the restore. Told by a user who cannot make the kernel
+// re-seed either, on a CPU without random instructions, the daemon must
+// refuse to encrypt rather than choose the nonce the other clone chooses;
+// told by root, whose command makes the kernel re-seed, it must choose
+// different nonces and key ids in each clone.
+func vmUnawareClones(t *testing.T, img vmImage, guid, state string) {
+	type cliResult struct {
+		Stdout, Stderr string
+		Code           int
+	}
+	type result struct {
+		cpuRandom         bool
+		probe, probeAfter string // getrandom in the guest (and its uptime), before and after the unconfirmed encryption
+		adminBump         cliResult
+		unconfirmed       string // the nonce chosen after the unconfirmed bump, if any
+		unconfirmedCode   string // or why it was refused
+		rootBump          cliResult
+		nonce, keyID      string
+		gen               struct {
+			Generation uint64
+			Randomness string
+		}
+	}
+	clones := []string{"d", "e"}
+	results := map[string]*result{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	vms := map[string]*vm{}
+	for _, name := range clones {
+		vms[name] = startVM(t, img, name, guid, "exec:cat "+state)
+	}
+	for name, v := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.qmp.waitStatus(t, func(s string) bool { return s != "inmigrate" })
+			v.connectAgent()
+			v.qmp.cmd(t, "cont", nil)
+			r := &result{}
+			v.must(&r.probe, "getrandom")
+			v.must(&r.cpuRandom, "cpu-random")
+			v.must(&r.adminBump, "user-cli", "admin", "generation", "bump")
+			if code := v.do(&r.unconfirmed, "user-encrypt"); code != "" {
+				r.unconfirmedCode, r.unconfirmed = code, ""
+			}
+			v.must(&r.probeAfter, "getrandom")
+			v.must(&r.rootBump, "user-cli", "root", "generation", "bump")
+			v.must(&r.nonce, "user-encrypt")
+			v.must(&r.keyID, "user-newkey")
+			v.must(&r.gen, "user-generation")
+			mu.Lock()
+			results[name] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	d, e := results["d"], results["e"]
+	bytesOf := func(probe string) string { return strings.Fields(probe + " ")[0] } // "HEX uptime ..."
+	stale := bytesOf(d.probe) == bytesOf(e.probe) && bytesOf(d.probeAfter) == bytesOf(e.probeAfter)
+	t.Logf("clones with the same VM generation ID: kernel generators alike throughout the unconfirmed bump: %v; CPU random instructions: %v",
+		stale, d.cpuRandom)
+	for _, name := range clones {
+		r := results[name]
+		t.Logf("clone %s: getrandom %s, then %s", name, r.probe, r.probeAfter)
+		t.Logf("clone %s, the user's daemon: bump by a user %+v; then encrypt: nonce %q refused %q; bump by root %+v; then nonce %s, new key %s; generation %d, randomness %q",
+			name, r.adminBump, r.unconfirmed, r.unconfirmedCode, r.rootBump, r.nonce, r.keyID, r.gen.Generation, r.gen.Randomness)
+		if r.adminBump.Code != 0 || r.rootBump.Code != 0 {
+			t.Errorf("clone %s: a bump failed", name)
+		}
+		if !r.cpuRandom && r.unconfirmedCode != "unavailable" {
+			t.Errorf("clone %s: after a bump that confirms nothing, on a CPU without random instructions, the daemon encrypted (nonce %q, %q) instead of refusing",
+				name, r.unconfirmed, r.unconfirmedCode)
+		}
+		if r.gen.Generation != 2 || !strings.Contains(r.gen.Randomness, "kernel re-seeded") {
+			t.Errorf("clone %s: after root's bump: generation %d, randomness %q", name, r.gen.Generation, r.gen.Randomness)
+		}
+	}
+	if d.unconfirmed != "" && d.unconfirmed == e.unconfirmed {
+		t.Errorf("both clones chose the nonce %s after the unconfirmed bump", d.unconfirmed)
+	}
+	if d.nonce == e.nonce {
+		t.Errorf("both clones chose the nonce %s after root's bump", d.nonce)
+	}
+	if d.keyID == e.keyID {
+		t.Errorf("both clones made key %s after root's bump", d.keyID)
 	}
 }
 

@@ -48,6 +48,7 @@ func runServe(e *env, args []string) error {
 	var genWatchers uidList
 	f.Var(&genWatchers, "generation-watcher", "a `uid` whose generation watchers every wait-watchers waits for, besides administrators' and the waiter's own (repeatable)")
 	budget := f.String("generation-budget-policy", "", "removed: a generation change now closes every key version for encryption (docs/genid.md)")
+	distrustCPU := f.Bool("distrust-cpu-random", false, "after a generation change, do not count the CPU's random instructions (RDSEED, RDRAND) as confirming fresh randomness")
 	auditLog := f.String("audit-log", "", "the audit log's `path`, or off (default audit.log in the state directory; with --dev, SOCKET.audit.log beside the socket)")
 	auditSync := f.String("audit-sync", "grouped", "when audit records reach the disk: grouped (written before the reply, fsync grouped every few ms) or always (fsync before the reply)")
 	pos, err := f.parse(args)
@@ -134,7 +135,7 @@ func runServe(e *env, args []string) error {
 		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, Admins: admins,
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
-		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers,
+		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 	})
 	return err
 }

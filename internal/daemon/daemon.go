@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/seqpacket"
@@ -79,6 +80,10 @@ type Config struct {
 	// GenerationWatchers are uids whose watchers generation_wait_watchers
 	// counts besides the administrators' and the waiter's own.
 	GenerationWatchers []uint32
+	// DistrustCPURandom: the CPU's random instructions (RDSEED, RDRAND)
+	// are mixed into the daemon's generator after a generation change but
+	// do not confirm, on their own, that its bytes differ from a clone's.
+	DistrustCPURandom bool
 
 	// AuditLog is the audit log's path (docs/audit.md); "" means no audit
 	// log, which only tests and benchmarks want.
@@ -277,8 +282,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // newGeneration starts tracking the machine generation (docs/genid.md).
-// On a change the kernel's random generator is re-seeded first: the
-// daemon's every random value comes from it.
+// On a change the daemon's random generator is re-keyed first (and the
+// kernel's re-seeded where the daemon may): every random value the daemon
+// uses comes from it.
 func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 	srcs, err := genid.NewSources(cfg.GenerationSources)
 	if err != nil {
@@ -289,10 +295,19 @@ func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 		who += fmt.Sprintf(", uid %d", uid)
 	}
 	srcs = append(srcs, genid.NewRequestSource("keywarden generation bump, by "+who))
+	src := random.Default()
+	if cfg.DistrustCPURandom {
+		src = random.New(random.Config{DistrustHardware: true})
+		random.SetDefault(src)
+	}
 	gen := genid.New(genid.Config{Sources: srcs, Logger: log})
-	gen.Register("kernel random generator", genid.ReseedHook(log))
+	gen.Register("random generator", genid.NewRandomHook(genid.RandomConfig{Source: src, Logger: log}))
 	gen.Start()
-	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources())
+	cpu := random.HardwareName()
+	if cfg.DistrustCPURandom {
+		cpu += " (not trusted to confirm fresh randomness)"
+	}
+	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(), "cpu_random", cpu)
 	return gen, nil
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -143,7 +144,7 @@ func TestHooksRunBeforePublication(t *testing.T) {
 		if tr.Current() != c.From || page != c.From || c.To != c.From+1 {
 			t.Errorf("hook sees generation %d (page %d) during change %d -> %d", tr.Current(), page, c.From, c.To)
 		}
-		if c.Detail != "asked" || c.Sources[0] != RequestSource {
+		if c.Detail != "asked" || c.Sources[0] != RequestSource || c.Fresh != random.Unconfirmed {
 			t.Errorf("change %+v", c)
 		}
 		order = append(order, "first")
