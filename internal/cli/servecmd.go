@@ -258,6 +258,9 @@ func runStatus(e *env, args []string) error {
 		yesNo(m.RuntimeSecret), yesNo(m.Mlockall), yesNo(m.Dumpable), m.CachedKeys)
 	fmt.Fprintf(e.stdout, "generation:   %s\n", generationLine(&st.Generation))
 	fmt.Fprintf(e.stdout, "gen. sources: %s\n", sourcesLine(&st.Generation))
+	if r := st.Generation.Randomness; r != "" {
+		fmt.Fprintf(e.stdout, "randomness:   %s\n", r)
+	}
 	l := st.Limits
 	fmt.Fprintf(e.stdout, "limits:       message %d bytes, %d in flight, %d sessions, %d handles per connection; %d keys per user; %d ops per batch\n",
 		l.MaxMessageBytes, l.MaxInFlight, l.MaxSessions, l.MaxHandles, l.MaxKeysPerUser, l.MaxBatchOps)

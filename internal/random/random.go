@@ -123,7 +123,7 @@ func New(cfg Config) *Source {
 	}
 	s := &Source{cfg: cfg}
 	st, _ := s.derive(nil, 0, [][]byte{[]byte("start")})
-	st.level, st.by = Kernel, "start"
+	st.level, st.by = Kernel, "keyed from the kernel at start"
 	s.cur.Store(st)
 	return s
 }
