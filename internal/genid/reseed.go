@@ -16,8 +16,8 @@ import (
 )
 
 // Randomness after a change (docs/genid.md, "Randomness"). Every random
-// value the daemon uses comes from package random: getrandom's bytes XOR a
-// keystream under a key of the daemon's own. Two clones of one snapshot
+// value the daemon uses comes from package random: getrandom's bytes
+// encrypted under a key of the daemon's own. Two clones of one snapshot
 // share that key and, until their kernels re-seed, getrandom's output. A
 // change therefore (1) stirs values that differ between clones into the
 // kernel's pool and, where the daemon may, makes the kernel re-seed at

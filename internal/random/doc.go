@@ -2,10 +2,12 @@
 // key ids, AES-GCM nonces, data keys, salts, wrapping keys, RSA-OAEP seeds
 // and audit segment nonces all come from it (docs/genid.md, "Randomness").
 //
-// Each read takes fresh bytes from the kernel (getrandom) and XORs them
-// with an AES-256-CTR keystream under a key of the daemon's own. The
-// daemon's key is drawn from getrandom (and the CPU's RDSEED or RDRAND
-// where present) at start, and re-keyed at every change of the machine's
+// Each read takes fresh bytes from the kernel (getrandom) and encrypts
+// each block of 16 under AES-256 with a key of the daemon's own: a keyed
+// permutation, so the output is as unpredictable as the kernel's bytes if
+// the key is known, and as the key if the kernel's bytes are. The daemon's
+// key is drawn from getrandom (and the CPU's RDSEED or RDRAND where
+// present) at start, and re-keyed at every change of the machine's
 // generation with new getrandom output, the CPU's random instructions and
 // what the change itself brought (the new VM generation ID, bytes an
 // orchestrator sent, the time): two clones of one snapshot then draw

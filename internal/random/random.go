@@ -6,7 +6,6 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
@@ -92,8 +91,7 @@ type Source struct {
 	cur atomic.Pointer[state]
 }
 
-// state is the source between two re-keyings. Everything but ctr is fixed
-// once it is published.
+// state is the source between two re-keyings, fixed once it is published.
 type state struct {
 	epoch uint64
 	level Freshness
@@ -101,7 +99,6 @@ type state struct {
 	by    string    // what confirmed the level, for status and logs
 	key   [32]byte  // chained into the next re-keying
 	block cipher.Block
-	ctr   atomic.Uint64 // keystream blocks handed out
 	// next is closed when a newer state replaces this one.
 	next chan struct{}
 }
@@ -128,23 +125,31 @@ func New(cfg Config) *Source {
 	return s
 }
 
-var scratch = sync.Pool{New: func() any { return new([2][aes.BlockSize]byte) }}
+var scratch = sync.Pool{New: func() any { return new([aes.BlockSize]byte) }}
 
-// fill writes getrandom's bytes XOR st's keystream into b.
+// fill writes into b fresh bytes from getrandom, each block of 16 of them
+// encrypted under st's key (AES-256, a pseudorandom permutation): the
+// output is as unpredictable as getrandom's when the key is known, and as
+// the key when getrandom's is known, and two clones whose keys differ give
+// different bytes even when their kernels give the same. Readers share
+// nothing they write, so reads scale with the CPUs.
 func (s *Source) fill(st *state, b []byte) {
-	s.cfg.Kernel(b)
-	n := uint64(len(b)+aes.BlockSize-1) / aes.BlockSize
-	c := st.ctr.Add(n) - n
-	sc := scratch.Get().(*[2][aes.BlockSize]byte)
-	ctr, ks := &sc[0], &sc[1]
-	for off := 0; off < len(b); off += aes.BlockSize {
-		binary.LittleEndian.PutUint64(ctr[:8], c)
-		c++
-		st.block.Encrypt(ks[:], ctr[:])
-		subtle.XORBytes(b[off:], b[off:], ks[:])
+	full := len(b) &^ (aes.BlockSize - 1)
+	if full > 0 {
+		s.cfg.Kernel(b[:full])
+		for off := 0; off < full; off += aes.BlockSize {
+			blk := b[off : off+aes.BlockSize]
+			st.block.Encrypt(blk, blk)
+		}
 	}
-	clear(ks[:])
-	scratch.Put(sc)
+	if tail := b[full:]; len(tail) > 0 {
+		sc := scratch.Get().(*[aes.BlockSize]byte)
+		s.cfg.Kernel(sc[:])
+		st.block.Encrypt(sc[:], sc[:])
+		copy(tail, sc[:])
+		clear(sc[:])
+		scratch.Put(sc)
+	}
 }
 
 // Read fills b with random bytes. While the source is Unconfirmed it
@@ -398,12 +403,15 @@ func (anyReader) Read(b []byte) (int, error) {
 func Seal(aead cipher.AEAD, dst, pt, aad []byte) ([]byte, error) {
 	n := aead.NonceSize()
 	start := len(dst)
-	dst = append(dst, make([]byte, n)...)
-	nonce := dst[start:]
-	if err := Default().Read(nonce); err != nil {
+	// A whole block is drawn (the hot path then needs no scratch buffer);
+	// the ciphertext overwrites what follows the nonce.
+	m := (n + aes.BlockSize - 1) &^ (aes.BlockSize - 1)
+	dst = append(dst, make([]byte, m)...)
+	if err := Default().Read(dst[start:]); err != nil {
 		return dst[:start], err
 	}
-	return aead.Seal(dst, nonce, pt, aad), nil
+	dst = dst[:start+n]
+	return aead.Seal(dst, dst[start:], pt, aad), nil
 }
 
 // Open opens what Seal made.
