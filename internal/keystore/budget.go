@@ -61,6 +61,15 @@ func readBudgetEpoch(tx store.Tx) uint64 {
 	return 0
 }
 
+func putBudgetEpoch(tx store.Tx, e uint64) error {
+	return tx.Put(persist.BucketMeta, persist.MetaBudgetEpoch, binary.BigEndian.AppendUint64(nil, e))
+}
+
+// restoredEpoch is the epoch after a restore of a backup in epoch
+// restored into a store in epoch cur: past both, so that every version
+// of the backup is closed.
+func restoredEpoch(restored, cur uint64) uint64 { return max(restored, cur) + 1 }
+
 // loadBudgetEpoch reads the store's epoch (at start).
 func (s *Store) loadBudgetEpoch() {
 	if s.db == nil {
@@ -117,7 +126,7 @@ func (s *Store) saveBudgetEpoch(e uint64) error {
 		if readBudgetEpoch(tx) >= e {
 			return nil
 		}
-		return tx.Put(persist.BucketMeta, persist.MetaBudgetEpoch, binary.BigEndian.AppendUint64(nil, e))
+		return putBudgetEpoch(tx, e)
 	})
 	if err != nil {
 		return storeErr(err)

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -239,4 +241,58 @@ func TestAutomaticVersionsPersist(t *testing.T) {
 	if _, err := s.Rotate(o); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRestoreClosesVersions: a backup restored into another daemon is a
+// clone of its keys (the original may go on encrypting, and the backup be
+// restored again), so a restore closes every version, as a generation
+// change does; across a restart too.
+func TestRestoreClosesVersions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	o := obj(t, 1, "k", false)
+	if err := s.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	encrypting(t, s, o)
+	s.Release(o)
+	file := filepath.Join(t.TempDir(), "backup")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Backup(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for i := range 2 {
+		d := filepath.Join(t.TempDir(), "restored")
+		db, err := store.OpenBolt(d, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}})
+		r := New(Config{MaxPerUser: 10, DB: db, Master: m})
+		if err := r.Restore(file); err != nil {
+			t.Fatal(err)
+		}
+		unseal(t, r)
+		k := must(r.Lookup(1, "k"))
+		if v := encrypting(t, r, k); v.N != 2 {
+			t.Fatalf("restore %d: a restored key encrypts under version %d, want a new version 2", i, v.N)
+		}
+		r.Release(k)
+		r.Close()
+		db.Close()
+		r = persistent(t, d)
+		if k := must(r.Lookup(1, "k")); encrypting(t, r, k).N != 2 {
+			t.Fatalf("restore %d: after a restart the new version is not the one that encrypts", i)
+		}
+	}
+	// The original goes on with its version.
+	o = must(s.Lookup(1, "k"))
+	if v := encrypting(t, s, o); v.N != 1 {
+		t.Fatalf("the original encrypts under version %d", v.N)
+	}
+	s.Release(o)
 }
