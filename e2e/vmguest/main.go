@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -202,20 +203,21 @@ func dial(ctx context.Context, path string, uid uint32) (*keywarden.Client, erro
 	}
 }
 
-// nonce returns, in hex, the 12-byte nonce k chose to encrypt pt.
+// nonce encrypts with k and returns the key version and, in hex, the
+// 12-byte nonce the daemon chose.
 func nonce(ctx context.Context, k *keywarden.Key) (any, error) {
 	pt := []byte("after the restore")
 	ct, err := k.Encrypt(ctx, pt, nil)
 	if err != nil {
 		return nil, err
 	}
-	// The 12-byte nonce the daemon chose comes right before the
+	// "KW" 1, the version (4 bytes), then the nonce, right before the
 	// ciphertext and its 16-byte tag.
 	end := len(ct) - len(pt) - 16
-	if end < 12 {
-		return nil, fmt.Errorf("a ciphertext of %d bytes", len(ct))
+	if end != 7+12 || string(ct[:3]) != "KW\x01" {
+		return nil, fmt.Errorf("a ciphertext of %d bytes: %x", len(ct), ct)
 	}
-	return hex.EncodeToString(ct[end-12 : end]), nil
+	return map[string]any{"version": binary.BigEndian.Uint32(ct[3:7]), "nonce": hex.EncodeToString(ct[end-12 : end])}, nil
 }
 
 // runCLI runs the command line as uid (0: root) against the daemon at sock.
