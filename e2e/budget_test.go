@@ -70,3 +70,34 @@ func TestGenerationClosesStoredVersions(t *testing.T) {
 		t.Fatalf("after a restart: %v", err)
 	}
 }
+
+// TestManyGenerationChanges: thousands of generation changes with an
+// encryption between each leave a key encrypting, and rotatable: the
+// versions the changes make do not use up the 64 a key may have (issue
+// #14; halving the budgets at each change used to end in "at most 64 live
+// versions" after about 2,048).
+func TestManyGenerationChanges(t *testing.T) {
+	requireRoot(t) // bumping needs root
+	if testing.Short() {
+		t.Skip("thousands of changes")
+	}
+	d := startDaemon(t, "--generation-sources", "none", "--audit-log", "off")
+	c := d.client(t)
+	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
+	const changes = 2100
+	for i := range changes {
+		if _, err := c.BumpGeneration(ctx); err != nil {
+			t.Fatal(err)
+		}
+		ct, err := k.Encrypt(ctx, []byte("x"), nil)
+		if err != nil {
+			t.Fatalf("encryption after change %d: %v", i+1, err)
+		}
+		if v := ctVersion(t, ct); v != uint32(i+2) {
+			t.Fatalf("after change %d: version %d", i+1, v)
+		}
+	}
+	if _, err := k.Rotate(ctx); err != nil {
+		t.Fatalf("rotate after %d changes: %v", changes, err)
+	}
+}
