@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/audit"
 )
 
 // TestUnconfirmedRandomnessRefused: a daemon that cannot make the kernel
@@ -97,5 +99,29 @@ func TestUnconfirmedRandomnessRefused(t *testing.T) {
 	}
 	if !strings.Contains(d.log.String(), "nothing confirms that its bytes differ from a clone's") {
 		t.Errorf("the daemon's log does not say why it refused:\n%s", d.log)
+	}
+
+	// The audit log recorded each change; the new segment, whose nonce
+	// tells two clones' logs apart, waited for fresh randomness: none for
+	// generation 1, which never had it.
+	b, err := os.ReadFile(d.sock + ".audit.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var events, segments []string
+	for _, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		r, err := audit.ParseRecord(line)
+		if err != nil {
+			t.Fatalf("audit record %q: %v", line, err)
+		}
+		switch {
+		case r.Kind == audit.KindEvent && r.Op == audit.OpGeneration:
+			events = append(events, r.Msg)
+		case r.Kind == audit.KindSegment && strings.HasPrefix(r.Segment.Reason, "generation "):
+			segments = append(segments, r.Segment.Reason)
+		}
+	}
+	if len(events) != 3 || strings.Join(segments, ",") != "generation 2,generation 3" {
+		t.Errorf("audit log: generation events %q, segments %q; want 3 events and the segments of generations 2 and 3", events, segments)
 	}
 }

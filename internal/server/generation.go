@@ -6,7 +6,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/audit"
@@ -52,20 +51,21 @@ func (s *Server) registerGenerationHooks() {
 	if s.alog != nil {
 		// The log records the change and starts a new segment with a fresh
 		// nonce: two clones' logs diverge visibly from there. The nonce
-		// waits for fresh randomness (package random), as long as it takes.
-		var gens atomic.Uint64
+		// waits for fresh randomness (package random), as long as it takes;
+		// a later change, which re-keys the generator, starts its own
+		// segment instead.
 		s.gen.Register("audit log", genid.HookFunc(func(c genid.Change) {
 			if err := s.auditEvent(audit.OpGeneration, fmt.Sprintf("generation %d -> %d (%s)", c.From, c.To, strings.Join(c.Sources, ", "))); err != nil {
 				s.log.Error("audit log: cannot record the generation change", "err", err)
 			}
-			gens.Store(c.To)
 			if s.startSegment(c.To) {
 				return
 			}
 			s.log.Info("audit log: the new segment waits for fresh randomness", "generation", c.To)
+			epoch := random.Default().Status().Epoch
 			go func() {
-				for gens.Load() == c.To && random.Default().WaitFresh(s.done) {
-					if gens.Load() != c.To || s.startSegment(c.To) {
+				for random.Default().WaitFresh(s.done) && random.Default().Status().Epoch == epoch {
+					if s.startSegment(c.To) {
 						return
 					}
 				}
