@@ -31,6 +31,12 @@ type Generation struct {
 	// Sources are the ways the daemon learns of changes (filled by
 	// Client.Generation, Status and BumpGeneration only).
 	Sources []GenerationSource
+	// Randomness says whether the daemon has confirmed fresh randomness
+	// since the last change, and by what; while RandomnessUnconfirmed,
+	// generating keys, encrypting, data keys and wrapping fail with
+	// CodeUnavailable (filled with Sources).
+	Randomness            string
+	RandomnessUnconfirmed bool
 }
 
 // GenerationSource is one way the daemon learns of generation changes.
@@ -53,6 +59,9 @@ func generationFromWire(w *wire.GenerationInfo) Generation {
 		ChangedBy:        w.GetChangedBy(),
 		Watchers:         int(w.GetWatchers()),
 		OutdatedWatchers: int(w.GetOutdatedWatchers()),
+
+		Randomness:            w.GetRandomness(),
+		RandomnessUnconfirmed: w.GetRandomnessUnconfirmed(),
 	}
 	if ns := w.GetChangedUnixNano(); ns != 0 {
 		g.Changed = time.Unix(0, ns)
@@ -165,7 +174,33 @@ func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) (*Gene
 // a restore in another way than the daemon can (an after-restore hook).
 // Only root and the daemon's --generation-admin uids may.
 func (c *Client) BumpGeneration(ctx context.Context) (*Generation, error) {
-	return c.generationOp(ctx, "generation bump", &wire.Op{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{}}})
+	return c.BumpGenerationWith(ctx, BumpOptions{})
+}
+
+// BumpOptions say what the orchestrator that bumps the generation knows of
+// randomness on this machine. A daemon that cannot make the kernel
+// re-seed (it lacks CAP_SYS_ADMIN) and has no CPU random instruction
+// refuses keys, nonces and ids after a change until something confirms
+// its bytes differ from a clone's (docs/genid.md, "Randomness"); these
+// confirm it at once.
+type BumpOptions struct {
+	// Entropy are 16 to 64 bytes unique to this machine: from outside it
+	// (the host's generator), or read after the kernel re-seeded.
+	Entropy []byte
+	// KernelReseeded says that the caller made the kernel re-seed its
+	// generator (the RNDRESEEDCRNG ioctl on /dev/urandom, which needs
+	// CAP_SYS_ADMIN) just before.
+	KernelReseeded bool
+}
+
+// BumpGenerationWith is BumpGeneration with what the caller knows of
+// randomness.
+func (c *Client) BumpGenerationWith(ctx context.Context, o BumpOptions) (*Generation, error) {
+	if len(o.Entropy) > 64 {
+		return nil, argError("generation bump", "at most 64 bytes of entropy")
+	}
+	return c.generationOp(ctx, "generation bump", &wire.Op{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{
+		Entropy: o.Entropy, KernelReseeded: o.KernelReseeded}}})
 }
 
 // Watch runs the watcher's loop: it waits for each change after the

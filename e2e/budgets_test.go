@@ -1,21 +1,11 @@
 package e2e_test
 
 import (
-	be "encoding/binary"
 	"errors"
 	"testing"
 
 	"github.com/keywarden/keywarden"
 )
-
-// ctVersion returns the key version an AES-GCM ciphertext names.
-func ctVersion(t *testing.T, ct []byte) uint32 {
-	t.Helper()
-	if len(ct) < 7 || string(ct[:2]) != "KW" || ct[2] != 1 {
-		t.Fatalf("not an AES-GCM ciphertext: %x", ct)
-	}
-	return be.BigEndian.Uint32(ct[3:7])
-}
 
 // Copies of one AES-GCM key's material share one nonce budget, held by
 // the first holder: neither the original and its unwrapped copy, nor N

@@ -405,6 +405,12 @@ func (a *agentConn) call(cmd string, args ...string) agentReply {
 	}
 }
 
+// vmNonce is what the agent's encrypt commands return.
+type vmNonce struct {
+	Version uint32
+	Nonce   string
+}
+
 // generation is the agent's view of keywarden.Generation.
 type vmGeneration struct {
 	Generation uint64
@@ -467,6 +473,9 @@ func TestVMSnapshotClones(t *testing.T) {
 		t.Logf("the guid source in the guest: active %v, %s", on, detail)
 	}
 	capture(t, a, "before")
+	var probe string
+	a.must(&probe, "getrandom")
+	t.Logf("guest before the snapshot: getrandom %s", probe)
 	t.Logf("guest up in %v", time.Since(start).Round(time.Millisecond))
 
 	state := filepath.Join(dir, "state")
@@ -489,7 +498,7 @@ func TestVMSnapshotClones(t *testing.T) {
 	// Two clones of that one state, each with its own VM generation ID.
 	type result struct {
 		gen    vmGeneration
-		nonce  string
+		nonce  vmNonce
 		keyID  string
 		stream string
 		pinned string
@@ -551,8 +560,8 @@ func TestVMSnapshotClones(t *testing.T) {
 		return
 	}
 	for name, r := range results {
-		t.Logf("clone %s: generation %d by %v; session %q; pinned request %q; page %d; nonce %s; new key %s",
-			name, r.gen.Generation, r.gen.ChangedBy, r.stream, r.pinned, r.page.Generation, r.nonce, r.keyID)
+		t.Logf("clone %s: generation %d by %v; session %q; pinned request %q; page %d; encrypted under version %d with nonce %s; new key %s",
+			name, r.gen.Generation, r.gen.ChangedBy, r.stream, r.pinned, r.page.Generation, r.nonce.Version, r.nonce.Nonce, r.keyID)
 		t.Logf("clone %s: keywarden generation show:\n%s", name, r.show.Stdout)
 		if r.gen.Generation < 1 {
 			t.Errorf("clone %s: the daemon did not see the restore", name)
@@ -575,19 +584,130 @@ func TestVMSnapshotClones(t *testing.T) {
 		if !strings.Contains(r.show.Stdout, "generation:  ") || r.show.Code != 0 {
 			t.Errorf("clone %s: keywarden generation show: %+v", name, r.show)
 		}
+		if r.nonce.Version != 2 {
+			t.Errorf("clone %s: the key made before the snapshot encrypts under version %d, want a new version 2 (every clone may spend what version 1 had left)",
+				name, r.nonce.Version)
+		}
 	}
 	b, c := results["b"], results["c"]
 	checkCloneAuditLogs(t, b.audit, c.audit)
-	if b.nonce == c.nonce {
-		t.Errorf("both clones chose the nonce %s", b.nonce)
+	if b.nonce.Nonce == c.nonce.Nonce {
+		t.Errorf("both clones chose the nonce %s", b.nonce.Nonce)
 	}
 	if b.keyID == c.keyID {
 		t.Errorf("both clones made key %s", b.keyID)
 	}
+	t.Logf("clones with new VM generation IDs checked in %v", time.Since(start).Round(time.Millisecond))
+	for _, v := range vms {
+		v.qmp.cmd(t, "quit", nil)
+		<-v.exited
+	}
+
+	vmUnawareClones(t, img, guidA, state)
 	d := time.Since(start)
 	t.Logf("snapshot test took %v", d.Round(time.Millisecond))
 	if d > 2*time.Minute {
 		t.Logf("warning: the snapshot test took longer than two minutes")
+	}
+}
+
+// vmUnawareClones restores the state twice more, keeping the VM
+// generation ID: the guest kernel does not learn of the restore and does
+// not re-seed its generator, so until its scheduled re-seed both clones'
+// getrandom return the same bytes. An orchestrator tells the daemon that
+// runs as an ordinary user (no CAP_SYS_ADMIN: it cannot make the kernel
+// re-seed) of the restore. Told by a user who cannot make the kernel
+// re-seed either, on a CPU without random instructions, the daemon must
+// refuse to encrypt rather than choose the nonce the other clone chooses;
+// told by root, whose command makes the kernel re-seed, it must choose
+// different nonces and key ids in each clone.
+func vmUnawareClones(t *testing.T, img vmImage, guid, state string) {
+	type cliResult struct {
+		Stdout, Stderr string
+		Code           int
+	}
+	type result struct {
+		cpuRandom         bool
+		probe, probeAfter string // getrandom in the guest (and its uptime), before and after the unconfirmed encryption
+		adminBump         cliResult
+		unconfirmed       vmNonce // the nonce chosen after the unconfirmed bump, if any
+		unconfirmedCode   string  // or why it was refused
+		rootBump          cliResult
+		nonce             vmNonce
+		keyID             string
+		gen               struct {
+			Generation uint64
+			Randomness string
+		}
+	}
+	clones := []string{"d", "e"}
+	results := map[string]*result{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	vms := map[string]*vm{}
+	for _, name := range clones {
+		vms[name] = startVM(t, img, name, guid, "exec:cat "+state)
+	}
+	for name, v := range vms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.qmp.waitStatus(t, func(s string) bool { return s != "inmigrate" })
+			v.connectAgent()
+			v.qmp.cmd(t, "cont", nil)
+			r := &result{}
+			v.must(&r.probe, "getrandom")
+			v.must(&r.cpuRandom, "cpu-random")
+			v.must(&r.adminBump, "user-cli", "admin", "generation", "bump")
+			if code := v.do(&r.unconfirmed, "user-encrypt"); code != "" {
+				r.unconfirmedCode = code
+			}
+			v.must(&r.probeAfter, "getrandom")
+			v.must(&r.rootBump, "user-cli", "root", "generation", "bump")
+			v.must(&r.nonce, "user-encrypt")
+			v.must(&r.keyID, "user-newkey")
+			v.must(&r.gen, "user-generation")
+			mu.Lock()
+			results[name] = r
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if len(results) != len(clones) {
+		return // a clone failed; it said why
+	}
+	d, e := results["d"], results["e"]
+	bytesOf := func(probe string) string { return strings.Fields(probe + " ")[0] } // "HEX uptime ..."
+	stale := bytesOf(d.probe) == bytesOf(e.probe) && bytesOf(d.probeAfter) == bytesOf(e.probeAfter)
+	t.Logf("clones with the same VM generation ID: kernel generators alike throughout the unconfirmed bump: %v; CPU random instructions: %v",
+		stale, d.cpuRandom)
+	for _, name := range clones {
+		r := results[name]
+		t.Logf("clone %s: getrandom %s, then %s", name, r.probe, r.probeAfter)
+		t.Logf("clone %s, the user's daemon: bump by a user %+v; then encrypt: %+v refused %q; bump by root %+v; then %+v, new key %s; generation %d, randomness %q",
+			name, r.adminBump, r.unconfirmed, r.unconfirmedCode, r.rootBump, r.nonce, r.keyID, r.gen.Generation, r.gen.Randomness)
+		if r.adminBump.Code != 0 || r.rootBump.Code != 0 {
+			t.Errorf("clone %s: a bump failed", name)
+		}
+		if !r.cpuRandom && r.unconfirmedCode != "unavailable" {
+			t.Errorf("clone %s: after a bump that confirms nothing, on a CPU without random instructions, the daemon encrypted (%+v, %q) instead of refusing",
+				name, r.unconfirmed, r.unconfirmedCode)
+		}
+		if r.gen.Generation != 2 || !strings.Contains(r.gen.Randomness, "kernel re-seeded") {
+			t.Errorf("clone %s: after root's bump: generation %d, randomness %q", name, r.gen.Generation, r.gen.Randomness)
+		}
+		if r.nonce.Version != 2 {
+			t.Errorf("clone %s: the user's key encrypts under version %d after the changes, want a new version 2", name, r.nonce.Version)
+		}
+	}
+	if d.unconfirmed.Nonce != "" && d.unconfirmed.Nonce == e.unconfirmed.Nonce {
+		t.Errorf("both clones chose the nonce %s after the unconfirmed bump", d.unconfirmed.Nonce)
+	}
+	if d.nonce.Nonce == e.nonce.Nonce {
+		t.Errorf("both clones chose the nonce %s after root's bump", d.nonce.Nonce)
+	}
+	if d.keyID == e.keyID {
+		t.Errorf("both clones made key %s after root's bump", d.keyID)
 	}
 }
 

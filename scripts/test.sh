@@ -59,7 +59,7 @@ log "tests"
 go test -count=1 ./...
 
 log "race detector"
-go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid
+go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid ./internal/random
 
 log "fuzzing, briefly"
 # A run that ends in "context deadline exceeded" without writing a failing

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -26,6 +28,14 @@ import (
 const (
 	socketPath = "/run/keywarden/keywarden.sock"
 	agentTTY   = "/dev/ttyS1"
+
+	// A second daemon runs as an ordinary user, without CAP_SYS_ADMIN: it
+	// cannot make the kernel re-seed, nor read the kernel log or the VM
+	// generation ID. userAdmin may bump its generation, and cannot make
+	// the kernel re-seed either.
+	userSocket = "/run/kwuser/keywarden.sock"
+	userUID    = 1000
+	userAdmin  = 1001
 )
 
 func main() {
@@ -65,6 +75,17 @@ func initMain() error {
 	daemon.Stdout, daemon.Stderr = os.Stderr, os.Stderr
 	if err := daemon.Start(); err != nil {
 		return fmt.Errorf("start the daemon: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(userSocket), 0o711); err != nil {
+		return err
+	}
+	os.Chown(filepath.Dir(userSocket), userUID, userUID)
+	user := exec.Command("/bin/keywarden", "serve", "--dev", "--socket", userSocket, "--socket-mode", "0666", "--log-level", "debug",
+		"--generation-admin", strconv.Itoa(userAdmin))
+	user.Stdout, user.Stderr = os.Stderr, os.Stderr
+	user.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: userUID, Gid: userUID}}
+	if err := user.Start(); err != nil {
+		return fmt.Errorf("start the user's daemon: %w", err)
 	}
 	tty, err := os.OpenFile(agentTTY, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
@@ -146,7 +167,8 @@ type reply struct {
 }
 
 // agent holds a client whose state (a key, an open session, the mapped
-// generation page) lives through the snapshot.
+// generation page) lives through the snapshot; and a client of the user's
+// daemon, with a key.
 type agent struct {
 	out    *json.Encoder
 	c      *keywarden.Client
@@ -154,21 +176,71 @@ type agent struct {
 	stream *keywarden.Stream
 	page   *keywarden.GenerationPage
 	gen0   uint64
+	uc     *keywarden.Client
+	ukey   *keywarden.Key
 }
 
 func (a *agent) connect(ctx context.Context) error {
+	var err error
+	if a.c, err = dial(ctx, socketPath, 0); err != nil {
+		return err
+	}
+	a.uc, err = dial(ctx, userSocket, userUID)
+	return err
+}
+
+func dial(ctx context.Context, path string, uid uint32) (*keywarden.Client, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := keywarden.Dial(ctx, socketPath)
+		c, err := keywarden.DialWithOptions(ctx, path, &keywarden.DialOptions{DaemonUID: uid})
 		if err == nil {
-			a.c = c
-			return nil
+			return c, nil
 		}
 		if time.Now().After(deadline) {
-			return err
+			return nil, err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// nonce encrypts with k and returns the key version and, in hex, the
+// 12-byte nonce the daemon chose.
+func nonce(ctx context.Context, k *keywarden.Key) (any, error) {
+	pt := []byte("after the restore")
+	ct, err := k.Encrypt(ctx, pt, nil)
+	if err != nil {
+		return nil, err
+	}
+	// "KW" 1, the version (4 bytes), then the nonce, right before the
+	// ciphertext and its 16-byte tag.
+	end := len(ct) - len(pt) - 16
+	if end != 7+12 || string(ct[:3]) != "KW\x01" {
+		return nil, fmt.Errorf("a ciphertext of %d bytes: %x", len(ct), ct)
+	}
+	return map[string]any{"version": binary.BigEndian.Uint32(ct[3:7]), "nonce": hex.EncodeToString(ct[end-12 : end])}, nil
+}
+
+// runCLI runs the command line as uid (0: root) against the daemon at sock.
+func runCLI(ctx context.Context, uid int, sock string, daemonUID int, args []string) (any, error) {
+	cmd := exec.CommandContext(ctx, "/bin/keywarden", args...)
+	cmd.Env = []string{"KEYWARDEN_SOCKET=" + sock}
+	if daemonUID != 0 {
+		cmd.Env = append(cmd.Env, "KEYWARDEN_DAEMON_UID="+strconv.Itoa(daemonUID))
+	}
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		return nil, err
+	}
+	return map[string]any{"stdout": out.String(), "stderr": errb.String(), "code": code}, nil
 }
 
 func (a *agent) do(ctx context.Context, req request) (any, error) {
@@ -201,11 +273,23 @@ func (a *agent) do(ctx context.Context, req request) (any, error) {
 		if a.page, err = a.c.MapGeneration(ctx); err != nil {
 			return nil, err
 		}
+		if a.ukey, err = a.uc.Generate(ctx, keywarden.KeySpec{Name: "u", Type: keywarden.AES256GCM}); err != nil {
+			return nil, fmt.Errorf("the user's daemon: %w", err)
+		}
 		g, err := a.c.Generation(ctx)
 		if err != nil {
 			return nil, err
 		}
 		a.gen0 = g.Generation
+		// The kernel's generator re-seeds now, so that its next scheduled
+		// re-seed (every few seconds this early after boot, a minute later
+		// on) is as far as it can be from the restores: in the clones
+		// whose kernel does not learn of the restore, getrandom then
+		// returns the same bytes for as long as the test needs.
+		if f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0); err == nil {
+			unix.IoctlSetInt(int(f.Fd()), unix.RNDRESEEDCRNG, 0)
+			f.Close()
+		}
 		return g, nil
 	case "generation":
 		return a.c.Generation(ctx)
@@ -228,18 +312,7 @@ func (a *agent) do(ctx context.Context, req request) (any, error) {
 		// A request pinned to the generation of the setup.
 		return a.key.Encrypt(keywarden.WithGeneration(ctx, a.gen0), []byte("pinned"), nil)
 	case "encrypt":
-		pt := []byte("after the restore")
-		ct, err := a.key.Encrypt(ctx, pt, nil)
-		if err != nil {
-			return nil, err
-		}
-		// The 12-byte nonce the daemon chose comes right before the
-		// ciphertext and its 16-byte tag.
-		end := len(ct) - len(pt) - 16
-		if end < 12 {
-			return nil, fmt.Errorf("a ciphertext of %d bytes", len(ct))
-		}
-		return hex.EncodeToString(ct[end-12 : end]), nil
+		return nonce(ctx, a.key)
 	case "newkey":
 		k, err := a.c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
 		if err != nil {
@@ -247,19 +320,43 @@ func (a *agent) do(ctx context.Context, req request) (any, error) {
 		}
 		return k.Info().ID.String(), nil
 	case "cli":
-		cmd := exec.CommandContext(ctx, "/bin/keywarden", req.Args...)
-		cmd.Env = []string{"KEYWARDEN_SOCKET=" + socketPath}
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		err := cmd.Run()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
+		return runCLI(ctx, 0, socketPath, 0, req.Args)
+	// The user's daemon.
+	case "user-cli":
+		// As root, or as the user who may bump its generation.
+		if len(req.Args) < 2 {
+			return nil, errors.New("user-cli root|admin ARGS...")
+		}
+		uid := 0
+		if arg(0) == "admin" {
+			uid = userAdmin
+		}
+		return runCLI(ctx, uid, userSocket, userUID, req.Args[1:])
+	case "user-encrypt":
+		return nonce(ctx, a.ukey)
+	case "user-newkey":
+		k, err := a.uc.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+		if err != nil {
 			return nil, err
 		}
-		return map[string]any{"stdout": out.String(), "stderr": errb.String(), "code": code}, nil
+		return k.Info().ID.String(), nil
+	case "user-generation":
+		return a.uc.Generation(ctx)
+	case "getrandom":
+		// What the kernel's generator gives now (equal in two clones until
+		// either re-seeds), and the guest's uptime.
+		b := make([]byte, 16)
+		if _, err := unix.Getrandom(b, 0); err != nil {
+			return nil, err
+		}
+		up, _ := os.ReadFile("/proc/uptime")
+		return hex.EncodeToString(b) + " uptime " + string(bytes.TrimSpace(up)), nil
+	case "cpu-random":
+		b, err := os.ReadFile("/proc/cpuinfo")
+		if err != nil {
+			return nil, err
+		}
+		return bytes.Contains(b, []byte(" rdrand")) || bytes.Contains(b, []byte(" rdseed")), nil
 	case "kmsg":
 		return readKmsg()
 	case "file":

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/linuxaudit"
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // SyncMode says when a record is forced to stable storage.
@@ -548,7 +549,13 @@ func (l *Log) Checkpoint() (Checkpoint, error) {
 // NewSegment writes a segment record, with a fresh random nonce, for an
 // event after which two copies of this log must not continue alike: a VM
 // generation change (a restored snapshot or a clone). reason says why.
+// While the nonce cannot be fresh (package random has not confirmed fresh
+// randomness since the change) it writes nothing and returns
+// random.ErrNotFresh: call it again once random says it is.
 func (l *Log) NewSegment(reason string) error {
+	if !random.Default().Fresh() {
+		return random.ErrNotFresh
+	}
 	w := getWaiter()
 	l.mu.Lock()
 	if err := l.usableLocked(); err != nil {

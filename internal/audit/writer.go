@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/linuxaudit"
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // Sequencing: everything here that ends in Locked runs with l.mu held.
@@ -83,7 +83,13 @@ func (l *Log) eventLocked(op, msg string) {
 func (l *Log) segmentLocked(reason string) {
 	s := Segment{Reason: reason, Prev: l.h, Boot: l.boot, Host: l.host, PID: os.Getpid(),
 		Software: l.opts.Software}
-	rand.Read(s.Nonce[:])
+	// The segment the server starts after a generation change waits until
+	// fresh randomness is confirmed, so that two clones' logs diverge
+	// there; a segment that cannot wait (a new file) takes what the
+	// source gives.
+	if random.ReadNow(s.Nonce[:]) != nil {
+		random.ReadAny(s.Nonce[:])
+	}
 	if l.keys != nil {
 		s.PublicKey, s.MACKeyID = l.keys.pub, l.keys.macID
 	}

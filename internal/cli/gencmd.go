@@ -5,11 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/genid"
 )
 
 // The machine generation commands (docs/genid.md).
@@ -49,6 +52,9 @@ type generationJSON struct {
 	Watchers         int                    `json:"watchers"`
 	OutdatedWatchers int                    `json:"outdated_watchers"`
 	Sources          []generationSourceJSON `json:"sources,omitempty"`
+	Randomness       string                 `json:"randomness,omitempty"`
+	// Unconfirmed: keys, nonces and ids are refused until it is not.
+	RandomnessUnconfirmed bool `json:"randomness_unconfirmed,omitempty"`
 }
 
 func timeJSON(t time.Time) string {
@@ -60,7 +66,8 @@ func timeJSON(t time.Time) string {
 
 func generationToJSON(g *keywarden.Generation) generationJSON {
 	j := generationJSON{Generation: g.Generation, Changed: timeJSON(g.Changed), ChangedBy: g.ChangedBy,
-		Watchers: g.Watchers, OutdatedWatchers: g.OutdatedWatchers}
+		Watchers: g.Watchers, OutdatedWatchers: g.OutdatedWatchers,
+		Randomness: g.Randomness, RandomnessUnconfirmed: g.RandomnessUnconfirmed}
 	for _, s := range g.Sources {
 		j.Sources = append(j.Sources, generationSourceJSON{Name: s.Name, Active: s.Active, Detail: s.Detail, LastSeen: timeJSON(s.LastSeen),
 			LastReport: s.LastReport})
@@ -111,6 +118,9 @@ func printGeneration(e *env, g *keywarden.Generation) {
 			line += fmt.Sprintf("\n             last change %s: %s", s.LastSeen.UTC().Format(time.RFC3339), s.LastReport)
 		}
 		fmt.Fprintln(e.stdout, line)
+	}
+	if g.Randomness != "" {
+		fmt.Fprintf(e.stdout, "randomness:  %s\n", g.Randomness)
 	}
 }
 
@@ -299,6 +309,9 @@ func runGenerationWaitWatchers(e *env, args []string) error {
 
 func runGenerationBump(e *env, args []string) error {
 	f := newFlags("generation bump", e)
+	entropyFile := f.String("entropy-file", "", "send 16 to 64 bytes read from `file` (- for stdin), unique to this machine "+
+		"(from the host, say), to confirm the daemon's fresh randomness")
+	noReseed := f.Bool("no-reseed", false, "do not make the kernel re-seed its random generator first")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -306,12 +319,27 @@ func runGenerationBump(e *env, args []string) error {
 	if err := want(pos, 0, ""); err != nil {
 		return err
 	}
+	var o keywarden.BumpOptions
+	if *entropyFile != "" {
+		b, err := readEntropy(e, *entropyFile)
+		if err != nil {
+			return err
+		}
+		o.Entropy = b
+	}
+	// With CAP_SYS_ADMIN (as root) the kernel's generator re-seeds now,
+	// from values that differ between clones: the daemon, which may lack
+	// the capability, then knows its random bytes are fresh.
+	if !*noReseed {
+		res, _ := genid.ReseedKernel(genid.Change{At: time.Now(), Detail: fmt.Sprintf("keywarden generation bump, pid %d", os.Getpid())})
+		o.KernelReseeded = res.Forced
+	}
 	ctx, c, done, err := f.dial()
 	if err != nil {
 		return err
 	}
 	defer done()
-	g, err := c.BumpGeneration(ctx)
+	g, err := c.BumpGenerationWith(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -319,5 +347,32 @@ func runGenerationBump(e *env, args []string) error {
 		return printJSON(e, generationToJSON(g))
 	}
 	fmt.Fprintf(e.stdout, "generation %d\n", g.Generation)
+	if g.RandomnessUnconfirmed {
+		fmt.Fprintf(e.stderr, "keywarden: the daemon has not confirmed fresh randomness since the change and refuses keys, "+
+			"nonces and ids until it has (within a minute, when the kernel re-seeds); run this as root, or with --entropy-file, to confirm it now\n")
+	}
 	return nil
+}
+
+// readEntropy reads the bytes of --entropy-file: 16 to 64 of them.
+func readEntropy(e *env, path string) ([]byte, error) {
+	var r io.Reader = e.stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	b := make([]byte, genid.MaxBumpEntropy+1)
+	n, err := io.ReadFull(r, b)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	b = b[:min(n, genid.MaxBumpEntropy)]
+	if len(b) < genid.MinBumpEntropy {
+		return nil, usagef("--entropy-file: %s gave %d bytes; want at least %d", path, len(b), genid.MinBumpEntropy)
+	}
+	return b, nil
 }

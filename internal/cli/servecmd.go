@@ -65,7 +65,8 @@ func runServe(e *env, args []string) error {
 	f.Var(&genAdmins, "generation-admin", "a `uid` that may bump the generation besides root (repeatable)")
 	var genWatchers uidList
 	f.Var(&genWatchers, "generation-watcher", "a `uid` whose generation watchers every wait-watchers waits for, besides administrators' and the waiter's own (repeatable)")
-	budget := f.String("generation-budget-policy", "halve", "what a generation change does to nonce budgets: halve or rotate")
+	budget := f.String("generation-budget-policy", "", "removed: a generation change now closes every key version for encryption (docs/genid.md)")
+	distrustCPU := f.Bool("distrust-cpu-random", false, "after a generation change, do not count the CPU's random instructions (RDSEED, RDRAND) as confirming fresh randomness")
 	auditLog := f.String("audit-log", "", "the audit log's `path`, or off (default audit.log in the state directory; with --dev, SOCKET.audit.log beside the socket)")
 	auditSync := f.String("audit-sync", "grouped", "when audit records reach the disk: grouped (written before the reply, fsync grouped every few ms) or always (fsync before the reply)")
 	pos, err := f.parse(args)
@@ -118,9 +119,9 @@ func runServe(e *env, args []string) error {
 	if _, err := genid.NewSources(*genSources); err != nil {
 		return usagef("invalid --generation-sources: %v", err)
 	}
-	budgetPolicy, err := genid.ParseBudgetPolicy(*budget)
-	if err != nil {
-		return usagef("invalid --generation-budget-policy: %v", err)
+	if *budget != "" {
+		return usagef("--generation-budget-policy no longer exists: a generation change closes every key version for encryption, " +
+			"and each key makes a new version at its next encryption (docs/genid.md, \"Nonce budgets\"); remove the flag")
 	}
 	path := f.socket
 	if path == "" {
@@ -152,7 +153,7 @@ func runServe(e *env, args []string) error {
 		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, InsecureMasterKDF: *insecureKDF, Admins: admins,
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
-		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, BudgetPolicy: budgetPolicy,
+		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 	})
 	return err
 }
@@ -296,6 +297,9 @@ func runStatus(e *env, args []string) error {
 		yesNo(m.RuntimeSecret), yesNo(m.Mlockall), yesNo(m.Dumpable), m.CachedKeys)
 	fmt.Fprintf(e.stdout, "generation:   %s\n", generationLine(&st.Generation))
 	fmt.Fprintf(e.stdout, "gen. sources: %s\n", sourcesLine(&st.Generation))
+	if r := st.Generation.Randomness; r != "" {
+		fmt.Fprintf(e.stdout, "randomness:   %s\n", r)
+	}
 	l := st.Limits
 	fmt.Fprintf(e.stdout, "limits:       message %d bytes, %d in flight, %d sessions, %d handles per connection; %d keys per user; %d ops per batch\n",
 		l.MaxMessageBytes, l.MaxInFlight, l.MaxSessions, l.MaxHandles, l.MaxKeysPerUser, l.MaxBatchOps)

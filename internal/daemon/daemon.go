@@ -19,6 +19,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/seqpacket"
@@ -83,8 +84,10 @@ type Config struct {
 	// GenerationWatchers are uids whose watchers generation_wait_watchers
 	// counts besides the administrators' and the waiter's own.
 	GenerationWatchers []uint32
-	// BudgetPolicy is what a generation change does to nonce budgets.
-	BudgetPolicy genid.BudgetPolicy
+	// DistrustCPURandom: the CPU's random instructions (RDSEED, RDRAND)
+	// are mixed into the daemon's generator after a generation change but
+	// do not confirm, on their own, that its bytes differ from a clone's.
+	DistrustCPURandom bool
 
 	// AuditLog is the audit log's path (docs/audit.md); "" means no audit
 	// log, which only tests and benchmarks want.
@@ -302,8 +305,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // newGeneration starts tracking the machine generation (docs/genid.md).
-// On a change the kernel's random generator is re-seeded first: the
-// daemon's every random value comes from it.
+// On a change the daemon's random generator is re-keyed first (and the
+// kernel's re-seeded where the daemon may): every random value the daemon
+// uses comes from it.
 func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 	srcs, err := genid.NewSources(cfg.GenerationSources)
 	if err != nil {
@@ -314,12 +318,19 @@ func newGeneration(cfg Config, log *slog.Logger) (*genid.Tracker, error) {
 		who += fmt.Sprintf(", uid %d", uid)
 	}
 	srcs = append(srcs, genid.NewRequestSource("keywarden generation bump, by "+who))
-	gen := genid.New(genid.Config{Sources: srcs, Logger: log, BudgetPolicy: cfg.BudgetPolicy,
-		NamedWatchersPerUID: cfg.Limits.MaxNamedWatchersPerUID})
-	gen.Register("kernel random generator", genid.ReseedHook(log))
+	src := random.Default()
+	if cfg.DistrustCPURandom {
+		src = random.New(random.Config{DistrustHardware: true})
+		random.SetDefault(src)
+	}
+	gen := genid.New(genid.Config{Sources: srcs, Logger: log, NamedWatchersPerUID: cfg.Limits.MaxNamedWatchersPerUID})
+	gen.Register("random generator", genid.NewRandomHook(genid.RandomConfig{Source: src, Logger: log}))
 	gen.Start()
-	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(),
-		"budget_policy", cfg.BudgetPolicy.String())
+	cpu := random.HardwareName()
+	if cfg.DistrustCPURandom {
+		cpu += " (not trusted to confirm fresh randomness)"
+	}
+	log.Info("machine generation tracked", "generation", gen.Current(), "sources", gen.ActiveSources(), "cpu_random", cpu)
 	return gen, nil
 }
 

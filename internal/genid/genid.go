@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // A Source learns that the machine's generation changed.
@@ -44,6 +46,40 @@ type Hook interface {
 	GenerationChanged(Change)
 }
 
+// A Confirmer is a Hook that is also told of the reports that confirm the
+// last change rather than make a new one (another source reporting it
+// within the coalescing window): the randomness hook learns from them that
+// the kernel re-seeded, or sees the new VM generation ID. It is called
+// like GenerationChanged, one at a time, but requests do not wait for it.
+type Confirmer interface {
+	Hook
+	GenerationConfirmed(c Change, r Report)
+}
+
+// Report is what one source reported.
+type Report struct {
+	Source string
+	Detail string
+	// Fresh is what the report vouches for about randomness (see
+	// Attester).
+	Fresh random.Freshness
+}
+
+// An Attester is a Source whose reports also vouch for randomness: the
+// kernel log line and the uevent come after the kernel re-seeded its
+// generator (random.Kernel), a new VM generation ID is unique to this
+// machine (random.Unique). Other sources vouch for nothing.
+type Attester interface {
+	Attests() random.Freshness
+}
+
+func attests(s Source) random.Freshness {
+	if a, ok := s.(Attester); ok {
+		return a.Attests()
+	}
+	return random.Unconfirmed
+}
+
 // HookFunc adapts a function to Hook.
 type HookFunc func(Change)
 
@@ -60,9 +96,11 @@ type Change struct {
 	// Detail is what the first source saw (a log line, a counter value, a
 	// GUID, the uid that asked).
 	Detail string
-	// BudgetPolicy says what to do with usage budgets that count towards a
-	// nonce bound: after a clone, two machines may spend them.
-	BudgetPolicy BudgetPolicy
+	// Fresh is what the first source vouches for about randomness (see
+	// Attester and Bump).
+	Fresh random.Freshness
+	// Entropy are the bytes a bump carried (see Bump), nil otherwise.
+	Entropy []byte
 }
 
 // RequestSource is the name of the privileged request as a source.
@@ -84,8 +122,6 @@ type Config struct {
 	// Coalesce is the window of DefaultCoalesce; 0 means the default, a
 	// negative value disables coalescing.
 	Coalesce time.Duration
-	// BudgetPolicy is passed to hooks in every Change.
-	BudgetPolicy BudgetPolicy
 	// NamedWatchersPerUID bounds the named watchers one uid may have; 0
 	// means DefaultNamedWatchersPerUID.
 	NamedWatchersPerUID int
@@ -302,40 +338,83 @@ func (t *Tracker) report(st *sourceState, detail string) {
 	}
 	if t.cfg.Coalesce > 0 && !t.last.At.IsZero() && now.Sub(t.last.At) < t.cfg.Coalesce && !slices.Contains(t.last.Sources, name) {
 		t.last.Sources = append(slices.Clip(t.last.Sources), name)
-		gen := t.last.To
+		last := t.last
 		t.mu.Unlock()
-		t.log.Info("generation change confirmed by another source", "generation", gen, "source", name, "detail", detail)
+		t.log.Info("generation change confirmed by another source", "generation", last.To, "source", name, "detail", detail)
+		r := Report{Source: name, Detail: detail, Fresh: attests(st.src)}
+		for _, h := range t.hooks {
+			if c, ok := h.h.(Confirmer); ok {
+				t.runHook(h, func() { c.GenerationConfirmed(last, r) })
+			}
+		}
 		return
 	}
 	t.mu.Unlock()
-	t.change(name, detail)
+	t.change(Report{Source: name, Detail: detail, Fresh: attests(st.src)}, nil)
 }
+
+// Bump is a privileged request to increase the generation.
+type Bump struct {
+	// Detail says who asked.
+	Detail string
+	// Entropy are bytes the requester vouches are unique to this machine
+	// (from outside it, or read after its kernel re-seeded): mixed into the
+	// daemon's random generator, at least MinBumpEntropy of them confirm
+	// fresh randomness (random.Unique).
+	Entropy []byte
+	// KernelReseeded: the requester made the kernel re-seed its generator
+	// (RNDRESEEDCRNG, which needs CAP_SYS_ADMIN) just before it asked,
+	// which confirms fresh randomness (random.Kernel).
+	KernelReseeded bool
+}
+
+// MinBumpEntropy is the fewest bytes of Bump.Entropy that confirm fresh
+// randomness; MaxBumpEntropy the most a bump may carry.
+const (
+	MinBumpEntropy = 16
+	MaxBumpEntropy = 64
+)
 
 // Bump increases the generation unconditionally: a privileged request from
 // an orchestrator that knows of a restore. detail says who asked.
-func (t *Tracker) Bump(detail string) Change {
+func (t *Tracker) Bump(detail string) Change { return t.BumpWith(Bump{Detail: detail}) }
+
+// BumpWith is Bump with what the requester knows of randomness. Entropy
+// beyond MaxBumpEntropy bytes is ignored.
+func (t *Tracker) BumpWith(b Bump) Change {
 	t.bumpMu.Lock()
 	defer t.bumpMu.Unlock()
 	t.mu.Lock()
 	for _, st := range t.sources {
 		if st.src.Name() == RequestSource {
-			st.lastSeen, st.lastReport = t.cfg.Now(), detail
+			st.lastSeen, st.lastReport = t.cfg.Now(), b.Detail
 		}
 	}
 	t.mu.Unlock()
-	return t.change(RequestSource, detail)
+	if len(b.Entropy) > MaxBumpEntropy {
+		b.Entropy = b.Entropy[:MaxBumpEntropy]
+	}
+	r := Report{Source: RequestSource, Detail: b.Detail}
+	switch {
+	case b.KernelReseeded:
+		r.Fresh = random.Kernel
+	case len(b.Entropy) >= MinBumpEntropy:
+		r.Fresh = random.Unique
+	}
+	return t.change(r, slices.Clone(b.Entropy))
 }
 
 // change runs the hooks, then publishes the new generation. bumpMu is held.
-func (t *Tracker) change(source, detail string) Change {
+func (t *Tracker) change(r Report, entropy []byte) Change {
+	source, detail := r.Source, r.Detail
 	from := t.gen.Load()
 	c := Change{From: from, To: from + 1, At: t.cfg.Now(), Sources: []string{source}, Detail: detail,
-		BudgetPolicy: t.cfg.BudgetPolicy}
+		Fresh: r.Fresh, Entropy: entropy}
 	// Requests that start from now on wait in Check until it is published.
 	t.changing.Store(true)
 	defer t.changing.Store(false)
 	for _, h := range t.hooks {
-		t.runHook(h, c)
+		t.runHook(h, func() { h.h.GenerationChanged(c) })
 	}
 	// The counter first, then the page: a client that read the new value
 	// from the page never finds the daemon still in the old generation.
@@ -355,13 +434,13 @@ func (t *Tracker) change(source, detail string) Change {
 	return c
 }
 
-func (t *Tracker) runHook(h namedHook, c Change) {
+func (t *Tracker) runHook(h namedHook, fn func()) {
 	defer func() {
 		if p := recover(); p != nil {
 			t.log.Error("generation hook panicked", "hook", h.name, "panic", fmt.Sprint(p))
 		}
 	}()
-	h.h.GenerationChanged(c)
+	fn()
 }
 
 // Changed returns a channel that is closed at the next change.

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -127,7 +128,7 @@ func TestInactiveSource(t *testing.T) {
 
 // Hooks run before any request can see the new generation, in order.
 func TestHooksRunBeforePublication(t *testing.T) {
-	tr := newTracker(t, Config{BudgetPolicy: BudgetRotate})
+	tr := newTracker(t, Config{})
 	fd, err := tr.PageFD()
 	if err != nil {
 		t.Fatal(err)
@@ -143,7 +144,7 @@ func TestHooksRunBeforePublication(t *testing.T) {
 		if tr.Current() != c.From || page != c.From || c.To != c.From+1 {
 			t.Errorf("hook sees generation %d (page %d) during change %d -> %d", tr.Current(), page, c.From, c.To)
 		}
-		if c.BudgetPolicy != BudgetRotate || c.Detail != "asked" || c.Sources[0] != RequestSource {
+		if c.Detail != "asked" || c.Sources[0] != RequestSource || c.Fresh != random.Unconfirmed {
 			t.Errorf("change %+v", c)
 		}
 		order = append(order, "first")
@@ -414,22 +415,6 @@ func TestPageConcurrentReaders(t *testing.T) {
 	}
 	close(done)
 	wg.Wait()
-}
-
-func TestBudgetPolicy(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want BudgetPolicy
-		left uint64
-	}{{"", BudgetHalve, 50}, {"halve", BudgetHalve, 50}, {"rotate", BudgetRotate, 0}} {
-		p, err := ParseBudgetPolicy(tc.in)
-		if err != nil || p != tc.want || p.Remaining(101) != tc.left {
-			t.Errorf("%q: %v %v remaining %d", tc.in, p, err, p.Remaining(101))
-		}
-	}
-	if _, err := ParseBudgetPolicy("double"); err == nil {
-		t.Error("unknown policy accepted")
-	}
 }
 
 func TestReseedKernel(t *testing.T) {

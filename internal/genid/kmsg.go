@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // VMForkLine is what Linux 5.18 and later log, as "random: crng reseeded
@@ -79,6 +81,9 @@ type Kmsg struct {
 }
 
 func (k *Kmsg) Name() string { return "kmsg" }
+
+// Attests: the kernel prints the line after it re-seeded its generator.
+func (k *Kmsg) Attests() random.Freshness { return random.Kernel }
 
 func (k *Kmsg) Open() (string, error) {
 	path := k.Path

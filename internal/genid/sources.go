@@ -50,10 +50,10 @@ func NewSources(spec string) ([]Source, error) {
 }
 
 var (
-	_ Source  = (*Kmsg)(nil)
-	_ Checker = (*VMClock)(nil)
-	_ Source  = (*Uevent)(nil)
-	_ Source  = (*GUID)(nil)
-	_ Source  = requestSource{}
-	_ Hook    = HookFunc(nil)
+	_ Attester = (*Kmsg)(nil)
+	_ Checker  = (*VMClock)(nil)
+	_ Attester = (*Uevent)(nil)
+	_ Attester = (*GUID)(nil)
+	_ Source   = requestSource{}
+	_ Hook     = HookFunc(nil)
 )

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // UeventMsg is one kernel uevent as NETLINK_KOBJECT_UEVENT delivers it:
@@ -63,6 +65,10 @@ type Uevent struct {
 }
 
 func (u *Uevent) Name() string { return "uevent" }
+
+// Attests: the vmgenid driver sends the uevent after it re-seeded the
+// kernel's generator.
+func (u *Uevent) Attests() random.Freshness { return random.Kernel }
 
 func (u *Uevent) Open() (string, error) {
 	rel := u.Release

@@ -1,23 +1,25 @@
 package key
 
 import (
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"slices"
 	"strings"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // ID is a key's persistent identifier: 128 random bits.
 type ID [16]byte
 
-// NewID returns a fresh random id.
-func NewID() ID {
+// NewID returns a fresh random id, from package random: after a
+// generation change it fails (STATUS_UNAVAILABLE) until fresh randomness
+// is confirmed, rather than give two clones the same id.
+func NewID() (ID, error) {
 	var id ID
-	rand.Read(id[:]) // never fails on Linux (Go 1.24+ panics rather than return an error)
-	return id
+	err := random.Read(id[:])
+	return id, err
 }
 
 // String returns the id as 32 lowercase hex digits.

@@ -30,7 +30,11 @@ func make128(c byte) []byte {
 }
 
 func TestIDs(t *testing.T) {
-	a, b := NewID(), NewID()
+	a, err := NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := NewID()
 	if a == b {
 		t.Fatal("two fresh ids are equal")
 	}

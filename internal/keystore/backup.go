@@ -221,6 +221,7 @@ func (s *Store) Restore(path string) error {
 	s.mu.Lock()
 	s.used = make(map[key.ID]map[uint32]uint64) // the backup's records say what was reserved then
 	s.mu.Unlock()
+	var epoch uint64
 	err = s.db.Update(func(tx store.Tx) error {
 		for _, b := range backupBuckets {
 			var keys [][]byte
@@ -236,11 +237,20 @@ func (s *Store) Restore(path string) error {
 				}
 			}
 		}
-		return readBackup(path, func(e backupEntry) error { return tx.Put(e.bucket, e.key, e.val) })
+		if err := readBackup(path, func(e backupEntry) error { return tx.Put(e.bucket, e.key, e.val) }); err != nil {
+			return err
+		}
+		// The backup's keys may be in use elsewhere too (where the backup
+		// was made, or restored before): like a clone, the restore closes
+		// every version for encryption (budget.go).
+		epoch = restoredEpoch(readBudgetEpoch(tx), s.epoch.cur.Load())
+		return putBudgetEpoch(tx, epoch)
 	})
 	if err != nil {
 		return storeErr(err)
 	}
+	s.epoch.cur.Store(epoch)
+	s.epoch.saved.Store(epoch)
 	if err := s.master.Reload(); err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 func TestCopiesShareOneBudget(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s := persistent(t, dir)
-	orig := NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt, Wrappable: true}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	orig := must(NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt, Wrappable: true}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	if err := s.Add(orig); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +100,7 @@ func TestCopiesShareOneBudget(t *testing.T) {
 // carries, and only the second copy's budget is spent.
 func TestFirstHolderKeepsBudget(t *testing.T) {
 	s := dev(t, 100)
-	src := NewObject("", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	src := must(NewObject("", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	first := copyOf(t, src, aesSpec, key.Attrs{Usage: key.Encrypt | key.Decrypt}, true)
 	second := copyOf(t, src, aesSpec, key.Attrs{Usage: key.Encrypt | key.Decrypt}, true)
 	Discard(src) // never added: as if in another daemon

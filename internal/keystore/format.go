@@ -3,12 +3,12 @@ package keystore
 import (
 	"bytes"
 	"crypto/hmac"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/store"
@@ -136,7 +136,7 @@ func writeHeader(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc persist.
 func encodeHeader(k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) ([]byte, error) {
 	h.Format = persist.Format
 	h.AccNonce = make([]byte, persist.NonceSize)
-	if _, err := rand.Read(h.AccNonce); err != nil {
+	if err := random.Read(h.AccNonce); err != nil {
 		return nil, err
 	}
 	pad, err := accPad(k, h.AccNonce)

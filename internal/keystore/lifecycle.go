@@ -71,27 +71,34 @@ func (s *Store) MarkWrappedOut(o *Object) error {
 	return nil
 }
 
-// MaxVersions bounds the live versions of one key.
+// MaxVersions bounds the live versions of one key, not counting the
+// automatic versions that generation changes made (MaxAutoVersions).
 const MaxVersions = 64
 
 var errPublicRotate = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "a public key cannot be rotated: import the new key instead")
 
 // Rotate adds a new version of o, made fresh (a key of the same type
-// from the system's random source), and makes it the newest.
+// from the daemon's random source), and makes it the newest.
 func (s *Store) Rotate(o *Object) (*Version, error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
-	return s.rotateLocked(o)
+	return s.rotateLocked(o, false)
 }
 
-func (s *Store) rotateLocked(o *Object) (*Version, error) {
+// rotateLocked adds a new version. auto marks one made because a
+// generation change closed the newest (budget.go): it is counted against
+// MaxAutoVersions rather than MaxVersions.
+func (s *Store) rotateLocked(o *Object, auto bool) (*Version, error) {
+	nAuto, nOthers := countVersions(o.Versions())
 	switch {
 	case o.Class == key.Public:
 		return nil, errPublicRotate
 	case o.Meta().Origin == persist.Origin_ORIGIN_PASSPHRASE:
 		return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "a key derived from a passphrase cannot be rotated: derive a new one")
-	case len(o.Versions()) >= MaxVersions:
+	case !auto && nOthers >= MaxVersions:
 		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "a key has at most %d live versions: trim old ones first", MaxVersions)
+	case auto && nAuto >= MaxAutoVersions:
+		return nil, errTooManyAuto
 	}
 	if err := o.Gone(); err != nil {
 		return nil, err
@@ -100,12 +107,16 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 	if err != nil {
 		return nil, err
 	}
+	epoch, err := s.openEpoch(!o.Ephemeral)
+	if err != nil {
+		return nil, err
+	}
 	mat, err := mech.Generate(o.Spec)
 	if err != nil {
 		return nil, err
 	}
 	m := *o.Meta()
-	v := &Version{N: m.NextVersion, Created: s.now(), Mat: mat}
+	v := &Version{N: m.NextVersion, Created: s.now(), Mat: mat, epoch: epoch, auto: auto}
 	if v.fp, v.hasFP, err = fingerprintOf(k, mat); err != nil {
 		mat.Destroy()
 		return nil, err
@@ -124,6 +135,7 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 			r.NextVersion = m.NextVersion
 			r.Versions = append(r.Versions, &persist.KeyVersion{
 				Version: v.N, CreatedUnixNano: v.Created.UnixNano(), EncryptionsLimit: v.limit.Load(),
+				BudgetEpoch: v.epoch, Automatic: v.auto,
 			})
 			return nil
 		}, plain)
@@ -142,7 +154,11 @@ func (s *Store) rotateLocked(o *Object) (*Version, error) {
 		s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin)))
 	}
 	s.mu.Unlock()
-	s.log.Info("key rotated", "key", o.ID.String(), "version", v.N)
+	if auto {
+		s.log.Info("key given a new version: a machine generation change closed the last one", "key", o.ID.String(), "version", v.N)
+	} else {
+		s.log.Info("key rotated", "key", o.ID.String(), "version", v.N)
+	}
 	return v, nil
 }
 
@@ -250,18 +266,19 @@ func (s *Store) Current(o *Object) (*Version, error) {
 	if v = o.Newest(); !s.tooOld(o, v) {
 		return v, nil
 	}
-	return s.rotateLocked(o)
+	return s.rotateLocked(o, false)
 }
 
 // Encrypting returns the version that n more AES-GCM encryptions must use
 // and counts them: the newest, unless the newest is older than the key's
-// rotation period or has spent its budget, in which case a new version is
+// rotation period, has spent its budget, or was made before the last
+// machine generation change (budget.go), in which case a new version is
 // made first (or, by the key's policy, the encryptions are refused). The
 // count is durable before it is used: reservations of reserveBlock
 // encryptions are written ahead.
 func (s *Store) Encrypting(o *Object, n uint64) (*Version, error) {
 	v := o.Newest()
-	if used := v.used.Add(n); used <= v.reserved.Load() && used <= v.limit.Load() && !s.tooOld(o, v) {
+	if used := v.used.Add(n); used <= v.reserved.Load() && used <= v.limit.Load() && s.open(v) && !s.tooOld(o, v) {
 		return v, nil
 	}
 	v.used.Add(-n)
@@ -279,9 +296,18 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
 	v := o.Newest()
+	if !s.open(v) {
+		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE {
+			return nil, errClosedByChange
+		}
+		var err error
+		if v, err = s.rotateLocked(o, true); err != nil {
+			return nil, err
+		}
+	}
 	if s.tooOld(o, v) {
 		var err error
-		if v, err = s.rotateLocked(o); err != nil {
+		if v, err = s.rotateLocked(o, false); err != nil {
 			return nil, err
 		}
 	}
@@ -290,7 +316,7 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 			return nil, errSpent
 		}
 		var err error
-		if v, err = s.rotateLocked(o); err != nil {
+		if v, err = s.rotateLocked(o, false); err != nil {
 			return nil, err
 		}
 	}
@@ -317,40 +343,3 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 // Uncount gives back n encryptions counted by Encrypting that did not
 // happen (the operation failed before encrypting).
 func (s *Store) Uncount(v *Version, n uint64) { v.used.Add(-n) }
-
-// LimitBudgets lowers the remaining encryption budget of every loaded
-// key's versions to a fraction (1/2 per halving), for when the machine may
-// have been cloned and the same budget may be spent twice. It returns how
-// many versions it changed. Keys loaded later keep their stored limits,
-// which count everything reserved as spent.
-func (s *Store) LimitBudgets(halvings uint) int {
-	s.mu.Lock()
-	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
-	for _, o := range s.loaded {
-		objs = append(objs, o)
-	}
-	for o := range s.eph {
-		objs = append(objs, o)
-	}
-	s.mu.Unlock()
-	changed := 0
-	for _, o := range objs {
-		o.wmu.Lock()
-		for _, v := range o.Versions() {
-			used, lim := v.used.Load(), v.limit.Load()
-			if used >= lim {
-				continue
-			}
-			v.limit.Store(used + (lim-used)>>halvings)
-			if v.reserved.Load() > v.limit.Load() {
-				v.reserved.Store(v.limit.Load())
-			}
-			changed++
-		}
-		if !o.Ephemeral {
-			s.update(o, func(*persist.KeyRecord) error { return nil }, nil)
-		}
-		o.wmu.Unlock()
-	}
-	return changed
-}

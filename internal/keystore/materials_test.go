@@ -26,7 +26,7 @@ func copyOf(t *testing.T, o *Object, s *key.Spec, a key.Attrs, ephemeral bool) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewObject("", 2000, m, &a, ephemeral, time.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	return must(NewObject("", 2000, m, &a, ephemeral, time.Now(), persist.Origin_ORIGIN_UNWRAPPED))
 }
 
 var (
@@ -47,7 +47,7 @@ func TestCopyRule(t *testing.T) {
 			} else {
 				s = dev(t, 100)
 			}
-			orig := NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, !persistentHolder, time.Now(), persist.Origin_ORIGIN_GENERATED)
+			orig := must(NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, !persistentHolder, time.Now(), persist.Origin_ORIGIN_GENERATED))
 			if err := s.Add(orig); err != nil {
 				t.Fatal(err)
 			}
@@ -115,8 +115,8 @@ func mustGen(t *testing.T, s *key.Spec) *mech.Key {
 func TestCopyRuleAcrossRestart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s := persistent(t, dir)
-	a := NewObject("a", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
-	b := NewObject("b", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	a := must(NewObject("a", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
+	b := must(NewObject("b", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	for _, o := range []*Object{a, b} {
 		if err := s.Add(o); err != nil {
 			t.Fatal(err)
@@ -163,7 +163,7 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 		}
 	}
 	m, _ := mech.FromCanonical(aesSpec, key.Secret, v1)
-	old := NewObject("", 2000, m, &key.Attrs{Usage: key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	old := must(NewObject("", 2000, m, &key.Attrs{Usage: key.Decrypt}, true, time.Now(), persist.Origin_ORIGIN_UNWRAPPED))
 	if err := s.Add(old); status(err) != wire.Status_STATUS_POLICY_VIOLATION {
 		t.Errorf("a wider copy of an older version: %v", err)
 	}
@@ -185,8 +185,8 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 func TestLegacyRolesNormalized(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s := persistent(t, dir)
-	mixed := NewObject("mixed", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
-	kek := NewObject("kek", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Wrap | key.Unwrap}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	mixed := must(NewObject("mixed", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
+	kek := must(NewObject("kek", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Wrap | key.Unwrap}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	for _, o := range []*Object{mixed, kek} {
 		if err := s.Add(o); err != nil {
 			t.Fatal(err)
@@ -255,7 +255,7 @@ func TestLegacyRolesNormalized(t *testing.T) {
 func TestWrappedOutPersists(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	s := persistent(t, dir)
-	o := NewObject("w", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	o := must(NewObject("w", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt, Wrappable: true}, false, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	if err := s.Add(o); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,12 @@ type Version struct {
 	// key), set before the version is shared and never changed.
 	fp    fingerprint
 	hasFP bool
+	// epoch is the store's budget epoch when the version was made: it
+	// encrypts only in that epoch (budget.go). auto marks a version made
+	// because a generation change closed the one before. Both are set
+	// before the version is shared and never changed.
+	epoch uint64
+	auto  bool
 	// Counts of AES-GCM encryptions: made (in this process, on top of
 	// what earlier processes reserved), durably reserved, and allowed.
 	used     atomic.Uint64
@@ -98,10 +105,16 @@ func (v *Version) Limit() uint64 { return v.limit.Load() }
 const DefaultEncryptionLimit = 1 << 32
 
 // NewObject makes an object for freshly generated, imported, derived or
-// unwrapped material: version 1.
-func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time, origin persist.Origin) *Object {
+// unwrapped material: version 1. It fails only when no fresh id can be
+// drawn (after a generation change, until fresh randomness is confirmed);
+// the caller still owns mat then.
+func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephemeral bool, now time.Time, origin persist.Origin) (*Object, error) {
+	id, err := key.NewID()
+	if err != nil {
+		return nil, err
+	}
 	o := &Object{
-		ID:        key.NewID(),
+		ID:        id,
 		Name:      name,
 		Owner:     owner,
 		Spec:      mat.Spec(),
@@ -114,7 +127,7 @@ func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephem
 	v := &Version{N: 1, Created: now, Mat: mat}
 	v.limit.Store(DefaultEncryptionLimit)
 	o.vers.Store(&[]*Version{v})
-	return o
+	return o, nil
 }
 
 // SetMeta sets the lifecycle settings of an object not yet added to a
@@ -159,10 +172,11 @@ func (o *Object) Version(n uint32) (*Version, bool) {
 	if n < o.Meta().MinVersion {
 		return nil, false
 	}
-	for _, v := range o.Versions() {
-		if v.N == n {
-			return v, true
-		}
+	// Versions are in increasing order, and a key may have thousands
+	// (MaxAutoVersions).
+	vs := o.Versions()
+	if i, ok := slices.BinarySearchFunc(vs, n, func(v *Version, n uint32) int { return cmp.Compare(v.N, n) }); ok {
+		return vs[i], true
 	}
 	return nil, false
 }
@@ -252,9 +266,10 @@ func (o *Object) wipe(why error) error {
 func (o *Object) setVersions(next []*Version) error {
 	old := o.Versions()
 	o.vers.Store(&next)
+	// Both are in increasing order of N (a key may have thousands).
 	var dropped []*Version
 	for _, v := range old {
-		if !slices.Contains(next, v) {
+		if i, ok := slices.BinarySearchFunc(next, v.N, func(w *Version, n uint32) int { return cmp.Compare(w.N, n) }); !ok || next[i] != v {
 			dropped = append(dropped, v)
 		}
 	}

@@ -59,6 +59,8 @@ func record(o *Object) *persist.KeyRecord {
 			CreatedUnixNano:     v.Created.UnixNano(),
 			EncryptionsReserved: v.reserved.Load(),
 			EncryptionsLimit:    v.limit.Load(),
+			BudgetEpoch:         v.epoch,
+			Automatic:           v.auto,
 		})
 		if v.hasFP {
 			r.Versions[len(r.Versions)-1].Fingerprint = bytes.Clone(v.fp[:])
@@ -432,7 +434,8 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 		if err != nil {
 			return err
 		}
-		v := &Version{N: rv.Version, Created: time.Unix(0, rv.CreatedUnixNano), Mat: m}
+		v := &Version{N: rv.Version, Created: time.Unix(0, rv.CreatedUnixNano), Mat: m, epoch: rv.BudgetEpoch, auto: rv.Automatic}
+		s.raiseBudgetEpoch(rv.BudgetEpoch)
 		// What an earlier process may have used of its reservation is
 		// unknown: count all of it as used.
 		v.used.Store(rv.EncryptionsReserved)

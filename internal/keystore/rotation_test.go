@@ -67,7 +67,7 @@ func TestMasterRotationRetiresOldSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kek := NewObject("kek", 1, m, &key.Attrs{Usage: key.Wrap | key.Unwrap}, false, time.Now(), persist.Origin_ORIGIN_IMPORTED)
+	kek := must(NewObject("kek", 1, m, &key.Attrs{Usage: key.Wrap | key.Unwrap}, false, time.Now(), persist.Origin_ORIGIN_IMPORTED))
 	if policy.TrustedWrapping(kek.Policy()) {
 		t.Fatal("an imported key is trusted to wrap")
 	}

@@ -57,6 +57,8 @@ type Store struct {
 	// later must be that one, or it was replaced while the daemon runs
 	// (seen.go). nil while sealed.
 	seen *recordTags
+	// epoch is the budget epoch (budget.go).
+	epoch budgetEpoch
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -93,6 +95,7 @@ func New(cfg Config) *Store {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.loadBudgetEpoch()
 	return s
 }
 
@@ -147,6 +150,14 @@ func (s *Store) Add(o *Object) error {
 	fps, err := setFingerprints(k, o)
 	if err != nil {
 		return err
+	}
+	// Its versions encrypt in the current budget epoch, durable first.
+	epoch, err := s.openEpoch(!o.Ephemeral)
+	if err != nil {
+		return err
+	}
+	for _, v := range o.Versions() {
+		v.epoch = epoch
 	}
 	s.mu.Lock()
 	if s.closed {

@@ -24,7 +24,7 @@ func obj(t testing.TB, owner uint32, name string, ephemeral bool) *Object {
 	if err != nil {
 		panic(err)
 	}
-	return NewObject(name, owner, m, &key.Attrs{Usage: key.Encrypt | key.Decrypt}, ephemeral, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	return must(NewObject(name, owner, m, &key.Attrs{Usage: key.Encrypt | key.Decrypt}, ephemeral, time.Now(), persist.Origin_ORIGIN_GENERATED))
 }
 
 func status(err error) wire.Status { return wire.StatusOf(err) }

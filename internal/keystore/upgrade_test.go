@@ -182,7 +182,7 @@ func checkFormat1Keys(t *testing.T, s *Store, f map[string]string) {
 	// The copy rule knows their material (format 1's fingerprints are
 	// the inner values): a wider copy of beta is refused.
 	m, _ := mech.FromCanonical(key.Lookup(wire.KeyType_KEY_TYPE_HMAC_SHA256), key.Secret, unhex(t, f["beta_raw"]))
-	cp := NewObject("", 0, m, &key.Attrs{Usage: key.Sign | key.Verify, Exportable: true, Wrappable: true}, true, time.Now(), persist.Origin_ORIGIN_IMPORTED)
+	cp := must(NewObject("", 0, m, &key.Attrs{Usage: key.Sign | key.Verify, Exportable: true, Wrappable: true}, true, time.Now(), persist.Origin_ORIGIN_IMPORTED))
 	if err := s.Add(cp); status(err) != wire.Status_STATUS_POLICY_VIOLATION {
 		t.Errorf("a wider copy of beta: %v", err)
 	}

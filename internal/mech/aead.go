@@ -2,6 +2,7 @@ package mech
 
 import (
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -15,8 +16,9 @@ const (
 
 // Encrypt encrypts pt and appends the ciphertext to dst.
 //
-// AES-256-GCM: the nonce is 12 random bytes, chosen here, and the result
-// is nonce || ciphertext || tag; aad is the additional data and h must be
+// AES-256-GCM: the nonce is 12 random bytes, chosen here (package random:
+// refused with STATUS_UNAVAILABLE after a generation change until fresh
+// randomness is confirmed), and the result is nonce || ciphertext || tag; aad is the additional data and h must be
 // unspecified. RSA (private or public key): OAEP with hash h (default
 // SHA-256) for both the label and MGF1, and aad as the label. A plaintext
 // too long for the modulus is refused. dst must not overlap pt.
@@ -29,9 +31,9 @@ func (k *Key) Encrypt(pt, aad []byte, h wire.HashAlg, dst []byte) (out []byte, e
 		if h != wire.HashAlg_HASH_ALG_UNSPECIFIED {
 			return nil, errHash()
 		}
-		err = k.run(func(e *expanded) error {
-			out = e.aead.Seal(dst, nil, pt, aad)
-			return nil
+		err = k.run(func(e *expanded) (err error) {
+			out, err = random.Seal(e.gcm, dst, pt, aad)
+			return err
 		})
 		return out, err
 	case key.FamilyRSA:
@@ -59,7 +61,7 @@ func (k *Key) Decrypt(ct, aad []byte, h wire.HashAlg, dst []byte) (out []byte, e
 		}
 		err = k.run(func(e *expanded) error {
 			var err error
-			if out, err = e.aead.Open(dst, nil, ct, aad); err != nil {
+			if out, err = random.Open(e.gcm, dst, ct, aad); err != nil {
 				return errDecrypt()
 			}
 			return nil

@@ -25,7 +25,9 @@ import (
 // from its canonical bytes inside secmem.Do. It is immutable once built,
 // except for the pool of HMAC states.
 type expanded struct {
-	aead cipher.AEAD // AES-256-GCM with random nonces; safe for concurrent use
+	// gcm is AES-256-GCM with 12-byte nonces, which Encrypt draws from
+	// package random; safe for concurrent use.
+	gcm cipher.AEAD
 
 	macKey  []byte      // HMAC key (copy)
 	macMu   sync.Mutex  // guards macFree
@@ -69,7 +71,7 @@ func build(s *key.Spec, sec []byte) (*expanded, error) {
 		if err != nil {
 			return nil, internal("cannot expand key")
 		}
-		if e.aead, err = cipher.NewGCMWithRandomNonce(block); err != nil {
+		if e.gcm, err = cipher.NewGCM(block); err != nil {
 			return nil, internal("cannot expand key")
 		}
 	case key.FamilyHMAC:

@@ -2,6 +2,7 @@ package mech
 
 import (
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -30,7 +31,8 @@ func (k *Key) EncryptEach(n int, h wire.HashAlg, in func(i int) (pt, aad, dst []
 	return k.run(func(e *expanded) error {
 		for i := range n {
 			pt, aad, dst := in(i)
-			done(i, e.aead.Seal(dst, nil, pt, aad), nil)
+			out, err := random.Seal(e.gcm, dst, pt, aad)
+			done(i, out, err)
 		}
 		return nil
 	})
@@ -59,7 +61,7 @@ func (k *Key) DecryptEach(n int, h wire.HashAlg, in func(i int) (ct, aad, dst []
 				done(i, nil, errDecrypt())
 				continue
 			}
-			out, err := e.aead.Open(dst, nil, ct, aad)
+			out, err := random.Open(e.gcm, dst, ct, aad)
 			if err != nil {
 				done(i, nil, errDecrypt())
 				continue

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -19,12 +20,46 @@ import (
 // Generate returns a fresh random key of s's type: a secret key for AES
 // and HMAC types (s.SecretLen bytes), a private key otherwise. RSA keys
 // have exactly the type's modulus size.
+//
+// The bytes come from package random, so after a generation change
+// Generate fails with STATUS_UNAVAILABLE until fresh randomness is
+// confirmed. Go's RSA key generation ignores the reader it is given and
+// draws from the kernel: an RSA key waits until the kernel's generator is
+// known to have re-seeded (random.AwaitKernel).
 func Generate(s *key.Spec) (k *Key, err error) {
 	if s, err = lookupSpec(s); err != nil {
 		return nil, err
 	}
+	if s.Family == key.FamilyRSA {
+		err = random.AwaitKernel()
+	} else {
+		err = random.Await()
+	}
+	if err != nil {
+		return nil, err
+	}
 	secmem.Do(func() { k, err = generate(s) })
 	return k, err
+}
+
+// maxScalarTries bounds the draws of an ECDSA or ECDH scalar: each is out
+// of range with probability below 2^-32 for the curves supported.
+const maxScalarTries = 16
+
+// randomScalar draws a private scalar for a NIST curve of n bytes,
+// checked by valid (which refuses zero and values not below the order).
+func randomScalar(n int, valid func([]byte) bool) ([]byte, error) {
+	b := make([]byte, n)
+	for range maxScalarTries {
+		if err := random.Read(b); err != nil {
+			return nil, err
+		}
+		if valid(b) {
+			return b, nil
+		}
+	}
+	clear(b)
+	return nil, internal("key generation failed")
 }
 
 // generate runs inside secmem.Do: the generators' temporaries are erased.
@@ -36,22 +71,33 @@ func generate(s *key.Spec) (*Key, error) {
 			return nil, internal("key generation failed")
 		}
 		secret = make([]byte, s.SecretLen)
-		rand.Read(secret) // never fails: Go 1.24+ crashes the program instead
+		if err := random.Read(secret); err != nil {
+			return nil, err
+		}
 		return newSecretKey(s, secret)
 	case key.FamilyEd25519:
 		secret = make([]byte, ed25519.SeedSize)
-		rand.Read(secret)
-	case key.FamilyECDSA:
-		priv, err := ecdsa.GenerateKey(ecdsaCurve(s), rand.Reader)
-		if err != nil {
-			return nil, internal("key generation failed")
+		if err := random.Read(secret); err != nil {
+			return nil, err
 		}
-		secret, err = priv.Bytes()
-		wipeECDSA(priv)
+	case key.FamilyECDSA:
+		// The scalar is drawn here (Go's ecdsa.GenerateKey would take it
+		// from the standard library's source, not ours).
+		var err error
+		curve := ecdsaCurve(s)
+		secret, err = randomScalar((curve.Params().BitSize+7)/8, func(b []byte) bool {
+			priv, err := ecdsa.ParseRawPrivateKey(curve, b)
+			if err != nil {
+				return false
+			}
+			wipeECDSA(priv)
+			return true
+		})
 		if err != nil {
-			return nil, internal("key generation failed")
+			return nil, err
 		}
 	case key.FamilyRSA:
+		// Go ignores the reader (Go 1.26): Generate waited for the kernel.
 		priv, err := rsa.GenerateKey(rand.Reader, rsaBits(s))
 		if err != nil {
 			return nil, internal("key generation failed")
@@ -59,11 +105,19 @@ func generate(s *key.Spec) (*Key, error) {
 		secret = x509.MarshalPKCS1PrivateKey(priv)
 		wipeRSA(priv)
 	case key.FamilyX25519, key.FamilyECDH:
-		priv, err := ecdhCurve(s).GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, internal("key generation failed")
+		// The scalar is drawn here, as for ECDSA.
+		curve := ecdhCurve(s)
+		n := 32 // X25519
+		if s.Family == key.FamilyECDH {
+			n = (ecdsaCurve(s).Params().BitSize + 7) / 8
 		}
-		secret = priv.Bytes()
+		var err error
+		if secret, err = randomScalar(n, func(b []byte) bool {
+			_, err := curve.NewPrivateKey(b)
+			return err == nil
+		}); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, errUnsupported()
 	}

@@ -2,10 +2,10 @@ package mech
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"errors"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -26,7 +26,10 @@ func (k *Key) encryptOAEP(pt, label []byte, h wire.HashAlg, dst []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	ct, err := rsa.EncryptOAEPWithOptions(rand.Reader, k.rsaPub, pt, &rsa.OAEPOptions{Hash: ch, Label: label})
+	if err := random.Await(); err != nil {
+		return nil, err
+	}
+	ct, err := rsa.EncryptOAEPWithOptions(random.Reader, k.rsaPub, pt, &rsa.OAEPOptions{Hash: ch, Label: label})
 	if err != nil {
 		if errors.Is(err, rsa.ErrMessageTooLong) {
 			return nil, invalid("plaintext too long")
@@ -61,7 +64,9 @@ func signRSA(priv *rsa.PrivateKey, sc scheme, digest []byte) ([]byte, error) {
 		err error
 	)
 	if sc.pss {
-		sig, err = rsa.SignPSS(rand.Reader, priv, sc.ch, digest,
+		// The salt: a clone repeating it does no harm, so signing does not
+		// wait for fresh randomness after a generation change.
+		sig, err = rsa.SignPSS(random.AnyReader, priv, sc.ch, digest,
 			&rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
 	} else {
 		sig, err = rsa.SignPKCS1v15(nil, priv, sc.ch, digest)

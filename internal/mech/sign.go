@@ -170,6 +170,10 @@ func signMessage(e *expanded, sc scheme, m []byte) ([]byte, error) {
 		}
 		return sig, nil
 	case e.ec != nil:
+		// Go 1.26 takes the randomness from its own source whatever the
+		// reader, and hedges it with the key and the message: two clones
+		// that draw the same bytes still never sign two messages with one
+		// nonce. So signing does not wait for fresh randomness.
 		sig, err := ecdsa.SignASN1(rand.Reader, e.ec, m)
 		if err != nil {
 			return nil, internal("signing failed")

@@ -41,6 +41,10 @@ var (
 
 	MetaHeader = []byte("header")
 	MetaMaster = []byte("master")
+	// MetaBudgetEpoch holds the budget epoch, 8 bytes big-endian: the
+	// number of machine generation changes the store has seen (0 if
+	// absent). Key versions made in an earlier epoch no longer encrypt.
+	MetaBudgetEpoch = []byte("budget-epoch")
 )
 
 // MACSize is the size of a record MAC (HMAC-SHA-256).

@@ -439,8 +439,7 @@ type KeyVersion struct {
 	// reserved in blocks before they are used.
 	EncryptionsReserved uint64 `protobuf:"varint,5,opt,name=encryptions_reserved,json=encryptionsReserved,proto3" json:"encryptions_reserved,omitempty"`
 	// The most encryptions this version may make (random 96-bit nonces: at
-	// most 2^32 by NIST SP 800-38D); lowered when the machine may have been
-	// cloned.
+	// most 2^32 by NIST SP 800-38D).
 	EncryptionsLimit uint64 `protobuf:"varint,6,opt,name=encryptions_limit,json=encryptionsLimit,proto3" json:"encryptions_limit,omitempty"`
 	// The material's fingerprint, AES-256 under the generation's material
 	// key of the first 16 bytes of HMAC-SHA-256 under the keyring's
@@ -449,7 +448,14 @@ type KeyVersion struct {
 	// other key objects holding the same material (docs/security.md, "One
 	// key's material, many objects"); empty in records written before it.
 	// (Format 1 kept the HMAC itself, under its index key.)
-	Fingerprint   []byte `protobuf:"bytes,7,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Fingerprint []byte `protobuf:"bytes,7,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// The store's budget epoch (meta "budget-epoch") when the version was
+	// made. A generation change raises the store's epoch: a version encrypts
+	// only in the epoch it was made in (docs/genid.md, "Nonce budgets").
+	BudgetEpoch uint64 `protobuf:"varint,8,opt,name=budget_epoch,json=budgetEpoch,proto3" json:"budget_epoch,omitempty"`
+	// Made by the daemon because a generation change closed the version
+	// before it (counted apart from the versions someone made).
+	Automatic     bool `protobuf:"varint,9,opt,name=automatic,proto3" json:"automatic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +537,20 @@ func (x *KeyVersion) GetFingerprint() []byte {
 		return x.Fingerprint
 	}
 	return nil
+}
+
+func (x *KeyVersion) GetBudgetEpoch() uint64 {
+	if x != nil {
+		return x.BudgetEpoch
+	}
+	return 0
+}
+
+func (x *KeyVersion) GetAutomatic() bool {
+	if x != nil {
+		return x.Automatic
+	}
+	return false
 }
 
 // StoreHeader authenticates the set of key records as a whole, so that a
@@ -1112,7 +1132,7 @@ const file_persist_proto_rawDesc = "" +
 	"\bAclEntry\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\bR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +
-	"\x05usage\x18\x03 \x01(\rR\x05usage\"\x8d\x02\n" +
+	"\x05usage\x18\x03 \x01(\rR\x05usage\"\xce\x02\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1121,7 +1141,9 @@ const file_persist_proto_rawDesc = "" +
 	"\x04blob\x18\x04 \x01(\fR\x04blob\x121\n" +
 	"\x14encryptions_reserved\x18\x05 \x01(\x04R\x13encryptionsReserved\x12+\n" +
 	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\x12 \n" +
-	"\vfingerprint\x18\a \x01(\fR\vfingerprint\"\xd9\x01\n" +
+	"\vfingerprint\x18\a \x01(\fR\vfingerprint\x12!\n" +
+	"\fbudget_epoch\x18\b \x01(\x04R\vbudgetEpoch\x12\x1c\n" +
+	"\tautomatic\x18\t \x01(\bR\tautomatic\"\xd9\x01\n" +
 	"\vStoreHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x14\n" +

@@ -106,6 +106,8 @@ func (m *KeyVersion) CloneVT() *KeyVersion {
 	r.MkGeneration = m.MkGeneration
 	r.EncryptionsReserved = m.EncryptionsReserved
 	r.EncryptionsLimit = m.EncryptionsLimit
+	r.BudgetEpoch = m.BudgetEpoch
+	r.Automatic = m.Automatic
 	if rhs := m.Blob; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -615,6 +617,21 @@ func (m *KeyVersion) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Automatic {
+		i--
+		if m.Automatic {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x48
+	}
+	if m.BudgetEpoch != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.BudgetEpoch))
+		i--
+		dAtA[i] = 0x40
 	}
 	if len(m.Fingerprint) > 0 {
 		i -= len(m.Fingerprint)
@@ -1224,6 +1241,12 @@ func (m *KeyVersion) SizeVT() (n int) {
 	l = len(m.Fingerprint)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.BudgetEpoch != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.BudgetEpoch))
+	}
+	if m.Automatic {
+		n += 2
 	}
 	n += len(m.unknownFields)
 	return n
@@ -2267,6 +2290,45 @@ func (m *KeyVersion) UnmarshalVT(dAtA []byte) error {
 				m.Fingerprint = []byte{}
 			}
 			iNdEx = postIndex
+		case 8:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field BudgetEpoch", wireType)
+			}
+			m.BudgetEpoch = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.BudgetEpoch |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Automatic", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Automatic = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -16,6 +16,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/shamir"
 	"github.com/keywarden/keywarden/internal/store"
@@ -377,7 +378,7 @@ func (m *Master) prepare(ctx context.Context, s Sealing, storeID []byte, gen uin
 	if s.Shares > 0 {
 		err = mk.Canonical(func(b []byte) error {
 			var err error
-			p.Shares, err = shamir.Split(b, s.Threshold, s.Shares, nil)
+			p.Shares, err = shamir.Split(b, s.Threshold, s.Shares, random.Reader)
 			return err
 		})
 		if err != nil {

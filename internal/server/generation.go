@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -40,30 +42,59 @@ var (
 	errNoPage = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the generation page is not available")
 )
 
-// registerGenerationHooks makes a generation change limit the nonce
-// budgets of the keys in memory before any request of the new generation
-// runs: after a clone, two machines spend what is left of each budget.
+// registerGenerationHooks makes a generation change close every key
+// version for encryption before any request of the new generation runs
+// (keystore.Store.CloseBudgets): after a clone, every copy would spend
+// what is left of each budget. The daemon registered the randomness hook
+// before these: the audit log's new segment needs fresh random bytes.
 func (s *Server) registerGenerationHooks() {
 	if s.alog != nil {
 		// The log records the change and starts a new segment with a fresh
-		// nonce: two clones' logs diverge visibly from here.
+		// nonce: two clones' logs diverge visibly from there. The nonce
+		// waits for fresh randomness (package random), as long as it takes;
+		// a later change, which re-keys the generator, starts its own
+		// segment instead.
 		s.gen.Register("audit log", genid.HookFunc(func(c genid.Change) {
 			if err := s.auditEvent(audit.OpGeneration, fmt.Sprintf("generation %d -> %d (%s)", c.From, c.To, strings.Join(c.Sources, ", "))); err != nil {
 				s.log.Error("audit log: cannot record the generation change", "err", err)
 			}
-			if err := s.alog.NewSegment(fmt.Sprintf("generation %d", c.To)); err != nil {
-				s.log.Error("audit log: cannot start a new segment", "err", err)
+			if s.startSegment(c.To) {
+				return
 			}
+			s.log.Info("audit log: the new segment waits for fresh randomness", "generation", c.To)
+			epoch := random.Default().Status().Epoch
+			go func() {
+				for random.Default().WaitFresh(s.done) && random.Default().Status().Epoch == epoch {
+					if s.startSegment(c.To) {
+						return
+					}
+				}
+			}()
 		}))
 	}
 	s.gen.Register("nonce budgets", genid.HookFunc(func(c genid.Change) {
-		halvings := uint(1)
-		if c.BudgetPolicy == genid.BudgetRotate {
-			halvings = 64 // nothing left: each key rotates (or refuses) at its next encryption
+		e, err := s.store.CloseBudgets()
+		if err != nil {
+			s.log.Error("key versions closed for encryption after a generation change, but the store could not record it: "+
+				"new versions are refused until it can", "generation", c.To, "budget_epoch", e, "err", err)
+			return
 		}
-		n := s.store.LimitBudgets(halvings)
-		s.log.Warn("nonce budgets limited after a generation change", "generation", c.To, "policy", c.BudgetPolicy.String(), "key_versions", n)
+		s.log.Warn("key versions closed for encryption after a generation change: each key makes a new version at its next encryption",
+			"generation", c.To, "budget_epoch", e)
 	}))
+}
+
+// startSegment starts the audit log's segment for generation gen and
+// reports whether it is done (false: fresh randomness is not confirmed).
+func (s *Server) startSegment(gen uint64) bool {
+	err := s.alog.NewSegment(fmt.Sprintf("generation %d", gen))
+	if errors.Is(err, random.ErrNotFresh) {
+		return false
+	}
+	if err != nil {
+		s.log.Error("audit log: cannot start a new segment", "err", err)
+	}
+	return true
 }
 
 // isGenerationOp reports whether op is one of the generation operations.
@@ -100,7 +131,7 @@ func (cn *conn) dispatchGeneration(op *wire.Op, id Identity, a *arena) (*wire.Re
 	case *wire.Op_GenerationWaitWatchers:
 		return cn.opGenerationWaitWatchers(o.GenerationWaitWatchers, id)
 	case *wire.Op_GenerationBump:
-		return cn.opGenerationBump(id)
+		return cn.opGenerationBump(o.GenerationBump, id)
 	case *wire.Op_GenerationMap:
 		return cn.opGenerationMap(a)
 	}
@@ -131,6 +162,11 @@ func (s *Server) generationInfo(sources bool, sc genid.Scope) *wire.GenerationIn
 			ws.LastSeenUnixNano = src.LastSeen.UnixNano()
 		}
 		info.Sources = append(info.Sources, ws)
+	}
+	if sources {
+		rs := random.Default().Status()
+		info.Randomness = rs.String()
+		info.RandomnessUnconfirmed = rs.Level == random.Unconfirmed
 	}
 	return info
 }
@@ -262,12 +298,17 @@ func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers, id Ide
 	return cn.generationResult(false, id), nil
 }
 
-func (cn *conn) opGenerationBump(id Identity) (*wire.Result, error) {
+func (cn *conn) opGenerationBump(gb *wire.GenerationBump, id Identity) (*wire.Result, error) {
 	if id.UID != 0 && !slices.Contains(cn.s.cfg.GenerationAdmins, id.UID) {
 		return nil, errBumpDenied.WithDetail("uid %d is neither root nor a --generation-admin", id.UID)
 	}
-	c := cn.s.gen.Bump(fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID))
-	cn.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To)
+	if len(gb.Entropy) > genid.MaxBumpEntropy {
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a bump carries at most %d bytes of entropy", genid.MaxBumpEntropy)
+	}
+	c := cn.s.gen.BumpWith(genid.Bump{Detail: fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID),
+		Entropy: gb.Entropy, KernelReseeded: gb.KernelReseeded})
+	cn.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To,
+		"entropy_bytes", len(gb.Entropy), "kernel_reseeded", gb.KernelReseeded)
 	return cn.generationResult(true, id), nil
 }
 

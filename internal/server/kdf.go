@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/kdf"
@@ -11,6 +10,7 @@ import (
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -119,7 +119,9 @@ func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result,
 	salt := h.Salt
 	if len(salt) == 0 {
 		salt = make([]byte, kdf.DefaultSaltLen)
-		rand.Read(salt)
+		if err := random.Read(salt); err != nil {
+			return nil, err
+		}
 	} else if err := kdf.CheckSalt(salt); err != nil {
 		return nil, err
 	}

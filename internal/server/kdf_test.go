@@ -59,7 +59,7 @@ func TestKDFRecordInInfo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := keystore.NewObject("", 1, mat, &key.Attrs{Usage: key.Encrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	o := must(keystore.NewObject("", 1, mat, &key.Attrs{Usage: key.Encrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	defer keystore.Discard(o)
 	rec := &wire.PassphraseKdf{Algorithm: "argon2id", Version: 19, Salt: []byte("saltsalt")}
 	o.KDF = rec
@@ -67,7 +67,7 @@ func TestKDFRecordInInfo(t *testing.T) {
 		t.Fatal("info without its kdf record")
 	}
 	mat2, _ := mech.FromSecret(spec, make([]byte, 32))
-	o2 := keystore.NewObject("", 1, mat2, &key.Attrs{Usage: key.Encrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED)
+	o2 := must(keystore.NewObject("", 1, mat2, &key.Attrs{Usage: key.Encrypt}, true, time.Now(), persist.Origin_ORIGIN_GENERATED))
 	defer keystore.Discard(o2)
 	if o2.Info(policyCaller(1)).GetKdf() != nil {
 		t.Fatal("a kdf record on another key")

@@ -110,7 +110,11 @@ func (cn *conn) discard(o *keystore.Object) {
 // how a key derived from a passphrase was made (nil for others).
 func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf, origin persist.Origin) (*wire.Result, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now(), origin) // not aliasing the request
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now(), origin) // not aliasing the request
+	if err != nil {
+		mat.Destroy()
+		return nil, err
+	}
 	o.KDF = kdf
 	return cn.createObject(o, t, id)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"errors"
 	"io"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/shamir"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -53,9 +53,12 @@ func (cs *connStore) cleanup() {
 	}
 }
 
+// newToken returns a session token. It is only ever compared within this
+// daemon, so a clone repeating it does no harm: it does not wait for
+// fresh randomness after a generation change.
 func newToken() []byte {
 	t := make([]byte, 16)
-	rand.Read(t)
+	random.ReadAny(t)
 	return t
 }
 

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
@@ -258,7 +258,11 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
 	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	if err != nil {
+		mat.Destroy()
+		return nil, err
+	}
 	// Its bytes came in a blob, and may be in others: it has been out.
 	m := *o.Meta()
 	m.WrappedOut = true
@@ -345,7 +349,10 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 		return nil, err
 	}
 	plain := a.take(n)[:n]
-	rand.Read(plain)
+	if err := random.Read(plain); err != nil {
+		cn.s.store.Uncount(v, 1)
+		return nil, err
+	}
 	var ct []byte
 	err = o.UseVersion(v, func(m *mech.Key) error {
 		ct, err = m.Encrypt(plain, dk.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, appendCTHeader(make([]byte, 0, ctHeaderLen+n+28), v.N))

@@ -5374,9 +5374,16 @@ type GenerationInfo struct {
 	OutdatedWatchers uint32 `protobuf:"varint,5,opt,name=outdated_watchers,json=outdatedWatchers,proto3" json:"outdated_watchers,omitempty"`
 	// Every source the daemon knows and whether it is active; filled by
 	// status, generation_get and generation_bump only.
-	Sources       []*GenerationSource `protobuf:"bytes,6,rep,name=sources,proto3" json:"sources,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sources []*GenerationSource `protobuf:"bytes,6,rep,name=sources,proto3" json:"sources,omitempty"`
+	// Whether fresh randomness is confirmed since the last change, and by
+	// what (docs/genid.md, "Randomness"); filled with sources.
+	Randomness string `protobuf:"bytes,7,opt,name=randomness,proto3" json:"randomness,omitempty"`
+	// Set while fresh randomness is not confirmed: operations that need
+	// random bytes (generating keys, encrypting, data keys, wrapping) fail
+	// with UNAVAILABLE.
+	RandomnessUnconfirmed bool `protobuf:"varint,8,opt,name=randomness_unconfirmed,json=randomnessUnconfirmed,proto3" json:"randomness_unconfirmed,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *GenerationInfo) Reset() {
@@ -5449,6 +5456,20 @@ func (x *GenerationInfo) GetSources() []*GenerationSource {
 		return x.Sources
 	}
 	return nil
+}
+
+func (x *GenerationInfo) GetRandomness() string {
+	if x != nil {
+		return x.Randomness
+	}
+	return ""
+}
+
+func (x *GenerationInfo) GetRandomnessUnconfirmed() bool {
+	if x != nil {
+		return x.RandomnessUnconfirmed
+	}
+	return false
 }
 
 type GenerationSource struct {
@@ -5748,9 +5769,16 @@ func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
 // GenerationBump increases the generation, for orchestrators that learn of
 // a restore another way. Root or a uid given by --generation-admin only.
 type GenerationBump struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes the sender vouches are unique to this machine (from outside
+	// it, or read after its kernel re-seeded): mixed into the daemon's
+	// random generator; 16 or more confirm fresh randomness. At most 64.
+	Entropy []byte `protobuf:"bytes,1,opt,name=entropy,proto3" json:"entropy,omitempty"`
+	// The sender made the kernel re-seed its random generator
+	// (RNDRESEEDCRNG) just before: this confirms fresh randomness.
+	KernelReseeded bool `protobuf:"varint,2,opt,name=kernel_reseeded,json=kernelReseeded,proto3" json:"kernel_reseeded,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerationBump) Reset() {
@@ -5781,6 +5809,20 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
 	return file_keywarden_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *GenerationBump) GetEntropy() []byte {
+	if x != nil {
+		return x.Entropy
+	}
+	return nil
+}
+
+func (x *GenerationBump) GetKernelReseeded() bool {
+	if x != nil {
+		return x.KernelReseeded
+	}
+	return false
 }
 
 // GenerationMap asks for the generation page: the reply carries a
@@ -7536,7 +7578,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"elapsed_ns\x18\x02 \x01(\x04R\telapsedNs\x12\x12\n" +
 	"\x04done\x18\x03 \x01(\bR\x04done\x12$\n" +
 	"\x0ememory_cap_kib\x18\x04 \x01(\rR\fmemoryCapKib\x12\x12\n" +
-	"\x04step\x18\x05 \x01(\rR\x04step\"\xfe\x01\n" +
+	"\x04step\x18\x05 \x01(\rR\x04step\"\xd5\x02\n" +
 	"\x0eGenerationInfo\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -7546,7 +7588,11 @@ const file_keywarden_proto_rawDesc = "" +
 	"changed_by\x18\x03 \x03(\tR\tchangedBy\x12\x1a\n" +
 	"\bwatchers\x18\x04 \x01(\rR\bwatchers\x12+\n" +
 	"\x11outdated_watchers\x18\x05 \x01(\rR\x10outdatedWatchers\x128\n" +
-	"\asources\x18\x06 \x03(\v2\x1e.keywarden.v1.GenerationSourceR\asources\"\xa6\x01\n" +
+	"\asources\x18\x06 \x03(\v2\x1e.keywarden.v1.GenerationSourceR\asources\x12\x1e\n" +
+	"\n" +
+	"randomness\x18\a \x01(\tR\n" +
+	"randomness\x125\n" +
+	"\x16randomness_unconfirmed\x18\b \x01(\bR\x15randomnessUnconfirmed\"\xa6\x01\n" +
 	"\x10GenerationSource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06active\x18\x02 \x01(\bR\x06active\x12\x16\n" +
@@ -7568,8 +7614,10 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x06forget\x18\x03 \x01(\bR\x06forget\"7\n" +
 	"\x16GenerationWaitWatchers\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x01 \x01(\rR\ttimeoutMs\"\x10\n" +
-	"\x0eGenerationBump\"\x0f\n" +
+	"timeout_ms\x18\x01 \x01(\rR\ttimeoutMs\"S\n" +
+	"\x0eGenerationBump\x12\x18\n" +
+	"\aentropy\x18\x01 \x01(\fR\aentropy\x12'\n" +
+	"\x0fkernel_reseeded\x18\x02 \x01(\bR\x0ekernelReseeded\"\x0f\n" +
 	"\rGenerationMap\"n\n" +
 	"\x11GenerationMapInfo\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\rR\x04size\x12%\n" +

@@ -5,11 +5,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 
 	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // Attributes are the attributes of a key that travel with it in a
@@ -190,7 +190,9 @@ func SealKeyword(kek, material []byte, a Attributes) ([]byte, error) {
 	hdr = appendAttributes(hdr, &a)
 	hdr = hdr[:n+kwwSaltLen]
 	salt := hdr[n:]
-	rand.Read(salt) // never fails (Go 1.24+ crashes the program rather than return an error)
+	if err := random.Read(salt); err != nil {
+		return nil, err // no fresh randomness confirmed since a generation change
+	}
 	aead, err := newBlobAEAD(kek, salt)
 	if err != nil {
 		return nil, err

@@ -2,10 +2,11 @@ package wrap
 
 import (
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	_ "crypto/sha256"
 	_ "crypto/sha512"
+
+	"github.com/keywarden/keywarden/internal/random"
 )
 
 // MinRSABits is the smallest RSA modulus WrapRSAKWP and UnwrapRSAKWP take.
@@ -29,12 +30,14 @@ func WrapRSAKWP(pub *rsa.PublicKey, h crypto.Hash, material []byte) ([]byte, err
 	}
 	ek := make([]byte, rsaKWPKeyLen)
 	defer clear(ek)
-	rand.Read(ek) // never fails (Go 1.24+ crashes the program rather than return an error)
+	if err := random.Read(ek); err != nil {
+		return nil, err
+	}
 	wrapped, err := WrapKWP(ek, material)
 	if err != nil {
 		return nil, err
 	}
-	enc, err := rsa.EncryptOAEP(h.New(), rand.Reader, pub, ek, nil)
+	enc, err := rsa.EncryptOAEP(h.New(), random.Reader, pub, ek, nil)
 	if err != nil {
 		return nil, errorf("RSA-OAEP encryption failed")
 	}

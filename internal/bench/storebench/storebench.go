@@ -170,7 +170,7 @@ func newKey(name string, owner uint32) (*keystore.Object, error) {
 		return nil, err
 	}
 	attrs := &key.Attrs{Usage: usage, ACL: []key.ACLEntry{}}
-	return keystore.NewObject(name, owner, mat, attrs, false, time.Now(), persist.Origin_ORIGIN_GENERATED), nil
+	return keystore.NewObject(name, owner, mat, attrs, false, time.Now(), persist.Origin_ORIGIN_GENERATED)
 }
 
 // add makes one key and adds it to s durably, then lets go of it (it is
