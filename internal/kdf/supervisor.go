@@ -399,7 +399,7 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 		if err := SetBackground(unix.Gettid(), s.cfg.Nice); err != nil {
 			s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
 		}
-		if err := leaveOneCPU(); err != nil {
+		if err := LeaveOneCPU(); err != nil {
 			s.log.Debug("kdf: cannot keep a worker off one processor", "err", err)
 		}
 	}
@@ -431,7 +431,7 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	stderr := &boundedBuffer{max: stderrLimit}
 	// Nothing from the daemon's environment: the worker needs none. A
 	// background worker leaves a processor to everything else (its parent
-	// thread's affinity, leaveOneCPU); Argon2id's lanes then share fewer
+	// thread's affinity, LeaveOneCPU); Argon2id's lanes then share fewer
 	// processors, with the same result.
 	env := []string{}
 	if background {
@@ -770,14 +770,16 @@ func SetBackground(tid, nice int) error {
 }
 
 // backgroundProcs is the GOMAXPROCS of a background worker: the
-// processors it may run on (all but one, leaveOneCPU), but at least 2, so
+// processors it may run on (all but one, LeaveOneCPU), but at least 2, so
 // that the goroutine that answers the watchdog never waits long for one
 // (Argon2id's loops do not give way to it quickly).
 func backgroundProcs() int { return max(2, runtime.NumCPU()-1) }
 
-// leaveOneCPU takes one processor (the last) out of the calling thread's
+// LeaveOneCPU takes one processor (the last) out of the calling thread's
 // affinity, if it has more than one: the workers it starts inherit it.
-func leaveOneCPU() error {
+// Background work kept off one processor leaves it to the threads that
+// answer requests, whatever the priorities.
+func LeaveOneCPU() error {
 	var set unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &set); err != nil {
 		return err

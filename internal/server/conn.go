@@ -208,6 +208,24 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		return
 	}
 	raw := buf[:m.N]
+	// Every request counts as in flight, on its connection and for its
+	// uid, while it executes; one that would exceed a limit is refused at
+	// once, before anything is spent on it (a batch takes longer to decode
+	// than to refuse).
+	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
+		cn.inFlight.Add(-1)
+		cn.refuseLimit(peekRequestID(raw), limitConnInFlight, cn.s.connInFlightMsg)
+		return
+	}
+	if !cn.acct.enter(cn.s.limits.MaxInFlightPerUID) {
+		cn.inFlight.Add(-1)
+		cn.refuseLimit(peekRequestID(raw), limitInFlight, cn.s.inFlightMsg)
+		return
+	}
+	leave := func() {
+		cn.inFlight.Add(-1)
+		cn.acct.leave()
+	}
 	// Decode without copying: byte and string fields point into the
 	// receive buffer, which the serving loop wipes once this returns and
 	// reuses for the next message. Everything that keeps a field
@@ -216,41 +234,31 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	req := wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(raw); err != nil {
 		wire.Recycle(req)
+		leave()
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
 		return
 	}
+	var refusal *wire.Error
 	switch {
 	case req.Version != wire.ProtocolVersion:
-		cn.refuse(caller, req.Id, wire.Status_STATUS_UNIMPLEMENTED,
-			fmt.Sprintf("unsupported protocol version %d (this daemon speaks %d)", req.Version, wire.ProtocolVersion), "")
-		return
+		refusal = wire.Errorf(wire.Status_STATUS_UNIMPLEMENTED,
+			"unsupported protocol version %d (this daemon speaks %d)", req.Version, wire.ProtocolVersion)
 	case len(req.Ops) == 0:
-		cn.refuse(caller, req.Id, wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation", "")
-		return
+		refusal = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation")
 	case len(req.Ops) > cn.s.limits.MaxBatchOps:
-		cn.refuse(caller, req.Id, wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			fmt.Sprintf("%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps), "")
-		return
+		refusal = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			"%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps)
+	default:
+		// Nothing is served from a generation the machine has left.
+		if err := cn.checkGeneration(req); err != nil {
+			refusal = err.(*wire.Error)
+		}
 	}
-	// Nothing is served from a generation the machine has left.
-	if err := cn.checkGeneration(req); err != nil {
-		we := err.(*wire.Error)
-		cn.refuse(caller, req.Id, we.Status, we.Public, we.Detail)
-		return
-	}
-	// Every request counts as in flight, on its connection and for its
-	// uid, while it executes; one that would exceed a limit is refused at
-	// once.
-	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
-		cn.inFlight.Add(-1)
+	if refusal != nil {
+		reqID := req.Id
 		wire.Recycle(req)
-		cn.refuseLimit(peekRequestID(raw), limitConnInFlight, cn.s.connInFlightMsg)
-		return
-	}
-	if !cn.acct.enter(cn.s.limits.MaxInFlightPerUID) {
-		cn.inFlight.Add(-1)
-		wire.Recycle(req)
-		cn.refuseLimit(peekRequestID(raw), limitInFlight, cn.s.inFlightMsg)
+		leave()
+		cn.refuse(caller, reqID, refusal.Status, refusal.Public, refusal.Detail)
 		return
 	}
 	if !isHeavy(req) {

@@ -551,17 +551,22 @@ func newLimitMessages(l *Limits) limitMessages {
 }
 
 // shortenSlice makes the calling goroutine run, until it ends, on a
-// thread of its own with the shortest time slice (kdf.SetBackground): a
-// request that arrives while it computes waits for the processor at most
-// that long. Its priority stays: a thread of the daemon that waited long
-// to run would hold up every stop of the world the garbage collector
-// makes, and with it every request. The thread is never given back: when
-// the goroutine ends, the runtime ends the thread. Heavy work runs on its
-// own goroutine (isHeavy), so only that request pays for it, and a
-// thread's start costs little next to an RSA key generation.
+// thread of its own with the shortest time slice (kdf.SetBackground) and
+// on every processor but one (kdf.LeaveOneCPU): a request that arrives
+// while it computes waits for the processor at most that long, and one
+// processor is always left to the threads that answer requests (several
+// uids' RSA generations at once would otherwise take every processor,
+// and every thread of the daemon has the same priority). Its priority
+// stays: a thread of the daemon that waited long to run would hold up
+// every stop of the world the garbage collector makes, and with it every
+// request. The thread is never given back: when the goroutine ends, the
+// runtime ends the thread. Heavy work runs on its own goroutine
+// (isHeavy), so only that request pays for it, and a thread's start
+// costs little next to an RSA key generation.
 func shortenSlice() {
 	runtime.LockOSThread()
 	kdf.SetBackground(unix.Gettid(), 0)
+	kdf.LeaveOneCPU()
 }
 
 // wireLimits describes the limits in force for Status.

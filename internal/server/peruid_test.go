@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/wire"
+	"golang.org/x/sys/unix"
 )
 
 func testLimits(l Limits) *Limits {
@@ -317,5 +319,73 @@ func TestPerUIDLongPollsAndSessions(t *testing.T) {
 	waitUntil(t, func() bool { return acctOf(s, 1000).sessions.Load() == 1 && acctOf(s, 1000).longPolls.Load() == 1 })
 	if r := one(t, c2, 33, hash); r.Status != wire.Status_STATUS_OK {
 		t.Fatalf("session after the other connection closed: %v %q", r.Status, r.Message)
+	}
+}
+
+// A request over the in-flight limits is refused before it is decoded:
+// a flood of large batches costs the daemon a counter each, not a decode.
+// Once under the limits, a malformed request is refused as malformed and
+// counts as in flight no longer.
+func TestInFlightRefusedBeforeDecoding(t *testing.T) {
+	release := make(chan struct{})
+	cfg := Config{Limits: Limits{MaxInFlightPerUID: 1}}
+	cfg.heavyHook = func() { <-release }
+	s := newTestServer(t, cfg)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the server's shutdown, which waits for it
+	c := serveAs(t, s, 1000)
+	send(t, c, 1, rsaGen())
+	waitUntil(t, func() bool { return acctOf(s, 1000).inFlight.Load() == 1 })
+	malformed := []byte{0xff, 0xff, 0xff, 0xff}
+	if err := c.Send(malformed); err != nil {
+		t.Fatal(err)
+	}
+	if rep := recv(t, c); rep.Status != wire.Status_STATUS_RESOURCE_EXHAUSTED || !strings.Contains(rep.Message, "in flight") {
+		t.Fatalf("malformed request over the limit: %v %q", rep.Status, rep.Message)
+	}
+	releaseOnce()
+	if rep := recv(t, c); rep.Id != 1 || rep.Status != wire.Status_STATUS_OK {
+		t.Fatalf("generation: %d %v %q", rep.Id, rep.Status, rep.Message)
+	}
+	waitUntil(t, func() bool { return acctOf(s, 1000).inFlight.Load() == 0 })
+	if err := c.Send(malformed); err != nil {
+		t.Fatal(err)
+	}
+	if rep := recv(t, c); rep.Status != wire.Status_STATUS_INVALID_ARGUMENT {
+		t.Fatalf("malformed request under the limit: %v %q", rep.Status, rep.Message)
+	}
+	if n := acctOf(s, 1000).inFlight.Load(); n != 0 {
+		t.Fatalf("%d requests in flight after a malformed one", n)
+	}
+	send(t, c, 3, ping("after"))
+	if rep := recv(t, c); rep.Id != 3 || rep.Status != wire.Status_STATUS_OK {
+		t.Fatalf("ping after: %d %v %q", rep.Id, rep.Status, rep.Message)
+	}
+}
+
+// Heavy work of an ordinary uid runs off one processor, so that one is
+// always left to the threads that answer requests.
+func TestShortenSliceLeavesOneCPU(t *testing.T) {
+	var before unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &before); err != nil {
+		t.Fatal(err)
+	}
+	if before.Count() < 2 {
+		t.Skip("one processor: nothing to leave")
+	}
+	done := make(chan unix.CPUSet)
+	go func() {
+		shortenSlice()
+		var set unix.CPUSet
+		unix.SchedGetaffinity(0, &set)
+		done <- set
+	}()
+	if got := <-done; got.Count() != before.Count()-1 {
+		t.Fatalf("heavy work may run on %d of %d processors", got.Count(), before.Count())
+	}
+	var after unix.CPUSet
+	unix.SchedGetaffinity(0, &after)
+	if after.Count() != before.Count() {
+		t.Fatalf("the test's own thread lost a processor: %d of %d", after.Count(), before.Count())
 	}
 }
