@@ -51,15 +51,19 @@ type Config struct {
 	// workers of derivations other than Priority ones; default 0: the
 	// daemon's own. (Such workers always get the shortest time slice and
 	// all processors but one: see SetBackground.) A worker whose priority
-	// is much lower than the machine's other work may be too slow to
-	// answer the watchdog.
+	// is much lower than the machine's other work is slow, and may hit the
+	// deadline; the watchdog does not take it for stopped (liveness).
 	Nice int
 	// Deadline bounds one worker, from start to reply; default
 	// DefaultDeadline.
 	Deadline time.Duration
-	// Watchdog is the liveness period: a worker that leaves a challenge
-	// unanswered for half of it is killed, so one that stops is killed at
-	// most one period later. Default DefaultWatchdog.
+	// Watchdog is the liveness period: every half period the daemon
+	// checks that its last challenge was answered. A worker late with an
+	// answer is judged by its progress, not the clock (liveness): it is
+	// killed if it neither ran nor waited for a processor since the last
+	// check, so one that stops is killed at most one period later, while
+	// one that only waits for a processor on a busy machine is not.
+	// Default DefaultWatchdog.
 	Watchdog time.Duration
 	// Cgroup is "auto" (default: a memory cgroup per worker where the
 	// machine allows one) or "off".
@@ -557,6 +561,12 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	var expect [challengeLen]byte
 	outstanding := false
 	var challenge [challengeLen]byte
+	procs := runtime.NumCPU()
+	if background {
+		procs = backgroundProcs()
+	}
+	lv := liveness{pid: pid, half: s.cfg.Watchdog / 2, procs: procs, read: readProgress}
+	late := false // logged once
 	for {
 		select {
 		case <-timer.C:
@@ -570,8 +580,18 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 			return result{}, ErrClosed
 		case <-tick.C:
 			if outstanding {
-				kill()
-				return result{}, ErrStopped.WithDetail("worker %d left a watchdog challenge unanswered for %v", pid, s.cfg.Watchdog/2)
+				// Late, which on a busy machine is not stopped: judge the
+				// worker by its progress (liveness).
+				if why := lv.late(); why != "" {
+					kill()
+					return result{}, ErrStopped.WithDetail("worker %d %s", pid, why)
+				}
+				if !late {
+					late = true
+					s.log.Debug("kdf: a worker is late with its watchdog answer but making progress", "pid", pid,
+						"cpu", lv.last.cpu, "threads", lv.last.states)
+				}
+				break
 			}
 			rand.Read(challenge[:])
 			expect = chain(&prev, challenge[:])
@@ -581,6 +601,7 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 				return result{}, ErrStopped.WithDetail("send a watchdog challenge to worker %d: %v", pid, werr)
 			}
 			outstanding = true
+			lv.challenged()
 		case ev := <-events:
 			switch {
 			case ev.err != nil:
