@@ -36,7 +36,7 @@ func kdfServeFlags(f *flags) *kdf.Config {
 	f.IntVar(&c.RunningPerTenant, "kdf-running-per-uid", 0, fmt.Sprintf("derivations of one uid that may run at once (default %d: half the processors)", kdf.DefaultRunningPerTenant(runtime.NumCPU())))
 	f.IntVar(&c.Nice, "kdf-nice", 0, "nice value (1 to 19) of the workers of derivations other than unsealing (default: the daemon's own)")
 	f.DurationVar(&c.Deadline, "kdf-deadline", 0, "kill a derivation's worker after this `duration` (default 1m)")
-	f.DurationVar(&c.Watchdog, "kdf-watchdog", 0, "kill a worker that leaves a liveness challenge unanswered for half this `period` (default 1s)")
+	f.DurationVar(&c.Watchdog, "kdf-watchdog", 0, "kill a worker that leaves a liveness challenge unanswered and neither runs nor waits for a processor for half this `period` (default 1s)")
 	f.StringVar(&c.Cgroup, "kdf-cgroup", "auto", "`mode`: auto (a memory cgroup per worker where the machine allows) or off")
 	return c
 }

@@ -297,16 +297,33 @@ func (c *cell) started(pid int) error {
 	return writeFile(filepath.Join(c.dir, "cgroup.procs"), strconv.Itoa(pid))
 }
 
-// oomKilled reports whether the kernel killed a process of the cell for
-// memory.
-func (c *cell) oomKilled() bool {
+// oomKills returns how many processes of the cell the kernel's OOM
+// killer killed, whether at the cell's limit or for the whole machine
+// (the kernel counts a kill in the victim's cgroup either way); -1 if
+// the kernel does not count them (before Linux 4.13).
+func (c *cell) oomKills() int64 {
 	if c.g.v2 {
-		return counter(filepath.Join(c.dir, "memory.events"), "oom_kill") > 0
+		return counter(filepath.Join(c.dir, "memory.events"), "oom_kill")
 	}
-	if n := counter(filepath.Join(c.dir, "memory.oom_control"), "oom_kill"); n >= 0 {
-		return n > 0
+	return counter(filepath.Join(c.dir, "memory.oom_control"), "oom_kill")
+}
+
+// machineOOMKills returns how many processes the kernel's OOM killer has
+// killed on the machine since boot (/proc/vmstat oom_kill); -1 if the
+// kernel does not count them.
+func machineOOMKills() int64 {
+	b, err := os.ReadFile("/proc/vmstat")
+	if err != nil {
+		return -1
 	}
-	return false
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "oom_kill "); ok {
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // closeFD gives up starting workers inside the cell: started then moves

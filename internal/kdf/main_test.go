@@ -3,6 +3,7 @@ package kdf
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,6 +23,9 @@ const helperEnv = "KEYWARDEN_KDF_TEST_HELPER"
 func TestMain(m *testing.M) {
 	if IsWorker(os.Args) {
 		os.Exit(WorkerMain())
+	}
+	if len(os.Args) == 3 && os.Args[1] == WorkerArg {
+		os.Exit(runFakeWorker(os.Args[2]))
 	}
 	if h := os.Getenv(helperEnv); h != "" {
 		os.Exit(runHelper(h))
@@ -83,6 +87,31 @@ func runHelper(name string) int {
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", name)
 	return 2
 }
+
+// runFakeWorker runs a worker that misbehaves as name says; tests start
+// it with the arguments "keywarden", WorkerArg, name.
+func runFakeWorker(name string) int {
+	switch name {
+	case "mute":
+		// It takes its request and computes, but answers no challenge.
+		os.Stdout.Write(magic[:])
+		if readMagic(os.Stdin) != nil {
+			return exitAbandoned
+		}
+		if _, _, _, err := readFrame(os.Stdin, nil, maxFrame); err != nil {
+			return exitAbandoned
+		}
+		go io.Copy(io.Discard, os.Stdin)
+		for n := 0; ; n++ {
+			spin = n
+		}
+	}
+	fmt.Fprintf(os.Stderr, "unknown fake worker %q\n", name)
+	return 2
+}
+
+// spin is written by the mute worker's loop.
+var spin int
 
 // unifiedPath returns the cgroup v2 path from /proc/PID/cgroup text.
 func unifiedPath(s string) string {

@@ -146,6 +146,9 @@ var (
 	// ErrOutOfMemory: the worker was killed for memory (its cgroup's
 	// limit, or the kernel's OOM killer).
 	ErrOutOfMemory = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "key derivation ran out of memory")
+	// ErrKilled: the worker was killed by a signal that neither the
+	// daemon nor the OOM killer sent (an administrator, another program).
+	ErrKilled = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "key derivation worker was killed")
 	// ErrQueueFull: the budget is taken and the queue is full.
 	ErrQueueFull = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many key derivations waiting; try again later")
 	// ErrClosed: the daemon is shutting down.

@@ -51,15 +51,19 @@ type Config struct {
 	// workers of derivations other than Priority ones; default 0: the
 	// daemon's own. (Such workers always get the shortest time slice and
 	// all processors but one: see SetBackground.) A worker whose priority
-	// is much lower than the machine's other work may be too slow to
-	// answer the watchdog.
+	// is much lower than the machine's other work is slow, and may hit the
+	// deadline; the watchdog does not take it for stopped (liveness).
 	Nice int
 	// Deadline bounds one worker, from start to reply; default
 	// DefaultDeadline.
 	Deadline time.Duration
-	// Watchdog is the liveness period: a worker that leaves a challenge
-	// unanswered for half of it is killed, so one that stops is killed at
-	// most one period later. Default DefaultWatchdog.
+	// Watchdog is the liveness period: every half period the daemon
+	// checks that its last challenge was answered. A worker late with an
+	// answer is judged by its progress, not the clock (liveness): it is
+	// killed if it neither ran nor waited for a processor since the last
+	// check, so one that stops is killed at most one period later, while
+	// one that only waits for a processor on a busy machine is not.
+	// Default DefaultWatchdog.
 	Watchdog time.Duration
 	// Cgroup is "auto" (default: a memory cgroup per worker where the
 	// machine allows one) or "off".
@@ -72,6 +76,7 @@ type Config struct {
 
 	// Test hooks.
 	onStart     func(pid int)           // called with each worker's pid once it runs
+	oomKills    func() int64            // the machine's OOM kills (machineOOMKills)
 	cellLimit   func(cost uint64) int64 // a worker cgroup's limit in bytes
 	v2Unlimited bool                    // v2 without the memory controller: placement only
 }
@@ -454,6 +459,12 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	if cl != nil {
 		cl.prepare(cmd.SysProcAttr)
 	}
+	// Without a cgroup of its own, the machine's count of OOM kills tells
+	// whether one may have killed the worker (classify).
+	oomBefore := int64(-1)
+	if cl == nil {
+		oomBefore = s.machineOOMKills()
+	}
 	start := time.Now()
 	err = cmd.Start()
 	if err != nil && cl != nil && cl.fd >= 0 {
@@ -497,7 +508,7 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 			s.log.Debug("kdf: worker done", "pid", pid, "op", r.op.String(), "params", r.params.String(),
 				"argon2", res.elapsed, "total", time.Since(start), "max_rss_kib", res.maxRSSKiB)
 		} else if !IsError(err, ErrClosed) {
-			err = s.classify(err, werr, st, killed, cl, stderr)
+			err = s.classify(err, werr, st, killed, cl, oomBefore, stderr)
 		}
 		if msg := stderr.String(); msg != "" {
 			s.log.Warn("kdf: worker wrote to stderr", "pid", pid, "stderr", msg)
@@ -557,6 +568,12 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	var expect [challengeLen]byte
 	outstanding := false
 	var challenge [challengeLen]byte
+	procs := runtime.NumCPU()
+	if background {
+		procs = backgroundProcs()
+	}
+	lv := liveness{pid: pid, half: s.cfg.Watchdog / 2, procs: procs, read: readProgress}
+	late := false // logged once
 	for {
 		select {
 		case <-timer.C:
@@ -570,8 +587,18 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 			return result{}, ErrClosed
 		case <-tick.C:
 			if outstanding {
-				kill()
-				return result{}, ErrStopped.WithDetail("worker %d left a watchdog challenge unanswered for %v", pid, s.cfg.Watchdog/2)
+				// Late, which on a busy machine is not stopped: judge the
+				// worker by its progress (liveness).
+				if why := lv.late(); why != "" {
+					kill()
+					return result{}, ErrStopped.WithDetail("worker %d %s", pid, why)
+				}
+				if !late {
+					late = true
+					s.log.Debug("kdf: a worker is late with its watchdog answer but making progress", "pid", pid,
+						"cpu", lv.last.cpu, "threads", lv.last.states)
+				}
+				break
 			}
 			rand.Read(challenge[:])
 			expect = chain(&prev, challenge[:])
@@ -581,6 +608,7 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 				return result{}, ErrStopped.WithDetail("send a watchdog challenge to worker %d: %v", pid, werr)
 			}
 			outstanding = true
+			lv.challenged()
 		case ev := <-events:
 			switch {
 			case ev.err != nil:
@@ -620,19 +648,49 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 
 // classify turns the failure of a worker into the error the client gets,
 // once it has been reaped.
-func (s *Supervisor) classify(err, waitErr error, st *os.ProcessState, killed bool, cl *cell, stderr *boundedBuffer) error {
+// oomBefore is the machine's count of OOM kills when the worker started,
+// for a worker without a cgroup (-1: not read or not counted).
+//
+// A SIGKILL the daemon did not send is the kernel's OOM killer (workers
+// are its first choice) or another process (an administrator, a service
+// manager). The kernel counts an OOM kill in the victim's memory cgroup,
+// whatever the OOM was (the cgroup's limit or the whole machine), so a
+// worker with a cell of its own was killed for memory exactly when the
+// cell counted one. Without a cell, an OOM kill on the machine while the
+// worker ran makes it the likely victim; none means it was not.
+func (s *Supervisor) classify(err, waitErr error, st *os.ProcessState, killed bool, cl *cell, oomBefore int64, stderr *boundedBuffer) error {
 	status := "status unknown"
 	if st != nil {
 		status = st.String()
 	}
+	cellKills := int64(-1)
+	if cl != nil {
+		cellKills = cl.oomKills()
+	}
+	machineKills := int64(-1)
+	if cl == nil && oomBefore >= 0 {
+		if n := s.machineOOMKills(); n >= oomBefore {
+			machineKills = n - oomBefore
+		}
+	}
+	sigkill := st != nil && !killed && signaled(st, syscall.SIGKILL)
 	var why string
 	switch {
-	case cl != nil && cl.oomKilled():
-		why = "killed by the kernel at its " + cl.g.version() + " cgroup's memory limit"
-	case st != nil && !killed && signaled(st, syscall.SIGKILL):
-		// Not killed by the daemon: the OOM killer (workers are its first
-		// choice) or an administrator.
-		why = "killed by SIGKILL, not sent by the daemon (the kernel's OOM killer?)"
+	case cellKills > 0:
+		why = "killed by the kernel's OOM killer (its " + cl.g.version() + " cgroup counted an OOM kill)"
+	case sigkill && machineKills > 0:
+		why = fmt.Sprintf("killed by SIGKILL, not sent by the daemon, while the kernel's OOM killer killed %d process(es) on the machine: most likely it", machineKills)
+	case sigkill:
+		// Not the daemon, and not the OOM killer as far as the kernel's
+		// counts tell: report that it was killed, not that it ran out.
+		seen := "its cgroup counted no OOM kill"
+		switch {
+		case cl == nil && machineKills == 0:
+			seen = "the kernel's OOM killer killed nothing on the machine meanwhile"
+		case cellKills < 0 && machineKills < 0:
+			seen = "this kernel does not count OOM kills, so an OOM kill cannot be told apart"
+		}
+		return ErrKilled.WithDetail("worker killed by SIGKILL, not sent by the daemon (%s; %s); %s", seen, status, detailOf(err))
 	case strings.Contains(stderr.String(), "out of memory"):
 		why = "its runtime ran out of memory"
 	}
@@ -643,6 +701,15 @@ func (s *Supervisor) classify(err, waitErr error, st *os.ProcessState, killed bo
 		return err
 	}
 	return ErrFailed.WithDetail("%s (worker %s)", detailOf(err), status)
+}
+
+// machineOOMKills reads the machine's count of OOM kills, or the test
+// hook's.
+func (s *Supervisor) machineOOMKills() int64 {
+	if s.cfg.oomKills != nil {
+		return s.cfg.oomKills()
+	}
+	return machineOOMKills()
 }
 
 // detailOf is the log's reason of err.
