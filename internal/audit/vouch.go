@@ -283,11 +283,18 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 
 	// The new chain, sequenced into a batch of its own.
 	old, saved, savedSince := l.queue, l.stateLocked(), l.sinceCP
+	savedKeys, savedFresh := l.chainKeys, l.freshChain
 	l.queue = &batch{}
 	l.seq, l.h = c.seq, c.h
 	restore := func() {
 		l.queue, l.sinceCP = old, savedSince
 		l.seq, l.h, l.keys = saved.seq, saved.h, saved.keys
+		l.chainKeys, l.freshChain = savedKeys, savedFresh
+	}
+	if c.h == ([32]byte{}) {
+		// A new chain: the keys of the one set aside are not its keys.
+		l.chainKeys, l.freshChain = nil, true
+		l.addChainKeyLocked(l.keys)
 	}
 	var note strings.Builder
 	fmt.Fprintf(&note, "%s was set aside as %s: the records from seq %d on cannot be verified (%s). ",
@@ -322,6 +329,7 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 	if k != nil && l.keys == nil {
 		l.keys = k
 		l.checkpointLocked("keys", nil, false, false)
+		l.addChainKeyLocked(k)
 	}
 	b := l.queue
 	l.queue = &batch{}
