@@ -263,6 +263,7 @@ type Log struct {
 	fileFirstSeq uint64                                  // seq of its first record
 	noReserve    bool                                    // the file system does not support fallocate
 	hookWrite    func(fd int, b []byte, off int64) error // tests: replaces the write
+	hookRename   func(old, new string) error             // tests: replaces the last rename of a set-aside
 	// With SyncAlways: how many records the last write covered and how
 	// long it took with its fsync, and the timer of gatherGroup.
 	lastGroup   int

@@ -95,3 +95,42 @@ func TestSwappedActiveFile(t *testing.T) {
 		})
 	}
 }
+
+// TestSetAsideInterrupted: records forged at the end of the newest
+// rotated file (the active file empty, as a crash right after a rotation
+// leaves it) are set aside, and the set-aside stops between its renames:
+// the rotated file is cut back to what verified, its evidence kept, but
+// the new active file never took its name. The next start must read that
+// state right: nothing forged in the chain, which verifies, and every
+// evidence file kept.
+func TestSetAsideInterrupted(t *testing.T) {
+	path := rotatedLog(t)
+	files := logFiles(t, path)
+	prev := files[len(files)-2]
+	os.Remove(path)
+	writeLines(t, prev, forge(t, readLines(t, prev), nil, forgedSegment(nil), forgedRequest()))
+
+	l := openLog(t, Options{Path: path, CheckpointEvery: 4})
+	if err := l.Append(&Record{Kind: KindEvent, Op: OpStart, Msg: "run"}); err != nil {
+		t.Fatal(err)
+	}
+	l.hookRename = func(string, string) error { return os.ErrDeadlineExceeded } // the crash
+	if err := l.SetKeys(testKeys(t)); err == nil {
+		t.Fatal("the set-aside went through")
+	}
+	l.Close()
+	ev := evidence(t, path)
+	if len(ev) != 1 || chainHolds(t, prev, forgedMark) {
+		t.Fatalf("after the interrupted set-aside: evidence %v", ev)
+	}
+
+	daemonRun(t, path, testKeys(t), func(l *Log) { appendN(t, l, 1) })
+	mustIntact(t, verifyPath(t, path, strict(t)))
+	if chainHolds(t, path, forgedMark) {
+		dump(t, path)
+		t.Fatal("a forged record is in the chain")
+	}
+	if ev2 := evidence(t, path); len(ev2) != 2 || !slices.Contains(ev2, ev[0]) {
+		t.Fatalf("evidence %v, was %v", ev2, ev)
+	}
+}

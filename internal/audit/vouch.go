@@ -474,7 +474,11 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 	}
 	moved = true
 	if !active {
-		if err := os.Rename(curTmp, l.curName); err != nil {
+		rename := os.Rename
+		if l.hookRename != nil {
+			rename = l.hookRename
+		}
+		if err := rename(curTmp, l.curName); err != nil {
 			// e.file is set aside already; the active file stays as it
 			// was, and the next start sets it aside in turn.
 			l.log.Error("audit log: cannot replace the active file after setting records aside", "err", err)
