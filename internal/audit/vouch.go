@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,7 +125,11 @@ func checkEarlier(logPath string, e *earlier, k *Keys) (*cut, error) {
 	// (A file may also start a new chain, from a zero hash, where the one
 	// before it ends: the daemon does so when it keeps nothing of what it
 	// set aside.)
-	prevName, prev, prevEnd, prevLine := previousFile(logPath, e.file)
+	var firstOf uint64 // the active file comes after every rotated one
+	if first != nil && e.file != logPath {
+		firstOf = first.Seq
+	}
+	prevName, prev, prevEnd, prevLine := previousFile(logPath, e.file, firstOf)
 	if prev != nil {
 		base = prev.Seq
 	}
@@ -276,19 +281,33 @@ func verifiedUnder(d hash.Hash, line []byte, r *Record, seq uint64, h *[32]byte,
 }
 
 // previousFile returns the name and the last record of the file of the
-// log at logPath that comes before file in the series (by the seq in the
-// rotated files' names), where its records end, and the last line; name
-// is "" if there is none, last nil if its end is not a record that
-// follows the chain.
-func previousFile(logPath, file string) (name string, last *Record, end int64, line []byte) {
+// log at logPath that comes before file, whose first record has seq
+// first (0: file is the active file, or its first seq is unknown), in the
+// series, where its records end, and the last
+// line; name is "" if there is none, last nil if its end is not a record
+// that follows the chain. The series is ordered by the seq of each
+// rotated file's first record, not by the names, which anyone who can
+// write the directory can swap.
+func previousFile(logPath, file string, first uint64) (name string, last *Record, end int64, line []byte) {
 	names, err := LogFiles(logPath)
 	if err != nil {
 		return "", nil, 0, nil
 	}
-	limit, isRotated := rotatedSeq(logPath, filepath.Base(file))
+	if first == 0 {
+		first = math.MaxUint64
+	}
 	prev, best := "", uint64(0)
 	for _, name := range names {
-		if n, ok := rotatedSeq(logPath, filepath.Base(name)); ok && (!isRotated || n < limit) && (prev == "" || n > best) {
+		if name == file || name == logPath {
+			continue
+		}
+		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		n := firstSeq(fd, 0)
+		unix.Close(fd)
+		if n > 0 && n < first && (prev == "" || n > best) {
 			prev, best = name, n
 		}
 	}
