@@ -176,3 +176,23 @@ func TestRotatedNamesSwappedActiveEmpty(t *testing.T) {
 	}
 	mustIntact(t, verifyPath(t, path, strict(t)))
 }
+
+// TestNewestRotatedRemoved: the newest rotated file deleted. verify sees
+// the gap; the daemon, started again, keeps the active file (which no
+// longer continues the series) as evidence, says so in the chain, and
+// continues from the file before: what was removed is a cut, which only a
+// published checkpoint reveals.
+func TestNewestRotatedRemoved(t *testing.T) {
+	path := rotatedLog(t)
+	files := logFiles(t, path)
+	if err := os.Remove(files[len(files)-2]); err != nil {
+		t.Fatal(err)
+	}
+	mustBroken(t, verifyPath(t, path, strict(t)), "missing")
+	daemonRun(t, path, testKeys(t), func(l *Log) { appendN(t, l, 1) })
+	mustIntact(t, verifyPath(t, path, strict(t)))
+	ev, msgs := evidence(t, path), recovered(t, path)
+	if len(ev) != 1 || len(msgs) != 1 || !strings.Contains(msgs[0], "does not continue the chain") {
+		t.Fatalf("evidence %v, events %q", ev, msgs)
+	}
+}
