@@ -35,8 +35,10 @@ func rotatedSeq(path, name string) (uint64, bool) {
 	return n, err == nil
 }
 
-// latestRotated finds the rotated file of path with the highest first
-// seq, or "".
+// latestRotated finds the rotated file of path whose first record has
+// the highest seq, or "". The seq is read from the files, not from their
+// names, which anyone who can write the directory can swap; a file whose
+// first record cannot be read counts by its name.
 func latestRotated(path string) (string, error) {
 	ents, err := os.ReadDir(filepath.Dir(path))
 	if err != nil {
@@ -44,8 +46,17 @@ func latestRotated(path string) (string, error) {
 	}
 	best, found := uint64(0), ""
 	for _, e := range ents {
-		if n, ok := rotatedSeq(path, e.Name()); ok && e.Type().IsRegular() && (found == "" || n > best) {
-			best, found = n, filepath.Join(filepath.Dir(path), e.Name())
+		n, ok := rotatedSeq(path, e.Name())
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		name := filepath.Join(filepath.Dir(path), e.Name())
+		if fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+			n = firstSeq(fd, n)
+			unix.Close(fd)
+		}
+		if found == "" || n > best {
+			best, found = n, name
 		}
 	}
 	return found, nil

@@ -243,6 +243,11 @@ type Log struct {
 	// damaged file's valid records end, found by Open.
 	earlier *earlier
 	damaged *cut
+	// chainKeys are the public keys this run's chain has used, oldest
+	// first; freshChain: the chain began in this run (a new log, or a new
+	// chain after a set-aside kept nothing). PublishPublicKeys reads them.
+	chainKeys  []ed25519.PublicKey
+	freshChain bool
 	// leader waits to take the writer role (leadLocked).
 	leader      *waiter
 	recoveries  int
@@ -258,6 +263,7 @@ type Log struct {
 	fileFirstSeq uint64                                  // seq of its first record
 	noReserve    bool                                    // the file system does not support fallocate
 	hookWrite    func(fd int, b []byte, off int64) error // tests: replaces the write
+	hookRename   func(old, new string) error             // tests: replaces the last rename of a set-aside
 	// With SyncAlways: how many records the last write covered and how
 	// long it took with its fsync, and the timer of gatherGroup.
 	lastGroup   int
@@ -323,6 +329,8 @@ func Open(o Options) (*Log, error) {
 	l.mu.Lock()
 	l.writing = true
 	l.written = l.stateLocked()
+	l.freshChain = reason == "new log"
+	l.addChainKeyLocked(l.keys)
 	if err := l.vouchAtOpenLocked(); err != nil {
 		l.mu.Unlock()
 		l.closeFile()
@@ -482,6 +490,7 @@ func (l *Log) SetKeys(k *Keys) error {
 		l.checkpointLocked("rekey", k, false, false)
 		l.keys = k
 	}
+	l.addChainKeyLocked(k)
 	l.queue.waiters = append(l.queue.waiters, w)
 	l.queue.last = l.stateLocked()
 	err := l.commit(w)
@@ -661,6 +670,14 @@ func (l *Log) Close() error {
 		keys.Destroy()
 	}
 	return err
+}
+
+// addChainKeyLocked notes that the chain uses k from now on.
+func (l *Log) addChainKeyLocked(k *Keys) {
+	if k == nil || len(l.chainKeys) > 0 && l.chainKeys[len(l.chainKeys)-1].Equal(k.pub) {
+		return
+	}
+	l.chainKeys = append(l.chainKeys, k.pub)
 }
 
 func (l *Log) closeFile() {

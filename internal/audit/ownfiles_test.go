@@ -93,7 +93,7 @@ func TestPublishPublicKeyIgnoresLinkedTmp(t *testing.T) {
 		t.Fatal(err)
 	}
 	pub := testPub(t)
-	if err := PublishPublicKey(path, pub); err != nil {
+	if err := PublishPublicKeys(path, pub); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(target); string(b) != "keep me\n" {
@@ -118,7 +118,7 @@ func TestPublishPublicKeyRefusesFileOfAnotherUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chown(path, otherUID, otherUID)
-	err := PublishPublicKey(path, testPub(t))
+	err := PublishPublicKeys(path, testPub(t))
 	if err == nil || !strings.Contains(err.Error(), "belongs to uid 3001") {
 		t.Fatalf("PublishPublicKey over another uid's file: %v", err)
 	}
@@ -136,7 +136,7 @@ func TestPublishPublicKeyRefusesLinkedFile(t *testing.T) {
 	}
 	path := filepath.Join(dir, "audit.pub")
 	os.Symlink(theirs, path)
-	if err := PublishPublicKey(path, testPub(t)); err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
+	if err := PublishPublicKeys(path, testPub(t)); err == nil || !strings.Contains(err.Error(), "is a symbolic link") {
 		t.Fatalf("PublishPublicKey through a link: %v", err)
 	}
 }

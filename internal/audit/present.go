@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,12 @@ import (
 // and `keywarden audit verify --public-key FILE` reads it. One key per
 // line in hex (64 digits); blank lines and lines starting with # are
 // ignored. PEM "PUBLIC KEY" blocks (PKIX, as openssl writes them) are
-// read too. The file lists every key the log has used, oldest first.
+// read too. The file lists the keys of the log's chain, oldest first.
+//
+// A verifier trusts the first key of the file (TrustedPublicKey), never
+// the others for being listed: whoever can write the file beside the log
+// can add a key to it. A later key is trusted only once a rekey
+// checkpoint signed with a trusted key names it, as Verify does.
 
 // ParsePublicKeys reads a public-key file.
 func ParsePublicKeys(data []byte) ([]ed25519.PublicKey, error) {
@@ -66,24 +72,33 @@ func ParsePublicKeys(data []byte) ([]ed25519.PublicKey, error) {
 	return keys, nil
 }
 
-// PublishPublicKey adds pub to the public-key file at path (keeping the
-// keys already there), replacing the file atomically. It does nothing if
-// the key is listed already.
-func PublishPublicKey(path string, pub ed25519.PublicKey) error {
-	var keys []ed25519.PublicKey
+// TrustedPublicKey returns the key a public-key file makes a verifier
+// trust: its first, the oldest key of the log's chain. The keys after it
+// are trusted only when the log's rekey checkpoints, signed with a
+// trusted key, name them (Verify).
+func TrustedPublicKey(data []byte) (ed25519.PublicKey, error) {
+	keys, err := ParsePublicKeys(data)
+	if err != nil {
+		return nil, err
+	}
+	return keys[0], nil
+}
+
+// PublishPublicKeys writes the public-key file at path whole, listing
+// keys, oldest first, and replacing the file atomically; it does nothing
+// if the file lists exactly those keys already. A file at path that is
+// not this uid's (or root's), or is reached through a link, is refused.
+func PublishPublicKeys(path string, keys ...ed25519.PublicKey) error {
+	if len(keys) == 0 {
+		return errors.New("audit: no public key to publish")
+	}
 	if data, err := readOwn(path); err == nil {
-		if keys, err = ParsePublicKeys(data); err != nil {
-			return err
+		if old, err := ParsePublicKeys(data); err == nil && slices.EqualFunc(old, keys, func(a, b ed25519.PublicKey) bool { return a.Equal(b) }) {
+			return nil
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	for _, k := range keys {
-		if k.Equal(pub) {
-			return nil
-		}
-	}
-	keys = append(keys, pub)
 	var b bytes.Buffer
 	b.WriteString("# keywarden audit log: checkpoint public keys, oldest first\n")
 	for _, k := range keys {
@@ -118,6 +133,33 @@ func PublishPublicKey(path string, pub ed25519.PublicKey) error {
 		return err
 	}
 	return syncDir(filepath.Dir(path))
+}
+
+// PublishPublicKeys writes the public-key file at path whole from the
+// keys the log's chain has had: the keys this run has used, oldest first,
+// after those the file lists before the first of them, unless the chain
+// began in this run (a new log, or a new chain after a log that could not
+// be verified was set aside), when it lists this run's keys alone. Keys
+// the file lists after this run's first key, which no run of the log
+// wrote there, are dropped.
+func (l *Log) PublishPublicKeys(path string) error {
+	l.mu.Lock()
+	ours, fresh := slices.Clone(l.chainKeys), l.freshChain
+	l.mu.Unlock()
+	if len(ours) == 0 {
+		return ErrNoKeys
+	}
+	var keys []ed25519.PublicKey
+	if data, err := readOwn(path); err == nil {
+		if old, err := ParsePublicKeys(data); err == nil && !fresh {
+			if i := slices.IndexFunc(old, func(k ed25519.PublicKey) bool { return k.Equal(ours[0]) }); i >= 0 {
+				keys = old[:i]
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return PublishPublicKeys(path, append(keys, ours...)...)
 }
 
 // readOwn reads the file at path if it is a regular file of this
@@ -266,6 +308,10 @@ func (rep *Report) WriteText(w io.Writer) error {
 		if rep.Pinned {
 			if rep.TrustedThrough > 0 {
 				fmt.Fprintf(&b, "; signed with a trusted key through seq %d", rep.TrustedThrough)
+				if rep.TrustedThrough < rep.LastSeq {
+					// Vouched for is a prefix: say where it ends.
+					fmt.Fprintf(&b, "; seq %d to %d are not signed by any", rep.TrustedThrough+1, rep.LastSeq)
+				}
 			} else {
 				b.WriteString("; none signed with a trusted key")
 			}

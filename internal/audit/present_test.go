@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/pem"
 	"os"
@@ -15,8 +16,9 @@ func TestPublicKeyFile(t *testing.T) {
 	k1 := testPub(t)
 	other, _ := DeriveKeys(bytes.Repeat([]byte{3}, 32))
 	k2 := other.PublicKey()
-	for _, k := range []([]byte){k1, k1, k2} {
-		if err := PublishPublicKey(path, k); err != nil {
+	// Written whole: what was there before does not stay.
+	for _, ks := range [][]ed25519.PublicKey{{k2}, {k1, k2}, {k1, k2}} {
+		if err := PublishPublicKeys(path, ks...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -24,6 +26,9 @@ func TestPublicKeyFile(t *testing.T) {
 	keys, err := ParsePublicKeys(data)
 	if err != nil || len(keys) != 2 || !keys[0].Equal(k1) || !keys[1].Equal(k2) {
 		t.Fatalf("%v %x\n%s", err, keys, data)
+	}
+	if k, err := TrustedPublicKey(data); err != nil || !k.Equal(k1) {
+		t.Fatalf("trusted %x, %v", k, err)
 	}
 	der, _ := x509.MarshalPKIXPublicKey(k1)
 	keys, err = ParsePublicKeys(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))

@@ -27,7 +27,9 @@ type VerifyOptions struct {
 	Keys []*Keys
 	// Expect lists checkpoints published earlier (Log.OnCheckpoint): the
 	// log must contain each. One the log ends before means its tail was
-	// cut.
+	// cut. One that is exactly the record the log given continues from
+	// (the seq before its first record, and its first segment's prev)
+	// vouches for its start: the files before it were archived.
 	Expect []Checkpoint
 	// RequireClosed: the log must end with the final checkpoint of a
 	// clean Close (for the logs of a daemon that is not running). The
@@ -166,6 +168,11 @@ type verifier struct {
 	// Where the record being checked is, for problems found later.
 	name string
 	line int
+	// firstName and firstPrev: the file the log given begins with, and
+	// the chain hash its first record continues from (zero: it starts a
+	// chain).
+	firstName string
+	firstPrev [32]byte
 	// everKeyed: the log has used keys (a keyed segment or a checkpoint),
 	// so only a signed final checkpoint is a clean close.
 	everKeyed bool
@@ -300,6 +307,7 @@ func (v *verifier) record(line []byte, r *Record, firstOfFile bool) string {
 		v.started = true
 		v.seq, v.h = r.Seq-1, r.Segment.Prev
 		v.rep.FirstSeq = r.Seq
+		v.firstName, v.firstPrev = v.name, r.Segment.Prev
 	}
 	switch {
 	case r.Seq == v.seq+1:
@@ -426,6 +434,18 @@ func (v *verifier) end(files []Input) *Problem {
 	if !v.started {
 		return &Problem{File: name, Reason: "the log holds no record"}
 	}
+	// The head: a log whose first segment continues a chain (names a hash
+	// before it) is a part of a longer log. Its earlier records were cut,
+	// unless the verifier holds the checkpoint it continues from.
+	headVouched := v.firstPrev == [32]byte{}
+	if want, ok := v.expect[v.rep.FirstSeq-1]; ok && v.rep.FirstSeq > 1 {
+		if want != v.firstPrev {
+			return &Problem{File: v.firstName, Line: 1, Seq: v.rep.FirstSeq, Reason: fmt.Sprintf(
+				"the log given does not continue the checkpoint published for seq %d: the log was rewritten", v.rep.FirstSeq-1)}
+		}
+		v.found[v.rep.FirstSeq-1] = true
+		headVouched = true
+	}
 	var missing []uint64
 	for seq := range v.expect {
 		if !v.found[seq] {
@@ -441,8 +461,22 @@ func (v *verifier) end(files []Input) *Problem {
 		return &Problem{File: name, Seq: seq, Reason: fmt.Sprintf(
 			"the published checkpoint at seq %d is not in the log given", seq)}
 	}
+	if !headVouched {
+		return &Problem{File: v.firstName, Line: 1, Seq: v.rep.FirstSeq, Reason: fmt.Sprintf(
+			"the log given starts at seq %d, in the middle of a chain (its first segment continues from a record "+
+				"that is not given): records were cut from its head, or the files before it were archived. Give those "+
+				"files too, or, with --expect, the last checkpoint before it, kept apart from the log", v.rep.FirstSeq)}
+	}
 	if v.unsigned != nil {
 		return v.unsigned
+	}
+	if v.rep.Pinned && v.rep.TrustedThrough == 0 && v.rep.MACsChecked == 0 {
+		// Nothing is vouched for: a log without a trusted key's checkpoint
+		// (or a MAC the verifier could check) is one anybody could have
+		// written.
+		return &Problem{File: name, Reason: "no checkpoint in the log is signed with a trusted key, so nothing in it is " +
+			"vouched for: it was written by another daemon, or by one that never had its keys, or forged; or the " +
+			"daemon stopped before its first checkpoint (verify again once it has run)"}
 	}
 	if v.o.RequireClosed && !v.rep.Closed {
 		if v.last.Kind == KindEvent && v.last.Op == OpAuditClose {

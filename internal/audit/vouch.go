@@ -2,10 +2,12 @@ package audit
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,48 +70,94 @@ func checkEarlier(logPath string, e *earlier, k *Keys) (*cut, error) {
 	defer f.Close()
 	d := newDigest()
 
-	// The last checkpoint signed with k that follows the record before it.
+	// The anchor: the last checkpoint signed with k that the hash chain
+	// reaches from the file's first record. The chain is followed line by
+	// line (seq and chain hash) up to the first line that breaks it: a
+	// copy of a checkpoint put after records that do not chain to it is
+	// no anchor, and the check below starts before such records and fails
+	// at them.
 	var (
-		first    *Record
-		anchor   int64 = -1
-		aSeq     uint64
-		aH       [32]byte
-		aFinal   bool
-		prevLine []byte
-		off      int64
+		first  *Record
+		anchor int64 = -1
+		aSeq   uint64
+		aH     [32]byte
+		aFinal bool
+		cSeq   uint64   // the chain so far: the last record that follows it
+		cH     [32]byte // and its hash
+		off    int64
 	)
 	err = scanLines(io.NewSectionReader(f, 0, e.end), func(line []byte, n int) error {
-		off += int64(len(line))
-		body := bytes.TrimSuffix(line, []byte{'\n'})
+		if line[len(line)-1] != '\n' {
+			return errStop
+		}
+		body := line[:len(line)-1]
 		if n == 1 {
-			first, _ = ParseRecord(body)
+			r, err := ParseRecord(body)
+			if err != nil || r.Kind != KindSegment {
+				return errStop
+			}
+			first, cSeq, cH = r, r.Seq-1, r.Segment.Prev
+		}
+		seq, h, prefix, ok := chainFields(body)
+		if !ok || seq != cSeq+1 || chainHashOf(d, &cH, body[:prefix]) != h {
+			return errStop
 		}
 		if bytes.Contains(body, []byte(`"kind":"checkpoint"`)) {
-			if r, err := ParseRecord(body); err == nil && ownCheckpoint(d, body, r, k) && follows(prevLine, r) {
-				anchor, aSeq, aH, aFinal = off, r.Seq, r.Hash, r.Checkpoint.Final
+			if r, err := ParseRecord(body); err == nil && ownCheckpoint(d, body, r, k) && r.Checkpoint.UptoHash == cH {
+				anchor, aSeq, aH, aFinal = off+int64(len(line)), r.Seq, r.Hash, r.Checkpoint.Final
 			}
 		}
-		prevLine = append(prevLine[:0], body...)
+		cSeq, cH = seq, h
+		off += int64(len(line))
 		return nil
 	})
-	if err != nil {
+	if err != nil && err != errStop {
 		return nil, err
 	}
-	base := uint64(0)
+	base := uint64(0) // where a new chain would continue the seq
 	if first != nil && first.Seq > 0 {
 		base = first.Seq - 1
 	}
-	if anchor < 0 && first != nil && first.Kind == KindSegment {
-		// The file may continue one that ends with such a checkpoint (a
-		// rotation, then a crash before the next checkpoint).
-		if r, line, ok := lastOfPrevious(logPath, first.Seq); ok && r.Seq == base && r.Hash == first.Segment.Prev &&
-			ownCheckpoint(d, line, r, k) {
-			anchor, aSeq, aH, aFinal = 0, r.Seq, r.Hash, r.Checkpoint.Final
-		}
+	// The series: the file must continue the one before it, if there is
+	// one. A file that does not (another log swapped in, an older copy of
+	// this one) is set aside whole, and the chain goes on from the end of
+	// the file before it if a checkpoint signed with k ends that file.
+	// (A file may also start a new chain, from a zero hash, where the one
+	// before it ends: the daemon does so when it keeps nothing of what it
+	// set aside.)
+	var firstOf uint64 // the active file comes after every rotated one
+	if first != nil && e.file != logPath {
+		firstOf = first.Seq
 	}
-	if anchor < 0 && first != nil && first.Kind == KindSegment && first.Seq == 1 && first.Segment.Prev == ([32]byte{}) {
-		// The start of the log: every record of it must verify.
-		anchor = 0
+	prevName, prev, prevEnd, prevLine := previousFile(logPath, e.file, firstOf)
+	if prev != nil {
+		base = prev.Seq
+	}
+	// prevGood: the file before ends with a checkpoint signed with k, or
+	// with records that verify under k since the last one (checked as
+	// this file is, back along the series as far as it takes).
+	prevGood := prev != nil && ownCheckpoint(d, prevLine, prev, k)
+	if prev != nil && !prevGood && (anchor < 0 || first.Seq != prev.Seq+1 || first.Segment.Prev != prev.Hash) {
+		c, err := checkEarlier(logPath, &earlier{file: prevName, end: prevEnd, seq: prev.Seq, h: prev.Hash}, k)
+		prevGood = err == nil && c == nil
+	}
+	newChain := first != nil && first.Segment.Prev == [32]byte{}
+	if first != nil && prev != nil && (first.Seq != prev.Seq+1 || first.Segment.Prev != prev.Hash && !newChain) {
+		why := "the file does not continue the chain of " + filepath.Base(prevName) + ", the file before it"
+		if prevGood {
+			return &cut{seq: prev.Seq, h: prev.Hash, bad: first.Seq, why: why}, nil
+		}
+		return &cut{seq: base, bad: first.Seq, why: why}, nil
+	}
+	if anchor < 0 && first != nil && prevGood && !newChain {
+		// The file continues one whose end is verified (a rotation, then
+		// a crash before the next checkpoint).
+		anchor, aSeq, aH, aFinal = 0, prev.Seq, prev.Hash, prev.Kind == KindCheckpoint && prev.Checkpoint.Final
+	}
+	if anchor < 0 && newChain && (prevName == "" && first.Seq == 1 || prev != nil) {
+		// The start of the log, or of a new chain: every record of it
+		// must verify.
+		anchor, aSeq, aH, aFinal = 0, first.Seq-1, [32]byte{}, false
 	}
 	if anchor < 0 {
 		return &cut{seq: base, bad: base + 1, why: "no checkpoint signed with this log's key comes before them; " +
@@ -166,15 +214,32 @@ func ownCheckpoint(d hash.Hash, line []byte, r *Record, k *Keys) bool {
 		verifyCheckpoint(k.pub, line[:signed], c.Signature)
 }
 
-// follows reports whether the checkpoint r comes right after prevLine,
-// the record it covers: a copy of a checkpoint put elsewhere is no
-// anchor.
-func follows(prevLine []byte, r *Record) bool {
-	if len(prevLine) == 0 {
-		return false
+// chainFields reads, without parsing the whole record, a line's seq, its
+// chain hash, and where the bytes the hash covers end (rawParts); ok is
+// false if the line does not have the form of a record.
+func chainFields(line []byte) (seq uint64, h [32]byte, prefix int, ok bool) {
+	const head = `{"v":1,"seq":`
+	if !bytes.HasPrefix(line, []byte(head)) {
+		return 0, h, 0, false
 	}
-	p, err := ParseRecord(prevLine)
-	return err == nil && p.Seq == r.Checkpoint.Upto && p.Hash == r.Checkpoint.UptoHash
+	i := len(head)
+	for ; i < len(line) && line[i] >= '0' && line[i] <= '9'; i++ {
+		seq = seq*10 + uint64(line[i]-'0')
+	}
+	if i == len(head) || i > len(head)+19 {
+		return 0, h, 0, false
+	}
+	prefix = len(line) - tailWithMAC
+	if prefix < 0 || !bytes.HasPrefix(line[prefix:], []byte(hashField)) {
+		prefix = len(line) - tailNoMAC
+	}
+	if prefix < i || !bytes.HasPrefix(line[prefix:], []byte(hashField)) {
+		return 0, h, 0, false
+	}
+	if _, err := hex.Decode(h[:], line[prefix+len(hashField):prefix+len(hashField)+64]); err != nil {
+		return 0, h, 0, false
+	}
+	return seq, h, prefix, true
 }
 
 // verifiedUnder checks one record after the anchor: it must follow the
@@ -215,36 +280,54 @@ func verifiedUnder(d hash.Hash, line []byte, r *Record, seq uint64, h *[32]byte,
 	return ""
 }
 
-// lastOfPrevious returns the last record of the file of the log at
-// logPath that comes before the one whose first record has seq first.
-func lastOfPrevious(logPath string, first uint64) (*Record, []byte, bool) {
-	files, err := LogFiles(logPath)
+// previousFile returns the name and the last record of the file of the
+// log at logPath that comes before file, whose first record has seq
+// first (0: file is the active file, or its first seq is unknown), in the
+// series, where its records end, and the last
+// line; name is "" if there is none, last nil if its end is not a record
+// that follows the chain. The series is ordered by the seq of each
+// rotated file's first record, not by the names, which anyone who can
+// write the directory can swap.
+func previousFile(logPath, file string, first uint64) (name string, last *Record, end int64, line []byte) {
+	names, err := LogFiles(logPath)
 	if err != nil {
-		return nil, nil, false
+		return "", nil, 0, nil
+	}
+	if first == 0 {
+		first = math.MaxUint64
 	}
 	prev, best := "", uint64(0)
-	for _, name := range files {
-		if n, ok := rotatedSeq(logPath, filepath.Base(name)); ok && n < first && (prev == "" || n > best) {
+	for _, name := range names {
+		if name == file || name == logPath {
+			continue
+		}
+		fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		n := firstSeq(fd, 0)
+		unix.Close(fd)
+		if n > 0 && n < first && (prev == "" || n > best) {
 			prev, best = name, n
 		}
 	}
 	if prev == "" {
-		return nil, nil, false
+		return "", nil, 0, nil
 	}
 	fd, err := unix.Open(prev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, false
+		return "", nil, 0, nil
 	}
 	defer unix.Close(fd)
 	size, err := fileSize(fd)
 	if err != nil {
-		return nil, nil, false
+		return "", nil, 0, nil
 	}
 	t, err := readTail(fd, size)
 	if err != nil || t.last == nil || !t.hasPrev || t.tornBytes > 0 || t.goodSize != size {
-		return nil, nil, false
+		return prev, nil, 0, nil
 	}
-	return t.last, t.lastLine, true
+	return prev, t.last, t.goodSize, t.lastLine
 }
 
 // asideName names the file that keeps path as evidence.
@@ -283,11 +366,18 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 
 	// The new chain, sequenced into a batch of its own.
 	old, saved, savedSince := l.queue, l.stateLocked(), l.sinceCP
+	savedKeys, savedFresh := l.chainKeys, l.freshChain
 	l.queue = &batch{}
 	l.seq, l.h = c.seq, c.h
 	restore := func() {
 		l.queue, l.sinceCP = old, savedSince
 		l.seq, l.h, l.keys = saved.seq, saved.h, saved.keys
+		l.chainKeys, l.freshChain = savedKeys, savedFresh
+	}
+	if c.h == ([32]byte{}) {
+		// A new chain: the keys of the one set aside are not its keys.
+		l.chainKeys, l.freshChain = nil, true
+		l.addChainKeyLocked(l.keys)
 	}
 	var note strings.Builder
 	fmt.Fprintf(&note, "%s was set aside as %s: the records from seq %d on cannot be verified (%s). ",
@@ -322,6 +412,7 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 	if k != nil && l.keys == nil {
 		l.keys = k
 		l.checkpointLocked("keys", nil, false, false)
+		l.addChainKeyLocked(k)
 	}
 	b := l.queue
 	l.queue = &batch{}
@@ -402,7 +493,11 @@ func (l *Log) setAsideLocked(e *earlier, c *cut, kind string, k *Keys) (*batch, 
 	}
 	moved = true
 	if !active {
-		if err := os.Rename(curTmp, l.curName); err != nil {
+		rename := os.Rename
+		if l.hookRename != nil {
+			rename = l.hookRename
+		}
+		if err := rename(curTmp, l.curName); err != nil {
 			// e.file is set aside already; the active file stays as it
 			// was, and the next start sets it aside in turn.
 			l.log.Error("audit log: cannot replace the active file after setting records aside", "err", err)

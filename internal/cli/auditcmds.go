@@ -140,7 +140,7 @@ func printRecord(w io.Writer, asJSON bool, r *audit.Record) error {
 func runAuditVerify(e *env, args []string) error {
 	f := newFileFlags("audit verify", e, "print the report as JSON")
 	var pubFiles, expects stringList
-	f.Var(&pubFiles, "public-key", "trust the checkpoint keys in this `file` (the daemon's audit.pub; hex or PEM; repeatable)")
+	f.Var(&pubFiles, "public-key", "trust the first (oldest) checkpoint key in this `file` (the daemon's audit.pub, kept apart from the log; hex or PEM; repeatable); later keys count when the log's signed rekey checkpoints name them")
 	f.Var(&expects, "expect", "the log must reach this checkpoint, published earlier, as `SEQ:HASH` (repeatable)")
 	closed := f.Bool("closed", false, "the log must end with the final record of a clean close")
 	pos, err := f.parse(args)
@@ -156,11 +156,13 @@ func runAuditVerify(e *env, args []string) error {
 		if err != nil {
 			return usagef("--public-key: %v", err)
 		}
-		keys, err := audit.ParsePublicKeys(data)
+		// The file's first key; the later ones count once the log's
+		// signed rekey checkpoints name them.
+		key, err := audit.TrustedPublicKey(data)
 		if err != nil {
 			return usagef("--public-key %s: %v", p, strings.TrimPrefix(err.Error(), "audit: "))
 		}
-		o.PublicKeys = append(o.PublicKeys, keys...)
+		o.PublicKeys = append(o.PublicKeys, key)
 	}
 	for _, s := range expects {
 		c, err := audit.ParseCheckpoint(s)

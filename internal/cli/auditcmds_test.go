@@ -87,7 +87,7 @@ func writeTestLog(t *testing.T, n int, rotate int64, open bool) *testLog {
 	dir := t.TempDir()
 	tl := &testLog{path: filepath.Join(dir, "audit.log"), pub: filepath.Join(dir, "audit.pub")}
 	keys := auditTestKeys(t)
-	if err := audit.PublishPublicKey(tl.pub, keys.PublicKey()); err != nil {
+	if err := audit.PublishPublicKeys(tl.pub, keys.PublicKey()); err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex

@@ -650,7 +650,7 @@ func (s *Server) syncAuditKeys() {
 	}
 	s.auditKeyed, s.auditStore = true, epoch
 	if s.cfg.AuditPublicKey != "" {
-		if err := audit.PublishPublicKey(s.cfg.AuditPublicKey, ak.PublicKey()); err != nil {
+		if err := s.alog.PublishPublicKeys(s.cfg.AuditPublicKey); err != nil {
 			s.log.Error("audit log: cannot publish its public key", "path", s.cfg.AuditPublicKey, "err", err)
 		}
 	}
