@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -895,4 +896,31 @@ func TestAuditEveryOperation(t *testing.T) {
 			t.Fatal("the search found nothing because the log is not what it seems")
 		}
 	})
+}
+
+// TestAuditReadNeedsAdmin: an ordinary user who asks for the audit log is
+// told that it is for administrators, not only "permission denied".
+func TestAuditReadNeedsAdmin(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(state, "audit.log")
+	if err := os.WriteFile(log, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	user := &syscall.Credential{Uid: 4203, Gid: 4203}
+	env := append(os.Environ(), mainEnv+"=1")
+	for _, args := range [][]string{
+		{"audit", "tail", "--log", log},
+		{"audit", "query", "--log", log},
+	} {
+		r := runAs(t, user, env, nil, args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "readable only by administrators") {
+			t.Errorf("%v as uid 4203: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"os/signal"
@@ -77,21 +78,23 @@ type filterFlags struct {
 }
 
 func (ff *filterFlags) register(f *flags) {
-	f.StringVar(&ff.key, "key", "", "only records of this key: its `id` in hex, or a prefix of one; matches the operations of batches too")
+	f.StringVar(&ff.key, "key", "", "only records of this key: its id in hex or a prefix of one (id:HEX), or a key `name` (NAME for one of yours, UID:NAME for another user's key shared with you), which the daemon resolves; matches the operations of batches too")
 	f.StringVar(&ff.uid, "uid", "", "only requests from this `uid`")
 	f.StringVar(&ff.op, "op", "", "only records of this `operation` (e.g. sign, generate, unseal), including the operations of batches")
 	f.StringVar(&ff.status, "status", "", "only records with this `status` (e.g. OK, PERMISSION_DENIED), including the operations of batches")
 	f.BoolVar(&ff.failed, "failed", false, "only records with a status other than OK")
-	f.StringVar(&ff.since, "since", "", "only records written at or after this `time` (RFC 3339)")
-	f.StringVar(&ff.until, "until", "", "only records written before this `time` (RFC 3339)")
+	f.StringVar(&ff.since, "since", "", "only records written at or after this `time`: RFC 3339, a date (2026-03-01, local midnight), a date and time (2026-03-01 14:30), or an age (90s, 15m, 1h, 7d)")
+	f.StringVar(&ff.until, "until", "", "only records written before this `time` (as --since)")
 }
 
-func (ff *filterFlags) filter() (audit.Filter, error) {
+// filter makes the audit filter of the flags; f is where a key name is
+// resolved (through the daemon at f's socket).
+func (ff *filterFlags) filter(f *flags) (audit.Filter, error) {
 	var flt audit.Filter
 	if ff.key != "" {
-		k := strings.ToLower(strings.TrimPrefix(ff.key, "id:"))
-		if len(k) > 32 || strings.Trim(k, "0123456789abcdef") != "" || k == "" {
-			return flt, usagef("invalid --key %q: want a key id in hex (32 digits) or a prefix of one", ff.key)
+		k, err := auditKeyFilter(f, ff.key)
+		if err != nil {
+			return flt, err
 		}
 		flt.Key = k
 	}
@@ -105,6 +108,7 @@ func (ff *filterFlags) filter() (audit.Filter, error) {
 	flt.Op = ff.op
 	flt.Status = strings.ToUpper(ff.status)
 	flt.Failed = ff.failed
+	now := time.Now()
 	for _, t := range []struct {
 		name, s string
 		dst     *time.Time
@@ -112,9 +116,9 @@ func (ff *filterFlags) filter() (audit.Filter, error) {
 		if t.s == "" {
 			continue
 		}
-		v, err := time.Parse(time.RFC3339Nano, t.s)
+		v, err := parseAuditTime(t.s, now)
 		if err != nil {
-			return flt, usagef("invalid --%s %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", t.name, t.s)
+			return flt, usagef("invalid --%s %q: want an RFC 3339 time (2026-03-01T00:00:00Z), a date (2026-03-01), a date and time (2026-03-01 14:30) or an age (90s, 15m, 1h, 7d)", t.name, t.s)
 		}
 		*t.dst = v
 	}
@@ -122,6 +126,73 @@ func (ff *filterFlags) filter() (audit.Filter, error) {
 		return flt, usagef("--until must be after --since")
 	}
 	return flt, nil
+}
+
+// parseAuditTime reads the time of --since and --until: an RFC 3339 time,
+// a date or a date and time (in local time), or an age before now (Go's
+// durations, and days: "7d").
+func parseAuditTime(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02", "2006-01-02 15:04", "2006-01-02 15:04:05", "2006-01-02T15:04", "2006-01-02T15:04:05"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
+			return time.Time{}, err
+		}
+		return now.AddDate(0, 0, -int(n)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if d < 0 {
+		return time.Time{}, errors.New("negative age")
+	}
+	return now.Add(-d), nil
+}
+
+// auditKeyFilter turns --key into the hex key id (or prefix) that records
+// are matched by. A value of hex digits is an id or a prefix of one (as is
+// id:HEX); anything else is a key name, which only the daemon can turn
+// into an id: it is opened there as the CLI names keys (NAME, or
+// UID:NAME), with the caller's rights.
+func auditKeyFilter(f *flags, ref string) (string, error) {
+	k := strings.ToLower(strings.TrimPrefix(ref, "id:"))
+	if k != "" && len(k) <= 32 && strings.Trim(k, "0123456789abcdef") == "" {
+		return k, nil
+	}
+	if strings.HasPrefix(ref, "id:") || ref == "" {
+		return "", usagef("invalid --key %q: want a key id in hex (32 digits) or a prefix of one, or a key name", ref)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := f.dialContext(ctx)
+	if err != nil {
+		return "", fmt.Errorf("--key %q names a key, which the daemon turns into its id, and the daemon cannot be reached: %w (give the key's id instead: keywarden key list shows it)", ref, err)
+	}
+	defer c.Close()
+	key, err := c.OpenRef(ctx, ref)
+	if err != nil {
+		return "", fmt.Errorf("--key %q: %w (a name is looked up among your keys, and UID:NAME among the keys shared with you; for any other key give its id)", ref, err)
+	}
+	defer key.Close(context.Background())
+	id := key.ID()
+	return hex.EncodeToString(id[:]), nil
+}
+
+// logReadError explains an error reading the audit log at path: the log
+// is readable only by administrators.
+func logReadError(path string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("the audit log at %s is readable only by administrators (root or the daemon's user): %w", path, err)
+	}
+	return err
 }
 
 // printRecord prints r as one line: readable, or the log's own line.
@@ -277,7 +348,7 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 	if *n < 0 {
 		return usagef("-n must not be negative")
 	}
-	flt, err := ff.filter()
+	flt, err := ff.filter(f)
 	if err != nil {
 		return err
 	}
@@ -287,7 +358,7 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 	}
 	files, err := audit.LogFiles(path)
 	if err != nil && !(*follow && errors.Is(err, os.ErrNotExist)) {
-		return err
+		return logReadError(path, err)
 	}
 	if len(files) == 0 && !*follow {
 		return fmt.Errorf("no audit log at %s (the daemon's --audit-log; see --log)", path)
@@ -296,7 +367,7 @@ func auditTail(ctx context.Context, e *env, args []string) error {
 	if len(files) > 0 {
 		recs, last, err := audit.Last(path, *n, flt)
 		if err != nil {
-			return err
+			return logReadError(path, err)
 		}
 		for _, r := range recs {
 			if err := printRecord(e.stdout, f.json, r); err != nil {
@@ -324,7 +395,7 @@ func runAuditQuery(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	flt, err := ff.filter()
+	flt, err := ff.filter(f)
 	if err != nil {
 		return err
 	}
@@ -345,12 +416,16 @@ func runAuditQuery(e *env, args []string) error {
 			err = fmt.Errorf("no audit log at %s (the daemon's --audit-log; see --log)", path)
 		}
 		if err != nil {
-			return err
+			return logReadError(path, err)
 		}
 	}
-	return audit.ScanFiles(files, flt, func(r *audit.Record) error {
+	err = audit.ScanFiles(files, flt, func(r *audit.Record) error {
 		return printRecord(e.stdout, f.json, r)
 	})
+	if len(files) > 0 {
+		err = logReadError(files[0], err)
+	}
+	return err
 }
 
 // chainOrder sorts the files of a log by the seq of their first records,

@@ -307,11 +307,13 @@ func TestAuditVerifyUsage(t *testing.T) {
 		{"audit", "tail", "-n", "-1", "--log", tl.path},
 		{"audit", "tail", "-n", "x", "--log", tl.path},
 		{"audit", "query", "--since", "yesterday", tl.path},
-		{"audit", "query", "--until", "2026-03-01", tl.path},
+		{"audit", "query", "--until", "2026-13-01", tl.path},
+		{"audit", "query", "--since", "-5m", tl.path},
+		{"audit", "query", "--since", "3w", tl.path},
 		{"audit", "query", "--since", "2026-03-02T00:00:00Z", "--until", "2026-03-01T00:00:00Z", tl.path},
 		{"audit", "query", "--uid", "alice", tl.path},
-		{"audit", "query", "--key", "xyz", tl.path},
-		{"audit", "query", "--key", strings.Repeat("a", 33), tl.path},
+		{"audit", "query", "--key", "id:xyz", tl.path},
+		{"audit", "query", "--key", "id:" + strings.Repeat("a", 33), tl.path},
 		{"audit", "query", "--log", tl.path, tl.path},
 	} {
 		code, _, errOut := runCLI(t, args...)
@@ -601,5 +603,33 @@ func TestAuditTailFollowNew(t *testing.T) {
 	}
 	if _, err := audit.ParseRecord([]byte(s)); err != nil {
 		t.Fatalf("%v: %s", err, s)
+	}
+}
+
+// The times of --since and --until: RFC 3339, dates and times in local
+// time, and ages before now.
+func TestParseAuditTime(t *testing.T) {
+	now := time.Date(2026, 12, 6, 20, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"2026-03-01T00:00:00Z", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)},
+		{"2026-03-01", time.Date(2026, 3, 1, 0, 0, 0, 0, time.Local)},
+		{"2026-03-01 14:30", time.Date(2026, 3, 1, 14, 30, 0, 0, time.Local)},
+		{"2026-03-01T14:30:05", time.Date(2026, 3, 1, 14, 30, 5, 0, time.Local)},
+		{"90s", now.Add(-90 * time.Second)},
+		{"1h", now.Add(-time.Hour)},
+		{"7d", now.AddDate(0, 0, -7)},
+	} {
+		got, err := parseAuditTime(c.in, now)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("%q: %v %v, want %v", c.in, got, err, c.want)
+		}
+	}
+	for _, in := range []string{"", "yesterday", "-1h", "7days", "2026-02-30", "d"} {
+		if got, err := parseAuditTime(in, now); err == nil {
+			t.Errorf("%q: %v, want an error", in, got)
+		}
 	}
 }
