@@ -1,8 +1,10 @@
 package e2e_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +39,24 @@ func TestSecondDaemonRefuses(t *testing.T) {
 	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(log.String(), "another keywarden daemon") {
 		t.Fatalf("second daemon: %v\n%s", err, log)
+	}
+	d.healthy(t)
+}
+
+// A second daemon on a state directory in use says so first, with the
+// pid of the daemon that has it, and leaves the first alone.
+func TestSecondDaemonOnStateDir(t *testing.T) {
+	requireRoot(t)
+	sock, state, _ := persistentSetup(t)
+	d := startPersistent(t, sock, state)
+	cmd, log := serveCmd(t, "--state", state, "--socket", filepath.Join(filepath.Dir(sock), "second.sock"))
+	err := cmd.Run()
+	want := fmt.Sprintf("the state directory %s is in use by another keywarden daemon (pid %d)", state, d.cmd.Process.Pid)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(log.String(), want) {
+		t.Fatalf("second daemon: %v, want %q in\n%s", err, want, log)
+	}
+	if strings.Contains(log.String(), "audit log") {
+		t.Errorf("the refusal blames the audit log:\n%s", log)
 	}
 	d.healthy(t)
 }

@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/linuxaudit"
 )
@@ -55,18 +53,12 @@ func lockAuditLog(path string) (*os.File, error) {
 	if err := checkDir("audit log directory", dir, false); err != nil {
 		return nil, fmt.Errorf("%w (see --audit-log)", err)
 	}
-	f, err := openOwn("audit log lock", path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
+	f, err := lockOwn("audit log lock", path+".lock")
+	var held *errLocked
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("the audit log %s is in use by another keywarden daemon (pid %s): stop it, or give this one --audit-log PATH", path, held.pid)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("the audit log %s is in use by another keywarden daemon: give this one --audit-log PATH", path)
-		}
-		return nil, fmt.Errorf("audit log lock: %w", err)
-	}
-	return f, nil
+	return f, err
 }
 
 // close records the stop, closes the log (a final checkpoint), and

@@ -113,6 +113,14 @@ func Run(ctx context.Context, cfg Config) error {
 			return errors.New("no state directory: give --state DIR, or --dev to keep keys in memory only")
 		}
 		log.Info("keywarden starting", "socket", cfg.SocketPath, "state", cfg.StateDir, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
+		// One daemon per state directory, checked first: everything else
+		// there (the store, the audit log) would be refused after it, for
+		// reasons that hide the first.
+		lock, err := lockStateDir(cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		defer lock.Close()
 	}
 
 	hard, err := harden(log)
@@ -348,6 +356,20 @@ func prepareDir(dir string) error {
 		return fmt.Errorf("create socket directory: %w", err)
 	}
 	return checkDir("socket directory", dir, true)
+}
+
+// lockStateDir prepares the state directory and takes its lock (the file
+// "lock" in it, holding the pid of the daemon that has it).
+func lockStateDir(dir string) (*os.File, error) {
+	if err := prepareStateDir(dir); err != nil {
+		return nil, err
+	}
+	f, err := lockOwn("state directory lock", filepath.Join(dir, "lock"))
+	var held *errLocked
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("the state directory %s is in use by another keywarden daemon (pid %s): stop it first, or give this one another --state", dir, held.pid)
+	}
+	return f, err
 }
 
 // prepareStateDir creates the state directory if needed (0700) and refuses

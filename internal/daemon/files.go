@@ -1,9 +1,14 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/ownfile"
 )
@@ -58,4 +63,37 @@ func checkDir(what, dir string, sticky bool) error {
 // root.
 func openOwn(what, path string, flags int, perm uint32) (*os.File, error) {
 	return ownfile.OpenFile(what, path, flags, perm, "")
+}
+
+// errLocked is lockOwn's error when another process holds the lock.
+type errLocked struct{ pid string }
+
+func (e *errLocked) Error() string { return "locked by pid " + e.pid }
+
+// lockOwn opens path (the daemon's own file, created if need be), takes an
+// exclusive lock on it without waiting, and writes this process's pid in
+// it, so that the next daemon refused the lock can say who holds it. When
+// another process holds it, the error is an *errLocked with that pid.
+func lockOwn(what, path string) (*os.File, error) {
+	f, err := openOwn(what, path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b := make([]byte, 16)
+			n, _ := f.ReadAt(b, 0)
+			pid := strings.TrimSpace(string(b[:n]))
+			if _, perr := strconv.Atoi(pid); perr != nil {
+				pid = "unknown"
+			}
+			return nil, &errLocked{pid: pid}
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
