@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	be "encoding/binary"
+	"strings"
 	"testing"
 
 	"github.com/keywarden/keywarden"
@@ -99,5 +100,29 @@ func TestManyGenerationChanges(t *testing.T) {
 	}
 	if _, err := k.Rotate(ctx); err != nil {
 		t.Fatalf("rotate after %d changes: %v", changes, err)
+	}
+}
+
+// TestDecryptWithAnotherKey: a ciphertext of another key that names a
+// version this key never had is said not to be for this key, not to be
+// of a retired version.
+func TestDecryptWithAnotherKey(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	one := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM})
+	two := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM})
+	if _, err := two.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := two.Encrypt(ctx, []byte("for two"), nil)
+	if err != nil || ctVersion(t, ct) != 2 {
+		t.Fatalf("encrypt: %v", err)
+	}
+	_, err = one.Decrypt(ctx, ct, nil)
+	if err == nil || !strings.Contains(err.Error(), "not for this key: it names key version 2, and the key's newest version is 1") {
+		t.Fatalf("decrypt with another key: %v", err)
+	}
+	if keywarden.CodeOf(err) != keywarden.CodeInvalidArgument {
+		t.Errorf("code %v", keywarden.CodeOf(err))
 	}
 }

@@ -99,7 +99,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 			}
 			var ok bool
 			if v, ok = o.Version(n); !ok {
-				err = errRetired(n)
+				err = errRetired(o, n)
 			}
 		}
 	case kind == 2:

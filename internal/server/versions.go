@@ -42,7 +42,17 @@ func ctVersion(ct []byte) (uint32, []byte, error) {
 	return binary.BigEndian.Uint32(ct[3:]), ct[ctHeaderLen:], nil
 }
 
-func errRetired(v uint32) error {
+// errRetired is the error for version v of o, which is not live: one the
+// key never had (the input was made under another key), or one retired or
+// trimmed. v 0 means no version at all did.
+func errRetired(o *keystore.Object, v uint32) error {
+	if v == 0 {
+		return wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no live version of the key decrypts or verifies")
+	}
+	if vs := o.Versions(); len(vs) > 0 && v > vs[len(vs)-1].N {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"the input is not for this key: it names key version %d, and the key's newest version is %d", v, vs[len(vs)-1].N)
+	}
 	return wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key version %d no longer decrypts or verifies (retired or trimmed)", v)
 }
 
@@ -112,7 +122,7 @@ func (cn *conn) opDecrypt(d *wire.Decrypt, id Identity, a *arena, out *wire.Resu
 	}
 	v, ok := o.Version(n)
 	if !ok {
-		return nil, errRetired(n)
+		return nil, errRetired(o, n)
 	}
 	var pt []byte
 	err = o.UseVersion(v, func(m *mech.Key) error {
@@ -130,7 +140,7 @@ func (cn *conn) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.V
 	if n != 0 {
 		v, ok := o.Version(n)
 		if !ok {
-			return errRetired(n)
+			return errRetired(o, n)
 		}
 		return o.UseVersion(v, func(m *mech.Key) error { return try(v, m) })
 	}
@@ -152,7 +162,7 @@ func (cn *conn) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.V
 		last = err
 	}
 	if last == nil {
-		last = errRetired(0)
+		last = errRetired(o, 0)
 	}
 	return last
 }

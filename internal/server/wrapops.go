@@ -298,7 +298,7 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 	}
 	old, ok := o.Version(n)
 	if !ok {
-		return nil, errRetired(n)
+		return nil, errRetired(o, n)
 	}
 	var pt []byte
 	defer func() { clear(pt) }()
