@@ -134,6 +134,36 @@ func wrapErr(err error) error {
 
 var errUnwrapFailed = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unwrap failed: the blob is damaged, or not wrapped under this key")
 
+// unwrapFailure is the error for a blob that did not open in format: when
+// the blob's visible header shows that it is in another format than the
+// one asked for, it says which; otherwise errUnwrapFailed. Only the
+// header is looked at, which the caller sent and can read.
+func unwrapFailure(format wire.WrapFormat, blob []byte) error {
+	keyword := bytes.HasPrefix(blob, []byte("KWW"))
+	switch {
+	case format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN && !keyword:
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"unwrap failed: the blob is not in keywarden's format (it does not start with \"KWW\"); a standard key wrap needs its format named (kw for RFC 3394, kwp for RFC 5649, rsa-aes-kwp)")
+	case format != wire.WrapFormat_WRAP_FORMAT_KEYWARDEN && keyword && len(blob) > 4 && blob[3] >= '1' && blob[3] <= '9':
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
+			"unwrap failed: the blob looks like one in keywarden's format (it starts with \"KWW%c\"), not %s: unwrap it in the keywarden format", blob[3], formatName(format))
+	}
+	return errUnwrapFailed
+}
+
+// formatName names a wrap format as the CLI's --format does.
+func formatName(f wire.WrapFormat) string {
+	switch f {
+	case wire.WrapFormat_WRAP_FORMAT_KW:
+		return "kw (RFC 3394)"
+	case wire.WrapFormat_WRAP_FORMAT_KWP:
+		return "kwp (RFC 5649)"
+	case wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP:
+		return "rsa-aes-kwp"
+	}
+	return "keywarden"
+}
+
 func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	defer clear(u.Blob)
 	uk, err := cn.object(u.Handle)
@@ -202,7 +232,7 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		if errors.Is(err, wrap.ErrLegacyKeyword) {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "%v", err)
 		}
-		return nil, errUnwrapFailed
+		return nil, unwrapFailure(format, u.Blob)
 	}
 	defer clear(material)
 
