@@ -131,7 +131,13 @@ func Authorize(c Caller, k Key, act Action, need key.Usage) Decision {
 			return deny(wire.Status_STATUS_INTERNAL, "internal error", "Use with invalid usage %#x", uint32(need))
 		}
 		if !k.Attrs.Usage.Has(need) {
-			return deny(wire.Status_STATUS_POLICY_VIOLATION, "the key's usage does not allow this operation",
+			// The owner knows the key's usage and is told what is
+			// missing; anyone else learns no more than that it is.
+			public := "the key's usage does not allow this operation"
+			if owner {
+				public = fmt.Sprintf("the key's usage (%s) does not allow this operation, which needs %s", k.Attrs.Usage, need&^k.Attrs.Usage)
+			}
+			return deny(wire.Status_STATUS_POLICY_VIOLATION, public,
 				"key usage %q lacks %q", k.Attrs.Usage, need&^k.Attrs.Usage)
 		}
 		if !granted.Has(need) {

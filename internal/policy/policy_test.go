@@ -94,6 +94,20 @@ func TestAuthorize(t *testing.T) {
 	}
 }
 
+// A usage the key lacks: its owner is told which usage is missing and
+// what the key has; a grantee learns no more than that it is refused.
+func TestMissingUsageMessage(t *testing.T) {
+	k := sharedKey(ed, key.Private, key.Sign|key.Verify, false, key.ACLEntry{ID: friend, Usage: key.Verify})
+	d := Authorize(Caller{owner, 1}, k, Use, key.Encrypt)
+	if want := "the key's usage (sign,verify) does not allow this operation, which needs encrypt"; d.Public != want {
+		t.Errorf("owner: %q, want %q", d.Public, want)
+	}
+	d = Authorize(Caller{friend, 1}, k, Use, key.Encrypt)
+	if want := "the key's usage does not allow this operation"; d.Public != want {
+		t.Errorf("grantee: %q, want %q", d.Public, want)
+	}
+}
+
 func TestCheckTemplate(t *testing.T) {
 	tests := []struct {
 		name      string
