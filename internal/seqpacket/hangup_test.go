@@ -3,8 +3,6 @@ package seqpacket
 import (
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 func newHangups(t *testing.T) *Hangups {
@@ -66,9 +64,7 @@ func TestHalfCloseIsNoHangup(t *testing.T) {
 	client, server := pair(t)
 	hung, stop := watch(t, h, server)
 	defer stop()
-	if err := unix.Shutdown(client.fd, unix.SHUT_WR); err != nil {
-		t.Fatal(err)
-	}
+	client.ShutdownWrite()
 	server.ShutdownRead()
 	select {
 	case <-hung:
