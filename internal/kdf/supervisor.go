@@ -331,6 +331,12 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 		return result{}, err
 	}
 	cost := uint64(r.params.MemoryKiB) + WorkerOverheadKiB
+	// A derivation whose caller has gone (its client hung up) starts no
+	// worker, whether it ended before the derivation queued or while it
+	// was being admitted.
+	if err := ctx.Err(); err != nil {
+		return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+	}
 	if err := s.budget.acquire(ctx, cost); err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return result{}, ErrClosed.WithDetail("%v", err)
@@ -338,6 +344,9 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 		return result{}, err
 	}
 	defer s.budget.release(ctx, cost)
+	if err := ctx.Err(); err != nil {
+		return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

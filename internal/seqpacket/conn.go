@@ -103,6 +103,16 @@ func (c *Conn) ShutdownRead() {
 	}
 }
 
+// ShutdownWrite tells the peer that no more messages follow (its
+// receive returns ErrPeerClosed once it has read those sent); receives
+// still work, so replies can still come in.
+func (c *Conn) ShutdownWrite() {
+	if c.acquire() {
+		unix.Shutdown(c.fd, unix.SHUT_WR)
+		c.release()
+	}
+}
+
 // Send sends b as one message. It blocks while the socket's send buffer is
 // full.
 func (c *Conn) Send(b []byte) error {

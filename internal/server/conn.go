@@ -63,10 +63,19 @@ type conn struct {
 	async     sync.WaitGroup // requests running concurrently
 	longPolls atomic.Int32   // generation watches waiting (generation.go)
 	closing   chan struct{}  // closed when the connection ends: long polls stop
-	// ctx ends with the connection: derivations waiting for a worker, or
-	// running, stop.
+	// ctx ends with the connection, or as soon as the client hangs up:
+	// derivations waiting for a worker, or running, stop.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// gone is set when the client hangs up (closes its end), which the
+	// server's watcher of hang-ups sees at once (Server.hangups): the
+	// requests it left unread are dropped, and the requests running skip
+	// their remaining operations. unwatch ends that watch (cleanup).
+	gone    atomic.Bool
+	unwatch func()
+	// held is what the requests running concurrently hold (requestCost),
+	// at most the limit of one uid's, administrators' too.
+	held atomic.Int64
 
 	// mu guards the per-connection tables. It is held only to look up or
 	// change them, never across crypto or I/O.
@@ -115,6 +124,36 @@ func newConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cred)
 // taking requests; replies in progress can still be sent.
 func (cn *conn) stopReading() { cn.c.ShutdownRead() }
 
+// watchHangup has the server's watcher tell the connection when its
+// client hangs up.
+func (cn *conn) watchHangup() {
+	if cn.s.hangups == nil {
+		return
+	}
+	stop, err := cn.s.hangups.Watch(cn.c, cn.hungUp)
+	if err != nil {
+		cn.log.Warn("cannot watch for the client hanging up: work it leaves behind runs on", "err", err)
+		return
+	}
+	cn.unwatch = stop
+}
+
+// hungUp runs on the watcher's goroutine when the client has hung up: no
+// reply can reach it any more, so the work it asked for stops.
+func (cn *conn) hungUp() {
+	cn.gone.Store(true)
+	cn.cancel()
+}
+
+// dropUnread drops a request received after the client hung up, unread.
+func (cn *conn) dropUnread(m seqpacket.Message) {
+	if m.Cred.Pidfd >= 0 {
+		unix.Close(m.Cred.Pidfd)
+	}
+	cn.buf.done(m.N)
+	cn.log.Debug("client hung up: the requests it left are dropped unread")
+}
+
 func (cn *conn) serve() {
 	defer cn.cleanup()
 	cn.readPeer()
@@ -140,6 +179,10 @@ func (cn *conn) serve() {
 			}
 			return
 		}
+		if cn.gone.Load() {
+			cn.dropUnread(m)
+			return
+		}
 		cn.handleMessage(m)
 		// Plaintexts and other inputs must not outlive the request in the
 		// receive buffer.
@@ -151,6 +194,10 @@ func (cn *conn) serve() {
 			m, err := cn.c.TryRecvMsg(cn.buf.b, cn.oob)
 			if err != nil {
 				break // ErrWouldBlock; any other error shows at the next RecvMsg
+			}
+			if cn.gone.Load() {
+				cn.dropUnread(m)
+				break
 			}
 			cn.handleMessage(m)
 			cn.buf.done(m.N)
@@ -294,13 +341,16 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	// were taken.
 	cn.flush()
 	// A slow request runs concurrently so that the connection keeps
-	// serving; it needs its own copy of the message, which counts against
-	// its uid's share of memory until it is done.
+	// serving; it needs its own copy of the message, and holds it,
+	// decoded, with its results, until it is done (it may wait long for a
+	// slot or a worker): that counts against its uid's share of memory,
+	// and its connection's.
+	cost := min(requestCost(len(raw), len(req.Ops)), cn.s.limits.MaxRequestBytesPerUID)
 	wire.Recycle(req)
-	if !cn.acct.hold(len(raw), cn.s.limits.MaxRequestBytesPerUID) {
+	if kind, msg, ok := cn.hold(cost); !ok {
 		cn.inFlight.Add(-1)
 		cn.acct.leave()
-		cn.refuseLimit(peekRequestID(raw), limitRequestMemory, cn.s.requestMemoryMsg)
+		cn.refuseLimit(peekRequestID(raw), kind, msg)
 		return
 	}
 	own := bytes.Clone(raw)
@@ -308,7 +358,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		clear(own)
 		cn.inFlight.Add(-1)
 		cn.acct.leave()
-		cn.acct.unhold(len(own))
+		cn.unhold(cost)
 	}
 	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(own); err != nil {
@@ -340,8 +390,39 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		a.wipe()
 		wire.Recycle(req)
 		clear(own)
-		cn.acct.unhold(len(own))
+		cn.unhold(cost)
 	}()
+}
+
+// opCost is what one operation of a request running concurrently is
+// counted to hold besides the request's bytes: the operation decoded, its
+// result and its audit note.
+const opCost = 256
+
+// requestCost is what a request of n bytes and ops operations holds while
+// it runs concurrently. (It is counted as at most the limit, so that any
+// request may run alone.)
+func requestCost(n, ops int) int { return n + ops*opCost }
+
+// hold counts cost bytes of a request that runs concurrently against its
+// uid's share and its connection's; false: over one of them (which it
+// names), not counted.
+func (cn *conn) hold(cost int) (limitKind, string, bool) {
+	max := cn.s.limits.MaxRequestBytesPerUID
+	if cn.held.Add(int64(cost)) > int64(max) {
+		cn.held.Add(-int64(cost))
+		return limitConnRequestMemory, cn.s.connMemoryMsg, false
+	}
+	if !cn.acct.hold(cost, max) {
+		cn.held.Add(-int64(cost))
+		return limitRequestMemory, cn.s.requestMemoryMsg, false
+	}
+	return 0, "", true
+}
+
+func (cn *conn) unhold(cost int) {
+	cn.held.Add(-int64(cost))
+	cn.acct.unhold(cost)
 }
 
 // notesFor returns n cleared audit notes from *buf, or nil when nothing is
@@ -551,8 +632,22 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 	max := cn.s.limits.MaxMessageBytes
 	budget := max - replyHeader
 	size := 0
-	full := false
+	full, gone := false, false
 	for i := 0; i < n; {
+		// Once the client has hung up, nothing more is done for it: its
+		// remaining operations are skipped, each saying so in the audit
+		// record.
+		if gone = gone || cn.gone.Load(); gone {
+			res := &results[i]
+			res.Status, res.Message = errHungUp.Status, errHungUp.Public
+			noteAt(notes, i).setErr(errHungUp)
+			rep.Results[i] = res
+			i++
+			continue
+		}
+		if h := cn.s.cfg.opHook; h != nil {
+			h()
+		}
 		// Room stays reserved for a minimal result (4 bytes) for every
 		// operation after the ones executed.
 		if !full {
@@ -679,7 +774,7 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 	// Heavy work waits for a slot, in turn with other uids' (peruid.go).
 	if class, heavy := cn.heavyClassOf(op); heavy {
 		q := &cn.s.accts.heavy[class]
-		if err := q.acquire(cn.acct, cn.closing); err != nil {
+		if err := q.acquire(cn.acct, cn.ctx.Done()); err != nil {
 			note.setErr(err)
 			out.Status, out.Message = errConnClosing.Status, errConnClosing.Public
 			return out
@@ -756,6 +851,9 @@ func (cn *conn) cleanup() {
 		cn.release(o)
 	}
 	cn.st.cleanup()
+	if cn.unwatch != nil {
+		cn.unwatch() // before the close, which would look like a hang-up
+	}
 	cn.c.Close()
 	if cn.opener.Pidfd >= 0 {
 		unix.Close(cn.opener.Pidfd)

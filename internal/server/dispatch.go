@@ -94,6 +94,7 @@ var (
 	errBadHandle   = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such handle")
 	errBadSession  = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such session")
 	errConnClosing = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the connection is closing")
+	errHungUp      = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "not executed: the client hung up")
 )
 
 // dispatch runs one operation. It returns either data, the operation's

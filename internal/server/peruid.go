@@ -40,11 +40,13 @@ const (
 	limitRequestMemory
 	limitAuditRate
 	limitKDFQueue
+	limitConnRequestMemory
 	numLimitKinds
 )
 
 var limitNames = [numLimitKinds]string{
 	"connections (daemon)", "connections", "in flight (connection)", "in flight", "request memory", "audit rate", "kdf queue",
+	"request memory (connection)",
 }
 
 // account is what one uid holds of the daemon. Its counters are atomics:
@@ -536,7 +538,7 @@ func (q *fairQueue) dropLocked(acct *account) {
 // limitMessages are the replies to requests refused for per-uid and
 // per-connection limits, made once.
 type limitMessages struct {
-	auditRateMsg, connInFlightMsg, inFlightMsg, requestMemoryMsg, kdfQueueMsg string
+	auditRateMsg, connInFlightMsg, inFlightMsg, requestMemoryMsg, connMemoryMsg, kdfQueueMsg string
 }
 
 func newLimitMessages(l *Limits) limitMessages {
@@ -546,6 +548,7 @@ func newLimitMessages(l *Limits) limitMessages {
 		connInFlightMsg:  fmt.Sprintf("too many requests in flight (limit %d)", l.MaxInFlight),
 		inFlightMsg:      fmt.Sprintf("too many requests in flight for this user (limit %d)", l.MaxInFlightPerUID),
 		requestMemoryMsg: fmt.Sprintf("this user's requests in progress hold too much memory (limit %d bytes): try again later", l.MaxRequestBytesPerUID),
+		connMemoryMsg:    fmt.Sprintf("this connection's requests in progress hold too much memory (limit %d bytes): try again later", l.MaxRequestBytesPerUID),
 		kdfQueueMsg:      "too many key derivations of this user waiting: try again later",
 	}
 }

@@ -150,6 +150,15 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 // executeEach runs ops one at a time.
 func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	for i, op := range ops {
+		if cn.gone.Load() {
+			// RSA decryptions take long: a client that hung up waits for
+			// none of them (see execute).
+			for j := i; j < len(ops); j++ {
+				out[j].Status, out[j].Message, out[j].Data = errHungUp.Status, errHungUp.Public, nil
+				noteAt(notes, j).setErr(errHungUp)
+			}
+			return
+		}
 		// Encrypt, decrypt and MAC set only these fields.
 		if r := cn.safeDispatch(op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
 			out[i].Status, out[i].Message, out[i].Data, out[i].KeyVersion = r.Status, r.Message, r.Data, r.KeyVersion

@@ -185,6 +185,9 @@ type Config struct {
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).
 	heavyHook func()
+	// opHook, if set, runs before each operation (or run of operations,
+	// runs.go) that a request executes.
+	opHook func()
 }
 
 // Server serves keywarden requests.
@@ -208,6 +211,11 @@ type Server struct {
 	reported chan struct{} // closed when reportLimits has returned
 
 	done chan struct{} // closed by Shutdown
+
+	// hangups tells connections when their clients hang up; nil if the
+	// kernel would not give a watcher (the work of a client that left
+	// then stops only once its connection has read to the end).
+	hangups *seqpacket.Hangups
 
 	alog        *audit.Log
 	auditAlways bool // alog fsyncs every write (--audit-sync always)
@@ -255,6 +263,11 @@ func New(cfg Config) *Server {
 	s.accts = newAccounts(&s.limits, s.isAdminUID, cfg.Now)
 	s.limitMessages = newLimitMessages(&s.limits)
 	s.refusing = make(chan struct{}, maxRefusing)
+	if h, err := seqpacket.NewHangups(); err != nil {
+		cfg.Logger.Warn("cannot watch for clients hanging up: work a client leaves behind runs on", "err", err)
+	} else {
+		s.hangups = h
+	}
 	s.reported = make(chan struct{})
 	if s.alog != nil {
 		s.resolver = audit.NewResolver()
@@ -358,6 +371,7 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 		return
 	}
 	cn.pidfd = pidfd
+	cn.watchHangup()
 	s.conns[cn] = struct{}{}
 	s.connsN.Store(int32(len(s.conns)))
 	s.wg.Add(1)
@@ -479,6 +493,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		<-finished
+	}
+	if s.hangups != nil {
+		s.hangups.Close()
 	}
 	<-s.reported
 	s.reportRefusals()
