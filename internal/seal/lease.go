@@ -29,14 +29,6 @@ func (l *Lease) Keys() *Keys { return l.k }
 // epoch are refused in any other.
 func (l *Lease) Epoch() uint64 { return l.k.epoch }
 
-// Current reports whether the leased epoch is still the unsealed one (no
-// seal has begun since the lease was taken).
-func (l *Lease) Current() bool {
-	l.m.mu.Lock()
-	defer l.m.mu.Unlock()
-	return l.m.keys != nil && l.m.keys.epoch == l.k.epoch
-}
-
 // Release gives the lease back. The last lease on keys that were sealed
 // away or replaced wipes them.
 func (l *Lease) Release() {
@@ -67,16 +59,6 @@ func (m *Master) Acquire() (*Lease, error) {
 	}
 	k.users++
 	return &Lease{m: m, k: k}, nil
-}
-
-// Epoch returns the current unsealed epoch, 0 while sealed.
-func (m *Master) Epoch() uint64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.keys == nil {
-		return 0
-	}
-	return m.keys.epoch
 }
 
 // publish makes k the unsealed keys. m.mu is held; k.epoch is set (a new
