@@ -263,22 +263,40 @@ func (s *Store) Restore(path string) error {
 // the master record so that it resumes after a crash: after a master-key
 // rotation, or after the upgrade of a store of format 1. It calls
 // progress after each batch.
+//
+// Each batch holds a lease on the keys it re-wraps with: a seal waits for
+// it, and a batch whose keys were sealed away meanwhile does not commit
+// (seal.Master.RotationStep). A record is passed over only if it fails its
+// check under keys that are held (it is quarantined) or is not the one the
+// daemon last wrote (refused on use); nothing is passed over because the
+// keys went away. The rotation ends only when a count, in the transaction
+// that ends it, finds no record left under another generation or format
+// (seal.Master.FinishRotation): if some are (passed over), the records
+// are walked once more from the first, and if some still are, the
+// rotation stays open, keeping the previous generation.
 func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 	const batch = 256
+	rescanned := false
 	for {
-		k, err := s.keys()
+		l, err := s.lease()
 		if err != nil {
 			return err
 		}
+		k := l.Keys()
 		rec := s.master.Record()
 		if rec == nil || rec.Rotation == nil {
+			l.Release()
 			return nil
 		}
 		cursor, done := rec.Rotation.Cursor, rec.Rotation.Done
 		var last []byte
 		var n uint64
+		var stepped *persist.MasterRecord
 		err = s.db.Update(func(tx store.Tx) error {
-			last, n = nil, 0
+			last, n, stepped = nil, 0, nil
+			if hookRewrapBatch != nil {
+				hookRewrapBatch()
+			}
 			var ids [][]byte
 			if err := tx.ForEach(persist.BucketKeys, cursor, func(id, v []byte) error {
 				ids = append(ids, bytes.Clone(id))
@@ -292,32 +310,40 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 			var h *persist.StoreHeader
 			var acc persist.Acc
 			for _, id := range ids {
-				last = id
-				n++
 				v := tx.Get(persist.BucketKeys, id)
 				r, err := checkRecord(k, id, v)
-				if err != nil {
-					continue // quarantined: left as it is
-				}
-				var kid key.ID
-				copy(kid[:], id)
-				if !s.isCurrent(kid, v) {
-					// Replaced while the daemon runs (refused on use), or
-					// written by a writer committed with this batch, and
-					// so already of the current generation.
-					continue
-				}
-				if c, _ := kindOf(k, r); !c.legacy && c.gen == k.Generation {
-					continue
-				}
-				if h == nil {
-					if h, acc, err = readHeader(tx, k); err != nil {
+				switch {
+				case errors.Is(err, errRecord):
+					// Fails its check under the keys held: quarantined,
+					// left as it is (and counted at the end).
+				case err != nil:
+					return err // nothing is passed over for want of keys
+				default:
+					var kid key.ID
+					copy(kid[:], id)
+					if !s.isCurrent(kid, v) {
+						// Replaced while the daemon runs (refused on use;
+						// counted at the end), or written by a writer
+						// committed with this batch, and so already of the
+						// current generation.
+						break
+					}
+					if c, err := kindOf(k, r); err != nil {
+						return err
+					} else if !c.legacy && c.gen == k.Generation {
+						break
+					}
+					if h == nil {
+						if h, acc, err = readHeader(tx, k); err != nil {
+							return err
+						}
+					}
+					if err := s.rewrapRecord(tx, k, h, &acc, r.CloneVT()); err != nil {
 						return err
 					}
 				}
-				if err := s.rewrapRecord(tx, k, h, &acc, r.CloneVT()); err != nil {
-					return err
-				}
+				last = id
+				n++
 			}
 			if last == nil {
 				return nil
@@ -327,19 +353,67 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 					return err
 				}
 			}
-			return s.master.RotationStep(tx, last, done+n)
+			var err error
+			stepped, err = s.master.RotationStep(tx, k, last, done+n)
+			return err
 		})
 		if err != nil {
+			l.Release()
 			return storeErr(err)
 		}
-		if last == nil {
-			return s.master.FinishRotation()
+		if last != nil {
+			l.Release()
+			s.master.RotationCommitted(stepped)
+			if progress != nil {
+				progress(done+n, rec.Rotation.Total)
+			}
+			continue
 		}
-		s.master.RotationCommitted(last, done+n)
-		if progress != nil {
-			progress(done+n, rec.Rotation.Total)
+		err = s.master.FinishRotation(k, func(tx store.Tx) (uint64, error) { return recordsNotCurrent(tx, k), nil })
+		var left *seal.ErrRecordsLeft
+		if errors.As(err, &left) && !rescanned {
+			// Walk the records once more from the first.
+			rescanned = true
+			s.log.Warn("master-key rotation: records left under the previous generation; walking the records again", "records", left.N)
+			err = s.db.Update(func(tx store.Tx) error {
+				var err error
+				stepped, err = s.master.RotationStep(tx, k, nil, 0)
+				return err
+			})
+			l.Release()
+			if err != nil {
+				return storeErr(err)
+			}
+			s.master.RotationCommitted(stepped)
+			continue
 		}
+		l.Release()
+		return err
 	}
+}
+
+// recordsNotCurrent counts the key records that name a master-key
+// generation other than k's current one, or are of format 1: those that
+// still need the previous generation's keys (or format 1's). What a
+// record names is read without checking it: a record is counted whatever
+// else is wrong with it.
+func recordsNotCurrent(tx store.Tx, k *seal.Keys) uint64 {
+	var n uint64
+	tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
+		_, rb, err := persist.SplitValue(v)
+		if err != nil {
+			return nil
+		}
+		r := &persist.KeyRecord{}
+		if r.UnmarshalVT(rb) != nil {
+			return nil
+		}
+		if g, ok := persist.Generation(r); r.Format != persist.Format || !ok || g != k.Generation {
+			n++
+		}
+		return nil
+	})
+	return n
 }
 
 // rewrapRecord re-writes r, a checked record of an older generation or

@@ -103,10 +103,12 @@ func (s *Store) rotateLocked(o *Object, auto bool) (*Version, error) {
 	if err := o.Gone(); err != nil {
 		return nil, err
 	}
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return nil, err
 	}
+	defer l.Release()
+	k := l.Keys()
 	epoch, err := s.openEpoch(!o.Ephemeral)
 	if err != nil {
 		return nil, err

@@ -51,8 +51,10 @@ type Object struct {
 
 	// wmu serializes changes to the object's record.
 	wmu sync.Mutex
-	// sealCount is the store's seal count when the object was loaded.
-	sealCount uint64
+	// epoch is the unsealed epoch (seal.Lease.Epoch) the object was made
+	// or loaded in; it is refused in any other. 0 for ephemeral objects not
+	// yet added.
+	epoch uint64
 }
 
 // Meta are an object's lifecycle settings.

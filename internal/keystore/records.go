@@ -195,8 +195,11 @@ func (s *Store) create(k *seal.Keys, o *Object) error {
 func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) error {
 	err := s.db.Update(func(tx store.Tx) error { return fn(k, tx) })
 	if err != nil {
-		if cur, kerr := s.keys(); kerr == nil && cur != k {
-			err = s.db.Update(func(tx store.Tx) error { return fn(cur, tx) })
+		if l, lerr := s.lease(); lerr == nil {
+			if cur := l.Keys(); cur != k {
+				err = s.db.Update(func(tx store.Tx) error { return fn(cur, tx) })
+			}
+			l.Release()
 		}
 	}
 	return err
@@ -206,12 +209,17 @@ func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) er
 // after it is durable, apply installs the change in memory. o.wmu must be
 // held.
 func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain func(int, func([]byte) error) error) error {
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return err
 	}
+	defer l.Release()
+	k := l.Keys()
 	if o.removed.Load() {
 		return errDestroyed
+	}
+	if o.epoch != l.Epoch() {
+		return ErrSealedAway
 	}
 	r := record(o)
 	if err := change(r); err != nil {
@@ -227,8 +235,11 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	return storeErr(err)
 }
 
-// delete removes o's record. o.wmu must be held.
+// delete removes o's record. o.wmu must be held. The key counts are
+// decremented when, and only if, the transaction that deleted the record
+// commits (in the epoch o was loaded in).
 func (s *Store) delete(k *seal.Keys, o *Object) error {
+	epoch, owner := o.epoch, o.Owner
 	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
 		h, acc, err := readHeader(tx, k)
 		if err != nil {
@@ -253,6 +264,14 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 			return err
 		}
 		s.noteRecord(tx, o.ID[:], nil)
+		tx.OnCommit(func() {
+			s.mu.Lock()
+			if s.serving == epoch {
+				s.count--
+				s.unown(owner)
+			}
+			s.mu.Unlock()
+		})
 		if o.Name != "" {
 			nk := persist.NameKey(o.Owner, o.Name)
 			if bytes.Equal(tx.Get(persist.BucketNames, nk), o.ID[:]) {
@@ -558,19 +577,22 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		}
 	}
 	seen := newRecordTags(scan.seen)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for o := range s.eph {
-		owned[o.Owner]++
-		mats.addObject(o)
-	}
-	s.mats = mats
-	s.seen = seen
-	s.owned = owned
-	s.count = int(count) - len(bad)
-	s.bad = bad
-	s.verified = true
-	return nil
+	// The state of k's epoch is installed with the publication of k (or
+	// at once, if k is published): never after a seal of it.
+	return s.master.Install(k, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for o := range s.eph {
+			owned[o.Owner]++
+			mats.addObject(o)
+		}
+		s.mats = mats
+		s.seen = seen
+		s.owned = owned
+		s.count = int(count) - len(bad)
+		s.bad = bad
+		s.serving = k.Epoch()
+	})
 }
 
 // Empty reports whether the store holds no key records.
@@ -591,10 +613,12 @@ func (s *Store) Empty() (bool, error) {
 // the one the daemon last wrote (see readCurrent: a record that is not is
 // looked at again after the commits under way, then left out).
 func (s *Store) List(after key.ID, limit int, visible func(info *wire.KeyInfo) bool) ([]*wire.KeyInfo, error) {
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return nil, err
 	}
+	defer l.Release()
+	k := l.Keys()
 	for try := 0; ; try++ {
 		var out []*wire.KeyInfo
 		replaced := 0

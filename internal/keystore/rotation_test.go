@@ -237,15 +237,16 @@ func TestMasterRecordEditRefused(t *testing.T) {
 	}
 }
 
-// A write that took the keys just before a rotation's commit (which wipes
-// them, and writes the header under the new generation) is made with the
+// A write that took the keys just before a rotation's commit (which
+// retires them, and writes the header under the new generation) is made with the
 // new keys, not refused.
 func TestWriteAcrossRotationCommit(t *testing.T) {
 	s := persistent(t, filepath.Join(t.TempDir(), "state"))
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		t.Fatal(err)
 	}
+	k := l.Keys()
 	p, err := s.Master().PrepareRotation(context.Background(), seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams})
 	if err != nil {
 		t.Fatal(err)
@@ -255,6 +256,7 @@ func TestWriteAcrossRotationCommit(t *testing.T) {
 	if err := s.create(k, o); err != nil {
 		t.Fatalf("a write with the keys of before the commit: %v", err)
 	}
+	l.Release()
 	if err := s.RewrapAll(nil); err != nil {
 		t.Fatal(err)
 	}

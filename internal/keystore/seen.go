@@ -177,10 +177,12 @@ var errChangedLive = wire.Errorf(wire.Status_STATUS_INTERNAL,
 // so every record must be the one the daemon last wrote. The records are
 // re-wrapped afterwards (RewrapAll).
 func (s *Store) CommitRotation(p *seal.Pending) error {
-	if _, err := s.keys(); err != nil {
+	l, err := s.lease()
+	if err != nil {
 		p.Discard()
 		return err
 	}
+	defer l.Release()
 	total, _ := s.Counts()
 	return s.master.CommitRotation(p, uint64(total), func(tx store.Tx, old, next *seal.Keys) error {
 		h, _, err := readHeader(tx, old)

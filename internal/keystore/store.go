@@ -39,10 +39,11 @@ type Store struct {
 	// bad are records that failed their integrity check: refused.
 	bad    map[key.ID]struct{}
 	closed bool
-	// verified: the store was checked against the current master key.
-	verified bool
-	// epoch counts seals: an object loaded under an older one is stale.
-	sealCount uint64
+	// serving is the unsealed epoch (seal.Lease.Epoch) whose state the
+	// fields above hold: set by the check at unseal together with the
+	// publication of its keys, cleared by the seal together with their
+	// withdrawal (seal.Master.Install, SealWith). 0: none.
+	serving uint64
 	// used remembers, for unloaded keys, how many encryptions each
 	// version made in this process, below what its record reserves: a key
 	// reloaded within the process's life goes on from there rather than
@@ -111,28 +112,39 @@ func (s *Store) SetMaxPerUser(n int) {
 // Master returns the store's master key keeper.
 func (s *Store) Master() *seal.Master { return s.master }
 
-// keys returns the master key's keys, if the store is usable.
-func (s *Store) keys() (*seal.Keys, error) {
+// lease returns a lease on the master key's keys, if the store serves
+// their epoch (it was checked at their unseal). Every use of the keys
+// holds one (see the package doc); the caller releases it.
+func (s *Store) lease() (*seal.Lease, error) {
 	s.mu.Lock()
-	closed, verified := s.closed, s.verified
+	closed := s.closed
 	s.mu.Unlock()
 	if closed {
 		return nil, errClosed
 	}
-	k, err := s.master.Keys()
+	l, err := s.master.Acquire()
 	if err != nil {
 		return nil, err
 	}
-	if !verified {
+	s.mu.Lock()
+	serving := s.serving
+	s.mu.Unlock()
+	if l.Epoch() != serving {
+		l.Release()
 		return nil, seal.ErrSealed
 	}
-	return k, nil
+	return l, nil
 }
+
+// Lease returns a lease on the master key's keys while the store serves
+// their epoch (see the package doc); the caller releases it, soon.
+func (s *Store) Lease() (*seal.Lease, error) { return s.lease() }
 
 // Ready returns nil when keys may be used: the master key is unsealed and
 // the store verified.
 func (s *Store) Ready() error {
-	_, err := s.keys()
+	l, err := s.lease()
+	l.Release()
 	return err
 }
 
@@ -143,10 +155,12 @@ func (s *Store) Ready() error {
 // error the caller still owns o and must Discard it. The new object holds
 // one reference, the caller's (see Release).
 func (s *Store) Add(o *Object) error {
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return err
 	}
+	defer l.Release()
+	k, epoch0 := l.Keys(), l.Epoch()
 	fps, err := setFingerprints(k, o)
 	if err != nil {
 		return err
@@ -163,6 +177,10 @@ func (s *Store) Add(o *Object) error {
 	if s.closed {
 		s.mu.Unlock()
 		return errClosed
+	}
+	if s.serving != epoch0 {
+		s.mu.Unlock()
+		return seal.ErrSealed
 	}
 	if d := policy.CheckQuota(s.owned[o.Owner], s.maxPerUser); !d.Allowed() {
 		s.mu.Unlock()
@@ -182,27 +200,55 @@ func (s *Store) Add(o *Object) error {
 	s.owned[o.Owner]++
 	s.mats.addObject(o)
 	s.mu.Unlock()
+	if hookAddWriting != nil {
+		hookAddWriting()
+	}
 	if !o.Ephemeral {
 		if err := s.create(k, o); err != nil {
 			s.mu.Lock()
-			s.unown(o.Owner)
-			s.mats.removeObject(o, o.Versions())
+			if s.serving == epoch0 { // else the seal dropped the reservation
+				s.unown(o.Owner)
+				s.mats.removeObject(o, o.Versions())
+			}
 			s.mu.Unlock()
 			return err
 		}
 	}
+	if hookAddWritten != nil {
+		hookAddWritten()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed || s.serving != epoch0 {
+		// Sealed (or closed) since the lease was taken: the seal dropped
+		// this epoch's state, and no live key is published after it. The
+		// record, if written, is kept; the key is found again after the
+		// next unseal.
+		if s.closed {
+			return errClosed
+		}
+		return seal.ErrSealed
+	}
+	o.epoch = epoch0
 	if o.Ephemeral {
 		s.eph[o] = struct{}{}
 	} else {
 		s.count++
 		o.refs = 1
-		o.sealCount = s.sealCount
 		s.loaded[o.ID] = o
 	}
 	return nil
 }
+
+// Test hooks (fault points), nil outside tests: in Add, hookAddWriting
+// runs before a key's record is written and hookAddWritten after it, before
+// the key is published; hookRewrapBatch runs in RewrapAll inside each
+// batch's transaction, before its records are read.
+var (
+	hookAddWriting  func()
+	hookAddWritten  func()
+	hookRewrapBatch func()
+)
 
 func (s *Store) unown(owner uint32) {
 	if s.owned[owner]--; s.owned[owner] <= 0 {
@@ -243,10 +289,12 @@ type recordCheck func(owner uint32, name string, k policy.Key) error
 
 // get is Get with check, if not nil, passed before anything is loaded.
 func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return nil, err
 	}
+	defer l.Release()
+	k := l.Keys()
 	s.mu.Lock()
 	if o := s.loaded[id]; o != nil {
 		o.refs++
@@ -260,7 +308,6 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		return o, nil
 	}
 	_, bad := s.bad[id]
-	sc := s.sealCount
 	s.mu.Unlock()
 	if bad {
 		return nil, s.quarantined(id, check)
@@ -269,10 +316,10 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.sealCount = sc
+	o.epoch = l.Epoch()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.sealCount != o.sealCount {
+	if s.closed || s.serving != o.epoch {
 		o.wipe(ErrSealedAway)
 		return nil, seal.ErrSealed
 	}
@@ -310,10 +357,12 @@ func (s *Store) LookupFor(owner uint32, name string, access Access) (*Object, er
 }
 
 func (s *Store) lookup(owner uint32, name string, access Access) (*Object, error) {
-	k, err := s.keys()
+	l, err := s.lease()
 	if err != nil {
 		return nil, err
 	}
+	k := l.Keys()
+	defer l.Release()
 	var id key.ID
 	var found bool
 	err = s.db.View(func(tx store.Tx) error {
@@ -433,20 +482,27 @@ func (s *Store) rememberUsed(o *Object) {
 
 // Remove destroys o: a persistent key's record is deleted durably first.
 // Handles other connections hold to o fail from then on. Removing an
-// object twice is harmless. A memory-corruption error from the wipe (a
-// bug or an attack) is logged loudly here; the error returned is the
-// store's.
+// object twice is harmless. An object of an earlier unsealed epoch (its
+// handle predates a seal) is refused with ErrSealedAway: its key is not
+// destroyed through it. The counts change only by what Remove actually
+// removed: a record its transaction deleted, an ephemeral key the store
+// still held. A memory-corruption error from the wipe (a bug or an
+// attack) is logged loudly here; the error returned is the store's.
 func (s *Store) Remove(o *Object) error {
 	if o.removed.Load() {
 		return nil
 	}
 	if !o.Ephemeral {
-		k, err := s.keys()
+		l, err := s.lease()
 		if err != nil {
 			return err
 		}
+		defer l.Release()
+		if o.epoch != l.Epoch() {
+			return ErrSealedAway
+		}
 		o.wmu.Lock()
-		err = s.delete(k, o)
+		err = s.delete(l.Keys(), o)
 		o.wmu.Unlock()
 		if err != nil {
 			return err
@@ -457,16 +513,18 @@ func (s *Store) Remove(o *Object) error {
 	}
 	s.mu.Lock()
 	if o.Ephemeral {
-		delete(s.eph, o)
-	} else {
+		if _, held := s.eph[o]; held {
+			delete(s.eph, o)
+			s.unown(o.Owner)
+			s.mats.removeObject(o, o.Versions())
+		}
+	} else if s.serving == o.epoch {
 		if s.loaded[o.ID] == o {
 			delete(s.loaded, o.ID)
 		}
 		delete(s.used, o.ID)
-		s.count--
+		s.mats.removeObject(o, o.Versions())
 	}
-	s.unown(o.Owner)
-	s.mats.removeObject(o, o.Versions())
 	s.mu.Unlock()
 	if err := o.wipe(errDestroyed); err != nil {
 		s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
@@ -521,61 +579,70 @@ func (s *Store) NameTaken(owner uint32, name string) bool {
 	return taken
 }
 
-// SealAll wipes every key in memory (persistent and ephemeral) and the
-// master key: handles to them fail with ErrSealedAway from then on.
+// SealAll seals (seal.Master.SealWith): the keys are withdrawn and this
+// epoch's state dropped at once, every key in memory (persistent and
+// ephemeral) is wiped, handles to them fail with ErrSealedAway from then
+// on, and the master key is wiped once the operations that hold a lease on
+// it end.
 func (s *Store) SealAll() bool {
-	s.mu.Lock()
-	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
-	for _, o := range s.loaded {
-		objs = append(objs, o)
-		s.rememberUsed(o)
-	}
-	for o := range s.eph {
-		objs = append(objs, o)
-	}
-	s.loaded = make(map[key.ID]*Object)
-	s.eph = make(map[*Object]struct{})
-	s.owned = make(map[uint32]int)
-	s.mats = newMaterials(0)
-	s.seen = nil
-	s.count = 0
-	s.verified = false
-	s.sealCount++
-	s.mu.Unlock()
-	was := s.master.Seal()
-	for _, o := range objs {
-		if err := o.wipe(ErrSealedAway); err != nil {
-			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
-		}
-	}
-	return was
+	return s.seal(false, ErrSealedAway) == nil
 }
+
+// seal withdraws the keys and drops the state of their epoch, wipes the
+// objects in memory with why, and (close) refuses further use. It returns
+// errNotUnsealed if the daemon was sealed already, else the first memory
+// corruption found.
+func (s *Store) seal(close bool, why error) error {
+	var objs []*Object
+	var first error
+	was := s.master.SealWith(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if close {
+			s.closed = true
+		}
+		objs = make([]*Object, 0, len(s.loaded)+len(s.eph))
+		for _, o := range s.loaded {
+			objs = append(objs, o)
+			s.rememberUsed(o)
+		}
+		for o := range s.eph {
+			objs = append(objs, o)
+		}
+		s.loaded = make(map[key.ID]*Object)
+		s.eph = make(map[*Object]struct{})
+		s.owned = make(map[uint32]int)
+		s.mats = newMaterials(0)
+		s.seen = nil
+		s.count = 0
+		s.serving = 0
+	}, func() {
+		// Before the wait for the master key's users: no key is usable
+		// once the seal has begun.
+		for _, o := range objs {
+			if err := o.wipe(why); err != nil {
+				s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
+				if first == nil {
+					first = err
+				}
+			}
+		}
+	})
+	if !was && first == nil {
+		return errNotUnsealed
+	}
+	return first
+}
+
+var errNotUnsealed = errors.New("not unsealed")
 
 // Close refuses further use and wipes every key in memory and the master
 // key. It reports the first memory corruption found.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	objs := make([]*Object, 0, len(s.loaded)+len(s.eph))
-	for _, o := range s.loaded {
-		objs = append(objs, o)
+	if err := s.seal(true, errClosed); err != errNotUnsealed {
+		return err
 	}
-	for o := range s.eph {
-		objs = append(objs, o)
-	}
-	s.loaded = map[key.ID]*Object{}
-	s.eph = map[*Object]struct{}{}
-	s.mats = newMaterials(0)
-	s.seen = nil
-	s.mu.Unlock()
-	s.master.Seal()
-	var first error
-	for _, o := range objs {
-		if err := o.wipe(errClosed); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return nil
 }
 
 // storeErr maps a storage failure to the wire: the operation did not

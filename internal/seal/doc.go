@@ -10,6 +10,37 @@
 // previous format (Master.Upgrade). Every secret lives in locked memory as
 // a mech.Key.
 //
+// # Sealed and unsealed: who owns the keys' lifetime
+//
+// Master is the one owner of the seal state and of the lifetime of
+// everything derived from the master key. The protocol:
+//
+//   - An unseal (or init) publishes a Keys value under a new unsealed
+//     epoch (Lease.Epoch). Unseals finish one at a time; the caller's state
+//     of the epoch (the key store's, made by its check of the store) is
+//     installed by Install atomically with the publication, so that a seal
+//     sees both or neither. A seal that comes while an unseal checks the
+//     store makes that unseal fail: nothing is published after a seal.
+//   - Every use of the keys holds a Lease (Acquire ... Release), taken for
+//     one operation and never kept: a store write, a load, a re-wrap
+//     batch. Acquire fails with ErrSealed once a seal has begun.
+//   - A seal (SealWith) withdraws the keys at once, with the caller's state
+//     of the epoch (its drop function, under the same lock), then waits, up
+//     to SealWait, for the leases held. A Keys value is wiped when it is
+//     withdrawn (or replaced by a rotation) and its last lease is
+//     released, never before: no secret is wiped under an operation.
+//   - Objects made with the keys of one epoch carry it, and are refused in
+//     any other (the key store's business).
+//   - A rotation's re-wrap records its progress (RotationStep) only with
+//     the keys still published, so a batch overtaken by a seal rolls back
+//     whole; and FinishRotation retires the previous generation only if a
+//     count of the records that still name it, made in the transaction
+//     that retires it, finds none.
+//
+// Lock order: Master.unsealing, then Master.mu, then the key store's
+// mutex; functions passed to Install and SealWith run under Master.mu and
+// must not call back into the Master.
+//
 // The master key never touches a disk in the clear. The master record
 // (persist.MasterRecord) holds it only sealed. docs/formats.md describes
 // the record; docs/operations.md the operator's side.

@@ -16,8 +16,9 @@ import (
 )
 
 // Keys are the secrets of an unsealed master key. A Keys value never
-// changes once published; Seal wipes it (operations still running then
-// fail as if the key were destroyed) and rotation replaces it.
+// changes once published; a seal unpublishes it and a rotation replaces
+// it, and it is wiped once the last Lease on it is released (lease.go):
+// only a lease keeps a Keys value usable.
 //
 // Every secret the store uses is derived from the master key of its
 // generation (genKeys), so that rotating the master key rotates them all:
@@ -46,6 +47,47 @@ type Keys struct {
 	// material keys the inner value of material fingerprints.
 	material *mech.Key
 	mk       *mech.Key
+
+	// epoch is the unsealed epoch the keys belong to (Lease.Epoch).
+	epoch uint64
+	// users counts the leases held; retired is set when the keys are
+	// unpublished or replaced; idle is closed once they are wiped. All
+	// three are guarded by Master.mu.
+	users   int
+	retired bool
+	idle    chan struct{}
+}
+
+// hookUnsealVerify, if set (tests only), runs when an unseal has made its
+// keys and before it checks the store with them: a fault point where a
+// test seals or unseals meanwhile.
+var hookUnsealVerify func()
+
+// without returns a copy of k, sharing no secret with it, without the
+// keys of master-key generation prev (unless it is the current one) and
+// without format 1's index key.
+func (k *Keys) without(prev uint64) (c *Keys, err error) {
+	c = &Keys{StoreID: k.StoreID, Generation: k.Generation, gens: map[uint64]*genKeys{}}
+	defer func() {
+		if err != nil {
+			c.wipe()
+			c = nil
+		}
+	}()
+	for g, gk := range k.gens {
+		if g == prev && g != k.Generation {
+			continue
+		}
+		if c.gens[g], err = gk.clone(); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range []struct{ to, from **mech.Key }{{&c.Audit, &k.Audit}, {&c.material, &k.material}, {&c.mk, &k.mk}} {
+		if *p.to, err = clone(*p.from); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // genKeys are the keys of one master-key generation, each HKDF-SHA-256 of
@@ -132,6 +174,10 @@ func (k *Keys) gen(g uint64) (*genKeys, error) {
 	}
 	return nil, fmt.Errorf("master-key generation %d: %w", g, errGeneration)
 }
+
+// Epoch returns the unsealed epoch the keys belong to (see Lease.Epoch);
+// for an unseal's keys not yet published, the epoch they will have.
+func (k *Keys) Epoch() uint64 { return k.epoch }
 
 // HasGeneration reports whether k holds the keys of master-key generation
 // g: the current one, or the previous one during a rotation.

@@ -120,11 +120,30 @@ type Master struct {
 	// insecureKDF: passphrase slots below MinParams are made (tests only).
 	insecureKDF bool
 
+	// SealWait bounds how long Seal waits for in-flight users of the keys
+	// it seals away (0: DefaultSealWait); they are wiped when the last
+	// one is done, however long that takes.
+	SealWait time.Duration
+
+	// unsealing serializes the end of unseals (the check of the store
+	// and the publication of the keys): one finishes before the next
+	// begins, and the second finds the daemon unsealed. Taken before mu.
+	unsealing sync.Mutex
+
+	// mu guards the fields below; it is never held across a KDF run.
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
-	keys *Keys                 // nil while sealed
-	held []heldShare           // shares submitted toward an unseal
-	lim  limiter
+	keys *Keys                 // the published keys; nil while sealed
+	// epochs numbers the unsealed epochs (newEpoch); changes counts
+	// publications and seals: an unseal publishes only if none happened
+	// since it began.
+	epochs, changes uint64
+	// pending is the unseal being finished (keys not yet published), and
+	// install what its check of the store installs along with them.
+	pending *Keys
+	install func()
+	held    []heldShare // shares submitted toward an unseal
+	lim     limiter
 	// recs counts the master records made or read in (init, restore),
 	// but not the upgrade of one: an unseal begun on one finishes only on
 	// it.
@@ -431,13 +450,16 @@ func (m *Master) CommitInit(p *Pending, header func(k *Keys) ([]byte, error)) er
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "writing the master record failed: %v", err)
 	}
 	m.mu.Lock()
-	old := m.keys
-	m.rec, m.keys = p.rec, p.keys
+	_, wipe := m.retire(m.keys)
+	m.rec = p.rec
+	p.keys.epoch = m.newEpoch()
+	m.publish(p.keys)
+	m.pending, m.install = nil, nil
 	m.recs++
 	m.dropShares()
 	m.lim.reset()
 	m.mu.Unlock()
-	old.wipe()
+	wipe()
 	m.log.Info("master key created", "generation", p.rec.Generation, "passphrase", p.rec.Passphrase != nil, "shares", len(p.Shares))
 	return nil
 }
@@ -774,6 +796,18 @@ func (m *Master) failed(what string) error {
 }
 
 func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint64, verify func(*Keys) error) error {
+	// One unseal finishes at a time; one that finds the daemon unsealed
+	// (by an unseal that finished first) or the master record replaced
+	// stops before checking the store.
+	m.unsealing.Lock()
+	defer m.unsealing.Unlock()
+	m.mu.Lock()
+	busy := m.keys != nil || m.recs != recs
+	m.mu.Unlock()
+	if busy {
+		mk.Destroy()
+		return ErrUnsealed
+	}
 	keys, err := unlock(mk, rec)
 	if errors.Is(err, ErrWrongSecret) {
 		return m.failed("the master key check does not match")
@@ -782,22 +816,49 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint
 		m.log.Error("unseal failed: the master record does not open under a correct master key", "err", err)
 		return wire.Errorf(wire.Status_STATUS_INTERNAL, "the master record is damaged: %v", err)
 	}
+	m.mu.Lock()
+	keys.epoch = m.newEpoch()
+	m.pending, m.install = keys, nil
+	changes := m.changes
+	m.mu.Unlock()
+	if hookUnsealVerify != nil {
+		hookUnsealVerify()
+	}
 	if verify != nil {
 		if err := verify(keys); err != nil {
+			m.mu.Lock()
+			if m.pending == keys {
+				m.pending, m.install = nil, nil
+			}
+			m.mu.Unlock()
 			keys.wipe()
 			return err
 		}
 	}
 	m.mu.Lock()
-	if m.keys != nil || m.recs != recs || keys.legacyHeader {
+	install := m.install
+	if m.pending == keys {
+		m.pending, m.install = nil, nil
+	}
+	if m.keys != nil || m.recs != recs || m.changes != changes || keys.legacyHeader {
+		sealed := m.changes != changes && m.keys == nil
 		m.mu.Unlock()
 		keys.wipe()
-		if keys.legacyHeader {
+		switch {
+		case keys.legacyHeader:
 			return wire.Errorf(wire.Status_STATUS_INTERNAL, "the store of format %d was not upgraded", persist.FormatLegacy)
+		case sealed:
+			return errSealedMeanwhile
 		}
 		return ErrUnsealed
 	}
-	m.keys = keys
+	// The caller's state of this epoch (the key store's, installed by its
+	// check) and the keys are published together: a seal sees both or
+	// neither.
+	if install != nil {
+		install()
+	}
+	m.publish(keys)
 	m.lim.reset()
 	m.dropShares()
 	m.mu.Unlock()
@@ -980,19 +1041,64 @@ func (m *Master) dropShares() {
 	m.held = nil
 }
 
+// errSealedMeanwhile: a seal came while an unseal was checking the store.
+var errSealedMeanwhile = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the daemon was sealed while this unseal was checking the store: it stays sealed")
+
 // Seal wipes the master key and everything derived from it. It reports
-// whether the daemon was unsealed.
-func (m *Master) Seal() bool {
+// whether the daemon was unsealed. See SealWith.
+func (m *Master) Seal() bool { return m.SealWith(nil, nil) }
+
+// SealWith seals. At once: the keys are unpublished (new leases fail with
+// ErrSealed), an unseal still checking the store will not publish its
+// own, and drop runs, under the lock that publication takes (the caller's
+// state of the epoch goes with the keys; drop must not call m). Then then
+// runs (the caller wipes what it dropped), and SealWith waits, up to
+// SealWait, for the leases still held; the keys are wiped as the last one
+// is released. It reports whether the daemon was unsealed.
+func (m *Master) SealWith(drop, then func()) bool {
 	m.mu.Lock()
 	k := m.keys
 	m.keys = nil
+	m.changes++
+	m.pending, m.install = nil, nil
 	m.dropShares()
-	m.mu.Unlock()
-	k.wipe()
-	if k != nil {
-		m.log.Info("sealed: the master key is wiped")
+	if drop != nil {
+		drop()
 	}
-	return k != nil
+	idle, wipe := m.retire(k)
+	m.mu.Unlock()
+	if then != nil {
+		then()
+	}
+	wipe()
+	if k == nil {
+		return false
+	}
+	if !m.waitIdle(idle) {
+		m.log.Warn("sealed: operations begun before the seal still run; the master key is wiped as they end")
+		return true
+	}
+	m.log.Info("sealed: the master key is wiped")
+	return true
+}
+
+// Install runs fn, which installs the caller's state of k's epoch (the
+// key store's, after its check), atomically with k's publication: at once
+// if k's epoch is the unsealed one, along with k if k is the unseal being
+// finished. It returns ErrSealed (and fn is not run) if k was sealed away.
+// fn must not call m.
+func (m *Master) Install(k *Keys, fn func()) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.keys != nil && m.keys.epoch == k.epoch:
+		fn()
+	case m.pending == k:
+		m.install = fn
+	default:
+		return ErrSealed
+	}
+	return nil
 }
 
 // PrepareRotation makes the next master-key generation, sealed as s says:
@@ -1030,8 +1136,8 @@ func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.T
 		return err
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.keys == nil || m.rec.Generation != p.replaces {
+		m.mu.Unlock()
 		p.Discard()
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the master key changed or was sealed meanwhile")
 	}
@@ -1043,6 +1149,7 @@ func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.T
 		return header(tx, old, p.keys)
 	})
 	if err != nil {
+		m.mu.Unlock()
 		p.Discard()
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -1050,91 +1157,131 @@ func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.T
 		}
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "writing the master record failed: %v", err)
 	}
-	m.rec, m.keys = p.rec, p.keys
-	old.wipe()
+	// The new keys belong to the same unsealed epoch; the old ones are
+	// wiped once the operations that hold them end.
+	m.rec = p.rec
+	p.keys.epoch = old.epoch
+	_, wipe := m.retire(old)
+	m.publish(p.keys)
+	m.mu.Unlock()
+	wipe()
 	m.log.Info("master key rotated; re-wrapping keys", "generation", p.rec.Generation, "keys", total)
 	return nil
 }
 
 // RotationStep records re-wrapping progress inside the caller's
-// transaction: cursor is the last re-wrapped record's id.
-func (m *Master) RotationStep(tx store.Tx, cursor []byte, done uint64) error {
+// transaction, made with keys k (leased): cursor is the last record the
+// rotation has passed, done how many it has passed. It fails with
+// ErrSealed if k is no longer the unsealed keys (the caller's transaction
+// then rolls back, and nothing is skipped). It returns the master record
+// written, which the caller hands to RotationCommitted once the
+// transaction is durable.
+func (m *Master) RotationStep(tx store.Tx, k *Keys, cursor []byte, done uint64) (*persist.MasterRecord, error) {
 	m.mu.Lock()
-	rec, k := m.rec.CloneVT(), m.keys
+	rec, cur := m.rec.CloneVT(), m.keys
 	m.mu.Unlock()
 	if rec.Rotation == nil {
-		return nil
+		return nil, nil
 	}
-	if k == nil {
-		return ErrSealed
+	if cur != k {
+		return nil, ErrSealed
 	}
 	rec.Rotation.Cursor = bytes.Clone(cursor)
 	rec.Rotation.Done = done
 	b, err := marshalMaster(k, rec)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return tx.Put(persist.BucketMeta, persist.MetaMaster, b)
+	if err := tx.Put(persist.BucketMeta, persist.MetaMaster, b); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
-// RotationCommitted publishes progress after the caller's transaction
-// committed.
-func (m *Master) RotationCommitted(cursor []byte, done uint64) {
+// RotationCommitted makes rec, written by RotationStep in a transaction
+// that committed, the master record in memory: with its MAC, which an
+// unseal checks.
+func (m *Master) RotationCommitted(rec *persist.MasterRecord) {
+	if rec == nil {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.rec.Rotation != nil {
-		r := m.rec.CloneVT()
-		r.Rotation.Cursor = bytes.Clone(cursor)
-		r.Rotation.Done = done
-		m.rec = r
+	if m.rec.Rotation != nil && m.rec.Generation == rec.Generation {
+		m.rec = rec
 	}
+}
+
+// ErrRecordsLeft is FinishRotation's error when key records still name a
+// master-key generation other than the current one.
+type ErrRecordsLeft struct{ N uint64 }
+
+func (e *ErrRecordsLeft) Error() string {
+	return fmt.Sprintf("%d key records are not yet under the current master-key generation: the previous one is kept", e.N)
 }
 
 // FinishRotation ends a rotation once every record is re-wrapped: the
 // previous master key's sealed copy is deleted and its keys wiped (and,
-// after an upgrade, format 1's index key).
-func (m *Master) FinishRotation() error {
+// after an upgrade, format 1's index key). It never assumes: left, run in
+// the transaction that writes the master record, counts the key records
+// that still need the previous generation (or format 1), and if there is
+// any, nothing changes and the error is *ErrRecordsLeft. k are the
+// caller's (leased) keys; ErrSealed if they are no longer the unsealed
+// ones. The previous generation's keys are wiped once the leases on them
+// are released.
+func (m *Master) FinishRotation(k *Keys, left func(tx store.Tx) (uint64, error)) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.rec == nil || m.rec.Rotation == nil {
+		m.mu.Unlock()
 		return nil
 	}
-	if m.keys == nil {
+	if m.keys == nil || m.keys != k {
+		m.mu.Unlock()
 		return ErrSealed
 	}
 	r := m.rec.CloneVT()
 	prev, legacy := r.Rotation.PreviousGeneration, r.Rotation.Legacy
 	r.Rotation = nil
+	var err error
 	if legacy {
-		var err error
-		if r.Keyring, err = sealKeyring(m.keys.mk, r.StoreId, m.keys.material, nil); err != nil {
+		if r.Keyring, err = sealKeyring(k.mk, r.StoreId, k.material, nil); err != nil {
+			m.mu.Unlock()
 			return err
 		}
 	}
-	b, err := marshalMaster(m.keys, r)
+	b, err := marshalMaster(k, r)
 	if err != nil {
+		m.mu.Unlock()
 		return err
 	}
-	if err := m.st.Update(func(tx store.Tx) error { return tx.Put(persist.BucketMeta, persist.MetaMaster, b) }); err != nil {
+	next, err := k.without(prev)
+	if err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	err = m.st.Update(func(tx store.Tx) error {
+		n, err := left(tx)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			return &ErrRecordsLeft{N: n}
+		}
+		return tx.Put(persist.BucketMeta, persist.MetaMaster, b)
+	})
+	if err != nil {
+		m.mu.Unlock()
+		next.wipe()
 		return err
 	}
 	m.rec = r
-	// Publish new Keys without the previous generation rather than
-	// changing the published value.
-	k := *m.keys
-	k.gens = map[uint64]*genKeys{}
-	for g, gk := range m.keys.gens {
-		if g == prev && g != k.Generation {
-			gk.destroy()
-			continue
-		}
-		k.gens[g] = gk
-	}
-	if k.legacy != nil {
-		k.legacy.Destroy()
-		k.legacy = nil
-	}
-	m.keys = &k
+	// New Keys without the previous generation are published, sharing
+	// nothing with the old ones, which are wiped once unused.
+	next.epoch = k.epoch
+	_, wipe := m.retire(k)
+	m.publish(next)
+	m.mu.Unlock()
+	wipe()
 	m.log.Info("master-key rotation finished", "generation", r.Generation)
 	return nil
 }

@@ -620,8 +620,8 @@ func (s *Server) syncAuditKeys() {
 	}
 	s.auditMu.Lock()
 	defer s.auditMu.Unlock()
-	k, err := s.store.Master().Keys()
-	if err != nil || s.store.Ready() != nil {
+	l, err := s.store.Lease()
+	if err != nil {
 		if s.auditKeyed {
 			if err := s.alog.ClearKeys("keys-off"); err != nil {
 				s.log.Error("audit log: cannot record that it drops its keys", "err", err)
@@ -631,6 +631,8 @@ func (s *Server) syncAuditKeys() {
 		}
 		return
 	}
+	defer l.Release()
+	k := l.Keys()
 	// The audit secret is the master key's generation's: a rotation
 	// changes it, and the log starts a new key epoch (a rekey checkpoint,
 	// signed with the old key, names the new one).

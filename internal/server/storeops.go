@@ -321,11 +321,17 @@ func (s *Server) resumeRotation() {
 		return
 	}
 	go func() {
-		defer s.rewrapping.Store(false)
 		start := time.Now()
 		err := s.store.RewrapAll(func(done, total uint64) {
 			s.log.Debug("master-key rotation: re-wrapping", "done", done, "total", total)
 		})
+		s.rewrapping.Store(false)
+		if errors.Is(err, seal.ErrSealed) && s.store.Ready() == nil {
+			// Sealed under this batch and unsealed again since: the
+			// unseal found this run still going, so it goes on now.
+			s.resumeRotation()
+			return
+		}
 		if err != nil {
 			s.log.Error("master-key rotation stopped; it resumes at the next unseal", "err", err)
 			return

@@ -1,0 +1,360 @@
+package keystore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Deterministic tests of seal, unseal and master-key rotation racing with
+// the operations that use the master key's keys: a fault point (a test
+// hook) forces each interleaving.
+
+// setHook sets a hook for the length of the test.
+func setHook(t *testing.T, h *func(), fn func()) {
+	t.Helper()
+	*h = fn
+	t.Cleanup(func() { *h = nil })
+}
+
+// sealBegun starts s.SealAll in another goroutine (it may wait for the
+// operation that runs the hook) and returns once the seal has begun: the
+// master key is withdrawn. The returned channel is closed when SealAll
+// returns.
+func sealBegun(t *testing.T, s *Store) <-chan struct{} {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		s.SealAll()
+		close(done)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !s.Master().State().Sealed {
+		if time.Now().After(deadline) {
+			t.Error("the seal did not begin")
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return done
+}
+
+// addKeys adds n persistent keys of owner 1 and returns their ids.
+func addOwnerKeys(t *testing.T, s *Store, n int) []key.ID {
+	t.Helper()
+	ids := make([]key.ID, 0, n)
+	for range n {
+		o := obj(t, 1, "", false)
+		if err := s.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+		s.Release(o)
+	}
+	return ids
+}
+
+// beginRotation prepares and commits a master-key rotation.
+func beginRotation(t *testing.T, s *Store) {
+	t.Helper()
+	p, err := s.Master().PrepareRotation(context.Background(), seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitRotation(t, s, p)
+}
+
+// finishRewrap runs RewrapAll until it ends without error.
+func finishRewrap(t *testing.T, s *Store) {
+	t.Helper()
+	for range 5 {
+		if err := s.RewrapAll(nil); err == nil {
+			return
+		} else {
+			t.Logf("re-wrap stopped: %v", err)
+		}
+	}
+	t.Fatal("the re-wrap does not finish")
+}
+
+// checkAll checks, after a seal and an unseal, that every key in ids
+// opens, that nothing is quarantined and that the rotation is over.
+func checkAll(t *testing.T, s *Store, ids []key.ID) {
+	t.Helper()
+	s.SealAll()
+	unseal(t, s)
+	for i, id := range ids {
+		o, err := s.Get(id)
+		if err != nil {
+			t.Fatalf("key %d of %d lost: %v", i, len(ids), err)
+		}
+		s.Release(o)
+	}
+	if n := s.Quarantined(); n != 0 {
+		t.Fatalf("%d records quarantined", n)
+	}
+	if st := s.Master().State(); st.Rotating {
+		t.Fatalf("the rotation did not finish: %+v", st)
+	}
+}
+
+// A seal, and an unseal, while a batch of the re-wrap that follows a
+// master-key rotation runs: the batch must not pass over the records it
+// could not read, and the previous generation must not be retired while
+// records still need it. Before, the batch skipped the rest of its records
+// (the keys were wiped under it), committed its progress with the keys of
+// the new unseal, and the end of the rotation destroyed the previous
+// generation: those records were lost for good.
+func TestSealDuringRewrapLosesNoKey(t *testing.T) {
+	// At the first batch, and at a later one (after progress was recorded).
+	for _, at := range []int{1, 2} {
+		t.Run(fmt.Sprintf("batch%d", at), func(t *testing.T) {
+			s := persistent(t, filepath.Join(t.TempDir(), "state"))
+			ids := addOwnerKeys(t, s, 300) // two batches: 256 and 44
+			beginRotation(t, s)
+			batches := 0
+			setHook(t, &hookRewrapBatch, func() {
+				if batches++; batches != at {
+					return
+				}
+				sealBegun(t, s)
+				// Not t.Fatal: this runs in the store's commit goroutine.
+				if err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) }); err != nil {
+					t.Errorf("unseal during the re-wrap: %v", err)
+				}
+			})
+			s.RewrapAll(nil)
+			hookRewrapBatch = nil
+			finishRewrap(t, s)
+			checkAll(t, s, ids)
+		})
+	}
+}
+
+// A record the re-wrap passes over (here: one put back from an older copy,
+// which is refused on use) keeps the previous generation: the rotation
+// counts the records left under it before retiring it, and stays open.
+// Before, the rotation ended regardless, and the record was lost with the
+// previous generation's keys.
+func TestRotationKeepsGenerationWhileRecordsNameIt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	ids := addOwnerKeys(t, s, 3)
+	var old []byte
+	s.db.View(func(tx store.Tx) error {
+		old = bytes.Clone(tx.Get(persist.BucketKeys, ids[1][:]))
+		return nil
+	})
+	o, err := s.Get(ids[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetAttrs(o, func(a *key.Attrs) (*key.Attrs, error) {
+		n := *a
+		n.Usage = key.Encrypt
+		return &n, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.Release(o)
+	// The older copy put back behind the daemon's back, then a rotation.
+	beginRotation(t, s)
+	if err := s.db.Update(func(tx store.Tx) error { return tx.Put(persist.BucketKeys, ids[1][:], old) }); err != nil {
+		t.Fatal(err)
+	}
+	err = s.RewrapAll(nil)
+	if st := s.Master().State(); !st.Rotating {
+		t.Fatalf("the rotation ended with a record left under the previous generation (err %v)", err)
+	}
+	// The operator accepts the store as it is at the next unseal; the
+	// record, checked under the previous generation, is re-wrapped.
+	s.SealAll()
+	if err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, true) }); err != nil {
+		t.Fatal(err)
+	}
+	finishRewrap(t, s)
+	checkAll(t, s, ids)
+}
+
+// A store write that races a seal holds the master key's keys until it
+// ends: the seal does not wipe them under it, and the request is told the
+// daemon was sealed (UNAVAILABLE), never "key destroyed" (NOT_FOUND).
+func TestSealDuringWriteSaysSealed(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	s.master.SealWait = 5 * time.Second
+	setHook(t, &hookAddWriting, func() { sealBegun(t, s) })
+	o := obj(t, 1, "racing", false)
+	err := s.Add(o)
+	if status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("a creation racing a seal: %v, want UNAVAILABLE (sealed)", err)
+	}
+	Discard(o)
+}
+
+// A creation that completes after a seal began publishes no live key: it
+// is refused as sealed, and its object is the caller's to discard. Before,
+// the key was published into the sealed store and stayed usable.
+func TestCreationAfterSealPublishesNoKey(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	setHook(t, &hookAddWritten, func() { sealBegun(t, s) })
+	o := obj(t, 1, "late", false)
+	err := s.Add(o)
+	hookAddWritten = nil
+	if err == nil {
+		if uerr := o.Use(func(*mech.Key) error { return nil }); uerr == nil {
+			t.Fatal("a key created across a seal is usable while the daemon is sealed")
+		}
+		t.Fatal("a creation that completed after the seal was acknowledged")
+	}
+	if status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("creation across a seal: %v, want UNAVAILABLE", err)
+	}
+	Discard(o)
+	if p, live := s.Counts(); p != 0 || live != 0 {
+		t.Fatalf("counts while sealed: %d persistent, %d live", p, live)
+	}
+}
+
+// A destroy through a handle from before a seal and an unseal is refused
+// (the handle is dead, the key is not): it does not delete the key that
+// another handle, opened after the unseal, uses, and the counts stay
+// exact. Before, the record was deleted, the other handle kept working,
+// and the key count underflowed.
+func TestStaleDestroyAfterReseal(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	ids := addOwnerKeys(t, s, 1)
+	stale, err := s.Get(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SealAll()
+	unseal(t, s)
+	fresh, err := s.Get(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(stale); status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("destroy through a handle from before the seal: %v, want UNAVAILABLE", err)
+	}
+	if err := fresh.Use(func(*mech.Key) error { return nil }); err != nil {
+		t.Fatalf("the key opened after the unseal: %v", err)
+	}
+	if p, live := s.Counts(); p != 1 || live != 1 {
+		t.Fatalf("counts: %d persistent, %d live; want 1, 1", p, live)
+	}
+	if err := s.Remove(fresh); err != nil {
+		t.Fatal(err)
+	}
+	if p, live := s.Counts(); p != 0 || live != 0 {
+		t.Fatalf("counts after the destroy: %d persistent, %d live; want 0, 0", p, live)
+	}
+	if _, err := s.Get(ids[0]); status(err) != wire.Status_STATUS_NOT_FOUND {
+		t.Fatalf("destroyed key: %v", err)
+	}
+}
+
+// Ephemeral keys wiped by a seal are not counted after the unseal, and
+// releasing them then (their connection closes) gives nothing back: the
+// per-owner quota holds across a seal. Before, each release decremented
+// the new epoch's count, and the owner could hold more keys than allowed.
+func TestQuotaHoldsAcrossSeal(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	s.SetMaxPerUser(3)
+	addOwnerKeys(t, s, 1)
+	var eph []*Object
+	for range 2 {
+		o := obj(t, 1, "", true)
+		if err := s.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		eph = append(eph, o)
+	}
+	s.SealAll()
+	unseal(t, s)
+	for _, o := range eph {
+		s.Remove(o) // the connection that held it closes
+	}
+	if n := s.Owned(1); n != 1 {
+		t.Fatalf("owner 1 holds %d keys, counted %d", 1, n)
+	}
+	for i := range 3 {
+		err := s.Add(obj(t, 1, "", false))
+		switch {
+		case i < 2 && err != nil:
+			t.Fatalf("key %d within the quota: %v", i+2, err)
+		case i == 2 && err == nil:
+			t.Fatal("a fourth key against a quota of 3")
+		}
+	}
+}
+
+// A seal that comes while an unseal is checking the store wins: the
+// unseal fails (UNAVAILABLE), the daemon stays sealed, and the next
+// unseal works rather than answering "already unsealed".
+func TestSealDuringUnsealCheck(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	ids := addOwnerKeys(t, s, 2)
+	s.SealAll()
+	seal.SetHookUnsealVerify(t, func() { s.SealAll() })
+	err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) })
+	seal.SetHookUnsealVerify(t, nil)
+	if status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("an unseal overtaken by a seal: %v, want UNAVAILABLE", err)
+	}
+	if !s.Master().State().Sealed || s.Ready() == nil {
+		t.Fatal("the daemon is unsealed after a seal that came last")
+	}
+	unseal(t, s)
+	for _, id := range ids {
+		o, err := s.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Release(o)
+	}
+}
+
+// Concurrent unseals finish in order: the second waits for the first and
+// finds the daemon unsealed, without checking the store (whose state it
+// would otherwise install over the first's).
+func TestConcurrentUnsealsInOrder(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	addOwnerKeys(t, s, 2)
+	s.SealAll()
+	var checks atomic.Int32
+	verify := func(k *seal.Keys) error {
+		checks.Add(1)
+		return s.Verify(k, false)
+	}
+	second := make(chan error, 1)
+	seal.SetHookUnsealVerify(t, func() {
+		seal.SetHookUnsealVerify(t, nil)
+		go func() {
+			second <- s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), verify)
+		}()
+		time.Sleep(200 * time.Millisecond) // the second reaches the store check, if it can
+	})
+	if err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), verify); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; status(err) != wire.Status_STATUS_ALREADY_EXISTS {
+		t.Fatalf("the second unseal: %v, want ALREADY_EXISTS", err)
+	}
+	if n := checks.Load(); n != 1 {
+		t.Fatalf("the store was checked %d times", n)
+	}
+	if err := s.Ready(); err != nil {
+		t.Fatal(err)
+	}
+}
