@@ -108,3 +108,56 @@ func TestNoUnsafeNoCgo(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// kernelRandomAllowed are the daemon's packages that may take random bytes
+// from crypto/rand rather than from internal/random, and why. Every other
+// random value the daemon uses (keys, nonces, ids, salts) comes from
+// internal/random, which refuses to give out bytes after a machine
+// generation change until it knows that they differ from a clone's
+// (docs/genid.md, "Randomness").
+var kernelRandomAllowed = map[string]string{
+	"internal/random": "the source itself",
+	"internal/mech":   "Go 1.26 draws RSA keys and ECDSA signature nonces from its own source whatever reader it is given (RSA generation waits for the kernel to re-seed)",
+	"internal/secmem": "the arena's canary detects corruption; it is neither a secret nor a nonce",
+	"internal/kdf":    "the Argon2 worker's watchdog challenges, checked within this daemon only",
+	"internal/shamir": "a library: its callers in the daemon pass internal/random's reader",
+	"internal/cli":    "kdf-bench's throwaway passwords, in the client",
+	"internal/bench":  "benchmarks, in the client",
+}
+
+// TestRandomOnlyFromPackageRandom guards the rule above: a package of the
+// daemon that reads crypto/rand bypasses the check that a clone of the
+// machine does not repeat what it draws.
+func TestRandomOnlyFromPackageRandom(t *testing.T) {
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if d.Name() == "testdata" || d.Name() == "e2e" || (strings.HasPrefix(d.Name(), ".") && path != ".") {
+			return filepath.SkipDir
+		}
+		p, err := build.Default.ImportDir(path, 0)
+		if err != nil {
+			if _, ok := err.(*build.NoGoError); ok {
+				return nil
+			}
+			return err
+		}
+		rel := filepath.ToSlash(path)
+		for allowed := range kernelRandomAllowed {
+			if rel == allowed || strings.HasPrefix(rel, allowed+"/") {
+				return nil
+			}
+		}
+		if slices.Contains(p.Imports, "crypto/rand") {
+			t.Errorf("%s imports crypto/rand: draw random bytes from internal/random (or say in kernelRandomAllowed why not)", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

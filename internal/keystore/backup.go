@@ -349,7 +349,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				return nil
 			}
 			if h != nil {
-				if err := writeHeader(tx, k, h, acc); err != nil {
+				if err := s.writeHeader(tx, k, h, acc); err != nil {
 					return err
 				}
 			}

@@ -124,8 +124,13 @@ func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, e
 }
 
 // writeHeader writes h, with accumulator acc, in format 2 under k's
-// current generation.
-func writeHeader(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) error {
+// current generation. Every write of the header goes through it, and
+// carries the store's budget epoch (h.BudgetEpoch never goes down): the
+// plain copy in the meta bucket, which a generation change writes even
+// while the daemon is sealed, has no MAC, and someone who puts an older
+// value there must not reopen the versions a change closed (budget.go).
+func (s *Store) writeHeader(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) error {
+	h.BudgetEpoch = max(h.BudgetEpoch, s.epoch.cur.Load())
 	b, err := encodeHeader(k, h, acc)
 	if err != nil {
 		return err

@@ -125,7 +125,7 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain); err != nil {
 		return err
 	}
-	return writeHeader(tx, k, h, acc)
+	return s.writeHeader(tx, k, h, acc)
 }
 
 // putRecordIn is putRecord with the header (h, acc) read and written by
@@ -280,7 +280,7 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 				}
 			}
 		}
-		return writeHeader(tx, k, h, acc)
+		return s.writeHeader(tx, k, h, acc)
 	})
 	return storeErr(err)
 }
@@ -531,6 +531,9 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return ie
 		}
 	}
+	// The budget epoch the header carries, under its MAC, is a floor for
+	// the plain one the meta bucket holds (writeHeader).
+	s.raiseBudgetEpoch(hdr.BudgetEpoch)
 	switch {
 	case k.LegacyHeader():
 		// A store of format 1, checked under its rules: upgraded now, in
@@ -564,7 +567,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			}
 			h.Count = count
 			h.Epoch++
-			return writeHeader(tx, k, h, acc)
+			return s.writeHeader(tx, k, h, acc)
 		})
 		if err != nil {
 			return storeErr(err)
@@ -712,7 +715,7 @@ func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) 
 		}
 		h.Count = count
 		h.Epoch++
-		return writeHeader(tx, k, h, acc)
+		return s.writeHeader(tx, k, h, acc)
 	})
 	return count, err
 }
@@ -738,7 +741,7 @@ func (s *Store) upgrade(k *seal.Keys, old *persist.StoreHeader, bad map[key.ID]s
 			return err
 		}
 		h := &persist.StoreHeader{StoreId: k.StoreID, Epoch: old.Epoch + 1, Count: count, CreatedUnixNano: old.CreatedUnixNano}
-		return writeHeader(tx, k, h, acc)
+		return s.writeHeader(tx, k, h, acc)
 	})
 	return count, err
 }

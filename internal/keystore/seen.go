@@ -211,6 +211,6 @@ func (s *Store) CommitRotation(p *seal.Pending) error {
 		}
 		h.Count = count
 		h.Epoch++
-		return writeHeader(tx, next, h, acc)
+		return s.writeHeader(tx, next, h, acc)
 	})
 }

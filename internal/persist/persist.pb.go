@@ -573,7 +573,10 @@ type StoreHeader struct {
 	// 0x00 || the header with mac empty.
 	Mac []byte `protobuf:"bytes,7,opt,name=mac,proto3" json:"mac,omitempty"`
 	// 16 random bytes, new at every write of the header.
-	AccNonce      []byte `protobuf:"bytes,8,opt,name=acc_nonce,json=accNonce,proto3" json:"acc_nonce,omitempty"`
+	AccNonce []byte `protobuf:"bytes,8,opt,name=acc_nonce,json=accNonce,proto3" json:"acc_nonce,omitempty"`
+	// The budget epoch when the header was written: the store's budget
+	// epoch is never below it (meta "budget-epoch" alone carries no MAC).
+	BudgetEpoch   uint64 `protobuf:"varint,9,opt,name=budget_epoch,json=budgetEpoch,proto3" json:"budget_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -662,6 +665,13 @@ func (x *StoreHeader) GetAccNonce() []byte {
 		return x.AccNonce
 	}
 	return nil
+}
+
+func (x *StoreHeader) GetBudgetEpoch() uint64 {
+	if x != nil {
+		return x.BudgetEpoch
+	}
+	return 0
 }
 
 // MasterRecord holds the master key, sealed, and what unseals it.
@@ -1143,7 +1153,7 @@ const file_persist_proto_rawDesc = "" +
 	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\x12 \n" +
 	"\vfingerprint\x18\a \x01(\fR\vfingerprint\x12!\n" +
 	"\fbudget_epoch\x18\b \x01(\x04R\vbudgetEpoch\x12\x1c\n" +
-	"\tautomatic\x18\t \x01(\bR\tautomatic\"\xd9\x01\n" +
+	"\tautomatic\x18\t \x01(\bR\tautomatic\"\xfc\x01\n" +
 	"\vStoreHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x14\n" +
@@ -1152,7 +1162,8 @@ const file_persist_proto_rawDesc = "" +
 	"\x03acc\x18\x05 \x01(\fR\x03acc\x12*\n" +
 	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x10\n" +
 	"\x03mac\x18\a \x01(\fR\x03mac\x12\x1b\n" +
-	"\tacc_nonce\x18\b \x01(\fR\baccNonce\"\xdd\x02\n" +
+	"\tacc_nonce\x18\b \x01(\fR\baccNonce\x12!\n" +
+	"\fbudget_epoch\x18\t \x01(\x04R\vbudgetEpoch\"\xdd\x02\n" +
 	"\fMasterRecord\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x1e\n" +

@@ -138,6 +138,7 @@ func (m *StoreHeader) CloneVT() *StoreHeader {
 	r.Epoch = m.Epoch
 	r.Count = m.Count
 	r.CreatedUnixNano = m.CreatedUnixNano
+	r.BudgetEpoch = m.BudgetEpoch
 	if rhs := m.StoreId; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -704,6 +705,11 @@ func (m *StoreHeader) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.BudgetEpoch != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.BudgetEpoch))
+		i--
+		dAtA[i] = 0x48
 	}
 	if len(m.AccNonce) > 0 {
 		i -= len(m.AccNonce)
@@ -1285,6 +1291,9 @@ func (m *StoreHeader) SizeVT() (n int) {
 	l = len(m.AccNonce)
 	if l > 0 {
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.BudgetEpoch != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.BudgetEpoch))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -2592,6 +2601,25 @@ func (m *StoreHeader) UnmarshalVT(dAtA []byte) error {
 				m.AccNonce = []byte{}
 			}
 			iNdEx = postIndex
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field BudgetEpoch", wireType)
+			}
+			m.BudgetEpoch = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.BudgetEpoch |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

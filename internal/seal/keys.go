@@ -3,7 +3,6 @@ package seal
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -257,7 +257,10 @@ func (k *Keys) SealBlobs(id []byte, rev uint64, fn func(seal BlobSealer) error) 
 				out = make([]byte, 0, 12+len(pt)+a.Overhead())
 			}
 			out = out[:12]
-			if _, err := rand.Read(out); err != nil {
+			// From package random, as every nonce: two clones write a
+			// record at the same revision (the same blob key) with
+			// versions of their own, fresh material.
+			if err := random.Read(out); err != nil {
 				return nil, err
 			}
 			return a.Seal(out, out, pt, aad), nil

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,10 +111,12 @@ type State struct {
 
 // Master keeps the master key of one store.
 type Master struct {
-	st   store.Store
-	kdf  Deriver
-	log  *slog.Logger
-	now  func() time.Time
+	st  store.Store
+	kdf Deriver
+	log *slog.Logger
+	now func() time.Time
+	// rand makes the store id and passphrase salts, which a clone may
+	// repeat harmlessly (docs/genid.md): it does not wait for fresh bytes.
 	rand func([]byte)
 	// insecureKDF: passphrase slots below MinParams are made (tests only).
 	insecureKDF bool
@@ -171,7 +172,7 @@ type Config struct {
 
 // Open reads the master record, if any. The master key starts sealed.
 func Open(cfg Config) (*Master, error) {
-	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: func(b []byte) { rand.Read(b) }, insecureKDF: cfg.InsecureKDF}
+	m := &Master{st: cfg.Store, kdf: cfg.KDF, log: cfg.Logger, now: cfg.Now, rand: random.ReadAny, insecureKDF: cfg.InsecureKDF}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
