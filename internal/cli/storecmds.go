@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto"
 	"encoding/hex"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/shamir"
@@ -28,6 +30,7 @@ type sealingFlags struct {
 	threshold int
 	shareDir  string
 	argon2    argon2Flags
+	allowWeak bool
 }
 
 func (s *sealingFlags) register(f *flags) {
@@ -39,7 +42,13 @@ func (s *sealingFlags) register(f *flags) {
 	f.UintVar(&s.argon2.time, "time", 0, "Argon2id `passes` for the passphrase (default 3; passes × memory at least 3 × 65536)")
 	f.UintVar(&s.argon2.memory, "memory", 0, "Argon2id memory in `KiB` for the passphrase (default 262144, at least 65536)")
 	f.UintVar(&s.argon2.threads, "threads", 0, "Argon2id `lanes` for the passphrase (default 4)")
+	f.BoolVar(&s.allowWeak, "allow-weak", false, fmt.Sprintf("accept a master passphrase shorter than %d characters (for tests only)", minMasterPassphrase))
 }
+
+// minMasterPassphrase is the fewest characters a new master passphrase
+// may have (without --allow-weak): the Argon2id floor slows a guesser, but
+// no cost saves a passphrase a guesser tries early.
+const minMasterPassphrase = 12
 
 // sealing reads the passphrase (unless shares only) and checks the flags.
 func (s *sealingFlags) sealing(e *env) (keywarden.MasterSealing, error) {
@@ -68,6 +77,10 @@ func (s *sealingFlags) sealing(e *env) (keywarden.MasterSealing, error) {
 	if !s.noPass {
 		if ms.Passphrase, err = readPassphrase(e, s.passFile, "new master passphrase", true); err != nil {
 			return ms, err
+		}
+		if n := utf8.RuneCount(ms.Passphrase); n < minMasterPassphrase && !s.allowWeak {
+			clear(ms.Passphrase)
+			return ms, usagef("the master passphrase has %d characters: it needs at least %d (--allow-weak accepts a shorter one, for tests only)", n, minMasterPassphrase)
 		}
 	}
 	return ms, nil
@@ -136,6 +149,20 @@ func runInit(e *env, args []string) error {
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	if !*force {
+		// Nothing is asked for, and no Argon2id runs, for a store that
+		// has its master key already.
+		ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+		if c, err := f.dialContext(ctx); err == nil {
+			st, err := c.Status(ctx)
+			c.Close()
+			if err == nil && st.Seal.Initialized {
+				cancel()
+				return errors.New("the store already has a master key: unseal it with \"keywarden unseal\" (--force replaces the master key of a store that holds no keys)")
+			}
+		}
+		cancel()
 	}
 	ms, err := s.sealing(e)
 	if err != nil {
@@ -209,6 +236,14 @@ func runUnseal(e *env, args []string) error {
 		defer clear(sh.Y)
 		shares = append(shares, sh)
 	}
+	// The daemon's state first: nothing is asked for, and no Argon2id
+	// runs, for an unseal that cannot be attempted now.
+	if already, err := unsealWait(e, f); err != nil || already {
+		if already {
+			return printAlreadyUnsealed(e, f.json)
+		}
+		return err
+	}
 	var pass []byte
 	if len(shares) == 0 {
 		if pass, err = readPassphrase(e, *passFile, "master passphrase", false); err != nil {
@@ -223,15 +258,82 @@ func runUnseal(e *env, args []string) error {
 	defer done()
 	if len(shares) == 0 {
 		if err := c.Unseal(ctx, pass, *accept); err != nil {
+			if unsealedMeanwhile(ctx, c, err) {
+				return printAlreadyUnsealed(e, f.json)
+			}
 			return err
 		}
 		return printUnsealed(e, f.json, keywarden.UnsealProgress{Unsealed: true})
 	}
 	p, err := c.UnsealShares(ctx, shares, *accept)
 	if err != nil {
+		if unsealedMeanwhile(ctx, c, err) {
+			return printAlreadyUnsealed(e, f.json)
+		}
 		return err
 	}
 	return printUnsealed(e, f.json, p)
+}
+
+// unsealedMeanwhile reports whether an unseal refused with err was refused
+// because someone else unsealed the daemon meanwhile (ALREADY_EXISTS is
+// also a share submitted twice).
+func unsealedMeanwhile(ctx context.Context, c *keywarden.Client, err error) bool {
+	if !errors.Is(err, keywarden.ErrAlreadyExists) {
+		return false
+	}
+	st, serr := c.Status(ctx)
+	return serr == nil && st.Seal.Initialized && !st.Seal.Sealed
+}
+
+// maxUnsealWait is the longest back-off after failed unseals that the CLI
+// waits out by itself; a longer one is reported.
+const maxUnsealWait = time.Minute
+
+// unsealWait asks the daemon's state before an unseal: already says it is
+// unsealed; a back-off after failed attempts of up to maxUnsealWait is
+// waited out, saying so; a longer one, or a store without a master key,
+// is an error. A daemon that cannot be asked is left to the unseal itself
+// to report.
+func unsealWait(e *env, f *flags) (already bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
+	defer cancel()
+	c, err := f.dialContext(ctx)
+	if err != nil {
+		return false, nil
+	}
+	st, err := c.Status(ctx)
+	c.Close()
+	if err != nil {
+		return false, nil
+	}
+	switch s := st.Seal; {
+	case !s.Initialized:
+		return false, errors.New("the store has no master key yet: create one with \"keywarden init\"")
+	case !s.Sealed:
+		return true, nil
+	case s.RetryAfter > maxUnsealWait:
+		return false, fmt.Errorf("too many failed unseal attempts: try again in %s", ceilSecond(s.RetryAfter))
+	case s.RetryAfter > 0:
+		w := ceilSecond(s.RetryAfter)
+		fmt.Fprintf(e.stderr, "too many failed unseal attempts: waiting %s before trying again\n", w)
+		time.Sleep(w)
+	}
+	return false, nil
+}
+
+// ceilSecond rounds d up to a whole second: a wait is never said shorter
+// than it is.
+func ceilSecond(d time.Duration) time.Duration {
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
+func printAlreadyUnsealed(e *env, asJSON bool) error {
+	if asJSON {
+		return printJSON(e, map[string]any{"unsealed": true, "already": true})
+	}
+	fmt.Fprintln(e.stdout, "already unsealed: nothing to do")
+	return nil
 }
 
 func printUnsealed(e *env, asJSON bool, p keywarden.UnsealProgress) error {
@@ -260,8 +362,22 @@ func runSeal(e *env, args []string) error {
 		return err
 	}
 	defer done()
+	sealed := func() bool {
+		st, err := c.Status(ctx)
+		return err == nil && st.Seal.Initialized && st.Seal.Sealed
+	}
+	if sealed() {
+		if f.json {
+			return printJSON(e, map[string]bool{"sealed": true, "already": true})
+		}
+		fmt.Fprintln(e.stdout, "already sealed: nothing to do")
+		return nil
+	}
 	if err := c.Seal(ctx); err != nil {
-		return err
+		// Sealed meanwhile by someone else: what was asked for is so.
+		if keywarden.CodeOf(err) != keywarden.CodeUnavailable || !sealed() {
+			return err
+		}
 	}
 	if f.json {
 		return printJSON(e, map[string]bool{"sealed": true})

@@ -771,6 +771,12 @@ func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(
 	return nil
 }
 
+// ceilSecond rounds d up to a whole second: a wait is never said to be
+// shorter than it is ("try again in 0s").
+func ceilSecond(d time.Duration) time.Duration {
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
 // beginUnseal checks that an unseal may be attempted now. m.mu is held.
 func (m *Master) beginUnseal() (*persist.MasterRecord, error) {
 	if m.rec == nil {
@@ -781,7 +787,7 @@ func (m *Master) beginUnseal() (*persist.MasterRecord, error) {
 	}
 	if w := m.lim.wait(m.now()); w > 0 {
 		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			"too many failed unseal attempts: try again in %s", w.Round(time.Second))
+			"too many failed unseal attempts: try again in %s", ceilSecond(w))
 	}
 	return m.rec, nil
 }
@@ -792,7 +798,7 @@ func (m *Master) failed(what string) error {
 	n, w := m.lim.failures, m.lim.wait(m.now())
 	m.dropShares()
 	m.mu.Unlock()
-	m.log.Warn("unseal failed", "reason", what, "failures", n, "next_attempt_in", w.Round(time.Second).String())
+	m.log.Warn("unseal failed", "reason", what, "failures", n, "next_attempt_in", ceilSecond(w).String())
 	return ErrWrongSecret
 }
 
