@@ -283,7 +283,7 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "up since:     %s\n", st.Started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(e.stdout, "master key:   %s\n", sealLine(st.Seal))
 	fmt.Fprintf(e.stdout, "audit log:    %s\n", auditLine(st.Audit))
-	fmt.Fprintf(e.stdout, "keys:         %d\n", st.Keys)
+	fmt.Fprintf(e.stdout, "keys:         %d persistent (ephemeral keys are not counted)\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
 	fmt.Fprintf(e.stdout, "you are:      uid %d gid %d pid %d (pidfd: %s)\n", st.CallerUID, st.CallerGID, st.CallerPID, yesNo(st.CallerPidfd))
 	m := st.Memory
@@ -291,7 +291,7 @@ func runStatus(e *env, args []string) error {
 	if m.LimitBytes > 0 {
 		limit = fmt.Sprintf("%d bytes", m.LimitBytes)
 	}
-	fmt.Fprintf(e.stdout, "key memory:   %s, %d bytes locked (%d in use by %d keys), limit %s\n",
+	fmt.Fprintf(e.stdout, "key memory:   %s, %d bytes locked (%d in use by %d buffers: keys in memory, one per version, ephemeral ones and the daemon's own master and audit keys included), limit %s\n",
 		m.Backing, m.LockedBytes, m.InUseBytes, m.Allocations, limit)
 	fmt.Fprintf(e.stdout, "hardening:    runtime/secret %s, mlockall %s, dumpable %s; %d keys with cached expanded state\n",
 		yesNo(m.RuntimeSecret), yesNo(m.Mlockall), yesNo(m.Dumpable), m.CachedKeys)
