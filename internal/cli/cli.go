@@ -199,6 +199,7 @@ type flags struct {
 	// and the caller (0: $KEYWARDEN_DAEMON_UID, else none).
 	daemonUID uint32
 	json      bool
+	encoding  string // --encoding, for commands whose result is binary
 	timeout   time.Duration
 	// context is the command's deadline, set by dial.
 	context context.Context
@@ -208,6 +209,9 @@ func newFlags(name string, e *env) *flags {
 	f := &flags{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), e: e}
 	f.SetOutput(io.Discard)
 	f.StringVar(&f.socket, "socket", "", "daemon socket `path` (default $"+keywarden.SocketEnv+" or the default path)")
+	if binaryResult[name] {
+		f.StringVar(&f.encoding, "encoding", "", "print the result as `raw` bytes, hex or base64 (default: raw bytes to a pipe or file, hex to a terminal)")
+	}
 	if name != "serve" {
 		f.Func("daemon-uid", "trust a daemon run by this `uid` too, besides root and you (default $"+keywarden.DaemonUIDEnv+")", func(v string) error {
 			n, err := strconv.ParseUint(v, 10, 32)
@@ -225,6 +229,10 @@ func newFlags(name string, e *env) *flags {
 
 // parse parses flags that may come before, between or after positional
 // arguments, and returns the positional ones.
+// binaryResult names the commands whose result is binary (a ciphertext,
+// signature, tag, digest or blob): one rule prints them all (writeBinary).
+var binaryResult = map[string]bool{"encrypt": true, "sign": true, "mac": true, "hash": true, "key wrap": true, "rewrap": true, "datakey": true}
+
 func (f *flags) parse(args []string) ([]string, error) {
 	var pos []string
 	for {
@@ -237,6 +245,11 @@ func (f *flags) parse(args []string) ([]string, error) {
 		}
 		args = f.Args()
 		if len(args) == 0 {
+			switch f.encoding {
+			case "", "raw", "hex", "base64":
+			default:
+				return nil, usagef("unknown --encoding %q (want raw, hex or base64)", f.encoding)
+			}
 			return pos, nil
 		}
 		if args[0] == "--" {

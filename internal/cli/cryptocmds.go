@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/keywarden/keywarden"
 )
 
@@ -31,8 +33,44 @@ func writeOutput(e *env, f *flags, field string, b []byte) error {
 	if f.json {
 		return printJSON(e, map[string]string{field: base64.StdEncoding.EncodeToString(b)})
 	}
-	_, err := e.stdout.Write(b)
+	if field == "plaintext" {
+		_, err := e.stdout.Write(b) // the caller's own data, as it was
+		return err
+	}
+	return writeBinary(e, f, b)
+}
+
+// writeBinary prints a binary result by the one rule: as --encoding says,
+// else raw bytes to a pipe or a file (for the next program) and hex, on a
+// line of its own, to a terminal (for a person).
+func writeBinary(e *env, f *flags, b []byte) error {
+	enc := f.encoding
+	if enc == "" {
+		enc = "raw"
+		if isTerminal(e.stdout) {
+			enc = "hex"
+		}
+	}
+	var err error
+	switch enc {
+	case "hex":
+		_, err = fmt.Fprintln(e.stdout, hex.EncodeToString(b))
+	case "base64":
+		_, err = fmt.Fprintln(e.stdout, base64.StdEncoding.EncodeToString(b))
+	default:
+		_, err = e.stdout.Write(b)
+	}
 	return err
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func optHash(s string) (crypto.Hash, error) {
@@ -346,7 +384,7 @@ func runMAC(e *env, args []string) error {
 func runHash(e *env, args []string) error {
 	f := newFlags("hash", e)
 	alg := f.String("alg", "", "`hash`: sha256, sha384, sha512, sha3-256, sha3-512")
-	raw := f.Bool("raw", false, "print the digest as raw bytes instead of hex")
+	raw := f.Bool("raw", false, "the same as --encoding raw")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -389,11 +427,9 @@ func runHash(e *env, args []string) error {
 	case f.json:
 		return printJSON(e, map[string]string{"alg": *alg, "digest": hex.EncodeToString(sum)})
 	case *raw:
-		_, err = e.stdout.Write(sum)
-		return err
+		f.encoding = "raw"
 	}
-	fmt.Fprintln(e.stdout, hex.EncodeToString(sum))
-	return nil
+	return writeBinary(e, f, sum)
 }
 
 func runDerive(e *env, args []string) error {

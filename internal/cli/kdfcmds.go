@@ -330,8 +330,11 @@ func runPasswordVerify(e *env, args []string) error {
 	}
 	defer done()
 	err = c.VerifyPassword(ctx, pw, *phc)
-	if f.json && (err == nil || errors.Is(err, keywarden.ErrVerification)) {
+	switch {
+	case f.json && (err == nil || errors.Is(err, keywarden.ErrVerification)):
 		printJSON(e, map[string]bool{"match": err == nil})
+	case err == nil:
+		fmt.Fprintln(e.stdout, "match") // as verify prints "verified"
 	}
 	return err
 }
