@@ -292,9 +292,9 @@ const maxUnsealWait = time.Minute
 
 // unsealWait asks the daemon's state before an unseal: already says it is
 // unsealed; a back-off after failed attempts of up to maxUnsealWait is
-// waited out, saying so; a longer one, or a store without a master key,
-// is an error. A daemon that cannot be asked is left to the unseal itself
-// to report.
+// waited out, saying so; a longer one is an error. A daemon that cannot be
+// asked, or a store without a master key, is left to the unseal itself to
+// report.
 func unsealWait(e *env, f *flags) (already bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
@@ -309,7 +309,7 @@ func unsealWait(e *env, f *flags) (already bool, err error) {
 	}
 	switch s := st.Seal; {
 	case !s.Initialized:
-		return false, errors.New("the store has no master key yet: create one with \"keywarden init\"")
+		// The unseal itself will say so (or the daemon knows better).
 	case !s.Sealed:
 		return true, nil
 	case s.RetryAfter > maxUnsealWait:
