@@ -372,7 +372,9 @@ func (k *Key) SetACL(ctx context.Context, acl []ACLEntry) (KeyInfo, error) {
 }
 
 // Destroy deletes the key from the daemon and wipes its bytes. Owner only.
-// Handles to it on other connections stop working.
+// Handles to it on other connections stop working. A persistent key whose
+// Lifecycle.DeletionAllowed is off is refused (ErrPolicyViolation): allow
+// its deletion first with SetLifecycle.
 func (k *Key) Destroy(ctx context.Context) error {
 	_, err := k.c.do(ctx, "destroy", &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}})
 	return err

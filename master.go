@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/wire"
@@ -197,27 +198,82 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 
 // Restore replaces the daemon's whole store with a backup read from r,
 // and leaves the daemon sealed: unsealing checks the restored store. A
-// daemon with a master key takes only a backup of its own store.
+// daemon with a master key takes only a backup of its own store, and only
+// if it holds no keys: RestoreWithOptions replaces one that does.
 func (c *Client) Restore(ctx context.Context, r io.Reader) (int64, error) {
+	res, err := c.RestoreWithOptions(ctx, r, RestoreOptions{})
+	return res.Bytes, err
+}
+
+// RestoreOptions are the options of RestoreWithOptions.
+type RestoreOptions struct {
+	// Force replaces a store that holds keys. Without it such a restore
+	// is refused (ErrPolicyViolation, with a message that says what it would
+	// lose) and nothing changes.
+	Force bool
+}
+
+// RestoreResult describes a restore.
+type RestoreResult struct {
+	// Bytes of backup sent.
+	Bytes int64
+	// Key records in the store replaced and in the backup.
+	KeysBefore, KeysInBackup uint64
+	// Keys the store replaced held that the backup does not: made since
+	// the backup, rotated since (their newer versions), changed since in
+	// another way (attributes, ACL, lifecycle, versions retired or
+	// trimmed). Returning keys were destroyed since the backup and are
+	// back.
+	Created, Rotated, Changed, Returning uint64
+	// The caller's keys of each kind, by name (hex id if unnamed; at most
+	// 256 of each).
+	YoursCreated, YoursRotated, YoursChanged, YoursReturning []string
+	// The master key's generation before and in the backup.
+	GenerationBefore, GenerationInBackup uint64
+	// Replaced is the file on the daemon's machine that keeps the store
+	// replaced, until an administrator removes it ("" if it held no keys).
+	Replaced string
+}
+
+// RestoreWithOptions is Restore with options, and says what the restore
+// replaced.
+func (c *Client) RestoreWithOptions(ctx context.Context, r io.Reader, opts RestoreOptions) (RestoreResult, error) {
 	chunk := make([]byte, min(c.MaxData(), 256<<10))
-	var n int64
+	var out RestoreResult
 	var token []byte
 	for {
 		m, err := io.ReadFull(r, chunk)
 		last := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 		if err != nil && !last {
-			return n, err
+			return out, err
 		}
-		res, derr := c.do(ctx, "restore", &wire.Op{Op: &wire.Op_Restore{Restore: &wire.Restore{Token: token, Data: chunk[:m], Last: last}}})
+		res, derr := c.do(ctx, "restore", &wire.Op{Op: &wire.Op_Restore{Restore: &wire.Restore{Token: token, Data: chunk[:m], Last: last, Force: last && opts.Force}}})
 		if derr != nil {
-			return n, derr
+			return out, derr
 		}
-		n += int64(m)
+		out.Bytes += int64(m)
 		if last {
-			return n, nil
+			if w := res.GetBackup().GetReport(); w != nil {
+				out.KeysBefore, out.KeysInBackup = w.KeysBefore, w.KeysInBackup
+				out.Created, out.Rotated, out.Changed, out.Returning = w.Created, w.Rotated, w.Changed, w.Returning
+				out.YoursCreated, out.YoursRotated = cloneStrings(w.YoursCreated), cloneStrings(w.YoursRotated)
+				out.YoursChanged, out.YoursReturning = cloneStrings(w.YoursChanged), cloneStrings(w.YoursReturning)
+				out.GenerationBefore, out.GenerationInBackup = w.GenerationBefore, w.GenerationInBackup
+				out.Replaced = strings.Clone(w.Replaced)
+			}
+			return out, nil
 		}
 		token = res.GetBackup().GetToken()
 	}
+}
+
+// cloneStrings copies strings that may point into a reply's buffer.
+func cloneStrings(ss []string) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, strings.Clone(s))
+	}
+	return out
 }
 
 // SealStatus describes the daemon's master key and store.

@@ -29,6 +29,10 @@ type Lifecycle struct {
 	// RefuseWhenSpent: a version that has made as many AES-GCM encryptions
 	// as it may refuses more, rather than a new version being made.
 	RefuseWhenSpent bool
+	// DeletionAllowed: Destroy may delete the key. It is off for a new
+	// persistent key of a daemon with a state directory, until set with
+	// SetLifecycle; on for ephemeral keys and in development mode.
+	DeletionAllowed bool
 	// Versions are the live versions, oldest first.
 	Versions []VersionInfo
 }
@@ -77,6 +81,7 @@ func lifecycleFromWire(w *wire.KeyLifecycle) Lifecycle {
 	l := Lifecycle{
 		Origin: Origin(w.Origin), NeverExportable: w.NeverExportable, Trusted: w.Trusted, WrappedOut: w.WrappedOut, MinVersion: w.MinVersion,
 		RotateAfter: time.Duration(w.RotateAfterSeconds) * time.Second, RefuseWhenSpent: w.RefuseWhenSpent,
+		DeletionAllowed: w.DeletionAllowed,
 	}
 	for _, v := range w.Versions {
 		l.Versions = append(l.Versions, VersionInfo{Version: v.Version, Created: time.Unix(0, v.CreatedUnixNano),
@@ -109,12 +114,15 @@ type LifecycleChange struct {
 	RefuseWhenSpent *bool
 	// Trusted makes the key a trusted wrapping key (administrators only).
 	Trusted *bool
+	// DeletionAllowed lets Destroy delete the key (true), or stops it
+	// (false). See Lifecycle.
+	DeletionAllowed *bool
 }
 
 // SetLifecycle changes the key's version and rotation settings. Owner only.
 func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, error) {
 	sl := &wire.SetLifecycle{Handle: k.handle, MinVersion: ch.MinVersion, TrimBelow: ch.TrimBelow,
-		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted}
+		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted, DeletionAllowed: ch.DeletionAllowed}
 	if ch.RotateAfter != nil {
 		s := int64(*ch.RotateAfter / time.Second)
 		sl.RotateAfterSeconds = &s

@@ -753,6 +753,13 @@ func TestAuditEveryOperation(t *testing.T) {
 		opEntry("mac", hm, "OK", 1),
 	}})
 
+	ck.step(ac, "destroy before deletion is allowed", func() {
+		wantErr(t, "destroy of a persistent key", unwrapped.Destroy(ctx), keywarden.ErrPolicyViolation)
+	}, refused("destroy", "POLICY_VIOLATION", unwrapped))
+	ck.step(ac, "allow deletion", func() {
+		_, err := unwrapped.SetLifecycle(ctx, keywarden.LifecycleChange{DeletionAllowed: &yes})
+		must(t, "allow deletion", err)
+	}, about("set-lifecycle", unwrapped))
 	ck.step(ac, "destroy", func() { must(t, "destroy", unwrapped.Destroy(ctx)) }, about("destroy", unwrapped))
 	ck.step(ac, "destroy refused", func() {
 		wantErr(t, "destroy through a closed handle", unwrapped.Destroy(ctx), keywarden.ErrNotFound)

@@ -330,6 +330,10 @@ func TestCrashSafety(t *testing.T) {
 							results <- &fact{id: f.id, version: info.Version}
 						}
 					case 2:
+						yes := true
+						if _, err := k.SetLifecycle(cctx, keywarden.LifecycleChange{DeletionAllowed: &yes}); err != nil {
+							continue
+						}
 						results <- &fact{id: f.id, destroying: true}
 						if k.Destroy(cctx) == nil {
 							results <- &fact{id: f.id, gone: true}

@@ -97,6 +97,10 @@ func newTamperFixture(t *testing.T) *tamperFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	yes := true
+	if _, err := doomed.SetLifecycle(ctx, keywarden.LifecycleChange{DeletionAllowed: &yes}); err != nil {
+		t.Fatal(err)
+	}
 	if err := doomed.Destroy(ctx); err != nil {
 		t.Fatal(err)
 	}

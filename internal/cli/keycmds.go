@@ -346,11 +346,12 @@ func (o *optBool) IsBoolFlag() bool { return true }
 
 func runKeySet(e *env, args []string) error {
 	var usage string
-	var exp, wrap optBool
+	var exp, wrap, del optBool
 	f, k, done, err := openOne(e, "key set", args, func(f *flags) {
 		f.StringVar(&usage, "usage", "", "the new, narrower `usages`")
 		f.Var(&exp, "exportable", "set exportable (only false is allowed once it is off)")
 		f.Var(&wrap, "wrappable", "set wrappable (only false is allowed once it is off)")
+		f.Var(&del, "deletion-allowed", "allow \"key destroy\" to delete the key (=false: protect it again)")
 	})
 	if err != nil {
 		return err
@@ -365,13 +366,20 @@ func runKeySet(e *env, args []string) error {
 		a.Usage = &u
 	}
 	a.Exportable, a.Wrappable = exp.v, wrap.v
-	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil {
-		return usagef("nothing to change: give --usage, --exportable or --wrappable")
+	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil && del.v == nil {
+		return usagef("nothing to change: give --usage, --exportable, --wrappable or --deletion-allowed")
 	}
 	ctx := f.context
-	info, err := k.SetAttributes(ctx, a)
-	if err != nil {
-		return err
+	info := k.Info()
+	if a.Usage != nil || a.Exportable != nil || a.Wrappable != nil {
+		if info, err = k.SetAttributes(ctx, a); err != nil {
+			return err
+		}
+	}
+	if del.v != nil {
+		if info, err = k.SetLifecycle(ctx, keywarden.LifecycleChange{DeletionAllowed: del.v}); err != nil {
+			return err
+		}
 	}
 	return printKey(e, f.json, info)
 }

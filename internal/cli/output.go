@@ -50,6 +50,7 @@ type lifecycleJSON struct {
 	MinVersion         uint32        `json:"min_version"`
 	RotateAfterSeconds int64         `json:"rotate_after_seconds"`
 	RefuseWhenSpent    bool          `json:"refuse_when_spent"`
+	DeletionAllowed    bool          `json:"deletion_allowed"`
 	Versions           []versionJSON `json:"versions"`
 }
 
@@ -90,7 +91,7 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 	if l := i.Lifecycle; len(l.Versions) > 0 {
 		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted, WrappedOut: l.WrappedOut,
 			MinVersion: l.MinVersion, RotateAfterSeconds: int64(l.RotateAfter / time.Second), RefuseWhenSpent: l.RefuseWhenSpent,
-			Versions: []versionJSON{}}
+			DeletionAllowed: l.DeletionAllowed, Versions: []versionJSON{}}
 		for _, v := range l.Versions {
 			lj.Versions = append(lj.Versions, versionJSON{v.Version, v.Created.UTC().Format(time.RFC3339Nano), v.Encryptions, v.EncryptionLimit})
 		}
@@ -176,6 +177,11 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 			origin += ", wrapped out"
 		}
 		fmt.Fprintf(w, "origin:\t%s\n", origin)
+		if l.DeletionAllowed {
+			fmt.Fprintf(w, "deletion:\tallowed\n")
+		} else {
+			fmt.Fprintf(w, "deletion:\tnot allowed (key set --deletion-allowed first)\n")
+		}
 		if l.RotateAfter > 0 || l.RefuseWhenSpent {
 			rot := "rotate after " + l.RotateAfter.String()
 			if l.RotateAfter == 0 {

@@ -758,6 +758,7 @@ func runBackup(e *env, args []string) error {
 
 func runRestore(e *env, args []string) error {
 	f := newFlags("restore", e)
+	force := f.Bool("force", false, "replace a store that holds keys (the keys made, rotated or changed since the backup are lost; the store replaced is kept beside it)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -779,13 +780,43 @@ func runRestore(e *env, args []string) error {
 		return err
 	}
 	defer done()
-	n, err := c.Restore(ctx, r)
+	res, err := c.RestoreWithOptions(ctx, r, keywarden.RestoreOptions{Force: *force})
 	if err != nil {
 		return err
 	}
 	if f.json {
-		return printJSON(e, map[string]any{"restored_bytes": n, "sealed": true})
+		return printJSON(e, map[string]any{"restored_bytes": res.Bytes, "sealed": true,
+			"keys_before": res.KeysBefore, "keys_in_backup": res.KeysInBackup,
+			"created": res.Created, "rotated": res.Rotated, "changed": res.Changed, "returning": res.Returning,
+			"yours_created": res.YoursCreated, "yours_rotated": res.YoursRotated,
+			"yours_changed": res.YoursChanged, "yours_returning": res.YoursReturning, "replaced": res.Replaced})
 	}
-	fmt.Fprintf(e.stdout, "restored %d bytes; the daemon is sealed: unseal it with the backup's master passphrase or shares\n", n)
+	printRestoreReport(e, res)
+	fmt.Fprintf(e.stdout, "restored %d bytes; the daemon is sealed: unseal it with the backup's master passphrase or shares\n", res.Bytes)
 	return nil
+}
+
+// printRestoreReport says what a restore replaced, when it replaced keys.
+func printRestoreReport(e *env, res keywarden.RestoreResult) {
+	if res.KeysBefore == 0 {
+		return
+	}
+	fmt.Fprintf(e.stdout, "the store held %d keys, the backup %d\n", res.KeysBefore, res.KeysInBackup)
+	line := func(what string, n uint64, desc string, yours []string) {
+		if n == 0 {
+			return
+		}
+		fmt.Fprintf(e.stdout, "%s: %d %s", what, n, desc)
+		if len(yours) > 0 {
+			fmt.Fprintf(e.stdout, " (yours: %s)", strings.Join(yours, ", "))
+		}
+		fmt.Fprintln(e.stdout)
+	}
+	line("lost", res.Created, "created since the backup", res.YoursCreated)
+	line("lost", res.Rotated, "rotated since the backup (their newer versions)", res.YoursRotated)
+	line("lost", res.Changed, "changed since the backup (attributes, access or versions)", res.YoursChanged)
+	line("back", res.Returning, "destroyed since the backup", res.YoursReturning)
+	if res.Replaced != "" {
+		fmt.Fprintf(e.stdout, "the store replaced is kept in %s until you remove it\n", res.Replaced)
+	}
 }

@@ -30,6 +30,20 @@ const backupMagic = "keywarden-backup-v1\n"
 
 var backupBuckets = [][]byte{persist.BucketMeta, persist.BucketKeys, persist.BucketNames, persist.BucketQuarantine}
 
+// unsealable reports whether a master record can ever be unsealed: it is
+// sealed under a passphrase or split into shares. A development-mode
+// master key is neither: it lives in one process's memory only.
+func unsealable(m *persist.MasterRecord) bool { return m.Passphrase != nil || m.Shares != nil }
+
+var (
+	errBackupEphemeral = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+		"no backup made: this daemon runs in development mode (--dev), its master key exists only in memory, "+
+			"and a backup of its store could never be unsealed; keep keys you need in a daemon with --state")
+	errRestoreEphemeral = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+		"nothing restored: the backup's master key is sealed under neither a passphrase nor shares "+
+			"(a backup of a development-mode daemon, whose master key existed only in its memory): it could never be unsealed")
+)
+
 // Backup writes a consistent copy of the whole store to w. It needs no
 // master key: the store holds only ciphertext and the sealed master key.
 func (s *Store) Backup(w io.Writer) error {
@@ -38,8 +52,16 @@ func (s *Store) Backup(w io.Writer) error {
 	out := io.MultiWriter(bw, h)
 	var n uint64
 	err := s.db.View(func(tx store.Tx) error {
-		if tx.Get(persist.BucketMeta, persist.MetaMaster) == nil {
+		mv := tx.Get(persist.BucketMeta, persist.MetaMaster)
+		if mv == nil {
 			return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the store has no master key: nothing to back up")
+		}
+		var m persist.MasterRecord
+		if err := m.UnmarshalVT(mv); err != nil {
+			return wire.Errorf(wire.Status_STATUS_INTERNAL, "the store's master record is malformed")
+		}
+		if !unsealable(&m) {
+			return errBackupEphemeral
 		}
 		if _, err := io.WriteString(out, backupMagic); err != nil {
 			return err
@@ -188,13 +210,19 @@ func readEntry(r *bufio.Reader) (backupEntry, error) {
 
 // Restore replaces the whole store with the backup in file path, and
 // leaves the daemon sealed: unsealing checks the restored store. A store
-// with a master key accepts only a backup of the same store (same id).
-func (s *Store) Restore(path string) error {
+// with a master key accepts only a backup of the same store (same id),
+// and a backup is refused that nothing could unseal. A store that holds
+// keys is replaced only with opts.Force; it is then first copied beside
+// itself (store.Copier), where it stays until an administrator removes
+// it. The report says what the restore replaced or, with an error, what
+// it would have; a refused restore changes nothing.
+func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error) {
 	var master *persist.MasterRecord
 	known := map[string]bool{}
 	for _, b := range backupBuckets {
 		known[string(b)] = true
 	}
+	records := map[string]recordSummary{}
 	err := readBackup(path, func(e backupEntry) error {
 		if !known[string(e.bucket)] {
 			return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds an unknown bucket")
@@ -205,17 +233,42 @@ func (s *Store) Restore(path string) error {
 				return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup's master record is malformed")
 			}
 		}
+		if bytes.Equal(e.bucket, persist.BucketKeys) || bytes.Equal(e.bucket, persist.BucketQuarantine) {
+			records[string(e.key)] = summarize(e.val)
+		}
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if master == nil {
-		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master key")
+		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master key")
 	}
-	if cur := s.master.Record(); cur != nil && !bytes.Equal(cur.StoreId, master.StoreId) {
-		return wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED,
+	if !unsealable(master) {
+		return nil, errRestoreEphemeral
+	}
+	cur := s.master.Record()
+	if cur != nil && !bytes.Equal(cur.StoreId, master.StoreId) {
+		return nil, wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED,
 			"the backup is of another store (%x, this one is %x): restore it into a daemon with a new state directory", master.StoreId, cur.StoreId)
+	}
+	rep := &RestoreReport{GenerationInBackup: master.Generation}
+	if cur != nil {
+		rep.GenerationNow = cur.Generation
+	}
+	if err := s.compare(records, opts.Caller, rep); err != nil {
+		return nil, err
+	}
+	if rep.KeysNow > 0 && !opts.Force {
+		return rep, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+			"nothing restored: %s; to replace the store anyway, restore with --force (the store replaced is kept beside it)", rep)
+	}
+	s.SealAll()
+	if c, ok := s.db.(store.Copier); ok && rep.KeysNow > 0 {
+		// Sealed: no key changes from here on, so the copy holds them all.
+		if rep.Replaced, err = c.KeepCopy("replaced", s.now()); err != nil {
+			return nil, wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot keep a copy of the store it would replace: %v", err)
+		}
 	}
 	s.SealAll()
 	s.mu.Lock()
@@ -247,15 +300,19 @@ func (s *Store) Restore(path string) error {
 		return putBudgetEpoch(tx, epoch)
 	})
 	if err != nil {
-		return storeErr(err)
+		if rep.Replaced != "" {
+			os.Remove(rep.Replaced)
+			rep.Replaced = ""
+		}
+		return nil, storeErr(err)
 	}
 	s.epoch.cur.Store(epoch)
 	s.epoch.saved.Store(epoch)
 	if err := s.master.Reload(); err != nil {
-		return err
+		return rep, err
 	}
-	s.log.Warn("store restored from a backup; the daemon is sealed", "store", fmt.Sprintf("%x", master.StoreId))
-	return nil
+	s.log.Warn("store restored from a backup; the daemon is sealed", "store", fmt.Sprintf("%x", master.StoreId), "replaced", rep.Replaced)
+	return rep, nil
 }
 
 // RewrapAll re-writes every key record not of the current format and

@@ -273,7 +273,7 @@ func TestRestoreClosesVersions(t *testing.T) {
 		}
 		m, _ := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}})
 		r := New(Config{MaxPerUser: 10, DB: db, Master: m})
-		if err := r.Restore(file); err != nil {
+		if _, err := r.Restore(file, RestoreOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		unseal(t, r)

@@ -66,19 +66,15 @@ func FuzzHeader(f *testing.F) {
 
 // FuzzBackup feeds arbitrary files to the backup reader.
 func FuzzBackup(f *testing.F) {
-	s, err := NewDev(Config{MaxPerUser: 10})
-	if err != nil {
-		f.Fatal(err)
-	}
-	s.Add(obj(nil, 1, "seed", false))
 	dir := f.TempDir()
+	s := persistent(f, filepath.Join(dir, "state"))
+	s.Add(obj(nil, 1, "seed", false))
 	seed := filepath.Join(dir, "seed")
 	w, _ := os.Create(seed)
 	if err := s.Backup(w); err != nil {
 		f.Fatal(err)
 	}
 	w.Close()
-	s.Close()
 	b, _ := os.ReadFile(seed)
 	f.Add(b)
 	f.Add([]byte(backupMagic))

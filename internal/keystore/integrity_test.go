@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -265,8 +266,34 @@ func TestBackupRestore(t *testing.T) {
 	s.Add(b)
 	s.Release(b)
 
-	// Into the same store: back to the backup's state, sealed.
-	if err := s.Restore(file); err != nil {
+	// Into the same store, which holds a key made since: refused without
+	// force, saying what would be lost, and nothing changes.
+	rep, err := s.Restore(file, RestoreOptions{Caller: 1})
+	if status(err) != wire.Status_STATUS_POLICY_VIOLATION || !strings.Contains(err.Error(), "1 key created since the backup (yours: b)") {
+		t.Fatalf("restore over a key made since the backup: %v", err)
+	}
+	if rep == nil || rep.Created != 1 || rep.KeysNow != 2 || rep.KeysInBackup != 1 || rep.Replaced != "" {
+		t.Fatalf("report of a refused restore: %+v", rep)
+	}
+	if err := s.Ready(); err != nil {
+		t.Fatalf("a refused restore sealed the daemon: %v", err)
+	}
+	if n, _ := s.Counts(); n != 2 {
+		t.Fatalf("%d keys after a refused restore, want 2", n)
+	}
+	// With force: back to the backup's state, sealed, and the store
+	// replaced kept beside it.
+	rep, err = s.Restore(file, RestoreOptions{Force: true, Caller: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Created != 1 || len(rep.YoursCreated) != 1 || rep.YoursCreated[0] != "b" || rep.Replaced == "" {
+		t.Fatalf("report of a forced restore: %+v", rep)
+	}
+	if filepath.Dir(rep.Replaced) != dir || !strings.HasPrefix(filepath.Base(rep.Replaced), store.FileName+".replaced-") {
+		t.Fatalf("the store replaced is kept in %s", rep.Replaced)
+	}
+	if _, err := os.Stat(rep.Replaced); err != nil {
 		t.Fatal(err)
 	}
 	if !s.Master().State().Sealed {
@@ -288,7 +315,7 @@ func TestBackupRestore(t *testing.T) {
 	m2, _ := seal.Open(seal.Config{Store: db2, KDF: inProcessKDF{}, InsecureKDF: true})
 	s2 := New(Config{MaxPerUser: 10, DB: db2, Master: m2})
 	defer s2.Close()
-	if err := s2.Restore(file); err != nil {
+	if _, err := s2.Restore(file, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	unseal(t, s2)
@@ -303,14 +330,14 @@ func TestBackupRestore(t *testing.T) {
 
 	// A store with another master key refuses it.
 	s3 := persistent(t, filepath.Join(t.TempDir(), "state3"))
-	if err := s3.Restore(file); status(err) != wire.Status_STATUS_PERMISSION_DENIED {
+	if _, err := s3.Restore(file, RestoreOptions{Force: true}); status(err) != wire.Status_STATUS_PERMISSION_DENIED {
 		t.Fatalf("restore of another store's backup: %v", err)
 	}
 	// A damaged backup is refused, and the store left as it was.
 	raw, _ := os.ReadFile(file)
 	raw[len(raw)/2] ^= 1
 	os.WriteFile(file, raw, 0o600)
-	if err := s.Restore(file); status(err) != wire.Status_STATUS_INVALID_ARGUMENT {
+	if _, err := s.Restore(file, RestoreOptions{Force: true}); status(err) != wire.Status_STATUS_INVALID_ARGUMENT {
 		t.Fatalf("damaged backup: %v", err)
 	}
 	if err := s.Ready(); err != nil {

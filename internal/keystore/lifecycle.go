@@ -172,6 +172,8 @@ type Lifecycle struct {
 	RotateAfter *time.Duration
 	Refuse      *bool
 	Trusted     *bool
+	// DeletionAllowed lets Destroy delete the key, or stops it.
+	DeletionAllowed *bool
 }
 
 // SetLifecycle applies c to o.
@@ -220,6 +222,9 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 		}
 		m.Trusted = *c.Trusted
 	}
+	if c.DeletionAllowed != nil {
+		m.DeletionAllowed = *c.DeletionAllowed
+	}
 	if !o.Ephemeral {
 		keep := map[uint32]bool{}
 		for _, v := range next {
@@ -229,7 +234,7 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 			return o.UseVersion(next[i], func(k *mech.Key) error { return k.Canonical(fn) })
 		}
 		err := s.update(o, func(r *persist.KeyRecord) error {
-			r.MinVersion, r.Trusted, r.BudgetPolicy = m.MinVersion, m.Trusted, m.Budget
+			r.MinVersion, r.Trusted, r.BudgetPolicy, r.DeletionAllowed = m.MinVersion, m.Trusted, m.Budget, m.DeletionAllowed
 			r.RotateAfterSeconds = int64(m.RotateAfter / time.Second)
 			r.Versions = slices.DeleteFunc(r.Versions, func(v *persist.KeyVersion) bool { return !keep[v.Version] })
 			return nil

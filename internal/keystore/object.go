@@ -72,6 +72,9 @@ type Meta struct {
 	NextVersion uint32
 	Budget      persist.BudgetPolicy
 	RotateAfter time.Duration
+	// DeletionAllowed: Destroy may delete the key (the server decides
+	// for which keys that matters).
+	DeletionAllowed bool
 }
 
 // Version is one version of a key's material.
@@ -334,6 +337,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		MinVersion:         m.MinVersion,
 		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
 		RefuseWhenSpent:    m.Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
+		DeletionAllowed:    m.DeletionAllowed,
 	}
 	for _, v := range vs {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{

@@ -46,6 +46,7 @@ func record(o *Object) *persist.KeyRecord {
 		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
 		NextVersion:        m.NextVersion,
 		WrappedOut:         m.WrappedOut,
+		DeletionAllowed:    m.DeletionAllowed,
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -430,7 +431,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 	o.meta.Store(&Meta{
 		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: prov.WrappedOut,
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
-		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second,
+		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second, DeletionAllowed: r.DeletionAllowed,
 	})
 	if len(r.Kdf) > 0 {
 		o.KDF = &wire.PassphraseKdf{}
@@ -669,6 +670,7 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 			Origin: wire.KeyOrigin(r.Origin), NeverExportable: r.NeverExportable, Trusted: r.Trusted,
 			WrappedOut: p.WrappedOut, MinVersion: r.MinVersion, RotateAfterSeconds: r.RotateAfterSeconds,
 			RefuseWhenSpent: r.BudgetPolicy == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
+			DeletionAllowed: r.DeletionAllowed,
 		},
 	}
 	for _, e := range a.ACL {

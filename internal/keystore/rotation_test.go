@@ -93,7 +93,7 @@ func TestMasterRotationRetiresOldSecrets(t *testing.T) {
 	}
 	om, _ := seal.Open(seal.Config{Store: odb, KDF: inProcessKDF{}})
 	ostore := New(Config{MaxPerUser: 10, DB: odb, Master: om})
-	if err := ostore.Restore(backup); err != nil {
+	if _, err := ostore.Restore(backup, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	unseal(t, ostore)

@@ -51,7 +51,7 @@ var testParams = kdf.Params{Time: 1, MemoryKiB: 64, Threads: 1}
 
 // persistent makes a bbolt store in dir with a master key sealed under
 // "passphrase", unsealed.
-func persistent(t *testing.T, dir string) *Store {
+func persistent(t testing.TB, dir string) *Store {
 	t.Helper()
 	db, err := store.OpenBolt(dir, time.Second)
 	if err != nil {
@@ -81,7 +81,7 @@ func persistent(t *testing.T, dir string) *Store {
 	return s
 }
 
-func unseal(t *testing.T, s *Store) {
+func unseal(t testing.TB, s *Store) {
 	t.Helper()
 	err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) })
 	if err != nil {

@@ -431,7 +431,7 @@ func TestRestoreFormat1Backup(t *testing.T) {
 	}
 	m2, _ := seal.Open(seal.Config{Store: db2, KDF: inProcessKDF{}})
 	s := New(Config{MaxPerUser: 10, DB: db2, Master: m2})
-	if err := s.Restore(file); err != nil {
+	if _, err := s.Restore(file, RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	closeStore(s)

@@ -175,9 +175,12 @@ type KeyRecord struct {
 	WrappedOut bool `protobuf:"varint,21,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
 	// The record's format: 2. Records of format 1 (absent: 0) remain only
 	// while a store written by format 1 is re-written after its upgrade.
-	Format        uint32 `protobuf:"varint,22,opt,name=format,proto3" json:"format,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Format uint32 `protobuf:"varint,22,opt,name=format,proto3" json:"format,omitempty"`
+	// The key may be destroyed. Absent (false) in records written before
+	// the field: such keys, as new ones, are destroyed only once it is set.
+	DeletionAllowed bool `protobuf:"varint,23,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -362,6 +365,13 @@ func (x *KeyRecord) GetFormat() uint32 {
 		return x.Format
 	}
 	return 0
+}
+
+func (x *KeyRecord) GetDeletionAllowed() bool {
+	if x != nil {
+		return x.DeletionAllowed
+	}
+	return false
 }
 
 type AclEntry struct {
@@ -1110,7 +1120,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xf6\x05\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xa1\x06\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1138,7 +1148,8 @@ const file_persist_proto_rawDesc = "" +
 	"\fnext_version\x18\x14 \x01(\rR\vnextVersion\x12\x1f\n" +
 	"\vwrapped_out\x18\x15 \x01(\bR\n" +
 	"wrappedOut\x12\x16\n" +
-	"\x06format\x18\x16 \x01(\rR\x06format\"F\n" +
+	"\x06format\x18\x16 \x01(\rR\x06format\x12)\n" +
+	"\x10deletion_allowed\x18\x17 \x01(\bR\x0fdeletionAllowed\"F\n" +
 	"\bAclEntry\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\bR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +

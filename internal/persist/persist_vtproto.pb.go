@@ -42,6 +42,7 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.NextVersion = m.NextVersion
 	r.WrappedOut = m.WrappedOut
 	r.Format = m.Format
+	r.DeletionAllowed = m.DeletionAllowed
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -363,6 +364,18 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.DeletionAllowed {
+		i--
+		if m.DeletionAllowed {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb8
 	}
 	if m.Format != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Format))
@@ -1196,6 +1209,9 @@ func (m *KeyRecord) SizeVT() (n int) {
 	if m.Format != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.Format))
 	}
+	if m.DeletionAllowed {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -1976,6 +1992,26 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 23:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field DeletionAllowed", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.DeletionAllowed = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

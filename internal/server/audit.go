@@ -553,7 +553,7 @@ func createdHandles(req *wire.Request, rep *wire.Reply) []uint32 {
 // Ready rare.)
 func (cn *conn) undoHandles(hs []uint32, id Identity, reqID uint64) {
 	for _, h := range hs {
-		if _, err := cn.opDestroy(h, id); err != nil {
+		if _, err := cn.destroy(h, id, true); err != nil {
 			cn.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", reqID, "err", err)
 			continue
 		}

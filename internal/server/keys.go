@@ -126,6 +126,13 @@ func (cn *conn) createObject(o *keystore.Object, t *wire.KeyTemplate, id Identit
 		cn.discard(o)
 		return nil, err
 	}
+	if o.Ephemeral || cn.s.cfg.StateDir == "" {
+		// Nothing lasting to protect: the key dies with its connection,
+		// or with the daemon.
+		m := *o.Meta()
+		m.DeletionAllowed = true
+		keystore.SetMeta(o, &m)
+	}
 	attrs := o.Attrs()
 	if err := cn.s.store.Add(o); err != nil {
 		cn.discard(o)
@@ -357,10 +364,27 @@ func (cn *conn) opPublicKey(p *wire.PublicKey, id Identity) (*wire.Result, error
 	return dataResult(out), err
 }
 
+// errDeletionNotAllowed refuses to destroy a persistent key whose
+// deletion was not allowed first: a key destroyed is gone for good, with
+// every ciphertext and signature that needs it.
+var errDeletionNotAllowed = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+	"deletion is not allowed for this key: a destroyed key is gone for good, with whatever it protects; "+
+		"allow it first (keywarden key set NAME --deletion-allowed), then destroy it")
+
 func (cn *conn) opDestroy(h uint32, id Identity) (*wire.Result, error) {
+	return cn.destroy(h, id, false)
+}
+
+// destroy destroys the key behind handle h. Unless undo (a key just made
+// by a request that could not be recorded), a persistent key is destroyed
+// only if its deletion is allowed.
+func (cn *conn) destroy(h uint32, id Identity, undo bool) (*wire.Result, error) {
 	o, err := cn.authorized(h, id, policy.Manage, 0)
 	if err != nil {
 		return nil, err
+	}
+	if !undo && !o.Ephemeral && !o.Meta().DeletionAllowed {
+		return nil, errDeletionNotAllowed
 	}
 	if err := cn.remove(o); err != nil {
 		return nil, err

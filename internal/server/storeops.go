@@ -263,9 +263,18 @@ func sharesFromRequest(m *seal.Master, ws []*wire.Share) ([]shamir.Share, error)
 	return shares, nil
 }
 
+var errSealEphemeral = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+	"not sealed: this daemon runs in development mode (--dev), its master key exists only in memory and nothing could unseal it again, "+
+		"so sealing would destroy every key; stop the daemon to end it, or run one with --state to seal and unseal")
+
 func (cn *conn) opSeal(id Identity) (*wire.Result, error) {
 	if !cn.isAdmin(id) {
 		return nil, errNotAdmin
+	}
+	if st := cn.s.store.Master().State(); st.Initialized && !st.Sealed && !st.Passphrase && st.Shares == 0 {
+		// A development-mode master key: made in memory, sealed under
+		// nothing. Sealing would wipe it for good, and every key with it.
+		return nil, errSealEphemeral
 	}
 	if !cn.s.store.SealAll() {
 		return nil, seal.ErrSealed
@@ -355,7 +364,8 @@ func (cn *conn) opRotate(r *wire.Rotate, id Identity) (*wire.Result, error) {
 func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result, error) {
 	var o *keystore.Object
 	var err error
-	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil && cn.isAdmin(id) {
+	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
+		sl.DeletionAllowed == nil && cn.isAdmin(id) {
 		// Trust is the administrators' to give, whoever owns the key.
 		o, err = cn.object(sl.Handle)
 	} else {
@@ -364,7 +374,8 @@ func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result
 	if err != nil {
 		return nil, err
 	}
-	c := keystore.Lifecycle{MinVersion: sl.MinVersion, TrimBelow: sl.TrimBelow, Refuse: sl.RefuseWhenSpent, Trusted: sl.Trusted}
+	c := keystore.Lifecycle{MinVersion: sl.MinVersion, TrimBelow: sl.TrimBelow, Refuse: sl.RefuseWhenSpent, Trusted: sl.Trusted,
+		DeletionAllowed: sl.DeletionAllowed}
 	if sl.RotateAfterSeconds != nil {
 		d := time.Duration(*sl.RotateAfterSeconds) * time.Second
 		c.RotateAfter = &d
@@ -374,6 +385,9 @@ func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result
 	}
 	if err := cn.s.store.SetLifecycle(o, c); err != nil {
 		return nil, err
+	}
+	if sl.DeletionAllowed != nil {
+		cn.log.Info("key deletion allowed changed", "key", o.ID.String(), "deletion_allowed", *sl.DeletionAllowed, "uid", id.UID, "pid", id.PID)
 	}
 	if sl.Trusted != nil {
 		cn.log.Info("wrapping-key trust changed", "key", o.ID.String(), "trusted", *sl.Trusted, "uid", id.UID, "pid", id.PID)
@@ -503,13 +517,27 @@ func (cn *conn) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
 	if err := rf.f.Sync(); err != nil {
 		return nil, wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "writing the restore's temporary file: %v", err)
 	}
-	if err := cn.s.store.Restore(rf.f.Name()); err != nil {
+	rep, err := cn.s.store.Restore(rf.f.Name(), keystore.RestoreOptions{Force: r.Force, Caller: id.UID})
+	if err != nil {
 		return nil, err
 	}
-	cn.log.Warn("store restored from a backup; the daemon is sealed", "uid", id.UID, "pid", id.PID, "bytes", rf.n)
+	cn.log.Warn("store restored from a backup; the daemon is sealed", "uid", id.UID, "pid", id.PID, "bytes", rf.n,
+		"keys_before", rep.KeysNow, "keys_in_backup", rep.KeysInBackup, "created", rep.Created, "rotated", rep.Rotated,
+		"changed", rep.Changed, "returning", rep.Returning, "replaced", rep.Replaced)
 	res.Last = true
+	res.Report = &wire.RestoreReport{
+		KeysBefore: rep.KeysNow, KeysInBackup: rep.KeysInBackup,
+		Created: rep.Created, Rotated: rep.Rotated, Changed: rep.Changed, Returning: rep.Returning,
+		YoursCreated: firstNames(rep.YoursCreated), YoursRotated: firstNames(rep.YoursRotated),
+		YoursChanged: firstNames(rep.YoursChanged), YoursReturning: firstNames(rep.YoursReturning),
+		GenerationBefore: rep.GenerationNow, GenerationInBackup: rep.GenerationInBackup, Replaced: rep.Replaced,
+	}
 	return &wire.Result{Value: &wire.Result_Backup{Backup: res}}, nil
 }
+
+// firstNames bounds the names of a restore report's reply (its counts
+// are complete): the reply must fit in one message.
+func firstNames(names []string) []string { return names[:min(len(names), 256)] }
 
 // sealStatus describes the master key and the store for Status.
 func (s *Server) sealStatus() *wire.SealStatus {

@@ -248,6 +248,47 @@ func (b *Bolt) View(fn func(Tx) error) error {
 
 func (b *Bolt) Close() error { return b.db.Close() }
 
+// KeepCopy writes a consistent copy of the file beside it, as
+// keywarden.db.TAG-TIME (TIME in UTC, to the second; -2, -3 ... added if
+// that name is taken), mode 0600, and syncs it and the directory.
+func (b *Bolt) KeepCopy(tag string, now time.Time) (string, error) {
+	base := b.path + "." + tag + "-" + now.UTC().Format("20060102T150405Z")
+	var f *os.File
+	var err error
+	for i := 1; i < 100; i++ {
+		path := base
+		if i > 1 {
+			path = fmt.Sprintf("%s-%d", base, i)
+		}
+		f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	err = b.db.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(f)
+		return err
+	})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	if d, err := os.Open(filepath.Dir(b.path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return f.Name(), nil
+}
+
 // Prefetch asks the kernel to read the whole file into its page cache,
 // before a scan of all of it (the check of every key at unseal). The
 // scan walks the file in key order, which is not the file's order, and

@@ -1,6 +1,9 @@
 package store
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Store is a transactional key-value store of named buckets, each an
 // ordered map from byte keys to byte values.
@@ -14,6 +17,15 @@ type Store interface {
 	View(fn func(Tx) error) error
 	// Close releases the store. Later calls fail with ErrClosed.
 	Close() error
+}
+
+// Copier is a Store that keeps a consistent copy of itself in a new file:
+// a restore keeps the store it replaces.
+type Copier interface {
+	// KeepCopy writes a copy beside the store, in a file named for its
+	// purpose and the time (tag, now), that did not exist before, and
+	// returns its path once the copy is durable.
+	KeepCopy(tag string, now time.Time) (string, error)
 }
 
 // Tx is a transaction. Slices it returns are valid only until the

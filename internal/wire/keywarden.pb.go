@@ -2332,9 +2332,13 @@ type KeyLifecycle struct {
 	Versions []*KeyVersionInfo `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
 	// The key's material has left the daemon wrapped (it is then never a
 	// trusted wrapping key).
-	WrappedOut    bool `protobuf:"varint,8,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WrappedOut bool `protobuf:"varint,8,opt,name=wrapped_out,json=wrappedOut,proto3" json:"wrapped_out,omitempty"`
+	// Destroy may delete the key. Off for a new persistent key of a daemon
+	// with a state directory (set it with SetLifecycle); on for ephemeral
+	// keys and the keys of a development-mode daemon.
+	DeletionAllowed bool `protobuf:"varint,9,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *KeyLifecycle) Reset() {
@@ -2419,6 +2423,13 @@ func (x *KeyLifecycle) GetVersions() []*KeyVersionInfo {
 func (x *KeyLifecycle) GetWrappedOut() bool {
 	if x != nil {
 		return x.WrappedOut
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetDeletionAllowed() bool {
+	if x != nil {
+		return x.DeletionAllowed
 	}
 	return false
 }
@@ -3872,6 +3883,9 @@ func (x *PublicKey) GetFormat() KeyFormat {
 	return KeyFormat_KEY_FORMAT_UNSPECIFIED
 }
 
+// Destroy deletes a key and wipes its bytes. A persistent key whose
+// lifecycle does not allow deletion (KeyLifecycle.deletion_allowed) is
+// refused with STATUS_POLICY_VIOLATION: set deletion_allowed first.
 type Destroy struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -6605,6 +6619,7 @@ func (x *Rotate) GetHandle() uint32 {
 // min_version retires older versions (they no longer decrypt or verify);
 // trim_below deletes versions below it (at most up to min_version).
 // trusted makes a key a trusted wrapping key: administrators only.
+// deletion_allowed lets Destroy delete a persistent key (see Destroy).
 type SetLifecycle struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Handle             uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -6613,6 +6628,7 @@ type SetLifecycle struct {
 	RotateAfterSeconds *int64                 `protobuf:"varint,4,opt,name=rotate_after_seconds,json=rotateAfterSeconds,proto3,oneof" json:"rotate_after_seconds,omitempty"`
 	RefuseWhenSpent    *bool                  `protobuf:"varint,5,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3,oneof" json:"refuse_when_spent,omitempty"`
 	Trusted            *bool                  `protobuf:"varint,6,opt,name=trusted,proto3,oneof" json:"trusted,omitempty"`
+	DeletionAllowed    *bool                  `protobuf:"varint,7,opt,name=deletion_allowed,json=deletionAllowed,proto3,oneof" json:"deletion_allowed,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -6685,6 +6701,13 @@ func (x *SetLifecycle) GetRefuseWhenSpent() bool {
 func (x *SetLifecycle) GetTrusted() bool {
 	if x != nil && x.Trusted != nil {
 		return *x.Trusted
+	}
+	return false
+}
+
+func (x *SetLifecycle) GetDeletionAllowed() bool {
+	if x != nil && x.DeletionAllowed != nil {
+		return *x.DeletionAllowed
 	}
 	return false
 }
@@ -7075,10 +7098,13 @@ func (x *Backup) GetToken() []byte {
 }
 
 type BackupChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Data  []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Last  bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	// A restore's last reply: what the store replaced held that the backup
+	// does not.
+	Report        *RestoreReport `protobuf:"bytes,4,opt,name=report,proto3" json:"report,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -7134,15 +7160,29 @@ func (x *BackupChunk) GetLast() bool {
 	return false
 }
 
+func (x *BackupChunk) GetReport() *RestoreReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
 // Restore replaces the whole store with a backup, sent chunk by chunk
 // (token as Backup), last set on the final chunk. The daemon is sealed
 // afterwards; unsealing checks the restored store. A store that has a
-// master key accepts only a backup of the same store. Administrators only.
+// master key accepts only a backup of the same store, and a backup whose
+// master key is sealed under neither a passphrase nor shares (one of a
+// development-mode daemon) is refused. A store that holds keys is
+// replaced only with force (on the last chunk); without it the restore is
+// refused with STATUS_POLICY_VIOLATION and a message that says what it
+// would lose, and nothing changes. The store replaced is kept beside it
+// (RestoreReport.replaced). Administrators only.
 type Restore struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -7196,6 +7236,165 @@ func (x *Restore) GetLast() bool {
 		return x.Last
 	}
 	return false
+}
+
+func (x *Restore) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// RestoreReport compares the store a restore replaced with the backup,
+// from their records as they were (the backup's are checked at unseal).
+type RestoreReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Key records, quarantined ones included.
+	KeysBefore   uint64 `protobuf:"varint,1,opt,name=keys_before,json=keysBefore,proto3" json:"keys_before,omitempty"`
+	KeysInBackup uint64 `protobuf:"varint,2,opt,name=keys_in_backup,json=keysInBackup,proto3" json:"keys_in_backup,omitempty"`
+	// Keys lost: made since the backup, rotated since (their newer
+	// versions), or changed since in another way (attributes, ACL,
+	// lifecycle, versions retired or trimmed).
+	Created uint64 `protobuf:"varint,3,opt,name=created,proto3" json:"created,omitempty"`
+	Rotated uint64 `protobuf:"varint,4,opt,name=rotated,proto3" json:"rotated,omitempty"`
+	Changed uint64 `protobuf:"varint,5,opt,name=changed,proto3" json:"changed,omitempty"`
+	// Keys destroyed since the backup, back again.
+	Returning uint64 `protobuf:"varint,6,opt,name=returning,proto3" json:"returning,omitempty"`
+	// The caller's keys of each kind, by name (hex id if unnamed); others'
+	// are only counted.
+	YoursCreated   []string `protobuf:"bytes,7,rep,name=yours_created,json=yoursCreated,proto3" json:"yours_created,omitempty"`
+	YoursRotated   []string `protobuf:"bytes,8,rep,name=yours_rotated,json=yoursRotated,proto3" json:"yours_rotated,omitempty"`
+	YoursChanged   []string `protobuf:"bytes,9,rep,name=yours_changed,json=yoursChanged,proto3" json:"yours_changed,omitempty"`
+	YoursReturning []string `protobuf:"bytes,10,rep,name=yours_returning,json=yoursReturning,proto3" json:"yours_returning,omitempty"`
+	// The master key's generation before and in the backup.
+	GenerationBefore   uint64 `protobuf:"varint,11,opt,name=generation_before,json=generationBefore,proto3" json:"generation_before,omitempty"`
+	GenerationInBackup uint64 `protobuf:"varint,12,opt,name=generation_in_backup,json=generationInBackup,proto3" json:"generation_in_backup,omitempty"`
+	// The file the replaced store is kept in until an administrator
+	// removes it (empty if the store held no keys).
+	Replaced      string `protobuf:"bytes,13,opt,name=replaced,proto3" json:"replaced,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreReport) Reset() {
+	*x = RestoreReport{}
+	mi := &file_keywarden_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreReport) ProtoMessage() {}
+
+func (x *RestoreReport) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
+func (*RestoreReport) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *RestoreReport) GetKeysBefore() uint64 {
+	if x != nil {
+		return x.KeysBefore
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetKeysInBackup() uint64 {
+	if x != nil {
+		return x.KeysInBackup
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetCreated() uint64 {
+	if x != nil {
+		return x.Created
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetRotated() uint64 {
+	if x != nil {
+		return x.Rotated
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetChanged() uint64 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetReturning() uint64 {
+	if x != nil {
+		return x.Returning
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetYoursCreated() []string {
+	if x != nil {
+		return x.YoursCreated
+	}
+	return nil
+}
+
+func (x *RestoreReport) GetYoursRotated() []string {
+	if x != nil {
+		return x.YoursRotated
+	}
+	return nil
+}
+
+func (x *RestoreReport) GetYoursChanged() []string {
+	if x != nil {
+		return x.YoursChanged
+	}
+	return nil
+}
+
+func (x *RestoreReport) GetYoursReturning() []string {
+	if x != nil {
+		return x.YoursReturning
+	}
+	return nil
+}
+
+func (x *RestoreReport) GetGenerationBefore() uint64 {
+	if x != nil {
+		return x.GenerationBefore
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetGenerationInBackup() uint64 {
+	if x != nil {
+		return x.GenerationInBackup
+	}
+	return 0
+}
+
+func (x *RestoreReport) GetReplaced() string {
+	if x != nil {
+		return x.Replaced
+	}
+	return ""
 }
 
 var File_keywarden_proto protoreflect.FileDescriptor
@@ -7326,7 +7525,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xde\x02\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\x89\x03\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -7337,7 +7536,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x11refuse_when_spent\x18\x06 \x01(\bR\x0frefuseWhenSpent\x128\n" +
 	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\x12\x1f\n" +
 	"\vwrapped_out\x18\b \x01(\bR\n" +
-	"wrappedOut\"\xa3\x01\n" +
+	"wrappedOut\x12)\n" +
+	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\"\xa3\x01\n" +
 	"\x0eKeyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
@@ -7692,7 +7892,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\fR\x06commit\" \n" +
 	"\x06Rotate\x12\x16\n" +
-	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xd1\x02\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\"\x96\x03\n" +
 	"\fSetLifecycle\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12$\n" +
 	"\vmin_version\x18\x02 \x01(\rH\x00R\n" +
@@ -7701,13 +7901,15 @@ const file_keywarden_proto_rawDesc = "" +
 	"trim_below\x18\x03 \x01(\rH\x01R\ttrimBelow\x88\x01\x01\x125\n" +
 	"\x14rotate_after_seconds\x18\x04 \x01(\x03H\x02R\x12rotateAfterSeconds\x88\x01\x01\x12/\n" +
 	"\x11refuse_when_spent\x18\x05 \x01(\bH\x03R\x0frefuseWhenSpent\x88\x01\x01\x12\x1d\n" +
-	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01B\x0e\n" +
+	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01\x12.\n" +
+	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01B\x0e\n" +
 	"\f_min_versionB\r\n" +
 	"\v_trim_belowB\x17\n" +
 	"\x15_rotate_after_secondsB\x14\n" +
 	"\x12_refuse_when_spentB\n" +
 	"\n" +
-	"\b_trusted\"\x93\x01\n" +
+	"\b_trustedB\x13\n" +
+	"\x11_deletion_allowed\"\x93\x01\n" +
 	"\x04Wrap\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\rR\x06target\x120\n" +
@@ -7736,15 +7938,33 @@ const file_keywarden_proto_rawDesc = "" +
 	"ciphertext\x12\x1c\n" +
 	"\tplaintext\x18\x02 \x01(\fR\tplaintext\"\x1e\n" +
 	"\x06Backup\x12\x14\n" +
-	"\x05token\x18\x01 \x01(\fR\x05token\"K\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\"\x80\x01\n" +
 	"\vBackupChunk\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\fR\x05token\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last\"G\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\x123\n" +
+	"\x06report\x18\x04 \x01(\v2\x1b.keywarden.v1.RestoreReportR\x06report\"]\n" +
 	"\aRestore\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\fR\x05token\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
-	"\x04last\x18\x03 \x01(\bR\x04last*\xc5\x02\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\xd5\x03\n" +
+	"\rRestoreReport\x12\x1f\n" +
+	"\vkeys_before\x18\x01 \x01(\x04R\n" +
+	"keysBefore\x12$\n" +
+	"\x0ekeys_in_backup\x18\x02 \x01(\x04R\fkeysInBackup\x12\x18\n" +
+	"\acreated\x18\x03 \x01(\x04R\acreated\x12\x18\n" +
+	"\arotated\x18\x04 \x01(\x04R\arotated\x12\x18\n" +
+	"\achanged\x18\x05 \x01(\x04R\achanged\x12\x1c\n" +
+	"\treturning\x18\x06 \x01(\x04R\treturning\x12#\n" +
+	"\ryours_created\x18\a \x03(\tR\fyoursCreated\x12#\n" +
+	"\ryours_rotated\x18\b \x03(\tR\fyoursRotated\x12#\n" +
+	"\ryours_changed\x18\t \x03(\tR\fyoursChanged\x12'\n" +
+	"\x0fyours_returning\x18\n" +
+	" \x03(\tR\x0eyoursReturning\x12+\n" +
+	"\x11generation_before\x18\v \x01(\x04R\x10generationBefore\x120\n" +
+	"\x14generation_in_backup\x18\f \x01(\x04R\x12generationInBackup\x12\x1a\n" +
+	"\breplaced\x18\r \x01(\tR\breplaced*\xc5\x02\n" +
 	"\x06Status\x12\r\n" +
 	"\tSTATUS_OK\x10\x00\x12\x1b\n" +
 	"\x17STATUS_INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -7845,7 +8065,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 76)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -7933,6 +8153,7 @@ var file_keywarden_proto_goTypes = []any{
 	(*Backup)(nil),                 // 83: keywarden.v1.Backup
 	(*BackupChunk)(nil),            // 84: keywarden.v1.BackupChunk
 	(*Restore)(nil),                // 85: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 86: keywarden.v1.RestoreReport
 }
 var file_keywarden_proto_depIdxs = []int32{
 	12,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
@@ -8049,11 +8270,12 @@ var file_keywarden_proto_depIdxs = []int32{
 	9,   // 111: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
 	15,  // 112: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
 	4,   // 113: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	114, // [114:114] is the sub-list for method output_type
-	114, // [114:114] is the sub-list for method input_type
-	114, // [114:114] is the sub-list for extension type_name
-	114, // [114:114] is the sub-list for extension extendee
-	0,   // [0:114] is the sub-list for field type_name
+	86,  // 114: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	115, // [115:115] is the sub-list for method output_type
+	115, // [115:115] is the sub-list for method input_type
+	115, // [115:115] is the sub-list for extension type_name
+	115, // [115:115] is the sub-list for extension extendee
+	0,   // [0:115] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -8142,7 +8364,7 @@ func file_keywarden_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   76,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
