@@ -1124,8 +1124,8 @@ func (m *Master) PrepareRotation(ctx context.Context, s Sealing) (*Pending, erro
 }
 
 // CommitRotation writes the new generation; total is the number of key
-// records to re-wrap. header, called in the same transaction with the
-// current keys and the new ones, rewrites the store header under the new
+// records to re-wrap. header, called in the same transaction (one of its
+// own: store.UpdateAlone) with the current keys and the new ones, rewrites the store header under the new
 // ones. From then on new blobs are sealed under the new generation, and
 // the caller re-wraps the others (RotationStep, then FinishRotation).
 func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.Tx, old, next *Keys) error) error {
@@ -1143,7 +1143,10 @@ func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.T
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the master key changed or was sealed meanwhile")
 	}
 	old := m.keys
-	err = m.st.Update(func(tx store.Tx) error {
+	// Alone: header checks the records against what the commit functions
+	// of earlier writes recorded, which would not have run for writes
+	// committed together with this one.
+	err = store.UpdateAlone(m.st, func(tx store.Tx) error {
 		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, recBytes); err != nil {
 			return err
 		}
