@@ -135,6 +135,10 @@ type Master struct {
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
 	keys *Keys                 // the published keys; nil while sealed
+	// sealedAway is closed when the last lease on the keys the last seal
+	// withdrew is released: an unseal checks the store only then, so that
+	// its check sees every write made under them.
+	sealedAway <-chan struct{}
 	// epochs numbers the unsealed epochs (newEpoch); changes counts
 	// publications and seals: an unseal publishes only if none happened
 	// since it began.
@@ -796,6 +800,9 @@ func (m *Master) failed(what string) error {
 	return ErrWrongSecret
 }
 
+// errSealDraining: operations begun before the last seal still run.
+var errSealDraining = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "operations begun before the last seal still run: try the unseal again")
+
 func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint64, verify func(*Keys) error) error {
 	// One unseal finishes at a time; one that finds the daemon unsealed
 	// (by an unseal that finished first) or the master record replaced
@@ -804,10 +811,18 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint
 	defer m.unsealing.Unlock()
 	m.mu.Lock()
 	busy := m.keys != nil || m.recs != recs
+	away := m.sealedAway
 	m.mu.Unlock()
 	if busy {
 		mk.Destroy()
 		return ErrUnsealed
+	}
+	// The operations begun before the last seal end first: a write
+	// under the keys it withdrew may commit after a check that began
+	// earlier, which would then count the store without it.
+	if away != nil && !m.waitIdle(away) {
+		mk.Destroy()
+		return errSealDraining
 	}
 	keys, err := unlock(mk, rec)
 	if errors.Is(err, ErrWrongSecret) {
@@ -1067,6 +1082,9 @@ func (m *Master) SealWith(drop, then func()) bool {
 		drop()
 	}
 	idle, wipe := m.retire(k)
+	if k != nil {
+		m.sealedAway = idle
+	}
 	m.mu.Unlock()
 	if then != nil {
 		then()
