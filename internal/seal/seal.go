@@ -135,10 +135,12 @@ type Master struct {
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
 	keys *Keys                 // the published keys; nil while sealed
-	// sealedAway is closed when the last lease on the keys the last seal
-	// withdrew is released: an unseal checks the store only then, so that
-	// its check sees every write made under them.
-	sealedAway <-chan struct{}
+	// retiredBusy counts the keys withdrawn by a seal or replaced by a
+	// rotation that still have leases; drained is closed when it falls to
+	// 0. An unseal checks the store only then, so that its check sees
+	// every write made under them.
+	retiredBusy int
+	drained     chan struct{}
 	// epochs numbers the unsealed epochs (newEpoch); changes counts
 	// publications and seals: an unseal publishes only if none happened
 	// since it began.
@@ -811,15 +813,15 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint
 	defer m.unsealing.Unlock()
 	m.mu.Lock()
 	busy := m.keys != nil || m.recs != recs
-	away := m.sealedAway
+	away := m.drained
 	m.mu.Unlock()
 	if busy {
 		mk.Destroy()
 		return ErrUnsealed
 	}
-	// The operations begun before the last seal end first: a write
-	// under the keys it withdrew may commit after a check that began
-	// earlier, which would then count the store without it.
+	// The operations begun before the last seal (or rotation) end
+	// first: a write under the keys it withdrew may commit after a check
+	// that began earlier, which would then count the store without it.
 	if away != nil && !m.waitIdle(away) {
 		mk.Destroy()
 		return errSealDraining
@@ -1082,9 +1084,6 @@ func (m *Master) SealWith(drop, then func()) bool {
 		drop()
 	}
 	idle, wipe := m.retire(k)
-	if k != nil {
-		m.sealedAway = idle
-	}
 	m.mu.Unlock()
 	if then != nil {
 		then()
