@@ -124,18 +124,22 @@ func TestSealDuringRewrapLosesNoKey(t *testing.T) {
 			ids := addOwnerKeys(t, s, 300) // two batches: 256 and 44
 			beginRotation(t, s)
 			batches := 0
+			unsealed := make(chan error, 1)
 			setHook(t, &hookRewrapBatch, func() {
 				if batches++; batches != at {
 					return
 				}
 				sealBegun(t, s)
-				// Not t.Fatal: this runs in the store's commit goroutine.
-				if err := s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) }); err != nil {
-					t.Errorf("unseal during the re-wrap: %v", err)
-				}
+				// The unseal checks the store once this batch has ended.
+				go func() {
+					unsealed <- s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) })
+				}()
 			})
 			s.RewrapAll(nil)
 			hookRewrapBatch = nil
+			if err := <-unsealed; err != nil {
+				t.Fatalf("unseal during the re-wrap: %v", err)
+			}
 			finishRewrap(t, s)
 			checkAll(t, s, ids)
 		})
@@ -356,5 +360,52 @@ func TestConcurrentUnsealsInOrder(t *testing.T) {
 	}
 	if err := s.Ready(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An unseal that comes while a write begun before the seal is still under
+// way checks the store only once that write has ended: its record is
+// counted and opens after the unseal. Before, the unseal's check read the
+// store before the write committed, the write's commit found no state to
+// note it in (the seal had dropped it), and after the unseal the key was
+// refused as "not the one this daemon last wrote" and missing from the
+// counts.
+func TestUnsealWaitsForWritesBeforeSeal(t *testing.T) {
+	s := persistent(t, filepath.Join(t.TempDir(), "state"))
+	s.master.SealWait = 5 * time.Second
+	ids := addOwnerKeys(t, s, 2)
+	unsealed := make(chan error, 1)
+	setHook(t, &hookAddWriting, func() {
+		sealBegun(t, s)
+		go func() {
+			unsealed <- s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) })
+		}()
+		select { // the unseal finishes first, if it can
+		case err := <-unsealed:
+			unsealed <- err
+		case <-time.After(time.Second):
+		}
+	})
+	o := obj(t, 1, "", false)
+	err := s.Add(o)
+	hookAddWriting = nil
+	if status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("a creation racing a seal: %v, want UNAVAILABLE", err)
+	}
+	Discard(o)
+	if err := <-unsealed; err != nil {
+		t.Fatalf("the unseal: %v", err)
+	}
+	// The record was written: the key is found again after the unseal.
+	ids = append(ids, o.ID)
+	for _, id := range ids {
+		k, err := s.Get(id)
+		if err != nil {
+			t.Fatalf("key %v after the unseal: %v", id, err)
+		}
+		s.Release(k)
+	}
+	if p, live := s.Counts(); p != 3 || live != 3 {
+		t.Fatalf("counts: %d persistent, %d live; the store holds 3", p, live)
 	}
 }

@@ -29,6 +29,10 @@
 //     to SealWait, for the leases held. A Keys value is wiped when it is
 //     withdrawn (or replaced by a rotation) and its last lease is
 //     released, never before: no secret is wiped under an operation.
+//   - An unseal checks the store only once every lease on keys withdrawn
+//     by a seal (or replaced by a rotation) is released, waiting up to
+//     SealWait, else it fails as UNAVAILABLE: a write begun before the seal
+//     may commit after it, and the check must see it.
 //   - Objects made with the keys of one epoch carry it, and are refused in
 //     any other (the key store's business).
 //   - A rotation's re-wrap records its progress (RotationStep) only with

@@ -40,6 +40,12 @@ func (l *Lease) Release() {
 	l.m.mu.Lock()
 	k.users--
 	wipe := k.users == 0 && k.retired
+	if wipe {
+		if l.m.retiredBusy--; l.m.retiredBusy == 0 {
+			close(l.m.drained)
+			l.m.drained = nil
+		}
+	}
 	l.m.mu.Unlock()
 	if wipe {
 		k.wipe()
@@ -89,8 +95,14 @@ func (m *Master) retire(k *Keys) (idle <-chan struct{}, wipeNow func()) {
 	if k.idle == nil { // never published
 		k.idle = make(chan struct{})
 	}
+	was := k.retired
 	k.retired = true
 	if k.users > 0 {
+		if !was { // counted once, until its last lease is released
+			if m.retiredBusy++; m.retiredBusy == 1 {
+				m.drained = make(chan struct{})
+			}
+		}
 		return k.idle, func() {}
 	}
 	return k.idle, func() {

@@ -135,6 +135,12 @@ type Master struct {
 	mu   sync.Mutex
 	rec  *persist.MasterRecord // nil until initialized
 	keys *Keys                 // the published keys; nil while sealed
+	// retiredBusy counts the keys withdrawn by a seal or replaced by a
+	// rotation that still have leases; drained is closed when it falls to
+	// 0. An unseal checks the store only then, so that its check sees
+	// every write made under them.
+	retiredBusy int
+	drained     chan struct{}
 	// epochs numbers the unsealed epochs (newEpoch); changes counts
 	// publications and seals: an unseal publishes only if none happened
 	// since it began.
@@ -802,6 +808,9 @@ func (m *Master) failed(what string) error {
 	return ErrWrongSecret
 }
 
+// errSealDraining: operations begun before the last seal still run.
+var errSealDraining = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "operations begun before the last seal still run: try the unseal again")
+
 func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint64, verify func(*Keys) error) error {
 	// One unseal finishes at a time; one that finds the daemon unsealed
 	// (by an unseal that finished first) or the master record replaced
@@ -810,10 +819,18 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint
 	defer m.unsealing.Unlock()
 	m.mu.Lock()
 	busy := m.keys != nil || m.recs != recs
+	away := m.drained
 	m.mu.Unlock()
 	if busy {
 		mk.Destroy()
 		return ErrUnsealed
+	}
+	// The operations begun before the last seal (or rotation) end
+	// first: a write under the keys it withdrew may commit after a check
+	// that began earlier, which would then count the store without it.
+	if away != nil && !m.waitIdle(away) {
+		mk.Destroy()
+		return errSealDraining
 	}
 	keys, err := unlock(mk, rec)
 	if errors.Is(err, ErrWrongSecret) {
@@ -1130,8 +1147,8 @@ func (m *Master) PrepareRotation(ctx context.Context, s Sealing) (*Pending, erro
 }
 
 // CommitRotation writes the new generation; total is the number of key
-// records to re-wrap. header, called in the same transaction with the
-// current keys and the new ones, rewrites the store header under the new
+// records to re-wrap. header, called in the same transaction (one of its
+// own: store.UpdateAlone) with the current keys and the new ones, rewrites the store header under the new
 // ones. From then on new blobs are sealed under the new generation, and
 // the caller re-wraps the others (RotationStep, then FinishRotation).
 func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.Tx, old, next *Keys) error) error {
@@ -1149,7 +1166,10 @@ func (m *Master) CommitRotation(p *Pending, total uint64, header func(tx store.T
 		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the master key changed or was sealed meanwhile")
 	}
 	old := m.keys
-	err = m.st.Update(func(tx store.Tx) error {
+	// Alone: header checks the records against what the commit functions
+	// of earlier writes recorded, which would not have run for writes
+	// committed together with this one.
+	err = store.UpdateAlone(m.st, func(tx store.Tx) error {
 		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, recBytes); err != nil {
 			return err
 		}

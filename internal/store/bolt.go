@@ -57,9 +57,10 @@ type Bolt struct {
 }
 
 type boltCall struct {
-	fn   func(Tx) error
-	err  error
-	done chan struct{}
+	fn    func(Tx) error
+	alone bool // committed in a transaction of its own (UpdateAlone)
+	err   error
+	done  chan struct{}
 }
 
 // OpenBolt opens (creating it if needed) the store in directory dir, which
@@ -128,8 +129,14 @@ func (b *Bolt) unpin() {
 // Path returns the file's path.
 func (b *Bolt) Path() string { return b.path }
 
-func (b *Bolt) Update(fn func(Tx) error) error {
-	c := &boltCall{fn: fn, done: make(chan struct{})}
+func (b *Bolt) Update(fn func(Tx) error) error { return b.update(fn, false) }
+
+// UpdateAlone is Update in a transaction of its own (see Isolating): the
+// groups before it and after it are cut at it.
+func (b *Bolt) UpdateAlone(fn func(Tx) error) error { return b.update(fn, true) }
+
+func (b *Bolt) update(fn func(Tx) error, alone bool) error {
+	c := &boltCall{fn: fn, alone: alone, done: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, c)
 	start := !b.running
@@ -165,6 +172,12 @@ func (b *Bolt) commitLoop() {
 		}
 		b.gather()
 		n := min(len(b.pending), maxGroup)
+		for i, c := range b.pending[:n] {
+			if c.alone { // in a group of its own
+				n = max(i, 1)
+				break
+			}
+		}
 		group := b.pending[:n:n]
 		b.pending = b.pending[n:]
 		b.mu.Unlock()

@@ -28,6 +28,26 @@ type Copier interface {
 	KeepCopy(tag string, now time.Time) (string, error)
 }
 
+// Isolating is implemented by a Store whose Update may commit concurrent
+// calls together (Bolt). UpdateAlone is Update in a transaction of its
+// own: no other call's fn runs in it, so when fn is called the commit
+// functions (Tx.OnCommit) of every write before it have run. A check of
+// the whole store against what those functions recorded needs that: in a
+// shared transaction, the writes of the calls before fn are in the
+// transaction, and their commit functions have not run.
+type Isolating interface {
+	UpdateAlone(fn func(Tx) error) error
+}
+
+// UpdateAlone runs fn in a transaction of its own: s.UpdateAlone, or
+// s.Update where s commits every call alone.
+func UpdateAlone(s Store, fn func(Tx) error) error {
+	if i, ok := s.(Isolating); ok {
+		return i.UpdateAlone(fn)
+	}
+	return s.Update(fn)
+}
+
 // Tx is a transaction. Slices it returns are valid only until the
 // transaction ends; copy what must outlive it.
 type Tx interface {
