@@ -468,7 +468,7 @@ func (l *lifecycle) step(ctx context.Context) string {
 		}
 		l.h.event("restore")
 		start := l.h.m.clk.tick()
-		_, err := l.c.Restore(ctx, bytes.NewReader(l.backup.data))
+		_, err := l.c.RestoreWithOptions(ctx, bytes.NewReader(l.backup.data), keywarden.RestoreOptions{Force: true})
 		ack := l.h.m.clk.tick()
 		l.h.unexpected(ctx, "restore", err)
 		if err == nil {
