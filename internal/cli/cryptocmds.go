@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/rsa"
 	"encoding/base64"
@@ -96,6 +98,12 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	ref := f.String("key", "", "the key `name`")
 	aad := f.String("aad", "", "additional authenticated `data` (AES-GCM), or the OAEP label (RSA)")
 	hashName := f.String("hash", "", "RSA-OAEP `hash` (default sha256)")
+	var format string
+	chunk := 0
+	if encrypt {
+		f.StringVar(&format, "format", "auto", "AES-GCM output `format`: auto (one message if the input fits in one, else a stream), oneshot, or stream")
+		f.IntVar(&chunk, "chunk-size", 0, "stream chunk size in `bytes`, a power of two from 1024 to 1048576 (default 65536)")
+	}
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -105,6 +113,11 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	}
 	if *ref == "" {
 		return usagef("--key is required")
+	}
+	switch format {
+	case "", "auto", "oneshot", "stream":
+	default:
+		return usagef("unknown --format %q (want auto, oneshot or stream)", format)
 	}
 	h, err := optHash(*hashName)
 	if err != nil {
@@ -119,13 +132,30 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	if err != nil {
 		return err
 	}
+	aes := k.Type() == keywarden.AES256GCM
+	if !aes && (format == "stream" || chunk != 0) {
+		return fmt.Errorf("%s: streams need an AES-256-GCM key; RSA-OAEP encrypts one short message (a data key: see keywarden datakey)", name)
+	}
 	in, big, err := readInput(e.stdin, c.MaxData())
 	if err != nil {
 		return err
 	}
 	defer clear(in)
+	streamed := aes && (format == "stream" || (encrypt && big && format != "oneshot") || (!encrypt && keywarden.IsStreamCiphertext(in)))
+	if streamed {
+		if f.json {
+			return usagef("--json holds one message; a stream is written as it is")
+		}
+		return cipherStream(e, f, k, encrypt, *aad, chunk, in)
+	}
 	if big {
-		return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message", c.MaxData(), name)
+		if encrypt && !aes {
+			return fmt.Errorf("input larger than %d bytes: RSA-OAEP encrypts one short message; encrypt data with an AES-256-GCM key", c.MaxData())
+		}
+		if encrypt {
+			return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message; use --format stream (or auto)", c.MaxData(), name)
+		}
+		return fmt.Errorf("input larger than %d bytes and not a stream ciphertext: a one-shot ciphertext fits in one message", c.MaxData())
 	}
 	var out []byte
 	switch {
@@ -150,6 +180,66 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		field = "ciphertext"
 	}
 	return writeOutput(e, f, field, out)
+}
+
+// cipherStream encrypts or decrypts stdin as a stream, head being what
+// was read of it already. A stream has no overall deadline unless
+// --timeout was given. If decryption fails and stdout is a regular file,
+// what was written to it is cut off again, so that a failed stream leaves
+// no plaintext behind; elsewhere (a pipe) the consumer must heed the exit
+// status.
+func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, chunk int, head []byte) error {
+	ctx := context.Background()
+	if f.timeoutSet() {
+		ctx = f.context
+	}
+	in := io.MultiReader(bytes.NewReader(head), e.stdin)
+	out := bufio.NewWriterSize(e.stdout, 1<<20)
+	if encrypt {
+		w, err := k.EncryptWriter(ctx, out, []byte(aad), &keywarden.StreamOptions{ChunkSize: chunk})
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(w, in); err != nil {
+			return err
+		}
+		if err := w.Close(); err != nil {
+			return err
+		}
+		return out.Flush()
+	}
+	undo := truncateOnFailure(e.stdout)
+	r, err := k.DecryptReader(ctx, in, []byte(aad), nil)
+	if err == nil {
+		defer r.Close()
+		_, err = io.Copy(out, r)
+	}
+	if err == nil {
+		err = out.Flush()
+	}
+	if err != nil {
+		undo()
+		return err
+	}
+	return nil
+}
+
+// truncateOnFailure returns a function that cuts w back to its present
+// size if w is a regular file, and does nothing otherwise.
+func truncateOnFailure(w io.Writer) func() {
+	file, ok := w.(*os.File)
+	if !ok {
+		return func() {}
+	}
+	st, err := file.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return func() {}
+	}
+	off, err := file.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return func() {}
+	}
+	return func() { file.Truncate(off) }
 }
 
 // signFlags are shared by sign and verify.

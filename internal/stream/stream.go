@@ -61,7 +61,7 @@ type ChunkError struct {
 }
 
 func (e *ChunkError) Error() string {
-	return fmt.Sprintf("keywarden stream: chunk %d: %v", e.Index, e.Err)
+	return fmt.Sprintf("keywarden: stream chunk %d: %v", e.Index, e.Err)
 }
 
 func (e *ChunkError) Unwrap() error { return e.Err }
@@ -98,7 +98,7 @@ type Header [HeaderSize]byte
 func NewHeader(shift int) (Header, error) {
 	var h Header
 	if shift < MinChunkShift || shift > MaxChunkShift {
-		return h, fmt.Errorf("keywarden stream: chunk size 2^%d out of range 2^%d to 2^%d", shift, MinChunkShift, MaxChunkShift)
+		return h, fmt.Errorf("keywarden: stream chunk size 2^%d out of range 2^%d to 2^%d", shift, MinChunkShift, MaxChunkShift)
 	}
 	h[0], h[1], h[2], h[3] = 'K', 'W', formatByte, byte(shift)
 	if _, err := rand.Read(h[4:]); err != nil {
@@ -114,11 +114,11 @@ func ParseHeader(b []byte) (Header, error) {
 		return h, ErrNotStream
 	}
 	if len(b) < HeaderSize {
-		return h, fmt.Errorf("keywarden stream: %w: the header is cut short", ErrTruncated)
+		return h, fmt.Errorf("keywarden: %w: the stream header is cut short", ErrTruncated)
 	}
 	copy(h[:], b)
 	if s := int(h[3]); s < MinChunkShift || s > MaxChunkShift {
-		return h, fmt.Errorf("keywarden stream: %w: chunk size 2^%d out of range 2^%d to 2^%d", ErrMalformed, s, MinChunkShift, MaxChunkShift)
+		return h, fmt.Errorf("keywarden: %w: chunk size 2^%d out of range 2^%d to 2^%d", ErrMalformed, s, MinChunkShift, MaxChunkShift)
 	}
 	return h, nil
 }

@@ -68,7 +68,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, w.err
 	}
 	if w.closed {
-		return 0, errors.New("keywarden stream: write after Close")
+		return 0, errors.New("keywarden: stream write after Close")
 	}
 	n := len(p)
 	for len(p) > 0 {
