@@ -6,12 +6,16 @@ import (
 	"context"
 	"crypto"
 	"crypto/rsa"
+	_ "crypto/sha256" // the hashes a file is signed with
+	_ "crypto/sha3"
+	_ "crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -133,8 +137,12 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		return err
 	}
 	aes := k.Type() == keywarden.AES256GCM
+	notStream := fmt.Sprintf("a %s key does not encrypt files: streams need an AES-256-GCM key", k.Type())
+	if strings.HasPrefix(string(k.Type()), "rsa") {
+		notStream = "RSA-OAEP encrypts one short message (a data key: see keywarden datakey); streams need an AES-256-GCM key"
+	}
 	if !aes && (format == "stream" || chunk != 0) {
-		return fmt.Errorf("%s: streams need an AES-256-GCM key; RSA-OAEP encrypts one short message (a data key: see keywarden datakey)", name)
+		return fmt.Errorf("%s: %s", name, notStream)
 	}
 	in, big, err := readInput(e.stdin, c.MaxData())
 	if err != nil {
@@ -150,7 +158,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	}
 	if big {
 		if encrypt && !aes {
-			return fmt.Errorf("input larger than %d bytes: RSA-OAEP encrypts one short message; encrypt data with an AES-256-GCM key", c.MaxData())
+			return fmt.Errorf("input larger than %d bytes: %s", c.MaxData(), notStream)
 		}
 		if encrypt {
 			return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message; use --format stream (or auto)", c.MaxData(), name)
@@ -328,8 +336,7 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	if err != nil {
 		return err
 	}
-	// Small input: one message. Large input, or Ed25519ph: a stream (pure
-	// Ed25519 needs the whole message at once, so it cannot stream).
+	// Small input: one message, which the daemon signs (and hashes).
 	if !big && !(ed && s.ph) {
 		if sig == nil {
 			out, err := k.SignMessage(ctx, in, opts)
@@ -341,29 +348,48 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 		return verified(e, f, k.Verify(ctx, in, sig, opts))
 	}
 	if ed && !s.ph {
-		return fmt.Errorf("input larger than %d bytes: pure Ed25519 needs the message in one piece; use --ed25519ph", c.MaxData())
+		return fmt.Errorf("input larger than %d bytes: pure Ed25519 signs the whole message at once, so at most one message; "+
+			"to sign a file of any size use an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
+			"openssl dgst -sha256 -verify PUB.pem -signature SIG FILE checks, or --ed25519ph (which OpenSSL 3.0 cannot verify)", c.MaxData())
 	}
-	var st *keywarden.Stream
+	// Anything else is signed as a digest, hashed here: the data does not
+	// travel to the daemon, and the signature is the one SignMessage would
+	// make over the whole input.
+	h := opts.Hash
+	if h == 0 {
+		h = defaultHash(k.Type())
+	}
+	if !h.Available() {
+		return usagef("hash %v is not available", h)
+	}
+	hw := h.New()
+	hw.Write(in)
+	if _, err := io.Copy(hw, bufio.NewReaderSize(e.stdin, 1<<20)); err != nil {
+		return fmt.Errorf("read input: %w", err)
+	}
+	digest := hw.Sum(nil)
+	o := *opts
+	o.Hash = h
 	if sig == nil {
-		st, err = k.NewSigner(ctx, opts)
-	} else {
-		st, err = k.NewVerifier(ctx, opts)
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if err := stream(st, in, e.stdin); err != nil {
-		return err
-	}
-	if sig == nil {
-		out, err := st.Sum()
+		out, err := k.SignDigest(ctx, digest, &o)
 		if err != nil {
 			return err
 		}
 		return writeOutput(e, f, "signature", out)
 	}
-	return verified(e, f, st.Verify(sig))
+	return verified(e, f, k.VerifyDigest(ctx, digest, sig, &o))
+}
+
+// defaultHash is the hash a key signs with when none is named: SHA-384
+// for ECDSA P-384, SHA-512 for Ed25519ph, SHA-256 otherwise.
+func defaultHash(t keywarden.KeyType) crypto.Hash {
+	switch t {
+	case keywarden.ECDSAP384:
+		return crypto.SHA384
+	case keywarden.Ed25519:
+		return crypto.SHA512
+	}
+	return crypto.SHA256
 }
 
 // stream writes head and then the rest of r to st.
