@@ -100,6 +100,9 @@ func (k *Key) EncryptWriter(ctx context.Context, w io.Writer, aad []byte, opts *
 // Write encrypts p, a batch of chunks at a time.
 func (e *EncryptWriter) Write(p []byte) (int, error) { return e.sw.Write(p) }
 
+// ReadFrom encrypts what it reads from r, to r's end (io.Copy uses it).
+func (e *EncryptWriter) ReadFrom(r io.Reader) (int64, error) { return e.sw.ReadFrom(r) }
+
 // Close encrypts and writes the rest, ending with the final chunk. It
 // does not close the underlying writer.
 func (e *EncryptWriter) Close() error {
@@ -145,6 +148,10 @@ func (k *Key) DecryptReader(ctx context.Context, r io.Reader, aad []byte, opts *
 
 // Read returns plaintext.
 func (d *DecryptReader) Read(p []byte) (int, error) { return d.sr.Read(p) }
+
+// WriteTo writes the plaintext to w, chunk by chunk as each is
+// authenticated (io.Copy uses it); its error is Read's.
+func (d *DecryptReader) WriteTo(w io.Writer) (int64, error) { return d.sr.WriteTo(w) }
 
 // Close wipes the plaintext the reader still holds. It does not close
 // the underlying reader.

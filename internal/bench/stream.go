@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/aes"
@@ -270,8 +269,8 @@ func fileHash(path string) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// fileToFile runs fn from src to a new dst, as the CLI does: stdin read
-// as it comes, stdout through a 1 MiB buffer.
+// fileToFile runs fn from src to a new dst, the files as the CLI has its
+// stdin and stdout.
 func fileToFile(src, dst string, fn func(io.Reader, io.Writer) error) error {
 	in, err := os.Open(src)
 	if err != nil {
@@ -283,11 +282,7 @@ func fileToFile(src, dst string, fn func(io.Reader, io.Writer) error) error {
 		return err
 	}
 	defer out.Close()
-	bw := bufio.NewWriterSize(out, 1<<20)
-	if err := fn(in, bw); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
+	if err := fn(in, out); err != nil {
 		return err
 	}
 	return out.Close()

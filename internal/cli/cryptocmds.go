@@ -201,29 +201,24 @@ func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, 
 	if f.timeoutSet() {
 		ctx = f.context
 	}
+	// The stream reads stdin straight into its chunks and writes each
+	// chunk's output straight to stdout, a chunk per write.
 	in := io.MultiReader(bytes.NewReader(head), e.stdin)
-	out := bufio.NewWriterSize(e.stdout, 1<<20)
 	if encrypt {
-		w, err := k.EncryptWriter(ctx, out, []byte(aad), &keywarden.StreamOptions{ChunkSize: chunk})
+		w, err := k.EncryptWriter(ctx, e.stdout, []byte(aad), &keywarden.StreamOptions{ChunkSize: chunk})
 		if err != nil {
 			return err
 		}
-		if _, err := io.Copy(w, in); err != nil {
+		if _, err := w.ReadFrom(in); err != nil {
 			return err
 		}
-		if err := w.Close(); err != nil {
-			return err
-		}
-		return out.Flush()
+		return w.Close()
 	}
 	undo := truncateOnFailure(e.stdout)
 	r, err := k.DecryptReader(ctx, in, []byte(aad), nil)
 	if err == nil {
 		defer r.Close()
-		_, err = io.Copy(out, r)
-	}
-	if err == nil {
-		err = out.Flush()
+		_, err = r.WriteTo(e.stdout)
 	}
 	if err != nil {
 		undo()

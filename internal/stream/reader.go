@@ -90,6 +90,38 @@ func (r *Reader) Read(p []byte) (int, error) {
 	}
 }
 
+// WriteTo writes the plaintext to w as it is authenticated, without a
+// copy through an intermediate buffer (io.Copy uses it).
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		for r.next < len(r.chunks) {
+			c := &r.chunks[r.next]
+			if len(c.Out) > 0 {
+				n, err := w.Write(c.Out)
+				total += int64(n)
+				c.Out = c.Out[n:]
+				if err != nil {
+					return total, err
+				}
+			}
+			r.next++
+		}
+		if r.failed != nil {
+			r.err, r.failed = r.diagnose(*r.failed), nil
+		} else if r.later != nil {
+			r.err, r.later = r.later, nil
+		}
+		if r.err != nil {
+			return total, r.err
+		}
+		if r.done {
+			return total, nil
+		}
+		r.err = r.fill()
+	}
+}
+
 // fill reads and opens the next batch of chunks. It keeps in r.chunks
 // those that authenticated before the first that did not, which it keeps
 // in r.failed, or before a framing error, kept in r.later. It returns

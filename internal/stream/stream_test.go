@@ -54,6 +54,17 @@ func open(c Cipher, ct, aad []byte, opts *Options) ([]byte, error) {
 	return io.ReadAll(r)
 }
 
+// openWriteTo reads a stream with WriteTo, as io.Copy does.
+func openWriteTo(c Cipher, ct, aad []byte) ([]byte, error) {
+	r, err := NewReader(c, bytes.NewReader(ct), aad, small)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	_, err = r.WriteTo(&out)
+	return out.Bytes(), err
+}
+
 func random(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
@@ -85,6 +96,37 @@ func TestRoundTrip(t *testing.T) {
 			if !bytes.Equal(got, pt) {
 				t.Fatalf("n=%d: plaintext differs", n)
 			}
+		}
+	}
+}
+
+// ReadFrom and WriteTo (io.Copy's paths) make and read the same streams
+// as Write and Read, from readers that return little at a time.
+func TestReadFromWriteTo(t *testing.T) {
+	c := LocalCipher(gcmKey(t, 1), 1)
+	for _, n := range []int{0, 1, csize, 3 * csize, 3*csize + 1, 10*csize + 7} {
+		pt := random(n)
+		var out bytes.Buffer
+		w, err := NewWriter(c, &out, nil, small)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := w.ReadFrom(iotestOneByte{bytes.NewReader(pt)}); err != nil || m != int64(n) {
+			t.Fatalf("n=%d: ReadFrom %d, %v", n, m, err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		chunks := max(1, (n+csize-1)/csize)
+		if out.Len() != HeaderSize+n+chunks*ChunkOverhead {
+			t.Fatalf("n=%d: %d bytes", n, out.Len())
+		}
+		got, err := openWriteTo(c, out.Bytes(), nil)
+		if err != nil || !bytes.Equal(got, pt) {
+			t.Fatalf("n=%d: WriteTo: %d bytes, %v", n, len(got), err)
+		}
+		if got, err := open(c, out.Bytes(), nil, nil); err != nil || !bytes.Equal(got, pt) {
+			t.Fatalf("n=%d: Read: %d bytes, %v", n, len(got), err)
 		}
 	}
 }
@@ -168,8 +210,14 @@ func TestAttacks(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			for _, batch := range []int{1, 3, 64} {
-				got, err := open(c, tc.data, []byte(tc.aad), &Options{Batch: batch})
+			for _, batch := range []int{1, 3, 64, -1} {
+				var got []byte
+				var err error
+				if batch > 0 {
+					got, err = open(c, tc.data, []byte(tc.aad), &Options{Batch: batch})
+				} else {
+					got, err = openWriteTo(c, tc.data, []byte(tc.aad))
+				}
 				var ce *ChunkError
 				if !errors.Is(err, tc.want) || !errors.As(err, &ce) || ce.Index != tc.chunk {
 					t.Fatalf("batch %d: got %v, want %v at chunk %d", batch, err, tc.want, tc.chunk)

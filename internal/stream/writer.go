@@ -85,6 +85,46 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom reads r to its end into the chunks, without a copy through an
+// intermediate buffer (io.Copy uses it).
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, errors.New("keywarden: stream write after Close")
+	}
+	var total int64
+	for {
+		if len(w.buf) == cap(w.buf) {
+			// Seal only once more data is known to follow: the last
+			// chunks may be the final ones.
+			var one [1]byte
+			n, err := io.ReadFull(r, one[:])
+			if n == 0 {
+				if err == io.EOF {
+					return total, nil
+				}
+				return total, err
+			}
+			if err := w.flush(false); err != nil {
+				return total, err
+			}
+			w.buf = append(w.buf, one[0])
+			total++
+		}
+		n, err := r.Read(w.buf[len(w.buf):cap(w.buf)])
+		w.buf = w.buf[:len(w.buf)+n]
+		total += int64(n)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 // Close seals the rest, its last chunk marked final, and writes it. It
 // does not close the underlying writer.
 func (w *Writer) Close() error {
