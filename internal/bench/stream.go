@@ -12,6 +12,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/keywarden/keywarden"
@@ -127,14 +130,15 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 
 	type way struct {
 		op, mode string
-		run      func(src, dst string) error
+		// run returns the processor time of the command it ran, if any.
+		run func(src, dst string) (time.Duration, error)
 	}
 	ct, pt := filepath.Join(dir, "cipher"), filepath.Join(dir, "plain.out")
 	// Each way encrypts in into ct, or decrypts ct into pt; a decryption
 	// reads the ciphertext its mode made.
 	ways := []way{
-		{OpStreamEncrypt, ModeInProcess, func(src, dst string) error {
-			return fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+		{OpStreamEncrypt, ModeInProcess, func(src, dst string) (time.Duration, error) {
+			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
 				sw, err := stream.NewWriter(local, w, nil, sopts)
 				if err != nil {
 					return err
@@ -145,8 +149,8 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				return sw.Close()
 			})
 		}},
-		{OpStreamDecrypt, ModeInProcess, func(src, dst string) error {
-			return fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+		{OpStreamDecrypt, ModeInProcess, func(src, dst string) (time.Duration, error) {
+			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
 				sr, err := stream.NewReader(local, r, nil, nil)
 				if err != nil {
 					return err
@@ -155,8 +159,8 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				return err
 			})
 		}},
-		{OpStreamEncrypt, ModeLibrary, func(src, dst string) error {
-			return fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+		{OpStreamEncrypt, ModeLibrary, func(src, dst string) (time.Duration, error) {
+			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
 				ew, err := k.EncryptWriter(ctx, w, nil, opts)
 				if err != nil {
 					return err
@@ -167,8 +171,8 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				return ew.Close()
 			})
 		}},
-		{OpStreamDecrypt, ModeLibrary, func(src, dst string) error {
-			return fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+		{OpStreamDecrypt, ModeLibrary, func(src, dst string) (time.Duration, error) {
+			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
 				dr, err := k.DecryptReader(ctx, r, nil, nil)
 				if err != nil {
 					return err
@@ -178,10 +182,16 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				return err
 			})
 		}},
-		{OpStreamEncrypt, ModeCLI, func(src, dst string) error { return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("encrypt"), src, dst) }},
-		{OpStreamDecrypt, ModeCLI, func(src, dst string) error { return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("decrypt"), src, dst) }},
+		{OpStreamEncrypt, ModeCLI, func(src, dst string) (time.Duration, error) {
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("encrypt"), src, dst)
+		}},
+		{OpStreamDecrypt, ModeCLI, func(src, dst string) (time.Duration, error) {
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("decrypt"), src, dst)
+		}},
 	}
 	times := map[[2]string][]float64{}
+	cpus := map[[2]string][]float64{}
+	dcpus := map[[2]string][]float64{}
 	for run := 1; run <= cfg.Runs; run++ {
 		for _, w := range ways {
 			src, dst := in, ct
@@ -190,11 +200,22 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 			}
 			say("measuring %s %s, run %d of %d...", w.op, w.mode, run, cfg.Runs)
 			os.Remove(dst)
+			key := [2]string{w.op, w.mode}
+			self0, dmn0 := selfCPU(), procCPU(d.pid())
 			start := time.Now()
-			if err := w.run(src, dst); err != nil {
+			cmdCPU, err := w.run(src, dst)
+			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", w.op, w.mode, err)
 			}
-			times[[2]string{w.op, w.mode}] = append(times[[2]string{w.op, w.mode}], time.Since(start).Seconds())
+			times[key] = append(times[key], time.Since(start).Seconds())
+			if w.mode == ModeCLI {
+				cpus[key] = append(cpus[key], cmdCPU.Seconds())
+			} else {
+				cpus[key] = append(cpus[key], (selfCPU() - self0).Seconds())
+			}
+			if w.mode != ModeInProcess {
+				dcpus[key] = append(dcpus[key], (procCPU(d.pid()) - dmn0).Seconds())
+			}
 			if w.op == OpStreamDecrypt {
 				if got, err := fileHash(pt); err != nil || !bytes.Equal(got, want) {
 					return nil, fmt.Errorf("%s %s: the plaintext is not the input (%v)", w.op, w.mode, err)
@@ -212,6 +233,8 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				r.RunsOpsPerSec = append(r.RunsOpsPerSec, 1/t)
 			}
 			r.Seconds = median(append([]float64(nil), ts...))
+			r.CPUSeconds = median(cpus[[2]string{op, mode}])
+			r.DaemonCPUSeconds = median(dcpus[[2]string{op, mode}])
 			r.OpsPerSec = 1 / r.Seconds
 			r.MBPerSec = float64(cfg.Size) / r.Seconds / 1e6
 			if mode == ModeInProcess {
@@ -288,16 +311,17 @@ func fileToFile(src, dst string, fn func(io.Reader, io.Writer) error) error {
 	return out.Close()
 }
 
-// runCLI runs the keywarden command with stdin from src and stdout to dst.
-func runCLI(ctx context.Context, exe string, env []string, socket string, args []string, src, dst string) error {
+// runCLI runs the keywarden command with stdin from src and stdout to dst
+// and returns its processor time.
+func runCLI(ctx context.Context, exe string, env []string, socket string, args []string, src, dst string) (time.Duration, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer in.Close()
 	out, err := os.Create(dst)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer out.Close()
 	cmd := exec.CommandContext(ctx, exe, args...)
@@ -306,7 +330,37 @@ func runCLI(ctx context.Context, exe string, env []string, socket string, args [
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("keywarden %s: %v: %s", args[0], err, bytes.TrimSpace(stderr.Bytes()))
+		return 0, fmt.Errorf("keywarden %s: %v: %s", args[0], err, bytes.TrimSpace(stderr.Bytes()))
 	}
-	return out.Close()
+	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), out.Close()
+}
+
+// selfCPU is this process's processor time, user and system.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is process pid's processor time from /proc/PID/stat, in the
+// kernel's clock ticks (100 per second on Linux).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // utime, field 14
+	st, _ := strconv.ParseInt(f[12], 10, 64) // stime, field 15
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }

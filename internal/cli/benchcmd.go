@@ -211,9 +211,13 @@ func runStreamBench(e *env, f *flags, st *storeBenchFlags, size int64, chunk int
 		return printJSON(e, results)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "OP\tMODE\tSECONDS\tMB/S\t×INPROC")
+	fmt.Fprintln(w, "OP\tMODE\tSECONDS\tMB/S\t×INPROC\tCPU(s)\tDAEMON CPU(s)")
 	for _, r := range results {
-		fmt.Fprintf(w, "%s\t%s\t%.3f\t%.1f\t%.2f\n", r.Op, r.Mode, r.Seconds, r.MBPerSec, r.RatioToInProcess)
+		dcpu := "-"
+		if r.Mode != bench.ModeInProcess {
+			dcpu = fmt.Sprintf("%.2f", r.DaemonCPUSeconds)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.3f\t%.1f\t%.2f\t%.2f\t%s\n", r.Op, r.Mode, r.Seconds, r.MBPerSec, r.RatioToInProcess, r.CPUSeconds, dcpu)
 	}
 	return w.Flush()
 }
