@@ -124,6 +124,7 @@ var kernelRandomAllowed = map[string]string{
 	"internal/shamir": "a library: its callers in the daemon pass internal/random's reader",
 	"internal/cli":    "kdf-bench's throwaway passwords, in the client",
 	"internal/bench":  "benchmarks, in the client",
+	"internal/stream": "the stream id of a stream ciphertext, drawn in the client's process; the daemon draws every chunk's nonce (docs/formats.md, \"Stream ciphertexts\")",
 }
 
 // TestRandomOnlyFromPackageRandom guards the rule above: a package of the
