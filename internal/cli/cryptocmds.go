@@ -365,6 +365,13 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	digest := hw.Sum(nil)
 	o := *opts
 	o.Hash = h
+	// Hashing a large file may take longer than --timeout's default: that
+	// bounds the daemon's part, from here, unless it was given.
+	if !f.timeoutSet() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), f.timeout)
+		defer cancel()
+	}
 	if sig == nil {
 		out, err := k.SignDigest(ctx, digest, &o)
 		if err != nil {
