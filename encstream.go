@@ -36,13 +36,13 @@ type StreamError = stream.ChunkError
 // nil) means the defaults.
 type StreamOptions struct {
 	// ChunkSize is the plaintext size of each chunk a writer makes: a
-	// power of two from 1 KiB to 1 MiB whose ciphertext fits in one of the
+	// power of two from 1 KiB to 512 KiB whose ciphertext fits in one of the
 	// daemon's messages. The default, 64 KiB, fits every daemon. A reader
 	// takes the size from the stream.
 	ChunkSize int
 	// Batch is how many chunks go to the daemon at once, in as many
-	// requests as its limits need (default 64). Memory is about twice
-	// Batch chunks.
+	// requests as its limits need (default: 4 MiB of them, 64 chunks of
+	// the default size). Memory is about twice Batch chunks.
 	Batch int
 }
 

@@ -146,7 +146,7 @@ func TestStreamNeedsAESKey(t *testing.T) {
 	if _, err := a.EncryptWriter(ctx, io.Discard, nil, &keywarden.StreamOptions{ChunkSize: 1000}); err == nil {
 		t.Fatal("chunk size 1000 accepted")
 	}
-	if _, err := a.EncryptWriter(ctx, io.Discard, nil, &keywarden.StreamOptions{ChunkSize: 1 << 20}); err == nil {
+	if _, err := a.EncryptWriter(ctx, io.Discard, nil, &keywarden.StreamOptions{ChunkSize: 1 << 19}); err == nil { // 512 KiB: more than a default message
 		t.Fatal("chunks larger than a message accepted")
 	}
 }

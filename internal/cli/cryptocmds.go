@@ -106,7 +106,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	chunk := 0
 	if encrypt {
 		f.StringVar(&format, "format", "auto", "AES-GCM output `format`: auto (one message if the input fits in one, else a stream), oneshot, or stream")
-		f.IntVar(&chunk, "chunk-size", 0, "stream chunk size in `bytes`, a power of two from 1024 to 1048576 (default 65536)")
+		f.IntVar(&chunk, "chunk-size", 0, "stream chunk size in `bytes`, a power of two from 1024 to 524288 that fits in the daemon's messages (default 65536)")
 	}
 	pos, err := f.parse(args)
 	if err != nil {

@@ -52,7 +52,7 @@ func NewReader(c Cipher, r io.Reader, aad []byte, opts *Options) (*Reader, error
 // NewReaderHeader returns a Reader of the stream whose header, already
 // read and parsed, is hdr, and whose chunks follow in r.
 func NewReaderHeader(c Cipher, r io.Reader, hdr Header, aad []byte, opts *Options) *Reader {
-	b := opts.batch()
+	b := opts.batch(hdr.ChunkSize())
 	ct := hdr.ChunkSize() + ChunkOverhead
 	return &Reader{c: c, r: r, hdr: hdr, aad: append([]byte(nil), aad...), ctSize: ct, batch: b,
 		in: make([]byte, b*ct+1)}

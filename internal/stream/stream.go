@@ -20,9 +20,10 @@ const (
 	ChunkOverhead = 7 + 12 + 16
 
 	// MinChunkShift and MaxChunkShift bound the chunk sizes a reader
-	// accepts: 1 KiB to 1 MiB of plaintext.
+	// accepts: 1 KiB to 512 KiB of plaintext (a daemon's messages hold at
+	// most 1 MiB, less what a request needs besides the data).
 	MinChunkShift = 10
-	MaxChunkShift = 20
+	MaxChunkShift = 19
 	// DefaultChunkShift is the chunk size a Writer uses unless told
 	// otherwise: 64 KiB, which fits in one message of every daemon (the
 	// smallest message limit a daemon accepts is 64 KiB; a chunk's
@@ -30,9 +31,11 @@ const (
 	// see docs/formats.md) — the default limit is 256 KiB.
 	DefaultChunkShift = 16
 
-	// DefaultBatch is how many chunks a Writer or Reader hands its Cipher
-	// at once: 4 MiB of plaintext with the default chunk size.
-	DefaultBatch = 64
+	// BatchBytes is how much plaintext a Writer or Reader hands its
+	// Cipher at once, in whole chunks (at least one): 64 chunks of the
+	// default size. It bounds their memory, whatever the chunk size a
+	// stream's header names.
+	BatchBytes = 4 << 20
 )
 
 // Errors a Reader returns, each inside a *ChunkError naming the chunk

@@ -268,15 +268,15 @@ func TestHeader(t *testing.T) {
 	if _, err := open(c, []byte("KW\x02\x10"), nil, nil); !errors.Is(err, ErrTruncated) {
 		t.Errorf("short header: %v", err)
 	}
-	for _, s := range []byte{0, 9, 21, 255} {
+	for _, s := range []byte{0, 9, 20, 21, 255} {
 		h := append([]byte("KW\x02"), s)
 		h = append(h, make([]byte, IDSize)...)
 		if _, err := open(c, h, nil, nil); !errors.Is(err, ErrMalformed) {
 			t.Errorf("chunk shift %d: %v", s, err)
 		}
 	}
-	if _, err := NewHeader(21); err == nil {
-		t.Error("NewHeader(21) accepted")
+	if _, err := NewHeader(20); err == nil {
+		t.Error("NewHeader(20) accepted")
 	}
 	h1, _ := NewHeader(16)
 	h2, _ := NewHeader(16)

@@ -11,14 +11,15 @@ type Options struct {
 	// makes (default DefaultChunkShift). A Reader takes it from the
 	// header.
 	ChunkShift int
-	// Batch is how many chunks go to the Cipher at once (default
-	// DefaultBatch). Memory is about twice Batch chunks.
+	// Batch is how many chunks go to the Cipher at once (default: as
+	// many as BatchBytes holds, at least one). Memory is about twice
+	// Batch chunks.
 	Batch int
 }
 
-func (o *Options) batch() int {
+func (o *Options) batch(chunkSize int) int {
 	if o == nil || o.Batch <= 0 {
-		return DefaultBatch
+		return max(1, BatchBytes/chunkSize)
 	}
 	return o.Batch
 }
@@ -53,7 +54,7 @@ func NewWriter(c Cipher, w io.Writer, aad []byte, opts *Options) (*Writer, error
 	if err != nil {
 		return nil, err
 	}
-	b := opts.batch()
+	b := opts.batch(hdr.ChunkSize())
 	return &Writer{c: c, w: w, hdr: hdr, aad: append([]byte(nil), aad...), size: hdr.ChunkSize(), batch: b,
 		buf: make([]byte, 0, b*hdr.ChunkSize())}, nil
 }
