@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // The header: 'K' 'W' 2 ‖ chunk size (1: its base-2 logarithm) ‖ stream
@@ -64,7 +65,7 @@ type ChunkError struct {
 }
 
 func (e *ChunkError) Error() string {
-	return fmt.Sprintf("keywarden: stream chunk %d: %v", e.Index, e.Err)
+	return fmt.Sprintf("keywarden: stream chunk %d: %s", e.Index, strings.TrimPrefix(e.Err.Error(), "keywarden: "))
 }
 
 func (e *ChunkError) Unwrap() error { return e.Err }

@@ -344,3 +344,11 @@ func TestNothingBeforeFirstChunk(t *testing.T) {
 		t.Fatal("nothing written")
 	}
 }
+
+// A chunk's error names the chunk once, with the cause's own words.
+func TestChunkErrorText(t *testing.T) {
+	err := &ChunkError{Index: 7, Err: errors.New("keywarden: encrypt: permission denied")}
+	if got, want := err.Error(), "keywarden: stream chunk 7: encrypt: permission denied"; got != want {
+		t.Fatalf("%q, want %q", got, want)
+	}
+}
