@@ -137,7 +137,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		return err
 	}
 	aes := k.Type() == keywarden.AES256GCM
-	notStream := fmt.Sprintf("a %s key does not encrypt files: streams need an AES-256-GCM key", k.Type())
+	notStream := fmt.Sprintf("%s keys do not encrypt files: streams need an AES-256-GCM key", k.Type())
 	if strings.HasPrefix(string(k.Type()), "rsa") {
 		notStream = "RSA-OAEP encrypts one short message (a data key: see keywarden datakey); streams need an AES-256-GCM key"
 	}
