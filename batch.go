@@ -208,7 +208,10 @@ const requestHeadroom = 256
 
 // Do sends the queued operations and fills in their results. It splits
 // them into as many requests as the message size and batch limits need
-// and keeps several in flight at once. The error is non-nil only when the
+// and keeps several in flight at once, as many as the replies they may
+// bring fit in half a socket buffer: the daemon must never be left unable
+// to send a reply this goroutine does not read because it is itself
+// blocked sending a request the daemon does not read. The error is non-nil only when the
 // requests could not be exchanged; each operation's own outcome is in its
 // BatchResult.
 func (b *Batch) Do(ctx context.Context) error {
@@ -222,10 +225,12 @@ func (b *Batch) Do(ctx context.Context) error {
 	}
 	window := max(1, b.c.limits.MaxInFlight/2)
 	var inflight []flight
+	replies := 0 // bytes the replies in flight may hold
 	var firstErr error
 	finishOne := func() {
 		f := inflight[0]
 		inflight = inflight[1:]
+		replies -= f.ch.rep
 		rep, err := b.c.finish(ctx, "batch", f.cl)
 		for j, i := range f.idx {
 			r := b.res[i]
@@ -264,7 +269,7 @@ func (b *Batch) Do(ctx context.Context) error {
 		if len(f.ops) == 0 {
 			continue
 		}
-		if len(inflight) >= window {
+		for len(inflight) > 0 && (len(inflight) >= window || replies+ch.rep > b.c.replyBudget) {
 			finishOne()
 		}
 		cl, err := b.c.start(ctx, f.ops)
@@ -278,6 +283,7 @@ func (b *Batch) Do(ctx context.Context) error {
 			continue
 		}
 		f.cl = cl
+		replies += ch.rep
 		inflight = append(inflight, f)
 	}
 	for len(inflight) > 0 {
@@ -286,8 +292,9 @@ func (b *Batch) Do(ctx context.Context) error {
 	return firstErr
 }
 
-// chunk is a run of a batch's operations sent as one request.
-type chunk struct{ from, to int }
+// chunk is a run of a batch's operations sent as one request; rep bounds
+// the size of its reply.
+type chunk struct{ from, to, rep int }
 
 // chunks splits the batch into requests.
 func (b *Batch) chunks() []chunk {
@@ -306,14 +313,14 @@ func (b *Batch) chunks() []chunk {
 		}
 		s := b.sizes[i]
 		if i > from && (req+s.req > limit || rep+s.rep > limit || i-from >= b.c.limits.MaxBatchOps) {
-			chunks = append(chunks, chunk{from, i})
+			chunks = append(chunks, chunk{from, i, rep + requestHeadroom})
 			from, req, rep = i, 0, 0
 		}
 		req += s.req
 		rep += s.rep
 	}
 	if from < len(b.ops) {
-		chunks = append(chunks, chunk{from, len(b.ops)})
+		chunks = append(chunks, chunk{from, len(b.ops), rep + requestHeadroom})
 	}
 	return chunks
 }

@@ -33,6 +33,10 @@ type Client struct {
 	reading bool  // some goroutine is receiving replies
 	err     error // set once the connection is unusable
 
+	// replyBudget bounds the reply bytes a Batch leaves outstanding (see
+	// Batch.Do): half the socket's send buffer.
+	replyBudget int
+
 	recvBuf []byte // used only by the goroutine that is reading
 	recvOOB []byte // likewise, for replies that carry a descriptor
 
@@ -142,6 +146,9 @@ func DialWithOptions(ctx context.Context, socketPath string, opts *DialOptions) 
 	if m := conn.MaxMessage(); m > 0 && m < c.limits.MaxMessageBytes {
 		c.limits.MaxMessageBytes = m
 	}
+	// Both ends ask for the same socket buffers (package seqpacket) from
+	// the same kernel: the daemon's send buffer is as large as this one.
+	c.replyBudget = max(conn.MaxMessage(), 64<<10) / 2
 	if c.limits.MaxInFlight <= 0 {
 		c.limits.MaxInFlight = 1
 	}

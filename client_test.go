@@ -188,3 +188,33 @@ func TestParsers(t *testing.T) {
 		t.Fatal("key id round trip")
 	}
 }
+
+// A batch of large operations completes: the client never has more
+// replies outstanding than the daemon's socket buffer holds, so that the
+// daemon, blocked sending a reply nobody reads, never leaves the client
+// blocked sending a request it will not read (a deadlock of both).
+func TestBatchOfLargeOperations(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	b := c.NewBatch()
+	var rs []*keywarden.BatchResult
+	for range 64 {
+		rs = append(rs, b.Encrypt(k, make([]byte, 200<<10), nil))
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Do(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a batch of 64 encryptions of 200 KiB did not complete in 30 s")
+	}
+	for i, r := range rs {
+		if ct, err := r.Bytes(); err != nil || len(ct) != 200<<10+35 {
+			t.Fatalf("op %d: %d bytes, %v", i, len(ct), err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package keywarden_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -10,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"math/big"
 	"os"
@@ -210,4 +212,41 @@ func ExampleKey_SetACL() {
 	}
 	fmt.Println(len(info.ACL), info.ACL[1].Usage)
 	// Output: 2 sign,verify
+}
+
+// EncryptWriter and DecryptReader encrypt data of any size with a key
+// that stays in the daemon, in memory bounded by a few chunks.
+func ExampleKey_EncryptWriter() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var sealed bytes.Buffer // a file, a socket, any io.Writer
+	w, err := key.EncryptWriter(ctx, &sealed, []byte("backup 2026-12-06"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("data "), 1<<20) // 5 MiB, larger than one message
+	if _, err := w.Write(big); err != nil {
+		log.Fatal(err)
+	}
+	if err := w.Close(); err != nil { // seals the final chunk
+		log.Fatal(err)
+	}
+
+	r, err := key.DecryptReader(ctx, &sealed, []byte("backup 2026-12-06"), nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer r.Close()
+	n, err := io.Copy(io.Discard, r) // io.EOF only after the final chunk authenticated
+	fmt.Println(n == int64(len(big)), err)
+	// Output: true <nil>
 }

@@ -13,9 +13,10 @@ const module = "github.com/keywarden/keywarden"
 
 // clientAllowed are the module's internal packages that client-side code
 // may import: the protocol, the transport, atomic access to the shared
-// generation page, and the checks of who owns a file. Everything else under internal/ belongs to the
+// generation page, the checks of who owns a file, and the stream
+// ciphertext format. Everything else under internal/ belongs to the
 // daemon.
-var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/shm", module + "/internal/ownfile"}
+var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/shm", module + "/internal/ownfile", module + "/internal/stream"}
 
 // clientSide are the packages that run in the caller's process: the
 // library, and the benchmark, which measures the daemon as a client does.
@@ -123,6 +124,7 @@ var kernelRandomAllowed = map[string]string{
 	"internal/shamir": "a library: its callers in the daemon pass internal/random's reader",
 	"internal/cli":    "kdf-bench's throwaway passwords, in the client",
 	"internal/bench":  "benchmarks, in the client",
+	"internal/stream": "the stream id of a stream ciphertext, drawn in the client's process; the daemon draws every chunk's nonce (docs/formats.md, \"Stream ciphertexts\")",
 }
 
 // TestRandomOnlyFromPackageRandom guards the rule above: a package of the

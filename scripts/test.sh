@@ -107,6 +107,7 @@ fuzz ./internal/seal FuzzCheckShare
 fuzz ./internal/wrap FuzzUnwrapKWP
 fuzz ./internal/wrap FuzzOpenKeyword
 fuzz ./internal/wrap FuzzUnwrapRSAKWP
+fuzz ./internal/stream FuzzReader
 fuzz ./internal/genid FuzzParseKmsg
 fuzz ./internal/genid FuzzParseUevent
 fuzz ./internal/genid FuzzVMClockPage

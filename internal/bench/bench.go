@@ -118,6 +118,12 @@ type Result struct {
 	// the same operation in the same run; 0 where there is no in-process
 	// equivalent (ping).
 	RatioToInProcess float64 `json:"ratio_to_inprocess"`
+	// CPUSeconds and DaemonCPUSeconds are, in RunStream's results, the
+	// processor time (user and system) of the side that reads and writes
+	// the files (this process, or the keywarden command) and of the
+	// daemon, medians over the runs.
+	CPUSeconds       float64 `json:"cpu_seconds,omitempty"`
+	DaemonCPUSeconds float64 `json:"daemon_cpu_seconds,omitempty"`
 }
 
 // Run measures cfg.Ops in every mode and returns one Result per operation

@@ -425,3 +425,27 @@ func TestRunStartup(t *testing.T) {
 		t.Errorf("left behind in the temporary directory: %v", left)
 	}
 }
+
+func TestRunStream(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const size = 3<<20 + 17 // several batches of chunks, the last one short
+	res, err := bench.RunStream(ctx, bench.StreamConfig{Size: size, Runs: 2, ChunkSize: 16 << 10, Executable: exe, Env: env}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 6 {
+		t.Fatalf("%d results", len(res))
+	}
+	for _, r := range res {
+		if r.Bytes != size || r.Runs != 2 || r.Seconds <= 0 || r.MBPerSec <= 0 || r.RatioToInProcess <= 0 {
+			t.Errorf("%+v", r)
+		}
+	}
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("left behind in the temporary directory: %v", left)
+	}
+}

@@ -31,6 +31,9 @@ func runBench(e *env, args []string) error {
 	pipeline := f.Int("pipeline", 16, "requests in flight at once in the pipelined mode")
 	var st storeBenchFlags
 	st.register(f)
+	streamMode := f.Bool("stream", false, "measure the encryption and decryption of a --size file, file to file, in the stream format: in-process, with the client library and with the keywarden command")
+	size := f.Int64("size", 1<<30, "with --stream: the file's size in `bytes`")
+	chunk := f.Int("chunk-size", 0, "with --stream: the stream's chunk size in `bytes` (default 65536)")
 	auditMode := f.Bool("audit", false, "measure what the audit log costs: requests and batches of AES-GCM encryptions with --clients concurrent clients, against private daemons with no audit log, --audit-sync grouped and always")
 	pos, err := f.parse(args)
 	if err != nil {
@@ -38,6 +41,9 @@ func runBench(e *env, args []string) error {
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	if *streamMode {
+		return runStreamBench(e, f, &st, *size, *chunk)
 	}
 	if *auditMode {
 		explicit := map[string]bool{}
@@ -174,6 +180,44 @@ func runAuditBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration
 			kind = fmt.Sprintf("batched %d", r.Batch)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\n", r.Audit, kind, r.Clients, r.OpsPerSec, micros(r.P50us), micros(r.P99us), ratio)
+	}
+	return w.Flush()
+}
+
+// runStreamBench is bench --stream.
+func runStreamBench(e *env, f *flags, st *storeBenchFlags, size int64, chunk int) error {
+	if f.socket != "" {
+		return usagef("--stream starts its own daemon: it takes no --socket")
+	}
+	if size < 1 || st.runs < 1 {
+		return usagef("--size and --runs must be at least 1")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	var progress io.Writer
+	if !f.json {
+		progress = e.stderr
+	}
+	results, err := bench.RunStream(ctx, bench.StreamConfig{Size: size, Runs: st.runs, ChunkSize: chunk, Dir: st.dir}, progress)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, results)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "OP\tMODE\tSECONDS\tMB/S\t×INPROC\tCPU(s)\tDAEMON CPU(s)")
+	for _, r := range results {
+		dcpu := "-"
+		if r.Mode != bench.ModeInProcess {
+			dcpu = fmt.Sprintf("%.2f", r.DaemonCPUSeconds)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.3f\t%.1f\t%.2f\t%.2f\t%s\n", r.Op, r.Mode, r.Seconds, r.MBPerSec, r.RatioToInProcess, r.CPUSeconds, dcpu)
 	}
 	return w.Flush()
 }

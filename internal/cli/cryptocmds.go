@@ -2,14 +2,20 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/rsa"
+	_ "crypto/sha256" // the hashes a file is signed with
+	_ "crypto/sha3"
+	_ "crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -96,6 +102,12 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	ref := f.String("key", "", "the key `name`")
 	aad := f.String("aad", "", "additional authenticated `data` (AES-GCM), or the OAEP label (RSA)")
 	hashName := f.String("hash", "", "RSA-OAEP `hash` (default sha256)")
+	var format string
+	chunk := 0
+	if encrypt {
+		f.StringVar(&format, "format", "auto", "AES-GCM output `format`: auto (one message if the input fits in one, else a stream), oneshot, or stream")
+		f.IntVar(&chunk, "chunk-size", 0, "stream chunk size in `bytes`, a power of two from 1024 to 524288 that fits in the daemon's messages (default 65536)")
+	}
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -105,6 +117,11 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	}
 	if *ref == "" {
 		return usagef("--key is required")
+	}
+	switch format {
+	case "", "auto", "oneshot", "stream":
+	default:
+		return usagef("unknown --format %q (want auto, oneshot or stream)", format)
 	}
 	h, err := optHash(*hashName)
 	if err != nil {
@@ -119,13 +136,34 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	if err != nil {
 		return err
 	}
+	aes := k.Type() == keywarden.AES256GCM
+	notStream := fmt.Sprintf("%s keys do not encrypt files: streams need an AES-256-GCM key", k.Type())
+	if strings.HasPrefix(string(k.Type()), "rsa") {
+		notStream = "RSA-OAEP encrypts one short message (a data key: see keywarden datakey); streams need an AES-256-GCM key"
+	}
+	if !aes && (format == "stream" || chunk != 0) {
+		return fmt.Errorf("%s: %s", name, notStream)
+	}
 	in, big, err := readInput(e.stdin, c.MaxData())
 	if err != nil {
 		return err
 	}
 	defer clear(in)
+	streamed := aes && (format == "stream" || (encrypt && big && format != "oneshot") || (!encrypt && keywarden.IsStreamCiphertext(in)))
+	if streamed {
+		if f.json {
+			return usagef("--json holds one message; a stream is written as it is")
+		}
+		return cipherStream(e, f, k, encrypt, *aad, chunk, in)
+	}
 	if big {
-		return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message", c.MaxData(), name)
+		if encrypt && !aes {
+			return fmt.Errorf("input larger than %d bytes: %s", c.MaxData(), notStream)
+		}
+		if encrypt {
+			return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message; use --format stream (or auto)", c.MaxData(), name)
+		}
+		return fmt.Errorf("input larger than %d bytes and not a stream ciphertext: a one-shot ciphertext fits in one message", c.MaxData())
 	}
 	var out []byte
 	switch {
@@ -150,6 +188,61 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		field = "ciphertext"
 	}
 	return writeOutput(e, f, field, out)
+}
+
+// cipherStream encrypts or decrypts stdin as a stream, head being what
+// was read of it already. A stream has no overall deadline unless
+// --timeout was given. If decryption fails and stdout is a regular file,
+// what was written to it is cut off again, so that a failed stream leaves
+// no plaintext behind; elsewhere (a pipe) the consumer must heed the exit
+// status.
+func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, chunk int, head []byte) error {
+	ctx := context.Background()
+	if f.timeoutSet() {
+		ctx = f.context
+	}
+	// The stream reads stdin straight into its chunks and writes each
+	// chunk's output straight to stdout, a chunk per write.
+	in := io.MultiReader(bytes.NewReader(head), e.stdin)
+	if encrypt {
+		w, err := k.EncryptWriter(ctx, e.stdout, []byte(aad), &keywarden.StreamOptions{ChunkSize: chunk})
+		if err != nil {
+			return err
+		}
+		if _, err := w.ReadFrom(in); err != nil {
+			return err
+		}
+		return w.Close()
+	}
+	undo := truncateOnFailure(e.stdout)
+	r, err := k.DecryptReader(ctx, in, []byte(aad), nil)
+	if err == nil {
+		defer r.Close()
+		_, err = r.WriteTo(e.stdout)
+	}
+	if err != nil {
+		undo()
+		return err
+	}
+	return nil
+}
+
+// truncateOnFailure returns a function that cuts w back to its present
+// size if w is a regular file, and does nothing otherwise.
+func truncateOnFailure(w io.Writer) func() {
+	file, ok := w.(*os.File)
+	if !ok {
+		return func() {}
+	}
+	st, err := file.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return func() {}
+	}
+	off, err := file.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return func() {}
+	}
+	return func() { file.Truncate(off) }
 }
 
 // signFlags are shared by sign and verify.
@@ -238,8 +331,7 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	if err != nil {
 		return err
 	}
-	// Small input: one message. Large input, or Ed25519ph: a stream (pure
-	// Ed25519 needs the whole message at once, so it cannot stream).
+	// Small input: one message, which the daemon signs (and hashes).
 	if !big && !(ed && s.ph) {
 		if sig == nil {
 			out, err := k.SignMessage(ctx, in, opts)
@@ -251,29 +343,55 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 		return verified(e, f, k.Verify(ctx, in, sig, opts))
 	}
 	if ed && !s.ph {
-		return fmt.Errorf("input larger than %d bytes: pure Ed25519 needs the message in one piece; use --ed25519ph", c.MaxData())
+		return fmt.Errorf("input larger than %d bytes: pure Ed25519 signs the whole message at once, so at most one message; "+
+			"to sign a file of any size use an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
+			"openssl dgst -sha256 -verify PUB.pem -signature SIG FILE checks, or --ed25519ph (which OpenSSL 3.0 cannot verify)", c.MaxData())
 	}
-	var st *keywarden.Stream
+	// Anything else is signed as a digest, hashed here: the data does not
+	// travel to the daemon, and the signature is the one SignMessage would
+	// make over the whole input.
+	h := opts.Hash
+	if h == 0 {
+		h = defaultHash(k.Type())
+	}
+	if !h.Available() {
+		return usagef("hash %v is not available", h)
+	}
+	hw := h.New()
+	hw.Write(in)
+	if _, err := io.Copy(hw, bufio.NewReaderSize(e.stdin, 1<<20)); err != nil {
+		return fmt.Errorf("read input: %w", err)
+	}
+	digest := hw.Sum(nil)
+	o := *opts
+	o.Hash = h
+	// Hashing a large file may take longer than --timeout's default: that
+	// bounds the daemon's part, from here, unless it was given.
+	if !f.timeoutSet() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), f.timeout)
+		defer cancel()
+	}
 	if sig == nil {
-		st, err = k.NewSigner(ctx, opts)
-	} else {
-		st, err = k.NewVerifier(ctx, opts)
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if err := stream(st, in, e.stdin); err != nil {
-		return err
-	}
-	if sig == nil {
-		out, err := st.Sum()
+		out, err := k.SignDigest(ctx, digest, &o)
 		if err != nil {
 			return err
 		}
 		return writeOutput(e, f, "signature", out)
 	}
-	return verified(e, f, st.Verify(sig))
+	return verified(e, f, k.VerifyDigest(ctx, digest, sig, &o))
+}
+
+// defaultHash is the hash a key signs with when none is named: SHA-384
+// for ECDSA P-384, SHA-512 for Ed25519ph, SHA-256 otherwise.
+func defaultHash(t keywarden.KeyType) crypto.Hash {
+	switch t {
+	case keywarden.ECDSAP384:
+		return crypto.SHA384
+	case keywarden.Ed25519:
+		return crypto.SHA512
+	}
+	return crypto.SHA256
 }
 
 // stream writes head and then the rest of r to st.
