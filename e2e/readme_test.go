@@ -45,7 +45,7 @@ func TestReadmeTour(t *testing.T) {
 	bin := filepath.Dir(binary(t))
 	// What the tour's commands read: a release, an image, a file, a
 	// password, the master passphrases, a peer's X25519 public key.
-	for name, size := range map[string]int{"release.tar": 3 << 20, "big.iso": 1 << 20, "file": 4096} {
+	for name, size := range map[string]int{"release.tar": 3 << 20, "big.iso": 1 << 20, "file": 4096, "msg": 1000, "db.dump": 5 << 20} {
 		b := make([]byte, size)
 		rand.Read(b)
 		if err := os.WriteFile(filepath.Join(work, name), b, 0o600); err != nil {
