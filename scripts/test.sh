@@ -64,7 +64,7 @@ go test -count=1 ./e2e
 go test -count=1 $(go list ./... | grep -v '/e2e$')
 
 log "race detector"
-go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid ./internal/random
+go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid ./internal/random ./internal/stress
 
 log "fuzzing, briefly"
 # A run that ends in "context deadline exceeded" without writing a failing

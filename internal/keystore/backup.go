@@ -378,12 +378,14 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				default:
 					var kid key.ID
 					copy(kid[:], id)
-					if !s.isCurrent(kid, v) {
+					if err := s.current(k, kid, v); errors.Is(err, errReplaced) {
 						// Replaced while the daemon runs (refused on use;
 						// counted at the end), or written by a writer
 						// committed with this batch, and so already of the
 						// current generation.
 						break
+					} else if err != nil {
+						return err // sealed: nothing is passed over
 					}
 					if c, err := kindOf(k, r); err != nil {
 						return err

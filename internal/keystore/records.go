@@ -634,9 +634,11 @@ func (s *Store) List(after key.ID, limit int, visible func(info *wire.KeyInfo) b
 				}
 				var kid key.ID
 				copy(kid[:], id)
-				if !s.isCurrent(kid, v) {
+				if err := s.current(k, kid, v); errors.Is(err, errReplaced) {
 					replaced++
 					return nil // refused on use
+				} else if err != nil {
+					return err
 				}
 				info := infoFromRecord(r)
 				if visible(info) {

@@ -409,3 +409,54 @@ func TestUnsealWaitsForWritesBeforeSeal(t *testing.T) {
 		t.Fatalf("counts: %d persistent, %d live; the store holds 3", p, live)
 	}
 }
+
+// A read of a key's record that a seal overtakes (an open that loads the
+// key, a listing) fails as sealed: the record is not judged against the
+// records the daemon wrote, which the seal dropped with its epoch. Before,
+// the record was found "not the one this daemon last wrote": the open
+// failed as an integrity failure (INTERNAL), the key was quarantined and
+// the error logged as a replaced record; the listing left the key out and
+// reported success.
+func TestSealDuringRecordReadSaysSealed(t *testing.T) {
+	reads := map[string]func(s *Store, id key.ID) error{
+		"open": func(s *Store, id key.ID) error {
+			o, err := s.Get(id)
+			if err == nil {
+				s.Release(o)
+			}
+			return err
+		},
+		"list": func(s *Store, id key.ID) error {
+			infos, err := s.List(key.ID{}, 0, func(*wire.KeyInfo) bool { return true })
+			if err == nil && (len(infos) != 1 || !bytes.Equal(infos[0].Id, id[:])) {
+				return fmt.Errorf("listed %d keys, without the one in the store", len(infos))
+			}
+			return err
+		},
+	}
+	for name, read := range reads {
+		t.Run(name, func(t *testing.T) {
+			s := persistent(t, filepath.Join(t.TempDir(), "state"))
+			s.master.SealWait = 5 * time.Second
+			ids := addOwnerKeys(t, s, 1)
+			var once atomic.Bool
+			setHook(t, &hookRecordCurrent, func() {
+				if once.CompareAndSwap(false, true) {
+					sealBegun(t, s)
+				}
+			})
+			err := read(s, ids[0])
+			hookRecordCurrent = nil
+			if status(err) != wire.Status_STATUS_UNAVAILABLE {
+				t.Fatalf("%s overtaken by a seal: %v, want UNAVAILABLE (sealed)", name, err)
+			}
+			if n := s.Quarantined(); n != 0 {
+				t.Fatalf("%d records quarantined by a %s overtaken by a seal", n, name)
+			}
+			unseal(t, s)
+			if err := read(s, ids[0]); err != nil {
+				t.Fatalf("after the unseal: %v", err)
+			}
+		})
+	}
+}

@@ -115,30 +115,41 @@ func (t *recordTags) len() int {
 	return n
 }
 
-// isCurrent reports whether mac is the MAC of the record the daemon last
-// read or wrote for id.
-func (s *Store) isCurrent(id key.ID, mac []byte) bool {
-	if len(mac) < persist.MACSize {
-		return false
+// current checks mac against the note of key id's record, of k's unsealed
+// epoch (k is the caller's, leased): nil if it is the MAC of the record
+// the daemon last read or wrote for id, errReplaced if it is not. The
+// notes belong to their epoch: once a seal has dropped them (the store no
+// longer serves k's epoch), a record read under the lease is judged by
+// nothing, and the answer is seal.ErrSealed, as for any operation a seal
+// overtakes; never that the record was replaced.
+func (s *Store) current(k *seal.Keys, id key.ID, mac []byte) error {
+	if hookRecordCurrent != nil {
+		hookRecordCurrent()
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seen == nil {
-		return false
+	if s.seen == nil || s.serving != k.Epoch() {
+		return seal.ErrSealed
 	}
-	tag, ok := s.seen.get(id)
-	return ok && tag == macTag(mac)
+	if len(mac) < persist.MACSize {
+		return errReplaced
+	}
+	if tag, ok := s.seen.get(id); !ok || tag != macTag(mac) {
+		return errReplaced
+	}
+	return nil
 }
 
 // readCurrent reads and checks key id's record, and that it is the one the
 // daemon last wrote. A write that committed after the read began (or
 // whose commit functions have not run yet) can make a current record look
 // replaced: the first mismatches wait for the commits under way (an empty
-// transaction) and read again.
+// transaction) and read again. A read that a seal overtakes fails as
+// sealed (see current).
 func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error) {
 	for try := 0; ; try++ {
 		var r *persist.KeyRecord
-		var current bool
+		var cur error
 		err := s.db.View(func(tx store.Tx) error {
 			v := tx.Get(persist.BucketKeys, id[:])
 			if v == nil {
@@ -149,16 +160,16 @@ func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error)
 				return err
 			}
 			r = r.CloneVT() // the transaction's bytes go away
-			current = s.isCurrent(id, v)
+			cur = s.current(k, id, v)
 			return nil
 		})
 		switch {
 		case err != nil:
 			return nil, err
-		case current:
+		case cur == nil:
 			return r, nil
-		case try == 2:
-			return nil, errReplaced
+		case !errors.Is(cur, errReplaced) || try == 2:
+			return nil, cur
 		}
 		if err := s.db.Update(func(store.Tx) error { return nil }); err != nil {
 			return nil, storeErr(err)
@@ -192,10 +203,11 @@ func (s *Store) CommitRotation(p *seal.Pending) error {
 		count, acc, err := sumRecords(tx, next, func(id, v []byte) error {
 			var kid key.ID
 			copy(kid[:], id)
-			if !s.isCurrent(kid, v) {
+			err := s.current(old, kid, v)
+			if errors.Is(err, errReplaced) {
 				return errChangedLive
 			}
-			return nil
+			return err
 		})
 		if err != nil {
 			return err

@@ -243,11 +243,14 @@ func (s *Store) Add(o *Object) error {
 // Test hooks (fault points), nil outside tests: in Add, hookAddWriting
 // runs before a key's record is written and hookAddWritten after it, before
 // the key is published; hookRewrapBatch runs in RewrapAll inside each
-// batch's transaction, before its records are read.
+// batch's transaction, before its records are read; hookRecordCurrent
+// runs before a record read from the store is compared with the one the
+// daemon last wrote (seen.go).
 var (
-	hookAddWriting  func()
-	hookAddWritten  func()
-	hookRewrapBatch func()
+	hookAddWriting    func()
+	hookAddWritten    func()
+	hookRewrapBatch   func()
+	hookRecordCurrent func()
 )
 
 func (s *Store) unown(owner uint32) {
