@@ -263,52 +263,67 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 		return rep, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 			"nothing restored: %s; to replace the store anyway, restore with --force (the store replaced is kept beside it)", rep)
 	}
-	s.SealAll()
-	if c, ok := s.db.(store.Copier); ok && rep.KeysNow > 0 {
-		// Sealed: no key changes from here on, so the copy holds them all.
-		if rep.Replaced, err = c.KeepCopy("replaced", s.now()); err != nil {
-			return nil, wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot keep a copy of the store it would replace: %v", err)
-		}
-	}
-	s.SealAll()
-	s.mu.Lock()
-	s.used = make(map[key.ID]map[uint32]uint64) // the backup's records say what was reserved then
-	s.mu.Unlock()
 	var epoch uint64
-	err = s.db.Update(func(tx store.Tx) error {
-		for _, b := range backupBuckets {
-			var keys [][]byte
-			if err := tx.ForEach(b, nil, func(k, v []byte) error {
-				keys = append(keys, bytes.Clone(k))
-				return nil
-			}); err != nil {
-				return err
+	written := false // the backup's records replaced the store's
+	err = s.master.Replace(func() error {
+		s.SealAll()
+		return nil
+	}, func() error {
+		// Sealed, and every write begun before the seal has ended: no key
+		// changes from here on, so the copy holds them all, and nothing
+		// commits on top of the backup's records.
+		if c, ok := s.db.(store.Copier); ok && rep.KeysNow > 0 {
+			var err error
+			if rep.Replaced, err = c.KeepCopy("replaced", s.now()); err != nil {
+				return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot keep a copy of the store it would replace: %v", err)
 			}
-			for _, k := range keys {
-				if err := tx.Delete(b, k); err != nil {
+		}
+		s.mu.Lock()
+		s.used = make(map[key.ID]map[uint32]uint64) // the backup's records say what was reserved then
+		s.mu.Unlock()
+		if hookRestoreWriting != nil {
+			hookRestoreWriting()
+		}
+		err := s.db.Update(func(tx store.Tx) error {
+			for _, b := range backupBuckets {
+				var keys [][]byte
+				if err := tx.ForEach(b, nil, func(k, v []byte) error {
+					keys = append(keys, bytes.Clone(k))
+					return nil
+				}); err != nil {
 					return err
 				}
+				for _, k := range keys {
+					if err := tx.Delete(b, k); err != nil {
+						return err
+					}
+				}
 			}
+			if err := readBackup(path, func(e backupEntry) error { return tx.Put(e.bucket, e.key, e.val) }); err != nil {
+				return err
+			}
+			// The backup's keys may be in use elsewhere too (where the backup
+			// was made, or restored before): like a clone, the restore closes
+			// every version for encryption (budget.go).
+			epoch = restoredEpoch(readBudgetEpoch(tx), s.epoch.cur.Load())
+			return putBudgetEpoch(tx, epoch)
+		})
+		if err != nil {
+			if rep.Replaced != "" {
+				os.Remove(rep.Replaced)
+				rep.Replaced = ""
+			}
+			return storeErr(err)
 		}
-		if err := readBackup(path, func(e backupEntry) error { return tx.Put(e.bucket, e.key, e.val) }); err != nil {
-			return err
-		}
-		// The backup's keys may be in use elsewhere too (where the backup
-		// was made, or restored before): like a clone, the restore closes
-		// every version for encryption (budget.go).
-		epoch = restoredEpoch(readBudgetEpoch(tx), s.epoch.cur.Load())
-		return putBudgetEpoch(tx, epoch)
+		written = true
+		s.epoch.cur.Store(epoch)
+		s.epoch.saved.Store(epoch)
+		return nil
 	})
 	if err != nil {
-		if rep.Replaced != "" {
-			os.Remove(rep.Replaced)
-			rep.Replaced = ""
+		if !written {
+			return nil, err
 		}
-		return nil, storeErr(err)
-	}
-	s.epoch.cur.Store(epoch)
-	s.epoch.saved.Store(epoch)
-	if err := s.master.Reload(); err != nil {
 		return rep, err
 	}
 	s.log.Warn("store restored from a backup; the daemon is sealed", "store", fmt.Sprintf("%x", master.StoreId), "replaced", rep.Replaced)

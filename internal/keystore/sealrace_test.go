@@ -460,3 +460,100 @@ func TestSealDuringRecordReadSaysSealed(t *testing.T) {
 		})
 	}
 }
+
+// A write begun before a restore's seal that is still under way when the
+// seal's wait ends does not commit on top of the restored store: either
+// the restore fails (UNAVAILABLE) and replaces nothing, or the store holds
+// exactly the backup's keys. Before, the restore went on once the wait
+// ended, and the creation committed its record into the restored store: a
+// key that is in no backup, after a restore the operator asked for.
+func TestRestoreWaitsForWritesBeforeSeal(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	s.master.SealWait = 100 * time.Millisecond
+	ids := addOwnerKeys(t, s, 2)
+	file := backupTo(t, s)
+	addOwnerKeys(t, s, 1) // a restore over it needs force
+	restored := make(chan error, 1)
+	setHook(t, &hookAddWriting, func() {
+		hookAddWriting = nil
+		go func() {
+			_, err := s.Restore(file, RestoreOptions{Caller: 1, Force: true})
+			restored <- err
+		}()
+		select { // the restore finishes first, if it can
+		case err := <-restored:
+			restored <- err
+		case <-time.After(2 * time.Second):
+		}
+	})
+	o := obj(t, 1, "", false)
+	s.Add(o)
+	Discard(o)
+	err := <-restored
+	if err != nil && status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("a restore racing a slow write: %v, want success or UNAVAILABLE", err)
+	}
+	unseal(t, s)
+	p, _ := s.Counts()
+	if err != nil {
+		if p != 4 {
+			t.Fatalf("a refused restore: the store holds %d keys, want 4", p)
+		}
+		return
+	}
+	if p != len(ids) {
+		t.Fatalf("after the restore the store holds %d keys, the backup %d", p, len(ids))
+	}
+	if _, err := s.Get(o.ID); err == nil {
+		t.Fatal("a key created before the restore committed on top of the restored store")
+	}
+}
+
+// An unseal by another administrator that comes while a restore replaces
+// the store does not leave the daemon unsealed over the restored records
+// with the state it checked of the store replaced, nor make the restore
+// report a failure once the store was replaced. Before, the unseal
+// finished between the restore's seal and its write, the write replaced
+// the records under it, and the restore failed "already unsealed" after
+// replacing the store: the daemon served the backup's keys with the
+// replaced store's counts.
+func TestRestoreRacingUnseal(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	ids := addOwnerKeys(t, s, 2)
+	file := backupTo(t, s)
+	addOwnerKeys(t, s, 3)
+	unsealed := make(chan error, 1)
+	setHook(t, &hookRestoreWriting, func() {
+		hookRestoreWriting = nil
+		go func() {
+			unsealed <- s.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return s.Verify(k, false) })
+		}()
+		select { // the unseal finishes first, if it can
+		case err := <-unsealed:
+			unsealed <- err
+		case <-time.After(time.Second):
+		}
+	})
+	if _, err := s.Restore(file, RestoreOptions{Caller: 1, Force: true}); err != nil {
+		t.Fatalf("the restore: %v", err)
+	}
+	if err := <-unsealed; status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("an unseal of the store being replaced: %v, want UNAVAILABLE", err)
+	}
+	if !s.Master().State().Sealed {
+		t.Fatal("unsealed after a restore")
+	}
+	unseal(t, s)
+	if p, live := s.Counts(); p != len(ids) || live != len(ids) {
+		t.Fatalf("counts after the restore: %d persistent, %d live; the backup holds %d", p, live, len(ids))
+	}
+	for _, id := range ids {
+		o, err := s.Get(id)
+		if err != nil {
+			t.Fatalf("key %v after the restore: %v", id, err)
+		}
+		s.Release(o)
+	}
+}

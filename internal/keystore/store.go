@@ -245,12 +245,14 @@ func (s *Store) Add(o *Object) error {
 // the key is published; hookRewrapBatch runs in RewrapAll inside each
 // batch's transaction, before its records are read; hookRecordCurrent
 // runs before a record read from the store is compared with the one the
-// daemon last wrote (seen.go).
+// daemon last wrote (seen.go); hookRestoreWriting runs in Restore once
+// the daemon is sealed and before the backup's records are written.
 var (
-	hookAddWriting    func()
-	hookAddWritten    func()
-	hookRewrapBatch   func()
-	hookRecordCurrent func()
+	hookAddWriting     func()
+	hookAddWritten     func()
+	hookRewrapBatch    func()
+	hookRecordCurrent  func()
+	hookRestoreWriting func()
 )
 
 func (s *Store) unown(owner uint32) {

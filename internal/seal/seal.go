@@ -225,6 +225,37 @@ func (m *Master) Reload() error {
 	return nil
 }
 
+// errReplaceDraining: a replacement of the store waited in vain for the
+// operations begun before its seal.
+var errReplaceDraining = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "operations begun before the seal still run: nothing replaced; try again")
+
+// Replace replaces the store under the master key: it seals (sealAll, the
+// caller's seal, which calls SealWith), waits up to SealWait for every
+// lease on keys sealed away (or replaced by a rotation), then runs
+// replace, which rewrites the store, and re-reads the master record (see
+// Reload). No unseal finishes from the seal to the end: one under way
+// fails, as the master record it read was replaced. If leases are still
+// held after the wait, replace is not run: a write begun before the seal
+// would otherwise commit on top of the new store. The daemon is left
+// sealed either way.
+func (m *Master) Replace(sealAll, replace func() error) error {
+	m.unsealing.Lock()
+	defer m.unsealing.Unlock()
+	if err := sealAll(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	away := m.drained
+	m.mu.Unlock()
+	if away != nil && !m.waitIdle(away) {
+		return errReplaceDraining
+	}
+	if err := replace(); err != nil {
+		return err
+	}
+	return m.Reload()
+}
+
 // Keys returns the unsealed keys, or ErrSealed / ErrNotInitialized.
 func (m *Master) Keys() (*Keys, error) {
 	m.mu.Lock()
@@ -808,6 +839,10 @@ func (m *Master) failed(what string) error {
 	return ErrWrongSecret
 }
 
+// errRecordReplaced: a restore replaced the master record while an unseal
+// of the one it replaced was under way.
+var errRecordReplaced = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the store was replaced (restored) during this unseal: the daemon stays sealed; unseal again")
+
 // errSealDraining: operations begun before the last seal still run.
 var errSealDraining = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "operations begun before the last seal still run: try the unseal again")
 
@@ -818,11 +853,14 @@ func (m *Master) finishUnseal(mk *mech.Key, rec *persist.MasterRecord, recs uint
 	m.unsealing.Lock()
 	defer m.unsealing.Unlock()
 	m.mu.Lock()
-	busy := m.keys != nil || m.recs != recs
+	busy, replaced := m.keys != nil, m.recs != recs
 	away := m.drained
 	m.mu.Unlock()
-	if busy {
+	if busy || replaced {
 		mk.Destroy()
+		if !busy {
+			return errRecordReplaced
+		}
 		return ErrUnsealed
 	}
 	// The operations begun before the last seal (or rotation) end
