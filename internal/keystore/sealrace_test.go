@@ -557,3 +557,44 @@ func TestRestoreRacingUnseal(t *testing.T) {
 		s.Release(o)
 	}
 }
+
+// A key made between init --force's check that the store is empty and its
+// seal is not left under a master key no longer kept: the init is refused
+// once the daemon is sealed and idle, and the key unseals with the old
+// passphrase. (Before, the commit went ahead over the new key.) A store
+// that holds keys at the first check is refused and stays unsealed.
+func TestReinitRacingCreate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	header := func(k *seal.Keys) ([]byte, error) { return NewHeader(k, time.Now()) }
+	prepare := func() *seal.Pending {
+		p, err := s.Master().PrepareInit(context.Background(), seal.Sealing{Passphrase: []byte("another passphrase"), Params: testParams}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	var late *Object
+	setHook(t, &hookReinitChecked, func() {
+		hookReinitChecked = nil
+		late = obj(t, 1, "late", false)
+		if err := s.Add(late); err != nil {
+			t.Errorf("a create racing the init: %v", err)
+		}
+	})
+	if err := s.Reinit(prepare(), header); status(err) != wire.Status_STATUS_POLICY_VIOLATION {
+		t.Fatalf("init --force with a key made meanwhile: %v, want POLICY_VIOLATION", err)
+	}
+	if !s.Master().State().Sealed {
+		t.Fatal("the daemon is unsealed after a refused replacement")
+	}
+	unseal(t, s) // the old passphrase
+	o, err := s.Get(late.ID)
+	if err != nil {
+		t.Fatalf("the key made meanwhile: %v", err)
+	}
+	s.Release(o)
+	if err := s.Reinit(prepare(), header); status(err) != wire.Status_STATUS_POLICY_VIOLATION || s.Master().State().Sealed {
+		t.Fatalf("init --force on a store with keys: %v, sealed %v; want POLICY_VIOLATION, unsealed", err, s.Master().State().Sealed)
+	}
+}

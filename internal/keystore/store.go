@@ -246,14 +246,47 @@ func (s *Store) Add(o *Object) error {
 // batch's transaction, before its records are read; hookRecordCurrent
 // runs before a record read from the store is compared with the one the
 // daemon last wrote (seen.go); hookRestoreWriting runs in Restore once
-// the daemon is sealed and before the backup's records are written.
+// the daemon is sealed and before the backup's records are written;
+// hookReinitChecked runs in Reinit after its first check that the store
+// holds no keys, before it seals.
 var (
 	hookAddWriting     func()
 	hookAddWritten     func()
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
+	hookReinitChecked  func()
 )
+
+// errHoldsKeys refuses a new master key for a store that holds keys.
+var errHoldsKeys = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "the store holds keys: its master key cannot be replaced")
+
+// Reinit replaces the master key of a store that holds no keys with p's
+// (init with force). A store that holds keys is refused, and stays
+// unsealed. Otherwise the check is made again where nothing can change
+// it: the daemon is sealed, operations begun before the seal have ended,
+// and no unseal or restore can run (seal.Master.ReplaceInit); a key made
+// in between is not lost under a master key no longer kept: the init is
+// refused, and the daemon stays sealed.
+func (s *Store) Reinit(p *seal.Pending, header func(k *seal.Keys) ([]byte, error)) error {
+	if empty, err := s.Empty(); err != nil || !empty {
+		p.Discard()
+		if err != nil {
+			return err
+		}
+		return errHoldsKeys
+	}
+	if hookReinitChecked != nil {
+		hookReinitChecked()
+	}
+	return s.master.ReplaceInit(p, func() error { s.SealAll(); return nil }, func() error {
+		empty, err := s.Empty()
+		if err == nil && !empty {
+			err = errHoldsKeys
+		}
+		return err
+	}, header)
+}
 
 func (s *Store) unown(owner uint32) {
 	if s.owned[owner]--; s.owned[owner] <= 0 {

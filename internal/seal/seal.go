@@ -256,6 +256,33 @@ func (m *Master) Replace(sealAll, replace func() error) error {
 	return m.Reload()
 }
 
+// ReplaceInit commits p, a new master key, over the current one, as
+// Replace replaces the store: under the lock that ends unseals (and that
+// a restore holds), it seals (sealAll), waits up to SealWait for the
+// operations begun before the seal, then asks check whether the store may
+// take a new master key, and commits. Any refusal discards p and leaves
+// the daemon sealed.
+func (m *Master) ReplaceInit(p *Pending, sealAll, check func() error, header func(k *Keys) ([]byte, error)) error {
+	m.unsealing.Lock()
+	defer m.unsealing.Unlock()
+	if err := sealAll(); err != nil {
+		p.Discard()
+		return err
+	}
+	m.mu.Lock()
+	away := m.drained
+	m.mu.Unlock()
+	if away != nil && !m.waitIdle(away) {
+		p.Discard()
+		return errReplaceDraining
+	}
+	if err := check(); err != nil {
+		p.Discard()
+		return err
+	}
+	return m.CommitInit(p, header)
+}
+
 // Keys returns the unsealed keys, or ErrSealed / ErrNotInitialized.
 func (m *Master) Keys() (*Keys, error) {
 	m.mu.Lock()

@@ -127,14 +127,12 @@ func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 		}
 		cs.pending, cs.token = nil, nil
 		cs.mu.Unlock()
+		header := func(k *seal.Keys) ([]byte, error) { return keystore.NewHeader(k, cn.s.cfg.Now()) }
+		commit := m.CommitInit
 		if m.State().Initialized {
-			if empty, err := st.Empty(); err != nil || !empty {
-				p.Discard()
-				return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "the store holds keys: its master key cannot be replaced")
-			}
-			st.SealAll()
+			commit = st.Reinit
 		}
-		if err := m.CommitInit(p, func(k *seal.Keys) ([]byte, error) { return keystore.NewHeader(k, cn.s.cfg.Now()) }); err != nil {
+		if err := commit(p, header); err != nil {
 			return nil, err
 		}
 		k, err := m.Keys()
