@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/persist"
@@ -46,7 +49,51 @@ var (
 
 // Backup writes a consistent copy of the whole store to w. It needs no
 // master key: the store holds only ciphertext and the sealed master key.
+//
+// The copy is made first into a file of its own, which has no name and
+// lives beside the store, and w gets it from there: the read transaction
+// that makes the copy consistent ends as soon as the file is written,
+// whatever w does. (Held while a client reads the backup at its own pace,
+// it would stop every write that grows the store's mapping, which waits
+// for the readers to end: the daemon's writes, and through them whatever
+// waits for a write, stop with it.)
 func (s *Store) Backup(w io.Writer) error {
+	f, err := backupSnapshotFile(s.db)
+	if err != nil {
+		return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "no room for the backup's copy: %v", err)
+	}
+	defer f.Close()
+	if err := s.backupTo(f); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	_, err = io.Copy(w, f)
+	return err
+}
+
+// backupSnapshotFile opens a file with no name (O_TMPFILE, else one
+// removed as soon as it is made), mode 0600, in the store's directory if
+// it has one.
+func backupSnapshotFile(db store.Store) (*os.File, error) {
+	dir := os.TempDir()
+	if d, ok := db.(interface{ Dir() string }); ok && d.Dir() != "" {
+		dir = d.Dir()
+	}
+	if fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600); err == nil {
+		return os.NewFile(uintptr(fd), filepath.Join(dir, "backup (no name)")), nil
+	}
+	f, err := os.CreateTemp(dir, ".backup-*")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// backupTo writes the backup to w inside one read transaction.
+func (s *Store) backupTo(w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	h := sha256.New()
 	out := io.MultiWriter(bw, h)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -596,5 +597,50 @@ func TestReinitRacingCreate(t *testing.T) {
 	s.Release(o)
 	if err := s.Reinit(prepare(), header); status(err) != wire.Status_STATUS_POLICY_VIOLATION || s.Master().State().Sealed {
 		t.Fatalf("init --force on a store with keys: %v, sealed %v; want POLICY_VIOLATION, unsealed", err, s.Master().State().Sealed)
+	}
+}
+
+// A backup whose reader does not read (a client that asked for the first
+// chunk only) holds no read transaction while it waits: writes that grow
+// the store's mapping, which waits for every reader, go on. (Before, the
+// backup read from the store as its reader took the bytes, and such a
+// write, and everything waiting for it, stopped until the reader went on.)
+func TestStalledBackupDoesNotStopWrites(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	for i := range 600 { // a backup larger than its writer's buffer
+		if err := s.Add(obj(t, 1, fmt.Sprintf("b%d", i), false)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pr, pw := io.Pipe()
+	backedUp := make(chan error, 1)
+	go func() { backedUp <- s.Backup(pw) }()
+	first := make([]byte, 100)
+	if _, err := io.ReadFull(pr, first); err != nil { // the reader takes a little, then stalls
+		t.Fatal(err)
+	}
+	added := make(chan error, 1)
+	go func() {
+		for i := range 3000 { // enough to grow the file, and its mapping, several times
+			if err := s.Add(obj(t, uint32(2+i/900), fmt.Sprintf("k%d", i), false)); err != nil {
+				added <- err
+				return
+			}
+		}
+		added <- nil
+	}()
+	select {
+	case err := <-added:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(60 * time.Second):
+		pr.Close()
+		t.Fatal("writes stopped while a backup's reader stalled")
+	}
+	go io.Copy(io.Discard, pr)
+	if err := <-backedUp; err != nil {
+		t.Fatalf("the backup: %v", err)
 	}
 }

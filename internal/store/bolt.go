@@ -93,6 +93,9 @@ func OpenBolt(dir string, timeout time.Duration) (*Bolt, error) {
 	return b, nil
 }
 
+// Dir is the directory the store's file is in.
+func (b *Bolt) Dir() string { return filepath.Dir(b.path) }
+
 // unpin unlocks the file's mapping if the daemon locked all its memory
 // (mlockall with MCL_FUTURE locks every new mapping, this one too): the
 // file holds only ciphertext, and a store of a million keys would keep
