@@ -77,17 +77,8 @@ func runBench(e *env, args []string) error {
 		ops = append(ops, op)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop, progress := benchContext(e, f)
 	defer stop()
-	if f.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.timeout)
-		defer cancel()
-	}
-	var progress io.Writer
-	if !f.json {
-		progress = e.stderr
-	}
 	results, err := bench.Run(ctx, bench.Config{
 		Socket: f.socket, Duration: *duration, Ops: ops, BatchSize: *batch, Pipeline: *pipeline,
 	}, progress)
@@ -150,17 +141,8 @@ func runAuditBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration
 	if explicit["runs"] && st.runs < 1 {
 		return usagef("--runs must be at least 1")
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop, progress := benchContext(e, f)
 	defer stop()
-	if f.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.timeout)
-		defer cancel()
-	}
-	var progress io.Writer
-	if !f.json {
-		progress = e.stderr
-	}
 	results, err := bench.RunAudit(ctx, cfg, progress)
 	if err != nil {
 		return err
@@ -192,17 +174,8 @@ func runStreamBench(e *env, f *flags, st *storeBenchFlags, size int64, chunk int
 	if size < 1 || st.runs < 1 {
 		return usagef("--size and --runs must be at least 1")
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop, progress := benchContext(e, f)
 	defer stop()
-	if f.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.timeout)
-		defer cancel()
-	}
-	var progress io.Writer
-	if !f.json {
-		progress = e.stderr
-	}
 	results, err := bench.RunStream(ctx, bench.StreamConfig{Size: size, Runs: st.runs, ChunkSize: chunk, Dir: st.dir}, progress)
 	if err != nil {
 		return err
@@ -220,4 +193,22 @@ func runStreamBench(e *env, f *flags, st *storeBenchFlags, size int64, chunk int
 		fmt.Fprintf(w, "%s\t%s\t%.3f\t%.1f\t%.2f\t%.2f\t%s\n", r.Op, r.Mode, r.Seconds, r.MBPerSec, r.RatioToInProcess, r.CPUSeconds, dcpu)
 	}
 	return w.Flush()
+}
+
+// benchContext is what every bench run needs: a context that ends at
+// SIGINT or SIGTERM and at --timeout, the function that releases it, and
+// where progress goes (stderr, unless the result is JSON).
+func benchContext(e *env, f *flags) (context.Context, func(), io.Writer) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	release := stop
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		release = func() { cancel(); stop() }
+	}
+	var progress io.Writer
+	if !f.json {
+		progress = e.stderr
+	}
+	return ctx, release, progress
 }
