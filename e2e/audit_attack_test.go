@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/audit"
 )
 
@@ -23,18 +22,7 @@ import (
 // audit.pub is written again from the keys of its log, without the
 // planted key, which verify would not have trusted anyway.
 func TestAuditCopiedCheckpoint(t *testing.T) {
-	sock, state, passFile := persistentSetup(t)
-	d := startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
-	initStore(t, d, passFile)
-	c := d.client(t)
-	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
-	for range 3 {
-		if _, err := k.Encrypt(ctx, []byte("message"), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Close()
-	d.stop()
+	d, sock, state, passFile := keyedLogWritten(t)
 	logPath, pub := filepath.Join(state, "audit.log"), filepath.Join(state, "audit.pub")
 	lines := logLines(t, logPath)
 	n := len(lines) // the last line is the final checkpoint
@@ -53,7 +41,7 @@ func TestAuditCopiedCheckpoint(t *testing.T) {
 
 	d = startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
 	waitUnsealed(t, d)
-	c = d.client(t)
+	c := d.client(t)
 	if _, err := c.Open(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}

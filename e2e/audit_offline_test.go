@@ -57,18 +57,7 @@ func auditEvidence(t *testing.T, logPath string) []string {
 // the daemon, started again, must not sign over it: it keeps the file as
 // evidence, and its chain, without the forgery, verifies.
 func TestAuditOfflineForgery(t *testing.T) {
-	sock, state, passFile := persistentSetup(t)
-	d := startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
-	initStore(t, d, passFile)
-	c := d.client(t)
-	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
-	for range 3 {
-		if _, err := k.Encrypt(ctx, []byte("message"), nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Close()
-	d.stop()
+	d, sock, state, passFile := keyedLogWritten(t)
 	logPath, pub := filepath.Join(state, "audit.log"), filepath.Join(state, "audit.pub")
 	lines := logLines(t, logPath)
 	forged := forgeTail(t, lines[:len(lines)-3], forgedExport())
@@ -83,7 +72,7 @@ func TestAuditOfflineForgery(t *testing.T) {
 
 	d = startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
 	waitUnsealed(t, d)
-	c = d.client(t)
+	c := d.client(t)
 	if _, err := c.Open(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
@@ -161,4 +150,24 @@ func TestAuditForgedClose(t *testing.T) {
 			t.Fatalf("line %d of the first run changed", i+1)
 		}
 	}
+}
+
+// keyedLogWritten runs a persistent daemon that unseals at start, makes a
+// key and three encryptions under it, and stops it (returned stopped): a keyed audit log
+// with requests after its checkpoints, for the offline edits to work on.
+func keyedLogWritten(t *testing.T) (d *daemon, sock, state, passFile string) {
+	t.Helper()
+	sock, state, passFile = persistentSetup(t)
+	d = startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	initStore(t, d, passFile)
+	c := d.client(t)
+	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
+	for range 3 {
+		if _, err := k.Encrypt(ctx, []byte("message"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	d.stop()
+	return d, sock, state, passFile
 }
