@@ -93,13 +93,20 @@ func TestReadProgress(t *testing.T) {
 	}
 }
 
-// TestWatchdogWaitsForProcessor: a worker that gets a processor for a few
-// milliseconds in every quarter second (CFS bandwidth control, as on a
-// busy machine) answers its challenges late but makes progress; it is
-// not killed, and its derivation completes. Stopped, it is killed.
+// TestWatchdogWaitsForProcessor: a worker that gets a processor for two
+// milliseconds in every half second (CFS bandwidth control, as on a busy
+// machine) answers its challenges late but makes progress; it is not
+// killed, and its derivation completes. Stopped, it is killed.
+//
+// A worker needs more than twice the quota to start and derive, so it is
+// throttled at least twice; the second throttle starts as the quota is
+// refilled and lasts nearly half a second, in which at least two
+// challenges go out and one of them is answered later than half a
+// watchdog period. (With a shorter throttle, whether a challenge falls in
+// it was a matter of phase.)
 func TestWatchdogWaitsForProcessor(t *testing.T) {
 	const period = 200 * time.Millisecond
-	throttled := cpuThrottle(t, 250*time.Millisecond, 5*time.Millisecond)
+	throttled := cpuThrottle(t, 500*time.Millisecond, 2*time.Millisecond)
 	var worker atomic.Int32
 	s, logs := newSupervisor(t, Config{Deadline: 30 * time.Second, Watchdog: period, onStart: func(pid int) {
 		worker.Store(int32(pid))
