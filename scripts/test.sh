@@ -108,6 +108,7 @@ fuzz ./internal/wrap FuzzUnwrapKWP
 fuzz ./internal/wrap FuzzOpenKeyword
 fuzz ./internal/wrap FuzzUnwrapRSAKWP
 fuzz ./internal/stream FuzzReader
+fuzz ./internal/stream FuzzEnvelopeReader
 fuzz ./internal/genid FuzzParseKmsg
 fuzz ./internal/genid FuzzParseUevent
 fuzz ./internal/genid FuzzVMClockPage

@@ -46,6 +46,9 @@ func NewReader(c Cipher, r io.Reader, aad []byte, opts *Options) (*Reader, error
 	if err != nil {
 		return nil, err
 	}
+	if hdr.Envelope() {
+		return nil, errors.New("keywarden: an envelope stream is opened with its data key (NewEnvelopeReader)")
+	}
 	return NewReaderHeader(c, r, hdr, aad, opts), nil
 }
 
@@ -53,7 +56,7 @@ func NewReader(c Cipher, r io.Reader, aad []byte, opts *Options) (*Reader, error
 // read and parsed, is hdr, and whose chunks follow in r.
 func NewReaderHeader(c Cipher, r io.Reader, hdr Header, aad []byte, opts *Options) *Reader {
 	b := opts.batch(hdr.ChunkSize())
-	ct := hdr.ChunkSize() + ChunkOverhead
+	ct := hdr.ChunkSize() + hdr.Overhead()
 	return &Reader{c: c, r: r, hdr: hdr, aad: append([]byte(nil), aad...), ctSize: ct, batch: b,
 		in: make([]byte, b*ct+1)}
 }
@@ -155,9 +158,9 @@ func (r *Reader) fill() error {
 		k = (n + r.ctSize - 1) / r.ctSize
 		last := n - (k-1)*r.ctSize
 		switch {
-		case last < ChunkOverhead:
+		case last < r.hdr.Overhead():
 			r.later = &ChunkError{Index: r.index + uint64(k-1), Err: ErrTruncated}
-		case last == ChunkOverhead && r.index+uint64(k-1) > 0:
+		case last == r.hdr.Overhead() && r.index+uint64(k-1) > 0:
 			r.later = &ChunkError{Index: r.index + uint64(k-1), Err: fmt.Errorf("%w: an empty final chunk after data", ErrMalformed)}
 		}
 		if r.later != nil {

@@ -9,12 +9,15 @@ import (
 	"strings"
 )
 
-// The header: 'K' 'W' 2 ‖ chunk size (1: its base-2 logarithm) ‖ stream
-// id (16 random bytes). One-shot ciphertexts start 'K' 'W' 1.
+// The header: 'K' 'W' 2 (every chunk sealed by the daemon) or 'K' 'W' 3
+// (an envelope stream: chunks sealed with a data key, see envelope.go) ‖
+// chunk size (1: its base-2 logarithm) ‖ stream id (16 random bytes).
+// One-shot ciphertexts start 'K' 'W' 1.
 const (
-	HeaderSize = 3 + 1 + IDSize
-	IDSize     = 16
-	formatByte = 0x02
+	HeaderSize     = 3 + 1 + IDSize
+	IDSize         = 16
+	formatByte     = 0x02
+	envelopeFormat = 0x03
 
 	// ChunkOverhead is what the daemon's AES-GCM ciphertext adds to each
 	// chunk: 'K' 'W' 1 ‖ key version (4) ‖ nonce (12), and the tag (16).
@@ -44,7 +47,7 @@ const (
 // about the header).
 var (
 	// ErrNotStream: the data does not start with a stream header.
-	ErrNotStream = errors.New("not a keywarden stream (it does not start with 'K' 'W' 2)")
+	ErrNotStream = errors.New("not a keywarden stream (it does not start with 'K' 'W' 2 or 3)")
 	// ErrTruncated: the data ends before the stream's final chunk.
 	ErrTruncated = errors.New("the stream is truncated: it ends before its final chunk")
 	// ErrTrailing: a chunk sealed as the final one is followed by more data.
@@ -98,13 +101,20 @@ type Cipher interface {
 // Header is a stream's header.
 type Header [HeaderSize]byte
 
-// NewHeader makes a header with a fresh random stream id.
-func NewHeader(shift int) (Header, error) {
+// NewHeader makes the header of a stream whose chunks the daemon seals,
+// with a fresh random stream id.
+func NewHeader(shift int) (Header, error) { return newHeader(formatByte, shift) }
+
+// NewEnvelopeHeader makes the header of an envelope stream, with a fresh
+// random stream id.
+func NewEnvelopeHeader(shift int) (Header, error) { return newHeader(envelopeFormat, shift) }
+
+func newHeader(format byte, shift int) (Header, error) {
 	var h Header
 	if shift < MinChunkShift || shift > MaxChunkShift {
 		return h, fmt.Errorf("keywarden: stream chunk size 2^%d out of range 2^%d to 2^%d", shift, MinChunkShift, MaxChunkShift)
 	}
-	h[0], h[1], h[2], h[3] = 'K', 'W', formatByte, byte(shift)
+	h[0], h[1], h[2], h[3] = 'K', 'W', format, byte(shift)
 	if _, err := rand.Read(h[4:]); err != nil {
 		return h, err
 	}
@@ -127,13 +137,25 @@ func ParseHeader(b []byte) (Header, error) {
 	return h, nil
 }
 
-// IsStream reports whether b starts like a stream ('K' 'W' 2).
+// IsStream reports whether b starts like a stream ('K' 'W' 2 or 3).
 func IsStream(b []byte) bool {
-	return len(b) >= 3 && b[0] == 'K' && b[1] == 'W' && b[2] == formatByte
+	return len(b) >= 3 && b[0] == 'K' && b[1] == 'W' && (b[2] == formatByte || b[2] == envelopeFormat)
 }
 
 // ChunkSize is the plaintext size of every chunk but the last.
 func (h *Header) ChunkSize() int { return 1 << h[3] }
+
+// Envelope reports whether the stream is an envelope stream, its chunks
+// sealed with a data key rather than by the daemon.
+func (h *Header) Envelope() bool { return h[2] == envelopeFormat }
+
+// Overhead is what sealing adds to each chunk of the stream.
+func (h *Header) Overhead() int {
+	if h.Envelope() {
+		return EnvelopeOverhead
+	}
+	return ChunkOverhead
+}
 
 // AAD appends to dst the additional data of chunk index: the header,
 // the index (8 bytes, big-endian), 1 if it is the final chunk and 0 if

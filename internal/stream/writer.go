@@ -40,7 +40,9 @@ type Writer struct {
 	index  uint64
 	begun  bool
 	closed bool
-	err    error
+	// preamble follows the header: an envelope stream's wrapped data key.
+	preamble []byte
+	err      error
 }
 
 // NewWriter starts a stream to w, sealed by c, each chunk authenticating
@@ -54,9 +56,16 @@ func NewWriter(c Cipher, w io.Writer, aad []byte, opts *Options) (*Writer, error
 	if err != nil {
 		return nil, err
 	}
+	return NewWriterHeader(c, w, hdr, nil, aad, opts), nil
+}
+
+// NewWriterHeader starts a stream to w with the header hdr, followed by
+// preamble (an envelope stream's wrapped data key), sealed by c. It
+// writes nothing until the first chunk is sealed.
+func NewWriterHeader(c Cipher, w io.Writer, hdr Header, preamble, aad []byte, opts *Options) *Writer {
 	b := opts.batch(hdr.ChunkSize())
-	return &Writer{c: c, w: w, hdr: hdr, aad: append([]byte(nil), aad...), size: hdr.ChunkSize(), batch: b,
-		buf: make([]byte, 0, b*hdr.ChunkSize())}, nil
+	return &Writer{c: c, w: w, hdr: hdr, preamble: append([]byte(nil), preamble...), aad: append([]byte(nil), aad...),
+		size: hdr.ChunkSize(), batch: b, buf: make([]byte, 0, b*hdr.ChunkSize())}
 }
 
 // Header returns the stream's header.
@@ -165,7 +174,7 @@ func (w *Writer) flush(final bool) error {
 		return err
 	}
 	if !w.begun {
-		if _, err := w.w.Write(w.hdr[:]); err != nil {
+		if _, err := w.w.Write(append(w.hdr[:], w.preamble...)); err != nil {
 			w.err = err
 			return err
 		}
@@ -177,7 +186,7 @@ func (w *Writer) flush(final bool) error {
 			w.err = &ChunkError{Index: c.Index, Err: c.Err}
 			return w.err
 		}
-		if len(c.Out) != len(c.In)+ChunkOverhead {
+		if len(c.Out) != len(c.In)+w.hdr.Overhead() {
 			w.err = &ChunkError{Index: c.Index, Err: errors.New("the cipher returned a ciphertext of the wrong size (not AES-256-GCM?)")}
 			return w.err
 		}
