@@ -150,3 +150,76 @@ func TestStreamNeedsAESKey(t *testing.T) {
 		t.Fatal("chunks larger than a message accepted")
 	}
 }
+
+// Envelope streams: the daemon makes and seals the data key, the chunks
+// are sealed here; a reader tells the two kinds apart by themselves.
+func TestEnvelopeStreamRoundTrip(t *testing.T) {
+	c := dial(t)
+	k := aesKey(t, c)
+	for _, n := range []int{0, 1, 4097, 64<<10 + 1, 5<<20 + 3} {
+		for _, opts := range []*keywarden.StreamOptions{{DataKey: true}, {DataKey: true, ChunkSize: 4096, Batch: 3}} {
+			pt := make([]byte, n)
+			rand.Read(pt)
+			ct := encryptStream(t, k, pt, []byte("label"), opts)
+			if !keywarden.IsStreamCiphertext(ct) || ct[2] != 3 {
+				t.Fatalf("n=%d: not an envelope stream header: % x", n, ct[:3])
+			}
+			got, err := decryptStream(k, ct, []byte("label"))
+			if err != nil || !bytes.Equal(got, pt) {
+				t.Fatalf("n=%d opts=%+v: %d bytes, %v", n, opts, len(got), err)
+			}
+		}
+	}
+}
+
+// The data key opens only with the key that sealed it, the stream's own
+// header and the additional data; a key without decrypt usage cannot read
+// the stream; chunks are bound to their place as in any stream.
+func TestEnvelopeStreamAttacks(t *testing.T) {
+	c := dial(t)
+	ctx := context.Background()
+	k := aesKey(t, c)
+	other := aesKey(t, c)
+	const cs = 4096
+	opts := &keywarden.StreamOptions{DataKey: true, ChunkSize: cs, Batch: 2}
+	pt := make([]byte, 5*cs+100)
+	rand.Read(pt)
+	a := encryptStream(t, k, pt, nil, opts)
+	b := encryptStream(t, k, pt, nil, opts)
+	pre := 20 + 2 + int(binary.BigEndian.Uint16(a[20:22]))
+	at := func(i int) int { return pre + i*(cs+16) }
+	ch := func(s []byte, i int) []byte { return s[at(i):min(at(i+1), len(s))] }
+	cat := func(p ...[]byte) []byte { return bytes.Join(p, nil) }
+	for _, tc := range []struct {
+		name string
+		key  *keywarden.Key
+		data []byte
+		aad  string
+	}{
+		{"another key", other, a, ""},
+		{"wrong additional data", k, a, "x"},
+		{"another stream's header", k, cat(b[:20], a[20:]), ""},
+		{"another stream's data key", k, cat(a[:20], b[20:pre], a[pre:]), ""},
+	} {
+		if got, err := decryptStream(tc.key, tc.data, []byte(tc.aad)); !errors.Is(err, keywarden.ErrStreamAuthentication) || len(got) != 0 {
+			t.Errorf("%s: %d bytes, %v; want the data key refused", tc.name, len(got), err)
+		}
+	}
+	spliced := cat(a[:at(3)], ch(b, 3), a[at(4):])
+	var se *keywarden.StreamError
+	if _, err := decryptStream(k, spliced, nil); !errors.Is(err, keywarden.ErrStreamAuthentication) || !errors.As(err, &se) || se.Index != 3 {
+		t.Errorf("a chunk of another stream: %v", err)
+	}
+	if _, err := decryptStream(k, a[:at(5)], nil); !errors.Is(err, keywarden.ErrStreamTruncated) {
+		t.Errorf("final chunk removed: %v", err)
+	}
+
+	encOnly, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true, Usage: keywarden.UsageEncrypt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := encryptStream(t, encOnly, pt, nil, opts)
+	if _, err := decryptStream(encOnly, ct, nil); err == nil || errors.Is(err, keywarden.ErrStreamAuthentication) {
+		t.Errorf("an encrypt-only key read its envelope stream: %v", err)
+	}
+}

@@ -202,5 +202,8 @@ func (e *envelopeCipher) run(chunks []Chunk, seal bool) {
 // processors.
 const parallelBytes = 256 << 10
 
+// Wipe clears the outputs of the last call (plaintext, when opening).
+func (e *envelopeCipher) Wipe() { clear(e.buf[:cap(e.buf)]) }
+
 func (e *envelopeCipher) Seal(chunks []Chunk) error { e.run(chunks, true); return nil }
 func (e *envelopeCipher) Open(chunks []Chunk) error { e.run(chunks, false); return nil }

@@ -61,6 +61,9 @@ func NewReaderHeader(c Cipher, r io.Reader, hdr Header, aad []byte, opts *Option
 		in: make([]byte, b*ct+1)}
 }
 
+// Cipher returns the Cipher that opens the stream's chunks.
+func (r *Reader) Cipher() Cipher { return r.c }
+
 // Header returns the stream's header.
 func (r *Reader) Header() Header { return r.hdr }
 
