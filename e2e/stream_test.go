@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/audit"
 )
 
 // encrypt and decrypt stream: the command's peak memory does not grow
@@ -83,7 +84,7 @@ func TestStreamMemoryBounded(t *testing.T) {
 		}
 		return hwm
 	}
-	measure := func(size int64) (enc, dec int64) {
+	measure := func(size int64, format string) (enc, dec int64) {
 		plain := filepath.Join(dir, "plain")
 		f, err := os.Create(plain)
 		if err != nil {
@@ -93,7 +94,7 @@ func TestStreamMemoryBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.Close()
-		enc = peak([]string{"encrypt", "--key", "files"}, plain, filepath.Join(dir, "ct"))
+		enc = peak([]string{"encrypt", "--key", "files", "--format", format}, plain, filepath.Join(dir, "ct"))
 		dec = peak([]string{"decrypt", "--key", "files"}, filepath.Join(dir, "ct"), filepath.Join(dir, "out"))
 		if !sameFile(t, plain, filepath.Join(dir, "out")) {
 			t.Fatalf("%d bytes: the decrypted file differs", size)
@@ -101,18 +102,86 @@ func TestStreamMemoryBounded(t *testing.T) {
 		return enc, dec
 	}
 	const small, large = 32 << 20, 128 << 20
-	se, sd := measure(small)
-	le, ld := measure(large)
-	t.Logf("peak memory: encrypt %d MiB (32 MiB file), %d MiB (128 MiB file); decrypt %d MiB, %d MiB", se>>20, le>>20, sd>>20, ld>>20)
-	for _, p := range []struct {
-		name         string
-		small, large int64
-	}{{"encrypt", se, le}, {"decrypt", sd, ld}} {
-		if p.large-p.small > 16<<20 || p.large > large/2 {
-			t.Errorf("%s: peak memory %d MiB for a 128 MiB file, %d MiB for 32 MiB: it grows with the input", p.name, p.large>>20, p.small>>20)
+	for _, format := range []string{"auto", "stream"} {
+		se, sd := measure(small, format)
+		le, ld := measure(large, format)
+		t.Logf("--format %s: peak memory: encrypt %d MiB (32 MiB file), %d MiB (128 MiB file); decrypt %d MiB, %d MiB", format, se>>20, le>>20, sd>>20, ld>>20)
+		for _, p := range []struct {
+			name         string
+			small, large int64
+		}{{"encrypt", se, le}, {"decrypt", sd, ld}} {
+			if p.large-p.small > 16<<20 || p.large > large/2 {
+				t.Errorf("--format %s: %s: peak memory %d MiB for a 128 MiB file, %d MiB for 32 MiB: it grows with the input", format, p.name, p.large>>20, p.small>>20)
+			}
 		}
 	}
 }
+
+// encrypt chooses the kind of stream as documented: above one message an
+// envelope stream (one data-key operation in the audit log, whatever the
+// size), with --format stream one sealed chunk by chunk by the daemon (an
+// encryption per chunk); decrypt reads both, and the envelope stream's
+// reading is one decryption (of its data key).
+func TestStreamFormatsThroughCLI(t *testing.T) {
+	sock, state, passFile := persistentSetup(t)
+	d := startPersistent(t, sock, state, "--unseal-passphrase-file", passFile)
+	initStore(t, d, passFile)
+	c := d.client(t)
+	keyOps := func() map[string]int {
+		t.Helper()
+		r := d.runCLI(t, nil, nil, "audit", "query", "--key", "files", "--json", "--log", filepath.Join(state, "audit.log"))
+		if r.code != 0 {
+			t.Fatalf("audit query: %s", r)
+		}
+		ops := map[string]int{}
+		for line := range strings.Lines(r.stdout) {
+			rec, err := audit.ParseRecord([]byte(line))
+			if err != nil {
+				t.Fatalf("audit query printed %q: %v", line, err)
+			}
+			ops[rec.Op]++
+		}
+		return ops
+	}
+	if _, err := c.Generate(context.Background(), keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "files"}); err != nil {
+		t.Fatal(err)
+	}
+	plain := make([]byte, 3<<20+5)
+	rand.Read(plain)
+	for _, tc := range []struct {
+		format string
+		magic  byte
+		ops    map[string]int // audit records of the key, by operation, after encrypt and decrypt
+	}{
+		// Two decryptions of the data key: the one that opened it, and the
+		// one refused for the wrong additional data.
+		{"auto", 3, map[string]int{"data-key": 1, "decrypt": 2}},
+		{"envelope", 3, map[string]int{"data-key": 1, "decrypt": 2}},
+		{"stream", 2, map[string]int{"encrypt": 48, "decrypt": 48}},
+	} {
+		t.Run(tc.format, func(t *testing.T) {
+			before := keyOps()
+			enc := d.runCLI(t, nil, plain, "encrypt", "--key", "files", "--aad", "x", "--format", tc.format)
+			if enc.code != 0 || len(enc.stdout) < 3 || enc.stdout[2] != tc.magic {
+				t.Fatalf("encrypt: exit %d, %s", enc.code, enc.stderr)
+			}
+			dec := d.runCLI(t, nil, []byte(enc.stdout), "decrypt", "--key", "files", "--aad", "x")
+			if dec.code != 0 || dec.stdout != string(plain) {
+				t.Fatalf("decrypt: exit %d, %s", dec.code, dec.stderr)
+			}
+			if bad := d.runCLI(t, nil, []byte(enc.stdout), "decrypt", "--key", "files", "--aad", "y"); bad.code != 1 || len(bad.stdout) != 0 {
+				t.Fatalf("decrypt with other additional data: exit %d, %d bytes out", bad.code, len(bad.stdout))
+			}
+			after := keyOps()
+			for op, n := range tc.ops {
+				if got := after[op] - before[op]; got < n || (tc.magic == 3 && got != n) {
+					t.Errorf("%s records: %d, want %d", op, got, n)
+				}
+			}
+		})
+	}
+}
+
 
 func sameFile(t *testing.T, a, b string) bool {
 	t.Helper()

@@ -72,7 +72,7 @@ func init() {
 		{"key wrap", "N --with W [--format keywarden|kw|kwp|rsa-aes-kwp] [--hash H] > blob", "wrap a key under another for transport", runKeyWrap},
 		{"key unwrap", "--with W --name NEW [--type T --usage U,...] [--format F] < blob", "make a key from a wrapped blob", runKeyUnwrap},
 		{"key derive-passphrase", "--name N --salt S [--type T] [--time T --memory KIB --threads P] [--usage U,...] [--exportable] [--passphrase-file F]", "derive a key from a passphrase (Argon2id)", runKeyDerivePassphrase},
-		{"encrypt", "--key N [--aad A] [--hash H] [--format auto|oneshot|stream] [--chunk-size B] < plaintext > ciphertext", "encrypt stdin, of any size with an AES key", runEncrypt},
+		{"encrypt", "--key N [--aad A] [--hash H] [--format auto|oneshot|envelope|stream] [--chunk-size B] < plaintext > ciphertext", "encrypt stdin, of any size with an AES key", runEncrypt},
 		{"decrypt", "--key N [--aad A] [--hash H] < ciphertext > plaintext", "decrypt stdin (a one-shot ciphertext or a stream)", runDecrypt},
 		{"sign", "--key N [--hash H] [--padding pss|pkcs1v15] [--ed25519ph] < data > signature", "sign stdin", runSign},
 		{"verify", "--key N --signature FILE [--hash H] [--padding P] [--ed25519ph] < data", "verify a signature over stdin (exit 3 if it does not verify)", runVerify},

@@ -105,7 +105,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	var format string
 	chunk := 0
 	if encrypt {
-		f.StringVar(&format, "format", "auto", "AES-GCM output `format`: auto (one message if the input fits in one, else a stream), oneshot, or stream")
+		f.StringVar(&format, "format", "auto", "AES-GCM output `format`: auto (one message if the input fits in one, else an envelope stream), oneshot, envelope (a stream under a data key the daemon makes for it), or stream (every chunk sealed by the daemon)")
 		f.IntVar(&chunk, "chunk-size", 0, "stream chunk size in `bytes`, a power of two from 1024 to 524288 that fits in the daemon's messages (default 65536)")
 	}
 	pos, err := f.parse(args)
@@ -119,9 +119,9 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		return usagef("--key is required")
 	}
 	switch format {
-	case "", "auto", "oneshot", "stream":
+	case "", "auto", "oneshot", "stream", "envelope":
 	default:
-		return usagef("unknown --format %q (want auto, oneshot or stream)", format)
+		return usagef("unknown --format %q (want auto, oneshot, envelope or stream)", format)
 	}
 	h, err := optHash(*hashName)
 	if err != nil {
@@ -141,7 +141,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 	if strings.HasPrefix(string(k.Type()), "rsa") {
 		notStream = "RSA-OAEP encrypts one short message (a data key: see keywarden datakey); streams need an AES-256-GCM key"
 	}
-	if !aes && (format == "stream" || chunk != 0) {
+	if !aes && (format == "stream" || format == "envelope" || chunk != 0) {
 		return fmt.Errorf("%s: %s", name, notStream)
 	}
 	in, big, err := readInput(e.stdin, c.MaxData())
@@ -149,19 +149,19 @@ func runCipher(e *env, args []string, encrypt bool) error {
 		return err
 	}
 	defer clear(in)
-	streamed := aes && (format == "stream" || (encrypt && big && format != "oneshot") || (!encrypt && keywarden.IsStreamCiphertext(in)))
+	streamed := aes && (format == "stream" || format == "envelope" || (encrypt && big && format != "oneshot") || (!encrypt && keywarden.IsStreamCiphertext(in)))
 	if streamed {
 		if f.json {
 			return usagef("--json holds one message; a stream is written as it is")
 		}
-		return cipherStream(e, f, k, encrypt, *aad, chunk, in)
+		return cipherStream(e, f, k, encrypt, *aad, &keywarden.StreamOptions{ChunkSize: chunk, DataKey: format != "stream"}, in)
 	}
 	if big {
 		if encrypt && !aes {
 			return fmt.Errorf("input larger than %d bytes: %s", c.MaxData(), notStream)
 		}
 		if encrypt {
-			return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message; use --format stream (or auto)", c.MaxData(), name)
+			return fmt.Errorf("input larger than %d bytes: one-shot %s is limited to one message; use --format envelope or stream (or auto)", c.MaxData(), name)
 		}
 		return fmt.Errorf("input larger than %d bytes and not a stream ciphertext: a one-shot ciphertext fits in one message", c.MaxData())
 	}
@@ -196,7 +196,7 @@ func runCipher(e *env, args []string, encrypt bool) error {
 // what was written to it is cut off again, so that a failed stream leaves
 // no plaintext behind; elsewhere (a pipe) the consumer must heed the exit
 // status.
-func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, chunk int, head []byte) error {
+func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, opts *keywarden.StreamOptions, head []byte) error {
 	ctx := context.Background()
 	if f.timeoutSet() {
 		ctx = f.context
@@ -205,7 +205,7 @@ func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, 
 	// chunk's output straight to stdout, a chunk per write.
 	in := io.MultiReader(bytes.NewReader(head), e.stdin)
 	if encrypt {
-		w, err := k.EncryptWriter(ctx, e.stdout, []byte(aad), &keywarden.StreamOptions{ChunkSize: chunk})
+		w, err := k.EncryptWriter(ctx, e.stdout, []byte(aad), opts)
 		if err != nil {
 			return err
 		}
