@@ -437,7 +437,7 @@ func TestRunStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 6 {
+	if len(res) != 10 {
 		t.Fatalf("%d results", len(res))
 	}
 	for _, r := range res {

@@ -3,8 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -26,12 +24,21 @@ const (
 	OpStreamEncrypt = "stream-encrypt"
 	OpStreamDecrypt = "stream-decrypt"
 	// ModeLibrary is EncryptWriter or DecryptReader of the client library
-	// in the measuring process, through the daemon.
+	// in the measuring process, an envelope stream (a data key from the
+	// daemon, the chunks sealed in the process).
 	ModeLibrary = "library"
 	// ModeCLI is "keywarden encrypt" or "keywarden decrypt", a process of
-	// its own, through the daemon.
+	// its own, as they run by default: an envelope stream.
 	ModeCLI = "cli"
+	// ModeLibraryDaemon and ModeCLIDaemon are the same with every chunk
+	// sealed or opened by the daemon (StreamOptions without DataKey,
+	// "keywarden encrypt --format stream").
+	ModeLibraryDaemon = "library-stream"
+	ModeCLIDaemon     = "cli-stream"
 )
+
+// streamModes is the order of RunStream's results for each operation.
+var streamModes = []string{ModeInProcess, ModeLibrary, ModeCLI, ModeLibraryDaemon, ModeCLIDaemon}
 
 // StreamConfig configures RunStream. Zero values mean defaults.
 type StreamConfig struct {
@@ -62,10 +69,11 @@ func (c StreamConfig) withDefaults() StreamConfig {
 }
 
 // RunStream measures the encryption and decryption of a file of
-// cfg.Size random bytes, file to file, in the stream format: in-process
-// with the standard library's AES-256-GCM (the same format, reading and
-// writing the same files), through the daemon with the client library,
-// and through the daemon with the keywarden command. Each figure is the
+// cfg.Size random bytes, file to file, in the stream formats: in-process
+// (an envelope stream under a data key of the measuring process's own,
+// reading and writing the same files: the yardstick), then with the client
+// library and with the keywarden command, as envelope streams and as
+// streams whose every chunk the daemon seals. Each figure is the
 // median of cfg.Runs runs; Result.Ops is 1 (one file) and Bytes its size.
 // Every output is checked: the ciphertexts decrypt, and the plaintexts
 // are the input.
@@ -109,24 +117,72 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 	if err != nil {
 		return nil, err
 	}
-	local, err := localGCM()
+	localKey := make([]byte, stream.DataKeySize)
+	rand.Read(localKey)
+	local, err := stream.EnvelopeCipher(localKey)
 	if err != nil {
 		return nil, err
 	}
-	opts := &keywarden.StreamOptions{ChunkSize: cfg.ChunkSize}
+	envOpts := &keywarden.StreamOptions{ChunkSize: cfg.ChunkSize, DataKey: true}
+	daemonOpts := &keywarden.StreamOptions{ChunkSize: cfg.ChunkSize}
 	sopts := &stream.Options{}
 	if cfg.ChunkSize > 0 {
 		for 1<<sopts.ChunkShift < cfg.ChunkSize {
 			sopts.ChunkShift++
 		}
 	}
-	cliArgs := func(op string) []string {
+	cliArgs := func(op, format string) []string {
 		args := []string{op, "--key", keyName}
 		if op == "encrypt" && cfg.ChunkSize > 0 {
 			args = append(args, "--chunk-size", fmt.Sprint(cfg.ChunkSize))
 		}
+		if op == "encrypt" && format != "" {
+			args = append(args, "--format", format)
+		}
 		return args
 	}
+	// The in-process envelope stream: its header and a stand-in for the
+	// wrapped data key, so that the files are the size the daemon's are.
+	shift := sopts.ChunkShift
+	if shift == 0 {
+		shift = stream.DefaultChunkShift
+	}
+	envHeader, err := stream.NewEnvelopeHeader(shift)
+	if err != nil {
+		return nil, err
+	}
+	preamble, err := stream.Preamble(make([]byte, 7+12+stream.DataKeySize+16))
+	if err != nil {
+		return nil, err
+	}
+	library := func(opts *keywarden.StreamOptions) [2]func(src, dst string) (time.Duration, error) {
+		return [2]func(src, dst string) (time.Duration, error){
+			func(src, dst string) (time.Duration, error) {
+				return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+					ew, err := k.EncryptWriter(ctx, w, nil, opts)
+					if err != nil {
+						return err
+					}
+					if _, err := io.Copy(ew, r); err != nil {
+						return err
+					}
+					return ew.Close()
+				})
+			},
+			func(src, dst string) (time.Duration, error) {
+				return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
+					dr, err := k.DecryptReader(ctx, r, nil, nil)
+					if err != nil {
+						return err
+					}
+					defer dr.Close()
+					_, err = io.Copy(w, dr)
+					return err
+				})
+			},
+		}
+	}
+	libEnv, libDaemon := library(envOpts), library(daemonOpts)
 
 	type way struct {
 		op, mode string
@@ -139,10 +195,7 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 	ways := []way{
 		{OpStreamEncrypt, ModeInProcess, func(src, dst string) (time.Duration, error) {
 			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
-				sw, err := stream.NewWriter(local, w, nil, sopts)
-				if err != nil {
-					return err
-				}
+				sw := stream.NewWriterHeader(local, w, envHeader, preamble, nil, sopts)
 				if _, err := io.Copy(sw, r); err != nil {
 					return err
 				}
@@ -151,42 +204,29 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 		}},
 		{OpStreamDecrypt, ModeInProcess, func(src, dst string) (time.Duration, error) {
 			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
-				sr, err := stream.NewReader(local, r, nil, nil)
-				if err != nil {
+				if _, err := io.CopyN(io.Discard, r, int64(stream.HeaderSize+len(preamble))); err != nil {
 					return err
 				}
-				_, err = io.Copy(w, sr)
+				sr := stream.NewReaderHeader(local, r, envHeader, nil, nil)
+				_, err := io.Copy(w, sr)
 				return err
 			})
 		}},
-		{OpStreamEncrypt, ModeLibrary, func(src, dst string) (time.Duration, error) {
-			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
-				ew, err := k.EncryptWriter(ctx, w, nil, opts)
-				if err != nil {
-					return err
-				}
-				if _, err := io.Copy(ew, r); err != nil {
-					return err
-				}
-				return ew.Close()
-			})
-		}},
-		{OpStreamDecrypt, ModeLibrary, func(src, dst string) (time.Duration, error) {
-			return 0, fileToFile(src, dst, func(r io.Reader, w io.Writer) error {
-				dr, err := k.DecryptReader(ctx, r, nil, nil)
-				if err != nil {
-					return err
-				}
-				defer dr.Close()
-				_, err = io.Copy(w, dr)
-				return err
-			})
-		}},
+		{OpStreamEncrypt, ModeLibrary, libEnv[0]},
+		{OpStreamDecrypt, ModeLibrary, libEnv[1]},
 		{OpStreamEncrypt, ModeCLI, func(src, dst string) (time.Duration, error) {
-			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("encrypt"), src, dst)
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("encrypt", ""), src, dst)
 		}},
 		{OpStreamDecrypt, ModeCLI, func(src, dst string) (time.Duration, error) {
-			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("decrypt"), src, dst)
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("decrypt", ""), src, dst)
+		}},
+		{OpStreamEncrypt, ModeLibraryDaemon, libDaemon[0]},
+		{OpStreamDecrypt, ModeLibraryDaemon, libDaemon[1]},
+		{OpStreamEncrypt, ModeCLIDaemon, func(src, dst string) (time.Duration, error) {
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("encrypt", "stream"), src, dst)
+		}},
+		{OpStreamDecrypt, ModeCLIDaemon, func(src, dst string) (time.Duration, error) {
+			return runCLI(ctx, exe, cfg.Env, d.socket, cliArgs("decrypt", ""), src, dst)
 		}},
 	}
 	times := map[[2]string][]float64{}
@@ -208,7 +248,7 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 				return nil, fmt.Errorf("%s %s: %w", w.op, w.mode, err)
 			}
 			times[key] = append(times[key], time.Since(start).Seconds())
-			if w.mode == ModeCLI {
+			if w.mode == ModeCLI || w.mode == ModeCLIDaemon {
 				cpus[key] = append(cpus[key], cmdCPU.Seconds())
 			} else {
 				cpus[key] = append(cpus[key], (selfCPU() - self0).Seconds())
@@ -226,7 +266,7 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 	var results []Result
 	for _, op := range []string{OpStreamEncrypt, OpStreamDecrypt} {
 		var base float64
-		for _, mode := range []string{ModeInProcess, ModeLibrary, ModeCLI} {
+		for _, mode := range streamModes {
 			ts := times[[2]string{op, mode}]
 			r := Result{Op: op, Mode: mode, Ops: 1, Bytes: cfg.Size, Runs: len(ts)}
 			for _, t := range ts {
@@ -247,22 +287,6 @@ func RunStream(ctx context.Context, cfg StreamConfig, progress io.Writer) (_ []R
 		}
 	}
 	return results, nil
-}
-
-// localGCM is the in-process baseline: the same format, sealed by the
-// standard library's AES-256-GCM under a random key.
-func localGCM() (stream.Cipher, error) {
-	key := make([]byte, 32)
-	rand.Read(key)
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	g, err := cipher.NewGCM(b)
-	if err != nil {
-		return nil, err
-	}
-	return stream.LocalCipher(g, 1), nil
 }
 
 // randomFile writes n random bytes to path and returns their SHA-256.
