@@ -3,8 +3,8 @@ package keywarden
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"math/bits"
 	"strings"
 

@@ -182,7 +182,6 @@ func TestStreamFormatsThroughCLI(t *testing.T) {
 	}
 }
 
-
 func sameFile(t *testing.T, a, b string) bool {
 	t.Helper()
 	sum := func(p string) []byte {
