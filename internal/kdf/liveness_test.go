@@ -107,33 +107,48 @@ func TestReadProgress(t *testing.T) {
 func TestWatchdogWaitsForProcessor(t *testing.T) {
 	const period = 200 * time.Millisecond
 	throttled := cpuThrottle(t, 500*time.Millisecond, 2*time.Millisecond)
-	var worker atomic.Int32
-	s, logs := newSupervisor(t, Config{Deadline: 30 * time.Second, Watchdog: period, onStart: func(pid int) {
-		worker.Store(int32(pid))
-		throttled(pid)
-	}})
-	start := time.Now()
-	_, err := s.Derive(context.Background(), tiny, []byte("pw"), []byte("saltsalt"), 32)
-	if err != nil {
-		t.Fatalf("a throttled worker: %v\n%s", err, logs)
+	// On a machine so busy that the supervisor's own checks run late, a
+	// run may see every answer in time: it is tried again, up to three
+	// times, before the test says it could not slow the worker down.
+	for attempt := 1; ; attempt++ {
+		s, logs := newSupervisor(t, Config{Deadline: 30 * time.Second, Watchdog: period, onStart: throttled})
+		start := time.Now()
+		_, err := s.Derive(context.Background(), tiny, []byte("pw"), []byte("saltsalt"), 32)
+		if err != nil {
+			t.Fatalf("a throttled worker: %v\n%s", err, logs)
+		}
+		took := time.Since(start)
+		if strings.Contains(logs.String(), "late with its watchdog answer but making progress") {
+			t.Logf("a throttled worker served in %v", took.Round(time.Millisecond))
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("the worker answered every challenge within %v (took %v): the test did not slow it down\n%s", period/2, took, logs)
+		}
 	}
-	took := time.Since(start)
-	if !strings.Contains(logs.String(), "late with its watchdog answer but making progress") {
-		t.Fatalf("the worker answered every challenge within %v (took %v): the test did not slow it down\n%s", period/2, took, logs)
-	}
-	t.Logf("a throttled worker served in %v", took.Round(time.Millisecond))
 
 	// Throttled and stopped: no progress, killed.
 	var stoppedAt atomic.Int64
-	s, _ = newSupervisor(t, Config{Deadline: 30 * time.Second, Watchdog: period, onStart: func(pid int) {
+	s, _ := newSupervisor(t, Config{Deadline: 30 * time.Second, Watchdog: period, onStart: func(pid int) {
 		throttled(pid)
 		go func() {
 			time.Sleep(period)
-			stoppedAt.Store(time.Now().UnixNano())
 			unix.Kill(pid, unix.SIGSTOP)
+			// A throttled process stops only once it next gets a
+			// processor, up to a throttle period later: the watchdog's
+			// time counts from when the kernel shows it stopped.
+			sent := time.Now()
+			for time.Since(sent) < 2*time.Second {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+				if st := procState(string(b)); err != nil || st == "T" || st == "Z" {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+			stoppedAt.Store(time.Now().UnixNano())
 		}()
 	}})
-	_, err = s.Derive(context.Background(), slow, []byte("pw"), []byte("saltsalt"), 32)
+	_, err := s.Derive(context.Background(), slow, []byte("pw"), []byte("saltsalt"), 32)
 	if !IsError(err, ErrStopped) || stoppedAt.Load() == 0 {
 		t.Fatalf("a throttled worker, stopped: %v", err)
 	}
