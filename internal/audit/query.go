@@ -229,188 +229,41 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 	if poll <= 0 {
 		poll = 200 * time.Millisecond
 	}
-	var (
-		fh      *os.File
-		ino     uint64
-		off     int64
-		part    []byte
-		seen    = after
-		rotated bool   // the next file exists: read the current one once more
-		jumped  uint64 // the seq last looked for in another file
-		// rewind: the current file replaced the one followed (a rotation,
-		// or records set aside when the daemon got its keys, which
-		// renumbers what follows the cut). Records from its last recovery
-		// segment at or below seen on are new: pending holds them until
-		// the file shows whether the chain reaches past seen again.
-		rewind  bool
-		pending []*Record
-	)
-	defer func() {
-		if fh != nil {
-			fh.Close()
-		}
-	}()
-	open := func(name string) error {
-		g, err := os.Open(name)
-		if err != nil {
-			return err
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(int(g.Fd()), &st); err != nil {
-			g.Close()
-			return err
-		}
-		if fh != nil {
-			fh.Close()
-		}
-		fh, ino, off, part, rotated, rewind, pending = g, st.Ino, 0, part[:0], false, false, nil
-		return nil
-	}
-	// flush passes on the records pending after a rewind.
-	flush := func() error {
-		rs := pending
-		pending, rewind = nil, false
-		for _, r := range rs {
-			seen = r.Seq
-			if f.Match(r) {
-				if err := fn(r); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	}
-	// next names the file that follows the current one, if it exists: the
-	// rotated file that starts after the last record seen (when the
-	// follower fell behind several rotations), else the active file if it
-	// is another file now.
-	next := func() string {
-		for _, name := range []string{rotatedName(path, seen+1), path} {
-			var st unix.Stat_t
-			if err := unix.Stat(name, &st); err == nil && st.Ino != ino {
-				return name
-			}
-		}
-		return ""
-	}
-	// holder names the rotated file that holds seq, if any: the one with
-	// the highest first seq not above it.
-	holder := func(seq uint64) string {
-		files, _ := LogFiles(path)
-		found := ""
-		for _, name := range files {
-			if first, ok := rotatedSeq(path, filepath.Base(name)); ok && first <= seq {
-				found = name
-			}
-		}
-		return found
-	}
-	start := holder(after + 1)
-	buf := make([]byte, 64<<10)
+	fl := &follower{path: path, f: f, fn: fn, seen: after}
+	defer fl.close()
+	fl.start = fl.holder(after + 1)
+	fl.buf = make([]byte, 64<<10)
 	for {
-		if fh == nil {
-			name := start
+		if fl.fh == nil {
+			name := fl.start
 			if name == "" {
 				name = path
 			}
-			start = ""
-			if err := open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			fl.start = ""
+			if err := fl.open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 		}
-		progressed := false
-		for fh != nil {
-			n, err := fh.ReadAt(buf, off)
-			if i := slices.Index(buf[:n], 0); i >= 0 {
-				// Zeros past the records, which a daemon with
-				// --audit-sync always writes over (see zeroTail): the
-				// end for now.
-				n, err = i, io.EOF
-			}
-			off += int64(n)
-			part = append(part, buf[:n]...)
-			done := 0
-			for {
-				i := slices.Index(part[done:], '\n')
-				if i < 0 {
-					break
-				}
-				line := part[done : done+i+1]
-				done += i + 1
-				progressed = true
-				r, perr := ParseRecord(line)
-				if perr != nil {
-					return fmt.Errorf("%s: %w", path, perr)
-				}
-				if rewind && r.Seq <= seen {
-					if r.Kind == KindSegment && r.Segment.Reason == "recovery" {
-						pending = append(pending[:0], r)
-					} else if len(pending) > 0 {
-						pending = append(pending, r)
-					}
-					continue
-				}
-				if err := flush(); err != nil {
-					return err
-				}
-				if r.Seq > seen+1 && jumped != seen+1 {
-					// Records missing: the file was opened after the log
-					// rotated past them. Go to the file that holds them
-					// (once: if they are not there, they are gone).
-					jumped = seen + 1
-					if name := holder(seen + 1); name != "" && !sameFile(name, ino) {
-						start = name
-						fh.Close()
-						fh = nil
-						break
-					}
-				}
-				if r.Seq > seen {
-					seen = r.Seq
-					if f.Match(r) {
-						if err := fn(r); err != nil {
-							return err
-						}
-					}
-				}
-			}
-			if fh == nil {
-				break
-			}
-			if rewind && (err == io.EOF || n == 0) {
-				// The end of what the new file holds: the chain has not
-				// reached seen again, and what is pending is new.
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-			part = part[:copy(part, part[done:])]
-			if len(part) > MaxLineBytes {
-				return fmt.Errorf("%s: a line longer than %d bytes", path, MaxLineBytes)
-			}
-			if err == io.EOF || n == 0 {
-				break
-			}
-			if err != nil {
-				return err
-			}
+		progressed, err := fl.read()
+		if err != nil {
+			return err
 		}
-		if fh == nil && start != "" {
+		if fl.fh == nil && fl.start != "" {
 			continue
 		}
-		if fh != nil && !progressed {
+		if fl.fh != nil && !progressed {
 			// At the end of the file. Rotation finishes a file before the
 			// next one appears, so once the next one exists, one more pass
 			// over this one is enough.
-			if name := next(); name != "" {
-				if rotated {
-					if err := open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			if name := fl.next(); name != "" {
+				if fl.rotated {
+					if err := fl.open(name); err != nil && !errors.Is(err, os.ErrNotExist) {
 						return err
 					}
-					rewind = fh != nil
+					fl.rewind = fl.fh != nil
 					continue
 				}
-				rotated = true
+				fl.rotated = true
 				continue
 			}
 		}
@@ -420,4 +273,194 @@ func Follow(ctx context.Context, path string, after uint64, f Filter, poll time.
 		case <-time.After(poll):
 		}
 	}
+}
+
+// follower is the state of Follow: the file it reads and where, and the
+// last record passed on.
+type follower struct {
+	path string
+	f    Filter
+	fn   func(*Record) error
+
+	fh   *os.File
+	ino  uint64
+	off  int64
+	part []byte // what was read past the last whole line
+	buf  []byte
+	seen uint64
+	// start names the file to open next instead of the active one.
+	start   string
+	rotated bool   // the next file exists: read the current one once more
+	jumped  uint64 // the seq last looked for in another file
+	// rewind: the current file replaced the one followed (a rotation, or
+	// records set aside when the daemon got its keys, which renumbers
+	// what follows the cut). Records from its last recovery segment at or
+	// below seen on are new: pending holds them until the file shows
+	// whether the chain reaches past seen again.
+	rewind  bool
+	pending []*Record
+}
+
+func (fl *follower) close() {
+	if fl.fh != nil {
+		fl.fh.Close()
+	}
+}
+
+// open makes name the file followed, read from its start.
+func (fl *follower) open(name string) error {
+	g, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(g.Fd()), &st); err != nil {
+		g.Close()
+		return err
+	}
+	if fl.fh != nil {
+		fl.fh.Close()
+	}
+	fl.fh, fl.ino, fl.off, fl.part, fl.rotated, fl.rewind, fl.pending = g, st.Ino, 0, fl.part[:0], false, false, nil
+	return nil
+}
+
+// flush passes on the records pending after a rewind.
+func (fl *follower) flush() error {
+	rs := fl.pending
+	fl.pending, fl.rewind = nil, false
+	for _, r := range rs {
+		fl.seen = r.Seq
+		if fl.f.Match(r) {
+			if err := fl.fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// next names the file that follows the current one, if it exists: the
+// rotated file that starts after the last record seen (when the follower
+// fell behind several rotations), else the active file if it is another
+// file now.
+func (fl *follower) next() string {
+	for _, name := range []string{rotatedName(fl.path, fl.seen+1), fl.path} {
+		var st unix.Stat_t
+		if err := unix.Stat(name, &st); err == nil && st.Ino != fl.ino {
+			return name
+		}
+	}
+	return ""
+}
+
+// holder names the rotated file that holds seq, if any: the one with the
+// highest first seq not above it.
+func (fl *follower) holder(seq uint64) string {
+	files, _ := LogFiles(fl.path)
+	found := ""
+	for _, name := range files {
+		if first, ok := rotatedSeq(fl.path, filepath.Base(name)); ok && first <= seq {
+			found = name
+		}
+	}
+	return found
+}
+
+// read reads the file followed to its end for now, passing each record
+// on (record); it reports whether it read a whole line. It closes the
+// file (fh nil, start set) when the records that come next are in
+// another.
+func (fl *follower) read() (bool, error) {
+	progressed := false
+	for fl.fh != nil {
+		n, err := fl.fh.ReadAt(fl.buf, fl.off)
+		if i := slices.Index(fl.buf[:n], 0); i >= 0 {
+			// Zeros past the records, which a daemon with --audit-sync
+			// always writes over (see zeroTail): the end for now.
+			n, err = i, io.EOF
+		}
+		fl.off += int64(n)
+		fl.part = append(fl.part, fl.buf[:n]...)
+		done := 0
+		for {
+			i := slices.Index(fl.part[done:], '\n')
+			if i < 0 {
+				break
+			}
+			line := fl.part[done : done+i+1]
+			done += i + 1
+			progressed = true
+			if err := fl.record(line); err != nil {
+				return progressed, err
+			}
+			if fl.fh == nil {
+				break
+			}
+		}
+		if fl.fh == nil {
+			break
+		}
+		if fl.rewind && (err == io.EOF || n == 0) {
+			// The end of what the new file holds: the chain has not
+			// reached seen again, and what is pending is new.
+			if err := fl.flush(); err != nil {
+				return progressed, err
+			}
+		}
+		fl.part = fl.part[:copy(fl.part, fl.part[done:])]
+		if len(fl.part) > MaxLineBytes {
+			return progressed, fmt.Errorf("%s: a line longer than %d bytes", fl.path, MaxLineBytes)
+		}
+		if err == io.EOF || n == 0 {
+			break
+		}
+		if err != nil {
+			return progressed, err
+		}
+	}
+	return progressed, nil
+}
+
+// record handles one line of the file followed: it passes the record on
+// if it is new and f matches it, holds it while the file rewinds, or
+// closes the file to go to the one that holds the records missing before
+// it.
+func (fl *follower) record(line []byte) error {
+	r, perr := ParseRecord(line)
+	if perr != nil {
+		return fmt.Errorf("%s: %w", fl.path, perr)
+	}
+	if fl.rewind && r.Seq <= fl.seen {
+		if r.Kind == KindSegment && r.Segment.Reason == "recovery" {
+			fl.pending = append(fl.pending[:0], r)
+		} else if len(fl.pending) > 0 {
+			fl.pending = append(fl.pending, r)
+		}
+		return nil
+	}
+	if err := fl.flush(); err != nil {
+		return err
+	}
+	if r.Seq > fl.seen+1 && fl.jumped != fl.seen+1 {
+		// Records missing: the file was opened after the log rotated past
+		// them. Go to the file that holds them (once: if they are not
+		// there, they are gone).
+		fl.jumped = fl.seen + 1
+		if name := fl.holder(fl.seen + 1); name != "" && !sameFile(name, fl.ino) {
+			fl.start = name
+			fl.fh.Close()
+			fl.fh = nil
+			return nil
+		}
+	}
+	if r.Seq > fl.seen {
+		fl.seen = r.Seq
+		if fl.f.Match(r) {
+			if err := fl.fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 // Package genid tracks the machine's generation: a counter that starts at
 // 0 when the daemon starts and increases whenever the virtual machine it
-// runs in is restored from a snapshot or cloned (DESIGN.md §10,
-// docs/genid.md).
+// runs in is restored from a snapshot or cloned (docs/genid.md).
 //
 // Linux gives userspace no single clean signal, so several Sources feed
 // one Tracker: the kernel log line the vmgenid driver prints (Kmsg), the

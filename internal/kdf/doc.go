@@ -1,7 +1,6 @@
 // Package kdf runs Argon2id for the daemon without running it in the
 // daemon: every derivation happens in a short-lived worker process, the
-// keywarden binary itself started in worker mode (DESIGN.md §9,
-// docs/kdf.md).
+// keywarden binary itself started in worker mode (docs/kdf.md).
 //
 // The package owns both sides of that arrangement:
 //

@@ -395,7 +395,8 @@ func (s *Supervisor) run(ctx context.Context, r *request, cost uint64, backgroun
 	return o.res, o.err
 }
 
-// runWorker is run on the calling goroutine.
+// runWorker is run on the calling goroutine: it spawns the worker, has
+// it supervised, and reaps it, whatever happens, before it returns.
 func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, background bool) (res result, err error) {
 	// PR_SET_PDEATHSIG fires when the thread that started the child
 	// exits, not the process: keep this goroutine on its thread until
@@ -403,44 +404,96 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if background {
-		// A background worker is made background from its start (fork
-		// and exec, and the runtime's start, already cost): it inherits
-		// its priority from this thread. This thread cannot be given its
-		// priority back (an unprivileged process may not raise one), so
-		// it is never given back: locked once more, it ends with its
-		// goroutine.
-		runtime.LockOSThread()
-		if err := SetBackground(unix.Gettid(), s.cfg.Nice); err != nil {
-			s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
-		}
-		if err := LeaveOneCPU(); err != nil {
-			s.log.Debug("kdf: cannot keep a worker off one processor", "err", err)
-		}
+		s.backgroundThread()
 	}
-
-	var cl *cell
-	if s.cg != nil {
-		limit := int64(cost+cellSlack(uint64(r.params.MemoryKiB))) << 10
-		if s.cfg.cellLimit != nil {
-			limit = s.cfg.cellLimit(cost)
-		}
-		if cl, err = s.cg.newCell(limit); err != nil {
-			s.log.Warn("kdf: cannot create a worker cgroup; running this worker without one", "err", err)
-			cl = nil
-		} else {
-			defer cl.remove()
-		}
+	cl := s.workerCell(r, cost)
+	if cl != nil {
+		defer cl.remove()
 	}
+	w, err := s.spawn(r, cl, background)
+	if err != nil {
+		return result{}, err
+	}
+	// Whatever happens, the worker is reaped before run returns.
+	defer func() { err = s.reap(w, r, res, err) }()
+	if err := s.admit(w, r, cost, background); err != nil {
+		return result{}, err
+	}
+	return s.supervise(ctx, w, r, background)
+}
 
+// backgroundThread makes the calling thread, which starts a background
+// worker, background itself.
+func (s *Supervisor) backgroundThread() {
+	// A background worker is made background from its start (fork and
+	// exec, and the runtime's start, already cost): it inherits its
+	// priority from this thread. This thread cannot be given its priority
+	// back (an unprivileged process may not raise one), so it is never
+	// given back: locked once more, it ends with its goroutine.
+	runtime.LockOSThread()
+	if err := SetBackground(unix.Gettid(), s.cfg.Nice); err != nil {
+		s.log.Debug("kdf: cannot lower the priority of a worker's parent thread", "err", err)
+	}
+	if err := LeaveOneCPU(); err != nil {
+		s.log.Debug("kdf: cannot keep a worker off one processor", "err", err)
+	}
+}
+
+// workerCell makes the cgroup of one worker of r, costing cost KiB; nil
+// without cgroups, or if it cannot be made (the worker runs without one).
+func (s *Supervisor) workerCell(r *request, cost uint64) *cell {
+	if s.cg == nil {
+		return nil
+	}
+	limit := int64(cost+cellSlack(uint64(r.params.MemoryKiB))) << 10
+	if s.cfg.cellLimit != nil {
+		limit = s.cfg.cellLimit(cost)
+	}
+	cl, err := s.cg.newCell(limit)
+	if err != nil {
+		s.log.Warn("kdf: cannot create a worker cgroup; running this worker without one", "err", err)
+		return nil
+	}
+	return cl
+}
+
+// worker is one started worker process and the daemon's ends of its
+// pipes.
+type worker struct {
+	cmd    *exec.Cmd
+	pid    int
+	inW    *os.File // its stdin
+	outR   *os.File // its stdout
+	stderr *boundedBuffer
+	cl     *cell // nil: none
+	// oomBefore is the machine's count of OOM kills at its start, for a
+	// worker without a cgroup (-1: not read; see classify).
+	oomBefore int64
+	start     time.Time
+	killed    bool // by the daemon
+}
+
+// kill kills the worker once: SIGKILL, through a pidfd, never another
+// process.
+func (w *worker) kill() {
+	if !w.killed {
+		w.killed = true
+		w.cmd.Process.Kill()
+	}
+}
+
+// spawn starts a worker for r, in cell cl if not nil, with pipes for its
+// stdin and stdout.
+func (s *Supervisor) spawn(r *request, cl *cell, background bool) (*worker, error) {
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return result{}, ErrFailed.WithDetail("pipe: %v", err)
+		return nil, ErrFailed.WithDetail("pipe: %v", err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
-		return result{}, ErrFailed.WithDetail("pipe: %v", err)
+		return nil, ErrFailed.WithDetail("pipe: %v", err)
 	}
 	stderr := &boundedBuffer{max: stderrLimit}
 	// Nothing from the daemon's environment: the worker needs none. A
@@ -489,60 +542,71 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	if err != nil {
 		inW.Close()
 		outR.Close()
-		return result{}, ErrFailed.WithDetail("start worker: %v", err)
+		return nil, ErrFailed.WithDetail("start worker: %v", err)
 	}
-	pid := cmd.Process.Pid
-	killed := false
-	kill := func() {
-		if !killed {
-			killed = true
-			cmd.Process.Kill() // SIGKILL, through a pidfd: never another process
-		}
-	}
-	// Whatever happens, the worker is reaped before run returns.
-	defer func() {
-		inW.Close()
-		waited := make(chan error, 1)
-		go func() { waited <- cmd.Wait() }()
-		var werr error
-		select {
-		case werr = <-waited:
-		case <-time.After(2 * time.Second):
-			kill()
-			werr = <-waited
-		}
-		outR.Close()
-		st := cmd.ProcessState
-		if err == nil {
-			s.log.Debug("kdf: worker done", "pid", pid, "op", r.op.String(), "params", r.params.String(),
-				"argon2", res.elapsed, "total", time.Since(start), "max_rss_kib", res.maxRSSKiB)
-		} else if !IsError(err, ErrClosed) {
-			err = s.classify(err, werr, st, killed, cl, oomBefore, stderr)
-		}
-		if msg := stderr.String(); msg != "" {
-			s.log.Warn("kdf: worker wrote to stderr", "pid", pid, "stderr", msg)
-		}
-	}()
+	return &worker{cmd: cmd, pid: cmd.Process.Pid, inW: inW, outR: outR, stderr: stderr, cl: cl, oomBefore: oomBefore, start: start}, nil
+}
 
-	if cl != nil {
-		if perr := cl.started(pid); perr != nil {
-			kill()
-			return result{}, ErrFailed.WithDetail("move worker %d into its cgroup: %v", pid, perr)
+// reap closes the worker's stdin, waits for it to exit (killing it if it
+// has not within two seconds), and returns err, the outcome of its
+// supervision, turned into the error its client gets (classify) if the
+// worker failed.
+func (s *Supervisor) reap(w *worker, r *request, res result, err error) error {
+	w.inW.Close()
+	waited := make(chan error, 1)
+	go func() { waited <- w.cmd.Wait() }()
+	var werr error
+	select {
+	case werr = <-waited:
+	case <-time.After(2 * time.Second):
+		w.kill()
+		werr = <-waited
+	}
+	w.outR.Close()
+	st := w.cmd.ProcessState
+	if err == nil {
+		s.log.Debug("kdf: worker done", "pid", w.pid, "op", r.op.String(), "params", r.params.String(),
+			"argon2", res.elapsed, "total", time.Since(w.start), "max_rss_kib", res.maxRSSKiB)
+	} else if !IsError(err, ErrClosed) {
+		err = s.classify(err, werr, st, w.killed, w.cl, w.oomBefore, w.stderr)
+	}
+	if msg := w.stderr.String(); msg != "" {
+		s.log.Warn("kdf: worker wrote to stderr", "pid", w.pid, "stderr", msg)
+	}
+	return err
+}
+
+// admit readies a started worker before it has its request (it computes
+// nothing until then): it moves it into its cgroup if it was started
+// outside, and lowers a background worker's priority (the time slice is
+// not inherited).
+func (s *Supervisor) admit(w *worker, r *request, cost uint64, background bool) error {
+	if w.cl != nil {
+		if perr := w.cl.started(w.pid); perr != nil {
+			w.kill()
+			return ErrFailed.WithDetail("move worker %d into its cgroup: %v", w.pid, perr)
 		}
 	}
-	// Before the worker has its request (it computes nothing until then):
-	// the time slice is not inherited.
 	if background {
-		if perr := renice(pid, s.cfg.Nice); perr != nil {
-			s.log.Debug("kdf: cannot lower a worker's priority", "pid", pid, "err", perr)
+		if perr := renice(w.pid, s.cfg.Nice); perr != nil {
+			s.log.Debug("kdf: cannot lower a worker's priority", "pid", w.pid, "err", perr)
 		}
 	}
 	if s.cfg.onStart != nil {
-		s.cfg.onStart(pid)
+		s.cfg.onStart(w.pid)
 	}
-	s.log.Debug("kdf: worker started", "pid", pid, "op", r.op.String(), "params", r.params.String(), "cost_kib", cost)
+	s.log.Debug("kdf: worker started", "pid", w.pid, "op", r.op.String(), "params", r.params.String(), "cost_kib", cost)
+	return nil
+}
 
-	deadline := start.Add(s.cfg.Deadline)
+// supervise sends the worker its request and watches it until it answers:
+// the deadline, the caller's and the daemon's ends, the watchdog's
+// challenges (and, when an answer is late, the worker's progress), and
+// the frames it sends. The worker is killed on any failure but one: a
+// stream that ends, whose exit status (reap) tells why.
+func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, background bool) (result, error) {
+	pid, inW, kill := w.pid, w.inW, w.kill
+	deadline := w.start.Add(s.cfg.Deadline)
 	inW.SetWriteDeadline(deadline)
 	msg := append(magic[:0:0], magic[:]...)
 	payload := appendRequest(nil, r)
@@ -561,11 +625,11 @@ func (s *Supervisor) runWorker(ctx context.Context, r *request, cost uint64, bac
 	readers.Add(1)
 	go func() {
 		defer readers.Done()
-		readWorker(outR, events, stop)
+		readWorker(w.outR, events, stop)
 	}()
 	defer func() {
 		close(stop)
-		outR.SetReadDeadline(time.Now()) // unblock the reader
+		w.outR.SetReadDeadline(time.Now()) // unblock the reader
 		readers.Wait()
 	}()
 

@@ -12,7 +12,7 @@ import (
 )
 
 // Each benchmark compares mech with the same operation done directly with
-// the standard library ("stdlib"), the yardstick of DESIGN.md section 11.
+// the standard library ("stdlib"), the yardstick of docs/performance.md.
 
 func BenchmarkAESGCMSeal256(b *testing.B) {
 	k := testKey(b, tAES)

@@ -45,6 +45,13 @@
 // mutex; functions passed to Install and SealWith run under Master.mu and
 // must not call back into the Master.
 //
+// The files follow the phases of the master key's life: state.go (the
+// Master, its state, seal and the replacement of the store), init.go (a
+// new master key), keyring.go (what the master record seals, and how),
+// unseal.go (passphrase and shares), rotation.go (a new generation, the
+// re-wrap's progress and its end, the upgrade from format 1); keys.go and
+// lease.go hold the keys derived from the master key and their leases.
+//
 // The master key never touches a disk in the clear. The master record
 // (persist.MasterRecord) holds it only sealed. docs/formats.md describes
 // the record; docs/operations.md the operator's side.
