@@ -120,7 +120,7 @@ func ExampleKey_Verify() {
 		log.Fatal(err)
 	}
 	msg := []byte("release v1.0")
-	sig, err := key.SignMessage(ctx, msg, nil)
+	sig, err := key.SignMessageContext(ctx, msg, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

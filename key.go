@@ -213,6 +213,16 @@ type SignOptions struct {
 	KeyVersion uint32
 }
 
+// HashFunc returns o.Hash (0 for a nil o). It makes *SignOptions a
+// crypto.SignerOpts, so that SignContext and SignMessageContext take the
+// daemon's options as well as the standard library's.
+func (o *SignOptions) HashFunc() crypto.Hash {
+	if o == nil {
+		return 0
+	}
+	return o.Hash
+}
+
 func (k *Key) signOp(data []byte, prehashed bool, o *SignOptions) (*wire.Sign, error) {
 	var opts SignOptions
 	if o != nil {
@@ -223,16 +233,6 @@ func (k *Key) signOp(data []byte, prehashed bool, o *SignOptions) (*wire.Sign, e
 		return nil, err
 	}
 	return &wire.Sign{Handle: k.handle, Data: data, Prehashed: prehashed, Hash: h, Padding: opts.Padding.wire()}, nil
-}
-
-// SignMessage signs msg; the daemon hashes it. Messages larger than
-// MaxData need NewSigner.
-func (k *Key) SignMessage(ctx context.Context, msg []byte, opts *SignOptions) ([]byte, error) {
-	s, err := k.signOp(msg, false, opts)
-	if err != nil {
-		return nil, err
-	}
-	return k.c.doData(ctx, "sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}})
 }
 
 // SignDigest signs a digest computed with opts.Hash (for Ed25519: a

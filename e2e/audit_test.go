@@ -579,11 +579,11 @@ func TestAuditEveryOperation(t *testing.T) {
 	var sig []byte
 	ck.step(ac, "sign", func() {
 		var err error
-		sig, err = ed.SignMessage(ctx, msg, nil)
+		sig, err = ed.SignMessageContext(ctx, msg, nil)
 		must(t, "sign", err)
 	}, on("sign", ed))
 	ck.step(ac, "sign refused", func() {
-		_, err := aes.SignMessage(ctx, msg, nil)
+		_, err := aes.SignMessageContext(ctx, msg, nil)
 		wantErr(t, "sign with AES", err, keywarden.ErrPolicyViolation)
 	}, refused("sign", "POLICY_VIOLATION", aes))
 	ck.step(ac, "verify", func() { must(t, "verify", ed.Verify(ctx, msg, sig, nil)) }, on("verify", ed))

@@ -56,7 +56,7 @@ func TestUnconfirmedRandomnessRefused(t *testing.T) {
 	if pt, err := k.Decrypt(ctx, before, nil); err != nil || string(pt) != "before" {
 		t.Errorf("decrypt: %q, %v", pt, err)
 	}
-	if _, err := sig.SignMessage(ctx, []byte("msg"), nil); err != nil {
+	if _, err := sig.SignMessageContext(ctx, []byte("msg"), nil); err != nil {
 		t.Errorf("sign: %v", err)
 	}
 	g, err := c.Generation(ctx)

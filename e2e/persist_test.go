@@ -81,7 +81,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig1, _ := ed.SignMessage(ctx, msg, nil)
+	sig1, _ := ed.SignMessageContext(ctx, msg, nil)
 	info, err := aesKey.Rotate(ctx)
 	if err != nil || info.Version != 2 {
 		t.Fatalf("rotate: %v %v", info.Version, err)
@@ -93,7 +93,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	if _, err := ed.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sig2, _ := ed.SignMessage(ctx, msg, nil)
+	sig2, _ := ed.SignMessageContext(ctx, msg, nil)
 	before := []keywarden.KeyInfo{aesKey.Info(), ed.Info()}
 	c.Close()
 

@@ -446,7 +446,7 @@ func (h *harness) usable(ctx context.Context, c *keywarden.Client, r *keyRec) {
 			h.finding("key %s: encrypt and decrypt: %v", r.id, err)
 		}
 	case keywarden.Ed25519:
-		sig, err := k.SignMessage(ctx, msg, nil)
+		sig, err := k.SignMessageContext(ctx, msg, nil)
 		if err == nil {
 			err = k.Verify(ctx, msg, sig, nil)
 		}

@@ -170,7 +170,7 @@ func (w *trafficWorker) use(ctx context.Context, o *ownedKey) {
 		s.aad = aad
 	case keywarden.Ed25519:
 		err = w.h.keyOp("sign", func() (err error) {
-			s.sig, err = k.SignMessage(ctx, pt, nil)
+			s.sig, err = k.SignMessageContext(ctx, pt, nil)
 			return err
 		})
 	case keywarden.HMACSHA256:
