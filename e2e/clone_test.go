@@ -51,7 +51,7 @@ func TestUnconfirmedRandomnessRefused(t *testing.T) {
 	unavailable("encrypt", err)
 	_, err = c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
 	unavailable("generate", err)
-	_, err = k.GenerateDataKey(ctx, 32, nil, true)
+	_, err = k.GenerateDataKey(ctx, nil, &keywarden.DataKeyOptions{Length: 32, Plaintext: true})
 	unavailable("data key", err)
 	if pt, err := k.Decrypt(ctx, before, nil); err != nil || string(pt) != "before" {
 		t.Errorf("decrypt: %q, %v", pt, err)

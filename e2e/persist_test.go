@@ -120,7 +120,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	}
 	// The daemon refuses an attempt during the wait, saying how long it
 	// is, rounded up; the CLI waits it out by itself, saying so.
-	if err := c.Unseal(ctx, []byte(testPass), false); !errors.Is(err, keywarden.ErrResourceExhausted) || !strings.Contains(err.Error(), "try again in 1s") {
+	if err := c.Admin().Unseal(ctx, []byte(testPass), nil); !errors.Is(err, keywarden.ErrResourceExhausted) || !strings.Contains(err.Error(), "try again in 1s") {
 		t.Fatalf("unseal right after a failure: %v", err)
 	}
 	r = d.runCLI(t, nil, nil, "unseal", "--passphrase-file", passFile)
