@@ -99,7 +99,7 @@ func (k *Key) Rotate(ctx context.Context) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // LifecycleChange changes a key's version and rotation settings; nil
@@ -132,7 +132,7 @@ func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, er
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // WrapFormat is a key wrapping format.
