@@ -136,7 +136,7 @@ func (b *Batch) Decrypt(k *Key, ciphertext, aad []byte) *BatchResult {
 	return b.add("decrypt", op, len(ciphertext))
 }
 
-// SignMessage queues k.SignMessage(msg, opts).
+// SignMessage queues k.SignMessageContext(ctx, msg, opts).
 func (b *Batch) SignMessage(k *Key, msg []byte, opts *SignOptions) *BatchResult {
 	s, err := k.signOp(msg, false, opts)
 	if err != nil {

@@ -218,3 +218,59 @@ func TestBatchOfLargeOperations(t *testing.T) {
 		}
 	}
 }
+
+// GenerateDataKey takes its length and whether to return the plaintext as
+// options; nil means a 32-byte key returned only encrypted.
+func TestGenerateDataKeyOptions(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	aad := []byte("file-9")
+	dk, err := k.GenerateDataKey(ctx, aad, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dk.Plaintext != nil {
+		t.Fatal("the plaintext was returned unasked")
+	}
+	if pt, err := k.Decrypt(ctx, dk.Ciphertext, aad); err != nil || len(pt) != 32 {
+		t.Fatalf("default data key: %d bytes, %v", len(pt), err)
+	}
+	dk, err = k.GenerateDataKey(ctx, aad, &keywarden.DataKeyOptions{Length: 16, Plaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt, err := k.Decrypt(ctx, dk.Ciphertext, aad); err != nil || len(dk.Plaintext) != 16 || !bytes.Equal(pt, dk.Plaintext) {
+		t.Fatalf("16-byte data key: %d bytes, %v", len(dk.Plaintext), err)
+	}
+	for _, n := range []int{-1, 1 << 32} {
+		if _, err := k.GenerateDataKey(ctx, aad, &keywarden.DataKeyOptions{Length: n}); !errors.Is(err, keywarden.ErrInvalidArgument) {
+			t.Errorf("length %d: %v", n, err)
+		}
+	}
+}
+
+// The administrator calls are on Client.Admin; the daemon still decides
+// who may make them. Its own uid may: a bump goes through, and a Seal of
+// a development daemon, which has no master key to seal, is refused.
+func TestAdminView(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	before, err := c.Generation(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := c.Admin().BumpGeneration(ctx, &keywarden.BumpOptions{KernelReseeded: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Generation != before.Generation+1 {
+		t.Fatalf("generation %d after a bump from %d", g.Generation, before.Generation)
+	}
+	if err := c.Admin().Seal(ctx); !errors.Is(err, keywarden.ErrPolicyViolation) {
+		t.Fatalf("sealing a development daemon: %v", err)
+	}
+}

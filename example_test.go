@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
@@ -76,7 +77,8 @@ func Example() {
 	// true
 }
 
-// A daemon key is a crypto.Signer: here it signs a certificate.
+// A daemon key is a crypto.Signer and a crypto.MessageSigner: here
+// crypto/x509 has it sign a certificate.
 func ExampleKey_Sign() {
 	ctx := context.Background()
 	client, err := keywarden.Dial(ctx, "")
@@ -107,6 +109,69 @@ func ExampleKey_Sign() {
 	// Output: Example CA true
 }
 
+// A daemon key is a crypto.MessageSigner too: crypto.SignMessage (and
+// crypto/x509 and crypto/tls, which call it) hand the daemon the message,
+// and the daemon hashes it.
+func ExampleKey_SignMessage() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.ECDSAP256, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	msg := []byte("release v1.0")
+	sig, err := crypto.SignMessage(key, rand.Reader, msg, crypto.SHA256)
+	if err != nil {
+		log.Fatal(err)
+	}
+	digest := sha256.Sum256(msg)
+	fmt.Println(ecdsa.VerifyASN1(key.Public().(*ecdsa.PublicKey), digest[:], sig))
+
+	// SignMessageContext takes a context, and the daemon's options.
+	sig, err = key.SignMessageContext(ctx, msg, &keywarden.SignOptions{Hash: crypto.SHA384})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(key.Verify(ctx, msg, sig, &keywarden.SignOptions{Hash: crypto.SHA384}) == nil)
+	// Output:
+	// true
+	// true
+}
+
+// Envelope encryption: a data key made in the daemon, returned in plain
+// for local use and encrypted under a key that never leaves.
+func ExampleKey_GenerateDataKey() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	kek, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	aad := []byte("backup 2026-12")
+	dk, err := kek.GenerateDataKey(ctx, aad, &keywarden.DataKeyOptions{Plaintext: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer clear(dk.Plaintext)
+	// Store dk.Ciphertext beside the data; later, the daemon gives the key back.
+	again, err := kek.Decrypt(ctx, dk.Ciphertext, aad)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(dk.Plaintext), bytes.Equal(again, dk.Plaintext))
+	// Output: 32 true
+}
+
 func ExampleKey_Verify() {
 	ctx := context.Background()
 	client, err := keywarden.Dial(ctx, "")
@@ -120,7 +185,7 @@ func ExampleKey_Verify() {
 		log.Fatal(err)
 	}
 	msg := []byte("release v1.0")
-	sig, err := key.SignMessage(ctx, msg, nil)
+	sig, err := key.SignMessageContext(ctx, msg, nil)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -170,13 +170,6 @@ func (c *Client) WaitWatchers(ctx context.Context, timeout time.Duration) (*Gene
 	return g, nil
 }
 
-// BumpGeneration increases the generation: for orchestrators that learn of
-// a restore in another way than the daemon can (an after-restore hook).
-// Only root and the daemon's --generation-admin uids may.
-func (c *Client) BumpGeneration(ctx context.Context) (*Generation, error) {
-	return c.BumpGenerationWith(ctx, BumpOptions{})
-}
-
 // BumpOptions say what the orchestrator that bumps the generation knows of
 // randomness on this machine. A daemon that cannot make the kernel
 // re-seed (it lacks CAP_SYS_ADMIN) and has no CPU random instruction
@@ -193,9 +186,16 @@ type BumpOptions struct {
 	KernelReseeded bool
 }
 
-// BumpGenerationWith is BumpGeneration with what the caller knows of
-// randomness.
-func (c *Client) BumpGenerationWith(ctx context.Context, o BumpOptions) (*Generation, error) {
+// BumpGeneration increases the generation: for orchestrators that learn of
+// a restore in another way than the daemon can (an after-restore hook).
+// Only root and the daemon's --generation-admin uids may. opts say what
+// the caller knows of randomness; nil means the zero value.
+func (a *Admin) BumpGeneration(ctx context.Context, opts *BumpOptions) (*Generation, error) {
+	c := a.c
+	var o BumpOptions
+	if opts != nil {
+		o = *opts
+	}
 	if len(o.Entropy) > 64 {
 		return nil, argError("generation bump", "at most 64 bytes of entropy")
 	}

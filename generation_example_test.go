@@ -36,7 +36,7 @@ func ExampleClient_WaitWatchers() {
 		log.Fatal(err)
 	}
 	defer client.Close()
-	if _, err := client.BumpGeneration(ctx); err != nil { // root or a --generation-admin uid
+	if _, err := client.Admin().BumpGeneration(ctx, nil); err != nil { // root or a --generation-admin uid
 		log.Fatal(err)
 	}
 	g, err := client.WaitWatchers(ctx, 5*time.Second)

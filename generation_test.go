@@ -40,7 +40,7 @@ func TestGenerationPageAndPinning(t *testing.T) {
 	if err := c.Ping(pinned, []byte("x")); err != nil {
 		t.Fatalf("pinned to the current generation: %v", err)
 	}
-	b, err := c.BumpGeneration(ctx)
+	b, err := c.Admin().BumpGeneration(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestWatchAndWaitWatchers(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	b, err := orch.BumpGeneration(ctx)
+	b, err := orch.Admin().BumpGeneration(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

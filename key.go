@@ -28,7 +28,11 @@ func (c *Client) keyFromResult(op string, res *wire.Result) (*Key, error) {
 	if kr == nil {
 		return nil, &Error{Code: CodeInternal, Op: op, Message: "the daemon sent no key"}
 	}
-	k := &Key{c: c, handle: kr.Handle, info: infoFromWire(kr.Info)}
+	info, err := infoFromWire(kr.Info)
+	if err != nil {
+		return nil, err
+	}
+	k := &Key{c: c, handle: kr.Handle, info: info}
 	k.typ = k.info.Type
 	pub, err := k.info.PublicKey()
 	if err != nil {
@@ -116,7 +120,11 @@ func (c *Client) List(ctx context.Context) ([]KeyInfo, error) {
 		}
 		l := res.GetList()
 		for _, k := range l.GetKeys() {
-			out = append(out, infoFromWire(k))
+			i, err := infoFromWire(k)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, i)
 		}
 		if len(l.GetNext()) == 0 {
 			return out, nil
@@ -160,12 +168,17 @@ func (k *Key) Name() string { return k.Info().Name }
 // Type returns the key's type.
 func (k *Key) Type() KeyType { return k.Info().Type }
 
-func (k *Key) setInfo(w *wire.KeyInfo) KeyInfo {
-	i := infoFromWire(w)
+// setInfo records the description the daemon sent, unless it is one the
+// client cannot read.
+func (k *Key) setInfo(w *wire.KeyInfo) (KeyInfo, error) {
+	i, err := infoFromWire(w)
+	if err != nil {
+		return KeyInfo{}, err
+	}
 	k.mu.Lock()
 	k.info = i
 	k.mu.Unlock()
-	return i
+	return i, nil
 }
 
 // Refresh asks the daemon for the key's current description.
@@ -174,7 +187,7 @@ func (k *Key) Refresh(ctx context.Context) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // Encrypt encrypts plaintext with the key's newest version. AES-256-GCM
@@ -213,6 +226,16 @@ type SignOptions struct {
 	KeyVersion uint32
 }
 
+// HashFunc returns o.Hash (0 for a nil o). It makes *SignOptions a
+// crypto.SignerOpts, so that SignContext and SignMessageContext take the
+// daemon's options as well as the standard library's.
+func (o *SignOptions) HashFunc() crypto.Hash {
+	if o == nil {
+		return 0
+	}
+	return o.Hash
+}
+
 func (k *Key) signOp(data []byte, prehashed bool, o *SignOptions) (*wire.Sign, error) {
 	var opts SignOptions
 	if o != nil {
@@ -223,16 +246,6 @@ func (k *Key) signOp(data []byte, prehashed bool, o *SignOptions) (*wire.Sign, e
 		return nil, err
 	}
 	return &wire.Sign{Handle: k.handle, Data: data, Prehashed: prehashed, Hash: h, Padding: opts.Padding.wire()}, nil
-}
-
-// SignMessage signs msg; the daemon hashes it. Messages larger than
-// MaxData need NewSigner.
-func (k *Key) SignMessage(ctx context.Context, msg []byte, opts *SignOptions) ([]byte, error) {
-	s, err := k.signOp(msg, false, opts)
-	if err != nil {
-		return nil, err
-	}
-	return k.c.doData(ctx, "sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}})
 }
 
 // SignDigest signs a digest computed with opts.Hash (for Ed25519: a
@@ -359,7 +372,7 @@ func (k *Key) SetAttributes(ctx context.Context, a Attributes) (KeyInfo, error) 
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // SetACL replaces the key's ACL. Owner only.
@@ -368,7 +381,7 @@ func (k *Key) SetACL(ctx context.Context, acl []ACLEntry) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // Destroy deletes the key from the daemon and wipes its bytes. Owner only.

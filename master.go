@@ -10,9 +10,17 @@ import (
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
-// The master key and the store (docs/operations.md). These calls are for
-// the daemon's administrators: root, the daemon's own uid, and the uids it
-// was given with --admin.
+// Admin is a Client seen by the daemon's administrators: the calls that
+// manage the master key, the store and the machine generation
+// (docs/operations.md, "Administrators"). The daemon allows them to root,
+// its own uid and the uids it was given with --admin (BumpGeneration: root
+// and --generation-admin); anyone else gets ErrPermissionDenied. They keep
+// apart from the application calls on Client, which an application that
+// only uses keys never needs.
+type Admin struct{ c *Client }
+
+// Admin returns the administrator calls, on c's connection.
+func (c *Client) Admin() *Admin { return &Admin{c: c} }
 
 // MasterSealing says how a new master key is sealed: under a passphrase
 // (Argon2id, run by the daemon in a worker process), split into shares,
@@ -26,6 +34,11 @@ type MasterSealing struct {
 	// Shares, if not 0, splits the master key into this many shares, any
 	// Threshold of which unseal it (2 <= Threshold <= Shares <= 255).
 	Shares, Threshold int
+	// KeepShares is called with the new shares before anything is stored:
+	// it must put them somewhere safe (one share per holder), and only if
+	// it returns nil does the daemon store the new master key. It is
+	// needed when Shares is not 0.
+	KeepShares func([]Share) error
 }
 
 func (s MasterSealing) wire() (pass []byte, p *wire.Argon2Params, n, k uint32) {
@@ -66,12 +79,20 @@ type MasterKeyInfo struct {
 	Generation uint64
 }
 
-// Init creates the daemon's master key, sealed as s says, and leaves the
-// daemon unsealed. If s asks for shares, keep is called with them before
-// anything is stored: it must put them somewhere safe (one share per
-// holder), and only if it returns nil does the daemon store the new master
-// key. force replaces the master key of a store that holds no keys.
-func (c *Client) Init(ctx context.Context, s MasterSealing, force bool, keep func([]Share) error) (MasterKeyInfo, error) {
+// InitOptions are the options of Init; nil means the zero value.
+type InitOptions struct {
+	// Force replaces the master key of a store that holds no keys.
+	Force bool
+}
+
+// Init creates the daemon's master key, sealed as s says (its shares
+// handed to s.KeepShares first), and leaves the daemon unsealed.
+func (a *Admin) Init(ctx context.Context, s MasterSealing, opts *InitOptions) (MasterKeyInfo, error) {
+	c := a.c
+	var force bool
+	if opts != nil {
+		force = opts.Force
+	}
 	pass, p, n, k := s.wire()
 	defer clear(pass)
 	res, err := c.do(ctx, "init", &wire.Op{Op: &wire.Op_Init{Init: &wire.Init{Passphrase: pass, Params: p, Shares: n, Threshold: k, Force: force}}})
@@ -86,8 +107,8 @@ func (c *Client) Init(ctx context.Context, s MasterSealing, force bool, keep fun
 			clear(s.Y)
 		}
 	}()
-	if keep != nil {
-		if err := keep(shares); err != nil {
+	if s.KeepShares != nil {
+		if err := s.KeepShares(shares); err != nil {
 			return MasterKeyInfo{}, err
 		}
 	} else if len(shares) > 0 {
@@ -110,21 +131,30 @@ type UnsealProgress struct {
 	Threshold  int
 }
 
+// UnsealOptions are the options of Unseal and UnsealShares; nil means the
+// zero value.
+type UnsealOptions struct {
+	// AcceptStore accepts a store whose records no longer add up to what
+	// the daemon last wrote; see docs/operations.md.
+	AcceptStore bool
+}
+
+func (o *UnsealOptions) acceptStore() bool { return o != nil && o.AcceptStore }
+
 // Unseal unseals the daemon with the master key's passphrase, which it
 // wipes. After failed attempts the daemon refuses more for a while
 // (ErrResourceExhausted).
-func (c *Client) Unseal(ctx context.Context, passphrase []byte, acceptStore bool) error {
+func (a *Admin) Unseal(ctx context.Context, passphrase []byte, opts *UnsealOptions) error {
 	defer clear(passphrase)
-	_, err := c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Passphrase: passphrase, AcceptStore: acceptStore}}})
+	_, err := a.c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Passphrase: passphrase, AcceptStore: opts.acceptStore()}}})
 	return err
 }
 
 // UnsealShares submits shares of the master key; the daemon unseals once
 // it holds as many as the threshold (they may come from several callers,
-// one at a time). acceptStore accepts a store whose records no longer add
-// up to what the daemon last wrote; see docs/operations.md.
-func (c *Client) UnsealShares(ctx context.Context, shares []Share, acceptStore bool) (UnsealProgress, error) {
-	res, err := c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Shares: sharesToWire(shares), AcceptStore: acceptStore}}})
+// one at a time).
+func (a *Admin) UnsealShares(ctx context.Context, shares []Share, opts *UnsealOptions) (UnsealProgress, error) {
+	res, err := a.c.do(ctx, "unseal", &wire.Op{Op: &wire.Op_Unseal{Unseal: &wire.Unseal{Shares: sharesToWire(shares), AcceptStore: opts.acceptStore()}}})
 	if err != nil {
 		return UnsealProgress{}, err
 	}
@@ -134,16 +164,17 @@ func (c *Client) UnsealShares(ctx context.Context, shares []Share, acceptStore b
 
 // Seal wipes the master key and every key from the daemon's memory; key
 // operations are refused until the next unseal.
-func (c *Client) Seal(ctx context.Context) error {
-	_, err := c.do(ctx, "seal", &wire.Op{Op: &wire.Op_Seal{Seal: &wire.Seal{}}})
+func (a *Admin) Seal(ctx context.Context) error {
+	_, err := a.c.do(ctx, "seal", &wire.Op{Op: &wire.Op_Seal{Seal: &wire.Seal{}}})
 	return err
 }
 
-// RotateMaster makes a new master key, sealed as s says (keep as for
-// Init), and returns its generation. The daemon then re-wraps every key
+// RotateMaster makes a new master key, sealed as s says (its shares
+// handed to s.KeepShares first), and returns its generation. The daemon then re-wraps every key
 // under it in the background, resuming after a crash;
 // ServerStatus.Seal reports progress.
-func (c *Client) RotateMaster(ctx context.Context, s MasterSealing, keep func([]Share) error) (uint64, error) {
+func (a *Admin) RotateMaster(ctx context.Context, s MasterSealing) (uint64, error) {
+	c := a.c
 	pass, p, n, k := s.wire()
 	defer clear(pass)
 	res, err := c.do(ctx, "master-rotate", &wire.Op{Op: &wire.Op_MasterRotate{MasterRotate: &wire.MasterRotate{Passphrase: pass, Params: p, Shares: n, Threshold: k}}})
@@ -158,8 +189,8 @@ func (c *Client) RotateMaster(ctx context.Context, s MasterSealing, keep func([]
 			clear(s.Y)
 		}
 	}()
-	if keep != nil {
-		if err := keep(shares); err != nil {
+	if s.KeepShares != nil {
+		if err := s.KeepShares(shares); err != nil {
 			return 0, err
 		}
 	} else if len(shares) > 0 {
@@ -175,7 +206,8 @@ func (c *Client) RotateMaster(ctx context.Context, s MasterSealing, keep func([]
 // Backup writes a consistent copy of the daemon's whole store to w. It
 // holds only ciphertext and the sealed master key: a daemon restored from
 // it unseals with the same passphrase or shares.
-func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
+func (a *Admin) Backup(ctx context.Context, w io.Writer) (int64, error) {
+	c := a.c
 	var n int64
 	var token []byte
 	for {
@@ -196,16 +228,7 @@ func (c *Client) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	}
 }
 
-// Restore replaces the daemon's whole store with a backup read from r,
-// and leaves the daemon sealed: unsealing checks the restored store. A
-// daemon with a master key takes only a backup of its own store, and only
-// if it holds no keys: RestoreWithOptions replaces one that does.
-func (c *Client) Restore(ctx context.Context, r io.Reader) (int64, error) {
-	res, err := c.RestoreWithOptions(ctx, r, RestoreOptions{})
-	return res.Bytes, err
-}
-
-// RestoreOptions are the options of RestoreWithOptions.
+// RestoreOptions are the options of Restore; nil means the zero value.
 type RestoreOptions struct {
 	// Force replaces a store that holds keys. Without it such a restore
 	// is refused (ErrPolicyViolation, with a message that says what it would
@@ -235,9 +258,14 @@ type RestoreResult struct {
 	Replaced string
 }
 
-// RestoreWithOptions is Restore with options, and says what the restore
-// replaced.
-func (c *Client) RestoreWithOptions(ctx context.Context, r io.Reader, opts RestoreOptions) (RestoreResult, error) {
+// Restore replaces the daemon's whole store with a backup read from r,
+// and leaves the daemon sealed: unsealing checks the restored store. A
+// daemon with a master key takes only a backup of its own store, and only
+// if it holds no keys, unless opts.Force. The result says what the
+// restore replaced.
+func (a *Admin) Restore(ctx context.Context, r io.Reader, opts *RestoreOptions) (RestoreResult, error) {
+	c := a.c
+	force := opts != nil && opts.Force
 	chunk := make([]byte, min(c.MaxData(), 256<<10))
 	var out RestoreResult
 	var token []byte
@@ -247,7 +275,7 @@ func (c *Client) RestoreWithOptions(ctx context.Context, r io.Reader, opts Resto
 		if err != nil && !last {
 			return out, err
 		}
-		res, derr := c.do(ctx, "restore", &wire.Op{Op: &wire.Op_Restore{Restore: &wire.Restore{Token: token, Data: chunk[:m], Last: last, Force: last && opts.Force}}})
+		res, derr := c.do(ctx, "restore", &wire.Op{Op: &wire.Op_Restore{Restore: &wire.Restore{Token: token, Data: chunk[:m], Last: last, Force: last && force}}})
 		if derr != nil {
 			return out, derr
 		}

@@ -11,8 +11,9 @@ import (
 )
 
 var (
-	_ crypto.Signer    = (*Key)(nil)
-	_ crypto.Decrypter = (*Decrypter)(nil)
+	_ crypto.Signer        = (*Key)(nil)
+	_ crypto.MessageSigner = (*Key)(nil)
+	_ crypto.Decrypter     = (*Decrypter)(nil)
 )
 
 // Public returns the public half of an asymmetric key (ed25519.PublicKey,
@@ -20,8 +21,9 @@ var (
 // secret key. It implements crypto.Signer.
 func (k *Key) Public() crypto.PublicKey { return k.pub }
 
-// Sign implements crypto.Signer: the daemon signs with the private key.
-// rand is ignored (the daemon uses its own randomness).
+// Sign implements crypto.Signer: the daemon signs digest, which the caller
+// computed with opts.HashFunc(). rand is ignored (the daemon uses its own
+// randomness).
 //
 // For Ed25519, opts.HashFunc() == 0 means digest is the whole message
 // (pure Ed25519); *ed25519.Options with crypto.SHA512 means Ed25519ph over
@@ -29,7 +31,7 @@ func (k *Key) Public() crypto.PublicKey { return k.pub }
 // hash named by opts and the signature is ASN.1 DER. For RSA,
 // *rsa.PSSOptions selects PSS (salt length must be automatic or equal to
 // the hash size; the daemon uses the hash size), anything else PKCS #1
-// v1.5.
+// v1.5. A *SignOptions is taken as well.
 //
 // Sign uses no deadline; use SignContext to bound it.
 func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
@@ -41,37 +43,103 @@ func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.Signer
 	if opts == nil {
 		return nil, argError("sign", "nil crypto.SignerOpts")
 	}
-	h := opts.HashFunc()
+	so, err := k.signOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	if so.Hash == 0 {
+		if k.Type() == Ed25519 {
+			return k.signMessage(ctx, digest, so) // pure Ed25519: digest is the message
+		}
+		return nil, argError("sign", "signing a digest with a %s key needs its hash", k.Type())
+	}
+	return k.SignDigest(ctx, digest, so)
+}
+
+// SignMessage implements crypto.MessageSigner: the daemon hashes msg with
+// opts.HashFunc() and signs it, so crypto.SignMessage, crypto/x509 and
+// crypto/tls send the message itself. rand is ignored.
+//
+// opts are as for Sign, except that a zero hash means the key type's
+// default (pure Ed25519; SHA-256 for ECDSA P-256 and RSA; SHA-384 for
+// ECDSA P-384), and that nil means a *SignOptions of zero value.
+// A message larger than one request (Client.MaxData) is sent in a stream;
+// pure Ed25519 cannot be, and refuses it.
+//
+// SignMessage uses no deadline; use SignMessageContext to bound it.
+func (k *Key) SignMessage(_ io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return k.SignMessageContext(context.Background(), msg, opts)
+}
+
+// SignMessageContext is SignMessage with a context. It takes a
+// *SignOptions as well as the standard library's options:
+//
+//	sig, err := key.SignMessageContext(ctx, msg, &keywarden.SignOptions{Padding: keywarden.PaddingPKCS1v15})
+func (k *Key) SignMessageContext(ctx context.Context, msg []byte, opts crypto.SignerOpts) ([]byte, error) {
+	so, err := k.signOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return k.signMessage(ctx, msg, so)
+}
+
+func (k *Key) signMessage(ctx context.Context, msg []byte, so *SignOptions) ([]byte, error) {
+	if len(msg) <= k.c.MaxData() {
+		s, err := k.signOp(msg, false, so)
+		if err != nil {
+			return nil, err
+		}
+		return k.c.doData(ctx, "sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}})
+	}
+	if k.Type() == Ed25519 && so.Hash == 0 {
+		return nil, argError("sign", "pure Ed25519 signs at most %d bytes, in one request; a larger message needs Ed25519ph (SHA-512)", k.c.MaxData())
+	}
+	st, err := k.NewSigner(ctx, so)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if _, err := st.Write(msg); err != nil {
+		return nil, err
+	}
+	return st.Sum()
+}
+
+// signOptions turns the options crypto.Signer and crypto.MessageSigner
+// take into the daemon's, for k's type. nil and a *SignOptions pass as
+// they are.
+func (k *Key) signOptions(opts crypto.SignerOpts) (*SignOptions, error) {
+	switch o := opts.(type) {
+	case nil:
+		return &SignOptions{}, nil
+	case *SignOptions:
+		if o == nil {
+			return &SignOptions{}, nil
+		}
+		return o, nil
+	}
+	so := &SignOptions{Hash: opts.HashFunc()}
+	if _, err := hashToWire(so.Hash); err != nil {
+		return nil, err
+	}
 	switch k.Type() {
 	case Ed25519:
 		if eo, ok := opts.(*ed25519.Options); ok && eo.Context != "" {
 			return nil, argError("sign", "Ed25519 contexts are not supported")
 		}
-		if h == 0 {
-			return k.SignMessage(ctx, digest, nil)
-		}
-		if h != crypto.SHA512 {
+		if so.Hash != 0 && so.Hash != crypto.SHA512 {
 			return nil, argError("sign", "Ed25519ph needs SHA-512")
 		}
-		return k.SignDigest(ctx, digest, &SignOptions{Hash: h})
 	case RSA2048, RSA3072, RSA4096:
-		so := &SignOptions{Hash: h, Padding: PaddingPKCS1v15}
+		so.Padding = PaddingPKCS1v15
 		if pss, ok := opts.(*rsa.PSSOptions); ok {
 			so.Padding = PaddingPSS
-			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
+			if pss.SaltLength != rsa.PSSSaltLengthAuto && pss.SaltLength != rsa.PSSSaltLengthEqualsHash && (so.Hash == 0 || pss.SaltLength != so.Hash.Size()) {
 				return nil, argError("sign", "PSS salt length %d is not supported (the daemon uses the hash size)", pss.SaltLength)
 			}
 		}
-		if h == 0 {
-			return nil, argError("sign", "RSA signing needs a hash")
-		}
-		return k.SignDigest(ctx, digest, so)
-	default:
-		if h == 0 {
-			return nil, argError("sign", "signing with a %s key needs a hash", k.Type())
-		}
-		return k.SignDigest(ctx, digest, &SignOptions{Hash: h})
 	}
+	return so, nil
 }
 
 // Decrypter is an RSA key seen as a crypto.Decrypter.

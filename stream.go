@@ -66,7 +66,7 @@ func (k *Key) signSession(ctx context.Context, op string, kind wire.SessionKind,
 }
 
 // NewSigner starts a streaming signature; Sum returns the signature, the
-// same as SignMessage over all the data would (Ed25519: Ed25519ph).
+// same as SignMessageContext over all the data would (Ed25519: Ed25519ph).
 func (k *Key) NewSigner(ctx context.Context, opts *SignOptions) (*Stream, error) {
 	return k.signSession(ctx, "sign", wire.SessionKind_SESSION_KIND_SIGN, opts, false)
 }

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -32,50 +31,33 @@ const (
 	ECDHP384   KeyType = "ecdh-p384"
 )
 
-var keyTypes = []struct {
-	t KeyType
-	w wire.KeyType
-}{
-	{AES256GCM, wire.KeyType_KEY_TYPE_AES256_GCM},
-	{HMACSHA256, wire.KeyType_KEY_TYPE_HMAC_SHA256},
-	{HMACSHA384, wire.KeyType_KEY_TYPE_HMAC_SHA384},
-	{HMACSHA512, wire.KeyType_KEY_TYPE_HMAC_SHA512},
-	{Ed25519, wire.KeyType_KEY_TYPE_ED25519},
-	{ECDSAP256, wire.KeyType_KEY_TYPE_ECDSA_P256},
-	{ECDSAP384, wire.KeyType_KEY_TYPE_ECDSA_P384},
-	{RSA2048, wire.KeyType_KEY_TYPE_RSA_2048},
-	{RSA3072, wire.KeyType_KEY_TYPE_RSA_3072},
-	{RSA4096, wire.KeyType_KEY_TYPE_RSA_4096},
-	{X25519, wire.KeyType_KEY_TYPE_X25519},
-	{ECDHP256, wire.KeyType_KEY_TYPE_ECDH_P256},
-	{ECDHP384, wire.KeyType_KEY_TYPE_ECDH_P384},
-}
-
-// KeyTypes returns every key type the client knows.
+// KeyTypes returns every key type the client knows: those of the
+// protocol, named as package wire names them for the client, the CLI and
+// the daemon alike.
 func KeyTypes() []KeyType {
-	ts := make([]KeyType, len(keyTypes))
-	for i, k := range keyTypes {
-		ts[i] = k.t
+	var ts []KeyType
+	for _, w := range wire.KeyTypes() {
+		name, _ := wire.KeyTypeName(w)
+		ts = append(ts, KeyType(name))
 	}
 	return ts
 }
 
 func (t KeyType) wire() wire.KeyType {
-	for _, k := range keyTypes {
-		if k.t == t {
-			return k.w
-		}
-	}
-	return wire.KeyType_KEY_TYPE_UNSPECIFIED
+	w, _ := wire.KeyTypeByName(string(t))
+	return w
 }
 
-func keyTypeFromWire(w wire.KeyType) KeyType {
-	for _, k := range keyTypes {
-		if k.w == w {
-			return k.t
-		}
+// keyTypeFromWire names a key type the daemon sent. A type this client
+// does not know is an error: a key is only ever used with its own
+// algorithm, and the client cannot tell what that is.
+func keyTypeFromWire(w wire.KeyType) (KeyType, error) {
+	name, ok := wire.KeyTypeName(w)
+	if !ok {
+		return "", &Error{Code: CodeUnimplemented,
+			Message: fmt.Sprintf("the daemon sent a key of type %d, which this client does not know; a newer client may", int32(w))}
 	}
-	return KeyType(strings.ToLower(strings.TrimPrefix(w.String(), "KEY_TYPE_")))
+	return KeyType(name), nil
 }
 
 // Valid reports whether t is a known key type.
@@ -115,65 +97,28 @@ const (
 	UsageDerive  = Usage(wire.Usage_USAGE_DERIVE)
 )
 
-var usageNames = []struct {
-	u    Usage
-	name string
-}{
-	{UsageEncrypt, "encrypt"}, {UsageDecrypt, "decrypt"}, {UsageSign, "sign"}, {UsageVerify, "verify"},
-	{UsageWrap, "wrap"}, {UsageUnwrap, "unwrap"}, {UsageDerive, "derive"},
-}
-
 // String returns the usages as a comma-separated list, e.g. "sign,verify".
-func (u Usage) String() string {
-	var parts []string
-	for _, n := range usageNames {
-		if u&n.u != 0 {
-			parts = append(parts, n.name)
-		}
-	}
-	return strings.Join(parts, ",")
-}
+func (u Usage) String() string { return wire.UsageString(uint32(u)) }
 
 // Has reports whether u includes every usage in x.
 func (u Usage) Has(x Usage) bool { return u&x == x }
 
 // ParseUsage parses a comma-separated list of usage names.
 func ParseUsage(s string) (Usage, error) {
-	var u Usage
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		found := false
-		for _, n := range usageNames {
-			if n.name == part {
-				u |= n.u
-				found = true
-			}
-		}
-		if !found {
-			return 0, fmt.Errorf("unknown usage %q (want encrypt, decrypt, sign, verify, wrap, unwrap, derive)", part)
-		}
-	}
-	return u, nil
+	u, err := wire.ParseUsage(s)
+	return Usage(u), err
 }
 
 // KeyID is a key's persistent identifier: 128 random bits, shown as 32
 // hex digits.
 type KeyID [16]byte
 
-func (id KeyID) String() string { return hex.EncodeToString(id[:]) }
+func (id KeyID) String() string { return wire.FormatKeyID(id) }
 
 // ParseKeyID parses the 32-hex-digit form of a key id.
 func ParseKeyID(s string) (KeyID, error) {
-	var id KeyID
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != len(id) {
-		return id, fmt.Errorf("invalid key id %q: want 32 hex digits", s)
-	}
-	copy(id[:], b)
-	return id, nil
+	id, err := wire.ParseKeyID(s)
+	return KeyID(id), err
 }
 
 // ACLEntry grants a user or group some of a key's usages. An entry with
@@ -258,12 +203,16 @@ type KeyInfo struct {
 	Lifecycle Lifecycle
 }
 
-func infoFromWire(w *wire.KeyInfo) KeyInfo {
+func infoFromWire(w *wire.KeyInfo) (KeyInfo, error) {
 	if w == nil {
-		return KeyInfo{}
+		return KeyInfo{}, nil
+	}
+	typ, err := keyTypeFromWire(w.Type)
+	if err != nil {
+		return KeyInfo{}, err
 	}
 	i := KeyInfo{
-		Name: w.Name, Owner: w.OwnerUid, Type: keyTypeFromWire(w.Type), Class: classFromWire(w.Class),
+		Name: w.Name, Owner: w.OwnerUid, Type: typ, Class: classFromWire(w.Class),
 		Usage: Usage(w.Usage), Exportable: w.Exportable, Wrappable: w.Wrappable, Ephemeral: w.Ephemeral,
 		Created: time.Unix(0, w.CreatedUnixNano), Version: w.Version, PublicKeyDER: w.PublicKey,
 		CallerUsage: Usage(w.CallerUsage), KDF: kdfFromWire(w.Kdf), Lifecycle: lifecycleFromWire(w.Lifecycle),
@@ -277,7 +226,7 @@ func infoFromWire(w *wire.KeyInfo) KeyInfo {
 			i.ACL = append(i.ACL, ACLEntry{Group: true, ID: p.Gid, Usage: Usage(e.Usage)})
 		}
 	}
-	return i
+	return i, nil
 }
 
 // PublicKey parses the public half of an asymmetric key: ed25519.PublicKey,

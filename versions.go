@@ -3,6 +3,7 @@ package keywarden
 import (
 	"context"
 	"crypto"
+	"math"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/wire"
@@ -98,7 +99,7 @@ func (k *Key) Rotate(ctx context.Context) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // LifecycleChange changes a key's version and rotation settings; nil
@@ -131,7 +132,7 @@ func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, er
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return k.setInfo(res.GetInfo()), nil
+	return k.setInfo(res.GetInfo())
 }
 
 // WrapFormat is a key wrapping format.
@@ -226,11 +227,27 @@ type DataKey struct {
 	Plaintext []byte
 }
 
-// GenerateDataKey makes a random data key of n bytes (0 means 32) and
-// returns it encrypted under this AES-GCM key (which needs encrypt usage)
-// with aad, and in plain only if withPlaintext.
-func (k *Key) GenerateDataKey(ctx context.Context, n int, aad []byte, withPlaintext bool) (DataKey, error) {
-	res, err := k.c.do(ctx, "data-key", &wire.Op{Op: &wire.Op_DataKey{DataKey: &wire.DataKey{Handle: k.handle, Length: uint32(n), Aad: aad, Plaintext: withPlaintext}}})
+// DataKeyOptions are the options of GenerateDataKey; nil means the zero
+// value.
+type DataKeyOptions struct {
+	// Length of the data key in bytes; 0 means 32.
+	Length int
+	// Plaintext returns the data key in plain as well.
+	Plaintext bool
+}
+
+// GenerateDataKey makes a random data key and returns it encrypted under
+// this AES-GCM key (which needs encrypt usage) with aad, and in plain only
+// if opts.Plaintext.
+func (k *Key) GenerateDataKey(ctx context.Context, aad []byte, opts *DataKeyOptions) (DataKey, error) {
+	var o DataKeyOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Length < 0 || int64(o.Length) > math.MaxUint32 {
+		return DataKey{}, argError("data-key", "invalid length %d", o.Length)
+	}
+	res, err := k.c.do(ctx, "data-key", &wire.Op{Op: &wire.Op_DataKey{DataKey: &wire.DataKey{Handle: k.handle, Length: uint32(o.Length), Aad: aad, Plaintext: o.Plaintext}}})
 	if err != nil {
 		return DataKey{}, err
 	}

@@ -440,7 +440,7 @@ func TestAuditEveryOperation(t *testing.T) {
 
 	// init: prepare and commit, two requests. From here the log has keys.
 	ck.step(ac, "init", func() {
-		_, err := c.Init(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small}, false, nil)
+		_, err := c.Admin().Init(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small}, nil)
 		must(t, "init", err)
 	}, rec{op: "init"}.unkeyed(), rec{op: "init"})
 	pubPath := filepath.Join(state, "audit.pub")
@@ -448,7 +448,7 @@ func TestAuditEveryOperation(t *testing.T) {
 		t.Fatalf("audit.pub after init: %v %q", err, b)
 	}
 	ck.step(ac, "init again", func() {
-		_, err := c.Init(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small}, false, nil)
+		_, err := c.Admin().Init(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small}, nil)
 		if err == nil {
 			t.Fatal("a second init without force succeeded")
 		}
@@ -579,11 +579,11 @@ func TestAuditEveryOperation(t *testing.T) {
 	var sig []byte
 	ck.step(ac, "sign", func() {
 		var err error
-		sig, err = ed.SignMessage(ctx, msg, nil)
+		sig, err = ed.SignMessageContext(ctx, msg, nil)
 		must(t, "sign", err)
 	}, on("sign", ed))
 	ck.step(ac, "sign refused", func() {
-		_, err := aes.SignMessage(ctx, msg, nil)
+		_, err := aes.SignMessageContext(ctx, msg, nil)
 		wantErr(t, "sign with AES", err, keywarden.ErrPolicyViolation)
 	}, refused("sign", "POLICY_VIOLATION", aes))
 	ck.step(ac, "verify", func() { must(t, "verify", ed.Verify(ctx, msg, sig, nil)) }, on("verify", ed))
@@ -697,12 +697,12 @@ func TestAuditEveryOperation(t *testing.T) {
 	var dk keywarden.DataKey
 	ck.step(ac, "data-key", func() {
 		var err error
-		dk, err = aes.GenerateDataKey(ctx, 32, nil, true)
+		dk, err = aes.GenerateDataKey(ctx, nil, &keywarden.DataKeyOptions{Length: 32, Plaintext: true})
 		must(t, "data key", err)
 	}, on("data-key", aes))
 	sec.add("a data key", dk.Plaintext)
 	ck.step(ac, "data-key refused", func() {
-		_, err := ed.GenerateDataKey(ctx, 32, nil, true)
+		_, err := ed.GenerateDataKey(ctx, nil, &keywarden.DataKeyOptions{Length: 32, Plaintext: true})
 		wantErr(t, "data key under Ed25519", err, keywarden.ErrPolicyViolation)
 	}, refused("data-key", "POLICY_VIOLATION", ed))
 	var kek *keywarden.Key
@@ -783,7 +783,7 @@ func TestAuditEveryOperation(t *testing.T) {
 	// The store: backup, master-key rotation, seal, unseal.
 	var backup bytes.Buffer
 	ck.step(ac, "backup", func() {
-		_, err := c.Backup(ctx, &backup)
+		_, err := c.Admin().Backup(ctx, &backup)
 		must(t, "backup", err)
 	}, rec{op: "backup"})
 	ck.step(rc, "backup refused", func() {
@@ -792,7 +792,7 @@ func TestAuditEveryOperation(t *testing.T) {
 		}
 	}, refused("backup", "NOT_FOUND", nil))
 	ck.step(ac, "master-key-rotate", func() {
-		_, err := c.RotateMaster(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(newPass), Argon2: small}, nil)
+		_, err := c.Admin().RotateMaster(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(newPass), Argon2: small})
 		must(t, "master rotate", err)
 	}, rec{op: "master-key-rotate"}, rec{op: "master-key-rotate"})
 	// Wait for the rotation's re-wrapping before sealing.
@@ -810,21 +810,21 @@ func TestAuditEveryOperation(t *testing.T) {
 	}
 	// The daemon drops its audit keys as it seals: the seal's record has
 	// no MAC (the next checkpoint authenticates it).
-	ck.step(ac, "seal", func() { must(t, "seal", c.Seal(ctx)) }, rec{op: "seal"}.unkeyed())
+	ck.step(ac, "seal", func() { must(t, "seal", c.Admin().Seal(ctx)) }, rec{op: "seal"}.unkeyed())
 	// Sealed, the log has no keys: its records carry no MAC.
 	ck.step(ac, "seal refused", func() {
-		wantErr(t, "sealing a sealed daemon", c.Seal(ctx), keywarden.ErrUnavailable)
+		wantErr(t, "sealing a sealed daemon", c.Admin().Seal(ctx), keywarden.ErrUnavailable)
 	}, refused("seal", "UNAVAILABLE", nil).unkeyed())
 	ck.step(ac, "list refused", func() {
 		_, err := c.List(ctx)
 		wantErr(t, "list while sealed", err, keywarden.ErrUnavailable)
 	}, refused("list", "UNAVAILABLE", nil).unkeyed())
 	ck.step(ac, "master-key-rotate refused", func() {
-		_, err := c.RotateMaster(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small}, nil)
+		_, err := c.Admin().RotateMaster(ctx, keywarden.MasterSealing{Passphrase: bytes.Clone(pass), Argon2: small})
 		wantErr(t, "master rotate while sealed", err, keywarden.ErrUnavailable)
 	}, refused("master-key-rotate", "UNAVAILABLE", nil).unkeyed())
 	ck.step(ac, "unseal refused", func() {
-		wantErr(t, "unseal with a wrong passphrase", c.Unseal(ctx, bytes.Clone(wrongPass), false), keywarden.ErrPermissionDenied)
+		wantErr(t, "unseal with a wrong passphrase", c.Admin().Unseal(ctx, bytes.Clone(wrongPass), nil), keywarden.ErrPermissionDenied)
 	}, refused("unseal", "PERMISSION_DENIED", nil).unkeyed())
 	// The next attempt must wait a moment after a failure.
 	for {
@@ -837,7 +837,7 @@ func TestAuditEveryOperation(t *testing.T) {
 	}
 	// The unseal's record is written once the daemon has its keys again:
 	// it has a MAC.
-	ck.step(ac, "unseal", func() { must(t, "unseal", c.Unseal(ctx, bytes.Clone(newPass), false)) }, rec{op: "unseal"})
+	ck.step(ac, "unseal", func() { must(t, "unseal", c.Admin().Unseal(ctx, bytes.Clone(newPass), nil)) }, rec{op: "unseal"})
 	ck.step(ac, "list after unseal", func() {
 		_, err := c.List(ctx)
 		must(t, "list", err)

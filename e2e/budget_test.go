@@ -87,7 +87,7 @@ func TestManyGenerationChanges(t *testing.T) {
 	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "k"})
 	const changes = 2100
 	for i := range changes {
-		if _, err := c.BumpGeneration(ctx); err != nil {
+		if _, err := c.Admin().BumpGeneration(ctx, nil); err != nil {
 			t.Fatal(err)
 		}
 		ct, err := k.Encrypt(ctx, []byte("x"), nil)

@@ -51,12 +51,12 @@ func TestUnconfirmedRandomnessRefused(t *testing.T) {
 	unavailable("encrypt", err)
 	_, err = c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
 	unavailable("generate", err)
-	_, err = k.GenerateDataKey(ctx, 32, nil, true)
+	_, err = k.GenerateDataKey(ctx, nil, &keywarden.DataKeyOptions{Length: 32, Plaintext: true})
 	unavailable("data key", err)
 	if pt, err := k.Decrypt(ctx, before, nil); err != nil || string(pt) != "before" {
 		t.Errorf("decrypt: %q, %v", pt, err)
 	}
-	if _, err := sig.SignMessage(ctx, []byte("msg"), nil); err != nil {
+	if _, err := sig.SignMessageContext(ctx, []byte("msg"), nil); err != nil {
 		t.Errorf("sign: %v", err)
 	}
 	g, err := c.Generation(ctx)

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -25,14 +26,37 @@ import (
 
 var signerTypes = []keywarden.KeyType{keywarden.Ed25519, keywarden.ECDSAP256, keywarden.ECDSAP384, keywarden.RSA2048}
 
-// TestX509Certificates has the daemon sign certificates through
-// crypto.Signer.
+// TestX509Certificates has the daemon sign certificates: a *Key is a
+// crypto.MessageSigner, so crypto/x509 hands it the certificate to sign
+// whole (crypto.SignMessage) and the daemon hashes it.
 func TestX509Certificates(t *testing.T) {
 	d := startDaemon(t)
 	c := d.client(t)
 	for _, typ := range signerTypes {
 		t.Run(string(typ), func(t *testing.T) {
 			k := generate(t, c, keywarden.KeySpec{Type: typ})
+			if _, ok := any(k).(crypto.MessageSigner); !ok {
+				t.Fatal("*keywarden.Key is not a crypto.MessageSigner")
+			}
+			var opts crypto.SignerOpts = crypto.Hash(0)
+			switch typ {
+			case keywarden.ECDSAP256, keywarden.RSA2048:
+				opts = crypto.SHA256
+			case keywarden.ECDSAP384:
+				opts = crypto.SHA384
+			}
+			msg := []byte("signed through crypto.SignMessage")
+			sig, err := crypto.SignMessage(k, rand.Reader, msg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vo := &keywarden.SignOptions{Hash: opts.HashFunc()}
+			if typ == keywarden.RSA2048 {
+				vo.Padding = keywarden.PaddingPKCS1v15 // the padding of an RSA signature with crypto.Hash options
+			}
+			if err := k.Verify(context.Background(), msg, sig, vo); err != nil {
+				t.Fatalf("crypto.SignMessage made a signature the daemon rejects: %v", err)
+			}
 			tmpl := &x509.Certificate{
 				SerialNumber:          big.NewInt(1),
 				Subject:               pkix.Name{CommonName: "keywarden test"},

@@ -761,12 +761,12 @@ func (r *floodRig) checkAdmin() {
 		r.t.Errorf("status during the flood: %v", err)
 		return
 	}
-	if err := c.Seal(ctx); err != nil {
+	if err := c.Admin().Seal(ctx); err != nil {
 		r.t.Errorf("seal during the flood: %v", err)
 		return
 	}
 	unseal := time.Now()
-	if err := c.Unseal(ctx, []byte(testPass), false); err != nil {
+	if err := c.Admin().Unseal(ctx, []byte(testPass), nil); err != nil {
 		r.t.Errorf("unseal during the flood: %v", err)
 		return
 	}

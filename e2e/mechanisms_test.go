@@ -138,7 +138,7 @@ func TestEveryMechanism(t *testing.T) {
 	t.Run("ed25519", func(t *testing.T) {
 		k := generate(t, c, keywarden.KeySpec{Type: keywarden.Ed25519})
 		pub := k.Public().(ed25519.PublicKey)
-		sig, err := k.SignMessage(ctx, msg, nil)
+		sig, err := k.SignMessageContext(ctx, msg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +172,7 @@ func TestEveryMechanism(t *testing.T) {
 		t.Run(string(tc.typ), func(t *testing.T) {
 			k := generate(t, c, keywarden.KeySpec{Type: tc.typ})
 			pub := k.Public().(*ecdsa.PublicKey)
-			sig, err := k.SignMessage(ctx, msg, nil)
+			sig, err := k.SignMessageContext(ctx, msg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -184,7 +184,7 @@ func TestEveryMechanism(t *testing.T) {
 			// Every supported hash, message and digest.
 			for _, hh := range []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512, crypto.SHA3_256, crypto.SHA3_512} {
 				o := &keywarden.SignOptions{Hash: hh}
-				sig, err := k.SignMessage(ctx, msg, o)
+				sig, err := k.SignMessageContext(ctx, msg, o)
 				if err != nil {
 					t.Fatalf("%v: %v", hh, err)
 				}
@@ -214,14 +214,14 @@ func TestEveryMechanism(t *testing.T) {
 				t.Fatalf("modulus of %d bits", pub.N.BitLen())
 			}
 			dg := sha256.Sum256(msg)
-			sig, err := k.SignMessage(ctx, msg, nil)
+			sig, err := k.SignMessageContext(ctx, msg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := rsa.VerifyPSS(pub, crypto.SHA256, dg[:], sig, nil); err != nil {
 				t.Fatalf("stdlib rejects the PSS signature: %v", err)
 			}
-			sig, err = k.SignMessage(ctx, msg, &keywarden.SignOptions{Padding: keywarden.PaddingPKCS1v15})
+			sig, err = k.SignMessageContext(ctx, msg, &keywarden.SignOptions{Padding: keywarden.PaddingPKCS1v15})
 			if err != nil {
 				t.Fatal(err)
 			}

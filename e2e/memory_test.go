@@ -245,7 +245,7 @@ func TestSigningFromTheArena(t *testing.T) {
 	for _, typ := range []keywarden.KeyType{keywarden.Ed25519, keywarden.ECDSAP256, keywarden.ECDSAP384, keywarden.RSA2048} {
 		k := generate(t, c, keywarden.KeySpec{Type: typ})
 		for i := range 6 {
-			if _, err := k.SignMessage(ctx, []byte("m"), nil); err != nil {
+			if _, err := k.SignMessageContext(ctx, []byte("m"), nil); err != nil {
 				t.Fatalf("%s, round %d: %v", typ, i, err)
 			}
 			time.Sleep(60 * time.Millisecond) // the expanded key is dropped and collected

@@ -308,7 +308,7 @@ func useKeys(t *testing.T, c *keywarden.Client) []fixture {
 	edPats = append(edPats, forms("ed25519 SHA-512(seed)[32:]", h[32:])[:3]...)
 	der, _ := x509.MarshalPKCS8PrivateKey(ed25519.NewKeyFromSeed(seed))
 	k = imp("ed25519", keywarden.Ed25519, keywarden.FormatPKCS8DER, der, edPats)
-	must(k.SignMessage(ctx, msg, nil))
+	must(k.SignMessageContext(ctx, msg, nil))
 	ss, err := k.NewSigner(ctx, nil)
 	must(ss, err)
 	ss.Write(msg)
@@ -318,7 +318,7 @@ func useKeys(t *testing.T, c *keywarden.Client) []fixture {
 	ecRaw, _ := ec.Bytes()
 	der, _ = x509.MarshalPKCS8PrivateKey(ec)
 	k = imp("ecdsa", keywarden.ECDSAP256, keywarden.FormatPKCS8DER, der, forms("ecdsa-p256 scalar", ecRaw))
-	must(k.SignMessage(ctx, msg, nil))
+	must(k.SignMessageContext(ctx, msg, nil))
 	must(k.Export(ctx, keywarden.FormatPKCS8PEM))
 
 	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -330,7 +330,7 @@ func useKeys(t *testing.T, c *keywarden.Client) []fixture {
 	}
 	der, _ = x509.MarshalPKCS8PrivateKey(rk)
 	k = imp("rsa", keywarden.RSA2048, keywarden.FormatPKCS8DER, der, rsaPats)
-	must(k.SignMessage(ctx, msg, nil))
+	must(k.SignMessageContext(ctx, msg, nil))
 	rct, _ := rsa.EncryptOAEP(sha512.New(), rand.Reader, &rk.PublicKey, msg, nil)
 	dec, err := k.Decrypter()
 	must(dec, err)

@@ -49,7 +49,7 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("decrypt with an encrypt-only key: %v", err)
 		}
 		verifyOnly := generate(t, c, keywarden.KeySpec{Type: keywarden.Ed25519, Usage: keywarden.UsageVerify})
-		if _, err := verifyOnly.SignMessage(ctx, msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
+		if _, err := verifyOnly.SignMessageContext(ctx, msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
 			t.Errorf("sign with a verify-only key: %v", err)
 		}
 		if _, err := verifyOnly.NewSigner(ctx, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {

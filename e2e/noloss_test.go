@@ -87,7 +87,7 @@ func TestDevSealAndBackupRefused(t *testing.T) {
 	if _, err := k.Encrypt(ctx, []byte("still here"), nil); err != nil {
 		t.Fatalf("the key after a refused seal: %v", err)
 	}
-	wantErr(t, "seal through the client", c.Seal(ctx), keywarden.ErrPolicyViolation)
+	wantErr(t, "seal through the client", c.Admin().Seal(ctx), keywarden.ErrPolicyViolation)
 
 	dir := t.TempDir()
 	out := filepath.Join(dir, "dev.backup")
@@ -99,7 +99,7 @@ func TestDevSealAndBackupRefused(t *testing.T) {
 		t.Fatalf("a refused backup left %s", ents[0].Name())
 	}
 	var buf bytes.Buffer
-	if _, err := c.Backup(ctx, &buf); !errors.Is(err, keywarden.ErrPolicyViolation) || buf.Len() != 0 {
+	if _, err := c.Admin().Backup(ctx, &buf); !errors.Is(err, keywarden.ErrPolicyViolation) || buf.Len() != 0 {
 		t.Fatalf("backup through the client: %v, %d bytes", err, buf.Len())
 	}
 }
@@ -157,7 +157,7 @@ func TestRestoreOfUnsealableBackupRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if _, err := src.client(t).Backup(ctx, &buf); err != nil {
+	if _, err := src.client(t).Admin().Backup(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
 	src.stop()
@@ -216,7 +216,7 @@ func TestRestoreOverNewerKeysNeedsForce(t *testing.T) {
 	if _, err := old.Encrypt(ctx, []byte("x"), nil); err != nil {
 		t.Fatalf("a key after a refused restore: %v", err)
 	}
-	if _, err := c.Restore(ctx, bytes.NewReader(mustRead(t, backup))); !errors.Is(err, keywarden.ErrPolicyViolation) {
+	if _, err := c.Admin().Restore(ctx, bytes.NewReader(mustRead(t, backup)), nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
 		t.Fatalf("Restore through the client, without force: %v", err)
 	}
 

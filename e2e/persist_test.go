@@ -81,7 +81,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig1, _ := ed.SignMessage(ctx, msg, nil)
+	sig1, _ := ed.SignMessageContext(ctx, msg, nil)
 	info, err := aesKey.Rotate(ctx)
 	if err != nil || info.Version != 2 {
 		t.Fatalf("rotate: %v %v", info.Version, err)
@@ -93,7 +93,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	if _, err := ed.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sig2, _ := ed.SignMessage(ctx, msg, nil)
+	sig2, _ := ed.SignMessageContext(ctx, msg, nil)
 	before := []keywarden.KeyInfo{aesKey.Info(), ed.Info()}
 	c.Close()
 
@@ -120,7 +120,7 @@ func TestPersistentLifecycle(t *testing.T) {
 	}
 	// The daemon refuses an attempt during the wait, saying how long it
 	// is, rounded up; the CLI waits it out by itself, saying so.
-	if err := c.Unseal(ctx, []byte(testPass), false); !errors.Is(err, keywarden.ErrResourceExhausted) || !strings.Contains(err.Error(), "try again in 1s") {
+	if err := c.Admin().Unseal(ctx, []byte(testPass), nil); !errors.Is(err, keywarden.ErrResourceExhausted) || !strings.Contains(err.Error(), "try again in 1s") {
 		t.Fatalf("unseal right after a failure: %v", err)
 	}
 	r = d.runCLI(t, nil, nil, "unseal", "--passphrase-file", passFile)

@@ -237,11 +237,11 @@ func TestUpgradeFormat1Store(t *testing.T) {
 		if pub, err := gamma.ExportPublic(ctx, keywarden.FormatSPKIDER); err != nil || !bytes.Equal(pub, fromHex(t, facts["gamma_public"])) {
 			t.Errorf("gamma's public key: %v", err)
 		}
-		if _, err := gamma.SignMessage(ctx, msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
+		if _, err := gamma.SignMessageContext(ctx, msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
 			t.Errorf("gamma, narrowed to verify, signs: %v", err)
 		}
 		delta := open(t, c, "delta")
-		sig, err := delta.SignMessage(ctx, msg, nil)
+		sig, err := delta.SignMessageContext(ctx, msg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

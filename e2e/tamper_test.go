@@ -331,7 +331,7 @@ func (f *tamperFixture) works(t *testing.T, c *keywarden.Client, names ...string
 				t.Errorf("beta mac: %v", err)
 			}
 		case "gamma":
-			if _, err := k.SignMessage(ctx, f.msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
+			if _, err := k.SignMessageContext(ctx, f.msg, nil); !errors.Is(err, keywarden.ErrPolicyViolation) {
 				t.Errorf("gamma (narrowed to verify) signs: %v", err)
 			}
 		}

@@ -262,11 +262,11 @@ func TestDataKey(t *testing.T) {
 	d := startDaemon(t)
 	c := d.client(t)
 	k := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "envelope"})
-	dk, err := k.GenerateDataKey(ctx, 0, []byte("file-7"), false)
+	dk, err := k.GenerateDataKey(ctx, []byte("file-7"), nil)
 	if err != nil || dk.Plaintext != nil || len(dk.Ciphertext) != 7+12+32+16 {
 		t.Fatalf("data key without plaintext: %v %d", err, len(dk.Ciphertext))
 	}
-	dk, err = k.GenerateDataKey(ctx, 32, []byte("file-7"), true)
+	dk, err = k.GenerateDataKey(ctx, []byte("file-7"), &keywarden.DataKeyOptions{Length: 32, Plaintext: true})
 	if err != nil || len(dk.Plaintext) != 32 {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestDataKey(t *testing.T) {
 		t.Fatalf("the encrypted data key does not decrypt to it: %v", err)
 	}
 	enc := generate(t, c, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "decrypt-only", Usage: keywarden.UsageDecrypt})
-	if _, err := enc.GenerateDataKey(ctx, 32, nil, true); !errors.Is(err, keywarden.ErrPolicyViolation) {
+	if _, err := enc.GenerateDataKey(ctx, nil, &keywarden.DataKeyOptions{Length: 32, Plaintext: true}); !errors.Is(err, keywarden.ErrPolicyViolation) {
 		t.Fatalf("data key under a key without encrypt: %v", err)
 	}
 }

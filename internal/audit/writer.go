@@ -231,7 +231,7 @@ func (l *Log) runWriter(self *waiter) error {
 		l.mu.Lock()
 		var failed []*waiter
 		if err != nil {
-			failed = l.failLocked(err.(*Error), true)
+			failed = l.failLocked(asError(err), true)
 		} else {
 			l.written = b.last
 			if n := len(b.checkpoints); n > 0 {
@@ -409,6 +409,17 @@ func (l *Log) extendWithZeros() error {
 // zeroBlock is zeros, never written to.
 var zeroBlock [64 << 10]byte
 
+// asError returns the *Error in err's chain. writeBatch and newFile return
+// only those; anything else they might come to return is a write failure
+// still, never a panic.
+func asError(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Op: "write", Err: err}
+}
+
 // failLocked puts the log in the failed state. With rollback, the chain
 // goes back to the last record written and everything queued is dropped;
 // the waiters of the dropped records are returned, to be told.
@@ -470,7 +481,7 @@ func (l *Log) rotate() {
 	if err != nil {
 		// Nothing of old is in the file.
 		l.mu.Lock()
-		failed := l.failLocked(err.(*Error), true)
+		failed := l.failLocked(asError(err), true)
 		l.mu.Unlock()
 		l.finishBatch(old, err, nil)
 		for _, w := range failed {
@@ -506,7 +517,7 @@ func (l *Log) rotate() {
 		// The old file is complete; the segment and whatever followed it
 		// are dropped, and the log retries.
 		l.mu.Lock()
-		failed := l.failLocked(err.(*Error), true)
+		failed := l.failLocked(asError(err), true)
 		l.mu.Unlock()
 		for _, w := range failed {
 			w.ch <- err
@@ -771,7 +782,7 @@ func (l *Log) recover() bool {
 	}
 	if l.fd < 0 {
 		if err := l.newFile(l.written.seq + 1); err != nil {
-			return fail(err.(*Error))
+			return fail(asError(err))
 		}
 	}
 	if err := unix.Ftruncate(l.fd, l.off); err != nil {
@@ -802,9 +813,9 @@ func (l *Log) recover() bool {
 	l.recycle(b)
 	if err != nil {
 		l.mu.Lock()
-		l.failLocked(err.(*Error), true)
+		l.failLocked(asError(err), true)
 		l.mu.Unlock()
-		return fail(err.(*Error))
+		return fail(asError(err))
 	}
 	l.mu.Lock()
 	l.written = last
@@ -866,7 +877,7 @@ func (l *Log) resume() (reason string, notes []string, err error) {
 			unix.Close(l.fd)
 			l.fd = -1
 			if err := l.newFile(0); err != nil {
-				return "", nil, err.(*Error).Err
+				return "", nil, asError(err).Err
 			}
 			notes = append(notes, fmt.Sprintf("%s was set aside as %s: it holds no valid record (%v)",
 				filepath.Base(path), filepath.Base(aside), err))

@@ -191,7 +191,7 @@ func daemonCreates(ctx context.Context, cfg CreateConfig, clients int, warmup ti
 		}
 	}
 	pass := slices.Clone(cfg.Passphrase)
-	if _, err := cs[0].Init(ctx, keywarden.MasterSealing{Passphrase: pass, Argon2: cfg.Argon2}, false, nil); err != nil {
+	if _, err := cs[0].Admin().Init(ctx, keywarden.MasterSealing{Passphrase: pass, Argon2: cfg.Argon2}, nil); err != nil {
 		return m, fmt.Errorf("init: %w", err)
 	}
 	ones := make([]func(context.Context) error, clients)

@@ -280,7 +280,7 @@ func remoteSign(t keywarden.KeyType, verify func(pub crypto.PublicKey, msg, sig 
 			return nil, err
 		}
 		msg := message(signSize)
-		sig, err := k.SignMessage(ctx, msg, nil)
+		sig, err := k.SignMessageContext(ctx, msg, nil)
 		if err == nil {
 			var pub crypto.PublicKey
 			pub, err = k.Info().PublicKey()
@@ -294,7 +294,7 @@ func remoteSign(t keywarden.KeyType, verify func(pub crypto.PublicKey, msg, sig 
 		}
 		return &remoteOp{
 			one: func(ctx context.Context) error {
-				_, err := k.SignMessage(ctx, msg, nil)
+				_, err := k.SignMessageContext(ctx, msg, nil)
 				return err
 			},
 			queue: func(b *keywarden.Batch) *keywarden.BatchResult { return b.SignMessage(k, msg, nil) },

@@ -244,7 +244,7 @@ func startupOnce(ctx context.Context, cfg StartupConfig) (r startupRun, err erro
 	}
 	defer c.Close()
 	t0 := time.Now()
-	if err := c.Unseal(ctx, slices.Clone(cfg.Passphrase), false); err != nil {
+	if err := c.Admin().Unseal(ctx, slices.Clone(cfg.Passphrase), nil); err != nil {
 		return r, fmt.Errorf("unseal: %w", err)
 	}
 	r.unseal = ms(time.Since(t0))

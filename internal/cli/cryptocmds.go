@@ -334,7 +334,7 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	// Small input: one message, which the daemon signs (and hashes).
 	if !big && !(ed && s.ph) {
 		if sig == nil {
-			out, err := k.SignMessage(ctx, in, opts)
+			out, err := k.SignMessageContext(ctx, in, opts)
 			if err != nil {
 				return err
 			}
@@ -348,7 +348,7 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 			"openssl dgst -sha256 -verify PUB.pem -signature SIG FILE checks, or --ed25519ph (which OpenSSL 3.0 cannot verify)", c.MaxData())
 	}
 	// Anything else is signed as a digest, hashed here: the data does not
-	// travel to the daemon, and the signature is the one SignMessage would
+	// travel to the daemon, and the signature is the one SignMessageContext would
 	// make over the whole input.
 	h := opts.Hash
 	if h == 0 {

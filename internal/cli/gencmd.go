@@ -339,7 +339,7 @@ func runGenerationBump(e *env, args []string) error {
 		return err
 	}
 	defer done()
-	g, err := c.BumpGenerationWith(ctx, o)
+	g, err := c.Admin().BumpGeneration(ctx, &o)
 	if err != nil {
 		return err
 	}

@@ -177,7 +177,8 @@ func runInit(e *env, args []string) error {
 	if !s.noPass {
 		fmt.Fprintln(e.stderr, "deriving the passphrase key (Argon2id) ...")
 	}
-	info, err := c.Init(ctx, ms, *force, func(shares []keywarden.Share) error { return writeShares(s.shareDir, shares) })
+	ms.KeepShares = func(shares []keywarden.Share) error { return writeShares(s.shareDir, shares) }
+	info, err := c.Admin().Init(ctx, ms, &keywarden.InitOptions{Force: *force})
 	if err != nil {
 		return err
 	}
@@ -257,7 +258,7 @@ func runUnseal(e *env, args []string) error {
 	}
 	defer done()
 	if len(shares) == 0 {
-		if err := c.Unseal(ctx, pass, *accept); err != nil {
+		if err := c.Admin().Unseal(ctx, pass, &keywarden.UnsealOptions{AcceptStore: *accept}); err != nil {
 			if unsealedMeanwhile(ctx, c, err) {
 				return printAlreadyUnsealed(e, f.json)
 			}
@@ -265,7 +266,7 @@ func runUnseal(e *env, args []string) error {
 		}
 		return printUnsealed(e, f.json, keywarden.UnsealProgress{Unsealed: true})
 	}
-	p, err := c.UnsealShares(ctx, shares, *accept)
+	p, err := c.Admin().UnsealShares(ctx, shares, &keywarden.UnsealOptions{AcceptStore: *accept})
 	if err != nil {
 		if unsealedMeanwhile(ctx, c, err) {
 			return printAlreadyUnsealed(e, f.json)
@@ -373,7 +374,7 @@ func runSeal(e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "already sealed: nothing to do")
 		return nil
 	}
-	if err := c.Seal(ctx); err != nil {
+	if err := c.Admin().Seal(ctx); err != nil {
 		// Sealed meanwhile by someone else: what was asked for is so.
 		if keywarden.CodeOf(err) != keywarden.CodeUnavailable || !sealed() {
 			return err
@@ -408,7 +409,8 @@ func runMasterRotate(e *env, args []string) error {
 		return err
 	}
 	defer done()
-	gen, err := c.RotateMaster(ctx, ms, func(shares []keywarden.Share) error { return writeShares(s.shareDir, shares) })
+	ms.KeepShares = func(shares []keywarden.Share) error { return writeShares(s.shareDir, shares) }
+	gen, err := c.Admin().RotateMaster(ctx, ms)
 	if err != nil {
 		return err
 	}
@@ -689,7 +691,7 @@ func runDataKey(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	dk, err := k.GenerateDataKey(ctx, *n, []byte(*aad), *plainOut != "")
+	dk, err := k.GenerateDataKey(ctx, []byte(*aad), &keywarden.DataKeyOptions{Length: *n, Plaintext: *plainOut != ""})
 	if err != nil {
 		return err
 	}
@@ -737,7 +739,7 @@ func runBackup(e *env, args []string) error {
 		}()
 		w = out
 	}
-	n, err := c.Backup(ctx, w)
+	n, err := c.Admin().Backup(ctx, w)
 	if err != nil {
 		return err
 	}
@@ -780,7 +782,7 @@ func runRestore(e *env, args []string) error {
 		return err
 	}
 	defer done()
-	res, err := c.RestoreWithOptions(ctx, r, keywarden.RestoreOptions{Force: *force})
+	res, err := c.Admin().Restore(ctx, r, &keywarden.RestoreOptions{Force: *force})
 	if err != nil {
 		return err
 	}

@@ -159,9 +159,9 @@ var (
 	ErrUnavailable = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "key derivation is not available in this daemon")
 )
 
-// IsError reports whether err is the error target, whatever its detail
-// (WithDetail makes copies, which errors.Is does not match).
+// IsError reports whether err is the error target, whatever detail was
+// added to it: errors.Is(err, target), as a copy made by WithDetail matches
+// the sentinel it was made from.
 func IsError(err error, target *wire.Error) bool {
-	var we *wire.Error
-	return errors.As(err, &we) && we.Status == target.Status && we.Public == target.Public
+	return errors.Is(err, target)
 }

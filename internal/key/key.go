@@ -1,10 +1,7 @@
 package key
 
 import (
-	"encoding/hex"
-	"errors"
 	"slices"
-	"strings"
 
 	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -23,7 +20,7 @@ func NewID() (ID, error) {
 }
 
 // String returns the id as 32 lowercase hex digits.
-func (id ID) String() string { return hex.EncodeToString(id[:]) }
+func (id ID) String() string { return wire.FormatKeyID(id) }
 
 // IDFromBytes converts the wire form of an id.
 func IDFromBytes(b []byte) (ID, bool) {
@@ -35,15 +32,10 @@ func IDFromBytes(b []byte) (ID, bool) {
 	return id, true
 }
 
-// ParseID parses the 32-hex-digit form of an id.
+// ParseID parses the 32-hex-digit form of an id (wire.ParseKeyID).
 func ParseID(s string) (ID, error) {
-	var id ID
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != len(id) {
-		return id, errors.New("a key id is 32 hex digits")
-	}
-	copy(id[:], b)
-	return id, nil
+	id, err := wire.ParseKeyID(s)
+	return ID(id), err
 }
 
 // Usage is a set of usage bits (the same values as wire.Usage).
@@ -59,33 +51,15 @@ const (
 	Derive  Usage = Usage(wire.Usage_USAGE_DERIVE)
 
 	// AllUsages is every defined bit.
-	AllUsages = Encrypt | Decrypt | Sign | Verify | Wrap | Unwrap | Derive
+	AllUsages = Usage(wire.AllUsages)
 )
-
-var usageNames = []struct {
-	u    Usage
-	name string
-}{
-	{Encrypt, "encrypt"}, {Decrypt, "decrypt"}, {Sign, "sign"}, {Verify, "verify"},
-	{Wrap, "wrap"}, {Unwrap, "unwrap"}, {Derive, "derive"},
-}
 
 // Has reports whether every bit of x is in u.
 func (u Usage) Has(x Usage) bool { return u&x == x }
 
-// String lists the bits as comma-separated names ("" for none).
-func (u Usage) String() string {
-	var parts []string
-	for _, n := range usageNames {
-		if u&n.u != 0 {
-			parts = append(parts, n.name)
-		}
-	}
-	if rest := u &^ AllUsages; rest != 0 {
-		parts = append(parts, "unknown")
-	}
-	return strings.Join(parts, ",")
-}
+// String lists the bits as comma-separated names ("" for none), from the
+// names package wire gives them.
+func (u Usage) String() string { return wire.UsageString(uint32(u)) }
 
 // Type is a key type; the wire enum is the model's enum.
 type Type = wire.KeyType
@@ -134,7 +108,7 @@ const (
 // Spec holds the static facts of one key type.
 type Spec struct {
 	Type   Type
-	Name   string // the CLI and documentation name, e.g. "aes256-gcm"
+	Name   string // the CLI and documentation name, e.g. "aes256-gcm" (wire.KeyTypeName)
 	Family Family
 	// Asymmetric types have a private and a public class; the others are
 	// secret keys.
@@ -153,24 +127,28 @@ type Spec struct {
 }
 
 var specs = map[Type]*Spec{
-	wire.KeyType_KEY_TYPE_AES256_GCM:  {Name: "aes256-gcm", Family: FamilyAES, Strength: 256, SecretLen: 32, Private: Encrypt | Decrypt | Wrap | Unwrap},
-	wire.KeyType_KEY_TYPE_HMAC_SHA256: {Name: "hmac-sha256", Family: FamilyHMAC, Strength: 256, SecretLen: 32, Private: Sign | Verify | Derive},
-	wire.KeyType_KEY_TYPE_HMAC_SHA384: {Name: "hmac-sha384", Family: FamilyHMAC, Strength: 256, SecretLen: 48, Private: Sign | Verify | Derive},
-	wire.KeyType_KEY_TYPE_HMAC_SHA512: {Name: "hmac-sha512", Family: FamilyHMAC, Strength: 256, SecretLen: 64, Private: Sign | Verify | Derive},
-	wire.KeyType_KEY_TYPE_ED25519:     {Name: "ed25519", Family: FamilyEd25519, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
-	wire.KeyType_KEY_TYPE_ECDSA_P256:  {Name: "ecdsa-p256", Family: FamilyECDSA, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
-	wire.KeyType_KEY_TYPE_ECDSA_P384:  {Name: "ecdsa-p384", Family: FamilyECDSA, Asymmetric: true, Strength: 192, Private: Sign | Verify, Public: Verify},
-	wire.KeyType_KEY_TYPE_RSA_2048:    {Name: "rsa-2048", Family: FamilyRSA, Asymmetric: true, Strength: 112, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
-	wire.KeyType_KEY_TYPE_RSA_3072:    {Name: "rsa-3072", Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
-	wire.KeyType_KEY_TYPE_RSA_4096:    {Name: "rsa-4096", Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
-	wire.KeyType_KEY_TYPE_X25519:      {Name: "x25519", Family: FamilyX25519, Asymmetric: true, Strength: 128, Private: Derive},
-	wire.KeyType_KEY_TYPE_ECDH_P256:   {Name: "ecdh-p256", Family: FamilyECDH, Asymmetric: true, Strength: 128, Private: Derive},
-	wire.KeyType_KEY_TYPE_ECDH_P384:   {Name: "ecdh-p384", Family: FamilyECDH, Asymmetric: true, Strength: 192, Private: Derive},
+	wire.KeyType_KEY_TYPE_AES256_GCM:  {Family: FamilyAES, Strength: 256, SecretLen: 32, Private: Encrypt | Decrypt | Wrap | Unwrap},
+	wire.KeyType_KEY_TYPE_HMAC_SHA256: {Family: FamilyHMAC, Strength: 256, SecretLen: 32, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA384: {Family: FamilyHMAC, Strength: 256, SecretLen: 48, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_HMAC_SHA512: {Family: FamilyHMAC, Strength: 256, SecretLen: 64, Private: Sign | Verify | Derive},
+	wire.KeyType_KEY_TYPE_ED25519:     {Family: FamilyEd25519, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_ECDSA_P256:  {Family: FamilyECDSA, Asymmetric: true, Strength: 128, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_ECDSA_P384:  {Family: FamilyECDSA, Asymmetric: true, Strength: 192, Private: Sign | Verify, Public: Verify},
+	wire.KeyType_KEY_TYPE_RSA_2048:    {Family: FamilyRSA, Asymmetric: true, Strength: 112, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
+	wire.KeyType_KEY_TYPE_RSA_3072:    {Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
+	wire.KeyType_KEY_TYPE_RSA_4096:    {Family: FamilyRSA, Asymmetric: true, Strength: 128, Private: Sign | Verify | Encrypt | Decrypt | Wrap | Unwrap, Public: Verify | Encrypt | Wrap},
+	wire.KeyType_KEY_TYPE_X25519:      {Family: FamilyX25519, Asymmetric: true, Strength: 128, Private: Derive},
+	wire.KeyType_KEY_TYPE_ECDH_P256:   {Family: FamilyECDH, Asymmetric: true, Strength: 128, Private: Derive},
+	wire.KeyType_KEY_TYPE_ECDH_P384:   {Family: FamilyECDH, Asymmetric: true, Strength: 192, Private: Derive},
 }
 
 func init() {
 	for t, s := range specs {
-		s.Type = t
+		name, ok := wire.KeyTypeName(t)
+		if !ok {
+			panic("key: type " + t.String() + " has no name in package wire")
+		}
+		s.Type, s.Name = t, name
 	}
 }
 

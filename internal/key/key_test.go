@@ -93,3 +93,21 @@ func TestSpecs(t *testing.T) {
 		t.Errorf("Types() = %d types", len(Types()))
 	}
 }
+
+// Every type the protocol names has a spec, and every spec the name the
+// protocol gives its type: the CLI, the client and the daemon's log agree.
+func TestSpecsCoverTheProtocolsTypes(t *testing.T) {
+	for _, wt := range wire.KeyTypes() {
+		s := Lookup(wt)
+		if s == nil {
+			t.Errorf("%v has no spec", wt)
+			continue
+		}
+		if name, _ := wire.KeyTypeName(wt); s.Name != name || s.Type != wt {
+			t.Errorf("%v: spec %q (%v), protocol %q", wt, s.Name, s.Type, name)
+		}
+	}
+	if len(Types()) != len(wire.KeyTypes()) {
+		t.Errorf("%d specs for %d types", len(Types()), len(wire.KeyTypes()))
+	}
+}

@@ -22,8 +22,14 @@ func errNeedPrivate() error {
 	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "operation requires a private key")
 }
 
+// ErrDecryption is the one error of every failed decryption. Each failure
+// is a fresh copy of it (WithDetail), which errors.Is matches to it: a
+// caller tells a failed decryption from other errors without reading the
+// message.
+var ErrDecryption = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "decryption failed")
+
 func errDecrypt() error {
-	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "decryption failed")
+	return ErrDecryption.WithDetail("")
 }
 
 func errBadSignature() error {

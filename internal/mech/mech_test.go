@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha512"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -129,6 +130,9 @@ func TestAESGCM(t *testing.T) {
 			}
 			_, err = k.Decrypt(ct, []byte("other"), hNone, nil)
 			wantErr(t, err, stInvalid, "decryption failed")
+			if !errors.Is(err, ErrDecryption) {
+				t.Fatalf("a failed decryption %v does not match ErrDecryption", err)
+			}
 		}
 	}
 	// Nonces differ between encryptions of the same message.

@@ -20,7 +20,7 @@ func SelfTest() error {
 	for _, t := range selfTests {
 		if err := t.run(); err != nil {
 			e := wire.Errorf(wire.Status_STATUS_INTERNAL, "self-test failed: %s", t.name)
-			return e.WithDetail("%v", err)
+			return e.WithDetail("%w", err)
 		}
 	}
 	return nil

@@ -85,7 +85,7 @@ func startDaemon(t *testing.T, maxKeys int) *daemon {
 	})
 	c := d.dial(t)
 	defer c.Close()
-	if _, err := c.Init(context.Background(), keywarden.MasterSealing{Passphrase: []byte(passphrase), Argon2: testArgon2}, false, nil); err != nil {
+	if _, err := c.Admin().Init(context.Background(), keywarden.MasterSealing{Passphrase: []byte(passphrase), Argon2: testArgon2}, nil); err != nil {
 		t.Fatalf("init: %v", err)
 	}
 	return d

@@ -326,7 +326,7 @@ func (h *harness) check(n int, seed uint64, plan []string, rival bool, rs *resto
 	fail := func(format string, args ...any) { h.finding(format, args...) }
 
 	h.w.unsealStart()
-	err := c.Unseal(ctx, []byte(passphrase), false)
+	err := c.Admin().Unseal(ctx, []byte(passphrase), nil)
 	h.w.unsealEnd()
 	if err != nil && !errors.Is(err, keywarden.ErrAlreadyExists) {
 		fail("unseal after the round: %v", err)
@@ -446,7 +446,7 @@ func (h *harness) usable(ctx context.Context, c *keywarden.Client, r *keyRec) {
 			h.finding("key %s: encrypt and decrypt: %v", r.id, err)
 		}
 	case keywarden.Ed25519:
-		sig, err := k.SignMessage(ctx, msg, nil)
+		sig, err := k.SignMessageContext(ctx, msg, nil)
 		if err == nil {
 			err = k.Verify(ctx, msg, sig, nil)
 		}

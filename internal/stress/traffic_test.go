@@ -170,7 +170,7 @@ func (w *trafficWorker) use(ctx context.Context, o *ownedKey) {
 		s.aad = aad
 	case keywarden.Ed25519:
 		err = w.h.keyOp("sign", func() (err error) {
-			s.sig, err = k.SignMessage(ctx, pt, nil)
+			s.sig, err = k.SignMessageContext(ctx, pt, nil)
 			return err
 		})
 	case keywarden.HMACSHA256:
@@ -366,7 +366,7 @@ type lifecycle struct {
 
 func (l *lifecycle) seal(ctx context.Context) error {
 	l.h.event("seal")
-	err := l.c.Seal(ctx)
+	err := l.c.Admin().Seal(ctx)
 	if err == nil {
 		l.h.w.sealAcked()
 	}
@@ -378,7 +378,7 @@ func (l *lifecycle) seal(ctx context.Context) error {
 func (l *lifecycle) unseal(ctx context.Context) error {
 	l.h.w.unsealStart()
 	l.h.event("unseal")
-	err := l.c.Unseal(ctx, []byte(passphrase), false)
+	err := l.c.Admin().Unseal(ctx, []byte(passphrase), nil)
 	l.h.event("unseal: %v", err)
 	l.h.w.unsealEnd()
 	if err != nil && !errors.Is(err, keywarden.ErrAlreadyExists) {
@@ -392,7 +392,7 @@ func (l *lifecycle) unseal(ctx context.Context) error {
 
 func (l *lifecycle) rotateMaster(ctx context.Context) error {
 	l.h.event("master rotate")
-	_, err := l.c.RotateMaster(ctx, keywarden.MasterSealing{Passphrase: []byte(passphrase), Argon2: testArgon2}, nil)
+	_, err := l.c.Admin().RotateMaster(ctx, keywarden.MasterSealing{Passphrase: []byte(passphrase), Argon2: testArgon2})
 	l.h.event("master rotate: %v", err)
 	l.h.unexpected(ctx, "master rotate", err)
 	return err
@@ -455,7 +455,7 @@ func (l *lifecycle) step(ctx context.Context) string {
 		}
 		start := l.h.m.clk.tick()
 		var buf bytes.Buffer
-		_, err := l.c.Backup(ctx, &buf)
+		_, err := l.c.Admin().Backup(ctx, &buf)
 		end := l.h.m.clk.tick()
 		l.h.unexpected(ctx, "backup", err)
 		if err == nil {
@@ -468,7 +468,7 @@ func (l *lifecycle) step(ctx context.Context) string {
 		}
 		l.h.event("restore")
 		start := l.h.m.clk.tick()
-		_, err := l.c.RestoreWithOptions(ctx, bytes.NewReader(l.backup.data), keywarden.RestoreOptions{Force: true})
+		_, err := l.c.Admin().Restore(ctx, bytes.NewReader(l.backup.data), &keywarden.RestoreOptions{Force: true})
 		ack := l.h.m.clk.tick()
 		l.h.unexpected(ctx, "restore", err)
 		if err == nil {
@@ -484,7 +484,7 @@ func (l *lifecycle) step(ctx context.Context) string {
 		l.unseal(ctx)
 		return "restore"
 	case n < 92:
-		_, err := l.c.BumpGeneration(ctx)
+		_, err := l.c.Admin().BumpGeneration(ctx, nil)
 		l.h.unexpected(ctx, "generation bump", err)
 		return "bump"
 	default:
@@ -505,7 +505,7 @@ func (l *lifecycle) rival(ctx context.Context) {
 		case n < 8:
 			l.rotateMaster(ctx)
 		default:
-			_, err := l.c.BumpGeneration(ctx)
+			_, err := l.c.Admin().BumpGeneration(ctx, nil)
 			l.h.unexpected(ctx, "generation bump", err)
 		}
 		l.pause(150)

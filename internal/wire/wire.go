@@ -41,10 +41,18 @@ const MessageOverhead = 2 << 10
 // deliberately vague where detail would help an attacker. Detail is for the
 // daemon's own log and audit record and may be precise; it must never
 // contain key bytes, plaintext or passphrases either.
+//
+// A package declares its errors once, as sentinels made with Errorf, and
+// adds detail with WithDetail. The copy WithDetail makes still matches its
+// sentinel under errors.Is, and keeps the cause its detail wraps (%w) for
+// errors.Is and errors.As: nothing needs to compare messages.
 type Error struct {
 	Status Status
 	Public string
 	Detail string
+
+	from  *Error // the sentinel this is a copy of, or nil
+	cause error  // what Detail wraps, or nil
 }
 
 func (e *Error) Error() string {
@@ -54,17 +62,48 @@ func (e *Error) Error() string {
 	return e.Public
 }
 
-// Errorf returns an *Error whose public message is the formatted text.
+// Errorf returns an *Error whose public message is the formatted text. It
+// wraps nothing: a cause belongs in the detail (WithDetail).
 func Errorf(st Status, format string, args ...any) *Error {
 	return &Error{Status: st, Public: fmt.Sprintf(format, args...)}
 }
 
 // WithDetail returns a copy of e carrying a precise reason for the log.
+// The copy matches e (and whatever e matches) under errors.Is. Errors the
+// format wraps with %w are its cause, which Unwrap returns; %v keeps only
+// their text.
 func (e *Error) WithDetail(format string, args ...any) *Error {
 	c := *e
-	c.Detail = fmt.Sprintf(format, args...)
+	c.from = e.sentinel()
+	d := fmt.Errorf(format, args...)
+	c.Detail = d.Error()
+	c.cause = nil
+	switch d.(type) {
+	case interface{ Unwrap() error }, interface{ Unwrap() []error }:
+		c.cause = d
+	}
 	return &c
 }
+
+// sentinel returns the error e was first copied from: e itself if it is
+// no copy.
+func (e *Error) sentinel() *Error {
+	if e.from != nil {
+		return e.from
+	}
+	return e
+}
+
+// Is reports whether target is the sentinel e was copied from, or a copy
+// of the same sentinel: errors.Is(ErrTimeout.WithDetail(...), ErrTimeout)
+// holds.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.sentinel() == e.sentinel()
+}
+
+// Unwrap returns the cause the detail wrapped, or nil.
+func (e *Error) Unwrap() error { return e.cause }
 
 // StatusOf returns the Status carried by err: STATUS_OK for nil, the
 // Error's status when err wraps one, STATUS_INTERNAL otherwise.

@@ -70,3 +70,31 @@ func TestRecycleClearsAliases(t *testing.T) {
 		t.Fatal("a copying decode wrote into the buffer of a recycled request")
 	}
 }
+
+// A copy made by WithDetail still matches its sentinel, and only it; the
+// cause its detail wraps stays reachable.
+func TestErrorMatchesSentinelAndKeepsCause(t *testing.T) {
+	errA := Errorf(Status_STATUS_UNAVAILABLE, "a")
+	errB := Errorf(Status_STATUS_UNAVAILABLE, "a") // same status and text, another sentinel
+	cause := errors.New("pipe closed")
+	e := errA.WithDetail("worker %d: %w", 7, cause)
+	if !errors.Is(e, errA) || !errors.Is(fmt.Errorf("ctx: %w", e), errA) {
+		t.Error("a copy does not match its sentinel")
+	}
+	if errors.Is(e, errB) || errors.Is(errB, errA) {
+		t.Error("an error matches another sentinel with the same text")
+	}
+	if !errors.Is(e, cause) || !errors.Is(e.WithDetail("again: %w", e), errA) {
+		t.Error("the cause or the sentinel is lost")
+	}
+	if e.Error() != "a: worker 7: pipe closed" {
+		t.Errorf("Error() = %q", e.Error())
+	}
+	if errors.Unwrap(errA.WithDetail("%v", cause)) != nil {
+		t.Error("a detail made with a verb other than w wraps its argument")
+	}
+	var pe *Error
+	if !errors.As(e, &pe) || pe.Public != "a" {
+		t.Error("errors.As")
+	}
+}
