@@ -23,7 +23,7 @@ func auditedServer(t *testing.T, lim Limits) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Audit: l, Limits: lim})
+	s := mustNew(t, Config{Audit: l, Limits: lim})
 	t.Cleanup(func() {
 		s.Shutdown(context.Background())
 		l.Close()

@@ -297,9 +297,7 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			"%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps)
 	default:
 		// Nothing is served from a generation the machine has left.
-		if err := cn.checkGeneration(req); err != nil {
-			refusal = err.(*wire.Error)
-		}
+		refusal = cn.checkGeneration(req)
 	}
 	if refusal != nil {
 		reqID := req.Id
@@ -713,43 +711,6 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 	return rep
 }
 
-// opReplyBound is an upper bound of the encoded size of an operation's
-// result, for a daemon whose messages are at most max bytes.
-func opReplyBound(op *wire.Op, max int) int {
-	const (
-		small   = 64      // status and a short message
-		keyInfo = 4 << 10 // key info with an RSA-4096 public key and a full ACL
-	)
-	switch o := op.Op.(type) {
-	case *wire.Op_Ping:
-		return small + len(o.Ping.Payload)
-	case *wire.Op_Encrypt:
-		return small + len(o.Encrypt.Plaintext) + 512
-	case *wire.Op_Decrypt:
-		return small + len(o.Decrypt.Ciphertext)
-	case *wire.Op_Sign, *wire.Op_Hash, *wire.Op_Mac, *wire.Op_SessionFinal:
-		return small + 512
-	case *wire.Op_Verify, *wire.Op_MacVerify, *wire.Op_Close, *wire.Op_Destroy,
-		*wire.Op_SessionOpen, *wire.Op_SessionUpdate, *wire.Op_SessionAbort:
-		return small
-	case *wire.Op_Export, *wire.Op_PublicKey:
-		return small + 8<<10
-	case *wire.Op_List:
-		return listBudget(max)
-	case *wire.Op_Backup:
-		return small + max - 1024 // see backupChunk
-	case *wire.Op_Wrap:
-		return small + 16<<10
-	case *wire.Op_Rewrap:
-		return small + len(o.Rewrap.Ciphertext)
-	case *wire.Op_DataKey:
-		return small + 2*64 + 64
-	case *wire.Op_Init, *wire.Op_MasterRotate:
-		return small + 255*64
-	}
-	return small + keyInfo
-}
-
 // listBudget is how many bytes of key infos one List result may hold.
 func listBudget(max int) int { return max / 2 }
 
@@ -817,14 +778,6 @@ func stackWithoutArgs() string {
 		}
 	}
 	return strings.Join(lines, "\n")
-}
-
-func opName(op *wire.Op) string {
-	if op == nil || op.Op == nil {
-		return "none"
-	}
-	name := fmt.Sprintf("%T", op.Op)
-	return strings.TrimPrefix(name, "*wire.Op_")
 }
 
 // cleanup runs when the connection ends: wait for concurrent requests,

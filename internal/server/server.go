@@ -3,10 +3,10 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +18,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/linuxaudit"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/store"
@@ -204,8 +205,9 @@ type Server struct {
 	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
 	connsN     atomic.Int32
 
-	accts     *accounts // per-uid limits (peruid.go)
-	replyBufs sync.Pool // wiped buffers for large replies (getReplyBuf)
+	roles     policy.Roles // who holds the privileged roles
+	accts     *accounts    // per-uid limits (peruid.go)
+	replyBufs sync.Pool    // wiped buffers for large replies (getReplyBuf)
 	limitMessages
 	refusing chan struct{} // a token per connection being refused (refuseConn)
 	reported chan struct{} // closed when reportLimits has returned
@@ -233,8 +235,12 @@ type Server struct {
 	wg      sync.WaitGroup // one per connection goroutine
 }
 
-// New returns a Server with an empty in-memory key store.
-func New(cfg Config) *Server {
+// New returns a Server over cfg.Store, or over an empty in-memory key
+// store when it is nil.
+func New(cfg Config) (*Server, error) {
+	if errOpTable != nil {
+		return nil, errOpTable
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -249,6 +255,21 @@ func New(cfg Config) *Server {
 			"asked", lim.MaxMessageBytes, "allowed", m)
 		lim.MaxMessageBytes = m
 	}
+	if cfg.Store == nil {
+		st, err := keystore.NewDev(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, Logger: cfg.Logger, Now: cfg.Now})
+		if err != nil {
+			// Only when no key memory can be had at all; every key
+			// operation then fails with UNAVAILABLE.
+			cfg.Logger.Error("cannot make the in-memory key store", "err", err)
+			db := store.NewMemory()
+			m, err := seal.Open(seal.Config{Store: db, Logger: cfg.Logger})
+			if err != nil {
+				return nil, fmt.Errorf("cannot open the master key of an in-memory store: %w", err)
+			}
+			st = keystore.New(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, DB: db, Master: m, Logger: cfg.Logger, Now: cfg.Now})
+		}
+		cfg.Store = st
+	}
 	s := &Server{
 		cfg:     cfg,
 		limits:  lim,
@@ -259,8 +280,10 @@ func New(cfg Config) *Server {
 		done:    make(chan struct{}),
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,
+		roles: policy.Roles{Self: uint32(os.Geteuid()), Admins: cfg.Admins,
+			GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers},
 	}
-	s.accts = newAccounts(&s.limits, s.isAdminUID, cfg.Now)
+	s.accts = newAccounts(&s.limits, s.roles.Admin, cfg.Now)
 	s.limitMessages = newLimitMessages(&s.limits)
 	s.refusing = make(chan struct{}, maxRefusing)
 	if h, err := seqpacket.NewHangups(); err != nil {
@@ -277,23 +300,11 @@ func New(cfg Config) *Server {
 		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now, NamedWatchersPerUID: lim.MaxNamedWatchersPerUID})
 		s.ownGen = true
 	}
-	if s.store == nil {
-		st, err := keystore.NewDev(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, Logger: cfg.Logger, Now: cfg.Now})
-		if err != nil {
-			// Only when no key memory can be had at all; every key
-			// operation then fails with UNAVAILABLE.
-			cfg.Logger.Error("cannot make the in-memory key store", "err", err)
-			db := store.NewMemory()
-			m, _ := seal.Open(seal.Config{Store: db, Logger: cfg.Logger})
-			st = keystore.New(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, DB: db, Master: m, Logger: cfg.Logger, Now: cfg.Now})
-		}
-		s.store = st
-	}
 	s.store.SetMaxPerUser(lim.MaxKeysPerUser)
 	s.registerGenerationHooks()
 	s.syncAuditKeys()
 	go s.reportLimits()
-	return s
+	return s, nil
 }
 
 // Limits returns the limits in force.
@@ -416,12 +427,6 @@ func (s *Server) refuseConn(c *seqpacket.Conn, msg string) {
 			c.Send(b)
 		}
 	}()
-}
-
-// isAdminUID reports whether uid is an administrator: root, the daemon's
-// own uid, or an --admin uid.
-func (s *Server) isAdminUID(uid uint32) bool {
-	return uid == 0 || uid == uint32(os.Geteuid()) || slices.Contains(s.cfg.Admins, uid)
 }
 
 // opLimits is the audit event that counts the requests refused for
