@@ -215,26 +215,46 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			unix.Close(id.Pidfd)
 		}
 	}()
+	req, raw, caller, ok := cn.admit(m, id)
+	if !ok {
+		return
+	}
+	if !isHeavy(req) {
+		cn.runInline(req, raw, id, caller)
+		return
+	}
+	closePidfd = !cn.runConcurrently(req, raw, id, caller)
+}
+
+// admit runs the checks a message must pass before anything is spent on
+// it, in this order: the audit log can take its record and its uid's
+// audit allowance is not spent; the kernel said who sent it; it is within
+// the message limit; its connection and its uid have room for one more
+// request in flight (counted from here: the caller must leave, or have
+// the request's runner leave); it decodes, speaks this protocol, holds a
+// batch within the limit, and expects the current generation. A refused
+// message is answered here, and ok is false. req is decoded without
+// copying: it points into the receive buffer.
+func (cn *conn) admit(m seqpacket.Message, id Identity) (req *wire.Request, raw []byte, caller *audit.Caller, ok bool) {
 	max := cn.s.limits.MaxMessageBytes
 	buf := cn.buf.b
 	// The audit: a log that cannot take records refuses the request before
 	// anything is done (not recorded, necessarily; the log counts these).
 	// Otherwise the caller's executable and cgroup are read now, through
 	// the message's pidfd, before the caller can move on.
-	var caller *audit.Caller
 	if cn.s.alog != nil {
 		if err := cn.s.alog.Ready(); err != nil {
 			cn.flush()
 			cn.log.Warn("request refused: the audit log cannot be written", "err", err)
 			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf[:min(m.N, len(buf), max)]),
 				Status: errAuditDown.Status, Message: errAuditDown.Public})
-			return
+			return nil, nil, nil, false
 		}
 		// A uid whose requests made more records than its allowance
 		// waits until it refills.
 		if !cn.acct.auditOK(cn.s.cfg.Now, &cn.s.limits) {
 			cn.refuseLimit(peekRequestID(buf[:min(m.N, len(buf), max)]), limitAuditRate, cn.s.auditRateMsg)
-			return
+			return nil, nil, nil, false
 		}
 		c := cn.callerOf(id)
 		caller = &c
@@ -247,14 +267,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		// than guess who is asking.
 		cn.refuse(caller, peekRequestID(buf[:min(m.N, len(buf))]), wire.Status_STATUS_PERMISSION_DENIED,
 			"the daemon cannot see who sent this message", fmt.Sprintf("credentials %v, pid %d", m.HasCred, m.Cred.PID))
-		return
+		return nil, nil, nil, false
 	}
 	if m.N > max {
 		cn.refuse(caller, peekRequestID(buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", m.N, max), "")
-		return
+		return nil, nil, nil, false
 	}
-	raw := buf[:m.N]
+	raw = buf[:m.N]
 	// Every request counts as in flight, on its connection and for its
 	// uid, while it executes; one that would exceed a limit is refused at
 	// once, before anything is spent on it (a batch takes longer to decode
@@ -262,28 +282,24 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
 		cn.inFlight.Add(-1)
 		cn.refuseLimit(peekRequestID(raw), limitConnInFlight, cn.s.connInFlightMsg)
-		return
+		return nil, nil, nil, false
 	}
 	if !cn.acct.enter(cn.s.limits.MaxInFlightPerUID) {
 		cn.inFlight.Add(-1)
 		cn.refuseLimit(peekRequestID(raw), limitInFlight, cn.s.inFlightMsg)
-		return
-	}
-	leave := func() {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		return nil, nil, nil, false
 	}
 	// Decode without copying: byte and string fields point into the
 	// receive buffer, which the serving loop wipes once this returns and
 	// reuses for the next message. Everything that keeps a field
 	// beyond the request copies it (see "aliasing" in dispatch.go); a
 	// request that runs concurrently is decoded again, with copies.
-	req := wire.RequestFromVTPool()
+	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(raw); err != nil {
 		wire.Recycle(req)
-		leave()
+		cn.leave()
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
-		return
+		return nil, nil, nil, false
 	}
 	var refusal *wire.Error
 	switch {
@@ -302,38 +318,52 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	if refusal != nil {
 		reqID := req.Id
 		wire.Recycle(req)
-		leave()
+		cn.leave()
 		cn.refuse(caller, reqID, refusal.Status, refusal.Public, refusal.Detail)
-		return
+		return nil, nil, nil, false
 	}
-	if !isHeavy(req) {
-		cn.arena.reset()
-		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
-		cn.acct.startComputing()
-		rep := cn.execute(req, id, &cn.arena, notes, false)
-		cn.acct.stopComputing()
-		// Done executing before the reply leaves: a client that sends its
-		// next request as soon as this reply arrives is within the limit.
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
-		if caller != nil && !changesSeal(req) {
-			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
-		} else {
-			rep = cn.record(req, rep, id, caller, notes, len(raw))
-			cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
-		}
-		cn.arena.wipe()
-		wire.Recycle(req) // nothing refers to the request now
-		return
+	return req, raw, caller, true
+}
+
+// leave ends a request's count in flight, on its connection and for its
+// uid (see admit).
+func (cn *conn) leave() {
+	cn.inFlight.Add(-1)
+	cn.acct.leave()
+}
+
+// runInline executes req, admitted, on the connection's goroutine, and
+// sends or queues its reply. It recycles req.
+func (cn *conn) runInline(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) {
+	cn.arena.reset()
+	notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
+	cn.acct.startComputing()
+	rep := cn.execute(req, id, &cn.arena, notes, false)
+	cn.acct.stopComputing()
+	// Done executing before the reply leaves: a client that sends its
+	// next request as soon as this reply arrives is within the limit.
+	cn.leave()
+	if caller != nil && !changesSeal(req) {
+		cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
+	} else {
+		rep = cn.record(req, rep, id, caller, notes, len(raw))
+		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 	}
+	cn.arena.wipe()
+	wire.Recycle(req) // nothing refers to the request now
+}
+
+// runConcurrently starts req, admitted, in a goroutine of its own, which
+// takes a copy of the message, records the request and sends its reply.
+// It recycles req, and reports whether the goroutine took id's pidfd.
+func (cn *conn) runConcurrently(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) bool {
 	// A uid whose derivations fill its share of the KDF queue is refused
 	// here, cheaply, rather than by the supervisor once the request runs.
 	if sup := cn.s.cfg.KDF; sup != nil && hasKDF(req) && sup.TenantFull(cn.kdfContext()) {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		wire.Recycle(req)
 		cn.refuseLimit(peekRequestID(raw), limitKDFQueue, cn.s.kdfQueueMsg)
-		return
+		return false
 	}
 	// Replies held so far go first: records stay in the order requests
 	// were taken.
@@ -346,26 +376,20 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	cost := min(requestCost(len(raw), len(req.Ops)), cn.s.limits.MaxRequestBytesPerUID)
 	wire.Recycle(req)
 	if kind, msg, ok := cn.hold(cost); !ok {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		cn.refuseLimit(peekRequestID(raw), kind, msg)
-		return
+		return false
 	}
 	own := bytes.Clone(raw)
-	done := func() {
-		clear(own)
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
-		cn.unhold(cost)
-	}
 	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(own); err != nil {
 		wire.Recycle(req)
-		done()
+		clear(own)
+		cn.leave()
+		cn.unhold(cost)
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
-		return
+		return false
 	}
-	closePidfd = false
 	cn.async.Add(1)
 	go func() {
 		defer cn.async.Done()
@@ -382,14 +406,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
 		rep := cn.execute(req, id, &a, notes, true)
 		rep = cn.record(req, rep, id, caller, notes, len(own))
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
 		wire.Recycle(req)
 		clear(own)
 		cn.unhold(cost)
 	}()
+	return true
 }
 
 // opCost is what one operation of a request running concurrently is

@@ -45,6 +45,9 @@ func TestOpTable(t *testing.T) {
 			t.Errorf("the operation table has a row for %s, which is no field of Op", name)
 		}
 	}
+	if errOpTable != nil {
+		t.Fatalf("the table's index is not built: %v", errOpTable)
+	}
 	// Every row is found from its operation.
 	for i := 0; i < od.Fields().Len(); i++ {
 		f := od.Fields().Get(i)
