@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
@@ -36,12 +35,6 @@ type Identity struct {
 }
 
 func (id Identity) caller() policy.Caller { return policy.Caller{UID: id.UID, GID: id.GID} }
-
-// spin is how long a connection polls for the next request, when the last
-// one came quickly, before it sleeps (see seqpacket.Conn.SetSpin): a
-// client in a request-reply loop then never pays the wake-up of a
-// sleeping thread.
-const spin = 100 * time.Microsecond
 
 // conn is the state of one client connection.
 type conn struct {
@@ -118,112 +111,6 @@ func newConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cred)
 	cn.ctx, cn.cancel = context.WithCancel(context.Background())
 	c.SetSpin(spin)
 	return cn
-}
-
-// stopReading makes the serving goroutine's receive return, so it stops
-// taking requests; replies in progress can still be sent.
-func (cn *conn) stopReading() { cn.c.ShutdownRead() }
-
-// watchHangup has the server's watcher tell the connection when its
-// client hangs up.
-func (cn *conn) watchHangup() {
-	if cn.s.hangups == nil {
-		return
-	}
-	stop, err := cn.s.hangups.Watch(cn.c, cn.hungUp)
-	if err != nil {
-		cn.log.Warn("cannot watch for the client hanging up: work it leaves behind runs on", "err", err)
-		return
-	}
-	cn.unwatch = stop
-}
-
-// hungUp runs on the watcher's goroutine when the client has hung up: no
-// reply can reach it any more, so the work it asked for stops.
-func (cn *conn) hungUp() {
-	cn.gone.Store(true)
-	cn.cancel()
-}
-
-// dropUnread drops a request received after the client hung up, unread.
-func (cn *conn) dropUnread(m seqpacket.Message) {
-	if m.Cred.Pidfd >= 0 {
-		unix.Close(m.Cred.Pidfd)
-	}
-	cn.buf.done(m.N)
-	cn.log.Debug("client hung up: the requests it left are dropped unread")
-}
-
-func (cn *conn) serve() {
-	defer cn.cleanup()
-	cn.readPeer()
-	defer cn.flush()
-	idleArmed := false // the receive times out, to give back a large buffer
-	for {
-		if cn.buf.dirty != idleArmed {
-			idleArmed = cn.buf.dirty
-			timeout := time.Duration(0)
-			if idleArmed {
-				timeout = recvIdle
-			}
-			cn.c.SetRecvTimeout(timeout)
-		}
-		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
-		if errors.Is(err, seqpacket.ErrTimeout) {
-			cn.buf.release() // idle after a large message
-			continue
-		}
-		if err != nil {
-			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
-				cn.log.Warn("receive failed; dropping connection", "err", err)
-			}
-			return
-		}
-		if cn.gone.Load() {
-			cn.dropUnread(m)
-			return
-		}
-		cn.handleMessage(m)
-		// Plaintexts and other inputs must not outlive the request in the
-		// receive buffer.
-		cn.buf.done(m.N)
-		// Replies held for their audit records (see queueReply): take the
-		// requests already waiting too, then record them all in one write
-		// and send their replies.
-		for len(cn.pending) > 0 && len(cn.pending) < maxPending && (cn.pendingBytes < maxPendingBytes || cn.s.auditAlways) {
-			m, err := cn.c.TryRecvMsg(cn.buf.b, cn.oob)
-			if err != nil {
-				break // ErrWouldBlock; any other error shows at the next RecvMsg
-			}
-			if cn.gone.Load() {
-				cn.dropUnread(m)
-				break
-			}
-			cn.handleMessage(m)
-			cn.buf.done(m.N)
-		}
-		cn.flush()
-	}
-}
-
-// handleMessage answers one received message. It owns m's pidfd.
-func (cn *conn) handleMessage(m seqpacket.Message) {
-	id := Identity{PID: m.Cred.PID, UID: m.Cred.UID, GID: m.Cred.GID, Pidfd: m.Cred.Pidfd}
-	closePidfd := true
-	defer func() {
-		if closePidfd && id.Pidfd >= 0 {
-			unix.Close(id.Pidfd)
-		}
-	}()
-	req, raw, caller, ok := cn.admit(m, id)
-	if !ok {
-		return
-	}
-	if !isHeavy(req) {
-		cn.runInline(req, raw, id, caller)
-		return
-	}
-	closePidfd = !cn.runConcurrently(req, raw, id, caller)
 }
 
 // admit runs the checks a message must pass before anything is spent on
@@ -510,125 +397,6 @@ func (cn *conn) refuseLimit(reqID uint64, kind limitKind, public string) {
 	cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID,
 		Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: public})
 	time.Sleep(limitPause)
-}
-
-// send marshals rep into buf (reused when large enough) and sends it. A
-// reply that would exceed the message limit is replaced by an error.
-func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
-
-// sendFDs is send with descriptors attached to the reply (SCM_RIGHTS):
-// only the generation page's, for generation_map. The caller keeps them.
-func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
-	b := cn.encodeReply(buf, rep)
-	if rep.Status != wire.Status_STATUS_OK {
-		fds = nil
-	}
-	return cn.sendEncoded(b, rep.Id, fds)
-}
-
-// encodeReply marshals rep into buf (reused when large enough). A reply
-// that would exceed the message limit is replaced by an error.
-func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
-	n := rep.SizeVT()
-	if cap(buf) < n {
-		buf = cn.s.getReplyBuf(n)
-	}
-	b := buf[:n]
-	_, err := rep.MarshalToSizedBufferVT(b)
-	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
-		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
-	}
-	if err != nil {
-		cn.log.Error("cannot encode reply", "request", rep.Id, "err", err)
-		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
-			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
-	}
-	return b
-}
-
-// sendEncoded sends the encoded reply b to request reqID, with fds if any,
-// then clears b and returns it for reuse (nil if it grew too large).
-func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
-	var err error
-	if len(fds) > 0 {
-		err = cn.c.SendFDs(b, fds)
-	} else {
-		err = cn.c.Send(b)
-	}
-	if errors.Is(err, unix.EMSGSIZE) {
-		// Should not happen (New caps the limit at what the kernel allows),
-		// but a client must never wait for a reply that cannot be sent.
-		cn.log.Error("reply too large for the socket", "request", reqID, "bytes", len(b))
-		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID,
-			Status: wire.Status_STATUS_INTERNAL, Message: "the reply was too large to send"})
-		err = cn.c.Send(b)
-	}
-	if err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
-		cn.log.Warn("send failed", "request", reqID, "err", err)
-	}
-	// The kernel has its copy; ours may hold plaintext or an exported key.
-	clear(b)
-	if cap(b) > replyKeep {
-		cn.s.putReplyBuf(b)
-		return nil
-	}
-	return b[:0]
-}
-
-// replyKeep bounds the reply buffers a connection keeps for its next
-// replies; larger ones are shared by all connections (Server.replyBufs),
-// so that an idle connection holds no large buffer.
-const replyKeep = 64 << 10
-
-// getReplyBuf returns a buffer of at least n bytes, empty: a shared one
-// of the message limit's size for a large reply.
-func (s *Server) getReplyBuf(n int) []byte {
-	size := s.limits.MaxMessageBytes
-	if n > replyKeep && n <= size {
-		if p, _ := s.replyBufs.Get().(*[]byte); p != nil {
-			return (*p)[:0]
-		}
-		return make([]byte, 0, size)
-	}
-	return make([]byte, 0, n)
-}
-
-// putReplyBuf gives back a wiped buffer that getReplyBuf made.
-func (s *Server) putReplyBuf(b []byte) {
-	if cap(b) == s.limits.MaxMessageBytes {
-		b = b[:0]
-		s.replyBufs.Put(&b)
-	}
-}
-
-func marshal(buf []byte, rep *wire.Reply) ([]byte, error) {
-	return wire.AppendMarshal(buf, rep)
-}
-
-// peekRequestID finds the id field of a request that could not be decoded
-// whole (malformed or truncated), so the error reply can still be matched
-// to it. It returns 0 if there is none.
-func peekRequestID(b []byte) uint64 {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0
-		}
-		b = b[n:]
-		if num == 2 && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return 0
-			}
-			return v
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return 0
-		}
-		b = b[n:]
-	}
-	return 0
 }
 
 // replyHeader bounds the encoded size of a reply's fields other than its

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
@@ -309,125 +306,6 @@ func New(cfg Config) (*Server, error) {
 
 // Limits returns the limits in force.
 func (s *Server) Limits() Limits { return s.limits }
-
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("server closed")
-
-// Serve accepts connections on l and serves each in its own goroutine
-// until Shutdown. It closes l when it returns.
-func (s *Server) Serve(l *seqpacket.Listener) error {
-	go func() {
-		// Shutdown closes the listener through this goroutine's view of it.
-		<-s.done
-		l.Close()
-	}()
-	defer l.Close()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.isClosing() || errors.Is(err, seqpacket.ErrClosed) {
-				return ErrServerClosed
-			}
-			s.log.Error("accept failed", "err", err)
-			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
-			continue
-		}
-		s.ServeConn(c)
-	}
-}
-
-// ServeConn starts serving one accepted connection in a new goroutine and
-// takes ownership of c.
-func (s *Server) ServeConn(c *seqpacket.Conn) {
-	// The uid that opened the connection pays for what it holds
-	// (peruid.go).
-	peer, err := c.PeerCred()
-	if err != nil {
-		s.log.Error("cannot read the credentials of a new connection; dropping it", "err", err)
-		c.Close()
-		return
-	}
-	dropPeer := func() {
-		if peer.Pidfd >= 0 {
-			unix.Close(peer.Pidfd)
-		}
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		dropPeer()
-		c.Close()
-		return
-	}
-	acct, err := s.accts.connect(peer.UID)
-	if err != nil {
-		s.mu.Unlock()
-		// Counted, and reported once a second (reportLimits).
-		s.log.Debug("connection refused", "uid", peer.UID, "pid", peer.PID, "reason", err.Error())
-		dropPeer()
-		s.refuseConn(c, err.Error())
-		return
-	}
-	cn := newConn(s, c, acct, peer)
-	// Before anything else, so that no message is received without the
-	// sender's credentials. (Accepted sockets inherit SO_PASSCRED from the
-	// listener; a connection handed in otherwise may not have it yet.)
-	pidfd, err := c.EnableCredentials()
-	if err != nil {
-		s.mu.Unlock()
-		s.accts.disconnect(acct)
-		s.log.Error("cannot enable credentials; dropping connection", "err", err)
-		dropPeer()
-		c.Close()
-		return
-	}
-	cn.pidfd = pidfd
-	cn.watchHangup()
-	s.conns[cn] = struct{}{}
-	s.connsN.Store(int32(len(s.conns)))
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		cn.serve()
-		s.mu.Lock()
-		delete(s.conns, cn)
-		s.connsN.Store(int32(len(s.conns)))
-		s.mu.Unlock()
-		s.accts.disconnect(acct)
-	}()
-}
-
-// maxRefusing bounds the connections being refused at once: each holds a
-// thread while it waits for the client's first request.
-const maxRefusing = 16
-
-// refuseConn answers the first request of a connection that is over a
-// limit with RESOURCE_EXHAUSTED and closes it, so the client gets a clear
-// error rather than a hang. When many are being refused already, it closes
-// the connection at once.
-func (s *Server) refuseConn(c *seqpacket.Conn, msg string) {
-	select {
-	case s.refusing <- struct{}{}:
-	default:
-		c.Close()
-		return
-	}
-	go func() {
-		defer func() { <-s.refusing }()
-		defer c.Close()
-		c.SetRecvTimeout(time.Second)
-		buf := make([]byte, 64)
-		if _, err := c.Recv(buf); err != nil {
-			return
-		}
-		rep := &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf),
-			Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: msg}
-		if b, err := marshal(nil, rep); err == nil {
-			c.Send(b)
-		}
-	}()
-}
 
 // opLimits is the audit event that counts the requests refused for
 // limits.
