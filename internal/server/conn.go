@@ -481,20 +481,21 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 			}
 		}
 		op := req.Ops[i]
+		r := rowOf(op)
 		res := &results[i]
 		switch {
 		case full:
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
-		case size+opReplyBound(op, max)+4*(n-i-1) > budget:
+		case size+r.replyBound(op, max)+4*(n-i-1) > budget:
 			full = true
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
 			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
-		case perOp && !runsApart(op):
+		case perOp && !r.runsApart(op):
 			cn.acct.startComputing()
-			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
+			res = cn.safeDispatch(r, op, id, req.Id, a, res, noteAt(notes, i))
 			cn.acct.stopComputing()
 		default:
-			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
+			res = cn.safeDispatch(r, op, id, req.Id, a, res, noteAt(notes, i))
 		}
 		rep.Results[i] = res
 		size += res.SizeVT() + 4
@@ -510,10 +511,10 @@ func listBudget(max int) int { return max / 2 }
 // the caller provides to save an allocation.
 //
 // note, if not nil, gets what the audit records of the operation.
-func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result, note *auditNote) (res *wire.Result) {
+func (cn *conn) safeDispatch(r *opRow, op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result, note *auditNote) (res *wire.Result) {
 	defer func() {
 		if p := recover(); p != nil {
-			cn.log.Error("operation panicked", "request", reqID, "op", opName(op), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
+			cn.log.Error("operation panicked", "request", reqID, "op", r.opName(), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
 			res = &wire.Result{Status: wire.Status_STATUS_INTERNAL, Message: "internal error"}
 			if note != nil {
 				note.msg = "internal error: the operation panicked"
@@ -525,7 +526,7 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 		defer func() { noteAfter(note, res) }()
 	}
 	// Heavy work waits for a slot, in turn with other uids' (peruid.go).
-	if class, heavy := cn.heavyClassOf(op); heavy {
+	if class, heavy := cn.heavyClassOf(r, op); heavy {
 		q := &cn.s.accts.heavy[class]
 		if err := q.acquire(cn.acct, cn.ctx.Done()); err != nil {
 			note.setErr(err)
@@ -537,19 +538,19 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 			shortenSlice()
 		}
 	}
-	data, full, err := cn.dispatch(op, id, a, out)
+	data, full, err := cn.dispatchRow(r, op, id, a, out)
 	if err != nil {
 		note.setErr(err)
 		var we *wire.Error
 		if errors.As(err, &we) {
 			if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {
-				cn.log.Info("operation refused", "request", reqID, "op", opName(op), "uid", id.UID, "gid", id.GID, "pid", id.PID,
+				cn.log.Info("operation refused", "request", reqID, "op", r.opName(), "uid", id.UID, "gid", id.GID, "pid", id.PID,
 					"status", we.Status.String(), "reason", we.Public, "detail", we.Detail)
 			}
 			out.Status, out.Message = we.Status, we.Public
 			return out
 		}
-		cn.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
+		cn.log.Error("operation failed", "request", reqID, "op", r.opName(), "err", err)
 		out.Status, out.Message = wire.Status_STATUS_INTERNAL, "internal error"
 		return out
 	}

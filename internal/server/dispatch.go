@@ -34,7 +34,10 @@ func hasKDF(req *wire.Request) bool {
 // wait for its commits. Argon2id operations wait in the KDF supervisor's
 // queue instead. Every such operation makes its request run concurrently
 // (isHeavy), never on the connection's own goroutine.
-func (cn *conn) heavyClassOf(op *wire.Op) (heavyClass, bool) {
+func (cn *conn) heavyClassOf(r *opRow, op *wire.Op) (heavyClass, bool) {
+	if r == nil {
+		return 0, false
+	}
 	if isRSAGenerate(op) {
 		return heavyCPU, true
 	}
@@ -44,7 +47,7 @@ func (cn *conn) heavyClassOf(op *wire.Op) (heavyClass, bool) {
 			return heavyCPU, true
 		}
 	}
-	if writesStore(op) && !isKDF(op) {
+	if r.writesStore(op) && r.exec != execKDF {
 		return heavyStore, true
 	}
 	return 0, false
@@ -69,7 +72,11 @@ var (
 // (create), imported key bytes (opImport). Results may alias them (the
 // reply is encoded before the buffer is reused).
 func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
-	r := rowOf(op)
+	return cn.dispatchRow(rowOf(op), op, id, a, out)
+}
+
+// dispatchRow is dispatch with op's row (nil: none) already found.
+func (cn *conn) dispatchRow(r *opRow, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
 	if r == nil {
 		return nil, nil, errNoOp
 	}

@@ -541,8 +541,9 @@ func (r *opRow) writesStore(op *wire.Op) bool {
 // runsApart reports whether op runs without a compute slot of its uid
 // (peruid.go): it spends its time waiting (for a worker, the store, a
 // generation change), or computes in a heavy slot (heavyClassOf).
-func runsApart(op *wire.Op) bool {
-	r := rowOf(op)
+func runsApart(op *wire.Op) bool { return rowOf(op).runsApart(op) }
+
+func (r *opRow) runsApart(op *wire.Op) bool {
 	if r == nil {
 		return false
 	}
@@ -551,11 +552,13 @@ func runsApart(op *wire.Op) bool {
 
 // opReplyBound is an upper bound of the encoded size of an operation's
 // result, for a daemon whose messages are at most max bytes.
-func opReplyBound(op *wire.Op, max int) int {
-	if r := rowOf(op); r != nil {
-		return r.bound(op, max)
+func opReplyBound(op *wire.Op, max int) int { return rowOf(op).replyBound(op, max) }
+
+func (r *opRow) replyBound(op *wire.Op, max int) int {
+	if r == nil {
+		return boundSmall + boundKeyInfo
 	}
-	return boundSmall + boundKeyInfo
+	return r.bound(op, max)
 }
 
 // changesSeal reports whether req may change the seal state or the master
@@ -570,11 +573,13 @@ func changesSeal(req *wire.Request) bool {
 }
 
 // opName is op's name in the audit log and the daemon's log.
-func opName(op *wire.Op) string {
-	if r := rowOf(op); r != nil {
-		return r.name
+func opName(op *wire.Op) string { return rowOf(op).opName() }
+
+func (r *opRow) opName() string {
+	if r == nil {
+		return "none"
 	}
-	return "none"
+	return r.name
 }
 
 // isRSAGenerate reports whether op generates an RSA key.
