@@ -90,7 +90,10 @@ func TestDaemonGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{})
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	go srv.Serve(l)
 	c, err := keywarden.Dial(context.Background(), sock)
 	if err != nil {

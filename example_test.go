@@ -37,7 +37,10 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv := server.New(server.Config{DevMode: true})
+	srv, err := server.New(server.Config{DevMode: true})
+	if err != nil {
+		log.Fatal(err)
+	}
 	go srv.Serve(l)
 	os.Setenv(keywarden.SocketEnv, sock)
 	code := m.Run()

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
@@ -70,84 +68,6 @@ func (n *auditNote) setErr(err error) {
 	}
 }
 
-// opInfo is what the audit needs to know of one kind of operation: its
-// name in the log, and the fields of its message naming a key handle
-// (target: the key an operation acts on when handle is the one it uses,
-// as in wrap) or a session.
-type opInfo struct {
-	name                    string
-	handle, target, session protoreflect.FieldDescriptor
-}
-
-var (
-	opInfosOnce sync.Once
-	opInfos     map[protoreflect.FieldNumber]*opInfo
-	opOneof     protoreflect.OneofDescriptor
-)
-
-func loadOpInfos() {
-	od := (&wire.Op{}).ProtoReflect().Descriptor().Oneofs().ByName("op")
-	m := make(map[protoreflect.FieldNumber]*opInfo, od.Fields().Len())
-	for i := 0; i < od.Fields().Len(); i++ {
-		f := od.Fields().Get(i)
-		name := strings.ReplaceAll(string(f.Name()), "_", "-")
-		if name == "master-rotate" {
-			name = audit.OpMasterKeyRotate
-		}
-		oi := &opInfo{name: name}
-		if md := f.Message(); md != nil {
-			fs := md.Fields()
-			if h := fs.ByName("handle"); h != nil && h.Kind() == protoreflect.Uint32Kind {
-				oi.handle = h
-			}
-			if t := fs.ByName("target"); t != nil && t.Kind() == protoreflect.Uint32Kind {
-				oi.target = t
-			}
-			if s := fs.ByName("session"); s != nil && s.Kind() == protoreflect.Uint32Kind {
-				oi.session = s
-			}
-		}
-		m[f.Number()] = oi
-	}
-	opInfos, opOneof = m, od
-}
-
-// infoOf returns what the audit knows of op's kind, and op's message.
-func infoOf(op *wire.Op) (*opInfo, protoreflect.Message) {
-	opInfosOnce.Do(loadOpInfos)
-	pm := op.ProtoReflect()
-	f := pm.WhichOneof(opOneof)
-	if f == nil {
-		return &opInfo{name: "none"}, nil
-	}
-	return opInfos[f.Number()], pm.Get(f).Message()
-}
-
-// auditOpName is op's name in the audit log. The data path's operations,
-// which batches hold by the hundred, are named without reflection.
-func auditOpName(op *wire.Op) string {
-	switch op.GetOp().(type) {
-	case *wire.Op_Encrypt:
-		return "encrypt"
-	case *wire.Op_Decrypt:
-		return "decrypt"
-	case *wire.Op_Sign:
-		return "sign"
-	case *wire.Op_Verify:
-		return "verify"
-	case *wire.Op_Mac:
-		return "mac"
-	case *wire.Op_MacVerify:
-		return "mac-verify"
-	case *wire.Op_Hash:
-		return "hash"
-	case *wire.Op_Ping:
-		return "ping"
-	}
-	oi, _ := infoOf(op)
-	return oi.name
-}
-
 // dataHandle returns the handle a data-path operation uses, found without
 // reflection: these are the operations of most requests.
 func dataHandle(op *wire.Op) (uint32, bool) {
@@ -177,21 +97,22 @@ func (cn *conn) noteBefore(op *wire.Op, n *auditNote) {
 		}
 		return
 	}
-	oi, m := infoOf(op)
-	if m == nil {
+	r := rowOf(op)
+	if r == nil {
 		return
 	}
-	h := oi.target
+	m := op.ProtoReflect().Get(r.field).Message()
+	h := r.target
 	if h == nil {
-		h = oi.handle
+		h = r.handle
 	}
 	if h != nil {
 		if o, err := cn.object(uint32(m.Get(h).Uint())); err == nil {
 			n.setObject(o)
 		}
 	}
-	if oi.session != nil {
-		n.session = uint32(m.Get(oi.session).Uint())
+	if r.session != nil {
+		n.session = uint32(m.Get(r.session).Uint())
 		if ss, err := cn.session(n.session); err == nil && ss.obj != nil {
 			n.setObject(ss.obj)
 		}
@@ -269,7 +190,7 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 	r.Status = statusName(rep.Status)
 	if len(req.Ops) == 1 && len(rep.Results) == 1 && len(notes) == 1 {
 		n := &notes[0]
-		r.Op = auditOpName(req.Ops[0])
+		r.Op = opName(req.Ops[0])
 		r.Alg, r.Key, r.KeyVersion, r.Session, r.Msg = n.alg, n.key, n.kv, uint64(n.session), n.msg
 		r.Status = statusName(rep.Results[0].Status)
 	} else {
@@ -279,7 +200,7 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 		var sum *opSummary
 		for i, op := range req.Ops {
 			if sum != nil {
-				sum.add(auditOpName(op), resultStatus(rep, i))
+				sum.add(opName(op), resultStatus(rep, i))
 				continue
 			}
 			var e audit.OpEntry
@@ -293,7 +214,7 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 				e = *last
 				e.Status, e.Count = statusName(rep.Results[i].Status), 0
 			} else {
-				e = audit.OpEntry{Op: auditOpName(op)}
+				e = audit.OpEntry{Op: opName(op)}
 				if i < len(notes) {
 					n := &notes[i]
 					e.Alg, e.Key, e.KeyVersion = n.alg, n.key, n.kv
@@ -676,18 +597,6 @@ func auditKeys(k *seal.Keys) (*audit.Keys, error) {
 		return err
 	})
 	return ak, err
-}
-
-// changesSeal reports whether req may change the seal state or the master
-// key: the audit log then takes, drops or changes its keys.
-func changesSeal(req *wire.Request) bool {
-	for _, op := range req.Ops {
-		switch op.GetOp().(type) {
-		case *wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_Restore, *wire.Op_MasterRotate:
-			return true
-		}
-	}
-	return false
 }
 
 // auditStatus describes the audit log for Status.

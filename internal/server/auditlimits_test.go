@@ -23,7 +23,7 @@ func auditedServer(t *testing.T, lim Limits) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(Config{Audit: l, Limits: lim})
+	s := mustNew(t, Config{Audit: l, Limits: lim})
 	t.Cleanup(func() {
 		s.Shutdown(context.Background())
 		l.Close()
@@ -132,8 +132,9 @@ func TestBatchRecordBound(t *testing.T) {
 	cn := testConn(t, s, a, 1000)
 	id := Identity{PID: int32(os.Getpid()), UID: 1000, GID: 1000, Pidfd: -1}
 	for range 64 {
-		res := cn.safeDispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
-			Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}, id, 0, &arena{}, &wire.Result{}, nil)
+		op := &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+			Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}
+		res := cn.safeDispatch(rowOf(op), op, id, 0, &arena{}, &wire.Result{}, nil)
 		if res.Status != wire.Status_STATUS_OK {
 			t.Fatal(res.Message)
 		}

@@ -15,7 +15,7 @@ import (
 )
 
 func BenchmarkExecuteEncryptBatch(b *testing.B) {
-	s := New(Config{})
+	s := mustNew(b, Config{})
 	cn := testConn(b, s, benchConn(b), 1)
 	id := Identity{UID: 1, GID: 1, Pidfd: -1}
 	res, _, err := cn.dispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}, id, &arena{}, &wire.Result{})
@@ -61,7 +61,7 @@ func BenchmarkAuditedRequest(b *testing.B) {
 				defer l.Close()
 				cfg.Audit = l
 			}
-			s := New(cfg)
+			s := mustNew(b, cfg)
 			cn := testConn(b, s, benchConn(b), 1)
 			pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
 			if err != nil {

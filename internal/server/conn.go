@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
@@ -36,12 +35,6 @@ type Identity struct {
 }
 
 func (id Identity) caller() policy.Caller { return policy.Caller{UID: id.UID, GID: id.GID} }
-
-// spin is how long a connection polls for the next request, when the last
-// one came quickly, before it sleeps (see seqpacket.Conn.SetSpin): a
-// client in a request-reply loop then never pays the wake-up of a
-// sleeping thread.
-const spin = 100 * time.Microsecond
 
 // conn is the state of one client connection.
 type conn struct {
@@ -120,121 +113,35 @@ func newConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cred)
 	return cn
 }
 
-// stopReading makes the serving goroutine's receive return, so it stops
-// taking requests; replies in progress can still be sent.
-func (cn *conn) stopReading() { cn.c.ShutdownRead() }
-
-// watchHangup has the server's watcher tell the connection when its
-// client hangs up.
-func (cn *conn) watchHangup() {
-	if cn.s.hangups == nil {
-		return
-	}
-	stop, err := cn.s.hangups.Watch(cn.c, cn.hungUp)
-	if err != nil {
-		cn.log.Warn("cannot watch for the client hanging up: work it leaves behind runs on", "err", err)
-		return
-	}
-	cn.unwatch = stop
-}
-
-// hungUp runs on the watcher's goroutine when the client has hung up: no
-// reply can reach it any more, so the work it asked for stops.
-func (cn *conn) hungUp() {
-	cn.gone.Store(true)
-	cn.cancel()
-}
-
-// dropUnread drops a request received after the client hung up, unread.
-func (cn *conn) dropUnread(m seqpacket.Message) {
-	if m.Cred.Pidfd >= 0 {
-		unix.Close(m.Cred.Pidfd)
-	}
-	cn.buf.done(m.N)
-	cn.log.Debug("client hung up: the requests it left are dropped unread")
-}
-
-func (cn *conn) serve() {
-	defer cn.cleanup()
-	cn.readPeer()
-	defer cn.flush()
-	idleArmed := false // the receive times out, to give back a large buffer
-	for {
-		if cn.buf.dirty != idleArmed {
-			idleArmed = cn.buf.dirty
-			timeout := time.Duration(0)
-			if idleArmed {
-				timeout = recvIdle
-			}
-			cn.c.SetRecvTimeout(timeout)
-		}
-		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
-		if errors.Is(err, seqpacket.ErrTimeout) {
-			cn.buf.release() // idle after a large message
-			continue
-		}
-		if err != nil {
-			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
-				cn.log.Warn("receive failed; dropping connection", "err", err)
-			}
-			return
-		}
-		if cn.gone.Load() {
-			cn.dropUnread(m)
-			return
-		}
-		cn.handleMessage(m)
-		// Plaintexts and other inputs must not outlive the request in the
-		// receive buffer.
-		cn.buf.done(m.N)
-		// Replies held for their audit records (see queueReply): take the
-		// requests already waiting too, then record them all in one write
-		// and send their replies.
-		for len(cn.pending) > 0 && len(cn.pending) < maxPending && (cn.pendingBytes < maxPendingBytes || cn.s.auditAlways) {
-			m, err := cn.c.TryRecvMsg(cn.buf.b, cn.oob)
-			if err != nil {
-				break // ErrWouldBlock; any other error shows at the next RecvMsg
-			}
-			if cn.gone.Load() {
-				cn.dropUnread(m)
-				break
-			}
-			cn.handleMessage(m)
-			cn.buf.done(m.N)
-		}
-		cn.flush()
-	}
-}
-
-// handleMessage answers one received message. It owns m's pidfd.
-func (cn *conn) handleMessage(m seqpacket.Message) {
-	id := Identity{PID: m.Cred.PID, UID: m.Cred.UID, GID: m.Cred.GID, Pidfd: m.Cred.Pidfd}
-	closePidfd := true
-	defer func() {
-		if closePidfd && id.Pidfd >= 0 {
-			unix.Close(id.Pidfd)
-		}
-	}()
+// admit runs the checks a message must pass before anything is spent on
+// it, in this order: the audit log can take its record and its uid's
+// audit allowance is not spent; the kernel said who sent it; it is within
+// the message limit; its connection and its uid have room for one more
+// request in flight (counted from here: the caller must leave, or have
+// the request's runner leave); it decodes, speaks this protocol, holds a
+// batch within the limit, and expects the current generation. A refused
+// message is answered here, and ok is false. req is decoded without
+// copying: it points into the receive buffer.
+func (cn *conn) admit(m seqpacket.Message, id Identity) (req *wire.Request, raw []byte, caller *audit.Caller, ok bool) {
 	max := cn.s.limits.MaxMessageBytes
 	buf := cn.buf.b
 	// The audit: a log that cannot take records refuses the request before
 	// anything is done (not recorded, necessarily; the log counts these).
 	// Otherwise the caller's executable and cgroup are read now, through
 	// the message's pidfd, before the caller can move on.
-	var caller *audit.Caller
 	if cn.s.alog != nil {
 		if err := cn.s.alog.Ready(); err != nil {
 			cn.flush()
 			cn.log.Warn("request refused: the audit log cannot be written", "err", err)
 			cn.out = cn.send(cn.out, &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf[:min(m.N, len(buf), max)]),
 				Status: errAuditDown.Status, Message: errAuditDown.Public})
-			return
+			return nil, nil, nil, false
 		}
 		// A uid whose requests made more records than its allowance
 		// waits until it refills.
 		if !cn.acct.auditOK(cn.s.cfg.Now, &cn.s.limits) {
 			cn.refuseLimit(peekRequestID(buf[:min(m.N, len(buf), max)]), limitAuditRate, cn.s.auditRateMsg)
-			return
+			return nil, nil, nil, false
 		}
 		c := cn.callerOf(id)
 		caller = &c
@@ -247,14 +154,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		// than guess who is asking.
 		cn.refuse(caller, peekRequestID(buf[:min(m.N, len(buf))]), wire.Status_STATUS_PERMISSION_DENIED,
 			"the daemon cannot see who sent this message", fmt.Sprintf("credentials %v, pid %d", m.HasCred, m.Cred.PID))
-		return
+		return nil, nil, nil, false
 	}
 	if m.N > max {
 		cn.refuse(caller, peekRequestID(buf[:max]), wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", m.N, max), "")
-		return
+		return nil, nil, nil, false
 	}
-	raw := buf[:m.N]
+	raw = buf[:m.N]
 	// Every request counts as in flight, on its connection and for its
 	// uid, while it executes; one that would exceed a limit is refused at
 	// once, before anything is spent on it (a batch takes longer to decode
@@ -262,28 +169,24 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	if int(cn.inFlight.Add(1)) > cn.s.limits.MaxInFlight {
 		cn.inFlight.Add(-1)
 		cn.refuseLimit(peekRequestID(raw), limitConnInFlight, cn.s.connInFlightMsg)
-		return
+		return nil, nil, nil, false
 	}
 	if !cn.acct.enter(cn.s.limits.MaxInFlightPerUID) {
 		cn.inFlight.Add(-1)
 		cn.refuseLimit(peekRequestID(raw), limitInFlight, cn.s.inFlightMsg)
-		return
-	}
-	leave := func() {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		return nil, nil, nil, false
 	}
 	// Decode without copying: byte and string fields point into the
 	// receive buffer, which the serving loop wipes once this returns and
 	// reuses for the next message. Everything that keeps a field
 	// beyond the request copies it (see "aliasing" in dispatch.go); a
 	// request that runs concurrently is decoded again, with copies.
-	req := wire.RequestFromVTPool()
+	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(raw); err != nil {
 		wire.Recycle(req)
-		leave()
+		cn.leave()
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
-		return
+		return nil, nil, nil, false
 	}
 	var refusal *wire.Error
 	switch {
@@ -297,45 +200,57 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 			"%d operations exceed the batch limit of %d", len(req.Ops), cn.s.limits.MaxBatchOps)
 	default:
 		// Nothing is served from a generation the machine has left.
-		if err := cn.checkGeneration(req); err != nil {
-			refusal = err.(*wire.Error)
-		}
+		refusal = cn.checkGeneration(req)
 	}
 	if refusal != nil {
 		reqID := req.Id
 		wire.Recycle(req)
-		leave()
+		cn.leave()
 		cn.refuse(caller, reqID, refusal.Status, refusal.Public, refusal.Detail)
-		return
+		return nil, nil, nil, false
 	}
-	if !isHeavy(req) {
-		cn.arena.reset()
-		notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
-		cn.acct.startComputing()
-		rep := cn.execute(req, id, &cn.arena, notes, false)
-		cn.acct.stopComputing()
-		// Done executing before the reply leaves: a client that sends its
-		// next request as soon as this reply arrives is within the limit.
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
-		if caller != nil && !changesSeal(req) {
-			cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
-		} else {
-			rep = cn.record(req, rep, id, caller, notes, len(raw))
-			cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
-		}
-		cn.arena.wipe()
-		wire.Recycle(req) // nothing refers to the request now
-		return
+	return req, raw, caller, true
+}
+
+// leave ends a request's count in flight, on its connection and for its
+// uid (see admit).
+func (cn *conn) leave() {
+	cn.inFlight.Add(-1)
+	cn.acct.leave()
+}
+
+// runInline executes req, admitted, on the connection's goroutine, and
+// sends or queues its reply. It recycles req.
+func (cn *conn) runInline(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) {
+	cn.arena.reset()
+	notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
+	cn.acct.startComputing()
+	rep := cn.execute(req, id, &cn.arena, notes, false)
+	cn.acct.stopComputing()
+	// Done executing before the reply leaves: a client that sends its
+	// next request as soon as this reply arrives is within the limit.
+	cn.leave()
+	if caller != nil && !changesSeal(req) {
+		cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
+	} else {
+		rep = cn.record(req, rep, id, caller, notes, len(raw))
+		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 	}
+	cn.arena.wipe()
+	wire.Recycle(req) // nothing refers to the request now
+}
+
+// runConcurrently starts req, admitted, in a goroutine of its own, which
+// takes a copy of the message, records the request and sends its reply.
+// It recycles req, and reports whether the goroutine took id's pidfd.
+func (cn *conn) runConcurrently(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) bool {
 	// A uid whose derivations fill its share of the KDF queue is refused
 	// here, cheaply, rather than by the supervisor once the request runs.
 	if sup := cn.s.cfg.KDF; sup != nil && hasKDF(req) && sup.TenantFull(cn.kdfContext()) {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		wire.Recycle(req)
 		cn.refuseLimit(peekRequestID(raw), limitKDFQueue, cn.s.kdfQueueMsg)
-		return
+		return false
 	}
 	// Replies held so far go first: records stay in the order requests
 	// were taken.
@@ -348,26 +263,20 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	cost := min(requestCost(len(raw), len(req.Ops)), cn.s.limits.MaxRequestBytesPerUID)
 	wire.Recycle(req)
 	if kind, msg, ok := cn.hold(cost); !ok {
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		cn.refuseLimit(peekRequestID(raw), kind, msg)
-		return
+		return false
 	}
 	own := bytes.Clone(raw)
-	done := func() {
-		clear(own)
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
-		cn.unhold(cost)
-	}
 	req = wire.RequestFromVTPool()
 	if err := req.UnmarshalVTUnsafe(own); err != nil {
 		wire.Recycle(req)
-		done()
+		clear(own)
+		cn.leave()
+		cn.unhold(cost)
 		cn.refuse(caller, peekRequestID(raw), wire.Status_STATUS_INVALID_ARGUMENT, "malformed request", err.Error())
-		return
+		return false
 	}
-	closePidfd = false
 	cn.async.Add(1)
 	go func() {
 		defer cn.async.Done()
@@ -384,14 +293,14 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
 		rep := cn.execute(req, id, &a, notes, true)
 		rep = cn.record(req, rep, id, caller, notes, len(own))
-		cn.inFlight.Add(-1)
-		cn.acct.leave()
+		cn.leave()
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
 		wire.Recycle(req)
 		clear(own)
 		cn.unhold(cost)
 	}()
+	return true
 }
 
 // opCost is what one operation of a request running concurrently is
@@ -490,125 +399,6 @@ func (cn *conn) refuseLimit(reqID uint64, kind limitKind, public string) {
 	time.Sleep(limitPause)
 }
 
-// send marshals rep into buf (reused when large enough) and sends it. A
-// reply that would exceed the message limit is replaced by an error.
-func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
-
-// sendFDs is send with descriptors attached to the reply (SCM_RIGHTS):
-// only the generation page's, for generation_map. The caller keeps them.
-func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
-	b := cn.encodeReply(buf, rep)
-	if rep.Status != wire.Status_STATUS_OK {
-		fds = nil
-	}
-	return cn.sendEncoded(b, rep.Id, fds)
-}
-
-// encodeReply marshals rep into buf (reused when large enough). A reply
-// that would exceed the message limit is replaced by an error.
-func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
-	n := rep.SizeVT()
-	if cap(buf) < n {
-		buf = cn.s.getReplyBuf(n)
-	}
-	b := buf[:n]
-	_, err := rep.MarshalToSizedBufferVT(b)
-	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
-		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
-	}
-	if err != nil {
-		cn.log.Error("cannot encode reply", "request", rep.Id, "err", err)
-		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: rep.Id,
-			Status: wire.Status_STATUS_INTERNAL, Message: "the reply could not be encoded"})
-	}
-	return b
-}
-
-// sendEncoded sends the encoded reply b to request reqID, with fds if any,
-// then clears b and returns it for reuse (nil if it grew too large).
-func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
-	var err error
-	if len(fds) > 0 {
-		err = cn.c.SendFDs(b, fds)
-	} else {
-		err = cn.c.Send(b)
-	}
-	if errors.Is(err, unix.EMSGSIZE) {
-		// Should not happen (New caps the limit at what the kernel allows),
-		// but a client must never wait for a reply that cannot be sent.
-		cn.log.Error("reply too large for the socket", "request", reqID, "bytes", len(b))
-		b, _ = marshal(b, &wire.Reply{Version: wire.ProtocolVersion, Id: reqID,
-			Status: wire.Status_STATUS_INTERNAL, Message: "the reply was too large to send"})
-		err = cn.c.Send(b)
-	}
-	if err != nil && !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
-		cn.log.Warn("send failed", "request", reqID, "err", err)
-	}
-	// The kernel has its copy; ours may hold plaintext or an exported key.
-	clear(b)
-	if cap(b) > replyKeep {
-		cn.s.putReplyBuf(b)
-		return nil
-	}
-	return b[:0]
-}
-
-// replyKeep bounds the reply buffers a connection keeps for its next
-// replies; larger ones are shared by all connections (Server.replyBufs),
-// so that an idle connection holds no large buffer.
-const replyKeep = 64 << 10
-
-// getReplyBuf returns a buffer of at least n bytes, empty: a shared one
-// of the message limit's size for a large reply.
-func (s *Server) getReplyBuf(n int) []byte {
-	size := s.limits.MaxMessageBytes
-	if n > replyKeep && n <= size {
-		if p, _ := s.replyBufs.Get().(*[]byte); p != nil {
-			return (*p)[:0]
-		}
-		return make([]byte, 0, size)
-	}
-	return make([]byte, 0, n)
-}
-
-// putReplyBuf gives back a wiped buffer that getReplyBuf made.
-func (s *Server) putReplyBuf(b []byte) {
-	if cap(b) == s.limits.MaxMessageBytes {
-		b = b[:0]
-		s.replyBufs.Put(&b)
-	}
-}
-
-func marshal(buf []byte, rep *wire.Reply) ([]byte, error) {
-	return wire.AppendMarshal(buf, rep)
-}
-
-// peekRequestID finds the id field of a request that could not be decoded
-// whole (malformed or truncated), so the error reply can still be matched
-// to it. It returns 0 if there is none.
-func peekRequestID(b []byte) uint64 {
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0
-		}
-		b = b[n:]
-		if num == 2 && typ == protowire.VarintType {
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return 0
-			}
-			return v
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return 0
-		}
-		b = b[n:]
-	}
-	return 0
-}
-
 // replyHeader bounds the encoded size of a reply's fields other than its
 // results.
 const replyHeader = 64
@@ -691,63 +481,27 @@ func (cn *conn) execute(req *wire.Request, id Identity, a *arena, notes []auditN
 			}
 		}
 		op := req.Ops[i]
+		r := rowOf(op)
 		res := &results[i]
 		switch {
 		case full:
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
-		case size+opReplyBound(op, max)+4*(n-i-1) > budget:
+		case size+r.replyBound(op, max)+4*(n-i-1) > budget:
 			full = true
 			res.Status = wire.Status_STATUS_RESOURCE_EXHAUSTED
 			res.Message = "not executed: the reply would exceed the message size limit; split the batch"
-		case perOp && !runsApart(op):
+		case perOp && !r.runsApart(op):
 			cn.acct.startComputing()
-			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
+			res = cn.safeDispatch(r, op, id, req.Id, a, res, noteAt(notes, i))
 			cn.acct.stopComputing()
 		default:
-			res = cn.safeDispatch(op, id, req.Id, a, res, noteAt(notes, i))
+			res = cn.safeDispatch(r, op, id, req.Id, a, res, noteAt(notes, i))
 		}
 		rep.Results[i] = res
 		size += res.SizeVT() + 4
 		i++
 	}
 	return rep
-}
-
-// opReplyBound is an upper bound of the encoded size of an operation's
-// result, for a daemon whose messages are at most max bytes.
-func opReplyBound(op *wire.Op, max int) int {
-	const (
-		small   = 64      // status and a short message
-		keyInfo = 4 << 10 // key info with an RSA-4096 public key and a full ACL
-	)
-	switch o := op.Op.(type) {
-	case *wire.Op_Ping:
-		return small + len(o.Ping.Payload)
-	case *wire.Op_Encrypt:
-		return small + len(o.Encrypt.Plaintext) + 512
-	case *wire.Op_Decrypt:
-		return small + len(o.Decrypt.Ciphertext)
-	case *wire.Op_Sign, *wire.Op_Hash, *wire.Op_Mac, *wire.Op_SessionFinal:
-		return small + 512
-	case *wire.Op_Verify, *wire.Op_MacVerify, *wire.Op_Close, *wire.Op_Destroy,
-		*wire.Op_SessionOpen, *wire.Op_SessionUpdate, *wire.Op_SessionAbort:
-		return small
-	case *wire.Op_Export, *wire.Op_PublicKey:
-		return small + 8<<10
-	case *wire.Op_List:
-		return listBudget(max)
-	case *wire.Op_Backup:
-		return small + max - 1024 // see backupChunk
-	case *wire.Op_Wrap:
-		return small + 16<<10
-	case *wire.Op_Rewrap:
-		return small + len(o.Rewrap.Ciphertext)
-	case *wire.Op_DataKey:
-		return small + 2*64 + 64
-	case *wire.Op_Init, *wire.Op_MasterRotate:
-		return small + 255*64
-	}
-	return small + keyInfo
 }
 
 // listBudget is how many bytes of key infos one List result may hold.
@@ -757,10 +511,10 @@ func listBudget(max int) int { return max / 2 }
 // the caller provides to save an allocation.
 //
 // note, if not nil, gets what the audit records of the operation.
-func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result, note *auditNote) (res *wire.Result) {
+func (cn *conn) safeDispatch(r *opRow, op *wire.Op, id Identity, reqID uint64, a *arena, out *wire.Result, note *auditNote) (res *wire.Result) {
 	defer func() {
 		if p := recover(); p != nil {
-			cn.log.Error("operation panicked", "request", reqID, "op", opName(op), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
+			cn.log.Error("operation panicked", "request", reqID, "op", r.opName(), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
 			res = &wire.Result{Status: wire.Status_STATUS_INTERNAL, Message: "internal error"}
 			if note != nil {
 				note.msg = "internal error: the operation panicked"
@@ -772,7 +526,7 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 		defer func() { noteAfter(note, res) }()
 	}
 	// Heavy work waits for a slot, in turn with other uids' (peruid.go).
-	if class, heavy := cn.heavyClassOf(op); heavy {
+	if class, heavy := cn.heavyClassOf(r, op); heavy {
 		q := &cn.s.accts.heavy[class]
 		if err := q.acquire(cn.acct, cn.ctx.Done()); err != nil {
 			note.setErr(err)
@@ -784,19 +538,19 @@ func (cn *conn) safeDispatch(op *wire.Op, id Identity, reqID uint64, a *arena, o
 			shortenSlice()
 		}
 	}
-	data, full, err := cn.dispatch(op, id, a, out)
+	data, full, err := cn.dispatchRow(r, op, id, a, out)
 	if err != nil {
 		note.setErr(err)
 		var we *wire.Error
 		if errors.As(err, &we) {
 			if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {
-				cn.log.Info("operation refused", "request", reqID, "op", opName(op), "uid", id.UID, "gid", id.GID, "pid", id.PID,
+				cn.log.Info("operation refused", "request", reqID, "op", r.opName(), "uid", id.UID, "gid", id.GID, "pid", id.PID,
 					"status", we.Status.String(), "reason", we.Public, "detail", we.Detail)
 			}
 			out.Status, out.Message = we.Status, we.Public
 			return out
 		}
-		cn.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
+		cn.log.Error("operation failed", "request", reqID, "op", r.opName(), "err", err)
 		out.Status, out.Message = wire.Status_STATUS_INTERNAL, "internal error"
 		return out
 	}
@@ -817,14 +571,6 @@ func stackWithoutArgs() string {
 		}
 	}
 	return strings.Join(lines, "\n")
-}
-
-func opName(op *wire.Op) string {
-	if op == nil || op.Op == nil {
-		return "none"
-	}
-	name := fmt.Sprintf("%T", op.Op)
-	return strings.TrimPrefix(name, "*wire.Op_")
 }
 
 // cleanup runs when the connection ends: wait for concurrent requests,

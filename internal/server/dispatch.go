@@ -28,30 +28,16 @@ func hasKDF(req *wire.Request) bool {
 	return slices.ContainsFunc(req.Ops, isKDF)
 }
 
-// runsApart reports whether op runs without a compute slot of its uid
-// (peruid.go): it spends its time waiting (for a worker, the store, a
-// generation change), or computes in a heavy slot (heavyClassOf).
-func runsApart(op *wire.Op) bool {
-	return isKDF(op) || isLongPoll(op) || writesStore(op) || isRSAGenerate(op)
-}
-
-// isRSAGenerate reports whether op generates an RSA key.
-func isRSAGenerate(op *wire.Op) bool {
-	g, ok := op.Op.(*wire.Op_Generate)
-	if !ok || g.Generate.GetTemplate() == nil {
-		return false
-	}
-	s := key.Lookup(g.Generate.Template.Type)
-	return s != nil && s.Family == key.FamilyRSA
-}
-
 // heavyClassOf says which slots op must wait for, if any (peruid.go): RSA
 // key generation, and the rotation of an RSA key (which makes a new one),
 // keep a processor busy for long; other operations that write the store
 // wait for its commits. Argon2id operations wait in the KDF supervisor's
 // queue instead. Every such operation makes its request run concurrently
 // (isHeavy), never on the connection's own goroutine.
-func (cn *conn) heavyClassOf(op *wire.Op) (heavyClass, bool) {
+func (cn *conn) heavyClassOf(r *opRow, op *wire.Op) (heavyClass, bool) {
+	if r == nil {
+		return 0, false
+	}
 	if isRSAGenerate(op) {
 		return heavyCPU, true
 	}
@@ -61,32 +47,10 @@ func (cn *conn) heavyClassOf(op *wire.Op) (heavyClass, bool) {
 			return heavyCPU, true
 		}
 	}
-	if writesStore(op) && !isKDF(op) {
+	if r.writesStore(op) && r.exec != execKDF {
 		return heavyStore, true
 	}
 	return 0, false
-}
-
-// writesStore reports whether op may wait for the store (a durable write
-// and its fsync, a master-key derivation, a backup): run concurrently, such
-// operations of pipelined requests share their fsyncs.
-func writesStore(op *wire.Op) bool {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_Generate:
-		return !o.Generate.GetTemplate().GetEphemeral()
-	case *wire.Op_Import:
-		return !o.Import.GetTemplate().GetEphemeral()
-	case *wire.Op_Derive:
-		return !o.Derive.GetTemplate().GetEphemeral()
-	case *wire.Op_Unwrap:
-		return !o.Unwrap.GetTemplate().GetEphemeral()
-	case *wire.Op_Wrap:
-		return true // the first wrap of a key records that it left the daemon
-	case *wire.Op_Destroy, *wire.Op_SetAttributes, *wire.Op_SetAcl, *wire.Op_Rotate, *wire.Op_SetLifecycle,
-		*wire.Op_Init, *wire.Op_Unseal, *wire.Op_Seal, *wire.Op_MasterRotate, *wire.Op_Backup, *wire.Op_Restore:
-		return true
-	}
-	return false
 }
 
 var (
@@ -108,40 +72,32 @@ var (
 // (create), imported key bytes (opImport). Results may alias them (the
 // reply is encoded before the buffer is reused).
 func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_Encrypt:
-		data, err = cn.opEncrypt(o.Encrypt, id, a, out)
-		return data, nil, err
-	case *wire.Op_Decrypt:
-		data, err = cn.opDecrypt(o.Decrypt, id, a, out)
-		return data, nil, err
-	case *wire.Op_Sign:
-		data, err = cn.opSign(o.Sign, id, out)
-		return data, nil, err
-	case *wire.Op_Verify:
-		return nil, nil, cn.opVerify(o.Verify, id, out)
-	case *wire.Op_Mac:
-		data, err = cn.opMAC(o.Mac, id, a, out)
-		return data, nil, err
-	case *wire.Op_MacVerify:
-		return nil, nil, cn.opMACVerify(o.MacVerify, id, out)
-	case *wire.Op_DataKey:
-		full, err = cn.opDataKey(o.DataKey, id, a)
-		return nil, full, err
-	case *wire.Op_Hash:
-		data, err = mech.Hash(o.Hash.Alg, o.Hash.Data, a.take(64))
-		return data, nil, err
-	case *wire.Op_Ping:
-		return o.Ping.Payload, nil, nil
-	case *wire.Op_Status:
-		return nil, cn.opStatus(id), nil
+	return cn.dispatchRow(rowOf(op), op, id, a, out)
+}
+
+// dispatchRow is dispatch with op's row (nil: none) already found.
+func (cn *conn) dispatchRow(r *opRow, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
+	if r == nil {
+		return nil, nil, errNoOp
 	}
-	if isGenerationOp(op) {
-		full, err = cn.dispatchGeneration(op, id, a)
-		return nil, full, err
+	if err := cn.s.checkAccess(r, id); err != nil {
+		return nil, nil, err
 	}
-	full, err = cn.dispatchManagement(op, id)
-	return nil, full, err
+	return r.run(cn, op, id, a, out)
+}
+
+// checkAccess applies the rule of r's access that does not depend on a
+// key: the administrators' operations are refused to anyone else here,
+// before they run. Keys' owners and ACLs are checked by the operations,
+// which know the key (authorized).
+func (s *Server) checkAccess(r *opRow, id Identity) error {
+	switch r.who {
+	case accessAdmin:
+		return s.roles.CheckAdmin(id.caller()).Err()
+	case accessGenerationAdmin:
+		return s.roles.CheckBump(id.caller()).Err()
+	}
+	return nil
 }
 
 // encryptOverhead is what encryption with m adds to a plaintext at most:
@@ -157,75 +113,6 @@ func encryptOverhead(m *mech.Key) int {
 func ok() *wire.Result { return &wire.Result{} }
 
 func dataResult(b []byte) *wire.Result { return &wire.Result{Data: b} }
-
-// dispatchManagement runs the operations that are not on the data path.
-func (cn *conn) dispatchManagement(op *wire.Op, id Identity) (*wire.Result, error) {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_Generate:
-		return cn.opGenerate(o.Generate, id)
-	case *wire.Op_Import:
-		return cn.opImport(o.Import, id)
-	case *wire.Op_Open:
-		return cn.opOpen(o.Open, id)
-	case *wire.Op_Close:
-		return cn.opClose(o.Close.Handle)
-	case *wire.Op_List:
-		return cn.opList(o.List, id)
-	case *wire.Op_Info:
-		return cn.opInfo(o.Info.Handle, id)
-	case *wire.Op_Export:
-		return cn.opExport(o.Export, id)
-	case *wire.Op_PublicKey:
-		return cn.opPublicKey(o.PublicKey, id)
-	case *wire.Op_Destroy:
-		return cn.opDestroy(o.Destroy.Handle, id)
-	case *wire.Op_SetAttributes:
-		return cn.opSetAttributes(o.SetAttributes, id)
-	case *wire.Op_SetAcl:
-		return cn.opSetACL(o.SetAcl, id)
-	case *wire.Op_Derive:
-		return cn.opDerive(o.Derive, id)
-	case *wire.Op_SessionOpen:
-		return cn.opSessionOpen(o.SessionOpen, id)
-	case *wire.Op_SessionUpdate:
-		return cn.opSessionUpdate(o.SessionUpdate, id)
-	case *wire.Op_SessionFinal:
-		return cn.opSessionFinal(o.SessionFinal, id)
-	case *wire.Op_SessionAbort:
-		return cn.opSessionAbort(o.SessionAbort.Session)
-	case *wire.Op_DerivePassphrase:
-		return cn.opDerivePassphrase(o.DerivePassphrase, id)
-	case *wire.Op_PasswordHash:
-		return cn.opPasswordHash(o.PasswordHash, id)
-	case *wire.Op_PasswordVerify:
-		return cn.opPasswordVerify(o.PasswordVerify, id)
-	case *wire.Op_KdfCalibrate:
-		return cn.opKdfCalibrate(o.KdfCalibrate, id)
-	case *wire.Op_Init:
-		return cn.opInit(o.Init, id)
-	case *wire.Op_Unseal:
-		return cn.opUnseal(o.Unseal, id)
-	case *wire.Op_Seal:
-		return cn.opSeal(id)
-	case *wire.Op_MasterRotate:
-		return cn.opMasterRotate(o.MasterRotate, id)
-	case *wire.Op_Rotate:
-		return cn.opRotate(o.Rotate, id)
-	case *wire.Op_SetLifecycle:
-		return cn.opSetLifecycle(o.SetLifecycle, id)
-	case *wire.Op_Backup:
-		return cn.opBackup(o.Backup, id)
-	case *wire.Op_Restore:
-		return cn.opRestore(o.Restore, id)
-	case *wire.Op_Wrap:
-		return cn.opWrap(o.Wrap, id)
-	case *wire.Op_Unwrap:
-		return cn.opUnwrap(o.Unwrap, id)
-	case *wire.Op_Rewrap:
-		return cn.opRewrap(o.Rewrap, id)
-	}
-	return nil, errNoOp
-}
 
 // object returns the key object behind a handle.
 func (cn *conn) object(h uint32) (*keystore.Object, error) {

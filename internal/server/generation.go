@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -37,8 +36,6 @@ var (
 		"too many generation watches waiting on this connection (limit %d)", maxLongPolls)
 	errPollTimeout = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
 		"timeout_ms must be at most %d", maxPollTimeout.Milliseconds())
-	errBumpDenied = wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED,
-		"only root or a generation admin may bump the generation")
 	errNoPage = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "the generation page is not available")
 )
 
@@ -97,47 +94,6 @@ func (s *Server) startSegment(gen uint64) bool {
 	return true
 }
 
-// isGenerationOp reports whether op is one of the generation operations.
-func isGenerationOp(op *wire.Op) bool {
-	switch op.GetOp().(type) {
-	case *wire.Op_GenerationGet, *wire.Op_GenerationWatch, *wire.Op_GenerationAck,
-		*wire.Op_GenerationWaitWatchers, *wire.Op_GenerationBump, *wire.Op_GenerationMap:
-		return true
-	}
-	return false
-}
-
-// isLongPoll reports whether op may wait: it must run concurrently.
-func isLongPoll(op *wire.Op) bool {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_GenerationWatch:
-		return o.GenerationWatch.TimeoutMs > 0
-	case *wire.Op_GenerationWaitWatchers:
-		return o.GenerationWaitWatchers.TimeoutMs > 0
-	}
-	return false
-}
-
-// dispatchGeneration runs a generation operation. A generation_map result
-// attaches the page's descriptor to the reply through a.
-func (cn *conn) dispatchGeneration(op *wire.Op, id Identity, a *arena) (*wire.Result, error) {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_GenerationGet:
-		return cn.generationResult(true, id), nil
-	case *wire.Op_GenerationWatch:
-		return cn.opGenerationWatch(o.GenerationWatch, id)
-	case *wire.Op_GenerationAck:
-		return cn.opGenerationAck(o.GenerationAck, id)
-	case *wire.Op_GenerationWaitWatchers:
-		return cn.opGenerationWaitWatchers(o.GenerationWaitWatchers, id)
-	case *wire.Op_GenerationBump:
-		return cn.opGenerationBump(o.GenerationBump, id)
-	case *wire.Op_GenerationMap:
-		return cn.opGenerationMap(a)
-	}
-	return nil, errNoOp
-}
-
 // generationInfo describes the generation; sources only when asked. The
 // watchers it counts are those sc counts (see watcherScope).
 func (s *Server) generationInfo(sources bool, sc genid.Scope) *wire.GenerationInfo {
@@ -183,11 +139,7 @@ func (cn *conn) generationResult(sources bool, id Identity) *wire.Result {
 // never acknowledges must not hold up an orchestrator that does not rely
 // on it (docs/genid.md, "Whose watchers count").
 func (s *Server) watcherScope(uid uint32) genid.Scope {
-	self := uint32(os.Geteuid())
-	return func(w uint32) bool {
-		return w == uid || w == 0 || w == self || slices.Contains(s.cfg.Admins, w) ||
-			slices.Contains(s.cfg.GenerationAdmins, w) || slices.Contains(s.cfg.GenerationWatchers, w)
-	}
+	return func(w uint32) bool { return s.roles.CountsWatcher(uid, w) }
 }
 
 // watcher returns the watcher an operation names: the caller's named
@@ -299,9 +251,6 @@ func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers, id Ide
 }
 
 func (cn *conn) opGenerationBump(gb *wire.GenerationBump, id Identity) (*wire.Result, error) {
-	if id.UID != 0 && !slices.Contains(cn.s.cfg.GenerationAdmins, id.UID) {
-		return nil, errBumpDenied.WithDetail("uid %d is neither root nor a --generation-admin", id.UID)
-	}
 	if len(gb.Entropy) > genid.MaxBumpEntropy {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a bump carries at most %d bytes of entropy", genid.MaxBumpEntropy)
 	}
@@ -326,7 +275,7 @@ func (cn *conn) opGenerationMap(a *arena) (*wire.Result, error) {
 
 // checkGeneration runs the tracker's synchronous checks before a request
 // and refuses one that expects another generation.
-func (cn *conn) checkGeneration(req *wire.Request) error {
+func (cn *conn) checkGeneration(req *wire.Request) *wire.Error {
 	cur := cn.s.gen.Check()
 	if req.ExpectedGeneration != nil && *req.ExpectedGeneration != cur {
 		return wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,

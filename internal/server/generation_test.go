@@ -157,7 +157,7 @@ func TestWatchLongPoll(t *testing.T) {
 // Closing the connection, or shutting the daemon down, ends a waiting
 // watch at once.
 func TestWatchEndsPromptly(t *testing.T) {
-	s := New(Config{})
+	s := mustNew(t, Config{})
 	a, b, err := seqpacket.Pair()
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +190,7 @@ func TestWatchEndsPromptly(t *testing.T) {
 	b.Close()
 
 	// A client that hangs up.
-	s = New(Config{})
+	s = mustNew(t, Config{})
 	a, b, _ = seqpacket.Pair()
 	s.ServeConn(a)
 	send(t, b, 1, genWatch(0, time.Hour))
@@ -206,7 +206,7 @@ func TestWatchEndsPromptly(t *testing.T) {
 // The orchestrator's flow across connections: watchers, acks, and
 // wait-watchers until all have adjusted.
 func TestAckAndWaitWatchers(t *testing.T) {
-	s := New(Config{})
+	s := mustNew(t, Config{})
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
 	dial := func() *seqpacket.Conn {
 		a, b, err := seqpacket.Pair()

@@ -23,15 +23,6 @@ import (
 // Every argument is checked before a worker starts. Passphrases are
 // wiped from the request as soon as the worker has them.
 
-// isKDF reports whether op runs Argon2id in a worker.
-func isKDF(op *wire.Op) bool {
-	switch op.GetOp().(type) {
-	case *wire.Op_DerivePassphrase, *wire.Op_PasswordHash, *wire.Op_PasswordVerify, *wire.Op_KdfCalibrate:
-		return true
-	}
-	return false
-}
-
 // kdfContext is the context of a derivation for this connection: it ends
 // with the connection, and it names the connection's uid, whose
 // derivations queue apart from other uids' and take turns with them

@@ -14,7 +14,7 @@ import (
 //	go test -run '^$' -bench OpenByName ./internal/server
 func BenchmarkOpenByName(b *testing.B) {
 	for _, typ := range []wire.KeyType{wire.KeyType_KEY_TYPE_AES256_GCM, wire.KeyType_KEY_TYPE_RSA_4096} {
-		s := New(Config{})
+		s := mustNew(b, Config{})
 		cn := testConn(b, s, benchConn(b), 1)
 		owner := Identity{UID: 1, GID: 1, Pidfd: -1}
 		_, res, err := cn.dispatch(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{

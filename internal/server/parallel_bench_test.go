@@ -26,7 +26,7 @@ func BenchmarkServeParallel(b *testing.B) {
 				cfg.Audit = l
 			}
 			const clients = 16
-			s := New(cfg)
+			s := mustNew(b, cfg)
 			_ = s
 			type clientConn struct{ c *seqpacket.Conn }
 			var conns []*clientConn

@@ -15,7 +15,7 @@ import (
 // nothing; another process's is claimed and names the peer; another
 // program of the same process names the peer only.
 func TestMarkCaller(t *testing.T) {
-	s := New(Config{})
+	s := mustNew(t, Config{})
 	s.resolver = audit.NewResolver()
 	a, b, err := seqpacket.Pair()
 	if err != nil {
@@ -94,7 +94,7 @@ func BenchmarkCallerOf(b *testing.B) {
 		b.Skip(err)
 	}
 	defer unix.Close(pidfd)
-	s := New(Config{})
+	s := mustNew(b, Config{})
 	s.resolver = audit.NewResolver()
 	cn := testConn(b, s, benchConn(b), uint32(os.Getuid()))
 	cn.opener.Pidfd = pidfd

@@ -229,7 +229,7 @@ func acctOf(s *Server, uid uint32) *account {
 
 func newTestServer(t *testing.T, cfg Config) *Server {
 	t.Helper()
-	s := New(cfg)
+	s := mustNew(t, cfg)
 	t.Cleanup(func() { s.Shutdown(context.Background()) })
 	return s
 }

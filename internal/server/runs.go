@@ -160,7 +160,7 @@ func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena,
 			return
 		}
 		// Encrypt, decrypt and MAC set only these fields.
-		if r := cn.safeDispatch(op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
+		if r := cn.safeDispatch(rowOf(op), op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
 			out[i].Status, out[i].Message, out[i].Data, out[i].KeyVersion = r.Status, r.Message, r.Data, r.KeyVersion
 		}
 	}

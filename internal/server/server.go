@@ -2,22 +2,20 @@ package server
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"runtime"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/linuxaudit"
+	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/store"
@@ -204,8 +202,9 @@ type Server struct {
 	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
 	connsN     atomic.Int32
 
-	accts     *accounts // per-uid limits (peruid.go)
-	replyBufs sync.Pool // wiped buffers for large replies (getReplyBuf)
+	roles     policy.Roles // who holds the privileged roles
+	accts     *accounts    // per-uid limits (peruid.go)
+	replyBufs sync.Pool    // wiped buffers for large replies (getReplyBuf)
 	limitMessages
 	refusing chan struct{} // a token per connection being refused (refuseConn)
 	reported chan struct{} // closed when reportLimits has returned
@@ -233,8 +232,12 @@ type Server struct {
 	wg      sync.WaitGroup // one per connection goroutine
 }
 
-// New returns a Server with an empty in-memory key store.
-func New(cfg Config) *Server {
+// New returns a Server over cfg.Store, or over an empty in-memory key
+// store when it is nil.
+func New(cfg Config) (*Server, error) {
+	if errOpTable != nil {
+		return nil, errOpTable
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -249,6 +252,21 @@ func New(cfg Config) *Server {
 			"asked", lim.MaxMessageBytes, "allowed", m)
 		lim.MaxMessageBytes = m
 	}
+	if cfg.Store == nil {
+		st, err := keystore.NewDev(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, Logger: cfg.Logger, Now: cfg.Now})
+		if err != nil {
+			// Only when no key memory can be had at all; every key
+			// operation then fails with UNAVAILABLE.
+			cfg.Logger.Error("cannot make the in-memory key store", "err", err)
+			db := store.NewMemory()
+			m, err := seal.Open(seal.Config{Store: db, Logger: cfg.Logger})
+			if err != nil {
+				return nil, fmt.Errorf("cannot open the master key of an in-memory store: %w", err)
+			}
+			st = keystore.New(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, DB: db, Master: m, Logger: cfg.Logger, Now: cfg.Now})
+		}
+		cfg.Store = st
+	}
 	s := &Server{
 		cfg:     cfg,
 		limits:  lim,
@@ -259,8 +277,10 @@ func New(cfg Config) *Server {
 		done:    make(chan struct{}),
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,
+		roles: policy.Roles{Self: uint32(os.Geteuid()), Admins: cfg.Admins,
+			GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers},
 	}
-	s.accts = newAccounts(&s.limits, s.isAdminUID, cfg.Now)
+	s.accts = newAccounts(&s.limits, s.roles.Admin, cfg.Now)
 	s.limitMessages = newLimitMessages(&s.limits)
 	s.refusing = make(chan struct{}, maxRefusing)
 	if h, err := seqpacket.NewHangups(); err != nil {
@@ -277,152 +297,15 @@ func New(cfg Config) *Server {
 		s.gen = genid.New(genid.Config{Logger: cfg.Logger, Now: cfg.Now, NamedWatchersPerUID: lim.MaxNamedWatchersPerUID})
 		s.ownGen = true
 	}
-	if s.store == nil {
-		st, err := keystore.NewDev(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, Logger: cfg.Logger, Now: cfg.Now})
-		if err != nil {
-			// Only when no key memory can be had at all; every key
-			// operation then fails with UNAVAILABLE.
-			cfg.Logger.Error("cannot make the in-memory key store", "err", err)
-			db := store.NewMemory()
-			m, _ := seal.Open(seal.Config{Store: db, Logger: cfg.Logger})
-			st = keystore.New(keystore.Config{MaxPerUser: lim.MaxKeysPerUser, DB: db, Master: m, Logger: cfg.Logger, Now: cfg.Now})
-		}
-		s.store = st
-	}
 	s.store.SetMaxPerUser(lim.MaxKeysPerUser)
 	s.registerGenerationHooks()
 	s.syncAuditKeys()
 	go s.reportLimits()
-	return s
+	return s, nil
 }
 
 // Limits returns the limits in force.
 func (s *Server) Limits() Limits { return s.limits }
-
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("server closed")
-
-// Serve accepts connections on l and serves each in its own goroutine
-// until Shutdown. It closes l when it returns.
-func (s *Server) Serve(l *seqpacket.Listener) error {
-	go func() {
-		// Shutdown closes the listener through this goroutine's view of it.
-		<-s.done
-		l.Close()
-	}()
-	defer l.Close()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if s.isClosing() || errors.Is(err, seqpacket.ErrClosed) {
-				return ErrServerClosed
-			}
-			s.log.Error("accept failed", "err", err)
-			time.Sleep(10 * time.Millisecond) // e.g. EMFILE: do not spin
-			continue
-		}
-		s.ServeConn(c)
-	}
-}
-
-// ServeConn starts serving one accepted connection in a new goroutine and
-// takes ownership of c.
-func (s *Server) ServeConn(c *seqpacket.Conn) {
-	// The uid that opened the connection pays for what it holds
-	// (peruid.go).
-	peer, err := c.PeerCred()
-	if err != nil {
-		s.log.Error("cannot read the credentials of a new connection; dropping it", "err", err)
-		c.Close()
-		return
-	}
-	dropPeer := func() {
-		if peer.Pidfd >= 0 {
-			unix.Close(peer.Pidfd)
-		}
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		dropPeer()
-		c.Close()
-		return
-	}
-	acct, err := s.accts.connect(peer.UID)
-	if err != nil {
-		s.mu.Unlock()
-		// Counted, and reported once a second (reportLimits).
-		s.log.Debug("connection refused", "uid", peer.UID, "pid", peer.PID, "reason", err.Error())
-		dropPeer()
-		s.refuseConn(c, err.Error())
-		return
-	}
-	cn := newConn(s, c, acct, peer)
-	// Before anything else, so that no message is received without the
-	// sender's credentials. (Accepted sockets inherit SO_PASSCRED from the
-	// listener; a connection handed in otherwise may not have it yet.)
-	pidfd, err := c.EnableCredentials()
-	if err != nil {
-		s.mu.Unlock()
-		s.accts.disconnect(acct)
-		s.log.Error("cannot enable credentials; dropping connection", "err", err)
-		dropPeer()
-		c.Close()
-		return
-	}
-	cn.pidfd = pidfd
-	cn.watchHangup()
-	s.conns[cn] = struct{}{}
-	s.connsN.Store(int32(len(s.conns)))
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		cn.serve()
-		s.mu.Lock()
-		delete(s.conns, cn)
-		s.connsN.Store(int32(len(s.conns)))
-		s.mu.Unlock()
-		s.accts.disconnect(acct)
-	}()
-}
-
-// maxRefusing bounds the connections being refused at once: each holds a
-// thread while it waits for the client's first request.
-const maxRefusing = 16
-
-// refuseConn answers the first request of a connection that is over a
-// limit with RESOURCE_EXHAUSTED and closes it, so the client gets a clear
-// error rather than a hang. When many are being refused already, it closes
-// the connection at once.
-func (s *Server) refuseConn(c *seqpacket.Conn, msg string) {
-	select {
-	case s.refusing <- struct{}{}:
-	default:
-		c.Close()
-		return
-	}
-	go func() {
-		defer func() { <-s.refusing }()
-		defer c.Close()
-		c.SetRecvTimeout(time.Second)
-		buf := make([]byte, 64)
-		if _, err := c.Recv(buf); err != nil {
-			return
-		}
-		rep := &wire.Reply{Version: wire.ProtocolVersion, Id: peekRequestID(buf),
-			Status: wire.Status_STATUS_RESOURCE_EXHAUSTED, Message: msg}
-		if b, err := marshal(nil, rep); err == nil {
-			c.Send(b)
-		}
-	}()
-}
-
-// isAdminUID reports whether uid is an administrator: root, the daemon's
-// own uid, or an --admin uid.
-func (s *Server) isAdminUID(uid uint32) bool {
-	return uid == 0 || uid == uint32(os.Geteuid()) || slices.Contains(s.cfg.Admins, uid)
-}
 
 // opLimits is the audit event that counts the requests refused for
 // limits.

@@ -15,7 +15,7 @@ import (
 // pair serves one end of a socket pair and returns the other.
 func pair(t testing.TB, cfg Config) (*Server, *seqpacket.Conn) {
 	t.Helper()
-	s := New(cfg)
+	s := mustNew(t, cfg)
 	a, b, err := seqpacket.Pair()
 	if err != nil {
 		t.Fatal(err)
@@ -222,4 +222,14 @@ func TestShutdownWaitsForRequests(t *testing.T) {
 	if err := s.Shutdown(context.Background()); err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
 	}
+}
+
+// mustNew is New for tests.
+func mustNew(tb testing.TB, cfg Config) *Server {
+	tb.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/kdf"
-	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/random"
@@ -24,9 +23,8 @@ import (
 // unseal, seal, master rotation, backup and restore are for
 // administrators: root, the daemon's own uid, and the uids of --admin.
 
-var errNotAdmin = wire.Errorf(wire.Status_STATUS_PERMISSION_DENIED, "only an administrator may do this (root, the daemon's uid, or an --admin uid)")
-
-func (cn *conn) isAdmin(id Identity) bool { return cn.s.isAdminUID(id.UID) }
+// Who may run them is the operation table's (accessAdmin), checked by
+// dispatch before they run.
 
 // connStore is a connection's state for the multi-step store operations.
 type connStore struct {
@@ -113,9 +111,6 @@ func sharesToWire(ss []shamir.Share) []*wire.Share {
 
 func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 	defer clear(in.Passphrase)
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	st, m := cn.s.store, cn.s.store.Master()
 	cs := &cn.st
 	if len(in.Commit) > 0 {
@@ -178,9 +173,6 @@ func (cn *conn) holdPending(p *seal.Pending, rotate bool, storeID []byte, gen ui
 
 func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 	defer clear(u.Passphrase)
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	st, m := cn.s.store, cn.s.store.Master()
 	verify := func(k *seal.Keys) error {
 		err := st.Verify(k, u.AcceptStore)
@@ -266,9 +258,6 @@ var errSealEphemeral = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 		"so sealing would destroy every key; stop the daemon to end it, or run one with --state to seal and unseal")
 
 func (cn *conn) opSeal(id Identity) (*wire.Result, error) {
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	if st := cn.s.store.Master().State(); st.Initialized && !st.Sealed && !st.Passphrase && st.Shares == 0 {
 		// A development-mode master key: made in memory, sealed under
 		// nothing. Sealing would wipe it for good, and every key with it.
@@ -283,9 +272,6 @@ func (cn *conn) opSeal(id Identity) (*wire.Result, error) {
 
 func (cn *conn) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result, error) {
 	defer clear(r.Passphrase)
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	st, m := cn.s.store, cn.s.store.Master()
 	cs := &cn.st
 	if len(r.Commit) > 0 {
@@ -363,7 +349,7 @@ func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result
 	var o *keystore.Object
 	var err error
 	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
-		sl.DeletionAllowed == nil && cn.isAdmin(id) {
+		sl.DeletionAllowed == nil && cn.s.roles.Admin(id.UID) {
 		// Trust is the administrators' to give, whoever owns the key.
 		o, err = cn.object(sl.Handle)
 	} else {
@@ -378,8 +364,10 @@ func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result
 		d := time.Duration(*sl.RotateAfterSeconds) * time.Second
 		c.RotateAfter = &d
 	}
-	if sl.Trusted != nil && !cn.isAdmin(id) {
-		return nil, errNotAdmin
+	if sl.Trusted != nil {
+		if err := cn.s.roles.CheckAdmin(id.caller()).Err(); err != nil {
+			return nil, err
+		}
 	}
 	if err := cn.s.store.SetLifecycle(o, c); err != nil {
 		return nil, err
@@ -408,9 +396,6 @@ func (b *backupStream) close() { b.r.CloseWithError(errors.New("backup abandoned
 func (cn *conn) backupChunk() int { return cn.s.limits.MaxMessageBytes - 1024 }
 
 func (cn *conn) opBackup(b *wire.Backup, id Identity) (*wire.Result, error) {
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	cs := &cn.st
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -470,9 +455,6 @@ func (r *restoreFile) discard() {
 const maxRestore = 64 << 30
 
 func (cn *conn) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
-	if !cn.isAdmin(id) {
-		return nil, errNotAdmin
-	}
 	cs := &cn.st
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -548,8 +530,6 @@ func (s *Server) sealStatus() *wire.SealStatus {
 		StateDir: s.cfg.StateDir, Persistent: s.cfg.StateDir != "", Quarantined: uint32(s.store.Quarantined()),
 	}
 }
-
-var _ = key.Encrypt
 
 // SealState returns the master key's state.
 func (s *Server) SealState() seal.State { return s.store.Master().State() }

@@ -126,7 +126,8 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 
 // wrapErr maps the wrap package's errors to the wire.
 func wrapErr(err error) error {
-	if _, ok := err.(*wire.Error); ok {
+	var we *wire.Error
+	if errors.As(err, &we) {
 		return err
 	}
 	return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "key wrap failed: %v", err)
@@ -226,7 +227,8 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		})
 	})
 	if err != nil {
-		if _, ok := err.(*wire.Error); ok {
+		var we *wire.Error
+		if errors.As(err, &we) {
 			return nil, err
 		}
 		if errors.Is(err, wrap.ErrLegacyKeyword) {
