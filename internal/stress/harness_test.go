@@ -64,7 +64,10 @@ func startDaemon(t *testing.T, maxKeys int) *daemon {
 		t.Fatal(err)
 	}
 	ks := keystore.New(keystore.Config{MaxPerUser: maxKeys, DB: db, Master: m, Logger: log})
-	srv := server.New(server.Config{Logger: log, Store: ks, StateDir: state, Limits: server.Limits{MaxKeysPerUser: maxKeys}})
+	srv, err := server.New(server.Config{Logger: log, Store: ks, StateDir: state, Limits: server.Limits{MaxKeysPerUser: maxKeys}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	sock := filepath.Join(dir, "keywarden.sock")
 	l, err := seqpacket.Listen(sock, 0o600)
 	if err != nil {
