@@ -272,3 +272,31 @@ func TestEnvelopeClonedWriterNoKeystreamReuse(t *testing.T) {
 		}
 	}
 }
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+// TestWriterCloseWipesAfterFailure: a writer whose output failed still
+// wipes the plaintext it buffered when it is closed.
+func TestWriterCloseWipesAfterFailure(t *testing.T) {
+	c, err := EnvelopeCipher(random(DataKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := NewEnvelopeHeader(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriterHeader(c, failingWriter{}, hdr, []byte{0, 1, 0}, nil, small)
+	secret := bytes.Repeat([]byte{0xa5}, 3*csize+7)
+	if _, err := w.Write(secret); err == nil {
+		t.Fatal("a write to a failing output succeeded")
+	}
+	if err := w.Close(); err == nil {
+		t.Fatal("Close after a failed write succeeded")
+	}
+	if bytes.Contains(w.buf[:cap(w.buf)], []byte{0xa5, 0xa5, 0xa5, 0xa5}) {
+		t.Fatal("the plaintext stays in the writer's buffer after Close")
+	}
+}
