@@ -300,3 +300,39 @@ func TestWriterCloseWipesAfterFailure(t *testing.T) {
 		t.Fatal("the plaintext stays in the writer's buffer after Close")
 	}
 }
+
+// TestEnvelopeDataKeyHolderCanRewrite pins what docs/security.md says an
+// envelope stream gives up: whoever opens the data key (decrypt usage is
+// enough) can replace the stream's content, keeping its header and
+// wrapped key, and a reader accepts the result.
+func TestEnvelopeDataKeyHolderCanRewrite(t *testing.T) {
+	nk := namedKey{gcmKey(t, 4)}
+	orig := sealEnvelope(t, nk, random(3*csize), []byte("ctx"), small)
+	hdr, err := ParseHeader(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(orig[HeaderSize:])
+	wrapped, err := ReadWrappedKey(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := nk.open(wrapped, DataKeyAAD(nil, hdr, []byte("ctx"))) // an ordinary decryption
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := EnvelopeCipher(dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, _ := Preamble(wrapped)
+	var forged bytes.Buffer
+	w := NewWriterHeader(c, &forged, hdr, pre, []byte("ctx"), small)
+	w.Write([]byte("the reader's own text"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := openEnvelope(nk, forged.Bytes(), []byte("ctx"), small); err != nil || string(got) != "the reader's own text" {
+		t.Fatalf("the documented limit no longer holds (update docs/security.md): %q, %v", got, err)
+	}
+}
