@@ -347,14 +347,20 @@ func (c *Client) read(ctx context.Context, cl *call) {
 			return
 		}
 		if n >= len(c.recvBuf) {
+			clear(c.recvBuf)
 			closeFDs(fds)
 			c.transportErr(fmt.Errorf("reply of %d bytes exceeds the message limit", n))
 			return
 		}
 		// One copy of the whole message, which the decoded reply then
 		// points into, costs one allocation instead of one per field.
+		// The buffer is wiped at once: a reply may hold plaintext or a
+		// data key, which the caller wipes in its copy and which must not
+		// stay behind here until a longer reply overwrites it.
+		msg := bytes.Clone(c.recvBuf[:n])
+		clear(c.recvBuf[:n])
 		rep := wire.ReplyFromVTPool()
-		if err := rep.UnmarshalVTUnsafe(bytes.Clone(c.recvBuf[:n])); err != nil {
+		if err := rep.UnmarshalVTUnsafe(msg); err != nil {
 			closeFDs(fds)
 			c.transportErr(fmt.Errorf("malformed reply: %w", err))
 			return

@@ -187,7 +187,7 @@ func TestEnvelopeStreamAttacks(t *testing.T) {
 	a := encryptStream(t, k, pt, nil, opts)
 	b := encryptStream(t, k, pt, nil, opts)
 	pre := 20 + 2 + int(binary.BigEndian.Uint16(a[20:22]))
-	at := func(i int) int { return pre + i*(cs+16) }
+	at := func(i int) int { return pre + i*(cs+28) } // a chunk: nonce (12) ‖ ciphertext ‖ tag (16)
 	ch := func(s []byte, i int) []byte { return s[at(i):min(at(i+1), len(s))] }
 	cat := func(p ...[]byte) []byte { return bytes.Join(p, nil) }
 	for _, tc := range []struct {

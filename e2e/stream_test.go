@@ -16,6 +16,7 @@ import (
 
 	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/stream"
 )
 
 // encrypt and decrypt stream: the command's peak memory does not grow
@@ -195,4 +196,74 @@ func sameFile(t *testing.T, a, b string) bool {
 		return h.Sum(nil)
 	}
 	return bytes.Equal(sum(a), sum(b))
+}
+
+// decrypt refuses a malformed envelope stream with a message and exit
+// status 1, writing nothing: cut in its header or wrapped key, a wrapped
+// key of no length, one that does not open, one that opens to a key of
+// the wrong size (made by a caller who may encrypt), a chunk altered.
+func TestStreamMalformedEnvelopeThroughCLI(t *testing.T) {
+	d := startDaemon(t)
+	c := d.client(t)
+	ctx := context.Background()
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "files"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := make([]byte, 300<<10)
+	rand.Read(plain)
+	enc := d.runCLI(t, nil, plain, "encrypt", "--key", "files")
+	if enc.code != 0 || enc.stdout[2] != 3 {
+		t.Fatalf("encrypt: %s", enc.stderr)
+	}
+	good := []byte(enc.stdout)
+	hdr, err := stream.ParseHeader(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, err := k.Encrypt(ctx, make([]byte, 16), stream.DataKeyAAD(nil, hdr, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, _ := stream.Preamble(short)
+	wrongSize := append(append(hdr[:len(hdr):len(hdr)], pre...), make([]byte, 40)...)
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)-100] ^= 1
+	h := string(good[:stream.HeaderSize])
+	for _, tc := range []struct {
+		name, in, says string
+	}{
+		{"cut in the header", h[:10], "truncated"},
+		{"header alone", h, "truncated"},
+		{"empty wrapped key", h + "\x00\x00", "malformed"},
+		{"cut in the wrapped key", h + "\x00\x40abc", "truncated"},
+		{"wrapped key that does not open", h + "\x00\x03abc" + strings.Repeat("x", 50), "data key does not open"},
+		{"data key of 16 bytes", string(wrongSize), "data key of 16 bytes"},
+	} {
+		r := d.runCLI(t, nil, []byte(tc.in), "decrypt", "--key", "files")
+		if r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, tc.says) || strings.Contains(r.stderr, "goroutine") {
+			t.Errorf("%s: exit %d, %d bytes out, %s", tc.name, r.code, len(r.stdout), r.stderr)
+		}
+	}
+	// An altered chunk: into a pipe goes the plaintext of the chunks
+	// before it, authenticated (the consumer heeds the exit status); a
+	// regular file is cut back to empty.
+	if r := d.runCLI(t, nil, flipped, "decrypt", "--key", "files"); r.code != 1 || !strings.Contains(r.stderr, "chunk 4") || r.stdout != string(plain[:4<<16]) {
+		t.Errorf("altered chunk into a pipe: exit %d, %d bytes out, %s", r.code, len(r.stdout), r.stderr)
+	}
+	out := filepath.Join(t.TempDir(), "plain")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(binary(t), "decrypt", "--key", "files")
+	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
+	cmd.Stdin, cmd.Stdout = bytes.NewReader(flipped), f
+	if err := cmd.Run(); err == nil {
+		t.Fatal("decrypt of an altered stream into a file succeeded")
+	}
+	if st, err := os.Stat(out); err != nil || st.Size() != 0 {
+		t.Fatalf("a failed decrypt left %d bytes in its file (%v)", st.Size(), err)
+	}
 }

@@ -3,6 +3,7 @@ package stream
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,14 +23,19 @@ import (
 //
 // The wrapped key is a one-shot ciphertext of the named key whose
 // additional data is DataKeyAAD. Chunk i is AES-256-GCM under the data
-// key, with the nonce 0 (3 bytes) ‖ i (8, big-endian) ‖ final (1), and
-// the same additional data as a daemon-sealed stream's chunk (Header.AAD):
-// ciphertext ‖ tag, EnvelopeOverhead bytes more than its plaintext. The
-// data key is used for this stream only, so no nonce repeats.
+// key, with a random nonce that the chunk carries and the same additional
+// data as a daemon-sealed stream's chunk (Header.AAD): nonce ‖ ciphertext
+// ‖ tag, EnvelopeOverhead bytes more than its plaintext. The nonce is not
+// derived from the chunk's place: a writer cloned mid-stream (a VM
+// restored twice from one snapshot) goes on in both copies with the same
+// data key and the same chunk numbers, and must still not seal two
+// plaintexts under one nonce. The kernel reseeds the random source the
+// nonces come from when a VM is cloned.
 const (
 	// EnvelopeOverhead is what sealing adds to each chunk of an envelope
-	// stream: the tag.
-	EnvelopeOverhead = 16
+	// stream: the nonce and the tag.
+	EnvelopeOverhead = nonceSize + 16
+	nonceSize        = 12
 	// DataKeySize is the size of an envelope stream's data key.
 	DataKeySize = 32
 	// MaxWrappedKey bounds the wrapped key a reader accepts.
@@ -130,16 +136,6 @@ type envelopeCipher struct {
 	buf  []byte
 }
 
-// nonce is chunk i's nonce: 0 (3) ‖ i (8) ‖ final (1).
-func nonce(c *Chunk) []byte {
-	n := make([]byte, 12)
-	binary.BigEndian.PutUint64(n[3:11], c.Index)
-	if c.Final {
-		n[11] = 1
-	}
-	return n
-}
-
 // run seals or opens chunks, each into its own place in buf, on as many
 // goroutines as there are processors when the batch is large enough to
 // be worth it: a chunk's output size follows from its input's, so the
@@ -161,19 +157,26 @@ func (e *envelopeCipher) run(chunks []Chunk, seal bool) {
 		e.buf = make([]byte, need)
 	}
 	e.buf = e.buf[:need]
+	if seal {
+		// Every chunk's nonce, fresh from the random source, in its place.
+		for i := range chunks {
+			rand.Read(e.buf[offs[i] : offs[i]+nonceSize])
+		}
+	}
 	one := func(i int) {
 		c := &chunks[i]
 		c.Out, c.Err = nil, nil
-		dst := e.buf[offs[i]:offs[i]:offs[i+1]]
 		if seal {
-			c.Out = e.aead.Seal(dst, nonce(c), c.In, c.AAD)
+			dst := e.buf[offs[i] : offs[i]+nonceSize : offs[i+1]]
+			c.Out = e.aead.Seal(dst, dst, c.In, c.AAD)
 			return
 		}
 		if len(c.In) < EnvelopeOverhead {
 			c.Err = ErrAuthentication
 			return
 		}
-		out, err := e.aead.Open(dst, nonce(c), c.In, c.AAD)
+		dst := e.buf[offs[i]:offs[i]:offs[i+1]]
+		out, err := e.aead.Open(dst, c.In[:nonceSize], c.In[nonceSize:], c.AAD)
 		if err != nil {
 			c.Err = ErrAuthentication
 			return

@@ -3,6 +3,7 @@ package stream
 import (
 	"bytes"
 	"crypto/cipher"
+	"crypto/subtle"
 	"errors"
 	"io"
 	"testing"
@@ -176,17 +177,22 @@ func TestEnvelopeNotDaemonStream(t *testing.T) {
 }
 
 // TestEnvelopeNoncesDiffer: no two chunks of a stream share a nonce, the
-// final flag included.
+// final one included, in a batch sealed in parallel too.
 func TestEnvelopeNoncesDiffer(t *testing.T) {
+	nk := namedKey{gcmKey(t, 1)}
+	ct := sealEnvelope(t, nk, random(1000*csize+1), nil, &Options{ChunkShift: 10, Batch: 500})
+	pre := HeaderSize + 2 + 12 + DataKeySize + 16
 	seen := map[string]bool{}
-	for i := range uint64(1000) {
-		for _, f := range []bool{false, true} {
-			n := string(nonce(&Chunk{Index: i, Final: f}))
-			if seen[n] {
-				t.Fatalf("chunk %d final %v: nonce repeats", i, f)
-			}
-			seen[n] = true
+	for i := 0; pre+i*(csize+EnvelopeOverhead) < len(ct); i++ {
+		at := pre + i*(csize+EnvelopeOverhead)
+		n := string(ct[at : at+12])
+		if seen[n] {
+			t.Fatalf("chunk %d: nonce repeats", i)
 		}
+		seen[n] = true
+	}
+	if len(seen) != 1001 {
+		t.Fatalf("%d chunks, want 1001", len(seen))
 	}
 }
 
@@ -215,4 +221,118 @@ func FuzzEnvelopeReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEnvelopeClonedWriterNoKeystreamReuse: a writer cloned mid-stream
+// (its process restored twice from one snapshot of a VM) goes on with the
+// same data key and header in both copies, each sealing its own data as
+// the same chunk. The two chunks must not share a nonce: with one, the
+// XOR of their ciphertexts is that of their plaintexts, and GCM's
+// authentication key follows from the tags.
+func TestEnvelopeClonedWriterNoKeystreamReuse(t *testing.T) {
+	nk := namedKey{gcmKey(t, 3)}
+	hdr, err := NewEnvelopeHeader(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk := random(DataKeySize)
+	pre, err := Preamble(nk.wrap(t, dk, DataKeyAAD(nil, hdr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := random(csize), random(csize)
+	clone := func(pt []byte) []byte {
+		c, err := EnvelopeCipher(dk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		w := NewWriterHeader(c, &out, hdr, pre, nil, small)
+		if _, err := w.Write(pt); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return out.Bytes()[HeaderSize+len(pre):]
+	}
+	c1, c2 := clone(p1), clone(p2)
+	want := make([]byte, csize)
+	subtle.XORBytes(want, p1, p2)
+	got := make([]byte, csize)
+	for off := 0; off+csize <= min(len(c1), len(c2)); off++ {
+		subtle.XORBytes(got, c1[off:off+csize], c2[off:off+csize])
+		if bytes.Equal(got, want) {
+			t.Fatalf("the two copies' chunk 0 share a nonce: the XOR of their plaintexts is that of their ciphertexts (at byte %d)", off)
+		}
+	}
+	for _, c := range [][]byte{c1, c2} {
+		if got, err := openEnvelope(nk, append(append(hdr[:], pre...), c...), nil, small); err != nil || !(bytes.Equal(got, p1) || bytes.Equal(got, p2)) {
+			t.Fatalf("a copy's stream does not read back: %v", err)
+		}
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
+
+// TestWriterCloseWipesAfterFailure: a writer whose output failed still
+// wipes the plaintext it buffered when it is closed.
+func TestWriterCloseWipesAfterFailure(t *testing.T) {
+	c, err := EnvelopeCipher(random(DataKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := NewEnvelopeHeader(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriterHeader(c, failingWriter{}, hdr, []byte{0, 1, 0}, nil, small)
+	secret := bytes.Repeat([]byte{0xa5}, 3*csize+7)
+	if _, err := w.Write(secret); err == nil {
+		t.Fatal("a write to a failing output succeeded")
+	}
+	if err := w.Close(); err == nil {
+		t.Fatal("Close after a failed write succeeded")
+	}
+	if bytes.Contains(w.buf[:cap(w.buf)], []byte{0xa5, 0xa5, 0xa5, 0xa5}) {
+		t.Fatal("the plaintext stays in the writer's buffer after Close")
+	}
+}
+
+// TestEnvelopeDataKeyHolderCanRewrite pins what docs/security.md says an
+// envelope stream gives up: whoever opens the data key (decrypt usage is
+// enough) can replace the stream's content, keeping its header and
+// wrapped key, and a reader accepts the result.
+func TestEnvelopeDataKeyHolderCanRewrite(t *testing.T) {
+	nk := namedKey{gcmKey(t, 4)}
+	orig := sealEnvelope(t, nk, random(3*csize), []byte("ctx"), small)
+	hdr, err := ParseHeader(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(orig[HeaderSize:])
+	wrapped, err := ReadWrappedKey(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dk, err := nk.open(wrapped, DataKeyAAD(nil, hdr, []byte("ctx"))) // an ordinary decryption
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := EnvelopeCipher(dk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, _ := Preamble(wrapped)
+	var forged bytes.Buffer
+	w := NewWriterHeader(c, &forged, hdr, pre, []byte("ctx"), small)
+	w.Write([]byte("the reader's own text"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := openEnvelope(nk, forged.Bytes(), []byte("ctx"), small); err != nil || string(got) != "the reader's own text" {
+		t.Fatalf("the documented limit no longer holds (update docs/security.md): %q, %v", got, err)
+	}
 }

@@ -135,10 +135,13 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// Close seals the rest, its last chunk marked final, and writes it. It
+// Close seals the rest, its last chunk marked final, and writes it, and
+// wipes the plaintext it held, also when the stream failed before. It
 // does not close the underlying writer.
 func (w *Writer) Close() error {
 	if w.err != nil {
+		// The stream failed and will not be sealed: its plaintext goes.
+		clear(w.buf[:cap(w.buf)])
 		return w.err
 	}
 	if w.closed {
