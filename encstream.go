@@ -121,6 +121,16 @@ func (e *EncryptWriter) Write(p []byte) (int, error) { return e.sw.Write(p) }
 // ReadFrom encrypts what it reads from r, to r's end (io.Copy uses it).
 func (e *EncryptWriter) ReadFrom(r io.Reader) (int64, error) { return e.sw.ReadFrom(r) }
 
+// Abort ends the stream without its final chunk, so that no reader
+// accepts what was written as a whole stream, and wipes the plaintext
+// and keys the writer holds. Call it instead of Close when the input
+// could not be read to its end (ReadFrom, and so io.Copy, makes Close
+// fail in that case by itself).
+func (e *EncryptWriter) Abort() {
+	e.sw.Abort()
+	e.dc.wipe()
+}
+
 // Close encrypts and writes the rest, ending with the final chunk. It
 // does not close the underlying writer.
 func (e *EncryptWriter) Close() error {

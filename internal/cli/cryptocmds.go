@@ -210,6 +210,7 @@ func cipherStream(e *env, f *flags, k *keywarden.Key, encrypt bool, aad string, 
 			return err
 		}
 		if _, err := w.ReadFrom(in); err != nil {
+			w.Abort()
 			return err
 		}
 		return w.Close()

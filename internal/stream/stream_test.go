@@ -352,3 +352,55 @@ func TestChunkErrorText(t *testing.T) {
 		t.Fatalf("%q, want %q", got, want)
 	}
 }
+
+type failingReader struct {
+	data []byte
+	err  error
+}
+
+func (f *failingReader) Read(p []byte) (int, error) {
+	if len(f.data) == 0 {
+		return 0, f.err
+	}
+	n := copy(p, f.data)
+	f.data = f.data[n:]
+	return n, nil
+}
+
+// An input that fails to read does not become a stream: Close returns the
+// failure and seals nothing, so no reader takes the part read for the
+// whole; Abort does the same for a writer fed by Write.
+func TestInputFailureNotSealed(t *testing.T) {
+	c := LocalCipher(gcmKey(t, 1), 1)
+	readErr := errors.New("disk on fire")
+	var out bytes.Buffer
+	w, err := NewWriter(c, &out, nil, small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(w, &failingReader{data: random(5 * csize), err: readErr}); !errors.Is(err, readErr) {
+		t.Fatalf("copy: %v", err)
+	}
+	if err := w.Close(); !errors.Is(err, readErr) {
+		t.Fatalf("Close after a failed read: %v, want the read's error", err)
+	}
+	if _, err := open(c, out.Bytes(), nil, small); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("what was written reads as %v, want truncated", err)
+	}
+
+	out.Reset()
+	w, _ = NewWriter(c, &out, nil, small)
+	w.Write(random(5 * csize))
+	w.Abort()
+	if err := w.Close(); err == nil {
+		t.Fatal("Close after Abort sealed the stream")
+	}
+	if _, err := open(c, out.Bytes(), nil, small); err == nil {
+		t.Fatal("an aborted stream reads as whole")
+	}
+	for _, b := range w.buf[:cap(w.buf)] {
+		if b != 0 {
+			t.Fatal("Abort left plaintext in the buffer")
+		}
+	}
+}

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"errors"
+	"fmt"
 	"io"
 )
 
@@ -115,7 +116,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 				if err == io.EOF {
 					return total, nil
 				}
-				return total, err
+				return total, w.inputFailed(err)
 			}
 			if err := w.flush(false); err != nil {
 				return total, err
@@ -130,9 +131,29 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, nil
 		}
 		if err != nil {
-			return total, err
+			return total, w.inputFailed(err)
 		}
 	}
+}
+
+// inputFailed makes a failure to read the input the stream's: Close then
+// returns it instead of sealing what was read as if it were the whole
+// input (a reader would accept the truncated plaintext as complete).
+func (w *Writer) inputFailed(err error) error {
+	w.err = fmt.Errorf("keywarden: reading the input to encrypt: %w", err)
+	return w.err
+}
+
+// Abort ends the stream without sealing its final chunk, so that no
+// reader accepts what was written as a whole stream, and wipes the
+// plaintext it holds. Use it instead of Close when the input could not be
+// read to its end.
+func (w *Writer) Abort() {
+	if w.err == nil {
+		w.err = errors.New("keywarden: the stream was aborted")
+	}
+	w.closed = true
+	clear(w.buf[:cap(w.buf)])
 }
 
 // Close seals the rest, its last chunk marked final, and writes it, and
