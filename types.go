@@ -72,16 +72,17 @@ const (
 	ClassPrivate Class = "private"
 )
 
-func classFromWire(c wire.KeyClass) Class {
+func classFromWire(c wire.KeyClass) (Class, error) {
 	switch c {
 	case wire.KeyClass_KEY_CLASS_SECRET:
-		return ClassSecret
+		return ClassSecret, nil
 	case wire.KeyClass_KEY_CLASS_PUBLIC:
-		return ClassPublic
+		return ClassPublic, nil
 	case wire.KeyClass_KEY_CLASS_PRIVATE:
-		return ClassPrivate
+		return ClassPrivate, nil
 	}
-	return Class("unknown")
+	return "", &Error{Code: CodeUnimplemented,
+		Message: fmt.Sprintf("the daemon sent a key of class %d, which this client does not know; a newer client may", int32(c))}
 }
 
 // Usage is a set of things a key may be used for.
@@ -211,8 +212,12 @@ func infoFromWire(w *wire.KeyInfo) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
+	class, err := classFromWire(w.Class)
+	if err != nil {
+		return KeyInfo{}, err
+	}
 	i := KeyInfo{
-		Name: w.Name, Owner: w.OwnerUid, Type: typ, Class: classFromWire(w.Class),
+		Name: w.Name, Owner: w.OwnerUid, Type: typ, Class: class,
 		Usage: Usage(w.Usage), Exportable: w.Exportable, Wrappable: w.Wrappable, Ephemeral: w.Ephemeral,
 		Created: time.Unix(0, w.CreatedUnixNano), Version: w.Version, PublicKeyDER: w.PublicKey,
 		CallerUsage: Usage(w.CallerUsage), KDF: kdfFromWire(w.Kdf), Lifecycle: lifecycleFromWire(w.Lifecycle),

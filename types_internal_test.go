@@ -33,6 +33,9 @@ func TestUnknownKeyTypeFromDaemon(t *testing.T) {
 	if !errors.Is(err, ErrUnimplemented) {
 		t.Fatalf("unknown type: %v", err)
 	}
+	if _, err := infoFromWire(&wire.KeyInfo{Type: wire.KeyType_KEY_TYPE_ED25519, Class: wire.KeyClass(77), Id: make([]byte, 16)}); !errors.Is(err, ErrUnimplemented) {
+		t.Fatalf("unknown class: %v", err)
+	}
 	c := &Client{}
 	if _, err := c.keyFromResult("open", &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: 1, Info: &wire.KeyInfo{Type: wire.KeyType(999)}}}}); !errors.Is(err, ErrUnimplemented) {
 		t.Fatalf("opening a key of an unknown type: %v", err)

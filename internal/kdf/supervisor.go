@@ -335,17 +335,17 @@ func (s *Supervisor) do(ctx context.Context, r *request) (result, error) {
 	// worker, whether it ended before the derivation queued or while it
 	// was being admitted.
 	if err := ctx.Err(); err != nil {
-		return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+		return result{}, ErrClosed.WithDetail("%w", context.Cause(ctx))
 	}
 	if err := s.budget.acquire(ctx, cost); err != nil {
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			return result{}, ErrClosed.WithDetail("%v", err)
+			return result{}, ErrClosed.WithDetail("%w", err)
 		}
 		return result{}, err
 	}
 	defer s.budget.release(ctx, cost)
 	if err := ctx.Err(); err != nil {
-		return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+		return result{}, ErrClosed.WithDetail("%w", context.Cause(ctx))
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -487,13 +487,13 @@ func (w *worker) kill() {
 func (s *Supervisor) spawn(r *request, cl *cell, background bool) (*worker, error) {
 	inR, inW, err := os.Pipe()
 	if err != nil {
-		return nil, ErrFailed.WithDetail("pipe: %v", err)
+		return nil, ErrFailed.WithDetail("pipe: %w", err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		inR.Close()
 		inW.Close()
-		return nil, ErrFailed.WithDetail("pipe: %v", err)
+		return nil, ErrFailed.WithDetail("pipe: %w", err)
 	}
 	stderr := &boundedBuffer{max: stderrLimit}
 	// Nothing from the daemon's environment: the worker needs none. A
@@ -542,7 +542,7 @@ func (s *Supervisor) spawn(r *request, cl *cell, background bool) (*worker, erro
 	if err != nil {
 		inW.Close()
 		outR.Close()
-		return nil, ErrFailed.WithDetail("start worker: %v", err)
+		return nil, ErrFailed.WithDetail("start worker: %w", err)
 	}
 	return &worker{cmd: cmd, pid: cmd.Process.Pid, inW: inW, outR: outR, stderr: stderr, cl: cl, oomBefore: oomBefore, start: start}, nil
 }
@@ -584,7 +584,7 @@ func (s *Supervisor) admit(w *worker, r *request, cost uint64, background bool) 
 	if w.cl != nil {
 		if perr := w.cl.started(w.pid); perr != nil {
 			w.kill()
-			return ErrFailed.WithDetail("move worker %d into its cgroup: %v", w.pid, perr)
+			return ErrFailed.WithDetail("move worker %d into its cgroup: %w", w.pid, perr)
 		}
 	}
 	if background {
@@ -616,7 +616,7 @@ func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, backg
 	clear(msg)
 	if werr != nil {
 		kill()
-		return result{}, ErrFailed.WithDetail("send request to worker %d: %v", pid, werr)
+		return result{}, ErrFailed.WithDetail("send request to worker %d: %w", pid, werr)
 	}
 
 	events := make(chan event)
@@ -654,7 +654,7 @@ func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, backg
 			return result{}, ErrTimeout.WithDetail("worker %d overran the deadline of %v (%s)", pid, s.cfg.Deadline, r.params)
 		case <-ctx.Done():
 			kill()
-			return result{}, ErrClosed.WithDetail("%v", context.Cause(ctx))
+			return result{}, ErrClosed.WithDetail("%w", context.Cause(ctx))
 		case <-s.ctx.Done():
 			kill()
 			return result{}, ErrClosed
@@ -678,7 +678,7 @@ func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, backg
 			inW.SetWriteDeadline(time.Now().Add(s.cfg.Watchdog / 2))
 			if _, werr := inW.Write(appendFrame(nil, frameChallenge, challenge[:])); werr != nil {
 				kill()
-				return result{}, ErrStopped.WithDetail("send a watchdog challenge to worker %d: %v", pid, werr)
+				return result{}, ErrStopped.WithDetail("send a watchdog challenge to worker %d: %w", pid, werr)
 			}
 			outstanding = true
 			lv.challenged()
@@ -690,7 +690,7 @@ func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, backg
 					// broken or foreign stream.
 					kill()
 				}
-				return result{}, ErrFailed.WithDetail("worker %d closed its output without a result: %v", pid, ev.err)
+				return result{}, ErrFailed.WithDetail("worker %d closed its output without a result: %w", pid, ev.err)
 			case ev.typ == frameAnswer:
 				if !outstanding || ev.answer != expect {
 					kill()
@@ -702,7 +702,7 @@ func (s *Supervisor) supervise(ctx context.Context, w *worker, r *request, backg
 				if derr != nil {
 					clear(ev.payload)
 					kill()
-					return result{}, ErrFailed.WithDetail("worker %d: %v", pid, derr)
+					return result{}, ErrFailed.WithDetail("worker %d: %w", pid, derr)
 				}
 				res.out = bytes.Clone(res.out)
 				clear(ev.payload)
