@@ -291,6 +291,8 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	f := newFlags(name, e)
 	var s signFlags
 	s.register(f)
+	var so sshsigOptions
+	so.register(f)
 	if extra != nil {
 		extra(f)
 	}
@@ -305,11 +307,15 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	if err != nil {
 		return err
 	}
+	sshsig, err := so.check(&s)
+	if err != nil {
+		return err
+	}
+	if sigFile != nil && *sigFile == "" {
+		return usagef("--signature is required")
+	}
 	var sig []byte
-	if sigFile != nil {
-		if *sigFile == "" {
-			return usagef("--signature is required")
-		}
+	if sigFile != nil && !sshsig {
 		if sig, err = os.ReadFile(*sigFile); err != nil {
 			return err
 		}
@@ -322,6 +328,12 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	k, err := c.OpenRef(ctx, s.ref)
 	if err != nil {
 		return err
+	}
+	if sshsig && sigFile == nil {
+		return sshsigSign(e, f, k, so.namespace)
+	}
+	if sshsig {
+		return sshsigVerify(e, f, k, so.namespace, *sigFile)
 	}
 	ed := k.Type() == keywarden.Ed25519
 	if ed && !s.ph && opts.Hash != 0 {
