@@ -356,7 +356,8 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	}
 	if ed && !s.ph {
 		return fmt.Errorf("input larger than %d bytes: pure Ed25519 signs the whole message at once, so at most one message; "+
-			"to sign a file of any size use an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
+			"to sign a file of any size use --format sshsig --namespace NS (an SSH signature, which ssh-keygen -Y verify checks), "+
+			"or an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
 			"openssl dgst -sha256 -verify PUB.pem -signature SIG FILE checks, or --ed25519ph (which OpenSSL 3.0 cannot verify)", c.MaxData())
 	}
 	// Anything else is signed as a digest, hashed here: the data does not
