@@ -513,6 +513,14 @@ func TestSSHImportNamesItsType(t *testing.T) {
 			}
 		}
 	}
+	// With --format too the file names the type.
+	rsaDER, _ := x509.MarshalPKCS8PrivateKey(rsaKey(2048))
+	for format, data := range map[string][]byte{"der": rsaDER, "pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: rsaDER})} {
+		r := d.runCLI(t, nil, data, "key", "import", "--name", "rsa-format-"+format, "--format", format, "--json").ok(t, "--format "+format)
+		if !strings.Contains(strings.ReplaceAll(r.stdout, " ", ""), `"type":"rsa-2048"`) {
+			t.Errorf("--format %s: imported as %s", format, r.stdout)
+		}
+	}
 	// EC private keys in SEC 1 and RSA in PKCS #1 name their type too.
 	sec1, _ := x509.MarshalECPrivateKey(keys[keywarden.ECDSAP384].(*ecdsa.PrivateKey))
 	d.runCLI(t, nil, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: sec1}), "key", "import", "--name", "sec1").ok(t, "sec1")

@@ -199,8 +199,8 @@ func runKeyImport(e *env, args []string) error {
 		return fmt.Errorf("the key file is larger than %d bytes", maxKeyFile)
 	}
 	// The file names its type; an OpenSSH key is converted to PKCS #8 (or
-	// SPKI) here, the only format the daemon needs to know.
-	if kf == keywarden.FormatAuto && (s.typ == "" || isOpenSSH(data)) {
+	// SPKI) here, the daemon knowing only those.
+	if s.typ == "" || (kf == keywarden.FormatAuto && isOpenSSH(data)) {
 		file, err := readKeyFile(data, func() ([]byte, error) {
 			if *passFile == "" && !haveTerminal() {
 				return nil, usagef("the OpenSSH key is encrypted and there is no terminal to ask for its passphrase: give --passphrase-file FILE")
@@ -219,7 +219,9 @@ func runKeyImport(e *env, args []string) error {
 		if s.typ == "" {
 			spec.Type = file.typ
 		}
-		kf, data = file.format, file.data
+		if kf == keywarden.FormatAuto || file.wipe {
+			kf, data = file.format, file.data
+		}
 	}
 	ctx, c, done, err := f.dial()
 	if err != nil {
