@@ -25,7 +25,7 @@ func TestReadmeTour(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Argon2id at the default costs")
 	}
-	for _, tool := range []string{"bash", "openssl", "timeout"} {
+	for _, tool := range []string{"bash", "openssl", "timeout", "ssh-keygen"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("no %s", tool)
 		}

@@ -21,6 +21,8 @@ missing=""
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 command -v argon2 >/dev/null 2>&1 || missing="$missing argon2"
+command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
+command -v git >/dev/null 2>&1 || missing="$missing git"
 # The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"

@@ -292,6 +292,8 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	f := newFlags(name, e)
 	var s signFlags
 	s.register(f)
+	var so sshsigOptions
+	so.register(f)
 	if extra != nil {
 		extra(f)
 	}
@@ -306,11 +308,15 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	if err != nil {
 		return err
 	}
+	sshsig, err := so.check(&s)
+	if err != nil {
+		return err
+	}
+	if sigFile != nil && *sigFile == "" {
+		return usagef("--signature is required")
+	}
 	var sig []byte
-	if sigFile != nil {
-		if *sigFile == "" {
-			return usagef("--signature is required")
-		}
+	if sigFile != nil && !sshsig {
 		if sig, err = os.ReadFile(*sigFile); err != nil {
 			return err
 		}
@@ -323,6 +329,12 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	k, err := c.OpenRef(ctx, s.ref)
 	if err != nil {
 		return err
+	}
+	if sshsig && sigFile == nil {
+		return sshsigSign(e, f, k, so.namespace)
+	}
+	if sshsig {
+		return sshsigVerify(e, f, k, so.namespace, *sigFile)
 	}
 	ed := k.Type() == keywarden.Ed25519
 	if ed && !s.ph && opts.Hash != 0 {
@@ -345,7 +357,8 @@ func runSignature(e *env, name string, args []string, sigFile *string, extra fun
 	}
 	if ed && !s.ph {
 		return fmt.Errorf("input larger than %d bytes: pure Ed25519 signs the whole message at once, so at most one message; "+
-			"to sign a file of any size use an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
+			"to sign a file of any size use --format sshsig --namespace NS (an SSH signature, which ssh-keygen -Y verify checks), "+
+			"or an ECDSA P-256 key (keywarden key generate --type ecdsa-p256), whose signature "+
 			"openssl dgst -sha256 -verify PUB.pem -signature SIG FILE checks, or --ed25519ph (which OpenSSL 3.0 cannot verify)", c.MaxData())
 	}
 	// Anything else is signed as a digest, hashed here: the data does not

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -47,10 +48,14 @@ func typeNames() string {
 }
 
 func (s *specFlags) spec() (keywarden.KeySpec, error) {
-	t := keywarden.KeyType(s.typ)
 	if s.typ == "" {
 		return keywarden.KeySpec{}, usagef("--type is required (%s)", typeNames())
 	}
+	return s.specOf(keywarden.KeyType(s.typ))
+}
+
+// specOf is spec for a key of type t, which a key file may name.
+func (s *specFlags) specOf(t keywarden.KeyType) (keywarden.KeySpec, error) {
 	if !t.Valid() {
 		return keywarden.KeySpec{}, usagef("unknown key type %q (want %s)", s.typ, typeNames())
 	}
@@ -153,7 +158,8 @@ func runKeyImport(e *env, args []string) error {
 	f := newFlags("key import", e)
 	var s specFlags
 	s.register(f, true)
-	format := f.String("format", "auto", "input `format`: auto, raw, der, pem, pkcs8, pkcs8-pem, spki, spki-pem")
+	format := f.String("format", "auto", "input `format`: auto, raw, der, pem, pkcs8, pkcs8-pem, spki, spki-pem (auto also reads OpenSSH keys)")
+	passFile := f.String("passphrase-file", "", "read an encrypted OpenSSH key's passphrase from `FILE` (one trailing newline is removed) instead of the terminal")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -161,13 +167,25 @@ func runKeyImport(e *env, args []string) error {
 	if err := want(pos, 0, "the key on stdin"); err != nil {
 		return err
 	}
-	spec, err := s.spec()
+	// Check the flags before reading the key: with no --type, the other
+	// flags are checked as for any type and the file names the type.
+	typ := keywarden.KeyType(s.typ)
+	if s.typ == "" {
+		typ = keywarden.Ed25519
+	}
+	spec, err := s.specOf(typ)
 	if err != nil {
 		return err
 	}
 	kf, err := parseFormat(*format, false)
 	if err != nil {
 		return err
+	}
+	if s.typ == "" && kf == keywarden.FormatRaw {
+		return usagef("raw key bytes do not name their type: give --type (%s)", typeNames())
+	}
+	if *passFile == "-" {
+		return usagef("the key is on stdin: --passphrase-file needs a file")
 	}
 	data, err := io.ReadAll(io.LimitReader(e.stdin, maxKeyFile+1))
 	if err != nil {
@@ -179,6 +197,31 @@ func runKeyImport(e *env, args []string) error {
 	}
 	if len(data) > maxKeyFile {
 		return fmt.Errorf("the key file is larger than %d bytes", maxKeyFile)
+	}
+	// The file names its type; an OpenSSH key is converted to PKCS #8 (or
+	// SPKI) here, the daemon knowing only those.
+	if s.typ == "" || (kf == keywarden.FormatAuto && isOpenSSH(data)) {
+		file, err := readKeyFile(data, func() ([]byte, error) {
+			if *passFile == "" && !haveTerminal() {
+				return nil, usagef("the OpenSSH key is encrypted and there is no terminal to ask for its passphrase: give --passphrase-file FILE")
+			}
+			return readPassphrase(e, *passFile, "passphrase", false)
+		})
+		if errors.Is(err, errNoType) {
+			return usagef("%v", err)
+		}
+		if err != nil {
+			return err
+		}
+		if file.wipe {
+			defer clear(file.data)
+		}
+		if s.typ == "" {
+			spec.Type = file.typ
+		}
+		if kf == keywarden.FormatAuto || file.wipe {
+			kf, data = file.format, file.data
+		}
 	}
 	ctx, c, done, err := f.dial()
 	if err != nil {
@@ -253,17 +296,28 @@ func runKeyExport(e *env, args []string) error {
 func runKeyPublic(e *env, args []string) error {
 	var format string
 	f, k, done, err := openOne(e, "key public", args, func(f *flags) {
-		f.StringVar(&format, "format", "pem", "output `format`: pem or der")
+		f.StringVar(&format, "format", "pem", "output `format`: pem, der, or ssh (an authorized_keys line, usable in allowed_signers)")
 	})
 	if err != nil {
 		return err
 	}
 	defer done()
+	if format == "ssh" {
+		line, err := authorizedKey(k.Info())
+		if err != nil {
+			return err
+		}
+		if f.json {
+			return printJSON(e, map[string]string{"public_key": strings.TrimSuffix(string(line), "\n")})
+		}
+		_, err = e.stdout.Write(line)
+		return err
+	}
 	kf := keywarden.FormatSPKIPEM
 	if format == "der" {
 		kf = keywarden.FormatSPKIDER
 	} else if format != "pem" {
-		return usagef("unknown format %q (want pem or der)", format)
+		return usagef("unknown format %q (want pem, der or ssh)", format)
 	}
 	ctx := f.context
 	b, err := k.ExportPublic(ctx, kf)
