@@ -34,7 +34,10 @@ type jsonRecord struct {
 	Session uint64      `json:"session"`
 	Request uint64      `json:"request"`
 	Ops     []jsonOp    `json:"ops"`
-	Msg     string      `json:"msg"`
+	// SSHCerts: optional, so that logs written before it existed read as
+	// they were written.
+	SSHCerts []jsonSSHCert `json:"ssh_certs"`
+	Msg      string        `json:"msg"`
 
 	Reason    string `json:"reason"`
 	Prev      string `json:"prev"`
@@ -89,6 +92,16 @@ type jsonOp struct {
 	KV     uint32 `json:"kv"`
 	Status string `json:"status"`
 	N      uint32 `json:"n"`
+}
+
+type jsonSSHCert struct {
+	Type        string   `json:"type"`
+	Serial      uint64   `json:"serial"`
+	KeyID       string   `json:"key_id"`
+	Principals  []string `json:"principals"`
+	ValidAfter  uint64   `json:"valid_after"`
+	ValidBefore uint64   `json:"valid_before"`
+	Key         string   `json:"key"`
 }
 
 // ErrMalformed is wrapped by every error about a line that is not a
@@ -197,6 +210,11 @@ func fromJSON(j *jsonRecord) (*Record, error) {
 			return nil, err
 		}
 		r.Ops = append(r.Ops, e)
+	}
+	for i := range j.SSHCerts {
+		c := &j.SSHCerts[i]
+		r.SSHCerts = append(r.SSHCerts, SSHCert{Type: c.Type, Serial: c.Serial, KeyID: c.KeyID,
+			Principals: c.Principals, ValidAfter: c.ValidAfter, ValidBefore: c.ValidBefore, Key: c.Key})
 	}
 	switch kind {
 	case KindSegment:

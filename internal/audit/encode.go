@@ -183,6 +183,16 @@ func appendBody(dst []byte, r *Record) []byte {
 	dst = appendUintField(dst, "conn", r.Conn)
 	dst = appendUintField(dst, "session", r.Session)
 	dst = appendUintField(dst, "request", r.Request)
+	if len(r.SSHCerts) > 0 {
+		dst = append(appendField(dst, "ssh_certs"), '[')
+		for i := range r.SSHCerts {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendSSHCert(dst, &r.SSHCerts[i])
+		}
+		dst = append(dst, ']')
+	}
 	if len(r.Ops) > 0 {
 		dst = append(appendField(dst, "ops"), '[')
 		for i := range r.Ops {
@@ -208,6 +218,30 @@ func appendBody(dst []byte, r *Record) []byte {
 		dst = append(dst, ']')
 	}
 	return appendStringField(dst, "msg", r.Msg)
+}
+
+// appendSSHCert appends c as an object: every field but key_id is always
+// written.
+func appendSSHCert(dst []byte, c *SSHCert) []byte {
+	dst = append(dst, `{"type":`...)
+	dst = appendString(dst, c.Type)
+	dst = append(dst, `,"serial":`...)
+	dst = strconv.AppendUint(dst, c.Serial, 10)
+	dst = appendStringField(dst, "key_id", c.KeyID)
+	dst = append(dst, `,"principals":[`...)
+	for i, p := range c.Principals {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, p)
+	}
+	dst = append(dst, `],"valid_after":`...)
+	dst = strconv.AppendUint(dst, c.ValidAfter, 10)
+	dst = append(dst, `,"valid_before":`...)
+	dst = strconv.AppendUint(dst, c.ValidBefore, 10)
+	dst = append(dst, `,"key":`...)
+	dst = appendString(dst, c.Key)
+	return append(dst, '}')
 }
 
 func appendSegment(dst []byte, s *Segment) []byte {

@@ -28,7 +28,14 @@ func sampleRecords() []*Record {
 		Signature: make([]byte, 64)}}
 	ev := &Record{Seq: 10, Time: t0, Kind: KindEvent, Op: OpStart}
 	bare := &Record{Seq: 11, Time: t0, Kind: KindRequest}
-	return []*Record{full, seg, cp, ev, bare}
+	cert := &Record{Seq: 12, Time: t0, Kind: KindRequest, Op: "ssh-certify", Alg: "ed25519", KeyVersion: 1, Status: "OK",
+		SSHCerts: []SSHCert{
+			{Type: "user", Serial: 0x8000000000000001, KeyID: "alice@\"laptop\"", Principals: []string{"alice", "root"},
+				ValidAfter: 1772366400, ValidBefore: 1772452800, Key: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"},
+			{Type: "host", Principals: []string{"db1.example.org"}, ValidBefore: 1<<64 - 1, Key: "SHA256:x"},
+		}}
+	cert.Key[0] = 7
+	return []*Record{full, seg, cp, ev, bare, cert}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -46,6 +53,40 @@ func TestRoundTrip(t *testing.T) {
 		if err := json.Unmarshal(line, &m); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestSSHCertFields: an issued certificate's fields are written in one
+// form, and a line that leaves out one of them is not canonical.
+func TestSSHCertFields(t *testing.T) {
+	recs := sampleRecords()
+	line := string(AppendLine(nil, recs[len(recs)-1]))
+	for _, want := range []string{
+		`"ssh_certs":[{"type":"user","serial":9223372036854775809,"key_id":"alice@\"laptop\"","principals":["alice","root"],"valid_after":1772366400,"valid_before":1772452800,"key":"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"}`,
+		`{"type":"host","serial":0,"principals":["db1.example.org"],"valid_after":0,"valid_before":18446744073709551615,"key":"SHA256:x"}]`,
+	} {
+		if !strings.Contains(line, want) {
+			t.Errorf("record\n%s\nlacks %s", line, want)
+		}
+	}
+	for _, drop := range []string{`"serial":0,`, `,"valid_after":0`} {
+		bad := strings.Replace(line, drop, "", 1)
+		if _, err := ParseRecord([]byte(bad)); err == nil {
+			t.Errorf("a certificate without %s parses", drop)
+		}
+	}
+	r, err := ParseRecord([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.SSHCerts[0].Validity(); got != "from 2026-03-01T12:00:00Z to 2026-03-02T12:00:00Z" {
+		t.Errorf("validity %q", got)
+	}
+	if got := r.SSHCerts[1].Validity(); got != "forever" {
+		t.Errorf("validity %q", got)
+	}
+	if txt := r.Text(); !strings.Contains(txt, `[ssh-cert user serial=9223372036854775809 key_id=alice@\"laptop\" principals=alice,root valid=from`) {
+		t.Errorf("text: %s", txt)
 	}
 }
 

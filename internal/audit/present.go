@@ -284,6 +284,14 @@ func (r *Record) Text() string {
 			}
 			b.WriteByte(']')
 		}
+		for _, c := range r.SSHCerts {
+			fmt.Fprintf(&b, " [ssh-cert %s serial=%d", c.Type, c.Serial)
+			kv("key_id", c.KeyID)
+			kv("principals", strings.Join(c.Principals, ","))
+			fmt.Fprintf(&b, " valid=%s", c.Validity())
+			kv("key", c.Key)
+			b.WriteByte(']')
+		}
 		kv("msg", r.Msg)
 	}
 	return b.String()

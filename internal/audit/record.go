@@ -2,6 +2,7 @@ package audit
 
 import (
 	"crypto/ed25519"
+	"math"
 	"time"
 )
 
@@ -79,7 +80,10 @@ type Record struct {
 	Session    uint64 // streaming session id, if any
 	Request    uint64 // the request id the client chose
 	Ops        []OpEntry
-	Msg        string // a precise reason, for refusals and failures; never secrets
+	// SSHCerts are the SSH certificates the request issued (ssh-certify),
+	// in the order of its operations.
+	SSHCerts []SSHCert
+	Msg      string // a precise reason, for refusals and failures; never secrets
 
 	// Set by the log on segment and checkpoint records.
 	Segment    *Segment
@@ -187,6 +191,22 @@ func (r *Record) Reset() {
 	*r = Record{Ops: ops}
 }
 
+// SSHCert is an SSH certificate the daemon issued: what it says, without
+// its signature. The authority is the record's key (or its operation's,
+// in a batch).
+type SSHCert struct {
+	Type       string // "user" or "host"
+	Serial     uint64
+	KeyID      string
+	Principals []string
+	// ValidAfter and ValidBefore are seconds since the Unix epoch;
+	// ValidBefore 1<<64-1 is forever.
+	ValidAfter, ValidBefore uint64
+	// Key is the certified key's fingerprint, as ssh-keygen -l prints it
+	// ("SHA256:" and unpadded base64).
+	Key string
+}
+
 // Segment describes a segment record: the first record of every file, of
 // every run of the daemon, and of every NewSegment.
 type Segment struct {
@@ -264,4 +284,25 @@ func IsKeyManagement(op string) bool {
 		return true
 	}
 	return false
+}
+
+// Validity is the certificate's validity as ssh-keygen -L prints it, in
+// UTC: "from 2026-03-01T12:00:00 to 2026-03-02T12:00:00", "forever", ...
+func (c *SSHCert) Validity() string {
+	const forever = 1<<64 - 1
+	t := func(s uint64) string {
+		if s > math.MaxInt64 {
+			return "the end of time"
+		}
+		return time.Unix(int64(s), 0).UTC().Format("2006-01-02T15:04:05Z")
+	}
+	switch {
+	case c.ValidAfter == 0 && c.ValidBefore == forever:
+		return "forever"
+	case c.ValidAfter == 0:
+		return "before " + t(c.ValidBefore)
+	case c.ValidBefore == forever:
+		return "after " + t(c.ValidAfter)
+	}
+	return "from " + t(c.ValidAfter) + " to " + t(c.ValidBefore)
 }
