@@ -115,5 +115,6 @@ fuzz ./internal/genid FuzzParseKmsg
 fuzz ./internal/genid FuzzParseUevent
 fuzz ./internal/genid FuzzVMClockPage
 fuzz ./internal/genid FuzzFindVMGenIDAddress
+fuzz ./internal/sshcert FuzzParseSubject
 
 log "all tests passed"
