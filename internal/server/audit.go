@@ -239,6 +239,7 @@ func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.
 			r.Msg = sum.String()
 		}
 	}
+	sshCertsOf(r, req, rep)
 	return r
 }
 
@@ -365,6 +366,12 @@ func recordSize(r *audit.Record) int {
 	}
 	for i := range r.Ops {
 		n += entrySize(&r.Ops[i])
+	}
+	if len(r.SSHCerts) > 0 {
+		n += len(`,"ssh_certs":[]`)
+	}
+	for i := range r.SSHCerts {
+		n += sshCertSize(&r.SSHCerts[i])
 	}
 	return n
 }

@@ -228,6 +228,13 @@ var opTable = map[protoreflect.Name]opSpec{
 		bound: keyInfoBound,
 		run:   full(func(cn *conn, _ *wire.Op, id Identity) (*wire.Result, error) { return cn.opStatus(id), nil })},
 
+	// SSH certificates (sshcert.go).
+	"ssh_certify": {name: "ssh-certify", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use,
+		seal: sealAny, bound: sshCertifyBound,
+		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
+			return cn.opSSHCertify(op.GetSshCertify(), id)
+		})},
+
 	// Keys.
 	"generate": {name: "generate", path: pathManage, exec: execApartIf, apartIf: isRSAGenerate, store: storeUnlessEphemeral,
 		who: accessAnyone, seal: sealUnsealed, bound: keyInfoBound,

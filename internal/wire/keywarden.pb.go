@@ -681,6 +681,55 @@ func (WrapFormat) EnumDescriptor() ([]byte, []int) {
 	return file_keywarden_proto_rawDescGZIP(), []int{9}
 }
 
+type SshCertType int32
+
+const (
+	SshCertType_SSH_CERT_TYPE_UNSPECIFIED SshCertType = 0
+	SshCertType_SSH_CERT_TYPE_USER        SshCertType = 1
+	SshCertType_SSH_CERT_TYPE_HOST        SshCertType = 2
+)
+
+// Enum value maps for SshCertType.
+var (
+	SshCertType_name = map[int32]string{
+		0: "SSH_CERT_TYPE_UNSPECIFIED",
+		1: "SSH_CERT_TYPE_USER",
+		2: "SSH_CERT_TYPE_HOST",
+	}
+	SshCertType_value = map[string]int32{
+		"SSH_CERT_TYPE_UNSPECIFIED": 0,
+		"SSH_CERT_TYPE_USER":        1,
+		"SSH_CERT_TYPE_HOST":        2,
+	}
+)
+
+func (x SshCertType) Enum() *SshCertType {
+	p := new(SshCertType)
+	*p = x
+	return p
+}
+
+func (x SshCertType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SshCertType) Descriptor() protoreflect.EnumDescriptor {
+	return file_keywarden_proto_enumTypes[10].Descriptor()
+}
+
+func (SshCertType) Type() protoreflect.EnumType {
+	return &file_keywarden_proto_enumTypes[10]
+}
+
+func (x SshCertType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SshCertType.Descriptor instead.
+func (SshCertType) EnumDescriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
+}
+
 // Request is one message from client to daemon.
 type Request struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -894,6 +943,7 @@ type Op struct {
 	//	*Op_GenerationWaitWatchers
 	//	*Op_GenerationBump
 	//	*Op_GenerationMap
+	//	*Op_SshCertify
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1359,6 +1409,15 @@ func (x *Op) GetGenerationMap() *GenerationMap {
 	return nil
 }
 
+func (x *Op) GetSshCertify() *SshCertify {
+	if x != nil {
+		if x, ok := x.Op.(*Op_SshCertify); ok {
+			return x.SshCertify
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -1556,6 +1615,11 @@ type Op_GenerationMap struct {
 	GenerationMap *GenerationMap `protobuf:"bytes,65,opt,name=generation_map,json=generationMap,proto3,oneof"`
 }
 
+type Op_SshCertify struct {
+	// OpenSSH certificates (docs/ssh.md).
+	SshCertify *SshCertify `protobuf:"bytes,70,opt,name=ssh_certify,json=sshCertify,proto3,oneof"`
+}
+
 func (*Op_Status) isOp_Op() {}
 
 func (*Op_Ping) isOp_Op() {}
@@ -1649,6 +1713,8 @@ func (*Op_GenerationWaitWatchers) isOp_Op() {}
 func (*Op_GenerationBump) isOp_Op() {}
 
 func (*Op_GenerationMap) isOp_Op() {}
+
+func (*Op_SshCertify) isOp_Op() {}
 
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -7397,6 +7463,195 @@ func (x *RestoreReport) GetReplaced() string {
 	return ""
 }
 
+// SshCertOption is a critical option or an extension of an SSH
+// certificate: a name, and a value (empty for flags such as permit-pty).
+type SshCertOption struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SshCertOption) Reset() {
+	*x = SshCertOption{}
+	mi := &file_keywarden_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SshCertOption) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SshCertOption) ProtoMessage() {}
+
+func (x *SshCertOption) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SshCertOption.ProtoReflect.Descriptor instead.
+func (*SshCertOption) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *SshCertOption) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SshCertOption) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// SshCertify issues an OpenSSH certificate (PROTOCOL.certkeys) for
+// public_key, signed by the key behind handle, the certificate authority:
+// an Ed25519, ECDSA or RSA private key with sign usage (RSA signs with
+// rsa-sha2-512). The result's data is the certificate in SSH wire format.
+// Every certificate issued is recorded in the audit log with its serial,
+// principals, validity, type and key id.
+type SshCertify struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	// The key to certify, in SSH wire format (the base64 field of an
+	// authorized_keys line, decoded): Ed25519, ECDSA, RSA of 2048 bits or
+	// more, or a security key (sk-). Not a certificate.
+	PublicKey []byte      `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	CertType  SshCertType `protobuf:"varint,3,opt,name=cert_type,json=certType,proto3,enum=keywarden.v1.SshCertType" json:"cert_type,omitempty"`
+	// 1 to 256 names, each 1 to 255 bytes without control characters: user
+	// names for a user certificate, host names for a host certificate.
+	Principals []string `protobuf:"bytes,4,rep,name=principals,proto3" json:"principals,omitempty"`
+	// Seconds since the Unix epoch: the certificate is valid from
+	// valid_after to valid_before. valid_before must be later;
+	// 18446744073709551615 means forever.
+	ValidAfter  uint64 `protobuf:"varint,5,opt,name=valid_after,json=validAfter,proto3" json:"valid_after,omitempty"`
+	ValidBefore uint64 `protobuf:"varint,6,opt,name=valid_before,json=validBefore,proto3" json:"valid_before,omitempty"`
+	// Absent: the daemon picks a random one.
+	Serial *uint64 `protobuf:"varint,7,opt,name=serial,proto3,oneof" json:"serial,omitempty"`
+	// At most 255 bytes; OpenSSH logs it when the certificate is used.
+	KeyId string `protobuf:"bytes,8,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Taken as given, in any order (the daemon sorts them by name): the
+	// caller chooses them (ssh-keygen's defaults for user certificates are
+	// the permit-* extensions). Host certificates have none.
+	CriticalOptions []*SshCertOption `protobuf:"bytes,9,rep,name=critical_options,json=criticalOptions,proto3" json:"critical_options,omitempty"`
+	Extensions      []*SshCertOption `protobuf:"bytes,10,rep,name=extensions,proto3" json:"extensions,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SshCertify) Reset() {
+	*x = SshCertify{}
+	mi := &file_keywarden_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SshCertify) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SshCertify) ProtoMessage() {}
+
+func (x *SshCertify) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SshCertify.ProtoReflect.Descriptor instead.
+func (*SshCertify) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *SshCertify) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *SshCertify) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *SshCertify) GetCertType() SshCertType {
+	if x != nil {
+		return x.CertType
+	}
+	return SshCertType_SSH_CERT_TYPE_UNSPECIFIED
+}
+
+func (x *SshCertify) GetPrincipals() []string {
+	if x != nil {
+		return x.Principals
+	}
+	return nil
+}
+
+func (x *SshCertify) GetValidAfter() uint64 {
+	if x != nil {
+		return x.ValidAfter
+	}
+	return 0
+}
+
+func (x *SshCertify) GetValidBefore() uint64 {
+	if x != nil {
+		return x.ValidBefore
+	}
+	return 0
+}
+
+func (x *SshCertify) GetSerial() uint64 {
+	if x != nil && x.Serial != nil {
+		return *x.Serial
+	}
+	return 0
+}
+
+func (x *SshCertify) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *SshCertify) GetCriticalOptions() []*SshCertOption {
+	if x != nil {
+		return x.CriticalOptions
+	}
+	return nil
+}
+
+func (x *SshCertify) GetExtensions() []*SshCertOption {
+	if x != nil {
+		return x.Extensions
+	}
+	return nil
+}
+
 var File_keywarden_proto protoreflect.FileDescriptor
 
 const file_keywarden_proto_rawDesc = "" +
@@ -7413,7 +7668,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12.\n" +
-	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xd8\x14\n" +
+	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\x95\x15\n" +
 	"\x02Op\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.keywarden.v1.StatusOpH\x00R\x06status\x12(\n" +
 	"\x04ping\x18\x02 \x01(\v2\x12.keywarden.v1.PingH\x00R\x04ping\x124\n" +
@@ -7464,7 +7719,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0egeneration_ack\x18> \x01(\v2\x1b.keywarden.v1.GenerationAckH\x00R\rgenerationAck\x12`\n" +
 	"\x18generation_wait_watchers\x18? \x01(\v2$.keywarden.v1.GenerationWaitWatchersH\x00R\x16generationWaitWatchers\x12G\n" +
 	"\x0fgeneration_bump\x18@ \x01(\v2\x1c.keywarden.v1.GenerationBumpH\x00R\x0egenerationBump\x12D\n" +
-	"\x0egeneration_map\x18A \x01(\v2\x1b.keywarden.v1.GenerationMapH\x00R\rgenerationMapB\x04\n" +
+	"\x0egeneration_map\x18A \x01(\v2\x1b.keywarden.v1.GenerationMapH\x00R\rgenerationMap\x12;\n" +
+	"\vssh_certify\x18F \x01(\v2\x18.keywarden.v1.SshCertifyH\x00R\n" +
+	"sshCertifyB\x04\n" +
 	"\x02op\"\xb5\x06\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
@@ -7964,7 +8221,30 @@ const file_keywarden_proto_rawDesc = "" +
 	" \x03(\tR\x0eyoursReturning\x12+\n" +
 	"\x11generation_before\x18\v \x01(\x04R\x10generationBefore\x120\n" +
 	"\x14generation_in_backup\x18\f \x01(\x04R\x12generationInBackup\x12\x1a\n" +
-	"\breplaced\x18\r \x01(\tR\breplaced*\xc5\x02\n" +
+	"\breplaced\x18\r \x01(\tR\breplaced\"9\n" +
+	"\rSshCertOption\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xa3\x03\n" +
+	"\n" +
+	"SshCertify\x12\x16\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x126\n" +
+	"\tcert_type\x18\x03 \x01(\x0e2\x19.keywarden.v1.SshCertTypeR\bcertType\x12\x1e\n" +
+	"\n" +
+	"principals\x18\x04 \x03(\tR\n" +
+	"principals\x12\x1f\n" +
+	"\vvalid_after\x18\x05 \x01(\x04R\n" +
+	"validAfter\x12!\n" +
+	"\fvalid_before\x18\x06 \x01(\x04R\vvalidBefore\x12\x1b\n" +
+	"\x06serial\x18\a \x01(\x04H\x00R\x06serial\x88\x01\x01\x12\x15\n" +
+	"\x06key_id\x18\b \x01(\tR\x05keyId\x12F\n" +
+	"\x10critical_options\x18\t \x03(\v2\x1b.keywarden.v1.SshCertOptionR\x0fcriticalOptions\x12;\n" +
+	"\n" +
+	"extensions\x18\n" +
+	" \x03(\v2\x1b.keywarden.v1.SshCertOptionR\n" +
+	"extensionsB\t\n" +
+	"\a_serial*\xc5\x02\n" +
 	"\x06Status\x12\r\n" +
 	"\tSTATUS_OK\x10\x00\x12\x1b\n" +
 	"\x17STATUS_INVALID_ARGUMENT\x10\x01\x12\x14\n" +
@@ -8050,7 +8330,11 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0eWRAP_FORMAT_KW\x10\x01\x12\x13\n" +
 	"\x0fWRAP_FORMAT_KWP\x10\x02\x12\x19\n" +
 	"\x15WRAP_FORMAT_KEYWARDEN\x10\x03\x12\x1b\n" +
-	"\x17WRAP_FORMAT_RSA_AES_KWP\x10\x04B.Z,github.com/keywarden/keywarden/internal/wireb\x06proto3"
+	"\x17WRAP_FORMAT_RSA_AES_KWP\x10\x04*\\\n" +
+	"\vSshCertType\x12\x1d\n" +
+	"\x19SSH_CERT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12SSH_CERT_TYPE_USER\x10\x01\x12\x16\n" +
+	"\x12SSH_CERT_TYPE_HOST\x10\x02B.Z,github.com/keywarden/keywarden/internal/wireb\x06proto3"
 
 var (
 	file_keywarden_proto_rawDescOnce sync.Once
@@ -8064,8 +8348,8 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 	return file_keywarden_proto_rawDescData
 }
 
-var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8077,205 +8361,212 @@ var file_keywarden_proto_goTypes = []any{
 	(SessionKind)(0),               // 7: keywarden.v1.SessionKind
 	(KeyOrigin)(0),                 // 8: keywarden.v1.KeyOrigin
 	(WrapFormat)(0),                // 9: keywarden.v1.WrapFormat
-	(*Request)(nil),                // 10: keywarden.v1.Request
-	(*Reply)(nil),                  // 11: keywarden.v1.Reply
-	(*Op)(nil),                     // 12: keywarden.v1.Op
-	(*Result)(nil),                 // 13: keywarden.v1.Result
-	(*AclEntry)(nil),               // 14: keywarden.v1.AclEntry
-	(*KeyTemplate)(nil),            // 15: keywarden.v1.KeyTemplate
-	(*KeyInfo)(nil),                // 16: keywarden.v1.KeyInfo
-	(*KeyLifecycle)(nil),           // 17: keywarden.v1.KeyLifecycle
-	(*KeyVersionInfo)(nil),         // 18: keywarden.v1.KeyVersionInfo
-	(*KeyResult)(nil),              // 19: keywarden.v1.KeyResult
-	(*ListResult)(nil),             // 20: keywarden.v1.ListResult
-	(*Limits)(nil),                 // 21: keywarden.v1.Limits
-	(*StatusResult)(nil),           // 22: keywarden.v1.StatusResult
-	(*AuditStatus)(nil),            // 23: keywarden.v1.AuditStatus
-	(*MemoryStatus)(nil),           // 24: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 25: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 26: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 27: keywarden.v1.Ping
-	(*Generate)(nil),               // 28: keywarden.v1.Generate
-	(*Import)(nil),                 // 29: keywarden.v1.Import
-	(*NameRef)(nil),                // 30: keywarden.v1.NameRef
-	(*Open)(nil),                   // 31: keywarden.v1.Open
-	(*Close)(nil),                  // 32: keywarden.v1.Close
-	(*List)(nil),                   // 33: keywarden.v1.List
-	(*Info)(nil),                   // 34: keywarden.v1.Info
-	(*Export)(nil),                 // 35: keywarden.v1.Export
-	(*PublicKey)(nil),              // 36: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 37: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 38: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 39: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 40: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 41: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 42: keywarden.v1.Sign
-	(*Verify)(nil),                 // 43: keywarden.v1.Verify
-	(*Mac)(nil),                    // 44: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 45: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 46: keywarden.v1.Hash
-	(*Derive)(nil),                 // 47: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 48: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 49: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 50: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 51: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 52: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 53: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 54: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 55: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 56: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 57: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 58: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 59: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 60: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 61: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 62: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 63: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 64: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 65: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 66: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 67: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 68: keywarden.v1.SealStatus
-	(*Share)(nil),                  // 69: keywarden.v1.Share
-	(*Init)(nil),                   // 70: keywarden.v1.Init
-	(*InitResult)(nil),             // 71: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 72: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 73: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 74: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 75: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 76: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 77: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 78: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 79: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 80: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 81: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 82: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 83: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 84: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 85: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 86: keywarden.v1.RestoreReport
+	(SshCertType)(0),               // 10: keywarden.v1.SshCertType
+	(*Request)(nil),                // 11: keywarden.v1.Request
+	(*Reply)(nil),                  // 12: keywarden.v1.Reply
+	(*Op)(nil),                     // 13: keywarden.v1.Op
+	(*Result)(nil),                 // 14: keywarden.v1.Result
+	(*AclEntry)(nil),               // 15: keywarden.v1.AclEntry
+	(*KeyTemplate)(nil),            // 16: keywarden.v1.KeyTemplate
+	(*KeyInfo)(nil),                // 17: keywarden.v1.KeyInfo
+	(*KeyLifecycle)(nil),           // 18: keywarden.v1.KeyLifecycle
+	(*KeyVersionInfo)(nil),         // 19: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 20: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 21: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 22: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 23: keywarden.v1.StatusResult
+	(*AuditStatus)(nil),            // 24: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 25: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 26: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 27: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 28: keywarden.v1.Ping
+	(*Generate)(nil),               // 29: keywarden.v1.Generate
+	(*Import)(nil),                 // 30: keywarden.v1.Import
+	(*NameRef)(nil),                // 31: keywarden.v1.NameRef
+	(*Open)(nil),                   // 32: keywarden.v1.Open
+	(*Close)(nil),                  // 33: keywarden.v1.Close
+	(*List)(nil),                   // 34: keywarden.v1.List
+	(*Info)(nil),                   // 35: keywarden.v1.Info
+	(*Export)(nil),                 // 36: keywarden.v1.Export
+	(*PublicKey)(nil),              // 37: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 38: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 39: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 40: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 41: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 42: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 43: keywarden.v1.Sign
+	(*Verify)(nil),                 // 44: keywarden.v1.Verify
+	(*Mac)(nil),                    // 45: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 46: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 47: keywarden.v1.Hash
+	(*Derive)(nil),                 // 48: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 49: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 50: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 51: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 52: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 53: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 54: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 55: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 56: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 57: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 58: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 59: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 60: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 61: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 62: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 63: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 64: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 65: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 66: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 67: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 68: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 69: keywarden.v1.SealStatus
+	(*Share)(nil),                  // 70: keywarden.v1.Share
+	(*Init)(nil),                   // 71: keywarden.v1.Init
+	(*InitResult)(nil),             // 72: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 73: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 74: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 75: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 76: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 77: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 78: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 79: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 80: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 81: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 82: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 83: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 84: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 85: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 86: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 87: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 88: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 89: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
-	12,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
+	13,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
-	13,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	26,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	27,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	28,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	29,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	31,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	32,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	33,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	34,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	35,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	36,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	37,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	38,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	39,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	40,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	41,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	42,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	43,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	44,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	45,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	46,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	47,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	48,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	49,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	50,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	51,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	70,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	72,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	74,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	75,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	76,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	78,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	79,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	80,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	81,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	83,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	85,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	77,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	54,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	55,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	56,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	57,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	61,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	62,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	63,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	64,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	65,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	66,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	0,   // 50: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	19,  // 51: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	16,  // 52: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	20,  // 53: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	22,  // 54: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	25,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	58,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	71,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	73,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	84,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	82,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	59,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	67,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
-	1,   // 63: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	14,  // 64: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
-	1,   // 65: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
-	2,   // 66: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	14,  // 67: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	53,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
-	17,  // 69: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
-	8,   // 70: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	18,  // 71: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	16,  // 72: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	16,  // 73: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	21,  // 74: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	24,  // 75: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	68,  // 76: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	59,  // 77: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	23,  // 78: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	15,  // 79: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	15,  // 80: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 81: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	30,  // 82: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 83: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 84: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	14,  // 85: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 86: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 87: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 88: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 89: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 90: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 91: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 92: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,   // 93: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	15,  // 94: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 95: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 96: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 97: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	52,  // 98: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	52,  // 99: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	15,  // 100: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	52,  // 101: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	52,  // 102: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	52,  // 103: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	60,  // 104: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	52,  // 105: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	69,  // 106: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	69,  // 107: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	52,  // 108: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	9,   // 109: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 110: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 111: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	15,  // 112: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 113: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	86,  // 114: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	115, // [115:115] is the sub-list for method output_type
-	115, // [115:115] is the sub-list for method input_type
-	115, // [115:115] is the sub-list for extension type_name
-	115, // [115:115] is the sub-list for extension extendee
-	0,   // [0:115] is the sub-list for field type_name
+	14,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
+	27,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	28,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	29,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	30,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	32,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	33,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	34,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	35,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	36,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	37,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	38,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	39,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	40,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	41,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	42,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	43,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	44,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	45,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	46,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	47,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	48,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	49,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	50,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	51,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	52,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	71,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	73,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	75,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	76,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	77,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	79,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	80,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	81,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	82,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	84,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	86,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	78,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	55,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	56,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	57,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	58,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	62,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	63,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	64,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	65,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	66,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	67,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	89,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	0,   // 51: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
+	20,  // 52: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	17,  // 53: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	21,  // 54: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	23,  // 55: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	26,  // 56: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	59,  // 57: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	72,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	74,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	85,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	83,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	60,  // 62: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	68,  // 63: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	1,   // 64: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
+	15,  // 65: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	1,   // 66: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
+	2,   // 67: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
+	15,  // 68: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	54,  // 69: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	18,  // 70: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
+	8,   // 71: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
+	19,  // 72: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	17,  // 73: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	17,  // 74: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	22,  // 75: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	25,  // 76: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	69,  // 77: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	60,  // 78: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	24,  // 79: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	16,  // 80: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	16,  // 81: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 82: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	31,  // 83: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 84: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 85: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	15,  // 86: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 87: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 88: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 89: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 90: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 91: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 92: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 93: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,   // 94: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	16,  // 95: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 96: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 97: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 98: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	53,  // 99: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	53,  // 100: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	16,  // 101: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	53,  // 102: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	53,  // 103: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	53,  // 104: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	61,  // 105: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	53,  // 106: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	70,  // 107: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	70,  // 108: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	53,  // 109: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	9,   // 110: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 111: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 112: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	16,  // 113: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 114: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	87,  // 115: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	10,  // 116: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	88,  // 117: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	88,  // 118: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	119, // [119:119] is the sub-list for method output_type
+	119, // [119:119] is the sub-list for method input_type
+	119, // [119:119] is the sub-list for extension type_name
+	119, // [119:119] is the sub-list for extension extendee
+	0,   // [0:119] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -8332,6 +8623,7 @@ func file_keywarden_proto_init() {
 		(*Op_GenerationWaitWatchers)(nil),
 		(*Op_GenerationBump)(nil),
 		(*Op_GenerationMap)(nil),
+		(*Op_SshCertify)(nil),
 	}
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
@@ -8358,13 +8650,14 @@ func file_keywarden_proto_init() {
 	}
 	file_keywarden_proto_msgTypes[28].OneofWrappers = []any{}
 	file_keywarden_proto_msgTypes[67].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[78].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   77,
+			NumEnums:      11,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
