@@ -81,6 +81,7 @@ func init() {
 		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I]", "derive a new key", runDerive},
 		{"rewrap", "--key N [--aad A] < ciphertext > ciphertext", "re-encrypt a ciphertext under the key's newest version", runRewrap},
 		{"datakey", "--key N [--bytes 32] [--aad A] [--plaintext-out FILE] > encrypted-key", "make a data key encrypted under a key (envelope encryption)", runDataKey},
+		{"ssh certify", "--ca NAME --principals P,... --validity INTERVAL [--host] [--serial N] [--key-id ID] [--option OPT]... PUBKEY_FILE", "issue an OpenSSH certificate for PUBKEY_FILE, written to PUBKEY-cert.pub", runSSHCertify},
 		{"init", "[--passphrase-file F] [--shares N --threshold K --share-dir D] [--no-passphrase] [--force]", "create the master key (administrators)", runInit},
 		{"unseal", "[--passphrase-file F | --share-file F ...] [--accept-store]", "unseal the daemon (administrators)", runUnseal},
 		{"seal", "", "wipe the master key and every key from the daemon's memory (administrators)", runSeal},
