@@ -4,9 +4,10 @@
 # protocol code matches keywarden.proto.
 #
 # On a fresh Debian machine with Go it first installs what the tests
-# need: openssl and argon2 (interoperability tests), protoc with its Go
-# plugins (generated code check), and QEMU with a Debian kernel (the VM
-# snapshot test, e2e/vm_test.go, which must then run: KEYWARDEN_VM_TEST).
+# need: openssl, argon2 and OpenSSH's client and server (interoperability
+# tests), protoc with its Go plugins (generated code check), and QEMU with
+# a Debian kernel (the VM snapshot test, e2e/vm_test.go, which must then
+# run: KEYWARDEN_VM_TEST).
 # Run it as root, or as a user with sudo, or with those installed already.
 set -eu
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v protoc >/dev/null 2>&1 || missing="$missing protobuf-compiler"
 command -v argon2 >/dev/null 2>&1 || missing="$missing argon2"
 command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
+# A real sshd for the SSH certificate tests (e2e/sshcert_test.go).
+[ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v git >/dev/null 2>&1 || missing="$missing git"
 # The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
