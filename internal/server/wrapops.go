@@ -37,12 +37,12 @@ func oaepHash(h wire.HashAlg) (crypto.Hash, error) {
 var errWrapFamily = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
 	"this wrap format needs an AES wrapping key (RSA keys wrap with the rsa-aes-kwp format)")
 
-func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
-	wk, err := cn.object(w.Handle)
+func (ss *Session) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
+	wk, err := ss.object(w.Handle)
 	if err != nil {
 		return nil, err
 	}
-	tk, err := cn.object(w.Target)
+	tk, err := ss.object(w.Target)
 	if err != nil {
 		return nil, err
 	}
@@ -115,10 +115,10 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 		return nil, wrapErr(err)
 	}
 	// The key has left the daemon: durably so before the blob does.
-	if err := cn.s.store.MarkWrappedOut(tk); err != nil {
+	if err := ss.s.store.MarkWrappedOut(tk); err != nil {
 		return nil, err
 	}
-	cn.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	ss.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
 	res := dataResult(blob)
 	res.KeyVersion = tv.N
 	return res, nil
@@ -165,9 +165,9 @@ func formatName(f wire.WrapFormat) string {
 	return "keywarden"
 }
 
-func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
+func (ss *Session) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	defer clear(u.Blob)
-	uk, err := cn.object(u.Handle)
+	uk, err := ss.object(u.Handle)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +194,7 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	if err := policy.CheckUnwrapKey(id.caller(), uk.Policy(), pf, policy.Template{Exportable: u.Template.Exportable}).Err(); err != nil {
 		return nil, err
 	}
-	if err := cn.precheck(u.Template, id); err != nil {
+	if err := ss.precheck(u.Template, id); err != nil {
 		return nil, err
 	}
 	var material []byte
@@ -290,7 +290,7 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
 	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, ss.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
 	if err != nil {
 		mat.Destroy()
 		return nil, err
@@ -308,16 +308,16 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		keystore.SetFirstVersion(o, attrs.Version, time.Unix(0, attrs.CreatedUnixNano), attrs.Encryptions, attrs.EncryptionLimit)
 	}
 	keystore.SetMeta(o, &m)
-	res, err := cn.createObject(o, tmpl, id)
+	res, err := ss.createObject(o, tmpl, id)
 	if err != nil {
 		return nil, err
 	}
-	cn.log.Info("key unwrapped", "key", o.ID.String(), "with", uk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	ss.log.Info("key unwrapped", "key", o.ID.String(), "with", uk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
 	return res, nil
 }
 
-func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(r.Handle, id, policy.Use, key.Decrypt|key.Encrypt)
+func (ss *Session) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(r.Handle, id, policy.Use, key.Decrypt|key.Encrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +341,7 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := cn.s.store.Encrypting(o, 1)
+	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +351,7 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 		return err
 	})
 	if err != nil {
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	res := dataResult(ct)
@@ -361,8 +361,8 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 
 // opDataKey runs on the data path: the plaintext key, if asked for, is
 // carved from the request's arena, wiped once the reply is sent.
-func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result, error) {
-	o, err := cn.authorized(dk.Handle, id, policy.Use, key.Encrypt)
+func (ss *Session) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result, error) {
+	o, err := ss.authorized(dk.Handle, id, policy.Use, key.Encrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -376,13 +376,13 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 	if n < 16 || n > 64 {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a data key is 16 to 64 bytes")
 	}
-	v, err := cn.s.store.Encrypting(o, 1)
+	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
 	plain := a.take(n)[:n]
 	if err := random.Read(plain); err != nil {
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	var ct []byte
@@ -392,7 +392,7 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 	})
 	if err != nil {
 		clear(plain)
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	res := &wire.DataKeyResult{Ciphertext: ct}
