@@ -32,7 +32,9 @@ func appendCTHeader(dst []byte, version uint32) []byte {
 	return binary.BigEndian.AppendUint32(dst, version)
 }
 
-var errBadHeader = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "decryption failed")
+// errBadHeader refuses a ciphertext without the header: to the client, it
+// is one more failed decryption.
+var errBadHeader = mech.ErrDecryption
 
 // ctVersion reads the header of an AES-GCM ciphertext.
 func ctVersion(ct []byte) (uint32, []byte, error) {
@@ -171,12 +173,11 @@ func (ss *Session) eachVersion(o *keystore.Object, n uint32, try func(v *keystor
 // or decrypt under a key (worth trying the next version), rather than
 // that the request is wrong.
 func isCryptoFailure(err error) bool {
-	var we *wire.Error
-	if !errors.As(err, &we) {
-		return false
+	if errors.Is(err, mech.ErrDecryption) {
+		return true
 	}
-	return we.Status == wire.Status_STATUS_VERIFICATION_FAILED ||
-		(we.Status == wire.Status_STATUS_INVALID_ARGUMENT && we.Public == "decryption failed")
+	var we *wire.Error
+	return errors.As(err, &we) && we.Status == wire.Status_STATUS_VERIFICATION_FAILED
 }
 
 func (ss *Session) opSign(s *wire.Sign, id Identity, out *wire.Result) ([]byte, error) {
