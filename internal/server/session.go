@@ -163,7 +163,8 @@ func validFront(name string) bool {
 // The session counts against opener.UID's limits as a connection does
 // (connections per uid and in all); over one, NewSession fails, and the
 // refusal is counted in the next "limits" audit event. Its work stops
-// once ctx is done, as when a client hangs up; it must still be closed.
+// once ctx is done, as when a client hangs up; it must still be closed,
+// by its front (Shutdown closes only the SOCK_SEQPACKET front's).
 func (s *Server) NewSession(ctx context.Context, front string, opener Identity) (*Session, error) {
 	drop := func() {
 		if opener.Pidfd >= 0 {
