@@ -31,6 +31,7 @@ type jsonRecord struct {
 	Status  string      `json:"status"`
 	Caller  *jsonCaller `json:"caller"`
 	Conn    uint64      `json:"conn"`
+	Front   string      `json:"front"`
 	Session uint64      `json:"session"`
 	Request uint64      `json:"request"`
 	Ops     []jsonOp    `json:"ops"`
@@ -191,7 +192,7 @@ func fromJSON(j *jsonRecord) (*Record, error) {
 	}
 	r := &Record{Seq: j.Seq, Time: t, Mono: time.Duration(j.Mono), Kind: kind,
 		Op: j.Op, Alg: j.Alg, KeyVersion: j.KV, Status: j.Status,
-		Conn: j.Conn, Session: j.Session, Request: j.Request, Msg: j.Msg}
+		Conn: j.Conn, Front: j.Front, Session: j.Session, Request: j.Request, Msg: j.Msg}
 	if r.Key, err = decodeKey(j.Key, "key"); err != nil {
 		return nil, err
 	}

@@ -181,6 +181,7 @@ func appendBody(dst []byte, r *Record) []byte {
 		dst = append(dst, '}')
 	}
 	dst = appendUintField(dst, "conn", r.Conn)
+	dst = appendStringField(dst, "front", r.Front)
 	dst = appendUintField(dst, "session", r.Session)
 	dst = appendUintField(dst, "request", r.Request)
 	if len(r.SSHCerts) > 0 {

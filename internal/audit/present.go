@@ -262,6 +262,7 @@ func (r *Record) Text() string {
 		if r.Conn != 0 {
 			kv("conn", strconv.FormatUint(r.Conn, 10))
 		}
+		kv("front", r.Front)
 		if r.Session != 0 {
 			kv("session", strconv.FormatUint(r.Session, 10))
 		}

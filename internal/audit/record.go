@@ -77,9 +77,13 @@ type Record struct {
 	Status     string // the status sent to the client: "OK", "PERMISSION_DENIED", ...
 	Caller     Caller // requests only
 	Conn       uint64 // connection id (daemon-local)
-	Session    uint64 // streaming session id, if any
-	Request    uint64 // the request id the client chose
-	Ops        []OpEntry
+	// Front is the front that carried the request, such as "ssh-agent";
+	// empty for the daemon's own protocol on its SOCK_SEQPACKET socket,
+	// which carried every request recorded before there were others.
+	Front   string
+	Session uint64 // streaming session id, if any
+	Request uint64 // the request id the client chose
+	Ops     []OpEntry
 	// SSHCerts are the SSH certificates the request issued (ssh-certify),
 	// in the order of its operations.
 	SSHCerts []SSHCert

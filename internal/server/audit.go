@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
+
 	"strings"
 	"sync"
 
@@ -90,9 +90,9 @@ func dataHandle(op *wire.Op) (uint32, bool) {
 
 // noteBefore fills n with the key (and session) op names, before it runs:
 // a key that the operation destroys is still there.
-func (cn *conn) noteBefore(op *wire.Op, n *auditNote) {
+func (ss *Session) noteBefore(op *wire.Op, n *auditNote) {
 	if h, ok := dataHandle(op); ok {
-		if o, err := cn.object(h); err == nil {
+		if o, err := ss.object(h); err == nil {
 			n.setObject(o)
 		}
 		return
@@ -107,14 +107,14 @@ func (cn *conn) noteBefore(op *wire.Op, n *auditNote) {
 		h = r.handle
 	}
 	if h != nil {
-		if o, err := cn.object(uint32(m.Get(h).Uint())); err == nil {
+		if o, err := ss.object(uint32(m.Get(h).Uint())); err == nil {
 			n.setObject(o)
 		}
 	}
 	if r.session != nil {
 		n.session = uint32(m.Get(r.session).Uint())
-		if ss, err := cn.session(n.session); err == nil && ss.obj != nil {
-			n.setObject(ss.obj)
+		if sess, err := ss.session(n.session); err == nil && sess.obj != nil {
+			n.setObject(sess.obj)
 		}
 	}
 }
@@ -162,17 +162,17 @@ var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 // auditRequest appends the record of req (reqBytes long), answered by
 // rep. A non-nil error means the record is not in the log: the reply must
 // not be sent.
-func (cn *conn) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) error {
-	r := cn.requestRecord(req, rep, caller, notes, reqBytes)
+func (ss *Session) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) error {
+	r := ss.requestRecord(req, rep, caller, notes, reqBytes)
 	defer putRecord(r)
-	cn.spendAudit(r)
-	return cn.s.alog.Append(r)
+	ss.spendAudit(r)
+	return ss.s.alog.Append(r)
 }
 
 // spendAudit charges r's size to the uid of the connection (peruid.go).
-func (cn *conn) spendAudit(r *audit.Record) {
-	if !cn.acct.admin {
-		cn.acct.spendAudit(recordSize(r))
+func (ss *Session) spendAudit(r *audit.Record) {
+	if !ss.acct.admin {
+		ss.acct.spendAudit(recordSize(r))
 	}
 }
 
@@ -184,9 +184,9 @@ func putRecord(r *audit.Record) { r.Reset(); auditRecordPool.Put(r) }
 // the request at most twice (or opsBudgetMin): operations alike in a row
 // are one entry with a count, and the operations whose entries would not
 // fit are summarised by kind and status in the record's message.
-func (cn *conn) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) *audit.Record {
+func (ss *Session) requestRecord(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) *audit.Record {
 	r := auditRecordPool.Get().(*audit.Record)
-	r.Kind, r.Caller, r.Conn, r.Request = audit.KindRequest, *caller, cn.id, req.Id
+	r.Kind, r.Caller, r.Conn, r.Front, r.Request = audit.KindRequest, *caller, ss.id, ss.auditFront, req.Id
 	r.Status = statusName(rep.Status)
 	if len(req.Ops) == 1 && len(rep.Results) == 1 && len(notes) == 1 {
 		n := &notes[0]
@@ -357,7 +357,7 @@ func recordSize(r *audit.Record) int {
 	c := &r.Caller
 	n := recordFixedBytes + strFieldLen("op", r.Op) + strFieldLen("alg", r.Alg) + strFieldLen("status", r.Status) +
 		strFieldLen("exe", c.Exe) + strFieldLen("exe_error", c.ExeError) + strFieldLen("cgroup", c.Cgroup) +
-		strFieldLen("msg", r.Msg)
+		strFieldLen("msg", r.Msg) + strFieldLen("front", r.Front)
 	if !r.Key.IsZero() {
 		n += 41
 	}
@@ -374,86 +374,6 @@ func recordSize(r *audit.Record) int {
 		n += sshCertSize(&r.SSHCerts[i])
 	}
 	return n
-}
-
-// maxPending bounds the replies a connection holds for their records, and
-// maxPendingBytes their size: a large reply (a batch's) is worth sending
-// at once, so that the client decodes it while the next request runs,
-// and holding it saves little next to the work it took. With
-// --audit-sync always, where each write costs an fsync, only maxPending
-// applies.
-const (
-	maxPending      = 64
-	maxPendingBytes = 16 << 10
-)
-
-// pendingReply is a reply held until its request's audit record is
-// written (see queueReply).
-type pendingReply struct {
-	b       []byte // the encoded reply: may hold plaintext, cleared once sent
-	fds     []int  // descriptors to attach (not owned)
-	reqID   uint64
-	rec     *audit.Record
-	created []uint32 // handles of keys the request made
-	id      Identity
-}
-
-// queueReply holds the reply of an inline request until flush writes the
-// audit records of every held reply in one write and sends them: a client
-// that keeps several requests in flight on one connection then costs one
-// write for all of them rather than one each. Everything the reply and the
-// record need is copied now, before the receive buffer is reused.
-func (cn *conn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, attach []int, reqBytes int) {
-	var b []byte
-	if n := len(cn.bufs); n > 0 {
-		b, cn.bufs = cn.bufs[n-1], cn.bufs[:n-1]
-	}
-	p := pendingReply{
-		b:     cn.encodeReply(b, rep),
-		reqID: req.Id,
-		rec:   cn.requestRecord(req, rep, caller, notes, reqBytes),
-		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
-	}
-	cn.spendAudit(p.rec)
-	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
-		p.fds = slices.Clone(attach)
-	}
-	p.created = createdHandles(req, rep)
-	cn.pending = append(cn.pending, p)
-	cn.pendingBytes += len(p.b)
-}
-
-// flush writes the audit records of the held replies in one write and
-// sends the replies, in order; if the records cannot be written, each
-// request gets UNAVAILABLE and the keys they made are destroyed.
-func (cn *conn) flush() {
-	if len(cn.pending) == 0 {
-		return
-	}
-	recs := cn.recs[:0]
-	for i := range cn.pending {
-		recs = append(recs, cn.pending[i].rec)
-	}
-	err := cn.s.alog.AppendAll(recs)
-	for i := range cn.pending {
-		p := &cn.pending[i]
-		if err != nil {
-			cn.log.Error("results withheld: the audit log could not record the request", "request", p.reqID, "err", err)
-			cn.undoHandles(p.created, p.id, p.reqID)
-			clear(p.b)
-			p.b, _ = marshal(p.b[:0], &wire.Reply{Version: wire.ProtocolVersion, Id: p.reqID, Status: errAuditLost.Status, Message: errAuditLost.Public})
-			p.fds = nil
-		}
-		if b := cn.sendEncoded(p.b, p.reqID, p.fds); b != nil {
-			cn.bufs = append(cn.bufs, b)
-		}
-		putRecord(p.rec)
-		*p = pendingReply{}
-	}
-	clear(recs)
-	cn.recs = recs[:0]
-	cn.pending = cn.pending[:0]
-	cn.pendingBytes = 0
 }
 
 // createdHandles returns the handles of the keys that req's operations
@@ -479,23 +399,23 @@ func createdHandles(req *wire.Request, rep *wire.Reply) []uint32 {
 // changes, such as a destruction or an attribute change, stand
 // unrecorded; the log's reserve makes a failed record after a passed
 // Ready rare.)
-func (cn *conn) undoHandles(hs []uint32, id Identity, reqID uint64) {
+func (ss *Session) undoHandles(hs []uint32, id Identity, reqID uint64) {
 	for _, h := range hs {
-		if _, err := cn.destroy(h, id, true); err != nil {
-			cn.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", reqID, "err", err)
+		if _, err := ss.destroy(h, id, true); err != nil {
+			ss.log.Error("a key made by a request that could not be recorded could not be destroyed", "request", reqID, "err", err)
 			continue
 		}
-		cn.log.Warn("destroyed a key made by a request that could not be recorded", "request", reqID)
+		ss.log.Warn("destroyed a key made by a request that could not be recorded", "request", reqID)
 	}
 }
 
 // auditRefusal records a request refused as a whole (malformed, over a
 // limit, from a generation the machine has left). A non-nil error means
 // the record is not in the log.
-func (cn *conn) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status, public, detail string) error {
+func (ss *Session) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status, public, detail string) error {
 	r := auditRecordPool.Get().(*audit.Record)
 	defer func() { r.Reset(); auditRecordPool.Put(r) }()
-	r.Kind, r.Op, r.Conn, r.Request, r.Status = audit.KindRequest, "request", cn.id, reqID, statusName(st)
+	r.Kind, r.Op, r.Conn, r.Front, r.Request, r.Status = audit.KindRequest, "request", ss.id, ss.auditFront, reqID, statusName(st)
 	if caller != nil {
 		r.Caller = *caller
 	}
@@ -503,8 +423,8 @@ func (cn *conn) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Status,
 	if detail != "" {
 		r.Msg += ": " + detail
 	}
-	cn.spendAudit(r)
-	return cn.s.alog.Append(r)
+	ss.spendAudit(r)
+	return ss.s.alog.Append(r)
 }
 
 var auditRecordPool = sync.Pool{New: func() any { return &audit.Record{Ops: make([]audit.OpEntry, 0, 8)} }}

@@ -113,10 +113,10 @@ func benchConn(b *testing.B) *seqpacket.Conn {
 
 // testConn makes a conn on c for a connection opened by uid, counted in
 // s's per-uid accounts.
-func testConn(tb testing.TB, s *Server, c *seqpacket.Conn, uid uint32) *conn {
+func testConn(tb testing.TB, s *Server, c *seqpacket.Conn, uid uint32) *seqConn {
 	acct, err := s.accts.connect(uid)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return newConn(s, c, acct, seqpacket.Cred{UID: uid, PID: int32(os.Getpid()), Pidfd: -1})
+	return newSeqConn(s, c, acct, seqpacket.Cred{UID: uid, PID: int32(os.Getpid()), Pidfd: -1})
 }

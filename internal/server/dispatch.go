@@ -34,7 +34,7 @@ func hasKDF(req *wire.Request) bool {
 // wait for its commits. Argon2id operations wait in the KDF supervisor's
 // queue instead. Every such operation makes its request run concurrently
 // (isHeavy), never on the connection's own goroutine.
-func (cn *conn) heavyClassOf(r *opRow, op *wire.Op) (heavyClass, bool) {
+func (ss *Session) heavyClassOf(r *opRow, op *wire.Op) (heavyClass, bool) {
 	if r == nil {
 		return 0, false
 	}
@@ -43,7 +43,7 @@ func (cn *conn) heavyClassOf(r *opRow, op *wire.Op) (heavyClass, bool) {
 	}
 	switch o := op.GetOp().(type) {
 	case *wire.Op_Rotate:
-		if obj, err := cn.object(o.Rotate.GetHandle()); err == nil && obj.Spec.Family == key.FamilyRSA {
+		if obj, err := ss.object(o.Rotate.GetHandle()); err == nil && obj.Spec.Family == key.FamilyRSA {
 			return heavyCPU, true
 		}
 	}
@@ -71,19 +71,19 @@ var (
 // Nothing may keep them beyond the operation without copying: key names
 // (create), imported key bytes (opImport). Results may alias them (the
 // reply is encoded before the buffer is reused).
-func (cn *conn) dispatch(op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
-	return cn.dispatchRow(rowOf(op), op, id, a, out)
+func (ss *Session) dispatch(op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
+	return ss.dispatchRow(rowOf(op), op, id, a, out)
 }
 
 // dispatchRow is dispatch with op's row (nil: none) already found.
-func (cn *conn) dispatchRow(r *opRow, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
+func (ss *Session) dispatchRow(r *opRow, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error) {
 	if r == nil {
 		return nil, nil, errNoOp
 	}
-	if err := cn.s.checkAccess(r, id); err != nil {
+	if err := ss.s.checkAccess(r, id); err != nil {
 		return nil, nil, err
 	}
-	return r.run(cn, op, id, a, out)
+	return r.run(ss, op, id, a, out)
 }
 
 // checkAccess applies the rule of r's access that does not depend on a
@@ -115,10 +115,10 @@ func ok() *wire.Result { return &wire.Result{} }
 func dataResult(b []byte) *wire.Result { return &wire.Result{Data: b} }
 
 // object returns the key object behind a handle.
-func (cn *conn) object(h uint32) (*keystore.Object, error) {
-	cn.mu.Lock()
-	o, found := cn.handles[h]
-	cn.mu.Unlock()
+func (ss *Session) object(h uint32) (*keystore.Object, error) {
+	ss.mu.Lock()
+	o, found := ss.handles[h]
+	ss.mu.Unlock()
 	if !found {
 		return nil, errBadHandle
 	}
@@ -126,8 +126,8 @@ func (cn *conn) object(h uint32) (*keystore.Object, error) {
 }
 
 // authorized returns the object behind h if id may perform act on it.
-func (cn *conn) authorized(h uint32, id Identity, act policy.Action, need key.Usage) (*keystore.Object, error) {
-	o, err := cn.object(h)
+func (ss *Session) authorized(h uint32, id Identity, act policy.Action, need key.Usage) (*keystore.Object, error) {
+	o, err := ss.object(h)
 	if err != nil {
 		return nil, err
 	}
@@ -138,34 +138,34 @@ func (cn *conn) authorized(h uint32, id Identity, act policy.Action, need key.Us
 }
 
 // addHandle gives o a handle on this connection.
-func (cn *conn) addHandle(o *keystore.Object) (uint32, error) {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	if cn.closed {
+func (ss *Session) addHandle(o *keystore.Object) (uint32, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
 		return 0, errConnClosing
 	}
-	if len(cn.handles) >= cn.s.limits.MaxHandles {
-		return 0, handleLimit(cn.s.limits.MaxHandles)
+	if len(ss.handles) >= ss.s.limits.MaxHandles {
+		return 0, handleLimit(ss.s.limits.MaxHandles)
 	}
 	for {
-		cn.nextHandle++
-		if cn.nextHandle == 0 {
+		ss.nextHandle++
+		if ss.nextHandle == 0 {
 			continue
 		}
-		if _, used := cn.handles[cn.nextHandle]; !used {
+		if _, used := ss.handles[ss.nextHandle]; !used {
 			break
 		}
 	}
-	cn.handles[cn.nextHandle] = o
-	return cn.nextHandle, nil
+	ss.handles[ss.nextHandle] = o
+	return ss.nextHandle, nil
 }
 
 // roomForHandle fails early, before a key is made, when no handle is left.
-func (cn *conn) roomForHandle() error {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	if len(cn.handles) >= cn.s.limits.MaxHandles {
-		return handleLimit(cn.s.limits.MaxHandles)
+func (ss *Session) roomForHandle() error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.handles) >= ss.s.limits.MaxHandles {
+		return handleLimit(ss.s.limits.MaxHandles)
 	}
 	return nil
 }

@@ -1,8 +1,9 @@
-// Package server is the daemon's request path: it serves connections on a
-// SOCK_SEQPACKET listener, takes each request's caller identity from the
-// credentials the kernel attached to that message, decodes the request,
-// authorizes every operation with package policy, runs it with package
-// mech on objects from package keystore, and sends the reply.
+// Package server is the daemon's request path. Its fronts take requests
+// from clients: the SOCK_SEQPACKET front serves connections on a listener
+// and takes each request's caller identity from the credentials the
+// kernel attached to that message. Its core authorizes every operation
+// with package policy, records it in the audit log, runs it with package
+// mech on objects from package keystore, and gives the front the reply.
 //
 // # Layout
 //
@@ -13,13 +14,18 @@
 // generation a request is pinned to. A front never touches key bytes,
 // decides nothing and writes no audit record.
 //
-//	front_seqpacket.go  the SOCK_SEQPACKET front: Serve, ServeConn, the
-//	                    receive loop, hang-up watch, reply encoding
-//	conn.go             the core's entry for one received request: admit
-//	                    (limits, credentials, decoding, generation), then
-//	                    runInline or runConcurrently, each executing the
-//	                    request (execute) and recording it before the
-//	                    reply leaves (record, queueReply)
+//	front_seqpacket.go  the SOCK_SEQPACKET front (the daemon's own
+//	                    protocol): Serve, ServeConn, seqConn (one
+//	                    connection over a Session), the receive loop,
+//	                    hang-up watch, decoding, reply batching (queueReply,
+//	                    flush: records before replies), reply encoding
+//	session.go          the core's entry: Session, one caller's state;
+//	                    NewSession, Do and Close for the other fronts; the
+//	                    admission steps every front goes through (admitCaller,
+//	                    enter, checkRequest, admitHeavy), record and
+//	                    refusalReply
+//	execute.go          execute: every operation of a request, in runs
+//	                    where it can, each through safeDispatch
 //	optable.go          the operation table: one row per request type
 //	                    (handler, inline or concurrent, store writes,
 //	                    reply bound, path, access, seal need, audit name)
@@ -30,20 +36,30 @@
 //	generation.go       the operations' handlers, by subject
 //	runs.go             runs of small operations on one key in a batch
 //	audit.go            audit records of requests and refusals
+//	peer.go             who opened a session, for the audit
 //	peruid.go           per-uid limits and fair turns for heavy work
+//
+// A new front is a file front_<name>.go that owns its transport and, for
+// each caller, opens a Session (NewSession, with the opener's identity
+// from the kernel), hands it each request with that request's identity
+// (Session.Do, which returns the reply once its audit record is written),
+// and closes it when the caller goes (Session.Close). Its records name it
+// ("front" in the audit log). It needs nothing else of the core: no
+// policy, no audit, no keys of its own.
 //
 // A new request type is one row of opTable and its handler; TestOpTable
 // fails until the row declares every field.
 //
-// A request's work ends with its connection: each connection has a
-// context, cancelled when the client hangs up or the connection ends,
-// which the Argon2id derivations, the waits for heavy slots and the long
-// polls watch.
+// A request's work ends with its session: each session has a context,
+// cancelled when the client hangs up or the session ends, which the
+// Argon2id derivations, the waits for heavy slots and the long polls
+// watch; a request taken through Do also ends with Do's context.
 //
-// One goroutine serves each connection with blocking receives and, for
-// all but the slowest operations, computes and replies inline, so a round
-// trip costs two system calls and no goroutine hand-off. Per-connection
-// state (handles, sessions) dies with the connection.
+// The SOCK_SEQPACKET front serves each connection on one goroutine with
+// blocking receives and, for all but the slowest operations, computes and
+// replies inline, so a round trip costs two system calls and no goroutine
+// hand-off. Per-session state (handles, streaming sessions) dies with the
+// session.
 //
 // The server never lets a panic reach a client, never sends key bytes
 // unless the key is exportable, and never logs key material or plaintext:

@@ -4,20 +4,27 @@ package server
 // on a Unix socket. What is here is the transport's: accepting
 // connections, receiving one request per message with the credentials
 // the kernel attached to it (SCM_CREDENTIALS, SCM_PIDFD), the hang-up
-// watch, and sending one reply per message. What a request does once
-// received, for whom, and what the audit log says of it is the core's
-// (conn.go and below): this front hands it an identity and a request
-// (admit, runInline, runConcurrently), and sends the reply it gives
-// back, with its audit record already written.
+// watch, decoding, holding replies until their audit records are written
+// in one write (queueReply, flush), and sending one reply per message.
+// What a request does once received, for whom, and what the audit log
+// says of it is the core's (session.go and below): each connection is a
+// Session, which this front hands an identity and a request through the
+// core's own steps (admitCaller, enter, checkRequest, admitHeavy,
+// execute, record, refusalReply) rather than through Session.Do, so that
+// a request costs no allocation or goroutine hand-off more than its work.
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -80,16 +87,15 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 		s.refuseConn(c, err.Error())
 		return
 	}
-	cn := newConn(s, c, acct, peer)
+	cn := newSeqConn(s, c, acct, peer)
 	// Before anything else, so that no message is received without the
 	// sender's credentials. (Accepted sockets inherit SO_PASSCRED from the
 	// listener; a connection handed in otherwise may not have it yet.)
 	pidfd, err := c.EnableCredentials()
 	if err != nil {
 		s.mu.Unlock()
-		s.accts.disconnect(acct)
 		s.log.Error("cannot enable credentials; dropping connection", "err", err)
-		dropPeer()
+		cn.Session.Close() // the opener's pidfd, and its count
 		c.Close()
 		return
 	}
@@ -106,8 +112,41 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 		delete(s.conns, cn)
 		s.connsN.Store(int32(len(s.conns)))
 		s.mu.Unlock()
-		s.accts.disconnect(acct)
 	}()
+}
+
+// seqConn is one connection of the SOCK_SEQPACKET front: the socket and
+// what it takes to receive, frame and send, over the core's Session of
+// the connection.
+type seqConn struct {
+	*Session
+	c     *seqpacket.Conn
+	pidfd bool // messages carry SCM_PIDFD
+	// unwatch ends the watch of the client hanging up (cleanup).
+	unwatch func()
+
+	// Used only by the serving goroutine.
+	buf          recvBuf
+	oob          []byte
+	out          []byte
+	arena        arena
+	notes        []auditNote
+	pending      []pendingReply  // replies waiting for their audit records (queueReply)
+	pendingBytes int             // their encoded size
+	recs         []*audit.Record // flush's scratch
+	bufs         [][]byte        // encoded-reply buffers for reuse
+}
+
+func newSeqConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cred) *seqConn {
+	cn := &seqConn{
+		Session: newSession(context.Background(), s, frontSeqpacket, acct,
+			Identity{PID: opener.PID, UID: opener.UID, GID: opener.GID, Pidfd: opener.Pidfd}),
+		c:   c,
+		buf: newRecvBuf(s.limits.MaxMessageBytes + 1),
+		oob: make([]byte, seqpacket.OOBSize),
+	}
+	c.SetSpin(spin)
+	return cn
 }
 
 // maxRefusing bounds the connections being refused at once: each holds a
@@ -149,11 +188,11 @@ const spin = 100 * time.Microsecond
 
 // stopReading makes the serving goroutine's receive return, so it stops
 // taking requests; replies in progress can still be sent.
-func (cn *conn) stopReading() { cn.c.ShutdownRead() }
+func (cn *seqConn) stopReading() { cn.c.ShutdownRead() }
 
 // watchHangup has the server's watcher tell the connection when its
 // client hangs up.
-func (cn *conn) watchHangup() {
+func (cn *seqConn) watchHangup() {
 	if cn.s.hangups == nil {
 		return
 	}
@@ -167,13 +206,10 @@ func (cn *conn) watchHangup() {
 
 // hungUp runs on the watcher's goroutine when the client has hung up: no
 // reply can reach it any more, so the work it asked for stops.
-func (cn *conn) hungUp() {
-	cn.gone.Store(true)
-	cn.cancel()
-}
+func (cn *seqConn) hungUp() { cn.hangUp() }
 
 // dropUnread drops a request received after the client hung up, unread.
-func (cn *conn) dropUnread(m seqpacket.Message) {
+func (cn *seqConn) dropUnread(m seqpacket.Message) {
 	if m.Cred.Pidfd >= 0 {
 		unix.Close(m.Cred.Pidfd)
 	}
@@ -181,7 +217,7 @@ func (cn *conn) dropUnread(m seqpacket.Message) {
 	cn.log.Debug("client hung up: the requests it left are dropped unread")
 }
 
-func (cn *conn) serve() {
+func (cn *seqConn) serve() {
 	defer cn.cleanup()
 	cn.readPeer()
 	defer cn.flush()
@@ -234,7 +270,7 @@ func (cn *conn) serve() {
 }
 
 // handleMessage answers one received message. It owns m's pidfd.
-func (cn *conn) handleMessage(m seqpacket.Message) {
+func (cn *seqConn) handleMessage(m seqpacket.Message) {
 	id := Identity{PID: m.Cred.PID, UID: m.Cred.UID, GID: m.Cred.GID, Pidfd: m.Cred.Pidfd}
 	closePidfd := true
 	defer func() {
@@ -253,13 +289,162 @@ func (cn *conn) handleMessage(m seqpacket.Message) {
 	closePidfd = !cn.runConcurrently(req, raw, id, caller)
 }
 
+// admit runs the checks a message must pass before anything is spent on
+// it, in this order: the core's first (admitCaller: the audit log can
+// take the record, the uid's audit allowance); the kernel said who sent
+// it; it is within the message limit; the core counts it in flight
+// (enter: the caller must leave, or have the request's runner leave); it
+// decodes; and the core's checks of a decoded request (checkRequest). A
+// refused message is answered here, and ok is false. req is decoded
+// without copying: it points into the receive buffer.
+func (cn *seqConn) admit(m seqpacket.Message, id Identity) (req *wire.Request, raw []byte, caller *audit.Caller, ok bool) {
+	max := cn.s.limits.MaxMessageBytes
+	buf := cn.buf.b
+	caller, r := cn.admitCaller(id)
+	if r.refused() {
+		cn.refuse(nil, peekRequestID(buf[:min(m.N, len(buf), max)]), r)
+		return nil, nil, nil, false
+	}
+	if !m.HasCred || m.Cred.PID == 0 {
+		cn.refuse(caller, peekRequestID(buf[:min(m.N, len(buf))]), errNoSender("credentials", fmt.Sprintf("%v, pid %d", m.HasCred, m.Cred.PID)))
+		return nil, nil, nil, false
+	}
+	if m.N > max {
+		cn.refuse(caller, peekRequestID(buf[:max]), errTooLarge(m.N, max))
+		return nil, nil, nil, false
+	}
+	raw = buf[:m.N]
+	if r := cn.enter(); r.refused() {
+		cn.refuse(caller, peekRequestID(raw), r)
+		return nil, nil, nil, false
+	}
+	// Decode without copying: byte and string fields point into the
+	// receive buffer, which the serving loop wipes once this returns and
+	// reuses for the next message. Everything that keeps a field
+	// beyond the request copies it (see "aliasing" in dispatch.go); a
+	// request that runs concurrently is decoded again, with copies.
+	req = wire.RequestFromVTPool()
+	if err := req.UnmarshalVTUnsafe(raw); err != nil {
+		wire.Recycle(req)
+		cn.leave()
+		cn.refuse(caller, peekRequestID(raw), rejection{status: wire.Status_STATUS_INVALID_ARGUMENT, public: "malformed request", detail: err.Error()})
+		return nil, nil, nil, false
+	}
+	if we := cn.checkRequest(req); we != nil {
+		reqID := req.Id
+		wire.Recycle(req)
+		cn.leave()
+		cn.refuse(caller, reqID, rejectionOf(we))
+		return nil, nil, nil, false
+	}
+	return req, raw, caller, true
+}
+
+// refuse answers a whole request refused by r (refusalReply), after the
+// replies held for their records, and pauses after a refusal for a limit
+// (limitPause).
+func (cn *seqConn) refuse(caller *audit.Caller, reqID uint64, r rejection) {
+	cn.flush()
+	cn.out = cn.send(cn.out, cn.refusalReply(caller, reqID, r))
+	if r.limit {
+		time.Sleep(limitPause)
+	}
+}
+
+// runInline executes req, admitted, on the connection's goroutine, and
+// sends or queues its reply. It recycles req.
+func (cn *seqConn) runInline(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) {
+	cn.arena.reset()
+	notes := cn.notesFor(&cn.notes, caller, len(req.Ops))
+	cn.acct.startComputing()
+	rep := cn.execute(req, id, &cn.arena, notes, false)
+	cn.acct.stopComputing()
+	// Done executing before the reply leaves: a client that sends its
+	// next request as soon as this reply arrives is within the limit.
+	cn.leave()
+	if caller != nil && !changesSeal(req) {
+		cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
+	} else {
+		rep = cn.record(req, rep, id, caller, notes, len(raw))
+		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
+	}
+	cn.arena.wipe()
+	wire.Recycle(req) // nothing refers to the request now
+}
+
+// runConcurrently starts req, admitted, in a goroutine of its own, which
+// takes a copy of the message, records the request and sends its reply.
+// It recycles req, and reports whether the goroutine took id's pidfd.
+func (cn *seqConn) runConcurrently(req *wire.Request, raw []byte, id Identity, caller *audit.Caller) bool {
+	// Replies held so far go first: records stay in the order requests
+	// were taken.
+	cn.flush()
+	// A slow request runs concurrently so that the connection keeps
+	// serving; it needs its own copy of the message, and holds it,
+	// decoded, with its results, until it is done (admitHeavy).
+	cost, r := cn.admitHeavy(req, len(raw))
+	wire.Recycle(req)
+	if r.refused() {
+		cn.leave()
+		cn.refuse(caller, peekRequestID(raw), r)
+		return false
+	}
+	own := bytes.Clone(raw)
+	req = wire.RequestFromVTPool()
+	if err := req.UnmarshalVTUnsafe(own); err != nil {
+		wire.Recycle(req)
+		clear(own)
+		cn.leave()
+		cn.unhold(cost)
+		cn.refuse(caller, peekRequestID(raw), rejection{status: wire.Status_STATUS_INVALID_ARGUMENT, public: "malformed request", detail: err.Error()})
+		return false
+	}
+	cn.async.Add(1)
+	go func() {
+		defer cn.async.Done()
+		defer func() {
+			if id.Pidfd >= 0 {
+				unix.Close(id.Pidfd)
+			}
+		}()
+		if h := cn.s.cfg.heavyHook; h != nil {
+			h()
+		}
+		var a arena
+		var nbuf []auditNote
+		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
+		rep := cn.execute(req, id, &a, notes, true)
+		rep = cn.record(req, rep, id, caller, notes, len(own))
+		cn.leave()
+		cn.sendFDs(nil, rep, a.attach)
+		a.wipe()
+		wire.Recycle(req)
+		clear(own)
+		cn.unhold(cost)
+	}()
+	return true
+}
+
+// cleanup runs when the connection ends: the core's session closes
+// (requests running concurrently finish first), then the socket.
+func (cn *seqConn) cleanup() {
+	cn.c.ShutdownRead()
+	cn.Session.Close()
+	if cn.unwatch != nil {
+		cn.unwatch() // before the close, which would look like a hang-up
+	}
+	cn.c.Close()
+	cn.buf.free()
+	cn.log.Debug("disconnected")
+}
+
 // send marshals rep into buf (reused when large enough) and sends it. A
 // reply that would exceed the message limit is replaced by an error.
-func (cn *conn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
+func (cn *seqConn) send(buf []byte, rep *wire.Reply) []byte { return cn.sendFDs(buf, rep, nil) }
 
 // sendFDs is send with descriptors attached to the reply (SCM_RIGHTS):
 // only the generation page's, for generation_map. The caller keeps them.
-func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
+func (cn *seqConn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 	b := cn.encodeReply(buf, rep)
 	if rep.Status != wire.Status_STATUS_OK {
 		fds = nil
@@ -269,7 +454,7 @@ func (cn *conn) sendFDs(buf []byte, rep *wire.Reply, fds []int) []byte {
 
 // encodeReply marshals rep into buf (reused when large enough). A reply
 // that would exceed the message limit is replaced by an error.
-func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
+func (cn *seqConn) encodeReply(buf []byte, rep *wire.Reply) []byte {
 	n := rep.SizeVT()
 	if cap(buf) < n {
 		buf = cn.s.getReplyBuf(n)
@@ -289,7 +474,7 @@ func (cn *conn) encodeReply(buf []byte, rep *wire.Reply) []byte {
 
 // sendEncoded sends the encoded reply b to request reqID, with fds if any,
 // then clears b and returns it for reuse (nil if it grew too large).
-func (cn *conn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
+func (cn *seqConn) sendEncoded(b []byte, reqID uint64, fds []int) []byte {
 	var err error
 	if len(fds) > 0 {
 		err = cn.c.SendFDs(b, fds)
@@ -370,4 +555,84 @@ func peekRequestID(b []byte) uint64 {
 		b = b[n:]
 	}
 	return 0
+}
+
+// maxPending bounds the replies a connection holds for their records, and
+// maxPendingBytes their size: a large reply (a batch's) is worth sending
+// at once, so that the client decodes it while the next request runs,
+// and holding it saves little next to the work it took. With
+// --audit-sync always, where each write costs an fsync, only maxPending
+// applies.
+const (
+	maxPending      = 64
+	maxPendingBytes = 16 << 10
+)
+
+// pendingReply is a reply held until its request's audit record is
+// written (see queueReply).
+type pendingReply struct {
+	b       []byte // the encoded reply: may hold plaintext, cleared once sent
+	fds     []int  // descriptors to attach (not owned)
+	reqID   uint64
+	rec     *audit.Record
+	created []uint32 // handles of keys the request made
+	id      Identity
+}
+
+// queueReply holds the reply of an inline request until flush writes the
+// audit records of every held reply in one write and sends them: a client
+// that keeps several requests in flight on one connection then costs one
+// write for all of them rather than one each. Everything the reply and the
+// record need is copied now, before the receive buffer is reused.
+func (cn *seqConn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, caller *audit.Caller, notes []auditNote, attach []int, reqBytes int) {
+	var b []byte
+	if n := len(cn.bufs); n > 0 {
+		b, cn.bufs = cn.bufs[n-1], cn.bufs[:n-1]
+	}
+	p := pendingReply{
+		b:     cn.encodeReply(b, rep),
+		reqID: req.Id,
+		rec:   cn.requestRecord(req, rep, caller, notes, reqBytes),
+		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
+	}
+	cn.spendAudit(p.rec)
+	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
+		p.fds = slices.Clone(attach)
+	}
+	p.created = createdHandles(req, rep)
+	cn.pending = append(cn.pending, p)
+	cn.pendingBytes += len(p.b)
+}
+
+// flush writes the audit records of the held replies in one write and
+// sends the replies, in order; if the records cannot be written, each
+// request gets UNAVAILABLE and the keys they made are destroyed.
+func (cn *seqConn) flush() {
+	if len(cn.pending) == 0 {
+		return
+	}
+	recs := cn.recs[:0]
+	for i := range cn.pending {
+		recs = append(recs, cn.pending[i].rec)
+	}
+	err := cn.s.alog.AppendAll(recs)
+	for i := range cn.pending {
+		p := &cn.pending[i]
+		if err != nil {
+			cn.log.Error("results withheld: the audit log could not record the request", "request", p.reqID, "err", err)
+			cn.undoHandles(p.created, p.id, p.reqID)
+			clear(p.b)
+			p.b, _ = marshal(p.b[:0], &wire.Reply{Version: wire.ProtocolVersion, Id: p.reqID, Status: errAuditLost.Status, Message: errAuditLost.Public})
+			p.fds = nil
+		}
+		if b := cn.sendEncoded(p.b, p.reqID, p.fds); b != nil {
+			cn.bufs = append(cn.bufs, b)
+		}
+		putRecord(p.rec)
+		*p = pendingReply{}
+	}
+	clear(recs)
+	cn.recs = recs[:0]
+	cn.pending = cn.pending[:0]
+	cn.pendingBytes = 0
 }

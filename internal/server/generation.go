@@ -127,8 +127,8 @@ func (s *Server) generationInfo(sources bool, sc genid.Scope) *wire.GenerationIn
 	return info
 }
 
-func (cn *conn) generationResult(sources bool, id Identity) *wire.Result {
-	return &wire.Result{Value: &wire.Result_Generation{Generation: cn.s.generationInfo(sources, cn.s.watcherScope(id.UID))}}
+func (ss *Session) generationResult(sources bool, id Identity) *wire.Result {
+	return &wire.Result{Value: &wire.Result_Generation{Generation: ss.s.generationInfo(sources, ss.s.watcherScope(id.UID))}}
 }
 
 // watcherScope is whose watchers count for a caller of uid: those of
@@ -144,27 +144,27 @@ func (s *Server) watcherScope(uid uint32) genid.Scope {
 
 // watcher returns the watcher an operation names: the caller's named
 // watcher, or this connection's, made on first use.
-func (cn *conn) watcher(name string, id Identity) (*genid.Watcher, error) {
+func (ss *Session) watcher(name string, id Identity) (*genid.Watcher, error) {
 	if name != "" {
 		if len(name) > maxWatcherName {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a watcher name has at most %d bytes", maxWatcherName)
 		}
-		w, err := cn.s.gen.NamedWatcher(id.UID, name)
+		w, err := ss.s.gen.NamedWatcher(id.UID, name)
 		if err != nil {
 			return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many named watchers for this user (limit %d)",
-				cn.s.limits.MaxNamedWatchersPerUID)
+				ss.s.limits.MaxNamedWatchersPerUID)
 		}
 		return w, nil
 	}
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	if cn.closed {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
 		return nil, errConnClosing
 	}
-	if cn.genWatcher == nil {
-		cn.genWatcher = cn.s.gen.NewWatcher(id.UID)
+	if ss.genWatcher == nil {
+		ss.genWatcher = ss.s.gen.NewWatcher(id.UID)
 	}
-	return cn.genWatcher, nil
+	return ss.genWatcher, nil
 }
 
 func pollTimeout(ms uint32) (time.Duration, error) {
@@ -176,93 +176,93 @@ func pollTimeout(ms uint32) (time.Duration, error) {
 }
 
 // longPoll counts a waiting operation against the connection's bound.
-func (cn *conn) longPoll(d time.Duration) (func(), error) {
+func (ss *Session) longPoll(d time.Duration) (func(), error) {
 	if d <= 0 {
 		return func() {}, nil
 	}
-	if cn.longPolls.Add(1) > maxLongPolls {
-		cn.longPolls.Add(-1)
+	if ss.longPolls.Add(1) > maxLongPolls {
+		ss.longPolls.Add(-1)
 		return nil, errTooManyPolls
 	}
-	if !cn.acct.takeLongPoll(cn.s.limits.MaxLongPollsPerUID) {
-		cn.longPolls.Add(-1)
+	if !ss.acct.takeLongPoll(ss.s.limits.MaxLongPollsPerUID) {
+		ss.longPolls.Add(-1)
 		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			"too many generation watches waiting for this user (limit %d)", cn.s.limits.MaxLongPollsPerUID)
+			"too many generation watches waiting for this user (limit %d)", ss.s.limits.MaxLongPollsPerUID)
 	}
 	return func() {
-		cn.longPolls.Add(-1)
-		cn.acct.dropLongPoll()
+		ss.longPolls.Add(-1)
+		ss.acct.dropLongPoll()
 	}, nil
 }
 
-func (cn *conn) opGenerationWatch(gw *wire.GenerationWatch, id Identity) (*wire.Result, error) {
+func (ss *Session) opGenerationWatch(gw *wire.GenerationWatch, id Identity) (*wire.Result, error) {
 	d, err := pollTimeout(gw.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
-	if cur := cn.s.gen.Check(); gw.After > cur {
+	if cur := ss.s.gen.Check(); gw.After > cur {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
 			"generation %d is ahead of the daemon's (%d): did the daemon restart?", gw.After, cur)
 	}
-	if _, err := cn.watcher(gw.Name, id); err != nil {
+	if _, err := ss.watcher(gw.Name, id); err != nil {
 		return nil, err
 	}
-	done, err := cn.longPoll(d)
+	done, err := ss.longPoll(d)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	if _, stopped := cn.s.gen.Wait(gw.After, d, cn.closing); stopped {
+	if _, stopped := ss.s.gen.Wait(gw.After, d, ss.stopOf(id)); stopped {
 		return nil, errConnClosing
 	}
-	return cn.generationResult(false, id), nil
+	return ss.generationResult(false, id), nil
 }
 
-func (cn *conn) opGenerationAck(ga *wire.GenerationAck, id Identity) (*wire.Result, error) {
-	w, err := cn.watcher(ga.Name, id)
+func (ss *Session) opGenerationAck(ga *wire.GenerationAck, id Identity) (*wire.Result, error) {
+	w, err := ss.watcher(ga.Name, id)
 	if err != nil {
 		return nil, err
 	}
 	if ga.Forget {
 		w.Remove()
-		return cn.generationResult(false, id), nil
+		return ss.generationResult(false, id), nil
 	}
 	if err := w.Ack(ga.Generation); err != nil {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
-			"generation %d is ahead of the daemon's (%d)", ga.Generation, cn.s.gen.Current())
+			"generation %d is ahead of the daemon's (%d)", ga.Generation, ss.s.gen.Current())
 	}
-	return cn.generationResult(false, id), nil
+	return ss.generationResult(false, id), nil
 }
 
-func (cn *conn) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers, id Identity) (*wire.Result, error) {
+func (ss *Session) opGenerationWaitWatchers(gw *wire.GenerationWaitWatchers, id Identity) (*wire.Result, error) {
 	d, err := pollTimeout(gw.TimeoutMs)
 	if err != nil {
 		return nil, err
 	}
-	done, err := cn.longPoll(d)
+	done, err := ss.longPoll(d)
 	if err != nil {
 		return nil, err
 	}
 	defer done()
-	if _, stopped := cn.s.gen.WaitWatchers(d, cn.s.watcherScope(id.UID), cn.closing); stopped {
+	if _, stopped := ss.s.gen.WaitWatchers(d, ss.s.watcherScope(id.UID), ss.stopOf(id)); stopped {
 		return nil, errConnClosing
 	}
-	return cn.generationResult(false, id), nil
+	return ss.generationResult(false, id), nil
 }
 
-func (cn *conn) opGenerationBump(gb *wire.GenerationBump, id Identity) (*wire.Result, error) {
+func (ss *Session) opGenerationBump(gb *wire.GenerationBump, id Identity) (*wire.Result, error) {
 	if len(gb.Entropy) > genid.MaxBumpEntropy {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a bump carries at most %d bytes of entropy", genid.MaxBumpEntropy)
 	}
-	c := cn.s.gen.BumpWith(genid.Bump{Detail: fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID),
+	c := ss.s.gen.BumpWith(genid.Bump{Detail: fmt.Sprintf("bump requested by uid %d pid %d", id.UID, id.PID),
 		Entropy: gb.Entropy, KernelReseeded: gb.KernelReseeded})
-	cn.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To,
+	ss.log.Warn("generation bumped on request", "uid", id.UID, "pid", id.PID, "generation", c.To,
 		"entropy_bytes", len(gb.Entropy), "kernel_reseeded", gb.KernelReseeded)
-	return cn.generationResult(true, id), nil
+	return ss.generationResult(true, id), nil
 }
 
-func (cn *conn) opGenerationMap(a *arena) (*wire.Result, error) {
-	fd, err := cn.s.gen.PageFD()
+func (ss *Session) opGenerationMap(a *arena) (*wire.Result, error) {
+	fd, err := ss.s.gen.PageFD()
 	if err != nil {
 		return nil, errNoPage.WithDetail("%v", err)
 	}
@@ -270,13 +270,13 @@ func (cn *conn) opGenerationMap(a *arena) (*wire.Result, error) {
 		a.attach = append(a.attach, fd)
 	}
 	return &wire.Result{Value: &wire.Result_GenerationMap{GenerationMap: &wire.GenerationMapInfo{
-		Size: wire.GenPageSize, LayoutVersion: wire.GenPageLayout, Generation: cn.s.gen.Current()}}}, nil
+		Size: wire.GenPageSize, LayoutVersion: wire.GenPageLayout, Generation: ss.s.gen.Current()}}}, nil
 }
 
 // checkGeneration runs the tracker's synchronous checks before a request
 // and refuses one that expects another generation.
-func (cn *conn) checkGeneration(req *wire.Request) *wire.Error {
-	cur := cn.s.gen.Check()
+func (ss *Session) checkGeneration(req *wire.Request) *wire.Error {
+	cur := ss.s.gen.Check()
 	if req.ExpectedGeneration != nil && *req.ExpectedGeneration != cur {
 		return wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
 			"the machine's generation is %d, not %d", cur, *req.ExpectedGeneration)

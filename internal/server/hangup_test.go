@@ -11,7 +11,7 @@ import (
 )
 
 // onlyConn returns the server's one connection.
-func onlyConn(t *testing.T, s *Server) *conn {
+func onlyConn(t *testing.T, s *Server) *seqConn {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -26,7 +26,7 @@ func onlyConn(t *testing.T, s *Server) *conn {
 
 // waitHungUp waits until cn knows its client hung up; hold is released
 // either way, so that the connection can end.
-func waitHungUp(t *testing.T, cn *conn, hold chan struct{}) {
+func waitHungUp(t *testing.T, cn *seqConn, hold chan struct{}) {
 	t.Helper()
 	// The hang-up, not the end of reading (which cancels the context too,
 	// and may come first).

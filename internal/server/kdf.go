@@ -23,25 +23,25 @@ import (
 // Every argument is checked before a worker starts. Passphrases are
 // wiped from the request as soon as the worker has them.
 
-// kdfContext is the context of a derivation for this connection: it ends
-// with the connection, and it names the connection's uid, whose
+// kdfContext is the context of a derivation for a request of id: it ends
+// with the request (ctxOf), and it names the session's uid, whose
 // derivations queue apart from other uids' and take turns with them
 // (kdf.ForTenant); administrators are not held to one uid's share.
-func (cn *conn) kdfContext() context.Context {
-	return kdf.ForTenant(cn.ctx, cn.acct.uid, cn.acct.admin)
+func (ss *Session) kdfContext(id Identity) context.Context {
+	return kdf.ForTenant(ss.ctxOf(id), ss.acct.uid, ss.acct.admin)
 }
 
 // kdfSup returns the daemon's KDF supervisor.
-func (cn *conn) kdfSup() (*kdf.Supervisor, error) {
-	if cn.s.cfg.KDF == nil {
+func (ss *Session) kdfSup() (*kdf.Supervisor, error) {
+	if ss.s.cfg.KDF == nil {
 		return nil, kdf.ErrUnavailable
 	}
-	return cn.s.cfg.KDF, nil
+	return ss.s.cfg.KDF, nil
 }
 
-func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*wire.Result, error) {
+func (ss *Session) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*wire.Result, error) {
 	defer clear(d.Passphrase)
-	sup, err := cn.kdfSup()
+	sup, err := ss.kdfSup()
 	if err != nil {
 		return nil, err
 	}
@@ -66,10 +66,10 @@ func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*
 	if err := kdf.CheckPassword(d.Passphrase); err != nil {
 		return nil, err
 	}
-	if err := cn.precheck(d.Template, id); err != nil {
+	if err := ss.precheck(d.Template, id); err != nil {
 		return nil, err
 	}
-	secret, err := sup.Derive(cn.kdfContext(), params, d.Passphrase, d.Salt, pt.Spec.SecretLen)
+	secret, err := sup.Derive(ss.kdfContext(id), params, d.Passphrase, d.Salt, pt.Spec.SecretLen)
 	clear(d.Passphrase)
 	if err != nil {
 		return nil, err
@@ -79,11 +79,11 @@ func (cn *conn) opDerivePassphrase(d *wire.DeriveFromPassphrase, id Identity) (*
 		return nil, err
 	}
 	rec := &wire.PassphraseKdf{Algorithm: "argon2id", Version: kdf.Version, Params: params.Wire(), Salt: bytes.Clone(d.Salt)}
-	res, err := cn.create(d.Template, pt, usage, mat, id, rec, persist.Origin_ORIGIN_PASSPHRASE)
+	res, err := ss.create(d.Template, pt, usage, mat, id, rec, persist.Origin_ORIGIN_PASSPHRASE)
 	if err != nil {
 		return nil, err
 	}
-	cn.log.Debug("key derived from a passphrase", "key", keyIDString(res.GetKey().GetInfo()), "kdf", "argon2id", "params", params.String())
+	ss.log.Debug("key derived from a passphrase", "key", keyIDString(res.GetKey().GetInfo()), "kdf", "argon2id", "params", params.String())
 	return res, nil
 }
 
@@ -94,9 +94,9 @@ func keyIDString(info *wire.KeyInfo) string {
 	return ""
 }
 
-func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result, error) {
+func (ss *Session) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result, error) {
 	defer clear(h.Password)
-	sup, err := cn.kdfSup()
+	sup, err := ss.kdfSup()
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +123,7 @@ func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result,
 	if n < kdf.MinHashLen || n > kdf.MaxHashLen {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a password hash is %d to %d bytes", kdf.MinHashLen, kdf.MaxHashLen)
 	}
-	out, err := sup.Derive(cn.kdfContext(), params, h.Password, salt, n)
+	out, err := sup.Derive(ss.kdfContext(id), params, h.Password, salt, n)
 	if err != nil {
 		return nil, err
 	}
@@ -134,9 +134,9 @@ func (cn *conn) opPasswordHash(h *wire.PasswordHash, id Identity) (*wire.Result,
 
 var errNoMatch = wire.Errorf(wire.Status_STATUS_VERIFICATION_FAILED, "password does not match")
 
-func (cn *conn) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Result, error) {
+func (ss *Session) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Result, error) {
 	defer clear(v.Password)
-	sup, err := cn.kdfSup()
+	sup, err := ss.kdfSup()
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +150,7 @@ func (cn *conn) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Res
 	if err := kdf.CheckPassword(v.Password); err != nil {
 		return nil, err
 	}
-	match, err := sup.Verify(cn.kdfContext(), h.Params, v.Password, h.Salt, h.Hash)
+	match, err := sup.Verify(ss.kdfContext(id), h.Params, v.Password, h.Salt, h.Hash)
 	if err != nil {
 		return nil, err
 	}
@@ -160,8 +160,8 @@ func (cn *conn) opPasswordVerify(v *wire.PasswordVerify, id Identity) (*wire.Res
 	return ok(), nil
 }
 
-func (cn *conn) opKdfCalibrate(c *wire.KdfCalibrate, id Identity) (*wire.Result, error) {
-	sup, err := cn.kdfSup()
+func (ss *Session) opKdfCalibrate(c *wire.KdfCalibrate, id Identity) (*wire.Result, error) {
+	sup, err := ss.kdfSup()
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +179,7 @@ func (cn *conn) opKdfCalibrate(c *wire.KdfCalibrate, id Identity) (*wire.Result,
 	if c.Step > kdf.MaxCalibrationSteps {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "calibration: bad step")
 	}
-	st, err := sup.Calibrate(cn.kdfContext(), time.Duration(c.TargetMs)*time.Millisecond, c.MaxMemoryKib,
+	st, err := sup.Calibrate(ss.kdfContext(id), time.Duration(c.TargetMs)*time.Millisecond, c.MaxMemoryKib,
 		uint8(c.Threads), prev, int(c.Step))
 	if err != nil {
 		return nil, err

@@ -13,8 +13,8 @@ import (
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
-func (cn *conn) opStatus(id Identity) *wire.Result {
-	s := cn.s
+func (ss *Session) opStatus(id Identity) *wire.Result {
+	s := ss.s
 	persistent, _ := s.store.Counts()
 	var mem *wire.MemoryStatus
 	if s.cfg.Memory != nil {
@@ -79,10 +79,10 @@ func aclFromWire(w []*wire.AclEntry) ([]key.ACLEntry, error) {
 }
 
 // remove destroys o (see keystore.Store.Remove).
-func (cn *conn) remove(o *keystore.Object) error {
-	err := cn.s.store.Remove(o)
+func (ss *Session) remove(o *keystore.Object) error {
+	err := ss.s.store.Remove(o)
 	if err != nil {
-		cn.log.Error("destroying a key failed", "key", o.ID.String(), "err", err)
+		ss.log.Error("destroying a key failed", "key", o.ID.String(), "err", err)
 	}
 	return err
 }
@@ -90,43 +90,43 @@ func (cn *conn) remove(o *keystore.Object) error {
 // release lets go of a handle's or session's hold on o: an ephemeral key
 // dies with its handle; a persistent one stays in the store and is
 // unloaded when nothing holds it.
-func (cn *conn) release(o *keystore.Object) {
+func (ss *Session) release(o *keystore.Object) {
 	if o.Ephemeral {
-		cn.remove(o)
+		ss.remove(o)
 		return
 	}
-	cn.s.store.Release(o)
+	ss.s.store.Release(o)
 }
 
 // discard destroys an object that never made it into the store.
-func (cn *conn) discard(o *keystore.Object) {
+func (ss *Session) discard(o *keystore.Object) {
 	if err := keystore.Discard(o); err != nil {
-		cn.log.Error("key memory corrupted: something wrote past the end of a key", "err", err)
+		ss.log.Error("key memory corrupted: something wrote past the end of a key", "err", err)
 	}
 }
 
 // create registers material made for template t as a new key owned by the
 // caller and opens a handle to it. It takes ownership of mat. kdf records
 // how a key derived from a passphrase was made (nil for others).
-func (cn *conn) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf, origin persist.Origin) (*wire.Result, error) {
+func (ss *Session) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf, origin persist.Origin) (*wire.Result, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, cn.s.cfg.Now(), origin) // not aliasing the request
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, ss.s.cfg.Now(), origin) // not aliasing the request
 	if err != nil {
 		mat.Destroy()
 		return nil, err
 	}
 	o.KDF = kdf
-	return cn.createObject(o, t, id)
+	return ss.createObject(o, t, id)
 }
 
 // createObject adds o, a new object made for template t, to the store and
 // opens a handle to it.
-func (cn *conn) createObject(o *keystore.Object, t *wire.KeyTemplate, id Identity) (*wire.Result, error) {
+func (ss *Session) createObject(o *keystore.Object, t *wire.KeyTemplate, id Identity) (*wire.Result, error) {
 	if err := lifecycleFromTemplate(o, t); err != nil {
-		cn.discard(o)
+		ss.discard(o)
 		return nil, err
 	}
-	if o.Ephemeral || cn.s.cfg.StateDir == "" {
+	if o.Ephemeral || ss.s.cfg.StateDir == "" {
 		// Nothing lasting to protect: the key dies with its connection,
 		// or with the daemon.
 		m := *o.Meta()
@@ -134,22 +134,22 @@ func (cn *conn) createObject(o *keystore.Object, t *wire.KeyTemplate, id Identit
 		keystore.SetMeta(o, &m)
 	}
 	attrs := o.Attrs()
-	if err := cn.s.store.Add(o); err != nil {
-		cn.discard(o)
+	if err := ss.s.store.Add(o); err != nil {
+		ss.discard(o)
 		return nil, err
 	}
-	h, err := cn.addHandle(o)
+	h, err := ss.addHandle(o)
 	if err != nil {
 		// The connection is closing: the client will never know of the key.
-		cn.remove(o)
+		ss.remove(o)
 		return nil, err
 	}
-	cn.log.Info("key created", "key", o.ID.String(), "type", o.Spec.Name, "class", o.Class.String(),
+	ss.log.Info("key created", "key", o.ID.String(), "type", o.Spec.Name, "class", o.Class.String(),
 		"owner", o.Owner, "usage", attrs.Usage.String(), "exportable", attrs.Exportable, "ephemeral", o.Ephemeral)
 	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
 }
 
-func (cn *conn) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) {
+func (ss *Session) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) {
 	spec := key.Lookup(g.GetTemplate().GetType())
 	class := key.Secret
 	if spec != nil && spec.Asymmetric {
@@ -163,35 +163,35 @@ func (cn *conn) opGenerate(g *wire.Generate, id Identity) (*wire.Result, error) 
 	if err := d.Err(); err != nil {
 		return nil, err
 	}
-	if err := cn.precheck(g.Template, id); err != nil {
+	if err := ss.precheck(g.Template, id); err != nil {
 		return nil, err
 	}
 	mat, err := mech.Generate(pt.Spec)
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(g.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_GENERATED)
+	return ss.create(g.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_GENERATED)
 }
 
 // precheck refuses early, before any expensive work, what Add and
 // addHandle would refuse anyway.
-func (cn *conn) precheck(t *wire.KeyTemplate, id Identity) error {
-	if err := cn.roomForHandle(); err != nil {
+func (ss *Session) precheck(t *wire.KeyTemplate, id Identity) error {
+	if err := ss.roomForHandle(); err != nil {
 		return err
 	}
-	if err := policy.CheckQuota(cn.s.store.Owned(id.UID), cn.s.limits.MaxKeysPerUser).Err(); err != nil {
+	if err := policy.CheckQuota(ss.s.store.Owned(id.UID), ss.s.limits.MaxKeysPerUser).Err(); err != nil {
 		return err
 	}
-	if err := cn.s.store.Ready(); err != nil {
+	if err := ss.s.store.Ready(); err != nil {
 		return err
 	}
-	if !t.Ephemeral && t.Name != "" && cn.s.store.NameTaken(id.UID, t.Name) {
+	if !t.Ephemeral && t.Name != "" && ss.s.store.NameTaken(id.UID, t.Name) {
 		return wire.Errorf(wire.Status_STATUS_ALREADY_EXISTS, "a key named %q already exists", t.Name)
 	}
 	return nil
 }
 
-func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
+func (ss *Session) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 	// A parser may keep slices of its input (x509 does, for public keys):
 	// hand it a copy, never the request buffer, and wipe both after.
 	data := bytes.Clone(im.Data)
@@ -201,7 +201,7 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 	if spec == nil {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type")
 	}
-	if err := cn.precheck(im.Template, id); err != nil {
+	if err := ss.precheck(im.Template, id); err != nil {
 		return nil, err
 	}
 	mat, err := mech.Import(spec, im.Format, data)
@@ -214,15 +214,15 @@ func (cn *conn) opImport(im *wire.Import, id Identity) (*wire.Result, error) {
 		var d policy.Decision
 		usage, d = policy.CheckTemplate(pt)
 		if err = d.Err(); err == nil {
-			return cn.create(im.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_IMPORTED)
+			return ss.create(im.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_IMPORTED)
 		}
 	}
 	mat.Destroy()
 	return nil, err
 }
 
-func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
-	if err := cn.roomForHandle(); err != nil {
+func (ss *Session) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
+	if err := ss.roomForHandle(); err != nil {
 		return nil, err
 	}
 	var o *keystore.Object
@@ -237,7 +237,7 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 		if !valid {
 			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a key id is 16 bytes")
 		}
-		o, err = cn.s.store.GetFor(kid, access)
+		o, err = ss.s.store.GetFor(kid, access)
 	case *wire.Open_Name:
 		owner := id.UID
 		if k.Name.OwnerUid != nil {
@@ -246,7 +246,7 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 		if !key.ValidName(k.Name.Name) {
 			return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no such key")
 		}
-		o, err = cn.s.store.LookupFor(owner, k.Name.Name, access)
+		o, err = ss.s.store.LookupFor(owner, k.Name.Name, access)
 	default:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "open needs a key id or name")
 	}
@@ -255,12 +255,12 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 	}
 	// Again on the object: its attributes may have changed since.
 	if err := access(o.Policy()); err != nil {
-		cn.s.store.Release(o)
+		ss.s.store.Release(o)
 		return nil, err
 	}
-	h, err := cn.addHandle(o)
+	h, err := ss.addHandle(o)
 	if err != nil {
-		cn.s.store.Release(o)
+		ss.s.store.Release(o)
 		return nil, err
 	}
 	return &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: h, Info: o.Info(id.caller())}}}, nil
@@ -268,15 +268,15 @@ func (cn *conn) opOpen(op *wire.Open, id Identity) (*wire.Result, error) {
 
 // opClose releases a handle. Closing the handle of an ephemeral key
 // destroys the key: nothing else can reach it.
-func (cn *conn) opClose(h uint32) (*wire.Result, error) {
-	cn.mu.Lock()
-	o, found := cn.handles[h]
-	delete(cn.handles, h)
-	cn.mu.Unlock()
+func (ss *Session) opClose(h uint32) (*wire.Result, error) {
+	ss.mu.Lock()
+	o, found := ss.handles[h]
+	delete(ss.handles, h)
+	ss.mu.Unlock()
 	if !found {
 		return nil, errBadHandle
 	}
-	cn.release(o)
+	ss.release(o)
 	return ok(), nil
 }
 
@@ -284,7 +284,7 @@ func (cn *conn) opClose(h uint32) (*wire.Result, error) {
 // the reply must fit in one message even with RSA-4096 public keys.
 const listPageDefault = 128
 
-func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
+func (ss *Session) opList(l *wire.List, id Identity) (*wire.Result, error) {
 	var after key.ID
 	if len(l.After) > 0 {
 		a, valid := key.IDFromBytes(l.After)
@@ -298,7 +298,7 @@ func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
 		limit = listPageDefault
 	}
 	caller := id.caller()
-	infos, err := cn.s.store.List(after, limit+1, func(info *wire.KeyInfo) bool {
+	infos, err := ss.s.store.List(after, limit+1, func(info *wire.KeyInfo) bool {
 		granted, visible := policy.Granted(caller, policyKey(info))
 		info.CallerUsage = uint32(granted)
 		return visible
@@ -307,7 +307,7 @@ func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
 		return nil, err
 	}
 	res := &wire.ListResult{}
-	budget, size := listBudget(cn.s.limits.MaxMessageBytes)-64, 0
+	budget, size := listBudget(ss.s.limits.MaxMessageBytes)-64, 0
 	for i, info := range infos {
 		size += info.SizeVT() + 8
 		if i > 0 && (i == limit || size > budget) {
@@ -319,8 +319,8 @@ func (cn *conn) opList(l *wire.List, id Identity) (*wire.Result, error) {
 	return &wire.Result{Value: &wire.Result_List{List: res}}, nil
 }
 
-func (cn *conn) opInfo(h uint32, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(h, id, policy.Open, 0)
+func (ss *Session) opInfo(h uint32, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(h, id, policy.Open, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -330,8 +330,8 @@ func (cn *conn) opInfo(h uint32, id Identity) (*wire.Result, error) {
 	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
 
-func (cn *conn) opExport(e *wire.Export, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(e.Handle, id, policy.Export, 0)
+func (ss *Session) opExport(e *wire.Export, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(e.Handle, id, policy.Export, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -345,13 +345,13 @@ func (cn *conn) opExport(e *wire.Export, id Identity) (*wire.Result, error) {
 		return nil, err
 	}
 	if o.Class != key.Public {
-		cn.log.Info("key exported", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
+		ss.log.Info("key exported", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
 	}
 	return dataResult(out), nil
 }
 
-func (cn *conn) opPublicKey(p *wire.PublicKey, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(p.Handle, id, policy.ReadPublic, 0)
+func (ss *Session) opPublicKey(p *wire.PublicKey, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(p.Handle, id, policy.ReadPublic, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -371,34 +371,34 @@ var errDeletionNotAllowed = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 	"deletion is not allowed for this key: a destroyed key is gone for good, with whatever it protects; "+
 		"allow it first (keywarden key set NAME --deletion-allowed), then destroy it")
 
-func (cn *conn) opDestroy(h uint32, id Identity) (*wire.Result, error) {
-	return cn.destroy(h, id, false)
+func (ss *Session) opDestroy(h uint32, id Identity) (*wire.Result, error) {
+	return ss.destroy(h, id, false)
 }
 
 // destroy destroys the key behind handle h. Unless undo (a key just made
 // by a request that could not be recorded), a persistent key is destroyed
 // only if its deletion is allowed.
-func (cn *conn) destroy(h uint32, id Identity, undo bool) (*wire.Result, error) {
-	o, err := cn.authorized(h, id, policy.Manage, 0)
+func (ss *Session) destroy(h uint32, id Identity, undo bool) (*wire.Result, error) {
+	o, err := ss.authorized(h, id, policy.Manage, 0)
 	if err != nil {
 		return nil, err
 	}
 	if !undo && !o.Ephemeral && !o.Meta().DeletionAllowed {
 		return nil, errDeletionNotAllowed
 	}
-	if err := cn.remove(o); err != nil {
+	if err := ss.remove(o); err != nil {
 		return nil, err
 	}
-	cn.mu.Lock()
-	delete(cn.handles, h)
-	cn.mu.Unlock()
-	cn.s.store.Release(o)
-	cn.log.Info("key destroyed", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
+	ss.mu.Lock()
+	delete(ss.handles, h)
+	ss.mu.Unlock()
+	ss.s.store.Release(o)
+	ss.log.Info("key destroyed", "key", o.ID.String(), "uid", id.UID, "pid", id.PID)
 	return ok(), nil
 }
 
-func (cn *conn) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(sa.Handle, id, policy.Manage, 0)
+func (ss *Session) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(sa.Handle, id, policy.Manage, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -408,7 +408,7 @@ func (cn *conn) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Resu
 		ch.Usage = &u
 	}
 	ch.Exportable, ch.Wrappable = sa.Exportable, sa.Wrappable
-	err = cn.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
+	err = ss.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
 		next, d := policy.CheckChange(old, ch)
 		return next, d.Err()
 	})
@@ -418,8 +418,8 @@ func (cn *conn) opSetAttributes(sa *wire.SetAttributes, id Identity) (*wire.Resu
 	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
 
-func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(sa.Handle, id, policy.Manage, 0)
+func (ss *Session) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(sa.Handle, id, policy.Manage, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +427,7 @@ func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = cn.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
+	err = ss.s.store.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
 		if err := policy.CheckACL(old.Usage, acl).Err(); err != nil {
 			return nil, err
 		}
@@ -446,8 +446,8 @@ func (cn *conn) opSetACL(sa *wire.SetACL, id Identity) (*wire.Result, error) {
 // asks for never uses it, so that no caller-derived key is one of them.
 var reservedInfo = []byte("keywarden ")
 
-func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
-	parent, err := cn.authorized(dv.Handle, id, policy.Use, key.Derive)
+func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
+	parent, err := ss.authorized(dv.Handle, id, policy.Use, key.Derive)
 	if err != nil {
 		return nil, err
 	}
@@ -462,10 +462,10 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err := d.Err(); err != nil {
 		return nil, err
 	}
-	if err := cn.precheck(dv.Template, id); err != nil {
+	if err := ss.precheck(dv.Template, id); err != nil {
 		return nil, err
 	}
-	pv, err := cn.current(parent)
+	pv, err := ss.current(parent)
 	if err != nil {
 		return nil, err
 	}
@@ -478,7 +478,7 @@ func (cn *conn) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cn.create(dv.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_DERIVED)
+	return ss.create(dv.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_DERIVED)
 }
 
 // policyKey describes a key for package policy from its description.

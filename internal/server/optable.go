@@ -53,7 +53,7 @@ type opSpec struct {
 
 // opFunc runs one operation for the identity id; outputs are carved from
 // a; data-path operations also set fields of out (the key version).
-type opFunc func(cn *conn, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error)
+type opFunc func(ss *Session, op *wire.Op, id Identity, a *arena, out *wire.Result) (data []byte, full *wire.Result, err error)
 
 // opPath is the group of an operation.
 type opPath int
@@ -162,9 +162,9 @@ func ephemeral(op *wire.Op) bool {
 }
 
 // full adapts a handler that returns a complete result.
-func full(f func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error)) opFunc {
-	return func(cn *conn, op *wire.Op, id Identity, _ *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
-		res, err := f(cn, op, id)
+func full(f func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error)) opFunc {
+	return func(ss *Session, op *wire.Op, id Identity, _ *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+		res, err := f(ss, op, id)
 		return nil, res, err
 	}
 }
@@ -174,235 +174,253 @@ var opTable = map[protoreflect.Name]opSpec{
 	// The data path.
 	"encrypt": {name: "encrypt", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: func(op *wire.Op, _ int) int { return boundSmall + len(op.GetEncrypt().GetPlaintext()) + 512 },
-		run: func(cn *conn, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			data, err := cn.opEncrypt(op.GetEncrypt(), id, a, out)
+		run: func(ss *Session, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			data, err := ss.opEncrypt(op.GetEncrypt(), id, a, out)
 			return data, nil, err
 		}},
 	"decrypt": {name: "decrypt", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: func(op *wire.Op, _ int) int { return boundSmall + len(op.GetDecrypt().GetCiphertext()) },
-		run: func(cn *conn, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			data, err := cn.opDecrypt(op.GetDecrypt(), id, a, out)
+		run: func(ss *Session, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			data, err := ss.opDecrypt(op.GetDecrypt(), id, a, out)
 			return data, nil, err
 		}},
 	"sign": {name: "sign", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: digestBound,
-		run: func(cn *conn, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			data, err := cn.opSign(op.GetSign(), id, out)
+		run: func(ss *Session, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			data, err := ss.opSign(op.GetSign(), id, out)
 			return data, nil, err
 		}},
 	"verify": {name: "verify", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: smallBound,
-		run: func(cn *conn, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			return nil, nil, cn.opVerify(op.GetVerify(), id, out)
+		run: func(ss *Session, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			return nil, nil, ss.opVerify(op.GetVerify(), id, out)
 		}},
 	"mac": {name: "mac", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: digestBound,
-		run: func(cn *conn, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			data, err := cn.opMAC(op.GetMac(), id, a, out)
+		run: func(ss *Session, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			data, err := ss.opMAC(op.GetMac(), id, a, out)
 			return data, nil, err
 		}},
 	"mac_verify": {name: "mac-verify", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: smallBound,
-		run: func(cn *conn, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
-			return nil, nil, cn.opMACVerify(op.GetMacVerify(), id, out)
+		run: func(ss *Session, op *wire.Op, id Identity, _ *arena, out *wire.Result) ([]byte, *wire.Result, error) {
+			return nil, nil, ss.opMACVerify(op.GetMacVerify(), id, out)
 		}},
 	"data_key": {name: "data-key", path: pathData, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: fixedBound(boundSmall + 2*64 + 64),
-		run: func(cn *conn, op *wire.Op, id Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
-			res, err := cn.opDataKey(op.GetDataKey(), id, a)
+		run: func(ss *Session, op *wire.Op, id Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+			res, err := ss.opDataKey(op.GetDataKey(), id, a)
 			return nil, res, err
 		}},
 	"hash": {name: "hash", path: pathData, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: digestBound,
-		run: func(_ *conn, op *wire.Op, _ Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+		run: func(_ *Session, op *wire.Op, _ Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
 			h := op.GetHash()
 			data, err := mech.Hash(h.GetAlg(), h.GetData(), a.take(64))
 			return data, nil, err
 		}},
 	"ping": {name: "ping", path: pathData, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: func(op *wire.Op, _ int) int { return boundSmall + len(op.GetPing().GetPayload()) },
-		run: func(_ *conn, op *wire.Op, _ Identity, _ *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+		run: func(_ *Session, op *wire.Op, _ Identity, _ *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
 			return op.GetPing().GetPayload(), nil, nil
 		}},
 	"status": {name: "status", path: pathData, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run:   full(func(cn *conn, _ *wire.Op, id Identity) (*wire.Result, error) { return cn.opStatus(id), nil })},
+		run:   full(func(ss *Session, _ *wire.Op, id Identity) (*wire.Result, error) { return ss.opStatus(id), nil })},
 
 	// SSH certificates (sshcert.go).
 	"ssh_certify": {name: "ssh-certify", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use,
 		seal: sealAny, bound: sshCertifyBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSSHCertify(op.GetSshCertify(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSSHCertify(op.GetSshCertify(), id)
 		})},
 
 	// Keys.
 	"generate": {name: "generate", path: pathManage, exec: execApartIf, apartIf: isRSAGenerate, store: storeUnlessEphemeral,
 		who: accessAnyone, seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opGenerate(op.GetGenerate(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opGenerate(op.GetGenerate(), id)
 		})},
 	"import": {name: "import", path: pathManage, exec: execInline, store: storeUnlessEphemeral, who: accessAnyone, seal: sealUnsealed,
 		bound: keyInfoBound,
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opImport(op.GetImport(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opImport(op.GetImport(), id)
+		})},
 	"open": {name: "open", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Open, seal: sealUnsealed,
 		bound: keyInfoBound,
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opOpen(op.GetOpen(), id) })},
+		run:   full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) { return ss.opOpen(op.GetOpen(), id) })},
 	"close": {name: "close", path: pathManage, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: smallBound,
-		run: full(func(cn *conn, op *wire.Op, _ Identity) (*wire.Result, error) {
-			return cn.opClose(op.GetClose().GetHandle())
+		run: full(func(ss *Session, op *wire.Op, _ Identity) (*wire.Result, error) {
+			return ss.opClose(op.GetClose().GetHandle())
 		})},
 	"list": {name: "list", path: pathManage, exec: execInline, store: storeNone, who: accessAnyone, seal: sealUnsealed,
 		bound: func(_ *wire.Op, max int) int { return listBudget(max) },
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opList(op.GetList(), id) })},
+		run:   full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) { return ss.opList(op.GetList(), id) })},
 	"info": {name: "info", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Open, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opInfo(op.GetInfo().GetHandle(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opInfo(op.GetInfo().GetHandle(), id)
 		})},
 	"export": {name: "export", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Export, seal: sealAny,
 		bound: fixedBound(boundSmall + 8<<10),
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opExport(op.GetExport(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opExport(op.GetExport(), id)
+		})},
 	"public_key": {name: "public-key", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.ReadPublic,
 		seal: sealAny, bound: fixedBound(boundSmall + 8<<10),
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opPublicKey(op.GetPublicKey(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opPublicKey(op.GetPublicKey(), id)
 		})},
 	"destroy": {name: "destroy", path: pathManage, exec: execInline, store: storeWrites, who: accessKey, action: policy.Manage,
 		seal: sealUnsealed, bound: smallBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opDestroy(op.GetDestroy().GetHandle(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opDestroy(op.GetDestroy().GetHandle(), id)
 		})},
 	"set_attributes": {name: "set-attributes", path: pathManage, exec: execInline, store: storeWrites, who: accessKey, action: policy.Manage,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSetAttributes(op.GetSetAttributes(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSetAttributes(op.GetSetAttributes(), id)
 		})},
 	"set_acl": {name: "set-acl", path: pathManage, exec: execInline, store: storeWrites, who: accessKey, action: policy.Manage,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opSetACL(op.GetSetAcl(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSetACL(op.GetSetAcl(), id)
+		})},
 	"derive": {name: "derive", path: pathManage, exec: execInline, store: storeUnlessEphemeral, who: accessKey, action: policy.Use,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opDerive(op.GetDerive(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opDerive(op.GetDerive(), id)
+		})},
 	"rotate": {name: "rotate", path: pathManage, exec: execInline, store: storeWrites, who: accessKey, action: policy.Manage,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opRotate(op.GetRotate(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opRotate(op.GetRotate(), id)
+		})},
 	"set_lifecycle": {name: "set-lifecycle", path: pathManage, exec: execInline, store: storeWrites, who: accessKey, action: policy.Manage,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSetLifecycle(op.GetSetLifecycle(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSetLifecycle(op.GetSetLifecycle(), id)
 		})},
 	"wrap": {name: "wrap", path: pathManage, exec: execInline,
 		store: storeWrites, // the first wrap of a key records that it left the daemon
 		who:   accessKey, action: policy.Use, seal: sealUnsealed, bound: fixedBound(boundSmall + 16<<10),
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opWrap(op.GetWrap(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) { return ss.opWrap(op.GetWrap(), id) })},
 	"unwrap": {name: "unwrap", path: pathManage, exec: execInline, store: storeUnlessEphemeral, who: accessKey, action: policy.Use,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opUnwrap(op.GetUnwrap(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opUnwrap(op.GetUnwrap(), id)
+		})},
 	"rewrap": {name: "rewrap", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use, seal: sealAny,
 		bound: func(op *wire.Op, _ int) int { return boundSmall + len(op.GetRewrap().GetCiphertext()) },
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opRewrap(op.GetRewrap(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opRewrap(op.GetRewrap(), id)
+		})},
 
 	// Streaming sessions.
 	"session_open": {name: "session-open", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use,
 		seal: sealAny, bound: smallBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSessionOpen(op.GetSessionOpen(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSessionOpen(op.GetSessionOpen(), id)
 		})},
 	"session_update": {name: "session-update", path: pathManage, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: smallBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSessionUpdate(op.GetSessionUpdate(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSessionUpdate(op.GetSessionUpdate(), id)
 		})},
 	"session_final": {name: "session-final", path: pathManage, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: digestBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opSessionFinal(op.GetSessionFinal(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opSessionFinal(op.GetSessionFinal(), id)
 		})},
 	"session_abort": {name: "session-abort", path: pathManage, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: smallBound,
-		run: full(func(cn *conn, op *wire.Op, _ Identity) (*wire.Result, error) {
-			return cn.opSessionAbort(op.GetSessionAbort().GetSession())
+		run: full(func(ss *Session, op *wire.Op, _ Identity) (*wire.Result, error) {
+			return ss.opSessionAbort(op.GetSessionAbort().GetSession())
 		})},
 
 	// Argon2id in workers (kdf.go).
 	"derive_passphrase": {name: "derive-passphrase", path: pathManage, exec: execKDF, store: storeUnlessEphemeral, who: accessAnyone,
 		seal: sealUnsealed, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opDerivePassphrase(op.GetDerivePassphrase(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opDerivePassphrase(op.GetDerivePassphrase(), id)
 		})},
 	"password_hash": {name: "password-hash", path: pathManage, exec: execKDF, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opPasswordHash(op.GetPasswordHash(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opPasswordHash(op.GetPasswordHash(), id)
 		})},
 	"password_verify": {name: "password-verify", path: pathManage, exec: execKDF, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opPasswordVerify(op.GetPasswordVerify(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opPasswordVerify(op.GetPasswordVerify(), id)
 		})},
 	"kdf_calibrate": {name: "kdf-calibrate", path: pathManage, exec: execKDF, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opKdfCalibrate(op.GetKdfCalibrate(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opKdfCalibrate(op.GetKdfCalibrate(), id)
 		})},
 
 	// The master key and the store (storeops.go).
 	"init": {name: "init", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealChanges,
 		bound: fixedBound(boundSmall + 255*64),
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opInit(op.GetInit(), id) })},
+		run:   full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) { return ss.opInit(op.GetInit(), id) })},
 	"unseal": {name: "unseal", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealChanges,
 		bound: keyInfoBound,
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opUnseal(op.GetUnseal(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opUnseal(op.GetUnseal(), id)
+		})},
 	"seal": {name: "seal", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealChanges,
 		bound: keyInfoBound,
-		run:   full(func(cn *conn, _ *wire.Op, id Identity) (*wire.Result, error) { return cn.opSeal(id) })},
+		run:   full(func(ss *Session, _ *wire.Op, id Identity) (*wire.Result, error) { return ss.opSeal(id) })},
 	"master_rotate": {name: "master-key-rotate", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealChanges,
 		bound: fixedBound(boundSmall + 255*64),
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opMasterRotate(op.GetMasterRotate(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opMasterRotate(op.GetMasterRotate(), id)
 		})},
 	"backup": {name: "backup", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealAny,
 		bound: func(_ *wire.Op, max int) int { return boundSmall + max - 1024 }, // see backupChunk
-		run:   full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) { return cn.opBackup(op.GetBackup(), id) })},
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opBackup(op.GetBackup(), id)
+		})},
 	"restore": {name: "restore", path: pathManage, exec: execInline, store: storeWrites, who: accessAdmin, seal: sealChanges,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opRestore(op.GetRestore(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opRestore(op.GetRestore(), id)
 		})},
 
 	// The machine generation (generation.go).
 	"generation_get": {name: "generation-get", path: pathGeneration, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, _ *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.generationResult(true, id), nil
+		run: full(func(ss *Session, _ *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.generationResult(true, id), nil
 		})},
 	"generation_watch": {name: "generation-watch", path: pathGeneration, exec: execApartIf, store: storeNone, who: accessAnyone,
 		seal: sealAny, bound: keyInfoBound,
 		apartIf: func(op *wire.Op) bool { return op.GetGenerationWatch().GetTimeoutMs() > 0 },
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opGenerationWatch(op.GetGenerationWatch(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opGenerationWatch(op.GetGenerationWatch(), id)
 		})},
 	"generation_ack": {name: "generation-ack", path: pathGeneration, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opGenerationAck(op.GetGenerationAck(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opGenerationAck(op.GetGenerationAck(), id)
 		})},
 	"generation_wait_watchers": {name: "generation-wait-watchers", path: pathGeneration, exec: execApartIf, store: storeNone,
 		who: accessAnyone, seal: sealAny, bound: keyInfoBound,
 		apartIf: func(op *wire.Op) bool { return op.GetGenerationWaitWatchers().GetTimeoutMs() > 0 },
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opGenerationWaitWatchers(op.GetGenerationWaitWatchers(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opGenerationWaitWatchers(op.GetGenerationWaitWatchers(), id)
 		})},
 	"generation_bump": {name: "generation-bump", path: pathGeneration, exec: execInline, store: storeNone, who: accessGenerationAdmin,
 		seal: sealAny, bound: keyInfoBound,
-		run: full(func(cn *conn, op *wire.Op, id Identity) (*wire.Result, error) {
-			return cn.opGenerationBump(op.GetGenerationBump(), id)
+		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {
+			return ss.opGenerationBump(op.GetGenerationBump(), id)
 		})},
 	"generation_map": {name: "generation-map", path: pathGeneration, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
 		bound: keyInfoBound,
-		run: func(cn *conn, _ *wire.Op, _ Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
-			res, err := cn.opGenerationMap(a)
+		run: func(ss *Session, _ *wire.Op, _ Identity, a *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+			res, err := ss.opGenerationMap(a)
 			return nil, res, err
 		}},
 }

@@ -30,34 +30,34 @@ type peer struct {
 // readPeer records who opened the connection (SO_PEERCRED, read when it
 // was accepted), and, through its pidfd, its executable and namespaces.
 // Only the audit uses it.
-func (cn *conn) readPeer() {
-	cr := cn.opener
-	cn.log.Debug("connected", "pid", cr.PID, "uid", cr.UID, "gid", cr.GID, "pidfd", cn.pidfd, "admin", cn.acct != nil && cn.acct.admin)
-	if cn.s.resolver == nil || cr.PID <= 0 {
+func (ss *Session) readPeer() {
+	cr := ss.opener
+	ss.log.Debug("connected", "pid", cr.PID, "uid", cr.UID, "gid", cr.GID, "pidfd", cr.Pidfd >= 0, "admin", ss.acct != nil && ss.acct.admin)
+	if ss.s.resolver == nil || cr.PID <= 0 {
 		return
 	}
 	c := audit.Caller{PID: cr.PID, UID: cr.UID, GID: cr.GID}
-	cn.s.resolver.Fill(&c, cr.Pidfd)
-	cn.s.resolver.FillNamespaces(&c, cr.Pidfd)
-	cn.peer = peer{Peer: audit.Peer{PID: cr.PID, UID: cr.UID, GID: cr.GID, Exe: c.Exe},
+	ss.s.resolver.Fill(&c, cr.Pidfd)
+	ss.s.resolver.FillNamespaces(&c, cr.Pidfd)
+	ss.peer = peer{Peer: audit.Peer{PID: cr.PID, UID: cr.UID, GID: cr.GID, Exe: c.Exe},
 		otherUser: c.OtherUserNS, otherPID: c.OtherPIDNS}
 }
 
 // openerAlive reports whether the process that opened the connection
 // still exists (a zombie counts: its pid is not free yet). While it
 // does, no other process can have its pid.
-func (cn *conn) openerAlive() bool {
-	if cn.opener.Pidfd < 0 {
+func (ss *Session) openerAlive() bool {
+	if ss.opener.Pidfd < 0 {
 		return false
 	}
-	return unix.PidfdSendSignal(cn.opener.Pidfd, 0, nil, 0) == nil
+	return unix.PidfdSendSignal(ss.opener.Pidfd, 0, nil, 0) == nil
 }
 
 // callerOf is the audit's view of who sent a message on this connection:
 // the server's (callerOf), marked against the connection's peer.
-func (cn *conn) callerOf(id Identity) audit.Caller {
-	c := cn.s.callerOf(id)
-	cn.markCaller(&c, id.Pidfd)
+func (ss *Session) callerOf(id Identity) audit.Caller {
+	c := ss.s.callerOf(id)
+	ss.markCaller(&c, id.Pidfd)
 	return c
 }
 
@@ -73,15 +73,15 @@ func (cn *conn) callerOf(id Identity) audit.Caller {
 // calls. A process that moved to another user namespace since it
 // connected (unshare) keeps the ids the kernel gives it, which are the
 // ones recorded; its new namespace is not marked.
-func (cn *conn) markCaller(c *audit.Caller, pidfd int) {
-	if cn.s.resolver == nil {
+func (ss *Session) markCaller(c *audit.Caller, pidfd int) {
+	if ss.s.resolver == nil {
 		return
 	}
-	p := &cn.peer
-	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited && cn.openerAlive() {
+	p := &ss.peer
+	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited && ss.openerAlive() {
 		c.OtherUserNS, c.OtherPIDNS = p.otherUser, p.otherPID
 	} else {
-		cn.s.resolver.FillNamespaces(c, pidfd)
+		ss.s.resolver.FillNamespaces(c, pidfd)
 	}
 	c.Claimed = c.OtherUserNS || c.OtherPIDNS || (!p.IsZero() && c.PID != p.PID)
 	if !p.IsZero() && (c.PID != p.PID || (c.Exe != "" && p.Exe != "" && c.Exe != p.Exe)) {

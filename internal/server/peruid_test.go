@@ -213,7 +213,6 @@ func serveAs(t *testing.T, s *Server, uid uint32) *seqpacket.Conn {
 		s.mu.Lock()
 		delete(s.conns, cn)
 		s.mu.Unlock()
-		s.accts.disconnect(cn.acct)
 	}()
 	t.Cleanup(func() { b.Close() })
 	b.SetRecvTimeout(10 * time.Second)

@@ -87,7 +87,7 @@ func TestIdleConnectionGivesBackBuffer(t *testing.T) {
 	if rep := recv(t, c); rep.Status != wire.Status_STATUS_OK {
 		t.Fatalf("large ping: %v %q", rep.Status, rep.Message)
 	}
-	var cn *conn
+	var cn *seqConn
 	s.mu.Lock()
 	for k := range s.conns {
 		cn = k

@@ -50,10 +50,10 @@ func runLength(ops []*wire.Op, most int) int {
 
 // executeRun runs ops, a run, writing a result for each into out.
 // notes, if not nil, get the precise reasons of failures for the audit.
-func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
+func (ss *Session) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	defer func() {
 		if p := recover(); p != nil {
-			cn.log.Error("operation panicked", "request", reqID, "op", opName(ops[0]), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
+			ss.log.Error("operation panicked", "request", reqID, "op", opName(ops[0]), "panic", fmt.Sprintf("%T", p), "stack", stackWithoutArgs())
 			for i := range out {
 				out[i].Status, out[i].Message, out[i].Data = wire.Status_STATUS_INTERNAL, "internal error", nil
 				if notes != nil {
@@ -65,10 +65,10 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 	kind, h, hash, need := runKind(ops[0])
 	fail := func(err error) {
 		for i := range out {
-			cn.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
+			ss.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
 		}
 	}
-	o, err := cn.authorized(h, id, policy.Use, need)
+	o, err := ss.authorized(h, id, policy.Use, need)
 	if err != nil {
 		fail(err)
 		return
@@ -76,7 +76,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 	var ver uint32
 	done := func(i int, data []byte, err error) {
 		if err != nil {
-			cn.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
+			ss.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
 			return
 		}
 		out[i].Data = data
@@ -85,7 +85,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 	var v *keystore.Version
 	switch {
 	case kind == 1 && o.Spec.Family == key.FamilyAES:
-		v, err = cn.s.store.Encrypting(o, uint64(len(ops)))
+		v, err = ss.s.store.Encrypting(o, uint64(len(ops)))
 	case kind == 2 && o.Spec.Family == key.FamilyAES:
 		// One version for the run, named by the first ciphertext; a run
 		// that mixes versions is done one operation at a time.
@@ -93,7 +93,7 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 		if n, _, err = ctVersion(ops[0].GetDecrypt().Ciphertext); err == nil {
 			for _, op := range ops[1:] {
 				if n2, _, err2 := ctVersion(op.GetDecrypt().Ciphertext); err2 != nil || n2 != n {
-					cn.executeEach(ops, id, reqID, a, out, notes)
+					ss.executeEach(ops, id, reqID, a, out, notes)
 					return
 				}
 			}
@@ -103,10 +103,10 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 			}
 		}
 	case kind == 2:
-		cn.executeEach(ops, id, reqID, a, out, notes) // RSA: versions are tried per ciphertext
+		ss.executeEach(ops, id, reqID, a, out, notes) // RSA: versions are tried per ciphertext
 		return
 	default:
-		v, err = cn.current(o)
+		v, err = ss.current(o)
 	}
 	if err != nil {
 		fail(err)
@@ -141,16 +141,16 @@ func (cn *conn) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *arena, 
 	})
 	if err != nil {
 		if kind == 1 && o.Spec.Family == key.FamilyAES {
-			cn.s.store.Uncount(v, uint64(len(ops)))
+			ss.s.store.Uncount(v, uint64(len(ops)))
 		}
 		fail(err)
 	}
 }
 
 // executeEach runs ops one at a time.
-func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
+func (ss *Session) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	for i, op := range ops {
-		if cn.gone.Load() {
+		if ss.abandoned(id) {
 			// RSA decryptions take long: a client that hung up waits for
 			// none of them (see execute).
 			for j := i; j < len(ops); j++ {
@@ -160,25 +160,25 @@ func (cn *conn) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena,
 			return
 		}
 		// Encrypt, decrypt and MAC set only these fields.
-		if r := cn.safeDispatch(rowOf(op), op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
+		if r := ss.safeDispatch(rowOf(op), op, id, reqID, a, &out[i], noteAt(notes, i)); r != &out[i] {
 			out[i].Status, out[i].Message, out[i].Data, out[i].KeyVersion = r.Status, r.Message, r.Data, r.KeyVersion
 		}
 	}
 }
 
 // setError writes err into res as safeDispatch would, logging refusals.
-func (cn *conn) setError(res *wire.Result, op *wire.Op, id Identity, reqID uint64, err error, note *auditNote) {
+func (ss *Session) setError(res *wire.Result, op *wire.Op, id Identity, reqID uint64, err error, note *auditNote) {
 	note.setErr(err)
 	var we *wire.Error
 	if errors.As(err, &we) {
 		if we.Status != wire.Status_STATUS_VERIFICATION_FAILED {
-			cn.log.Info("operation refused", "request", reqID, "op", opName(op), "uid", id.UID, "gid", id.GID, "pid", id.PID,
+			ss.log.Info("operation refused", "request", reqID, "op", opName(op), "uid", id.UID, "gid", id.GID, "pid", id.PID,
 				"status", we.Status.String(), "reason", we.Public, "detail", we.Detail)
 		}
 		res.Status, res.Message, res.Data = we.Status, we.Public, nil
 		return
 	}
-	cn.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
+	ss.log.Error("operation failed", "request", reqID, "op", opName(op), "err", err)
 	res.Status, res.Message, res.Data = wire.Status_STATUS_INTERNAL, "internal error", nil
 }
 

@@ -227,7 +227,7 @@ type Server struct {
 
 	// mu guards conns and closing.
 	mu      sync.Mutex
-	conns   map[*conn]struct{}
+	conns   map[*seqConn]struct{}
 	closing bool
 	wg      sync.WaitGroup // one per connection goroutine
 }
@@ -273,7 +273,7 @@ func New(cfg Config) (*Server, error) {
 		log:     cfg.Logger,
 		store:   cfg.Store,
 		started: cfg.Now(),
-		conns:   make(map[*conn]struct{}),
+		conns:   make(map[*seqConn]struct{}),
 		done:    make(chan struct{}),
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,

@@ -25,32 +25,32 @@ type session struct {
 	gen    uint64 // the machine generation it was opened in
 }
 
-func (cn *conn) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, error) {
-	ss := &session{kind: so.Kind, gen: cn.s.gen.Current()}
+func (ss *Session) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, error) {
+	sess := &session{kind: so.Kind, gen: ss.s.gen.Current()}
 	params := mech.SignParams{Hash: so.Hash, Padding: so.Padding}
 	var err error
 	switch so.Kind {
 	case wire.SessionKind_SESSION_KIND_HASH:
-		ss.stream, err = mech.NewHashStream(so.Hash)
+		sess.stream, err = mech.NewHashStream(so.Hash)
 	case wire.SessionKind_SESSION_KIND_MAC, wire.SessionKind_SESSION_KIND_SIGN:
-		ss.need = key.Sign
+		sess.need = key.Sign
 	case wire.SessionKind_SESSION_KIND_MAC_VERIFY, wire.SessionKind_SESSION_KIND_VERIFY:
-		ss.need = key.Verify
+		sess.need = key.Verify
 	default:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown session kind")
 	}
-	if ss.need != 0 {
-		ss.obj, err = cn.authorized(so.Handle, id, policy.Use, ss.need)
+	if sess.need != 0 {
+		sess.obj, err = ss.authorized(so.Handle, id, policy.Use, sess.need)
 		if err != nil {
 			return nil, err
 		}
-		err = ss.obj.Use(func(m *mech.Key) error {
+		err = sess.obj.Use(func(m *mech.Key) error {
 			var err error
 			switch so.Kind {
 			case wire.SessionKind_SESSION_KIND_MAC, wire.SessionKind_SESSION_KIND_MAC_VERIFY:
-				ss.stream, err = m.NewMACStream(so.Kind == wire.SessionKind_SESSION_KIND_MAC_VERIFY)
+				sess.stream, err = m.NewMACStream(so.Kind == wire.SessionKind_SESSION_KIND_MAC_VERIFY)
 			default:
-				ss.stream, err = m.NewSignStream(params, so.Kind == wire.SessionKind_SESSION_KIND_VERIFY)
+				sess.stream, err = m.NewSignStream(params, so.Kind == wire.SessionKind_SESSION_KIND_VERIFY)
 			}
 			return err
 		})
@@ -58,91 +58,91 @@ func (cn *conn) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Result, 
 	if err != nil {
 		return nil, err
 	}
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	if cn.closed {
-		ss.stream.Destroy()
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed {
+		sess.stream.Destroy()
 		return nil, errConnClosing
 	}
-	if len(cn.sessions) >= cn.s.limits.MaxSessions {
-		ss.stream.Destroy()
-		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions on this connection (limit %d)", cn.s.limits.MaxSessions)
+	if len(ss.sessions) >= ss.s.limits.MaxSessions {
+		sess.stream.Destroy()
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions on this connection (limit %d)", ss.s.limits.MaxSessions)
 	}
-	if !cn.acct.takeSession(cn.s.limits.MaxSessionsPerUID) {
-		ss.stream.Destroy()
-		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions for this user (limit %d)", cn.s.limits.MaxSessionsPerUID)
+	if !ss.acct.takeSession(ss.s.limits.MaxSessionsPerUID) {
+		sess.stream.Destroy()
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions for this user (limit %d)", ss.s.limits.MaxSessionsPerUID)
 	}
 	for {
-		cn.nextSession++
-		if _, used := cn.sessions[cn.nextSession]; cn.nextSession != 0 && !used {
+		ss.nextSession++
+		if _, used := ss.sessions[ss.nextSession]; ss.nextSession != 0 && !used {
 			break
 		}
 	}
-	cn.sessions[cn.nextSession] = ss
-	if ss.obj != nil {
-		cn.s.store.Hold(ss.obj) // released by endSession
+	ss.sessions[ss.nextSession] = sess
+	if sess.obj != nil {
+		ss.s.store.Hold(sess.obj) // released by endSession
 	}
-	return &wire.Result{Value: &wire.Result_Session{Session: &wire.SessionResult{Session: cn.nextSession}}}, nil
+	return &wire.Result{Value: &wire.Result_Session{Session: &wire.SessionResult{Session: ss.nextSession}}}, nil
 }
 
-func (cn *conn) session(sid uint32) (*session, error) {
-	cn.mu.Lock()
-	ss, found := cn.sessions[sid]
-	cn.mu.Unlock()
+func (ss *Session) session(sid uint32) (*session, error) {
+	ss.mu.Lock()
+	sess, found := ss.sessions[sid]
+	ss.mu.Unlock()
 	if !found {
 		return nil, errBadSession
 	}
-	return ss, nil
+	return sess, nil
 }
 
-func (cn *conn) endSession(sid uint32, ss *session) {
-	cn.mu.Lock()
-	if cn.sessions[sid] == ss {
-		delete(cn.sessions, sid)
-		cn.acct.dropSessions(1)
-	}
-	cn.mu.Unlock()
+func (ss *Session) endSession(sid uint32, sess *session) {
 	ss.mu.Lock()
-	release := !ss.ended && ss.obj != nil
-	if !ss.ended {
-		ss.ended = true
-		ss.stream.Destroy()
+	if ss.sessions[sid] == sess {
+		delete(ss.sessions, sid)
+		ss.acct.dropSessions(1)
 	}
 	ss.mu.Unlock()
+	sess.mu.Lock()
+	release := !sess.ended && sess.obj != nil
+	if !sess.ended {
+		sess.ended = true
+		sess.stream.Destroy()
+	}
+	sess.mu.Unlock()
 	if release {
-		cn.s.store.Release(ss.obj)
+		ss.s.store.Release(sess.obj)
 	}
 }
 
 // step runs fn on the session's stream with the key's material held, after
 // checking the caller may still use the key. A refusal ends the session.
-func (cn *conn) step(sid uint32, ss *session, id Identity, fn func() error) error {
-	ss.mu.Lock()
+func (ss *Session) step(sid uint32, sess *session, id Identity, fn func() error) error {
+	sess.mu.Lock()
 	var err error
-	if ss.ended {
+	if sess.ended {
 		err = errBadSession
-	} else if ss.gen != cn.s.gen.Current() {
+	} else if sess.gen != ss.s.gen.Current() {
 		// A clone of this machine may hold the same session state.
 		err = errGenerationChanged
-	} else if ss.obj == nil {
+	} else if sess.obj == nil {
 		err = fn()
-	} else if err = policy.Authorize(id.caller(), ss.obj.Policy(), policy.Use, ss.need).Err(); err == nil {
-		err = ss.obj.Use(func(*mech.Key) error { return fn() })
+	} else if err = policy.Authorize(id.caller(), sess.obj.Policy(), policy.Use, sess.need).Err(); err == nil {
+		err = sess.obj.Use(func(*mech.Key) error { return fn() })
 	}
-	ss.mu.Unlock()
+	sess.mu.Unlock()
 	if err != nil && wire.StatusOf(err) != wire.Status_STATUS_VERIFICATION_FAILED {
-		cn.endSession(sid, ss)
+		ss.endSession(sid, sess)
 	}
 	return err
 }
 
-func (cn *conn) opSessionUpdate(su *wire.SessionUpdate, id Identity) (*wire.Result, error) {
-	ss, err := cn.session(su.Session)
+func (ss *Session) opSessionUpdate(su *wire.SessionUpdate, id Identity) (*wire.Result, error) {
+	sess, err := ss.session(su.Session)
 	if err != nil {
 		return nil, err
 	}
-	err = cn.step(su.Session, ss, id, func() error {
-		ss.stream.Write(su.Data)
+	err = ss.step(su.Session, sess, id, func() error {
+		sess.stream.Write(su.Data)
 		return nil
 	})
 	if err != nil {
@@ -151,18 +151,18 @@ func (cn *conn) opSessionUpdate(su *wire.SessionUpdate, id Identity) (*wire.Resu
 	return ok(), nil
 }
 
-func (cn *conn) opSessionFinal(sf *wire.SessionFinal, id Identity) (*wire.Result, error) {
-	ss, err := cn.session(sf.Session)
+func (ss *Session) opSessionFinal(sf *wire.SessionFinal, id Identity) (*wire.Result, error) {
+	sess, err := ss.session(sf.Session)
 	if err != nil {
 		return nil, err
 	}
 	var out []byte
-	err = cn.step(sf.Session, ss, id, func() error {
+	err = ss.step(sf.Session, sess, id, func() error {
 		var err error
-		out, err = ss.stream.Final(sf.Signature)
+		out, err = sess.stream.Final(sf.Signature)
 		return err
 	})
-	cn.endSession(sf.Session, ss)
+	ss.endSession(sf.Session, sess)
 	if err != nil {
 		return nil, err
 	}
@@ -172,11 +172,11 @@ func (cn *conn) opSessionFinal(sf *wire.SessionFinal, id Identity) (*wire.Result
 	return dataResult(out), nil
 }
 
-func (cn *conn) opSessionAbort(sid uint32) (*wire.Result, error) {
-	ss, err := cn.session(sid)
+func (ss *Session) opSessionAbort(sid uint32) (*wire.Result, error) {
+	sess, err := ss.session(sid)
 	if err != nil {
 		return nil, err
 	}
-	cn.endSession(sid, ss)
+	ss.endSession(sid, sess)
 	return ok(), nil
 }

@@ -28,8 +28,8 @@ func sshCertifyBound(op *wire.Op, _ int) int {
 	return boundSmall + 3*sshcert.MaxSubjectLen + 1024 + op.GetSshCertify().SizeVT()
 }
 
-func (cn *conn) opSSHCertify(c *wire.SshCertify, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(c.Handle, id, policy.Use, key.Sign)
+func (ss *Session) opSSHCertify(c *wire.SshCertify, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(c.Handle, id, policy.Use, key.Sign)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +67,7 @@ func (cn *conn) opSSHCertify(c *wire.SshCertify, id Identity) (*wire.Result, err
 		}
 		req.Serial = binary.BigEndian.Uint64(b[:])
 	}
-	v, err := cn.current(o)
+	v, err := ss.current(o)
 	if err != nil {
 		return nil, err
 	}

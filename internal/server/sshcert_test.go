@@ -35,7 +35,7 @@ func certifyOp(h uint32, sub ssh.PublicKey, principals ...string) *wire.Op {
 
 // certConn is a connection of uid to an audited server, with the path of
 // its audit log.
-func certConn(t *testing.T, uid uint32) (*conn, Identity, string) {
+func certConn(t *testing.T, uid uint32) (*seqConn, Identity, string) {
 	t.Helper()
 	s, path := auditedServer(t, Limits{})
 	a, b, err := seqpacket.Pair()
@@ -48,7 +48,7 @@ func certConn(t *testing.T, uid uint32) (*conn, Identity, string) {
 
 // run executes req on cn and writes its record; it returns the reply and
 // the record.
-func runAudited(t *testing.T, cn *conn, id Identity, ops ...*wire.Op) (*wire.Reply, *audit.Record) {
+func runAudited(t *testing.T, cn *seqConn, id Identity, ops ...*wire.Op) (*wire.Reply, *audit.Record) {
 	t.Helper()
 	req := &wire.Request{Version: 1, Id: 9, Ops: ops}
 	caller := cn.s.callerOf(id)
@@ -68,7 +68,7 @@ func runAudited(t *testing.T, cn *conn, id Identity, ops ...*wire.Op) (*wire.Rep
 	return rep, back
 }
 
-func genKey(t *testing.T, cn *conn, id Identity, typ wire.KeyType, usage uint32) uint32 {
+func genKey(t *testing.T, cn *seqConn, id Identity, typ wire.KeyType, usage uint32) uint32 {
 	t.Helper()
 	op := &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: typ, Ephemeral: true, Usage: usage}}}}
 	res := cn.safeDispatch(rowOf(op), op, id, 0, &arena{}, &wire.Result{}, nil)

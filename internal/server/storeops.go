@@ -94,11 +94,11 @@ func sealingFrom(pass []byte, p *wire.Argon2Params, shares, threshold uint32, ma
 	return s, nil
 }
 
-func (cn *conn) kdfMaxMemory() uint32 {
-	if cn.s.cfg.KDF == nil {
+func (ss *Session) kdfMaxMemory() uint32 {
+	if ss.s.cfg.KDF == nil {
 		return 0
 	}
-	return cn.s.cfg.KDF.Limits().MaxMemoryKiB
+	return ss.s.cfg.KDF.Limits().MaxMemoryKiB
 }
 
 func sharesToWire(ss []shamir.Share) []*wire.Share {
@@ -109,10 +109,10 @@ func sharesToWire(ss []shamir.Share) []*wire.Share {
 	return out
 }
 
-func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
+func (ss *Session) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 	defer clear(in.Passphrase)
-	st, m := cn.s.store, cn.s.store.Master()
-	cs := &cn.st
+	st, m := ss.s.store, ss.s.store.Master()
+	cs := &ss.st
 	if len(in.Commit) > 0 {
 		cs.mu.Lock()
 		p, tok, rot := cs.pending, cs.token, cs.rotate
@@ -122,7 +122,7 @@ func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 		}
 		cs.pending, cs.token = nil, nil
 		cs.mu.Unlock()
-		header := func(k *seal.Keys) ([]byte, error) { return keystore.NewHeader(k, cn.s.cfg.Now()) }
+		header := func(k *seal.Keys) ([]byte, error) { return keystore.NewHeader(k, ss.s.cfg.Now()) }
 		commit := m.CommitInit
 		if m.State().Initialized {
 			commit = st.Reinit
@@ -137,7 +137,7 @@ func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		cn.log.Info("master key created and committed", "uid", id.UID, "pid", id.PID)
+		ss.log.Info("master key created and committed", "uid", id.UID, "pid", id.PID)
 		return &wire.Result{Value: &wire.Result_Init{Init: &wire.InitResult{StoreId: k.StoreID, Generation: k.Generation}}}, nil
 	}
 	if m.State().Initialized {
@@ -148,20 +148,20 @@ func (cn *conn) opInit(in *wire.Init, id Identity) (*wire.Result, error) {
 			return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION, "the store holds keys: its master key cannot be replaced")
 		}
 	}
-	s, err := sealingFrom(in.Passphrase, in.Params, in.Shares, in.Threshold, cn.kdfMaxMemory())
+	s, err := sealingFrom(in.Passphrase, in.Params, in.Shares, in.Threshold, ss.kdfMaxMemory())
 	if err != nil {
 		return nil, err
 	}
-	p, err := m.PrepareInit(kdf.Priority(cn.ctx), s, in.Force)
+	p, err := m.PrepareInit(kdf.Priority(ss.ctxOf(id)), s, in.Force)
 	if err != nil {
 		return nil, err
 	}
-	return cn.holdPending(p, false, p.StoreID(), p.Generation())
+	return ss.holdPending(p, false, p.StoreID(), p.Generation())
 }
 
 // holdPending keeps p for the commit call and returns its shares and token.
-func (cn *conn) holdPending(p *seal.Pending, rotate bool, storeID []byte, gen uint64) (*wire.Result, error) {
-	cs := &cn.st
+func (ss *Session) holdPending(p *seal.Pending, rotate bool, storeID []byte, gen uint64) (*wire.Result, error) {
+	cs := &ss.st
 	tok := newToken()
 	res := &wire.InitResult{Token: tok, Shares: sharesToWire(p.Shares), StoreId: storeID, Generation: gen}
 	cs.mu.Lock()
@@ -171,9 +171,9 @@ func (cn *conn) holdPending(p *seal.Pending, rotate bool, storeID []byte, gen ui
 	return &wire.Result{Value: &wire.Result_Init{Init: res}}, nil
 }
 
-func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
+func (ss *Session) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 	defer clear(u.Passphrase)
-	st, m := cn.s.store, cn.s.store.Master()
+	st, m := ss.s.store, ss.s.store.Master()
 	verify := func(k *seal.Keys) error {
 		err := st.Verify(k, u.AcceptStore)
 		var ie *keystore.IntegrityError
@@ -187,15 +187,15 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 	case len(u.Passphrase) > 0 && len(u.Shares) > 0:
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unseal with a passphrase or with shares, not both")
 	case len(u.Passphrase) > 0:
-		if err := m.UnsealPassphrase(kdf.Priority(cn.ctx), bytes.Clone(u.Passphrase), verify); err != nil {
-			cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
+		if err := m.UnsealPassphrase(kdf.Priority(ss.ctxOf(id)), bytes.Clone(u.Passphrase), verify); err != nil {
+			ss.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
 			return nil, err
 		}
 		res.Unsealed = true
 	case len(u.Shares) > 0:
 		shares, err := sharesFromRequest(m, u.Shares)
 		if err != nil {
-			cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
+			ss.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
 			return nil, err
 		}
 		defer func() {
@@ -206,7 +206,7 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 		for _, sh := range shares {
 			held, need, done, err := m.UnsealShare(sh, verify)
 			if err != nil {
-				cn.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
+				ss.log.Warn("unseal refused", "uid", id.UID, "pid", id.PID, "err", err)
 				return nil, err
 			}
 			res.SharesHeld, res.Threshold, res.Unsealed = uint32(held), uint32(need), done
@@ -218,8 +218,8 @@ func (cn *conn) opUnseal(u *wire.Unseal, id Identity) (*wire.Result, error) {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unseal needs a passphrase or shares")
 	}
 	if res.Unsealed {
-		cn.log.Info("unsealed", "uid", id.UID, "pid", id.PID)
-		cn.s.resumeRotation()
+		ss.log.Info("unsealed", "uid", id.UID, "pid", id.PID)
+		ss.s.resumeRotation()
 	}
 	return &wire.Result{Value: &wire.Result_Unseal{Unseal: res}}, nil
 }
@@ -257,23 +257,23 @@ var errSealEphemeral = wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 	"not sealed: this daemon runs in development mode (--dev), its master key exists only in memory and nothing could unseal it again, "+
 		"so sealing would destroy every key; stop the daemon to end it, or run one with --state to seal and unseal")
 
-func (cn *conn) opSeal(id Identity) (*wire.Result, error) {
-	if st := cn.s.store.Master().State(); st.Initialized && !st.Sealed && !st.Passphrase && st.Shares == 0 {
+func (ss *Session) opSeal(id Identity) (*wire.Result, error) {
+	if st := ss.s.store.Master().State(); st.Initialized && !st.Sealed && !st.Passphrase && st.Shares == 0 {
 		// A development-mode master key: made in memory, sealed under
 		// nothing. Sealing would wipe it for good, and every key with it.
 		return nil, errSealEphemeral
 	}
-	if !cn.s.store.SealAll() {
+	if !ss.s.store.SealAll() {
 		return nil, seal.ErrSealed
 	}
-	cn.log.Info("sealed on request", "uid", id.UID, "pid", id.PID)
+	ss.log.Info("sealed on request", "uid", id.UID, "pid", id.PID)
 	return ok(), nil
 }
 
-func (cn *conn) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result, error) {
+func (ss *Session) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result, error) {
 	defer clear(r.Passphrase)
-	st, m := cn.s.store, cn.s.store.Master()
-	cs := &cn.st
+	st, m := ss.s.store, ss.s.store.Master()
+	cs := &ss.st
 	if len(r.Commit) > 0 {
 		cs.mu.Lock()
 		p, tok, rot := cs.pending, cs.token, cs.rotate
@@ -286,22 +286,22 @@ func (cn *conn) opMasterRotate(r *wire.MasterRotate, id Identity) (*wire.Result,
 		if err := st.CommitRotation(p); err != nil {
 			return nil, err
 		}
-		cn.log.Info("master key rotated", "uid", id.UID, "pid", id.PID, "generation", m.State().Generation)
-		cn.s.resumeRotation()
+		ss.log.Info("master key rotated", "uid", id.UID, "pid", id.PID, "generation", m.State().Generation)
+		ss.s.resumeRotation()
 		return &wire.Result{Value: &wire.Result_Init{Init: &wire.InitResult{Generation: m.State().Generation}}}, nil
 	}
 	if err := st.Ready(); err != nil {
 		return nil, err
 	}
-	s, err := sealingFrom(r.Passphrase, r.Params, r.Shares, r.Threshold, cn.kdfMaxMemory())
+	s, err := sealingFrom(r.Passphrase, r.Params, r.Shares, r.Threshold, ss.kdfMaxMemory())
 	if err != nil {
 		return nil, err
 	}
-	p, err := m.PrepareRotation(kdf.Priority(cn.ctx), s)
+	p, err := m.PrepareRotation(kdf.Priority(ss.ctxOf(id)), s)
 	if err != nil {
 		return nil, err
 	}
-	return cn.holdPending(p, true, p.StoreID(), p.Generation())
+	return ss.holdPending(p, true, p.StoreID(), p.Generation())
 }
 
 // resumeRotation re-wraps the key records of a master-key rotation in the
@@ -333,27 +333,27 @@ func (s *Server) resumeRotation() {
 	}()
 }
 
-func (cn *conn) opRotate(r *wire.Rotate, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(r.Handle, id, policy.Manage, 0)
+func (ss *Session) opRotate(r *wire.Rotate, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(r.Handle, id, policy.Manage, 0)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := cn.s.store.Rotate(o); err != nil {
+	if _, err := ss.s.store.Rotate(o); err != nil {
 		return nil, err
 	}
 	info := o.Info(id.caller())
 	return &wire.Result{KeyVersion: info.Version, Value: &wire.Result_Info{Info: info}}, nil
 }
 
-func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result, error) {
+func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result, error) {
 	var o *keystore.Object
 	var err error
 	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
-		sl.DeletionAllowed == nil && cn.s.roles.Admin(id.UID) {
+		sl.DeletionAllowed == nil && ss.s.roles.Admin(id.UID) {
 		// Trust is the administrators' to give, whoever owns the key.
-		o, err = cn.object(sl.Handle)
+		o, err = ss.object(sl.Handle)
 	} else {
-		o, err = cn.authorized(sl.Handle, id, policy.Manage, 0)
+		o, err = ss.authorized(sl.Handle, id, policy.Manage, 0)
 	}
 	if err != nil {
 		return nil, err
@@ -365,18 +365,18 @@ func (cn *conn) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Result
 		c.RotateAfter = &d
 	}
 	if sl.Trusted != nil {
-		if err := cn.s.roles.CheckAdmin(id.caller()).Err(); err != nil {
+		if err := ss.s.roles.CheckAdmin(id.caller()).Err(); err != nil {
 			return nil, err
 		}
 	}
-	if err := cn.s.store.SetLifecycle(o, c); err != nil {
+	if err := ss.s.store.SetLifecycle(o, c); err != nil {
 		return nil, err
 	}
 	if sl.DeletionAllowed != nil {
-		cn.log.Info("key deletion allowed changed", "key", o.ID.String(), "deletion_allowed", *sl.DeletionAllowed, "uid", id.UID, "pid", id.PID)
+		ss.log.Info("key deletion allowed changed", "key", o.ID.String(), "deletion_allowed", *sl.DeletionAllowed, "uid", id.UID, "pid", id.PID)
 	}
 	if sl.Trusted != nil {
-		cn.log.Info("wrapping-key trust changed", "key", o.ID.String(), "trusted", *sl.Trusted, "uid", id.UID, "pid", id.PID)
+		ss.log.Info("wrapping-key trust changed", "key", o.ID.String(), "trusted", *sl.Trusted, "uid", id.UID, "pid", id.PID)
 	}
 	return &wire.Result{Value: &wire.Result_Info{Info: o.Info(id.caller())}}, nil
 }
@@ -393,10 +393,10 @@ type backupStream struct {
 func (b *backupStream) close() { b.r.CloseWithError(errors.New("backup abandoned")) }
 
 // backupChunk is the most backup data one reply carries.
-func (cn *conn) backupChunk() int { return cn.s.limits.MaxMessageBytes - 1024 }
+func (ss *Session) backupChunk() int { return ss.s.limits.MaxMessageBytes - 1024 }
 
-func (cn *conn) opBackup(b *wire.Backup, id Identity) (*wire.Result, error) {
-	cs := &cn.st
+func (ss *Session) opBackup(b *wire.Backup, id Identity) (*wire.Result, error) {
+	cs := &ss.st
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if len(b.Token) == 0 {
@@ -406,18 +406,18 @@ func (cn *conn) opBackup(b *wire.Backup, id Identity) (*wire.Result, error) {
 		pr, pw := io.Pipe()
 		bs := &backupStream{token: newToken(), r: pr, done: make(chan error, 1)}
 		go func() {
-			err := cn.s.store.Backup(pw)
+			err := ss.s.store.Backup(pw)
 			pw.CloseWithError(err)
 			bs.done <- err
 		}()
 		cs.backup = bs
-		cn.log.Info("backup started", "uid", id.UID, "pid", id.PID)
+		ss.log.Info("backup started", "uid", id.UID, "pid", id.PID)
 	}
 	bs := cs.backup
 	if bs == nil || (len(b.Token) > 0 && !hmac.Equal(bs.token, b.Token)) {
 		return nil, wire.Errorf(wire.Status_STATUS_NOT_FOUND, "no backup with this token on this connection")
 	}
-	buf := make([]byte, cn.backupChunk())
+	buf := make([]byte, ss.backupChunk())
 	n, err := io.ReadFull(bs.r, buf)
 	res := &wire.BackupChunk{Token: bs.token, Data: buf[:n]}
 	switch {
@@ -454,15 +454,15 @@ func (r *restoreFile) discard() {
 // maxRestore bounds a backup's size.
 const maxRestore = 64 << 30
 
-func (cn *conn) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
-	cs := &cn.st
+func (ss *Session) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
+	cs := &ss.st
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if len(r.Token) == 0 {
 		if cs.restore != nil {
 			cs.restore.discard()
 		}
-		dir := cn.s.cfg.StateDir
+		dir := ss.s.cfg.StateDir
 		if dir == "" {
 			dir = os.TempDir()
 		}
@@ -471,7 +471,7 @@ func (cn *conn) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
 			return nil, wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "cannot make the restore's temporary file: %v", err)
 		}
 		cs.restore = &restoreFile{token: newToken(), f: f}
-		cn.log.Info("restore started", "uid", id.UID, "pid", id.PID)
+		ss.log.Info("restore started", "uid", id.UID, "pid", id.PID)
 	}
 	rf := cs.restore
 	if rf == nil || (len(r.Token) > 0 && !hmac.Equal(rf.token, r.Token)) {
@@ -497,11 +497,11 @@ func (cn *conn) opRestore(r *wire.Restore, id Identity) (*wire.Result, error) {
 	if err := rf.f.Sync(); err != nil {
 		return nil, wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "writing the restore's temporary file: %v", err)
 	}
-	rep, err := cn.s.store.Restore(rf.f.Name(), keystore.RestoreOptions{Force: r.Force, Caller: id.UID})
+	rep, err := ss.s.store.Restore(rf.f.Name(), keystore.RestoreOptions{Force: r.Force, Caller: id.UID})
 	if err != nil {
 		return nil, err
 	}
-	cn.log.Warn("store restored from a backup; the daemon is sealed", "uid", id.UID, "pid", id.PID, "bytes", rf.n,
+	ss.log.Warn("store restored from a backup; the daemon is sealed", "uid", id.UID, "pid", id.PID, "bytes", rf.n,
 		"keys_before", rep.KeysNow, "keys_in_backup", rep.KeysInBackup, "created", rep.Created, "rotated", rep.Rotated,
 		"changed", rep.Changed, "returning", rep.Returning, "replaced", rep.Replaced)
 	res.Last = true

@@ -32,7 +32,9 @@ func appendCTHeader(dst []byte, version uint32) []byte {
 	return binary.BigEndian.AppendUint32(dst, version)
 }
 
-var errBadHeader = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "decryption failed")
+// errBadHeader refuses a ciphertext without the header: to the client, it
+// is one more failed decryption.
+var errBadHeader = mech.ErrDecryption
 
 // ctVersion reads the header of an AES-GCM ciphertext.
 func ctVersion(ct []byte) (uint32, []byte, error) {
@@ -58,17 +60,17 @@ func errRetired(o *keystore.Object, v uint32) error {
 
 // current returns the version new signatures and MACs use: the newest,
 // after a rotation if the key's rotation period has passed.
-func (cn *conn) current(o *keystore.Object) (*keystore.Version, error) {
-	return cn.s.store.Current(o)
+func (ss *Session) current(o *keystore.Object) (*keystore.Version, error) {
+	return ss.s.store.Current(o)
 }
 
-func (cn *conn) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
-	o, err := cn.authorized(e.Handle, id, policy.Use, key.Encrypt)
+func (ss *Session) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := ss.authorized(e.Handle, id, policy.Use, key.Encrypt)
 	if err != nil {
 		return nil, err
 	}
 	if o.Spec.Family != key.FamilyAES {
-		v, err := cn.current(o)
+		v, err := ss.current(o)
 		if err != nil {
 			return nil, err
 		}
@@ -80,7 +82,7 @@ func (cn *conn) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.Resu
 		out.KeyVersion = v.N
 		return ct, err
 	}
-	v, err := cn.s.store.Encrypting(o, 1)
+	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -91,22 +93,22 @@ func (cn *conn) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.Resu
 		return err
 	})
 	if err != nil {
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	out.KeyVersion = v.N
 	return ct, nil
 }
 
-func (cn *conn) opDecrypt(d *wire.Decrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
-	o, err := cn.authorized(d.Handle, id, policy.Use, key.Decrypt)
+func (ss *Session) opDecrypt(d *wire.Decrypt, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := ss.authorized(d.Handle, id, policy.Use, key.Decrypt)
 	if err != nil {
 		return nil, err
 	}
 	if o.Spec.Family != key.FamilyAES {
 		// OAEP names no version: try them, newest first.
 		var pt []byte
-		err := cn.eachVersion(o, 0, func(v *keystore.Version, m *mech.Key) error {
+		err := ss.eachVersion(o, 0, func(v *keystore.Version, m *mech.Key) error {
 			var err error
 			pt, err = m.Decrypt(d.Ciphertext, d.Aad, d.Hash, a.take(len(d.Ciphertext)))
 			if err == nil {
@@ -136,7 +138,7 @@ func (cn *conn) opDecrypt(d *wire.Decrypt, id Identity, a *arena, out *wire.Resu
 // eachVersion calls try with each live version of o, newest first (or
 // only version n when n is not 0), until one succeeds. It returns the
 // last error when none does.
-func (cn *conn) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.Version, m *mech.Key) error) error {
+func (ss *Session) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.Version, m *mech.Key) error) error {
 	if n != 0 {
 		v, ok := o.Version(n)
 		if !ok {
@@ -171,20 +173,19 @@ func (cn *conn) eachVersion(o *keystore.Object, n uint32, try func(v *keystore.V
 // or decrypt under a key (worth trying the next version), rather than
 // that the request is wrong.
 func isCryptoFailure(err error) bool {
-	var we *wire.Error
-	if !errors.As(err, &we) {
-		return false
+	if errors.Is(err, mech.ErrDecryption) {
+		return true
 	}
-	return we.Status == wire.Status_STATUS_VERIFICATION_FAILED ||
-		(we.Status == wire.Status_STATUS_INVALID_ARGUMENT && we.Public == "decryption failed")
+	var we *wire.Error
+	return errors.As(err, &we) && we.Status == wire.Status_STATUS_VERIFICATION_FAILED
 }
 
-func (cn *conn) opSign(s *wire.Sign, id Identity, out *wire.Result) ([]byte, error) {
-	o, err := cn.authorized(s.Handle, id, policy.Use, key.Sign)
+func (ss *Session) opSign(s *wire.Sign, id Identity, out *wire.Result) ([]byte, error) {
+	o, err := ss.authorized(s.Handle, id, policy.Use, key.Sign)
 	if err != nil {
 		return nil, err
 	}
-	v, err := cn.current(o)
+	v, err := ss.current(o)
 	if err != nil {
 		return nil, err
 	}
@@ -197,13 +198,13 @@ func (cn *conn) opSign(s *wire.Sign, id Identity, out *wire.Result) ([]byte, err
 	return sig, err
 }
 
-func (cn *conn) opVerify(vr *wire.Verify, id Identity, out *wire.Result) error {
-	o, err := cn.authorized(vr.Handle, id, policy.Use, key.Verify)
+func (ss *Session) opVerify(vr *wire.Verify, id Identity, out *wire.Result) error {
+	o, err := ss.authorized(vr.Handle, id, policy.Use, key.Verify)
 	if err != nil {
 		return err
 	}
 	p := mech.SignParams{Hash: vr.Hash, Prehashed: vr.Prehashed, Padding: vr.Padding}
-	return cn.eachVersion(o, vr.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
+	return ss.eachVersion(o, vr.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
 		err := m.Verify(p, vr.Data, vr.Signature)
 		if err == nil {
 			out.KeyVersion = v.N
@@ -212,12 +213,12 @@ func (cn *conn) opVerify(vr *wire.Verify, id Identity, out *wire.Result) error {
 	})
 }
 
-func (cn *conn) opMAC(mc *wire.Mac, id Identity, a *arena, out *wire.Result) ([]byte, error) {
-	o, err := cn.authorized(mc.Handle, id, policy.Use, key.Sign)
+func (ss *Session) opMAC(mc *wire.Mac, id Identity, a *arena, out *wire.Result) ([]byte, error) {
+	o, err := ss.authorized(mc.Handle, id, policy.Use, key.Sign)
 	if err != nil {
 		return nil, err
 	}
-	v, err := cn.current(o)
+	v, err := ss.current(o)
 	if err != nil {
 		return nil, err
 	}
@@ -230,12 +231,12 @@ func (cn *conn) opMAC(mc *wire.Mac, id Identity, a *arena, out *wire.Result) ([]
 	return tag, err
 }
 
-func (cn *conn) opMACVerify(mv *wire.MacVerify, id Identity, out *wire.Result) error {
-	o, err := cn.authorized(mv.Handle, id, policy.Use, key.Verify)
+func (ss *Session) opMACVerify(mv *wire.MacVerify, id Identity, out *wire.Result) error {
+	o, err := ss.authorized(mv.Handle, id, policy.Use, key.Verify)
 	if err != nil {
 		return err
 	}
-	return cn.eachVersion(o, mv.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
+	return ss.eachVersion(o, mv.KeyVersion, func(v *keystore.Version, m *mech.Key) error {
 		err := m.VerifyMAC(mv.Data, mv.Tag)
 		if err == nil {
 			out.KeyVersion = v.N

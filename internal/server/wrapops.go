@@ -37,12 +37,12 @@ func oaepHash(h wire.HashAlg) (crypto.Hash, error) {
 var errWrapFamily = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT,
 	"this wrap format needs an AES wrapping key (RSA keys wrap with the rsa-aes-kwp format)")
 
-func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
-	wk, err := cn.object(w.Handle)
+func (ss *Session) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
+	wk, err := ss.object(w.Handle)
 	if err != nil {
 		return nil, err
 	}
-	tk, err := cn.object(w.Target)
+	tk, err := ss.object(w.Target)
 	if err != nil {
 		return nil, err
 	}
@@ -115,10 +115,10 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 		return nil, wrapErr(err)
 	}
 	// The key has left the daemon: durably so before the blob does.
-	if err := cn.s.store.MarkWrappedOut(tk); err != nil {
+	if err := ss.s.store.MarkWrappedOut(tk); err != nil {
 		return nil, err
 	}
-	cn.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	ss.log.Info("key wrapped", "key", tk.ID.String(), "version", tv.N, "under", wk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
 	res := dataResult(blob)
 	res.KeyVersion = tv.N
 	return res, nil
@@ -165,15 +165,61 @@ func formatName(f wire.WrapFormat) string {
 	return "keywarden"
 }
 
-func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
+// opUnwrap makes a key from a wrapped blob, in four steps: the format
+// and what no blob could make allowed (unwrapFormat), the blob opened
+// under the unwrapping key (openBlob), the copy rules applied to what it
+// holds and what the template asks (unwrapPolicy), and the key object made
+// (unwrappedObject).
+func (ss *Session) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	defer clear(u.Blob)
-	uk, err := cn.object(u.Handle)
+	uk, err := ss.object(u.Handle)
 	if err != nil {
 		return nil, err
 	}
 	if u.Template == nil {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "missing key template")
 	}
+	format, err := ss.unwrapFormat(u, uk, id)
+	if err != nil {
+		return nil, err
+	}
+	material, attrs, err := openBlob(uk, format, u)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(material)
+	pt, err := unwrapPolicy(id, uk, format, u.Template, attrs)
+	if err != nil {
+		return nil, err
+	}
+	o, err := ss.unwrappedObject(id, format, u.Template, pt, attrs, material)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &wire.KeyTemplate{Name: u.Template.Name, Type: pt.Spec.Type, Ephemeral: u.Template.Ephemeral,
+		RotateAfterSeconds: u.Template.RotateAfterSeconds, RefuseWhenSpent: u.Template.RefuseWhenSpent}
+	res, err := ss.createObject(o, tmpl, id)
+	if err != nil {
+		return nil, err
+	}
+	ss.log.Info("key unwrapped", "key", o.ID.String(), "with", uk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
+	return res, nil
+}
+
+// boundFormat reports whether format authenticates the key's attributes
+// with its bytes (the keywarden format), and the policy's name for it.
+func boundFormat(format wire.WrapFormat) (bool, policy.WrapFormat) {
+	if format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN {
+		return true, policy.Bound
+	}
+	return false, policy.Bare
+}
+
+// unwrapFormat returns the format u names (the keywarden format if none),
+// once it fits the unwrapping key uk, and refuses early, before any work,
+// what no blob could make allowed: uk's unwrap policy for id, and a
+// template that could not make a key at all (precheck).
+func (ss *Session) unwrapFormat(u *wire.Unwrap, uk *keystore.Object, id Identity) (wire.WrapFormat, error) {
 	format := u.Format
 	if format == wire.WrapFormat_WRAP_FORMAT_UNSPECIFIED {
 		format = wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
@@ -181,26 +227,26 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	rsaFormat := format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP
 	if (uk.Spec.Family == key.FamilyRSA) != rsaFormat {
 		if rsaFormat {
-			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the rsa-aes-kwp format needs an RSA unwrapping key")
+			return 0, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the rsa-aes-kwp format needs an RSA unwrapping key")
 		}
-		return nil, errWrapFamily
+		return 0, errWrapFamily
 	}
-	bound := format == wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
-	pf := policy.Bare
-	if bound {
-		pf = policy.Bound
-	}
-	// Refuse early, before any work, what no blob could make allowed.
+	_, pf := boundFormat(format)
 	if err := policy.CheckUnwrapKey(id.caller(), uk.Policy(), pf, policy.Template{Exportable: u.Template.Exportable}).Err(); err != nil {
-		return nil, err
+		return 0, err
 	}
-	if err := cn.precheck(u.Template, id); err != nil {
-		return nil, err
+	if err := ss.precheck(u.Template, id); err != nil {
+		return 0, err
 	}
-	var material []byte
-	var attrs wrap.Attributes
+	return format, nil
+}
+
+// openBlob unwraps u's blob under uk in format: the key's bytes, and, in
+// the keywarden format, the attributes sealed with them. A blob that does
+// not open is refused vaguely (unwrapFailure).
+func openBlob(uk *keystore.Object, format wire.WrapFormat, u *wire.Unwrap) (material []byte, attrs wrap.Attributes, err error) {
 	err = uk.Use(func(m *mech.Key) error {
-		if rsaFormat {
+		if format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP {
 			h, err := oaepHash(u.Hash)
 			if err != nil {
 				return err
@@ -227,37 +273,44 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		})
 	})
 	if err != nil {
+		clear(material)
 		var we *wire.Error
 		if errors.As(err, &we) {
-			return nil, err
+			return nil, attrs, err
 		}
 		if errors.Is(err, wrap.ErrLegacyKeyword) {
-			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "%v", err)
+			return nil, attrs, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "%v", err)
 		}
-		return nil, unwrapFailure(format, u.Blob)
+		return nil, attrs, unwrapFailure(format, u.Blob)
 	}
-	defer clear(material)
+	return material, attrs, nil
+}
 
-	t := u.Template
+// unwrapPolicy applies the copy rules (policy.CheckUnwrap) to the key a
+// blob in format holds: its sealed attributes (attrs) in the keywarden
+// format, or, in a standard one, the type that t names. It returns the
+// key's type and attributes as they may be.
+func unwrapPolicy(id Identity, uk *keystore.Object, format wire.WrapFormat, t *wire.KeyTemplate, attrs wrap.Attributes) (policy.Template, error) {
 	if t.Name != "" && !key.ValidName(t.Name) {
-		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "invalid key name")
+		return policy.Template{}, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "invalid key name")
 	}
 	acl, err := aclFromWire(t.Acl)
 	if err != nil {
-		return nil, err
+		return policy.Template{}, err
 	}
 	req := policy.Template{Usage: key.Usage(t.Usage), Exportable: t.Exportable, Wrappable: t.Wrappable, ACL: acl}
+	bound, pf := boundFormat(format)
 	var sealed *policy.Sealed
 	if bound {
 		spec := key.Lookup(attrs.Type)
 		if spec == nil || !spec.ClassOK(attrs.Class) || attrs.Usage == 0 {
-			return nil, errUnwrapFailed
+			return policy.Template{}, errUnwrapFailed
 		}
 		sealed = &policy.Sealed{Spec: spec, Class: attrs.Class, Usage: attrs.Usage, Exportable: attrs.Exportable, Wrappable: attrs.Wrappable}
 	} else {
 		req.Spec = key.Lookup(t.Type)
 		if req.Spec == nil {
-			return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type: a standard wrap does not say, the template must")
+			return policy.Template{}, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key type: a standard wrap does not say, the template must")
 		}
 		req.Class = key.Secret
 		if req.Spec.Asymmetric {
@@ -266,16 +319,25 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	pt, d := policy.CheckUnwrap(id.caller(), uk.Policy(), pf, sealed, req)
 	if err := d.Err(); err != nil {
-		return nil, err
+		return policy.Template{}, err
 	}
-	usage := pt.Usage
-	var mat *mech.Key
+	return pt, nil
+}
+
+// unwrappedObject makes the key object of material, unwrapped from a blob
+// in format, of type and attributes pt (unwrapPolicy), for id, under the
+// name t gives. It is marked as having been out; from the keywarden
+// format it keeps its version and what it spent of its budget (attrs).
+func (ss *Session) unwrappedObject(id Identity, format wire.WrapFormat, t *wire.KeyTemplate, pt policy.Template, attrs wrap.Attributes, material []byte) (*keystore.Object, error) {
+	bound, _ := boundFormat(format)
 	if !bound && !pt.Spec.Asymmetric && isPKCS8(material) {
 		// A private key's bytes, which would fit an HMAC key: it keeps
 		// its type.
 		return nil, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 			"the blob holds a private key (PKCS #8): unwrap it as its own key type, not as a %s key", pt.Spec.Name)
 	}
+	var mat *mech.Key
+	var err error
 	if bound {
 		mat, err = mech.FromCanonical(pt.Spec, pt.Class, bytes.Clone(material))
 	} else {
@@ -288,9 +350,8 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		mat.Destroy()
 		return nil, errUnwrapFailed
 	}
-	tmpl := &wire.KeyTemplate{Name: t.Name, Type: pt.Spec.Type, Ephemeral: t.Ephemeral, RotateAfterSeconds: t.RotateAfterSeconds, RefuseWhenSpent: t.RefuseWhenSpent}
-	attrsOut := &key.Attrs{Usage: usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
-	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, cn.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
+	attrsOut := &key.Attrs{Usage: pt.Usage, Wrappable: pt.Wrappable, ACL: pt.ACL}
+	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrsOut, t.Ephemeral, ss.s.cfg.Now(), persist.Origin_ORIGIN_UNWRAPPED)
 	if err != nil {
 		mat.Destroy()
 		return nil, err
@@ -308,16 +369,11 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 		keystore.SetFirstVersion(o, attrs.Version, time.Unix(0, attrs.CreatedUnixNano), attrs.Encryptions, attrs.EncryptionLimit)
 	}
 	keystore.SetMeta(o, &m)
-	res, err := cn.createObject(o, tmpl, id)
-	if err != nil {
-		return nil, err
-	}
-	cn.log.Info("key unwrapped", "key", o.ID.String(), "with", uk.ID.String(), "format", format.String(), "uid", id.UID, "pid", id.PID)
-	return res, nil
+	return o, nil
 }
 
-func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
-	o, err := cn.authorized(r.Handle, id, policy.Use, key.Decrypt|key.Encrypt)
+func (ss *Session) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
+	o, err := ss.authorized(r.Handle, id, policy.Use, key.Decrypt|key.Encrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +397,7 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	v, err := cn.s.store.Encrypting(o, 1)
+	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -351,7 +407,7 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 		return err
 	})
 	if err != nil {
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	res := dataResult(ct)
@@ -361,8 +417,8 @@ func (cn *conn) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 
 // opDataKey runs on the data path: the plaintext key, if asked for, is
 // carved from the request's arena, wiped once the reply is sent.
-func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result, error) {
-	o, err := cn.authorized(dk.Handle, id, policy.Use, key.Encrypt)
+func (ss *Session) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result, error) {
+	o, err := ss.authorized(dk.Handle, id, policy.Use, key.Encrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -376,13 +432,13 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 	if n < 16 || n > 64 {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a data key is 16 to 64 bytes")
 	}
-	v, err := cn.s.store.Encrypting(o, 1)
+	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
 	plain := a.take(n)[:n]
 	if err := random.Read(plain); err != nil {
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	var ct []byte
@@ -392,7 +448,7 @@ func (cn *conn) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Result
 	})
 	if err != nil {
 		clear(plain)
-		cn.s.store.Uncount(v, 1)
+		ss.s.store.Uncount(v, 1)
 		return nil, err
 	}
 	res := &wire.DataKeyResult{Ciphertext: ct}
