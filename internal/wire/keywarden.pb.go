@@ -2337,6 +2337,9 @@ type KeyLifecycle struct {
 	// with a state directory (set it with SetLifecycle); on for ephemeral
 	// keys and the keys of a development-mode daemon.
 	DeletionAllowed bool `protobuf:"varint,9,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
+	// The executables that may use the key (every operation that uses or
+	// exports it, wraps it or derives from it); none: any. See SetLifecycle.
+	AllowedPrograms []*Program `protobuf:"bytes,10,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2434,6 +2437,112 @@ func (x *KeyLifecycle) GetDeletionAllowed() bool {
 	return false
 }
 
+func (x *KeyLifecycle) GetAllowedPrograms() []*Program {
+	if x != nil {
+		return x.AllowedPrograms
+	}
+	return nil
+}
+
+// Program is an executable: the path the kernel gives for a process's
+// executable (/proc/PID/exe), and optionally the SHA-256 of the file
+// (32 bytes; empty: whatever file is at the path).
+type Program struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Program) Reset() {
+	*x = Program{}
+	mi := &file_keywarden_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Program) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Program) ProtoMessage() {}
+
+func (x *Program) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Program.ProtoReflect.Descriptor instead.
+func (*Program) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Program) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Program) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+type Programs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Programs      []*Program             `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Programs) Reset() {
+	*x = Programs{}
+	mi := &file_keywarden_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Programs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Programs) ProtoMessage() {}
+
+func (x *Programs) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Programs.ProtoReflect.Descriptor instead.
+func (*Programs) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Programs) GetPrograms() []*Program {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
 type KeyVersionInfo struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -2448,7 +2557,7 @@ type KeyVersionInfo struct {
 
 func (x *KeyVersionInfo) Reset() {
 	*x = KeyVersionInfo{}
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2569,7 @@ func (x *KeyVersionInfo) String() string {
 func (*KeyVersionInfo) ProtoMessage() {}
 
 func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2582,7 @@ func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyVersionInfo.ProtoReflect.Descriptor instead.
 func (*KeyVersionInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{8}
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KeyVersionInfo) GetVersion() uint32 {
@@ -2515,7 +2624,7 @@ type KeyResult struct {
 
 func (x *KeyResult) Reset() {
 	*x = KeyResult{}
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2527,7 +2636,7 @@ func (x *KeyResult) String() string {
 func (*KeyResult) ProtoMessage() {}
 
 func (x *KeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2540,7 +2649,7 @@ func (x *KeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyResult.ProtoReflect.Descriptor instead.
 func (*KeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{9}
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KeyResult) GetHandle() uint32 {
@@ -2568,7 +2677,7 @@ type ListResult struct {
 
 func (x *ListResult) Reset() {
 	*x = ListResult{}
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2580,7 +2689,7 @@ func (x *ListResult) String() string {
 func (*ListResult) ProtoMessage() {}
 
 func (x *ListResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2593,7 +2702,7 @@ func (x *ListResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResult.ProtoReflect.Descriptor instead.
 func (*ListResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{10}
+	return file_keywarden_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListResult) GetKeys() []*KeyInfo {
@@ -2646,7 +2755,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2767,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2780,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{11}
+	return file_keywarden_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxMessageBytes() uint32 {
@@ -2850,7 +2959,7 @@ type StatusResult struct {
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +2971,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +2984,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{12}
+	return file_keywarden_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResult) GetProtocolVersion() uint32 {
@@ -3017,7 +3126,7 @@ type AuditStatus struct {
 
 func (x *AuditStatus) Reset() {
 	*x = AuditStatus{}
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3029,7 +3138,7 @@ func (x *AuditStatus) String() string {
 func (*AuditStatus) ProtoMessage() {}
 
 func (x *AuditStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3042,7 +3151,7 @@ func (x *AuditStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditStatus.ProtoReflect.Descriptor instead.
 func (*AuditStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuditStatus) GetPath() string {
@@ -3180,7 +3289,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3192,7 +3301,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3205,7 +3314,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemoryStatus) GetBacking() string {
@@ -3280,7 +3389,7 @@ type SessionResult struct {
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3292,7 +3401,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3305,7 +3414,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionResult) GetSession() uint32 {
@@ -3324,7 +3433,7 @@ type StatusOp struct {
 
 func (x *StatusOp) Reset() {
 	*x = StatusOp{}
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3445,7 @@ func (x *StatusOp) String() string {
 func (*StatusOp) ProtoMessage() {}
 
 func (x *StatusOp) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3458,7 @@ func (x *StatusOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusOp.ProtoReflect.Descriptor instead.
 func (*StatusOp) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_proto_rawDescGZIP(), []int{18}
 }
 
 // Ping echoes its payload. It exists to measure the transport.
@@ -3362,7 +3471,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3374,7 +3483,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3387,7 +3496,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ping) GetPayload() []byte {
@@ -3406,7 +3515,7 @@ type Generate struct {
 
 func (x *Generate) Reset() {
 	*x = Generate{}
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3418,7 +3527,7 @@ func (x *Generate) String() string {
 func (*Generate) ProtoMessage() {}
 
 func (x *Generate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3431,7 +3540,7 @@ func (x *Generate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generate.ProtoReflect.Descriptor instead.
 func (*Generate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Generate) GetTemplate() *KeyTemplate {
@@ -3452,7 +3561,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3573,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3586,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Import) GetTemplate() *KeyTemplate {
@@ -3512,7 +3621,7 @@ type NameRef struct {
 
 func (x *NameRef) Reset() {
 	*x = NameRef{}
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3524,7 +3633,7 @@ func (x *NameRef) String() string {
 func (*NameRef) ProtoMessage() {}
 
 func (x *NameRef) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3537,7 +3646,7 @@ func (x *NameRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRef.ProtoReflect.Descriptor instead.
 func (*NameRef) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NameRef) GetName() string {
@@ -3567,7 +3676,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3579,7 +3688,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3592,7 +3701,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Open) GetKey() isOpen_Key {
@@ -3645,7 +3754,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3657,7 +3766,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3670,7 +3779,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Close) GetHandle() uint32 {
@@ -3693,7 +3802,7 @@ type List struct {
 
 func (x *List) Reset() {
 	*x = List{}
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3705,7 +3814,7 @@ func (x *List) String() string {
 func (*List) ProtoMessage() {}
 
 func (x *List) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3718,7 +3827,7 @@ func (x *List) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use List.ProtoReflect.Descriptor instead.
 func (*List) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *List) GetAfter() []byte {
@@ -3744,7 +3853,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3756,7 +3865,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3769,7 +3878,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Info) GetHandle() uint32 {
@@ -3789,7 +3898,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3801,7 +3910,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3814,7 +3923,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Export) GetHandle() uint32 {
@@ -3841,7 +3950,7 @@ type PublicKey struct {
 
 func (x *PublicKey) Reset() {
 	*x = PublicKey{}
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3853,7 +3962,7 @@ func (x *PublicKey) String() string {
 func (*PublicKey) ProtoMessage() {}
 
 func (x *PublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3866,7 +3975,7 @@ func (x *PublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicKey.ProtoReflect.Descriptor instead.
 func (*PublicKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PublicKey) GetHandle() uint32 {
@@ -3895,7 +4004,7 @@ type Destroy struct {
 
 func (x *Destroy) Reset() {
 	*x = Destroy{}
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3907,7 +4016,7 @@ func (x *Destroy) String() string {
 func (*Destroy) ProtoMessage() {}
 
 func (x *Destroy) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3920,7 +4029,7 @@ func (x *Destroy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destroy.ProtoReflect.Descriptor instead.
 func (*Destroy) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Destroy) GetHandle() uint32 {
@@ -3945,7 +4054,7 @@ type SetAttributes struct {
 
 func (x *SetAttributes) Reset() {
 	*x = SetAttributes{}
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3957,7 +4066,7 @@ func (x *SetAttributes) String() string {
 func (*SetAttributes) ProtoMessage() {}
 
 func (x *SetAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3970,7 +4079,7 @@ func (x *SetAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAttributes.ProtoReflect.Descriptor instead.
 func (*SetAttributes) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetAttributes) GetHandle() uint32 {
@@ -4012,7 +4121,7 @@ type SetACL struct {
 
 func (x *SetACL) Reset() {
 	*x = SetACL{}
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4024,7 +4133,7 @@ func (x *SetACL) String() string {
 func (*SetACL) ProtoMessage() {}
 
 func (x *SetACL) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4037,7 +4146,7 @@ func (x *SetACL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetACL.ProtoReflect.Descriptor instead.
 func (*SetACL) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetACL) GetHandle() uint32 {
@@ -4068,7 +4177,7 @@ type Encrypt struct {
 
 func (x *Encrypt) Reset() {
 	*x = Encrypt{}
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4080,7 +4189,7 @@ func (x *Encrypt) String() string {
 func (*Encrypt) ProtoMessage() {}
 
 func (x *Encrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4093,7 +4202,7 @@ func (x *Encrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Encrypt.ProtoReflect.Descriptor instead.
 func (*Encrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Encrypt) GetHandle() uint32 {
@@ -4136,7 +4245,7 @@ type Decrypt struct {
 
 func (x *Decrypt) Reset() {
 	*x = Decrypt{}
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4148,7 +4257,7 @@ func (x *Decrypt) String() string {
 func (*Decrypt) ProtoMessage() {}
 
 func (x *Decrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4161,7 +4270,7 @@ func (x *Decrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decrypt.ProtoReflect.Descriptor instead.
 func (*Decrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Decrypt) GetHandle() uint32 {
@@ -4210,7 +4319,7 @@ type Sign struct {
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4222,7 +4331,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4235,7 +4344,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -4289,7 +4398,7 @@ type Verify struct {
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4301,7 +4410,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4314,7 +4423,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -4376,7 +4485,7 @@ type Mac struct {
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4388,7 +4497,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4401,7 +4510,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -4431,7 +4540,7 @@ type MacVerify struct {
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4443,7 +4552,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4456,7 +4565,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -4497,7 +4606,7 @@ type Hash struct {
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4509,7 +4618,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4522,7 +4631,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -4563,7 +4672,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4575,7 +4684,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4588,7 +4697,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -4648,7 +4757,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4660,7 +4769,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4673,7 +4782,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{38}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -4714,7 +4823,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4726,7 +4835,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4739,7 +4848,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -4767,7 +4876,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4779,7 +4888,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4792,7 +4901,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -4818,7 +4927,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4830,7 +4939,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4843,7 +4952,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -4871,7 +4980,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4883,7 +4992,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4896,7 +5005,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -4936,7 +5045,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4948,7 +5057,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4961,7 +5070,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -5010,7 +5119,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5022,7 +5131,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5035,7 +5144,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -5084,7 +5193,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5096,7 +5205,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5109,7 +5218,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -5152,7 +5261,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5164,7 +5273,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5177,7 +5286,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{46}
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -5216,7 +5325,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5228,7 +5337,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5241,7 +5350,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{47}
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -5305,7 +5414,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5317,7 +5426,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5330,7 +5439,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{48}
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -5402,7 +5511,7 @@ type GenerationInfo struct {
 
 func (x *GenerationInfo) Reset() {
 	*x = GenerationInfo{}
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5414,7 +5523,7 @@ func (x *GenerationInfo) String() string {
 func (*GenerationInfo) ProtoMessage() {}
 
 func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5427,7 +5536,7 @@ func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
 func (*GenerationInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{49}
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GenerationInfo) GetGeneration() uint64 {
@@ -5503,7 +5612,7 @@ type GenerationSource struct {
 
 func (x *GenerationSource) Reset() {
 	*x = GenerationSource{}
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5515,7 +5624,7 @@ func (x *GenerationSource) String() string {
 func (*GenerationSource) ProtoMessage() {}
 
 func (x *GenerationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5528,7 +5637,7 @@ func (x *GenerationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
 func (*GenerationSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{50}
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GenerationSource) GetName() string {
@@ -5575,7 +5684,7 @@ type GenerationGet struct {
 
 func (x *GenerationGet) Reset() {
 	*x = GenerationGet{}
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5587,7 +5696,7 @@ func (x *GenerationGet) String() string {
 func (*GenerationGet) ProtoMessage() {}
 
 func (x *GenerationGet) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5600,7 +5709,7 @@ func (x *GenerationGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
 func (*GenerationGet) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{51}
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
 }
 
 // GenerationWatch answers when the generation exceeds after, or when
@@ -5621,7 +5730,7 @@ type GenerationWatch struct {
 
 func (x *GenerationWatch) Reset() {
 	*x = GenerationWatch{}
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5633,7 +5742,7 @@ func (x *GenerationWatch) String() string {
 func (*GenerationWatch) ProtoMessage() {}
 
 func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5646,7 +5755,7 @@ func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
 func (*GenerationWatch) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{52}
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GenerationWatch) GetAfter() uint64 {
@@ -5683,7 +5792,7 @@ type GenerationAck struct {
 
 func (x *GenerationAck) Reset() {
 	*x = GenerationAck{}
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5695,7 +5804,7 @@ func (x *GenerationAck) String() string {
 func (*GenerationAck) ProtoMessage() {}
 
 func (x *GenerationAck) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5708,7 +5817,7 @@ func (x *GenerationAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
 func (*GenerationAck) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{53}
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GenerationAck) GetGeneration() uint64 {
@@ -5745,7 +5854,7 @@ type GenerationWaitWatchers struct {
 
 func (x *GenerationWaitWatchers) Reset() {
 	*x = GenerationWaitWatchers{}
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5757,7 +5866,7 @@ func (x *GenerationWaitWatchers) String() string {
 func (*GenerationWaitWatchers) ProtoMessage() {}
 
 func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5770,7 +5879,7 @@ func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
 func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{54}
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
@@ -5797,7 +5906,7 @@ type GenerationBump struct {
 
 func (x *GenerationBump) Reset() {
 	*x = GenerationBump{}
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5809,7 +5918,7 @@ func (x *GenerationBump) String() string {
 func (*GenerationBump) ProtoMessage() {}
 
 func (x *GenerationBump) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5822,7 +5931,7 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{55}
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GenerationBump) GetEntropy() []byte {
@@ -5850,7 +5959,7 @@ type GenerationMap struct {
 
 func (x *GenerationMap) Reset() {
 	*x = GenerationMap{}
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5862,7 +5971,7 @@ func (x *GenerationMap) String() string {
 func (*GenerationMap) ProtoMessage() {}
 
 func (x *GenerationMap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5875,7 +5984,7 @@ func (x *GenerationMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
 func (*GenerationMap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{56}
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
 }
 
 type GenerationMapInfo struct {
@@ -5891,7 +6000,7 @@ type GenerationMapInfo struct {
 
 func (x *GenerationMapInfo) Reset() {
 	*x = GenerationMapInfo{}
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5903,7 +6012,7 @@ func (x *GenerationMapInfo) String() string {
 func (*GenerationMapInfo) ProtoMessage() {}
 
 func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5916,7 +6025,7 @@ func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
 func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{57}
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GenerationMapInfo) GetSize() uint32 {
@@ -5974,7 +6083,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5986,7 +6095,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5999,7 +6108,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{58}
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -6113,7 +6222,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6125,7 +6234,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6138,7 +6247,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{59}
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -6190,7 +6299,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6202,7 +6311,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6215,7 +6324,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{60}
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -6273,7 +6382,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6285,7 +6394,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6298,7 +6407,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -6344,7 +6453,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6356,7 +6465,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6369,7 +6478,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6404,7 +6513,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6416,7 +6525,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6429,7 +6538,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -6462,7 +6571,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6474,7 +6583,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6487,7 +6596,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -6506,7 +6615,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6518,7 +6627,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6531,7 +6640,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -6580,7 +6689,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6592,7 +6701,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6605,7 +6714,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -6620,6 +6729,9 @@ func (x *Rotate) GetHandle() uint32 {
 // trim_below deletes versions below it (at most up to min_version).
 // trusted makes a key a trusted wrapping key: administrators only.
 // deletion_allowed lets Destroy delete a persistent key (see Destroy).
+// allowed_programs, when present, replaces the list of executables that
+// may use the key (empty: any); a program not on it is refused with
+// STATUS_PERMISSION_DENIED. Owner only.
 type SetLifecycle struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Handle             uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -6629,13 +6741,14 @@ type SetLifecycle struct {
 	RefuseWhenSpent    *bool                  `protobuf:"varint,5,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3,oneof" json:"refuse_when_spent,omitempty"`
 	Trusted            *bool                  `protobuf:"varint,6,opt,name=trusted,proto3,oneof" json:"trusted,omitempty"`
 	DeletionAllowed    *bool                  `protobuf:"varint,7,opt,name=deletion_allowed,json=deletionAllowed,proto3,oneof" json:"deletion_allowed,omitempty"`
+	AllowedPrograms    *Programs              `protobuf:"bytes,8,opt,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6647,7 +6760,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6660,7 +6773,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -6712,6 +6825,13 @@ func (x *SetLifecycle) GetDeletionAllowed() bool {
 	return false
 }
 
+func (x *SetLifecycle) GetAllowedPrograms() *Programs {
+	if x != nil {
+		return x.AllowedPrograms
+	}
+	return nil
+}
+
 // Wrap returns the key behind target wrapped under the key behind handle.
 type Wrap struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -6726,7 +6846,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6738,7 +6858,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6751,7 +6871,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -6799,7 +6919,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6811,7 +6931,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6824,7 +6944,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -6876,7 +6996,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6888,7 +7008,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6901,7 +7021,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -6941,7 +7061,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6953,7 +7073,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6966,7 +7086,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -7007,7 +7127,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7019,7 +7139,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7032,7 +7152,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -7062,7 +7182,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7074,7 +7194,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7087,7 +7207,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -7111,7 +7231,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7123,7 +7243,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7136,7 +7256,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -7189,7 +7309,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7201,7 +7321,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7214,7 +7334,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{75}
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7278,7 +7398,7 @@ type RestoreReport struct {
 
 func (x *RestoreReport) Reset() {
 	*x = RestoreReport{}
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7290,7 +7410,7 @@ func (x *RestoreReport) String() string {
 func (*RestoreReport) ProtoMessage() {}
 
 func (x *RestoreReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7303,7 +7423,7 @@ func (x *RestoreReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
 func (*RestoreReport) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{76}
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RestoreReport) GetKeysBefore() uint64 {
@@ -7525,7 +7645,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\x89\x03\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xcb\x03\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -7537,7 +7657,14 @@ const file_keywarden_proto_rawDesc = "" +
 	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\x12\x1f\n" +
 	"\vwrapped_out\x18\b \x01(\bR\n" +
 	"wrappedOut\x12)\n" +
-	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\"\xa3\x01\n" +
+	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\x12@\n" +
+	"\x10allowed_programs\x18\n" +
+	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\"5\n" +
+	"\aProgram\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"=\n" +
+	"\bPrograms\x121\n" +
+	"\bprograms\x18\x01 \x03(\v2\x15.keywarden.v1.ProgramR\bprograms\"\xa3\x01\n" +
 	"\x0eKeyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
@@ -7892,7 +8019,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\fR\x06commit\" \n" +
 	"\x06Rotate\x12\x16\n" +
-	"\x06handle\x18\x01 \x01(\rR\x06handle\"\x96\x03\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xd9\x03\n" +
 	"\fSetLifecycle\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12$\n" +
 	"\vmin_version\x18\x02 \x01(\rH\x00R\n" +
@@ -7902,7 +8029,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x14rotate_after_seconds\x18\x04 \x01(\x03H\x02R\x12rotateAfterSeconds\x88\x01\x01\x12/\n" +
 	"\x11refuse_when_spent\x18\x05 \x01(\bH\x03R\x0frefuseWhenSpent\x88\x01\x01\x12\x1d\n" +
 	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01\x12.\n" +
-	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01B\x0e\n" +
+	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01\x12A\n" +
+	"\x10allowed_programs\x18\b \x01(\v2\x16.keywarden.v1.ProgramsR\x0fallowedProgramsB\x0e\n" +
 	"\f_min_versionB\r\n" +
 	"\v_trim_belowB\x17\n" +
 	"\x15_rotate_after_secondsB\x14\n" +
@@ -8065,7 +8193,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8085,197 +8213,202 @@ var file_keywarden_proto_goTypes = []any{
 	(*KeyTemplate)(nil),            // 15: keywarden.v1.KeyTemplate
 	(*KeyInfo)(nil),                // 16: keywarden.v1.KeyInfo
 	(*KeyLifecycle)(nil),           // 17: keywarden.v1.KeyLifecycle
-	(*KeyVersionInfo)(nil),         // 18: keywarden.v1.KeyVersionInfo
-	(*KeyResult)(nil),              // 19: keywarden.v1.KeyResult
-	(*ListResult)(nil),             // 20: keywarden.v1.ListResult
-	(*Limits)(nil),                 // 21: keywarden.v1.Limits
-	(*StatusResult)(nil),           // 22: keywarden.v1.StatusResult
-	(*AuditStatus)(nil),            // 23: keywarden.v1.AuditStatus
-	(*MemoryStatus)(nil),           // 24: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 25: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 26: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 27: keywarden.v1.Ping
-	(*Generate)(nil),               // 28: keywarden.v1.Generate
-	(*Import)(nil),                 // 29: keywarden.v1.Import
-	(*NameRef)(nil),                // 30: keywarden.v1.NameRef
-	(*Open)(nil),                   // 31: keywarden.v1.Open
-	(*Close)(nil),                  // 32: keywarden.v1.Close
-	(*List)(nil),                   // 33: keywarden.v1.List
-	(*Info)(nil),                   // 34: keywarden.v1.Info
-	(*Export)(nil),                 // 35: keywarden.v1.Export
-	(*PublicKey)(nil),              // 36: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 37: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 38: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 39: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 40: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 41: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 42: keywarden.v1.Sign
-	(*Verify)(nil),                 // 43: keywarden.v1.Verify
-	(*Mac)(nil),                    // 44: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 45: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 46: keywarden.v1.Hash
-	(*Derive)(nil),                 // 47: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 48: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 49: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 50: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 51: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 52: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 53: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 54: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 55: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 56: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 57: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 58: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 59: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 60: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 61: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 62: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 63: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 64: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 65: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 66: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 67: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 68: keywarden.v1.SealStatus
-	(*Share)(nil),                  // 69: keywarden.v1.Share
-	(*Init)(nil),                   // 70: keywarden.v1.Init
-	(*InitResult)(nil),             // 71: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 72: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 73: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 74: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 75: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 76: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 77: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 78: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 79: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 80: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 81: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 82: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 83: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 84: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 85: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 86: keywarden.v1.RestoreReport
+	(*Program)(nil),                // 18: keywarden.v1.Program
+	(*Programs)(nil),               // 19: keywarden.v1.Programs
+	(*KeyVersionInfo)(nil),         // 20: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 21: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 22: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 23: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 24: keywarden.v1.StatusResult
+	(*AuditStatus)(nil),            // 25: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 26: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 27: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 28: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 29: keywarden.v1.Ping
+	(*Generate)(nil),               // 30: keywarden.v1.Generate
+	(*Import)(nil),                 // 31: keywarden.v1.Import
+	(*NameRef)(nil),                // 32: keywarden.v1.NameRef
+	(*Open)(nil),                   // 33: keywarden.v1.Open
+	(*Close)(nil),                  // 34: keywarden.v1.Close
+	(*List)(nil),                   // 35: keywarden.v1.List
+	(*Info)(nil),                   // 36: keywarden.v1.Info
+	(*Export)(nil),                 // 37: keywarden.v1.Export
+	(*PublicKey)(nil),              // 38: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 39: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 40: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 41: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 42: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 43: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 44: keywarden.v1.Sign
+	(*Verify)(nil),                 // 45: keywarden.v1.Verify
+	(*Mac)(nil),                    // 46: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 47: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 48: keywarden.v1.Hash
+	(*Derive)(nil),                 // 49: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 50: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 51: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 52: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 53: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 54: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 55: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 56: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 57: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 58: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 59: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 60: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 61: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 62: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 63: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 64: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 65: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 66: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 67: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 68: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 69: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 70: keywarden.v1.SealStatus
+	(*Share)(nil),                  // 71: keywarden.v1.Share
+	(*Init)(nil),                   // 72: keywarden.v1.Init
+	(*InitResult)(nil),             // 73: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 74: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 75: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 76: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 77: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 78: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 79: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 80: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 81: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 82: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 83: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 84: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 85: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 86: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 87: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 88: keywarden.v1.RestoreReport
 }
 var file_keywarden_proto_depIdxs = []int32{
 	12,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
 	13,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	26,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	27,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	28,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	29,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	31,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	32,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	33,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	34,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	35,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	36,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	37,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	38,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	39,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	40,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	41,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	42,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	43,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	44,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	45,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	46,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	47,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	48,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	49,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	50,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	51,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	70,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	72,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	74,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	75,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	76,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	78,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	79,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	80,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	81,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	83,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	85,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	77,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	54,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	55,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	56,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	57,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	61,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	62,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	63,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	64,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	65,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	66,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	28,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	29,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	30,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	31,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	33,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	34,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	35,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	36,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	37,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	38,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	39,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	40,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	41,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	42,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	43,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	44,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	45,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	46,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	47,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	48,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	49,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	50,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	51,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	52,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	53,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	72,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	74,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	76,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	77,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	78,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	80,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	81,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	82,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	83,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	85,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	87,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	79,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	56,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	57,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	58,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	59,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	63,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	64,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	65,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	66,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	67,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	68,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
 	0,   // 50: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	19,  // 51: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	21,  // 51: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
 	16,  // 52: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	20,  // 53: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	22,  // 54: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	25,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	58,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	71,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	73,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	84,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	82,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	59,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	67,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	22,  // 53: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	24,  // 54: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	27,  // 55: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	60,  // 56: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	73,  // 57: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	75,  // 58: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	86,  // 59: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	84,  // 60: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	61,  // 61: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	69,  // 62: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
 	1,   // 63: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
 	14,  // 64: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
 	1,   // 65: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
 	2,   // 66: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
 	14,  // 67: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	53,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	55,  // 68: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
 	17,  // 69: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
 	8,   // 70: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	18,  // 71: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	16,  // 72: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	16,  // 73: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	21,  // 74: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	24,  // 75: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	68,  // 76: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	59,  // 77: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	23,  // 78: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	15,  // 79: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	15,  // 80: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 81: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	30,  // 82: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 83: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 84: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	14,  // 85: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 86: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 87: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 88: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 89: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 90: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 91: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 92: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,   // 93: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	15,  // 94: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 95: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 96: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 97: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	52,  // 98: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	52,  // 99: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	15,  // 100: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	52,  // 101: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	52,  // 102: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	52,  // 103: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	60,  // 104: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	52,  // 105: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	69,  // 106: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	69,  // 107: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	52,  // 108: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	9,   // 109: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 110: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 111: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	15,  // 112: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 113: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	86,  // 114: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	115, // [115:115] is the sub-list for method output_type
-	115, // [115:115] is the sub-list for method input_type
-	115, // [115:115] is the sub-list for extension type_name
-	115, // [115:115] is the sub-list for extension extendee
-	0,   // [0:115] is the sub-list for field type_name
+	20,  // 71: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	18,  // 72: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
+	18,  // 73: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
+	16,  // 74: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	16,  // 75: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	23,  // 76: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	26,  // 77: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	70,  // 78: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	61,  // 79: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	25,  // 80: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	15,  // 81: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	15,  // 82: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 83: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	32,  // 84: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 85: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 86: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	14,  // 87: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 88: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 89: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 90: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 91: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 92: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 93: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 94: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,   // 95: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	15,  // 96: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 97: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 98: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 99: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	54,  // 100: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	54,  // 101: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	15,  // 102: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	54,  // 103: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	54,  // 104: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	54,  // 105: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	62,  // 106: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	54,  // 107: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	71,  // 108: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	71,  // 109: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	54,  // 110: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	19,  // 111: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	9,   // 112: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 113: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 114: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	15,  // 115: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 116: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	88,  // 117: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	118, // [118:118] is the sub-list for method output_type
+	118, // [118:118] is the sub-list for method input_type
+	118, // [118:118] is the sub-list for extension type_name
+	118, // [118:118] is the sub-list for extension extendee
+	0,   // [0:118] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -8351,20 +8484,20 @@ func file_keywarden_proto_init() {
 		(*AclEntry_Uid)(nil),
 		(*AclEntry_Gid)(nil),
 	}
-	file_keywarden_proto_msgTypes[20].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[21].OneofWrappers = []any{
+	file_keywarden_proto_msgTypes[22].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[23].OneofWrappers = []any{
 		(*Open_Id)(nil),
 		(*Open_Name)(nil),
 	}
-	file_keywarden_proto_msgTypes[28].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[67].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[30].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[69].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   77,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
