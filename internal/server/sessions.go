@@ -127,7 +127,9 @@ func (cn *conn) step(sid uint32, ss *session, id Identity, fn func() error) erro
 	} else if ss.obj == nil {
 		err = fn()
 	} else if err = policy.Authorize(id.caller(), ss.obj.Policy(), policy.Use, ss.need).Err(); err == nil {
-		err = ss.obj.Use(func(*mech.Key) error { return fn() })
+		if err = cn.checkProgram(ss.obj, id); err == nil {
+			err = ss.obj.Use(func(*mech.Key) error { return fn() })
+		}
 	}
 	ss.mu.Unlock()
 	if err != nil && wire.StatusOf(err) != wire.Status_STATUS_VERIFICATION_FAILED {

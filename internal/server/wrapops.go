@@ -49,6 +49,14 @@ func (cn *conn) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	if err := policy.CheckWrap(id.caller(), wk.Policy(), tk.Policy()).Err(); err != nil {
 		return nil, err
 	}
+	// Both keys are used: the one that wraps, and the one whose material
+	// leaves the daemon.
+	if err := cn.checkProgram(wk, id); err != nil {
+		return nil, err
+	}
+	if err := cn.checkProgram(tk, id); err != nil {
+		return nil, err
+	}
 	format := w.Format
 	if format == wire.WrapFormat_WRAP_FORMAT_UNSPECIFIED {
 		format = wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
@@ -192,6 +200,9 @@ func (cn *conn) opUnwrap(u *wire.Unwrap, id Identity) (*wire.Result, error) {
 	}
 	// Refuse early, before any work, what no blob could make allowed.
 	if err := policy.CheckUnwrapKey(id.caller(), uk.Policy(), pf, policy.Template{Exportable: u.Template.Exportable}).Err(); err != nil {
+		return nil, err
+	}
+	if err := cn.checkProgram(uk, id); err != nil {
 		return nil, err
 	}
 	if err := cn.precheck(u.Template, id); err != nil {
