@@ -1,9 +1,14 @@
 package keywarden
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/wire"
@@ -34,6 +39,9 @@ type Lifecycle struct {
 	// persistent key of a daemon with a state directory, until set with
 	// SetLifecycle; on for ephemeral keys and in development mode.
 	DeletionAllowed bool
+	// AllowedPrograms are the executables that may use the key; none: any.
+	// See LifecycleChange.AllowedPrograms.
+	AllowedPrograms []Program
 	// Versions are the live versions, oldest first.
 	Versions []VersionInfo
 }
@@ -84,6 +92,13 @@ func lifecycleFromWire(w *wire.KeyLifecycle) Lifecycle {
 		RotateAfter: time.Duration(w.RotateAfterSeconds) * time.Second, RefuseWhenSpent: w.RefuseWhenSpent,
 		DeletionAllowed: w.DeletionAllowed,
 	}
+	for _, p := range w.AllowedPrograms {
+		var h []byte
+		if len(p.Sha256) > 0 {
+			h = bytes.Clone(p.Sha256)
+		}
+		l.AllowedPrograms = append(l.AllowedPrograms, Program{Path: p.Path, SHA256: h})
+	}
 	for _, v := range w.Versions {
 		l.Versions = append(l.Versions, VersionInfo{Version: v.Version, Created: time.Unix(0, v.CreatedUnixNano),
 			Encryptions: v.Encryptions, EncryptionLimit: v.EncryptionLimit})
@@ -118,12 +133,59 @@ type LifecycleChange struct {
 	// DeletionAllowed lets Destroy delete the key (true), or stops it
 	// (false). See Lifecycle.
 	DeletionAllowed *bool
+	// AllowedPrograms, when not nil, replaces the executables that may use
+	// the key: every operation that uses it, exports it, wraps it or
+	// derives from it must then come from a process running one of them
+	// (the daemon reads the sender's /proc/PID/exe through the request's
+	// pidfd, and refuses when the kernel gives none). A key derived from it
+	// inherits the list, and a copy of its material that any program may
+	// use is refused. An empty, non-nil list lifts the restriction. What it
+	// stops and what it does not: docs/security.md.
+	AllowedPrograms *[]Program
+}
+
+// Program is an executable allowed to use a key: the absolute path the
+// kernel gives for a process's executable (symbolic links resolved), and
+// optionally the SHA-256 of its file (nil: whatever file is at Path).
+// Written PATH or PATH@sha256:HEX.
+type Program struct {
+	Path   string
+	SHA256 []byte
+}
+
+const programHashSep = "@sha256:"
+
+func (p Program) String() string {
+	if p.SHA256 == nil {
+		return p.Path
+	}
+	return p.Path + programHashSep + hex.EncodeToString(p.SHA256)
+}
+
+// ParseProgram parses PATH or PATH@sha256:HEX. The daemon checks the path
+// (absolute and clean).
+func ParseProgram(s string) (Program, error) {
+	i := strings.LastIndex(s, programHashSep)
+	if i < 0 {
+		return Program{Path: s}, nil
+	}
+	h, err := hex.DecodeString(s[i+len(programHashSep):])
+	if err != nil || len(h) != sha256.Size {
+		return Program{}, fmt.Errorf("program %q: the hash after %q must be %d hex digits", s, programHashSep, 2*sha256.Size)
+	}
+	return Program{Path: s[:i], SHA256: h}, nil
 }
 
 // SetLifecycle changes the key's version and rotation settings. Owner only.
 func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, error) {
 	sl := &wire.SetLifecycle{Handle: k.handle, MinVersion: ch.MinVersion, TrimBelow: ch.TrimBelow,
 		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted, DeletionAllowed: ch.DeletionAllowed}
+	if ch.AllowedPrograms != nil {
+		sl.AllowedPrograms = &wire.Programs{}
+		for _, p := range *ch.AllowedPrograms {
+			sl.AllowedPrograms.Programs = append(sl.AllowedPrograms.Programs, &wire.Program{Path: p.Path, Sha256: p.SHA256})
+		}
+	}
 	if ch.RotateAfter != nil {
 		s := int64(*ch.RotateAfter / time.Second)
 		sl.RotateAfterSeconds = &s

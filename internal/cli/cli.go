@@ -64,7 +64,7 @@ func init() {
 		{"key info", "N [--json]", "describe a key", runKeyInfo},
 		{"key list", "[--json]", "list the keys you own or are granted", runKeyList},
 		{"key destroy", "N", "destroy a key", runKeyDestroy},
-		{"key set", "N [--usage U,...] [--exportable=false] [--wrappable=false]", "narrow a key's attributes", runKeySet},
+		{"key set", "N [--usage U,...] [--exportable=false] [--wrappable=false] [--deletion-allowed[=false]] [--allow-exe PATH[,PATH]]", "narrow a key's attributes; allow deletion; restrict it to programs", runKeySet},
 		{"key share", "N (--uid U | --gid G) [--usage U,...]", "grant a user or group some of a key's usages", runKeyShare},
 		{"key unshare", "N (--uid U | --gid G)", "revoke a grant", runKeyUnshare},
 		{"key rotate", "N", "add a new version of a key", runKeyRotate},

@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -401,11 +404,13 @@ func (o *optBool) IsBoolFlag() bool { return true }
 func runKeySet(e *env, args []string) error {
 	var usage string
 	var exp, wrap, del optBool
+	var exes programsFlag
 	f, k, done, err := openOne(e, "key set", args, func(f *flags) {
 		f.StringVar(&usage, "usage", "", "the new, narrower `usages`")
 		f.Var(&exp, "exportable", "set exportable (only false is allowed once it is off)")
 		f.Var(&wrap, "wrappable", "set wrappable (only false is allowed once it is off)")
 		f.Var(&del, "deletion-allowed", "allow \"key destroy\" to delete the key (=false: protect it again)")
+		f.Var(&exes, "allow-exe", "let only these programs use the key: `PATH[,PATH]`, each PATH or PATH@sha256:HEX\n(PATH@sha256: the file's hash now); repeatable; \"\" lets any program use it again")
 	})
 	if err != nil {
 		return err
@@ -420,8 +425,17 @@ func runKeySet(e *env, args []string) error {
 		a.Usage = &u
 	}
 	a.Exportable, a.Wrappable = exp.v, wrap.v
-	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil && del.v == nil {
-		return usagef("nothing to change: give --usage, --exportable, --wrappable or --deletion-allowed")
+	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil && del.v == nil && !exes.set {
+		return usagef("nothing to change: give --usage, --exportable, --wrappable, --deletion-allowed or --allow-exe")
+	}
+	var lc keywarden.LifecycleChange
+	lc.DeletionAllowed = del.v
+	if exes.set {
+		ps, err := exes.programs()
+		if err != nil {
+			return usagef("--allow-exe: %v", err)
+		}
+		lc.AllowedPrograms = &ps
 	}
 	ctx := f.context
 	info := k.Info()
@@ -430,8 +444,8 @@ func runKeySet(e *env, args []string) error {
 			return err
 		}
 	}
-	if del.v != nil {
-		if info, err = k.SetLifecycle(ctx, keywarden.LifecycleChange{DeletionAllowed: del.v}); err != nil {
+	if lc.DeletionAllowed != nil || lc.AllowedPrograms != nil {
+		if info, err = k.SetLifecycle(ctx, lc); err != nil {
 			return err
 		}
 	}
@@ -514,4 +528,67 @@ func runKeyUnshare(e *env, args []string) error {
 		return err
 	}
 	return printKey(e, f.json, info)
+}
+
+// programsFlag collects --allow-exe: comma-separated programs, the flag
+// repeatable; given empty, it lifts the restriction.
+type programsFlag struct {
+	set     bool
+	entries []string
+}
+
+func (p *programsFlag) String() string {
+	if p == nil {
+		return ""
+	}
+	return strings.Join(p.entries, ",")
+}
+
+func (p *programsFlag) Set(s string) error {
+	p.set = true
+	for e := range strings.SplitSeq(s, ",") {
+		if e != "" {
+			p.entries = append(p.entries, e)
+		}
+	}
+	return nil
+}
+
+// programs resolves the entries as the kernel names executables: an
+// absolute path with symbolic links resolved (/proc/PID/exe shows the file
+// run, not the link). PATH@sha256 takes the hash of the file now.
+func (p *programsFlag) programs() ([]keywarden.Program, error) {
+	ps := []keywarden.Program{}
+	for _, e := range p.entries {
+		path, hashNow := strings.CutSuffix(e, "@sha256")
+		var prog keywarden.Program
+		if hashNow {
+			prog.Path = path
+		} else {
+			var err error
+			if prog, err = keywarden.ParseProgram(e); err != nil {
+				return nil, err
+			}
+		}
+		abs, err := filepath.Abs(prog.Path)
+		if err != nil {
+			return nil, err
+		}
+		if r, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = r
+		} else if hashNow {
+			return nil, err
+		}
+		prog.Path = abs
+		if hashNow {
+			b, err := os.ReadFile(abs)
+			if err != nil {
+				return nil, err
+			}
+			sum := sha256.Sum256(b)
+			prog.SHA256 = sum[:]
+		}
+		ps = append(ps, prog)
+	}
+	return ps, nil
 }

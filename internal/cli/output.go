@@ -51,6 +51,7 @@ type lifecycleJSON struct {
 	RotateAfterSeconds int64         `json:"rotate_after_seconds"`
 	RefuseWhenSpent    bool          `json:"refuse_when_spent"`
 	DeletionAllowed    bool          `json:"deletion_allowed"`
+	AllowedPrograms    []string      `json:"allowed_programs"`
 	Versions           []versionJSON `json:"versions"`
 }
 
@@ -91,7 +92,10 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 	if l := i.Lifecycle; len(l.Versions) > 0 {
 		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted, WrappedOut: l.WrappedOut,
 			MinVersion: l.MinVersion, RotateAfterSeconds: int64(l.RotateAfter / time.Second), RefuseWhenSpent: l.RefuseWhenSpent,
-			DeletionAllowed: l.DeletionAllowed, Versions: []versionJSON{}}
+			DeletionAllowed: l.DeletionAllowed, AllowedPrograms: []string{}, Versions: []versionJSON{}}
+		for _, p := range l.AllowedPrograms {
+			lj.AllowedPrograms = append(lj.AllowedPrograms, p.String())
+		}
 		for _, v := range l.Versions {
 			lj.Versions = append(lj.Versions, versionJSON{v.Version, v.Created.UTC().Format(time.RFC3339Nano), v.Encryptions, v.EncryptionLimit})
 		}
@@ -181,6 +185,13 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 			fmt.Fprintf(w, "deletion:\tallowed\n")
 		} else {
 			fmt.Fprintf(w, "deletion:\tnot allowed (key set --deletion-allowed first)\n")
+		}
+		if len(l.AllowedPrograms) > 0 {
+			ps := make([]string, len(l.AllowedPrograms))
+			for i, p := range l.AllowedPrograms {
+				ps[i] = p.String()
+			}
+			fmt.Fprintf(w, "programs:\t%s only\n", strings.Join(ps, ", "))
 		}
 		if l.RotateAfter > 0 || l.RefuseWhenSpent {
 			rot := "rotate after " + l.RotateAfter.String()

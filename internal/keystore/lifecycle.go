@@ -153,7 +153,7 @@ func (s *Store) rotateLocked(o *Object, auto bool) (*Version, error) {
 	o.setVersions(next)
 	s.mu.Lock()
 	if !o.removed.Load() {
-		s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin)))
+		s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin), len(o.Meta().Programs) > 0))
 	}
 	s.mu.Unlock()
 	if auto {
@@ -174,6 +174,9 @@ type Lifecycle struct {
 	Trusted     *bool
 	// DeletionAllowed lets Destroy delete the key, or stops it.
 	DeletionAllowed *bool
+	// Programs, when not nil, replaces the executables that may use the
+	// key (empty: any).
+	Programs *[]key.Program
 }
 
 // SetLifecycle applies c to o.
@@ -225,6 +228,24 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 	if c.DeletionAllowed != nil {
 		m.DeletionAllowed = *c.DeletionAllowed
 	}
+	restrict := false
+	if c.Programs != nil {
+		if err := policy.CheckPrograms(*c.Programs).Err(); err != nil {
+			return err
+		}
+		restrict = len(*c.Programs) > 0 && len(m.Programs) == 0
+		m.Programs = slices.Clone(*c.Programs)
+		if len(m.Programs) == 0 {
+			m.Programs = nil
+		}
+	}
+	if restrict {
+		// Marked restricted in the index before the record is written, so
+		// that no copy made meanwhile escapes; unmarked if it fails.
+		if err := s.restrictMaterial(o); err != nil {
+			return err
+		}
+	}
 	if !o.Ephemeral {
 		keep := map[uint32]bool{}
 		for _, v := range next {
@@ -236,14 +257,27 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 		err := s.update(o, func(r *persist.KeyRecord) error {
 			r.MinVersion, r.Trusted, r.BudgetPolicy, r.DeletionAllowed = m.MinVersion, m.Trusted, m.Budget, m.DeletionAllowed
 			r.RotateAfterSeconds = int64(m.RotateAfter / time.Second)
+			r.AllowedPrograms = programsToRecord(m.Programs)
 			r.Versions = slices.DeleteFunc(r.Versions, func(v *persist.KeyVersion) bool { return !keep[v.Version] })
 			return nil
 		}, plain)
 		if err != nil {
+			if restrict {
+				s.mu.Lock()
+				if !o.removed.Load() {
+					s.mats.addObject(o)
+				}
+				s.mu.Unlock()
+			}
 			return err
 		}
 	}
+	s.mu.Lock()
 	o.meta.Store(&m)
+	if c.Programs != nil && !o.removed.Load() {
+		s.mats.addObject(o) // the copy rule sees whether it is restricted
+	}
+	s.mu.Unlock()
 	if len(next) != len(vs) {
 		s.mu.Lock()
 		s.mats.removeObject(o, slices.DeleteFunc(slices.Clone(vs), func(v *Version) bool { return slices.Contains(next, v) }))
@@ -350,3 +384,38 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 // Uncount gives back n encryptions counted by Encrypting that did not
 // happen (the operation failed before encrypting).
 func (s *Store) Uncount(v *Version, n uint64) { v.used.Add(-n) }
+
+// restrictMaterial marks o restricted to some programs in the index of
+// materials, unless another key of its owner holds its material and any
+// program may use that one: restricting o would then restrict nothing
+// (the copy rule keeps copies made from now on restricted, not those made
+// before). Public keys hide nothing and do not count; nor do other
+// owners' keys, which their owners could use anyway and which this
+// owner's restriction is not about (a refusal would tell of them).
+func (s *Store) restrictMaterial(o *Object) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o.removed.Load() {
+		return errDestroyed
+	}
+	var held []holder
+	for _, v := range o.Versions() {
+		if v.hasFP {
+			held = s.mats.holders(held, v.fp)
+		}
+	}
+	for _, h := range held {
+		if h.id != o.ID && h.owner == o.Owner && h.flags&holderRestricted == 0 && key.Class(h.class) != key.Public {
+			return wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
+				"key %s holds the same key bytes and any program may use it: destroy it first, or this restriction would restrict nothing",
+				h.id.String())
+		}
+	}
+	h := holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin), true)
+	for _, v := range o.Versions() {
+		if v.hasFP {
+			s.mats.add(v.fp, h)
+		}
+	}
+	return nil
+}

@@ -37,10 +37,19 @@ type holder struct {
 const (
 	holderExportable = 1 << iota
 	holderWrappable
+	// holderRestricted: only some programs may use the key. The index
+	// keeps no list: the copy rule asks only whether there is one.
+	holderRestricted
 )
 
-func holderOf(id key.ID, owner uint32, s *key.Spec, c key.Class, a *key.Attrs, origin key.Origin) holder {
+// someProgram stands for a holder's list of programs in the copy rule.
+var someProgram = []key.Program{{}}
+
+func holderOf(id key.ID, owner uint32, s *key.Spec, c key.Class, a *key.Attrs, origin key.Origin, restricted bool) holder {
 	h := holder{id: id, owner: owner, typ: uint8(s.Type), class: uint8(c), usage: uint8(a.Usage), origin: uint8(origin)}
+	if restricted {
+		h.flags |= holderRestricted
+	}
 	if a.Exportable {
 		h.flags |= holderExportable
 	}
@@ -52,13 +61,17 @@ func holderOf(id key.ID, owner uint32, s *key.Spec, c key.Class, a *key.Attrs, o
 
 // policyKey describes the holder as the copy rule sees it.
 func (h holder) policyKey() policy.Key {
-	return policy.Key{
+	k := policy.Key{
 		Owner: h.owner,
 		Spec:  key.Lookup(key.Type(h.typ)),
 		Class: key.Class(h.class),
 		Attrs: &key.Attrs{Usage: key.Usage(h.usage), Exportable: h.flags&holderExportable != 0, Wrappable: h.flags&holderWrappable != 0},
 		Prov:  policy.Provenance{Origin: key.Origin(h.origin)},
 	}
+	if h.flags&holderRestricted != 0 {
+		k.Programs = someProgram
+	}
+	return k
 }
 
 // materials maps fingerprints to their holders. Almost all material has
@@ -159,7 +172,7 @@ func (m *materials) checkCopy(o *Object, fps []fingerprint) policy.Decision {
 // addObject records o as a holder of its versions' material, with its
 // current attributes (again, after they change).
 func (m *materials) addObject(o *Object) {
-	h := holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin))
+	h := holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin), len(o.Meta().Programs) > 0)
 	for _, v := range o.Versions() {
 		if v.hasFP {
 			m.add(v.fp, h)

@@ -1,8 +1,10 @@
 package keystore
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,6 +77,9 @@ type Meta struct {
 	// DeletionAllowed: Destroy may delete the key (the server decides
 	// for which keys that matters).
 	DeletionAllowed bool
+	// Programs are the executables that may use the key; none: any
+	// (policy.CheckProgram).
+	Programs []key.Program
 }
 
 // Version is one version of a key's material.
@@ -191,7 +196,7 @@ func (o *Object) Policy() policy.Key {
 	m := o.Meta()
 	return policy.Key{Owner: o.Owner, Spec: o.Spec, Class: o.Class, Attrs: o.attrs.Load(), Prov: policy.Provenance{
 		Origin: key.Origin(m.Origin), NeverExportable: m.NeverExportable, Trusted: m.Trusted, WrappedOut: m.WrappedOut,
-	}}
+	}, Programs: m.Programs}
 }
 
 // ReplaceAttrs installs next if the attributes are still old, and reports
@@ -338,6 +343,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		RotateAfterSeconds: int64(m.RotateAfter / time.Second),
 		RefuseWhenSpent:    m.Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
 		DeletionAllowed:    m.DeletionAllowed,
+		AllowedPrograms:    ProgramsToWire(m.Programs),
 	}
 	for _, v := range vs {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{
@@ -359,4 +365,47 @@ func ACLToWire(e key.ACLEntry) *wire.AclEntry {
 		w.Principal = &wire.AclEntry_Uid{Uid: e.ID}
 	}
 	return w
+}
+
+// ProgramsToWire converts a list of programs to its wire form.
+func ProgramsToWire(ps []key.Program) []*wire.Program {
+	var w []*wire.Program
+	for _, p := range ps {
+		w = append(w, &wire.Program{Path: p.Path, Sha256: p.SHA256})
+	}
+	return w
+}
+
+// ProgramsFromWire converts a list of programs from its wire form, not
+// checked (policy.CheckPrograms). An empty hash is none.
+func ProgramsFromWire(w []*wire.Program) []key.Program {
+	var ps []key.Program
+	for _, p := range w {
+		var h []byte
+		if len(p.Sha256) > 0 {
+			h = bytes.Clone(p.Sha256)
+		}
+		ps = append(ps, key.Program{Path: strings.Clone(p.Path), SHA256: h})
+	}
+	return ps
+}
+
+func programsToRecord(ps []key.Program) []*persist.Program {
+	var r []*persist.Program
+	for _, p := range ps {
+		r = append(r, &persist.Program{Path: p.Path, Sha256: p.SHA256})
+	}
+	return r
+}
+
+func programsFromRecord(r []*persist.Program) []key.Program {
+	var ps []key.Program
+	for _, p := range r {
+		var h []byte
+		if len(p.Sha256) > 0 {
+			h = bytes.Clone(p.Sha256)
+		}
+		ps = append(ps, key.Program{Path: p.Path, SHA256: h})
+	}
+	return ps
 }

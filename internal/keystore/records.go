@@ -47,6 +47,7 @@ func record(o *Object) *persist.KeyRecord {
 		NextVersion:        m.NextVersion,
 		WrappedOut:         m.WrappedOut,
 		DeletionAllowed:    m.DeletionAllowed,
+		AllowedPrograms:    programsToRecord(m.Programs),
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -432,6 +433,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: prov.WrappedOut,
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
 		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second, DeletionAllowed: r.DeletionAllowed,
+		Programs: programsFromRecord(r.AllowedPrograms),
 	})
 	if len(r.Kdf) > 0 {
 		o.KDF = &wire.PassphraseKdf{}
@@ -673,6 +675,7 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 			WrappedOut: p.WrappedOut, MinVersion: r.MinVersion, RotateAfterSeconds: r.RotateAfterSeconds,
 			RefuseWhenSpent: r.BudgetPolicy == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
 			DeletionAllowed: r.DeletionAllowed,
+			AllowedPrograms: ProgramsToWire(programsFromRecord(r.AllowedPrograms)),
 		},
 	}
 	for _, e := range a.ACL {

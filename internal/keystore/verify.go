@@ -281,7 +281,7 @@ func (c *checker) addMaterials(k *seal.Keys, p *verifyScan, r *persist.KeyRecord
 	var id key.ID
 	copy(id[:], r.Id)
 	a, p2, _ := recordAttrs(r)
-	h := holderOf(id, r.Owner, spec, class, a, p2.Origin)
+	h := holderOf(id, r.Owner, spec, class, a, p2.Origin, len(r.AllowedPrograms) > 0)
 	var computed map[int]fingerprint
 	for i, v := range r.Versions {
 		if len(v.Fingerprint) != seal.FingerprintSize {

@@ -179,6 +179,9 @@ type KeyRecord struct {
 	// The key may be destroyed. Absent (false) in records written before
 	// the field: such keys, as new ones, are destroyed only once it is set.
 	DeletionAllowed bool `protobuf:"varint,23,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
+	// The executables that may use the key; none: any. Absent in records
+	// written before the field.
+	AllowedPrograms []*Program `protobuf:"bytes,24,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -374,6 +377,67 @@ func (x *KeyRecord) GetDeletionAllowed() bool {
 	return false
 }
 
+func (x *KeyRecord) GetAllowedPrograms() []*Program {
+	if x != nil {
+		return x.AllowedPrograms
+	}
+	return nil
+}
+
+// Program is an executable allowed to use a key: the path the kernel
+// gives for it, and optionally the SHA-256 of its file.
+type Program struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Program) Reset() {
+	*x = Program{}
+	mi := &file_persist_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Program) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Program) ProtoMessage() {}
+
+func (x *Program) ProtoReflect() protoreflect.Message {
+	mi := &file_persist_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Program.ProtoReflect.Descriptor instead.
+func (*Program) Descriptor() ([]byte, []int) {
+	return file_persist_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Program) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Program) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
 type AclEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         bool                   `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -385,7 +449,7 @@ type AclEntry struct {
 
 func (x *AclEntry) Reset() {
 	*x = AclEntry{}
-	mi := &file_persist_proto_msgTypes[1]
+	mi := &file_persist_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +461,7 @@ func (x *AclEntry) String() string {
 func (*AclEntry) ProtoMessage() {}
 
 func (x *AclEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[1]
+	mi := &file_persist_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +474,7 @@ func (x *AclEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AclEntry.ProtoReflect.Descriptor instead.
 func (*AclEntry) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{1}
+	return file_persist_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AclEntry) GetGroup() bool {
@@ -472,7 +536,7 @@ type KeyVersion struct {
 
 func (x *KeyVersion) Reset() {
 	*x = KeyVersion{}
-	mi := &file_persist_proto_msgTypes[2]
+	mi := &file_persist_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +548,7 @@ func (x *KeyVersion) String() string {
 func (*KeyVersion) ProtoMessage() {}
 
 func (x *KeyVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[2]
+	mi := &file_persist_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +561,7 @@ func (x *KeyVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyVersion.ProtoReflect.Descriptor instead.
 func (*KeyVersion) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{2}
+	return file_persist_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *KeyVersion) GetVersion() uint32 {
@@ -593,7 +657,7 @@ type StoreHeader struct {
 
 func (x *StoreHeader) Reset() {
 	*x = StoreHeader{}
-	mi := &file_persist_proto_msgTypes[3]
+	mi := &file_persist_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +669,7 @@ func (x *StoreHeader) String() string {
 func (*StoreHeader) ProtoMessage() {}
 
 func (x *StoreHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[3]
+	mi := &file_persist_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +682,7 @@ func (x *StoreHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreHeader.ProtoReflect.Descriptor instead.
 func (*StoreHeader) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{3}
+	return file_persist_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StoreHeader) GetFormat() uint32 {
@@ -712,7 +776,7 @@ type MasterRecord struct {
 
 func (x *MasterRecord) Reset() {
 	*x = MasterRecord{}
-	mi := &file_persist_proto_msgTypes[4]
+	mi := &file_persist_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +788,7 @@ func (x *MasterRecord) String() string {
 func (*MasterRecord) ProtoMessage() {}
 
 func (x *MasterRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[4]
+	mi := &file_persist_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +801,7 @@ func (x *MasterRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRecord.ProtoReflect.Descriptor instead.
 func (*MasterRecord) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{4}
+	return file_persist_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MasterRecord) GetFormat() uint32 {
@@ -818,7 +882,7 @@ type PassphraseSlot struct {
 
 func (x *PassphraseSlot) Reset() {
 	*x = PassphraseSlot{}
-	mi := &file_persist_proto_msgTypes[5]
+	mi := &file_persist_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +894,7 @@ func (x *PassphraseSlot) String() string {
 func (*PassphraseSlot) ProtoMessage() {}
 
 func (x *PassphraseSlot) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[5]
+	mi := &file_persist_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +907,7 @@ func (x *PassphraseSlot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseSlot.ProtoReflect.Descriptor instead.
 func (*PassphraseSlot) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{5}
+	return file_persist_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PassphraseSlot) GetTime() uint32 {
@@ -896,7 +960,7 @@ type ShareSet struct {
 
 func (x *ShareSet) Reset() {
 	*x = ShareSet{}
-	mi := &file_persist_proto_msgTypes[6]
+	mi := &file_persist_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +972,7 @@ func (x *ShareSet) String() string {
 func (*ShareSet) ProtoMessage() {}
 
 func (x *ShareSet) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[6]
+	mi := &file_persist_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +985,7 @@ func (x *ShareSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShareSet.ProtoReflect.Descriptor instead.
 func (*ShareSet) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{6}
+	return file_persist_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ShareSet) GetSplitId() []byte {
@@ -972,7 +1036,7 @@ type Rotation struct {
 
 func (x *Rotation) Reset() {
 	*x = Rotation{}
-	mi := &file_persist_proto_msgTypes[7]
+	mi := &file_persist_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1048,7 @@ func (x *Rotation) String() string {
 func (*Rotation) ProtoMessage() {}
 
 func (x *Rotation) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[7]
+	mi := &file_persist_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1061,7 @@ func (x *Rotation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotation.ProtoReflect.Descriptor instead.
 func (*Rotation) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{7}
+	return file_persist_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Rotation) GetPreviousGeneration() uint64 {
@@ -1067,7 +1131,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_persist_proto_msgTypes[8]
+	mi := &file_persist_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1143,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_persist_proto_msgTypes[8]
+	mi := &file_persist_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1156,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_persist_proto_rawDescGZIP(), []int{8}
+	return file_persist_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Keyring) GetIndexKey() []byte {
@@ -1120,7 +1184,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xa1\x06\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xeb\x06\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1149,7 +1213,11 @@ const file_persist_proto_rawDesc = "" +
 	"\vwrapped_out\x18\x15 \x01(\bR\n" +
 	"wrappedOut\x12\x16\n" +
 	"\x06format\x18\x16 \x01(\rR\x06format\x12)\n" +
-	"\x10deletion_allowed\x18\x17 \x01(\bR\x0fdeletionAllowed\"F\n" +
+	"\x10deletion_allowed\x18\x17 \x01(\bR\x0fdeletionAllowed\x12H\n" +
+	"\x10allowed_programs\x18\x18 \x03(\v2\x1d.keywarden.persist.v1.ProgramR\x0fallowedPrograms\"5\n" +
+	"\aProgram\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"F\n" +
 	"\bAclEntry\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\bR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x14\n" +
@@ -1237,33 +1305,35 @@ func file_persist_proto_rawDescGZIP() []byte {
 }
 
 var file_persist_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_persist_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_persist_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_persist_proto_goTypes = []any{
 	(Origin)(0),            // 0: keywarden.persist.v1.Origin
 	(BudgetPolicy)(0),      // 1: keywarden.persist.v1.BudgetPolicy
 	(*KeyRecord)(nil),      // 2: keywarden.persist.v1.KeyRecord
-	(*AclEntry)(nil),       // 3: keywarden.persist.v1.AclEntry
-	(*KeyVersion)(nil),     // 4: keywarden.persist.v1.KeyVersion
-	(*StoreHeader)(nil),    // 5: keywarden.persist.v1.StoreHeader
-	(*MasterRecord)(nil),   // 6: keywarden.persist.v1.MasterRecord
-	(*PassphraseSlot)(nil), // 7: keywarden.persist.v1.PassphraseSlot
-	(*ShareSet)(nil),       // 8: keywarden.persist.v1.ShareSet
-	(*Rotation)(nil),       // 9: keywarden.persist.v1.Rotation
-	(*Keyring)(nil),        // 10: keywarden.persist.v1.Keyring
+	(*Program)(nil),        // 3: keywarden.persist.v1.Program
+	(*AclEntry)(nil),       // 4: keywarden.persist.v1.AclEntry
+	(*KeyVersion)(nil),     // 5: keywarden.persist.v1.KeyVersion
+	(*StoreHeader)(nil),    // 6: keywarden.persist.v1.StoreHeader
+	(*MasterRecord)(nil),   // 7: keywarden.persist.v1.MasterRecord
+	(*PassphraseSlot)(nil), // 8: keywarden.persist.v1.PassphraseSlot
+	(*ShareSet)(nil),       // 9: keywarden.persist.v1.ShareSet
+	(*Rotation)(nil),       // 10: keywarden.persist.v1.Rotation
+	(*Keyring)(nil),        // 11: keywarden.persist.v1.Keyring
 }
 var file_persist_proto_depIdxs = []int32{
-	3, // 0: keywarden.persist.v1.KeyRecord.acl:type_name -> keywarden.persist.v1.AclEntry
-	0, // 1: keywarden.persist.v1.KeyRecord.origin:type_name -> keywarden.persist.v1.Origin
-	4, // 2: keywarden.persist.v1.KeyRecord.versions:type_name -> keywarden.persist.v1.KeyVersion
-	1, // 3: keywarden.persist.v1.KeyRecord.budget_policy:type_name -> keywarden.persist.v1.BudgetPolicy
-	7, // 4: keywarden.persist.v1.MasterRecord.passphrase:type_name -> keywarden.persist.v1.PassphraseSlot
-	8, // 5: keywarden.persist.v1.MasterRecord.shares:type_name -> keywarden.persist.v1.ShareSet
-	9, // 6: keywarden.persist.v1.MasterRecord.rotation:type_name -> keywarden.persist.v1.Rotation
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	4,  // 0: keywarden.persist.v1.KeyRecord.acl:type_name -> keywarden.persist.v1.AclEntry
+	0,  // 1: keywarden.persist.v1.KeyRecord.origin:type_name -> keywarden.persist.v1.Origin
+	5,  // 2: keywarden.persist.v1.KeyRecord.versions:type_name -> keywarden.persist.v1.KeyVersion
+	1,  // 3: keywarden.persist.v1.KeyRecord.budget_policy:type_name -> keywarden.persist.v1.BudgetPolicy
+	3,  // 4: keywarden.persist.v1.KeyRecord.allowed_programs:type_name -> keywarden.persist.v1.Program
+	8,  // 5: keywarden.persist.v1.MasterRecord.passphrase:type_name -> keywarden.persist.v1.PassphraseSlot
+	9,  // 6: keywarden.persist.v1.MasterRecord.shares:type_name -> keywarden.persist.v1.ShareSet
+	10, // 7: keywarden.persist.v1.MasterRecord.rotation:type_name -> keywarden.persist.v1.Rotation
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_persist_proto_init() }
@@ -1277,7 +1347,7 @@ func file_persist_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_persist_proto_rawDesc), len(file_persist_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -19,7 +19,9 @@ import (
 //   - n is a narrowing of one of the holders that constrain it: of the
 //     same type, of the same class (or the public half of a private
 //     holder), with no usage that holder lacks, exportable or wrappable
-//     only if that holder is. A key made by unwrapping is constrained by
+//     only if that holder is, and restricted to some programs if that
+//     holder is (Key.Programs: otherwise a program the holder refuses
+//     could use the copy). A key made by unwrapping is constrained by
 //     every holder, whoever owns it: its bytes came from a blob, which
 //     may be another user's key. Any other copy (derived, or of bytes the
 //     caller supplied) is constrained by its own owner's holders only:
@@ -108,6 +110,10 @@ func narrows(n, h Key) Decision {
 		return deny(wire.Status_STATUS_POLICY_VIOLATION,
 			"these key bytes are already held by a key that is not wrappable: a copy cannot be",
 			"wrappable copy of non-wrappable material")
+	case h.Restricted() && !n.Restricted():
+		return deny(wire.Status_STATUS_POLICY_VIOLATION,
+			"these key bytes are already held by a key that only some programs may use: a copy that any program may use is refused",
+			"copy without a program restriction of material held by a restricted key")
 	}
 	return allow
 }

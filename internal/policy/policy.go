@@ -20,6 +20,9 @@ type Key struct {
 	Class key.Class
 	Attrs *key.Attrs
 	Prov  Provenance
+	// Programs are the executables that may use the key (CheckProgram);
+	// none: any.
+	Programs []key.Program
 }
 
 // Provenance is where a key object's material came from and where it has

@@ -126,6 +126,8 @@ func (ss *Session) object(h uint32) (*keystore.Object, error) {
 }
 
 // authorized returns the object behind h if id may perform act on it.
+// Using or exporting a key is also refused to a program the key does not
+// allow (checkProgram).
 func (ss *Session) authorized(h uint32, id Identity, act policy.Action, need key.Usage) (*keystore.Object, error) {
 	o, err := ss.object(h)
 	if err != nil {
@@ -133,6 +135,11 @@ func (ss *Session) authorized(h uint32, id Identity, act policy.Action, need key
 	}
 	if err := policy.Authorize(id.caller(), o.Policy(), act, need).Err(); err != nil {
 		return nil, err
+	}
+	if act == policy.Use || act == policy.Export {
+		if err := ss.checkProgram(o, id); err != nil {
+			return nil, err
+		}
 	}
 	return o, nil
 }

@@ -478,7 +478,21 @@ func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	return ss.create(dv.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_DERIVED)
+	// The child inherits the programs that may use its parent: made by
+	// one of them, it would otherwise let any program use what only they
+	// may make.
+	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
+	o, err := keystore.NewObject(strings.Clone(dv.Template.Name), id.UID, mat, attrs, dv.Template.Ephemeral, ss.s.cfg.Now(), persist.Origin_ORIGIN_DERIVED)
+	if err != nil {
+		mat.Destroy()
+		return nil, err
+	}
+	if ps := parent.Meta().Programs; len(ps) > 0 {
+		m := *o.Meta()
+		m.Programs = ps
+		keystore.SetMeta(o, &m)
+	}
+	return ss.createObject(o, dv.Template, id)
 }
 
 // policyKey describes a key for package policy from its description.

@@ -127,7 +127,9 @@ func (ss *Session) step(sid uint32, sess *session, id Identity, fn func() error)
 	} else if sess.obj == nil {
 		err = fn()
 	} else if err = policy.Authorize(id.caller(), sess.obj.Policy(), policy.Use, sess.need).Err(); err == nil {
-		err = sess.obj.Use(func(*mech.Key) error { return fn() })
+		if err = ss.checkProgram(sess.obj, id); err == nil {
+			err = sess.obj.Use(func(*mech.Key) error { return fn() })
+		}
 	}
 	sess.mu.Unlock()
 	if err != nil && wire.StatusOf(err) != wire.Status_STATUS_VERIFICATION_FAILED {

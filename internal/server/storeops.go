@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden/internal/kdf"
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/policy"
 	"github.com/keywarden/keywarden/internal/random"
@@ -349,7 +350,7 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 	var o *keystore.Object
 	var err error
 	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
-		sl.DeletionAllowed == nil && ss.s.roles.Admin(id.UID) {
+		sl.DeletionAllowed == nil && sl.AllowedPrograms == nil && ss.s.roles.Admin(id.UID) {
 		// Trust is the administrators' to give, whoever owns the key.
 		o, err = ss.object(sl.Handle)
 	} else {
@@ -364,6 +365,12 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 		d := time.Duration(*sl.RotateAfterSeconds) * time.Second
 		c.RotateAfter = &d
 	}
+	var before []key.Program
+	if sl.AllowedPrograms != nil {
+		ps := keystore.ProgramsFromWire(sl.AllowedPrograms.Programs)
+		c.Programs = &ps
+		before = o.Meta().Programs
+	}
 	if sl.Trusted != nil {
 		if err := ss.s.roles.CheckAdmin(id.caller()).Err(); err != nil {
 			return nil, err
@@ -374,6 +381,10 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 	}
 	if sl.DeletionAllowed != nil {
 		ss.log.Info("key deletion allowed changed", "key", o.ID.String(), "deletion_allowed", *sl.DeletionAllowed, "uid", id.UID, "pid", id.PID)
+	}
+	if sl.AllowedPrograms != nil {
+		ss.log.Info("key's allowed programs changed", "key", o.ID.String(), "before", programsText(before),
+			"after", programsText(o.Meta().Programs), "uid", id.UID, "pid", id.PID)
 	}
 	if sl.Trusted != nil {
 		ss.log.Info("wrapping-key trust changed", "key", o.ID.String(), "trusted", *sl.Trusted, "uid", id.UID, "pid", id.PID)

@@ -49,6 +49,14 @@ func (ss *Session) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	if err := policy.CheckWrap(id.caller(), wk.Policy(), tk.Policy()).Err(); err != nil {
 		return nil, err
 	}
+	// Both keys are used: the one that wraps, and the one whose material
+	// leaves the daemon.
+	if err := ss.checkProgram(wk, id); err != nil {
+		return nil, err
+	}
+	if err := ss.checkProgram(tk, id); err != nil {
+		return nil, err
+	}
 	format := w.Format
 	if format == wire.WrapFormat_WRAP_FORMAT_UNSPECIFIED {
 		format = wire.WrapFormat_WRAP_FORMAT_KEYWARDEN
@@ -233,6 +241,9 @@ func (ss *Session) unwrapFormat(u *wire.Unwrap, uk *keystore.Object, id Identity
 	}
 	_, pf := boundFormat(format)
 	if err := policy.CheckUnwrapKey(id.caller(), uk.Policy(), pf, policy.Template{Exportable: u.Template.Exportable}).Err(); err != nil {
+		return 0, err
+	}
+	if err := ss.checkProgram(uk, id); err != nil {
 		return 0, err
 	}
 	if err := ss.precheck(u.Template, id); err != nil {

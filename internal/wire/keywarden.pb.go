@@ -2403,6 +2403,9 @@ type KeyLifecycle struct {
 	// with a state directory (set it with SetLifecycle); on for ephemeral
 	// keys and the keys of a development-mode daemon.
 	DeletionAllowed bool `protobuf:"varint,9,opt,name=deletion_allowed,json=deletionAllowed,proto3" json:"deletion_allowed,omitempty"`
+	// The executables that may use the key (every operation that uses or
+	// exports it, wraps it or derives from it); none: any. See SetLifecycle.
+	AllowedPrograms []*Program `protobuf:"bytes,10,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -2500,6 +2503,112 @@ func (x *KeyLifecycle) GetDeletionAllowed() bool {
 	return false
 }
 
+func (x *KeyLifecycle) GetAllowedPrograms() []*Program {
+	if x != nil {
+		return x.AllowedPrograms
+	}
+	return nil
+}
+
+// Program is an executable: the path the kernel gives for a process's
+// executable (/proc/PID/exe), and optionally the SHA-256 of the file
+// (32 bytes; empty: whatever file is at the path).
+type Program struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Program) Reset() {
+	*x = Program{}
+	mi := &file_keywarden_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Program) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Program) ProtoMessage() {}
+
+func (x *Program) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Program.ProtoReflect.Descriptor instead.
+func (*Program) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Program) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Program) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+type Programs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Programs      []*Program             `protobuf:"bytes,1,rep,name=programs,proto3" json:"programs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Programs) Reset() {
+	*x = Programs{}
+	mi := &file_keywarden_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Programs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Programs) ProtoMessage() {}
+
+func (x *Programs) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Programs.ProtoReflect.Descriptor instead.
+func (*Programs) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Programs) GetPrograms() []*Program {
+	if x != nil {
+		return x.Programs
+	}
+	return nil
+}
+
 type KeyVersionInfo struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -2514,7 +2623,7 @@ type KeyVersionInfo struct {
 
 func (x *KeyVersionInfo) Reset() {
 	*x = KeyVersionInfo{}
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2635,7 @@ func (x *KeyVersionInfo) String() string {
 func (*KeyVersionInfo) ProtoMessage() {}
 
 func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[8]
+	mi := &file_keywarden_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2648,7 @@ func (x *KeyVersionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyVersionInfo.ProtoReflect.Descriptor instead.
 func (*KeyVersionInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{8}
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KeyVersionInfo) GetVersion() uint32 {
@@ -2581,7 +2690,7 @@ type KeyResult struct {
 
 func (x *KeyResult) Reset() {
 	*x = KeyResult{}
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +2702,7 @@ func (x *KeyResult) String() string {
 func (*KeyResult) ProtoMessage() {}
 
 func (x *KeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[9]
+	mi := &file_keywarden_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +2715,7 @@ func (x *KeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyResult.ProtoReflect.Descriptor instead.
 func (*KeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{9}
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KeyResult) GetHandle() uint32 {
@@ -2634,7 +2743,7 @@ type ListResult struct {
 
 func (x *ListResult) Reset() {
 	*x = ListResult{}
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2755,7 @@ func (x *ListResult) String() string {
 func (*ListResult) ProtoMessage() {}
 
 func (x *ListResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[10]
+	mi := &file_keywarden_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2768,7 @@ func (x *ListResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResult.ProtoReflect.Descriptor instead.
 func (*ListResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{10}
+	return file_keywarden_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListResult) GetKeys() []*KeyInfo {
@@ -2712,7 +2821,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2833,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[11]
+	mi := &file_keywarden_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2846,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{11}
+	return file_keywarden_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Limits) GetMaxMessageBytes() uint32 {
@@ -2916,7 +3025,7 @@ type StatusResult struct {
 
 func (x *StatusResult) Reset() {
 	*x = StatusResult{}
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2928,7 +3037,7 @@ func (x *StatusResult) String() string {
 func (*StatusResult) ProtoMessage() {}
 
 func (x *StatusResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[12]
+	mi := &file_keywarden_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2941,7 +3050,7 @@ func (x *StatusResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResult.ProtoReflect.Descriptor instead.
 func (*StatusResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{12}
+	return file_keywarden_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResult) GetProtocolVersion() uint32 {
@@ -3083,7 +3192,7 @@ type AuditStatus struct {
 
 func (x *AuditStatus) Reset() {
 	*x = AuditStatus{}
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3095,7 +3204,7 @@ func (x *AuditStatus) String() string {
 func (*AuditStatus) ProtoMessage() {}
 
 func (x *AuditStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[13]
+	mi := &file_keywarden_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3108,7 +3217,7 @@ func (x *AuditStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditStatus.ProtoReflect.Descriptor instead.
 func (*AuditStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{13}
+	return file_keywarden_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuditStatus) GetPath() string {
@@ -3246,7 +3355,7 @@ type MemoryStatus struct {
 
 func (x *MemoryStatus) Reset() {
 	*x = MemoryStatus{}
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3258,7 +3367,7 @@ func (x *MemoryStatus) String() string {
 func (*MemoryStatus) ProtoMessage() {}
 
 func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[14]
+	mi := &file_keywarden_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3271,7 +3380,7 @@ func (x *MemoryStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryStatus.ProtoReflect.Descriptor instead.
 func (*MemoryStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{14}
+	return file_keywarden_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemoryStatus) GetBacking() string {
@@ -3346,7 +3455,7 @@ type SessionResult struct {
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3467,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[15]
+	mi := &file_keywarden_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3480,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{15}
+	return file_keywarden_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionResult) GetSession() uint32 {
@@ -3390,7 +3499,7 @@ type StatusOp struct {
 
 func (x *StatusOp) Reset() {
 	*x = StatusOp{}
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3402,7 +3511,7 @@ func (x *StatusOp) String() string {
 func (*StatusOp) ProtoMessage() {}
 
 func (x *StatusOp) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[16]
+	mi := &file_keywarden_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3415,7 +3524,7 @@ func (x *StatusOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusOp.ProtoReflect.Descriptor instead.
 func (*StatusOp) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{16}
+	return file_keywarden_proto_rawDescGZIP(), []int{18}
 }
 
 // Ping echoes its payload. It exists to measure the transport.
@@ -3428,7 +3537,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3440,7 +3549,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[17]
+	mi := &file_keywarden_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3453,7 +3562,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{17}
+	return file_keywarden_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ping) GetPayload() []byte {
@@ -3472,7 +3581,7 @@ type Generate struct {
 
 func (x *Generate) Reset() {
 	*x = Generate{}
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +3593,7 @@ func (x *Generate) String() string {
 func (*Generate) ProtoMessage() {}
 
 func (x *Generate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[18]
+	mi := &file_keywarden_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +3606,7 @@ func (x *Generate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Generate.ProtoReflect.Descriptor instead.
 func (*Generate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{18}
+	return file_keywarden_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Generate) GetTemplate() *KeyTemplate {
@@ -3518,7 +3627,7 @@ type Import struct {
 
 func (x *Import) Reset() {
 	*x = Import{}
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3530,7 +3639,7 @@ func (x *Import) String() string {
 func (*Import) ProtoMessage() {}
 
 func (x *Import) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[19]
+	mi := &file_keywarden_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3543,7 +3652,7 @@ func (x *Import) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Import.ProtoReflect.Descriptor instead.
 func (*Import) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{19}
+	return file_keywarden_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Import) GetTemplate() *KeyTemplate {
@@ -3578,7 +3687,7 @@ type NameRef struct {
 
 func (x *NameRef) Reset() {
 	*x = NameRef{}
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3699,7 @@ func (x *NameRef) String() string {
 func (*NameRef) ProtoMessage() {}
 
 func (x *NameRef) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[20]
+	mi := &file_keywarden_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3712,7 @@ func (x *NameRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NameRef.ProtoReflect.Descriptor instead.
 func (*NameRef) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{20}
+	return file_keywarden_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NameRef) GetName() string {
@@ -3633,7 +3742,7 @@ type Open struct {
 
 func (x *Open) Reset() {
 	*x = Open{}
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3645,7 +3754,7 @@ func (x *Open) String() string {
 func (*Open) ProtoMessage() {}
 
 func (x *Open) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[21]
+	mi := &file_keywarden_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3658,7 +3767,7 @@ func (x *Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Open.ProtoReflect.Descriptor instead.
 func (*Open) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{21}
+	return file_keywarden_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Open) GetKey() isOpen_Key {
@@ -3711,7 +3820,7 @@ type Close struct {
 
 func (x *Close) Reset() {
 	*x = Close{}
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3723,7 +3832,7 @@ func (x *Close) String() string {
 func (*Close) ProtoMessage() {}
 
 func (x *Close) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[22]
+	mi := &file_keywarden_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3736,7 +3845,7 @@ func (x *Close) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Close.ProtoReflect.Descriptor instead.
 func (*Close) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{22}
+	return file_keywarden_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Close) GetHandle() uint32 {
@@ -3759,7 +3868,7 @@ type List struct {
 
 func (x *List) Reset() {
 	*x = List{}
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3771,7 +3880,7 @@ func (x *List) String() string {
 func (*List) ProtoMessage() {}
 
 func (x *List) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[23]
+	mi := &file_keywarden_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3784,7 +3893,7 @@ func (x *List) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use List.ProtoReflect.Descriptor instead.
 func (*List) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{23}
+	return file_keywarden_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *List) GetAfter() []byte {
@@ -3810,7 +3919,7 @@ type Info struct {
 
 func (x *Info) Reset() {
 	*x = Info{}
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3822,7 +3931,7 @@ func (x *Info) String() string {
 func (*Info) ProtoMessage() {}
 
 func (x *Info) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[24]
+	mi := &file_keywarden_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3835,7 +3944,7 @@ func (x *Info) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Info.ProtoReflect.Descriptor instead.
 func (*Info) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{24}
+	return file_keywarden_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Info) GetHandle() uint32 {
@@ -3855,7 +3964,7 @@ type Export struct {
 
 func (x *Export) Reset() {
 	*x = Export{}
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3867,7 +3976,7 @@ func (x *Export) String() string {
 func (*Export) ProtoMessage() {}
 
 func (x *Export) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[25]
+	mi := &file_keywarden_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3880,7 +3989,7 @@ func (x *Export) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Export.ProtoReflect.Descriptor instead.
 func (*Export) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{25}
+	return file_keywarden_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Export) GetHandle() uint32 {
@@ -3907,7 +4016,7 @@ type PublicKey struct {
 
 func (x *PublicKey) Reset() {
 	*x = PublicKey{}
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3919,7 +4028,7 @@ func (x *PublicKey) String() string {
 func (*PublicKey) ProtoMessage() {}
 
 func (x *PublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[26]
+	mi := &file_keywarden_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3932,7 +4041,7 @@ func (x *PublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublicKey.ProtoReflect.Descriptor instead.
 func (*PublicKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{26}
+	return file_keywarden_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PublicKey) GetHandle() uint32 {
@@ -3961,7 +4070,7 @@ type Destroy struct {
 
 func (x *Destroy) Reset() {
 	*x = Destroy{}
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3973,7 +4082,7 @@ func (x *Destroy) String() string {
 func (*Destroy) ProtoMessage() {}
 
 func (x *Destroy) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[27]
+	mi := &file_keywarden_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3986,7 +4095,7 @@ func (x *Destroy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Destroy.ProtoReflect.Descriptor instead.
 func (*Destroy) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{27}
+	return file_keywarden_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Destroy) GetHandle() uint32 {
@@ -4011,7 +4120,7 @@ type SetAttributes struct {
 
 func (x *SetAttributes) Reset() {
 	*x = SetAttributes{}
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4023,7 +4132,7 @@ func (x *SetAttributes) String() string {
 func (*SetAttributes) ProtoMessage() {}
 
 func (x *SetAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[28]
+	mi := &file_keywarden_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4036,7 +4145,7 @@ func (x *SetAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAttributes.ProtoReflect.Descriptor instead.
 func (*SetAttributes) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{28}
+	return file_keywarden_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SetAttributes) GetHandle() uint32 {
@@ -4078,7 +4187,7 @@ type SetACL struct {
 
 func (x *SetACL) Reset() {
 	*x = SetACL{}
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4090,7 +4199,7 @@ func (x *SetACL) String() string {
 func (*SetACL) ProtoMessage() {}
 
 func (x *SetACL) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[29]
+	mi := &file_keywarden_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4103,7 +4212,7 @@ func (x *SetACL) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetACL.ProtoReflect.Descriptor instead.
 func (*SetACL) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{29}
+	return file_keywarden_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SetACL) GetHandle() uint32 {
@@ -4134,7 +4243,7 @@ type Encrypt struct {
 
 func (x *Encrypt) Reset() {
 	*x = Encrypt{}
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4146,7 +4255,7 @@ func (x *Encrypt) String() string {
 func (*Encrypt) ProtoMessage() {}
 
 func (x *Encrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[30]
+	mi := &file_keywarden_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4159,7 +4268,7 @@ func (x *Encrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Encrypt.ProtoReflect.Descriptor instead.
 func (*Encrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{30}
+	return file_keywarden_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Encrypt) GetHandle() uint32 {
@@ -4202,7 +4311,7 @@ type Decrypt struct {
 
 func (x *Decrypt) Reset() {
 	*x = Decrypt{}
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4214,7 +4323,7 @@ func (x *Decrypt) String() string {
 func (*Decrypt) ProtoMessage() {}
 
 func (x *Decrypt) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[31]
+	mi := &file_keywarden_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4227,7 +4336,7 @@ func (x *Decrypt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decrypt.ProtoReflect.Descriptor instead.
 func (*Decrypt) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{31}
+	return file_keywarden_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Decrypt) GetHandle() uint32 {
@@ -4276,7 +4385,7 @@ type Sign struct {
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4288,7 +4397,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[32]
+	mi := &file_keywarden_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4301,7 +4410,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{32}
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -4355,7 +4464,7 @@ type Verify struct {
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4367,7 +4476,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[33]
+	mi := &file_keywarden_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4380,7 +4489,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{33}
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -4442,7 +4551,7 @@ type Mac struct {
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4454,7 +4563,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4467,7 +4576,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -4497,7 +4606,7 @@ type MacVerify struct {
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4509,7 +4618,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4522,7 +4631,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -4563,7 +4672,7 @@ type Hash struct {
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4575,7 +4684,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4588,7 +4697,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -4629,7 +4738,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4641,7 +4750,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4654,7 +4763,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -4714,7 +4823,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4726,7 +4835,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4739,7 +4848,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{38}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -4780,7 +4889,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4792,7 +4901,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4805,7 +4914,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -4833,7 +4942,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4845,7 +4954,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4858,7 +4967,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -4884,7 +4993,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4896,7 +5005,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4909,7 +5018,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -4937,7 +5046,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4949,7 +5058,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4962,7 +5071,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -5002,7 +5111,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5014,7 +5123,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5027,7 +5136,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -5076,7 +5185,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5088,7 +5197,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5101,7 +5210,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -5150,7 +5259,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5162,7 +5271,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5175,7 +5284,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -5218,7 +5327,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5230,7 +5339,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5243,7 +5352,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{46}
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -5282,7 +5391,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5294,7 +5403,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5307,7 +5416,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{47}
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -5371,7 +5480,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5383,7 +5492,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5396,7 +5505,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{48}
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -5468,7 +5577,7 @@ type GenerationInfo struct {
 
 func (x *GenerationInfo) Reset() {
 	*x = GenerationInfo{}
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5480,7 +5589,7 @@ func (x *GenerationInfo) String() string {
 func (*GenerationInfo) ProtoMessage() {}
 
 func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5493,7 +5602,7 @@ func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
 func (*GenerationInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{49}
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GenerationInfo) GetGeneration() uint64 {
@@ -5569,7 +5678,7 @@ type GenerationSource struct {
 
 func (x *GenerationSource) Reset() {
 	*x = GenerationSource{}
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5581,7 +5690,7 @@ func (x *GenerationSource) String() string {
 func (*GenerationSource) ProtoMessage() {}
 
 func (x *GenerationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5594,7 +5703,7 @@ func (x *GenerationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
 func (*GenerationSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{50}
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GenerationSource) GetName() string {
@@ -5641,7 +5750,7 @@ type GenerationGet struct {
 
 func (x *GenerationGet) Reset() {
 	*x = GenerationGet{}
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5653,7 +5762,7 @@ func (x *GenerationGet) String() string {
 func (*GenerationGet) ProtoMessage() {}
 
 func (x *GenerationGet) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5666,7 +5775,7 @@ func (x *GenerationGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
 func (*GenerationGet) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{51}
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
 }
 
 // GenerationWatch answers when the generation exceeds after, or when
@@ -5687,7 +5796,7 @@ type GenerationWatch struct {
 
 func (x *GenerationWatch) Reset() {
 	*x = GenerationWatch{}
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5699,7 +5808,7 @@ func (x *GenerationWatch) String() string {
 func (*GenerationWatch) ProtoMessage() {}
 
 func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5712,7 +5821,7 @@ func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
 func (*GenerationWatch) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{52}
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GenerationWatch) GetAfter() uint64 {
@@ -5749,7 +5858,7 @@ type GenerationAck struct {
 
 func (x *GenerationAck) Reset() {
 	*x = GenerationAck{}
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5761,7 +5870,7 @@ func (x *GenerationAck) String() string {
 func (*GenerationAck) ProtoMessage() {}
 
 func (x *GenerationAck) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5774,7 +5883,7 @@ func (x *GenerationAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
 func (*GenerationAck) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{53}
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GenerationAck) GetGeneration() uint64 {
@@ -5811,7 +5920,7 @@ type GenerationWaitWatchers struct {
 
 func (x *GenerationWaitWatchers) Reset() {
 	*x = GenerationWaitWatchers{}
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5823,7 +5932,7 @@ func (x *GenerationWaitWatchers) String() string {
 func (*GenerationWaitWatchers) ProtoMessage() {}
 
 func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5836,7 +5945,7 @@ func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
 func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{54}
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
@@ -5863,7 +5972,7 @@ type GenerationBump struct {
 
 func (x *GenerationBump) Reset() {
 	*x = GenerationBump{}
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5875,7 +5984,7 @@ func (x *GenerationBump) String() string {
 func (*GenerationBump) ProtoMessage() {}
 
 func (x *GenerationBump) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5888,7 +5997,7 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{55}
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GenerationBump) GetEntropy() []byte {
@@ -5916,7 +6025,7 @@ type GenerationMap struct {
 
 func (x *GenerationMap) Reset() {
 	*x = GenerationMap{}
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5928,7 +6037,7 @@ func (x *GenerationMap) String() string {
 func (*GenerationMap) ProtoMessage() {}
 
 func (x *GenerationMap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5941,7 +6050,7 @@ func (x *GenerationMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
 func (*GenerationMap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{56}
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
 }
 
 type GenerationMapInfo struct {
@@ -5957,7 +6066,7 @@ type GenerationMapInfo struct {
 
 func (x *GenerationMapInfo) Reset() {
 	*x = GenerationMapInfo{}
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5969,7 +6078,7 @@ func (x *GenerationMapInfo) String() string {
 func (*GenerationMapInfo) ProtoMessage() {}
 
 func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5982,7 +6091,7 @@ func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
 func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{57}
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GenerationMapInfo) GetSize() uint32 {
@@ -6040,7 +6149,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6052,7 +6161,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6065,7 +6174,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{58}
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -6179,7 +6288,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6191,7 +6300,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6204,7 +6313,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{59}
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -6256,7 +6365,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6268,7 +6377,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6281,7 +6390,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{60}
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -6339,7 +6448,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6351,7 +6460,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6364,7 +6473,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -6410,7 +6519,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6422,7 +6531,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6435,7 +6544,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6470,7 +6579,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6482,7 +6591,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6495,7 +6604,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -6528,7 +6637,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6540,7 +6649,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6553,7 +6662,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -6572,7 +6681,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6584,7 +6693,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6597,7 +6706,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -6646,7 +6755,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6658,7 +6767,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6671,7 +6780,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -6686,6 +6795,9 @@ func (x *Rotate) GetHandle() uint32 {
 // trim_below deletes versions below it (at most up to min_version).
 // trusted makes a key a trusted wrapping key: administrators only.
 // deletion_allowed lets Destroy delete a persistent key (see Destroy).
+// allowed_programs, when present, replaces the list of executables that
+// may use the key (empty: any); a program not on it is refused with
+// STATUS_PERMISSION_DENIED. Owner only.
 type SetLifecycle struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
 	Handle             uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -6695,13 +6807,14 @@ type SetLifecycle struct {
 	RefuseWhenSpent    *bool                  `protobuf:"varint,5,opt,name=refuse_when_spent,json=refuseWhenSpent,proto3,oneof" json:"refuse_when_spent,omitempty"`
 	Trusted            *bool                  `protobuf:"varint,6,opt,name=trusted,proto3,oneof" json:"trusted,omitempty"`
 	DeletionAllowed    *bool                  `protobuf:"varint,7,opt,name=deletion_allowed,json=deletionAllowed,proto3,oneof" json:"deletion_allowed,omitempty"`
+	AllowedPrograms    *Programs              `protobuf:"bytes,8,opt,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6713,7 +6826,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6726,7 +6839,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -6778,6 +6891,13 @@ func (x *SetLifecycle) GetDeletionAllowed() bool {
 	return false
 }
 
+func (x *SetLifecycle) GetAllowedPrograms() *Programs {
+	if x != nil {
+		return x.AllowedPrograms
+	}
+	return nil
+}
+
 // Wrap returns the key behind target wrapped under the key behind handle.
 type Wrap struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -6792,7 +6912,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6804,7 +6924,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6817,7 +6937,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -6865,7 +6985,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6877,7 +6997,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6890,7 +7010,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -6942,7 +7062,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6954,7 +7074,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6967,7 +7087,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -7007,7 +7127,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7019,7 +7139,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7032,7 +7152,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -7073,7 +7193,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7085,7 +7205,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7098,7 +7218,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -7128,7 +7248,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7140,7 +7260,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7153,7 +7273,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -7177,7 +7297,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7189,7 +7309,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7202,7 +7322,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -7255,7 +7375,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7267,7 +7387,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7280,7 +7400,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{75}
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7344,7 +7464,7 @@ type RestoreReport struct {
 
 func (x *RestoreReport) Reset() {
 	*x = RestoreReport{}
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7356,7 +7476,7 @@ func (x *RestoreReport) String() string {
 func (*RestoreReport) ProtoMessage() {}
 
 func (x *RestoreReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7369,7 +7489,7 @@ func (x *RestoreReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
 func (*RestoreReport) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{76}
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RestoreReport) GetKeysBefore() uint64 {
@@ -7475,7 +7595,7 @@ type SshCertOption struct {
 
 func (x *SshCertOption) Reset() {
 	*x = SshCertOption{}
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7487,7 +7607,7 @@ func (x *SshCertOption) String() string {
 func (*SshCertOption) ProtoMessage() {}
 
 func (x *SshCertOption) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7500,7 +7620,7 @@ func (x *SshCertOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertOption.ProtoReflect.Descriptor instead.
 func (*SshCertOption) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{77}
+	return file_keywarden_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *SshCertOption) GetName() string {
@@ -7554,7 +7674,7 @@ type SshCertify struct {
 
 func (x *SshCertify) Reset() {
 	*x = SshCertify{}
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7566,7 +7686,7 @@ func (x *SshCertify) String() string {
 func (*SshCertify) ProtoMessage() {}
 
 func (x *SshCertify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7579,7 +7699,7 @@ func (x *SshCertify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertify.ProtoReflect.Descriptor instead.
 func (*SshCertify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{78}
+	return file_keywarden_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SshCertify) GetHandle() uint32 {
@@ -7782,7 +7902,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\x89\x03\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xcb\x03\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -7794,7 +7914,14 @@ const file_keywarden_proto_rawDesc = "" +
 	"\bversions\x18\a \x03(\v2\x1c.keywarden.v1.KeyVersionInfoR\bversions\x12\x1f\n" +
 	"\vwrapped_out\x18\b \x01(\bR\n" +
 	"wrappedOut\x12)\n" +
-	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\"\xa3\x01\n" +
+	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\x12@\n" +
+	"\x10allowed_programs\x18\n" +
+	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\"5\n" +
+	"\aProgram\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"=\n" +
+	"\bPrograms\x121\n" +
+	"\bprograms\x18\x01 \x03(\v2\x15.keywarden.v1.ProgramR\bprograms\"\xa3\x01\n" +
 	"\x0eKeyVersionInfo\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12 \n" +
@@ -8149,7 +8276,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\fR\x06commit\" \n" +
 	"\x06Rotate\x12\x16\n" +
-	"\x06handle\x18\x01 \x01(\rR\x06handle\"\x96\x03\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xd9\x03\n" +
 	"\fSetLifecycle\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12$\n" +
 	"\vmin_version\x18\x02 \x01(\rH\x00R\n" +
@@ -8159,7 +8286,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x14rotate_after_seconds\x18\x04 \x01(\x03H\x02R\x12rotateAfterSeconds\x88\x01\x01\x12/\n" +
 	"\x11refuse_when_spent\x18\x05 \x01(\bH\x03R\x0frefuseWhenSpent\x88\x01\x01\x12\x1d\n" +
 	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01\x12.\n" +
-	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01B\x0e\n" +
+	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01\x12A\n" +
+	"\x10allowed_programs\x18\b \x01(\v2\x16.keywarden.v1.ProgramsR\x0fallowedProgramsB\x0e\n" +
 	"\f_min_versionB\r\n" +
 	"\v_trim_belowB\x17\n" +
 	"\x15_rotate_after_secondsB\x14\n" +
@@ -8349,7 +8477,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8370,203 +8498,208 @@ var file_keywarden_proto_goTypes = []any{
 	(*KeyTemplate)(nil),            // 16: keywarden.v1.KeyTemplate
 	(*KeyInfo)(nil),                // 17: keywarden.v1.KeyInfo
 	(*KeyLifecycle)(nil),           // 18: keywarden.v1.KeyLifecycle
-	(*KeyVersionInfo)(nil),         // 19: keywarden.v1.KeyVersionInfo
-	(*KeyResult)(nil),              // 20: keywarden.v1.KeyResult
-	(*ListResult)(nil),             // 21: keywarden.v1.ListResult
-	(*Limits)(nil),                 // 22: keywarden.v1.Limits
-	(*StatusResult)(nil),           // 23: keywarden.v1.StatusResult
-	(*AuditStatus)(nil),            // 24: keywarden.v1.AuditStatus
-	(*MemoryStatus)(nil),           // 25: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 26: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 27: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 28: keywarden.v1.Ping
-	(*Generate)(nil),               // 29: keywarden.v1.Generate
-	(*Import)(nil),                 // 30: keywarden.v1.Import
-	(*NameRef)(nil),                // 31: keywarden.v1.NameRef
-	(*Open)(nil),                   // 32: keywarden.v1.Open
-	(*Close)(nil),                  // 33: keywarden.v1.Close
-	(*List)(nil),                   // 34: keywarden.v1.List
-	(*Info)(nil),                   // 35: keywarden.v1.Info
-	(*Export)(nil),                 // 36: keywarden.v1.Export
-	(*PublicKey)(nil),              // 37: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 38: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 39: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 40: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 41: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 42: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 43: keywarden.v1.Sign
-	(*Verify)(nil),                 // 44: keywarden.v1.Verify
-	(*Mac)(nil),                    // 45: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 46: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 47: keywarden.v1.Hash
-	(*Derive)(nil),                 // 48: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 49: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 50: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 51: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 52: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 53: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 54: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 55: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 56: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 57: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 58: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 59: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 60: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 61: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 62: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 63: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 64: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 65: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 66: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 67: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 68: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 69: keywarden.v1.SealStatus
-	(*Share)(nil),                  // 70: keywarden.v1.Share
-	(*Init)(nil),                   // 71: keywarden.v1.Init
-	(*InitResult)(nil),             // 72: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 73: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 74: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 75: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 76: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 77: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 78: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 79: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 80: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 81: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 82: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 83: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 84: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 85: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 86: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 87: keywarden.v1.RestoreReport
-	(*SshCertOption)(nil),          // 88: keywarden.v1.SshCertOption
-	(*SshCertify)(nil),             // 89: keywarden.v1.SshCertify
+	(*Program)(nil),                // 19: keywarden.v1.Program
+	(*Programs)(nil),               // 20: keywarden.v1.Programs
+	(*KeyVersionInfo)(nil),         // 21: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 22: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 23: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 24: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 25: keywarden.v1.StatusResult
+	(*AuditStatus)(nil),            // 26: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 27: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 28: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 29: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 30: keywarden.v1.Ping
+	(*Generate)(nil),               // 31: keywarden.v1.Generate
+	(*Import)(nil),                 // 32: keywarden.v1.Import
+	(*NameRef)(nil),                // 33: keywarden.v1.NameRef
+	(*Open)(nil),                   // 34: keywarden.v1.Open
+	(*Close)(nil),                  // 35: keywarden.v1.Close
+	(*List)(nil),                   // 36: keywarden.v1.List
+	(*Info)(nil),                   // 37: keywarden.v1.Info
+	(*Export)(nil),                 // 38: keywarden.v1.Export
+	(*PublicKey)(nil),              // 39: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 40: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 41: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 42: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 43: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 44: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 45: keywarden.v1.Sign
+	(*Verify)(nil),                 // 46: keywarden.v1.Verify
+	(*Mac)(nil),                    // 47: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 48: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 49: keywarden.v1.Hash
+	(*Derive)(nil),                 // 50: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 51: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 52: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 53: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 54: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 55: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 56: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 57: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 58: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 59: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 60: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 61: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 62: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 63: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 64: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 65: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 66: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 67: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 68: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 69: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 70: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 71: keywarden.v1.SealStatus
+	(*Share)(nil),                  // 72: keywarden.v1.Share
+	(*Init)(nil),                   // 73: keywarden.v1.Init
+	(*InitResult)(nil),             // 74: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 75: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 76: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 77: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 78: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 79: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 80: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 81: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 82: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 83: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 84: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 85: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 86: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 87: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 88: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 89: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 90: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 91: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
 	13,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
 	14,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	27,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	28,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	29,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	30,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	32,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	33,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	34,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	35,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	36,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	37,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	38,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	39,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	40,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	41,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	42,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	43,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	44,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	45,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	46,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	47,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	48,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	49,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	50,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	51,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	52,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	71,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	73,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	75,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	76,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	77,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	79,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	80,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	81,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	82,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	84,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	86,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	78,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	55,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	56,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	57,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	58,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	62,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	63,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	64,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	65,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	66,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	67,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	89,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	29,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	30,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	31,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	32,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	34,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	35,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	36,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	37,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	38,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	39,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	40,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	41,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	42,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	43,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	44,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	45,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	46,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	47,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	48,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	49,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	50,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	51,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	52,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	53,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	54,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	73,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	75,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	77,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	78,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	79,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	81,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	82,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	83,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	84,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	86,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	88,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	80,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	57,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	58,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	59,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	60,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	64,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	65,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	66,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	67,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	68,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	69,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	91,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
 	0,   // 51: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	20,  // 52: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	22,  // 52: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
 	17,  // 53: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	21,  // 54: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	23,  // 55: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	26,  // 56: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	59,  // 57: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	72,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	74,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	85,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	83,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	60,  // 62: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	68,  // 63: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	23,  // 54: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	25,  // 55: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	28,  // 56: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	61,  // 57: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	74,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	76,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	87,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	85,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	62,  // 62: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	70,  // 63: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
 	1,   // 64: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
 	15,  // 65: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
 	1,   // 66: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
 	2,   // 67: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
 	15,  // 68: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	54,  // 69: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	56,  // 69: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
 	18,  // 70: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
 	8,   // 71: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	19,  // 72: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	17,  // 73: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	17,  // 74: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	22,  // 75: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	25,  // 76: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	69,  // 77: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	60,  // 78: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	24,  // 79: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	16,  // 80: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	16,  // 81: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 82: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	31,  // 83: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 84: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 85: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	15,  // 86: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 87: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 88: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 89: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 90: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 91: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 92: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 93: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,   // 94: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	16,  // 95: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 96: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 97: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 98: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	53,  // 99: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	53,  // 100: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	16,  // 101: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	53,  // 102: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	53,  // 103: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	53,  // 104: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	61,  // 105: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	53,  // 106: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	70,  // 107: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	70,  // 108: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	53,  // 109: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	9,   // 110: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 111: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 112: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	16,  // 113: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 114: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	87,  // 115: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	10,  // 116: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
-	88,  // 117: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
-	88,  // 118: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
-	119, // [119:119] is the sub-list for method output_type
-	119, // [119:119] is the sub-list for method input_type
-	119, // [119:119] is the sub-list for extension type_name
-	119, // [119:119] is the sub-list for extension extendee
-	0,   // [0:119] is the sub-list for field type_name
+	21,  // 72: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	19,  // 73: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
+	19,  // 74: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
+	17,  // 75: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	17,  // 76: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	24,  // 77: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	27,  // 78: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	71,  // 79: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	62,  // 80: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	26,  // 81: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	16,  // 82: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	16,  // 83: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 84: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	33,  // 85: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 86: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 87: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	15,  // 88: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 89: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 90: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 91: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 92: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 93: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 94: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 95: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	4,   // 96: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	16,  // 97: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 98: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 99: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 100: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	55,  // 101: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	55,  // 102: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	16,  // 103: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	55,  // 104: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	55,  // 105: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	55,  // 106: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	63,  // 107: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	55,  // 108: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	72,  // 109: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	72,  // 110: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	55,  // 111: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	20,  // 112: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	9,   // 113: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 114: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 115: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	16,  // 116: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 117: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	89,  // 118: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	10,  // 119: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	90,  // 120: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	90,  // 121: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	122, // [122:122] is the sub-list for method output_type
+	122, // [122:122] is the sub-list for method input_type
+	122, // [122:122] is the sub-list for extension type_name
+	122, // [122:122] is the sub-list for extension extendee
+	0,   // [0:122] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -8643,21 +8776,21 @@ func file_keywarden_proto_init() {
 		(*AclEntry_Uid)(nil),
 		(*AclEntry_Gid)(nil),
 	}
-	file_keywarden_proto_msgTypes[20].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[21].OneofWrappers = []any{
+	file_keywarden_proto_msgTypes[22].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[23].OneofWrappers = []any{
 		(*Open_Id)(nil),
 		(*Open_Name)(nil),
 	}
-	file_keywarden_proto_msgTypes[28].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[67].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[78].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[30].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[69].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[80].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      11,
-			NumMessages:   79,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
