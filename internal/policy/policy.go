@@ -315,6 +315,12 @@ func CheckDerive(c Caller, parent Key, t Template) (key.Usage, Decision) {
 	if t.Spec == nil || t.Spec.Asymmetric {
 		return 0, deny(wire.Status_STATUS_INVALID_ARGUMENT, "a derived key must be of a secret key type", "derive into %v", t.Spec)
 	}
+	if parent.Restricted() && c.UID != parent.Owner {
+		// The child would be the caller's, who could lift the list of
+		// programs it inherits.
+		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "only its owner may derive from a key restricted to named programs",
+			"derive: uid %d from uid %d's key restricted to programs", c.UID, parent.Owner)
+	}
 	if (t.Exportable || t.Wrappable) && c.UID != parent.Owner {
 		return 0, deny(wire.Status_STATUS_POLICY_VIOLATION, "only the parent's owner may derive an exportable or wrappable key",
 			"derive: uid %d asked for an exportable or wrappable child of uid %d's key", c.UID, parent.Owner)

@@ -261,6 +261,8 @@ func TestCheckDerive(t *testing.T) {
 	parent := func(exp, wrap bool) Key {
 		return Key{Owner: owner, Spec: x25519, Class: key.Private, Attrs: &key.Attrs{Usage: key.Derive, Exportable: exp, Wrappable: wrap}}
 	}
+	restricted := parent(false, false)
+	restricted.Programs = []key.Program{{Path: "/usr/bin/ssh"}}
 	tests := []struct {
 		name   string
 		caller Caller
@@ -279,6 +281,9 @@ func TestCheckDerive(t *testing.T) {
 		{"asymmetric child", Caller{owner, 1}, parent(true, true), Template{Spec: ed, Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
 		{"child with forbidden pair", Caller{owner, 1}, parent(true, true), Template{Spec: aes, Class: key.Secret, Usage: key.Wrap | key.Decrypt}, wire.Status_STATUS_POLICY_VIOLATION},
 		{"no type", Caller{owner, 1}, parent(true, true), Template{Class: key.Secret}, wire.Status_STATUS_INVALID_ARGUMENT},
+		// The grantee would own a child whose inherited programs it could lift.
+		{"grantee, parent restricted to programs", Caller{friend, 1}, restricted, Template{Spec: aes, Class: key.Secret}, wire.Status_STATUS_POLICY_VIOLATION},
+		{"owner, parent restricted to programs", Caller{owner, 1}, restricted, Template{Spec: aes, Class: key.Secret}, wire.Status_STATUS_OK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
