@@ -103,7 +103,7 @@ func fakeDaemon(sock, capture string) error {
 						}}}
 					case *wire.Op_Open:
 						res = &wire.Result{Value: &wire.Result_Key{Key: &wire.KeyResult{Handle: 1,
-							Info: &wire.KeyInfo{Id: make([]byte, 16), Name: "backups", Type: wire.KeyType_KEY_TYPE_AES256_GCM}}}}
+							Info: &wire.KeyInfo{Id: make([]byte, 16), Name: "backups", Type: wire.KeyType_KEY_TYPE_AES256_GCM, Class: wire.KeyClass_KEY_CLASS_SECRET}}}}
 					}
 					rep.Results = append(rep.Results, res)
 				}
