@@ -3029,9 +3029,11 @@ type StatusResult struct {
 	// The machine generation and its sources (docs/genid.md).
 	Generation *GenerationInfo `protobuf:"bytes,20,opt,name=generation,proto3" json:"generation,omitempty"`
 	// The audit log (docs/audit.md); absent when the daemon keeps none.
-	Audit         *AuditStatus `protobuf:"bytes,21,opt,name=audit,proto3" json:"audit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Audit *AuditStatus `protobuf:"bytes,21,opt,name=audit,proto3" json:"audit,omitempty"`
+	// The daemon's ssh-agent sockets (serve --ssh-agent), in order.
+	SshAgentSockets []string `protobuf:"bytes,22,rep,name=ssh_agent_sockets,json=sshAgentSockets,proto3" json:"ssh_agent_sockets,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResult) Reset() {
@@ -3165,6 +3167,13 @@ func (x *StatusResult) GetGeneration() *GenerationInfo {
 func (x *StatusResult) GetAudit() *AuditStatus {
 	if x != nil {
 		return x.Audit
+	}
+	return nil
+}
+
+func (x *StatusResult) GetSshAgentSockets() []string {
+	if x != nil {
+		return x.SshAgentSockets
 	}
 	return nil
 }
@@ -7980,7 +7989,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x1eaudit_bytes_per_second_per_uid\x18\x12 \x01(\rR\x19auditBytesPerSecondPerUid\x12-\n" +
 	"\x13audit_burst_per_uid\x18\x13 \x01(\rR\x10auditBurstPerUid\x12)\n" +
 	"\x11kdf_queue_per_uid\x18\x14 \x01(\rR\x0ekdfQueuePerUid\x12-\n" +
-	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\xdc\x04\n" +
+	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\x88\x05\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -8002,7 +8011,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x14 \x01(\v2\x1c.keywarden.v1.GenerationInfoR\n" +
 	"generation\x12/\n" +
-	"\x05audit\x18\x15 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\"\xcf\x03\n" +
+	"\x05audit\x18\x15 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\x12*\n" +
+	"\x11ssh_agent_sockets\x18\x16 \x03(\tR\x0fsshAgentSockets\"\xcf\x03\n" +
 	"\vAuditStatus\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x18\n" +
