@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -273,7 +273,11 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 	u.mu.Lock()
 	switch {
 	case lock && !u.locked:
-		rand.Read(u.lockSalt[:])
+		if err := random.Read(u.lockSalt[:]); err != nil {
+			u.mu.Unlock()
+			c.a.log.Error("agent lock refused: no random salt", "err", err)
+			return replyFailure
+		}
 		u.lockMAC = lockMAC(u.lockSalt[:], pass)
 		u.locked = true
 		u.mu.Unlock()
