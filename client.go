@@ -467,9 +467,10 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 			Mlockall: s.GetMemory().GetMlockall(), Dumpable: s.GetMemory().GetDumpable(),
 			CachedKeys: s.GetMemory().GetCachedKeys(),
 		},
-		Generation: generationFromWire(s.GetGeneration()),
-		Seal:       sealStatusFromWire(s.GetSeal()),
-		Audit:      auditStatusFromWire(s.GetAudit()),
+		Generation:      generationFromWire(s.GetGeneration()),
+		Seal:            sealStatusFromWire(s.GetSeal()),
+		Audit:           auditStatusFromWire(s.GetAudit()),
+		SSHAgentSockets: s.GetSshAgentSockets(),
 	}, nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/keywarden/keywarden"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/sshagent"
 )
 
 // TestMain serves a daemon in this process on a temporary socket and
@@ -37,11 +38,19 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv, err := server.New(server.Config{DevMode: true})
+	agentSock := filepath.Join(dir, "agent.sock")
+	srv, err := server.New(server.Config{DevMode: true, SSHAgentSockets: []string{agentSock}})
 	if err != nil {
 		log.Fatal(err)
 	}
 	go srv.Serve(l)
+	al, err := sshagent.Listen(agentSock, 0o600)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ag := sshagent.New(sshagent.Config{Server: srv})
+	go ag.Serve(al)
+	defer ag.Close()
 	os.Setenv(keywarden.SocketEnv, sock)
 	code := m.Run()
 	srv.Shutdown(context.Background())

@@ -402,6 +402,8 @@ type ServerStatus struct {
 	Seal SealStatus
 	// Audit describes the audit log; nil when the daemon keeps none.
 	Audit *AuditStatus
+	// SSHAgentSockets are the daemon's ssh-agent sockets (docs/ssh.md).
+	SSHAgentSockets []string
 }
 
 // AuditStatus describes the daemon's audit log (docs/audit.md).

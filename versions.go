@@ -42,6 +42,9 @@ type Lifecycle struct {
 	// AllowedPrograms are the executables that may use the key; none: any.
 	// See LifecycleChange.AllowedPrograms.
 	AllowedPrograms []Program
+	// SSH: the daemon's ssh-agent sockets offer the key to the users who
+	// may sign with it (docs/ssh.md). See LifecycleChange.SSH.
+	SSH bool
 	// Versions are the live versions, oldest first.
 	Versions []VersionInfo
 }
@@ -90,7 +93,7 @@ func lifecycleFromWire(w *wire.KeyLifecycle) Lifecycle {
 	l := Lifecycle{
 		Origin: Origin(w.Origin), NeverExportable: w.NeverExportable, Trusted: w.Trusted, WrappedOut: w.WrappedOut, MinVersion: w.MinVersion,
 		RotateAfter: time.Duration(w.RotateAfterSeconds) * time.Second, RefuseWhenSpent: w.RefuseWhenSpent,
-		DeletionAllowed: w.DeletionAllowed,
+		DeletionAllowed: w.DeletionAllowed, SSH: w.Ssh,
 	}
 	for _, p := range w.AllowedPrograms {
 		var h []byte
@@ -142,6 +145,10 @@ type LifecycleChange struct {
 	// use is refused. An empty, non-nil list lifts the restriction. What it
 	// stops and what it does not: docs/security.md.
 	AllowedPrograms *[]Program
+	// SSH marks the key for the daemon's ssh-agent sockets (true), which
+	// then list it to and sign with it for the users who may sign with it,
+	// or unmarks it (false).
+	SSH *bool
 }
 
 // Program is an executable allowed to use a key: the absolute path the
@@ -179,7 +186,7 @@ func ParseProgram(s string) (Program, error) {
 // SetLifecycle changes the key's version and rotation settings. Owner only.
 func (k *Key) SetLifecycle(ctx context.Context, ch LifecycleChange) (KeyInfo, error) {
 	sl := &wire.SetLifecycle{Handle: k.handle, MinVersion: ch.MinVersion, TrimBelow: ch.TrimBelow,
-		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted, DeletionAllowed: ch.DeletionAllowed}
+		RefuseWhenSpent: ch.RefuseWhenSpent, Trusted: ch.Trusted, DeletionAllowed: ch.DeletionAllowed, Ssh: ch.SSH}
 	if ch.AllowedPrograms != nil {
 		sl.AllowedPrograms = &wire.Programs{}
 		for _, p := range *ch.AllowedPrograms {

@@ -74,6 +74,7 @@ type jsonCaller struct {
 	Claimed    bool   `json:"claimed"`
 	OtherUser  bool   `json:"other_userns"`
 	OtherPID   bool   `json:"other_pidns"`
+	SSHDest    string `json:"ssh_dest"`
 	// Peer: optional, so that logs written before it existed read as
 	// they were written.
 	Peer *jsonPeer `json:"peer"`
@@ -199,7 +200,7 @@ func fromJSON(j *jsonRecord) (*Record, error) {
 	if c := j.Caller; c != nil {
 		r.Caller = Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Cgroup: c.Cgroup,
 			ExeError: c.ExeError, Exited: c.Exited, Unverified: c.Unverified,
-			Claimed: c.Claimed, OtherUserNS: c.OtherUser, OtherPIDNS: c.OtherPID}
+			Claimed: c.Claimed, OtherUserNS: c.OtherUser, OtherPIDNS: c.OtherPID, SSHDest: c.SSHDest}
 		if p := c.Peer; p != nil {
 			r.Caller.Peer = Peer{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe}
 		}

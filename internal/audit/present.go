@@ -254,6 +254,7 @@ func (r *Record) Text() string {
 			if c.OtherPIDNS {
 				word("other-pidns")
 			}
+			kv("ssh_dest", c.SSHDest)
 			if p := &c.Peer; !p.IsZero() {
 				fmt.Fprintf(&b, " peer.pid=%d peer.uid=%d peer.gid=%d", p.PID, p.UID, p.GID)
 				kv("peer.exe", p.Exe)

@@ -141,6 +141,11 @@ type Caller struct {
 	// then (SO_PEERCRED), when its pid or its executable differ from this
 	// message's; the zero Peer otherwise.
 	Peer Peer
+	// SSHDest is where an ssh-agent client said its connection leads: the
+	// SHA-256 fingerprint ("SHA256:...") of the host key it bound the
+	// agent connection to (session-bind@openssh.com, its signature checked
+	// by the daemon), the last one if several; empty if it bound none.
+	SSHDest string
 }
 
 // Peer is the process that opened a connection, as the kernel recorded it

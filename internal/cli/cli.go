@@ -82,6 +82,7 @@ func init() {
 		{"rewrap", "--key N [--aad A] < ciphertext > ciphertext", "re-encrypt a ciphertext under the key's newest version", runRewrap},
 		{"datakey", "--key N [--bytes 32] [--aad A] [--plaintext-out FILE] > encrypted-key", "make a data key encrypted under a key (envelope encryption)", runDataKey},
 		{"ssh certify", "--ca NAME --principals P,... --validity INTERVAL [--host] [--serial N] [--key-id ID] [--option OPT]... PUBKEY_FILE", "issue an OpenSSH certificate for PUBKEY_FILE, written to PUBKEY-cert.pub", runSSHCertify},
+		{"ssh-agent", "[-s | -c] [--agent-socket PATH]", "print the commands that point SSH_AUTH_SOCK at the daemon's ssh-agent socket (eval \"$(keywarden ssh-agent)\")", runSSHAgent},
 		{"init", "[--passphrase-file F] [--shares N --threshold K --share-dir D] [--no-passphrase] [--force]", "create the master key (administrators)", runInit},
 		{"unseal", "[--passphrase-file F | --share-file F ...] [--accept-store]", "unseal the daemon (administrators)", runUnseal},
 		{"seal", "", "wipe the master key and every key from the daemon's memory (administrators)", runSeal},

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -26,6 +27,7 @@ type specFlags struct {
 	shares     shareList
 	rotate     time.Duration
 	refuse     bool
+	ssh        bool
 }
 
 func (s *specFlags) register(f *flags, withType bool) {
@@ -39,7 +41,21 @@ func (s *specFlags) register(f *flags, withType bool) {
 	f.BoolVar(&s.ephemeral, "ephemeral", false, "the key dies with this command's connection")
 	f.Var(&s.shares, "share", "grant `uid:U=USAGES` or gid:G=USAGES (repeatable)")
 	f.DurationVar(&s.rotate, "rotate-after", 0, "make a new version when the newest is older than this `duration` (default: never)")
+	f.BoolVar(&s.ssh, "ssh", false, "offer the key to SSH clients through the daemon's ssh-agent sockets (as \"key set --ssh\")")
 	f.BoolVar(&s.refuse, "refuse-when-spent", false, "refuse encryption when a version's nonce budget (2^32) is spent, instead of rotating")
+}
+
+// finish marks a new key k for SSH if --ssh asks for it, and prints it.
+func (s *specFlags) finish(ctx context.Context, e *env, f *flags, k *keywarden.Key) error {
+	info := k.Info()
+	if s.ssh {
+		yes := true
+		var err error
+		if info, err = k.SetLifecycle(ctx, keywarden.LifecycleChange{SSH: &yes}); err != nil {
+			return fmt.Errorf("the key was made, but not marked for SSH: %w", err)
+		}
+	}
+	return printKey(e, f.json, info)
 }
 
 func typeNames() string {
@@ -123,7 +139,7 @@ func runKeyGenerate(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printKey(e, f.json, k.Info())
+	return s.finish(ctx, e, f, k)
 }
 
 func parseFormat(s string, public bool) (keywarden.KeyFormat, error) {
@@ -235,7 +251,7 @@ func runKeyImport(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return printKey(e, f.json, k.Info())
+	return s.finish(ctx, e, f, k)
 }
 
 // openOne parses flags, expects one key reference, and opens it.
@@ -403,13 +419,14 @@ func (o *optBool) IsBoolFlag() bool { return true }
 
 func runKeySet(e *env, args []string) error {
 	var usage string
-	var exp, wrap, del optBool
+	var exp, wrap, del, sshMark optBool
 	var exes programsFlag
 	f, k, done, err := openOne(e, "key set", args, func(f *flags) {
 		f.StringVar(&usage, "usage", "", "the new, narrower `usages`")
 		f.Var(&exp, "exportable", "set exportable (only false is allowed once it is off)")
 		f.Var(&wrap, "wrappable", "set wrappable (only false is allowed once it is off)")
 		f.Var(&del, "deletion-allowed", "allow \"key destroy\" to delete the key (=false: protect it again)")
+		f.Var(&sshMark, "ssh", "offer the key to SSH clients through the daemon's ssh-agent sockets (=false: stop)")
 		f.Var(&exes, "allow-exe", "let only these programs use the key: `PATH[,PATH]`, each PATH or PATH@sha256:HEX\n(PATH@sha256: the file's hash now); repeatable; \"\" lets any program use it again")
 	})
 	if err != nil {
@@ -425,11 +442,11 @@ func runKeySet(e *env, args []string) error {
 		a.Usage = &u
 	}
 	a.Exportable, a.Wrappable = exp.v, wrap.v
-	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil && del.v == nil && !exes.set {
-		return usagef("nothing to change: give --usage, --exportable, --wrappable, --deletion-allowed or --allow-exe")
+	if a.Usage == nil && a.Exportable == nil && a.Wrappable == nil && del.v == nil && sshMark.v == nil && !exes.set {
+		return usagef("nothing to change: give --usage, --exportable, --wrappable, --deletion-allowed, --ssh or --allow-exe")
 	}
 	var lc keywarden.LifecycleChange
-	lc.DeletionAllowed = del.v
+	lc.DeletionAllowed, lc.SSH = del.v, sshMark.v
 	if exes.set {
 		ps, err := exes.programs()
 		if err != nil {
@@ -444,7 +461,7 @@ func runKeySet(e *env, args []string) error {
 			return err
 		}
 	}
-	if lc.DeletionAllowed != nil || lc.AllowedPrograms != nil {
+	if lc.DeletionAllowed != nil || lc.AllowedPrograms != nil || lc.SSH != nil {
 		if info, err = k.SetLifecycle(ctx, lc); err != nil {
 			return err
 		}

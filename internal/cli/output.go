@@ -52,6 +52,7 @@ type lifecycleJSON struct {
 	RefuseWhenSpent    bool          `json:"refuse_when_spent"`
 	DeletionAllowed    bool          `json:"deletion_allowed"`
 	AllowedPrograms    []string      `json:"allowed_programs"`
+	SSH                bool          `json:"ssh"`
 	Versions           []versionJSON `json:"versions"`
 }
 
@@ -92,7 +93,7 @@ func keyToJSON(i keywarden.KeyInfo) keyJSON {
 	if l := i.Lifecycle; len(l.Versions) > 0 {
 		lj := &lifecycleJSON{Origin: l.Origin.String(), NeverExportable: l.NeverExportable, Trusted: l.Trusted, WrappedOut: l.WrappedOut,
 			MinVersion: l.MinVersion, RotateAfterSeconds: int64(l.RotateAfter / time.Second), RefuseWhenSpent: l.RefuseWhenSpent,
-			DeletionAllowed: l.DeletionAllowed, AllowedPrograms: []string{}, Versions: []versionJSON{}}
+			DeletionAllowed: l.DeletionAllowed, AllowedPrograms: []string{}, SSH: l.SSH, Versions: []versionJSON{}}
 		for _, p := range l.AllowedPrograms {
 			lj.AllowedPrograms = append(lj.AllowedPrograms, p.String())
 		}
@@ -185,6 +186,9 @@ func printKey(e *env, asJSON bool, i keywarden.KeyInfo) error {
 			fmt.Fprintf(w, "deletion:\tallowed\n")
 		} else {
 			fmt.Fprintf(w, "deletion:\tnot allowed (key set --deletion-allowed first)\n")
+		}
+		if l.SSH {
+			fmt.Fprintf(w, "ssh:\toffered by the ssh-agent sockets\n")
 		}
 		if len(l.AllowedPrograms) > 0 {
 			ps := make([]string, len(l.AllowedPrograms))

@@ -69,12 +69,23 @@ func runServe(e *env, args []string) error {
 	distrustCPU := f.Bool("distrust-cpu-random", false, "after a generation change, do not count the CPU's random instructions (RDSEED, RDRAND) as confirming fresh randomness")
 	auditLog := f.String("audit-log", "", "the audit log's `path`, or off (default audit.log in the state directory; with --dev, SOCKET.audit.log beside the socket)")
 	auditSync := f.String("audit-sync", "grouped", "when audit records reach the disk: grouped (written before the reply, fsync grouped every few ms) or always (fsync before the reply)")
+	var agentSockets stringList
+	f.Var(&agentSockets, "ssh-agent", "serve the OpenSSH agent protocol on a Unix socket at `PATH` (repeatable; \"keywarden ssh-agent\" prints it for SSH_AUTH_SOCK)")
+	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	for _, p := range agentSockets {
+		if !filepath.IsAbs(p) {
+			return usagef("--ssh-agent %q: give an absolute path", p)
+		}
+	}
+	if *askpass != "" && !filepath.IsAbs(*askpass) {
+		return usagef("--ssh-askpass %q: give an absolute path", *askpass)
 	}
 	syncMode, err := audit.ParseSyncMode(*auditSync)
 	if err != nil {
@@ -154,6 +165,7 @@ func runServe(e *env, args []string) error {
 		KDF:           *kcfg,
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
+		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 	})
 	return err
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/internal/secmem"
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
@@ -94,6 +95,15 @@ type Config struct {
 	AuditLog string
 	// AuditSync says when a record is forced to disk.
 	AuditSync audit.SyncMode
+
+	// SSHAgentSockets are Unix stream sockets on which the daemon serves
+	// the OpenSSH agent protocol (docs/ssh.md), with the main socket's
+	// mode: one socket for every user, each connection seeing its own
+	// uid's keys.
+	SSHAgentSockets []string
+	// SSHAskpass confirms each use of a key added with ssh-add -c; ""
+	// refuses such keys.
+	SSHAskpass string
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -236,7 +246,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv, err := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
 		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
-		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus})
+		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus, SSHAgentSockets: cfg.SSHAgentSockets})
 	if err != nil {
 		return err
 	}
@@ -280,6 +290,30 @@ func Run(ctx context.Context, cfg Config) error {
 		"audit_bytes_per_second", lim.AuditBytesPerSecondPerUID, "audit_burst", lim.AuditBurstPerUID,
 		"kdf_queue", kl.QueuePerTenant, "kdf_running", kl.RunningPerTenant)
 
+	var agent *sshagent.Agent
+	if len(cfg.SSHAgentSockets) > 0 {
+		agent = sshagent.New(sshagent.Config{Server: srv, Logger: log, Askpass: cfg.SSHAskpass})
+		for _, p := range cfg.SSHAgentSockets {
+			if err := prepareDir(filepath.Dir(p)); err != nil {
+				agent.Close()
+				l.Close()
+				return err
+			}
+			al, err := sshagent.Listen(p, mode)
+			if err != nil {
+				agent.Close()
+				l.Close()
+				return err
+			}
+			log.Info("serving the ssh-agent protocol", "socket", p, "mode", fmt.Sprintf("%04o", mode), "askpass", cfg.SSHAskpass)
+			go func() {
+				if err := agent.Serve(al); err != nil && !errors.Is(err, sshagent.ErrClosed) {
+					log.Error("ssh-agent socket failed", "socket", p, "err", err)
+				}
+			}()
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
@@ -305,6 +339,13 @@ func Run(ctx context.Context, cfg Config) error {
 	// Derivations still running when the grace period ends are killed,
 	// so that their requests can finish.
 	context.AfterFunc(sctx, kdfSup.Close)
+	if agent != nil {
+		// Its connections end, and the keys ssh-add gave it are destroyed.
+		agent.Close()
+		for _, p := range cfg.SSHAgentSockets {
+			os.Remove(p)
+		}
+	}
 	err = srv.Shutdown(sctx)
 	kdfSup.Close()
 	l.Close()

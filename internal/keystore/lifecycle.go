@@ -177,6 +177,9 @@ type Lifecycle struct {
 	// Programs, when not nil, replaces the executables that may use the
 	// key (empty: any).
 	Programs *[]key.Program
+	// SSH, when not nil, marks the key for the ssh-agent socket or
+	// unmarks it.
+	SSH *bool
 }
 
 // SetLifecycle applies c to o.
@@ -228,6 +231,9 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 	if c.DeletionAllowed != nil {
 		m.DeletionAllowed = *c.DeletionAllowed
 	}
+	if c.SSH != nil {
+		m.SSH = *c.SSH
+	}
 	restrict := false
 	if c.Programs != nil {
 		if err := policy.CheckPrograms(*c.Programs).Err(); err != nil {
@@ -258,6 +264,7 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 			r.MinVersion, r.Trusted, r.BudgetPolicy, r.DeletionAllowed = m.MinVersion, m.Trusted, m.Budget, m.DeletionAllowed
 			r.RotateAfterSeconds = int64(m.RotateAfter / time.Second)
 			r.AllowedPrograms = programsToRecord(m.Programs)
+			r.Ssh = m.SSH
 			r.Versions = slices.DeleteFunc(r.Versions, func(v *persist.KeyVersion) bool { return !keep[v.Version] })
 			return nil
 		}, plain)

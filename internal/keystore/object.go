@@ -80,6 +80,8 @@ type Meta struct {
 	// Programs are the executables that may use the key; none: any
 	// (policy.CheckProgram).
 	Programs []key.Program
+	// SSH: the daemon's ssh-agent socket offers the key.
+	SSH bool
 }
 
 // Version is one version of a key's material.
@@ -344,6 +346,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		RefuseWhenSpent:    m.Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
 		DeletionAllowed:    m.DeletionAllowed,
 		AllowedPrograms:    ProgramsToWire(m.Programs),
+		Ssh:                m.SSH,
 	}
 	for _, v := range vs {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{

@@ -48,6 +48,7 @@ func record(o *Object) *persist.KeyRecord {
 		WrappedOut:         m.WrappedOut,
 		DeletionAllowed:    m.DeletionAllowed,
 		AllowedPrograms:    programsToRecord(m.Programs),
+		Ssh:                m.SSH,
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -433,7 +434,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 		Origin: r.Origin, NeverExportable: r.NeverExportable, Trusted: r.Trusted, WrappedOut: prov.WrappedOut,
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
 		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second, DeletionAllowed: r.DeletionAllowed,
-		Programs: programsFromRecord(r.AllowedPrograms),
+		Programs: programsFromRecord(r.AllowedPrograms), SSH: r.Ssh,
 	})
 	if len(r.Kdf) > 0 {
 		o.KDF = &wire.PassphraseKdf{}
@@ -676,6 +677,7 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 			RefuseWhenSpent: r.BudgetPolicy == persist.BudgetPolicy_BUDGET_POLICY_REFUSE,
 			DeletionAllowed: r.DeletionAllowed,
 			AllowedPrograms: ProgramsToWire(programsFromRecord(r.AllowedPrograms)),
+			Ssh:             r.Ssh,
 		},
 	}
 	for _, e := range a.ACL {

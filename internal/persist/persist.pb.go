@@ -182,8 +182,11 @@ type KeyRecord struct {
 	// The executables that may use the key; none: any. Absent in records
 	// written before the field.
 	AllowedPrograms []*Program `protobuf:"bytes,24,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The ssh-agent socket offers the key (wire.KeyLifecycle.ssh). Absent
+	// (false) in records written before the field.
+	Ssh           bool `protobuf:"varint,25,opt,name=ssh,proto3" json:"ssh,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -382,6 +385,13 @@ func (x *KeyRecord) GetAllowedPrograms() []*Program {
 		return x.AllowedPrograms
 	}
 	return nil
+}
+
+func (x *KeyRecord) GetSsh() bool {
+	if x != nil {
+		return x.Ssh
+	}
+	return false
 }
 
 // Program is an executable allowed to use a key: the path the kernel
@@ -1184,7 +1194,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xeb\x06\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xfd\x06\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1214,7 +1224,8 @@ const file_persist_proto_rawDesc = "" +
 	"wrappedOut\x12\x16\n" +
 	"\x06format\x18\x16 \x01(\rR\x06format\x12)\n" +
 	"\x10deletion_allowed\x18\x17 \x01(\bR\x0fdeletionAllowed\x12H\n" +
-	"\x10allowed_programs\x18\x18 \x03(\v2\x1d.keywarden.persist.v1.ProgramR\x0fallowedPrograms\"5\n" +
+	"\x10allowed_programs\x18\x18 \x03(\v2\x1d.keywarden.persist.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
+	"\x03ssh\x18\x19 \x01(\bR\x03ssh\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"F\n" +

@@ -95,8 +95,9 @@ func TestRecordHashCoversEveryField(t *testing.T) {
 	base := func() *KeyRecord {
 		return &KeyRecord{
 			Id: bytes.Repeat([]byte{1}, 16), Name: "k", Owner: 1000, Type: 1, Class: 1, Usage: 3, Format: Format,
-			Acl:      []*AclEntry{{Id: 7, Usage: 1}},
-			Versions: []*KeyVersion{{Version: 1, MkGeneration: 1, Blob: []byte("blob"), Fingerprint: bytes.Repeat([]byte{5}, 16)}},
+			Acl:             []*AclEntry{{Id: 7, Usage: 1}},
+			Versions:        []*KeyVersion{{Version: 1, MkGeneration: 1, Blob: []byte("blob"), Fingerprint: bytes.Repeat([]byte{5}, 16)}},
+			AllowedPrograms: []*Program{{Path: "/usr/bin/ssh"}},
 		}
 	}
 	ref, err := RecordHash(base())

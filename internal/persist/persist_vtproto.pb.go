@@ -43,6 +43,7 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.WrappedOut = m.WrappedOut
 	r.Format = m.Format
 	r.DeletionAllowed = m.DeletionAllowed
+	r.Ssh = m.Ssh
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -393,6 +394,18 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.Ssh {
+		i--
+		if m.Ssh {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xc8
 	}
 	if len(m.AllowedPrograms) > 0 {
 		for iNdEx := len(m.AllowedPrograms) - 1; iNdEx >= 0; iNdEx-- {
@@ -1308,6 +1321,9 @@ func (m *KeyRecord) SizeVT() (n int) {
 			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
 	}
+	if m.Ssh {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2160,6 +2176,26 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 25:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Ssh", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Ssh = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

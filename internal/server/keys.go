@@ -33,6 +33,7 @@ func (ss *Session) opStatus(id Identity) *wire.Result {
 		CallerGid:       id.GID,
 		CallerPid:       id.PID,
 		CallerPidfd:     id.Pidfd >= 0,
+		SshAgentSockets: s.cfg.SSHAgentSockets,
 		Seal:            s.sealStatus(),
 		Generation:      s.generationInfo(true, s.watcherScope(id.UID)),
 		Audit:           s.auditStatus(),

@@ -58,6 +58,7 @@ func (ss *Session) openerAlive() bool {
 func (ss *Session) callerOf(id Identity) audit.Caller {
 	c := ss.s.callerOf(id)
 	ss.markCaller(&c, id.Pidfd)
+	c.SSHDest = id.SSHDest
 	return c
 }
 

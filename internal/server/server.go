@@ -179,6 +179,9 @@ type Config struct {
 	// AuditLinux, if set, reports on the copies of key-management records
 	// sent to the kernel's audit subsystem, for Status.
 	AuditLinux func() linuxaudit.Status
+	// SSHAgentSockets are the paths of the ssh-agent front's sockets,
+	// which status reports (docs/ssh.md).
+	SSHAgentSockets []string
 
 	// heavyHook, if set, runs at the start of every request that is
 	// executed concurrently (tests use it to hold requests in flight).

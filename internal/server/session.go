@@ -40,6 +40,9 @@ type Identity struct {
 	// opened), or is -1 where the kernel does not provide one. Valid only
 	// while the request is handled; the front owns it.
 	Pidfd int
+	// SSHDest is what the ssh-agent front knows of where its client's
+	// connection leads (audit.Caller.SSHDest); recorded, never decided on.
+	SSHDest string
 
 	// ctx is the request's context when it came through Do: what waits
 	// (derivations, slots for heavy work, long polls) stops when it is

@@ -350,7 +350,7 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 	var o *keystore.Object
 	var err error
 	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
-		sl.DeletionAllowed == nil && sl.AllowedPrograms == nil && ss.s.roles.Admin(id.UID) {
+		sl.DeletionAllowed == nil && sl.AllowedPrograms == nil && sl.Ssh == nil && ss.s.roles.Admin(id.UID) {
 		// Trust is the administrators' to give, whoever owns the key.
 		o, err = ss.object(sl.Handle)
 	} else {
@@ -360,7 +360,7 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 		return nil, err
 	}
 	c := keystore.Lifecycle{MinVersion: sl.MinVersion, TrimBelow: sl.TrimBelow, Refuse: sl.RefuseWhenSpent, Trusted: sl.Trusted,
-		DeletionAllowed: sl.DeletionAllowed}
+		DeletionAllowed: sl.DeletionAllowed, SSH: sl.Ssh}
 	if sl.RotateAfterSeconds != nil {
 		d := time.Duration(*sl.RotateAfterSeconds) * time.Second
 		c.RotateAfter = &d
@@ -381,6 +381,9 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 	}
 	if sl.DeletionAllowed != nil {
 		ss.log.Info("key deletion allowed changed", "key", o.ID.String(), "deletion_allowed", *sl.DeletionAllowed, "uid", id.UID, "pid", id.PID)
+	}
+	if sl.Ssh != nil {
+		ss.log.Info("key's ssh-agent mark changed", "key", o.ID.String(), "ssh", *sl.Ssh, "uid", id.UID, "pid", id.PID)
 	}
 	if sl.AllowedPrograms != nil {
 		ss.log.Info("key's allowed programs changed", "key", o.ID.String(), "before", programsText(before),

@@ -2406,8 +2406,12 @@ type KeyLifecycle struct {
 	// The executables that may use the key (every operation that uses or
 	// exports it, wraps it or derives from it); none: any. See SetLifecycle.
 	AllowedPrograms []*Program `protobuf:"bytes,10,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The key is offered to SSH clients by the daemon's ssh-agent socket
+	// (docs/ssh.md): listed to, and signing for, the users who may sign
+	// with it.
+	Ssh           bool `protobuf:"varint,11,opt,name=ssh,proto3" json:"ssh,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyLifecycle) Reset() {
@@ -2508,6 +2512,13 @@ func (x *KeyLifecycle) GetAllowedPrograms() []*Program {
 		return x.AllowedPrograms
 	}
 	return nil
+}
+
+func (x *KeyLifecycle) GetSsh() bool {
+	if x != nil {
+		return x.Ssh
+	}
+	return false
 }
 
 // Program is an executable: the path the kernel gives for a process's
@@ -3018,9 +3029,11 @@ type StatusResult struct {
 	// The machine generation and its sources (docs/genid.md).
 	Generation *GenerationInfo `protobuf:"bytes,20,opt,name=generation,proto3" json:"generation,omitempty"`
 	// The audit log (docs/audit.md); absent when the daemon keeps none.
-	Audit         *AuditStatus `protobuf:"bytes,21,opt,name=audit,proto3" json:"audit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Audit *AuditStatus `protobuf:"bytes,21,opt,name=audit,proto3" json:"audit,omitempty"`
+	// The daemon's ssh-agent sockets (serve --ssh-agent), in order.
+	SshAgentSockets []string `protobuf:"bytes,22,rep,name=ssh_agent_sockets,json=sshAgentSockets,proto3" json:"ssh_agent_sockets,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StatusResult) Reset() {
@@ -3154,6 +3167,13 @@ func (x *StatusResult) GetGeneration() *GenerationInfo {
 func (x *StatusResult) GetAudit() *AuditStatus {
 	if x != nil {
 		return x.Audit
+	}
+	return nil
+}
+
+func (x *StatusResult) GetSshAgentSockets() []string {
+	if x != nil {
+		return x.SshAgentSockets
 	}
 	return nil
 }
@@ -6795,6 +6815,7 @@ func (x *Rotate) GetHandle() uint32 {
 // trim_below deletes versions below it (at most up to min_version).
 // trusted makes a key a trusted wrapping key: administrators only.
 // deletion_allowed lets Destroy delete a persistent key (see Destroy).
+// ssh offers the key to SSH agent clients (KeyLifecycle.ssh).
 // allowed_programs, when present, replaces the list of executables that
 // may use the key (empty: any); a program not on it is refused with
 // STATUS_PERMISSION_DENIED. Owner only.
@@ -6808,8 +6829,10 @@ type SetLifecycle struct {
 	Trusted            *bool                  `protobuf:"varint,6,opt,name=trusted,proto3,oneof" json:"trusted,omitempty"`
 	DeletionAllowed    *bool                  `protobuf:"varint,7,opt,name=deletion_allowed,json=deletionAllowed,proto3,oneof" json:"deletion_allowed,omitempty"`
 	AllowedPrograms    *Programs              `protobuf:"bytes,8,opt,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// ssh marks the key for SSH agents, or unmarks it (KeyLifecycle.ssh).
+	Ssh           *bool `protobuf:"varint,9,opt,name=ssh,proto3,oneof" json:"ssh,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetLifecycle) Reset() {
@@ -6896,6 +6919,13 @@ func (x *SetLifecycle) GetAllowedPrograms() *Programs {
 		return x.AllowedPrograms
 	}
 	return nil
+}
+
+func (x *SetLifecycle) GetSsh() bool {
+	if x != nil && x.Ssh != nil {
+		return *x.Ssh
+	}
+	return false
 }
 
 // Wrap returns the key behind target wrapped under the key behind handle.
@@ -7902,7 +7932,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xcb\x03\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xdd\x03\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -7916,7 +7946,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"wrappedOut\x12)\n" +
 	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\x12@\n" +
 	"\x10allowed_programs\x18\n" +
-	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\"5\n" +
+	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
+	"\x03ssh\x18\v \x01(\bR\x03ssh\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"=\n" +
@@ -7958,7 +7989,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x1eaudit_bytes_per_second_per_uid\x18\x12 \x01(\rR\x19auditBytesPerSecondPerUid\x12-\n" +
 	"\x13audit_burst_per_uid\x18\x13 \x01(\rR\x10auditBurstPerUid\x12)\n" +
 	"\x11kdf_queue_per_uid\x18\x14 \x01(\rR\x0ekdfQueuePerUid\x12-\n" +
-	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\xdc\x04\n" +
+	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\x88\x05\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -7980,7 +8011,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x14 \x01(\v2\x1c.keywarden.v1.GenerationInfoR\n" +
 	"generation\x12/\n" +
-	"\x05audit\x18\x15 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\"\xcf\x03\n" +
+	"\x05audit\x18\x15 \x01(\v2\x19.keywarden.v1.AuditStatusR\x05audit\x12*\n" +
+	"\x11ssh_agent_sockets\x18\x16 \x03(\tR\x0fsshAgentSockets\"\xcf\x03\n" +
 	"\vAuditStatus\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04sync\x18\x02 \x01(\tR\x04sync\x12\x18\n" +
@@ -8276,7 +8308,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\fR\x06commit\" \n" +
 	"\x06Rotate\x12\x16\n" +
-	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xd9\x03\n" +
+	"\x06handle\x18\x01 \x01(\rR\x06handle\"\xf8\x03\n" +
 	"\fSetLifecycle\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12$\n" +
 	"\vmin_version\x18\x02 \x01(\rH\x00R\n" +
@@ -8287,14 +8319,16 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x11refuse_when_spent\x18\x05 \x01(\bH\x03R\x0frefuseWhenSpent\x88\x01\x01\x12\x1d\n" +
 	"\atrusted\x18\x06 \x01(\bH\x04R\atrusted\x88\x01\x01\x12.\n" +
 	"\x10deletion_allowed\x18\a \x01(\bH\x05R\x0fdeletionAllowed\x88\x01\x01\x12A\n" +
-	"\x10allowed_programs\x18\b \x01(\v2\x16.keywarden.v1.ProgramsR\x0fallowedProgramsB\x0e\n" +
+	"\x10allowed_programs\x18\b \x01(\v2\x16.keywarden.v1.ProgramsR\x0fallowedPrograms\x12\x15\n" +
+	"\x03ssh\x18\t \x01(\bH\x06R\x03ssh\x88\x01\x01B\x0e\n" +
 	"\f_min_versionB\r\n" +
 	"\v_trim_belowB\x17\n" +
 	"\x15_rotate_after_secondsB\x14\n" +
 	"\x12_refuse_when_spentB\n" +
 	"\n" +
 	"\b_trustedB\x13\n" +
-	"\x11_deletion_allowed\"\x93\x01\n" +
+	"\x11_deletion_allowedB\x06\n" +
+	"\x04_ssh\"\x93\x01\n" +
 	"\x04Wrap\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x16\n" +
 	"\x06target\x18\x02 \x01(\rR\x06target\x120\n" +

@@ -1,0 +1,248 @@
+package sshagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// Front is the name of the front in the audit log.
+const Front = "ssh-agent"
+
+// Config configures an Agent. Zero values mean defaults.
+type Config struct {
+	// Server is the core. Required.
+	Server *server.Server
+	// Logger receives the front's logs; nil discards them.
+	Logger *slog.Logger
+	// Askpass is the program that confirms each use of a key added with
+	// ssh-add -c (run as ssh-agent runs SSH_ASKPASS); "" refuses such uses.
+	Askpass string
+	// AskpassTimeout bounds how long the program may take (default 30s);
+	// past it the use is refused.
+	AskpassTimeout time.Duration
+	// MaxAddedPerUID bounds the keys one uid has added with ssh-add
+	// (default 32). Each is also one of the uid's connections to the core.
+	MaxAddedPerUID int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Agent serves the agent protocol on listeners given to Serve.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	// ctx ends at Close: the core's sessions opened for the front end.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// mu guards the fields below; never held across a request to the core
+	// or I/O.
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	users     map[uint32]*user
+	wg        sync.WaitGroup // connections being served
+}
+
+// New makes an Agent.
+func New(cfg Config) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.AskpassTimeout <= 0 {
+		cfg.AskpassTimeout = 30 * time.Second
+	}
+	if cfg.MaxAddedPerUID <= 0 {
+		cfg.MaxAddedPerUID = 32
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("front", Front), listeners: map[net.Listener]struct{}{},
+		conns: map[*conn]struct{}{}, users: map[uint32]*user{}}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	return a
+}
+
+// Listen makes the Unix stream socket at path, with mode, replacing a
+// stale socket there (a socket nobody listens on), never another file.
+func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("ssh-agent socket %s: a file that is not a socket is in the way", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("ssh-agent socket %s: another process listens on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("ssh-agent socket %s: %w", path, err)
+		}
+	}
+	// The socket is made without permissions, then given mode, so that no
+	// one connects before it has them.
+	old := unix.Umask(0o777)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("ssh-agent socket: %w", err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("ssh-agent socket: %w", err)
+	}
+	return l, nil
+}
+
+// ErrClosed is returned by Serve once the Agent is closed.
+var ErrClosed = errors.New("sshagent: closed")
+
+// Serve accepts connections on l and serves each on a goroutine of its
+// own until l fails or the Agent is closed. It closes l.
+func (a *Agent) Serve(l *net.UnixListener) error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	a.listeners[l] = struct{}{}
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.listeners, l)
+		a.mu.Unlock()
+		l.Close()
+	}()
+	for {
+		uc, err := l.AcceptUnix()
+		if err != nil {
+			a.mu.Lock()
+			closed := a.closed
+			a.mu.Unlock()
+			if closed {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				a.log.Warn("accept failed; retrying", "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		a.accept(uc)
+	}
+}
+
+// accept opens the core's session of a new connection with the identity
+// the kernel recorded for the process that connected, and serves it.
+func (a *Agent) accept(uc *net.UnixConn) {
+	id, err := peerIdentity(uc)
+	if err != nil {
+		a.log.Warn("connection refused: the kernel gave no credentials", "err", err)
+		uc.Close()
+		return
+	}
+	ss, err := a.cfg.Server.NewSession(a.ctx, Front, id) // takes id.Pidfd
+	if err != nil {
+		a.log.Info("connection refused by the core", "uid", id.UID, "pid", id.PID, "err", err)
+		uc.Close()
+		return
+	}
+	c := &conn{a: a, c: uc, ss: ss, id: id, u: a.userOf(id.UID), opened: map[string]openedKey{}}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		ss.Close()
+		uc.Close()
+		return
+	}
+	a.conns[c] = struct{}{}
+	a.wg.Add(1)
+	a.mu.Unlock()
+	go func() {
+		defer a.wg.Done()
+		c.serve()
+		a.mu.Lock()
+		delete(a.conns, c)
+		a.mu.Unlock()
+	}()
+}
+
+// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
+// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
+func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return server.Identity{}, err
+	}
+	id := server.Identity{Pidfd: -1}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil {
+			serr = err
+			return
+		}
+		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
+		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
+			id.Pidfd = pfd
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return id, err
+}
+
+// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
+const soPeerPidfd = 77
+
+// userOf returns uid's state, made on first use.
+func (a *Agent) userOf(uid uint32) *user {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	u := a.users[uid]
+	if u == nil {
+		u = &user{uid: uid}
+		a.users[uid] = u
+	}
+	return u
+}
+
+// Close stops serving: listeners and connections close, and the keys
+// added with ssh-add are destroyed, as when ssh-agent exits.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	for l := range a.listeners {
+		l.Close()
+	}
+	for c := range a.conns {
+		c.c.Close()
+	}
+	users := a.users
+	a.mu.Unlock()
+	a.wg.Wait()
+	for _, u := range users {
+		u.removeAll()
+	}
+	a.cancel()
+}

@@ -1,0 +1,55 @@
+package sshagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// confirm asks the configured program whether k may be used now (ssh-add
+// -c), as ssh-agent asks SSH_ASKPASS: the program gets the question as its
+// argument and SSH_ASKPASS_PROMPT=confirm in its environment, and approves
+// by exiting 0. It runs as the key's uid (when the daemon may switch to
+// it), with the daemon's DISPLAY and WAYLAND_DISPLAY if set, no other
+// environment but PATH and HOME=/, no input, and a time limit; anything
+// else refuses.
+func (c *conn) confirm(k *added) error {
+	prog := c.a.cfg.Askpass
+	if prog == "" {
+		return errors.New("the key was added with ssh-add -c and no confirmation program is configured (serve --ssh-askpass PROG)")
+	}
+	ctx, cancel := context.WithTimeout(c.a.ctx, c.a.cfg.AskpassTimeout)
+	defer cancel()
+	msg := fmt.Sprintf("Allow use of key %s?\nKey fingerprint %s.\nRequested by pid %d (uid %d).",
+		k.comment, ssh.FingerprintSHA256(k.pub), c.id.PID, c.id.UID)
+	cmd := exec.CommandContext(ctx, prog, msg)
+	cmd.Env = []string{"SSH_ASKPASS_PROMPT=confirm", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/"}
+	for _, v := range []string{"DISPLAY", "WAYLAND_DISPLAY"} {
+		if s := os.Getenv(v); s != "" {
+			cmd.Env = append(cmd.Env, v+"="+s)
+		}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if os.Geteuid() == 0 && c.id.UID != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.id.UID, Gid: c.id.GID}
+	}
+	out, err := cmd.Output()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("the confirmation program %s did not answer within %s", prog, c.a.cfg.AskpassTimeout)
+	}
+	if err != nil {
+		return fmt.Errorf("the confirmation program %s refused: %v", prog, err)
+	}
+	if a := strings.ToLower(strings.TrimSpace(string(out))); a != "" && a != "yes" {
+		return fmt.Errorf("the confirmation program %s answered %s", prog, strconv.Quote(a))
+	}
+	c.a.log.Info("key use confirmed", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(k.pub))
+	return nil
+}
