@@ -427,6 +427,18 @@ func (ss *Session) auditRefusal(caller *audit.Caller, reqID uint64, st wire.Stat
 	return ss.s.alog.Append(r)
 }
 
+// auditFrontRefusal records r, a request its front refused (Refuse). A
+// non-nil error means the record is not in the log.
+func (ss *Session) auditFrontRefusal(caller *audit.Caller, r *Refusal) error {
+	rec := auditRecordPool.Get().(*audit.Record)
+	defer putRecord(rec)
+	rec.Kind, rec.Op, rec.Conn, rec.Front, rec.Request = audit.KindRequest, r.Op, ss.id, ss.auditFront, r.Request
+	rec.Status, rec.Caller, rec.Msg = statusName(r.Status), *caller, r.Reason
+	copy(rec.Key[:], r.Key)
+	ss.spendAudit(rec)
+	return ss.s.alog.Append(rec)
+}
+
 var auditRecordPool = sync.Pool{New: func() any { return &audit.Record{Ops: make([]audit.OpEntry, 0, 8)} }}
 
 // statusName is a status as the audit log writes it: "OK",

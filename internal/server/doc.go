@@ -20,10 +20,10 @@
 //	                    hang-up watch, decoding, reply batching (queueReply,
 //	                    flush: records before replies), reply encoding
 //	session.go          the core's entry: Session, one caller's state;
-//	                    NewSession, Do and Close for the other fronts; the
-//	                    admission steps every front goes through (admitCaller,
-//	                    enter, checkRequest, admitHeavy), record and
-//	                    refusalReply
+//	                    NewSession, Do, Refuse and Close for the other
+//	                    fronts; the admission steps every front goes
+//	                    through (admitCaller, enter, checkRequest,
+//	                    admitHeavy), record and refusalReply
 //	execute.go          execute: every operation of a request, in runs
 //	                    where it can, each through safeDispatch
 //	optable.go          the operation table: one row per request type
@@ -43,9 +43,12 @@
 // each caller, opens a Session (NewSession, with the opener's identity
 // from the kernel), hands it each request with that request's identity
 // (Session.Do, which returns the reply once its audit record is written),
-// and closes it when the caller goes (Session.Close). Its records name it
-// ("front" in the audit log). It needs nothing else of the core: no
-// policy, no audit, no keys of its own.
+// records a request it refuses itself, by a rule of its own protocol,
+// before it answers (Session.Refuse, the same audit path; if that fails,
+// the front fails closed), and closes it when the caller goes
+// (Session.Close). Its records name it ("front" in the audit log). It
+// needs nothing else of the core: no policy, no audit, no keys of its
+// own.
 //
 // A new request type is one row of opTable and its handler; TestOpTable
 // fails until the row declares every field.

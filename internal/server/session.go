@@ -575,6 +575,89 @@ func (ss *Session) refusalReply(caller *audit.Caller, reqID uint64, r rejection)
 	return &wire.Reply{Version: wire.ProtocolVersion, Id: reqID, Status: st, Message: public}
 }
 
+// Refusal is a request that a front refused itself, before any of it
+// reached the core (Session.Refuse): what the front's protocol asked for,
+// in the audit log's terms.
+type Refusal struct {
+	// Op names the operation as the audit log does: the core's name for
+	// it where the core has one ("sign", "list", "import", "destroy"), or
+	// the front's own for what the core has no operation for ("lock",
+	// "unlock", "session-bind"); "request" for a message that names none.
+	// Lowercase letters, digits and dashes.
+	Op string
+	// Key is the persistent id of the key the request named, if known.
+	Key []byte
+	// Request numbers the request among the front's requests on the
+	// session (the audit's "request").
+	Request uint64
+	// Status is the class of the refusal; never STATUS_OK.
+	Status wire.Status
+	// Reason is the precise reason, for the audit log and the daemon's
+	// log (the client is not told it). Never secrets.
+	Reason string
+}
+
+// maxRefusalReason bounds a front's reason in the audit log: a reason
+// may quote what the client sent.
+const maxRefusalReason = 512
+
+// validOp reports whether name may name a front's operation in the audit
+// log (the syntax of a front's name, and "request").
+func validOp(name string) bool { return name == "request" || validFront(name) }
+
+// Refuse records in the audit log, for id, a request that the front
+// refused itself, before it reached the core: a rule of the front's
+// protocol that the core does not know of (a locked ssh-agent, a
+// destination the key may not be used for, a malformed message). It must
+// be called before the front answers the refusal; a nil error means the
+// refusal is recorded (or there is no audit log, or, as for any request,
+// the uid's audit allowance is spent and it is counted in the next
+// "limits" event instead), and the front may answer. A non-nil error
+// means it is not recorded: the front must not answer as it would have,
+// but fail closed, as the core does when the log cannot be written (the
+// ssh-agent front answers SSH_AGENT_FAILURE and closes the connection).
+func (ss *Session) Refuse(ctx context.Context, id Identity, r Refusal) error {
+	switch {
+	case !validOp(r.Op):
+		return fmt.Errorf("server: invalid operation name %q", r.Op)
+	case r.Status == wire.Status_STATUS_OK:
+		return errors.New("server: a refusal needs a status other than OK")
+	case len(r.Key) != 0 && len(r.Key) != len(audit.KeyID{}):
+		return fmt.Errorf("server: a key id of %d bytes", len(r.Key))
+	}
+	ss.mu.Lock()
+	if ss.ending {
+		ss.mu.Unlock()
+		return ErrSessionClosed
+	}
+	ss.async.Add(1)
+	ss.mu.Unlock()
+	defer ss.async.Done()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(r.Reason) > maxRefusalReason {
+		r.Reason = r.Reason[:maxRefusalReason] + "..."
+	}
+	caller, rj := ss.admitCaller(id)
+	switch {
+	case rj.unrecorded:
+		return errAuditDown
+	case rj.limit:
+		ss.refusalReplyPaused(caller, r.Request, rj) // counted, not recorded
+		return nil
+	}
+	ss.log.Info("request refused by the front", "request", r.Request, "op", r.Op, "status", r.Status.String(), "reason", r.Reason)
+	if caller == nil {
+		return nil
+	}
+	if err := ss.auditFrontRefusal(caller, &r); err != nil {
+		ss.log.Error("the audit log could not record a refusal", "request", r.Request, "err", err)
+		return err
+	}
+	return nil
+}
+
 // refusalReplyPaused is refusalReply, after the pause that follows a
 // refusal for a limit (limitPause), for a front that returns the reply
 // rather than sending it first.
