@@ -17,6 +17,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/keywarden/keywarden/internal/audit"
 )
 
 // agentDaemon starts a daemon that serves the ssh-agent protocol on a
@@ -60,6 +62,27 @@ func listedComments(out string) []string {
 	return cs
 }
 
+// agentRefusal fails the test unless recs hold a refusal recorded by the
+// ssh-agent front: op, status, the client's executable exe, a msg holding
+// want. It returns the record.
+func agentRefusal(t *testing.T, recs []*audit.Record, op, status, exe, want string) *audit.Record {
+	t.Helper()
+	for _, rec := range requests(recs) {
+		if rec.Front == "ssh-agent" && rec.Op == op && rec.Status == status && strings.Contains(rec.Msg, want) {
+			if rec.Caller.Exe != exe || rec.Caller.PID <= 0 {
+				t.Errorf("%s %s refusal %q recorded with exe %q pid %d, want exe %q", op, status, rec.Msg, rec.Caller.Exe, rec.Caller.PID, exe)
+			}
+			return rec
+		}
+	}
+	var got []string
+	for _, rec := range requests(recs) {
+		got = append(got, fmt.Sprintf("%s %s %s %q %q", rec.Front, rec.Op, rec.Status, rec.Caller.Exe, rec.Msg))
+	}
+	t.Fatalf("no %s %s refusal %q by %s in the audit log; records:\n%s", op, status, want, exe, strings.Join(got, "\n"))
+	return nil
+}
+
 func has(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -73,11 +96,14 @@ func has(list []string, s string) bool {
 // SSH that the caller may sign with, by name; ssh-add FILE adds a key that
 // -L then lists and -d and -D remove (and only such keys); -t expires a
 // key; -x locks and -X unlocks. Another user sees none of it, but a key
-// shared with it for signing.
+// shared with it for signing. What the agent refuses itself (-d of a
+// stored key, -c with no confirmation program, anything while locked, a
+// wrong unlock passphrase) is in the audit log with ssh-add's executable.
 func TestSSHAgentSSHAdd(t *testing.T) {
 	needSSH(t, "ssh-add")
 	requireRoot(t)
-	d, sock, _ := agentDaemon(t)
+	d, sock, logPath := agentDaemon(t)
+	al := newAuditReader(t, logPath)
 	dir := t.TempDir()
 	cli := func(args ...string) cliResult {
 		t.Helper()
@@ -174,9 +200,16 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	// -d of a stored key is refused: ssh-add never destroys those.
 	loginPub := filepath.Join(dir, "login.pub")
 	os.WriteFile(loginPub, []byte(pub+"\n"), 0o644)
+	al.read()
 	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", "-d", loginPub); code == 0 {
 		t.Errorf("ssh-add -d removed a stored key:\n%s", out)
 	}
+	agentRefusal(t, al.read(), "destroy", "NOT_FOUND", "/usr/bin/ssh-add", "not added through the agent")
+	// -c without --ssh-askpass: refused, and recorded.
+	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", "-c", key2); code == 0 {
+		t.Errorf("ssh-add -c taken with no confirmation program:\n%s", out)
+	}
+	agentRefusal(t, al.read(), "import", "UNIMPLEMENTED", "/usr/bin/ssh-add", "no confirmation program")
 	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", "-D"); code != 0 {
 		t.Fatalf("ssh-add -D: exit %d\n%s", code, out)
 	}
@@ -207,6 +240,7 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	if out, code := agentRun(dir, sock, nil, pass("correct horse"), "ssh-add", "-x"); code != 0 {
 		t.Fatalf("ssh-add -x: exit %d\n%s", code, out)
 	}
+	al.read()
 	if got := list(); len(got) != 0 {
 		t.Fatalf("a locked agent lists %v", got)
 	}
@@ -216,6 +250,10 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	if out, code := agentRun(dir, sock, nil, pass("wrong"), "ssh-add", "-X"); code == 0 {
 		t.Fatalf("unlocked with a wrong passphrase:\n%s", out)
 	}
+	recs := al.read()
+	agentRefusal(t, recs, "list", "PERMISSION_DENIED", "/usr/bin/ssh-add", "the agent is locked")
+	agentRefusal(t, recs, "import", "PERMISSION_DENIED", "/usr/bin/ssh-add", "the agent is locked")
+	agentRefusal(t, recs, "unlock", "PERMISSION_DENIED", "/usr/bin/ssh-add", "wrong passphrase")
 	// The lock is root's: another user's connections are not locked.
 	if out, _ := agentRun("/", sock, nobody, nil, "ssh-add", "-L"); !has(listedComments(out), "0:p256") {
 		t.Fatalf("root's lock locked another user:\n%s", out)
@@ -412,13 +450,36 @@ func TestSSHAgentSignatures(t *testing.T) {
 	if !found {
 		t.Fatal("the refusal is not in the audit log")
 	}
+
+	// A SHA-1 ssh-rsa signature (the Go client's Sign asks for one) is
+	// refused by the agent, and recorded with the key and the client.
+	var rsaKey *agent.Key
+	for _, k := range keys {
+		if k.Comment == "s-rsa-3072" {
+			rsaKey = k
+		}
+	}
+	if rsaKey == nil {
+		t.Fatalf("the RSA key is not listed: %v", keys)
+	}
+	if _, err := ac.Sign(rsaKey, []byte("sha-1, please")); err == nil {
+		t.Fatal("the agent made an ssh-rsa (SHA-1) signature")
+	}
+	if sig, err := ac.SignWithFlags(rsaKey, []byte("sha-2"), agent.SignatureFlagRsaSha256); err != nil || sig.Format != ssh.KeyAlgoRSASHA256 {
+		t.Fatalf("rsa-sha2-256: %v %v", sig, err)
+	}
+	if rec := agentRefusal(t, al.read(), "sign", "POLICY_VIOLATION", self, "SHA-1"); rec.Key.IsZero() {
+		t.Error("the SHA-1 refusal names no key")
+	}
 }
 
 // ssh-add -h: a key constrained to one host signs for a login to it and
-// is refused for a login to another (another sshd, another host key).
+// is refused for a login to another (another sshd, another host key), and
+// for anything but a login (ssh-keygen -Y sign): that refusal is in the
+// audit log with ssh-keygen's executable and the key.
 func TestSSHAgentDestinationConstraints(t *testing.T) {
 	sshd := needSSHServer(t)
-	d, sock, _ := agentDaemon(t)
+	d, sock, logPath := agentDaemon(t)
 	dir := openDir(t)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -442,6 +503,16 @@ func TestSSHAgentDestinationConstraints(t *testing.T) {
 	if out, code := agentSSH(dir, sock, portB, kh); code == 0 {
 		t.Fatalf("a key constrained to host-a logged in to another host:\n%s", out)
 	}
+	al := newAuditReader(t, logPath)
+	al.read()
+	data := filepath.Join(dir, "data")
+	os.WriteFile(data, []byte("not a login"), 0o644)
+	if out, code := agentRun(dir, sock, nil, nil, "ssh-keygen", "-Y", "sign", "-f", key+".pub", "-n", "file", data); code == 0 {
+		t.Fatalf("a key constrained to host-a signed a file:\n%s", out)
+	}
+	if rec := agentRefusal(t, al.read(), "sign", "PERMISSION_DENIED", "/usr/bin/ssh-keygen", "ssh-add -h"); rec.Key.IsZero() {
+		t.Error("the destination refusal names no key")
+	}
 	// Unconstrained, it logs in to both.
 	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", key); code != 0 {
 		t.Fatalf("ssh-add: exit %d\n%s", code, out)
@@ -454,10 +525,12 @@ func TestSSHAgentDestinationConstraints(t *testing.T) {
 // Bad input: a message cut short, one longer than 256 KiB, unknown
 // message types, and a client that never reads its replies. The daemon
 // stays up, answers SSH_AGENT_FAILURE or closes the connection, and
-// another client is served meanwhile without delay.
+// another client is served meanwhile without delay. Each refusal is in
+// the audit log with the client's executable.
 func TestSSHAgentBadInput(t *testing.T) {
 	requireRoot(t)
-	d, sock, _ := agentDaemon(t)
+	d, sock, logPath := agentDaemon(t)
+	al := newAuditReader(t, logPath)
 	d.runCLI(t, nil, nil, "key", "generate", "--type", "ed25519", "--name", "login", "--ssh").ok(t, "generate")
 	dial := func() net.Conn {
 		t.Helper()
@@ -495,6 +568,12 @@ func TestSSHAgentBadInput(t *testing.T) {
 	if r, err := reply(c); err != nil || len(r) < 5 || r[0] != 12 {
 		t.Fatalf("list after bad messages: %x %v", r, err)
 	}
+	self := selfExe(t)
+	recs := al.read()
+	agentRefusal(t, recs, "request", "UNIMPLEMENTED", self, "unknown message type 200")
+	agentRefusal(t, recs, "request", "UNIMPLEMENTED", self, "unknown message type 1")
+	agentRefusal(t, recs, "sign", "INVALID_ARGUMENT", self, "malformed sign request")
+	agentRefusal(t, recs, "extension", "UNIMPLEMENTED", self, `unsupported extension "nope"`)
 	// Longer than 256 KiB: closed without reading it.
 	c = dial()
 	c.Write(bin.BigEndian.AppendUint32(nil, 256<<10+1))
@@ -507,6 +586,9 @@ func TestSSHAgentBadInput(t *testing.T) {
 	if _, err := reply(c); err == nil {
 		t.Fatal("an empty message was answered")
 	}
+	recs = al.read()
+	agentRefusal(t, recs, "request", "RESOURCE_EXHAUSTED", self, fmt.Sprintf("a message of %d bytes", 256<<10+1))
+	agentRefusal(t, recs, "request", "RESOURCE_EXHAUSTED", self, "a message of 0 bytes")
 	// Cut short: header of 100 bytes, 10 sent, then the client goes.
 	c = dial()
 	c.Write(append(bin.BigEndian.AppendUint32(nil, 100), make([]byte, 10)...))
@@ -553,4 +635,41 @@ func ioReadFull(c net.Conn, b []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// ssh-add -c: each use of the key asks the --ssh-askpass program, which
+// approves by exiting 0; once it refuses, the signature is refused, and
+// the refusal is in the audit log with ssh-keygen's executable and the
+// key.
+func TestSSHAgentConfirm(t *testing.T) {
+	requireRoot(t)
+	dir := openDir(t)
+	approve := filepath.Join(dir, "approve")
+	askpass := filepath.Join(dir, "askpass")
+	os.WriteFile(askpass, []byte("#!/bin/sh\ntest \"$SSH_ASKPASS_PROMPT\" = confirm && test -e "+approve+"\n"), 0o755)
+	_, sock, logPath := agentDaemon(t, "--ssh-askpass", askpass)
+	key, _ := sshKeygen(t, dir, "id_confirm", "ed25519", "")
+	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", "-c", key); code != 0 {
+		t.Fatalf("ssh-add -c: exit %d\n%s", code, out)
+	}
+	data := filepath.Join(dir, "data")
+	os.WriteFile(data, []byte("confirmed"), 0o644)
+	sign := func() int {
+		os.Remove(data + ".sig")
+		_, code := agentRun(dir, sock, nil, nil, "ssh-keygen", "-Y", "sign", "-f", key+".pub", "-n", "file", data)
+		return code
+	}
+	os.WriteFile(approve, nil, 0o644)
+	if code := sign(); code != 0 {
+		t.Fatalf("a use the program approved was refused: exit %d", code)
+	}
+	al := newAuditReader(t, logPath)
+	al.read()
+	os.Remove(approve)
+	if code := sign(); code == 0 {
+		t.Fatal("a use the program refused signed")
+	}
+	if rec := agentRefusal(t, al.read(), "sign", "PERMISSION_DENIED", "/usr/bin/ssh-keygen", "ssh-add -c"); rec.Key.IsZero() {
+		t.Error("the confirmation refusal names no key")
+	}
 }

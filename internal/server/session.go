@@ -647,7 +647,7 @@ func (ss *Session) Refuse(ctx context.Context, id Identity, r Refusal) error {
 		ss.refusalReplyPaused(caller, r.Request, rj) // counted, not recorded
 		return nil
 	}
-	ss.log.Info("request refused by the front", "request", r.Request, "op", r.Op, "status", r.Status.String(), "reason", r.Reason)
+	ss.log.Info("request refused by the front", "uid", id.UID, "pid", id.PID, "request", r.Request, "op", r.Op, "status", r.Status.String(), "reason", r.Reason)
 	if caller == nil {
 		return nil
 	}

@@ -47,6 +47,7 @@ type user struct {
 type added struct {
 	ss      *server.Session
 	handle  uint32
+	id      []byte // the key's id in the core, for the audit log
 	pub     ssh.PublicKey
 	typ     wire.KeyType
 	comment string
@@ -109,37 +110,33 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 	pkcs8, typ, pub, err := readPrivateKey(&s)
 	defer clear(pkcs8)
 	if err != nil {
-		c.a.log.Info("ssh-add refused", "uid", c.id.UID, "pid", c.id.PID, "reason", err)
-		return replyFailure
+		return c.refuseErr("import", nil, err)
 	}
+	fp := ssh.FingerprintSHA256(pub)
 	var comment []byte
 	if !readString(&s, &comment) {
-		c.a.log.Info("ssh-add refused: malformed message", "uid", c.id.UID, "pid", c.id.PID)
-		return replyFailure
+		return c.refuse("import", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed message: the comment of "+fp)
 	}
 	k := &added{pub: pub, typ: typ, comment: string(comment)}
 	var life uint32
 	if constrained {
 		if life, err = readConstraints(&s, k); err != nil {
-			c.a.log.Info("ssh-add refused", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(pub), "reason", err)
-			return replyFailure
+			return c.refuseErr("import", nil, fmt.Errorf("%s: %w", fp, err))
 		}
 	}
 	if !s.Empty() {
-		c.a.log.Info("ssh-add refused: malformed message", "uid", c.id.UID, "pid", c.id.PID)
-		return replyFailure
+		return c.refuse("import", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed message: trailing data after "+fp)
 	}
 	if k.confirm && c.a.cfg.Askpass == "" {
-		c.a.log.Warn("ssh-add -c refused: no confirmation program is configured (serve --ssh-askpass PROG)",
-			"uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(pub))
-		return replyFailure
+		return c.refuse("import", nil, wire.Status_STATUS_UNIMPLEMENTED,
+			"ssh-add -c of "+fp+": no confirmation program is configured (serve --ssh-askpass PROG)")
 	}
 	if old := c.u.take(pub.Marshal()); old != nil {
 		old.drop() // added again: its constraints are the new ones
 	}
 	if n := len(c.u.addedKeys()); n >= c.a.cfg.MaxAddedPerUID {
-		c.a.log.Warn("ssh-add refused: too many keys added", "uid", c.id.UID, "pid", c.id.PID, "max", c.a.cfg.MaxAddedPerUID)
-		return replyFailure
+		return c.refuse("import", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			fmt.Sprintf("%s: the user has added %d keys, the most the agent keeps", fp, n))
 	}
 	// The key's own session: opened for the uid by no process (its records
 	// name the client of each request), closed when the key goes.
@@ -156,7 +153,7 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 		c.a.log.Info("ssh-add refused by the core", "uid", c.id.UID, "pid", c.id.PID, "err", err)
 		return replyFailure
 	}
-	k.ss, k.handle = ss, r.GetKey().GetHandle()
+	k.ss, k.handle, k.id = ss, r.GetKey().GetHandle(), r.GetKey().GetInfo().GetId()
 	c.u.mu.Lock()
 	c.u.added = append(c.u.added, k)
 	c.u.mu.Unlock()
@@ -200,7 +197,7 @@ func readConstraints(s *cryptobyte.String, k *added) (life uint32, err error) {
 				return 0, errors.New("malformed constraint extension")
 			}
 			if string(name) != "restrict-destination-v00@openssh.com" {
-				return 0, fmt.Errorf("unsupported constraint %q", name)
+				return 0, refusedf(wire.Status_STATUS_UNIMPLEMENTED, "unsupported constraint %q", name)
 			}
 			if k.dests != nil {
 				return 0, errors.New("destination constraints given twice")
@@ -214,7 +211,7 @@ func readConstraints(s *cryptobyte.String, k *added) (life uint32, err error) {
 			}
 		default:
 			// Including maxsign, which only FIDO/XMSS keys have.
-			return 0, fmt.Errorf("unsupported constraint %d", t)
+			return 0, refusedf(wire.Status_STATUS_UNIMPLEMENTED, "unsupported constraint %d", t)
 		}
 	}
 	return life, nil
@@ -227,13 +224,16 @@ func (c *conn) remove(body []byte) []byte {
 	s := cryptobyte.String(body)
 	var blob []byte
 	if !readString(&s, &blob) || !s.Empty() {
-		return replyFailure
+		return c.refuse("destroy", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed remove request")
 	}
 	k := c.u.take(blob)
 	if k == nil {
-		c.a.log.Info("ssh-add -d refused: the key was not added through the agent (keywarden key destroy removes a stored key)",
-			"uid", c.id.UID, "pid", c.id.PID)
-		return replyFailure
+		var kid []byte
+		if l, ok := c.listed[string(blob)]; ok {
+			kid = l.keyID()
+		}
+		return c.refuse("destroy", kid, wire.Status_STATUS_NOT_FOUND,
+			"ssh-add -d: the key was not added through the agent (keywarden key destroy removes a stored key)"+fingerprintOf(blob))
 	}
 	// Destroyed through the core, so that the removal has its record.
 	if _, err := c.do(k.ss, c.ident(), &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}}); err != nil {
@@ -264,10 +264,14 @@ func (c *conn) removeAll() []byte {
 // every connection. A wrong passphrase delays the reply a little more
 // each time, up to 10 seconds, as ssh-agent does.
 func (c *conn) lock(body []byte, lock bool) []byte {
+	op := "unlock"
+	if lock {
+		op = "lock"
+	}
 	s := cryptobyte.String(body)
 	var pass []byte
 	if !readString(&s, &pass) || !s.Empty() || len(pass) == 0 {
-		return replyFailure
+		return c.refuse(op, nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed message, or an empty passphrase")
 	}
 	u := c.u
 	u.mu.Lock()
@@ -276,7 +280,7 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 		if err := random.Read(u.lockSalt[:]); err != nil {
 			u.mu.Unlock()
 			c.a.log.Error("agent lock refused: no random salt", "err", err)
-			return replyFailure
+			return c.refuse(op, nil, wire.Status_STATUS_INTERNAL, "no random salt for the lock")
 		}
 		u.lockMAC = lockMAC(u.lockSalt[:], pass)
 		u.locked = true
@@ -293,14 +297,24 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 			return replySuccess
 		}
 		u.failures = min(u.failures+1, 100)
-		delay := time.Duration(u.failures) * 100 * time.Millisecond
+		n, delay := u.failures, unlockDelay(u.failures)
 		u.mu.Unlock()
-		c.a.log.Warn("agent unlock refused: wrong passphrase", "uid", c.id.UID, "pid", c.id.PID, "delay", delay)
+		reply := c.refuse(op, nil, wire.Status_STATUS_PERMISSION_DENIED,
+			fmt.Sprintf("wrong passphrase (%d since the last unlock; the reply waits %s)", n, delay))
 		time.Sleep(delay)
-		return replyFailure
+		return reply
 	}
 	u.mu.Unlock()
-	return replyFailure
+	if lock {
+		return c.refuse(op, nil, wire.Status_STATUS_INVALID_ARGUMENT, "the agent is already locked")
+	}
+	return c.refuse(op, nil, wire.Status_STATUS_INVALID_ARGUMENT, "the agent is not locked")
+}
+
+// unlockDelay is how long the reply to the n-th wrong unlock passphrase
+// in a row waits: 0.1 s more each time, at most 10 s.
+func unlockDelay(n int) time.Duration {
+	return time.Duration(min(n, 100)) * 100 * time.Millisecond
 }
 
 func lockMAC(salt, pass []byte) [32]byte {
@@ -380,7 +394,7 @@ func readPrivateKey(s *cryptobyte.String) (pkcs8 []byte, typ wire.KeyType, pub s
 		case 4096:
 			typ = wire.KeyType_KEY_TYPE_RSA_4096
 		default:
-			return nil, 0, nil, fmt.Errorf("RSA keys of %d bits are not keywarden types (2048, 3072 and 4096 are)", n.BitLen())
+			return nil, 0, nil, refusedf(wire.Status_STATUS_UNIMPLEMENTED, "RSA keys of %d bits are not keywarden types (2048, 3072 and 4096 are)", n.BitLen())
 		}
 		if !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
 			return nil, 0, nil, errors.New("malformed RSA key: exponent")
@@ -392,7 +406,7 @@ func readPrivateKey(s *cryptobyte.String) (pkcs8 []byte, typ wire.KeyType, pub s
 		k.Precompute()
 		priv = k
 	default:
-		return nil, 0, nil, fmt.Errorf("keys of type %q are not taken (Ed25519, ECDSA P-256 and P-384, and RSA are)", name)
+		return nil, 0, nil, refusedf(wire.Status_STATUS_UNIMPLEMENTED, "keys of type %q are not taken (Ed25519, ECDSA P-256 and P-384, and RSA are)", name)
 	}
 	pkcs8, err = x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {

@@ -47,15 +47,13 @@ func (c *conn) extension(body []byte) []byte {
 	s := cryptobyte.String(body)
 	var name []byte
 	if !readString(&s, &name) {
-		return replyFailure
+		return c.refuse("extension", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed extension request")
 	}
 	if string(name) != "session-bind@openssh.com" {
-		c.a.log.Debug("unsupported extension", "uid", c.id.UID, "pid", c.id.PID, "name", string(name))
-		return replyFailure
+		return c.refuse("extension", nil, wire.Status_STATUS_UNIMPLEMENTED, fmt.Sprintf("unsupported extension %q", name))
 	}
 	if err := c.sessionBind(&s); err != nil {
-		c.a.log.Warn("session-bind refused", "uid", c.id.UID, "pid", c.id.PID, "reason", err)
-		return replyFailure
+		return c.refuseErr("session-bind", nil, err)
 	}
 	return replySuccess
 }
@@ -79,22 +77,22 @@ func (c *conn) sessionBind(s *cryptobyte.String) error {
 		return errors.New("malformed host signature")
 	}
 	if err := key.Verify(sid, &sig); err != nil {
-		return fmt.Errorf("the host key's signature of the session id does not verify: %v", err)
+		return refusedf(wire.Status_STATUS_VERIFICATION_FAILED, "the host key's signature of the session id does not verify: %v", err)
 	}
 	fp := ssh.FingerprintSHA256(key)
 	for _, b := range c.binds {
 		if !b.forwarded {
-			return errors.New("the connection is already bound for an authentication")
+			return refusedf(wire.Status_STATUS_PERMISSION_DENIED, "the connection is already bound for an authentication")
 		}
 		if bytes.Equal(b.sid, sid) {
 			if bytes.Equal(b.key.Marshal(), key.Marshal()) {
 				return nil
 			}
-			return errors.New("the session id is bound to another host key")
+			return refusedf(wire.Status_STATUS_PERMISSION_DENIED, "the session id is bound to another host key")
 		}
 	}
 	if len(c.binds) >= maxBinds {
-		return errors.New("too many session bindings")
+		return refusedf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many session bindings")
 	}
 	c.binds = append(c.binds, bind{key: key, fp: fp, sid: bytes.Clone(sid), forwarded: fwd != 0})
 	c.a.log.Debug("session bound", "uid", c.id.UID, "pid", c.id.PID, "host_key", fp, "forwarded", fwd != 0)
@@ -296,19 +294,4 @@ func parseUserauth(data []byte, key ssh.PublicKey) (user string, sid []byte, hos
 		return "", nil, nil, errors.New("trailing data")
 	}
 	return string(u), sid, hostKey, nil
-}
-
-// signAdded signs with a key added through the agent, once its
-// destination constraints and confirmation allow it.
-func (c *conn) signAdded(k *added, data []byte, sg *wire.Sign) (*wire.Result, error) {
-	if err := c.checkDestination(k, data); err != nil {
-		return nil, err
-	}
-	if k.confirm {
-		if err := c.confirm(k); err != nil {
-			return nil, err
-		}
-	}
-	sg.Handle = k.handle
-	return c.do(k.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: sg}})
 }

@@ -3,12 +3,14 @@ package sshagent
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // A message's body must arrive within bodyTimeout of its length, and a
@@ -38,6 +40,9 @@ type conn struct {
 	opened  map[string]openedKey // persistent key id → its handle on ss
 	listed  map[string]listed    // public key blob → key, from the last listing
 	nextReq uint64
+	// closing: a refusal could not be recorded; the connection closes once
+	// its failure reply is sent (the front fails closed).
+	closing bool
 }
 
 func (c *conn) serve() {
@@ -58,7 +63,8 @@ func (c *conn) serve() {
 		}
 		n := binary.BigEndian.Uint32(hdr[:])
 		if n == 0 || n > MaxMessage {
-			c.a.log.Warn("connection closed: message length out of bounds", "uid", c.id.UID, "pid", c.id.PID, "length", n, "max", MaxMessage)
+			c.refuse("request", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+				fmt.Sprintf("a message of %d bytes (at most %d, at least 1): connection closed", n, MaxMessage))
 			return
 		}
 		msg := make([]byte, n)
@@ -74,7 +80,69 @@ func (c *conn) serve() {
 			c.a.log.Info("connection closed: the client does not take its reply", "uid", c.id.UID, "pid", c.id.PID, "err", errText(err))
 			return
 		}
+		if c.closing {
+			return
+		}
 	}
+}
+
+// refuse records a refusal the agent decides itself (op, the key's
+// persistent id if known, status, the precise reason) through the core,
+// and returns the failure reply. If the refusal cannot be recorded, the
+// connection closes once the failure is sent: nothing the audit log
+// does not know of is answered.
+func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) []byte {
+	err := c.ss.Refuse(c.a.ctx, c.ident(), server.Refusal{Op: op, Key: keyID, Request: c.reqID(), Status: st, Reason: reason})
+	if err != nil {
+		c.a.log.Error("a refusal could not be recorded: the connection closes", "uid", c.id.UID, "pid", c.id.PID, "op", op, "err", err)
+		c.closing = true
+	}
+	return replyFailure
+}
+
+// refusal is a refusal of the agent's own, with its status.
+type refusal struct {
+	status wire.Status
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func refusedf(st wire.Status, format string, args ...any) error {
+	return &refusal{status: st, msg: fmt.Sprintf(format, args...)}
+}
+
+// refuseErr is refuse for err: its status if it is a refusal, else
+// INVALID_ARGUMENT (the message was not one the agent takes).
+func (c *conn) refuseErr(op string, keyID []byte, err error) []byte {
+	st := wire.Status_STATUS_INVALID_ARGUMENT
+	var r *refusal
+	if errors.As(err, &r) {
+		st = r.status
+	}
+	return c.refuse(op, keyID, st, err.Error())
+}
+
+// opNames name the agent's messages in the audit log: the core's
+// operation where there is one.
+var opNames = map[byte]string{
+	msgRequestIdentities:   "list",
+	msgSignRequest:         "sign",
+	msgAddIdentity:         "import",
+	msgAddIDConstrained:    "import",
+	msgRemoveIdentity:      "destroy",
+	msgRemoveAllIdentities: "destroy",
+	msgRemoveAllV1:         "destroy",
+	msgLock:                "lock",
+	msgUnlock:              "unlock",
+	msgExtension:           "extension",
+}
+
+func opOf(typ byte) string {
+	if op, ok := opNames[typ]; ok {
+		return op
+	}
+	return "request"
 }
 
 func errText(err error) string {
@@ -90,10 +158,12 @@ func (c *conn) handle(msg []byte) []byte {
 	if c.u.isLocked() && typ != msgUnlock {
 		// As ssh-agent: a locked agent lists nothing and refuses the rest.
 		if typ == msgRequestIdentities {
+			if c.refuse("list", nil, wire.Status_STATUS_PERMISSION_DENIED, "the agent is locked: nothing listed"); c.closing {
+				return replyFailure
+			}
 			return []byte{msgIdentitiesAnswer, 0, 0, 0, 0}
 		}
-		c.a.log.Info("request refused: the agent is locked", "uid", c.id.UID, "pid", c.id.PID, "type", typ)
-		return replyFailure
+		return c.refuse(opOf(typ), nil, wire.Status_STATUS_PERMISSION_DENIED, fmt.Sprintf("the agent is locked (message %d)", typ))
 	}
 	switch typ {
 	case msgRequestIdentities:
@@ -111,8 +181,7 @@ func (c *conn) handle(msg []byte) []byte {
 	case msgExtension:
 		return c.extension(body)
 	}
-	c.a.log.Info("unknown message refused", "uid", c.id.UID, "pid", c.id.PID, "type", typ)
-	return replyFailure
+	return c.refuse("request", nil, wire.Status_STATUS_UNIMPLEMENTED, fmt.Sprintf("unknown message type %d", typ))
 }
 
 // reqID numbers the connection's requests to the core.

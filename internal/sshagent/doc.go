@@ -10,6 +10,11 @@
 // (SO_PEERCRED and a pidfd, SO_PEERPIDFD), and every list, sign, add and
 // remove is a request of the daemon's own protocol handed to
 // Session.Do, which authorizes it, writes its audit record and runs it.
+// What the agent refuses itself, by a rule of its protocol the core does
+// not know (the lock, a destination or confirmation refused, a SHA-1
+// signature, a malformed or unknown message), it records through the
+// core (Session.Refuse) before it answers; if that fails, it answers
+// SSH_AGENT_FAILURE and closes the connection.
 // A stream socket carries no credentials per message, unlike the daemon's
 // SOCK_SEQPACKET socket: every request of a connection is the accepting
 // process's, which is the ssh, ssh-add or git process that connected.

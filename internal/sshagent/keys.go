@@ -1,6 +1,7 @@
 package sshagent
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
@@ -185,37 +186,54 @@ func (c *conn) identities() []byte {
 // sign answers SSH2_AGENTC_SIGN_REQUEST: the key is found among those the
 // client may list, and signs through the core (one request, one audit
 // record naming the client and, if it bound the connection, the host).
+// What the agent refuses itself (an unknown key, a SHA-1 signature, a
+// destination or a confirmation refused) is recorded through the core
+// too, before the failure is sent.
 func (c *conn) sign(body []byte) []byte {
 	s := cryptobyte.String(body)
 	var blob, data []byte
 	var flags uint32
 	if !readString(&s, &blob) || !readString(&s, &data) || !s.ReadUint32(&flags) || !s.Empty() {
-		c.a.log.Info("malformed sign request refused", "uid", c.id.UID, "pid", c.id.PID)
-		return replyFailure
+		return c.refuse("sign", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed sign request")
 	}
 	k, ok := c.listed[string(blob)]
 	if !ok {
 		if _, err := c.keys(); err != nil {
+			// Refused by the core, which recorded it.
 			c.a.log.Info("sign refused: the keys could not be listed", "uid", c.id.UID, "pid", c.id.PID, "err", err)
 			return replyFailure
 		}
 		if k, ok = c.listed[string(blob)]; !ok {
-			c.a.log.Info("sign refused: no such key for this user", "uid", c.id.UID, "pid", c.id.PID)
-			return replyFailure
+			return c.refuse("sign", nil, wire.Status_STATUS_NOT_FOUND, "no such key for this user"+fingerprintOf(blob))
 		}
 	}
+	kid := k.keyID()
 	format, op, err := signOp(k.typ, data, flags)
 	if err != nil {
-		c.a.log.Info("sign refused", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(k.pub), "reason", err)
-		return replyFailure
+		return c.refuseErr("sign", kid, err)
 	}
 	var res *wire.Result
 	if k.added != nil {
-		res, err = c.signAdded(k.added, data, op)
+		if err := c.checkDestination(k.added, data); err != nil {
+			return c.refuse("sign", kid, wire.Status_STATUS_PERMISSION_DENIED, "ssh-add -h: "+err.Error())
+		}
+		if k.added.confirm {
+			if err := c.confirm(k.added); err != nil {
+				return c.refuse("sign", kid, wire.Status_STATUS_PERMISSION_DENIED, "ssh-add -c: "+err.Error())
+			}
+		}
+		op.Handle = k.added.handle
+		res, err = c.do(k.added.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: op}})
 	} else {
-		res, err = c.signPersistent(k.id, op)
+		o, ok := c.opened[string(k.id)]
+		if !ok {
+			return c.refuse("sign", kid, wire.Status_STATUS_INTERNAL, "the key is not open on the connection")
+		}
+		op.Handle = o.handle
+		res, err = c.do(c.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: op}})
 	}
 	if err != nil {
+		// Refused by the core, which recorded it.
 		c.a.log.Info("sign refused", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(k.pub), "reason", err)
 		return replyFailure
 	}
@@ -230,6 +248,24 @@ func (c *conn) sign(body []byte) []byte {
 	b.AddUint8(msgSignResponse)
 	addString(&b, ssh.Marshal(ssh.Signature{Format: format, Blob: sig}))
 	return b.BytesOrPanic()
+}
+
+// keyID is k's persistent id, for the audit log.
+func (k *listed) keyID() []byte {
+	if k.added != nil {
+		return k.added.id
+	}
+	return k.id
+}
+
+// fingerprintOf is ": " and the SHA-256 fingerprint of the public key
+// blob, or "" if it is not one.
+func fingerprintOf(blob []byte) string {
+	pub, err := ssh.ParsePublicKey(bytes.Clone(blob))
+	if err != nil {
+		return ""
+	}
+	return ": " + ssh.FingerprintSHA256(pub)
 }
 
 // signOp is the core's sign operation (without its handle) that makes
@@ -257,17 +293,8 @@ func signOp(t wire.KeyType, data []byte, flags uint32) (string, *wire.Sign, erro
 		sg.Hash = wire.HashAlg_HASH_ALG_SHA256
 		return ssh.KeyAlgoRSASHA256, sg, nil
 	}
-	return "", nil, errors.New("an ssh-rsa (SHA-1) signature was asked for: only rsa-sha2-256 and rsa-sha2-512 are made")
-}
-
-// signPersistent signs with a persistent key opened by the listing.
-func (c *conn) signPersistent(keyID []byte, sg *wire.Sign) (*wire.Result, error) {
-	o, ok := c.opened[string(keyID)]
-	if !ok {
-		return nil, errors.New("the key is not open")
-	}
-	sg.Handle = o.handle
-	return c.do(c.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: sg}})
+	return "", nil, refusedf(wire.Status_STATUS_POLICY_VIOLATION,
+		"an ssh-rsa (SHA-1) signature was asked for: only rsa-sha2-256 and rsa-sha2-512 are made")
 }
 
 // maxHandles bounds the keys a connection opens.
