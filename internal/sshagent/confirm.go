@@ -9,9 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
+
+// askpassWaitDelay is how long the confirmation's answer waits, once the
+// program has exited or been killed, for what still holds its output.
+const askpassWaitDelay = time.Second
 
 // confirm asks the configured program whether k may be used now (ssh-add
 // -c), as ssh-agent asks SSH_ASKPASS: the program gets the question as its
@@ -37,6 +42,13 @@ func (c *conn) confirm(k *added) error {
 		}
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Past the time limit the program's whole session goes (it leads a
+	// process group of its own), not the program alone: a child it left
+	// (a dialog started by a shell script) would hold its output open, and
+	// the answer would wait for it. Whatever still holds the output a
+	// moment after the program exits or is killed is cut off too.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = askpassWaitDelay
 	if os.Geteuid() == 0 && c.id.UID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.id.UID, Gid: c.id.GID}
 	}
