@@ -29,7 +29,7 @@ type testAgent struct {
 	sockPath string
 }
 
-func newTestAgent(t *testing.T, cfg Config) *testAgent {
+func newTestAgent(t testing.TB, cfg Config) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	ta := &testAgent{logPath: filepath.Join(dir, "audit.log"), sockPath: filepath.Join(dir, "agent.sock")}
