@@ -119,5 +119,10 @@ fuzz ./internal/genid FuzzParseUevent
 fuzz ./internal/genid FuzzVMClockPage
 fuzz ./internal/genid FuzzFindVMGenIDAddress
 fuzz ./internal/sshcert FuzzParseSubject
+fuzz ./internal/sshagent FuzzMessage
+fuzz ./internal/sshagent FuzzSessionBind
+fuzz ./internal/sshagent FuzzConstraints
+fuzz ./internal/sshagent FuzzPrivateKey
+fuzz ./internal/sshagent FuzzUserauth
 
 log "all tests passed"
