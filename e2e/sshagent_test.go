@@ -63,8 +63,9 @@ func listedComments(out string) []string {
 }
 
 // agentRefusal fails the test unless recs hold a refusal recorded by the
-// ssh-agent front: op, status, the client's executable exe, a msg holding
-// want. It returns the record.
+// ssh-agent front (or, with status OK, something it did itself): op,
+// status, the client's executable exe, a msg holding want. It returns the
+// record.
 func agentRefusal(t *testing.T, recs []*audit.Record, op, status, exe, want string) *audit.Record {
 	t.Helper()
 	for _, rec := range requests(recs) {
@@ -240,7 +241,7 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	if out, code := agentRun(dir, sock, nil, pass("correct horse"), "ssh-add", "-x"); code != 0 {
 		t.Fatalf("ssh-add -x: exit %d\n%s", code, out)
 	}
-	al.read()
+	agentRefusal(t, al.read(), "lock", "OK", "/usr/bin/ssh-add", "the agent is locked for this uid")
 	if got := list(); len(got) != 0 {
 		t.Fatalf("a locked agent lists %v", got)
 	}
@@ -261,6 +262,7 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	if out, code := agentRun(dir, sock, nil, pass("correct horse"), "ssh-add", "-X"); code != 0 {
 		t.Fatalf("ssh-add -X: exit %d\n%s", code, out)
 	}
+	agentRefusal(t, al.read(), "unlock", "OK", "/usr/bin/ssh-add", "the agent is unlocked for this uid")
 	if !has(list(), "login") {
 		t.Fatal("an unlocked agent does not list the keys")
 	}
@@ -331,7 +333,10 @@ func TestSSHAgentLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	signs := 0
-	for _, rec := range requests(al.read()) {
+	loginRecs := al.read()
+	// The binding itself is recorded, before the signature it leads to.
+	agentRefusal(t, loginRecs, "session-bind", "OK", "/usr/bin/ssh", "bound to the host key "+ssh.FingerprintSHA256(hk))
+	for _, rec := range requests(loginRecs) {
 		if rec.Op != "sign" {
 			continue
 		}

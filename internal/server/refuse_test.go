@@ -81,3 +81,23 @@ func TestSessionRefuseFailsClosed(t *testing.T) {
 		t.Fatalf("Refuse on a closed session: %v", err)
 	}
 }
+
+// A front's own operation that succeeded is recorded with status OK, and
+// Refuse still takes no OK.
+func TestSessionRecordsFrontSuccess(t *testing.T) {
+	s, path := auditedServer(t, Limits{})
+	ss := doSession(t, s, 1001)
+	id := idOf(1001)
+	if err := ss.Refuse(context.Background(), id, Refusal{Op: "lock", Status: wire.Status_STATUS_OK}); err == nil {
+		t.Fatal("Refuse took status OK")
+	}
+	if err := ss.Record(context.Background(), id, Refusal{Op: "lock", Request: 3, Status: wire.Status_STATUS_OK, Reason: "locked"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range auditRecords(t, path) {
+		if r.Kind == audit.KindRequest && r.Op == "lock" && r.Status == "OK" && r.Msg == "locked" && r.Front == testFront && r.Caller.UID == 1001 {
+			return
+		}
+	}
+	t.Fatal("the front's lock is not in the audit log")
+}

@@ -590,7 +590,7 @@ type Refusal struct {
 	// Request numbers the request among the front's requests on the
 	// session (the audit's "request").
 	Request uint64
-	// Status is the class of the refusal; never STATUS_OK.
+	// Status is the class of the refusal; never STATUS_OK for Refuse.
 	Status wire.Status
 	// Reason is the precise reason, for the audit log and the daemon's
 	// log (the client is not told it). Never secrets.
@@ -617,11 +617,28 @@ func validOp(name string) bool { return name == "request" || validFront(name) }
 // but fail closed, as the core does when the log cannot be written (the
 // ssh-agent front answers SSH_AGENT_FAILURE and closes the connection).
 func (ss *Session) Refuse(ctx context.Context, id Identity, r Refusal) error {
+	if r.Status == wire.Status_STATUS_OK {
+		return errors.New("server: a refusal needs a status other than OK")
+	}
+	return ss.recordFront(ctx, id, r)
+}
+
+// Record records in the audit log, for id, something a front did itself
+// that changes what its caller may do and that no operation of the core
+// carries: an ssh-agent locked or unlocked, a connection bound to a
+// destination host, a key the front added ending with its lifetime. r's
+// Status is OK (or the class of a failure the front reports as done);
+// Reason says what happened. As with Refuse, it must be called before
+// the front answers, and a non-nil error means the front must fail
+// closed.
+func (ss *Session) Record(ctx context.Context, id Identity, r Refusal) error {
+	return ss.recordFront(ctx, id, r)
+}
+
+func (ss *Session) recordFront(ctx context.Context, id Identity, r Refusal) error {
 	switch {
 	case !validOp(r.Op):
 		return fmt.Errorf("server: invalid operation name %q", r.Op)
-	case r.Status == wire.Status_STATUS_OK:
-		return errors.New("server: a refusal needs a status other than OK")
 	case len(r.Key) != 0 && len(r.Key) != len(audit.KeyID{}):
 		return fmt.Errorf("server: a key id of %d bytes", len(r.Key))
 	}
@@ -647,7 +664,11 @@ func (ss *Session) Refuse(ctx context.Context, id Identity, r Refusal) error {
 		ss.refusalReplyPaused(caller, r.Request, rj) // counted, not recorded
 		return nil
 	}
-	ss.log.Info("request refused by the front", "uid", id.UID, "pid", id.PID, "request", r.Request, "op", r.Op, "status", r.Status.String(), "reason", r.Reason)
+	if r.Status == wire.Status_STATUS_OK {
+		ss.log.Debug("done by the front", "uid", id.UID, "pid", id.PID, "request", r.Request, "op", r.Op, "what", r.Reason)
+	} else {
+		ss.log.Info("request refused by the front", "uid", id.UID, "pid", id.PID, "request", r.Request, "op", r.Op, "status", r.Status.String(), "reason", r.Reason)
+	}
 	if caller == nil {
 		return nil
 	}

@@ -247,3 +247,4 @@ func TestSessionFrontName(t *testing.T) {
 		}
 	}
 }
+

@@ -286,7 +286,7 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 		u.locked = true
 		u.mu.Unlock()
 		c.a.log.Info("agent locked", "uid", c.id.UID, "pid", c.id.PID)
-		return replySuccess
+		return c.done(op, nil, "the agent is locked for this uid")
 	case !lock && u.locked:
 		m := lockMAC(u.lockSalt[:], pass)
 		if subtle.ConstantTimeCompare(m[:], u.lockMAC[:]) == 1 {
@@ -294,7 +294,7 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 			clear(u.lockMAC[:])
 			u.mu.Unlock()
 			c.a.log.Info("agent unlocked", "uid", c.id.UID, "pid", c.id.PID)
-			return replySuccess
+			return c.done(op, nil, "the agent is unlocked for this uid")
 		}
 		u.failures = min(u.failures+1, 100)
 		n, delay := u.failures, unlockDelay(u.failures)

@@ -55,7 +55,7 @@ func (c *conn) extension(body []byte) []byte {
 	if err := c.sessionBind(&s); err != nil {
 		return c.refuseErr("session-bind", nil, err)
 	}
-	return replySuccess
+	return c.done("session-bind", nil, c.bindText())
 }
 
 // sessionBind checks and records a binding, as ssh-agent does: the host
@@ -294,4 +294,14 @@ func parseUserauth(data []byte, key ssh.PublicKey) (user string, sid []byte, hos
 		return "", nil, nil, errors.New("trailing data")
 	}
 	return string(u), sid, hostKey, nil
+}
+
+// bindText says, for the audit log, what the connection's last binding
+// bound it to.
+func (c *conn) bindText() string {
+	b := c.binds[len(c.binds)-1]
+	if b.forwarded {
+		return "bound to the host key " + b.fp + ", forwarded"
+	}
+	return "bound to the host key " + b.fp
 }

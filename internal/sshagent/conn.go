@@ -100,6 +100,20 @@ func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) []
 	return replyFailure
 }
 
+// done records something the agent did itself (op, the key's persistent
+// id if known, what it did) through the core, and returns the success
+// reply; if it cannot be recorded, the failure reply, and the connection
+// closes once it is sent.
+func (c *conn) done(op string, keyID []byte, what string) []byte {
+	err := c.ss.Record(c.a.ctx, c.ident(), server.Refusal{Op: op, Key: keyID, Request: c.reqID(), Status: wire.Status_STATUS_OK, Reason: what})
+	if err != nil {
+		c.a.log.Error("an agent operation could not be recorded: the connection closes", "uid", c.id.UID, "pid", c.id.PID, "op", op, "err", err)
+		c.closing = true
+		return replyFailure
+	}
+	return replySuccess
+}
+
 // refusal is a refusal of the agent's own, with its status.
 type refusal struct {
 	status wire.Status
