@@ -247,4 +247,3 @@ func TestSessionFrontName(t *testing.T) {
 		}
 	}
 }
-
