@@ -19,13 +19,15 @@ import (
 // after another in one shell, against a real daemon that keeps its keys
 // (started and initialized as the quick start says). A command whose
 // comment says "exit N" must exit N; every other must succeed. The only
-// liberty taken: the daemon's default state directory is the test's own.
+// liberties taken: the daemon's default state directory is the test's own,
+// and its ssh-agent socket (serve --ssh-agent, as the tour says) is beside
+// its socket.
 func TestReadmeTour(t *testing.T) {
 	requireRoot(t)
 	if testing.Short() {
 		t.Skip("runs Argon2id at the default costs")
 	}
-	for _, tool := range []string{"bash", "openssl", "timeout", "ssh-keygen"} {
+	for _, tool := range []string{"bash", "openssl", "timeout", "ssh-keygen", "ssh-add"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("no %s", tool)
 		}
@@ -41,7 +43,8 @@ func TestReadmeTour(t *testing.T) {
 
 	work := t.TempDir()
 	sock, state, _ := persistentSetup(t)
-	d := launch(t, sock, []string{"--state", state}) // the default Argon2id costs
+	d := launch(t, sock, []string{"--state", state, // the default Argon2id costs
+		"--ssh-agent", filepath.Join(filepath.Dir(sock), "ssh-agent.sock")})
 	bin := filepath.Dir(binary(t))
 	// What the tour's commands read: a release, an image, a file, a
 	// password, the master passphrases, a peer's X25519 public key.

@@ -5,6 +5,10 @@
 // each figure to the in-process one. It backs "keywarden bench" and this
 // package's Go benchmarks.
 //
+// RunSSHAgent compares Ed25519 signatures through a daemon's ssh-agent
+// socket with OpenSSH's own ssh-agent, started for the run, and with the
+// daemon's own socket and the standard library.
+//
 // It also measures the persistent store through a daemon: the creation of
 // persistent keys, durable before each reply, from several clients
 // (RunCreate), and a daemon's start-up, unseal, memory and first key use
@@ -18,5 +22,8 @@
 // library, never through the daemon's packages, and it must never be
 // imported by the daemon or its request path. Its keys are ephemeral, die
 // with its connection, and are never exported or printed, except the
-// persistent keys the store measurements make in stores of their own.
+// persistent keys the store measurements make in stores of their own and
+// RunSSHAgent's one Ed25519 key, made in the measuring process and given
+// to a development daemon and to OpenSSH's agent, both private to the
+// run, which it dies with.
 package bench

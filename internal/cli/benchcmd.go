@@ -35,12 +35,18 @@ func runBench(e *env, args []string) error {
 	size := f.Int64("size", 1<<30, "with --stream: the file's size in `bytes`")
 	chunk := f.Int("chunk-size", 0, "with --stream: the stream's chunk size in `bytes` (default 65536)")
 	auditMode := f.Bool("audit", false, "measure what the audit log costs: requests and batches of AES-GCM encryptions with --clients concurrent clients, against private daemons with no audit log, --audit-sync grouped and always")
+	sshAgentMode := f.Bool("ssh-agent", false, "measure Ed25519 signatures through a private daemon's ssh-agent socket against OpenSSH's ssh-agent, one request per round trip from --clients concurrent clients, with the daemon's own socket and in-process signatures as baselines")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	if *sshAgentMode {
+		explicit := map[string]bool{}
+		f.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+		return runSSHAgentBench(e, f, &st, *duration, explicit)
 	}
 	if *streamMode {
 		return runStreamBench(e, f, &st, *size, *chunk)
@@ -164,6 +170,58 @@ func runAuditBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration
 		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\n", r.Audit, kind, r.Clients, r.OpsPerSec, micros(r.P50us), micros(r.P99us), ratio)
 	}
 	return w.Flush()
+}
+
+// runSSHAgentBench is bench --ssh-agent.
+func runSSHAgentBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration, explicit map[string]bool) error {
+	if f.socket != "" {
+		return usagef("--ssh-agent starts its own daemon: it takes no --socket")
+	}
+	for _, name := range []string{"ops", "batch", "pipeline", "stream", "audit", "create", "startup"} {
+		if explicit[name] {
+			return usagef("--%s does not apply to --ssh-agent", name)
+		}
+	}
+	switch {
+	case duration <= 0:
+		return usagef("--duration must be positive")
+	case st.runs < 1:
+		return usagef("--runs must be at least 1")
+	}
+	cfg := bench.SSHAgentConfig{Duration: duration, Runs: st.runs, Dir: st.dir}
+	if explicit["clients"] {
+		var err error
+		if cfg.Clients, err = st.clientCounts(); err != nil {
+			return err
+		}
+	}
+	ctx, stop, progress := benchContext(e, f)
+	defer stop()
+	results, err := bench.RunSSHAgent(ctx, cfg, progress)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, results)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "SIGNER\tCLIENTS\tOPS/S\tP50(µs)\tP99(µs)\t×OPENSSH\t×INPROC")
+	openssh := false
+	for _, r := range results {
+		ratio := "-"
+		if r.RatioToOpenSSH > 0 {
+			ratio = fmt.Sprintf("%.2f", r.RatioToOpenSSH)
+			openssh = true
+		}
+		fmt.Fprintf(w, "%s\t%d\t%.0f\t%s\t%s\t%s\t%.2f\n", r.Mode, r.Clients, r.OpsPerSec, micros(r.P50us), micros(r.P99us), ratio, r.RatioToInProcess)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if !openssh {
+		fmt.Fprintln(e.stdout, "(OpenSSH's ssh-agent is not installed: no comparison with it)")
+	}
+	return nil
 }
 
 // runStreamBench is bench --stream.

@@ -1,0 +1,375 @@
+package bench
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+
+	"github.com/keywarden/keywarden"
+)
+
+// The ways RunSSHAgent signs, in the order of its results.
+const (
+	// SSHInProcess is ed25519.Sign in the measuring process: the yardstick.
+	SSHInProcess = "inprocess"
+	// SSHNative is Key.SignMessageContext on the daemon's own socket.
+	SSHNative = "native"
+	// SSHAgentKeywarden is a sign request on the daemon's ssh-agent
+	// socket (serve --ssh-agent).
+	SSHAgentKeywarden = "keywarden-agent"
+	// SSHAgentOpenSSH is a sign request on OpenSSH's ssh-agent.
+	SSHAgentOpenSSH = "openssh-agent"
+)
+
+// SSHAgentConfig configures RunSSHAgent. Zero values mean defaults.
+type SSHAgentConfig struct {
+	// Clients are the numbers of concurrent clients, each on its own
+	// connection; empty means 1, 4 and 16.
+	Clients []int
+	// Duration is how long each measurement lasts, after a short warm-up;
+	// 0 means one second.
+	Duration time.Duration
+	// Runs repeats every measurement and reports medians; 0 means 3.
+	Runs int
+	// Dir is where the sockets and the daemon's audit log go; empty means
+	// the temporary directory. It should be on the disk the audit log
+	// would be on in use (not a tmpfs, where fsync costs nothing).
+	Dir string
+	// OpenSSHAgent is OpenSSH's ssh-agent program; empty means
+	// "ssh-agent" looked up in PATH. If it cannot be found, the results
+	// have no SSHAgentOpenSSH rows and no ratios to it.
+	OpenSSHAgent string
+	// Executable and Env are as in Config.
+	Executable string
+	Env        []string
+}
+
+func (c SSHAgentConfig) withDefaults() SSHAgentConfig {
+	if len(c.Clients) == 0 {
+		c.Clients = []int{1, 4, 16}
+	}
+	if c.Duration <= 0 {
+		c.Duration = time.Second
+	}
+	if c.Runs <= 0 {
+		c.Runs = 3
+	}
+	if c.Dir == "" {
+		c.Dir = os.TempDir()
+	}
+	return c
+}
+
+// SSHAgentResult is one measurement of RunSSHAgent: medians over the
+// runs.
+type SSHAgentResult struct {
+	// Mode is SSHInProcess, SSHNative, SSHAgentKeywarden or
+	// SSHAgentOpenSSH.
+	Mode    string `json:"mode"`
+	Clients int    `json:"clients"`
+	Runs    int    `json:"runs"`
+	// OpsPerSec counts signatures, over all clients.
+	OpsPerSec     float64   `json:"ops_per_sec"`
+	RunsOpsPerSec []float64 `json:"runs_ops_per_sec"`
+	// P50us and P99us are the latency of one signature (one request and
+	// its reply), in microseconds, over every client's.
+	P50us float64 `json:"p50_us"`
+	P99us float64 `json:"p99_us"`
+	// RatioToOpenSSH and RatioToInProcess compare with OpenSSH's agent and
+	// with the in-process signature for the same number of clients: the
+	// median over the runs of each run's ratio (see
+	// AuditResult.RatioToOff). 0 if that was not measured.
+	RatioToOpenSSH   float64 `json:"ratio_to_openssh"`
+	RatioToInProcess float64 `json:"ratio_to_inprocess"`
+}
+
+// sshBenchKey is the name of RunSSHAgent's key in its private daemon.
+const sshBenchKey = "bench-ssh-agent"
+
+// RunSSHAgent measures Ed25519 signatures of 64-byte messages, one
+// request per round trip for each client, made four ways with one key:
+// in-process with ed25519.Sign, through a private development daemon's own
+// socket and through its ssh-agent socket (its audit log on, as a daemon
+// runs by default), and through OpenSSH's ssh-agent, started for the run
+// (ssh-agent -D -a SOCKET). The key is made in this process, imported into
+// the daemon, marked for SSH, and added to OpenSSH's agent as ssh-add
+// adds one; the daemon's copy dies with the daemon, the agent's with the
+// agent. Each runs with each number of cfg.Clients concurrent clients, on
+// a connection each (agent.NewClient for the agents), in an order
+// reversed on every other run so that a drift of the machine's speed
+// favours none.
+//
+// Without OpenSSH's agent (cfg.OpenSSHAgent not found), RunSSHAgent says
+// so to progress and measures the rest: the results have no
+// SSHAgentOpenSSH rows, and no ratios to it.
+func RunSSHAgent(ctx context.Context, cfg SSHAgentConfig, progress io.Writer) (_ []SSHAgentResult, err error) {
+	cfg = cfg.withDefaults()
+	say := sayer(progress)
+	if fs := fsName(cfg.Dir); fs != "" {
+		say("warning: %s is a %s: fsync costs nothing there, and the figures say nothing of a disk (--dir)", cfg.Dir, fs)
+	}
+	dir, err := os.MkdirTemp(cfg.Dir, "keywarden-bench-ssh-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	agentSock := filepath.Join(dir, "agent.sock")
+	opensshSock := filepath.Join(dir, "openssh.sock")
+
+	say("starting a private daemon with an ssh-agent socket")
+	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env,
+		args: []string{"--dev", "--ssh-agent", agentSock, "--audit-log", filepath.Join(dir, "audit.log")},
+		ready: func(context.Context, *keywarden.Client) error {
+			_, err := os.Stat(agentSock)
+			return err
+		}})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if serr := d.stop(); err == nil && serr != nil {
+			err = serr
+		}
+	}()
+
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(priv)
+	pub, err := ssh.NewPublicKey(priv.Public())
+	if err != nil {
+		return nil, err
+	}
+	if err := importSSHKey(ctx, d.socket, priv); err != nil {
+		return nil, fmt.Errorf("importing the key into the daemon: %w", err)
+	}
+
+	modes := []string{SSHInProcess, SSHNative, SSHAgentKeywarden}
+	socks := map[string]string{SSHAgentKeywarden: agentSock, SSHAgentOpenSSH: opensshSock}
+	prog, lerr := exec.LookPath(cmp.Or(cfg.OpenSSHAgent, "ssh-agent"))
+	if lerr != nil {
+		say("OpenSSH's ssh-agent was not found (%v): no comparison with it", lerr)
+	} else {
+		say("starting OpenSSH's ssh-agent")
+		stop, err := startOpenSSHAgent(ctx, prog, opensshSock, priv)
+		if err != nil {
+			return nil, err
+		}
+		defer stop()
+		modes = append(modes, SSHAgentOpenSSH)
+	}
+
+	msg := message(signSize)
+	// clientsFor makes n clients of one mode, each with its own
+	// connection, and checks a signature from each.
+	clientsFor := func(mode string, n int) ([]func(context.Context) error, func(), error) {
+		var closers []func()
+		done := func() {
+			for _, c := range closers {
+				c()
+			}
+		}
+		ones := make([]func(context.Context) error, n)
+		for i := range ones {
+			var err error
+			switch mode {
+			case SSHInProcess:
+				ones[i] = func(context.Context) error {
+					sink ^= ed25519.Sign(priv, msg)[0]
+					return nil
+				}
+			case SSHNative:
+				var c *keywarden.Client
+				if c, err = keywarden.Dial(ctx, d.socket); err != nil {
+					break
+				}
+				closers = append(closers, func() { c.Close() })
+				var k *keywarden.Key
+				if k, err = c.Open(ctx, sshBenchKey); err != nil {
+					break
+				}
+				var sig []byte
+				if sig, err = k.SignMessageContext(ctx, msg, nil); err == nil && !ed25519.Verify(priv.Public().(ed25519.PublicKey), msg, sig) {
+					err = errWrongAnswer
+				}
+				ones[i] = func(ctx context.Context) error {
+					_, err := k.SignMessageContext(ctx, msg, nil)
+					return err
+				}
+			default:
+				var conn net.Conn
+				if conn, err = net.Dial("unix", socks[mode]); err != nil {
+					break
+				}
+				closers = append(closers, func() { conn.Close() })
+				ones[i], err = agentSigner(agent.NewClient(conn), pub, msg)
+			}
+			if err != nil {
+				done()
+				return nil, nil, err
+			}
+		}
+		return ones, done, nil
+	}
+
+	runs := map[[2]any][]float64{}
+	lats := map[[2]any][]int64{}
+	for run := range cfg.Runs {
+		order := slices.Clone(modes)
+		if run%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, n := range cfg.Clients {
+			for _, mode := range order {
+				say("run %d of %d: %s, %d clients", run+1, cfg.Runs, mode, n)
+				ones, done, err := clientsFor(mode, n)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %d clients: %w", mode, n, err)
+				}
+				runtime.GC()
+				_, err = measureClients(ctx, ones, min(maxWarmup, cfg.Duration))
+				var m measurement
+				if err == nil {
+					m, err = measureClients(ctx, ones, cfg.Duration)
+				}
+				done()
+				if err != nil {
+					return nil, fmt.Errorf("%s, %d clients: %w", mode, n, err)
+				}
+				k := [2]any{mode, n}
+				runs[k] = append(runs[k], float64(m.ops)/m.elapsed.Seconds())
+				lats[k] = append(lats[k], m.lat...)
+			}
+		}
+	}
+
+	var out []SSHAgentResult
+	for _, n := range cfg.Clients {
+		for _, mode := range modes {
+			k := [2]any{mode, n}
+			lat := lats[k]
+			slices.Sort(lat)
+			r := SSHAgentResult{Mode: mode, Clients: n, Runs: cfg.Runs, RunsOpsPerSec: runs[k],
+				OpsPerSec: median(slices.Clone(runs[k])), P50us: percentile(lat, 0.50, 1), P99us: percentile(lat, 0.99, 1)}
+			if base := runs[[2]any{SSHAgentOpenSSH, n}]; len(base) > 0 {
+				r.RatioToOpenSSH = pairedRatio(runs[k], base)
+			}
+			r.RatioToInProcess = pairedRatio(runs[k], runs[[2]any{SSHInProcess, n}])
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// importSSHKey imports priv into the daemon at socket as a persistent key
+// named sshBenchKey, marked for SSH.
+func importSSHKey(ctx context.Context, socket string, priv ed25519.PrivateKey) error {
+	c, err := keywarden.Dial(ctx, socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return err
+	}
+	defer clear(der)
+	k, err := c.Import(ctx, keywarden.KeySpec{Name: sshBenchKey, Type: keywarden.Ed25519}, keywarden.FormatPKCS8DER, der)
+	if err != nil {
+		return err
+	}
+	defer k.Close(ctx)
+	yes := true
+	_, err = k.SetLifecycle(ctx, keywarden.LifecycleChange{SSH: &yes})
+	return err
+}
+
+// agentSigner checks that ag lists pub and makes good signatures with it,
+// and returns one sign request of msg.
+func agentSigner(ag agent.ExtendedAgent, pub ssh.PublicKey, msg []byte) (func(context.Context) error, error) {
+	keys, err := ag.List()
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(keys, func(k *agent.Key) bool { return bytes.Equal(k.Marshal(), pub.Marshal()) }) {
+		return nil, errors.New("the agent does not list the key")
+	}
+	sig, err := ag.Sign(pub, msg)
+	if err != nil {
+		return nil, err
+	}
+	if pub.Verify(msg, sig) != nil {
+		return nil, errWrongAnswer
+	}
+	return func(context.Context) error {
+		_, err := ag.Sign(pub, msg)
+		return err
+	}, nil
+}
+
+// startOpenSSHAgent starts OpenSSH's agent prog in the foreground on a
+// new socket at sock, adds priv to it, and returns the function that
+// stops it.
+func startOpenSSHAgent(ctx context.Context, prog, sock string, priv ed25519.PrivateKey) (func(), error) {
+	cmd := exec.Command(prog, "-D", "-a", sock)
+	stderr := &headBuffer{max: 4 << 10}
+	cmd.Stdout, cmd.Stderr = io.Discard, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start ssh-agent: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(stopTimeout):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(startTimeout)
+	for {
+		conn, err := net.Dial("unix", sock)
+		if err == nil {
+			err = agent.NewClient(conn).Add(agent.AddedKey{PrivateKey: priv, Comment: sshBenchKey})
+			conn.Close()
+			if err != nil {
+				stop()
+				return nil, fmt.Errorf("adding the key to ssh-agent: %w", err)
+			}
+			return stop, nil
+		}
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("ssh-agent exited during start-up: %s", stderr.line())
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("ssh-agent did not answer on %s within %v", sock, startTimeout)
+		}
+	}
+}
