@@ -1,7 +1,6 @@
 package sshagent
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -50,33 +49,35 @@ func (c *conn) serve() {
 		c.ss.Close()
 		c.c.Close()
 	}()
-	var hdr [4]byte
+	rd, err := newReader(c.c)
+	if err != nil {
+		c.a.log.Warn("connection closed: cannot read its socket", "uid", c.id.UID, "pid", c.id.PID, "err", err)
+		return
+	}
+	defer rd.wipe() // a message may have held a private key
+	var wdl time.Time
 	for {
-		c.c.SetReadDeadline(time.Time{})
-		if _, err := io.ReadFull(c.c, hdr[:1]); err != nil {
-			return
-		}
-		c.c.SetReadDeadline(time.Now().Add(bodyTimeout))
-		if _, err := io.ReadFull(c.c, hdr[1:]); err != nil {
-			c.a.log.Info("connection closed: message header cut short", "uid", c.id.UID, "pid", c.id.PID)
-			return
-		}
-		n := binary.BigEndian.Uint32(hdr[:])
-		if n == 0 || n > MaxMessage {
+		msg, n, err := rd.next()
+		switch {
+		case errors.Is(err, errTooLarge):
 			c.refuse("request", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED,
 				fmt.Sprintf("a message of %d bytes (at most %d, at least 1): connection closed", n, MaxMessage))
 			return
-		}
-		msg := make([]byte, n)
-		if _, err := io.ReadFull(c.c, msg); err != nil {
+		case errors.Is(err, io.EOF):
+			return
+		case err != nil:
 			c.a.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID, "length", n, "err", errText(err))
 			return
 		}
 		reply := c.handle(msg)
-		clear(msg) // it may have held a private key
-		c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err := c.c.Write(frame(reply))
-		if err != nil {
+		// The write deadline moves only when half of it has passed: a
+		// reply the client does not take within 5 to 10 s closes the
+		// connection, and most replies set no timer.
+		if now := time.Now(); now.After(wdl.Add(-writeTimeout / 2)) {
+			wdl = now.Add(writeTimeout)
+			c.c.SetWriteDeadline(wdl)
+		}
+		if _, err := c.c.Write(frame(reply)); err != nil {
 			c.a.log.Info("connection closed: the client does not take its reply", "uid", c.id.UID, "pid", c.id.PID, "err", errText(err))
 			return
 		}

@@ -1,0 +1,128 @@
+package sshagent
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// reader takes a connection's messages from its socket, as few reads as
+// it can: a read takes whatever the socket holds, usually a whole message,
+// so a message costs one system call rather than one for its length and
+// one for its body. Like the daemon's native socket, it polls the socket
+// briefly before it sleeps when the client has been answering quickly:
+// on a virtual machine, waking a sleeping thread can cost more than a
+// round trip.
+type reader struct {
+	uc       *net.UnixConn
+	rc       syscall.RawConn
+	buf      []byte
+	r, w     int           // buf[r:w] is read and not yet taken
+	deadline bool          // a read deadline is set (a message is under way)
+	lastWait time.Duration // how long the last read waited
+}
+
+// spin is how long a read polls before it sleeps (as the native socket's).
+const spin = 100 * time.Microsecond
+
+func newReader(uc *net.UnixConn) (*reader, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &reader{uc: uc, rc: rc, buf: make([]byte, 16<<10)}, nil
+}
+
+// errTooLarge: the message's length is 0 or over MaxMessage.
+var errTooLarge = errors.New("sshagent: message length out of bounds")
+
+// next returns the next message's body (valid until the next call, which
+// wipes it: it may hold a private key) and its length as announced. At
+// the end of the connection between messages, it returns io.EOF; cut
+// short inside one, io.ErrUnexpectedEOF or the read deadline's error; a
+// length out of bounds, errTooLarge with that length.
+func (rd *reader) next() (msg []byte, n uint32, err error) {
+	if rd.r > 0 {
+		clear(rd.buf[:rd.r])
+		copy(rd.buf, rd.buf[rd.r:rd.w])
+		rd.w -= rd.r
+		rd.r = 0
+	}
+	for rd.w < 4 {
+		if err := rd.fill(rd.w > 0); err != nil {
+			return nil, 0, err
+		}
+	}
+	n = binary.BigEndian.Uint32(rd.buf[:4])
+	if n == 0 || n > MaxMessage {
+		return nil, n, errTooLarge
+	}
+	need := 4 + int(n)
+	if need > len(rd.buf) {
+		grown := make([]byte, need)
+		copy(grown, rd.buf[:rd.w])
+		clear(rd.buf)
+		rd.buf = grown
+	}
+	for rd.w < need {
+		if err := rd.fill(true); err != nil {
+			return nil, n, err
+		}
+	}
+	if rd.deadline {
+		rd.uc.SetReadDeadline(time.Time{})
+		rd.deadline = false
+	}
+	rd.r = need
+	return rd.buf[4:need], n, nil
+}
+
+// fill reads what the socket holds into the buffer's free space. Inside a
+// message (started), the rest must come within bodyTimeout.
+func (rd *reader) fill(started bool) error {
+	if started && !rd.deadline {
+		rd.uc.SetReadDeadline(time.Now().Add(bodyTimeout))
+		rd.deadline = true
+	}
+	start := time.Now()
+	poll := rd.lastWait < 2*spin
+	var n int
+	var rerr error
+	err := rd.rc.Read(func(fd uintptr) bool {
+		for {
+			n, _, rerr = unix.Recvfrom(int(fd), rd.buf[rd.w:], unix.MSG_DONTWAIT)
+			if rerr == unix.EINTR {
+				continue
+			}
+			if rerr != unix.EAGAIN {
+				return true
+			}
+			if !poll || time.Since(start) > spin {
+				return false // sleep until the socket is readable
+			}
+			runtime.Gosched()
+		}
+	})
+	rd.lastWait = time.Since(start)
+	switch {
+	case err != nil:
+		return err
+	case rerr != nil:
+		return rerr
+	case n == 0 && started:
+		return io.ErrUnexpectedEOF
+	case n == 0:
+		return io.EOF
+	}
+	rd.w += n
+	return nil
+}
+
+// wipe clears everything the reader holds.
+func (rd *reader) wipe() { clear(rd.buf) }
