@@ -19,6 +19,7 @@ func FuzzReader(f *testing.F) {
 	}
 	f.Add([]byte("KW\x02\x0a0123456789abcdef"))
 	f.Add([]byte("KW\x01"))
+	f.Add([]byte("KW\x03\x0a0123456789abcdef\x00\x05abcde"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var outs [][]byte
 		var errs []error
@@ -36,7 +37,7 @@ func FuzzReader(f *testing.F) {
 				continue
 			}
 			var ce *ChunkError
-			if !errors.Is(err, ErrNotStream) && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrMalformed) && !errors.As(err, &ce) {
+			if !errors.Is(err, ErrNotStream) && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrEnvelope) && !errors.As(err, &ce) {
 				t.Fatalf("unexpected error %v", err)
 			}
 		}

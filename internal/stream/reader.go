@@ -47,7 +47,7 @@ func NewReader(c Cipher, r io.Reader, aad []byte, opts *Options) (*Reader, error
 		return nil, err
 	}
 	if hdr.Envelope() {
-		return nil, errors.New("keywarden: an envelope stream is opened with its data key (NewEnvelopeReader)")
+		return nil, ErrEnvelope
 	}
 	return NewReaderHeader(c, r, hdr, aad, opts), nil
 }

@@ -56,6 +56,9 @@ var (
 	// altered, moved, repeated or taken from another stream, or the key
 	// or additional data is not the one it was made with.
 	ErrAuthentication = errors.New("the chunk does not authenticate here: altered, out of order, repeated, from another stream, or not this key and additional data")
+	// ErrEnvelope: an envelope stream was given to a reader of streams
+	// the daemon seals; it is opened with its data key (NewEnvelopeReader).
+	ErrEnvelope = errors.New("keywarden: an envelope stream is opened with its data key (NewEnvelopeReader)")
 	// ErrMalformed: the framing is invalid (an empty final chunk after
 	// data, which no writer makes).
 	ErrMalformed = errors.New("the stream is malformed")
