@@ -3,10 +3,13 @@ package sshagent
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/server"
 )
@@ -48,12 +51,15 @@ func (c *conn) serve() {
 	var hdr [4]byte
 	for {
 		c.c.SetReadDeadline(time.Time{})
-		if _, err := io.ReadFull(c.c, hdr[:1]); err != nil {
+		if err := c.readFull(hdr[:1]); err != nil {
+			c.closedBy(err)
 			return
 		}
 		c.c.SetReadDeadline(time.Now().Add(bodyTimeout))
-		if _, err := io.ReadFull(c.c, hdr[1:]); err != nil {
-			c.a.log.Info("connection closed: message header cut short", "uid", c.id.UID, "pid", c.id.PID)
+		if err := c.readFull(hdr[1:]); err != nil {
+			if !c.closedBy(err) {
+				c.a.log.Info("connection closed: message header cut short", "uid", c.id.UID, "pid", c.id.PID)
+			}
 			return
 		}
 		n := binary.BigEndian.Uint32(hdr[:])
@@ -62,8 +68,11 @@ func (c *conn) serve() {
 			return
 		}
 		msg := make([]byte, n)
-		if _, err := io.ReadFull(c.c, msg); err != nil {
-			c.a.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID, "length", n, "err", errText(err))
+		if err := c.readFull(msg); err != nil {
+			clear(msg)
+			if !c.closedBy(err) {
+				c.a.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID, "length", n, "err", errText(err))
+			}
 			return
 		}
 		reply := c.handle(msg)
@@ -75,6 +84,83 @@ func (c *conn) serve() {
 			return
 		}
 	}
+}
+
+// readFull reads len(b) bytes of the connection, every one written by the
+// process that connected. The listener has SO_PASSCRED, so the kernel
+// attaches the writer's credentials to every write and never joins in one
+// read what two processes wrote: a part written by another process (one
+// the connection was passed to, or that inherited it) fails the read
+// with an otherWriter error, before anything of it is used.
+func (c *conn) readFull(b []byte) error {
+	oob := make([]byte, oobSize)
+	for n := 0; n < len(b); {
+		m, oobn, _, _, err := c.c.ReadMsgUnix(b[n:], oob)
+		pid := writerPID(oob[:oobn])
+		if m > 0 && pid != c.id.PID {
+			return otherWriter{pid: pid}
+		}
+		n += m
+		switch {
+		case err != nil:
+			return err
+		case m == 0:
+			return io.EOF
+		}
+	}
+	return nil
+}
+
+// oobSize holds the writer's credentials, and descriptors a client passes
+// (which are closed unused).
+var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(16*4)
+
+// writerPID returns the pid in the credentials of oob (0: none), and
+// closes any descriptor passed with them.
+func writerPID(oob []byte) int32 {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	var pid int32
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_CREDENTIALS:
+			if cr, err := unix.ParseUnixCredentials(m); err == nil {
+				pid = cr.Pid
+			}
+		case unix.SCM_RIGHTS:
+			fds, _ := unix.ParseUnixRights(m)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+	return pid
+}
+
+// otherWriter: a message was written by another process than the one
+// that connected (pid 0: one the daemon cannot see).
+type otherWriter struct{ pid int32 }
+
+func (e otherWriter) Error() string {
+	return fmt.Sprintf("written by pid %d, not by the process that connected", e.pid)
+}
+
+// closedBy logs why the connection closes when err is an otherWriter,
+// and reports whether it was.
+func (c *conn) closedBy(err error) bool {
+	var ow otherWriter
+	if !errors.As(err, &ow) {
+		return false
+	}
+	c.a.log.Warn("connection closed: another process than the one that connected wrote on it",
+		"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.pid)
+	return true
 }
 
 func errText(err error) string {
