@@ -9,9 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
+
+// waitDelay bounds the wait for a confirmation program's output once it is
+// killed.
+const waitDelay = time.Second
 
 // confirm asks the configured program whether k may be used now (ssh-add
 // -c), as ssh-agent asks SSH_ASKPASS: the program gets the question as its
@@ -36,12 +41,21 @@ func (c *conn) confirm(k *added) error {
 			cmd.Env = append(cmd.Env, v+"="+s)
 		}
 	}
+	// The program leads a process group of its own (Setsid): past the
+	// time limit the whole group is killed, and its output is waited for
+	// no longer than waitDelay, so that a child that left the group, or
+	// that the kill missed, holding the output open (a dialog a script
+	// started) cannot hold the connection, or the daemon's shutdown.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = waitDelay
 	if os.Geteuid() == 0 && c.id.UID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.id.UID, Gid: c.id.GID}
 	}
 	out, err := cmd.Output()
-	if ctx.Err() == context.DeadlineExceeded {
+	if ctx.Err() != nil {
+		// Killed (or its output given up on) at the time limit, or as the
+		// agent closes.
 		return fmt.Errorf("the confirmation program %s did not answer within %s", prog, c.a.cfg.AskpassTimeout)
 	}
 	if err != nil {
