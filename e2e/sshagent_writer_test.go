@@ -113,3 +113,35 @@ func TestSSHAgentOtherWriter(t *testing.T) {
 func appendSSHString(b, s []byte) []byte {
 	return append(bin.BigEndian.AppendUint32(b, uint32(len(s))), s...)
 }
+
+// ssh-add of a key whose bytes a key restricted to some programs holds
+// is refused (the copy rule): otherwise the added copy, restricted to
+// nothing, would sign for any program.
+func TestSSHAgentAddRestrictedCopy(t *testing.T) {
+	needSSH(t, "ssh-add", "ssh-keygen")
+	requireRoot(t)
+	d, sock, _ := agentDaemon(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "id")
+	if out, code := tryRun(dir, nil, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", file); code != 0 {
+		t.Fatalf("ssh-keygen: %s", out)
+	}
+	in, _ := os.ReadFile(file)
+	d.runCLI(t, nil, in, "key", "import", "--name", "guarded", "--ssh").ok(t, "key import")
+	d.runCLI(t, nil, nil, "key", "set", "guarded", "--allow-exe", "/usr/bin/ssh-keygen").ok(t, "key set --allow-exe")
+	if out, code := agentRun(dir, sock, nil, nil, "ssh-add", file); code == 0 {
+		t.Fatalf("ssh-add of a restricted key's bytes succeeded:\n%s", out)
+	}
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ac := agent.NewClient(conn)
+	keys, _ := ac.List()
+	for _, k := range keys {
+		if _, err := ac.Sign(k, []byte("x")); err == nil {
+			t.Fatalf("key %s signed for a program not allowed", k.Comment)
+		}
+	}
+}
