@@ -99,6 +99,10 @@ func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ssh-agent socket: %w", err)
 	}
+	if err := passCred(l); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("ssh-agent socket: %w", err)
+	}
 	if err := os.Chmod(path, mode); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("ssh-agent socket: %w", err)
@@ -106,12 +110,36 @@ func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// passCred sets SO_PASSCRED on l, which its connections inherit: the
+// kernel then attaches the writer's credentials to every write on them
+// (conn.readFull). It must be set before a client connects: what is
+// written before it carries none.
+func passCred(l *net.UnixListener) error {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
 // ErrClosed is returned by Serve once the Agent is closed.
 var ErrClosed = errors.New("sshagent: closed")
 
 // Serve accepts connections on l and serves each on a goroutine of its
-// own until l fails or the Agent is closed. It closes l.
+// own until l fails or the Agent is closed. It closes l. l should come
+// from Listen: a listener made otherwise is given SO_PASSCRED here, and
+// a client that connected and wrote before that is refused.
 func (a *Agent) Serve(l *net.UnixListener) error {
+	if err := passCred(l); err != nil {
+		l.Close()
+		return err
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()

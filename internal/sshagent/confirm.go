@@ -53,7 +53,9 @@ func (c *conn) confirm(k *added) error {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.id.UID, Gid: c.id.GID}
 	}
 	out, err := cmd.Output()
-	if ctx.Err() == context.DeadlineExceeded {
+	if ctx.Err() != nil {
+		// Killed (or its output given up on) at the time limit, or as the
+		// agent closes.
 		return fmt.Errorf("the confirmation program %s did not answer within %s", prog, c.a.cfg.AskpassTimeout)
 	}
 	if err != nil {

@@ -20,23 +20,26 @@ import (
 // on a virtual machine, waking a sleeping thread can cost more than a
 // round trip.
 type reader struct {
+	// pid is the process that connected: every byte must be its.
+	pid      int32
 	uc       *net.UnixConn
 	rc       syscall.RawConn
 	buf      []byte
 	r, w     int           // buf[r:w] is read and not yet taken
 	deadline bool          // a read deadline is set (a message is under way)
 	lastWait time.Duration // how long the last read waited
+	oob      []byte
 }
 
 // spin is how long a read polls before it sleeps (as the native socket's).
 const spin = 100 * time.Microsecond
 
-func newReader(uc *net.UnixConn) (*reader, error) {
+func newReader(uc *net.UnixConn, pid int32) (*reader, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &reader{uc: uc, rc: rc, buf: make([]byte, 16<<10)}, nil
+	return &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, oobSize)}, nil
 }
 
 // errTooLarge: the message's length is 0 or over MaxMessage.
@@ -84,7 +87,12 @@ func (rd *reader) next() (msg []byte, n uint32, err error) {
 }
 
 // fill reads what the socket holds into the buffer's free space. Inside a
-// message (started), the rest must come within bodyTimeout.
+// message (started), the rest must come within bodyTimeout. The listener
+// has SO_PASSCRED, so the kernel attaches the writer's credentials to
+// every write and never joins in one read what two processes wrote: a
+// part written by another process than the one that connected (one the
+// connection was passed to, or that inherited it) fails the read with an
+// otherWriter error, before anything of it is used.
 func (rd *reader) fill(started bool) error {
 	if started && !rd.deadline {
 		rd.uc.SetReadDeadline(time.Now().Add(bodyTimeout))
@@ -92,11 +100,11 @@ func (rd *reader) fill(started bool) error {
 	}
 	start := time.Now()
 	poll := rd.lastWait < 2*spin
-	var n int
+	var n, oobn int
 	var rerr error
 	err := rd.rc.Read(func(fd uintptr) bool {
 		for {
-			n, _, rerr = unix.Recvfrom(int(fd), rd.buf[rd.w:], unix.MSG_DONTWAIT)
+			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
 			if rerr == unix.EINTR {
 				continue
 			}
@@ -115,6 +123,12 @@ func (rd *reader) fill(started bool) error {
 		return err
 	case rerr != nil:
 		return rerr
+	}
+	if pid := writerPID(rd.oob[:oobn]); n > 0 && pid != rd.pid {
+		clear(rd.buf[rd.w : rd.w+n])
+		return otherWriter{pid: pid}
+	}
+	switch {
 	case n == 0 && started:
 		return io.ErrUnexpectedEOF
 	case n == 0:
