@@ -154,11 +154,19 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 		return replyFailure
 	}
 	k.ss, k.handle, k.id = ss, r.GetKey().GetHandle(), r.GetKey().GetInfo().GetId()
-	c.u.mu.Lock()
-	c.u.added = append(c.u.added, k)
-	c.u.mu.Unlock()
+	u := c.u
+	// The count is checked again, and the key published with its timer,
+	// under the lock: connections of one uid adding at once stay within
+	// the bound, and a removal from another connection always finds the
+	// timer it must stop.
+	u.mu.Lock()
+	if n := len(u.added); n >= c.a.cfg.MaxAddedPerUID {
+		u.mu.Unlock()
+		ss.Close()
+		return c.refuse("import", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			fmt.Sprintf("%s: the user has added %d keys, the most the agent keeps", fp, n))
+	}
 	if life > 0 {
-		u := c.u
 		k.expiry = time.AfterFunc(time.Duration(life)*time.Second, func() {
 			if u.take(k.pub.Marshal()) == k {
 				k.drop()
@@ -166,6 +174,8 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 			}
 		})
 	}
+	u.added = append(u.added, k)
+	u.mu.Unlock()
 	c.a.log.Info("key added", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(pub), "type", typ.String(),
 		"lifetime_seconds", life, "confirm", k.confirm, "destination_constraints", len(k.dests))
 	return replySuccess

@@ -268,9 +268,11 @@ func (a *Agent) Close() {
 	}
 	users := a.users
 	a.mu.Unlock()
+	// Work the connections started stops now (a confirmation waiting for
+	// its program, a request waiting in the core), not after them.
+	a.cancel()
 	a.wg.Wait()
 	for _, u := range users {
 		u.removeAll()
 	}
-	a.cancel()
 }
