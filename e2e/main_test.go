@@ -240,7 +240,14 @@ func (r cliResult) String() string {
 // not nil.
 func (d *daemon) runCLI(t *testing.T, cred *syscall.Credential, stdin []byte, args ...string) cliResult {
 	t.Helper()
-	cmd := exec.Command(binary(t), args...)
+	return d.runProgram(t, binary(t), cred, stdin, args...)
+}
+
+// runProgram runs the keywarden command at path (a copy of it, for
+// tests that tell programs apart) as runCLI does.
+func (d *daemon) runProgram(t *testing.T, path string, cred *syscall.Credential, stdin []byte, args ...string) cliResult {
+	t.Helper()
+	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
 	if d.uid != 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", keywarden.DaemonUIDEnv, d.uid))

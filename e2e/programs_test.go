@@ -1,14 +1,12 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,19 +17,7 @@ import (
 // runCLIFrom runs the keywarden command from the executable at path.
 func (d *daemon) runCLIFrom(t *testing.T, path string, stdin []byte, args ...string) cliResult {
 	t.Helper()
-	cmd := exec.Command(path, args...)
-	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
-	cmd.Stdin = bytes.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return cliResult{out.String(), errb.String(), code}
+	return d.runProgram(t, path, nil, stdin, args...)
 }
 
 // A key restricted to the keywarden command works from it and is refused
