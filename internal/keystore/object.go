@@ -381,17 +381,7 @@ func ProgramsToWire(ps []key.Program) []*wire.Program {
 
 // ProgramsFromWire converts a list of programs from its wire form, not
 // checked (policy.CheckPrograms). An empty hash is none.
-func ProgramsFromWire(w []*wire.Program) []key.Program {
-	var ps []key.Program
-	for _, p := range w {
-		var h []byte
-		if len(p.Sha256) > 0 {
-			h = bytes.Clone(p.Sha256)
-		}
-		ps = append(ps, key.Program{Path: strings.Clone(p.Path), SHA256: h})
-	}
-	return ps
-}
+func ProgramsFromWire(w []*wire.Program) []key.Program { return programsFrom(w) }
 
 func programsToRecord(ps []key.Program) []*persist.Program {
 	var r []*persist.Program
@@ -401,14 +391,21 @@ func programsToRecord(ps []key.Program) []*persist.Program {
 	return r
 }
 
-func programsFromRecord(r []*persist.Program) []key.Program {
+func programsFromRecord(r []*persist.Program) []key.Program { return programsFrom(r) }
+
+// programsFrom copies a list of programs out of its wire or record form
+// (the two messages have the same fields); an empty hash is none.
+func programsFrom[P interface {
+	GetPath() string
+	GetSha256() []byte
+}](xs []P) []key.Program {
 	var ps []key.Program
-	for _, p := range r {
+	for _, p := range xs {
 		var h []byte
-		if len(p.Sha256) > 0 {
-			h = bytes.Clone(p.Sha256)
+		if len(p.GetSha256()) > 0 {
+			h = bytes.Clone(p.GetSha256())
 		}
-		ps = append(ps, key.Program{Path: p.Path, SHA256: h})
+		ps = append(ps, key.Program{Path: strings.Clone(p.GetPath()), SHA256: h})
 	}
 	return ps
 }
