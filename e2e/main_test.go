@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,12 +248,19 @@ func (d *daemon) runCLI(t *testing.T, cred *syscall.Credential, stdin []byte, ar
 // tests that tell programs apart) as runCLI does.
 func (d *daemon) runProgram(t *testing.T, path string, cred *syscall.Credential, stdin []byte, args ...string) cliResult {
 	t.Helper()
+	return d.runFrom(t, path, cred, bytes.NewReader(stdin), args...)
+}
+
+// runFrom is runProgram with stdin from any reader (a file, for input too
+// large to hold as a []byte comfortably).
+func (d *daemon) runFrom(t *testing.T, path string, cred *syscall.Credential, stdin io.Reader, args ...string) cliResult {
+	t.Helper()
 	cmd := exec.Command(path, args...)
 	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
 	if d.uid != 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", keywarden.DaemonUIDEnv, d.uid))
 	}
-	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Stdin = stdin
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if cred != nil {

@@ -75,19 +75,7 @@ func (d *daemon) runCLIFile(t *testing.T, stdin string, args ...string) cliResul
 		t.Fatal(err)
 	}
 	defer in.Close()
-	cmd := exec.Command(binary(t), args...)
-	cmd.Env = append(os.Environ(), mainEnv+"=1", keywarden.SocketEnv+"="+d.sock)
-	cmd.Stdin = in
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return cliResult{out.String(), errb.String(), code}
+	return d.runFrom(t, binary(t), nil, in, args...)
 }
 
 // ok fails the test unless r exited 0.

@@ -282,20 +282,7 @@ func agentSSHD(t *testing.T, sshd, dir, name, authorized string) (int, string) {
 	ak := filepath.Join(sub, "authorized_keys")
 	os.WriteFile(ak, []byte(authorized), 0o644)
 	port := freePort(t)
-	startSSHD(t, sshd, sub, port, fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s
-AuthorizedKeysFile %s
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-AllowUsers %s
-LogLevel VERBOSE
-`, port, hostKey, ak, sshTestUser))
+	startSSHD(t, sshd, sub, port, sshdConfig(port, hostKey, "AuthorizedKeysFile "+ak))
 	return port, hostPub
 }
 

@@ -57,6 +57,24 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// sshdConfig is the sshd_config of a test's sshd: on 127.0.0.1 at port,
+// with the host key hostKey, the lines that differ (how users are
+// authorized), and public-key authentication only, without PAM, for the
+// test user alone.
+func sshdConfig(port int, hostKey string, lines ...string) string {
+	return fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s\n", port, hostKey) + strings.Join(lines, "\n") + fmt.Sprintf(`
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+AllowUsers %s
+LogLevel VERBOSE
+`, sshTestUser)
+}
+
 // startSSHD runs sshd in the foreground with config on 127.0.0.1:port
 // until the test ends, and returns its log.
 func startSSHD(t *testing.T, sshd, dir string, port int, config string) *syncBuffer {
@@ -144,23 +162,11 @@ func TestSSHCertificateAuthority(t *testing.T) {
 		t.Errorf("ssh certify --host said %q", out.stdout)
 	}
 	port := freePort(t)
-	sshdLog := startSSHD(t, sshd, dir, port, fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s
-HostCertificate %s-cert.pub
-TrustedUserCAKeys %s
-AuthorizedKeysFile none
-AuthorizedPrincipalsFile none
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile none
-AllowUsers %s
-LogLevel VERBOSE
-`, port, hostKey, hostKey, trusted, sshTestUser))
+	sshdLog := startSSHD(t, sshd, dir, port, sshdConfig(port, hostKey,
+		"HostCertificate "+hostKey+"-cert.pub",
+		"TrustedUserCAKeys "+trusted,
+		"AuthorizedKeysFile none",
+		"AuthorizedPrincipalsFile none"))
 
 	knownHosts := filepath.Join(dir, "known_hosts")
 	hostCAPub, _ := os.ReadFile(hostCA)
