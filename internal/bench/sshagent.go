@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -112,7 +113,8 @@ const sshBenchKey = "bench-ssh-agent"
 // the daemon, marked for SSH, and added to OpenSSH's agent as ssh-add
 // adds one; the daemon's copy dies with the daemon, the agent's with the
 // agent. Each runs with each number of cfg.Clients concurrent clients, on
-// a connection each (agent.NewClient for the agents), in an order
+// a connection each (for the agents, a blocking client like OpenSSH's
+// own: see blockingConn), in an order
 // reversed on every other run so that a drift of the machine's speed
 // favours none.
 //
@@ -215,12 +217,12 @@ func RunSSHAgent(ctx context.Context, cfg SSHAgentConfig, progress io.Writer) (_
 					return err
 				}
 			default:
-				var conn net.Conn
-				if conn, err = net.Dial("unix", socks[mode]); err != nil {
+				var conn *blockingConn
+				if conn, err = dialBlocking(socks[mode]); err != nil {
 					break
 				}
-				closers = append(closers, func() { conn.Close() })
-				ones[i], err = agentSigner(agent.NewClient(conn), pub, msg)
+				closers = append(closers, conn.close)
+				ones[i], err = agentSigner(conn, pub, msg)
 			}
 			if err != nil {
 				done()
@@ -302,17 +304,25 @@ func importSSHKey(ctx context.Context, socket string, priv ed25519.PrivateKey) e
 	return err
 }
 
-// agentSigner checks that ag lists pub and makes good signatures with it,
-// and returns one sign request of msg.
-func agentSigner(ag agent.ExtendedAgent, pub ssh.PublicKey, msg []byte) (func(context.Context) error, error) {
-	keys, err := ag.List()
+// agentSigner checks, on conn, that the agent lists pub and makes good
+// signatures with it, as ssh does before it signs, and returns one sign
+// request of msg on conn.
+func agentSigner(conn *blockingConn, pub ssh.PublicKey, msg []byte) (func(context.Context) error, error) {
+	blob := pub.Marshal()
+	reply, err := conn.call([]byte{agentRequestIdentities})
 	if err != nil {
 		return nil, err
 	}
-	if !slices.ContainsFunc(keys, func(k *agent.Key) bool { return bytes.Equal(k.Marshal(), pub.Marshal()) }) {
+	if !listsKey(reply, blob) {
 		return nil, errors.New("the agent does not list the key")
 	}
-	sig, err := ag.Sign(pub, msg)
+	req := ssh.Marshal(struct {
+		Type  byte
+		Blob  []byte
+		Data  []byte
+		Flags uint32
+	}{agentSignRequest, blob, msg, 0})
+	sig, err := conn.sign(req)
 	if err != nil {
 		return nil, err
 	}
@@ -320,9 +330,148 @@ func agentSigner(ag agent.ExtendedAgent, pub ssh.PublicKey, msg []byte) (func(co
 		return nil, errWrongAnswer
 	}
 	return func(context.Context) error {
-		_, err := ag.Sign(pub, msg)
+		reply, err := conn.call(req)
+		if err == nil && reply[0] != agentSignResponse {
+			err = errors.New("the agent refused to sign")
+		}
 		return err
 	}, nil
+}
+
+// The agent protocol's messages that RunSSHAgent sends and expects.
+const (
+	agentFailure           = 5
+	agentRequestIdentities = 11
+	agentIdentitiesAnswer  = 12
+	agentSignRequest       = 13
+	agentSignResponse      = 14
+)
+
+// listsKey reports whether reply, an identities answer, lists blob.
+func listsKey(reply, blob []byte) bool {
+	var answer struct {
+		Type byte
+		N    uint32
+		Rest []byte `ssh:"rest"`
+	}
+	if ssh.Unmarshal(reply, &answer) != nil || answer.Type != agentIdentitiesAnswer {
+		return false
+	}
+	rest := answer.Rest
+	for range answer.N {
+		var k struct {
+			Blob    []byte
+			Comment string
+			Rest    []byte `ssh:"rest"`
+		}
+		if ssh.Unmarshal(rest, &k) != nil {
+			return false
+		}
+		if bytes.Equal(k.Blob, blob) {
+			return true
+		}
+		rest = k.Rest
+	}
+	return false
+}
+
+// blockingConn is an agent client as OpenSSH's own programs (ssh,
+// ssh-add, ssh-keygen) and git are: a blocking socket, a request written
+// whole and the reply read in blocking reads, one request at a time. It
+// measures the agents rather than a client library: Go's agent.NewClient
+// hands each reply from a reader goroutine to the caller through a
+// channel and the runtime's poller, which adds about as much time on
+// this kind of machine as keywarden's agent takes to sign, and would
+// compress every ratio. The buffer is reused: the reply of a call is
+// valid until the next.
+type blockingConn struct {
+	fd  int
+	buf []byte
+}
+
+func dialBlocking(path string) (*blockingConn, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Connect(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("connect %s: %w", path, err)
+	}
+	return &blockingConn{fd: fd, buf: make([]byte, 4<<10)}, nil
+}
+
+func (c *blockingConn) close() { syscall.Close(c.fd) }
+
+// call sends req (a message without its length) and returns the reply's
+// body, valid until the next call.
+func (c *blockingConn) call(req []byte) ([]byte, error) {
+	frame := binary.BigEndian.AppendUint32(c.buf[:0], uint32(len(req)))
+	frame = append(frame, req...)
+	for len(frame) > 0 {
+		n, err := syscall.Write(c.fd, frame)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		frame = frame[n:]
+	}
+	c.buf = c.buf[:cap(c.buf)]
+	got := 0
+	for got < 4 || got < 4+int(binary.BigEndian.Uint32(c.buf)) {
+		if got >= 4 {
+			if need := 4 + int(binary.BigEndian.Uint32(c.buf)); need > maxAgentReply {
+				return nil, fmt.Errorf("an agent reply of %d bytes", need)
+			} else if need > len(c.buf) {
+				c.buf = append(c.buf, make([]byte, need-len(c.buf))...)
+			}
+		}
+		n, err := syscall.Read(c.fd, c.buf[got:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, io.ErrUnexpectedEOF
+		}
+		got += n
+	}
+	body := c.buf[4:got]
+	c.buf = c.buf[:got]
+	if len(body) == 0 {
+		return nil, errors.New("an empty agent reply")
+	}
+	return body, nil
+}
+
+// maxAgentReply bounds a reply, as OpenSSH's clients do.
+const maxAgentReply = 256 << 10
+
+// sign makes a signature with req, a sign request.
+func (c *blockingConn) sign(req []byte) (*ssh.Signature, error) {
+	reply, err := c.call(req)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Type byte
+		Sig  []byte
+	}
+	if reply[0] == agentFailure {
+		return nil, errors.New("the agent refused to sign")
+	}
+	if ssh.Unmarshal(reply, &resp) != nil || resp.Type != agentSignResponse {
+		return nil, fmt.Errorf("an agent reply of type %d to a sign request", reply[0])
+	}
+	var sig ssh.Signature
+	if err := ssh.Unmarshal(resp.Sig, &sig); err != nil {
+		return nil, err
+	}
+	return &sig, nil
 }
 
 // startOpenSSHAgent starts OpenSSH's agent prog in the foreground on a
