@@ -231,6 +231,19 @@ func TestSSHAgentSSHAdd(t *testing.T) {
 	if has(list(), "id_one@example.org") {
 		t.Fatal("the key added with -t 2 is listed after 3 seconds")
 	}
+	// Its end is recorded, for root, by no process.
+	expired := false
+	for _, rec := range requests(al.read()) {
+		if rec.Front == "ssh-agent" && rec.Op == "destroy" && rec.Status == "OK" && strings.Contains(rec.Msg, "ssh-add -t: the lifetime of 2 s") {
+			expired = true
+			if rec.Caller.UID != 0 || rec.Caller.PID != 0 || len(rec.Key) == 0 {
+				t.Errorf("the expiry is recorded for uid %d, pid %d, key %x", rec.Caller.UID, rec.Caller.PID, rec.Key)
+			}
+		}
+	}
+	if !expired {
+		t.Error("the end of the key's lifetime is not in the audit log")
+	}
 
 	// -x / -X, the passphrase from an askpass program.
 	askpass := filepath.Join(dir, "askpass")

@@ -167,11 +167,22 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 			fmt.Sprintf("%s: the user has added %d keys, the most the agent keeps", fp, n))
 	}
 	if life > 0 {
+		a, gid := c.a, c.id.GID
 		k.expiry = time.AfterFunc(time.Duration(life)*time.Second, func() {
-			if u.take(k.pub.Marshal()) == k {
-				k.drop()
-				c.a.log.Info("key added with a lifetime expired", "uid", u.uid, "key", ssh.FingerprintSHA256(k.pub))
+			if u.take(k.pub.Marshal()) != k {
+				return // removed already
 			}
+			// The end of its lifetime is recorded, for the uid (no process
+			// asked), on the key's own session before it closes: the audit
+			// log says when a key ssh-add gave stopped signing.
+			err := k.ss.Record(a.ctx, server.Identity{UID: u.uid, GID: gid, Pidfd: -1}, server.Refusal{
+				Op: "destroy", Key: k.id, Status: wire.Status_STATUS_OK,
+				Reason: fmt.Sprintf("ssh-add -t: the lifetime of %d s of %s ended: the key is destroyed", life, ssh.FingerprintSHA256(k.pub))})
+			k.drop()
+			if err != nil {
+				a.log.Error("the end of an added key's lifetime could not be recorded", "uid", u.uid, "key", ssh.FingerprintSHA256(k.pub), "err", err)
+			}
+			a.log.Info("key added with a lifetime expired", "uid", u.uid, "key", ssh.FingerprintSHA256(k.pub))
 		})
 	}
 	u.added = append(u.added, k)
