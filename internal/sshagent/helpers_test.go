@@ -56,7 +56,7 @@ func newTestAgent(t testing.TB, cfg Config) *testAgent {
 }
 
 // dial connects to the agent.
-func (ta *testAgent) dial(t *testing.T) net.Conn {
+func (ta *testAgent) dial(t testing.TB) net.Conn {
 	t.Helper()
 	c, err := net.Dial("unix", ta.sockPath)
 	if err != nil {
@@ -121,7 +121,7 @@ func (ta *testAgent) mustRefusal(t *testing.T, op, status, want string) *audit.R
 
 // generate makes a persistent key of the uid of id, marked for SSH if
 // ssh, with usage (0: the type's default), and returns its id.
-func (ta *testAgent) generate(t *testing.T, id server.Identity, name string, typ wire.KeyType, usage uint32, ssh bool) []byte {
+func (ta *testAgent) generate(t testing.TB, id server.Identity, name string, typ wire.KeyType, usage uint32, ssh bool) []byte {
 	t.Helper()
 	ss, err := ta.srv.NewSession(context.Background(), "test", id)
 	if err != nil {
