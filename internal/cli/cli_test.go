@@ -321,8 +321,14 @@ func TestCompletionScripts(t *testing.T) {
 		}
 	}
 	if _, err := exec.LookPath("zsh"); err == nil {
-		out, err := exec.Command("zsh", "-c", `autoload -U compinit && compinit -u && source <(keywarden completion zsh) && print -r -- ${_comps[keywarden]}`).CombinedOutput()
-		if err != nil || strings.TrimSpace(string(out)) != "_keywarden" {
+		// Registered with compdef, and completing: _describe and _files
+		// stand in for zsh's, printing what they are given.
+		out, err := exec.Command("zsh", "-c", `autoload -U compinit && compinit -u && source <(keywarden completion zsh) &&
+			print -r -- ${_comps[keywarden]} &&
+			_describe() { print -l -- "${(@P)${@[-1]}}"; } && _files() { print FILES; } &&
+			words=(keywarden key gen) CURRENT=3 && _keywarden &&
+			words=(keywarden backup "") CURRENT=3 && _keywarden`).CombinedOutput()
+		if err != nil || string(out) != "_keywarden\ngenerate:create a key\nFILES\n" {
 			t.Errorf("zsh: %v\n%s", err, out)
 		}
 	}
