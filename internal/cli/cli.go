@@ -343,10 +343,12 @@ var binaryResult = map[string]bool{"encrypt": true, "sign": true, "mac": true, "
 
 // want checks the number of positional arguments.
 func want(pos []string, n int, what string) error {
-	if len(pos) != n {
-		if n == 0 {
-			return usagef("unexpected argument %q", pos[0])
-		}
+	switch {
+	case len(pos) > n && n == 0:
+		return usagef("unexpected argument %q", pos[n])
+	case len(pos) > n:
+		return usagef("unexpected argument %q after %s", pos[n], what)
+	case len(pos) < n:
 		return usagef("want %s", what)
 	}
 	return nil

@@ -53,6 +53,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"key", "list", "--timeout"}, "keywarden: --timeout needs a value: --timeout DURATION\n"},
 		{[]string{"encrypt", "--encoding", "octal"}, `invalid value "octal" for --encoding: want raw, hex or base64`},
 		{[]string{"completion", "tcsh"}, "want a shell: bash, zsh or fish"},
+		{[]string{"key", "info", "a", "b"}, `keywarden: unexpected argument "b" after a key name` + "\n"},
+		{[]string{"key", "info"}, "keywarden: want a key name\n"},
 	} {
 		code, _, stderr := run(t, tc.args...)
 		if code != ExitUsage || !strings.Contains(stderr, tc.want) {
