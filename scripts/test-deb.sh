@@ -54,7 +54,15 @@ done
 /usr/bin/keywarden --version >"$work/version" || fail "keywarden --version"
 cat "$work/version" >&2
 grep -q '^runtimesecret: yes$' "$work/version" || fail "the package's binary is not the official runtimesecret build"
-bash -c '. /usr/share/bash-completion/completions/keywarden && complete -p keywarden' >/dev/null || fail "the bash completion does not load"
+bash -c '. /usr/share/bash-completion/completions/keywarden && complete -p keywarden' >/dev/null || fail "the installed bash completion does not load"
+bash -c 'source <(/usr/bin/keywarden completion bash) && complete -p keywarden' >/dev/null || fail "keywarden completion bash does not load"
+for sh in zsh fish; do
+	f=/usr/share/zsh/vendor-completions/_keywarden
+	[ $sh = fish ] && f=/usr/share/fish/vendor_completions.d/keywarden.fish
+	if command -v $sh >/dev/null 2>&1; then
+		$sh -n "$f" || fail "$f: not valid $sh"
+	fi
+done
 for page in man1/keywarden.1 man8/keywarden-serve.8 man5/keywarden.conf.5; do
 	MANPAGER=cat MANWIDTH=80 man -l "/usr/share/man/$page.gz" 2>"$work/man.err" | grep -q '^NAME' || fail "man -l $page: $(cat "$work/man.err")"
 done
