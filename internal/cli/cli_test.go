@@ -90,6 +90,12 @@ func TestFlagForms(t *testing.T) {
 		t.Fatalf("-k, -o: %v %q %q", err, *key, f.output)
 	}
 
+	stdout := e.stdout
+	f = newFlags("sign", e)
+	if _, err := f.parse([]string{"-o", "-"}); err != nil || e.stdout != stdout || len(e.finish) != 1 {
+		t.Fatalf("-o -: %v, stdout replaced: %v", err, e.stdout != stdout)
+	}
+
 	// A command's own one-letter flag wins over the short form, and has
 	// its GNU long form: audit tail's -n is a count, --lines its name.
 	f = newFileFlags("audit tail", e, "")

@@ -81,13 +81,13 @@ func (f *flags) parse(args []string) ([]string, error) {
 			return nil, err
 		}
 	}
-	if err := f.openOutput(); err != nil {
-		return nil, err
-	}
 	switch f.encoding {
 	case "", "raw", "hex", "base64":
 	default:
 		return nil, usagef("invalid value %q for --encoding: want raw, hex or base64", f.encoding)
+	}
+	if err := f.openOutput(); err != nil {
+		return nil, err
 	}
 	return pos, nil
 }
@@ -331,8 +331,8 @@ func (f *flags) printDefaults(w io.Writer) {
 // under a temporary name and put in place only if the command succeeds
 // (finish), so that a failed command leaves no partial file.
 func (f *flags) openOutput() error {
-	if f.output == "" {
-		return nil
+	if f.output == "" || f.output == "-" {
+		return nil // "-": stdout, as without the flag
 	}
 	dir, base := filepath.Split(f.output)
 	if dir == "" {
