@@ -271,6 +271,8 @@ func TestCompletions(t *testing.T) {
 		{[]string{"key", "generate", "-"}, "-n\tkey name", "--follow"},
 		{[]string{"audit", "tail", "--f"}, "--follow\t", "--type"},
 		{[]string{"completion", ""}, "bash\nfish\nzsh\n", "--"},
+		{[]string{"key", "generate", "--name", "k", "--type", "ed"}, "ed25519\n", "aes"},
+		{[]string{"serve", "--log-level", ""}, "debug\ninfo\nwarn\nerror\n", "--"},
 		{[]string{"-"}, "--version\t", "key"},
 	} {
 		got := complete(tc.words...)

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/keywarden/keywarden"
 )
 
 // describeCommand returns c's flags without running it: every command
@@ -114,6 +116,9 @@ func completions(e *env, words []string, cur string) []string {
 		if keyRefFlags[pending.Name] {
 			return keyNames(e, socket)
 		}
+		if values, ok := flagValues[pending.Name]; ok {
+			return values()
+		}
 		return nil
 	case strings.HasPrefix(cur, "-") && !dashes:
 		var out []string
@@ -134,6 +139,20 @@ func completions(e *env, words []string, cur string) []string {
 		return keyNames(e, socket)
 	}
 	return nil
+}
+
+// flagValues are the values of flags that take one of a few words.
+var flagValues = map[string]func() []string{
+	"type": func() []string {
+		var out []string
+		for _, t := range keywarden.KeyTypes() {
+			out = append(out, string(t))
+		}
+		return out
+	},
+	"encoding":   func() []string { return []string{"raw", "hex", "base64"} },
+	"log-level":  func() []string { return []string{"debug", "info", "warn", "error"} },
+	"log-format": func() []string { return []string{"text", "json"} },
 }
 
 // commandWords are the words that may follow prefix ("" or a group).
