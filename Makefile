@@ -6,13 +6,72 @@ GO      ?= go
 # copies the cryptographic libraries make).
 export GOEXPERIMENT := runtimesecret
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X github.com/keywarden/keywarden/internal/cli.Version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/keywarden/keywarden/internal/cli.Version=$(VERSION) \
+	-X github.com/keywarden/keywarden/internal/cli.Commit=$(COMMIT)
 
-.PHONY: build test proto fuzz bench clean
+# Where "make install" puts things (under DESTDIR, for packaging).
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+
+.PHONY: build test proto fuzz bench clean gen install deb
 
 # bin/keywarden: the daemon and the command line in one binary.
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keywarden ./cmd/keywarden
+
+# bin/gen: the manual pages and shell completion scripts, made by the
+# binary from its own command table.
+gen: build
+	rm -rf bin/gen
+	mkdir -p bin/gen/man bin/gen/completion
+	bin/keywarden man bin/gen/man >/dev/null
+	for sh in bash zsh fish; do bin/keywarden completion $$sh >bin/gen/completion/$$sh || exit 1; done
+
+# The binary, the manual pages, the completion scripts, the systemd units
+# (packaging/systemd/*.service and *.socket; user units in
+# packaging/systemd/user/), the configuration examples
+# (packaging/*.conf.example, into SYSCONFDIR/keywarden), and the
+# sysusers.d and tmpfiles.d entries of the keywarden account and its
+# directories. Units name the binary as /usr/bin/keywarden; it becomes
+# BINDIR's. Nothing is enabled or started.
+install: gen
+	install -D -m 0755 bin/keywarden $(DESTDIR)$(BINDIR)/keywarden
+	install -D -m 0644 bin/gen/man/keywarden.1 $(DESTDIR)$(MANDIR)/man1/keywarden.1
+	install -D -m 0644 bin/gen/man/keywarden-serve.8 $(DESTDIR)$(MANDIR)/man8/keywarden-serve.8
+	install -D -m 0644 bin/gen/man/keywarden.conf.5 $(DESTDIR)$(MANDIR)/man5/keywarden.conf.5
+	install -D -m 0644 bin/gen/completion/bash $(DESTDIR)$(BASHCOMPDIR)/keywarden
+	install -D -m 0644 bin/gen/completion/zsh $(DESTDIR)$(ZSHCOMPDIR)/_keywarden
+	install -D -m 0644 bin/gen/completion/fish $(DESTDIR)$(FISHCOMPDIR)/keywarden.fish
+	install -D -m 0644 packaging/sysusers.d/keywarden.conf $(DESTDIR)$(SYSUSERSDIR)/keywarden.conf
+	install -D -m 0644 packaging/tmpfiles.d/keywarden.conf $(DESTDIR)$(TMPFILESDIR)/keywarden.conf
+	for f in packaging/systemd/*.service packaging/systemd/*.socket; do \
+		[ -f "$$f" ] || continue; \
+		mkdir -p $(DESTDIR)$(UNITDIR) && \
+		sed 's|/usr/bin/keywarden|$(BINDIR)/keywarden|g' "$$f" >$(DESTDIR)$(UNITDIR)/$$(basename "$$f") || exit 1; \
+	done
+	for f in packaging/systemd/user/*.service packaging/systemd/user/*.socket; do \
+		[ -f "$$f" ] || continue; \
+		mkdir -p $(DESTDIR)$(USERUNITDIR) && \
+		sed 's|/usr/bin/keywarden|$(BINDIR)/keywarden|g' "$$f" >$(DESTDIR)$(USERUNITDIR)/$$(basename "$$f") || exit 1; \
+	done
+	for f in packaging/*.conf.example; do \
+		[ -f "$$f" ] || continue; \
+		install -D -m 0644 "$$f" $(DESTDIR)$(SYSCONFDIR)/keywarden/$$(basename "$$f") || exit 1; \
+	done
+
+# bin/keywarden_VERSION_ARCH.deb: the Debian package (dpkg-deb; offline).
+deb:
+	@MAKE="$(MAKE)" VERSION="$(VERSION)" ./scripts/deb.sh
 
 # Every test, installing what the tests need on a fresh Debian machine.
 test:

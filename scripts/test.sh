@@ -26,6 +26,12 @@ command -v ssh-keygen >/dev/null 2>&1 || missing="$missing openssh-client"
 # A real sshd for the SSH certificate tests (e2e/sshcert_test.go).
 [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
 command -v git >/dev/null 2>&1 || missing="$missing git"
+# The CLI's completion scripts (bash, zsh, fish) and manual pages (man -l);
+# dpkg-deb, which builds the Debian package (scripts/test-deb.sh), is in dpkg.
+command -v zsh >/dev/null 2>&1 || missing="$missing zsh"
+command -v fish >/dev/null 2>&1 || missing="$missing fish"
+command -v man >/dev/null 2>&1 || missing="$missing man-db"
+command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 # The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
@@ -124,5 +130,12 @@ fuzz ./internal/sshagent FuzzSessionBind
 fuzz ./internal/sshagent FuzzConstraints
 fuzz ./internal/sshagent FuzzPrivateKey
 fuzz ./internal/sshagent FuzzUserauth
+
+log "the Debian package: build, install, run, remove"
+if [ "$(id -u)" -eq 0 ]; then
+	./scripts/test-deb.sh
+else
+	echo "skipped: installing a package needs root" >&2
+fi
 
 log "all tests passed"

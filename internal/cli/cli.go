@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/keywarden/keywarden"
+	"github.com/keywarden/keywarden/internal/seqpacket"
 )
 
 // Exit codes.
@@ -32,6 +34,13 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// jsonErrors: the command line has --json, so errors are JSON too.
+	jsonErrors bool
+	// describe, when set, receives the command's flags in place of a
+	// run: parse hands them over and ends the command (describeCommand).
+	describe func(*flags)
+	// finish runs after the command, told whether it succeeded.
+	finish []func(ok bool) error
 }
 
 type command struct {
@@ -103,34 +112,94 @@ func init() {
 		{"audit tail", "[-n N] [-f] [FILTERS] [--json] [--log PATH]", "print the last audit records, and with -f each new one", runAuditTail},
 		{"audit query", "[FILTERS] [--json] [--log PATH | FILE...]", "print the audit records that match the filters", runAuditQuery},
 		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--json]", "measure operations in-process and through the daemon", runBench},
-		{"version", "", "print the version", runVersion},
+		{"version", "[--json]", "print the version, the source commit and how it was built (also --version)", runVersion},
+		{"completion", "bash|zsh|fish", "print the shell's completion script (source <(keywarden completion bash))", runCompletion},
+		{"man", "DIR", "write the manual pages keywarden(1), keywarden-serve(8) and keywarden.conf(5) to DIR", runMan},
+		{"__complete", "WORD... CURRENT", "list the completions of CURRENT (for the completion scripts)", runComplete},
 	}
 }
 
 // Main runs the command line args (without the program name) and returns
 // the exit status.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		if len(args) > 1 {
-			if c := lookup(args[1:]); c != nil {
-				return report(e, c, c.run(e, []string{"-h"}))
-			}
-		}
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv, jsonErrors: wantsJSON(args)}
+	if len(args) == 0 {
 		printUsage(stdout)
-		if len(args) == 0 {
-			return ExitUsage
-		}
-		return ExitOK
+		return ExitUsage
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		return help(e, args[1:])
+	case "--version", "-V":
+		args = append([]string{"version"}, args[1:]...)
 	}
 	c := lookup(args)
 	if c == nil {
-		fmt.Fprintf(stderr, "keywarden: unknown command %q (run \"keywarden help\")\n", strings.Join(args[:min(2, len(args))], " "))
-		return ExitUsage
+		if isGroup(args[0]) {
+			if len(args) == 1 || args[1] == "-h" || args[1] == "--help" {
+				printGroup(stdout, args[0])
+				if len(args) == 1 {
+					return ExitUsage
+				}
+				return ExitOK
+			}
+			return report(e, nil, usagef("unknown command %q (run \"keywarden help %s\" for its commands)", strings.Join(args[:2], " "), args[0]))
+		}
+		return report(e, nil, usagef("unknown command %q (run \"keywarden help\")", args[0]))
 	}
 	rest := args[len(strings.Fields(c.name)):]
 	err := c.run(e, rest)
+	for _, fin := range e.finish {
+		if ferr := fin(err == nil); err == nil {
+			err = ferr
+		}
+	}
 	return report(e, c, err)
+}
+
+// help is "keywarden help [COMMAND]": the commands, a group's commands, or
+// one command's flags. An unknown command is an error.
+func help(e *env, args []string) int {
+	if len(args) == 0 {
+		printUsage(e.stdout)
+		return ExitOK
+	}
+	if c := lookup(args); c != nil && len(strings.Fields(c.name)) == len(args) && !hidden(c) {
+		return report(e, c, c.run(e, []string{"-h"}))
+	}
+	if len(args) == 1 && isGroup(args[0]) {
+		printGroup(e.stdout, args[0])
+		return ExitOK
+	}
+	return report(e, nil, usagef("no such command %q (run \"keywarden help\" for the commands)", strings.Join(args, " ")))
+}
+
+// isGroup reports whether word is the first word of commands that have
+// more, as "key" is of "key generate".
+func isGroup(word string) bool {
+	for _, c := range commands {
+		if strings.HasPrefix(c.name, word+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// hidden commands serve the shell completion scripts, not people.
+func hidden(c *command) bool { return strings.HasPrefix(c.name, "__") }
+
+// wantsJSON reports whether the command line asks for JSON, so that even
+// an error in it is reported as JSON.
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "-json", "--json=true", "-json=true":
+			return true
+		}
+	}
+	return false
 }
 
 func lookup(args []string) *command {
@@ -143,7 +212,8 @@ func lookup(args []string) *command {
 	return nil
 }
 
-// report prints err as one line and maps it to an exit status.
+// report prints err as one line (or, for --json, as a JSON object) and
+// maps it to an exit status. c is nil for an error before a command.
 func report(e *env, c *command, err error) int {
 	if err == nil {
 		return ExitOK
@@ -153,22 +223,46 @@ func report(e *env, c *command, err error) int {
 	}
 	msg := strings.TrimPrefix(err.Error(), "keywarden: ")
 	msg = strings.Join(strings.Fields(msg), " ") // one line
+	code, status := errorCode(err)
+	if e.jsonErrors {
+		b, _ := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+		fmt.Fprintf(e.stderr, "%s\n", b)
+		return status
+	}
 	fmt.Fprintf(e.stderr, "keywarden: %s\n", msg)
+	if status == ExitUsage && c != nil {
+		fmt.Fprintf(e.stderr, "usage: keywarden %s %s\n", c.name, c.args)
+	}
+	return status
+}
+
+// errorCode is the code of err in a JSON error, and its exit status.
+func errorCode(err error) (string, int) {
 	var ue *usageError
+	var ke *keywarden.Error
+	var de *seqpacket.DialError
 	switch {
 	case errors.As(err, &ue):
-		fmt.Fprintf(e.stderr, "usage: keywarden %s %s\n", c.name, c.args)
-		return ExitUsage
+		return "usage", ExitUsage
 	case errors.Is(err, errNotVerified), errors.Is(err, keywarden.ErrVerification):
-		return ExitNoVerify
+		return "not_verified", ExitNoVerify
+	case errors.As(err, &ke):
+		if ke.Code == keywarden.CodeInternal {
+			return "internal", ExitFailed
+		}
+		return strings.ReplaceAll(ke.Code.String(), " ", "_"), ExitFailed
+	case errors.As(err, &de):
+		return "unavailable", ExitFailed // no daemon, or not one we may reach
 	}
-	return ExitFailed
+	return "failed", ExitFailed
 }
 
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "keywarden holds cryptographic keys so that the programs using them never do.\n\nUsage: keywarden COMMAND [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-24s %s\n", c.name, c.summary)
+		if !hidden(c) {
+			fmt.Fprintf(w, "  %-24s %s\n", c.name, c.summary)
+		}
 	}
 	fmt.Fprintf(w, `
 Every command that talks to the daemon takes --socket PATH (default: $%s,
@@ -177,7 +271,10 @@ else %s for root or when the system daemon runs, else
 run by root, by you, or by the uid of --daemon-uid UID (default $%s).
 Key names: NAME (your key), UID:NAME (a key another user shares), id:HEX.
 Exit status: 0 success, 1 refused or failed, 2 bad usage, 3 not verified.
-Run "keywarden help COMMAND" for a command's flags.
+Flags may come before or after arguments; --flag=value and --flag value
+are the same, and -n, -k and -o stand for --name, --key and --output.
+Run "keywarden help COMMAND" for a command's flags, "keywarden help key"
+for a group's commands.
 `, keywarden.SocketEnv, keywarden.SystemSocketPath, keywarden.UserSocketPath(), keywarden.DaemonUIDEnv)
 }
 
@@ -187,9 +284,18 @@ func (f *flags) printUsage() {
 		fmt.Fprintf(w, "usage: keywarden %s %s\n\n%s.\n", c.name, c.args, c.summary)
 	}
 	fmt.Fprintln(w, "\nflags:")
-	f.SetOutput(w)
-	f.PrintDefaults()
-	f.SetOutput(io.Discard)
+	f.printDefaults(w)
+}
+
+// printGroup lists the commands of a group, such as "key".
+func printGroup(w io.Writer, group string) {
+	fmt.Fprintf(w, "Usage: keywarden %s COMMAND [flags]\n\nCommands:\n", group)
+	for _, c := range commands {
+		if strings.HasPrefix(c.name, group+" ") {
+			fmt.Fprintf(w, "  %-24s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprintf(w, "\nRun \"keywarden help %s COMMAND\" for a command's flags.\n", group)
 }
 
 // flags is a FlagSet with the flags every client command shares.
@@ -202,6 +308,7 @@ type flags struct {
 	daemonUID uint32
 	json      bool
 	encoding  string // --encoding, for commands whose result is binary
+	output    string // --output, for commands whose result is binary
 	timeout   time.Duration
 	// context is the command's deadline, set by dial.
 	context context.Context
@@ -213,6 +320,7 @@ func newFlags(name string, e *env) *flags {
 	f.StringVar(&f.socket, "socket", "", "daemon socket `path` (default $"+keywarden.SocketEnv+" or the default path)")
 	if binaryResult[name] {
 		f.StringVar(&f.encoding, "encoding", "", "print the result as `raw` bytes, hex or base64 (default: raw bytes to a pipe or file, hex to a terminal)")
+		f.StringVar(&f.output, "output", "", "write the result to `file` (mode 0600, in place only once complete) instead of stdout")
 	}
 	if name != "serve" {
 		f.Func("daemon-uid", "trust a daemon run by this `uid` too, besides root and you (default $"+keywarden.DaemonUIDEnv+")", func(v string) error {
@@ -229,45 +337,18 @@ func newFlags(name string, e *env) *flags {
 	return f
 }
 
-// parse parses flags that may come before, between or after positional
-// arguments, and returns the positional ones.
 // binaryResult names the commands whose result is binary (a ciphertext,
 // signature, tag, digest or blob): one rule prints them all (writeBinary).
 var binaryResult = map[string]bool{"encrypt": true, "sign": true, "mac": true, "hash": true, "key wrap": true, "rewrap": true, "datakey": true}
 
-func (f *flags) parse(args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := f.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				f.printUsage()
-				return nil, err
-			}
-			return nil, usagef("%v", err)
-		}
-		args = f.Args()
-		if len(args) == 0 {
-			switch f.encoding {
-			case "", "raw", "hex", "base64":
-			default:
-				return nil, usagef("unknown --encoding %q (want raw, hex or base64)", f.encoding)
-			}
-			return pos, nil
-		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
 // want checks the number of positional arguments.
 func want(pos []string, n int, what string) error {
-	if len(pos) != n {
-		if n == 0 {
-			return usagef("unexpected argument %q", pos[0])
-		}
+	switch {
+	case len(pos) > n && n == 0:
+		return usagef("unexpected argument %q", pos[n])
+	case len(pos) > n:
+		return usagef("unexpected argument %q after %s", pos[n], what)
+	case len(pos) < n:
 		return usagef("want %s", what)
 	}
 	return nil
@@ -299,20 +380,4 @@ func (f *flags) dial() (context.Context, *keywarden.Client, func(), error) {
 // --daemon-uid besides root and the caller.
 func (f *flags) dialContext(ctx context.Context) (*keywarden.Client, error) {
 	return keywarden.DialWithOptions(ctx, f.socketPath(), &keywarden.DialOptions{DaemonUID: f.daemonUID})
-}
-
-func runVersion(e *env, args []string) error {
-	f := newFlags("version", e)
-	pos, err := f.parse(args)
-	if err != nil {
-		return err
-	}
-	if err := want(pos, 0, ""); err != nil {
-		return err
-	}
-	if f.json {
-		return printJSON(e, map[string]any{"version": Version, "protocol_version": 1})
-	}
-	fmt.Fprintf(e.stdout, "keywarden %s (protocol 1)\n", Version)
-	return nil
 }

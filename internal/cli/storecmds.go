@@ -418,6 +418,7 @@ func runMasterRotate(e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "master key generation %d in place; re-wrapping keys\n", gen)
 	}
 	var st *keywarden.ServerStatus
+	progress := newProgress(e.stderr)
 	for !*noWait {
 		if st, err = c.Status(ctx); err != nil {
 			return err
@@ -426,7 +427,7 @@ func runMasterRotate(e *env, args []string) error {
 			break
 		}
 		if !f.json {
-			fmt.Fprintf(e.stderr, "\rre-wrapped %d of %d keys", st.Seal.RotationDone, st.Seal.RotationTotal)
+			progress.update(fmt.Sprintf("re-wrapped %d of %d keys", st.Seal.RotationDone, st.Seal.RotationTotal))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -434,7 +435,7 @@ func runMasterRotate(e *env, args []string) error {
 		return printJSON(e, map[string]any{"generation": gen, "done": !*noWait})
 	}
 	if !*noWait {
-		fmt.Fprintf(e.stderr, "\r")
+		progress.done()
 		fmt.Fprintln(e.stdout, "every key is re-wrapped under the new master key")
 	}
 	if s.shares > 0 {
@@ -497,9 +498,9 @@ type optDuration struct{ v *time.Duration }
 
 func (o *optDuration) String() string { return "" }
 func (o *optDuration) Set(s string) error {
-	d, err := time.ParseDuration(s)
+	d, err := parseDuration(s)
 	if err != nil || d < 0 {
-		return errors.New("want a duration such as 720h")
+		return errors.New("want a duration such as 90m, 36h or 30d")
 	}
 	o.v = &d
 	return nil
