@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"math/big"
 
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -109,9 +110,24 @@ func keyTemplate(pub, priv templ, defUsage wire.Usage) (*wire.KeyTemplate, uint6
 	return kt, ckrOK
 }
 
+// capable narrows kt's usages to those a key of its type can have:
+// programs ask for usages by habit (CKA_DERIVE on every EC key, CKA_ENCRYPT
+// on every secret), and a key with fewer usages than asked is never
+// more permissive. The attributes read back say what the key has.
+func capable(kt *wire.KeyTemplate) {
+	if spec := key.Lookup(kt.Type); spec != nil {
+		kt.Usage &= uint32(spec.Capable(key.Private))
+	}
+}
+
 // create makes a key through the core (generate or import) and returns
 // the handles of its objects.
 func (c *conn) create(op *wire.Op) ([]uint64, uint64) {
+	if g := op.GetGenerate(); g != nil {
+		capable(g.Template)
+	} else if im := op.GetImport(); im != nil && im.Format == wire.KeyFormat_KEY_FORMAT_RAW {
+		capable(im.Template)
+	}
 	r, err := c.do(op)
 	if err != nil {
 		switch statusOf(err) {

@@ -102,7 +102,7 @@ func (c *conn) refresh() error {
 			if pkcs11Type(info.Type) == nil {
 				continue // X25519 and ECDH keys have no PKCS #11 use here yet
 			}
-			c.addKey(info, false)
+			c.objectsOf(c.addKey(info, false)) // handles in the list's order
 			seen[string(info.Id)] = true
 		}
 		if len(l.GetNext()) == 0 {
