@@ -1,0 +1,184 @@
+package p11front
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// getAttr asks for one attribute of object o and returns the call's
+// return value (from the response) and the value (nil if invalid).
+func (cl *client) getAttr(s, o uint64, typ uint32) (uint64, []byte) {
+	cl.t.Helper()
+	d := cl.ok(cl.call(callGetAttributeValue, func(e *encoder) {
+		e.u64(s)
+		e.u64(o)
+		e.u32(1)
+		e.u32(typ)
+		e.u32(4096)
+	}))
+	d.part("aA")
+	if n := d.u32(); n != 1 {
+		cl.t.Fatalf("%d attributes in the answer", n)
+	}
+	d.u32()
+	valid := d.u8()
+	var v []byte
+	if valid == 1 {
+		d.u32()
+		switch valueKind(typ) {
+		case kindByte:
+			v = []byte{d.u8()}
+		case kindUlong:
+			v = ulongVal(d.u64())
+		default:
+			v, _ = d.array()
+		}
+	}
+	d.part("u")
+	rv := d.u64()
+	if d.done() != nil {
+		cl.t.Fatal("malformed GetAttributeValue answer")
+	}
+	return rv, v
+}
+
+// An attack: read the value of a key that is not exportable. The
+// attribute is sensitive; nothing of the key comes back.
+func TestSensitiveValueIsNeverRead(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false), boolAttr(ckaSensitive, true), ulongAttr(ckaValueLen, 32))
+	rv, v := cl.getAttr(s, h, ckaValue)
+	if rv != ckrAttributeSensitive || v != nil {
+		t.Fatalf("CKA_VALUE of a sensitive key: rv %#x, value %x", rv, v)
+	}
+	// Switching CKA_SENSITIVE off, or CKA_EXTRACTABLE on, is refused.
+	for _, a := range []tmplAttr{boolAttr(ckaSensitive, false), boolAttr(ckaExtractable, true)} {
+		rv, _ := cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{a}) })
+		if rv != ckrAttributeReadOnly {
+			t.Fatalf("setting attribute %#x to %v: rv %#x", a.typ, a.value, rv)
+		}
+	}
+	if rv, v := cl.getAttr(s, h, ckaValue); rv != ckrAttributeSensitive || v != nil {
+		t.Fatalf("CKA_VALUE after the attempts: rv %#x", rv)
+	}
+}
+
+// A usage can be dropped through C_SetAttributeValue (the core's rule:
+// usage only shrinks), never added.
+func TestUsageOnlyShrinks(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false), boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, false))
+	rv, _ := cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{boolAttr(ckaDecrypt, true)}) })
+	if rv != ckrAttributeReadOnly {
+		t.Fatalf("adding decrypt: rv %#x", rv)
+	}
+	cl.ok(cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{boolAttr(ckaEncrypt, false)}) }))
+	if _, v := cl.getAttr(s, h, ckaEncrypt); len(v) != 1 || v[0] != 0 {
+		t.Fatalf("CKA_ENCRYPT after dropping it: %v", v)
+	}
+}
+
+func TestSecurityOfficerLoginRefused(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	rv, _ := cl.call(callLogin, func(e *encoder) { e.u64(s); e.u64(ckuSO); e.u8(1); e.array([]byte("any")) })
+	if rv != ckrPinIncorrect {
+		t.Fatalf("CKU_SO login: rv %#x", rv)
+	}
+	if !contains(tf.logText(t), "security officer") {
+		t.Fatal("the refusal is not in the audit log")
+	}
+}
+
+// Private and secret objects show only after login.
+func TestPrivateObjectsNeedLogin(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false))
+	if n := len(cl.find(s, ulongAttr(ckaClass, ckoSecretKey))); n != 1 {
+		t.Fatalf("%d secret keys after login", n)
+	}
+	cl.ok(cl.call(callLogout, func(e *encoder) { e.u64(s) }))
+	if n := len(cl.find(s, ulongAttr(ckaClass, ckoSecretKey))); n != 0 {
+		t.Fatalf("%d secret keys after logout", n)
+	}
+}
+
+// Everything the daemon does not offer is CKR_MECHANISM_INVALID: no
+// fallback to another mechanism.
+func TestUnknownMechanismInvalid(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false))
+	for _, m := range []uint32{0x1081 /* CKM_AES_ECB */, 0x1082 /* CKM_AES_CBC */, 0x0003 /* CKM_RSA_X_509 */, 0x0220 /* CKM_SHA_1 */} {
+		for _, call := range []int{callEncryptInit, callDecryptInit, callSignInit} {
+			rv, _ := cl.call(call, func(e *encoder) { e.u64(s); e.u32(m); e.u32(0xffffffff); e.u64(h) })
+			if rv != ckrMechanismInvalid {
+				t.Errorf("%s with mechanism %#x: rv %#x", calls[call].name, m, rv)
+			}
+		}
+		rv, _ := cl.call(callGetMechanismInfo, func(e *encoder) { e.u64(slotID); e.u64(uint64(m)) })
+		if rv != ckrMechanismInvalid {
+			t.Errorf("C_GetMechanismInfo(%#x): rv %#x", m, rv)
+		}
+	}
+}
+
+// An attack: a process that inherited (or was passed) another's
+// connection writes on it. The front sees another writer's credentials
+// on the bytes, records the refusal and closes the connection.
+func TestOtherWriterClosesTheConnection(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	f, err := cl.c.(interface{ File() (*os.File, error) }).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	body := request(callCloseSession, func(e *encoder) { e.u64(s) })
+	frame := appendFrame(nil, 99, body)
+	cmd := exec.Command("sh", "-c", `cat >&3`)
+	cmd.Stdin = bytesReader(frame)
+	cmd.ExtraFiles = []*os.File{f}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	cl.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if n, err := cl.c.Read(b[:]); n != 0 || err == nil {
+		t.Fatalf("the connection answered another writer: %d bytes, %v", n, err)
+	}
+	if !contains(tf.logText(t), "wrote on the connection") {
+		t.Fatal("the refusal is not in the audit log")
+	}
+}
+
+// The calls before C_Initialize, and a malformed request, fail without
+// reaching the core.
+func TestMalformedRequestRefused(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	body := request(callOpenSession, func(e *encoder) { e.u64(slotID) }) // a ulong short
+	if rv, _ := cl.raw(body); rv != ckrDeviceError {
+		t.Fatalf("short request: rv %#x", rv)
+	}
+	bad := request(callGetInfo, nil)
+	bad[7] = 'x' // the signature does not match
+	if rv, _ := cl.raw(bad); rv != ckrDeviceError {
+		t.Fatalf("bad signature: rv %#x", rv)
+	}
+}
