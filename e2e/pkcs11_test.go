@@ -425,3 +425,122 @@ func TestPKCS11TLSHandshake(t *testing.T) {
 		}
 	}
 }
+
+var (
+	p11ClientOnce sync.Once
+	p11ClientBin  string
+	p11ClientErr  error
+)
+
+// p11Client builds testdata/pkcs11/p11client.c once: a C host process
+// that loads the module as programs do.
+func p11Client(t *testing.T) string {
+	t.Helper()
+	needTool(t, "cc")
+	needTool(t, "/usr/include/p11-kit-1/p11-kit/pkcs11.h")
+	p11ClientOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keywarden-p11client-")
+		if err != nil {
+			p11ClientErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		p11ClientBin = filepath.Join(dir, "p11client")
+		out, err := exec.Command("cc", "-Wall", "-Wextra", "-Werror", "-I/usr/include/p11-kit-1", "-o", p11ClientBin,
+			"testdata/pkcs11/p11client.c", "-ldl", "-lpthread").CombinedOutput()
+		if err != nil {
+			p11ClientErr = fmt.Errorf("building p11client: %v\n%s", err, out)
+		}
+	})
+	if p11ClientErr != nil {
+		t.Fatal(p11ClientErr)
+	}
+	return p11ClientBin
+}
+
+// clientRun runs p11client with args and fails the test on a failed check.
+func (e *p11Env) clientRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, code := e.run(t, nil, p11Client(t), append([]string{e.mod}, args...)...)
+	if code != 0 {
+		t.Fatalf("p11client %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// Threads share the module: each with its own session, all signing at once.
+func TestPKCS11Threads(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	e.clientRun(t, "threads", "8")
+}
+
+// A process that forks after C_Initialize: the child initializes again
+// and signs on a connection of its own; the parent is unaffected.
+func TestPKCS11Fork(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	e.clientRun(t, "fork")
+}
+
+// C_Finalize then C_Initialize, and dlclose then dlopen, work.
+func TestPKCS11Reinitialize(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	e.clientRun(t, "reinit")
+}
+
+// With no daemon, C_Initialize succeeds and no slot has a token (p11-kit's
+// client treats a server that is not there as a removed device).
+func TestPKCS11NoDaemon(t *testing.T) {
+	mod := pkcs11Module(t)
+	e := &p11Env{dir: openDir(t), mod: mod}
+	e.sock = filepath.Join(e.dir, "nobody-listens.sock")
+	e.clientRun(t, "nodaemon")
+}
+
+// A daemon restart under an open session: the call in flight fails, and
+// the program recovers by finalizing and initializing the module again.
+func TestPKCS11DaemonRestart(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	marker := filepath.Join(e.dir, "restarted")
+	cmd := exec.Command(p11Client(t), e.mod, "restart", marker)
+	cmd.Env = append(os.Environ(), "KEYWARDEN_PKCS11_SOCKET="+e.sock)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100 && !strings.Contains(out.String(), "waiting"); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.d.stop()
+	e.d = startDaemonAt(t, filepath.Join(e.dir, "kw.sock"), "--pkcs11", e.sock, "--audit-log", e.logPath+".2")
+	if r := e.d.runCLI(t, nil, nil, "key", "generate", "--type", "ecdsa-p256", "--name", "ec2"); r.code != 0 {
+		t.Fatal(r)
+	}
+	os.WriteFile(marker, nil, 0o644)
+	err := cmd.Wait()
+	if err != nil || strings.Contains(out.String(), "FAILED") {
+		t.Fatalf("p11client restart: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "sign across the restart: rv 0x") || strings.Contains(out.String(), "sign across the restart: rv 0x0\n") {
+		t.Fatalf("the call across the restart did not fail:\n%s", out.String())
+	}
+}
+
+// An attack: another user loads the module. The token is the caller's
+// view: nothing of root's keys shows, nothing signs with them.
+func TestPKCS11OtherUserSeesNoKeys(t *testing.T) {
+	requireRoot(t)
+	e := p11Daemon(t, "ecdsa-p256 ec1", "aes256-gcm aes1")
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+	out, code := e.run(t, nobody, needTool(t, "pkcs11-tool"), "--module", e.mod, "-O", "--login", "--pin", "any")
+	if code != 0 {
+		t.Fatalf("pkcs11-tool as nobody: exit %d\n%s", code, out)
+	}
+	if strings.Contains(out, "ec1") || strings.Contains(out, "aes1") || strings.Contains(out, "Key Object") {
+		t.Fatalf("another user's keys show:\n%s", out)
+	}
+	out, _ = e.run(t, nobody, p11Client(t), e.mod, "threads", "1")
+	if !strings.Contains(out, "thread signs 50 times: FAILED") {
+		t.Fatalf("another user signed with root's key:\n%s", out)
+	}
+}
