@@ -544,3 +544,34 @@ func TestPKCS11OtherUserSeesNoKeys(t *testing.T) {
 		t.Fatalf("another user signed with root's key:\n%s", out)
 	}
 }
+
+// The p11-kit module file makes the module one of p11-kit's: p11-kit
+// list-modules (and every program that loads p11-kit's proxy) shows the
+// token. Run as another user, whose own module directory p11-kit reads
+// (it reads none for root), with the module file of pkcs11/ naming the
+// built module.
+func TestPKCS11P11KitListsModule(t *testing.T) {
+	requireRoot(t)
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	p11kit := needTool(t, "p11-kit")
+	home := openDir(t)
+	mods := filepath.Join(home, ".config", "pkcs11", "modules")
+	os.MkdirAll(mods, 0o755)
+	src, err := os.ReadFile("../pkcs11/keywarden.module")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.Replace(string(src), "module: libkeywarden-pkcs11.so", "module: "+e.mod, 1)
+	if conf == string(src) {
+		t.Fatal("the module file names no libkeywarden-pkcs11.so")
+	}
+	os.WriteFile(filepath.Join(mods, "keywarden.module"), []byte(conf), 0o644)
+	for _, d := range []string{home, filepath.Join(home, ".config"), filepath.Join(home, ".config", "pkcs11"), mods} {
+		os.Chmod(d, 0o755)
+	}
+	e.extraEnv = []string{"HOME=" + home}
+	out, code := e.run(t, &syscall.Credential{Uid: 65534, Gid: 65534}, p11kit, "list-modules")
+	if code != 0 || !strings.Contains(out, "keywarden: "+e.mod) || !strings.Contains(out, "token: keywarden") {
+		t.Fatalf("p11-kit list-modules: exit %d\n%s", code, out)
+	}
+}
