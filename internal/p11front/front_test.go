@@ -182,3 +182,52 @@ func TestMalformedRequestRefused(t *testing.T) {
 		t.Fatalf("bad signature: rv %#x", rv)
 	}
 }
+
+// gcm writes a CKM_AES_GCM mechanism as p11-kit 0.25 and later encode it.
+func gcm(e *encoder, iv, aad []byte, tagBits uint64) {
+	e.u32(ckmAESGCM)
+	e.array(iv)
+	e.u64(uint64(len(iv) * 8))
+	e.array(aad)
+	e.u64(tagBits)
+}
+
+// AES-GCM through PKCS #11: the daemon chooses the nonce, so the caller's
+// IV must be zeros (an IV of the caller's choosing is refused, never
+// silently replaced); the ciphertext carries the nonce, and decrypts with
+// the same AAD only.
+func TestAESGCMNonceIsTheDaemons(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false))
+	zero := make([]byte, 12)
+	rv, _ := cl.call(callEncryptInit, func(e *encoder) { e.u64(s); gcm(e, []byte("caller's iv!"), nil, 128); e.u64(h) })
+	if rv != ckrMechanismParamInvalid {
+		t.Fatalf("a caller's IV: rv %#x", rv)
+	}
+	encrypt := func() []byte {
+		cl.ok(cl.call(callEncryptInit, func(e *encoder) { e.u64(s); gcm(e, zero, []byte("aad"), 128); e.u64(h) }))
+		d := cl.ok(cl.call(callEncrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("secret message")); e.u32(4096) }))
+		return d.Bytes()
+	}
+	c1, c2 := encrypt(), encrypt()
+	if len(c1) == 0 || string(c1) == string(c2) {
+		t.Fatalf("two encryptions: %x %x", c1, c2)
+	}
+	decrypt := func(aad string) (uint64, []byte) {
+		cl.ok(cl.call(callDecryptInit, func(e *encoder) { e.u64(s); gcm(e, zero, []byte(aad), 128); e.u64(h) }))
+		rv, d := cl.call(callDecrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(c1); e.u32(4096) })
+		if rv != ckrOK {
+			return rv, nil
+		}
+		return rv, d.Bytes()
+	}
+	if rv, pt := decrypt("aad"); rv != ckrOK || string(pt) != "secret message" {
+		t.Fatalf("decrypt: rv %#x %q", rv, pt)
+	}
+	if rv, _ := decrypt("other"); rv != ckrEncryptedDataInvalid {
+		t.Fatalf("decrypt with another AAD: rv %#x", rv)
+	}
+}
