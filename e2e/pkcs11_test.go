@@ -521,6 +521,7 @@ func TestPKCS11DaemonRestart(t *testing.T) {
 	if err != nil || strings.Contains(out.String(), "FAILED") {
 		t.Fatalf("p11client restart: %v\n%s", err, out.String())
 	}
+	t.Log(out.String())
 	if !strings.Contains(out.String(), "sign across the restart: rv 0x") || strings.Contains(out.String(), "sign across the restart: rv 0x0\n") {
 		t.Fatalf("the call across the restart did not fail:\n%s", out.String())
 	}

@@ -231,3 +231,52 @@ func TestAESGCMNonceIsTheDaemons(t *testing.T) {
 		t.Fatalf("decrypt with another AAD: rv %#x", rv)
 	}
 }
+
+// An attack: use a handle of another connection (another process's
+// session, or the same process's before C_Finalize). Handles are the
+// connection's own: another's mean nothing.
+func TestHandlesOfAnotherConnection(t *testing.T) {
+	tf := newTestFront(t)
+	a := tf.dial(t)
+	sa := a.session()
+	a.login(sa)
+	h := a.generate(sa, ckmAESKeyGen, boolAttr(ckaToken, false))
+	b := tf.dial(t)
+	sb := b.session()
+	b.login(sb)
+	if rv, _ := b.getAttrRV(sb, h, ckaLabel); rv != ckrObjectHandleInvalid {
+		t.Fatalf("another connection's object: rv %#x", rv)
+	}
+	rv, _ := b.call(callEncryptInit, func(e *encoder) { e.u64(sb); gcm(e, make([]byte, 12), nil, 128); e.u64(h) })
+	if rv != ckrKeyHandleInvalid {
+		t.Fatalf("another connection's key: rv %#x", rv)
+	}
+}
+
+// An attack: a PKCS #1 v1.5 decryption oracle. RSA decrypts with OAEP
+// only; CKM_RSA_PKCS is for signatures.
+func TestRSAPKCS1DecryptionRefused(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	d := cl.ok(cl.call(callGenerateKeyPair, func(e *encoder) {
+		e.u64(s)
+		e.u32(ckmRSAPKCSKeyPairGen)
+		e.u32(0xffffffff)
+		writeAttrs(e, []tmplAttr{ulongAttr(ckaModulusBits, 2048), boolAttr(ckaEncrypt, true), boolAttr(ckaToken, false)})
+		writeAttrs(e, []tmplAttr{boolAttr(ckaDecrypt, true)})
+	}))
+	d.Ulong()
+	priv := d.Ulong()
+	rv, _ := cl.call(callDecryptInit, func(e *encoder) { e.u64(s); e.u32(ckmRSAPKCS); e.u32(0xffffffff); e.u64(priv) })
+	if rv != ckrMechanismInvalid {
+		t.Fatalf("CKM_RSA_PKCS decryption: rv %#x", rv)
+	}
+}
+
+// getAttrRV is getAttr for a call that may fail as a whole.
+func (cl *client) getAttrRV(s, o uint64, typ uint32) (uint64, *decoder) {
+	cl.t.Helper()
+	return cl.call(callGetAttributeValue, func(e *encoder) { e.u64(s); e.u64(o); e.u32(1); e.u32(typ); e.u32(64) })
+}
