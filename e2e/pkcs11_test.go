@@ -576,3 +576,37 @@ func TestPKCS11P11KitListsModule(t *testing.T) {
 		t.Fatalf("p11-kit list-modules: exit %d\n%s", code, out)
 	}
 }
+
+// TestPKCS11Bench measures PKCS #11 signatures and MACs through the module
+// and through SoftHSM2, in the same C loader and run (docs/performance.md).
+// It runs only with KEYWARDEN_PKCS11_BENCH=1: figures on a busy machine
+// mean little, and the test takes about 20 s.
+func TestPKCS11Bench(t *testing.T) {
+	if os.Getenv("KEYWARDEN_PKCS11_BENCH") != "1" {
+		t.Skip("KEYWARDEN_PKCS11_BENCH=1 runs it")
+	}
+	softhsm := needTool(t, "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+	util := needTool(t, "softhsm2-util")
+	e := p11Daemon(t)
+	tokens := filepath.Join(e.dir, "softhsm")
+	os.MkdirAll(tokens, 0o700)
+	conf := filepath.Join(e.dir, "softhsm2.conf")
+	os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
+	e.extraEnv = []string{"SOFTHSM2_CONF=" + conf}
+	if out, code := e.run(t, nil, util, "--init-token", "--free", "--label", "bench", "--pin", "1234", "--so-pin", "5678"); code != 0 {
+		t.Fatalf("softhsm2-util: %s", out)
+	}
+	for _, threads := range []string{"1", "4"} {
+		for _, m := range []struct{ name, mod, pin string }{{"keywarden", e.mod, "any"}, {"softhsm2", softhsm, "1234"}} {
+			out, code := e.run(t, nil, p11Client(t), m.mod, "bench", m.pin, "2", threads)
+			if code != 0 {
+				t.Fatalf("%s: %s", m.name, out)
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasSuffix(l, "/s") {
+					t.Logf("%-9s %s threads: %s", m.name, threads, l)
+				}
+			}
+		}
+	}
+}

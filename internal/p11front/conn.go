@@ -59,7 +59,7 @@ func (c *conn) serve() {
 		c.ss.Close()
 		c.c.Close()
 	}()
-	c.rd = &credReader{uc: c.c, pid: c.id.PID, oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16*4))}
+	c.rd = &credReader{uc: c.c, pid: c.id.PID, buf: make([]byte, 16<<10), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16*4))}
 	// The version byte: the front speaks version 0, which every p11-kit
 	// client accepts (later ones fall back to it).
 	var v [1]byte
@@ -67,6 +67,7 @@ func (c *conn) serve() {
 		c.closedBy(err)
 		return
 	}
+	defer func() { clear(c.rd.buf) }()
 	c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.c.Write([]byte{0}); err != nil {
 		return
@@ -171,6 +172,9 @@ type credReader struct {
 	uc  *net.UnixConn
 	pid int32
 	oob []byte
+	// buf[r:w] is read from the socket and not yet returned.
+	buf  []byte
+	r, w int
 }
 
 // otherWriter: a part was written by another process than the one that
@@ -181,18 +185,28 @@ func (e otherWriter) Error() string {
 	return fmt.Sprintf("written by pid %d, not by the process that connected", e.pid)
 }
 
+// Read returns what the buffer holds, refilling it with one recvmsg when
+// empty: a request the client wrote in three writes (header, options,
+// body) is then mostly read in one call.
 func (r *credReader) Read(p []byte) (int, error) {
-	n, oobn, _, _, err := r.uc.ReadMsgUnix(p, r.oob)
-	if err != nil {
-		return 0, err
+	if r.r == r.w {
+		clear(r.buf[:r.w])
+		r.r, r.w = 0, 0
+		n, oobn, _, _, err := r.uc.ReadMsgUnix(r.buf, r.oob)
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			return 0, io.EOF
+		}
+		if pid := writerPID(r.oob[:oobn]); pid != r.pid {
+			clear(r.buf[:n])
+			return 0, otherWriter{pid: pid}
+		}
+		r.w = n
 	}
-	if n == 0 {
-		return 0, io.EOF
-	}
-	if pid := writerPID(r.oob[:oobn]); pid != r.pid {
-		clear(p[:n])
-		return 0, otherWriter{pid: pid}
-	}
+	n := copy(p, r.buf[r.r:r.w])
+	r.r += n
 	return n, nil
 }
 

@@ -11,6 +11,10 @@
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
  *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
+ *   p11client MODULE bench PIN SECONDS THREADS
+ *                                   operations per second, one call at a time per thread,
+ *                                   each thread with its own session and session keys:
+ *                                   ECDSA P-256 over a digest, HMAC-SHA-256 of 256 bytes
  *
  * Signing uses the first EC private key with CKM_ECDSA over a SHA-256-long
  * digest, logging in with any PIN.
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -121,6 +126,78 @@ static void *worker (void *arg)
 	return (void *) (long) sign (shared, 50);
 }
 
+/* The bench mode. */
+static const char *bench_pin;
+static double bench_seconds;
+
+struct bench_result {
+	CK_RV rv;
+	long ecdsa, hmac;
+};
+
+static double now (void)
+{
+	struct timespec ts;
+	clock_gettime (CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *bench_worker (void *arg)
+{
+	struct bench_result *r = arg;
+	CK_FUNCTION_LIST_PTR f = shared;
+	CK_SLOT_ID slots[8];
+	CK_ULONG n = 8, siglen;
+	CK_SESSION_HANDLE s;
+	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG len32 = 32;
+	CK_ATTRIBUTE pub[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE priv[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &yes, 1 } };
+	CK_ATTRIBUTE sec[] = { { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
+	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+	CK_OBJECT_HANDLE pk, sk, mk;
+	CK_BYTE digest[32], data[256], out[128];
+	double end;
+
+	memset (digest, 1, sizeof digest);
+	memset (data, 2, sizeof data);
+	if ((r->rv = f->C_GetSlotList (CK_TRUE, slots, &n)) != CKR_OK)
+		return NULL;
+	if (n == 0) {
+		r->rv = CKR_TOKEN_NOT_PRESENT;
+		return NULL;
+	}
+	if ((r->rv = f->C_OpenSession (slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK)
+		return NULL;
+	r->rv = f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) bench_pin, strlen (bench_pin));
+	if (r->rv != CKR_OK && r->rv != CKR_USER_ALREADY_LOGGED_IN)
+		return NULL;
+	if ((r->rv = f->C_GenerateKeyPair (s, &ecgen, pub, 3, priv, 3, &pk, &sk)) != CKR_OK ||
+	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK)
+		return NULL;
+	end = now () + bench_seconds;
+	while (now () < end) {
+		siglen = sizeof out;
+		if ((r->rv = f->C_SignInit (s, &ecdsa, sk)) != CKR_OK ||
+		    (r->rv = f->C_Sign (s, digest, sizeof digest, out, &siglen)) != CKR_OK)
+			return NULL;
+		r->ecdsa++;
+	}
+	end = now () + bench_seconds;
+	while (now () < end) {
+		siglen = sizeof out;
+		if ((r->rv = f->C_SignInit (s, &hmac, mk)) != CKR_OK ||
+		    (r->rv = f->C_Sign (s, data, sizeof data, out, &siglen)) != CKR_OK)
+			return NULL;
+		r->hmac++;
+	}
+	r->rv = CKR_OK;
+	return NULL;
+}
+
 int main (int argc, char **argv)
 {
 	void *h;
@@ -196,6 +273,28 @@ int main (int argc, char **argv)
 		f->C_Finalize (NULL);
 		check ("C_Initialize after the restart", init (f), CKR_OK);
 		check ("sign after the restart", sign (f, 1), CKR_OK);
+		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "bench") == 0 && argc == 6) {
+		int threads = atoi (argv[5]), i;
+		pthread_t th[64];
+		struct bench_result res[64];
+		long ecdsa = 0, hmac = 0;
+		bench_pin = argv[3];
+		bench_seconds = atof (argv[4]);
+		if (threads < 1 || threads > 64)
+			return 2;
+		check ("C_Initialize", init (f), CKR_OK);
+		shared = f;
+		memset (res, 0, sizeof res);
+		for (i = 0; i < threads; i++)
+			pthread_create (&th[i], NULL, bench_worker, &res[i]);
+		for (i = 0; i < threads; i++) {
+			pthread_join (th[i], NULL);
+			check ("thread", res[i].rv, CKR_OK);
+			ecdsa += res[i].ecdsa;
+			hmac += res[i].hmac;
+		}
+		printf ("ecdsa-p256 %.0f/s\nhmac-sha256-256B %.0f/s\n", ecdsa / bench_seconds, hmac / bench_seconds);
 		f->C_Finalize (NULL);
 	} else if (strcmp (argv[2], "nodaemon") == 0) {
 		CK_SLOT_ID slots[4];
