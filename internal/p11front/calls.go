@@ -72,6 +72,8 @@ func init() {
 		callVerifyFinal:       (*conn).cVerifyFinal,
 		callGenerateKey:       (*conn).cGenerateKey,
 		callGenerateKeyPair:   (*conn).cGenerateKeyPair,
+		callWrapKey:           (*conn).cWrapKey,
+		callUnwrapKey:         (*conn).cUnwrapKey,
 		callSeedRandom:        (*conn).cSeedRandom,
 		callGenerateRandom:    (*conn).cGenerateRandom,
 	}

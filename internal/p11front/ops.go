@@ -89,6 +89,8 @@ var mechanisms = map[uint64]mechInfo{
 	ckmECKeyPairGen:      {256, 384, ckfMechGenerateKeyPair | ecFlags},
 	ckmECEdwardsGen:      {255, 255, ckfMechGenerateKeyPair},
 	ckmRSAPKCSKeyPairGen: {2048, 4096, ckfMechGenerateKeyPair},
+	ckmAESKeyWrap:        {32, 32, ckfMechWrap | ckfMechUnwrap},
+	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {
