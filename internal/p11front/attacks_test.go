@@ -3,9 +3,9 @@ package p11front
 import "testing"
 
 // The classic PKCS #11 API attacks that need key wrapping, through the
-// front with CKM_AES_KEY_WRAP_PAD (p11-kit 0.25's client forwards it;
-// 0.24's does not forward key-wrap mechanisms at all). Each is tried and
-// must fail; docs/security.md has the table.
+// front with CKM_AES_KEY_WRAP_PAD (which p11-kit's client does not
+// forward: the front refuses the attacks for any client of its protocol).
+// Each is tried and must fail; docs/security.md has the table.
 
 // wrapKey wraps target under wrapping with mech and returns the call's
 // return value and the blob.
