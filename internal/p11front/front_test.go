@@ -280,3 +280,31 @@ func (cl *client) getAttrRV(s, o uint64, typ uint32) (uint64, *decoder) {
 	cl.t.Helper()
 	return cl.call(callGetAttributeValue, func(e *encoder) { e.u64(s); e.u64(o); e.u32(1); e.u32(typ); e.u32(64) })
 }
+
+// A signature asked with a buffer too small, or with none: the answer is
+// the length only (CKR_OK on the wire, as p11-kit's server answers, which
+// its client turns into CKR_BUFFER_TOO_SMALL for a buffer too small), and
+// the operation stays for the next call, which returns the signature.
+func TestLengthQueryKeepsTheOperation(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32))
+	cl.ok(cl.call(callSignInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(h) }))
+	for _, room := range []uint32{0, 16} {
+		d := cl.ok(cl.call(callSign, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("data")); e.u32(room) }))
+		d.part("ay")
+		if valid, n := d.u8(), d.u32(); valid != 0 || n != 32 {
+			t.Fatalf("room %d: valid %d length %d", room, valid, n)
+		}
+	}
+	d := cl.ok(cl.call(callSign, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("data")); e.u32(64) }))
+	if tag := d.Bytes(); len(tag) != 32 {
+		t.Fatalf("tag of %d bytes", len(tag))
+	}
+	rv, _ := cl.call(callSign, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("data")); e.u32(64) })
+	if rv != ckrOperationNotInitialized {
+		t.Fatalf("the operation did not end with its result: rv %#x", rv)
+	}
+}

@@ -156,6 +156,22 @@ func (c *conn) open(ks *keyState) (uint32, error) {
 
 var errGone = errors.New("the key is gone")
 
+// loadPublic learns ks's public half from the core, opening the key for
+// that only (and closing it again, so that listing many keys holds no
+// handles of the core's: a key is open while it is used).
+func (c *conn) loadPublic(ks *keyState) bool {
+	wasOpen := ks.handle != 0
+	h, err := c.open(ks)
+	if err != nil {
+		return false
+	}
+	if !wasOpen && !ks.session {
+		c.do(&wire.Op{Op: &wire.Op_Close{Close: &wire.Close{Handle: h}}})
+		ks.handle = 0
+	}
+	return ks.pub != nil
+}
+
 // typeInfo is how a key type of the core shows in PKCS #11.
 type typeInfo struct {
 	ckk    uint64
@@ -327,10 +343,8 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 	}
 	// The public parts of an asymmetric key, on both its objects. The
 	// core's list does not carry them: the key's info from opening it does.
-	if o.key.pub == nil {
-		if _, err := c.open(o.key); err != nil {
-			return nil, ckrAttributeTypeInvalid
-		}
+	if o.key.pub == nil && !c.loadPublic(o.key) {
+		return nil, ckrAttributeTypeInvalid
 	}
 	switch pub := o.key.pub.(type) {
 	case *rsa.PublicKey:

@@ -103,11 +103,8 @@ func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {
 		return rv
 	}
 	if int(room) < len(mechanisms) {
-		e.Ulongs(nil, len(mechanisms))
-		if room == 0 {
-			return ckrOK
-		}
-		return ckrBufferTooSmall
+		e.Ulongs(nil, len(mechanisms)) // the length only (see give)
+		return ckrOK
 	}
 	out := make([]uint64, 0, len(mechanisms))
 	for m := range mechanisms {
@@ -355,13 +352,12 @@ func opOneShot(kind int) handler {
 // buffer too small (the operation stays, as PKCS #11 says), else the
 // result, which ends the operation.
 func (c *conn) give(slot **operation, op *operation, room uint32, e *encoder) uint64 {
-	switch {
-	case room == 0:
+	if int(room) < len(op.result) {
+		// Only the length, with CKR_OK on the wire as p11-kit's server
+		// does: the client returns CKR_BUFFER_TOO_SMALL to a caller
+		// whose buffer was too small, CKR_OK to a length query.
 		e.Bytes(nil, len(op.result))
 		return ckrOK
-	case int(room) < len(op.result):
-		e.Bytes(nil, len(op.result))
-		return ckrBufferTooSmall
 	}
 	e.Bytes(op.result, len(op.result))
 	clear(op.result) // it may be plaintext
