@@ -610,3 +610,51 @@ func TestPKCS11Bench(t *testing.T) {
 		}
 	}
 }
+
+// C_CreateObject and C_DestroyObject through pkcs11-tool: a public key
+// and a secret key written, listed, deleted.
+func TestPKCS11ToolWritesAndDeletesObjects(t *testing.T) {
+	e := p11Daemon(t)
+	openssl := needTool(t, "openssl")
+	if out, code := e.run(t, nil, "sh", "-c", openssl+" genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 | "+
+		openssl+" pkey -pubout -outform DER -out pub.der"); code != 0 {
+		t.Fatalf("openssl: %s", out)
+	}
+	os.WriteFile(filepath.Join(e.dir, "aes.key"), bytes.Repeat([]byte{7}, 32), 0o600)
+	e.tool(t, "--login", "--pin", "any", "--write-object", "pub.der", "--type", "pubkey", "--label", "imported-pub")
+	e.tool(t, "--login", "--pin", "any", "--write-object", "aes.key", "--type", "secrkey", "--key-type", "AES:32", "--label", "imported-aes")
+	out := e.tool(t, "-O", "--login", "--pin", "any")
+	if !strings.Contains(out, "imported-pub") || !strings.Contains(out, "imported-aes") {
+		t.Fatalf("written objects not listed:\n%s", out)
+	}
+	if r := e.d.runCLI(t, nil, nil, "key", "info", "imported-aes"); !strings.Contains(r.stdout, "imported") {
+		t.Fatalf("the daemon's view of the imported key:\n%s", r)
+	}
+	e.tool(t, "--login", "--pin", "any", "--delete-object", "--type", "pubkey", "--label", "imported-pub")
+	if out := e.tool(t, "-O"); strings.Contains(out, "imported-pub") {
+		t.Fatalf("a deleted object is listed:\n%s", out)
+	}
+	if r := e.d.runCLI(t, nil, nil, "key", "info", "imported-pub"); r.code == 0 {
+		t.Fatalf("the deleted key is still the daemon's:\n%s", r)
+	}
+}
+
+// RSA-OAEP: a ciphertext OpenSSL made with the public half decrypts
+// through the module (pkcs11-tool's --encrypt takes secret keys only).
+func TestPKCS11ToolDecryptsOAEP(t *testing.T) {
+	e := p11Daemon(t, "rsa-2048 rsaenc --usage encrypt,decrypt")
+	openssl := needTool(t, "openssl")
+	r := e.d.runCLI(t, nil, nil, "key", "public", "rsaenc")
+	os.WriteFile(filepath.Join(e.dir, "rsaenc.pem"), []byte(r.stdout), 0o644)
+	os.WriteFile(filepath.Join(e.dir, "pt"), []byte("to the daemon only"), 0o644)
+	if out, code := e.run(t, nil, openssl, "pkeyutl", "-encrypt", "-pubin", "-inkey", "rsaenc.pem", "-pkeyopt", "rsa_padding_mode:oaep",
+		"-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256", "-in", "pt", "-out", "ct"); code != 0 {
+		t.Fatalf("openssl: %s", out)
+	}
+	id := idOf(t, e.tool(t, "-O"), "rsaenc")
+	e.tool(t, "--login", "--pin", "any", "--decrypt", "--mechanism", "RSA-PKCS-OAEP", "--hash-algorithm", "SHA256",
+		"--mgf", "MGF1-SHA256", "--id", id, "-i", "ct", "-o", "pt2")
+	if b, _ := os.ReadFile(filepath.Join(e.dir, "pt2")); string(b) != "to the daemon only" {
+		t.Fatalf("decrypted %q", b)
+	}
+}
