@@ -458,6 +458,37 @@ func p11Client(t *testing.T) string {
 	return p11ClientBin
 }
 
+var (
+	p11AttacksOnce sync.Once
+	p11AttacksBin  string
+	p11AttacksErr  error
+)
+
+// p11Attacks builds testdata/pkcs11/p11attacks.c once.
+func p11Attacks(t *testing.T) string {
+	t.Helper()
+	needTool(t, "cc")
+	needTool(t, "/usr/include/p11-kit-1/p11-kit/pkcs11.h")
+	p11AttacksOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keywarden-p11attacks-")
+		if err != nil {
+			p11AttacksErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		p11AttacksBin = filepath.Join(dir, "p11attacks")
+		out, err := exec.Command("cc", "-Wall", "-Wextra", "-Werror", "-I/usr/include/p11-kit-1", "-o", p11AttacksBin,
+			"testdata/pkcs11/p11attacks.c", "-ldl").CombinedOutput()
+		if err != nil {
+			p11AttacksErr = fmt.Errorf("building p11attacks: %v\n%s", err, out)
+		}
+	})
+	if p11AttacksErr != nil {
+		t.Fatal(p11AttacksErr)
+	}
+	return p11AttacksBin
+}
+
 // clientRun runs p11client with args and fails the test on a failed check.
 func (e *p11Env) clientRun(t *testing.T, args ...string) string {
 	t.Helper()
@@ -656,5 +687,46 @@ func TestPKCS11ToolDecryptsOAEP(t *testing.T) {
 		"--mgf", "MGF1-SHA256", "--id", id, "-i", "ct", "-o", "pt2")
 	if b, _ := os.ReadFile(filepath.Join(e.dir, "pt2")); string(b) != "to the daemon only" {
 		t.Fatalf("decrypted %q", b)
+	}
+}
+
+// TestPKCS11Attacks runs the classic PKCS #11 API attacks
+// (testdata/pkcs11/p11attacks.c) through the module and through SoftHSM2,
+// side by side: every one must be refused through the module. What
+// SoftHSM2 does is logged (docs/security.md has the table).
+func TestPKCS11Attacks(t *testing.T) {
+	e := p11Daemon(t)
+	bin := p11Attacks(t)
+	out, code := e.run(t, nil, bin, e.mod, "any")
+	if code != 0 {
+		t.Fatalf("p11attacks: exit %d\n%s", code, out)
+	}
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		n++
+		if !strings.Contains(l, ": refused (") {
+			t.Errorf("through the module: %s", l)
+		}
+	}
+	if n != 10 {
+		t.Fatalf("%d attacks run, want 10:\n%s", n, out)
+	}
+	softhsm := needTool(t, "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+	util := needTool(t, "softhsm2-util")
+	tokens := filepath.Join(e.dir, "softhsm")
+	os.MkdirAll(tokens, 0o700)
+	conf := filepath.Join(e.dir, "softhsm2.conf")
+	os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\n"), 0o600)
+	e.extraEnv = []string{"SOFTHSM2_CONF=" + conf}
+	if out, code := e.run(t, nil, util, "--init-token", "--free", "--label", "attacks", "--pin", "1234", "--so-pin", "5678"); code != 0 {
+		t.Fatalf("softhsm2-util: %s", out)
+	}
+	out, code = e.run(t, nil, bin, softhsm, "1234")
+	if code != 0 {
+		t.Fatalf("p11attacks on SoftHSM2: exit %d\n%s", code, out)
+	}
+	t.Logf("SoftHSM2:\n%s", out)
+	if !strings.Contains(out, ": falls (") {
+		t.Errorf("SoftHSM2 refused every attack: the attacks may not be running\n%s", out)
 	}
 }
