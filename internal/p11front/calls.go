@@ -116,6 +116,9 @@ func (c *conn) cFinalize(d *decoder, e *encoder) uint64 {
 // closeAll closes every session; session objects go with the last, as
 // PKCS #11 says, and the login state.
 func (c *conn) closeAll() {
+	for _, s := range c.sessions {
+		c.abortAll(s)
+	}
 	clear(c.sessions)
 	for _, ks := range c.keys {
 		if ks.session {
@@ -256,9 +259,11 @@ func (c *conn) cCloseSession(d *decoder, e *encoder) uint64 {
 	if d.done() != nil {
 		return rvParse
 	}
-	if _, rv := c.session(h); rv != ckrOK {
+	s, rv := c.session(h)
+	if rv != ckrOK {
 		return rv
 	}
+	c.abortAll(s)
 	delete(c.sessions, h)
 	if len(c.sessions) == 0 {
 		c.closeAll()

@@ -1,6 +1,8 @@
 package p11front
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"os"
 	"os/exec"
 	"testing"
@@ -307,4 +309,82 @@ func TestLengthQueryKeepsTheOperation(t *testing.T) {
 	if rv != ckrOperationNotInitialized {
 		t.Fatalf("the operation did not end with its result: rv %#x", rv)
 	}
+}
+
+// Multi-part operations: C_*Update over the core's streams, of more than
+// a message's worth of data; the result equals the one-shot's.
+func TestMultiPartOverStreams(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32))
+	part := make([]byte, 512<<10)
+	for i := range part {
+		part[i] = byte(i)
+	}
+	// Digest of 3 × 512 KiB, more than one request may carry.
+	cl.ok(cl.call(callDigestInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256); e.u32(0xffffffff) }))
+	for range 3 {
+		cl.ok(cl.call(callDigestUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array(part) }))
+	}
+	d := cl.ok(cl.call(callDigestFinal, func(e *encoder) { e.u64(s); e.u32(64) }))
+	sum := d.Bytes()
+	want := sha256.New()
+	for range 3 {
+		want.Write(part)
+	}
+	if !bytes.Equal(sum, want.Sum(nil)) {
+		t.Fatalf("multi-part digest %x", sum)
+	}
+	// One shot of 512 KiB: a stream too.
+	cl.ok(cl.call(callDigestInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256); e.u32(0xffffffff) }))
+	d = cl.ok(cl.call(callDigest, func(e *encoder) { e.u64(s); e.u8(1); e.array(part); e.u32(64) }))
+	if one := sha256.Sum256(part); !bytes.Equal(d.Bytes(), one[:]) {
+		t.Fatal("one-shot digest of 512 KiB")
+	}
+	// HMAC in parts, verified in parts and in one shot.
+	cl.ok(cl.call(callSignInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(h) }))
+	for _, p := range []string{"multi", "-part"} {
+		cl.ok(cl.call(callSignUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte(p)) }))
+	}
+	tag := cl.ok(cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(64) })).Bytes()
+	cl.ok(cl.call(callVerifyInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(h) }))
+	cl.ok(cl.call(callVerify, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("multi-part")); e.u8(1); e.array(tag) }))
+	cl.ok(cl.call(callVerifyInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(h) }))
+	cl.ok(cl.call(callVerifyUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("multi-pars")) }))
+	rv, _ := cl.call(callVerifyFinal, func(e *encoder) { e.u64(s); e.u8(1); e.array(tag) })
+	if rv != ckrSignatureInvalid {
+		t.Fatalf("a changed message verified in parts: rv %#x", rv)
+	}
+}
+
+// ECDSA with a hash in parts: the stream's ASN.1 signature comes back as
+// PKCS #11's r ‖ s, and verifies in one shot and in parts.
+func TestECDSAMultiPart(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	d := cl.ok(cl.call(callGenerateKeyPair, func(e *encoder) {
+		e.u64(s)
+		e.u32(ckmECKeyPairGen)
+		e.u32(0xffffffff)
+		writeAttrs(e, []tmplAttr{{ckaECParams, oidP256}, boolAttr(ckaToken, false), boolAttr(ckaVerify, true)})
+		writeAttrs(e, []tmplAttr{boolAttr(ckaSign, true)})
+	}))
+	pub, priv := d.Ulong(), d.Ulong()
+	cl.ok(cl.call(callSignInit, func(e *encoder) { e.u64(s); e.u32(ckmECDSASHA256); e.u32(0xffffffff); e.u64(priv) }))
+	for _, p := range []string{"in ", "parts"} {
+		cl.ok(cl.call(callSignUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte(p)) }))
+	}
+	sig := cl.ok(cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(128) })).Bytes()
+	if len(sig) != 64 {
+		t.Fatalf("signature of %d bytes", len(sig))
+	}
+	cl.ok(cl.call(callVerifyInit, func(e *encoder) { e.u64(s); e.u32(ckmECDSASHA256); e.u32(0xffffffff); e.u64(pub) }))
+	cl.ok(cl.call(callVerify, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("in parts")); e.u8(1); e.array(sig) }))
+	cl.ok(cl.call(callVerifyInit, func(e *encoder) { e.u64(s); e.u32(ckmECDSASHA256); e.u32(0xffffffff); e.u64(pub) }))
+	cl.ok(cl.call(callVerifyUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("in parts")) }))
+	cl.ok(cl.call(callVerifyFinal, func(e *encoder) { e.u64(s); e.u8(1); e.array(sig) }))
 }

@@ -32,7 +32,8 @@ type operation struct {
 	key    *keyState
 	data   []byte
 	result []byte
-	done   bool // result is final
+	done   bool   // result is final
+	stream uint32 // the core's streaming session, once opened (stream.go)
 }
 
 // slotOf returns the operation slot of kind on s.
@@ -333,13 +334,22 @@ func opOneShot(kind int) handler {
 			return ckrOperationNotInitialized
 		}
 		if !op.done {
-			if len(op.data) > 0 {
-				*slot = nil
+			if len(op.data) > 0 || op.stream != 0 {
+				c.abort(slot)
 				return ckrOperationActive // a multi-part operation is under way
 			}
-			out, rv := c.run(op, data)
+			var out []byte
+			if _, _, _, ok := streamKind(op); ok && len(data) > streamChunk {
+				// More than one request of the core's carries: a stream.
+				if rv := c.update(slot, data); rv != ckrOK {
+					return rv
+				}
+				out, rv = c.finish(op, nil)
+			} else {
+				out, rv = c.run(op, data)
+			}
 			if rv != ckrOK {
-				*slot = nil
+				c.abort(slot)
 				return rv
 			}
 			op.result, op.done = out, true
@@ -377,27 +387,8 @@ func opUpdate(kind int) handler {
 		if rv != ckrOK {
 			return rv
 		}
-		return s.add(kind, data)
+		return c.update(s.slotOf(kind), data)
 	}
-}
-
-// add appends data to the operation of kind.
-func (s *session) add(kind int, data []byte) uint64 {
-	slot := s.slotOf(kind)
-	op := *slot
-	if op == nil {
-		return ckrOperationNotInitialized
-	}
-	if op.done || len(op.data)+len(data) > maxBody {
-		*slot = nil
-		clear(op.data)
-		if op.done {
-			return ckrOperationActive
-		}
-		return ckrDataLenRange
-	}
-	op.data = append(op.data, data...)
-	return ckrOK
 }
 
 // opUpdateOut is C_{Encrypt,Decrypt}Update: the data is kept, and the
@@ -414,7 +405,7 @@ func opUpdateOut(kind int) handler {
 		if rv != ckrOK {
 			return rv
 		}
-		if rv := s.add(kind, data); rv != ckrOK {
+		if rv := c.update(s.slotOf(kind), data); rv != ckrOK {
 			return rv
 		}
 		e.Bytes([]byte{}, 0)
@@ -439,11 +430,16 @@ func opFinal(kind int) handler {
 			return ckrOperationNotInitialized
 		}
 		if !op.done {
-			out, rv := c.run(op, op.data)
+			var out []byte
+			if op.stream != 0 {
+				out, rv = c.finish(op, nil)
+			} else {
+				out, rv = c.run(op, op.data)
+			}
 			clear(op.data)
 			op.data = nil
 			if rv != ckrOK {
-				*slot = nil
+				c.abort(slot)
 				return rv
 			}
 			op.result, op.done = out, true
@@ -466,10 +462,11 @@ func (c *conn) cVerify(d *decoder, e *encoder) uint64 {
 	if op == nil {
 		return ckrOperationNotInitialized
 	}
-	s.verify = nil
-	if len(op.data) > 0 {
+	if len(op.data) > 0 || op.stream != 0 {
+		c.abort(&s.verify)
 		return ckrOperationActive
 	}
+	s.verify = nil
 	return c.verify(op, data, sig)
 }
 
@@ -487,6 +484,10 @@ func (c *conn) cVerifyFinal(d *decoder, e *encoder) uint64 {
 		return ckrOperationNotInitialized
 	}
 	s.verify = nil
+	if op.stream != 0 {
+		_, rv := c.finish(op, sig) // a signature that does not verify: CKR_SIGNATURE_INVALID
+		return rv
+	}
 	return c.verify(op, op.data, sig)
 }
 
@@ -579,13 +580,9 @@ func (c *conn) verify(op *operation, data, sig []byte) uint64 {
 		return rv
 	}
 	if pub, ok := op.key.pub.(*ecdsa.PublicKey); ok {
-		n := (pub.Curve.Params().BitSize + 7) / 8
-		if len(sig) != 2*n {
-			return ckrSignatureLenRange
-		}
-		der, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:n]), new(big.Int).SetBytes(sig[n:])})
-		if err != nil {
-			return ckrSignatureInvalid
+		der, rv := ecdsaDER(sig, pub)
+		if rv != ckrOK {
+			return rv
 		}
 		sig = der
 	}
@@ -681,4 +678,17 @@ func ecdsaRaw(der []byte, ks *keyState) ([]byte, uint64) {
 	rs.R.FillBytes(out[:n])
 	rs.S.FillBytes(out[n:])
 	return out, ckrOK
+}
+
+// ecdsaDER turns PKCS #11's r ‖ s into an ASN.1 ECDSA signature.
+func ecdsaDER(sig []byte, pub *ecdsa.PublicKey) ([]byte, uint64) {
+	n := (pub.Curve.Params().BitSize + 7) / 8
+	if len(sig) != 2*n {
+		return nil, ckrSignatureLenRange
+	}
+	der, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:n]), new(big.Int).SetBytes(sig[n:])})
+	if err != nil {
+		return nil, ckrSignatureInvalid
+	}
+	return der, ckrOK
 }
