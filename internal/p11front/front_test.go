@@ -2,11 +2,15 @@ package p11front
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"os"
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // getAttr asks for one attribute of object o and returns the call's
@@ -387,4 +391,51 @@ func TestECDSAMultiPart(t *testing.T) {
 	cl.ok(cl.call(callVerifyInit, func(e *encoder) { e.u64(s); e.u32(ckmECDSASHA256); e.u32(0xffffffff); e.u64(pub) }))
 	cl.ok(cl.call(callVerifyUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("in parts")) }))
 	cl.ok(cl.call(callVerifyFinal, func(e *encoder) { e.u64(s); e.u8(1); e.array(sig) }))
+}
+
+// A VM generation change (a snapshot restored, a clone) under an open
+// multi-part operation: the operation fails (CKR_DEVICE_ERROR, the core's
+// GENERATION_CHANGED), and a new one on the same session works.
+func TestGenerationChangeUnderAnOperation(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("bumping the generation needs root")
+	}
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32))
+	sign := func() {
+		cl.ok(cl.call(callSignInit, func(e *encoder) { e.u64(s); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(h) }))
+		cl.ok(cl.call(callSignUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("before")) }))
+	}
+	sign()
+	bump(t, tf)
+	rv, _ := cl.call(callSignUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("after")) })
+	if rv != ckrDeviceError {
+		t.Fatalf("an update after the generation changed: rv %#x", rv)
+	}
+	if rv, _ := cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(64) }); rv != ckrOperationNotInitialized {
+		t.Fatalf("the failed operation is still there: rv %#x", rv)
+	}
+	sign()
+	if tag := cl.ok(cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(64) })).Bytes(); len(tag) != 32 {
+		t.Fatalf("a new operation after the change: %d bytes", len(tag))
+	}
+}
+
+// bump changes the machine generation, as an orchestrator would.
+func bump(t *testing.T, tf *testFront) {
+	t.Helper()
+	id := server.Identity{PID: int32(os.Getpid()), UID: 0, GID: 0, Pidfd: -1}
+	ss, err := tf.srv.NewSession(context.Background(), "test-admin", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	rep, err := ss.Do(context.Background(), id, &wire.Request{Version: wire.ProtocolVersion, Id: 1,
+		Ops: []*wire.Op{{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{KernelReseeded: true}}}}})
+	if err != nil || rep.Status != wire.Status_STATUS_OK || rep.Results[0].Status != wire.Status_STATUS_OK {
+		t.Fatalf("bump: %v %v", err, rep)
+	}
 }
