@@ -63,13 +63,13 @@ func (tf *testFront) logText(t *testing.T) string {
 // client is a p11-kit RPC client for tests: it sends requests built with
 // req and returns the decoded response.
 type client struct {
-	t    *testing.T
+	t    testing.TB
 	c    net.Conn
 	code uint32
 }
 
 // dial connects, exchanges the version byte and calls C_Initialize.
-func (tf *testFront) dial(t *testing.T) *client {
+func (tf *testFront) dial(t testing.TB) *client {
 	t.Helper()
 	c, err := net.Dial("unix", tf.sockPath)
 	if err != nil {
