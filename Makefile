@@ -8,30 +8,11 @@ export GOEXPERIMENT := runtimesecret
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/keywarden/keywarden/internal/cli.Version=$(VERSION)
 
-.PHONY: build pkcs11 install test proto fuzz bench clean
+.PHONY: build test proto fuzz bench clean
 
 # bin/keywarden: the daemon and the command line in one binary.
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/keywarden ./cmd/keywarden
-
-# bin/libkeywarden-pkcs11.so: the PKCS #11 module, p11-kit's client
-# module pointed at the daemon's PKCS #11 socket (docs/pkcs11.md).
-MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
-PKCS11DIR ?= /usr/lib/$(MULTIARCH)/pkcs11
-P11KITCLIENT ?= $(PKCS11DIR)/p11-kit-client.so
-pkcs11:
-	mkdir -p bin
-	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden \
-		-DP11_KIT_CLIENT='"$(P11KITCLIENT)"' -o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -ldl -lpthread
-
-# Installs the command, the PKCS #11 module in the multiarch PKCS #11
-# directory, and its p11-kit module file (p11-kit list-modules shows it).
-DESTDIR ?=
-PREFIX ?= /usr/local
-install: build pkcs11
-	install -D -m 0755 bin/keywarden $(DESTDIR)$(PREFIX)/bin/keywarden
-	install -D -m 0644 bin/libkeywarden-pkcs11.so $(DESTDIR)$(PKCS11DIR)/libkeywarden-pkcs11.so
-	install -D -m 0644 pkcs11/keywarden.module $(DESTDIR)/usr/share/p11-kit/modules/keywarden.module
 
 # Every test, installing what the tests need on a fresh Debian machine.
 test:
@@ -62,3 +43,22 @@ bench: build
 
 clean:
 	rm -rf bin
+
+# bin/libkeywarden-pkcs11.so: the PKCS #11 module, p11-kit's client
+# module pointed at the daemon's PKCS #11 socket (docs/pkcs11.md). Needs a
+# C compiler; p11-kit-client.so (Debian's p11-kit-modules) at run time.
+.PHONY: pkcs11 install-pkcs11
+MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+PKCS11DIR ?= /usr/lib/$(MULTIARCH)/pkcs11
+P11KITCLIENT ?= $(PKCS11DIR)/p11-kit-client.so
+P11KITMODULEDIR ?= /usr/share/p11-kit/modules
+pkcs11:
+	mkdir -p bin
+	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden \
+		-DP11_KIT_CLIENT='"$(P11KITCLIENT)"' -o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -ldl -lpthread
+
+# The module in the multiarch PKCS #11 directory, and its p11-kit module
+# file (p11-kit list-modules then shows it).
+install-pkcs11: pkcs11
+	install -D -m 0644 bin/libkeywarden-pkcs11.so $(DESTDIR)$(PKCS11DIR)/libkeywarden-pkcs11.so
+	install -D -m 0644 pkcs11/keywarden.module $(DESTDIR)$(P11KITMODULEDIR)/keywarden.module
