@@ -661,6 +661,23 @@ func TestPKCS11ToolWritesAndDeletesObjects(t *testing.T) {
 	if r := e.d.runCLI(t, nil, nil, "key", "info", "imported-aes"); !strings.Contains(r.stdout, "imported") {
 		t.Fatalf("the daemon's view of the imported key:\n%s", r)
 	}
+	// A private key, imported and signing; not "always sensitive": it
+	// was outside the daemon.
+	if out, code := e.run(t, nil, "sh", "-c", openssl+" genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out priv.pem && "+
+		openssl+" pkey -in priv.pem -outform DER -out priv.der && "+openssl+" pkey -in priv.pem -pubout -out privpub.pem"); code != 0 {
+		t.Fatalf("openssl: %s", out)
+	}
+	out = e.tool(t, "--login", "--pin", "any", "--write-object", "priv.der", "--type", "privkey", "--label", "imported-ec")
+	if !strings.Contains(out, "Access:     sensitive\n") {
+		t.Fatalf("the imported private key's access flags:\n%s", out)
+	}
+	d := sha256.Sum256([]byte("imported"))
+	os.WriteFile(filepath.Join(e.dir, "d"), d[:], 0o644)
+	e.tool(t, "--login", "--pin", "any", "--sign", "--mechanism", "ECDSA", "--label", "imported-ec", "-i", "d", "-o", "sig",
+		"--signature-format", "openssl")
+	if out, code := e.run(t, nil, openssl, "pkeyutl", "-verify", "-pubin", "-inkey", "privpub.pem", "-in", "d", "-sigfile", "sig"); code != 0 {
+		t.Fatalf("the imported key's signature does not verify: %s", out)
+	}
 	e.tool(t, "--login", "--pin", "any", "--delete-object", "--type", "pubkey", "--label", "imported-pub")
 	if out := e.tool(t, "-O"); strings.Contains(out, "imported-pub") {
 		t.Fatalf("a deleted object is listed:\n%s", out)

@@ -75,6 +75,9 @@ const (
 	ckaModulus          = 0x120
 	ckaModulusBits      = 0x121
 	ckaPublicExponent   = 0x122
+	ckaPrivateExponent  = 0x123
+	ckaPrime1           = 0x124
+	ckaPrime2           = 0x125
 	ckaPublicKeyInfo    = 0x129
 	ckaValueLen         = 0x161
 	ckaExtractable      = 0x162

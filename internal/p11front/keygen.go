@@ -2,6 +2,7 @@ package p11front
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
@@ -63,7 +64,9 @@ var allowed = map[uint32]bool{
 	ckaUnwrap: true, ckaSign: true, ckaVerify: true, ckaDerive: true, ckaValueLen: true, ckaModifiable: true,
 	ckaModulusBits: true, ckaPublicExponent: true, ckaECParams: true, ckaSubject: true, ckaStartDate: true,
 	ckaEndDate: true, ckaSignRecover: true, ckaVerifyRecover: true, ckaCopyable: true, ckaDestroyable: true,
-	ckaValue: true, ckaECPoint: true, ckaModulus: true,
+	ckaValue: true, ckaECPoint: true, ckaModulus: true, ckaPrivateExponent: true, ckaPrime1: true, ckaPrime2: true,
+	0x126 /* CKA_EXPONENT_1 */ : true, 0x127 /* CKA_EXPONENT_2 */ : true, 0x128 /* CKA_COEFFICIENT */ : true,
+	ckaAlwaysAuth: true, ckaPublicKeyInfo: true,
 }
 
 // keyTemplate turns the templates of a key (the public one nil for a
@@ -78,7 +81,7 @@ func keyTemplate(pub, priv templ, defUsage wire.Usage) (*wire.KeyTemplate, uint6
 				return nil, ckrAttributeTypeInvalid
 			}
 			if valueKind(typ) == kindByte && len(a.value) == 1 && a.value[0] != 0 &&
-				(typ == ckaSignRecover || typ == ckaVerifyRecover || typ == ckaModifiable || typ == ckaCopyable) {
+				(typ == ckaSignRecover || typ == ckaVerifyRecover || typ == ckaModifiable || typ == ckaCopyable || typ == ckaAlwaysAuth) {
 				return nil, ckrAttributeValueInvalid
 			}
 		}
@@ -294,9 +297,10 @@ func (c *conn) cGenerateKeyPair(d *decoder, e *encoder) uint64 {
 }
 
 // cCreateObject imports a key: a secret key from its value (AES-256, or
-// an HMAC key of 32, 48 or 64 bytes), or a public key (EC P-256/P-384,
-// Ed25519, RSA). Private keys come in through the daemon's own import
-// or unwrapping, where their attributes are checked as a whole.
+// an HMAC key of 32, 48 or 64 bytes), a public key, or a private key (EC
+// P-256/P-384 from its scalar, Ed25519 from its seed, RSA from its
+// components), which the core receives as PKCS #8 and checks as any
+// import. The template's values are wiped once sent.
 func (c *conn) cCreateObject(d *decoder, e *encoder) uint64 {
 	s, rv := c.session(d.Ulong())
 	as := d.Attrs()
@@ -364,7 +368,18 @@ func (c *conn) cCreateObject(d *decoder, e *encoder) uint64 {
 		kt.Type, kt.Exportable = typ, true
 		im.Template, im.Format, im.Data = kt, wire.KeyFormat_KEY_FORMAT_SPKI_DER, spki
 	case ckoPrivateKey:
-		return ckrTemplateInconsistent
+		der, typ, rv := privatePKCS8(t, ktype)
+		if rv != ckrOK {
+			return rv
+		}
+		defer clear(der)
+		kt, rv := keyTemplate(templ{attrs: map[uint32]attr{}}, t, wire.Usage_USAGE_SIGN|wire.Usage_USAGE_VERIFY)
+		if rv != ckrOK {
+			return rv
+		}
+		kt.Type = typ
+		capable(kt)
+		im.Template, im.Format, im.Data = kt, wire.KeyFormat_KEY_FORMAT_PKCS8_DER, der
 	default:
 		return ckrAttributeValueInvalid
 	}
@@ -434,4 +449,79 @@ func publicSPKI(t templ, ktype uint64) ([]byte, wire.KeyType, uint64) {
 		return der, typ, ckrOK
 	}
 	return nil, 0, ckrTemplateIncomplete
+}
+
+// privatePKCS8 builds the PKCS #8 DER of a private key template; the
+// caller wipes it.
+func privatePKCS8(t templ, ktype uint64) ([]byte, wire.KeyType, uint64) {
+	var priv any
+	var typ wire.KeyType
+	switch ktype {
+	case ckkEC:
+		var curve elliptic.Curve
+		switch string(t.bytes(ckaECParams)) {
+		case string(oidP256):
+			curve, typ = elliptic.P256(), wire.KeyType_KEY_TYPE_ECDSA_P256
+		case string(oidP384):
+			curve, typ = elliptic.P384(), wire.KeyType_KEY_TYPE_ECDSA_P384
+		default:
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		v := t.bytes(ckaValue)
+		size := (curve.Params().BitSize + 7) / 8
+		if len(v) > size || len(v) == 0 {
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		padded := make([]byte, size)
+		copy(padded[size-len(v):], v)
+		k, err := ecdsa.ParseRawPrivateKey(curve, padded)
+		clear(padded)
+		if err != nil {
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		priv = k
+	case ckkECEdwards:
+		switch string(t.bytes(ckaECParams)) {
+		case string(oidEd25519), string(nameEd25519):
+		default:
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		v := t.bytes(ckaValue)
+		if len(v) != ed25519.SeedSize {
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		priv, typ = ed25519.NewKeyFromSeed(v), wire.KeyType_KEY_TYPE_ED25519
+	case ckkRSA:
+		n := new(big.Int).SetBytes(t.bytes(ckaModulus))
+		e := new(big.Int).SetBytes(t.bytes(ckaPublicExponent))
+		d := new(big.Int).SetBytes(t.bytes(ckaPrivateExponent))
+		p := new(big.Int).SetBytes(t.bytes(ckaPrime1))
+		q := new(big.Int).SetBytes(t.bytes(ckaPrime2))
+		if !e.IsInt64() || e.Int64() > 1<<31-1 || p.Sign() == 0 || q.Sign() == 0 {
+			return nil, 0, ckrTemplateIncomplete
+		}
+		switch n.BitLen() {
+		case 2048:
+			typ = wire.KeyType_KEY_TYPE_RSA_2048
+		case 3072:
+			typ = wire.KeyType_KEY_TYPE_RSA_3072
+		case 4096:
+			typ = wire.KeyType_KEY_TYPE_RSA_4096
+		default:
+			return nil, 0, ckrKeySizeRange
+		}
+		k := &rsa.PrivateKey{PublicKey: rsa.PublicKey{N: n, E: int(e.Int64())}, D: d, Primes: []*big.Int{p, q}}
+		if err := k.Validate(); err != nil {
+			return nil, 0, ckrAttributeValueInvalid
+		}
+		k.Precompute()
+		priv = k
+	default:
+		return nil, 0, ckrTemplateIncomplete
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, 0, ckrAttributeValueInvalid
+	}
+	return der, typ, ckrOK
 }

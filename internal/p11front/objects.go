@@ -301,9 +301,12 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 		case ckaExtractable:
 			return boolVal(info.Wrappable), ckrOK
 		case ckaAlwaysSensitive:
-			return boolVal(lc.GetNeverExportable()), ckrOK
+			// A key that was ever outside the daemon in plaintext
+			// (imported) or under another key (unwrapped) was not always
+			// sensitive, as PKCS #11 has it.
+			return boolVal(lc.GetNeverExportable() && madeHere(origin)), ckrOK
 		case ckaNeverExtractable:
-			return boolVal(!info.Wrappable && !lc.GetWrappedOut()), ckrOK
+			return boolVal(!info.Wrappable && !lc.GetWrappedOut() && madeHere(origin)), ckrOK
 		case ckaWrapWithTrusted:
 			return boolVal(true), ckrOK
 		case ckaAlwaysAuth:
@@ -381,6 +384,13 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 		}
 	}
 	return nil, ckrAttributeTypeInvalid
+}
+
+// madeHere reports whether a key of origin o was made inside the daemon
+// (generated, or derived from such a key; a derived key inherits its
+// parent's restrictions).
+func madeHere(o wire.KeyOrigin) bool {
+	return o == wire.KeyOrigin_KEY_ORIGIN_GENERATED || o == wire.KeyOrigin_KEY_ORIGIN_DERIVED
 }
 
 // exportValue asks the core for the raw value of an exportable secret
