@@ -673,7 +673,7 @@ func TestPKCS11ToolWritesAndDeletesObjects(t *testing.T) {
 	}
 	d := sha256.Sum256([]byte("imported"))
 	os.WriteFile(filepath.Join(e.dir, "d"), d[:], 0o644)
-	e.tool(t, "--login", "--pin", "any", "--sign", "--mechanism", "ECDSA", "--label", "imported-ec", "-i", "d", "-o", "sig",
+	e.tool(t, "--login", "--pin", "any", "--sign", "--mechanism", "ECDSA", "--id", idOf(t, out, "imported-ec"), "-i", "d", "-o", "sig",
 		"--signature-format", "openssl")
 	if out, code := e.run(t, nil, openssl, "pkeyutl", "-verify", "-pubin", "-inkey", "privpub.pem", "-in", "d", "-sigfile", "sig"); code != 0 {
 		t.Fatalf("the imported key's signature does not verify: %s", out)
