@@ -91,6 +91,7 @@ fuzz:
 	for f in FuzzImport FuzzDerivePeer FuzzDecrypt FuzzVerify; do \
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/mech || exit 1; \
 	done
+	$(GO) test -run=NONE -fuzz='^FuzzHandle$$' -fuzztime=$(FUZZTIME) ./internal/p11front
 	for f in FuzzParseKmsg FuzzParseUevent FuzzVMClockPage FuzzFindVMGenIDAddress; do \
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/genid || exit 1; \
 	done
@@ -101,3 +102,22 @@ bench: build
 
 clean:
 	rm -rf bin
+
+# bin/libkeywarden-pkcs11.so: the PKCS #11 module, p11-kit's client
+# module pointed at the daemon's PKCS #11 socket (docs/pkcs11.md). Needs a
+# C compiler; p11-kit-client.so (Debian's p11-kit-modules) at run time.
+.PHONY: pkcs11 install-pkcs11
+MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+PKCS11DIR ?= /usr/lib/$(MULTIARCH)/pkcs11
+P11KITCLIENT ?= $(PKCS11DIR)/p11-kit-client.so
+P11KITMODULEDIR ?= /usr/share/p11-kit/modules
+pkcs11:
+	mkdir -p bin
+	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden \
+		-DP11_KIT_CLIENT='"$(P11KITCLIENT)"' -o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -ldl -lpthread
+
+# The module in the multiarch PKCS #11 directory, and its p11-kit module
+# file (p11-kit list-modules then shows it).
+install-pkcs11: pkcs11
+	install -D -m 0644 bin/libkeywarden-pkcs11.so $(DESTDIR)$(PKCS11DIR)/libkeywarden-pkcs11.so
+	install -D -m 0644 pkcs11/keywarden.module $(DESTDIR)$(P11KITMODULEDIR)/keywarden.module

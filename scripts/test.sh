@@ -36,6 +36,16 @@ command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
 command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
+# PKCS #11 (e2e/pkcs11_test.go): the module is p11-kit's client, built
+# with a C compiler and p11-kit's headers; the programs that use it.
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
+[ -e /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || missing="$missing libp11-kit-dev"
+[ -e "/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)/pkcs11/p11-kit-client.so" ] || missing="$missing p11-kit-modules"
+command -v p11-kit >/dev/null 2>&1 || missing="$missing p11-kit"
+command -v pkcs11-tool >/dev/null 2>&1 || missing="$missing opensc"
+command -v p11tool >/dev/null 2>&1 || missing="$missing gnutls-bin"
+command -v softhsm2-util >/dev/null 2>&1 || missing="$missing softhsm2"
+[ -e /usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so ] || [ "$(uname -m)" != x86_64 ] || missing="$missing libengine-pkcs11-openssl"
 if [ "$(uname -m)" = x86_64 ] && ! grep -qs '^CONFIG_VMGENID=y' /boot/config-*; then
 	missing="$missing linux-image-amd64"
 fi
@@ -67,6 +77,8 @@ fi
 log "tests"
 # The snapshot test fails rather than skips if QEMU or the kernel is missing.
 [ "$(uname -m)" = x86_64 ] && export KEYWARDEN_VM_TEST=require
+# The PKCS #11 tests fail rather than skip if a program is missing.
+[ "$(uname -m)" = x86_64 ] && export KEYWARDEN_PKCS11_TEST=require
 # The end-to-end tests first, alone: the flood tests compare another
 # user's latency with and without a flood, which the CPU that other
 # packages' tests (the model search of internal/policy) would take from
@@ -130,6 +142,7 @@ fuzz ./internal/sshagent FuzzSessionBind
 fuzz ./internal/sshagent FuzzConstraints
 fuzz ./internal/sshagent FuzzPrivateKey
 fuzz ./internal/sshagent FuzzUserauth
+fuzz ./internal/p11front FuzzHandle
 
 log "the Debian package: build, install, run, remove"
 if [ "$(id -u)" -eq 0 ]; then

@@ -72,12 +72,19 @@ func runServe(e *env, args []string) error {
 	var agentSockets stringList
 	f.Var(&agentSockets, "ssh-agent", "serve the OpenSSH agent protocol on a Unix socket at `PATH` (repeatable; \"keywarden ssh-agent\" prints it for SSH_AUTH_SOCK)")
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
+	var pkcs11Sockets stringList
+	f.Var(&pkcs11Sockets, "pkcs11", "serve PKCS #11 (p11-kit's RPC protocol, for p11-kit-client.so) on a Unix socket at `PATH` (repeatable; docs/pkcs11.md)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	for _, p := range pkcs11Sockets {
+		if !filepath.IsAbs(p) {
+			return usagef("--pkcs11 %q: give an absolute path", p)
+		}
 	}
 	for _, p := range agentSockets {
 		if !filepath.IsAbs(p) {
@@ -166,6 +173,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
+		PKCS11Sockets: pkcs11Sockets,
 	})
 	return err
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/p11front"
 	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
 	"github.com/keywarden/keywarden/internal/secmem"
@@ -101,6 +102,10 @@ type Config struct {
 	// mode: one socket for every user, each connection seeing its own
 	// uid's keys.
 	SSHAgentSockets []string
+	// PKCS11Sockets are Unix stream sockets on which the daemon serves
+	// p11-kit's RPC protocol: PKCS #11 for C programs through
+	// p11-kit-client.so (docs/pkcs11.md).
+	PKCS11Sockets []string
 	// SSHAskpass confirms each use of a key added with ssh-add -c; ""
 	// refuses such keys.
 	SSHAskpass string
@@ -314,6 +319,36 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	var p11 *p11front.Front
+	if len(cfg.PKCS11Sockets) > 0 {
+		p11 = p11front.New(p11front.Config{Server: srv, Logger: log})
+		for _, p := range cfg.PKCS11Sockets {
+			if err := prepareDir(filepath.Dir(p)); err != nil {
+				p11.Close()
+				if agent != nil {
+					agent.Close()
+				}
+				l.Close()
+				return err
+			}
+			pl, err := p11front.Listen(p, mode)
+			if err != nil {
+				p11.Close()
+				if agent != nil {
+					agent.Close()
+				}
+				l.Close()
+				return err
+			}
+			log.Info("serving PKCS #11 (p11-kit RPC)", "socket", p, "mode", fmt.Sprintf("%04o", mode))
+			go func() {
+				if err := p11.Serve(pl); err != nil && !errors.Is(err, p11front.ErrClosed) {
+					log.Error("pkcs11 socket failed", "socket", p, "err", err)
+				}
+			}()
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
@@ -343,6 +378,12 @@ func Run(ctx context.Context, cfg Config) error {
 		// Its connections end, and the keys ssh-add gave it are destroyed.
 		agent.Close()
 		for _, p := range cfg.SSHAgentSockets {
+			os.Remove(p)
+		}
+	}
+	if p11 != nil {
+		p11.Close()
+		for _, p := range cfg.PKCS11Sockets {
 			os.Remove(p)
 		}
 	}

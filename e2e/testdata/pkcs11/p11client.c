@@ -1,0 +1,313 @@
+/*
+ * p11client: loads a PKCS #11 module as programs do and exercises what
+ * the PKCS #11 tests need of a real C host process: threads, fork,
+ * C_Finalize and C_Initialize again, dlclose and reload, a daemon that
+ * goes away and comes back. It prints one line per check and exits 0 if
+ * all passed.
+ *
+ *   p11client MODULE threads N      N threads, each with its own session, sign 50 times
+ *   p11client MODULE fork           the parent signs; a child calls C_Initialize again and signs
+ *   p11client MODULE reinit         C_Finalize, C_Initialize, sign; dlclose, dlopen, sign
+ *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
+ *                                   (with SIGPIPE ignored)
+ *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
+ *   p11client MODULE bench PIN SECONDS THREADS
+ *                                   operations per second, one call at a time per thread,
+ *                                   each thread with its own session and session keys:
+ *                                   ECDSA P-256 over a digest, HMAC-SHA-256 of 256 bytes
+ *
+ * Signing uses the first EC private key with CKM_ECDSA over a SHA-256-long
+ * digest, logging in with any PIN.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+static CK_FUNCTION_LIST_PTR load (const char *path, void **handle)
+{
+	CK_C_GetFunctionList get;
+	CK_FUNCTION_LIST_PTR f = NULL;
+
+	*handle = dlopen (path, RTLD_NOW | RTLD_LOCAL);
+	if (*handle == NULL) {
+		fprintf (stderr, "dlopen: %s\n", dlerror ());
+		exit (2);
+	}
+	get = (CK_C_GetFunctionList) dlsym (*handle, "C_GetFunctionList");
+	if (get == NULL || get (&f) != CKR_OK) {
+		fprintf (stderr, "C_GetFunctionList failed\n");
+		exit (2);
+	}
+	return f;
+}
+
+static CK_RV init (CK_FUNCTION_LIST_PTR f)
+{
+	CK_C_INITIALIZE_ARGS args;
+	memset (&args, 0, sizeof args);
+	args.flags = CKF_OS_LOCKING_OK;
+	return f->C_Initialize (&args);
+}
+
+/* sign opens a session, logs in, finds the first EC private key and signs;
+ * returns CKR_OK or the first failure. */
+static CK_RV sign (CK_FUNCTION_LIST_PTR f, int times)
+{
+	CK_SLOT_ID slots[4];
+	CK_ULONG n = 4, count = 0, siglen;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_KEY_TYPE kt = CKK_EC;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt } };
+	CK_OBJECT_HANDLE key;
+	CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+	CK_BYTE digest[32], sig[128];
+	CK_RV rv;
+	int i;
+
+	memset (digest, 7, sizeof digest);
+	if ((rv = f->C_GetSlotList (CK_TRUE, slots, &n)) != CKR_OK)
+		return rv;
+	if (n == 0)
+		return CKR_TOKEN_NOT_PRESENT;
+	if ((rv = f->C_OpenSession (slots[0], CKF_SERIAL_SESSION, NULL, NULL, &s)) != CKR_OK)
+		return rv;
+	rv = f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+	if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+		goto out;
+	if ((rv = f->C_FindObjectsInit (s, tmpl, 2)) != CKR_OK)
+		goto out;
+	rv = f->C_FindObjects (s, &key, 1, &count);
+	f->C_FindObjectsFinal (s);
+	if (rv != CKR_OK)
+		goto out;
+	if (count == 0) {
+		rv = CKR_KEY_HANDLE_INVALID;
+		goto out;
+	}
+	for (i = 0; i < times; i++) {
+		siglen = sizeof sig;
+		if ((rv = f->C_SignInit (s, &mech, key)) != CKR_OK ||
+		    (rv = f->C_Sign (s, digest, sizeof digest, sig, &siglen)) != CKR_OK)
+			goto out;
+		if (siglen != 64) {
+			rv = CKR_GENERAL_ERROR;
+			goto out;
+		}
+	}
+out:
+	f->C_CloseSession (s);
+	return rv;
+}
+
+static int failed;
+
+static void check (const char *what, CK_RV rv, CK_RV want)
+{
+	printf ("%s: %s (rv 0x%lx)\n", what, rv == want ? "ok" : "FAILED", (unsigned long) rv);
+	if (rv != want)
+		failed = 1;
+}
+
+static CK_FUNCTION_LIST_PTR shared;
+
+static void *worker (void *arg)
+{
+	(void) arg;
+	return (void *) (long) sign (shared, 50);
+}
+
+/* The bench mode. */
+static const char *bench_pin;
+static double bench_seconds;
+
+struct bench_result {
+	CK_RV rv;
+	long ecdsa, hmac;
+};
+
+static double now (void)
+{
+	struct timespec ts;
+	clock_gettime (CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void *bench_worker (void *arg)
+{
+	struct bench_result *r = arg;
+	CK_FUNCTION_LIST_PTR f = shared;
+	CK_SLOT_ID slots[8];
+	CK_ULONG n = 8, siglen;
+	CK_SESSION_HANDLE s;
+	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG len32 = 32;
+	CK_ATTRIBUTE pub[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE priv[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &yes, 1 } };
+	CK_ATTRIBUTE sec[] = { { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
+	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+	CK_OBJECT_HANDLE pk, sk, mk;
+	CK_BYTE digest[32], data[256], out[128];
+	double end;
+
+	memset (digest, 1, sizeof digest);
+	memset (data, 2, sizeof data);
+	if ((r->rv = f->C_GetSlotList (CK_TRUE, slots, &n)) != CKR_OK)
+		return NULL;
+	if (n == 0) {
+		r->rv = CKR_TOKEN_NOT_PRESENT;
+		return NULL;
+	}
+	if ((r->rv = f->C_OpenSession (slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK)
+		return NULL;
+	r->rv = f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) bench_pin, strlen (bench_pin));
+	if (r->rv != CKR_OK && r->rv != CKR_USER_ALREADY_LOGGED_IN)
+		return NULL;
+	if ((r->rv = f->C_GenerateKeyPair (s, &ecgen, pub, 3, priv, 3, &pk, &sk)) != CKR_OK ||
+	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK)
+		return NULL;
+	end = now () + bench_seconds;
+	while (now () < end) {
+		siglen = sizeof out;
+		if ((r->rv = f->C_SignInit (s, &ecdsa, sk)) != CKR_OK ||
+		    (r->rv = f->C_Sign (s, digest, sizeof digest, out, &siglen)) != CKR_OK)
+			return NULL;
+		r->ecdsa++;
+	}
+	end = now () + bench_seconds;
+	while (now () < end) {
+		siglen = sizeof out;
+		if ((r->rv = f->C_SignInit (s, &hmac, mk)) != CKR_OK ||
+		    (r->rv = f->C_Sign (s, data, sizeof data, out, &siglen)) != CKR_OK)
+			return NULL;
+		r->hmac++;
+	}
+	r->rv = CKR_OK;
+	return NULL;
+}
+
+int main (int argc, char **argv)
+{
+	void *h;
+	CK_FUNCTION_LIST_PTR f;
+
+	if (argc < 3)
+		return 2;
+	f = load (argv[1], &h);
+
+	if (strcmp (argv[2], "threads") == 0 && argc == 4) {
+		int n = atoi (argv[3]), i;
+		pthread_t th[64];
+		check ("C_Initialize", init (f), CKR_OK);
+		shared = f;
+		for (i = 0; i < n && i < 64; i++)
+			pthread_create (&th[i], NULL, worker, NULL);
+		for (i = 0; i < n && i < 64; i++) {
+			void *r;
+			pthread_join (th[i], &r);
+			check ("thread signs 50 times", (CK_RV) (long) r, CKR_OK);
+		}
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "fork") == 0) {
+		pid_t pid;
+		int st;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("parent signs", sign (f, 3), CKR_OK);
+		fflush (stdout);
+		pid = fork ();
+		if (pid == 0) {
+			CK_RV rv = init (f);
+			if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+				rv = CKR_OK;
+			check ("child C_Initialize", rv, CKR_OK);
+			check ("child signs", sign (f, 3), CKR_OK);
+			fflush (stdout);
+			_exit (failed);
+		}
+		waitpid (pid, &st, 0);
+		check ("child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
+		check ("parent signs after the fork", sign (f, 3), CKR_OK);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "reinit") == 0) {
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("sign", sign (f, 1), CKR_OK);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+		check ("C_Initialize again", init (f), CKR_OK);
+		check ("sign again", sign (f, 1), CKR_OK);
+		check ("C_Finalize again", f->C_Finalize (NULL), CKR_OK);
+		dlclose (h);
+		f = load (argv[1], &h);
+		check ("C_Initialize after reload", init (f), CKR_OK);
+		check ("sign after reload", sign (f, 1), CKR_OK);
+		check ("C_Finalize after reload", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "restart") == 0 && argc == 4) {
+		struct stat sb;
+		int i;
+		CK_RV rv;
+		/* p11-kit's client writes to its socket with write(2): a request
+		 * sent to a daemon that is gone raises SIGPIPE, which kills a
+		 * program that does not ignore it (docs/pkcs11.md). */
+		signal (SIGPIPE, SIG_IGN);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("sign", sign (f, 1), CKR_OK);
+		printf ("waiting\n");
+		fflush (stdout);
+		for (i = 0; i < 300 && stat (argv[3], &sb) != 0; i++)
+			usleep (100000);
+		/* The daemon went away: a call fails, then the program re-opens
+		 * the module (C_Finalize, C_Initialize) and works again. */
+		rv = sign (f, 1);
+		printf ("sign across the restart: rv 0x%lx\n", (unsigned long) rv);
+		f->C_Finalize (NULL);
+		check ("C_Initialize after the restart", init (f), CKR_OK);
+		check ("sign after the restart", sign (f, 1), CKR_OK);
+		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "bench") == 0 && argc == 6) {
+		int threads = atoi (argv[5]), i;
+		pthread_t th[64];
+		struct bench_result res[64];
+		long ecdsa = 0, hmac = 0;
+		bench_pin = argv[3];
+		bench_seconds = atof (argv[4]);
+		if (threads < 1 || threads > 64)
+			return 2;
+		check ("C_Initialize", init (f), CKR_OK);
+		shared = f;
+		memset (res, 0, sizeof res);
+		for (i = 0; i < threads; i++)
+			pthread_create (&th[i], NULL, bench_worker, &res[i]);
+		for (i = 0; i < threads; i++) {
+			pthread_join (th[i], NULL);
+			check ("thread", res[i].rv, CKR_OK);
+			ecdsa += res[i].ecdsa;
+			hmac += res[i].hmac;
+		}
+		printf ("ecdsa-p256 %.0f/s\nhmac-sha256-256B %.0f/s\n", ecdsa / bench_seconds, hmac / bench_seconds);
+		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "nodaemon") == 0) {
+		CK_SLOT_ID slots[4];
+		CK_ULONG n = 4;
+		CK_RV rv;
+		check ("C_Initialize without a daemon", init (f), CKR_OK);
+		rv = f->C_GetSlotList (CK_TRUE, slots, &n);
+		printf ("C_GetSlotList: rv 0x%lx, %lu slots with a token\n", (unsigned long) rv, (unsigned long) n);
+		if (rv == CKR_OK && n != 0)
+			failed = 1;
+		f->C_Finalize (NULL);
+	} else {
+		return 2;
+	}
+	return failed;
+}

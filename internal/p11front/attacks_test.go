@@ -1,0 +1,172 @@
+package p11front
+
+import "testing"
+
+// The classic PKCS #11 API attacks that need key wrapping, through the
+// front with CKM_AES_KEY_WRAP_PAD (which p11-kit's client does not
+// forward: the front refuses the attacks for any client of its protocol).
+// Each is tried and must fail; docs/security.md has the table.
+
+// wrapKey wraps target under wrapping with mech and returns the call's
+// return value and the blob.
+func (cl *client) wrapKey(s uint64, mech uint32, wrapping, target uint64) (uint64, []byte) {
+	cl.t.Helper()
+	rv, d := cl.call(callWrapKey, func(e *encoder) {
+		e.u64(s)
+		e.u32(mech)
+		e.u32(0xffffffff)
+		e.u64(wrapping)
+		e.u64(target)
+		e.u32(4096)
+	})
+	if rv != ckrOK {
+		return rv, nil
+	}
+	return rv, d.Bytes()
+}
+
+func (cl *client) unwrapKey(s uint64, mech uint32, unwrapping uint64, blob []byte, as ...tmplAttr) (uint64, uint64) {
+	cl.t.Helper()
+	rv, d := cl.call(callUnwrapKey, func(e *encoder) {
+		e.u64(s)
+		e.u32(mech)
+		e.u32(0xffffffff)
+		e.u64(unwrapping)
+		e.u8(1)
+		e.array(blob)
+		writeAttrs(e, as)
+	})
+	if rv != ckrOK {
+		return rv, 0
+	}
+	return rv, d.Ulong()
+}
+
+func (cl *client) initOp(call int, s uint64, mech uint32, key uint64) uint64 {
+	cl.t.Helper()
+	rv, _ := cl.call(call, func(e *encoder) {
+		e.u64(s)
+		if mech == ckmAESGCM {
+			gcm(e, make([]byte, 12), nil, 128)
+		} else {
+			e.u32(mech)
+			e.u32(0xffffffff)
+		}
+		e.u64(key)
+	})
+	return rv
+}
+
+func aesKey(cl *client, s uint64, as ...tmplAttr) uint64 {
+	cl.t.Helper()
+	return cl.generate(s, ckmAESKeyGen, append([]tmplAttr{boolAttr(ckaToken, false)}, as...)...)
+}
+
+// Wrap a key, then decrypt the blob as data with the wrapping key: a key
+// never has both wrap and decrypt, so the second step is refused.
+func TestAttackWrapThenDecrypt(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	rv, _ := cl.call(callGenerateKey, func(e *encoder) {
+		e.u64(s)
+		e.u32(ckmAESKeyGen)
+		e.u32(0xffffffff)
+		writeAttrs(e, []tmplAttr{boolAttr(ckaToken, false), boolAttr(ckaWrap, true), boolAttr(ckaDecrypt, true)})
+	})
+	if rv != ckrTemplateInconsistent {
+		t.Fatalf("a key that wraps and decrypts: rv %#x", rv)
+	}
+	w := aesKey(cl, s, boolAttr(ckaWrap, true), boolAttr(ckaUnwrap, true))
+	target := aesKey(cl, s, boolAttr(ckaExtractable, true))
+	rv, blob := cl.wrapKey(s, ckmAESKeyWrapPad, w, target)
+	if rv != ckrOK || len(blob) == 0 {
+		t.Fatalf("wrapping an extractable key: rv %#x", rv)
+	}
+	if rv := cl.initOp(callDecryptInit, s, ckmAESGCM, w); rv == ckrOK {
+		rv, _ := cl.call(callDecrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(blob); e.u32(4096) })
+		if rv == ckrOK {
+			t.Fatal("the wrapping key decrypted its blob")
+		}
+	}
+}
+
+// Encrypt chosen bytes with the unwrapping key, then unwrap them as a key
+// the attacker knows: a key never has both unwrap and encrypt.
+func TestAttackEncryptThenUnwrap(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	u := aesKey(cl, s, boolAttr(ckaUnwrap, true), boolAttr(ckaWrap, true))
+	if rv := cl.initOp(callEncryptInit, s, ckmAESGCM, u); rv == ckrOK {
+		rv, _ := cl.call(callEncrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(make([]byte, 32)); e.u32(4096) })
+		if rv == ckrOK {
+			t.Fatal("the unwrapping key encrypted chosen bytes")
+		}
+	}
+}
+
+// A Trojan wrapping key: the attacker imports a key it knows and wraps a
+// key under it, to decrypt the blob outside. A key imported (known
+// outside the daemon) never wraps, even a key marked extractable; and a
+// key that is not extractable is never wrapped at all.
+func TestAttackTrojanWrappingKey(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	known := make([]byte, 32)
+	d := cl.ok(cl.call(callCreateObject, func(e *encoder) {
+		e.u64(s)
+		writeAttrs(e, []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkAES), {ckaValue, known},
+			boolAttr(ckaWrap, true), boolAttr(ckaToken, false)})
+	}))
+	trojan := d.Ulong()
+	victim := aesKey(cl, s) // sensitive, not extractable (the defaults)
+	if rv, blob := cl.wrapKey(s, ckmAESKeyWrapPad, trojan, victim); rv == ckrOK {
+		t.Fatalf("a non-extractable key was wrapped under a known key: %x", blob)
+	}
+	if rv, blob := cl.wrapKey(s, ckmAESKeyWrap, trojan, victim); rv == ckrOK {
+		t.Fatalf("a non-extractable key was wrapped under a known key: %x", blob)
+	}
+	extractable := aesKey(cl, s, boolAttr(ckaExtractable, true))
+	if rv, blob := cl.wrapKey(s, ckmAESKeyWrapPad, trojan, extractable); rv != ckrKeyUnextractable {
+		t.Fatalf("an extractable key wrapped under a known key: rv %#x %x", rv, blob)
+	}
+}
+
+// Wrap a key, then unwrap it under new attributes (exportable, or with
+// more usages): a key unwrapped from a standard format is never
+// exportable, and its value never readable.
+func TestAttackReimportUnderNewAttributes(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	w := aesKey(cl, s, boolAttr(ckaWrap, true), boolAttr(ckaUnwrap, true))
+	target := aesKey(cl, s, boolAttr(ckaExtractable, true), boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, false))
+	rv, blob := cl.wrapKey(s, ckmAESKeyWrapPad, w, target)
+	if rv != ckrOK {
+		t.Fatalf("wrap: rv %#x", rv)
+	}
+	// With more usages than the key has: the daemon knows these bytes.
+	rv, _ = cl.unwrapKey(s, ckmAESKeyWrapPad, w, blob, ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkAES),
+		boolAttr(ckaToken, false), boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, true))
+	if rv != ckrTemplateInconsistent {
+		t.Fatalf("unwrapped with decrypt added: rv %#x", rv)
+	}
+	// Exportable: accepted, and the key is not.
+	rv, h := cl.unwrapKey(s, ckmAESKeyWrapPad, w, blob, ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkAES),
+		boolAttr(ckaToken, false), boolAttr(ckaEncrypt, true), boolAttr(ckaSensitive, false), boolAttr(ckaExtractable, true))
+	if rv != ckrOK {
+		t.Fatalf("unwrap: rv %#x\n%s", rv, tf.logText(t))
+	}
+	if rv, v := cl.getAttr(s, h, ckaValue); rv != ckrAttributeSensitive || v != nil {
+		t.Fatalf("the unwrapped key's value: rv %#x %x", rv, v)
+	}
+	if _, v := cl.getAttr(s, h, ckaSensitive); len(v) != 1 || v[0] != 1 {
+		t.Fatalf("the unwrapped key is not sensitive: %v", v)
+	}
+}

@@ -1,0 +1,239 @@
+package p11front
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// A frame's rest must arrive within bodyTimeout of its header, and a
+// reply be taken within writeTimeout. A connection may stay idle between
+// frames as long as it likes (a program keeps its module loaded).
+const (
+	bodyTimeout  = 10 * time.Second
+	writeTimeout = 10 * time.Second
+)
+
+// conn is one connection of p11-kit's client: one C_Initialize of one
+// process, one core session.
+type conn struct {
+	f  *Front
+	c  *net.UnixConn
+	ss *server.Session
+	// id is the connecting process as the kernel saw it at accept; every
+	// request of the connection is made with it, and every write on the
+	// connection must come from its pid.
+	id server.Identity
+
+	// Touched only by the connection's goroutine.
+	rd          *credReader
+	nextReq     uint64
+	initialized bool
+	loggedIn    bool
+	sessions    map[uint64]*session
+	nextSession uint64
+	objects     map[uint64]*object
+	byKey       map[objectKey]uint64
+	nextObject  uint64
+	keys        map[string]*keyState // by key id
+	// closing: a refusal could not be recorded; the connection closes
+	// once its reply is sent (the front fails closed).
+	closing bool
+}
+
+func newConn(f *Front, uc *net.UnixConn, ss *server.Session, id server.Identity) *conn {
+	return &conn{f: f, c: uc, ss: ss, id: id, sessions: map[uint64]*session{}, objects: map[uint64]*object{},
+		byKey: map[objectKey]uint64{}, keys: map[string]*keyState{}, nextSession: 1, nextObject: 1}
+}
+
+func (c *conn) serve() {
+	defer func() {
+		c.ss.Close()
+		c.c.Close()
+	}()
+	c.rd = &credReader{uc: c.c, pid: c.id.PID, buf: make([]byte, 16<<10), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16*4))}
+	// The version byte: the front speaks version 0, which every p11-kit
+	// client accepts (later ones fall back to it).
+	var v [1]byte
+	if _, err := io.ReadFull(c.rd, v[:]); err != nil {
+		c.closedBy(err)
+		return
+	}
+	defer func() { clear(c.rd.buf) }()
+	c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := c.c.Write([]byte{0}); err != nil {
+		return
+	}
+	var hdr [frameHeader]byte
+	var out []byte
+	for {
+		if _, err := io.ReadFull(c.rd, hdr[:1]); err != nil {
+			c.closedBy(err)
+			return
+		}
+		c.c.SetReadDeadline(time.Now().Add(bodyTimeout))
+		if _, err := io.ReadFull(c.rd, hdr[1:]); err != nil {
+			c.closedBy(err)
+			return
+		}
+		code, olen, blen, err := parseHeader(hdr[:])
+		if err != nil {
+			c.refuse("request", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED, err.Error()+": connection closed")
+			return
+		}
+		buf := make([]byte, olen+blen)
+		if _, err := io.ReadFull(c.rd, buf); err != nil {
+			c.closedBy(err)
+			return
+		}
+		c.c.SetReadDeadline(time.Time{})
+		body := c.handle(buf[olen:])
+		clear(buf) // it may have held data to encrypt or a key to import
+		out = appendFrame(out[:0], code, body)
+		c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_, err = c.c.Write(out)
+		clear(out)
+		if err != nil || c.closing {
+			return
+		}
+	}
+}
+
+// closedBy logs why a read ended the connection.
+func (c *conn) closedBy(err error) {
+	var ow otherWriter
+	switch {
+	case errors.As(err, &ow):
+		c.f.log.Warn("connection closed: another process than the one that connected wrote on it",
+			"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.pid)
+		c.refuse("request", nil, wire.Status_STATUS_PERMISSION_DENIED,
+			fmt.Sprintf("another process (pid %d) wrote on the connection: it is closed", ow.pid))
+	case errors.Is(err, io.EOF):
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		c.f.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID)
+	default:
+		c.f.log.Info("connection closed", "uid", c.id.UID, "pid", c.id.PID, "err", err)
+	}
+}
+
+// handle answers one request body.
+func (c *conn) handle(body []byte) []byte {
+	id, d, err := parseRequest(body)
+	if err != nil {
+		c.refuse("request", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed PKCS #11 request")
+		return errorResponse(ckrDeviceError)
+	}
+	h := handlers[id]
+	if h == nil {
+		return errorResponse(ckrFunctionNotSupported)
+	}
+	if id != callInitialize && !c.initialized {
+		return errorResponse(ckrCryptokiNotInitialized)
+	}
+	e := newResponse(id)
+	rv := h(c, d, e)
+	if rv == rvParse {
+		c.refuse("request", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed "+calls[id].name+" request")
+		return errorResponse(ckrDeviceError)
+	}
+	if rv != ckrOK {
+		return errorResponse(rv)
+	}
+	return e.b
+}
+
+// rvParse is what a handler returns for a request that does not decode.
+const rvParse = ^uint64(0)
+
+// refuse records a refusal the front decides itself through the core.
+// If it cannot be recorded, the connection closes once its reply is sent.
+func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) {
+	c.nextReq++
+	err := c.ss.Refuse(c.f.ctx, c.id, server.Refusal{Op: op, Key: keyID, Request: c.nextReq, Status: st, Reason: reason})
+	if err != nil {
+		c.f.log.Error("a refusal could not be recorded: the connection closes", "uid", c.id.UID, "pid", c.id.PID, "op", op, "err", err)
+		c.closing = true
+	}
+}
+
+// credReader reads the connection, checking that every part read was
+// written by the process that connected: the listener has SO_PASSCRED,
+// so the kernel attaches the writer's credentials to every write and
+// never joins in one read what two processes wrote.
+type credReader struct {
+	uc  *net.UnixConn
+	pid int32
+	oob []byte
+	// buf[r:w] is read from the socket and not yet returned.
+	buf  []byte
+	r, w int
+}
+
+// otherWriter: a part was written by another process than the one that
+// connected (pid 0: one the daemon cannot see).
+type otherWriter struct{ pid int32 }
+
+func (e otherWriter) Error() string {
+	return fmt.Sprintf("written by pid %d, not by the process that connected", e.pid)
+}
+
+// Read returns what the buffer holds, refilling it with one recvmsg when
+// empty: a request the client wrote in three writes (header, options,
+// body) is then mostly read in one call.
+func (r *credReader) Read(p []byte) (int, error) {
+	if r.r == r.w {
+		clear(r.buf[:r.w])
+		r.r, r.w = 0, 0
+		n, oobn, _, _, err := r.uc.ReadMsgUnix(r.buf, r.oob)
+		if err != nil {
+			return 0, err
+		}
+		if n == 0 {
+			return 0, io.EOF
+		}
+		if pid := writerPID(r.oob[:oobn]); pid != r.pid {
+			clear(r.buf[:n])
+			return 0, otherWriter{pid: pid}
+		}
+		r.w = n
+	}
+	n := copy(p, r.buf[r.r:r.w])
+	r.r += n
+	return n, nil
+}
+
+// writerPID returns the pid in the credentials of oob (0: none), and
+// closes any descriptor passed with them.
+func writerPID(oob []byte) int32 {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	var pid int32
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_CREDENTIALS:
+			if cr, err := unix.ParseUnixCredentials(m); err == nil {
+				pid = cr.Pid
+			}
+		case unix.SCM_RIGHTS:
+			fds, _ := unix.ParseUnixRights(m)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+	return pid
+}

@@ -1,0 +1,109 @@
+package p11front
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// seeds are well-formed requests: the fuzzer starts from them.
+func seeds() [][]byte {
+	init := request(callInitialize, func(e *encoder) {
+		e.u8(1)
+		e.array([]byte(handshake))
+		e.u8(0)
+		e.u8(1)
+		e.array([]byte{0})
+	})
+	tmpl := func(e *encoder) {
+		writeAttrs(e, []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), boolAttr(ckaToken, false), {ckaLabel, []byte("k")},
+			ulongAttr(ckaValueLen, 32), {ckaStartDate, []byte("20260101")}})
+	}
+	return [][]byte{
+		init,
+		request(callGetInfo, nil),
+		request(callGetSlotList, func(e *encoder) { e.u8(1); e.u32(4) }),
+		request(callGetTokenInfo, func(e *encoder) { e.u64(slotID) }),
+		request(callGetMechanismList, func(e *encoder) { e.u64(slotID); e.u32(64) }),
+		request(callOpenSession, func(e *encoder) { e.u64(slotID); e.u64(ckfSerialSession | ckfRWSession) }),
+		request(callLogin, func(e *encoder) { e.u64(1); e.u64(ckuUser); e.u8(1); e.array([]byte("pin")) }),
+		request(callGenerateKey, func(e *encoder) { e.u64(1); e.u32(ckmAESKeyGen); e.u32(0xffffffff); tmpl(e) }),
+		request(callFindObjectsInit, func(e *encoder) { e.u64(1); tmpl(e) }),
+		request(callFindObjects, func(e *encoder) { e.u64(1); e.u32(10) }),
+		request(callGetAttributeValue, func(e *encoder) {
+			e.u64(1)
+			e.u64(1)
+			e.u32(2)
+			e.u32(ckaValue)
+			e.u32(0)
+			e.u32(ckaLabel)
+			e.u32(10)
+		}),
+		request(callSignInit, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmRSAPKCSPSS)
+			e.u64(ckmSHA256)
+			e.u64(ckgMGF1SHA256)
+			e.u64(32)
+			e.u64(1)
+		}),
+		request(callEncryptInit, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmRSAPKCSOAEP)
+			e.u64(ckmSHA256)
+			e.u64(ckgMGF1SHA256)
+			e.u64(1)
+			e.array(nil)
+			e.u64(1)
+		}),
+		request(callEncryptInit, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmAESGCM)
+			e.array(make([]byte, 12))
+			e.u64(96)
+			e.array([]byte("aad"))
+			e.u64(128)
+			e.u64(1)
+		}),
+		request(callSign, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(512) }),
+		request(callDigestInit, func(e *encoder) { e.u64(1); e.u32(ckmSHA256); e.u32(0xffffffff) }),
+		request(callDigest, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(0) }),
+		request(callGenerateRandom, func(e *encoder) { e.u64(1); e.u32(16) }),
+		request(callCreateObject, func(e *encoder) {
+			e.u64(1)
+			writeAttrs(e, []tmplAttr{ulongAttr(ckaClass, ckoPublicKey), ulongAttr(ckaKeyType, ckkEC), {ckaECParams, oidP256}, {ckaECPoint, []byte{4, 65, 4}}})
+		}),
+		request(callFinalize, nil),
+	}
+}
+
+// FuzzHandle feeds request bodies to a connection's handler, in order
+// after a well-formed start, over the real core: no input may panic, hang
+// or answer anything but a well-formed response.
+func FuzzHandle(f *testing.F) {
+	for _, s := range seeds() {
+		f.Add(s)
+	}
+	tf := newTestFront(f)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		id := server.Identity{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Pidfd: -1}
+		ss, err := tf.srv.NewSession(context.Background(), Name, id)
+		if err != nil {
+			t.Skip(err)
+		}
+		defer ss.Close()
+		c := newConn(tf.Front, nil, ss, id)
+		for _, s := range seeds()[:8] {
+			c.handle(s)
+		}
+		out := c.handle(body)
+		d := &decoder{b: out}
+		rid := d.u32()
+		sig, ok := d.array()
+		if !ok || rid >= callMax || string(sig) != calls[rid].resp {
+			t.Fatalf("malformed response %x to %x", out, body)
+		}
+	})
+}
