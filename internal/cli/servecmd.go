@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/internal/daemon"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/transit"
 )
 
 func runServe(e *env, args []string) error {
@@ -72,6 +73,13 @@ func runServe(e *env, args []string) error {
 	var agentSockets stringList
 	f.Var(&agentSockets, "ssh-agent", "serve the OpenSSH agent protocol on a Unix socket at `PATH` (repeatable; \"keywarden ssh-agent\" prints it for SSH_AUTH_SOCK)")
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
+	// The transit HTTP API (docs/transit.md).
+	var httpListen stringList
+	f.Var(&httpListen, "http", "serve the transit-compatible HTTP API on `unix:PATH` (repeatable; docs/transit.md)")
+	httpPrefix := f.String("http-prefix", "/v1/transit/", "the transit mount's path `prefix`")
+	var httpMaxBody sizeFlag
+	f.Var(&httpMaxBody, "http-max-body", fmt.Sprintf("largest transit request body in `bytes`, e.g. 4M (default %d)", transit.DefaultMaxBody))
+	httpMaxBatch := f.Int("http-max-batch", 0, fmt.Sprintf("most items of one transit batch_input (default %d)", transit.DefaultMaxBatch))
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -166,6 +174,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
+		HTTP: httpListen, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
 	})
 	return err
 }

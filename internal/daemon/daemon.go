@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +27,7 @@ import (
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/transit"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
 )
@@ -104,6 +106,12 @@ type Config struct {
 	// SSHAskpass confirms each use of a key added with ssh-add -c; ""
 	// refuses such keys.
 	SSHAskpass string
+
+	// HTTP lists where the transit-compatible HTTP API is served
+	// (docs/transit.md): "unix:PATH" (with the main socket's mode).
+	HTTP []string
+	// Transit configures that front; its Server is set by Run.
+	Transit transit.Config
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -314,6 +322,29 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	var front *transit.Front
+	if len(cfg.HTTP) > 0 {
+		tcfg := cfg.Transit
+		tcfg.Server, tcfg.Logger = srv, log
+		if front, err = transit.New(tcfg); err != nil {
+			if agent != nil {
+				agent.Close()
+			}
+			l.Close()
+			return err
+		}
+		for _, spec := range cfg.HTTP {
+			if err := serveHTTP(front, spec, mode, log); err != nil {
+				front.Close()
+				if agent != nil {
+					agent.Close()
+				}
+				l.Close()
+				return err
+			}
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
@@ -345,6 +376,9 @@ func Run(ctx context.Context, cfg Config) error {
 		for _, p := range cfg.SSHAgentSockets {
 			os.Remove(p)
 		}
+	}
+	if front != nil {
+		front.Close()
 	}
 	err = srv.Shutdown(sctx)
 	kdfSup.Close()
@@ -423,4 +457,26 @@ func prepareStateDir(dir string) error {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	return checkDir("state directory", dir, false)
+}
+
+// serveHTTP serves the transit front on spec ("unix:PATH").
+func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, log *slog.Logger) error {
+	path, ok := strings.CutPrefix(spec, "unix:")
+	if !ok || !filepath.IsAbs(path) {
+		return fmt.Errorf("--http %q: want unix:PATH with an absolute path", spec)
+	}
+	if err := prepareDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	hl, err := transit.Listen(path, mode)
+	if err != nil {
+		return err
+	}
+	log.Info("serving the transit HTTP API", "socket", path, "mode", fmt.Sprintf("%04o", mode))
+	go func() {
+		if err := front.Serve(hl); err != nil && !errors.Is(err, transit.ErrClosed) {
+			log.Error("transit socket failed", "socket", path, "err", err)
+		}
+	}()
+	return nil
 }
