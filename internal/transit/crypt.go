@@ -196,6 +196,33 @@ func encrypt(rq *request) (any, error) {
 		return nil, err
 	}
 	p := rq.params()
+	prep := func(p params, _ openKey) prepared {
+		if err := checkNotDerived(p); err != nil {
+			return prepared{err: err}
+		}
+		if !p.has("plaintext") {
+			return prepared{err: badRequest("missing plaintext to encrypt")}
+		}
+		pt, err := p.b64("plaintext")
+		if err != nil {
+			return prepared{err: err}
+		}
+		aad, err := p.b64("associated_data")
+		if err != nil {
+			return prepared{err: err}
+		}
+		return prepared{mk: func(k openKey) *wire.Op {
+			return &wire.Op{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: k.h, Plaintext: pt, Aad: aad}}}
+		}}
+	}
+	// A single request is checked before its key may be made.
+	if items, batch, err := rq.items(); err != nil {
+		return nil, err
+	} else if !batch {
+		if pr := prep(items[0], openKey{}); pr.err != nil {
+			return nil, pr.err
+		}
+	}
 	if err := newestOnly(rq, name, p); err != nil {
 		var nk errNoKey
 		if !errors.As(err, &nk) {
@@ -208,7 +235,10 @@ func encrypt(rq *request) (any, error) {
 			return nil, err
 		}
 		// Transit makes the key on its first encryption ("upsert").
-		typ, _ := p.str("type")
+		typ, err := p.str("type")
+		if err != nil {
+			return nil, err
+		}
 		if typ == "" {
 			typ = "aes256-gcm96"
 		}
@@ -216,25 +246,7 @@ func encrypt(rq *request) (any, error) {
 			return nil, err
 		}
 	}
-	return runItems(rq, name, func(p params, k openKey) prepared {
-		if err := checkNotDerived(p); err != nil {
-			return prepared{err: err}
-		}
-		pt, err := p.b64("plaintext")
-		if err != nil {
-			return prepared{err: err}
-		}
-		if !p.has("plaintext") {
-			return prepared{err: badRequest("missing plaintext to encrypt")}
-		}
-		aad, err := p.b64("associated_data")
-		if err != nil {
-			return prepared{err: err}
-		}
-		return prepared{mk: func(k openKey) *wire.Op {
-			return &wire.Op{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: k.h, Plaintext: pt, Aad: aad}}}
-		}}
-	}, func(p params, k openKey, r *wire.Result) (map[string]any, error) {
+	return runItems(rq, name, prep, func(p params, k openKey, r *wire.Result) (map[string]any, error) {
 		s, err := vaultCT(k.typ, r.KeyVersion, r.Data)
 		if err != nil {
 			return nil, err
