@@ -252,6 +252,15 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, c *clientConn) (ae
 			st: wire.Status_STATUS_UNIMPLEMENTED, front: true}
 	}
 	op = rt.op
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		// A body must say its length: a chunked one is refused, and the
+		// connection closed, so that no parser before this one can
+		// disagree on where a request ends (with both Transfer-Encoding
+		// and Content-Length, the request smuggling of RFC 9112, 6.3).
+		w.Header().Set("Connection", "close")
+		return &apiError{code: http.StatusLengthRequired, msg: "a request body needs a Content-Length; Transfer-Encoding is not accepted",
+			st: wire.Status_STATUS_INVALID_ARGUMENT, front: true}
+	}
 	rq := &request{ctx: r.Context(), c: c, op: rt.op, vars: vars, query: r.URL.Query(), method: method}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody))
 	if err != nil {
