@@ -124,5 +124,6 @@ fuzz ./internal/sshagent FuzzSessionBind
 fuzz ./internal/sshagent FuzzConstraints
 fuzz ./internal/sshagent FuzzPrivateKey
 fuzz ./internal/sshagent FuzzUserauth
+fuzz ./internal/transit FuzzRequest
 
 log "all tests passed"
