@@ -62,7 +62,9 @@ func FuzzRequest(f *testing.F) {
 			// failed, the batch's results.
 			var e struct {
 				Errors []string
-				Data   struct{ BatchResults []any `json:"batch_results"` }
+				Data   struct {
+					BatchResults []any `json:"batch_results"`
+				}
 			}
 			if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Errors == nil && e.Data.BatchResults == nil {
 				t.Fatalf("%s %q: error without Vault's shape: %q", method, path, w.Body)
