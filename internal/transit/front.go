@@ -70,6 +70,9 @@ type Front struct {
 	mu      sync.Mutex
 	closed  bool
 	servers map[*http.Server]struct{}
+
+	// tlsConns are the TLS connections' sessions, by connection (tls.go).
+	tlsConns sync.Map
 }
 
 // New makes a Front.
@@ -284,7 +287,3 @@ func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
 
 // soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
 const soPeerPidfd = 77
-
-// tlsConn is the client of a request that came over TLS (tls.go); nil
-// for any other.
-func (f *Front) tlsConn(r *http.Request) *clientConn { return nil }

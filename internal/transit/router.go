@@ -180,9 +180,6 @@ func apiErrorOf(err error) *apiError {
 func (f *Front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c, _ := r.Context().Value(connKey{}).(*clientConn)
 	if c == nil {
-		c = f.tlsConn(r)
-	}
-	if c == nil {
 		writeError(w, http.StatusForbidden, "permission denied")
 		return
 	}
