@@ -75,7 +75,11 @@ func runServe(e *env, args []string) error {
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
 	// The transit HTTP API (docs/transit.md).
 	var httpListen stringList
-	f.Var(&httpListen, "http", "serve the transit-compatible HTTP API on `unix:PATH` (repeatable; docs/transit.md)")
+	f.Var(&httpListen, "http", "serve the transit-compatible HTTP API on `unix:PATH`, or on tcp:ADDR with mutual TLS (repeatable; docs/transit.md)")
+	httpCert := f.String("http-tls-cert", "", "the PEM `file` of the certificate chain of --http tcp: listeners")
+	httpKey := f.String("http-tls-key", "", "the PEM `file` of the key of --http tcp: listeners")
+	httpCA := f.String("http-client-ca", "", "the PEM `file` of the CAs that sign the client certificates --http tcp: listeners require")
+	httpPrincipals := f.String("http-principals", "", "the `file` mapping client certificates (uri:, dns:, email:, cn:) to the uids they act as")
 	httpPrefix := f.String("http-prefix", "/v1/transit/", "the transit mount's path `prefix`")
 	var httpMaxBody sizeFlag
 	f.Var(&httpMaxBody, "http-max-body", fmt.Sprintf("largest transit request body in `bytes`, e.g. 4M (default %d)", transit.DefaultMaxBody))
@@ -174,7 +178,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
-		HTTP: httpListen, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
+		HTTP: httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
 	})
 	return err
 }

@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -108,8 +111,14 @@ type Config struct {
 	SSHAskpass string
 
 	// HTTP lists where the transit-compatible HTTP API is served
-	// (docs/transit.md): "unix:PATH" (with the main socket's mode).
+	// (docs/transit.md): "unix:PATH" (with the main socket's mode), or
+	// "tcp:ADDR" with mutual TLS, which needs the four files below.
 	HTTP []string
+	// HTTPTLSCert and HTTPTLSKey are the PEM files of the TCP listeners'
+	// certificate chain and key; HTTPClientCA the PEM file of the CAs
+	// that sign client certificates; HTTPPrincipals the mapping of client
+	// certificates to uids (transit.ParsePrincipals).
+	HTTPTLSCert, HTTPTLSKey, HTTPClientCA, HTTPPrincipals string
 	// Transit configures that front; its Server is set by Run.
 	Transit transit.Config
 }
@@ -334,7 +343,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		for _, spec := range cfg.HTTP {
-			if err := serveHTTP(front, spec, mode, log); err != nil {
+			if err := serveHTTP(front, spec, mode, cfg, log); err != nil {
 				front.Close()
 				if agent != nil {
 					agent.Close()
@@ -459,11 +468,29 @@ func prepareStateDir(dir string) error {
 	return checkDir("state directory", dir, false)
 }
 
-// serveHTTP serves the transit front on spec ("unix:PATH").
-func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, log *slog.Logger) error {
+// serveHTTP serves the transit front on spec ("unix:PATH" or
+// "tcp:ADDR").
+func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, log *slog.Logger) error {
+	if addr, ok := strings.CutPrefix(spec, "tcp:"); ok {
+		tc, err := loadTLS(cfg)
+		if err != nil {
+			return fmt.Errorf("--http %s: %w", spec, err)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--http %s: %w", spec, err)
+		}
+		log.Info("serving the transit HTTP API over mutual TLS", "address", l.Addr().String(), "principals", cfg.HTTPPrincipals)
+		go func() {
+			if err := front.ServeTLS(l, tc); err != nil && !errors.Is(err, transit.ErrClosed) {
+				log.Error("transit TCP listener failed", "address", addr, "err", err)
+			}
+		}()
+		return nil
+	}
 	path, ok := strings.CutPrefix(spec, "unix:")
 	if !ok || !filepath.IsAbs(path) {
-		return fmt.Errorf("--http %q: want unix:PATH with an absolute path", spec)
+		return fmt.Errorf("--http %q: want unix:PATH with an absolute path, or tcp:ADDR", spec)
 	}
 	if err := prepareDir(filepath.Dir(path)); err != nil {
 		return err
@@ -479,4 +506,35 @@ func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, log *slog.Lo
 		}
 	}()
 	return nil
+}
+
+// loadTLS reads the files of the transit front's TCP listeners: there is
+// no TCP listener without all four.
+func loadTLS(cfg Config) (transit.TLSConfig, error) {
+	var tc transit.TLSConfig
+	if cfg.HTTPTLSCert == "" || cfg.HTTPTLSKey == "" || cfg.HTTPClientCA == "" || cfg.HTTPPrincipals == "" {
+		return tc, errors.New("a TCP listener needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: it serves only mutual TLS")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
+	if err != nil {
+		return tc, err
+	}
+	caPEM, err := os.ReadFile(cfg.HTTPClientCA)
+	if err != nil {
+		return tc, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return tc, fmt.Errorf("%s: no PEM certificate", cfg.HTTPClientCA)
+	}
+	pf, err := os.Open(cfg.HTTPPrincipals)
+	if err != nil {
+		return tc, err
+	}
+	defer pf.Close()
+	pr, err := transit.ParsePrincipals(pf)
+	if err != nil {
+		return tc, fmt.Errorf("%s: %w", cfg.HTTPPrincipals, err)
+	}
+	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
 }
