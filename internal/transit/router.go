@@ -3,7 +3,6 @@ package transit
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -313,7 +313,7 @@ func decodeBody(b []byte) (map[string]any, error) {
 // writeData answers with Vault's envelope of a response.
 func writeData(w http.ResponseWriter, code int, data any) {
 	var id [16]byte
-	rand.Read(id[:])
+	random.ReadAny(id[:])
 	h := hex.EncodeToString(id[:])
 	reqID := h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 	writeJSON(w, code, map[string]any{
