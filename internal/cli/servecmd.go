@@ -84,6 +84,9 @@ func runServe(e *env, args []string) error {
 	var httpMaxBody sizeFlag
 	f.Var(&httpMaxBody, "http-max-body", fmt.Sprintf("largest transit request body in `bytes`, e.g. 4M (default %d)", transit.DefaultMaxBody))
 	httpMaxBatch := f.Int("http-max-batch", 0, fmt.Sprintf("most items of one transit batch_input (default %d)", transit.DefaultMaxBatch))
+	// The Kubernetes KMS v2 plugin (docs/kubernetes.md).
+	kmsSocket := f.String("kms-v2", "", "serve the Kubernetes KMS v2 plugin service on a Unix socket at `PATH`")
+	kmsKey := f.String("kms-key", "", "the `name` of the AES-256-GCM key, owned by the API server's uid, that --kms-v2 encrypts with")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -178,7 +181,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
-		HTTP: httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
+		HTTP: httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
 	})
 	return err
 }

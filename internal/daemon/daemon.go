@@ -22,6 +22,7 @@ import (
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/kmsv2"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -121,6 +122,12 @@ type Config struct {
 	HTTPTLSCert, HTTPTLSKey, HTTPClientCA, HTTPPrincipals string
 	// Transit configures that front; its Server is set by Run.
 	Transit transit.Config
+
+	// KMSV2 is a Unix socket on which the daemon serves the Kubernetes KMS
+	// v2 plugin service (docs/kubernetes.md), with the main socket's
+	// mode, encrypting with the key named KMSKey of the connecting
+	// process's uid.
+	KMSV2, KMSKey string
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -354,6 +361,20 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
+	var plugin *kmsv2.Plugin
+	if cfg.KMSV2 != "" {
+		if plugin, err = serveKMS(srv, cfg, mode, log); err != nil {
+			if front != nil {
+				front.Close()
+			}
+			if agent != nil {
+				agent.Close()
+			}
+			l.Close()
+			return err
+		}
+	}
+
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	served := make(chan error, 1)
@@ -388,6 +409,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if front != nil {
 		front.Close()
+	}
+	if plugin != nil {
+		plugin.Close()
 	}
 	err = srv.Shutdown(sctx)
 	kdfSup.Close()
@@ -537,4 +561,32 @@ func loadTLS(cfg Config) (transit.TLSConfig, error) {
 		return tc, fmt.Errorf("%s: %w", cfg.HTTPPrincipals, err)
 	}
 	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
+}
+
+// serveKMS serves the KMS v2 plugin on cfg.KMSV2.
+func serveKMS(srv *server.Server, cfg Config, mode fs.FileMode, log *slog.Logger) (*kmsv2.Plugin, error) {
+	if !filepath.IsAbs(cfg.KMSV2) {
+		return nil, fmt.Errorf("--kms-v2 %q: give an absolute path", cfg.KMSV2)
+	}
+	if cfg.KMSKey == "" {
+		return nil, errors.New("--kms-v2 needs --kms-key NAME: the AES-256-GCM key, owned by the API server's uid, that encrypts")
+	}
+	p, err := kmsv2.New(kmsv2.Config{Server: srv, Key: cfg.KMSKey, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareDir(filepath.Dir(cfg.KMSV2)); err != nil {
+		return nil, err
+	}
+	kl, err := kmsv2.Listen(cfg.KMSV2, mode)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("serving the Kubernetes KMS v2 plugin", "socket", cfg.KMSV2, "mode", fmt.Sprintf("%04o", mode), "key", cfg.KMSKey)
+	go func() {
+		if err := p.Serve(kl); err != nil {
+			log.Error("KMS v2 socket failed", "socket", cfg.KMSV2, "err", err)
+		}
+	}()
+	return p, nil
 }
