@@ -161,7 +161,7 @@ func (pc *peerCreds) Info() credentials.ProtocolInfo {
 	return credentials.ProtocolInfo{SecurityProtocol: "peercred"}
 }
 func (pc *peerCreds) Clone() credentials.TransportCredentials { return &peerCreds{p: pc.p} }
-func (pc *peerCreds) OverrideServerName(string) error        { return nil }
+func (pc *peerCreds) OverrideServerName(string) error         { return nil }
 
 // peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
 // process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
