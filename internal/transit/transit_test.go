@@ -284,3 +284,22 @@ func TestHMACHashRandomDatakeyExport(t *testing.T) {
 		t.Fatalf("listed %v", names)
 	}
 }
+
+// A key deleted and made again on another connection is the new key on a
+// connection that kept the old one open: its handle is opened again.
+func TestKeyRemadeElsewhere(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	tf.ok(t, "POST", "keys/k", nil)
+	ct := str(tf.ok(t, "POST", "encrypt/k", map[string]any{"plaintext": b64("old key")}), "ciphertext")
+	other := &testFront{Front: tf.Front, srv: tf.srv, logPath: tf.logPath, sockPath: tf.sockPath, client: unixClient(tf.sockPath)}
+	defer other.client.CloseIdleConnections()
+	other.ok(t, "DELETE", "keys/k", nil)
+	other.ok(t, "POST", "keys/k", nil)
+	// The first connection, still open, encrypts under the new key, and
+	// no longer decrypts what the old one made.
+	ct2 := str(tf.ok(t, "POST", "encrypt/k", map[string]any{"plaintext": b64("new key")}), "ciphertext")
+	if p := str(other.ok(t, "POST", "decrypt/k", map[string]any{"ciphertext": ct2}), "plaintext"); p != b64("new key") {
+		t.Fatalf("decrypted %q", p)
+	}
+	tf.fails(t, 400, "POST", "decrypt/k", map[string]any{"ciphertext": ct})
+}
