@@ -102,6 +102,23 @@ func runServe(e *env, args []string) error {
 	if *askpass != "" && !filepath.IsAbs(*askpass) {
 		return usagef("--ssh-askpass %q: give an absolute path", *askpass)
 	}
+	for _, h := range httpListen {
+		switch {
+		case strings.HasPrefix(h, "unix:") && filepath.IsAbs(h[len("unix:"):]):
+		case strings.HasPrefix(h, "tcp:"):
+			if *httpCert == "" || *httpKey == "" || *httpCA == "" || *httpPrincipals == "" {
+				return usagef("--http %s needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: TCP is served only with mutual TLS", h)
+			}
+		default:
+			return usagef("--http %q: want unix:PATH (an absolute path) or tcp:ADDR", h)
+		}
+	}
+	if (*kmsSocket == "") != (*kmsKey == "") {
+		return usagef("--kms-v2 PATH and --kms-key NAME go together")
+	}
+	if *kmsSocket != "" && !filepath.IsAbs(*kmsSocket) {
+		return usagef("--kms-v2 %q: give an absolute path", *kmsSocket)
+	}
 	syncMode, err := audit.ParseSyncMode(*auditSync)
 	if err != nil {
 		return usagef("invalid --audit-sync %q: want grouped or always", *auditSync)
