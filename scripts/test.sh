@@ -32,6 +32,11 @@ command -v zsh >/dev/null 2>&1 || missing="$missing zsh"
 command -v fish >/dev/null 2>&1 || missing="$missing fish"
 command -v man >/dev/null 2>&1 || missing="$missing man-db"
 command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
+# Other projects' clients of the transit HTTP front (interop/): hvac, with
+# a Unix socket adapter and cryptography for the BYOK import, and curl.
+/usr/bin/python3 -c 'import hvac, requests_unixsocket, cryptography' >/dev/null 2>&1 ||
+	missing="$missing python3-hvac python3-requests-unixsocket python3-cryptography"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 # The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
@@ -85,6 +90,10 @@ log "tests"
 # the daemon on a small machine would blur.
 go test -count=1 ./e2e
 go test -count=1 $(go list ./... | grep -v '/e2e$')
+# The transit front with the Vault Go api client and hvac, against the
+# real daemon (a module of its own: those clients are not keywarden's
+# dependencies).
+(cd interop && go vet ./... && KEYWARDEN_INTEROP=require go test -count=1 ./...)
 
 log "race detector"
 go test -count=1 -race . ./internal/server ./internal/keystore ./internal/seqpacket ./internal/policy ./internal/mech ./internal/secmem ./internal/store ./internal/seal ./internal/audit ./internal/linuxaudit ./internal/genid ./internal/random ./internal/stress
@@ -143,6 +152,7 @@ fuzz ./internal/sshagent FuzzConstraints
 fuzz ./internal/sshagent FuzzPrivateKey
 fuzz ./internal/sshagent FuzzUserauth
 fuzz ./internal/p11front FuzzHandle
+fuzz ./internal/transit FuzzRequest
 
 log "the Debian package: build, install, run, remove"
 if [ "$(id -u)" -eq 0 ]; then

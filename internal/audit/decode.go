@@ -75,6 +75,7 @@ type jsonCaller struct {
 	OtherUser  bool   `json:"other_userns"`
 	OtherPID   bool   `json:"other_pidns"`
 	SSHDest    string `json:"ssh_dest"`
+	Principal  string `json:"principal"`
 	// Peer: optional, so that logs written before it existed read as
 	// they were written.
 	Peer *jsonPeer `json:"peer"`
@@ -200,7 +201,8 @@ func fromJSON(j *jsonRecord) (*Record, error) {
 	if c := j.Caller; c != nil {
 		r.Caller = Caller{PID: c.PID, UID: c.UID, GID: c.GID, Exe: c.Exe, Cgroup: c.Cgroup,
 			ExeError: c.ExeError, Exited: c.Exited, Unverified: c.Unverified,
-			Claimed: c.Claimed, OtherUserNS: c.OtherUser, OtherPIDNS: c.OtherPID, SSHDest: c.SSHDest}
+			Claimed: c.Claimed, OtherUserNS: c.OtherUser, OtherPIDNS: c.OtherPID, SSHDest: c.SSHDest,
+			Principal: c.Principal}
 		if p := c.Peer; p != nil {
 			r.Caller.Peer = Peer{PID: p.PID, UID: p.UID, GID: p.GID, Exe: p.Exe}
 		}

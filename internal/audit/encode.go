@@ -169,6 +169,7 @@ func appendBody(dst []byte, r *Record) []byte {
 		dst = appendTrueField(dst, "other_userns", c.OtherUserNS)
 		dst = appendTrueField(dst, "other_pidns", c.OtherPIDNS)
 		dst = appendStringField(dst, "ssh_dest", c.SSHDest)
+		dst = appendStringField(dst, "principal", c.Principal)
 		if p := &c.Peer; !p.IsZero() {
 			dst = append(dst, `,"peer":{"pid":`...)
 			dst = strconv.AppendInt(dst, int64(p.PID), 10)

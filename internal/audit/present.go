@@ -255,6 +255,7 @@ func (r *Record) Text() string {
 				word("other-pidns")
 			}
 			kv("ssh_dest", c.SSHDest)
+			kv("principal", c.Principal)
 			if p := &c.Peer; !p.IsZero() {
 				fmt.Fprintf(&b, " peer.pid=%d peer.uid=%d peer.gid=%d", p.PID, p.UID, p.GID)
 				kv("peer.exe", p.Exe)

@@ -146,6 +146,12 @@ type Caller struct {
 	// agent connection to (session-bind@openssh.com, its signature checked
 	// by the daemon), the last one if several; empty if it bound none.
 	SSHDest string
+	// Principal is who a client certificate names, for a request carried
+	// over mutual TLS (the transit front's TCP listeners): the name the
+	// daemon's principal mapping matched ("uri:spiffe://...", "dns:...",
+	// "cn:..."), whose uid the request is made as. There is no process:
+	// PID is 0. Empty for every request from a local process.
+	Principal string
 }
 
 // Peer is the process that opened a connection, as the kernel recorded it

@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/internal/daemon"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/transit"
 )
 
 func runServe(e *env, args []string) error {
@@ -74,6 +75,20 @@ func runServe(e *env, args []string) error {
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
 	var pkcs11Sockets stringList
 	f.Var(&pkcs11Sockets, "pkcs11", "serve PKCS #11 (p11-kit's RPC protocol, for p11-kit-client.so) on a Unix socket at `PATH` (repeatable; docs/pkcs11.md)")
+	// The transit HTTP API (docs/transit.md).
+	var httpListen stringList
+	f.Var(&httpListen, "http", "serve the transit-compatible HTTP API on `unix:PATH`, or on tcp:ADDR with mutual TLS (repeatable; docs/transit.md)")
+	httpCert := f.String("http-tls-cert", "", "the PEM `file` of the certificate chain of --http tcp: listeners")
+	httpKey := f.String("http-tls-key", "", "the PEM `file` of the key of --http tcp: listeners")
+	httpCA := f.String("http-client-ca", "", "the PEM `file` of the CAs that sign the client certificates --http tcp: listeners require")
+	httpPrincipals := f.String("http-principals", "", "the `file` mapping client certificates (uri:, dns:, email:, cn:) to the uids they act as")
+	httpPrefix := f.String("http-prefix", "/v1/transit/", "the transit mount's path `prefix`")
+	var httpMaxBody sizeFlag
+	f.Var(&httpMaxBody, "http-max-body", fmt.Sprintf("largest transit request body in `bytes`, e.g. 4M (default %d)", transit.DefaultMaxBody))
+	httpMaxBatch := f.Int("http-max-batch", 0, fmt.Sprintf("most items of one transit batch_input (default %d)", transit.DefaultMaxBatch))
+	// The Kubernetes KMS v2 plugin (docs/kubernetes.md).
+	kmsSocket := f.String("kms-v2", "", "serve the Kubernetes KMS v2 plugin service on a Unix socket at `PATH`")
+	kmsKey := f.String("kms-key", "", "the `name` of the AES-256-GCM key, owned by the API server's uid, that --kms-v2 encrypts with")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -93,6 +108,23 @@ func runServe(e *env, args []string) error {
 	}
 	if *askpass != "" && !filepath.IsAbs(*askpass) {
 		return usagef("--ssh-askpass %q: give an absolute path", *askpass)
+	}
+	for _, h := range httpListen {
+		switch {
+		case strings.HasPrefix(h, "unix:") && filepath.IsAbs(h[len("unix:"):]):
+		case strings.HasPrefix(h, "tcp:"):
+			if *httpCert == "" || *httpKey == "" || *httpCA == "" || *httpPrincipals == "" {
+				return usagef("--http %s needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: TCP is served only with mutual TLS", h)
+			}
+		default:
+			return usagef("--http %q: want unix:PATH (an absolute path) or tcp:ADDR", h)
+		}
+	}
+	if (*kmsSocket == "") != (*kmsKey == "") {
+		return usagef("--kms-v2 PATH and --kms-key NAME go together")
+	}
+	if *kmsSocket != "" && !filepath.IsAbs(*kmsSocket) {
+		return usagef("--kms-v2 %q: give an absolute path", *kmsSocket)
 	}
 	syncMode, err := audit.ParseSyncMode(*auditSync)
 	if err != nil {
@@ -174,6 +206,7 @@ func runServe(e *env, args []string) error {
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 		PKCS11Sockets: pkcs11Sockets,
+		HTTP: httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
 	})
 	return err
 }

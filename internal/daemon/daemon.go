@@ -2,15 +2,19 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/kdf"
 	"github.com/keywarden/keywarden/internal/keystore"
+	"github.com/keywarden/keywarden/internal/kmsv2"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/p11front"
 	"github.com/keywarden/keywarden/internal/random"
@@ -27,6 +32,7 @@ import (
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/transit"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
 )
@@ -109,6 +115,24 @@ type Config struct {
 	// SSHAskpass confirms each use of a key added with ssh-add -c; ""
 	// refuses such keys.
 	SSHAskpass string
+
+	// HTTP lists where the transit-compatible HTTP API is served
+	// (docs/transit.md): "unix:PATH" (with the main socket's mode), or
+	// "tcp:ADDR" with mutual TLS, which needs the four files below.
+	HTTP []string
+	// HTTPTLSCert and HTTPTLSKey are the PEM files of the TCP listeners'
+	// certificate chain and key; HTTPClientCA the PEM file of the CAs
+	// that sign client certificates; HTTPPrincipals the mapping of client
+	// certificates to uids (transit.ParsePrincipals).
+	HTTPTLSCert, HTTPTLSKey, HTTPClientCA, HTTPPrincipals string
+	// Transit configures that front; its Server is set by Run.
+	Transit transit.Config
+
+	// KMSV2 is a Unix socket on which the daemon serves the Kubernetes KMS
+	// v2 plugin service (docs/kubernetes.md), with the main socket's
+	// mode, encrypting with the key named KMSKey of the connecting
+	// process's uid.
+	KMSV2, KMSKey string
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -320,24 +344,27 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	var p11 *p11front.Front
+	// closeFronts closes the fronts started so far, and the main socket,
+	// when one that follows cannot start.
+	closeFronts := func() {
+		if p11 != nil {
+			p11.Close()
+		}
+		if agent != nil {
+			agent.Close()
+		}
+		l.Close()
+	}
 	if len(cfg.PKCS11Sockets) > 0 {
 		p11 = p11front.New(p11front.Config{Server: srv, Logger: log})
 		for _, p := range cfg.PKCS11Sockets {
 			if err := prepareDir(filepath.Dir(p)); err != nil {
-				p11.Close()
-				if agent != nil {
-					agent.Close()
-				}
-				l.Close()
+				closeFronts()
 				return err
 			}
 			pl, err := p11front.Listen(p, mode)
 			if err != nil {
-				p11.Close()
-				if agent != nil {
-					agent.Close()
-				}
-				l.Close()
+				closeFronts()
 				return err
 			}
 			log.Info("serving PKCS #11 (p11-kit RPC)", "socket", p, "mode", fmt.Sprintf("%04o", mode))
@@ -346,6 +373,34 @@ func Run(ctx context.Context, cfg Config) error {
 					log.Error("pkcs11 socket failed", "socket", p, "err", err)
 				}
 			}()
+		}
+	}
+
+	var front *transit.Front
+	if len(cfg.HTTP) > 0 {
+		tcfg := cfg.Transit
+		tcfg.Server, tcfg.Logger = srv, log
+		if front, err = transit.New(tcfg); err != nil {
+			closeFronts()
+			return err
+		}
+		for _, spec := range cfg.HTTP {
+			if err := serveHTTP(front, spec, mode, cfg, log); err != nil {
+				front.Close()
+				closeFronts()
+				return err
+			}
+		}
+	}
+
+	var plugin *kmsv2.Plugin
+	if cfg.KMSV2 != "" {
+		if plugin, err = serveKMS(srv, cfg, mode, log); err != nil {
+			if front != nil {
+				front.Close()
+			}
+			closeFronts()
+			return err
 		}
 	}
 
@@ -386,6 +441,12 @@ func Run(ctx context.Context, cfg Config) error {
 		for _, p := range cfg.PKCS11Sockets {
 			os.Remove(p)
 		}
+	}
+	if front != nil {
+		front.Close()
+	}
+	if plugin != nil {
+		plugin.Close()
 	}
 	err = srv.Shutdown(sctx)
 	kdfSup.Close()
@@ -464,4 +525,103 @@ func prepareStateDir(dir string) error {
 		return fmt.Errorf("create state directory: %w", err)
 	}
 	return checkDir("state directory", dir, false)
+}
+
+// serveHTTP serves the transit front on spec ("unix:PATH" or
+// "tcp:ADDR").
+func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, log *slog.Logger) error {
+	if addr, ok := strings.CutPrefix(spec, "tcp:"); ok {
+		tc, err := loadTLS(cfg)
+		if err != nil {
+			return fmt.Errorf("--http %s: %w", spec, err)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("--http %s: %w", spec, err)
+		}
+		log.Info("serving the transit HTTP API over mutual TLS", "address", l.Addr().String(), "principals", cfg.HTTPPrincipals)
+		go func() {
+			if err := front.ServeTLS(l, tc); err != nil && !errors.Is(err, transit.ErrClosed) {
+				log.Error("transit TCP listener failed", "address", addr, "err", err)
+			}
+		}()
+		return nil
+	}
+	path, ok := strings.CutPrefix(spec, "unix:")
+	if !ok || !filepath.IsAbs(path) {
+		return fmt.Errorf("--http %q: want unix:PATH with an absolute path, or tcp:ADDR", spec)
+	}
+	if err := prepareDir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	hl, err := transit.Listen(path, mode)
+	if err != nil {
+		return err
+	}
+	log.Info("serving the transit HTTP API", "socket", path, "mode", fmt.Sprintf("%04o", mode))
+	go func() {
+		if err := front.Serve(hl); err != nil && !errors.Is(err, transit.ErrClosed) {
+			log.Error("transit socket failed", "socket", path, "err", err)
+		}
+	}()
+	return nil
+}
+
+// loadTLS reads the files of the transit front's TCP listeners: there is
+// no TCP listener without all four.
+func loadTLS(cfg Config) (transit.TLSConfig, error) {
+	var tc transit.TLSConfig
+	if cfg.HTTPTLSCert == "" || cfg.HTTPTLSKey == "" || cfg.HTTPClientCA == "" || cfg.HTTPPrincipals == "" {
+		return tc, errors.New("a TCP listener needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: it serves only mutual TLS")
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.HTTPTLSCert, cfg.HTTPTLSKey)
+	if err != nil {
+		return tc, err
+	}
+	caPEM, err := os.ReadFile(cfg.HTTPClientCA)
+	if err != nil {
+		return tc, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return tc, fmt.Errorf("%s: no PEM certificate", cfg.HTTPClientCA)
+	}
+	pf, err := os.Open(cfg.HTTPPrincipals)
+	if err != nil {
+		return tc, err
+	}
+	defer pf.Close()
+	pr, err := transit.ParsePrincipals(pf)
+	if err != nil {
+		return tc, fmt.Errorf("%s: %w", cfg.HTTPPrincipals, err)
+	}
+	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
+}
+
+// serveKMS serves the KMS v2 plugin on cfg.KMSV2.
+func serveKMS(srv *server.Server, cfg Config, mode fs.FileMode, log *slog.Logger) (*kmsv2.Plugin, error) {
+	if !filepath.IsAbs(cfg.KMSV2) {
+		return nil, fmt.Errorf("--kms-v2 %q: give an absolute path", cfg.KMSV2)
+	}
+	if cfg.KMSKey == "" {
+		return nil, errors.New("--kms-v2 needs --kms-key NAME: the AES-256-GCM key, owned by the API server's uid, that encrypts")
+	}
+	p, err := kmsv2.New(kmsv2.Config{Server: srv, Key: cfg.KMSKey, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareDir(filepath.Dir(cfg.KMSV2)); err != nil {
+		return nil, err
+	}
+	kl, err := kmsv2.Listen(cfg.KMSV2, mode)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("serving the Kubernetes KMS v2 plugin", "socket", cfg.KMSV2, "mode", fmt.Sprintf("%04o", mode), "key", cfg.KMSKey)
+	go func() {
+		if err := p.Serve(kl); err != nil {
+			log.Error("KMS v2 socket failed", "socket", cfg.KMSV2, "err", err)
+		}
+	}()
+	return p, nil
 }

@@ -356,7 +356,7 @@ func entrySize(e *audit.OpEntry) int {
 func recordSize(r *audit.Record) int {
 	c := &r.Caller
 	n := recordFixedBytes + strFieldLen("op", r.Op) + strFieldLen("alg", r.Alg) + strFieldLen("status", r.Status) +
-		strFieldLen("exe", c.Exe) + strFieldLen("exe_error", c.ExeError) + strFieldLen("cgroup", c.Cgroup) + strFieldLen("ssh_dest", c.SSHDest) +
+		strFieldLen("exe", c.Exe) + strFieldLen("exe_error", c.ExeError) + strFieldLen("cgroup", c.Cgroup) + strFieldLen("ssh_dest", c.SSHDest) + strFieldLen("principal", c.Principal) +
 		strFieldLen("msg", r.Msg) + strFieldLen("front", r.Front)
 	if !r.Key.IsZero() {
 		n += 41

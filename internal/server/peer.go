@@ -59,6 +59,7 @@ func (ss *Session) callerOf(id Identity) audit.Caller {
 	c := ss.s.callerOf(id)
 	ss.markCaller(&c, id.Pidfd)
 	c.SSHDest = id.SSHDest
+	c.Principal = id.Principal
 	return c
 }
 

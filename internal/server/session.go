@@ -43,6 +43,11 @@ type Identity struct {
 	// SSHDest is what the ssh-agent front knows of where its client's
 	// connection leads (audit.Caller.SSHDest); recorded, never decided on.
 	SSHDest string
+	// Principal is the client certificate's identity of a request that
+	// came over mutual TLS (audit.Caller.Principal), which a front mapped
+	// to UID and GID; PID is then 0 and Pidfd -1: there is no local
+	// process. Recorded, never decided on.
+	Principal string
 
 	// ctx is the request's context when it came through Do: what waits
 	// (derivations, slots for heavy work, long polls) stops when it is
@@ -234,7 +239,7 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 	if r.refused() {
 		return ss.refusalReplyPaused(caller, req.Id, r), nil
 	}
-	if id.PID <= 0 {
+	if id.PID <= 0 && id.Principal == "" {
 		return ss.refusalReply(caller, req.Id, errNoSender("pid", id.PID)), nil
 	}
 	n := req.SizeVT()

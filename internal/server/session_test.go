@@ -247,3 +247,37 @@ func TestSessionFrontName(t *testing.T) {
 		}
 	}
 }
+
+// A request with no process behind it (pid 0) is refused, unless the
+// front names the principal it comes from (a client certificate over
+// mutual TLS): then it is made as the uid the front gives, and recorded
+// with the principal.
+func TestSessionDoPrincipal(t *testing.T) {
+	s, path := auditedServer(t, Limits{})
+	anon := Identity{UID: 1500, GID: 1500, Pidfd: -1}
+	ss, err := s.NewSession(context.Background(), testFront, anon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ss.Close)
+	if r := do(t, ss, anon, 1, generateAES("k")); r.Status != wire.Status_STATUS_PERMISSION_DENIED {
+		t.Fatalf("pid 0 without a principal: %v %q", r.Status, r.Message)
+	}
+	cert := anon
+	cert.Principal = "uri:spiffe://example.org/app"
+	if r := do(t, ss, cert, 2, generateAES("k")); r.Status != wire.Status_STATUS_OK || r.Results[0].Status != wire.Status_STATUS_OK {
+		t.Fatalf("pid 0 with a principal: %v %v", r.Status, r.Results)
+	}
+	var found bool
+	for _, r := range auditRecords(t, path) {
+		if r.Op == "generate" && r.Status == "OK" {
+			found = true
+			if r.Caller.Principal != cert.Principal || r.Caller.UID != 1500 || r.Caller.PID != 0 {
+				t.Errorf("recorded %+v", r.Caller)
+			}
+		}
+	}
+	if !found {
+		t.Error("no record of the generation")
+	}
+}

@@ -1,0 +1,204 @@
+package kmsv2
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+type testPlugin struct {
+	*Plugin
+	srv     *server.Server
+	logPath string
+	sock    string
+}
+
+func newTestPlugin(t *testing.T) *testPlugin {
+	t.Helper()
+	dir := t.TempDir()
+	tp := &testPlugin{logPath: filepath.Join(dir, "audit.log"), sock: filepath.Join(dir, "kms.sock")}
+	alog, err := audit.Open(audit.Options{Path: tp.logPath, Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tp.srv, err = server.New(server.Config{Audit: alog}); err != nil {
+		t.Fatal(err)
+	}
+	if tp.Plugin, err = New(Config{Server: tp.srv, Key: "kek"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Listen(tp.sock, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tp.Serve(l)
+	t.Cleanup(func() {
+		tp.Close()
+		tp.srv.Shutdown(context.Background())
+		alog.Close()
+	})
+	return tp
+}
+
+// kmsClient is the k8s.io/kms v2 client of a plugin socket, as the API
+// server dials it.
+func kmsClient(t testing.TB, sock string) kmsapi.KeyManagementServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return kmsapi.NewKeyManagementServiceClient(cc)
+}
+
+// ownerDo runs op as this process's uid, on a session of its own.
+func (tp *testPlugin) ownerDo(t *testing.T, op func(h uint32) *wire.Op) *wire.Result {
+	t.Helper()
+	id := server.Identity{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Pidfd: -1}
+	ss, err := tp.srv.NewSession(context.Background(), "test", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	do := func(o *wire.Op) *wire.Result {
+		rep, err := ss.Do(context.Background(), id, &wire.Request{Version: wire.ProtocolVersion, Id: 1, Ops: []*wire.Op{o}})
+		if err != nil || rep.Status != wire.Status_STATUS_OK || rep.Results[0].Status != wire.Status_STATUS_OK {
+			t.Fatalf("%v: %v %v", o, err, rep)
+		}
+		return rep.Results[0]
+	}
+	var h uint32
+	if op != nil {
+		h = do(&wire.Op{Op: &wire.Op_Open{Open: &wire.Open{Key: &wire.Open_Name{Name: &wire.NameRef{Name: "kek"}}}}}).GetKey().GetHandle()
+		return do(op(h))
+	}
+	return do(&wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Name: "kek", Type: wire.KeyType_KEY_TYPE_AES256_GCM}}}})
+}
+
+func TestKMSv2(t *testing.T) {
+	tp := newTestPlugin(t)
+	c := kmsClient(t, tp.sock)
+	ctx := context.Background()
+
+	st, err := c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil || st.Healthz == "ok" || st.Version != "v2" {
+		t.Fatalf("status without a key: %v %v", st, err)
+	}
+	tp.ownerDo(t, nil)
+	st, err = c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil || st.Healthz != "ok" || st.Version != "v2" || !strings.HasSuffix(st.KeyId, ":v1") {
+		t.Fatalf("status: %v %v", st, err)
+	}
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	e1, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "req-1"})
+	if err != nil || e1.KeyId != st.KeyId {
+		t.Fatalf("encrypt: %v %v", e1, err)
+	}
+	d, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e1.Ciphertext, KeyId: e1.KeyId, Uid: "req-2"})
+	if err != nil || string(d.Plaintext) != string(seed) {
+		t.Fatalf("decrypt: %v %v", d, err)
+	}
+
+	// Rotation changes key_id; the old ciphertext still decrypts.
+	tp.ownerDo(t, func(h uint32) *wire.Op { return &wire.Op{Op: &wire.Op_Rotate{Rotate: &wire.Rotate{Handle: h}}} })
+	st2, err := c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil || st2.Healthz != "ok" || !strings.HasSuffix(st2.KeyId, ":v2") || st2.KeyId == st.KeyId {
+		t.Fatalf("status after rotation: %v %v", st2, err)
+	}
+	e2, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed})
+	if err != nil || e2.KeyId != st2.KeyId {
+		t.Fatalf("encrypt after rotation: %v %v", e2, err)
+	}
+	if d, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e1.Ciphertext, KeyId: e1.KeyId}); err != nil || string(d.Plaintext) != string(seed) {
+		t.Fatalf("decrypt of the version 1 ciphertext: %v %v", d, err)
+	}
+	// Tampered, or named for another key: refused.
+	bad := append([]byte(nil), e2.Ciphertext...)
+	bad[len(bad)-1] ^= 1
+	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: bad, KeyId: e2.KeyId}); err == nil {
+		t.Error("a tampered ciphertext decrypted")
+	}
+	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e2.Ciphertext, KeyId: "keywarden:00:v1"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("another key's key_id: %v", err)
+	}
+	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("empty plaintext: %v", err)
+	}
+
+	// A sealed daemon is unhealthy and encrypts nothing.
+	tp.srv.SealAll()
+	if st, err := c.Status(ctx, &kmsapi.StatusRequest{}); err != nil || st.Healthz == "ok" {
+		t.Errorf("status sealed: %v %v", st, err)
+	}
+	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); err == nil {
+		t.Error("a sealed daemon encrypted")
+	}
+}
+
+// Another uid's API server reaches none of this uid's key: the key is
+// looked up among the connecting process's own keys, as the kernel names
+// its uid.
+func TestKMSv2OtherUID(t *testing.T) {
+	if os.Getenv("KMS_HELPER_SOCK") != "" {
+		return
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a client as another uid")
+	}
+	tp := newTestPlugin(t)
+	tp.ownerDo(t, nil)
+	dir := filepath.Dir(tp.sock)
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	// The test binary, where the other uid may run it.
+	bin := filepath.Join(dir, "kmsv2.test")
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestKMSv2Helper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "KMS_HELPER_SOCK="+tp.sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "helper: refused") {
+		t.Fatalf("helper as uid 65534: %v\n%s", err, out)
+	}
+}
+
+// TestKMSv2Helper is TestKMSv2OtherUID's client, run as another uid.
+func TestKMSv2Helper(t *testing.T) {
+	sock := os.Getenv("KMS_HELPER_SOCK")
+	if sock == "" {
+		t.Skip("run by TestKMSv2OtherUID")
+	}
+	c := kmsClient(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx, &kmsapi.StatusRequest{})
+	if err != nil || st.Healthz == "ok" {
+		t.Fatalf("status as another uid: %v %v", st, err)
+	}
+	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: []byte("x")}); status.Code(err) != codes.NotFound {
+		t.Fatalf("encrypt as another uid: %v", err)
+	}
+	println("helper: refused")
+}

@@ -1,0 +1,289 @@
+package transit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// FrontName is the name of the front in the audit log.
+const FrontName = "transit"
+
+// Limits of the front (docs/transit.md, "Limits"). A body over MaxBody is
+// answered 413; a batch_input of more than MaxBatch items 400.
+const (
+	// DefaultMaxBody is the largest request body taken, in bytes.
+	DefaultMaxBody = 4 << 20
+	// DefaultMaxBatch is the most items of one batch_input.
+	DefaultMaxBatch = 1024
+	// maxHeaderBytes bounds a request's header.
+	maxHeaderBytes = 16 << 10
+	// readHeaderTimeout: a request's header must arrive within it, and
+	// readTimeout bounds a whole request, header and body; writeTimeout
+	// bounds the reply. idleTimeout closes a kept-alive connection with no
+	// request.
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 60 * time.Second
+	idleTimeout       = 120 * time.Second
+)
+
+// Config configures a Front. Zero values mean defaults.
+type Config struct {
+	// Server is the core. Required.
+	Server *server.Server
+	// Logger receives the front's logs; nil discards them.
+	Logger *slog.Logger
+	// Prefix is the mount's path, with slashes at both ends (default
+	// "/v1/transit/").
+	Prefix string
+	// MaxBody bounds a request's body in bytes (default DefaultMaxBody).
+	MaxBody int64
+	// MaxBatch bounds a batch_input (default DefaultMaxBatch).
+	MaxBatch int
+	// ReadHeaderTimeout, IdleTimeout: see the constants; for tests.
+	ReadHeaderTimeout, IdleTimeout time.Duration
+}
+
+// Front serves the transit API on listeners given to Serve.
+type Front struct {
+	cfg Config
+	log *slog.Logger
+	// ctx ends at Close: the core's sessions opened for the front end.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// mu guards the fields below; never held across a request to the core
+	// or I/O.
+	mu      sync.Mutex
+	closed  bool
+	servers map[*http.Server]struct{}
+
+	// tlsConns are the TLS connections' sessions, by connection (tls.go).
+	tlsConns sync.Map
+}
+
+// New makes a Front.
+func New(cfg Config) (*Front, error) {
+	if cfg.Server == nil {
+		return nil, errors.New("transit: no server")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "/v1/transit/"
+	}
+	if !strings.HasPrefix(cfg.Prefix, "/") || !strings.HasSuffix(cfg.Prefix, "/") || strings.Contains(cfg.Prefix, "//") {
+		return nil, fmt.Errorf("transit: mount prefix %q: want a path with a slash at both ends, such as /v1/transit/", cfg.Prefix)
+	}
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = readHeaderTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = idleTimeout
+	}
+	f := &Front{cfg: cfg, log: cfg.Logger.With("front", FrontName), servers: map[*http.Server]struct{}{}}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	return f, nil
+}
+
+// Listen makes the Unix stream socket at path, with mode, replacing a
+// stale socket there (a socket nobody listens on), never another file.
+func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("transit socket %s: a file that is not a socket is in the way", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("transit socket %s: another process listens on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("transit socket %s: %w", path, err)
+		}
+	}
+	// The socket is made without permissions, then given mode, so that no
+	// one connects before it has them.
+	old := unix.Umask(0o777)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("transit socket: %w", err)
+	}
+	l.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("transit socket: %w", err)
+	}
+	return l, nil
+}
+
+// ErrClosed is returned by Serve once the Front is closed.
+var ErrClosed = errors.New("transit: closed")
+
+// newHTTPServer is the HTTP server of one listener: its timeouts and
+// header cap, each connection's core session bound to its context.
+func (f *Front) newHTTPServer() *http.Server {
+	hs := &http.Server{
+		Handler:           f,
+		ReadHeaderTimeout: f.cfg.ReadHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       f.cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(f.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if ic, ok := c.(*identConn); ok {
+				return context.WithValue(ctx, connKey{}, ic.cc)
+			}
+			return ctx
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st != http.StateClosed && st != http.StateHijacked {
+				return
+			}
+			if ic, ok := c.(*identConn); ok {
+				ic.cc.close()
+			}
+		},
+	}
+	return hs
+}
+
+// Serve accepts connections on l, a Unix stream socket, and serves HTTP/1.1
+// on each until l fails or the Front is closed. It closes l. Each
+// connection is one core session, opened with the identity the kernel
+// recorded for the process that connected: every request on it is that
+// process's, whoever writes it later (a descriptor passed on keeps its
+// first identity), and it lasts as long as HTTP keeps the connection alive.
+func (f *Front) Serve(l *net.UnixListener) error {
+	hs := f.newHTTPServer()
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	f.servers[hs] = struct{}{}
+	f.mu.Unlock()
+	err := hs.Serve(&identListener{UnixListener: l, f: f})
+	f.mu.Lock()
+	closed := f.closed
+	delete(f.servers, hs)
+	f.mu.Unlock()
+	if closed || errors.Is(err, http.ErrServerClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// Close stops serving: listeners and connections close, and their
+// sessions with them.
+func (f *Front) Close() {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.closed = true
+	servers := f.servers
+	f.servers = nil
+	f.mu.Unlock()
+	f.cancel()
+	for hs := range servers {
+		hs.Close()
+	}
+}
+
+// identListener accepts Unix connections, each with the core session of
+// the process that connected, opened before a byte of it is read.
+type identListener struct {
+	*net.UnixListener
+	f *Front
+}
+
+func (l *identListener) Accept() (net.Conn, error) {
+	for {
+		uc, err := l.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		cc, err := l.f.open(uc)
+		if err != nil {
+			l.f.log.Info("connection refused", "err", err)
+			uc.Close()
+			continue
+		}
+		return &identConn{UnixConn: uc, cc: cc}, nil
+	}
+}
+
+// identConn is an accepted connection with its client's state.
+type identConn struct {
+	*net.UnixConn
+	cc *clientConn
+}
+
+type connKey struct{}
+
+// open opens the core's session of a new connection with the identity
+// the kernel recorded for the process that connected.
+func (f *Front) open(uc *net.UnixConn) (*clientConn, error) {
+	id, err := peerIdentity(uc)
+	if err != nil {
+		return nil, fmt.Errorf("the kernel gave no credentials: %w", err)
+	}
+	ss, err := f.cfg.Server.NewSession(f.ctx, FrontName, id) // takes id.Pidfd
+	if err != nil {
+		return nil, fmt.Errorf("uid %d pid %d: %w", id.UID, id.PID, err)
+	}
+	return newClientConn(f, ss, id), nil
+}
+
+// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
+// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
+func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return server.Identity{}, err
+	}
+	id := server.Identity{Pidfd: -1}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil {
+			serr = err
+			return
+		}
+		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
+		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
+			id.Pidfd = pfd
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return id, err
+}
+
+// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
+const soPeerPidfd = 77

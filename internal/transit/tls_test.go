@@ -1,0 +1,189 @@
+package transit
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testPKI is a CA with the certificates of a TLS test.
+type testPKI struct {
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	pool   *x509.CertPool
+	server tls.Certificate
+}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	p := &testPKI{}
+	p.ca, p.caKey = makeCA(t, "test CA")
+	p.pool = x509.NewCertPool()
+	p.pool.AddCert(p.ca)
+	p.server = p.issue(t, p.ca, p.caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "keywarden"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, time.Hour)
+	return p
+}
+
+func makeCA(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c, k
+}
+
+// issue signs tmpl with ca, valid for validity from now (negative: it
+// expired that long ago).
+func (p *testPKI) issue(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate, validity time.Duration) tls.Certificate {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl.SerialNumber, _ = rand.Int(rand.Reader, big.NewInt(1<<62))
+	if validity > 0 {
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Minute), time.Now().Add(validity)
+	} else {
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(2*validity), time.Now().Add(validity)
+	}
+	if tmpl.ExtKeyUsage == nil {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
+
+func (p *testPKI) client(spiffe string, validity time.Duration, t testing.TB) tls.Certificate {
+	u, _ := url.Parse(spiffe)
+	return p.issue(t, p.ca, p.caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "client"}, URIs: []*url.URL{u}}, validity)
+}
+
+func tlsClient(p *testPKI, cert tls.Certificate) *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true,
+		TLSClientConfig: &tls.Config{RootCAs: p.pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}}}
+}
+
+// Over TCP, only a client whose certificate the client CA signed, still
+// valid, and that the mapping names is served, as its principal's uid;
+// any other is refused at the handshake.
+func TestMutualTLS(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	p := newTestPKI(t)
+	pr, err := ParsePrincipals(strings.NewReader("# test\nuri:spiffe://example.org/app 4242\ncn:legacy 4243:100\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tf.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	base := "https://" + l.Addr().String() + "/v1/transit/"
+	post := func(c *http.Client, path, body string) (*http.Response, map[string]any, error) {
+		resp, err := c.Post(base+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			return nil, nil, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var m map[string]any
+		json.Unmarshal(b, &m)
+		return resp, m, nil
+	}
+
+	good := tlsClient(p, p.client("spiffe://example.org/app", time.Hour, t))
+	resp, m, err := post(good, "encrypt/remote", `{"plaintext":"`+b64("over mTLS")+`"}`)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("mapped client: %v %v", err, m)
+	}
+	if resp.ProtoMajor != 2 {
+		t.Errorf("served over HTTP/%d", resp.ProtoMajor)
+	}
+	ct := m["data"].(map[string]any)["ciphertext"].(string)
+	if _, m, _ := post(good, "decrypt/remote", `{"ciphertext":"`+ct+`"}`); m["data"].(map[string]any)["plaintext"] != b64("over mTLS") {
+		t.Fatalf("decrypt: %v", m)
+	}
+	// The key is uid 4242's: not the local root's.
+	tf.fails(t, 404, "GET", "keys/remote", nil)
+	var recorded bool
+	for _, r := range tf.records(t) {
+		if r.Op == "encrypt" && r.Front == FrontName && r.Caller.Principal == "uri:spiffe://example.org/app" {
+			recorded = true
+			if r.Caller.UID != 4242 || r.Caller.PID != 0 {
+				t.Errorf("recorded as uid %d pid %d", r.Caller.UID, r.Caller.PID)
+			}
+		}
+	}
+	if !recorded {
+		t.Error("no record names the principal")
+	}
+
+	otherCA, otherKey := makeCA(t, "other CA")
+	for name, cert := range map[string]tls.Certificate{
+		"unmapped":       p.client("spiffe://example.org/intruder", time.Hour, t),
+		"expired":        p.client("spiffe://example.org/app", -time.Minute, t),
+		"other CA":       p.issue(t, otherCA, otherKey, &x509.Certificate{URIs: []*url.URL{{Scheme: "spiffe", Host: "example.org", Path: "/app"}}}, time.Hour),
+		"self-signed":    selfSigned(t),
+		"no cert at all": {},
+	} {
+		c := tlsClient(p, cert)
+		if cert.Certificate == nil {
+			c.Transport.(*http.Transport).TLSClientConfig.Certificates = nil
+		}
+		resp, _, err := post(c, "encrypt/remote", `{"plaintext":"eA=="}`)
+		if err == nil {
+			t.Errorf("%s: served, %d", name, resp.StatusCode)
+		}
+	}
+	// Plain HTTP on the TLS port is no API.
+	resp2, err := http.Post("http://"+l.Addr().String()+"/v1/transit/hash", "application/json", bytes.NewReader([]byte(`{"input":"eA=="}`)))
+	if err == nil {
+		b, _ := io.ReadAll(resp2.Body)
+		resp2.Body.Close()
+		if resp2.StatusCode != 400 || strings.Contains(string(b), "sum") {
+			t.Errorf("plain HTTP: %d %q", resp2.StatusCode, b)
+		}
+	}
+}
+
+func selfSigned(t testing.TB) tls.Certificate {
+	ca, k := makeCA(t, "spiffe://example.org/app")
+	return tls.Certificate{Certificate: [][]byte{ca.Raw}, PrivateKey: k}
+}
+
+func TestParsePrincipals(t *testing.T) {
+	for _, bad := range []string{"", "uri:x", "uri:x 0", "host:x 5", "uri:x 5\nuri:x 6", "uri:x abc", "uri:x 5:g"} {
+		if _, err := ParsePrincipals(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	p, err := ParsePrincipals(strings.NewReader("cn:legacy client 77\nemail:a@b.example 78:9\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}}); !ok || pr.UID != 77 || pr.GID != 77 {
+		t.Errorf("cn: %v %v", pr, ok)
+	}
+	if pr, ok := p.Lookup(&x509.Certificate{EmailAddresses: []string{"a@b.example"}}); !ok || pr.UID != 78 || pr.GID != 9 {
+		t.Errorf("email: %v %v", pr, ok)
+	}
+}
