@@ -206,7 +206,7 @@ func runServe(e *env, args []string) error {
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 		PKCS11Sockets: pkcs11Sockets,
-		HTTP: httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
+		HTTP:          httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
 	})
 	return err
 }
