@@ -418,7 +418,9 @@ wait:
 		// Its connections end, and the keys ssh-add gave it are destroyed.
 		agent.Close()
 		for _, p := range cfg.SSHAgentSockets {
-			os.Remove(p)
+			if passed == nil || passed.agents[p] == nil { // systemd's stay
+				os.Remove(p)
+			}
 		}
 	}
 	err = srv.Shutdown(sctx)
