@@ -117,6 +117,9 @@ func TestSystemdNotify(t *testing.T) {
 func TestSocketActivation(t *testing.T) {
 	sa, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no systemd-socket-activate (package systemd): scripts/test.sh installs it")
+		}
 		t.Skip("no systemd-socket-activate (package systemd): scripts/test.sh installs it")
 	}
 	dir := openDir(t)
@@ -637,5 +640,59 @@ func TestShippedUnits(t *testing.T) {
 		} else {
 			t.Logf("exposure %s", score[1])
 		}
+	}
+}
+
+// TestExampleConfig: the example config shipped for /etc/keywarden is
+// valid and gives the system unit its paths.
+func TestExampleConfig(t *testing.T) {
+	r := serveCheck(t, "--config", filepath.Join("..", "packaging", "keywarden.conf.example"))
+	s := settingLines(r.stdout)
+	if r.code != 0 || s["state"] != `"/var/lib/keywarden"` || s["socket"] != `"/run/keywarden/keywarden.sock"` || s["socket-mode"] != `"0666"` {
+		t.Fatalf("the example config: %s", r)
+	}
+}
+
+// TestUnsealCredential: --unseal-passphrase-file credential:NAME unseals
+// at start with the systemd credential NAME ($CREDENTIALS_DIRECTORY, as
+// LoadCredentialEncrypted= provides it); without the directory, or with a
+// name that leaves it, the daemon refuses to start and says why.
+func TestUnsealCredential(t *testing.T) {
+	sock, state, passFile := persistentSetup(t)
+	d := startPersistent(t, sock, state)
+	initStore(t, d, passFile)
+	d.stop()
+
+	creds := t.TempDir()
+	pass, err := os.ReadFile(passFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(creds, "unseal-passphrase"), pass, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, value, dir, want string }{
+		{"no directory", "credential:unseal-passphrase", "", "$CREDENTIALS_DIRECTORY is not set"},
+		{"escape", "credential:../unseal-passphrase", creds, "one path element"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(binary(t), "serve", "--socket", sock, "--state", state, "--kdf-max-memory", "65536",
+				"--insecure-master-kdf", "--unseal-passphrase-file", tc.value)
+			cmd.Env = append(os.Environ(), mainEnv+"=1", "CREDENTIALS_DIRECTORY="+tc.dir)
+			out, err := cmd.CombinedOutput()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), tc.want) {
+				t.Errorf("want exit 1 and %q: %v\n%s", tc.want, err, out)
+			}
+		})
+	}
+
+	t.Setenv("CREDENTIALS_DIRECTORY", creds)
+	d = startPersistent(t, sock, state, "--unseal-passphrase-file", "credential:unseal-passphrase")
+	c := d.client(t)
+	for i := 0; i < 500 && status(t, c).Seal.Sealed; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := status(t, c); st.Seal.Sealed {
+		t.Fatalf("still sealed with the credential:\n%s", d.log)
 	}
 }
