@@ -696,3 +696,40 @@ func TestUnsealCredential(t *testing.T) {
 		t.Fatalf("still sealed with the credential:\n%s", d.log)
 	}
 }
+
+// TestConfigFileOthersWrote: a config file that another user owns, or
+// that group or others may write, or that sits in a directory others may
+// write, is refused: its admin line would make its writer an
+// administrator.
+func TestConfigFileOthersWrote(t *testing.T) {
+	requireRoot(t)
+	dir := filepath.Join(t.TempDir(), "etc")
+	os.Mkdir(dir, 0o755)
+	conf := filepath.Join(dir, "keywarden.conf")
+	if err := os.WriteFile(conf, []byte("dev = true\nadmin = [65534]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := serveCheck(t, "--config", conf); r.code != 0 {
+		t.Fatalf("root's own 0644 file: %s", r)
+	}
+	os.Chmod(conf, 0o666)
+	if r := serveCheck(t, "--config", conf); r.code != 1 || !strings.Contains(r.stderr, "writable by group or others") {
+		t.Errorf("a 0666 config file: %s", r)
+	}
+	os.Chmod(conf, 0o644)
+	os.Chown(conf, 65534, 65534)
+	if r := serveCheck(t, "--config", conf); r.code != 1 || !strings.Contains(r.stderr, "belongs to uid 65534") {
+		t.Errorf("nobody's config file: %s", r)
+	}
+	os.Chown(conf, 0, 0)
+	os.Chmod(dir, 0o777)
+	if r := serveCheck(t, "--config", conf); r.code != 1 || !strings.Contains(r.stderr, "directory") {
+		t.Errorf("a config file in a directory everyone may write: %s", r)
+	}
+	// Through a symbolic link to such a directory too.
+	link := filepath.Join(t.TempDir(), "keywarden.conf")
+	os.Symlink(conf, link)
+	if r := serveCheck(t, "--config", link); r.code != 1 || !strings.Contains(r.stderr, "directory") {
+		t.Errorf("a link to a config file in a directory everyone may write: %s", r)
+	}
+}

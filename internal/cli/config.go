@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,6 +16,8 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
+
+	"github.com/keywarden/keywarden/internal/ownfile"
 )
 
 // DefaultConfigPath is where the shipped units point --config.
@@ -67,9 +71,9 @@ func (e *configError) Error() string {
 // that is not a serve flag, a table, and a value of the wrong form, naming
 // the key and its line.
 func applyConfigFile(f *flag.FlagSet, path string, set map[string]bool) error {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return err
 	}
 	var values map[string]any
 	if err := toml.Unmarshal(data, &values); err != nil {
@@ -106,6 +110,56 @@ func applyConfigFile(f *flag.FlagSet, path string, set map[string]bool) error {
 		if err := setFromTOML(f, fl, values[k]); err != nil {
 			return &configError{path: path, line: line, key: k, msg: err.Error()}
 		}
+	}
+	return nil
+}
+
+// readConfigFile reads the config file, refusing one that another user
+// could have written: its settings name the administrators and the files
+// the daemon trusts (an admin line of theirs would make them one). The
+// file, and the directory it is in, must belong to root or this user and
+// not be writable by group or others (a sticky directory such as /tmp
+// excepted: others cannot replace a file there).
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("config %s: not a regular file", path)
+	}
+	if err := trustedByOwner("config file", path, fi, false); err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	dir := filepath.Dir(real)
+	di, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := trustedByOwner("config file's directory", dir, di, true); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(io.LimitReader(f, 1<<20))
+}
+
+func trustedByOwner(what, path string, fi os.FileInfo, sticky bool) error {
+	uid := ownfile.Owner(fi)
+	if uid != 0 && int(uid) != os.Geteuid() {
+		return fmt.Errorf("%s %s belongs to uid %d, neither root nor this user (uid %d): another user could set the daemon's administrators; refusing it",
+			what, path, uid, os.Geteuid())
+	}
+	if m := fi.Mode(); m.Perm()&0o022 != 0 && !(sticky && m&os.ModeSticky != 0) {
+		return fmt.Errorf("%s %s is writable by group or others (mode %04o): they could set the daemon's administrators; chmod go-w %s",
+			what, path, m.Perm(), path)
 	}
 	return nil
 }
