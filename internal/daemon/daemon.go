@@ -132,6 +132,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	// A reload asked for during start-up waits until the daemon serves
+	// (SIGHUP would otherwise end it).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	// Outside systemd these find nothing and do nothing.
 	notifier, err := systemd.NewNotifier()
 	if err != nil {
@@ -383,9 +388,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if notifier != nil {
 		go notifyLoop(ctx, notifier, srv, cfg.Dev, log)
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 wait:
 	for {

@@ -39,6 +39,9 @@ func reload(cur *Config, srv *server.Server, log *slog.Logger) {
 		log.Error("reload failed: nothing changed", "err", err)
 		return
 	}
+	if cur.Settings == nil {
+		cur.Settings = map[string]string{}
+	}
 	var applied, restart []string
 	for name, v := range next.Settings {
 		if old, ok := cur.Settings[name]; ok && old == v {
