@@ -733,3 +733,47 @@ func TestConfigFileOthersWrote(t *testing.T) {
 		t.Errorf("a link to a config file in a directory everyone may write: %s", r)
 	}
 }
+
+// TestDaemonWithAmbientCapabilities: a daemon run as an ordinary user
+// with ambient capabilities (the shipped unit's AmbientCapabilities=)
+// keeps them, and its Argon2id workers, which drop theirs by executing
+// themselves again (internal/kdf, TestWorkerDropsCapabilities), still
+// serve: a password hash succeeds.
+func TestDaemonWithAmbientCapabilities(t *testing.T) {
+	requireRoot(t)
+	const capSyslog = 34
+	dir := filepath.Join(openDir(t), "run")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(dir, int(nobody.Uid), int(nobody.Gid))
+	sock := filepath.Join(dir, "kw.sock")
+	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1), uid: nobody.Uid}
+	d.cmd = exec.Command(binary(t), "serve", "--dev", "--socket", sock, "--socket-mode", "0666", "--log-level", "debug")
+	d.cmd.Env = append(os.Environ(), mainEnv+"=1")
+	d.cmd.Stderr = d.log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: nobody, AmbientCaps: []uintptr{capSyslog}}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(d.stop)
+	d.waitReady()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eff uint64
+	for _, l := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			fmt.Sscanf(strings.TrimSpace(v), "%x", &eff)
+		}
+	}
+	if eff&(1<<capSyslog) == 0 {
+		t.Fatalf("the daemon lost CAP_SYSLOG: CapEff %x", eff)
+	}
+	r := d.runCLI(t, nil, []byte("correct horse battery staple"), append([]string{"password", "hash", "--passphrase-file", "-"}, cheapKDF...)...)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "$argon2id$") {
+		t.Fatalf("password hash through a worker that dropped its capabilities: %s\n%s", r, d.log)
+	}
+}

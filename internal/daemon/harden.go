@@ -30,8 +30,6 @@ var errTraced = errors.New("refusing to run: this process is being traced (ptrac
 //   - PR_SET_DUMPABLE 0: no core dumps, and neither ptrace nor
 //     /proc/PID/mem for processes of the same uid, only for root;
 //   - RLIMIT_CORE 0, in case something makes it dumpable again;
-//   - an empty ambient capability set, so that capabilities given to the
-//     daemon are not passed on to the programs it starts;
 //   - mlockall, where the locked-memory limit allows locking everything,
 //     so that transient copies of secrets (buffers, stacks) never reach
 //     swap. MCL_ONFAULT locks pages as they are touched, not the runtime's
@@ -46,12 +44,6 @@ func harden(log *slog.Logger) (hardening, error) {
 	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
 		return h, fmt.Errorf("setrlimit(RLIMIT_CORE, 0): %w", err)
-	}
-	// Capabilities a service manager gave the daemon as ambient ones
-	// (AmbientCapabilities=) stay its own: cleared from the ambient set,
-	// they do not pass to the programs it starts (its Argon2id workers).
-	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && err != unix.EINVAL {
-		return h, fmt.Errorf("prctl(PR_CAP_AMBIENT_CLEAR_ALL): %w", err)
 	}
 	if secmem.CanLockAll() {
 		if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
