@@ -214,6 +214,14 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	}
 	if *checkConfig {
 		check = writeSettings(f.FlagSet, source)
+		resolved := func(v string) string {
+			if v == "" {
+				return "none"
+			}
+			return v
+		}
+		check += fmt.Sprintf("# resolved defaults: socket %s, state directory %s, audit log %s\n",
+			path, resolved(stateDir), resolved(alog))
 	}
 	return cfg, check, nil
 }
