@@ -40,7 +40,8 @@ gen: build
 # The binary, the manual pages, the completion scripts, the systemd units
 # (packaging/systemd/*.service and *.socket; user units in
 # packaging/systemd/user/), the configuration examples
-# (packaging/*.conf.example, into SYSCONFDIR/keywarden), and the
+# (packaging/NAME.conf.example, as SYSCONFDIR/keywarden/NAME.conf: the
+# units read keywarden.conf), and the
 # sysusers.d and tmpfiles.d entries of the keywarden account and its
 # directories. Units name the binary as /usr/bin/keywarden; it becomes
 # BINDIR's. Nothing is enabled or started.
@@ -66,7 +67,7 @@ install: gen
 	done
 	for f in packaging/*.conf.example; do \
 		[ -f "$$f" ] || continue; \
-		install -D -m 0644 "$$f" $(DESTDIR)$(SYSCONFDIR)/keywarden/$$(basename "$$f") || exit 1; \
+		install -D -m 0644 "$$f" $(DESTDIR)$(SYSCONFDIR)/keywarden/$$(basename "$$f" .example) || exit 1; \
 	done
 
 # bin/keywarden_VERSION_ARCH.deb: the Debian package (dpkg-deb; offline).

@@ -54,6 +54,12 @@ command -v softhsm2-util >/dev/null 2>&1 || missing="$missing softhsm2"
 if [ "$(uname -m)" = x86_64 ] && ! grep -qs '^CONFIG_VMGENID=y' /boot/config-*; then
 	missing="$missing linux-image-amd64"
 fi
+# Operations (e2e/ops_test.go): systemd-analyze verify and security on
+# the shipped units, systemd-socket-activate for socket activation, and
+# promtool to check the metrics endpoint's output.
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ]; then
 	log "installing$missing"
 	sudo=""

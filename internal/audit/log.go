@@ -88,6 +88,9 @@ type Options struct {
 	// checkpoints somewhere an attacker of the log cannot reach (a remote
 	// log) is what makes a cut tail detectable.
 	OnCheckpoint func(Checkpoint)
+	// OnSync, if set, is told how long each fsync of records took
+	// (metrics), from the goroutine that made it: keep it short.
+	OnSync func(time.Duration)
 	// Linux, if set, receives key-management records and self-test
 	// failures once they are written (see package linuxaudit).
 	Linux *linuxaudit.Sender
@@ -280,12 +283,14 @@ type Log struct {
 	ready   atomic.Pointer[Error] // nil: Ready returns nil
 	refused atomic.Uint64         // appends refused while failed
 	dirty   atomic.Bool           // written but not yet fsynced (SyncGrouped)
-	size    atomic.Int64          // mirror of off, for Status
-	kick    chan struct{}         // wakes the background goroutine to fsync
-	gather  chan struct{}         // tells a gathering writer its group is there
-	retryCh chan struct{}         // asks it to retry a failed log soon
-	done    chan struct{}
-	bg      sync.WaitGroup
+	// dirtySince is when dirty was last set (unix nanoseconds).
+	dirtySince atomic.Int64
+	size       atomic.Int64  // mirror of off, for Status
+	kick       chan struct{} // wakes the background goroutine to fsync
+	gather     chan struct{} // tells a gathering writer its group is there
+	retryCh    chan struct{} // asks it to retry a failed log soon
+	done       chan struct{}
+	bg         sync.WaitGroup
 }
 
 // Open opens the log at o.Path, creating it if needed. An existing log is
@@ -594,6 +599,9 @@ type Status struct {
 	// if none).
 	LastCheckpoint Checkpoint
 	Recoveries     int // times the log started writing again after a failure
+	// Lag is how long records written have waited for their fsync
+	// (SyncGrouped; 0 when every record written is durable).
+	Lag time.Duration
 }
 
 // Status returns the log's state.
@@ -603,6 +611,9 @@ func (l *Log) Status() Status {
 	s := Status{Path: l.opts.Path, Sync: l.opts.Sync, Healthy: l.failure == nil,
 		Seq: l.written.seq, FileBytes: l.size.Load(), Keyed: l.keys != nil,
 		LastCheckpoint: l.lastCP, Recoveries: l.recoveries}
+	if l.dirty.Load() {
+		s.Lag = max(0, time.Duration(time.Now().UnixNano()-l.dirtySince.Load()))
+	}
 	if l.keys != nil {
 		s.PublicKey = l.keys.pub
 	}

@@ -324,12 +324,13 @@ func (l *Log) writeBatch(b *batch, reserve bool) error {
 		return &Error{Op: "write", Err: err}
 	}
 	if l.opts.Sync == SyncAlways {
-		if err := retryEINTR(func() error { return unix.Fdatasync(l.fd) }); err != nil {
+		if err := l.timedSync(l.fd); err != nil {
 			unix.Ftruncate(l.fd, l.off)
 			l.reservedTo = l.off
 			return &Error{Op: "fsync", Err: err}
 		}
 	} else if !l.dirty.Swap(true) {
+		l.dirtySince.Store(time.Now().UnixNano())
 		// The first write since the last fsync arms it; later ones do not
 		// wake the background goroutine again (a wake-up per request costs
 		// more than the write).
@@ -641,6 +642,17 @@ func (l *Log) run() {
 	}
 }
 
+// timedSync is fdatasync of the records written, timed for OnSync.
+func (l *Log) timedSync(fd int) error {
+	if l.opts.OnSync == nil {
+		return retryEINTR(func() error { return unix.Fdatasync(fd) })
+	}
+	t := time.Now()
+	err := retryEINTR(func() error { return unix.Fdatasync(fd) })
+	l.opts.OnSync(time.Since(t))
+	return err
+}
+
 // syncNow fsyncs what was written since the last fsync (SyncGrouped).
 func (l *Log) syncNow() {
 	if !l.dirty.Swap(false) {
@@ -649,8 +661,7 @@ func (l *Log) syncNow() {
 	l.fmu.Lock()
 	var err error
 	if l.fd >= 0 {
-		fd := l.fd
-		err = retryEINTR(func() error { return unix.Fdatasync(fd) })
+		err = l.timedSync(l.fd)
 	}
 	l.fmu.Unlock()
 	if err != nil {

@@ -111,6 +111,7 @@ func init() {
 		{"audit verify", "[--public-key FILE] [--expect SEQ:HASH]... [--closed] [--json] FILE...", "check that the files of an audit log are intact (exit 1 if not)", runAuditVerify},
 		{"audit tail", "[-n N] [-f] [FILTERS] [--json] [--log PATH]", "print the last audit records, and with -f each new one", runAuditTail},
 		{"audit query", "[FILTERS] [--json] [--log PATH | FILE...]", "print the audit records that match the filters", runAuditQuery},
+		{"doctor", "[--config FILE] [--state DIR] [--socket PATH] [--json]", "check that this machine gives the daemon what it needs (exit 1 if a check fails)", runDoctor},
 		{"bench", "[--socket PATH] [--duration D] [--ops LIST] [--batch N] [--pipeline N] [--http | --ssh-agent | ...] [--json]", "measure operations in-process and through the daemon", runBench},
 		{"version", "[--json]", "print the version, the source commit and how it was built (also --version)", runVersion},
 		{"completion", "bash|zsh|fish", "print the shell's completion script (source <(keywarden completion bash))", runCompletion},

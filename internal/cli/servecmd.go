@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -19,12 +20,34 @@ import (
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/daemon"
 	"github.com/keywarden/keywarden/internal/genid"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/transit"
 )
 
 func runServe(e *env, args []string) error {
+	cfg, check, err := serveConfig(e, args)
+	if err != nil {
+		return err
+	}
+	if check != "" {
+		fmt.Fprint(e.stdout, check)
+		return nil
+	}
+	cfg.Reload = func() (daemon.Config, error) {
+		c, _, err := serveConfig(e, args)
+		return c, err
+	}
+	return daemon.Run(context.Background(), cfg)
+}
+
+// serveConfig makes the daemon's configuration from the command line and
+// the config file it names. With --check-config, check is the effective
+// configuration to print instead of serving.
+func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err error) {
 	f := newFlags("serve", e)
+	configPath := f.String("config", "", "read settings from this TOML `file` (e.g. "+DefaultConfigPath+"): its keys are these flags' names; flags given here win")
+	checkConfig := f.Bool("check-config", false, "check the command line and the config file, print the effective configuration, and exit")
 	dev := f.Bool("dev", false, "development mode: keys in memory only, under an ephemeral master key, lost when the daemon stops")
 	state := f.String("state", "", "the state `directory` holding the key store (default "+DefaultStateDir()+")")
 	unsealFile := f.String("unseal-passphrase-file", "", "unseal at start with the master passphrase in this `file` (mode 0600), for unattended starts")
@@ -89,52 +112,73 @@ func runServe(e *env, args []string) error {
 	// The Kubernetes KMS v2 plugin (docs/kubernetes.md).
 	kmsSocket := f.String("kms-v2", "", "serve the Kubernetes KMS v2 plugin service on a Unix socket at `PATH`")
 	kmsKey := f.String("kms-key", "", "the `name` of the AES-256-GCM key, owned by the API server's uid, that --kms-v2 encrypts with")
+	// (Flags of other subsystems go in one block here: the config file
+	// reads every flag by its name, so a new flag needs nothing more.)
+	// Operations: systemd, reload, metrics.
+	metricsAddr := f.String("metrics", "", "serve Prometheus metrics at `ADDR`: unix:PATH, or a loopback HOST:PORT such as 127.0.0.1:9613 (default: none)")
+
 	pos, err := f.parse(args)
 	if err != nil {
-		return err
+		return cfg, "", err
 	}
 	if err := want(pos, 0, ""); err != nil {
-		return err
+		return cfg, "", err
+	}
+	source := "command line only"
+	if *configPath != "" {
+		set := map[string]bool{}
+		f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+		if err := applyConfigFile(f.FlagSet, *configPath, set); err != nil {
+			return cfg, "", err
+		}
+		source = "file " + *configPath + ", with the command line's flags over it"
+	}
+	if *metricsAddr != "" {
+		if err := metrics.CheckAddr(*metricsAddr); err != nil {
+			return cfg, "", usagef("invalid --metrics %q: %v", *metricsAddr, err)
+		}
 	}
 	for _, p := range pkcs11Sockets {
 		if !filepath.IsAbs(p) {
-			return usagef("--pkcs11 %q: give an absolute path", p)
+			return cfg, "", usagef("--pkcs11 %q: give an absolute path", p)
 		}
 	}
 	for _, p := range agentSockets {
 		if !filepath.IsAbs(p) {
-			return usagef("--ssh-agent %q: give an absolute path", p)
+			return cfg, "", usagef("--ssh-agent %q: give an absolute path", p)
 		}
 	}
 	if *askpass != "" && !filepath.IsAbs(*askpass) {
-		return usagef("--ssh-askpass %q: give an absolute path", *askpass)
+		return cfg, "", usagef("--ssh-askpass %q: give an absolute path", *askpass)
 	}
 	for _, h := range httpListen {
 		switch {
 		case strings.HasPrefix(h, "unix:") && filepath.IsAbs(h[len("unix:"):]):
 		case strings.HasPrefix(h, "tcp:"):
 			if *httpCert == "" || *httpKey == "" || *httpCA == "" || *httpPrincipals == "" {
-				return usagef("--http %s needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: TCP is served only with mutual TLS", h)
+				return cfg, "", usagef("--http %s needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals: TCP is served only with mutual TLS", h)
 			}
 		default:
-			return usagef("--http %q: want unix:PATH (an absolute path) or tcp:ADDR", h)
+			return cfg, "", usagef("--http %q: want unix:PATH (an absolute path) or tcp:ADDR", h)
 		}
 	}
 	if (*kmsSocket == "") != (*kmsKey == "") {
-		return usagef("--kms-v2 PATH and --kms-key NAME go together")
+		return cfg, "", usagef("--kms-v2 PATH and --kms-key NAME go together")
 	}
 	if *kmsSocket != "" && !filepath.IsAbs(*kmsSocket) {
-		return usagef("--kms-v2 %q: give an absolute path", *kmsSocket)
+		return cfg, "", usagef("--kms-v2 %q: give an absolute path", *kmsSocket)
 	}
 	syncMode, err := audit.ParseSyncMode(*auditSync)
 	if err != nil {
-		return usagef("invalid --audit-sync %q: want grouped or always", *auditSync)
+		return cfg, "", usagef("invalid --audit-sync %q: want grouped or always", *auditSync)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		return usagef("unknown log level %q", *level)
+		return cfg, "", usagef("unknown log level %q", *level)
 	}
-	hopts := &slog.HandlerOptions{Level: lvl}
+	levelVar := new(slog.LevelVar)
+	levelVar.Set(lvl)
+	hopts := &slog.HandlerOptions{Level: levelVar}
 	var log *slog.Logger
 	switch *format {
 	case "text":
@@ -142,35 +186,35 @@ func runServe(e *env, args []string) error {
 	case "json":
 		log = slog.New(slog.NewJSONHandler(e.stderr, hopts))
 	default:
-		return usagef("unknown log format %q (want text or json)", *format)
+		return cfg, "", usagef("unknown log format %q (want text or json)", *format)
 	}
 	var sockMode fs.FileMode
 	if *mode != "" {
 		m, err := strconv.ParseUint(*mode, 8, 32)
 		if err != nil || m > 0o777 {
-			return usagef("invalid --socket-mode %q: want octal permission bits such as 0660", *mode)
+			return cfg, "", usagef("invalid --socket-mode %q: want octal permission bits such as 0660", *mode)
 		}
 		sockMode = fs.FileMode(m)
 	}
 	if lim.MaxMessageBytes != 0 && (lim.MaxMessageBytes < 64<<10 || lim.MaxMessageBytes > 1<<20) {
-		return usagef("--max-message-bytes must be between 65536 and 1048576")
+		return cfg, "", usagef("--max-message-bytes must be between 65536 and 1048576")
 	}
 	var locked int64
 	if *maxLocked != "" {
 		if locked, err = parseSize(*maxLocked); err != nil {
-			return usagef("invalid --max-locked-memory %q: %v", *maxLocked, err)
+			return cfg, "", usagef("invalid --max-locked-memory %q: %v", *maxLocked, err)
 		}
 	}
 	switch *backing {
 	case "", "memfd_secret", "mlock":
 	default:
-		return usagef("unknown --memory-backing %q (want memfd_secret or mlock)", *backing)
+		return cfg, "", usagef("unknown --memory-backing %q (want memfd_secret or mlock)", *backing)
 	}
 	if _, err := genid.NewSources(*genSources); err != nil {
-		return usagef("invalid --generation-sources: %v", err)
+		return cfg, "", usagef("invalid --generation-sources: %v", err)
 	}
 	if *budget != "" {
-		return usagef("--generation-budget-policy no longer exists: a generation change closes every key version for encryption, " +
+		return cfg, "", usagef("--generation-budget-policy no longer exists: a generation change closes every key version for encryption, " +
 			"and each key makes a new version at its next encryption (docs/genid.md, \"Nonce budgets\"); remove the flag")
 	}
 	path := f.socket
@@ -182,7 +226,7 @@ func runServe(e *env, args []string) error {
 	stateDir := *state
 	if *dev {
 		if stateDir != "" || *unsealFile != "" || *insecureKDF {
-			return usagef("--dev keeps keys in memory: it takes neither --state, --unseal-passphrase-file nor --insecure-master-kdf")
+			return cfg, "", usagef("--dev keeps keys in memory: it takes neither --state, --unseal-passphrase-file nor --insecure-master-kdf")
 		}
 	} else if stateDir == "" {
 		stateDir = DefaultStateDir()
@@ -197,7 +241,7 @@ func runServe(e *env, args []string) error {
 	default:
 		alog = filepath.Join(stateDir, "audit.log")
 	}
-	err = daemon.Run(context.Background(), daemon.Config{
+	cfg = daemon.Config{
 		AuditLog: alog, AuditSync: syncMode,
 		SocketPath: path, SocketMode: sockMode, Dev: *dev, Limits: lim, Logger: log, Version: Version,
 		StateDir: stateDir, UnsealPassphraseFile: *unsealFile, InsecureMasterKDF: *insecureKDF, Admins: admins,
@@ -207,8 +251,20 @@ func runServe(e *env, args []string) error {
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 		PKCS11Sockets: pkcs11Sockets,
 		HTTP:          httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
-	})
-	return err
+		LogLevel: levelVar, Settings: effectiveSettings(f.FlagSet), MetricsAddr: *metricsAddr,
+	}
+	if *checkConfig {
+		check = writeSettings(f.FlagSet, source)
+		resolved := func(v string) string {
+			if v == "" {
+				return "none"
+			}
+			return v
+		}
+		check += fmt.Sprintf("# resolved defaults: socket %s, state directory %s, audit log %s\n",
+			path, resolved(stateDir), resolved(alog))
+	}
+	return cfg, check, nil
 }
 
 // DefaultStateDir is where the daemon keeps its store unless --state says

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/linuxaudit"
@@ -23,13 +24,13 @@ type auditLog struct {
 
 // openAudit opens the audit log at path (docs/audit.md), after taking its
 // lock: two daemons writing one log would break its chain.
-func openAudit(path string, sync audit.SyncMode, version string, log *slog.Logger) (*auditLog, error) {
+func openAudit(path string, sync audit.SyncMode, version string, onSync func(time.Duration), log *slog.Logger) (*auditLog, error) {
 	lock, err := lockAuditLog(path)
 	if err != nil {
 		return nil, err
 	}
 	linux := linuxaudit.New(log)
-	l, err := audit.Open(audit.Options{Path: path, Sync: sync, Software: "keywarden " + version, Linux: linux, Logger: log})
+	l, err := audit.Open(audit.Options{Path: path, Sync: sync, Software: "keywarden " + version, Linux: linux, Logger: log, OnSync: onSync})
 	if err != nil {
 		linux.Close()
 		lock.Close()

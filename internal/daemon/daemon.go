@@ -24,6 +24,7 @@ import (
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/kmsv2"
 	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/p11front"
 	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -32,6 +33,7 @@ import (
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/systemd"
 	"github.com/keywarden/keywarden/internal/transit"
 	"github.com/keywarden/keywarden/internal/wire"
 	"github.com/keywarden/keywarden/internal/wrap"
@@ -133,6 +135,20 @@ type Config struct {
 	// mode, encrypting with the key named KMSKey of the connecting
 	// process's uid.
 	KMSV2, KMSKey string
+	// LogLevel, if set, is the level Logger's handler uses: a reload sets
+	// it.
+	LogLevel *slog.LevelVar
+	// Settings is the effective configuration as text, by serve flag name:
+	// a reload compares the new one with it.
+	Settings map[string]string
+	// Reload, if set, is called on SIGHUP: it reads the configuration
+	// again. The daemon applies the settings that changed and may change
+	// while it runs, and logs the others as needing a restart. Without
+	// Reload, SIGHUP is logged and ignored.
+	Reload func() (Config, error)
+	// MetricsAddr, if set, serves Prometheus metrics there: "unix:PATH"
+	// or a loopback "HOST:PORT" (see package metrics).
+	MetricsAddr string
 }
 
 // gcPercent is the daemon's garbage collection target (see runtime/debug).
@@ -143,6 +159,21 @@ func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	// A reload asked for during start-up waits until the daemon serves
+	// (SIGHUP would otherwise end it).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	// Outside systemd these find nothing and do nothing.
+	notifier, err := systemd.NewNotifier()
+	if err != nil {
+		log.Warn("cannot notify systemd", "err", err)
+	}
+	defer notifier.Close()
+	passed, err := takeSockets(&cfg, log)
+	if err != nil {
+		return err
 	}
 	if cfg.Dev {
 		log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
@@ -185,9 +216,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := prepareDir(filepath.Dir(cfg.SocketPath)); err != nil {
 		return err
 	}
+	var met *metrics.Metrics
+	var onSync func(time.Duration)
+	if cfg.MetricsAddr != "" {
+		met = metrics.New(server.OpNames())
+		onSync = met.Fsync
+	}
 	var alog *auditLog
 	if cfg.AuditLog != "" {
-		if alog, err = openAudit(cfg.AuditLog, cfg.AuditSync, cfg.Version, log); err != nil {
+		if alog, err = openAudit(cfg.AuditLog, cfg.AuditSync, cfg.Version, onSync, log); err != nil {
 			return err
 		}
 		defer alog.close(log)
@@ -273,7 +310,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
 	}
-	srv, err := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
+	var srvMetrics server.Metrics
+	if met != nil {
+		srvMetrics = met
+	}
+	srv, err := server.New(server.Config{Metrics: srvMetrics, Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
 		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
 		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus, SSHAgentSockets: cfg.SSHAgentSockets})
 	if err != nil {
@@ -303,7 +344,12 @@ func Run(ctx context.Context, cfg Config) error {
 			mode = 0o666
 		}
 	}
-	l, err := seqpacket.Listen(cfg.SocketPath, mode)
+	var l *seqpacket.Listener
+	if passed != nil && passed.main != nil {
+		l, err = seqpacket.FileListener(passed.main.FD, cfg.SocketPath)
+	} else {
+		l, err = seqpacket.Listen(cfg.SocketPath, mode)
+	}
 	if err != nil {
 		return err
 	}
@@ -328,7 +374,10 @@ func Run(ctx context.Context, cfg Config) error {
 				l.Close()
 				return err
 			}
-			al, err := sshagent.Listen(p, mode)
+			al, err := passed.agentListener(p)
+			if al == nil && err == nil {
+				al, err = sshagent.Listen(p, mode)
+			}
 			if err != nil {
 				agent.Close()
 				l.Close()
@@ -406,20 +455,47 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if met != nil {
+		ml, err := startMetrics(ctx, met, cfg, srv, arena, alog, kdfSup, gen, log)
+		if err != nil {
+			if agent != nil {
+				agent.Close()
+			}
+			l.Close()
+			return err
+		}
+		defer ml.Close()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
+	if err := notifier.Ready(statusLine(srv, cfg.Dev)); err != nil {
+		log.Warn("cannot notify systemd", "err", err)
+	}
+	if notifier != nil {
+		go notifyLoop(ctx, notifier, srv, cfg.Dev, log)
+	}
 
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
-	case err := <-served:
-		if !errors.Is(err, server.ErrServerClosed) {
-			log.Error("serving failed", "err", err)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+			break wait
+		case err := <-served:
+			if !errors.Is(err, server.ErrServerClosed) {
+				log.Error("serving failed", "err", err)
+			}
+			break wait
+		case <-hup:
+			notifier.Reloading()
+			reload(&cfg, srv, log)
+			notifier.Ready(statusLine(srv, cfg.Dev))
 		}
 	}
+	notifier.Stopping()
 	grace := cfg.ShutdownGrace
 	if grace <= 0 {
 		grace = 10 * time.Second
@@ -433,7 +509,9 @@ func Run(ctx context.Context, cfg Config) error {
 		// Its connections end, and the keys ssh-add gave it are destroyed.
 		agent.Close()
 		for _, p := range cfg.SSHAgentSockets {
-			os.Remove(p)
+			if passed == nil || passed.agents[p] == nil { // systemd's stay
+				os.Remove(p)
+			}
 		}
 	}
 	if p11 != nil {

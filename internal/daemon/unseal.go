@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/server"
@@ -23,7 +25,11 @@ func startSealed(ctx context.Context, srv *server.Server, cfg Config, log *slog.
 		log.Warn("sealed: run \"keywarden unseal\"; until then key operations are refused", "state", cfg.StateDir)
 		return nil
 	}
-	pass, err := readSecretFile(cfg.UnsealPassphraseFile)
+	path, err := credentialPath(cfg.UnsealPassphraseFile, os.Getenv("CREDENTIALS_DIRECTORY"))
+	if err != nil {
+		return err
+	}
+	pass, err := readSecretFile(path)
 	if err != nil {
 		return err
 	}
@@ -39,6 +45,28 @@ func startSealed(ctx context.Context, srv *server.Server, cfg Config, log *slog.
 	}
 	log.Info("unsealed with the passphrase file", "file", cfg.UnsealPassphraseFile)
 	return nil
+}
+
+// credentialPrefix names a systemd credential instead of a file
+// (--unseal-passphrase-file credential:NAME): the file NAME in
+// $CREDENTIALS_DIRECTORY, which systemd fills from LoadCredential= or
+// LoadCredentialEncrypted= for the service alone, on a file system that
+// is never swapped out.
+const credentialPrefix = "credential:"
+
+// credentialPath resolves a --unseal-passphrase-file value.
+func credentialPath(v, dir string) (string, error) {
+	name, ok := strings.CutPrefix(v, credentialPrefix)
+	if !ok {
+		return v, nil
+	}
+	if name == "" || strings.ContainsAny(name, "/\x00") || name == "." || name == ".." {
+		return "", fmt.Errorf("--unseal-passphrase-file %s: a credential's name is one path element", v)
+	}
+	if dir == "" {
+		return "", fmt.Errorf("--unseal-passphrase-file %s: $CREDENTIALS_DIRECTORY is not set: give the unit LoadCredentialEncrypted=%s:FILE (docs/operations.md, \"Unattended unseal\")", v, name)
+	}
+	return filepath.Join(dir, name), nil
 }
 
 // readSecretFile reads a passphrase file, refusing one that others may

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -59,6 +60,7 @@ func WorkerMain() int {
 // A crash prints no goroutine stacks (their argument words could hold
 // bytes of the passphrase).
 func hardenWorker() {
+	dropCapabilities()
 	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{})
 	if f, err := os.OpenFile("/proc/self/oom_score_adj", os.O_WRONLY, 0); err == nil {
@@ -66,6 +68,48 @@ func hardenWorker() {
 		f.Close()
 	}
 	debug.SetTraceback("none")
+}
+
+// dropCapabilities ends a worker's capabilities. A daemon run as an
+// ordinary user with capabilities from its service manager
+// (AmbientCapabilities=: CAP_SYS_PTRACE, CAP_SYSLOG, CAP_AUDIT_WRITE in the
+// shipped unit) passes them, as ambient capabilities, to the programs it
+// starts; a worker needs none. Capabilities belong to each thread and the
+// runtime's threads are already running, so the worker clears the
+// ambient set of one thread and executes itself again from it: the new
+// image starts with no capabilities at all. A worker of root keeps root's
+// (executing again would give them back); so does one whose exec fails,
+// which then runs as before.
+func dropCapabilities() {
+	if os.Geteuid() == 0 || !holdsCapabilities() {
+		return
+	}
+	runtime.LockOSThread()
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		runtime.UnlockOSThread()
+		return
+	}
+	unix.Exec("/proc/self/exe", os.Args, os.Environ())
+	runtime.UnlockOSThread()
+}
+
+// holdsCapabilities reports whether this process has any permitted or
+// ambient capability.
+func holdsCapabilities() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "CapPrm" && k != "CapAmb") {
+			continue
+		}
+		if n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && n != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // frameWriter writes whole frames, one write each, under one lock: the

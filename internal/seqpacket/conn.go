@@ -85,6 +85,24 @@ func (c *Conn) Close() error {
 	}
 }
 
+// closeKeepSocket is Close without shutdown(2): the descriptor is closed
+// once no call uses it, and a socket that other processes share (a
+// listening socket passed by systemd) stays usable for them.
+func (c *Conn) closeKeepSocket() {
+	for {
+		s := c.state.Load()
+		if s&closedBit != 0 {
+			return
+		}
+		if c.state.CompareAndSwap(s, s|closedBit) {
+			if s == 0 {
+				unix.Close(c.fd)
+			}
+			return
+		}
+	}
+}
+
 // Shutdown stops further sends and receives and wakes blocked callers, but
 // keeps the descriptor until Close.
 func (c *Conn) Shutdown() {

@@ -21,6 +21,8 @@ type Listener struct {
 	lockFD int
 	closed atomic.Bool
 	conn   *Conn // refcounting for fd, shared with Accept
+	// inherited: the socket was passed to the process (FileListener).
+	inherited bool
 }
 
 // ErrInUse is returned by Listen when another live process serves the
@@ -159,9 +161,42 @@ func (l *Listener) Close() error {
 	if l.closed.Swap(true) {
 		return nil
 	}
+	if l.inherited {
+		// The socket stays with its maker, which queues connections for
+		// the next daemon it starts: shutdown(2) would break it for that
+		// one too. A connection of our own wakes a blocked Accept, which
+		// then sees closed and drops it.
+		if fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0); err == nil {
+			unix.Connect(fd, &unix.SockaddrUnix{Name: l.path})
+			unix.Close(fd)
+		}
+		l.conn.closeKeepSocket()
+		return nil
+	}
 	// Remove the name first, so no new client connects to a dying daemon.
 	err := os.Remove(l.path)
 	l.conn.Close() // shutdown wakes a blocked accept
 	unix.Close(l.lockFD)
 	return err
+}
+
+// FileListener serves fd, a listening SOCK_SEQPACKET socket made by
+// someone else (systemd's socket activation), bound at path. The socket
+// file belongs to its maker: Close neither removes it nor takes its lock.
+// SO_PASSCRED is set on fd; the caller should make sure it was set before
+// any client connected (the socket unit's PassCredentials=yes), since
+// messages sent before it carry no credentials and are refused.
+func FileListener(fd int, path string) (*Listener, error) {
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil {
+		return nil, opError("getsockopt SO_TYPE", err)
+	}
+	if typ != unix.SOCK_SEQPACKET {
+		return nil, fmt.Errorf("%s: the passed socket is not SOCK_SEQPACKET (type %d)", path, typ)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return nil, opError("setsockopt SO_PASSCRED", err)
+	}
+	unix.CloseOnExec(fd)
+	return &Listener{path: path, fd: fd, lockFD: -1, inherited: true, conn: newConn(fd)}, nil
 }

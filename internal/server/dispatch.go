@@ -93,9 +93,9 @@ func (ss *Session) dispatchRow(r *opRow, op *wire.Op, id Identity, a *arena, out
 func (s *Server) checkAccess(r *opRow, id Identity) error {
 	switch r.who {
 	case accessAdmin:
-		return s.roles.CheckAdmin(id.caller()).Err()
+		return s.roles.Load().CheckAdmin(id.caller()).Err()
 	case accessGenerationAdmin:
-		return s.roles.CheckBump(id.caller()).Err()
+		return s.roles.Load().CheckBump(id.caller()).Err()
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"time"
+
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -25,6 +27,28 @@ const replyHeader = 64
 // (see runsApart) holds a compute slot of its uid while it
 // does (peruid.go); otherwise the caller holds one for the whole request.
 func (ss *Session) execute(req *wire.Request, id Identity, a *arena, notes []auditNote, perOp bool) *wire.Reply {
+	m := ss.s.cfg.Metrics
+	if m == nil {
+		return ss.executeOps(req, id, a, notes, perOp)
+	}
+	m.Begin()
+	t := time.Now()
+	rep := ss.executeOps(req, id, a, notes, perOp)
+	d := time.Since(t)
+	first := len(opRows)
+	for i, res := range rep.Results {
+		op := opIndex(req.Ops[i])
+		if i == 0 {
+			first = op
+		}
+		m.Op(op, res.Status)
+	}
+	m.End(first, d)
+	return rep
+}
+
+// executeOps is execute without metrics.
+func (ss *Session) executeOps(req *wire.Request, id Identity, a *arena, notes []auditNote, perOp bool) *wire.Reply {
 	n := len(req.Ops)
 	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
 	// One allocation for all results rather than one per operation.

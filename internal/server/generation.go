@@ -139,7 +139,7 @@ func (ss *Session) generationResult(sources bool, id Identity) *wire.Result {
 // never acknowledges must not hold up an orchestrator that does not rely
 // on it (docs/genid.md, "Whose watchers count").
 func (s *Server) watcherScope(uid uint32) genid.Scope {
-	return func(w uint32) bool { return s.roles.CountsWatcher(uid, w) }
+	return func(w uint32) bool { return s.roles.Load().CountsWatcher(uid, w) }
 }
 
 // watcher returns the watcher an operation names: the caller's named

@@ -431,6 +431,8 @@ var opTable = map[protoreflect.Name]opSpec{
 // a session, for the audit.
 type opRow struct {
 	opSpec
+	// idx numbers the rows in the oneof's field order (OpNames).
+	idx                     int
 	field                   protoreflect.FieldDescriptor
 	handle, target, session protoreflect.FieldDescriptor
 }
@@ -462,7 +464,7 @@ func loadOpRows(table map[protoreflect.Name]opSpec) (map[reflect.Type]*opRow, er
 		op := &wire.Op{}
 		m := op.ProtoReflect()
 		m.Set(f, m.NewField(f))
-		row := &opRow{opSpec: spec, field: f}
+		row := &opRow{opSpec: spec, field: f, idx: i}
 		if md := f.Message(); md != nil {
 			fs := md.Fields()
 			if h := fs.ByName("handle"); h != nil && h.Kind() == protoreflect.Uint32Kind {
@@ -486,6 +488,24 @@ func loadOpRows(table map[protoreflect.Name]opSpec) (map[reflect.Type]*opRow, er
 		}
 	}
 	return rows, nil
+}
+
+// OpNames returns the operations' names, indexed as Metrics sees them;
+// index len(OpNames()) stands for an operation this daemon does not know.
+func OpNames() []string {
+	names := make([]string, len(opRows))
+	for _, r := range opRows {
+		names[r.idx] = r.name
+	}
+	return names
+}
+
+// opIndex returns op's index in OpNames, or len(OpNames()) if unknown.
+func opIndex(op *wire.Op) int {
+	if r := rowOf(op); r != nil {
+		return r.idx
+	}
+	return len(opRows)
 }
 
 // rowOf returns op's row, or nil for an operation this daemon does not

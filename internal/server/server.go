@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,6 +165,9 @@ type Config struct {
 	// StateDir is where the store lives ("" for memory), for Status and
 	// for the temporary file of a restore.
 	StateDir string
+	// Metrics, if set, is told of every request the core executes or
+	// refuses (package metrics).
+	Metrics Metrics
 	// Admins may run the master-key and store operations (init, unseal,
 	// seal, master rotation, backup, restore, trusting wrapping keys),
 	// besides root and the daemon's own uid.
@@ -205,9 +209,9 @@ type Server struct {
 	rewrapping atomic.Bool // a master-key rotation is re-wrapping records
 	connsN     atomic.Int32
 
-	roles     policy.Roles // who holds the privileged roles
-	accts     *accounts    // per-uid limits (peruid.go)
-	replyBufs sync.Pool    // wiped buffers for large replies (getReplyBuf)
+	roles     atomic.Pointer[policy.Roles] // who holds the privileged roles; SetRoles replaces them
+	accts     *accounts                    // per-uid limits (peruid.go)
+	replyBufs sync.Pool                    // wiped buffers for large replies (getReplyBuf)
 	limitMessages
 	refusing chan struct{} // a token per connection being refused (refuseConn)
 	reported chan struct{} // closed when reportLimits has returned
@@ -280,10 +284,9 @@ func New(cfg Config) (*Server, error) {
 		done:    make(chan struct{}),
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,
-		roles: policy.Roles{Self: uint32(os.Geteuid()), Admins: cfg.Admins,
-			GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers},
 	}
-	s.accts = newAccounts(&s.limits, s.roles.Admin, cfg.Now)
+	s.SetRoles(cfg.Admins, cfg.GenerationAdmins, cfg.GenerationWatchers)
+	s.accts = newAccounts(&s.limits, func(uid uint32) bool { return s.roles.Load().Admin(uid) }, cfg.Now)
 	s.limitMessages = newLimitMessages(&s.limits)
 	s.refusing = make(chan struct{}, maxRefusing)
 	if h, err := seqpacket.NewHangups(); err != nil {
@@ -306,6 +309,36 @@ func New(cfg Config) (*Server, error) {
 	go s.reportLimits()
 	return s, nil
 }
+
+// Metrics counts and times requests; its methods are called on the
+// request path, so they must be cheap (atomic counters) and never block.
+type Metrics interface {
+	// Begin: a request starts executing.
+	Begin()
+	// Op: one of its operations (index in OpNames) ended with st.
+	Op(op int, st wire.Status)
+	// End: the request, whose first operation is op, took d.
+	End(op int, d time.Duration)
+	// Refused: a request was refused before it executed.
+	Refused(st wire.Status)
+}
+
+// Connections returns how many connections are open.
+func (s *Server) Connections() int { return int(s.connsN.Load()) }
+
+// SetRoles replaces the administrators, generation administrators and
+// generation watchers (a configuration reload). Requests decided after it
+// returns use the new ones; a connection keeps the per-uid account it was
+// admitted with (an administrator's exemption from per-uid limits) until
+// it closes.
+func (s *Server) SetRoles(admins, genAdmins, genWatchers []uint32) {
+	s.roles.Store(&policy.Roles{Self: uint32(os.Geteuid()), Admins: slices.Clone(admins),
+		GenerationAdmins: slices.Clone(genAdmins), GenerationWatchers: slices.Clone(genWatchers)})
+}
+
+// KeyCounts returns how many persistent keys the store holds and how many
+// keys are live (ephemeral ones included).
+func (s *Server) KeyCounts() (persistent, live int) { return s.store.Counts() }
 
 // Limits returns the limits in force.
 func (s *Server) Limits() Limits { return s.limits }

@@ -564,6 +564,9 @@ func (ss *Session) withheld(reqID uint64, err error) {
 // records stay in the order requests were taken.
 func (ss *Session) refusalReply(caller *audit.Caller, reqID uint64, r rejection) *wire.Reply {
 	st, public := r.status, r.public
+	if m := ss.s.cfg.Metrics; m != nil {
+		m.Refused(st)
+	}
 	switch {
 	case r.limit:
 		ss.s.accts.refuse(ss.acct.uid, r.kind, r.public)

@@ -350,7 +350,7 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 	var o *keystore.Object
 	var err error
 	if sl.Trusted != nil && sl.MinVersion == nil && sl.TrimBelow == nil && sl.RotateAfterSeconds == nil && sl.RefuseWhenSpent == nil &&
-		sl.DeletionAllowed == nil && sl.AllowedPrograms == nil && sl.Ssh == nil && ss.s.roles.Admin(id.UID) {
+		sl.DeletionAllowed == nil && sl.AllowedPrograms == nil && sl.Ssh == nil && ss.s.roles.Load().Admin(id.UID) {
 		// Trust is the administrators' to give, whoever owns the key.
 		o, err = ss.object(sl.Handle)
 	} else {
@@ -372,7 +372,7 @@ func (ss *Session) opSetLifecycle(sl *wire.SetLifecycle, id Identity) (*wire.Res
 		before = o.Meta().Programs
 	}
 	if sl.Trusted != nil {
-		if err := ss.s.roles.CheckAdmin(id.caller()).Err(); err != nil {
+		if err := ss.s.roles.Load().CheckAdmin(id.caller()).Err(); err != nil {
 			return nil, err
 		}
 	}
