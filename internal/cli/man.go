@@ -176,8 +176,14 @@ func manPages() map[string]string {
 	manHeader(&b, "KEYWARDEN.CONF", "5", "keywarden.conf", "configuration of the keywarden daemon")
 	b.WriteString(".SH SYNOPSIS\n.I /etc/keywarden/keywarden.conf\n")
 	b.WriteString(".SH DESCRIPTION\n" + roff("The configuration file holds the settings of \"keywarden serve\" (keywarden-serve(8)). "+
+		"It is TOML: one \"key = value\" per line, strings quoted (durations and sizes too, such as \"30s\" and \"64M\"), "+
+		"numbers and true or false bare, and # comments; it has no tables. "+
 		"Each key is the name of a serve flag without its dashes, and takes the value the flag takes; "+
-		"a flag that may be repeated takes a list. A flag on the command line overrides the file, and an unknown key is an error. "+
+		"a flag that may be repeated takes an array, such as admin = [1000, 1001]. A flag on the command line overrides the file. "+
+		"An unknown key, a table or a value of the wrong form is an error that names the file, the line and the key. "+
+		"The file and its directory must belong to root or the daemon's user and not be writable by group or others. "+
+		"No file is read without --config. SIGHUP reads it again: log-level, admin, generation-admin and generation-watcher take effect at once, "+
+		"and the daemon logs every other changed key as needing a restart. "+
 		"\"keywarden serve --check-config\" checks the file and prints the settings in effect.") + "\n")
 	b.WriteString(".SH KEYS\n")
 	var keys []flagDoc
