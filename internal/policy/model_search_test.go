@@ -170,6 +170,8 @@ type mutant struct {
 	// leak: the violation looked for is a key's bytes known to the
 	// attacker (not only a broken rule on a material).
 	leak bool
+	// says, if set, is in the violation the search must find.
+	says string
 }
 
 // pretend gives k the provenance TrustedWrapping needs when the mutated
@@ -193,18 +195,30 @@ func withTrust(trusts func(Key) bool) rules {
 	return r
 }
 
+// copiesShedPrograms is today's rules without the copy rule's clause on
+// programs: a copy of material held by a restricted key need not be
+// restricted.
+func copiesShedPrograms() rules {
+	r := todaysRules
+	r.copy = func(n Key, held []Key) Decision {
+		n.Programs = onlyAllowed // so the clause never refuses
+		return CheckCopy(n, held)
+	}
+	return r
+}
+
 func mutants() []mutant {
 	return []mutant{
 		{"no copy rule", func() rules {
 			r := todaysRules
 			r.copy = func(Key, []Key) Decision { return allow }
 			return r
-		}, "encrypt-only and HMAC keys", false},
+		}, "encrypt-only and HMAC keys", false, ""},
 		{"one role per object, not per material", func() rules {
 			r := todaysRules
 			r.copy = checkNarrowing
 			return r
-		}, "public halves and trust", true},
+		}, "public halves and trust", true, ""},
 		{"unwrap keeps a bound blob's exportable", func() rules {
 			r := todaysRules
 			r.unwrap = func(c Caller, k Key, f WrapFormat, s *Sealed, req Template) (Template, Decision) {
@@ -215,17 +229,17 @@ func mutants() []mutant {
 				return t, d
 			}
 			return r
-		}, "exportable switched off", false},
+		}, "exportable switched off", false, ""},
 		{"a once-exportable key is trusted to wrap", func() rules {
 			return withTrust(func(k Key) bool {
 				return k.Prov.Origin == key.Generated && !k.Attrs.Exportable && k.Attrs.Usage&key.Data == 0 && !k.Attrs.Wrappable
 			})
-		}, "own wrapping and data keys", false},
+		}, "own wrapping and data keys", false, ""},
 		{"a derived key is trusted to wrap", func() rules {
 			return withTrust(func(k Key) bool {
 				return k.Prov.Origin == key.Derived && !k.Attrs.Exportable && k.Attrs.Usage&key.Data == 0 && !k.Attrs.Wrappable
 			})
-		}, "derivation", false},
+		}, "derivation", false, ""},
 		{"a wrapping key may be wrappable", func() rules {
 			r := todaysRules
 			r.template = func(t Template) (key.Usage, Decision) {
@@ -233,12 +247,24 @@ func mutants() []mutant {
 				return CheckTemplate(t)
 			}
 			return r
-		}, "", false},
+		}, "", false, ""},
 		{"keywarden's format under the wrapping key itself", func() rules {
 			r := todaysRules
 			r.domainSep = false
 			return r
-		}, "", false},
+		}, "", false, ""},
+		{"a copy of another user's restricted key need not be restricted", copiesShedPrograms,
+			"restricted keys", false, "only the allowed program may use"},
+		{"a copy of one's own restricted key need not be restricted", copiesShedPrograms,
+			"own restricted keys", false, "programs that may use material"},
+		{"anyone granted derive derives from a restricted key", func() rules {
+			r := todaysRules
+			r.derive = func(c Caller, p Key, t Template) (key.Usage, Decision) {
+				p.Programs = nil // the child still inherits them (apply)
+				return CheckDerive(c, p, t)
+			}
+			return r
+		}, "restricted keys", false, "only the allowed program may use"},
 	}
 }
 
@@ -269,6 +295,9 @@ func TestModelRulesAreNeeded(t *testing.T) {
 			trace, n := search(sc.build(t), &sc.d, &r, modelDepth(), m.leak)
 			if trace == nil {
 				t.Fatalf("%s: nothing found in %d states without the rule", sc.name, n)
+			}
+			if !strings.Contains(trace[len(trace)-1], m.says) {
+				t.Errorf("found a different attack than expected (%q):\n  %s", m.says, strings.Join(trace, "\n  "))
 			}
 			t.Logf("%s, %d states:\n  %s", sc.name, n, strings.Join(trace, "\n  "))
 		})

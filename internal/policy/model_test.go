@@ -6,7 +6,10 @@ package policy
 // (the same functions the daemon calls, composed as the daemon composes
 // them). In no reachable state may the attacker know the bytes of a key
 // that was never exportable, nor may the objects of one key's material
-// together allow more than they did (usage, exportable, wrappable, type).
+// together allow more than they did (usage, exportable, wrappable, type,
+// and the programs that may use them), nor may the attacker's program use
+// the material of a key restricted to another program, or a key derived
+// from one.
 //
 // The model is symbolic (Dolev-Yao): key material is a name, not bytes.
 // The attacker knows a material if it imported it, exported it, derived it
@@ -21,6 +24,20 @@ package policy
 // previous release (oldRules, KWW1 under the wrapping key itself), the
 // search finds the attacks that were reported; with each of today's rules
 // switched off in turn, it finds what that rule prevents.
+//
+// Programs (CheckProgram): a key object either lists one program, the
+// allowed one, or none (any program may use it). The attacker's code runs
+// in a program of its own, which is never on a list. Its uid also runs the
+// allowed program, and the search lets that program make any call too (an
+// over-approximation: a tool the attacker can drive only in part): what
+// must hold is that the attacker's own program never gets to use the
+// material of another user's restricted key, whatever both programs do.
+// A list naming the attacker's own program is not modelled: the rules
+// look only at whether a key has a list (the copy rule, derivation), and
+// for the attacker's program such a key is one it may use, as one with no
+// list is. The attacker sets or lifts the list of its own keys (the
+// owner's right, from any program); the daemon makes no key with a list
+// but a derived one, which inherits its parent's.
 
 import (
 	"bytes"
@@ -87,6 +104,15 @@ const (
 	mkECDH                       // ECDH of parent with the attacker's peer key
 )
 
+// The programs of the model: the attacker's, which no key lists, and the
+// one some keys are restricted to.
+var (
+	allowedProgram = key.Program{Path: "/usr/libexec/allowed"}
+	onlyAllowed    = []key.Program{allowedProgram}
+	attackerProc   = Process{Exe: "/usr/bin/attacker"}
+	allowedProc    = Process{Exe: allowedProgram.Path}
+)
+
 type material struct {
 	shape  shape
 	kind   mkind
@@ -95,6 +121,10 @@ type material struct {
 	// secret: made in the daemon and never held by an exportable object.
 	secret bool
 	known  bool
+	// confined: only the allowed program may use it, never the attacker's:
+	// the material of another user's key restricted to that program, and
+	// what HKDF makes of such material.
+	confined bool
 }
 
 // obj is one key object.
@@ -112,6 +142,9 @@ type obj struct {
 	visible bool
 	// pub: the object holds only the public half of an asymmetric key.
 	pub bool
+	// restricted: only the allowed program may use the object (its
+	// Programs list it); otherwise any program may.
+	restricted bool
 }
 
 func (o *obj) class() key.Class {
@@ -126,7 +159,11 @@ func (o *obj) key() Key {
 	if o.visible {
 		i |= 1<<9 | int(o.grant)<<10
 	}
-	return Key{Owner: o.owner, Spec: o.spec, Class: o.class(), Attrs: attrsTable()[i], Prov: o.prov}
+	k := Key{Owner: o.owner, Spec: o.spec, Class: o.class(), Attrs: attrsTable()[i], Prov: o.prov}
+	if o.restricted {
+		k.Programs = onlyAllowed
+	}
+	return k
 }
 
 // attrsTable holds every attribute set the model's objects can have,
@@ -182,7 +219,7 @@ func (s *state) clone() *state {
 // chooses nothing by), materials and blobs as they are.
 func (s *state) encode(b []byte) []byte {
 	for _, m := range s.mats {
-		b = append(b, byte(m.shape), byte(m.kind), byte(m.parent), m.param, boolByte(m.secret)|boolByte(m.known)<<1)
+		b = append(b, byte(m.shape), byte(m.kind), byte(m.parent), m.param, boolByte(m.secret)|boolByte(m.known)<<1|boolByte(m.confined)<<2)
 	}
 	b = append(b, 0xff)
 	start := len(b)
@@ -213,7 +250,7 @@ func (o *obj) encode(b []byte) []byte {
 	p := o.prov
 	return append(b, byte(o.mat), specByte(o.spec), byte(o.owner>>8), byte(o.usage),
 		boolByte(o.exp)|boolByte(o.wrp)<<1|boolByte(o.visible)<<2, byte(p.Origin),
-		boolByte(p.NeverExportable)|boolByte(p.Trusted)<<1|boolByte(p.WrappedOut)<<2, byte(o.grant), boolByte(o.pub), 0)
+		boolByte(p.NeverExportable)|boolByte(p.Trusted)<<1|boolByte(p.WrappedOut)<<2, byte(o.grant), boolByte(o.pub), boolByte(o.restricted))
 }
 
 func boolByte(v bool) byte {
@@ -308,9 +345,22 @@ type action struct {
 	mat    int8
 	change Change
 	pub    bool
+	// allowed: the call comes from the allowed program, not from the
+	// attacker's own.
+	allowed bool
+	// restrict: with op "programs", the key's list is set to the allowed
+	// program; without, lifted.
+	restrict bool
 }
 
 func (a action) String() string {
+	if a.allowed {
+		return a.describe() + " (from the allowed program)"
+	}
+	return a.describe()
+}
+
+func (a action) describe() string {
 	switch a.op {
 	case "generate", "import":
 		half := ""
@@ -335,8 +385,35 @@ func (a action) String() string {
 		return fmt.Sprintf("derive from #%d (param %d) %s usage=%s exportable=%t wrappable=%t", a.h, a.param, a.spec.Name, a.usage, a.exp, a.wrp)
 	case "set":
 		return fmt.Sprintf("set attributes of #%d: %s", a.h, changeString(a.change))
+	case "programs":
+		if a.restrict {
+			return fmt.Sprintf("restrict #%d to the allowed program", a.h)
+		}
+		return fmt.Sprintf("lift the program list of #%d: any program may use it", a.h)
 	}
 	return a.op
+}
+
+// process returns the program a is sent from.
+func (a action) process() Process {
+	if a.allowed {
+		return allowedProc
+	}
+	return attackerProc
+}
+
+// uses returns the objects whose use a's program must be allowed
+// (CheckProgram): those the daemon checks with the program, as the key
+// used (encrypt, decrypt, derive, unwrap), exported or wrapped (both the
+// wrapping key and the key wrapped). Managing a key is not a use.
+func (a action) uses() (int, int) {
+	switch a.op {
+	case "export", "decrypt", "encrypt", "derive", "unwrap":
+		return a.h, a.h
+	case "wrap":
+		return a.h, a.h2
+	}
+	return -1, -1
 }
 
 func specName(s *key.Spec) string {
@@ -369,6 +446,10 @@ type domain struct {
 	// shows them that CheckTrust accepts and whose bytes are in truth
 	// known to no one outside (an honest administrator).
 	trust bool
+	// programs: the attacker sets and lifts the program lists of its own
+	// keys, and every call that uses a restricted key may also come from
+	// the allowed program.
+	programs bool
 }
 
 type tmpl struct {
@@ -495,6 +576,18 @@ func (d *domain) actions(as []action, s *state) []action {
 				}
 			}
 		}
+		if d.programs && o.owner == attackerUID {
+			as = append(as, action{op: "programs", h: i, restrict: !o.restricted})
+		}
+	}
+	if d.programs {
+		// The program matters only to a call that uses a restricted key.
+		for _, a := range as[:len(as):len(as)] {
+			if h, h2 := a.uses(); h >= 0 && (s.objs[h].restricted || s.objs[h2].restricted) {
+				a.allowed = true
+				as = append(as, a)
+			}
+		}
 	}
 	return as
 }
@@ -503,6 +596,9 @@ func (d *domain) actions(as []action, s *state) []action {
 // daemon refuses the call (or it changes nothing). Decisions are taken on
 // s; the state is copied only for a call that goes through.
 func apply(s *state, a action, r *rules) *state {
+	if !programAllows(s, a) {
+		return nil
+	}
 	var n *state
 	switch a.op {
 	case "attacker-material":
@@ -624,14 +720,34 @@ func apply(s *state, a action, r *rules) *state {
 			return nil
 		}
 		pm := s.mats[p.mat]
-		m := material{shape: shSym32, kind: mkHKDF, parent: p.mat, param: a.param, secret: pm.secret && !a.exp, known: pm.known}
+		m := material{shape: shSym32, kind: mkHKDF, parent: p.mat, param: a.param, secret: pm.secret && !a.exp, known: pm.known,
+			confined: pm.confined}
 		if p.spec.Family == key.FamilyX25519 {
 			// The peer is the attacker's: it knows the shared secret.
 			m = material{shape: shSym32, kind: mkECDH, parent: p.mat, param: a.param, known: true}
 		}
 		mi, ns := s.withMat(m)
+		// The child inherits its parent's programs (as the daemon's derive
+		// does).
 		n = ns.add(r, obj{mat: mi, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
-			prov: Provenance{Origin: key.Derived, NeverExportable: !a.exp}})
+			prov: Provenance{Origin: key.Derived, NeverExportable: !a.exp}, restricted: p.restricted})
+	case "programs":
+		o := &s.objs[a.h]
+		if o.restricted == a.restrict || !Authorize(attacker, o.key(), Manage, 0).Allowed() {
+			return nil
+		}
+		if a.restrict {
+			// The store refuses a list that would restrict nothing:
+			// another key of the owner's holds the material, and any
+			// program may use that one.
+			for j, x := range s.objs {
+				if j != a.h && x.mat == o.mat && x.owner == o.owner && !x.restricted && !x.pub {
+					return nil
+				}
+			}
+		}
+		n = s.clone()
+		n.objs[a.h].restricted = a.restrict
 	default:
 		panic(a.op)
 	}
@@ -640,6 +756,21 @@ func apply(s *state, a action, r *rules) *state {
 	}
 	n.learn()
 	return n
+}
+
+// programAllows reports whether the program a comes from may use the keys
+// a uses: the daemon's CheckProgram, after its other checks.
+func programAllows(s *state, a action) bool {
+	h, h2 := a.uses()
+	if h < 0 {
+		return true
+	}
+	for _, i := range [2]int{h, h2} {
+		if o := &s.objs[i]; o.restricted && !CheckProgram(o.key(), "k", a.process()).Allowed() {
+			return false
+		}
+	}
+	return true
 }
 
 // withMat returns the index of material m in s, and s, or, when s has no
@@ -701,9 +832,9 @@ func applyUnwrap(s *state, a action, r *rules) *state {
 		prov: Provenance{Origin: key.Unwrapped, NeverExportable: !t.Exportable}})
 }
 
-// violation returns what is wrong in s, reached from prev, or "". With
-// secrecyOnly it looks only for a key that was never exportable and whose
-// bytes the attacker knows.
+// violation returns what is wrong in s, reached from prev by a, or "".
+// With secrecyOnly it looks only for a key that was never exportable and
+// whose bytes the attacker knows.
 func violation(prev, s *state, a action, secrecyOnly bool) string {
 	for i, m := range s.mats {
 		if m.secret && m.known {
@@ -712,6 +843,27 @@ func violation(prev, s *state, a action, secrecyOnly bool) string {
 	}
 	if secrecyOnly {
 		return ""
+	}
+	for i, m := range s.mats {
+		if !m.confined {
+			continue
+		}
+		if m.known {
+			return fmt.Sprintf("the attacker knows material %d, which only the allowed program may use", i)
+		}
+		// A key of it the attacker's program may use: one the attacker
+		// holds some usage of, with no list (or one it may lift: it is
+		// then the attacker's, and found when lifted). A public half hides
+		// nothing.
+		for j := range s.objs {
+			o := &s.objs[j]
+			if o.mat != int8(i) || o.pub || !CheckProgram(o.key(), "k", attackerProc).Allowed() {
+				continue
+			}
+			if u, _ := Granted(attacker, o.key()); u != 0 {
+				return fmt.Sprintf("the attacker's program may use #%d (%s), of material %d, which only the allowed program may use", j, u, i)
+			}
+		}
 	}
 	if a.op == "unwrap" && len(s.objs) > len(prev.objs) && s.objs[len(s.objs)-1].exp {
 		return "an unwrapped key is exportable"
@@ -738,6 +890,11 @@ func violation(prev, s *state, a action, secrecyOnly bool) string {
 			return fmt.Sprintf("what the objects of material %d allow grew: usage %s exportable %t wrappable %t, was %s %t %t",
 				i, now.usage, now.exp, now.wrp, was.usage, was.exp, was.wrp)
 		}
+		// Lifting a key's list is its owner's right; a copy that sheds it
+		// is not.
+		if was.keys > 0 && !was.anyProgram && now.anyProgram && (a.op != "programs" || s.objs[a.h].mat != int8(i)) {
+			return fmt.Sprintf("the programs that may use material %d grew: any program may, only the allowed one did", i)
+		}
 	}
 	return ""
 }
@@ -747,6 +904,10 @@ type matUnion struct {
 	usage    key.Usage
 	exp, wrp bool
 	types    map[*key.Spec]bool
+	// keys counts the objects that are not public halves (which anyone
+	// may use outside the daemon); anyProgram: any program may use one.
+	keys       int
+	anyProgram bool
 }
 
 func union(s *state, m int8) matUnion {
@@ -758,6 +919,10 @@ func union(s *state, m int8) matUnion {
 			u.exp = u.exp || o.exp
 			u.wrp = u.wrp || o.wrp
 			u.types[o.spec] = true
+			if !o.pub {
+				u.keys++
+				u.anyProgram = u.anyProgram || !o.restricted
+			}
 		}
 	}
 	return u
@@ -847,6 +1012,21 @@ func (w *world) wrapped(t *testing.T, kek, i int, f uint8) {
 	}
 	w.s.blobs = append(w.s.blobs, b)
 	o.prov.WrappedOut = true
+}
+
+// restrict restricts key i to the allowed program, as its owner did
+// (checked against today's rules); another user's key's material is then
+// confined to that program.
+func (w *world) restrict(t *testing.T, i int) {
+	t.Helper()
+	if d := CheckPrograms(onlyAllowed); !d.Allowed() {
+		t.Fatalf("starting program list: %s", d.Reason)
+	}
+	o := &w.s.objs[i]
+	o.restricted = true
+	if o.owner != attackerUID {
+		w.s.mats[o.mat].confined = true
+	}
 }
 
 var (
@@ -969,6 +1149,45 @@ func scenarios() []scenario {
 				return w.s
 			},
 			d: domain{templates: []tmpl{aesEnc, aesData, aesKEK}, derive: true},
+		},
+		{
+			// Another user's keys restricted to a program the attacker's
+			// is not, granted to the attacker: a data key, with blobs
+			// (made before the restriction, or by the allowed program
+			// since) under a wrapping key shared for unwrap, and a key to
+			// derive from. The attacker's uid runs the allowed program
+			// too, and restricts and lifts keys of its own.
+			name: "restricted keys",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, victimUID, mAES, key.Wrap|key.Unwrap, false, false, key.Unwrap)
+				data := w.key(t, victimUID, mAES, key.Encrypt|key.Decrypt, false, true, key.Decrypt)
+				w.wrapped(t, kek, data, fKWW)
+				w.wrapped(t, kek, data, fKWP)
+				drv := w.key(t, victimUID, mHMAC, key.Derive, false, false, key.Derive)
+				w.restrict(t, data)
+				w.restrict(t, drv)
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesDec, aesData, aesKEK}, derive: true, programs: true},
+		},
+		{
+			// The attacker's own keys restricted to the allowed program: a
+			// data key with a blob under its wrapping key, and a key to
+			// derive from. It may lift their lists (its right as their
+			// owner); no copy may shed one.
+			name: "own restricted keys",
+			build: func(t *testing.T) *state {
+				w := newWorld()
+				kek := w.key(t, attackerUID, mAES, key.Wrap|key.Unwrap, false, false, 0)
+				data := w.key(t, attackerUID, mAES, key.Encrypt|key.Decrypt, false, true, 0)
+				w.wrapped(t, kek, data, fKWW)
+				drv := w.key(t, attackerUID, mHMAC, key.Derive, false, false, 0)
+				w.restrict(t, data)
+				w.restrict(t, drv)
+				return w.s
+			},
+			d: domain{templates: []tmpl{aesDec}, derive: true, programs: true},
 		},
 	}
 }
