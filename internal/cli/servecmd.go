@@ -20,6 +20,7 @@ import (
 	"github.com/keywarden/keywarden/internal/daemon"
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/store"
 )
 
 func runServe(e *env, args []string) error {
@@ -72,12 +73,42 @@ func runServe(e *env, args []string) error {
 	var agentSockets stringList
 	f.Var(&agentSockets, "ssh-agent", "serve the OpenSSH agent protocol on a Unix socket at `PATH` (repeatable; \"keywarden ssh-agent\" prints it for SSH_AUTH_SOCK)")
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
+	// The key store's backend (docs/cluster.md).
+	storeKind := f.String("store", "bolt", "where the key store lives: bolt (one file in the state directory) or etcd (a cluster that several daemons share)")
+	etcdEndpoints := f.String("etcd-endpoints", "", "with --store etcd: the cluster's client `URLs`, comma-separated (https://a:2379,https://b:2379)")
+	etcdPrefix := f.String("etcd-prefix", "/keywarden/", "with --store etcd: the etcd key `prefix` of the store")
+	etcdCert := f.String("etcd-cert", "", "with --store etcd: the client certificate `file` (PEM)")
+	etcdKey := f.String("etcd-key", "", "with --store etcd: the client certificate's key `file` (PEM)")
+	etcdCA := f.String("etcd-ca", "", "with --store etcd: the CA certificate `file` (PEM) that signed the members' certificates")
+	etcdTimeout := f.Duration("etcd-timeout", 5*time.Second, "with --store etcd: how long one request to the cluster may take before it fails as UNAVAILABLE")
+	etcdMaxOps := f.Int("etcd-max-txn-ops", 0, "with --store etcd: the cluster's --max-txn-ops (default 128, etcd's)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
 		return err
+	}
+	var etcdCfg *store.EtcdConfig
+	switch *storeKind {
+	case "bolt":
+		if *etcdEndpoints != "" || *etcdCert != "" || *etcdKey != "" || *etcdCA != "" {
+			return usagef("--etcd-* flags need --store etcd")
+		}
+	case "etcd":
+		if *dev {
+			return usagef("--dev keeps keys in memory: it takes no --store")
+		}
+		if *etcdEndpoints == "" {
+			return usagef("--store etcd needs --etcd-endpoints")
+		}
+		if !strings.HasSuffix(*etcdPrefix, "/") {
+			return usagef("--etcd-prefix %q: end it with /", *etcdPrefix)
+		}
+		etcdCfg = &store.EtcdConfig{Endpoints: strings.Split(*etcdEndpoints, ","), Prefix: *etcdPrefix,
+			CertFile: *etcdCert, KeyFile: *etcdKey, CAFile: *etcdCA, Timeout: *etcdTimeout, MaxTxnOps: *etcdMaxOps}
+	default:
+		return usagef("unknown --store %q (want bolt or etcd)", *storeKind)
 	}
 	for _, p := range agentSockets {
 		if !filepath.IsAbs(p) {
@@ -166,6 +197,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
+		Etcd: etcdCfg,
 	})
 	return err
 }

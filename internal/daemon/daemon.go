@@ -42,8 +42,12 @@ type Config struct {
 	// unsealed from the start.
 	Dev bool
 	// StateDir holds the key store (a bbolt file; created 0700). Required
-	// unless Dev.
+	// unless Dev. With Etcd, it holds what stays local (the audit log).
 	StateDir string
+	// Etcd, if set, keeps the key store in an etcd cluster that the
+	// daemons of several machines share (docs/cluster.md), not in
+	// StateDir.
+	Etcd *store.EtcdConfig
 	// UnsealPassphraseFile, if set, unseals the master key at start with
 	// the passphrase in this file (for unattended starts; the file must
 	// be readable by the daemon's user only).
@@ -230,14 +234,14 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := prepareStateDir(cfg.StateDir); err != nil {
 			return err
 		}
-		db, err := store.OpenBolt(cfg.StateDir, time.Second)
+		db, where, err := openStore(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
 		defer db.Close()
 		m, err := seal.Open(seal.Config{Store: db, KDF: kdfSup, Logger: log, InsecureKDF: cfg.InsecureMasterKDF})
 		if err != nil {
-			return fmt.Errorf("%s: %w", cfg.StateDir, err)
+			return fmt.Errorf("%s: %w", where, err)
 		}
 		if cfg.InsecureMasterKDF {
 			log.Warn("--insecure-master-kdf: master passphrases may be sealed with Argon2id costs below the floor; for tests only, never for keys that matter")
