@@ -12,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/internal/shamir"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
+	"google.golang.org/protobuf/proto"
 )
 
 // KeyLen is the master key's length.
@@ -159,6 +160,28 @@ func (m *Master) Reload() error {
 	m.recs++
 	m.dropShares()
 	m.lim.reset()
+	return nil
+}
+
+// Refresh re-reads the master record while the master key is sealed, and
+// takes it if it changed: a store that the daemons of several machines
+// share (docs/cluster.md) is initialized, or its master key rotated, by
+// one of them, and the others learn of it when they next unseal. A
+// record that did not change leaves everything as it was (shares held
+// toward an unseal are kept).
+func (m *Master) Refresh() error {
+	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now, InsecureKDF: m.insecureKDF})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys != nil || n.rec == nil || (m.rec != nil && proto.Equal(m.rec, n.rec)) {
+		return nil
+	}
+	m.rec = n.rec
+	m.recs++
+	m.dropShares()
 	return nil
 }
 
