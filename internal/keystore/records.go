@@ -219,6 +219,9 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	defer l.Release()
 	k := l.Keys()
 	if o.removed.Load() {
+		if err := o.Gone(); err != nil {
+			return err
+		}
 		return errDestroyed
 	}
 	if o.epoch != l.Epoch() {
@@ -232,6 +235,9 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 		plain = objectPlain(o)
 	}
 	err = s.write(k, func(k *seal.Keys, tx store.Tx) error {
+		if err := s.checkFresh(tx, o); err != nil {
+			return err
+		}
 		c := r.CloneVT() // Update may run fn more than once
 		return s.putRecord(tx, k, c, true, plain)
 	})
@@ -501,10 +507,14 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	var scan verifyScan
 	var hdr *persist.StoreHeader
 	var hacc persist.Acc
+	var rev int64 // the revision of a shared store checked
 	err := s.db.View(func(tx store.Tx) error {
 		var err error
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
+		}
+		if r, ok := tx.(store.Revisioned); ok {
+			rev = r.Revision()
 		}
 		scan, err = scanRecords(tx, k, hdr.Count)
 		return err
@@ -599,6 +609,12 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.count = int(count) - len(bad)
 		s.bad = bad
 		s.serving = k.Epoch()
+		s.stopFollow()
+		if sh, ok := s.db.(store.Shared); ok && rev != 0 {
+			// From the revision checked: the writes Verify made since
+			// are followed too, and must add up.
+			s.startFollow(sh, k.Epoch(), rev, hdr, hacc)
+		}
 	})
 }
 

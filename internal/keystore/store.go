@@ -60,6 +60,11 @@ type Store struct {
 	seen *recordTags
 	// epoch is the budget epoch (budget.go).
 	epoch budgetEpoch
+	// fol follows a shared store (follow.go) for the unsealed epoch; nil
+	// for a store of one daemon, or while sealed. staleBound is its
+	// bound (0: DefaultStaleBound).
+	fol        *follower
+	staleBound time.Duration
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -235,6 +240,7 @@ func (s *Store) Add(o *Object) error {
 	} else {
 		s.count++
 		o.refs = 1
+		o.gate = s.fol
 		s.loaded[o.ID] = o
 	}
 	return nil
@@ -334,6 +340,10 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	defer l.Release()
 	k := l.Keys()
 	s.mu.Lock()
+	if err := s.fol.check(); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
 	if o := s.loaded[id]; o != nil {
 		o.refs++
 		s.mu.Unlock()
@@ -368,6 +378,7 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		return cur, nil
 	}
 	o.refs = 1
+	o.gate = s.fol
 	s.loaded[id] = o
 	if used := s.used[id]; used != nil {
 		for _, v := range o.Versions() {
@@ -654,6 +665,7 @@ func (s *Store) seal(close bool, why error) error {
 		s.seen = nil
 		s.count = 0
 		s.serving = 0
+		s.stopFollow()
 	}, func() {
 		// Before the wait for the master key's users: no key is usable
 		// once the seal has begun.

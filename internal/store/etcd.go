@@ -52,6 +52,12 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// txnMu is held across each commit and the recording of its
+	// revision in own: a follower that takes it knows of every commit of
+	// this store up to the revisions it has seen.
+	txnMu sync.Mutex
+	own   map[int64]struct{} // revisions this store committed, not yet followed
+
 	// mu guards the fields below.
 	mu      sync.Mutex
 	pending []*boltCall
@@ -124,7 +130,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
 	}
-	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{})}
 	if e.timeout <= 0 {
 		e.timeout = 5 * time.Second
 	}
@@ -206,6 +212,9 @@ func (e *Etcd) commitLoop() {
 		e.commitGroup(group)
 	}
 }
+
+// maxOwn bounds the revisions remembered for a follower (Follow).
+const maxOwn = 1 << 16
 
 // maxTries bounds how often a transaction runs again after a conflict.
 const maxTries = 64
@@ -315,6 +324,8 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
 	defer cancel()
+	e.txnMu.Lock()
+	defer e.txnMu.Unlock()
 	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return e.wrapErr(err)
@@ -322,6 +333,10 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	if !resp.Succeeded {
 		return errConflict
 	}
+	if len(e.own) >= maxOwn {
+		clear(e.own) // no one follows: keep no more
+	}
+	e.own[resp.Header.Revision] = struct{}{}
 	return nil
 }
 
@@ -428,6 +443,10 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetRespon
 	}
 	return resp, nil
 }
+
+// Revision is the etcd revision of the snapshot the transaction read (0
+// before its first read).
+func (t *etcdTx) Revision() int64 { return t.rev }
 
 func (t *etcdTx) Get(bucket, key []byte) []byte {
 	k := t.e.BucketPrefix(bucket) + string(key)
