@@ -80,7 +80,9 @@ type follower struct {
 	acc      persist.Acc
 	count    uint64
 
-	confirmed atomic.Int64 // unix nanoseconds of the last confirmation
+	storeID   []byte
+	hw        atomic.Uint64 // the highest header epoch verified
+	confirmed atomic.Int64  // unix nanoseconds of the last confirmation
 	rev0      atomic.Int64 // the last revision confirmed (status)
 	stale     atomic.Bool
 	failed    atomic.Pointer[error]
@@ -146,7 +148,8 @@ func (s *Store) startFollow(db store.Shared, epoch uint64, rev int64, h *persist
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &follower{s: s, db: db, epoch: epoch, bound: bound, cancel: cancel, done: make(chan struct{}),
-		rev: rev, hdrEpoch: h.Epoch, acc: acc, count: h.Count}
+		rev: rev, hdrEpoch: h.Epoch, acc: acc, count: h.Count, storeID: h.StoreId}
+	f.hw.Store(h.Epoch)
 	f.confirmed.Store(time.Now().UnixNano())
 	f.rev0.Store(rev)
 	s.fol = f
@@ -154,11 +157,15 @@ func (s *Store) startFollow(db store.Shared, epoch uint64, rev int64, h *persist
 	go f.run(ctx)
 }
 
-// stopFollow stops the follower, if any. s.mu is held.
+// stopFollow stops the follower, if any, and keeps its high-water mark
+// (a seal is rare: the file's write under s.mu is). s.mu is held.
 func (s *Store) stopFollow() {
-	if s.fol != nil {
-		s.fol.cancel()
+	if f := s.fol; f != nil {
+		f.cancel()
 		s.fol = nil
+		if err := s.writeHighWater(f.storeID, f.hw.Load()); err != nil {
+			s.log.Warn("cannot keep the shared store's high-water mark", "err", err)
+		}
 	}
 }
 
@@ -167,11 +174,24 @@ func (s *Store) stopFollow() {
 func (f *follower) watchBound(ctx context.Context) {
 	t := time.NewTicker(max(f.bound/10, 10*time.Millisecond))
 	defer t.Stop()
+	saved, lastSave := f.hw.Load(), time.Now()
+	save := func() {
+		if hw := f.hw.Load(); hw > saved {
+			if err := f.s.writeHighWater(f.storeID, hw); err != nil {
+				f.s.log.Warn("cannot keep the shared store's high-water mark", "err", err)
+			}
+			saved, lastSave = hw, time.Now()
+		}
+	}
+	defer save()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if time.Since(lastSave) >= highWaterEvery {
+				save()
+			}
 			lag := time.Since(time.Unix(0, f.confirmed.Load()))
 			if stale := lag > f.bound; stale != f.stale.Load() {
 				f.stale.Store(stale)
@@ -184,6 +204,14 @@ func (f *follower) watchBound(ctx context.Context) {
 		}
 	}
 }
+
+// hookFollowApply, nil outside tests, runs as a follower of s begins to
+// apply a commit (a test holds it back there: a daemon that lags).
+var hookFollowApply func(s *Store)
+
+// highWaterEvery is how often the high-water mark is written while it
+// rises (and once more when the follow stops).
+const highWaterEvery = 250 * time.Millisecond
 
 // errStopFollow ends the follow: the epoch it follows for was sealed.
 var errStopFollow = errors.New("sealed")
@@ -247,6 +275,9 @@ func (f *follower) tamper(rev int64, what string) error {
 // daemons to what this one holds in memory.
 func (f *follower) apply(c store.Commit) error {
 	s := f.s
+	if hookFollowApply != nil {
+		hookFollowApply(s)
+	}
 	l, err := s.lease()
 	if err != nil {
 		return errStopFollow
@@ -264,6 +295,7 @@ func (f *follower) apply(c store.Commit) error {
 			if bytes.Equal(ch.Bucket, persist.BucketMeta) && bytes.Equal(ch.Key, persist.MetaHeader) && !ch.Deleted {
 				if h, hacc, err := readHeader(headerTx{ch.Value}, k); err == nil {
 					f.hdrEpoch, f.acc, f.count = h.Epoch, hacc, h.Count
+					f.hw.Store(h.Epoch)
 				}
 			}
 		}
@@ -351,6 +383,7 @@ func (f *follower) apply(c store.Commit) error {
 		return f.tamper(c.Rev, "the key records changed do not add up to the store header")
 	}
 	f.hdrEpoch, f.acc, f.count = h.Epoch, hacc, h.Count
+	f.hw.Store(h.Epoch)
 	if len(done) == 0 {
 		return nil
 	}

@@ -522,6 +522,15 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	if err != nil {
 		return &IntegrityError{Detail: err.Error()}
 	}
+	if hw, err := s.readHighWater(hdr.StoreId); err != nil {
+		return &IntegrityError{Detail: fmt.Sprintf("cannot read the high-water mark: %v", err)}
+	} else if hdr.Epoch < hw {
+		ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
+			"the store is older than one this daemon verified before (header epoch %d, %d seen): rolled back; if a backup was restored on purpose on another daemon, remove %s and unseal again",
+			hdr.Epoch, hw, s.hwFile)}
+		s.log.Error("unseal refused", "reason", ie.Detail)
+		return ie
+	}
 	owned, bad, count, acc := scan.owned, scan.bad, scan.count, scan.acc
 	if k.LegacyHeader() {
 		acc = scan.legacyAcc
@@ -610,6 +619,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.bad = bad
 		s.serving = k.Epoch()
 		s.stopFollow()
+		s.writeHighWater(hdr.StoreId, hdr.Epoch)
 		if sh, ok := s.db.(store.Shared); ok && rev != 0 {
 			// From the revision checked: the writes Verify made since
 			// are followed too, and must add up.

@@ -65,6 +65,10 @@ type Store struct {
 	// bound (0: DefaultStaleBound).
 	fol        *follower
 	staleBound time.Duration
+	// hwFile keeps the high-water mark of a shared store (highwater.go);
+	// hwMu serializes its writes.
+	hwFile string
+	hwMu   sync.Mutex
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -77,6 +81,10 @@ type Config struct {
 	Master     *seal.Master
 	Logger     *slog.Logger
 	Now        func() time.Time
+	// HighWaterFile, for a store that several daemons share, is a file
+	// of this machine where the highest store header epoch verified is
+	// kept (highwater.go); "" keeps none.
+	HighWaterFile string
 }
 
 // New returns a store over cfg.DB. Until the master key is unsealed (and
@@ -94,6 +102,7 @@ func New(cfg Config) *Store {
 		bad:        make(map[key.ID]struct{}),
 		used:       make(map[key.ID]map[uint32]uint64),
 		mats:       newMaterials(0),
+		hwFile:     cfg.HighWaterFile,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
