@@ -83,7 +83,7 @@ type follower struct {
 	storeID   []byte
 	hw        atomic.Uint64 // the highest header epoch verified
 	confirmed atomic.Int64  // unix nanoseconds of the last confirmation
-	rev0      atomic.Int64 // the last revision confirmed (status)
+	rev0      atomic.Int64  // the last revision confirmed (status)
 	stale     atomic.Bool
 	failed    atomic.Pointer[error]
 }
