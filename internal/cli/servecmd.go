@@ -82,6 +82,7 @@ func runServe(e *env, args []string) error {
 	etcdCA := f.String("etcd-ca", "", "with --store etcd: the CA certificate `file` (PEM) that signed the members' certificates")
 	etcdTimeout := f.Duration("etcd-timeout", 5*time.Second, "with --store etcd: how long one request to the cluster may take before it fails as UNAVAILABLE")
 	etcdMaxOps := f.Int("etcd-max-txn-ops", 0, "with --store etcd: the cluster's --max-txn-ops (default 128, etcd's)")
+	staleBound := f.Duration("etcd-stale-bound", 0, "with --store etcd: how long keys are used without confirming that every change to the store was seen; past it, keys are refused with UNAVAILABLE (default 1s)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -197,7 +198,7 @@ func runServe(e *env, args []string) error {
 		MemoryBacking: *backing, MaxLockedMemory: locked, KeyCacheIdle: *cacheIdle,
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
-		Etcd: etcdCfg,
+		Etcd: etcdCfg, StaleBound: *staleBound,
 	})
 	return err
 }
@@ -326,6 +327,15 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "mode:         %s\n", mode)
 	fmt.Fprintf(e.stdout, "up since:     %s\n", st.Started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(e.stdout, "master key:   %s\n", sealLine(st.Seal))
+	if st.Seal.Cluster != nil {
+		for i, l := range clusterLines(st.Seal.Cluster) {
+			label := "cluster:      "
+			if i > 0 {
+				label = "              "
+			}
+			fmt.Fprintf(e.stdout, "%s%s\n", label, l)
+		}
+	}
 	fmt.Fprintf(e.stdout, "audit log:    %s\n", auditLine(st.Audit))
 	fmt.Fprintf(e.stdout, "keys:         %d persistent (ephemeral keys are not counted)\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
@@ -372,7 +382,50 @@ func sealToJSON(s keywarden.SealStatus) map[string]any {
 		"retry_after_ms": s.RetryAfter.Milliseconds(), "rotating": s.Rotating,
 		"rotation_done": s.RotationDone, "rotation_total": s.RotationTotal,
 		"state_dir": s.StateDir, "persistent": s.Persistent, "quarantined": s.Quarantined,
+		"cluster": clusterToJSON(s.Cluster),
 	}
+}
+
+func clusterToJSON(c *keywarden.ClusterStatus) any {
+	if c == nil {
+		return nil
+	}
+	var eps []map[string]any
+	for _, e := range c.Endpoints {
+		eps = append(eps, map[string]any{"url": e.URL, "member_id": fmt.Sprintf("%x", e.MemberID), "version": e.Version,
+			"revision": e.Revision, "leader": e.Leader, "error": e.Err})
+	}
+	return map[string]any{"prefix": c.Prefix, "endpoints": eps, "leader": fmt.Sprintf("%x", c.Leader), "revision": c.Revision,
+		"following": c.Following, "followed_revision": c.FollowedRevision, "lag_ms": c.Lag.Milliseconds(),
+		"bound_ms": c.Bound.Milliseconds(), "refused": c.Refused}
+}
+
+// clusterLines describes a shared store's cluster for status.
+func clusterLines(c *keywarden.ClusterStatus) []string {
+	leader := "none (no quorum?)"
+	if c.Leader != 0 {
+		leader = fmt.Sprintf("%x", c.Leader)
+	}
+	lines := []string{fmt.Sprintf("etcd, prefix %s; leader %s, revision %d", c.Prefix, leader, c.Revision)}
+	for _, e := range c.Endpoints {
+		if e.Err != "" {
+			lines = append(lines, fmt.Sprintf("  %s: %s", e.URL, e.Err))
+			continue
+		}
+		role := "follower"
+		if e.Leader {
+			role = "leader"
+		}
+		lines = append(lines, fmt.Sprintf("  %s: member %x, etcd %s, %s, revision %d", e.URL, e.MemberID, e.Version, role, e.Revision))
+	}
+	switch {
+	case c.Refused != "":
+		lines = append(lines, "  KEYS REFUSED: "+c.Refused)
+	case c.Following:
+		lines = append(lines, fmt.Sprintf("  following: every change seen up to revision %d, confirmed %s ago (bound %s)",
+			c.FollowedRevision, c.Lag.Round(time.Millisecond), c.Bound))
+	}
+	return lines
 }
 
 func auditToJSON(a *keywarden.AuditStatus) any {

@@ -48,6 +48,10 @@ type Config struct {
 	// daemons of several machines share (docs/cluster.md), not in
 	// StateDir.
 	Etcd *store.EtcdConfig
+	// StaleBound, with Etcd, is how long the daemon uses keys without
+	// confirming that it has seen every change to the store (0:
+	// keystore.DefaultStaleBound).
+	StaleBound time.Duration
 	// UnsealPassphraseFile, if set, unseals the master key at start with
 	// the passphrase in this file (for unattended starts; the file must
 	// be readable by the daemon's user only).
@@ -230,6 +234,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer gen.Close()
 
 	var keys *keystore.Store
+	var cluster func(ctx context.Context) *wire.ClusterStatus
 	if !cfg.Dev {
 		if err := prepareStateDir(cfg.StateDir); err != nil {
 			return err
@@ -246,10 +251,16 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.InsecureMasterKDF {
 			log.Warn("--insecure-master-kdf: master passphrases may be sealed with Argon2id costs below the floor; for tests only, never for keys that matter")
 		}
-		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
+		kcfg := keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log}
+		if etcd, ok := db.(*store.Etcd); ok {
+			kcfg.HighWaterFile = filepath.Join(cfg.StateDir, "cluster.highwater")
+			cluster = func(ctx context.Context) *wire.ClusterStatus { return clusterStatus(ctx, etcd, keys) }
+		}
+		keys = keystore.New(kcfg)
+		keys.SetStaleBound(cfg.StaleBound)
 	}
 	srv, err := server.New(server.Config{Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
-		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
+		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins, Cluster: cluster,
 		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus, SSHAgentSockets: cfg.SSHAgentSockets})
 	if err != nil {
 		return err

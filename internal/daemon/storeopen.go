@@ -7,7 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // openStore opens the key store cfg names, and says where it is. An etcd
@@ -45,6 +47,20 @@ func openStore(ctx context.Context, cfg Config, log *slog.Logger) (store.Store, 
 	}
 	log.Info("key store in an etcd cluster", "endpoints", strings.Join(cfg.Etcd.Endpoints, ","), "prefix", cfg.Etcd.Prefix)
 	return db, where, nil
+}
+
+// clusterStatus describes the cluster and how closely keys follows it.
+func clusterStatus(ctx context.Context, db *store.Etcd, keys *keystore.Store) *wire.ClusterStatus {
+	st := db.Status(ctx)
+	c := &wire.ClusterStatus{Prefix: db.Prefix(), Leader: st.Leader, Revision: st.Revision}
+	for _, e := range st.Endpoints {
+		c.Endpoints = append(c.Endpoints, &wire.ClusterEndpoint{Url: e.URL, MemberId: e.MemberID, Version: e.Version,
+			Revision: e.Revision, Leader: e.Leader, Error: e.Err})
+	}
+	f := keys.FollowStatus()
+	c.Following, c.FollowedRevision, c.Refused = f.Following, f.Revision, f.Err
+	c.LagMs, c.BoundMs = uint32(min(f.Lag.Milliseconds(), 1<<31)), uint32(f.Bound.Milliseconds())
+	return c
 }
 
 const (

@@ -33,6 +33,9 @@ func TestUnsealOfAStoreInitializedElsewhere(t *testing.T) {
 	if err := first.CommitInit(p, func(*Keys) ([]byte, error) { return []byte("header"), nil }); err != nil {
 		t.Fatal(err)
 	}
+	if st := late.State(); !st.Initialized || st.Shares != 3 {
+		t.Fatalf("the other daemon's state after the init: %+v", st)
+	}
 	held, need, done, err := late.UnsealShare(cp(shares[0]), nil)
 	if err != nil || done || held != 1 || need != 2 {
 		t.Fatalf("first share on the other daemon: held %d need %d done %v err %v", held, need, done, err)

@@ -261,7 +261,16 @@ func (m *Master) keysLocked() (*Keys, error) {
 }
 
 // State returns the master key's state.
+//
+// A master key not found is looked for again (Refresh): in a store that
+// several daemons share, another may have initialized it since.
 func (m *Master) State() State {
+	m.mu.Lock()
+	uninit := m.rec == nil
+	m.mu.Unlock()
+	if uninit {
+		m.Refresh()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := State{Initialized: m.rec != nil, Sealed: m.keys == nil, SharesHeld: len(m.held), RetryAfter: m.lim.wait(m.now())}

@@ -164,6 +164,9 @@ type Config struct {
 	// StateDir is where the store lives ("" for memory), for Status and
 	// for the temporary file of a restore.
 	StateDir string
+	// Cluster, for a store in an etcd cluster that several daemons share,
+	// describes the cluster for Status; nil otherwise.
+	Cluster func(ctx context.Context) *wire.ClusterStatus
 	// Admins may run the master-key and store operations (init, unseal,
 	// seal, master rotation, backup, restore, trusting wrapping keys),
 	// besides root and the daemon's own uid.
