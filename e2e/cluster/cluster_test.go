@@ -86,10 +86,15 @@ type node struct {
 // wait, it waits until the daemon answers.
 func startNode(t *testing.T, name string, endpoints []string, prefix string, wait bool, flags ...string) *node {
 	t.Helper()
-	dir := t.TempDir()
+	return launch(t, name, t.TempDir(), wait, append([]string{"--store", "etcd", "--etcd-endpoints", strings.Join(endpoints, ","),
+		"--etcd-prefix", prefix, "--etcd-timeout", "2s"}, flags...)...)
+}
+
+// launch starts a daemon with its socket and state in dir.
+func launch(t *testing.T, name, dir string, wait bool, flags ...string) *node {
+	t.Helper()
 	n := &node{t: t, name: name, sock: filepath.Join(dir, "kw.sock"), log: &syncBuffer{}, done: make(chan error, 1)}
 	args := append([]string{"serve", "--socket", n.sock, "--state", filepath.Join(dir, "state"), "--log-level", "debug",
-		"--store", "etcd", "--etcd-endpoints", strings.Join(endpoints, ","), "--etcd-prefix", prefix, "--etcd-timeout", "2s",
 		"--kdf-max-memory", "65536", "--insecure-master-kdf"}, flags...)
 	self, err := os.Executable()
 	if err != nil {
@@ -439,5 +444,64 @@ func TestClusterFaults(t *testing.T) {
 	})
 	if _, err := os.Stat(late.sock); err == nil {
 		t.Fatal("a daemon without its cluster listens")
+	}
+}
+
+// A store of one machine moves into the cluster and back with "store
+// migrate", every record checked: its keys open on the cluster's daemons.
+func TestClusterMigrate(t *testing.T) {
+	enabled(t)
+	ec := etcdtest.Start(t, 1)
+	dir := t.TempDir()
+	solo := launch(t, "solo", dir, true)
+	pf := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pf, []byte(pass+"\n"), 0o600)
+	if out, err := solo.cli(t, "", "init", "--passphrase-file", pf, "--time", "1", "--memory", "8192", "--threads", "1"); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	c := solo.client(t)
+	var cts [][]byte
+	for i := range 5 {
+		k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: fmt.Sprintf("k%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct, err := k.Encrypt(ctx, []byte("moved"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts = append(cts, ct)
+	}
+	c.Close()
+	solo.stop()
+	eps := strings.Join(ec.Endpoints(), ",")
+	out, err := solo.cli(t, "", "store", "migrate", "--from", "bolt:"+filepath.Join(dir, "state"), "--to", "etcd", "--etcd-endpoints", eps)
+	if err != nil || !strings.Contains(out, "checked each one") {
+		t.Fatalf("migrate into etcd: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(out))
+	out, err = solo.cli(t, "", "store", "migrate", "--from", "bolt:"+filepath.Join(dir, "state"), "--to", "etcd", "--etcd-endpoints", eps)
+	if err == nil || !strings.Contains(out, "not empty") {
+		t.Fatalf("a second migration into the same prefix: %v\n%s", err, out)
+	}
+	n := startNode(t, "A", ec.Endpoints(), "/keywarden/", true)
+	if out, err := n.cli(t, "", "unseal", "--passphrase-file", pf); err != nil {
+		t.Fatalf("unseal: %v\n%s", err, out)
+	}
+	ca := n.client(t)
+	for i, ct := range cts {
+		k, err := ca.Open(ctx, fmt.Sprintf("k%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := k.Decrypt(ctx, ct, nil); err != nil || string(pt) != "moved" {
+			t.Fatalf("key %d on the cluster: %q %v", i, pt, err)
+		}
+	}
+	n.stop()
+	back := filepath.Join(t.TempDir(), "state")
+	out, err = n.cli(t, "", "store", "migrate", "--from", "etcd", "--etcd-endpoints", eps, "--to", "bolt:"+back)
+	if err != nil {
+		t.Fatalf("migrate back: %v\n%s", err, out)
 	}
 }
