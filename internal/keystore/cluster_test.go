@@ -206,7 +206,7 @@ func TestClusterRotationFromStaleStateRefused(t *testing.T) {
 	})
 	hold := make(chan struct{})
 	held := make(chan struct{}, 1)
-	hookFollowApply = func(s *Store) {
+	hook := func(s *Store) {
 		if s == b {
 			select {
 			case held <- struct{}{}:
@@ -215,7 +215,8 @@ func TestClusterRotationFromStaleStateRefused(t *testing.T) {
 			<-hold
 		}
 	}
-	defer func() { hookFollowApply = nil }()
+	hookFollowApply.Store(&hook)
+	defer hookFollowApply.Store(nil)
 	va, err := a.Rotate(o)
 	if err != nil {
 		t.Fatal(err)

@@ -207,7 +207,8 @@ func (f *follower) watchBound(ctx context.Context) {
 
 // hookFollowApply, nil outside tests, runs as a follower of s begins to
 // apply a commit (a test holds it back there: a daemon that lags).
-var hookFollowApply func(s *Store)
+// Atomic: followers run while a test sets it.
+var hookFollowApply atomic.Pointer[func(s *Store)]
 
 // highWaterEvery is how often the high-water mark is written while it
 // rises (and once more when the follow stops).
@@ -275,8 +276,8 @@ func (f *follower) tamper(rev int64, what string) error {
 // daemons to what this one holds in memory.
 func (f *follower) apply(c store.Commit) error {
 	s := f.s
-	if hookFollowApply != nil {
-		hookFollowApply(s)
+	if h := hookFollowApply.Load(); h != nil {
+		(*h)(s)
 	}
 	l, err := s.lease()
 	if err != nil {
