@@ -3,7 +3,6 @@ module github.com/keywarden/keywarden
 go 1.26.0
 
 require (
-	github.com/anishathalye/porcupine v1.3.1
 	github.com/planetscale/vtprotobuf v0.6.1-0.20240319094008-0393e58bdf10
 	go.etcd.io/bbolt v1.4.3
 	go.etcd.io/etcd/api/v3 v3.6.16
@@ -20,6 +19,10 @@ require (
 // tests (e2e). The comparison with memguard is a module of its own
 // (bench/), so that memguard is none of keywarden's dependencies.
 require github.com/rogpeppe/go-internal v1.16.0
+
+// Only tests use this one too: porcupine checks that the lifecycle
+// operations of daemons sharing an etcd store are linearizable.
+require github.com/anishathalye/porcupine v1.3.1
 
 require (
 	github.com/coreos/go-semver v0.3.1 // indirect
