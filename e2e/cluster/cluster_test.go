@@ -505,3 +505,60 @@ func TestClusterMigrate(t *testing.T) {
 		t.Fatalf("migrate back: %v\n%s", err, out)
 	}
 }
+
+// A backup taken on one daemon of the cluster restores the store: the
+// restoring daemon is sealed and unseals on the restored store; the
+// others refuse the store's keys once the master record is replaced, and
+// unseal on it once their high-water mark, which the rollback passes, is
+// removed as their refusal says.
+func TestClusterBackupRestore(t *testing.T) {
+	_, nodes := cluster(t)
+	a := nodes[0].client(t)
+	if _, err := a.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kept"}); err != nil {
+		t.Fatal(err)
+	}
+	bf := filepath.Join(t.TempDir(), "backup")
+	if out, err := nodes[0].cli(t, "", "backup", bf); err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	if _, err := a.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "after"}); err != nil {
+		t.Fatal(err)
+	}
+	b := nodes[1].client(t)
+	kb, err := func() (*keywarden.Key, error) {
+		var k *keywarden.Key
+		var err error
+		eventually(t, time.Second, "open on B", func() error { k, err = b.Open(ctx, "kept"); return err })
+		return k, err
+	}()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nodes[0].cli(t, "", "restore", "--force", bf); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	eventually(t, 2*time.Second, "B refuses after the restore", func() error {
+		_, err := kb.Encrypt(ctx, []byte("x"), nil)
+		if !errors.Is(err, keywarden.ErrUnavailable) {
+			return fmt.Errorf("encrypt on B: %v", err)
+		}
+		return nil
+	})
+	pf := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pf, []byte(pass+"\n"), 0o600)
+	if out, err := nodes[0].cli(t, "", "unseal", "--passphrase-file", pf); err != nil {
+		t.Fatalf("unseal A after the restore: %v\n%s", err, out)
+	}
+	if _, err := a.Open(ctx, "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Open(ctx, "after"); !errors.Is(err, keywarden.ErrNotFound) {
+		t.Fatalf("a key made after the backup: %v", err)
+	}
+	nodes[1].cli(t, "", "seal")
+	out, err := nodes[1].cli(t, "", "unseal", "--passphrase-file", pf)
+	if err == nil || !strings.Contains(out, "rolled back") {
+		t.Fatalf("B unseals the restored (older) store without a word: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(out))
+}
