@@ -347,3 +347,67 @@ func TestClusterStaleRefused(t *testing.T) {
 	c.WaitHealthy(20 * time.Second)
 	within(t, 10*time.Second, "keys served again", func() bool { return useErr(o) == nil })
 }
+
+// Two daemons encrypting with one AES-GCM key take turns reserving ranges
+// of its budget: each reservation is seen by the other in place (its copy
+// of the key stays usable), the next one goes on after it, and the
+// encryptions counted on both never exceed what the record reserves.
+func TestClusterBudgetRangesShared(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/budget/", true)
+	b := clusterNode(t, c.Endpoints(), "/budget/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "b opens the key", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	reserved := func() uint64 {
+		var r uint64
+		a.db.View(func(tx store.Tx) error {
+			v := tx.Get(persist.BucketKeys, o.ID[:])
+			_, rb, _ := persist.SplitValue(v)
+			var rec persist.KeyRecord
+			rec.UnmarshalVT(rb)
+			r = rec.Versions[len(rec.Versions)-1].EncryptionsReserved
+			return nil
+		})
+		return r
+	}
+	const n = reserveBlock
+	var total uint64
+	for round := range 6 {
+		for _, p := range []struct {
+			s *Store
+			o *Object
+		}{{a, o}, {b, ob}} {
+			var err error
+			for try := 0; ; try++ {
+				_, err = p.s.Encrypting(p.o, n)
+				if !errors.Is(err, errRaced) || try == 20 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond) // the other's reservation not followed yet
+			}
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			total += n
+			if r := reserved(); total > r {
+				t.Fatalf("round %d: %d encryptions counted, %d reserved", round, total, r)
+			}
+		}
+	}
+	if o.Newest().N != 1 || ob.Newest().N != 1 {
+		t.Fatalf("the key was rotated: versions %d and %d", o.Newest().N, ob.Newest().N)
+	}
+	for _, k := range []*Object{o, ob} {
+		if err := useErr(k); err != nil {
+			t.Fatalf("a copy of the key was dropped: %v", err)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Following a store that the daemons of several machines share
@@ -341,9 +342,12 @@ func (f *follower) apply(c store.Commit) error {
 		id  key.ID
 		r   *persist.KeyRecord // nil for a deletion
 		tag uint64
-		// owner of the record replaced or deleted, if there was one.
+		// owner of the record replaced or deleted, if there was one,
+		// and the record itself (checked), with its MAC's tag.
 		prevOwner uint32
 		hadPrev   bool
+		prev      *persist.KeyRecord
+		prevTag   uint64
 	}
 	var done []checked
 	for _, ch := range recs {
@@ -360,7 +364,10 @@ func (f *follower) apply(c store.Commit) error {
 				}
 			}
 			if r, err := checkRecord(k, ch.Key, ch.Prev); err == nil {
-				cr.prevOwner, cr.hadPrev = r.Owner, true
+				cr.prevOwner, cr.hadPrev, cr.prev = r.Owner, true, r
+				if mac, _, err := persist.SplitValue(ch.Prev); err == nil {
+					cr.prevTag = macTag(mac)
+				}
 			}
 			count--
 		}
@@ -396,7 +403,7 @@ func (f *follower) apply(c store.Commit) error {
 		return errStopFollow
 	}
 	for _, cr := range done {
-		_, existed := s.seen.get(cr.id)
+		prevTag, existed := s.seen.get(cr.id)
 		if cr.r == nil {
 			s.seen.set(cr.id, 0, true)
 			if existed {
@@ -413,6 +420,19 @@ func (f *follower) apply(c store.Commit) error {
 			}
 		}
 		delete(s.bad, cr.id)
+		if o := s.loaded[cr.id]; o != nil && existed && cr.r != nil && cr.prev != nil && prevTag == cr.prevTag && reservedOnly(cr.prev, cr.r) {
+			// Another daemon reserved AES-GCM encryptions, and changed
+			// nothing else: this one goes on with the key, and reserves
+			// after the other's range when it needs more (Encrypting).
+			for _, rv := range cr.r.Versions {
+				for _, v := range o.Versions() {
+					if v.N == rv.Version {
+						raise(&v.elsewhere, rv.EncryptionsReserved)
+					}
+				}
+			}
+			continue
+		}
 		if o := s.loaded[cr.id]; o != nil {
 			o.superseded.Store(true)
 			delete(s.loaded, cr.id)
@@ -441,11 +461,28 @@ func (f *follower) apply(c store.Commit) error {
 // one key at once make versions N+1 and N+2, or one of them is refused;
 // never two N+1. The etcd transaction is guarded by the record it read:
 // a change committed after this check makes the transaction run again.
-func (s *Store) checkFresh(tx store.Tx, o *Object) error {
+//
+// known are the reservations of encryptions of o's versions that the
+// change was made from: another daemon's reservation applied to o since
+// (follow.go, reservedOnly) must not be lowered, nor overlapped by one
+// made from the state before it.
+func (s *Store) checkFresh(tx store.Tx, o *Object, known map[uint32]uint64) error {
 	if _, shared := s.db.(store.Shared); !shared {
 		return nil
 	}
 	cur := tx.Get(persist.BucketKeys, o.ID[:])
+	if cur != nil {
+		if _, rb, err := persist.SplitValue(cur); err == nil {
+			var r persist.KeyRecord
+			if r.UnmarshalVT(rb) == nil {
+				for _, v := range r.Versions {
+					if k, ok := known[v.Version]; ok && v.EncryptionsReserved > k {
+						return errRaced
+					}
+				}
+			}
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if o.superseded.Load() {
@@ -462,4 +499,38 @@ func (s *Store) checkFresh(tx store.Tx, o *Object) error {
 		return errRaced
 	}
 	return nil
+}
+
+// reservedOnly reports whether record b differs from a (both checked, as
+// stored) only in its revision, its blobs (sealed anew at each write) and
+// its versions' reservations of encryptions.
+func reservedOnly(a, b *persist.KeyRecord) bool {
+	strip := func(r *persist.KeyRecord) *persist.KeyRecord {
+		r = r.CloneVT()
+		r.Rev = 0
+		for _, v := range r.Versions {
+			v.Blob, v.EncryptionsReserved = nil, 0
+		}
+		return r
+	}
+	return proto.Equal(strip(a), strip(b))
+}
+
+// raise makes a at least n.
+func raise(a *atomic.Uint64, n uint64) {
+	for {
+		cur := a.Load()
+		if cur >= n || a.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
+// reservations maps each version of r to its reservation of encryptions.
+func reservations(r *persist.KeyRecord) map[uint32]uint64 {
+	m := make(map[uint32]uint64, len(r.Versions))
+	for _, v := range r.Versions {
+		m[v.Version] = v.EncryptionsReserved
+	}
+	return m
 }

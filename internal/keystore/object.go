@@ -111,6 +111,11 @@ type Version struct {
 	used     atomic.Uint64
 	reserved atomic.Uint64
 	limit    atomic.Uint64
+	// elsewhere is, in a store that several daemons share, the highest
+	// reservation another daemon made for this version since this one
+	// loaded it (follow.go); this daemon's next reservation goes on after
+	// it. 0 otherwise.
+	elsewhere atomic.Uint64
 }
 
 // Used returns the encryptions this version has made, as far as known.

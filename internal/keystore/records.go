@@ -60,7 +60,7 @@ func record(o *Object) *persist.KeyRecord {
 		r.Versions = append(r.Versions, &persist.KeyVersion{
 			Version:             v.N,
 			CreatedUnixNano:     v.Created.UnixNano(),
-			EncryptionsReserved: v.reserved.Load(),
+			EncryptionsReserved: max(v.reserved.Load(), v.elsewhere.Load()),
 			EncryptionsLimit:    v.limit.Load(),
 			BudgetEpoch:         v.epoch,
 			Automatic:           v.auto,
@@ -228,6 +228,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 		return ErrSealedAway
 	}
 	r := record(o)
+	known := reservations(r) // what this daemon knows of the record's
 	if err := change(r); err != nil {
 		return err
 	}
@@ -235,7 +236,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 		plain = objectPlain(o)
 	}
 	err = s.write(k, func(k *seal.Keys, tx store.Tx) error {
-		if err := s.checkFresh(tx, o); err != nil {
+		if err := s.checkFresh(tx, o, known); err != nil {
 			return err
 		}
 		c := r.CloneVT() // Update may run fn more than once
