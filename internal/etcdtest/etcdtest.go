@@ -7,7 +7,14 @@
 package etcdtest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +25,7 @@ import (
 	"time"
 
 	"context"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -27,6 +35,16 @@ type Cluster struct {
 	t       testing.TB
 	bin     string
 	members []*Member
+	// With TLS: the CA that signed the members' and the client's
+	// certificates, and the client's certificate and key (PEM files).
+	CAFile, CertFile, KeyFile string
+	serverCert, serverKey     string
+}
+
+// Options are StartWith's.
+type Options struct {
+	// TLS serves clients over TLS, with client certificates required.
+	TLS bool
 }
 
 // Member is one etcd process.
@@ -75,16 +93,24 @@ func freePorts(t testing.TB, n int) []int {
 
 // Start starts a cluster of n members and waits until it has a leader.
 // It is stopped when the test ends.
-func Start(t testing.TB, n int) *Cluster {
+func Start(t testing.TB, n int) *Cluster { return StartWith(t, n, Options{}) }
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: Binary(t)}
+	scheme := "http"
+	if opts.TLS {
+		scheme = "https"
+		c.makeCerts()
+	}
 	ports := freePorts(t, 2*n)
 	token := fmt.Sprintf("kw-%d-%d", os.Getpid(), time.Now().UnixNano())
 	var initial []string
 	for i := range n {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			dir:       filepath.Join(t.TempDir(), "etcd"),
 		}
@@ -101,6 +127,10 @@ func Start(t testing.TB, n int) *Cluster {
 			// Short heartbeats: a lost leader is replaced within a second.
 			"--heartbeat-interval", "50", "--election-timeout", "500",
 			"--max-txn-ops", "1024", "--logger", "zap", "--log-level", "warn",
+		}
+		if opts.TLS {
+			m.args = append(m.args, "--cert-file", c.serverCert, "--key-file", c.serverKey,
+				"--trusted-ca-file", c.CAFile, "--client-cert-auth")
 		}
 		c.start(m)
 	}
@@ -181,7 +211,15 @@ func (c *Cluster) WaitHealthy(d time.Duration) {
 		if m.cmd == nil {
 			continue
 		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL}, Logger: zap.NewNop()})
+		cfg := clientv3.Config{Endpoints: []string{m.ClientURL}, Logger: zap.NewNop()}
+		if c.CAFile != "" {
+			tc, err := transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.CAFile}.ClientConfig()
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			cfg.TLS = tc
+		}
+		cli, err := clientv3.New(cfg)
 		if err != nil {
 			c.t.Fatal(err)
 		}
@@ -201,4 +239,54 @@ func (c *Cluster) WaitHealthy(d time.Duration) {
 		}
 		cli.Close()
 	}
+}
+
+// makeCerts makes a CA, a certificate for the members (127.0.0.1) and one
+// for the client, in files of a temporary directory.
+func (c *Cluster) makeCerts() {
+	dir := c.t.TempDir()
+	write := func(name string, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			c.t.Fatal(err)
+		}
+		return p
+	}
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return k
+	}
+	caKey := newKey()
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "etcdtest CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	c.CAFile = write("ca.pem", "CERTIFICATE", caDER)
+	leaf := func(name string, serial int64, usage ...x509.ExtKeyUsage) (string, string) {
+		k := newKey()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: usage,
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		kd, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "PRIVATE KEY", kd)
+	}
+	// The members' certificate serves clients, and is etcd's own when its
+	// gateway calls it.
+	c.serverCert, c.serverKey = leaf("member", 2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	c.CertFile, c.KeyFile = leaf("client", 3, x509.ExtKeyUsageClientAuth)
 }
