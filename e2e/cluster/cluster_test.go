@@ -562,3 +562,47 @@ func TestClusterBackupRestore(t *testing.T) {
 	}
 	t.Log(strings.TrimSpace(out))
 }
+
+// A daemon killed (SIGKILL) while it writes loses nothing it acknowledged
+// and tears nothing: the other daemons open every key it acknowledged, and
+// a new daemon's unseal, which checks the whole store, passes.
+func TestClusterDaemonKilledDuringWrites(t *testing.T) {
+	ec, nodes := cluster(t)
+	a := nodes[0].client(t)
+	var acked []string
+	stop := time.After(1500 * time.Millisecond)
+	func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				nodes[0].cmd.Process.Signal(syscall.SIGKILL)
+				return
+			default:
+			}
+			name := fmt.Sprintf("w%d", i)
+			if _, err := a.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: name}); err != nil {
+				t.Fatalf("creation %d: %v", i, err)
+			}
+			acked = append(acked, name)
+		}
+	}()
+	<-nodes[0].done
+	t.Logf("%d creations acknowledged before the kill", len(acked))
+	b := nodes[1].client(t)
+	for _, name := range acked {
+		eventually(t, time.Second, "acknowledged key "+name+" on B", func() error { _, err := b.Open(ctx, name); return err })
+	}
+	d := startNode(t, "D", ec.Endpoints(), "/keywarden/", true)
+	pf := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pf, []byte(pass+"\n"), 0o600)
+	if out, err := d.cli(t, "", "unseal", "--passphrase-file", pf); err != nil {
+		t.Fatalf("a new daemon's unseal (the full check): %v\n%s", err, out)
+	}
+	st, err := d.client(t).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Keys < uint64(len(acked)) {
+		t.Fatalf("the store holds %d keys after %d acknowledged", st.Keys, len(acked))
+	}
+}
