@@ -106,6 +106,11 @@ func runServe(e *env, args []string) error {
 		if !strings.HasSuffix(*etcdPrefix, "/") {
 			return usagef("--etcd-prefix %q: end it with /", *etcdPrefix)
 		}
+		if *staleBound != 0 && *staleBound < 2*store.FollowConfirmEvery {
+			// The cluster confirms every FollowConfirmEvery: a shorter
+			// bound would refuse keys between confirmations.
+			return usagef("--etcd-stale-bound %s: give at least %s", *staleBound, 2*store.FollowConfirmEvery)
+		}
 		etcdCfg = &store.EtcdConfig{Endpoints: strings.Split(*etcdEndpoints, ","), Prefix: *etcdPrefix,
 			CertFile: *etcdCert, KeyFile: *etcdKey, CAFile: *etcdCA, Timeout: *etcdTimeout, MaxTxnOps: *etcdMaxOps}
 	default:
