@@ -42,3 +42,11 @@ tool (
 	github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto
 	google.golang.org/protobuf/cmd/protoc-gen-go
 )
+
+// grpc (through the etcd client, the etcd store) asks for a newer
+// vtprotobuf than the one whose generator made internal/wire's and
+// internal/persist's code; grpc's own code does not import it. Keep the
+// generator, and the runtime its code was made for, where they are:
+// regenerating with the newer one changes how empty oneof members are
+// encoded.
+replace github.com/planetscale/vtprotobuf => github.com/planetscale/vtprotobuf v0.6.0
