@@ -117,14 +117,15 @@ func TestNoUnsafeNoCgo(t *testing.T) {
 // generation change until it knows that they differ from a clone's
 // (docs/genid.md, "Randomness").
 var kernelRandomAllowed = map[string]string{
-	"internal/random": "the source itself",
-	"internal/mech":   "Go 1.26 draws RSA keys and ECDSA signature nonces from its own source whatever reader it is given (RSA generation waits for the kernel to re-seed)",
-	"internal/secmem": "the arena's canary detects corruption; it is neither a secret nor a nonce",
-	"internal/kdf":    "the Argon2 worker's watchdog challenges, checked within this daemon only",
-	"internal/shamir": "a library: its callers in the daemon pass internal/random's reader",
-	"internal/cli":    "kdf-bench's throwaway passwords, in the client",
-	"internal/bench":  "benchmarks, in the client",
-	"internal/stream": "the stream id of a stream ciphertext, drawn in the client's process; the daemon draws every chunk's nonce (docs/formats.md, \"Stream ciphertexts\")",
+	"internal/random":   "the source itself",
+	"internal/mech":     "Go 1.26 draws RSA keys and ECDSA signature nonces from its own source whatever reader it is given (RSA generation waits for the kernel to re-seed)",
+	"internal/secmem":   "the arena's canary detects corruption; it is neither a secret nor a nonce",
+	"internal/kdf":      "the Argon2 worker's watchdog challenges, checked within this daemon only",
+	"internal/shamir":   "a library: its callers in the daemon pass internal/random's reader",
+	"internal/cli":      "kdf-bench's throwaway passwords, in the client",
+	"internal/bench":    "benchmarks, in the client",
+	"internal/etcdtest": "the certificates of the etcd clusters that tests start; no daemon imports it",
+	"internal/stream":   "the stream id of a stream ciphertext, drawn in the client's process; the daemon draws every chunk's nonce (docs/formats.md, \"Stream ciphertexts\")",
 }
 
 // TestRandomOnlyFromPackageRandom guards the rule above: a package of the

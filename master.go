@@ -322,6 +322,50 @@ type SealStatus struct {
 	StateDir    string
 	Persistent  bool
 	Quarantined int // key records refused for failing their integrity check
+	// Cluster describes the etcd cluster of a store that several daemons
+	// share; nil for a store of one machine.
+	Cluster *ClusterStatus
+}
+
+// ClusterStatus describes the etcd cluster of a shared store and how
+// closely the daemon follows it.
+type ClusterStatus struct {
+	Prefix    string
+	Endpoints []ClusterEndpoint
+	Leader    uint64 // member id of the leader; 0: none known
+	Revision  int64  // the highest revision a member reported
+	// Following: the daemon (unsealed) follows the store's changes, every
+	// one up to FollowedRevision, confirmed Lag ago; past Bound, keys are
+	// refused, and Refused says why.
+	Following        bool
+	FollowedRevision int64
+	Lag, Bound       time.Duration
+	Refused          string
+}
+
+// ClusterEndpoint is one etcd endpoint's answer.
+type ClusterEndpoint struct {
+	URL      string
+	MemberID uint64
+	Version  string
+	Revision int64
+	Leader   bool
+	Err      string
+}
+
+func clusterStatusFromWire(c *wire.ClusterStatus) *ClusterStatus {
+	if c == nil {
+		return nil
+	}
+	st := &ClusterStatus{Prefix: c.GetPrefix(), Leader: c.GetLeader(), Revision: c.GetRevision(),
+		Following: c.GetFollowing(), FollowedRevision: c.GetFollowedRevision(),
+		Lag: time.Duration(c.GetLagMs()) * time.Millisecond, Bound: time.Duration(c.GetBoundMs()) * time.Millisecond,
+		Refused: c.GetRefused()}
+	for _, e := range c.GetEndpoints() {
+		st.Endpoints = append(st.Endpoints, ClusterEndpoint{URL: e.GetUrl(), MemberID: e.GetMemberId(), Version: e.GetVersion(),
+			Revision: e.GetRevision(), Leader: e.GetLeader(), Err: e.GetError()})
+	}
+	return st
 }
 
 func sealStatusFromWire(s *wire.SealStatus) SealStatus {
@@ -331,5 +375,6 @@ func sealStatusFromWire(s *wire.SealStatus) SealStatus {
 		SharesHeld: int(s.GetSharesHeld()), RetryAfter: time.Duration(s.GetRetryAfterMs()) * time.Millisecond,
 		Rotating: s.GetRotating(), RotationDone: s.GetRotationDone(), RotationTotal: s.GetRotationTotal(),
 		StateDir: s.GetStateDir(), Persistent: s.GetPersistent(), Quarantined: int(s.GetQuarantined()),
+		Cluster: clusterStatusFromWire(s.GetCluster()),
 	}
 }

@@ -37,6 +37,9 @@ command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 /usr/bin/python3 -c 'import hvac, requests_unixsocket, cryptography' >/dev/null 2>&1 ||
 	missing="$missing python3-hvac python3-requests-unixsocket python3-cryptography"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+# etcd for the shared store's tests (internal/store, internal/keystore,
+# e2e/cluster): they start clusters of it on the loopback interface.
+command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"
 # The VM snapshot test: QEMU, a kernel with the vmgenid driver built in,
 # and xz to unpack it (booting it uncompressed saves seconds under TCG).
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$missing qemu-system-x86"
@@ -95,7 +98,14 @@ log "tests"
 # packages' tests (the model search of internal/policy) would take from
 # the daemon on a small machine would blur.
 go test -count=1 ./e2e
-go test -count=1 $(go list ./... | grep -v '/e2e$')
+# The etcd store: its tests fail rather than skip without etcd. The
+# cluster tests (three daemons on a three-member etcd cluster, about a
+# minute, mostly waiting) run beside the unit tests.
+export KEYWARDEN_ETCD_TESTS=1
+KEYWARDEN_CLUSTER_TESTS=1 go test -count=1 ./e2e/cluster &
+cluster=$!
+go test -count=1 $(go list ./... | grep -v '/e2e$' | grep -v '/e2e/cluster$')
+wait $cluster
 # The transit front with the Vault Go api client and hvac, against the
 # real daemon (a module of its own: those clients are not keywarden's
 # dependencies).

@@ -58,6 +58,11 @@ type CreateConfig struct {
 	// Executable and Env are as in Config.
 	Executable string
 	Env        []string
+	// StoreArgs, if not nil, gives the serve flags of the store of the
+	// daemon whose state directory is state (an etcd cluster's, under a
+	// prefix of its own); nil: the daemon's store is in its state
+	// directory.
+	StoreArgs func(state string) []string
 }
 
 func (c CreateConfig) withDefaults() CreateConfig {
@@ -164,8 +169,11 @@ func daemonCreates(ctx context.Context, cfg CreateConfig, clients int, warmup ti
 		return m, err
 	}
 	defer cleanup()
-	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env,
-		args: []string{"--state", state, "--insecure-master-kdf", "--max-keys-per-user", strconv.Itoa(1 << 30)}})
+	args := []string{"--state", state, "--insecure-master-kdf", "--max-keys-per-user", strconv.Itoa(1 << 30)}
+	if cfg.StoreArgs != nil {
+		args = append(args, cfg.StoreArgs(state)...)
+	}
+	d, err := startServe(ctx, serveSpec{executable: cfg.Executable, env: cfg.Env, args: args})
 	if err != nil {
 		return m, err
 	}

@@ -98,6 +98,7 @@ func init() {
 		{"master rotate", "[--passphrase-file F] [--shares N --threshold K --share-dir D] [--no-wait]", "replace the master key and re-wrap every key (administrators)", runMasterRotate},
 		{"backup", "FILE", "copy the whole store (ciphertext only) to FILE (administrators)", runBackup},
 		{"restore", "FILE", "replace the store with a backup; the daemon is sealed after (administrators)", runRestore},
+		{"store migrate", "--from bolt:DIR|etcd --to bolt:DIR|etcd [--etcd-endpoints URLS --etcd-prefix P --etcd-cert F --etcd-key F --etcd-ca F]", "copy the store between a state directory and an etcd cluster, checking every record (every daemon stopped)", runStoreMigrate},
 		{"password hash", "[--time T --memory KIB --threads P] [--passphrase-file F]", "hash a password (Argon2id, PHC string)", runPasswordHash},
 		{"password verify", "--hash PHC [--passphrase-file F]", "check a password against a PHC string (exit 3 if it does not match)", runPasswordVerify},
 		{"kdf calibrate", "--target-ms MS [--max-memory KIB] [--threads P]", "find Argon2id parameters that take MS on the daemon's machine", runKDFCalibrate},

@@ -22,6 +22,7 @@ import (
 	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/metrics"
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/transit"
 )
 
@@ -117,6 +118,16 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	// Operations: systemd, reload, metrics.
 	metricsAddr := f.String("metrics", "", "serve Prometheus metrics at `ADDR`: unix:PATH, or a loopback HOST:PORT such as 127.0.0.1:9613 (default: none)")
 
+	// The key store's backend (docs/cluster.md).
+	storeKind := f.String("store", "bolt", "where the key store lives: bolt (one file in the state directory) or etcd (a cluster that several daemons share)")
+	etcdEndpoints := f.String("etcd-endpoints", "", "with --store etcd: the cluster's client `URLs`, comma-separated (https://a:2379,https://b:2379)")
+	etcdPrefix := f.String("etcd-prefix", "/keywarden/", "with --store etcd: the etcd key `prefix` of the store")
+	etcdCert := f.String("etcd-cert", "", "with --store etcd: the client certificate `file` (PEM)")
+	etcdKey := f.String("etcd-key", "", "with --store etcd: the client certificate's key `file` (PEM)")
+	etcdCA := f.String("etcd-ca", "", "with --store etcd: the CA certificate `file` (PEM) that signed the members' certificates")
+	etcdTimeout := f.Duration("etcd-timeout", 5*time.Second, "with --store etcd: how long one request to the cluster may take before it fails as UNAVAILABLE")
+	etcdMaxOps := f.Int("etcd-max-txn-ops", 0, "with --store etcd: the cluster's --max-txn-ops (default 128, etcd's)")
+	staleBound := f.Duration("etcd-stale-bound", 0, "with --store etcd: how long keys are used without confirming that every change to the store was seen; past it, keys are refused with UNAVAILABLE (default 1s)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return cfg, "", err
@@ -142,6 +153,32 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 		if !filepath.IsAbs(p) {
 			return cfg, "", usagef("--pkcs11 %q: give an absolute path", p)
 		}
+	}
+	var etcdCfg *store.EtcdConfig
+	switch *storeKind {
+	case "bolt":
+		if *etcdEndpoints != "" || *etcdCert != "" || *etcdKey != "" || *etcdCA != "" {
+			return cfg, "", usagef("--etcd-* flags need --store etcd")
+		}
+	case "etcd":
+		if *dev {
+			return cfg, "", usagef("--dev keeps keys in memory: it takes no --store")
+		}
+		if *etcdEndpoints == "" {
+			return cfg, "", usagef("--store etcd needs --etcd-endpoints")
+		}
+		if !strings.HasSuffix(*etcdPrefix, "/") {
+			return cfg, "", usagef("--etcd-prefix %q: end it with /", *etcdPrefix)
+		}
+		if *staleBound != 0 && *staleBound < 2*store.FollowConfirmEvery {
+			// The cluster confirms every FollowConfirmEvery: a shorter
+			// bound would refuse keys between confirmations.
+			return cfg, "", usagef("--etcd-stale-bound %s: give at least %s", *staleBound, 2*store.FollowConfirmEvery)
+		}
+		etcdCfg = &store.EtcdConfig{Endpoints: strings.Split(*etcdEndpoints, ","), Prefix: *etcdPrefix,
+			CertFile: *etcdCert, KeyFile: *etcdKey, CAFile: *etcdCA, Timeout: *etcdTimeout, MaxTxnOps: *etcdMaxOps}
+	default:
+		return cfg, "", usagef("unknown --store %q (want bolt or etcd)", *storeKind)
 	}
 	for _, p := range agentSockets {
 		if !filepath.IsAbs(p) {
@@ -251,6 +288,7 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 		PKCS11Sockets: pkcs11Sockets,
 		HTTP:          httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
+		Etcd: etcdCfg, StaleBound: *staleBound,
 		LogLevel: levelVar, Settings: effectiveSettings(f.FlagSet), MetricsAddr: *metricsAddr,
 	}
 	if *checkConfig {
@@ -391,6 +429,15 @@ func runStatus(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "mode:         %s\n", mode)
 	fmt.Fprintf(e.stdout, "up since:     %s\n", st.Started.UTC().Format(time.RFC3339))
 	fmt.Fprintf(e.stdout, "master key:   %s\n", sealLine(st.Seal))
+	if st.Seal.Cluster != nil {
+		for i, l := range clusterLines(st.Seal.Cluster) {
+			label := "cluster:      "
+			if i > 0 {
+				label = "              "
+			}
+			fmt.Fprintf(e.stdout, "%s%s\n", label, l)
+		}
+	}
 	fmt.Fprintf(e.stdout, "audit log:    %s\n", auditLine(st.Audit))
 	fmt.Fprintf(e.stdout, "keys:         %d persistent (ephemeral keys are not counted)\n", st.Keys)
 	fmt.Fprintf(e.stdout, "connections:  %d\n", st.Connections)
@@ -437,7 +484,50 @@ func sealToJSON(s keywarden.SealStatus) map[string]any {
 		"retry_after_ms": s.RetryAfter.Milliseconds(), "rotating": s.Rotating,
 		"rotation_done": s.RotationDone, "rotation_total": s.RotationTotal,
 		"state_dir": s.StateDir, "persistent": s.Persistent, "quarantined": s.Quarantined,
+		"cluster": clusterToJSON(s.Cluster),
 	}
+}
+
+func clusterToJSON(c *keywarden.ClusterStatus) any {
+	if c == nil {
+		return nil
+	}
+	var eps []map[string]any
+	for _, e := range c.Endpoints {
+		eps = append(eps, map[string]any{"url": e.URL, "member_id": fmt.Sprintf("%x", e.MemberID), "version": e.Version,
+			"revision": e.Revision, "leader": e.Leader, "error": e.Err})
+	}
+	return map[string]any{"prefix": c.Prefix, "endpoints": eps, "leader": fmt.Sprintf("%x", c.Leader), "revision": c.Revision,
+		"following": c.Following, "followed_revision": c.FollowedRevision, "lag_ms": c.Lag.Milliseconds(),
+		"bound_ms": c.Bound.Milliseconds(), "refused": c.Refused}
+}
+
+// clusterLines describes a shared store's cluster for status.
+func clusterLines(c *keywarden.ClusterStatus) []string {
+	leader := "none (no quorum?)"
+	if c.Leader != 0 {
+		leader = fmt.Sprintf("%x", c.Leader)
+	}
+	lines := []string{fmt.Sprintf("etcd, prefix %s; leader %s, revision %d", c.Prefix, leader, c.Revision)}
+	for _, e := range c.Endpoints {
+		if e.Err != "" {
+			lines = append(lines, fmt.Sprintf("  %s: %s", e.URL, e.Err))
+			continue
+		}
+		role := "follower"
+		if e.Leader {
+			role = "leader"
+		}
+		lines = append(lines, fmt.Sprintf("  %s: member %x, etcd %s, %s, revision %d", e.URL, e.MemberID, e.Version, role, e.Revision))
+	}
+	switch {
+	case c.Refused != "":
+		lines = append(lines, "  KEYS REFUSED: "+c.Refused)
+	case c.Following:
+		lines = append(lines, fmt.Sprintf("  following: every change seen up to revision %d, confirmed %s ago (bound %s)",
+			c.FollowedRevision, c.Lag.Round(time.Millisecond), c.Bound))
+	}
+	return lines
 }
 
 func auditToJSON(a *keywarden.AuditStatus) any {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -29,6 +30,7 @@ type storeBenchFlags struct {
 	keys     int
 	firstUse int
 	cold     bool
+	etcd     string
 }
 
 func (s *storeBenchFlags) register(f *flags) {
@@ -41,6 +43,7 @@ func (s *storeBenchFlags) register(f *flags) {
 	f.IntVar(&s.keys, "keys", 1000000, "with --startup: the number of keys in the store")
 	f.IntVar(&s.firstUse, "first-use", 200, "with --startup: time the first use of this many keys per run")
 	f.BoolVar(&s.cold, "cold", false, "with --startup: empty the kernel's page cache before each start (root only)")
+	f.StringVar(&s.etcd, "etcd-endpoints", "", "with --create: the daemons' stores are in this etcd cluster (client `URLs`, comma-separated; plain http), each under a new prefix, with no in-process baseline")
 }
 
 func runStoreBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration, explicit map[string]bool) error {
@@ -104,7 +107,7 @@ func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, 
 	if err != nil {
 		return err
 	}
-	results, err := bench.RunCreate(ctx, bench.CreateConfig{
+	cfg := bench.CreateConfig{
 		Clients: clients, Duration: duration, Runs: st.runs, Dir: st.dir,
 		Passphrase: []byte(storebench.Passphrase), Argon2: benchArgon2(),
 		InProcess: func(ctx context.Context, dir string, clients int, warmup, d time.Duration) (int, time.Duration, []int64, error) {
@@ -120,7 +123,16 @@ func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, 
 			n, _ := s.Counts()
 			return n, nil
 		},
-	}, progress)
+	}
+	if st.etcd != "" {
+		// Each daemon's store under a prefix of its own, named for its
+		// state directory (new for each measurement).
+		cfg.InProcess, cfg.Count = nil, nil
+		cfg.StoreArgs = func(state string) []string {
+			return []string{"--store", "etcd", "--etcd-endpoints", st.etcd, "--etcd-prefix", "/keywarden-bench" + filepath.Dir(state) + "/"}
+		}
+	}
+	results, err := bench.RunCreate(ctx, cfg, progress)
 	if err != nil {
 		return err
 	}

@@ -51,8 +51,16 @@ type Config struct {
 	// unsealed from the start.
 	Dev bool
 	// StateDir holds the key store (a bbolt file; created 0700). Required
-	// unless Dev.
+	// unless Dev. With Etcd, it holds what stays local (the audit log).
 	StateDir string
+	// Etcd, if set, keeps the key store in an etcd cluster that the
+	// daemons of several machines share (docs/cluster.md), not in
+	// StateDir.
+	Etcd *store.EtcdConfig
+	// StaleBound, with Etcd, is how long the daemon uses keys without
+	// confirming that it has seen every change to the store (0:
+	// keystore.DefaultStaleBound).
+	StaleBound time.Duration
 	// UnsealPassphraseFile, if set, unseals the master key at start with
 	// the passphrase in this file (for unattended starts; the file must
 	// be readable by the daemon's user only).
@@ -292,30 +300,37 @@ func Run(ctx context.Context, cfg Config) error {
 	defer gen.Close()
 
 	var keys *keystore.Store
+	var cluster func(ctx context.Context) *wire.ClusterStatus
 	if !cfg.Dev {
 		if err := prepareStateDir(cfg.StateDir); err != nil {
 			return err
 		}
-		db, err := store.OpenBolt(cfg.StateDir, time.Second)
+		db, where, err := openStore(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
 		defer db.Close()
 		m, err := seal.Open(seal.Config{Store: db, KDF: kdfSup, Logger: log, InsecureKDF: cfg.InsecureMasterKDF})
 		if err != nil {
-			return fmt.Errorf("%s: %w", cfg.StateDir, err)
+			return fmt.Errorf("%s: %w", where, err)
 		}
 		if cfg.InsecureMasterKDF {
 			log.Warn("--insecure-master-kdf: master passphrases may be sealed with Argon2id costs below the floor; for tests only, never for keys that matter")
 		}
-		keys = keystore.New(keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log})
+		kcfg := keystore.Config{MaxPerUser: cfg.Limits.MaxKeysPerUser, DB: db, Master: m, Logger: log}
+		if etcd, ok := db.(*store.Etcd); ok {
+			kcfg.HighWaterFile = filepath.Join(cfg.StateDir, "cluster.highwater")
+			cluster = func(ctx context.Context) *wire.ClusterStatus { return clusterStatus(ctx, etcd, keys) }
+		}
+		keys = keystore.New(kcfg)
+		keys.SetStaleBound(cfg.StaleBound)
 	}
 	var srvMetrics server.Metrics
 	if met != nil {
 		srvMetrics = met
 	}
 	srv, err := server.New(server.Config{Metrics: srvMetrics, Logger: log, Limits: cfg.Limits, DevMode: cfg.Dev, Version: cfg.Version, Memory: memory, KDF: kdfSup,
-		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins,
+		Generation: gen, GenerationAdmins: cfg.GenerationAdmins, GenerationWatchers: cfg.GenerationWatchers, Store: keys, StateDir: cfg.StateDir, Admins: cfg.Admins, Cluster: cluster,
 		Audit: alog.get(), AuditPublicKey: auditPubPath(cfg), AuditLinux: alog.linuxStatus, SSHAgentSockets: cfg.SSHAgentSockets})
 	if err != nil {
 		return err

@@ -363,6 +363,7 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			return storeErr(err)
 		}
 		written = true
+		s.resetHighWater()
 		s.epoch.cur.Store(epoch)
 		s.epoch.saved.Store(epoch)
 		return nil

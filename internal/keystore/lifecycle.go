@@ -344,6 +344,17 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
 	v := o.Newest()
+	if g := v.elsewhere.Load(); g > v.reserved.Load() {
+		// Another daemon of a shared store reserved encryptions past this
+		// one's reservation: this one gives up what it has left of its
+		// own (as a crash would) and counts from the other's end. The
+		// count is raised by adding, not set: encryptions counted
+		// meanwhile stay counted (some twice, which only spends budget).
+		if u := v.used.Load(); g > u {
+			v.used.Add(g - u)
+		}
+		v.reserved.Store(g)
+	}
 	if !s.open(v) {
 		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE {
 			return nil, errClosedByChange

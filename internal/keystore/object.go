@@ -40,6 +40,13 @@ type Object struct {
 
 	// removed is set once the object left the store.
 	removed atomic.Bool
+	// superseded is set (under the store's mu) once another daemon of a
+	// shared store changed the key's record: the object is not its state
+	// any more (follow.go).
+	superseded atomic.Bool
+	// gate, for a key of a shared store, refuses its use while the daemon
+	// may not know its current record (follow.go); nil otherwise.
+	gate *follower
 	// refs counts the handles and sessions that hold a persistent object;
 	// at zero the store unloads it (guarded by the store's mu).
 	refs int
@@ -104,6 +111,11 @@ type Version struct {
 	used     atomic.Uint64
 	reserved atomic.Uint64
 	limit    atomic.Uint64
+	// elsewhere is, in a store that several daemons share, the highest
+	// reservation another daemon made for this version since this one
+	// loaded it (follow.go); this daemon's next reservation goes on after
+	// it. 0 otherwise.
+	elsewhere atomic.Uint64
 }
 
 // Used returns the encryptions this version has made, as far as known.
@@ -222,6 +234,9 @@ var errUnloaded = wire.Errorf(wire.Status_STATUS_NOT_FOUND, "key no longer loade
 // wiped) until fn returns. It fails with STATUS_NOT_FOUND once the key is
 // destroyed.
 func (o *Object) Use(fn func(*mech.Key) error) error {
+	if err := o.gate.check(); err != nil {
+		return err
+	}
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	if o.gone != nil {
@@ -232,6 +247,9 @@ func (o *Object) Use(fn func(*mech.Key) error) error {
 
 // UseVersion runs fn with version v's material (see Use).
 func (o *Object) UseVersion(v *Version, fn func(*mech.Key) error) error {
+	if err := o.gate.check(); err != nil {
+		return err
+	}
 	o.mu.RLock()
 	defer o.mu.RUnlock()
 	if o.gone != nil {

@@ -60,7 +60,7 @@ func record(o *Object) *persist.KeyRecord {
 		r.Versions = append(r.Versions, &persist.KeyVersion{
 			Version:             v.N,
 			CreatedUnixNano:     v.Created.UnixNano(),
-			EncryptionsReserved: v.reserved.Load(),
+			EncryptionsReserved: max(v.reserved.Load(), v.elsewhere.Load()),
 			EncryptionsLimit:    v.limit.Load(),
 			BudgetEpoch:         v.epoch,
 			Automatic:           v.auto,
@@ -219,12 +219,16 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 	defer l.Release()
 	k := l.Keys()
 	if o.removed.Load() {
+		if err := o.Gone(); err != nil {
+			return err
+		}
 		return errDestroyed
 	}
 	if o.epoch != l.Epoch() {
 		return ErrSealedAway
 	}
 	r := record(o)
+	known := reservations(r) // what this daemon knows of the record's
 	if err := change(r); err != nil {
 		return err
 	}
@@ -232,6 +236,9 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 		plain = objectPlain(o)
 	}
 	err = s.write(k, func(k *seal.Keys, tx store.Tx) error {
+		if err := s.checkFresh(tx, o, known); err != nil {
+			return err
+		}
 		c := r.CloneVT() // Update may run fn more than once
 		return s.putRecord(tx, k, c, true, plain)
 	})
@@ -501,16 +508,29 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	var scan verifyScan
 	var hdr *persist.StoreHeader
 	var hacc persist.Acc
+	var rev int64 // the revision of a shared store checked
 	err := s.db.View(func(tx store.Tx) error {
 		var err error
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
+		}
+		if r, ok := tx.(store.Revisioned); ok {
+			rev = r.Revision()
 		}
 		scan, err = scanRecords(tx, k, hdr.Count)
 		return err
 	})
 	if err != nil {
 		return &IntegrityError{Detail: err.Error()}
+	}
+	if hw, err := s.readHighWater(hdr.StoreId); err != nil {
+		return &IntegrityError{Detail: fmt.Sprintf("cannot read the high-water mark: %v", err)}
+	} else if hdr.Epoch < hw {
+		ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
+			"the store is older than one this daemon verified before (header epoch %d, %d seen): rolled back; if a backup was restored on purpose on another daemon, remove %s and unseal again",
+			hdr.Epoch, hw, s.hwFile)}
+		s.log.Error("unseal refused", "reason", ie.Detail)
+		return ie
 	}
 	owned, bad, count, acc := scan.owned, scan.bad, scan.count, scan.acc
 	if k.LegacyHeader() {
@@ -599,6 +619,13 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.count = int(count) - len(bad)
 		s.bad = bad
 		s.serving = k.Epoch()
+		s.stopFollow()
+		s.writeHighWater(hdr.StoreId, hdr.Epoch)
+		if sh, ok := s.db.(store.Shared); ok && rev != 0 {
+			// From the revision checked: the writes Verify made since
+			// are followed too, and must add up.
+			s.startFollow(sh, k.Epoch(), rev, hdr, hacc)
+		}
 	})
 }
 

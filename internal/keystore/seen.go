@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+	"time"
 
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/persist"
@@ -146,7 +147,16 @@ func (s *Store) current(k *seal.Keys, id key.ID, mac []byte) error {
 // replaced: the first mismatches wait for the commits under way (an empty
 // transaction) and read again. A read that a seal overtakes fails as
 // sealed (see current).
+//
+// In a shared store, a record another daemon wrote is noted when this
+// daemon's follower reaches its commit (follow.go), normally within
+// milliseconds: a mismatch waits for it, up to the staleness bound.
 func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error) {
+	tries := 3
+	_, shared := s.db.(store.Shared)
+	if shared {
+		tries = 20
+	}
 	for try := 0; ; try++ {
 		var r *persist.KeyRecord
 		var cur error
@@ -168,8 +178,11 @@ func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error)
 			return nil, err
 		case cur == nil:
 			return r, nil
-		case !errors.Is(cur, errReplaced) || try == 2:
+		case !errors.Is(cur, errReplaced) || try == tries-1:
 			return nil, cur
+		}
+		if shared && try >= 2 {
+			time.Sleep(DefaultStaleBound / 20)
 		}
 		if err := s.db.Update(func(store.Tx) error { return nil }); err != nil {
 			return nil, storeErr(err)

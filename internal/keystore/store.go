@@ -60,6 +60,15 @@ type Store struct {
 	seen *recordTags
 	// epoch is the budget epoch (budget.go).
 	epoch budgetEpoch
+	// fol follows a shared store (follow.go) for the unsealed epoch; nil
+	// for a store of one daemon, or while sealed. staleBound is its
+	// bound (0: DefaultStaleBound).
+	fol        *follower
+	staleBound time.Duration
+	// hwFile keeps the high-water mark of a shared store (highwater.go);
+	// hwMu serializes its writes.
+	hwFile string
+	hwMu   sync.Mutex
 
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
@@ -72,6 +81,10 @@ type Config struct {
 	Master     *seal.Master
 	Logger     *slog.Logger
 	Now        func() time.Time
+	// HighWaterFile, for a store that several daemons share, is a file
+	// of this machine where the highest store header epoch verified is
+	// kept (highwater.go); "" keeps none.
+	HighWaterFile string
 }
 
 // New returns a store over cfg.DB. Until the master key is unsealed (and
@@ -89,6 +102,7 @@ func New(cfg Config) *Store {
 		bad:        make(map[key.ID]struct{}),
 		used:       make(map[key.ID]map[uint32]uint64),
 		mats:       newMaterials(0),
+		hwFile:     cfg.HighWaterFile,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -235,6 +249,7 @@ func (s *Store) Add(o *Object) error {
 	} else {
 		s.count++
 		o.refs = 1
+		o.gate = s.fol
 		s.loaded[o.ID] = o
 	}
 	return nil
@@ -334,6 +349,10 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	defer l.Release()
 	k := l.Keys()
 	s.mu.Lock()
+	if err := s.fol.check(); err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
 	if o := s.loaded[id]; o != nil {
 		o.refs++
 		s.mu.Unlock()
@@ -368,6 +387,7 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		return cur, nil
 	}
 	o.refs = 1
+	o.gate = s.fol
 	s.loaded[id] = o
 	if used := s.used[id]; used != nil {
 		for _, v := range o.Versions() {
@@ -654,6 +674,7 @@ func (s *Store) seal(close bool, why error) error {
 		s.seen = nil
 		s.count = 0
 		s.serving = 0
+		s.stopFollow()
 	}, func() {
 		// Before the wait for the master key's users: no key is usable
 		// once the seal has begun.

@@ -12,6 +12,7 @@ import (
 	"github.com/keywarden/keywarden/internal/shamir"
 	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
+	"google.golang.org/protobuf/proto"
 )
 
 // KeyLen is the master key's length.
@@ -162,6 +163,28 @@ func (m *Master) Reload() error {
 	return nil
 }
 
+// Refresh re-reads the master record while the master key is sealed, and
+// takes it if it changed: a store that the daemons of several machines
+// share (docs/cluster.md) is initialized, or its master key rotated, by
+// one of them, and the others learn of it when they next unseal. A
+// record that did not change leaves everything as it was (shares held
+// toward an unseal are kept).
+func (m *Master) Refresh() error {
+	n, err := Open(Config{Store: m.st, KDF: m.kdf, Logger: m.log, Now: m.now, InsecureKDF: m.insecureKDF})
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys != nil || n.rec == nil || (m.rec != nil && proto.Equal(m.rec, n.rec)) {
+		return nil
+	}
+	m.rec = n.rec
+	m.recs++
+	m.dropShares()
+	return nil
+}
+
 // errReplaceDraining: a replacement of the store waited in vain for the
 // operations begun before its seal.
 var errReplaceDraining = wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "operations begun before the seal still run: nothing replaced; try again")
@@ -238,7 +261,16 @@ func (m *Master) keysLocked() (*Keys, error) {
 }
 
 // State returns the master key's state.
+//
+// A master key not found is looked for again (Refresh): in a store that
+// several daemons share, another may have initialized it since.
 func (m *Master) State() State {
+	m.mu.Lock()
+	uninit := m.rec == nil
+	m.mu.Unlock()
+	if uninit {
+		m.Refresh()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := State{Initialized: m.rec != nil, Sealed: m.keys == nil, SharesHeld: len(m.held), RetryAfter: m.lim.wait(m.now())}

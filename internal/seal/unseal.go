@@ -91,6 +91,9 @@ func unlock(mk *mech.Key, rec *persist.MasterRecord) (k *Keys, err error) {
 // sealed.
 func (m *Master) UnsealPassphrase(ctx context.Context, pass []byte, verify func(*Keys) error) error {
 	defer clear(pass)
+	if err := m.Refresh(); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	rec, err := m.beginUnseal()
 	recs := m.recs
@@ -311,6 +314,9 @@ func matches(sh shamir.Share, c []byte) bool {
 // needed; unsealed reports success.
 func (m *Master) UnsealShare(sh shamir.Share, verify func(*Keys) error) (held, need int, unsealed bool, err error) {
 	defer clear(sh.Y)
+	if err := m.Refresh(); err != nil {
+		return 0, 0, false, err
+	}
 	m.mu.Lock()
 	rec, err := m.beginUnseal()
 	recs := m.recs

@@ -168,6 +168,9 @@ type Config struct {
 	// Metrics, if set, is told of every request the core executes or
 	// refuses (package metrics).
 	Metrics Metrics
+	// Cluster, for a store in an etcd cluster that several daemons share,
+	// describes the cluster for Status; nil otherwise.
+	Cluster func(ctx context.Context) *wire.ClusterStatus
 	// Admins may run the master-key and store operations (init, unseal,
 	// seal, master rotation, backup, restore, trusting wrapping keys),
 	// besides root and the daemon's own uid.

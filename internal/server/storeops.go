@@ -542,7 +542,19 @@ func (s *Server) sealStatus() *wire.SealStatus {
 		SharesHeld: uint32(st.SharesHeld), RetryAfterMs: uint32(st.RetryAfter / time.Millisecond),
 		Rotating: st.Rotating, RotationDone: st.RotationDone, RotationTotal: st.RotTot,
 		StateDir: s.cfg.StateDir, Persistent: s.cfg.StateDir != "", Quarantined: uint32(s.store.Quarantined()),
+		Cluster: s.clusterStatus(),
 	}
+}
+
+// clusterStatus asks the cluster of a shared store how it is, within a
+// bound: status answers even when the cluster does not.
+func (s *Server) clusterStatus() *wire.ClusterStatus {
+	if s.cfg.Cluster == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return s.cfg.Cluster(ctx)
 }
 
 // SealState returns the master key's state.

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/keywarden/keywarden/internal/etcdtest"
 	"github.com/keywarden/keywarden/internal/store"
 )
 
@@ -341,3 +342,21 @@ func TestBoltConformance(t *testing.T) {
 		return s
 	})
 }
+
+func etcdConformance(t *testing.T, members int) {
+	c := etcdtest.Start(t, members)
+	var n int
+	conformance(t, func(t *testing.T) store.Store {
+		n++
+		s, err := store.OpenEtcd(store.EtcdConfig{Endpoints: c.Endpoints(), Prefix: fmt.Sprintf("/conformance/%d/", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+func TestEtcdConformance(t *testing.T) { etcdConformance(t, 1) }
+
+func TestEtcdConformanceThreeMembers(t *testing.T) { etcdConformance(t, 3) }

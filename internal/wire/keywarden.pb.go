@@ -6162,7 +6162,10 @@ type SealStatus struct {
 	StateDir   string `protobuf:"bytes,12,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
 	Persistent bool   `protobuf:"varint,13,opt,name=persistent,proto3" json:"persistent,omitempty"`
 	// Key records that failed their integrity check and are refused.
-	Quarantined   uint32 `protobuf:"varint,14,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	Quarantined uint32 `protobuf:"varint,14,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	// The etcd cluster of a store that several daemons share (unset for a
+	// store of one machine).
+	Cluster       *ClusterStatus `protobuf:"bytes,15,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6295,6 +6298,213 @@ func (x *SealStatus) GetQuarantined() uint32 {
 	return 0
 }
 
+func (x *SealStatus) GetCluster() *ClusterStatus {
+	if x != nil {
+		return x.Cluster
+	}
+	return nil
+}
+
+// ClusterStatus describes the etcd cluster of a shared store
+// (docs/cluster.md) and how closely this daemon follows it.
+type ClusterStatus struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints []*ClusterEndpoint     `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Prefix    string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// The leader's member id (0: none known).
+	Leader uint64 `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The highest revision a member reported.
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The revision up to which this daemon has seen every change, and how
+	// long ago that was confirmed; past bound_ms, keys are refused.
+	FollowedRevision int64  `protobuf:"varint,5,opt,name=followed_revision,json=followedRevision,proto3" json:"followed_revision,omitempty"`
+	LagMs            uint32 `protobuf:"varint,6,opt,name=lag_ms,json=lagMs,proto3" json:"lag_ms,omitempty"`
+	BoundMs          uint32 `protobuf:"varint,7,opt,name=bound_ms,json=boundMs,proto3" json:"bound_ms,omitempty"`
+	// Why keys of the store are refused, if they are.
+	Refused       string `protobuf:"bytes,8,opt,name=refused,proto3" json:"refused,omitempty"`
+	Following     bool   `protobuf:"varint,9,opt,name=following,proto3" json:"following,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatus) Reset() {
+	*x = ClusterStatus{}
+	mi := &file_keywarden_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatus) ProtoMessage() {}
+
+func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
+func (*ClusterStatus) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *ClusterStatus) GetEndpoints() []*ClusterEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ClusterStatus) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetLeader() uint64 {
+	if x != nil {
+		return x.Leader
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetFollowedRevision() int64 {
+	if x != nil {
+		return x.FollowedRevision
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetLagMs() uint32 {
+	if x != nil {
+		return x.LagMs
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetBoundMs() uint32 {
+	if x != nil {
+		return x.BoundMs
+	}
+	return 0
+}
+
+func (x *ClusterStatus) GetRefused() string {
+	if x != nil {
+		return x.Refused
+	}
+	return ""
+}
+
+func (x *ClusterStatus) GetFollowing() bool {
+	if x != nil {
+		return x.Following
+	}
+	return false
+}
+
+// ClusterEndpoint is one etcd endpoint's answer.
+type ClusterEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	MemberId      uint64                 `protobuf:"varint,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Revision      int64                  `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	Leader        bool                   `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterEndpoint) Reset() {
+	*x = ClusterEndpoint{}
+	mi := &file_keywarden_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterEndpoint) ProtoMessage() {}
+
+func (x *ClusterEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterEndpoint.ProtoReflect.Descriptor instead.
+func (*ClusterEndpoint) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ClusterEndpoint) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *ClusterEndpoint) GetMemberId() uint64 {
+	if x != nil {
+		return x.MemberId
+	}
+	return 0
+}
+
+func (x *ClusterEndpoint) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *ClusterEndpoint) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *ClusterEndpoint) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *ClusterEndpoint) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // Share is one share of a split master key (docs/operations.md).
 type Share struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -6308,7 +6518,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6320,7 +6530,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6333,7 +6543,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -6385,7 +6595,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6397,7 +6607,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6410,7 +6620,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -6468,7 +6678,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6480,7 +6690,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6493,7 +6703,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -6539,7 +6749,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6551,7 +6761,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6564,7 +6774,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6599,7 +6809,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6611,7 +6821,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6624,7 +6834,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -6657,7 +6867,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6669,7 +6879,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6682,7 +6892,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -6701,7 +6911,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6713,7 +6923,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6726,7 +6936,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -6775,7 +6985,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6787,7 +6997,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6800,7 +7010,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -6837,7 +7047,7 @@ type SetLifecycle struct {
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6849,7 +7059,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6862,7 +7072,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -6942,7 +7152,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6954,7 +7164,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6967,7 +7177,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -7015,7 +7225,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7027,7 +7237,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7040,7 +7250,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -7092,7 +7302,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7104,7 +7314,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7117,7 +7327,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -7157,7 +7367,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7169,7 +7379,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7182,7 +7392,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -7223,7 +7433,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7235,7 +7445,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7248,7 +7458,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -7278,7 +7488,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7290,7 +7500,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7303,7 +7513,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{75}
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -7327,7 +7537,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7339,7 +7549,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7352,7 +7562,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{76}
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -7405,7 +7615,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7417,7 +7627,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7430,7 +7640,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{77}
+	return file_keywarden_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7494,7 +7704,7 @@ type RestoreReport struct {
 
 func (x *RestoreReport) Reset() {
 	*x = RestoreReport{}
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7506,7 +7716,7 @@ func (x *RestoreReport) String() string {
 func (*RestoreReport) ProtoMessage() {}
 
 func (x *RestoreReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7519,7 +7729,7 @@ func (x *RestoreReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
 func (*RestoreReport) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{78}
+	return file_keywarden_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *RestoreReport) GetKeysBefore() uint64 {
@@ -7625,7 +7835,7 @@ type SshCertOption struct {
 
 func (x *SshCertOption) Reset() {
 	*x = SshCertOption{}
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7637,7 +7847,7 @@ func (x *SshCertOption) String() string {
 func (*SshCertOption) ProtoMessage() {}
 
 func (x *SshCertOption) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7650,7 +7860,7 @@ func (x *SshCertOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertOption.ProtoReflect.Descriptor instead.
 func (*SshCertOption) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{79}
+	return file_keywarden_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *SshCertOption) GetName() string {
@@ -7704,7 +7914,7 @@ type SshCertify struct {
 
 func (x *SshCertify) Reset() {
 	*x = SshCertify{}
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7716,7 +7926,7 @@ func (x *SshCertify) String() string {
 func (*SshCertify) ProtoMessage() {}
 
 func (x *SshCertify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7729,7 +7939,7 @@ func (x *SshCertify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertify.ProtoReflect.Descriptor instead.
 func (*SshCertify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{80}
+	return file_keywarden_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SshCertify) GetHandle() uint32 {
@@ -8240,7 +8450,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0elayout_version\x18\x02 \x01(\rR\rlayoutVersion\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x04R\n" +
-	"generation\"\xca\x03\n" +
+	"generation\"\x81\x04\n" +
 	"\n" +
 	"SealStatus\x12 \n" +
 	"\vinitialized\x18\x01 \x01(\bR\vinitialized\x12\x16\n" +
@@ -8264,7 +8474,25 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"persistent\x18\r \x01(\bR\n" +
 	"persistent\x12 \n" +
-	"\vquarantined\x18\x0e \x01(\rR\vquarantined\"\\\n" +
+	"\vquarantined\x18\x0e \x01(\rR\vquarantined\x125\n" +
+	"\acluster\x18\x0f \x01(\v2\x1b.keywarden.v1.ClusterStatusR\acluster\"\xaf\x02\n" +
+	"\rClusterStatus\x12;\n" +
+	"\tendpoints\x18\x01 \x03(\v2\x1d.keywarden.v1.ClusterEndpointR\tendpoints\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x16\n" +
+	"\x06leader\x18\x03 \x01(\x04R\x06leader\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12+\n" +
+	"\x11followed_revision\x18\x05 \x01(\x03R\x10followedRevision\x12\x15\n" +
+	"\x06lag_ms\x18\x06 \x01(\rR\x05lagMs\x12\x19\n" +
+	"\bbound_ms\x18\a \x01(\rR\aboundMs\x12\x18\n" +
+	"\arefused\x18\b \x01(\tR\arefused\x12\x1c\n" +
+	"\tfollowing\x18\t \x01(\bR\tfollowing\"\xa4\x01\n" +
+	"\x0fClusterEndpoint\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\x04R\bmemberId\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12\x14\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\"\\\n" +
 	"\x05Share\x12\x19\n" +
 	"\bsplit_id\x18\x01 \x01(\fR\asplitId\x12\x1c\n" +
 	"\tthreshold\x18\x02 \x01(\rR\tthreshold\x12\f\n" +
@@ -8511,7 +8739,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8585,26 +8813,28 @@ var file_keywarden_proto_goTypes = []any{
 	(*GenerationMap)(nil),          // 69: keywarden.v1.GenerationMap
 	(*GenerationMapInfo)(nil),      // 70: keywarden.v1.GenerationMapInfo
 	(*SealStatus)(nil),             // 71: keywarden.v1.SealStatus
-	(*Share)(nil),                  // 72: keywarden.v1.Share
-	(*Init)(nil),                   // 73: keywarden.v1.Init
-	(*InitResult)(nil),             // 74: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 75: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 76: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 77: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 78: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 79: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 80: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 81: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 82: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 83: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 84: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 85: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 86: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 87: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 88: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 89: keywarden.v1.RestoreReport
-	(*SshCertOption)(nil),          // 90: keywarden.v1.SshCertOption
-	(*SshCertify)(nil),             // 91: keywarden.v1.SshCertify
+	(*ClusterStatus)(nil),          // 72: keywarden.v1.ClusterStatus
+	(*ClusterEndpoint)(nil),        // 73: keywarden.v1.ClusterEndpoint
+	(*Share)(nil),                  // 74: keywarden.v1.Share
+	(*Init)(nil),                   // 75: keywarden.v1.Init
+	(*InitResult)(nil),             // 76: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 77: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 78: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 79: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 80: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 81: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 82: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 83: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 84: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 85: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 86: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 87: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 88: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 89: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 90: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 91: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 92: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 93: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
 	13,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
@@ -8635,18 +8865,18 @@ var file_keywarden_proto_depIdxs = []int32{
 	52,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
 	53,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
 	54,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	73,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	75,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	77,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	78,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	79,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	81,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	82,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	83,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	84,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	86,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	88,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	80,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	75,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	77,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	79,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	80,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	81,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	83,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	84,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	85,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	86,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	88,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	90,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	82,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
 	57,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
 	58,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
 	59,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
@@ -8657,7 +8887,7 @@ var file_keywarden_proto_depIdxs = []int32{
 	67,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
 	68,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
 	69,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	91,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	93,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
 	0,   // 51: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
 	22,  // 52: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
 	17,  // 53: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
@@ -8665,10 +8895,10 @@ var file_keywarden_proto_depIdxs = []int32{
 	25,  // 55: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
 	28,  // 56: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
 	61,  // 57: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	74,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	76,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	87,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	85,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	76,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	78,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	89,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	87,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
 	62,  // 62: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
 	70,  // 63: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
 	1,   // 64: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
@@ -8715,25 +8945,27 @@ var file_keywarden_proto_depIdxs = []int32{
 	55,  // 105: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
 	55,  // 106: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
 	63,  // 107: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	55,  // 108: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	72,  // 109: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	72,  // 110: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	55,  // 111: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	20,  // 112: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
-	9,   // 113: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 114: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 115: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	16,  // 116: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 117: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	89,  // 118: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	10,  // 119: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
-	90,  // 120: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
-	90,  // 121: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
-	122, // [122:122] is the sub-list for method output_type
-	122, // [122:122] is the sub-list for method input_type
-	122, // [122:122] is the sub-list for extension type_name
-	122, // [122:122] is the sub-list for extension extendee
-	0,   // [0:122] is the sub-list for field type_name
+	72,  // 108: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
+	73,  // 109: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
+	55,  // 110: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	74,  // 111: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	74,  // 112: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	55,  // 113: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	20,  // 114: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	9,   // 115: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 116: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	9,   // 117: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	16,  // 118: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 119: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	91,  // 120: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	10,  // 121: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	92,  // 122: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	92,  // 123: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	124, // [124:124] is the sub-list for method output_type
+	124, // [124:124] is the sub-list for method input_type
+	124, // [124:124] is the sub-list for extension type_name
+	124, // [124:124] is the sub-list for extension extendee
+	0,   // [0:124] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -8816,15 +9048,15 @@ func file_keywarden_proto_init() {
 		(*Open_Name)(nil),
 	}
 	file_keywarden_proto_msgTypes[30].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[69].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[80].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[71].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[82].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      11,
-			NumMessages:   81,
+			NumMessages:   83,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

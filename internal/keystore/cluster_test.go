@@ -1,0 +1,413 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/keywarden/keywarden/internal/etcdtest"
+	"github.com/keywarden/keywarden/internal/mech"
+	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/seal"
+	"github.com/keywarden/keywarden/internal/store"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// clusterNode opens a daemon's key store on the etcd cluster at eps under
+// prefix: it initializes the store if first, else unseals it.
+func clusterNode(t *testing.T, eps []string, prefix string, first bool) *Store {
+	t.Helper()
+	db, err := store.OpenEtcd(store.EtcdConfig{Endpoints: eps, Prefix: prefix, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := seal.Open(seal.Config{Store: db, KDF: inProcessKDF{}, InsecureKDF: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{MaxPerUser: 1000, DB: db, Master: m, HighWaterFile: filepath.Join(t.TempDir(), "highwater")})
+	t.Cleanup(func() { s.Close(); db.Close() })
+	if first {
+		p, err := m.PrepareInit(context.Background(), seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.CommitInit(p, func(k *seal.Keys) ([]byte, error) { return NewHeader(k, time.Now()) }); err != nil {
+			t.Fatal(err)
+		}
+		k, _ := m.Keys()
+		if err := s.Verify(k, false); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		unseal(t, s)
+	}
+	return s
+}
+
+// within polls cond until it holds, failing after d.
+func within(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	for !cond() {
+		if time.Since(t0) > d {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(t0)
+}
+
+func useErr(o *Object) error { return o.Use(func(*mech.Key) error { return nil }) }
+
+// Two daemons on one store: a key made on one is used on the other; a
+// rotation on one drops the other's copy, which opens the new version; a
+// destroy on one is refused on the other within the bound.
+func TestClusterDaemonsFollowEachOther(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/follow/", true)
+	b := clusterNode(t, c.Endpoints(), "/follow/", false)
+
+	o := obj(t, 1, "shared", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "the key made on a opens on b", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	if err := useErr(ob); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := b.Counts(); p != 1 {
+		t.Fatalf("b counts %d persistent keys", p)
+	}
+
+	if _, err := a.Rotate(o); err != nil {
+		t.Fatal(err)
+	}
+	d := within(t, time.Second, "b drops its copy after the rotation on a", func() bool { return errors.Is(useErr(ob), errChangedElsewhere) })
+	t.Logf("rotation seen on the other daemon after %s", d)
+	b.Release(ob)
+	ob, err := b.Get(o.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := ob.Newest().N; n != 2 {
+		t.Fatalf("b opens version %d after the rotation on a", n)
+	}
+
+	if err := a.Remove(o); err != nil {
+		t.Fatal(err)
+	}
+	d = within(t, time.Second, "b refuses the key destroyed on a", func() bool { return errors.Is(useErr(ob), errDestroyedElsewhere) })
+	t.Logf("destroy seen on the other daemon after %s", d)
+	b.Release(ob)
+	if _, err := b.Get(o.ID); status(err) != wire.Status_STATUS_NOT_FOUND {
+		t.Fatalf("b opens the destroyed key: %v", err)
+	}
+	within(t, time.Second, "b's count", func() bool { p, _ := b.Counts(); return p == 0 })
+}
+
+// Two daemons rotating one key at once never make the same version twice:
+// they make N+1 and N+2, or one is refused.
+func TestClusterConcurrentRotations(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/rotate/", true)
+	b := clusterNode(t, c.Endpoints(), "/rotate/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 10 {
+		oa, err := a.Get(o.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ob *Object
+		within(t, time.Second, "b opens the key", func() bool {
+			ob, err = b.Get(o.ID)
+			return err == nil && ob.Newest().N == oa.Newest().N
+		})
+		n := oa.Newest().N
+		var wg sync.WaitGroup
+		vs := make([]*Version, 2)
+		errs := make([]error, 2)
+		for i, p := range []struct {
+			s *Store
+			o *Object
+		}{{a, oa}, {b, ob}} {
+			wg.Add(1)
+			go func() { defer wg.Done(); vs[i], errs[i] = p.s.Rotate(p.o) }()
+		}
+		wg.Wait()
+		var made []uint32
+		for i := range 2 {
+			if errs[i] == nil {
+				made = append(made, vs[i].N)
+			}
+		}
+		switch {
+		case len(made) == 0:
+			t.Fatalf("round %d: both rotations refused: %v", round, errs)
+		case len(made) == 2 && made[0] == made[1]:
+			t.Fatalf("round %d: both daemons made version %d", round, made[0])
+		}
+		for _, m := range made {
+			if m != n+1 && m != n+2 {
+				t.Fatalf("round %d: version %d after %d", round, m, n)
+			}
+		}
+		a.Release(oa)
+		b.Release(ob)
+		// The store holds the newest version made.
+		var latest *Object
+		within(t, time.Second, "a opens the newest version", func() bool {
+			latest, err = a.Get(o.ID)
+			if err != nil {
+				return false
+			}
+			ok := latest.Newest().N == max(made[0], made[len(made)-1])
+			if !ok {
+				a.Release(latest)
+			}
+			return ok
+		})
+		a.Release(latest)
+	}
+}
+
+// A daemon whose follower lags (it has not applied another daemon's
+// rotation yet) and rotates the same key from the state it knows is
+// refused: it would otherwise write version N+1 over the other's N+1.
+func TestClusterRotationFromStaleStateRefused(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/stalerotate/", true)
+	b := clusterNode(t, c.Endpoints(), "/stalerotate/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "b opens the key", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	hold := make(chan struct{})
+	held := make(chan struct{}, 1)
+	hook := func(s *Store) {
+		if s == b {
+			select {
+			case held <- struct{}{}:
+			default:
+			}
+			<-hold
+		}
+	}
+	hookFollowApply.Store(&hook)
+	defer hookFollowApply.Store(nil)
+	va, err := a.Rotate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-held // b's follower holds a's rotation, unapplied
+	vb, err := b.Rotate(ob)
+	close(hold)
+	if err == nil {
+		t.Fatalf("a made version %d, and b, from the state before it, version %d", va.N, vb.N)
+	}
+	if status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("b's rotation: %v", err)
+	}
+}
+
+// Someone who can write to etcd, but holds no master key, tries each
+// change the store's checks must catch, while two daemons run: a record
+// swapped for another's, an older revision of a record put back, a
+// record deleted, an older store header put back. Each is seen by the
+// daemons, which refuse the store's keys from then on.
+func TestClusterTamperThroughEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	for i, tc := range []struct {
+		name   string
+		tamper func(t *testing.T, keys, hdr string, x, y *Object, oldX, oldHdr string)
+	}{
+		{"SwapRecords", func(t *testing.T, keys, _ string, x, y *Object, _, _ string) {
+			vx, vy := get(t, raw, keys+string(x.ID[:])), get(t, raw, keys+string(y.ID[:]))
+			if _, err := raw.Txn(ctx).Then(clientv3.OpPut(keys+string(x.ID[:]), vy), clientv3.OpPut(keys+string(y.ID[:]), vx)).Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"OldRevisionOfRecord", func(t *testing.T, keys, _ string, x, _ *Object, oldX, _ string) {
+			if _, err := raw.Put(ctx, keys+string(x.ID[:]), oldX); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"OldRevisionWithItsHeader", func(t *testing.T, keys, hdr string, x, _ *Object, oldX, oldHdr string) {
+			if _, err := raw.Txn(ctx).Then(clientv3.OpPut(keys+string(x.ID[:]), oldX), clientv3.OpPut(hdr, oldHdr)).Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"DeleteRecord", func(t *testing.T, keys, _ string, x, _ *Object, _, _ string) {
+			if _, err := raw.Delete(ctx, keys+string(x.ID[:])); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"ReplayHeader", func(t *testing.T, _, hdr string, _, _ *Object, _, oldHdr string) {
+			if _, err := raw.Put(ctx, hdr, oldHdr); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := fmt.Sprintf("/tamper/%d/", i)
+			a := clusterNode(t, c.Endpoints(), prefix, true)
+			b := clusterNode(t, c.Endpoints(), prefix, false)
+			x, y := obj(t, 1, "x", false), obj(t, 1, "y", false)
+			for _, o := range []*Object{x, y} {
+				if err := a.Add(o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			db := a.db.(*store.Etcd)
+			keys := db.BucketPrefix(persist.BucketKeys)
+			hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+			oldX, oldHdr := get(t, raw, keys+string(x.ID[:])), get(t, raw, hdr)
+			if _, err := a.Rotate(x); err != nil { // x's record and the header move on
+				t.Fatal(err)
+			}
+			ob, err := b.Get(y.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.tamper(t, keys, hdr, x, y, oldX, oldHdr)
+			for _, s := range []*Store{a, b} {
+				within(t, time.Second, "the tampering seen", func() bool {
+					_, err := s.Get(y.ID)
+					return status(err) == wire.Status_STATUS_INTERNAL && strings.Contains(err.Error(), "outside keywarden")
+				})
+			}
+			if err := useErr(ob); status(err) != wire.Status_STATUS_INTERNAL {
+				t.Fatalf("a key in memory is still used after the tampering: %v", err)
+			}
+			// The next unseal's full check refuses the store too.
+			a.SealAll()
+			if err := a.Master().UnsealPassphrase(ctx, []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) }); err == nil {
+				t.Fatal("the unseal accepted the tampered store")
+			}
+		})
+	}
+}
+
+func get(t *testing.T, c *clientv3.Client, k string) string {
+	t.Helper()
+	r, err := c.Get(context.Background(), k)
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("get %q: %v", k, err)
+	}
+	return string(r.Kvs[0].Value)
+}
+
+// A daemon that loses the cluster refuses its keys once the bound has
+// passed, with UNAVAILABLE, and serves them again once it catches up.
+func TestClusterStaleRefused(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/stale/", true)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(0)
+	t0 := time.Now()
+	within(t, 3*time.Second, "keys refused", func() bool { return errors.Is(useErr(o), errStale) })
+	if d := time.Since(t0); d < DefaultStaleBound-store.FollowConfirmEvery {
+		t.Fatalf("refused after %s, before the bound", d)
+	}
+	if _, err := a.Get(o.ID); status(err) != wire.Status_STATUS_UNAVAILABLE {
+		t.Fatalf("open while stale: %v", err)
+	}
+	c.Restart(0)
+	c.WaitHealthy(20 * time.Second)
+	within(t, 10*time.Second, "keys served again", func() bool { return useErr(o) == nil })
+}
+
+// Two daemons encrypting with one AES-GCM key take turns reserving ranges
+// of its budget: each reservation is seen by the other in place (its copy
+// of the key stays usable), the next one goes on after it, and the
+// encryptions counted on both never exceed what the record reserves.
+func TestClusterBudgetRangesShared(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/budget/", true)
+	b := clusterNode(t, c.Endpoints(), "/budget/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "b opens the key", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	reserved := func() uint64 {
+		var r uint64
+		a.db.View(func(tx store.Tx) error {
+			v := tx.Get(persist.BucketKeys, o.ID[:])
+			_, rb, _ := persist.SplitValue(v)
+			var rec persist.KeyRecord
+			rec.UnmarshalVT(rb)
+			r = rec.Versions[len(rec.Versions)-1].EncryptionsReserved
+			return nil
+		})
+		return r
+	}
+	const n = reserveBlock
+	var total uint64
+	for round := range 6 {
+		for _, p := range []struct {
+			s *Store
+			o *Object
+		}{{a, o}, {b, ob}} {
+			var err error
+			for try := 0; ; try++ {
+				_, err = p.s.Encrypting(p.o, n)
+				if !errors.Is(err, errRaced) || try == 20 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond) // the other's reservation not followed yet
+			}
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			total += n
+			if r := reserved(); total > r {
+				t.Fatalf("round %d: %d encryptions counted, %d reserved", round, total, r)
+			}
+		}
+	}
+	if o.Newest().N != 1 || ob.Newest().N != 1 {
+		t.Fatalf("the key was rotated: versions %d and %d", o.Newest().N, ob.Newest().N)
+	}
+	for _, k := range []*Object{o, ob} {
+		if err := useErr(k); err != nil {
+			t.Fatalf("a copy of the key was dropped: %v", err)
+		}
+	}
+}

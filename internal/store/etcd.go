@@ -1,0 +1,654 @@
+package store
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Etcd is a Store in an etcd cluster, shared by the daemons of several
+// machines.
+//
+// Layout, under the configured prefix P: the value of key K in bucket B
+// is at P + "b/" + hex(B) + "/" + K, so a bucket is a contiguous range of
+// etcd keys in the order of its keys; P + "d/" + hex(B) is the bucket's
+// deletion mark, written by every transaction that deletes a key of B.
+//
+// Every transaction reads from one etcd revision (the snapshot it began
+// at) and commits as one etcd transaction guarded by what it read: each
+// key read must have the modification revision it had then (0 for a key
+// that was absent), each bucket walked with ForEach must hold no key
+// modified since and its deletion mark must be unchanged (a key deleted
+// since leaves nothing in the range to compare; the mark does). A guard
+// that fails means another writer (another daemon, or this one) changed
+// what the transaction read: the transaction runs again on a newer
+// snapshot. So the transactions of all the daemons sharing a prefix are
+// serializable, and a commit is durable on a quorum of etcd members when
+// Update returns.
+//
+// Update commits by group, as Bolt does: the calls that arrive while a
+// transaction is being committed go together in the next one, within
+// the cluster's limit of operations per transaction.
+type Etcd struct {
+	cli     *clientv3.Client
+	prefix  string
+	timeout time.Duration
+	maxOps  int
+
+	// ctx is cancelled by Close, ending every request in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// txnMu is held across each commit and the recording of its
+	// revision in own: a follower that takes it knows of every commit of
+	// this store up to the revisions it has seen.
+	txnMu sync.Mutex
+	own   map[int64]struct{} // revisions this store committed, not yet followed
+
+	// mu guards the fields below.
+	mu      sync.Mutex
+	pending []*boltCall
+	running bool // the committer goroutine is draining pending
+	closed  bool
+}
+
+// EtcdConfig configures an etcd store.
+type EtcdConfig struct {
+	// Endpoints are the cluster's client URLs (https://host:2379).
+	Endpoints []string
+	// Prefix is the etcd key prefix under which the store lives.
+	Prefix string
+	// CertFile and KeyFile are the client certificate and key, and
+	// CAFile the CA that signs the members' certificates; all empty for
+	// plain http (tests).
+	CertFile, KeyFile, CAFile string
+	// Timeout bounds each request to the cluster (0: 5 s).
+	Timeout time.Duration
+	// MaxTxnOps is the cluster's --max-txn-ops (0: etcd's default, 128).
+	MaxTxnOps int
+}
+
+// ErrUnavailable wraps the errors of a cluster that cannot be reached or
+// has no quorum.
+var ErrUnavailable = errors.New("store: the etcd cluster is unavailable")
+
+// errConflict: a transaction's guard failed, another writer came first.
+var errConflict = errors.New("store: concurrent change")
+
+// OpenEtcd connects to the cluster cfg names. It does not wait for it: a
+// cluster that cannot be reached fails the first transaction, with
+// ErrUnavailable.
+func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("etcd store: no endpoints")
+	}
+	if cfg.Prefix == "" {
+		return nil, errors.New("etcd store: an empty prefix; name one, such as /keywarden/")
+	}
+	ccfg := clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		Logger:               zap.NewNop(),
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		AutoSyncInterval:     0,
+		MaxCallSendMsgSize:   8 << 20,
+		MaxCallRecvMsgSize:   64 << 20,
+	}
+	if cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CAFile != "" {
+		if cfg.CAFile == "" {
+			return nil, errors.New("etcd store: a client certificate without a CA (--etcd-ca) to check the members' certificates")
+		}
+		if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+			return nil, errors.New("etcd store: a client certificate needs both --etcd-cert and --etcd-key")
+		}
+		tc, err := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcd store: TLS: %w", err)
+		}
+		ccfg.TLS = tc
+	} else {
+		for _, e := range cfg.Endpoints {
+			if strings.HasPrefix(e, "https://") {
+				return nil, fmt.Errorf("etcd store: endpoint %s is https but no CA (--etcd-ca) is given", e)
+			}
+		}
+	}
+	cli, err := clientv3.New(ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("etcd store: %w", err)
+	}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{})}
+	if e.timeout <= 0 {
+		e.timeout = 5 * time.Second
+	}
+	if e.maxOps <= 0 {
+		e.maxOps = 128
+	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
+	return e, nil
+}
+
+// Client is the cluster's client (status, watches).
+func (e *Etcd) Client() *clientv3.Client { return e.cli }
+
+// Prefix is the etcd key prefix of the store.
+func (e *Etcd) Prefix() string { return e.prefix }
+
+// BucketPrefix is the etcd key prefix of bucket's keys: a key's etcd key
+// is BucketPrefix(bucket) + key.
+func (e *Etcd) BucketPrefix(bucket []byte) string {
+	return e.prefix + "b/" + hex.EncodeToString(bucket) + "/"
+}
+
+func (e *Etcd) markKey(bucket []byte) string { return e.prefix + "d/" + hex.EncodeToString(bucket) }
+
+// bucketEnd is the end of bucket's range: "/" + 1 is "0".
+func (e *Etcd) bucketEnd(bucket []byte) string {
+	return e.prefix + "b/" + hex.EncodeToString(bucket) + "0"
+}
+
+func (e *Etcd) Update(fn func(Tx) error) error { return e.update(fn, false) }
+
+// UpdateAlone is Update in a transaction of its own (see Isolating).
+func (e *Etcd) UpdateAlone(fn func(Tx) error) error { return e.update(fn, true) }
+
+func (e *Etcd) update(fn func(Tx) error, alone bool) error {
+	c := &boltCall{fn: fn, alone: alone, done: make(chan struct{})}
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return ErrClosed
+	}
+	e.pending = append(e.pending, c)
+	start := !e.running
+	e.running = true
+	e.mu.Unlock()
+	if start {
+		go e.commitLoop()
+	}
+	<-c.done
+	return c.err
+}
+
+func (e *Etcd) commitLoop() {
+	for {
+		e.mu.Lock()
+		if len(e.pending) == 0 {
+			e.running = false
+			e.mu.Unlock()
+			return
+		}
+		n := min(len(e.pending), maxGroup)
+		for i, c := range e.pending[:n] {
+			if c.alone {
+				n = max(i, 1)
+				break
+			}
+		}
+		group := e.pending[:n:n]
+		e.pending = e.pending[n:]
+		closed := e.closed
+		e.mu.Unlock()
+		if closed {
+			for _, c := range group {
+				c.err = ErrClosed
+				close(c.done)
+			}
+			continue
+		}
+		e.commitGroup(group)
+	}
+}
+
+// maxOwn bounds the revisions remembered for a follower (Follow).
+const maxOwn = 1 << 16
+
+// maxTries bounds how often a transaction runs again after a conflict.
+const maxTries = 64
+
+// commitGroup commits every call's fn in one etcd transaction: each call's
+// effect is committed exactly once or not at all, as in Bolt.
+func (e *Etcd) commitGroup(group []*boltCall) {
+	finish := func(c *boltCall, err error) {
+		c.err = err
+		close(c.done)
+	}
+	for tries := 0; len(group) > 0; {
+		tx := e.newTx(true)
+		var failed = -1
+		var ferr error
+		marks := make([]int, len(group)) // each call's commit functions end here
+		for i, c := range group {
+			if err := c.fn(tx); err != nil {
+				failed, ferr = i, err
+				break
+			}
+			marks[i] = len(tx.onCommit)
+		}
+		if tx.err != nil {
+			// The store failed, not the calls (a Get that failed gave
+			// nil, whatever a call made of it).
+			if errors.Is(tx.err, errConflict) {
+				if tries++; tries < maxTries {
+					continue
+				}
+			}
+			for _, c := range group {
+				finish(c, e.wrapErr(tx.err))
+			}
+			return
+		}
+		if failed >= 0 {
+			finish(group[failed], ferr)
+			group = append(group[:failed:failed], group[failed+1:]...)
+			continue
+		}
+		if tx.tooBig(e.maxOps) && len(group) > 1 {
+			// Commit them one at a time.
+			for _, c := range group {
+				e.commitGroup([]*boltCall{c})
+			}
+			return
+		}
+		err := e.commit(tx)
+		if errors.Is(err, errConflict) {
+			if tries++; tries >= maxTries {
+				for _, c := range group {
+					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))
+				}
+				return
+			}
+			// Back off a little, more each time: another writer is
+			// committing the keys this group reads.
+			d := time.Duration(rand.Int64N(int64(time.Millisecond) << min(tries, 6)))
+			select {
+			case <-time.After(d):
+			case <-e.ctx.Done():
+			}
+			continue
+		}
+		if err != nil {
+			for _, c := range group {
+				finish(c, err)
+			}
+			return
+		}
+		prev := 0
+		for i, c := range group {
+			for _, f := range tx.onCommit[prev:marks[i]] {
+				f()
+			}
+			prev = marks[i]
+			finish(c, nil)
+		}
+		return
+	}
+}
+
+// commit sends tx's writes guarded by its reads.
+func (e *Etcd) commit(tx *etcdTx) error {
+	if len(tx.writes) == 0 {
+		return nil // nothing to write: what was read was a snapshot
+	}
+	if tx.tooBig(e.maxOps) {
+		return fmt.Errorf("store: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
+			len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
+	}
+	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
+	for k, rev := range tx.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", rev))
+	}
+	for start, end := range tx.ranges {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(start).WithRange(end), "<", tx.rev+1))
+	}
+	ops := make([]clientv3.Op, 0, len(tx.writes))
+	for k, w := range tx.writes {
+		if w.deleted {
+			ops = append(ops, clientv3.OpDelete(k))
+		} else {
+			ops = append(ops, clientv3.OpPut(k, w.value))
+		}
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+	defer cancel()
+	e.txnMu.Lock()
+	defer e.txnMu.Unlock()
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return e.wrapErr(err)
+	}
+	if !resp.Succeeded {
+		return errConflict
+	}
+	if len(e.own) >= maxOwn {
+		clear(e.own) // no one follows: keep no more
+	}
+	e.own[resp.Header.Revision] = struct{}{}
+	return nil
+}
+
+// wrapErr names what went wrong with the cluster.
+func (e *Etcd) wrapErr(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || errors.Is(err, ErrClosed) {
+		return err
+	}
+	if e.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrNoLeader) ||
+		errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrLeaderChanged) ||
+		isUnavailable(err) {
+		return fmt.Errorf("%w (no answer with a quorum within %s): %v", ErrUnavailable, e.timeout, err)
+	}
+	return fmt.Errorf("store: etcd: %w", err)
+}
+
+func (e *Etcd) View(fn func(Tx) error) error {
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	tx := e.newTx(false)
+	err := fn(tx)
+	if tx.err != nil {
+		return e.wrapErr(tx.err)
+	}
+	return err
+}
+
+// Close ends the connection to the cluster. Later calls fail with
+// ErrClosed.
+func (e *Etcd) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	e.mu.Unlock()
+	e.cancel()
+	return e.cli.Close()
+}
+
+// etcdWrite is a pending write: a value, or a deletion.
+type etcdWrite struct {
+	value   string
+	deleted bool
+}
+
+// etcdTx is a transaction on the snapshot at rev (set by its first read).
+// Its reads are remembered for the guard, its writes kept until commit.
+// A failure to reach the cluster is kept in err: Get cannot return one,
+// so the transaction fails at its end.
+type etcdTx struct {
+	e        *Etcd
+	writable bool
+	rev      int64 // 0 until the first read
+	reads    map[string]int64
+	ranges   map[string]string // start → end, walked by ForEach
+	cache    map[string][]byte // values read (nil: absent)
+	writes   map[string]etcdWrite
+	onCommit []func()
+	err      error
+}
+
+func (e *Etcd) newTx(writable bool) *etcdTx {
+	return &etcdTx{e: e, writable: writable, reads: map[string]int64{}, ranges: map[string]string{},
+		cache: map[string][]byte{}, writes: map[string]etcdWrite{}}
+}
+
+// tooBig reports whether tx needs more operations than a transaction may
+// have.
+func (t *etcdTx) tooBig(max int) bool {
+	return len(t.reads)+len(t.ranges) > max || len(t.writes) > max
+}
+
+// get reads keys [key, end) (end "": key alone) at the snapshot, with
+// opts; it sets the snapshot if it is the first read.
+func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	if t.rev != 0 {
+		opts = append(opts, clientv3.WithRev(t.rev))
+	}
+	ctx, cancel := context.WithTimeout(t.e.ctx, t.e.timeout)
+	defer cancel()
+	resp, err := t.e.cli.Get(ctx, key, opts...)
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			err = fmt.Errorf("%w: the snapshot it read was compacted", errConflict)
+		}
+		t.err = err
+		return nil, err
+	}
+	if t.rev == 0 {
+		t.rev = resp.Header.Revision
+	}
+	return resp, nil
+}
+
+// Revision is the etcd revision of the snapshot the transaction read (0
+// before its first read).
+func (t *etcdTx) Revision() int64 { return t.rev }
+
+func (t *etcdTx) Get(bucket, key []byte) []byte {
+	k := t.e.BucketPrefix(bucket) + string(key)
+	if w, ok := t.writes[k]; ok {
+		if w.deleted {
+			return nil
+		}
+		return []byte(w.value)
+	}
+	if v, ok := t.cache[k]; ok {
+		return v
+	}
+	resp, err := t.get(k)
+	if err != nil {
+		return nil
+	}
+	var v []byte
+	var rev int64
+	if len(resp.Kvs) > 0 {
+		v, rev = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
+		if v == nil {
+			v = []byte{}
+		}
+	}
+	t.cache[k] = v
+	if _, ok := t.reads[k]; !ok {
+		t.reads[k] = rev
+	}
+	return v
+}
+
+func (t *etcdTx) Put(bucket, key, value []byte) error {
+	if !t.writable {
+		return ErrReadOnly
+	}
+	t.writes[t.e.BucketPrefix(bucket)+string(key)] = etcdWrite{value: string(value)}
+	return nil
+}
+
+func (t *etcdTx) Delete(bucket, key []byte) error {
+	if !t.writable {
+		return ErrReadOnly
+	}
+	t.writes[t.e.BucketPrefix(bucket)+string(key)] = etcdWrite{deleted: true}
+	// The mark tells ForEach's guard of other transactions that a key of
+	// the bucket went (see Etcd). Its value is nothing: only its
+	// revision counts.
+	t.writes[t.e.markKey(bucket)] = etcdWrite{}
+	return nil
+}
+
+func (t *etcdTx) OnCommit(fn func()) {
+	if t.writable {
+		t.onCommit = append(t.onCommit, fn)
+	}
+}
+
+// etcdPage is how many keys ForEach reads at a time.
+const etcdPage = 512
+
+func (t *etcdTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {
+	bp := t.e.BucketPrefix(bucket)
+	end := t.e.bucketEnd(bucket)
+	start := bp
+	if after != nil {
+		start = bp + string(after) + "\x00"
+	}
+	// The transaction's own writes in the range, in order.
+	var own []string
+	for k := range t.writes {
+		if k >= start && k < end {
+			own = append(own, k)
+		}
+	}
+	slices.Sort(own)
+	if t.writable {
+		// Guard the range and the bucket's deletion mark (see Etcd).
+		mk := t.e.markKey(bucket)
+		if _, ok := t.reads[mk]; !ok {
+			if _, written := t.writes[mk]; !written {
+				resp, err := t.get(mk)
+				if err != nil {
+					return err
+				}
+				var rev int64
+				if len(resp.Kvs) > 0 {
+					rev = resp.Kvs[0].ModRevision
+				}
+				t.reads[mk] = rev
+			}
+		}
+		t.ranges[bp] = end
+	}
+	emit := func(k string, v []byte) error {
+		return fn([]byte(k[len(bp):]), v)
+	}
+	// emitOwn emits the transaction's own values of the keys before
+	// limit ("" for all of them).
+	emitOwn := func(limit string) error {
+		for len(own) > 0 && (limit == "" || own[0] < limit) {
+			k := own[0]
+			own = own[1:]
+			if w := t.writes[k]; !w.deleted {
+				if err := emit(k, []byte(w.value)); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err := func() error {
+		from := start
+		for {
+			resp, err := t.get(from, clientv3.WithRange(end), clientv3.WithLimit(etcdPage))
+			if err != nil {
+				return err
+			}
+			for _, kv := range resp.Kvs {
+				k := string(kv.Key)
+				if err := emitOwn(k); err != nil {
+					return err
+				}
+				if len(own) > 0 && own[0] == k {
+					continue // emitted by the next emitOwn, or deleted
+				}
+				v := kv.Value
+				if v == nil {
+					v = []byte{}
+				}
+				if err := emit(k, v); err != nil {
+					return err
+				}
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				return emitOwn("")
+			}
+			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}()
+	if errors.Is(err, ErrStop) {
+		return nil
+	}
+	return err
+}
+
+// Ping reads the store's prefix once: nil if the cluster answers with a
+// quorum within the timeout.
+func (e *Etcd) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	_, err := e.cli.Get(ctx, e.prefix, clientv3.WithCountOnly())
+	return e.wrapErr(err)
+}
+
+// EtcdStatus is what the store knows of its cluster.
+type EtcdStatus struct {
+	Endpoints []EtcdEndpoint
+	// Leader is the member id of the leader (0: none known).
+	Leader uint64
+	// Revision is the highest revision a member reported.
+	Revision int64
+}
+
+// EtcdEndpoint is one endpoint's answer.
+type EtcdEndpoint struct {
+	URL      string
+	MemberID uint64
+	Version  string
+	Revision int64
+	Leader   bool
+	Err      string
+}
+
+// Status asks each endpoint for its status.
+func (e *Etcd) Status(ctx context.Context) EtcdStatus {
+	var st EtcdStatus
+	for _, ep := range e.cli.Endpoints() {
+		c, cancel := context.WithTimeout(ctx, e.timeout)
+		r, err := e.cli.Status(c, ep)
+		cancel()
+		s := EtcdEndpoint{URL: ep}
+		if err != nil {
+			s.Err = e.wrapErr(err).Error()
+		} else {
+			s.MemberID, s.Version, s.Revision = r.Header.MemberId, r.Version, r.Header.Revision
+			s.Leader = r.Leader == r.Header.MemberId
+			if r.Leader != 0 {
+				st.Leader = r.Leader
+			}
+			st.Revision = max(st.Revision, r.Header.Revision)
+		}
+		st.Endpoints = append(st.Endpoints, s)
+	}
+	return st
+}
+
+// isUnavailable reports whether err is gRPC's UNAVAILABLE or
+// DEADLINE_EXCEEDED, as a cluster without quorum or out of reach gives.
+func isUnavailable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
