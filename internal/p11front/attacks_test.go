@@ -170,3 +170,30 @@ func TestAttackReimportUnderNewAttributes(t *testing.T) {
 		t.Fatalf("the unwrapped key is not sensitive: %v", v)
 	}
 }
+
+// Drop two usages in one C_SetAttributeValue: both must be gone, not only
+// the last the template names (a restriction asked for and answered
+// CKR_OK must hold).
+func TestSetAttributeValueDropsEveryUsage(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, true))
+	cl.ok(cl.call(callSetAttributeValue, func(e *encoder) {
+		e.u64(s)
+		e.u64(h)
+		writeAttrs(e, []tmplAttr{boolAttr(ckaEncrypt, false), boolAttr(ckaDecrypt, false)})
+	}))
+	for _, typ := range []uint32{ckaEncrypt, ckaDecrypt} {
+		if _, v := cl.getAttr(s, h, typ); len(v) != 1 || v[0] != 0 {
+			t.Errorf("attribute %#x after dropping it: %v", typ, v)
+		}
+	}
+	if rv := cl.initOp(callEncryptInit, s, ckmAESGCM, h); rv == ckrOK {
+		rv, _ := cl.call(callEncrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(make([]byte, 16)); e.u32(4096) })
+		if rv == ckrOK {
+			t.Fatal("the key still encrypts after CKA_ENCRYPT was dropped")
+		}
+	}
+}

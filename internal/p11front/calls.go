@@ -448,7 +448,13 @@ func (c *conn) cSetAttributeValue(d *decoder, e *encoder) uint64 {
 				continue
 			}
 			if u, ok := usageOf[a.typ]; ok && !on {
-				usage := o.key.info.Usage &^ uint32(u)
+				// Every usage the template drops is dropped, not only
+				// the last it names.
+				usage := o.key.info.Usage
+				if set.Usage != nil {
+					usage = *set.Usage
+				}
+				usage &^= uint32(u)
 				set.Usage, changed = &usage, true
 				continue
 			}
