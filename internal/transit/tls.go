@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"io"
@@ -99,8 +100,13 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 }
 
 // Lookup returns the principal of a verified client certificate: the
-// first of its URI, DNS and email SANs, then its subject's common name,
-// that the mapping names.
+// first of its URI, DNS and email SANs that the mapping names, or, for a
+// certificate with no subject alternative name at all, its subject's
+// common name. A CA vouches for the SANs it certifies, but may copy the
+// subject from the request: a certificate for an unmapped name never
+// acts as whichever principal its common name names. A certificate whose
+// names map to different uids or gids is refused: which one it acts as
+// would depend on the order of its names.
 func (p *Principals) Lookup(cert *x509.Certificate) (Principal, bool) {
 	var names []string
 	for _, u := range cert.URIs {
@@ -112,16 +118,30 @@ func (p *Principals) Lookup(cert *x509.Certificate) (Principal, bool) {
 	for _, e := range cert.EmailAddresses {
 		names = append(names, "email:"+e)
 	}
-	if cn := cert.Subject.CommonName; cn != "" {
+	hasSAN := len(names) > 0 || len(cert.IPAddresses) > 0
+	for _, e := range cert.Extensions {
+		hasSAN = hasSAN || e.Id.Equal(oidSubjectAltName) // a kind of name Go does not parse (otherName)
+	}
+	if cn := cert.Subject.CommonName; cn != "" && !hasSAN {
 		names = append(names, "cn:"+cn)
 	}
+	var found Principal
+	ok := false
 	for _, n := range names {
-		if pr, ok := p.byName[n]; ok {
-			return pr, true
+		pr, in := p.byName[n]
+		switch {
+		case !in:
+		case !ok:
+			found, ok = pr, true
+		case pr.UID != found.UID || pr.GID != found.GID:
+			return Principal{}, false
 		}
 	}
-	return Principal{}, false
+	return found, ok
 }
+
+// oidSubjectAltName is the subject alternative name extension.
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // TLSConfig is what ServeTLS needs: the server's certificate, the CAs
 // that sign client certificates, and the mapping of client certificates

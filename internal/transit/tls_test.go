@@ -187,3 +187,40 @@ func TestParsePrincipals(t *testing.T) {
 		t.Errorf("email: %v %v", pr, ok)
 	}
 }
+
+// A certificate's common name is its identity only when it has no
+// subject alternative name: a CA that checks the names it certifies
+// (SANs) may copy the subject from the request, so a client with a
+// certificate for an unmapped name must not act as whichever principal its
+// CN names. And a certificate whose names map to two different principals
+// is refused rather than taken as the first.
+func TestPrincipalLookupAttacks(t *testing.T) {
+	p, err := ParsePrincipals(strings.NewReader(
+		"cn:legacy client 77\ndns:batch.example.org 78\nuri:spiffe://example.org/a 79\nemail:ops@example.org 79\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiffe, _ := url.Parse("spiffe://example.org/a")
+	other, _ := url.Parse("spiffe://example.org/unmapped")
+	for name, c := range map[string]*x509.Certificate{
+		"CN behind an unmapped DNS SAN": {Subject: pkix.Name{CommonName: "legacy client"}, DNSNames: []string{"evil.example.org"}},
+		"CN behind an unmapped URI SAN": {Subject: pkix.Name{CommonName: "legacy client"}, URIs: []*url.URL{other}},
+		"CN behind an IP SAN":           {Subject: pkix.Name{CommonName: "legacy client"}, IPAddresses: []net.IP{net.IPv4(10, 0, 0, 1)}},
+		"two principals":                {DNSNames: []string{"batch.example.org"}, URIs: []*url.URL{spiffe}},
+	} {
+		if pr, ok := p.Lookup(c); ok {
+			t.Errorf("%s: acts as %s (uid %d)", name, pr.Name, pr.UID)
+		}
+	}
+	// With a SAN, the CN is not looked at, even where it names another.
+	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}, DNSNames: []string{"batch.example.org"}}); !ok || pr.UID != 78 {
+		t.Errorf("a DNS SAN and a CN: %v %v", pr, ok)
+	}
+	// Names of one principal's uid agree: the first names it.
+	if pr, ok := p.Lookup(&x509.Certificate{URIs: []*url.URL{spiffe}, EmailAddresses: []string{"ops@example.org"}}); !ok || pr.UID != 79 {
+		t.Errorf("two names of uid 79: %v %v", pr, ok)
+	}
+	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}}); !ok || pr.UID != 77 {
+		t.Errorf("a certificate with only a CN: %v %v", pr, ok)
+	}
+}
