@@ -197,3 +197,38 @@ func TestSetAttributeValueDropsEveryUsage(t *testing.T) {
 		}
 	}
 }
+
+// Collect the parts of multi-part operations that the front keeps (AES-GCM
+// encryption, here) in every session of one connection: what one
+// connection holds is bounded, not 1 MiB for every operation of each of
+// its 256 sessions.
+func TestCollectedPartsBoundedPerConnection(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	k := aesKey(cl, s)
+	part := make([]byte, 512<<10)
+	var held int
+	for i := 0; i < maxSessions-1; i++ {
+		si := cl.session()
+		if rv := cl.initOp(callEncryptInit, si, ckmAESGCM, k); rv != ckrOK {
+			t.Fatalf("EncryptInit: rv %#x", rv)
+		}
+		rv, _ := cl.call(callEncryptUpdate, func(e *encoder) { e.u64(si); e.u8(1); e.array(part); e.u32(0) })
+		if rv != ckrOK {
+			if rv != ckrDeviceMemory {
+				t.Fatalf("refused with rv %#x", rv)
+			}
+			break
+		}
+		held += len(part)
+	}
+	if held > maxCollected {
+		t.Fatalf("one connection holds %d MiB of collected parts (at most %d MiB)", held>>20, maxCollected>>20)
+	}
+	// What was refused was aborted; the others go on.
+	if rv := cl.initOp(callEncryptInit, s, ckmAESGCM, k); rv != ckrOK {
+		t.Fatalf("EncryptInit after the refusal: rv %#x", rv)
+	}
+}
