@@ -232,3 +232,33 @@ func TestCollectedPartsBoundedPerConnection(t *testing.T) {
 		t.Fatalf("EncryptInit after the refusal: rv %#x", rv)
 	}
 }
+
+// Keep the results of one-shot operations with length queries (a NULL
+// output buffer) in every session of one connection: the results kept
+// count against the same bound as the parts collected.
+func TestKeptResultsBoundedPerConnection(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	k := aesKey(cl, s)
+	data := make([]byte, 200<<10)
+	var held int
+	for i := 0; i < maxSessions-1; i++ {
+		si := cl.session()
+		if rv := cl.initOp(callEncryptInit, si, ckmAESGCM, k); rv != ckrOK {
+			t.Fatalf("EncryptInit: rv %#x", rv)
+		}
+		rv, _ := cl.call(callEncrypt, func(e *encoder) { e.u64(si); e.u8(1); e.array(data); e.u32(0) })
+		if rv != ckrOK {
+			if rv != ckrDeviceMemory {
+				t.Fatalf("refused with rv %#x", rv)
+			}
+			break
+		}
+		held += len(data)
+	}
+	if held > maxCollected {
+		t.Fatalf("one connection keeps %d MiB of results (at most %d MiB)", held>>20, maxCollected>>20)
+	}
+}
