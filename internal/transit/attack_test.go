@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -259,5 +260,39 @@ print("ok")
 	}
 	if n != 2 {
 		t.Fatal(fmt.Sprint("want 2 records: ", recs))
+	}
+}
+
+// A body of 4 MiB made of empty objects decodes into some thirty times
+// its size (a map for each): one client, on each of its connections, could
+// make the daemon hold gigabytes. A body with more JSON values than any
+// request the API takes is refused before it is decoded.
+func TestJSONAmplificationRefused(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	var b strings.Builder
+	b.WriteString(`{"batch_input":[`)
+	for b.Len() < DefaultMaxBody-16 {
+		b.WriteString(`{},`)
+	}
+	b.WriteString(`{}]}`)
+	body := b.String()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	code, _ := tf.call(t, "POST", "encrypt/k", body)
+	runtime.ReadMemStats(&m1)
+	if code != 400 {
+		t.Fatalf("status %d", code)
+	}
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 40<<20 {
+		t.Fatalf("a request of %d bytes made the daemon allocate %d MiB", len(body), n>>20)
+	}
+	// A batch of the largest size the API takes still decodes.
+	items := make([]string, DefaultMaxBatch)
+	for i := range items {
+		items[i] = `{"plaintext":"eA==","associated_data":"","reference":{"id":[1,2,3],"n":"x"}}`
+	}
+	if code, m := tf.call(t, "POST", "encrypt/k", `{"batch_input":[`+strings.Join(items, ",")+`]}`); code != 200 {
+		t.Fatalf("a full batch: %d %v", code, m)
 	}
 }
