@@ -296,3 +296,36 @@ func TestJSONAmplificationRefused(t *testing.T) {
 		t.Fatalf("a full batch: %d %v", code, m)
 	}
 }
+
+// Bodies being read hold memory before any request reaches the core: a
+// uid that starts many requests and sends their bodies slowly (on many
+// connections, or as HTTP/2 streams of one) holds at most its share, and
+// a request past it is refused at once, before its body is read.
+func TestBodiesHeldPerUIDBounded(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	share := max(int64(DefaultMaxBody), int64(tf.srv.Limits().MaxRequestBytesPerUID))
+	start := func() net.Conn {
+		c, err := net.Dial("unix", tf.sockPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST /v1/transit/hash HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{", DefaultMaxBody)
+		return c
+	}
+	for range share / DefaultMaxBody {
+		start()
+	}
+	time.Sleep(200 * time.Millisecond) // their handlers are reading
+	c := start()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("a request past the uid's share of bodies is read on: %v", err)
+	}
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// A request without a body is served meanwhile.
+	tf.ok(t, "POST", "hash", nil)
+}

@@ -259,6 +259,17 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, c *clientConn) (ae
 			st: wire.Status_STATUS_INVALID_ARGUMENT, front: true}
 	}
 	rq := &request{ctx: r.Context(), c: c, op: rt.op, vars: vars, query: r.URL.Query(), method: method}
+	// The body is held, read and decoded, until the request is answered.
+	hold := f.cfg.MaxBody
+	if r.ContentLength >= 0 && r.ContentLength < hold {
+		hold = r.ContentLength
+	}
+	if !f.holdBody(c.id.UID, hold) {
+		w.Header().Set("Connection", "close")
+		return &apiError{code: http.StatusTooManyRequests, msg: "too many request bodies of this user are being read at once",
+			st: wire.Status_STATUS_RESOURCE_EXHAUSTED, front: true}
+	}
+	defer f.unholdBody(c.id.UID, hold)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
