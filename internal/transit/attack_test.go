@@ -329,3 +329,20 @@ func TestBodiesHeldPerUIDBounded(t *testing.T) {
 	// A request without a body is served meanwhile.
 	tf.ok(t, "POST", "hash", nil)
 }
+
+// Make _transit-wrapping before the front does, as a key that leaves the
+// daemon (exportable), then have imports wrapped under it: the blobs would
+// then open outside, and the "never exportable" imported keys with them.
+// The front uses only a wrapping key it made: RSA-4096, generated, only
+// unwrapping, neither exportable nor wrappable.
+func TestWrappingKeyMadeByTheCallerRefused(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	tf.ok(t, "POST", "keys/"+wrappingKeyName, map[string]any{"type": "rsa-2048", "exportable": true})
+	if code, m := tf.call(t, "GET", "wrapping_key", nil); code == 200 {
+		t.Fatalf("the caller's own exportable key is given as the wrapping key: %v", m)
+	}
+	tf.mustRefusal(t, "public-key", "POLICY_VIOLATION", "not a wrapping key the daemon made")
+	if code, _ := tf.call(t, "POST", "keys/byok/import", map[string]any{"ciphertext": b64("blob")}); code == 200 || code == 204 {
+		t.Fatal("imported under the caller's own key")
+	}
+}
