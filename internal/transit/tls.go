@@ -190,6 +190,9 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	p.SetHTTP1(true)
 	p.SetHTTP2(true)
 	hs.Protocols = &p
+	// The streams of one connection share its session's requests in
+	// flight: no more are taken at once, each holding its request.
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
 	hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		h := &tlsHolder{}
 		f.tlsConns.Store(c, h)

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"math/big"
@@ -222,5 +223,54 @@ func TestPrincipalLookupAttacks(t *testing.T) {
 	}
 	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}}); !ok || pr.UID != 77 {
 		t.Errorf("a certificate with only a CN: %v %v", pr, ok)
+	}
+}
+
+// The HTTP/2 streams of one connection are bounded as its session's
+// requests in flight are (docs/transit.md, "Limits"), and the server says
+// so in its first SETTINGS; Go's default would be 250 streams, each
+// holding its request while it runs.
+func TestHTTP2StreamsBounded(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	p := newTestPKI(t)
+	pr, err := ParsePrincipals(strings.NewReader("uri:spiffe://example.org/app 4242\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tf.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
+		Certificates: []tls.Certificate{p.client("spiffe://example.org/app", time.Hour, t)}, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var h [9]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if h[3] != 4 || n%6 != 0 {
+		t.Fatalf("the server's first frame is of type %d, %d bytes", h[3], n)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(c, payload); err != nil {
+		t.Fatal(err)
+	}
+	max := uint32(0)
+	for i := 0; i < n; i += 6 {
+		if binary.BigEndian.Uint16(payload[i:]) == 3 { // SETTINGS_MAX_CONCURRENT_STREAMS
+			max = binary.BigEndian.Uint32(payload[i+2:])
+		}
+	}
+	if max == 0 || int(max) > tf.srv.Limits().MaxInFlight {
+		t.Fatalf("streams per connection: %d (want at most %d)", max, tf.srv.Limits().MaxInFlight)
 	}
 }
