@@ -1,6 +1,13 @@
 package p11front
 
-import "testing"
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
+)
 
 // The classic PKCS #11 API attacks that need key wrapping, through the
 // front with CKM_AES_KEY_WRAP_PAD (which p11-kit's client does not
@@ -260,5 +267,40 @@ func TestKeptResultsBoundedPerConnection(t *testing.T) {
 	}
 	if held > maxCollected {
 		t.Fatalf("one connection keeps %d MiB of results (at most %d MiB)", held>>20, maxCollected>>20)
+	}
+}
+
+// Another uid makes a key with the name of one of the caller's and shares
+// it with the caller: a program that finds "its" key by label
+// (pkcs11:object=backup) must not get the other uid's, to encrypt to it
+// or trust its signatures. A key of another owner shows with the core's
+// name for it, UID:NAME.
+func TestSharedKeyLabelCollision(t *testing.T) {
+	tf := newTestFront(t)
+	const attacker = 4242
+	id := server.Identity{PID: int32(os.Getpid()), UID: attacker, GID: attacker, Pidfd: -1}
+	ss, err := tf.srv.NewSession(context.Background(), "test-other", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	rep, err := ss.Do(context.Background(), id, &wire.Request{Version: wire.ProtocolVersion, Id: 1,
+		Ops: []*wire.Op{{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+			Name: "backup", Type: wire.KeyType_KEY_TYPE_AES256_GCM, Exportable: true,
+			Usage: uint32(wire.Usage_USAGE_ENCRYPT | wire.Usage_USAGE_DECRYPT),
+			Acl:   []*wire.AclEntry{{Principal: &wire.AclEntry_Uid{Uid: uint32(os.Getuid())}, Usage: uint32(wire.Usage_USAGE_ENCRYPT)}}}}}}}})
+	if err != nil || rep.Status != wire.Status_STATUS_OK || rep.Results[0].Status != wire.Status_STATUS_OK {
+		t.Fatalf("the other uid's key: %v %v", err, rep)
+	}
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	mine := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, true), tmplAttr{ckaLabel, []byte("backup")})
+	hs := cl.find(s, tmplAttr{ckaLabel, []byte("backup")})
+	if len(hs) != 1 || hs[0] != mine {
+		t.Fatalf("objects labelled backup: %v (the caller's own: %d)", hs, mine)
+	}
+	if hs := cl.find(s, tmplAttr{ckaLabel, []byte("4242:backup")}); len(hs) != 1 || hs[0] == mine {
+		t.Fatalf("the shared key under its owner's name: %v", hs)
 	}
 }
