@@ -49,7 +49,8 @@ type Principals struct {
 //
 // the certificate's identity, then the uid (and optionally :gid; default
 // the uid) it acts as. Blank lines and lines starting with # are
-// ignored. A certificate never acts as root: uid 0 is refused.
+// ignored. A certificate never acts as root: uid 0 and gid 0 are
+// refused.
 func ParsePrincipals(r io.Reader) (*Principals, error) {
 	p := &Principals{byName: map[string]Principal{}}
 	sc := bufio.NewScanner(r)
@@ -84,6 +85,11 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 		}
 		if uid == 0 {
 			return nil, fmt.Errorf("line %d: %s: a certificate never acts as root (uid 0)", n, name)
+		}
+		if gid == 0 {
+			// Keys shared with the root group are not for certificates
+			// either.
+			return nil, fmt.Errorf("line %d: %s: a certificate never acts with root's group (gid 0)", n, name)
 		}
 		if _, dup := p.byName[name]; dup {
 			return nil, fmt.Errorf("line %d: %s is mapped twice", n, name)
