@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,6 +104,16 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 		return nil, errors.New("no principal")
 	}
 	return p, nil
+}
+
+// All returns the principals of the mapping, by name.
+func (p *Principals) All() []Principal {
+	out := make([]Principal, 0, len(p.byName))
+	for _, pr := range p.byName {
+		out = append(out, pr)
+	}
+	slices.SortFunc(out, func(a, b Principal) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Lookup returns the principal of a verified client certificate: the
