@@ -304,3 +304,30 @@ func TestSharedKeyLabelCollision(t *testing.T) {
 		t.Fatalf("the shared key under its owner's name: %v", hs)
 	}
 }
+
+// A length query of CKA_VALUE (or a buffer too small for it) answers
+// only the length, which the key's type gives: the key is not exported for
+// it, so its bytes never pass through the front for nothing, and the audit
+// log records no export that answered no key.
+func TestValueLengthQueryExportsNothing(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaSensitive, false))
+	for _, size := range []uint32{0, 16} {
+		rv, _ := cl.call(callGetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); e.u32(1); e.u32(ckaValue); e.u32(size) })
+		if rv != ckrOK {
+			t.Fatalf("room %d: rv %#x", size, rv)
+		}
+	}
+	if contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("a length query exported the key")
+	}
+	if rv, v := cl.getAttr(s, h, ckaValue); rv != ckrOK || len(v) != 32 {
+		t.Fatalf("the value: rv %#x, %d bytes", rv, len(v))
+	}
+	if !contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("the export is not recorded")
+	}
+}
