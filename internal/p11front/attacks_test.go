@@ -331,3 +331,20 @@ func TestValueLengthQueryExportsNothing(t *testing.T) {
 		t.Fatal("the export is not recorded")
 	}
 }
+
+// C_SetAttributeValue of CKA_VALUE is read-only at once: the front does
+// not export the key to compare it with the value given.
+func TestSetValueExportsNothing(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaSensitive, false))
+	rv, _ := cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{{ckaValue, make([]byte, 32)}}) })
+	if rv != ckrAttributeReadOnly {
+		t.Fatalf("setting CKA_VALUE: rv %#x", rv)
+	}
+	if contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("C_SetAttributeValue exported the key")
+	}
+}

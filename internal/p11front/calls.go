@@ -440,6 +440,9 @@ func (c *conn) cSetAttributeValue(d *decoder, e *encoder) uint64 {
 		if a.invalid || len(a.value) == 0 {
 			return ckrAttributeValueInvalid
 		}
+		if a.typ == ckaValue {
+			return ckrAttributeReadOnly // not exported to be compared
+		}
 		cur, arv := c.attribute(o, a.typ)
 		if arv != ckrOK {
 			return ckrAttributeTypeInvalid
