@@ -250,7 +250,13 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	}
 	f.servers[hs] = struct{}{}
 	f.mu.Unlock()
-	err := hs.Serve(tls.NewListener(l, cfg))
+	// Peers need no certificate to open connections, and each holds a
+	// descriptor until its handshake ends: no more are open at once than
+	// the daemon takes connections (the others wait in the kernel's
+	// queue), so that peers on the network cannot take the descriptors the
+	// daemon's own sockets and store need.
+	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections)}
+	err := hs.Serve(tls.NewListener(ll, cfg))
 	f.mu.Lock()
 	closed := f.closed
 	delete(f.servers, hs)
@@ -258,6 +264,34 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	if closed || errors.Is(err, http.ErrServerClosed) {
 		return ErrClosed
 	}
+	return err
+}
+
+// limitListener accepts at most cap(slots) connections open at once.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// limitConn frees its slot when closed.
+type limitConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
 	return err
 }
 

@@ -2,6 +2,7 @@ package transit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,9 +16,13 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/server"
 )
 
 // testPKI is a CA with the certificates of a TLS test.
@@ -273,4 +278,63 @@ func TestHTTP2StreamsBounded(t *testing.T) {
 	if max == 0 || int(max) > tf.srv.Limits().MaxInFlight {
 		t.Fatalf("streams per connection: %d (want at most %d)", max, tf.srv.Limits().MaxInFlight)
 	}
+}
+
+// Network peers need no certificate to open TCP connections, and each
+// costs the daemon a descriptor and memory until its handshake times out:
+// the TCP connections open at once are bounded (by the daemon's connection
+// limit), so that peers on the network cannot take the descriptors the
+// daemon's local sockets and store need. Past the bound, a connection
+// waits in the kernel's queue until one closes.
+func TestTCPConnectionsBounded(t *testing.T) {
+	dir := t.TempDir()
+	alog, err := audit.Open(audit.Options{Path: filepath.Join(dir, "audit.log"), Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog, Limits: server.Limits{MaxConnections: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Server: srv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	p := newTestPKI(t)
+	pr, _ := ParsePrincipals(strings.NewReader("uri:spiffe://example.org/app 4242\n"))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	var idle []net.Conn
+	for range srv.Limits().MaxConnections {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cfg := &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13, ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{p.client("spiffe://example.org/app", time.Hour, t)}}
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := tls.Client(c, cfg)
+	tc.SetDeadline(time.Now().Add(time.Second))
+	if err := tc.Handshake(); err == nil {
+		t.Fatalf("a connection past %d idle ones was served", len(idle))
+	}
+	c.Close()
+	idle[0].Close()
+	c2, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.Addr().String(), cfg)
+	if err != nil {
+		t.Fatalf("once one closed: %v", err)
+	}
+	c2.Close()
 }
