@@ -391,9 +391,9 @@ func writeBenchPKI(dir string) (*benchPKI, error) {
 	}
 	// A uid of its own: never root, nor the daemon's (an administrator's),
 	// which the daemon refuses for a certificate.
-	uid := 65534
+	uid := 4242
 	if os.Getuid() == uid {
-		uid = 65533
+		uid = 4243
 	}
 	if err := os.WriteFile(p.principals, fmt.Appendf(nil, "uri:spiffe://bench.invalid/client %d\n", uid), 0o600); err != nil {
 		return nil, err

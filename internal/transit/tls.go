@@ -37,6 +37,13 @@ type Principal struct {
 	UID, GID uint32
 }
 
+// overflowID is the kernel's default overflow uid and gid, and noID the
+// id that names none: a principal acts as neither (ParsePrincipals).
+const (
+	overflowID = 65534
+	noID       = 1<<32 - 1
+)
+
 // Principals maps client certificates to principals.
 type Principals struct {
 	byName map[string]Principal
@@ -51,7 +58,7 @@ type Principals struct {
 // the certificate's identity, then the uid (and optionally :gid; default
 // the uid) it acts as. Blank lines and lines starting with # are
 // ignored. A certificate never acts as root: uid 0 and gid 0 are
-// refused.
+// refused, and so are the kernel's overflow id (65534) and -1.
 func ParsePrincipals(r io.Reader) (*Principals, error) {
 	p := &Principals{byName: map[string]Principal{}}
 	sc := bufio.NewScanner(r)
@@ -91,6 +98,12 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 			// Keys shared with the root group are not for certificates
 			// either.
 			return nil, fmt.Errorf("line %d: %s: a certificate never acts with root's group (gid 0)", n, name)
+		}
+		if uid == overflowID || gid == overflowID || uid == noID || gid == noID {
+			// The kernel names every process whose uid it cannot map (in a
+			// user namespace) by the overflow uid: a certificate acting as
+			// it would share their keys. -1 is no uid at all.
+			return nil, fmt.Errorf("line %d: %s: uid and gid %d (the kernel's overflow id) and %d (none) are not for certificates", n, name, overflowID, noID)
 		}
 		if _, dup := p.byName[name]; dup {
 			return nil, fmt.Errorf("line %d: %s is mapped twice", n, name)

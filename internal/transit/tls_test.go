@@ -177,7 +177,7 @@ func selfSigned(t testing.TB) tls.Certificate {
 }
 
 func TestParsePrincipals(t *testing.T) {
-	for _, bad := range []string{"", "uri:x", "uri:x 0", "uri:x 5:0", "uri:x 0:5", "host:x 5", "uri:x 5\nuri:x 6", "uri:x abc", "uri:x 5:g"} {
+	for _, bad := range []string{"", "uri:x", "uri:x 0", "uri:x 5:0", "uri:x 0:5", "uri:x 65534", "uri:x 5:65534", "uri:x 4294967295", "host:x 5", "uri:x 5\nuri:x 6", "uri:x abc", "uri:x 5:g"} {
 		if _, err := ParsePrincipals(strings.NewReader(bad)); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
