@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -687,6 +688,14 @@ func loadTLS(cfg Config) (transit.TLSConfig, error) {
 	pr, err := transit.ParsePrincipals(pf)
 	if err != nil {
 		return tc, fmt.Errorf("%s: %w", cfg.HTTPPrincipals, err)
+	}
+	// Nor as an administrator: one has no per-uid limits, and takes the
+	// connections kept for administrators.
+	for _, p := range pr.All() {
+		if p.UID == uint32(os.Getuid()) || slices.Contains(cfg.Admins, p.UID) {
+			return tc, fmt.Errorf("%s: %s: uid %d is an administrator of the daemon (its own uid, or an --admin uid): a certificate never acts as one",
+				cfg.HTTPPrincipals, p.Name, p.UID)
+		}
 	}
 	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
 }

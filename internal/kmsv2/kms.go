@@ -66,8 +66,10 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	p := &Plugin{cfg: cfg, log: cfg.Logger.With("front", FrontName)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	// The calls of one connection are streams, each with its message held
+	// while it runs: at most as many as its session's requests in flight.
 	p.gs = grpc.NewServer(grpc.Creds(&peerCreds{p: p}), grpc.MaxRecvMsgSize(maxMessage),
-		grpc.ConnectionTimeout(10*time.Second))
+		grpc.ConnectionTimeout(10*time.Second), grpc.MaxConcurrentStreams(uint32(cfg.Server.Limits().MaxInFlight)))
 	kmsapi.RegisterKeyManagementServiceServer(p.gs, p)
 	return p, nil
 }

@@ -2,6 +2,9 @@ package kmsv2
 
 import (
 	"context"
+	"encoding/binary"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,4 +204,43 @@ func TestKMSv2Helper(t *testing.T) {
 		t.Fatalf("encrypt as another uid: %v", err)
 	}
 	println("helper: refused")
+}
+
+// Each gRPC call of a connection is a stream with its message held while
+// it runs: the streams of one connection are bounded as its session's
+// requests in flight are, and the server says so in its first SETTINGS
+// (without it, grpc-go takes any number).
+func TestStreamsPerConnectionBounded(t *testing.T) {
+	tp := newTestPlugin(t)
+	c, err := net.Dial("unix", tp.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// The client preface and an empty SETTINGS frame.
+	if _, err := c.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var h [9]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if h[3] != 4 || n%6 != 0 {
+		t.Fatalf("the server's first frame is of type %d, %d bytes", h[3], n)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(c, payload); err != nil {
+		t.Fatal(err)
+	}
+	max := uint32(0)
+	for i := 0; i < n; i += 6 {
+		if binary.BigEndian.Uint16(payload[i:]) == 3 { // SETTINGS_MAX_CONCURRENT_STREAMS
+			max = binary.BigEndian.Uint32(payload[i+2:])
+		}
+	}
+	if max == 0 || int(max) > tp.srv.Limits().MaxInFlight {
+		t.Fatalf("streams per connection: %d (want at most %d)", max, tp.srv.Limits().MaxInFlight)
+	}
 }

@@ -1,6 +1,13 @@
 package p11front
 
-import "testing"
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
+)
 
 // The classic PKCS #11 API attacks that need key wrapping, through the
 // front with CKM_AES_KEY_WRAP_PAD (which p11-kit's client does not
@@ -168,5 +175,176 @@ func TestAttackReimportUnderNewAttributes(t *testing.T) {
 	}
 	if _, v := cl.getAttr(s, h, ckaSensitive); len(v) != 1 || v[0] != 1 {
 		t.Fatalf("the unwrapped key is not sensitive: %v", v)
+	}
+}
+
+// Drop two usages in one C_SetAttributeValue: both must be gone, not only
+// the last the template names (a restriction asked for and answered
+// CKR_OK must hold).
+func TestSetAttributeValueDropsEveryUsage(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, true))
+	cl.ok(cl.call(callSetAttributeValue, func(e *encoder) {
+		e.u64(s)
+		e.u64(h)
+		writeAttrs(e, []tmplAttr{boolAttr(ckaEncrypt, false), boolAttr(ckaDecrypt, false)})
+	}))
+	for _, typ := range []uint32{ckaEncrypt, ckaDecrypt} {
+		if _, v := cl.getAttr(s, h, typ); len(v) != 1 || v[0] != 0 {
+			t.Errorf("attribute %#x after dropping it: %v", typ, v)
+		}
+	}
+	if rv := cl.initOp(callEncryptInit, s, ckmAESGCM, h); rv == ckrOK {
+		rv, _ := cl.call(callEncrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(make([]byte, 16)); e.u32(4096) })
+		if rv == ckrOK {
+			t.Fatal("the key still encrypts after CKA_ENCRYPT was dropped")
+		}
+	}
+}
+
+// Collect the parts of multi-part operations that the front keeps (AES-GCM
+// encryption, here) in every session of one connection: what one
+// connection holds is bounded, not 1 MiB for every operation of each of
+// its 256 sessions.
+func TestCollectedPartsBoundedPerConnection(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	k := aesKey(cl, s)
+	part := make([]byte, 512<<10)
+	var held int
+	for i := 0; i < maxSessions-1; i++ {
+		si := cl.session()
+		if rv := cl.initOp(callEncryptInit, si, ckmAESGCM, k); rv != ckrOK {
+			t.Fatalf("EncryptInit: rv %#x", rv)
+		}
+		rv, _ := cl.call(callEncryptUpdate, func(e *encoder) { e.u64(si); e.u8(1); e.array(part); e.u32(0) })
+		if rv != ckrOK {
+			if rv != ckrDeviceMemory {
+				t.Fatalf("refused with rv %#x", rv)
+			}
+			break
+		}
+		held += len(part)
+	}
+	if held > maxCollected {
+		t.Fatalf("one connection holds %d MiB of collected parts (at most %d MiB)", held>>20, maxCollected>>20)
+	}
+	// What was refused was aborted; the others go on.
+	if rv := cl.initOp(callEncryptInit, s, ckmAESGCM, k); rv != ckrOK {
+		t.Fatalf("EncryptInit after the refusal: rv %#x", rv)
+	}
+}
+
+// Keep the results of one-shot operations with length queries (a NULL
+// output buffer) in every session of one connection: the results kept
+// count against the same bound as the parts collected.
+func TestKeptResultsBoundedPerConnection(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	k := aesKey(cl, s)
+	data := make([]byte, 200<<10)
+	var held int
+	for i := 0; i < maxSessions-1; i++ {
+		si := cl.session()
+		if rv := cl.initOp(callEncryptInit, si, ckmAESGCM, k); rv != ckrOK {
+			t.Fatalf("EncryptInit: rv %#x", rv)
+		}
+		rv, _ := cl.call(callEncrypt, func(e *encoder) { e.u64(si); e.u8(1); e.array(data); e.u32(0) })
+		if rv != ckrOK {
+			if rv != ckrDeviceMemory {
+				t.Fatalf("refused with rv %#x", rv)
+			}
+			break
+		}
+		held += len(data)
+	}
+	if held > maxCollected {
+		t.Fatalf("one connection keeps %d MiB of results (at most %d MiB)", held>>20, maxCollected>>20)
+	}
+}
+
+// Another uid makes a key with the name of one of the caller's and shares
+// it with the caller: a program that finds "its" key by label
+// (pkcs11:object=backup) must not get the other uid's, to encrypt to it
+// or trust its signatures. A key of another owner shows with the core's
+// name for it, UID:NAME.
+func TestSharedKeyLabelCollision(t *testing.T) {
+	tf := newTestFront(t)
+	const attacker = 4242
+	id := server.Identity{PID: int32(os.Getpid()), UID: attacker, GID: attacker, Pidfd: -1}
+	ss, err := tf.srv.NewSession(context.Background(), "test-other", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	rep, err := ss.Do(context.Background(), id, &wire.Request{Version: wire.ProtocolVersion, Id: 1,
+		Ops: []*wire.Op{{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+			Name: "backup", Type: wire.KeyType_KEY_TYPE_AES256_GCM, Exportable: true,
+			Usage: uint32(wire.Usage_USAGE_ENCRYPT | wire.Usage_USAGE_DECRYPT),
+			Acl:   []*wire.AclEntry{{Principal: &wire.AclEntry_Uid{Uid: uint32(os.Getuid())}, Usage: uint32(wire.Usage_USAGE_ENCRYPT)}}}}}}}})
+	if err != nil || rep.Status != wire.Status_STATUS_OK || rep.Results[0].Status != wire.Status_STATUS_OK {
+		t.Fatalf("the other uid's key: %v %v", err, rep)
+	}
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	mine := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, true), tmplAttr{ckaLabel, []byte("backup")})
+	hs := cl.find(s, tmplAttr{ckaLabel, []byte("backup")})
+	if len(hs) != 1 || hs[0] != mine {
+		t.Fatalf("objects labelled backup: %v (the caller's own: %d)", hs, mine)
+	}
+	if hs := cl.find(s, tmplAttr{ckaLabel, []byte("4242:backup")}); len(hs) != 1 || hs[0] == mine {
+		t.Fatalf("the shared key under its owner's name: %v", hs)
+	}
+}
+
+// A length query of CKA_VALUE (or a buffer too small for it) answers
+// only the length, which the key's type gives: the key is not exported for
+// it, so its bytes never pass through the front for nothing, and the audit
+// log records no export that answered no key.
+func TestValueLengthQueryExportsNothing(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaSensitive, false))
+	for _, size := range []uint32{0, 16} {
+		rv, _ := cl.call(callGetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); e.u32(1); e.u32(ckaValue); e.u32(size) })
+		if rv != ckrOK {
+			t.Fatalf("room %d: rv %#x", size, rv)
+		}
+	}
+	if contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("a length query exported the key")
+	}
+	if rv, v := cl.getAttr(s, h, ckaValue); rv != ckrOK || len(v) != 32 {
+		t.Fatalf("the value: rv %#x, %d bytes", rv, len(v))
+	}
+	if !contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("the export is not recorded")
+	}
+}
+
+// C_SetAttributeValue of CKA_VALUE is read-only at once: the front does
+// not export the key to compare it with the value given.
+func TestSetValueExportsNothing(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	h := aesKey(cl, s, boolAttr(ckaSensitive, false))
+	rv, _ := cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{{ckaValue, make([]byte, 32)}}) })
+	if rv != ckrAttributeReadOnly {
+		t.Fatalf("setting CKA_VALUE: rv %#x", rv)
+	}
+	if contains(tf.logText(t), `"op":"export"`) {
+		t.Fatal("C_SetAttributeValue exported the key")
 	}
 }

@@ -377,6 +377,18 @@ func (c *conn) cGetAttributeValue(d *decoder, e *encoder) uint64 {
 	out := make([]attrOut, len(tmpl))
 	for i, a := range tmpl {
 		out[i].typ = a.typ
+		if n, ok := c.valueLen(o); ok && a.typ == ckaValue && uint64(a.size) < n {
+			// Only the length is asked, or room for less: the key's type
+			// gives it, and the key is not exported for nothing.
+			out[i].length = int64(n)
+			if a.size != 0 {
+				out[i].length = -1
+				if rv == ckrOK {
+					rv = ckrBufferTooSmall
+				}
+			}
+			continue
+		}
 		v, arv := c.attribute(o, a.typ)
 		switch {
 		case arv != ckrOK:
@@ -428,6 +440,9 @@ func (c *conn) cSetAttributeValue(d *decoder, e *encoder) uint64 {
 		if a.invalid || len(a.value) == 0 {
 			return ckrAttributeValueInvalid
 		}
+		if a.typ == ckaValue {
+			return ckrAttributeReadOnly // not exported to be compared
+		}
 		cur, arv := c.attribute(o, a.typ)
 		if arv != ckrOK {
 			return ckrAttributeTypeInvalid
@@ -448,7 +463,13 @@ func (c *conn) cSetAttributeValue(d *decoder, e *encoder) uint64 {
 				continue
 			}
 			if u, ok := usageOf[a.typ]; ok && !on {
-				usage := o.key.info.Usage &^ uint32(u)
+				// Every usage the template drops is dropped, not only
+				// the last it names.
+				usage := o.key.info.Usage
+				if set.Usage != nil {
+					usage = *set.Usage
+				}
+				usage &^= uint32(u)
 				set.Usage, changed = &usage, true
 				continue
 			}
@@ -476,6 +497,17 @@ func (c *conn) cSetAttributeValue(d *decoder, e *encoder) uint64 {
 		return rvOf(err, ckrDeviceError)
 	}
 	return ckrOK
+}
+
+// valueLen is the length of CKA_VALUE of o, if the front answers it: a
+// secret key that may be exported (the core still decides, and records,
+// when the value itself is read).
+func (c *conn) valueLen(o *object) (uint64, bool) {
+	ti := pkcs11Type(o.key.info.Type)
+	if o.class != ckoSecretKey || !o.key.info.Exportable || ti == nil {
+		return 0, false
+	}
+	return ti.valLen, true
 }
 
 // usageOf maps the usage attributes to the core's usages.

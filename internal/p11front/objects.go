@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -268,7 +269,7 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 	case ckaPrivate:
 		return boolVal(secretHalf), ckrOK
 	case ckaLabel:
-		return []byte(info.Name), ckrOK
+		return []byte(c.label(info)), ckrOK
 	case ckaID:
 		return bytes.Clone(info.Id), ckrOK
 	case ckaKeyType:
@@ -384,6 +385,17 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 		}
 	}
 	return nil, ckrAttributeTypeInvalid
+}
+
+// label is the CKA_LABEL of a key: its name, or, for a key of another
+// owner that shares it with the caller, the core's name for it, UID:NAME.
+// Another uid may share a key named as one of the caller's: a program
+// that finds its key by label must never get that one.
+func (c *conn) label(info *wire.KeyInfo) string {
+	if info.Name == "" || info.OwnerUid == c.id.UID {
+		return info.Name
+	}
+	return strconv.FormatUint(uint64(info.OwnerUid), 10) + ":" + info.Name
 }
 
 // madeHere reports whether a key of origin o was made inside the daemon

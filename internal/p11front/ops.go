@@ -363,6 +363,13 @@ func opOneShot(kind int) handler {
 // result, which ends the operation.
 func (c *conn) give(slot **operation, op *operation, room uint32, e *encoder) uint64 {
 	if int(room) < len(op.result) {
+		// The result is kept for the next call, within what the
+		// connection may hold (it counts itself, being in slot).
+		if c.collected() > maxCollected {
+			clear(op.result)
+			c.abort(slot)
+			return ckrDeviceMemory
+		}
 		// Only the length, with CKR_OK on the wire as p11-kit's server
 		// does: the client returns CKR_BUFFER_TOO_SMALL to a caller
 		// whose buffer was too small, CKR_OK to a length query.

@@ -96,8 +96,32 @@ func (c *conn) update(slot **operation, data []byte) uint64 {
 		c.abort(slot)
 		return ckrDataLenRange
 	}
+	if c.collected()+len(data) > maxCollected {
+		c.abort(slot)
+		return ckrDeviceMemory
+	}
 	op.data = append(op.data, data...)
 	return ckrOK
+}
+
+// maxCollected bounds what the operations of all the sessions of one
+// connection hold together: the parts they collect and the results they
+// keep for a next call (after a length query). One operation may collect
+// up to maxBody, but not each of the operations of every session.
+const maxCollected = maxBody
+
+// collected is what the operations of the connection's sessions hold:
+// parts collected, and results kept.
+func (c *conn) collected() int {
+	n := 0
+	for _, s := range c.sessions {
+		for _, op := range []*operation{s.sign, s.verify, s.encrypt, s.decrypt, s.digest} {
+			if op != nil {
+				n += len(op.data) + len(op.result)
+			}
+		}
+	}
+	return n
 }
 
 // finish ends op's stream with sig (for a verification) and returns what

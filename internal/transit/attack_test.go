@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -259,5 +260,89 @@ print("ok")
 	}
 	if n != 2 {
 		t.Fatal(fmt.Sprint("want 2 records: ", recs))
+	}
+}
+
+// A body of 4 MiB made of empty objects decodes into some thirty times
+// its size (a map for each): one client, on each of its connections, could
+// make the daemon hold gigabytes. A body with more JSON values than any
+// request the API takes is refused before it is decoded.
+func TestJSONAmplificationRefused(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	var b strings.Builder
+	b.WriteString(`{"batch_input":[`)
+	for b.Len() < DefaultMaxBody-16 {
+		b.WriteString(`{},`)
+	}
+	b.WriteString(`{}]}`)
+	body := b.String()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	code, _ := tf.call(t, "POST", "encrypt/k", body)
+	runtime.ReadMemStats(&m1)
+	if code != 400 {
+		t.Fatalf("status %d", code)
+	}
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 40<<20 {
+		t.Fatalf("a request of %d bytes made the daemon allocate %d MiB", len(body), n>>20)
+	}
+	// A batch of the largest size the API takes still decodes.
+	items := make([]string, DefaultMaxBatch)
+	for i := range items {
+		items[i] = `{"plaintext":"eA==","associated_data":"","reference":{"id":[1,2,3],"n":"x"}}`
+	}
+	if code, m := tf.call(t, "POST", "encrypt/k", `{"batch_input":[`+strings.Join(items, ",")+`]}`); code != 200 {
+		t.Fatalf("a full batch: %d %v", code, m)
+	}
+}
+
+// Bodies being read hold memory before any request reaches the core: a
+// uid that starts many requests and sends their bodies slowly (on many
+// connections, or as HTTP/2 streams of one) holds at most its share, and
+// a request past it is refused at once, before its body is read.
+func TestBodiesHeldPerUIDBounded(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	share := max(int64(DefaultMaxBody), int64(tf.srv.Limits().MaxRequestBytesPerUID))
+	start := func() net.Conn {
+		c, err := net.Dial("unix", tf.sockPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "POST /v1/transit/hash HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{", DefaultMaxBody)
+		return c
+	}
+	for range share / DefaultMaxBody {
+		start()
+	}
+	time.Sleep(200 * time.Millisecond) // their handlers are reading
+	c := start()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("a request past the uid's share of bodies is read on: %v", err)
+	}
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// A request without a body is served meanwhile.
+	tf.ok(t, "POST", "hash", nil)
+}
+
+// Make _transit-wrapping before the front does, as a key that leaves the
+// daemon (exportable), then have imports wrapped under it: the blobs would
+// then open outside, and the "never exportable" imported keys with them.
+// The front uses only a wrapping key it made: RSA-4096, generated, only
+// unwrapping, neither exportable nor wrappable.
+func TestWrappingKeyMadeByTheCallerRefused(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	tf.ok(t, "POST", "keys/"+wrappingKeyName, map[string]any{"type": "rsa-2048", "exportable": true})
+	if code, m := tf.call(t, "GET", "wrapping_key", nil); code == 200 {
+		t.Fatalf("the caller's own exportable key is given as the wrapping key: %v", m)
+	}
+	tf.mustRefusal(t, "public-key", "POLICY_VIOLATION", "not a wrapping key the daemon made")
+	if code, _ := tf.call(t, "POST", "keys/byok/import", map[string]any{"ciphertext": b64("blob")}); code == 200 || code == 204 {
+		t.Fatal("imported under the caller's own key")
 	}
 }

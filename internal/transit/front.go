@@ -70,6 +70,9 @@ type Front struct {
 	mu      sync.Mutex
 	closed  bool
 	servers map[*http.Server]struct{}
+	// bodies is what the requests of each uid being served hold for
+	// their bodies (holdBody).
+	bodies map[uint32]int64
 
 	// tlsConns are the TLS connections' sessions, by connection (tls.go).
 	tlsConns sync.Map
@@ -101,7 +104,7 @@ func New(cfg Config) (*Front, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = idleTimeout
 	}
-	f := &Front{cfg: cfg, log: cfg.Logger.With("front", FrontName), servers: map[*http.Server]struct{}{}}
+	f := &Front{cfg: cfg, log: cfg.Logger.With("front", FrontName), servers: map[*http.Server]struct{}{}, bodies: map[uint32]int64{}}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	return f, nil
 }
@@ -135,6 +138,32 @@ func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("transit socket: %w", err)
 	}
 	return l, nil
+}
+
+// holdBody counts n bytes of a body to be read for uid against what the
+// bodies of uid's requests being served may hold together: the core's
+// limit of the request bytes of one uid, or one body if that is more.
+// Bodies are read and decoded before any of them reaches the core, so
+// that without this bound one uid's many connections, or the HTTP/2
+// streams of one, could hold the daemon's memory. false: over it, not
+// counted.
+func (f *Front) holdBody(uid uint32, n int64) bool {
+	share := max(f.cfg.MaxBody, int64(f.cfg.Server.Limits().MaxRequestBytesPerUID))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.bodies[uid]+n > share {
+		return false
+	}
+	f.bodies[uid] += n
+	return true
+}
+
+func (f *Front) unholdBody(uid uint32, n int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.bodies[uid] -= n; f.bodies[uid] <= 0 {
+		delete(f.bodies, uid)
+	}
 }
 
 // ErrClosed is returned by Serve once the Front is closed.

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"strconv"
 
 	"github.com/keywarden/keywarden/internal/random"
@@ -104,21 +105,36 @@ func randomOp(rq *request) (any, error) {
 
 // wrappingKeyHandle opens the caller's wrapping key for imports, made
 // the first time it is asked for: an RSA-4096 key that only unwraps,
-// never exportable.
+// never exportable. A key of that name that the front did not make so (the
+// caller made it, through this API or the daemon's own protocol, before
+// the front did) is refused: blobs wrapped under a key that leaves the
+// daemon, or that was imported, open outside it, and the keys imported
+// from them with them.
 func wrappingKeyHandle(rq *request) (openKey, error) {
 	k, _, err := rq.c.open(rq.ctx, wrappingKeyName)
 	var nk errNoKey
-	if !errors.As(err, &nk) {
+	if errors.As(err, &nk) {
+		_, err = rq.c.do1(rq.ctx, &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+			Name: wrappingKeyName, Type: wire.KeyType_KEY_TYPE_RSA_4096, Usage: uint32(wire.Usage_USAGE_UNWRAP)}}}})
+		var ce *coreError
+		if err != nil && !(errors.As(err, &ce) && ce.status == wire.Status_STATUS_ALREADY_EXISTS) {
+			return k, err
+		}
+		k, _, err = rq.c.reopen(rq.ctx, wrappingKeyName)
+	}
+	if err != nil {
 		return k, err
 	}
-	_, err = rq.c.do1(rq.ctx, &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
-		Name: wrappingKeyName, Type: wire.KeyType_KEY_TYPE_RSA_4096, Usage: uint32(wire.Usage_USAGE_UNWRAP)}}}})
-	var ce *coreError
-	if err != nil && !(errors.As(err, &ce) && ce.status == wire.Status_STATUS_ALREADY_EXISTS) {
+	info, err := keyInfo(rq, wrappingKeyName)
+	if err != nil {
 		return k, err
 	}
-	k, _, err = rq.c.reopen(rq.ctx, wrappingKeyName)
-	return k, err
+	if info.Type != wire.KeyType_KEY_TYPE_RSA_4096 || info.Exportable || info.Wrappable ||
+		info.Usage != uint32(wire.Usage_USAGE_UNWRAP) || info.GetLifecycle().GetOrigin() != wire.KeyOrigin_KEY_ORIGIN_GENERATED {
+		return k, &apiError{code: http.StatusBadRequest, st: wire.Status_STATUS_POLICY_VIOLATION, front: true,
+			msg: "the key " + wrappingKeyName + " is not a wrapping key the daemon made (RSA-4096, generated, only unwrapping, never leaving the daemon); delete it"}
+	}
+	return k, nil
 }
 
 func wrappingKey(rq *request) (any, error) {

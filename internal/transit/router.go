@@ -259,6 +259,17 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, c *clientConn) (ae
 			st: wire.Status_STATUS_INVALID_ARGUMENT, front: true}
 	}
 	rq := &request{ctx: r.Context(), c: c, op: rt.op, vars: vars, query: r.URL.Query(), method: method}
+	// The body is held, read and decoded, until the request is answered.
+	hold := f.cfg.MaxBody
+	if r.ContentLength >= 0 && r.ContentLength < hold {
+		hold = r.ContentLength
+	}
+	if !f.holdBody(c.id.UID, hold) {
+		w.Header().Set("Connection", "close")
+		return &apiError{code: http.StatusTooManyRequests, msg: "too many request bodies of this user are being read at once",
+			st: wire.Status_STATUS_RESOURCE_EXHAUSTED, front: true}
+	}
+	defer f.unholdBody(c.id.UID, hold)
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, f.cfg.MaxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -271,6 +282,11 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, c *clientConn) (ae
 	}
 	defer clear(body)
 	if len(bytes.TrimSpace(body)) > 0 {
+		if n, max := jsonValues(body), f.cfg.MaxBatch*valuesPerItem+valuesPerRequest; n > max {
+			// Decoded, such a body would take many times its size.
+			return &apiError{code: http.StatusBadRequest, msg: fmt.Sprintf("failed to parse JSON input: over %d values", max),
+				st: wire.Status_STATUS_RESOURCE_EXHAUSTED, front: true}
+		}
 		if rq.body, err = decodeBody(body); err != nil {
 			return &apiError{code: http.StatusBadRequest, msg: "failed to parse JSON input: " + err.Error(), st: wire.Status_STATUS_INVALID_ARGUMENT, front: true}
 		}
@@ -293,6 +309,42 @@ func (f *Front) serve(w http.ResponseWriter, r *http.Request, c *clientConn) (ae
 	}
 	writeData(w, http.StatusOK, data)
 	return nil
+}
+
+// A body holds at most valuesPerItem JSON values for each item of the
+// largest batch, and valuesPerRequest more: every request of the API,
+// with room for references, which the client chooses. Each value decoded
+// is a Go value of its own (an empty object, a map): without this bound,
+// a body of empty objects takes some thirty times its size.
+const (
+	valuesPerItem    = 32
+	valuesPerRequest = 256
+)
+
+// jsonValues counts, without decoding, the values of the JSON text b that
+// are in an object or an array (the commas, and the objects and arrays
+// opened), outside strings.
+func jsonValues(b []byte) int {
+	n := 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString:
+			switch c {
+			case '\\':
+				escaped = true
+			case '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[' || c == ',':
+			n++
+		}
+	}
+	return n
 }
 
 // decodeBody decodes a JSON object, numbers kept as json.Number.

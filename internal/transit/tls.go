@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +37,13 @@ type Principal struct {
 	UID, GID uint32
 }
 
+// overflowID is the kernel's default overflow uid and gid, and noID the
+// id that names none: a principal acts as neither (ParsePrincipals).
+const (
+	overflowID = 65534
+	noID       = 1<<32 - 1
+)
+
 // Principals maps client certificates to principals.
 type Principals struct {
 	byName map[string]Principal
@@ -48,7 +57,8 @@ type Principals struct {
 //
 // the certificate's identity, then the uid (and optionally :gid; default
 // the uid) it acts as. Blank lines and lines starting with # are
-// ignored. A certificate never acts as root: uid 0 is refused.
+// ignored. A certificate never acts as root: uid 0 and gid 0 are
+// refused, and so are the kernel's overflow id (65534) and -1.
 func ParsePrincipals(r io.Reader) (*Principals, error) {
 	p := &Principals{byName: map[string]Principal{}}
 	sc := bufio.NewScanner(r)
@@ -84,6 +94,17 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 		if uid == 0 {
 			return nil, fmt.Errorf("line %d: %s: a certificate never acts as root (uid 0)", n, name)
 		}
+		if gid == 0 {
+			// Keys shared with the root group are not for certificates
+			// either.
+			return nil, fmt.Errorf("line %d: %s: a certificate never acts with root's group (gid 0)", n, name)
+		}
+		if uid == overflowID || gid == overflowID || uid == noID || gid == noID {
+			// The kernel names every process whose uid it cannot map (in a
+			// user namespace) by the overflow uid: a certificate acting as
+			// it would share their keys. -1 is no uid at all.
+			return nil, fmt.Errorf("line %d: %s: uid and gid %d (the kernel's overflow id) and %d (none) are not for certificates", n, name, overflowID, noID)
+		}
 		if _, dup := p.byName[name]; dup {
 			return nil, fmt.Errorf("line %d: %s is mapped twice", n, name)
 		}
@@ -98,9 +119,24 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 	return p, nil
 }
 
+// All returns the principals of the mapping, by name.
+func (p *Principals) All() []Principal {
+	out := make([]Principal, 0, len(p.byName))
+	for _, pr := range p.byName {
+		out = append(out, pr)
+	}
+	slices.SortFunc(out, func(a, b Principal) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
 // Lookup returns the principal of a verified client certificate: the
-// first of its URI, DNS and email SANs, then its subject's common name,
-// that the mapping names.
+// first of its URI, DNS and email SANs that the mapping names, or, for a
+// certificate with no subject alternative name at all, its subject's
+// common name. A CA vouches for the SANs it certifies, but may copy the
+// subject from the request: a certificate for an unmapped name never
+// acts as whichever principal its common name names. A certificate whose
+// names map to different uids or gids is refused: which one it acts as
+// would depend on the order of its names.
 func (p *Principals) Lookup(cert *x509.Certificate) (Principal, bool) {
 	var names []string
 	for _, u := range cert.URIs {
@@ -112,16 +148,30 @@ func (p *Principals) Lookup(cert *x509.Certificate) (Principal, bool) {
 	for _, e := range cert.EmailAddresses {
 		names = append(names, "email:"+e)
 	}
-	if cn := cert.Subject.CommonName; cn != "" {
+	hasSAN := len(names) > 0 || len(cert.IPAddresses) > 0
+	for _, e := range cert.Extensions {
+		hasSAN = hasSAN || e.Id.Equal(oidSubjectAltName) // a kind of name Go does not parse (otherName)
+	}
+	if cn := cert.Subject.CommonName; cn != "" && !hasSAN {
 		names = append(names, "cn:"+cn)
 	}
+	var found Principal
+	ok := false
 	for _, n := range names {
-		if pr, ok := p.byName[n]; ok {
-			return pr, true
+		pr, in := p.byName[n]
+		switch {
+		case !in:
+		case !ok:
+			found, ok = pr, true
+		case pr.UID != found.UID || pr.GID != found.GID:
+			return Principal{}, false
 		}
 	}
-	return Principal{}, false
+	return found, ok
 }
+
+// oidSubjectAltName is the subject alternative name extension.
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // TLSConfig is what ServeTLS needs: the server's certificate, the CAs
 // that sign client certificates, and the mapping of client certificates
@@ -170,6 +220,9 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	p.SetHTTP1(true)
 	p.SetHTTP2(true)
 	hs.Protocols = &p
+	// The streams of one connection share its session's requests in
+	// flight: no more are taken at once, each holding its request.
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
 	hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		h := &tlsHolder{}
 		f.tlsConns.Store(c, h)
@@ -210,7 +263,13 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	}
 	f.servers[hs] = struct{}{}
 	f.mu.Unlock()
-	err := hs.Serve(tls.NewListener(l, cfg))
+	// Peers need no certificate to open connections, and each holds a
+	// descriptor until its handshake ends: no more are open at once than
+	// the daemon takes connections (the others wait in the kernel's
+	// queue), so that peers on the network cannot take the descriptors the
+	// daemon's own sockets and store need.
+	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections)}
+	err := hs.Serve(tls.NewListener(ll, cfg))
 	f.mu.Lock()
 	closed := f.closed
 	delete(f.servers, hs)
@@ -218,6 +277,34 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	if closed || errors.Is(err, http.ErrServerClosed) {
 		return ErrClosed
 	}
+	return err
+}
+
+// limitListener accepts at most cap(slots) connections open at once.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// limitConn frees its slot when closed.
+type limitConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
 	return err
 }
 

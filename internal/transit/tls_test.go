@@ -2,21 +2,27 @@ package transit
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/server"
 )
 
 // testPKI is a CA with the certificates of a TLS test.
@@ -171,7 +177,7 @@ func selfSigned(t testing.TB) tls.Certificate {
 }
 
 func TestParsePrincipals(t *testing.T) {
-	for _, bad := range []string{"", "uri:x", "uri:x 0", "host:x 5", "uri:x 5\nuri:x 6", "uri:x abc", "uri:x 5:g"} {
+	for _, bad := range []string{"", "uri:x", "uri:x 0", "uri:x 5:0", "uri:x 0:5", "uri:x 65534", "uri:x 5:65534", "uri:x 4294967295", "host:x 5", "uri:x 5\nuri:x 6", "uri:x abc", "uri:x 5:g"} {
 		if _, err := ParsePrincipals(strings.NewReader(bad)); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
@@ -186,4 +192,149 @@ func TestParsePrincipals(t *testing.T) {
 	if pr, ok := p.Lookup(&x509.Certificate{EmailAddresses: []string{"a@b.example"}}); !ok || pr.UID != 78 || pr.GID != 9 {
 		t.Errorf("email: %v %v", pr, ok)
 	}
+}
+
+// A certificate's common name is its identity only when it has no
+// subject alternative name: a CA that checks the names it certifies
+// (SANs) may copy the subject from the request, so a client with a
+// certificate for an unmapped name must not act as whichever principal its
+// CN names. And a certificate whose names map to two different principals
+// is refused rather than taken as the first.
+func TestPrincipalLookupAttacks(t *testing.T) {
+	p, err := ParsePrincipals(strings.NewReader(
+		"cn:legacy client 77\ndns:batch.example.org 78\nuri:spiffe://example.org/a 79\nemail:ops@example.org 79\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiffe, _ := url.Parse("spiffe://example.org/a")
+	other, _ := url.Parse("spiffe://example.org/unmapped")
+	for name, c := range map[string]*x509.Certificate{
+		"CN behind an unmapped DNS SAN": {Subject: pkix.Name{CommonName: "legacy client"}, DNSNames: []string{"evil.example.org"}},
+		"CN behind an unmapped URI SAN": {Subject: pkix.Name{CommonName: "legacy client"}, URIs: []*url.URL{other}},
+		"CN behind an IP SAN":           {Subject: pkix.Name{CommonName: "legacy client"}, IPAddresses: []net.IP{net.IPv4(10, 0, 0, 1)}},
+		"two principals":                {DNSNames: []string{"batch.example.org"}, URIs: []*url.URL{spiffe}},
+	} {
+		if pr, ok := p.Lookup(c); ok {
+			t.Errorf("%s: acts as %s (uid %d)", name, pr.Name, pr.UID)
+		}
+	}
+	// With a SAN, the CN is not looked at, even where it names another.
+	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}, DNSNames: []string{"batch.example.org"}}); !ok || pr.UID != 78 {
+		t.Errorf("a DNS SAN and a CN: %v %v", pr, ok)
+	}
+	// Names of one principal's uid agree: the first names it.
+	if pr, ok := p.Lookup(&x509.Certificate{URIs: []*url.URL{spiffe}, EmailAddresses: []string{"ops@example.org"}}); !ok || pr.UID != 79 {
+		t.Errorf("two names of uid 79: %v %v", pr, ok)
+	}
+	if pr, ok := p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: "legacy client"}}); !ok || pr.UID != 77 {
+		t.Errorf("a certificate with only a CN: %v %v", pr, ok)
+	}
+}
+
+// The HTTP/2 streams of one connection are bounded as its session's
+// requests in flight are (docs/transit.md, "Limits"), and the server says
+// so in its first SETTINGS; Go's default would be 250 streams, each
+// holding its request while it runs.
+func TestHTTP2StreamsBounded(t *testing.T) {
+	tf := newTestFront(t, Config{})
+	p := newTestPKI(t)
+	pr, err := ParsePrincipals(strings.NewReader("uri:spiffe://example.org/app 4242\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tf.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
+		Certificates: []tls.Certificate{p.client("spiffe://example.org/app", time.Hour, t)}, ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var h [9]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	if h[3] != 4 || n%6 != 0 {
+		t.Fatalf("the server's first frame is of type %d, %d bytes", h[3], n)
+	}
+	payload := make([]byte, n)
+	if _, err := io.ReadFull(c, payload); err != nil {
+		t.Fatal(err)
+	}
+	max := uint32(0)
+	for i := 0; i < n; i += 6 {
+		if binary.BigEndian.Uint16(payload[i:]) == 3 { // SETTINGS_MAX_CONCURRENT_STREAMS
+			max = binary.BigEndian.Uint32(payload[i+2:])
+		}
+	}
+	if max == 0 || int(max) > tf.srv.Limits().MaxInFlight {
+		t.Fatalf("streams per connection: %d (want at most %d)", max, tf.srv.Limits().MaxInFlight)
+	}
+}
+
+// Network peers need no certificate to open TCP connections, and each
+// costs the daemon a descriptor and memory until its handshake times out:
+// the TCP connections open at once are bounded (by the daemon's connection
+// limit), so that peers on the network cannot take the descriptors the
+// daemon's local sockets and store need. Past the bound, a connection
+// waits in the kernel's queue until one closes.
+func TestTCPConnectionsBounded(t *testing.T) {
+	dir := t.TempDir()
+	alog, err := audit.Open(audit.Options{Path: filepath.Join(dir, "audit.log"), Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog, Limits: server.Limits{MaxConnections: 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Server: srv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	p := newTestPKI(t)
+	pr, _ := ParsePrincipals(strings.NewReader("uri:spiffe://example.org/app 4242\n"))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	var idle []net.Conn
+	for range srv.Limits().MaxConnections {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cfg := &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13, ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{p.client("spiffe://example.org/app", time.Hour, t)}}
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := tls.Client(c, cfg)
+	tc.SetDeadline(time.Now().Add(time.Second))
+	if err := tc.Handshake(); err == nil {
+		t.Fatalf("a connection past %d idle ones was served", len(idle))
+	}
+	c.Close()
+	idle[0].Close()
+	c2, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.Addr().String(), cfg)
+	if err != nil {
+		t.Fatalf("once one closed: %v", err)
+	}
+	c2.Close()
 }
