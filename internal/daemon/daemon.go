@@ -426,6 +426,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	var front *transit.Front
+	var tlsCfg *transit.TLSConfig // of every tcp: listener, loaded by the first
 	if len(cfg.HTTP) > 0 {
 		tcfg := cfg.Transit
 		tcfg.Server, tcfg.Logger = srv, log
@@ -434,7 +435,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		for _, spec := range cfg.HTTP {
-			if err := serveHTTP(front, spec, mode, cfg, log); err != nil {
+			if err := serveHTTP(front, spec, mode, cfg, &tlsCfg, log); err != nil {
 				front.Close()
 				closeFronts()
 				return err
@@ -478,6 +479,10 @@ func Run(ctx context.Context, cfg Config) error {
 		go notifyLoop(ctx, notifier, srv, cfg.Dev, log)
 	}
 
+	rt := &running{srv: srv}
+	if tlsCfg != nil {
+		rt.principals = tlsCfg.Principals
+	}
 wait:
 	for {
 		select {
@@ -491,7 +496,7 @@ wait:
 			break wait
 		case <-hup:
 			notifier.Reloading()
-			reload(&cfg, srv, log)
+			reload(&cfg, rt, log)
 			notifier.Ready(statusLine(srv, cfg.Dev))
 		}
 	}
@@ -606,12 +611,16 @@ func prepareStateDir(dir string) error {
 }
 
 // serveHTTP serves the transit front on spec ("unix:PATH" or
-// "tcp:ADDR").
-func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, log *slog.Logger) error {
+// "tcp:ADDR"). The TCP listeners share one TLS configuration, *tc,
+// loaded by the first (a reload replaces its principals).
+func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, tc **transit.TLSConfig, log *slog.Logger) error {
 	if addr, ok := strings.CutPrefix(spec, "tcp:"); ok {
-		tc, err := loadTLS(cfg)
-		if err != nil {
-			return fmt.Errorf("--http %s: %w", spec, err)
+		if *tc == nil {
+			loaded, err := loadTLS(cfg)
+			if err != nil {
+				return fmt.Errorf("--http %s: %w", spec, err)
+			}
+			*tc = &loaded
 		}
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -619,7 +628,7 @@ func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, 
 		}
 		log.Info("serving the transit HTTP API over mutual TLS", "address", l.Addr().String(), "principals", cfg.HTTPPrincipals)
 		go func() {
-			if err := front.ServeTLS(l, tc); err != nil && !errors.Is(err, transit.ErrClosed) {
+			if err := front.ServeTLS(l, **tc); err != nil && !errors.Is(err, transit.ErrClosed) {
 				log.Error("transit TCP listener failed", "address", addr, "err", err)
 			}
 		}()
