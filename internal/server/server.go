@@ -97,7 +97,10 @@ const (
 	MaxMessageBytes = 1 << 20
 )
 
-func (l Limits) withDefaults() Limits {
+func (l Limits) withDefaults() Limits { return l.withDefaultsFor(runtime.GOMAXPROCS(0)) }
+
+// withDefaultsFor is withDefaults for a daemon with procs processors.
+func (l Limits) withDefaultsFor(procs int) Limits {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -117,7 +120,6 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxLongPollsPerUID, DefaultMaxLongPollsPerUID)
 	def(&l.MaxSessionsPerUID, DefaultMaxSessionsPerUID)
 	def(&l.MaxNamedWatchersPerUID, genid.DefaultNamedWatchersPerUID)
-	procs := runtime.GOMAXPROCS(0)
 	slots, perUID := DefaultHeavySlots(procs)
 	def(&l.HeavySlots, slots)
 	def(&l.MaxHeavyPerUID, perUID)
@@ -200,6 +202,7 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	lim     atomic.Pointer[limitSet] // the limits in force; SetLimits replaces them
+	procs   int                      // GOMAXPROCS when New ran: the defaults that depend on it
 	log     *slog.Logger
 	store   *keystore.Store
 	started time.Time
@@ -252,7 +255,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	lim := cfg.Limits.withDefaults()
+	procs := runtime.GOMAXPROCS(0)
+	lim := cfg.Limits.withDefaultsFor(procs)
 	// A reply larger than the socket's send buffer cannot be sent at all;
 	// never promise clients more than the kernel allows.
 	if m := seqpacket.ProbeMaxMessage(); m > 0 && lim.MaxMessageBytes > m {
@@ -277,6 +281,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:     cfg,
+		procs:   procs,
 		log:     cfg.Logger,
 		store:   cfg.Store,
 		started: cfg.Now(),
@@ -348,7 +353,9 @@ func (s *Server) Limits() Limits { return s.lims().Limits }
 func (s *Server) lims() *limitSet { return s.lim.Load() }
 
 // SetLimits replaces the limits in force (a configuration reload). Zero
-// fields take the defaults, as in New. Three limits cannot change while
+// fields take the defaults, as in New (those that depend on the
+// processors, for as many as New saw: the daemon may raise GOMAXPROCS
+// after). Three limits cannot change while
 // the server runs, because something was sized by them at its start:
 // MaxMessageBytes (the receive buffer of every connection, the pool of
 // reply buffers, what clients were told), MaxNamedWatchersPerUID (the
@@ -366,7 +373,7 @@ func (s *Server) SetLimits(l Limits) error {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
 	cur := s.lims()
-	next := l.withDefaults()
+	next := l.withDefaultsFor(s.procs)
 	// New may have lowered the message size to what the kernel allows;
 	// a reload asking for the configured value asks for no change.
 	if l.MaxMessageBytes == s.cfg.Limits.MaxMessageBytes {

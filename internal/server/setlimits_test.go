@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -325,4 +326,21 @@ func TestSetLimitsConcurrent(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// The defaults that depend on the processors are those New computed,
+// although the daemon raises GOMAXPROCS after it: a reload that leaves
+// them unset changes none of them (and MaxComputingPerUID, which needs
+// a restart, does not make SetLimits fail).
+func TestSetLimitsDefaultsAfterGOMAXPROCS(t *testing.T) {
+	s := newTestServer(t, Config{})
+	before := s.Limits()
+	procs := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(procs + 4)
+	defer runtime.GOMAXPROCS(procs)
+	setLimits(t, s, Limits{MaxInFlight: 3})
+	after := s.Limits()
+	if after.HeavySlots != before.HeavySlots || after.MaxHeavyPerUID != before.MaxHeavyPerUID || after.MaxComputingPerUID != before.MaxComputingPerUID {
+		t.Fatalf("defaults changed by a reload after GOMAXPROCS rose: %+v, were %+v", after, before)
+	}
 }
