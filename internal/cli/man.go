@@ -184,7 +184,7 @@ func manPages() map[string]string {
 		"The file and its directory must belong to root or the daemon's user and not be writable by group or others. "+
 		"No file is read without --config. SIGHUP reads it again: log-level, admin, generation-admin, generation-watcher "+
 		"and the limits take effect at once (all but max-message-bytes, max-named-watchers-per-uid and max-computing-per-uid), "+
-		"and the file named by http-principals is read again; "+
+		"ssh-askpass applies to the next confirmation, and the file named by http-principals is read again; "+
 		"the daemon logs every other changed key as needing a restart. "+
 		"\"keywarden serve --check-config\" checks the file and prints the settings in effect.") + "\n")
 	b.WriteString(".SH KEYS\n")

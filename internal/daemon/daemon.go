@@ -479,7 +479,7 @@ func Run(ctx context.Context, cfg Config) error {
 		go notifyLoop(ctx, notifier, srv, cfg.Dev, log)
 	}
 
-	rt := &running{srv: srv}
+	rt := &running{srv: srv, agent: agent}
 	if tlsCfg != nil {
 		rt.principals = tlsCfg.Principals
 	}

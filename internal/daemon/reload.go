@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/transit"
 )
 
@@ -15,6 +16,8 @@ type running struct {
 	// principals is the mapping the transit front's TCP listeners use;
 	// nil without one.
 	principals *transit.Principals
+	// agent is the ssh-agent front; nil without one.
+	agent *sshagent.Agent
 }
 
 // reloadable applies, for each setting (a serve flag name) that may change
@@ -33,6 +36,14 @@ var reloadable = map[string]func(cur, next *Config, r *running){
 	// The mapping file is read again at every reload (readPrincipals),
 	// whether its path changed or not.
 	"http-principals": func(cur, next *Config, _ *running) { cur.HTTPPrincipals = next.HTTPPrincipals },
+	// The next confirmation of a key added with ssh-add -c runs the new
+	// program; "" refuses such keys.
+	"ssh-askpass": func(cur, next *Config, r *running) {
+		cur.SSHAskpass = next.SSHAskpass
+		if r.agent != nil {
+			r.agent.SetAskpass(cur.SSHAskpass)
+		}
+	},
 }
 
 // limitFields are the limit settings that may change while the daemon

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/sshagent"
 	"github.com/keywarden/keywarden/internal/transit"
 )
 
@@ -96,4 +97,24 @@ func TestReloadPrincipals(t *testing.T) {
 
 func lookupCN(p *transit.Principals, cn string) (transit.Principal, bool) {
 	return p.Lookup(&x509.Certificate{Subject: pkix.Name{CommonName: cn}})
+}
+
+// A reload gives the ssh-agent front the new confirmation program.
+func TestReloadAskpass(t *testing.T) {
+	srv, err := server.New(server.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	agent := sshagent.New(sshagent.Config{Server: srv})
+	defer agent.Close()
+	cur := Config{Settings: map[string]string{"ssh-askpass": ""}}
+	cur.Reload = func() (Config, error) {
+		return Config{SSHAskpass: "/usr/bin/true", Settings: map[string]string{"ssh-askpass": "/usr/bin/true"}}, nil
+	}
+	var logged bytes.Buffer
+	reload(&cur, &running{srv: srv, agent: agent}, slog.New(slog.NewTextHandler(&logged, nil)))
+	if cur.SSHAskpass != "/usr/bin/true" || !strings.Contains(logged.String(), "applied=[ssh-askpass]") {
+		t.Fatalf("ssh-askpass not applied: %q\n%s", cur.SSHAskpass, logged.String())
+	}
 }
