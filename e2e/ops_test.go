@@ -352,9 +352,10 @@ func TestConfigErrors(t *testing.T) {
 	})
 }
 
-// TestConfigReload: SIGHUP applies a new log level and administrators at
-// once, and refuses a change that needs a restart, saying so; the limit
-// stays as it was.
+// TestConfigReload: SIGHUP applies a new log level, administrators and
+// limits at once (a lower connection limit per uid refuses the next
+// connection of a uid that already holds one), and refuses a change that
+// needs a restart, saying so; that limit stays as it was.
 func TestConfigReload(t *testing.T) {
 	dir := openDir(t)
 	sock := filepath.Join(dir, "kw.sock")
@@ -364,7 +365,7 @@ func TestConfigReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("dev = true\nlog-level = \"info\"\nmax-in-flight = 32\nsocket-mode = \"0666\"\n")
+	write("dev = true\nlog-level = \"info\"\nmax-in-flight = 32\nmax-connections-per-uid = 4\nsocket-mode = \"0666\"\n")
 	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
 	d.cmd = exec.Command(binary(t), "serve", "--config", conf, "--socket", sock)
 	d.cmd.Env = append(os.Environ(), mainEnv+"=1")
@@ -382,22 +383,45 @@ func TestConfigReload(t *testing.T) {
 	if r := d.runCLI(t, nobody, nil, "seal"); r.code == 0 || !strings.Contains(r.stderr, "administrator") {
 		t.Fatalf("seal by nobody before the reload: %s", r)
 	}
+	// An ordinary uid holds one connection and may open a second.
+	user := startHelper(t, sock, "pinger", &syscall.Credential{Uid: 4310, Gid: 4310})
+	var l latency
+	user.next(&l)
+	user.send("dial")
+	if user.next(&l); l.Err != "" {
+		t.Fatalf("a second connection of the uid before the reload: %s", l.Err)
+	}
+	before := status(t, d.client(t)).Limits
 
-	write("dev = true\nlog-level = \"debug\"\nmax-in-flight = 16\nsocket-mode = \"0666\"\nadmin = [65534]\n")
+	write("dev = true\nlog-level = \"debug\"\nmax-in-flight = 16\nmax-connections-per-uid = 1\nmax-message-bytes = 131072\nsocket-mode = \"0666\"\nadmin = [65534]\n")
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	waitLog(t, d, "reload: done")
 	logText := d.log.String()
-	if !regexp.MustCompile(`reload: done"? applied="?\[admin log-level\]`).MatchString(logText) {
-		t.Errorf("reload did not apply admin and log-level:\n%s", logText)
+	if !regexp.MustCompile(`reload: done"? applied="?\[admin log-level max-connections-per-uid max-in-flight\]`).MatchString(logText) {
+		t.Errorf("reload did not apply admin, log-level and the limits:\n%s", logText)
 	}
-	if !regexp.MustCompile(`restart_needed="?\[max-in-flight\]`).MatchString(logText) {
-		t.Errorf("reload did not name max-in-flight as needing a restart:\n%s", logText)
+	if !regexp.MustCompile(`restart_needed="?\[max-message-bytes\]"? max-message-bytes="sizes`).MatchString(logText) {
+		t.Errorf("reload did not name max-message-bytes as needing a restart, with the reason:\n%s", logText)
 	}
 	// Debug lines now appear (a connection's).
 	d.healthy(t)
 	waitLog(t, d, "level=DEBUG")
-	if st := status(t, d.client(t)); st.Limits.MaxInFlight != 32 {
-		t.Errorf("max in flight %d after the reload, want 32 until a restart", st.Limits.MaxInFlight)
+	st := status(t, d.client(t)).Limits
+	if st.MaxInFlight != 16 || st.PerUID.Connections != 1 {
+		t.Errorf("after the reload: max in flight %d, connections per uid %d; want 16 and 1", st.MaxInFlight, st.PerUID.Connections)
+	}
+	if st.MaxMessageBytes != before.MaxMessageBytes {
+		t.Errorf("max message bytes %d after the reload, want %d until a restart", st.MaxMessageBytes, before.MaxMessageBytes)
+	}
+	// The uid keeps the connection it holds, and may not open another.
+	user.send("dial")
+	if user.next(&l); !strings.Contains(l.Err, "too many connections for this user (limit 1)") {
+		t.Errorf("a second connection of the uid after the reload: %q", l.Err)
+	}
+	user.send("measure 10")
+	var m latency
+	if user.next(&m); m.Errors != 0 || m.Err != "" {
+		t.Errorf("the connection the uid held: %d errors %q", m.Errors, m.Err)
 	}
 	// The new administrator may now seal (dev mode refuses sealing itself,
 	// but past the administrator check).

@@ -182,8 +182,10 @@ func manPages() map[string]string {
 		"a flag that may be repeated takes an array, such as admin = [1000, 1001]. A flag on the command line overrides the file. "+
 		"An unknown key, a table or a value of the wrong form is an error that names the file, the line and the key. "+
 		"The file and its directory must belong to root or the daemon's user and not be writable by group or others. "+
-		"No file is read without --config. SIGHUP reads it again: log-level, admin, generation-admin and generation-watcher take effect at once, "+
-		"and the daemon logs every other changed key as needing a restart. "+
+		"No file is read without --config. SIGHUP reads it again: log-level, admin, generation-admin, generation-watcher "+
+		"and the limits take effect at once (all but max-message-bytes, max-named-watchers-per-uid and max-computing-per-uid), "+
+		"ssh-askpass applies to the next confirmation, and the file named by http-principals is read again; "+
+		"the daemon logs every other changed key as needing a restart. "+
 		"\"keywarden serve --check-config\" checks the file and prints the settings in effect.") + "\n")
 	b.WriteString(".SH KEYS\n")
 	var keys []flagDoc

@@ -442,6 +442,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	var front *transit.Front
+	var tlsCfg *transit.TLSConfig // of every tcp: listener, loaded by the first
 	if len(cfg.HTTP) > 0 {
 		tcfg := cfg.Transit
 		tcfg.Server, tcfg.Logger = srv, log
@@ -450,7 +451,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		for _, spec := range cfg.HTTP {
-			if err := serveHTTP(front, spec, mode, cfg, log); err != nil {
+			if err := serveHTTP(front, spec, mode, cfg, &tlsCfg, log); err != nil {
 				front.Close()
 				closeFronts()
 				return err
@@ -494,6 +495,10 @@ func Run(ctx context.Context, cfg Config) error {
 		go notifyLoop(ctx, notifier, srv, cfg.Dev, log)
 	}
 
+	rt := &running{srv: srv, agent: agent}
+	if tlsCfg != nil {
+		rt.principals = tlsCfg.Principals
+	}
 wait:
 	for {
 		select {
@@ -507,7 +512,7 @@ wait:
 			break wait
 		case <-hup:
 			notifier.Reloading()
-			reload(&cfg, srv, log)
+			reload(&cfg, rt, log)
 			notifier.Ready(statusLine(srv, cfg.Dev))
 		}
 	}
@@ -622,12 +627,16 @@ func prepareStateDir(dir string) error {
 }
 
 // serveHTTP serves the transit front on spec ("unix:PATH" or
-// "tcp:ADDR").
-func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, log *slog.Logger) error {
+// "tcp:ADDR"). The TCP listeners share one TLS configuration, *tc,
+// loaded by the first (a reload replaces its principals).
+func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, tc **transit.TLSConfig, log *slog.Logger) error {
 	if addr, ok := strings.CutPrefix(spec, "tcp:"); ok {
-		tc, err := loadTLS(cfg)
-		if err != nil {
-			return fmt.Errorf("--http %s: %w", spec, err)
+		if *tc == nil {
+			loaded, err := loadTLS(cfg)
+			if err != nil {
+				return fmt.Errorf("--http %s: %w", spec, err)
+			}
+			*tc = &loaded
 		}
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -635,7 +644,7 @@ func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, 
 		}
 		log.Info("serving the transit HTTP API over mutual TLS", "address", l.Addr().String(), "principals", cfg.HTTPPrincipals)
 		go func() {
-			if err := front.ServeTLS(l, tc); err != nil && !errors.Is(err, transit.ErrClosed) {
+			if err := front.ServeTLS(l, **tc); err != nil && !errors.Is(err, transit.ErrClosed) {
 				log.Error("transit TCP listener failed", "address", addr, "err", err)
 			}
 		}()
@@ -680,24 +689,43 @@ func loadTLS(cfg Config) (transit.TLSConfig, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return tc, fmt.Errorf("%s: no PEM certificate", cfg.HTTPClientCA)
 	}
-	pf, err := os.Open(cfg.HTTPPrincipals)
+	pr, err := loadPrincipals(cfg.HTTPPrincipals, cfg.Admins)
 	if err != nil {
 		return tc, err
+	}
+	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
+}
+
+// loadPrincipals reads the transit front's mapping of client certificates
+// from path, and refuses one that maps a certificate to an administrator
+// of the daemon (its own uid, or one of admins): an administrator has no
+// per-uid limits, and takes the connections kept for administrators.
+func loadPrincipals(path string, admins []uint32) (*transit.Principals, error) {
+	pf, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer pf.Close()
 	pr, err := transit.ParsePrincipals(pf)
 	if err != nil {
-		return tc, fmt.Errorf("%s: %w", cfg.HTTPPrincipals, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	// Nor as an administrator: one has no per-uid limits, and takes the
-	// connections kept for administrators.
+	if err := principalsNotAdmin(pr, admins); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pr, nil
+}
+
+// principalsNotAdmin refuses a mapping under which a certificate acts as
+// the daemon's uid or one of admins.
+func principalsNotAdmin(pr *transit.Principals, admins []uint32) error {
 	for _, p := range pr.All() {
-		if p.UID == uint32(os.Getuid()) || slices.Contains(cfg.Admins, p.UID) {
-			return tc, fmt.Errorf("%s: %s: uid %d is an administrator of the daemon (its own uid, or an --admin uid): a certificate never acts as one",
-				cfg.HTTPPrincipals, p.Name, p.UID)
+		if p.UID == uint32(os.Getuid()) || slices.Contains(admins, p.UID) {
+			return fmt.Errorf("%s: uid %d is an administrator of the daemon (its own uid, or an --admin uid): a certificate never acts as one",
+				p.Name, p.UID)
 		}
 	}
-	return transit.TLSConfig{Certificate: cert, ClientCAs: pool, Principals: pr}, nil
+	return nil
 }
 
 // serveKMS serves the KMS v2 plugin on cfg.KMSV2.

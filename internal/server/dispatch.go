@@ -151,8 +151,8 @@ func (ss *Session) addHandle(o *keystore.Object) (uint32, error) {
 	if ss.closed {
 		return 0, errConnClosing
 	}
-	if len(ss.handles) >= ss.s.limits.MaxHandles {
-		return 0, handleLimit(ss.s.limits.MaxHandles)
+	if max := ss.s.lims().MaxHandles; len(ss.handles) >= max {
+		return 0, handleLimit(max)
 	}
 	for {
 		ss.nextHandle++
@@ -171,8 +171,8 @@ func (ss *Session) addHandle(o *keystore.Object) (uint32, error) {
 func (ss *Session) roomForHandle() error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if len(ss.handles) >= ss.s.limits.MaxHandles {
-		return handleLimit(ss.s.limits.MaxHandles)
+	if max := ss.s.lims().MaxHandles; len(ss.handles) >= max {
+		return handleLimit(max)
 	}
 	return nil
 }

@@ -53,7 +53,7 @@ func (ss *Session) executeOps(req *wire.Request, id Identity, a *arena, notes []
 	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
 	// One allocation for all results rather than one per operation.
 	results := make([]wire.Result, n)
-	max := ss.s.limits.MaxMessageBytes
+	max := ss.s.lims().MaxMessageBytes
 	budget := max - replyHeader
 	size := 0
 	full, gone := false, false

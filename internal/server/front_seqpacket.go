@@ -142,7 +142,7 @@ func newSeqConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cr
 		Session: newSession(context.Background(), s, frontSeqpacket, acct,
 			Identity{PID: opener.PID, UID: opener.UID, GID: opener.GID, Pidfd: opener.Pidfd}),
 		c:   c,
-		buf: newRecvBuf(s.limits.MaxMessageBytes + 1),
+		buf: newRecvBuf(s.lims().MaxMessageBytes + 1),
 		oob: make([]byte, seqpacket.OOBSize),
 	}
 	c.SetSpin(spin)
@@ -298,7 +298,7 @@ func (cn *seqConn) handleMessage(m seqpacket.Message) {
 // refused message is answered here, and ok is false. req is decoded
 // without copying: it points into the receive buffer.
 func (cn *seqConn) admit(m seqpacket.Message, id Identity) (req *wire.Request, raw []byte, caller *audit.Caller, ok bool) {
-	max := cn.s.limits.MaxMessageBytes
+	max := cn.s.lims().MaxMessageBytes
 	buf := cn.buf.b
 	caller, r := cn.admitCaller(id)
 	if r.refused() {
@@ -461,7 +461,7 @@ func (cn *seqConn) encodeReply(buf []byte, rep *wire.Reply) []byte {
 	}
 	b := buf[:n]
 	_, err := rep.MarshalToSizedBufferVT(b)
-	if err == nil && len(b) > cn.s.limits.MaxMessageBytes {
+	if err == nil && len(b) > cn.s.lims().MaxMessageBytes {
 		err = fmt.Errorf("reply of %d bytes exceeds the limit", len(b))
 	}
 	if err != nil {
@@ -509,7 +509,7 @@ const replyKeep = 64 << 10
 // getReplyBuf returns a buffer of at least n bytes, empty: a shared one
 // of the message limit's size for a large reply.
 func (s *Server) getReplyBuf(n int) []byte {
-	size := s.limits.MaxMessageBytes
+	size := s.lims().MaxMessageBytes
 	if n > replyKeep && n <= size {
 		if p, _ := s.replyBufs.Get().(*[]byte); p != nil {
 			return (*p)[:0]
@@ -521,7 +521,7 @@ func (s *Server) getReplyBuf(n int) []byte {
 
 // putReplyBuf gives back a wiped buffer that getReplyBuf made.
 func (s *Server) putReplyBuf(b []byte) {
-	if cap(b) == s.limits.MaxMessageBytes {
+	if cap(b) == s.lims().MaxMessageBytes {
 		b = b[:0]
 		s.replyBufs.Put(&b)
 	}

@@ -152,7 +152,7 @@ func (ss *Session) watcher(name string, id Identity) (*genid.Watcher, error) {
 		w, err := ss.s.gen.NamedWatcher(id.UID, name)
 		if err != nil {
 			return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many named watchers for this user (limit %d)",
-				ss.s.limits.MaxNamedWatchersPerUID)
+				ss.s.lims().MaxNamedWatchersPerUID)
 		}
 		return w, nil
 	}
@@ -184,10 +184,10 @@ func (ss *Session) longPoll(d time.Duration) (func(), error) {
 		ss.longPolls.Add(-1)
 		return nil, errTooManyPolls
 	}
-	if !ss.acct.takeLongPoll(ss.s.limits.MaxLongPollsPerUID) {
+	if max := ss.s.lims().MaxLongPollsPerUID; !ss.acct.takeLongPoll(max) {
 		ss.longPolls.Add(-1)
 		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			"too many generation watches waiting for this user (limit %d)", ss.s.limits.MaxLongPollsPerUID)
+			"too many generation watches waiting for this user (limit %d)", max)
 	}
 	return func() {
 		ss.longPolls.Add(-1)

@@ -180,7 +180,7 @@ func (ss *Session) precheck(t *wire.KeyTemplate, id Identity) error {
 	if err := ss.roomForHandle(); err != nil {
 		return err
 	}
-	if err := policy.CheckQuota(ss.s.store.Owned(id.UID), ss.s.limits.MaxKeysPerUser).Err(); err != nil {
+	if err := policy.CheckQuota(ss.s.store.Owned(id.UID), ss.s.lims().MaxKeysPerUser).Err(); err != nil {
 		return err
 	}
 	if err := ss.s.store.Ready(); err != nil {
@@ -308,7 +308,7 @@ func (ss *Session) opList(l *wire.List, id Identity) (*wire.Result, error) {
 		return nil, err
 	}
 	res := &wire.ListResult{}
-	budget, size := listBudget(ss.s.limits.MaxMessageBytes)-64, 0
+	budget, size := listBudget(ss.s.lims().MaxMessageBytes)-64, 0
 	for i, info := range infos {
 		size += info.SizeVT() + 8
 		if i > 0 && (i == limit || size > budget) {

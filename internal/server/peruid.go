@@ -200,7 +200,7 @@ func (a *account) spendAudit(n int) {
 // accounts owns every account, the daemon's connection count, the
 // refusals not yet reported, and the queues of heavy work.
 type accounts struct {
-	lim     *Limits
+	lim     *atomic.Pointer[limitSet] // the server's limits in force
 	isAdmin func(uid uint32) bool
 	now     func() time.Time
 
@@ -220,9 +220,10 @@ type refusal struct {
 	kind limitKind
 }
 
-func newAccounts(lim *Limits, isAdmin func(uint32) bool, now func() time.Time) *accounts {
+func newAccounts(lim *atomic.Pointer[limitSet], isAdmin func(uint32) bool, now func() time.Time) *accounts {
 	a := &accounts{lim: lim, isAdmin: isAdmin, now: now, byUID: make(map[uint32]*account), refused: make(map[refusal]uint64)}
-	a.heavy[heavyCPU] = fairQueue{slots: lim.HeavySlots, perUID: lim.MaxHeavyPerUID, class: heavyCPU}
+	l := lim.Load()
+	a.heavy[heavyCPU] = fairQueue{slots: l.HeavySlots, perUID: l.MaxHeavyPerUID, class: heavyCPU}
 	a.heavy[heavyStore] = fairQueue{slots: storeSlots, perUID: storeSlotsPerUID, class: heavyStore}
 	return a
 }
@@ -242,14 +243,14 @@ func (e *limitError) Error() string { return e.public }
 func (a *accounts) connect(uid uint32) (*account, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	l := a.lim.Load()
 	acct := a.byUID[uid]
 	if acct == nil {
 		acct = &account{uid: uid, admin: a.isAdmin(uid)}
 		if !acct.admin {
-			acct.computing = make(chan struct{}, a.lim.MaxComputingPerUID)
+			acct.computing = make(chan struct{}, l.MaxComputingPerUID)
 		}
 	}
-	l := a.lim
 	switch {
 	case a.conns >= l.MaxConnections:
 		return nil, a.refuseLocked(uid, limitDaemonConnections, "the daemon's connection limit is reached")
@@ -303,9 +304,10 @@ const maxReportedUIDs = 32
 // uids that have left with their audit allowance refilled.
 func (a *accounts) report() string {
 	now := a.now()
+	l := a.lim.Load()
 	a.mu.Lock()
 	for uid, acct := range a.byUID {
-		if acct.conns == 0 && (acct.admin || acct.audit.full(now, float64(a.lim.AuditBytesPerSecondPerUID), float64(a.lim.AuditBurstPerUID))) {
+		if acct.conns == 0 && (acct.admin || acct.audit.full(now, float64(l.AuditBytesPerSecondPerUID), float64(l.AuditBurstPerUID))) {
 			delete(a.byUID, uid)
 		}
 	}
@@ -407,13 +409,14 @@ type slotWaiter struct {
 
 // fairQueue hands out a class's slots.
 type fairQueue struct {
-	class  heavyClass
-	slots  int
-	perUID int
+	class heavyClass
 
-	// mu guards running, ring, next, and the class's entries of every
-	// account's running and waiting.
+	// mu guards slots and perUID (resize changes them), running, ring,
+	// next, and the class's entries of every account's running and
+	// waiting.
 	mu      sync.Mutex
+	slots   int
+	perUID  int
 	running int
 	ring    []*account // uids with operations waiting, in turn order
 	next    int        // ring index of the next uid to serve
@@ -518,6 +521,17 @@ func (q *fairQueue) grantLocked() {
 	}
 }
 
+// resize sets the class's slots and per-uid quota (SetLimits). Operations
+// running keep their slots; fewer slots or a lower quota hold back the
+// next grants until enough have ended, more are granted to waiting uids at
+// once.
+func (q *fairQueue) resize(slots, perUID int) {
+	q.mu.Lock()
+	q.slots, q.perUID = slots, perUID
+	q.grantLocked()
+	q.mu.Unlock()
+}
+
 // dropLocked takes acct out of the ring.
 func (q *fairQueue) dropLocked(acct *account) {
 	j := slices.Index(q.ring, acct)
@@ -535,23 +549,29 @@ func (q *fairQueue) dropLocked(acct *account) {
 	}
 }
 
-// limitMessages are the replies to requests refused for per-uid and
-// per-connection limits, made once.
-type limitMessages struct {
-	auditRateMsg, connInFlightMsg, inFlightMsg, requestMemoryMsg, connMemoryMsg, kdfQueueMsg string
+// limitSet is one set of limits in force (SetLimits replaces it whole)
+// with the replies to requests refused for per-uid and per-connection
+// limits, which name them, made once per set.
+type limitSet struct {
+	Limits
+	auditRateMsg, connInFlightMsg, inFlightMsg, requestMemoryMsg, connMemoryMsg string
 }
 
-func newLimitMessages(l *Limits) limitMessages {
-	return limitMessages{
+func newLimitSet(l Limits) *limitSet {
+	return &limitSet{
+		Limits: l,
 		auditRateMsg: fmt.Sprintf("this user's requests made more audit records than the daemon allows (%d bytes a second): try again later",
 			l.AuditBytesPerSecondPerUID),
 		connInFlightMsg:  fmt.Sprintf("too many requests in flight (limit %d)", l.MaxInFlight),
 		inFlightMsg:      fmt.Sprintf("too many requests in flight for this user (limit %d)", l.MaxInFlightPerUID),
 		requestMemoryMsg: fmt.Sprintf("this user's requests in progress hold too much memory (limit %d bytes): try again later", l.MaxRequestBytesPerUID),
 		connMemoryMsg:    fmt.Sprintf("this connection's requests in progress hold too much memory (limit %d bytes): try again later", l.MaxRequestBytesPerUID),
-		kdfQueueMsg:      "too many key derivations of this user waiting: try again later",
 	}
 }
+
+// kdfQueueMsg refuses a request of a uid whose derivations fill its share
+// of the KDF queue.
+const kdfQueueMsg = "too many key derivations of this user waiting: try again later"
 
 // shortenSlice makes the calling goroutine run, until it ends, on a
 // thread of its own with the shortest time slice (kdf.SetBackground) and
@@ -574,7 +594,7 @@ func shortenSlice() {
 
 // wireLimits describes the limits in force for Status.
 func (s *Server) wireLimits() *wire.Limits {
-	l := &s.limits
+	l := s.lims()
 	w := &wire.Limits{
 		MaxMessageBytes:           uint32(l.MaxMessageBytes),
 		MaxInFlight:               uint32(l.MaxInFlight),

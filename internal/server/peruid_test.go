@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,7 +30,9 @@ func testAccounts(l *Limits, admins ...uint32) *accounts {
 		}
 		return false
 	}
-	return newAccounts(l, isAdmin, time.Now)
+	var p atomic.Pointer[limitSet]
+	p.Store(newLimitSet(*l))
+	return newAccounts(&p, isAdmin, time.Now)
 }
 
 // Connections: a uid gets at most its share, ordinary uids never take the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,7 +97,10 @@ const (
 	MaxMessageBytes = 1 << 20
 )
 
-func (l Limits) withDefaults() Limits {
+func (l Limits) withDefaults() Limits { return l.withDefaultsFor(runtime.GOMAXPROCS(0)) }
+
+// withDefaultsFor is withDefaults for a daemon with procs processors.
+func (l Limits) withDefaultsFor(procs int) Limits {
 	def := func(v *int, d int) {
 		if *v <= 0 {
 			*v = d
@@ -116,7 +120,6 @@ func (l Limits) withDefaults() Limits {
 	def(&l.MaxLongPollsPerUID, DefaultMaxLongPollsPerUID)
 	def(&l.MaxSessionsPerUID, DefaultMaxSessionsPerUID)
 	def(&l.MaxNamedWatchersPerUID, genid.DefaultNamedWatchersPerUID)
-	procs := runtime.GOMAXPROCS(0)
 	slots, perUID := DefaultHeavySlots(procs)
 	def(&l.HeavySlots, slots)
 	def(&l.MaxHeavyPerUID, perUID)
@@ -201,7 +204,8 @@ type Config struct {
 // Server serves keywarden requests.
 type Server struct {
 	cfg     Config
-	limits  Limits
+	lim     atomic.Pointer[limitSet] // the limits in force; SetLimits replaces them
+	procs   int                      // GOMAXPROCS when New ran: the defaults that depend on it
 	log     *slog.Logger
 	store   *keystore.Store
 	started time.Time
@@ -213,11 +217,11 @@ type Server struct {
 	connsN     atomic.Int32
 
 	roles     atomic.Pointer[policy.Roles] // who holds the privileged roles; SetRoles replaces them
+	limMu     sync.Mutex                   // serializes SetLimits (the request path never takes it)
 	accts     *accounts                    // per-uid limits (peruid.go)
 	replyBufs sync.Pool                    // wiped buffers for large replies (getReplyBuf)
-	limitMessages
-	refusing chan struct{} // a token per connection being refused (refuseConn)
-	reported chan struct{} // closed when reportLimits has returned
+	refusing  chan struct{}                // a token per connection being refused (refuseConn)
+	reported  chan struct{}                // closed when reportLimits has returned
 
 	done chan struct{} // closed by Shutdown
 
@@ -254,7 +258,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	lim := cfg.Limits.withDefaults()
+	procs := runtime.GOMAXPROCS(0)
+	lim := cfg.Limits.withDefaultsFor(procs)
 	// A reply larger than the socket's send buffer cannot be sent at all;
 	// never promise clients more than the kernel allows.
 	if m := seqpacket.ProbeMaxMessage(); m > 0 && lim.MaxMessageBytes > m {
@@ -279,7 +284,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:     cfg,
-		limits:  lim,
+		procs:   procs,
 		log:     cfg.Logger,
 		store:   cfg.Store,
 		started: cfg.Now(),
@@ -288,9 +293,9 @@ func New(cfg Config) (*Server, error) {
 		gen:     cfg.Generation,
 		alog:    cfg.Audit,
 	}
+	s.lim.Store(newLimitSet(lim))
 	s.SetRoles(cfg.Admins, cfg.GenerationAdmins, cfg.GenerationWatchers)
-	s.accts = newAccounts(&s.limits, func(uid uint32) bool { return s.roles.Load().Admin(uid) }, cfg.Now)
-	s.limitMessages = newLimitMessages(&s.limits)
+	s.accts = newAccounts(&s.lim, func(uid uint32) bool { return s.roles.Load().Admin(uid) }, cfg.Now)
 	s.refusing = make(chan struct{}, maxRefusing)
 	if h, err := seqpacket.NewHangups(); err != nil {
 		cfg.Logger.Warn("cannot watch for clients hanging up: work a client leaves behind runs on", "err", err)
@@ -344,7 +349,58 @@ func (s *Server) SetRoles(admins, genAdmins, genWatchers []uint32) {
 func (s *Server) KeyCounts() (persistent, live int) { return s.store.Counts() }
 
 // Limits returns the limits in force.
-func (s *Server) Limits() Limits { return s.limits }
+func (s *Server) Limits() Limits { return s.lims().Limits }
+
+// lims returns the limits in force: one atomic load, no lock. A check
+// reads them once and uses that set for its bound and its message.
+func (s *Server) lims() *limitSet { return s.lim.Load() }
+
+// SetLimits replaces the limits in force (a configuration reload). Zero
+// fields take the defaults, as in New (those that depend on the
+// processors, for as many as New saw: the daemon may raise GOMAXPROCS
+// after). Three limits cannot change while
+// the server runs, because something was sized by them at its start:
+// MaxMessageBytes (the receive buffer of every connection, the pool of
+// reply buffers, what clients were told), MaxNamedWatchersPerUID (the
+// generation tracker's bound, fixed when it was made) and
+// MaxComputingPerUID (each uid's computing tokens, made with its
+// account). If l asks for another value of one of them (after defaults),
+// SetLimits changes nothing and says which.
+//
+// Every check made after SetLimits returns uses the new limits, on every
+// connection, those open before included: a check reads the set in force
+// when it is made. A lower limit takes back nothing already held (open
+// connections, requests in flight, sessions, handles, keys, heavy slots):
+// it refuses the next request for more until the count is under it.
+func (s *Server) SetLimits(l Limits) error {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	cur := s.lims()
+	next := l.withDefaultsFor(s.procs)
+	// New may have lowered the message size to what the kernel allows;
+	// a reload asking for the configured value asks for no change.
+	if l.MaxMessageBytes == s.cfg.Limits.MaxMessageBytes {
+		next.MaxMessageBytes = cur.MaxMessageBytes
+		next.MaxRequestBytesPerUID = max(next.MaxRequestBytesPerUID, next.MaxMessageBytes)
+	}
+	var fixed []string
+	if next.MaxMessageBytes != cur.MaxMessageBytes {
+		fixed = append(fixed, "MaxMessageBytes")
+	}
+	if next.MaxNamedWatchersPerUID != cur.MaxNamedWatchersPerUID {
+		fixed = append(fixed, "MaxNamedWatchersPerUID")
+	}
+	if next.MaxComputingPerUID != cur.MaxComputingPerUID {
+		fixed = append(fixed, "MaxComputingPerUID")
+	}
+	if len(fixed) > 0 {
+		return fmt.Errorf("limits that need a restart changed: %s", strings.Join(fixed, ", "))
+	}
+	s.lim.Store(newLimitSet(next))
+	s.store.SetMaxPerUser(next.MaxKeysPerUser)
+	s.accts.heavy[heavyCPU].resize(next.HeavySlots, next.MaxHeavyPerUID)
+	return nil
+}
 
 // opLimits is the audit event that counts the requests refused for
 // limits.

@@ -243,7 +243,7 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 		return ss.refusalReply(caller, req.Id, errNoSender("pid", id.PID)), nil
 	}
 	n := req.SizeVT()
-	if max := ss.s.limits.MaxMessageBytes; n > max {
+	if max := ss.s.lims().MaxMessageBytes; n > max {
 		return ss.refusalReply(caller, req.Id, errTooLarge(n, max)), nil
 	}
 	if r := ss.enter(); r.refused() {
@@ -423,8 +423,8 @@ func (ss *Session) admitCaller(id Identity) (*audit.Caller, rejection) {
 	}
 	// A uid whose requests made more records than its allowance waits
 	// until it refills.
-	if !ss.acct.auditOK(ss.s.cfg.Now, &ss.s.limits) {
-		return nil, limitRefusal(limitAuditRate, ss.s.auditRateMsg)
+	if l := ss.s.lims(); !ss.acct.auditOK(ss.s.cfg.Now, &l.Limits) {
+		return nil, limitRefusal(limitAuditRate, l.auditRateMsg)
 	}
 	c := ss.callerOf(id)
 	return &c, rejection{}
@@ -436,13 +436,14 @@ func (ss *Session) admitCaller(id Identity) (*audit.Caller, rejection) {
 // refuse). Unless refused, the caller must leave, or have the request's
 // runner leave.
 func (ss *Session) enter() rejection {
-	if int(ss.inFlight.Add(1)) > ss.s.limits.MaxInFlight {
+	l := ss.s.lims()
+	if int(ss.inFlight.Add(1)) > l.MaxInFlight {
 		ss.inFlight.Add(-1)
-		return limitRefusal(limitConnInFlight, ss.s.connInFlightMsg)
+		return limitRefusal(limitConnInFlight, l.connInFlightMsg)
 	}
-	if !ss.acct.enter(ss.s.limits.MaxInFlightPerUID) {
+	if !ss.acct.enter(l.MaxInFlightPerUID) {
 		ss.inFlight.Add(-1)
-		return limitRefusal(limitInFlight, ss.s.inFlightMsg)
+		return limitRefusal(limitInFlight, l.inFlightMsg)
 	}
 	return rejection{}
 }
@@ -464,9 +465,9 @@ func (ss *Session) checkRequest(req *wire.Request) *wire.Error {
 			"unsupported protocol version %d (this daemon speaks %d)", req.Version, wire.ProtocolVersion)
 	case len(req.Ops) == 0:
 		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a request needs at least one operation")
-	case len(req.Ops) > ss.s.limits.MaxBatchOps:
+	case len(req.Ops) > ss.s.lims().MaxBatchOps:
 		return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
-			"%d operations exceed the batch limit of %d", len(req.Ops), ss.s.limits.MaxBatchOps)
+			"%d operations exceed the batch limit of %d", len(req.Ops), ss.s.lims().MaxBatchOps)
 	}
 	// Nothing is served from a generation the machine has left.
 	return ss.checkGeneration(req)
@@ -480,10 +481,11 @@ func (ss *Session) checkRequest(req *wire.Request) *wire.Error {
 // uid's share of memory, and its session's, until unhold.
 func (ss *Session) admitHeavy(req *wire.Request, reqBytes int) (cost int, r rejection) {
 	if sup := ss.s.cfg.KDF; sup != nil && hasKDF(req) && sup.TenantFull(ss.kdfContext(Identity{})) {
-		return 0, limitRefusal(limitKDFQueue, ss.s.kdfQueueMsg)
+		return 0, limitRefusal(limitKDFQueue, kdfQueueMsg)
 	}
-	cost = min(requestCost(reqBytes, len(req.Ops)), ss.s.limits.MaxRequestBytesPerUID)
-	if kind, msg, ok := ss.hold(cost); !ok {
+	l := ss.s.lims()
+	cost = min(requestCost(reqBytes, len(req.Ops)), l.MaxRequestBytesPerUID)
+	if kind, msg, ok := ss.hold(l, cost); !ok {
 		return 0, limitRefusal(kind, msg)
 	}
 	return cost, rejection{}
@@ -502,15 +504,15 @@ func requestCost(n, ops int) int { return n + ops*opCost }
 // hold counts cost bytes of a request that runs concurrently against its
 // uid's share and its session's; false: over one of them (which it
 // names), not counted.
-func (ss *Session) hold(cost int) (limitKind, string, bool) {
-	max := ss.s.limits.MaxRequestBytesPerUID
+func (ss *Session) hold(l *limitSet, cost int) (limitKind, string, bool) {
+	max := l.MaxRequestBytesPerUID
 	if ss.held.Add(int64(cost)) > int64(max) {
 		ss.held.Add(-int64(cost))
-		return limitConnRequestMemory, ss.s.connMemoryMsg, false
+		return limitConnRequestMemory, l.connMemoryMsg, false
 	}
 	if !ss.acct.hold(cost, max) {
 		ss.held.Add(-int64(cost))
-		return limitRequestMemory, ss.s.requestMemoryMsg, false
+		return limitRequestMemory, l.requestMemoryMsg, false
 	}
 	return 0, "", true
 }

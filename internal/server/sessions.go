@@ -64,13 +64,14 @@ func (ss *Session) opSessionOpen(so *wire.SessionOpen, id Identity) (*wire.Resul
 		sess.stream.Destroy()
 		return nil, errConnClosing
 	}
-	if len(ss.sessions) >= ss.s.limits.MaxSessions {
+	l := ss.s.lims()
+	if len(ss.sessions) >= l.MaxSessions {
 		sess.stream.Destroy()
-		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions on this connection (limit %d)", ss.s.limits.MaxSessions)
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions on this connection (limit %d)", l.MaxSessions)
 	}
-	if !ss.acct.takeSession(ss.s.limits.MaxSessionsPerUID) {
+	if !ss.acct.takeSession(l.MaxSessionsPerUID) {
 		sess.stream.Destroy()
-		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions for this user (limit %d)", ss.s.limits.MaxSessionsPerUID)
+		return nil, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "too many open sessions for this user (limit %d)", l.MaxSessionsPerUID)
 	}
 	for {
 		ss.nextSession++

@@ -407,7 +407,7 @@ type backupStream struct {
 func (b *backupStream) close() { b.r.CloseWithError(errors.New("backup abandoned")) }
 
 // backupChunk is the most backup data one reply carries.
-func (ss *Session) backupChunk() int { return ss.s.limits.MaxMessageBytes - 1024 }
+func (ss *Session) backupChunk() int { return ss.s.lims().MaxMessageBytes - 1024 }
 
 func (ss *Session) opBackup(b *wire.Backup, id Identity) (*wire.Result, error) {
 	cs := &ss.st

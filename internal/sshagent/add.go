@@ -127,7 +127,7 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 	if !s.Empty() {
 		return c.refuse("import", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed message: trailing data after "+fp)
 	}
-	if k.confirm && c.a.cfg.Askpass == "" {
+	if k.confirm && *c.a.askpass.Load() == "" {
 		return c.refuse("import", nil, wire.Status_STATUS_UNIMPLEMENTED,
 			"ssh-add -c of "+fp+": no confirmation program is configured (serve --ssh-askpass PROG)")
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -46,6 +47,10 @@ type Agent struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// askpass is the confirmation program in force (Config.Askpass until
+	// SetAskpass replaces it).
+	askpass atomic.Pointer[string]
+
 	// mu guards the fields below; never held across a request to the core
 	// or I/O.
 	mu        sync.Mutex
@@ -73,8 +78,14 @@ func New(cfg Config) *Agent {
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("front", Front), listeners: map[net.Listener]struct{}{},
 		conns: map[*conn]struct{}{}, users: map[uint32]*user{}}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.askpass.Store(&cfg.Askpass)
 	return a
 }
+
+// SetAskpass replaces the confirmation program (a configuration reload):
+// the next confirmation, and the next ssh-add -c, use it; one already
+// asked goes on with the program it started. "" refuses both.
+func (a *Agent) SetAskpass(prog string) { a.askpass.Store(&prog) }
 
 // Listen makes the Unix stream socket at path, with mode, replacing a
 // stale socket there (a socket nobody listens on), never another file.

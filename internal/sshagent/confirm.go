@@ -26,7 +26,7 @@ const askpassWaitDelay = time.Second
 // environment but PATH and HOME=/, no input, and a time limit; anything
 // else refuses.
 func (c *conn) confirm(k *added) error {
-	prog := c.a.cfg.Askpass
+	prog := *c.a.askpass.Load()
 	if prog == "" {
 		return errors.New("the key was added with ssh-add -c and no confirmation program is configured (serve --ssh-askpass PROG)")
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keywarden/keywarden/internal/server"
 )
@@ -44,9 +45,18 @@ const (
 	noID       = 1<<32 - 1
 )
 
-// Principals maps client certificates to principals.
+// Principals maps client certificates to principals. Replace swaps the
+// mapping of a running listener (a configuration reload); each lookup
+// reads the mapping in force, without a lock.
 type Principals struct {
-	byName map[string]Principal
+	byName atomic.Pointer[map[string]Principal]
+}
+
+// Replace makes next's mapping the one p answers with. A TLS handshake
+// after Replace returns is checked against it, and so is every request on
+// a connection open before (see ServeTLS).
+func (p *Principals) Replace(next *Principals) {
+	p.byName.Store(next.byName.Load())
 }
 
 // ParsePrincipals reads a mapping: one principal a line, as
@@ -60,7 +70,7 @@ type Principals struct {
 // ignored. A certificate never acts as root: uid 0 and gid 0 are
 // refused, and so are the kernel's overflow id (65534) and -1.
 func ParsePrincipals(r io.Reader) (*Principals, error) {
-	p := &Principals{byName: map[string]Principal{}}
+	byName := map[string]Principal{}
 	sc := bufio.NewScanner(r)
 	n := 0
 	for sc.Scan() {
@@ -105,24 +115,27 @@ func ParsePrincipals(r io.Reader) (*Principals, error) {
 			// it would share their keys. -1 is no uid at all.
 			return nil, fmt.Errorf("line %d: %s: uid and gid %d (the kernel's overflow id) and %d (none) are not for certificates", n, name, overflowID, noID)
 		}
-		if _, dup := p.byName[name]; dup {
+		if _, dup := byName[name]; dup {
 			return nil, fmt.Errorf("line %d: %s is mapped twice", n, name)
 		}
-		p.byName[name] = Principal{Name: name, UID: uint32(uid), GID: uint32(gid)}
+		byName[name] = Principal{Name: name, UID: uint32(uid), GID: uint32(gid)}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
-	if len(p.byName) == 0 {
+	if len(byName) == 0 {
 		return nil, errors.New("no principal")
 	}
+	p := &Principals{}
+	p.byName.Store(&byName)
 	return p, nil
 }
 
 // All returns the principals of the mapping, by name.
 func (p *Principals) All() []Principal {
-	out := make([]Principal, 0, len(p.byName))
-	for _, pr := range p.byName {
+	byName := *p.byName.Load()
+	out := make([]Principal, 0, len(byName))
+	for _, pr := range byName {
 		out = append(out, pr)
 	}
 	slices.SortFunc(out, func(a, b Principal) int { return strings.Compare(a.Name, b.Name) })
@@ -155,10 +168,11 @@ func (p *Principals) Lookup(cert *x509.Certificate) (Principal, bool) {
 	if cn := cert.Subject.CommonName; cn != "" && !hasSAN {
 		names = append(names, "cn:"+cn)
 	}
+	byName := *p.byName.Load()
 	var found Principal
 	ok := false
 	for _, n := range names {
-		pr, in := p.byName[n]
+		pr, in := byName[n]
 		switch {
 		case !in:
 		case !ok:
@@ -185,11 +199,23 @@ type TLSConfig struct {
 // errUnmapped refuses a client certificate the mapping does not name.
 var errUnmapped = errors.New("transit: the client certificate maps to no principal")
 
+// errRemapped refuses a request on a connection whose certificate the
+// mapping, replaced since the connection's session was opened, maps to
+// another principal.
+var errRemapped = errors.New("transit: the client certificate maps to another principal than its session's")
+
 // ServeTLS accepts TCP connections on l and serves HTTP/1.1 and HTTP/2
 // over TLS 1.3 on each, to clients whose certificate a client CA signed
 // and the mapping names; any other is refused during the handshake. It
 // closes l. Each connection is one core session, opened at its first
 // request with the identity of its certificate's principal.
+//
+// The mapping may be replaced while l is served (Principals.Replace):
+// handshakes after it are checked against the new mapping, and so is
+// every request on a connection open before, which goes on only while
+// its certificate maps to the same principal, uid and gid as its session;
+// otherwise the request is refused and the connection closed (HTTP/1.1),
+// and the client must connect again.
 func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	if tc.ClientCAs == nil || tc.Principals == nil {
 		l.Close()
@@ -244,10 +270,19 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 		}
 		pr, ok := tc.Principals.Lookup(r.TLS.PeerCertificates[0])
 		if !ok {
+			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusForbidden, "permission denied")
 			return
 		}
 		cc, err := h.get(f, pr)
+		if errors.Is(err, errRemapped) {
+			// The mapping was replaced since this connection opened its
+			// session: it may not go on as the principal it was.
+			f.log.Info("TLS client refused: its certificate now maps to another principal; it must connect again", "principal", pr.Name, "uid", pr.UID)
+			w.Header().Set("Connection", "close")
+			writeError(w, http.StatusForbidden, "permission denied")
+			return
+		}
 		if err != nil {
 			f.log.Info("TLS client refused by the core", "principal", pr.Name, "uid", pr.UID, "err", err)
 			writeError(w, http.StatusTooManyRequests, "the daemon refused the connection")
@@ -325,6 +360,9 @@ func (h *tlsHolder) get(f *Front, pr Principal) (*clientConn, error) {
 		return nil, errSession
 	}
 	if h.cc != nil {
+		if id := h.cc.id; id.UID != pr.UID || id.GID != pr.GID || id.Principal != pr.Name {
+			return nil, errRemapped
+		}
 		return h.cc, nil
 	}
 	id := server.Identity{UID: pr.UID, GID: pr.GID, Pidfd: -1, Principal: pr.Name}
