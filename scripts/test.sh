@@ -134,47 +134,64 @@ fuzz() {
 		return 1
 	fi
 }
-fuzz ./internal/server FuzzRequest
-fuzz ./internal/mech FuzzImport
-fuzz ./internal/mech FuzzDerivePeer
-fuzz ./internal/mech FuzzDecrypt
-fuzz ./internal/mech FuzzVerify
-fuzz ./internal/kdf FuzzParsePHC
-fuzz ./internal/kdf FuzzWorkerStream
-fuzz ./internal/keystore FuzzRecord
-fuzz ./internal/keystore FuzzHeader
-fuzz ./internal/audit FuzzParseRecord
-fuzz ./internal/audit FuzzVerify
-fuzz ./internal/audit FuzzZeroTail
-fuzz ./internal/audit FuzzNSpidDepth
-fuzz ./internal/audit FuzzStart
-fuzz ./internal/keystore FuzzBackup
-fuzz ./internal/shamir FuzzParse
-fuzz ./internal/shamir FuzzCombine
-fuzz ./internal/seal FuzzCheckShare
-fuzz ./internal/wrap FuzzUnwrapKWP
-fuzz ./internal/wrap FuzzOpenKeyword
-fuzz ./internal/wrap FuzzUnwrapRSAKWP
-fuzz ./internal/stream FuzzReader
-fuzz ./internal/stream FuzzEnvelopeReader
-fuzz ./internal/genid FuzzParseKmsg
-fuzz ./internal/genid FuzzParseUevent
-fuzz ./internal/genid FuzzVMClockPage
-fuzz ./internal/genid FuzzFindVMGenIDAddress
-fuzz ./internal/sshcert FuzzParseSubject
-fuzz ./internal/sshagent FuzzMessage
-fuzz ./internal/sshagent FuzzSessionBind
-fuzz ./internal/sshagent FuzzConstraints
-fuzz ./internal/sshagent FuzzPrivateKey
-fuzz ./internal/sshagent FuzzUserauth
-fuzz ./internal/p11front FuzzHandle
-fuzz ./internal/transit FuzzRequest
+# Two fuzzers at a time (each for FUZZTIME of wall time), while the
+# Debian package test runs beside them.
+fuzz_list() {
+	while read -r pkg target; do
+		fuzz "$pkg" "$target" || return 1
+	done
+}
+targets="$(cat <<'END'
+./internal/server FuzzRequest
+./internal/mech FuzzImport
+./internal/mech FuzzDerivePeer
+./internal/mech FuzzDecrypt
+./internal/mech FuzzVerify
+./internal/kdf FuzzParsePHC
+./internal/kdf FuzzWorkerStream
+./internal/keystore FuzzRecord
+./internal/keystore FuzzHeader
+./internal/audit FuzzParseRecord
+./internal/audit FuzzVerify
+./internal/audit FuzzZeroTail
+./internal/audit FuzzNSpidDepth
+./internal/audit FuzzStart
+./internal/keystore FuzzBackup
+./internal/shamir FuzzParse
+./internal/shamir FuzzCombine
+./internal/seal FuzzCheckShare
+./internal/wrap FuzzUnwrapKWP
+./internal/wrap FuzzOpenKeyword
+./internal/wrap FuzzUnwrapRSAKWP
+./internal/stream FuzzReader
+./internal/stream FuzzEnvelopeReader
+./internal/genid FuzzParseKmsg
+./internal/genid FuzzParseUevent
+./internal/genid FuzzVMClockPage
+./internal/genid FuzzFindVMGenIDAddress
+./internal/sshcert FuzzParseSubject
+./internal/sshagent FuzzMessage
+./internal/sshagent FuzzSessionBind
+./internal/sshagent FuzzConstraints
+./internal/sshagent FuzzPrivateKey
+./internal/sshagent FuzzUserauth
+./internal/p11front FuzzHandle
+./internal/transit FuzzRequest
+END
+)"
 
-log "the Debian package: build, install, run, remove"
+log "the Debian package (build, install, run, remove), beside the fuzzers"
 if [ "$(id -u)" -eq 0 ]; then
-	./scripts/test-deb.sh
+	./scripts/test-deb.sh &
+	deb=$!
 else
 	echo "skipped: installing a package needs root" >&2
+	deb=""
 fi
+printf '%s\n' "$targets" | awk 'NR % 2 == 1' | fuzz_list &
+half=$!
+printf '%s\n' "$targets" | awk 'NR % 2 == 0' | fuzz_list
+wait $half
+[ -z "$deb" ] || wait $deb
 
 log "all tests passed"
