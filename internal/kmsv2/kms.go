@@ -8,14 +8,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -24,6 +22,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/unixsock"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -77,30 +76,7 @@ func New(cfg Config) (*Plugin, error) {
 // Listen makes the Unix stream socket at path, with mode, replacing a
 // stale socket there (a socket nobody listens on), never another file.
 func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("kms socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("kms socket %s: another process listens on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("kms socket %s: %w", path, err)
-		}
-	}
-	old := unix.Umask(0o777)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("kms socket: %w", err)
-	}
-	l.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("kms socket: %w", err)
-	}
-	return l, nil
+	return unixsock.Listen("kms socket", path, mode, unixsock.Options{UnlinkOnClose: true})
 }
 
 // Serve serves l until Close. It closes l.
@@ -143,7 +119,7 @@ func (pc *peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo
 	if !ok {
 		return nil, nil, errors.New("kmsv2: not a Unix socket")
 	}
-	id, err := peerIdentity(uc)
+	id, err := unixsock.PeerIdentity(uc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kmsv2: the kernel gave no credentials: %w", err)
 	}
@@ -164,35 +140,6 @@ func (pc *peerCreds) Info() credentials.ProtocolInfo {
 }
 func (pc *peerCreds) Clone() credentials.TransportCredentials { return &peerCreds{p: pc.p} }
 func (pc *peerCreds) OverrideServerName(string) error         { return nil }
-
-// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
-// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
-func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return server.Identity{}, err
-	}
-	id := server.Identity{Pidfd: -1}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
-			serr = err
-			return
-		}
-		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
-		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
-			id.Pidfd = pfd
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	return id, err
-}
-
-// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
-const soPeerPidfd = 77
 
 // --- one connection's client --------------------------------------------------
 

@@ -3,17 +3,16 @@ package p11front
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // Name is the front's name in the audit log.
@@ -64,49 +63,7 @@ func New(cfg Config) *Front {
 // stale socket there (one nobody listens on), never another file. The
 // socket has SO_PASSCRED before anyone can connect.
 func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("pkcs11 socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("pkcs11 socket %s: another process listens on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("pkcs11 socket %s: %w", path, err)
-		}
-	}
-	old := unix.Umask(0o777)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("pkcs11 socket: %w", err)
-	}
-	if err := passCred(l); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("pkcs11 socket: %w", err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("pkcs11 socket: %w", err)
-	}
-	return l, nil
-}
-
-// passCred sets SO_PASSCRED on l, which its connections inherit: the
-// kernel then attaches the writer's credentials to every write.
-func passCred(l *net.UnixListener) error {
-	rc, err := l.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
-	}); err != nil {
-		return err
-	}
-	return serr
+	return unixsock.Listen("pkcs11 socket", path, mode, unixsock.Options{PassCred: true})
 }
 
 // ErrClosed is returned by Serve once the Front is closed.
@@ -115,7 +72,7 @@ var ErrClosed = errors.New("p11front: closed")
 // Serve accepts connections on l and serves each on a goroutine of its
 // own until l fails or the Front is closed. It closes l.
 func (f *Front) Serve(l *net.UnixListener) error {
-	if err := passCred(l); err != nil {
+	if err := unixsock.PassCred(l); err != nil {
 		l.Close()
 		return err
 	}
@@ -157,7 +114,7 @@ func (f *Front) Serve(l *net.UnixListener) error {
 // accept opens the core's session of a new connection with the identity
 // the kernel recorded for the process that connected, and serves it.
 func (f *Front) accept(uc *net.UnixConn) {
-	id, err := peerIdentity(uc)
+	id, err := unixsock.PeerIdentity(uc)
 	if err != nil {
 		f.log.Warn("connection refused: the kernel gave no credentials", "err", err)
 		uc.Close()
@@ -188,35 +145,6 @@ func (f *Front) accept(uc *net.UnixConn) {
 		f.mu.Unlock()
 	}()
 }
-
-// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
-// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
-func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return server.Identity{}, err
-	}
-	id := server.Identity{Pidfd: -1}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
-			serr = err
-			return
-		}
-		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
-		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
-			id.Pidfd = pfd
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	return id, err
-}
-
-// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
-const soPeerPidfd = 77
 
 // Close stops serving: listeners and connections close, and with them
 // the core's sessions (and the session objects they held).

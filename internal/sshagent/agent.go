@@ -3,11 +3,9 @@ package sshagent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // Front is the name of the front in the audit log.
@@ -90,53 +89,7 @@ func (a *Agent) SetAskpass(prog string) { a.askpass.Store(&prog) }
 // Listen makes the Unix stream socket at path, with mode, replacing a
 // stale socket there (a socket nobody listens on), never another file.
 func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("ssh-agent socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("ssh-agent socket %s: another process listens on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("ssh-agent socket %s: %w", path, err)
-		}
-	}
-	// The socket is made without permissions, then given mode, so that no
-	// one connects before it has them.
-	old := unix.Umask(0o777)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("ssh-agent socket: %w", err)
-	}
-	if err := passCred(l); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("ssh-agent socket: %w", err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("ssh-agent socket: %w", err)
-	}
-	return l, nil
-}
-
-// passCred sets SO_PASSCRED on l, which its connections inherit: the
-// kernel then attaches the writer's credentials to every write on them
-// (conn.readFull). It must be set before a client connects: what is
-// written before it carries none.
-func passCred(l *net.UnixListener) error {
-	rc, err := l.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
-	}); err != nil {
-		return err
-	}
-	return serr
+	return unixsock.Listen("ssh-agent socket", path, mode, unixsock.Options{PassCred: true})
 }
 
 // ErrClosed is returned by Serve once the Agent is closed.
@@ -147,7 +100,7 @@ var ErrClosed = errors.New("sshagent: closed")
 // from Listen: a listener made otherwise is given SO_PASSCRED here, and
 // a client that connected and wrote before that is refused.
 func (a *Agent) Serve(l *net.UnixListener) error {
-	if err := passCred(l); err != nil {
+	if err := unixsock.PassCred(l); err != nil {
 		l.Close()
 		return err
 	}
@@ -189,7 +142,7 @@ func (a *Agent) Serve(l *net.UnixListener) error {
 // accept opens the core's session of a new connection with the identity
 // the kernel recorded for the process that connected, and serves it.
 func (a *Agent) accept(uc *net.UnixConn) {
-	id, err := peerIdentity(uc)
+	id, err := unixsock.PeerIdentity(uc)
 	if err != nil {
 		a.log.Warn("connection refused: the kernel gave no credentials", "err", err)
 		uc.Close()
@@ -220,35 +173,6 @@ func (a *Agent) accept(uc *net.UnixConn) {
 		a.mu.Unlock()
 	}()
 }
-
-// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
-// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
-func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return server.Identity{}, err
-	}
-	id := server.Identity{Pidfd: -1}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
-			serr = err
-			return
-		}
-		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
-		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
-			id.Pidfd = pfd
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	return id, err
-}
-
-// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
-const soPeerPidfd = 77
 
 // userOf returns uid's state, made on first use.
 func (a *Agent) userOf(uid uint32) *user {

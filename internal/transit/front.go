@@ -8,14 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // FrontName is the name of the front in the audit log.
@@ -112,32 +110,7 @@ func New(cfg Config) (*Front, error) {
 // Listen makes the Unix stream socket at path, with mode, replacing a
 // stale socket there (a socket nobody listens on), never another file.
 func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("transit socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("transit socket %s: another process listens on it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("transit socket %s: %w", path, err)
-		}
-	}
-	// The socket is made without permissions, then given mode, so that no
-	// one connects before it has them.
-	old := unix.Umask(0o777)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	unix.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("transit socket: %w", err)
-	}
-	l.SetUnlinkOnClose(true)
-	if err := os.Chmod(path, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("transit socket: %w", err)
-	}
-	return l, nil
+	return unixsock.Listen("transit socket", path, mode, unixsock.Options{UnlinkOnClose: true})
 }
 
 // holdBody counts n bytes of a body to be read for uid against what the
@@ -277,7 +250,7 @@ type connKey struct{}
 // open opens the core's session of a new connection with the identity
 // the kernel recorded for the process that connected.
 func (f *Front) open(uc *net.UnixConn) (*clientConn, error) {
-	id, err := peerIdentity(uc)
+	id, err := unixsock.PeerIdentity(uc)
 	if err != nil {
 		return nil, fmt.Errorf("the kernel gave no credentials: %w", err)
 	}
@@ -287,32 +260,3 @@ func (f *Front) open(uc *net.UnixConn) (*clientConn, error) {
 	}
 	return newClientConn(f, ss, id), nil
 }
-
-// peerIdentity is who connected: SO_PEERCRED, with a pidfd for that
-// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
-func peerIdentity(uc *net.UnixConn) (server.Identity, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return server.Identity{}, err
-	}
-	id := server.Identity{Pidfd: -1}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if err != nil {
-			serr = err
-			return
-		}
-		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
-		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
-			id.Pidfd = pfd
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	return id, err
-}
-
-// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
-const soPeerPidfd = 77

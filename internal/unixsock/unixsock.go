@@ -1,0 +1,111 @@
+// Package unixsock is what the daemon's stream-socket fronts (ssh-agent,
+// PKCS #11, the transit HTTP API, the Kubernetes KMS plugin) share: a
+// listening socket made with its mode from the start, and the identity
+// the kernel recorded for the process that connected.
+package unixsock
+
+import (
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/server"
+)
+
+// Options say what Listen sets on the socket.
+type Options struct {
+	// PassCred sets SO_PASSCRED before anyone can connect: the kernel then
+	// attaches the writer's credentials to every write on its
+	// connections, from the first one on.
+	PassCred bool
+	// UnlinkOnClose removes the socket's file when the listener closes.
+	UnlinkOnClose bool
+}
+
+// Listen makes the Unix stream socket at path, with mode, replacing a
+// stale socket there (one nobody listens on), never another file. The
+// socket is made without permissions, then given mode, so that no one
+// connects before it has them. what names the socket in errors ("ssh-agent
+// socket").
+func Listen(what, path string, mode fs.FileMode, o Options) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s %s: a file that is not a socket is in the way", what, path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s %s: another process listens on it", what, path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", what, path, err)
+		}
+	}
+	old := unix.Umask(0o777)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	l.SetUnlinkOnClose(o.UnlinkOnClose)
+	if o.PassCred {
+		if err := PassCred(l); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return l, nil
+}
+
+// PassCred sets SO_PASSCRED on l, which its connections inherit: the
+// kernel then attaches the writer's credentials to every write on them.
+// What is written before it is set carries none.
+func PassCred(l *net.UnixListener) error {
+	rc, err := l.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// PeerIdentity is who connected: SO_PEERCRED, with a pidfd for that
+// process where the kernel gives one (SO_PEERPIDFD, Linux 6.5), else -1.
+func PeerIdentity(uc *net.UnixConn) (server.Identity, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return server.Identity{}, err
+	}
+	id := server.Identity{Pidfd: -1}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err != nil {
+			serr = err
+			return
+		}
+		id.PID, id.UID, id.GID = cr.Pid, cr.Uid, cr.Gid
+		if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPidfd); err == nil {
+			id.Pidfd = pfd
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	return id, err
+}
+
+// soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
+const soPeerPidfd = 77

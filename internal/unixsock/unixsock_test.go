@@ -1,0 +1,76 @@
+package unixsock
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Listen makes the socket with its mode, replaces a stale one, and never
+// takes the place of another file or of a socket someone listens on;
+// PeerIdentity is the process that connected.
+func TestListen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.sock")
+	l, err := Listen("test socket", path, 0o640, Options{PassCred: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("socket mode %v, %v; want 0640", fi.Mode().Perm(), err)
+	}
+	// Who connects is who the kernel says.
+	done := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			defer c.Close()
+			b := make([]byte, 1)
+			c.Read(b)
+		}
+		done <- err
+	}()
+	uc, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := PeerIdentity(uc)
+	if err != nil || id.PID != int32(os.Getpid()) || id.UID != uint32(os.Getuid()) {
+		t.Fatalf("peer %+v, %v; want pid %d uid %d", id, err, os.Getpid(), os.Getuid())
+	}
+	if id.Pidfd >= 0 {
+		defer closeFD(id.Pidfd)
+	}
+	uc.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Someone listens: refused.
+	if _, err := Listen("test socket", path, 0o600, Options{}); err == nil || !strings.Contains(err.Error(), "another process listens") {
+		t.Fatalf("a live socket replaced: %v", err)
+	}
+	// A stale socket (nobody listens) is replaced.
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	l2, err := Listen("test socket", path, 0o600, Options{UnlinkOnClose: true})
+	if err != nil {
+		t.Fatalf("a stale socket not replaced: %v", err)
+	}
+	l2.Close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("UnlinkOnClose left the socket: %v", err)
+	}
+	// Another file is never replaced.
+	other := filepath.Join(dir, "file")
+	os.WriteFile(other, []byte("keep"), 0o600)
+	if _, err := Listen("test socket", other, 0o600, Options{}); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("a file replaced by a socket: %v", err)
+	}
+	if b, _ := os.ReadFile(other); string(b) != "keep" {
+		t.Fatal("the file was changed")
+	}
+}
+
+func closeFD(fd int) { os.NewFile(uintptr(fd), "pidfd").Close() }
