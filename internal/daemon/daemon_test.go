@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -169,6 +170,41 @@ func TestReadSecretFile(t *testing.T) {
 	}
 	if _, err := readSecretFile(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a missing file: %v", err)
+	}
+}
+
+// TestReadSecretFileRefusesForeign: a passphrase file that another user
+// owns is refused even at mode 0600 (its owner can read it, or chmod it
+// and read it), and so is a FIFO, which would stall the start.
+func TestReadSecretFileRefusesForeign(t *testing.T) {
+	dir := t.TempDir()
+	if os.Geteuid() == 0 {
+		p := filepath.Join(dir, "theirs")
+		if err := os.WriteFile(p, []byte("pass phrase"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := readSecretFile(p); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") || got != nil {
+			t.Fatalf("a file of uid 65534: %q, %v; want refused", got, err)
+		}
+	} else {
+		t.Log("not root: the foreign-owner case is skipped")
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := readSecretFile(fifo); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("a FIFO: %v; want refused", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a FIFO: readSecretFile blocked")
 	}
 }
 

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/ownfile"
 	"github.com/keywarden/keywarden/internal/server"
 )
 
@@ -70,16 +73,31 @@ func credentialPath(v, dir string) (string, error) {
 }
 
 // readSecretFile reads a passphrase file, refusing one that others may
-// read, and strips one trailing newline.
+// read or that another user owns (they could read it whenever they
+// liked), and strips one trailing newline. The checks are made on the
+// file opened, so a file swapped in after them is never read; O_NONBLOCK
+// keeps a FIFO from stalling the start.
 func readSecretFile(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if uid := ownfile.Owner(fi); uid != 0 && int(uid) != os.Geteuid() {
+		return nil, fmt.Errorf("%s belongs to uid %d, neither root nor this user (uid %d): its owner can read it; give it to root or this user, mode 0600",
+			path, uid, os.Geteuid())
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%s is readable by others (mode %04o): make it 0600", path, fi.Mode().Perm())
 	}
-	b, err := os.ReadFile(path)
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, err
 	}
