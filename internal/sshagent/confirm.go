@@ -1,17 +1,20 @@
 package sshagent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 )
 
 // askpassWaitDelay is how long the confirmation's answer waits, once the
@@ -52,7 +55,13 @@ func (c *conn) confirm(k *added) error {
 	if os.Geteuid() == 0 && c.id.UID != 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: c.id.UID, Gid: c.id.GID}
 	}
-	out, err := cmd.Output()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	err := startWithoutAmbient(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	out := stdout.Bytes()
 	if ctx.Err() != nil {
 		// Killed (or its output given up on) at the time limit, or as the
 		// agent closes.
@@ -66,4 +75,27 @@ func (c *conn) confirm(k *added) error {
 	}
 	c.a.log.Info("key use confirmed", "uid", c.id.UID, "pid", c.id.PID, "key", ssh.FingerprintSHA256(k.pub))
 	return nil
+}
+
+// startWithoutAmbient starts cmd with no ambient capabilities. A daemon
+// run as an ordinary user with capabilities from its service manager
+// (AmbientCapabilities=: CAP_SYS_PTRACE among them in the shipped unit)
+// would pass them to every program it starts, and the confirmation
+// program needs none: CAP_SYS_PTRACE would let it read any process's
+// memory. Capabilities belong to each thread, so cmd is started from a
+// thread of its own whose ambient set is cleared first; that thread is
+// never given back to the runtime, and ends with its goroutine.
+func startWithoutAmbient(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// EINVAL: a kernel older than ambient capabilities (4.3), which
+		// has none to pass.
+		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil && err != unix.EINVAL {
+			errc <- fmt.Errorf("clearing the ambient capabilities: %w", err)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }
