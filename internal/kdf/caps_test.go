@@ -78,3 +78,59 @@ func TestWorkerDropsCapabilities(t *testing.T) {
 	}
 	t.Fatalf("the worker still holds capabilities: %x", caps)
 }
+
+// TestWorkerWithFileCapabilitiesServes: a worker whose binary carries
+// file capabilities (setcap, e.g. CAP_IPC_LOCK for an unbounded locked
+// arena) gets them back at every exec, so executing itself again cannot
+// drop them: it must still serve, not execute itself forever. With its
+// input closed it exits at once.
+func TestWorkerWithFileCapabilitiesServes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to set file capabilities and start a process as another uid")
+	}
+	setcap, err := exec.LookPath("setcap")
+	if err != nil {
+		t.Skip("no setcap")
+	}
+	dir, err := os.MkdirTemp("", "keywarden-kdf-filecaps-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "keywarden")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(setcap, "cap_ipc_lock=p", bin).CombinedOutput(); err != nil {
+		t.Skipf("setcap: %v: %s", err, out)
+	}
+	cmd := exec.Command(bin, WorkerArg)
+	cmd.Env = []string{}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stdin.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("the worker never read its input: it kept executing itself")
+	}
+}

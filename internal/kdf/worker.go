@@ -79,9 +79,11 @@ func hardenWorker() {
 // ambient set of one thread and executes itself again from it: the new
 // image starts with no capabilities at all. A worker of root keeps root's
 // (executing again would give them back); so does one whose exec fails,
-// which then runs as before.
+// which then runs as before. Only an ambient set is dropped this way:
+// capabilities from the binary's own file capabilities (setcap) come
+// back at every exec, and executing again for them would never end.
 func dropCapabilities() {
-	if os.Geteuid() == 0 || !holdsCapabilities() {
+	if os.Geteuid() == 0 || !holdsAmbient() {
 		return
 	}
 	runtime.LockOSThread()
@@ -93,16 +95,15 @@ func dropCapabilities() {
 	runtime.UnlockOSThread()
 }
 
-// holdsCapabilities reports whether this process has any permitted or
-// ambient capability.
-func holdsCapabilities() bool {
+// holdsAmbient reports whether this process has any ambient capability.
+func holdsAmbient() bool {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return false
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		k, v, ok := strings.Cut(line, ":")
-		if !ok || (k != "CapPrm" && k != "CapAmb") {
+		if !ok || k != "CapAmb" {
 			continue
 		}
 		if n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && n != 0 {
