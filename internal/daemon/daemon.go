@@ -26,6 +26,7 @@ import (
 	"github.com/keywarden/keywarden/internal/kmsv2"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/metrics"
+	"github.com/keywarden/keywarden/internal/ownfile"
 	"github.com/keywarden/keywarden/internal/p11front"
 	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -706,6 +707,20 @@ func loadPrincipals(path string, admins []uint32) (*transit.Principals, error) {
 		return nil, err
 	}
 	defer pf.Close()
+	// It says which uid each certificate acts as: another user who could
+	// write it would map their certificate to a uid of their choice.
+	fi, err := pf.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if uid := ownfile.Owner(fi); uid != 0 && int(uid) != os.Geteuid() {
+		return nil, fmt.Errorf("%s belongs to uid %d, neither root nor this user (uid %d): another user could choose the uid a certificate acts as; refusing it",
+			path, uid, os.Geteuid())
+	}
+	if m := fi.Mode(); !m.IsRegular() || m.Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("%s is not a regular file, or is writable by group or others (mode %04o): they could choose the uid a certificate acts as; chmod go-w %s",
+			path, m.Perm(), path)
+	}
 	pr, err := transit.ParsePrincipals(pf)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -175,3 +175,33 @@ func TestReloadAskpass(t *testing.T) {
 		t.Fatalf("ssh-askpass not applied: %q\n%s", cur.SSHAskpass, logged.String())
 	}
 }
+
+// The principals file says which uid each client certificate acts as: one
+// that another user could write (group- or world-writable, or theirs) is
+// refused, at start and at a reload, so that they cannot map their own
+// certificate to a uid whose keys they want.
+func TestLoadPrincipalsRefusesWritableByOthers(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "principals")
+	if err := os.WriteFile(file, []byte("cn:a 1000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadPrincipals(file, nil); err != nil {
+		t.Fatalf("a file of this user, mode 0644: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o666, 0o664, 0o646} {
+		os.Chmod(file, mode)
+		if _, err := loadPrincipals(file, nil); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+			t.Fatalf("mode %04o: %v; want refused", mode, err)
+		}
+	}
+	os.Chmod(file, 0o644)
+	if os.Geteuid() != 0 {
+		return
+	}
+	if err := os.Chown(file, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadPrincipals(file, nil); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Fatalf("a file of uid 65534: %v; want refused", err)
+	}
+}
