@@ -117,7 +117,7 @@ func applyConfigFile(f *flag.FlagSet, path string, set map[string]bool) error {
 // readConfigFile reads the config file, refusing one that another user
 // could have written: its settings name the administrators and the files
 // the daemon trusts (an admin line of theirs would make them one). The
-// file, and the directory it is in, must belong to root or this user and
+// file, and every directory above it, must belong to root or this user and
 // not be writable by group or others (a sticky directory such as /tmp
 // excepted: others cannot replace a file there).
 func readConfigFile(path string) ([]byte, error) {
@@ -137,16 +137,25 @@ func readConfigFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	real, err := filepath.EvalSymlinks(path)
+	if err == nil {
+		real, err = filepath.Abs(real)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	dir := filepath.Dir(real)
-	di, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if err := trustedByOwner("config file's directory", dir, di, true); err != nil {
-		return nil, err
+	// Every directory up to /: the owner of any of them could move the
+	// subtree below it aside and put one of theirs in its place.
+	for dir := filepath.Dir(real); ; dir = filepath.Dir(dir) {
+		di, err := os.Stat(dir)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		if err := trustedByOwner("config file's directory", dir, di, true); err != nil {
+			return nil, err
+		}
+		if dir == "/" {
+			break
+		}
 	}
 	return io.ReadAll(io.LimitReader(f, 1<<20))
 }
