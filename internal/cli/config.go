@@ -143,18 +143,26 @@ func readConfigFile(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	// Every directory up to /: the owner of any of them could move the
-	// subtree below it aside and put one of theirs in its place.
-	for dir := filepath.Dir(real); ; dir = filepath.Dir(dir) {
-		di, err := os.Stat(dir)
-		if err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
-		if err := trustedByOwner("config file's directory", dir, di, true); err != nil {
-			return nil, err
-		}
-		if dir == "/" {
-			break
+	given, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	// Every directory up to /, both on the path as given and on the path
+	// it resolves to: the owner of any of them could move the subtree
+	// below it aside and put one of theirs in its place, or a symbolic
+	// link to another file (an old config naming them an administrator).
+	for _, p := range []string{given, real} {
+		for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
+			di, err := os.Stat(dir)
+			if err != nil {
+				return nil, fmt.Errorf("config: %w", err)
+			}
+			if err := trustedByOwner("config file's directory", dir, di, true); err != nil {
+				return nil, err
+			}
+			if dir == "/" {
+				break
+			}
 		}
 	}
 	return io.ReadAll(io.LimitReader(f, 1<<20))
