@@ -78,9 +78,16 @@ func (n *Notifier) Send(state string) error {
 	if n.conn == nil {
 		return nil
 	}
+	// A receiver that does not read (a hung or hostile $NOTIFY_SOCKET)
+	// must not stall the daemon: a notification that cannot be queued in
+	// time is dropped.
+	n.conn.SetWriteDeadline(time.Now().Add(notifyTimeout))
 	_, err := n.conn.Write([]byte(state))
 	return err
 }
+
+// notifyTimeout bounds one notification's send.
+const notifyTimeout = time.Second
 
 // Ready says the daemon serves, with a status line.
 func (n *Notifier) Ready(status string) error {

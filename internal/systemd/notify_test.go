@@ -136,3 +136,38 @@ func TestAbstractNotifySocket(t *testing.T) {
 		t.Fatalf("got %q, %v", buf[:k], err)
 	}
 }
+
+// A NOTIFY_SOCKET whose reader never reads (a hung or hostile receiver)
+// fills up; the daemon's notifications must then fail in bounded time,
+// not block it: Stopping() is sent on the way to wiping the keys, and
+// Reloading() from the loop that handles signals.
+func TestNotifyFullReceiverDoesNotBlock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close() // never read
+	t.Setenv("NOTIFY_SOCKET", path)
+	n, err := NewNotifier()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 10000; i++ {
+			if n.Send("STATUS=filling the receiver's queue "+strings.Repeat("x", 512)) != nil {
+				break
+			}
+		}
+		n.Stopping()
+	}()
+	select {
+	case <-done:
+		n.Close()
+	case <-time.After(10 * time.Second):
+		// Not n.Close(): the blocked send holds its lock.
+		t.Fatal("a notification to a receiver that does not read blocked")
+	}
+}
