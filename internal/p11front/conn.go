@@ -8,7 +8,7 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/keywarden/keywarden/internal/unixsock"
 
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -59,7 +59,7 @@ func (c *conn) serve() {
 		c.ss.Close()
 		c.c.Close()
 	}()
-	c.rd = &credReader{uc: c.c, pid: c.id.PID, buf: make([]byte, 16<<10), oob: make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(16*4))}
+	c.rd = &credReader{uc: c.c, pid: c.id.PID, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	// The version byte: the front speaks version 0, which every p11-kit
 	// client accepts (later ones fall back to it).
 	var v [1]byte
@@ -109,13 +109,13 @@ func (c *conn) serve() {
 
 // closedBy logs why a read ended the connection.
 func (c *conn) closedBy(err error) {
-	var ow otherWriter
+	var ow unixsock.OtherWriter
 	switch {
 	case errors.As(err, &ow):
 		c.f.log.Warn("connection closed: another process than the one that connected wrote on it",
-			"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.pid)
+			"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.PID)
 		c.refuse("request", nil, wire.Status_STATUS_PERMISSION_DENIED,
-			fmt.Sprintf("another process (pid %d) wrote on the connection: it is closed", ow.pid))
+			fmt.Sprintf("another process (pid %d) wrote on the connection: it is closed", ow.PID))
 	case errors.Is(err, io.EOF):
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.f.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID)
@@ -177,14 +177,6 @@ type credReader struct {
 	r, w int
 }
 
-// otherWriter: a part was written by another process than the one that
-// connected (pid 0: one the daemon cannot see).
-type otherWriter struct{ pid int32 }
-
-func (e otherWriter) Error() string {
-	return fmt.Sprintf("written by pid %d, not by the process that connected", e.pid)
-}
-
 // Read returns what the buffer holds, refilling it with one recvmsg when
 // empty: a request the client wrote in three writes (header, options,
 // body) is then mostly read in one call.
@@ -199,41 +191,13 @@ func (r *credReader) Read(p []byte) (int, error) {
 		if n == 0 {
 			return 0, io.EOF
 		}
-		if pid := writerPID(r.oob[:oobn]); pid != r.pid {
+		if pid := unixsock.WriterPID(r.oob[:oobn]); pid != r.pid {
 			clear(r.buf[:n])
-			return 0, otherWriter{pid: pid}
+			return 0, unixsock.OtherWriter{PID: pid}
 		}
 		r.w = n
 	}
 	n := copy(p, r.buf[r.r:r.w])
 	r.r += n
 	return n, nil
-}
-
-// writerPID returns the pid in the credentials of oob (0: none), and
-// closes any descriptor passed with them.
-func writerPID(oob []byte) int32 {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
-	var pid int32
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Header.Level != unix.SOL_SOCKET {
-			continue
-		}
-		switch m.Header.Type {
-		case unix.SCM_CREDENTIALS:
-			if cr, err := unix.ParseUnixCredentials(m); err == nil {
-				pid = cr.Pid
-			}
-		case unix.SCM_RIGHTS:
-			fds, _ := unix.ParseUnixRights(m)
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-		}
-	}
-	return pid
 }

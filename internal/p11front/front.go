@@ -7,9 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/unixsock"
@@ -90,25 +87,11 @@ func (f *Front) Serve(l *net.UnixListener) error {
 		f.mu.Unlock()
 		l.Close()
 	}()
-	for {
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			f.mu.Lock()
-			closed := f.closed
-			f.mu.Unlock()
-			if closed {
-				return ErrClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				f.log.Warn("accept failed; retrying", "err", err)
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		f.accept(uc)
-	}
+	return unixsock.Accept(l, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.closed
+	}, ErrClosed, f.log, f.accept)
 }
 
 // accept opens the core's session of a new connection with the identity

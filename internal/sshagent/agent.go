@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/unixsock"
 )
@@ -118,25 +116,11 @@ func (a *Agent) Serve(l *net.UnixListener) error {
 		a.mu.Unlock()
 		l.Close()
 	}()
-	for {
-		uc, err := l.AcceptUnix()
-		if err != nil {
-			a.mu.Lock()
-			closed := a.closed
-			a.mu.Unlock()
-			if closed {
-				return ErrClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
-				a.log.Warn("accept failed; retrying", "err", err)
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return err
-		}
-		a.accept(uc)
-	}
+	return unixsock.Accept(l, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.closed
+	}, ErrClosed, a.log, a.accept)
 }
 
 // accept opens the core's session of a new connection with the identity

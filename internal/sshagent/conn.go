@@ -8,9 +8,8 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/unixsock"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -216,58 +215,18 @@ func (c *conn) ident() server.Identity {
 	return id
 }
 
-// oobSize holds the writer's credentials, and descriptors a client passes
-// (which are closed unused).
-var oobSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(16*4)
-
-// writerPID returns the pid in the credentials of oob (0: none), and
-// closes any descriptor passed with them.
-func writerPID(oob []byte) int32 {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
-	var pid int32
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Header.Level != unix.SOL_SOCKET {
-			continue
-		}
-		switch m.Header.Type {
-		case unix.SCM_CREDENTIALS:
-			if cr, err := unix.ParseUnixCredentials(m); err == nil {
-				pid = cr.Pid
-			}
-		case unix.SCM_RIGHTS:
-			fds, _ := unix.ParseUnixRights(m)
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-		}
-	}
-	return pid
-}
-
-// otherWriter: a message was written by another process than the one
-// that connected (pid 0: one the daemon cannot see).
-type otherWriter struct{ pid int32 }
-
-func (e otherWriter) Error() string {
-	return fmt.Sprintf("written by pid %d, not by the process that connected", e.pid)
-}
-
 // closedBy logs why the connection closes when err is an otherWriter,
 // and reports whether it was.
 func (c *conn) closedBy(err error) bool {
-	var ow otherWriter
+	var ow unixsock.OtherWriter
 	if !errors.As(err, &ow) {
 		return false
 	}
 	c.a.log.Warn("connection closed: another process than the one that connected wrote on it",
-		"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.pid)
+		"uid", c.id.UID, "pid", c.id.PID, "writer_pid", ow.PID)
 	// Recorded as a refusal of the connection's opener, whose connection
 	// it is: the audit records callers the kernel vouches for.
 	c.refuse("request", nil, wire.Status_STATUS_PERMISSION_DENIED,
-		fmt.Sprintf("another process (pid %d) wrote on the connection: it is closed", ow.pid))
+		fmt.Sprintf("another process (pid %d) wrote on the connection: it is closed", ow.PID))
 	return true
 }

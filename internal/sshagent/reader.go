@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // reader takes a connection's messages from its socket, as few reads as
@@ -39,7 +41,7 @@ func newReader(uc *net.UnixConn, pid int32) (*reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, oobSize)}, nil
+	return &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}, nil
 }
 
 // errTooLarge: the message's length is 0 or over MaxMessage.
@@ -124,9 +126,9 @@ func (rd *reader) fill(started bool) error {
 	case rerr != nil:
 		return rerr
 	}
-	if pid := writerPID(rd.oob[:oobn]); n > 0 && pid != rd.pid {
+	if pid := unixsock.WriterPID(rd.oob[:oobn]); n > 0 && pid != rd.pid {
 		clear(rd.buf[rd.w : rd.w+n])
-		return otherWriter{pid: pid}
+		return unixsock.OtherWriter{PID: pid}
 	}
 	switch {
 	case n == 0 && started:

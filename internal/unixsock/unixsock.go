@@ -5,8 +5,10 @@
 package unixsock
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -109,3 +111,67 @@ func PeerIdentity(uc *net.UnixConn) (server.Identity, error) {
 
 // soPeerPidfd is SO_PEERPIDFD (Linux 6.5).
 const soPeerPidfd = 77
+
+// OOBSize is the room for what a read takes besides the bytes: the
+// writer's credentials (SO_PASSCRED), and descriptors a client passes,
+// which WriterPID closes unused.
+var OOBSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(16*4)
+
+// WriterPID returns the pid in the credentials of oob (0: none), and
+// closes any descriptor passed with them.
+func WriterPID(oob []byte) int32 {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	var pid int32
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Level != unix.SOL_SOCKET {
+			continue
+		}
+		switch m.Header.Type {
+		case unix.SCM_CREDENTIALS:
+			if cr, err := unix.ParseUnixCredentials(m); err == nil {
+				pid = cr.Pid
+			}
+		case unix.SCM_RIGHTS:
+			fds, _ := unix.ParseUnixRights(m)
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+	return pid
+}
+
+// OtherWriter is the error of a read whose bytes another process than
+// the one that connected wrote (PID 0: one the daemon cannot see).
+type OtherWriter struct{ PID int32 }
+
+func (e OtherWriter) Error() string {
+	return fmt.Sprintf("written by pid %d, not by the process that connected", e.PID)
+}
+
+// Accept accepts connections on l and hands each to serve, until l fails
+// or closed reports that the front is closed (then it returns closedErr).
+// A timeout or a shortage of descriptors is logged and retried after a
+// pause, so that a burst of connections does not stop the front.
+func Accept(l *net.UnixListener, closed func() bool, closedErr error, log *slog.Logger, serve func(*net.UnixConn)) error {
+	for {
+		uc, err := l.AcceptUnix()
+		if err != nil {
+			if closed() {
+				return closedErr
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				log.Warn("accept failed; retrying", "err", err)
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		serve(uc)
+	}
+}
