@@ -386,6 +386,13 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 		} else {
 			idx := slices.Index(o.Versions(), v)
 			err := s.update(o, func(r *persist.KeyRecord) error {
+				// r is o's state now. Another daemon's reservation that
+				// the follower applied after the count above was raised to
+				// the others' (elsewhere) would be overlapped by this one:
+				// refused, as a change from a superseded state is.
+				if r.Versions[idx].EncryptionsReserved > v.reserved.Load() {
+					return errRaced
+				}
 				r.Versions[idx].EncryptionsReserved = res
 				return nil
 			}, nil)
