@@ -55,9 +55,26 @@ func (ss *Session) openerAlive() bool {
 
 // callerOf is the audit's view of who sent a message on this connection:
 // the server's (callerOf), marked against the connection's peer.
+//
+// A message that names the opener's pid is read through the opener's
+// pidfd rather than its own: if the opener still lives after /proc was
+// read, the pid has been the opener's since it connected, so the message
+// (sent before) named the opener, and what was read is the opener's. That
+// one check also stands for markCaller's (openerAlive), which saves a
+// system call per message. If the opener is gone, the message's own
+// pidfd decides, as for any other message.
 func (ss *Session) callerOf(id Identity) audit.Caller {
-	c := ss.s.callerOf(id)
-	ss.markCaller(&c, id.Pidfd)
+	var c audit.Caller
+	openerLives := false
+	if ss.s.resolver != nil && id.Pidfd >= 0 && id.PID > 0 && id.PID == ss.opener.PID && ss.opener.Pidfd >= 0 {
+		c = audit.Caller{PID: id.PID, UID: id.UID, GID: id.GID}
+		ss.s.resolver.Fill(&c, ss.opener.Pidfd)
+		openerLives = !c.Exited
+	}
+	if !openerLives {
+		c = ss.s.callerOf(id)
+	}
+	ss.markCaller(&c, id.Pidfd, openerLives)
 	c.SSHDest = id.SSHDest
 	c.Principal = id.Principal
 	return c
@@ -71,16 +88,17 @@ func (ss *Session) callerOf(id Identity) audit.Caller {
 // pid namespace never changes. That holds only while the process lives:
 // once it is gone, another process (in another namespace) may take its
 // pid, so the daemon keeps the opener's pidfd and checks it is still
-// alive. Any other message has them read now, which costs two system
-// calls. A process that moved to another user namespace since it
-// connected (unshare) keeps the ids the kernel gives it, which are the
-// ones recorded; its new namespace is not marked.
-func (ss *Session) markCaller(c *audit.Caller, pidfd int) {
+// alive (openerLives: callerOf found it alive after reading c). Any
+// other message has them read now, which costs two system calls. A
+// process that moved to another user namespace since it connected
+// (unshare) keeps the ids the kernel gives it, which are the ones
+// recorded; its new namespace is not marked.
+func (ss *Session) markCaller(c *audit.Caller, pidfd int, openerLives bool) {
 	if ss.s.resolver == nil {
 		return
 	}
 	p := &ss.peer
-	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited && ss.openerAlive() {
+	if !p.IsZero() && c.PID == p.PID && c.UID == p.UID && c.GID == p.GID && c.Exe == p.Exe && !c.Exited && (openerLives || ss.openerAlive()) {
 		c.OtherUserNS, c.OtherPIDNS = p.otherUser, p.otherPID
 	} else {
 		ss.s.resolver.FillNamespaces(c, pidfd)

@@ -3,7 +3,10 @@ package server
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -71,7 +74,7 @@ func TestMarkCaller(t *testing.T) {
 			cn.opener.Pidfd = goneFD
 		}
 		c := tc.caller
-		cn.markCaller(&c, -1)
+		cn.markCaller(&c, -1, false)
 		if c.Claimed != tc.claimed || c.Peer.IsZero() == tc.named {
 			t.Errorf("%s: %+v, want claimed %v, peer named %v", tc.name, c, tc.claimed, tc.named)
 		}
@@ -125,4 +128,95 @@ func BenchmarkCallerOf(b *testing.B) {
 			s.callerOf(id)
 		}
 	})
+}
+
+// callerOf reads a message that names the opener's pid through the
+// opener's pidfd, and falls back to the message's own pidfd when the
+// opener is gone; a message from another process is read through its own.
+// Neither caches what it read: a program the opener execs is seen at its
+// next message.
+func TestCallerOfOpener(t *testing.T) {
+	s := mustNew(t, Config{})
+	s.resolver = audit.NewResolver()
+	a, b, err := seqpacket.Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	cn := testConn(t, s, a, uint32(os.Getuid()))
+	me := int32(os.Getpid())
+	alive, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer unix.Close(alive)
+	gone := exec.Command("true")
+	if err := gone.Start(); err != nil {
+		t.Fatal(err)
+	}
+	goneFD, err := unix.PidfdOpen(gone.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(goneFD)
+	gone.Wait()
+	exe, _ := os.Executable()
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	cn.peer = peer{Peer: audit.Peer{PID: me, UID: uid, GID: gid, Exe: exe}}
+
+	// The opener lives: its pidfd vouches for the message (whose own
+	// pidfd, here, names a process that has gone).
+	cn.opener.PID, cn.opener.Pidfd = me, alive
+	if c := cn.callerOf(Identity{PID: me, UID: uid, GID: gid, Pidfd: goneFD}); c.Exe != exe || c.Exited || c.Claimed || !c.Peer.IsZero() {
+		t.Errorf("the opener's message: %+v", c)
+	}
+	// The opener has gone: the message's pidfd decides.
+	cn.opener.Pidfd = goneFD
+	if c := cn.callerOf(Identity{PID: me, UID: uid, GID: gid, Pidfd: alive}); c.Exe != exe || c.Exited {
+		t.Errorf("the opener gone, a live sender: %+v", c)
+	}
+	if c := cn.callerOf(Identity{PID: me, UID: uid, GID: gid, Pidfd: goneFD}); !c.Exited || c.Exe != "" {
+		t.Errorf("the opener gone, the sender gone: %+v", c)
+	}
+
+	// A process that execs another program while connected: each message
+	// names the program running when it is read.
+	sh := exec.Command("/bin/sh", "-c", "read x; exec sleep 60")
+	in, err := sh.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sh.Process.Kill(); sh.Wait() }()
+	shFD, err := unix.PidfdOpen(sh.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(shFD)
+	pid := int32(sh.Process.Pid)
+	shExe, err := os.Readlink("/proc/" + strconv.Itoa(sh.Process.Pid) + "/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn.opener.PID, cn.opener.Pidfd = pid, shFD
+	cn.peer = peer{Peer: audit.Peer{PID: pid, UID: uid, GID: gid, Exe: shExe}}
+	id := Identity{PID: pid, UID: uid, GID: gid, Pidfd: shFD}
+	if c := cn.callerOf(id); c.Exe != shExe || c.Exited || !c.Peer.IsZero() {
+		t.Fatalf("before exec: %+v, want %s", c, shExe)
+	}
+	in.Write([]byte("\n"))
+	sleepExe, _ := exec.LookPath("sleep")
+	sleepExe, _ = filepath.EvalSymlinks(sleepExe)
+	var c audit.Caller
+	for range 500 {
+		if c = cn.callerOf(id); c.Exe != shExe {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c.Exe != sleepExe || c.Exited || c.Peer.Exe != shExe {
+		t.Errorf("after exec: %+v, want %s, the peer named as %s", c, sleepExe, shExe)
+	}
 }
