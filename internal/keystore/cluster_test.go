@@ -411,3 +411,98 @@ func TestClusterBudgetRangesShared(t *testing.T) {
 		}
 	}
 }
+
+// The interleaving TestClusterBudgetRangesShared meets by chance, forced:
+// a's follower applies b's reservation after a has settled its count
+// (raised to the other daemons' reservations) and before a writes the
+// reservation it computed from that count. a's reservation would begin
+// inside b's range: it is refused (errRaced), and the next one starts
+// after b's. Every encryption counted on either daemon stays within what
+// the record reserves.
+func TestClusterBudgetReservationRaceForced(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/budget-race/", true)
+	b := clusterNode(t, c.Endpoints(), "/budget-race/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "b opens the key", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	defer b.Release(ob)
+	reserved := func() uint64 {
+		var r uint64
+		a.db.View(func(tx store.Tx) error {
+			_, rb, _ := persist.SplitValue(tx.Get(persist.BucketKeys, o.ID[:]))
+			var rec persist.KeyRecord
+			rec.UnmarshalVT(rb)
+			r = rec.Versions[len(rec.Versions)-1].EncryptionsReserved
+			return nil
+		})
+		return r
+	}
+	const n = reserveBlock
+	var total uint64
+	encrypt := func(s *Store, k *Object) error {
+		_, err := s.Encrypting(k, n)
+		if err == nil {
+			total += n
+		}
+		return err
+	}
+	// Both daemons reserve once, each seeing the other's range.
+	if err := encrypt(a, o); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 2*time.Second, "b follows a's reservation", func() bool { return ob.Newest().elsewhere.Load() >= reserved() })
+	if err := encrypt(b, ob); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 2*time.Second, "a follows b's reservation", func() bool { return o.Newest().elsewhere.Load() >= reserved() })
+
+	forced := false
+	hookReserving = func(k *Object) {
+		if k != o || forced {
+			return
+		}
+		forced = true
+		// b encrypts until it reserves a range of its own.
+		before := reserved()
+		for reserved() == before {
+			if err := encrypt(b, ob); err != nil {
+				t.Errorf("b's reservation: %v", err)
+				return
+			}
+		}
+		want := reserved()
+		within(t, 2*time.Second, "a's follower applies b's reservation", func() bool { return o.Newest().elsewhere.Load() >= want })
+	}
+	t.Cleanup(func() { hookReserving = nil })
+	// a encrypts within what it reserved before until it must reserve.
+	var err error
+	for range 4 {
+		if err = encrypt(a, o); forced || err != nil {
+			break
+		}
+	}
+	if !forced {
+		t.Fatal("the hook did not run: a made no reservation")
+	}
+	if !errors.Is(err, errRaced) {
+		t.Fatalf("a's reservation made from a count that b's overtook: %v, want errRaced (counted %d, reserved %d)", err, total, reserved())
+	}
+	if r := reserved(); total > r {
+		t.Fatalf("%d encryptions counted, %d reserved", total, r)
+	}
+	// Tried again, a counts from the end of b's range.
+	if err := encrypt(a, o); err != nil {
+		t.Fatal(err)
+	}
+	if r := reserved(); total > r {
+		t.Fatalf("after the retry: %d encryptions counted, %d reserved", total, r)
+	}
+}
