@@ -506,3 +506,98 @@ func TestClusterBudgetReservationRaceForced(t *testing.T) {
 		t.Fatalf("after the retry: %d encryptions counted, %d reserved", total, r)
 	}
 }
+
+// Someone who can write to etcd replays a group commit: the writes of the
+// transaction that created two keys at once (their records, names and the
+// header), put back in one etcd transaction after both keys were rotated.
+// Each record is genuine and the header is the one written with them, so
+// only the header's epoch, older than one seen, gives the replay away: both
+// daemons refuse the store, and the next unseal does too.
+func TestClusterReplayGroupCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	a := clusterNode(t, c.Endpoints(), "/replay/", true)
+	b := clusterNode(t, c.Endpoints(), "/replay/", false)
+	db := a.db.(*store.Etcd)
+	keys := db.BucketPrefix(persist.BucketKeys)
+	names := db.BucketPrefix(persist.BucketNames)
+	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+
+	// Concurrent creations: a's committer puts the calls that wait while
+	// it commits into one etcd transaction.
+	var objs []*Object
+	for i := range 8 {
+		objs = append(objs, obj(t, 1, fmt.Sprintf("k%d", i), false))
+	}
+	var wg sync.WaitGroup
+	for _, o := range objs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Add(o); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// The two records last written in one transaction with the header.
+	hr, err := raw.Get(ctx, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := hr.Kvs[0].ModRevision
+	var batch []*Object
+	for _, o := range objs {
+		r, err := raw.Get(ctx, keys+string(o.ID[:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kvs[0].ModRevision == rev {
+			batch = append(batch, o)
+		}
+	}
+	if len(batch) < 2 {
+		t.Skipf("the creations were not grouped (%d in the last transaction): nothing to replay", len(batch))
+	}
+	t.Logf("%d creations of %d in the last group commit", len(batch), len(objs))
+	var ops []clientv3.Op
+	for _, k := range append([]string{hdr}, func() []string {
+		var ks []string
+		for _, o := range batch {
+			ks = append(ks, keys+string(o.ID[:]), names+string(persist.NameKey(o.Owner, o.Name)))
+		}
+		return ks
+	}()...) {
+		ops = append(ops, clientv3.OpPut(k, get(t, raw, k)))
+	}
+	for _, o := range batch {
+		if _, err := a.Rotate(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ob, err := b.Get(batch[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Txn(ctx).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Store{a, b} {
+		within(t, time.Second, "the replay seen", func() bool {
+			_, err := s.Get(batch[1].ID)
+			return status(err) == wire.Status_STATUS_INTERNAL && strings.Contains(err.Error(), "outside keywarden")
+		})
+	}
+	if err := useErr(ob); status(err) != wire.Status_STATUS_INTERNAL {
+		t.Fatalf("a key in memory is still used after the replay: %v", err)
+	}
+	a.SealAll()
+	if err := a.Master().UnsealPassphrase(ctx, []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) }); err == nil {
+		t.Fatal("the unseal accepted the replayed store")
+	}
+}
