@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,7 +25,7 @@ import (
 
 // clusterNode opens a daemon's key store on the etcd cluster at eps under
 // prefix: it initializes the store if first, else unseals it.
-func clusterNode(t *testing.T, eps []string, prefix string, first bool) *Store {
+func clusterNode(t testing.TB, eps []string, prefix string, first bool) *Store {
 	t.Helper()
 	db, err := store.OpenEtcd(store.EtcdConfig{Endpoints: eps, Prefix: prefix, Timeout: 2 * time.Second})
 	if err != nil {
@@ -599,5 +601,44 @@ func TestClusterReplayGroupCommit(t *testing.T) {
 	a.SealAll()
 	if err := a.Master().UnsealPassphrase(ctx, []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) }); err == nil {
 		t.Fatal("the unseal accepted the replayed store")
+	}
+}
+
+// Creations of persistent keys from 16 goroutines spread over daemons
+// (keystores of their own, each with its own etcd client) sharing one
+// store on a three-member cluster: the store's group commits, and with
+// several daemons their conflicts on the store header, which every
+// transaction writes.
+func BenchmarkClusterAdd(b *testing.B) {
+	for _, nodes := range []int{1, 3} {
+		b.Run(fmt.Sprintf("daemons=%d", nodes), func(b *testing.B) {
+			c := etcdtest.Start(b, 3)
+			eps := c.Endpoints()
+			var ss []*Store
+			for i := range nodes {
+				mine := append([]string{eps[i]}, append(append([]string{}, eps[:i]...), eps[i+1:]...)...)
+				ss = append(ss, clusterNode(b, mine, "/bench/", i == 0))
+				ss[i].SetMaxPerUser(1 << 30)
+			}
+			var next atomic.Uint64
+			b.SetParallelism(max(16/runtime.GOMAXPROCS(0), 1))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				s := ss[next.Add(1)%uint64(nodes)]
+				for pb.Next() {
+					for {
+						err := s.Add(obj(b, 1, "", false))
+						if err == nil {
+							break
+						}
+						if !errors.Is(err, store.ErrUnavailable) && status(err) != wire.Status_STATUS_UNAVAILABLE {
+							b.Error(err)
+							return
+						}
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creations/s")
+		})
 	}
 }
