@@ -64,9 +64,11 @@ type Etcd struct {
 	txnMu sync.Mutex
 	own   map[int64]struct{} // revisions this store committed, not yet followed
 
-	// last is what the last commit of this store wrote, and its
-	// revision (prefetch); used by the committer only.
-	last *etcdLast
+	// snap is where the next group begins (prefetch): the values of
+	// the keys the last commit of this store wrote, or those the last
+	// transaction that conflicted read, as they were when it failed;
+	// used by the committer only.
+	snap *etcdSnap
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -244,7 +246,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 	for tries := 0; len(group) > 0; {
 		tx := e.newTx(true)
 		if !group[0].alone {
-			e.prefetch(tx, group, fresh || tries > 0)
+			e.prefetch(tx, group, fresh)
 		}
 		var failed = -1
 		var ferr error
@@ -264,6 +266,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			// The store failed, not the calls (a Get that failed gave
 			// nil, whatever a call made of it).
 			if errors.Is(tx.err, errConflict) {
+				e.snap = nil // its revision was compacted
 				if tries++; tries < maxTries {
 					continue
 				}
@@ -299,6 +302,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		}
 		err := e.commit(tx)
 		if errors.Is(err, errConflict) {
+			fresh = false // the next try begins where this one failed
 			if tries++; tries >= maxTries {
 				for _, c := range group {
 					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))
@@ -354,20 +358,16 @@ const prefetchRounds = 3
 // beyond its transaction) allows it.
 func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
 	tx.pre = map[string]etcdRead{}
-	if l := e.last; l != nil && !fresh {
+	if sn := e.snap; sn != nil && !fresh {
 		// Begin at the snapshot of this store's last commit, whose
 		// writes it knows: a store that is the only writer of late
 		// (the usual case between two commits of its own) reads none
 		// of them again. Had another writer come in between, the guard
-		// fails and the group runs again, from a snapshot read anew.
-		tx.rev, tx.fromLast = l.rev, true
-		for k, w := range l.writes {
-			if w.deleted {
-				tx.pre[k] = etcdRead{}
-			} else {
-				tx.pre[k] = etcdRead{value: []byte(w.value), rev: l.rev}
-			}
-		}
+		// fails and the group runs again, from the values its failed
+		// transaction read as it failed (commit). Either is one
+		// revision of the cluster.
+		tx.rev, tx.fromLast = sn.rev, sn.own
+		maps.Copy(tx.pre, sn.vals)
 	}
 	for range prefetchRounds {
 		want := map[string]struct{}{}
@@ -463,14 +463,43 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	defer cancel()
 	e.txnMu.Lock()
 	defer e.txnMu.Unlock()
-	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	// Failing, the transaction reads what it read: the next try begins
+	// there, without a round trip of its own.
+	var reread []string
+	var orElse []clientv3.Op
+	for k := range tx.reads {
+		reread = append(reread, k)
+		orElse = append(orElse, clientv3.OpGet(k))
+	}
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 	if err != nil {
+		e.snap = nil
 		return e.wrapErr(err)
 	}
 	if !resp.Succeeded {
+		e.snap = nil
+		if len(resp.Responses) == len(reread) {
+			sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(reread))}
+			for i, k := range reread {
+				var r etcdRead
+				if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+					r = etcdRead{value: nonNil(kvs[0].Value), rev: kvs[0].ModRevision}
+				}
+				sn.vals[k] = r
+			}
+			e.snap = sn
+		}
 		return errConflict
 	}
-	e.last = &etcdLast{rev: resp.Header.Revision, writes: tx.writes}
+	sn := &etcdSnap{rev: resp.Header.Revision, own: true, vals: make(map[string]etcdRead, len(tx.writes))}
+	for k, w := range tx.writes {
+		if w.deleted {
+			sn.vals[k] = etcdRead{}
+		} else {
+			sn.vals[k] = etcdRead{value: []byte(w.value), rev: resp.Header.Revision}
+		}
+	}
+	e.snap = sn
 	if len(e.own) >= maxOwn {
 		clear(e.own) // no one follows: keep no more
 	}
@@ -530,10 +559,12 @@ type etcdWrite struct {
 	deleted bool
 }
 
-// etcdLast is one commit's writes and revision.
-type etcdLast struct {
-	rev    int64
-	writes map[string]etcdWrite
+// etcdSnap is the values of some keys at revision rev: written by this
+// store's commit at rev (own), or read there.
+type etcdSnap struct {
+	rev  int64
+	own  bool
+	vals map[string]etcdRead
 }
 
 // etcdRead is a key's value (nil: absent) and modification revision (0:
@@ -559,7 +590,7 @@ type etcdTx struct {
 	// value from there rather than from the cluster.
 	pre map[string]etcdRead
 	// fromLast: the snapshot is that of this store's last commit, not
-	// one read anew (prefetch).
+	// one read (prefetch).
 	fromLast bool
 	// missing, in a transaction that only finds out what a function
 	// reads (prefetch), collects the keys read that pre lacks: such a
