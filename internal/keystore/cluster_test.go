@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keywarden/keywarden/internal/etcdtest"
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -640,5 +642,76 @@ func BenchmarkClusterAdd(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creations/s")
 		})
+	}
+}
+
+// A restore into an etcd store larger than one etcd transaction may be
+// (the cluster's --max-txn-ops, 128 by default) is written in several:
+// first the header goes (so that no daemon writes, or unseals, on a store
+// half restored), then the records, then the backup's header. Every key of
+// the backup is there after the unseal, and none made after it.
+func TestClusterRestoreInChunks(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/restore-chunks/", true)
+	var ids []key.ID
+	for i := range 150 {
+		o := obj(t, 1, fmt.Sprintf("k%d", i), false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+		a.Release(o)
+	}
+	bk := filepath.Join(t.TempDir(), "backup")
+	f, err := os.Create(bk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Backup(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var later []key.ID
+	for i := range 70 {
+		o := obj(t, 1, fmt.Sprintf("later%d", i), false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		later = append(later, o.ID)
+		a.Release(o)
+	}
+	// Stopped half-way, the restore leaves a store that no unseal
+	// accepts, and says why; run again, it completes.
+	chunks := 0
+	hookRestoreChunk = func() error {
+		if chunks++; chunks == 3 {
+			return errors.New("stopped")
+		}
+		return nil
+	}
+	t.Cleanup(func() { hookRestoreChunk = nil })
+	if _, err := a.Restore(bk, RestoreOptions{Force: true}); err == nil {
+		t.Fatal("the restore went on past the hook's error")
+	}
+	hookRestoreChunk = nil
+	err = a.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) })
+	if err == nil || !strings.Contains(err.Error(), "restore the backup again") {
+		t.Fatalf("unseal of a store half restored: %v", err)
+	}
+	if _, err := a.Restore(bk, RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	unseal(t, a)
+	for _, id := range ids {
+		o, err := a.Get(id)
+		if err != nil {
+			t.Fatalf("a key of the backup after the restore: %v", err)
+		}
+		a.Release(o)
+	}
+	for _, id := range later {
+		if _, err := a.Get(id); !errors.Is(err, errNoKey) {
+			t.Fatalf("a key made after the backup, after the restore: %v", err)
+		}
 	}
 }

@@ -265,7 +265,9 @@ func (s *Store) Add(o *Object) error {
 // hookReinitChecked runs in Reinit after its first check that the store
 // holds no keys, before it seals; hookReserving runs in Encrypting once a
 // version's count of encryptions is settled (raised to other daemons'
-// reservations), before the reservation computed from it is written.
+// reservations), before the reservation computed from it is written;
+// hookRestoreChunk runs before each chunk of a backup's records that
+// restoreInChunks writes, and its error stops the restore there.
 var (
 	hookAddWriting     func()
 	hookAddWritten     func()
@@ -274,6 +276,7 @@ var (
 	hookRestoreWriting func()
 	hookReinitChecked  func()
 	hookReserving      func(o *Object)
+	hookRestoreChunk   func() error
 )
 
 // errHoldsKeys refuses a new master key for a store that holds keys.
