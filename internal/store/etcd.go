@@ -278,9 +278,9 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		}
 		if failed >= 0 && tx.fromLast && !fresh {
 			// The call may have failed on what this store last wrote
-			// where another writer has written since, and which this
-			// daemon may have followed: it fails only on a snapshot of
-			// now.
+			// or read where another writer has written since, and
+			// which this daemon may have followed: it fails only on a
+			// snapshot of now.
 			fresh = true
 			continue
 		}
@@ -308,6 +308,12 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))
 				}
 				return
+			}
+			if e.snap != nil {
+				// The failed transaction read where the winner left
+				// the keys: try again from there at once. Among
+				// writers that all do, one wins each round.
+				continue
 			}
 			// Back off a little, more each time: another writer is
 			// committing the keys this group reads.
@@ -366,7 +372,7 @@ func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
 		// fails and the group runs again, from the values its failed
 		// transaction read as it failed (commit). Either is one
 		// revision of the cluster.
-		tx.rev, tx.fromLast = sn.rev, sn.own
+		tx.rev, tx.fromLast = sn.rev, true
 		maps.Copy(tx.pre, sn.vals)
 	}
 	for range prefetchRounds {
@@ -491,7 +497,7 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		}
 		return errConflict
 	}
-	sn := &etcdSnap{rev: resp.Header.Revision, own: true, vals: make(map[string]etcdRead, len(tx.writes))}
+	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
 		if w.deleted {
 			sn.vals[k] = etcdRead{}
@@ -560,10 +566,9 @@ type etcdWrite struct {
 }
 
 // etcdSnap is the values of some keys at revision rev: written by this
-// store's commit at rev (own), or read there.
+// store's commit at rev, or read there.
 type etcdSnap struct {
 	rev  int64
-	own  bool
 	vals map[string]etcdRead
 }
 
@@ -589,8 +594,9 @@ type etcdTx struct {
 	// pre holds values prefetched at rev (prefetch): a Get takes its
 	// value from there rather than from the cluster.
 	pre map[string]etcdRead
-	// fromLast: the snapshot is that of this store's last commit, not
-	// one read (prefetch).
+	// fromLast: the snapshot was not read for this transaction: it is
+	// that of this store's last commit, or of its last transaction that
+	// failed (prefetch); the daemon may have followed commits since.
 	fromLast bool
 	// missing, in a transaction that only finds out what a function
 	// reads (prefetch), collects the keys read that pre lacks: such a
