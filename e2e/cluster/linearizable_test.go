@@ -1,10 +1,12 @@
 package cluster
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -28,9 +30,11 @@ import (
 // other refusal took none. Each name is created once.
 func TestClusterHistoryLinearizable(t *testing.T) {
 	_, nodes := cluster(t)
-	// The bound (1 s) and the round trip in which a confirmation is
-	// given, generously.
-	const staleness = 1500 * time.Millisecond
+	// The bound (1 s), plus what a confirmation's delivery may add to it
+	// on a loaded machine: the bound counts from when the daemon handles
+	// the cluster's confirmation, which says what was current when the
+	// cluster sent it (docs/cluster.md, "Staleness").
+	const staleness = 2500 * time.Millisecond
 
 	type input struct {
 		op  string // create, rotate, destroy, read
@@ -201,6 +205,21 @@ func TestClusterHistoryLinearizable(t *testing.T) {
 		t.Fatalf("too few operations succeeded to check much: %v", count)
 	}
 	if res := porcupine.CheckOperationsTimeout(model.ToModel(), history, 30*time.Second); res != porcupine.Ok {
+		// Name the key whose history fails, and list it.
+		for _, part := range model.Partition(history) {
+			if porcupine.CheckOperationsTimeout(model.ToModel(), part, 30*time.Second) == porcupine.Ok {
+				continue
+			}
+			slices.SortFunc(part, func(x, y porcupine.Operation) int { return cmp.Compare(x.Call, y.Call) })
+			for _, op := range part {
+				ret := "never"
+				if op.Return != math.MaxInt64 {
+					ret = fmt.Sprintf("%.3fs", float64(op.Return)/1e9)
+				}
+				t.Logf("client %d: %.3fs..%s %v -> %+v", op.ClientId, float64(op.Call)/1e9, ret, op.Input, op.Output)
+			}
+			break
+		}
 		t.Fatalf("the history of %d operations is not linearizable (%v)", len(history), res)
 	}
 }
