@@ -331,6 +331,17 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 		if hookRestoreWriting != nil {
 			hookRestoreWriting()
 		}
+		if _, shared := s.db.(store.Shared); shared {
+			err := s.restoreInChunks(path, &epoch)
+			if err != nil {
+				return storeErr(err)
+			}
+			written = true
+			s.resetHighWater()
+			s.epoch.cur.Store(epoch)
+			s.epoch.saved.Store(epoch)
+			return nil
+		}
 		err := s.db.Update(func(tx store.Tx) error {
 			for _, b := range backupBuckets {
 				var keys [][]byte
@@ -376,6 +387,131 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 	}
 	s.log.Warn("store restored from a backup; the daemon is sealed", "store", fmt.Sprintf("%x", master.StoreId), "replaced", rep.Replaced)
 	return rep, nil
+}
+
+// restoreChunk is how many keys a transaction of restoreInChunks writes:
+// well within etcd's default limits (128 operations, 1.5 MiB).
+const restoreChunk = 48
+
+// restoreInChunks replaces a shared store's contents with the backup at
+// path in several transactions, none beyond the cluster's limits, and
+// sets *epoch to the budget epoch it gives the store. The first puts the
+// backup's master record and a mark (persist.MetaRestoring) and deletes
+// the header: from there every write of any daemon fails (each reads the
+// header), the other daemons refuse keys (the master record changed) and
+// no unseal accepts the store; the last puts the backup's header and
+// removes the mark. A restore that stops between them (a crash, the
+// cluster lost) leaves a store that says so at unseal; the restore is
+// run again.
+func (s *Store) restoreInChunks(path string, epoch *uint64) error {
+	var master, header []byte
+	if err := readBackup(path, func(e backupEntry) error {
+		if bytes.Equal(e.bucket, persist.BucketMeta) {
+			switch {
+			case bytes.Equal(e.key, persist.MetaMaster):
+				master = bytes.Clone(e.val)
+			case bytes.Equal(e.key, persist.MetaHeader):
+				header = bytes.Clone(e.val)
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if master == nil || header == nil {
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
+	}
+	if err := s.db.Update(func(tx store.Tx) error {
+		if err := tx.Put(persist.BucketMeta, persist.MetaRestoring, []byte{1}); err != nil {
+			return err
+		}
+		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, master); err != nil {
+			return err
+		}
+		return tx.Delete(persist.BucketMeta, persist.MetaHeader)
+	}); err != nil {
+		return err
+	}
+	// What the store held goes, the mark and the master record aside.
+	for _, b := range backupBuckets {
+		for {
+			var keys [][]byte
+			err := s.db.Update(func(tx store.Tx) error {
+				keys = keys[:0]
+				if err := tx.ForEach(b, nil, func(k, _ []byte) error {
+					if bytes.Equal(b, persist.BucketMeta) && (bytes.Equal(k, persist.MetaRestoring) || bytes.Equal(k, persist.MetaMaster)) {
+						return nil
+					}
+					keys = append(keys, bytes.Clone(k))
+					if len(keys) == restoreChunk {
+						return store.ErrStop
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+				for _, k := range keys {
+					if err := tx.Delete(b, k); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if len(keys) < restoreChunk {
+				break
+			}
+		}
+	}
+	// The backup's records, the header last.
+	var batch []backupEntry
+	put := func() error {
+		if hookRestoreChunk != nil {
+			if err := hookRestoreChunk(); err != nil {
+				return err
+			}
+		}
+		err := s.db.Update(func(tx store.Tx) error {
+			for _, e := range batch {
+				if err := tx.Put(e.bucket, e.key, e.val); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+		return err
+	}
+	if err := readBackup(path, func(e backupEntry) error {
+		if bytes.Equal(e.bucket, persist.BucketMeta) && (bytes.Equal(e.key, persist.MetaHeader) || bytes.Equal(e.key, persist.MetaMaster)) {
+			return nil
+		}
+		batch = append(batch, backupEntry{bucket: e.bucket, key: bytes.Clone(e.key), val: bytes.Clone(e.val)})
+		if len(batch) == restoreChunk {
+			return put()
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(batch) > 0 {
+		if err := put(); err != nil {
+			return err
+		}
+	}
+	return s.db.Update(func(tx store.Tx) error {
+		if err := tx.Put(persist.BucketMeta, persist.MetaHeader, header); err != nil {
+			return err
+		}
+		// As in Restore: every version closed for encryption.
+		*epoch = restoredEpoch(readBudgetEpoch(tx), s.epoch.cur.Load())
+		if err := putBudgetEpoch(tx, *epoch); err != nil {
+			return err
+		}
+		return tx.Delete(persist.BucketMeta, persist.MetaRestoring)
+	})
 }
 
 // RewrapAll re-writes every key record not of the current format and

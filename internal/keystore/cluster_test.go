@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/keywarden/keywarden/internal/etcdtest"
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
@@ -23,7 +27,7 @@ import (
 
 // clusterNode opens a daemon's key store on the etcd cluster at eps under
 // prefix: it initializes the store if first, else unseals it.
-func clusterNode(t *testing.T, eps []string, prefix string, first bool) *Store {
+func clusterNode(t testing.TB, eps []string, prefix string, first bool) *Store {
 	t.Helper()
 	db, err := store.OpenEtcd(store.EtcdConfig{Endpoints: eps, Prefix: prefix, Timeout: 2 * time.Second})
 	if err != nil {
@@ -408,6 +412,318 @@ func TestClusterBudgetRangesShared(t *testing.T) {
 	for _, k := range []*Object{o, ob} {
 		if err := useErr(k); err != nil {
 			t.Fatalf("a copy of the key was dropped: %v", err)
+		}
+	}
+}
+
+// The interleaving TestClusterBudgetRangesShared meets by chance, forced:
+// a's follower applies b's reservation after a has settled its count
+// (raised to the other daemons' reservations) and before a writes the
+// reservation it computed from that count. a's reservation would begin
+// inside b's range: it is refused (errRaced), and the next one starts
+// after b's. Every encryption counted on either daemon stays within what
+// the record reserves.
+func TestClusterBudgetReservationRaceForced(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/budget-race/", true)
+	b := clusterNode(t, c.Endpoints(), "/budget-race/", false)
+	o := obj(t, 1, "k", false)
+	if err := a.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	var ob *Object
+	within(t, time.Second, "b opens the key", func() bool {
+		var err error
+		ob, err = b.Get(o.ID)
+		return err == nil
+	})
+	defer b.Release(ob)
+	reserved := func() uint64 {
+		var r uint64
+		a.db.View(func(tx store.Tx) error {
+			_, rb, _ := persist.SplitValue(tx.Get(persist.BucketKeys, o.ID[:]))
+			var rec persist.KeyRecord
+			rec.UnmarshalVT(rb)
+			r = rec.Versions[len(rec.Versions)-1].EncryptionsReserved
+			return nil
+		})
+		return r
+	}
+	const n = reserveBlock
+	var total uint64
+	encrypt := func(s *Store, k *Object) error {
+		_, err := s.Encrypting(k, n)
+		if err == nil {
+			total += n
+		}
+		return err
+	}
+	// Both daemons reserve once, each seeing the other's range.
+	if err := encrypt(a, o); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 2*time.Second, "b follows a's reservation", func() bool { return ob.Newest().elsewhere.Load() >= reserved() })
+	if err := encrypt(b, ob); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 2*time.Second, "a follows b's reservation", func() bool { return o.Newest().elsewhere.Load() >= reserved() })
+
+	forced := false
+	hookReserving = func(k *Object) {
+		if k != o || forced {
+			return
+		}
+		forced = true
+		// b encrypts until it reserves a range of its own.
+		before := reserved()
+		for reserved() == before {
+			if err := encrypt(b, ob); err != nil {
+				t.Errorf("b's reservation: %v", err)
+				return
+			}
+		}
+		want := reserved()
+		within(t, 2*time.Second, "a's follower applies b's reservation", func() bool { return o.Newest().elsewhere.Load() >= want })
+	}
+	t.Cleanup(func() { hookReserving = nil })
+	// a encrypts within what it reserved before until it must reserve.
+	var err error
+	for range 4 {
+		if err = encrypt(a, o); forced || err != nil {
+			break
+		}
+	}
+	if !forced {
+		t.Fatal("the hook did not run: a made no reservation")
+	}
+	if !errors.Is(err, errRaced) {
+		t.Fatalf("a's reservation made from a count that b's overtook: %v, want errRaced (counted %d, reserved %d)", err, total, reserved())
+	}
+	if r := reserved(); total > r {
+		t.Fatalf("%d encryptions counted, %d reserved", total, r)
+	}
+	// Tried again, a counts from the end of b's range.
+	if err := encrypt(a, o); err != nil {
+		t.Fatal(err)
+	}
+	if r := reserved(); total > r {
+		t.Fatalf("after the retry: %d encryptions counted, %d reserved", total, r)
+	}
+}
+
+// Someone who can write to etcd replays a group commit: the writes of the
+// transaction that created two keys at once (their records, names and the
+// header), put back in one etcd transaction after both keys were rotated.
+// Each record is genuine and the header is the one written with them, so
+// only the header's epoch, older than one seen, gives the replay away: both
+// daemons refuse the store, and the next unseal does too.
+func TestClusterReplayGroupCommit(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	a := clusterNode(t, c.Endpoints(), "/replay/", true)
+	b := clusterNode(t, c.Endpoints(), "/replay/", false)
+	db := a.db.(*store.Etcd)
+	keys := db.BucketPrefix(persist.BucketKeys)
+	names := db.BucketPrefix(persist.BucketNames)
+	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+
+	// Concurrent creations: a's committer puts the calls that wait while
+	// it commits into one etcd transaction.
+	var objs []*Object
+	for i := range 8 {
+		objs = append(objs, obj(t, 1, fmt.Sprintf("k%d", i), false))
+	}
+	var wg sync.WaitGroup
+	for _, o := range objs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Add(o); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// The two records last written in one transaction with the header.
+	hr, err := raw.Get(ctx, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := hr.Kvs[0].ModRevision
+	var batch []*Object
+	for _, o := range objs {
+		r, err := raw.Get(ctx, keys+string(o.ID[:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kvs[0].ModRevision == rev {
+			batch = append(batch, o)
+		}
+	}
+	if len(batch) < 2 {
+		t.Skipf("the creations were not grouped (%d in the last transaction): nothing to replay", len(batch))
+	}
+	t.Logf("%d creations of %d in the last group commit", len(batch), len(objs))
+	var ops []clientv3.Op
+	for _, k := range append([]string{hdr}, func() []string {
+		var ks []string
+		for _, o := range batch {
+			ks = append(ks, keys+string(o.ID[:]), names+string(persist.NameKey(o.Owner, o.Name)))
+		}
+		return ks
+	}()...) {
+		ops = append(ops, clientv3.OpPut(k, get(t, raw, k)))
+	}
+	for _, o := range batch {
+		if _, err := a.Rotate(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ob, err := b.Get(batch[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Txn(ctx).Then(ops...).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []*Store{a, b} {
+		var last error
+		t0 := time.Now()
+		for {
+			o, err := s.Get(batch[1].ID)
+			if err == nil {
+				s.Release(o)
+			}
+			if status(err) == wire.Status_STATUS_INTERNAL && strings.Contains(err.Error(), "outside keywarden") {
+				break
+			}
+			last = err
+			if time.Since(t0) > 2*time.Second {
+				t.Fatalf("daemon %d: the replay not seen within 2s: %v", i, last)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if err := useErr(ob); status(err) != wire.Status_STATUS_INTERNAL {
+		t.Fatalf("a key in memory is still used after the replay: %v", err)
+	}
+	a.SealAll()
+	if err := a.Master().UnsealPassphrase(ctx, []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) }); err == nil {
+		t.Fatal("the unseal accepted the replayed store")
+	}
+}
+
+// Creations of persistent keys from 16 goroutines spread over daemons
+// (keystores of their own, each with its own etcd client) sharing one
+// store on a three-member cluster: the store's group commits, and with
+// several daemons their conflicts on the store header, which every
+// transaction writes.
+func BenchmarkClusterAdd(b *testing.B) {
+	for _, nodes := range []int{1, 3} {
+		b.Run(fmt.Sprintf("daemons=%d", nodes), func(b *testing.B) {
+			c := etcdtest.Start(b, 3)
+			eps := c.Endpoints()
+			var ss []*Store
+			for i := range nodes {
+				mine := append([]string{eps[i]}, append(append([]string{}, eps[:i]...), eps[i+1:]...)...)
+				ss = append(ss, clusterNode(b, mine, "/bench/", i == 0))
+				ss[i].SetMaxPerUser(1 << 30)
+			}
+			var next atomic.Uint64
+			b.SetParallelism(max(16/runtime.GOMAXPROCS(0), 1))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				s := ss[next.Add(1)%uint64(nodes)]
+				for pb.Next() {
+					for {
+						err := s.Add(obj(b, 1, "", false))
+						if err == nil {
+							break
+						}
+						if !errors.Is(err, store.ErrUnavailable) && status(err) != wire.Status_STATUS_UNAVAILABLE {
+							b.Error(err)
+							return
+						}
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creations/s")
+		})
+	}
+}
+
+// A restore into an etcd store larger than one etcd transaction may be
+// (the cluster's --max-txn-ops, 128 by default) is written in several:
+// first the header goes (so that no daemon writes, or unseals, on a store
+// half restored), then the records, then the backup's header. Every key of
+// the backup is there after the unseal, and none made after it.
+func TestClusterRestoreInChunks(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/restore-chunks/", true)
+	var ids []key.ID
+	for i := range 150 {
+		o := obj(t, 1, fmt.Sprintf("k%d", i), false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+		a.Release(o)
+	}
+	bk := filepath.Join(t.TempDir(), "backup")
+	f, err := os.Create(bk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Backup(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var later []key.ID
+	for i := range 70 {
+		o := obj(t, 1, fmt.Sprintf("later%d", i), false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		later = append(later, o.ID)
+		a.Release(o)
+	}
+	// Stopped half-way, the restore leaves a store that no unseal
+	// accepts, and says why; run again, it completes.
+	chunks := 0
+	hookRestoreChunk = func() error {
+		if chunks++; chunks == 3 {
+			return errors.New("stopped")
+		}
+		return nil
+	}
+	t.Cleanup(func() { hookRestoreChunk = nil })
+	if _, err := a.Restore(bk, RestoreOptions{Force: true}); err == nil {
+		t.Fatal("the restore went on past the hook's error")
+	}
+	hookRestoreChunk = nil
+	err = a.Master().UnsealPassphrase(context.Background(), []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) })
+	if err == nil || !strings.Contains(err.Error(), "restore the backup again") {
+		t.Fatalf("unseal of a store half restored: %v", err)
+	}
+	if _, err := a.Restore(bk, RestoreOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	unseal(t, a)
+	for _, id := range ids {
+		o, err := a.Get(id)
+		if err != nil {
+			t.Fatalf("a key of the backup after the restore: %v", err)
+		}
+		a.Release(o)
+	}
+	for _, id := range later {
+		if _, err := a.Get(id); !errors.Is(err, errNoKey) {
+			t.Fatalf("a key made after the backup, after the restore: %v", err)
 		}
 	}
 }

@@ -242,11 +242,16 @@ func (f *follower) run(ctx context.Context) {
 	}
 }
 
-func (f *follower) confirm(rev int64) {
+// confirm records that every commit up to rev has been applied, and, if
+// asOf is not zero, every commit made before asOf: the staleness bound
+// counts from asOf, not from when the confirmation arrived.
+func (f *follower) confirm(rev int64, asOf time.Time) {
 	if rev >= f.rev {
 		f.rev = rev
 		f.rev0.Store(rev)
-		f.confirmed.Store(time.Now().UnixNano())
+		if !asOf.IsZero() && asOf.UnixNano() > f.confirmed.Load() {
+			f.confirmed.Store(asOf.UnixNano())
+		}
 	}
 }
 

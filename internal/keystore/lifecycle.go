@@ -385,6 +385,9 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 			res = v.limit.Load()
 		} else {
 			idx := slices.Index(o.Versions(), v)
+			if hookReserving != nil {
+				hookReserving(o)
+			}
 			err := s.update(o, func(r *persist.KeyRecord) error {
 				// r is o's state now. Another daemon's reservation that
 				// the follower applied after the count above was raised to

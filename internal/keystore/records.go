@@ -332,6 +332,9 @@ func checkRecord(k *seal.Keys, id, v []byte) (*persist.KeyRecord, error) {
 
 var errRecord = errors.New("key record fails its integrity check")
 
+// errRestoreInterrupted: the store is half restored (restoreInChunks).
+var errRestoreInterrupted = errors.New("a restore from a backup into this store was interrupted: restore the backup again")
+
 // decoyID names no key (ids are random; this one is reserved).
 var decoyID = make([]byte, persist.IDSize)
 
@@ -510,6 +513,9 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	var hacc persist.Acc
 	var rev int64 // the revision of a shared store checked
 	err := s.db.View(func(tx store.Tx) error {
+		if tx.Get(persist.BucketMeta, persist.MetaRestoring) != nil {
+			return errRestoreInterrupted
+		}
 		var err error
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err

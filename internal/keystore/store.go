@@ -263,7 +263,11 @@ func (s *Store) Add(o *Object) error {
 // daemon last wrote (seen.go); hookRestoreWriting runs in Restore once
 // the daemon is sealed and before the backup's records are written;
 // hookReinitChecked runs in Reinit after its first check that the store
-// holds no keys, before it seals.
+// holds no keys, before it seals; hookReserving runs in Encrypting once a
+// version's count of encryptions is settled (raised to other daemons'
+// reservations), before the reservation computed from it is written;
+// hookRestoreChunk runs before each chunk of a backup's records that
+// restoreInChunks writes, and its error stops the restore there.
 var (
 	hookAddWriting     func()
 	hookAddWritten     func()
@@ -271,6 +275,8 @@ var (
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
 	hookReinitChecked  func()
+	hookReserving      func(o *Object)
+	hookRestoreChunk   func() error
 )
 
 // errHoldsKeys refuses a new master key for a store that holds keys.

@@ -45,6 +45,10 @@ var (
 	// number of machine generation changes the store has seen (0 if
 	// absent). Key versions made in an earlier epoch no longer encrypt.
 	MetaBudgetEpoch = []byte("budget-epoch")
+	// MetaRestoring marks a shared store being restored from a backup in
+	// several transactions: present, the store has no header, and the
+	// restore must be run again.
+	MetaRestoring = []byte("restoring")
 )
 
 // MACSize is the size of a record MAC (HMAC-SHA-256).

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -41,7 +42,12 @@ import (
 //
 // Update commits by group, as Bolt does: the calls that arrive while a
 // transaction is being committed go together in the next one, within
-// the cluster's limit of operations per transaction.
+// the cluster's limit of operations per transaction (the calls beyond it
+// wait for the next). A group reads what its calls read in one request
+// to the cluster per round of prefetch rather than one per read, and
+// begins at the snapshot of this store's own last commit when it can
+// (prefetch): the guards are the same, so a group that another writer
+// overtook runs again on a snapshot read anew.
 type Etcd struct {
 	cli     *clientv3.Client
 	prefix  string
@@ -57,6 +63,12 @@ type Etcd struct {
 	// this store up to the revisions it has seen.
 	txnMu sync.Mutex
 	own   map[int64]struct{} // revisions this store committed, not yet followed
+
+	// snap is where the next group begins (prefetch): the values of
+	// the keys the last commit of this store wrote, or those the last
+	// transaction that conflicted read, as they were when it failed;
+	// used by the committer only.
+	snap *etcdSnap
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -84,6 +96,10 @@ type EtcdConfig struct {
 // ErrUnavailable wraps the errors of a cluster that cannot be reached or
 // has no quorum.
 var ErrUnavailable = errors.New("store: the etcd cluster is unavailable")
+
+// errPrefetching: a read of a range while prefetch finds out what a
+// function reads.
+var errPrefetching = errors.New("store: a range read while prefetching")
 
 // errConflict: a transaction's guard failed, another writer came first.
 var errConflict = errors.New("store: concurrent change")
@@ -226,22 +242,31 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		c.err = err
 		close(c.done)
 	}
+	fresh := false // begin at a snapshot read anew, not at the last commit's
 	for tries := 0; len(group) > 0; {
 		tx := e.newTx(true)
+		if !group[0].alone {
+			e.prefetch(tx, group, fresh)
+		}
 		var failed = -1
 		var ferr error
 		marks := make([]int, len(group)) // each call's commit functions end here
+		fits := 0                        // the calls whose transaction is within the cluster's limit
 		for i, c := range group {
 			if err := c.fn(tx); err != nil {
 				failed, ferr = i, err
 				break
 			}
 			marks[i] = len(tx.onCommit)
+			if !tx.tooBig(e.maxOps) {
+				fits = i + 1
+			}
 		}
 		if tx.err != nil {
 			// The store failed, not the calls (a Get that failed gave
 			// nil, whatever a call made of it).
 			if errors.Is(tx.err, errConflict) {
+				e.snap = nil // its revision was compacted
 				if tries++; tries < maxTries {
 					continue
 				}
@@ -251,25 +276,44 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			}
 			return
 		}
+		if failed >= 0 && tx.fromLast && !fresh {
+			// The call may have failed on what this store last wrote
+			// or read where another writer has written since, and
+			// which this daemon may have followed: it fails only on a
+			// snapshot of now.
+			fresh = true
+			continue
+		}
 		if failed >= 0 {
 			finish(group[failed], ferr)
 			group = append(group[:failed:failed], group[failed+1:]...)
 			continue
 		}
 		if tx.tooBig(e.maxOps) && len(group) > 1 {
-			// Commit them one at a time.
-			for _, c := range group {
-				e.commitGroup([]*boltCall{c})
-			}
-			return
+			// Commit the calls that fit (one at least: a call too big
+			// alone fails in commit) and give the others back to the
+			// committer, first in line.
+			n := max(fits, 1)
+			e.mu.Lock()
+			e.pending = append(group[n:len(group):len(group)], e.pending...)
+			e.mu.Unlock()
+			group = group[:n:n]
+			continue
 		}
 		err := e.commit(tx)
 		if errors.Is(err, errConflict) {
+			fresh = false // the next try begins where this one failed
 			if tries++; tries >= maxTries {
 				for _, c := range group {
 					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))
 				}
 				return
+			}
+			if e.snap != nil {
+				// The failed transaction read where the winner left
+				// the keys: try again from there at once. Among
+				// writers that all do, one wins each round.
+				continue
 			}
 			// Back off a little, more each time: another writer is
 			// committing the keys this group reads.
@@ -296,6 +340,105 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		}
 		return
 	}
+}
+
+// prefetchRounds bounds the rounds of prefetch.
+const prefetchRounds = 3
+
+// prefetch fills tx's prefetched values, for a group of calls, with what
+// their functions read, in a few requests to the cluster rather than one
+// per read. In each round it runs every call's fn in a transaction of its
+// own that is never committed and that answers a read of a key not yet
+// fetched with nothing (an absent key), noting the key; then it reads
+// every key noted, in one etcd transaction, at tx's snapshot (the first
+// round's sets it). A function that reads a key named by what an earlier
+// read gave (a record named by an index) names it in the next round.
+// The functions then run one after the other in tx, finding what they
+// read there; a read that no round foresaw (a key named by what an
+// earlier call of the group wrote) goes to the cluster then, at the same
+// snapshot, and so does every read if the cluster cannot be reached now.
+// A prefetched value becomes a read of tx (guarded at commit) only when a
+// function of tx reads it.
+//
+// Every fn runs more than once: the contract of Update (fn has no effect
+// beyond its transaction) allows it.
+func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
+	tx.pre = map[string]etcdRead{}
+	if sn := e.snap; sn != nil && !fresh {
+		// Begin at the snapshot of this store's last commit, whose
+		// writes it knows: a store that is the only writer of late
+		// (the usual case between two commits of its own) reads none
+		// of them again. Had another writer come in between, the guard
+		// fails and the group runs again, from the values its failed
+		// transaction read as it failed (commit). Either is one
+		// revision of the cluster.
+		tx.rev, tx.fromLast = sn.rev, true
+		maps.Copy(tx.pre, sn.vals)
+	}
+	for range prefetchRounds {
+		want := map[string]struct{}{}
+		for _, c := range group {
+			t := e.newTx(true)
+			t.rev, t.pre, t.missing = tx.rev, tx.pre, want
+			c.fn(t)
+		}
+		if len(want) == 0 {
+			return
+		}
+		keys := slices.Sorted(maps.Keys(want))
+		for len(keys) > 0 {
+			n := min(len(keys), e.maxOps)
+			if err := e.fetch(tx, keys[:n]); err != nil {
+				return
+			}
+			keys = keys[n:]
+		}
+	}
+}
+
+// fetch reads keys in one etcd transaction at tx's snapshot (setting it
+// if tx has none) into tx's prefetched values.
+func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
+	read := func(serializable bool) (*clientv3.TxnResponse, error) {
+		ops := make([]clientv3.Op, len(keys))
+		for i, k := range keys {
+			switch {
+			case tx.rev == 0:
+				ops[i] = clientv3.OpGet(k)
+			case serializable:
+				ops[i] = clientv3.OpGet(k, clientv3.WithRev(tx.rev), clientv3.WithSerializable())
+			default:
+				ops[i] = clientv3.OpGet(k, clientv3.WithRev(tx.rev))
+			}
+		}
+		ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
+		defer cancel()
+		return e.cli.Txn(ctx).Then(ops...).Commit()
+	}
+	// What was at a revision never changes: any member that has it may
+	// answer, without asking the leader. One that does not have it yet
+	// says so, and the leader is asked.
+	resp, err := read(tx.rev != 0)
+	if errors.Is(err, rpctypes.ErrFutureRev) {
+		resp, err = read(false)
+	}
+	if err != nil {
+		return err
+	}
+	if len(resp.Responses) != len(keys) {
+		return errors.New("store: etcd answered a read of a different length")
+	}
+	if tx.rev == 0 {
+		tx.rev = resp.Header.Revision
+	}
+	for i, k := range keys {
+		var r etcdRead
+		if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			r = etcdRead{value: nonNil(kvs[0].Value), rev: kvs[0].ModRevision}
+		}
+		tx.pre[k] = r
+	}
+	return nil
 }
 
 // commit sends tx's writes guarded by its reads.
@@ -326,13 +469,43 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	defer cancel()
 	e.txnMu.Lock()
 	defer e.txnMu.Unlock()
-	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	// Failing, the transaction reads what it read: the next try begins
+	// there, without a round trip of its own.
+	var reread []string
+	var orElse []clientv3.Op
+	for k := range tx.reads {
+		reread = append(reread, k)
+		orElse = append(orElse, clientv3.OpGet(k))
+	}
+	resp, err := e.cli.Txn(ctx).If(cmps...).Then(ops...).Else(orElse...).Commit()
 	if err != nil {
+		e.snap = nil
 		return e.wrapErr(err)
 	}
 	if !resp.Succeeded {
+		e.snap = nil
+		if len(resp.Responses) == len(reread) {
+			sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(reread))}
+			for i, k := range reread {
+				var r etcdRead
+				if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+					r = etcdRead{value: nonNil(kvs[0].Value), rev: kvs[0].ModRevision}
+				}
+				sn.vals[k] = r
+			}
+			e.snap = sn
+		}
 		return errConflict
 	}
+	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
+	for k, w := range tx.writes {
+		if w.deleted {
+			sn.vals[k] = etcdRead{}
+		} else {
+			sn.vals[k] = etcdRead{value: []byte(w.value), rev: resp.Header.Revision}
+		}
+	}
+	e.snap = sn
 	if len(e.own) >= maxOwn {
 		clear(e.own) // no one follows: keep no more
 	}
@@ -392,6 +565,20 @@ type etcdWrite struct {
 	deleted bool
 }
 
+// etcdSnap is the values of some keys at revision rev: written by this
+// store's commit at rev, or read there.
+type etcdSnap struct {
+	rev  int64
+	vals map[string]etcdRead
+}
+
+// etcdRead is a key's value (nil: absent) and modification revision (0:
+// absent) at a transaction's snapshot.
+type etcdRead struct {
+	value []byte
+	rev   int64
+}
+
 // etcdTx is a transaction on the snapshot at rev (set by its first read).
 // Its reads are remembered for the guard, its writes kept until commit.
 // A failure to reach the cluster is kept in err: Get cannot return one,
@@ -404,6 +591,17 @@ type etcdTx struct {
 	ranges   map[string]string // start → end, walked by ForEach
 	cache    map[string][]byte // values read (nil: absent)
 	writes   map[string]etcdWrite
+	// pre holds values prefetched at rev (prefetch): a Get takes its
+	// value from there rather than from the cluster.
+	pre map[string]etcdRead
+	// fromLast: the snapshot was not read for this transaction: it is
+	// that of this store's last commit, or of its last transaction that
+	// failed (prefetch); the daemon may have followed commits since.
+	fromLast bool
+	// missing, in a transaction that only finds out what a function
+	// reads (prefetch), collects the keys read that pre lacks: such a
+	// read gives nothing, and a read of a range fails.
+	missing  map[string]struct{}
 	onCommit []func()
 	err      error
 }
@@ -423,6 +621,10 @@ func (t *etcdTx) tooBig(max int) bool {
 // opts; it sets the snapshot if it is the first read.
 func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	if t.err != nil {
+		return nil, t.err
+	}
+	if t.missing != nil {
+		t.err = errPrefetching
 		return nil, t.err
 	}
 	if t.rev != 0 {
@@ -458,6 +660,17 @@ func (t *etcdTx) Get(bucket, key []byte) []byte {
 	}
 	if v, ok := t.cache[k]; ok {
 		return v
+	}
+	if p, ok := t.pre[k]; ok {
+		t.cache[k] = p.value
+		if _, ok := t.reads[k]; !ok {
+			t.reads[k] = p.rev
+		}
+		return p.value
+	}
+	if t.missing != nil {
+		t.missing[k] = struct{}{}
+		return nil
 	}
 	resp, err := t.get(k)
 	if err != nil {

@@ -112,22 +112,22 @@ func TestEtcdWritersShareOneStore(t *testing.T) {
 		runs, last := interfere(t,
 			func(tx store.Tx) string { return string(tx.Get([]byte("set"), []byte("k"))) },
 			func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("k"), []byte("changed")) })
-		if runs != 2 || last != "changed" {
-			t.Fatalf("ran %d times, last read %q; want 2 and the other store's value", runs, last)
+		if runs < 2 || last != "changed" {
+			t.Fatalf("ran %d times, last read %q; want again, on the other store's value", runs, last)
 		}
 	})
 	t.Run("GetAbsentCreated", func(t *testing.T) {
 		runs, last := interfere(t,
 			func(tx store.Tx) string { return string(tx.Get([]byte("set"), []byte("new"))) },
 			func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("new"), []byte("created")) })
-		if runs != 2 || last != "created" {
+		if runs < 2 || last != "created" {
 			t.Fatalf("ran %d times, last read %q", runs, last)
 		}
 	})
 	t.Run("ForEachKeyAdded", func(t *testing.T) {
 		runs, last := interfere(t, list,
 			func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("added"), []byte("v")) })
-		if runs != 2 || !strings.Contains(last, "added") {
+		if runs < 2 || !strings.Contains(last, "added") {
 			t.Fatalf("ran %d times, last list %q", runs, last)
 		}
 	})
@@ -135,16 +135,38 @@ func TestEtcdWritersShareOneStore(t *testing.T) {
 		setup(t, "doomed")
 		runs, last := interfere(t, list,
 			func(tx store.Tx) error { return tx.Delete([]byte("set"), []byte("doomed")) })
-		if runs != 2 || strings.Contains(last, "doomed") {
+		if runs < 2 || strings.Contains(last, "doomed") {
 			t.Fatalf("ran %d times, last list %q", runs, last)
 		}
 	})
 	t.Run("UnrelatedWriteNoRetry", func(t *testing.T) {
-		runs, _ := interfere(t,
-			func(tx store.Tx) string { return string(tx.Get([]byte("set"), []byte("k"))) },
-			func(tx store.Tx) error { return tx.Put([]byte("elsewhere"), []byte("k"), []byte("v")) })
-		if runs != 1 {
-			t.Fatalf("a write to keys the transaction did not read made it run %d times", runs)
+		// The store runs fn more than once by itself (to find out what
+		// it reads): the same transaction with an interference that
+		// writes nothing, from the same state, tells how often.
+		get := func(tx store.Tx) string { return string(tx.Get([]byte("set"), []byte("k"))) }
+		nothing := func(tx store.Tx) error { return nil }
+		interfere(t, get, nothing)
+		alone, _ := interfere(t, get, nothing)
+		runs, _ := interfere(t, get, func(tx store.Tx) error { return tx.Put([]byte("elsewhere"), []byte("k"), []byte("v")) })
+		if runs != alone {
+			t.Fatalf("a write to keys the transaction did not read made it run %d times, %d without it", runs, alone)
+		}
+	})
+	t.Run("FailedOnOwnLastWrite", func(t *testing.T) {
+		// a wrote k last; b changed it since. A transaction of a that
+		// fails on a's own value of k must be given b's.
+		setup(t, "k")
+		if err := b.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("k"), []byte("b's")) }); err != nil {
+			t.Fatal(err)
+		}
+		err := a.Update(func(tx store.Tx) error {
+			if v := string(tx.Get([]byte("set"), []byte("k"))); v != "b's" {
+				return fmt.Errorf("read %q, not the other store's value", v)
+			}
+			return tx.Put([]byte("set"), []byte("seen"), []byte("yes"))
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
 	})
 }
@@ -178,6 +200,29 @@ func TestEtcdTransactionTooBig(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Many calls that together exceed the limit are committed in groups
+	// that fit, each call once.
+	const calls = 24
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Update(func(tx store.Tx) error {
+				n, _ := strconv.Atoi(string(tx.Get([]byte("c"), []byte("counter"))))
+				tx.Put([]byte("c"), fmt.Appendf(nil, "x%d", i), nil)
+				return tx.Put([]byte("c"), []byte("counter"), []byte(strconv.Itoa(n+1)))
+			}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.View(func(tx store.Tx) error {
+		if got := string(tx.Get([]byte("c"), []byte("counter"))); got != strconv.Itoa(calls) {
+			t.Errorf("counter = %s after %d calls", got, calls)
+		}
+		return nil
+	})
 }
 
 // A cluster that does not answer fails transactions with ErrUnavailable

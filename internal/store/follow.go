@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,11 +18,13 @@ type Shared interface {
 	Store
 	// Follow calls commit with each transaction committed after revision
 	// from, in commit order, and confirm with a revision up to which
-	// every commit has been passed to commit, at least every
+	// every commit has been passed to commit and, unless zero, a time
+	// asOf when that revision was the cluster's newest or later (every
+	// commit made before asOf has been passed to commit), at least every
 	// FollowConfirmEvery while the cluster answers. It returns when ctx
 	// ends or the changes can no longer be followed (an error: the
 	// caller starts again from its last revision, or gives up).
-	Follow(ctx context.Context, from int64, commit func(Commit) error, confirm func(rev int64)) error
+	Follow(ctx context.Context, from int64, commit func(Commit) error, confirm func(rev int64, asOf time.Time)) error
 }
 
 // Revisioned is a Tx that tells the revision of the snapshot it reads
@@ -59,14 +62,20 @@ var ErrFollowLost = errors.New("store: the changes to follow were compacted away
 // watch requires a leader: a member cut off from the quorum ends it, so
 // that a daemon connected to it stops confirming (rather than confirming
 // a history that the majority has gone past).
-func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error, confirm func(rev int64)) error {
+func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error, confirm func(rev int64, asOf time.Time)) error {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	start, end := e.prefix+"b/", e.prefix+"b0"
 	wch := e.cli.Watch(ctx, start, clientv3.WithRange(end), clientv3.WithRev(from+1), clientv3.WithPrevKV(),
 		clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
 	// Ask for progress regularly: the answer, after every event before
-	// it, confirms that nothing was missed up to its revision.
+	// it, confirms that nothing was missed up to its revision, which was
+	// the newest when the cluster answered: after the request was sent.
+	// One request waits for its answer at a time: an answer is dated by
+	// the oldest request not yet answered (asked), not later than the one
+	// it answers, however late it arrives.
+	var askedMu sync.Mutex
+	var asked time.Time // zero: no request waits for its answer
 	go func() {
 		t := time.NewTicker(FollowConfirmEvery)
 		defer t.Stop()
@@ -75,9 +84,21 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				c, cancel := context.WithTimeout(ctx, e.timeout)
-				e.cli.RequestProgress(c)
-				cancel()
+				now := time.Now()
+				askedMu.Lock()
+				// A request unanswered for two periods may have been
+				// dropped (the cluster answers only a watch that has
+				// caught up): asked again, dated by the first.
+				ask := asked.IsZero() || now.Sub(asked) > 2*FollowConfirmEvery
+				if asked.IsZero() {
+					asked = now
+				}
+				askedMu.Unlock()
+				if ask {
+					c, cancel := context.WithTimeout(ctx, e.timeout)
+					e.cli.RequestProgress(c)
+					cancel()
+				}
 			}
 		}
 	}()
@@ -135,9 +156,15 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 		case resp.IsProgressNotify():
 			// Sent only to a watch that has passed on every event up to
 			// the revision it names.
-			confirm(resp.Header.Revision)
+			askedMu.Lock()
+			asOf := asked
+			asked = time.Time{}
+			askedMu.Unlock()
+			confirm(resp.Header.Revision, asOf)
 		case len(resp.Events) > 0:
-			confirm(resp.Events[len(resp.Events)-1].Kv.ModRevision)
+			// Events tell how far the watch has come, not how recent
+			// that is.
+			confirm(resp.Events[len(resp.Events)-1].Kv.ModRevision, time.Time{})
 		}
 	}
 	if ctx.Err() != nil {
