@@ -20,11 +20,10 @@ import (
 // The PKCS #11 tests drive the daemon's PKCS #11 front with the programs
 // people use: OpenSC's pkcs11-tool, OpenSSL with libp11's engine,
 // OpenSSH's ssh-keygen and GnuTLS's p11tool, all through
-// libkeywarden-pkcs11.so built from pkcs11/ (p11-kit's client module). A
+// libkeywarden-pkcs11.so built from pkcs11/ (the module speaks the
+// front's protocol itself; p11-kit's own client is not involved). A
 // missing program skips its test, or fails it when KEYWARDEN_PKCS11_TEST
 // is "require" (scripts/test.sh installs them).
-
-const p11ClientPath = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 
 // needTool skips or fails a test that needs the program or file at path.
 func needTool(t *testing.T, path string) string {
@@ -40,7 +39,7 @@ func needTool(t *testing.T, path string) string {
 	}
 	if p == "" {
 		if os.Getenv("KEYWARDEN_PKCS11_TEST") == "require" {
-			t.Fatalf("%s is missing (apt-get install opensc p11-kit-modules libengine-pkcs11-openssl gnutls-bin)", path)
+			t.Fatalf("%s is missing (apt-get install opensc libp11-kit-dev libengine-pkcs11-openssl gnutls-bin)", path)
 		}
 		t.Skipf("%s is missing", path)
 	}
@@ -57,7 +56,7 @@ var (
 func pkcs11Module(t *testing.T) string {
 	t.Helper()
 	needTool(t, "cc")
-	needTool(t, p11ClientPath)
+	needTool(t, "/usr/include/p11-kit-1/p11-kit/pkcs11.h")
 	p11ModOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "keywarden-pkcs11-")
 		if err != nil {
@@ -68,8 +67,8 @@ func pkcs11Module(t *testing.T) string {
 		_, file, _, _ := runtime.Caller(0)
 		src := filepath.Join(filepath.Dir(file), "..", "pkcs11", "keywarden-pkcs11.c")
 		p11Mod = filepath.Join(dir, "libkeywarden-pkcs11.so")
-		out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden",
-			`-DP11_KIT_CLIENT="`+p11ClientPath+`"`, "-o", p11Mod, src, "-ldl", "-lpthread").CombinedOutput()
+		out, err := exec.Command("cc", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden",
+			"-I/usr/include/p11-kit-1", "-o", p11Mod, src, "-lpthread").CombinedOutput()
 		if err != nil {
 			p11ModErr = fmt.Errorf("building the module: %v\n%s", err, out)
 		}
