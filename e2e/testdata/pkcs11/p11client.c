@@ -11,6 +11,10 @@
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
  *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
+ *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
+ *                                   and a context are refused
+ *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
+ *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
@@ -110,6 +114,38 @@ out:
 }
 
 static int failed;
+
+/* first_ec_key finds the first EC private key of a session. */
+static CK_RV first_ec_key (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *key)
+{
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_KEY_TYPE kt = CKK_EC;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt } };
+	CK_ULONG count = 0;
+	CK_RV rv;
+
+	if ((rv = f->C_FindObjectsInit (s, tmpl, 2)) != CKR_OK)
+		return rv;
+	rv = f->C_FindObjects (s, key, 1, &count);
+	f->C_FindObjectsFinal (s);
+	if (rv == CKR_OK && count != 1)
+		rv = CKR_KEY_HANDLE_INVALID;
+	return rv;
+}
+
+/* sign_once signs a digest with an EC key. */
+static CK_RV sign_once (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
+{
+	CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+	CK_BYTE digest[32], sig[128];
+	CK_ULONG siglen = sizeof sig;
+	CK_RV rv;
+
+	memset (digest, 9, sizeof digest);
+	if ((rv = f->C_SignInit (s, &mech, key)) != CKR_OK)
+		return rv;
+	return f->C_Sign (s, digest, sizeof digest, sig, &siglen);
+}
 
 static void check (const char *what, CK_RV rv, CK_RV want)
 {
@@ -228,9 +264,12 @@ int main (int argc, char **argv)
 		fflush (stdout);
 		pid = fork ();
 		if (pid == 0) {
-			CK_RV rv = init (f);
-			if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
-				rv = CKR_OK;
+			CK_RV rv;
+			CK_ULONG n = 0;
+			/* The parent's connection is the parent's: the child
+			 * must initialize the module first. */
+			check ("child call before C_Initialize", f->C_GetSlotList (CK_TRUE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+			rv = init (f);
 			check ("child C_Initialize", rv, CKR_OK);
 			check ("child signs", sign (f, 3), CKR_OK);
 			fflush (stdout);
@@ -253,6 +292,7 @@ int main (int argc, char **argv)
 		check ("sign after reload", sign (f, 1), CKR_OK);
 		check ("C_Finalize after reload", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "restart") == 0 && argc == 4) {
+		CK_SESSION_HANDLE old, fresh;
 		struct stat sb;
 		int i;
 		CK_RV rv;
@@ -262,14 +302,21 @@ int main (int argc, char **argv)
 		signal (SIGPIPE, SIG_IGN);
 		check ("C_Initialize", init (f), CKR_OK);
 		check ("sign", sign (f, 1), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &old), CKR_OK);
 		printf ("waiting\n");
 		fflush (stdout);
 		for (i = 0; i < 300 && stat (argv[3], &sb) != 0; i++)
 			usleep (100000);
-		/* The daemon went away: a call fails, then the program re-opens
-		 * the module (C_Finalize, C_Initialize) and works again. */
+		/* The daemon went away: a call fails, then the program works
+		 * again with new sessions. A session of the connection that is
+		 * gone stays refused, even where the new connection has a
+		 * session with the same number in the daemon. */
 		rv = sign (f, 1);
 		printf ("sign across the restart: rv 0x%lx\n", (unsigned long) rv);
+		check ("sign after the restart in new sessions", sign (f, 1), CKR_OK);
+		check ("C_OpenSession after the restart", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &fresh), CKR_OK);
+		check ("a session of the old connection", f->C_Login (old, CKU_USER, (CK_UTF8CHAR_PTR) "x", 1), CKR_SESSION_HANDLE_INVALID);
+		check ("the old session's number differs", old != fresh, CK_TRUE);
 		f->C_Finalize (NULL);
 		check ("C_Initialize after the restart", init (f), CKR_OK);
 		check ("sign after the restart", sign (f, 1), CKR_OK);
@@ -296,6 +343,56 @@ int main (int argc, char **argv)
 		}
 		printf ("ecdsa-p256 %.0f/s\nhmac-sha256-256B %.0f/s\n", ecdsa / bench_seconds, hmac / bench_seconds);
 		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "edparams") == 0) {
+		struct { CK_BBOOL ph; CK_ULONG n; CK_BYTE_PTR ctx; } pure = { CK_FALSE, 0, NULL }, ph = { CK_TRUE, 0, NULL },
+			ctx = { CK_FALSE, 3, (CK_BYTE_PTR) "abc" };
+		CK_MECHANISM m = { CKM_EDDSA, &pure, sizeof pure };
+		CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+		CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt } };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE key;
+		CK_ULONG count = 0, siglen;
+		CK_BYTE sig[64];
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		f->C_FindObjectsInit (s, tmpl, 2);
+		f->C_FindObjects (s, &key, 1, &count);
+		f->C_FindObjectsFinal (s);
+		check ("an Ed25519 key", count, 1);
+		check ("pure Ed25519 asked for", f->C_SignInit (s, &m, key), CKR_OK);
+		siglen = sizeof sig;
+		check ("signs", f->C_Sign (s, (CK_BYTE_PTR) "m", 1, sig, &siglen), CKR_OK);
+		check ("a 64-byte signature", siglen, 64);
+		m.pParameter = &ph;
+		check ("Ed25519ph", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
+		m.pParameter = &ctx;
+		check ("Ed25519ctx", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "slots") == 0) {
+		CK_SLOT_ID slots[4];
+		CK_ULONG n = 4;
+		CK_SESSION_HANDLE s0, s1;
+		CK_OBJECT_HANDLE k0, k1;
+		CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_GetSlotList", f->C_GetSlotList (CK_TRUE, slots, &n), CKR_OK);
+		check ("two slots with a token", n, 2);
+		if (n != 2)
+			return 1;
+		check ("open on slot 0", f->C_OpenSession (slots[0], CKF_SERIAL_SESSION, NULL, NULL, &s0), CKR_OK);
+		check ("open on slot 1", f->C_OpenSession (slots[1], CKF_SERIAL_SESSION, NULL, NULL, &s1), CKR_OK);
+		f->C_Login (s0, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+		f->C_Login (s1, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+		check ("a key on slot 0", first_ec_key (f, s0, &k0), CKR_OK);
+		check ("a key on slot 1", first_ec_key (f, s1, &k1), CKR_OK);
+		check ("slot 0 signs with its key", sign_once (f, s0, k0), CKR_OK);
+		check ("slot 1 signs with its key", sign_once (f, s1, k1), CKR_OK);
+		check ("slot 0's key in a session of slot 1", f->C_SignInit (s1, &mech, k0), CKR_KEY_HANDLE_INVALID);
+		check ("slot 1's key in a session of slot 0", f->C_SignInit (s0, &mech, k1), CKR_KEY_HANDLE_INVALID);
+		check ("destroying slot 0's key from slot 1", f->C_DestroyObject (s1, k0), CKR_OBJECT_HANDLE_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "nodaemon") == 0) {
 		CK_SLOT_ID slots[4];
 		CK_ULONG n = 4;
