@@ -727,6 +727,7 @@ func TestPKCS11Attacks(t *testing.T) {
 	if n != 10 {
 		t.Fatalf("%d attacks run, want 10:\n%s", n, out)
 	}
+	t.Logf("keywarden, through the module:\n%s", out)
 	softhsm := needTool(t, "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 	util := needTool(t, "softhsm2-util")
 	tokens := filepath.Join(e.dir, "softhsm")
