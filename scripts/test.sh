@@ -176,6 +176,7 @@ targets="$(cat <<'END'
 ./internal/sshagent FuzzUserauth
 ./internal/p11front FuzzHandle
 ./internal/transit FuzzRequest
+./e2e FuzzPKCS11ModuleReplies
 END
 )"
 

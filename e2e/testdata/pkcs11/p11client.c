@@ -13,6 +13,8 @@
  *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
  *                                   and a context are refused
+ *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
+ *                                   (the module must never crash on them)
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
@@ -114,6 +116,82 @@ out:
 }
 
 static int failed;
+
+/* workload makes calls of every kind the module decodes a reply of,
+ * ignoring what they return. */
+static void workload (CK_FUNCTION_LIST_PTR f)
+{
+	CK_SLOT_ID slots[8];
+	CK_ULONG n = 8, i, count = 0, len;
+	CK_SLOT_INFO si;
+	CK_TOKEN_INFO ti;
+	CK_MECHANISM_TYPE mechs[64];
+	CK_MECHANISM_INFO mi;
+	CK_SESSION_HANDLE s = 0;
+	CK_SESSION_INFO ssi;
+	CK_OBJECT_HANDLE objs[16];
+	CK_BYTE buf[600], out[600];
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 }, ed = { CKM_EDDSA, NULL, 0 };
+	CK_C_INITIALIZE_ARGS args;
+
+	memset (&args, 0, sizeof args);
+	args.flags = CKF_OS_LOCKING_OK;
+	memset (buf, 3, sizeof buf);
+	f->C_Initialize (&args);
+	f->C_GetSlotList (CK_TRUE, NULL, &n);
+	n = 8;
+	f->C_GetSlotList (CK_FALSE, slots, &n);
+	f->C_GetSlotInfo (0, &si);
+	f->C_GetTokenInfo (0, &ti);
+	len = 0;
+	f->C_GetMechanismList (0, NULL, &len);
+	len = 64;
+	f->C_GetMechanismList (0, mechs, &len);
+	len = 2;
+	f->C_GetMechanismList (0, mechs, &len);
+	f->C_GetMechanismInfo (0, CKM_ECDSA, &mi);
+	f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+	f->C_GetSessionInfo (s, &ssi);
+	f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+	f->C_FindObjectsInit (s, NULL, 0);
+	f->C_FindObjects (s, objs, 16, &count);
+	f->C_FindObjectsFinal (s);
+	if (count > 16)
+		count = 16;
+	for (i = 0; i < count; i++) {
+		CK_OBJECT_CLASS cls = 0;
+		CK_KEY_TYPE kt = 0;
+		CK_BBOOL sign = 0;
+		CK_BYTE label[8], id[64], point[128], value[64];
+		CK_ATTRIBUTE a[] = {
+			{ CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt }, { CKA_LABEL, NULL, 0 },
+			{ CKA_ID, id, sizeof id }, { CKA_SIGN, &sign, sizeof sign }, { CKA_EC_POINT, point, sizeof point },
+			{ CKA_VALUE, value, sizeof value }, { CKA_LABEL, label, sizeof label },
+		};
+		f->C_GetAttributeValue (s, objs[i], a, 8);
+		if (cls == CKO_PRIVATE_KEY) {
+			CK_MECHANISM *m = kt == CKK_EC_EDWARDS ? &ed : &ecdsa;
+			f->C_SignInit (s, m, objs[i]);
+			len = 0;
+			f->C_Sign (s, buf, 32, NULL, &len);
+			len = sizeof out;
+			f->C_Sign (s, buf, 32, out, &len);
+			f->C_SignInit (s, m, objs[i]);
+			len = 1;
+			f->C_Sign (s, buf, 32, out, &len);
+			len = sizeof out;
+			f->C_Sign (s, buf, 32, out, &len);
+		}
+	}
+	f->C_DigestInit (s, &sha);
+	f->C_DigestUpdate (s, buf, sizeof buf);
+	len = sizeof out;
+	f->C_DigestFinal (s, out, &len);
+	f->C_GenerateRandom (s, out, 32);
+	f->C_CloseSession (s);
+	f->C_CloseAllSessions (0);
+	f->C_Finalize (NULL);
+}
 
 /* first_ec_key finds the first EC private key of a session. */
 static CK_RV first_ec_key (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *key)
@@ -370,6 +448,11 @@ int main (int argc, char **argv)
 		m.pParameter = &ctx;
 		check ("Ed25519ctx", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "workload") == 0) {
+		int round;
+		for (round = 0; round < 2; round++)
+			workload (f);
+		return 0;
 	} else if (strcmp (argv[2], "slots") == 0) {
 		CK_SLOT_ID slots[4];
 		CK_ULONG n = 4;
