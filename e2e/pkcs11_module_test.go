@@ -3,17 +3,24 @@ package e2e_test
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/sha3"
+	"crypto/x509"
 	"encoding/hex"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/keywarden/keywarden/internal/wrap"
 )
 
 // What the module forwards that p11-kit's own client does not (Ed25519,
-// SHA-3, AES key wrap), and its slots: one per daemon socket.
+// SHA-3, AES and RSA-AES key wrap), and its slots: one per daemon socket.
 
 // edPublicKey returns the Ed25519 public key of the object labelled label
 // in out (pkcs11-tool -O): its CKA_EC_POINT, an OCTET STRING of 32 bytes.
@@ -148,4 +155,45 @@ func TestPKCS11Slots(t *testing.T) {
 		t.Fatalf("pkcs11-tool -L with one daemon stopped:\n%s", out)
 	}
 	a.tool(t, "--slot-index", "0", "-O")
+}
+
+// CKM_RSA_AES_KEY_WRAP: an Ed25519 key wrapped under an RSA public key and
+// unwrapped with its private key is the same key (what one signs the
+// other's public key verifies) and stays sensitive whatever the template
+// asks; a blob
+// made outside the daemon (RSA-OAEP SHA-256 of an AES key, RFC 5649 of an
+// HMAC key under it, as cloud KMS imports do) unwraps to a key that
+// computes the same HMAC as the key it carried; an AES-256 key under
+// RSA-3072 (a weaker key), AES-128 asked for wrapping, OAEP with SHA-1, a
+// key that is not wrappable, and the wrong kinds of wrapping and
+// unwrapping keys are refused.
+func TestPKCS11RSAAESKeyWrap(t *testing.T) {
+	e := p11Daemon(t, "rsa-3072 kek-rsa --usage wrap,unwrap", "ed25519 ed-w --wrappable", "ed25519 ed-fixed",
+		"aes256-gcm data1 --wrappable")
+	objs := e.tool(t, "-O")
+	der := filepath.Join(e.dir, "kek.der")
+	e.tool(t, "--read-object", "--type", "pubkey", "--id", idOf(t, objs, "kek-rsa"), "-o", der)
+	b, _ := os.ReadFile(der)
+	k, err := x509.ParsePKIXPublicKey(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hmacKey := bytes.Repeat([]byte{0x5a}, 32)
+	ek := bytes.Repeat([]byte{0x17}, 32)
+	enc, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, k.(*rsa.PublicKey), ek, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kwp, err := wrap.WrapKWP(ek, hmacKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := filepath.Join(e.dir, "blob")
+	os.WriteFile(blob, append(enc, kwp...), 0o644)
+	out := e.clientRun(t, "rsaaes", blob)
+	m := hmac.New(sha256.New, hmacKey)
+	m.Write([]byte("abc"))
+	if want := "tag: " + hex.EncodeToString(m.Sum(nil)); !strings.Contains(out, want+"\n") {
+		t.Fatalf("the unwrapped key's HMAC is not the carried key's (want %s):\n%s", want, out)
+	}
 }

@@ -126,7 +126,7 @@ static const char *const sigs[RPC_MAX][2] = {
 	[RPC_GenerateRandom] = {"ufy", "ay"},
 };
 
-/* ---- buffers (put with v NULL only makes room) ---------------------------------------------------------- */
+/* ---- buffers (put with v NULL only makes room) ------------------------ */
 
 struct buf {
 	unsigned char *p;
@@ -837,6 +837,23 @@ put_template (struct buf *b, CK_ATTRIBUTE_PTR t, CK_ULONG n)
 	return CKR_OK;
 }
 
+struct rsa_aes_key_wrap_params {
+	CK_ULONG ulAESKeyBits;
+	CK_RSA_PKCS_OAEP_PARAMS *pOAEPParams;
+};
+
+static CK_RV
+put_oaep (struct buf *b, const CK_RSA_PKCS_OAEP_PARAMS *p)
+{
+	if (p == NULL || (p->pSourceData == NULL && p->ulSourceDataLen != 0))
+		return CKR_MECHANISM_PARAM_INVALID;
+	put_u64 (b, p->hashAlg);
+	put_u64 (b, p->mgf);
+	put_u64 (b, p->source);
+	put_array (b, p->pSourceData, p->ulSourceDataLen);
+	return CKR_OK;
+}
+
 struct eddsa_params {
 	CK_BBOOL phFlag;
 	CK_ULONG ulContextDataLen;
@@ -866,16 +883,16 @@ put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
 		put_u64 (b, p->sLen);
 		return CKR_OK;
 	}
-	case CKM_RSA_PKCS_OAEP: {
-		CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
-		if (p == NULL || m->ulParameterLen != sizeof *p ||
-		    (p->pSourceData == NULL && p->ulSourceDataLen != 0))
+	case CKM_RSA_PKCS_OAEP:
+		if (m->ulParameterLen != sizeof (CK_RSA_PKCS_OAEP_PARAMS))
 			return CKR_MECHANISM_PARAM_INVALID;
-		put_u64 (b, p->hashAlg);
-		put_u64 (b, p->mgf);
-		put_u64 (b, p->source);
-		put_array (b, p->pSourceData, p->ulSourceDataLen);
-		return CKR_OK;
+		return put_oaep (b, m->pParameter);
+	case CKM_RSA_AES_KEY_WRAP: {
+		struct rsa_aes_key_wrap_params *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p)
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u64 (b, p->ulAESKeyBits);
+		return put_oaep (b, p->pOAEPParams);
 	}
 	case CKM_AES_GCM: {
 		CK_GCM_PARAMS *p = m->pParameter;

@@ -92,6 +92,7 @@ var mechanisms = map[uint64]mechInfo{
 	ckmRSAPKCSKeyPairGen: {2048, 4096, ckfMechGenerateKeyPair},
 	ckmAESKeyWrap:        {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
+	ckmRSAAESKeyWrap:     {2048, 4096, ckfMechWrap | ckfMechUnwrap},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {

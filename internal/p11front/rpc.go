@@ -201,6 +201,9 @@ type mechanism struct {
 	// bits (hashAlg).
 	hashAlg, mgf, extra uint64
 	source              []byte
+	// aesBits: for CKM_RSA_AES_KEY_WRAP, the ephemeral AES key's bits
+	// (its OAEP parameters are in hashAlg, mgf, extra and source).
+	aesBits uint64
 }
 
 // decoder reads a request body against its signature.
@@ -419,6 +422,14 @@ func (d *decoder) Mechanism() mechanism {
 		m.hasParam = true
 		return m
 	case ckmRSAPKCSOAEP:
+		m.hashAlg, m.mgf, m.extra = d.u64(), d.u64(), d.u64()
+		m.source, _ = d.array()
+		m.hasParam = true
+		return m
+	case ckmRSAAESKeyWrap:
+		// keywarden's module (no p11-kit release sends this one): the
+		// AES key's bits, then the OAEP parameters as for RSA-OAEP.
+		m.aesBits = d.u64()
 		m.hashAlg, m.mgf, m.extra = d.u64(), d.u64(), d.u64()
 		m.source, _ = d.array()
 		m.hasParam = true

@@ -15,12 +15,16 @@
  *                                   and a context are refused
  *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
  *                                   (the module must never crash on them)
+ *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
+ *                                   unwraps it again, refuses what it must; unwraps BLOB as an
+ *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
- *                                   ECDSA P-256 over a digest, HMAC-SHA-256 of 256 bytes
+ *                                   ECDSA P-256 over a digest, Ed25519 of 64 bytes, HMAC-SHA-256
+ *                                   and AES-256-GCM encryption of 256 bytes
  *
  * Signing uses the first EC private key with CKM_ECDSA over a SHA-256-long
  * digest, logging in with any PIN.
@@ -211,6 +215,22 @@ static CK_RV first_ec_key (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJEC
 	return rv;
 }
 
+/* find finds the object of class cls labelled label. */
+static CK_RV find (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label, CK_OBJECT_HANDLE *o)
+{
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_LABEL, (void *) label, strlen (label) } };
+	CK_ULONG count = 0;
+	CK_RV rv;
+
+	if ((rv = f->C_FindObjectsInit (s, tmpl, 2)) != CKR_OK)
+		return rv;
+	rv = f->C_FindObjects (s, o, 1, &count);
+	f->C_FindObjectsFinal (s);
+	if (rv == CKR_OK && count != 1)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	return rv;
+}
+
 /* sign_once signs a digest with an EC key. */
 static CK_RV sign_once (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
 {
@@ -246,7 +266,7 @@ static double bench_seconds;
 
 struct bench_result {
 	CK_RV rv;
-	long ecdsa, hmac;
+	long ecdsa, ed25519, hmac, gcm;
 };
 
 static double now (void)
@@ -256,25 +276,56 @@ static double now (void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* bench_op runs C_*Init and one call for bench_seconds; the count. */
+static long bench_op (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key,
+                      CK_BYTE_PTR in, CK_ULONG inlen, int encrypt, CK_RV *rv)
+{
+	CK_BYTE out[1024];
+	CK_ULONG outlen;
+	double end = now () + bench_seconds;
+	long n = 0;
+
+	while (now () < end) {
+		outlen = sizeof out;
+		if (encrypt) {
+			if ((*rv = f->C_EncryptInit (s, m, key)) != CKR_OK ||
+			    (*rv = f->C_Encrypt (s, in, inlen, out, &outlen)) != CKR_OK)
+				return n;
+		} else if ((*rv = f->C_SignInit (s, m, key)) != CKR_OK ||
+		           (*rv = f->C_Sign (s, in, inlen, out, &outlen)) != CKR_OK) {
+			return n;
+		}
+		n++;
+	}
+	return n;
+}
+
 static void *bench_worker (void *arg)
 {
 	struct bench_result *r = arg;
 	CK_FUNCTION_LIST_PTR f = shared;
 	CK_SLOT_ID slots[8];
-	CK_ULONG n = 8, siglen;
+	CK_ULONG n = 8;
 	CK_SESSION_HANDLE s;
 	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+	CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 	CK_ULONG len32 = 32;
 	CK_ATTRIBUTE pub[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE edpub[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
 	CK_ATTRIBUTE priv[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &yes, 1 } };
 	CK_ATTRIBUTE sec[] = { { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 },
 	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
-	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
-	CK_OBJECT_HANDLE pk, sk, mk;
-	CK_BYTE digest[32], data[256], out[128];
-	double end;
+	CK_ATTRIBUTE aes[] = { { CKA_ENCRYPT, &yes, 1 }, { CKA_DECRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
+	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 };
+	CK_MECHANISM secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 }, aesgen = { CKM_AES_KEY_GEN, NULL, 0 };
+	CK_BYTE iv[12] = { 0 };
+	CK_GCM_PARAMS gcmp = { iv, sizeof iv, 96, NULL, 0, 128 };
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 };
+	CK_MECHANISM gcm = { CKM_AES_GCM, &gcmp, sizeof gcmp };
+	CK_OBJECT_HANDLE pk, sk, epk, esk, mk, ak;
+	CK_BYTE digest[32], data[256];
 
 	memset (digest, 1, sizeof digest);
 	memset (data, 2, sizeof data);
@@ -290,25 +341,20 @@ static void *bench_worker (void *arg)
 	if (r->rv != CKR_OK && r->rv != CKR_USER_ALREADY_LOGGED_IN)
 		return NULL;
 	if ((r->rv = f->C_GenerateKeyPair (s, &ecgen, pub, 3, priv, 3, &pk, &sk)) != CKR_OK ||
-	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK)
+	    (r->rv = f->C_GenerateKeyPair (s, &edgen, edpub, 3, priv, 3, &epk, &esk)) != CKR_OK ||
+	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK ||
+	    (r->rv = f->C_GenerateKey (s, &aesgen, aes, 5, &ak)) != CKR_OK)
 		return NULL;
-	end = now () + bench_seconds;
-	while (now () < end) {
-		siglen = sizeof out;
-		if ((r->rv = f->C_SignInit (s, &ecdsa, sk)) != CKR_OK ||
-		    (r->rv = f->C_Sign (s, digest, sizeof digest, out, &siglen)) != CKR_OK)
-			return NULL;
-		r->ecdsa++;
-	}
-	end = now () + bench_seconds;
-	while (now () < end) {
-		siglen = sizeof out;
-		if ((r->rv = f->C_SignInit (s, &hmac, mk)) != CKR_OK ||
-		    (r->rv = f->C_Sign (s, data, sizeof data, out, &siglen)) != CKR_OK)
-			return NULL;
-		r->hmac++;
-	}
-	r->rv = CKR_OK;
+	r->ecdsa = bench_op (f, s, &ecdsa, sk, digest, sizeof digest, 0, &r->rv);
+	if (r->rv != CKR_OK)
+		return NULL;
+	r->ed25519 = bench_op (f, s, &eddsa, esk, data, 64, 0, &r->rv);
+	if (r->rv != CKR_OK)
+		return NULL;
+	r->hmac = bench_op (f, s, &hmac, mk, data, sizeof data, 0, &r->rv);
+	if (r->rv != CKR_OK)
+		return NULL;
+	r->gcm = bench_op (f, s, &gcm, ak, data, sizeof data, 1, &r->rv);
 	return NULL;
 }
 
@@ -403,7 +449,7 @@ int main (int argc, char **argv)
 		int threads = atoi (argv[5]), i;
 		pthread_t th[64];
 		struct bench_result res[64];
-		long ecdsa = 0, hmac = 0;
+		long ecdsa = 0, ed = 0, hmac = 0, gcm = 0;
 		bench_pin = argv[3];
 		bench_seconds = atof (argv[4]);
 		if (threads < 1 || threads > 64)
@@ -417,9 +463,12 @@ int main (int argc, char **argv)
 			pthread_join (th[i], NULL);
 			check ("thread", res[i].rv, CKR_OK);
 			ecdsa += res[i].ecdsa;
+			ed += res[i].ed25519;
 			hmac += res[i].hmac;
+			gcm += res[i].gcm;
 		}
-		printf ("ecdsa-p256 %.0f/s\nhmac-sha256-256B %.0f/s\n", ecdsa / bench_seconds, hmac / bench_seconds);
+		printf ("ecdsa-p256 %.0f/s\ned25519 %.0f/s\nhmac-sha256-256B %.0f/s\naes-gcm-256B %.0f/s\n", ecdsa / bench_seconds,
+		        ed / bench_seconds, hmac / bench_seconds, gcm / bench_seconds);
 		f->C_Finalize (NULL);
 	} else if (strcmp (argv[2], "edparams") == 0) {
 		struct { CK_BBOOL ph; CK_ULONG n; CK_BYTE_PTR ctx; } pure = { CK_FALSE, 0, NULL }, ph = { CK_TRUE, 0, NULL },
@@ -453,6 +502,71 @@ int main (int argc, char **argv)
 		for (round = 0; round < 2; round++)
 			workload (f);
 		return 0;
+	} else if (strcmp (argv[2], "rsaaes") == 0 && argc == 4) {
+		CK_RSA_PKCS_OAEP_PARAMS oaep = { CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0 };
+		CK_RSA_PKCS_OAEP_PARAMS oaep1 = { CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0 };
+		struct { CK_ULONG bits; CK_RSA_PKCS_OAEP_PARAMS *oaep; } p = { 256, &oaep };
+		CK_MECHANISM m = { CKM_RSA_AES_KEY_WRAP, &p, sizeof p };
+		CK_MECHANISM eddsa = { CKM_EDDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pk = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE ed = CKK_EC_EDWARDS, gen = CKK_GENERIC_SECRET;
+		CK_ULONG len32 = 32;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_ATTRIBUTE edt[] = { { CKA_CLASS, &pk, sizeof pk }, { CKA_KEY_TYPE, &ed, sizeof ed },
+			{ CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE hmt[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 } };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE pub, priv, edw, edwpub, edfixed, data1, back, mk;
+		CK_BYTE blob[2048], sig[64], tag[32], value[64], in[2048];
+		CK_ULONG bloblen = sizeof blob, siglen = sizeof sig, taglen = sizeof tag, i;
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		FILE *fp;
+		size_t inlen;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("kek-rsa's public key", find (f, s, CKO_PUBLIC_KEY, "kek-rsa", &pub), CKR_OK);
+		check ("kek-rsa's private key", find (f, s, CKO_PRIVATE_KEY, "kek-rsa", &priv), CKR_OK);
+		check ("ed-w", find (f, s, CKO_PRIVATE_KEY, "ed-w", &edw), CKR_OK);
+		check ("ed-w's public key", find (f, s, CKO_PUBLIC_KEY, "ed-w", &edwpub), CKR_OK);
+		check ("ed-fixed", find (f, s, CKO_PRIVATE_KEY, "ed-fixed", &edfixed), CKR_OK);
+		check ("data1", find (f, s, CKO_SECRET_KEY, "data1", &data1), CKR_OK);
+		check ("wrap ed-w", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_OK);
+		check ("a blob longer than the RSA block", bloblen > 384, CK_TRUE);
+		check ("unwrap it", f->C_UnwrapKey (s, &m, priv, blob, bloblen, edt, 5, &back), CKR_OK);
+		check ("the copy's value, asked not sensitive", f->C_GetAttributeValue (s, back, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("the copy signs", f->C_SignInit (s, &eddsa, back), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "same key", 8, sig, &siglen), CKR_OK);
+		check ("ed-w's public key verifies it", f->C_VerifyInit (s, &eddsa, edwpub), CKR_OK);
+		check ("", f->C_Verify (s, (CK_BYTE_PTR) "same key", 8, sig, siglen), CKR_OK);
+		bloblen = sizeof blob;
+		check ("wrap an AES-256 key under RSA-3072 (weaker)", f->C_WrapKey (s, &m, pub, data1, blob, &bloblen) != CKR_OK, CK_TRUE);
+		bloblen = sizeof blob;
+		check ("wrap a key that is not wrappable", f->C_WrapKey (s, &m, pub, edfixed, blob, &bloblen) != CKR_OK, CK_TRUE);
+		p.bits = 128;
+		bloblen = sizeof blob;
+		check ("wrap with AES-128 asked", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_MECHANISM_PARAM_INVALID);
+		p.bits = 256;
+		p.oaep = &oaep1;
+		bloblen = sizeof blob;
+		check ("wrap with OAEP SHA-1", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_MECHANISM_PARAM_INVALID);
+		p.oaep = &oaep;
+		check ("unwrap with the public key", f->C_UnwrapKey (s, &m, pub, blob, 296, edt, 5, &back), CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+		bloblen = sizeof blob;
+		check ("wrap under data1 (not RSA)", f->C_WrapKey (s, &m, data1, edw, blob, &bloblen), CKR_WRAPPING_KEY_HANDLE_INVALID);
+		fp = fopen (argv[3], "rb");
+		inlen = fp ? fread (in, 1, sizeof in, fp) : 0;
+		if (fp)
+			fclose (fp);
+		check ("unwrap the blob made outside", f->C_UnwrapKey (s, &m, priv, in, inlen, hmt, 4, &mk), CKR_OK);
+		check ("HMAC with it", f->C_SignInit (s, &hmac, mk), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
+		printf ("tag: ");
+		for (i = 0; i < taglen; i++)
+			printf ("%02x", tag[i]);
+		printf ("\n");
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "slots") == 0) {
 		CK_SLOT_ID slots[4];
 		CK_ULONG n = 4;
