@@ -105,7 +105,8 @@ clean:
 	rm -rf bin
 
 # bin/libkeywarden-pkcs11.so: the PKCS #11 module, a client of the
-# daemon's PKCS #11 socket written in C (docs/pkcs11.md). Needs a C
+# daemon's PKCS #11 socket written in C (docs/pkcs11.md); and
+# bin/keywarden-p11bench, the C host keywarden bench --pkcs11 runs. Needs a C
 # compiler and p11-kit's pkcs11.h (libp11-kit-dev) to build; nothing but
 # libc at run time.
 .PHONY: pkcs11 install-pkcs11
@@ -117,6 +118,7 @@ pkcs11:
 	mkdir -p bin
 	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden -I$(P11KITINCLUDE) \
 		-o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -lpthread
+	$(CC) -O2 -Wall -Wextra -I$(P11KITINCLUDE) -o bin/keywarden-p11bench pkcs11/keywarden-p11bench.c -ldl -lpthread
 
 # The module in the multiarch PKCS #11 directory, and its p11-kit module
 # file (p11-kit list-modules then shows it).

@@ -20,6 +20,15 @@
  *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
+ *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
+ *                                   and a context are refused
+ *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
+ *                                   (the module must never crash on them)
+ *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
+ *                                   unwraps it again, refuses what it must; unwraps BLOB as an
+ *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
+ *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
+ *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
@@ -36,7 +45,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -260,104 +268,6 @@ static void *worker (void *arg)
 	return (void *) (long) sign (shared, 50);
 }
 
-/* The bench mode. */
-static const char *bench_pin;
-static double bench_seconds;
-
-struct bench_result {
-	CK_RV rv;
-	long ecdsa, ed25519, hmac, gcm;
-};
-
-static double now (void)
-{
-	struct timespec ts;
-	clock_gettime (CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* bench_op runs C_*Init and one call for bench_seconds; the count. */
-static long bench_op (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key,
-                      CK_BYTE_PTR in, CK_ULONG inlen, int encrypt, CK_RV *rv)
-{
-	CK_BYTE out[1024];
-	CK_ULONG outlen;
-	double end = now () + bench_seconds;
-	long n = 0;
-
-	while (now () < end) {
-		outlen = sizeof out;
-		if (encrypt) {
-			if ((*rv = f->C_EncryptInit (s, m, key)) != CKR_OK ||
-			    (*rv = f->C_Encrypt (s, in, inlen, out, &outlen)) != CKR_OK)
-				return n;
-		} else if ((*rv = f->C_SignInit (s, m, key)) != CKR_OK ||
-		           (*rv = f->C_Sign (s, in, inlen, out, &outlen)) != CKR_OK) {
-			return n;
-		}
-		n++;
-	}
-	return n;
-}
-
-static void *bench_worker (void *arg)
-{
-	struct bench_result *r = arg;
-	CK_FUNCTION_LIST_PTR f = shared;
-	CK_SLOT_ID slots[8];
-	CK_ULONG n = 8;
-	CK_SESSION_HANDLE s;
-	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
-	CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_ULONG len32 = 32;
-	CK_ATTRIBUTE pub[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
-	CK_ATTRIBUTE edpub[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
-	CK_ATTRIBUTE priv[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_ATTRIBUTE sec[] = { { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 },
-	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_ATTRIBUTE aes[] = { { CKA_ENCRYPT, &yes, 1 }, { CKA_DECRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 },
-	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 };
-	CK_MECHANISM secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 }, aesgen = { CKM_AES_KEY_GEN, NULL, 0 };
-	CK_BYTE iv[12] = { 0 };
-	CK_GCM_PARAMS gcmp = { iv, sizeof iv, 96, NULL, 0, 128 };
-	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 };
-	CK_MECHANISM gcm = { CKM_AES_GCM, &gcmp, sizeof gcmp };
-	CK_OBJECT_HANDLE pk, sk, epk, esk, mk, ak;
-	CK_BYTE digest[32], data[256];
-
-	memset (digest, 1, sizeof digest);
-	memset (data, 2, sizeof data);
-	if ((r->rv = f->C_GetSlotList (CK_TRUE, slots, &n)) != CKR_OK)
-		return NULL;
-	if (n == 0) {
-		r->rv = CKR_TOKEN_NOT_PRESENT;
-		return NULL;
-	}
-	if ((r->rv = f->C_OpenSession (slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK)
-		return NULL;
-	r->rv = f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) bench_pin, strlen (bench_pin));
-	if (r->rv != CKR_OK && r->rv != CKR_USER_ALREADY_LOGGED_IN)
-		return NULL;
-	if ((r->rv = f->C_GenerateKeyPair (s, &ecgen, pub, 3, priv, 3, &pk, &sk)) != CKR_OK ||
-	    (r->rv = f->C_GenerateKeyPair (s, &edgen, edpub, 3, priv, 3, &epk, &esk)) != CKR_OK ||
-	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK ||
-	    (r->rv = f->C_GenerateKey (s, &aesgen, aes, 5, &ak)) != CKR_OK)
-		return NULL;
-	r->ecdsa = bench_op (f, s, &ecdsa, sk, digest, sizeof digest, 0, &r->rv);
-	if (r->rv != CKR_OK)
-		return NULL;
-	r->ed25519 = bench_op (f, s, &eddsa, esk, data, 64, 0, &r->rv);
-	if (r->rv != CKR_OK)
-		return NULL;
-	r->hmac = bench_op (f, s, &hmac, mk, data, sizeof data, 0, &r->rv);
-	if (r->rv != CKR_OK)
-		return NULL;
-	r->gcm = bench_op (f, s, &gcm, ak, data, sizeof data, 1, &r->rv);
-	return NULL;
-}
-
 int main (int argc, char **argv)
 {
 	void *h;
@@ -444,31 +354,6 @@ int main (int argc, char **argv)
 		f->C_Finalize (NULL);
 		check ("C_Initialize after the restart", init (f), CKR_OK);
 		check ("sign after the restart", sign (f, 1), CKR_OK);
-		f->C_Finalize (NULL);
-	} else if (strcmp (argv[2], "bench") == 0 && argc == 6) {
-		int threads = atoi (argv[5]), i;
-		pthread_t th[64];
-		struct bench_result res[64];
-		long ecdsa = 0, ed = 0, hmac = 0, gcm = 0;
-		bench_pin = argv[3];
-		bench_seconds = atof (argv[4]);
-		if (threads < 1 || threads > 64)
-			return 2;
-		check ("C_Initialize", init (f), CKR_OK);
-		shared = f;
-		memset (res, 0, sizeof res);
-		for (i = 0; i < threads; i++)
-			pthread_create (&th[i], NULL, bench_worker, &res[i]);
-		for (i = 0; i < threads; i++) {
-			pthread_join (th[i], NULL);
-			check ("thread", res[i].rv, CKR_OK);
-			ecdsa += res[i].ecdsa;
-			ed += res[i].ed25519;
-			hmac += res[i].hmac;
-			gcm += res[i].gcm;
-		}
-		printf ("ecdsa-p256 %.0f/s\ned25519 %.0f/s\nhmac-sha256-256B %.0f/s\naes-gcm-256B %.0f/s\n", ecdsa / bench_seconds,
-		        ed / bench_seconds, hmac / bench_seconds, gcm / bench_seconds);
 		f->C_Finalize (NULL);
 	} else if (strcmp (argv[2], "edparams") == 0) {
 		struct { CK_BBOOL ph; CK_ULONG n; CK_BYTE_PTR ctx; } pure = { CK_FALSE, 0, NULL }, ph = { CK_TRUE, 0, NULL },
