@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
@@ -195,5 +196,25 @@ func TestPKCS11RSAAESKeyWrap(t *testing.T) {
 	m.Write([]byte("abc"))
 	if want := "tag: " + hex.EncodeToString(m.Sum(nil)); !strings.Contains(out, want+"\n") {
 		t.Fatalf("the unwrapped key's HMAC is not the carried key's (want %s):\n%s", want, out)
+	}
+}
+
+// CKM_HKDF_DERIVE: an HMAC key derived from one imported with a known
+// value is RFC 5869's HKDF of it (its HMAC of "abc" is the one Go computes
+// from HKDF-SHA-256 of the known key) and is sensitive as its parent;
+// and the refusals hold: a child asked exportable or wrappable (more than
+// its parent), no derive usage, a private key asked for, an AES parent,
+// extract only, a salt key, SHA-1, ECB.
+func TestPKCS11HKDFDerive(t *testing.T) {
+	e := p11Daemon(t)
+	out := e.clientRun(t, "hkdf")
+	child, err := hkdf.Key(sha256.New, bytes.Repeat([]byte{0x5a}, 32), []byte("salt"), "info", 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := hmac.New(sha256.New, child)
+	m.Write([]byte("abc"))
+	if want := "tag: " + hex.EncodeToString(m.Sum(nil)); !strings.Contains(out, want+"\n") {
+		t.Fatalf("the derived key is not HKDF's (want %s):\n%s", want, out)
 	}
 }

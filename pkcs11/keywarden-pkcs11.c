@@ -854,6 +854,20 @@ put_oaep (struct buf *b, const CK_RSA_PKCS_OAEP_PARAMS *p)
 	return CKR_OK;
 }
 
+/* CK_HKDF_PARAMS (PKCS #11 3.0). */
+struct hkdf_params {
+	CK_BBOOL bExtract;
+	CK_BBOOL bExpand;
+	CK_MECHANISM_TYPE prfHashMechanism;
+	CK_ULONG ulSaltType;
+	CK_BYTE_PTR pSalt;
+	CK_ULONG ulSaltLen;
+	CK_OBJECT_HANDLE hSaltKey;
+	CK_BYTE_PTR pInfo;
+	CK_ULONG ulInfoLen;
+};
+#define CKM_HKDF_DERIVE_ 0x402aUL
+
 struct eddsa_params {
 	CK_BBOOL phFlag;
 	CK_ULONG ulContextDataLen;
@@ -903,6 +917,22 @@ put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
 		put_u64 (b, p->ulIvBits);
 		put_array (b, p->pAAD, p->ulAADLen);
 		put_u64 (b, p->ulTagBits);
+		return CKR_OK;
+	}
+	case CKM_HKDF_DERIVE_: {
+		/* A salt key is not offered (the daemon refuses one); its
+		 * handle is not sent. */
+		struct hkdf_params *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p || p->hSaltKey != 0 ||
+		    (p->pSalt == NULL && p->ulSaltLen != 0) || (p->pInfo == NULL && p->ulInfoLen != 0))
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u8 (b, p->bExtract ? 1 : 0);
+		put_u8 (b, p->bExpand ? 1 : 0);
+		put_u64 (b, p->prfHashMechanism);
+		put_u64 (b, p->ulSaltType);
+		put_array (b, p->pSalt, p->ulSaltLen);
+		put_u64 (b, 0);
+		put_array (b, p->pInfo, p->ulInfoLen);
 		return CKR_OK;
 	}
 	case CKM_EDDSA: {

@@ -93,6 +93,7 @@ var mechanisms = map[uint64]mechInfo{
 	ckmAESKeyWrap:        {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmRSAAESKeyWrap:     {2048, 4096, ckfMechWrap | ckfMechUnwrap},
+	ckmHKDFDerive:        {32, 64, ckfMechDerive},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {

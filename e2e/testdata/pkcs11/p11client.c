@@ -18,6 +18,9 @@
  *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
  *                                   unwraps it again, refuses what it must; unwraps BLOB as an
  *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
+ *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
+ *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
+ *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
@@ -27,6 +30,9 @@
  *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
  *                                   unwraps it again, refuses what it must; unwraps BLOB as an
  *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
+ *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
+ *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
+ *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
@@ -451,6 +457,68 @@ int main (int argc, char **argv)
 		for (i = 0; i < taglen; i++)
 			printf ("%02x", tag[i]);
 		printf ("\n");
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "hkdf") == 0) {
+		struct {
+			CK_BBOOL extract, expand;
+			CK_MECHANISM_TYPE prf;
+			CK_ULONG salt_type;
+			CK_BYTE_PTR salt;
+			CK_ULONG salt_len;
+			CK_OBJECT_HANDLE salt_key;
+			CK_BYTE_PTR info;
+			CK_ULONG info_len;
+		} p = { CK_TRUE, CK_TRUE, CKM_SHA256, 2, (CK_BYTE_PTR) "salt", 4, 0, (CK_BYTE_PTR) "info", 4 };
+		CK_MECHANISM m = { 0x402a /* CKM_HKDF_DERIVE */, &p, sizeof p }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+		CK_MECHANISM agen = { CKM_AES_KEY_GEN, NULL, 0 };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pk = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE gen = CKK_GENERIC_SECRET, aes = CKK_AES;
+		CK_ULONG len32 = 32, taglen = 32, i;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_BYTE k[32], tag[32], value[64];
+		CK_ATTRIBUTE parent[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE, k, sizeof k }, { CKA_SIGN, &yes, 1 }, { CKA_DERIVE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE noderive[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE, k, sizeof k }, { CKA_SIGN, &yes, 1 }, { CKA_DERIVE, &no, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE child[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+			{ CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 } };
+		CK_ULONG nchild = 5; /* without the last two: asking them is a relaxation */
+		CK_ATTRIBUTE aesc[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &aes, sizeof aes }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE privc[] = { { CKA_CLASS, &pk, sizeof pk }, { CKA_KEY_TYPE, &gen, sizeof gen }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE base, nd, ck, ak, x;
+		memset (k, 0x5a, sizeof k);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("import the parent", f->C_CreateObject (s, parent, 6, &base), CKR_OK);
+		check ("import one without derive", f->C_CreateObject (s, noderive, 6, &nd), CKR_OK);
+		check ("a child asked exportable and wrappable", f->C_DeriveKey (s, &m, base, child, 7, &x), CKR_TEMPLATE_INCONSISTENT);
+		check ("derive an HMAC key", f->C_DeriveKey (s, &m, base, child, nchild, &ck), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, ck, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("HMAC with it", f->C_SignInit (s, &hmac, ck), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
+		printf ("tag: ");
+		for (i = 0; i < taglen; i++)
+			printf ("%02x", tag[i]);
+		printf ("\n");
+		check ("an AES key", f->C_GenerateKey (s, &agen, aesc, 3, &ak), CKR_OK);
+		check ("from a key without the derive usage", f->C_DeriveKey (s, &m, nd, child, nchild, &x) != CKR_OK, CK_TRUE);
+		check ("a private key asked for", f->C_DeriveKey (s, &m, base, privc, 3, &x), CKR_TEMPLATE_INCONSISTENT);
+		check ("from an AES key", f->C_DeriveKey (s, &m, ak, child, nchild, &x), CKR_KEY_TYPE_INCONSISTENT);
+		p.expand = CK_FALSE;
+		check ("extract only", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.expand = CK_TRUE;
+		p.salt_type = 4;
+		check ("a salt key", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.salt_type = 2;
+		p.prf = CKM_SHA_1;
+		check ("SHA-1", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.prf = CKM_SHA256;
+		m.mechanism = CKM_AES_ECB_ENCRYPT_DATA;
+		check ("an ECB derivation", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "slots") == 0) {
 		CK_SLOT_ID slots[4];
