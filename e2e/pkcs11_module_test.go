@@ -218,3 +218,15 @@ func TestPKCS11HKDFDerive(t *testing.T) {
 		t.Fatalf("the derived key is not HKDF's (want %s):\n%s", want, out)
 	}
 }
+
+// C_CopyObject cannot relax a key's sticky attributes: the daemon offers
+// no copy (CKR_FUNCTION_NOT_SUPPORTED), so a copy asking a sensitive key
+// to be exportable and wrappable is refused, as is a plain copy, and the
+// key stays as it was.
+func TestPKCS11CopyObjectRelaxesNothing(t *testing.T) {
+	e := p11Daemon(t, "aes256-gcm aes1")
+	out := e.clientRun(t, "copy")
+	if !strings.Contains(out, "copy asking exportable and wrappable: rv 0x54\n") {
+		t.Fatalf("C_CopyObject is not CKR_FUNCTION_NOT_SUPPORTED:\n%s", out)
+	}
+}

@@ -21,6 +21,8 @@
  *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
  *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
  *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
+ *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
+ *                                   wrappable, or with nothing asked: refused; aes1 unchanged
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
@@ -33,6 +35,8 @@
  *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
  *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
  *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
+ *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
+ *                                   wrappable, or with nothing asked: refused; aes1 unchanged
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
@@ -519,6 +523,29 @@ int main (int argc, char **argv)
 		p.prf = CKM_SHA256;
 		m.mechanism = CKM_AES_ECB_ENCRYPT_DATA;
 		check ("an ECB derivation", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "copy") == 0) {
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE, sens = CK_FALSE, extr = CK_TRUE;
+		CK_ATTRIBUTE relax[] = { { CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE after[] = { { CKA_SENSITIVE, &sens, 1 }, { CKA_EXTRACTABLE, &extr, 1 } };
+		CK_BYTE value[64];
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE k, x = 0;
+		CK_RV rv;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("aes1", find (f, s, CKO_SECRET_KEY, "aes1", &k), CKR_OK);
+		rv = f->C_CopyObject (s, k, relax, 3, &x);
+		printf ("copy asking exportable and wrappable: rv 0x%lx\n", (unsigned long) rv);
+		check ("copy asking exportable and wrappable refused", rv != CKR_OK, CK_TRUE);
+		if (rv == CKR_OK)
+			check ("the copy's value", f->C_GetAttributeValue (s, x, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("a plain copy refused", f->C_CopyObject (s, k, NULL, 0, &x) != CKR_OK, CK_TRUE);
+		check ("aes1's attributes", f->C_GetAttributeValue (s, k, after, 2), CKR_OK);
+		check ("aes1 still sensitive and not extractable", sens == CK_TRUE && extr == CK_FALSE, CK_TRUE);
+		check ("aes1's value", f->C_GetAttributeValue (s, k, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "slots") == 0) {
 		CK_SLOT_ID slots[4];
