@@ -579,6 +579,7 @@ static CK_RV
 start_slot (struct call *c, int id, CK_SLOT_ID slot)
 {
 	struct slot *s;
+	CK_ULONG daemon_id;
 	CK_RV rv;
 
 	memset (c, 0, sizeof *c);
@@ -592,12 +593,13 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	s = &c->m->slots[slot];
 	pthread_mutex_lock (&s->lock);
 	rv = connect_slot (s);
-	c->conn = s->conn;
+	c->conn = s->conn & 0xffffff;
+	daemon_id = s->daemon_id;
 	pthread_mutex_unlock (&s->lock);
 	if (rv != CKR_OK)
 		return rv;
 	begin (&c->req, id);
-	put_u64 (&c->req, s->daemon_id);
+	put_u64 (&c->req, daemon_id);
 	return CKR_OK;
 }
 
