@@ -23,6 +23,13 @@ import (
 // built with them, makes calls of every kind (p11client workload). The
 // host may get any return value; it must not crash, read or write out of
 // bounds, or hang.
+//
+// Each input starts a daemon and a sanitized host (a second or more on a
+// loaded machine, beyond the fuzzing engine's 10 s hang limit at times),
+// so the seeds run with every go test of this package and the fuzzing
+// is run by hand, for minutes:
+//
+//	go test -run=NONE -fuzz=FuzzPKCS11ModuleReplies -fuzztime=10m ./e2e
 func FuzzPKCS11ModuleReplies(f *testing.F) {
 	mod, host := p11Sanitized(f)
 	for _, seed := range [][]byte{

@@ -176,7 +176,6 @@ targets="$(cat <<'END'
 ./internal/sshagent FuzzUserauth
 ./internal/p11front FuzzHandle
 ./internal/transit FuzzRequest
-./e2e FuzzPKCS11ModuleReplies
 END
 )"
 
