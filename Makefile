@@ -104,18 +104,21 @@ bench: build
 clean:
 	rm -rf bin
 
-# bin/libkeywarden-pkcs11.so: the PKCS #11 module, p11-kit's client
-# module pointed at the daemon's PKCS #11 socket (docs/pkcs11.md). Needs a
-# C compiler; p11-kit-client.so (Debian's p11-kit-modules) at run time.
+# bin/libkeywarden-pkcs11.so: the PKCS #11 module, a client of the
+# daemon's PKCS #11 socket written in C (docs/pkcs11.md); and
+# bin/keywarden-p11bench, the C host keywarden bench --pkcs11 runs. Needs a C
+# compiler and p11-kit's pkcs11.h (libp11-kit-dev) to build; nothing but
+# libc at run time.
 .PHONY: pkcs11 install-pkcs11
 MULTIARCH ?= $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 PKCS11DIR ?= /usr/lib/$(MULTIARCH)/pkcs11
-P11KITCLIENT ?= $(PKCS11DIR)/p11-kit-client.so
 P11KITMODULEDIR ?= /usr/share/p11-kit/modules
+P11KITINCLUDE ?= /usr/include/p11-kit-1
 pkcs11:
 	mkdir -p bin
-	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden \
-		-DP11_KIT_CLIENT='"$(P11KITCLIENT)"' -o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -ldl -lpthread
+	$(CC) -O2 -Wall -Wextra -fPIC -shared -fvisibility=hidden -I$(P11KITINCLUDE) \
+		-o bin/libkeywarden-pkcs11.so pkcs11/keywarden-pkcs11.c -lpthread
+	$(CC) -O2 -Wall -Wextra -I$(P11KITINCLUDE) -o bin/keywarden-p11bench pkcs11/keywarden-p11bench.c -ldl -lpthread
 
 # The module in the multiarch PKCS #11 directory, and its p11-kit module
 # file (p11-kit list-modules then shows it).

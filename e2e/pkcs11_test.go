@@ -20,11 +20,10 @@ import (
 // The PKCS #11 tests drive the daemon's PKCS #11 front with the programs
 // people use: OpenSC's pkcs11-tool, OpenSSL with libp11's engine,
 // OpenSSH's ssh-keygen and GnuTLS's p11tool, all through
-// libkeywarden-pkcs11.so built from pkcs11/ (p11-kit's client module). A
+// libkeywarden-pkcs11.so built from pkcs11/ (the module speaks the
+// front's protocol itself; p11-kit's own client is not involved). A
 // missing program skips its test, or fails it when KEYWARDEN_PKCS11_TEST
 // is "require" (scripts/test.sh installs them).
-
-const p11ClientPath = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 
 // needTool skips or fails a test that needs the program or file at path.
 func needTool(t *testing.T, path string) string {
@@ -40,7 +39,7 @@ func needTool(t *testing.T, path string) string {
 	}
 	if p == "" {
 		if os.Getenv("KEYWARDEN_PKCS11_TEST") == "require" {
-			t.Fatalf("%s is missing (apt-get install opensc p11-kit-modules libengine-pkcs11-openssl gnutls-bin)", path)
+			t.Fatalf("%s is missing (apt-get install opensc libp11-kit-dev libengine-pkcs11-openssl gnutls-bin)", path)
 		}
 		t.Skipf("%s is missing", path)
 	}
@@ -57,7 +56,7 @@ var (
 func pkcs11Module(t *testing.T) string {
 	t.Helper()
 	needTool(t, "cc")
-	needTool(t, p11ClientPath)
+	needTool(t, "/usr/include/p11-kit-1/p11-kit/pkcs11.h")
 	p11ModOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "keywarden-pkcs11-")
 		if err != nil {
@@ -68,8 +67,8 @@ func pkcs11Module(t *testing.T) string {
 		_, file, _, _ := runtime.Caller(0)
 		src := filepath.Join(filepath.Dir(file), "..", "pkcs11", "keywarden-pkcs11.c")
 		p11Mod = filepath.Join(dir, "libkeywarden-pkcs11.so")
-		out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden",
-			`-DP11_KIT_CLIENT="`+p11ClientPath+`"`, "-o", p11Mod, src, "-ldl", "-lpthread").CombinedOutput()
+		out, err := exec.Command("cc", "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-fvisibility=hidden",
+			"-I/usr/include/p11-kit-1", "-o", p11Mod, src, "-lpthread").CombinedOutput()
 		if err != nil {
 			p11ModErr = fmt.Errorf("building the module: %v\n%s", err, out)
 		}
@@ -489,6 +488,37 @@ func p11Attacks(t *testing.T) string {
 	return p11AttacksBin
 }
 
+var (
+	p11BenchOnce sync.Once
+	p11BenchBin  string
+	p11BenchErr  error
+)
+
+// p11BenchHost builds pkcs11/keywarden-p11bench.c once.
+func p11BenchHost(t *testing.T) string {
+	t.Helper()
+	needTool(t, "cc")
+	needTool(t, "/usr/include/p11-kit-1/p11-kit/pkcs11.h")
+	p11BenchOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keywarden-p11bench-")
+		if err != nil {
+			p11BenchErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		p11BenchBin = filepath.Join(dir, "keywarden-p11bench")
+		out, err := exec.Command("cc", "-O2", "-Wall", "-Wextra", "-Werror", "-I/usr/include/p11-kit-1", "-o", p11BenchBin,
+			"../pkcs11/keywarden-p11bench.c", "-ldl", "-lpthread").CombinedOutput()
+		if err != nil {
+			p11BenchErr = fmt.Errorf("building keywarden-p11bench: %v\n%s", err, out)
+		}
+	})
+	if p11BenchErr != nil {
+		t.Fatal(p11BenchErr)
+	}
+	return p11BenchBin
+}
+
 // clientRun runs p11client with args and fails the test on a failed check.
 func (e *p11Env) clientRun(t *testing.T, args ...string) string {
 	t.Helper()
@@ -629,7 +659,7 @@ func TestPKCS11Bench(t *testing.T) {
 	}
 	for _, threads := range []string{"1", "4"} {
 		for _, m := range []struct{ name, mod, pin string }{{"keywarden", e.mod, "any"}, {"softhsm2", softhsm, "1234"}} {
-			out, code := e.run(t, nil, p11Client(t), m.mod, "bench", m.pin, "2", threads)
+			out, code := e.run(t, nil, p11BenchHost(t), m.mod, m.pin, "2", threads)
 			if code != 0 {
 				t.Fatalf("%s: %s", m.name, out)
 			}
@@ -728,6 +758,7 @@ func TestPKCS11Attacks(t *testing.T) {
 	if n != 10 {
 		t.Fatalf("%d attacks run, want 10:\n%s", n, out)
 	}
+	t.Logf("keywarden, through the module:\n%s", out)
 	softhsm := needTool(t, "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 	util := needTool(t, "softhsm2-util")
 	tokens := filepath.Join(e.dir, "softhsm")

@@ -1,107 +1,1767 @@
 /*
  * libkeywarden-pkcs11.so: the PKCS #11 module of keywarden.
  *
- * The daemon serves PKCS #11 itself, in p11-kit's RPC protocol, on a Unix
- * socket (keywarden serve --pkcs11 PATH). This module is p11-kit's own
- * client module, p11-kit-client.so, pointed at that socket: p11-kit's
- * client already handles threads, fork, C_Finalize and C_Initialize again,
- * and a daemon that is not there. This file only chooses the socket:
+ * The daemon serves PKCS #11 itself on a Unix socket (keywarden serve
+ * --pkcs11 PATH), in p11-kit's RPC protocol (version 0). This module is a
+ * client of that protocol written for the daemon: every call is one
+ * request and one reply on the slot's connection, and every mechanism's
+ * parameter is sent in the form the daemon reads, so whatever the daemon
+ * offers (Ed25519, SHA-3, AES key wrap, ...) works through it, whatever
+ * p11-kit release the machine has.
  *
- *   $KEYWARDEN_PKCS11_SOCKET, else /run/keywarden/pkcs11.sock when it
- *   exists, else $XDG_RUNTIME_DIR/keywarden/pkcs11.sock.
+ * Slots: one per socket. $KEYWARDEN_PKCS11_SOCKET lists them, separated by
+ * ':' (slot 0 is the first); without it the one slot is
+ * /run/keywarden/pkcs11.sock when it exists, else
+ * $XDG_RUNTIME_DIR/keywarden/pkcs11.sock. A slot whose daemon does not
+ * answer shows no token.
  *
- * p11-kit-client.so reads its server's address from P11_KIT_SERVER_ADDRESS
- * once, in C_GetFunctionList; the variable is set for that call only and
- * then restored, so the host process's environment is left as it was.
- * (setenv is not safe against another thread reading the environment at
- * that moment; programs load modules before starting threads, or from one.)
+ * Handles: the daemon's handles are per connection. A session or object
+ * handle given to the caller carries its slot and the connection it was
+ * made on: (slot + 1) << 56 | connection << 32 | the daemon's handle. A
+ * handle of another slot, or of a connection that is gone (the daemon
+ * restarted), is refused here, never sent where it could name something
+ * else.
  *
- * The module holds no key and no PIN. It is C so that no language runtime
- * is loaded into the programs that use it.
+ * Threads: CKF_OS_LOCKING_OK (pthreads); one lock per connection, held for
+ * one request and its reply. Fork: the child's calls answer
+ * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which opens
+ * connections of its own (the daemon closes a connection another process
+ * writes on); the parent is unaffected. C_Finalize then C_Initialize and
+ * dlclose then dlopen work.
+ *
+ * The module holds no key and no PIN beyond one request. It is C so that
+ * no language runtime is loaded into the programs that use it.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
-#ifndef P11_KIT_CLIENT
-#define P11_KIT_CLIENT "p11-kit-client.so"
-#endif
+#include <p11-kit/pkcs11.h>
+
+#define EXPORT __attribute__((visibility ("default")))
+
+_Static_assert (sizeof (CK_ULONG) == 8, "handles are encoded in 64-bit CK_ULONGs");
 
 #define SYSTEM_SOCKET "/run/keywarden/pkcs11.sock"
-#define CKR_OK 0UL
-#define CKR_GENERAL_ERROR 5UL
-#define CKR_HOST_MEMORY 2UL
-#define CKR_ARGUMENTS_BAD 7UL
+#define MAX_SLOTS 16
+#define MAX_REPLY (64u << 20)
+#define HANDSHAKE "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
 
-typedef unsigned long ck_rv;
-typedef ck_rv (*get_function_list) (void **list);
+/* Call ids of the protocol, in its order. */
+enum {
+	RPC_ERROR, RPC_Initialize, RPC_Finalize, RPC_GetInfo, RPC_GetSlotList, RPC_GetSlotInfo,
+	RPC_GetTokenInfo, RPC_GetMechanismList, RPC_GetMechanismInfo, RPC_InitToken, RPC_OpenSession,
+	RPC_CloseSession, RPC_CloseAllSessions, RPC_GetSessionInfo, RPC_InitPIN, RPC_SetPIN,
+	RPC_GetOperationState, RPC_SetOperationState, RPC_Login, RPC_Logout, RPC_CreateObject,
+	RPC_CopyObject, RPC_DestroyObject, RPC_GetObjectSize, RPC_GetAttributeValue,
+	RPC_SetAttributeValue, RPC_FindObjectsInit, RPC_FindObjects, RPC_FindObjectsFinal,
+	RPC_EncryptInit, RPC_Encrypt, RPC_EncryptUpdate, RPC_EncryptFinal, RPC_DecryptInit,
+	RPC_Decrypt, RPC_DecryptUpdate, RPC_DecryptFinal, RPC_DigestInit, RPC_Digest,
+	RPC_DigestUpdate, RPC_DigestKey, RPC_DigestFinal, RPC_SignInit, RPC_Sign, RPC_SignUpdate,
+	RPC_SignFinal, RPC_SignRecoverInit, RPC_SignRecover, RPC_VerifyInit, RPC_Verify,
+	RPC_VerifyUpdate, RPC_VerifyFinal, RPC_VerifyRecoverInit, RPC_VerifyRecover,
+	RPC_DigestEncryptUpdate, RPC_DecryptDigestUpdate, RPC_SignEncryptUpdate,
+	RPC_DecryptVerifyUpdate, RPC_GenerateKey, RPC_GenerateKeyPair, RPC_WrapKey, RPC_UnwrapKey,
+	RPC_DeriveKey, RPC_SeedRandom, RPC_GenerateRandom, RPC_WaitForSlotEvent, RPC_MAX
+};
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static void *client;
+/* The signatures of requests and replies (the daemon checks them). */
+static const char *const sigs[RPC_MAX][2] = {
+	[RPC_ERROR] = {"", "u"},
+	[RPC_Initialize] = {"ayyay", ""},
+	[RPC_GetSlotList] = {"yfu", "au"},
+	[RPC_GetTokenInfo] = {"u", "ssssuuuuuuuuuuuvvs"},
+	[RPC_GetMechanismList] = {"ufu", "au"},
+	[RPC_GetMechanismInfo] = {"uu", "uuu"},
+	[RPC_OpenSession] = {"uu", "u"},
+	[RPC_CloseSession] = {"u", ""},
+	[RPC_CloseAllSessions] = {"u", ""},
+	[RPC_GetSessionInfo] = {"u", "uuuu"},
+	[RPC_Login] = {"uuay", ""},
+	[RPC_Logout] = {"u", ""},
+	[RPC_CreateObject] = {"uaA", "u"},
+	[RPC_CopyObject] = {"uuaA", "u"},
+	[RPC_DestroyObject] = {"uu", ""},
+	[RPC_GetObjectSize] = {"uu", "u"},
+	[RPC_GetAttributeValue] = {"uufA", "aAu"},
+	[RPC_SetAttributeValue] = {"uuaA", ""},
+	[RPC_FindObjectsInit] = {"uaA", ""},
+	[RPC_FindObjects] = {"ufu", "au"},
+	[RPC_FindObjectsFinal] = {"u", ""},
+	[RPC_EncryptInit] = {"uMu", ""},
+	[RPC_Encrypt] = {"uayfy", "ay"},
+	[RPC_EncryptUpdate] = {"uayfy", "ay"},
+	[RPC_EncryptFinal] = {"ufy", "ay"},
+	[RPC_DecryptInit] = {"uMu", ""},
+	[RPC_Decrypt] = {"uayfy", "ay"},
+	[RPC_DecryptUpdate] = {"uayfy", "ay"},
+	[RPC_DecryptFinal] = {"ufy", "ay"},
+	[RPC_DigestInit] = {"uM", ""},
+	[RPC_Digest] = {"uayfy", "ay"},
+	[RPC_DigestUpdate] = {"uay", ""},
+	[RPC_DigestKey] = {"uu", ""},
+	[RPC_DigestFinal] = {"ufy", "ay"},
+	[RPC_SignInit] = {"uMu", ""},
+	[RPC_Sign] = {"uayfy", "ay"},
+	[RPC_SignUpdate] = {"uay", ""},
+	[RPC_SignFinal] = {"ufy", "ay"},
+	[RPC_VerifyInit] = {"uMu", ""},
+	[RPC_Verify] = {"uayay", ""},
+	[RPC_VerifyUpdate] = {"uay", ""},
+	[RPC_VerifyFinal] = {"uay", ""},
+	[RPC_GenerateKey] = {"uMaA", "u"},
+	[RPC_GenerateKeyPair] = {"uMaAaA", "uu"},
+	[RPC_WrapKey] = {"uMuufy", "ay"},
+	[RPC_UnwrapKey] = {"uMuayaA", "u"},
+	[RPC_DeriveKey] = {"uMuaA", "u"},
+	[RPC_SeedRandom] = {"uay", ""},
+	[RPC_GenerateRandom] = {"ufy", "ay"},
+};
 
-static const char *
-socket_path (char *buf, size_t n)
+/* ---- buffers (put with v NULL only makes room) ------------------------ */
+
+struct buf {
+	unsigned char *p;
+	size_t len, cap;
+	int failed;
+};
+
+static void
+buf_wipe (struct buf *b)
+{
+	if (b->p != NULL) {
+		explicit_bzero (b->p, b->cap);
+		free (b->p);
+	}
+	memset (b, 0, sizeof *b);
+}
+
+static void
+put (struct buf *b, const void *v, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		unsigned char *p;
+		while (cap < b->len + n)
+			cap *= 2;
+		if (cap > MAX_REPLY || (p = malloc (cap)) == NULL) {
+			b->failed = 1;
+			return;
+		}
+		if (b->p != NULL) {
+			memcpy (p, b->p, b->len);
+			explicit_bzero (b->p, b->cap);
+			free (b->p);
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	if (v != NULL && n > 0)
+		memcpy (b->p + b->len, v, n);
+	b->len += n;
+}
+
+static void put_u8 (struct buf *b, unsigned char v) { put (b, &v, 1); }
+
+static void
+put_u32 (struct buf *b, uint32_t v)
+{
+	unsigned char x[4] = {v >> 24, v >> 16, v >> 8, v};
+	put (b, x, 4);
+}
+
+static void
+put_u64 (struct buf *b, uint64_t v)
+{
+	put_u32 (b, v >> 32);
+	put_u32 (b, (uint32_t) v);
+}
+
+/* put_array: a length and the bytes, or 0xffffffff for none. */
+static void
+put_array (struct buf *b, const void *v, CK_ULONG n)
+{
+	if (v == NULL && n == 0) {
+		put_u32 (b, 0xffffffff);
+		return;
+	}
+	if (n >= 0x7fffffff) {
+		b->failed = 1;
+		return;
+	}
+	put_u32 (b, n);
+	put (b, v, n);
+}
+
+/* put_bytes: an "ay" argument. */
+static void
+put_bytes (struct buf *b, const void *v, CK_ULONG n)
+{
+	put_u8 (b, 1);
+	put_array (b, v, n);
+}
+
+/* A reply being read. */
+struct rd {
+	const unsigned char *p;
+	size_t n;
+	int bad;
+};
+
+static const unsigned char *
+take (struct rd *r, size_t n)
+{
+	const unsigned char *v;
+	if (r->bad || n > r->n) {
+		r->bad = 1;
+		return NULL;
+	}
+	v = r->p;
+	r->p += n;
+	r->n -= n;
+	return v;
+}
+
+static unsigned char
+get_u8 (struct rd *r)
+{
+	const unsigned char *v = take (r, 1);
+	return v ? v[0] : 0;
+}
+
+static uint32_t
+get_u32 (struct rd *r)
+{
+	const unsigned char *v = take (r, 4);
+	return v ? (uint32_t) v[0] << 24 | (uint32_t) v[1] << 16 | (uint32_t) v[2] << 8 | v[3] : 0;
+}
+
+static uint64_t
+get_u64 (struct rd *r)
+{
+	uint64_t hi = get_u32 (r);
+	return hi << 32 | get_u32 (r);
+}
+
+/* get_array: *none set for a null array. */
+static const unsigned char *
+get_array (struct rd *r, uint32_t *n, int *none)
+{
+	*n = get_u32 (r);
+	*none = 0;
+	if (r->bad)
+		return NULL;
+	if (*n == 0xffffffff) {
+		*none = 1;
+		*n = 0;
+		return NULL;
+	}
+	return take (r, *n);
+}
+
+/* ---- state ------------------------------------------------------------ */
+
+struct slot {
+	char path[sizeof ((struct sockaddr_un *) 0)->sun_path];
+	pthread_mutex_t lock;
+	int fd;             /* -1: not connected */
+	uint32_t conn;      /* which connection: part of every handle */
+	CK_ULONG daemon_id; /* the daemon's slot id */
+	uint32_t code;
+};
+
+struct module {
+	pid_t pid;
+	int nslots;
+	struct slot slots[MAX_SLOTS];
+};
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+/* mod is set by C_Initialize, cleared by C_Finalize. A child of a fork
+ * sees its parent's, with another pid: not initialized for it. */
+static struct module *mod;
+
+static void
+after_fork_child (void)
+{
+	pthread_mutex_init (&init_lock, NULL);
+}
+
+__attribute__((constructor)) static void
+module_load (void)
+{
+	pthread_atfork (NULL, NULL, after_fork_child);
+}
+
+/* A module unloaded without C_Finalize closes its connections. */
+__attribute__((destructor)) static void
+module_unload (void)
+{
+	int i;
+	if (mod == NULL || mod->pid != getpid ())
+		return;
+	for (i = 0; i < mod->nslots; i++)
+		if (mod->slots[i].fd >= 0)
+			close (mod->slots[i].fd);
+	free (mod);
+	mod = NULL;
+}
+
+static struct module *
+current (void)
+{
+	struct module *m = __atomic_load_n (&mod, __ATOMIC_ACQUIRE);
+	if (m == NULL || m->pid != getpid ())
+		return NULL;
+	return m;
+}
+
+static int
+add_slot (struct module *m, const char *p, size_t n)
+{
+	struct slot *s;
+	if (n == 0)
+		return 0;
+	if (m->nslots == MAX_SLOTS || n >= sizeof s->path)
+		return -1;
+	s = &m->slots[m->nslots++];
+	memcpy (s->path, p, n);
+	s->path[n] = '\0';
+	return 0;
+}
+
+static int
+find_sockets (struct module *m)
 {
 	const char *p = secure_getenv ("KEYWARDEN_PKCS11_SOCKET");
+	char buf[4096];
 	struct stat st;
 
-	if (p != NULL && p[0] != '\0')
-		return p;
-	if (stat (SYSTEM_SOCKET, &st) == 0 && S_ISSOCK (st.st_mode))
-		return SYSTEM_SOCKET;
-	p = secure_getenv ("XDG_RUNTIME_DIR");
-	if (p != NULL && p[0] == '/' &&
-	    snprintf (buf, n, "%s/keywarden/pkcs11.sock", p) < (int) n)
-		return buf;
-	return SYSTEM_SOCKET;
+	if (p != NULL && p[0] != '\0') {
+		while (*p != '\0') {
+			const char *e = strchrnul (p, ':');
+			if (add_slot (m, p, e - p) != 0)
+				return -1;
+			p = *e ? e + 1 : e;
+		}
+		return m->nslots > 0 ? 0 : -1;
+	}
+	if (stat (SYSTEM_SOCKET, &st) != 0 || !S_ISSOCK (st.st_mode)) {
+		p = secure_getenv ("XDG_RUNTIME_DIR");
+		if (p != NULL && p[0] == '/' &&
+		    snprintf (buf, sizeof buf, "%s/keywarden/pkcs11.sock", p) < (int) sizeof buf)
+			return add_slot (m, buf, strlen (buf));
+	}
+	return add_slot (m, SYSTEM_SOCKET, strlen (SYSTEM_SOCKET));
 }
 
-__attribute__((visibility ("default"))) ck_rv
-C_GetFunctionList (void **list)
-{
-	char path[4096], address[4200];
-	char *saved = NULL;
-	const char *old;
-	get_function_list get;
-	ck_rv rv;
+/* ---- handles ---------------------------------------------------------- */
 
-	if (list == NULL)
-		return CKR_ARGUMENTS_BAD;
-	pthread_mutex_lock (&lock);
-	if (client == NULL)
-		client = dlopen (P11_KIT_CLIENT, RTLD_NOW | RTLD_LOCAL);
-	if (client == NULL) {
-		fprintf (stderr, "keywarden-pkcs11: cannot load %s: %s\n", P11_KIT_CLIENT, dlerror ());
-		pthread_mutex_unlock (&lock);
-		return CKR_GENERAL_ERROR;
+static CK_ULONG
+handle_of (int slot, uint32_t conn, uint64_t h)
+{
+	return (CK_ULONG) (slot + 1) << 56 | (CK_ULONG) (conn & 0xffffff) << 32 | h;
+}
+
+static int
+slot_of (struct module *m, CK_ULONG h)
+{
+	int i = (int) (h >> 56) - 1;
+	return i >= 0 && i < m->nslots ? i : -1;
+}
+
+/* ---- the connection --------------------------------------------------- */
+
+static int
+write_all (int fd, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = send (fd, p, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= w;
 	}
-	get = (get_function_list) dlsym (client, "C_GetFunctionList");
-	if (get == NULL) {
-		pthread_mutex_unlock (&lock);
-		return CKR_GENERAL_ERROR;
+	return 0;
+}
+
+static int
+read_all (int fd, unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t r = recv (fd, p, n, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		p += r;
+		n -= r;
 	}
-	if (snprintf (address, sizeof address, "unix:path=%s",
-	              socket_path (path, sizeof path)) >= (int) sizeof address) {
-		pthread_mutex_unlock (&lock);
-		return CKR_ARGUMENTS_BAD;
-	}
-	old = getenv ("P11_KIT_SERVER_ADDRESS");
-	if (old != NULL && (saved = strdup (old)) == NULL) {
-		pthread_mutex_unlock (&lock);
+	return 0;
+}
+
+static void
+disconnect (struct slot *s)
+{
+	if (s->fd >= 0)
+		close (s->fd);
+	s->fd = -1;
+}
+
+/* exchange sends one request body and reads its reply body into reply.
+ * Called with the slot locked and connected. */
+static CK_RV
+exchange (struct slot *s, struct buf *req, struct buf *reply)
+{
+	unsigned char h[12];
+	uint32_t code = ++s->code, olen, blen;
+
+	if (req->failed)
 		return CKR_HOST_MEMORY;
+	h[0] = code >> 24; h[1] = code >> 16; h[2] = code >> 8; h[3] = code;
+	memset (h + 4, 0, 4);
+	h[8] = req->len >> 24; h[9] = req->len >> 16; h[10] = req->len >> 8; h[11] = req->len;
+	if (write_all (s->fd, h, 12) != 0 || write_all (s->fd, req->p, req->len) != 0)
+		goto gone;
+	if (read_all (s->fd, h, 12) != 0)
+		goto gone;
+	olen = (uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7];
+	blen = (uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
+	if (((uint32_t) h[0] << 24 | h[1] << 16 | h[2] << 8 | h[3]) != code ||
+	    olen > 4096 || blen > MAX_REPLY)
+		goto gone;
+	reply->len = 0;
+	put (reply, NULL, (size_t) olen + blen);
+	if (reply->failed)
+		goto gone;
+	if (read_all (s->fd, reply->p, reply->len) != 0)
+		goto gone;
+	if (olen > 0) {
+		memmove (reply->p, reply->p + olen, blen);
+		reply->len = blen;
 	}
-	setenv ("P11_KIT_SERVER_ADDRESS", address, 1);
-	rv = get (list);
-	if (saved != NULL) {
-		setenv ("P11_KIT_SERVER_ADDRESS", saved, 1);
-		free (saved);
-	} else {
-		unsetenv ("P11_KIT_SERVER_ADDRESS");
+	return CKR_OK;
+gone:
+	disconnect (s);
+	return CKR_DEVICE_REMOVED;
+}
+
+static void
+begin (struct buf *b, int id)
+{
+	b->len = 0;
+	b->failed = 0;
+	put_u32 (b, id);
+	put_array (b, sigs[id][0], strlen (sigs[id][0]));
+}
+
+/* check_reply reads a reply's header: the call's return value. */
+static CK_RV
+check_reply (struct buf *reply, int id, struct rd *r)
+{
+	uint32_t n;
+	int none;
+	const unsigned char *sig;
+	uint32_t got;
+
+	r->p = reply->p;
+	r->n = reply->len;
+	r->bad = 0;
+	got = get_u32 (r);
+	sig = get_array (r, &n, &none);
+	if (r->bad)
+		return CKR_DEVICE_ERROR;
+	if (got == RPC_ERROR) {
+		CK_RV rv;
+		if (n != 1 || sig[0] != 'u')
+			return CKR_DEVICE_ERROR;
+		rv = get_u64 (r);
+		return r->bad || rv == CKR_OK ? CKR_DEVICE_ERROR : rv;
 	}
-	pthread_mutex_unlock (&lock);
+	if (got != (uint32_t) id || n != strlen (sigs[id][1]) || (n > 0 && memcmp (sig, sigs[id][1], n) != 0))
+		return CKR_DEVICE_ERROR;
+	return CKR_OK;
+}
+
+/* connect_slot opens the slot's connection: version byte, C_Initialize,
+ * and the daemon's slot id. Called with the slot locked. */
+static CK_RV
+connect_slot (struct slot *s)
+{
+	struct sockaddr_un sa;
+	struct buf req = {0}, reply = {0};
+	struct rd r;
+	unsigned char v = 0;
+	CK_RV rv;
+	uint32_t n;
+
+	if (s->fd >= 0)
+		return CKR_OK;
+	memset (&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	memcpy (sa.sun_path, s->path, sizeof sa.sun_path);
+	s->fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s->fd < 0)
+		return CKR_DEVICE_ERROR;
+	if (connect (s->fd, (struct sockaddr *) &sa, sizeof sa) != 0 ||
+	    write_all (s->fd, &v, 1) != 0 || read_all (s->fd, &v, 1) != 0 || v != 0) {
+		disconnect (s);
+		return CKR_TOKEN_NOT_PRESENT;
+	}
+	s->conn++;
+	begin (&req, RPC_Initialize);
+	put_bytes (&req, HANDSHAKE, strlen (HANDSHAKE));
+	put_u8 (&req, 0);
+	put_bytes (&req, "", 0);
+	rv = exchange (s, &req, &reply);
+	if (rv == CKR_OK)
+		rv = check_reply (&reply, RPC_Initialize, &r);
+	if (rv == CKR_OK) {
+		begin (&req, RPC_GetSlotList);
+		put_u8 (&req, 1);
+		put_u32 (&req, 1);
+		rv = exchange (s, &req, &reply);
+	}
+	if (rv == CKR_OK)
+		rv = check_reply (&reply, RPC_GetSlotList, &r);
+	if (rv == CKR_OK) {
+		int present = get_u8 (&r);
+		n = get_u32 (&r);
+		if (!present || n != 1)
+			rv = CKR_TOKEN_NOT_PRESENT;
+		else
+			s->daemon_id = get_u64 (&r);
+		if (r.bad)
+			rv = CKR_DEVICE_ERROR;
+	}
+	buf_wipe (&req);
+	buf_wipe (&reply);
+	if (rv != CKR_OK) {
+		disconnect (s);
+		return rv == CKR_DEVICE_REMOVED ? CKR_TOKEN_NOT_PRESENT : rv;
+	}
+	return CKR_OK;
+}
+
+/* ---- calls ------------------------------------------------------------ */
+
+/* A call in progress: the request, and after call() the reply to read. */
+struct call {
+	struct module *m;
+	int slot;
+	uint32_t conn;
+	int id;
+	struct buf req, reply;
+	struct rd r;
+};
+
+static void
+call_end (struct call *c)
+{
+	buf_wipe (&c->req);
+	buf_wipe (&c->reply);
+}
+
+/* start_slot: a call about a slot; it connects if need be. */
+static CK_RV
+start_slot (struct call *c, int id, CK_SLOT_ID slot)
+{
+	struct slot *s;
+	CK_ULONG daemon_id;
+	CK_RV rv;
+
+	memset (c, 0, sizeof *c);
+	c->m = current ();
+	if (c->m == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if (slot >= (CK_SLOT_ID) c->m->nslots)
+		return CKR_SLOT_ID_INVALID;
+	c->slot = slot;
+	c->id = id;
+	s = &c->m->slots[slot];
+	pthread_mutex_lock (&s->lock);
+	rv = connect_slot (s);
+	c->conn = s->conn & 0xffffff;
+	daemon_id = s->daemon_id;
+	pthread_mutex_unlock (&s->lock);
+	if (rv != CKR_OK)
+		return rv;
+	begin (&c->req, id);
+	put_u64 (&c->req, daemon_id);
+	return CKR_OK;
+}
+
+/* start: a call on a session. */
+static CK_RV
+start (struct call *c, int id, CK_SESSION_HANDLE h)
+{
+	memset (c, 0, sizeof *c);
+	c->m = current ();
+	if (c->m == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	c->slot = slot_of (c->m, h);
+	if (c->slot < 0)
+		return CKR_SESSION_HANDLE_INVALID;
+	c->conn = (h >> 32) & 0xffffff;
+	c->id = id;
+	begin (&c->req, id);
+	put_u64 (&c->req, h & 0xffffffff);
+	return CKR_OK;
+}
+
+/* object puts an object handle of the call's session; a handle of another
+ * slot or connection is refused with bad. */
+static CK_RV
+object (struct call *c, CK_OBJECT_HANDLE h, CK_RV bad)
+{
+	if (slot_of (c->m, h) != c->slot || ((h >> 32) & 0xffffff) != c->conn ||
+	    (h & 0xffffffff) == 0)
+		return bad;
+	put_u64 (&c->req, h & 0xffffffff);
+	return CKR_OK;
+}
+
+/* call sends the request on the session's connection and checks the
+ * reply's header. A connection that is not the one the session was
+ * opened on answers CKR_SESSION_HANDLE_INVALID. */
+static CK_RV
+call (struct call *c)
+{
+	struct slot *s = &c->m->slots[c->slot];
+	CK_RV rv;
+
+	if (c->req.failed)
+		return CKR_HOST_MEMORY;
+	pthread_mutex_lock (&s->lock);
+	if (s->fd < 0 || (s->conn & 0xffffff) != c->conn) {
+		pthread_mutex_unlock (&s->lock);
+		return CKR_SESSION_HANDLE_INVALID;
+	}
+	rv = exchange (s, &c->req, &c->reply);
+	pthread_mutex_unlock (&s->lock);
+	explicit_bzero (c->req.p, c->req.cap);
+	if (rv != CKR_OK)
+		return rv;
+	return check_reply (&c->reply, c->id, &c->r);
+}
+
+/* done: the reply must have been read whole. */
+static CK_RV
+done (struct call *c, CK_RV rv)
+{
+	if (rv == CKR_OK && (c->r.bad || c->r.n != 0))
+		rv = CKR_DEVICE_ERROR;
+	call_end (c);
 	return rv;
 }
+
+/* A reply's handle of this call's connection. */
+static CK_RV
+get_handle (struct call *c, CK_ULONG *out)
+{
+	uint64_t h = get_u64 (&c->r);
+	if (c->r.bad || h == 0 || h > 0xffffffff)
+		return CKR_DEVICE_ERROR;
+	*out = handle_of (c->slot, c->conn, h);
+	return CKR_OK;
+}
+
+/* get_space reads an "s" of exactly n bytes into out. */
+static void
+get_space (struct rd *r, unsigned char *out, size_t n)
+{
+	uint32_t len;
+	int none;
+	const unsigned char *v = get_array (r, &len, &none);
+	if (v == NULL || len != n) {
+		r->bad = 1;
+		return;
+	}
+	memcpy (out, v, n);
+}
+
+static void
+get_version (struct rd *r, CK_VERSION *v)
+{
+	v->major = get_u8 (r);
+	v->minor = get_u8 (r);
+}
+
+/* get_out reads an "ay" reply into a caller's buffer, as PKCS #11 says:
+ * the length when out is NULL, CKR_BUFFER_TOO_SMALL when it is short. */
+static CK_RV
+get_out (struct rd *r, CK_BYTE_PTR out, CK_ULONG_PTR len)
+{
+	uint32_t n;
+	int none;
+	const unsigned char *v;
+
+	if (get_u8 (r) == 0) {
+		n = get_u32 (r);
+		if (r->bad)
+			return CKR_DEVICE_ERROR;
+		*len = n;
+		return out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+	}
+	v = get_array (r, &n, &none);
+	if (r->bad)
+		return CKR_DEVICE_ERROR;
+	if (out == NULL) {
+		*len = n;
+		return CKR_OK;
+	}
+	if (*len < n) {
+		*len = n;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	if (n > 0)
+		memcpy (out, v, n);
+	*len = n;
+	return CKR_OK;
+}
+
+/* get_ulongs reads an "au" reply the same way. */
+static CK_RV
+get_ulongs (struct rd *r, CK_ULONG_PTR out, CK_ULONG_PTR count, int handles, struct call *c)
+{
+	uint32_t n, i;
+	int present = get_u8 (r);
+
+	n = get_u32 (r);
+	if (r->bad)
+		return CKR_DEVICE_ERROR;
+	if (!present || out == NULL) {
+		*count = n;
+		return out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+	}
+	if (n > *count)
+		return CKR_DEVICE_ERROR;
+	for (i = 0; i < n; i++) {
+		if (handles) {
+			if (get_handle (c, &out[i]) != CKR_OK)
+				return CKR_DEVICE_ERROR;
+		} else {
+			out[i] = get_u64 (r);
+		}
+	}
+	*count = n;
+	return r->bad ? CKR_DEVICE_ERROR : CKR_OK;
+}
+
+/* ---- attributes and mechanisms ---------------------------------------- */
+
+enum { KIND_BYTES, KIND_BYTE, KIND_ULONG, KIND_ARRAY };
+
+static int
+value_kind (CK_ATTRIBUTE_TYPE t)
+{
+	switch (t) {
+	case CKA_TOKEN: case CKA_PRIVATE: case CKA_TRUSTED: case CKA_SENSITIVE: case CKA_ENCRYPT:
+	case CKA_DECRYPT: case CKA_WRAP: case CKA_UNWRAP: case CKA_SIGN: case CKA_SIGN_RECOVER:
+	case CKA_VERIFY: case CKA_VERIFY_RECOVER: case CKA_DERIVE: case CKA_EXTRACTABLE: case CKA_LOCAL:
+	case CKA_NEVER_EXTRACTABLE: case CKA_ALWAYS_SENSITIVE: case CKA_MODIFIABLE: case 0x171 /* CKA_COPYABLE */:
+	case 0x300 /* CKA_SECONDARY_AUTH */: case CKA_ALWAYS_AUTHENTICATE: case CKA_WRAP_WITH_TRUSTED:
+	case 0x301 /* CKA_RESET_ON_INIT */: case 0x302 /* CKA_HAS_RESET */: case 0x405 /* CKA_COLOR */:
+		return KIND_BYTE;
+	case CKA_CLASS: case CKA_CERTIFICATE_TYPE: case CKA_CERTIFICATE_CATEGORY:
+	case CKA_JAVA_MIDP_SECURITY_DOMAIN: case CKA_KEY_TYPE: case CKA_MODULUS_BITS: case CKA_PRIME_BITS:
+	case CKA_SUB_PRIME_BITS: case CKA_VALUE_BITS: case CKA_VALUE_LEN: case CKA_KEY_GEN_MECHANISM:
+	case 0x201 /* CKA_AUTH_PIN_FLAGS */: case 0x400: case 0x401: case 0x402: case 0x403: case 0x404:
+	case 0x406: case 0x500 /* CKA_MECHANISM_TYPE */:
+		return KIND_ULONG;
+	case CKA_WRAP_TEMPLATE: case CKA_UNWRAP_TEMPLATE: case CKA_DERIVE_TEMPLATE: case CKA_ALLOWED_MECHANISMS:
+		return KIND_ARRAY;
+	}
+	return KIND_BYTES;
+}
+
+/* put_template writes an "aA": each attribute's type, whether it has a
+ * value, its length and the value in the encoding of its kind. */
+static CK_RV
+put_template (struct buf *b, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	CK_ULONG i;
+
+	if (t == NULL && n != 0)
+		return CKR_ARGUMENTS_BAD;
+	if (n > 256)
+		return CKR_TEMPLATE_INCONSISTENT;
+	put_u32 (b, n);
+	for (i = 0; i < n; i++) {
+		put_u32 (b, t[i].type);
+		switch (value_kind (t[i].type)) {
+		case KIND_ARRAY:
+			/* Templates inside templates and mechanism lists are
+			 * not offered by the daemon. */
+			return CKR_ATTRIBUTE_TYPE_INVALID;
+		case KIND_BYTE:
+			if (t[i].pValue == NULL) {
+				put_u8 (b, 0);
+				break;
+			}
+			if (t[i].ulValueLen != 1)
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			put_u8 (b, 1);
+			put_u32 (b, 1);
+			put_u8 (b, *(CK_BYTE *) t[i].pValue);
+			break;
+		case KIND_ULONG:
+			if (t[i].pValue == NULL) {
+				put_u8 (b, 0);
+				break;
+			}
+			if (t[i].ulValueLen != sizeof (CK_ULONG))
+				return CKR_ATTRIBUTE_VALUE_INVALID;
+			put_u8 (b, 1);
+			put_u32 (b, sizeof (CK_ULONG));
+			put_u64 (b, *(CK_ULONG *) t[i].pValue);
+			break;
+		default:
+			if (t[i].pValue == NULL && t[i].ulValueLen != 0)
+				return CKR_ARGUMENTS_BAD;
+			put_u8 (b, 1);
+			put_u32 (b, t[i].ulValueLen);
+			put_array (b, t[i].pValue, t[i].ulValueLen);
+		}
+	}
+	return CKR_OK;
+}
+
+struct rsa_aes_key_wrap_params {
+	CK_ULONG ulAESKeyBits;
+	CK_RSA_PKCS_OAEP_PARAMS *pOAEPParams;
+};
+
+static CK_RV
+put_oaep (struct buf *b, const CK_RSA_PKCS_OAEP_PARAMS *p)
+{
+	if (p == NULL || (p->pSourceData == NULL && p->ulSourceDataLen != 0))
+		return CKR_MECHANISM_PARAM_INVALID;
+	put_u64 (b, p->hashAlg);
+	put_u64 (b, p->mgf);
+	put_u64 (b, p->source);
+	put_array (b, p->pSourceData, p->ulSourceDataLen);
+	return CKR_OK;
+}
+
+/* CK_HKDF_PARAMS (PKCS #11 3.0). */
+struct hkdf_params {
+	CK_BBOOL bExtract;
+	CK_BBOOL bExpand;
+	CK_MECHANISM_TYPE prfHashMechanism;
+	CK_ULONG ulSaltType;
+	CK_BYTE_PTR pSalt;
+	CK_ULONG ulSaltLen;
+	CK_OBJECT_HANDLE hSaltKey;
+	CK_BYTE_PTR pInfo;
+	CK_ULONG ulInfoLen;
+};
+#define CKM_HKDF_DERIVE_ 0x402aUL
+
+struct eddsa_params {
+	CK_BBOOL phFlag;
+	CK_ULONG ulContextDataLen;
+	CK_BYTE_PTR pContextData;
+};
+
+/* put_mechanism writes an "M": the type, then the parameter in the form
+ * the daemon reads for it. */
+static CK_RV
+put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
+{
+	if (m == NULL)
+		return CKR_ARGUMENTS_BAD;
+	if (m->mechanism > 0xffffffff)
+		return CKR_MECHANISM_INVALID;
+	if (m->pParameter == NULL && m->ulParameterLen != 0)
+		return CKR_MECHANISM_PARAM_INVALID;
+	put_u32 (b, m->mechanism);
+	switch (m->mechanism) {
+	case CKM_RSA_PKCS_PSS: case CKM_SHA256_RSA_PKCS_PSS: case CKM_SHA384_RSA_PKCS_PSS:
+	case CKM_SHA512_RSA_PKCS_PSS: {
+		CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p)
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u64 (b, p->hashAlg);
+		put_u64 (b, p->mgf);
+		put_u64 (b, p->sLen);
+		return CKR_OK;
+	}
+	case CKM_RSA_PKCS_OAEP:
+		if (m->ulParameterLen != sizeof (CK_RSA_PKCS_OAEP_PARAMS))
+			return CKR_MECHANISM_PARAM_INVALID;
+		return put_oaep (b, m->pParameter);
+	case CKM_RSA_AES_KEY_WRAP: {
+		struct rsa_aes_key_wrap_params *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p)
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u64 (b, p->ulAESKeyBits);
+		return put_oaep (b, p->pOAEPParams);
+	}
+	case CKM_AES_GCM: {
+		CK_GCM_PARAMS *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p ||
+		    (p->pIv == NULL && p->ulIvLen != 0) || (p->pAAD == NULL && p->ulAADLen != 0))
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_array (b, p->pIv, p->ulIvLen);
+		put_u64 (b, p->ulIvBits);
+		put_array (b, p->pAAD, p->ulAADLen);
+		put_u64 (b, p->ulTagBits);
+		return CKR_OK;
+	}
+	case CKM_HKDF_DERIVE_: {
+		/* A salt key is not offered (the daemon refuses one); its
+		 * handle is not sent. */
+		struct hkdf_params *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p || p->hSaltKey != 0 ||
+		    (p->pSalt == NULL && p->ulSaltLen != 0) || (p->pInfo == NULL && p->ulInfoLen != 0))
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u8 (b, p->bExtract ? 1 : 0);
+		put_u8 (b, p->bExpand ? 1 : 0);
+		put_u64 (b, p->prfHashMechanism);
+		put_u64 (b, p->ulSaltType);
+		put_array (b, p->pSalt, p->ulSaltLen);
+		put_u64 (b, 0);
+		put_array (b, p->pInfo, p->ulInfoLen);
+		return CKR_OK;
+	}
+	case CKM_EDDSA: {
+		/* Pure Ed25519 only: a parameter asking for it is the same as
+		 * none; a pre-hash or a context is refused by the daemon. */
+		struct eddsa_params *p = m->pParameter;
+		if (p != NULL && m->ulParameterLen == sizeof *p && !p->phFlag && p->ulContextDataLen == 0) {
+			put_array (b, NULL, 0);
+			return CKR_OK;
+		}
+		if (p != NULL)
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_array (b, NULL, 0);
+		return CKR_OK;
+	}
+	}
+	/* Every other parameter is bytes (an IV, a salt) or absent. */
+	put_array (b, m->pParameter, m->ulParameterLen);
+	return CKR_OK;
+}
+
+/* ---- the functions ---------------------------------------------------- */
+
+static CK_FUNCTION_LIST function_list;
+
+EXPORT CK_RV
+C_Initialize (CK_VOID_PTR args)
+{
+	CK_C_INITIALIZE_ARGS *a = args;
+	struct module *m;
+	int i;
+
+	if (a != NULL) {
+		if (a->pReserved != NULL)
+			return CKR_ARGUMENTS_BAD;
+		/* The caller's own mutex functions without
+		 * CKF_OS_LOCKING_OK: the module still uses the OS's. */
+	}
+	pthread_mutex_lock (&init_lock);
+	if (mod != NULL && mod->pid == getpid ()) {
+		pthread_mutex_unlock (&init_lock);
+		return CKR_CRYPTOKI_ALREADY_INITIALIZED;
+	}
+	if (mod != NULL) {
+		/* A child of a fork: the parent's connections are the
+		 * parent's. Their descriptors are closed here (the parent's
+		 * stay open); their locks, which another thread of the parent
+		 * may have held at the fork, are left alone. */
+		for (i = 0; i < mod->nslots; i++)
+			if (mod->slots[i].fd >= 0)
+				close (mod->slots[i].fd);
+		mod = NULL;
+	}
+	m = calloc (1, sizeof *m);
+	if (m == NULL) {
+		pthread_mutex_unlock (&init_lock);
+		return CKR_HOST_MEMORY;
+	}
+	m->pid = getpid ();
+	if (find_sockets (m) != 0) {
+		free (m);
+		pthread_mutex_unlock (&init_lock);
+		fprintf (stderr, "keywarden-pkcs11: KEYWARDEN_PKCS11_SOCKET lists more than %d sockets or a path too long\n", MAX_SLOTS);
+		return CKR_ARGUMENTS_BAD;
+	}
+	for (i = 0; i < m->nslots; i++) {
+		pthread_mutex_init (&m->slots[i].lock, NULL);
+		m->slots[i].fd = -1;
+	}
+	__atomic_store_n (&mod, m, __ATOMIC_RELEASE);
+	pthread_mutex_unlock (&init_lock);
+	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_Finalize (CK_VOID_PTR reserved)
+{
+	struct module *m;
+	int i;
+
+	if (reserved != NULL)
+		return CKR_ARGUMENTS_BAD;
+	pthread_mutex_lock (&init_lock);
+	m = current ();
+	if (m == NULL) {
+		pthread_mutex_unlock (&init_lock);
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	}
+	__atomic_store_n (&mod, NULL, __ATOMIC_RELEASE);
+	/* Closing a connection ends its sessions in the daemon. */
+	for (i = 0; i < m->nslots; i++) {
+		pthread_mutex_lock (&m->slots[i].lock);
+		disconnect (&m->slots[i]);
+		pthread_mutex_unlock (&m->slots[i].lock);
+		pthread_mutex_destroy (&m->slots[i].lock);
+	}
+	free (m);
+	pthread_mutex_unlock (&init_lock);
+	return CKR_OK;
+}
+
+static void
+pad (CK_UTF8CHAR *dst, const char *s, size_t n)
+{
+	size_t l = strlen (s);
+	memset (dst, ' ', n);
+	memcpy (dst, s, l < n ? l : n);
+}
+
+EXPORT CK_RV
+C_GetInfo (CK_INFO_PTR info)
+{
+	if (current () == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	memset (info, 0, sizeof *info);
+	info->cryptokiVersion.major = 2;
+	info->cryptokiVersion.minor = 40;
+	pad (info->manufacturerID, "keywarden", sizeof info->manufacturerID);
+	pad (info->libraryDescription, "keywarden PKCS #11 module", sizeof info->libraryDescription);
+	info->libraryVersion.major = 2;
+	info->libraryVersion.minor = 0;
+	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetFunctionList (CK_FUNCTION_LIST_PTR_PTR list)
+{
+	if (list == NULL)
+		return CKR_ARGUMENTS_BAD;
+	*list = &function_list;
+	return CKR_OK;
+}
+
+/* present says whether the slot's daemon answers (connecting if need be). */
+static int
+present (struct module *m, int i)
+{
+	struct slot *s = &m->slots[i];
+	CK_RV rv;
+	pthread_mutex_lock (&s->lock);
+	rv = connect_slot (s);
+	pthread_mutex_unlock (&s->lock);
+	return rv == CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+{
+	struct module *m = current ();
+	CK_SLOT_ID ids[MAX_SLOTS];
+	CK_ULONG n = 0, i;
+
+	if (m == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if (count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	for (i = 0; i < (CK_ULONG) m->nslots; i++)
+		if (!token_present || present (m, i))
+			ids[n++] = i;
+	if (list == NULL) {
+		*count = n;
+		return CKR_OK;
+	}
+	if (*count < n) {
+		*count = n;
+		return CKR_BUFFER_TOO_SMALL;
+	}
+	memcpy (list, ids, n * sizeof ids[0]);
+	*count = n;
+	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+	struct module *m = current ();
+	char desc[80];
+
+	if (m == NULL)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
+	if (slot >= (CK_SLOT_ID) m->nslots)
+		return CKR_SLOT_ID_INVALID;
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	memset (info, 0, sizeof *info);
+	snprintf (desc, sizeof desc, "keywarden daemon %lu", (unsigned long) slot);
+	pad (info->slotDescription, desc, sizeof info->slotDescription);
+	pad (info->manufacturerID, "keywarden", sizeof info->manufacturerID);
+	info->flags = CKF_REMOVABLE_DEVICE | (present (m, slot) ? CKF_TOKEN_PRESENT : 0);
+	info->hardwareVersion.major = info->firmwareVersion.major = 1;
+	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetTokenInfo (CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start_slot (&c, RPC_GetTokenInfo, slot);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK) {
+		struct rd *r = &c.r;
+		get_space (r, info->label, 32);
+		get_space (r, info->manufacturerID, 32);
+		get_space (r, info->model, 16);
+		get_space (r, info->serialNumber, 16);
+		info->flags = get_u64 (r);
+		info->ulMaxSessionCount = get_u64 (r);
+		info->ulSessionCount = get_u64 (r);
+		info->ulMaxRwSessionCount = get_u64 (r);
+		info->ulRwSessionCount = get_u64 (r);
+		info->ulMaxPinLen = get_u64 (r);
+		info->ulMinPinLen = get_u64 (r);
+		info->ulTotalPublicMemory = get_u64 (r);
+		info->ulFreePublicMemory = get_u64 (r);
+		info->ulTotalPrivateMemory = get_u64 (r);
+		info->ulFreePrivateMemory = get_u64 (r);
+		get_version (r, &info->hardwareVersion);
+		get_version (r, &info->firmwareVersion);
+		get_space (r, info->utcTime, 16);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_GetMechanismList (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start_slot (&c, RPC_GetMechanismList, slot);
+	if (rv == CKR_OK) {
+		put_u32 (&c.req, list ? *count : 0);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK)
+		rv = get_ulongs (&c.r, list, count, 0, &c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_GetMechanismInfo (CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start_slot (&c, RPC_GetMechanismInfo, slot);
+	if (rv == CKR_OK) {
+		put_u64 (&c.req, type);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK) {
+		info->ulMinKeySize = get_u64 (&c.r);
+		info->ulMaxKeySize = get_u64 (&c.r);
+		info->flags = get_u64 (&c.r);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_OpenSession (CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR h)
+{
+	struct call c;
+	CK_RV rv;
+
+	(void) app;
+	(void) notify;
+	if (h == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start_slot (&c, RPC_OpenSession, slot);
+	if (rv == CKR_OK) {
+		put_u64 (&c.req, flags);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK)
+		rv = get_handle (&c, h);
+	return done (&c, rv);
+}
+
+/* simple: a call on a session with nothing more (or one ulong) and an
+ * empty reply. */
+static CK_RV
+simple (int id, CK_SESSION_HANDLE h)
+{
+	struct call c;
+	CK_RV rv = start (&c, id, h);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV C_CloseSession (CK_SESSION_HANDLE h) { return simple (RPC_CloseSession, h); }
+
+EXPORT CK_RV
+C_CloseAllSessions (CK_SLOT_ID slot)
+{
+	struct call c;
+	CK_RV rv = start_slot (&c, RPC_CloseAllSessions, slot);
+	if (rv == CKR_TOKEN_NOT_PRESENT)
+		return CKR_OK; /* a daemon that is not there has no sessions */
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_GetSessionInfo (CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR info)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (info == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_GetSessionInfo, h);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK) {
+		get_u64 (&c.r); /* the daemon's slot id */
+		info->slotID = c.slot;
+		info->state = get_u64 (&c.r);
+		info->flags = get_u64 (&c.r);
+		info->ulDeviceError = get_u64 (&c.r);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_Login (CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (pin == NULL && len != 0)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_Login, h);
+	if (rv == CKR_OK) {
+		put_u64 (&c.req, user);
+		put_bytes (&c.req, pin, len);
+		rv = call (&c);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV C_Logout (CK_SESSION_HANDLE h) { return simple (RPC_Logout, h); }
+
+/* with_template: a call that sends a template and answers a handle. */
+EXPORT CK_RV
+C_CreateObject (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR obj)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (obj == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_CreateObject, h);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, n);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, obj);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_CopyObject (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR obj)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (obj == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_CopyObject, h);
+	if (rv == CKR_OK)
+		rv = object (&c, o, CKR_OBJECT_HANDLE_INVALID);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, n);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, obj);
+	return done (&c, rv);
+}
+
+/* on_object: a call on a session and an object, with an empty reply. */
+static CK_RV
+on_object (int id, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_RV bad)
+{
+	struct call c;
+	CK_RV rv = start (&c, id, h);
+	if (rv == CKR_OK)
+		rv = object (&c, o, bad);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_DestroyObject (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o)
+{
+	return on_object (RPC_DestroyObject, h, o, CKR_OBJECT_HANDLE_INVALID);
+}
+
+EXPORT CK_RV
+C_GetObjectSize (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ULONG_PTR size)
+{
+	(void) h;
+	(void) o;
+	(void) size;
+	return CKR_FUNCTION_NOT_SUPPORTED;
+}
+
+EXPORT CK_RV
+C_GetAttributeValue (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	struct call c;
+	CK_RV rv, result = CKR_OK;
+	CK_ULONG i;
+
+	if (t == NULL && n != 0)
+		return CKR_ARGUMENTS_BAD;
+	if (n > 256)
+		return CKR_TEMPLATE_INCONSISTENT;
+	rv = start (&c, RPC_GetAttributeValue, h);
+	if (rv == CKR_OK)
+		rv = object (&c, o, CKR_OBJECT_HANDLE_INVALID);
+	if (rv != CKR_OK)
+		return done (&c, rv);
+	put_u32 (&c.req, n);
+	for (i = 0; i < n; i++) {
+		put_u32 (&c.req, t[i].type);
+		put_u32 (&c.req, t[i].pValue ? t[i].ulValueLen : 0);
+	}
+	rv = call (&c);
+	if (rv != CKR_OK)
+		return done (&c, rv);
+	if (get_u32 (&c.r) != n)
+		return done (&c, CKR_DEVICE_ERROR);
+	for (i = 0; i < n && !c.r.bad; i++) {
+		uint32_t len, alen;
+		uint64_t u;
+		unsigned char y;
+		const unsigned char *v;
+		int none, kind = value_kind (t[i].type);
+
+		if (get_u32 (&c.r) != (uint32_t) t[i].type) {
+			c.r.bad = 1;
+			break;
+		}
+		if (get_u8 (&c.r) == 0) {
+			t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			continue;
+		}
+		len = get_u32 (&c.r);
+		switch (kind) {
+		case KIND_BYTE:
+			y = get_u8 (&c.r);
+			v = &y;
+			alen = 1;
+			break;
+		case KIND_ULONG:
+			u = get_u64 (&c.r);
+			v = (const unsigned char *) &u;
+			alen = sizeof u;
+			break;
+		case KIND_ARRAY:
+			if (get_u32 (&c.r) != 0)
+				c.r.bad = 1;
+			v = NULL;
+			alen = 0;
+			break;
+		default:
+			v = get_array (&c.r, &alen, &none);
+		}
+		if (c.r.bad)
+			break;
+		if (t[i].pValue == NULL) {
+			t[i].ulValueLen = len;
+			continue;
+		}
+		if (alen != len || (v == NULL && alen != 0)) {
+			c.r.bad = 1;
+			break;
+		}
+		if (t[i].ulValueLen < alen) {
+			t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+			result = CKR_BUFFER_TOO_SMALL;
+			continue;
+		}
+		if (alen > 0)
+			memcpy (t[i].pValue, v, alen);
+		t[i].ulValueLen = alen;
+	}
+	rv = get_u64 (&c.r);
+	if (rv == CKR_OK)
+		rv = result;
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_SetAttributeValue (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	struct call c;
+	CK_RV rv = start (&c, RPC_SetAttributeValue, h);
+	if (rv == CKR_OK)
+		rv = object (&c, o, CKR_OBJECT_HANDLE_INVALID);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, n);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_FindObjectsInit (CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+	struct call c;
+	CK_RV rv = start (&c, RPC_FindObjectsInit, h);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, n);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_FindObjects (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max, CK_ULONG_PTR count)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (objs == NULL || count == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_FindObjects, h);
+	if (rv == CKR_OK) {
+		put_u32 (&c.req, max > 0xffff ? 0xffff : max);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK) {
+		*count = max;
+		rv = get_ulongs (&c.r, objs, count, 1, &c);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV C_FindObjectsFinal (CK_SESSION_HANDLE h) { return simple (RPC_FindObjectsFinal, h); }
+
+/* init: an operation's C_*Init with a mechanism and a key (or none for a
+ * digest). */
+static CK_RV
+init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int with_key)
+{
+	struct call c;
+	CK_RV rv = start (&c, id, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK && with_key)
+		rv = object (&c, key, CKR_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	return done (&c, rv);
+}
+
+/* in_out: data in, a result out ("uayfy" / "ay"). */
+static CK_RV
+in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+	struct call c;
+	CK_RV rv;
+
+	if ((in == NULL && inlen != 0) || outlen == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, id, h);
+	if (rv == CKR_OK) {
+		put_bytes (&c.req, in, inlen);
+		put_u32 (&c.req, out ? (*outlen > 0xffffffff ? 0xffffffff : *outlen) : 0);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK)
+		rv = get_out (&c.r, out, outlen);
+	return done (&c, rv);
+}
+
+/* in_only: data in, nothing out ("uay"). */
+static CK_RV
+in_only (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (in == NULL && inlen != 0)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, id, h);
+	if (rv == CKR_OK) {
+		put_bytes (&c.req, in, inlen);
+		rv = call (&c);
+	}
+	return done (&c, rv);
+}
+
+/* out_only: a result out ("ufy" / "ay"). */
+static CK_RV
+out_only (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (outlen == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, id, h);
+	if (rv == CKR_OK) {
+		put_u32 (&c.req, out ? (*outlen > 0xffffffff ? 0xffffffff : *outlen) : 0);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK)
+		rv = get_out (&c.r, out, outlen);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV C_EncryptInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return init (RPC_EncryptInit, h, m, k, 1); }
+EXPORT CK_RV C_Encrypt (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_Encrypt, h, in, n, out, outn); }
+EXPORT CK_RV C_EncryptUpdate (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_EncryptUpdate, h, in, n, out, outn); }
+EXPORT CK_RV C_EncryptFinal (CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return out_only (RPC_EncryptFinal, h, out, outn); }
+EXPORT CK_RV C_DecryptInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return init (RPC_DecryptInit, h, m, k, 1); }
+EXPORT CK_RV C_Decrypt (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_Decrypt, h, in, n, out, outn); }
+EXPORT CK_RV C_DecryptUpdate (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_DecryptUpdate, h, in, n, out, outn); }
+EXPORT CK_RV C_DecryptFinal (CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return out_only (RPC_DecryptFinal, h, out, outn); }
+EXPORT CK_RV C_DigestInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m) { return init (RPC_DigestInit, h, m, 0, 0); }
+EXPORT CK_RV C_Digest (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_Digest, h, in, n, out, outn); }
+EXPORT CK_RV C_DigestUpdate (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n) { return in_only (RPC_DigestUpdate, h, in, n); }
+EXPORT CK_RV C_DigestKey (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE k) { return on_object (RPC_DigestKey, h, k, CKR_KEY_HANDLE_INVALID); }
+EXPORT CK_RV C_DigestFinal (CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return out_only (RPC_DigestFinal, h, out, outn); }
+EXPORT CK_RV C_SignInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return init (RPC_SignInit, h, m, k, 1); }
+EXPORT CK_RV C_Sign (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return in_out (RPC_Sign, h, in, n, out, outn); }
+EXPORT CK_RV C_SignUpdate (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n) { return in_only (RPC_SignUpdate, h, in, n); }
+EXPORT CK_RV C_SignFinal (CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outn) { return out_only (RPC_SignFinal, h, out, outn); }
+EXPORT CK_RV C_VerifyInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { return init (RPC_VerifyInit, h, m, k, 1); }
+EXPORT CK_RV C_VerifyUpdate (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n) { return in_only (RPC_VerifyUpdate, h, in, n); }
+EXPORT CK_RV C_VerifyFinal (CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG n) { return in_only (RPC_VerifyFinal, h, sig, n); }
+
+EXPORT CK_RV
+C_Verify (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR sig, CK_ULONG sn)
+{
+	struct call c;
+	CK_RV rv;
+
+	if ((in == NULL && n != 0) || (sig == NULL && sn != 0))
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_Verify, h);
+	if (rv == CKR_OK) {
+		put_bytes (&c.req, in, n);
+		put_bytes (&c.req, sig, sn);
+		rv = call (&c);
+	}
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_GenerateKey (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR key)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (key == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_GenerateKey, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, n);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, key);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_GenerateKeyPair (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pubt, CK_ULONG pubn,
+                   CK_ATTRIBUTE_PTR privt, CK_ULONG privn, CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (pub == NULL || priv == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_GenerateKeyPair, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, pubt, pubn);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, privt, privn);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, pub);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, priv);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_WrapKey (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk, CK_OBJECT_HANDLE k,
+           CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (outlen == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_WrapKey, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK)
+		rv = object (&c, wk, CKR_WRAPPING_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK)
+		rv = object (&c, k, CKR_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK) {
+		put_u32 (&c.req, out ? (*outlen > 0xffffffff ? 0xffffffff : *outlen) : 0);
+		rv = call (&c);
+	}
+	if (rv == CKR_OK)
+		rv = get_out (&c.r, out, outlen);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_UnwrapKey (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk, CK_BYTE_PTR in, CK_ULONG n,
+             CK_ATTRIBUTE_PTR t, CK_ULONG tn, CK_OBJECT_HANDLE_PTR key)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (key == NULL || (in == NULL && n != 0))
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_UnwrapKey, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK)
+		rv = object (&c, uk, CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK) {
+		put_bytes (&c.req, in, n);
+		rv = put_template (&c.req, t, tn);
+	}
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, key);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV
+C_DeriveKey (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE base, CK_ATTRIBUTE_PTR t, CK_ULONG tn,
+             CK_OBJECT_HANDLE_PTR key)
+{
+	struct call c;
+	CK_RV rv;
+
+	if (key == NULL)
+		return CKR_ARGUMENTS_BAD;
+	rv = start (&c, RPC_DeriveKey, h);
+	if (rv == CKR_OK)
+		rv = put_mechanism (&c.req, m);
+	if (rv == CKR_OK)
+		rv = object (&c, base, CKR_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK)
+		rv = put_template (&c.req, t, tn);
+	if (rv == CKR_OK)
+		rv = call (&c);
+	if (rv == CKR_OK)
+		rv = get_handle (&c, key);
+	return done (&c, rv);
+}
+
+EXPORT CK_RV C_SeedRandom (CK_SESSION_HANDLE h, CK_BYTE_PTR seed, CK_ULONG n) { return in_only (RPC_SeedRandom, h, seed, n); }
+
+EXPORT CK_RV
+C_GenerateRandom (CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG n)
+{
+	CK_ULONG got = n;
+	CK_RV rv;
+
+	if (out == NULL && n != 0)
+		return CKR_ARGUMENTS_BAD;
+	rv = out_only (RPC_GenerateRandom, h, out, &got);
+	if (rv == CKR_OK && got != n)
+		rv = CKR_DEVICE_ERROR;
+	return rv;
+}
+
+/* What the daemon does not offer. */
+EXPORT CK_RV C_InitToken (CK_SLOT_ID s, CK_UTF8CHAR_PTR p, CK_ULONG n, CK_UTF8CHAR_PTR l) { (void) s; (void) p; (void) n; (void) l; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_InitPIN (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR p, CK_ULONG n) { (void) h; (void) p; (void) n; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_SetPIN (CK_SESSION_HANDLE h, CK_UTF8CHAR_PTR o, CK_ULONG on, CK_UTF8CHAR_PTR n, CK_ULONG nn) { (void) h; (void) o; (void) on; (void) n; (void) nn; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_GetOperationState (CK_SESSION_HANDLE h, CK_BYTE_PTR s, CK_ULONG_PTR n) { (void) h; (void) s; (void) n; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_SetOperationState (CK_SESSION_HANDLE h, CK_BYTE_PTR s, CK_ULONG n, CK_OBJECT_HANDLE e, CK_OBJECT_HANDLE a) { (void) h; (void) s; (void) n; (void) e; (void) a; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_SignRecoverInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { (void) h; (void) m; (void) k; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_SignRecover (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on) { (void) h; (void) i; (void) n; (void) o; (void) on; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_VerifyRecoverInit (CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) { (void) h; (void) m; (void) k; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_VerifyRecover (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on) { (void) h; (void) i; (void) n; (void) o; (void) on; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+static CK_RV dual (CK_SESSION_HANDLE h, CK_BYTE_PTR i, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on) { (void) h; (void) i; (void) n; (void) o; (void) on; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_GetFunctionStatus (CK_SESSION_HANDLE h) { (void) h; return current () ? CKR_FUNCTION_NOT_PARALLEL : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_CancelFunction (CK_SESSION_HANDLE h) { (void) h; return current () ? CKR_FUNCTION_NOT_PARALLEL : CKR_CRYPTOKI_NOT_INITIALIZED; }
+EXPORT CK_RV C_WaitForSlotEvent (CK_FLAGS f, CK_SLOT_ID_PTR s, CK_VOID_PTR r) { (void) f; (void) s; (void) r; return current () ? CKR_FUNCTION_NOT_SUPPORTED : CKR_CRYPTOKI_NOT_INITIALIZED; }
+
+static CK_FUNCTION_LIST function_list = {
+	{2, 40},
+	C_Initialize, C_Finalize, C_GetInfo, C_GetFunctionList, C_GetSlotList, C_GetSlotInfo,
+	C_GetTokenInfo, C_GetMechanismList, C_GetMechanismInfo, C_InitToken, C_InitPIN, C_SetPIN,
+	C_OpenSession, C_CloseSession, C_CloseAllSessions, C_GetSessionInfo, C_GetOperationState,
+	C_SetOperationState, C_Login, C_Logout, C_CreateObject, C_CopyObject, C_DestroyObject,
+	C_GetObjectSize, C_GetAttributeValue, C_SetAttributeValue, C_FindObjectsInit, C_FindObjects,
+	C_FindObjectsFinal, C_EncryptInit, C_Encrypt, C_EncryptUpdate, C_EncryptFinal, C_DecryptInit,
+	C_Decrypt, C_DecryptUpdate, C_DecryptFinal, C_DigestInit, C_Digest, C_DigestUpdate, C_DigestKey,
+	C_DigestFinal, C_SignInit, C_Sign, C_SignUpdate, C_SignFinal, C_SignRecoverInit, C_SignRecover,
+	C_VerifyInit, C_Verify, C_VerifyUpdate, C_VerifyFinal, C_VerifyRecoverInit, C_VerifyRecover,
+	dual, dual, dual, dual, C_GenerateKey, C_GenerateKeyPair, C_WrapKey, C_UnwrapKey, C_DeriveKey,
+	C_SeedRandom, C_GenerateRandom, C_GetFunctionStatus, C_CancelFunction, C_WaitForSlotEvent,
+};

@@ -37,6 +37,10 @@ func runBench(e *env, args []string) error {
 	auditMode := f.Bool("audit", false, "measure what the audit log costs: requests and batches of AES-GCM encryptions with --clients concurrent clients, against private daemons with no audit log, --audit-sync grouped and always")
 	sshAgentMode := f.Bool("ssh-agent", false, "measure Ed25519 signatures through a private daemon's ssh-agent socket against OpenSSH's ssh-agent, one request per round trip from --clients concurrent clients, with the daemon's own socket and in-process signatures as baselines")
 	httpMode := f.Bool("http", false, "measure the transit HTTP API of a private daemon (encrypt 256 B, single and batch_input of 256; Ed25519 sign) over its Unix socket and over mutual TLS, from --clients concurrent clients (default 1 and 8), with the daemon's own socket as the baseline")
+	pkcs11Mode := f.Bool("pkcs11", false, "measure ECDSA P-256 and Ed25519 signatures, HMAC-SHA-256 and AES-256-GCM of 256 B through libkeywarden-pkcs11.so and a private daemon against SoftHSM2, both loaded by one C host (keywarden-p11bench) with --clients threads (default 1 and 4)")
+	pkcs11Module := f.String("pkcs11-module", "", "with --pkcs11: libkeywarden-pkcs11.so's `path` (default: beside keywarden, else the multiarch PKCS #11 directory)")
+	pkcs11Host := f.String("pkcs11-host", "", "with --pkcs11: keywarden-p11bench's `path` (default: beside keywarden, else in PATH)")
+	softhsm := f.String("softhsm", "", "with --pkcs11: SoftHSM2's module `path` (default: Debian's; missing, keywarden is measured alone)")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -48,6 +52,11 @@ func runBench(e *env, args []string) error {
 		explicit := map[string]bool{}
 		f.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
 		return runTransitBench(e, f, &st, *duration, explicit)
+	}
+	if *pkcs11Mode {
+		explicit := map[string]bool{}
+		f.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+		return runPKCS11Bench(e, f, &st, *duration, explicit, bench.PKCS11Config{Module: *pkcs11Module, Host: *pkcs11Host, SoftHSM: *softhsm})
 	}
 	if *sshAgentMode {
 		explicit := map[string]bool{}
@@ -228,6 +237,47 @@ func runSSHAgentBench(e *env, f *flags, st *storeBenchFlags, duration time.Durat
 		fmt.Fprintln(e.stdout, "(OpenSSH's ssh-agent is not installed: no comparison with it)")
 	}
 	return nil
+}
+
+// runPKCS11Bench is bench --pkcs11.
+func runPKCS11Bench(e *env, f *flags, st *storeBenchFlags, duration time.Duration, explicit map[string]bool, cfg bench.PKCS11Config) error {
+	if f.socket != "" {
+		return usagef("--pkcs11 starts its own daemon: it takes no --socket")
+	}
+	for _, name := range []string{"ops", "batch", "pipeline", "stream", "audit", "create", "startup", "ssh-agent", "http"} {
+		if explicit[name] {
+			return usagef("--%s does not apply to --pkcs11", name)
+		}
+	}
+	if duration <= 0 || st.runs < 1 {
+		return usagef("--duration must be positive and --runs at least 1")
+	}
+	cfg.Duration, cfg.Runs, cfg.Dir = duration, st.runs, st.dir
+	if explicit["clients"] {
+		var err error
+		if cfg.Threads, err = st.clientCounts(); err != nil {
+			return err
+		}
+	}
+	ctx, stop, progress := benchContext(e, f)
+	defer stop()
+	results, err := bench.RunPKCS11(ctx, cfg, progress)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(e, results)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "OPERATION\tTHREADS\tTOKEN\tOPS/S\t×SOFTHSM2")
+	for _, r := range results {
+		ratio := "-"
+		if r.RatioToSoftHSM > 0 {
+			ratio = fmt.Sprintf("%.2f", r.RatioToSoftHSM)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%.0f\t%s\n", r.Op, r.Threads, r.Token, r.OpsPerSec, ratio)
+	}
+	return w.Flush()
 }
 
 // runTransitBench is bench --http.

@@ -98,7 +98,7 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	f.Var(&agentSockets, "ssh-agent", "serve the OpenSSH agent protocol on a Unix socket at `PATH` (repeatable; \"keywarden ssh-agent\" prints it for SSH_AUTH_SOCK)")
 	askpass := f.String("ssh-askpass", "", "a `program` that confirms each use of a key added with ssh-add -c, as SSH_ASKPASS (default: such keys are refused)")
 	var pkcs11Sockets stringList
-	f.Var(&pkcs11Sockets, "pkcs11", "serve PKCS #11 (p11-kit's RPC protocol, for p11-kit-client.so) on a Unix socket at `PATH` (repeatable; docs/pkcs11.md)")
+	f.Var(&pkcs11Sockets, "pkcs11", "serve PKCS #11 (p11-kit's RPC protocol, for libkeywarden-pkcs11.so) on a Unix socket at `PATH` (repeatable; docs/pkcs11.md)")
 	// The transit HTTP API (docs/transit.md).
 	var httpListen stringList
 	f.Var(&httpListen, "http", "serve the transit-compatible HTTP API on `unix:PATH`, or on tcp:ADDR with mutual TLS (repeatable; docs/transit.md)")

@@ -122,7 +122,7 @@ type Config struct {
 	SSHAgentSockets []string
 	// PKCS11Sockets are Unix stream sockets on which the daemon serves
 	// p11-kit's RPC protocol: PKCS #11 for C programs through
-	// p11-kit-client.so (docs/pkcs11.md).
+	// libkeywarden-pkcs11.so (docs/pkcs11.md).
 	PKCS11Sockets []string
 	// SSHAskpass confirms each use of a key added with ssh-add -c; ""
 	// refuses such keys.

@@ -74,6 +74,7 @@ func init() {
 		callGenerateKeyPair:   (*conn).cGenerateKeyPair,
 		callWrapKey:           (*conn).cWrapKey,
 		callUnwrapKey:         (*conn).cUnwrapKey,
+		callDeriveKey:         (*conn).cDeriveKey,
 		callSeedRandom:        (*conn).cSeedRandom,
 		callGenerateRandom:    (*conn).cGenerateRandom,
 	}

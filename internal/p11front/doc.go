@@ -1,6 +1,6 @@
 // Package p11front serves PKCS #11 to C programs: it speaks p11-kit's RPC
-// protocol on a Unix stream socket, so that p11-kit's client module
-// (p11-kit-client.so, or a p11-kit module file with "remote:") loaded
+// protocol on a Unix stream socket, so that libkeywarden-pkcs11.so (or
+// p11-kit's own client module, with the mechanisms it forwards) loaded
 // into OpenSSL, OpenSSH, GnuTLS or pkcs11-tool reaches the daemon's keys
 // (docs/pkcs11.md).
 //

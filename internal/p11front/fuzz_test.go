@@ -67,6 +67,44 @@ func seeds() [][]byte {
 			e.u64(128)
 			e.u64(1)
 		}),
+		request(callWrapKey, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmRSAAESKeyWrap)
+			e.u64(256)
+			e.u64(ckmSHA256)
+			e.u64(ckgMGF1SHA256)
+			e.u64(1)
+			e.array(nil)
+			e.u64(1)
+			e.u64(2)
+			e.u32(512)
+		}),
+		request(callUnwrapKey, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmRSAAESKeyWrap)
+			e.u64(128)
+			e.u64(ckmSHA384)
+			e.u64(ckgMGF1SHA384)
+			e.u64(1)
+			e.array([]byte{})
+			e.u64(1)
+			e.u8(1)
+			e.array(make([]byte, 300))
+			tmpl(e)
+		}),
+		request(callDeriveKey, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmHKDFDerive)
+			e.u8(1)
+			e.u8(1)
+			e.u64(ckmSHA256)
+			e.u64(ckfHKDFSaltData)
+			e.array([]byte("salt"))
+			e.u64(0)
+			e.array([]byte("info"))
+			e.u64(1)
+			tmpl(e)
+		}),
 		request(callSign, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(512) }),
 		request(callDigestInit, func(e *encoder) { e.u64(1); e.u32(ckmSHA256); e.u32(0xffffffff) }),
 		request(callDigest, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(0) }),

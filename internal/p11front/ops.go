@@ -92,6 +92,8 @@ var mechanisms = map[uint64]mechInfo{
 	ckmRSAPKCSKeyPairGen: {2048, 4096, ckfMechGenerateKeyPair},
 	ckmAESKeyWrap:        {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
+	ckmRSAAESKeyWrap:     {2048, 4096, ckfMechWrap | ckfMechUnwrap},
+	ckmHKDFDerive:        {32, 64, ckfMechDerive},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {

@@ -201,6 +201,14 @@ type mechanism struct {
 	// bits (hashAlg).
 	hashAlg, mgf, extra uint64
 	source              []byte
+	// aesBits: for CKM_RSA_AES_KEY_WRAP, the ephemeral AES key's bits
+	// (its OAEP parameters are in hashAlg, mgf, extra and source).
+	aesBits uint64
+	// For CKM_HKDF_DERIVE: extract and expand; the PRF's hash is hashAlg,
+	// the salt type extra, the salt param, the salt key saltKey, the info
+	// source.
+	extract, expand bool
+	saltKey         uint64
 }
 
 // decoder reads a request body against its signature.
@@ -420,6 +428,24 @@ func (d *decoder) Mechanism() mechanism {
 		return m
 	case ckmRSAPKCSOAEP:
 		m.hashAlg, m.mgf, m.extra = d.u64(), d.u64(), d.u64()
+		m.source, _ = d.array()
+		m.hasParam = true
+		return m
+	case ckmRSAAESKeyWrap:
+		// keywarden's module (no p11-kit release sends this one): the
+		// AES key's bits, then the OAEP parameters as for RSA-OAEP.
+		m.aesBits = d.u64()
+		m.hashAlg, m.mgf, m.extra = d.u64(), d.u64(), d.u64()
+		m.source, _ = d.array()
+		m.hasParam = true
+		return m
+	case ckmHKDFDerive:
+		// keywarden's module: extract, expand, the PRF, the salt type,
+		// the salt, the salt key, the info.
+		m.extract, m.expand = d.u8() != 0, d.u8() != 0
+		m.hashAlg, m.extra = d.u64(), d.u64()
+		m.param, _ = d.array()
+		m.saltKey = d.u64()
 		m.source, _ = d.array()
 		m.hasParam = true
 		return m

@@ -11,6 +11,9 @@ import (
 const (
 	ckmAESKeyWrap    = 0x2109
 	ckmAESKeyWrapPad = 0x210A
+	// ckmRSAAESKeyWrap is RSA-OAEP of an ephemeral AES key, then RFC 5649
+	// under it: the daemon makes the AES key, AES-256 only.
+	ckmRSAAESKeyWrap = 0x1054
 )
 
 const (
@@ -18,8 +21,23 @@ const (
 	ckfMechUnwrap = 0x00040000
 )
 
-// wrapFormat is the core's format for a wrapping mechanism.
-func wrapFormat(m mechanism) (wire.WrapFormat, uint64) {
+// wrapFormat is the core's format for a wrapping mechanism, and for
+// CKM_RSA_AES_KEY_WRAP its OAEP hash. wrapping: for C_WrapKey (the
+// daemon makes the ephemeral AES key, AES-256; C_UnwrapKey opens any).
+func wrapFormat(m mechanism, wrapping bool) (wire.WrapFormat, wire.HashAlg, uint64) {
+	if m.typ == ckmRSAAESKeyWrap {
+		h, ok := oaepHash(m)
+		if !ok || wrapping && m.aesBits != 256 || !wrapping && m.aesBits != 128 && m.aesBits != 192 && m.aesBits != 256 {
+			return 0, 0, ckrMechanismParamInvalid
+		}
+		return wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP, h, ckrOK
+	}
+	f, rv := aesWrapFormat(m)
+	return f, 0, rv
+}
+
+// aesWrapFormat is the core's format for an AES key wrap mechanism.
+func aesWrapFormat(m mechanism) (wire.WrapFormat, uint64) {
 	if len(m.param) > 0 {
 		return 0, ckrMechanismParamInvalid // a non-default IV is not offered
 	}
@@ -44,12 +62,12 @@ func (c *conn) cWrapKey(d *decoder, e *encoder) uint64 {
 	if rv != ckrOK {
 		return rv
 	}
-	format, rv := wrapFormat(m)
+	format, hash, rv := wrapFormat(m, true)
 	if rv != ckrOK {
 		return rv
 	}
 	wo, rv := c.object(wh)
-	if rv != ckrOK || wo.class != ckoSecretKey {
+	if rv != ckrOK || !wrapsWith(wo, format) {
 		return ckrWrappingKeyHandleInvalid
 	}
 	to, rv := c.object(th)
@@ -64,7 +82,7 @@ func (c *conn) cWrapKey(d *decoder, e *encoder) uint64 {
 	if err != nil {
 		return rvOf(err, ckrKeyHandleInvalid)
 	}
-	r, err := c.do(&wire.Op{Op: &wire.Op_Wrap{Wrap: &wire.Wrap{Handle: w, Target: t, Format: format}}})
+	r, err := c.do(&wire.Op{Op: &wire.Op_Wrap{Wrap: &wire.Wrap{Handle: w, Target: t, Format: format, Hash: hash}}})
 	if err != nil {
 		if st := statusOf(err); st == wire.Status_STATUS_PERMISSION_DENIED || st == wire.Status_STATUS_POLICY_VIOLATION {
 			return ckrKeyUnextractable
@@ -104,12 +122,12 @@ func (c *conn) cUnwrapKey(d *decoder, e *encoder) uint64 {
 	if rv := c.writable(s); rv != ckrOK {
 		return rv
 	}
-	format, rv := wrapFormat(m)
+	format, hash, rv := wrapFormat(m, false)
 	if rv != ckrOK {
 		return rv
 	}
 	uo, rv := c.object(uh)
-	if rv != ckrOK || uo.class != ckoSecretKey {
+	if rv != ckrOK || !unwrapsWith(uo, format) {
 		return ckrUnwrappingKeyHandleInvalid
 	}
 	t, rv := readTemplate(as)
@@ -132,7 +150,7 @@ func (c *conn) cUnwrapKey(d *decoder, e *encoder) uint64 {
 	if err != nil {
 		return rvOf(err, ckrUnwrappingKeyHandleInvalid)
 	}
-	r, err := c.do(&wire.Op{Op: &wire.Op_Unwrap{Unwrap: &wire.Unwrap{Handle: u, Blob: blob, Format: format, Template: kt}}})
+	r, err := c.do(&wire.Op{Op: &wire.Op_Unwrap{Unwrap: &wire.Unwrap{Handle: u, Blob: blob, Format: format, Template: kt, Hash: hash}}})
 	if err != nil {
 		switch statusOf(err) {
 		case wire.Status_STATUS_VERIFICATION_FAILED, wire.Status_STATUS_INVALID_ARGUMENT:
@@ -147,6 +165,25 @@ func (c *conn) cUnwrapKey(d *decoder, e *encoder) uint64 {
 	ks.handle = kr.GetHandle()
 	e.Ulong(c.objectsOf(ks)[0])
 	return ckrOK
+}
+
+// wrapsWith says whether o is the kind of object that wraps in format:
+// a secret key for the AES key wraps; an RSA public key (or the private
+// key's object, the same key of the daemon's) for RSA-AES.
+func wrapsWith(o *object, format wire.WrapFormat) bool {
+	if format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP {
+		return o.class != ckoSecretKey && isRSA(o.key.info.Type)
+	}
+	return o.class == ckoSecretKey
+}
+
+// unwrapsWith: a secret key for the AES key wraps, an RSA private key
+// for RSA-AES.
+func unwrapsWith(o *object, format wire.WrapFormat) bool {
+	if format == wire.WrapFormat_WRAP_FORMAT_RSA_AES_KWP {
+		return o.class == ckoPrivateKey && isRSA(o.key.info.Type)
+	}
+	return o.class == ckoSecretKey
 }
 
 // unwrapType is the key type an unwrap template asks for, and the usages

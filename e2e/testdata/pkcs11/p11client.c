@@ -11,10 +11,39 @@
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
  *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
+ *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
+ *                                   and a context are refused
+ *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
+ *                                   (the module must never crash on them)
+ *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
+ *                                   unwraps it again, refuses what it must; unwraps BLOB as an
+ *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
+ *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
+ *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
+ *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
+ *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
+ *                                   wrappable, or with nothing asked: refused; aes1 unchanged
+ *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
+ *                                   handle of one slot is refused in a session of the other
+ *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
+ *                                   and a context are refused
+ *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
+ *                                   (the module must never crash on them)
+ *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
+ *                                   unwraps it again, refuses what it must; unwraps BLOB as an
+ *                                   HMAC-SHA-256 key and prints its tag of "abc" ("tag: HEX")
+ *   p11client MODULE hkdf           CKM_HKDF_DERIVE from an HMAC key imported with a known value
+ *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
+ *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
+ *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
+ *                                   wrappable, or with nothing asked: refused; aes1 unchanged
+ *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
+ *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
- *                                   ECDSA P-256 over a digest, HMAC-SHA-256 of 256 bytes
+ *                                   ECDSA P-256 over a digest, Ed25519 of 64 bytes, HMAC-SHA-256
+ *                                   and AES-256-GCM encryption of 256 bytes
  *
  * Signing uses the first EC private key with CKM_ECDSA over a SHA-256-long
  * digest, logging in with any PIN.
@@ -26,7 +55,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -111,6 +139,130 @@ out:
 
 static int failed;
 
+/* workload makes calls of every kind the module decodes a reply of,
+ * ignoring what they return. */
+static void workload (CK_FUNCTION_LIST_PTR f)
+{
+	CK_SLOT_ID slots[8];
+	CK_ULONG n = 8, i, count = 0, len;
+	CK_SLOT_INFO si;
+	CK_TOKEN_INFO ti;
+	CK_MECHANISM_TYPE mechs[64];
+	CK_MECHANISM_INFO mi;
+	CK_SESSION_HANDLE s = 0;
+	CK_SESSION_INFO ssi;
+	CK_OBJECT_HANDLE objs[16];
+	CK_BYTE buf[600], out[600];
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 }, ed = { CKM_EDDSA, NULL, 0 };
+	CK_C_INITIALIZE_ARGS args;
+
+	memset (&args, 0, sizeof args);
+	args.flags = CKF_OS_LOCKING_OK;
+	memset (buf, 3, sizeof buf);
+	f->C_Initialize (&args);
+	f->C_GetSlotList (CK_TRUE, NULL, &n);
+	n = 8;
+	f->C_GetSlotList (CK_FALSE, slots, &n);
+	f->C_GetSlotInfo (0, &si);
+	f->C_GetTokenInfo (0, &ti);
+	len = 0;
+	f->C_GetMechanismList (0, NULL, &len);
+	len = 64;
+	f->C_GetMechanismList (0, mechs, &len);
+	len = 2;
+	f->C_GetMechanismList (0, mechs, &len);
+	f->C_GetMechanismInfo (0, CKM_ECDSA, &mi);
+	f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+	f->C_GetSessionInfo (s, &ssi);
+	f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+	f->C_FindObjectsInit (s, NULL, 0);
+	f->C_FindObjects (s, objs, 16, &count);
+	f->C_FindObjectsFinal (s);
+	if (count > 16)
+		count = 16;
+	for (i = 0; i < count; i++) {
+		CK_OBJECT_CLASS cls = 0;
+		CK_KEY_TYPE kt = 0;
+		CK_BBOOL sign = 0;
+		CK_BYTE label[8], id[64], point[128], value[64];
+		CK_ATTRIBUTE a[] = {
+			{ CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt }, { CKA_LABEL, NULL, 0 },
+			{ CKA_ID, id, sizeof id }, { CKA_SIGN, &sign, sizeof sign }, { CKA_EC_POINT, point, sizeof point },
+			{ CKA_VALUE, value, sizeof value }, { CKA_LABEL, label, sizeof label },
+		};
+		f->C_GetAttributeValue (s, objs[i], a, 8);
+		if (cls == CKO_PRIVATE_KEY) {
+			CK_MECHANISM *m = kt == CKK_EC_EDWARDS ? &ed : &ecdsa;
+			f->C_SignInit (s, m, objs[i]);
+			len = 0;
+			f->C_Sign (s, buf, 32, NULL, &len);
+			len = sizeof out;
+			f->C_Sign (s, buf, 32, out, &len);
+			f->C_SignInit (s, m, objs[i]);
+			len = 1;
+			f->C_Sign (s, buf, 32, out, &len);
+			len = sizeof out;
+			f->C_Sign (s, buf, 32, out, &len);
+		}
+	}
+	f->C_DigestInit (s, &sha);
+	f->C_DigestUpdate (s, buf, sizeof buf);
+	len = sizeof out;
+	f->C_DigestFinal (s, out, &len);
+	f->C_GenerateRandom (s, out, 32);
+	f->C_CloseSession (s);
+	f->C_CloseAllSessions (0);
+	f->C_Finalize (NULL);
+}
+
+/* first_ec_key finds the first EC private key of a session. */
+static CK_RV first_ec_key (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *key)
+{
+	CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+	CK_KEY_TYPE kt = CKK_EC;
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt } };
+	CK_ULONG count = 0;
+	CK_RV rv;
+
+	if ((rv = f->C_FindObjectsInit (s, tmpl, 2)) != CKR_OK)
+		return rv;
+	rv = f->C_FindObjects (s, key, 1, &count);
+	f->C_FindObjectsFinal (s);
+	if (rv == CKR_OK && count != 1)
+		rv = CKR_KEY_HANDLE_INVALID;
+	return rv;
+}
+
+/* find finds the object of class cls labelled label. */
+static CK_RV find (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const char *label, CK_OBJECT_HANDLE *o)
+{
+	CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_LABEL, (void *) label, strlen (label) } };
+	CK_ULONG count = 0;
+	CK_RV rv;
+
+	if ((rv = f->C_FindObjectsInit (s, tmpl, 2)) != CKR_OK)
+		return rv;
+	rv = f->C_FindObjects (s, o, 1, &count);
+	f->C_FindObjectsFinal (s);
+	if (rv == CKR_OK && count != 1)
+		rv = CKR_OBJECT_HANDLE_INVALID;
+	return rv;
+}
+
+/* sign_once signs a digest with an EC key. */
+static CK_RV sign_once (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key)
+{
+	CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+	CK_BYTE digest[32], sig[128];
+	CK_ULONG siglen = sizeof sig;
+	CK_RV rv;
+
+	memset (digest, 9, sizeof digest);
+	if ((rv = f->C_SignInit (s, &mech, key)) != CKR_OK)
+		return rv;
+	return f->C_Sign (s, digest, sizeof digest, sig, &siglen);
+}
+
 static void check (const char *what, CK_RV rv, CK_RV want)
 {
 	printf ("%s: %s (rv 0x%lx)\n", what, rv == want ? "ok" : "FAILED", (unsigned long) rv);
@@ -124,78 +276,6 @@ static void *worker (void *arg)
 {
 	(void) arg;
 	return (void *) (long) sign (shared, 50);
-}
-
-/* The bench mode. */
-static const char *bench_pin;
-static double bench_seconds;
-
-struct bench_result {
-	CK_RV rv;
-	long ecdsa, hmac;
-};
-
-static double now (void)
-{
-	struct timespec ts;
-	clock_gettime (CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void *bench_worker (void *arg)
-{
-	struct bench_result *r = arg;
-	CK_FUNCTION_LIST_PTR f = shared;
-	CK_SLOT_ID slots[8];
-	CK_ULONG n = 8, siglen;
-	CK_SESSION_HANDLE s;
-	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
-	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-	CK_ULONG len32 = 32;
-	CK_ATTRIBUTE pub[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
-	CK_ATTRIBUTE priv[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_ATTRIBUTE sec[] = { { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 },
-	                       { CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SENSITIVE, &yes, 1 } };
-	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, secgen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
-	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
-	CK_OBJECT_HANDLE pk, sk, mk;
-	CK_BYTE digest[32], data[256], out[128];
-	double end;
-
-	memset (digest, 1, sizeof digest);
-	memset (data, 2, sizeof data);
-	if ((r->rv = f->C_GetSlotList (CK_TRUE, slots, &n)) != CKR_OK)
-		return NULL;
-	if (n == 0) {
-		r->rv = CKR_TOKEN_NOT_PRESENT;
-		return NULL;
-	}
-	if ((r->rv = f->C_OpenSession (slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK)
-		return NULL;
-	r->rv = f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) bench_pin, strlen (bench_pin));
-	if (r->rv != CKR_OK && r->rv != CKR_USER_ALREADY_LOGGED_IN)
-		return NULL;
-	if ((r->rv = f->C_GenerateKeyPair (s, &ecgen, pub, 3, priv, 3, &pk, &sk)) != CKR_OK ||
-	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK)
-		return NULL;
-	end = now () + bench_seconds;
-	while (now () < end) {
-		siglen = sizeof out;
-		if ((r->rv = f->C_SignInit (s, &ecdsa, sk)) != CKR_OK ||
-		    (r->rv = f->C_Sign (s, digest, sizeof digest, out, &siglen)) != CKR_OK)
-			return NULL;
-		r->ecdsa++;
-	}
-	end = now () + bench_seconds;
-	while (now () < end) {
-		siglen = sizeof out;
-		if ((r->rv = f->C_SignInit (s, &hmac, mk)) != CKR_OK ||
-		    (r->rv = f->C_Sign (s, data, sizeof data, out, &siglen)) != CKR_OK)
-			return NULL;
-		r->hmac++;
-	}
-	r->rv = CKR_OK;
-	return NULL;
 }
 
 int main (int argc, char **argv)
@@ -228,9 +308,12 @@ int main (int argc, char **argv)
 		fflush (stdout);
 		pid = fork ();
 		if (pid == 0) {
-			CK_RV rv = init (f);
-			if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
-				rv = CKR_OK;
+			CK_RV rv;
+			CK_ULONG n = 0;
+			/* The parent's connection is the parent's: the child
+			 * must initialize the module first. */
+			check ("child call before C_Initialize", f->C_GetSlotList (CK_TRUE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+			rv = init (f);
 			check ("child C_Initialize", rv, CKR_OK);
 			check ("child signs", sign (f, 3), CKR_OK);
 			fflush (stdout);
@@ -253,6 +336,7 @@ int main (int argc, char **argv)
 		check ("sign after reload", sign (f, 1), CKR_OK);
 		check ("C_Finalize after reload", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "restart") == 0 && argc == 4) {
+		CK_SESSION_HANDLE old, fresh;
 		struct stat sb;
 		int i;
 		CK_RV rv;
@@ -262,40 +346,230 @@ int main (int argc, char **argv)
 		signal (SIGPIPE, SIG_IGN);
 		check ("C_Initialize", init (f), CKR_OK);
 		check ("sign", sign (f, 1), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &old), CKR_OK);
 		printf ("waiting\n");
 		fflush (stdout);
 		for (i = 0; i < 300 && stat (argv[3], &sb) != 0; i++)
 			usleep (100000);
-		/* The daemon went away: a call fails, then the program re-opens
-		 * the module (C_Finalize, C_Initialize) and works again. */
+		/* The daemon went away: a call fails, then the program works
+		 * again with new sessions. A session of the connection that is
+		 * gone stays refused, even where the new connection has a
+		 * session with the same number in the daemon. */
 		rv = sign (f, 1);
 		printf ("sign across the restart: rv 0x%lx\n", (unsigned long) rv);
+		check ("sign after the restart in new sessions", sign (f, 1), CKR_OK);
+		check ("C_OpenSession after the restart", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &fresh), CKR_OK);
+		check ("a session of the old connection", f->C_Login (old, CKU_USER, (CK_UTF8CHAR_PTR) "x", 1), CKR_SESSION_HANDLE_INVALID);
+		check ("the old session's number differs", old != fresh, CK_TRUE);
 		f->C_Finalize (NULL);
 		check ("C_Initialize after the restart", init (f), CKR_OK);
 		check ("sign after the restart", sign (f, 1), CKR_OK);
 		f->C_Finalize (NULL);
-	} else if (strcmp (argv[2], "bench") == 0 && argc == 6) {
-		int threads = atoi (argv[5]), i;
-		pthread_t th[64];
-		struct bench_result res[64];
-		long ecdsa = 0, hmac = 0;
-		bench_pin = argv[3];
-		bench_seconds = atof (argv[4]);
-		if (threads < 1 || threads > 64)
-			return 2;
+	} else if (strcmp (argv[2], "edparams") == 0) {
+		struct { CK_BBOOL ph; CK_ULONG n; CK_BYTE_PTR ctx; } pure = { CK_FALSE, 0, NULL }, ph = { CK_TRUE, 0, NULL },
+			ctx = { CK_FALSE, 3, (CK_BYTE_PTR) "abc" };
+		CK_MECHANISM m = { CKM_EDDSA, &pure, sizeof pure };
+		CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+		CK_ATTRIBUTE tmpl[] = { { CKA_CLASS, &cls, sizeof cls }, { CKA_KEY_TYPE, &kt, sizeof kt } };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE key;
+		CK_ULONG count = 0, siglen;
+		CK_BYTE sig[64];
 		check ("C_Initialize", init (f), CKR_OK);
-		shared = f;
-		memset (res, 0, sizeof res);
-		for (i = 0; i < threads; i++)
-			pthread_create (&th[i], NULL, bench_worker, &res[i]);
-		for (i = 0; i < threads; i++) {
-			pthread_join (th[i], NULL);
-			check ("thread", res[i].rv, CKR_OK);
-			ecdsa += res[i].ecdsa;
-			hmac += res[i].hmac;
-		}
-		printf ("ecdsa-p256 %.0f/s\nhmac-sha256-256B %.0f/s\n", ecdsa / bench_seconds, hmac / bench_seconds);
-		f->C_Finalize (NULL);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		f->C_FindObjectsInit (s, tmpl, 2);
+		f->C_FindObjects (s, &key, 1, &count);
+		f->C_FindObjectsFinal (s);
+		check ("an Ed25519 key", count, 1);
+		check ("pure Ed25519 asked for", f->C_SignInit (s, &m, key), CKR_OK);
+		siglen = sizeof sig;
+		check ("signs", f->C_Sign (s, (CK_BYTE_PTR) "m", 1, sig, &siglen), CKR_OK);
+		check ("a 64-byte signature", siglen, 64);
+		m.pParameter = &ph;
+		check ("Ed25519ph", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
+		m.pParameter = &ctx;
+		check ("Ed25519ctx", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "workload") == 0) {
+		int round;
+		for (round = 0; round < 2; round++)
+			workload (f);
+		return 0;
+	} else if (strcmp (argv[2], "rsaaes") == 0 && argc == 4) {
+		CK_RSA_PKCS_OAEP_PARAMS oaep = { CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, NULL, 0 };
+		CK_RSA_PKCS_OAEP_PARAMS oaep1 = { CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0 };
+		struct { CK_ULONG bits; CK_RSA_PKCS_OAEP_PARAMS *oaep; } p = { 256, &oaep };
+		CK_MECHANISM m = { CKM_RSA_AES_KEY_WRAP, &p, sizeof p };
+		CK_MECHANISM eddsa = { CKM_EDDSA, NULL, 0 }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pk = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE ed = CKK_EC_EDWARDS, gen = CKK_GENERIC_SECRET;
+		CK_ULONG len32 = 32;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_ATTRIBUTE edt[] = { { CKA_CLASS, &pk, sizeof pk }, { CKA_KEY_TYPE, &ed, sizeof ed },
+			{ CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE hmt[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 } };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE pub, priv, edw, edwpub, edfixed, data1, back, mk;
+		CK_BYTE blob[2048], sig[64], tag[32], value[64], in[2048];
+		CK_ULONG bloblen = sizeof blob, siglen = sizeof sig, taglen = sizeof tag, i;
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		FILE *fp;
+		size_t inlen;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("kek-rsa's public key", find (f, s, CKO_PUBLIC_KEY, "kek-rsa", &pub), CKR_OK);
+		check ("kek-rsa's private key", find (f, s, CKO_PRIVATE_KEY, "kek-rsa", &priv), CKR_OK);
+		check ("ed-w", find (f, s, CKO_PRIVATE_KEY, "ed-w", &edw), CKR_OK);
+		check ("ed-w's public key", find (f, s, CKO_PUBLIC_KEY, "ed-w", &edwpub), CKR_OK);
+		check ("ed-fixed", find (f, s, CKO_PRIVATE_KEY, "ed-fixed", &edfixed), CKR_OK);
+		check ("data1", find (f, s, CKO_SECRET_KEY, "data1", &data1), CKR_OK);
+		check ("wrap ed-w", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_OK);
+		check ("a blob longer than the RSA block", bloblen > 384, CK_TRUE);
+		check ("unwrap it", f->C_UnwrapKey (s, &m, priv, blob, bloblen, edt, 5, &back), CKR_OK);
+		check ("the copy's value, asked not sensitive", f->C_GetAttributeValue (s, back, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("the copy signs", f->C_SignInit (s, &eddsa, back), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "same key", 8, sig, &siglen), CKR_OK);
+		check ("ed-w's public key verifies it", f->C_VerifyInit (s, &eddsa, edwpub), CKR_OK);
+		check ("", f->C_Verify (s, (CK_BYTE_PTR) "same key", 8, sig, siglen), CKR_OK);
+		bloblen = sizeof blob;
+		check ("wrap an AES-256 key under RSA-3072 (weaker)", f->C_WrapKey (s, &m, pub, data1, blob, &bloblen) != CKR_OK, CK_TRUE);
+		bloblen = sizeof blob;
+		check ("wrap a key that is not wrappable", f->C_WrapKey (s, &m, pub, edfixed, blob, &bloblen) != CKR_OK, CK_TRUE);
+		p.bits = 128;
+		bloblen = sizeof blob;
+		check ("wrap with AES-128 asked", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_MECHANISM_PARAM_INVALID);
+		p.bits = 256;
+		p.oaep = &oaep1;
+		bloblen = sizeof blob;
+		check ("wrap with OAEP SHA-1", f->C_WrapKey (s, &m, pub, edw, blob, &bloblen), CKR_MECHANISM_PARAM_INVALID);
+		p.oaep = &oaep;
+		check ("unwrap with the public key", f->C_UnwrapKey (s, &m, pub, blob, 296, edt, 5, &back), CKR_UNWRAPPING_KEY_HANDLE_INVALID);
+		bloblen = sizeof blob;
+		check ("wrap under data1 (not RSA)", f->C_WrapKey (s, &m, data1, edw, blob, &bloblen), CKR_WRAPPING_KEY_HANDLE_INVALID);
+		fp = fopen (argv[3], "rb");
+		inlen = fp ? fread (in, 1, sizeof in, fp) : 0;
+		if (fp)
+			fclose (fp);
+		check ("unwrap the blob made outside", f->C_UnwrapKey (s, &m, priv, in, inlen, hmt, 4, &mk), CKR_OK);
+		check ("HMAC with it", f->C_SignInit (s, &hmac, mk), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
+		printf ("tag: ");
+		for (i = 0; i < taglen; i++)
+			printf ("%02x", tag[i]);
+		printf ("\n");
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "hkdf") == 0) {
+		struct {
+			CK_BBOOL extract, expand;
+			CK_MECHANISM_TYPE prf;
+			CK_ULONG salt_type;
+			CK_BYTE_PTR salt;
+			CK_ULONG salt_len;
+			CK_OBJECT_HANDLE salt_key;
+			CK_BYTE_PTR info;
+			CK_ULONG info_len;
+		} p = { CK_TRUE, CK_TRUE, CKM_SHA256, 2, (CK_BYTE_PTR) "salt", 4, 0, (CK_BYTE_PTR) "info", 4 };
+		CK_MECHANISM m = { 0x402a /* CKM_HKDF_DERIVE */, &p, sizeof p }, hmac = { CKM_SHA256_HMAC, NULL, 0 };
+		CK_MECHANISM agen = { CKM_AES_KEY_GEN, NULL, 0 };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pk = CKO_PRIVATE_KEY;
+		CK_KEY_TYPE gen = CKK_GENERIC_SECRET, aes = CKK_AES;
+		CK_ULONG len32 = 32, taglen = 32, i;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_BYTE k[32], tag[32], value[64];
+		CK_ATTRIBUTE parent[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE, k, sizeof k }, { CKA_SIGN, &yes, 1 }, { CKA_DERIVE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE noderive[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE, k, sizeof k }, { CKA_SIGN, &yes, 1 }, { CKA_DERIVE, &no, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE child[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+			{ CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 } };
+		CK_ULONG nchild = 5; /* without the last two: asking them is a relaxation */
+		CK_ATTRIBUTE aesc[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &aes, sizeof aes }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE privc[] = { { CKA_CLASS, &pk, sizeof pk }, { CKA_KEY_TYPE, &gen, sizeof gen }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE base, nd, ck, ak, x;
+		memset (k, 0x5a, sizeof k);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("import the parent", f->C_CreateObject (s, parent, 6, &base), CKR_OK);
+		check ("import one without derive", f->C_CreateObject (s, noderive, 6, &nd), CKR_OK);
+		check ("a child asked exportable and wrappable", f->C_DeriveKey (s, &m, base, child, 7, &x), CKR_TEMPLATE_INCONSISTENT);
+		check ("derive an HMAC key", f->C_DeriveKey (s, &m, base, child, nchild, &ck), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, ck, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("HMAC with it", f->C_SignInit (s, &hmac, ck), CKR_OK);
+		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
+		printf ("tag: ");
+		for (i = 0; i < taglen; i++)
+			printf ("%02x", tag[i]);
+		printf ("\n");
+		check ("an AES key", f->C_GenerateKey (s, &agen, aesc, 3, &ak), CKR_OK);
+		check ("from a key without the derive usage", f->C_DeriveKey (s, &m, nd, child, nchild, &x) != CKR_OK, CK_TRUE);
+		check ("a private key asked for", f->C_DeriveKey (s, &m, base, privc, 3, &x), CKR_TEMPLATE_INCONSISTENT);
+		check ("from an AES key", f->C_DeriveKey (s, &m, ak, child, nchild, &x), CKR_KEY_TYPE_INCONSISTENT);
+		p.expand = CK_FALSE;
+		check ("extract only", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.expand = CK_TRUE;
+		p.salt_type = 4;
+		check ("a salt key", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.salt_type = 2;
+		p.prf = CKM_SHA_1;
+		check ("SHA-1", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.prf = CKM_SHA256;
+		m.mechanism = CKM_AES_ECB_ENCRYPT_DATA;
+		check ("an ECB derivation", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "copy") == 0) {
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE, sens = CK_FALSE, extr = CK_TRUE;
+		CK_ATTRIBUTE relax[] = { { CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE after[] = { { CKA_SENSITIVE, &sens, 1 }, { CKA_EXTRACTABLE, &extr, 1 } };
+		CK_BYTE value[64];
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE k, x = 0;
+		CK_RV rv;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("aes1", find (f, s, CKO_SECRET_KEY, "aes1", &k), CKR_OK);
+		rv = f->C_CopyObject (s, k, relax, 3, &x);
+		printf ("copy asking exportable and wrappable: rv 0x%lx\n", (unsigned long) rv);
+		check ("copy asking exportable and wrappable refused", rv != CKR_OK, CK_TRUE);
+		if (rv == CKR_OK)
+			check ("the copy's value", f->C_GetAttributeValue (s, x, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("a plain copy refused", f->C_CopyObject (s, k, NULL, 0, &x) != CKR_OK, CK_TRUE);
+		check ("aes1's attributes", f->C_GetAttributeValue (s, k, after, 2), CKR_OK);
+		check ("aes1 still sensitive and not extractable", sens == CK_TRUE && extr == CK_FALSE, CK_TRUE);
+		check ("aes1's value", f->C_GetAttributeValue (s, k, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "slots") == 0) {
+		CK_SLOT_ID slots[4];
+		CK_ULONG n = 4;
+		CK_SESSION_HANDLE s0, s1;
+		CK_OBJECT_HANDLE k0, k1;
+		CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_GetSlotList", f->C_GetSlotList (CK_TRUE, slots, &n), CKR_OK);
+		check ("two slots with a token", n, 2);
+		if (n != 2)
+			return 1;
+		check ("open on slot 0", f->C_OpenSession (slots[0], CKF_SERIAL_SESSION, NULL, NULL, &s0), CKR_OK);
+		check ("open on slot 1", f->C_OpenSession (slots[1], CKF_SERIAL_SESSION, NULL, NULL, &s1), CKR_OK);
+		f->C_Login (s0, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+		f->C_Login (s1, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3);
+		check ("a key on slot 0", first_ec_key (f, s0, &k0), CKR_OK);
+		check ("a key on slot 1", first_ec_key (f, s1, &k1), CKR_OK);
+		check ("slot 0 signs with its key", sign_once (f, s0, k0), CKR_OK);
+		check ("slot 1 signs with its key", sign_once (f, s1, k1), CKR_OK);
+		check ("slot 0's key in a session of slot 1", f->C_SignInit (s1, &mech, k0), CKR_KEY_HANDLE_INVALID);
+		check ("slot 1's key in a session of slot 0", f->C_SignInit (s0, &mech, k1), CKR_KEY_HANDLE_INVALID);
+		check ("destroying slot 0's key from slot 1", f->C_DestroyObject (s1, k0), CKR_OBJECT_HANDLE_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "nodaemon") == 0) {
 		CK_SLOT_ID slots[4];
 		CK_ULONG n = 4;
