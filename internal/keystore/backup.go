@@ -390,7 +390,8 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 }
 
 // restoreChunk is how many keys a transaction of restoreInChunks writes:
-// well within etcd's default limits (128 operations, 1.5 MiB).
+// well within etcd's default limits (128 operations, 1.5 MiB), fewer on a
+// cluster whose --max-txn-ops is lower.
 const restoreChunk = 48
 
 // restoreInChunks replaces a shared store's contents with the backup at
@@ -404,6 +405,7 @@ const restoreChunk = 48
 // cluster lost) leaves a store that says so at unseal; the restore is
 // run again.
 func (s *Store) restoreInChunks(path string, epoch *uint64) error {
+	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
 	var master, header []byte
 	if err := readBackup(path, func(e backupEntry) error {
 		if bytes.Equal(e.bucket, persist.BucketMeta) {
@@ -443,7 +445,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 						return nil
 					}
 					keys = append(keys, bytes.Clone(k))
-					if len(keys) == restoreChunk {
+					if len(keys) == chunk {
 						return store.ErrStop
 					}
 					return nil
@@ -460,7 +462,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 			if err != nil {
 				return err
 			}
-			if len(keys) < restoreChunk {
+			if len(keys) < chunk {
 				break
 			}
 		}
@@ -489,7 +491,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 			return nil
 		}
 		batch = append(batch, backupEntry{bucket: e.bucket, key: bytes.Clone(e.key), val: bytes.Clone(e.val)})
-		if len(batch) == restoreChunk {
+		if len(batch) == chunk {
 			return put()
 		}
 		return nil
@@ -531,7 +533,9 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 // are walked once more from the first, and if some still are, the
 // rotation stays open, keeping the previous generation.
 func (s *Store) RewrapAll(progress func(done, total uint64)) error {
-	const batch = 256
+	// Each record is read and written once; the master record, the
+	// header and the names around them take a few operations more.
+	batch := store.BatchSize(s.db, 256, 1, 8)
 	rescanned := false
 	for {
 		l, err := s.lease()

@@ -727,3 +727,28 @@ func TestClusterRestoreInChunks(t *testing.T) {
 		}
 	}
 }
+
+// A master-key rotation re-wraps every record of a shared store in
+// transactions within the etcd cluster's limits, however many keys it
+// holds, and the keys open under the new master key afterwards.
+func TestClusterRewrapWithinLimits(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/rewrap-limits/", true)
+	var ids []key.ID
+	for i := range 300 {
+		o := obj(t, 1, fmt.Sprintf("k%d", i), false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, o.ID)
+		a.Release(o)
+	}
+	rotateMaster(t, a, "rotated")
+	for _, id := range ids {
+		o, err := a.Get(id)
+		if err != nil {
+			t.Fatalf("a key after the rotation: %v", err)
+		}
+		a.Release(o)
+	}
+}

@@ -441,6 +441,10 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 	return nil
 }
 
+// MaxOps is the most reads, and the most writes, one transaction may
+// hold: the cluster's --max-txn-ops as configured.
+func (e *Etcd) MaxOps() int { return e.maxOps }
+
 // commit sends tx's writes guarded by its reads.
 func (e *Etcd) commit(tx *etcdTx) error {
 	if len(tx.writes) == 0 {

@@ -28,6 +28,24 @@ type Copier interface {
 	KeepCopy(tag string, now time.Time) (string, error)
 }
 
+// Bounded is implemented by a Store whose transactions hold at most
+// MaxOps reads and at most MaxOps writes (etcd's --max-txn-ops). Work
+// that writes in batches sizes them to it.
+type Bounded interface {
+	MaxOps() int
+}
+
+// BatchSize is how many items a transaction that reads and writes about
+// perItem keys for each item, plus overhead keys of its own, may take on
+// s: want, or fewer where s bounds its transactions (at least 1).
+func BatchSize(s Store, want, perItem, overhead int) int {
+	b, ok := s.(Bounded)
+	if !ok {
+		return want
+	}
+	return max(1, min(want, (b.MaxOps()-overhead)/perItem))
+}
+
 // Isolating is implemented by a Store whose Update may commit concurrent
 // calls together (Bolt). UpdateAlone is Update in a transaction of its
 // own: no other call's fn runs in it, so when fn is called the commit
