@@ -221,7 +221,10 @@ func (b *Batch) Do(ctx context.Context) error {
 		ch  chunk
 		ops []*wire.Op
 		idx []int
-		cl  *call
+		// runs[j] is how many of idx the j-th of ops stands for: more
+		// than one for a packed run (packedbatch.go); nil when none is.
+		runs []int
+		cl   *call
 	}
 	window := max(1, b.c.limits.MaxInFlight/2)
 	var inflight []flight
@@ -232,17 +235,21 @@ func (b *Batch) Do(ctx context.Context) error {
 		inflight = inflight[1:]
 		replies -= f.ch.rep
 		rep, err := b.c.finish(ctx, "batch", f.cl)
-		for j, i := range f.idx {
-			r := b.res[i]
-			switch {
-			case err != nil:
-				r.err = err
-			case j >= len(rep.Results):
-				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
-			default:
-				res := rep.Results[j]
-				r.err = resultErr(r.op, res.Status, res.Message)
-				r.data = res.GetData()
+		if f.runs != nil && err == nil {
+			b.unpackResults(rep, f.idx, f.runs)
+		} else {
+			for j, i := range f.idx {
+				r := b.res[i]
+				switch {
+				case err != nil:
+					r.err = err
+				case j >= len(rep.Results):
+					r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
+				default:
+					res := rep.Results[j]
+					r.err = resultErr(r.op, res.Status, res.Message)
+					r.data = res.GetData()
+				}
 			}
 		}
 		if err != nil && firstErr == nil && CodeOf(err) == CodeUnavailable {
@@ -271,6 +278,9 @@ func (b *Batch) Do(ctx context.Context) error {
 		}
 		for len(inflight) > 0 && (len(inflight) >= window || replies+ch.rep > b.c.replyBudget) {
 			finishOne()
+		}
+		if b.c.limits.PackedRuns {
+			f.ops, f.runs = b.packRuns(f.ops)
 		}
 		cl, err := b.c.start(ctx, f.ops)
 		if err != nil {

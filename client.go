@@ -440,7 +440,7 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 		Limits: Limits{
 			MaxMessageBytes: int(l.GetMaxMessageBytes()), MaxInFlight: int(l.GetMaxInFlight()),
 			MaxSessions: int(l.GetMaxSessions()), MaxHandles: int(l.GetMaxHandles()),
-			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()),
+			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()), PackedRuns: l.GetPackedOps(),
 			MaxConnections: int(l.GetMaxConnections()), AdminConnections: int(l.GetAdminConnections()),
 			PerUID: PerUIDLimits{
 				Connections: int(l.GetMaxConnectionsPerUid()), InFlight: int(l.GetMaxInFlightPerUid()),
