@@ -131,7 +131,7 @@ type seqConn struct {
 	out          []byte
 	arena        arena
 	notes        []auditNote
-	packing      packing // of the request running inline (packed.go)
+	packing      packing         // of the request running inline (packed.go)
 	pending      []pendingReply  // replies waiting for their audit records (queueReply)
 	pendingBytes int             // their encoded size
 	recs         []*audit.Record // flush's scratch
