@@ -14,8 +14,9 @@ import (
 // the audit record are the same; only the encoding is smaller and cheaper
 // on both sides.
 
-// minPackedRun is the shortest run sent packed.
-const minPackedRun = 2
+// minPackedRun is the shortest run sent packed: the daemon takes none
+// shorter.
+const minPackedRun = 3
 
 // packKey is what the operations of a packed run share.
 type packKey struct {

@@ -104,7 +104,7 @@ func seedRequests() []*wire.Request {
 		{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{}}},
 		{Op: &wire.Op_GenerationMap{GenerationMap: &wire.GenerationMap{}}},
 		packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, 1, "p", "qq"),
-		packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, 1, string(make([]byte, 40)), "x"),
+		packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, 1, string(make([]byte, 40)), "x", ""),
 		packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "m", "", "mmm"),
 		{},
 	}

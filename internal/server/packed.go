@@ -19,6 +19,14 @@ import (
 // operation: the operations are carved from slices made at once, and
 // their byte fields point into the request's own bytes.
 
+// minPackedRun is the fewest messages a packed run holds. With three or
+// more, the packed result is never larger than the results it stands for
+// with their framing (each entry is at most one byte longer than its
+// Result, which execute's reply budget counts 4 bytes of framing for, and
+// a packed result adds at most 8 bytes of its own): a request within the
+// reply budget of section 4 of docs/protocol.md gets its reply.
+const minPackedRun = 3
+
 // packing is how the packed runs of one request were taken apart.
 type packing struct {
 	orig  []*wire.Op // the request's ops as decoded; nil when it had no packed run
@@ -30,7 +38,7 @@ type packing struct {
 type packSpan struct{ orig, at, n int }
 
 var (
-	errPackedEmpty = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run needs at least one message")
+	errPackedShort = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run needs at least %d messages", minPackedRun)
 	errPackedKind  = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run names no known operation")
 	errPackedLate  = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a packed run cannot be sent this way")
 	errPackedBad   = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run's messages do not match its count")
@@ -49,8 +57,8 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 			total++
 			continue
 		}
-		if p.Count == 0 {
-			return errPackedEmpty
+		if p.Count < minPackedRun {
+			return errPackedShort
 		}
 		k := int(p.Kind)
 		if k <= 0 || k >= len(packed) {

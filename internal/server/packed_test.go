@@ -71,7 +71,7 @@ func TestPackedRuns(t *testing.T) {
 
 	// Encryptions and MACs, packed, between other operations.
 	send(t, c, 10, ping("x"), packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, aes, "a", "bb", "", "dddd"),
-		packedOp(wire.PackedKind_PACKED_KIND_MAC, mac, "m1", "m2"), ping("y"))
+		packedOp(wire.PackedKind_PACKED_KIND_MAC, mac, "m1", "m2", "m3"), ping("y"))
 	rep := recv(t, c)
 	if rep.Status != wire.Status_STATUS_OK || len(rep.Results) != 4 {
 		t.Fatalf("reply: %v %q, %d results", rep.Status, rep.Message, len(rep.Results))
@@ -85,12 +85,13 @@ func TestPackedRuns(t *testing.T) {
 			t.Fatalf("encryption %d: %v, version %d, %d bytes", i, e.st, e.kv, len(e.data))
 		}
 	}
-	tags := packedEntries(t, rep.Results[2], 2)
+	tags := packedEntries(t, rep.Results[2], 3)
 	// The same MACs one by one.
 	send(t, c, 11, &wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: mac, Data: []byte("m1")}}},
-		&wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: mac, Data: []byte("m2")}}})
+		&wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: mac, Data: []byte("m2")}}},
+		&wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: mac, Data: []byte("m3")}}})
 	one := recv(t, c)
-	for i := range 2 {
+	for i := range 3 {
 		if !bytes.Equal(one.Results[i].Data, tags[i].data) {
 			t.Fatalf("tag %d differs packed", i)
 		}
@@ -100,14 +101,14 @@ func TestPackedRuns(t *testing.T) {
 	bad := slices.Clone(cts[1].data)
 	bad[len(bad)-1] ^= 1
 	send(t, c, 12, packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, aes, string(cts[0].data), string(bad), string(cts[3].data)),
-		packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, encOnly, string(cts[0].data), string(cts[2].data)))
+		packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, encOnly, string(cts[0].data), string(cts[2].data), "x"))
 	rep = recv(t, c)
 	pts := packedEntries(t, rep.Results[0], 3)
 	if pts[0].st != wire.Status_STATUS_OK || string(pts[0].data) != "a" || pts[1].st != wire.Status_STATUS_INVALID_ARGUMENT ||
 		len(pts[1].data) == 0 || pts[2].st != wire.Status_STATUS_OK || string(pts[2].data) != "dddd" {
 		t.Fatalf("decryptions: %+v", pts)
 	}
-	for i, e := range packedEntries(t, rep.Results[1], 2) {
+	for i, e := range packedEntries(t, rep.Results[1], 3) {
 		if e.st != wire.Status_STATUS_POLICY_VIOLATION || len(e.data) == 0 {
 			t.Fatalf("decryption %d with an encrypt-only key: %v %q", i, e.st, e.data)
 		}
@@ -116,7 +117,7 @@ func TestPackedRuns(t *testing.T) {
 	dec := func(h uint32, ct []byte) *wire.Op {
 		return &wire.Op{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: h, Ciphertext: ct}}}
 	}
-	send(t, c, 13, dec(aes, cts[0].data), dec(aes, bad), dec(aes, cts[3].data), dec(encOnly, cts[0].data), dec(encOnly, cts[2].data))
+	send(t, c, 13, dec(aes, cts[0].data), dec(aes, bad), dec(aes, cts[3].data), dec(encOnly, cts[0].data), dec(encOnly, cts[2].data), dec(encOnly, []byte("x")))
 	if rep := recv(t, c); rep.Status != wire.Status_STATUS_OK {
 		t.Fatal(rep.Message)
 	}
@@ -137,7 +138,7 @@ func TestPackedRuns(t *testing.T) {
 		t.Fatalf("records missing: %v %v %v", r10 != nil, r12 != nil, r13 != nil)
 	}
 	if len(r10.Ops) != 4 || r10.Ops[0].Op != "ping" || r10.Ops[1].Op != "encrypt" || r10.Ops[1].Count != 4 ||
-		r10.Ops[2].Op != "mac" || r10.Ops[2].Count != 2 || r10.Ops[3].Op != "ping" {
+		r10.Ops[2].Op != "mac" || r10.Ops[2].Count != 3 || r10.Ops[3].Op != "ping" {
 		t.Fatalf("record of the packed request: %+v", r10.Ops)
 	}
 	if !slices.Equal(r12.Ops, r13.Ops) || r12.Status != r13.Status {
@@ -156,20 +157,21 @@ func TestPackedMalformed(t *testing.T) {
 		want wire.Status
 	}{
 		{"count above messages", func() *wire.Op {
-			o := packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b")
-			o.GetPacked().Count = 3
+			o := packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b", "c")
+			o.GetPacked().Count = 4
 			return o
 		}(), wire.Status_STATUS_INVALID_ARGUMENT},
 		{"count below messages", func() *wire.Op {
-			o := packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b")
-			o.GetPacked().Count = 1
+			o := packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b", "c", "d")
+			o.GetPacked().Count = 3
 			return o
 		}(), wire.Status_STATUS_INVALID_ARGUMENT},
 		{"no message", packedOp(wire.PackedKind_PACKED_KIND_MAC, 1), wire.Status_STATUS_INVALID_ARGUMENT},
-		{"no kind", packedOp(0, 1, "a"), wire.Status_STATUS_INVALID_ARGUMENT},
-		{"unknown kind", packedOp(9, 1, "a"), wire.Status_STATUS_INVALID_ARGUMENT},
-		{"length past the end", &wire.Op{Op: &wire.Op_Packed{Packed: &wire.Packed{Kind: 1, Handle: 1, Count: 1, Messages: []byte{5, 'a'}}}}, wire.Status_STATUS_INVALID_ARGUMENT},
-		{"truncated length", &wire.Op{Op: &wire.Op_Packed{Packed: &wire.Packed{Kind: 1, Handle: 1, Count: 1, Messages: []byte{0x80}}}}, wire.Status_STATUS_INVALID_ARGUMENT},
+		{"two messages", packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b"), wire.Status_STATUS_INVALID_ARGUMENT},
+		{"no kind", packedOp(0, 1, "a", "b", "c"), wire.Status_STATUS_INVALID_ARGUMENT},
+		{"unknown kind", packedOp(9, 1, "a", "b", "c"), wire.Status_STATUS_INVALID_ARGUMENT},
+		{"length past the end", &wire.Op{Op: &wire.Op_Packed{Packed: &wire.Packed{Kind: 1, Handle: 1, Count: 3, Messages: []byte{0, 0, 5, 'a'}}}}, wire.Status_STATUS_INVALID_ARGUMENT},
+		{"truncated length", &wire.Op{Op: &wire.Op_Packed{Packed: &wire.Packed{Kind: 1, Handle: 1, Count: 3, Messages: []byte{0, 0, 0x80}}}}, wire.Status_STATUS_INVALID_ARGUMENT},
 		{"huge count", &wire.Op{Op: &wire.Op_Packed{Packed: &wire.Packed{Kind: 1, Handle: 1, Count: 1<<32 - 1, Messages: []byte{0}}}}, wire.Status_STATUS_RESOURCE_EXHAUSTED},
 		{"over the batch limit", packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, append(many, "one more")...), wire.Status_STATUS_RESOURCE_EXHAUSTED},
 	} {
@@ -194,13 +196,13 @@ func TestPackedMalformed(t *testing.T) {
 // request its ops back.
 func TestPackingRestores(t *testing.T) {
 	orig := []*wire.Op{ping("a"), packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, 1, "x", "y", "z"), ping("b"),
-		packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "m", "n")}
+		packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "m", "n", "o")}
 	req := &wire.Request{Ops: slices.Clone(orig)}
 	var pk packing
 	if err := pk.unpack(req, 100); err != nil {
 		t.Fatal(err)
 	}
-	if len(req.Ops) != 7 || req.Ops[0] != orig[0] || req.Ops[4] != orig[2] ||
+	if len(req.Ops) != 8 || req.Ops[0] != orig[0] || req.Ops[4] != orig[2] ||
 		string(req.Ops[2].GetEncrypt().GetPlaintext()) != "y" || req.Ops[2].GetEncrypt().Handle != 1 ||
 		string(req.Ops[6].GetMac().GetData()) != "n" || req.Ops[6].GetMac().Handle != 2 {
 		t.Fatalf("taken apart: %v", req.Ops)
@@ -223,7 +225,7 @@ func TestPackingRestores(t *testing.T) {
 		b = rest
 	}
 	st, _, d, _, ok := wire.NextPackedEntry(rep.Results[3].Data)
-	if !ok || st != wire.Status_STATUS_NOT_FOUND || string(d) != "gone" {
+	if !ok || st != wire.Status_STATUS_NOT_FOUND || string(d) != "gone" || len(rep.Results[3].Data) > 3*wire.PackedEntryBound(4) {
 		t.Fatalf("failed entry: %v %v %q", ok, st, d)
 	}
 	pk.restore(req)
@@ -237,7 +239,7 @@ func TestPackingRestores(t *testing.T) {
 func FuzzUnpack(f *testing.F) {
 	for _, ops := range [][]*wire.Op{
 		{packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, 1, "a", "bb")},
-		{ping("p"), packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, 1, "ct"), packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "", "m")},
+		{ping("p"), packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, 1, "ct", "cu", "cv"), packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "", "m", "n")},
 	} {
 		b, err := (&wire.Request{Version: 1, Id: 1, Ops: ops}).MarshalVT()
 		if err != nil {

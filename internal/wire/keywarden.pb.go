@@ -4832,7 +4832,7 @@ type Packed struct {
 	Aad []byte `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
 	// RSA-OAEP hash, as in Encrypt and Decrypt.
 	Hash HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
-	// The number of messages, at least one.
+	// The number of messages, at least three.
 	Count uint32 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
 	// The messages, each as its length (a varint) and its bytes.
 	Messages      []byte `protobuf:"bytes,6,opt,name=messages,proto3" json:"messages,omitempty"`
