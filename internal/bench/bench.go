@@ -237,6 +237,9 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, s
 		}},
 	}
 	for _, md := range modes {
+		if md.name == ModeBatched && r.queue == nil {
+			continue // large messages are not batched
+		}
 		say("measuring %s %s...", op.name, md.name)
 		runtime.GC()
 		if _, err := md.measure(warmup); err != nil {

@@ -252,6 +252,9 @@ func BenchmarkDaemon(b *testing.B) {
 				reportLatency(b, lat, "")
 			})
 			b.Run(bench.ModeBatched, func(b *testing.B) {
+				if queue == nil {
+					b.Skip("not batched")
+				}
 				// One iteration is one batch.
 				b.SetBytes(int64(op.Size) * batchSize)
 				bt := c.NewBatch()
