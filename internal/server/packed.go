@@ -15,9 +15,9 @@ import (
 // operations, in the same order, as if the client had sent them one by
 // one: a packed run is an encoding, not a second path to keys.
 //
-// Taking a run apart costs a few allocations per request, none per
-// operation: the operations are carved from slices made at once, and
-// their byte fields point into the request's own bytes.
+// Taking a run apart allocates nothing per operation: the operations are
+// carved from slices the packing keeps for the next request of its
+// connection, and their byte fields point into the request's own bytes.
 
 // minPackedRun is the fewest messages a packed run holds. With three or
 // more, the packed result is never larger than the results it stands for
@@ -31,6 +31,26 @@ const minPackedRun = 3
 type packing struct {
 	orig  []*wire.Op // the request's ops as decoded; nil when it had no packed run
 	spans []packSpan
+
+	// The operations taken apart, reused by the next request once
+	// restore has given this one its ops back.
+	ops  []*wire.Op
+	opv  []wire.Op
+	encs []wire.Encrypt
+	encW []wire.Op_Encrypt
+	decs []wire.Decrypt
+	decW []wire.Op_Decrypt
+	macs []wire.Mac
+	macW []wire.Op_Mac
+}
+
+// room returns s emptied, with room for n elements: a new slice when s
+// has less, so that pointers to its elements stay valid while it fills.
+func room[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, 0, n)
+	}
+	return s[:0]
 }
 
 // packSpan says that the operations [at, at+n) of the request taken apart
@@ -83,15 +103,15 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 	if packed == [4]int{} {
 		return nil
 	}
-	ops := make([]*wire.Op, 0, total)
-	opv := make([]wire.Op, 0, packed[1]+packed[2]+packed[3])
-	encs := make([]wire.Encrypt, 0, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
-	encW := make([]wire.Op_Encrypt, 0, cap(encs))
-	decs := make([]wire.Decrypt, 0, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
-	decW := make([]wire.Op_Decrypt, 0, cap(decs))
-	macs := make([]wire.Mac, 0, packed[wire.PackedKind_PACKED_KIND_MAC])
-	macW := make([]wire.Op_Mac, 0, cap(macs))
-	var spans []packSpan
+	ops := room(pk.ops, total)
+	opv := room(pk.opv, packed[1]+packed[2]+packed[3])
+	encs := room(pk.encs, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	encW := room(pk.encW, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	decs := room(pk.decs, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	decW := room(pk.decW, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	macs := room(pk.macs, packed[wire.PackedKind_PACKED_KIND_MAC])
+	macW := room(pk.macW, packed[wire.PackedKind_PACKED_KIND_MAC])
+	spans := pk.spans[:0]
 	for i, op := range req.Ops {
 		p := op.GetPacked()
 		if p == nil {
@@ -128,6 +148,7 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 			return errPackedBad
 		}
 	}
+	pk.ops, pk.opv, pk.encs, pk.encW, pk.decs, pk.decW, pk.macs, pk.macW = ops, opv, encs, encW, decs, decW, macs, macW
 	pk.orig, pk.spans = req.Ops, spans
 	req.Ops = ops
 	return nil
@@ -138,6 +159,11 @@ func (pk *packing) restore(req *wire.Request) {
 	if pk.orig != nil {
 		req.Ops = pk.orig
 		pk.orig, pk.spans = nil, pk.spans[:0]
+		// Nothing kept points into the request's bytes.
+		clear(pk.ops)
+		clear(pk.encs)
+		clear(pk.decs)
+		clear(pk.macs)
 	}
 }
 
