@@ -346,8 +346,10 @@ func remoteSHA256(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
 // Large messages: one AES-GCM seal or SHA-256 of 1 MiB in-process, and
 // through the daemon the client's streams (a message larger than the
 // daemon's messages is sent in chunks): an encryption stream of 64 KiB
-// chunks (docs/formats.md, "Stream ciphertexts") and a hashing session. Neither has a batched
-// mode.
+// chunks (docs/formats.md, "Stream ciphertexts") and a hashing session.
+// Each is many requests already: they are measured one at a time (no
+// pipelined or batched mode; several streams at once on one Client can
+// each fill the socket with requests while nobody reads the replies).
 
 func localSeal1M() (func() error, error) {
 	aead, err := newGCM()
