@@ -34,6 +34,9 @@ type Batch struct {
 	decWrap slab[wire.Op_Decrypt]
 	macSlab slab[wire.Mac]
 	macWrap slab[wire.Op_Mac]
+	// packBuf holds the messages of the packed runs of the request being
+	// sent (packedbatch.go).
+	packBuf []byte
 }
 
 // slab allocates values of T in chunks. Pointers it returns stay valid;
@@ -283,6 +286,7 @@ func (b *Batch) Do(ctx context.Context) error {
 			f.ops, f.runs = b.packRuns(f.ops)
 		}
 		cl, err := b.c.start(ctx, f.ops)
+		b.clearPackBuf()
 		if err != nil {
 			for _, i := range f.idx {
 				b.res[i].err = err

@@ -2,6 +2,7 @@ package keywarden
 
 import (
 	"bytes"
+	"encoding/binary"
 
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -49,9 +50,22 @@ func (k *packKey) sameRun(o *packKey) bool {
 // that can be packed replaced by one Packed operation, and for each
 // operation returned how many of ops it stands for; runs is nil when
 // nothing was packed. The Packed operations' messages are copied into
-// one buffer, which the request holds until it is encoded.
+// b.packBuf, which holds them until the request is encoded: the caller
+// empties it (clearPackBuf) once it is.
 func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
 	n := len(ops)
+	// Room for every message at once: packBuf is never moved while a
+	// packed run points into it, nor leaves a copy behind.
+	need := 0
+	for _, op := range ops {
+		if m, ok := packKeyOf(op); ok {
+			need += len(m.msg) + binary.MaxVarintLen64
+		}
+	}
+	if cap(b.packBuf) < need {
+		b.clearPackBuf()
+		b.packBuf = make([]byte, 0, need)
+	}
 	for i := 0; i < n; {
 		k, ok := packKeyOf(ops[i])
 		j := i + 1
@@ -82,16 +96,12 @@ func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
 				runs = append(runs, 1)
 			}
 		}
-		size := 0
+		start := len(b.packBuf)
 		for _, op := range ops[i:j] {
 			m, _ := packKeyOf(op)
-			size += len(m.msg) + 5
+			b.packBuf = wire.AppendPackedMessage(b.packBuf, m.msg)
 		}
-		buf := make([]byte, 0, size)
-		for _, op := range ops[i:j] {
-			m, _ := packKeyOf(op)
-			buf = wire.AppendPackedMessage(buf, m.msg)
-		}
+		buf := b.packBuf[start:len(b.packBuf):len(b.packBuf)]
 		p := &wire.Packed{Kind: k.kind, Handle: k.handle, Aad: k.aad, Hash: k.hash, Count: uint32(j - i), Messages: buf}
 		out = append(out, &wire.Op{Op: &wire.Op_Packed{Packed: p}})
 		runs = append(runs, j-i)
@@ -145,4 +155,11 @@ func (b *Batch) unpackResults(rep *wire.Reply, idx, runs []int) {
 			data = rest
 		}
 	}
+}
+
+// clearPackBuf wipes and empties the messages packRuns copied, for the
+// next request.
+func (b *Batch) clearPackBuf() {
+	clear(b.packBuf)
+	b.packBuf = b.packBuf[:0]
 }
