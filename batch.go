@@ -231,12 +231,11 @@ func (b *Batch) Do(ctx context.Context) error {
 	}
 	window := max(1, b.c.limits.MaxInFlight/2)
 	var inflight []flight
-	replies := 0 // bytes the replies in flight may hold
 	var firstErr error
 	finishOne := func() {
 		f := inflight[0]
 		inflight = inflight[1:]
-		replies -= f.ch.rep
+		b.c.replies.give(f.ch.rep)
 		rep, err := b.c.finish(ctx, "batch", f.cl)
 		if f.runs != nil && err == nil {
 			b.unpackResults(rep, f.idx, f.runs)
@@ -279,8 +278,21 @@ func (b *Batch) Do(ctx context.Context) error {
 		if len(f.ops) == 0 {
 			continue
 		}
-		for len(inflight) > 0 && (len(inflight) >= window || replies+ch.rep > b.c.replyBudget) {
+		// The replies in flight, this batch's and other goroutines' on
+		// the same Client, stay within the budget (replybudget.go).
+		for len(inflight) > 0 && (len(inflight) >= window || !b.c.replies.tryTake(ch.rep, b.c.replyBudget)) {
 			finishOne()
+		}
+		if len(inflight) == 0 {
+			if err := b.c.replies.take(ctx, ch.rep, b.c.replyBudget); err != nil {
+				for _, i := range f.idx {
+					b.res[i].err = err
+				}
+				if firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
 		}
 		if b.c.limits.PackedRuns {
 			f.ops, f.runs = b.packRuns(f.ops)
@@ -288,6 +300,7 @@ func (b *Batch) Do(ctx context.Context) error {
 		cl, err := b.c.start(ctx, f.ops)
 		b.clearPackBuf()
 		if err != nil {
+			b.c.replies.give(ch.rep)
 			for _, i := range f.idx {
 				b.res[i].err = err
 			}
@@ -297,7 +310,6 @@ func (b *Batch) Do(ctx context.Context) error {
 			continue
 		}
 		f.cl = cl
-		replies += ch.rep
 		inflight = append(inflight, f)
 	}
 	for len(inflight) > 0 {

@@ -348,8 +348,7 @@ func remoteSHA256(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
 // daemon's messages is sent in chunks): an encryption stream of 64 KiB
 // chunks (docs/formats.md, "Stream ciphertexts") and a hashing session.
 // Each is many requests already: they are measured one at a time (no
-// pipelined or batched mode; several streams at once on one Client can
-// each fill the socket with requests while nobody reads the replies).
+// pipelined or batched mode).
 
 func localSeal1M() (func() error, error) {
 	aead, err := newGCM()
