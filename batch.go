@@ -34,6 +34,9 @@ type Batch struct {
 	decWrap slab[wire.Op_Decrypt]
 	macSlab slab[wire.Mac]
 	macWrap slab[wire.Op_Mac]
+	// packBuf holds the messages of the packed runs of the request being
+	// sent (packedbatch.go).
+	packBuf []byte
 }
 
 // slab allocates values of T in chunks. Pointers it returns stay valid;
@@ -221,28 +224,34 @@ func (b *Batch) Do(ctx context.Context) error {
 		ch  chunk
 		ops []*wire.Op
 		idx []int
-		cl  *call
+		// runs[j] is how many of idx the j-th of ops stands for: more
+		// than one for a packed run (packedbatch.go); nil when none is.
+		runs []int
+		cl   *call
 	}
 	window := max(1, b.c.limits.MaxInFlight/2)
 	var inflight []flight
-	replies := 0 // bytes the replies in flight may hold
 	var firstErr error
 	finishOne := func() {
 		f := inflight[0]
 		inflight = inflight[1:]
-		replies -= f.ch.rep
+		b.c.replies.give(f.ch.rep)
 		rep, err := b.c.finish(ctx, "batch", f.cl)
-		for j, i := range f.idx {
-			r := b.res[i]
-			switch {
-			case err != nil:
-				r.err = err
-			case j >= len(rep.Results):
-				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
-			default:
-				res := rep.Results[j]
-				r.err = resultErr(r.op, res.Status, res.Message)
-				r.data = res.GetData()
+		if f.runs != nil && err == nil {
+			b.unpackResults(rep, f.idx, f.runs)
+		} else {
+			for j, i := range f.idx {
+				r := b.res[i]
+				switch {
+				case err != nil:
+					r.err = err
+				case j >= len(rep.Results):
+					r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
+				default:
+					res := rep.Results[j]
+					r.err = resultErr(r.op, res.Status, res.Message)
+					r.data = res.GetData()
+				}
 			}
 		}
 		if err != nil && firstErr == nil && CodeOf(err) == CodeUnavailable {
@@ -269,11 +278,29 @@ func (b *Batch) Do(ctx context.Context) error {
 		if len(f.ops) == 0 {
 			continue
 		}
-		for len(inflight) > 0 && (len(inflight) >= window || replies+ch.rep > b.c.replyBudget) {
+		// The replies in flight, this batch's and other goroutines' on
+		// the same Client, stay within the budget (replybudget.go).
+		for len(inflight) > 0 && (len(inflight) >= window || !b.c.replies.tryTake(ch.rep, b.c.replyBudget)) {
 			finishOne()
 		}
+		if len(inflight) == 0 {
+			if err := b.c.replies.take(ctx, ch.rep, b.c.replyBudget); err != nil {
+				for _, i := range f.idx {
+					b.res[i].err = err
+				}
+				if firstErr == nil {
+					firstErr = err
+				}
+				continue
+			}
+		}
+		if b.c.limits.PackedRuns {
+			f.ops, f.runs = b.packRuns(f.ops)
+		}
 		cl, err := b.c.start(ctx, f.ops)
+		b.clearPackBuf()
 		if err != nil {
+			b.c.replies.give(ch.rep)
 			for _, i := range f.idx {
 				b.res[i].err = err
 			}
@@ -283,7 +310,6 @@ func (b *Batch) Do(ctx context.Context) error {
 			continue
 		}
 		f.cl = cl
-		replies += ch.rep
 		inflight = append(inflight, f)
 	}
 	for len(inflight) > 0 {

@@ -33,9 +33,10 @@ type Client struct {
 	reading bool  // some goroutine is receiving replies
 	err     error // set once the connection is unusable
 
-	// replyBudget bounds the reply bytes a Batch leaves outstanding (see
-	// Batch.Do): half the socket's send buffer.
+	// replyBudget bounds the reply bytes the batches of this Client leave
+	// outstanding together (see Batch.Do): half the socket's send buffer.
 	replyBudget int
+	replies     replyBytes
 
 	recvBuf []byte // used only by the goroutine that is reading
 	recvOOB []byte // likewise, for replies that carry a descriptor
@@ -440,7 +441,7 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 		Limits: Limits{
 			MaxMessageBytes: int(l.GetMaxMessageBytes()), MaxInFlight: int(l.GetMaxInFlight()),
 			MaxSessions: int(l.GetMaxSessions()), MaxHandles: int(l.GetMaxHandles()),
-			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()),
+			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()), PackedRuns: l.GetPackedOps(),
 			MaxConnections: int(l.GetMaxConnections()), AdminConnections: int(l.GetAdminConnections()),
 			PerUID: PerUIDLimits{
 				Connections: int(l.GetMaxConnectionsPerUid()), InFlight: int(l.GetMaxInFlightPerUid()),

@@ -222,6 +222,45 @@ func TestBatchOfLargeOperations(t *testing.T) {
 	}
 }
 
+// Batches of large operations from many goroutines sharing one Client
+// complete: their replies outstanding together stay within the socket
+// buffer, so the goroutines cannot all be blocked sending requests while
+// the daemon, blocked sending replies, reads none.
+func TestConcurrentBatchesOfLargeOperations(t *testing.T) {
+	ctx := context.Background()
+	c := dial(t)
+	k, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	const goroutines = 16
+	done := make(chan error, goroutines)
+	for range goroutines {
+		go func() {
+			b := c.NewBatch()
+			var rs []*keywarden.BatchResult
+			for i := range 16 {
+				rs = append(rs, b.Encrypt(k, make([]byte, 64<<10), []byte{byte(i)}))
+			}
+			err := b.Do(ctx)
+			for _, r := range rs {
+				if err == nil {
+					err = r.Err()
+				}
+			}
+			done <- err
+		}()
+	}
+	deadline := time.After(2 * time.Minute)
+	for range goroutines {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatal("concurrent batches of 16 encryptions of 64 KiB did not complete in 2 minutes")
+		}
+	}
+}
+
 // GenerateDataKey takes its length and whether to return the plaintext as
 // options; nil means a 32-byte key returned only encrypted.
 func TestGenerateDataKeyOptions(t *testing.T) {

@@ -346,6 +346,10 @@ type Limits struct {
 	MaxHandles      int
 	MaxKeysPerUser  int
 	MaxBatchOps     int
+	// PackedRuns says that the daemon takes a run of encryptions,
+	// decryptions or MACs on one key packed into one operation; a Batch
+	// then sends its runs so (docs/protocol.md, "Packed runs").
+	PackedRuns bool
 
 	// MaxConnections the daemon serves at once, of which AdminConnections
 	// are kept for administrators.

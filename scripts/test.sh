@@ -176,6 +176,8 @@ targets="$(cat <<'END'
 ./internal/sshagent FuzzUserauth
 ./internal/p11front FuzzHandle
 ./internal/transit FuzzRequest
+./internal/wire FuzzPacked
+./internal/server FuzzUnpack
 END
 )"
 

@@ -237,6 +237,11 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, s
 		}},
 	}
 	for _, md := range modes {
+		if md.name != ModeRoundTrip && r.queue == nil {
+			// Large messages: each is a stream of requests already,
+			// measured one at a time.
+			continue
+		}
 		say("measuring %s %s...", op.name, md.name)
 		runtime.GC()
 		if _, err := md.measure(warmup); err != nil {

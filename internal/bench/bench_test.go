@@ -125,6 +125,34 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// The 1 MiB operations are measured in-process and one at a time through
+// the daemon, each answer checked once.
+func TestRunLarge(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := bench.Run(ctx, bench.Config{
+		Duration: 50 * time.Millisecond, Ops: []string{"aes256-gcm-seal-1m", "sha256-1m"},
+		BatchSize: 64, Pipeline: 4, Executable: exe, Env: env,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range results {
+		got = append(got, r.Op+" "+r.Mode)
+		if r.Ops <= 0 || r.Bytes != 1<<20 || r.RatioToInProcess <= 0 {
+			t.Errorf("%s %s: ops %d, %d bytes, ratio %v", r.Op, r.Mode, r.Ops, r.Bytes, r.RatioToInProcess)
+		}
+	}
+	want := []string{"aes256-gcm-seal-1m " + bench.ModeInProcess, "aes256-gcm-seal-1m " + bench.ModeRoundTrip,
+		"sha256-1m " + bench.ModeInProcess, "sha256-1m " + bench.ModeRoundTrip}
+	if !slices.Equal(got, want) {
+		t.Errorf("measured %v, want %v", got, want)
+	}
+}
+
 func TestRunUnknownOp(t *testing.T) {
 	_, err := bench.Run(context.Background(), bench.Config{Ops: []string{"rot13"}, Executable: "/nonexistent"}, nil)
 	if err == nil {
@@ -230,6 +258,9 @@ func BenchmarkDaemon(b *testing.B) {
 				reportLatency(b, lat, "")
 			})
 			b.Run(bench.ModePipelined, func(b *testing.B) {
+				if queue == nil {
+					b.Skip("large messages are measured one at a time")
+				}
 				b.SetBytes(int64(op.Size))
 				b.SetParallelism((pipeline + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
 				var mu sync.Mutex
@@ -252,6 +283,9 @@ func BenchmarkDaemon(b *testing.B) {
 				reportLatency(b, lat, "")
 			})
 			b.Run(bench.ModeBatched, func(b *testing.B) {
+				if queue == nil {
+					b.Skip("large messages are measured one at a time")
+				}
 				// One iteration is one batch.
 				b.SetBytes(int64(op.Size) * batchSize)
 				bt := c.NewBatch()

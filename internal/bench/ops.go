@@ -14,6 +14,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"errors"
+	"io"
 
 	"github.com/keywarden/keywarden"
 )
@@ -44,6 +45,7 @@ const (
 	aeadSize = 256     // AES-GCM and HMAC messages
 	signSize = 64      // messages signed
 	hashSize = 4 << 10 // messages hashed
+	bulkSize = 1 << 20 // large messages, encrypted or hashed
 	aeadKey  = 32      // AES-256 and HMAC-SHA256 key bytes
 	rsaBits  = 2048    // RSA modulus
 	gcmOver  = 12 + 16 // nonce and tag
@@ -58,6 +60,8 @@ var operations = []operation{
 	{name: "ecdsa-p256-sign", size: signSize, local: localECDSA, remote: remoteSign(keywarden.ECDSAP256, verifyECDSA)},
 	{name: "rsa2048-pss-sign", size: signSize, local: localRSA, remote: remoteSign(keywarden.RSA2048, verifyRSA)},
 	{name: "sha256-4k", size: hashSize, local: localSHA256, remote: remoteSHA256},
+	{name: "aes256-gcm-seal-1m", size: bulkSize, local: localSeal1M, remote: remoteSeal1M},
+	{name: "sha256-1m", size: bulkSize, local: localSHA2561M, remote: remoteSHA2561M},
 }
 
 // message returns n random bytes.
@@ -335,6 +339,102 @@ func remoteSHA256(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
 			return err
 		},
 		queue: func(b *keywarden.Batch) *keywarden.BatchResult { return b.Hash(crypto.SHA256, data) },
+		close: func(context.Context) {},
+	}, nil
+}
+
+// Large messages: one AES-GCM seal or SHA-256 of 1 MiB in-process, and
+// through the daemon the client's streams (a message larger than the
+// daemon's messages is sent in chunks): an encryption stream of 64 KiB
+// chunks (docs/formats.md, "Stream ciphertexts") and a hashing session.
+// Each is many requests already: they are measured one at a time (no
+// pipelined or batched mode).
+
+func localSeal1M() (func() error, error) {
+	aead, err := newGCM()
+	if err != nil {
+		return nil, err
+	}
+	pt := message(bulkSize)
+	dst := make([]byte, 0, bulkSize+gcmOver)
+	return func() error {
+		dst = aead.Seal(dst[:0], nil, pt, nil)
+		return nil
+	}, nil
+}
+
+func localSHA2561M() (func() error, error) {
+	data := message(bulkSize)
+	return func() error {
+		sum := sha256.Sum256(data)
+		sink ^= sum[0]
+		return nil
+	}, nil
+}
+
+func remoteSeal1M(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
+	k, err := ephemeral(ctx, c, keywarden.AES256GCM)
+	if err != nil {
+		return nil, err
+	}
+	pt := message(bulkSize)
+	seal := func(ctx context.Context, w io.Writer) error {
+		ew, err := k.EncryptWriter(ctx, w, nil, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := ew.Write(pt); err != nil {
+			ew.Close()
+			return err
+		}
+		return ew.Close()
+	}
+	var ct bytes.Buffer
+	err = seal(ctx, &ct)
+	if err == nil {
+		var r io.Reader
+		if r, err = k.DecryptReader(ctx, &ct, nil, nil); err == nil {
+			var back []byte
+			if back, err = io.ReadAll(r); err == nil && !bytes.Equal(back, pt) {
+				err = errWrongAnswer
+			}
+		}
+	}
+	if err != nil {
+		k.Close(ctx)
+		return nil, err
+	}
+	return &remoteOp{
+		one:   func(ctx context.Context) error { return seal(ctx, io.Discard) },
+		close: closer(k),
+	}, nil
+}
+
+func remoteSHA2561M(ctx context.Context, c *keywarden.Client) (*remoteOp, error) {
+	data := message(bulkSize)
+	hash := func(ctx context.Context) ([]byte, error) {
+		s, err := c.NewHash(ctx, crypto.SHA256)
+		if err != nil {
+			return nil, err
+		}
+		defer s.Close()
+		if _, err := s.Write(data); err != nil {
+			return nil, err
+		}
+		return s.Sum()
+	}
+	sum, err := hash(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(sum, want[:]) {
+		return nil, errWrongAnswer
+	}
+	return &remoteOp{
+		one: func(ctx context.Context) error {
+			_, err := hash(ctx)
+			return err
+		},
 		close: func(context.Context) {},
 	}, nil
 }

@@ -131,6 +131,7 @@ type seqConn struct {
 	out          []byte
 	arena        arena
 	notes        []auditNote
+	packing      packing         // of the request running inline (packed.go)
 	pending      []pendingReply  // replies waiting for their audit records (queueReply)
 	pendingBytes int             // their encoded size
 	recs         []*audit.Record // flush's scratch
@@ -330,8 +331,13 @@ func (cn *seqConn) admit(m seqpacket.Message, id Identity) (req *wire.Request, r
 		cn.refuse(caller, peekRequestID(raw), rejection{status: wire.Status_STATUS_INVALID_ARGUMENT, public: "malformed request", detail: err.Error()})
 		return nil, nil, nil, false
 	}
-	if we := cn.checkRequest(req); we != nil {
+	we := cn.packing.unpack(req, cn.s.lims().MaxBatchOps)
+	if we == nil {
+		we = cn.checkRequest(req)
+	}
+	if we != nil {
 		reqID := req.Id
+		cn.packing.restore(req)
 		wire.Recycle(req)
 		cn.leave()
 		cn.refuse(caller, reqID, rejectionOf(we))
@@ -366,9 +372,11 @@ func (cn *seqConn) runInline(req *wire.Request, raw []byte, id Identity, caller 
 		cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
 	} else {
 		rep = cn.record(req, rep, id, caller, notes, len(raw))
+		cn.packing.pack(rep, &cn.arena)
 		cn.out = cn.sendFDs(cn.out, rep, cn.arena.attach)
 	}
 	cn.arena.wipe()
+	cn.packing.restore(req)
 	wire.Recycle(req) // nothing refers to the request now
 }
 
@@ -383,6 +391,7 @@ func (cn *seqConn) runConcurrently(req *wire.Request, raw []byte, id Identity, c
 	// serving; it needs its own copy of the message, and holds it,
 	// decoded, with its results, until it is done (admitHeavy).
 	cost, r := cn.admitHeavy(req, len(raw))
+	cn.packing.restore(req)
 	wire.Recycle(req)
 	if r.refused() {
 		cn.leave()
@@ -391,7 +400,14 @@ func (cn *seqConn) runConcurrently(req *wire.Request, raw []byte, id Identity, c
 	}
 	own := bytes.Clone(raw)
 	req = wire.RequestFromVTPool()
-	if err := req.UnmarshalVTUnsafe(own); err != nil {
+	var pk packing
+	err := req.UnmarshalVTUnsafe(own)
+	if err == nil {
+		if we := pk.unpack(req, cn.s.lims().MaxBatchOps); we != nil {
+			err = we
+		}
+	}
+	if err != nil {
 		wire.Recycle(req)
 		clear(own)
 		cn.leave()
@@ -415,9 +431,11 @@ func (cn *seqConn) runConcurrently(req *wire.Request, raw []byte, id Identity, c
 		notes := cn.notesFor(&nbuf, caller, len(req.Ops))
 		rep := cn.execute(req, id, &a, notes, true)
 		rep = cn.record(req, rep, id, caller, notes, len(own))
+		pk.pack(rep, &a)
 		cn.leave()
 		cn.sendFDs(nil, rep, a.attach)
 		a.wipe()
+		pk.restore(req)
 		wire.Recycle(req)
 		clear(own)
 		cn.unhold(cost)
@@ -589,17 +607,22 @@ func (cn *seqConn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, c
 	if n := len(cn.bufs); n > 0 {
 		b, cn.bufs = cn.bufs[n-1], cn.bufs[:n-1]
 	}
+	// The record first: it lists the operations of packed runs one by
+	// one, and the reply packs their results again (packed.go).
+	rec := cn.requestRecord(req, rep, caller, notes, reqBytes)
+	created := createdHandles(req, rep)
+	cn.packing.pack(rep, &cn.arena)
 	p := pendingReply{
 		b:     cn.encodeReply(b, rep),
 		reqID: req.Id,
-		rec:   cn.requestRecord(req, rep, caller, notes, reqBytes),
+		rec:   rec,
 		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
 	}
 	cn.spendAudit(p.rec)
 	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
 		p.fds = slices.Clone(attach)
 	}
-	p.created = createdHandles(req, rep)
+	p.created = created
 	cn.pending = append(cn.pending, p)
 	cn.pendingBytes += len(p.b)
 }

@@ -103,6 +103,9 @@ func seedRequests() []*wire.Request {
 		{Op: &wire.Op_GenerationWaitWatchers{GenerationWaitWatchers: &wire.GenerationWaitWatchers{TimeoutMs: 10}}},
 		{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{}}},
 		{Op: &wire.Op_GenerationMap{GenerationMap: &wire.GenerationMap{}}},
+		packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, 1, "p", "qq"),
+		packedOp(wire.PackedKind_PACKED_KIND_DECRYPT, 1, string(make([]byte, 40)), "x", ""),
+		packedOp(wire.PackedKind_PACKED_KIND_MAC, 2, "m", "", "mmm"),
 		{},
 	}
 	var reqs []*wire.Request

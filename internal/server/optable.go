@@ -229,6 +229,12 @@ var opTable = map[protoreflect.Name]opSpec{
 		run:   full(func(ss *Session, _ *wire.Op, id Identity) (*wire.Result, error) { return ss.opStatus(id), nil })},
 
 	// SSH certificates (sshcert.go).
+	// Taken apart on arrival (packed.go): one never reaches the table.
+	"packed": {name: "packed", path: pathData, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
+		bound: smallBound,
+		run: func(*Session, *wire.Op, Identity, *arena, *wire.Result) ([]byte, *wire.Result, error) {
+			return nil, nil, errPackedLate
+		}},
 	"ssh_certify": {name: "ssh-certify", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use,
 		seal: sealAny, bound: sshCertifyBound,
 		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {

@@ -615,6 +615,7 @@ func (s *Server) wireLimits() *wire.Limits {
 		HeavySlots:                uint32(l.HeavySlots),
 		AuditBytesPerSecondPerUid: uint32(l.AuditBytesPerSecondPerUID),
 		AuditBurstPerUid:          uint32(l.AuditBurstPerUID),
+		PackedOps:                 true,
 	}
 	if s.cfg.KDF != nil {
 		kl := s.cfg.KDF.Limits()

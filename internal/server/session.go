@@ -249,10 +249,17 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 	if r := ss.enter(); r.refused() {
 		return ss.refusalReplyPaused(caller, req.Id, r), nil
 	}
-	if we := ss.checkRequest(req); we != nil {
+	var pk packing
+	we := pk.unpack(req, ss.s.lims().MaxBatchOps)
+	if we == nil {
+		we = ss.checkRequest(req)
+	}
+	if we != nil {
+		pk.restore(req)
 		ss.leave()
 		return ss.refusalReply(caller, req.Id, rejectionOf(we)), nil
 	}
+	defer pk.restore(req) // req is the caller's
 	heavy := isHeavy(req)
 	if heavy {
 		cost, r := ss.admitHeavy(req, n)
@@ -280,6 +287,7 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 		ss.acct.stopComputing()
 	}
 	rep = ss.record(req, rep, id, caller, notes, n)
+	pk.pack(rep, a)
 	ss.leave()
 	// The results may point into a and into req: the reply gets copies,
 	// and a is wiped.

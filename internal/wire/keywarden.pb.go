@@ -621,6 +621,58 @@ func (KeyOrigin) EnumDescriptor() ([]byte, []int) {
 	return file_keywarden_proto_rawDescGZIP(), []int{8}
 }
 
+type PackedKind int32
+
+const (
+	PackedKind_PACKED_KIND_UNSPECIFIED PackedKind = 0
+	PackedKind_PACKED_KIND_ENCRYPT     PackedKind = 1
+	PackedKind_PACKED_KIND_DECRYPT     PackedKind = 2
+	PackedKind_PACKED_KIND_MAC         PackedKind = 3
+)
+
+// Enum value maps for PackedKind.
+var (
+	PackedKind_name = map[int32]string{
+		0: "PACKED_KIND_UNSPECIFIED",
+		1: "PACKED_KIND_ENCRYPT",
+		2: "PACKED_KIND_DECRYPT",
+		3: "PACKED_KIND_MAC",
+	}
+	PackedKind_value = map[string]int32{
+		"PACKED_KIND_UNSPECIFIED": 0,
+		"PACKED_KIND_ENCRYPT":     1,
+		"PACKED_KIND_DECRYPT":     2,
+		"PACKED_KIND_MAC":         3,
+	}
+)
+
+func (x PackedKind) Enum() *PackedKind {
+	p := new(PackedKind)
+	*p = x
+	return p
+}
+
+func (x PackedKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PackedKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_keywarden_proto_enumTypes[9].Descriptor()
+}
+
+func (PackedKind) Type() protoreflect.EnumType {
+	return &file_keywarden_proto_enumTypes[9]
+}
+
+func (x PackedKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PackedKind.Descriptor instead.
+func (PackedKind) EnumDescriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{9}
+}
+
 type WrapFormat int32
 
 const (
@@ -665,11 +717,11 @@ func (x WrapFormat) String() string {
 }
 
 func (WrapFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_keywarden_proto_enumTypes[9].Descriptor()
+	return file_keywarden_proto_enumTypes[10].Descriptor()
 }
 
 func (WrapFormat) Type() protoreflect.EnumType {
-	return &file_keywarden_proto_enumTypes[9]
+	return &file_keywarden_proto_enumTypes[10]
 }
 
 func (x WrapFormat) Number() protoreflect.EnumNumber {
@@ -678,7 +730,7 @@ func (x WrapFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WrapFormat.Descriptor instead.
 func (WrapFormat) EnumDescriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{9}
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
 }
 
 type SshCertType int32
@@ -714,11 +766,11 @@ func (x SshCertType) String() string {
 }
 
 func (SshCertType) Descriptor() protoreflect.EnumDescriptor {
-	return file_keywarden_proto_enumTypes[10].Descriptor()
+	return file_keywarden_proto_enumTypes[11].Descriptor()
 }
 
 func (SshCertType) Type() protoreflect.EnumType {
-	return &file_keywarden_proto_enumTypes[10]
+	return &file_keywarden_proto_enumTypes[11]
 }
 
 func (x SshCertType) Number() protoreflect.EnumNumber {
@@ -727,7 +779,7 @@ func (x SshCertType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SshCertType.Descriptor instead.
 func (SshCertType) EnumDescriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{10}
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
 }
 
 // Request is one message from client to daemon.
@@ -944,6 +996,7 @@ type Op struct {
 	//	*Op_GenerationBump
 	//	*Op_GenerationMap
 	//	*Op_SshCertify
+	//	*Op_Packed
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1418,6 +1471,15 @@ func (x *Op) GetSshCertify() *SshCertify {
 	return nil
 }
 
+func (x *Op) GetPacked() *Packed {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Packed); ok {
+			return x.Packed
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -1620,6 +1682,13 @@ type Op_SshCertify struct {
 	SshCertify *SshCertify `protobuf:"bytes,70,opt,name=ssh_certify,json=sshCertify,proto3,oneof"`
 }
 
+type Op_Packed struct {
+	// A run of encryptions, decryptions or MACs on one key, packed
+	// (docs/protocol.md, "Packed runs"). Only for daemons that set
+	// Limits.packed_ops.
+	Packed *Packed `protobuf:"bytes,80,opt,name=packed,proto3,oneof"`
+}
+
 func (*Op_Status) isOp_Op() {}
 
 func (*Op_Ping) isOp_Op() {}
@@ -1715,6 +1784,8 @@ func (*Op_GenerationBump) isOp_Op() {}
 func (*Op_GenerationMap) isOp_Op() {}
 
 func (*Op_SshCertify) isOp_Op() {}
+
+func (*Op_Packed) isOp_Op() {}
 
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -2826,8 +2897,10 @@ type Limits struct {
 	// Argon2id derivations of one uid waiting, and running.
 	KdfQueuePerUid   uint32 `protobuf:"varint,20,opt,name=kdf_queue_per_uid,json=kdfQueuePerUid,proto3" json:"kdf_queue_per_uid,omitempty"`
 	KdfRunningPerUid uint32 `protobuf:"varint,21,opt,name=kdf_running_per_uid,json=kdfRunningPerUid,proto3" json:"kdf_running_per_uid,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The daemon accepts Op.packed (docs/protocol.md, "Packed runs").
+	PackedOps     bool `protobuf:"varint,40,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -3005,6 +3078,13 @@ func (x *Limits) GetKdfRunningPerUid() uint32 {
 		return x.KdfRunningPerUid
 	}
 	return 0
+}
+
+func (x *Limits) GetPackedOps() bool {
+	if x != nil {
+		return x.PackedOps
+	}
+	return false
 }
 
 type StatusResult struct {
@@ -4734,6 +4814,104 @@ func (x *Hash) GetData() []byte {
 	return nil
 }
 
+// Packed is a run of operations of one kind on one key with the same
+// parameters, their messages back to back: the daemon treats it exactly as
+// that many Encrypt, Decrypt or Mac operations in a row, each with this
+// handle, aad and hash (authorization, limits and the audit record
+// included; it counts as that many operations towards
+// Limits.max_batch_ops). Its Result has status OK and, in data, one entry
+// per message, in order: the operation's status (a varint of Status), the
+// key version (a varint), the length of what follows (a varint) and the
+// output (ciphertext, plaintext or tag), or the reason when the status is
+// not OK. A Packed that cannot be read refuses the whole request.
+type Packed struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kind   PackedKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=keywarden.v1.PackedKind" json:"kind,omitempty"`
+	Handle uint32                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
+	// AES-GCM additional data or RSA-OAEP label, the same for every message.
+	Aad []byte `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
+	// RSA-OAEP hash, as in Encrypt and Decrypt.
+	Hash HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	// The number of messages, at least three.
+	Count uint32 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	// The messages, each as its length (a varint) and its bytes.
+	Messages      []byte `protobuf:"bytes,6,opt,name=messages,proto3" json:"messages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Packed) Reset() {
+	*x = Packed{}
+	mi := &file_keywarden_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Packed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Packed) ProtoMessage() {}
+
+func (x *Packed) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Packed.ProtoReflect.Descriptor instead.
+func (*Packed) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Packed) GetKind() PackedKind {
+	if x != nil {
+		return x.Kind
+	}
+	return PackedKind_PACKED_KIND_UNSPECIFIED
+}
+
+func (x *Packed) GetHandle() uint32 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *Packed) GetAad() []byte {
+	if x != nil {
+		return x.Aad
+	}
+	return nil
+}
+
+func (x *Packed) GetHash() HashAlg {
+	if x != nil {
+		return x.Hash
+	}
+	return HashAlg_HASH_ALG_UNSPECIFIED
+}
+
+func (x *Packed) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *Packed) GetMessages() []byte {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
 // Derive creates a new key object. With an X25519 or ECDH private key, the
 // shared secret with peer_public_key is fed to HKDF; with an HMAC key that
 // has USAGE_DERIVE, the key itself is the HKDF input. The secret never
@@ -4758,7 +4936,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4770,7 +4948,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4783,7 +4961,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -4843,7 +5021,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4855,7 +5033,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4868,7 +5046,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -4909,7 +5087,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4921,7 +5099,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4934,7 +5112,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -4962,7 +5140,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4974,7 +5152,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4987,7 +5165,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -5013,7 +5191,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5025,7 +5203,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5038,7 +5216,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -5066,7 +5244,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5078,7 +5256,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5091,7 +5269,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -5131,7 +5309,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5143,7 +5321,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5156,7 +5334,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -5205,7 +5383,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5217,7 +5395,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5230,7 +5408,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{46}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -5279,7 +5457,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5291,7 +5469,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5304,7 +5482,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{47}
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -5347,7 +5525,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5359,7 +5537,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5372,7 +5550,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{48}
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -5411,7 +5589,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5423,7 +5601,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5436,7 +5614,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{49}
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -5500,7 +5678,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5512,7 +5690,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5525,7 +5703,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{50}
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -5597,7 +5775,7 @@ type GenerationInfo struct {
 
 func (x *GenerationInfo) Reset() {
 	*x = GenerationInfo{}
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5609,7 +5787,7 @@ func (x *GenerationInfo) String() string {
 func (*GenerationInfo) ProtoMessage() {}
 
 func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5622,7 +5800,7 @@ func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
 func (*GenerationInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{51}
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GenerationInfo) GetGeneration() uint64 {
@@ -5698,7 +5876,7 @@ type GenerationSource struct {
 
 func (x *GenerationSource) Reset() {
 	*x = GenerationSource{}
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5710,7 +5888,7 @@ func (x *GenerationSource) String() string {
 func (*GenerationSource) ProtoMessage() {}
 
 func (x *GenerationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5723,7 +5901,7 @@ func (x *GenerationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
 func (*GenerationSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{52}
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *GenerationSource) GetName() string {
@@ -5770,7 +5948,7 @@ type GenerationGet struct {
 
 func (x *GenerationGet) Reset() {
 	*x = GenerationGet{}
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5782,7 +5960,7 @@ func (x *GenerationGet) String() string {
 func (*GenerationGet) ProtoMessage() {}
 
 func (x *GenerationGet) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5795,7 +5973,7 @@ func (x *GenerationGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
 func (*GenerationGet) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{53}
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
 }
 
 // GenerationWatch answers when the generation exceeds after, or when
@@ -5816,7 +5994,7 @@ type GenerationWatch struct {
 
 func (x *GenerationWatch) Reset() {
 	*x = GenerationWatch{}
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5828,7 +6006,7 @@ func (x *GenerationWatch) String() string {
 func (*GenerationWatch) ProtoMessage() {}
 
 func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5841,7 +6019,7 @@ func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
 func (*GenerationWatch) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{54}
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GenerationWatch) GetAfter() uint64 {
@@ -5878,7 +6056,7 @@ type GenerationAck struct {
 
 func (x *GenerationAck) Reset() {
 	*x = GenerationAck{}
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5890,7 +6068,7 @@ func (x *GenerationAck) String() string {
 func (*GenerationAck) ProtoMessage() {}
 
 func (x *GenerationAck) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5903,7 +6081,7 @@ func (x *GenerationAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
 func (*GenerationAck) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{55}
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GenerationAck) GetGeneration() uint64 {
@@ -5940,7 +6118,7 @@ type GenerationWaitWatchers struct {
 
 func (x *GenerationWaitWatchers) Reset() {
 	*x = GenerationWaitWatchers{}
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5952,7 +6130,7 @@ func (x *GenerationWaitWatchers) String() string {
 func (*GenerationWaitWatchers) ProtoMessage() {}
 
 func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5965,7 +6143,7 @@ func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
 func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{56}
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
@@ -5992,7 +6170,7 @@ type GenerationBump struct {
 
 func (x *GenerationBump) Reset() {
 	*x = GenerationBump{}
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6004,7 +6182,7 @@ func (x *GenerationBump) String() string {
 func (*GenerationBump) ProtoMessage() {}
 
 func (x *GenerationBump) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6017,7 +6195,7 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{57}
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GenerationBump) GetEntropy() []byte {
@@ -6045,7 +6223,7 @@ type GenerationMap struct {
 
 func (x *GenerationMap) Reset() {
 	*x = GenerationMap{}
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6057,7 +6235,7 @@ func (x *GenerationMap) String() string {
 func (*GenerationMap) ProtoMessage() {}
 
 func (x *GenerationMap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6070,7 +6248,7 @@ func (x *GenerationMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
 func (*GenerationMap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{58}
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
 }
 
 type GenerationMapInfo struct {
@@ -6086,7 +6264,7 @@ type GenerationMapInfo struct {
 
 func (x *GenerationMapInfo) Reset() {
 	*x = GenerationMapInfo{}
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6098,7 +6276,7 @@ func (x *GenerationMapInfo) String() string {
 func (*GenerationMapInfo) ProtoMessage() {}
 
 func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6111,7 +6289,7 @@ func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
 func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{59}
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GenerationMapInfo) GetSize() uint32 {
@@ -6172,7 +6350,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6184,7 +6362,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6197,7 +6375,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{60}
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -6329,7 +6507,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6341,7 +6519,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6354,7 +6532,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ClusterStatus) GetEndpoints() []*ClusterEndpoint {
@@ -6435,7 +6613,7 @@ type ClusterEndpoint struct {
 
 func (x *ClusterEndpoint) Reset() {
 	*x = ClusterEndpoint{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6447,7 +6625,7 @@ func (x *ClusterEndpoint) String() string {
 func (*ClusterEndpoint) ProtoMessage() {}
 
 func (x *ClusterEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6460,7 +6638,7 @@ func (x *ClusterEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEndpoint.ProtoReflect.Descriptor instead.
 func (*ClusterEndpoint) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ClusterEndpoint) GetUrl() string {
@@ -6518,7 +6696,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6530,7 +6708,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6543,7 +6721,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -6595,7 +6773,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6607,7 +6785,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6620,7 +6798,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -6678,7 +6856,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6690,7 +6868,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6703,7 +6881,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -6749,7 +6927,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6761,7 +6939,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6774,7 +6952,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6809,7 +6987,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6821,7 +6999,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6834,7 +7012,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -6867,7 +7045,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6879,7 +7057,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6892,7 +7070,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -6911,7 +7089,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6923,7 +7101,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6936,7 +7114,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -6985,7 +7163,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6997,7 +7175,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7010,7 +7188,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -7047,7 +7225,7 @@ type SetLifecycle struct {
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7059,7 +7237,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7072,7 +7250,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -7152,7 +7330,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7164,7 +7342,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7177,7 +7355,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -7225,7 +7403,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7237,7 +7415,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7250,7 +7428,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -7302,7 +7480,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7314,7 +7492,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7327,7 +7505,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -7367,7 +7545,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7379,7 +7557,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7392,7 +7570,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{75}
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -7433,7 +7611,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7445,7 +7623,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7458,7 +7636,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{76}
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -7488,7 +7666,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7500,7 +7678,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7513,7 +7691,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{77}
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -7537,7 +7715,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7549,7 +7727,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7562,7 +7740,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{78}
+	return file_keywarden_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -7615,7 +7793,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7627,7 +7805,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7640,7 +7818,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{79}
+	return file_keywarden_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7704,7 +7882,7 @@ type RestoreReport struct {
 
 func (x *RestoreReport) Reset() {
 	*x = RestoreReport{}
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7716,7 +7894,7 @@ func (x *RestoreReport) String() string {
 func (*RestoreReport) ProtoMessage() {}
 
 func (x *RestoreReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7729,7 +7907,7 @@ func (x *RestoreReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
 func (*RestoreReport) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{80}
+	return file_keywarden_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *RestoreReport) GetKeysBefore() uint64 {
@@ -7835,7 +8013,7 @@ type SshCertOption struct {
 
 func (x *SshCertOption) Reset() {
 	*x = SshCertOption{}
-	mi := &file_keywarden_proto_msgTypes[81]
+	mi := &file_keywarden_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7847,7 +8025,7 @@ func (x *SshCertOption) String() string {
 func (*SshCertOption) ProtoMessage() {}
 
 func (x *SshCertOption) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[81]
+	mi := &file_keywarden_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7860,7 +8038,7 @@ func (x *SshCertOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertOption.ProtoReflect.Descriptor instead.
 func (*SshCertOption) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{81}
+	return file_keywarden_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *SshCertOption) GetName() string {
@@ -7914,7 +8092,7 @@ type SshCertify struct {
 
 func (x *SshCertify) Reset() {
 	*x = SshCertify{}
-	mi := &file_keywarden_proto_msgTypes[82]
+	mi := &file_keywarden_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7926,7 +8104,7 @@ func (x *SshCertify) String() string {
 func (*SshCertify) ProtoMessage() {}
 
 func (x *SshCertify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[82]
+	mi := &file_keywarden_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7939,7 +8117,7 @@ func (x *SshCertify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertify.ProtoReflect.Descriptor instead.
 func (*SshCertify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{82}
+	return file_keywarden_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *SshCertify) GetHandle() uint32 {
@@ -8028,7 +8206,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12.\n" +
-	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\x95\x15\n" +
+	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xc5\x15\n" +
 	"\x02Op\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.keywarden.v1.StatusOpH\x00R\x06status\x12(\n" +
 	"\x04ping\x18\x02 \x01(\v2\x12.keywarden.v1.PingH\x00R\x04ping\x124\n" +
@@ -8081,7 +8259,8 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0fgeneration_bump\x18@ \x01(\v2\x1c.keywarden.v1.GenerationBumpH\x00R\x0egenerationBump\x12D\n" +
 	"\x0egeneration_map\x18A \x01(\v2\x1b.keywarden.v1.GenerationMapH\x00R\rgenerationMap\x12;\n" +
 	"\vssh_certify\x18F \x01(\v2\x18.keywarden.v1.SshCertifyH\x00R\n" +
-	"sshCertifyB\x04\n" +
+	"sshCertify\x12.\n" +
+	"\x06packed\x18P \x01(\v2\x14.keywarden.v1.PackedH\x00R\x06packedB\x04\n" +
 	"\x02op\"\xb5\x06\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
@@ -8174,7 +8353,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"ListResult\x12)\n" +
 	"\x04keys\x18\x01 \x03(\v2\x15.keywarden.v1.KeyInfoR\x04keys\x12\x12\n" +
-	"\x04next\x18\x02 \x01(\fR\x04next\"\xd0\a\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\"\xef\a\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_message_bytes\x18\x01 \x01(\rR\x0fmaxMessageBytes\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12!\n" +
@@ -8199,7 +8378,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x1eaudit_bytes_per_second_per_uid\x18\x12 \x01(\rR\x19auditBytesPerSecondPerUid\x12-\n" +
 	"\x13audit_burst_per_uid\x18\x13 \x01(\rR\x10auditBurstPerUid\x12)\n" +
 	"\x11kdf_queue_per_uid\x18\x14 \x01(\rR\x0ekdfQueuePerUid\x12-\n" +
-	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\"\x88\x05\n" +
+	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\x12\x1d\n" +
+	"\n" +
+	"packed_ops\x18( \x01(\bR\tpackedOps\"\x88\x05\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -8344,7 +8525,14 @@ const file_keywarden_proto_rawDesc = "" +
 	"keyVersion\"C\n" +
 	"\x04Hash\x12'\n" +
 	"\x03alg\x18\x01 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x03alg\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xd2\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xbd\x01\n" +
+	"\x06Packed\x12,\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x18.keywarden.v1.PackedKindR\x04kind\x12\x16\n" +
+	"\x06handle\x18\x02 \x01(\rR\x06handle\x12\x10\n" +
+	"\x03aad\x18\x03 \x01(\fR\x03aad\x12)\n" +
+	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\rR\x05count\x12\x1a\n" +
+	"\bmessages\x18\x06 \x01(\fR\bmessages\"\xd2\x01\n" +
 	"\x06Derive\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12&\n" +
 	"\x0fpeer_public_key\x18\x02 \x01(\fR\rpeerPublicKey\x12)\n" +
@@ -8713,7 +8901,13 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x13KEY_ORIGIN_IMPORTED\x10\x02\x12\x16\n" +
 	"\x12KEY_ORIGIN_DERIVED\x10\x03\x12\x18\n" +
 	"\x14KEY_ORIGIN_UNWRAPPED\x10\x04\x12\x19\n" +
-	"\x15KEY_ORIGIN_PASSPHRASE\x10\x05*\x8a\x01\n" +
+	"\x15KEY_ORIGIN_PASSPHRASE\x10\x05*p\n" +
+	"\n" +
+	"PackedKind\x12\x1b\n" +
+	"\x17PACKED_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13PACKED_KIND_ENCRYPT\x10\x01\x12\x17\n" +
+	"\x13PACKED_KIND_DECRYPT\x10\x02\x12\x13\n" +
+	"\x0fPACKED_KIND_MAC\x10\x03*\x8a\x01\n" +
 	"\n" +
 	"WrapFormat\x12\x1b\n" +
 	"\x17WRAP_FORMAT_UNSPECIFIED\x10\x00\x12\x12\n" +
@@ -8738,8 +8932,8 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 	return file_keywarden_proto_rawDescData
 }
 
-var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8750,222 +8944,227 @@ var file_keywarden_proto_goTypes = []any{
 	(KeyFormat)(0),                 // 6: keywarden.v1.KeyFormat
 	(SessionKind)(0),               // 7: keywarden.v1.SessionKind
 	(KeyOrigin)(0),                 // 8: keywarden.v1.KeyOrigin
-	(WrapFormat)(0),                // 9: keywarden.v1.WrapFormat
-	(SshCertType)(0),               // 10: keywarden.v1.SshCertType
-	(*Request)(nil),                // 11: keywarden.v1.Request
-	(*Reply)(nil),                  // 12: keywarden.v1.Reply
-	(*Op)(nil),                     // 13: keywarden.v1.Op
-	(*Result)(nil),                 // 14: keywarden.v1.Result
-	(*AclEntry)(nil),               // 15: keywarden.v1.AclEntry
-	(*KeyTemplate)(nil),            // 16: keywarden.v1.KeyTemplate
-	(*KeyInfo)(nil),                // 17: keywarden.v1.KeyInfo
-	(*KeyLifecycle)(nil),           // 18: keywarden.v1.KeyLifecycle
-	(*Program)(nil),                // 19: keywarden.v1.Program
-	(*Programs)(nil),               // 20: keywarden.v1.Programs
-	(*KeyVersionInfo)(nil),         // 21: keywarden.v1.KeyVersionInfo
-	(*KeyResult)(nil),              // 22: keywarden.v1.KeyResult
-	(*ListResult)(nil),             // 23: keywarden.v1.ListResult
-	(*Limits)(nil),                 // 24: keywarden.v1.Limits
-	(*StatusResult)(nil),           // 25: keywarden.v1.StatusResult
-	(*AuditStatus)(nil),            // 26: keywarden.v1.AuditStatus
-	(*MemoryStatus)(nil),           // 27: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 28: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 29: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 30: keywarden.v1.Ping
-	(*Generate)(nil),               // 31: keywarden.v1.Generate
-	(*Import)(nil),                 // 32: keywarden.v1.Import
-	(*NameRef)(nil),                // 33: keywarden.v1.NameRef
-	(*Open)(nil),                   // 34: keywarden.v1.Open
-	(*Close)(nil),                  // 35: keywarden.v1.Close
-	(*List)(nil),                   // 36: keywarden.v1.List
-	(*Info)(nil),                   // 37: keywarden.v1.Info
-	(*Export)(nil),                 // 38: keywarden.v1.Export
-	(*PublicKey)(nil),              // 39: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 40: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 41: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 42: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 43: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 44: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 45: keywarden.v1.Sign
-	(*Verify)(nil),                 // 46: keywarden.v1.Verify
-	(*Mac)(nil),                    // 47: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 48: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 49: keywarden.v1.Hash
-	(*Derive)(nil),                 // 50: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 51: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 52: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 53: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 54: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 55: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 56: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 57: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 58: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 59: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 60: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 61: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 62: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 63: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 64: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 65: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 66: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 67: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 68: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 69: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 70: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 71: keywarden.v1.SealStatus
-	(*ClusterStatus)(nil),          // 72: keywarden.v1.ClusterStatus
-	(*ClusterEndpoint)(nil),        // 73: keywarden.v1.ClusterEndpoint
-	(*Share)(nil),                  // 74: keywarden.v1.Share
-	(*Init)(nil),                   // 75: keywarden.v1.Init
-	(*InitResult)(nil),             // 76: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 77: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 78: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 79: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 80: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 81: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 82: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 83: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 84: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 85: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 86: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 87: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 88: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 89: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 90: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 91: keywarden.v1.RestoreReport
-	(*SshCertOption)(nil),          // 92: keywarden.v1.SshCertOption
-	(*SshCertify)(nil),             // 93: keywarden.v1.SshCertify
+	(PackedKind)(0),                // 9: keywarden.v1.PackedKind
+	(WrapFormat)(0),                // 10: keywarden.v1.WrapFormat
+	(SshCertType)(0),               // 11: keywarden.v1.SshCertType
+	(*Request)(nil),                // 12: keywarden.v1.Request
+	(*Reply)(nil),                  // 13: keywarden.v1.Reply
+	(*Op)(nil),                     // 14: keywarden.v1.Op
+	(*Result)(nil),                 // 15: keywarden.v1.Result
+	(*AclEntry)(nil),               // 16: keywarden.v1.AclEntry
+	(*KeyTemplate)(nil),            // 17: keywarden.v1.KeyTemplate
+	(*KeyInfo)(nil),                // 18: keywarden.v1.KeyInfo
+	(*KeyLifecycle)(nil),           // 19: keywarden.v1.KeyLifecycle
+	(*Program)(nil),                // 20: keywarden.v1.Program
+	(*Programs)(nil),               // 21: keywarden.v1.Programs
+	(*KeyVersionInfo)(nil),         // 22: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 23: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 24: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 25: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 26: keywarden.v1.StatusResult
+	(*AuditStatus)(nil),            // 27: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 28: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 29: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 30: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 31: keywarden.v1.Ping
+	(*Generate)(nil),               // 32: keywarden.v1.Generate
+	(*Import)(nil),                 // 33: keywarden.v1.Import
+	(*NameRef)(nil),                // 34: keywarden.v1.NameRef
+	(*Open)(nil),                   // 35: keywarden.v1.Open
+	(*Close)(nil),                  // 36: keywarden.v1.Close
+	(*List)(nil),                   // 37: keywarden.v1.List
+	(*Info)(nil),                   // 38: keywarden.v1.Info
+	(*Export)(nil),                 // 39: keywarden.v1.Export
+	(*PublicKey)(nil),              // 40: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 41: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 42: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 43: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 44: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 45: keywarden.v1.Decrypt
+	(*Sign)(nil),                   // 46: keywarden.v1.Sign
+	(*Verify)(nil),                 // 47: keywarden.v1.Verify
+	(*Mac)(nil),                    // 48: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 49: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 50: keywarden.v1.Hash
+	(*Packed)(nil),                 // 51: keywarden.v1.Packed
+	(*Derive)(nil),                 // 52: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 53: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 54: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 55: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 56: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 57: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 58: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 59: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 60: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 61: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 62: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 63: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 64: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 65: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 66: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 67: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 68: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 69: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 70: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 71: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 72: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 73: keywarden.v1.SealStatus
+	(*ClusterStatus)(nil),          // 74: keywarden.v1.ClusterStatus
+	(*ClusterEndpoint)(nil),        // 75: keywarden.v1.ClusterEndpoint
+	(*Share)(nil),                  // 76: keywarden.v1.Share
+	(*Init)(nil),                   // 77: keywarden.v1.Init
+	(*InitResult)(nil),             // 78: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 79: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 80: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 81: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 82: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 83: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 84: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 85: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 86: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 87: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 88: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 89: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 90: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 91: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 92: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 93: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 94: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 95: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
-	13,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
+	14,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
-	14,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	29,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	30,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	31,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	32,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	34,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	35,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	36,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	37,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	38,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	39,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	40,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	41,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	42,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	43,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	44,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	45,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	46,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	47,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	48,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	49,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	50,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	51,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	52,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	53,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	54,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	75,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	77,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	79,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	80,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	81,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	83,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	84,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	85,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	86,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	88,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	90,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	82,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	57,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	58,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	59,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	60,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	64,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	65,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	66,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	67,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	68,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	69,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	93,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
-	0,   // 51: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	22,  // 52: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	17,  // 53: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	23,  // 54: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	25,  // 55: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	28,  // 56: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	61,  // 57: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	76,  // 58: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	78,  // 59: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	89,  // 60: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	87,  // 61: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	62,  // 62: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	70,  // 63: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
-	1,   // 64: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	15,  // 65: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
-	1,   // 66: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
-	2,   // 67: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	15,  // 68: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	56,  // 69: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
-	18,  // 70: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
-	8,   // 71: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	21,  // 72: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	19,  // 73: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
-	19,  // 74: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
-	17,  // 75: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	17,  // 76: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	24,  // 77: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	27,  // 78: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	71,  // 79: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	62,  // 80: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	26,  // 81: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	16,  // 82: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	16,  // 83: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 84: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	33,  // 85: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 86: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 87: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	15,  // 88: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 89: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 90: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 91: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 92: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 93: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 94: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 95: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	4,   // 96: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	16,  // 97: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 98: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 99: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 100: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	55,  // 101: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	55,  // 102: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	16,  // 103: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	55,  // 104: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	55,  // 105: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	55,  // 106: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	63,  // 107: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	72,  // 108: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
-	73,  // 109: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
-	55,  // 110: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	74,  // 111: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	74,  // 112: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	55,  // 113: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	20,  // 114: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
-	9,   // 115: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 116: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	9,   // 117: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	16,  // 118: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 119: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	91,  // 120: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	10,  // 121: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
-	92,  // 122: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
-	92,  // 123: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
-	124, // [124:124] is the sub-list for method output_type
-	124, // [124:124] is the sub-list for method input_type
-	124, // [124:124] is the sub-list for extension type_name
-	124, // [124:124] is the sub-list for extension extendee
-	0,   // [0:124] is the sub-list for field type_name
+	15,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
+	30,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	31,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	32,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	33,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	35,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	36,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	37,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	38,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	39,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	40,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	41,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	42,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	43,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	44,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	45,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	46,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	47,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	48,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	49,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	50,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	52,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	53,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	54,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	55,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	56,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	77,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	79,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	81,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	82,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	83,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	85,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	86,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	87,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	88,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	90,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	92,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	84,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	59,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	60,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	61,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	62,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	66,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	67,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	68,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	69,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	70,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	71,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	95,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	51,  // 51: keywarden.v1.Op.packed:type_name -> keywarden.v1.Packed
+	0,   // 52: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
+	23,  // 53: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	18,  // 54: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	24,  // 55: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	26,  // 56: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	29,  // 57: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	63,  // 58: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	78,  // 59: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	80,  // 60: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	91,  // 61: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	89,  // 62: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	64,  // 63: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	72,  // 64: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	1,   // 65: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
+	16,  // 66: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	1,   // 67: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
+	2,   // 68: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
+	16,  // 69: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	58,  // 70: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	19,  // 71: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
+	8,   // 72: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
+	22,  // 73: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	20,  // 74: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
+	20,  // 75: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
+	18,  // 76: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	18,  // 77: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	25,  // 78: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	28,  // 79: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	73,  // 80: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	64,  // 81: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	27,  // 82: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	17,  // 83: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	17,  // 84: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 85: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	34,  // 86: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 87: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 88: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	16,  // 89: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 90: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 91: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 92: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 93: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	4,   // 94: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 95: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	4,   // 96: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	9,   // 97: keywarden.v1.Packed.kind:type_name -> keywarden.v1.PackedKind
+	4,   // 98: keywarden.v1.Packed.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 99: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	17,  // 100: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 101: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 102: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 103: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	57,  // 104: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	57,  // 105: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	17,  // 106: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	57,  // 107: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	57,  // 108: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	57,  // 109: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	65,  // 110: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	74,  // 111: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
+	75,  // 112: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
+	57,  // 113: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	76,  // 114: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	76,  // 115: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	57,  // 116: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	21,  // 117: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	10,  // 118: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 119: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	10,  // 120: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	17,  // 121: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 122: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	93,  // 123: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	11,  // 124: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	94,  // 125: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	94,  // 126: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	127, // [127:127] is the sub-list for method output_type
+	127, // [127:127] is the sub-list for method input_type
+	127, // [127:127] is the sub-list for extension type_name
+	127, // [127:127] is the sub-list for extension extendee
+	0,   // [0:127] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -9023,6 +9222,7 @@ func file_keywarden_proto_init() {
 		(*Op_GenerationBump)(nil),
 		(*Op_GenerationMap)(nil),
 		(*Op_SshCertify)(nil),
+		(*Op_Packed)(nil),
 	}
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
@@ -9048,15 +9248,15 @@ func file_keywarden_proto_init() {
 		(*Open_Name)(nil),
 	}
 	file_keywarden_proto_msgTypes[30].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[71].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[82].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[72].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[83].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
-			NumEnums:      11,
-			NumMessages:   83,
+			NumEnums:      12,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -24,6 +24,8 @@ func Recycle(req *Request) {
 			o.Hash.Data = nil
 		case *Op_Ping:
 			o.Ping.Payload = nil
+		case *Op_Packed:
+			o.Packed.Aad, o.Packed.Messages = nil, nil
 		}
 	}
 	req.ReturnToVTPool()

@@ -1,0 +1,214 @@
+package server
+
+import (
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// Packed runs (Op.packed): a client may send a run of encryptions,
+// decryptions or MACs on one key with the same parameters as one Packed
+// op, its messages back to back, instead of one Op each. The daemon takes
+// it apart on arrival, before the request's checks, into exactly the
+// operations it stands for, and puts their results back together just
+// before the reply is encoded. Everything in between (the limit on
+// operations per request, authorization, the per-key encryption budget,
+// the runs of execute, metrics and the audit record) sees the same
+// operations, in the same order, as if the client had sent them one by
+// one: a packed run is an encoding, not a second path to keys.
+//
+// Taking a run apart allocates nothing per operation: the operations are
+// carved from slices the packing keeps for the next request of its
+// connection, and their byte fields point into the request's own bytes.
+
+// minPackedRun is the fewest messages a packed run holds. With three or
+// more, the packed result is never larger than the results it stands for
+// with their framing (each entry is at most one byte longer than its
+// Result, which execute's reply budget counts 4 bytes of framing for, and
+// a packed result adds at most 8 bytes of its own): a request within the
+// reply budget of section 4 of docs/protocol.md gets its reply.
+const minPackedRun = 3
+
+// packing is how the packed runs of one request were taken apart.
+type packing struct {
+	orig  []*wire.Op // the request's ops as decoded; nil when it had no packed run
+	spans []packSpan
+
+	// The operations taken apart, reused by the next request once
+	// restore has given this one its ops back.
+	ops  []*wire.Op
+	opv  []wire.Op
+	encs []wire.Encrypt
+	encW []wire.Op_Encrypt
+	decs []wire.Decrypt
+	decW []wire.Op_Decrypt
+	macs []wire.Mac
+	macW []wire.Op_Mac
+}
+
+// room returns s emptied, with room for n elements: a new slice when s
+// has less, so that pointers to its elements stay valid while it fills.
+func room[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, 0, n)
+	}
+	return s[:0]
+}
+
+// packSpan says that the operations [at, at+n) of the request taken apart
+// came from its op orig.
+type packSpan struct{ orig, at, n int }
+
+var (
+	errPackedShort = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run needs at least %d messages", minPackedRun)
+	errPackedKind  = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run names no known operation")
+	errPackedLate  = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a packed run cannot be sent this way")
+	errPackedBad   = wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "malformed request: a packed run's messages do not match its count")
+)
+
+// unpack replaces each Packed op of req by the operations it stands for.
+// most is the most operations a request may hold, counted after taking
+// runs apart. On an error req is left as it was. restore gives req its
+// ops back.
+func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
+	pk.orig, pk.spans = nil, pk.spans[:0]
+	total, packed := 0, [4]int{}
+	for _, op := range req.Ops {
+		p := op.GetPacked()
+		if p == nil {
+			total++
+			continue
+		}
+		if p.Count < minPackedRun {
+			return errPackedShort
+		}
+		k := int(p.Kind)
+		if k <= 0 || k >= len(packed) {
+			return errPackedKind
+		}
+		if uint64(total)+uint64(p.Count) > uint64(most) {
+			return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+				"the request's operations, packed runs counted by their messages, exceed the batch limit of %d", most)
+		}
+		total += int(p.Count)
+		packed[k] += int(p.Count)
+		// Each message takes at least a byte: a count larger than the
+		// bytes is refused before anything is made for it.
+		if int(p.Count) > len(p.Messages) {
+			return errPackedBad
+		}
+	}
+	if total > most {
+		return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+			"%d operations exceed the batch limit of %d", total, most)
+	}
+	if packed == [4]int{} {
+		return nil
+	}
+	ops := room(pk.ops, total)
+	opv := room(pk.opv, packed[1]+packed[2]+packed[3])
+	encs := room(pk.encs, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	encW := room(pk.encW, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	decs := room(pk.decs, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	decW := room(pk.decW, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	macs := room(pk.macs, packed[wire.PackedKind_PACKED_KIND_MAC])
+	macW := room(pk.macW, packed[wire.PackedKind_PACKED_KIND_MAC])
+	spans := pk.spans[:0]
+	for i, op := range req.Ops {
+		p := op.GetPacked()
+		if p == nil {
+			ops = append(ops, op)
+			continue
+		}
+		spans = append(spans, packSpan{orig: i, at: len(ops), n: int(p.Count)})
+		b := p.Messages
+		for range p.Count {
+			msg, rest, ok := wire.NextPackedMessage(b)
+			if !ok {
+				return errPackedBad
+			}
+			b = rest
+			opv = append(opv, wire.Op{})
+			o := &opv[len(opv)-1]
+			switch p.Kind {
+			case wire.PackedKind_PACKED_KIND_ENCRYPT:
+				encs = append(encs, wire.Encrypt{Handle: p.Handle, Plaintext: msg, Aad: p.Aad, Hash: p.Hash})
+				encW = append(encW, wire.Op_Encrypt{Encrypt: &encs[len(encs)-1]})
+				o.Op = &encW[len(encW)-1]
+			case wire.PackedKind_PACKED_KIND_DECRYPT:
+				decs = append(decs, wire.Decrypt{Handle: p.Handle, Ciphertext: msg, Aad: p.Aad, Hash: p.Hash})
+				decW = append(decW, wire.Op_Decrypt{Decrypt: &decs[len(decs)-1]})
+				o.Op = &decW[len(decW)-1]
+			default:
+				macs = append(macs, wire.Mac{Handle: p.Handle, Data: msg})
+				macW = append(macW, wire.Op_Mac{Mac: &macs[len(macs)-1]})
+				o.Op = &macW[len(macW)-1]
+			}
+			ops = append(ops, o)
+		}
+		if len(b) != 0 {
+			return errPackedBad
+		}
+	}
+	pk.ops, pk.opv, pk.encs, pk.encW, pk.decs, pk.decW, pk.macs, pk.macW = ops, opv, encs, encW, decs, decW, macs, macW
+	pk.orig, pk.spans = req.Ops, spans
+	req.Ops = ops
+	return nil
+}
+
+// restore gives req back the ops it was decoded with, for recycling.
+func (pk *packing) restore(req *wire.Request) {
+	if pk.orig != nil {
+		req.Ops = pk.orig
+		pk.orig, pk.spans = nil, pk.spans[:0]
+		// Nothing kept points into the request's bytes.
+		clear(pk.ops)
+		clear(pk.encs)
+		clear(pk.decs)
+		clear(pk.macs)
+	}
+}
+
+// pack puts the results of each packed run of rep back into one result,
+// its entries carved from a: rep is then the reply to the request as the
+// client sent it. A reply refusing the whole request is left as it is.
+func (pk *packing) pack(rep *wire.Reply, a *arena) {
+	if pk.orig == nil || rep.Status != wire.Status_STATUS_OK {
+		return
+	}
+	total := len(pk.orig)
+	for _, s := range pk.spans {
+		total += s.n - 1
+	}
+	if len(rep.Results) != total {
+		return
+	}
+	out := make([]*wire.Result, len(pk.orig))
+	packed := make([]wire.Result, len(pk.spans))
+	i, at := 0, 0 // the next result of rep and of out
+	for k, s := range pk.spans {
+		for ; at < s.orig; at++ {
+			out[at] = rep.Results[i]
+			i++
+		}
+		size := 0
+		for _, r := range rep.Results[s.at : s.at+s.n] {
+			size += wire.PackedEntryBound(len(r.GetData()) + len(r.GetMessage()))
+		}
+		b := a.take(size)
+		for _, r := range rep.Results[s.at : s.at+s.n] {
+			if r.GetStatus() == wire.Status_STATUS_OK {
+				b = wire.AppendPackedEntry(b, r.GetStatus(), r.GetKeyVersion(), r.GetData())
+			} else {
+				b = wire.AppendPackedEntry(b, r.GetStatus(), r.GetKeyVersion(), []byte(r.GetMessage()))
+			}
+		}
+		packed[k].Data = b
+		out[at] = &packed[k]
+		at++
+		i = s.at + s.n
+	}
+	for ; at < len(out); at++ {
+		out[at] = rep.Results[i]
+		i++
+	}
+	rep.Results = out
+}

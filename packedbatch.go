@@ -1,0 +1,165 @@
+package keywarden
+
+import (
+	"bytes"
+	"encoding/binary"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// A daemon that says so (Limits.PackedRuns) takes a run of encryptions,
+// decryptions or MACs on one key with the same parameters as one Packed
+// operation: one header, then the messages back to back, and likewise
+// the results. Batch.Do sends runs so. The daemon treats a packed run
+// exactly as the operations it stands for: the results, the limits and
+// the audit record are the same; only the encoding is smaller and cheaper
+// on both sides.
+
+// minPackedRun is the shortest run sent packed: the daemon takes none
+// shorter.
+const minPackedRun = 3
+
+// packKey is what the operations of a packed run share.
+type packKey struct {
+	kind   wire.PackedKind
+	handle uint32
+	aad    []byte
+	hash   wire.HashAlg
+	msg    []byte
+}
+
+func packKeyOf(op *wire.Op) (k packKey, ok bool) {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Encrypt:
+		e := o.Encrypt
+		return packKey{wire.PackedKind_PACKED_KIND_ENCRYPT, e.Handle, e.Aad, e.Hash, e.Plaintext}, true
+	case *wire.Op_Decrypt:
+		d := o.Decrypt
+		return packKey{wire.PackedKind_PACKED_KIND_DECRYPT, d.Handle, d.Aad, d.Hash, d.Ciphertext}, true
+	case *wire.Op_Mac:
+		return packKey{wire.PackedKind_PACKED_KIND_MAC, o.Mac.Handle, nil, 0, o.Mac.Data}, true
+	}
+	return packKey{}, false
+}
+
+func (k *packKey) sameRun(o *packKey) bool {
+	return k.kind == o.kind && k.handle == o.handle && k.hash == o.hash && bytes.Equal(k.aad, o.aad)
+}
+
+// packRuns returns ops with each run of at least minPackedRun operations
+// that can be packed replaced by one Packed operation, and for each
+// operation returned how many of ops it stands for; runs is nil when
+// nothing was packed. The Packed operations' messages are copied into
+// b.packBuf, which holds them until the request is encoded: the caller
+// empties it (clearPackBuf) once it is.
+func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
+	n := len(ops)
+	// Room for every message at once: packBuf is never moved while a
+	// packed run points into it, nor leaves a copy behind.
+	need := 0
+	for _, op := range ops {
+		if m, ok := packKeyOf(op); ok {
+			need += len(m.msg) + binary.MaxVarintLen64
+		}
+	}
+	if cap(b.packBuf) < need {
+		b.clearPackBuf()
+		b.packBuf = make([]byte, 0, need)
+	}
+	for i := 0; i < n; {
+		k, ok := packKeyOf(ops[i])
+		j := i + 1
+		if ok {
+			for j < n {
+				k2, ok2 := packKeyOf(ops[j])
+				if !ok2 || !k.sameRun(&k2) {
+					break
+				}
+				j++
+			}
+		}
+		if j-i < minPackedRun {
+			if runs != nil {
+				out = append(out, ops[i:j]...)
+				for range j - i {
+					runs = append(runs, 1)
+				}
+			}
+			i = j
+			continue
+		}
+		if runs == nil {
+			out = make([]*wire.Op, 0, n)
+			runs = make([]int, 0, n)
+			out = append(out, ops[:i]...)
+			for range i {
+				runs = append(runs, 1)
+			}
+		}
+		start := len(b.packBuf)
+		for _, op := range ops[i:j] {
+			m, _ := packKeyOf(op)
+			b.packBuf = wire.AppendPackedMessage(b.packBuf, m.msg)
+		}
+		buf := b.packBuf[start:len(b.packBuf):len(b.packBuf)]
+		p := &wire.Packed{Kind: k.kind, Handle: k.handle, Aad: k.aad, Hash: k.hash, Count: uint32(j - i), Messages: buf}
+		out = append(out, &wire.Op{Op: &wire.Op_Packed{Packed: p}})
+		runs = append(runs, j-i)
+		i = j
+	}
+	if runs == nil {
+		return ops, nil
+	}
+	return out, runs
+}
+
+// unpackResults fills in the results of the operations idx, sent as
+// packed by packRuns (runs), from rep.
+func (b *Batch) unpackResults(rep *wire.Reply, idx, runs []int) {
+	at := 0 // the next of idx
+	for j, n := range runs {
+		ours := idx[at : at+n]
+		at += n
+		if j >= len(rep.Results) {
+			for _, i := range ours {
+				b.res[i].err = &Error{Code: CodeInternal, Op: b.res[i].op, Message: "missing result"}
+			}
+			continue
+		}
+		res := rep.Results[j]
+		if n == 1 {
+			r := b.res[ours[0]]
+			r.err = resultErr(r.op, res.Status, res.Message)
+			r.data = res.GetData()
+			continue
+		}
+		if res.Status != wire.Status_STATUS_OK {
+			for _, i := range ours {
+				b.res[i].err = resultErr(b.res[i].op, res.Status, res.Message)
+			}
+			continue
+		}
+		data := res.GetData()
+		for _, i := range ours {
+			r := b.res[i]
+			st, _, d, rest, ok := wire.NextPackedEntry(data)
+			switch {
+			case !ok:
+				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
+				continue
+			case st == wire.Status_STATUS_OK:
+				r.data = d
+			default:
+				r.err = resultErr(r.op, st, string(d))
+			}
+			data = rest
+		}
+	}
+}
+
+// clearPackBuf wipes and empties the messages packRuns copied, for the
+// next request.
+func (b *Batch) clearPackBuf() {
+	clear(b.packBuf)
+	b.packBuf = b.packBuf[:0]
+}
