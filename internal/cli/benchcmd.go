@@ -37,11 +37,16 @@ func runBench(e *env, args []string) error {
 	auditMode := f.Bool("audit", false, "measure what the audit log costs: requests and batches of AES-GCM encryptions with --clients concurrent clients, against private daemons with no audit log, --audit-sync grouped and always")
 	sshAgentMode := f.Bool("ssh-agent", false, "measure Ed25519 signatures through a private daemon's ssh-agent socket against OpenSSH's ssh-agent, one request per round trip from --clients concurrent clients, with the daemon's own socket and in-process signatures as baselines")
 	httpMode := f.Bool("http", false, "measure the transit HTTP API of a private daemon (encrypt 256 B, single and batch_input of 256; Ed25519 sign) over its Unix socket and over mutual TLS, from --clients concurrent clients (default 1 and 8), with the daemon's own socket as the baseline")
+	var sc scaleFlags
+	sc.register(f)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	if done, err := sc.run(e, f, &st, *duration, *opsList, *streamMode || *auditMode || *sshAgentMode || *httpMode || st.create || st.startup); done {
 		return err
 	}
 	if *httpMode {
