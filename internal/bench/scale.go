@@ -367,7 +367,7 @@ func RunIdle(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []Scal
 	say := sayTo(progress)
 	active, idle := cfg.Clients[0], cfg.IdleConns
 	// The daemon: a socket and its opener's pidfd per connection.
-	if err := raiseNoFile(idle+active+256, 2*(idle+active)+256); err != nil {
+	if err := raiseNoFile(idle+active+128, 2*(idle+active)+128); err != nil {
 		return nil, err
 	}
 	conns := strconv.Itoa(idle + active + 64)
@@ -398,6 +398,7 @@ func RunIdle(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []Scal
 		if err != nil {
 			return nil, err
 		}
+		fdsBefore := countFDs(d.pid())
 		say("run %d: opening %d idle connections", run+1, idle)
 		idlers, err := openIdle(ctx, d.socket, idle)
 		if err != nil {
@@ -420,7 +421,14 @@ func RunIdle(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []Scal
 		rssWith = append(rssWith, float64(after["VmRSS"]))
 		threads = append(threads, float64(after["Threads"]))
 		perConn = append(perConn, float64(after["VmRSS"]-before["VmRSS"])/float64(idle))
-		time.Sleep(idleSettle) // the idle connections are closed
+		// The daemon has closed them all before the next run (or its stop,
+		// which would otherwise wait for thousands of them on a busy
+		// machine).
+		deadline := time.Now().Add(time.Minute)
+		for countFDs(d.pid()) > fdsBefore+64 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(idleSettle)
 	}
 	b := cs.result("idle", base)
 	b.DaemonRSSBytes = int64(median(rssBase))
@@ -430,6 +438,12 @@ func RunIdle(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []Scal
 	w.DaemonRSSBytes, w.DaemonThreads = int64(median(rssWith)), int(median(threads))
 	w.RSSPerIdleConnBytes = int64(median(perConn))
 	return []ScaleResult{b, w}, nil
+}
+
+// countFDs returns how many descriptors process pid has open.
+func countFDs(pid int) int {
+	es, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(es)
 }
 
 // openIdle opens n connections to socket, each of which makes one
