@@ -492,7 +492,9 @@ func RunResident(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []
 	var daemons []*daemon
 	defer func() {
 		for _, d := range daemons {
-			if serr := d.stop(); err == nil && serr != nil {
+			// Wiping a million keys, on a busy machine, takes longer than
+			// the usual stop allows.
+			if serr := d.stopWithin(residentStop); err == nil && serr != nil {
 				err = serr
 			}
 		}
@@ -581,6 +583,25 @@ func RunResident(ctx context.Context, cfg ScaleConfig, progress io.Writer) (_ []
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// residentStop is how long a daemon with RunResident's keys may take to
+// stop.
+const residentStop = 2 * time.Minute
+
+// stopWithin is stop, allowing the daemon timeout to stop after SIGTERM.
+func (d *daemon) stopWithin(timeout time.Duration) error {
+	select {
+	case <-d.exited:
+		return d.stop()
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(timeout):
+	}
+	return d.stop() // reaps it, or kills it and says so
 }
 
 // holder is a connection holding resident keys.
