@@ -41,11 +41,16 @@ func runBench(e *env, args []string) error {
 	pkcs11Module := f.String("pkcs11-module", "", "with --pkcs11: libkeywarden-pkcs11.so's `path` (default: beside keywarden, else the multiarch PKCS #11 directory)")
 	pkcs11Host := f.String("pkcs11-host", "", "with --pkcs11: keywarden-p11bench's `path` (default: beside keywarden, else in PATH)")
 	softhsm := f.String("softhsm", "", "with --pkcs11: SoftHSM2's module `path` (default: Debian's; missing, keywarden is measured alone)")
+	var sc scaleFlags
+	sc.register(f)
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
 	}
 	if err := want(pos, 0, ""); err != nil {
+		return err
+	}
+	if done, err := sc.run(e, f, &st, *duration, *opsList, *streamMode || *auditMode || *sshAgentMode || *httpMode || st.create || st.startup); done {
 		return err
 	}
 	if *httpMode {

@@ -36,8 +36,8 @@ type storeBenchFlags struct {
 func (s *storeBenchFlags) register(f *flags) {
 	f.BoolVar(&s.create, "create", false, "measure the creation of persistent keys (durable) through a daemon with a store on disk, and in-process")
 	f.BoolVar(&s.startup, "startup", false, "measure a daemon's start-up, unseal, memory and first key use on a store of --keys keys")
-	f.StringVar(&s.clients, "clients", "1,16", "with --create, --audit, --ssh-agent or --http: comma-separated `list` of numbers of concurrent clients (default with --ssh-agent: 1,4,16; with --http: 1,8)")
-	f.IntVar(&s.runs, "runs", 3, "with --create, --startup, --audit or --ssh-agent: repeat each measurement `N` times and report the medians")
+	f.StringVar(&s.clients, "clients", "1,16", "comma-separated `list` of numbers of concurrent clients, each on its own connection: alone, measure how throughput scales with them (e.g. 1,2,4,8,16); with --idle-conns, the active clients (default 16); with --create, --audit, --ssh-agent or --http, theirs (default with --ssh-agent: 1,4,16; with --http: 1,8)")
+	f.IntVar(&s.runs, "runs", 3, "with --clients, --idle-conns, --resident-keys, --create, --startup, --audit or --ssh-agent: repeat each measurement `N` times and report the medians")
 	f.StringVar(&s.dir, "dir", "", "with --create, --audit or --ssh-agent: make the stores or audit logs in this `directory` (default: the temporary directory)")
 	f.StringVar(&s.state, "state", "", "with --startup: the store's state `directory`; made there with --keys keys if it holds none, and kept (default: a temporary one, removed after)")
 	f.IntVar(&s.keys, "keys", 1000000, "with --startup: the number of keys in the store")

@@ -244,6 +244,10 @@ const DefaultCacheIdle = time.Second
 // DefaultCacheMax bounds the keys with expanded state at once.
 const DefaultCacheMax = 4096
 
+// evictSample is how many cached keys a full cache looks at to choose the
+// one whose state it drops.
+const evictSample = 16
+
 // cache tracks the keys whose expanded state is cached, and drops the
 // state of keys idle for longer than idle.
 var cache = &expCache{keys: make(map[*Key]struct{})}
@@ -270,7 +274,8 @@ type expCache struct {
 func SetCacheIdle(d time.Duration) { cache.idle.Store(int64(max(d, 0))) }
 
 // SetCacheMax bounds how many keys keep expanded state at once; the least
-// recently used is dropped first. n <= 0 restores DefaultCacheMax.
+// recently used of a random sample of evictSample is dropped first. n <= 0
+// restores DefaultCacheMax.
 func SetCacheMax(n int) { cache.max.Store(int64(max(n, 0))) }
 
 // CachedKeys returns how many keys have expanded state now.
@@ -300,10 +305,18 @@ func (c *expCache) add(k *Key) {
 		limit = DefaultCacheMax
 	}
 	for len(c.keys) > limit {
+		// The least recently used of a sample: the map's iteration starts
+		// at a random place, and a full scan would cost every miss of a
+		// full cache (many keys in use, each now and then) thousands of
+		// loads under c.mu.
 		var oldest *Key
+		seen := 0
 		for o := range c.keys {
 			if o != k && (oldest == nil || o.used.Load() < oldest.used.Load()) {
 				oldest = o
+			}
+			if seen++; seen >= evictSample {
+				break
 			}
 		}
 		if oldest == nil {

@@ -101,18 +101,26 @@ func (s *Server) ServeConn(c *seqpacket.Conn) {
 	}
 	cn.pidfd = pidfd
 	cn.watchHangup()
+	cn.armPark()
 	s.conns[cn] = struct{}{}
 	s.connsN.Store(int32(len(s.conns)))
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
-		defer s.wg.Done()
+		cn.readPeer()
 		cn.serve()
-		s.mu.Lock()
-		delete(s.conns, cn)
-		s.connsN.Store(int32(len(s.conns)))
-		s.mu.Unlock()
 	}()
+}
+
+// ended runs once the connection is done with (cleanup has run): the
+// server forgets it.
+func (cn *seqConn) ended() {
+	s := cn.s
+	s.mu.Lock()
+	delete(s.conns, cn)
+	s.connsN.Store(int32(len(s.conns)))
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 // seqConn is one connection of the SOCK_SEQPACKET front: the socket and
@@ -125,7 +133,16 @@ type seqConn struct {
 	// unwatch ends the watch of the client hanging up (cleanup).
 	unwatch func()
 
-	// Used only by the serving goroutine.
+	// Used only by the serving goroutine; nil while the connection is
+	// parked (idle.go): an idle connection holds no buffer.
+	*connScratch
+	noPark bool // the connection cannot be parked: it keeps its goroutine
+}
+
+// connScratch is what a connection needs only while it serves requests:
+// its buffers. A parked connection gives it back to the server's pool
+// (idle.go).
+type connScratch struct {
 	buf          recvBuf
 	oob          []byte
 	out          []byte
@@ -142,9 +159,8 @@ func newSeqConn(s *Server, c *seqpacket.Conn, acct *account, opener seqpacket.Cr
 	cn := &seqConn{
 		Session: newSession(context.Background(), s, frontSeqpacket, acct,
 			Identity{PID: opener.PID, UID: opener.UID, GID: opener.GID, Pidfd: opener.Pidfd}),
-		c:   c,
-		buf: newRecvBuf(s.lims().MaxMessageBytes + 1),
-		oob: make([]byte, seqpacket.OOBSize),
+		c:           c,
+		connScratch: s.getScratch(),
 	}
 	c.SetSpin(spin)
 	return cn
@@ -218,34 +234,60 @@ func (cn *seqConn) dropUnread(m seqpacket.Message) {
 	cn.log.Debug("client hung up: the requests it left are dropped unread")
 }
 
+// serve serves the connection's requests on the calling goroutine while
+// they come, and parks the connection once none came for parkAfter
+// (idle.go); it returns then, or when the connection ends.
 func (cn *seqConn) serve() {
-	defer cn.cleanup()
-	cn.readPeer()
-	defer cn.flush()
-	idleArmed := false // the receive times out, to give back a large buffer
 	for {
-		if cn.buf.dirty != idleArmed {
-			idleArmed = cn.buf.dirty
-			timeout := time.Duration(0)
-			if idleArmed {
-				timeout = recvIdle
-			}
-			cn.c.SetRecvTimeout(timeout)
+		if cn.connScratch == nil {
+			cn.connScratch = cn.s.getScratch()
 		}
-		m, err := cn.c.RecvMsg(cn.buf.b, cn.oob)
-		if errors.Is(err, seqpacket.ErrTimeout) {
-			cn.buf.release() // idle after a large message
-			continue
+		end := cn.receive()
+		cn.flush()
+		if end {
+			cn.cleanup()
+			cn.ended()
+			return
+		}
+		if cn.park() {
+			return
+		}
+	}
+}
+
+// receive receives and answers requests until the connection ends (end
+// is true) or has none waiting: for a while (parkAfter) when it holds a
+// receiving slot (idle.go), else at once.
+func (cn *seqConn) receive() (end bool) {
+	blocking := cn.takeSlot()
+	defer func() {
+		if blocking {
+			cn.s.dropSlot()
+		}
+	}()
+	for {
+		var m seqpacket.Message
+		var err error
+		if blocking {
+			m, err = cn.c.RecvMsg(cn.buf.b, cn.oob)
+		} else {
+			m, err = cn.c.TryRecvMsg(cn.buf.b, cn.oob)
+		}
+		if errors.Is(err, seqpacket.ErrTimeout) || errors.Is(err, seqpacket.ErrWouldBlock) {
+			if cn.noPark {
+				continue
+			}
+			return false
 		}
 		if err != nil {
 			if !errors.Is(err, seqpacket.ErrPeerClosed) && !errors.Is(err, seqpacket.ErrClosed) {
 				cn.log.Warn("receive failed; dropping connection", "err", err)
 			}
-			return
+			return true
 		}
 		if cn.gone.Load() {
 			cn.dropUnread(m)
-			return
+			return true
 		}
 		cn.handleMessage(m)
 		// Plaintexts and other inputs must not outlive the request in the
@@ -267,6 +309,11 @@ func (cn *seqConn) serve() {
 			cn.buf.done(m.N)
 		}
 		cn.flush()
+		if !blocking {
+			// A connection served without a slot takes one as soon as
+			// one is free: it is busy.
+			blocking = cn.takeSlot()
+		}
 	}
 }
 
@@ -452,7 +499,10 @@ func (cn *seqConn) cleanup() {
 		cn.unwatch() // before the close, which would look like a hang-up
 	}
 	cn.c.Close()
-	cn.buf.free()
+	if cn.connScratch != nil {
+		cn.s.putScratch(cn.connScratch)
+		cn.connScratch = nil
+	}
 	cn.log.Debug("disconnected")
 }
 

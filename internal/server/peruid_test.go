@@ -206,17 +206,12 @@ func serveAs(t *testing.T, s *Server, uid uint32) *seqpacket.Conn {
 	if cn.pidfd, err = a.EnableCredentials(); err != nil {
 		t.Fatal(err)
 	}
+	cn.armPark()
 	s.mu.Lock()
 	s.conns[cn] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		cn.serve()
-		s.mu.Lock()
-		delete(s.conns, cn)
-		s.mu.Unlock()
-	}()
+	go cn.serve() // cn.ended forgets it
 	t.Cleanup(func() { b.Close() })
 	b.SetRecvTimeout(10 * time.Second)
 	return b

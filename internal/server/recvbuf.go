@@ -2,17 +2,17 @@ package server
 
 import (
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// recvBuf is a connection's receive buffer. It is mapped outside the Go
-// heap: an idle connection holds only the pages its messages touched
-// (not the whole message limit), they do not count toward the garbage
-// collector's target, and once a connection that received a large
-// message has been idle for recvIdle, the buffer is mapped afresh, so
-// that it does not keep the memory of the largest request it ever
+// recvBuf is a connection's receive buffer, of the message limit's size.
+// It is mapped outside the Go heap: a connection holds only the pages its
+// messages touched (not the whole message limit), and they do not count
+// toward the garbage collector's target. A connection holds one only
+// while it serves requests: a parked one gives it back to the server's
+// pool (idle.go), which maps it afresh first if a large message touched
+// it, so that no buffer keeps the memory of the largest request it ever
 // received. (Not at once after every large message: touching a fresh
 // buffer's pages costs more than the message's own work.) Where mapping
 // fails it is a slice of the heap.
@@ -26,11 +26,8 @@ type recvBuf struct {
 }
 
 // recvKeep is the size of message after which the buffer is mapped afresh
-// once the connection is idle; recvIdle is how long it must be idle.
-const (
-	recvKeep = 64 << 10
-	recvIdle = time.Second
-)
+// once the connection is idle (parked).
+const recvKeep = 64 << 10
 
 func newRecvBuf(n int) recvBuf {
 	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)

@@ -2,12 +2,9 @@ package server
 
 import (
 	"os"
-	"strings"
 	"testing"
-	"time"
 	"unsafe"
 
-	"github.com/keywarden/keywarden/internal/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,30 +72,5 @@ func TestRecvBufGivesBackPages(t *testing.T) {
 	t.Logf("resident: %d KiB, %d KiB with a large message, %d KiB once it was handled", before>>10, touched>>10, after>>10)
 	if touched-before < size/2 || touched-after < size/2 || r.dirty {
 		t.Fatalf("the buffer's pages were not given back")
-	}
-}
-
-// A connection that received a large message gives its buffer's pages
-// back once it has been idle for recvIdle, and serves on.
-func TestIdleConnectionGivesBackBuffer(t *testing.T) {
-	s := newTestServer(t, Config{})
-	c := serveAs(t, s, 1000)
-	send(t, c, 1, ping(strings.Repeat("x", 200<<10)))
-	if rep := recv(t, c); rep.Status != wire.Status_STATUS_OK {
-		t.Fatalf("large ping: %v %q", rep.Status, rep.Message)
-	}
-	var cn *seqConn
-	s.mu.Lock()
-	for k := range s.conns {
-		cn = k
-	}
-	s.mu.Unlock()
-	time.Sleep(recvIdle + 500*time.Millisecond)
-	send(t, c, 2, ping("small"))
-	if rep := recv(t, c); rep.Status != wire.Status_STATUS_OK {
-		t.Fatalf("ping after idle: %v %q", rep.Status, rep.Message)
-	}
-	if cn.buf.released.Load() != 1 {
-		t.Fatal("the buffer of an idle connection still holds a large message's pages")
 	}
 }

@@ -85,8 +85,9 @@ func DefaultHeavySlots(procs int) (slots, perUID int) {
 // daemon with procs processors: all but one.
 func DefaultMaxComputingPerUID(procs int) int { return max(1, procs-1) }
 
-// DefaultMaxConnections bounds concurrent connections: each one holds an
-// OS thread while it waits for a request.
+// DefaultMaxConnections bounds concurrent connections. An idle one costs
+// little (idle.go: no thread, no buffer), so a daemon may be given many
+// more; each costs two descriptors (its socket and its opener's pidfd).
 const DefaultMaxConnections = 1024
 
 // Bounds of MaxMessageBytes: a reply must have room for a minimal result
@@ -229,6 +230,12 @@ type Server struct {
 	// kernel would not give a watcher (the work of a client that left
 	// then stops only once its connection has read to the end).
 	hangups *seqpacket.Hangups
+	// ready wakes parked connections (idle.go); nil if the kernel would
+	// not give a waiter (connections then keep their thread while idle).
+	ready        *seqpacket.Readiness
+	receivers    atomic.Int32      // connections in a blocking receive (takeSlot)
+	maxReceivers int32             // maxReceivers; tests lower it
+	scratch      chan *connScratch // buffers kept for connections that wake
 
 	alog        *audit.Log
 	auditAlways bool // alog fsyncs every write (--audit-sync always)
@@ -302,6 +309,13 @@ func New(cfg Config) (*Server, error) {
 	} else {
 		s.hangups = h
 	}
+	if r, err := seqpacket.NewReadiness(); err != nil {
+		cfg.Logger.Warn("cannot park idle connections: each keeps a thread", "err", err)
+	} else {
+		s.ready = r
+	}
+	s.scratch = make(chan *connScratch, scratchKeep)
+	s.maxReceivers = maxReceivers
 	s.reported = make(chan struct{})
 	if s.alog != nil {
 		s.resolver = audit.NewResolver()
@@ -470,11 +484,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			c.c.Close()
 		}
 		s.mu.Unlock()
+		if s.ready != nil {
+			s.ready.WakeAll() // a parked connection closed is never reported
+		}
 		<-finished
 	}
 	if s.hangups != nil {
 		s.hangups.Close()
 	}
+	if s.ready != nil {
+		s.ready.Close()
+	}
+	s.freeScratch()
 	<-s.reported
 	s.reportRefusals()
 	if cerr := s.store.Close(); cerr != nil {
