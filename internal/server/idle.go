@@ -117,6 +117,7 @@ func (s *Server) putScratch(sc *connScratch) {
 	sc.pending, sc.pendingBytes = sc.pending[:0], 0
 	clear(sc.bufs[:cap(sc.bufs)])
 	sc.bufs = sc.bufs[:0]
+	sc.packing.trim()
 	select {
 	case s.scratch <- sc:
 	default:

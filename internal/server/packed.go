@@ -154,6 +154,12 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 	return nil
 }
 
+// maxKeptPacked is the most operations whose structures a packing keeps
+// for the next request: a run of thousands of messages costs a few
+// hundred bytes of them each, which a connection must not hold on to
+// after one large request (it did not pay for them with any key).
+const maxKeptPacked = 256
+
 // restore gives req back the ops it was decoded with, for recycling.
 func (pk *packing) restore(req *wire.Request) {
 	if pk.orig != nil {
@@ -164,6 +170,26 @@ func (pk *packing) restore(req *wire.Request) {
 		clear(pk.encs)
 		clear(pk.decs)
 		clear(pk.macs)
+		pk.trim()
+	}
+}
+
+// trim drops the kept structures beyond maxKeptPacked operations.
+func (pk *packing) trim() {
+	if cap(pk.ops) > maxKeptPacked || cap(pk.opv) > maxKeptPacked {
+		pk.ops, pk.opv = nil, nil
+	}
+	if cap(pk.encs) > maxKeptPacked || cap(pk.encW) > maxKeptPacked {
+		pk.encs, pk.encW = nil, nil
+	}
+	if cap(pk.decs) > maxKeptPacked || cap(pk.decW) > maxKeptPacked {
+		pk.decs, pk.decW = nil, nil
+	}
+	if cap(pk.macs) > maxKeptPacked || cap(pk.macW) > maxKeptPacked {
+		pk.macs, pk.macW = nil, nil
+	}
+	if cap(pk.spans) > maxKeptPacked {
+		pk.spans = nil
 	}
 }
 

@@ -234,6 +234,40 @@ func TestPackingRestores(t *testing.T) {
 	}
 }
 
+// A request with a run of thousands of messages leaves the connection
+// holding no more than a small request's structures, so a client cannot
+// make the daemon keep megabytes per connection with one request (and no
+// key: the handle need not exist).
+func TestPackingKeepsLittle(t *testing.T) {
+	msgs := make([]string, 4096)
+	for _, kind := range []wire.PackedKind{wire.PackedKind_PACKED_KIND_ENCRYPT, wire.PackedKind_PACKED_KIND_DECRYPT, wire.PackedKind_PACKED_KIND_MAC} {
+		req := &wire.Request{Ops: []*wire.Op{packedOp(kind, 0, msgs...)}}
+		var pk packing
+		if err := pk.unpack(req, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if len(req.Ops) != len(msgs) {
+			t.Fatalf("%v: %d ops", kind, len(req.Ops))
+		}
+		pk.restore(req)
+		for name, c := range map[string]int{"ops": cap(pk.ops), "opv": cap(pk.opv), "encs": cap(pk.encs), "encW": cap(pk.encW),
+			"decs": cap(pk.decs), "decW": cap(pk.decW), "macs": cap(pk.macs), "macW": cap(pk.macW), "spans": cap(pk.spans)} {
+			if c > maxKeptPacked {
+				t.Errorf("%v: %s keeps room for %d", kind, name, c)
+			}
+		}
+		// A small run is still carved from what is kept.
+		small := &wire.Request{Ops: []*wire.Op{packedOp(kind, 0, "a", "b", "c")}}
+		if err := pk.unpack(small, 100); err != nil {
+			t.Fatal(err)
+		}
+		pk.restore(small)
+		if cap(pk.ops) == 0 {
+			t.Errorf("%v: a small run's structures are not kept", kind)
+		}
+	}
+}
+
 // FuzzUnpack: taking packed runs apart never panics, never makes more
 // operations than allowed, and a request it refuses is left as it was.
 func FuzzUnpack(f *testing.F) {
