@@ -87,6 +87,9 @@ func (r *Readiness) Wait(c *Conn, ready func()) error {
 		return ErrClosed
 	}
 	defer c.release()
+	if hookWait != nil {
+		hookWait()
+	}
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
@@ -110,8 +113,27 @@ func (r *Readiness) Wait(c *Conn, ready func()) error {
 		r.mu.Unlock()
 		return opError("epoll_ctl", err)
 	}
+	// Closed while being armed: a WakeAll that ran before the token was
+	// registered missed it, and the close that follows our release takes
+	// the descriptor out of the set, perhaps before the waiter saw it
+	// ready. Report it here; whoever takes the token calls ready, once.
+	// (A Close after this check comes before the server's WakeAll, which
+	// finds the token.)
+	if c.state.Load()&closedBit != 0 {
+		r.mu.Lock()
+		f := r.waits[tok]
+		delete(r.waits, tok)
+		r.mu.Unlock()
+		if f != nil {
+			f()
+		}
+	}
 	return nil
 }
+
+// hookWait, when set by a test, runs in Wait once c is held and before
+// its token is registered.
+var hookWait func()
 
 // Waiting returns how many connections wait.
 func (r *Readiness) Waiting() int {
