@@ -336,3 +336,22 @@ func TestPKCS11HungDaemon(t *testing.T) {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}
 }
+
+// A forked child that daemonizes: it closes descriptors 3 to 63 and opens
+// its own file on them before calling C_Initialize. The module closed its
+// parent's connection at the fork, so C_Initialize closes none of the
+// child's files: every write through them lands.
+func TestPKCS11DaemonizingChildKeepsItsFiles(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	file := filepath.Join(e.dir, "child.log")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.clientRun(t, "daemonize", file)
+	b, _ := os.ReadFile(file)
+	for fd := 3; fd < 64; fd++ {
+		if !bytes.Contains(b, []byte(fmt.Sprintf("fd %d\n", fd))) {
+			t.Fatalf("the child's write through descriptor %d is missing:\n%s", fd, b)
+		}
+	}
+}

@@ -300,10 +300,26 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * sees its parent's, with another pid: not initialized for it. */
 static struct module *mod;
 
+/* In the child of a fork, the parent's connections are the parent's: their
+ * descriptors are closed here, while their numbers are still the module's
+ * (a child may close its descriptors and open others with the same
+ * numbers before it calls C_Initialize, which then only forgets them).
+ * Their locks, which another thread of the parent may have held at the
+ * fork, are left alone. close () is async-signal-safe. */
 static void
 after_fork_child (void)
 {
+	struct module *m = __atomic_load_n (&mod, __ATOMIC_ACQUIRE);
+	int i;
+
 	pthread_mutex_init (&init_lock, NULL);
+	if (m == NULL)
+		return;
+	for (i = 0; i < m->nslots; i++) {
+		if (m->slots[i].fd >= 0)
+			close (m->slots[i].fd);
+		m->slots[i].fd = -1;
+	}
 }
 
 __attribute__((constructor)) static void
@@ -1219,12 +1235,9 @@ C_Initialize (CK_VOID_PTR args)
 	}
 	if (mod != NULL) {
 		/* A child of a fork: the parent's connections are the
-		 * parent's. Their descriptors are closed here (the parent's
-		 * stay open); their locks, which another thread of the parent
-		 * may have held at the fork, are left alone. */
-		for (i = 0; i < mod->nslots; i++)
-			if (mod->slots[i].fd >= 0)
-				close (mod->slots[i].fd);
+		 * parent's, and their descriptors were closed at the fork
+		 * (after_fork_child). The numbers may be the child's own
+		 * files by now: they are only forgotten here. */
 		mod = NULL;
 	}
 	m = calloc (1, sizeof *m);

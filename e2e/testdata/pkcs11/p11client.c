@@ -14,6 +14,10 @@
  *   p11client MODULE refused PIN    slot 0's socket is one the module must refuse: C_Initialize
  *                                   succeeds, the slot shows no token and opens no session;
  *                                   were one opened, C_Login sends PIN and C_Verify is tried
+ *   p11client MODULE daemonize FILE the parent signs and forks; the child closes descriptors 3 to
+ *                                   63, opens FILE on all of them (as a daemonizing program
+ *                                   reuses the numbers), calls C_Initialize, signs, and writes a
+ *                                   line to FILE through each descriptor
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
  *                                   and a context are refused
  *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
@@ -52,6 +56,7 @@
  * digest, logging in with any PIN.
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -601,6 +606,40 @@ int main (int argc, char **argv)
 			check ("C_Verify by a stand-in", f->C_Verify (s, data, sizeof data, sig, sizeof sig) != CKR_OK, CK_TRUE);
 		}
 		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "daemonize") == 0 && argc == 4) {
+		pid_t pid;
+		int st;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("parent signs", sign (f, 1), CKR_OK);
+		fflush (stdout);
+		pid = fork ();
+		if (pid == 0) {
+			int fd, ok = 1;
+			char line[64];
+			for (fd = 3; fd < 64; fd++)
+				close (fd);
+			fd = open (argv[3], O_WRONLY | O_APPEND);
+			check ("child opens its file on descriptor 3", fd, 3);
+			for (st = 4; st < 64; st++)
+				if (dup2 (fd, st) != st)
+					ok = 0;
+			check ("child's file on descriptors 3 to 63", ok, 1);
+			check ("child C_Initialize", init (f), CKR_OK);
+			check ("child signs", sign (f, 1), CKR_OK);
+			for (st = 3; st < 64; st++) {
+				int n = snprintf (line, sizeof line, "fd %d\n", st);
+				if (write (st, line, n) != n) {
+					printf ("child writes to its file on descriptor %d: FAILED\n", st);
+					failed = 1;
+				}
+			}
+			fflush (stdout);
+			_exit (failed);
+		}
+		waitpid (pid, &st, 0);
+		check ("child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
+		check ("parent signs after the fork", sign (f, 1), CKR_OK);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "nodaemon") == 0) {
 		CK_SLOT_ID slots[4];
 		CK_ULONG n = 4;
