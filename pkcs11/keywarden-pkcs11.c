@@ -15,6 +15,11 @@
  * $XDG_RUNTIME_DIR/keywarden/pkcs11.sock. A slot whose daemon does not
  * answer shows no token.
  *
+ * Trust: before it sends a byte, the module checks the socket's directory
+ * and the daemon's uid (SO_PEERCRED) as the Go client does (trust.go): a
+ * socket another user may serve is a slot without a token. Every send and
+ * receive waits at most $KEYWARDEN_PKCS11_TIMEOUT seconds (60 by default).
+ *
  * Handles: the daemon's handles are per connection. A session or object
  * handle given to the caller carries its slot and the connection it was
  * made on: (slot + 1) << 56 | connection << 32 | the daemon's handle. A
@@ -26,7 +31,8 @@
  * one request and its reply. Fork: the child's calls answer
  * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which opens
  * connections of its own (the daemon closes a connection another process
- * writes on); the parent is unaffected. C_Finalize then C_Initialize and
+ * writes on); the parent's are closed in the child at the fork, never by
+ * number later; the parent is unaffected. C_Finalize then C_Initialize and
  * dlclose then dlopen work.
  *
  * The module holds no key and no PIN beyond one request. It is C so that
