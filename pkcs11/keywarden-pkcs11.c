@@ -15,6 +15,11 @@
  * $XDG_RUNTIME_DIR/keywarden/pkcs11.sock. A slot whose daemon does not
  * answer shows no token.
  *
+ * Trust: before it sends a byte, the module checks the socket's directory
+ * and the daemon's uid (SO_PEERCRED) as the Go client does (trust.go): a
+ * socket another user may serve is a slot without a token. Every send and
+ * receive waits at most $KEYWARDEN_PKCS11_TIMEOUT seconds (60 by default).
+ *
  * Handles: the daemon's handles are per connection. A session or object
  * handle given to the caller carries its slot and the connection it was
  * made on: (slot + 1) << 56 | connection << 32 | the daemon's handle. A
@@ -26,7 +31,8 @@
  * one request and its reply. Fork: the child's calls answer
  * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which opens
  * connections of its own (the daemon closes a connection another process
- * writes on); the parent is unaffected. C_Finalize then C_Initialize and
+ * writes on); the parent's are closed in the child at the fork, never by
+ * number later; the parent is unaffected. C_Finalize then C_Initialize and
  * dlclose then dlopen work.
  *
  * The module holds no key and no PIN beyond one request. It is C so that
@@ -34,6 +40,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,6 +48,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -54,6 +62,9 @@ _Static_assert (sizeof (CK_ULONG) == 8, "handles are encoded in 64-bit CK_ULONGs
 #define MAX_SLOTS 16
 #define MAX_REPLY (64u << 20)
 #define HANDSHAKE "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
+/* How long one send or receive on a connection may wait, by default
+ * ($KEYWARDEN_PKCS11_TIMEOUT overrides it, in seconds; 0: no bound). */
+#define DEFAULT_TIMEOUT 60
 
 /* Call ids of the protocol, in its order. */
 enum {
@@ -278,10 +289,14 @@ struct slot {
 	uint32_t conn;      /* which connection: part of every handle */
 	CK_ULONG daemon_id; /* the daemon's slot id */
 	uint32_t code;
+	int refused;        /* a refusal was reported (once per C_Initialize) */
 };
 
 struct module {
 	pid_t pid;
+	uid_t self;         /* getuid () */
+	uid_t named;        /* $KEYWARDEN_DAEMON_UID; 0: none */
+	long timeout;       /* seconds; 0: no bound */
 	int nslots;
 	struct slot slots[MAX_SLOTS];
 };
@@ -291,10 +306,26 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * sees its parent's, with another pid: not initialized for it. */
 static struct module *mod;
 
+/* In the child of a fork, the parent's connections are the parent's: their
+ * descriptors are closed here, while their numbers are still the module's
+ * (a child may close its descriptors and open others with the same
+ * numbers before it calls C_Initialize, which then only forgets them).
+ * Their locks, which another thread of the parent may have held at the
+ * fork, are left alone. close () is async-signal-safe. */
 static void
 after_fork_child (void)
 {
+	struct module *m = __atomic_load_n (&mod, __ATOMIC_ACQUIRE);
+	int i;
+
 	pthread_mutex_init (&init_lock, NULL);
+	if (m == NULL)
+		return;
+	for (i = 0; i < m->nslots; i++) {
+		if (m->slots[i].fd >= 0)
+			close (m->slots[i].fd);
+		m->slots[i].fd = -1;
+	}
 }
 
 __attribute__((constructor)) static void
@@ -378,6 +409,196 @@ slot_of (struct module *m, CK_ULONG h)
 {
 	int i = (int) (h >> 56) - 1;
 	return i >= 0 && i < m->nslots ? i : -1;
+}
+
+/* ---- whom the module trusts with what it sends ------------------------ */
+
+/* The module sends the daemon PINs, plaintext and data to sign. Another
+ * local user must not be able to stand in for the daemon, so before it
+ * sends a byte the module checks what the Go client checks (trust.go):
+ * the socket's directory, and the uid of whoever serves the socket. It
+ * trusts root, the caller's own uid, the uid $KEYWARDEN_DAEMON_UID names,
+ * and the owner of the socket's directory when root vouches for it. */
+
+static int
+trusts (const struct module *m, uid_t vouched, uid_t uid)
+{
+	return uid == 0 || uid == m->self || (m->named != 0 && uid == m->named) ||
+	       (vouched != 0 && uid == vouched);
+}
+
+/* parse_uint reads a decimal number of at most max, the whole of p. */
+static int
+parse_uint (const char *p, unsigned long max, unsigned long *out)
+{
+	unsigned long n = 0;
+	if (*p == '\0')
+		return -1;
+	for (; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9' || n > (max - (unsigned long) (*p - '0')) / 10)
+			return -1;
+		n = n * 10 + (unsigned long) (*p - '0');
+	}
+	*out = n;
+	return 0;
+}
+
+/* first_login_uid is the first uid of people's accounts: UID_MIN of
+ * /etc/login.defs, else 1000. */
+static uid_t
+first_login_uid (void)
+{
+	FILE *f = fopen ("/etc/login.defs", "re");
+	char line[512];
+	uid_t uid = 1000;
+
+	if (f == NULL)
+		return uid;
+	while (fgets (line, sizeof line, f) != NULL) {
+		char a[64], b[64], c[2];
+		unsigned long n;
+		if (sscanf (line, "%63s %63s %1s", a, b, c) == 2 && strcmp (a, "UID_MIN") == 0 &&
+		    parse_uint (b, 0xffffffffUL, &n) == 0 && n > 0) {
+			uid = (uid_t) n;
+			break;
+		}
+	}
+	fclose (f);
+	return uid;
+}
+
+/* clean_absolute: path is absolute, with no empty, "." or ".." part and no
+ * trailing '/' (what Go's filepath.Clean leaves as it is). */
+static int
+clean_absolute (const char *path)
+{
+	const char *p = path;
+	if (*p != '/')
+		return 0;
+	if (p[1] == '\0')
+		return 1;
+	while (*p == '/') {
+		const char *e = strchrnul (p + 1, '/');
+		size_t n = e - (p + 1);
+		if (n == 0 || (n == 1 && p[1] == '.') || (n == 2 && p[1] == '.' && p[2] == '.'))
+			return 0;
+		p = e;
+	}
+	return 1;
+}
+
+/* vouched reports whether root vouches for the owner of the socket's
+ * directory dir: the socket's path is absolute and clean, dir is a real
+ * directory directly in /run (root's), neither may be written by others,
+ * and dir's owner is a system account (below UID_MIN). */
+static int
+vouched (const char *path, const char *dir)
+{
+	struct stat st;
+	const char *slash = strrchr (dir, '/');
+
+	if (!clean_absolute (path) || slash == NULL || slash - dir != 4 || strncmp (dir, "/run/", 5) != 0)
+		return 0;
+	if (lstat ("/run", &st) != 0 || !S_ISDIR (st.st_mode) || (st.st_mode & 022) != 0 || st.st_uid != 0)
+		return 0;
+	if (lstat (dir, &st) != 0 || !S_ISDIR (st.st_mode) || (st.st_mode & 022) != 0 ||
+	    st.st_uid >= first_login_uid ())
+		return 0;
+	return 1;
+}
+
+/* refuse reports a refused socket, once per slot and C_Initialize. It
+ * names paths and uids only. */
+static void
+refuse (struct slot *s, const char *fmt, ...) __attribute__((format (printf, 2, 3)));
+
+static void
+refuse (struct slot *s, const char *fmt, ...)
+{
+	va_list ap;
+	if (s->refused)
+		return;
+	s->refused = 1;
+	va_start (ap, fmt);
+	fputs ("keywarden-pkcs11: ", stderr);
+	vfprintf (stderr, fmt, ap);
+	fputs ("\n", stderr);
+	va_end (ap);
+}
+
+/* check_dir examines the socket's directory before connecting: whoever
+ * made it, or may write to it, could have put a socket of their own there.
+ * A directory that cannot be examined is left to connect () to report.
+ * *vouched_uid is set to its owner when root vouches for it. */
+static int
+check_dir (const struct module *m, struct slot *s, uid_t *vouched_uid)
+{
+	char dir[sizeof s->path];
+	char *slash = strrchr (s->path, '/');
+	struct stat st;
+
+	*vouched_uid = 0;
+	if (slash == NULL)
+		strcpy (dir, ".");
+	else if (slash == s->path)
+		strcpy (dir, "/");
+	else {
+		memcpy (dir, s->path, slash - s->path);
+		dir[slash - s->path] = '\0';
+	}
+	if (lstat (dir, &st) != 0)
+		return 0;
+	if (S_ISLNK (st.st_mode)) {
+		if (!trusts (m, 0, st.st_uid)) {
+			refuse (s, "the socket's directory %s is a symbolic link made by uid %u, not by root, "
+			        "you or $KEYWARDEN_DAEMON_UID: refusing to connect to %s (if uid %u runs the "
+			        "daemon you mean, set KEYWARDEN_DAEMON_UID=%u)", dir, (unsigned) st.st_uid,
+			        s->path, (unsigned) st.st_uid, (unsigned) st.st_uid);
+			return -1;
+		}
+		if (stat (dir, &st) != 0)
+			return 0;
+	}
+	if (!S_ISDIR (st.st_mode))
+		return 0;
+	if (!trusts (m, 0, st.st_uid)) {
+		if (!vouched (s->path, dir)) {
+			refuse (s, "the socket's directory %s belongs to uid %u, not to root, you or "
+			        "$KEYWARDEN_DAEMON_UID: refusing to connect to %s (if uid %u runs the daemon "
+			        "you mean, set KEYWARDEN_DAEMON_UID=%u)", dir, (unsigned) st.st_uid, s->path,
+			        (unsigned) st.st_uid, (unsigned) st.st_uid);
+			return -1;
+		}
+		*vouched_uid = st.st_uid;
+	}
+	if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0) {
+		refuse (s, "the socket's directory %s is writable by others (mode %04o): refusing to "
+		        "connect to %s (its owner can fix it with chmod go-w %s)", dir,
+		        (unsigned) (st.st_mode & 07777), s->path, dir);
+		return -1;
+	}
+	return 0;
+}
+
+/* check_peer checks who serves the connected socket, as the kernel
+ * recorded it when the daemon called listen (). */
+static int
+check_peer (const struct module *m, struct slot *s, uid_t vouched_uid)
+{
+	struct ucred cr;
+	socklen_t len = sizeof cr;
+
+	if (getsockopt (s->fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof cr) {
+		refuse (s, "cannot tell who serves %s: refusing to send anything", s->path);
+		return -1;
+	}
+	if (trusts (m, vouched_uid, cr.uid))
+		return 0;
+	refuse (s, "the socket %s is served by uid %u (pid %d), not by root, you or "
+	        "$KEYWARDEN_DAEMON_UID: refusing to send anything (if uid %u runs the daemon you "
+	        "mean, set KEYWARDEN_DAEMON_UID=%u)", s->path, (unsigned) cr.uid, (int) cr.pid,
+	        (unsigned) cr.uid, (unsigned) cr.uid);
+	return -1;
 }
 
 /* ---- the connection --------------------------------------------------- */
@@ -498,7 +719,7 @@ check_reply (struct buf *reply, int id, struct rd *r)
 /* connect_slot opens the slot's connection: version byte, C_Initialize,
  * and the daemon's slot id. Called with the slot locked. */
 static CK_RV
-connect_slot (struct slot *s)
+connect_slot (struct module *m, struct slot *s)
 {
 	struct sockaddr_un sa;
 	struct buf req = {0}, reply = {0};
@@ -506,16 +727,29 @@ connect_slot (struct slot *s)
 	unsigned char v = 0;
 	CK_RV rv;
 	uint32_t n;
+	uid_t vouched_uid;
+	struct timeval tv = { m->timeout, 0 };
 
 	if (s->fd >= 0)
 		return CKR_OK;
 	memset (&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
 	memcpy (sa.sun_path, s->path, sizeof sa.sun_path);
+	if (check_dir (m, s, &vouched_uid) != 0)
+		return CKR_TOKEN_NOT_PRESENT;
 	s->fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (s->fd < 0)
 		return CKR_DEVICE_ERROR;
-	if (connect (s->fd, (struct sockaddr *) &sa, sizeof sa) != 0 ||
+	/* A daemon that hangs must not hang the program: every send and
+	 * receive (and connect) waits at most the timeout, after which the
+	 * connection is dropped as if the daemon had gone. */
+	if (m->timeout > 0 &&
+	    (setsockopt (s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+	     setsockopt (s->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)) {
+		disconnect (s);
+		return CKR_DEVICE_ERROR;
+	}
+	if (connect (s->fd, (struct sockaddr *) &sa, sizeof sa) != 0 || check_peer (m, s, vouched_uid) != 0 ||
 	    write_all (s->fd, &v, 1) != 0 || read_all (s->fd, &v, 1) != 0 || v != 0) {
 		disconnect (s);
 		return CKR_TOKEN_NOT_PRESENT;
@@ -592,7 +826,7 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	c->id = id;
 	s = &c->m->slots[slot];
 	pthread_mutex_lock (&s->lock);
-	rv = connect_slot (s);
+	rv = connect_slot (c->m, s);
 	c->conn = s->conn & 0xffffff;
 	daemon_id = s->daemon_id;
 	pthread_mutex_unlock (&s->lock);
@@ -960,6 +1194,33 @@ put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
 
 static CK_FUNCTION_LIST function_list;
 
+/* daemon_settings reads $KEYWARDEN_DAEMON_UID and $KEYWARDEN_PKCS11_TIMEOUT:
+ * numbers, or an error (never a silent default). */
+static int
+daemon_settings (struct module *m)
+{
+	const char *p = secure_getenv ("KEYWARDEN_DAEMON_UID");
+	unsigned long n;
+
+	if (p != NULL && p[0] != '\0') {
+		if (parse_uint (p, 0xffffffffUL, &n) != 0) {
+			fprintf (stderr, "keywarden-pkcs11: $KEYWARDEN_DAEMON_UID is not a uid: give a number (id -u USER prints it)\n");
+			return -1;
+		}
+		m->named = (uid_t) n;
+	}
+	m->timeout = DEFAULT_TIMEOUT;
+	p = secure_getenv ("KEYWARDEN_PKCS11_TIMEOUT");
+	if (p != NULL && p[0] != '\0') {
+		if (parse_uint (p, 1000000, &n) != 0) {
+			fprintf (stderr, "keywarden-pkcs11: $KEYWARDEN_PKCS11_TIMEOUT is not a number of seconds (0 to 1000000)\n");
+			return -1;
+		}
+		m->timeout = (long) n;
+	}
+	return 0;
+}
+
 EXPORT CK_RV
 C_Initialize (CK_VOID_PTR args)
 {
@@ -980,12 +1241,9 @@ C_Initialize (CK_VOID_PTR args)
 	}
 	if (mod != NULL) {
 		/* A child of a fork: the parent's connections are the
-		 * parent's. Their descriptors are closed here (the parent's
-		 * stay open); their locks, which another thread of the parent
-		 * may have held at the fork, are left alone. */
-		for (i = 0; i < mod->nslots; i++)
-			if (mod->slots[i].fd >= 0)
-				close (mod->slots[i].fd);
+		 * parent's, and their descriptors were closed at the fork
+		 * (after_fork_child). The numbers may be the child's own
+		 * files by now: they are only forgotten here. */
 		mod = NULL;
 	}
 	m = calloc (1, sizeof *m);
@@ -994,6 +1252,12 @@ C_Initialize (CK_VOID_PTR args)
 		return CKR_HOST_MEMORY;
 	}
 	m->pid = getpid ();
+	m->self = getuid ();
+	if (daemon_settings (m) != 0) {
+		free (m);
+		pthread_mutex_unlock (&init_lock);
+		return CKR_ARGUMENTS_BAD;
+	}
 	if (find_sockets (m) != 0) {
 		free (m);
 		pthread_mutex_unlock (&init_lock);
@@ -1077,7 +1341,7 @@ present (struct module *m, int i)
 	struct slot *s = &m->slots[i];
 	CK_RV rv;
 	pthread_mutex_lock (&s->lock);
-	rv = connect_slot (s);
+	rv = connect_slot (m, s);
 	pthread_mutex_unlock (&s->lock);
 	return rv == CKR_OK;
 }

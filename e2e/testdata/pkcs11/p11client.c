@@ -11,6 +11,13 @@
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
  *   p11client MODULE nodaemon       C_Initialize succeeds and shows no token
+ *   p11client MODULE refused PIN    slot 0's socket is one the module must refuse: C_Initialize
+ *                                   succeeds, the slot shows no token and opens no session;
+ *                                   were one opened, C_Login sends PIN and C_Verify is tried
+ *   p11client MODULE daemonize FILE the parent signs and forks; the child closes descriptors 3 to
+ *                                   63, opens FILE on all of them (as a daemonizing program
+ *                                   reuses the numbers), calls C_Initialize, signs, and writes a
+ *                                   line to FILE through each descriptor
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
  *                                   and a context are refused
  *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
@@ -49,6 +56,7 @@
  * digest, logging in with any PIN.
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -569,6 +577,68 @@ int main (int argc, char **argv)
 		check ("slot 0's key in a session of slot 1", f->C_SignInit (s1, &mech, k0), CKR_KEY_HANDLE_INVALID);
 		check ("slot 1's key in a session of slot 0", f->C_SignInit (s0, &mech, k1), CKR_KEY_HANDLE_INVALID);
 		check ("destroying slot 0's key from slot 1", f->C_DestroyObject (s1, k0), CKR_OBJECT_HANDLE_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "refused") == 0 && argc == 4) {
+		CK_SLOT_ID slots[4];
+		CK_ULONG n = 4;
+		CK_SLOT_INFO si;
+		CK_TOKEN_INFO ti;
+		CK_SESSION_HANDLE s = 0;
+		CK_RV rv;
+		check ("C_Initialize", init (f), CKR_OK);
+		rv = f->C_GetSlotList (CK_TRUE, slots, &n);
+		check ("no slot with a token", rv == CKR_OK && n == 0, CK_TRUE);
+		n = 4;
+		check ("C_GetSlotList of all slots", f->C_GetSlotList (CK_FALSE, slots, &n), CKR_OK);
+		check ("slot 0 without a token", f->C_GetSlotInfo (0, &si) == CKR_OK && !(si.flags & CKF_TOKEN_PRESENT), CK_TRUE);
+		check ("C_GetTokenInfo", f->C_GetTokenInfo (0, &ti), CKR_TOKEN_NOT_PRESENT);
+		rv = f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s);
+		check ("C_OpenSession", rv, CKR_TOKEN_NOT_PRESENT);
+		if (rv == CKR_OK) {
+			/* What a program would send next: its PIN, and a
+			 * signature to check. */
+			CK_MECHANISM mech = { CKM_ECDSA, NULL, 0 };
+			CK_BYTE data[32], sig[64];
+			memset (data, 7, sizeof data);
+			memset (sig, 9, sizeof sig);
+			f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) argv[3], strlen (argv[3]));
+			f->C_VerifyInit (s, &mech, 1);
+			check ("C_Verify by a stand-in", f->C_Verify (s, data, sizeof data, sig, sizeof sig) != CKR_OK, CK_TRUE);
+		}
+		f->C_Finalize (NULL);
+	} else if (strcmp (argv[2], "daemonize") == 0 && argc == 4) {
+		pid_t pid;
+		int st;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("parent signs", sign (f, 1), CKR_OK);
+		fflush (stdout);
+		pid = fork ();
+		if (pid == 0) {
+			int fd, ok = 1;
+			char line[64];
+			for (fd = 3; fd < 64; fd++)
+				close (fd);
+			fd = open (argv[3], O_WRONLY | O_APPEND);
+			check ("child opens its file on descriptor 3", fd, 3);
+			for (st = 4; st < 64; st++)
+				if (dup2 (fd, st) != st)
+					ok = 0;
+			check ("child's file on descriptors 3 to 63", ok, 1);
+			check ("child C_Initialize", init (f), CKR_OK);
+			check ("child signs", sign (f, 1), CKR_OK);
+			for (st = 3; st < 64; st++) {
+				int n = snprintf (line, sizeof line, "fd %d\n", st);
+				if (write (st, line, n) != n) {
+					printf ("child writes to its file on descriptor %d: FAILED\n", st);
+					failed = 1;
+				}
+			}
+			fflush (stdout);
+			_exit (failed);
+		}
+		waitpid (pid, &st, 0);
+		check ("child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
+		check ("parent signs after the fork", sign (f, 1), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "nodaemon") == 0) {
 		CK_SLOT_ID slots[4];
