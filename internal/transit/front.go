@@ -172,13 +172,22 @@ func (f *Front) newHTTPServer() *http.Server {
 }
 
 // Serve accepts connections on l, a Unix stream socket, and serves HTTP/1.1
-// on each until l fails or the Front is closed. It closes l. Each
-// connection is one core session, opened with the identity the kernel
-// recorded for the process that connected: every request on it is that
+// and HTTP/2 in cleartext with prior knowledge (h2c: a client that starts
+// with HTTP/2's preface; no Upgrade from HTTP/1.1) on each until l fails or
+// the Front is closed. It closes l. Each connection is one core session,
+// opened with the identity the kernel recorded for the process that
+// connected: every request on it, and every HTTP/2 stream, is that
 // process's, whoever writes it later (a descriptor passed on keeps its
 // first identity), and it lasts as long as HTTP keeps the connection alive.
 func (f *Front) Serve(l *net.UnixListener) error {
 	hs := f.newHTTPServer()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	hs.Protocols = &p
+	// The streams of one connection share its session's requests in
+	// flight, as over TLS.
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
