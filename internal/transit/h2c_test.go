@@ -105,7 +105,7 @@ func TestH2CUnixSocket(t *testing.T) {
 // The HTTP/2 streams of one connection on the Unix socket are bounded by
 // its session's requests in flight, as over TLS.
 func TestH2CStreamsBounded(t *testing.T) {
-	tf := newTestFront(t, Config{})
+	tf := newTestFront(t, Config{IdleTimeout: 300 * time.Millisecond})
 	c, err := net.Dial("unix", tf.sockPath)
 	if err != nil {
 		t.Fatal(err)
@@ -135,6 +135,12 @@ func TestH2CStreamsBounded(t *testing.T) {
 	}
 	if max == 0 || int(max) > tf.srv.Limits().MaxInFlight {
 		t.Fatalf("streams per connection: %d (want at most %d)", max, tf.srv.Limits().MaxInFlight)
+	}
+	// A connection that opens no stream is closed once idle.
+	start := time.Now()
+	io.Copy(io.Discard, c)
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("an idle HTTP/2 connection was kept %v", d)
 	}
 }
 
