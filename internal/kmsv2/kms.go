@@ -151,6 +151,10 @@ type client struct {
 	nextReq atomic.Uint64
 	once    sync.Once
 
+	// opening is held while the key is opened (again): concurrent calls
+	// that find no handle, or the same stale one, open one handle between
+	// them, and none is left open unused on the session. Taken before mu.
+	opening sync.Mutex
 	// mu guards handle; never held across a request to the core.
 	mu     sync.Mutex
 	handle uint32
@@ -210,22 +214,32 @@ func statusError(st wire.Status, msg string) error {
 }
 
 // key returns the handle of the configured key on the session, opened
-// among the caller's own keys the first time (again if fresh).
-func (c *client) key(ctx context.Context, fresh bool) (uint32, []byte, error) {
+// among the caller's own keys the first time, or again if stale is the
+// handle in use (the core no longer knows it).
+func (c *client) key(ctx context.Context, stale *uint32) (uint32, []byte, error) {
 	c.mu.Lock()
 	h, id, ok := c.handle, c.keyID, c.open
 	c.mu.Unlock()
-	if ok && !fresh {
+	if ok && (stale == nil || *stale != h) {
+		return h, id, nil
+	}
+	c.opening.Lock()
+	defer c.opening.Unlock()
+	// Another call may have opened it meanwhile.
+	c.mu.Lock()
+	h, id, ok = c.handle, c.keyID, c.open
+	c.mu.Unlock()
+	if ok && (stale == nil || *stale != h) {
 		return h, id, nil
 	}
 	if ok {
+		c.mu.Lock()
+		c.open = false
+		c.mu.Unlock()
 		c.do(ctx, &wire.Op{Op: &wire.Op_Close{Close: &wire.Close{Handle: h}}})
 	}
 	r, err := c.do(ctx, &wire.Op{Op: &wire.Op_Open{Open: &wire.Open{Key: &wire.Open_Name{Name: &wire.NameRef{Name: c.p.cfg.Key}}}}})
 	if err != nil {
-		c.mu.Lock()
-		c.open = false
-		c.mu.Unlock()
 		return 0, nil, err
 	}
 	kr := r.GetKey()
@@ -243,19 +257,26 @@ func (c *client) key(ctx context.Context, fresh bool) (uint32, []byte, error) {
 // core no longer knows (the key was destroyed, maybe made again) is
 // opened again once.
 func (c *client) withKey(ctx context.Context, mk func(h uint32) *wire.Op) (*wire.Result, []byte, error) {
-	h, id, err := c.key(ctx, false)
+	h, id, err := c.key(ctx, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	r, err := c.do(ctx, mk(h))
 	if r != nil && r.Status == wire.Status_STATUS_NOT_FOUND && (r.Message == "no such handle" || r.Message == "key destroyed") {
-		if h, id, err = c.key(ctx, true); err != nil {
+		if testHookStale != nil {
+			testHookStale()
+		}
+		if h, id, err = c.key(ctx, &h); err != nil {
 			return nil, nil, err
 		}
 		r, err = c.do(ctx, mk(h))
 	}
 	return r, id, err
 }
+
+// testHookStale, if set, runs when a call found its handle stale, before
+// it opens the key again (tests make calls meet there).
+var testHookStale func()
 
 // keyIDOf is the KMS key_id of version v of the key with persistent id
 // id: "keywarden:" id in hex ":v" version.
@@ -331,7 +352,7 @@ func (p *Plugin) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsa
 	if len(req.Ciphertext) == 0 {
 		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, "empty ciphertext")
 	}
-	_, id, err := c.key(ctx, false)
+	_, id, err := c.key(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -242,5 +243,66 @@ func TestStreamsPerConnectionBounded(t *testing.T) {
 	}
 	if max == 0 || int(max) > tp.srv.Limits().MaxInFlight {
 		t.Fatalf("streams per connection: %d (want at most %d)", max, tp.srv.Limits().MaxInFlight)
+	}
+}
+
+// A key destroyed and made again while calls are in flight is opened
+// again once for all the calls that found their handle stale: every call
+// succeeds, and every handle the plugin opened is closed or is the one in
+// use, none left open on the connection's session until it ends.
+func TestKMSv2ReopenLeavesNoHandle(t *testing.T) {
+	tp := newTestPlugin(t)
+	c := kmsClient(t, tp.sock)
+	ctx := context.Background()
+	tp.ownerDo(t, nil)
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 3
+	for range rounds {
+		tp.ownerDo(t, func(h uint32) *wire.Op { return &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: h}}} })
+		tp.ownerDo(t, nil)
+		// Two calls both find the handle stale before either opens the
+		// key again.
+		var met sync.WaitGroup
+		met.Add(2)
+		testHookStale = func() { met.Done(); met.Wait() }
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		testHookStale = nil
+	}
+	opened, closed := 0, 0
+	b, err := os.ReadFile(tp.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.Trim(line, "\x00\n") == "" {
+			break
+		}
+		r, err := audit.ParseRecord([]byte(line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind != audit.KindRequest || r.Front != FrontName || r.Status != "OK" {
+			continue
+		}
+		switch r.Op {
+		case "open":
+			opened++
+		case "close":
+			closed++
+		}
+	}
+	if opened != rounds+1 || opened-closed != 1 {
+		t.Fatalf("the plugin opened %d handles and closed %d: %d left open, want 1 of %d opened", opened, closed, opened-closed, rounds+1)
 	}
 }
