@@ -29,6 +29,9 @@ import (
 // FrontName is the name of the front in the audit log.
 const FrontName = "kms-v2"
 
+// maxQuotedKeyID is how much of a key_id a refusal quotes.
+const maxQuotedKeyID = 96
+
 // maxMessage bounds a gRPC message: the API server sends a data
 // encryption key seed (32 bytes) and its annotations.
 const maxMessage = 64 << 10
@@ -42,7 +45,15 @@ type Config struct {
 	Key string
 	// Logger receives the front's logs; nil discards them.
 	Logger *slog.Logger
+	// WriteTimeout bounds each write to a connection (default
+	// DefaultWriteTimeout): a client that stops reading loses the
+	// connection, and its calls, session and buffers go with it.
+	WriteTimeout time.Duration
 }
+
+// DefaultWriteTimeout is how long a write to a connection may wait for
+// the client to read. kube-apiserver gives each call 3 s by default.
+const DefaultWriteTimeout = 10 * time.Second
 
 // Plugin serves the KMS v2 service.
 type Plugin struct {
@@ -62,6 +73,9 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	p := &Plugin{cfg: cfg, log: cfg.Logger.With("front", FrontName)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -98,7 +112,17 @@ type peerCreds struct{ p *Plugin }
 // conn is a connection with its core session, closed with it.
 type conn struct {
 	net.Conn
-	cc *client
+	cc           *client
+	writeTimeout time.Duration
+}
+
+// Write fails once the client has read nothing for the write timeout;
+// gRPC then closes the connection. Without it, a client that never reads
+// would hold the connection, its session and the replies queued for it
+// as long as it likes.
+func (c *conn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	return c.Conn.Write(b)
 }
 
 func (c *conn) Close() error {
@@ -129,7 +153,7 @@ func (pc *peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo
 		return nil, nil, err
 	}
 	cc := &client{p: pc.p, ss: ss, id: id}
-	return &conn{Conn: c, cc: cc}, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, cc: cc}, nil
+	return &conn{Conn: c, cc: cc, writeTimeout: pc.p.cfg.WriteTimeout}, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, cc: cc}, nil
 }
 
 func (pc *peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -357,7 +381,13 @@ func (p *Plugin) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsa
 		return nil, err
 	}
 	if want := "keywarden:" + hex.EncodeToString(id) + ":v"; req.KeyId != "" && !strings.HasPrefix(req.KeyId, want) {
-		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, fmt.Sprintf("key_id %q names another key than %s", req.KeyId, p.cfg.Key))
+		// The caller chooses key_id (up to a message's size): the reason,
+		// recorded and sent back, quotes only its start.
+		kid := req.KeyId
+		if len(kid) > maxQuotedKeyID {
+			kid = kid[:maxQuotedKeyID] + "..."
+		}
+		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, fmt.Sprintf("key_id %q names another key than %s", kid, p.cfg.Key))
 	}
 	r, _, err := c.withKey(ctx, func(h uint32) *wire.Op {
 		return &wire.Op{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: h, Ciphertext: req.Ciphertext}}}

@@ -34,6 +34,13 @@ type testPlugin struct {
 
 func newTestPlugin(t *testing.T) *testPlugin {
 	t.Helper()
+	return newTestPluginWith(t, Config{})
+}
+
+// newTestPluginWith is newTestPlugin with cfg's settings (its server and
+// key are the test's).
+func newTestPluginWith(t *testing.T, cfg Config) *testPlugin {
+	t.Helper()
 	dir := t.TempDir()
 	tp := &testPlugin{logPath: filepath.Join(dir, "audit.log"), sock: filepath.Join(dir, "kms.sock")}
 	alog, err := audit.Open(audit.Options{Path: tp.logPath, Sync: audit.SyncGrouped})
@@ -43,7 +50,8 @@ func newTestPlugin(t *testing.T) *testPlugin {
 	if tp.srv, err = server.New(server.Config{Audit: alog}); err != nil {
 		t.Fatal(err)
 	}
-	if tp.Plugin, err = New(Config{Server: tp.srv, Key: "kek"}); err != nil {
+	cfg.Server, cfg.Key = tp.srv, "kek"
+	if tp.Plugin, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}
 	l, err := Listen(tp.sock, 0o666)
@@ -140,6 +148,15 @@ func TestKMSv2(t *testing.T) {
 	}
 	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e2.Ciphertext, KeyId: "keywarden:00:v1"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("another key's key_id: %v", err)
+	}
+	// A key_id the size of a message is not copied into the refusal and
+	// its audit record.
+	long := strings.Repeat("k", 60<<10)
+	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e2.Ciphertext, KeyId: long}); status.Code(err) != codes.InvalidArgument || len(status.Convert(err).Message()) > 256 {
+		t.Errorf("a long key_id: %d bytes of message", len(status.Convert(err).Message()))
+	}
+	if b, _ := os.ReadFile(tp.logPath); strings.Contains(string(b), long[:1024]) {
+		t.Error("the audit log holds the long key_id")
 	}
 	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("empty plaintext: %v", err)
@@ -304,5 +321,51 @@ func TestKMSv2ReopenLeavesNoHandle(t *testing.T) {
 	}
 	if opened != rounds+1 || opened-closed != 1 {
 		t.Fatalf("the plugin opened %d handles and closed %d: %d left open, want 1 of %d opened", opened, closed, opened-closed, rounds+1)
+	}
+}
+
+// A client that stops reading loses its connection once a write to it
+// has waited the write timeout: the write fails, and gRPC closes the
+// connection with its calls, session and queued replies, rather than
+// holding them for as long as the client likes.
+func TestKMSv2WritesToAClientThatNeverReads(t *testing.T) {
+	tp := newTestPluginWith(t, Config{WriteTimeout: 200 * time.Millisecond})
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sc, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, _, err := (&peerCreds{p: tp.Plugin}).ServerHandshake(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := nc.Write(buf); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			t.Fatalf("the write failed with %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		sc.Close()
+		t.Fatal("a write to a client that does not read waited 10 s")
 	}
 }
