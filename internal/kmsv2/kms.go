@@ -64,6 +64,9 @@ type Plugin struct {
 	// ctx ends at Close: the core's sessions opened for the front end.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// refusedLog lets a refused connection's log line through once per
+	// interval: a uid over its connection limit may connect at will.
+	refusedLog unixsock.RateLog
 }
 
 // New makes a Plugin.
@@ -149,7 +152,9 @@ func (pc *peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo
 	}
 	ss, err := pc.p.cfg.Server.NewSession(pc.p.ctx, FrontName, id) // takes id.Pidfd
 	if err != nil {
-		pc.p.log.Info("connection refused by the core", "uid", id.UID, "pid", id.PID, "err", err)
+		if ok, held := pc.p.refusedLog.Allow(); ok {
+			pc.p.log.Info("connection refused by the core", "uid", id.UID, "pid", id.PID, "err", err, "refusals_not_logged", held)
+		}
 		return nil, nil, err
 	}
 	cc := &client{p: pc.p, ss: ss, id: id}

@@ -74,6 +74,10 @@ type Front struct {
 
 	// tlsConns are the TLS connections' sessions, by connection (tls.go).
 	tlsConns sync.Map
+
+	// The log lines of refusals a peer can repeat at will, each kind let
+	// through once per interval with the count of those held back.
+	acceptLog, certLog, remapLog, coreLog unixsock.RateLog
 }
 
 // New makes a Front.
@@ -240,7 +244,9 @@ func (l *identListener) Accept() (net.Conn, error) {
 		}
 		cc, err := l.f.open(uc)
 		if err != nil {
-			l.f.log.Info("connection refused", "err", err)
+			if ok, held := l.f.acceptLog.Allow(); ok {
+				l.f.log.Info("connection refused", "err", err, "refusals_not_logged", held)
+			}
 			uc.Close()
 			continue
 		}

@@ -234,7 +234,9 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 				return errUnmapped
 			}
 			if _, ok := tc.Principals.Lookup(cs.PeerCertificates[0]); !ok {
-				f.log.Info("TLS client refused: its certificate maps to no principal", "subject", cs.PeerCertificates[0].Subject.String())
+				if ok, held := f.certLog.Allow(); ok {
+					f.log.Info("TLS client refused: its certificate maps to no principal", "subject", cs.PeerCertificates[0].Subject.String(), "refusals_not_logged", held)
+				}
 				return errUnmapped
 			}
 			return nil
@@ -278,13 +280,17 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 		if errors.Is(err, errRemapped) {
 			// The mapping was replaced since this connection opened its
 			// session: it may not go on as the principal it was.
-			f.log.Info("TLS client refused: its certificate now maps to another principal; it must connect again", "principal", pr.Name, "uid", pr.UID)
+			if ok, held := f.remapLog.Allow(); ok {
+				f.log.Info("TLS client refused: its certificate now maps to another principal; it must connect again", "principal", pr.Name, "uid", pr.UID, "refusals_not_logged", held)
+			}
 			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusForbidden, "permission denied")
 			return
 		}
 		if err != nil {
-			f.log.Info("TLS client refused by the core", "principal", pr.Name, "uid", pr.UID, "err", err)
+			if ok, held := f.coreLog.Allow(); ok {
+				f.log.Info("TLS client refused by the core", "principal", pr.Name, "uid", pr.UID, "err", err, "refusals_not_logged", held)
+			}
 			writeError(w, http.StatusTooManyRequests, "the daemon refused the connection")
 			return
 		}
