@@ -51,9 +51,17 @@ type Config struct {
 	MaxBody int64
 	// MaxBatch bounds a batch_input (default DefaultMaxBatch).
 	MaxBatch int
+	// MaxConnsPerAddr bounds the TCP connections open at once from one
+	// network address, handshakes included (default
+	// DefaultMaxConnsPerAddr); a connection past it is closed at accept.
+	MaxConnsPerAddr int
 	// ReadHeaderTimeout, IdleTimeout: see the constants; for tests.
 	ReadHeaderTimeout, IdleTimeout time.Duration
 }
+
+// DefaultMaxConnsPerAddr is the most TCP connections one network address
+// holds open at once: one peer cannot take the whole TCP connection limit.
+const DefaultMaxConnsPerAddr = 64
 
 // Front serves the transit API on listeners given to Serve.
 type Front struct {
@@ -77,7 +85,7 @@ type Front struct {
 
 	// The log lines of refusals a peer can repeat at will, each kind let
 	// through once per interval with the count of those held back.
-	acceptLog, certLog, remapLog, coreLog unixsock.RateLog
+	acceptLog, certLog, remapLog, coreLog, addrLog unixsock.RateLog
 }
 
 // New makes a Front.
@@ -99,6 +107,9 @@ func New(cfg Config) (*Front, error) {
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.MaxConnsPerAddr <= 0 {
+		cfg.MaxConnsPerAddr = DefaultMaxConnsPerAddr
 	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = readHeaderTimeout

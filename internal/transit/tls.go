@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -309,7 +310,10 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	// the daemon takes connections (the others wait in the kernel's
 	// queue), so that peers on the network cannot take the descriptors the
 	// daemon's own sockets and store need.
-	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections)}
+	// One address holds at most MaxConnsPerAddr of them, so that one peer
+	// cannot keep all the others waiting.
+	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections),
+		perAddr: f.cfg.MaxConnsPerAddr, byAddr: map[netip.Addr]int{}, refuse: f.refuseAddr}
 	err := hs.Serve(tls.NewListener(ll, cfg))
 	f.mu.Lock()
 	closed := f.closed
@@ -321,20 +325,77 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	return err
 }
 
-// limitListener accepts at most cap(slots) connections open at once.
+// limitListener accepts at most cap(slots) connections open at once, and
+// at most perAddr of them from one network address.
 type limitListener struct {
 	net.Listener
-	slots chan struct{}
+	slots   chan struct{}
+	perAddr int
+	// refuse is told of a connection closed for its address's limit.
+	refuse func(addr netip.Addr)
+
+	// mu guards byAddr, the connections open by address.
+	mu     sync.Mutex
+	byAddr map[netip.Addr]int
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	l.slots <- struct{}{}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
+	for {
+		l.slots <- struct{}{}
+		c, err := l.Listener.Accept()
+		if err != nil {
+			<-l.slots
+			return nil, err
+		}
+		addr := remoteAddr(c)
+		l.mu.Lock()
+		over := l.byAddr[addr] >= l.perAddr
+		if !over {
+			l.byAddr[addr]++
+		}
+		l.mu.Unlock()
+		if over {
+			c.Close()
+			<-l.slots
+			if l.refuse != nil {
+				l.refuse(addr)
+			}
+			continue
+		}
+		return &limitConn{Conn: c, release: sync.OnceFunc(func() {
+			l.mu.Lock()
+			if l.byAddr[addr]--; l.byAddr[addr] <= 0 {
+				delete(l.byAddr, addr)
+			}
+			l.mu.Unlock()
+			<-l.slots
+		})}, nil
 	}
-	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// remoteAddr is a TCP connection's peer address (IPv4 in IPv6 unmapped);
+// the zero Addr for another kind of connection.
+func remoteAddr(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// refuseAddr records TCP connections closed for their address's limit:
+// one audit event and one log line per interval, counting those since the
+// last (a peer may connect as often as it likes).
+func (f *Front) refuseAddr(addr netip.Addr) {
+	ok, held := f.addrLog.Allow()
+	if !ok {
+		return
+	}
+	msg := fmt.Sprintf("TCP connection from %s refused: it holds %d, the most one address may (--http-max-conns-per-addr); %d more refused since the last record",
+		addr, f.cfg.MaxConnsPerAddr, held)
+	f.log.Info(msg)
+	if err := f.cfg.Server.RecordEvent("transit-connection", "RESOURCE_EXHAUSTED", msg); err != nil {
+		f.log.Error("audit log: cannot record a refused TCP connection", "err", err)
+	}
 }
 
 // limitConn frees its slot when closed.
