@@ -235,8 +235,15 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 				return errUnmapped
 			}
 			if _, ok := tc.Principals.Lookup(cs.PeerCertificates[0]); !ok {
+				// A CA vouches for the certificate: the refusal is an audit
+				// event, at most one per interval (a peer may repeat it).
 				if ok, held := f.certLog.Allow(); ok {
-					f.log.Info("TLS client refused: its certificate maps to no principal", "subject", cs.PeerCertificates[0].Subject.String(), "refusals_not_logged", held)
+					msg := fmt.Sprintf("TLS client refused at the handshake: its certificate (subject %q) maps to no principal; %d more refused since the last record",
+						cs.PeerCertificates[0].Subject.String(), held)
+					f.log.Info(msg)
+					if err := f.cfg.Server.RecordEvent("transit-connection", "PERMISSION_DENIED", msg); err != nil {
+						f.log.Error("audit log: cannot record a refused TLS client", "err", err)
+					}
 				}
 				return errUnmapped
 			}

@@ -162,6 +162,11 @@ func TestMutualTLS(t *testing.T) {
 			t.Errorf("%s: served, %d", name, resp.StatusCode)
 		}
 	}
+	// The certificate a CA signed but the mapping does not name is an
+	// audit event.
+	if b, _ := os.ReadFile(tf.logPath); !strings.Contains(string(b), `"op":"transit-connection"`) || !strings.Contains(string(b), "maps to no principal") {
+		t.Error("no audit event for the unmapped certificate")
+	}
 	// Plain HTTP on the TLS port is no API.
 	resp2, err := http.Post("http://"+l.Addr().String()+"/v1/transit/hash", "application/json", bytes.NewReader([]byte(`{"input":"eA=="}`)))
 	if err == nil {
