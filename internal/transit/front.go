@@ -202,7 +202,10 @@ func (f *Front) Serve(l *net.UnixListener) error {
 	hs.Protocols = &p
 	// The streams of one connection share its session's requests in
 	// flight, as over TLS.
-	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
+	// A connection that takes no byte for writeTimeout is closed: HTTP/2's
+	// WriteTimeout is per stream, and a client that stops reading would
+	// otherwise hold the connection and its streams.
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight, WriteByteTimeout: writeTimeout}
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()

@@ -258,7 +258,7 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	hs.Protocols = &p
 	// The streams of one connection share its session's requests in
 	// flight: no more are taken at once, each holding its request.
-	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight, WriteByteTimeout: writeTimeout}
 	hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		h := &tlsHolder{}
 		f.tlsConns.Store(c, h)
@@ -380,13 +380,22 @@ func (l *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// remoteAddr is a TCP connection's peer address (IPv4 in IPv6 unmapped);
-// the zero Addr for another kind of connection.
+// remoteAddr is a TCP connection's peer address as the per-address cap
+// counts it: an IPv4 address (unmapped from IPv6), or the /64 prefix of
+// an IPv6 one, since one host may use any address of its /64; the zero
+// Addr for another kind of connection.
 func remoteAddr(c net.Conn) netip.Addr {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	a := ta.AddrPort().Addr().Unmap()
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
 }
 
 // refuseAddr records TCP connections closed for their address's limit:
