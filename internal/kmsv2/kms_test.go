@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -367,5 +368,69 @@ func TestKMSv2WritesToAClientThatNeverReads(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		sc.Close()
 		t.Fatal("a write to a client that does not read waited 10 s")
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Connections the core refuses (over the connection limit) may be made as
+// often as a peer likes: the daemon's log gets one line for them per
+// interval, not one each.
+func TestKMSv2RefusedConnectionsLogRateLimited(t *testing.T) {
+	dir := t.TempDir()
+	alog, err := audit.Open(audit.Options{Path: filepath.Join(dir, "audit.log"), Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog, Limits: server.Limits{MaxConnections: 1, MaxConnectionsPerUID: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	p, err := New(Config{Server: srv, Key: "kek", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "kms.sock")
+	l, err := Listen(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(l)
+	t.Cleanup(func() { p.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	c := kmsClient(t, sock)
+	if _, err := c.Status(context.Background(), &kmsapi.StatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	const tries = 30
+	for range tries {
+		raw, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil {
+			t.Fatalf("a connection past the limit: %v", err)
+		}
+		raw.Close()
+	}
+	if n := strings.Count(logs.String(), "connection refused by the core"); n < 1 || n > 5 {
+		t.Fatalf("%d refusals gave %d log lines:\n%s", tries, n, logs.String())
 	}
 }
