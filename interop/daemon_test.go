@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if nodeVaultDir != "" {
+		os.RemoveAll(nodeVaultDir)
+	}
 	os.Exit(code)
 }
 

@@ -24,6 +24,7 @@ var nodeVault = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	nodeVaultDir = dir
 	for _, f := range []string{"package.json", "package-lock.json", "transit.js"} {
 		b, err := os.ReadFile(filepath.Join("testdata", "nodevault", f))
 		if err != nil {
@@ -40,6 +41,9 @@ var nodeVault = sync.OnceValues(func() (string, error) {
 	}
 	return dir, nil
 })
+
+// nodeVaultDir is the directory nodeVault made, removed by TestMain.
+var nodeVaultDir string
 
 type npmError struct {
 	err error
