@@ -17,6 +17,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/server"
 )
 
 // h2cClient speaks only HTTP/2 with prior knowledge to the Unix socket at
@@ -207,4 +210,47 @@ func decodeData(t *testing.T, s string) map[string]any {
 		t.Fatalf("%q: %v", s, err)
 	}
 	return m.Data
+}
+
+// An HTTP/2 connection's session ends with it: with room for one
+// connection, a second one is served once the first has closed.
+func TestH2CSessionEndsWithConnection(t *testing.T) {
+	dir := t.TempDir()
+	alog, err := audit.Open(audit.Options{Path: filepath.Join(dir, "audit.log"), Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog, Limits: server.Limits{MaxConnections: 1, MaxConnectionsPerUID: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Server: srv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	sock := filepath.Join(dir, "transit.sock")
+	l, err := Listen(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.Serve(l)
+	for i := range 3 {
+		c := h2cClient(sock)
+		var resp *http.Response
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, err = c.Post("http://keywarden/v1/transit/random/8", "application/json", nil)
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+			t.Fatalf("connection %d: %s %d", i, resp.Proto, resp.StatusCode)
+		}
+		c.CloseIdleConnections()
+	}
 }
