@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -33,6 +34,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if nodeVaultDir != "" {
+		os.RemoveAll(nodeVaultDir)
+	}
 	os.Exit(code)
 }
 
@@ -46,8 +50,9 @@ type daemon struct {
 	extraArgs []string
 }
 
-// startDaemon starts keywarden serve --dev with --http unix:SOCKET and
-// the extra arguments, and stops it when the test ends.
+// startDaemon starts keywarden serve with --http unix:SOCKET and the
+// extra arguments (--dev unless they name a --state directory), and stops
+// it when the test ends.
 func startDaemon(t testing.TB, extra ...string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
@@ -55,7 +60,12 @@ func startDaemon(t testing.TB, extra ...string) *daemon {
 	d := &daemon{dir: dir, socket: filepath.Join(dir, "keywarden.sock"), transit: filepath.Join(dir, "transit.sock"),
 		stderr: new(bytes.Buffer)}
 	d.auditLog = d.socket + ".audit.log"
-	args := append([]string{"serve", "--dev", "--socket", d.socket, "--log-level", "warn", "--http", "unix:" + d.transit}, extra...)
+	args := []string{"serve", "--socket", d.socket, "--log-level", "warn", "--http", "unix:" + d.transit}
+	if !slices.Contains(extra, "--state") {
+		// A daemon with no state directory runs in development mode.
+		args = append(args, "--dev")
+	}
+	args = append(args, extra...)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, keywardenBin, args...)
 	cmd.Stderr = d.stderr

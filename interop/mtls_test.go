@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -155,4 +156,39 @@ func TestHvacOverMTLS(t *testing.T) {
 	f := makeMTLS(t)
 	_, addr := startMTLSDaemon(t, f)
 	runHvac(t, "https", "https://"+addr, f.ca, f.clientCert, f.clientKey)
+}
+
+// TestCurlHTTP2OverMTLS: curl negotiates HTTP/2 (ALPN h2) over mutual TLS
+// with a client certificate, and HTTP/2 with prior knowledge (h2c) on the
+// Unix socket.
+func TestCurlHTTP2OverMTLS(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("no curl")
+	}
+	f := makeMTLS(t)
+	d, addr := startMTLSDaemon(t, f)
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(curl, append([]string{"-s", "-w", " %{http_version} %{http_code}", "-H", "X-Vault-Token: ignored"}, args...)...).Output()
+		if err != nil {
+			t.Fatalf("curl %v: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	tls := []string{"--http2", "--cacert", f.ca, "--cert", f.clientCert, "--key", f.clientKey}
+	if got := run(append(tls, "-X", "POST", "https://"+addr+"/v1/transit/keys/h2", "-d", `{"type":"ed25519"}`)...); !strings.HasSuffix(got, " 2 200") {
+		t.Fatalf("create over HTTP/2 and TLS: %q", got)
+	}
+	if got := run(append(tls, "-X", "POST", "https://"+addr+"/v1/transit/sign/h2", "-d", `{"input":"`+b64("h2")+`"}`)...); !strings.HasSuffix(got, " 2 200") || !strings.Contains(got, "vault:v1:") {
+		t.Fatalf("sign over HTTP/2 and TLS: %q", got)
+	}
+	// Without the client certificate: no HTTP at all.
+	if out, err := exec.Command(curl, "-s", "--http2", "--cacert", f.ca, "https://"+addr+"/v1/transit/keys/h2").CombinedOutput(); err == nil {
+		t.Fatalf("curl without a client certificate: %q", out)
+	}
+	if got := run("--http2-prior-knowledge", "--unix-socket", d.transit, "-X", "POST", "http://keywarden/v1/transit/hash", "-d", `{"input":"`+b64("abc")+`","format":"hex"}`); !strings.HasSuffix(got, " 2 200") ||
+		!strings.Contains(got, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") {
+		t.Fatalf("hash over h2c on the Unix socket: %q", got)
+	}
 }

@@ -37,6 +37,10 @@ command -v groff >/dev/null 2>&1 || missing="$missing groff-base"
 /usr/bin/python3 -c 'import hvac, requests_unixsocket, cryptography' >/dev/null 2>&1 ||
 	missing="$missing python3-hvac python3-requests-unixsocket python3-cryptography"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+# node-vault (interop/testdata/nodevault, installed with npm ci from its
+# lock file at test time).
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 # etcd for the shared store's tests (internal/store, internal/keystore,
 # e2e/cluster): they start clusters of it on the loopback interface.
 command -v etcd >/dev/null 2>&1 || missing="$missing etcd-server"

@@ -110,6 +110,7 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	var httpMaxBody sizeFlag
 	f.Var(&httpMaxBody, "http-max-body", fmt.Sprintf("largest transit request body in `bytes`, e.g. 4M (default %d)", transit.DefaultMaxBody))
 	httpMaxBatch := f.Int("http-max-batch", 0, fmt.Sprintf("most items of one transit batch_input (default %d)", transit.DefaultMaxBatch))
+	httpMaxConnsPerAddr := f.Int("http-max-conns-per-addr", 0, fmt.Sprintf("most TCP connections open at once from one network address on --http tcp: listeners (default %d)", transit.DefaultMaxConnsPerAddr))
 	// The Kubernetes KMS v2 plugin (docs/kubernetes.md).
 	kmsSocket := f.String("kms-v2", "", "serve the Kubernetes KMS v2 plugin service on a Unix socket at `PATH`")
 	kmsKey := f.String("kms-key", "", "the `name` of the AES-256-GCM key, owned by the API server's uid, that --kms-v2 encrypts with")
@@ -287,7 +288,7 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 		GenerationSources: *genSources, GenerationAdmins: genAdmins, GenerationWatchers: genWatchers, DistrustCPURandom: *distrustCPU,
 		SSHAgentSockets: agentSockets, SSHAskpass: *askpass,
 		PKCS11Sockets: pkcs11Sockets,
-		HTTP:          httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch},
+		HTTP:          httpListen, HTTPTLSCert: *httpCert, HTTPTLSKey: *httpKey, HTTPClientCA: *httpCA, HTTPPrincipals: *httpPrincipals, KMSV2: *kmsSocket, KMSKey: *kmsKey, Transit: transit.Config{Prefix: *httpPrefix, MaxBody: int64(httpMaxBody), MaxBatch: *httpMaxBatch, MaxConnsPerAddr: *httpMaxConnsPerAddr},
 		Etcd: etcdCfg, StaleBound: *staleBound,
 		LogLevel: levelVar, Settings: effectiveSettings(f.FlagSet), MetricsAddr: *metricsAddr,
 	}

@@ -29,6 +29,9 @@ import (
 // FrontName is the name of the front in the audit log.
 const FrontName = "kms-v2"
 
+// maxQuotedKeyID is how much of a key_id a refusal quotes.
+const maxQuotedKeyID = 96
+
 // maxMessage bounds a gRPC message: the API server sends a data
 // encryption key seed (32 bytes) and its annotations.
 const maxMessage = 64 << 10
@@ -42,7 +45,15 @@ type Config struct {
 	Key string
 	// Logger receives the front's logs; nil discards them.
 	Logger *slog.Logger
+	// WriteTimeout bounds each write to a connection (default
+	// DefaultWriteTimeout): a client that stops reading loses the
+	// connection, and its calls, session and buffers go with it.
+	WriteTimeout time.Duration
 }
+
+// DefaultWriteTimeout is how long a write to a connection may wait for
+// the client to read. kube-apiserver gives each call 3 s by default.
+const DefaultWriteTimeout = 10 * time.Second
 
 // Plugin serves the KMS v2 service.
 type Plugin struct {
@@ -53,6 +64,9 @@ type Plugin struct {
 	// ctx ends at Close: the core's sessions opened for the front end.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// refusedLog lets a refused connection's log line through once per
+	// interval: a uid over its connection limit may connect at will.
+	refusedLog unixsock.RateLog
 }
 
 // New makes a Plugin.
@@ -62,6 +76,9 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	p := &Plugin{cfg: cfg, log: cfg.Logger.With("front", FrontName)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
@@ -98,7 +115,17 @@ type peerCreds struct{ p *Plugin }
 // conn is a connection with its core session, closed with it.
 type conn struct {
 	net.Conn
-	cc *client
+	cc           *client
+	writeTimeout time.Duration
+}
+
+// Write fails once the client has read nothing for the write timeout;
+// gRPC then closes the connection. Without it, a client that never reads
+// would hold the connection, its session and the replies queued for it
+// as long as it likes.
+func (c *conn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	return c.Conn.Write(b)
 }
 
 func (c *conn) Close() error {
@@ -125,11 +152,13 @@ func (pc *peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo
 	}
 	ss, err := pc.p.cfg.Server.NewSession(pc.p.ctx, FrontName, id) // takes id.Pidfd
 	if err != nil {
-		pc.p.log.Info("connection refused by the core", "uid", id.UID, "pid", id.PID, "err", err)
+		if ok, held := pc.p.refusedLog.Allow(); ok {
+			pc.p.log.Info("connection refused by the core", "uid", id.UID, "pid", id.PID, "err", err, "refusals_not_logged", held)
+		}
 		return nil, nil, err
 	}
 	cc := &client{p: pc.p, ss: ss, id: id}
-	return &conn{Conn: c, cc: cc}, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, cc: cc}, nil
+	return &conn{Conn: c, cc: cc, writeTimeout: pc.p.cfg.WriteTimeout}, authInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, cc: cc}, nil
 }
 
 func (pc *peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -151,6 +180,10 @@ type client struct {
 	nextReq atomic.Uint64
 	once    sync.Once
 
+	// opening is held while the key is opened (again): concurrent calls
+	// that find no handle, or the same stale one, open one handle between
+	// them, and none is left open unused on the session. Taken before mu.
+	opening sync.Mutex
 	// mu guards handle; never held across a request to the core.
 	mu     sync.Mutex
 	handle uint32
@@ -210,22 +243,32 @@ func statusError(st wire.Status, msg string) error {
 }
 
 // key returns the handle of the configured key on the session, opened
-// among the caller's own keys the first time (again if fresh).
-func (c *client) key(ctx context.Context, fresh bool) (uint32, []byte, error) {
+// among the caller's own keys the first time, or again if stale is the
+// handle in use (the core no longer knows it).
+func (c *client) key(ctx context.Context, stale *uint32) (uint32, []byte, error) {
 	c.mu.Lock()
 	h, id, ok := c.handle, c.keyID, c.open
 	c.mu.Unlock()
-	if ok && !fresh {
+	if ok && (stale == nil || *stale != h) {
+		return h, id, nil
+	}
+	c.opening.Lock()
+	defer c.opening.Unlock()
+	// Another call may have opened it meanwhile.
+	c.mu.Lock()
+	h, id, ok = c.handle, c.keyID, c.open
+	c.mu.Unlock()
+	if ok && (stale == nil || *stale != h) {
 		return h, id, nil
 	}
 	if ok {
+		c.mu.Lock()
+		c.open = false
+		c.mu.Unlock()
 		c.do(ctx, &wire.Op{Op: &wire.Op_Close{Close: &wire.Close{Handle: h}}})
 	}
 	r, err := c.do(ctx, &wire.Op{Op: &wire.Op_Open{Open: &wire.Open{Key: &wire.Open_Name{Name: &wire.NameRef{Name: c.p.cfg.Key}}}}})
 	if err != nil {
-		c.mu.Lock()
-		c.open = false
-		c.mu.Unlock()
 		return 0, nil, err
 	}
 	kr := r.GetKey()
@@ -243,19 +286,26 @@ func (c *client) key(ctx context.Context, fresh bool) (uint32, []byte, error) {
 // core no longer knows (the key was destroyed, maybe made again) is
 // opened again once.
 func (c *client) withKey(ctx context.Context, mk func(h uint32) *wire.Op) (*wire.Result, []byte, error) {
-	h, id, err := c.key(ctx, false)
+	h, id, err := c.key(ctx, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	r, err := c.do(ctx, mk(h))
 	if r != nil && r.Status == wire.Status_STATUS_NOT_FOUND && (r.Message == "no such handle" || r.Message == "key destroyed") {
-		if h, id, err = c.key(ctx, true); err != nil {
+		if testHookStale != nil {
+			testHookStale()
+		}
+		if h, id, err = c.key(ctx, &h); err != nil {
 			return nil, nil, err
 		}
 		r, err = c.do(ctx, mk(h))
 	}
 	return r, id, err
 }
+
+// testHookStale, if set, runs when a call found its handle stale, before
+// it opens the key again (tests make calls meet there).
+var testHookStale func()
 
 // keyIDOf is the KMS key_id of version v of the key with persistent id
 // id: "keywarden:" id in hex ":v" version.
@@ -331,12 +381,18 @@ func (p *Plugin) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsa
 	if len(req.Ciphertext) == 0 {
 		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, "empty ciphertext")
 	}
-	_, id, err := c.key(ctx, false)
+	_, id, err := c.key(ctx, nil)
 	if err != nil {
 		return nil, err
 	}
 	if want := "keywarden:" + hex.EncodeToString(id) + ":v"; req.KeyId != "" && !strings.HasPrefix(req.KeyId, want) {
-		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, fmt.Sprintf("key_id %q names another key than %s", req.KeyId, p.cfg.Key))
+		// The caller chooses key_id (up to a message's size): the reason,
+		// recorded and sent back, quotes only its start.
+		kid := req.KeyId
+		if len(kid) > maxQuotedKeyID {
+			kid = kid[:maxQuotedKeyID] + "..."
+		}
+		return nil, c.refuse(ctx, "decrypt", codes.InvalidArgument, fmt.Sprintf("key_id %q names another key than %s", kid, p.cfg.Key))
 	}
 	r, _, err := c.withKey(ctx, func(h uint32) *wire.Op {
 		return &wire.Op{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: h, Ciphertext: req.Ciphertext}}}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +35,13 @@ type testPlugin struct {
 
 func newTestPlugin(t *testing.T) *testPlugin {
 	t.Helper()
+	return newTestPluginWith(t, Config{})
+}
+
+// newTestPluginWith is newTestPlugin with cfg's settings (its server and
+// key are the test's).
+func newTestPluginWith(t *testing.T, cfg Config) *testPlugin {
+	t.Helper()
 	dir := t.TempDir()
 	tp := &testPlugin{logPath: filepath.Join(dir, "audit.log"), sock: filepath.Join(dir, "kms.sock")}
 	alog, err := audit.Open(audit.Options{Path: tp.logPath, Sync: audit.SyncGrouped})
@@ -42,7 +51,8 @@ func newTestPlugin(t *testing.T) *testPlugin {
 	if tp.srv, err = server.New(server.Config{Audit: alog}); err != nil {
 		t.Fatal(err)
 	}
-	if tp.Plugin, err = New(Config{Server: tp.srv, Key: "kek"}); err != nil {
+	cfg.Server, cfg.Key = tp.srv, "kek"
+	if tp.Plugin, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}
 	l, err := Listen(tp.sock, 0o666)
@@ -139,6 +149,15 @@ func TestKMSv2(t *testing.T) {
 	}
 	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e2.Ciphertext, KeyId: "keywarden:00:v1"}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("another key's key_id: %v", err)
+	}
+	// A key_id the size of a message is not copied into the refusal and
+	// its audit record.
+	long := strings.Repeat("k", 60<<10)
+	if _, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e2.Ciphertext, KeyId: long}); status.Code(err) != codes.InvalidArgument || len(status.Convert(err).Message()) > 256 {
+		t.Errorf("a long key_id: %d bytes of message", len(status.Convert(err).Message()))
+	}
+	if b, _ := os.ReadFile(tp.logPath); strings.Contains(string(b), long[:1024]) {
+		t.Error("the audit log holds the long key_id")
 	}
 	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{}); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("empty plaintext: %v", err)
@@ -242,5 +261,176 @@ func TestStreamsPerConnectionBounded(t *testing.T) {
 	}
 	if max == 0 || int(max) > tp.srv.Limits().MaxInFlight {
 		t.Fatalf("streams per connection: %d (want at most %d)", max, tp.srv.Limits().MaxInFlight)
+	}
+}
+
+// A key destroyed and made again while calls are in flight is opened
+// again once for all the calls that found their handle stale: every call
+// succeeds, and every handle the plugin opened is closed or is the one in
+// use, none left open on the connection's session until it ends.
+func TestKMSv2ReopenLeavesNoHandle(t *testing.T) {
+	tp := newTestPlugin(t)
+	c := kmsClient(t, tp.sock)
+	ctx := context.Background()
+	tp.ownerDo(t, nil)
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 3
+	for range rounds {
+		tp.ownerDo(t, func(h uint32) *wire.Op { return &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: h}}} })
+		tp.ownerDo(t, nil)
+		// Two calls both find the handle stale before either opens the
+		// key again.
+		var met sync.WaitGroup
+		met.Add(2)
+		testHookStale = func() { met.Done(); met.Wait() }
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				if _, err := c.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		testHookStale = nil
+	}
+	opened, closed := 0, 0
+	b, err := os.ReadFile(tp.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if strings.Trim(line, "\x00\n") == "" {
+			break
+		}
+		r, err := audit.ParseRecord([]byte(line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind != audit.KindRequest || r.Front != FrontName || r.Status != "OK" {
+			continue
+		}
+		switch r.Op {
+		case "open":
+			opened++
+		case "close":
+			closed++
+		}
+	}
+	if opened != rounds+1 || opened-closed != 1 {
+		t.Fatalf("the plugin opened %d handles and closed %d: %d left open, want 1 of %d opened", opened, closed, opened-closed, rounds+1)
+	}
+}
+
+// A client that stops reading loses its connection once a write to it
+// has waited the write timeout: the write fails, and gRPC closes the
+// connection with its calls, session and queued replies, rather than
+// holding them for as long as the client likes.
+func TestKMSv2WritesToAClientThatNeverReads(t *testing.T) {
+	tp := newTestPluginWith(t, Config{WriteTimeout: 200 * time.Millisecond})
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sc, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, _, err := (&peerCreds{p: tp.Plugin}).ServerHandshake(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := nc.Write(buf); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			t.Fatalf("the write failed with %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		sc.Close()
+		t.Fatal("a write to a client that does not read waited 10 s")
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Connections the core refuses (over the connection limit) may be made as
+// often as a peer likes: the daemon's log gets one line for them per
+// interval, not one each.
+func TestKMSv2RefusedConnectionsLogRateLimited(t *testing.T) {
+	dir := t.TempDir()
+	alog, err := audit.Open(audit.Options{Path: filepath.Join(dir, "audit.log"), Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog, Limits: server.Limits{MaxConnections: 1, MaxConnectionsPerUID: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	p, err := New(Config{Server: srv, Key: "kek", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "kms.sock")
+	l, err := Listen(sock, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(l)
+	t.Cleanup(func() { p.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	c := kmsClient(t, sock)
+	if _, err := c.Status(context.Background(), &kmsapi.StatusRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	const tries = 30
+	for range tries {
+		raw, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil {
+			t.Fatalf("a connection past the limit: %v", err)
+		}
+		raw.Close()
+	}
+	if n := strings.Count(logs.String(), "connection refused by the core"); n < 1 || n > 5 {
+		t.Fatalf("%d refusals gave %d log lines:\n%s", tries, n, logs.String())
 	}
 }

@@ -51,9 +51,17 @@ type Config struct {
 	MaxBody int64
 	// MaxBatch bounds a batch_input (default DefaultMaxBatch).
 	MaxBatch int
+	// MaxConnsPerAddr bounds the TCP connections open at once from one
+	// network address, handshakes included (default
+	// DefaultMaxConnsPerAddr); a connection past it is closed at accept.
+	MaxConnsPerAddr int
 	// ReadHeaderTimeout, IdleTimeout: see the constants; for tests.
 	ReadHeaderTimeout, IdleTimeout time.Duration
 }
+
+// DefaultMaxConnsPerAddr is the most TCP connections one network address
+// holds open at once: one peer cannot take the whole TCP connection limit.
+const DefaultMaxConnsPerAddr = 64
 
 // Front serves the transit API on listeners given to Serve.
 type Front struct {
@@ -74,6 +82,10 @@ type Front struct {
 
 	// tlsConns are the TLS connections' sessions, by connection (tls.go).
 	tlsConns sync.Map
+
+	// The log lines of refusals a peer can repeat at will, each kind let
+	// through once per interval with the count of those held back.
+	acceptLog, certLog, remapLog, coreLog, addrLog unixsock.RateLog
 }
 
 // New makes a Front.
@@ -95,6 +107,9 @@ func New(cfg Config) (*Front, error) {
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.MaxConnsPerAddr <= 0 {
+		cfg.MaxConnsPerAddr = DefaultMaxConnsPerAddr
 	}
 	if cfg.ReadHeaderTimeout <= 0 {
 		cfg.ReadHeaderTimeout = readHeaderTimeout
@@ -172,13 +187,25 @@ func (f *Front) newHTTPServer() *http.Server {
 }
 
 // Serve accepts connections on l, a Unix stream socket, and serves HTTP/1.1
-// on each until l fails or the Front is closed. It closes l. Each
-// connection is one core session, opened with the identity the kernel
-// recorded for the process that connected: every request on it is that
+// and HTTP/2 in cleartext with prior knowledge (h2c: a client that starts
+// with HTTP/2's preface; no Upgrade from HTTP/1.1) on each until l fails or
+// the Front is closed. It closes l. Each connection is one core session,
+// opened with the identity the kernel recorded for the process that
+// connected: every request on it, and every HTTP/2 stream, is that
 // process's, whoever writes it later (a descriptor passed on keeps its
 // first identity), and it lasts as long as HTTP keeps the connection alive.
 func (f *Front) Serve(l *net.UnixListener) error {
 	hs := f.newHTTPServer()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	hs.Protocols = &p
+	// The streams of one connection share its session's requests in
+	// flight, as over TLS.
+	// A connection that takes no byte for writeTimeout is closed: HTTP/2's
+	// WriteTimeout is per stream, and a client that stops reading would
+	// otherwise hold the connection and its streams.
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight, WriteByteTimeout: writeTimeout}
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -231,7 +258,9 @@ func (l *identListener) Accept() (net.Conn, error) {
 		}
 		cc, err := l.f.open(uc)
 		if err != nil {
-			l.f.log.Info("connection refused", "err", err)
+			if ok, held := l.f.acceptLog.Allow(); ok {
+				l.f.log.Info("connection refused", "err", err, "refusals_not_logged", held)
+			}
 			uc.Close()
 			continue
 		}

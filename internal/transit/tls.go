@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -234,7 +235,16 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 				return errUnmapped
 			}
 			if _, ok := tc.Principals.Lookup(cs.PeerCertificates[0]); !ok {
-				f.log.Info("TLS client refused: its certificate maps to no principal", "subject", cs.PeerCertificates[0].Subject.String())
+				// A CA vouches for the certificate: the refusal is an audit
+				// event, at most one per interval (a peer may repeat it).
+				if ok, held := f.certLog.Allow(); ok {
+					msg := fmt.Sprintf("TLS client refused at the handshake: its certificate (subject %q) maps to no principal; %d more refused since the last record",
+						cs.PeerCertificates[0].Subject.String(), held)
+					f.log.Info(msg)
+					if err := f.cfg.Server.RecordEvent("transit-connection", "PERMISSION_DENIED", msg); err != nil {
+						f.log.Error("audit log: cannot record a refused TLS client", "err", err)
+					}
+				}
 				return errUnmapped
 			}
 			return nil
@@ -248,7 +258,7 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	hs.Protocols = &p
 	// The streams of one connection share its session's requests in
 	// flight: no more are taken at once, each holding its request.
-	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight}
+	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: f.cfg.Server.Limits().MaxInFlight, WriteByteTimeout: writeTimeout}
 	hs.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		h := &tlsHolder{}
 		f.tlsConns.Store(c, h)
@@ -278,13 +288,17 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 		if errors.Is(err, errRemapped) {
 			// The mapping was replaced since this connection opened its
 			// session: it may not go on as the principal it was.
-			f.log.Info("TLS client refused: its certificate now maps to another principal; it must connect again", "principal", pr.Name, "uid", pr.UID)
+			if ok, held := f.remapLog.Allow(); ok {
+				f.log.Info("TLS client refused: its certificate now maps to another principal; it must connect again", "principal", pr.Name, "uid", pr.UID, "refusals_not_logged", held)
+			}
 			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusForbidden, "permission denied")
 			return
 		}
 		if err != nil {
-			f.log.Info("TLS client refused by the core", "principal", pr.Name, "uid", pr.UID, "err", err)
+			if ok, held := f.coreLog.Allow(); ok {
+				f.log.Info("TLS client refused by the core", "principal", pr.Name, "uid", pr.UID, "err", err, "refusals_not_logged", held)
+			}
 			writeError(w, http.StatusTooManyRequests, "the daemon refused the connection")
 			return
 		}
@@ -303,7 +317,10 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	// the daemon takes connections (the others wait in the kernel's
 	// queue), so that peers on the network cannot take the descriptors the
 	// daemon's own sockets and store need.
-	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections)}
+	// One address holds at most MaxConnsPerAddr of them, so that one peer
+	// cannot keep all the others waiting.
+	ll := &limitListener{Listener: l, slots: make(chan struct{}, f.cfg.Server.Limits().MaxConnections),
+		perAddr: f.cfg.MaxConnsPerAddr, byAddr: map[netip.Addr]int{}, refuse: f.refuseAddr}
 	err := hs.Serve(tls.NewListener(ll, cfg))
 	f.mu.Lock()
 	closed := f.closed
@@ -315,20 +332,86 @@ func (f *Front) ServeTLS(l net.Listener, tc TLSConfig) error {
 	return err
 }
 
-// limitListener accepts at most cap(slots) connections open at once.
+// limitListener accepts at most cap(slots) connections open at once, and
+// at most perAddr of them from one network address.
 type limitListener struct {
 	net.Listener
-	slots chan struct{}
+	slots   chan struct{}
+	perAddr int
+	// refuse is told of a connection closed for its address's limit.
+	refuse func(addr netip.Addr)
+
+	// mu guards byAddr, the connections open by address.
+	mu     sync.Mutex
+	byAddr map[netip.Addr]int
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	l.slots <- struct{}{}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
+	for {
+		l.slots <- struct{}{}
+		c, err := l.Listener.Accept()
+		if err != nil {
+			<-l.slots
+			return nil, err
+		}
+		addr := remoteAddr(c)
+		l.mu.Lock()
+		over := l.byAddr[addr] >= l.perAddr
+		if !over {
+			l.byAddr[addr]++
+		}
+		l.mu.Unlock()
+		if over {
+			c.Close()
+			<-l.slots
+			if l.refuse != nil {
+				l.refuse(addr)
+			}
+			continue
+		}
+		return &limitConn{Conn: c, release: sync.OnceFunc(func() {
+			l.mu.Lock()
+			if l.byAddr[addr]--; l.byAddr[addr] <= 0 {
+				delete(l.byAddr, addr)
+			}
+			l.mu.Unlock()
+			<-l.slots
+		})}, nil
 	}
-	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// remoteAddr is a TCP connection's peer address as the per-address cap
+// counts it: an IPv4 address (unmapped from IPv6), or the /64 prefix of
+// an IPv6 one, since one host may use any address of its /64; the zero
+// Addr for another kind of connection.
+func remoteAddr(c net.Conn) netip.Addr {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	a := ta.AddrPort().Addr().Unmap()
+	if a.Is6() {
+		if p, err := a.Prefix(64); err == nil {
+			return p.Addr()
+		}
+	}
+	return a
+}
+
+// refuseAddr records TCP connections closed for their address's limit:
+// one audit event and one log line per interval, counting those since the
+// last (a peer may connect as often as it likes).
+func (f *Front) refuseAddr(addr netip.Addr) {
+	ok, held := f.addrLog.Allow()
+	if !ok {
+		return
+	}
+	msg := fmt.Sprintf("TCP connection from %s refused: it holds %d, the most one address may (--http-max-conns-per-addr); %d more refused since the last record",
+		addr, f.cfg.MaxConnsPerAddr, held)
+	f.log.Info(msg)
+	if err := f.cfg.Server.RecordEvent("transit-connection", "RESOURCE_EXHAUSTED", msg); err != nil {
+		f.log.Error("audit log: cannot record a refused TCP connection", "err", err)
+	}
 }
 
 // limitConn frees its slot when closed.

@@ -11,11 +11,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -159,6 +161,11 @@ func TestMutualTLS(t *testing.T) {
 		if err == nil {
 			t.Errorf("%s: served, %d", name, resp.StatusCode)
 		}
+	}
+	// The certificate a CA signed but the mapping does not name is an
+	// audit event.
+	if b, _ := os.ReadFile(tf.logPath); !strings.Contains(string(b), `"op":"transit-connection"`) || !strings.Contains(string(b), "maps to no principal") {
+		t.Error("no audit event for the unmapped certificate")
 	}
 	// Plain HTTP on the TLS port is no API.
 	resp2, err := http.Post("http://"+l.Addr().String()+"/v1/transit/hash", "application/json", bytes.NewReader([]byte(`{"input":"eA=="}`)))
@@ -337,4 +344,88 @@ func TestTCPConnectionsBounded(t *testing.T) {
 		t.Fatalf("once one closed: %v", err)
 	}
 	c2.Close()
+}
+
+// One network address holds at most MaxConnsPerAddr TCP connections at
+// once, handshakes included: past it, its connections are closed at
+// accept (one audit event per interval says so), while other addresses
+// are served.
+func TestTCPConnectionsPerAddrBounded(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "audit.log")
+	alog, err := audit.Open(audit.Options{Path: logPath, Sync: audit.SyncGrouped})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := server.New(server.Config{Audit: alog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(Config{Server: srv, MaxConnsPerAddr: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close(); srv.Shutdown(context.Background()); alog.Close() })
+	p := newTestPKI(t)
+	pr, _ := ParsePrincipals(strings.NewReader("uri:spiffe://example.org/app 4242\n"))
+	l, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go f.ServeTLS(l, TLSConfig{Certificate: p.server, ClientCAs: p.pool, Principals: pr})
+	port := l.Addr().(*net.TCPAddr).Port
+	cfg := &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13, ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{p.client("spiffe://example.org/app", time.Hour, t)}}
+	dial := func(from string) (*tls.Conn, error) {
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := tls.DialWithDialer(d, "tcp", fmt.Sprintf("127.0.0.1:%d", port), cfg)
+		if err != nil {
+			return nil, err
+		}
+		// A TLS 1.3 client learns of a refusal when it reads.
+		if _, err := io.WriteString(c, "GET /v1/transit/keys?list=true HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.SetReadDeadline(time.Time{})
+		return c, nil
+	}
+	var held []*tls.Conn
+	for range 3 {
+		c, err := dial("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	if c, err := dial("127.0.0.1"); err == nil {
+		c.Close()
+		t.Fatal("a fourth connection from one address was served")
+	}
+	c, err := dial("127.0.0.2")
+	if err != nil {
+		t.Fatalf("another address: %v", err)
+	}
+	c.Close()
+	held[0].Close()
+	var again *tls.Conn
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if again, err = dial("127.0.0.1"); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("once one closed: %v", err)
+	}
+	again.Close()
+	b, _ := os.ReadFile(logPath)
+	if !strings.Contains(string(b), `"op":"transit-connection"`) || !strings.Contains(string(b), "TCP connection from 127.0.0.1 refused") {
+		t.Errorf("no audit event for the refused connection:\n%s", b)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Listen makes the socket with its mode, replaces a stale one, and never
@@ -74,3 +75,21 @@ func TestListen(t *testing.T) {
 }
 
 func closeFD(fd int) { os.NewFile(uintptr(fd), "pidfd").Close() }
+
+func TestRateLog(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r := &RateLog{Interval: time.Second, Now: func() time.Time { return now }}
+	if ok, held := r.Allow(); !ok || held != 0 {
+		t.Fatalf("first: %v %d", ok, held)
+	}
+	for range 100 {
+		if ok, _ := r.Allow(); ok {
+			t.Fatal("a second line within the interval")
+		}
+		now = now.Add(time.Millisecond)
+	}
+	now = now.Add(time.Second)
+	if ok, held := r.Allow(); !ok || held != 100 {
+		t.Fatalf("after the interval: %v %d, want true 100", ok, held)
+	}
+}
