@@ -59,6 +59,12 @@ type call struct {
 	// wake is signalled when reply or err is set, or when this call's
 	// goroutine should take over reading replies.
 	wake chan struct{}
+	// waiting: a goroutine waits on wake in finish (set under
+	// Client.mu). Only such a call may be asked to take over reading: a
+	// batch has several calls pending and waits on one at a time, so a
+	// call of it that no one waits on yet would keep the request to read
+	// to itself while every waiter sleeps.
+	waiting bool
 }
 
 // sendBufs holds buffers for encoding requests; the kernel copies a
@@ -284,6 +290,7 @@ func (c *Client) finish(ctx context.Context, opName string, cl *call) (*wire.Rep
 	defer func() { <-c.sem }()
 	for {
 		c.mu.Lock()
+		cl.waiting = false
 		if cl.reply != nil || cl.err != nil {
 			c.mu.Unlock()
 			break
@@ -300,6 +307,7 @@ func (c *Client) finish(ctx context.Context, opName string, cl *call) (*wire.Rep
 			c.read(ctx, cl)
 			continue
 		}
+		cl.waiting = true
 		c.mu.Unlock()
 		select {
 		case <-cl.wake:
@@ -393,8 +401,10 @@ func (c *Client) promoteLocked() {
 		return
 	}
 	for _, p := range c.pending {
-		signal(p.wake)
-		return
+		if p.waiting {
+			signal(p.wake)
+			return
+		}
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"testing"
 	"time"
@@ -256,6 +258,7 @@ func TestConcurrentBatchesOfLargeOperations(t *testing.T) {
 				t.Fatal(err)
 			}
 		case <-deadline:
+			pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
 			t.Fatal("concurrent batches of 16 encryptions of 64 KiB did not complete in 2 minutes")
 		}
 	}
