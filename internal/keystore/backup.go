@@ -332,12 +332,20 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			hookRestoreWriting()
 		}
 		if _, shared := s.db.(store.Shared); shared {
-			err := s.restoreInChunks(path, &epoch)
+			hw, err := s.readHighWater(master.StoreId)
+			if err != nil {
+				return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot read the high-water mark: %v", err)
+			}
+			floor, header, err := s.restoreInChunks(path, &epoch, hw.epoch)
 			if err != nil {
 				return storeErr(err)
 			}
 			written = true
-			s.resetHighWater()
+			if err := s.restoredHighWater(master.StoreId, floor, header); err != nil {
+				// Without it the next unseal here refuses the restored
+				// store as older than the mark: it says what to do.
+				s.log.Error("the store was restored, but the high-water mark could not be updated", "err", err)
+			}
 			s.epoch.cur.Store(epoch)
 			s.epoch.saved.Store(epoch)
 			return nil
@@ -404,7 +412,14 @@ const restoreChunk = 48
 // removes the mark. A restore that stops between them (a crash, the
 // cluster lost) leaves a store that says so at unseal; the restore is
 // run again.
-func (s *Store) restoreInChunks(path string, epoch *uint64) error {
+//
+// The header is the backup's, with the backup's epoch, below those of the
+// headers the store had since (which etcd's history keeps, under the same
+// master key): the first transaction records the highest epoch the store
+// had, hw (this daemon's high-water mark) aside, as persist.MetaRestoreFloor,
+// and restoreInChunks returns it with the header written; the first unseal
+// raises the header's epoch above it (raiseAfterRestore).
+func (s *Store) restoreInChunks(path string, epoch *uint64, hw uint64) (uint64, []byte, error) {
 	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
 	var master, header []byte
 	if err := readBackup(path, func(e backupEntry) error {
@@ -418,12 +433,25 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return nil
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	if master == nil || header == nil {
-		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
+		return 0, nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
 	}
+	var floor uint64
 	if err := s.db.Update(func(tx store.Tx) error {
+		floor = max(hw, readRestoreFloor(tx))
+		if v := tx.Get(persist.BucketMeta, persist.MetaHeader); v != nil {
+			// Read without its MAC (the daemon is sealed): a header
+			// forged higher only raises the floor.
+			var h persist.StoreHeader
+			if h.UnmarshalVT(v) == nil {
+				floor = max(floor, h.Epoch)
+			}
+		}
+		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
+			return err
+		}
 		if err := tx.Put(persist.BucketMeta, persist.MetaRestoring, []byte{1}); err != nil {
 			return err
 		}
@@ -432,7 +460,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return tx.Delete(persist.BucketMeta, persist.MetaHeader)
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	// What the store held goes, the mark and the master record aside.
 	for _, b := range backupBuckets {
@@ -441,7 +469,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 			err := s.db.Update(func(tx store.Tx) error {
 				keys = keys[:0]
 				if err := tx.ForEach(b, nil, func(k, _ []byte) error {
-					if bytes.Equal(b, persist.BucketMeta) && (bytes.Equal(k, persist.MetaRestoring) || bytes.Equal(k, persist.MetaMaster)) {
+					if bytes.Equal(b, persist.BucketMeta) && (bytes.Equal(k, persist.MetaRestoring) || bytes.Equal(k, persist.MetaMaster) || bytes.Equal(k, persist.MetaRestoreFloor)) {
 						return nil
 					}
 					keys = append(keys, bytes.Clone(k))
@@ -460,7 +488,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 				return nil
 			})
 			if err != nil {
-				return err
+				return 0, nil, err
 			}
 			if len(keys) < chunk {
 				break
@@ -487,7 +515,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		return err
 	}
 	if err := readBackup(path, func(e backupEntry) error {
-		if bytes.Equal(e.bucket, persist.BucketMeta) && (bytes.Equal(e.key, persist.MetaHeader) || bytes.Equal(e.key, persist.MetaMaster)) {
+		if bytes.Equal(e.bucket, persist.BucketMeta) && (bytes.Equal(e.key, persist.MetaHeader) || bytes.Equal(e.key, persist.MetaMaster) || bytes.Equal(e.key, persist.MetaRestoreFloor)) {
 			return nil
 		}
 		batch = append(batch, backupEntry{bucket: e.bucket, key: bytes.Clone(e.key), val: bytes.Clone(e.val)})
@@ -496,15 +524,18 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return nil
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	if len(batch) > 0 {
 		if err := put(); err != nil {
-			return err
+			return 0, nil, err
 		}
 	}
-	return s.db.Update(func(tx store.Tx) error {
+	err := s.db.Update(func(tx store.Tx) error {
 		if err := tx.Put(persist.BucketMeta, persist.MetaHeader, header); err != nil {
+			return err
+		}
+		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
 			return err
 		}
 		// As in Restore: every version closed for encryption.
@@ -514,6 +545,18 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return tx.Delete(persist.BucketMeta, persist.MetaRestoring)
 	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return floor, header, nil
+}
+
+// readRestoreFloor reads persist.MetaRestoreFloor (0: absent).
+func readRestoreFloor(tx store.Tx) uint64 {
+	if v := tx.Get(persist.BucketMeta, persist.MetaRestoreFloor); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
 }
 
 // RewrapAll re-writes every key record not of the current format and
