@@ -47,7 +47,9 @@ import (
 // to the cluster per round of prefetch rather than one per read, and
 // begins at the snapshot of this store's own last commit when it can
 // (prefetch): the guards are the same, so a group that another writer
-// overtook runs again on a snapshot read anew.
+// overtook runs again on a snapshot read anew. A group begun there that
+// writes nothing still sends its guards (a transaction of compares
+// alone): what it read is then what is, not what this store last wrote.
 type Etcd struct {
 	cli     *clientv3.Client
 	prefix  string
@@ -447,9 +449,14 @@ func (e *Etcd) MaxOps() int { return e.maxOps }
 
 // commit sends tx's writes guarded by its reads.
 func (e *Etcd) commit(tx *etcdTx) error {
-	if len(tx.writes) == 0 {
-		return nil // nothing to write: what was read was a snapshot
+	readOnly := len(tx.writes) == 0
+	if readOnly && (!tx.fromLast || len(tx.reads)+len(tx.ranges) == 0) {
+		return nil // nothing to write: what was read was a snapshot read for it
 	}
+	// A transaction that writes nothing but began at the snapshot of this
+	// store's last commit (prefetch) read what was then, which other
+	// writers may have changed since: its reads are checked against now
+	// by a transaction of guards alone, and it runs again if one fails.
 	if tx.tooBig(e.maxOps) {
 		return fmt.Errorf("store: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
 			len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
@@ -500,6 +507,9 @@ func (e *Etcd) commit(tx *etcdTx) error {
 			e.snap = sn
 		}
 		return errConflict
+	}
+	if readOnly {
+		return nil // nothing committed: the snapshot to begin at stays
 	}
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
