@@ -310,6 +310,14 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 		return rep, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 			"nothing restored: %s; to replace the store anyway, restore with --force (the store replaced is kept beside it)", rep)
 	}
+	var plan []int
+	if _, shared := s.db.(store.Shared); shared {
+		// Every transaction of the restore is planned, and checked to
+		// fit the cluster, before the first one deletes anything.
+		if plan, err = s.planRestore(path); err != nil {
+			return rep, err
+		}
+	}
 	var epoch uint64
 	written := false // the backup's records replaced the store's
 	err = s.master.Replace(func() error {
@@ -336,7 +344,7 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			if err != nil {
 				return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot read the high-water mark: %v", err)
 			}
-			floor, header, err := s.restoreInChunks(path, &epoch, hw.epoch)
+			floor, header, err := s.restoreInChunks(path, plan, &epoch, hw.epoch)
 			if err != nil {
 				return storeErr(err)
 			}
@@ -397,10 +405,63 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 	return rep, nil
 }
 
-// restoreChunk is how many keys a transaction of restoreInChunks writes:
-// well within etcd's default limits (128 operations, 1.5 MiB), fewer on a
-// cluster whose --max-txn-ops is lower.
+// restoreChunk is how many keys a transaction of restoreInChunks writes
+// at most: well within etcd's default limit of 128 operations, fewer on a
+// cluster whose --max-txn-ops is lower, and fewer where the records are
+// large (store.ByteBounded: etcd's --max-request-bytes).
 const restoreChunk = 48
+
+// restoreEntry reports whether restoreInChunks writes e among the records
+// (the master record goes first, the header last, the floor its own).
+func restoreEntry(e backupEntry) bool {
+	return !bytes.Equal(e.bucket, persist.BucketMeta) || !(bytes.Equal(e.key, persist.MetaHeader) ||
+		bytes.Equal(e.key, persist.MetaMaster) || bytes.Equal(e.key, persist.MetaRestoreFloor))
+}
+
+// planRestore returns how many entries of the backup at path each
+// transaction of restoreInChunks writes, in order: at most restoreChunk
+// (fewer on a cluster of fewer operations per transaction), and no more
+// bytes than the store takes in one. A backup that holds an entry too
+// large for one transaction is refused, before anything is changed.
+func (s *Store) planRestore(path string) ([]int, error) {
+	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
+	bb, _ := s.db.(store.ByteBounded)
+	var plan []int
+	n, size := 0, 0
+	err := readBackup(path, func(e backupEntry) error {
+		es := 0
+		if bb != nil {
+			es = bb.PutSize(e.bucket, e.key, len(e.val))
+			if es > bb.MaxBytes()/2 && !restoreEntry(e) {
+				// The master record and the header share their
+				// transactions with a few small writes.
+				return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+					"nothing restored: the backup's %s record is %d bytes, more than the etcd cluster takes with it in one request (%d bytes: raise the cluster's --max-request-bytes and --etcd-max-request-bytes)", e.key, es, bb.MaxBytes())
+			}
+			if es > bb.MaxBytes() {
+				return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+					"nothing restored: a record of the backup is %d bytes, more than the etcd cluster takes in one request (%d bytes: raise the cluster's --max-request-bytes and --etcd-max-request-bytes)", es, bb.MaxBytes())
+			}
+		}
+		if !restoreEntry(e) {
+			return nil
+		}
+		if n == chunk || (bb != nil && n > 0 && size+es > bb.MaxBytes()) {
+			plan = append(plan, n)
+			n, size = 0, 0
+		}
+		n++
+		size += es
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		plan = append(plan, n)
+	}
+	return plan, nil
+}
 
 // restoreInChunks replaces a shared store's contents with the backup at
 // path in several transactions, none beyond the cluster's limits, and
@@ -419,7 +480,10 @@ const restoreChunk = 48
 // had, hw (this daemon's high-water mark) aside, as persist.MetaRestoreFloor,
 // and restoreInChunks returns it with the header written; the first unseal
 // raises the header's epoch above it (raiseAfterRestore).
-func (s *Store) restoreInChunks(path string, epoch *uint64, hw uint64) (uint64, []byte, error) {
+//
+// plan is how many of the backup's records each transaction writes
+// (planRestore).
+func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint64) (uint64, []byte, error) {
 	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
 	var master, header []byte
 	if err := readBackup(path, func(e backupEntry) error {
@@ -515,11 +579,15 @@ func (s *Store) restoreInChunks(path string, epoch *uint64, hw uint64) (uint64, 
 		return err
 	}
 	if err := readBackup(path, func(e backupEntry) error {
-		if bytes.Equal(e.bucket, persist.BucketMeta) && (bytes.Equal(e.key, persist.MetaHeader) || bytes.Equal(e.key, persist.MetaMaster) || bytes.Equal(e.key, persist.MetaRestoreFloor)) {
+		if !restoreEntry(e) {
 			return nil
 		}
+		if len(plan) == 0 {
+			return errors.New("the backup changed while it was restored")
+		}
 		batch = append(batch, backupEntry{bucket: e.bucket, key: bytes.Clone(e.key), val: bytes.Clone(e.val)})
-		if len(batch) == chunk {
+		if len(batch) == plan[0] {
+			plan = plan[1:]
 			return put()
 		}
 		return nil
@@ -579,6 +647,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 	// Each record is read and written once; the master record, the
 	// header and the names around them take a few operations more.
 	batch := store.BatchSize(s.db, 256, 1, 8)
+	bb, _ := s.db.(store.ByteBounded) // and fewer records where they are large
 	rescanned := false
 	for {
 		l, err := s.lease()
@@ -601,7 +670,17 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				hookRewrapBatch()
 			}
 			var ids [][]byte
+			size := 0
 			if err := tx.ForEach(persist.BucketKeys, cursor, func(id, v []byte) error {
+				if bb != nil {
+					// A record re-written may grow a little (a record of
+					// format 1 gains its fingerprints).
+					n := bb.PutSize(persist.BucketKeys, id, len(v)+len(v)/8+1024)
+					if len(ids) > 0 && size+n > bb.MaxBytes()-rewrapOverhead {
+						return store.ErrStop
+					}
+					size += n
+				}
 				ids = append(ids, bytes.Clone(id))
 				if len(ids) == batch {
 					return store.ErrStop
@@ -696,6 +775,10 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 		return err
 	}
 }
+
+// rewrapOverhead is what a batch of RewrapAll writes besides the records,
+// at most: the header and the master record.
+const rewrapOverhead = 16 << 10
 
 // recordsNotCurrent counts the key records that name a master-key
 // generation other than k's current one, or are of format 1: those that

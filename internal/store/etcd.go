@@ -55,6 +55,10 @@ type Etcd struct {
 	prefix  string
 	timeout time.Duration
 	maxOps  int
+	// maxBytes is what the writes and guards of one transaction may
+	// take: the cluster's --max-request-bytes, less room for the
+	// request's own encoding (requestMargin).
+	maxBytes int
 
 	// ctx is cancelled by Close, ending every request in flight.
 	ctx    context.Context
@@ -93,7 +97,22 @@ type EtcdConfig struct {
 	Timeout time.Duration
 	// MaxTxnOps is the cluster's --max-txn-ops (0: etcd's default, 128).
 	MaxTxnOps int
+	// MaxRequestBytes is the cluster's --max-request-bytes (0: etcd's
+	// default, 1.5 MiB): a transaction is kept within it, less a margin.
+	MaxRequestBytes int
 }
+
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes.
+const DefaultMaxRequestBytes = 1536 * 1024
+
+// requestMargin is the part of --max-request-bytes left for what a
+// transaction's size (etcdTx.size) does not count: the encoding of the
+// request around its keys and values.
+func requestMargin(limit int) int { return max(4096, limit/16) }
+
+// opSize is what one operation of a transaction counts besides its key
+// and value: its encoding (tags, lengths, revisions).
+const opSize = 32
 
 // ErrUnavailable wraps the errors of a cluster that cannot be reached or
 // has no quorum.
@@ -144,11 +163,19 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 			}
 		}
 	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxRequestBytes < 64<<10 {
+		return nil, fmt.Errorf("etcd store: a --max-request-bytes of %d is too small for a key record; give at least 64 KiB", cfg.MaxRequestBytes)
+	}
+	ccfg.MaxCallSendMsgSize = max(ccfg.MaxCallSendMsgSize, cfg.MaxRequestBytes+(1<<20))
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
 	}
-	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{})}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{}),
+		maxBytes: cfg.MaxRequestBytes - requestMargin(cfg.MaxRequestBytes)}
 	if e.timeout <= 0 {
 		e.timeout = 5 * time.Second
 	}
@@ -260,7 +287,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 				break
 			}
 			marks[i] = len(tx.onCommit)
-			if !tx.tooBig(e.maxOps) {
+			if !tx.tooBig() {
 				fits = i + 1
 			}
 		}
@@ -291,7 +318,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			group = append(group[:failed:failed], group[failed+1:]...)
 			continue
 		}
-		if tx.tooBig(e.maxOps) && len(group) > 1 {
+		if tx.tooBig() && len(group) > 1 {
 			// Commit the calls that fit (one at least: a call too big
 			// alone fails in commit) and give the others back to the
 			// committer, first in line.
@@ -447,6 +474,17 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 // hold: the cluster's --max-txn-ops as configured.
 func (e *Etcd) MaxOps() int { return e.maxOps }
 
+// MaxBytes is the most bytes one transaction's writes and guards may
+// take (see PutSize): the cluster's --max-request-bytes as configured,
+// less a margin.
+func (e *Etcd) MaxBytes() int { return e.maxBytes }
+
+// PutSize is what a Put of a value of n bytes under bucket and key counts
+// toward MaxBytes.
+func (e *Etcd) PutSize(bucket, key []byte, n int) int {
+	return opSize + len(e.BucketPrefix(bucket)) + len(key) + n
+}
+
 // commit sends tx's writes guarded by its reads.
 func (e *Etcd) commit(tx *etcdTx) error {
 	readOnly := len(tx.writes) == 0
@@ -457,9 +495,13 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	// store's last commit (prefetch) read what was then, which other
 	// writers may have changed since: its reads are checked against now
 	// by a transaction of guards alone, and it runs again if one fails.
-	if tx.tooBig(e.maxOps) {
-		return fmt.Errorf("store: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
-			len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
+	if tx.tooBig() {
+		if n := tx.size(); n > e.maxBytes {
+			return fmt.Errorf("%w: a transaction of %d bytes is more than the etcd cluster takes in one request (%d bytes with its --max-request-bytes, set with --etcd-max-request-bytes)",
+				ErrTooLarge, n, e.maxBytes)
+		}
+		return fmt.Errorf("%w: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
+			ErrTooLarge, len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
 	}
 	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
 	for k, rev := range tx.reads {
@@ -625,10 +667,28 @@ func (e *Etcd) newTx(writable bool) *etcdTx {
 		cache: map[string][]byte{}, writes: map[string]etcdWrite{}}
 }
 
-// tooBig reports whether tx needs more operations than a transaction may
-// have.
-func (t *etcdTx) tooBig(max int) bool {
-	return len(t.reads)+len(t.ranges) > max || len(t.writes) > max
+// tooBig reports whether tx needs more operations, or more bytes, than a
+// transaction may have.
+func (t *etcdTx) tooBig() bool {
+	ops := t.e.maxOps
+	return len(t.reads)+len(t.ranges) > ops || len(t.writes) > ops || t.size() > t.e.maxBytes
+}
+
+// size is what tx's commit request holds: the keys and values it writes,
+// the keys it guards (each read is compared, and read again if the guard
+// fails), and the ranges.
+func (t *etcdTx) size() int {
+	n := 0
+	for k, w := range t.writes {
+		n += opSize + len(k) + len(w.value)
+	}
+	for k := range t.reads {
+		n += 2 * (opSize + len(k))
+	}
+	for start, end := range t.ranges {
+		n += opSize + len(start) + len(end)
+	}
+	return n
 }
 
 // get reads keys [key, end) (end "": key alone) at the snapshot, with
