@@ -142,7 +142,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		DialKeepAliveTimeout: 2 * time.Second,
 		AutoSyncInterval:     0,
 		MaxCallSendMsgSize:   8 << 20,
-		MaxCallRecvMsgSize:   64 << 20,
+		MaxCallRecvMsgSize:   etcdRecvMax,
 	}
 	if cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CAFile != "" {
 		if cfg.CAFile == "" {
@@ -791,8 +791,23 @@ func (t *etcdTx) OnCommit(fn func()) {
 	}
 }
 
-// etcdPage is how many keys ForEach reads at a time.
+// etcdPage is how many keys ForEach reads at a time, at most: fewer
+// where the values are large, so that a page stays well within what the
+// client takes in one answer (etcdRecvMax).
 const etcdPage = 512
+
+// etcdRecvMax is the largest answer the client takes from the cluster.
+var etcdRecvMax = 64 << 20
+
+// nextPage is how many keys the next page of a walk asks for, after one
+// of n keys and size bytes: a quarter of etcdRecvMax at that size.
+func nextPage(n, size int) int {
+	if n == 0 {
+		return etcdPage
+	}
+	avg := max(1, size/n)
+	return max(1, min(etcdPage, etcdRecvMax/4/avg))
+}
 
 func (t *etcdTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {
 	bp := t.e.BucketPrefix(bucket)
@@ -846,11 +861,24 @@ func (t *etcdTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error
 	}
 	err := func() error {
 		from := start
+		page := etcdPage
 		for {
-			resp, err := t.get(from, clientv3.WithRange(end), clientv3.WithLimit(etcdPage))
+			resp, err := t.get(from, clientv3.WithRange(end), clientv3.WithLimit(int64(page)))
+			if err != nil && status.Code(err) == codes.ResourceExhausted && page > 1 {
+				// An answer larger than the client takes: ask for
+				// fewer keys at a time.
+				t.err = nil
+				page /= 2
+				continue
+			}
 			if err != nil {
 				return err
 			}
+			size := 0
+			for _, kv := range resp.Kvs {
+				size += len(kv.Key) + len(kv.Value)
+			}
+			page = nextPage(len(resp.Kvs), size)
 			for _, kv := range resp.Kvs {
 				k := string(kv.Key)
 				if err := emitOwn(k); err != nil {
