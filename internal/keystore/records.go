@@ -585,7 +585,7 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	if floor != 0 && !k.LegacyHeader() {
 		// The follower begins at the revision checked, before this
 		// write, and follows it.
-		e, err := s.raiseAfterRestore(k, floor)
+		e, err := s.raiseAfterRestore(k, floor, rawHeader)
 		if err != nil {
 			return storeErr(err)
 		}
@@ -667,9 +667,11 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 // restore (persist.MetaRestoreFloor), and removes the floor: from then on
 // a header of before the restore, which etcd's history keeps under the
 // same master key, is older than the store's, and refused by epoch (by a
-// follower, and by the high-water mark at unseal). It returns the epoch
-// written (0: the header was already above the floor).
-func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64) (uint64, error) {
+// follower, and by the high-water mark at unseal). Only checked, the
+// header that Verify checked (checked) is raised: had another one been
+// put in its place since, the unseal fails. It returns the epoch written
+// (0: the header was already above the floor).
+func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64, checked []byte) (uint64, error) {
 	if floor == math.MaxUint64 {
 		return 0, errors.New("the store's restore floor is at the largest epoch: no header can be above it")
 	}
@@ -687,6 +689,9 @@ func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64) (uint64, error) {
 		}
 		if h.Epoch > floor {
 			return nil
+		}
+		if !bytes.Equal(tx.Get(persist.BucketMeta, persist.MetaHeader), checked) {
+			return errors.New("the store header changed while the store was checked: unseal again")
 		}
 		h.Epoch = floor + 1
 		epoch = h.Epoch
