@@ -495,6 +495,12 @@ func (e *Etcd) commit(tx *etcdTx) error {
 	// store's last commit (prefetch) read what was then, which other
 	// writers may have changed since: its reads are checked against now
 	// by a transaction of guards alone, and it runs again if one fails.
+	if readOnly && tx.tooBig() {
+		// Too many guards for one transaction: it runs again on a
+		// snapshot read for it.
+		e.snap = nil
+		return errConflict
+	}
 	if tx.tooBig() {
 		if n := tx.size(); n > e.maxBytes {
 			return fmt.Errorf("%w: a transaction of %d bytes is more than the etcd cluster takes in one request (%d bytes with its --max-request-bytes, set with --etcd-max-request-bytes)",

@@ -345,3 +345,35 @@ func TestEtcdReadOnlyUpdateNotStale(t *testing.T) {
 		t.Errorf("a write-less walk of a found %d keys, 2 there", n)
 	}
 }
+
+// A write-less Update that reads more keys than one transaction may
+// guard, begun at the last commit's snapshot, runs again on a snapshot
+// read for it rather than failing.
+func TestEtcdReadOnlyUpdateOfManyKeys(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, err := store.OpenEtcd(store.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/many/", MaxTxnOps: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i := range 20 {
+		if err := a.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), fmt.Appendf(nil, "k%02d", i), []byte("v")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	if err := a.Update(func(tx store.Tx) error {
+		n = 0
+		for i := range 20 {
+			if tx.Get([]byte("set"), fmt.Appendf(nil, "k%02d", i)) != nil {
+				n++
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 20 {
+		t.Fatalf("read %d keys of 20", n)
+	}
+}
