@@ -128,6 +128,7 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	etcdCA := f.String("etcd-ca", "", "with --store etcd: the CA certificate `file` (PEM) that signed the members' certificates")
 	etcdTimeout := f.Duration("etcd-timeout", 5*time.Second, "with --store etcd: how long one request to the cluster may take before it fails as UNAVAILABLE")
 	etcdMaxOps := f.Int("etcd-max-txn-ops", 0, "with --store etcd: the cluster's --max-txn-ops (default 128, etcd's)")
+	etcdMaxBytes := f.Int("etcd-max-request-bytes", 0, "with --store etcd: the cluster's --max-request-bytes (default 1572864, etcd's 1.5 MiB); transactions are kept below it")
 	staleBound := f.Duration("etcd-stale-bound", 0, "with --store etcd: how long keys are used without confirming that every change to the store was seen; past it, keys are refused with UNAVAILABLE (default 1s)")
 	pos, err := f.parse(args)
 	if err != nil {
@@ -177,7 +178,8 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 			return cfg, "", usagef("--etcd-stale-bound %s: give at least %s", *staleBound, 2*store.FollowConfirmEvery)
 		}
 		etcdCfg = &store.EtcdConfig{Endpoints: strings.Split(*etcdEndpoints, ","), Prefix: *etcdPrefix,
-			CertFile: *etcdCert, KeyFile: *etcdKey, CAFile: *etcdCA, Timeout: *etcdTimeout, MaxTxnOps: *etcdMaxOps}
+			CertFile: *etcdCert, KeyFile: *etcdKey, CAFile: *etcdCA, Timeout: *etcdTimeout, MaxTxnOps: *etcdMaxOps,
+			MaxRequestBytes: *etcdMaxBytes}
 	default:
 		return cfg, "", usagef("unknown --store %q (want bolt or etcd)", *storeKind)
 	}

@@ -21,6 +21,7 @@ func runStoreMigrate(e *env, args []string) error {
 	key := f.String("etcd-key", "", "the client certificate's key `file` (PEM)")
 	ca := f.String("etcd-ca", "", "the CA certificate `file` (PEM) of the members")
 	maxOps := f.Int("etcd-max-txn-ops", 128, "the cluster's --max-txn-ops")
+	maxBytes := f.Int("etcd-max-request-bytes", store.DefaultMaxRequestBytes, "the cluster's --max-request-bytes")
 	pos, err := f.parse(args)
 	if err != nil {
 		return err
@@ -39,7 +40,7 @@ func runStoreMigrate(e *env, args []string) error {
 				return nil, "", usagef("etcd needs --etcd-endpoints")
 			}
 			s, err := store.OpenEtcd(store.EtcdConfig{Endpoints: strings.Split(*endpoints, ","), Prefix: *prefix,
-				CertFile: *cert, KeyFile: *key, CAFile: *ca, MaxTxnOps: *maxOps})
+				CertFile: *cert, KeyFile: *key, CAFile: *ca, MaxTxnOps: *maxOps, MaxRequestBytes: *maxBytes})
 			return s, "etcd " + *endpoints + " " + *prefix, err
 		}
 		return nil, "", usagef("a store is bolt:STATE_DIR or etcd, not %q", spec)

@@ -310,6 +310,14 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 		return rep, wire.Errorf(wire.Status_STATUS_POLICY_VIOLATION,
 			"nothing restored: %s; to replace the store anyway, restore with --force (the store replaced is kept beside it)", rep)
 	}
+	var plan []int
+	if _, shared := s.db.(store.Shared); shared {
+		// Every transaction of the restore is planned, and checked to
+		// fit the cluster, before the first one deletes anything.
+		if plan, err = s.planRestore(path); err != nil {
+			return rep, err
+		}
+	}
 	var epoch uint64
 	written := false // the backup's records replaced the store's
 	err = s.master.Replace(func() error {
@@ -332,12 +340,20 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			hookRestoreWriting()
 		}
 		if _, shared := s.db.(store.Shared); shared {
-			err := s.restoreInChunks(path, &epoch)
+			hw, err := s.readHighWater(master.StoreId)
+			if err != nil {
+				return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "nothing restored: cannot read the high-water mark: %v", err)
+			}
+			floor, header, err := s.restoreInChunks(path, plan, &epoch, hw.epoch)
 			if err != nil {
 				return storeErr(err)
 			}
 			written = true
-			s.resetHighWater()
+			if err := s.restoredHighWater(master.StoreId, floor, header); err != nil {
+				// Without it the next unseal here refuses the restored
+				// store as older than the mark: it says what to do.
+				s.log.Error("the store was restored, but the high-water mark could not be updated", "err", err)
+			}
 			s.epoch.cur.Store(epoch)
 			s.epoch.saved.Store(epoch)
 			return nil
@@ -389,10 +405,63 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 	return rep, nil
 }
 
-// restoreChunk is how many keys a transaction of restoreInChunks writes:
-// well within etcd's default limits (128 operations, 1.5 MiB), fewer on a
-// cluster whose --max-txn-ops is lower.
+// restoreChunk is how many keys a transaction of restoreInChunks writes
+// at most: well within etcd's default limit of 128 operations, fewer on a
+// cluster whose --max-txn-ops is lower, and fewer where the records are
+// large (store.ByteBounded: etcd's --max-request-bytes).
 const restoreChunk = 48
+
+// restoreEntry reports whether restoreInChunks writes e among the records
+// (the master record goes first, the header last, the floor its own).
+func restoreEntry(e backupEntry) bool {
+	return !bytes.Equal(e.bucket, persist.BucketMeta) || !(bytes.Equal(e.key, persist.MetaHeader) ||
+		bytes.Equal(e.key, persist.MetaMaster) || bytes.Equal(e.key, persist.MetaRestoreFloor))
+}
+
+// planRestore returns how many entries of the backup at path each
+// transaction of restoreInChunks writes, in order: at most restoreChunk
+// (fewer on a cluster of fewer operations per transaction), and no more
+// bytes than the store takes in one. A backup that holds an entry too
+// large for one transaction is refused, before anything is changed.
+func (s *Store) planRestore(path string) ([]int, error) {
+	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
+	bb, _ := s.db.(store.ByteBounded)
+	var plan []int
+	n, size := 0, 0
+	err := readBackup(path, func(e backupEntry) error {
+		es := 0
+		if bb != nil {
+			es = bb.PutSize(e.bucket, e.key, len(e.val))
+			if es > bb.MaxBytes()/2 && !restoreEntry(e) {
+				// The master record and the header share their
+				// transactions with a few small writes.
+				return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+					"nothing restored: the backup's %s record is %d bytes, more than the etcd cluster takes with it in one request (%d bytes: raise the cluster's --max-request-bytes and --etcd-max-request-bytes)", e.key, es, bb.MaxBytes())
+			}
+			if es > bb.MaxBytes() {
+				return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+					"nothing restored: a record of the backup is %d bytes, more than the etcd cluster takes in one request (%d bytes: raise the cluster's --max-request-bytes and --etcd-max-request-bytes)", es, bb.MaxBytes())
+			}
+		}
+		if !restoreEntry(e) {
+			return nil
+		}
+		if n == chunk || (bb != nil && n > 0 && size+es > bb.MaxBytes()) {
+			plan = append(plan, n)
+			n, size = 0, 0
+		}
+		n++
+		size += es
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		plan = append(plan, n)
+	}
+	return plan, nil
+}
 
 // restoreInChunks replaces a shared store's contents with the backup at
 // path in several transactions, none beyond the cluster's limits, and
@@ -404,7 +473,17 @@ const restoreChunk = 48
 // removes the mark. A restore that stops between them (a crash, the
 // cluster lost) leaves a store that says so at unseal; the restore is
 // run again.
-func (s *Store) restoreInChunks(path string, epoch *uint64) error {
+//
+// The header is the backup's, with the backup's epoch, below those of the
+// headers the store had since (which etcd's history keeps, under the same
+// master key): the first transaction records the highest epoch the store
+// had, hw (this daemon's high-water mark) aside, as persist.MetaRestoreFloor,
+// and restoreInChunks returns it with the header written; the first unseal
+// raises the header's epoch above it (raiseAfterRestore).
+//
+// plan is how many of the backup's records each transaction writes
+// (planRestore).
+func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint64) (uint64, []byte, error) {
 	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
 	var master, header []byte
 	if err := readBackup(path, func(e backupEntry) error {
@@ -418,12 +497,25 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return nil
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	if master == nil || header == nil {
-		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
+		return 0, nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
 	}
+	var floor uint64
 	if err := s.db.Update(func(tx store.Tx) error {
+		floor = max(hw, readRestoreFloor(tx))
+		if v := tx.Get(persist.BucketMeta, persist.MetaHeader); v != nil {
+			// Read without its MAC (the daemon is sealed): a header
+			// forged higher only raises the floor.
+			var h persist.StoreHeader
+			if h.UnmarshalVT(v) == nil {
+				floor = max(floor, h.Epoch)
+			}
+		}
+		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
+			return err
+		}
 		if err := tx.Put(persist.BucketMeta, persist.MetaRestoring, []byte{1}); err != nil {
 			return err
 		}
@@ -432,7 +524,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return tx.Delete(persist.BucketMeta, persist.MetaHeader)
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	// What the store held goes, the mark and the master record aside.
 	for _, b := range backupBuckets {
@@ -441,7 +533,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 			err := s.db.Update(func(tx store.Tx) error {
 				keys = keys[:0]
 				if err := tx.ForEach(b, nil, func(k, _ []byte) error {
-					if bytes.Equal(b, persist.BucketMeta) && (bytes.Equal(k, persist.MetaRestoring) || bytes.Equal(k, persist.MetaMaster)) {
+					if bytes.Equal(b, persist.BucketMeta) && (bytes.Equal(k, persist.MetaRestoring) || bytes.Equal(k, persist.MetaMaster) || bytes.Equal(k, persist.MetaRestoreFloor)) {
 						return nil
 					}
 					keys = append(keys, bytes.Clone(k))
@@ -460,7 +552,7 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 				return nil
 			})
 			if err != nil {
-				return err
+				return 0, nil, err
 			}
 			if len(keys) < chunk {
 				break
@@ -487,24 +579,31 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		return err
 	}
 	if err := readBackup(path, func(e backupEntry) error {
-		if bytes.Equal(e.bucket, persist.BucketMeta) && (bytes.Equal(e.key, persist.MetaHeader) || bytes.Equal(e.key, persist.MetaMaster)) {
+		if !restoreEntry(e) {
 			return nil
 		}
+		if len(plan) == 0 {
+			return errors.New("the backup changed while it was restored")
+		}
 		batch = append(batch, backupEntry{bucket: e.bucket, key: bytes.Clone(e.key), val: bytes.Clone(e.val)})
-		if len(batch) == chunk {
+		if len(batch) == plan[0] {
+			plan = plan[1:]
 			return put()
 		}
 		return nil
 	}); err != nil {
-		return err
+		return 0, nil, err
 	}
 	if len(batch) > 0 {
 		if err := put(); err != nil {
-			return err
+			return 0, nil, err
 		}
 	}
-	return s.db.Update(func(tx store.Tx) error {
+	err := s.db.Update(func(tx store.Tx) error {
 		if err := tx.Put(persist.BucketMeta, persist.MetaHeader, header); err != nil {
+			return err
+		}
+		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
 			return err
 		}
 		// As in Restore: every version closed for encryption.
@@ -514,6 +613,18 @@ func (s *Store) restoreInChunks(path string, epoch *uint64) error {
 		}
 		return tx.Delete(persist.BucketMeta, persist.MetaRestoring)
 	})
+	if err != nil {
+		return 0, nil, err
+	}
+	return floor, header, nil
+}
+
+// readRestoreFloor reads persist.MetaRestoreFloor (0: absent).
+func readRestoreFloor(tx store.Tx) uint64 {
+	if v := tx.Get(persist.BucketMeta, persist.MetaRestoreFloor); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
 }
 
 // RewrapAll re-writes every key record not of the current format and
@@ -536,6 +647,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 	// Each record is read and written once; the master record, the
 	// header and the names around them take a few operations more.
 	batch := store.BatchSize(s.db, 256, 1, 8)
+	bb, _ := s.db.(store.ByteBounded) // and fewer records where they are large
 	rescanned := false
 	for {
 		l, err := s.lease()
@@ -558,7 +670,17 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 				hookRewrapBatch()
 			}
 			var ids [][]byte
+			size := 0
 			if err := tx.ForEach(persist.BucketKeys, cursor, func(id, v []byte) error {
+				if bb != nil {
+					// A record re-written may grow a little (a record of
+					// format 1 gains its fingerprints).
+					n := bb.PutSize(persist.BucketKeys, id, len(v)+len(v)/8+1024)
+					if len(ids) > 0 && size+n > bb.MaxBytes()-rewrapOverhead {
+						return store.ErrStop
+					}
+					size += n
+				}
 				ids = append(ids, bytes.Clone(id))
 				if len(ids) == batch {
 					return store.ErrStop
@@ -653,6 +775,10 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 		return err
 	}
 }
+
+// rewrapOverhead is what a batch of RewrapAll writes besides the records,
+// at most: the header and the master record.
+const rewrapOverhead = 16 << 10
 
 // recordsNotCurrent counts the key records that name a master-key
 // generation other than k's current one, or are of format 1: those that

@@ -29,7 +29,14 @@ import (
 // prefix: it initializes the store if first, else unseals it.
 func clusterNode(t testing.TB, eps []string, prefix string, first bool) *Store {
 	t.Helper()
-	db, err := store.OpenEtcd(store.EtcdConfig{Endpoints: eps, Prefix: prefix, Timeout: 2 * time.Second})
+	return clusterNodeOf(t, store.EtcdConfig{Endpoints: eps, Prefix: prefix}, first)
+}
+
+// clusterNodeOf is clusterNode with the etcd store configured as cfg.
+func clusterNodeOf(t testing.TB, cfg store.EtcdConfig, first bool) *Store {
+	t.Helper()
+	cfg.Timeout = 2 * time.Second
+	db, err := store.OpenEtcd(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -14,33 +15,58 @@ import (
 // daemon has verified, kept in a file of its own machine (HighWaterFile),
 // so that a rollback of the whole store (every record and the header put
 // back as they were, a state that adds up) is refused at the next unseal,
-// not only while the daemon follows the store. The file names the store
-// it is about; a restore from a backup, which rolls the store back on
-// purpose, resets it (on the daemon that restored: the others refuse to
-// unseal until an administrator removes theirs, which their refusal
-// names).
+// not only while the daemon follows the store.
+//
+// The file names the store it is about: "<store id hex> <epoch>". A
+// restore from a backup, which rolls the store back on purpose, makes it
+// "<store id hex> <floor> <sha256 hex of the header restored>": the
+// restored header (epoch below the floor) is accepted once, exactly as
+// the restore wrote it, and the unseal that accepts it writes a header
+// whose epoch is above the floor (raiseAfterRestore); any other header at
+// or below the floor (one of before the restore, put back) is refused.
+// The other daemons refuse to unseal until the restored store's epoch is
+// raised above their mark by the first unseal, or an administrator
+// removes their file, which their refusal names.
 
-// readHighWater returns the epoch the file holds for store id (0: none).
-func (s *Store) readHighWater(id []byte) (uint64, error) {
+// highWater is what the file holds for one store.
+type highWater struct {
+	epoch uint64
+	// restored, if set, is the SHA-256 of the header a restore wrote:
+	// epoch is then the floor that header's epoch is raised above.
+	restored []byte
+}
+
+// readHighWater returns the mark the file holds for store id (zero:
+// none).
+func (s *Store) readHighWater(id []byte) (highWater, error) {
 	if s.hwFile == "" {
-		return 0, nil
+		return highWater{}, nil
 	}
 	b, err := os.ReadFile(s.hwFile)
 	if os.IsNotExist(err) {
-		return 0, nil
+		return highWater{}, nil
 	}
 	if err != nil {
-		return 0, err
+		return highWater{}, err
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 0, fmt.Errorf("%s: malformed", s.hwFile)
+	if len(f) != 2 && len(f) != 3 {
+		return highWater{}, fmt.Errorf("%s: malformed", s.hwFile)
 	}
 	sid, err := hex.DecodeString(f[0])
 	if err != nil || !bytes.Equal(sid, id) {
-		return 0, nil // another store's
+		return highWater{}, nil // another store's
 	}
-	return strconv.ParseUint(f[1], 10, 64)
+	var hw highWater
+	if hw.epoch, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+		return highWater{}, fmt.Errorf("%s: malformed", s.hwFile)
+	}
+	if len(f) == 3 {
+		if hw.restored, err = hex.DecodeString(f[2]); err != nil || len(hw.restored) != sha256.Size {
+			return highWater{}, fmt.Errorf("%s: malformed", s.hwFile)
+		}
+	}
+	return hw, nil
 }
 
 // writeHighWater records epoch for store id, if higher than what the file
@@ -51,11 +77,15 @@ func (s *Store) writeHighWater(id []byte, epoch uint64) error {
 	}
 	s.hwMu.Lock()
 	defer s.hwMu.Unlock()
-	if cur, err := s.readHighWater(id); err == nil && cur >= epoch {
+	if cur, err := s.readHighWater(id); err == nil && cur.epoch >= epoch {
 		return nil
 	}
+	return s.putHighWater(fmt.Appendf(nil, "%x %d\n", id, epoch))
+}
+
+func (s *Store) putHighWater(b []byte) error {
 	tmp := s.hwFile + ".tmp"
-	if err := os.WriteFile(tmp, fmt.Appendf(nil, "%x %d\n", id, epoch), 0o600); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, s.hwFile); err != nil {
@@ -66,6 +96,18 @@ func (s *Store) writeHighWater(id []byte, epoch uint64) error {
 		d.Close()
 	}
 	return nil
+}
+
+// restoredHighWater records that a restore put header (whose epoch is
+// below floor) into store id: see above.
+func (s *Store) restoredHighWater(id []byte, floor uint64, header []byte) error {
+	if s.hwFile == "" {
+		return nil
+	}
+	s.hwMu.Lock()
+	defer s.hwMu.Unlock()
+	sum := sha256.Sum256(header)
+	return s.putHighWater(fmt.Appendf(nil, "%x %d %x\n", id, floor, sum))
 }
 
 // resetHighWater forgets the mark (a restore rolled the store back).

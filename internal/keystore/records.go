@@ -3,8 +3,10 @@ package keystore
 import (
 	"bytes"
 	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -512,6 +514,8 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	var hdr *persist.StoreHeader
 	var hacc persist.Acc
 	var rev int64 // the revision of a shared store checked
+	var rawHeader []byte
+	var floor uint64 // persist.MetaRestoreFloor: a restore's, not yet raised above
 	err := s.db.View(func(tx store.Tx) error {
 		if tx.Get(persist.BucketMeta, persist.MetaRestoring) != nil {
 			return errRestoreInterrupted
@@ -520,6 +524,8 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		if hdr, hacc, err = readHeader(tx, k); err != nil {
 			return err
 		}
+		rawHeader = bytes.Clone(tx.Get(persist.BucketMeta, persist.MetaHeader))
+		floor = readRestoreFloor(tx)
 		if r, ok := tx.(store.Revisioned); ok {
 			rev = r.Revision()
 		}
@@ -531,10 +537,21 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	}
 	if hw, err := s.readHighWater(hdr.StoreId); err != nil {
 		return &IntegrityError{Detail: fmt.Sprintf("cannot read the high-water mark: %v", err)}
-	} else if hdr.Epoch < hw {
+	} else if hw.restored != nil && hdr.Epoch <= hw.epoch {
+		// This daemon restored a backup: the header it wrote is
+		// accepted (and raised above the floor below), no other.
+		if sum := sha256.Sum256(rawHeader); !bytes.Equal(sum[:], hw.restored) {
+			ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
+				"the store is not the one this daemon restored from a backup, nor newer (header epoch %d, at most %d before the restore): rolled back to a state of before the restore",
+				hdr.Epoch, hw.epoch)}
+			s.log.Error("unseal refused", "reason", ie.Detail)
+			return ie
+		}
+		floor = max(floor, hw.epoch)
+	} else if hdr.Epoch < hw.epoch {
 		ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
 			"the store is older than one this daemon verified before (header epoch %d, %d seen): rolled back; if a backup was restored on purpose on another daemon, remove %s and unseal again",
-			hdr.Epoch, hw, s.hwFile)}
+			hdr.Epoch, hw.epoch, s.hwFile)}
 		s.log.Error("unseal refused", "reason", ie.Detail)
 		return ie
 	}
@@ -564,6 +581,16 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 	// The budget epoch the header carries, under its MAC, is a floor for
 	// the plain one the meta bucket holds (writeHeader).
 	s.raiseBudgetEpoch(hdr.BudgetEpoch)
+	verified := hdr.Epoch // for the high-water mark
+	if floor != 0 && !k.LegacyHeader() {
+		// The follower begins at the revision checked, before this
+		// write, and follows it.
+		e, err := s.raiseAfterRestore(k, floor, rawHeader)
+		if err != nil {
+			return storeErr(err)
+		}
+		verified = max(verified, e)
+	}
 	switch {
 	case k.LegacyHeader():
 		// A store of format 1, checked under its rules: upgraded now, in
@@ -626,13 +653,54 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.bad = bad
 		s.serving = k.Epoch()
 		s.stopFollow()
-		s.writeHighWater(hdr.StoreId, hdr.Epoch)
+		s.writeHighWater(hdr.StoreId, verified)
 		if sh, ok := s.db.(store.Shared); ok && rev != 0 {
 			// From the revision checked: the writes Verify made since
 			// are followed too, and must add up.
 			s.startFollow(sh, k.Epoch(), rev, hdr, hacc)
 		}
 	})
+}
+
+// raiseAfterRestore writes the header of a store restored from a backup
+// anew with an epoch above floor, the highest the store had before the
+// restore (persist.MetaRestoreFloor), and removes the floor: from then on
+// a header of before the restore, which etcd's history keeps under the
+// same master key, is older than the store's, and refused by epoch (by a
+// follower, and by the high-water mark at unseal). Only checked, the
+// header that Verify checked (checked) is raised: had another one been
+// put in its place since, the unseal fails. It returns the epoch written
+// (0: the header was already above the floor).
+func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64, checked []byte) (uint64, error) {
+	if floor == math.MaxUint64 {
+		return 0, errors.New("the store's restore floor is at the largest epoch: no header can be above it")
+	}
+	var epoch uint64
+	err := s.db.Update(func(tx store.Tx) error {
+		epoch = 0
+		h, acc, err := readHeader(tx, k)
+		if err != nil {
+			return err
+		}
+		if tx.Get(persist.BucketMeta, persist.MetaRestoreFloor) != nil {
+			if err := tx.Delete(persist.BucketMeta, persist.MetaRestoreFloor); err != nil {
+				return err
+			}
+		}
+		if h.Epoch > floor {
+			return nil
+		}
+		if !bytes.Equal(tx.Get(persist.BucketMeta, persist.MetaHeader), checked) {
+			return errors.New("the store header changed while the store was checked: unseal again")
+		}
+		h.Epoch = floor + 1
+		epoch = h.Epoch
+		return s.writeHeader(tx, k, h, acc)
+	})
+	if err == nil && epoch != 0 {
+		s.log.Info("store restored from a backup: its header's epoch raised above every one it had before the restore", "epoch", epoch)
+	}
+	return epoch, err
 }
 
 // Empty reports whether the store holds no key records.

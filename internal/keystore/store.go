@@ -720,6 +720,10 @@ func storeErr(err error) error {
 	if errors.As(err, &we) {
 		return err
 	}
+	if errors.Is(err, store.ErrTooLarge) {
+		// Not a passing failure: the same write fails again.
+		return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED, "key store: the write is too large for the store: %v", err)
+	}
 	return wire.Errorf(wire.Status_STATUS_UNAVAILABLE, "key store: %v", err)
 }
 

@@ -49,6 +49,12 @@ var (
 	// several transactions: present, the store has no header, and the
 	// restore must be run again.
 	MetaRestoring = []byte("restoring")
+	// MetaRestoreFloor, in a shared store restored from a backup, holds
+	// 8 bytes big-endian: the highest header epoch the store had before
+	// the restore. The first unseal after the restore writes a header
+	// whose epoch is above it, under the master key, and removes it: no
+	// header of before the restore is then accepted again.
+	MetaRestoreFloor = []byte("restore-floor")
 )
 
 // MACSize is the size of a record MAC (HMAC-SHA-256).

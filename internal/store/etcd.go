@@ -47,12 +47,18 @@ import (
 // to the cluster per round of prefetch rather than one per read, and
 // begins at the snapshot of this store's own last commit when it can
 // (prefetch): the guards are the same, so a group that another writer
-// overtook runs again on a snapshot read anew.
+// overtook runs again on a snapshot read anew. A group begun there that
+// writes nothing still sends its guards (a transaction of compares
+// alone): what it read is then what is, not what this store last wrote.
 type Etcd struct {
 	cli     *clientv3.Client
 	prefix  string
 	timeout time.Duration
 	maxOps  int
+	// maxBytes is what the writes and guards of one transaction may
+	// take: the cluster's --max-request-bytes, less room for the
+	// request's own encoding (requestMargin).
+	maxBytes int
 
 	// ctx is cancelled by Close, ending every request in flight.
 	ctx    context.Context
@@ -91,7 +97,22 @@ type EtcdConfig struct {
 	Timeout time.Duration
 	// MaxTxnOps is the cluster's --max-txn-ops (0: etcd's default, 128).
 	MaxTxnOps int
+	// MaxRequestBytes is the cluster's --max-request-bytes (0: etcd's
+	// default, 1.5 MiB): a transaction is kept within it, less a margin.
+	MaxRequestBytes int
 }
+
+// DefaultMaxRequestBytes is etcd's default --max-request-bytes.
+const DefaultMaxRequestBytes = 1536 * 1024
+
+// requestMargin is the part of --max-request-bytes left for what a
+// transaction's size (etcdTx.size) does not count: the encoding of the
+// request around its keys and values.
+func requestMargin(limit int) int { return max(4096, limit/16) }
+
+// opSize is what one operation of a transaction counts besides its key
+// and value: its encoding (tags, lengths, revisions).
+const opSize = 32
 
 // ErrUnavailable wraps the errors of a cluster that cannot be reached or
 // has no quorum.
@@ -121,7 +142,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		DialKeepAliveTimeout: 2 * time.Second,
 		AutoSyncInterval:     0,
 		MaxCallSendMsgSize:   8 << 20,
-		MaxCallRecvMsgSize:   64 << 20,
+		MaxCallRecvMsgSize:   etcdRecvMax,
 	}
 	if cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CAFile != "" {
 		if cfg.CAFile == "" {
@@ -142,11 +163,19 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 			}
 		}
 	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.MaxRequestBytes < 64<<10 {
+		return nil, fmt.Errorf("etcd store: a --max-request-bytes of %d is too small for a key record; give at least 64 KiB", cfg.MaxRequestBytes)
+	}
+	ccfg.MaxCallSendMsgSize = max(ccfg.MaxCallSendMsgSize, cfg.MaxRequestBytes+(1<<20))
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
 	}
-	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{})}
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{}),
+		maxBytes: cfg.MaxRequestBytes - requestMargin(cfg.MaxRequestBytes)}
 	if e.timeout <= 0 {
 		e.timeout = 5 * time.Second
 	}
@@ -258,7 +287,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 				break
 			}
 			marks[i] = len(tx.onCommit)
-			if !tx.tooBig(e.maxOps) {
+			if !tx.tooBig() {
 				fits = i + 1
 			}
 		}
@@ -289,7 +318,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			group = append(group[:failed:failed], group[failed+1:]...)
 			continue
 		}
-		if tx.tooBig(e.maxOps) && len(group) > 1 {
+		if tx.tooBig() && len(group) > 1 {
 			// Commit the calls that fit (one at least: a call too big
 			// alone fails in commit) and give the others back to the
 			// committer, first in line.
@@ -445,14 +474,40 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 // hold: the cluster's --max-txn-ops as configured.
 func (e *Etcd) MaxOps() int { return e.maxOps }
 
+// MaxBytes is the most bytes one transaction's writes and guards may
+// take (see PutSize): the cluster's --max-request-bytes as configured,
+// less a margin.
+func (e *Etcd) MaxBytes() int { return e.maxBytes }
+
+// PutSize is what a Put of a value of n bytes under bucket and key counts
+// toward MaxBytes.
+func (e *Etcd) PutSize(bucket, key []byte, n int) int {
+	return opSize + len(e.BucketPrefix(bucket)) + len(key) + n
+}
+
 // commit sends tx's writes guarded by its reads.
 func (e *Etcd) commit(tx *etcdTx) error {
-	if len(tx.writes) == 0 {
-		return nil // nothing to write: what was read was a snapshot
+	readOnly := len(tx.writes) == 0
+	if readOnly && (!tx.fromLast || len(tx.reads)+len(tx.ranges) == 0) {
+		return nil // nothing to write: what was read was a snapshot read for it
 	}
-	if tx.tooBig(e.maxOps) {
-		return fmt.Errorf("store: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
-			len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
+	// A transaction that writes nothing but began at the snapshot of this
+	// store's last commit (prefetch) read what was then, which other
+	// writers may have changed since: its reads are checked against now
+	// by a transaction of guards alone, and it runs again if one fails.
+	if readOnly && tx.tooBig() {
+		// Too many guards for one transaction: it runs again on a
+		// snapshot read for it.
+		e.snap = nil
+		return errConflict
+	}
+	if tx.tooBig() {
+		if n := tx.size(); n > e.maxBytes {
+			return fmt.Errorf("%w: a transaction of %d bytes is more than the etcd cluster takes in one request (%d bytes with its --max-request-bytes, set with --etcd-max-request-bytes)",
+				ErrTooLarge, n, e.maxBytes)
+		}
+		return fmt.Errorf("%w: a transaction of %d reads and %d writes is more than the etcd cluster's limit of %d operations (its --max-txn-ops)",
+			ErrTooLarge, len(tx.reads)+len(tx.ranges), len(tx.writes), e.maxOps)
 	}
 	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges))
 	for k, rev := range tx.reads {
@@ -500,6 +555,9 @@ func (e *Etcd) commit(tx *etcdTx) error {
 			e.snap = sn
 		}
 		return errConflict
+	}
+	if readOnly {
+		return nil // nothing committed: the snapshot to begin at stays
 	}
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
@@ -615,10 +673,28 @@ func (e *Etcd) newTx(writable bool) *etcdTx {
 		cache: map[string][]byte{}, writes: map[string]etcdWrite{}}
 }
 
-// tooBig reports whether tx needs more operations than a transaction may
-// have.
-func (t *etcdTx) tooBig(max int) bool {
-	return len(t.reads)+len(t.ranges) > max || len(t.writes) > max
+// tooBig reports whether tx needs more operations, or more bytes, than a
+// transaction may have.
+func (t *etcdTx) tooBig() bool {
+	ops := t.e.maxOps
+	return len(t.reads)+len(t.ranges) > ops || len(t.writes) > ops || t.size() > t.e.maxBytes
+}
+
+// size is what tx's commit request holds: the keys and values it writes,
+// the keys it guards (each read is compared, and read again if the guard
+// fails), and the ranges.
+func (t *etcdTx) size() int {
+	n := 0
+	for k, w := range t.writes {
+		n += opSize + len(k) + len(w.value)
+	}
+	for k := range t.reads {
+		n += 2 * (opSize + len(k))
+	}
+	for start, end := range t.ranges {
+		n += opSize + len(start) + len(end)
+	}
+	return n
 }
 
 // get reads keys [key, end) (end "": key alone) at the snapshot, with
@@ -721,8 +797,23 @@ func (t *etcdTx) OnCommit(fn func()) {
 	}
 }
 
-// etcdPage is how many keys ForEach reads at a time.
+// etcdPage is how many keys ForEach reads at a time, at most: fewer
+// where the values are large, so that a page stays well within what the
+// client takes in one answer (etcdRecvMax).
 const etcdPage = 512
+
+// etcdRecvMax is the largest answer the client takes from the cluster.
+var etcdRecvMax = 64 << 20
+
+// nextPage is how many keys the next page of a walk asks for, after one
+// of n keys and size bytes: a quarter of etcdRecvMax at that size.
+func nextPage(n, size int) int {
+	if n == 0 {
+		return etcdPage
+	}
+	avg := max(1, size/n)
+	return max(1, min(etcdPage, etcdRecvMax/4/avg))
+}
 
 func (t *etcdTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error {
 	bp := t.e.BucketPrefix(bucket)
@@ -776,11 +867,24 @@ func (t *etcdTx) ForEach(bucket, after []byte, fn func(k, v []byte) error) error
 	}
 	err := func() error {
 		from := start
+		page := etcdPage
 		for {
-			resp, err := t.get(from, clientv3.WithRange(end), clientv3.WithLimit(etcdPage))
+			resp, err := t.get(from, clientv3.WithRange(end), clientv3.WithLimit(int64(page)))
+			if err != nil && status.Code(err) == codes.ResourceExhausted && page > 1 {
+				// An answer larger than the client takes: ask for
+				// fewer keys at a time.
+				t.err = nil
+				page /= 2
+				continue
+			}
 			if err != nil {
 				return err
 			}
+			size := 0
+			for _, kv := range resp.Kvs {
+				size += len(kv.Key) + len(kv.Value)
+			}
+			page = nextPage(len(resp.Kvs), size)
 			for _, kv := range resp.Kvs {
 				k := string(kv.Key)
 				if err := emitOwn(k); err != nil {

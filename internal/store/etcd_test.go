@@ -291,3 +291,89 @@ func TestEtcdTLS(t *testing.T) {
 		}
 	}
 }
+
+// An Update that writes nothing, begun at the snapshot of this store's
+// last commit, sees what another store committed since: its reads are
+// checked against now, not returned from the old snapshot.
+func TestEtcdReadOnlyUpdateNotStale(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := openEtcd(t, c.Endpoints(), "/stale/")
+	b := openEtcd(t, c.Endpoints(), "/stale/")
+	put := func(s *store.Etcd, v string) {
+		t.Helper()
+		if err := s.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("k"), []byte(v)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(s *store.Etcd) string {
+		t.Helper()
+		var v string
+		if err := s.Update(func(tx store.Tx) error { v = string(tx.Get([]byte("set"), []byte("k"))); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	put(a, "a's")
+	put(b, "b's")
+	if v := read(a); v != "b's" {
+		t.Errorf("a write-less Update of a read %q after b committed %q", v, "b's")
+	}
+	// Gone since: a write-less Update sees it gone.
+	if err := b.Update(func(tx store.Tx) error { return tx.Delete([]byte("set"), []byte("k")) }); err != nil {
+		t.Fatal(err)
+	}
+	put(a, "a's again")
+	if err := b.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("k"), []byte("b's again")) }); err != nil {
+		t.Fatal(err)
+	}
+	if v := read(a); v != "b's again" {
+		t.Errorf("a write-less Update of a read %q after b committed %q", v, "b's again")
+	}
+	// A walk too.
+	put(a, "x")
+	if err := b.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), []byte("k2"), []byte("y")) }); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := a.Update(func(tx store.Tx) error {
+		n = 0
+		return tx.ForEach([]byte("set"), nil, func(_, _ []byte) error { n++; return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("a write-less walk of a found %d keys, 2 there", n)
+	}
+}
+
+// A write-less Update that reads more keys than one transaction may
+// guard, begun at the last commit's snapshot, runs again on a snapshot
+// read for it rather than failing.
+func TestEtcdReadOnlyUpdateOfManyKeys(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a, err := store.OpenEtcd(store.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/many/", MaxTxnOps: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for i := range 20 {
+		if err := a.Update(func(tx store.Tx) error { return tx.Put([]byte("set"), fmt.Appendf(nil, "k%02d", i), []byte("v")) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	if err := a.Update(func(tx store.Tx) error {
+		n = 0
+		for i := range 20 {
+			if tx.Get([]byte("set"), fmt.Appendf(nil, "k%02d", i)) != nil {
+				n++
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 20 {
+		t.Fatalf("read %d keys of 20", n)
+	}
+}

@@ -10,7 +10,8 @@ import (
 // them (from one machine's bbolt file into an etcd cluster, or back),
 // then reads both and checks that every key of every bucket has the same
 // value in each. It writes at most chunk keys per transaction (an etcd
-// transaction has a bounded number of operations), so a copy that fails
+// transaction has a bounded number of operations), and no more bytes
+// than the destination takes in one (ByteBounded), so a copy that fails
 // half-way leaves part of it in to: the check then fails, and to must be
 // emptied before a new try. Nothing may write either store meanwhile
 // (every daemon on them stopped). It returns the number of keys copied.
@@ -36,7 +37,17 @@ func Migrate(from, to Store, buckets [][]byte, chunk int) (int, error) {
 		for {
 			var batch []kv
 			if err := from.View(func(tx Tx) error {
+				size := 0
 				return tx.ForEach(b, after, func(k, v []byte) error {
+					if bb, ok := to.(ByteBounded); ok {
+						// Within the destination's request size too (a
+						// record alone too large fails in its Update).
+						n := bb.PutSize(b, k, len(v))
+						if len(batch) > 0 && size+n > bb.MaxBytes() {
+							return ErrStop
+						}
+						size += n
+					}
 					batch = append(batch, kv{bytes.Clone(k), bytes.Clone(v)})
 					if len(batch) == chunk {
 						return ErrStop

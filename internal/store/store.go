@@ -35,6 +35,22 @@ type Bounded interface {
 	MaxOps() int
 }
 
+// ByteBounded is implemented by a Store whose transactions are bounded in
+// bytes too (etcd's --max-request-bytes). Work that writes in batches
+// sizes them to it as well: the sizes of its writes, each given by
+// PutSize, add up to at most MaxBytes in one transaction, with a little
+// room left for its guards.
+type ByteBounded interface {
+	MaxBytes() int
+	// PutSize is what a Put of a value of n bytes under bucket and key
+	// counts toward MaxBytes.
+	PutSize(bucket, key []byte, n int) int
+}
+
+// ErrTooLarge: a transaction is larger than the store takes in one, and
+// cannot be split (one write alone is too large).
+var ErrTooLarge = errors.New("store: a transaction larger than the store takes")
+
 // BatchSize is how many items a transaction that reads and writes about
 // perItem keys for each item, plus overhead keys of its own, may take on
 // s: want, or fewer where s bounds its transactions (at least 1).
