@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,7 @@ func TestClusterLifecycleLinearizable(t *testing.T) {
 	type output struct {
 		ok, unknown bool
 		version     uint32
+		err         string // for the failure's log only: the model ignores it
 	}
 	type state struct {
 		exists  bool
@@ -73,13 +75,13 @@ func TestClusterLifecycleLinearizable(t *testing.T) {
 		switch wire.StatusOf(err) {
 		case wire.Status_STATUS_UNAVAILABLE:
 			if errors.Is(err, errRaced) || errors.Is(err, errStale) {
-				return output{}
+				return output{err: err.Error()}
 			}
-			return output{unknown: true}
+			return output{unknown: true, err: err.Error()}
 		case wire.Status_STATUS_INTERNAL:
 			t.Errorf("an integrity failure during the run: %v", err)
 		}
-		return output{}
+		return output{err: err.Error()}
 	}
 	keys := []string{"k0", "k1", "k2", "k3", "k4"}
 	created := map[string]bool{}
@@ -114,7 +116,7 @@ func TestClusterLifecycleLinearizable(t *testing.T) {
 						err := s.Add(obj(t, 1, in.key, false))
 						if wire.StatusOf(err) == wire.Status_STATUS_ALREADY_EXISTS {
 							err = nil
-							record(client, in, call, output{})
+							record(client, in, call, output{err: "already exists"})
 							continue
 						}
 						record(client, in, call, outcome(err))
@@ -122,7 +124,7 @@ func TestClusterLifecycleLinearizable(t *testing.T) {
 					}
 					o, err := s.Lookup(1, in.key)
 					if err != nil {
-						record(client, in, call, output{}) // nothing done
+						record(client, in, call, output{err: "lookup: " + err.Error()}) // nothing done
 						continue
 					}
 					var out output
@@ -199,6 +201,21 @@ func TestClusterLifecycleLinearizable(t *testing.T) {
 	}
 	res := porcupine.CheckOperationsTimeout(model.ToModel(), history, 30*time.Second)
 	if res != porcupine.Ok {
+		// Name the key whose history is illegal and log it in call order.
+		for _, part := range model.Partition(history) {
+			if porcupine.CheckOperationsTimeout(model.ToModel(), part, 30*time.Second) == porcupine.Ok {
+				continue
+			}
+			sort.Slice(part, func(i, j int) bool { return part[i].Call < part[j].Call })
+			t.Logf("the history of key %s is illegal:", part[0].Input.(input).key)
+			for _, op := range part {
+				ret := "never"
+				if op.Return != math.MaxInt64 {
+					ret = time.Duration(op.Return).String()
+				}
+				t.Logf("  node %d client %d %-7s call %-12v return %-12s %+v", op.ClientId/2, op.ClientId, op.Input.(input).op, time.Duration(op.Call), ret, op.Output)
+			}
+		}
 		t.Fatalf("the history of lifecycle operations is not linearizable (%v)", res)
 	}
 }
