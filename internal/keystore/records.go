@@ -375,16 +375,17 @@ var decoyValue = sync.OnceValue(func() []byte {
 	return persist.JoinValue(make([]byte, persist.MACSize), rb)
 })
 
-// load reads key id's record and opens its blobs into a new object.
-// check, if not nil, decides from the checked record, before any blob is
-// opened: its error is load's.
-func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error) {
-	r, err := s.readCurrent(k, id)
+// load reads key id's record and opens its blobs into a new object,
+// returned with the MAC tag of the record it was made from. check, if not
+// nil, decides from the checked record, before any blob is opened: its
+// error is load's.
+func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, uint64, error) {
+	r, tag, err := s.readCurrent(k, id)
 	if err == nil && check != nil {
 		pk, perr := recordPolicy(r)
 		if perr == nil {
 			if err := check(r.Owner, r.Name, pk); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 		}
 		err = perr
@@ -393,24 +394,24 @@ func (s *Store) load(k *seal.Keys, id key.ID, check recordCheck) (*Object, error
 		var o *Object
 		s.loads.Add(1)
 		if o, err = s.objectFrom(k, r); err == nil {
-			return o, nil
+			return o, tag, nil
 		}
 	}
 	if errors.Is(err, errNoKey) {
 		if check != nil {
 			s.decoy(k) // as long as a refusal from a record takes
 		}
-		return nil, errNoKey
+		return nil, 0, errNoKey
 	}
 	var we *wire.Error
 	if errors.As(err, &we) && we.Status != wire.Status_STATUS_INTERNAL {
-		return nil, err // e.g. key memory exhausted
+		return nil, 0, err // e.g. key memory exhausted
 	}
 	s.log.Error("key record refused: it fails its integrity check (the store file was changed)", "key", id.String(), "err", err)
 	s.mu.Lock()
 	s.bad[id] = struct{}{}
 	s.mu.Unlock()
-	return nil, errQuarantined
+	return nil, 0, errQuarantined
 }
 
 // recordPolicy returns what policy decisions need of a checked record's

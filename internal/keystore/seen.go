@@ -151,7 +151,10 @@ func (s *Store) current(k *seal.Keys, id key.ID, mac []byte) error {
 // In a shared store, a record another daemon wrote is noted when this
 // daemon's follower reaches its commit (follow.go), normally within
 // milliseconds: a mismatch waits for it, up to the staleness bound.
-func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error) {
+//
+// It returns the record's MAC tag with it: the record an object is made
+// from must still be the current one when the object is installed (get).
+func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, uint64, error) {
 	tries := 3
 	_, shared := s.db.(store.Shared)
 	if shared {
@@ -159,6 +162,7 @@ func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error)
 	}
 	for try := 0; ; try++ {
 		var r *persist.KeyRecord
+		var tag uint64
 		var cur error
 		err := s.db.View(func(tx store.Tx) error {
 			v := tx.Get(persist.BucketKeys, id[:])
@@ -170,22 +174,24 @@ func (s *Store) readCurrent(k *seal.Keys, id key.ID) (*persist.KeyRecord, error)
 				return err
 			}
 			r = r.CloneVT() // the transaction's bytes go away
-			cur = s.current(k, id, v)
+			if cur = s.current(k, id, v); cur == nil {
+				tag = macTag(v)
+			}
 			return nil
 		})
 		switch {
 		case err != nil:
-			return nil, err
+			return nil, 0, err
 		case cur == nil:
-			return r, nil
+			return r, tag, nil
 		case !errors.Is(cur, errReplaced) || try == tries-1:
-			return nil, cur
+			return nil, 0, cur
 		}
 		if shared && try >= 2 {
 			time.Sleep(DefaultStaleBound / 20)
 		}
 		if err := s.db.Update(func(store.Tx) error { return nil }); err != nil {
-			return nil, storeErr(err)
+			return nil, 0, storeErr(err)
 		}
 	}
 }

@@ -267,8 +267,11 @@ func (s *Store) Add(o *Object) error {
 // version's count of encryptions is settled (raised to other daemons'
 // reservations), before the reservation computed from it is written;
 // hookRestoreChunk runs before each chunk of a backup's records that
-// restoreInChunks writes, and its error stops the restore there.
+// restoreInChunks writes, and its error stops the restore there;
+// hookLoaded runs in get once a key's record has been read and its object
+// made, before the object is installed among the loaded ones.
 var (
+	hookLoaded         func()
 	hookAddWriting     func()
 	hookAddWritten     func()
 	hookRewrapBatch    func()
@@ -354,57 +357,85 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 	}
 	defer l.Release()
 	k := l.Keys()
-	s.mu.Lock()
-	if err := s.fol.check(); err != nil {
+	for try := 0; ; try++ {
+		s.mu.Lock()
+		if err := s.fol.check(); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		if o := s.loaded[id]; o != nil {
+			o.refs++
+			s.mu.Unlock()
+			if check != nil {
+				if err := check(o.Owner, o.Name, o.Policy()); err != nil {
+					s.Release(o)
+					return nil, err
+				}
+			}
+			return o, nil
+		}
+		_, bad := s.bad[id]
 		s.mu.Unlock()
-		return nil, err
-	}
-	if o := s.loaded[id]; o != nil {
-		o.refs++
-		s.mu.Unlock()
-		if check != nil {
-			if err := check(o.Owner, o.Name, o.Policy()); err != nil {
-				s.Release(o)
-				return nil, err
+		if bad {
+			return nil, s.quarantined(id, check)
+		}
+		o, tag, err := s.load(k, id, check)
+		if err != nil {
+			return nil, err
+		}
+		o.epoch = l.Epoch()
+		if hookLoaded != nil {
+			hookLoaded()
+		}
+		s.mu.Lock()
+		if s.closed || s.serving != o.epoch {
+			s.mu.Unlock()
+			o.wipe(ErrSealedAway)
+			return nil, seal.ErrSealed
+		}
+		if cur := s.loaded[id]; cur != nil {
+			// Loaded meanwhile by someone else: use theirs.
+			cur.refs++
+			s.mu.Unlock()
+			go o.wipe(errUnloaded)
+			return cur, nil
+		}
+		if s.seen != nil {
+			if t, ok := s.seen.get(id); !ok || t != tag {
+				// The record changed (or went) while it was read, here or
+				// by another daemon, and the object that held the change
+				// may have been loaded, changed and unloaded meanwhile:
+				// an object of the record read would make its changes
+				// from a state already replaced (two rotations making one
+				// version), which nothing after this would see, since the
+				// record is now the one this daemon knows. Read it again.
+				s.mu.Unlock()
+				go o.wipe(errUnloaded)
+				if try < maxLoadTries {
+					continue
+				}
+				return nil, errRaced
 			}
 		}
+		o.refs = 1
+		o.gate = s.fol
+		s.loaded[id] = o
+		if used := s.used[id]; used != nil {
+			for _, v := range o.Versions() {
+				if u, ok := used[v.N]; ok && u < v.used.Load() {
+					v.used.Store(u)
+				}
+			}
+			delete(s.used, id)
+		}
+		s.mu.Unlock()
 		return o, nil
 	}
-	_, bad := s.bad[id]
-	s.mu.Unlock()
-	if bad {
-		return nil, s.quarantined(id, check)
-	}
-	o, err := s.load(k, id, check)
-	if err != nil {
-		return nil, err
-	}
-	o.epoch = l.Epoch()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.serving != o.epoch {
-		o.wipe(ErrSealedAway)
-		return nil, seal.ErrSealed
-	}
-	if cur := s.loaded[id]; cur != nil {
-		// Loaded meanwhile by someone else: use theirs.
-		cur.refs++
-		go o.wipe(errUnloaded)
-		return cur, nil
-	}
-	o.refs = 1
-	o.gate = s.fol
-	s.loaded[id] = o
-	if used := s.used[id]; used != nil {
-		for _, v := range o.Versions() {
-			if u, ok := used[v.N]; ok && u < v.used.Load() {
-				v.used.Store(u)
-			}
-		}
-		delete(s.used, id)
-	}
-	return o, nil
 }
+
+// maxLoadTries bounds how often get reads a record again that changed
+// while it was read.
+const maxLoadTries = 16
 
 // Lookup returns owner's persistent object of this name (see Get).
 func (s *Store) Lookup(owner uint32, name string) (*Object, error) {
