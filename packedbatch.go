@@ -28,7 +28,21 @@ type packKey struct {
 	msg    []byte
 }
 
+// maxPackedMessage is the largest message sent in a packed run. Packing
+// saves the per-operation encoding of small messages; a large one gains
+// nothing from it and would be copied once more (a file's chunks, for
+// one, go as they are).
+const maxPackedMessage = 4 << 10
+
 func packKeyOf(op *wire.Op) (k packKey, ok bool) {
+	k, ok = packKeyOfAny(op)
+	if len(k.msg) > maxPackedMessage {
+		return packKey{}, false
+	}
+	return k, ok
+}
+
+func packKeyOfAny(op *wire.Op) (k packKey, ok bool) {
 	switch o := op.GetOp().(type) {
 	case *wire.Op_Encrypt:
 		e := o.Encrypt

@@ -9,6 +9,21 @@ import (
 // packRuns packs runs of at least two encryptions, decryptions or MACs on
 // one key with the same additional data, and leaves everything else as
 // it is; unpackResults gives each operation its own result back.
+// Large messages are sent as they are: packing them would only copy them
+// once more.
+func TestPackRunsLeavesLargeMessages(t *testing.T) {
+	c := &Client{limits: Limits{MaxMessageBytes: wire.DefaultMaxMessageBytes, MaxInFlight: wire.DefaultMaxInFlight,
+		MaxBatchOps: wire.DefaultMaxBatchOps, PackedRuns: true}}
+	k := &Key{c: c, handle: 1, typ: AES256GCM, info: KeyInfo{Type: AES256GCM}}
+	b := c.NewBatch()
+	for range 4 {
+		b.Encrypt(k, make([]byte, maxPackedMessage+1), nil)
+	}
+	if ops, runs := b.packRuns(b.ops); runs != nil || len(ops) != 4 || cap(b.packBuf) != 0 {
+		t.Fatalf("a run of large messages: %d ops, runs %v, %d bytes kept", len(ops), runs, cap(b.packBuf))
+	}
+}
+
 func TestPackRuns(t *testing.T) {
 	c := &Client{limits: Limits{MaxMessageBytes: wire.DefaultMaxMessageBytes, MaxInFlight: wire.DefaultMaxInFlight,
 		MaxBatchOps: wire.DefaultMaxBatchOps, PackedRuns: true}}
