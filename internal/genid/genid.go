@@ -308,10 +308,6 @@ func (t *Tracker) Current() uint64 { return t.gen.Load() }
 // server calls it at the start of every request; with no change under way
 // and no synchronous source it is two atomic loads.
 func (t *Tracker) Check() uint64 {
-	if t.changing.Load() {
-		t.bumpMu.Lock() // held until the change is published
-		t.bumpMu.Unlock()
-	}
 	if cs := t.checkers.Load(); cs != nil {
 		for _, st := range *cs {
 			if changed, detail := st.checker.Check(); changed {
@@ -319,7 +315,18 @@ func (t *Tracker) Check() uint64 {
 			}
 		}
 	}
-	return t.gen.Load()
+	// The generation is read before the flag: a change stores the new
+	// generation while the flag is set and clears it only once the change
+	// is published, so a value read with the flag clear after it is
+	// published everywhere (page, Changed channel, watchers' state).
+	for {
+		g := t.gen.Load()
+		if !t.changing.Load() {
+			return g
+		}
+		t.bumpMu.Lock() // held until the change is published
+		t.bumpMu.Unlock()
+	}
 }
 
 // report records a change seen by a source: a new generation, unless it

@@ -514,3 +514,24 @@ func TestWatcherScope(t *testing.T) {
 		t.Fatalf("every watcher: %d outdated, want 2", n)
 	}
 }
+
+// A generation Check returns is published: the Changed channel taken
+// before it is closed. Check once read the flag of a change under way
+// before the generation, and could return a generation whose change was
+// still being published.
+func TestCheckReturnsOnlyPublishedGenerations(t *testing.T) {
+	tr := newTracker(t, Config{})
+	for i := uint64(1); i <= 3000; i++ {
+		changed := tr.Changed()
+		done := make(chan struct{})
+		go func() { tr.Bump("test"); close(done) }()
+		for tr.Check() < i {
+		}
+		select {
+		case <-changed:
+		default:
+			t.Fatalf("generation %d returned before its change was published", i)
+		}
+		<-done
+	}
+}
