@@ -118,6 +118,10 @@ type Result struct {
 	// the same operation in the same run; 0 where there is no in-process
 	// equivalent (ping).
 	RatioToInProcess float64 `json:"ratio_to_inprocess"`
+	// OverFloorP50us is, for ping's round trip, its p50 less the p50 of
+	// the machine's floor (ModeFloor) in the same run: what the daemon and
+	// the client library add to the bare exchange of two messages.
+	OverFloorP50us float64 `json:"p50_over_floor_us,omitempty"`
 	// CPUSeconds and DaemonCPUSeconds are, in RunStream's results, the
 	// processor time (user and system) of the side that reads and writes
 	// the files (this process, or the keywarden command) and of the
@@ -129,7 +133,7 @@ type Result struct {
 // Run measures cfg.Ops in every mode and returns one Result per operation
 // and mode, in order: operations as named, modes as Modes lists them.
 // Operations without an in-process equivalent (ping) have no in-process
-// Result. If progress is not nil, Run writes a line to it before each
+// Result; ping has a ModeFloor Result instead, first. If progress is not nil, Run writes a line to it before each
 // measurement.
 //
 // Run measures one thing at a time; on a machine doing other work the
@@ -218,6 +222,14 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, s
 		}
 		add(ModeInProcess, m)
 	}
+	if op.floor {
+		say("measuring %s %s...", op.name, ModeFloor)
+		m, err := measureFloor(ctx, cfg.Executable, cfg.Env, warmup, cfg.Duration)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", ModeFloor, err)
+		}
+		add(ModeFloor, m)
+	}
 
 	r, err := op.remote(ctx, c)
 	if err != nil {
@@ -254,6 +266,9 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, s
 		add(md.name, m)
 	}
 
+	if len(results) > 1 && results[0].Mode == ModeFloor && results[1].Mode == ModeRoundTrip {
+		results[1].OverFloorP50us = max(0, results[1].P50us-results[0].P50us)
+	}
 	if len(results) > 0 && results[0].Mode == ModeInProcess && results[0].OpsPerSec > 0 {
 		base := results[0].OpsPerSec
 		for i := range results {

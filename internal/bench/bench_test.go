@@ -32,6 +32,9 @@ func TestMain(m *testing.M) {
 	if kdf.IsWorker(os.Args) {
 		os.Exit(kdf.WorkerMain())
 	}
+	if bench.IsEcho(os.Args) {
+		os.Exit(bench.EchoMain())
+	}
 	if os.Getenv(daemonEnv) == "1" {
 		os.Exit(cli.Main(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
@@ -74,7 +77,7 @@ func TestRun(t *testing.T) {
 	want := []key{
 		{"aes256-gcm-seal-256", bench.ModeInProcess}, {"aes256-gcm-seal-256", bench.ModeRoundTrip},
 		{"aes256-gcm-seal-256", bench.ModePipelined}, {"aes256-gcm-seal-256", bench.ModeBatched},
-		{"ping", bench.ModeRoundTrip}, {"ping", bench.ModePipelined}, {"ping", bench.ModeBatched},
+		{"ping", bench.ModeFloor}, {"ping", bench.ModeRoundTrip}, {"ping", bench.ModePipelined}, {"ping", bench.ModeBatched},
 	}
 	var got []key
 	for _, r := range results {
@@ -97,6 +100,13 @@ func TestRun(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("measured %v, want %v", got, want)
+	}
+	// Ping's round trip says what it costs over the floor.
+	if i := slices.IndexFunc(results, func(r bench.Result) bool { return r.Mode == bench.ModeFloor }); i >= 0 && i+1 < len(results) {
+		floor, rt := results[i], results[i+1]
+		if want := max(0, rt.P50us-floor.P50us); rt.OverFloorP50us != want {
+			t.Errorf("ping round trip %v µs over the floor, want %v (p50 %v, floor %v)", rt.OverFloorP50us, want, rt.P50us, floor.P50us)
+		}
 	}
 
 	b, err := json.Marshal(results)

@@ -31,6 +31,9 @@ type operation struct {
 	// remote prepares the operation through the daemon on c: it makes the
 	// key and checks once that the daemon's answer is right.
 	remote func(ctx context.Context, c *keywarden.Client) (*remoteOp, error)
+	// floor: the machine's floor for a round trip (ModeFloor) is measured
+	// with this operation, ping.
+	floor bool
 }
 
 // remoteOp is an operation prepared on a Client.
@@ -52,7 +55,7 @@ const (
 )
 
 var operations = []operation{
-	{name: "ping", remote: remotePing},
+	{name: "ping", remote: remotePing, floor: true},
 	{name: "aes256-gcm-seal-256", size: aeadSize, local: localSeal, remote: remoteSeal},
 	{name: "aes256-gcm-open-256", size: aeadSize, local: localOpen, remote: remoteOpen},
 	{name: "hmac-sha256-256", size: aeadSize, local: localMAC, remote: remoteMAC},
