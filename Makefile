@@ -43,9 +43,22 @@ gen: build
 # (packaging/NAME.conf.example, as SYSCONFDIR/keywarden/NAME.conf: the
 # units read keywarden.conf), and the
 # sysusers.d and tmpfiles.d entries of the keywarden account and its
-# directories. Units name the binary as /usr/bin/keywarden; it becomes
-# BINDIR's. Nothing is enabled or started.
+# directories, and the PKCS #11 module with its p11-kit module file
+# (install-pkcs11, below) when a C compiler and p11-kit's headers are
+# there: without them the rest is installed and a line says how to get the
+# module (PKCS11=no skips it quietly; PKCS11=yes makes its absence an
+# error). Units name the binary as /usr/bin/keywarden; it becomes BINDIR's.
+# Nothing is enabled or started.
+PKCS11 ?= auto
 install: gen
+	@if [ "$(PKCS11)" = no ]; then :; \
+	elif command -v $(CC) >/dev/null 2>&1 && [ -f $(P11KITINCLUDE)/p11-kit/pkcs11.h ]; then \
+		$(MAKE) --no-print-directory install-pkcs11 DESTDIR="$(DESTDIR)" || exit 1; \
+	elif [ "$(PKCS11)" = yes ]; then \
+		echo "install: the PKCS #11 module needs a C compiler ($(CC)) and $(P11KITINCLUDE)/p11-kit/pkcs11.h (apt install gcc libp11-kit-dev)" >&2; exit 1; \
+	else \
+		echo "install: not installing the PKCS #11 module: it needs a C compiler ($(CC)) and p11-kit's headers (apt install gcc libp11-kit-dev), or PKCS11=no" >&2; \
+	fi
 	install -D -m 0755 bin/keywarden $(DESTDIR)$(BINDIR)/keywarden
 	install -D -m 0644 bin/gen/man/keywarden.1 $(DESTDIR)$(MANDIR)/man1/keywarden.1
 	install -D -m 0644 bin/gen/man/keywarden-serve.8 $(DESTDIR)$(MANDIR)/man8/keywarden-serve.8

@@ -4,8 +4,12 @@
 # (packaging/deb), and a control file. It writes bin/keywarden_VERSION_ARCH.deb
 # and prints its path. Run it through "make deb".
 #
-# The binary is linked statically (CGO_ENABLED=0: keywarden uses no C), so
-# the package needs no particular libc. It enables and starts nothing.
+# The binary is linked statically (CGO_ENABLED=0: keywarden uses no C).
+# The PKCS #11 module (libkeywarden-pkcs11.so, in the multiarch PKCS #11
+# directory, with its p11-kit module file) is C and needs libc: the
+# package depends on the libc6 that offers every symbol version it uses.
+# Building it needs a C compiler and libp11-kit-dev. The package enables
+# and starts nothing.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -25,7 +29,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root="$stage/root"
 
-CGO_ENABLED=0 $make --no-print-directory install DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc \
+CGO_ENABLED=0 $make --no-print-directory install PKCS11=yes DESTDIR="$root" PREFIX=/usr SYSCONFDIR=/etc \
 	UNITDIR=/usr/lib/systemd/system USERUNITDIR=/usr/lib/systemd/user \
 	ZSHCOMPDIR=/usr/share/zsh/vendor-completions VERSION="$version" >&2
 # Debian's layout: compressed manual pages.
@@ -40,13 +44,18 @@ done
 (cd "$root" && find etc -type f 2>/dev/null | sed 's|^|/|') >"$root/DEBIAN/conffiles"
 [ -s "$root/DEBIAN/conffiles" ] || rm "$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+# The newest glibc symbol version the module needs.
+module=$(find "$root/usr/lib" -name libkeywarden-pkcs11.so | head -n 1)
+[ -n "$module" ] || { echo "deb.sh: the PKCS #11 module was not installed" >&2; exit 1; }
+glibc=$(objdump -T "$module" | sed -n 's/.*GLIBC_\([0-9.]*\).*/\1/p' | sort -V | tail -n 1)
+[ -n "$glibc" ] || { echo "deb.sh: cannot tell which glibc $module needs" >&2; exit 1; }
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: keywarden
 Version: $debversion
 Architecture: $arch
 Maintainer: ${DEB_MAINTAINER:-keywarden developers}
 Installed-Size: $size
-Depends: passwd
+Depends: passwd, libc6 (>= $glibc)
 Section: admin
 Priority: optional
 Description: local key service: applications use keys, the daemon holds them
@@ -54,6 +63,10 @@ Description: local key service: applications use keys, the daemon holds them
  that use them, and performs the operations each key allows for the callers
  the kernel identifies, recording every request in a tamper-evident audit
  log. One binary is the daemon ("keywarden serve") and its command line.
+ .
+ The package also carries the PKCS #11 module, libkeywarden-pkcs11.so,
+ registered with p11-kit, through which OpenSSL, OpenSSH, GnuTLS and other
+ C programs use the daemon's keys.
  .
  The package creates the keywarden system account and its directories
  (/var/lib/keywarden, /run/keywarden); it enables and starts nothing.

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the Debian package (make deb), installs it with dpkg -i, checks
 # what it installed (the account and its directories, keywarden --version,
-# the completion script, the manual pages, keywarden doctor where the
+# the completion script, the manual pages, the PKCS #11 module and its
+# p11-kit registration, keywarden doctor where the
 # command exists), runs the daemon briefly in the foreground as the unit's
 # ExecStart line says (or, without a unit, as the keywarden account with
 # the package's directories), asks it for its status, stops it, and
@@ -67,6 +68,16 @@ for page in man1/keywarden.1 man8/keywarden-serve.8 man5/keywarden.conf.5; do
 	MANPAGER=cat MANWIDTH=80 man -l "/usr/share/man/$page.gz" 2>"$work/man.err" | grep -q '^NAME' || fail "man -l $page: $(cat "$work/man.err")"
 done
 
+# The PKCS #11 module, where p11-kit finds it.
+module=$(dpkg -L keywarden | grep '/pkcs11/libkeywarden-pkcs11.so$' || true)
+[ -n "$module" ] && [ -f "$module" ] || fail "the package has no PKCS #11 module"
+[ -f /usr/share/p11-kit/modules/keywarden.module ] || fail "the package has no p11-kit module file"
+dpkg-deb -f "$deb" Depends | grep -q 'libc6 (>= ' || fail "the package does not depend on libc6: $(dpkg-deb -f "$deb" Depends)"
+if command -v p11-kit >/dev/null 2>&1; then
+	p11-kit list-modules 2>"$work/p11.err" | grep -q '^keywarden: ' ||
+		fail "p11-kit list-modules does not show the module: $(cat "$work/p11.err")"
+fi
+
 if /usr/bin/keywarden help doctor >/dev/null 2>&1; then
 	# Exit 1 is a check that failed on this machine (shown above); only a
 	# crash or a usage error fails the test.
@@ -116,4 +127,5 @@ say "the daemon answered at $sock and stopped"
 
 dpkg -r keywarden >/dev/null
 [ ! -e /usr/bin/keywarden ] || fail "dpkg -r left /usr/bin/keywarden"
+[ ! -e "$module" ] || fail "dpkg -r left $module"
 say "ok"

@@ -53,6 +53,8 @@ command -v xz >/dev/null 2>&1 || missing="$missing xz-utils"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 [ -e /usr/include/p11-kit-1/p11-kit/pkcs11.h ] || missing="$missing libp11-kit-dev"
 command -v p11-kit >/dev/null 2>&1 || missing="$missing p11-kit"
+# objdump: the Debian package's build reads which glibc the module needs.
+command -v objdump >/dev/null 2>&1 || missing="$missing binutils"
 command -v pkcs11-tool >/dev/null 2>&1 || missing="$missing opensc"
 command -v p11tool >/dev/null 2>&1 || missing="$missing gnutls-bin"
 command -v softhsm2-util >/dev/null 2>&1 || missing="$missing softhsm2"
