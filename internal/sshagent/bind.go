@@ -79,7 +79,14 @@ func (c *conn) sessionBind(s *cryptobyte.String) error {
 	if err := key.Verify(sid, &sig); err != nil {
 		return refusedf(wire.Status_STATUS_VERIFICATION_FAILED, "the host key's signature of the session id does not verify: %v", err)
 	}
-	fp := ssh.FingerprintSHA256(key)
+	// The fingerprint names the host key, as ssh-keygen -l and sshd do,
+	// also when the host presented a certificate of it (whose own hash
+	// would change at every reissue).
+	fpKey := key
+	if cert, ok := key.(*ssh.Certificate); ok {
+		fpKey = cert.Key
+	}
+	fp := ssh.FingerprintSHA256(fpKey)
 	for _, b := range c.binds {
 		if !b.forwarded {
 			return refusedf(wire.Status_STATUS_PERMISSION_DENIED, "the connection is already bound for an authentication")
