@@ -109,9 +109,9 @@ func TestSSHAgentAddedKeyIsCallers(t *testing.T) {
 // (TrustedUserCAKeys, no authorized_keys) and presents a host certificate
 // from another keywarden CA (@cert-authority in known_hosts). The login's
 // signature is made through the agent: one sign record with front
-// ssh-agent, the user's key, ssh's executable and a destination (the
-// host ssh bound the connection to). The agent holds keys, not certificates, so the
-// certificate is a file.
+// ssh-agent, the user's key, ssh's executable and, as ssh_dest, the
+// fingerprint of the host key ssh bound the connection to. The agent
+// holds keys, not certificates, so the certificate is a file.
 func TestSSHAgentCertificateLogin(t *testing.T) {
 	sshd := needSSHServer(t)
 	d, sock, logPath := agentDaemon(t)
@@ -133,8 +133,7 @@ func TestSSHAgentCertificateLogin(t *testing.T) {
 	}
 	userCA := write("user_ca.pub", cli("key", "public", "user-ca", "--format", "ssh").stdout)
 	hostCAPub := cli("key", "public", "host-ca", "--format", "ssh").stdout
-	loginPubLine := cli("key", "public", "login", "--format", "ssh").stdout
-	loginPub := write("login.pub", loginPubLine)
+	loginPub := write("login.pub", cli("key", "public", "login", "--format", "ssh").stdout)
 
 	// The user's certificate, of the key in keywarden.
 	cli("ssh", "certify", "--ca", "user-ca", "--principals", sshTestUser, "--validity", "-5m:+1h",
@@ -145,7 +144,7 @@ func TestSSHAgentCertificateLogin(t *testing.T) {
 	}
 
 	// The host's key and certificate; sshd with no authorized_keys at all.
-	hostKey, _ := sshKeygen(t, dir, "host_key", "ed25519", "")
+	hostKey, hostPub := sshKeygen(t, dir, "host_key", "ed25519", "")
 	cli("ssh", "certify", "--ca", "host-ca", "--host", "--principals", "127.0.0.1", "--validity", "-5m:+1h", hostKey+".pub")
 	port := freePort(t)
 	startSSHD(t, sshd, dir, port, sshdConfig(port, hostKey,
@@ -183,7 +182,8 @@ func TestSSHAgentCertificateLogin(t *testing.T) {
 
 	info := cli("key", "info", "--json", "login").stdout
 	signs := 0
-	for _, rec := range requests(al.read()) {
+	loginRecs := requests(al.read())
+	for _, rec := range loginRecs {
 		if rec.Op != "sign" {
 			continue
 		}
@@ -197,5 +197,23 @@ func TestSSHAgentCertificateLogin(t *testing.T) {
 	}
 	if signs != 1 {
 		t.Errorf("%d sign records for one login", signs)
+	}
+
+	// ssh_dest is the host key's fingerprint, as ssh-keygen -l and sshd
+	// print it, whether the host presented its key or a certificate of it.
+	hk, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostPub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certLine, _ := os.ReadFile(hostKey + "-cert.pub")
+	hc, _, _, _, err := ssh.ParseAuthorizedKey(certLine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range loginRecs {
+		if rec.Op == "sign" && rec.Caller.SSHDest != ssh.FingerprintSHA256(hk) {
+			t.Errorf("ssh_dest %q, want the host key's %s (its certificate's blob hashes to %s)",
+				rec.Caller.SSHDest, ssh.FingerprintSHA256(hk), ssh.FingerprintSHA256(hc))
+		}
 	}
 }
