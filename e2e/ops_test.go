@@ -243,9 +243,10 @@ func settingLines(out string) map[string]string {
 	return m
 }
 
-// confValues are values other than the defaults for the serve settings
-// (every one of them as this test was written; a setting added later
-// round-trips with its default until it gets a line here).
+// confValues are values other than the defaults for every serve setting
+// but dev and generation-budget-policy (TestConfigRoundTrip checks those
+// apart): valid for --check-config together, not for a daemon to start
+// with. A setting added to serve needs a line here, or the test fails.
 var confValues = map[string]string{
 	"admin": `["1000", "1001"]`, "admin-connections": "8", "audit-burst-per-uid": `"2097152"`,
 	"audit-log": `"/var/log/keywarden/audit.log"`, "audit-rate-per-uid": `"524288"`, "audit-sync": `"always"`,
@@ -261,11 +262,22 @@ var confValues = map[string]string{
 	"max-sessions-per-uid": "256", "memory-backing": `"mlock"`, "metrics": `"unix:/run/keywarden/metrics.sock"`,
 	"socket": `"/run/keywarden/keywarden.sock"`, "socket-mode": `"0660"`, "ssh-agent": `["/run/keywarden/ssh-agent.sock"]`,
 	"ssh-askpass": `"/usr/bin/ssh-askpass"`, "state": `"/var/lib/keywarden"`, "unseal-passphrase-file": `"/etc/keywarden/pass"`,
+	"store": `"etcd"`, "etcd-endpoints": `"https://10.0.0.1:2379,https://10.0.0.2:2379"`, "etcd-prefix": `"/kw/prod/"`,
+	"etcd-ca": `"/etc/keywarden/etcd-ca.pem"`, "etcd-cert": `"/etc/keywarden/etcd-client.pem"`,
+	"etcd-key": `"/etc/keywarden/etcd-client-key.pem"`, "etcd-max-request-bytes": "1048576", "etcd-max-txn-ops": "64",
+	"etcd-stale-bound": `"2s"`, "etcd-timeout": `"3s"`,
+	"http": `["unix:/run/keywarden/transit.sock", "tcp:127.0.0.1:8200"]`, "http-client-ca": `"/etc/keywarden/http-client-ca.pem"`,
+	"http-max-batch": "500", "http-max-body": `"2097152"`, "http-max-conns-per-addr": "16", "http-prefix": `"/v1/kw-transit/"`,
+	"http-principals": `"/etc/keywarden/http-principals"`, "http-tls-cert": `"/etc/keywarden/http.pem"`,
+	"http-tls-key": `"/etc/keywarden/http-key.pem"`, "kms-key": `"kube-secrets"`, "kms-v2": `"/run/keywarden/kms.sock"`,
+	"pkcs11": `["/run/keywarden/pkcs11.sock"]`,
 }
 
-// TestConfigRoundTrip: every setting written in a config file comes out
-// of --check-config as written, and the printed configuration read back
-// prints the same.
+// TestConfigRoundTrip: every setting written in a config file, each with
+// a value other than its default, comes out of --check-config as written,
+// and the printed configuration read back prints the same. dev, which
+// takes no state, is read from a file of its own; generation-budget-policy,
+// removed, is refused from a file as from the command line.
 func TestConfigRoundTrip(t *testing.T) {
 	def := serveCheck(t)
 	if def.code != 0 {
@@ -278,11 +290,14 @@ func TestConfigRoundTrip(t *testing.T) {
 	var b strings.Builder
 	b.WriteString("# every setting\n")
 	for k, v := range all {
-		if cv, ok := confValues[k]; ok {
-			v = cv
-		}
 		if k == "dev" || k == "generation-budget-policy" {
 			continue // --dev takes no --state; the removed flag is refused
+		}
+		cv, ok := confValues[k]
+		if !ok || cv == v {
+			t.Errorf("setting %s has no value other than its default (%s) in confValues", k, v)
+		} else {
+			v = cv
 		}
 		fmt.Fprintf(&b, "%s = %s\n", k, v)
 		all[k] = v
@@ -311,6 +326,20 @@ func TestConfigRoundTrip(t *testing.T) {
 	}
 	if strings.Join(strings.Split(again.stdout, "\n")[1:], "\n") != strings.Join(strings.Split(r.stdout, "\n")[1:], "\n") {
 		t.Errorf("read back, the configuration prints differently:\n%s\n---\n%s", r.stdout, again.stdout)
+	}
+
+	if all["dev"] != "false" {
+		t.Fatalf("dev prints as %q by default", all["dev"])
+	}
+	if r := serveCheck(t, "--config", writeConf(t, "dev = true\n")); r.code != 0 || settingLines(r.stdout)["dev"] != "true" {
+		t.Errorf("dev = true: %s", r)
+	}
+	if all["generation-budget-policy"] != `""` {
+		t.Fatalf("generation-budget-policy prints as %s by default", all["generation-budget-policy"])
+	}
+	if r := serveCheck(t, "--config", writeConf(t, "generation-budget-policy = \"refuse\"\n")); r.code == 0 ||
+		!strings.Contains(r.stderr, "--generation-budget-policy no longer exists") {
+		t.Errorf("generation-budget-policy in a file is not refused: %s", r)
 	}
 }
 
