@@ -49,6 +49,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -282,6 +283,34 @@ get_array (struct rd *r, uint32_t *n, int *none)
 
 /* ---- state ------------------------------------------------------------ */
 
+/* The kinds of operation a session runs, and what the module knows of
+ * each in the daemon: nothing (ST_UNKNOWN: its C_*Init is sent at once),
+ * none active (ST_NONE), an initialization deferred (ST_PENDING: sent
+ * with the next call of that kind), or one active (ST_ACTIVE). */
+enum { OP_SIGN, OP_VERIFY, OP_ENCRYPT, OP_DECRYPT, OP_DIGEST, OP_KINDS };
+enum { ST_UNKNOWN, ST_NONE, ST_PENDING, ST_ACTIVE };
+
+struct sess {
+	struct sess *next;
+	CK_SESSION_HANDLE h;
+	unsigned char st[OP_KINDS];
+	struct buf pending[OP_KINDS]; /* a deferred C_*Init's request */
+};
+
+/* An initialization the daemon accepted on this connection: the same
+ * kind, key and mechanism (with its parameter) is accepted again while
+ * the key stays (see init). */
+#define KNOWN_MECH 96
+struct known {
+	CK_OBJECT_HANDLE key; /* 0: none (a digest) */
+	int kind;             /* -1: an empty entry */
+	size_t n;
+	unsigned char mech[KNOWN_MECH];
+};
+
+#define SESS_BUCKETS 64
+#define KNOWN_INITS 32
+
 struct slot {
 	char path[sizeof ((struct sockaddr_un *) 0)->sun_path];
 	pthread_mutex_t lock;
@@ -290,6 +319,10 @@ struct slot {
 	CK_ULONG daemon_id; /* the daemon's slot id */
 	uint32_t code;
 	int refused;        /* a refusal was reported (once per C_Initialize) */
+	/* The connection's sessions and accepted initializations. */
+	struct sess *sess[SESS_BUCKETS];
+	struct known known[KNOWN_INITS];
+	unsigned next_known;
 };
 
 struct module {
@@ -300,6 +333,8 @@ struct module {
 	int nslots;
 	struct slot slots[MAX_SLOTS];
 };
+
+static void sess_forget_all (struct slot *s);
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 /* mod is set by C_Initialize, cleared by C_Finalize. A child of a fork
@@ -341,9 +376,11 @@ module_unload (void)
 	int i;
 	if (mod == NULL || mod->pid != getpid ())
 		return;
-	for (i = 0; i < mod->nslots; i++)
+	for (i = 0; i < mod->nslots; i++) {
 		if (mod->slots[i].fd >= 0)
 			close (mod->slots[i].fd);
+		sess_forget_all (&mod->slots[i]);
+	}
 	free (mod);
 	mod = NULL;
 }
@@ -601,6 +638,128 @@ check_peer (const struct module *m, struct slot *s, uid_t vouched_uid)
 	return -1;
 }
 
+/* ---- what the module knows of the daemon's sessions ------------------ */
+
+/* All called with the slot locked. */
+
+static struct sess **
+sess_bucket (struct slot *s, CK_SESSION_HANDLE h)
+{
+	return &s->sess[(h ^ h >> 7) % SESS_BUCKETS];
+}
+
+static struct sess *
+sess_find (struct slot *s, CK_SESSION_HANDLE h)
+{
+	struct sess *e;
+	for (e = *sess_bucket (s, h); e != NULL; e = e->next)
+		if (e->h == h)
+			return e;
+	return NULL;
+}
+
+static void
+sess_free (struct sess *e)
+{
+	int k;
+	for (k = 0; k < OP_KINDS; k++)
+		buf_wipe (&e->pending[k]);
+	free (e);
+}
+
+/* sess_add records a session just opened: no operation active. Without
+ * memory it is not recorded, and its operations are initialized at once. */
+static void
+sess_add (struct slot *s, CK_SESSION_HANDLE h)
+{
+	struct sess **b = sess_bucket (s, h);
+	struct sess *e = calloc (1, sizeof *e);
+	int k;
+	if (e == NULL)
+		return;
+	e->h = h;
+	for (k = 0; k < OP_KINDS; k++)
+		e->st[k] = ST_NONE;
+	e->next = *b;
+	*b = e;
+}
+
+static void
+sess_remove (struct slot *s, CK_SESSION_HANDLE h)
+{
+	struct sess **p;
+	for (p = sess_bucket (s, h); *p != NULL; p = &(*p)->next) {
+		if ((*p)->h == h) {
+			struct sess *e = *p;
+			*p = e->next;
+			sess_free (e);
+			return;
+		}
+	}
+}
+
+static void
+known_clear (struct slot *s)
+{
+	int i;
+	for (i = 0; i < KNOWN_INITS; i++)
+		s->known[i].kind = -1;
+}
+
+static void
+sess_forget_all (struct slot *s)
+{
+	int i;
+	for (i = 0; i < SESS_BUCKETS; i++) {
+		while (s->sess[i] != NULL) {
+			struct sess *e = s->sess[i];
+			s->sess[i] = e->next;
+			sess_free (e);
+		}
+	}
+	known_clear (s);
+}
+
+static int
+known_find (struct slot *s, CK_OBJECT_HANDLE key, int kind, const unsigned char *m, size_t n)
+{
+	int i;
+	for (i = 0; i < KNOWN_INITS; i++) {
+		struct known *k = &s->known[i];
+		if (k->kind == kind && k->key == key && k->n == n && memcmp (k->mech, m, n) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static void
+known_add (struct slot *s, CK_OBJECT_HANDLE key, int kind, const unsigned char *m, size_t n)
+{
+	struct known *k;
+	if (n > KNOWN_MECH || known_find (s, key, kind, m, n))
+		return;
+	k = &s->known[s->next_known++ % KNOWN_INITS];
+	k->key = key;
+	k->kind = kind;
+	k->n = n;
+	memcpy (k->mech, m, n);
+}
+
+/* unsure: a return value after which the module cannot tell whether the
+ * daemon still has the operation (the connection failed, the reply did
+ * not decode, ...): the next C_*Init is then sent at once. */
+static int
+unsure (CK_RV rv)
+{
+	switch (rv) {
+	case CKR_DEVICE_ERROR: case CKR_DEVICE_REMOVED: case CKR_HOST_MEMORY: case CKR_GENERAL_ERROR:
+	case CKR_SESSION_HANDLE_INVALID: case CKR_SESSION_CLOSED: case CKR_CRYPTOKI_NOT_INITIALIZED:
+	case CKR_ARGUMENTS_BAD: case CKR_TOKEN_NOT_PRESENT:
+		return 1;
+	}
+	return 0;
+}
+
 /* ---- the connection --------------------------------------------------- */
 
 static int
@@ -641,49 +800,129 @@ disconnect (struct slot *s)
 	s->fd = -1;
 }
 
-/* exchange sends one request body and reads its reply body into reply.
- * Called with the slot locked and connected. */
-static CK_RV
-exchange (struct slot *s, struct buf *req, struct buf *reply)
+/* reserve makes room for n more bytes past b->len. */
+static void
+reserve (struct buf *b, size_t n)
 {
-	unsigned char h[12];
-	uint32_t code = ++s->code, olen, blen;
+	put (b, NULL, n);
+	if (!b->failed)
+		b->len -= n;
+}
 
-	if (req->failed)
-		return CKR_HOST_MEMORY;
-	h[0] = code >> 24; h[1] = code >> 16; h[2] = code >> 8; h[3] = code;
-	memset (h + 4, 0, 4);
-	h[8] = req->len >> 24; h[9] = req->len >> 16; h[10] = req->len >> 8; h[11] = req->len;
-	if (write_all (s->fd, h, 12) != 0 || write_all (s->fd, req->p, req->len) != 0)
-		goto gone;
-	if (read_all (s->fd, h, 12) != 0)
-		goto gone;
-	olen = (uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7];
-	blen = (uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
-	if (((uint32_t) h[0] << 24 | h[1] << 16 | h[2] << 8 | h[3]) != code ||
-	    olen > 4096 || blen > MAX_REPLY)
-		goto gone;
-	reply->len = 0;
-	put (reply, NULL, (size_t) olen + blen);
-	if (reply->failed)
-		goto gone;
-	if (read_all (s->fd, reply->p, reply->len) != 0)
-		goto gone;
-	if (olen > 0) {
-		memmove (reply->p, reply->p + olen, blen);
-		reply->len = blen;
+/* exchange_n sends n requests (each a frame: a header of 12 bytes, which
+ * it fills, and a body) in one write, and reads their replies' bodies into
+ * replies. A daemon answers the frames of a connection in order, so n > 1
+ * is one round trip where n calls one after the other would be n. Called
+ * with the slot locked and connected. */
+static CK_RV
+exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n)
+{
+	struct iovec iov[2];
+	struct msghdr mh;
+	uint32_t codes[2];
+	struct buf rx = {0};
+	size_t pos = 0, sent = 0, total = 0;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		struct buf *b = reqs[i];
+		uint32_t blen;
+		if (b->failed || b->len < 12)
+			return CKR_HOST_MEMORY;
+		blen = b->len - 12;
+		codes[i] = ++s->code;
+		b->p[0] = codes[i] >> 24; b->p[1] = codes[i] >> 16; b->p[2] = codes[i] >> 8; b->p[3] = codes[i];
+		memset (b->p + 4, 0, 4);
+		b->p[8] = blen >> 24; b->p[9] = blen >> 16; b->p[10] = blen >> 8; b->p[11] = blen;
+		iov[i].iov_base = b->p;
+		iov[i].iov_len = b->len;
+		total += b->len;
 	}
+	/* One sendmsg for all the frames; a short write goes on where it
+	 * stopped. */
+	memset (&mh, 0, sizeof mh);
+	mh.msg_iov = iov;
+	mh.msg_iovlen = n;
+	while (sent < total) {
+		ssize_t w = sendmsg (s->fd, &mh, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			goto gone;
+		sent += w;
+		while (w > 0 && mh.msg_iovlen > 0) {
+			if ((size_t) w >= mh.msg_iov[0].iov_len) {
+				w -= mh.msg_iov[0].iov_len;
+				mh.msg_iov++;
+				mh.msg_iovlen--;
+			} else {
+				mh.msg_iov[0].iov_base = (char *) mh.msg_iov[0].iov_base + w;
+				mh.msg_iov[0].iov_len -= w;
+				w = 0;
+			}
+		}
+	}
+	/* The replies: read as much as has come (only replies this thread
+	 * asked for can be there), usually all of them in one recv. */
+	for (i = 0; i < n; i++) {
+		uint32_t olen = 0, blen = 0;
+		const unsigned char *h;
+		size_t need = 12;
+		int headed = 0;
+		for (;;) {
+			while (rx.len - pos < need) {
+				ssize_t r;
+				reserve (&rx, need - (rx.len - pos) > 4096 ? need - (rx.len - pos) : 4096);
+				if (rx.failed)
+					goto gone;
+				r = recv (s->fd, rx.p + rx.len, rx.cap - rx.len, 0);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0)
+					goto gone;
+				rx.len += r;
+			}
+			if (headed)
+				break;
+			headed = 1;
+			h = rx.p + pos;
+			olen = (uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7];
+			blen = (uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
+			if (((uint32_t) h[0] << 24 | h[1] << 16 | h[2] << 8 | h[3]) != codes[i] ||
+			    olen > 4096 || blen > MAX_REPLY)
+				goto gone;
+			need = 12 + (size_t) olen + blen;
+		}
+		replies[i]->len = 0;
+		replies[i]->failed = 0;
+		put (replies[i], rx.p + pos + 12 + olen, blen);
+		if (replies[i]->failed)
+			goto gone;
+		pos += need;
+	}
+	buf_wipe (&rx);
 	return CKR_OK;
 gone:
+	buf_wipe (&rx);
 	disconnect (s);
 	return CKR_DEVICE_REMOVED;
 }
 
+/* exchange sends one request and reads its reply. */
+static CK_RV
+exchange (struct slot *s, struct buf *req, struct buf *reply)
+{
+	return exchange_n (s, &req, &reply, 1);
+}
+
+/* begin starts a request: room for the frame's header, then the call's id
+ * and signature. */
 static void
 begin (struct buf *b, int id)
 {
 	b->len = 0;
 	b->failed = 0;
+	put (b, NULL, 12);
 	put_u32 (b, id);
 	put_array (b, sigs[id][0], strlen (sigs[id][0]));
 }
@@ -755,6 +994,7 @@ connect_slot (struct module *m, struct slot *s)
 		return CKR_TOKEN_NOT_PRESENT;
 	}
 	s->conn++;
+	sess_forget_all (s);
 	begin (&req, RPC_Initialize);
 	put_bytes (&req, HANDSHAKE, strlen (HANDSHAKE));
 	put_u8 (&req, 0);
@@ -797,8 +1037,32 @@ struct call {
 	int slot;
 	uint32_t conn;
 	int id;
+	CK_SESSION_HANDLE h;
+	int sent;     /* the request went to the daemon */
+	int sizeq;    /* a length query (no output buffer) */
+	int deferred; /* a deferred C_*Init failed: its error is the call's */
 	struct buf req, reply;
 	struct rd r;
+};
+
+/* The calls of operations: their kind, and what they do to it. */
+enum { OC_NONE, OC_INIT, OC_FINAL, OC_UPDATE, OC_VERIFY };
+static const struct { signed char kind, cls; } opcall[RPC_MAX] = {
+	[RPC_SignInit] = {OP_SIGN, OC_INIT}, [RPC_Sign] = {OP_SIGN, OC_FINAL},
+	[RPC_SignUpdate] = {OP_SIGN, OC_UPDATE}, [RPC_SignFinal] = {OP_SIGN, OC_FINAL},
+	[RPC_VerifyInit] = {OP_VERIFY, OC_INIT}, [RPC_Verify] = {OP_VERIFY, OC_VERIFY},
+	[RPC_VerifyUpdate] = {OP_VERIFY, OC_UPDATE}, [RPC_VerifyFinal] = {OP_VERIFY, OC_VERIFY},
+	[RPC_EncryptInit] = {OP_ENCRYPT, OC_INIT}, [RPC_Encrypt] = {OP_ENCRYPT, OC_FINAL},
+	[RPC_EncryptUpdate] = {OP_ENCRYPT, OC_UPDATE}, [RPC_EncryptFinal] = {OP_ENCRYPT, OC_FINAL},
+	[RPC_DecryptInit] = {OP_DECRYPT, OC_INIT}, [RPC_Decrypt] = {OP_DECRYPT, OC_FINAL},
+	[RPC_DecryptUpdate] = {OP_DECRYPT, OC_UPDATE}, [RPC_DecryptFinal] = {OP_DECRYPT, OC_FINAL},
+	[RPC_DigestInit] = {OP_DIGEST, OC_INIT}, [RPC_Digest] = {OP_DIGEST, OC_FINAL},
+	[RPC_DigestUpdate] = {OP_DIGEST, OC_UPDATE}, [RPC_DigestKey] = {OP_DIGEST, OC_UPDATE},
+	[RPC_DigestFinal] = {OP_DIGEST, OC_FINAL},
+};
+static const int init_of[OP_KINDS] = {
+	[OP_SIGN] = RPC_SignInit, [OP_VERIFY] = RPC_VerifyInit, [OP_ENCRYPT] = RPC_EncryptInit,
+	[OP_DECRYPT] = RPC_DecryptInit, [OP_DIGEST] = RPC_DigestInit,
 };
 
 static void
@@ -850,6 +1114,7 @@ start (struct call *c, int id, CK_SESSION_HANDLE h)
 		return CKR_SESSION_HANDLE_INVALID;
 	c->conn = (h >> 32) & 0xffffff;
 	c->id = id;
+	c->h = h;
 	begin (&c->req, id);
 	put_u64 (&c->req, h & 0xffffffff);
 	return CKR_OK;
@@ -869,11 +1134,19 @@ object (struct call *c, CK_OBJECT_HANDLE h, CK_RV bad)
 
 /* call sends the request on the session's connection and checks the
  * reply's header. A connection that is not the one the session was
- * opened on answers CKR_SESSION_HANDLE_INVALID. */
+ * opened on answers CKR_SESSION_HANDLE_INVALID.
+ *
+ * A call of an operation whose C_*Init was deferred sends that C_*Init
+ * first, in the same write: one round trip. If the daemon refuses the
+ * C_*Init, its error is this call's (the daemon, which had no operation,
+ * refused the call itself with CKR_OPERATION_NOT_INITIALIZED, doing
+ * nothing), and no operation is active. */
 static CK_RV
 call (struct call *c)
 {
 	struct slot *s = &c->m->slots[c->slot];
+	int kind = opcall[c->id].kind, cls = opcall[c->id].cls;
+	struct sess *e = NULL;
 	CK_RV rv;
 
 	if (c->req.failed)
@@ -883,12 +1156,82 @@ call (struct call *c)
 		pthread_mutex_unlock (&s->lock);
 		return CKR_SESSION_HANDLE_INVALID;
 	}
-	rv = exchange (s, &c->req, &c->reply);
+	c->sent = 1;
+	if (cls != OC_NONE && cls != OC_INIT)
+		e = sess_find (s, c->h);
+	if (e != NULL && e->st[kind] == ST_PENDING) {
+		struct buf ireply = {0};
+		struct buf *reqs[2] = { &e->pending[kind], &c->req };
+		struct buf *replies[2] = { &ireply, &c->reply };
+		struct rd r;
+
+		rv = exchange_n (s, reqs, replies, 2);
+		buf_wipe (&e->pending[kind]);
+		e->st[kind] = ST_UNKNOWN;
+		if (rv == CKR_OK) {
+			rv = check_reply (&ireply, init_of[kind], &r);
+			if (rv == CKR_OK && (r.bad || r.n != 0))
+				rv = CKR_DEVICE_ERROR;
+			if (rv == CKR_OK) {
+				e->st[kind] = ST_ACTIVE;
+			} else {
+				c->deferred = 1;
+				if (!unsure (rv) && rv != CKR_OPERATION_ACTIVE)
+					e->st[kind] = ST_NONE;
+			}
+		}
+		buf_wipe (&ireply);
+	} else {
+		rv = exchange (s, &c->req, &c->reply);
+	}
+	/* What a call changes in what the module knows. */
+	switch (c->id) {
+	case RPC_CloseSession:
+		sess_remove (s, c->h);
+		known_clear (s); /* the last session's objects go with it */
+		break;
+	case RPC_CloseAllSessions:
+		sess_forget_all (s);
+		break;
+	case RPC_Logout: case RPC_DestroyObject: case RPC_SetAttributeValue:
+		known_clear (s);
+		break;
+	}
 	pthread_mutex_unlock (&s->lock);
 	explicit_bzero (c->req.p, c->req.cap);
 	if (rv != CKR_OK)
 		return rv;
 	return check_reply (&c->reply, c->id, &c->r);
+}
+
+/* track records what a call of an operation left in the daemon, as
+ * PKCS #11 has it: a call that fails ends the operation, and so does a
+ * final call that succeeds, except a length query (or CKR_BUFFER_TOO_SMALL);
+ * C_Verify and C_VerifyFinal always end it. */
+static void
+track (struct call *c, CK_RV rv)
+{
+	struct slot *s;
+	struct sess *e;
+	int kind = opcall[c->id].kind, cls = opcall[c->id].cls, st;
+
+	if (!c->sent || c->deferred || cls == OC_NONE || cls == OC_INIT)
+		return;
+	if (unsure (rv))
+		st = ST_UNKNOWN;
+	else if (rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL)
+		st = ST_NONE;
+	else if (cls == OC_VERIFY)
+		st = ST_NONE;
+	else if (cls == OC_UPDATE || rv == CKR_BUFFER_TOO_SMALL || c->sizeq)
+		st = ST_ACTIVE;
+	else
+		st = ST_NONE;
+	s = &c->m->slots[c->slot];
+	pthread_mutex_lock (&s->lock);
+	if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
+		e->st[kind] = st;
+	pthread_mutex_unlock (&s->lock);
 }
 
 /* done: the reply must have been read whole. */
@@ -897,6 +1240,7 @@ done (struct call *c, CK_RV rv)
 {
 	if (rv == CKR_OK && (c->r.bad || c->r.n != 0))
 		rv = CKR_DEVICE_ERROR;
+	track (c, rv);
 	call_end (c);
 	return rv;
 }
@@ -1267,6 +1611,7 @@ C_Initialize (CK_VOID_PTR args)
 	for (i = 0; i < m->nslots; i++) {
 		pthread_mutex_init (&m->slots[i].lock, NULL);
 		m->slots[i].fd = -1;
+		known_clear (&m->slots[i]);
 	}
 	__atomic_store_n (&mod, m, __ATOMIC_RELEASE);
 	pthread_mutex_unlock (&init_lock);
@@ -1292,6 +1637,7 @@ C_Finalize (CK_VOID_PTR reserved)
 	for (i = 0; i < m->nslots; i++) {
 		pthread_mutex_lock (&m->slots[i].lock);
 		disconnect (&m->slots[i]);
+		sess_forget_all (&m->slots[i]);
 		pthread_mutex_unlock (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].lock);
 	}
@@ -1485,6 +1831,13 @@ C_OpenSession (CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notif
 	}
 	if (rv == CKR_OK)
 		rv = get_handle (&c, h);
+	if (rv == CKR_OK && c.r.n == 0 && !c.r.bad) {
+		struct slot *s = &c.m->slots[c.slot];
+		pthread_mutex_lock (&s->lock);
+		if ((s->conn & 0xffffff) == c.conn)
+			sess_add (s, *h);
+		pthread_mutex_unlock (&s->lock);
+	}
 	return done (&c, rv);
 }
 
@@ -1757,18 +2110,76 @@ C_FindObjects (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max, CK_
 EXPORT CK_RV C_FindObjectsFinal (CK_SESSION_HANDLE h) { return simple (RPC_FindObjectsFinal, h); }
 
 /* init: an operation's C_*Init with a mechanism and a key (or none for a
- * digest). */
+ * digest).
+ *
+ * A C_*Init the daemon has accepted before on this connection, with the
+ * same kind, key and mechanism (its parameter included), is not sent on
+ * its own: it is kept and sent with the operation's next call, in the
+ * same write (call), which saves a round trip per operation. The daemon's
+ * checks of a C_*Init depend on nothing else but the key still being
+ * there for the caller, so a deferred one fails only if the key was
+ * destroyed or the session logged out meanwhile, or the daemon's key was
+ * deleted; that error (CKR_KEY_HANDLE_INVALID) is then returned by the
+ * next call of the operation, and no operation is active. The module
+ * forgets what it was accepted at C_DestroyObject, C_SetAttributeValue,
+ * C_Logout, C_CloseSession and C_CloseAllSessions. Every other error of
+ * a C_*Init (a mechanism or parameter not offered, a key of another type,
+ * CKR_OPERATION_ACTIVE) is returned by the C_*Init itself. */
 static CK_RV
 init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int with_key)
 {
 	struct call c;
+	struct slot *s;
+	struct sess *e;
+	int kind = opcall[id].kind;
+	size_t moff = 0, mlen = 0;
 	CK_RV rv = start (&c, id, h);
-	if (rv == CKR_OK)
+
+	if (rv == CKR_OK) {
+		moff = c.req.len;
 		rv = put_mechanism (&c.req, m);
+		mlen = c.req.len - moff;
+	}
 	if (rv == CKR_OK && with_key)
 		rv = object (&c, key, CKR_KEY_HANDLE_INVALID);
+	if (rv == CKR_OK && c.req.failed)
+		rv = CKR_HOST_MEMORY;
+	if (rv != CKR_OK)
+		return done (&c, rv);
+	if (!with_key)
+		key = 0;
+	s = &c.m->slots[c.slot];
+	pthread_mutex_lock (&s->lock);
+	if (s->fd < 0 || (s->conn & 0xffffff) != c.conn) {
+		pthread_mutex_unlock (&s->lock);
+		return done (&c, CKR_SESSION_HANDLE_INVALID);
+	}
+	e = sess_find (s, h);
+	if (e != NULL && (e->st[kind] == ST_PENDING || e->st[kind] == ST_ACTIVE)) {
+		pthread_mutex_unlock (&s->lock);
+		return done (&c, CKR_OPERATION_ACTIVE);
+	}
+	if (e != NULL && e->st[kind] == ST_NONE && known_find (s, key, kind, c.req.p + moff, mlen)) {
+		e->pending[kind] = c.req;
+		memset (&c.req, 0, sizeof c.req);
+		e->st[kind] = ST_PENDING;
+		pthread_mutex_unlock (&s->lock);
+		return done (&c, CKR_OK);
+	}
+	rv = exchange (s, &c.req, &c.reply);
 	if (rv == CKR_OK)
-		rv = call (&c);
+		rv = check_reply (&c.reply, id, &c.r);
+	if (rv == CKR_OK && (c.r.bad || c.r.n != 0))
+		rv = CKR_DEVICE_ERROR;
+	if (e != NULL) {
+		if (rv == CKR_OK || rv == CKR_OPERATION_ACTIVE)
+			e->st[kind] = ST_ACTIVE;
+		else if (unsure (rv))
+			e->st[kind] = ST_UNKNOWN;
+	}
+	if (rv == CKR_OK)
+		known_add (s, key, kind, c.req.p + moff, mlen);
+	pthread_mutex_unlock (&s->lock);
 	return done (&c, rv);
 }
 
@@ -1782,6 +2193,7 @@ in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR
 	if ((in == NULL && inlen != 0) || outlen == NULL)
 		return CKR_ARGUMENTS_BAD;
 	rv = start (&c, id, h);
+	c.sizeq = out == NULL;
 	if (rv == CKR_OK) {
 		put_bytes (&c.req, in, inlen);
 		put_u32 (&c.req, out ? (*outlen > 0xffffffff ? 0xffffffff : *outlen) : 0);
@@ -1819,6 +2231,7 @@ out_only (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
 	if (outlen == NULL)
 		return CKR_ARGUMENTS_BAD;
 	rv = start (&c, id, h);
+	c.sizeq = out == NULL;
 	if (rv == CKR_OK) {
 		put_u32 (&c.req, out ? (*outlen > 0xffffffff ? 0xffffffff : *outlen) : 0);
 		rv = call (&c);
