@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	be "encoding/binary"
 	"net"
 	"path/filepath"
 	"sync"
@@ -23,29 +24,74 @@ func TestPKCS11OperationState(t *testing.T) {
 // module that waits for each reply before it sends the next request
 // makes a turn per request; one that sends a deferred C_SignInit with
 // C_Sign makes one per signature.
+//
+// It also counts the frames each way (a version byte, then frames of a
+// 12-byte header and a body) to tell how many requests were ever waiting
+// for their replies at once.
 type turnCounter struct {
 	mu         sync.Mutex
 	fromClient bool
 	turns      int // client writes after a daemon write
 	writes     int // daemon writes read by the proxy
+	// Frames parsed, each way, and the most requests ever unanswered.
+	requests, replies, maxInFlight int
 }
 
-func (tc *turnCounter) saw(fromClient bool) {
+func (tc *turnCounter) saw(fromClient bool, frames int) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	if fromClient && !tc.fromClient {
 		tc.turns++
 	}
-	if !fromClient {
+	if fromClient {
+		tc.requests += frames
+	} else {
 		tc.writes++
+		tc.replies += frames
 	}
+	tc.maxInFlight = max(tc.maxInFlight, tc.requests-tc.replies)
 	tc.fromClient = fromClient
+}
+
+// frameCounter counts the frames of one direction of a connection.
+type frameCounter struct {
+	versioned bool
+	pending   []byte // a header not yet whole
+	skip      int    // body bytes still to pass
+}
+
+func (fc *frameCounter) count(b []byte) int {
+	n := 0
+	if !fc.versioned && len(b) > 0 {
+		fc.versioned, b = true, b[1:]
+	}
+	for len(b) > 0 {
+		if fc.skip > 0 {
+			k := min(fc.skip, len(b))
+			fc.skip, b = fc.skip-k, b[k:]
+			continue
+		}
+		k := min(12-len(fc.pending), len(b))
+		fc.pending, b = append(fc.pending, b[:k]...), b[k:]
+		if len(fc.pending) == 12 {
+			fc.skip = int(be.BigEndian.Uint32(fc.pending[4:8])) + int(be.BigEndian.Uint32(fc.pending[8:12]))
+			fc.pending = fc.pending[:0]
+			n++
+		}
+	}
+	return n
 }
 
 func (tc *turnCounter) counts() (int, int) {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	return tc.turns, tc.writes
+}
+
+func (tc *turnCounter) inFlight() (requests, most int) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.requests, tc.maxInFlight
 }
 
 // proxy serves path, forwarding every connection to daemon.
@@ -58,10 +104,11 @@ func (tc *turnCounter) proxy(t *testing.T, path, daemon string) {
 	t.Cleanup(func() { l.Close() })
 	copyCounted := func(dst, src net.Conn, fromClient bool) {
 		buf := make([]byte, 1<<20)
+		var fc frameCounter
 		for {
 			n, err := src.Read(buf)
 			if n > 0 {
-				tc.saw(fromClient)
+				tc.saw(fromClient, fc.count(buf[:n]))
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					break
 				}
@@ -114,4 +161,22 @@ func TestPKCS11InitTravelsWithTheCall(t *testing.T) {
 		t.Errorf("the daemon wrote %d times for %d round trips: the replies of requests sent together are not written together", writes, turns)
 	}
 	t.Logf("%d round trips, %d writes of the daemon", turns, writes)
+}
+
+// The threads of a process share the slot's connection without taking
+// turns for a whole round trip: a thread sends its request while others
+// wait for their replies, so the daemon takes several together (more
+// than the two of a C_SignInit sent with its C_Sign).
+func TestPKCS11ThreadsShareTheConnection(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	var tc turnCounter
+	proxy := filepath.Join(e.dir, "proxy.sock")
+	tc.proxy(t, proxy, e.sock)
+	e.extraEnv = append(e.extraEnv, "KEYWARDEN_PKCS11_SOCKET="+proxy)
+	e.clientRun(t, "threads", "4")
+	requests, most := tc.inFlight()
+	if most <= 2 {
+		t.Errorf("at most %d of %d requests were waiting for their replies at once, want more than 2 with 4 threads", most, requests)
+	}
+	t.Logf("%d requests, at most %d at once", requests, most)
 }

@@ -4,7 +4,8 @@
  * The daemon serves PKCS #11 itself on a Unix socket (keywarden serve
  * --pkcs11 PATH), in p11-kit's RPC protocol (version 0). This module is a
  * client of that protocol written for the daemon: every call is one
- * request and one reply on the slot's connection, and every mechanism's
+ * request and one reply on the slot's connection (a C_*Init may go with
+ * the call after it: see init), and every mechanism's
  * parameter is sent in the form the daemon reads, so whatever the daemon
  * offers (Ed25519, SHA-3, AES key wrap, ...) works through it, whatever
  * p11-kit release the machine has.
@@ -27,8 +28,11 @@
  * restarted), is refused here, never sent where it could name something
  * else.
  *
- * Threads: CKF_OS_LOCKING_OK (pthreads); one lock per connection, held for
- * one request and its reply. Fork: the child's calls answer
+ * Threads: CKF_OS_LOCKING_OK (pthreads); the threads of a process share
+ * the slot's connection: each sends its request under the connection's
+ * lock and waits for its reply without it, while one of the threads
+ * waiting reads the replies (they come in the order of the requests) and
+ * hands each to its thread. Fork: the child's calls answer
  * CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize, which opens
  * connections of its own (the daemon closes a connection another process
  * writes on); the parent's are closed in the child at the fork, never by
@@ -319,6 +323,15 @@ struct slot {
 	CK_ULONG daemon_id; /* the daemon's slot id */
 	uint32_t code;
 	int refused;        /* a refusal was reported (once per C_Initialize) */
+	/* Replies: the threads that sent requests wait in qhead..qtail, in the
+	 * order of their requests; one of them at a time (reading) reads what
+	 * the daemon answers and hands each reply to its thread. qlock guards
+	 * them (lock is not held while waiting: others send meanwhile). */
+	pthread_mutex_t qlock;
+	struct waiter *qhead, *qtail;
+	int reading;
+	int broken;         /* the connection failed: shut down, closed once no one uses it */
+	struct buf rx;      /* read and not yet handed over (the reader's) */
 	/* The connection's sessions and accepted initializations. */
 	struct sess *sess[SESS_BUCKETS];
 	struct known known[KNOWN_INITS];
@@ -809,110 +822,235 @@ reserve (struct buf *b, size_t n)
 		b->len -= n;
 }
 
+/* A thread waiting for the replies of the requests it sent. */
+struct waiter {
+	struct waiter *next;
+	int n, got;
+	uint32_t codes[2];
+	struct buf *replies[2];
+	int done;
+	CK_RV rv;
+	pthread_cond_t cv;
+};
+
+/* fail_all ends the connection: it is shut down (which wakes a thread
+ * blocked on it) and every waiting thread gets CKR_DEVICE_REMOVED; it is
+ * closed by close_broken once no thread uses it. Called with qlock held. */
+static void
+fail_all (struct slot *s)
+{
+	struct waiter *w;
+	if (!s->broken && s->fd >= 0)
+		shutdown (s->fd, SHUT_RDWR);
+	s->broken = 1;
+	while ((w = s->qhead) != NULL) {
+		s->qhead = w->next;
+		w->done = 1;
+		w->rv = CKR_DEVICE_REMOVED;
+		pthread_cond_signal (&w->cv);
+	}
+	s->qtail = NULL;
+}
+
+/* close_broken closes a failed connection once no thread waits on it.
+ * Called with the slot locked. */
+static void
+close_broken (struct slot *s)
+{
+	pthread_mutex_lock (&s->qlock);
+	if (s->broken && s->qhead == NULL && !s->reading) {
+		disconnect (s);
+		s->broken = 0;
+		buf_wipe (&s->rx);
+	}
+	pthread_mutex_unlock (&s->qlock);
+}
+
+/* hand_over gives the frames whole in rx to their threads, in order.
+ * Called with qlock held; -1 on a reply that is not the one awaited. */
+static int
+hand_over (struct slot *s)
+{
+	size_t pos = 0;
+	int rv = 0;
+
+	while (s->rx.len - pos >= 12) {
+		const unsigned char *h = s->rx.p + pos;
+		uint32_t code = (uint32_t) h[0] << 24 | h[1] << 16 | h[2] << 8 | h[3];
+		uint32_t olen = (uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7];
+		uint32_t blen = (uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
+		struct waiter *w = s->qhead;
+		struct buf *r;
+
+		if (w == NULL || code != w->codes[w->got] || olen > 4096 || blen > MAX_REPLY) {
+			rv = -1;
+			break;
+		}
+		if (s->rx.len - pos < 12 + (size_t) olen + blen)
+			break;
+		r = w->replies[w->got];
+		r->len = 0;
+		r->failed = 0;
+		put (r, h + 12 + olen, blen);
+		if (r->failed) {
+			rv = -1;
+			break;
+		}
+		pos += 12 + (size_t) olen + blen;
+		if (++w->got == w->n) {
+			s->qhead = w->next;
+			if (s->qhead == NULL)
+				s->qtail = NULL;
+			w->done = 1;
+			w->rv = CKR_OK;
+			pthread_cond_signal (&w->cv);
+		}
+	}
+	/* What is left is the start of a frame. */
+	if (pos > 0) {
+		memmove (s->rx.p, s->rx.p + pos, s->rx.len - pos);
+		explicit_bzero (s->rx.p + s->rx.len - pos, pos);
+		s->rx.len -= pos;
+	}
+	return rv;
+}
+
+/* read_replies is one recv by the reading thread, without qlock: as much
+ * as has come (only replies to requests sent can be there), handed over. */
+static int
+read_replies (struct slot *s)
+{
+	size_t want = 4096;
+	ssize_t r;
+
+	if (s->rx.len >= 12) {
+		const unsigned char *h = s->rx.p;
+		size_t need = 12 + ((size_t) ((uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7]) +
+		                    (size_t) ((uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11]));
+		if (need <= 12 + 4096 + (size_t) MAX_REPLY && need - s->rx.len > want)
+			want = need - s->rx.len;
+	}
+	reserve (&s->rx, want);
+	if (s->rx.failed)
+		return -1;
+	do
+		r = recv (s->fd, s->rx.p + s->rx.len, s->rx.cap - s->rx.len, 0);
+	while (r < 0 && errno == EINTR);
+	if (r <= 0)
+		return -1;
+	s->rx.len += r;
+	return 0;
+}
+
 /* exchange_n sends n requests (each a frame: a header of 12 bytes, which
- * it fills, and a body) in one write, and reads their replies' bodies into
- * replies. A daemon answers the frames of a connection in order, so n > 1
- * is one round trip where n calls one after the other would be n. Called
- * with the slot locked and connected. */
+ * it fills, and a body) in one write, and waits for their replies'
+ * bodies in replies. A daemon answers the frames of a connection in
+ * order, so n > 1 is one round trip where n calls one after the other
+ * would be n; and the threads of a process send their requests while
+ * others wait for replies, so the daemon takes them together and answers
+ * them in one write. Called with the slot locked and connected; the lock
+ * is let go while the thread waits (unless keep_lock: a connection being
+ * set up), and held again on return. */
 static CK_RV
-exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n)
+exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int keep_lock)
 {
 	struct iovec iov[2];
 	struct msghdr mh;
-	uint32_t codes[2];
-	struct buf rx = {0};
-	size_t pos = 0, sent = 0, total = 0;
-	int i;
+	struct waiter w;
+	size_t sent = 0, total = 0;
+	int i, failed = 0;
 
+	if (s->broken)
+		close_broken (s);
+	if (s->broken || s->fd < 0)
+		return CKR_DEVICE_REMOVED;
+	memset (&w, 0, sizeof w);
+	w.n = n;
 	for (i = 0; i < n; i++) {
 		struct buf *b = reqs[i];
-		uint32_t blen;
+		uint32_t blen, code;
 		if (b->failed || b->len < 12)
 			return CKR_HOST_MEMORY;
 		blen = b->len - 12;
-		codes[i] = ++s->code;
-		b->p[0] = codes[i] >> 24; b->p[1] = codes[i] >> 16; b->p[2] = codes[i] >> 8; b->p[3] = codes[i];
+		code = w.codes[i] = ++s->code;
+		b->p[0] = code >> 24; b->p[1] = code >> 16; b->p[2] = code >> 8; b->p[3] = code;
 		memset (b->p + 4, 0, 4);
 		b->p[8] = blen >> 24; b->p[9] = blen >> 16; b->p[10] = blen >> 8; b->p[11] = blen;
 		iov[i].iov_base = b->p;
 		iov[i].iov_len = b->len;
 		total += b->len;
+		w.replies[i] = replies[i];
 	}
+	pthread_cond_init (&w.cv, NULL);
+	pthread_mutex_lock (&s->qlock);
+	if (s->qtail != NULL)
+		s->qtail->next = &w;
+	else
+		s->qhead = &w;
+	s->qtail = &w;
+	pthread_mutex_unlock (&s->qlock);
 	/* One sendmsg for all the frames; a short write goes on where it
 	 * stopped. */
 	memset (&mh, 0, sizeof mh);
 	mh.msg_iov = iov;
 	mh.msg_iovlen = n;
 	while (sent < total) {
-		ssize_t w = sendmsg (s->fd, &mh, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
+		ssize_t wr = sendmsg (s->fd, &mh, MSG_NOSIGNAL);
+		if (wr < 0 && errno == EINTR)
 			continue;
-		if (w <= 0)
-			goto gone;
-		sent += w;
-		while (w > 0 && mh.msg_iovlen > 0) {
-			if ((size_t) w >= mh.msg_iov[0].iov_len) {
-				w -= mh.msg_iov[0].iov_len;
+		if (wr <= 0) {
+			failed = 1;
+			break;
+		}
+		sent += wr;
+		while (wr > 0 && mh.msg_iovlen > 0) {
+			if ((size_t) wr >= mh.msg_iov[0].iov_len) {
+				wr -= mh.msg_iov[0].iov_len;
 				mh.msg_iov++;
 				mh.msg_iovlen--;
 			} else {
-				mh.msg_iov[0].iov_base = (char *) mh.msg_iov[0].iov_base + w;
-				mh.msg_iov[0].iov_len -= w;
-				w = 0;
+				mh.msg_iov[0].iov_base = (char *) mh.msg_iov[0].iov_base + wr;
+				mh.msg_iov[0].iov_len -= wr;
+				wr = 0;
 			}
 		}
 	}
-	/* The replies: read as much as has come (only replies this thread
-	 * asked for can be there), usually all of them in one recv. */
-	for (i = 0; i < n; i++) {
-		uint32_t olen = 0, blen = 0;
-		const unsigned char *h;
-		size_t need = 12;
-		int headed = 0;
-		for (;;) {
-			while (rx.len - pos < need) {
-				ssize_t r;
-				reserve (&rx, need - (rx.len - pos) > 4096 ? need - (rx.len - pos) : 4096);
-				if (rx.failed)
-					goto gone;
-				r = recv (s->fd, rx.p + rx.len, rx.cap - rx.len, 0);
-				if (r < 0 && errno == EINTR)
-					continue;
-				if (r <= 0)
-					goto gone;
-				rx.len += r;
-			}
-			if (headed)
-				break;
-			headed = 1;
-			h = rx.p + pos;
-			olen = (uint32_t) h[4] << 24 | h[5] << 16 | h[6] << 8 | h[7];
-			blen = (uint32_t) h[8] << 24 | h[9] << 16 | h[10] << 8 | h[11];
-			if (((uint32_t) h[0] << 24 | h[1] << 16 | h[2] << 8 | h[3]) != codes[i] ||
-			    olen > 4096 || blen > MAX_REPLY)
-				goto gone;
-			need = 12 + (size_t) olen + blen;
+	if (!keep_lock)
+		pthread_mutex_unlock (&s->lock);
+	pthread_mutex_lock (&s->qlock);
+	if (failed)
+		fail_all (s);
+	while (!w.done) {
+		if (!s->reading) {
+			int rv;
+			s->reading = 1;
+			pthread_mutex_unlock (&s->qlock);
+			rv = read_replies (s);
+			pthread_mutex_lock (&s->qlock);
+			s->reading = 0;
+			if (rv != 0 || hand_over (s) != 0)
+				fail_all (s);
+		} else {
+			pthread_cond_wait (&w.cv, &s->qlock);
 		}
-		replies[i]->len = 0;
-		replies[i]->failed = 0;
-		put (replies[i], rx.p + pos + 12 + olen, blen);
-		if (replies[i]->failed)
-			goto gone;
-		pos += need;
 	}
-	buf_wipe (&rx);
-	return CKR_OK;
-gone:
-	buf_wipe (&rx);
-	disconnect (s);
-	return CKR_DEVICE_REMOVED;
+	/* Another thread waiting takes over the reading. */
+	if (s->qhead != NULL && !s->reading)
+		pthread_cond_signal (&s->qhead->cv);
+	pthread_mutex_unlock (&s->qlock);
+	pthread_cond_destroy (&w.cv);
+	if (!keep_lock)
+		pthread_mutex_lock (&s->lock);
+	if (s->broken)
+		close_broken (s);
+	return w.rv;
 }
 
-/* exchange sends one request and reads its reply. */
+/* exchange sends one request and waits for its reply. */
 static CK_RV
 exchange (struct slot *s, struct buf *req, struct buf *reply)
 {
-	return exchange_n (s, &req, &reply, 1);
+	return exchange_n (s, &req, &reply, 1, 0);
 }
 
 /* begin starts a request: room for the frame's header, then the call's id
@@ -969,6 +1107,10 @@ connect_slot (struct module *m, struct slot *s)
 	uid_t vouched_uid;
 	struct timeval tv = { m->timeout, 0 };
 
+	if (s->broken)
+		close_broken (s);
+	if (s->broken)
+		return CKR_DEVICE_REMOVED; /* closed once the threads waiting on it are told */
 	if (s->fd >= 0)
 		return CKR_OK;
 	memset (&sa, 0, sizeof sa);
@@ -999,14 +1141,14 @@ connect_slot (struct module *m, struct slot *s)
 	put_bytes (&req, HANDSHAKE, strlen (HANDSHAKE));
 	put_u8 (&req, 0);
 	put_bytes (&req, "", 0);
-	rv = exchange (s, &req, &reply);
+	rv = exchange_n (s, (struct buf *[]) { &req }, (struct buf *[]) { &reply }, 1, 1);
 	if (rv == CKR_OK)
 		rv = check_reply (&reply, RPC_Initialize, &r);
 	if (rv == CKR_OK) {
 		begin (&req, RPC_GetSlotList);
 		put_u8 (&req, 1);
 		put_u32 (&req, 1);
-		rv = exchange (s, &req, &reply);
+		rv = exchange_n (s, (struct buf *[]) { &req }, (struct buf *[]) { &reply }, 1, 1);
 	}
 	if (rv == CKR_OK)
 		rv = check_reply (&reply, RPC_GetSlotList, &r);
@@ -1152,6 +1294,8 @@ call (struct call *c)
 	if (c->req.failed)
 		return CKR_HOST_MEMORY;
 	pthread_mutex_lock (&s->lock);
+	if (s->broken)
+		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c->conn) {
 		pthread_mutex_unlock (&s->lock);
 		return CKR_SESSION_HANDLE_INVALID;
@@ -1160,27 +1304,33 @@ call (struct call *c)
 	if (cls != OC_NONE && cls != OC_INIT)
 		e = sess_find (s, c->h);
 	if (e != NULL && e->st[kind] == ST_PENDING) {
-		struct buf ireply = {0};
-		struct buf *reqs[2] = { &e->pending[kind], &c->req };
+		struct buf ireply = {0}, init = e->pending[kind];
+		struct buf *reqs[2] = { &init, &c->req };
 		struct buf *replies[2] = { &ireply, &c->reply };
 		struct rd r;
+		int st = ST_UNKNOWN;
 
-		rv = exchange_n (s, reqs, replies, 2);
-		buf_wipe (&e->pending[kind]);
+		memset (&e->pending[kind], 0, sizeof e->pending[kind]);
 		e->st[kind] = ST_UNKNOWN;
+		/* The slot's lock is let go while the replies come: e is
+		 * found again after. */
+		rv = exchange_n (s, reqs, replies, 2, 0);
+		buf_wipe (&init);
 		if (rv == CKR_OK) {
 			rv = check_reply (&ireply, init_of[kind], &r);
 			if (rv == CKR_OK && (r.bad || r.n != 0))
 				rv = CKR_DEVICE_ERROR;
 			if (rv == CKR_OK) {
-				e->st[kind] = ST_ACTIVE;
+				st = ST_ACTIVE;
 			} else {
 				c->deferred = 1;
 				if (!unsure (rv) && rv != CKR_OPERATION_ACTIVE)
-					e->st[kind] = ST_NONE;
+					st = ST_NONE;
 			}
 		}
 		buf_wipe (&ireply);
+		if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
+			e->st[kind] = st;
 	} else {
 		rv = exchange (s, &c->req, &c->reply);
 	}
@@ -1610,6 +1760,7 @@ C_Initialize (CK_VOID_PTR args)
 	}
 	for (i = 0; i < m->nslots; i++) {
 		pthread_mutex_init (&m->slots[i].lock, NULL);
+		pthread_mutex_init (&m->slots[i].qlock, NULL);
 		m->slots[i].fd = -1;
 		known_clear (&m->slots[i]);
 	}
@@ -1638,8 +1789,10 @@ C_Finalize (CK_VOID_PTR reserved)
 		pthread_mutex_lock (&m->slots[i].lock);
 		disconnect (&m->slots[i]);
 		sess_forget_all (&m->slots[i]);
+		buf_wipe (&m->slots[i].rx);
 		pthread_mutex_unlock (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].lock);
+		pthread_mutex_destroy (&m->slots[i].qlock);
 	}
 	free (m);
 	pthread_mutex_unlock (&init_lock);
@@ -2150,6 +2303,8 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		key = 0;
 	s = &c.m->slots[c.slot];
 	pthread_mutex_lock (&s->lock);
+	if (s->broken)
+		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c.conn) {
 		pthread_mutex_unlock (&s->lock);
 		return done (&c, CKR_SESSION_HANDLE_INVALID);
@@ -2171,6 +2326,8 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		rv = check_reply (&c.reply, id, &c.r);
 	if (rv == CKR_OK && (c.r.bad || c.r.n != 0))
 		rv = CKR_DEVICE_ERROR;
+	/* The slot's lock was let go while the reply came. */
+	e = (s->conn & 0xffffff) == c.conn ? sess_find (s, h) : NULL;
 	if (e != NULL) {
 		if (rv == CKR_OK || rv == CKR_OPERATION_ACTIVE)
 			e->st[kind] = ST_ACTIVE;
