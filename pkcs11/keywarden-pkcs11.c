@@ -299,6 +299,8 @@ struct sess {
 	CK_SESSION_HANDLE h;
 	unsigned char st[OP_KINDS];
 	struct buf pending[OP_KINDS]; /* a deferred C_*Init's request */
+	CK_MECHANISM_TYPE mech[OP_KINDS]; /* its mechanism */
+	unsigned char queried[OP_KINDS];  /* a length query was answered here */
 };
 
 /* An initialization the daemon accepted on this connection: the same
@@ -1303,6 +1305,16 @@ call (struct call *c)
 	c->sent = 1;
 	if (cls != OC_NONE && cls != OC_INIT)
 		e = sess_find (s, c->h);
+	if (e != NULL && e->st[kind] == ST_PENDING && e->queried[kind] && c->id != RPC_Sign && c->id != RPC_Digest) {
+		/* After C_Sign's (C_Digest's) length query, anything but
+		 * C_Sign (C_Digest) ends the operation with
+		 * CKR_OPERATION_ACTIVE, as the daemon does. */
+		buf_wipe (&e->pending[kind]);
+		e->st[kind] = ST_NONE;
+		c->deferred = 1;
+		pthread_mutex_unlock (&s->lock);
+		return CKR_OPERATION_ACTIVE;
+	}
 	if (e != NULL && e->st[kind] == ST_PENDING) {
 		struct buf ireply = {0}, init = e->pending[kind];
 		struct buf *reqs[2] = { &init, &c->req };
@@ -2316,6 +2328,8 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	}
 	if (e != NULL && e->st[kind] == ST_NONE && known_find (s, key, kind, c.req.p + moff, mlen)) {
 		e->pending[kind] = c.req;
+		e->mech[kind] = m->mechanism;
+		e->queried[kind] = 0;
 		memset (&c.req, 0, sizeof c.req);
 		e->st[kind] = ST_PENDING;
 		pthread_mutex_unlock (&s->lock);
@@ -2340,6 +2354,58 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	return done (&c, rv);
 }
 
+/* fixed_length is the length of every result of a mechanism, where the
+ * mechanism alone says it (and the daemon accepted it with the key): 0
+ * where it does not (ECDSA and RSA: the key's size; encryption: the
+ * data's). */
+static CK_ULONG
+fixed_length (CK_MECHANISM_TYPE m)
+{
+	switch (m) {
+	case CKM_EDDSA: case CKM_SHA512_HMAC: case CKM_SHA512: case 0x2d0 /* CKM_SHA3_512 */:
+		return 64;
+	case CKM_SHA384_HMAC: case CKM_SHA384:
+		return 48;
+	case CKM_SHA256_HMAC: case CKM_SHA256: case 0x2b0 /* CKM_SHA3_256 */:
+		return 32;
+	}
+	return 0;
+}
+
+/* local_length answers a length query (or a buffer too small) of C_Sign
+ * or C_Digest in the module, without a round trip, when the operation's
+ * C_*Init is deferred and its mechanism says the length (PKCS #11 lets a
+ * length query answer from the mechanism and the key): the operation
+ * stays, its C_*Init still deferred. Data longer than one request of the
+ * daemon's takes the daemon's answer. 1 if answered, with *rv. */
+static int
+local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen, CK_RV *rv)
+{
+	struct module *m = current ();
+	struct slot *s;
+	struct sess *e;
+	int kind = opcall[id].kind, slot, answered = 0;
+	CK_ULONG n;
+
+	if (m == NULL || (id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10))
+		return 0;
+	slot = slot_of (m, h);
+	if (slot < 0)
+		return 0;
+	s = &m->slots[slot];
+	pthread_mutex_lock (&s->lock);
+	if (s->fd >= 0 && !s->broken && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
+	    (e = sess_find (s, h)) != NULL && e->st[kind] == ST_PENDING &&
+	    (n = fixed_length (e->mech[kind])) != 0 && (out == NULL || *outlen < n)) {
+		*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+		*outlen = n;
+		e->queried[kind] = 1;
+		answered = 1;
+	}
+	pthread_mutex_unlock (&s->lock);
+	return answered;
+}
+
 /* in_out: data in, a result out ("uayfy" / "ay"). */
 static CK_RV
 in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
@@ -2349,6 +2415,8 @@ in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR
 
 	if ((in == NULL && inlen != 0) || outlen == NULL)
 		return CKR_ARGUMENTS_BAD;
+	if ((out == NULL || *outlen < 64) && local_length (id, h, inlen, out, outlen, &rv))
+		return rv;
 	rv = start (&c, id, h);
 	c.sizeq = out == NULL;
 	if (rv == CKR_OK) {

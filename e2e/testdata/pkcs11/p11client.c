@@ -52,6 +52,9 @@
  *                                   and a buffer too small keep the operation, an error and a
  *                                   result end it; a deferred C_SignInit whose key was destroyed
  *                                   meanwhile fails at C_Sign with CKR_KEY_HANDLE_INVALID
+ *   p11client MODULE sizeq N        N times: C_SignInit (CKM_EDDSA, a session key), a length
+ *                                   query, C_Sign; C_DigestInit (SHA-256), a length query,
+ *                                   C_Digest
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
@@ -361,6 +364,17 @@ static int opstate (CK_FUNCTION_LIST_PTR f)
 	/* The first round sends C_SignInit at once, the others defer it. */
 	for (round = 0; round < 3; round++)
 		opstate_sign (f, s, &ecdsa, ec, 64, round == 0 ? "first use" : "used before");
+	/* CKM_EDDSA: a length query of a deferred C_SignInit is answered by
+	 * the module; the rules are the same. */
+	{
+		CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+		CK_MECHANISM edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 };
+		CK_ATTRIBUTE edpub[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_OBJECT_HANDLE epub, epriv;
+		check ("an Ed25519 session key pair", f->C_GenerateKeyPair (s, &edgen, edpub, 3, privt, 2, &epub, &epriv), CKR_OK);
+		for (round = 0; round < 3; round++)
+			opstate_sign (f, s, &eddsa, epriv, 64, round == 0 ? "Ed25519, first use" : "Ed25519, used before");
+	}
 	/* A second session: its operations are its own. */
 	check ("a second session", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
 	check ("C_SignInit in the first", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
@@ -392,6 +406,40 @@ static int opstate (CK_FUNCTION_LIST_PTR f)
 	check ("C_CloseSession", f->C_CloseSession (s), CKR_OK);
 	len = sizeof sig;
 	check ("C_Sign in the closed session", f->C_Sign (s, data, sizeof data, sig, &len), CKR_SESSION_HANDLE_INVALID);
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	return failed;
+}
+
+/* sizeq signs and digests n times, each after a length query. */
+static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
+{
+	CK_SESSION_HANDLE s;
+	CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_MECHANISM edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+	CK_ATTRIBUTE pubt[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE privt[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE data[32], out[128];
+	CK_ULONG len;
+	int i;
+
+	memset (data, 6, sizeof data);
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("an Ed25519 session key pair", f->C_GenerateKeyPair (s, &edgen, pubt, 3, privt, 2, &pub, &priv), CKR_OK);
+	for (i = 0; i < n && !failed; i++) {
+		CK_RV rv;
+		len = 0;
+		if ((rv = f->C_SignInit (s, &eddsa, priv)) != CKR_OK || (rv = f->C_Sign (s, data, sizeof data, NULL, &len)) != CKR_OK ||
+		    len != 64 || (rv = f->C_Sign (s, data, sizeof data, out, &len)) != CKR_OK || len != 64)
+			check ("sign after a length query", rv, CKR_OK + (rv == CKR_OK));
+		len = 0;
+		if ((rv = f->C_DigestInit (s, &sha)) != CKR_OK || (rv = f->C_Digest (s, data, sizeof data, NULL, &len)) != CKR_OK ||
+		    len != 32 || (rv = f->C_Digest (s, data, sizeof data, out, &len)) != CKR_OK || len != 32)
+			check ("digest after a length query", rv, CKR_OK + (rv == CKR_OK));
+	}
 	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	return failed;
 }
@@ -518,6 +566,8 @@ int main (int argc, char **argv)
 		m.pParameter = &ctx;
 		check ("Ed25519ctx", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "sizeq") == 0 && argc == 4) {
+		sizeq (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "opstate") == 0) {
 		opstate (f);
 	} else if (strcmp (argv[2], "workload") == 0) {
