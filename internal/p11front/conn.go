@@ -97,15 +97,26 @@ func (c *conn) serve() {
 		c.c.SetReadDeadline(time.Time{})
 		body := c.handle(buf[olen:])
 		clear(buf) // it may have held data to encrypt or a key to import
-		out = appendFrame(out[:0], code, body)
+		out = appendFrame(out, code, body)
+		if !c.closing && len(out) < maxHeldReplies && c.rd.frameBuffered() {
+			// The client sent the next request with this one (the
+			// module sends a deferred C_*Init with the call after it):
+			// both replies go in one write.
+			continue
+		}
 		c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_, err = c.c.Write(out)
 		clear(out)
+		out = out[:0]
 		if err != nil || c.closing {
 			return
 		}
 	}
 }
+
+// maxHeldReplies bounds the replies held back to be written with the
+// next one.
+const maxHeldReplies = 64 << 10
 
 // closedBy logs why a read ended the connection.
 func (c *conn) closedBy(err error) {
@@ -175,6 +186,17 @@ type credReader struct {
 	// buf[r:w] is read from the socket and not yet returned.
 	buf  []byte
 	r, w int
+}
+
+// frameBuffered reports whether a whole frame has been read and not yet
+// returned: handling it needs no wait for the client.
+func (r *credReader) frameBuffered() bool {
+	b := r.buf[r.r:r.w]
+	if len(b) < frameHeader {
+		return false
+	}
+	_, olen, blen, err := parseHeader(b[:frameHeader])
+	return err == nil && len(b)-frameHeader >= int(olen)+int(blen)
 }
 
 // Read returns what the buffer holds, refilling it with one recvmsg when

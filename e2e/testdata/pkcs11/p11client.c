@@ -46,6 +46,15 @@
  *                                   wrappable, or with nothing asked: refused; aes1 unchanged
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
+ *   p11client MODULE opstate        the rules of an operation's state, with C_*Init sent at once
+ *                                   (a first use) and deferred to the next call (a key and
+ *                                   mechanism used before): CKR_OPERATION_ACTIVE, a length query
+ *                                   and a buffer too small keep the operation, an error and a
+ *                                   result end it; a deferred C_SignInit whose key was destroyed
+ *                                   meanwhile fails at C_Sign with CKR_KEY_HANDLE_INVALID
+ *   p11client MODULE sizeq N        N times: C_SignInit (CKM_EDDSA, a session key), a length
+ *                                   query, C_Sign; C_DigestInit (SHA-256), a length query,
+ *                                   C_Digest
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
@@ -278,6 +287,163 @@ static void check (const char *what, CK_RV rv, CK_RV want)
 		failed = 1;
 }
 
+/* opstate_sign checks the state rules of one signing operation on key
+ * with mech over 32 bytes; its C_SignInit is sent at once the first time
+ * (first is set) and deferred after. */
+static void opstate_sign (CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key,
+                          CK_ULONG siglen_want, const char *name)
+{
+	CK_BYTE data[32], sig[128];
+	CK_ULONG len;
+	char what[160];
+
+	memset (data, 5, sizeof data);
+#define CHECK(desc, expr, want) do { snprintf (what, sizeof what, "%s: %s", name, desc); check (what, (expr), (want)); } while (0)
+	CHECK ("C_Sign before C_SignInit", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	CHECK ("C_SignInit", f->C_SignInit (s, mech, key), CKR_OK);
+	CHECK ("C_SignInit again", f->C_SignInit (s, mech, key), CKR_OPERATION_ACTIVE);
+	len = 0;
+	CHECK ("a length query", f->C_Sign (s, data, sizeof data, NULL, &len), CKR_OK);
+	CHECK ("the length", len, siglen_want);
+	CHECK ("C_SignInit after a length query", f->C_SignInit (s, mech, key), CKR_OPERATION_ACTIVE);
+	len = 1;
+	CHECK ("a buffer too small", f->C_Sign (s, data, sizeof data, sig, &len), CKR_BUFFER_TOO_SMALL);
+	CHECK ("the length asked", len, siglen_want);
+	len = sizeof sig;
+	CHECK ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+	CHECK ("the signature's length", len, siglen_want);
+	len = sizeof sig;
+	CHECK ("the operation ended with its result", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	/* An error ends it. */
+	CHECK ("C_SignInit", f->C_SignInit (s, mech, key), CKR_OK);
+	len = sizeof sig;
+	if (mech->mechanism == CKM_ECDSA)
+		CHECK ("a digest of 5 bytes", f->C_Sign (s, data, 5, sig, &len), CKR_DATA_LEN_RANGE);
+	else
+		CHECK ("C_SignUpdate after a length query",
+		       (len = 0, f->C_Sign (s, data, sizeof data, NULL, &len), f->C_SignUpdate (s, data, 1)), CKR_OPERATION_ACTIVE);
+	len = sizeof sig;
+	CHECK ("the operation ended with the error", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	CHECK ("C_SignInit after the error", f->C_SignInit (s, mech, key), CKR_OK);
+	len = sizeof sig;
+	CHECK ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+	/* Two kinds of operation at once on one session. */
+	CHECK ("C_SignInit", f->C_SignInit (s, mech, key), CKR_OK);
+	CHECK ("C_DigestInit beside it", f->C_DigestInit (s, &(CK_MECHANISM) { CKM_SHA256, NULL, 0 }), CKR_OK);
+	len = sizeof sig;
+	CHECK ("C_Digest", f->C_Digest (s, data, sizeof data, sig, &len), CKR_OK);
+	CHECK ("a SHA-256 digest", len, 32);
+	len = sizeof sig;
+	CHECK ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+#undef CHECK
+}
+
+static int opstate (CK_FUNCTION_LIST_PTR f)
+{
+	CK_SESSION_HANDLE s, s2;
+	CK_OBJECT_HANDLE ec, pub, priv;
+	CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 }, gen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 };
+	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE pubt[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE privt[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_BYTE data[32], sig[128];
+	CK_ULONG len;
+	int round;
+
+	memset (data, 5, sizeof data);
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("an EC key", first_ec_key (f, s, &ec), CKR_OK);
+	/* A key of another type is refused by C_SignInit itself, the first
+	 * time and every time. */
+	for (round = 0; round < 2; round++)
+		check ("CKM_EDDSA with an EC key", f->C_SignInit (s, &eddsa, ec), CKR_KEY_TYPE_INCONSISTENT);
+	check ("a handle that is no key", f->C_SignInit (s, &ecdsa, ec + 1000), CKR_KEY_HANDLE_INVALID);
+	/* The first round sends C_SignInit at once, the others defer it. */
+	for (round = 0; round < 3; round++)
+		opstate_sign (f, s, &ecdsa, ec, 64, round == 0 ? "first use" : "used before");
+	/* CKM_EDDSA: a length query of a deferred C_SignInit is answered by
+	 * the module; the rules are the same. */
+	{
+		CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+		CK_MECHANISM edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 };
+		CK_ATTRIBUTE edpub[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_OBJECT_HANDLE epub, epriv;
+		check ("an Ed25519 session key pair", f->C_GenerateKeyPair (s, &edgen, edpub, 3, privt, 2, &epub, &epriv), CKR_OK);
+		for (round = 0; round < 3; round++)
+			opstate_sign (f, s, &eddsa, epriv, 64, round == 0 ? "Ed25519, first use" : "Ed25519, used before");
+	}
+	/* A second session: its operations are its own. */
+	check ("a second session", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
+	check ("C_SignInit in the first", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
+	check ("C_SignInit in the second", f->C_SignInit (s2, &ecdsa, ec), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign in the second", f->C_Sign (s2, data, sizeof data, sig, &len), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign in the first", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+	check ("C_CloseSession of the second", f->C_CloseSession (s2), CKR_OK);
+	/* A session key destroyed while a deferred C_SignInit waits: the
+	 * daemon refuses the C_SignInit when it comes with C_Sign, which
+	 * returns its error; no operation is then active. */
+	check ("a session key pair", f->C_GenerateKeyPair (s, &gen, pubt, 3, privt, 2, &pub, &priv), CKR_OK);
+	check ("C_SignInit (sent)", f->C_SignInit (s, &ecdsa, priv), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+	check ("C_SignInit (deferred)", f->C_SignInit (s, &ecdsa, priv), CKR_OK);
+	check ("C_DestroyObject", f->C_DestroyObject (s, priv), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign returns the deferred C_SignInit's error", f->C_Sign (s, data, sizeof data, sig, &len), CKR_KEY_HANDLE_INVALID);
+	len = sizeof sig;
+	check ("no operation after it", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+	check ("C_SignInit with the destroyed key", f->C_SignInit (s, &ecdsa, priv), CKR_KEY_HANDLE_INVALID);
+	check ("C_SignInit with another", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+	/* A deferred C_SignInit is forgotten with its session. */
+	check ("C_SignInit (deferred)", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
+	check ("C_CloseSession", f->C_CloseSession (s), CKR_OK);
+	len = sizeof sig;
+	check ("C_Sign in the closed session", f->C_Sign (s, data, sizeof data, sig, &len), CKR_SESSION_HANDLE_INVALID);
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	return failed;
+}
+
+/* sizeq signs and digests n times, each after a length query. */
+static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
+{
+	CK_SESSION_HANDLE s;
+	CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_MECHANISM edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+	CK_ATTRIBUTE pubt[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE privt[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_OBJECT_HANDLE pub, priv;
+	CK_BYTE data[32], out[128];
+	CK_ULONG len;
+	int i;
+
+	memset (data, 6, sizeof data);
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("an Ed25519 session key pair", f->C_GenerateKeyPair (s, &edgen, pubt, 3, privt, 2, &pub, &priv), CKR_OK);
+	for (i = 0; i < n && !failed; i++) {
+		CK_RV rv;
+		len = 0;
+		if ((rv = f->C_SignInit (s, &eddsa, priv)) != CKR_OK || (rv = f->C_Sign (s, data, sizeof data, NULL, &len)) != CKR_OK ||
+		    len != 64 || (rv = f->C_Sign (s, data, sizeof data, out, &len)) != CKR_OK || len != 64)
+			check ("sign after a length query", rv, CKR_OK + (rv == CKR_OK));
+		len = 0;
+		if ((rv = f->C_DigestInit (s, &sha)) != CKR_OK || (rv = f->C_Digest (s, data, sizeof data, NULL, &len)) != CKR_OK ||
+		    len != 32 || (rv = f->C_Digest (s, data, sizeof data, out, &len)) != CKR_OK || len != 32)
+			check ("digest after a length query", rv, CKR_OK + (rv == CKR_OK));
+	}
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	return failed;
+}
+
 static CK_FUNCTION_LIST_PTR shared;
 
 static void *worker (void *arg)
@@ -400,6 +566,10 @@ int main (int argc, char **argv)
 		m.pParameter = &ctx;
 		check ("Ed25519ctx", f->C_SignInit (s, &m, key), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "sizeq") == 0 && argc == 4) {
+		sizeq (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "opstate") == 0) {
+		opstate (f);
 	} else if (strcmp (argv[2], "workload") == 0) {
 		int round;
 		for (round = 0; round < 2; round++)
