@@ -64,9 +64,10 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// txnMu is held across each commit and the recording of its
-	// revision in own: a follower that takes it knows of every commit of
-	// this store up to the revisions it has seen.
+	// txnMu is held across each commit, the recording of its revision
+	// in own and its commit functions (Tx.OnCommit): a follower that
+	// takes it knows of every commit of this store up to the revisions
+	// it has seen, and their commit functions have run.
 	txnMu sync.Mutex
 	own   map[int64]struct{} // revisions this store committed, not yet followed
 
@@ -279,14 +280,12 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		}
 		var failed = -1
 		var ferr error
-		marks := make([]int, len(group)) // each call's commit functions end here
-		fits := 0                        // the calls whose transaction is within the cluster's limit
+		fits := 0 // the calls whose transaction is within the cluster's limit
 		for i, c := range group {
 			if err := c.fn(tx); err != nil {
 				failed, ferr = i, err
 				break
 			}
-			marks[i] = len(tx.onCommit)
 			if !tx.tooBig() {
 				fits = i + 1
 			}
@@ -359,12 +358,8 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			}
 			return
 		}
-		prev := 0
-		for i, c := range group {
-			for _, f := range tx.onCommit[prev:marks[i]] {
-				f()
-			}
-			prev = marks[i]
+		// The commit functions ran in commit, in the calls' order.
+		for _, c := range group {
 			finish(c, nil)
 		}
 		return
@@ -489,7 +484,9 @@ func (e *Etcd) PutSize(bucket, key []byte, n int) int {
 func (e *Etcd) commit(tx *etcdTx) error {
 	readOnly := len(tx.writes) == 0
 	if readOnly && (!tx.fromLast || len(tx.reads)+len(tx.ranges) == 0) {
-		return nil // nothing to write: what was read was a snapshot read for it
+		// Nothing to write: what was read was a snapshot read for it.
+		tx.committed()
+		return nil
 	}
 	// A transaction that writes nothing but began at the snapshot of this
 	// store's last commit (prefetch) read what was then, which other
@@ -557,7 +554,9 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		return errConflict
 	}
 	if readOnly {
-		return nil // nothing committed: the snapshot to begin at stays
+		// Nothing committed: the snapshot to begin at stays.
+		tx.committed()
+		return nil
 	}
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
@@ -572,7 +571,20 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		clear(e.own) // no one follows: keep no more
 	}
 	e.own[resp.Header.Revision] = struct{}{}
+	// The commit functions run under txnMu too: a follower passes this
+	// revision, and so reaches any later commit of another writer, only
+	// once they have run. What they record of this commit is never
+	// recorded after (over) what the follower applies of a later one.
+	tx.committed()
 	return nil
+}
+
+// committed runs tx's commit functions, in the order they were
+// registered.
+func (t *etcdTx) committed() {
+	for _, f := range t.onCommit {
+		f()
+	}
 }
 
 // wrapErr names what went wrong with the cluster.
