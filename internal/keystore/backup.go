@@ -817,5 +817,5 @@ func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, 
 	plain := func(i int, fn func([]byte) error) error {
 		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
 	}
-	return s.putRecordIn(tx, k, h, acc, r, true, plain)
+	return s.putRecordIn(tx, k, h, acc, r, true, plain, nil)
 }

@@ -217,8 +217,34 @@ func (s *Store) Add(o *Object) error {
 	if hookAddWriting != nil {
 		hookAddWriting()
 	}
+	// A persistent key is published as its record is noted, under s.mu,
+	// as the write commits: a caller that finds the record current
+	// (opening the key by its name) finds this object too, rather than
+	// loading a second one of the same key that this would replace; and
+	// in a shared store the follower applies a later change of another
+	// daemon (a destroy, a rotation) only after, to this object.
+	published := false
+	publish := func() {
+		if s.closed || s.serving != epoch0 {
+			// Sealed (or closed) since the lease was taken: the seal
+			// dropped this epoch's state, and no live key is published
+			// after it. The record, if written, is kept; the key is
+			// found again after the next unseal.
+			return
+		}
+		published = true
+		o.epoch = epoch0
+		if o.Ephemeral {
+			s.eph[o] = struct{}{}
+			return
+		}
+		s.count++
+		o.refs = 1
+		o.gate = s.fol
+		s.loaded[o.ID] = o
+	}
 	if !o.Ephemeral {
-		if err := s.create(k, o); err != nil {
+		if err := s.create(k, o, publish); err != nil {
 			s.mu.Lock()
 			if s.serving == epoch0 { // else the seal dropped the reservation
 				s.unown(o.Owner)
@@ -233,31 +259,23 @@ func (s *Store) Add(o *Object) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.serving != epoch0 {
-		// Sealed (or closed) since the lease was taken: the seal dropped
-		// this epoch's state, and no live key is published after it. The
-		// record, if written, is kept; the key is found again after the
-		// next unseal.
+	if o.Ephemeral && !s.closed && s.serving == epoch0 {
+		publish()
+	}
+	if !published || s.closed || s.serving != epoch0 {
 		if s.closed {
 			return errClosed
 		}
 		return seal.ErrSealed
 	}
-	o.epoch = epoch0
-	if o.Ephemeral {
-		s.eph[o] = struct{}{}
-	} else {
-		s.count++
-		o.refs = 1
-		o.gate = s.fol
-		s.loaded[o.ID] = o
-	}
 	return nil
 }
 
 // Test hooks (fault points), nil outside tests: in Add, hookAddWriting
-// runs before a key's record is written and hookAddWritten after it, before
-// the key is published; hookRewrapBatch runs in RewrapAll inside each
+// runs before a key's record is written and hookAddWritten after it (a
+// persistent key is published then, an ephemeral one after the hook);
+// hookCommitting(s) runs as a commit function of every write of a key
+// record, before the record is noted (noteRecord); hookRewrapBatch runs in RewrapAll inside each
 // batch's transaction, before its records are read; hookRecordCurrent
 // runs before a record read from the store is compared with the one the
 // daemon last wrote (seen.go); hookRestoreWriting runs in Restore once
@@ -274,6 +292,7 @@ var (
 	hookLoaded         func()
 	hookAddWriting     func()
 	hookAddWritten     func()
+	hookCommitting     func(s *Store)
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
