@@ -2,12 +2,15 @@ package keystore
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/etcdtest"
+	"github.com/keywarden/keywarden/internal/persist"
+	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -180,5 +183,66 @@ func TestClusterOwnCommitNotedBeforeLaterCommitFollowed(t *testing.T) {
 	defer a.Release(oa)
 	if n := oa.Newest().N; n != 3 {
 		t.Fatalf("a opens version %d, want 3", n)
+	}
+}
+
+// A key unloaded and opened again on one daemon goes on from what it
+// counted only if no other daemon reserved encryptions of the version
+// since: the other's range is in the record's reservation, above this
+// daemon's, and this one's encryptions must not run into it. Before, the
+// count kept from before the unload was put back under the record's
+// higher reservation, and the encryptions of both daemons together could
+// exceed what the record reserved.
+func TestClusterReloadAfterReservationElsewhere(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	a := clusterNode(t, c.Endpoints(), "/reload-count/", true)
+	b := clusterNode(t, c.Endpoints(), "/reload-count/", false)
+	for _, unloadFirst := range []bool{false, true} {
+		name := fmt.Sprintf("k%v", unloadFirst)
+		o := obj(t, 1, name, false)
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Encrypting(o, 1); err != nil {
+			t.Fatal(err)
+		}
+		var ob *Object
+		within(t, 2*time.Second, "b opens the key", func() bool {
+			var err error
+			ob, err = b.Get(o.ID)
+			return err == nil && ob.Newest().reserved.Load() > 0
+		})
+		if unloadFirst {
+			a.Release(o) // unloaded on a before b reserves
+		}
+		if _, err := b.Encrypting(ob, 1); err != nil {
+			t.Fatal(err)
+		}
+		reserved := ob.Newest().reserved.Load()
+		b.Release(ob)
+		if !unloadFirst {
+			within(t, 2*time.Second, "a follows b's reservation", func() bool { return o.Newest().elsewhere.Load() >= reserved })
+			a.Release(o)
+		} else {
+			within(t, 2*time.Second, "a follows b's reservation", func() bool {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				tag, _ := a.seen.get(o.ID)
+				var cur uint64
+				a.db.View(func(tx store.Tx) error {
+					cur = macTag(tx.Get(persist.BucketKeys, o.ID[:]))
+					return nil
+				})
+				return tag == cur
+			})
+		}
+		oa, err := a.Get(o.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u := oa.Newest().Used(); u < reserved {
+			t.Errorf("unloaded first %v: a goes on from %d encryptions under a reservation of %d, which b's range (up to it) is in", unloadFirst, u, reserved)
+		}
+		a.Release(oa)
 	}
 }

@@ -334,7 +334,7 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			}
 		}
 		s.mu.Lock()
-		s.used = make(map[key.ID]map[uint32]uint64) // the backup's records say what was reserved then
+		s.used = make(map[key.ID]map[uint32]usedCount) // the backup's records say what was reserved then
 		s.mu.Unlock()
 		if hookRestoreWriting != nil {
 			hookRestoreWriting()

@@ -45,10 +45,11 @@ type Store struct {
 	// withdrawal (seal.Master.Install, SealWith). 0: none.
 	serving uint64
 	// used remembers, for unloaded keys, how many encryptions each
-	// version made in this process, below what its record reserves: a key
-	// reloaded within the process's life goes on from there rather than
-	// counting its whole reservation as spent.
-	used map[key.ID]map[uint32]uint64
+	// version made in this process, below what this process reserved: a
+	// key reloaded within the process's life goes on from there rather
+	// than counting its whole reservation as spent, if its record still
+	// reserves what this process did (no other daemon reserved since).
+	used map[key.ID]map[uint32]usedCount
 	// mats knows which live key objects hold which material (the copy
 	// rule: materials.go).
 	mats materials
@@ -100,7 +101,7 @@ func New(cfg Config) *Store {
 		eph:        make(map[*Object]struct{}),
 		owned:      make(map[uint32]int),
 		bad:        make(map[key.ID]struct{}),
-		used:       make(map[key.ID]map[uint32]uint64),
+		used:       make(map[key.ID]map[uint32]usedCount),
 		mats:       newMaterials(0),
 		hwFile:     cfg.HighWaterFile,
 	}
@@ -441,8 +442,9 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		s.loaded[id] = o
 		if used := s.used[id]; used != nil {
 			for _, v := range o.Versions() {
-				if u, ok := used[v.N]; ok && u < v.used.Load() {
-					v.used.Store(u)
+				// v.used is the record's reservation (objectFrom).
+				if u, ok := used[v.N]; ok && u.used < v.used.Load() && u.reserved == v.reserved.Load() {
+					v.used.Store(u.used)
 				}
 			}
 			delete(s.used, id)
@@ -577,16 +579,26 @@ func (s *Store) Release(o *Object) {
 	}
 }
 
+// usedCount is what a version of an unloaded key had made of this
+// process's reservation.
+type usedCount struct {
+	used, reserved uint64
+}
+
 // rememberUsed keeps what o's versions used of their reservations, for
-// when o is loaded again. s.mu is held.
+// when o is loaded again. s.mu is held. A version that another daemon
+// reserved encryptions of after this one's reservation (elsewhere) is not
+// kept: its count goes on from the record's reservation, above the
+// other's range.
 func (s *Store) rememberUsed(o *Object) {
-	var used map[uint32]uint64
+	var used map[uint32]usedCount
 	for _, v := range o.Versions() {
-		if u := v.used.Load(); u < v.reserved.Load() {
+		r := v.reserved.Load()
+		if u := v.used.Load(); u < r && v.elsewhere.Load() <= r {
 			if used == nil {
-				used = make(map[uint32]uint64)
+				used = make(map[uint32]usedCount)
 			}
-			used[v.N] = u
+			used[v.N] = usedCount{used: u, reserved: r}
 		}
 	}
 	if used != nil {
