@@ -216,9 +216,12 @@ func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) er
 }
 
 // update writes o's record as change makes it from o's current state;
-// after it is durable, apply installs the change in memory. o.wmu must be
-// held.
-func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain func(int, func([]byte) error) error) error {
+// after it is durable, the caller installs the change in memory, or then
+// does, if not nil: under s.mu, as the record is noted (noteRecord), so
+// that in a shared store the follower applies another daemon's later
+// change (a reservation of the version a rotation made) to o as changed.
+// o.wmu must be held.
+func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain func(int, func([]byte) error) error, then func()) error {
 	l, err := s.lease()
 	if err != nil {
 		return err
@@ -247,7 +250,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 			return err
 		}
 		c := r.CloneVT() // Update may run fn more than once
-		return s.putRecord(tx, k, c, true, plain, nil)
+		return s.putRecord(tx, k, c, true, plain, then)
 	})
 	return storeErr(err)
 }

@@ -287,13 +287,15 @@ func (s *Store) Add(o *Object) error {
 // reservations), before the reservation computed from it is written;
 // hookRestoreChunk runs before each chunk of a backup's records that
 // restoreInChunks writes, and its error stops the restore there;
-// hookLoaded runs in get once a key's record has been read and its object
+// hookRotated runs in a persistent key's rotation once its record is
+// written; hookLoaded runs in get once a key's record has been read and its object
 // made, before the object is installed among the loaded ones.
 var (
 	hookLoaded         func()
 	hookAddWriting     func()
 	hookAddWritten     func()
 	hookCommitting     func(s *Store)
+	hookRotated        func(o *Object)
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
