@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -76,6 +77,9 @@ type Etcd struct {
 	// transaction that conflicted read, as they were when it failed;
 	// used by the committer only.
 	snap *etcdSnap
+
+	// reads counts the requests that read (tests).
+	reads atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -398,6 +402,15 @@ func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
 		// revision of the cluster.
 		tx.rev, tx.fromLast = sn.rev, true
 		maps.Copy(tx.pre, sn.vals)
+		// A key it does not know is taken to be absent, without a
+		// request: what such a group reads of late is the new keys of
+		// creations (their ids and names), which are. The guard of a
+		// key read as absent is that it is absent when the transaction
+		// commits; one that is not fails the guard, and the group runs
+		// again from the values its failed transaction read (commit),
+		// or, if a function failed on it, from a snapshot read anew.
+		tx.absent = true
+		return
 	}
 	for range prefetchRounds {
 		want := map[string]struct{}{}
@@ -437,6 +450,7 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 		}
 		ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
 		defer cancel()
+		e.reads.Add(1)
 		return e.cli.Txn(ctx).Then(ops...).Commit()
 	}
 	// What was at a revision never changes: any member that has it may
@@ -672,6 +686,9 @@ type etcdTx struct {
 	// that of this store's last commit, or of its last transaction that
 	// failed (prefetch); the daemon may have followed commits since.
 	fromLast bool
+	// absent: a key that pre does not hold is read as absent, with no
+	// request (prefetch); the guard checks it at commit.
+	absent bool
 	// missing, in a transaction that only finds out what a function
 	// reads (prefetch), collects the keys read that pre lacks: such a
 	// read gives nothing, and a read of a range fails.
@@ -724,6 +741,7 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetRespon
 	}
 	ctx, cancel := context.WithTimeout(t.e.ctx, t.e.timeout)
 	defer cancel()
+	t.e.reads.Add(1)
 	resp, err := t.e.cli.Get(ctx, key, opts...)
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrCompacted) {
@@ -762,6 +780,13 @@ func (t *etcdTx) Get(bucket, key []byte) []byte {
 	}
 	if t.missing != nil {
 		t.missing[k] = struct{}{}
+		return nil
+	}
+	if t.absent {
+		t.cache[k] = nil
+		if _, ok := t.reads[k]; !ok {
+			t.reads[k] = 0
+		}
 		return nil
 	}
 	resp, err := t.get(k)
