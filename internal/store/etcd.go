@@ -263,6 +263,28 @@ func (e *Etcd) commitLoop() {
 	}
 }
 
+// join adds to a group that runs again after a conflict the calls that
+// have arrived since, as many as a group takes: while another writer
+// holds the store header, the calls of this store wait in one group
+// rather than in line behind it, and the next commit carries all of them.
+func (e *Etcd) join(group []*boltCall) []*boltCall {
+	if group[0].alone {
+		return group
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for n < len(e.pending) && len(group)+n < maxGroup && !e.pending[n].alone {
+		n++
+	}
+	if n == 0 {
+		return group
+	}
+	group = append(group[:len(group):len(group)], e.pending[:n]...)
+	e.pending = e.pending[n:]
+	return group
+}
+
 // maxOwn bounds the revisions remembered for a follower (Follow).
 const maxOwn = 1 << 16
 
@@ -335,6 +357,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		err := e.commit(tx)
 		if errors.Is(err, errConflict) {
 			fresh = false // the next try begins where this one failed
+			group = e.join(group)
 			if tries++; tries >= maxTries {
 				for _, c := range group {
 					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))

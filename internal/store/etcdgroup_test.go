@@ -88,3 +88,70 @@ func TestEtcdGroupReadsUnknownKeysAsAbsent(t *testing.T) {
 		t.Fatalf("the other writer's value was overwritten: %v %v", resp, err)
 	}
 }
+
+// Calls that arrive while a group's transaction conflicts with another
+// writer's go with it into its next transaction: one commit carries them
+// all. The conflict is forced: another writer changes the key the group
+// read while its function runs, once the second call waits.
+func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/join/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	hot := e.BucketPrefix(testBucket) + "hot"
+	if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte("hot"), []byte("0")) }); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	forced := false
+	err = e.Update(func(tx Tx) error {
+		tx.Get(testBucket, []byte("hot"))
+		if err := tx.Put(testBucket, []byte("one"), []byte("1")); err != nil {
+			return err
+		}
+		if forced {
+			return nil
+		}
+		forced = true
+		go func() {
+			second <- e.Update(func(tx Tx) error {
+				tx.Get(testBucket, []byte("hot"))
+				return tx.Put(testBucket, []byte("two"), []byte("2"))
+			})
+		}()
+		for {
+			e.mu.Lock()
+			n := len(e.pending)
+			e.mu.Unlock()
+			if n > 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		_, err := raw.Put(context.Background(), hot, "changed")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	rev := func(k string) int64 {
+		resp, err := raw.Get(context.Background(), e.BucketPrefix(testBucket)+k)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: %v", k, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	if r1, r2 := rev("one"), rev("two"); r1 != r2 {
+		t.Fatalf("the waiting call committed at revision %d, the conflicted group at %d: want one commit", r2, r1)
+	}
+}
