@@ -334,7 +334,7 @@ func (s *Store) Restore(path string, opts RestoreOptions) (*RestoreReport, error
 			}
 		}
 		s.mu.Lock()
-		s.used = make(map[key.ID]map[uint32]uint64) // the backup's records say what was reserved then
+		s.used = make(map[key.ID]map[uint32]usedCount) // the backup's records say what was reserved then
 		s.mu.Unlock()
 		if hookRestoreWriting != nil {
 			hookRestoreWriting()
@@ -817,5 +817,5 @@ func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, 
 	plain := func(i int, fn func([]byte) error) error {
 		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
 	}
-	return s.putRecordIn(tx, k, h, acc, r, true, plain)
+	return s.putRecordIn(tx, k, h, acc, r, true, plain, nil)
 }

@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"slices"
 	"time"
 
@@ -30,7 +31,7 @@ func (s *Store) SetAttrs(o *Object, decide func(old *key.Attrs) (*key.Attrs, err
 				r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
 			}
 			return nil
-		}, nil)
+		}, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -62,7 +63,7 @@ func (s *Store) MarkWrappedOut(o *Object) error {
 		err := s.update(o, func(r *persist.KeyRecord) error {
 			r.WrappedOut = true
 			return nil
-		}, nil)
+		}, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -126,6 +127,17 @@ func (s *Store) rotateLocked(o *Object, auto bool) (*Version, error) {
 	v.limit.Store(DefaultEncryptionLimit)
 	m.NextVersion++
 	next := append(slices.Clone(o.Versions()), v)
+	// install puts the version in o, then its material in the index,
+	// unless o was removed meanwhile: Remove marks o removed before it
+	// takes s.mu and drops the material of the versions o has then. s.mu
+	// is held. A persistent key's runs as its record is noted.
+	install := func() {
+		o.meta.Store(&m)
+		o.vers.Store(&next)
+		if !o.removed.Load() {
+			s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(m.Origin), len(m.Programs) > 0))
+		}
+	}
 	if !o.Ephemeral {
 		plain := func(i int, fn func([]byte) error) error {
 			if i == len(next)-1 {
@@ -135,27 +147,35 @@ func (s *Store) rotateLocked(o *Object, auto bool) (*Version, error) {
 		}
 		err := s.update(o, func(r *persist.KeyRecord) error {
 			r.NextVersion = m.NextVersion
-			r.Versions = append(r.Versions, &persist.KeyVersion{
+			nv := &persist.KeyVersion{
 				Version: v.N, CreatedUnixNano: v.Created.UnixNano(), EncryptionsLimit: v.limit.Load(),
 				BudgetEpoch: v.epoch, Automatic: v.auto,
-			})
+			}
+			if v.hasFP {
+				// As every later write of the record has it (record):
+				// another daemon's reservation then changes nothing
+				// else (reservedOnly).
+				nv.Fingerprint = bytes.Clone(v.fp[:])
+			}
+			r.Versions = append(r.Versions, nv)
 			return nil
-		}, plain)
+		}, plain, install)
 		if err != nil {
 			mat.Destroy()
 			return nil, err
 		}
+		if hookRotated != nil {
+			hookRotated(o)
+		}
+		// Wiped since the version was installed (destroyed, changed
+		// elsewhere, sealed): its material goes too.
+		o.setVersions(next)
+	} else {
+		s.mu.Lock()
+		install()
+		s.mu.Unlock()
+		o.setVersions(next)
 	}
-	o.meta.Store(&m)
-	// The version first, then its material in the index, unless o was
-	// removed meanwhile: Remove marks o removed before it takes s.mu and
-	// drops the material of the versions o has then.
-	o.setVersions(next)
-	s.mu.Lock()
-	if !o.removed.Load() {
-		s.mats.add(v.fp, holderOf(o.ID, o.Owner, o.Spec, o.Class, o.Attrs(), key.Origin(o.Meta().Origin), len(o.Meta().Programs) > 0))
-	}
-	s.mu.Unlock()
 	if auto {
 		s.log.Info("key given a new version: a machine generation change closed the last one", "key", o.ID.String(), "version", v.N)
 	} else {
@@ -267,7 +287,7 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 			r.Ssh = m.SSH
 			r.Versions = slices.DeleteFunc(r.Versions, func(v *persist.KeyVersion) bool { return !keep[v.Version] })
 			return nil
-		}, plain)
+		}, plain, nil)
 		if err != nil {
 			if restrict {
 				s.mu.Lock()
@@ -398,7 +418,7 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 				}
 				r.Versions[idx].EncryptionsReserved = res
 				return nil
-			}, nil)
+			}, nil, nil)
 			if err != nil {
 				return nil, err
 			}

@@ -146,7 +146,7 @@ func TestCopyRuleAcrossRestart(t *testing.T) {
 		}
 		return s.putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
 			return b.UseVersion(b.Versions()[i], func(m *mech.Key) error { return m.Canonical(fn) })
-		})
+		}, nil)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +214,7 @@ func TestLegacyRolesNormalized(t *testing.T) {
 			change(r)
 			return s.putRecord(tx, k, r, true, func(i int, fn func([]byte) error) error {
 				return o.UseVersion(o.Versions()[i], func(m *mech.Key) error { return m.Canonical(fn) })
-			})
+			}, nil)
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -121,13 +121,14 @@ func objectPlain(o *Object) func(i int, fn func([]byte) error) error {
 // putRecord writes r (whose blobs plain gives, and whose fingerprints are
 // inner values) in tx, in format 2 under the current generation, updating
 // the header. update is whether a record with its id must exist (an
-// update) or must not (a create).
-func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
+// update) or must not (a create). then, if not nil, runs under s.mu once
+// tx commits, as the record is noted (noteRecord).
+func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error, then func()) error {
 	h, acc, err := readHeader(tx, k)
 	if err != nil {
 		return err
 	}
-	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain); err != nil {
+	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain, then); err != nil {
 		return err
 	}
 	return s.writeHeader(tx, k, h, acc)
@@ -135,7 +136,7 @@ func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, updat
 
 // putRecordIn is putRecord with the header (h, acc) read and written by
 // the caller: a batch of writes reads and writes it once.
-func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error) error {
+func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error, then func()) error {
 	cur := tx.Get(persist.BucketKeys, r.Id)
 	switch {
 	case update && cur == nil:
@@ -173,7 +174,10 @@ func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, a
 	if err := tx.Put(persist.BucketKeys, r.Id, persist.JoinValue(mac, rb)); err != nil {
 		return err
 	}
-	s.noteRecord(tx, r.Id, mac)
+	if hookCommitting != nil {
+		tx.OnCommit(func() { hookCommitting(s) })
+	}
+	s.noteRecord(tx, r.Id, mac, then)
 	if !update && r.Name != "" {
 		nk := persist.NameKey(r.Owner, r.Name)
 		if tx.Get(persist.BucketNames, nk) != nil {
@@ -186,10 +190,11 @@ func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, a
 	return nil
 }
 
-// create writes o's first record.
-func (s *Store) create(k *seal.Keys, o *Object) error {
+// create writes o's first record; install runs under s.mu as the record
+// is noted (noteRecord), if it commits.
+func (s *Store) create(k *seal.Keys, o *Object, install func()) error {
 	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
-		return s.putRecord(tx, k, record(o), false, objectPlain(o))
+		return s.putRecord(tx, k, record(o), false, objectPlain(o), install)
 	})
 	return storeErr(err)
 }
@@ -211,9 +216,12 @@ func (s *Store) write(k *seal.Keys, fn func(k *seal.Keys, tx store.Tx) error) er
 }
 
 // update writes o's record as change makes it from o's current state;
-// after it is durable, apply installs the change in memory. o.wmu must be
-// held.
-func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain func(int, func([]byte) error) error) error {
+// after it is durable, the caller installs the change in memory, or then
+// does, if not nil: under s.mu, as the record is noted (noteRecord), so
+// that in a shared store the follower applies another daemon's later
+// change (a reservation of the version a rotation made) to o as changed.
+// o.wmu must be held.
+func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain func(int, func([]byte) error) error, then func()) error {
 	l, err := s.lease()
 	if err != nil {
 		return err
@@ -242,7 +250,7 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 			return err
 		}
 		c := r.CloneVT() // Update may run fn more than once
-		return s.putRecord(tx, k, c, true, plain)
+		return s.putRecord(tx, k, c, true, plain, then)
 	})
 	return storeErr(err)
 }
@@ -275,7 +283,7 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 		if err := tx.Delete(persist.BucketKeys, o.ID[:]); err != nil {
 			return err
 		}
-		s.noteRecord(tx, o.ID[:], nil)
+		s.noteRecord(tx, o.ID[:], nil, nil)
 		tx.OnCommit(func() {
 			s.mu.Lock()
 			if s.serving == epoch {
@@ -874,7 +882,7 @@ func (s *Store) moveAside(tx store.Tx, bad map[key.ID]struct{}) error {
 		if err := tx.Delete(persist.BucketKeys, id[:]); err != nil {
 			return err
 		}
-		s.noteRecord(tx, id[:], nil)
+		s.noteRecord(tx, id[:], nil, nil)
 	}
 	var names [][]byte
 	err := tx.ForEach(persist.BucketNames, nil, func(nk, v []byte) error {

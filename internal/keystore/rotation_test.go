@@ -253,7 +253,7 @@ func TestWriteAcrossRotationCommit(t *testing.T) {
 	}
 	commitRotation(t, s, p)
 	o := obj(t, 1, "after", false)
-	if err := s.create(k, o); err != nil {
+	if err := s.create(k, o, nil); err != nil {
 		t.Fatalf("a write with the keys of before the commit: %v", err)
 	}
 	l.Release()

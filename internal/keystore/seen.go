@@ -38,8 +38,13 @@ var errReplaced = errors.New("the key's record is not the one this daemon last w
 func macTag(mac []byte) uint64 { return binary.BigEndian.Uint64(mac) }
 
 // noteRecord makes tx record, once it commits, that key id's record has
-// MAC mac (nil: the record is deleted).
-func (s *Store) noteRecord(tx store.Tx, id []byte, mac []byte) {
+// MAC mac (nil: the record is deleted). then, if not nil, runs in the same
+// hold of s.mu: what it puts in memory (an object made with the record) is
+// there as soon as the record is known to be current, so that no one
+// loads a second object of the record in between. In a shared store, the
+// follower applies another daemon's later commit only after (store.Tx
+// OnCommit), so it finds what then put there.
+func (s *Store) noteRecord(tx store.Tx, id []byte, mac []byte, then func()) {
 	var kid key.ID
 	copy(kid[:], id)
 	tag, deleted := uint64(0), mac == nil
@@ -50,6 +55,9 @@ func (s *Store) noteRecord(tx store.Tx, id []byte, mac []byte) {
 		s.mu.Lock()
 		if s.seen != nil {
 			s.seen.set(kid, tag, deleted)
+		}
+		if then != nil {
+			then()
 		}
 		s.mu.Unlock()
 	})

@@ -45,10 +45,11 @@ type Store struct {
 	// withdrawal (seal.Master.Install, SealWith). 0: none.
 	serving uint64
 	// used remembers, for unloaded keys, how many encryptions each
-	// version made in this process, below what its record reserves: a key
-	// reloaded within the process's life goes on from there rather than
-	// counting its whole reservation as spent.
-	used map[key.ID]map[uint32]uint64
+	// version made in this process, below what this process reserved: a
+	// key reloaded within the process's life goes on from there rather
+	// than counting its whole reservation as spent, if its record still
+	// reserves what this process did (no other daemon reserved since).
+	used map[key.ID]map[uint32]usedCount
 	// mats knows which live key objects hold which material (the copy
 	// rule: materials.go).
 	mats materials
@@ -100,7 +101,7 @@ func New(cfg Config) *Store {
 		eph:        make(map[*Object]struct{}),
 		owned:      make(map[uint32]int),
 		bad:        make(map[key.ID]struct{}),
-		used:       make(map[key.ID]map[uint32]uint64),
+		used:       make(map[key.ID]map[uint32]usedCount),
 		mats:       newMaterials(0),
 		hwFile:     cfg.HighWaterFile,
 	}
@@ -217,8 +218,34 @@ func (s *Store) Add(o *Object) error {
 	if hookAddWriting != nil {
 		hookAddWriting()
 	}
+	// A persistent key is published as its record is noted, under s.mu,
+	// as the write commits: a caller that finds the record current
+	// (opening the key by its name) finds this object too, rather than
+	// loading a second one of the same key that this would replace; and
+	// in a shared store the follower applies a later change of another
+	// daemon (a destroy, a rotation) only after, to this object.
+	published := false
+	publish := func() {
+		if s.closed || s.serving != epoch0 {
+			// Sealed (or closed) since the lease was taken: the seal
+			// dropped this epoch's state, and no live key is published
+			// after it. The record, if written, is kept; the key is
+			// found again after the next unseal.
+			return
+		}
+		published = true
+		o.epoch = epoch0
+		if o.Ephemeral {
+			s.eph[o] = struct{}{}
+			return
+		}
+		s.count++
+		o.refs = 1
+		o.gate = s.fol
+		s.loaded[o.ID] = o
+	}
 	if !o.Ephemeral {
-		if err := s.create(k, o); err != nil {
+		if err := s.create(k, o, publish); err != nil {
 			s.mu.Lock()
 			if s.serving == epoch0 { // else the seal dropped the reservation
 				s.unown(o.Owner)
@@ -233,31 +260,23 @@ func (s *Store) Add(o *Object) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.serving != epoch0 {
-		// Sealed (or closed) since the lease was taken: the seal dropped
-		// this epoch's state, and no live key is published after it. The
-		// record, if written, is kept; the key is found again after the
-		// next unseal.
+	if o.Ephemeral && !s.closed && s.serving == epoch0 {
+		publish()
+	}
+	if !published || s.closed || s.serving != epoch0 {
 		if s.closed {
 			return errClosed
 		}
 		return seal.ErrSealed
 	}
-	o.epoch = epoch0
-	if o.Ephemeral {
-		s.eph[o] = struct{}{}
-	} else {
-		s.count++
-		o.refs = 1
-		o.gate = s.fol
-		s.loaded[o.ID] = o
-	}
 	return nil
 }
 
 // Test hooks (fault points), nil outside tests: in Add, hookAddWriting
-// runs before a key's record is written and hookAddWritten after it, before
-// the key is published; hookRewrapBatch runs in RewrapAll inside each
+// runs before a key's record is written and hookAddWritten after it (a
+// persistent key is published then, an ephemeral one after the hook);
+// hookCommitting(s) runs as a commit function of every write of a key
+// record, before the record is noted (noteRecord); hookRewrapBatch runs in RewrapAll inside each
 // batch's transaction, before its records are read; hookRecordCurrent
 // runs before a record read from the store is compared with the one the
 // daemon last wrote (seen.go); hookRestoreWriting runs in Restore once
@@ -268,12 +287,15 @@ func (s *Store) Add(o *Object) error {
 // reservations), before the reservation computed from it is written;
 // hookRestoreChunk runs before each chunk of a backup's records that
 // restoreInChunks writes, and its error stops the restore there;
-// hookLoaded runs in get once a key's record has been read and its object
+// hookRotated runs in a persistent key's rotation once its record is
+// written; hookLoaded runs in get once a key's record has been read and its object
 // made, before the object is installed among the loaded ones.
 var (
 	hookLoaded         func()
 	hookAddWriting     func()
 	hookAddWritten     func()
+	hookCommitting     func(s *Store)
+	hookRotated        func(o *Object)
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
@@ -422,8 +444,9 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		s.loaded[id] = o
 		if used := s.used[id]; used != nil {
 			for _, v := range o.Versions() {
-				if u, ok := used[v.N]; ok && u < v.used.Load() {
-					v.used.Store(u)
+				// v.used is the record's reservation (objectFrom).
+				if u, ok := used[v.N]; ok && u.used < v.used.Load() && u.reserved == v.reserved.Load() {
+					v.used.Store(u.used)
 				}
 			}
 			delete(s.used, id)
@@ -558,16 +581,26 @@ func (s *Store) Release(o *Object) {
 	}
 }
 
+// usedCount is what a version of an unloaded key had made of this
+// process's reservation.
+type usedCount struct {
+	used, reserved uint64
+}
+
 // rememberUsed keeps what o's versions used of their reservations, for
-// when o is loaded again. s.mu is held.
+// when o is loaded again. s.mu is held. A version that another daemon
+// reserved encryptions of after this one's reservation (elsewhere) is not
+// kept: its count goes on from the record's reservation, above the
+// other's range.
 func (s *Store) rememberUsed(o *Object) {
-	var used map[uint32]uint64
+	var used map[uint32]usedCount
 	for _, v := range o.Versions() {
-		if u := v.used.Load(); u < v.reserved.Load() {
+		r := v.reserved.Load()
+		if u := v.used.Load(); u < r && v.elsewhere.Load() <= r {
 			if used == nil {
-				used = make(map[uint32]uint64)
+				used = make(map[uint32]usedCount)
 			}
-			used[v.N] = u
+			used[v.N] = usedCount{used: u, reserved: r}
 		}
 	}
 	if used != nil {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -64,9 +65,10 @@ type Etcd struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// txnMu is held across each commit and the recording of its
-	// revision in own: a follower that takes it knows of every commit of
-	// this store up to the revisions it has seen.
+	// txnMu is held across each commit, the recording of its revision
+	// in own and its commit functions (Tx.OnCommit): a follower that
+	// takes it knows of every commit of this store up to the revisions
+	// it has seen, and their commit functions have run.
 	txnMu sync.Mutex
 	own   map[int64]struct{} // revisions this store committed, not yet followed
 
@@ -75,6 +77,9 @@ type Etcd struct {
 	// transaction that conflicted read, as they were when it failed;
 	// used by the committer only.
 	snap *etcdSnap
+
+	// reads counts the requests that read (tests).
+	reads atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -258,6 +263,28 @@ func (e *Etcd) commitLoop() {
 	}
 }
 
+// join adds to a group that runs again after a conflict the calls that
+// have arrived since, as many as a group takes: while another writer
+// holds the store header, the calls of this store wait in one group
+// rather than in line behind it, and the next commit carries all of them.
+func (e *Etcd) join(group []*boltCall) []*boltCall {
+	if group[0].alone {
+		return group
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := 0
+	for n < len(e.pending) && len(group)+n < maxGroup && !e.pending[n].alone {
+		n++
+	}
+	if n == 0 {
+		return group
+	}
+	group = append(group[:len(group):len(group)], e.pending[:n]...)
+	e.pending = e.pending[n:]
+	return group
+}
+
 // maxOwn bounds the revisions remembered for a follower (Follow).
 const maxOwn = 1 << 16
 
@@ -279,14 +306,12 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		}
 		var failed = -1
 		var ferr error
-		marks := make([]int, len(group)) // each call's commit functions end here
-		fits := 0                        // the calls whose transaction is within the cluster's limit
+		fits := 0 // the calls whose transaction is within the cluster's limit
 		for i, c := range group {
 			if err := c.fn(tx); err != nil {
 				failed, ferr = i, err
 				break
 			}
-			marks[i] = len(tx.onCommit)
 			if !tx.tooBig() {
 				fits = i + 1
 			}
@@ -332,6 +357,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		err := e.commit(tx)
 		if errors.Is(err, errConflict) {
 			fresh = false // the next try begins where this one failed
+			group = e.join(group)
 			if tries++; tries >= maxTries {
 				for _, c := range group {
 					finish(c, fmt.Errorf("%w: a transaction conflicted with other writers %d times", ErrUnavailable, tries))
@@ -359,12 +385,8 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			}
 			return
 		}
-		prev := 0
-		for i, c := range group {
-			for _, f := range tx.onCommit[prev:marks[i]] {
-				f()
-			}
-			prev = marks[i]
+		// The commit functions ran in commit, in the calls' order.
+		for _, c := range group {
 			finish(c, nil)
 		}
 		return
@@ -403,6 +425,15 @@ func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
 		// revision of the cluster.
 		tx.rev, tx.fromLast = sn.rev, true
 		maps.Copy(tx.pre, sn.vals)
+		// A key it does not know is taken to be absent, without a
+		// request: what such a group reads of late is the new keys of
+		// creations (their ids and names), which are. The guard of a
+		// key read as absent is that it is absent when the transaction
+		// commits; one that is not fails the guard, and the group runs
+		// again from the values its failed transaction read (commit),
+		// or, if a function failed on it, from a snapshot read anew.
+		tx.absent = true
+		return
 	}
 	for range prefetchRounds {
 		want := map[string]struct{}{}
@@ -442,6 +473,7 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 		}
 		ctx, cancel := context.WithTimeout(e.ctx, e.timeout)
 		defer cancel()
+		e.reads.Add(1)
 		return e.cli.Txn(ctx).Then(ops...).Commit()
 	}
 	// What was at a revision never changes: any member that has it may
@@ -489,7 +521,9 @@ func (e *Etcd) PutSize(bucket, key []byte, n int) int {
 func (e *Etcd) commit(tx *etcdTx) error {
 	readOnly := len(tx.writes) == 0
 	if readOnly && (!tx.fromLast || len(tx.reads)+len(tx.ranges) == 0) {
-		return nil // nothing to write: what was read was a snapshot read for it
+		// Nothing to write: what was read was a snapshot read for it.
+		tx.committed()
+		return nil
 	}
 	// A transaction that writes nothing but began at the snapshot of this
 	// store's last commit (prefetch) read what was then, which other
@@ -557,7 +591,9 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		return errConflict
 	}
 	if readOnly {
-		return nil // nothing committed: the snapshot to begin at stays
+		// Nothing committed: the snapshot to begin at stays.
+		tx.committed()
+		return nil
 	}
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
@@ -572,7 +608,20 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		clear(e.own) // no one follows: keep no more
 	}
 	e.own[resp.Header.Revision] = struct{}{}
+	// The commit functions run under txnMu too: a follower passes this
+	// revision, and so reaches any later commit of another writer, only
+	// once they have run. What they record of this commit is never
+	// recorded after (over) what the follower applies of a later one.
+	tx.committed()
 	return nil
+}
+
+// committed runs tx's commit functions, in the order they were
+// registered.
+func (t *etcdTx) committed() {
+	for _, f := range t.onCommit {
+		f()
+	}
 }
 
 // wrapErr names what went wrong with the cluster.
@@ -660,6 +709,9 @@ type etcdTx struct {
 	// that of this store's last commit, or of its last transaction that
 	// failed (prefetch); the daemon may have followed commits since.
 	fromLast bool
+	// absent: a key that pre does not hold is read as absent, with no
+	// request (prefetch); the guard checks it at commit.
+	absent bool
 	// missing, in a transaction that only finds out what a function
 	// reads (prefetch), collects the keys read that pre lacks: such a
 	// read gives nothing, and a read of a range fails.
@@ -712,6 +764,7 @@ func (t *etcdTx) get(key string, opts ...clientv3.OpOption) (*clientv3.GetRespon
 	}
 	ctx, cancel := context.WithTimeout(t.e.ctx, t.e.timeout)
 	defer cancel()
+	t.e.reads.Add(1)
 	resp, err := t.e.cli.Get(ctx, key, opts...)
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrCompacted) {
@@ -750,6 +803,13 @@ func (t *etcdTx) Get(bucket, key []byte) []byte {
 	}
 	if t.missing != nil {
 		t.missing[k] = struct{}{}
+		return nil
+	}
+	if t.absent {
+		t.cache[k] = nil
+		if _, ok := t.reads[k]; !ok {
+			t.reads[k] = 0
+		}
 		return nil
 	}
 	resp, err := t.get(k)

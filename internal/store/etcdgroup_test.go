@@ -1,0 +1,157 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/keywarden/keywarden/internal/etcdtest"
+)
+
+var testBucket = []byte("b")
+
+// A group that begins at this store's last commit reads the keys that
+// commit did not write as absent, with no request: creations of new keys
+// after a commit of this store make one request each, the commit. A key
+// read so that is in fact there (another writer put it) fails the guard,
+// and the group runs again on what is: the functions see the key's value,
+// and one that failed on its absence succeeds.
+func TestEtcdGroupReadsUnknownKeysAsAbsent(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/absent/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	put := func(k, v string) error {
+		return e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte(k), []byte(v)) })
+	}
+	if err := put("first", "1"); err != nil {
+		t.Fatal(err)
+	}
+	before := e.reads.Load()
+	for _, k := range []string{"a", "b", "c"} {
+		err := e.Update(func(tx Tx) error {
+			if tx.Get(testBucket, []byte(k)) != nil {
+				return errors.New("there already")
+			}
+			return tx.Put(testBucket, []byte(k), []byte("new"))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.reads.Load() - before; n != 0 {
+		t.Errorf("three creations of new keys after a commit made %d read requests, want none", n)
+	}
+	// Put behind this store's back: read as absent, then found.
+	if _, err := raw.Put(context.Background(), e.BucketPrefix(testBucket)+"there", "x"); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	err = e.Update(func(tx Tx) error {
+		v := tx.Get(testBucket, []byte("there"))
+		got = string(v)
+		if v == nil {
+			return errors.New("absent")
+		}
+		return tx.Put(testBucket, []byte("copy"), v)
+	})
+	if err != nil || got != "x" {
+		t.Fatalf("a function reading a key another writer put: %v, read %q", err, got)
+	}
+	if _, err := raw.Put(context.Background(), e.BucketPrefix(testBucket)+"there2", "y"); err != nil {
+		t.Fatal(err)
+	}
+	err = e.Update(func(tx Tx) error {
+		if tx.Get(testBucket, []byte("there2")) != nil {
+			got = "there"
+			return nil
+		}
+		got = "absent"
+		return tx.Put(testBucket, []byte("there2"), []byte("mine"))
+	})
+	if err != nil || got != "there" {
+		t.Fatalf("a function that writes a key it read as absent, which another writer put: %v, read it %s", err, got)
+	}
+	resp, err := raw.Get(context.Background(), e.BucketPrefix(testBucket)+"there2")
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "y" {
+		t.Fatalf("the other writer's value was overwritten: %v %v", resp, err)
+	}
+}
+
+// Calls that arrive while a group's transaction conflicts with another
+// writer's go with it into its next transaction: one commit carries them
+// all. The conflict is forced: another writer changes the key the group
+// read while its function runs, once the second call waits.
+func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/join/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	hot := e.BucketPrefix(testBucket) + "hot"
+	if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte("hot"), []byte("0")) }); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	forced := false
+	err = e.Update(func(tx Tx) error {
+		tx.Get(testBucket, []byte("hot"))
+		if err := tx.Put(testBucket, []byte("one"), []byte("1")); err != nil {
+			return err
+		}
+		if forced {
+			return nil
+		}
+		forced = true
+		go func() {
+			second <- e.Update(func(tx Tx) error {
+				tx.Get(testBucket, []byte("hot"))
+				return tx.Put(testBucket, []byte("two"), []byte("2"))
+			})
+		}()
+		for {
+			e.mu.Lock()
+			n := len(e.pending)
+			e.mu.Unlock()
+			if n > 0 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		_, err := raw.Put(context.Background(), hot, "changed")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	rev := func(k string) int64 {
+		resp, err := raw.Get(context.Background(), e.BucketPrefix(testBucket)+k)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: %v", k, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	if r1, r2 := rev("one"), rev("two"); r1 != r2 {
+		t.Fatalf("the waiting call committed at revision %d, the conflicted group at %d: want one commit", r2, r1)
+	}
+}
