@@ -18,7 +18,11 @@ import (
 // and independently, and its reply carries one result per operation, so
 // each call still gets its own result and its own error; a refusal of the
 // whole request (a generation that changed, a limit) is what each of its
-// calls would have got alone. One message each way then serves many calls:
+// calls would have got alone. The request says it is combined
+// (Request.combined), and the daemon records each of its operations in
+// the audit log as the record of a request of its own, so that the log
+// reads as if the calls had been sent one by one. One message each way
+// then serves many calls:
 // on the daemon, one receive, one credential check and one send for all of
 // them; here, one receive that hands each waiting call its result.
 //
@@ -29,6 +33,10 @@ import (
 // combineMaxOp is the largest request a combined call may make: larger
 // ones gain nothing from company and go alone.
 const combineMaxOp = 4 << 10
+
+// combineMaxOps bounds the calls of one request: the daemon records the
+// operations of a combined request one by one up to 64 of them.
+const combineMaxOps = 64
 
 // combinedLimit bounds a combined request, and the bound of its reply.
 func (c *Client) combinedLimit() int {
@@ -117,7 +125,7 @@ func (c *Client) doCombined(ctx context.Context, opName string, op *wire.Op, req
 // return, and released while a request is encoded and sent.
 func (c *Client) sendQueuedLocked() {
 	limit := c.combinedLimit()
-	maxOps := max(1, c.limits.MaxBatchOps)
+	maxOps := max(1, min(c.limits.MaxBatchOps, combineMaxOps))
 	for len(c.queue) > 0 && c.err == nil && c.combined < combineWindow {
 		first := c.queue[0]
 		n, req, rep := 1, first.reqSize, first.repSize
@@ -178,7 +186,9 @@ func (c *Client) sendCombined(g, first *call) error {
 	for i, m := range g.members {
 		ops[i] = m.op
 	}
-	req := &wire.Request{Version: wire.ProtocolVersion, Id: g.id, Ops: ops}
+	// Combined: the daemon records each operation as it records a call
+	// made alone.
+	req := &wire.Request{Version: wire.ProtocolVersion, Id: g.id, Ops: ops, Combined: len(ops) > 1}
 	if first.hasGen {
 		gen := first.gen
 		req.ExpectedGeneration = &gen
