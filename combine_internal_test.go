@@ -465,8 +465,8 @@ func TestCombinedResultsDoNotOverlap(t *testing.T) {
 	}
 	m0, m1 := &call{opName: "ping"}, &call{opName: "ping"}
 	deliverLocked(&call{members: []*call{m0, m1}}, got)
-	_ = append(m0.res.GetData(), "XXXXXXXXXXXX"...)
-	if string(m1.res.GetData()) != "bbbb" {
+	grown := append(m0.res.GetData(), "XXXXXXXX"...) // as long as what follows it
+	if string(grown) != "aaaaXXXXXXXX" || string(m1.res.GetData()) != "bbbb" {
 		t.Fatalf("appending to one result changed the next: %q", m1.res.GetData())
 	}
 }
