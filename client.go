@@ -32,6 +32,13 @@ type Client struct {
 	nextID  uint64
 	reading bool  // some goroutine is receiving replies
 	err     error // set once the connection is unusable
+	// queue holds combined calls not yet sent; sending: some goroutine
+	// is sending them (combine.go).
+	queue   []*call
+	sending bool
+	// combined counts the combined requests sent whose replies have not
+	// arrived: at most combineWindow.
+	combined int
 
 	// replyBudget bounds the reply bytes the batches of this Client leave
 	// outstanding together (see Batch.Do): half the socket's send buffer.
@@ -65,6 +72,21 @@ type call struct {
 	// call of it that no one waits on yet would keep the request to read
 	// to itself while every waiter sleeps.
 	waiting bool
+
+	// A combined call (combine.go): its operation, its sizes, the
+	// generation it expects, and, once its request's reply is in, its
+	// result (all under Client.mu but op and the sizes).
+	op               *wire.Op
+	opName           string
+	reqSize, repSize int
+	gen              uint64
+	hasGen           bool
+	state            int
+	cancelWait       bool // ctx ended while the request was being sent
+	res              *wire.Result
+	// members: the calls of a combined request, whose reply goes to
+	// them; set on the request's own entry in Client.pending.
+	members []*call
 }
 
 // sendBufs holds buffers for encoding requests; the kernel copies a
@@ -188,10 +210,24 @@ func (c *Client) fail(err error) {
 		c.err = err
 	}
 	for id, cl := range c.pending {
-		cl.err = c.err
 		delete(c.pending, id)
+		if cl.members != nil {
+			c.combined--
+			for _, m := range cl.members {
+				m.err = c.err
+				signal(m.wake)
+			}
+			continue
+		}
+		cl.err = c.err
 		signal(cl.wake)
 	}
+	for _, q := range c.queue {
+		q.err = c.err
+		signal(q.wake)
+	}
+	clear(c.queue)
+	c.queue = c.queue[:0]
 }
 
 func signal(ch chan struct{}) {
@@ -378,18 +414,43 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		target := c.pending[rep.Id]
 		if target != nil {
 			delete(c.pending, rep.Id)
-			target.reply = rep
-			if target.wantFD {
-				target.fds, fds = fds, nil
+			if target.members != nil {
+				deliverLocked(target, rep)
+				c.combined--
+			} else {
+				target.reply = rep
+				if target.wantFD {
+					target.fds, fds = fds, nil
+				}
 			}
 		}
+		done := cl.reply != nil || cl.res != nil || cl.err != nil
 		c.mu.Unlock()
 		closeFDs(fds) // descriptors nobody asked for
-		if target == cl {
-			return
-		}
 		if target != nil {
-			signal(target.wake)
+			if target.members != nil {
+				for _, m := range target.members {
+					if m != cl {
+						signal(m.wake)
+					}
+				}
+			} else if target != cl {
+				signal(target.wake)
+			}
+		}
+		if target != nil && target.members != nil {
+			// A combined request is done: the calls queued meanwhile go
+			// now, together.
+			c.mu.Lock()
+			if !c.sending {
+				c.sending = true
+				c.sendQueuedLocked()
+				c.sending = false
+			}
+			c.mu.Unlock()
+		}
+		if done {
+			return
 		}
 	}
 }
@@ -405,12 +466,27 @@ func (c *Client) promoteLocked() {
 			signal(p.wake)
 			return
 		}
+		for _, m := range p.members {
+			if m.waiting {
+				signal(m.wake)
+				return
+			}
+		}
+	}
+	for _, q := range c.queue {
+		if q.waiting {
+			signal(q.wake)
+			return
+		}
 	}
 }
 
 // do runs one operation and returns its result, turning a non-OK status
 // into an *Error.
 func (c *Client) do(ctx context.Context, opName string, op *wire.Op) (*wire.Result, error) {
+	if req, rep, ok := combineSizes(op); ok {
+		return c.doCombined(ctx, opName, op, req, rep)
+	}
 	rep, err := c.roundTrip(ctx, opName, op)
 	if err != nil {
 		return nil, err

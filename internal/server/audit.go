@@ -163,10 +163,60 @@ var errAuditLost = wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
 // rep. A non-nil error means the record is not in the log: the reply must
 // not be sent.
 func (ss *Session) auditRequest(req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) error {
+	if isCombined(req, rep, notes) {
+		recs := ss.requestRecords(nil, req, rep, caller, notes, reqBytes)
+		defer func() {
+			for _, r := range recs {
+				putRecord(r)
+			}
+		}()
+		for _, r := range recs {
+			ss.spendAudit(r)
+		}
+		return ss.s.alog.AppendAll(recs)
+	}
 	r := ss.requestRecord(req, rep, caller, notes, reqBytes)
 	defer putRecord(r)
 	ss.spendAudit(r)
 	return ss.s.alog.Append(r)
+}
+
+// maxCombinedRecords bounds the records one combined request makes: a
+// larger one is recorded as a batch, so that no message makes more than
+// this many records.
+const maxCombinedRecords = 64
+
+// isCombined reports whether req, answered by rep, is recorded one
+// operation at a time (Request.combined).
+func isCombined(req *wire.Request, rep *wire.Reply, notes []auditNote) bool {
+	n := len(req.Ops)
+	return req.Combined && n > 1 && n <= maxCombinedRecords && len(rep.Results) == n && len(notes) == n
+}
+
+// requestRecords appends the records of req to out: the one requestRecord
+// makes or, for a combined request (isCombined), one for each operation,
+// exactly the record of a request of that operation alone with req's id.
+func (ss *Session) requestRecords(out []*audit.Record, req *wire.Request, rep *wire.Reply, caller *audit.Caller, notes []auditNote, reqBytes int) []*audit.Record {
+	if !isCombined(req, rep, notes) {
+		return append(out, ss.requestRecord(req, rep, caller, notes, reqBytes))
+	}
+	one := &wire.Request{Version: req.Version, Id: req.Id}
+	oneRep := &wire.Reply{Version: rep.Version, Id: rep.Id, Status: rep.Status}
+	var note [1]auditNote
+	for i := range req.Ops {
+		// An operation of a run alike its predecessor (likePrev) has
+		// the key of the run's first only in that one's note.
+		n := notes[i]
+		if n.likePrev {
+			p := &note[0]
+			n.key, n.alg, n.kv, n.session = p.key, p.alg, p.kv, p.session
+			n.likePrev = false
+		}
+		note[0] = n
+		one.Ops, oneRep.Results = req.Ops[i:i+1], rep.Results[i:i+1]
+		out = append(out, ss.requestRecord(one, oneRep, caller, note[:], req.Ops[i].SizeVT()))
+	}
+	return out
 }
 
 // spendAudit charges r's size to the uid of the connection (peruid.go).

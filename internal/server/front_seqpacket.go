@@ -643,7 +643,8 @@ type pendingReply struct {
 	fds     []int  // descriptors to attach (not owned)
 	reqID   uint64
 	rec     *audit.Record
-	created []uint32 // handles of keys the request made
+	more    []*audit.Record // the other records of a combined request
+	created []uint32        // handles of keys the request made
 	id      Identity
 }
 
@@ -659,16 +660,24 @@ func (cn *seqConn) queueReply(req *wire.Request, rep *wire.Reply, id Identity, c
 	}
 	// The record first: it lists the operations of packed runs one by
 	// one, and the reply packs their results again (packed.go).
-	rec := cn.requestRecord(req, rep, caller, notes, reqBytes)
+	recs := cn.requestRecords(cn.recs[:0], req, rep, caller, notes, reqBytes)
+	cn.recs = recs[:0]
 	created := createdHandles(req, rep)
 	cn.packing.pack(rep, &cn.arena)
 	p := pendingReply{
 		b:     cn.encodeReply(b, rep),
 		reqID: req.Id,
-		rec:   rec,
+		rec:   recs[0],
 		id:    Identity{PID: id.PID, UID: id.UID, GID: id.GID, Pidfd: -1},
 	}
+	if len(recs) > 1 {
+		p.more = slices.Clone(recs[1:])
+	}
+	clear(recs)
 	cn.spendAudit(p.rec)
+	for _, r := range p.more {
+		cn.spendAudit(r)
+	}
 	if rep.Status == wire.Status_STATUS_OK && len(attach) > 0 {
 		p.fds = slices.Clone(attach)
 	}
@@ -687,6 +696,7 @@ func (cn *seqConn) flush() {
 	recs := cn.recs[:0]
 	for i := range cn.pending {
 		recs = append(recs, cn.pending[i].rec)
+		recs = append(recs, cn.pending[i].more...)
 	}
 	err := cn.s.alog.AppendAll(recs)
 	for i := range cn.pending {
@@ -702,6 +712,9 @@ func (cn *seqConn) flush() {
 			cn.bufs = append(cn.bufs, b)
 		}
 		putRecord(p.rec)
+		for _, r := range p.more {
+			putRecord(r)
+		}
 		*p = pendingReply{}
 	}
 	clear(recs)

@@ -798,8 +798,13 @@ type Request struct {
 	// and the daemon's generation is another, the whole request is refused
 	// with STATUS_GENERATION_CHANGED before any operation runs.
 	ExpectedGeneration *uint64 `protobuf:"varint,4,opt,name=expected_generation,json=expectedGeneration,proto3,oneof" json:"expected_generation,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The operations are independent calls that the client combined into one
+	// message (docs/protocol.md, section 4.2): the daemon executes them as a
+	// batch but records each in the audit log as it records a request of one
+	// operation, with this request's id.
+	Combined      bool `protobuf:"varint,8,opt,name=combined,proto3" json:"combined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Request) Reset() {
@@ -858,6 +863,13 @@ func (x *Request) GetExpectedGeneration() uint64 {
 		return *x.ExpectedGeneration
 	}
 	return 0
+}
+
+func (x *Request) GetCombined() bool {
+	if x != nil {
+		return x.Combined
+	}
+	return false
 }
 
 // Reply is one message from daemon to client.
@@ -8194,12 +8206,13 @@ var File_keywarden_proto protoreflect.FileDescriptor
 
 const file_keywarden_proto_rawDesc = "" +
 	"\n" +
-	"\x0fkeywarden.proto\x12\fkeywarden.v1\"\xa5\x01\n" +
+	"\x0fkeywarden.proto\x12\fkeywarden.v1\"\xc1\x01\n" +
 	"\aRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12\"\n" +
 	"\x03ops\x18\x03 \x03(\v2\x10.keywarden.v1.OpR\x03ops\x124\n" +
-	"\x13expected_generation\x18\x04 \x01(\x04H\x00R\x12expectedGeneration\x88\x01\x01B\x16\n" +
+	"\x13expected_generation\x18\x04 \x01(\x04H\x00R\x12expectedGeneration\x88\x01\x01\x12\x1a\n" +
+	"\bcombined\x18\b \x01(\bR\bcombinedB\x16\n" +
 	"\x14_expected_generation\"\xa9\x01\n" +
 	"\x05Reply\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +

@@ -1,0 +1,61 @@
+package server
+
+import (
+	"testing"
+
+	"github.com/keywarden/keywarden/internal/audit"
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
+// TestCombinedRecords: a combined request is recorded one operation at a
+// time, each record that of the operation sent alone (its key, status and
+// reason, the request's id), a run of alike operations included; one of
+// more than maxCombinedRecords operations, or not combined, is one batch
+// record.
+func TestCombinedRecords(t *testing.T) {
+	cn, id, _ := certConn(t, 1000)
+	aes := genKey(t, cn, id, wire.KeyType_KEY_TYPE_AES256_GCM, 0)
+	enc := func() *wire.Op {
+		return &wire.Op{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: aes, Plaintext: []byte("message")}}}
+	}
+	records := func(combined bool, ops ...*wire.Op) []*audit.Record {
+		t.Helper()
+		req := &wire.Request{Version: 1, Id: 7, Ops: ops, Combined: combined}
+		caller := cn.s.callerOf(id)
+		notes := cn.notesFor(new([]auditNote), &caller, len(ops))
+		rep := cn.execute(req, id, &arena{}, notes, false)
+		return cn.requestRecords(nil, req, rep, &caller, notes, req.SizeVT())
+	}
+
+	bad := &wire.Op{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: aes, Ciphertext: []byte("not a ciphertext at all, not one")}}}
+	recs := records(true, enc(), enc(), enc(), bad, &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{}}})
+	if len(recs) != 5 {
+		t.Fatalf("%d records of a combined request of 5 operations", len(recs))
+	}
+	key := recs[0].Key
+	for i, r := range recs {
+		if r.Op == audit.OpBatch || r.Request != 7 || r.Caller.UID != 1000 {
+			t.Fatalf("record %d: %s, request %d, uid %d", i, r.Op, r.Request, r.Caller.UID)
+		}
+		if i < 3 && (r.Op != "encrypt" || r.Key != key || r.Status != "OK" || r.KeyVersion == 0) {
+			t.Errorf("record %d of a run: %s %v v%d %s", i, r.Op, r.Key, r.KeyVersion, r.Status)
+		}
+	}
+	if r := recs[3]; r.Op != "decrypt" || r.Key != key || r.Status != "INVALID_ARGUMENT" || r.Msg == "" {
+		t.Errorf("failed decryption recorded as %s %v %s %q", r.Op, r.Key, r.Status, r.Msg)
+	}
+	if r := recs[4]; r.Op != "ping" || r.Status != "OK" {
+		t.Errorf("ping recorded as %s %s", r.Op, r.Status)
+	}
+
+	if recs := records(false, enc(), enc()); len(recs) != 1 || recs[0].Op != audit.OpBatch {
+		t.Fatalf("a batch: %d records", len(recs))
+	}
+	var many []*wire.Op
+	for range maxCombinedRecords + 1 {
+		many = append(many, enc())
+	}
+	if recs := records(true, many...); len(recs) != 1 || recs[0].Op != audit.OpBatch {
+		t.Fatalf("a combined request of %d operations: %d records", len(many), len(recs))
+	}
+}
