@@ -185,6 +185,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.KMSKey != "" && cfg.KMSV2 == "" {
+		return fmt.Errorf("--kms-key %s without a KMS v2 socket: give --kms-v2 PATH, or pass a socket named %q (socket activation)", cfg.KMSKey, fdNameKMS)
+	}
 	if cfg.Dev {
 		log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
 			"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
