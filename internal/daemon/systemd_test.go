@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -124,5 +127,73 @@ func TestSameTCP(t *testing.T) {
 		if got := sameTCP(tc.conf, tc.bound); got != tc.want {
 			t.Errorf("sameTCP(%q, %q) = %v", tc.conf, tc.bound, got)
 		}
+	}
+}
+
+// TestPassedListeners: a passed Unix socket is served where systemd
+// bound it and stays when the listener closes; a passed TCP socket for
+// the transit front is served as TCP.
+func TestPassedListeners(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p11.sock")
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ul.SetUnlinkOnClose(false)
+	uf, err := ul.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uf.Close()
+	ul.Close()
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf, err := tl.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tf.Close()
+	addr := tl.Addr().String()
+	tl.Close()
+
+	p := &passed{
+		pkcs11: map[string]*systemd.Socket{path: {FD: int(uf.Fd()), Name: "pkcs11", Type: unix.SOCK_STREAM, Family: unix.AF_UNIX, Path: path}},
+		http:   map[string]*systemd.Socket{"tcp:" + addr: {FD: int(tf.Fd()), Name: "http", Type: unix.SOCK_STREAM, Family: unix.AF_INET, Addr: addr}},
+	}
+	l, err := p.pkcs11Listener(path)
+	if err != nil || l == nil {
+		t.Fatalf("pkcs11 listener: %v %v", l, err)
+	}
+	if c, err := net.Dial("unix", path); err != nil {
+		t.Errorf("dial the passed Unix socket: %v", err)
+	} else {
+		c.Close()
+	}
+	l.Close()
+	if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Errorf("the passed socket's file after close: %v", err)
+	}
+	if l, err := p.pkcs11Listener(filepath.Join(t.TempDir(), "other.sock")); l != nil || err != nil {
+		t.Errorf("a path not passed: %v %v", l, err)
+	}
+
+	hl, err := p.httpListener("tcp:" + addr)
+	if err != nil || hl == nil {
+		t.Fatalf("http TCP listener: %v %v", hl, err)
+	}
+	defer hl.Close()
+	if _, ok := hl.(*net.TCPListener); !ok || hl.Addr().String() != addr {
+		t.Errorf("http TCP listener: %T at %s, want TCP at %s", hl, hl.Addr(), addr)
+	}
+	if c, err := net.Dial("tcp", addr); err != nil {
+		t.Errorf("dial the passed TCP socket: %v", err)
+	} else {
+		c.Close()
+	}
+	var none *passed
+	if l, err := none.kmsListener(); l != nil || err != nil {
+		t.Errorf("no passed sockets: %v %v", l, err)
 	}
 }
