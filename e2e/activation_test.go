@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,31 +123,57 @@ func TestSocketActivationFronts(t *testing.T) {
 	}
 }
 
-// TestSocketActivationKMSNeedsKey: a passed KMS v2 socket without
-// --kms-key stops the daemon at start, saying what is missing.
-func TestSocketActivationKMSNeedsKey(t *testing.T) {
+// TestSocketActivationRefused: a passed socket that its front cannot
+// serve stops the daemon at start, saying what is missing or wrong: a
+// KMS v2 socket without --kms-key, a TCP http socket without the TLS
+// settings, a pkcs11 socket that is not a stream socket.
+func TestSocketActivationRefused(t *testing.T) {
 	sa, err := exec.LookPath("systemd-socket-activate")
 	if err != nil {
 		t.Skip("no systemd-socket-activate")
 	}
-	dir := openDir(t)
-	kms := filepath.Join(dir, "kms.sock")
-	cmd := exec.Command(sa, "-l", kms, "--fdname=kms-v2", "-E", mainEnv+"=1",
-		binary(t), "serve", "--dev", "--socket", filepath.Join(dir, "kw.sock"))
-	var out bytes.Buffer
-	cmd.Stderr = &out
-	if err := cmd.Start(); err != nil {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 200; i++ {
-		if c, err := net.Dial("unix", kms); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	err = cmd.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out.String(), "needs --kms-key NAME") {
-		t.Fatalf("want exit 1 naming --kms-key: %v\n%s", err, out.String())
+	tcpAddr := l.Addr().String()
+	l.Close()
+	dir := openDir(t)
+	for _, tc := range []struct {
+		name, listen string
+		args         []string
+		want         string
+	}{
+		{"kms without key", filepath.Join(dir, "kms.sock"), []string{"--fdname=kms-v2"}, "needs --kms-key NAME"},
+		{"tcp without tls", tcpAddr, []string{"--fdname=http"}, "needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals"},
+		{"pkcs11 seqpacket", filepath.Join(dir, "p11.sock"), []string{"--seqpacket", "--fdname=pkcs11"}, "the pkcs11 socket must be stream"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{"-l", tc.listen}, tc.args...), "-E", mainEnv+"=1",
+				binary(t), "serve", "--dev", "--socket", filepath.Join(dir, "kw.sock"))
+			cmd := exec.Command(sa, args...)
+			var out bytes.Buffer
+			cmd.Stderr = &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			network := "unix"
+			if tc.listen == tcpAddr {
+				network = "tcp"
+			} else if slices.Contains(tc.args, "--seqpacket") {
+				network = "unixpacket"
+			}
+			for i := 0; i < 200; i++ {
+				if c, err := net.Dial(network, tc.listen); err == nil {
+					c.Close()
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			err := cmd.Wait()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out.String(), tc.want) {
+				t.Fatalf("want exit 1 saying %q: %v\n%s", tc.want, err, out.String())
+			}
+		})
 	}
 }
