@@ -652,7 +652,8 @@ func TestShippedUnits(t *testing.T) {
 		user  bool
 		units []string
 	}{
-		{src, false, []string{"keywarden.service", "keywarden.socket", "keywarden-ssh-agent.socket"}},
+		{src, false, []string{"keywarden.service", "keywarden.socket", "keywarden-ssh-agent.socket",
+			"keywarden-pkcs11.socket", "keywarden-http.socket", "keywarden-kms-v2.socket"}},
 		{filepath.Join(src, "user"), true, []string{"keywarden.service", "keywarden.socket"}},
 	} {
 		// ExecStart must name an executable that exists: the test binary

@@ -202,8 +202,10 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 			return cfg, "", usagef("--http %q: want unix:PATH (an absolute path) or tcp:ADDR", h)
 		}
 	}
-	if (*kmsSocket == "") != (*kmsKey == "") {
-		return cfg, "", usagef("--kms-v2 PATH and --kms-key NAME go together")
+	// --kms-key alone serves a KMS v2 socket systemd passes (the daemon
+	// refuses it without one).
+	if *kmsSocket != "" && *kmsKey == "" {
+		return cfg, "", usagef("--kms-v2 PATH needs --kms-key NAME")
 	}
 	if *kmsSocket != "" && !filepath.IsAbs(*kmsSocket) {
 		return cfg, "", usagef("--kms-v2 %q: give an absolute path", *kmsSocket)

@@ -185,6 +185,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.KMSKey != "" && cfg.KMSV2 == "" {
+		return fmt.Errorf("--kms-key %s without a KMS v2 socket: give --kms-v2 PATH, or pass a socket named %q (socket activation)", cfg.KMSKey, fdNameKMS)
+	}
 	if cfg.Dev {
 		log.Warn("development mode: keys are kept in memory only and are lost when the daemon stops",
 			"socket", cfg.SocketPath, "version", cfg.Version, "pid", os.Getpid(), "uid", os.Getuid())
@@ -428,7 +431,10 @@ func Run(ctx context.Context, cfg Config) error {
 				closeFronts()
 				return err
 			}
-			pl, err := p11front.Listen(p, mode)
+			pl, err := passed.pkcs11Listener(p)
+			if pl == nil && err == nil {
+				pl, err = p11front.Listen(p, mode)
+			}
 			if err != nil {
 				closeFronts()
 				return err
@@ -452,7 +458,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		for _, spec := range cfg.HTTP {
-			if err := serveHTTP(front, spec, mode, cfg, &tlsCfg, log); err != nil {
+			if err := serveHTTP(front, spec, passed, mode, cfg, &tlsCfg, log); err != nil {
 				front.Close()
 				closeFronts()
 				return err
@@ -462,7 +468,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var plugin *kmsv2.Plugin
 	if cfg.KMSV2 != "" {
-		if plugin, err = serveKMS(srv, cfg, mode, log); err != nil {
+		if plugin, err = serveKMS(srv, cfg, passed, mode, log); err != nil {
 			if front != nil {
 				front.Close()
 			}
@@ -531,7 +537,7 @@ wait:
 		// Its connections end, and the keys ssh-add gave it are destroyed.
 		agent.Close()
 		for _, p := range cfg.SSHAgentSockets {
-			if passed == nil || passed.agents[p] == nil { // systemd's stay
+			if !passed.isPassed(p) { // systemd's stay
 				os.Remove(p)
 			}
 		}
@@ -539,7 +545,9 @@ wait:
 	if p11 != nil {
 		p11.Close()
 		for _, p := range cfg.PKCS11Sockets {
-			os.Remove(p)
+			if !passed.isPassed(p) { // systemd's stay
+				os.Remove(p)
+			}
 		}
 	}
 	if front != nil {
@@ -629,8 +637,13 @@ func prepareStateDir(dir string) error {
 
 // serveHTTP serves the transit front on spec ("unix:PATH" or
 // "tcp:ADDR"). The TCP listeners share one TLS configuration, *tc,
-// loaded by the first (a reload replaces its principals).
-func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, tc **transit.TLSConfig, log *slog.Logger) error {
+// loaded by the first (a reload replaces its principals). A socket
+// systemd passed for spec is served rather than one made.
+func serveHTTP(front *transit.Front, spec string, passed *passed, mode fs.FileMode, cfg Config, tc **transit.TLSConfig, log *slog.Logger) error {
+	pl, err := passed.httpListener(spec)
+	if err != nil {
+		return err
+	}
 	if addr, ok := strings.CutPrefix(spec, "tcp:"); ok {
 		if *tc == nil {
 			loaded, err := loadTLS(cfg)
@@ -639,7 +652,10 @@ func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, 
 			}
 			*tc = &loaded
 		}
-		l, err := net.Listen("tcp", addr)
+		l := pl
+		if l == nil {
+			l, err = net.Listen("tcp", addr)
+		}
 		if err != nil {
 			return fmt.Errorf("--http %s: %w", spec, err)
 		}
@@ -655,12 +671,16 @@ func serveHTTP(front *transit.Front, spec string, mode fs.FileMode, cfg Config, 
 	if !ok || !filepath.IsAbs(path) {
 		return fmt.Errorf("--http %q: want unix:PATH with an absolute path, or tcp:ADDR", spec)
 	}
-	if err := prepareDir(filepath.Dir(path)); err != nil {
-		return err
-	}
-	hl, err := transit.Listen(path, mode)
-	if err != nil {
-		return err
+	var hl *net.UnixListener
+	if pl != nil {
+		hl = pl.(*net.UnixListener)
+	} else {
+		if err := prepareDir(filepath.Dir(path)); err != nil {
+			return err
+		}
+		if hl, err = transit.Listen(path, mode); err != nil {
+			return err
+		}
 	}
 	log.Info("serving the transit HTTP API", "socket", path, "mode", fmt.Sprintf("%04o", mode))
 	go func() {
@@ -743,8 +763,9 @@ func principalsNotAdmin(pr *transit.Principals, admins []uint32) error {
 	return nil
 }
 
-// serveKMS serves the KMS v2 plugin on cfg.KMSV2.
-func serveKMS(srv *server.Server, cfg Config, mode fs.FileMode, log *slog.Logger) (*kmsv2.Plugin, error) {
+// serveKMS serves the KMS v2 plugin on cfg.KMSV2, the socket systemd
+// passed if there is one.
+func serveKMS(srv *server.Server, cfg Config, passed *passed, mode fs.FileMode, log *slog.Logger) (*kmsv2.Plugin, error) {
 	if !filepath.IsAbs(cfg.KMSV2) {
 		return nil, fmt.Errorf("--kms-v2 %q: give an absolute path", cfg.KMSV2)
 	}
@@ -755,12 +776,20 @@ func serveKMS(srv *server.Server, cfg Config, mode fs.FileMode, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	if err := prepareDir(filepath.Dir(cfg.KMSV2)); err != nil {
+	kl, err := passed.kmsListener()
+	if err != nil {
+		p.Close()
 		return nil, err
 	}
-	kl, err := kmsv2.Listen(cfg.KMSV2, mode)
-	if err != nil {
-		return nil, err
+	if kl == nil {
+		if err := prepareDir(filepath.Dir(cfg.KMSV2)); err != nil {
+			p.Close()
+			return nil, err
+		}
+		if kl, err = kmsv2.Listen(cfg.KMSV2, mode); err != nil {
+			p.Close()
+			return nil, err
+		}
 	}
 	log.Info("serving the Kubernetes KMS v2 plugin", "socket", cfg.KMSV2, "mode", fmt.Sprintf("%04o", mode), "key", cfg.KMSKey)
 	go func() {

@@ -2,6 +2,7 @@ package systemd
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +21,11 @@ type Socket struct {
 	Name string
 	// Path is the Unix socket's path ("" for another address family).
 	Path string
+	// Family is unix.AF_UNIX, unix.AF_INET or unix.AF_INET6 (0 when the
+	// socket has no address the daemon knows).
+	Family int
+	// Addr is a TCP socket's bound address, host:port ("" otherwise).
+	Addr string
 	// Type is unix.SOCK_STREAM, unix.SOCK_SEQPACKET, ...
 	Type int
 }
@@ -60,8 +66,15 @@ func Sockets() ([]Socket, error) {
 		}
 		s.Type = typ
 		if sa, err := unix.Getsockname(fd); err == nil {
-			if u, ok := sa.(*unix.SockaddrUnix); ok {
-				s.Path = u.Name
+			switch a := sa.(type) {
+			case *unix.SockaddrUnix:
+				s.Family, s.Path = unix.AF_UNIX, a.Name
+			case *unix.SockaddrInet4:
+				s.Family = unix.AF_INET
+				s.Addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			case *unix.SockaddrInet6:
+				s.Family = unix.AF_INET6
+				s.Addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
 			}
 		}
 		out = append(out, s)

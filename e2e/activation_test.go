@@ -1,0 +1,179 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	keywarden "github.com/keywarden/keywarden"
+)
+
+// TestSocketActivationFronts: the PKCS #11, transit HTTP and KMS v2
+// sockets systemd passes, named pkcs11, http and kms-v2, are served by
+// those fronts though no --pkcs11, --http or --kms-v2 names them; each
+// answers a request, and each stays when the daemon stops.
+func TestSocketActivationFronts(t *testing.T) {
+	sa, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no systemd-socket-activate (package systemd): scripts/test.sh installs it")
+		}
+		t.Skip("no systemd-socket-activate (package systemd): scripts/test.sh installs it")
+	}
+	mod := pkcs11Module(t)
+	p11tool := needTool(t, "pkcs11-tool")
+	dir := openDir(t)
+	main := filepath.Join(dir, "main.sock")
+	p11, httpSock, kms := filepath.Join(dir, "p11.sock"), filepath.Join(dir, "http.sock"), filepath.Join(dir, "kms.sock")
+	// The outer activator passes the three stream sockets to the inner
+	// one, which adds the main socket and names all four.
+	cmd := exec.Command(sa, "-l", p11, "-l", httpSock, "-l", kms, "--fdname=pkcs11:http:kms-v2",
+		sa, "--seqpacket", "-l", main, "--fdname=pkcs11:http:kms-v2:keywarden", "-E", mainEnv+"=1",
+		binary(t), "serve", "--dev", "--socket", main, "--kms-key", "kek", "--log-level", "debug")
+	log := &syncBuffer{}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	// A first connection starts the daemon.
+	var c net.Conn
+	for i := 0; i < 200; i++ {
+		if c, err = net.Dial("unix", httpSock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("http socket: %v\n%s", err, log)
+	}
+	c.Close()
+	d := &daemon{t: t, cmd: cmd, sock: main, log: log, done: done}
+	d.waitReady()
+	cl := d.client(t)
+	generate(t, cl, keywarden.KeySpec{Type: keywarden.Ed25519, Name: "activated", Usage: keywarden.UsageSign | keywarden.UsageVerify})
+	generate(t, cl, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kek", Usage: keywarden.UsageEncrypt | keywarden.UsageDecrypt})
+
+	// PKCS #11: the module lists the caller's key.
+	p := exec.Command(p11tool, "--module", mod, "-O")
+	p.Env = append(os.Environ(), "KEYWARDEN_PKCS11_SOCKET="+p11)
+	if out, err := p.CombinedOutput(); err != nil || !strings.Contains(string(out), "activated") {
+		t.Errorf("pkcs11-tool -O on the passed socket: %v\n%s\n%s", err, out, log)
+	}
+
+	// Transit HTTP: the key's description.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", httpSock)
+	}}}
+	resp, err := hc.Get("http://keywarden/v1/transit/keys/activated")
+	if err != nil {
+		t.Fatalf("GET over the passed http socket: %v\n%s", err, log)
+	}
+	var info struct {
+		Data struct {
+			Name string `json:"name"`
+		} `json:"data"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&info)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || info.Data.Name != "activated" {
+		t.Errorf("GET keys/activated over the passed socket: %d %v %+v", resp.StatusCode, err, info)
+	}
+	hc.CloseIdleConnections()
+
+	// KMS v2: Status, healthy with the key.
+	cc, err := grpc.NewClient("unix://"+kms, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := kmsapi.NewKeyManagementServiceClient(cc).Status(ctx, &kmsapi.StatusRequest{})
+	cc.Close()
+	if err != nil || st.Healthz != "ok" || st.Version != "v2" {
+		t.Errorf("KMS v2 Status over the passed socket: %v %v\n%s", st, err, log)
+	}
+
+	d.stop()
+	for _, p := range []string{main, p11, httpSock, kms} {
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+			t.Errorf("%s after the daemon stopped: %v (systemd's socket must stay)", p, err)
+		}
+	}
+}
+
+// TestSocketActivationRefused: a passed socket that its front cannot
+// serve stops the daemon at start, saying what is missing or wrong: a
+// KMS v2 socket without --kms-key, a TCP http socket without the TLS
+// settings, a pkcs11 socket that is not a stream socket.
+func TestSocketActivationRefused(t *testing.T) {
+	sa, err := exec.LookPath("systemd-socket-activate")
+	if err != nil {
+		t.Skip("no systemd-socket-activate")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcpAddr := l.Addr().String()
+	l.Close()
+	dir := openDir(t)
+	for _, tc := range []struct {
+		name, listen string
+		args         []string
+		want         string
+	}{
+		{"kms without key", filepath.Join(dir, "kms.sock"), []string{"--fdname=kms-v2"}, "needs --kms-key NAME"},
+		{"tcp without tls", tcpAddr, []string{"--fdname=http"}, "needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals"},
+		{"pkcs11 seqpacket", filepath.Join(dir, "p11.sock"), []string{"--seqpacket", "--fdname=pkcs11"}, "the pkcs11 socket must be stream"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string{"-l", tc.listen}, tc.args...), "-E", mainEnv+"=1",
+				binary(t), "serve", "--dev", "--socket", filepath.Join(dir, "kw.sock"))
+			cmd := exec.Command(sa, args...)
+			var out bytes.Buffer
+			cmd.Stderr = &out
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			network := "unix"
+			if tc.listen == tcpAddr {
+				network = "tcp"
+			} else if slices.Contains(tc.args, "--seqpacket") {
+				network = "unixpacket"
+			}
+			for i := 0; i < 200; i++ {
+				if c, err := net.Dial(network, tc.listen); err == nil {
+					c.Close()
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			err := cmd.Wait()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(out.String(), tc.want) {
+				t.Fatalf("want exit 1 saying %q: %v\n%s", tc.want, err, out.String())
+			}
+		})
+	}
+}
