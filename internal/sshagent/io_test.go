@@ -127,7 +127,9 @@ func TestPipelinedRequestsAllAnswered(t *testing.T) {
 // A client that never reads its replies loses its connection once one
 // has waited writeTimeout for room, and the agent goes on serving.
 func TestReplyNotTakenCloses(t *testing.T) {
-	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
+	// Restored once the agent is closed (cleanups run last first).
+	old := writeTimeout
+	t.Cleanup(func() { writeTimeout = old })
 	writeTimeout = 300 * time.Millisecond
 	ta := newTestAgent(t, Config{})
 	c, _, req := signSetup(t, ta, []byte("never read"))
