@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -35,8 +36,9 @@ type user struct {
 	mu    sync.Mutex
 	added []*added
 	// The lock (ssh-add -x): the passphrase is kept only as an HMAC under
-	// a random salt, drawn when locking.
-	locked   bool
+	// a random salt, drawn when locking. locked is changed under mu, and
+	// read without it by every message (isLocked).
+	locked   atomic.Bool
 	lockSalt [32]byte
 	lockMAC  [32]byte
 	failures int // unlocks refused since the last that succeeded
@@ -56,11 +58,7 @@ type added struct {
 	expiry  *time.Timer // nil: no lifetime
 }
 
-func (u *user) isLocked() bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.locked
-}
+func (u *user) isLocked() bool { return u.locked.Load() }
 
 func (u *user) addedKeys() []*added {
 	u.mu.Lock()
@@ -297,21 +295,22 @@ func (c *conn) lock(body []byte, lock bool) []byte {
 	u := c.u
 	u.mu.Lock()
 	switch {
-	case lock && !u.locked:
+	case lock && !u.locked.Load():
 		if err := random.Read(u.lockSalt[:]); err != nil {
 			u.mu.Unlock()
 			c.a.log.Error("agent lock refused: no random salt", "err", err)
 			return c.refuse(op, nil, wire.Status_STATUS_INTERNAL, "no random salt for the lock")
 		}
 		u.lockMAC = lockMAC(u.lockSalt[:], pass)
-		u.locked = true
+		u.locked.Store(true)
 		u.mu.Unlock()
 		c.a.log.Info("agent locked", "uid", c.id.UID, "pid", c.id.PID)
 		return c.done(op, nil, "the agent is locked for this uid")
-	case !lock && u.locked:
+	case !lock && u.locked.Load():
 		m := lockMAC(u.lockSalt[:], pass)
 		if subtle.ConstantTimeCompare(m[:], u.lockMAC[:]) == 1 {
-			u.locked, u.failures = false, 0
+			u.locked.Store(false)
+			u.failures = 0
 			clear(u.lockMAC[:])
 			u.mu.Unlock()
 			c.a.log.Info("agent unlocked", "uid", c.id.UID, "pid", c.id.PID)

@@ -109,7 +109,7 @@ func TestLock(t *testing.T) {
 	}
 	u := ta.userOf(me.UID)
 	u.mu.Lock()
-	salt, mac, locked := u.lockSalt, u.lockMAC, u.locked
+	salt, mac, locked := u.lockSalt, u.lockMAC, u.locked.Load()
 	u.mu.Unlock()
 	m := hmac.New(sha256.New, salt[:])
 	m.Write(pass)

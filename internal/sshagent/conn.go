@@ -18,10 +18,10 @@ import (
 // mid-message, or never reads, loses its connection and holds nothing
 // any other client waits for. A connection may stay idle between messages
 // as long as it likes (ssh keeps its agent connection for a session).
-const (
-	bodyTimeout  = 10 * time.Second
-	writeTimeout = 10 * time.Second
-)
+const bodyTimeout = 10 * time.Second
+
+// writeTimeout is a variable for the tests.
+var writeTimeout = 10 * time.Second
 
 // conn is one agent connection: one core session, opened with the
 // identity of the process that connected.
@@ -43,6 +43,12 @@ type conn struct {
 	// closing: a refusal could not be recorded; the connection closes once
 	// its failure reply is sent (the front fails closed).
 	closing bool
+	// out is where a handler may build its reply (writer.start): a reply
+	// that begins at out[0] is sent without a copy.
+	out []byte
+	// signReq is the core's request of a signature, reused from one to
+	// the next (Session.Do keeps no part of it).
+	signReq signRequest
 }
 
 func (c *conn) serve() {
@@ -56,7 +62,11 @@ func (c *conn) serve() {
 		return
 	}
 	defer rd.wipe() // a message may have held a private key
-	var wdl time.Time
+	w, err := newWriter(c.c)
+	if err != nil {
+		c.a.log.Warn("connection closed: cannot write on its socket", "uid", c.id.UID, "pid", c.id.PID, "err", err)
+		return
+	}
 	for {
 		msg, n, err := rd.next()
 		switch {
@@ -70,15 +80,9 @@ func (c *conn) serve() {
 			c.a.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID, "length", n, "err", errText(err))
 			return
 		}
+		c.out = w.start()
 		reply := c.handle(msg)
-		// The write deadline moves only when half of it has passed: a
-		// reply the client does not take within 5 to 10 s closes the
-		// connection, and most replies set no timer.
-		if now := time.Now(); now.After(wdl.Add(-writeTimeout / 2)) {
-			wdl = now.Add(writeTimeout)
-			c.c.SetWriteDeadline(wdl)
-		}
-		if _, err := c.c.Write(frame(reply)); err != nil {
+		if err := w.send(reply); err != nil {
 			c.a.log.Info("connection closed: the client does not take its reply", "uid", c.id.UID, "pid", c.id.PID, "err", errText(err))
 			return
 		}

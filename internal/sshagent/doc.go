@@ -31,7 +31,9 @@
 // Files:
 //
 //	agent.go    Agent: listeners, accepting, per-uid state, shutdown
-//	conn.go     one connection: framing, limits, dispatch
+//	conn.go     one connection: limits, dispatch
+//	reader.go   its messages, framed, and who wrote them
+//	writer.go   its replies
 //	keys.go     listing and signing through the core
 //	add.go      ssh-add: keys added, removed, their constraints, the lock
 //	bind.go     session-bind and destination constraints

@@ -194,7 +194,8 @@ func FuzzMessage(f *testing.F) {
 		ss.Close()
 		// What one input changed does not carry over to the next.
 		u.mu.Lock()
-		u.locked, u.failures = false, 0
+		u.locked.Store(false)
+		u.failures = 0
 		u.mu.Unlock()
 		u.removeAll()
 		if len(reply) == 0 || len(reply) > MaxMessage {

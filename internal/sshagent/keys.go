@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -30,7 +31,12 @@ type listed struct {
 // result, or an error for a request refused as a whole or an operation
 // that failed (with its status; the audit log has the precise reason).
 func (c *conn) do(ss *server.Session, id server.Identity, op *wire.Op) (*wire.Result, error) {
-	rep, err := ss.Do(c.a.ctx, id, &wire.Request{Version: wire.ProtocolVersion, Id: c.reqID(), Ops: []*wire.Op{op}})
+	return c.run(ss, id, &wire.Request{Version: wire.ProtocolVersion, Id: c.reqID(), Ops: []*wire.Op{op}})
+}
+
+// run is do for a request of one operation that the caller made.
+func (c *conn) run(ss *server.Session, id server.Identity, req *wire.Request) (*wire.Result, error) {
+	rep, err := ss.Do(c.a.ctx, id, req)
 	if err != nil {
 		return nil, err
 	}
@@ -208,7 +214,7 @@ func (c *conn) sign(body []byte) []byte {
 		}
 	}
 	kid := k.keyID()
-	format, op, err := signOp(k.typ, data, flags)
+	format, op, err := signOp(&c.signReq.sg, k.typ, data, flags)
 	if err != nil {
 		return c.refuseErr("sign", kid, err)
 	}
@@ -223,14 +229,14 @@ func (c *conn) sign(body []byte) []byte {
 			}
 		}
 		op.Handle = k.added.handle
-		res, err = c.do(k.added.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: op}})
+		res, err = c.run(k.added.ss, c.ident(), c.signReq.request(c.reqID(), op))
 	} else {
 		o, ok := c.opened[string(k.id)]
 		if !ok {
 			return c.refuse("sign", kid, wire.Status_STATUS_INTERNAL, "the key is not open on the connection")
 		}
 		op.Handle = o.handle
-		res, err = c.do(c.ss, c.ident(), &wire.Op{Op: &wire.Op_Sign{Sign: op}})
+		res, err = c.run(c.ss, c.ident(), c.signReq.request(c.reqID(), op))
 	}
 	if err != nil {
 		// Refused by the core, which recorded it.
@@ -244,10 +250,41 @@ func (c *conn) sign(body []byte) []byte {
 			return replyFailure
 		}
 	}
-	var b cryptobyte.Builder
-	b.AddUint8(msgSignResponse)
-	addString(&b, ssh.Marshal(ssh.Signature{Format: format, Blob: sig}))
-	return b.BytesOrPanic()
+	return appendSignResponse(c.out, format, sig)
+}
+
+// appendSignResponse appends SSH2_AGENT_SIGN_RESPONSE with the signature
+// (format, blob) to b: the signature as ssh.Marshal makes an
+// ssh.Signature, as a string.
+func appendSignResponse(b []byte, format string, blob []byte) []byte {
+	b = append(b, msgSignResponse)
+	b = binary.BigEndian.AppendUint32(b, uint32(4+len(format)+4+len(blob)))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(format)))
+	b = append(b, format...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(blob)))
+	return append(b, blob...)
+}
+
+// signRequest is a connection's request of one signature to the core,
+// reused from one signature to the next: the core keeps no part of a
+// request, and the connection makes one at a time.
+type signRequest struct {
+	req  wire.Request
+	ops  [1]*wire.Op
+	o    wire.Op
+	sign wire.Op_Sign
+	sg   wire.Sign
+}
+
+// request returns the request, numbered id, of the signature sg asks for.
+func (r *signRequest) request(id uint64, sg *wire.Sign) *wire.Request {
+	r.sign.Sign = sg
+	r.o.Reset()
+	r.o.Op = &r.sign
+	r.ops[0] = &r.o
+	r.req.Reset()
+	r.req.Version, r.req.Id, r.req.Ops = wire.ProtocolVersion, id, r.ops[:]
+	return &r.req
 }
 
 // keyID is k's persistent id, for the audit log.
@@ -268,12 +305,13 @@ func fingerprintOf(blob []byte) string {
 	return ": " + ssh.FingerprintSHA256(pub)
 }
 
-// signOp is the core's sign operation (without its handle) that makes
+// signOp fills sg with the core's sign operation (without its handle) that makes
 // an SSH signature of data with a key of type t, and the signature's
 // format. RSA signs with SHA-256 or SHA-512, as the flags ask; a request
 // for an SHA-1 signature (ssh-rsa, no flag) is refused.
-func signOp(t wire.KeyType, data []byte, flags uint32) (string, *wire.Sign, error) {
-	sg := &wire.Sign{Data: data}
+func signOp(sg *wire.Sign, t wire.KeyType, data []byte, flags uint32) (string, *wire.Sign, error) {
+	sg.Reset()
+	sg.Data = data
 	switch t {
 	case wire.KeyType_KEY_TYPE_ED25519:
 		return ssh.KeyAlgoED25519, sg, nil

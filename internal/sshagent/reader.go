@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -31,6 +32,15 @@ type reader struct {
 	deadline bool          // a read deadline is set (a message is under way)
 	lastWait time.Duration // how long the last read waited
 	oob      []byte
+	// The read under way (readSome), kept here with its arguments so
+	// that a read, and each poll of the socket, allocates nothing.
+	start   time.Time
+	poll    bool
+	n, oobn int
+	err     error
+	iov     unix.Iovec
+	hdr     unix.Msghdr
+	readFn  func(fd uintptr) bool // rd.readSome, made once
 }
 
 // spin is how long a read polls before it sleeps (as the native socket's).
@@ -41,7 +51,9 @@ func newReader(uc *net.UnixConn, pid int32) (*reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}, nil
+	rd := &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	rd.readFn = rd.readSome
+	return rd, nil
 }
 
 // errTooLarge: the message's length is 0 or over MaxMessage.
@@ -100,31 +112,16 @@ func (rd *reader) fill(started bool) error {
 		rd.uc.SetReadDeadline(time.Now().Add(bodyTimeout))
 		rd.deadline = true
 	}
-	start := time.Now()
-	poll := rd.lastWait < 2*spin
-	var n, oobn int
-	var rerr error
-	err := rd.rc.Read(func(fd uintptr) bool {
-		for {
-			n, oobn, _, _, rerr = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-			if rerr == unix.EINTR {
-				continue
-			}
-			if rerr != unix.EAGAIN {
-				return true
-			}
-			if !poll || time.Since(start) > spin {
-				return false // sleep until the socket is readable
-			}
-			runtime.Gosched()
-		}
-	})
-	rd.lastWait = time.Since(start)
+	rd.start = time.Now()
+	rd.poll = rd.lastWait < 2*spin
+	err := rd.rc.Read(rd.readFn)
+	rd.lastWait = time.Since(rd.start)
+	n, oobn := rd.n, rd.oobn
 	switch {
 	case err != nil:
 		return err
-	case rerr != nil:
-		return rerr
+	case rd.err != nil:
+		return rd.err
 	}
 	if pid := unixsock.WriterPID(rd.oob[:oobn]); n > 0 && pid != rd.pid {
 		clear(rd.buf[rd.w : rd.w+n])
@@ -138,6 +135,44 @@ func (rd *reader) fill(started bool) error {
 	}
 	rd.w += n
 	return nil
+}
+
+// readSome reads once what the socket holds (rd.n bytes, rd.oobn of
+// credentials, or rd.err); when it holds nothing, it polls it until
+// spin has passed if rd.poll says so, and then has the runtime wait
+// until it is readable (it returns false).
+func (rd *reader) readSome(fd uintptr) bool {
+	for {
+		rd.n, rd.oobn, rd.err = rd.recv(fd)
+		if rd.err == unix.EINTR {
+			continue
+		}
+		if rd.err != unix.EAGAIN {
+			return true
+		}
+		if !rd.poll || time.Since(rd.start) > spin {
+			return false // sleep until the socket is readable
+		}
+		runtime.Gosched()
+	}
+}
+
+// recv is one recvmsg(2) into the buffer's free space, with the
+// credentials into oob, that never waits. It is a raw system call: it
+// cannot block, so the goroutine keeps its thread and processor, which
+// the runtime would otherwise hand to another thread when the call takes
+// long, as a system call does often on a virtual machine.
+func (rd *reader) recv(fd uintptr) (n, oobn int, err error) {
+	free := rd.buf[rd.w:]
+	rd.iov.Base = &free[0]
+	rd.iov.SetLen(len(free))
+	rd.hdr = unix.Msghdr{Iov: &rd.iov, Iovlen: 1, Control: &rd.oob[0]}
+	rd.hdr.SetControllen(len(rd.oob))
+	r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&rd.hdr)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if errno != 0 {
+		return 0, 0, errno
+	}
+	return int(r), int(rd.hdr.Controllen), nil
 }
 
 // wipe clears everything the reader holds.

@@ -5,6 +5,7 @@
 package unixsock
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -12,6 +13,7 @@ import (
 	"net"
 	"os"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -118,29 +120,35 @@ const soPeerPidfd = 77
 var OOBSize = unix.CmsgSpace(unix.SizeofUcred) + unix.CmsgSpace(16*4)
 
 // WriterPID returns the pid in the credentials of oob (0: none), and
-// closes any descriptor passed with them.
+// closes any descriptor passed with them. It allocates nothing: it runs
+// for every read of a connection.
 func WriterPID(oob []byte) int32 {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
+	const hdr = unix.SizeofCmsghdr
 	var pid int32
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Header.Level != unix.SOL_SOCKET {
-			continue
+	for len(oob) >= hdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < hdr || l > len(oob) {
+			break
 		}
-		switch m.Header.Type {
-		case unix.SCM_CREDENTIALS:
-			if cr, err := unix.ParseUnixCredentials(m); err == nil {
-				pid = cr.Pid
-			}
-		case unix.SCM_RIGHTS:
-			fds, _ := unix.ParseUnixRights(m)
-			for _, fd := range fds {
-				unix.Close(fd)
+		data := oob[hdr:l]
+		if h.Level == unix.SOL_SOCKET {
+			switch h.Type {
+			case unix.SCM_CREDENTIALS:
+				if len(data) >= unix.SizeofUcred {
+					pid = int32(binary.NativeEndian.Uint32(data[0:4]))
+				}
+			case unix.SCM_RIGHTS:
+				for i := 0; i+4 <= len(data); i += 4 {
+					unix.Close(int(int32(binary.NativeEndian.Uint32(data[i : i+4]))))
+				}
 			}
 		}
+		next := unix.CmsgSpace(l - hdr)
+		if next > len(oob) {
+			break
+		}
+		oob = oob[next:]
 	}
 	return pid
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Listen makes the socket with its mode, replaces a stale one, and never
@@ -91,5 +93,39 @@ func TestRateLog(t *testing.T) {
 	now = now.Add(time.Second)
 	if ok, held := r.Allow(); !ok || held != 100 {
 		t.Fatalf("after the interval: %v %d, want true 100", ok, held)
+	}
+}
+
+// WriterPID reads the pid of the credentials, closes the descriptors
+// that came with them, and allocates nothing.
+func TestWriterPID(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	creds := unix.UnixCredentials(&unix.Ucred{Pid: 4242, Uid: 1, Gid: 2})
+	if got := WriterPID(creds); got != 4242 {
+		t.Fatalf("pid %d, want 4242", got)
+	}
+	dup, err := unix.Dup(int(w.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oob := append(unix.UnixRights(dup), creds...)
+	if got := WriterPID(oob); got != 4242 {
+		t.Fatalf("pid %d with descriptors, want 4242", got)
+	}
+	if _, err := unix.FcntlInt(uintptr(dup), unix.F_GETFD, 0); err != unix.EBADF {
+		t.Fatalf("a passed descriptor left open: %v", err)
+	}
+	for _, b := range [][]byte{nil, creds[:10], {0xff, 0xff, 0, 0, 0, 0, 0, 0}} {
+		if got := WriterPID(b); got != 0 {
+			t.Errorf("WriterPID(%x) = %d, want 0", b, got)
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { WriterPID(creds) }); a != 0 {
+		t.Errorf("%v allocations", a)
 	}
 }
