@@ -208,7 +208,9 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 			t.Fatalf("reply %x %v", in[:n], err)
 		}
 	})
-	if allocs != 0 {
+	// unix.Recvmsg's buffer for the sender's address escapes: one
+	// allocation a read, the only one (a raw recvmsg would need unsafe).
+	if allocs > 1 {
 		t.Errorf("%v allocations a message", allocs)
 	}
 }

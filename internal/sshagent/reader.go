@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -33,13 +32,12 @@ type reader struct {
 	lastWait time.Duration // how long the last read waited
 	oob      []byte
 	// The read under way (readSome), kept here with its arguments so
-	// that a read, and each poll of the socket, allocates nothing.
+	// that a read, and each poll of the socket, allocates nothing but
+	// unix.Recvmsg's buffer for the sender's address.
 	start   time.Time
 	poll    bool
 	n, oobn int
 	err     error
-	iov     unix.Iovec
-	hdr     unix.Msghdr
 	readFn  func(fd uintptr) bool // rd.readSome, made once
 }
 
@@ -158,21 +156,13 @@ func (rd *reader) readSome(fd uintptr) bool {
 }
 
 // recv is one recvmsg(2) into the buffer's free space, with the
-// credentials into oob, that never waits. It is a raw system call: it
-// cannot block, so the goroutine keeps its thread and processor, which
-// the runtime would otherwise hand to another thread when the call takes
-// long, as a system call does often on a virtual machine.
+// credentials into oob, that never waits.
 func (rd *reader) recv(fd uintptr) (n, oobn int, err error) {
-	free := rd.buf[rd.w:]
-	rd.iov.Base = &free[0]
-	rd.iov.SetLen(len(free))
-	rd.hdr = unix.Msghdr{Iov: &rd.iov, Iovlen: 1, Control: &rd.oob[0]}
-	rd.hdr.SetControllen(len(rd.oob))
-	r, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&rd.hdr)), unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
-	if errno != 0 {
+	n, oobn, _, _, err = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	if errno, ok := err.(unix.Errno); ok {
 		return 0, 0, errno
 	}
-	return int(r), int(rd.hdr.Controllen), nil
+	return n, oobn, err
 }
 
 // wipe clears everything the reader holds.

@@ -5,7 +5,6 @@ import (
 	"net"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,7 +46,7 @@ func (w *writer) start() []byte { return w.buf[4:4] }
 // send frames body and writes it.
 func (w *writer) send(body []byte) error {
 	var frame []byte
-	if cap(body) > 0 && cap(w.buf) >= 4+len(body) && unsafe.SliceData(body) == unsafe.SliceData(w.buf[4:]) {
+	if len(body) > 0 && cap(w.buf) >= 4+len(body) && &body[0] == &w.buf[4:5][0] {
 		frame = w.buf[:4+len(body)]
 	} else {
 		w.buf = append(w.buf[:4], body...)
@@ -98,9 +97,13 @@ func (w *writer) writeSome(fd uintptr) bool {
 }
 
 // sendNow is one send(2) of b that never waits, and raises no SIGPIPE.
-// It is a raw system call, as reader.recv is.
 func sendNow(fd uintptr, b []byte) (int, unix.Errno) {
-	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
-		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-	return int(n), errno
+	n, err := unix.SendmsgN(int(fd), b, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	if err != nil {
+		if errno, ok := err.(unix.Errno); ok {
+			return 0, errno
+		}
+		return 0, unix.EIO
+	}
+	return n, 0
 }

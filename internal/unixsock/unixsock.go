@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -126,14 +125,13 @@ func WriterPID(oob []byte) int32 {
 	const hdr = unix.SizeofCmsghdr
 	var pid int32
 	for len(oob) >= hdr {
-		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-		l := int(h.Len)
+		l, level, typ := cmsgHeader(oob)
 		if l < hdr || l > len(oob) {
 			break
 		}
 		data := oob[hdr:l]
-		if h.Level == unix.SOL_SOCKET {
-			switch h.Type {
+		if level == unix.SOL_SOCKET {
+			switch typ {
 			case unix.SCM_CREDENTIALS:
 				if len(data) >= unix.SizeofUcred {
 					pid = int32(binary.NativeEndian.Uint32(data[0:4]))
@@ -182,4 +180,17 @@ func Accept(l *net.UnixListener, closed func() bool, closedErr error, log *slog.
 		}
 		serve(uc)
 	}
+}
+
+// cmsgHeader reads a control message's header at the start of b (which
+// holds at least unix.SizeofCmsghdr bytes): its length, level and type.
+// The length is a size_t, so its width is the machine's word.
+func cmsgHeader(b []byte) (length, level, typ int) {
+	off := unix.SizeofCmsghdr - 8
+	if off == 8 {
+		length = int(binary.NativeEndian.Uint64(b))
+	} else {
+		length = int(binary.NativeEndian.Uint32(b))
+	}
+	return length, int(int32(binary.NativeEndian.Uint32(b[off:]))), int(int32(binary.NativeEndian.Uint32(b[off+4:])))
 }
