@@ -58,6 +58,11 @@ type Limits struct {
 	// records one uid's requests make.
 	AuditBytesPerSecondPerUID int
 	AuditBurstPerUID          int
+	// ShmMaxBytes bounds the shared memory one connection registers, and
+	// ShmBytesPerUID what the connections of one uid register together
+	// (shmem.go).
+	ShmMaxBytes    int
+	ShmBytesPerUID int
 }
 
 // Defaults of the per-uid limits; HeavySlots and MaxHeavyPerUID depend on
@@ -127,6 +132,8 @@ func (l Limits) withDefaultsFor(procs int) Limits {
 	def(&l.MaxComputingPerUID, DefaultMaxComputingPerUID(procs))
 	def(&l.AuditBytesPerSecondPerUID, DefaultAuditBytesPerSecondPerUID)
 	def(&l.AuditBurstPerUID, DefaultAuditBurstPerUID)
+	def(&l.ShmMaxBytes, DefaultShmMaxBytes)
+	def(&l.ShmBytesPerUID, DefaultShmBytesPerUID)
 	l.MaxMessageBytes = min(max(l.MaxMessageBytes, MinMessageBytes), MaxMessageBytes)
 	// A request that may run must fit in its uid's share.
 	l.MaxRequestBytesPerUID = max(l.MaxRequestBytesPerUID, l.MaxMessageBytes)
