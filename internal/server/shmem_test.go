@@ -48,7 +48,9 @@ func memfd(t testing.TB, size int, seals int) (int, []byte) {
 	return fd, mem
 }
 
-func shmRegister() *wire.Op { return &wire.Op{Op: &wire.Op_ShmRegister{ShmRegister: &wire.ShmRegister{}}} }
+func shmRegister() *wire.Op {
+	return &wire.Op{Op: &wire.Op_ShmRegister{ShmRegister: &wire.ShmRegister{}}}
+}
 
 // register sends an shm_register with fd (none if fd < 0) and returns its
 // result.
@@ -171,7 +173,6 @@ func TestShmRegisterRefusals(t *testing.T) {
 		t.Fatalf("ping with a descriptor: %+v", rep)
 	}
 }
-
 
 // A megabyte encrypted, decrypted, hashed and MACed through regions gives
 // what the standard library gives.
