@@ -377,3 +377,101 @@ func TestShmPerUIDLimit(t *testing.T) {
 		t.Fatal("unholdShm did not give back")
 	}
 }
+
+// FuzzSharedRequest sends arbitrary requests on a connection with shared
+// memory registered and keys to name, so that the regions of every data
+// operation are decoded and checked against the mapping: every message
+// gets a well-formed reply, no operation fails internally, and the
+// connection keeps serving. The seed corpus in
+// testdata/fuzz/FuzzSharedRequest names regions in, at and past the
+// mapping's bounds.
+func FuzzSharedRequest(f *testing.F) {
+	for _, seed := range seedSharedRequests() {
+		b, err := seed.MarshalVT()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	_, c := pair(f, Config{Limits: Limits{MaxMessageBytes: 64 << 10, MaxHandles: 64, MaxKeysPerUser: 256}})
+	fd, mem := memfd(f, 1<<16, shmSeals)
+	for i := range mem {
+		mem[i] = byte(i)
+	}
+	if r := register(f, c, 1, fd); r.Status != wire.Status_STATUS_OK {
+		f.Fatal(r.Message)
+	}
+	// Handles 1-3: keys the requests can name.
+	for i, typ := range []wire.KeyType{wire.KeyType_KEY_TYPE_AES256_GCM, wire.KeyType_KEY_TYPE_HMAC_SHA256, wire.KeyType_KEY_TYPE_ED25519} {
+		res := shmDo(f, c, uint64(i+2), &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{Type: typ, Ephemeral: true}}}})
+		if res[0].Status != wire.Status_STATUS_OK {
+			f.Fatal(res[0].Message)
+		}
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if err := c.Send(msg); err != nil {
+			t.Skip("message too large for the socket")
+		}
+		rep := recv(t, c)
+		for _, r := range rep.Results {
+			if r.Status == wire.Status_STATUS_INTERNAL {
+				t.Fatalf("internal error: %s", r.Message)
+			}
+			if r.OutputLength > 1<<16 {
+				t.Fatalf("output of %d bytes in a mapping of 64 KiB", r.OutputLength)
+			}
+		}
+		send(t, c, 1<<62, ping("ok"))
+		for {
+			if rep := recv(t, c); rep.Id == 1<<62 {
+				break
+			}
+		}
+	})
+}
+
+func seedSharedRequests() []*wire.Request {
+	const size = 1 << 16
+	rg := func(off, n uint64) *wire.Region { return &wire.Region{Offset: off, Length: n} }
+	ops := []*wire.Op{
+		encOp(1, rg(0, 1000), rg(4096, 2000)),
+		encOp(1, rg(size-1, 1), rg(0, 64)),
+		encOp(1, rg(1, ^uint64(0)), rg(0, 64)),
+		encOp(1, rg(0, 100), rg(50, 200)),
+		decOp(1, rg(4096, 1035), rg(0, 1000)),
+		decOp(1, rg(size, 0), rg(0, 0)),
+		{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: wire.HashAlg_HASH_ALG_SHA256, Input: rg(0, size)}}},
+		{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: 2, Input: rg(100, 200)}}},
+		{Op: &wire.Op_MacVerify{MacVerify: &wire.MacVerify{Handle: 2, Input: rg(100, 200), Tag: make([]byte, 32)}}},
+		{Op: &wire.Op_Sign{Sign: &wire.Sign{Handle: 3, Input: rg(0, 4096)}}},
+		{Op: &wire.Op_Verify{Verify: &wire.Verify{Handle: 3, Input: rg(0, 4096), Signature: make([]byte, 64)}}},
+		shmRegister(),
+	}
+	var reqs []*wire.Request
+	for i, op := range ops {
+		reqs = append(reqs, &wire.Request{Version: 1, Id: uint64(i + 10), Ops: []*wire.Op{op}})
+	}
+	return append(reqs, &wire.Request{Version: 1, Id: 99, Ops: ops})
+}
+
+// TestWriteSharedCorpus writes the seed corpus of FuzzSharedRequest when
+// KEYWARDEN_WRITE_CORPUS is set.
+func TestWriteSharedCorpus(t *testing.T) {
+	if os.Getenv("KEYWARDEN_WRITE_CORPUS") == "" {
+		t.Skip("KEYWARDEN_WRITE_CORPUS not set")
+	}
+	dir := "testdata/fuzz/FuzzSharedRequest"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range seedSharedRequests() {
+		b, err := r.MarshalVT()
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := "go test fuzz v1\n[]byte(" + strconv.Quote(string(b)) + ")\n"
+		if err := os.WriteFile(dir+"/seed-"+strconv.Itoa(i), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
