@@ -541,7 +541,7 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 			MaxMessageBytes: int(l.GetMaxMessageBytes()), MaxInFlight: int(l.GetMaxInFlight()),
 			MaxSessions: int(l.GetMaxSessions()), MaxHandles: int(l.GetMaxHandles()),
 			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()), PackedRuns: l.GetPackedOps(),
-			SharedMemory: int(l.GetShmMaxBytes()),
+			SharedMemory:   int(l.GetShmMaxBytes()),
 			MaxConnections: int(l.GetMaxConnections()), AdminConnections: int(l.GetAdminConnections()),
 			PerUID: PerUIDLimits{
 				Connections: int(l.GetMaxConnectionsPerUid()), InFlight: int(l.GetMaxInFlightPerUid()),
