@@ -15,6 +15,8 @@ package server
 // never reading the output region back. Keys never enter the mapping.
 
 import (
+	"sync"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/shm"
@@ -46,6 +48,10 @@ var (
 // shmMapping is a connection's registered shared memory, mapped.
 type shmMapping struct {
 	mem []byte
+	// scratch holds an operation's copy of its input and its output, and
+	// is kept for the next (wiped); scratchMu says it is in use.
+	scratchMu sync.Mutex
+	scratch   []byte
 }
 
 // takePassed hands over the descriptor that came with the request being
@@ -241,17 +247,38 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	if err != nil {
 		return nil, nil, err
 	}
+	// The input's copy and the output are made in the mapping's scratch
+	// buffer when it is free (requests running concurrently use their
+	// own arena): fresh megabytes for every operation would cost a page
+	// fault every 4 KiB.
+	sa := a
+	if m.scratchMu.TryLock() {
+		defer m.scratchMu.Unlock()
+		need := 2*(max(ihi-ilo, 0)+max(ohi-olo, 0)) + 4096
+		if cap(m.scratch) < need {
+			m.scratch = make([]byte, 0, need)
+		}
+		sa = &arena{buf: m.scratch[:0]}
+		defer func() {
+			clear(m.scratch[:cap(m.scratch)]) // inputs and outputs are the client's secrets
+			sa.spent = nil
+		}()
+	}
 	data, _, _, _, _ := operands(op)
 	if ilo >= 0 {
-		own := a.take(ihi - ilo)[:ihi-ilo]
+		own := sa.take(ihi - ilo)[:ihi-ilo]
 		copy(own, m.mem[ilo:ihi])
 		*data = own
 		// The request is recycled after the reply: it must not keep a
 		// slice of the arena.
 		defer func() { *data = nil }()
 	}
-	res, full, err := ss.dispatchRow(r, op, id, a, out)
+	res, full, err := ss.dispatchRow(r, op, id, sa, out)
 	if err != nil || full != nil || olo < 0 {
+		if sa != a && len(res) > 0 {
+			// A result returned in the reply must outlive the scratch.
+			res = append(a.take(len(res)), res...)
+		}
 		return res, full, err
 	}
 	if len(res) > ohi-olo {
