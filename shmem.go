@@ -127,15 +127,16 @@ func (m *sharedMem) alloc(n int) (int, bool) {
 	return at, true
 }
 
-// free gives back the region at off, wiped, or only forgets that a
-// goroutine touches it when lost (its call was cancelled before its
-// reply, which may still write it: it is never handed out again).
+// free gives back the region at off, or only forgets that a goroutine
+// touches it when lost (its call was cancelled before its reply, which
+// may still write it: it is never handed out again). It is not wiped: it
+// holds what the caller's own memory holds, and only this process and
+// the daemon map it.
 func (m *sharedMem) free(off int, lost bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	i := sort.Search(len(m.used), func(i int) bool { return m.used[i].off >= off })
 	if i < len(m.used) && m.used[i].off == off && !lost {
-		clear(m.mem[off:m.used[i].end])
 		m.used = append(m.used[:i], m.used[i+1:]...)
 	}
 	m.busy--

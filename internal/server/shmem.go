@@ -254,14 +254,15 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	sa := a
 	if m.scratchMu.TryLock() {
 		defer m.scratchMu.Unlock()
-		need := 2*(max(ihi-ilo, 0)+max(ohi-olo, 0)) + 4096
+		// Room for the input and the output, and what an encryption
+		// adds (encryptOverhead) when the output region is too small.
+		need := max(ihi-ilo, 0) + max(ohi-olo, 0) + 4096
 		if cap(m.scratch) < need {
 			m.scratch = make([]byte, 0, need)
 		}
 		sa = &arena{buf: m.scratch[:0]}
 		defer func() {
-			clear(m.scratch[:cap(m.scratch)]) // inputs and outputs are the client's secrets
-			sa.spent = nil
+			sa.wipe() // inputs and outputs are the client's secrets
 		}()
 	}
 	data, _, _, _, _ := operands(op)
