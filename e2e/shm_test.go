@@ -9,6 +9,8 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"testing"
@@ -235,4 +237,49 @@ func TestSharedMemoryUnmappedAtClose(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("the memfd is still mapped after the connection closed")
+}
+
+// Concurrent large calls on one client each get their own regions: every
+// result is the one for its own input, and calls beyond the shared
+// memory's room fall back to the request.
+func TestSharedMemoryConcurrent(t *testing.T) {
+	ctx := context.Background()
+	d := startDaemon(t)
+	c := d.client(t)
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	must(t, "generate", err)
+	errs := make(chan error, 16)
+	for g := range 16 {
+		go func() {
+			msg := bytes.Repeat([]byte{byte(g)}, 200<<10+g)
+			for range 10 {
+				ct, err := k.Encrypt(ctx, msg, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				pt, err := k.Decrypt(ctx, ct, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(pt, msg) {
+					errs <- errors.New("a result for another call's input")
+					return
+				}
+				sum, err := c.Hash(ctx, crypto.SHA256, msg)
+				if want := sha256.Sum256(msg); err != nil || !bytes.Equal(sum, want[:]) {
+					errs <- fmt.Errorf("hash: %v", err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.healthy(t)
 }
