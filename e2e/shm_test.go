@@ -283,3 +283,30 @@ func TestSharedMemoryConcurrent(t *testing.T) {
 	}
 	d.healthy(t)
 }
+
+// --shm-max-bytes bounds what a connection registers, and the client
+// sizes its memfd to it.
+func TestSharedMemoryFlag(t *testing.T) {
+	ctx := context.Background()
+	d := startDaemon(t, "--shm-max-bytes", "512K")
+	c := d.client(t)
+	if got := c.Limits().SharedMemory; got != 512<<10 {
+		t.Fatalf("the daemon says %d bytes of shared memory, want 512K", got)
+	}
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	must(t, "generate", err)
+	for _, n := range []int{100 << 10, 240 << 10} {
+		msg := bytes.Repeat([]byte{7}, n)
+		ct, err := k.Encrypt(ctx, msg, nil)
+		must(t, "encrypt", err)
+		pt, err := k.Decrypt(ctx, ct, nil)
+		if err != nil || !bytes.Equal(pt, msg) {
+			t.Fatalf("%d bytes: %v", n, err)
+		}
+	}
+	r := dialRaw(t, d.sock)
+	fd, _ := rawMemfd(t, 1<<20, sealed)
+	if res := registerRaw(t, r, fd); res.Status != wire.Status_STATUS_RESOURCE_EXHAUSTED {
+		t.Fatalf("a memfd over the limit: %v %q", res.Status, res.Message)
+	}
+}

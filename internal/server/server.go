@@ -103,6 +103,10 @@ const (
 	MaxMessageBytes = 1 << 20
 )
 
+// MaxShmBytes bounds the shared-memory limits (ShmMaxBytes,
+// ShmBytesPerUID).
+const MaxShmBytes = 1 << 30
+
 func (l Limits) withDefaults() Limits { return l.withDefaultsFor(runtime.GOMAXPROCS(0)) }
 
 // withDefaultsFor is withDefaults for a daemon with procs processors.
@@ -134,6 +138,9 @@ func (l Limits) withDefaultsFor(procs int) Limits {
 	def(&l.AuditBurstPerUID, DefaultAuditBurstPerUID)
 	def(&l.ShmMaxBytes, DefaultShmMaxBytes)
 	def(&l.ShmBytesPerUID, DefaultShmBytesPerUID)
+	// Limits carries them as 32-bit numbers.
+	l.ShmMaxBytes = min(l.ShmMaxBytes, MaxShmBytes)
+	l.ShmBytesPerUID = min(l.ShmBytesPerUID, MaxShmBytes)
 	l.MaxMessageBytes = min(max(l.MaxMessageBytes, MinMessageBytes), MaxMessageBytes)
 	// A request that may run must fit in its uid's share.
 	l.MaxRequestBytesPerUID = max(l.MaxRequestBytesPerUID, l.MaxMessageBytes)
