@@ -102,6 +102,8 @@ proto:
 FUZZTIME ?= 1m
 fuzz:
 	$(GO) test -run=NONE -fuzz='^FuzzRequest$$' -fuzztime=$(FUZZTIME) ./internal/server
+	$(GO) test -run=NONE -fuzz='^FuzzSharedRequest$$' -fuzztime=$(FUZZTIME) ./internal/server
+	$(GO) test -run=NONE -fuzz='^FuzzSpan$$' -fuzztime=$(FUZZTIME) ./internal/shm
 	for f in FuzzImport FuzzDerivePeer FuzzDecrypt FuzzVerify; do \
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/mech || exit 1; \
 	done

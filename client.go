@@ -52,6 +52,8 @@ type Client struct {
 	// (generation_map); while it is not 0 the reader receives with a
 	// control buffer.
 	fdWanted atomic.Int32
+
+	shm sharedMem // for large payloads (shmem.go)
 }
 
 // call is one request awaiting its reply.
@@ -199,7 +201,9 @@ func (c *Client) MaxData() int { return c.limits.MaxMessageBytes - wire.MessageO
 // and sessions and destroys its ephemeral keys.
 func (c *Client) Close() error {
 	c.fail(ErrClosed)
-	return c.conn.Close()
+	err := c.conn.Close()
+	c.shm.release()
+	return err
 }
 
 // fail marks the client unusable and wakes every waiter with err.
@@ -255,6 +259,11 @@ func (c *Client) start(ctx context.Context, ops []*wire.Op) (*call, error) {
 
 // startCall is start for a call that may receive a descriptor.
 func (c *Client) startCall(ctx context.Context, ops []*wire.Op, wantFD bool) (*call, error) {
+	return c.startCallFDs(ctx, ops, wantFD, nil)
+}
+
+// startCallFDs is startCall sending descriptors with the request.
+func (c *Client) startCallFDs(ctx context.Context, ops []*wire.Op, wantFD bool, fds []int) (*call, error) {
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -290,7 +299,11 @@ func (c *Client) startCall(ctx context.Context, ops []*wire.Op, wantFD bool) (*c
 			Message: fmt.Sprintf("request of %d bytes exceeds the %d-byte message limit", len(b), c.limits.MaxMessageBytes)}
 	}
 	if err == nil {
-		err = c.conn.Send(b)
+		if len(fds) > 0 {
+			err = c.conn.SendFDs(b, fds)
+		} else {
+			err = c.conn.Send(b)
+		}
 		if err != nil {
 			err = c.transportErr(err)
 		}
@@ -528,6 +541,7 @@ func (c *Client) Status(ctx context.Context) (*ServerStatus, error) {
 			MaxMessageBytes: int(l.GetMaxMessageBytes()), MaxInFlight: int(l.GetMaxInFlight()),
 			MaxSessions: int(l.GetMaxSessions()), MaxHandles: int(l.GetMaxHandles()),
 			MaxKeysPerUser: int(l.GetMaxKeysPerUser()), MaxBatchOps: int(l.GetMaxBatchOps()), PackedRuns: l.GetPackedOps(),
+			SharedMemory:   int(l.GetShmMaxBytes()),
 			MaxConnections: int(l.GetMaxConnections()), AdminConnections: int(l.GetAdminConnections()),
 			PerUID: PerUIDLimits{
 				Connections: int(l.GetMaxConnectionsPerUid()), InFlight: int(l.GetMaxInFlightPerUid()),

@@ -148,13 +148,22 @@ func TestBatchSplits(t *testing.T) {
 	}
 }
 
-// Data too large for one message is refused before it is sent.
+// Data too large for one message goes through shared memory; data too
+// large for that too is refused before it is sent.
 func TestTooLargeForOneMessage(t *testing.T) {
 	ctx := context.Background()
 	c := dial(t)
 	k, _ := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
-	if _, err := k.Encrypt(ctx, make([]byte, c.Limits().MaxMessageBytes), nil); !errors.Is(err, keywarden.ErrResourceExhausted) {
-		t.Fatalf("oversized one-shot: %v", err)
+	big := make([]byte, c.Limits().MaxMessageBytes)
+	ct, err := k.Encrypt(ctx, big, nil)
+	if err != nil {
+		t.Fatalf("a one-shot larger than a message, through shared memory: %v", err)
+	}
+	if pt, err := k.Decrypt(ctx, ct, nil); err != nil || len(pt) != len(big) {
+		t.Fatalf("its decryption: %d bytes, %v", len(pt), err)
+	}
+	if _, err := k.Encrypt(ctx, make([]byte, 9<<20), nil); !errors.Is(err, keywarden.ErrResourceExhausted) {
+		t.Fatalf("a one-shot larger than half the shared memory: %v", err)
 	}
 	if _, err := k.Encrypt(ctx, make([]byte, c.MaxData()), nil); err != nil {
 		t.Fatalf("MaxData bytes: %v", err)

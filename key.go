@@ -143,6 +143,11 @@ func (c *Client) Hash(ctx context.Context, h crypto.Hash, data []byte) ([]byte, 
 	if alg == wire.HashAlg_HASH_ALG_UNSPECIFIED {
 		return nil, argError("hash", "a hash must be named")
 	}
+	if len(data) >= SharedThreshold {
+		if d, ok, err := c.hashShared(ctx, alg, data); ok {
+			return d, err
+		}
+	}
 	return c.doData(ctx, "hash", &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: alg, Data: data}}})
 }
 
@@ -197,6 +202,11 @@ func (k *Key) Refresh(ctx context.Context) (KeyInfo, error) {
 // library opens it with that version's key as gcm.Open(nil, c[7:19],
 // c[19:], aad). RSA keys use OAEP with SHA-256 and aad as the label.
 func (k *Key) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	if len(plaintext) >= SharedThreshold {
+		if ct, ok, err := k.encryptShared(ctx, plaintext, aad); ok {
+			return ct, err
+		}
+	}
 	return k.c.doData(ctx, "encrypt", k.encryptOp(plaintext, aad, 0))
 }
 
@@ -208,6 +218,11 @@ func (k *Key) encryptOp(plaintext, aad []byte, h wire.HashAlg) *wire.Op {
 // (if it is not retired). Any failure (wrong key, tampered data, wrong
 // aad) is the same ErrInvalidArgument "decryption failed".
 func (k *Key) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, error) {
+	if len(ciphertext) >= SharedThreshold {
+		if pt, ok, err := k.decryptShared(ctx, ciphertext, aad); ok {
+			return pt, err
+		}
+	}
 	return k.c.doData(ctx, "decrypt", k.decryptOp(ciphertext, aad, 0))
 }
 
@@ -300,6 +315,11 @@ func (k *Key) VerifyDigest(ctx context.Context, digest, sig []byte, opts *SignOp
 
 // MAC computes an HMAC tag over data.
 func (k *Key) MAC(ctx context.Context, data []byte) ([]byte, error) {
+	if len(data) >= SharedThreshold {
+		if tag, ok, err := k.macShared(ctx, data); ok {
+			return tag, err
+		}
+	}
 	return k.c.doData(ctx, "mac", &wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: k.handle, Data: data}}})
 }
 

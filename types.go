@@ -350,6 +350,10 @@ type Limits struct {
 	// decryptions or MACs on one key packed into one operation; a Batch
 	// then sends its runs so (docs/protocol.md, "Packed runs").
 	PackedRuns bool
+	// SharedMemory is the largest shared memory the daemon maps for one
+	// connection (0: it takes none); payloads of SharedThreshold bytes or
+	// more then travel through it (docs/protocol.md, "Shared memory").
+	SharedMemory int
 
 	// MaxConnections the daemon serves at once, of which AdminConnections
 	// are kept for administrators.

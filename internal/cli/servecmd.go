@@ -81,6 +81,8 @@ func serveConfig(e *env, args []string) (cfg daemon.Config, check string, err er
 	f.IntVar(&lim.MaxComputingPerUID, "max-computing-per-uid", 0, fmt.Sprintf("requests of one uid computing at once (default %d: the processors but one)", server.DefaultMaxComputingPerUID(runtime.GOMAXPROCS(0))))
 	f.Var((*sizeFlag)(&lim.AuditBytesPerSecondPerUID), "audit-rate-per-uid", "`bytes` of audit records one uid's requests may make per second, e.g. 1M (default 1M)")
 	f.Var((*sizeFlag)(&lim.AuditBurstPerUID), "audit-burst-per-uid", "`bytes` of audit records one uid's requests may make at once (default 4M)")
+	f.Var((*sizeFlag)(&lim.ShmMaxBytes), "shm-max-bytes", "`bytes` of shared memory one connection may register for large messages, at most 1G (default 64M)")
+	f.Var((*sizeFlag)(&lim.ShmBytesPerUID), "shm-bytes-per-uid", "`bytes` of shared memory the connections of one uid may register together, at most 1G (default 256M)")
 	kcfg := kdfServeFlags(f)
 	backing := f.String("memory-backing", "", "where key bytes live: memfd_secret or mlock (default: memfd_secret where the kernel offers it)")
 	maxLocked := f.String("max-locked-memory", "", "bound the key memory, e.g. 64M (default: what RLIMIT_MEMLOCK allows; none with CAP_IPC_LOCK)")

@@ -250,6 +250,10 @@ type Message struct {
 	// kernel attached SCM_CREDENTIALS.
 	Cred    Cred
 	HasCred bool
+	// FD is the first descriptor the peer passed with the message
+	// (SCM_RIGHTS), or -1; the receiver owns it and must close it. Any
+	// others were closed.
+	FD int
 }
 
 // ErrPeerClosed is returned by Recv when the peer has closed the
@@ -264,8 +268,8 @@ var ErrTimeout = errors.New("seqpacket: receive timeout")
 const OOBSize = 256
 
 // RecvMsg receives one message with its credentials. oob must have at
-// least OOBSize bytes. Descriptors a peer passes with SCM_RIGHTS are closed
-// at once: the daemon never accepts descriptors from clients.
+// least OOBSize bytes. Of the descriptors a peer passes with SCM_RIGHTS
+// the first is kept in Message.FD and the others are closed at once.
 func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
 	if !c.acquire() {
 		return Message{}, ErrClosed
@@ -281,7 +285,7 @@ func (c *Conn) RecvMsg(buf, oob []byte) (Message, error) {
 		case err != nil:
 			return Message{}, opError("recv", err)
 		}
-		m := Message{N: n, Cred: Cred{Pidfd: -1}}
+		m := Message{N: n, Cred: Cred{Pidfd: -1}, FD: -1}
 		parseControl(oob[:oobn], &m)
 		if n == 0 && flags&unix.MSG_TRUNC == 0 && oobn == 0 {
 			return Message{}, ErrPeerClosed
@@ -311,7 +315,7 @@ func (c *Conn) TryRecvMsg(buf, oob []byte) (Message, error) {
 		case err != nil:
 			return Message{}, opError("recv", err)
 		}
-		m := Message{N: n, Cred: Cred{Pidfd: -1}}
+		m := Message{N: n, Cred: Cred{Pidfd: -1}, FD: -1}
 		parseControl(oob[:oobn], &m)
 		if n == 0 && flags&unix.MSG_TRUNC == 0 && oobn == 0 {
 			return Message{}, ErrPeerClosed
@@ -375,8 +379,9 @@ func rightsOf(b []byte) []int {
 	return fds
 }
 
-// parseControl reads SCM_CREDENTIALS and SCM_PIDFD from b without
-// allocating, and closes any other descriptors it finds.
+// parseControl reads SCM_CREDENTIALS, SCM_PIDFD and the first passed
+// descriptor from b without allocating, and closes any other descriptors
+// it finds.
 func parseControl(b []byte, m *Message) {
 	const hdr = unix.SizeofCmsghdr
 	for len(b) >= hdr {
@@ -406,7 +411,12 @@ func parseControl(b []byte, m *Message) {
 				}
 			case unix.SCM_RIGHTS:
 				for i := 0; i+4 <= len(data); i += 4 {
-					unix.Close(int(int32(binary.NativeEndian.Uint32(data[i : i+4]))))
+					fd := int(int32(binary.NativeEndian.Uint32(data[i : i+4])))
+					if m.FD < 0 {
+						m.FD = fd
+					} else {
+						unix.Close(fd)
+					}
 				}
 			}
 		}

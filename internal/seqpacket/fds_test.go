@@ -74,3 +74,45 @@ func TestRecvDropsFDs(t *testing.T) {
 		t.Fatalf("%d descriptors open before, %d after", before, after)
 	}
 }
+
+// RecvMsg keeps the first descriptor passed with a message, for the
+// receiver to own, and closes the others; a message without one has FD -1.
+func TestRecvMsgKeepsFirstFD(t *testing.T) {
+	a, b, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	defer b.Close()
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	before := openFDs(t)
+	buf, oob := make([]byte, 64), make([]byte, OOBSize)
+	for range 5 {
+		if err := a.SendFDs([]byte("m"), []int{p[1], p[0], p[0]}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := b.RecvMsg(buf, oob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.FD < 0 {
+			t.Fatal("no descriptor kept")
+		}
+		if _, err := unix.Write(m.FD, []byte("x")); err != nil {
+			t.Fatalf("the kept descriptor is not the first passed: %v", err)
+		}
+		unix.Close(m.FD)
+	}
+	if after := openFDs(t); after != before {
+		t.Fatalf("%d descriptors open before, %d after", before, after)
+	}
+	a.Send([]byte("plain"))
+	if m, err := b.TryRecvMsg(buf, oob); err != nil || m.FD != -1 {
+		t.Fatalf("plain message: FD %d, %v", m.FD, err)
+	}
+}

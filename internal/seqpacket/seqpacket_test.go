@@ -125,6 +125,11 @@ func TestPassedDescriptorsAreClosed(t *testing.T) {
 	if m.Cred.Pidfd >= 0 {
 		unix.Close(m.Cred.Pidfd)
 	}
+	// The first is the receiver's to close; the others are closed.
+	if m.FD < 0 {
+		t.Fatal("the first passed descriptor was not kept")
+	}
+	unix.Close(m.FD)
 	if after := openFDs(t); after != before {
 		t.Fatalf("open descriptors went from %d to %d: passed descriptors leaked", before, after)
 	}

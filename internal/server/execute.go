@@ -172,7 +172,14 @@ func (ss *Session) safeDispatch(r *opRow, op *wire.Op, id Identity, reqID uint64
 			shortenSlice()
 		}
 	}
-	data, full, err := ss.dispatchRow(r, op, id, a, out)
+	var data []byte
+	var full *wire.Result
+	var err error
+	if namesRegion(op) {
+		data, full, err = ss.dispatchShared(r, op, id, a, out)
+	} else {
+		data, full, err = ss.dispatchRow(r, op, id, a, out)
+	}
 	if err != nil {
 		note.setErr(err)
 		var we *wire.Error

@@ -230,6 +230,9 @@ func (cn *seqConn) dropUnread(m seqpacket.Message) {
 	if m.Cred.Pidfd >= 0 {
 		unix.Close(m.Cred.Pidfd)
 	}
+	if m.FD >= 0 {
+		unix.Close(m.FD)
+	}
 	cn.buf.done(m.N)
 	cn.log.Debug("client hung up: the requests it left are dropped unread")
 }
@@ -317,8 +320,14 @@ func (cn *seqConn) receive() (end bool) {
 	}
 }
 
-// handleMessage answers one received message. It owns m's pidfd.
+// handleMessage answers one received message. It owns m's pidfd and the
+// descriptor passed with it, which an shm_register of a request run
+// inline takes; any other is closed unused.
 func (cn *seqConn) handleMessage(m seqpacket.Message) {
+	if m.FD >= 0 {
+		cn.passed = m.FD
+		defer cn.dropPassed()
+	}
 	id := Identity{PID: m.Cred.PID, UID: m.Cred.UID, GID: m.Cred.GID, Pidfd: m.Cred.Pidfd}
 	closePidfd := true
 	defer func() {
@@ -334,6 +343,7 @@ func (cn *seqConn) handleMessage(m seqpacket.Message) {
 		cn.runInline(req, raw, id, caller)
 		return
 	}
+	cn.dropPassed() // the connection goes on without this request
 	closePidfd = !cn.runConcurrently(req, raw, id, caller)
 }
 

@@ -235,6 +235,12 @@ var opTable = map[protoreflect.Name]opSpec{
 		run: func(*Session, *wire.Op, Identity, *arena, *wire.Result) ([]byte, *wire.Result, error) {
 			return nil, nil, errPackedLate
 		}},
+	// Shared memory (shmem.go): the memfd comes with the request.
+	"shm_register": {name: "shm-register", path: pathData, exec: execInline, store: storeNone, who: accessAnyone, seal: sealAny,
+		bound: smallBound,
+		run: func(ss *Session, _ *wire.Op, _ Identity, _ *arena, _ *wire.Result) ([]byte, *wire.Result, error) {
+			return nil, nil, ss.opShmRegister()
+		}},
 	"ssh_certify": {name: "ssh-certify", path: pathManage, exec: execInline, store: storeNone, who: accessKey, action: policy.Use,
 		seal: sealAny, bound: sshCertifyBound,
 		run: full(func(ss *Session, op *wire.Op, id Identity) (*wire.Result, error) {

@@ -60,6 +60,7 @@ type account struct {
 	reqBytes  atomic.Int64
 	longPolls atomic.Int32
 	sessions  atomic.Int32
+	shmBytes  atomic.Int64 // registered shared memory (shmem.go)
 	audit     allowance
 	// computing holds a token per request (or operation) of the uid
 	// computing: its capacity is MaxComputingPerUID.
@@ -126,6 +127,25 @@ func (a *account) hold(n, max int) bool {
 func (a *account) unhold(n int) {
 	if !a.admin {
 		a.reqBytes.Add(-int64(n))
+	}
+}
+
+// holdShm counts n bytes of registered shared memory; false: over the
+// limit, not counted.
+func (a *account) holdShm(n, max int) bool {
+	if a.admin {
+		return true
+	}
+	if a.shmBytes.Add(int64(n)) > int64(max) {
+		a.shmBytes.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (a *account) unholdShm(n int) {
+	if !a.admin {
+		a.shmBytes.Add(-int64(n))
 	}
 }
 
@@ -616,6 +636,8 @@ func (s *Server) wireLimits() *wire.Limits {
 		AuditBytesPerSecondPerUid: uint32(l.AuditBytesPerSecondPerUID),
 		AuditBurstPerUid:          uint32(l.AuditBurstPerUID),
 		PackedOps:                 true,
+		ShmMaxBytes:               uint32(l.ShmMaxBytes),
+		ShmBytesPerUid:            uint32(l.ShmBytesPerUID),
 	}
 	if s.cfg.KDF != nil {
 		kl := s.cfg.KDF.Limits()

@@ -17,8 +17,12 @@ import (
 // then pay their fixed costs once per run rather than once each.
 
 // runKind returns the kind of op for runs, its handle and the usage it
-// needs; 0 for operations that are not run.
+// needs; 0 for operations that are not run, among them those naming
+// regions of shared memory (shmem.go).
 func runKind(op *wire.Op) (kind int, h uint32, hash wire.HashAlg, need key.Usage) {
+	if namesRegion(op) {
+		return 0, 0, 0, 0
+	}
 	switch o := op.GetOp().(type) {
 	case *wire.Op_Encrypt:
 		return 1, o.Encrypt.Handle, o.Encrypt.Hash, key.Encrypt

@@ -58,6 +58,11 @@ type Limits struct {
 	// records one uid's requests make.
 	AuditBytesPerSecondPerUID int
 	AuditBurstPerUID          int
+	// ShmMaxBytes bounds the shared memory one connection registers, and
+	// ShmBytesPerUID what the connections of one uid register together
+	// (shmem.go).
+	ShmMaxBytes    int
+	ShmBytesPerUID int
 }
 
 // Defaults of the per-uid limits; HeavySlots and MaxHeavyPerUID depend on
@@ -98,6 +103,10 @@ const (
 	MaxMessageBytes = 1 << 20
 )
 
+// MaxShmBytes bounds the shared-memory limits (ShmMaxBytes,
+// ShmBytesPerUID).
+const MaxShmBytes = 1 << 30
+
 func (l Limits) withDefaults() Limits { return l.withDefaultsFor(runtime.GOMAXPROCS(0)) }
 
 // withDefaultsFor is withDefaults for a daemon with procs processors.
@@ -127,6 +136,11 @@ func (l Limits) withDefaultsFor(procs int) Limits {
 	def(&l.MaxComputingPerUID, DefaultMaxComputingPerUID(procs))
 	def(&l.AuditBytesPerSecondPerUID, DefaultAuditBytesPerSecondPerUID)
 	def(&l.AuditBurstPerUID, DefaultAuditBurstPerUID)
+	def(&l.ShmMaxBytes, DefaultShmMaxBytes)
+	def(&l.ShmBytesPerUID, DefaultShmBytesPerUID)
+	// Limits carries them as 32-bit numbers.
+	l.ShmMaxBytes = min(l.ShmMaxBytes, MaxShmBytes)
+	l.ShmBytesPerUID = min(l.ShmBytesPerUID, MaxShmBytes)
 	l.MaxMessageBytes = min(max(l.MaxMessageBytes, MinMessageBytes), MaxMessageBytes)
 	// A request that may run must fit in its uid's share.
 	l.MaxRequestBytesPerUID = max(l.MaxRequestBytesPerUID, l.MaxMessageBytes)

@@ -116,6 +116,12 @@ type Session struct {
 	closed      bool           // the tables are dropped: nothing may be added
 	genWatcher  *genid.Watcher // the session as a watcher, once it watched
 	st          connStore      // pending init, rotation, backup, restore (storeops.go)
+	shm         *shmMapping    // the registered shared memory, if any (shmem.go)
+
+	// passed is the descriptor that came with the request running inline
+	// (the front's), for its shm_register; -1 when none. Only the
+	// connection's own goroutine touches it.
+	passed int
 }
 
 // newSession makes the session of a caller opened by opener, counted
@@ -131,6 +137,7 @@ func newSession(ctx context.Context, s *Server, front string, acct *account, ope
 		handles:  make(map[uint32]*keystore.Object),
 		sessions: make(map[uint32]*session),
 		closing:  make(chan struct{}),
+		passed:   -1,
 	}
 	if front != frontSeqpacket {
 		ss.auditFront = front
@@ -337,6 +344,7 @@ func (ss *Session) Close() {
 		ss.release(o)
 	}
 	ss.st.cleanup()
+	ss.unmapShm()
 	if ss.opener.Pidfd >= 0 {
 		unix.Close(ss.opener.Pidfd)
 		ss.opener.Pidfd = -1

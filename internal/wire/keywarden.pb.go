@@ -1009,6 +1009,7 @@ type Op struct {
 	//	*Op_GenerationMap
 	//	*Op_SshCertify
 	//	*Op_Packed
+	//	*Op_ShmRegister
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1492,6 +1493,15 @@ func (x *Op) GetPacked() *Packed {
 	return nil
 }
 
+func (x *Op) GetShmRegister() *ShmRegister {
+	if x != nil {
+		if x, ok := x.Op.(*Op_ShmRegister); ok {
+			return x.ShmRegister
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -1701,6 +1711,12 @@ type Op_Packed struct {
 	Packed *Packed `protobuf:"bytes,80,opt,name=packed,proto3,oneof"`
 }
 
+type Op_ShmRegister struct {
+	// Shared memory for large messages (docs/protocol.md, "Shared
+	// memory"): the request carries the client's sealed memfd.
+	ShmRegister *ShmRegister `protobuf:"bytes,90,opt,name=shm_register,json=shmRegister,proto3,oneof"`
+}
+
 func (*Op_Status) isOp_Op() {}
 
 func (*Op_Ping) isOp_Op() {}
@@ -1799,6 +1815,8 @@ func (*Op_SshCertify) isOp_Op() {}
 
 func (*Op_Packed) isOp_Op() {}
 
+func (*Op_ShmRegister) isOp_Op() {}
+
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Status Status                 `protobuf:"varint,1,opt,name=status,proto3,enum=keywarden.v1.Status" json:"status,omitempty"`
@@ -1815,6 +1833,9 @@ type Result struct {
 	// rewrap, data_key; and for verify and mac_verify the version that
 	// verified. 0 when not applicable.
 	KeyVersion uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The bytes written to the operation's output region, when it named
+	// one: data is then empty.
+	OutputLength uint64 `protobuf:"varint,5,opt,name=output_length,json=outputLength,proto3" json:"output_length,omitempty"`
 	// Types that are valid to be assigned to Value:
 	//
 	//	*Result_Key
@@ -1888,6 +1909,13 @@ func (x *Result) GetData() []byte {
 func (x *Result) GetKeyVersion() uint32 {
 	if x != nil {
 		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *Result) GetOutputLength() uint64 {
+	if x != nil {
+		return x.OutputLength
 	}
 	return 0
 }
@@ -2910,9 +2938,14 @@ type Limits struct {
 	KdfQueuePerUid   uint32 `protobuf:"varint,20,opt,name=kdf_queue_per_uid,json=kdfQueuePerUid,proto3" json:"kdf_queue_per_uid,omitempty"`
 	KdfRunningPerUid uint32 `protobuf:"varint,21,opt,name=kdf_running_per_uid,json=kdfRunningPerUid,proto3" json:"kdf_running_per_uid,omitempty"`
 	// The daemon accepts Op.packed (docs/protocol.md, "Packed runs").
-	PackedOps     bool `protobuf:"varint,40,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PackedOps bool `protobuf:"varint,40,opt,name=packed_ops,json=packedOps,proto3" json:"packed_ops,omitempty"`
+	// Shared memory (docs/protocol.md, "Shared memory"): the largest memfd
+	// one connection may register (0: the daemon takes none), and the
+	// bytes the registered memfds of one uid may hold together.
+	ShmMaxBytes    uint32 `protobuf:"varint,41,opt,name=shm_max_bytes,json=shmMaxBytes,proto3" json:"shm_max_bytes,omitempty"`
+	ShmBytesPerUid uint32 `protobuf:"varint,42,opt,name=shm_bytes_per_uid,json=shmBytesPerUid,proto3" json:"shm_bytes_per_uid,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -3097,6 +3130,20 @@ func (x *Limits) GetPackedOps() bool {
 		return x.PackedOps
 	}
 	return false
+}
+
+func (x *Limits) GetShmMaxBytes() uint32 {
+	if x != nil {
+		return x.ShmMaxBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetShmBytesPerUid() uint32 {
+	if x != nil {
+		return x.ShmBytesPerUid
+	}
+	return 0
 }
 
 type StatusResult struct {
@@ -4348,7 +4395,12 @@ type Encrypt struct {
 	// AES-GCM additional data, or the RSA-OAEP label.
 	Aad []byte `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
 	// RSA-OAEP hash (default SHA-256).
-	Hash          HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	Hash HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	// Regions of the connection's shared memory: the plaintext instead of
+	// plaintext (needs output), and where the ciphertext goes instead of
+	// Result.data.
+	Input         *Region `protobuf:"bytes,5,opt,name=input,proto3" json:"input,omitempty"`
+	Output        *Region `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4411,12 +4463,29 @@ func (x *Encrypt) GetHash() HashAlg {
 	return HashAlg_HASH_ALG_UNSPECIFIED
 }
 
+func (x *Encrypt) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *Encrypt) GetOutput() *Region {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
 type Decrypt struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Ciphertext    []byte                 `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
-	Aad           []byte                 `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
-	Hash          HashAlg                `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Handle     uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Ciphertext []byte                 `protobuf:"bytes,2,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	Aad        []byte                 `protobuf:"bytes,3,opt,name=aad,proto3" json:"aad,omitempty"`
+	Hash       HashAlg                `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	// As in Encrypt: the ciphertext, and where the plaintext goes.
+	Input         *Region `protobuf:"bytes,5,opt,name=input,proto3" json:"input,omitempty"`
+	Output        *Region `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4479,6 +4548,111 @@ func (x *Decrypt) GetHash() HashAlg {
 	return HashAlg_HASH_ALG_UNSPECIFIED
 }
 
+func (x *Decrypt) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *Decrypt) GetOutput() *Region {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+// Region is a range of the connection's shared memory (ShmRegister).
+type Region struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        uint64                 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Region) Reset() {
+	*x = Region{}
+	mi := &file_keywarden_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Region) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Region) ProtoMessage() {}
+
+func (x *Region) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Region.ProtoReflect.Descriptor instead.
+func (*Region) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Region) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *Region) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+// ShmRegister registers the memfd passed with the request (SCM_RIGHTS)
+// as the connection's shared memory.
+type ShmRegister struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmRegister) Reset() {
+	*x = ShmRegister{}
+	mi := &file_keywarden_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmRegister) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmRegister) ProtoMessage() {}
+
+func (x *ShmRegister) ProtoReflect() protoreflect.Message {
+	mi := &file_keywarden_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmRegister.ProtoReflect.Descriptor instead.
+func (*ShmRegister) Descriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{35}
+}
+
 type Sign struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -4489,15 +4663,17 @@ type Sign struct {
 	// for P-384). For Ed25519: unset means pure Ed25519 over data; SHA-512
 	// means Ed25519ph, over the given 64-byte digest when prehashed is set,
 	// else over data, which the daemon hashes.
-	Hash          HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
-	Padding       Padding `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
+	Hash    HashAlg `protobuf:"varint,4,opt,name=hash,proto3,enum=keywarden.v1.HashAlg" json:"hash,omitempty"`
+	Padding Padding `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
+	// The data in shared memory instead of data.
+	Input         *Region `protobuf:"bytes,6,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sign) Reset() {
 	*x = Sign{}
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4509,7 +4685,7 @@ func (x *Sign) String() string {
 func (*Sign) ProtoMessage() {}
 
 func (x *Sign) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[34]
+	mi := &file_keywarden_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4522,7 +4698,7 @@ func (x *Sign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sign.ProtoReflect.Descriptor instead.
 func (*Sign) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{34}
+	return file_keywarden_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Sign) GetHandle() uint32 {
@@ -4560,6 +4736,13 @@ func (x *Sign) GetPadding() Padding {
 	return Padding_PADDING_UNSPECIFIED
 }
 
+func (x *Sign) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
 type Verify struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Handle    uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -4569,14 +4752,16 @@ type Verify struct {
 	Padding   Padding                `protobuf:"varint,5,opt,name=padding,proto3,enum=keywarden.v1.Padding" json:"padding,omitempty"`
 	Signature []byte                 `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`
 	// The version to verify with; 0 tries every live version, newest first.
-	KeyVersion    uint32 `protobuf:"varint,7,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	KeyVersion uint32 `protobuf:"varint,7,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The data in shared memory instead of data.
+	Input         *Region `protobuf:"bytes,8,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Verify) Reset() {
 	*x = Verify{}
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4588,7 +4773,7 @@ func (x *Verify) String() string {
 func (*Verify) ProtoMessage() {}
 
 func (x *Verify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[35]
+	mi := &file_keywarden_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4601,7 +4786,7 @@ func (x *Verify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verify.ProtoReflect.Descriptor instead.
 func (*Verify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{35}
+	return file_keywarden_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Verify) GetHandle() uint32 {
@@ -4653,17 +4838,26 @@ func (x *Verify) GetKeyVersion() uint32 {
 	return 0
 }
 
+func (x *Verify) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
 type Mac struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Data   []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// The data in shared memory instead of data.
+	Input         *Region `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Mac) Reset() {
 	*x = Mac{}
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4675,7 +4869,7 @@ func (x *Mac) String() string {
 func (*Mac) ProtoMessage() {}
 
 func (x *Mac) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[36]
+	mi := &file_keywarden_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4688,7 +4882,7 @@ func (x *Mac) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mac.ProtoReflect.Descriptor instead.
 func (*Mac) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{36}
+	return file_keywarden_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Mac) GetHandle() uint32 {
@@ -4705,20 +4899,29 @@ func (x *Mac) GetData() []byte {
 	return nil
 }
 
+func (x *Mac) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
 type MacVerify struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Handle uint32                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
 	Data   []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	Tag    []byte                 `protobuf:"bytes,3,opt,name=tag,proto3" json:"tag,omitempty"`
 	// The version to verify with; 0 tries every live version, newest first.
-	KeyVersion    uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	KeyVersion uint32 `protobuf:"varint,4,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// The data in shared memory instead of data.
+	Input         *Region `protobuf:"bytes,5,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MacVerify) Reset() {
 	*x = MacVerify{}
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4730,7 +4933,7 @@ func (x *MacVerify) String() string {
 func (*MacVerify) ProtoMessage() {}
 
 func (x *MacVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[37]
+	mi := &file_keywarden_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4743,7 +4946,7 @@ func (x *MacVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MacVerify.ProtoReflect.Descriptor instead.
 func (*MacVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{37}
+	return file_keywarden_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MacVerify) GetHandle() uint32 {
@@ -4774,17 +4977,26 @@ func (x *MacVerify) GetKeyVersion() uint32 {
 	return 0
 }
 
+func (x *MacVerify) GetInput() *Region {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
 type Hash struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Alg           HashAlg                `protobuf:"varint,1,opt,name=alg,proto3,enum=keywarden.v1.HashAlg" json:"alg,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Alg   HashAlg                `protobuf:"varint,1,opt,name=alg,proto3,enum=keywarden.v1.HashAlg" json:"alg,omitempty"`
+	Data  []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// The data in shared memory instead of data.
+	Input         *Region `protobuf:"bytes,3,opt,name=input,proto3" json:"input,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hash) Reset() {
 	*x = Hash{}
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4796,7 +5008,7 @@ func (x *Hash) String() string {
 func (*Hash) ProtoMessage() {}
 
 func (x *Hash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[38]
+	mi := &file_keywarden_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4809,7 +5021,7 @@ func (x *Hash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hash.ProtoReflect.Descriptor instead.
 func (*Hash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{38}
+	return file_keywarden_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Hash) GetAlg() HashAlg {
@@ -4822,6 +5034,13 @@ func (x *Hash) GetAlg() HashAlg {
 func (x *Hash) GetData() []byte {
 	if x != nil {
 		return x.Data
+	}
+	return nil
+}
+
+func (x *Hash) GetInput() *Region {
+	if x != nil {
+		return x.Input
 	}
 	return nil
 }
@@ -4854,7 +5073,7 @@ type Packed struct {
 
 func (x *Packed) Reset() {
 	*x = Packed{}
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4866,7 +5085,7 @@ func (x *Packed) String() string {
 func (*Packed) ProtoMessage() {}
 
 func (x *Packed) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[39]
+	mi := &file_keywarden_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4879,7 +5098,7 @@ func (x *Packed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Packed.ProtoReflect.Descriptor instead.
 func (*Packed) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{39}
+	return file_keywarden_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Packed) GetKind() PackedKind {
@@ -4948,7 +5167,7 @@ type Derive struct {
 
 func (x *Derive) Reset() {
 	*x = Derive{}
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4960,7 +5179,7 @@ func (x *Derive) String() string {
 func (*Derive) ProtoMessage() {}
 
 func (x *Derive) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[40]
+	mi := &file_keywarden_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4973,7 +5192,7 @@ func (x *Derive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Derive.ProtoReflect.Descriptor instead.
 func (*Derive) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{40}
+	return file_keywarden_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Derive) GetHandle() uint32 {
@@ -5033,7 +5252,7 @@ type SessionOpen struct {
 
 func (x *SessionOpen) Reset() {
 	*x = SessionOpen{}
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5045,7 +5264,7 @@ func (x *SessionOpen) String() string {
 func (*SessionOpen) ProtoMessage() {}
 
 func (x *SessionOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[41]
+	mi := &file_keywarden_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5058,7 +5277,7 @@ func (x *SessionOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpen.ProtoReflect.Descriptor instead.
 func (*SessionOpen) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{41}
+	return file_keywarden_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SessionOpen) GetKind() SessionKind {
@@ -5099,7 +5318,7 @@ type SessionUpdate struct {
 
 func (x *SessionUpdate) Reset() {
 	*x = SessionUpdate{}
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5111,7 +5330,7 @@ func (x *SessionUpdate) String() string {
 func (*SessionUpdate) ProtoMessage() {}
 
 func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[42]
+	mi := &file_keywarden_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5124,7 +5343,7 @@ func (x *SessionUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionUpdate.ProtoReflect.Descriptor instead.
 func (*SessionUpdate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{42}
+	return file_keywarden_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SessionUpdate) GetSession() uint32 {
@@ -5152,7 +5371,7 @@ type SessionFinal struct {
 
 func (x *SessionFinal) Reset() {
 	*x = SessionFinal{}
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5164,7 +5383,7 @@ func (x *SessionFinal) String() string {
 func (*SessionFinal) ProtoMessage() {}
 
 func (x *SessionFinal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[43]
+	mi := &file_keywarden_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5177,7 +5396,7 @@ func (x *SessionFinal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionFinal.ProtoReflect.Descriptor instead.
 func (*SessionFinal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{43}
+	return file_keywarden_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SessionFinal) GetSession() uint32 {
@@ -5203,7 +5422,7 @@ type SessionAbort struct {
 
 func (x *SessionAbort) Reset() {
 	*x = SessionAbort{}
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5215,7 +5434,7 @@ func (x *SessionAbort) String() string {
 func (*SessionAbort) ProtoMessage() {}
 
 func (x *SessionAbort) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[44]
+	mi := &file_keywarden_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5228,7 +5447,7 @@ func (x *SessionAbort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionAbort.ProtoReflect.Descriptor instead.
 func (*SessionAbort) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{44}
+	return file_keywarden_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SessionAbort) GetSession() uint32 {
@@ -5256,7 +5475,7 @@ type Argon2Params struct {
 
 func (x *Argon2Params) Reset() {
 	*x = Argon2Params{}
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5268,7 +5487,7 @@ func (x *Argon2Params) String() string {
 func (*Argon2Params) ProtoMessage() {}
 
 func (x *Argon2Params) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[45]
+	mi := &file_keywarden_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5281,7 +5500,7 @@ func (x *Argon2Params) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Argon2Params.ProtoReflect.Descriptor instead.
 func (*Argon2Params) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{45}
+	return file_keywarden_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Argon2Params) GetTime() uint32 {
@@ -5321,7 +5540,7 @@ type PassphraseKdf struct {
 
 func (x *PassphraseKdf) Reset() {
 	*x = PassphraseKdf{}
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5333,7 +5552,7 @@ func (x *PassphraseKdf) String() string {
 func (*PassphraseKdf) ProtoMessage() {}
 
 func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[46]
+	mi := &file_keywarden_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5346,7 +5565,7 @@ func (x *PassphraseKdf) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PassphraseKdf.ProtoReflect.Descriptor instead.
 func (*PassphraseKdf) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{46}
+	return file_keywarden_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PassphraseKdf) GetAlgorithm() string {
@@ -5395,7 +5614,7 @@ type DeriveFromPassphrase struct {
 
 func (x *DeriveFromPassphrase) Reset() {
 	*x = DeriveFromPassphrase{}
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5407,7 +5626,7 @@ func (x *DeriveFromPassphrase) String() string {
 func (*DeriveFromPassphrase) ProtoMessage() {}
 
 func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[47]
+	mi := &file_keywarden_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5420,7 +5639,7 @@ func (x *DeriveFromPassphrase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeriveFromPassphrase.ProtoReflect.Descriptor instead.
 func (*DeriveFromPassphrase) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{47}
+	return file_keywarden_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DeriveFromPassphrase) GetPassphrase() []byte {
@@ -5469,7 +5688,7 @@ type PasswordHash struct {
 
 func (x *PasswordHash) Reset() {
 	*x = PasswordHash{}
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5481,7 +5700,7 @@ func (x *PasswordHash) String() string {
 func (*PasswordHash) ProtoMessage() {}
 
 func (x *PasswordHash) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[48]
+	mi := &file_keywarden_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5494,7 +5713,7 @@ func (x *PasswordHash) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordHash.ProtoReflect.Descriptor instead.
 func (*PasswordHash) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{48}
+	return file_keywarden_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PasswordHash) GetPassword() []byte {
@@ -5537,7 +5756,7 @@ type PasswordVerify struct {
 
 func (x *PasswordVerify) Reset() {
 	*x = PasswordVerify{}
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5549,7 +5768,7 @@ func (x *PasswordVerify) String() string {
 func (*PasswordVerify) ProtoMessage() {}
 
 func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[49]
+	mi := &file_keywarden_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5562,7 +5781,7 @@ func (x *PasswordVerify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PasswordVerify.ProtoReflect.Descriptor instead.
 func (*PasswordVerify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{49}
+	return file_keywarden_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *PasswordVerify) GetPassword() []byte {
@@ -5601,7 +5820,7 @@ type KdfCalibrate struct {
 
 func (x *KdfCalibrate) Reset() {
 	*x = KdfCalibrate{}
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5613,7 +5832,7 @@ func (x *KdfCalibrate) String() string {
 func (*KdfCalibrate) ProtoMessage() {}
 
 func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[50]
+	mi := &file_keywarden_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5626,7 +5845,7 @@ func (x *KdfCalibrate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibrate.ProtoReflect.Descriptor instead.
 func (*KdfCalibrate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{50}
+	return file_keywarden_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *KdfCalibrate) GetTargetMs() uint32 {
@@ -5690,7 +5909,7 @@ type KdfCalibration struct {
 
 func (x *KdfCalibration) Reset() {
 	*x = KdfCalibration{}
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5702,7 +5921,7 @@ func (x *KdfCalibration) String() string {
 func (*KdfCalibration) ProtoMessage() {}
 
 func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[51]
+	mi := &file_keywarden_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5715,7 +5934,7 @@ func (x *KdfCalibration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KdfCalibration.ProtoReflect.Descriptor instead.
 func (*KdfCalibration) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{51}
+	return file_keywarden_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *KdfCalibration) GetParams() *Argon2Params {
@@ -5787,7 +6006,7 @@ type GenerationInfo struct {
 
 func (x *GenerationInfo) Reset() {
 	*x = GenerationInfo{}
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5799,7 +6018,7 @@ func (x *GenerationInfo) String() string {
 func (*GenerationInfo) ProtoMessage() {}
 
 func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[52]
+	mi := &file_keywarden_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5812,7 +6031,7 @@ func (x *GenerationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationInfo.ProtoReflect.Descriptor instead.
 func (*GenerationInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{52}
+	return file_keywarden_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GenerationInfo) GetGeneration() uint64 {
@@ -5888,7 +6107,7 @@ type GenerationSource struct {
 
 func (x *GenerationSource) Reset() {
 	*x = GenerationSource{}
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5900,7 +6119,7 @@ func (x *GenerationSource) String() string {
 func (*GenerationSource) ProtoMessage() {}
 
 func (x *GenerationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[53]
+	mi := &file_keywarden_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5913,7 +6132,7 @@ func (x *GenerationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationSource.ProtoReflect.Descriptor instead.
 func (*GenerationSource) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{53}
+	return file_keywarden_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GenerationSource) GetName() string {
@@ -5960,7 +6179,7 @@ type GenerationGet struct {
 
 func (x *GenerationGet) Reset() {
 	*x = GenerationGet{}
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5972,7 +6191,7 @@ func (x *GenerationGet) String() string {
 func (*GenerationGet) ProtoMessage() {}
 
 func (x *GenerationGet) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[54]
+	mi := &file_keywarden_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5985,7 +6204,7 @@ func (x *GenerationGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationGet.ProtoReflect.Descriptor instead.
 func (*GenerationGet) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{54}
+	return file_keywarden_proto_rawDescGZIP(), []int{56}
 }
 
 // GenerationWatch answers when the generation exceeds after, or when
@@ -6006,7 +6225,7 @@ type GenerationWatch struct {
 
 func (x *GenerationWatch) Reset() {
 	*x = GenerationWatch{}
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6018,7 +6237,7 @@ func (x *GenerationWatch) String() string {
 func (*GenerationWatch) ProtoMessage() {}
 
 func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[55]
+	mi := &file_keywarden_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6031,7 +6250,7 @@ func (x *GenerationWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWatch.ProtoReflect.Descriptor instead.
 func (*GenerationWatch) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{55}
+	return file_keywarden_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GenerationWatch) GetAfter() uint64 {
@@ -6068,7 +6287,7 @@ type GenerationAck struct {
 
 func (x *GenerationAck) Reset() {
 	*x = GenerationAck{}
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6080,7 +6299,7 @@ func (x *GenerationAck) String() string {
 func (*GenerationAck) ProtoMessage() {}
 
 func (x *GenerationAck) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[56]
+	mi := &file_keywarden_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6093,7 +6312,7 @@ func (x *GenerationAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationAck.ProtoReflect.Descriptor instead.
 func (*GenerationAck) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{56}
+	return file_keywarden_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GenerationAck) GetGeneration() uint64 {
@@ -6130,7 +6349,7 @@ type GenerationWaitWatchers struct {
 
 func (x *GenerationWaitWatchers) Reset() {
 	*x = GenerationWaitWatchers{}
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6142,7 +6361,7 @@ func (x *GenerationWaitWatchers) String() string {
 func (*GenerationWaitWatchers) ProtoMessage() {}
 
 func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[57]
+	mi := &file_keywarden_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6155,7 +6374,7 @@ func (x *GenerationWaitWatchers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationWaitWatchers.ProtoReflect.Descriptor instead.
 func (*GenerationWaitWatchers) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{57}
+	return file_keywarden_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GenerationWaitWatchers) GetTimeoutMs() uint32 {
@@ -6182,7 +6401,7 @@ type GenerationBump struct {
 
 func (x *GenerationBump) Reset() {
 	*x = GenerationBump{}
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6194,7 +6413,7 @@ func (x *GenerationBump) String() string {
 func (*GenerationBump) ProtoMessage() {}
 
 func (x *GenerationBump) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[58]
+	mi := &file_keywarden_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6207,7 +6426,7 @@ func (x *GenerationBump) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationBump.ProtoReflect.Descriptor instead.
 func (*GenerationBump) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{58}
+	return file_keywarden_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GenerationBump) GetEntropy() []byte {
@@ -6235,7 +6454,7 @@ type GenerationMap struct {
 
 func (x *GenerationMap) Reset() {
 	*x = GenerationMap{}
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6247,7 +6466,7 @@ func (x *GenerationMap) String() string {
 func (*GenerationMap) ProtoMessage() {}
 
 func (x *GenerationMap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[59]
+	mi := &file_keywarden_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6260,7 +6479,7 @@ func (x *GenerationMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMap.ProtoReflect.Descriptor instead.
 func (*GenerationMap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{59}
+	return file_keywarden_proto_rawDescGZIP(), []int{61}
 }
 
 type GenerationMapInfo struct {
@@ -6276,7 +6495,7 @@ type GenerationMapInfo struct {
 
 func (x *GenerationMapInfo) Reset() {
 	*x = GenerationMapInfo{}
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6288,7 +6507,7 @@ func (x *GenerationMapInfo) String() string {
 func (*GenerationMapInfo) ProtoMessage() {}
 
 func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[60]
+	mi := &file_keywarden_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6301,7 +6520,7 @@ func (x *GenerationMapInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerationMapInfo.ProtoReflect.Descriptor instead.
 func (*GenerationMapInfo) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{60}
+	return file_keywarden_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GenerationMapInfo) GetSize() uint32 {
@@ -6362,7 +6581,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6374,7 +6593,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[61]
+	mi := &file_keywarden_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6387,7 +6606,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{61}
+	return file_keywarden_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -6519,7 +6738,7 @@ type ClusterStatus struct {
 
 func (x *ClusterStatus) Reset() {
 	*x = ClusterStatus{}
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6531,7 +6750,7 @@ func (x *ClusterStatus) String() string {
 func (*ClusterStatus) ProtoMessage() {}
 
 func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[62]
+	mi := &file_keywarden_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6544,7 +6763,7 @@ func (x *ClusterStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatus.ProtoReflect.Descriptor instead.
 func (*ClusterStatus) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{62}
+	return file_keywarden_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ClusterStatus) GetEndpoints() []*ClusterEndpoint {
@@ -6625,7 +6844,7 @@ type ClusterEndpoint struct {
 
 func (x *ClusterEndpoint) Reset() {
 	*x = ClusterEndpoint{}
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6637,7 +6856,7 @@ func (x *ClusterEndpoint) String() string {
 func (*ClusterEndpoint) ProtoMessage() {}
 
 func (x *ClusterEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[63]
+	mi := &file_keywarden_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6650,7 +6869,7 @@ func (x *ClusterEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterEndpoint.ProtoReflect.Descriptor instead.
 func (*ClusterEndpoint) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{63}
+	return file_keywarden_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ClusterEndpoint) GetUrl() string {
@@ -6708,7 +6927,7 @@ type Share struct {
 
 func (x *Share) Reset() {
 	*x = Share{}
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6720,7 +6939,7 @@ func (x *Share) String() string {
 func (*Share) ProtoMessage() {}
 
 func (x *Share) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[64]
+	mi := &file_keywarden_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6733,7 +6952,7 @@ func (x *Share) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Share.ProtoReflect.Descriptor instead.
 func (*Share) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{64}
+	return file_keywarden_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *Share) GetSplitId() []byte {
@@ -6785,7 +7004,7 @@ type Init struct {
 
 func (x *Init) Reset() {
 	*x = Init{}
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6797,7 +7016,7 @@ func (x *Init) String() string {
 func (*Init) ProtoMessage() {}
 
 func (x *Init) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[65]
+	mi := &file_keywarden_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6810,7 +7029,7 @@ func (x *Init) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Init.ProtoReflect.Descriptor instead.
 func (*Init) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{65}
+	return file_keywarden_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Init) GetPassphrase() []byte {
@@ -6868,7 +7087,7 @@ type InitResult struct {
 
 func (x *InitResult) Reset() {
 	*x = InitResult{}
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6880,7 +7099,7 @@ func (x *InitResult) String() string {
 func (*InitResult) ProtoMessage() {}
 
 func (x *InitResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[66]
+	mi := &file_keywarden_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6893,7 +7112,7 @@ func (x *InitResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResult.ProtoReflect.Descriptor instead.
 func (*InitResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{66}
+	return file_keywarden_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *InitResult) GetToken() []byte {
@@ -6939,7 +7158,7 @@ type Unseal struct {
 
 func (x *Unseal) Reset() {
 	*x = Unseal{}
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6951,7 +7170,7 @@ func (x *Unseal) String() string {
 func (*Unseal) ProtoMessage() {}
 
 func (x *Unseal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[67]
+	mi := &file_keywarden_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6964,7 +7183,7 @@ func (x *Unseal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unseal.ProtoReflect.Descriptor instead.
 func (*Unseal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{67}
+	return file_keywarden_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *Unseal) GetPassphrase() []byte {
@@ -6999,7 +7218,7 @@ type UnsealResult struct {
 
 func (x *UnsealResult) Reset() {
 	*x = UnsealResult{}
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7011,7 +7230,7 @@ func (x *UnsealResult) String() string {
 func (*UnsealResult) ProtoMessage() {}
 
 func (x *UnsealResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[68]
+	mi := &file_keywarden_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7024,7 +7243,7 @@ func (x *UnsealResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealResult.ProtoReflect.Descriptor instead.
 func (*UnsealResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{68}
+	return file_keywarden_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *UnsealResult) GetUnsealed() bool {
@@ -7057,7 +7276,7 @@ type Seal struct {
 
 func (x *Seal) Reset() {
 	*x = Seal{}
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7069,7 +7288,7 @@ func (x *Seal) String() string {
 func (*Seal) ProtoMessage() {}
 
 func (x *Seal) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[69]
+	mi := &file_keywarden_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7082,7 +7301,7 @@ func (x *Seal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Seal.ProtoReflect.Descriptor instead.
 func (*Seal) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{69}
+	return file_keywarden_proto_rawDescGZIP(), []int{71}
 }
 
 // MasterRotate makes a new master key, sealed anew (passphrase and/or
@@ -7101,7 +7320,7 @@ type MasterRotate struct {
 
 func (x *MasterRotate) Reset() {
 	*x = MasterRotate{}
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7113,7 +7332,7 @@ func (x *MasterRotate) String() string {
 func (*MasterRotate) ProtoMessage() {}
 
 func (x *MasterRotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[70]
+	mi := &file_keywarden_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7126,7 +7345,7 @@ func (x *MasterRotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MasterRotate.ProtoReflect.Descriptor instead.
 func (*MasterRotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{70}
+	return file_keywarden_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *MasterRotate) GetPassphrase() []byte {
@@ -7175,7 +7394,7 @@ type Rotate struct {
 
 func (x *Rotate) Reset() {
 	*x = Rotate{}
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7187,7 +7406,7 @@ func (x *Rotate) String() string {
 func (*Rotate) ProtoMessage() {}
 
 func (x *Rotate) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[71]
+	mi := &file_keywarden_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7200,7 +7419,7 @@ func (x *Rotate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rotate.ProtoReflect.Descriptor instead.
 func (*Rotate) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{71}
+	return file_keywarden_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *Rotate) GetHandle() uint32 {
@@ -7237,7 +7456,7 @@ type SetLifecycle struct {
 
 func (x *SetLifecycle) Reset() {
 	*x = SetLifecycle{}
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7249,7 +7468,7 @@ func (x *SetLifecycle) String() string {
 func (*SetLifecycle) ProtoMessage() {}
 
 func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[72]
+	mi := &file_keywarden_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7262,7 +7481,7 @@ func (x *SetLifecycle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLifecycle.ProtoReflect.Descriptor instead.
 func (*SetLifecycle) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{72}
+	return file_keywarden_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SetLifecycle) GetHandle() uint32 {
@@ -7342,7 +7561,7 @@ type Wrap struct {
 
 func (x *Wrap) Reset() {
 	*x = Wrap{}
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7354,7 +7573,7 @@ func (x *Wrap) String() string {
 func (*Wrap) ProtoMessage() {}
 
 func (x *Wrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[73]
+	mi := &file_keywarden_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7367,7 +7586,7 @@ func (x *Wrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Wrap.ProtoReflect.Descriptor instead.
 func (*Wrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{73}
+	return file_keywarden_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *Wrap) GetHandle() uint32 {
@@ -7415,7 +7634,7 @@ type Unwrap struct {
 
 func (x *Unwrap) Reset() {
 	*x = Unwrap{}
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7427,7 +7646,7 @@ func (x *Unwrap) String() string {
 func (*Unwrap) ProtoMessage() {}
 
 func (x *Unwrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[74]
+	mi := &file_keywarden_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7440,7 +7659,7 @@ func (x *Unwrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Unwrap.ProtoReflect.Descriptor instead.
 func (*Unwrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{74}
+	return file_keywarden_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *Unwrap) GetHandle() uint32 {
@@ -7492,7 +7711,7 @@ type Rewrap struct {
 
 func (x *Rewrap) Reset() {
 	*x = Rewrap{}
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7504,7 +7723,7 @@ func (x *Rewrap) String() string {
 func (*Rewrap) ProtoMessage() {}
 
 func (x *Rewrap) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[75]
+	mi := &file_keywarden_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7517,7 +7736,7 @@ func (x *Rewrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
 func (*Rewrap) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{75}
+	return file_keywarden_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *Rewrap) GetHandle() uint32 {
@@ -7557,7 +7776,7 @@ type DataKey struct {
 
 func (x *DataKey) Reset() {
 	*x = DataKey{}
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7569,7 +7788,7 @@ func (x *DataKey) String() string {
 func (*DataKey) ProtoMessage() {}
 
 func (x *DataKey) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[76]
+	mi := &file_keywarden_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7582,7 +7801,7 @@ func (x *DataKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKey.ProtoReflect.Descriptor instead.
 func (*DataKey) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{76}
+	return file_keywarden_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DataKey) GetHandle() uint32 {
@@ -7623,7 +7842,7 @@ type DataKeyResult struct {
 
 func (x *DataKeyResult) Reset() {
 	*x = DataKeyResult{}
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7635,7 +7854,7 @@ func (x *DataKeyResult) String() string {
 func (*DataKeyResult) ProtoMessage() {}
 
 func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[77]
+	mi := &file_keywarden_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7648,7 +7867,7 @@ func (x *DataKeyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataKeyResult.ProtoReflect.Descriptor instead.
 func (*DataKeyResult) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{77}
+	return file_keywarden_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *DataKeyResult) GetCiphertext() []byte {
@@ -7678,7 +7897,7 @@ type Backup struct {
 
 func (x *Backup) Reset() {
 	*x = Backup{}
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7690,7 +7909,7 @@ func (x *Backup) String() string {
 func (*Backup) ProtoMessage() {}
 
 func (x *Backup) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[78]
+	mi := &file_keywarden_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7703,7 +7922,7 @@ func (x *Backup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backup.ProtoReflect.Descriptor instead.
 func (*Backup) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{78}
+	return file_keywarden_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *Backup) GetToken() []byte {
@@ -7727,7 +7946,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7739,7 +7958,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[79]
+	mi := &file_keywarden_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7752,7 +7971,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{79}
+	return file_keywarden_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *BackupChunk) GetToken() []byte {
@@ -7805,7 +8024,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7817,7 +8036,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[80]
+	mi := &file_keywarden_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7830,7 +8049,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{80}
+	return file_keywarden_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *Restore) GetToken() []byte {
@@ -7894,7 +8113,7 @@ type RestoreReport struct {
 
 func (x *RestoreReport) Reset() {
 	*x = RestoreReport{}
-	mi := &file_keywarden_proto_msgTypes[81]
+	mi := &file_keywarden_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -7906,7 +8125,7 @@ func (x *RestoreReport) String() string {
 func (*RestoreReport) ProtoMessage() {}
 
 func (x *RestoreReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[81]
+	mi := &file_keywarden_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -7919,7 +8138,7 @@ func (x *RestoreReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreReport.ProtoReflect.Descriptor instead.
 func (*RestoreReport) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{81}
+	return file_keywarden_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RestoreReport) GetKeysBefore() uint64 {
@@ -8025,7 +8244,7 @@ type SshCertOption struct {
 
 func (x *SshCertOption) Reset() {
 	*x = SshCertOption{}
-	mi := &file_keywarden_proto_msgTypes[82]
+	mi := &file_keywarden_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8037,7 +8256,7 @@ func (x *SshCertOption) String() string {
 func (*SshCertOption) ProtoMessage() {}
 
 func (x *SshCertOption) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[82]
+	mi := &file_keywarden_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8050,7 +8269,7 @@ func (x *SshCertOption) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertOption.ProtoReflect.Descriptor instead.
 func (*SshCertOption) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{82}
+	return file_keywarden_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *SshCertOption) GetName() string {
@@ -8104,7 +8323,7 @@ type SshCertify struct {
 
 func (x *SshCertify) Reset() {
 	*x = SshCertify{}
-	mi := &file_keywarden_proto_msgTypes[83]
+	mi := &file_keywarden_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -8116,7 +8335,7 @@ func (x *SshCertify) String() string {
 func (*SshCertify) ProtoMessage() {}
 
 func (x *SshCertify) ProtoReflect() protoreflect.Message {
-	mi := &file_keywarden_proto_msgTypes[83]
+	mi := &file_keywarden_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -8129,7 +8348,7 @@ func (x *SshCertify) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SshCertify.ProtoReflect.Descriptor instead.
 func (*SshCertify) Descriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{83}
+	return file_keywarden_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *SshCertify) GetHandle() uint32 {
@@ -8219,7 +8438,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x02id\x18\x02 \x01(\x04R\x02id\x12,\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12.\n" +
-	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\xc5\x15\n" +
+	"\aresults\x18\x05 \x03(\v2\x14.keywarden.v1.ResultR\aresults\"\x85\x16\n" +
 	"\x02Op\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x16.keywarden.v1.StatusOpH\x00R\x06status\x12(\n" +
 	"\x04ping\x18\x02 \x01(\v2\x12.keywarden.v1.PingH\x00R\x04ping\x124\n" +
@@ -8273,14 +8492,16 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x0egeneration_map\x18A \x01(\v2\x1b.keywarden.v1.GenerationMapH\x00R\rgenerationMap\x12;\n" +
 	"\vssh_certify\x18F \x01(\v2\x18.keywarden.v1.SshCertifyH\x00R\n" +
 	"sshCertify\x12.\n" +
-	"\x06packed\x18P \x01(\v2\x14.keywarden.v1.PackedH\x00R\x06packedB\x04\n" +
-	"\x02op\"\xb5\x06\n" +
+	"\x06packed\x18P \x01(\v2\x14.keywarden.v1.PackedH\x00R\x06packed\x12>\n" +
+	"\fshm_register\x18Z \x01(\v2\x19.keywarden.v1.ShmRegisterH\x00R\vshmRegisterB\x04\n" +
+	"\x02op\"\xda\x06\n" +
 	"\x06Result\x12,\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x14.keywarden.v1.StatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
-	"keyVersion\x12+\n" +
+	"keyVersion\x12#\n" +
+	"\routput_length\x18\x05 \x01(\x04R\foutputLength\x12+\n" +
 	"\x03key\x18\n" +
 	" \x01(\v2\x17.keywarden.v1.KeyResultH\x00R\x03key\x12+\n" +
 	"\x04info\x18\v \x01(\v2\x15.keywarden.v1.KeyInfoH\x00R\x04info\x12.\n" +
@@ -8366,7 +8587,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"\n" +
 	"ListResult\x12)\n" +
 	"\x04keys\x18\x01 \x03(\v2\x15.keywarden.v1.KeyInfoR\x04keys\x12\x12\n" +
-	"\x04next\x18\x02 \x01(\fR\x04next\"\xef\a\n" +
+	"\x04next\x18\x02 \x01(\fR\x04next\"\xbe\b\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_message_bytes\x18\x01 \x01(\rR\x0fmaxMessageBytes\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12!\n" +
@@ -8393,7 +8614,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x11kdf_queue_per_uid\x18\x14 \x01(\rR\x0ekdfQueuePerUid\x12-\n" +
 	"\x13kdf_running_per_uid\x18\x15 \x01(\rR\x10kdfRunningPerUid\x12\x1d\n" +
 	"\n" +
-	"packed_ops\x18( \x01(\bR\tpackedOps\"\x88\x05\n" +
+	"packed_ops\x18( \x01(\bR\tpackedOps\x12\"\n" +
+	"\rshm_max_bytes\x18) \x01(\rR\vshmMaxBytes\x12)\n" +
+	"\x11shm_bytes_per_uid\x18* \x01(\rR\x0eshmBytesPerUid\"\x88\x05\n" +
 	"\fStatusResult\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12,\n" +
@@ -8499,25 +8722,34 @@ const file_keywarden_proto_rawDesc = "" +
 	"_wrappable\"J\n" +
 	"\x06SetACL\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12(\n" +
-	"\x03acl\x18\x02 \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\"|\n" +
+	"\x03acl\x18\x02 \x03(\v2\x16.keywarden.v1.AclEntryR\x03acl\"\xd6\x01\n" +
 	"\aEncrypt\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x1c\n" +
 	"\tplaintext\x18\x02 \x01(\fR\tplaintext\x12\x10\n" +
 	"\x03aad\x18\x03 \x01(\fR\x03aad\x12)\n" +
-	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\"~\n" +
+	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12*\n" +
+	"\x05input\x18\x05 \x01(\v2\x14.keywarden.v1.RegionR\x05input\x12,\n" +
+	"\x06output\x18\x06 \x01(\v2\x14.keywarden.v1.RegionR\x06output\"\xd8\x01\n" +
 	"\aDecrypt\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x1e\n" +
 	"\n" +
 	"ciphertext\x18\x02 \x01(\fR\n" +
 	"ciphertext\x12\x10\n" +
 	"\x03aad\x18\x03 \x01(\fR\x03aad\x12)\n" +
-	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\"\xac\x01\n" +
+	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12*\n" +
+	"\x05input\x18\x05 \x01(\v2\x14.keywarden.v1.RegionR\x05input\x12,\n" +
+	"\x06output\x18\x06 \x01(\v2\x14.keywarden.v1.RegionR\x06output\"8\n" +
+	"\x06Region\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\"\r\n" +
+	"\vShmRegister\"\xd8\x01\n" +
 	"\x04Sign\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1c\n" +
 	"\tprehashed\x18\x03 \x01(\bR\tprehashed\x12)\n" +
 	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12/\n" +
-	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\"\xed\x01\n" +
+	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\x12*\n" +
+	"\x05input\x18\x06 \x01(\v2\x14.keywarden.v1.RegionR\x05input\"\x99\x02\n" +
 	"\x06Verify\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1c\n" +
@@ -8526,19 +8758,23 @@ const file_keywarden_proto_rawDesc = "" +
 	"\apadding\x18\x05 \x01(\x0e2\x15.keywarden.v1.PaddingR\apadding\x12\x1c\n" +
 	"\tsignature\x18\x06 \x01(\fR\tsignature\x12\x1f\n" +
 	"\vkey_version\x18\a \x01(\rR\n" +
-	"keyVersion\"1\n" +
+	"keyVersion\x12*\n" +
+	"\x05input\x18\b \x01(\v2\x14.keywarden.v1.RegionR\x05input\"]\n" +
 	"\x03Mac\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"j\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12*\n" +
+	"\x05input\x18\x03 \x01(\v2\x14.keywarden.v1.RegionR\x05input\"\x96\x01\n" +
 	"\tMacVerify\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
 	"\x03tag\x18\x03 \x01(\fR\x03tag\x12\x1f\n" +
 	"\vkey_version\x18\x04 \x01(\rR\n" +
-	"keyVersion\"C\n" +
+	"keyVersion\x12*\n" +
+	"\x05input\x18\x05 \x01(\v2\x14.keywarden.v1.RegionR\x05input\"o\n" +
 	"\x04Hash\x12'\n" +
 	"\x03alg\x18\x01 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x03alg\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xbd\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12*\n" +
+	"\x05input\x18\x03 \x01(\v2\x14.keywarden.v1.RegionR\x05input\"\xbd\x01\n" +
 	"\x06Packed\x12,\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x18.keywarden.v1.PackedKindR\x04kind\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\rR\x06handle\x12\x10\n" +
@@ -8946,7 +9182,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 }
 
 var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
 	(KeyType)(0),                   // 1: keywarden.v1.KeyType
@@ -8994,56 +9230,58 @@ var file_keywarden_proto_goTypes = []any{
 	(*SetACL)(nil),                 // 43: keywarden.v1.SetACL
 	(*Encrypt)(nil),                // 44: keywarden.v1.Encrypt
 	(*Decrypt)(nil),                // 45: keywarden.v1.Decrypt
-	(*Sign)(nil),                   // 46: keywarden.v1.Sign
-	(*Verify)(nil),                 // 47: keywarden.v1.Verify
-	(*Mac)(nil),                    // 48: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 49: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 50: keywarden.v1.Hash
-	(*Packed)(nil),                 // 51: keywarden.v1.Packed
-	(*Derive)(nil),                 // 52: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 53: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 54: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 55: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 56: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 57: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 58: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 59: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 60: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 61: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 62: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 63: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 64: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 65: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 66: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 67: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 68: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 69: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 70: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 71: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 72: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 73: keywarden.v1.SealStatus
-	(*ClusterStatus)(nil),          // 74: keywarden.v1.ClusterStatus
-	(*ClusterEndpoint)(nil),        // 75: keywarden.v1.ClusterEndpoint
-	(*Share)(nil),                  // 76: keywarden.v1.Share
-	(*Init)(nil),                   // 77: keywarden.v1.Init
-	(*InitResult)(nil),             // 78: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 79: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 80: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 81: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 82: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 83: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 84: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 85: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 86: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 87: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 88: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 89: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 90: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 91: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 92: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 93: keywarden.v1.RestoreReport
-	(*SshCertOption)(nil),          // 94: keywarden.v1.SshCertOption
-	(*SshCertify)(nil),             // 95: keywarden.v1.SshCertify
+	(*Region)(nil),                 // 46: keywarden.v1.Region
+	(*ShmRegister)(nil),            // 47: keywarden.v1.ShmRegister
+	(*Sign)(nil),                   // 48: keywarden.v1.Sign
+	(*Verify)(nil),                 // 49: keywarden.v1.Verify
+	(*Mac)(nil),                    // 50: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 51: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 52: keywarden.v1.Hash
+	(*Packed)(nil),                 // 53: keywarden.v1.Packed
+	(*Derive)(nil),                 // 54: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 55: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 56: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 57: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 58: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 59: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 60: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 61: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 62: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 63: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 64: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 65: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 66: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 67: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 68: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 69: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 70: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 71: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 72: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 73: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 74: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 75: keywarden.v1.SealStatus
+	(*ClusterStatus)(nil),          // 76: keywarden.v1.ClusterStatus
+	(*ClusterEndpoint)(nil),        // 77: keywarden.v1.ClusterEndpoint
+	(*Share)(nil),                  // 78: keywarden.v1.Share
+	(*Init)(nil),                   // 79: keywarden.v1.Init
+	(*InitResult)(nil),             // 80: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 81: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 82: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 83: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 84: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 85: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 86: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 87: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 88: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 89: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 90: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 91: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 92: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 93: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 94: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 95: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 96: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 97: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
 	14,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
@@ -9064,120 +9302,130 @@ var file_keywarden_proto_depIdxs = []int32{
 	43,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
 	44,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
 	45,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	46,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	47,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	48,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	49,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	50,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	52,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	53,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	54,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	55,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	56,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	77,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	79,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	81,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	82,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	83,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	85,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	86,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	87,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	88,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	90,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	92,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	84,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	59,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	60,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	61,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	62,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	66,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	67,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	68,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	69,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	70,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	71,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	95,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
-	51,  // 51: keywarden.v1.Op.packed:type_name -> keywarden.v1.Packed
-	0,   // 52: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	23,  // 53: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	18,  // 54: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	24,  // 55: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	26,  // 56: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	29,  // 57: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	63,  // 58: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	78,  // 59: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	80,  // 60: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	91,  // 61: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	89,  // 62: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	64,  // 63: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	72,  // 64: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
-	1,   // 65: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	16,  // 66: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
-	1,   // 67: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
-	2,   // 68: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	16,  // 69: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	58,  // 70: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
-	19,  // 71: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
-	8,   // 72: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	22,  // 73: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	20,  // 74: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
-	20,  // 75: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
-	18,  // 76: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	18,  // 77: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	25,  // 78: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	28,  // 79: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	73,  // 80: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	64,  // 81: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	27,  // 82: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	17,  // 83: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	17,  // 84: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
-	6,   // 85: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	34,  // 86: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
-	6,   // 87: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
-	6,   // 88: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	16,  // 89: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
-	4,   // 90: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 91: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 92: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 93: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	4,   // 94: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 95: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	4,   // 96: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	9,   // 97: keywarden.v1.Packed.kind:type_name -> keywarden.v1.PackedKind
-	4,   // 98: keywarden.v1.Packed.hash:type_name -> keywarden.v1.HashAlg
-	4,   // 99: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	17,  // 100: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 101: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 102: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 103: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	57,  // 104: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	57,  // 105: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	17,  // 106: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	57,  // 107: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	57,  // 108: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	57,  // 109: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	65,  // 110: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	74,  // 111: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
-	75,  // 112: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
-	57,  // 113: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	76,  // 114: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	76,  // 115: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	57,  // 116: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	21,  // 117: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
-	10,  // 118: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 119: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	10,  // 120: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	17,  // 121: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 122: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	93,  // 123: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	11,  // 124: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
-	94,  // 125: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
-	94,  // 126: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
-	127, // [127:127] is the sub-list for method output_type
-	127, // [127:127] is the sub-list for method input_type
-	127, // [127:127] is the sub-list for extension type_name
-	127, // [127:127] is the sub-list for extension extendee
-	0,   // [0:127] is the sub-list for field type_name
+	48,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	49,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	50,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	51,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	52,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	54,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	55,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	56,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	57,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	58,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	79,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	81,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	83,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	84,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	85,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	87,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	88,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	89,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	90,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	92,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	94,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	86,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	61,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	62,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	63,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	64,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	68,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	69,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	70,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	71,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	72,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	73,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	97,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	53,  // 51: keywarden.v1.Op.packed:type_name -> keywarden.v1.Packed
+	47,  // 52: keywarden.v1.Op.shm_register:type_name -> keywarden.v1.ShmRegister
+	0,   // 53: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
+	23,  // 54: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	18,  // 55: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	24,  // 56: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	26,  // 57: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	29,  // 58: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	65,  // 59: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	80,  // 60: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	82,  // 61: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	93,  // 62: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	91,  // 63: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	66,  // 64: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	74,  // 65: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	1,   // 66: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
+	16,  // 67: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	1,   // 68: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
+	2,   // 69: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
+	16,  // 70: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	60,  // 71: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	19,  // 72: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
+	8,   // 73: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
+	22,  // 74: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	20,  // 75: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
+	20,  // 76: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
+	18,  // 77: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	18,  // 78: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	25,  // 79: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	28,  // 80: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	75,  // 81: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	66,  // 82: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	27,  // 83: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	17,  // 84: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	17,  // 85: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	6,   // 86: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
+	34,  // 87: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	6,   // 88: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
+	6,   // 89: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
+	16,  // 90: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	4,   // 91: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
+	46,  // 92: keywarden.v1.Encrypt.input:type_name -> keywarden.v1.Region
+	46,  // 93: keywarden.v1.Encrypt.output:type_name -> keywarden.v1.Region
+	4,   // 94: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
+	46,  // 95: keywarden.v1.Decrypt.input:type_name -> keywarden.v1.Region
+	46,  // 96: keywarden.v1.Decrypt.output:type_name -> keywarden.v1.Region
+	4,   // 97: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 98: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
+	46,  // 99: keywarden.v1.Sign.input:type_name -> keywarden.v1.Region
+	4,   // 100: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 101: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
+	46,  // 102: keywarden.v1.Verify.input:type_name -> keywarden.v1.Region
+	46,  // 103: keywarden.v1.Mac.input:type_name -> keywarden.v1.Region
+	46,  // 104: keywarden.v1.MacVerify.input:type_name -> keywarden.v1.Region
+	4,   // 105: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
+	46,  // 106: keywarden.v1.Hash.input:type_name -> keywarden.v1.Region
+	9,   // 107: keywarden.v1.Packed.kind:type_name -> keywarden.v1.PackedKind
+	4,   // 108: keywarden.v1.Packed.hash:type_name -> keywarden.v1.HashAlg
+	4,   // 109: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
+	17,  // 110: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	7,   // 111: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 112: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 113: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	59,  // 114: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	59,  // 115: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	17,  // 116: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	59,  // 117: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	59,  // 118: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	59,  // 119: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	67,  // 120: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	76,  // 121: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
+	77,  // 122: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
+	59,  // 123: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	78,  // 124: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	78,  // 125: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	59,  // 126: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	21,  // 127: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	10,  // 128: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 129: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	10,  // 130: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	17,  // 131: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 132: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	95,  // 133: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	11,  // 134: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	96,  // 135: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	96,  // 136: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	137, // [137:137] is the sub-list for method output_type
+	137, // [137:137] is the sub-list for method input_type
+	137, // [137:137] is the sub-list for extension type_name
+	137, // [137:137] is the sub-list for extension extendee
+	0,   // [0:137] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -9236,6 +9484,7 @@ func file_keywarden_proto_init() {
 		(*Op_GenerationMap)(nil),
 		(*Op_SshCertify)(nil),
 		(*Op_Packed)(nil),
+		(*Op_ShmRegister)(nil),
 	}
 	file_keywarden_proto_msgTypes[3].OneofWrappers = []any{
 		(*Result_Key)(nil),
@@ -9261,15 +9510,15 @@ func file_keywarden_proto_init() {
 		(*Open_Name)(nil),
 	}
 	file_keywarden_proto_msgTypes[30].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[72].OneofWrappers = []any{}
-	file_keywarden_proto_msgTypes[83].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[74].OneofWrappers = []any{}
+	file_keywarden_proto_msgTypes[85].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
 			NumEnums:      12,
-			NumMessages:   84,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
