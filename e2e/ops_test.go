@@ -259,7 +259,7 @@ var confValues = map[string]string{
 	"max-heavy-per-uid": "1", "max-in-flight": "32", "max-in-flight-per-uid": "128", "max-keys-per-user": "500",
 	"max-locked-memory": `"64M"`, "max-long-polls-per-uid": "16", "max-message-bytes": "131072",
 	"max-named-watchers-per-uid": "8", "max-request-memory-per-uid": `"8388608"`, "max-sessions": "16",
-	"max-sessions-per-uid": "256", "memory-backing": `"mlock"`, "metrics": `"unix:/run/keywarden/metrics.sock"`,
+	"max-sessions-per-uid": "256", "shm-max-bytes": `"33554432"`, "shm-bytes-per-uid": `"134217728"`, "memory-backing": `"mlock"`, "metrics": `"unix:/run/keywarden/metrics.sock"`,
 	"socket": `"/run/keywarden/keywarden.sock"`, "socket-mode": `"0660"`, "ssh-agent": `["/run/keywarden/ssh-agent.sock"]`,
 	"ssh-askpass": `"/usr/bin/ssh-askpass"`, "state": `"/var/lib/keywarden"`, "unseal-passphrase-file": `"/etc/keywarden/pass"`,
 	"store": `"etcd"`, "etcd-endpoints": `"https://10.0.0.1:2379,https://10.0.0.2:2379"`, "etcd-prefix": `"/kw/prod/"`,
