@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/keywarden/keywarden/internal/ownfile"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -155,6 +156,10 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		}
 		if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 			return nil, errors.New("etcd store: a client certificate needs both --etcd-cert and --etcd-key")
+		}
+		if err := ownfile.CheckWriters("etcd store: CA file", cfg.CAFile,
+			"another user could add a CA of theirs and stand in for the etcd members"); err != nil {
+			return nil, err
 		}
 		tc, err := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}.ClientConfig()
 		if err != nil {

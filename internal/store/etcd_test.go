@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -375,5 +377,21 @@ func TestEtcdReadOnlyUpdateOfManyKeys(t *testing.T) {
 	}
 	if n != 20 {
 		t.Fatalf("read %d keys of 20", n)
+	}
+}
+
+// The CA file decides which members the daemon believes: one that another
+// user could write is refused before any connection.
+func TestEtcdCAWritableByOthersRefused(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(ca, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.OpenEtcd(store.EtcdConfig{Endpoints: []string{"https://127.0.0.1:1"}, Prefix: "/x/", CAFile: ca, Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Fatalf("a CA file of mode 0666: %v", err)
 	}
 }
