@@ -128,4 +128,9 @@ say "the daemon answered at $sock and stopped"
 dpkg -r keywarden >/dev/null
 [ ! -e /usr/bin/keywarden ] || fail "dpkg -r left /usr/bin/keywarden"
 [ ! -e "$module" ] || fail "dpkg -r left $module"
+# A unit the administrator enabled is disabled on purge, not left linked.
+mkdir -p /etc/systemd/system/sockets.target.wants
+ln -sf /usr/lib/systemd/system/keywarden-pkcs11.socket /etc/systemd/system/sockets.target.wants/keywarden-pkcs11.socket
+dpkg -P keywarden >/dev/null
+[ ! -L /etc/systemd/system/sockets.target.wants/keywarden-pkcs11.socket ] || fail "dpkg -P left an enabled unit's link"
 say "ok"
