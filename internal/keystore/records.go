@@ -261,6 +261,9 @@ func (s *Store) update(o *Object, change func(r *persist.KeyRecord) error, plain
 func (s *Store) delete(k *seal.Keys, o *Object) error {
 	epoch, owner := o.epoch, o.Owner
 	err := s.write(k, func(k *seal.Keys, tx store.Tx) error {
+		if err := s.checkFresh(tx, o, nil); err != nil {
+			return err
+		}
 		h, acc, err := readHeader(tx, k)
 		if err != nil {
 			return err

@@ -618,6 +618,9 @@ func (s *Store) rememberUsed(o *Object) {
 // attack) is logged loudly here; the error returned is the store's.
 func (s *Store) Remove(o *Object) error {
 	if o.removed.Load() {
+		if err := o.Gone(); errors.Is(err, errChangedElsewhere) {
+			return err // not destroyed: the key lives on in its new record
+		}
 		return nil
 	}
 	if !o.Ephemeral {

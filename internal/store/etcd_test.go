@@ -3,9 +3,9 @@ package store_test
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
