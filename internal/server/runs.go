@@ -154,6 +154,11 @@ func (ss *Session) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *aren
 // executeEach runs ops one at a time.
 func (ss *Session) executeEach(ops []*wire.Op, id Identity, reqID uint64, a *arena, out []wire.Result, notes []auditNote) {
 	for i, op := range ops {
+		if n := noteAt(notes, i); n != nil {
+			// Each operation is noted on its own here: a run that falls
+			// back to one at a time may mix key versions.
+			n.likePrev = false
+		}
 		if ss.abandoned(id) {
 			// RSA decryptions take long: a client that hung up waits for
 			// none of them (see execute).

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -484,6 +485,10 @@ func (ss *Session) checkRequest(req *wire.Request) *wire.Error {
 	case len(req.Ops) > ss.s.lims().MaxBatchOps:
 		return wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			"%d operations exceed the batch limit of %d", len(req.Ops), ss.s.lims().MaxBatchOps)
+	case len(req.Ops) > 1 && slices.ContainsFunc(req.Ops, func(op *wire.Op) bool { return op.GetShmRegister() != nil }):
+		// It takes the descriptor of its own message: alone, it runs on
+		// the connection's goroutine, before the next message is read.
+		return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "shm_register must be the only operation of its request")
 	}
 	// Nothing is served from a generation the machine has left.
 	return ss.checkGeneration(req)

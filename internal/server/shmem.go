@@ -15,6 +15,7 @@ package server
 // never reading the output region back. Keys never enter the mapping.
 
 import (
+	"runtime/debug"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -80,13 +81,10 @@ func (ss *Session) dropPassed() {
 // are born with F_SEAL_SEAL, and other files, pipes and sockets have no
 // seals at all (F_GET_SEALS fails).
 func checkMemfd(fd int, max int) (int, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return 0, errShmNotMemfd.WithDetail("fstat: %v", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return 0, errShmNotMemfd.WithDetail("not a regular file (mode %#o)", st.Mode)
-	}
+	// The seals first: once the size can no longer change, the size read
+	// after them is the size for good. (Read before them, a client could
+	// shrink the file and seal it between the two reads, and the daemon
+	// would map pages that are not there.)
 	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return 0, errShmNotMemfd.WithDetail("F_GET_SEALS: %v", err)
@@ -97,6 +95,17 @@ func checkMemfd(fd int, max int) (int, error) {
 	if seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) != 0 {
 		return 0, errShmNotMemfd.WithDetail("sealed against writing (seals %#x)", seals)
 	}
+	// Only ordinary shared memory (tmpfs): a hugetlb memfd takes the
+	// seals too, but a hole punched in it frees its page, and a client
+	// that then takes every free huge page makes the daemon's next read
+	// of it fault.
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return 0, errShmNotMemfd.WithDetail("fstatfs: %v", err)
+	}
+	if fs.Type != unix.TMPFS_MAGIC {
+		return 0, errShmNotMemfd.WithDetail("not ordinary shared memory (file system %#x)", fs.Type)
+	}
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
 		return 0, errShmNotMemfd.WithDetail("F_GETFL: %v", err)
@@ -104,7 +113,13 @@ func checkMemfd(fd int, max int) (int, error) {
 	if fl&unix.O_ACCMODE != unix.O_RDWR {
 		return 0, errShmNotMemfd.WithDetail("not open for reading and writing")
 	}
-	// The seals came before this: the size cannot change any more.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, errShmNotMemfd.WithDetail("fstat: %v", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return 0, errShmNotMemfd.WithDetail("not a regular file (mode %#o)", st.Mode)
+	}
 	if st.Size <= 0 || st.Size > int64(max) {
 		return 0, wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
 			"shared memory of %d bytes: a connection's must be 1 to %d bytes", st.Size, max)
@@ -247,24 +262,28 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	if err != nil {
 		return nil, nil, err
 	}
+	// A fault reading or writing the mapping (which the seals and the
+	// file system checked at registration rule out) becomes a panic that
+	// safeDispatch turns into INTERNAL, not the end of the daemon.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// The input's copy and the output are made in the mapping's scratch
-	// buffer when it is free (requests running concurrently use their
-	// own arena): fresh megabytes for every operation would cost a page
-	// fault every 4 KiB.
-	sa := a
-	if m.scratchMu.TryLock() {
-		defer m.scratchMu.Unlock()
-		// Room for the input and the output, and what an encryption
-		// adds (encryptOverhead) when the output region is too small.
-		need := max(ihi-ilo, 0) + max(ohi-olo, 0) + 4096
-		if cap(m.scratch) < need {
-			m.scratch = make([]byte, 0, need)
-		}
-		sa = &arena{buf: m.scratch[:0]}
-		defer func() {
-			sa.wipe() // inputs and outputs are the client's secrets
-		}()
+	// buffer, one operation at a time per connection (requests running
+	// concurrently wait for it): fresh megabytes for every operation would
+	// cost a page fault every 4 KiB, and copies of their own would let
+	// concurrent requests hold memory no limit counts. So a connection
+	// holds at most one scratch buffer, of at most twice its mapping.
+	m.scratchMu.Lock()
+	defer m.scratchMu.Unlock()
+	// Room for the input and the output, and what an encryption adds
+	// (encryptOverhead) when the output region is too small.
+	need := max(ihi-ilo, 0) + max(ohi-olo, 0) + 4096
+	if cap(m.scratch) < need {
+		m.scratch = make([]byte, 0, need)
 	}
+	sa := &arena{buf: m.scratch[:0]}
+	defer func() {
+		sa.wipe() // inputs and outputs are the client's secrets
+	}()
 	data, _, _, _, _ := operands(op)
 	if ilo >= 0 {
 		own := sa.take(ihi - ilo)[:ihi-ilo]
@@ -276,7 +295,7 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	}
 	res, full, err := ss.dispatchRow(r, op, id, sa, out)
 	if err != nil || full != nil || olo < 0 {
-		if sa != a && len(res) > 0 {
+		if len(res) > 0 {
 			// A result returned in the reply must outlive the scratch.
 			res = append(a.take(len(res)), res...)
 		}
