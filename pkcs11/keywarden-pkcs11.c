@@ -301,6 +301,10 @@ struct sess {
 	struct buf pending[OP_KINDS]; /* a deferred C_*Init's request */
 	CK_MECHANISM_TYPE mech[OP_KINDS]; /* its mechanism */
 	unsigned char queried[OP_KINDS];  /* a length query was answered here */
+	/* Which call last set st (a number of the slot's, never reused on
+	 * the connection): a call whose reply comes after a later call of
+	 * the same kind was sent leaves st to that later call. */
+	uint64_t seq[OP_KINDS];
 };
 
 /* An initialization the daemon accepted on this connection: the same
@@ -338,6 +342,8 @@ struct slot {
 	struct sess *sess[SESS_BUCKETS];
 	struct known known[KNOWN_INITS];
 	unsigned next_known;
+	uint64_t seq;       /* the last sess.seq given */
+	int gone;           /* C_Finalize is closing the slot */
 };
 
 struct module {
@@ -713,6 +719,16 @@ sess_remove (struct slot *s, CK_SESSION_HANDLE h)
 	}
 }
 
+/* set_st sets what the module knows of an operation of a session, and
+ * returns the number that says this call set it. Called with the slot
+ * locked. */
+static uint64_t
+set_st (struct slot *s, struct sess *e, int kind, int st)
+{
+	e->st[kind] = st;
+	return e->seq[kind] = ++s->seq;
+}
+
 static void
 known_clear (struct slot *s)
 {
@@ -813,6 +829,15 @@ disconnect (struct slot *s)
 	if (s->fd >= 0)
 		close (s->fd);
 	s->fd = -1;
+	buf_wipe (&s->rx);
+}
+
+/* broken is written under qlock, and read under the slot's lock alone:
+ * atomically. */
+static int
+is_broken (struct slot *s)
+{
+	return __atomic_load_n (&s->broken, __ATOMIC_ACQUIRE);
 }
 
 /* reserve makes room for n more bytes past b->len. */
@@ -844,7 +869,7 @@ fail_all (struct slot *s)
 	struct waiter *w;
 	if (!s->broken && s->fd >= 0)
 		shutdown (s->fd, SHUT_RDWR);
-	s->broken = 1;
+	__atomic_store_n (&s->broken, 1, __ATOMIC_RELEASE);
 	while ((w = s->qhead) != NULL) {
 		s->qhead = w->next;
 		w->done = 1;
@@ -862,8 +887,7 @@ close_broken (struct slot *s)
 	pthread_mutex_lock (&s->qlock);
 	if (s->broken && s->qhead == NULL && !s->reading) {
 		disconnect (s);
-		s->broken = 0;
-		buf_wipe (&s->rx);
+		__atomic_store_n (&s->broken, 0, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock (&s->qlock);
 }
@@ -962,9 +986,9 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	size_t sent = 0, total = 0;
 	int i, failed = 0;
 
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
-	if (s->broken || s->fd < 0)
+	if (is_broken (s) || s->fd < 0)
 		return CKR_DEVICE_REMOVED;
 	memset (&w, 0, sizeof w);
 	w.n = n;
@@ -1020,7 +1044,10 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	if (!keep_lock)
 		pthread_mutex_unlock (&s->lock);
 	pthread_mutex_lock (&s->qlock);
-	if (failed)
+	/* A write that failed ends the connection, unless another thread
+	 * ended it already (its waiters told): the connection may be a new
+	 * one by now, which this thread never used. */
+	if (failed && !w.done)
 		fail_all (s);
 	while (!w.done) {
 		if (!s->reading) {
@@ -1043,7 +1070,7 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	pthread_cond_destroy (&w.cv);
 	if (!keep_lock)
 		pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	return w.rv;
 }
@@ -1109,9 +1136,9 @@ connect_slot (struct module *m, struct slot *s)
 	uid_t vouched_uid;
 	struct timeval tv = { m->timeout, 0 };
 
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
-	if (s->broken)
+	if (is_broken (s))
 		return CKR_DEVICE_REMOVED; /* closed once the threads waiting on it are told */
 	if (s->fd >= 0)
 		return CKR_OK;
@@ -1185,6 +1212,7 @@ struct call {
 	int sent;     /* the request went to the daemon */
 	int sizeq;    /* a length query (no output buffer) */
 	int deferred; /* a deferred C_*Init failed: its error is the call's */
+	uint64_t seq; /* the session's seq of the operation once sent (0: none) */
 	struct buf req, reply;
 	struct rd r;
 };
@@ -1296,7 +1324,7 @@ call (struct call *c)
 	if (c->req.failed)
 		return CKR_HOST_MEMORY;
 	pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c->conn) {
 		pthread_mutex_unlock (&s->lock);
@@ -1323,7 +1351,9 @@ call (struct call *c)
 		int st = ST_UNKNOWN;
 
 		memset (&e->pending[kind], 0, sizeof e->pending[kind]);
-		e->st[kind] = ST_UNKNOWN;
+		/* Unknown until the replies come: a C_*Init of another thread
+		 * meanwhile is sent at once, and the daemon orders them. */
+		c->seq = set_st (s, e, kind, ST_UNKNOWN);
 		/* The slot's lock is let go while the replies come: e is
 		 * found again after. */
 		rv = exchange_n (s, reqs, replies, 2, 0);
@@ -1341,9 +1371,12 @@ call (struct call *c)
 			}
 		}
 		buf_wipe (&ireply);
-		if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
-			e->st[kind] = st;
+		if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL &&
+		    e->seq[kind] == c->seq)
+			c->seq = set_st (s, e, kind, st);
 	} else {
+		if (e != NULL)
+			c->seq = set_st (s, e, kind, ST_UNKNOWN);
 		rv = exchange (s, &c->req, &c->reply);
 	}
 	/* What a call changes in what the module knows. */
@@ -1391,8 +1424,10 @@ track (struct call *c, CK_RV rv)
 		st = ST_NONE;
 	s = &c->m->slots[c->slot];
 	pthread_mutex_lock (&s->lock);
-	if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
-		e->st[kind] = st;
+	/* Unless a call of the same kind was sent since: its reply says. */
+	if (c->seq != 0 && (s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL &&
+	    e->seq[kind] == c->seq)
+		set_st (s, e, kind, st);
 	pthread_mutex_unlock (&s->lock);
 }
 
@@ -2296,7 +2331,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	struct call c;
 	struct slot *s;
 	struct sess *e;
-	int kind = opcall[id].kind;
+	int kind = opcall[id].kind, prev = ST_UNKNOWN;
 	size_t moff = 0, mlen = 0;
 	CK_RV rv = start (&c, id, h);
 
@@ -2315,7 +2350,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		key = 0;
 	s = &c.m->slots[c.slot];
 	pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c.conn) {
 		pthread_mutex_unlock (&s->lock);
@@ -2331,9 +2366,16 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		e->mech[kind] = m->mechanism;
 		e->queried[kind] = 0;
 		memset (&c.req, 0, sizeof c.req);
-		e->st[kind] = ST_PENDING;
+		set_st (s, e, kind, ST_PENDING);
 		pthread_mutex_unlock (&s->lock);
 		return done (&c, CKR_OK);
+	}
+	/* Unknown until the reply comes: a C_*Init of another thread on the
+	 * session meanwhile is sent at once (not deferred, which would take
+	 * this one's result for its own), and the daemon orders them. */
+	if (e != NULL) {
+		prev = e->st[kind];
+		c.seq = set_st (s, e, kind, ST_UNKNOWN);
 	}
 	rv = exchange (s, &c.req, &c.reply);
 	if (rv == CKR_OK)
@@ -2342,11 +2384,14 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		rv = CKR_DEVICE_ERROR;
 	/* The slot's lock was let go while the reply came. */
 	e = (s->conn & 0xffffff) == c.conn ? sess_find (s, h) : NULL;
-	if (e != NULL) {
+	/* Unless a call of the same kind was sent since: its reply says. */
+	if (e != NULL && c.seq != 0 && e->seq[kind] == c.seq) {
 		if (rv == CKR_OK || rv == CKR_OPERATION_ACTIVE)
-			e->st[kind] = ST_ACTIVE;
+			set_st (s, e, kind, ST_ACTIVE);
 		else if (unsure (rv))
-			e->st[kind] = ST_UNKNOWN;
+			set_st (s, e, kind, ST_UNKNOWN);
+		else
+			set_st (s, e, kind, prev);
 	}
 	if (rv == CKR_OK)
 		known_add (s, key, kind, c.req.p + moff, mlen);
@@ -2394,7 +2439,7 @@ local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_U
 		return 0;
 	s = &m->slots[slot];
 	pthread_mutex_lock (&s->lock);
-	if (s->fd >= 0 && !s->broken && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
+	if (s->fd >= 0 && !is_broken (s) && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
 	    (e = sess_find (s, h)) != NULL && e->st[kind] == ST_PENDING &&
 	    (n = fixed_length (e->mech[kind])) != 0 && (out == NULL || *outlen < n)) {
 		*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
