@@ -362,6 +362,14 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * sees its parent's, with another pid: not initialized for it. */
 static struct module *mod;
 
+/* users counts the threads inside calls that hold a module (from enter to
+ * leave): C_Finalize, once mod is cleared, waits until none is left before
+ * it frees the module, its locks and its buffers. */
+static unsigned users;
+static int finalizing;
+static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t users_gone = PTHREAD_COND_INITIALIZER;
+
 /* In the child of a fork, the parent's connections are the parent's: their
  * descriptors are closed here, while their numbers are still the module's
  * (a child may close its descriptors and open others with the same
@@ -375,6 +383,11 @@ after_fork_child (void)
 	int i;
 
 	pthread_mutex_init (&init_lock, NULL);
+	/* The other threads are the parent's. */
+	users = 0;
+	finalizing = 0;
+	pthread_mutex_init (&users_lock, NULL);
+	pthread_cond_init (&users_gone, NULL);
 	if (m == NULL)
 		return;
 	for (i = 0; i < m->nslots; i++) {
@@ -409,9 +422,35 @@ module_unload (void)
 static struct module *
 current (void)
 {
-	struct module *m = __atomic_load_n (&mod, __ATOMIC_ACQUIRE);
+	struct module *m = __atomic_load_n (&mod, __ATOMIC_SEQ_CST);
 	if (m == NULL || m->pid != getpid ())
 		return NULL;
+	return m;
+}
+
+/* leave ends what enter began. */
+static void
+leave (void)
+{
+	if (__atomic_sub_fetch (&users, 1, __ATOMIC_SEQ_CST) == 0 && __atomic_load_n (&finalizing, __ATOMIC_SEQ_CST)) {
+		pthread_mutex_lock (&users_lock);
+		pthread_cond_broadcast (&users_gone);
+		pthread_mutex_unlock (&users_lock);
+	}
+}
+
+/* enter is current () for a call that uses the module: it stays until
+ * leave (C_Finalize waits). users is counted before mod is read, and
+ * C_Finalize clears mod before it reads users: one of them sees the
+ * other. */
+static struct module *
+enter (void)
+{
+	struct module *m;
+	__atomic_add_fetch (&users, 1, __ATOMIC_SEQ_CST);
+	m = current ();
+	if (m == NULL)
+		leave ();
 	return m;
 }
 
@@ -1142,6 +1181,8 @@ connect_slot (struct module *m, struct slot *s)
 		return CKR_DEVICE_REMOVED; /* closed once the threads waiting on it are told */
 	if (s->fd >= 0)
 		return CKR_OK;
+	if (s->gone)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	memset (&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
 	memcpy (sa.sun_path, s->path, sizeof sa.sun_path);
@@ -1242,6 +1283,9 @@ call_end (struct call *c)
 {
 	buf_wipe (&c->req);
 	buf_wipe (&c->reply);
+	if (c->m != NULL)
+		leave ();
+	c->m = NULL;
 }
 
 /* start_slot: a call about a slot; it connects if need be. */
@@ -1253,11 +1297,13 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	CK_RV rv;
 
 	memset (c, 0, sizeof *c);
-	c->m = current ();
+	c->m = enter ();
 	if (c->m == NULL)
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
-	if (slot >= (CK_SLOT_ID) c->m->nslots)
+	if (slot >= (CK_SLOT_ID) c->m->nslots) {
+		call_end (c);
 		return CKR_SLOT_ID_INVALID;
+	}
 	c->slot = slot;
 	c->id = id;
 	s = &c->m->slots[slot];
@@ -1266,8 +1312,10 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	c->conn = s->conn & 0xffffff;
 	daemon_id = s->daemon_id;
 	pthread_mutex_unlock (&s->lock);
-	if (rv != CKR_OK)
+	if (rv != CKR_OK) {
+		call_end (c);
 		return rv;
+	}
 	begin (&c->req, id);
 	put_u64 (&c->req, daemon_id);
 	return CKR_OK;
@@ -1278,12 +1326,14 @@ static CK_RV
 start (struct call *c, int id, CK_SESSION_HANDLE h)
 {
 	memset (c, 0, sizeof *c);
-	c->m = current ();
+	c->m = enter ();
 	if (c->m == NULL)
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	c->slot = slot_of (c->m, h);
-	if (c->slot < 0)
+	if (c->slot < 0) {
+		call_end (c);
 		return CKR_SESSION_HANDLE_INVALID;
+	}
 	c->conn = (h >> 32) & 0xffffff;
 	c->id = id;
 	c->h = h;
@@ -1830,13 +1880,31 @@ C_Finalize (CK_VOID_PTR reserved)
 		pthread_mutex_unlock (&init_lock);
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
-	__atomic_store_n (&mod, NULL, __ATOMIC_RELEASE);
+	__atomic_store_n (&mod, NULL, __ATOMIC_SEQ_CST);
+	__atomic_store_n (&finalizing, 1, __ATOMIC_SEQ_CST);
+	/* Threads still inside calls: what they wait for fails (a reading
+	 * thread wakes from the connection's shutdown), no connection is
+	 * opened again, and they are waited for before anything is freed. */
+	for (i = 0; i < m->nslots; i++) {
+		struct slot *s = &m->slots[i];
+		pthread_mutex_lock (&s->lock);
+		s->gone = 1;
+		pthread_mutex_lock (&s->qlock);
+		if (s->fd >= 0)
+			fail_all (s);
+		pthread_mutex_unlock (&s->qlock);
+		pthread_mutex_unlock (&s->lock);
+	}
+	pthread_mutex_lock (&users_lock);
+	while (__atomic_load_n (&users, __ATOMIC_SEQ_CST) != 0)
+		pthread_cond_wait (&users_gone, &users_lock);
+	__atomic_store_n (&finalizing, 0, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock (&users_lock);
 	/* Closing a connection ends its sessions in the daemon. */
 	for (i = 0; i < m->nslots; i++) {
 		pthread_mutex_lock (&m->slots[i].lock);
 		disconnect (&m->slots[i]);
 		sess_forget_all (&m->slots[i]);
-		buf_wipe (&m->slots[i].rx);
 		pthread_mutex_unlock (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].qlock);
@@ -1892,10 +1960,9 @@ present (struct module *m, int i)
 	return rv == CKR_OK;
 }
 
-EXPORT CK_RV
-C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+static CK_RV
+slot_list (struct module *m, CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 {
-	struct module *m = current ();
 	CK_SLOT_ID ids[MAX_SLOTS];
 	CK_ULONG n = 0, i;
 
@@ -1920,9 +1987,18 @@ C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 }
 
 EXPORT CK_RV
-C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 {
-	struct module *m = current ();
+	struct module *m = enter ();
+	CK_RV rv = slot_list (m, token_present, list, count);
+	if (m != NULL)
+		leave ();
+	return rv;
+}
+
+static CK_RV
+slot_info (struct module *m, CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
 	char desc[80];
 
 	if (m == NULL)
@@ -1938,6 +2014,16 @@ C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 	info->flags = CKF_REMOVABLE_DEVICE | (present (m, slot) ? CKF_TOKEN_PRESENT : 0);
 	info->hardwareVersion.major = info->firmwareVersion.major = 1;
 	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+	struct module *m = enter ();
+	CK_RV rv = slot_info (m, slot, info);
+	if (m != NULL)
+		leave ();
+	return rv;
 }
 
 EXPORT CK_RV
@@ -2426,17 +2512,19 @@ fixed_length (CK_MECHANISM_TYPE m)
 static int
 local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen, CK_RV *rv)
 {
-	struct module *m = current ();
+	struct module *m;
 	struct slot *s;
 	struct sess *e;
 	int kind = opcall[id].kind, slot, answered = 0;
 	CK_ULONG n;
 
-	if (m == NULL || (id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10))
+	if ((id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10) || (m = enter ()) == NULL)
 		return 0;
 	slot = slot_of (m, h);
-	if (slot < 0)
+	if (slot < 0) {
+		leave ();
 		return 0;
+	}
 	s = &m->slots[slot];
 	pthread_mutex_lock (&s->lock);
 	if (s->fd >= 0 && !is_broken (s) && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
@@ -2448,6 +2536,7 @@ local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_U
 		answered = 1;
 	}
 	pthread_mutex_unlock (&s->lock);
+	leave ();
 	return answered;
 }
 

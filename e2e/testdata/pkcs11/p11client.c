@@ -24,6 +24,9 @@
  *                                   once, with the Ed25519 keys "edA" (not used before on the
  *                                   connection) and "edB" (used just before): one of them gets
  *                                   CKR_OK, and C_Sign signs with its key
+ *   p11client MODULE finrace N      N rounds of: C_Initialize, 4 threads digesting in a loop,
+ *                                   C_Finalize while they wait for replies; the threads end
+ *                                   once their calls return CKR_CRYPTOKI_NOT_INITIALIZED
  *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
  *                                   (the module must never crash on them)
  *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
@@ -486,6 +489,48 @@ static void *init_racer (void *arg)
 	}
 }
 
+/* finrace: a thread digesting until the module is finalized. */
+static void *digester (void *arg)
+{
+	CK_SESSION_HANDLE s;
+	CK_MECHANISM sha = { CKM_SHA256, NULL, 0 };
+	long n = 0;
+	(void) arg;
+	if (shared->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
+		return (void *) -1L;
+	for (;;) {
+		CK_BYTE out[64];
+		CK_ULONG len = sizeof out;
+		CK_RV rv = shared->C_DigestInit (s, &sha);
+		if (rv == CKR_OK)
+			rv = shared->C_Digest (s, (CK_BYTE_PTR) "abc", 3, out, &len);
+		if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
+			return (void *) n;
+		n++;
+	}
+}
+
+static int finrace (CK_FUNCTION_LIST_PTR f, int rounds)
+{
+	int round, i;
+
+	shared = f;
+	for (round = 0; round < rounds && !failed; round++) {
+		pthread_t th[4];
+		check ("C_Initialize", init (f), CKR_OK);
+		for (i = 0; i < 4; i++)
+			pthread_create (&th[i], NULL, digester, NULL);
+		usleep (50000 + round * 10000);
+		check ("C_Finalize while threads wait for replies", f->C_Finalize (NULL), CKR_OK);
+		for (i = 0; i < 4; i++) {
+			void *r;
+			pthread_join (th[i], &r);
+			check ("a thread digested, then saw the module finalized", (long) r > 0 ? CKR_OK : CKR_GENERAL_ERROR, CKR_OK);
+		}
+	}
+	return failed;
+}
+
 static int initrace (CK_FUNCTION_LIST_PTR f, int rounds)
 {
 	CK_SESSION_HANDLE s, s2;
@@ -677,6 +722,8 @@ int main (int argc, char **argv)
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "sizeq") == 0 && argc == 4) {
 		sizeq (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "finrace") == 0 && argc == 4) {
+		finrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "initrace") == 0 && argc == 4) {
 		initrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "opstate") == 0) {
