@@ -4,6 +4,7 @@ import (
 	be "encoding/binary"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -17,6 +18,21 @@ import (
 func TestPKCS11OperationState(t *testing.T) {
 	e := p11Daemon(t, "ecdsa-p256 ec1")
 	e.clientRun(t, "opstate")
+}
+
+// Two threads calling C_SignInit on one session at once, one with a key
+// the daemon never accepted on the connection (sent at once), the other
+// with one it accepted just before (which could be deferred): exactly one
+// gets CKR_OK, and C_Sign signs with that one's key, never with the
+// other's.
+func TestPKCS11ConcurrentInitOnOneSession(t *testing.T) {
+	e := p11Daemon(t, "ed25519 edA", "ed25519 edB")
+	out := e.clientRun(t, "initrace", "1000")
+	for l := range strings.Lines(out) {
+		if strings.Contains(l, " rounds: ") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
 }
 
 // turnCounter is a proxy between the module and the daemon that counts

@@ -542,6 +542,21 @@ func TestPKCS11Fork(t *testing.T) {
 	e.clientRun(t, "fork")
 }
 
+// C_Finalize while other threads wait for replies: their calls fail, it
+// waits for them to leave the module before it frees what they use (the
+// module and the host built with AddressSanitizer), and they then see
+// CKR_CRYPTOKI_NOT_INITIALIZED.
+func TestPKCS11FinalizeDuringCalls(t *testing.T) {
+	mod, host := p11Sanitized(t)
+	e := p11Daemon(t)
+	e.extraEnv = append(e.extraEnv, "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:exitcode=66",
+		"UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=67")
+	out, code := e.run(t, nil, host, mod, "finrace", "5")
+	if code != 0 || strings.Contains(out, "Sanitizer") || strings.Contains(out, "runtime error") {
+		t.Fatalf("p11client finrace: exit %d\n%s", code, out)
+	}
+}
+
 // C_Finalize then C_Initialize, and dlclose then dlopen, work.
 func TestPKCS11Reinitialize(t *testing.T) {
 	e := p11Daemon(t, "ecdsa-p256 ec1")

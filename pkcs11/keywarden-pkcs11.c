@@ -301,6 +301,10 @@ struct sess {
 	struct buf pending[OP_KINDS]; /* a deferred C_*Init's request */
 	CK_MECHANISM_TYPE mech[OP_KINDS]; /* its mechanism */
 	unsigned char queried[OP_KINDS];  /* a length query was answered here */
+	/* Which call last set st (a number of the slot's, never reused on
+	 * the connection): a call whose reply comes after a later call of
+	 * the same kind was sent leaves st to that later call. */
+	uint64_t seq[OP_KINDS];
 };
 
 /* An initialization the daemon accepted on this connection: the same
@@ -338,6 +342,8 @@ struct slot {
 	struct sess *sess[SESS_BUCKETS];
 	struct known known[KNOWN_INITS];
 	unsigned next_known;
+	uint64_t seq;       /* the last sess.seq given */
+	int gone;           /* C_Finalize is closing the slot */
 };
 
 struct module {
@@ -356,6 +362,14 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
  * sees its parent's, with another pid: not initialized for it. */
 static struct module *mod;
 
+/* users counts the threads inside calls that hold a module (from enter to
+ * leave): C_Finalize, once mod is cleared, waits until none is left before
+ * it frees the module, its locks and its buffers. */
+static unsigned users;
+static int finalizing;
+static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t users_gone = PTHREAD_COND_INITIALIZER;
+
 /* In the child of a fork, the parent's connections are the parent's: their
  * descriptors are closed here, while their numbers are still the module's
  * (a child may close its descriptors and open others with the same
@@ -369,6 +383,11 @@ after_fork_child (void)
 	int i;
 
 	pthread_mutex_init (&init_lock, NULL);
+	/* The other threads are the parent's. */
+	users = 0;
+	finalizing = 0;
+	pthread_mutex_init (&users_lock, NULL);
+	pthread_cond_init (&users_gone, NULL);
 	if (m == NULL)
 		return;
 	for (i = 0; i < m->nslots; i++) {
@@ -403,9 +422,35 @@ module_unload (void)
 static struct module *
 current (void)
 {
-	struct module *m = __atomic_load_n (&mod, __ATOMIC_ACQUIRE);
+	struct module *m = __atomic_load_n (&mod, __ATOMIC_SEQ_CST);
 	if (m == NULL || m->pid != getpid ())
 		return NULL;
+	return m;
+}
+
+/* leave ends what enter began. */
+static void
+leave (void)
+{
+	if (__atomic_sub_fetch (&users, 1, __ATOMIC_SEQ_CST) == 0 && __atomic_load_n (&finalizing, __ATOMIC_SEQ_CST)) {
+		pthread_mutex_lock (&users_lock);
+		pthread_cond_broadcast (&users_gone);
+		pthread_mutex_unlock (&users_lock);
+	}
+}
+
+/* enter is current () for a call that uses the module: it stays until
+ * leave (C_Finalize waits). users is counted before mod is read, and
+ * C_Finalize clears mod before it reads users: one of them sees the
+ * other. */
+static struct module *
+enter (void)
+{
+	struct module *m;
+	__atomic_add_fetch (&users, 1, __ATOMIC_SEQ_CST);
+	m = current ();
+	if (m == NULL)
+		leave ();
 	return m;
 }
 
@@ -713,6 +758,16 @@ sess_remove (struct slot *s, CK_SESSION_HANDLE h)
 	}
 }
 
+/* set_st sets what the module knows of an operation of a session, and
+ * returns the number that says this call set it. Called with the slot
+ * locked. */
+static uint64_t
+set_st (struct slot *s, struct sess *e, int kind, int st)
+{
+	e->st[kind] = st;
+	return e->seq[kind] = ++s->seq;
+}
+
 static void
 known_clear (struct slot *s)
 {
@@ -813,6 +868,15 @@ disconnect (struct slot *s)
 	if (s->fd >= 0)
 		close (s->fd);
 	s->fd = -1;
+	buf_wipe (&s->rx);
+}
+
+/* broken is written under qlock, and read under the slot's lock alone:
+ * atomically. */
+static int
+is_broken (struct slot *s)
+{
+	return __atomic_load_n (&s->broken, __ATOMIC_ACQUIRE);
 }
 
 /* reserve makes room for n more bytes past b->len. */
@@ -844,7 +908,7 @@ fail_all (struct slot *s)
 	struct waiter *w;
 	if (!s->broken && s->fd >= 0)
 		shutdown (s->fd, SHUT_RDWR);
-	s->broken = 1;
+	__atomic_store_n (&s->broken, 1, __ATOMIC_RELEASE);
 	while ((w = s->qhead) != NULL) {
 		s->qhead = w->next;
 		w->done = 1;
@@ -862,8 +926,7 @@ close_broken (struct slot *s)
 	pthread_mutex_lock (&s->qlock);
 	if (s->broken && s->qhead == NULL && !s->reading) {
 		disconnect (s);
-		s->broken = 0;
-		buf_wipe (&s->rx);
+		__atomic_store_n (&s->broken, 0, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock (&s->qlock);
 }
@@ -962,9 +1025,9 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	size_t sent = 0, total = 0;
 	int i, failed = 0;
 
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
-	if (s->broken || s->fd < 0)
+	if (is_broken (s) || s->fd < 0)
 		return CKR_DEVICE_REMOVED;
 	memset (&w, 0, sizeof w);
 	w.n = n;
@@ -1020,7 +1083,10 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	if (!keep_lock)
 		pthread_mutex_unlock (&s->lock);
 	pthread_mutex_lock (&s->qlock);
-	if (failed)
+	/* A write that failed ends the connection, unless another thread
+	 * ended it already (its waiters told): the connection may be a new
+	 * one by now, which this thread never used. */
+	if (failed && !w.done)
 		fail_all (s);
 	while (!w.done) {
 		if (!s->reading) {
@@ -1043,7 +1109,7 @@ exchange_n (struct slot *s, struct buf **reqs, struct buf **replies, int n, int 
 	pthread_cond_destroy (&w.cv);
 	if (!keep_lock)
 		pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	return w.rv;
 }
@@ -1109,12 +1175,14 @@ connect_slot (struct module *m, struct slot *s)
 	uid_t vouched_uid;
 	struct timeval tv = { m->timeout, 0 };
 
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
-	if (s->broken)
+	if (is_broken (s))
 		return CKR_DEVICE_REMOVED; /* closed once the threads waiting on it are told */
 	if (s->fd >= 0)
 		return CKR_OK;
+	if (s->gone)
+		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	memset (&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
 	memcpy (sa.sun_path, s->path, sizeof sa.sun_path);
@@ -1185,6 +1253,7 @@ struct call {
 	int sent;     /* the request went to the daemon */
 	int sizeq;    /* a length query (no output buffer) */
 	int deferred; /* a deferred C_*Init failed: its error is the call's */
+	uint64_t seq; /* the session's seq of the operation once sent (0: none) */
 	struct buf req, reply;
 	struct rd r;
 };
@@ -1214,6 +1283,9 @@ call_end (struct call *c)
 {
 	buf_wipe (&c->req);
 	buf_wipe (&c->reply);
+	if (c->m != NULL)
+		leave ();
+	c->m = NULL;
 }
 
 /* start_slot: a call about a slot; it connects if need be. */
@@ -1225,11 +1297,13 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	CK_RV rv;
 
 	memset (c, 0, sizeof *c);
-	c->m = current ();
+	c->m = enter ();
 	if (c->m == NULL)
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
-	if (slot >= (CK_SLOT_ID) c->m->nslots)
+	if (slot >= (CK_SLOT_ID) c->m->nslots) {
+		call_end (c);
 		return CKR_SLOT_ID_INVALID;
+	}
 	c->slot = slot;
 	c->id = id;
 	s = &c->m->slots[slot];
@@ -1238,8 +1312,10 @@ start_slot (struct call *c, int id, CK_SLOT_ID slot)
 	c->conn = s->conn & 0xffffff;
 	daemon_id = s->daemon_id;
 	pthread_mutex_unlock (&s->lock);
-	if (rv != CKR_OK)
+	if (rv != CKR_OK) {
+		call_end (c);
 		return rv;
+	}
 	begin (&c->req, id);
 	put_u64 (&c->req, daemon_id);
 	return CKR_OK;
@@ -1250,12 +1326,14 @@ static CK_RV
 start (struct call *c, int id, CK_SESSION_HANDLE h)
 {
 	memset (c, 0, sizeof *c);
-	c->m = current ();
+	c->m = enter ();
 	if (c->m == NULL)
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	c->slot = slot_of (c->m, h);
-	if (c->slot < 0)
+	if (c->slot < 0) {
+		call_end (c);
 		return CKR_SESSION_HANDLE_INVALID;
+	}
 	c->conn = (h >> 32) & 0xffffff;
 	c->id = id;
 	c->h = h;
@@ -1296,7 +1374,7 @@ call (struct call *c)
 	if (c->req.failed)
 		return CKR_HOST_MEMORY;
 	pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c->conn) {
 		pthread_mutex_unlock (&s->lock);
@@ -1323,7 +1401,9 @@ call (struct call *c)
 		int st = ST_UNKNOWN;
 
 		memset (&e->pending[kind], 0, sizeof e->pending[kind]);
-		e->st[kind] = ST_UNKNOWN;
+		/* Unknown until the replies come: a C_*Init of another thread
+		 * meanwhile is sent at once, and the daemon orders them. */
+		c->seq = set_st (s, e, kind, ST_UNKNOWN);
 		/* The slot's lock is let go while the replies come: e is
 		 * found again after. */
 		rv = exchange_n (s, reqs, replies, 2, 0);
@@ -1341,9 +1421,12 @@ call (struct call *c)
 			}
 		}
 		buf_wipe (&ireply);
-		if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
-			e->st[kind] = st;
+		if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL &&
+		    e->seq[kind] == c->seq)
+			c->seq = set_st (s, e, kind, st);
 	} else {
+		if (e != NULL)
+			c->seq = set_st (s, e, kind, ST_UNKNOWN);
 		rv = exchange (s, &c->req, &c->reply);
 	}
 	/* What a call changes in what the module knows. */
@@ -1391,8 +1474,10 @@ track (struct call *c, CK_RV rv)
 		st = ST_NONE;
 	s = &c->m->slots[c->slot];
 	pthread_mutex_lock (&s->lock);
-	if ((s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL)
-		e->st[kind] = st;
+	/* Unless a call of the same kind was sent since: its reply says. */
+	if (c->seq != 0 && (s->conn & 0xffffff) == c->conn && (e = sess_find (s, c->h)) != NULL &&
+	    e->seq[kind] == c->seq)
+		set_st (s, e, kind, st);
 	pthread_mutex_unlock (&s->lock);
 }
 
@@ -1795,13 +1880,31 @@ C_Finalize (CK_VOID_PTR reserved)
 		pthread_mutex_unlock (&init_lock);
 		return CKR_CRYPTOKI_NOT_INITIALIZED;
 	}
-	__atomic_store_n (&mod, NULL, __ATOMIC_RELEASE);
+	__atomic_store_n (&mod, NULL, __ATOMIC_SEQ_CST);
+	__atomic_store_n (&finalizing, 1, __ATOMIC_SEQ_CST);
+	/* Threads still inside calls: what they wait for fails (a reading
+	 * thread wakes from the connection's shutdown), no connection is
+	 * opened again, and they are waited for before anything is freed. */
+	for (i = 0; i < m->nslots; i++) {
+		struct slot *s = &m->slots[i];
+		pthread_mutex_lock (&s->lock);
+		s->gone = 1;
+		pthread_mutex_lock (&s->qlock);
+		if (s->fd >= 0)
+			fail_all (s);
+		pthread_mutex_unlock (&s->qlock);
+		pthread_mutex_unlock (&s->lock);
+	}
+	pthread_mutex_lock (&users_lock);
+	while (__atomic_load_n (&users, __ATOMIC_SEQ_CST) != 0)
+		pthread_cond_wait (&users_gone, &users_lock);
+	__atomic_store_n (&finalizing, 0, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock (&users_lock);
 	/* Closing a connection ends its sessions in the daemon. */
 	for (i = 0; i < m->nslots; i++) {
 		pthread_mutex_lock (&m->slots[i].lock);
 		disconnect (&m->slots[i]);
 		sess_forget_all (&m->slots[i]);
-		buf_wipe (&m->slots[i].rx);
 		pthread_mutex_unlock (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].lock);
 		pthread_mutex_destroy (&m->slots[i].qlock);
@@ -1857,10 +1960,9 @@ present (struct module *m, int i)
 	return rv == CKR_OK;
 }
 
-EXPORT CK_RV
-C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+static CK_RV
+slot_list (struct module *m, CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 {
-	struct module *m = current ();
 	CK_SLOT_ID ids[MAX_SLOTS];
 	CK_ULONG n = 0, i;
 
@@ -1885,9 +1987,18 @@ C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 }
 
 EXPORT CK_RV
-C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+C_GetSlotList (CK_BBOOL token_present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
 {
-	struct module *m = current ();
+	struct module *m = enter ();
+	CK_RV rv = slot_list (m, token_present, list, count);
+	if (m != NULL)
+		leave ();
+	return rv;
+}
+
+static CK_RV
+slot_info (struct module *m, CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
 	char desc[80];
 
 	if (m == NULL)
@@ -1903,6 +2014,16 @@ C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
 	info->flags = CKF_REMOVABLE_DEVICE | (present (m, slot) ? CKF_TOKEN_PRESENT : 0);
 	info->hardwareVersion.major = info->firmwareVersion.major = 1;
 	return CKR_OK;
+}
+
+EXPORT CK_RV
+C_GetSlotInfo (CK_SLOT_ID slot, CK_SLOT_INFO_PTR info)
+{
+	struct module *m = enter ();
+	CK_RV rv = slot_info (m, slot, info);
+	if (m != NULL)
+		leave ();
+	return rv;
 }
 
 EXPORT CK_RV
@@ -2296,7 +2417,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	struct call c;
 	struct slot *s;
 	struct sess *e;
-	int kind = opcall[id].kind;
+	int kind = opcall[id].kind, prev = ST_UNKNOWN;
 	size_t moff = 0, mlen = 0;
 	CK_RV rv = start (&c, id, h);
 
@@ -2315,7 +2436,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		key = 0;
 	s = &c.m->slots[c.slot];
 	pthread_mutex_lock (&s->lock);
-	if (s->broken)
+	if (is_broken (s))
 		close_broken (s);
 	if (s->fd < 0 || (s->conn & 0xffffff) != c.conn) {
 		pthread_mutex_unlock (&s->lock);
@@ -2331,9 +2452,16 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		e->mech[kind] = m->mechanism;
 		e->queried[kind] = 0;
 		memset (&c.req, 0, sizeof c.req);
-		e->st[kind] = ST_PENDING;
+		set_st (s, e, kind, ST_PENDING);
 		pthread_mutex_unlock (&s->lock);
 		return done (&c, CKR_OK);
+	}
+	/* Unknown until the reply comes: a C_*Init of another thread on the
+	 * session meanwhile is sent at once (not deferred, which would take
+	 * this one's result for its own), and the daemon orders them. */
+	if (e != NULL) {
+		prev = e->st[kind];
+		c.seq = set_st (s, e, kind, ST_UNKNOWN);
 	}
 	rv = exchange (s, &c.req, &c.reply);
 	if (rv == CKR_OK)
@@ -2342,11 +2470,14 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		rv = CKR_DEVICE_ERROR;
 	/* The slot's lock was let go while the reply came. */
 	e = (s->conn & 0xffffff) == c.conn ? sess_find (s, h) : NULL;
-	if (e != NULL) {
+	/* Unless a call of the same kind was sent since: its reply says. */
+	if (e != NULL && c.seq != 0 && e->seq[kind] == c.seq) {
 		if (rv == CKR_OK || rv == CKR_OPERATION_ACTIVE)
-			e->st[kind] = ST_ACTIVE;
+			set_st (s, e, kind, ST_ACTIVE);
 		else if (unsure (rv))
-			e->st[kind] = ST_UNKNOWN;
+			set_st (s, e, kind, ST_UNKNOWN);
+		else
+			set_st (s, e, kind, prev);
 	}
 	if (rv == CKR_OK)
 		known_add (s, key, kind, c.req.p + moff, mlen);
@@ -2381,20 +2512,22 @@ fixed_length (CK_MECHANISM_TYPE m)
 static int
 local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen, CK_RV *rv)
 {
-	struct module *m = current ();
+	struct module *m;
 	struct slot *s;
 	struct sess *e;
 	int kind = opcall[id].kind, slot, answered = 0;
 	CK_ULONG n;
 
-	if (m == NULL || (id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10))
+	if ((id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10) || (m = enter ()) == NULL)
 		return 0;
 	slot = slot_of (m, h);
-	if (slot < 0)
+	if (slot < 0) {
+		leave ();
 		return 0;
+	}
 	s = &m->slots[slot];
 	pthread_mutex_lock (&s->lock);
-	if (s->fd >= 0 && !s->broken && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
+	if (s->fd >= 0 && !is_broken (s) && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
 	    (e = sess_find (s, h)) != NULL && e->st[kind] == ST_PENDING &&
 	    (n = fixed_length (e->mech[kind])) != 0 && (out == NULL || *outlen < n)) {
 		*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
@@ -2403,6 +2536,7 @@ local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_U
 		answered = 1;
 	}
 	pthread_mutex_unlock (&s->lock);
+	leave ();
 	return answered;
 }
 

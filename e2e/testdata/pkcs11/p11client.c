@@ -20,6 +20,13 @@
  *                                   line to FILE through each descriptor
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
  *                                   and a context are refused
+ *   p11client MODULE initrace N     N rounds of two threads calling C_SignInit on one session at
+ *                                   once, with the Ed25519 keys "edA" (not used before on the
+ *                                   connection) and "edB" (used just before): one of them gets
+ *                                   CKR_OK, and C_Sign signs with its key
+ *   p11client MODULE finrace N      N rounds of: C_Initialize, 4 threads digesting in a loop,
+ *                                   C_Finalize while they wait for replies; the threads end
+ *                                   once their calls return CKR_CRYPTOKI_NOT_INITIALIZED
  *   p11client MODULE workload       many calls, results ignored: for replies a test corrupts
  *                                   (the module must never crash on them)
  *   p11client MODULE rsaaes BLOB    CKM_RSA_AES_KEY_WRAP with the RSA key "kek-rsa": wraps "ed-w",
@@ -73,6 +80,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -446,6 +454,152 @@ static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
 
 static CK_FUNCTION_LIST_PTR shared;
 
+/* initrace: the second thread's C_SignInit, after a delay that changes
+ * from round to round, so that it falls anywhere in the first's round
+ * trip. */
+static struct {
+	pthread_barrier_t go, done;
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE key;
+	long delay_ns;
+	CK_RV rv;
+	int stop;
+} race;
+
+static void spin (long ns)
+{
+	struct timespec a, b;
+	clock_gettime (CLOCK_MONOTONIC, &a);
+	do
+		clock_gettime (CLOCK_MONOTONIC, &b);
+	while ((b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) < ns);
+}
+
+static void *init_racer (void *arg)
+{
+	CK_MECHANISM eddsa = { CKM_EDDSA, NULL, 0 };
+	(void) arg;
+	for (;;) {
+		pthread_barrier_wait (&race.go);
+		if (race.stop)
+			return NULL;
+		spin (race.delay_ns);
+		race.rv = shared->C_SignInit (race.s, &eddsa, race.key);
+		pthread_barrier_wait (&race.done);
+	}
+}
+
+/* finrace: a thread digesting until the module is finalized. */
+static void *digester (void *arg)
+{
+	CK_SESSION_HANDLE s;
+	CK_MECHANISM sha = { CKM_SHA256, NULL, 0 };
+	long n = 0;
+	(void) arg;
+	if (shared->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
+		return (void *) -1L;
+	for (;;) {
+		CK_BYTE out[64];
+		CK_ULONG len = sizeof out;
+		CK_RV rv = shared->C_DigestInit (s, &sha);
+		if (rv == CKR_OK)
+			rv = shared->C_Digest (s, (CK_BYTE_PTR) "abc", 3, out, &len);
+		if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
+			return (void *) n;
+		n++;
+	}
+}
+
+static int finrace (CK_FUNCTION_LIST_PTR f, int rounds)
+{
+	int round, i;
+
+	shared = f;
+	for (round = 0; round < rounds && !failed; round++) {
+		pthread_t th[4];
+		check ("C_Initialize", init (f), CKR_OK);
+		for (i = 0; i < 4; i++)
+			pthread_create (&th[i], NULL, digester, NULL);
+		usleep (50000 + round * 10000);
+		check ("C_Finalize while threads wait for replies", f->C_Finalize (NULL), CKR_OK);
+		for (i = 0; i < 4; i++) {
+			void *r;
+			pthread_join (th[i], &r);
+			check ("a thread digested, then saw the module finalized", (long) r > 0 ? CKR_OK : CKR_GENERAL_ERROR, CKR_OK);
+		}
+	}
+	return failed;
+}
+
+static int initrace (CK_FUNCTION_LIST_PTR f, int rounds)
+{
+	CK_SESSION_HANDLE s, s2;
+	CK_OBJECT_HANDLE a, b;
+	CK_MECHANISM eddsa = { CKM_EDDSA, NULL, 0 };
+	CK_OBJECT_CLASS data = CKO_DATA;
+	CK_ATTRIBUTE cls = { CKA_CLASS, &data, sizeof data };
+	CK_BYTE msg[] = "message", siga[64], sigb[64], sig[64];
+	CK_ULONG len;
+	pthread_t th;
+	int round, both = 0, wrong = 0, none = 0;
+
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("a second session", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s2), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("edA", find (f, s, CKO_PRIVATE_KEY, "edA", &a), CKR_OK);
+	check ("edB", find (f, s, CKO_PRIVATE_KEY, "edB", &b), CKR_OK);
+	len = 64;
+	check ("edA signs", f->C_SignInit (s2, &eddsa, a) == CKR_OK ? f->C_Sign (s2, msg, sizeof msg, siga, &len) : 1, CKR_OK);
+	len = 64;
+	check ("edB signs", f->C_SignInit (s2, &eddsa, b) == CKR_OK ? f->C_Sign (s2, msg, sizeof msg, sigb, &len) : 1, CKR_OK);
+	if (failed)
+		return failed;
+	shared = f;
+	race.s = s;
+	race.key = b;
+	pthread_barrier_init (&race.go, NULL, 2);
+	pthread_barrier_init (&race.done, NULL, 2);
+	pthread_create (&th, NULL, init_racer, NULL);
+	for (round = 0; round < rounds; round++) {
+		CK_RV rva;
+		/* Forget what the daemon accepted (a C_SetAttributeValue does,
+		 * even refused): edA's C_SignInit is then sent at once; then
+		 * have edB accepted again, so that its C_SignInit is deferred. */
+		f->C_SetAttributeValue (s2, a, &cls, 1);
+		len = 64;
+		if (f->C_SignInit (s2, &eddsa, b) != CKR_OK || f->C_Sign (s2, msg, sizeof msg, sig, &len) != CKR_OK) {
+			check ("edB signs", 1, CKR_OK);
+			break;
+		}
+		race.delay_ns = (round % 50) * 3000;
+		pthread_barrier_wait (&race.go);
+		rva = f->C_SignInit (s, &eddsa, a);
+		pthread_barrier_wait (&race.done);
+		len = 64;
+		if (rva == CKR_OK && race.rv == CKR_OK) {
+			both++;
+			f->C_Sign (s, msg, sizeof msg, sig, &len);
+		} else if (rva != CKR_OK && race.rv != CKR_OK) {
+			none++;
+		} else {
+			CK_RV rv = f->C_Sign (s, msg, sizeof msg, sig, &len);
+			if (rv != CKR_OK || len != 64 || memcmp (sig, rva == CKR_OK ? siga : sigb, 64) != 0)
+				wrong++;
+		}
+	}
+	race.stop = 1;
+	pthread_barrier_wait (&race.go);
+	pthread_join (th, NULL);
+	printf ("%d rounds: both C_SignInit CKR_OK %d times, neither %d times, a signature not of the key that got CKR_OK %d times\n",
+	        rounds, both, none, wrong);
+	check ("two C_SignInit at once both accepted", both != 0, CK_FALSE);
+	check ("neither C_SignInit accepted", none != 0, CK_FALSE);
+	check ("C_Sign with the key of the other C_SignInit", wrong != 0, CK_FALSE);
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	return failed;
+}
+
 static void *worker (void *arg)
 {
 	(void) arg;
@@ -568,6 +722,10 @@ int main (int argc, char **argv)
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "sizeq") == 0 && argc == 4) {
 		sizeq (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "finrace") == 0 && argc == 4) {
+		finrace (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "initrace") == 0 && argc == 4) {
+		initrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "opstate") == 0) {
 		opstate (f);
 	} else if (strcmp (argv[2], "workload") == 0) {
