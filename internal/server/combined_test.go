@@ -59,3 +59,48 @@ func TestCombinedRecords(t *testing.T) {
 		t.Fatalf("a combined request of %d operations: %d records", len(many), len(recs))
 	}
 }
+
+// A run of decryptions under different versions of one key is done one at
+// a time, and each record names the version its own ciphertext was made
+// under: a decryption under an old version is never recorded as one
+// under the newer version beside it.
+func TestCombinedRecordsMixedVersions(t *testing.T) {
+	cn, id, _ := certConn(t, 1000)
+	aes := genKey(t, cn, id, wire.KeyType_KEY_TYPE_AES256_GCM, 0)
+	run := func(combined bool, ops ...*wire.Op) (*wire.Reply, []*audit.Record) {
+		t.Helper()
+		req := &wire.Request{Version: 1, Id: 8, Ops: ops, Combined: combined}
+		caller := cn.s.callerOf(id)
+		notes := cn.notesFor(new([]auditNote), &caller, len(ops))
+		rep := cn.execute(req, id, &arena{}, notes, false)
+		return rep, cn.requestRecords(nil, req, rep, &caller, notes, req.SizeVT())
+	}
+	encrypt := func() []byte {
+		t.Helper()
+		rep, _ := run(false, &wire.Op{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: aes, Plaintext: []byte("m")}}})
+		if rep.Results[0].Status != wire.Status_STATUS_OK {
+			t.Fatalf("encrypt: %v %q", rep.Results[0].Status, rep.Results[0].Message)
+		}
+		return rep.Results[0].Data
+	}
+	ct1 := encrypt()
+	if rep, _ := run(false, &wire.Op{Op: &wire.Op_Rotate{Rotate: &wire.Rotate{Handle: aes}}}); rep.Results[0].Status != wire.Status_STATUS_OK {
+		t.Fatalf("rotate: %v %q", rep.Results[0].Status, rep.Results[0].Message)
+	}
+	ct2 := encrypt()
+	dec := func(ct []byte) *wire.Op {
+		return &wire.Op{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: aes, Ciphertext: ct}}}
+	}
+	rep, recs := run(true, dec(ct2), dec(ct1), dec(ct2))
+	if len(recs) != 3 {
+		t.Fatalf("%d records", len(recs))
+	}
+	for i, want := range []uint32{2, 1, 2} {
+		if rep.Results[i].Status != wire.Status_STATUS_OK || rep.Results[i].KeyVersion != want {
+			t.Fatalf("decryption %d: %v, version %d", i, rep.Results[i].Status, rep.Results[i].KeyVersion)
+		}
+		if recs[i].KeyVersion != want {
+			t.Errorf("decryption %d under version %d recorded as under version %d", i, want, recs[i].KeyVersion)
+		}
+	}
+}

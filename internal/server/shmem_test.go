@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -473,5 +474,45 @@ func TestWriteSharedCorpus(t *testing.T) {
 		if err := os.WriteFile(dir+"/seed-"+strconv.Itoa(i), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A hugetlb memfd takes the seals too, but a hole punched in it frees its
+// page, which a client can then take so that the daemon's read faults: it
+// is refused, as anything but ordinary shared memory is.
+func TestShmHugetlbRefused(t *testing.T) {
+	_, c := pair(t, Config{Limits: Limits{ShmMaxBytes: 4 << 20}})
+	fd, err := unix.MemfdCreate("shm-huge", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_HUGETLB)
+	if err != nil {
+		t.Skipf("memfd_create(MFD_HUGETLB): %v", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, 2<<20); err != nil {
+		t.Skipf("a huge page's size: %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, shmSeals); err != nil {
+		t.Skipf("sealing a hugetlb memfd: %v", err)
+	}
+	if r := register(t, c, 1, fd); r.Status != wire.Status_STATUS_INVALID_ARGUMENT {
+		t.Fatalf("a hugetlb memfd: %v %q", r.Status, r.Message)
+	}
+}
+
+// shm_register takes the descriptor of its own message, so it must be the
+// only operation of its request: in a request run apart from the
+// connection (with a heavy operation) it could take the next message's.
+func TestShmRegisterAlone(t *testing.T) {
+	_, c := pair(t, Config{Limits: Limits{ShmMaxBytes: 1 << 20}})
+	good, _ := memfd(t, 4096, shmSeals)
+	b, _ := (&wire.Request{Version: 1, Id: 9, Ops: []*wire.Op{ping("x"),
+		{Op: &wire.Op_ShmRegister{ShmRegister: &wire.ShmRegister{}}}}}).MarshalVT()
+	if err := c.SendFDs(b, []int{good}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := recv(t, c); rep.Status != wire.Status_STATUS_INVALID_ARGUMENT || !strings.Contains(rep.Message, "only operation") {
+		t.Fatalf("shm_register beside a ping: %v %q", rep.Status, rep.Message)
+	}
+	if r := register(t, c, 10, good); r.Status != wire.Status_STATUS_OK {
+		t.Fatalf("shm_register alone: %v %q", r.Status, r.Message)
 	}
 }
