@@ -10,7 +10,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -143,15 +145,22 @@ func TestSocketActivationRefused(t *testing.T) {
 		name, listen string
 		args         []string
 		want         string
+		serve        []string // more flags of serve
 	}{
-		{"kms without key", filepath.Join(dir, "kms.sock"), []string{"--fdname=kms-v2"}, "needs --kms-key NAME"},
-		{"tcp without tls", tcpAddr, []string{"--fdname=http"}, "needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals"},
-		{"pkcs11 seqpacket", filepath.Join(dir, "p11.sock"), []string{"--seqpacket", "--fdname=pkcs11"}, "the pkcs11 socket must be stream"},
+		{"kms without key", filepath.Join(dir, "kms.sock"), []string{"--fdname=kms-v2"}, "needs --kms-key NAME", nil},
+		{"tcp without tls", tcpAddr, []string{"--fdname=http"}, "needs --http-tls-cert, --http-tls-key, --http-client-ca and --http-principals", nil},
+		{"pkcs11 seqpacket", filepath.Join(dir, "p11.sock"), []string{"--seqpacket", "--fdname=pkcs11"}, "the pkcs11 socket must be stream", nil},
+		{"http abstract", "@keywarden-e2e-" + strconv.Itoa(os.Getpid()), []string{"--fdname=http"}, "not a Unix socket bound to an absolute path", nil},
+		{"mode wider than socket-mode", filepath.Join(dir, "agent.sock"), []string{"--fdname=ssh-agent"}, "wider than the configured socket-mode 0600",
+			[]string{"--socket-mode", "0600"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string{"-l", tc.listen}, tc.args...), "-E", mainEnv+"=1",
 				binary(t), "serve", "--dev", "--socket", filepath.Join(dir, "kw.sock"))
-			cmd := exec.Command(sa, args...)
+			// A daemon that wrongly serves the socket is stopped, and fails.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, sa, append(args, tc.serve...)...)
 			var out bytes.Buffer
 			cmd.Stderr = &out
 			if err := cmd.Start(); err != nil {
@@ -175,5 +184,58 @@ func TestSocketActivationRefused(t *testing.T) {
 				t.Fatalf("want exit 1 saying %q: %v\n%s", tc.want, err, out.String())
 			}
 		})
+	}
+}
+
+// TestSocketActivationForeignFDs: descriptors the daemon inherits that
+// are not its own (here with $LISTEN_PID naming another process, so the
+// daemon takes none of them) are close-on-exec in the daemon, so that
+// neither the key derivation workers nor the askpass program inherit
+// them.
+func TestSocketActivationForeignFDs(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	sock := filepath.Join(openDir(t), "kw.sock")
+	d := &daemon{t: t, sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
+	d.cmd = exec.Command(binary(t), "serve", "--dev", "--socket", sock, "--log-level", "debug")
+	d.cmd.Env = append(os.Environ(), mainEnv+"=1", "LISTEN_PID=1", "LISTEN_FDS=1", "LISTEN_FDNAMES=keywarden")
+	d.cmd.ExtraFiles = []*os.File{w} // descriptor 3, without close-on-exec
+	d.cmd.Stderr = d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	t.Cleanup(d.stop)
+	d.waitReady()
+
+	pid := strconv.Itoa(d.cmd.Process.Pid)
+	target, err := os.Readlink("/proc/" + pid + "/fd/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(w.Fd())))
+	if target != want {
+		t.Fatalf("the daemon's descriptor 3 is %s, want the inherited pipe %s", target, want)
+	}
+	info, err := os.ReadFile("/proc/" + pid + "/fdinfo/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags string
+	for line := range strings.Lines(string(info)) {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags = strings.TrimSpace(v)
+		}
+	}
+	f, err := strconv.ParseUint(flags, 8, 64)
+	if err != nil {
+		t.Fatalf("fdinfo flags %q: %v", flags, err)
+	}
+	if f&syscall.O_CLOEXEC == 0 {
+		t.Errorf("the inherited descriptor 3 is not close-on-exec in the daemon (flags %s): its children would inherit it", flags)
 	}
 }

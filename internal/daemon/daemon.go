@@ -170,6 +170,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	// Descriptors inherited from the parent (sockets not meant for this
+	// daemon, when $LISTEN_PID is another process's; whatever the parent
+	// left open) must not reach the key derivation workers or the
+	// askpass program.
+	if err := closeOnExecInherited(); err != nil {
+		return err
+	}
 	// A reload asked for during start-up waits until the daemon serves
 	// (SIGHUP would otherwise end it).
 	hup := make(chan os.Signal, 1)
@@ -373,7 +380,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	log.Info("listening", "socket", l.Path(), "mode", fmt.Sprintf("%04o", mode),
+	log.Info("listening", "socket", l.Path(), "mode", passed.modeText(l.Path(), mode),
 		"max_message_bytes", lim.MaxMessageBytes, "max_in_flight", lim.MaxInFlight,
 		"max_sessions", lim.MaxSessions, "max_handles", lim.MaxHandles,
 		"max_keys_per_user", lim.MaxKeysPerUser, "max_connections", lim.MaxConnections)
@@ -403,7 +410,7 @@ func Run(ctx context.Context, cfg Config) error {
 				l.Close()
 				return err
 			}
-			log.Info("serving the ssh-agent protocol", "socket", p, "mode", fmt.Sprintf("%04o", mode), "askpass", cfg.SSHAskpass)
+			log.Info("serving the ssh-agent protocol", "socket", p, "mode", passed.modeText(p, mode), "askpass", cfg.SSHAskpass)
 			go func() {
 				if err := agent.Serve(al); err != nil && !errors.Is(err, sshagent.ErrClosed) {
 					log.Error("ssh-agent socket failed", "socket", p, "err", err)
@@ -439,7 +446,7 @@ func Run(ctx context.Context, cfg Config) error {
 				closeFronts()
 				return err
 			}
-			log.Info("serving PKCS #11 (p11-kit RPC)", "socket", p, "mode", fmt.Sprintf("%04o", mode))
+			log.Info("serving PKCS #11 (p11-kit RPC)", "socket", p, "mode", passed.modeText(p, mode))
 			go func() {
 				if err := p11.Serve(pl); err != nil && !errors.Is(err, p11front.ErrClosed) {
 					log.Error("pkcs11 socket failed", "socket", p, "err", err)
@@ -682,7 +689,7 @@ func serveHTTP(front *transit.Front, spec string, passed *passed, mode fs.FileMo
 			return err
 		}
 	}
-	log.Info("serving the transit HTTP API", "socket", path, "mode", fmt.Sprintf("%04o", mode))
+	log.Info("serving the transit HTTP API", "socket", path, "mode", passed.modeText(path, mode))
 	go func() {
 		if err := front.Serve(hl); err != nil && !errors.Is(err, transit.ErrClosed) {
 			log.Error("transit socket failed", "socket", path, "err", err)
@@ -795,7 +802,7 @@ func serveKMS(srv *server.Server, cfg Config, passed *passed, mode fs.FileMode, 
 			return nil, err
 		}
 	}
-	log.Info("serving the Kubernetes KMS v2 plugin", "socket", cfg.KMSV2, "mode", fmt.Sprintf("%04o", mode), "key", cfg.KMSKey)
+	log.Info("serving the Kubernetes KMS v2 plugin", "socket", cfg.KMSV2, "mode", passed.modeText(cfg.KMSV2, mode), "key", cfg.KMSKey)
 	go func() {
 		if err := p.Serve(kl); err != nil {
 			log.Error("KMS v2 socket failed", "socket", cfg.KMSV2, "err", err)

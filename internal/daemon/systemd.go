@@ -3,10 +3,13 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +36,8 @@ type passed struct {
 	pkcs11 map[string]*systemd.Socket // by path
 	http   map[string]*systemd.Socket // by --http spec: unix:PATH, tcp:ADDR
 	kms    *systemd.Socket
+	// modes holds each passed Unix socket's permission bits, by path.
+	modes map[string]fs.FileMode
 }
 
 // takeSockets sorts the sockets systemd passed (sortSockets) and warns of
@@ -44,6 +49,9 @@ func takeSockets(cfg *Config, log *slog.Logger) (*passed, error) {
 	}
 	p, err := sortSockets(cfg, socks, log)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPassed(cfg, p, socks, log); err != nil {
 		return nil, err
 	}
 	for i := range socks {
@@ -64,7 +72,7 @@ func takeSockets(cfg *Config, log *slog.Logger) (*passed, error) {
 // "kms-v2") or, for another name, the one configured at its path (or, for
 // a TCP socket, at its address). The main socket is SOCK_SEQPACKET, the
 // others stream sockets; every one but a TCP "http" socket is a Unix
-// socket bound to a path. A passed socket that fits none of these, or a
+// socket bound to an absolute path. A passed socket that fits none of these, or a
 // second main or KMS v2 socket, is an error: the units and the
 // configuration disagree. The main and KMS v2 sockets' paths replace the
 // configured ones; the others are added to the configuration when it
@@ -97,8 +105,11 @@ func sortSockets(cfg *Config, socks []systemd.Socket, log *slog.Logger) (*passed
 				s.Name, sockAddr(s), systemd.TypeName(s.Type), role, systemd.TypeName(want), directive)
 		}
 		tcp := role == fdNameHTTP && (s.Family == unix.AF_INET || s.Family == unix.AF_INET6)
-		if !tcp && (s.Family != unix.AF_UNIX || s.Path == "") {
-			return nil, fmt.Errorf("the passed %s socket %q is not a Unix socket bound to a path", role, s.Name)
+		// An abstract socket ("@name") has no file whose permissions
+		// say who may connect: every process of the network namespace
+		// may.
+		if !tcp && (s.Family != unix.AF_UNIX || !filepath.IsAbs(s.Path)) {
+			return nil, fmt.Errorf("the passed %s socket %q (%q) is not a Unix socket bound to an absolute path; give ListenStream= (ListenSequentialPacket=) a file system path", role, s.Name, s.Path)
 		}
 		switch role {
 		case fdNameMain:
@@ -148,6 +159,52 @@ func sortSockets(cfg *Config, socks []systemd.Socket, log *slog.Logger) (*passed
 		}
 	}
 	return p, nil
+}
+
+// checkPassed checks every passed Unix socket as the daemon checks the
+// sockets it binds itself: its directory must be one that no one else
+// could tamper with. It records each socket's permission bits in p.modes
+// and logs them; when the configuration sets socket-mode, a socket that
+// grants more than it is refused, since the socket unit, not the
+// daemon, decides who may connect.
+func checkPassed(cfg *Config, p *passed, socks []systemd.Socket, log *slog.Logger) error {
+	p.modes = map[string]fs.FileMode{}
+	for i := range socks {
+		s := &socks[i]
+		if s.Family != unix.AF_UNIX {
+			continue
+		}
+		if err := checkDir("socket directory", filepath.Dir(s.Path), true); err != nil {
+			return fmt.Errorf("the passed socket %s: %w", s.Path, err)
+		}
+		fi, err := os.Lstat(s.Path)
+		if err != nil {
+			return fmt.Errorf("the passed socket %s: %w", s.Path, err)
+		}
+		if fi.Mode().Type() != fs.ModeSocket {
+			return fmt.Errorf("the passed socket's path %s is not a socket (%s): another file replaced it", s.Path, fi.Mode().Type())
+		}
+		mode := fi.Mode().Perm()
+		p.modes[s.Path] = mode
+		log.Info("passed socket", "socket", s.Path, "name", s.Name, "mode", fmt.Sprintf("%04o", mode))
+		if cfg.SocketMode != 0 && mode&^cfg.SocketMode.Perm() != 0 {
+			return fmt.Errorf("the passed socket %s has mode %04o, wider than the configured socket-mode %04o: under socket activation the socket unit decides who may connect; set SocketMode= (and SocketUser=, SocketGroup=) in its unit, or widen socket-mode",
+				s.Path, mode, cfg.SocketMode.Perm())
+		}
+	}
+	return nil
+}
+
+// modeText is the permission bits of the socket at path, for the log:
+// those systemd gave it when it was passed, else mode, those the daemon
+// gives it.
+func (p *passed) modeText(path string, mode fs.FileMode) string {
+	if p != nil {
+		if m, ok := p.modes[path]; ok {
+			mode = m
+		}
+	}
+	return fmt.Sprintf("%04o", mode)
 }
 
 // configuredRole is the front whose configuration names s's path (or
@@ -215,6 +272,28 @@ func sockAddr(s *systemd.Socket) string {
 		return s.Addr
 	}
 	return s.Path
+}
+
+// closeOnExecInherited marks every descriptor from 3 up close-on-exec.
+func closeOnExecInherited() error {
+	err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	if err != unix.ENOSYS && err != unix.EINVAL {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
+	// Before Linux 5.11: one by one.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= 3 {
+			unix.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
 
 func passCredSet(fd int) bool {

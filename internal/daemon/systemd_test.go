@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -84,9 +85,13 @@ func TestSortSocketsRefuses(t *testing.T) {
 		{"http datagram", Config{}, []systemd.Socket{unixSock("http", unix.SOCK_DGRAM, "/run/kw/h.sock")},
 			"is a datagram socket"},
 		{"kms on tcp", Config{KMSKey: "k"}, []systemd.Socket{{Name: "kms-v2", Type: unix.SOCK_STREAM, Family: unix.AF_INET, Addr: "127.0.0.1:1"}},
-			"not a Unix socket bound to a path"},
+			"not a Unix socket bound to an absolute path"},
+		{"http abstract", Config{}, []systemd.Socket{unixSock("http", unix.SOCK_STREAM, "@keywarden-http")},
+			"not a Unix socket bound to an absolute path"},
+		{"kms abstract", Config{KMSKey: "k"}, []systemd.Socket{unixSock("kms-v2", unix.SOCK_STREAM, "@kms")},
+			"not a Unix socket bound to an absolute path"},
 		{"http unbound", Config{}, []systemd.Socket{unixSock("http", unix.SOCK_STREAM, "")},
-			"not a Unix socket bound to a path"},
+			"not a Unix socket bound to an absolute path"},
 		{"configured path, wrong type", Config{PKCS11Sockets: []string{"/run/kw/p.sock"}},
 			[]systemd.Socket{unixSock("unknown", unix.SOCK_SEQPACKET, "/run/kw/p.sock")}, "the pkcs11 socket must be stream"},
 		{"two main", Config{}, []systemd.Socket{
@@ -108,6 +113,72 @@ func TestSortSocketsRefuses(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestCheckPassed: every passed Unix socket's directory is checked as
+// one the daemon binds in, its real mode is recorded for the log, and a
+// mode wider than an explicitly configured socket-mode is refused.
+func TestCheckPassed(t *testing.T) {
+	bind := func(t *testing.T, dir string, mode os.FileMode) string {
+		path := filepath.Join(dir, "s.sock")
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		name       string
+		dirMode    os.FileMode
+		sockMode   os.FileMode
+		socketMode os.FileMode // configured
+		want       string      // "" for no error
+	}{
+		{"default mode", 0o700, 0o666, 0, ""},
+		{"same as configured", 0o755, 0o666, 0o666, ""},
+		{"narrower than configured", 0o700, 0o660, 0o666, ""},
+		{"wider than configured", 0o700, 0o666, 0o600, "has mode 0666, wider than the configured socket-mode 0600"},
+		{"other bits than configured", 0o700, 0o606, 0o660, "has mode 0606, wider than the configured socket-mode 0660"},
+		{"directory writable by others", 0o777, 0o600, 0, "is writable by others"},
+		{"directory sticky", os.ModeSticky | 0o777, 0o600, 0, ""},
+	} {
+		for _, name := range []string{fdNameHTTP, fdNameKMS, fdNameAgent} {
+			t.Run(tc.name+"/"+name, func(t *testing.T) {
+				dir := filepath.Join(t.TempDir(), "d")
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				path := bind(t, dir, tc.sockMode)
+				if err := os.Chmod(dir, tc.dirMode); err != nil {
+					t.Fatal(err)
+				}
+				cfg := Config{SocketMode: tc.socketMode, KMSKey: "k"}
+				socks := []systemd.Socket{unixSock(name, unix.SOCK_STREAM, path)}
+				p, err := sortSockets(&cfg, socks, log)
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = checkPassed(&cfg, p, socks, log)
+				if tc.want == "" {
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got := p.modeText(path, 0o600); got != fmt.Sprintf("%04o", tc.sockMode) {
+						t.Errorf("logged mode %s, want the socket's %04o", got, tc.sockMode)
+					}
+					return
+				}
+				if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+					t.Fatalf("got %v, want an error naming %s and containing %q", err, path, tc.want)
+				}
+			})
+		}
 	}
 }
 
