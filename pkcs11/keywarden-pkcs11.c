@@ -361,6 +361,10 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 /* mod is set by C_Initialize, cleared by C_Finalize. A child of a fork
  * sees its parent's, with another pid: not initialized for it. */
 static struct module *mod;
+/* The process that made mod (its pid field, kept apart): current() reads
+ * it without touching mod, which C_Finalize may free under a caller that
+ * did not enter(). */
+static pid_t mod_pid;
 
 /* users counts the threads inside calls that hold a module (from enter to
  * leave): C_Finalize, once mod is cleared, waits until none is left before
@@ -423,7 +427,7 @@ static struct module *
 current (void)
 {
 	struct module *m = __atomic_load_n (&mod, __ATOMIC_SEQ_CST);
-	if (m == NULL || m->pid != getpid ())
+	if (m == NULL || __atomic_load_n (&mod_pid, __ATOMIC_SEQ_CST) != getpid ())
 		return NULL;
 	return m;
 }
@@ -1861,6 +1865,7 @@ C_Initialize (CK_VOID_PTR args)
 		m->slots[i].fd = -1;
 		known_clear (&m->slots[i]);
 	}
+	__atomic_store_n (&mod_pid, m->pid, __ATOMIC_SEQ_CST);
 	__atomic_store_n (&mod, m, __ATOMIC_RELEASE);
 	pthread_mutex_unlock (&init_lock);
 	return CKR_OK;

@@ -709,11 +709,8 @@ func loadTLS(cfg Config) (transit.TLSConfig, error) {
 	if err != nil {
 		return tc, err
 	}
-	if err := ownfile.CheckWriters("client CA file", cfg.HTTPClientCA,
-		"another user could add a CA of theirs, whose certificates would then act as the uids the principals map"); err != nil {
-		return tc, err
-	}
-	caPEM, err := os.ReadFile(cfg.HTTPClientCA)
+	caPEM, err := ownfile.ReadTrusted("client CA file", cfg.HTTPClientCA,
+		"another user could add a CA of theirs, whose certificates would then act as the uids the principals map")
 	if err != nil {
 		return tc, err
 	}

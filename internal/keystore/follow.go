@@ -451,10 +451,12 @@ func (f *follower) apply(c store.Commit) error {
 	}
 	s.mu.Unlock()
 	for i, o := range wipe {
-		o.removed.Store(true)
+		// The reason first, then removed: a Remove that sees removed must
+		// find why (a key changed elsewhere lives on: it is not destroyed).
 		if err := o.wipe(why[i]); err != nil {
 			s.log.Error("key memory corrupted: something wrote past the end of a key", "key", o.ID.String(), "err", err)
 		}
+		o.removed.Store(true)
 	}
 	return nil
 }

@@ -4,14 +4,15 @@
 // symbolic link, and only if they belong to the expected uid or root.
 //
 // It owns nothing but these checks and their error messages; it never
-// reads or writes the files' contents. CheckWriters checks the files whose
-// contents decide whom the daemon trusts (certificate authorities), which
-// their readers then read themselves.
+// reads or writes the files' contents, but for ReadTrusted, which reads
+// the files whose contents decide whom the daemon trusts (certificate
+// authorities) from the descriptor it checked.
 package ownfile
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"syscall"
@@ -52,31 +53,36 @@ func Open(what, path string, flags int, perm uint32, hint string) (int, error) {
 	return fd, nil
 }
 
-// CheckWriters refuses the file at path (followed through symbolic links,
-// which system certificate stores use) unless it is a regular file owned
-// by root or this process's effective uid that neither group nor others
-// may write: a file whose contents decide whom the daemon trusts. what
-// names it in errors ("client CA file"); consequence says what a writer
-// could do ("they could ...").
-func CheckWriters(what, path, consequence string) error {
+// ReadTrusted reads the file at path (followed through symbolic links,
+// which system certificate stores use) if it is a regular file owned by
+// root or this process's effective uid that neither group nor others may
+// write: a file whose contents decide whom the daemon trusts. The bytes
+// come from the descriptor checked, never from a second open. what names
+// it in errors ("client CA file"); consequence says what a writer could do
+// ("they could ...").
+func ReadTrusted(what, path, consequence string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if uid := Owner(fi); uid != 0 && int(uid) != os.Geteuid() {
-		return fmt.Errorf("%s %s belongs to uid %d, neither root nor this user (uid %d): %s; refusing it",
+		return nil, fmt.Errorf("%s %s belongs to uid %d, neither root nor this user (uid %d): %s; refusing it",
 			what, path, uid, os.Geteuid(), consequence)
 	}
 	if m := fi.Mode(); !m.IsRegular() || m.Perm()&0o022 != 0 {
-		return fmt.Errorf("%s %s is not a regular file, or is writable by group or others (mode %04o): %s; chmod go-w %s",
+		return nil, fmt.Errorf("%s %s is not a regular file, or is writable by group or others (mode %04o): %s; chmod go-w %s",
 			what, path, m.Perm(), consequence, path)
 	}
-	return nil
+	b, err := io.ReadAll(io.LimitReader(f, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return b, nil
 }
 
 // OpenFile is Open returning an *os.File.

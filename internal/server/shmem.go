@@ -262,9 +262,11 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	if err != nil {
 		return nil, nil, err
 	}
-	// A fault reading or writing the mapping (which the seals and the
-	// file system checked at registration rule out) becomes a panic that
-	// safeDispatch turns into INTERNAL, not the end of the daemon.
+	// A fault reading or writing the mapping becomes a panic that
+	// safeDispatch turns into INTERNAL, not the end of the daemon. The
+	// seals and the file system checked at registration rule out the
+	// faults a client could cause by resizing; a hole punched in tmpfs can
+	// still fault when memory accounting refuses the page it then needs.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// The input's copy and the output are made in the mapping's scratch
 	// buffer, one operation at a time per connection (requests running

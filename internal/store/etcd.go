@@ -2,10 +2,10 @@ package store
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/keywarden/keywarden/internal/ownfile"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -20,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/keywarden/keywarden/internal/ownfile"
 )
 
 // Etcd is a Store in an etcd cluster, shared by the daemons of several
@@ -157,14 +159,21 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		if (cfg.CertFile == "") != (cfg.KeyFile == "") {
 			return nil, errors.New("etcd store: a client certificate needs both --etcd-cert and --etcd-key")
 		}
-		if err := ownfile.CheckWriters("etcd store: CA file", cfg.CAFile,
-			"another user could add a CA of theirs and stand in for the etcd members"); err != nil {
+		caPEM, err := ownfile.ReadTrusted("etcd store: CA file", cfg.CAFile,
+			"another user could add a CA of theirs and stand in for the etcd members")
+		if err != nil {
 			return nil, err
 		}
-		tc, err := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}.ClientConfig()
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(caPEM) {
+			return nil, fmt.Errorf("etcd store: CA file %s: no PEM certificate", cfg.CAFile)
+		}
+		tc, err := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile}.ClientConfig()
 		if err != nil {
 			return nil, fmt.Errorf("etcd store: TLS: %w", err)
 		}
+		// The CAs read from the file checked, not from a second open.
+		tc.RootCAs = roots
 		ccfg.TLS = tc
 	} else {
 		for _, e := range cfg.Endpoints {
