@@ -45,33 +45,8 @@ func TestSocketActivationFronts(t *testing.T) {
 	cmd := exec.Command(sa, "-l", p11, "-l", httpSock, "-l", kms, "--fdname=pkcs11:http:kms-v2",
 		sa, "--seqpacket", "-l", main, "--fdname=pkcs11:http:kms-v2:keywarden", "-E", mainEnv+"=1",
 		binary(t), "serve", "--dev", "--socket", main, "--kms-key", "kek", "--log-level", "debug")
-	log := &syncBuffer{}
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
-	// A first connection starts the daemon.
-	var c net.Conn
-	for i := 0; i < 200; i++ {
-		if c, err = net.Dial("unix", httpSock); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("http socket: %v\n%s", err, log)
-	}
-	c.Close()
-	d := &daemon{t: t, cmd: cmd, sock: main, log: log, done: done}
-	d.waitReady()
+	d := startActivated(t, cmd, httpSock, main)
+	log := d.log
 	cl := d.client(t)
 	generate(t, cl, keywarden.KeySpec{Type: keywarden.Ed25519, Name: "activated", Usage: keywarden.UsageSign | keywarden.UsageVerify})
 	generate(t, cl, keywarden.KeySpec{Type: keywarden.AES256GCM, Name: "kek", Usage: keywarden.UsageEncrypt | keywarden.UsageDecrypt})

@@ -129,33 +129,8 @@ func TestSocketActivation(t *testing.T) {
 	cmd := exec.Command(sa, "-l", agent, "--fdname=ssh-agent",
 		sa, "--seqpacket", "-l", main, "--fdname=ssh-agent:keywarden", "-E", mainEnv+"=1",
 		binary(t), "serve", "--dev", "--socket", filepath.Join(dir, "configured.sock"), "--log-level", "debug")
-	log := &syncBuffer{}
-	cmd.Stderr = log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-done
-		}
-	}()
-	// A first connection starts the daemon (both activators exec on it).
-	var c net.Conn
-	for i := 0; i < 200; i++ {
-		if c, err = net.Dial("unix", agent); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("agent socket: %v\n%s", err, log)
-	}
-	c.Close()
-	d := &daemon{t: t, cmd: cmd, sock: main, log: log, done: done}
-	d.waitReady()
+	d := startActivated(t, cmd, agent, main)
+	log := d.log
 	cl := d.client(t)
 	k := generate(t, cl, keywarden.KeySpec{Type: keywarden.Ed25519, Name: "activated", Usage: keywarden.UsageSign | keywarden.UsageVerify})
 	if _, err := k.SignMessageContext(ctx, []byte("hello"), crypto.Hash(0)); err != nil {
@@ -830,4 +805,40 @@ func TestDaemonWithAmbientCapabilities(t *testing.T) {
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "$argon2id$") {
 		t.Fatalf("password hash through a worker that dropped its capabilities: %s\n%s", r, d.log)
 	}
+}
+
+// startActivated starts cmd, systemd-socket-activate wrapped around the
+// daemon, makes a first connection to the passed socket first (on which
+// the activators exec), and returns the daemon serving main once it
+// answers. The daemon is killed at the end of the test if still running.
+func startActivated(t *testing.T, cmd *exec.Cmd, first, main string) *daemon {
+	t.Helper()
+	log := &syncBuffer{}
+	cmd.Stderr = log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	var c net.Conn
+	var err error
+	for i := 0; i < 200; i++ {
+		if c, err = net.Dial("unix", first); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", first, err, log)
+	}
+	c.Close()
+	d := &daemon{t: t, cmd: cmd, sock: main, log: log, done: done}
+	d.waitReady()
+	return d
 }
