@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -730,26 +731,13 @@ func loadTLS(cfg Config) (transit.TLSConfig, error) {
 // of the daemon (its own uid, or one of admins): an administrator has no
 // per-uid limits, and takes the connections kept for administrators.
 func loadPrincipals(path string, admins []uint32) (*transit.Principals, error) {
-	pf, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer pf.Close()
 	// It says which uid each certificate acts as: another user who could
 	// write it would map their certificate to a uid of their choice.
-	fi, err := pf.Stat()
+	b, err := ownfile.ReadTrusted("principals file", path, "another user could choose the uid a certificate acts as")
 	if err != nil {
 		return nil, err
 	}
-	if uid := ownfile.Owner(fi); uid != 0 && int(uid) != os.Geteuid() {
-		return nil, fmt.Errorf("%s belongs to uid %d, neither root nor this user (uid %d): another user could choose the uid a certificate acts as; refusing it",
-			path, uid, os.Geteuid())
-	}
-	if m := fi.Mode(); !m.IsRegular() || m.Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("%s is not a regular file, or is writable by group or others (mode %04o): they could choose the uid a certificate acts as; chmod go-w %s",
-			path, m.Perm(), path)
-	}
-	pr, err := transit.ParsePrincipals(pf)
+	pr, err := transit.ParsePrincipals(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -78,9 +78,13 @@ func ReadTrusted(what, path, consequence string) ([]byte, error) {
 		return nil, fmt.Errorf("%s %s is not a regular file, or is writable by group or others (mode %04o): %s; chmod go-w %s",
 			what, path, m.Perm(), consequence, path)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, 16<<20))
+	const max = 16 << 20
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if len(b) > max {
+		return nil, fmt.Errorf("%s %s is larger than %d bytes", what, path, max)
 	}
 	return b, nil
 }
