@@ -346,11 +346,44 @@ func (s *Store) Current(o *Object) (*Version, error) {
 // encryptions are written ahead.
 func (s *Store) Encrypting(o *Object, n uint64) (*Version, error) {
 	v := o.Newest()
-	if used := v.used.Add(n); used <= v.reserved.Load() && used <= v.limit.Load() && s.open(v) && !s.tooOld(o, v) {
+	if s.open(v) && !s.tooOld(o, v) && v.count(n) {
 		return v, nil
 	}
-	v.used.Add(-n)
 	return s.encryptingSlow(o, n)
+}
+
+// count counts n encryptions of v if they fit in its reservation and its
+// limit, and reports whether they did. The count is checked and raised in
+// one step (compare and swap): a count raised past the bounds, even for a
+// moment, would let another goroutine's check pass on a number that is no
+// longer true, and the sum of the encryptions exceed what is reserved.
+func (v *Version) count(n uint64) bool {
+	for {
+		u := v.used.Load()
+		// Both bounds only rise (but for spendCopyBudgets, which closes
+		// the version), so counting against what they were when u was
+		// read stays within them.
+		if !fits(u, n, min(v.reserved.Load(), v.limit.Load())) {
+			return false
+		}
+		if v.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// fits reports whether n more on top of u stay within bound b (without
+// overflow).
+func fits(u, n, b uint64) bool { return u <= b && n <= b-u }
+
+// raiseUsed raises v's count to at least g.
+func (v *Version) raiseUsed(g uint64) {
+	for {
+		u := v.used.Load()
+		if u >= g || v.used.CompareAndSwap(u, g) {
+			return
+		}
+	}
 }
 
 func (s *Store) tooOld(o *Object, v *Version) bool {
@@ -363,16 +396,35 @@ func (s *Store) tooOld(o *Object, v *Version) bool {
 func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 	o.wmu.Lock()
 	defer o.wmu.Unlock()
+	for {
+		v, err := s.encryptingLocked(o, n)
+		if err != nil {
+			return nil, err
+		}
+		if hookCounting != nil {
+			hookCounting(o)
+		}
+		// The fast path of other goroutines, which does not wait for
+		// o.wmu, may have spent what the checks found left: then the
+		// checks run again (a reservation, a rotation, a refusal).
+		if v.count(n) {
+			return v, nil
+		}
+	}
+}
+
+// encryptingLocked returns the version that n more encryptions of o must
+// use, with room for them when it returns, rotating o or reserving
+// encryptions first if needed; it counts nothing. o.wmu is held.
+func (s *Store) encryptingLocked(o *Object, n uint64) (*Version, error) {
 	v := o.Newest()
 	if g := v.elsewhere.Load(); g > v.reserved.Load() {
 		// Another daemon of a shared store reserved encryptions past this
 		// one's reservation: this one gives up what it has left of its
 		// own (as a crash would) and counts from the other's end. The
-		// count is raised by adding, not set: encryptions counted
-		// meanwhile stay counted (some twice, which only spends budget).
-		if u := v.used.Load(); g > u {
-			v.used.Add(g - u)
-		}
+		// count is raised, never lowered: encryptions counted meanwhile
+		// stay counted (some twice, which only spends budget).
+		v.raiseUsed(g)
 		v.reserved.Store(g)
 	}
 	if !s.open(v) {
@@ -390,7 +442,7 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 			return nil, err
 		}
 	}
-	if v.used.Load()+n > v.limit.Load() {
+	if !fits(v.used.Load(), n, v.limit.Load()) {
 		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE || n > DefaultEncryptionLimit/2 {
 			return nil, errSpent
 		}
@@ -399,8 +451,8 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 			return nil, err
 		}
 	}
-	if need := v.used.Load() + n; need > v.reserved.Load() {
-		res := min(need+reserveBlock, v.limit.Load())
+	if u := v.used.Load(); !fits(u, n, v.reserved.Load()) {
+		res := min(u+n+reserveBlock, v.limit.Load())
 		if o.Ephemeral {
 			res = v.limit.Load()
 		} else {
@@ -425,7 +477,6 @@ func (s *Store) encryptingSlow(o *Object, n uint64) (*Version, error) {
 		}
 		v.reserved.Store(res)
 	}
-	v.used.Add(n)
 	return v, nil
 }
 

@@ -285,6 +285,8 @@ func (s *Store) Add(o *Object) error {
 // holds no keys, before it seals; hookReserving runs in Encrypting once a
 // version's count of encryptions is settled (raised to other daemons'
 // reservations), before the reservation computed from it is written;
+// hookCounting runs in Encrypting's slow path once the version has room
+// for the encryptions, before they are counted;
 // hookRestoreChunk runs before each chunk of a backup's records that
 // restoreInChunks writes, and its error stops the restore there;
 // hookRotated runs in a persistent key's rotation once its record is
@@ -296,6 +298,7 @@ var (
 	hookAddWritten     func()
 	hookCommitting     func(s *Store)
 	hookRotated        func(o *Object)
+	hookCounting       func(o *Object)
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
