@@ -660,6 +660,17 @@ func BenchmarkClusterAdd(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creations/s")
+			var n store.EtcdCounts
+			for _, s := range ss {
+				c := s.db.(*store.Etcd).Counts()
+				n.Commits, n.Conflicts, n.Calls = n.Commits+c.Commits, n.Conflicts+c.Conflicts, n.Calls+c.Calls
+			}
+			if n.Commits > 0 {
+				// What each transaction carried, and how many lost to
+				// another key store's (on the store header).
+				b.ReportMetric(float64(n.Calls)/float64(n.Commits), "creations/txn")
+				b.ReportMetric(float64(n.Conflicts)/float64(n.Commits+n.Conflicts), "lost/txn")
+			}
 		})
 	}
 }

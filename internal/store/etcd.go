@@ -83,6 +83,10 @@ type Etcd struct {
 
 	// reads counts the requests that read (tests).
 	reads atomic.Int64
+	// commits, conflicts and calls count the transactions that wrote,
+	// those that lost to another writer, and the Update calls committed
+	// (Counts).
+	commits, conflicts, calls atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -400,6 +404,7 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			return
 		}
 		// The commit functions ran in commit, in the calls' order.
+		e.calls.Add(int64(len(group)))
 		for _, c := range group {
 			finish(c, nil)
 		}
@@ -516,6 +521,20 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 	return nil
 }
 
+// EtcdCounts counts what an etcd store has committed since it was opened.
+type EtcdCounts struct {
+	// Commits is the transactions that wrote, Conflicts those that
+	// failed their guard (another writer changed what they read first)
+	// and ran again, Calls the Update calls committed: Calls/Commits is
+	// the mean group a transaction carried.
+	Commits, Conflicts, Calls int64
+}
+
+// Counts returns what the store has committed, for measurements.
+func (e *Etcd) Counts() EtcdCounts {
+	return EtcdCounts{Commits: e.commits.Load(), Conflicts: e.conflicts.Load(), Calls: e.calls.Load()}
+}
+
 // MaxOps is the most reads, and the most writes, one transaction may
 // hold: the cluster's --max-txn-ops as configured.
 func (e *Etcd) MaxOps() int { return e.maxOps }
@@ -590,6 +609,7 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		return e.wrapErr(err)
 	}
 	if !resp.Succeeded {
+		e.conflicts.Add(1)
 		e.snap = nil
 		if len(resp.Responses) == len(reread) {
 			sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(reread))}
@@ -609,6 +629,7 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		tx.committed()
 		return nil
 	}
+	e.commits.Add(1)
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
 		if w.deleted {

@@ -109,6 +109,7 @@ func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
 	if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte("hot"), []byte("0")) }); err != nil {
 		t.Fatal(err)
 	}
+	c0 := e.Counts()
 	second := make(chan error, 1)
 	forced := false
 	err = e.Update(func(tx Tx) error {
@@ -153,5 +154,10 @@ func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
 	}
 	if r1, r2 := rev("one"), rev("two"); r1 != r2 {
 		t.Fatalf("the waiting call committed at revision %d, the conflicted group at %d: want one commit", r2, r1)
+	}
+	// Counts tells it: one transaction lost, one committed, carrying two
+	// calls.
+	if c := e.Counts(); c.Commits-c0.Commits != 1 || c.Conflicts-c0.Conflicts != 1 || c.Calls-c0.Calls != 2 {
+		t.Fatalf("counted %+v since %+v: want one more commit, one conflict, two calls", c, c0)
 	}
 }
