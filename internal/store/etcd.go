@@ -277,7 +277,36 @@ func (e *Etcd) commitLoop() {
 			}
 			continue
 		}
-		e.commitGroup(group)
+		if d := e.commitGroup(group); d > 0 {
+			e.linger(d)
+		}
+	}
+}
+
+// maxLinger bounds how long the committer waits after a group that won
+// over other writers (linger).
+const maxLinger = 20 * time.Millisecond
+
+// hookLinger, nil outside tests, is told of each wait of linger.
+var hookLinger atomic.Pointer[func(time.Duration)]
+
+// linger waits d before the committer's next transaction. Every
+// transaction of a key store writes its header, so when several daemons
+// write at once one transaction wins each round and the others run again
+// at once, from the values their failed transactions read. A group that
+// lost and then won waits about one commit's time (d) before the next:
+// the others' groups commit meanwhile without racing this store's, and
+// this store's calls gather into one larger group (those that arrive
+// meanwhile wait at most d more).
+func (e *Etcd) linger(d time.Duration) {
+	if h := hookLinger.Load(); h != nil {
+		(*h)(d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-e.ctx.Done():
 	}
 }
 
@@ -310,13 +339,17 @@ const maxOwn = 1 << 16
 const maxTries = 64
 
 // commitGroup commits every call's fn in one etcd transaction: each call's
-// effect is committed exactly once or not at all, as in Bolt.
-func (e *Etcd) commitGroup(group []*boltCall) {
+// effect is committed exactly once or not at all, as in Bolt. It returns
+// how long the committer should linger before its next transaction: the
+// time the commit took (at most maxLinger) if it committed after losing
+// to another writer at least once, 0 otherwise.
+func (e *Etcd) commitGroup(group []*boltCall) (lingerFor time.Duration) {
 	finish := func(c *boltCall, err error) {
 		c.err = err
 		close(c.done)
 	}
 	fresh := false // begin at a snapshot read anew, not at the last commit's
+	lost := false  // a transaction of the group lost to another writer's
 	for tries := 0; len(group) > 0; {
 		tx := e.newTx(true)
 		if !group[0].alone {
@@ -372,8 +405,11 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 			group = group[:n:n]
 			continue
 		}
+		sent := time.Now()
 		err := e.commit(tx)
+		took := time.Since(sent)
 		if errors.Is(err, errConflict) {
+			lost = true
 			fresh = false // the next try begins where this one failed
 			group = e.join(group)
 			if tries++; tries >= maxTries {
@@ -408,8 +444,12 @@ func (e *Etcd) commitGroup(group []*boltCall) {
 		for _, c := range group {
 			finish(c, nil)
 		}
-		return
+		if lost {
+			return min(took, maxLinger)
+		}
+		return 0
 	}
+	return 0
 }
 
 // prefetchRounds bounds the rounds of prefetch.

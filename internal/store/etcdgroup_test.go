@@ -105,6 +105,10 @@ func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
+	lingers := make(chan time.Duration, 16)
+	h := func(d time.Duration) { lingers <- d }
+	hookLinger.Store(&h)
+	t.Cleanup(func() { hookLinger.Store(nil) })
 	hot := e.BucketPrefix(testBucket) + "hot"
 	if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte("hot"), []byte("0")) }); err != nil {
 		t.Fatal(err)
@@ -159,5 +163,19 @@ func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
 	// calls.
 	if c := e.Counts(); c.Commits-c0.Commits != 1 || c.Conflicts-c0.Conflicts != 1 || c.Calls-c0.Calls != 2 {
 		t.Fatalf("counted %+v since %+v: want one more commit, one conflict, two calls", c, c0)
+	}
+	// The group that lost and then won lingers, once, for as long as its
+	// commit took (within the bound); the first, which lost nothing, did
+	// not.
+	select {
+	case d := <-lingers:
+		if d <= 0 || d > maxLinger {
+			t.Fatalf("lingered %v after the group that lost, want within (0, %v]", d, maxLinger)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the group that lost to another writer and then committed did not linger")
+	}
+	if len(lingers) != 0 {
+		t.Fatalf("%d more lingers: a group that lost nothing lingered", len(lingers))
 	}
 }
