@@ -118,3 +118,35 @@ func BenchmarkMasterRotation(b *testing.B) {
 	b.ReportMetric(float64(commit.Nanoseconds())/float64(b.N*n), "commit-ns/key")
 	b.ReportMetric(float64(rewrap.Nanoseconds())/float64(b.N*n), "rewrap-ns/key")
 }
+
+// BenchmarkEncrypting measures the count of one AES-GCM encryption
+// (Encrypting's fast path) of one ephemeral key, from one goroutine and
+// from as many as GOMAXPROCS at once on the same version.
+func BenchmarkEncrypting(b *testing.B) {
+	s, err := NewDev(Config{MaxPerUser: 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	o := obj(b, 1, "", true)
+	if err := s.Add(o); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("serial", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.Encrypting(o, 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := s.Encrypting(o, 1); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}
