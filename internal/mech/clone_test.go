@@ -143,3 +143,50 @@ func TestUnconfirmedRefuses(t *testing.T) {
 		k.Destroy()
 	}
 }
+
+// TestEncryptEachDrawsNoncesTogether: a run of AES-GCM encryptions reads
+// the source once per group of nonces rather than once per message, and
+// every message still gets a nonce of its own that opens as Encrypt's do.
+func TestEncryptEachDrawsNoncesTogether(t *testing.T) {
+	k, err := Generate(key.Lookup(tAES))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Destroy()
+	reads := 0
+	stale := random.StaleKernel(3)
+	useSource(t, random.New(random.Config{Kernel: func(b []byte) { reads++; stale(b) },
+		Hardware: func([]byte) bool { return false }}))
+	reads = 0
+	const n = 100
+	cts := make([][]byte, n)
+	err = k.EncryptEach(n, hNone, func(i int) (pt, aad, dst []byte) {
+		return []byte{byte(i)}, []byte("aad"), []byte("hdr")
+	}, func(i int, out []byte, err error) {
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		cts[i] = out
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (n + 31) / 32; reads != want {
+		t.Errorf("%d reads of the kernel's generator for %d nonces, want %d", reads, n, want)
+	}
+	seen := map[string]bool{}
+	for i, ct := range cts {
+		if string(ct[:3]) != "hdr" {
+			t.Fatalf("message %d: destination not kept: %x", i, ct)
+		}
+		if nonce := string(ct[3 : 3+gcmNonceSize]); seen[nonce] {
+			t.Fatalf("message %d: nonce %x repeated", i, nonce)
+		} else {
+			seen[nonce] = true
+		}
+		pt, err := k.Decrypt(ct[3:], []byte("aad"), hNone, nil)
+		if err != nil || !bytes.Equal(pt, []byte{byte(i)}) {
+			t.Fatalf("message %d: %x, %v", i, pt, err)
+		}
+	}
+}

@@ -10,7 +10,8 @@ import (
 // state, as n calls of Encrypt would: in(i) gives the i-th plaintext,
 // additional data and destination, done(i, ...) receives its ciphertext
 // or error. Batches of small messages pay the fixed cost of an operation
-// (runtime/secret, the cache lookup) once. h applies to every message.
+// (runtime/secret, the cache lookup) once, and AES-GCM nonces are drawn
+// a group at a time (random.SealEach). h applies to every message.
 // The returned error concerns the key as a whole (destroyed, wrong type);
 // then done is not called.
 func (k *Key) EncryptEach(n int, h wire.HashAlg, in func(i int) (pt, aad, dst []byte), done func(i int, out []byte, err error)) error {
@@ -29,11 +30,7 @@ func (k *Key) EncryptEach(n int, h wire.HashAlg, in func(i int) (pt, aad, dst []
 		return errHash()
 	}
 	return k.run(func(e *expanded) error {
-		for i := range n {
-			pt, aad, dst := in(i)
-			out, err := random.Seal(e.gcm, dst, pt, aad)
-			done(i, out, err)
-		}
+		random.SealEach(e.gcm, n, in, done)
 		return nil
 	})
 }

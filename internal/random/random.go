@@ -414,6 +414,50 @@ func Seal(aead cipher.AEAD, dst, pt, aad []byte) ([]byte, error) {
 	return aead.Seal(dst, dst[start:], pt, aad), nil
 }
 
+// nonceGroup is the most nonces SealEach draws with one read.
+const nonceGroup = 32
+
+var nonceBlocks = sync.Pool{New: func() any { return new([nonceGroup * aes.BlockSize]byte) }}
+
+// SealEach seals n messages with aead as n calls of Seal would: in(i)
+// gives the i-th plaintext, additional data and destination, done(i, ...)
+// receives what Seal would have returned. Each nonce is still a whole
+// block of the source of its own, but the blocks of up to nonceGroup
+// messages are drawn with one read (one getrandom), just before those
+// messages are sealed: a read checks the source's freshness as Seal's
+// does, and a failed one fails the messages it was for.
+func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), done func(i int, out []byte, err error)) {
+	ns := aead.NonceSize()
+	if ns > aes.BlockSize {
+		for i := range n {
+			pt, aad, dst := in(i)
+			out, err := Seal(aead, dst, pt, aad)
+			done(i, out, err)
+		}
+		return
+	}
+	blocks := nonceBlocks.Get().(*[nonceGroup * aes.BlockSize]byte)
+	defer nonceBlocks.Put(blocks)
+	for first := 0; first < n; first += nonceGroup {
+		k := min(n-first, nonceGroup)
+		err := Default().Read(blocks[:k*aes.BlockSize])
+		for j := range k {
+			i := first + j
+			pt, aad, dst := in(i)
+			if err != nil {
+				done(i, dst, err)
+				continue
+			}
+			start := len(dst)
+			dst = append(dst, blocks[j*aes.BlockSize:j*aes.BlockSize+ns]...)
+			done(i, aead.Seal(dst, dst[start:], pt, aad), nil)
+		}
+		// A nonce is not secret once used, but none is left for another
+		// caller to see.
+		clear(blocks[:k*aes.BlockSize])
+	}
+}
+
 // Open opens what Seal made.
 func Open(aead cipher.AEAD, dst, ct, aad []byte) ([]byte, error) {
 	n := aead.NonceSize()
