@@ -10,9 +10,11 @@ package server
 // mean that every byte below the size checked stays mapped for as long as
 // the daemon maps it, so no access can fault (SIGBUS). The contents can
 // change at any instant, so an operation reads its input region exactly
-// once, into the daemon's own memory, and computes from that copy; it
-// computes its output in its own memory too and copies it out once,
-// never reading the output region back. Keys never enter the mapping.
+// once: into the daemon's own memory, computing from that copy, or, for an
+// operation that reads its input in a single pass (an AES-GCM encryption,
+// a hash: readsOnce), in place as it computes. It computes its output in
+// its own memory and copies it out once, never reading the output region
+// back. Keys never enter the mapping.
 
 import (
 	"runtime/debug"
@@ -20,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/shm"
 	"github.com/keywarden/keywarden/internal/wire"
 )
@@ -247,10 +250,31 @@ func spans(op *wire.Op, size int) (ilo, ihi, olo, ohi int, err error) {
 	return ilo, ihi, olo, ohi, nil
 }
 
+// readsOnce reports whether op reads its input in one pass, each byte
+// once, and computes its output in the daemon's memory from what that pass
+// read: an AES-GCM encryption (the counter mode's pass over the plaintext
+// writes the ciphertext, which the tag is then computed from) and a hash.
+// Such an operation may read its input region in place: a client that
+// rewrites the region meanwhile only changes what it asked for. A
+// decryption checks its tag before it decrypts (two passes), and a
+// signature may hash its message twice (Ed25519): they run on a copy.
+func (ss *Session) readsOnce(op *wire.Op) bool {
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Encrypt:
+		obj, err := ss.object(o.Encrypt.Handle)
+		return err == nil && obj.Spec.Family == key.FamilyAES && o.Encrypt.Hash == wire.HashAlg_HASH_ALG_UNSPECIFIED
+	case *wire.Op_Hash:
+		return true
+	}
+	return false
+}
+
 // dispatchShared runs op, which names regions of the connection's shared
 // memory: its input region is copied once into a's memory and the
-// operation runs on that copy, as if the client had sent those bytes; its
-// output, computed in a's memory, is copied once into the output region.
+// operation runs on that copy, as if the client had sent those bytes, or,
+// for an operation that reads its input once (readsOnce), it reads the
+// region in place; its output, computed in a's memory, is copied once into
+// the output region.
 func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, out *wire.Result) ([]byte, *wire.Result, error) {
 	ss.mu.Lock()
 	m := ss.shm
@@ -276,23 +300,37 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 	// holds at most one scratch buffer, of at most twice its mapping.
 	m.scratchMu.Lock()
 	defer m.scratchMu.Unlock()
-	// Room for the input and the output, and what an encryption adds
-	// (encryptOverhead) when the output region is too small.
-	need := max(ihi-ilo, 0) + max(ohi-olo, 0) + 4096
+	once := ilo >= 0 && ss.readsOnce(op)
+	// Room for the input (unless read in place) and the output, and what
+	// an encryption adds (encryptOverhead) when the output region is too
+	// small.
+	need := max(ohi-olo, 0) + 4096
+	if !once {
+		need += max(ihi-ilo, 0)
+	}
 	if cap(m.scratch) < need {
 		m.scratch = make([]byte, 0, need)
 	}
 	sa := &arena{buf: m.scratch[:0]}
 	defer func() {
+		if _, enc := op.GetOp().(*wire.Op_Encrypt); once && enc {
+			// Only the ciphertext was made here, which the output region
+			// gets anyway: there is nothing of the client's to wipe.
+			return
+		}
 		sa.wipe() // inputs and outputs are the client's secrets
 	}()
 	data, _, _, _, _ := operands(op)
 	if ilo >= 0 {
-		own := sa.take(ihi - ilo)[:ihi-ilo]
-		copy(own, m.mem[ilo:ihi])
-		*data = own
+		if once {
+			*data = m.mem[ilo:ihi]
+		} else {
+			own := sa.take(ihi - ilo)[:ihi-ilo]
+			copy(own, m.mem[ilo:ihi])
+			*data = own
+		}
 		// The request is recycled after the reply: it must not keep a
-		// slice of the arena.
+		// slice of the arena or of the mapping.
 		defer func() { *data = nil }()
 	}
 	res, full, err := ss.dispatchRow(r, op, id, sa, out)

@@ -516,3 +516,63 @@ func TestShmRegisterAlone(t *testing.T) {
 		t.Fatalf("shm_register alone: %v %q", r.Status, r.Message)
 	}
 }
+
+// scratchCap is the capacity of the scratch buffer of s's one
+// connection's shared memory.
+func scratchCap(t *testing.T, s *Server) int {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cn := range s.conns {
+		cn.mu.Lock()
+		m := cn.shm
+		cn.mu.Unlock()
+		if m != nil {
+			m.scratchMu.Lock()
+			defer m.scratchMu.Unlock()
+			return cap(m.scratch)
+		}
+	}
+	t.Fatal("no connection with shared memory")
+	return 0
+}
+
+// TestShmEncryptReadsInPlace: an AES-GCM encryption and a hash read their
+// input region in place, in their one pass over it, so the daemon's
+// scratch holds only the output; a decryption, which reads its input
+// twice (the tag, then the plaintext), still works on a copy.
+func TestShmEncryptReadsInPlace(t *testing.T) {
+	s, c := pair(t, Config{})
+	const n = 1 << 20
+	fd, mem := memfd(t, 4*n, shmSeals)
+	if r := register(t, c, 1, fd); r.Status != wire.Status_STATUS_OK {
+		t.Fatal(r.Message)
+	}
+	h, g := aesKey(t, c)
+	for i := range n {
+		mem[i] = byte(i * 5)
+	}
+	want := bytes.Clone(mem[:n])
+	res := shmDo(t, c, 2, encOp(h, region(0, n), region(n, n+64)))[0]
+	if res.Status != wire.Status_STATUS_OK {
+		t.Fatalf("encrypt: %v %q", res.Status, res.Message)
+	}
+	ct := mem[n : n+res.OutputLength]
+	if pt, err := g.Open(nil, ct[7:19], ct[19:], nil); err != nil || !bytes.Equal(pt, want) {
+		t.Fatalf("the ciphertext does not open: %v", err)
+	}
+	res = shmDo(t, c, 3, &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: wire.HashAlg_HASH_ALG_SHA256, Input: region(0, n)}}})[0]
+	if d := sha256.Sum256(want); res.Status != wire.Status_STATUS_OK || !bytes.Equal(res.Data, d[:]) {
+		t.Fatalf("hash: %v %q", res.Status, res.Message)
+	}
+	if got := scratchCap(t, s); got >= 2*n {
+		t.Fatalf("scratch of %d bytes after an encryption of %d: the input was copied", got, n)
+	}
+	res = shmDo(t, c, 4, decOp(h, region(n, uint64(len(ct))), region(2*n+4096, n)))[0]
+	if res.Status != wire.Status_STATUS_OK || !bytes.Equal(mem[2*n+4096:3*n+4096], want) {
+		t.Fatalf("decrypt: %v %q", res.Status, res.Message)
+	}
+	if got := scratchCap(t, s); got < 2*n {
+		t.Fatalf("scratch of %d bytes after a decryption of %d: the input was not copied", got, n)
+	}
+}
