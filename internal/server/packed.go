@@ -1,6 +1,8 @@
 package server
 
 import (
+	"sync"
+
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -33,7 +35,15 @@ type packing struct {
 	spans []packSpan
 
 	// The operations taken apart, reused by the next request once
-	// restore has given this one its ops back.
+	// restore has given this one its ops back: the packing's own for a
+	// request of at most maxKeptPacked operations, else big, borrowed
+	// from bigSlabs for the request.
+	packSlabs
+	big *packSlabs
+}
+
+// packSlabs hold the operations a request's packed runs stand for.
+type packSlabs struct {
 	ops  []*wire.Op
 	opv  []wire.Op
 	encs []wire.Encrypt
@@ -42,6 +52,21 @@ type packing struct {
 	decW []wire.Op_Decrypt
 	macs []wire.Mac
 	macW []wire.Op_Mac
+}
+
+// bigSlabs holds the structures of requests of more than maxKeptPacked
+// operations between two such requests, of any connection: a connection
+// keeps only a small request's, while a steady stream of large batches
+// does not make them anew each time. What the pool holds is the
+// garbage collector's to drop.
+var bigSlabs = sync.Pool{New: func() any { return new(packSlabs) }}
+
+// clear drops the references into a request's bytes.
+func (sl *packSlabs) clear() {
+	clear(sl.ops)
+	clear(sl.encs)
+	clear(sl.decs)
+	clear(sl.macs)
 }
 
 // room returns s emptied, with room for n elements: a new slice when s
@@ -103,14 +128,19 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 	if packed == [4]int{} {
 		return nil
 	}
-	ops := room(pk.ops, total)
-	opv := room(pk.opv, packed[1]+packed[2]+packed[3])
-	encs := room(pk.encs, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
-	encW := room(pk.encW, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
-	decs := room(pk.decs, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
-	decW := room(pk.decW, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
-	macs := room(pk.macs, packed[wire.PackedKind_PACKED_KIND_MAC])
-	macW := room(pk.macW, packed[wire.PackedKind_PACKED_KIND_MAC])
+	sl := &pk.packSlabs
+	if total > maxKeptPacked {
+		sl = bigSlabs.Get().(*packSlabs)
+	}
+	ops := room(sl.ops, total)
+	opv := room(sl.opv, packed[1]+packed[2]+packed[3])
+	encs := room(sl.encs, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	encW := room(sl.encW, packed[wire.PackedKind_PACKED_KIND_ENCRYPT])
+	decs := room(sl.decs, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	decW := room(sl.decW, packed[wire.PackedKind_PACKED_KIND_DECRYPT])
+	macs := room(sl.macs, packed[wire.PackedKind_PACKED_KIND_MAC])
+	macW := room(sl.macW, packed[wire.PackedKind_PACKED_KIND_MAC])
+	// On an error below, borrowed slabs are not given back.
 	spans := pk.spans[:0]
 	for i, op := range req.Ops {
 		p := op.GetPacked()
@@ -148,7 +178,10 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 			return errPackedBad
 		}
 	}
-	pk.ops, pk.opv, pk.encs, pk.encW, pk.decs, pk.decW, pk.macs, pk.macW = ops, opv, encs, encW, decs, decW, macs, macW
+	*sl = packSlabs{ops: ops, opv: opv, encs: encs, encW: encW, decs: decs, decW: decW, macs: macs, macW: macW}
+	if sl != &pk.packSlabs {
+		pk.big = sl
+	}
 	pk.orig, pk.spans = req.Ops, spans
 	req.Ops = ops
 	return nil
@@ -166,10 +199,12 @@ func (pk *packing) restore(req *wire.Request) {
 		req.Ops = pk.orig
 		pk.orig, pk.spans = nil, pk.spans[:0]
 		// Nothing kept points into the request's bytes.
-		clear(pk.ops)
-		clear(pk.encs)
-		clear(pk.decs)
-		clear(pk.macs)
+		pk.packSlabs.clear()
+		if pk.big != nil {
+			pk.big.clear()
+			bigSlabs.Put(pk.big)
+			pk.big = nil
+		}
 		pk.trim()
 	}
 }

@@ -363,3 +363,30 @@ func BenchmarkPackedEncryptBatch(b *testing.B) {
 		})
 	}
 }
+
+// TestPackingReusesLargeRuns: the structures of a run larger than a
+// connection keeps are taken from those of an earlier large request (of
+// any connection), not made anew for each.
+func TestPackingReusesLargeRuns(t *testing.T) {
+	msgs := make([]string, 512)
+	for i := range msgs {
+		msgs[i] = "message"
+	}
+	req := &wire.Request{Ops: []*wire.Op{packedOp(wire.PackedKind_PACKED_KIND_ENCRYPT, 1, msgs...)}}
+	var pk packing
+	allocs := testing.AllocsPerRun(50, func() {
+		if err := pk.unpack(req, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if len(req.Ops) != len(msgs) {
+			t.Fatalf("%d ops", len(req.Ops))
+		}
+		pk.restore(req)
+	})
+	if allocs >= 1 {
+		t.Fatalf("%.1f allocations per request of a run of %d", allocs, len(msgs))
+	}
+	if pk.big != nil || cap(pk.ops) > maxKeptPacked {
+		t.Fatal("the connection keeps a large run's structures")
+	}
+}
