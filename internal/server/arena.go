@@ -1,5 +1,11 @@
 package server
 
+import (
+	"sync"
+
+	"github.com/keywarden/keywarden/internal/wire"
+)
+
 // arena hands out output buffers for the operations of one request from a
 // few large allocations, and wipes them once the reply is sent: outputs
 // (plaintext among them) are copied into the encoded reply and are not
@@ -10,6 +16,53 @@ type arena struct {
 	// attach are descriptors to pass with the reply (generation_map);
 	// not owned by the request.
 	attach []int
+	// The request's results (results): the arena's own for a request of
+	// at most maxKeptResults operations, else bigRes, borrowed from
+	// bigResults until reset.
+	res    resultSlabs
+	bigRes *resultSlabs
+}
+
+// resultSlabs hold the results of a request's operations.
+type resultSlabs struct {
+	vals []wire.Result
+	ptrs []*wire.Result
+}
+
+// maxKeptResults is the most results an arena keeps room for between
+// requests; larger requests share bigResults.
+const maxKeptResults = 256
+
+var bigResults = sync.Pool{New: func() any { return new(resultSlabs) }}
+
+// results returns n zero results and n pointers for the reply, which stay
+// the request's until reset: the reply must be encoded before.
+func (a *arena) results(n int) ([]wire.Result, []*wire.Result) {
+	sl := &a.res
+	if n > maxKeptResults {
+		if a.bigRes == nil {
+			a.bigRes = bigResults.Get().(*resultSlabs)
+		}
+		sl = a.bigRes
+	}
+	if len(sl.vals) > 0 || cap(sl.vals) < n {
+		// In use already (a second request before reset), or too small.
+		vals, ptrs := make([]wire.Result, n), make([]*wire.Result, n)
+		if len(sl.vals) == 0 {
+			sl.vals, sl.ptrs = vals, ptrs
+		}
+		return vals, ptrs
+	}
+	sl.vals, sl.ptrs = sl.vals[:n], sl.ptrs[:n]
+	return sl.vals, sl.ptrs
+}
+
+// clear zeroes the results handed out, which may point into the request
+// and the arena, and makes them free.
+func (sl *resultSlabs) clear() {
+	clear(sl.vals)
+	clear(sl.ptrs)
+	sl.vals, sl.ptrs = sl.vals[:0], sl.ptrs[:0]
 }
 
 const (
@@ -36,6 +89,12 @@ func (a *arena) take(n int) []byte {
 // arenaMaxKeep.
 func (a *arena) reset() {
 	a.attach = a.attach[:0]
+	a.res.clear()
+	if a.bigRes != nil {
+		a.bigRes.clear()
+		bigResults.Put(a.bigRes)
+		a.bigRes = nil
+	}
 	if len(a.spent) > 0 {
 		total := len(a.buf)
 		for _, b := range a.spent {

@@ -120,3 +120,29 @@ func testConn(tb testing.TB, s *Server, c *seqpacket.Conn, uid uint32) *seqConn 
 	}
 	return newSeqConn(s, c, acct, seqpacket.Cred{UID: uid, PID: int32(os.Getpid()), Pidfd: -1})
 }
+
+// TestArenaReusesResults: the results of a request are carved from what
+// the arena kept from the last one, large or small, and are zero.
+func TestArenaReusesResults(t *testing.T) {
+	var a arena
+	x := []byte("x")
+	for _, n := range []int{3, 512} {
+		allocs := testing.AllocsPerRun(50, func() {
+			vals, ptrs := a.results(n)
+			if len(vals) != n || len(ptrs) != n {
+				t.Fatalf("%d results, %d pointers for %d", len(vals), len(ptrs), n)
+			}
+			for i := range vals {
+				if vals[i].Status != 0 || vals[i].Data != nil || ptrs[i] != nil {
+					t.Fatalf("result %d of %d not zero", i, n)
+				}
+				vals[i].Data = x
+				ptrs[i] = &vals[i]
+			}
+			a.wipe()
+		})
+		if allocs >= 1 {
+			t.Errorf("%.1f allocations per request of %d results", allocs, n)
+		}
+	}
+}

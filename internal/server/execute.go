@@ -50,9 +50,9 @@ func (ss *Session) execute(req *wire.Request, id Identity, a *arena, notes []aud
 // executeOps is execute without metrics.
 func (ss *Session) executeOps(req *wire.Request, id Identity, a *arena, notes []auditNote, perOp bool) *wire.Reply {
 	n := len(req.Ops)
-	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: make([]*wire.Result, n)}
-	// One allocation for all results rather than one per operation.
-	results := make([]wire.Result, n)
+	// The results are carved from a, none allocated per operation.
+	results, ptrs := a.results(n)
+	rep := &wire.Reply{Version: wire.ProtocolVersion, Id: req.Id, Results: ptrs}
 	max := ss.s.lims().MaxMessageBytes
 	budget := max - replyHeader
 	size := 0

@@ -297,13 +297,15 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 	rep = ss.record(req, rep, id, caller, notes, n)
 	pk.pack(rep, a)
 	ss.leave()
-	// The results may point into a and into req: the reply gets copies,
-	// and a is wiped.
+	// The results, and the slice of them, may be a's and point into a
+	// and into req: the reply gets copies, and a is wiped.
+	results := make([]*wire.Result, len(rep.Results))
 	for i, res := range rep.Results {
 		if res != nil {
-			rep.Results[i] = proto.Clone(res).(*wire.Result)
+			results[i] = proto.Clone(res).(*wire.Result)
 		}
 	}
+	rep.Results = results
 	a.wipe()
 	arenaPool.Put(a)
 	return rep, nil
