@@ -459,7 +459,17 @@ var (
 	errOpTable error
 )
 
-func init() { opRows, errOpTable = loadOpRows(opTable) }
+func init() {
+	opRows, errOpTable = loadOpRows(opTable)
+	rowEncrypt = opRows[reflect.TypeFor[*wire.Op_Encrypt]()]
+	rowDecrypt = opRows[reflect.TypeFor[*wire.Op_Decrypt]()]
+	rowMAC = opRows[reflect.TypeFor[*wire.Op_Mac]()]
+}
+
+// The rows of the operations batches hold thousands of, found without
+// the map: a request's operations are looked up several times each (its
+// checks, its runs, its reply's bound, its metrics).
+var rowEncrypt, rowDecrypt, rowMAC *opRow
 
 // loadOpRows indexes table by the oneof wrapper types. It fails when a
 // field of the oneof has no row, or a row no field.
@@ -525,6 +535,14 @@ func opIndex(op *wire.Op) int {
 func rowOf(op *wire.Op) *opRow {
 	if op == nil || op.Op == nil {
 		return nil
+	}
+	switch op.Op.(type) {
+	case *wire.Op_Encrypt:
+		return rowEncrypt
+	case *wire.Op_Decrypt:
+		return rowDecrypt
+	case *wire.Op_Mac:
+		return rowMAC
 	}
 	return opRows[reflect.TypeOf(op.Op)]
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"maps"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -95,6 +96,20 @@ func TestOpNames(t *testing.T) {
 	} {
 		if got := opName(op); got != want {
 			t.Errorf("%T: named %q, want %q", op.Op, got, want)
+		}
+	}
+}
+
+// TestRowOfFastPath: the rows rowOf finds without the map are the map's.
+func TestRowOfFastPath(t *testing.T) {
+	for _, op := range []*wire.Op{
+		{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{}}},
+		{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{}}},
+		{Op: &wire.Op_Mac{Mac: &wire.Mac{}}},
+	} {
+		want := opRows[reflect.TypeOf(op.Op)]
+		if got := rowOf(op); got == nil || got != want {
+			t.Errorf("%T: row %v, the map's %v", op.Op, got, want)
 		}
 	}
 }
