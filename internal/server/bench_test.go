@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,6 +144,34 @@ func TestArenaReusesResults(t *testing.T) {
 		})
 		if allocs >= 1 {
 			t.Errorf("%.1f allocations per request of %d results", allocs, n)
+		}
+	}
+}
+
+// BenchmarkSessionDo: one request of one AES-GCM encryption of 256 bytes
+// through Session.Do, as the fronts other than the socket's send them
+// (unaudited, so that the core's own per-request cost shows).
+func BenchmarkSessionDo(b *testing.B) {
+	s := mustNew(b, Config{})
+	id := Identity{PID: int32(os.Getpid()), UID: 1, GID: 1, Pidfd: -1}
+	ss, err := s.NewSession(context.Background(), "bench", id)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ss.Close()
+	rep, err := ss.Do(context.Background(), id, &wire.Request{Version: wire.ProtocolVersion, Id: 1, Ops: []*wire.Op{{Op: &wire.Op_Generate{Generate: &wire.Generate{
+		Template: &wire.KeyTemplate{Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}}}})
+	if err != nil || rep.Results[0].Status != wire.Status_STATUS_OK {
+		b.Fatal(err, rep)
+	}
+	h := rep.Results[0].GetKey().GetHandle()
+	req := &wire.Request{Version: wire.ProtocolVersion, Id: 2, Ops: []*wire.Op{{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: h, Plaintext: make([]byte, 256)}}}}}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		rep, err := ss.Do(ctx, id, req)
+		if err != nil || rep.Results[0].Status != wire.Status_STATUS_OK {
+			b.Fatal(err, rep)
 		}
 	}
 }

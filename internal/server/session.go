@@ -10,6 +10,7 @@ package server
 // dispatch.go), the record (record), and refusals (refusalReply).
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -53,7 +54,7 @@ type Identity struct {
 	// ctx is the request's context when it came through Do: what waits
 	// (derivations, slots for heavy work, long polls) stops when it is
 	// done. nil: the session's (ctxOf).
-	ctx context.Context
+	ctx *reqCtx
 }
 
 func (id Identity) caller() policy.Caller { return policy.Caller{UID: id.UID, GID: id.GID} }
@@ -277,11 +278,11 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 		}
 		defer ss.unhold(cost)
 	}
-	// The request's context ends with ctx or with the session.
-	rctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(ss.ctx, cancel)
-	defer func() { stop(); cancel() }()
-	id.ctx = rctx
+	// The request's context ends with ctx or with the session; it is made
+	// only if something waits on it (reqCtx).
+	rc := &reqCtx{caller: ctx, session: ss.ctx}
+	defer rc.release()
+	id.ctx = rc
 
 	a := arenaPool.Get().(*arena)
 	a.reset()
@@ -299,17 +300,78 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 	ss.leave()
 	// The results, and the slice of them, may be a's and point into a
 	// and into req: the reply gets copies, and a is wiped.
-	results := make([]*wire.Result, len(rep.Results))
-	for i, res := range rep.Results {
-		if res != nil {
-			results[i] = proto.Clone(res).(*wire.Result)
-		}
-	}
-	rep.Results = results
+	rep.Results = copyResults(rep.Results)
 	a.wipe()
 	arenaPool.Put(a)
 	return rep, nil
 }
+
+// copyResults returns deep copies of rs, carved from one slice. The
+// fields of the data path are copied by hand, without reflection; a
+// result with any other field set (which a copy of those would not
+// encode alike) is cloned.
+func copyResults(rs []*wire.Result) []*wire.Result {
+	out := make([]*wire.Result, len(rs))
+	copies := make([]wire.Result, len(rs))
+	for i, res := range rs {
+		if res == nil {
+			continue
+		}
+		c := &copies[i]
+		c.Status, c.Message, c.KeyVersion, c.OutputLength = res.Status, res.Message, res.KeyVersion, res.OutputLength
+		if res.Data != nil {
+			c.Data = bytes.Clone(res.Data)
+		}
+		if c.SizeVT() != res.SizeVT() {
+			out[i] = proto.Clone(res).(*wire.Result)
+			continue
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// reqCtx is the context of a request that came through Do: it ends with
+// the caller's or with the session's. Checking whether it ended needs no
+// context of its own; one that ends with either is made only for what
+// waits on it (a slot for heavy work, a derivation, a long poll), which
+// few requests do, and released when Do returns.
+type reqCtx struct {
+	caller, session context.Context
+
+	once   sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   func() bool
+}
+
+// done reports whether the request's context has ended.
+func (rc *reqCtx) done() bool { return rc.caller.Err() != nil || rc.session.Err() != nil }
+
+// get returns the context that ends with either, made on first use.
+func (rc *reqCtx) get() context.Context {
+	rc.once.Do(func() {
+		rc.ctx, rc.cancel = context.WithCancel(rc.caller)
+		rc.stop = context.AfterFunc(rc.session, rc.cancel)
+	})
+	return rc.ctx
+}
+
+// release frees what get made; a get after it returns an ended context.
+func (rc *reqCtx) release() {
+	rc.once.Do(func() { rc.ctx = endedCtx })
+	if rc.cancel != nil {
+		rc.stop()
+		rc.cancel()
+	}
+}
+
+// endedCtx is a context that has ended.
+var endedCtx = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
 
 // arenaPool holds wiped arenas for Do.
 var arenaPool = sync.Pool{New: func() any { return new(arena) }}
@@ -358,7 +420,7 @@ func (ss *Session) Close() {
 // ctxOf is the context of a request of id: Do's, or the session's.
 func (ss *Session) ctxOf(id Identity) context.Context {
 	if id.ctx != nil {
-		return id.ctx
+		return id.ctx.get()
 	}
 	return ss.ctx
 }
@@ -367,7 +429,7 @@ func (ss *Session) ctxOf(id Identity) context.Context {
 // the end of the session.
 func (ss *Session) stopOf(id Identity) <-chan struct{} {
 	if id.ctx != nil {
-		return id.ctx.Done()
+		return id.ctx.get().Done()
 	}
 	return ss.closing
 }
@@ -376,7 +438,7 @@ func (ss *Session) stopOf(id Identity) <-chan struct{} {
 // any more: the client hung up, or Do's context is done. Its remaining
 // operations are skipped.
 func (ss *Session) abandoned(id Identity) bool {
-	return ss.gone.Load() || (id.ctx != nil && id.ctx.Err() != nil)
+	return ss.gone.Load() || (id.ctx != nil && id.ctx.done())
 }
 
 // hangUp tells the session that its client hung up: no reply can reach it

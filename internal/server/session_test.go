@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -279,5 +280,66 @@ func TestSessionDoPrincipal(t *testing.T) {
 	}
 	if !found {
 		t.Error("no record of the generation")
+	}
+}
+
+// TestRequestContext: a request through Do has ended once its caller's
+// context or its session's has, with no context made to tell; what waits
+// on it gets one that ends with either, and after Do one that has ended.
+func TestRequestContext(t *testing.T) {
+	for _, end := range []string{"caller", "session"} {
+		caller, cancelCaller := context.WithCancel(context.Background())
+		session, cancelSession := context.WithCancel(context.Background())
+		rc := &reqCtx{caller: caller, session: session}
+		if rc.done() {
+			t.Fatal("done before anything ended")
+		}
+		ctx := rc.get()
+		if end == "caller" {
+			cancelCaller()
+		} else {
+			cancelSession()
+		}
+		if !rc.done() {
+			t.Errorf("%s ended: not done", end)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s ended: the context made for waiting did not end", end)
+		}
+		rc.release()
+		cancelCaller()
+		cancelSession()
+	}
+	rc := &reqCtx{caller: context.Background(), session: context.Background()}
+	rc.release()
+	if rc.get().Err() == nil {
+		t.Fatal("a context got after release has not ended")
+	}
+}
+
+// TestDoCopiesResults: the results Do returns are the reply's own, whole
+// (a key's info too), and do not change when the next request reuses
+// what the first was carved from.
+func TestDoCopiesResults(t *testing.T) {
+	s := mustNew(t, Config{})
+	ss := doSession(t, s, 1)
+	id := idOf(1)
+	rep := do(t, ss, id, 1, &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+		Type: wire.KeyType_KEY_TYPE_AES256_GCM, Ephemeral: true}}}})
+	info := rep.Results[0].GetKey()
+	if rep.Results[0].Status != wire.Status_STATUS_OK || info == nil || info.Handle == 0 {
+		t.Fatalf("generate: %v", rep.Results[0])
+	}
+	h := info.Handle
+	first := do(t, ss, id, 2, encrypt(h), ping("one"))
+	ct := bytes.Clone(first.Results[0].Data)
+	do(t, ss, id, 3, encrypt(h), ping("two"))
+	if !bytes.Equal(first.Results[0].Data, ct) || string(first.Results[1].Data) != "one" || first.Results[0].KeyVersion != 1 {
+		t.Fatalf("a reply changed after the next request: %v", first.Results)
+	}
+	if rep.Results[0].GetKey().GetHandle() != h {
+		t.Fatal("the key's info was not copied")
 	}
 }
