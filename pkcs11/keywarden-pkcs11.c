@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -377,6 +378,15 @@ static struct module *mod;
  * it without touching mod, which C_Finalize may free under a caller that
  * did not enter(). */
 static pid_t mod_pid;
+/* fork_mark is a page the kernel fills with zeros in the child of any
+ * fork (MADV_WIPEONFORK, Linux 4.14+), one that runs no pthread_atfork
+ * handler too (_Fork, a raw clone): C_Initialize sets its first byte, so
+ * while it is set the process is the one that made mod, and current()
+ * needs no getpid (a system call, on every call of the module). Where the
+ * kernel does not offer it, NULL: getpid () every time. (Processes that
+ * share their memory without being threads of one process, clone with
+ * CLONE_VM alone, share the mark and count as one.) */
+static unsigned char *fork_mark;
 
 /* users counts the threads inside calls that hold a module (from enter to
  * leave): C_Finalize, once mod is cleared, waits until none is left before
@@ -416,7 +426,18 @@ after_fork_child (void)
 __attribute__((constructor)) static void
 module_load (void)
 {
+	void *p;
 	pthread_atfork (NULL, NULL, after_fork_child);
+	p = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+#ifdef MADV_WIPEONFORK
+	if (madvise (p, 4096, MADV_WIPEONFORK) == 0) {
+		fork_mark = p;
+		return;
+	}
+#endif
+	munmap (p, 4096);
 }
 
 /* A module unloaded without C_Finalize closes its connections. */
@@ -424,6 +445,9 @@ __attribute__((destructor)) static void
 module_unload (void)
 {
 	int i;
+	if (fork_mark != NULL)
+		munmap (fork_mark, 4096);
+	fork_mark = NULL;
 	if (mod == NULL || mod->pid != getpid ())
 		return;
 	for (i = 0; i < mod->nslots; i++) {
@@ -439,7 +463,11 @@ static struct module *
 current (void)
 {
 	struct module *m = __atomic_load_n (&mod, __ATOMIC_SEQ_CST);
-	if (m == NULL || __atomic_load_n (&mod_pid, __ATOMIC_SEQ_CST) != getpid ())
+	if (m == NULL)
+		return NULL;
+	if (fork_mark != NULL && __atomic_load_n (fork_mark, __ATOMIC_SEQ_CST) != 0)
+		return m; /* no fork since this process's C_Initialize */
+	if (__atomic_load_n (&mod_pid, __ATOMIC_SEQ_CST) != getpid ())
 		return NULL;
 	return m;
 }
@@ -1924,6 +1952,8 @@ C_Initialize (CK_VOID_PTR args)
 		known_clear (&m->slots[i]);
 	}
 	__atomic_store_n (&mod_pid, m->pid, __ATOMIC_SEQ_CST);
+	if (fork_mark != NULL)
+		__atomic_store_n (fork_mark, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n (&mod, m, __ATOMIC_RELEASE);
 	pthread_mutex_unlock (&init_lock);
 	return CKR_OK;

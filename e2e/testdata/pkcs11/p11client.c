@@ -6,7 +6,9 @@
  * all passed.
  *
  *   p11client MODULE threads N      N threads, each with its own session, sign 50 times
- *   p11client MODULE fork           the parent signs; a child calls C_Initialize again and signs
+ *   p11client MODULE fork           the parent signs; a child calls C_Initialize again and signs;
+ *                                   a child of the fork system call (no atfork handlers) finds
+ *                                   the module not initialized
  *   p11client MODULE reinit         C_Finalize, C_Initialize, sign; dlclose, dlopen, sign
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
@@ -82,6 +84,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -681,6 +684,19 @@ int main (int argc, char **argv)
 		}
 		waitpid (pid, &st, 0);
 		check ("child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
+		/* A child of a fork that runs no pthread_atfork handler (the
+		 * system call itself, as _Fork and a raw clone do) is not
+		 * initialized either. */
+		fflush (stdout);
+		pid = syscall (SYS_fork);
+		if (pid == 0) {
+			CK_ULONG n = 0;
+			check ("raw fork's child call before C_Initialize", f->C_GetSlotList (CK_TRUE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+			fflush (stdout);
+			_exit (failed);
+		}
+		waitpid (pid, &st, 0);
+		check ("raw fork's child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
 		check ("parent signs after the fork", sign (f, 3), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "reinit") == 0) {
