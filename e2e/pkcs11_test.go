@@ -536,7 +536,9 @@ func TestPKCS11Threads(t *testing.T) {
 }
 
 // A process that forks after C_Initialize: the child initializes again
-// and signs on a connection of its own; the parent is unaffected.
+// and signs on a connection of its own; the parent is unaffected. A
+// child of the fork system call itself, which runs no pthread_atfork
+// handler, finds the module not initialized too.
 func TestPKCS11Fork(t *testing.T) {
 	e := p11Daemon(t, "ecdsa-p256 ec1")
 	e.clientRun(t, "fork")

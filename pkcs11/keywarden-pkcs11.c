@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -301,6 +302,10 @@ struct sess {
 	struct buf pending[OP_KINDS]; /* a deferred C_*Init's request */
 	CK_MECHANISM_TYPE mech[OP_KINDS]; /* its mechanism */
 	unsigned char queried[OP_KINDS];  /* a length query was answered here */
+	/* The accepted initialization the operation runs (known[kidx] while
+	 * its gen is kgen; kidx -1: none), where a result's length is learnt. */
+	int kidx[OP_KINDS];
+	uint32_t kgen[OP_KINDS];
 	/* Which call last set st (a number of the slot's, never reused on
 	 * the connection): a call whose reply comes after a later call of
 	 * the same kind was sent leaves st to that later call. */
@@ -314,6 +319,13 @@ struct sess {
 struct known {
 	CK_OBJECT_HANDLE key; /* 0: none (a digest) */
 	int kind;             /* -1: an empty entry */
+	uint32_t gen;         /* which entry this is (the slot's known_gen when made) */
+	CK_MECHANISM_TYPE type;
+	/* The length of the results, as the daemon gave one (0: not known
+	 * yet; see learn_length): every one (len), or for AES-GCM
+	 * encryption the data's plus extra. */
+	CK_ULONG len, extra;
+	int has_extra;
 	size_t n;
 	unsigned char mech[KNOWN_MECH];
 };
@@ -342,6 +354,7 @@ struct slot {
 	struct sess *sess[SESS_BUCKETS];
 	struct known known[KNOWN_INITS];
 	unsigned next_known;
+	uint32_t known_gen; /* the last known.gen given */
 	uint64_t seq;       /* the last sess.seq given */
 	int gone;           /* C_Finalize is closing the slot */
 };
@@ -365,6 +378,15 @@ static struct module *mod;
  * it without touching mod, which C_Finalize may free under a caller that
  * did not enter(). */
 static pid_t mod_pid;
+/* fork_mark is a page the kernel fills with zeros in the child of any
+ * fork (MADV_WIPEONFORK, Linux 4.14+), one that runs no pthread_atfork
+ * handler too (_Fork, a raw clone): C_Initialize sets its first byte, so
+ * while it is set the process is the one that made mod, and current()
+ * needs no getpid (a system call, on every call of the module). Where the
+ * kernel does not offer it, NULL: getpid () every time. (Processes that
+ * share their memory without being threads of one process, clone with
+ * CLONE_VM alone, share the mark and count as one.) */
+static unsigned char *fork_mark;
 
 /* users counts the threads inside calls that hold a module (from enter to
  * leave): C_Finalize, once mod is cleared, waits until none is left before
@@ -404,7 +426,18 @@ after_fork_child (void)
 __attribute__((constructor)) static void
 module_load (void)
 {
+	void *p;
 	pthread_atfork (NULL, NULL, after_fork_child);
+	p = mmap (NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return;
+#ifdef MADV_WIPEONFORK
+	if (madvise (p, 4096, MADV_WIPEONFORK) == 0) {
+		fork_mark = p;
+		return;
+	}
+#endif
+	munmap (p, 4096);
 }
 
 /* A module unloaded without C_Finalize closes its connections. */
@@ -412,6 +445,9 @@ __attribute__((destructor)) static void
 module_unload (void)
 {
 	int i;
+	if (fork_mark != NULL)
+		munmap (fork_mark, 4096);
+	fork_mark = NULL;
 	if (mod == NULL || mod->pid != getpid ())
 		return;
 	for (i = 0; i < mod->nslots; i++) {
@@ -427,7 +463,11 @@ static struct module *
 current (void)
 {
 	struct module *m = __atomic_load_n (&mod, __ATOMIC_SEQ_CST);
-	if (m == NULL || __atomic_load_n (&mod_pid, __ATOMIC_SEQ_CST) != getpid ())
+	if (m == NULL)
+		return NULL;
+	if (fork_mark != NULL && __atomic_load_n (fork_mark, __ATOMIC_SEQ_CST) != 0)
+		return m; /* no fork since this process's C_Initialize */
+	if (__atomic_load_n (&mod_pid, __ATOMIC_SEQ_CST) != getpid ())
 		return NULL;
 	return m;
 }
@@ -742,8 +782,10 @@ sess_add (struct slot *s, CK_SESSION_HANDLE h)
 	if (e == NULL)
 		return;
 	e->h = h;
-	for (k = 0; k < OP_KINDS; k++)
+	for (k = 0; k < OP_KINDS; k++) {
 		e->st[k] = ST_NONE;
+		e->kidx[k] = -1;
+	}
 	e->next = *b;
 	*b = e;
 }
@@ -794,6 +836,7 @@ sess_forget_all (struct slot *s)
 	known_clear (s);
 }
 
+/* known_find: the index of the entry, or -1. */
 static int
 known_find (struct slot *s, CK_OBJECT_HANDLE key, int kind, const unsigned char *m, size_t n)
 {
@@ -801,22 +844,50 @@ known_find (struct slot *s, CK_OBJECT_HANDLE key, int kind, const unsigned char 
 	for (i = 0; i < KNOWN_INITS; i++) {
 		struct known *k = &s->known[i];
 		if (k->kind == kind && k->key == key && k->n == n && memcmp (k->mech, m, n) == 0)
-			return 1;
+			return i;
 	}
-	return 0;
+	return -1;
+}
+
+/* known_add: the index of the entry, or -1 (a mechanism too long to keep). */
+static int
+known_add (struct slot *s, CK_OBJECT_HANDLE key, int kind, CK_MECHANISM_TYPE type, const unsigned char *m, size_t n)
+{
+	struct known *k;
+	int i;
+	if (n > KNOWN_MECH)
+		return -1;
+	if ((i = known_find (s, key, kind, m, n)) >= 0)
+		return i;
+	i = s->next_known++ % KNOWN_INITS;
+	k = &s->known[i];
+	memset (k, 0, sizeof *k);
+	k->key = key;
+	k->kind = kind;
+	k->gen = ++s->known_gen;
+	k->type = type;
+	k->n = n;
+	memcpy (k->mech, m, n);
+	return i;
+}
+
+/* op_known: the accepted initialization e's operation of kind runs, or
+ * NULL (not known, or forgotten since). */
+static struct known *
+op_known (struct slot *s, struct sess *e, int kind)
+{
+	struct known *k;
+	if (e->kidx[kind] < 0)
+		return NULL;
+	k = &s->known[e->kidx[kind]];
+	return k->kind == kind && k->gen == e->kgen[kind] ? k : NULL;
 }
 
 static void
-known_add (struct slot *s, CK_OBJECT_HANDLE key, int kind, const unsigned char *m, size_t n)
+set_known (struct slot *s, struct sess *e, int kind, int i)
 {
-	struct known *k;
-	if (n > KNOWN_MECH || known_find (s, key, kind, m, n))
-		return;
-	k = &s->known[s->next_known++ % KNOWN_INITS];
-	k->key = key;
-	k->kind = kind;
-	k->n = n;
-	memcpy (k->mech, m, n);
+	e->kidx[kind] = i;
+	e->kgen[kind] = i >= 0 ? s->known[i].gen : 0;
 }
 
 /* unsure: a return value after which the module cannot tell whether the
@@ -1258,6 +1329,11 @@ struct call {
 	int sizeq;    /* a length query (no output buffer) */
 	int deferred; /* a deferred C_*Init failed: its error is the call's */
 	uint64_t seq; /* the session's seq of the operation once sent (0: none) */
+	/* learn: the operation the call was sent to is known[kidx] of gen
+	 * kgen (its initialization known when the call was sent); fresh: its
+	 * C_*Init went with the call (the daemon kept no result of it). */
+	int learn, fresh, kidx;
+	uint32_t kgen;
 	struct buf req, reply;
 	struct rd r;
 };
@@ -1387,15 +1463,25 @@ call (struct call *c)
 	c->sent = 1;
 	if (cls != OC_NONE && cls != OC_INIT)
 		e = sess_find (s, c->h);
-	if (e != NULL && e->st[kind] == ST_PENDING && e->queried[kind] && c->id != RPC_Sign && c->id != RPC_Digest) {
-		/* After C_Sign's (C_Digest's) length query, anything but
-		 * C_Sign (C_Digest) ends the operation with
-		 * CKR_OPERATION_ACTIVE, as the daemon does. */
+	if (e != NULL && e->st[kind] == ST_PENDING && e->queried[kind] && c->id != RPC_Sign && c->id != RPC_Digest &&
+	    c->id != RPC_Encrypt) {
+		/* After C_Sign's (C_Digest's, C_Encrypt's) length query,
+		 * anything but C_Sign (C_Digest, C_Encrypt) ends the operation
+		 * with CKR_OPERATION_ACTIVE, as the daemon does. */
 		buf_wipe (&e->pending[kind]);
 		e->st[kind] = ST_NONE;
 		c->deferred = 1;
 		pthread_mutex_unlock (&s->lock);
 		return CKR_OPERATION_ACTIVE;
+	}
+	/* Which operation the call goes to is known if it is active or its
+	 * C_*Init goes with the call (not while a C_*Init of another thread
+	 * is on its way, which the daemon may take before this call). */
+	if (e != NULL && (e->st[kind] == ST_PENDING || e->st[kind] == ST_ACTIVE) && op_known (s, e, kind) != NULL) {
+		c->learn = 1;
+		c->fresh = e->st[kind] == ST_PENDING;
+		c->kidx = e->kidx[kind];
+		c->kgen = e->kgen[kind];
 	}
 	if (e != NULL && e->st[kind] == ST_PENDING) {
 		struct buf ireply = {0}, init = e->pending[kind];
@@ -1866,6 +1952,8 @@ C_Initialize (CK_VOID_PTR args)
 		known_clear (&m->slots[i]);
 	}
 	__atomic_store_n (&mod_pid, m->pid, __ATOMIC_SEQ_CST);
+	if (fork_mark != NULL)
+		__atomic_store_n (fork_mark, 1, __ATOMIC_SEQ_CST);
 	__atomic_store_n (&mod, m, __ATOMIC_RELEASE);
 	pthread_mutex_unlock (&init_lock);
 	return CKR_OK;
@@ -2422,7 +2510,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	struct call c;
 	struct slot *s;
 	struct sess *e;
-	int kind = opcall[id].kind, prev = ST_UNKNOWN;
+	int kind = opcall[id].kind, prev = ST_UNKNOWN, ki;
 	size_t moff = 0, mlen = 0;
 	CK_RV rv = start (&c, id, h);
 
@@ -2452,10 +2540,11 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		pthread_mutex_unlock (&s->lock);
 		return done (&c, CKR_OPERATION_ACTIVE);
 	}
-	if (e != NULL && e->st[kind] == ST_NONE && known_find (s, key, kind, c.req.p + moff, mlen)) {
+	if (e != NULL && e->st[kind] == ST_NONE && (ki = known_find (s, key, kind, c.req.p + moff, mlen)) >= 0) {
 		e->pending[kind] = c.req;
 		e->mech[kind] = m->mechanism;
 		e->queried[kind] = 0;
+		set_known (s, e, kind, ki);
 		memset (&c.req, 0, sizeof c.req);
 		set_st (s, e, kind, ST_PENDING);
 		pthread_mutex_unlock (&s->lock);
@@ -2475,6 +2564,7 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		rv = CKR_DEVICE_ERROR;
 	/* The slot's lock was let go while the reply came. */
 	e = (s->conn & 0xffffff) == c.conn ? sess_find (s, h) : NULL;
+	ki = rv == CKR_OK ? known_add (s, key, kind, m->mechanism, c.req.p + moff, mlen) : -1;
 	/* Unless a call of the same kind was sent since: its reply says. */
 	if (e != NULL && c.seq != 0 && e->seq[kind] == c.seq) {
 		if (rv == CKR_OK || rv == CKR_OPERATION_ACTIVE)
@@ -2483,9 +2573,9 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 			set_st (s, e, kind, ST_UNKNOWN);
 		else
 			set_st (s, e, kind, prev);
+		/* CKR_OPERATION_ACTIVE: the operation is another call's. */
+		set_known (s, e, kind, rv == CKR_OK ? ki : -1);
 	}
-	if (rv == CKR_OK)
-		known_add (s, key, kind, c.req.p + moff, mlen);
 	pthread_mutex_unlock (&s->lock);
 	return done (&c, rv);
 }
@@ -2508,40 +2598,76 @@ fixed_length (CK_MECHANISM_TYPE m)
 	return 0;
 }
 
-/* local_length answers a length query (or a buffer too small) of C_Sign
- * or C_Digest in the module, without a round trip, when the operation's
- * C_*Init is deferred and its mechanism says the length (PKCS #11 lets a
- * length query answer from the mechanism and the key): the operation
- * stays, its C_*Init still deferred. Data longer than one request of the
- * daemon's takes the daemon's answer. 1 if answered, with *rv. */
-static int
-local_length (int id, CK_SESSION_HANDLE h, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen, CK_RV *rv)
-{
-	struct module *m;
-	struct slot *s;
-	struct sess *e;
-	int kind = opcall[id].kind, slot, answered = 0;
-	CK_ULONG n;
+/* MAX_LOCAL_DATA: data longer than one request of the daemon's (which
+ * it streams) always takes the daemon's answer. */
+#define MAX_LOCAL_DATA (60u << 10)
 
-	if ((id != RPC_Sign && id != RPC_Digest) || inlen > (60u << 10) || (m = enter ()) == NULL)
-		return 0;
-	slot = slot_of (m, h);
-	if (slot < 0) {
-		leave ();
-		return 0;
-	}
-	s = &m->slots[slot];
+/* learn_length keeps the length n of a result (or the daemon's answer to
+ * a length query) of c's operation, sent on data of inlen bytes, in its
+ * accepted initialization, where all its results have one length for the
+ * key and mechanism: a signature (ECDSA's is twice the curve's order,
+ * RSA's the modulus, whatever the data), an RSA-OAEP encryption (the
+ * modulus), or, as the data's length plus a constant, an AES-GCM
+ * encryption (keywarden's format: a header with the key's version, the
+ * nonce, the ciphertext, the tag). */
+static void
+learn_length (struct call *c, CK_ULONG inlen, CK_ULONG n)
+{
+	struct slot *s = &c->m->slots[c->slot];
+	int kind = opcall[c->id].kind;
+	struct known *k;
+
+	if (!c->learn || (c->id != RPC_Sign && c->id != RPC_Encrypt) || inlen > MAX_LOCAL_DATA)
+		return;
 	pthread_mutex_lock (&s->lock);
-	if (s->fd >= 0 && !is_broken (s) && (s->conn & 0xffffff) == ((h >> 32) & 0xffffff) &&
-	    (e = sess_find (s, h)) != NULL && e->st[kind] == ST_PENDING &&
-	    (n = fixed_length (e->mech[kind])) != 0 && (out == NULL || *outlen < n)) {
-		*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
-		*outlen = n;
-		e->queried[kind] = 1;
-		answered = 1;
+	k = &s->known[c->kidx];
+	if ((s->conn & 0xffffff) == c->conn && k->kind == kind && k->gen == c->kgen) {
+		if (kind == OP_SIGN || k->type == CKM_RSA_PKCS_OAEP)
+			k->len = n;
+		else if (k->type == CKM_AES_GCM && n > inlen && c->fresh) {
+			/* Computed on this data, not kept from a length query on
+			 * other data (which PKCS #11 does not allow). */
+			k->extra = n - inlen;
+			k->has_extra = 1;
+		}
 	}
 	pthread_mutex_unlock (&s->lock);
-	leave ();
+}
+
+/* local_length answers a length query (or a buffer too small) of C_Sign,
+ * C_Digest or C_Encrypt in the module, without a round trip, when the
+ * operation's C_*Init is deferred and the length is known: from the
+ * mechanism (fixed_length), or from an earlier result of the same key and
+ * mechanism on the connection (learn_length); PKCS #11 lets a length
+ * query answer from the mechanism and the key. The operation stays, its
+ * C_*Init still deferred. Data longer than one request of the daemon's
+ * takes the daemon's answer. 1 if answered, with *rv. c is started. */
+static int
+local_length (struct call *c, CK_ULONG inlen, CK_BYTE_PTR out, CK_ULONG_PTR outlen, CK_RV *rv)
+{
+	struct slot *s = &c->m->slots[c->slot];
+	struct sess *e;
+	struct known *k;
+	int kind = opcall[c->id].kind, answered = 0;
+	CK_ULONG n = 0;
+
+	if ((c->id != RPC_Sign && c->id != RPC_Digest && c->id != RPC_Encrypt) || inlen > MAX_LOCAL_DATA)
+		return 0;
+	pthread_mutex_lock (&s->lock);
+	if (s->fd >= 0 && !is_broken (s) && (s->conn & 0xffffff) == c->conn &&
+	    (e = sess_find (s, c->h)) != NULL && e->st[kind] == ST_PENDING) {
+		if (c->id != RPC_Encrypt)
+			n = fixed_length (e->mech[kind]);
+		if (n == 0 && (k = op_known (s, e, kind)) != NULL)
+			n = k->has_extra ? inlen + k->extra : k->len;
+		if (n != 0 && (out == NULL || *outlen < n)) {
+			*rv = out == NULL ? CKR_OK : CKR_BUFFER_TOO_SMALL;
+			*outlen = n;
+			e->queried[kind] = 1;
+			answered = 1;
+		}
+	}
+	pthread_mutex_unlock (&s->lock);
 	return answered;
 }
 
@@ -2554,9 +2680,9 @@ in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR
 
 	if ((in == NULL && inlen != 0) || outlen == NULL)
 		return CKR_ARGUMENTS_BAD;
-	if ((out == NULL || *outlen < 64) && local_length (id, h, inlen, out, outlen, &rv))
-		return rv;
 	rv = start (&c, id, h);
+	if (rv == CKR_OK && local_length (&c, inlen, out, outlen, &rv))
+		return done (&c, rv);
 	c.sizeq = out == NULL;
 	if (rv == CKR_OK) {
 		put_bytes (&c.req, in, inlen);
@@ -2565,6 +2691,8 @@ in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR
 	}
 	if (rv == CKR_OK)
 		rv = get_out (&c.r, out, outlen);
+	if (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)
+		learn_length (&c, inlen, *outlen);
 	return done (&c, rv);
 }
 

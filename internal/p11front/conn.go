@@ -79,7 +79,13 @@ func (c *conn) serve() {
 			c.closedBy(err)
 			return
 		}
-		c.c.SetReadDeadline(time.Now().Add(bodyTimeout))
+		// The rest of a frame is mostly read with its first byte: the
+		// deadline is set (a timer of the runtime's) only when some of it
+		// has yet to come.
+		waiting := !c.rd.restBuffered(hdr[0])
+		if waiting {
+			c.c.SetReadDeadline(time.Now().Add(bodyTimeout))
+		}
 		if _, err := io.ReadFull(c.rd, hdr[1:]); err != nil {
 			c.closedBy(err)
 			return
@@ -94,7 +100,9 @@ func (c *conn) serve() {
 			c.closedBy(err)
 			return
 		}
-		c.c.SetReadDeadline(time.Time{})
+		if waiting {
+			c.c.SetReadDeadline(time.Time{})
+		}
 		body := c.handle(buf[olen:])
 		clear(buf) // it may have held data to encrypt or a key to import
 		out = appendFrame(out, code, body)
@@ -197,6 +205,22 @@ func (r *credReader) frameBuffered() bool {
 	}
 	_, olen, blen, err := parseHeader(b[:frameHeader])
 	return err == nil && len(b)-frameHeader >= int(olen)+int(blen)
+}
+
+// restBuffered reports whether the rest of a frame whose first byte was
+// just returned has been read too: its header's other bytes and all it
+// announces (or a header whose lengths parseHeader refuses, which needs
+// nothing more either).
+func (r *credReader) restBuffered(first byte) bool {
+	b := r.buf[r.r:r.w]
+	if len(b) < frameHeader-1 {
+		return false
+	}
+	var h [frameHeader]byte
+	h[0] = first
+	copy(h[1:], b)
+	_, olen, blen, err := parseHeader(h[:])
+	return err != nil || len(b)-(frameHeader-1) >= int(olen)+int(blen)
 }
 
 // Read returns what the buffer holds, refilling it with one recvmsg when

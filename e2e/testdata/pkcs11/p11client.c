@@ -6,7 +6,9 @@
  * all passed.
  *
  *   p11client MODULE threads N      N threads, each with its own session, sign 50 times
- *   p11client MODULE fork           the parent signs; a child calls C_Initialize again and signs
+ *   p11client MODULE fork           the parent signs; a child calls C_Initialize again and signs;
+ *                                   a child of the fork system call (no atfork handlers) finds
+ *                                   the module not initialized
  *   p11client MODULE reinit         C_Finalize, C_Initialize, sign; dlclose, dlopen, sign
  *   p11client MODULE restart FILE   sign; wait until FILE exists (the daemon restarted); sign again
  *                                   (with SIGPIPE ignored)
@@ -61,7 +63,10 @@
  *                                   meanwhile fails at C_Sign with CKR_KEY_HANDLE_INVALID
  *   p11client MODULE sizeq N        N times: C_SignInit (CKM_EDDSA, a session key), a length
  *                                   query, C_Sign; C_DigestInit (SHA-256), a length query,
- *                                   C_Digest
+ *                                   C_Digest; C_SignInit (CKM_ECDSA, a P-256 session key), a
+ *                                   length query, C_Sign; C_EncryptInit (CKM_AES_GCM, an AES
+ *                                   session key), a buffer too small, C_Encrypt (of 100 bytes
+ *                                   and then 37, by turns)
  *   p11client MODULE bench PIN SECONDS THREADS
  *                                   operations per second, one call at a time per thread,
  *                                   each thread with its own session and session keys:
@@ -79,6 +84,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -418,18 +424,28 @@ static int opstate (CK_FUNCTION_LIST_PTR f)
 	return failed;
 }
 
-/* sizeq signs and digests n times, each after a length query. */
+/* sizeq signs, digests and encrypts n times, each after a length query
+ * (a buffer too small for the encryptions). */
 static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
 {
 	CK_SESSION_HANDLE s;
 	CK_BYTE ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
+	CK_BYTE p256[] = { 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07 };
 	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ULONG len32 = 32;
 	CK_MECHANISM edgen = { CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0 }, eddsa = { CKM_EDDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+	CK_MECHANISM ecgen = { CKM_EC_KEY_PAIR_GEN, NULL, 0 }, ecdsa = { CKM_ECDSA, NULL, 0 }, aesgen = { CKM_AES_KEY_GEN, NULL, 0 };
+	CK_BYTE iv[12] = { 0 };
+	CK_GCM_PARAMS gcmp = { iv, sizeof iv, 96, NULL, 0, 128 };
+	CK_MECHANISM gcm = { CKM_AES_GCM, &gcmp, sizeof gcmp };
 	CK_ATTRIBUTE pubt[] = { { CKA_EC_PARAMS, ed25519, sizeof ed25519 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE ecpubt[] = { { CKA_EC_PARAMS, p256, sizeof p256 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
 	CK_ATTRIBUTE privt[] = { { CKA_SIGN, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
-	CK_OBJECT_HANDLE pub, priv;
-	CK_BYTE data[32], out[128];
-	CK_ULONG len;
+	CK_ATTRIBUTE aest[] = { { CKA_ENCRYPT, &yes, 1 }, { CKA_DECRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+	                        { CKA_VALUE_LEN, &len32, sizeof len32 } };
+	CK_OBJECT_HANDLE pub, priv, ecpub, ecpriv, aes;
+	CK_BYTE data[128], out[256];
+	CK_ULONG len, want, inlen;
 	int i;
 
 	memset (data, 6, sizeof data);
@@ -437,6 +453,8 @@ static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
 	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
 	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
 	check ("an Ed25519 session key pair", f->C_GenerateKeyPair (s, &edgen, pubt, 3, privt, 2, &pub, &priv), CKR_OK);
+	check ("a P-256 session key pair", f->C_GenerateKeyPair (s, &ecgen, ecpubt, 3, privt, 2, &ecpub, &ecpriv), CKR_OK);
+	check ("an AES session key", f->C_GenerateKey (s, &aesgen, aest, 4, &aes), CKR_OK);
 	for (i = 0; i < n && !failed; i++) {
 		CK_RV rv;
 		len = 0;
@@ -444,9 +462,26 @@ static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
 		    len != 64 || (rv = f->C_Sign (s, data, sizeof data, out, &len)) != CKR_OK || len != 64)
 			check ("sign after a length query", rv, CKR_OK + (rv == CKR_OK));
 		len = 0;
-		if ((rv = f->C_DigestInit (s, &sha)) != CKR_OK || (rv = f->C_Digest (s, data, sizeof data, NULL, &len)) != CKR_OK ||
-		    len != 32 || (rv = f->C_Digest (s, data, sizeof data, out, &len)) != CKR_OK || len != 32)
+		if ((rv = f->C_DigestInit (s, &sha)) != CKR_OK || (rv = f->C_Digest (s, data, 32, NULL, &len)) != CKR_OK ||
+		    len != 32 || (rv = f->C_Digest (s, data, 32, out, &len)) != CKR_OK || len != 32)
 			check ("digest after a length query", rv, CKR_OK + (rv == CKR_OK));
+		/* P-256: r || s, 64 bytes. */
+		len = 0;
+		if ((rv = f->C_SignInit (s, &ecdsa, ecpriv)) != CKR_OK || (rv = f->C_Sign (s, data, 32, NULL, &len)) != CKR_OK ||
+		    len != 64 || (rv = f->C_Sign (s, data, 32, out, &len)) != CKR_OK || len != 64)
+			check ("ECDSA signature after a length query", rv, CKR_OK + (rv == CKR_OK));
+		/* AES-GCM: keywarden's format, the data and 35 bytes ('K' 'W'
+		 * 0x01, the key's version, the nonce, the tag); a buffer too
+		 * small says so. */
+		inlen = i % 2 ? 37 : 100;
+		want = inlen + 35;
+		len = 16;
+		if ((rv = f->C_EncryptInit (s, &gcm, aes)) != CKR_OK || (rv = f->C_Encrypt (s, data, inlen, out, &len)) != CKR_BUFFER_TOO_SMALL ||
+		    len != want || (rv = f->C_Encrypt (s, data, inlen, out, &len)) != CKR_OK || len != want) {
+			fprintf (stderr, "AES-GCM encryption of %lu bytes after a buffer too small: 0x%lx, %lu bytes (want %lu)\n",
+			         (unsigned long) inlen, (unsigned long) rv, (unsigned long) len, (unsigned long) want);
+			failed = 1;
+		}
 	}
 	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	return failed;
@@ -649,6 +684,19 @@ int main (int argc, char **argv)
 		}
 		waitpid (pid, &st, 0);
 		check ("child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
+		/* A child of a fork that runs no pthread_atfork handler (the
+		 * system call itself, as _Fork and a raw clone do) is not
+		 * initialized either. */
+		fflush (stdout);
+		pid = syscall (SYS_fork);
+		if (pid == 0) {
+			CK_ULONG n = 0;
+			check ("raw fork's child call before C_Initialize", f->C_GetSlotList (CK_TRUE, NULL, &n), CKR_CRYPTOKI_NOT_INITIALIZED);
+			fflush (stdout);
+			_exit (failed);
+		}
+		waitpid (pid, &st, 0);
+		check ("raw fork's child exits 0", WIFEXITED (st) ? (CK_RV) WEXITSTATUS (st) : 99, CKR_OK);
 		check ("parent signs after the fork", sign (f, 3), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "reinit") == 0) {
