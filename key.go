@@ -202,12 +202,31 @@ func (k *Key) Refresh(ctx context.Context) (KeyInfo, error) {
 // library opens it with that version's key as gcm.Open(nil, c[7:19],
 // c[19:], aad). RSA keys use OAEP with SHA-256 and aad as the label.
 func (k *Key) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	return k.AppendEncrypt(ctx, nil, plaintext, aad)
+}
+
+// AppendEncrypt is Encrypt that appends the ciphertext to dst and returns
+// the extended slice, as cipher.AEAD's Seal does; on error it returns nil.
+// A caller that encrypts large messages one after another can pass the
+// same buffer each time (buf[:0]): when it has room (for AES-256-GCM,
+// len(plaintext) + 35 bytes), a message sent through shared
+// memory costs no allocation, and its ciphertext is copied once, from the
+// region the daemon wrote it to. dst and plaintext may overlap exactly
+// or not at all.
+func (k *Key) AppendEncrypt(ctx context.Context, dst, plaintext, aad []byte) ([]byte, error) {
 	if len(plaintext) >= SharedThreshold {
-		if ct, ok, err := k.encryptShared(ctx, plaintext, aad); ok {
-			return ct, err
+		if ct, ok, err := k.encryptShared(ctx, dst, plaintext, aad); ok {
+			if err != nil {
+				return nil, err
+			}
+			return ct, nil
 		}
 	}
-	return k.c.doData(ctx, "encrypt", k.encryptOp(plaintext, aad, 0))
+	ct, err := k.c.doData(ctx, "encrypt", k.encryptOp(plaintext, aad, 0))
+	if err != nil || dst == nil {
+		return ct, err
+	}
+	return append(dst, ct...), nil
 }
 
 func (k *Key) encryptOp(plaintext, aad []byte, h wire.HashAlg) *wire.Op {
@@ -218,12 +237,27 @@ func (k *Key) encryptOp(plaintext, aad []byte, h wire.HashAlg) *wire.Op {
 // (if it is not retired). Any failure (wrong key, tampered data, wrong
 // aad) is the same ErrInvalidArgument "decryption failed".
 func (k *Key) Decrypt(ctx context.Context, ciphertext, aad []byte) ([]byte, error) {
+	return k.AppendDecrypt(ctx, nil, ciphertext, aad)
+}
+
+// AppendDecrypt is Decrypt that appends the plaintext to dst and returns
+// the extended slice, as cipher.AEAD's Open does; on error it returns
+// nil. Like AppendEncrypt, it lets a caller reuse one buffer for large
+// messages. dst and ciphertext may overlap exactly or not at all.
+func (k *Key) AppendDecrypt(ctx context.Context, dst, ciphertext, aad []byte) ([]byte, error) {
 	if len(ciphertext) >= SharedThreshold {
-		if pt, ok, err := k.decryptShared(ctx, ciphertext, aad); ok {
-			return pt, err
+		if pt, ok, err := k.decryptShared(ctx, dst, ciphertext, aad); ok {
+			if err != nil {
+				return nil, err
+			}
+			return pt, nil
 		}
 	}
-	return k.c.doData(ctx, "decrypt", k.decryptOp(ciphertext, aad, 0))
+	pt, err := k.c.doData(ctx, "decrypt", k.decryptOp(ciphertext, aad, 0))
+	if err != nil || dst == nil {
+		return pt, err
+	}
+	return append(dst, pt...), nil
 }
 
 func (k *Key) decryptOp(ciphertext, aad []byte, h wire.HashAlg) *wire.Op {

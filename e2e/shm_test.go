@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -308,5 +309,70 @@ func TestSharedMemoryFlag(t *testing.T) {
 	fd, _ := rawMemfd(t, 1<<20, sealed)
 	if res := registerRaw(t, r, fd); res.Status != wire.Status_STATUS_RESOURCE_EXHAUSTED {
 		t.Fatalf("a memfd over the limit: %v %q", res.Status, res.Message)
+	}
+}
+
+// AppendEncrypt and AppendDecrypt append to the caller's buffer, as
+// cipher.AEAD does, through shared memory and, when a message does not
+// fit in the region, through the socket; with room in the buffer, a
+// megabyte through shared memory allocates no megabyte in the client.
+func TestSharedMemoryAppend(t *testing.T) {
+	ctx := context.Background()
+	d := startDaemon(t, "--shm-max-bytes", "256K")
+	c := d.client(t)
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	must(t, "generate", err)
+	aad := []byte("aad")
+	// 100 KiB and its ciphertext fit in the 256 KiB region; 200 KiB and
+	// its ciphertext do not, and go in the request.
+	for _, n := range []int{100 << 10, 200 << 10} {
+		msg := make([]byte, n)
+		rand.Read(msg)
+		buf := append(make([]byte, 0, 3+n+35), "pre"...)
+		ct, err := k.AppendEncrypt(ctx, buf, msg, aad)
+		must(t, "encrypt", err)
+		if len(ct) != 3+n+35 || string(ct[:3]) != "pre" || &ct[0] != &buf[0] {
+			t.Fatalf("%d bytes: the ciphertext was not appended to the buffer (length %d)", n, len(ct))
+		}
+		pt, err := k.Decrypt(ctx, ct[3:], aad)
+		if err != nil || !bytes.Equal(pt, msg) {
+			t.Fatalf("%d bytes: decrypt: %v", n, err)
+		}
+		// In place: the plaintext over its own ciphertext.
+		in := bytes.Clone(ct[3:])
+		pt, err = k.AppendDecrypt(ctx, in[:0], in, aad)
+		if err != nil || !bytes.Equal(pt, msg) || &pt[0] != &in[0] {
+			t.Fatalf("%d bytes: decrypt in place: %v", n, err)
+		}
+		in[len(in)-1] ^= 1
+		if pt, err := k.AppendDecrypt(ctx, nil, in, aad); err == nil || pt != nil {
+			t.Fatalf("%d bytes: a tampered ciphertext gave %d bytes, %v", n, len(pt), err)
+		}
+	}
+
+	// A megabyte, with a daemon of the default limits.
+	d = startDaemon(t)
+	c = d.client(t)
+	k, err = c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	must(t, "generate", err)
+	msg := make([]byte, 1<<20)
+	rand.Read(msg)
+	buf := make([]byte, 0, len(msg)+35)
+	buf, err = k.AppendEncrypt(ctx, buf, msg, nil)
+	must(t, "encrypt", err)
+	const calls = 8
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range calls {
+		if buf, err = k.AppendEncrypt(ctx, buf[:0], msg, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / calls; per >= 64<<10 {
+		t.Fatalf("%d bytes allocated per encryption of a megabyte into a buffer with room", per)
+	}
+	if pt, err := k.Decrypt(ctx, buf, nil); err != nil || !bytes.Equal(pt, msg) {
+		t.Fatalf("decrypt: %v", err)
 	}
 }
