@@ -327,3 +327,39 @@ func ExampleKey_EncryptWriter() {
 	fmt.Println(n == int64(len(big)), err)
 	// Output: true <nil>
 }
+
+// AppendEncrypt and AppendDecrypt append to a buffer, as cipher.AEAD's
+// Seal and Open do: a loop over large messages, which go through the
+// connection's shared memory, reuses one buffer instead of allocating a
+// result for each.
+func ExampleKey_AppendEncrypt() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	const size = 1 << 20
+	buf := make([]byte, 0, size+35) // 7-byte header, 12-byte nonce, 16-byte tag
+	var plain []byte
+	for i := range 3 {
+		msg := bytes.Repeat([]byte{byte(i)}, size)
+		if buf, err = key.AppendEncrypt(ctx, buf[:0], msg, nil); err != nil {
+			log.Fatal(err)
+		}
+		// ... write buf out ...
+		if plain, err = key.AppendDecrypt(ctx, plain[:0], buf, nil); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(len(buf), bytes.Equal(plain, msg))
+	}
+	// Output:
+	// 1048611 true
+	// 1048611 true
+	// 1048611 true
+}
