@@ -47,6 +47,9 @@ type Agent struct {
 	// askpass is the confirmation program in force (Config.Askpass until
 	// SetAskpass replaces it).
 	askpass atomic.Pointer[string]
+	// busy counts the connections handling a message: the reads of the
+	// others poll their socket only while it is 0 (reader).
+	busy atomic.Int32
 
 	// mu guards the fields below; never held across a request to the core
 	// or I/O.

@@ -56,7 +56,7 @@ func (c *conn) serve() {
 		c.ss.Close()
 		c.c.Close()
 	}()
-	rd, err := newReader(c.c, c.id.PID)
+	rd, err := newReader(c.c, c.id.PID, &c.a.busy)
 	if err != nil {
 		c.a.log.Warn("connection closed: cannot read its socket", "uid", c.id.UID, "pid", c.id.PID, "err", err)
 		return
@@ -80,9 +80,12 @@ func (c *conn) serve() {
 			c.a.log.Info("connection closed: message cut short", "uid", c.id.UID, "pid", c.id.PID, "length", n, "err", errText(err))
 			return
 		}
+		c.a.busy.Add(1)
 		c.out = w.start()
 		reply := c.handle(msg)
-		if err := w.send(reply); err != nil {
+		err = w.send(reply)
+		c.a.busy.Add(-1)
+		if err != nil {
 			c.a.log.Info("connection closed: the client does not take its reply", "uid", c.id.UID, "pid", c.id.PID, "err", errText(err))
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,7 +186,7 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	}
 	defer fc.Close()
 	uc := fc.(*net.UnixConn)
-	rd, err := newReader(uc, int32(os.Getpid()))
+	rd, err := newReader(uc, int32(os.Getpid()), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,5 +213,53 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	// allocation a read, the only one (a raw recvmsg would need unsafe).
 	if allocs > 1 {
 		t.Errorf("%v allocations a message", allocs)
+	}
+}
+
+// A read polls its socket before it sleeps only while no other connection
+// of the front is handling a message: with one busy, it sleeps at once
+// (one read that finds the socket empty) and wakes when the message comes.
+func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(fds[0]), "peer")
+	defer peer.Close()
+	f := os.NewFile(uintptr(fds[1]), "agent")
+	fc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	var busy atomic.Int32
+	busy.Store(1)
+	rd, err := newReader(fc.(*net.UnixConn), int32(os.Getpid()), &busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		msg []byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		m, _, err := rd.next()
+		got <- result{m, err}
+	}()
+	time.Sleep(5 * spin)
+	peer.Write(msg(msgRequestIdentities))
+	r := <-got
+	if r.err != nil || len(r.msg) != 1 || r.msg[0] != msgRequestIdentities {
+		t.Fatalf("next: %x %v", r.msg, r.err)
+	}
+	// One empty read before it sleeps; a second if the runtime woke it
+	// before the message was whole.
+	if rd.empty > 2 {
+		t.Errorf("%d empty reads while another connection was busy: it polled", rd.empty)
 	}
 }

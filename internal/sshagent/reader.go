@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,12 +19,17 @@ import (
 // it can: a read takes whatever the socket holds, usually a whole message,
 // so a message costs one system call rather than one for its length and
 // one for its body. Like the daemon's native socket, it polls the socket
-// briefly before it sleeps when the client has been answering quickly:
-// on a virtual machine, waking a sleeping thread can cost more than a
-// round trip.
+// briefly before it sleeps when the client has been answering quickly
+// and no other connection has work: on a virtual machine, waking a
+// sleeping thread can cost more than a round trip.
 type reader struct {
 	// pid is the process that connected: every byte must be its.
-	pid      int32
+	pid int32
+	// busy counts the front's connections handling a message (nil: none
+	// is counted). A read polls only while it is 0: when another
+	// connection has work, polling takes a processor from it and from the
+	// clients, and the runtime finds this one's next message anyway.
+	busy     *atomic.Int32
 	uc       *net.UnixConn
 	rc       syscall.RawConn
 	buf      []byte
@@ -39,17 +45,19 @@ type reader struct {
 	n, oobn int
 	err     error
 	readFn  func(fd uintptr) bool // rd.readSome, made once
+	// empty counts the reads that found the socket empty (for the tests).
+	empty int
 }
 
 // spin is how long a read polls before it sleeps (as the native socket's).
 const spin = 100 * time.Microsecond
 
-func newReader(uc *net.UnixConn, pid int32) (*reader, error) {
+func newReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*reader, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	rd := &reader{pid: pid, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	rd := &reader{pid: pid, busy: busy, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	rd.readFn = rd.readSome
 	return rd, nil
 }
@@ -111,7 +119,7 @@ func (rd *reader) fill(started bool) error {
 		rd.deadline = true
 	}
 	rd.start = time.Now()
-	rd.poll = rd.lastWait < 2*spin
+	rd.poll = rd.lastWait < 2*spin && rd.idle()
 	err := rd.rc.Read(rd.readFn)
 	rd.lastWait = time.Since(rd.start)
 	n, oobn := rd.n, rd.oobn
@@ -148,12 +156,17 @@ func (rd *reader) readSome(fd uintptr) bool {
 		if rd.err != unix.EAGAIN {
 			return true
 		}
-		if !rd.poll || time.Since(rd.start) > spin {
+		rd.empty++
+		if !rd.poll || time.Since(rd.start) > spin || !rd.idle() {
 			return false // sleep until the socket is readable
 		}
 		runtime.Gosched()
 	}
 }
+
+// idle reports whether no other connection of the front is handling a
+// message.
+func (rd *reader) idle() bool { return rd.busy == nil || rd.busy.Load() == 0 }
 
 // recv is one recvmsg(2) into the buffer's free space, with the
 // credentials into oob, that never waits.
