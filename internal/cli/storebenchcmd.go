@@ -180,12 +180,15 @@ func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, 
 		for i, v := range r.RunsOpsPerSec {
 			runs[i] = fmt.Sprintf("%.0f", v)
 		}
-		daemons := "-"
+		daemons, ratio := "-", "-"
 		if r.Daemons > 0 {
 			daemons = strconv.Itoa(r.Daemons)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f\t%s\n", r.Op, r.Mode, daemons, r.Clients, r.OpsPerSec,
-			micros(r.P50us), micros(r.P99us), r.RatioToInProcess, strings.Join(runs, " "))
+		if r.RatioToInProcess > 0 {
+			ratio = fmt.Sprintf("%.2f", r.RatioToInProcess)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Mode, daemons, r.Clients, r.OpsPerSec,
+			micros(r.P50us), micros(r.P99us), ratio, strings.Join(runs, " "))
 	}
 	return w.Flush()
 }
