@@ -96,6 +96,9 @@ type Result struct {
 	// Clients is the number of concurrent clients, each on its own
 	// connection, in RunCreate's results.
 	Clients int `json:"clients,omitempty"`
+	// Daemons is the number of daemons the clients of a RunCreate result
+	// were spread over (CreateConfig.Sockets), else 1.
+	Daemons int `json:"daemons,omitempty"`
 	// Runs is the number of runs whose medians a RunCreate result holds,
 	// and RunsOpsPerSec each run's OpsPerSec.
 	Runs          int       `json:"runs,omitempty"`

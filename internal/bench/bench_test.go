@@ -493,3 +493,64 @@ func TestRunStream(t *testing.T) {
 		t.Errorf("left behind in the temporary directory: %v", left)
 	}
 }
+
+// TestRunCreateSockets: with Sockets, RunCreate measures the running
+// daemons at them, its clients spread over them in turn, and starts none
+// of its own (nor measures in-process).
+func TestRunCreateSockets(t *testing.T) {
+	tmp := t.TempDir()
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var socks []string
+	var clients []*keywarden.Client
+	for i := range 2 {
+		d, err := bench.StartServe(ctx, exe, env, []string{"--state", filepath.Join(tmp, fmt.Sprint("state", i)),
+			"--insecure-master-kdf", "--max-keys-per-user", "1000000"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Stop() })
+		c, err := keywarden.Dial(ctx, d.Socket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Admin().Init(ctx, keywarden.MasterSealing{Passphrase: []byte(storebench.Passphrase),
+			Argon2: keywarden.Argon2Params{Time: 1, MemoryKiB: 64, Threads: 1}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		socks = append(socks, d.Socket())
+		clients = append(clients, c)
+	}
+	results, err := bench.RunCreate(ctx, bench.CreateConfig{
+		Clients: []int{1, 3}, Duration: 100 * time.Millisecond, Runs: 1, Dir: tmp, Sockets: socks,
+		InProcess: func(context.Context, string, int, time.Duration, time.Duration) (int, time.Duration, []int64, error) {
+			t.Error("measured in-process with Sockets")
+			return 0, 0, nil, errors.New("measured in-process")
+		},
+		Executable: "/nonexistent", // no daemon of its own
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 2 {
+		t.Fatalf("%d results, want 2: %+v", len(results), results)
+	}
+	for i, want := range []struct{ clients, daemons int }{{1, 1}, {3, 2}} {
+		r := results[i]
+		if r.Mode != bench.ModeDaemon || r.Clients != want.clients || r.Daemons != want.daemons || r.Ops <= 0 || r.RatioToInProcess != 0 {
+			t.Errorf("result %d: %+v; want %d clients over %d daemons", i, r, want.clients, want.daemons)
+		}
+	}
+	// Both daemons made keys: the 3 clients were spread over them.
+	for i, c := range clients {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Keys == 0 {
+			t.Errorf("the daemon at socket %d made no key", i)
+		}
+	}
+}

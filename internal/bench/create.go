@@ -63,6 +63,23 @@ type CreateConfig struct {
 	// prefix of its own); nil: the daemon's store is in its state
 	// directory.
 	StoreArgs func(state string) []string
+	// Sockets, if not empty, are the sockets of running daemons to
+	// measure instead of private ones (several of them sharing one etcd
+	// store, say): each must be unsealed, and serve the caller's uid.
+	// The clients are spread over them in turn (ClientSockets); the keys
+	// they create stay in the daemons' store. There is no new store, no
+	// in-process baseline and no count of the store's keys after.
+	Sockets []string
+}
+
+// ClientSockets returns the socket each of clients clients connects to:
+// the sockets in turn, client i to sockets[i%len(sockets)].
+func ClientSockets(sockets []string, clients int) []string {
+	out := make([]string, clients)
+	for i := range out {
+		out[i] = sockets[i%len(sockets)]
+	}
+	return out
 }
 
 func (c CreateConfig) withDefaults() CreateConfig {
@@ -104,7 +121,7 @@ func RunCreate(ctx context.Context, cfg CreateConfig, progress io.Writer) ([]Res
 		}
 		var inproc, daemon []measurement
 		for run := 1; run <= cfg.Runs; run++ {
-			if cfg.InProcess != nil {
+			if cfg.InProcess != nil && len(cfg.Sockets) == 0 {
 				say("measuring %s %s, %d clients, run %d of %d...", OpCreate, ModeInProcess, n, run, cfg.Runs)
 				m, err := inProcessCreates(ctx, cfg, n, warmup)
 				if err != nil {
@@ -113,7 +130,11 @@ func RunCreate(ctx context.Context, cfg CreateConfig, progress io.Writer) ([]Res
 				inproc = append(inproc, m)
 			}
 			say("measuring %s %s, %d clients, run %d of %d...", OpCreate, ModeDaemon, n, run, cfg.Runs)
-			m, err := daemonCreates(ctx, cfg, n, warmup)
+			create := daemonCreates
+			if len(cfg.Sockets) > 0 {
+				create = socketsCreates
+			}
+			m, err := create(ctx, cfg, n, warmup)
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", OpCreate, ModeDaemon, err)
 			}
@@ -126,6 +147,10 @@ func RunCreate(ctx context.Context, cfg CreateConfig, progress io.Writer) ([]Res
 			results = append(results, r)
 		}
 		r := medianResult(daemon, OpCreate, ModeDaemon)
+		r.Daemons = 1
+		if len(cfg.Sockets) > 0 {
+			r.Daemons = min(n, len(cfg.Sockets))
+		}
 		if base > 0 {
 			r.RatioToInProcess = r.OpsPerSec / base
 		}
@@ -248,6 +273,41 @@ func daemonCreates(ctx context.Context, cfg CreateConfig, clients int, warmup ti
 		}
 	}
 	return m, nil
+}
+
+// socketsCreates measures creations from clients connections to the
+// daemons at cfg.Sockets, spread over them in turn.
+func socketsCreates(ctx context.Context, cfg CreateConfig, clients int, warmup time.Duration) (m measurement, err error) {
+	cs := make([]*keywarden.Client, clients)
+	defer func() {
+		for _, c := range cs {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i, sock := range ClientSockets(cfg.Sockets, clients) {
+		if cs[i], err = keywarden.Dial(ctx, sock); err != nil {
+			return m, fmt.Errorf("%s: %w", sock, err)
+		}
+	}
+	ones := make([]func(context.Context) error, clients)
+	for i, c := range cs {
+		ones[i] = func(ctx context.Context) error {
+			k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM})
+			if err != nil {
+				return err
+			}
+			if k.Info().Ephemeral {
+				return errors.New("a daemon made an ephemeral key: its store is not persistent")
+			}
+			return k.Close(ctx)
+		}
+	}
+	if _, err := measureClients(ctx, ones, warmup); err != nil {
+		return m, err
+	}
+	return measureClients(ctx, ones, cfg.Duration)
 }
 
 // measureClients calls each of ones in a loop on a goroutine of its own

@@ -56,3 +56,12 @@ func (o Op) Remote(ctx context.Context, c *keywarden.Client) (one func(context.C
 
 // Percentile exposes percentile.
 func Percentile(sorted []int64, p float64) float64 { return percentile(sorted, p, 1) }
+
+// StartServe starts "keywarden serve" with args.
+func StartServe(ctx context.Context, executable string, env, args []string) (*Daemon, error) {
+	d, err := startServe(ctx, serveSpec{executable: executable, env: env, args: args})
+	if err != nil {
+		return nil, err
+	}
+	return &Daemon{d}, nil
+}

@@ -21,7 +21,7 @@ func runBench(e *env, args []string) error {
 	// Unlike other commands, bench does not look for the usual daemon: it
 	// measures one of its own unless told otherwise, and has no deadline
 	// unless given one.
-	f.Lookup("socket").Usage = "measure the daemon at this socket `path` (default: start a private daemon, as a separate process, for the run)"
+	f.Lookup("socket").Usage = "measure the daemon at this socket `path` (default: start a private daemon, as a separate process, for the run); with --create, a comma-separated list of the sockets of running, unsealed daemons (several sharing one etcd store, say), over which the clients are spread in turn"
 	f.timeout = 0
 	f.Lookup("timeout").DefValue = "0s"
 	f.Lookup("timeout").Usage = "give up after this `duration` (default: no limit)"

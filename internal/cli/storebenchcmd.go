@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,8 +51,12 @@ func runStoreBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration
 	switch {
 	case st.create && st.startup:
 		return usagef("give --create or --startup, not both")
-	case f.socket != "":
-		return usagef("--create and --startup start daemons of their own: --socket does not apply")
+	case st.startup && f.socket != "":
+		return usagef("--startup starts a daemon of its own: --socket does not apply")
+	case st.create && f.socket != "" && st.etcd != "":
+		return usagef("--etcd-endpoints names the store of the daemons --create starts: it does not apply with --socket")
+	case st.create && f.socket != "" && st.dir != "":
+		return usagef("--dir names where --create makes its daemons' stores: it does not apply with --socket")
 	case st.runs < 1:
 		return usagef("--runs must be at least 1")
 	case st.startup && st.keys < 1:
@@ -102,10 +107,35 @@ func (s *storeBenchFlags) clientCounts() ([]int, error) {
 	return clients, nil
 }
 
+// createSockets parses --socket with --create: a comma-separated list of
+// the sockets of running daemons, each named once.
+func createSockets(s string) ([]string, error) {
+	var socks []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if slices.Contains(socks, p) {
+			return nil, usagef("--socket: %q is named twice", p)
+		}
+		socks = append(socks, p)
+	}
+	if len(socks) == 0 {
+		return nil, usagef("--socket: no socket named")
+	}
+	return socks, nil
+}
+
 func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, duration time.Duration, progress io.Writer) error {
 	clients, err := st.clientCounts()
 	if err != nil {
 		return err
+	}
+	var sockets []string
+	if f.socket != "" {
+		if sockets, err = createSockets(f.socket); err != nil {
+			return err
+		}
 	}
 	cfg := bench.CreateConfig{
 		Clients: clients, Duration: duration, Runs: st.runs, Dir: st.dir,
@@ -132,6 +162,10 @@ func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, 
 			return []string{"--store", "etcd", "--etcd-endpoints", st.etcd, "--etcd-prefix", "/keywarden-bench" + filepath.Dir(state) + "/"}
 		}
 	}
+	if sockets != nil {
+		// Running daemons, unsealed, in a store of their own.
+		cfg.Sockets, cfg.InProcess, cfg.Count = sockets, nil, nil
+	}
 	results, err := bench.RunCreate(ctx, cfg, progress)
 	if err != nil {
 		return err
@@ -140,14 +174,21 @@ func runCreateBench(ctx context.Context, e *env, f *flags, st *storeBenchFlags, 
 		return printJSON(e, results)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "OP\tMODE\tCLIENTS\tOPS/S\tP50(µs)\tP99(µs)\t×INPROC\tRUNS (OPS/S)")
+	fmt.Fprintln(w, "OP\tMODE\tDAEMONS\tCLIENTS\tOPS/S\tP50(µs)\tP99(µs)\t×INPROC\tRUNS (OPS/S)")
 	for _, r := range results {
 		runs := make([]string, len(r.RunsOpsPerSec))
 		for i, v := range r.RunsOpsPerSec {
 			runs[i] = fmt.Sprintf("%.0f", v)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%s\t%s\t%.2f\t%s\n", r.Op, r.Mode, r.Clients, r.OpsPerSec,
-			micros(r.P50us), micros(r.P99us), r.RatioToInProcess, strings.Join(runs, " "))
+		daemons, ratio := "-", "-"
+		if r.Daemons > 0 {
+			daemons = strconv.Itoa(r.Daemons)
+		}
+		if r.RatioToInProcess > 0 {
+			ratio = fmt.Sprintf("%.2f", r.RatioToInProcess)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Mode, daemons, r.Clients, r.OpsPerSec,
+			micros(r.P50us), micros(r.P99us), ratio, strings.Join(runs, " "))
 	}
 	return w.Flush()
 }

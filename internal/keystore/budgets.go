@@ -32,13 +32,32 @@ func (m *materials) spendCopyBudgets(o *Object) int {
 		held = m.holders(held[:0], v.fp)
 		for _, h := range held {
 			if h.id != o.ID {
-				used := v.used.Load()
-				v.reserved.Store(used)
-				v.limit.Store(used)
+				v.close()
 				n++
 				break
 			}
 		}
 	}
 	return n
+}
+
+// close closes v at its count: it counts no more encryptions, and its
+// reservation and limit become what it counted. The count is frozen
+// first, in the same compare and swap that reads it: a goroutine that
+// checked the bounds before they were lowered then fails its own compare
+// and swap, and finds the version closed, rather than counting one past
+// the closing limit.
+func (v *Version) close() {
+	for {
+		u := v.used.Load()
+		if hookClosing != nil {
+			hookClosing(v)
+		}
+		if v.used.CompareAndSwap(u, u|closedCount) {
+			u &^= closedCount
+			v.reserved.Store(u)
+			v.limit.Store(u)
+			return
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/store"
 )
@@ -176,4 +177,58 @@ func reservedInRecord(t *testing.T, s *Store, o *Object, v *Version) uint64 {
 		t.Fatalf("reading the record: %v (version found: %v)", err, found)
 	}
 	return r
+}
+
+// TestCopyBudgetClosedWhileCounting: an encryption of a copy counted
+// while Add closes the copy's version (after the count is read, before
+// the version is closed) does not land past the closing limit: the
+// version closes at the count with it, and counts nothing after. The
+// copies' budgets together stay within the version's.
+func TestCopyBudgetClosedWhileCounting(t *testing.T) {
+	s := dev(t, 10)
+	orig := must(NewObject("orig", 1000, mustGen(t, aesSpec), &key.Attrs{Usage: key.Encrypt | key.Decrypt, Wrappable: true}, true, time.Now(), persist.Origin_ORIGIN_GENERATED))
+	if err := s.Add(orig); err != nil {
+		t.Fatal(err)
+	}
+	c := copyOf(t, orig, aesSpec, key.Attrs{Usage: key.Encrypt | key.Decrypt}, true)
+	m := *c.Meta()
+	m.Budget = persist.BudgetPolicy_BUDGET_POLICY_REFUSE
+	SetMeta(c, &m)
+	const before = 5
+	SetFirstVersion(c, 1, time.Now(), before, DefaultEncryptionLimit)
+	v := c.Versions()[0]
+	var counted atomic.Bool
+	var once sync.Once
+	hookClosing = func(cv *Version) {
+		if cv != v {
+			return
+		}
+		once.Do(func() {
+			got, err := s.Encrypting(c, 1)
+			if err != nil || got != v {
+				t.Errorf("the encryption counted while the version closes: version %v, %v; want the copy's", got, err)
+				return
+			}
+			counted.Store(true)
+		})
+	}
+	t.Cleanup(func() { hookClosing = nil })
+	if err := s.Add(c); err != nil {
+		t.Fatal(err)
+	}
+	if !counted.Load() {
+		t.Fatal("no encryption was counted while the version closed")
+	}
+	if u, l := v.Used(), v.Limit(); u != before+1 || u > l {
+		t.Fatalf("%d encryptions counted (want %d) on a version closed at %d: the count passed the closing limit", u, before+1, l)
+	}
+	if v.count(1) {
+		t.Fatalf("a closed version counted another encryption (%d of %d)", v.Used(), v.Limit())
+	}
+	if got, err := s.Encrypting(c, 1); !errors.Is(err, errSpent) {
+		t.Fatalf("encrypting with the closed copy: version %v, %v; want the budget spent", got, err)
+	}
+	if u := v.Used(); u != before+1 {
+		t.Fatalf("%d encryptions counted after the refusals, want %d", u, before+1)
+	}
 }

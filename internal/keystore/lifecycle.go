@@ -360,9 +360,12 @@ func (s *Store) Encrypting(o *Object, n uint64) (*Version, error) {
 func (v *Version) count(n uint64) bool {
 	for {
 		u := v.used.Load()
-		// Both bounds only rise (but for spendCopyBudgets, which closes
-		// the version), so counting against what they were when u was
-		// read stays within them.
+		if u&closedCount != 0 {
+			return n == 0
+		}
+		// Both bounds only rise but when the version is closed, and that
+		// changes u first (close), so counting against what they were
+		// when u was read stays within them.
 		if !fits(u, n, min(v.reserved.Load(), v.limit.Load())) {
 			return false
 		}
@@ -380,7 +383,7 @@ func fits(u, n, b uint64) bool { return u <= b && n <= b-u }
 func (v *Version) raiseUsed(g uint64) {
 	for {
 		u := v.used.Load()
-		if u >= g || v.used.CompareAndSwap(u, g) {
+		if u&^closedCount >= g || v.used.CompareAndSwap(u, g|u&closedCount) {
 			return
 		}
 	}
@@ -442,7 +445,7 @@ func (s *Store) encryptingLocked(o *Object, n uint64) (*Version, error) {
 			return nil, err
 		}
 	}
-	if !fits(v.used.Load(), n, v.limit.Load()) {
+	if !fits(v.Used(), n, v.limit.Load()) || (n > 0 && v.closed()) {
 		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE || n > DefaultEncryptionLimit/2 {
 			return nil, errSpent
 		}
@@ -451,7 +454,7 @@ func (s *Store) encryptingLocked(o *Object, n uint64) (*Version, error) {
 			return nil, err
 		}
 	}
-	if u := v.used.Load(); !fits(u, n, v.reserved.Load()) {
+	if u := v.Used(); !fits(u, n, v.reserved.Load()) {
 		res := min(u+n+reserveBlock, v.limit.Load())
 		if o.Ephemeral {
 			res = v.limit.Load()

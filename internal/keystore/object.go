@@ -108,6 +108,7 @@ type Version struct {
 	auto  bool
 	// Counts of AES-GCM encryptions: made (in this process, on top of
 	// what earlier processes reserved), durably reserved, and allowed.
+	// used holds closedCount once the version is closed (budgets.go).
 	used     atomic.Uint64
 	reserved atomic.Uint64
 	limit    atomic.Uint64
@@ -119,7 +120,15 @@ type Version struct {
 }
 
 // Used returns the encryptions this version has made, as far as known.
-func (v *Version) Used() uint64 { return v.used.Load() }
+func (v *Version) Used() uint64 { return v.used.Load() &^ closedCount }
+
+// closedCount, set in a version's count, closes it: it counts no more
+// encryptions. A count never comes near it (limits are at most
+// DefaultEncryptionLimit).
+const closedCount = 1 << 63
+
+// closed reports whether v is closed at its count.
+func (v *Version) closed() bool { return v.used.Load()&closedCount != 0 }
 
 // Limit returns the most encryptions it may make.
 func (v *Version) Limit() uint64 { return v.limit.Load() }
@@ -370,7 +379,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{
 			Version:         v.N,
 			CreatedUnixNano: v.Created.UnixNano(),
-			Encryptions:     v.used.Load(),
+			Encryptions:     v.Used(),
 			EncryptionLimit: v.limit.Load(),
 		})
 	}

@@ -286,7 +286,9 @@ func (s *Store) Add(o *Object) error {
 // version's count of encryptions is settled (raised to other daemons'
 // reservations), before the reservation computed from it is written;
 // hookCounting runs in Encrypting's slow path once the version has room
-// for the encryptions, before they are counted;
+// for the encryptions, before they are counted; hookClosing runs in Add
+// once the count of a version whose budget a copy spends has been read,
+// before the version is closed at it;
 // hookRestoreChunk runs before each chunk of a backup's records that
 // restoreInChunks writes, and its error stops the restore there;
 // hookRotated runs in a persistent key's rotation once its record is
@@ -299,6 +301,7 @@ var (
 	hookCommitting     func(s *Store)
 	hookRotated        func(o *Object)
 	hookCounting       func(o *Object)
+	hookClosing        func(v *Version)
 	hookRewrapBatch    func()
 	hookRecordCurrent  func()
 	hookRestoreWriting func()
@@ -448,7 +451,7 @@ func (s *Store) get(id key.ID, check recordCheck) (*Object, error) {
 		if used := s.used[id]; used != nil {
 			for _, v := range o.Versions() {
 				// v.used is the record's reservation (objectFrom).
-				if u, ok := used[v.N]; ok && u.used < v.used.Load() && u.reserved == v.reserved.Load() {
+				if u, ok := used[v.N]; ok && u.used < v.Used() && u.reserved == v.reserved.Load() {
 					v.used.Store(u.used)
 				}
 			}
@@ -599,7 +602,7 @@ func (s *Store) rememberUsed(o *Object) {
 	var used map[uint32]usedCount
 	for _, v := range o.Versions() {
 		r := v.reserved.Load()
-		if u := v.used.Load(); u < r && v.elsewhere.Load() <= r {
+		if u := v.Used(); u < r && v.elsewhere.Load() <= r {
 			if used == nil {
 				used = make(map[uint32]usedCount)
 			}
