@@ -673,6 +673,67 @@ func (PackedKind) EnumDescriptor() ([]byte, []int) {
 	return file_keywarden_proto_rawDescGZIP(), []int{9}
 }
 
+// DeriveKdf is the key derivation function of a Derive.
+type DeriveKdf int32
+
+const (
+	// HKDF (RFC 5869) under Derive.hash with salt and info.
+	DeriveKdf_DERIVE_KDF_UNSPECIFIED DeriveKdf = 0
+	DeriveKdf_DERIVE_KDF_HKDF        DeriveKdf = 1
+	// The raw shared secret, as PKCS #11's CKD_NULL: the new key is its
+	// last SecretLen bytes (truncation removes bytes from the leading end),
+	// and a key longer than the secret is refused. Salt and info must be
+	// empty, and hash unspecified.
+	DeriveKdf_DERIVE_KDF_NONE DeriveKdf = 2
+	// ANSI X9.63 (SEC 1 section 3.6.1) under Derive.hash (SHA-256, SHA-384
+	// or SHA-512; no default), with info as the shared data; salt must be
+	// empty.
+	DeriveKdf_DERIVE_KDF_X963 DeriveKdf = 3
+)
+
+// Enum value maps for DeriveKdf.
+var (
+	DeriveKdf_name = map[int32]string{
+		0: "DERIVE_KDF_UNSPECIFIED",
+		1: "DERIVE_KDF_HKDF",
+		2: "DERIVE_KDF_NONE",
+		3: "DERIVE_KDF_X963",
+	}
+	DeriveKdf_value = map[string]int32{
+		"DERIVE_KDF_UNSPECIFIED": 0,
+		"DERIVE_KDF_HKDF":        1,
+		"DERIVE_KDF_NONE":        2,
+		"DERIVE_KDF_X963":        3,
+	}
+)
+
+func (x DeriveKdf) Enum() *DeriveKdf {
+	p := new(DeriveKdf)
+	*p = x
+	return p
+}
+
+func (x DeriveKdf) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeriveKdf) Descriptor() protoreflect.EnumDescriptor {
+	return file_keywarden_proto_enumTypes[10].Descriptor()
+}
+
+func (DeriveKdf) Type() protoreflect.EnumType {
+	return &file_keywarden_proto_enumTypes[10]
+}
+
+func (x DeriveKdf) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeriveKdf.Descriptor instead.
+func (DeriveKdf) EnumDescriptor() ([]byte, []int) {
+	return file_keywarden_proto_rawDescGZIP(), []int{10}
+}
+
 type WrapFormat int32
 
 const (
@@ -717,11 +778,11 @@ func (x WrapFormat) String() string {
 }
 
 func (WrapFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_keywarden_proto_enumTypes[10].Descriptor()
+	return file_keywarden_proto_enumTypes[11].Descriptor()
 }
 
 func (WrapFormat) Type() protoreflect.EnumType {
-	return &file_keywarden_proto_enumTypes[10]
+	return &file_keywarden_proto_enumTypes[11]
 }
 
 func (x WrapFormat) Number() protoreflect.EnumNumber {
@@ -730,7 +791,7 @@ func (x WrapFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WrapFormat.Descriptor instead.
 func (WrapFormat) EnumDescriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{10}
+	return file_keywarden_proto_rawDescGZIP(), []int{11}
 }
 
 type SshCertType int32
@@ -766,11 +827,11 @@ func (x SshCertType) String() string {
 }
 
 func (SshCertType) Descriptor() protoreflect.EnumDescriptor {
-	return file_keywarden_proto_enumTypes[11].Descriptor()
+	return file_keywarden_proto_enumTypes[12].Descriptor()
 }
 
 func (SshCertType) Type() protoreflect.EnumType {
-	return &file_keywarden_proto_enumTypes[11]
+	return &file_keywarden_proto_enumTypes[12]
 }
 
 func (x SshCertType) Number() protoreflect.EnumNumber {
@@ -779,7 +840,7 @@ func (x SshCertType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SshCertType.Descriptor instead.
 func (SshCertType) EnumDescriptor() ([]byte, []int) {
-	return file_keywarden_proto_rawDescGZIP(), []int{11}
+	return file_keywarden_proto_rawDescGZIP(), []int{12}
 }
 
 // Request is one message from client to daemon.
@@ -5160,7 +5221,10 @@ type Derive struct {
 	Salt []byte  `protobuf:"bytes,4,opt,name=salt,proto3" json:"salt,omitempty"`
 	Info []byte  `protobuf:"bytes,5,opt,name=info,proto3" json:"info,omitempty"`
 	// The new key: type must be a secret type (AES or HMAC).
-	Template      *KeyTemplate `protobuf:"bytes,6,opt,name=template,proto3" json:"template,omitempty"`
+	Template *KeyTemplate `protobuf:"bytes,6,opt,name=template,proto3" json:"template,omitempty"`
+	// How the new key's bytes follow from the input; unspecified is HKDF.
+	// NONE and X963 take an X25519 or ECDH parent only.
+	Kdf           DeriveKdf `protobuf:"varint,7,opt,name=kdf,proto3,enum=keywarden.v1.DeriveKdf" json:"kdf,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5235,6 +5299,13 @@ func (x *Derive) GetTemplate() *KeyTemplate {
 		return x.Template
 	}
 	return nil
+}
+
+func (x *Derive) GetKdf() DeriveKdf {
+	if x != nil {
+		return x.Kdf
+	}
+	return DeriveKdf_DERIVE_KDF_UNSPECIFIED
 }
 
 type SessionOpen struct {
@@ -8781,14 +8852,15 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x03aad\x18\x03 \x01(\fR\x03aad\x12)\n" +
 	"\x04hash\x18\x04 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12\x14\n" +
 	"\x05count\x18\x05 \x01(\rR\x05count\x12\x1a\n" +
-	"\bmessages\x18\x06 \x01(\fR\bmessages\"\xd2\x01\n" +
+	"\bmessages\x18\x06 \x01(\fR\bmessages\"\xfd\x01\n" +
 	"\x06Derive\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\rR\x06handle\x12&\n" +
 	"\x0fpeer_public_key\x18\x02 \x01(\fR\rpeerPublicKey\x12)\n" +
 	"\x04hash\x18\x03 \x01(\x0e2\x15.keywarden.v1.HashAlgR\x04hash\x12\x12\n" +
 	"\x04salt\x18\x04 \x01(\fR\x04salt\x12\x12\n" +
 	"\x04info\x18\x05 \x01(\fR\x04info\x125\n" +
-	"\btemplate\x18\x06 \x01(\v2\x19.keywarden.v1.KeyTemplateR\btemplate\"\xb0\x01\n" +
+	"\btemplate\x18\x06 \x01(\v2\x19.keywarden.v1.KeyTemplateR\btemplate\x12)\n" +
+	"\x03kdf\x18\a \x01(\x0e2\x17.keywarden.v1.DeriveKdfR\x03kdf\"\xb0\x01\n" +
 	"\vSessionOpen\x12-\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x19.keywarden.v1.SessionKindR\x04kind\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\rR\x06handle\x12)\n" +
@@ -9156,7 +9228,12 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x17PACKED_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PACKED_KIND_ENCRYPT\x10\x01\x12\x17\n" +
 	"\x13PACKED_KIND_DECRYPT\x10\x02\x12\x13\n" +
-	"\x0fPACKED_KIND_MAC\x10\x03*\x8a\x01\n" +
+	"\x0fPACKED_KIND_MAC\x10\x03*f\n" +
+	"\tDeriveKdf\x12\x1a\n" +
+	"\x16DERIVE_KDF_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fDERIVE_KDF_HKDF\x10\x01\x12\x13\n" +
+	"\x0fDERIVE_KDF_NONE\x10\x02\x12\x13\n" +
+	"\x0fDERIVE_KDF_X963\x10\x03*\x8a\x01\n" +
 	"\n" +
 	"WrapFormat\x12\x1b\n" +
 	"\x17WRAP_FORMAT_UNSPECIFIED\x10\x00\x12\x12\n" +
@@ -9181,7 +9258,7 @@ func file_keywarden_proto_rawDescGZIP() []byte {
 	return file_keywarden_proto_rawDescData
 }
 
-var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_keywarden_proto_enumTypes = make([]protoimpl.EnumInfo, 13)
 var file_keywarden_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_keywarden_proto_goTypes = []any{
 	(Status)(0),                    // 0: keywarden.v1.Status
@@ -9194,238 +9271,240 @@ var file_keywarden_proto_goTypes = []any{
 	(SessionKind)(0),               // 7: keywarden.v1.SessionKind
 	(KeyOrigin)(0),                 // 8: keywarden.v1.KeyOrigin
 	(PackedKind)(0),                // 9: keywarden.v1.PackedKind
-	(WrapFormat)(0),                // 10: keywarden.v1.WrapFormat
-	(SshCertType)(0),               // 11: keywarden.v1.SshCertType
-	(*Request)(nil),                // 12: keywarden.v1.Request
-	(*Reply)(nil),                  // 13: keywarden.v1.Reply
-	(*Op)(nil),                     // 14: keywarden.v1.Op
-	(*Result)(nil),                 // 15: keywarden.v1.Result
-	(*AclEntry)(nil),               // 16: keywarden.v1.AclEntry
-	(*KeyTemplate)(nil),            // 17: keywarden.v1.KeyTemplate
-	(*KeyInfo)(nil),                // 18: keywarden.v1.KeyInfo
-	(*KeyLifecycle)(nil),           // 19: keywarden.v1.KeyLifecycle
-	(*Program)(nil),                // 20: keywarden.v1.Program
-	(*Programs)(nil),               // 21: keywarden.v1.Programs
-	(*KeyVersionInfo)(nil),         // 22: keywarden.v1.KeyVersionInfo
-	(*KeyResult)(nil),              // 23: keywarden.v1.KeyResult
-	(*ListResult)(nil),             // 24: keywarden.v1.ListResult
-	(*Limits)(nil),                 // 25: keywarden.v1.Limits
-	(*StatusResult)(nil),           // 26: keywarden.v1.StatusResult
-	(*AuditStatus)(nil),            // 27: keywarden.v1.AuditStatus
-	(*MemoryStatus)(nil),           // 28: keywarden.v1.MemoryStatus
-	(*SessionResult)(nil),          // 29: keywarden.v1.SessionResult
-	(*StatusOp)(nil),               // 30: keywarden.v1.StatusOp
-	(*Ping)(nil),                   // 31: keywarden.v1.Ping
-	(*Generate)(nil),               // 32: keywarden.v1.Generate
-	(*Import)(nil),                 // 33: keywarden.v1.Import
-	(*NameRef)(nil),                // 34: keywarden.v1.NameRef
-	(*Open)(nil),                   // 35: keywarden.v1.Open
-	(*Close)(nil),                  // 36: keywarden.v1.Close
-	(*List)(nil),                   // 37: keywarden.v1.List
-	(*Info)(nil),                   // 38: keywarden.v1.Info
-	(*Export)(nil),                 // 39: keywarden.v1.Export
-	(*PublicKey)(nil),              // 40: keywarden.v1.PublicKey
-	(*Destroy)(nil),                // 41: keywarden.v1.Destroy
-	(*SetAttributes)(nil),          // 42: keywarden.v1.SetAttributes
-	(*SetACL)(nil),                 // 43: keywarden.v1.SetACL
-	(*Encrypt)(nil),                // 44: keywarden.v1.Encrypt
-	(*Decrypt)(nil),                // 45: keywarden.v1.Decrypt
-	(*Region)(nil),                 // 46: keywarden.v1.Region
-	(*ShmRegister)(nil),            // 47: keywarden.v1.ShmRegister
-	(*Sign)(nil),                   // 48: keywarden.v1.Sign
-	(*Verify)(nil),                 // 49: keywarden.v1.Verify
-	(*Mac)(nil),                    // 50: keywarden.v1.Mac
-	(*MacVerify)(nil),              // 51: keywarden.v1.MacVerify
-	(*Hash)(nil),                   // 52: keywarden.v1.Hash
-	(*Packed)(nil),                 // 53: keywarden.v1.Packed
-	(*Derive)(nil),                 // 54: keywarden.v1.Derive
-	(*SessionOpen)(nil),            // 55: keywarden.v1.SessionOpen
-	(*SessionUpdate)(nil),          // 56: keywarden.v1.SessionUpdate
-	(*SessionFinal)(nil),           // 57: keywarden.v1.SessionFinal
-	(*SessionAbort)(nil),           // 58: keywarden.v1.SessionAbort
-	(*Argon2Params)(nil),           // 59: keywarden.v1.Argon2Params
-	(*PassphraseKdf)(nil),          // 60: keywarden.v1.PassphraseKdf
-	(*DeriveFromPassphrase)(nil),   // 61: keywarden.v1.DeriveFromPassphrase
-	(*PasswordHash)(nil),           // 62: keywarden.v1.PasswordHash
-	(*PasswordVerify)(nil),         // 63: keywarden.v1.PasswordVerify
-	(*KdfCalibrate)(nil),           // 64: keywarden.v1.KdfCalibrate
-	(*KdfCalibration)(nil),         // 65: keywarden.v1.KdfCalibration
-	(*GenerationInfo)(nil),         // 66: keywarden.v1.GenerationInfo
-	(*GenerationSource)(nil),       // 67: keywarden.v1.GenerationSource
-	(*GenerationGet)(nil),          // 68: keywarden.v1.GenerationGet
-	(*GenerationWatch)(nil),        // 69: keywarden.v1.GenerationWatch
-	(*GenerationAck)(nil),          // 70: keywarden.v1.GenerationAck
-	(*GenerationWaitWatchers)(nil), // 71: keywarden.v1.GenerationWaitWatchers
-	(*GenerationBump)(nil),         // 72: keywarden.v1.GenerationBump
-	(*GenerationMap)(nil),          // 73: keywarden.v1.GenerationMap
-	(*GenerationMapInfo)(nil),      // 74: keywarden.v1.GenerationMapInfo
-	(*SealStatus)(nil),             // 75: keywarden.v1.SealStatus
-	(*ClusterStatus)(nil),          // 76: keywarden.v1.ClusterStatus
-	(*ClusterEndpoint)(nil),        // 77: keywarden.v1.ClusterEndpoint
-	(*Share)(nil),                  // 78: keywarden.v1.Share
-	(*Init)(nil),                   // 79: keywarden.v1.Init
-	(*InitResult)(nil),             // 80: keywarden.v1.InitResult
-	(*Unseal)(nil),                 // 81: keywarden.v1.Unseal
-	(*UnsealResult)(nil),           // 82: keywarden.v1.UnsealResult
-	(*Seal)(nil),                   // 83: keywarden.v1.Seal
-	(*MasterRotate)(nil),           // 84: keywarden.v1.MasterRotate
-	(*Rotate)(nil),                 // 85: keywarden.v1.Rotate
-	(*SetLifecycle)(nil),           // 86: keywarden.v1.SetLifecycle
-	(*Wrap)(nil),                   // 87: keywarden.v1.Wrap
-	(*Unwrap)(nil),                 // 88: keywarden.v1.Unwrap
-	(*Rewrap)(nil),                 // 89: keywarden.v1.Rewrap
-	(*DataKey)(nil),                // 90: keywarden.v1.DataKey
-	(*DataKeyResult)(nil),          // 91: keywarden.v1.DataKeyResult
-	(*Backup)(nil),                 // 92: keywarden.v1.Backup
-	(*BackupChunk)(nil),            // 93: keywarden.v1.BackupChunk
-	(*Restore)(nil),                // 94: keywarden.v1.Restore
-	(*RestoreReport)(nil),          // 95: keywarden.v1.RestoreReport
-	(*SshCertOption)(nil),          // 96: keywarden.v1.SshCertOption
-	(*SshCertify)(nil),             // 97: keywarden.v1.SshCertify
+	(DeriveKdf)(0),                 // 10: keywarden.v1.DeriveKdf
+	(WrapFormat)(0),                // 11: keywarden.v1.WrapFormat
+	(SshCertType)(0),               // 12: keywarden.v1.SshCertType
+	(*Request)(nil),                // 13: keywarden.v1.Request
+	(*Reply)(nil),                  // 14: keywarden.v1.Reply
+	(*Op)(nil),                     // 15: keywarden.v1.Op
+	(*Result)(nil),                 // 16: keywarden.v1.Result
+	(*AclEntry)(nil),               // 17: keywarden.v1.AclEntry
+	(*KeyTemplate)(nil),            // 18: keywarden.v1.KeyTemplate
+	(*KeyInfo)(nil),                // 19: keywarden.v1.KeyInfo
+	(*KeyLifecycle)(nil),           // 20: keywarden.v1.KeyLifecycle
+	(*Program)(nil),                // 21: keywarden.v1.Program
+	(*Programs)(nil),               // 22: keywarden.v1.Programs
+	(*KeyVersionInfo)(nil),         // 23: keywarden.v1.KeyVersionInfo
+	(*KeyResult)(nil),              // 24: keywarden.v1.KeyResult
+	(*ListResult)(nil),             // 25: keywarden.v1.ListResult
+	(*Limits)(nil),                 // 26: keywarden.v1.Limits
+	(*StatusResult)(nil),           // 27: keywarden.v1.StatusResult
+	(*AuditStatus)(nil),            // 28: keywarden.v1.AuditStatus
+	(*MemoryStatus)(nil),           // 29: keywarden.v1.MemoryStatus
+	(*SessionResult)(nil),          // 30: keywarden.v1.SessionResult
+	(*StatusOp)(nil),               // 31: keywarden.v1.StatusOp
+	(*Ping)(nil),                   // 32: keywarden.v1.Ping
+	(*Generate)(nil),               // 33: keywarden.v1.Generate
+	(*Import)(nil),                 // 34: keywarden.v1.Import
+	(*NameRef)(nil),                // 35: keywarden.v1.NameRef
+	(*Open)(nil),                   // 36: keywarden.v1.Open
+	(*Close)(nil),                  // 37: keywarden.v1.Close
+	(*List)(nil),                   // 38: keywarden.v1.List
+	(*Info)(nil),                   // 39: keywarden.v1.Info
+	(*Export)(nil),                 // 40: keywarden.v1.Export
+	(*PublicKey)(nil),              // 41: keywarden.v1.PublicKey
+	(*Destroy)(nil),                // 42: keywarden.v1.Destroy
+	(*SetAttributes)(nil),          // 43: keywarden.v1.SetAttributes
+	(*SetACL)(nil),                 // 44: keywarden.v1.SetACL
+	(*Encrypt)(nil),                // 45: keywarden.v1.Encrypt
+	(*Decrypt)(nil),                // 46: keywarden.v1.Decrypt
+	(*Region)(nil),                 // 47: keywarden.v1.Region
+	(*ShmRegister)(nil),            // 48: keywarden.v1.ShmRegister
+	(*Sign)(nil),                   // 49: keywarden.v1.Sign
+	(*Verify)(nil),                 // 50: keywarden.v1.Verify
+	(*Mac)(nil),                    // 51: keywarden.v1.Mac
+	(*MacVerify)(nil),              // 52: keywarden.v1.MacVerify
+	(*Hash)(nil),                   // 53: keywarden.v1.Hash
+	(*Packed)(nil),                 // 54: keywarden.v1.Packed
+	(*Derive)(nil),                 // 55: keywarden.v1.Derive
+	(*SessionOpen)(nil),            // 56: keywarden.v1.SessionOpen
+	(*SessionUpdate)(nil),          // 57: keywarden.v1.SessionUpdate
+	(*SessionFinal)(nil),           // 58: keywarden.v1.SessionFinal
+	(*SessionAbort)(nil),           // 59: keywarden.v1.SessionAbort
+	(*Argon2Params)(nil),           // 60: keywarden.v1.Argon2Params
+	(*PassphraseKdf)(nil),          // 61: keywarden.v1.PassphraseKdf
+	(*DeriveFromPassphrase)(nil),   // 62: keywarden.v1.DeriveFromPassphrase
+	(*PasswordHash)(nil),           // 63: keywarden.v1.PasswordHash
+	(*PasswordVerify)(nil),         // 64: keywarden.v1.PasswordVerify
+	(*KdfCalibrate)(nil),           // 65: keywarden.v1.KdfCalibrate
+	(*KdfCalibration)(nil),         // 66: keywarden.v1.KdfCalibration
+	(*GenerationInfo)(nil),         // 67: keywarden.v1.GenerationInfo
+	(*GenerationSource)(nil),       // 68: keywarden.v1.GenerationSource
+	(*GenerationGet)(nil),          // 69: keywarden.v1.GenerationGet
+	(*GenerationWatch)(nil),        // 70: keywarden.v1.GenerationWatch
+	(*GenerationAck)(nil),          // 71: keywarden.v1.GenerationAck
+	(*GenerationWaitWatchers)(nil), // 72: keywarden.v1.GenerationWaitWatchers
+	(*GenerationBump)(nil),         // 73: keywarden.v1.GenerationBump
+	(*GenerationMap)(nil),          // 74: keywarden.v1.GenerationMap
+	(*GenerationMapInfo)(nil),      // 75: keywarden.v1.GenerationMapInfo
+	(*SealStatus)(nil),             // 76: keywarden.v1.SealStatus
+	(*ClusterStatus)(nil),          // 77: keywarden.v1.ClusterStatus
+	(*ClusterEndpoint)(nil),        // 78: keywarden.v1.ClusterEndpoint
+	(*Share)(nil),                  // 79: keywarden.v1.Share
+	(*Init)(nil),                   // 80: keywarden.v1.Init
+	(*InitResult)(nil),             // 81: keywarden.v1.InitResult
+	(*Unseal)(nil),                 // 82: keywarden.v1.Unseal
+	(*UnsealResult)(nil),           // 83: keywarden.v1.UnsealResult
+	(*Seal)(nil),                   // 84: keywarden.v1.Seal
+	(*MasterRotate)(nil),           // 85: keywarden.v1.MasterRotate
+	(*Rotate)(nil),                 // 86: keywarden.v1.Rotate
+	(*SetLifecycle)(nil),           // 87: keywarden.v1.SetLifecycle
+	(*Wrap)(nil),                   // 88: keywarden.v1.Wrap
+	(*Unwrap)(nil),                 // 89: keywarden.v1.Unwrap
+	(*Rewrap)(nil),                 // 90: keywarden.v1.Rewrap
+	(*DataKey)(nil),                // 91: keywarden.v1.DataKey
+	(*DataKeyResult)(nil),          // 92: keywarden.v1.DataKeyResult
+	(*Backup)(nil),                 // 93: keywarden.v1.Backup
+	(*BackupChunk)(nil),            // 94: keywarden.v1.BackupChunk
+	(*Restore)(nil),                // 95: keywarden.v1.Restore
+	(*RestoreReport)(nil),          // 96: keywarden.v1.RestoreReport
+	(*SshCertOption)(nil),          // 97: keywarden.v1.SshCertOption
+	(*SshCertify)(nil),             // 98: keywarden.v1.SshCertify
 }
 var file_keywarden_proto_depIdxs = []int32{
-	14,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
+	15,  // 0: keywarden.v1.Request.ops:type_name -> keywarden.v1.Op
 	0,   // 1: keywarden.v1.Reply.status:type_name -> keywarden.v1.Status
-	15,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
-	30,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
-	31,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
-	32,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
-	33,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
-	35,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
-	36,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
-	37,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
-	38,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
-	39,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
-	40,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
-	41,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
-	42,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
-	43,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
-	44,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
-	45,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
-	48,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
-	49,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
-	50,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
-	51,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
-	52,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
-	54,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
-	55,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
-	56,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
-	57,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
-	58,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
-	79,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
-	81,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
-	83,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
-	84,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
-	85,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
-	87,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
-	88,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
-	89,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
-	90,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
-	92,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
-	94,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
-	86,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
-	61,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
-	62,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
-	63,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
-	64,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
-	68,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
-	69,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
-	70,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
-	71,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
-	72,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
-	73,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
-	97,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
-	53,  // 51: keywarden.v1.Op.packed:type_name -> keywarden.v1.Packed
-	47,  // 52: keywarden.v1.Op.shm_register:type_name -> keywarden.v1.ShmRegister
+	16,  // 2: keywarden.v1.Reply.results:type_name -> keywarden.v1.Result
+	31,  // 3: keywarden.v1.Op.status:type_name -> keywarden.v1.StatusOp
+	32,  // 4: keywarden.v1.Op.ping:type_name -> keywarden.v1.Ping
+	33,  // 5: keywarden.v1.Op.generate:type_name -> keywarden.v1.Generate
+	34,  // 6: keywarden.v1.Op.import:type_name -> keywarden.v1.Import
+	36,  // 7: keywarden.v1.Op.open:type_name -> keywarden.v1.Open
+	37,  // 8: keywarden.v1.Op.close:type_name -> keywarden.v1.Close
+	38,  // 9: keywarden.v1.Op.list:type_name -> keywarden.v1.List
+	39,  // 10: keywarden.v1.Op.info:type_name -> keywarden.v1.Info
+	40,  // 11: keywarden.v1.Op.export:type_name -> keywarden.v1.Export
+	41,  // 12: keywarden.v1.Op.public_key:type_name -> keywarden.v1.PublicKey
+	42,  // 13: keywarden.v1.Op.destroy:type_name -> keywarden.v1.Destroy
+	43,  // 14: keywarden.v1.Op.set_attributes:type_name -> keywarden.v1.SetAttributes
+	44,  // 15: keywarden.v1.Op.set_acl:type_name -> keywarden.v1.SetACL
+	45,  // 16: keywarden.v1.Op.encrypt:type_name -> keywarden.v1.Encrypt
+	46,  // 17: keywarden.v1.Op.decrypt:type_name -> keywarden.v1.Decrypt
+	49,  // 18: keywarden.v1.Op.sign:type_name -> keywarden.v1.Sign
+	50,  // 19: keywarden.v1.Op.verify:type_name -> keywarden.v1.Verify
+	51,  // 20: keywarden.v1.Op.mac:type_name -> keywarden.v1.Mac
+	52,  // 21: keywarden.v1.Op.mac_verify:type_name -> keywarden.v1.MacVerify
+	53,  // 22: keywarden.v1.Op.hash:type_name -> keywarden.v1.Hash
+	55,  // 23: keywarden.v1.Op.derive:type_name -> keywarden.v1.Derive
+	56,  // 24: keywarden.v1.Op.session_open:type_name -> keywarden.v1.SessionOpen
+	57,  // 25: keywarden.v1.Op.session_update:type_name -> keywarden.v1.SessionUpdate
+	58,  // 26: keywarden.v1.Op.session_final:type_name -> keywarden.v1.SessionFinal
+	59,  // 27: keywarden.v1.Op.session_abort:type_name -> keywarden.v1.SessionAbort
+	80,  // 28: keywarden.v1.Op.init:type_name -> keywarden.v1.Init
+	82,  // 29: keywarden.v1.Op.unseal:type_name -> keywarden.v1.Unseal
+	84,  // 30: keywarden.v1.Op.seal:type_name -> keywarden.v1.Seal
+	85,  // 31: keywarden.v1.Op.master_rotate:type_name -> keywarden.v1.MasterRotate
+	86,  // 32: keywarden.v1.Op.rotate:type_name -> keywarden.v1.Rotate
+	88,  // 33: keywarden.v1.Op.wrap:type_name -> keywarden.v1.Wrap
+	89,  // 34: keywarden.v1.Op.unwrap:type_name -> keywarden.v1.Unwrap
+	90,  // 35: keywarden.v1.Op.rewrap:type_name -> keywarden.v1.Rewrap
+	91,  // 36: keywarden.v1.Op.data_key:type_name -> keywarden.v1.DataKey
+	93,  // 37: keywarden.v1.Op.backup:type_name -> keywarden.v1.Backup
+	95,  // 38: keywarden.v1.Op.restore:type_name -> keywarden.v1.Restore
+	87,  // 39: keywarden.v1.Op.set_lifecycle:type_name -> keywarden.v1.SetLifecycle
+	62,  // 40: keywarden.v1.Op.derive_passphrase:type_name -> keywarden.v1.DeriveFromPassphrase
+	63,  // 41: keywarden.v1.Op.password_hash:type_name -> keywarden.v1.PasswordHash
+	64,  // 42: keywarden.v1.Op.password_verify:type_name -> keywarden.v1.PasswordVerify
+	65,  // 43: keywarden.v1.Op.kdf_calibrate:type_name -> keywarden.v1.KdfCalibrate
+	69,  // 44: keywarden.v1.Op.generation_get:type_name -> keywarden.v1.GenerationGet
+	70,  // 45: keywarden.v1.Op.generation_watch:type_name -> keywarden.v1.GenerationWatch
+	71,  // 46: keywarden.v1.Op.generation_ack:type_name -> keywarden.v1.GenerationAck
+	72,  // 47: keywarden.v1.Op.generation_wait_watchers:type_name -> keywarden.v1.GenerationWaitWatchers
+	73,  // 48: keywarden.v1.Op.generation_bump:type_name -> keywarden.v1.GenerationBump
+	74,  // 49: keywarden.v1.Op.generation_map:type_name -> keywarden.v1.GenerationMap
+	98,  // 50: keywarden.v1.Op.ssh_certify:type_name -> keywarden.v1.SshCertify
+	54,  // 51: keywarden.v1.Op.packed:type_name -> keywarden.v1.Packed
+	48,  // 52: keywarden.v1.Op.shm_register:type_name -> keywarden.v1.ShmRegister
 	0,   // 53: keywarden.v1.Result.status:type_name -> keywarden.v1.Status
-	23,  // 54: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
-	18,  // 55: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
-	24,  // 56: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
-	26,  // 57: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
-	29,  // 58: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
-	65,  // 59: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
-	80,  // 60: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
-	82,  // 61: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
-	93,  // 62: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
-	91,  // 63: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
-	66,  // 64: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
-	74,  // 65: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
+	24,  // 54: keywarden.v1.Result.key:type_name -> keywarden.v1.KeyResult
+	19,  // 55: keywarden.v1.Result.info:type_name -> keywarden.v1.KeyInfo
+	25,  // 56: keywarden.v1.Result.list:type_name -> keywarden.v1.ListResult
+	27,  // 57: keywarden.v1.Result.server:type_name -> keywarden.v1.StatusResult
+	30,  // 58: keywarden.v1.Result.session:type_name -> keywarden.v1.SessionResult
+	66,  // 59: keywarden.v1.Result.kdf_calibration:type_name -> keywarden.v1.KdfCalibration
+	81,  // 60: keywarden.v1.Result.init:type_name -> keywarden.v1.InitResult
+	83,  // 61: keywarden.v1.Result.unseal:type_name -> keywarden.v1.UnsealResult
+	94,  // 62: keywarden.v1.Result.backup:type_name -> keywarden.v1.BackupChunk
+	92,  // 63: keywarden.v1.Result.data_key:type_name -> keywarden.v1.DataKeyResult
+	67,  // 64: keywarden.v1.Result.generation:type_name -> keywarden.v1.GenerationInfo
+	75,  // 65: keywarden.v1.Result.generation_map:type_name -> keywarden.v1.GenerationMapInfo
 	1,   // 66: keywarden.v1.KeyTemplate.type:type_name -> keywarden.v1.KeyType
-	16,  // 67: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
+	17,  // 67: keywarden.v1.KeyTemplate.acl:type_name -> keywarden.v1.AclEntry
 	1,   // 68: keywarden.v1.KeyInfo.type:type_name -> keywarden.v1.KeyType
 	2,   // 69: keywarden.v1.KeyInfo.class:type_name -> keywarden.v1.KeyClass
-	16,  // 70: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
-	60,  // 71: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
-	19,  // 72: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
+	17,  // 70: keywarden.v1.KeyInfo.acl:type_name -> keywarden.v1.AclEntry
+	61,  // 71: keywarden.v1.KeyInfo.kdf:type_name -> keywarden.v1.PassphraseKdf
+	20,  // 72: keywarden.v1.KeyInfo.lifecycle:type_name -> keywarden.v1.KeyLifecycle
 	8,   // 73: keywarden.v1.KeyLifecycle.origin:type_name -> keywarden.v1.KeyOrigin
-	22,  // 74: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
-	20,  // 75: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
-	20,  // 76: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
-	18,  // 77: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
-	18,  // 78: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
-	25,  // 79: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
-	28,  // 80: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
-	75,  // 81: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
-	66,  // 82: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
-	27,  // 83: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
-	17,  // 84: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
-	17,  // 85: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
+	23,  // 74: keywarden.v1.KeyLifecycle.versions:type_name -> keywarden.v1.KeyVersionInfo
+	21,  // 75: keywarden.v1.KeyLifecycle.allowed_programs:type_name -> keywarden.v1.Program
+	21,  // 76: keywarden.v1.Programs.programs:type_name -> keywarden.v1.Program
+	19,  // 77: keywarden.v1.KeyResult.info:type_name -> keywarden.v1.KeyInfo
+	19,  // 78: keywarden.v1.ListResult.keys:type_name -> keywarden.v1.KeyInfo
+	26,  // 79: keywarden.v1.StatusResult.limits:type_name -> keywarden.v1.Limits
+	29,  // 80: keywarden.v1.StatusResult.memory:type_name -> keywarden.v1.MemoryStatus
+	76,  // 81: keywarden.v1.StatusResult.seal:type_name -> keywarden.v1.SealStatus
+	67,  // 82: keywarden.v1.StatusResult.generation:type_name -> keywarden.v1.GenerationInfo
+	28,  // 83: keywarden.v1.StatusResult.audit:type_name -> keywarden.v1.AuditStatus
+	18,  // 84: keywarden.v1.Generate.template:type_name -> keywarden.v1.KeyTemplate
+	18,  // 85: keywarden.v1.Import.template:type_name -> keywarden.v1.KeyTemplate
 	6,   // 86: keywarden.v1.Import.format:type_name -> keywarden.v1.KeyFormat
-	34,  // 87: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
+	35,  // 87: keywarden.v1.Open.name:type_name -> keywarden.v1.NameRef
 	6,   // 88: keywarden.v1.Export.format:type_name -> keywarden.v1.KeyFormat
 	6,   // 89: keywarden.v1.PublicKey.format:type_name -> keywarden.v1.KeyFormat
-	16,  // 90: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
+	17,  // 90: keywarden.v1.SetACL.acl:type_name -> keywarden.v1.AclEntry
 	4,   // 91: keywarden.v1.Encrypt.hash:type_name -> keywarden.v1.HashAlg
-	46,  // 92: keywarden.v1.Encrypt.input:type_name -> keywarden.v1.Region
-	46,  // 93: keywarden.v1.Encrypt.output:type_name -> keywarden.v1.Region
+	47,  // 92: keywarden.v1.Encrypt.input:type_name -> keywarden.v1.Region
+	47,  // 93: keywarden.v1.Encrypt.output:type_name -> keywarden.v1.Region
 	4,   // 94: keywarden.v1.Decrypt.hash:type_name -> keywarden.v1.HashAlg
-	46,  // 95: keywarden.v1.Decrypt.input:type_name -> keywarden.v1.Region
-	46,  // 96: keywarden.v1.Decrypt.output:type_name -> keywarden.v1.Region
+	47,  // 95: keywarden.v1.Decrypt.input:type_name -> keywarden.v1.Region
+	47,  // 96: keywarden.v1.Decrypt.output:type_name -> keywarden.v1.Region
 	4,   // 97: keywarden.v1.Sign.hash:type_name -> keywarden.v1.HashAlg
 	5,   // 98: keywarden.v1.Sign.padding:type_name -> keywarden.v1.Padding
-	46,  // 99: keywarden.v1.Sign.input:type_name -> keywarden.v1.Region
+	47,  // 99: keywarden.v1.Sign.input:type_name -> keywarden.v1.Region
 	4,   // 100: keywarden.v1.Verify.hash:type_name -> keywarden.v1.HashAlg
 	5,   // 101: keywarden.v1.Verify.padding:type_name -> keywarden.v1.Padding
-	46,  // 102: keywarden.v1.Verify.input:type_name -> keywarden.v1.Region
-	46,  // 103: keywarden.v1.Mac.input:type_name -> keywarden.v1.Region
-	46,  // 104: keywarden.v1.MacVerify.input:type_name -> keywarden.v1.Region
+	47,  // 102: keywarden.v1.Verify.input:type_name -> keywarden.v1.Region
+	47,  // 103: keywarden.v1.Mac.input:type_name -> keywarden.v1.Region
+	47,  // 104: keywarden.v1.MacVerify.input:type_name -> keywarden.v1.Region
 	4,   // 105: keywarden.v1.Hash.alg:type_name -> keywarden.v1.HashAlg
-	46,  // 106: keywarden.v1.Hash.input:type_name -> keywarden.v1.Region
+	47,  // 106: keywarden.v1.Hash.input:type_name -> keywarden.v1.Region
 	9,   // 107: keywarden.v1.Packed.kind:type_name -> keywarden.v1.PackedKind
 	4,   // 108: keywarden.v1.Packed.hash:type_name -> keywarden.v1.HashAlg
 	4,   // 109: keywarden.v1.Derive.hash:type_name -> keywarden.v1.HashAlg
-	17,  // 110: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
-	7,   // 111: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
-	4,   // 112: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
-	5,   // 113: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
-	59,  // 114: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
-	59,  // 115: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
-	17,  // 116: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
-	59,  // 117: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
-	59,  // 118: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
-	59,  // 119: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
-	67,  // 120: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
-	76,  // 121: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
-	77,  // 122: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
-	59,  // 123: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
-	78,  // 124: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
-	78,  // 125: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
-	59,  // 126: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
-	21,  // 127: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
-	10,  // 128: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
-	4,   // 129: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
-	10,  // 130: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
-	17,  // 131: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
-	4,   // 132: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
-	95,  // 133: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
-	11,  // 134: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
-	96,  // 135: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
-	96,  // 136: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
-	137, // [137:137] is the sub-list for method output_type
-	137, // [137:137] is the sub-list for method input_type
-	137, // [137:137] is the sub-list for extension type_name
-	137, // [137:137] is the sub-list for extension extendee
-	0,   // [0:137] is the sub-list for field type_name
+	18,  // 110: keywarden.v1.Derive.template:type_name -> keywarden.v1.KeyTemplate
+	10,  // 111: keywarden.v1.Derive.kdf:type_name -> keywarden.v1.DeriveKdf
+	7,   // 112: keywarden.v1.SessionOpen.kind:type_name -> keywarden.v1.SessionKind
+	4,   // 113: keywarden.v1.SessionOpen.hash:type_name -> keywarden.v1.HashAlg
+	5,   // 114: keywarden.v1.SessionOpen.padding:type_name -> keywarden.v1.Padding
+	60,  // 115: keywarden.v1.PassphraseKdf.params:type_name -> keywarden.v1.Argon2Params
+	60,  // 116: keywarden.v1.DeriveFromPassphrase.params:type_name -> keywarden.v1.Argon2Params
+	18,  // 117: keywarden.v1.DeriveFromPassphrase.template:type_name -> keywarden.v1.KeyTemplate
+	60,  // 118: keywarden.v1.PasswordHash.params:type_name -> keywarden.v1.Argon2Params
+	60,  // 119: keywarden.v1.KdfCalibrate.previous:type_name -> keywarden.v1.Argon2Params
+	60,  // 120: keywarden.v1.KdfCalibration.params:type_name -> keywarden.v1.Argon2Params
+	68,  // 121: keywarden.v1.GenerationInfo.sources:type_name -> keywarden.v1.GenerationSource
+	77,  // 122: keywarden.v1.SealStatus.cluster:type_name -> keywarden.v1.ClusterStatus
+	78,  // 123: keywarden.v1.ClusterStatus.endpoints:type_name -> keywarden.v1.ClusterEndpoint
+	60,  // 124: keywarden.v1.Init.params:type_name -> keywarden.v1.Argon2Params
+	79,  // 125: keywarden.v1.InitResult.shares:type_name -> keywarden.v1.Share
+	79,  // 126: keywarden.v1.Unseal.shares:type_name -> keywarden.v1.Share
+	60,  // 127: keywarden.v1.MasterRotate.params:type_name -> keywarden.v1.Argon2Params
+	22,  // 128: keywarden.v1.SetLifecycle.allowed_programs:type_name -> keywarden.v1.Programs
+	11,  // 129: keywarden.v1.Wrap.format:type_name -> keywarden.v1.WrapFormat
+	4,   // 130: keywarden.v1.Wrap.hash:type_name -> keywarden.v1.HashAlg
+	11,  // 131: keywarden.v1.Unwrap.format:type_name -> keywarden.v1.WrapFormat
+	18,  // 132: keywarden.v1.Unwrap.template:type_name -> keywarden.v1.KeyTemplate
+	4,   // 133: keywarden.v1.Unwrap.hash:type_name -> keywarden.v1.HashAlg
+	96,  // 134: keywarden.v1.BackupChunk.report:type_name -> keywarden.v1.RestoreReport
+	12,  // 135: keywarden.v1.SshCertify.cert_type:type_name -> keywarden.v1.SshCertType
+	97,  // 136: keywarden.v1.SshCertify.critical_options:type_name -> keywarden.v1.SshCertOption
+	97,  // 137: keywarden.v1.SshCertify.extensions:type_name -> keywarden.v1.SshCertOption
+	138, // [138:138] is the sub-list for method output_type
+	138, // [138:138] is the sub-list for method input_type
+	138, // [138:138] is the sub-list for extension type_name
+	138, // [138:138] is the sub-list for extension extendee
+	0,   // [0:138] is the sub-list for field type_name
 }
 
 func init() { file_keywarden_proto_init() }
@@ -9517,7 +9596,7 @@ func file_keywarden_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keywarden_proto_rawDesc), len(file_keywarden_proto_rawDesc)),
-			NumEnums:      12,
+			NumEnums:      13,
 			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -4159,6 +4159,11 @@ func (m *Derive) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Kdf != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Kdf))
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.Template != nil {
 		size, err := m.Template.MarshalToSizedBufferVT(dAtA[:i])
 		if err != nil {
@@ -9077,6 +9082,9 @@ func (m *Derive) SizeVT() (n int) {
 	if m.Template != nil {
 		l = m.Template.SizeVT()
 		n += 1 + l + protohelpers.SizeOfVarint(uint64(l))
+	}
+	if m.Kdf != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.Kdf))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -19869,6 +19877,25 @@ func (m *Derive) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Kdf", wireType)
+			}
+			m.Kdf = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Kdf |= DeriveKdf(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -36276,6 +36303,25 @@ func (m *Derive) UnmarshalVTUnsafe(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Kdf", wireType)
+			}
+			m.Kdf = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Kdf |= DeriveKdf(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
