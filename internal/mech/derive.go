@@ -1,11 +1,14 @@
 package mech
 
 import (
+	"bytes"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/hkdf"
+	"encoding/binary"
 	"encoding/pem"
+	"hash"
 
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -27,8 +30,40 @@ func errPeerCurve() error { return invalid("peer key is not on the key's curve")
 // The shared secret is wiped after use. The new key's bytes leave this
 // package only through its Export.
 func (k *Key) Derive(peer []byte, h wire.HashAlg, salt, info []byte, out *key.Spec) (*Key, error) {
+	return k.DeriveKDF(wire.DeriveKdf_DERIVE_KDF_HKDF, peer, h, salt, info, out)
+}
+
+// DeriveKDF is Derive with the key derivation function kdf. HKDF (or
+// unspecified) is Derive's. The others take an X25519 or ECDH private key
+// only, and no salt:
+//   - NONE: the new key is the shared secret itself, as PKCS #11's
+//     CKD_NULL has it: a key shorter than the secret is its last bytes
+//     (truncation removes bytes from the leading end); one longer is
+//     refused. h must be unspecified and info empty.
+//   - X963: the ANSI X9.63 KDF (SEC 1 section 3.6.1) under h, which must
+//     be SHA-256, SHA-384 or SHA-512, with info as the shared data.
+func (k *Key) DeriveKDF(kdf wire.DeriveKdf, peer []byte, h wire.HashAlg, salt, info []byte, out *key.Spec) (*Key, error) {
 	if err := k.live(); err != nil {
 		return nil, err
+	}
+	switch kdf {
+	case wire.DeriveKdf_DERIVE_KDF_UNSPECIFIED, wire.DeriveKdf_DERIVE_KDF_HKDF:
+		kdf = wire.DeriveKdf_DERIVE_KDF_HKDF
+	case wire.DeriveKdf_DERIVE_KDF_NONE, wire.DeriveKdf_DERIVE_KDF_X963:
+		if k.spec.Family != key.FamilyX25519 && k.spec.Family != key.FamilyECDH {
+			return nil, invalid("the raw and X9.63 derivations take an X25519 or ECDH key")
+		}
+		if len(salt) != 0 {
+			return nil, invalid("the raw and X9.63 derivations take no salt")
+		}
+		if kdf == wire.DeriveKdf_DERIVE_KDF_NONE && (h != wire.HashAlg_HASH_ALG_UNSPECIFIED || len(info) != 0) {
+			return nil, invalid("the raw derivation takes no hash and no info")
+		}
+		if kdf == wire.DeriveKdf_DERIVE_KDF_X963 && h != wire.HashAlg_HASH_ALG_SHA256 && h != wire.HashAlg_HASH_ALG_SHA384 && h != wire.HashAlg_HASH_ALG_SHA512 {
+			return nil, invalid("the X9.63 derivation takes SHA-256, SHA-384 or SHA-512")
+		}
+	default:
+		return nil, invalid("unknown key derivation function")
 	}
 	switch k.spec.Family {
 	case key.FamilyX25519, key.FamilyECDH:
@@ -71,14 +106,46 @@ func (k *Key) Derive(peer []byte, h wire.HashAlg, salt, info []byte, out *key.Sp
 			defer clear(shared)
 			ikm = shared
 		}
-		okm, err := hkdf.Key(hf, ikm, salt, string(info), out.SecretLen)
-		if err != nil {
-			return internal("key derivation failed")
+		var okm []byte
+		switch kdf {
+		case wire.DeriveKdf_DERIVE_KDF_NONE:
+			if len(ikm) < out.SecretLen {
+				return invalid("the new key is longer than the shared secret")
+			}
+			okm = bytes.Clone(ikm[len(ikm)-out.SecretLen:])
+		case wire.DeriveKdf_DERIVE_KDF_X963:
+			okm = x963(hf, ikm, info, out.SecretLen)
+		default:
+			var err error
+			okm, err = hkdf.Key(hf, ikm, salt, string(info), out.SecretLen)
+			if err != nil {
+				return internal("key derivation failed")
+			}
 		}
+		var err error
 		child, err = newSecretKey(out, okm)
 		return err
 	})
 	return child, err
+}
+
+// x963 is the ANSI X9.63 KDF (SEC 1 section 3.6.1): the concatenation of
+// H(z || counter || shared) for a 32-bit big-endian counter from 1, cut
+// to n bytes. n is at most 64 here, far below the standard's limit.
+func x963(hf func() hash.Hash, z, shared []byte, n int) []byte {
+	out := make([]byte, 0, n+64)
+	h := hf()
+	var ctr [4]byte
+	for i := uint32(1); len(out) < n; i++ {
+		binary.BigEndian.PutUint32(ctr[:], i)
+		h.Reset()
+		h.Write(z)
+		h.Write(ctr[:])
+		h.Write(shared)
+		out = h.Sum(out)
+	}
+	clear(out[n:cap(out)])
+	return out[:n]
 }
 
 // agree returns the raw shared secret of the expanded private key e with

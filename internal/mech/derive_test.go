@@ -196,3 +196,100 @@ func TestDeriveHMAC(t *testing.T) {
 		k.Destroy()
 	}
 }
+
+// handX963 is ANSI X9.63's KDF written out from SEC 1 section 3.6.1, apart
+// from the package's: H(Z || counter || SharedInfo) for counter = 1, 2, ...
+func handX963(h wire.HashAlg, z, shared []byte, n int) []byte {
+	var out []byte
+	for c := byte(1); len(out) < n; c++ {
+		hh := hashFunc(h)()
+		hh.Write(append(append(bytes.Clone(z), 0, 0, 0, c), shared...))
+		out = hh.Sum(out)
+	}
+	return out[:n]
+}
+
+func TestX963KnownAnswer(t *testing.T) {
+	// NIST CAVS ansx963_2001, SHA-256, 192-bit Z, no SharedInfo, COUNT = 0.
+	z := unhexOne(t, "96c05619d56c328ab95fe84b18264b08725b85e33fd34f08")
+	want := unhexOne(t, "443024c3dae66b95e6f5670601558f71")
+	if got := x963(hashFunc(hSHA256), z, nil, 16); !bytes.Equal(got, want) {
+		t.Fatalf("x963 = %x, want %x", got, want)
+	}
+}
+
+func TestDeriveRawAndX963(t *testing.T) {
+	none, x963kdf := wire.DeriveKdf_DERIVE_KDF_NONE, wire.DeriveKdf_DERIVE_KDF_X963
+	for _, typ := range []wire.KeyType{tX25519, tDH256, tDH384} {
+		t.Run(spec(typ).Name, func(t *testing.T) {
+			a := testKey(t, typ)
+			defer a.Destroy()
+			b, err := Generate(spec(typ))
+			wantOK(t, err)
+			defer b.Destroy()
+			bStd := stdECDH(t, b)
+			shared, err := stdECDH(t, a).ECDH(bStd.PublicKey())
+			wantOK(t, err)
+			for _, out := range []wire.KeyType{tAES, tHMAC256, tHMAC384, tHMAC512} {
+				n := spec(out).SecretLen
+				for name, peer := range peerForms(t, bStd.PublicKey()) {
+					d, err := a.DeriveKDF(none, peer, hNone, nil, nil, spec(out))
+					if n > len(shared) {
+						wantErr(t, err, stInvalid, "the new key is longer than the shared secret")
+					} else {
+						wantOK(t, err)
+						got, _ := d.Export(fRaw)
+						// PKCS #11: truncation removes bytes from the leading end.
+						if !bytes.Equal(got, shared[len(shared)-n:]) {
+							t.Fatalf("%s %s peer: raw derive differs from the stdlib's shared secret", spec(out).Name, name)
+						}
+						d.Destroy()
+					}
+					for _, h := range []wire.HashAlg{hSHA256, hSHA384, hSHA512} {
+						d, err := a.DeriveKDF(x963kdf, peer, h, nil, []byte("shared data"), spec(out))
+						wantOK(t, err)
+						got, _ := d.Export(fRaw)
+						if !bytes.Equal(got, handX963(h, shared, []byte("shared data"), n)) {
+							t.Fatalf("%v %s %s peer: X9.63 derive differs from the hand KDF", h, spec(out).Name, name)
+						}
+						d.Destroy()
+					}
+				}
+			}
+			peer := bStd.PublicKey().Bytes()
+			for _, tc := range []struct {
+				kdf        wire.DeriveKdf
+				h          wire.HashAlg
+				salt, info []byte
+				msg        string
+			}{
+				{none, hSHA256, nil, nil, "the raw derivation takes no hash and no info"},
+				{none, hNone, nil, []byte("i"), "the raw derivation takes no hash and no info"},
+				{none, hNone, []byte("s"), nil, "the raw and X9.63 derivations take no salt"},
+				{x963kdf, hSHA256, []byte("s"), nil, "the raw and X9.63 derivations take no salt"},
+				{x963kdf, hNone, nil, nil, "the X9.63 derivation takes SHA-256, SHA-384 or SHA-512"},
+				{x963kdf, hSHA3256, nil, nil, "the X9.63 derivation takes SHA-256, SHA-384 or SHA-512"},
+				{wire.DeriveKdf(99), hNone, nil, nil, "unknown key derivation function"},
+			} {
+				_, err := a.DeriveKDF(tc.kdf, peer, tc.h, tc.salt, tc.info, spec(tAES))
+				wantErr(t, err, stInvalid, tc.msg)
+			}
+			// The point is checked as for HKDF: not on the curve, refused.
+			bad := bytes.Clone(peer)
+			bad[len(bad)-1] ^= 1
+			if typ != tX25519 {
+				_, err = a.DeriveKDF(none, bad, hNone, nil, nil, spec(tAES))
+				if err == nil {
+					t.Fatal("raw derive took a point off the curve")
+				}
+			}
+		})
+	}
+	// HMAC parents: HKDF only.
+	k := testKey(t, tHMAC256)
+	defer k.Destroy()
+	for _, kdf := range []wire.DeriveKdf{none, x963kdf} {
+		_, err := k.DeriveKDF(kdf, nil, hSHA256, nil, nil, spec(tAES))
+		wantErr(t, err, stInvalid, "the raw and X9.63 derivations take an X25519 or ECDH key")
+	}
+}
