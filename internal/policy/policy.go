@@ -336,6 +336,29 @@ func CheckDerive(c Caller, parent Key, t Template) (key.Usage, Decision) {
 	return CheckTemplate(t)
 }
 
+// CheckDeriveKDF decides whether a key may be derived from parent with
+// kdf. The raw shared secret and the X9.63 KDF are for key agreement: they
+// take an X25519 or ECDH parent only. From any other key they would give
+// its own bytes (raw) or an unkeyed hash of them, under another type and
+// other attributes.
+func CheckDeriveKDF(parent Key, kdf wire.DeriveKdf) Decision {
+	switch kdf {
+	case wire.DeriveKdf_DERIVE_KDF_UNSPECIFIED, wire.DeriveKdf_DERIVE_KDF_HKDF:
+		return allow
+	case wire.DeriveKdf_DERIVE_KDF_NONE, wire.DeriveKdf_DERIVE_KDF_X963:
+		if parent.Spec != nil && (parent.Spec.Family == key.FamilyX25519 || parent.Spec.Family == key.FamilyECDH) {
+			return allow
+		}
+		name := "untyped"
+		if parent.Spec != nil {
+			name = parent.Spec.Name
+		}
+		return deny(wire.Status_STATUS_INVALID_ARGUMENT, "the raw and X9.63 derivations take an X25519 or ECDH key",
+			"derive: %v from a %s key", kdf, name)
+	}
+	return deny(wire.Status_STATUS_INVALID_ARGUMENT, "unknown key derivation function", "derive: kdf %d", int32(kdf))
+}
+
 // CheckQuota decides whether an owner who holds owned keys may create one
 // more under limit.
 func CheckQuota(owned, limit int) Decision {

@@ -294,6 +294,35 @@ func TestCheckDerive(t *testing.T) {
 	}
 }
 
+func TestCheckDeriveKDF(t *testing.T) {
+	none, x963, hkdf := wire.DeriveKdf_DERIVE_KDF_NONE, wire.DeriveKdf_DERIVE_KDF_X963, wire.DeriveKdf_DERIVE_KDF_HKDF
+	p256 := key.Lookup(wire.KeyType_KEY_TYPE_ECDH_P256)
+	for _, tt := range []struct {
+		spec *key.Spec
+		kdf  wire.DeriveKdf
+		want wire.Status
+	}{
+		{x25519, none, wire.Status_STATUS_OK},
+		{x25519, x963, wire.Status_STATUS_OK},
+		{p256, none, wire.Status_STATUS_OK},
+		{p256, x963, wire.Status_STATUS_OK},
+		{hmac256, hkdf, wire.Status_STATUS_OK},
+		{hmac256, wire.DeriveKdf_DERIVE_KDF_UNSPECIFIED, wire.Status_STATUS_OK},
+		// From a key that agrees on nothing, the raw "secret" would be
+		// the key's own bytes.
+		{hmac256, none, wire.Status_STATUS_INVALID_ARGUMENT},
+		{hmac256, x963, wire.Status_STATUS_INVALID_ARGUMENT},
+		{aes, none, wire.Status_STATUS_INVALID_ARGUMENT},
+		{nil, none, wire.Status_STATUS_INVALID_ARGUMENT},
+		{x25519, wire.DeriveKdf(42), wire.Status_STATUS_INVALID_ARGUMENT},
+	} {
+		p := Key{Owner: owner, Spec: tt.spec, Class: key.Private, Attrs: &key.Attrs{Usage: key.Derive}}
+		if d := CheckDeriveKDF(p, tt.kdf); d.Status != tt.want {
+			t.Errorf("%v from %v: %v (%s), want %v", tt.kdf, tt.spec, d.Status, d.Reason, tt.want)
+		}
+	}
+}
+
 func TestCheckQuota(t *testing.T) {
 	for _, tt := range []struct {
 		owned, limit int

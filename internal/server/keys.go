@@ -459,6 +459,9 @@ func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := policy.CheckDeriveKDF(parent.Policy(), dv.Kdf).Err(); err != nil {
+		return nil, err
+	}
 	usage, d := policy.CheckDerive(id.caller(), parent.Policy(), pt)
 	if err := d.Err(); err != nil {
 		return nil, err
@@ -473,7 +476,7 @@ func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) 
 	var mat *mech.Key
 	err = parent.UseVersion(pv, func(m *mech.Key) error {
 		var err error
-		mat, err = m.Derive(dv.PeerPublicKey, dv.Hash, dv.Salt, dv.Info, pt.Spec)
+		mat, err = m.DeriveKDF(dv.Kdf, dv.PeerPublicKey, dv.Hash, dv.Salt, dv.Info, pt.Spec)
 		return err
 	})
 	if err != nil {
