@@ -101,7 +101,7 @@ func (c *conn) refresh() error {
 		l := r.GetList()
 		for _, info := range l.GetKeys() {
 			if pkcs11Type(info.Type) == nil {
-				continue // X25519 and ECDH keys have no PKCS #11 use here yet
+				continue // X25519 keys have no PKCS #11 use here yet
 			}
 			c.objectsOf(c.addKey(info, false)) // handles in the list's order
 			seen[string(info.Id)] = true
@@ -220,6 +220,10 @@ func pkcs11Type(t wire.KeyType) *typeInfo {
 	case wire.KeyType_KEY_TYPE_ECDSA_P256:
 		return &typeInfo{ckk: ckkEC, curve: oidP256, gen: ckmECKeyPairGen}
 	case wire.KeyType_KEY_TYPE_ECDSA_P384:
+		return &typeInfo{ckk: ckkEC, curve: oidP384, gen: ckmECKeyPairGen}
+	case wire.KeyType_KEY_TYPE_ECDH_P256:
+		return &typeInfo{ckk: ckkEC, curve: oidP256, gen: ckmECKeyPairGen}
+	case wire.KeyType_KEY_TYPE_ECDH_P384:
 		return &typeInfo{ckk: ckkEC, curve: oidP384, gen: ckmECKeyPairGen}
 	case wire.KeyType_KEY_TYPE_RSA_2048, wire.KeyType_KEY_TYPE_RSA_3072, wire.KeyType_KEY_TYPE_RSA_4096:
 		return &typeInfo{ckk: ckkRSA, gen: ckmRSAPKCSKeyPairGen}

@@ -94,6 +94,7 @@ var mechanisms = map[uint64]mechInfo{
 	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmRSAAESKeyWrap:     {2048, 4096, ckfMechWrap | ckfMechUnwrap},
 	ckmHKDFDerive:        {32, 64, ckfMechDerive},
+	ckmECDH1Derive:       {256, 384, ckfMechDerive | ecFlags},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {

@@ -449,6 +449,14 @@ func (d *decoder) Mechanism() mechanism {
 		m.source, _ = d.array()
 		m.hasParam = true
 		return m
+	case ckmECDH1Derive:
+		// CK_ECDH1_DERIVE_PARAMS as p11-kit and keywarden's module send
+		// it: the KDF, the shared data, the peer's public data.
+		m.extra = d.u64()
+		m.param, _ = d.array()
+		m.source, _ = d.array()
+		m.hasParam = true
+		return m
 	case ckmAESGCM:
 		// p11-kit 0.25 and later: IV, IV bits, AAD, tag bits.
 		m.param, _ = d.array()
