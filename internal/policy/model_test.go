@@ -16,7 +16,10 @@ package policy
 // by ECDH with a peer of its own, or opened a blob or ciphertext under a
 // material it knows; it can also make any blob under a material it knows
 // (and under any RSA key: the public half is public), and derive offline
-// what HKDF gives from a material it knows. Encryption of data and key
+// what HKDF gives from a material it knows. A derivation takes one of
+// three functions: HKDF, the raw shared secret of an ECDH parent, or
+// X9.63 of it; each gives a material of its own (kdf and param name it).
+// Encryption of data and key
 // wrapping are separate domains exactly where the daemon separates them:
 // keywarden's format (KWW3) under keys derived for it, RFC 3394/5649 not
 // being AES-GCM, and RSA-OAEP with an empty label being the same for
@@ -101,8 +104,18 @@ const (
 	mkGenerated mkind = iota + 1 // fresh random bytes, in the daemon
 	mkAttacker                   // the attacker's own bytes
 	mkHKDF                       // HKDF of parent with param
-	mkECDH                       // ECDH of parent with the attacker's peer key
+	mkECDH                       // ECDH of parent with the attacker's peer key, through a KDF (raw: none)
 )
+
+// Key derivation functions of a derive call, as the model names them.
+const (
+	kdfHKDF uint8 = iota
+	kdfRaw
+	kdfX963
+)
+
+var kdfNames = [...]string{kdfHKDF: "hkdf", kdfRaw: "raw", kdfX963: "x963"}
+var kdfWire = [...]wire.DeriveKdf{kdfHKDF: wire.DeriveKdf_DERIVE_KDF_HKDF, kdfRaw: wire.DeriveKdf_DERIVE_KDF_NONE, kdfX963: wire.DeriveKdf_DERIVE_KDF_X963}
 
 // The programs of the model: the attacker's, which no key lists, and the
 // one some keys are restricted to.
@@ -321,6 +334,7 @@ type rules struct {
 	unwrapKey func(c Caller, k Key, f WrapFormat, req Template) Decision
 	unwrap    func(c Caller, k Key, f WrapFormat, sealed *Sealed, req Template) (Template, Decision)
 	derive    func(c Caller, parent Key, t Template) (key.Usage, Decision)
+	deriveKDF func(parent Key, kdf wire.DeriveKdf) Decision
 	copy      func(n Key, held []Key) Decision
 	trust     func(k Key) Decision
 	domainSep bool
@@ -328,7 +342,7 @@ type rules struct {
 
 var todaysRules = rules{
 	name: "today", template: CheckTemplate, wrap: CheckWrap, unwrapKey: CheckUnwrapKey, unwrap: CheckUnwrap,
-	derive: CheckDerive, copy: CheckCopy, trust: CheckTrust, domainSep: true,
+	derive: CheckDerive, deriveKDF: CheckDeriveKDF, copy: CheckCopy, trust: CheckTrust, domainSep: true,
 }
 
 // action is one call of the attacker's, with its arguments.
@@ -342,6 +356,7 @@ type action struct {
 	f      uint8
 	blob   blob
 	param  uint8
+	kdf    uint8
 	mat    int8
 	change Change
 	pub    bool
@@ -382,7 +397,7 @@ func (a action) describe() string {
 	case "encrypt":
 		return fmt.Sprintf("encrypt, under #%d, a keywarden-format blob of material %d claiming usage=%s exportable=%t", a.h, a.mat, a.usage, a.exp)
 	case "derive":
-		return fmt.Sprintf("derive from #%d (param %d) %s usage=%s exportable=%t wrappable=%t", a.h, a.param, a.spec.Name, a.usage, a.exp, a.wrp)
+		return fmt.Sprintf("derive from #%d (%s, param %d) %s usage=%s exportable=%t wrappable=%t", a.h, kdfNames[a.kdf], a.param, a.spec.Name, a.usage, a.exp, a.wrp)
 	case "set":
 		return fmt.Sprintf("set attributes of #%d: %s", a.h, changeString(a.change))
 	case "programs":
@@ -574,6 +589,10 @@ func (d *domain) actions(as []action, s *state) []action {
 				for p := uint8(0); p < 2; p++ {
 					as = append(as, action{op: "derive", h: i, param: p, spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
 				}
+				// The raw secret (no param), and X9.63 with one shared
+				// data: from any parent, for the rules to refuse.
+				as = append(as, action{op: "derive", h: i, kdf: kdfRaw, spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp},
+					action{op: "derive", h: i, kdf: kdfX963, spec: t.spec, usage: t.usage, exp: t.exp, wrp: t.wrp})
 			}
 		}
 		if d.programs && o.owner == attackerUID {
@@ -714,23 +733,42 @@ func apply(s *state, a action, r *rules) *state {
 		if !Authorize(attacker, p.key(), Use, key.Derive).Allowed() {
 			return nil
 		}
+		if !r.deriveKDF(p.key(), kdfWire[a.kdf]).Allowed() {
+			return nil
+		}
 		t := Template{Spec: a.spec, Class: key.Secret, Usage: a.usage, Exportable: a.exp, Wrappable: a.wrp}
 		u, d := r.derive(attacker, p.key(), t)
 		if !d.Allowed() {
 			return nil
 		}
 		pm := s.mats[p.mat]
-		m := material{shape: shSym32, kind: mkHKDF, parent: p.mat, param: a.param, secret: pm.secret && !a.exp, known: pm.known,
+		child := obj{spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
+			prov: Provenance{Origin: key.Derived, NeverExportable: !a.exp}, restricted: p.restricted}
+		if a.kdf == kdfRaw && p.spec.Family != key.FamilyX25519 {
+			// The raw "secret" of a key that agrees on none would be the
+			// key's own bytes (were the call not refused).
+			if pm.shape != shSym32 {
+				return nil
+			}
+			child.mat = p.mat
+			n = s.add(r, child)
+			break
+		}
+		// Each function gives a material of its own: param names the
+		// function's output (HKDF's info, X9.63's shared data).
+		param := a.kdf<<1 | a.param
+		m := material{shape: shSym32, kind: mkHKDF, parent: p.mat, param: param, secret: pm.secret && !a.exp, known: pm.known,
 			confined: pm.confined}
 		if p.spec.Family == key.FamilyX25519 {
-			// The peer is the attacker's: it knows the shared secret.
-			m = material{shape: shSym32, kind: mkECDH, parent: p.mat, param: a.param, known: true}
+			// The peer is the attacker's: it knows the shared secret, and
+			// so what any function makes of it.
+			m = material{shape: shSym32, kind: mkECDH, parent: p.mat, param: param, known: true}
 		}
 		mi, ns := s.withMat(m)
 		// The child inherits its parent's programs (as the daemon's derive
 		// does).
-		n = ns.add(r, obj{mat: mi, spec: a.spec, owner: attackerUID, usage: u, exp: a.exp, wrp: a.wrp,
-			prov: Provenance{Origin: key.Derived, NeverExportable: !a.exp}, restricted: p.restricted})
+		child.mat = mi
+		n = ns.add(r, child)
 	case "programs":
 		o := &s.objs[a.h]
 		if o.restricted == a.restrict || !Authorize(attacker, o.key(), Manage, 0).Allowed() {
