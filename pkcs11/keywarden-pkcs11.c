@@ -1852,6 +1852,19 @@ put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
 		put_array (b, p->pInfo, p->ulInfoLen);
 		return CKR_OK;
 	}
+	case CKM_ECDH1_DERIVE: {
+		/* As p11-kit sends it: the KDF, the shared data, the peer's
+		 * public data; the daemon checks each. */
+		CK_ECDH1_DERIVE_PARAMS *p = m->pParameter;
+		if (p == NULL || m->ulParameterLen != sizeof *p ||
+		    (p->pSharedData == NULL && p->ulSharedDataLen != 0) ||
+		    (p->pPublicData == NULL && p->ulPublicDataLen != 0))
+			return CKR_MECHANISM_PARAM_INVALID;
+		put_u64 (b, p->kdf);
+		put_array (b, p->pSharedData, p->ulSharedDataLen);
+		put_array (b, p->pPublicData, p->ulPublicDataLen);
+		return CKR_OK;
+	}
 	case CKM_EDDSA: {
 		/* Pure Ed25519 only: a parameter asking for it is the same as
 		 * none; a pre-hash or a context is refused by the daemon. */

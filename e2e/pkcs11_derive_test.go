@@ -1,0 +1,97 @@
+package e2e_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ecdhPeer makes a P-256 key pair with openssl in dir: peer.pem (private)
+// and peer.der (public, SPKI DER, as pkcs11-tool -i reads it).
+func ecdhPeer(t *testing.T, e *p11Env, openssl string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "peer.pem"},
+		{"pkey", "-in", "peer.pem", "-pubout", "-outform", "DER", "-out", "peer.der"},
+	} {
+		if out, code := e.run(t, nil, openssl, args...); code != 0 {
+			t.Fatalf("openssl %s: %s", args[0], out)
+		}
+	}
+}
+
+// pkcs11-tool --derive with CKM_ECDH1_DERIVE (CKD_NULL) on an ECDH P-256
+// key of the daemon's: the derived secret is the one openssl computes
+// from the peer's private key and the daemon's public key, whether the
+// peer's point goes raw or DER-wrapped (--derive-pass-der).
+func TestPKCS11ToolECDHDerive(t *testing.T) {
+	e := p11Daemon(t, "ecdh-p256 dh1 --exportable --wrappable")
+	openssl := needTool(t, "openssl")
+	ecdhPeer(t, e, openssl)
+	objs := e.tool(t, "-O")
+	id := idOf(t, objs, "dh1")
+	e.tool(t, "--read-object", "--type", "pubkey", "--id", id, "-o", "dh1.der")
+	if out, code := e.run(t, nil, openssl, "pkey", "-pubin", "-inform", "DER", "-in", "dh1.der", "-out", "dh1.pem"); code != 0 {
+		t.Fatalf("openssl pkey: %s", out)
+	}
+	if out, code := e.run(t, nil, openssl, "pkeyutl", "-derive", "-inkey", "peer.pem", "-peerkey", "dh1.pem", "-out", "want"); code != 0 {
+		t.Fatalf("openssl pkeyutl -derive: %s", out)
+	}
+	want, err := os.ReadFile(filepath.Join(e.dir, "want"))
+	if err != nil || len(want) != 32 {
+		t.Fatalf("openssl's secret: %d bytes (%v)", len(want), err)
+	}
+	if out := e.tool(t, "-M"); !strings.Contains(out, "ECDH1-DERIVE") {
+		t.Fatalf("ECDH1-DERIVE is not listed:\n%s", out)
+	}
+	for i, extra := range [][]string{nil, {"--derive-pass-der"}} {
+		outFile := "secret" + string(rune('0'+i))
+		args := append([]string{"--login", "--pin", "any", "--derive", "--mechanism", "ECDH1-DERIVE", "--id", id,
+			"-i", "peer.der", "-o", outFile}, extra...)
+		e.tool(t, args...)
+		got, err := os.ReadFile(filepath.Join(e.dir, outFile))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("pkcs11-tool --derive %v: %d bytes, not openssl's secret (%v)", extra, len(got), err)
+		}
+	}
+}
+
+// The same with a non-exportable ECDH key: pkcs11-tool asks for an
+// exportable secret, which a child of a non-exportable key never is, so
+// the derivation is refused (CKR_TEMPLATE_INCONSISTENT), nothing of the
+// secret is written, and the daemon serves on.
+func TestPKCS11ToolECDHDeriveNonExportable(t *testing.T) {
+	e := p11Daemon(t, "ecdh-p256 dh1")
+	openssl := needTool(t, "openssl")
+	ecdhPeer(t, e, openssl)
+	id := idOf(t, e.tool(t, "-O"), "dh1")
+	e.tool(t, "--read-object", "--type", "pubkey", "--id", id, "-o", "dh1.der")
+	e.run(t, nil, openssl, "pkey", "-pubin", "-inform", "DER", "-in", "dh1.der", "-out", "dh1.pem")
+	if out, code := e.run(t, nil, openssl, "pkeyutl", "-derive", "-inkey", "peer.pem", "-peerkey", "dh1.pem", "-out", "want"); code != 0 {
+		t.Fatalf("openssl pkeyutl -derive: %s", out)
+	}
+	want, _ := os.ReadFile(filepath.Join(e.dir, "want"))
+	out, code := e.run(t, nil, needTool(t, "pkcs11-tool"), "--module", e.mod, "--login", "--pin", "any", "--derive",
+		"--mechanism", "ECDH1-DERIVE", "--id", id, "-i", "peer.der", "-o", "secret")
+	if code == 0 {
+		t.Fatalf("pkcs11-tool derived from a non-exportable key:\n%s", out)
+	}
+	if !strings.Contains(out, "CKR_TEMPLATE_INCONSISTENT") {
+		t.Fatalf("pkcs11-tool --derive failed otherwise than refused:\n%s", out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(e.dir, "secret")); len(got) != 0 {
+		t.Fatalf("%d bytes written", len(got))
+	}
+	if len(want) == 32 && strings.Contains(out, string(want)) {
+		t.Fatal("the secret is in pkcs11-tool's output")
+	}
+	// The daemon is well and serves the same key.
+	if !strings.Contains(e.tool(t, "-O"), "dh1") {
+		t.Fatal("the key is gone after the refusal")
+	}
+	if r := e.d.runCLI(t, nil, nil, "key", "list"); r.code != 0 || !strings.Contains(r.stdout, "dh1") {
+		t.Fatalf("key list after the refusal: %s", r)
+	}
+}
