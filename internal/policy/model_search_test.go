@@ -303,3 +303,27 @@ func TestModelRulesAreNeeded(t *testing.T) {
 		})
 	}
 }
+
+// TestModelRawDeriveNeedsAgreement: the raw derivation of a key that
+// agrees on nothing would hold its bytes as another type of key. The copy
+// rule refuses that object too (the full search finds nothing with
+// CheckDeriveKDF alone switched off); with both switched off, one call
+// does it, and CheckDeriveKDF alone prevents it.
+func TestModelRawDeriveNeedsAgreement(t *testing.T) {
+	var sc scenario
+	for _, s := range scenarios() {
+		if s.name == "derivation" {
+			sc = s
+		}
+	}
+	r := todaysRules
+	r.copy = func(Key, []Key) Decision { return allow }
+	if trace, _ := search(sc.build(t), &sc.d, &r, 1, false); trace != nil {
+		t.Fatalf("found with the copy rule alone off:\n  %s", strings.Join(trace, "\n  "))
+	}
+	r.deriveKDF = func(Key, wire.DeriveKdf) Decision { return allow }
+	trace, _ := search(sc.build(t), &sc.d, &r, 1, false)
+	if trace == nil || !strings.Contains(trace[0], "(raw,") || !strings.Contains(trace[len(trace)-1], "held as 2 key types") {
+		t.Fatalf("the raw derivation of an HMAC key is not found: %v", trace)
+	}
+}
