@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/keywarden/keywarden/internal/server"
+	"github.com/keywarden/keywarden/internal/wire"
 )
 
 // seeds are well-formed requests: the fuzzer starts from them.
@@ -105,6 +106,24 @@ func seeds() [][]byte {
 			e.u64(1)
 			tmpl(e)
 		}),
+		request(callDeriveKey, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmECDH1Derive)
+			e.u64(ckdNull)
+			e.array(nil)
+			e.array(append([]byte{4}, make([]byte, 64)...))
+			e.u64(2)
+			tmpl(e)
+		}),
+		request(callDeriveKey, func(e *encoder) {
+			e.u64(1)
+			e.u32(ckmECDH1Derive)
+			e.u64(ckdSHA256KDF)
+			e.array([]byte("shared"))
+			e.array(append([]byte{4, 65, 4}, make([]byte, 64)...))
+			e.u64(2)
+			tmpl(e)
+		}),
 		request(callSign, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(512) }),
 		request(callDigestInit, func(e *encoder) { e.u64(1); e.u32(ckmSHA256); e.u32(0xffffffff) }),
 		request(callDigest, func(e *encoder) { e.u64(1); e.u8(1); e.array([]byte("data")); e.u32(0) }),
@@ -142,6 +161,40 @@ func FuzzHandle(f *testing.F) {
 		sig, ok := d.array()
 		if !ok || rid >= callMax || string(sig) != calls[rid].resp {
 			t.Fatalf("malformed response %x to %x", out, body)
+		}
+	})
+}
+
+// FuzzECDHParams feeds CK_ECDH1_DERIVE_PARAMS to their reading: no input
+// panics, and what is accepted is a known KDF and a SEC 1 point of the
+// curve's size.
+func FuzzECDHParams(f *testing.F) {
+	pt := append([]byte{4}, make([]byte, 64)...)
+	der := append([]byte{4, 65}, pt...)
+	f.Add(uint64(ckdNull), []byte(nil), pt, 32)
+	f.Add(uint64(ckdSHA256KDF), []byte("shared"), der, 32)
+	f.Add(uint64(ckdSHA384KDF), []byte{}, append([]byte{2}, make([]byte, 48)...), 48)
+	f.Add(uint64(ckdSHA1KDF), []byte(nil), pt, 32)
+	f.Add(uint64(ckdNull), []byte(nil), append(der, 0), 32)
+	f.Fuzz(func(t *testing.T, kdf uint64, shared, public []byte, size int) {
+		if size != 32 && size != 48 {
+			size = 32
+		}
+		m := mechanism{typ: ckmECDH1Derive, extra: kdf, param: shared, source: public, hasParam: true}
+		k, h, info, p, rv := ecdhParams(m, size)
+		if rv != ckrOK {
+			return
+		}
+		switch {
+		case k == wire.DeriveKdf_DERIVE_KDF_NONE && (h != 0 || len(info) != 0):
+			t.Fatalf("CKD_NULL with hash %v and %d bytes of shared data", h, len(info))
+		case k == wire.DeriveKdf_DERIVE_KDF_X963 && h == 0:
+			t.Fatal("X9.63 without a hash")
+		case k != wire.DeriveKdf_DERIVE_KDF_NONE && k != wire.DeriveKdf_DERIVE_KDF_X963:
+			t.Fatalf("KDF %v", k)
+		}
+		if !(len(p) == 1+2*size && p[0] == 4) && !(len(p) == 1+size && (p[0] == 2 || p[0] == 3)) {
+			t.Fatalf("accepted %x as a point of %d-byte coordinates", p, size)
 		}
 	})
 }
