@@ -108,6 +108,7 @@ fuzz:
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/mech || exit 1; \
 	done
 	$(GO) test -run=NONE -fuzz='^FuzzHandle$$' -fuzztime=$(FUZZTIME) ./internal/p11front
+	$(GO) test -run=NONE -fuzz='^FuzzECDHParams$$' -fuzztime=$(FUZZTIME) ./internal/p11front
 	for f in FuzzParseKmsg FuzzParseUevent FuzzVMClockPage FuzzFindVMGenIDAddress; do \
 		$(GO) test -run=NONE -fuzz="^$$f\$$" -fuzztime=$(FUZZTIME) ./internal/genid || exit 1; \
 	done
