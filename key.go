@@ -385,14 +385,47 @@ type DeriveParams struct {
 	// uncompressed point for P-256 and P-384). Empty for HMAC keys.
 	Peer []byte
 	// Hash is HKDF's hash: SHA-256 by default, or an HMAC key's own hash.
+	// With KDFX963 it is required: SHA-256, SHA-384 or SHA-512.
 	Hash crypto.Hash
 	Salt []byte
+	// Info is HKDF's info, or X9.63's shared info.
 	Info []byte
+	// KDF is how the new key's bytes follow from the input: HKDF by
+	// default. KDFNone and KDFX963 take an X25519 or ECDH key only.
+	KDF DeriveKDF
+}
+
+// DeriveKDF is the key derivation function of Derive.
+type DeriveKDF string
+
+const (
+	// KDFHKDF is HKDF (RFC 5869) with Hash, Salt and Info (the default).
+	KDFHKDF DeriveKDF = "hkdf"
+	// KDFNone makes the new key the raw ECDH shared secret, as PKCS #11's
+	// CKD_NULL: a shorter key type takes its last bytes, a longer one is
+	// refused. No Hash, Salt or Info.
+	KDFNone DeriveKDF = "none"
+	// KDFX963 is the ANSI X9.63 KDF of the shared secret under Hash with
+	// Info as the shared info. No Salt.
+	KDFX963 DeriveKDF = "x963"
+)
+
+func (k DeriveKDF) wire() (wire.DeriveKdf, bool) {
+	switch k {
+	case "", KDFHKDF:
+		return wire.DeriveKdf_DERIVE_KDF_UNSPECIFIED, true
+	case KDFNone:
+		return wire.DeriveKdf_DERIVE_KDF_NONE, true
+	case KDFX963:
+		return wire.DeriveKdf_DERIVE_KDF_X963, true
+	}
+	return 0, false
 }
 
 // Derive makes a new secret key (AES or HMAC) inside the daemon from this
-// key: X25519/ECDH agreement with params.Peer followed by HKDF, or HKDF of
-// an HMAC key. The new key is exportable only if spec asks for it and
+// key: X25519/ECDH agreement with params.Peer followed by HKDF (or, with
+// params.KDF, the raw shared secret or X9.63 of it), or HKDF of an HMAC
+// key. The new key is exportable only if spec asks for it and
 // this key is exportable.
 func (k *Key) Derive(ctx context.Context, spec KeySpec, params DeriveParams) (*Key, error) {
 	h, err := hashToWire(params.Hash)
@@ -402,8 +435,12 @@ func (k *Key) Derive(ctx context.Context, spec KeySpec, params DeriveParams) (*K
 	if !spec.Type.Valid() {
 		return nil, argError("derive", "unknown key type %q", spec.Type)
 	}
+	kdf, ok := params.KDF.wire()
+	if !ok {
+		return nil, argError("derive", "unknown key derivation function %q (hkdf, none or x963)", params.KDF)
+	}
 	return k.c.keyOp(ctx, "derive", &wire.Op{Op: &wire.Op_Derive{Derive: &wire.Derive{
-		Handle: k.handle, PeerPublicKey: params.Peer, Hash: h, Salt: params.Salt, Info: params.Info, Template: spec.wire()}}})
+		Handle: k.handle, PeerPublicKey: params.Peer, Hash: h, Salt: params.Salt, Info: params.Info, Template: spec.wire(), Kdf: kdf}}})
 }
 
 // Attributes is a change of a key's sticky attributes; nil fields stay.

@@ -87,7 +87,7 @@ func init() {
 		{"verify", "--key N --signature FILE [--hash H] [--padding P] [--ed25519ph] [--format sshsig --namespace NS] < data", "verify a signature over stdin (exit 3 if it does not verify)", runVerify},
 		{"mac", "--key N [--verify FILE] < data", "compute or verify an HMAC tag (exit 3 if it does not verify)", runMAC},
 		{"hash", "--alg H < data", "hash stdin (hex digest)", runHash},
-		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I]", "derive a new key", runDerive},
+		{"derive", "--key N [--peer PUBFILE] --name NEW [--type T] [--usage U,...] [--hash H] [--salt S] [--info I] [--kdf hkdf|none|x963]", "derive a new key", runDerive},
 		{"rewrap", "--key N [--aad A] < ciphertext > ciphertext", "re-encrypt a ciphertext under the key's newest version", runRewrap},
 		{"datakey", "--key N [--bytes 32] [--aad A] [--plaintext-out FILE] > encrypted-key", "make a data key encrypted under a key (envelope encryption)", runDataKey},
 		{"ssh certify", "--ca NAME --principals P,... --validity INTERVAL [--host] [--serial N] [--key-id ID] [--option OPT]... PUBKEY_FILE", "issue an OpenSSH certificate for PUBKEY_FILE, written to PUBKEY-cert.pub", runSSHCertify},

@@ -568,9 +568,10 @@ func runDerive(e *env, args []string) error {
 	f := newFlags("derive", e)
 	ref := f.String("key", "", "the parent key `name` (X25519, ECDH or HMAC with derive usage)")
 	peer := f.String("peer", "", "`file` with the peer's public key (SPKI PEM or DER, or raw); not for HMAC parents")
-	hashName := f.String("hash", "", "HKDF `hash` (default sha256, or the HMAC key's own)")
+	hashName := f.String("hash", "", "HKDF or X9.63 `hash` (HKDF's default sha256, or the HMAC key's own)")
 	salt := f.String("salt", "", "HKDF `salt`")
-	info := f.String("info", "", "HKDF `info`")
+	info := f.String("info", "", "HKDF `info`, or X9.63's shared info")
+	kdf := f.String("kdf", "hkdf", "key derivation `function`: hkdf; none (the raw ECDH shared secret, its last bytes if the type is shorter) or x963 (ANSI X9.63 under --hash), for X25519 and ECDH keys")
 	var s specFlags
 	s.register(f, false)
 	f.StringVar(&s.typ, "type", string(keywarden.AES256GCM), "the new key's `type`: aes256-gcm or hmac-sha256/384/512")
@@ -592,7 +593,12 @@ func runDerive(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	params := keywarden.DeriveParams{Hash: h, Salt: []byte(*salt), Info: []byte(*info)}
+	switch keywarden.DeriveKDF(*kdf) {
+	case keywarden.KDFHKDF, keywarden.KDFNone, keywarden.KDFX963:
+	default:
+		return usagef("--kdf is hkdf, none or x963")
+	}
+	params := keywarden.DeriveParams{Hash: h, Salt: []byte(*salt), Info: []byte(*info), KDF: keywarden.DeriveKDF(*kdf)}
 	if *peer != "" {
 		if params.Peer, err = os.ReadFile(*peer); err != nil {
 			return err
