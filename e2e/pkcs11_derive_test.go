@@ -2,6 +2,12 @@ package e2e_test
 
 import (
 	"bytes"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,5 +99,46 @@ func TestPKCS11ToolECDHDeriveNonExportable(t *testing.T) {
 	}
 	if r := e.d.runCLI(t, nil, nil, "key", "list"); r.code != 0 || !strings.Contains(r.stdout, "dh1") {
 		t.Fatalf("key list after the refusal: %s", r)
+	}
+}
+
+// CKM_ECDH1_DERIVE through the module from a C program: X9.63 with
+// SHA-256 and shared data, and CKD_NULL with the point in an OCTET
+// STRING, give what Go computes from the peer's side; what must be
+// refused is, in the module (a bad parameter) or the daemon (SHA-1).
+func TestPKCS11ECDHDeriveX963(t *testing.T) {
+	e := p11Daemon(t, "ecdh-p256 dh1 --exportable")
+	id := idOf(t, e.tool(t, "-O"), "dh1")
+	e.tool(t, "--read-object", "--type", "pubkey", "--id", id, "-o", "dh1.der")
+	der, err := os.ReadFile(filepath.Join(e.dir, "dh1.der"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := pub.(*ecdsa.PublicKey).ECDH()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+	z, err := peer.ECDH(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.clientRun(t, "ecdh", hex.EncodeToString(peer.PublicKey().Bytes()))
+	var kdf []byte
+	for c := byte(1); len(kdf) < 32; c++ {
+		h := sha256.New()
+		h.Write(z)
+		h.Write([]byte{0, 0, 0, c})
+		h.Write([]byte("shared"))
+		kdf = h.Sum(kdf)
+	}
+	for _, want := range []string{"x963: " + hex.EncodeToString(kdf[:32]) + "\n", "raw: " + hex.EncodeToString(z) + "\n"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("want %q in:\n%s", want, out)
+		}
 	}
 }

@@ -39,6 +39,11 @@
  *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
  *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
  *                                   wrappable, or with nothing asked: refused; aes1 unchanged
+ *   p11client MODULE ecdh POINT     CKM_ECDH1_DERIVE from the ECDH key "dh1" with the peer's
+ *                                   point (hex, uncompressed): CKD_SHA256_KDF with shared data
+ *                                   "shared" into a 32-byte generic secret ("x963: HEX"), CKD_NULL
+ *                                   with the point in an OCTET STRING ("raw: HEX"); refuses what
+ *                                   it must
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
@@ -907,6 +912,59 @@ int main (int argc, char **argv)
 		p.prf = CKM_SHA256;
 		m.mechanism = CKM_AES_ECB_ENCRYPT_DATA;
 		check ("an ECB derivation", f->C_DeriveKey (s, &m, base, child, nchild, &x), CKR_MECHANISM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "ecdh") == 0 && argc == 4 && strlen (argv[3]) == 130) {
+		CK_BYTE point[65], der[67], value[64];
+		CK_ECDH1_DERIVE_PARAMS p = { CKD_SHA256_KDF, 6, (CK_BYTE_PTR) "shared", sizeof point, point };
+		CK_MECHANISM m = { CKM_ECDH1_DERIVE, &p, sizeof p };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+		CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+		CK_ULONG len32 = 32, i;
+		CK_BBOOL no = CK_FALSE;
+		CK_ATTRIBUTE child[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &no, 1 } };
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE base, k, x;
+		for (i = 0; i < sizeof point; i++)
+			sscanf (argv[3] + 2 * i, "%2hhx", &point[i]);
+		der[0] = 4;
+		der[1] = sizeof point;
+		memcpy (der + 2, point, sizeof point);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("dh1", find (f, s, CKO_PRIVATE_KEY, "dh1", &base), CKR_OK);
+		check ("X9.63 with SHA-256", f->C_DeriveKey (s, &m, base, child, 5, &k), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, k, &va, 1), CKR_OK);
+		printf ("x963: ");
+		for (i = 0; i < va.ulValueLen; i++)
+			printf ("%02x", value[i]);
+		printf ("\n");
+		p.kdf = CKD_NULL;
+		check ("CKD_NULL with shared data", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.ulSharedDataLen = 0;
+		p.pSharedData = NULL;
+		p.pPublicData = der;
+		p.ulPublicDataLen = sizeof der;
+		va.ulValueLen = sizeof value;
+		check ("CKD_NULL, the point in an OCTET STRING", f->C_DeriveKey (s, &m, base, child, 5, &k), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, k, &va, 1), CKR_OK);
+		printf ("raw: ");
+		for (i = 0; i < va.ulValueLen; i++)
+			printf ("%02x", value[i]);
+		printf ("\n");
+		p.kdf = CKD_SHA1_KDF;
+		check ("SHA-1", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.kdf = CKD_NULL;
+		p.pPublicData = NULL;
+		check ("a length without data", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		p.pPublicData = der;
+		m.ulParameterLen = sizeof p - 1;
+		check ("a short parameter", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		m.pParameter = NULL;
+		m.ulParameterLen = 0;
+		check ("no parameter", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "copy") == 0) {
 		CK_BBOOL no = CK_FALSE, yes = CK_TRUE, sens = CK_FALSE, extr = CK_TRUE;
