@@ -94,6 +94,13 @@ func oldRules() rules {
 		}
 		return oldTemplate(t)
 	}
+	// The previous release derived with HKDF only.
+	r.deriveKDF = func(_ Key, kdf wire.DeriveKdf) Decision {
+		if kdf != wire.DeriveKdf_DERIVE_KDF_HKDF {
+			return deny(wire.Status_STATUS_INVALID_ARGUMENT, "refused", "old derive")
+		}
+		return allow
+	}
 	return r
 }
 
