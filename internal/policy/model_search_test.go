@@ -334,3 +334,45 @@ func TestModelRawDeriveNeedsAgreement(t *testing.T) {
 		t.Fatalf("the raw derivation of an HMAC key is not found: %v", trace)
 	}
 }
+
+// TestModelAgreementDerivesAreSearched: the search's derive calls with
+// the raw and X9.63 functions are enough, without HKDF, to find what the
+// rule on derived wrapping keys prevents: with that rule switched off and
+// HKDF refused, the attack the search finds derives with one of them.
+// (A search that only tried HKDF would find nothing here.)
+func TestModelAgreementDerivesAreSearched(t *testing.T) {
+	var sc scenario
+	for _, s := range scenarios() {
+		if s.name == "derivation" {
+			sc = s
+		}
+	}
+	var m mutant
+	for _, mm := range mutants() {
+		if mm.name == "a derived key is trusted to wrap" {
+			m = mm
+		}
+	}
+	if m.r == nil || sc.build == nil {
+		t.Fatal("the mutant or the scenario is gone")
+	}
+	r := m.r()
+	r.deriveKDF = func(p Key, kdf wire.DeriveKdf) Decision {
+		if kdf == wire.DeriveKdf_DERIVE_KDF_HKDF {
+			return deny(wire.Status_STATUS_INVALID_ARGUMENT, "refused", "hkdf off")
+		}
+		return CheckDeriveKDF(p, kdf)
+	}
+	trace, n := search(sc.build(t), &sc.d, &r, modelDepth(), m.leak)
+	if trace == nil {
+		t.Fatalf("nothing found in %d states with derived wrapping keys trusted and only raw and X9.63 derivations", n)
+	}
+	found := false
+	for _, step := range trace {
+		found = found || strings.Contains(step, "(raw,") || strings.Contains(step, "(x963,")
+	}
+	if !found {
+		t.Fatalf("the attack found derives with neither raw nor X9.63:\n  %s", strings.Join(trace, "\n  "))
+	}
+	t.Logf("%d states:\n  %s", n, strings.Join(trace, "\n  "))
+}
