@@ -240,3 +240,82 @@ func mustDER(b []byte) []byte {
 	}
 	return out
 }
+
+// Attacks on a key derived by CKM_ECDH1_DERIVE from a non-exportable,
+// non-wrappable ECDH key, whose bytes the caller computes from the
+// peer's private key: it is not made extractable at derivation or after,
+// not made readable after, not wrapped; as a wrapping key (the caller
+// knows it) it wraps no key; malformed points (the identity, an empty
+// OCTET STRING, the public object as base) get a typed refusal.
+func TestECDH1DeriveAttacks(t *testing.T) {
+	tf := newTestFront(t)
+	coreECDH(t, tf, "dh", false, false)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	base := cl.find(s, tmplAttr{ckaLabel, []byte("dh")}, ulongAttr(ckaClass, ckoPrivateKey))[0]
+	pubObj := cl.find(s, tmplAttr{ckaLabel, []byte("dh")}, ulongAttr(ckaClass, ckoPublicKey))[0]
+	point := func() []byte {
+		p, err := ecdh.P256().GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.PublicKey().Bytes()
+	}
+	aes := func(as ...tmplAttr) []tmplAttr {
+		return append([]tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkAES), boolAttr(ckaToken, false)}, as...)
+	}
+	if rv, _ := cl.ecdhDerive(s, base, ckdNull, nil, point(), aes(boolAttr(ckaExtractable, true))...); rv != ckrTemplateInconsistent {
+		t.Fatalf("an extractable child of a non-wrappable key: rv %#x", rv)
+	}
+	if rv, _ := cl.ecdhDerive(s, base, ckdSHA256KDF, []byte("x"), point(), aes(boolAttr(ckaSensitive, false), boolAttr(ckaExtractable, false))...); rv != ckrTemplateInconsistent {
+		t.Fatalf("a non-sensitive X9.63 child of a non-exportable key: rv %#x", rv)
+	}
+	rv, h := cl.ecdhDerive(s, base, ckdNull, nil, point(), aes(boolAttr(ckaWrap, true), boolAttr(ckaUnwrap, true), boolAttr(ckaEncrypt, false), boolAttr(ckaDecrypt, false))...)
+	if rv != ckrOK {
+		t.Fatalf("a wrapping child: rv %#x", rv)
+	}
+	for _, a := range []tmplAttr{boolAttr(ckaSensitive, false), boolAttr(ckaExtractable, true)} {
+		if rv, _ := cl.call(callSetAttributeValue, func(e *encoder) { e.u64(s); e.u64(h); writeAttrs(e, []tmplAttr{a}) }); rv == ckrOK {
+			t.Fatalf("C_SetAttributeValue %#x on the child", a.typ)
+		}
+	}
+	if rv, v := cl.getAttr(s, h, ckaValue); rv != ckrAttributeSensitive || v != nil {
+		t.Fatalf("CKA_VALUE of the child: rv %#x", rv)
+	}
+	victim := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaExtractable, true))
+	if rv, blob := cl.wrapKey(s, ckmAESKeyWrap, h, victim); rv == ckrOK {
+		t.Fatalf("a key the caller computes wrapped another: %d bytes", len(blob))
+	}
+	kek := cl.generate(s, ckmAESKeyGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaWrap, true), boolAttr(ckaUnwrap, true),
+		boolAttr(ckaEncrypt, false), boolAttr(ckaDecrypt, false), boolAttr(ckaExtractable, false))
+	_, child := cl.ecdhDerive(s, base, ckdSHA384KDF, nil, point(), aes()...)
+	if rv, blob := cl.wrapKey(s, ckmAESKeyWrap, kek, child); rv == ckrOK {
+		t.Fatalf("the child of a non-wrappable key wrapped: %d bytes", len(blob))
+	}
+
+	for _, tc := range []struct {
+		name   string
+		base   uint64
+		kdf    uint64
+		public []byte
+	}{
+		{"the identity", base, ckdNull, []byte{0}},
+		{"the identity in DER", base, ckdSHA256KDF, mustDER([]byte{0})},
+		{"an empty OCTET STRING", base, ckdNull, mustDER(nil)},
+		{"a huge DER length", base, ckdNull, []byte{4, 0x84, 0xff, 0xff, 0xff, 0xff}},
+		{"x beyond the field", base, ckdNull, append([]byte{2}, bytes.Repeat([]byte{0xff}, 32)...)},
+		{"a hybrid point", base, ckdNull, append([]byte{6}, point()[1:]...)},
+		{"the public object as base", pubObj, ckdNull, point()},
+	} {
+		if rv, _ := cl.ecdhDerive(s, tc.base, tc.kdf, nil, tc.public, aes()...); rv != ckrMechanismParamInvalid && rv != ckrKeyTypeInconsistent {
+			t.Errorf("%s: rv %#x", tc.name, rv)
+		}
+	}
+	if rv, _ := cl.ecdhDerive(s, base, ckdSHA512KDF, bytes.Repeat([]byte{1}, 60<<10), point(), aes()...); rv == ckrGeneralError {
+		t.Fatalf("60 KiB of shared data: rv %#x", rv)
+	}
+	if rv, _ := cl.ecdhDerive(s, base, ckdNull, nil, point(), aes()...); rv != ckrOK {
+		t.Fatalf("the front after the malformed calls: rv %#x", rv)
+	}
+}
