@@ -128,12 +128,18 @@ type rec struct {
 	// made: the key the step makes, whose id, type and version the
 	// record names (known only once the step has run).
 	made **keywarden.Key
+	// msg: the message of a successful step that has one (what a made
+	// key came from).
+	msg string
 	// noMAC: the record is written while the daemon has no audit keys.
 	noMAC bool
 }
 
 // makes is the record of an operation that makes *k.
 func makes(op string, k **keywarden.Key) rec { return rec{op: op, made: k} }
+
+// madeFrom is makes, for a key whose record says what it came from.
+func madeFrom(op string, k **keywarden.Key, msg string) rec { return rec{op: op, made: k, msg: msg} }
 
 // monoNow is CLOCK_MONOTONIC, as the log's mono field.
 func monoNow() time.Duration {
@@ -230,7 +236,12 @@ func (ck *auditCheck) step(ac *auditConn, what string, do func(), want ...rec) [
 		if r.Op != w.op || r.Status != wantStatus {
 			bad("op %s status %s, want %s %s", r.Op, r.Status, w.op, wantStatus)
 		}
-		if (r.Msg != "") != (wantStatus != "OK") {
+		switch {
+		case w.msg != "":
+			if r.Msg != w.msg {
+				bad("msg %q, want %q", r.Msg, w.msg)
+			}
+		case (r.Msg != "") != (wantStatus != "OK"):
 			bad("msg %q for status %s: want a reason exactly for refusals", r.Msg, r.Status)
 		}
 		if r.Key != audit.KeyID(w.key) {
@@ -624,7 +635,7 @@ func TestAuditEveryOperation(t *testing.T) {
 		var err error
 		child, err = hm.Derive(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true}, keywarden.DeriveParams{Salt: []byte("salt"), Info: []byte("info")})
 		must(t, "derive", err)
-	}, makes("derive", &child))
+	}, madeFrom("derive", &child, "derived from key "+hm.Info().ID.String()+" with HKDF"))
 	ck.step(ac, "derive refused", func() {
 		_, err := hm.Derive(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Exportable: true, Ephemeral: true}, keywarden.DeriveParams{})
 		wantErr(t, "exportable child of a locked parent", err, keywarden.ErrPolicyViolation)
@@ -724,7 +735,7 @@ func TestAuditEveryOperation(t *testing.T) {
 		var err error
 		unwrapped, err = kek.Unwrap(ctx, blob, keywarden.WrapKeywarden, keywarden.KeySpec{Name: "unwrapped"}, nil)
 		must(t, "unwrap", err)
-	}, makes("unwrap", &unwrapped))
+	}, madeFrom("unwrap", &unwrapped, "unwrapped with key "+kek.Info().ID.String()))
 	ck.step(ac, "unwrap refused", func() {
 		_, err := kek.Unwrap(ctx, flip(blob, len(blob)-1), keywarden.WrapKeywarden, keywarden.KeySpec{Name: "forged"}, nil)
 		if err == nil {

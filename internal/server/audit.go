@@ -140,6 +140,36 @@ func noteAfter(n *auditNote, res *wire.Result) {
 	}
 }
 
+// noteOrigin says in n's message what a key made by a derivation or an
+// unwrapping came from: the parent or unwrapping key (from, which
+// noteBefore found) and, for a derivation, the key derivation function.
+// The new key is the record's key; without this the log could not tell
+// which key a derived key's bytes depend on, nor a raw ECDH secret from
+// one passed through HKDF.
+func noteOrigin(n *auditNote, op *wire.Op, res *wire.Result, from audit.KeyID) {
+	if res == nil || res.Status != wire.Status_STATUS_OK || from.IsZero() || from == n.key {
+		return
+	}
+	switch o := op.GetOp().(type) {
+	case *wire.Op_Derive:
+		n.msg = "derived from key " + hex.EncodeToString(from[:]) + " with " + deriveKDFName(o.Derive)
+	case *wire.Op_Unwrap:
+		n.msg = "unwrapped with key " + hex.EncodeToString(from[:])
+	}
+}
+
+// deriveKDFName names d's key derivation function as the log writes it.
+func deriveKDFName(d *wire.Derive) string {
+	switch d.GetKdf() {
+	case wire.DeriveKdf_DERIVE_KDF_NONE:
+		return "the raw shared secret"
+	case wire.DeriveKdf_DERIVE_KDF_X963:
+		return "ANSI X9.63"
+	default:
+		return "HKDF"
+	}
+}
+
 // callerOf is the audit's view of who sent a message: what the kernel
 // attached to it, and what the resolver reads through its pidfd.
 func (s *Server) callerOf(id Identity) audit.Caller {

@@ -157,7 +157,11 @@ func (ss *Session) safeDispatch(r *opRow, op *wire.Op, id Identity, reqID uint64
 	}()
 	if note != nil {
 		ss.noteBefore(op, note)
-		defer func() { noteAfter(note, res) }()
+		defer func() {
+			from := note.key
+			noteAfter(note, res)
+			noteOrigin(note, op, res, from)
+		}()
 	}
 	// Heavy work waits for a slot, in turn with other uids' (peruid.go).
 	if class, heavy := ss.heavyClassOf(r, op); heavy {
