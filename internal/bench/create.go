@@ -227,19 +227,7 @@ func daemonCreates(ctx context.Context, cfg CreateConfig, clients int, warmup ti
 	if _, err := cs[0].Admin().Init(ctx, keywarden.MasterSealing{Passphrase: pass, Argon2: cfg.Argon2}, nil); err != nil {
 		return m, fmt.Errorf("init: %w", err)
 	}
-	ones := make([]func(context.Context) error, clients)
-	for i, c := range cs {
-		ones[i] = func(ctx context.Context) error {
-			k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM})
-			if err != nil {
-				return err
-			}
-			if k.Info().Ephemeral {
-				return errors.New("the daemon made an ephemeral key")
-			}
-			return k.Close(ctx)
-		}
-	}
+	ones := createOnes(cs)
 	w, err := measureClients(ctx, ones, warmup)
 	if err != nil {
 		return m, err
@@ -291,19 +279,7 @@ func socketsCreates(ctx context.Context, cfg CreateConfig, clients int, warmup t
 			return m, fmt.Errorf("%s: %w", sock, err)
 		}
 	}
-	ones := make([]func(context.Context) error, clients)
-	for i, c := range cs {
-		ones[i] = func(ctx context.Context) error {
-			k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM})
-			if err != nil {
-				return err
-			}
-			if k.Info().Ephemeral {
-				return errors.New("a daemon made an ephemeral key: its store is not persistent")
-			}
-			return k.Close(ctx)
-		}
-	}
+	ones := createOnes(cs)
 	if _, err := measureClients(ctx, ones, warmup); err != nil {
 		return m, err
 	}
@@ -393,4 +369,23 @@ func median(v []float64) float64 {
 		return v[len(v)/2]
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// createOnes returns, for each client, one persistent creation: a key
+// generated, checked to be in the store, and closed.
+func createOnes(cs []*keywarden.Client) []func(context.Context) error {
+	ones := make([]func(context.Context) error, len(cs))
+	for i, c := range cs {
+		ones[i] = func(ctx context.Context) error {
+			k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM})
+			if err != nil {
+				return err
+			}
+			if k.Info().Ephemeral {
+				return errors.New("a daemon made an ephemeral key: its store is not persistent")
+			}
+			return k.Close(ctx)
+		}
+	}
+	return ones
 }
