@@ -319,3 +319,60 @@ func TestECDH1DeriveAttacks(t *testing.T) {
 		t.Fatalf("the front after the malformed calls: rv %#x", rv)
 	}
 }
+
+// A derived key is neither always sensitive nor never extractable, made
+// sensitive and unextractable from an exportable ECDH key or from an
+// unexportable generated HMAC key alike: PKCS #11 ties both to its base
+// key's, which the daemon does not record on it. A generated key keeps
+// both.
+func TestDerivedKeyProvenance(t *testing.T) {
+	tf := newTestFront(t)
+	coreECDH(t, tf, "dh", true, true)
+	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	base := cl.find(s, tmplAttr{ckaLabel, []byte("dh")}, ulongAttr(ckaClass, ckoPrivateKey))[0]
+	child := []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkGenericSecret), boolAttr(ckaToken, false),
+		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, false), boolAttr(ckaDerive, true)}
+	rv, fromDH := cl.ecdhDerive(s, base, ckdNull, nil, peer.PublicKey().Bytes(), child...)
+	if rv != ckrOK {
+		t.Fatalf("ECDH derive: rv %#x", rv)
+	}
+
+	hmacKey := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaDerive, true),
+		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, false))
+	d := cl.ok(cl.call(callDeriveKey, func(e *encoder) {
+		e.u64(s)
+		e.u32(ckmHKDFDerive)
+		e.u8(1)
+		e.u8(1)
+		e.u64(ckmSHA256)
+		e.u64(ckfHKDFSaltData)
+		e.array([]byte("salt"))
+		e.u64(0)
+		e.array([]byte("info"))
+		e.u64(hmacKey)
+		writeAttrs(e, append(child, ulongAttr(ckaValueLen, 32)))
+	}))
+	fromHMAC := d.Ulong()
+
+	for _, k := range []struct {
+		name string
+		h    uint64
+		want bool
+	}{{"generated HMAC key", hmacKey, true}, {"child of the ECDH key", fromDH, false}, {"child of the HMAC key", fromHMAC, false}} {
+		for _, a := range []uint32{ckaSensitive, ckaExtractable, ckaAlwaysSensitive, ckaNeverExtractable} {
+			want := k.want
+			switch a {
+			case ckaSensitive:
+				want = true
+			case ckaExtractable:
+				want = false
+			}
+			if rv, v := cl.getAttr(s, k.h, a); rv != ckrOK || !bytes.Equal(v, boolVal(want)) {
+				t.Errorf("%s: attribute %#x: rv %#x, %x, want %t", k.name, a, rv, v, want)
+			}
+		}
+	}
+}

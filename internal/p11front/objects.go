@@ -308,7 +308,8 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 		case ckaAlwaysSensitive:
 			// A key that was ever outside the daemon in plaintext
 			// (imported) or under another key (unwrapped) was not always
-			// sensitive, as PKCS #11 has it.
+			// sensitive, as PKCS #11 has it; nor, for want of its base
+			// key's flags, is a derived key said to be.
 			return boolVal(lc.GetNeverExportable() && madeHere(origin)), ckrOK
 		case ckaNeverExtractable:
 			return boolVal(!info.Wrappable && !lc.GetWrappedOut() && madeHere(origin)), ckrOK
@@ -403,10 +404,12 @@ func (c *conn) label(info *wire.KeyInfo) string {
 }
 
 // madeHere reports whether a key of origin o was made inside the daemon
-// (generated, or derived from such a key; a derived key inherits its
-// parent's restrictions).
+// from nothing that was ever outside it: generated. A derived key is not:
+// PKCS #11 has it always sensitive and never extractable only if its base
+// key was too, and the daemon does not record its base key's flags on it,
+// so nothing more is claimed for it than is known.
 func madeHere(o wire.KeyOrigin) bool {
-	return o == wire.KeyOrigin_KEY_ORIGIN_GENERATED || o == wire.KeyOrigin_KEY_ORIGIN_DERIVED
+	return o == wire.KeyOrigin_KEY_ORIGIN_GENERATED
 }
 
 // exportValue asks the core for the raw value of an exportable secret
