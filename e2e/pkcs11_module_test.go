@@ -230,3 +230,13 @@ func TestPKCS11CopyObjectRelaxesNothing(t *testing.T) {
 		t.Fatalf("C_CopyObject is not CKR_FUNCTION_NOT_SUPPORTED:\n%s", out)
 	}
 }
+
+// A call longer than the daemon's PKCS #11 front takes (a body of 1 MiB:
+// an HKDF info, a GCM AAD, data to digest or sign) is refused by the
+// module before it is sent, with CKR_MECHANISM_PARAM_INVALID or
+// CKR_DATA_LEN_RANGE; the connection stays, and the other session and
+// the same one go on working.
+func TestPKCS11CallTooLong(t *testing.T) {
+	e := p11Daemon(t, "ecdsa-p256 ec1")
+	e.clientRun(t, "toolong")
+}

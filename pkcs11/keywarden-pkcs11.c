@@ -67,6 +67,11 @@ _Static_assert (sizeof (CK_ULONG) == 8, "handles are encoded in 64-bit CK_ULONGs
 #define SYSTEM_SOCKET "/run/keywarden/pkcs11.sock"
 #define MAX_SLOTS 16
 #define MAX_REPLY (64u << 20)
+/* MAX_REQUEST: the longest request body the daemon's PKCS #11 front takes
+ * (its maxBody; a test of the front checks that the two agree). A longer
+ * one makes the daemon end the connection, and with it every session of
+ * the process: the module refuses it instead, before sending. */
+#define MAX_REQUEST (1u << 20)
 #define HANDSHAKE "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
 /* How long one send or receive on a connection may wait, by default
  * ($KEYWARDEN_PKCS11_TIMEOUT overrides it, in seconds; 0: no bound). */
@@ -1208,6 +1213,33 @@ begin (struct buf *b, int id)
 	put_array (b, sigs[id][0], strlen (sigs[id][0]));
 }
 
+/* too_long: the request's body is longer than the daemon takes. */
+static int
+too_long (const struct buf *b)
+{
+	return b->len > 12 + (size_t) MAX_REQUEST;
+}
+
+/* too_long_rv: what a call too long for the daemon returns: its data
+ * (or ciphertext, or wrapped key) out of range for the calls that take
+ * some, and CKR_ARGUMENTS_BAD for the others (a template too long). A
+ * mechanism parameter too long is refused before, by put_mechanism. */
+static CK_RV
+too_long_rv (int id)
+{
+	switch (id) {
+	case RPC_Decrypt: case RPC_DecryptUpdate: case RPC_DecryptDigestUpdate: case RPC_DecryptVerifyUpdate:
+		return CKR_ENCRYPTED_DATA_LEN_RANGE;
+	case RPC_UnwrapKey:
+		return CKR_WRAPPED_KEY_LEN_RANGE;
+	case RPC_Encrypt: case RPC_EncryptUpdate: case RPC_Sign: case RPC_SignUpdate: case RPC_Verify:
+	case RPC_VerifyUpdate: case RPC_Digest: case RPC_DigestUpdate: case RPC_DigestEncryptUpdate:
+	case RPC_SignEncryptUpdate:
+		return CKR_DATA_LEN_RANGE;
+	}
+	return CKR_ARGUMENTS_BAD;
+}
+
 /* check_reply reads a reply's header: the call's return value. */
 static CK_RV
 check_reply (struct buf *reply, int id, struct rd *r)
@@ -1453,6 +1485,9 @@ call (struct call *c)
 
 	if (c->req.failed)
 		return CKR_HOST_MEMORY;
+	/* Refused here, nothing sent: an operation stays as it was. */
+	if (too_long (&c->req))
+		return too_long_rv (c->id);
 	pthread_mutex_lock (&s->lock);
 	if (is_broken (s))
 		close_broken (s);
@@ -1791,10 +1826,22 @@ struct eddsa_params {
 	CK_BYTE_PTR pContextData;
 };
 
+static CK_RV put_mechanism_param (struct buf *b, CK_MECHANISM_PTR m);
+
 /* put_mechanism writes an "M": the type, then the parameter in the form
- * the daemon reads for it. */
+ * the daemon reads for it. A parameter that makes the request longer than
+ * the daemon takes is CKR_MECHANISM_PARAM_INVALID. */
 static CK_RV
 put_mechanism (struct buf *b, CK_MECHANISM_PTR m)
+{
+	CK_RV rv = put_mechanism_param (b, m);
+	if (rv == CKR_OK && too_long (b))
+		rv = CKR_MECHANISM_PARAM_INVALID;
+	return rv;
+}
+
+static CK_RV
+put_mechanism_param (struct buf *b, CK_MECHANISM_PTR m)
 {
 	if (m == NULL)
 		return CKR_ARGUMENTS_BAD;
@@ -2536,6 +2583,8 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 		rv = object (&c, key, CKR_KEY_HANDLE_INVALID);
 	if (rv == CKR_OK && c.req.failed)
 		rv = CKR_HOST_MEMORY;
+	if (rv == CKR_OK && too_long (&c.req))
+		rv = CKR_MECHANISM_PARAM_INVALID;
 	if (rv != CKR_OK)
 		return done (&c, rv);
 	if (!with_key)

@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -437,5 +439,23 @@ func bump(t *testing.T, tf *testFront) {
 		Ops: []*wire.Op{{Op: &wire.Op_GenerationBump{GenerationBump: &wire.GenerationBump{KernelReseeded: true}}}}})
 	if err != nil || rep.Status != wire.Status_STATUS_OK || rep.Results[0].Status != wire.Status_STATUS_OK {
 		t.Fatalf("bump: %v %v", err, rep)
+	}
+}
+
+// The C module refuses a request longer than the front takes before
+// sending it: its bound is the front's.
+func TestModuleRequestBound(t *testing.T) {
+	src, err := os.ReadFile("../../pkcs11/keywarden-pkcs11.c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^#define MAX_REQUEST \((\d+)u << (\d+)\)$`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("no MAX_REQUEST in the module")
+	}
+	a, _ := strconv.Atoi(string(m[1]))
+	b, _ := strconv.Atoi(string(m[2]))
+	if a<<b != maxBody {
+		t.Fatalf("the module's MAX_REQUEST is %d, the front's maxBody %d", a<<b, maxBody)
 	}
 }

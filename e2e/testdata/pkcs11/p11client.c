@@ -966,6 +966,66 @@ int main (int argc, char **argv)
 		m.ulParameterLen = 0;
 		check ("no parameter", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "toolong") == 0) {
+		/* Calls longer than the daemon takes (a body of 1 MiB) are
+		 * refused by the module, the connection and the other
+		 * sessions unharmed. */
+		size_t big = (1u << 20) + 1;
+		CK_BYTE_PTR huge = calloc (1, big);
+		CK_BYTE iv[12] = {0}, data[32], sig[128], digest[64];
+		CK_GCM_PARAMS gcm = { iv, sizeof iv, 96, huge, big, 128 };
+		CK_MECHANISM mgcm = { CKM_AES_GCM, &gcm, sizeof gcm }, agen = { CKM_AES_KEY_GEN, NULL, 0 };
+		CK_MECHANISM ecdsa = { CKM_ECDSA, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+		struct {
+			CK_BBOOL extract, expand;
+			CK_MECHANISM_TYPE prf;
+			CK_ULONG salt_type;
+			CK_BYTE_PTR salt;
+			CK_ULONG salt_len;
+			CK_OBJECT_HANDLE salt_key;
+			CK_BYTE_PTR info;
+			CK_ULONG info_len;
+		} hp = { CK_TRUE, CK_TRUE, CKM_SHA256, 2, (CK_BYTE_PTR) "salt", 4, 0, huge, big };
+		CK_MECHANISM mhkdf = { 0x402a /* CKM_HKDF_DERIVE */, &hp, sizeof hp };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+		CK_KEY_TYPE gen = CKK_GENERIC_SECRET, aes = CKK_AES;
+		CK_ULONG len32 = 32, len;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_BYTE k[32];
+		CK_ATTRIBUTE parent[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE, k, sizeof k }, { CKA_DERIVE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE child[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 } };
+		CK_ATTRIBUTE aest[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &aes, sizeof aes },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_ENCRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_SESSION_HANDLE s, s2;
+		CK_OBJECT_HANDLE ec, base, ak, x;
+		memset (k, 0x5a, sizeof k);
+		memset (data, 5, sizeof data);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("a second session", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("an EC key", first_ec_key (f, s, &ec), CKR_OK);
+		check ("an HMAC parent", f->C_CreateObject (s, parent, 5, &base), CKR_OK);
+		check ("an AES key", f->C_GenerateKey (s, &agen, aest, 5, &ak), CKR_OK);
+		check ("HKDF info too long", f->C_DeriveKey (s, &mhkdf, base, child, 4, &x), CKR_MECHANISM_PARAM_INVALID);
+		check ("GCM AAD too long", f->C_EncryptInit (s, &mgcm, ak), CKR_MECHANISM_PARAM_INVALID);
+		check ("C_DigestInit", f->C_DigestInit (s, &sha), CKR_OK);
+		len = sizeof digest;
+		check ("C_Digest of data too long", f->C_Digest (s, huge, big, digest, &len), CKR_DATA_LEN_RANGE);
+		check ("C_SignInit in the second session", f->C_SignInit (s2, &ecdsa, ec), CKR_OK);
+		len = sizeof sig;
+		check ("C_Sign in the second session", f->C_Sign (s2, data, sizeof data, sig, &len), CKR_OK);
+		check ("C_SignInit in the first", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
+		len = sizeof sig;
+		check ("C_Sign of data too long", f->C_Sign (s, huge, big, sig, &len), CKR_DATA_LEN_RANGE);
+		len = sizeof sig;
+		check ("C_Sign in the first, the operation still active", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+		hp.info_len = 4;
+		check ("HKDF with a short info", f->C_DeriveKey (s, &mhkdf, base, child, 4, &x), CKR_OK);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+		free (huge);
 	} else if (strcmp (argv[2], "copy") == 0) {
 		CK_BBOOL no = CK_FALSE, yes = CK_TRUE, sens = CK_FALSE, extr = CK_TRUE;
 		CK_ATTRIBUTE relax[] = { { CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
