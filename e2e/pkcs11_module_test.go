@@ -201,7 +201,8 @@ func TestPKCS11RSAAESKeyWrap(t *testing.T) {
 
 // CKM_HKDF_DERIVE: an HMAC key derived from one imported with a known
 // value is RFC 5869's HKDF of it (its HMAC of "abc" is the one Go computes
-// from HKDF-SHA-256 of the known key) and is sensitive as its parent;
+// from HKDF-SHA-256 of the known key) and is sensitive as its parent,
+// neither always sensitive nor never extractable (it is derived);
 // and the refusals hold: a child asked exportable or wrappable (more than
 // its parent), no derive usage, a private key asked for, an AES parent,
 // extract only, a salt key, SHA-1, ECB.
@@ -232,11 +233,11 @@ func TestPKCS11CopyObjectRelaxesNothing(t *testing.T) {
 }
 
 // A call longer than the daemon's PKCS #11 front takes (a body of 1 MiB:
-// an HKDF info, a GCM AAD, data to digest or sign) is refused by the
+// an HKDF info, ECDH shared data, a GCM AAD, data to digest or sign) is refused by the
 // module before it is sent, with CKR_MECHANISM_PARAM_INVALID or
 // CKR_DATA_LEN_RANGE; the connection stays, and the other session and
 // the same one go on working.
 func TestPKCS11CallTooLong(t *testing.T) {
-	e := p11Daemon(t, "ecdsa-p256 ec1")
+	e := p11Daemon(t, "ecdsa-p256 ec1", "ecdh-p256 dh1")
 	e.clientRun(t, "toolong")
 }

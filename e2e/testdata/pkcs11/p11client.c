@@ -891,6 +891,15 @@ int main (int argc, char **argv)
 		check ("a child asked exportable and wrappable", f->C_DeriveKey (s, &m, base, child, 7, &x), CKR_TEMPLATE_INCONSISTENT);
 		check ("derive an HMAC key", f->C_DeriveKey (s, &m, base, child, nchild, &ck), CKR_OK);
 		check ("its value", f->C_GetAttributeValue (s, ck, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
+		{
+			/* Derived from an imported key: not always sensitive,
+			 * not never extractable. */
+			CK_BBOOL as = CK_TRUE, ne = CK_TRUE;
+			CK_ATTRIBUTE prov[] = { { CKA_ALWAYS_SENSITIVE, &as, 1 }, { CKA_NEVER_EXTRACTABLE, &ne, 1 } };
+			check ("its provenance", f->C_GetAttributeValue (s, ck, prov, 2), CKR_OK);
+			check ("CKA_ALWAYS_SENSITIVE false", as, CK_FALSE);
+			check ("CKA_NEVER_EXTRACTABLE false", ne, CK_FALSE);
+		}
 		check ("HMAC with it", f->C_SignInit (s, &hmac, ck), CKR_OK);
 		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
 		printf ("tag: ");
@@ -998,18 +1007,23 @@ int main (int argc, char **argv)
 			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 } };
 		CK_ATTRIBUTE aest[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &aes, sizeof aes },
 			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_ENCRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+		CK_BYTE point[65] = {4};
+		CK_ECDH1_DERIVE_PARAMS ep = { CKD_SHA256_KDF, big, huge, sizeof point, point };
+		CK_MECHANISM mecdh = { CKM_ECDH1_DERIVE, &ep, sizeof ep };
 		CK_SESSION_HANDLE s, s2;
-		CK_OBJECT_HANDLE ec, base, ak, x;
+		CK_OBJECT_HANDLE ec, dh, base, ak, x;
 		memset (k, 0x5a, sizeof k);
 		memset (data, 5, sizeof data);
 		check ("C_Initialize", init (f), CKR_OK);
 		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
 		check ("a second session", f->C_OpenSession (0, CKF_SERIAL_SESSION, NULL, NULL, &s2), CKR_OK);
 		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
-		check ("an EC key", first_ec_key (f, s, &ec), CKR_OK);
+		check ("ec1", find (f, s, CKO_PRIVATE_KEY, "ec1", &ec), CKR_OK);
+		check ("dh1", find (f, s, CKO_PRIVATE_KEY, "dh1", &dh), CKR_OK);
 		check ("an HMAC parent", f->C_CreateObject (s, parent, 5, &base), CKR_OK);
 		check ("an AES key", f->C_GenerateKey (s, &agen, aest, 5, &ak), CKR_OK);
 		check ("HKDF info too long", f->C_DeriveKey (s, &mhkdf, base, child, 4, &x), CKR_MECHANISM_PARAM_INVALID);
+		check ("ECDH shared data too long", f->C_DeriveKey (s, &mecdh, dh, child, 4, &x), CKR_MECHANISM_PARAM_INVALID);
 		check ("GCM AAD too long", f->C_EncryptInit (s, &mgcm, ak), CKR_MECHANISM_PARAM_INVALID);
 		check ("C_DigestInit", f->C_DigestInit (s, &sha), CKR_OK);
 		len = sizeof digest;
