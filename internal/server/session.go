@@ -308,8 +308,8 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 
 // copyResults returns deep copies of rs, carved from one slice. The
 // fields of the data path are copied by hand, without reflection; a
-// result with any other field set (which a copy of those would not
-// encode alike) is cloned.
+// result with a member of value or any other field set (which a copy of
+// those would not encode alike) is cloned.
 func copyResults(rs []*wire.Result) []*wire.Result {
 	out := make([]*wire.Result, len(rs))
 	copies := make([]wire.Result, len(rs))
@@ -322,7 +322,9 @@ func copyResults(rs []*wire.Result) []*wire.Result {
 		if res.Data != nil {
 			c.Data = bytes.Clone(res.Data)
 		}
-		if c.SizeVT() != res.SizeVT() {
+		// A member of value is cloned even when it encodes as nothing (a
+		// nil message, which proto.Clone keeps and encodes as empty).
+		if res.Value != nil || c.SizeVT() != res.SizeVT() {
 			out[i] = proto.Clone(res).(*wire.Result)
 			continue
 		}
