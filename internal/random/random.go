@@ -156,14 +156,20 @@ func (s *Source) fill(st *state, b []byte) {
 // waits up to the configured time for a confirmation, then returns
 // ErrNotFresh and leaves b unspecified.
 func (s *Source) Read(b []byte) error {
+	_, err := s.read(b)
+	return err
+}
+
+// read is Read that also returns the state the bytes came from.
+func (s *Source) read(b []byte) (*state, error) {
 	st := s.cur.Load()
 	if st.level < Unique {
 		if st = s.await(Unique); st == nil {
-			return ErrNotFresh
+			return nil, ErrNotFresh
 		}
 	}
 	s.fill(st, b)
-	return nil
+	return st, nil
 }
 
 // ReadNow is Read without the wait.
@@ -425,7 +431,9 @@ var nonceBlocks = sync.Pool{New: func() any { return new([nonceGroup * aes.Block
 // block of the source of its own, but the blocks of up to nonceGroup
 // messages are drawn with one read (one getrandom), just before those
 // messages are sealed: a read checks the source's freshness as Seal's
-// does, and a failed one fails the messages it was for.
+// does, and a failed one fails the messages it was for. Blocks drawn
+// before a change of the source (a new generation) are not used after it:
+// a clone would hold the same ones; the rest of the group is drawn again.
 func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), done func(i int, out []byte, err error)) {
 	ns := aead.NonceSize()
 	if ns > aes.BlockSize {
@@ -436,17 +444,38 @@ func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), don
 		}
 		return
 	}
+	src := Default()
 	blocks := nonceBlocks.Get().(*[nonceGroup * aes.BlockSize]byte)
 	defer nonceBlocks.Put(blocks)
-	for first := 0; first < n; first += nonceGroup {
+	// pending holds what in gave for a message not sealed at the end of a
+	// group that was drawn again, so that in is called once per message.
+	var pending struct {
+		ok           bool
+		pt, aad, dst []byte
+	}
+	for first := 0; first < n; {
 		k := min(n-first, nonceGroup)
-		err := Default().Read(blocks[:k*aes.BlockSize])
-		for j := range k {
+		st, err := src.read(blocks[:k*aes.BlockSize])
+		j := 0
+		for ; j < k; j++ {
 			i := first + j
-			pt, aad, dst := in(i)
+			var pt, aad, dst []byte
+			if pending.ok {
+				pt, aad, dst = pending.pt, pending.aad, pending.dst
+				pending.ok, pending.pt, pending.aad, pending.dst = false, nil, nil, nil
+			} else {
+				pt, aad, dst = in(i)
+			}
 			if err != nil {
 				done(i, dst, err)
 				continue
+			}
+			if src.cur.Load() != st {
+				// The source changed since the read (while in gave the
+				// message, or before): this message and the rest of the
+				// group are sealed under blocks drawn again.
+				pending.ok, pending.pt, pending.aad, pending.dst = true, pt, aad, dst
+				break
 			}
 			start := len(dst)
 			dst = append(dst, blocks[j*aes.BlockSize:j*aes.BlockSize+ns]...)
@@ -455,6 +484,7 @@ func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), don
 		// A nonce is not secret once used, but none is left for another
 		// caller to see.
 		clear(blocks[:k*aes.BlockSize])
+		first += j
 	}
 }
 

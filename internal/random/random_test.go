@@ -280,3 +280,62 @@ func TestReadAllocates(t *testing.T) {
 		t.Errorf("Read allocates %v times", n)
 	}
 }
+
+// sealEachNonces runs SealEach of n messages on s, calling change before
+// the message at changeAt is given, and returns each message's nonce (nil
+// for a refused one).
+func sealEachNonces(t *testing.T, s *Source, n, changeAt int, change func()) [][]byte {
+	t.Helper()
+	defer SetDefault(SetDefault(s))
+	blk, _ := aes.NewCipher(make([]byte, 32))
+	gcm, _ := cipher.NewGCM(blk)
+	out := make([][]byte, n)
+	given := make([]int, n)
+	SealEach(gcm, n, func(i int) (pt, aad, dst []byte) {
+		given[i]++
+		if i == changeAt {
+			change()
+		}
+		return []byte("pt"), nil, nil
+	}, func(i int, ct []byte, err error) {
+		if err == nil {
+			out[i] = ct[:gcm.NonceSize()]
+		}
+	})
+	for i, g := range given {
+		if g != 1 {
+			t.Fatalf("message %d given %d times", i, g)
+		}
+	}
+	return out
+}
+
+// TestSealEachChangeWithinGroup: a change of the source in the middle of
+// a group of nonces drawn together (a VM clone seen between two messages
+// of a run) leaves the rest of the group unused: two clones seal what
+// follows under different nonces, and a source left unconfirmed refuses
+// it, rather than both clones using blocks drawn before.
+func TestSealEachChangeWithinGroup(t *testing.T) {
+	const n, at = 40, 5
+	c := clones(t, [2]func([]byte) bool{})
+	var got [2][][]byte
+	for k, s := range c {
+		// Each clone learns an input unique to it (a new VM generation id).
+		got[k] = sealEachNonces(t, s, n, at, func() { s.Change(Unique, "guid", []byte{byte(k)}) })
+	}
+	for i := range n {
+		if got[0][i] == nil || got[1][i] == nil {
+			t.Fatalf("message %d refused", i)
+		}
+		if same := bytes.Equal(got[0][i], got[1][i]); same != (i < at) {
+			t.Errorf("message %d: the clones' nonces equal: %v", i, same)
+		}
+	}
+	s := New(Config{Kernel: StaleKernel(1), Hardware: func([]byte) bool { return false }, Wait: -1})
+	nonces := sealEachNonces(t, s, n, at, func() { s.Change(Unconfirmed, "", []byte("generation 1")) })
+	for i, nc := range nonces {
+		if (nc == nil) != (i >= at) {
+			t.Errorf("message %d after an unconfirmed change: nonce %x", i, nc)
+		}
+	}
+}
