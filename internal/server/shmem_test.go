@@ -576,3 +576,55 @@ func TestShmEncryptReadsInPlace(t *testing.T) {
 		t.Fatalf("scratch of %d bytes after a decryption of %d: the input was not copied", got, n)
 	}
 }
+
+// TestShmEncryptInPlaceRewritten: a client that rewrites the input region
+// while the daemon encrypts it in place (another thread) gets, every
+// time, a ciphertext whose tag is over that ciphertext: it opens, to
+// bytes each of which it wrote at some point; and a hash of a region
+// rewritten meanwhile is the hash of what the daemon read, never an error
+// or a crash.
+func TestShmEncryptInPlaceRewritten(t *testing.T) {
+	_, c := pair(t, Config{})
+	const n = 256 << 10
+	fd, mem := memfd(t, 2*n+4096, shmSeals)
+	if r := register(t, c, 1, fd); r.Status != wire.Status_STATUS_OK {
+		t.Fatal(r.Message)
+	}
+	h, g := aesKey(t, c)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for v := byte(1); ; v ^= 3 { // 1, 2, 1, ...
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for i := range n {
+				mem[i] = v
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for i := range 40 {
+		res := shmDo(t, c, uint64(2+2*i), encOp(h, region(0, n), region(n, n+4096)))[0]
+		if res.Status != wire.Status_STATUS_OK {
+			t.Fatalf("encrypt %d: %v %q", i, res.Status, res.Message)
+		}
+		ct := bytes.Clone(mem[n : n+res.OutputLength])
+		pt, err := g.Open(nil, ct[7:19], ct[19:], nil)
+		if err != nil {
+			t.Fatalf("encrypt %d: the ciphertext's tag does not match it: %v", i, err)
+		}
+		for j, b := range pt {
+			if b != 1 && b != 2 && b != 0 {
+				t.Fatalf("encrypt %d: byte %d of the plaintext is %d, never written", i, j, b)
+			}
+		}
+		res = shmDo(t, c, uint64(3+2*i), &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: wire.HashAlg_HASH_ALG_SHA256, Input: region(0, n)}}})[0]
+		if res.Status != wire.Status_STATUS_OK || len(res.Data) != 32 {
+			t.Fatalf("hash %d: %v %q", i, res.Status, res.Message)
+		}
+	}
+}
