@@ -420,6 +420,12 @@ func Seal(aead cipher.AEAD, dst, pt, aad []byte) ([]byte, error) {
 	return aead.Seal(dst, dst[start:], pt, aad), nil
 }
 
+// ErrChangedInRun fails the encryptions of a run (SealEach) left when the
+// machine's generation changed during it.
+var ErrChangedInRun = wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
+	"the machine's generation changed (a VM restore or clone) during the run of encryptions: "+
+		"the rest of the run was not encrypted; encrypt it again")
+
 // nonceGroup is the most nonces SealEach draws with one read.
 const nonceGroup = 32
 
@@ -432,8 +438,10 @@ var nonceBlocks = sync.Pool{New: func() any { return new([nonceGroup * aes.Block
 // messages are drawn with one read (one getrandom), just before those
 // messages are sealed: a read checks the source's freshness as Seal's
 // does, and a failed one fails the messages it was for. Blocks drawn
-// before a change of the source (a new generation) are not used after it:
-// a clone would hold the same ones; the rest of the group is drawn again.
+// before a change of the source are not used after it (a clone would hold
+// the same ones): after a confirmation the rest of the group is drawn
+// again, and after a new generation the rest of the run fails with
+// ErrChangedInRun, as the key version it was counted against is closed.
 func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), done func(i int, out []byte, err error)) {
 	ns := aead.NonceSize()
 	if ns > aes.BlockSize {
@@ -453,9 +461,17 @@ func SealEach(aead cipher.AEAD, n int, in func(i int) (pt, aad, dst []byte), don
 		ok           bool
 		pt, aad, dst []byte
 	}
+	var epoch uint64
 	for first := 0; first < n; {
 		k := min(n-first, nonceGroup)
 		st, err := src.read(blocks[:k*aes.BlockSize])
+		if err == nil {
+			if first == 0 {
+				epoch = st.epoch
+			} else if st.epoch != epoch {
+				err = ErrChangedInRun
+			}
+		}
 		j := 0
 		for ; j < k; j++ {
 			i := first + j

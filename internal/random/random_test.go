@@ -312,23 +312,21 @@ func sealEachNonces(t *testing.T, s *Source, n, changeAt int, change func()) [][
 
 // TestSealEachChangeWithinGroup: a change of the source in the middle of
 // a group of nonces drawn together (a VM clone seen between two messages
-// of a run) leaves the rest of the group unused: two clones seal what
-// follows under different nonces, and a source left unconfirmed refuses
-// it, rather than both clones using blocks drawn before.
+// of a run) leaves the rest of the group unused: after a new generation
+// the rest of the run is refused (two clones would otherwise seal it
+// under the same nonces, and under a key version the change closed), and
+// after a confirmation of the same generation it is sealed under nonces
+// drawn again.
 func TestSealEachChangeWithinGroup(t *testing.T) {
 	const n, at = 40, 5
 	c := clones(t, [2]func([]byte) bool{})
-	var got [2][][]byte
 	for k, s := range c {
 		// Each clone learns an input unique to it (a new VM generation id).
-		got[k] = sealEachNonces(t, s, n, at, func() { s.Change(Unique, "guid", []byte{byte(k)}) })
-	}
-	for i := range n {
-		if got[0][i] == nil || got[1][i] == nil {
-			t.Fatalf("message %d refused", i)
-		}
-		if same := bytes.Equal(got[0][i], got[1][i]); same != (i < at) {
-			t.Errorf("message %d: the clones' nonces equal: %v", i, same)
+		got := sealEachNonces(t, s, n, at, func() { s.Change(Unique, "guid", []byte{byte(k)}) })
+		for i, nc := range got {
+			if (nc == nil) != (i >= at) {
+				t.Errorf("clone %d: message %d after a new generation: nonce %x", k, i, nc)
+			}
 		}
 	}
 	s := New(Config{Kernel: StaleKernel(1), Hardware: func([]byte) bool { return false }, Wait: -1})
@@ -336,6 +334,23 @@ func TestSealEachChangeWithinGroup(t *testing.T) {
 	for i, nc := range nonces {
 		if (nc == nil) != (i >= at) {
 			t.Errorf("message %d after an unconfirmed change: nonce %x", i, nc)
+		}
+	}
+	// A confirmation of the generation the run began in: nothing refused,
+	// and the rest of the group is drawn from the confirmed state.
+	s = New(Config{Kernel: StaleKernel(1), Hardware: func([]byte) bool { return false }, Wait: -1})
+	st := s.Change(Unique, "guid", []byte("generation 1"))
+	var before *state
+	nonces = sealEachNonces(t, s, n, at, func() {
+		before = s.cur.Load()
+		s.Confirm(st.Epoch, Kernel, "kmsg", []byte("reseeded"))
+	})
+	if s.cur.Load() == before {
+		t.Fatal("the confirmation made no new state")
+	}
+	for i, nc := range nonces {
+		if nc == nil {
+			t.Fatalf("message %d refused after a confirmation", i)
 		}
 	}
 }
