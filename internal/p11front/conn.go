@@ -91,20 +91,26 @@ func (c *conn) serve() {
 			return
 		}
 		code, olen, blen, err := parseHeader(hdr[:])
+		var body []byte
 		if err != nil {
-			c.refuse("request", nil, wire.Status_STATUS_RESOURCE_EXHAUSTED, err.Error()+": connection closed")
-			return
-		}
-		buf := make([]byte, olen+blen)
-		if _, err := io.ReadFull(c.rd, buf); err != nil {
-			c.closedBy(err)
-			return
+			// Longer than the front takes: read through and answered
+			// with an error, the connection going on (oversized).
+			if body, err = c.oversized(olen, blen); err != nil {
+				c.closedBy(err)
+				return
+			}
+		} else {
+			buf := make([]byte, olen+blen)
+			if _, err := io.ReadFull(c.rd, buf); err != nil {
+				c.closedBy(err)
+				return
+			}
+			body = c.handle(buf[olen:])
+			clear(buf) // it may have held data to encrypt or a key to import
 		}
 		if waiting {
 			c.c.SetReadDeadline(time.Time{})
 		}
-		body := c.handle(buf[olen:])
-		clear(buf) // it may have held data to encrypt or a key to import
 		out = appendFrame(out, code, body)
 		if !c.closing && len(out) < maxHeldReplies && c.rd.frameBuffered() {
 			// The client sent the next request with this one (the
@@ -209,8 +215,8 @@ func (r *credReader) frameBuffered() bool {
 
 // restBuffered reports whether the rest of a frame whose first byte was
 // just returned has been read too: its header's other bytes and all it
-// announces (or a header whose lengths parseHeader refuses, which needs
-// nothing more either).
+// announces (which a frame longer than the front takes never is: it is
+// read through, under the deadline, by oversized).
 func (r *credReader) restBuffered(first byte) bool {
 	b := r.buf[r.r:r.w]
 	if len(b) < frameHeader-1 {
@@ -220,7 +226,7 @@ func (r *credReader) restBuffered(first byte) bool {
 	h[0] = first
 	copy(h[1:], b)
 	_, olen, blen, err := parseHeader(h[:])
-	return err != nil || len(b)-(frameHeader-1) >= int(olen)+int(blen)
+	return err == nil && len(b)-(frameHeader-1) >= int(olen)+int(blen)
 }
 
 // Read returns what the buffer holds, refilling it with one recvmsg when

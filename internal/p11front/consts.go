@@ -20,6 +20,7 @@ const (
 	ckrDeviceError                = 0x030
 	ckrDeviceMemory               = 0x031
 	ckrEncryptedDataInvalid       = 0x040
+	ckrEncryptedDataLenRange      = 0x041
 	ckrFunctionNotSupported       = 0x054
 	ckrKeyHandleInvalid           = 0x060
 	ckrKeySizeRange               = 0x062
@@ -44,6 +45,7 @@ const (
 	ckrUserAlreadyLoggedIn        = 0x100
 	ckrUserNotLoggedIn            = 0x101
 	ckrUserTypeInvalid            = 0x103
+	ckrWrappedKeyLenRange         = 0x112
 	ckrRandomSeedNotSupported     = 0x120
 	ckrBufferTooSmall             = 0x150
 	ckrCryptokiNotInitialized     = 0x190

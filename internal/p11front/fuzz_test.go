@@ -132,6 +132,9 @@ func seeds() [][]byte {
 			e.u64(1)
 			writeAttrs(e, []tmplAttr{ulongAttr(ckaClass, ckoPublicKey), ulongAttr(ckaKeyType, ckkEC), {ckaECParams, oidP256}, {ckaECPoint, []byte{4, 65, 4}}})
 		}),
+		// A C_*Init with a NULL mechanism ends the operation.
+		request(callSignInit, func(e *encoder) { e.u64(1); e.u32(mechNone); e.u32(0xffffffff); e.u64(0) }),
+		request(callDigestInit, func(e *encoder) { e.u64(1); e.u32(mechNone); e.u32(0xffffffff) }),
 		request(callFinalize, nil),
 	}
 }
@@ -161,6 +164,15 @@ func FuzzHandle(f *testing.F) {
 		sig, ok := d.array()
 		if !ok || rid >= callMax || string(sig) != calls[rid].resp {
 			t.Fatalf("malformed response %x to %x", out, body)
+		}
+		// The same body's start, as the front reads it of a frame too
+		// long to take: an error response, always.
+		out = c.tooLong(body[:min(len(body), 64)], 0, maxBody+1)
+		d = &decoder{b: out}
+		rid = d.u32()
+		sig, ok = d.array()
+		if !ok || rid != callError || string(sig) != "u" || len(d.b) != 8 {
+			t.Fatalf("malformed answer %x to a frame too long starting %x", out, body)
 		}
 	})
 }

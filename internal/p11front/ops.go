@@ -138,6 +138,23 @@ func (c *conn) cGetMechanismInfo(d *decoder, e *encoder) uint64 {
 	return ckrOK
 }
 
+// mechNone is how keywarden's module sends a C_*Init's NULL_PTR
+// mechanism (the type 0xffffffff, no parameter): PKCS #11 3.0 ends the
+// active operation of that kind, if there is one, and starts none. The
+// module sends it too to end an operation in the daemon when it refuses
+// a call of the operation itself, without sending it (docs/pkcs11.md).
+const mechNone = 0xffffffff
+
+// refused ends the operation of kind on the session of handle h, if
+// there is one, after a call of it that did not decode: a call that
+// fails ends its operation, whatever the failure.
+func (c *conn) refused(h uint64, kind int) uint64 {
+	if s, rv := c.session(h); rv == ckrOK {
+		c.abort(s.slotOf(kind))
+	}
+	return rvParse
+}
+
 // opInit is C_{Sign,Verify,Encrypt,Decrypt}Init.
 func opInit(kind int) handler {
 	return func(c *conn, d *decoder, e *encoder) uint64 {
@@ -151,6 +168,10 @@ func opInit(kind int) handler {
 			return rv
 		}
 		slot := s.slotOf(kind)
+		if m.typ == mechNone && !m.hasParam {
+			c.abort(slot)
+			return ckrOK
+		}
 		if *slot != nil {
 			return ckrOperationActive
 		}
@@ -174,6 +195,10 @@ func (c *conn) cDigestInit(d *decoder, e *encoder) uint64 {
 	}
 	if rv != ckrOK {
 		return rv
+	}
+	if m.typ == mechNone && !m.hasParam {
+		c.abort(&s.digest)
+		return ckrOK
 	}
 	if s.digest != nil {
 		return ckrOperationActive
@@ -322,11 +347,12 @@ func oaepHash(m mechanism) (wire.HashAlg, bool) {
 // opOneShot is C_Sign, C_Encrypt, C_Decrypt and C_Digest.
 func opOneShot(kind int) handler {
 	return func(c *conn, d *decoder, e *encoder) uint64 {
-		s, rv := c.session(d.Ulong())
+		sh := d.Ulong()
+		s, rv := c.session(sh)
 		data := d.Bytes()
 		room := d.Buffer("y")
 		if d.done() != nil {
-			return rvParse
+			return c.refused(sh, kind)
 		}
 		if rv != ckrOK {
 			return rv
@@ -389,10 +415,11 @@ func (c *conn) give(slot **operation, op *operation, room uint32, e *encoder) ui
 // final call.
 func opUpdate(kind int) handler {
 	return func(c *conn, d *decoder, e *encoder) uint64 {
-		s, rv := c.session(d.Ulong())
+		sh := d.Ulong()
+		s, rv := c.session(sh)
 		data := d.Bytes()
 		if d.done() != nil {
-			return rvParse
+			return c.refused(sh, kind)
 		}
 		if rv != ckrOK {
 			return rv
@@ -406,11 +433,12 @@ func opUpdate(kind int) handler {
 // whole message before releasing any of it).
 func opUpdateOut(kind int) handler {
 	return func(c *conn, d *decoder, e *encoder) uint64 {
-		s, rv := c.session(d.Ulong())
+		sh := d.Ulong()
+		s, rv := c.session(sh)
 		data := d.Bytes()
 		d.Buffer("y")
 		if d.done() != nil {
-			return rvParse
+			return c.refused(sh, kind)
 		}
 		if rv != ckrOK {
 			return rv
@@ -426,10 +454,11 @@ func opUpdateOut(kind int) handler {
 // opFinal is C_{Sign,Encrypt,Decrypt,Digest}Final.
 func opFinal(kind int) handler {
 	return func(c *conn, d *decoder, e *encoder) uint64 {
-		s, rv := c.session(d.Ulong())
+		sh := d.Ulong()
+		s, rv := c.session(sh)
 		room := d.Buffer("y")
 		if d.done() != nil {
-			return rvParse
+			return c.refused(sh, kind)
 		}
 		if rv != ckrOK {
 			return rv
@@ -459,11 +488,12 @@ func opFinal(kind int) handler {
 }
 
 func (c *conn) cVerify(d *decoder, e *encoder) uint64 {
-	s, rv := c.session(d.Ulong())
+	sh := d.Ulong()
+	s, rv := c.session(sh)
 	data := d.Bytes()
 	sig := d.Bytes()
 	if d.done() != nil {
-		return rvParse
+		return c.refused(sh, opVerify)
 	}
 	if rv != ckrOK {
 		return rv
@@ -481,10 +511,11 @@ func (c *conn) cVerify(d *decoder, e *encoder) uint64 {
 }
 
 func (c *conn) cVerifyFinal(d *decoder, e *encoder) uint64 {
-	s, rv := c.session(d.Ulong())
+	sh := d.Ulong()
+	s, rv := c.session(sh)
 	sig := d.Bytes()
 	if d.done() != nil {
-		return rvParse
+		return c.refused(sh, opVerify)
 	}
 	if rv != ckrOK {
 		return rv

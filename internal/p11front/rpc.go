@@ -3,7 +3,6 @@ package p11front
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 )
 
 // The p11-kit RPC protocol, version 0 (p11-kit's rpc-message.c and
@@ -631,16 +630,21 @@ type frame struct {
 	body    []byte
 }
 
-// parseHeader reads a frame header and checks its lengths.
+// parseHeader reads a frame header and checks its lengths. A frame
+// longer than the front takes is errTooLong, with its code and lengths
+// (the front answers it without reading it into memory: conn.oversized).
 func parseHeader(h []byte) (code, olen, blen uint32, err error) {
 	code = binary.BigEndian.Uint32(h[0:4])
 	olen = binary.BigEndian.Uint32(h[4:8])
 	blen = binary.BigEndian.Uint32(h[8:12])
 	if olen > maxOptions || blen > maxBody {
-		return 0, 0, 0, fmt.Errorf("a frame of %d+%d bytes (at most %d+%d)", olen, blen, maxOptions, maxBody)
+		return code, olen, blen, errTooLong
 	}
 	return code, olen, blen, nil
 }
+
+// errTooLong: a frame's options or body are longer than the front takes.
+var errTooLong = errors.New("p11front: frame too long")
 
 // appendFrame appends the frame of a response body.
 func appendFrame(dst []byte, code uint32, body []byte) []byte {
