@@ -232,11 +232,25 @@ func TestPKCS11CopyObjectRelaxesNothing(t *testing.T) {
 	}
 }
 
+// A refused call of an operation ends it, as PKCS #11 has it (only a
+// length query and CKR_BUFFER_TOO_SMALL keep it): for encryption,
+// decryption, signing, verification and digests, with the C_*Init sent
+// at once and deferred, a call with bad arguments or data too long for
+// the daemon (both refused by the module, which then ends the daemon's
+// operation), a C_*Update too long or with bad arguments, a C_*Init with
+// a NULL mechanism (PKCS #11 3.0), a wrong signature and junk to decrypt:
+// after each the next call is CKR_OPERATION_NOT_INITIALIZED and a new
+// C_*Init succeeds.
+func TestPKCS11RefusedCallEndsTheOperation(t *testing.T) {
+	e := p11Daemon(t)
+	e.clientRun(t, "opfail")
+}
+
 // A call longer than the daemon's PKCS #11 front takes (a body of 1 MiB:
 // an HKDF info, ECDH shared data, a GCM AAD, data to digest or sign) is refused by the
 // module before it is sent, with CKR_MECHANISM_PARAM_INVALID or
-// CKR_DATA_LEN_RANGE; the connection stays, and the other session and
-// the same one go on working.
+// CKR_DATA_LEN_RANGE, which ends the operation it was a call of; the
+// connection stays, and the other session and the same one go on working.
 func TestPKCS11CallTooLong(t *testing.T) {
 	e := p11Daemon(t, "ecdsa-p256 ec1", "ecdh-p256 dh1")
 	e.clientRun(t, "toolong")

@@ -1485,7 +1485,7 @@ call (struct call *c)
 
 	if (c->req.failed)
 		return CKR_HOST_MEMORY;
-	/* Refused here, nothing sent: an operation stays as it was. */
+	/* Refused here, nothing sent: done ends the operation (op_failed). */
 	if (too_long (&c->req))
 		return too_long_rv (c->id);
 	pthread_mutex_lock (&s->lock);
@@ -1606,15 +1606,24 @@ track (struct call *c, CK_RV rv)
 	pthread_mutex_unlock (&s->lock);
 }
 
-/* done: the reply must have been read whole. */
+static CK_RV op_failed (int id, CK_SESSION_HANDLE h, CK_RV rv);
+
+/* done: the reply must have been read whole. A call of an operation that
+ * fails without the daemon saying so (refused here, before it was sent,
+ * or with an answer that leaves the operation unknown) ends it there too
+ * (op_failed). */
 static CK_RV
 done (struct call *c, CK_RV rv)
 {
+	int id = c->id, local;
+	CK_SESSION_HANDLE h = c->h;
+
 	if (rv == CKR_OK && (c->r.bad || c->r.n != 0))
 		rv = CKR_DEVICE_ERROR;
 	track (c, rv);
+	local = !c->sent || unsure (rv);
 	call_end (c);
-	return rv;
+	return local ? op_failed (id, h, rv) : rv;
 }
 
 /* A reply's handle of this call's connection. */
@@ -2564,6 +2573,8 @@ EXPORT CK_RV C_FindObjectsFinal (CK_SESSION_HANDLE h) { return simple (RPC_FindO
  * C_Logout, C_CloseSession and C_CloseAllSessions. Every other error of
  * a C_*Init (a mechanism or parameter not offered, a key of another type,
  * CKR_OPERATION_ACTIVE) is returned by the C_*Init itself. */
+static CK_RV end_op (int id, CK_SESSION_HANDLE h, int with_key);
+
 static CK_RV
 init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int with_key)
 {
@@ -2572,7 +2583,11 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	struct sess *e;
 	int kind = opcall[id].kind, prev = ST_UNKNOWN, ki;
 	size_t moff = 0, mlen = 0;
-	CK_RV rv = start (&c, id, h);
+	CK_RV rv;
+
+	if (m == NULL)
+		return end_op (id, h, with_key);
+	rv = start (&c, id, h);
 
 	if (rv == CKR_OK) {
 		moff = c.req.len;
@@ -2640,6 +2655,86 @@ init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int
 	}
 	pthread_mutex_unlock (&s->lock);
 	return done (&c, rv);
+}
+
+/* MECH_NONE is how the module sends a NULL_PTR mechanism, which the
+ * daemon takes for it: the type 0xffffffff, no parameter. */
+#define MECH_NONE 0xffffffffu
+
+/* end_op is a C_*Init with a NULL_PTR mechanism (PKCS #11 3.0): it ends
+ * the session's operation of that kind, if there is one, and starts
+ * none. A deferred C_*Init is dropped, nothing sent; an operation the
+ * daemon has, or may have, is ended there by sending the C_*Init with
+ * MECH_NONE (and no key). */
+static CK_RV
+end_op (int id, CK_SESSION_HANDLE h, int with_key)
+{
+	struct call c;
+	struct slot *s;
+	struct sess *e;
+	int kind = opcall[id].kind;
+	CK_RV rv = start (&c, id, h);
+
+	if (rv != CKR_OK)
+		return done (&c, rv);
+	put_u32 (&c.req, MECH_NONE);
+	put_u32 (&c.req, 0xffffffff);
+	if (with_key)
+		put_u64 (&c.req, 0);
+	if (c.req.failed)
+		return done (&c, CKR_HOST_MEMORY);
+	s = &c.m->slots[c.slot];
+	pthread_mutex_lock (&s->lock);
+	if (is_broken (s))
+		close_broken (s);
+	if (s->fd < 0 || (s->conn & 0xffffff) != c.conn) {
+		pthread_mutex_unlock (&s->lock);
+		return done (&c, CKR_SESSION_HANDLE_INVALID);
+	}
+	e = sess_find (s, h);
+	if (e != NULL && (e->st[kind] == ST_PENDING || e->st[kind] == ST_NONE)) {
+		buf_wipe (&e->pending[kind]);
+		set_st (s, e, kind, ST_NONE);
+		pthread_mutex_unlock (&s->lock);
+		return done (&c, CKR_OK);
+	}
+	if (e != NULL)
+		c.seq = set_st (s, e, kind, ST_UNKNOWN);
+	rv = exchange (s, &c.req, &c.reply);
+	if (rv == CKR_OK)
+		rv = check_reply (&c.reply, id, &c.r);
+	if (rv == CKR_OK && (c.r.bad || c.r.n != 0))
+		rv = CKR_DEVICE_ERROR;
+	/* The slot's lock was let go while the reply came. */
+	e = (s->conn & 0xffffff) == c.conn ? sess_find (s, h) : NULL;
+	if (e != NULL && c.seq != 0 && e->seq[kind] == c.seq)
+		set_st (s, e, kind, rv == CKR_OK ? ST_NONE : ST_UNKNOWN);
+	pthread_mutex_unlock (&s->lock);
+	return done (&c, rv);
+}
+
+/* op_failed ends the operation of call id's kind on session h when the
+ * call fails and the daemon did not end it (PKCS #11 v2.40, 5.2: a call
+ * of an operation that fails ends it, except CKR_BUFFER_TOO_SMALL): a
+ * call refused here, before it was sent (its arguments, a request longer
+ * than the daemon takes), or one whose answer leaves the daemon's state
+ * unknown. Returns rv. */
+static CK_RV
+op_failed (int id, CK_SESSION_HANDLE h, CK_RV rv)
+{
+	int cls = id > 0 && id < RPC_MAX ? opcall[id].cls : OC_NONE;
+
+	if (cls == OC_NONE || cls == OC_INIT)
+		return rv;
+	switch (rv) {
+	case CKR_OK: case CKR_BUFFER_TOO_SMALL:
+	/* No session, or no connection, to end an operation on. */
+	case CKR_SESSION_HANDLE_INVALID: case CKR_SESSION_CLOSED: case CKR_CRYPTOKI_NOT_INITIALIZED:
+	case CKR_DEVICE_REMOVED: case CKR_TOKEN_NOT_PRESENT:
+		return rv;
+	}
+	end_op (init_of[opcall[id].kind], h, opcall[id].kind != OP_DIGEST);
+	return rv;
 }
 
 /* fixed_length is the length of every result of a mechanism, where the
@@ -2741,7 +2836,7 @@ in_out (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR
 	CK_RV rv;
 
 	if ((in == NULL && inlen != 0) || outlen == NULL)
-		return CKR_ARGUMENTS_BAD;
+		return op_failed (id, h, CKR_ARGUMENTS_BAD);
 	rv = start (&c, id, h);
 	if (rv == CKR_OK && local_length (&c, inlen, out, outlen, &rv))
 		return done (&c, rv);
@@ -2766,7 +2861,7 @@ in_only (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inlen)
 	CK_RV rv;
 
 	if (in == NULL && inlen != 0)
-		return CKR_ARGUMENTS_BAD;
+		return op_failed (id, h, CKR_ARGUMENTS_BAD);
 	rv = start (&c, id, h);
 	if (rv == CKR_OK) {
 		put_bytes (&c.req, in, inlen);
@@ -2783,7 +2878,7 @@ out_only (int id, CK_SESSION_HANDLE h, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
 	CK_RV rv;
 
 	if (outlen == NULL)
-		return CKR_ARGUMENTS_BAD;
+		return op_failed (id, h, CKR_ARGUMENTS_BAD);
 	rv = start (&c, id, h);
 	c.sizeq = out == NULL;
 	if (rv == CKR_OK) {
@@ -2823,7 +2918,7 @@ C_Verify (CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG n, CK_BYTE_PTR sig, CK_U
 	CK_RV rv;
 
 	if ((in == NULL && n != 0) || (sig == NULL && sn != 0))
-		return CKR_ARGUMENTS_BAD;
+		return op_failed (RPC_Verify, h, CKR_ARGUMENTS_BAD);
 	rv = start (&c, RPC_Verify, h);
 	if (rv == CKR_OK) {
 		put_bytes (&c.req, in, n);

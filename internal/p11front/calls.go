@@ -61,6 +61,7 @@ func init() {
 		callDigestInit:        (*conn).cDigestInit,
 		callDigest:            opOneShot(opDigest),
 		callDigestUpdate:      opUpdate(opDigest),
+		callDigestKey:         (*conn).cDigestKey,
 		callDigestFinal:       opFinal(opDigest),
 		callSignInit:          opInit(opSign),
 		callSign:              opOneShot(opSign),

@@ -210,6 +210,25 @@ func (c *conn) cDigestInit(d *decoder, e *encoder) uint64 {
 	return ckrOK
 }
 
+// cDigestKey: digesting a key's value is not offered. As every call of
+// an operation that fails, it ends the digest.
+func (c *conn) cDigestKey(d *decoder, e *encoder) uint64 {
+	sh := d.Ulong()
+	d.Ulong()
+	if d.done() != nil {
+		return c.refused(sh, opDigest)
+	}
+	s, rv := c.session(sh)
+	if rv != ckrOK {
+		return rv
+	}
+	if s.digest == nil {
+		return ckrOperationNotInitialized
+	}
+	c.abort(&s.digest)
+	return ckrFunctionNotSupported
+}
+
 // checkMechanism checks that m may run kind with o.
 func checkMechanism(kind int, m mechanism, o *object) uint64 {
 	mi, ok := mechanisms[m.typ]

@@ -105,9 +105,15 @@ func TestRefusedCallEndsTheOperation(t *testing.T) {
 		}))
 		ended(t, cl, s, f, "a C_*Init without a mechanism")
 	}
+	// C_DigestKey is not offered: its refusal ends the digest.
+	fs := opFamilies(t, cl, s)
+	cl.ok(fs[4].init(cl, s), nil)
+	if rv, _ := cl.call(callDigestKey, func(e *encoder) { e.u64(s); e.u64(1) }); rv != ckrFunctionNotSupported {
+		t.Fatalf("C_DigestKey: rv %#x", rv)
+	}
+	ended(t, cl, s, fs[4], "C_DigestKey")
 	// C_Verify of a wrong signature, C_Decrypt of a ciphertext that does
 	// not open: the daemon's refusals end the operation too.
-	fs := opFamilies(t, cl, s)
 	for _, f := range []opFamily{fs[1], fs[3]} {
 		cl.ok(f.init(cl, s), nil)
 		if rv, _ := cl.call(f.call, func(e *encoder) { e.u64(s); f.body(e, make([]byte, 64)) }); rv == ckrOK {

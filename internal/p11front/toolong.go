@@ -39,7 +39,7 @@ func (c *conn) oversized(olen, blen uint32) ([]byte, error) {
 var opOfCall = map[int]int{
 	callEncrypt: opEncrypt, callEncryptUpdate: opEncrypt, callEncryptFinal: opEncrypt,
 	callDecrypt: opDecrypt, callDecryptUpdate: opDecrypt, callDecryptFinal: opDecrypt,
-	callDigest: opDigest, callDigestUpdate: opDigest, callDigestFinal: opDigest,
+	callDigest: opDigest, callDigestUpdate: opDigest, callDigestKey: opDigest, callDigestFinal: opDigest,
 	callSign: opSign, callSignUpdate: opSign, callSignFinal: opSign,
 	callVerify: opVerify, callVerifyUpdate: opVerify, callVerifyFinal: opVerify,
 }

@@ -66,6 +66,13 @@
  *                                   and a buffer too small keep the operation, an error and a
  *                                   result end it; a deferred C_SignInit whose key was destroyed
  *                                   meanwhile fails at C_Sign with CKR_KEY_HANDLE_INVALID
+ *   p11client MODULE opfail         a refused call of an operation ends it (encrypt, decrypt,
+ *                                   sign, verify, digest; C_*Init sent at once and deferred):
+ *                                   bad arguments, data too long for the daemon, a C_*Update
+ *                                   too long or with bad arguments, a C_*Init with a NULL
+ *                                   mechanism, a wrong signature, junk to decrypt; after each,
+ *                                   the next call is CKR_OPERATION_NOT_INITIALIZED and a new
+ *                                   C_*Init succeeds
  *   p11client MODULE sizeq N        N times: C_SignInit (CKM_EDDSA, a session key), a length
  *                                   query, C_Sign; C_DigestInit (SHA-256), a length query,
  *                                   C_Digest; C_SignInit (CKM_ECDSA, a P-256 session key), a
@@ -429,6 +436,163 @@ static int opstate (CK_FUNCTION_LIST_PTR f)
 	return failed;
 }
 
+/* opfail: what a refused call of an operation leaves (PKCS #11 v2.40,
+ * 5.2: a call that fails ends its operation, except
+ * CKR_BUFFER_TOO_SMALL; C_Verify and C_VerifyFinal always end it), for
+ * the five kinds, each with its C_*Init sent at once (round 0) and
+ * deferred (round 1). */
+enum { F_ENC, F_DEC, F_SIGN, F_VER, F_DIG, F_KINDS };
+static const char *const fname[F_KINDS] = { "encrypt", "decrypt", "sign", "verify", "digest" };
+static CK_FUNCTION_LIST_PTR ff;
+static CK_MECHANISM_PTR fmech[F_KINDS];
+static CK_OBJECT_HANDLE fkey[F_KINDS];
+
+static CK_RV f_init (int k, CK_SESSION_HANDLE s, CK_MECHANISM_PTR m)
+{
+	switch (k) {
+	case F_ENC: return ff->C_EncryptInit (s, m, fkey[k]);
+	case F_DEC: return ff->C_DecryptInit (s, m, fkey[k]);
+	case F_SIGN: return ff->C_SignInit (s, m, fkey[k]);
+	case F_VER: return ff->C_VerifyInit (s, m, fkey[k]);
+	}
+	return ff->C_DigestInit (s, m);
+}
+
+/* f_call is the kind's one-shot call on in[0..n) (C_Verify: with a
+ * signature of 32 zeros), with outlen as given. */
+static CK_RV f_call (int k, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n, CK_ULONG_PTR outlen)
+{
+	static CK_BYTE out[4096];
+	switch (k) {
+	case F_ENC: return ff->C_Encrypt (s, in, n, out, outlen);
+	case F_DEC: return ff->C_Decrypt (s, in, n, out, outlen);
+	case F_SIGN: return ff->C_Sign (s, in, n, out, outlen);
+	case F_VER: memset (out, 0, 32); return ff->C_Verify (s, in, n, out, 32);
+	}
+	return ff->C_Digest (s, in, n, out, outlen);
+}
+
+static CK_RV f_update (int k, CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG n)
+{
+	static CK_BYTE out[4096];
+	CK_ULONG len = sizeof out;
+	switch (k) {
+	case F_ENC: return ff->C_EncryptUpdate (s, in, n, out, &len);
+	case F_DEC: return ff->C_DecryptUpdate (s, in, n, out, &len);
+	case F_SIGN: return ff->C_SignUpdate (s, in, n);
+	case F_VER: return ff->C_VerifyUpdate (s, in, n);
+	}
+	return ff->C_DigestUpdate (s, in, n);
+}
+
+/* f_ended checks that the kind's operation has ended: its next call is
+ * CKR_OPERATION_NOT_INITIALIZED, a new C_*Init succeeds (not
+ * CKR_OPERATION_ACTIVE), and the new operation's call runs. */
+static void f_ended (int k, CK_SESSION_HANDLE s, const char *after, int round)
+{
+	CK_BYTE data[32];
+	CK_ULONG len = 4096;
+	CK_RV rv;
+	char what[160];
+
+	memset (data, 9, sizeof data);
+	snprintf (what, sizeof what, "%s, round %d, after %s: the operation's next call", fname[k], round, after);
+	check (what, f_call (k, s, data, sizeof data, &len), CKR_OPERATION_NOT_INITIALIZED);
+	snprintf (what, sizeof what, "%s, round %d, after %s: a new C_*Init", fname[k], round, after);
+	check (what, f_init (k, s, fmech[k]), CKR_OK);
+	len = 4096;
+	rv = f_call (k, s, data, sizeof data, &len);
+	snprintf (what, sizeof what, "%s, round %d, after %s: the new operation's call runs", fname[k], round, after);
+	check (what, rv != CKR_OPERATION_ACTIVE && rv != CKR_OPERATION_NOT_INITIALIZED, CK_TRUE);
+}
+
+static int opfail (CK_FUNCTION_LIST_PTR f)
+{
+	size_t big = (1u << 20) + 1;
+	CK_BYTE_PTR huge = calloc (1, big);
+	CK_BYTE iv[12] = {0}, data[32];
+	CK_GCM_PARAMS gcm = { iv, sizeof iv, 96, NULL, 0, 128 };
+	CK_MECHANISM mgcm = { CKM_AES_GCM, &gcm, sizeof gcm }, agen = { CKM_AES_KEY_GEN, NULL, 0 };
+	CK_MECHANISM hmac = { CKM_SHA256_HMAC, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
+	CK_MECHANISM ggen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
+	CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
+	CK_ULONG len32 = 32, len;
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE aest[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &aes, sizeof aes },
+		{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_ENCRYPT, &yes, 1 }, { CKA_DECRYPT, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_ATTRIBUTE mact[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+		{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_SIGN, &yes, 1 }, { CKA_VERIFY, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE ak, mk;
+	char what[160];
+	int k, round;
+
+	ff = f;
+	memset (data, 5, sizeof data);
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("an AES key", f->C_GenerateKey (s, &agen, aest, 6, &ak), CKR_OK);
+	check ("an HMAC key", f->C_GenerateKey (s, &ggen, mact, 6, &mk), CKR_OK);
+	fmech[F_ENC] = fmech[F_DEC] = &mgcm;
+	fmech[F_SIGN] = fmech[F_VER] = &hmac;
+	fmech[F_DIG] = &sha;
+	fkey[F_ENC] = fkey[F_DEC] = ak;
+	fkey[F_SIGN] = fkey[F_VER] = mk;
+	for (round = 0; round < 2; round++) {
+		for (k = 0; k < F_KINDS; k++) {
+			/* Bad arguments, refused by the module. */
+			snprintf (what, sizeof what, "%s, round %d: C_*Init", fname[k], round);
+			check (what, f_init (k, s, fmech[k]), CKR_OK);
+			snprintf (what, sizeof what, "%s, round %d: a call with bad arguments", fname[k], round);
+			check (what, f_call (k, s, NULL, 5, &len), CKR_ARGUMENTS_BAD);
+			f_ended (k, s, "bad arguments", round);
+			/* Data longer than the daemon takes, refused by the module. */
+			check ("C_*Init", f_init (k, s, fmech[k]), CKR_OK);
+			len = 4096;
+			snprintf (what, sizeof what, "%s, round %d: a call too long", fname[k], round);
+			check (what, f_call (k, s, huge, big, &len), k == F_DEC ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE);
+			f_ended (k, s, "a call too long", round);
+			/* A C_*Update too long, first and after another. */
+			check ("C_*Init", f_init (k, s, fmech[k]), CKR_OK);
+			snprintf (what, sizeof what, "%s, round %d: a C_*Update too long", fname[k], round);
+			check (what, f_update (k, s, huge, big), k == F_DEC ? CKR_ENCRYPTED_DATA_LEN_RANGE : CKR_DATA_LEN_RANGE);
+			f_ended (k, s, "a C_*Update too long", round);
+			check ("C_*Init", f_init (k, s, fmech[k]), CKR_OK);
+			snprintf (what, sizeof what, "%s, round %d: a C_*Update", fname[k], round);
+			check (what, f_update (k, s, data, sizeof data), CKR_OK);
+			snprintf (what, sizeof what, "%s, round %d: a C_*Update with bad arguments", fname[k], round);
+			check (what, f_update (k, s, NULL, 5), CKR_ARGUMENTS_BAD);
+			f_ended (k, s, "a C_*Update with bad arguments", round);
+			/* A C_*Init with a NULL mechanism ends the operation. */
+			check ("C_*Init", f_init (k, s, fmech[k]), CKR_OK);
+			snprintf (what, sizeof what, "%s, round %d: C_*Init with a NULL mechanism", fname[k], round);
+			check (what, f_init (k, s, NULL), CKR_OK);
+			f_ended (k, s, "C_*Init with a NULL mechanism", round);
+		}
+		/* The daemon's refusals: a signature that does not verify, a
+		 * ciphertext that does not open. */
+		check ("C_VerifyInit", f_init (F_VER, s, &hmac), CKR_OK);
+		len = 0;
+		check ("C_Verify of a wrong signature", f_call (F_VER, s, data, sizeof data, &len), CKR_SIGNATURE_INVALID);
+		f_ended (F_VER, s, "a wrong signature", round);
+		check ("C_DecryptInit", f_init (F_DEC, s, &mgcm), CKR_OK);
+		len = sizeof data;
+		check ("C_Decrypt of junk", f_call (F_DEC, s, data, sizeof data, &len), CKR_ENCRYPTED_DATA_INVALID);
+		f_ended (F_DEC, s, "junk to decrypt", round);
+		/* A length query keeps the operation. */
+		check ("C_SignInit", f_init (F_SIGN, s, &hmac), CKR_OK);
+		len = 0;
+		check ("C_Sign, a length query", f->C_Sign (s, data, sizeof data, NULL, &len), CKR_OK);
+		len = 4096;
+		check ("C_Sign after it", f_call (F_SIGN, s, data, sizeof data, &len), CKR_OK);
+	}
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	free (huge);
+	return failed;
+}
+
 /* sizeq signs, digests and encrypts n times, each after a length query
  * (a buffer too small for the encryptions). */
 static int sizeq (CK_FUNCTION_LIST_PTR f, int n)
@@ -779,6 +943,8 @@ int main (int argc, char **argv)
 		finrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "initrace") == 0 && argc == 4) {
 		initrace (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "opfail") == 0) {
+		return opfail (f);
 	} else if (strcmp (argv[2], "opstate") == 0) {
 		opstate (f);
 	} else if (strcmp (argv[2], "workload") == 0) {
@@ -1035,7 +1201,10 @@ int main (int argc, char **argv)
 		len = sizeof sig;
 		check ("C_Sign of data too long", f->C_Sign (s, huge, big, sig, &len), CKR_DATA_LEN_RANGE);
 		len = sizeof sig;
-		check ("C_Sign in the first, the operation still active", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
+		check ("C_Sign in the first, the operation ended", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OPERATION_NOT_INITIALIZED);
+		check ("C_SignInit again", f->C_SignInit (s, &ecdsa, ec), CKR_OK);
+		len = sizeof sig;
+		check ("C_Sign", f->C_Sign (s, data, sizeof data, sig, &len), CKR_OK);
 		hp.info_len = 4;
 		check ("HKDF with a short info", f->C_DeriveKey (s, &mhkdf, base, child, 4, &x), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
