@@ -142,3 +142,70 @@ func TestPKCS11ECDHDeriveX963(t *testing.T) {
 		}
 	}
 }
+
+// X25519 keys through pkcs11-tool: the daemon's shows as an
+// EC_MONTGOMERY key pair (-O) with curve25519's OID and its public value
+// (openssl finds the daemon's public key in it), and one is made with
+// --keypairgen --key-type EC:curve25519. pkcs11-tool 0.23's --derive
+// reads only EC peers, so a C program derives: CKM_ECDH1_DERIVE
+// (CKD_NULL) with the daemon's X25519 key and an X25519 peer of
+// openssl's gives the secret openssl pkeyutl -derive computes from the
+// peer's side, the peer's value raw and in an OCTET STRING.
+func TestPKCS11X25519(t *testing.T) {
+	e := p11Daemon(t, "x25519 xdh --exportable")
+	openssl := needTool(t, "openssl")
+	for _, args := range [][]string{
+		{"genpkey", "-algorithm", "X25519", "-out", "peer.pem"},
+		{"pkey", "-in", "peer.pem", "-pubout", "-outform", "DER", "-out", "peer.der"},
+	} {
+		if out, code := e.run(t, nil, openssl, args...); code != 0 {
+			t.Fatalf("openssl %s: %s", args[0], out)
+		}
+	}
+	peerDER, err := os.ReadFile(filepath.Join(e.dir, "peer.der"))
+	if err != nil || len(peerDER) != 44 {
+		t.Fatalf("the peer's public key: %d bytes (%v)", len(peerDER), err)
+	}
+	objs := e.tool(t, "-O", "--login", "--pin", "any")
+	for _, want := range []string{"Private Key Object; EC_MONTGOMERY", "Public Key Object; EC_MONTGOMERY", "EC_PARAMS:  06032b656e (OID 1.3.101.110)"} {
+		if !strings.Contains(objs, want) {
+			t.Fatalf("pkcs11-tool -O does not show %q:\n%s", want, objs)
+		}
+	}
+	out := e.tool(t, "--login", "--pin", "any", "--keypairgen", "--key-type", "EC:curve25519", "--label", "made")
+	if !strings.Contains(out, "Private Key Object; EC_MONTGOMERY") || !strings.Contains(out, "Usage:      derive") {
+		t.Fatalf("pkcs11-tool --keypairgen --key-type EC:curve25519:\n%s", out)
+	}
+
+	out = e.clientRun(t, "x25519", hex.EncodeToString(peerDER[12:]))
+	point := lineValue(t, out, "point: ")
+	spki, _ := hex.DecodeString("302a300506032b656e032100" + point)
+	if err := os.WriteFile(filepath.Join(e.dir, "xdh.der"), spki, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := e.run(t, nil, openssl, "pkeyutl", "-derive", "-inkey", "peer.pem", "-peerkey", "xdh.der",
+		"-peerform", "DER", "-out", "want"); code != 0 {
+		t.Fatalf("openssl pkeyutl -derive: %s", out)
+	}
+	want, err := os.ReadFile(filepath.Join(e.dir, "want"))
+	if err != nil || len(want) != 32 {
+		t.Fatalf("openssl's secret: %d bytes (%v)", len(want), err)
+	}
+	for _, p := range []string{"secret: ", "secret (DER): "} {
+		if got := lineValue(t, out, p); got != hex.EncodeToString(want) {
+			t.Fatalf("%sthe module's secret %s, openssl's %x", p, got, want)
+		}
+	}
+}
+
+// lineValue is what follows prefix on its line of out.
+func lineValue(t *testing.T, out, prefix string) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, prefix); ok {
+			return v
+		}
+	}
+	t.Fatalf("no %q in:\n%s", prefix, out)
+	return ""
+}

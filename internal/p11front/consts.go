@@ -144,6 +144,7 @@ const (
 	ckmECDSASHA384       = 0x1045
 	ckmECDSASHA512       = 0x1046
 	ckmECEdwardsGen      = 0x1055
+	ckmECMontgomeryGen   = 0x1056
 	ckmEDDSA             = 0x1057
 	ckmAESKeyGen         = 0x1080
 	ckmAESGCM            = 0x1087

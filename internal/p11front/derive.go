@@ -22,7 +22,8 @@ const (
 )
 
 // CKM_ECDH1_DERIVE: ECDH of a P-256 or P-384 key of the daemon's with a
-// peer's public point, through no KDF (CKD_NULL: the shared secret, its
+// peer's public point, or X25519 of an X25519 key with a peer's 32-byte
+// public value, through no KDF (CKD_NULL: the shared secret, its
 // leading bytes removed to the new key's length) or the ANSI X9.63 KDF
 // under SHA-2 with the shared data, into a new AES or generic secret key;
 // the core's rules apply as for HKDF.
@@ -42,7 +43,7 @@ const (
 // shared data, and the peer's point, given raw (a SEC 1 point) or
 // wrapped in a DER OCTET STRING (as some programs send it, after
 // CKA_EC_POINT).
-func ecdhParams(m mechanism, size int) (wire.DeriveKdf, wire.HashAlg, []byte, []byte, uint64) {
+func ecdhParams(m mechanism, size int, x25519 bool) (wire.DeriveKdf, wire.HashAlg, []byte, []byte, uint64) {
 	if !m.hasParam {
 		return 0, 0, nil, nil, ckrMechanismParamInvalid
 	}
@@ -64,7 +65,12 @@ func ecdhParams(m mechanism, size int) (wire.DeriveKdf, wire.HashAlg, []byte, []
 		// SHA-1 and SHA-224 (and every other KDF) are not offered.
 		return 0, 0, nil, nil, ckrMechanismParamInvalid
 	}
-	pt := peerPoint(m.source, size)
+	var pt []byte
+	if x25519 {
+		pt = peerX25519(m.source)
+	} else {
+		pt = peerPoint(m.source, size)
+	}
 	if pt == nil {
 		return 0, 0, nil, nil, ckrMechanismParamInvalid
 	}
@@ -95,11 +101,26 @@ func peerPoint(b []byte, size int) []byte {
 	return nil
 }
 
+// peerX25519 returns the X25519 public value in b: its 32 bytes raw
+// (as PKCS #11 3.0 has CKM_ECDH1_DERIVE's public data for a Montgomery
+// key) or in a DER OCTET STRING (as CKA_EC_POINT holds it); nil if b is
+// neither. The raw form is tried first: 32 bytes may also read as DER.
+func peerX25519(b []byte) []byte {
+	if len(b) == 32 {
+		return b
+	}
+	var inner []byte
+	if rest, err := asn1.Unmarshal(b, &inner); err == nil && len(rest) == 0 && len(inner) == 32 {
+		return inner
+	}
+	return nil
+}
+
 // ecdhSize is the byte length of the coordinates (and of the shared
-// secret) of an ECDH key type, 0 for any other type.
+// secret) of an ECDH or X25519 key type, 0 for any other type.
 func ecdhSize(t wire.KeyType) int {
 	switch t {
-	case wire.KeyType_KEY_TYPE_ECDH_P256:
+	case wire.KeyType_KEY_TYPE_ECDH_P256, wire.KeyType_KEY_TYPE_X25519:
 		return 32
 	case wire.KeyType_KEY_TYPE_ECDH_P384:
 		return 48
@@ -165,7 +186,7 @@ func (c *conn) cDeriveKey(d *decoder, e *encoder) uint64 {
 		if bo.class != ckoPrivateKey || size == 0 {
 			return ckrKeyTypeInconsistent
 		}
-		dv.Kdf, dv.Hash, dv.Info, dv.PeerPublicKey, rv = ecdhParams(m, size)
+		dv.Kdf, dv.Hash, dv.Info, dv.PeerPublicKey, rv = ecdhParams(m, size, bo.key.info.Type == wire.KeyType_KEY_TYPE_X25519)
 		if rv != ckrOK {
 			return rv
 		}

@@ -197,9 +197,10 @@ func TestECDH1Derive(t *testing.T) {
 		}
 	}
 
-	// The mechanism is listed, for deriving on named P-256/P-384 curves.
+	// The mechanism is listed, for deriving on named P-256/P-384 curves
+	// (and with X25519 keys, of 255 bits).
 	d := cl.ok(cl.call(callGetMechanismInfo, func(e *encoder) { e.u64(slotID); e.u64(ckmECDH1Derive) }))
-	if lo, hi, flags := d.Ulong(), d.Ulong(), d.Ulong(); lo != 256 || hi != 384 || flags != ckfMechDerive|ecFlags {
+	if lo, hi, flags := d.Ulong(), d.Ulong(), d.Ulong(); lo != 255 || hi != 384 || flags != ckfMechDerive|ecFlags {
 		t.Fatalf("CKM_ECDH1_DERIVE info: %d %d %#x", lo, hi, flags)
 	}
 }

@@ -188,12 +188,17 @@ func FuzzECDHParams(f *testing.F) {
 	f.Add(uint64(ckdSHA384KDF), []byte{}, append([]byte{2}, make([]byte, 48)...), 48)
 	f.Add(uint64(ckdSHA1KDF), []byte(nil), pt, 32)
 	f.Add(uint64(ckdNull), []byte(nil), append(der, 0), 32)
+	f.Add(uint64(ckdNull), []byte(nil), make([]byte, 32), 32)
+	f.Add(uint64(ckdSHA256KDF), []byte("shared"), append([]byte{4, 32}, make([]byte, 32)...), 32)
 	f.Fuzz(func(t *testing.T, kdf uint64, shared, public []byte, size int) {
 		if size != 32 && size != 48 {
 			size = 32
 		}
 		m := mechanism{typ: ckmECDH1Derive, extra: kdf, param: shared, source: public, hasParam: true}
-		k, h, info, p, rv := ecdhParams(m, size)
+		k, h, info, p, rv := ecdhParams(m, size, false)
+		if _, _, _, x, rv := ecdhParams(m, size, true); rv == ckrOK && len(x) != 32 {
+			t.Fatalf("accepted %x as an X25519 public value", x)
+		}
 		if rv != ckrOK {
 			return
 		}

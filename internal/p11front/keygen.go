@@ -239,6 +239,7 @@ func (c *conn) cGenerateKeyPair(d *decoder, e *encoder) uint64 {
 		return rv
 	}
 	var typ wire.KeyType
+	def := wire.Usage_USAGE_SIGN | wire.Usage_USAGE_VERIFY
 	switch m.typ {
 	case ckmECKeyPairGen:
 		switch p := string(pub.bytes(ckaECParams)); p {
@@ -249,6 +250,13 @@ func (c *conn) cGenerateKeyPair(d *decoder, e *encoder) uint64 {
 		case string(oidEd25519), string(nameEd25519):
 			typ = wire.KeyType_KEY_TYPE_ED25519
 		default:
+			if isX25519Params([]byte(p)) {
+				// As pkcs11-tool asks for it (EC:curve25519): the
+				// mechanism is CKM_EC_MONTGOMERY_KEY_PAIR_GEN's, the
+				// curve says.
+				typ, def = wire.KeyType_KEY_TYPE_X25519, wire.Usage_USAGE_DERIVE
+				break
+			}
 			if p == "" {
 				return ckrTemplateIncomplete
 			}
@@ -259,6 +267,11 @@ func (c *conn) cGenerateKeyPair(d *decoder, e *encoder) uint64 {
 			return ckrAttributeValueInvalid
 		}
 		typ = wire.KeyType_KEY_TYPE_ED25519
+	case ckmECMontgomeryGen:
+		if p := pub.bytes(ckaECParams); p != nil && !isX25519Params(p) {
+			return ckrAttributeValueInvalid
+		}
+		typ, def = wire.KeyType_KEY_TYPE_X25519, wire.Usage_USAGE_DERIVE
 	case ckmRSAPKCSKeyPairGen:
 		bits, _ := pub.ulong(ckaModulusBits)
 		switch bits {
@@ -279,7 +292,7 @@ func (c *conn) cGenerateKeyPair(d *decoder, e *encoder) uint64 {
 	default:
 		return ckrMechanismInvalid
 	}
-	kt, rv := keyTemplate(pub, priv, wire.Usage_USAGE_SIGN|wire.Usage_USAGE_VERIFY)
+	kt, rv := keyTemplate(pub, priv, def)
 	if rv != ckrOK {
 		return rv
 	}

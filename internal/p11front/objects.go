@@ -2,6 +2,7 @@ package p11front
 
 import (
 	"bytes"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -101,7 +102,7 @@ func (c *conn) refresh() error {
 		l := r.GetList()
 		for _, info := range l.GetKeys() {
 			if pkcs11Type(info.Type) == nil {
-				continue // X25519 keys have no PKCS #11 use here yet
+				continue // a type PKCS #11 has no use for here
 			}
 			c.objectsOf(c.addKey(info, false)) // handles in the list's order
 			seen[string(info.Id)] = true
@@ -185,9 +186,21 @@ var (
 	oidP256    = mustOID(asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7})
 	oidP384    = mustOID(asn1.ObjectIdentifier{1, 3, 132, 0, 34})
 	oidEd25519 = mustOID(asn1.ObjectIdentifier{1, 3, 101, 112})
-	// Ed25519's curve as OpenSC and OpenSSL also name it.
+	oidX25519  = mustOID(asn1.ObjectIdentifier{1, 3, 101, 110})
+	// Ed25519's and X25519's curves as OpenSC and OpenSSL also name them
+	// (PKCS #11 3.0 allows a PrintableString for CKA_EC_PARAMS).
 	nameEd25519 = mustString("edwards25519")
+	nameX25519  = mustString("curve25519")
+	// What OpenSC 0.23's pkcs11-tool sends for EC:curve25519: the
+	// PrintableString with a length one too long (11 for 10 bytes). It
+	// names nothing else, so it is taken for curve25519 on input.
+	nameX25519OpenSC = []byte("\x13\x0bcurve25519")
 )
+
+// isX25519Params reports whether p (CKA_EC_PARAMS) names curve25519.
+func isX25519Params(p []byte) bool {
+	return bytes.Equal(p, oidX25519) || bytes.Equal(p, nameX25519) || bytes.Equal(p, nameX25519OpenSC)
+}
 
 func mustOID(o asn1.ObjectIdentifier) []byte {
 	b, err := asn1.Marshal(o)
@@ -225,6 +238,8 @@ func pkcs11Type(t wire.KeyType) *typeInfo {
 		return &typeInfo{ckk: ckkEC, curve: oidP256, gen: ckmECKeyPairGen}
 	case wire.KeyType_KEY_TYPE_ECDH_P384:
 		return &typeInfo{ckk: ckkEC, curve: oidP384, gen: ckmECKeyPairGen}
+	case wire.KeyType_KEY_TYPE_X25519:
+		return &typeInfo{ckk: ckkECMontgomery, curve: oidX25519, gen: ckmECMontgomeryGen}
 	case wire.KeyType_KEY_TYPE_RSA_2048, wire.KeyType_KEY_TYPE_RSA_3072, wire.KeyType_KEY_TYPE_RSA_4096:
 		return &typeInfo{ckk: ckkRSA, gen: ckmRSAPKCSKeyPairGen}
 	}
@@ -384,6 +399,18 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 			return bytes.Clone(ti.curve), ckrOK
 		case ckaECPoint:
 			b, _ := asn1.Marshal([]byte(pub))
+			return b, ckrOK
+		case ckaPublicKeyInfo:
+			return bytes.Clone(info.PublicKey), ckrOK
+		}
+	case *ecdh.PublicKey:
+		// X25519: the 32 bytes of its u-coordinate in an OCTET STRING,
+		// as for Ed25519.
+		switch t {
+		case ckaECParams:
+			return bytes.Clone(ti.curve), ckrOK
+		case ckaECPoint:
+			b, _ := asn1.Marshal(pub.Bytes())
 			return b, ckrOK
 		case ckaPublicKeyInfo:
 			return bytes.Clone(info.PublicKey), ckrOK

@@ -89,12 +89,13 @@ var mechanisms = map[uint64]mechInfo{
 	ckmGenericSecretGen:  {32, 64, ckfMechGenerate},
 	ckmECKeyPairGen:      {256, 384, ckfMechGenerateKeyPair | ecFlags},
 	ckmECEdwardsGen:      {255, 255, ckfMechGenerateKeyPair},
+	ckmECMontgomeryGen:   {255, 255, ckfMechGenerateKeyPair},
 	ckmRSAPKCSKeyPairGen: {2048, 4096, ckfMechGenerateKeyPair},
 	ckmAESKeyWrap:        {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmAESKeyWrapPad:     {32, 32, ckfMechWrap | ckfMechUnwrap},
 	ckmRSAAESKeyWrap:     {2048, 4096, ckfMechWrap | ckfMechUnwrap},
 	ckmHKDFDerive:        {32, 64, ckfMechDerive},
-	ckmECDH1Derive:       {256, 384, ckfMechDerive | ecFlags},
+	ckmECDH1Derive:       {255, 384, ckfMechDerive | ecFlags},
 }
 
 func (c *conn) cGetMechanismList(d *decoder, e *encoder) uint64 {

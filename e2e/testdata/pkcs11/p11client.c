@@ -44,6 +44,12 @@
  *                                   "shared" into a 32-byte generic secret ("x963: HEX"), CKD_NULL
  *                                   with the point in an OCTET STRING ("raw: HEX"); refuses what
  *                                   it must
+ *   p11client MODULE x25519 PEER    the X25519 key "xdh" is CKK_EC_MONTGOMERY with curve25519's
+ *                                   OID and a 32-byte CKA_EC_POINT ("point: HEX"); CKM_ECDH1_DERIVE
+ *                                   CKD_NULL with the peer's value (hex, 32 bytes) raw and in an
+ *                                   OCTET STRING ("secret: HEX", "secret (DER): HEX"); a value of
+ *                                   31 bytes refused; CKM_EC_MONTGOMERY_KEY_PAIR_GEN with the OID
+ *                                   and with the name "curve25519"
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
@@ -1140,6 +1146,80 @@ int main (int argc, char **argv)
 		m.pParameter = NULL;
 		m.ulParameterLen = 0;
 		check ("no parameter", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "x25519") == 0 && argc == 4 && strlen (argv[3]) == 64) {
+		CK_BYTE peer[32], der[34], value[64], ec_point[64], params[16];
+		CK_BYTE x25519_oid[] = { 0x06, 0x03, 0x2b, 0x65, 0x6e };
+		CK_BYTE x25519_name[] = { 0x13, 0x0a, 'c', 'u', 'r', 'v', 'e', '2', '5', '5', '1', '9' };
+		CK_ECDH1_DERIVE_PARAMS p = { CKD_NULL, 0, NULL, sizeof peer, peer };
+		CK_MECHANISM m = { CKM_ECDH1_DERIVE, &p, sizeof p };
+		CK_MECHANISM gen = { 0x1056 /* CKM_EC_MONTGOMERY_KEY_PAIR_GEN */, NULL, 0 };
+		CK_OBJECT_CLASS sec = CKO_SECRET_KEY, pubc = CKO_PUBLIC_KEY;
+		CK_KEY_TYPE generic = CKK_GENERIC_SECRET, kt = 0;
+		CK_ULONG len32 = 32, i;
+		CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+		CK_ATTRIBUTE child[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &generic, sizeof generic },
+			{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_TOKEN, &no, 1 }, { CKA_SENSITIVE, &no, 1 } };
+		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
+		CK_ATTRIBUTE pa[] = { { CKA_KEY_TYPE, &kt, sizeof kt }, { CKA_EC_PARAMS, params, sizeof params },
+			{ CKA_EC_POINT, ec_point, sizeof ec_point } };
+		CK_ATTRIBUTE pubt[] = { { CKA_EC_PARAMS, x25519_oid, sizeof x25519_oid }, { CKA_TOKEN, &no, 1 }, { CKA_DERIVE, &yes, 1 } };
+		CK_ATTRIBUTE privt[] = { { CKA_TOKEN, &no, 1 }, { CKA_DERIVE, &yes, 1 }, { CKA_SENSITIVE, &no, 1 } };
+		CK_ATTRIBUTE find_pub[] = { { CKA_CLASS, &pubc, sizeof pubc }, { CKA_LABEL, "xdh", 3 } };
+		CK_SESSION_HANDLE s;
+		CK_OBJECT_HANDLE base, pub, k, x, gpub, gpriv;
+		CK_ULONG count = 0;
+		for (i = 0; i < sizeof peer; i++)
+			sscanf (argv[3] + 2 * i, "%2hhx", &peer[i]);
+		der[0] = 4;
+		der[1] = sizeof peer;
+		memcpy (der + 2, peer, sizeof peer);
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+		check ("xdh", find (f, s, CKO_PRIVATE_KEY, "xdh", &base), CKR_OK);
+		check ("C_FindObjectsInit", f->C_FindObjectsInit (s, find_pub, 2), CKR_OK);
+		check ("C_FindObjects", f->C_FindObjects (s, &pub, 1, &count), CKR_OK);
+		check ("C_FindObjectsFinal", f->C_FindObjectsFinal (s), CKR_OK);
+		check ("xdh's public object", count == 1, CK_TRUE);
+		check ("its attributes", f->C_GetAttributeValue (s, pub, pa, 3), CKR_OK);
+		check ("CKK_EC_MONTGOMERY", kt == 0x41, CK_TRUE);
+		check ("CKA_EC_PARAMS, curve25519's OID", pa[1].ulValueLen == sizeof x25519_oid &&
+		       memcmp (params, x25519_oid, sizeof x25519_oid) == 0, CK_TRUE);
+		check ("CKA_EC_POINT, an OCTET STRING of 32 bytes", pa[2].ulValueLen == 34 && ec_point[0] == 4 && ec_point[1] == 32, CK_TRUE);
+		printf ("point: ");
+		for (i = 2; i < 34; i++)
+			printf ("%02x", ec_point[i]);
+		printf ("\n");
+		check ("CKD_NULL, the peer's value raw", f->C_DeriveKey (s, &m, base, child, 5, &k), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, k, &va, 1), CKR_OK);
+		printf ("secret: ");
+		for (i = 0; i < va.ulValueLen; i++)
+			printf ("%02x", value[i]);
+		printf ("\n");
+		p.pPublicData = der;
+		p.ulPublicDataLen = sizeof der;
+		va.ulValueLen = sizeof value;
+		check ("CKD_NULL, the peer's value in an OCTET STRING", f->C_DeriveKey (s, &m, base, child, 5, &k), CKR_OK);
+		check ("its value", f->C_GetAttributeValue (s, k, &va, 1), CKR_OK);
+		printf ("secret (DER): ");
+		for (i = 0; i < va.ulValueLen; i++)
+			printf ("%02x", value[i]);
+		printf ("\n");
+		p.pPublicData = peer;
+		p.ulPublicDataLen = 31;
+		check ("a value of 31 bytes", f->C_DeriveKey (s, &m, base, child, 5, &x), CKR_MECHANISM_PARAM_INVALID);
+		/* Key pairs made with CKM_EC_MONTGOMERY_KEY_PAIR_GEN, the curve
+		 * named by its OID and by its name. */
+		check ("CKM_EC_MONTGOMERY_KEY_PAIR_GEN, the OID", f->C_GenerateKeyPair (s, &gen, pubt, 3, privt, 3, &gpub, &gpriv), CKR_OK);
+		kt = 0;
+		check ("its type", f->C_GetAttributeValue (s, gpriv, pa, 1), CKR_OK);
+		check ("CKK_EC_MONTGOMERY", kt == 0x41, CK_TRUE);
+		p.ulPublicDataLen = sizeof peer;
+		check ("CKD_NULL with it", f->C_DeriveKey (s, &m, gpriv, child, 5, &k), CKR_OK);
+		pubt[0].pValue = x25519_name;
+		pubt[0].ulValueLen = sizeof x25519_name;
+		check ("CKM_EC_MONTGOMERY_KEY_PAIR_GEN, the name", f->C_GenerateKeyPair (s, &gen, pubt, 3, privt, 3, &gpub, &gpriv), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
 	} else if (strcmp (argv[2], "toolong") == 0) {
 		/* Calls longer than the daemon takes (a body of 1 MiB) are
