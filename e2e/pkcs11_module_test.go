@@ -220,15 +220,16 @@ func TestPKCS11HKDFDerive(t *testing.T) {
 	}
 }
 
-// C_CopyObject cannot relax a key's sticky attributes: the daemon offers
-// no copy (CKR_FUNCTION_NOT_SUPPORTED), so a copy asking a sensitive key
-// to be exportable and wrappable is refused, as is a plain copy, and the
-// key stays as it was.
+// C_CopyObject cannot relax a key's sticky attributes nor add a usage:
+// no object may be copied (CKA_COPYABLE false; the daemon has no copy of
+// a key), so a copy asking a sensitive key to be exportable and
+// wrappable is CKR_ACTION_PROHIBITED, as are a copy asking a usage more
+// and a plain copy, and the key stays as it was.
 func TestPKCS11CopyObjectRelaxesNothing(t *testing.T) {
 	e := p11Daemon(t, "aes256-gcm aes1")
 	out := e.clientRun(t, "copy")
-	if !strings.Contains(out, "copy asking exportable and wrappable: rv 0x54\n") {
-		t.Fatalf("C_CopyObject is not CKR_FUNCTION_NOT_SUPPORTED:\n%s", out)
+	if !strings.Contains(out, "copy asking exportable and wrappable: rv 0x1b\n") {
+		t.Fatalf("C_CopyObject is not CKR_ACTION_PROHIBITED:\n%s", out)
 	}
 }
 

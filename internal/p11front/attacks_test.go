@@ -348,3 +348,59 @@ func TestSetValueExportsNothing(t *testing.T) {
 		t.Fatal("C_SetAttributeValue exported the key")
 	}
 }
+
+// C_CopyObject: no object may be copied (CKA_COPYABLE false), so a copy
+// asking a sensitive, unwrappable key to be exportable or wrappable, or
+// to gain a usage, or asking nothing, is CKR_ACTION_PROHIBITED; no object
+// is made and the key keeps its attributes. A handle the caller does not
+// see is CKR_OBJECT_HANDLE_INVALID.
+func TestAttackCopyObject(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	k := aesKey(cl, s, boolAttr(ckaEncrypt, true), boolAttr(ckaDecrypt, false))
+	if rv, v := cl.getAttr(s, k, ckaCopyable); rv != ckrOK || v[0] != 0 {
+		t.Fatalf("CKA_COPYABLE: rv %#x %x", rv, v)
+	}
+	before := len(cl.find(s))
+	copyObject := func(o uint64, as ...tmplAttr) uint64 {
+		rv, _ := cl.call(callCopyObject, func(e *encoder) { e.u64(s); e.u64(o); writeAttrs(e, as) })
+		return rv
+	}
+	for name, as := range map[string][]tmplAttr{
+		"exportable":     {boolAttr(ckaSensitive, false)},
+		"wrappable":      {boolAttr(ckaExtractable, true)},
+		"a usage more":   {boolAttr(ckaDecrypt, true)},
+		"to wrap":        {boolAttr(ckaWrap, true)},
+		"a session copy": {boolAttr(ckaToken, false)},
+		"nothing":        nil,
+	} {
+		if rv := copyObject(k, as...); rv != ckrActionProhibited {
+			t.Errorf("a copy asking %s: rv %#x", name, rv)
+		}
+	}
+	if rv := copyObject(k + 1000); rv != ckrObjectHandleInvalid {
+		t.Errorf("a copy of no object: rv %#x", rv)
+	}
+	if after := len(cl.find(s)); after != before {
+		t.Fatalf("%d objects before the copies, %d after", before, after)
+	}
+	for _, a := range []struct {
+		typ  uint32
+		want byte
+	}{{ckaSensitive, 1}, {ckaExtractable, 0}, {ckaDecrypt, 0}, {ckaWrap, 0}, {ckaEncrypt, 1}} {
+		if rv, v := cl.getAttr(s, k, a.typ); rv != ckrOK || len(v) != 1 || v[0] != a.want {
+			t.Errorf("attribute %#x after the copies: rv %#x %x", a.typ, rv, v)
+		}
+	}
+	if rv, _ := cl.getAttr(s, k, ckaValue); rv != ckrAttributeSensitive {
+		t.Errorf("CKA_VALUE after the copies: rv %#x", rv)
+	}
+	// Before C_Login another connection sees no secret key to copy.
+	cl2 := tf.dial(t)
+	s2 := cl2.session()
+	if rv, _ := cl2.call(callCopyObject, func(e *encoder) { e.u64(s2); e.u64(k); writeAttrs(e, nil) }); rv != ckrObjectHandleInvalid {
+		t.Errorf("a copy without login: rv %#x", rv)
+	}
+}

@@ -44,6 +44,7 @@ func init() {
 		callLogin:             (*conn).cLogin,
 		callLogout:            (*conn).cLogout,
 		callCreateObject:      (*conn).cCreateObject,
+		callCopyObject:        (*conn).cCopyObject,
 		callDestroyObject:     (*conn).cDestroyObject,
 		callGetAttributeValue: (*conn).cGetAttributeValue,
 		callSetAttributeValue: (*conn).cSetAttributeValue,
@@ -598,6 +599,26 @@ func (c *conn) cDestroyObject(d *decoder, e *encoder) uint64 {
 	o.key.handle = 0
 	c.forget(o.key)
 	return ckrOK
+}
+
+// cCopyObject: no object of the front may be copied (CKA_COPYABLE is
+// false on every one: the daemon has no operation that copies a key), so
+// a copy of an object the caller sees is CKR_ACTION_PROHIBITED, as PKCS #11
+// has it for such objects, whatever the template asks; nothing is made.
+func (c *conn) cCopyObject(d *decoder, e *encoder) uint64 {
+	_, rv := c.session(d.Ulong())
+	oh := d.Ulong()
+	d.Attrs()
+	if d.done() != nil {
+		return rvParse
+	}
+	if rv != ckrOK {
+		return rv
+	}
+	if _, rv := c.object(oh); rv != ckrOK {
+		return rv
+	}
+	return ckrActionProhibited
 }
 
 func (c *conn) cSeedRandom(d *decoder, e *encoder) uint64 {

@@ -38,7 +38,8 @@
  *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
  *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
  *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
- *                                   wrappable, or with nothing asked: refused; aes1 unchanged
+ *                                   wrappable, to wrap, or with nothing asked: refused
+ *                                   (CKR_ACTION_PROHIBITED); aes1 unchanged
  *   p11client MODULE ecdh POINT     CKM_ECDH1_DERIVE from the ECDH key "dh1" with the peer's
  *                                   point (hex, uncompressed): CKD_SHA256_KDF with shared data
  *                                   "shared" into a 32-byte generic secret ("x963: HEX"), CKD_NULL
@@ -63,7 +64,8 @@
  *                                   (0x5a repeated), salt "salt", info "info", into an HMAC-SHA-256
  *                                   key; prints its tag of "abc" ("tag: HEX"); refuses what it must
  *   p11client MODULE copy           C_CopyObject of the secret key "aes1" asking it exportable and
- *                                   wrappable, or with nothing asked: refused; aes1 unchanged
+ *                                   wrappable, to wrap, or with nothing asked: refused
+ *                                   (CKR_ACTION_PROHIBITED); aes1 unchanged
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE opstate        the rules of an operation's state, with C_*Init sent at once
@@ -1293,6 +1295,7 @@ int main (int argc, char **argv)
 		CK_BBOOL no = CK_FALSE, yes = CK_TRUE, sens = CK_FALSE, extr = CK_TRUE;
 		CK_ATTRIBUTE relax[] = { { CKA_SENSITIVE, &no, 1 }, { CKA_EXTRACTABLE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
 		CK_ATTRIBUTE after[] = { { CKA_SENSITIVE, &sens, 1 }, { CKA_EXTRACTABLE, &extr, 1 } };
+		CK_ATTRIBUTE gain = { CKA_WRAP, &yes, 1 };
 		CK_BYTE value[64];
 		CK_ATTRIBUTE va = { CKA_VALUE, value, sizeof value };
 		CK_SESSION_HANDLE s;
@@ -1307,7 +1310,9 @@ int main (int argc, char **argv)
 		check ("copy asking exportable and wrappable refused", rv != CKR_OK, CK_TRUE);
 		if (rv == CKR_OK)
 			check ("the copy's value", f->C_GetAttributeValue (s, x, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
-		check ("a plain copy refused", f->C_CopyObject (s, k, NULL, 0, &x) != CKR_OK, CK_TRUE);
+		check ("a plain copy refused", f->C_CopyObject (s, k, NULL, 0, &x), CKR_ACTION_PROHIBITED);
+		check ("a copy asking to wrap refused", f->C_CopyObject (s, k, &gain, 1, &x), CKR_ACTION_PROHIBITED);
+		check ("a copy of no object", f->C_CopyObject (s, k + 1000, NULL, 0, &x), CKR_OBJECT_HANDLE_INVALID);
 		check ("aes1's attributes", f->C_GetAttributeValue (s, k, after, 2), CKR_OK);
 		check ("aes1 still sensitive and not extractable", sens == CK_TRUE && extr == CK_FALSE, CK_TRUE);
 		check ("aes1's value", f->C_GetAttributeValue (s, k, &va, 1), CKR_ATTRIBUTE_SENSITIVE);
