@@ -2557,6 +2557,8 @@ C_FindObjects (CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max, CK_
 
 EXPORT CK_RV C_FindObjectsFinal (CK_SESSION_HANDLE h) { return simple (RPC_FindObjectsFinal, h); }
 
+static CK_RV end_op (int id, CK_SESSION_HANDLE h, int with_key);
+
 /* init: an operation's C_*Init with a mechanism and a key (or none for a
  * digest).
  *
@@ -2572,9 +2574,9 @@ EXPORT CK_RV C_FindObjectsFinal (CK_SESSION_HANDLE h) { return simple (RPC_FindO
  * forgets what it was accepted at C_DestroyObject, C_SetAttributeValue,
  * C_Logout, C_CloseSession and C_CloseAllSessions. Every other error of
  * a C_*Init (a mechanism or parameter not offered, a key of another type,
- * CKR_OPERATION_ACTIVE) is returned by the C_*Init itself. */
-static CK_RV end_op (int id, CK_SESSION_HANDLE h, int with_key);
-
+ * CKR_OPERATION_ACTIVE) is returned by the C_*Init itself.
+ *
+ * A C_*Init with a NULL_PTR mechanism ends the operation (end_op). */
 static CK_RV
 init (int id, CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE key, int with_key)
 {
