@@ -136,15 +136,19 @@ func TestFrameTooLongAnswered(t *testing.T) {
 	send := func(olen int, body []byte) uint64 {
 		t.Helper()
 		cl.code++
-		var h [frameHeader]byte
-		binary.BigEndian.PutUint32(h[0:], cl.code)
-		binary.BigEndian.PutUint32(h[4:], uint32(olen))
-		binary.BigEndian.PutUint32(h[8:], uint32(len(body)))
+		hdr := make([]byte, frameHeader)
+		binary.BigEndian.PutUint32(hdr[0:], cl.code)
+		binary.BigEndian.PutUint32(hdr[4:], uint32(olen))
+		binary.BigEndian.PutUint32(hdr[8:], uint32(len(body)))
+		written := make(chan struct{})
 		go func() {
-			cl.c.Write(h[:])
+			defer close(written)
+			cl.c.Write(hdr)
 			cl.c.Write(make([]byte, olen))
 			cl.c.Write(body)
 		}()
+		defer func() { <-written }()
+		var h [frameHeader]byte
 		if _, err := io.ReadFull(cl.c, h[:]); err != nil {
 			t.Fatalf("no answer: %v", err)
 		}
