@@ -247,6 +247,26 @@ func TestPKCS11RefusedCallEndsTheOperation(t *testing.T) {
 	e.clientRun(t, "opfail")
 }
 
+// A program whose module sends a call longer than the daemon takes
+// (p11-kit's own client, p11-kit-client.so, which sends what it is
+// given): the daemon answers it with CKR_DATA_LEN_RANGE, ending the
+// operation, and the connection and its session go on. keywarden's
+// module answers the same without sending the call.
+func TestPKCS11FrameTooLong(t *testing.T) {
+	e := p11Daemon(t)
+	client := needTool(t, "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so")
+	e.extraEnv = append(e.extraEnv, "P11_KIT_SERVER_ADDRESS=unix:path="+e.sock)
+	e.clientRun(t, "bigcall")
+	out, code := e.run(t, nil, p11Client(t), client, "bigcall")
+	if code != 0 {
+		t.Fatalf("p11client bigcall with p11-kit's client: exit %d\n%s", code, out)
+	}
+	if log, _ := os.ReadFile(e.logPath); !strings.Contains(string(log), `"msg":"C_Digest of `) {
+		log := string(log)
+		t.Errorf("the daemon's refusal of the call too long is not in the audit log:\n%s", log)
+	}
+}
+
 // A call longer than the daemon's PKCS #11 front takes (a body of 1 MiB:
 // an HKDF info, ECDH shared data, a GCM AAD, data to digest or sign) is refused by the
 // module before it is sent, with CKR_MECHANISM_PARAM_INVALID or

@@ -51,6 +51,8 @@
  *                                   OCTET STRING ("secret: HEX", "secret (DER): HEX"); a value of
  *                                   31 bytes refused; CKM_EC_MONTGOMERY_KEY_PAIR_GEN with the OID
  *                                   and with the name "curve25519"
+ *   p11client MODULE bigcall        C_Digest of 2 MiB: CKR_DATA_LEN_RANGE, the digest ended, the
+ *                                   session going on (any module: keywarden's, p11-kit's client)
  *   p11client MODULE slots          two slots (two daemons): each signs with its own key; a key
  *                                   handle of one slot is refused in a session of the other
  *   p11client MODULE edparams       CKM_EDDSA with CK_EDDSA_PARAMS: pure Ed25519 signs; Ed25519ph
@@ -1223,6 +1225,34 @@ int main (int argc, char **argv)
 		pubt[0].ulValueLen = sizeof x25519_name;
 		check ("CKM_EC_MONTGOMERY_KEY_PAIR_GEN, the name", f->C_GenerateKeyPair (s, &gen, pubt, 3, privt, 3, &gpub, &gpriv), CKR_OK);
 		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	} else if (strcmp (argv[2], "bigcall") == 0) {
+		/* A C_Digest of 2 MiB, more than the daemon takes: refused with
+		 * CKR_DATA_LEN_RANGE, which ends the digest; the session (and
+		 * its connection) goes on. With keywarden's module the refusal
+		 * is the module's; with p11-kit's client, which sends the call,
+		 * the daemon's. */
+		size_t big = 2u << 20;
+		CK_BYTE_PTR huge = calloc (1, big);
+		CK_BYTE digest[64];
+		CK_MECHANISM sha = { CKM_SHA256, NULL, 0 };
+		CK_SESSION_HANDLE s;
+		CK_SLOT_ID slot;
+		CK_ULONG len, n = 1;
+		check ("C_Initialize", init (f), CKR_OK);
+		check ("C_GetSlotList", f->C_GetSlotList (CK_TRUE, &slot, &n), CKR_OK);
+		check ("C_OpenSession", f->C_OpenSession (slot, CKF_SERIAL_SESSION, NULL, NULL, &s), CKR_OK);
+		check ("C_DigestInit", f->C_DigestInit (s, &sha), CKR_OK);
+		len = sizeof digest;
+		check ("C_Digest of 2 MiB", f->C_Digest (s, huge, big, digest, &len), CKR_DATA_LEN_RANGE);
+		len = sizeof digest;
+		check ("C_Digest after it: the digest ended", f->C_Digest (s, (CK_BYTE_PTR) "abc", 3, digest, &len), CKR_OPERATION_NOT_INITIALIZED);
+		check ("C_DigestInit again", f->C_DigestInit (s, &sha), CKR_OK);
+		len = sizeof digest;
+		check ("C_Digest of abc", f->C_Digest (s, (CK_BYTE_PTR) "abc", 3, digest, &len), CKR_OK);
+		check ("SHA-256 of abc", len == 32 && digest[0] == 0xba && digest[31] == 0xad, CK_TRUE);
+		check ("C_CloseSession", f->C_CloseSession (s), CKR_OK);
+		check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+		free (huge);
 	} else if (strcmp (argv[2], "toolong") == 0) {
 		/* Calls longer than the daemon takes (a body of 1 MiB) are
 		 * refused by the module, the connection and the other
