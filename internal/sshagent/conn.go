@@ -61,7 +61,7 @@ func (c *conn) serve() {
 		c.a.log.Warn("connection closed: cannot read its socket", "uid", c.id.UID, "pid", c.id.PID, "err", err)
 		return
 	}
-	defer rd.wipe() // a message may have held a private key
+	defer rd.close() // a message may have held a private key
 	w, err := newWriter(c.c)
 	if err != nil {
 		c.a.log.Warn("connection closed: cannot write on its socket", "uid", c.id.UID, "pid", c.id.PID, "err", err)

@@ -263,3 +263,63 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 		t.Errorf("%d empty reads while another connection was busy: it polled", rd.empty)
 	}
 }
+
+// A message stays in the socket until it is answered: the reader takes it
+// for good only when it goes on to the next, after the reply. (Taking
+// bytes from a Unix stream socket wakes every thread sleeping on the
+// sender's socket, such as a client blocked reading its reply.)
+func TestRequestTakenFromSocketOnceAnswered(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(fds[0]), "peer")
+	defer peer.Close()
+	f := os.NewFile(uintptr(fds[1]), "agent")
+	fc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	rd, err := newReader(fc.(*net.UnixConn), int32(os.Getpid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// unsent is what the peer wrote that the reader has not taken.
+	unsent := func() int {
+		n, err := unix.IoctlGetInt(int(peer.Fd()), unix.SIOCOUTQ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	peer.Write(msg(msgRequestIdentities))
+	if m, _, err := rd.next(); err != nil || len(m) != 1 || m[0] != msgRequestIdentities {
+		t.Fatalf("next: %x %v", m, err)
+	}
+	if unsent() == 0 {
+		t.Fatal("the message was taken from the socket before it was answered")
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := rd.next() // takes the answered message, then waits
+		got <- err
+	}()
+	for deadline := time.Now().Add(5 * time.Second); unsent() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the answered message was not taken from the socket")
+		}
+	}
+	peer.Write(msg(msgLock, sshString([]byte("x"))))
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	rd.close()
+	if n := unsent(); n != 0 {
+		t.Errorf("%d bytes left in the socket at close", n)
+	}
+}

@@ -22,6 +22,15 @@ import (
 // briefly before it sleeps when the client has been answering quickly
 // and no other connection has work: on a virtual machine, waking a
 // sleeping thread can cost more than a round trip.
+//
+// A read only peeks (MSG_PEEK, at the socket's peek offset): the message
+// stays in the socket until it is answered, and is taken from it then
+// (consume), before the next is read. Taking bytes from a Unix stream
+// socket frees the sender's buffer space, and the kernel then wakes
+// every thread sleeping on the sender's socket, including a client
+// blocked reading its reply, as OpenSSH's programs are: it wakes for
+// nothing and sleeps again, a context switch on each side. Once the reply
+// is sent, the client is awake and sleeps there no longer.
 type reader struct {
 	// pid is the process that connected: every byte must be its.
 	pid int32
@@ -45,6 +54,13 @@ type reader struct {
 	n, oobn int
 	err     error
 	readFn  func(fd uintptr) bool // rd.readSome, made once
+	// peek: the socket has a peek offset (SO_PEEK_OFF), and reads leave
+	// what they take in the socket (MSG_PEEK) until the message is
+	// answered (consume). held is how many bytes at the head of the
+	// socket are already in the buffer: buf[w-held:w].
+	peek      bool
+	held      int
+	consumeFn func(fd uintptr) bool // rd.consumeHeld, made once
 	// empty counts the reads that found the socket empty (for the tests).
 	empty int
 }
@@ -59,6 +75,10 @@ func newReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*reader, error)
 	}
 	rd := &reader{pid: pid, busy: busy, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	rd.readFn = rd.readSome
+	rd.consumeFn = rd.consumeHeld
+	rc.Control(func(fd uintptr) {
+		rd.peek = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+	})
 	return rd, nil
 }
 
@@ -72,6 +92,9 @@ var errTooLarge = errors.New("sshagent: message length out of bounds")
 // length out of bounds, errTooLarge with that length.
 func (rd *reader) next() (msg []byte, n uint32, err error) {
 	if rd.r > 0 {
+		if err := rd.consume(); err != nil {
+			return nil, 0, err
+		}
 		clear(rd.buf[:rd.r])
 		copy(rd.buf, rd.buf[rd.r:rd.w])
 		rd.w -= rd.r
@@ -140,7 +163,43 @@ func (rd *reader) fill(started bool) error {
 		return io.EOF
 	}
 	rd.w += n
+	if rd.peek {
+		rd.held += n
+	}
 	return nil
+}
+
+// consume takes from the socket what the buffer already holds of it.
+func (rd *reader) consume() error {
+	if rd.held == 0 {
+		return nil
+	}
+	if err := rd.rc.Read(rd.consumeFn); err != nil {
+		return err
+	}
+	return rd.err
+}
+
+// consumeHeld reads again, for good, the rd.held bytes at the head of the
+// socket that peeks took, into the buffer where they already are.
+func (rd *reader) consumeHeld(fd uintptr) bool {
+	rd.err = nil
+	for rd.held > 0 {
+		// Into the buffer where they already are; the socket never blocks.
+		n, err := unix.Read(int(fd), rd.buf[rd.w-rd.held:rd.w])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			rd.err = err
+			return true
+		case n == 0:
+			rd.err = io.ErrUnexpectedEOF
+			return true
+		}
+		rd.held -= n
+	}
+	return true
 }
 
 // readSome reads once what the socket holds (rd.n bytes, rd.oobn of
@@ -157,6 +216,13 @@ func (rd *reader) readSome(fd uintptr) bool {
 			return true
 		}
 		rd.empty++
+		if rd.held > 0 {
+			// A message under way: what the socket holds of it is taken,
+			// so that a sender waiting for room can write the rest.
+			if rd.consumeHeld(fd); rd.err != nil {
+				return true
+			}
+		}
 		if !rd.poll || time.Since(rd.start) > spin || !rd.idle() {
 			return false // sleep until the socket is readable
 		}
@@ -171,12 +237,22 @@ func (rd *reader) idle() bool { return rd.busy == nil || rd.busy.Load() == 0 }
 // recv is one recvmsg(2) into the buffer's free space, with the
 // credentials into oob, that never waits.
 func (rd *reader) recv(fd uintptr) (n, oobn int, err error) {
-	n, oobn, _, _, err = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+	flags := unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
+	if rd.peek {
+		flags |= unix.MSG_PEEK
+	}
+	n, oobn, _, _, err = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, flags)
 	if errno, ok := err.(unix.Errno); ok {
 		return 0, 0, errno
 	}
 	return n, oobn, err
 }
 
-// wipe clears everything the reader holds.
-func (rd *reader) wipe() { clear(rd.buf) }
+// close takes from the socket what the reader has answered, so that the
+// client reads the end of the connection after its last reply rather
+// than a reset (what a Unix socket closed with unread bytes gives), and
+// clears everything the reader holds.
+func (rd *reader) close() {
+	rd.consume()
+	clear(rd.buf)
+}
