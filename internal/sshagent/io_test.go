@@ -264,10 +264,11 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 	}
 }
 
-// A message stays in the socket until it is answered: the reader takes it
-// for good only when it goes on to the next, after the reply. (Taking
-// bytes from a Unix stream socket wakes every thread sleeping on the
-// sender's socket, such as a client blocked reading its reply.)
+// A message stays in the socket until it is answered and a read finds the
+// socket empty: the reader takes it for good then, before it waits for
+// the next. (Taking bytes from a Unix stream socket wakes every thread
+// sleeping on the sender's socket, such as a client blocked reading its
+// reply, which it is while its next request waits in the socket.)
 func TestRequestTakenFromSocketOnceAnswered(t *testing.T) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -289,7 +290,8 @@ func TestRequestTakenFromSocketOnceAnswered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// unsent is what the peer wrote that the reader has not taken.
+	// unsent is what the peer's writes that the reader has not taken hold
+	// of the peer's buffer (more than their bytes).
 	unsent := func() int {
 		n, err := unix.IoctlGetInt(int(peer.Fd()), unix.SIOCOUTQ)
 		if err != nil {
@@ -301,8 +303,18 @@ func TestRequestTakenFromSocketOnceAnswered(t *testing.T) {
 	if m, _, err := rd.next(); err != nil || len(m) != 1 || m[0] != msgRequestIdentities {
 		t.Fatalf("next: %x %v", m, err)
 	}
-	if unsent() == 0 {
+	one := unsent()
+	if one == 0 {
 		t.Fatal("the message was taken from the socket before it was answered")
+	}
+	// The next request, already there when the reader goes on: the
+	// answered one stays too.
+	peer.Write(msg(msgRemoveAllIdentities))
+	if m, _, err := rd.next(); err != nil || len(m) != 1 || m[0] != msgRemoveAllIdentities {
+		t.Fatalf("next: %x %v", m, err)
+	}
+	if n := unsent(); n <= one {
+		t.Fatalf("%d bytes of the peer's buffer held, %d with one message: the answered one was taken while the next waited", n, one)
 	}
 	got := make(chan error, 1)
 	go func() {

@@ -23,14 +23,15 @@ import (
 // and no other connection has work: on a virtual machine, waking a
 // sleeping thread can cost more than a round trip.
 //
-// A read only peeks (MSG_PEEK, at the socket's peek offset): the message
-// stays in the socket until it is answered, and is taken from it then
-// (consume), before the next is read. Taking bytes from a Unix stream
-// socket frees the sender's buffer space, and the kernel then wakes
-// every thread sleeping on the sender's socket, including a client
+// A read only peeks (MSG_PEEK, at the socket's peek offset): a message
+// stays in the socket until it is answered, and is taken from it
+// (consume) once a read finds the socket empty. Taking bytes from a Unix
+// stream socket frees the sender's buffer space, and the kernel then
+// wakes every thread sleeping on the sender's socket, including a client
 // blocked reading its reply, as OpenSSH's programs are: it wakes for
-// nothing and sleeps again, a context switch on each side. Once the reply
-// is sent, the client is awake and sleeps there no longer.
+// nothing and sleeps again, a context switch on each side. A client with
+// no request in the socket has no reply to wait for: it is not asleep
+// there.
 type reader struct {
 	// pid is the process that connected: every byte must be its.
 	pid int32
@@ -92,13 +93,15 @@ var errTooLarge = errors.New("sshagent: message length out of bounds")
 // length out of bounds, errTooLarge with that length.
 func (rd *reader) next() (msg []byte, n uint32, err error) {
 	if rd.r > 0 {
-		if err := rd.consume(); err != nil {
-			return nil, 0, err
-		}
 		clear(rd.buf[:rd.r])
 		copy(rd.buf, rd.buf[rd.r:rd.w])
 		rd.w -= rd.r
 		rd.r = 0
+		if rd.held >= maxHeld {
+			if err := rd.consume(); err != nil {
+				return nil, 0, err
+			}
+		}
 	}
 	for rd.w < 4 {
 		if err := rd.fill(rd.w > 0); err != nil {
@@ -169,7 +172,12 @@ func (rd *reader) fill(started bool) error {
 	return nil
 }
 
-// consume takes from the socket what the buffer already holds of it.
+// maxHeld bounds what the socket keeps of answered messages while
+// requests keep coming: past it they are taken at once, so that a client
+// that writes many requests before it reads does not wait for room.
+const maxHeld = 16 << 10
+
+// consume takes from the socket what peeks took of it.
 func (rd *reader) consume() error {
 	if rd.held == 0 {
 		return nil
@@ -181,12 +189,22 @@ func (rd *reader) consume() error {
 }
 
 // consumeHeld reads again, for good, the rd.held bytes at the head of the
-// socket that peeks took, into the buffer where they already are.
+// socket that peeks took, into the buffer's free space, which it clears
+// (they may hold a private key). The socket never blocks.
 func (rd *reader) consumeHeld(fd uintptr) bool {
 	rd.err = nil
 	for rd.held > 0 {
-		// Into the buffer where they already are; the socket never blocks.
-		n, err := unix.Read(int(fd), rd.buf[rd.w-rd.held:rd.w])
+		free := rd.buf[rd.w:]
+		if len(free) == 0 {
+			// Never while a read is wanted: the buffer is full only of a
+			// whole message.
+			return true
+		}
+		if len(free) > rd.held {
+			free = free[:rd.held]
+		}
+		n, err := unix.Read(int(fd), free)
+		clear(free[:max(n, 0)])
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -217,7 +235,8 @@ func (rd *reader) readSome(fd uintptr) bool {
 		}
 		rd.empty++
 		if rd.held > 0 {
-			// A message under way: what the socket holds of it is taken,
+			// The socket is empty: what was answered, and what came of a
+			// message under way, is taken now, before the reader waits,
 			// so that a sender waiting for room can write the rest.
 			if rd.consumeHeld(fd); rd.err != nil {
 				return true
@@ -253,6 +272,7 @@ func (rd *reader) recv(fd uintptr) (n, oobn int, err error) {
 // than a reset (what a Unix socket closed with unread bytes gives), and
 // clears everything the reader holds.
 func (rd *reader) close() {
-	rd.consume()
 	clear(rd.buf)
+	rd.r, rd.w = 0, 0
+	rd.consume()
 }
