@@ -37,6 +37,8 @@ type Batch struct {
 	// packBuf holds the messages of the packed runs of the request being
 	// sent (packedbatch.go).
 	packBuf []byte
+	// pend is the batch sent and not yet waited for (Send, Wait).
+	pend *pendingBatch
 }
 
 // slab allocates values of T in chunks. Pointers it returns stay valid;
@@ -79,6 +81,11 @@ func (b *Batch) Len() int { return len(b.ops) }
 // Reset empties the batch for reuse. BatchResults of earlier calls to Do
 // stay valid.
 func (b *Batch) Reset() {
+	if b.pend != nil {
+		// Sent and not waited for: Wait still needs these.
+		b.ops, b.res, b.sizes = nil, nil, nil
+		return
+	}
 	clear(b.ops)
 	clear(b.res)
 	b.ops, b.res, b.sizes = b.ops[:0], b.res[:0], b.sizes[:0]
@@ -217,105 +224,256 @@ const requestHeadroom = 256
 // blocked sending a request the daemon does not read. The error is non-nil only when the
 // requests could not be exchanged; each operation's own outcome is in its
 // BatchResult.
+//
+// Do is Send followed at once by Wait.
 func (b *Batch) Do(ctx context.Context) error {
-	chunks := b.chunks()
+	if err := b.Send(ctx); err != nil {
+		return err
+	}
+	return b.Wait(ctx)
+}
 
-	type flight struct {
-		ch  chunk
-		ops []*wire.Op
-		idx []int
-		// runs[j] is how many of idx the j-th of ops stands for: more
-		// than one for a packed run (packedbatch.go); nil when none is.
-		runs []int
-		cl   *call
+// Send sends the queued operations and returns without waiting for their
+// results, so that the caller can prepare more work, such as the next
+// batch, while the daemon executes these; Wait then waits for the
+// results. A caller that alternates two batches, queuing and sending one
+// while the other is in the daemon, keeps this process and the daemon
+// busy at once:
+//
+//	a.Send(ctx)               // a in the daemon
+//	for {
+//		queue(b); b.Send(ctx) // b behind it
+//		a.Wait(ctx)           // a's results; then refill a
+//		a, b = b, a
+//	}
+//
+// Send sends at once only what fits in the Client's room for requests in
+// flight and their replies without waiting for any; it leaves the rest
+// for Wait, which sends it before it waits. Requests go to the daemon in
+// the order of the operations, and the daemon executes a connection's
+// requests in the order they arrive, so a batch that Send sent whole is
+// executed before any batch sent after it; a batch it sent in part may be
+// overtaken by later ones.
+//
+// Send's ctx bounds the sending it does; the operations Send leaves to
+// Wait are sent under the expected generation of Send's ctx (WithGeneration)
+// and Wait's cancellation. Until Wait returns the batch must not be
+// queued to or sent again; a Reset meanwhile leaves the operations sent
+// to Wait. A batch sent and not waited for holds part of the Client's
+// room for requests in flight and their replies until its Wait: at most
+// half of the places, and as much of the reply room as it found free,
+// which a Wait of another batch that needs room goes past rather than
+// wait for. A Send that returns an error has waited for whatever it sent,
+// and every operation has its outcome: its Wait returns nil at once. The
+// error is as Do's.
+func (b *Batch) Send(ctx context.Context) error {
+	if b.pend != nil {
+		return argError("batch", "sent again before Wait")
 	}
-	window := max(1, b.c.limits.MaxInFlight/2)
-	var inflight []flight
-	var firstErr error
-	finishOne := func() {
-		f := inflight[0]
-		inflight = inflight[1:]
-		b.c.replies.give(f.ch.rep)
-		rep, err := b.c.finish(ctx, "batch", f.cl)
-		if f.runs != nil && err == nil {
-			b.unpackResults(rep, f.idx, f.runs)
-		} else {
-			for j, i := range f.idx {
-				r := b.res[i]
-				switch {
-				case err != nil:
-					r.err = err
-				case j >= len(rep.Results):
-					r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
-				default:
-					res := rep.Results[j]
-					r.err = resultErr(r.op, res.Status, res.Message)
-					r.data = res.GetData()
-				}
-			}
-		}
-		if err != nil && firstErr == nil && CodeOf(err) == CodeUnavailable {
-			firstErr = err
-		}
-		// Nothing refers to the reply's messages any more (results point
-		// into its bytes, not into them): recycle them, without the slices
-		// into those bytes, which the results still use.
-		if rep != nil {
-			for _, r := range rep.Results {
-				r.Data = nil
-			}
-			rep.ReturnToVTPool()
-		}
+	p := &pendingBatch{ops: b.ops, res: b.res, left: b.chunks()}
+	if g, ok := ExpectedGeneration(ctx); ok {
+		p.gen, p.hasGen = g, true
 	}
-	for _, ch := range chunks {
-		f := flight{ch: ch}
-		for i := ch.from; i < ch.to; i++ {
-			if b.ops[i] != nil {
-				f.ops = append(f.ops, b.ops[i])
-				f.idx = append(f.idx, i)
-			}
-		}
+	b.pend = p
+	if ctx.Err() != nil {
+		return b.Wait(ctx)
+	}
+	// Room is taken without waiting: the requests this process has in
+	// flight may belong to batches of this goroutine, sent and not yet
+	// waited for, whose places and replies only their Wait gives back.
+	// Such batches hold at most half of the places, so that a Wait of
+	// this goroutine always finds some (Client.tryStart).
+	most := b.c.limits.MaxInFlight / 2
+	for len(p.left) > 0 {
+		ch := p.left[0]
+		f := p.flight(ch)
 		if len(f.ops) == 0 {
+			p.left = p.left[1:]
+			continue
+		}
+		if len(p.inflight) >= b.window() || !b.c.replies.tryTake(ch.rep, b.c.replyBudget) {
+			break
+		}
+		if b.c.limits.PackedRuns {
+			f.ops, f.runs = b.packRuns(f.ops)
+		}
+		cl, err := b.c.tryStart(ctx, f.ops, most)
+		b.clearPackBuf()
+		if cl == nil {
+			b.c.replies.give(ch.rep)
+			if err != nil {
+				// As Do: the other requests are still tried, and every
+				// operation gets an outcome before Send returns.
+				p.failFlight(f, err)
+				p.left = p.left[1:]
+				b.c.replies.park(p.parked)
+				return b.Wait(ctx)
+			}
+			break
+		}
+		f.cl = cl
+		cl.budget = ch.rep
+		p.inflight = append(p.inflight, f)
+		p.parked += ch.rep
+		p.left = p.left[1:]
+	}
+	b.c.replies.park(p.parked)
+	return nil
+}
+
+// Wait sends what Send left of the batch, waits for the replies and fills
+// in the results. Without a batch sent and not waited for it returns nil
+// at once. Its error is as Do's.
+func (b *Batch) Wait(ctx context.Context) error {
+	p := b.pend
+	if p == nil {
+		return nil
+	}
+	b.pend = nil
+	b.c.replies.unpark(p.parked)
+	p.parked = 0
+	sendCtx := ctx
+	if g, ok := ExpectedGeneration(ctx); p.hasGen && (!ok || g != p.gen) {
+		sendCtx = WithGeneration(ctx, p.gen)
+	} else if !p.hasGen && ok {
+		sendCtx = withoutGeneration(ctx)
+	}
+	window := b.window()
+	for _, ch := range p.left {
+		f := p.flight(ch)
+		if len(f.ops) == 0 {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			p.failFlight(f, err)
 			continue
 		}
 		// The replies in flight, this batch's and other goroutines' on
 		// the same Client, stay within the budget (replybudget.go).
-		for len(inflight) > 0 && (len(inflight) >= window || !b.c.replies.tryTake(ch.rep, b.c.replyBudget)) {
-			finishOne()
+		for len(p.inflight) > 0 && (len(p.inflight) >= window || !b.c.replies.tryTake(ch.rep, b.c.replyBudget)) {
+			b.finishOne(ctx, p)
 		}
-		if len(inflight) == 0 {
+		if len(p.inflight) == 0 {
 			if err := b.c.replies.take(ctx, ch.rep, b.c.replyBudget); err != nil {
-				for _, i := range f.idx {
-					b.res[i].err = err
-				}
-				if firstErr == nil {
-					firstErr = err
-				}
+				p.failFlight(f, err)
 				continue
 			}
 		}
 		if b.c.limits.PackedRuns {
 			f.ops, f.runs = b.packRuns(f.ops)
 		}
-		cl, err := b.c.start(ctx, f.ops)
+		cl, err := b.c.start(sendCtx, f.ops)
 		b.clearPackBuf()
 		if err != nil {
 			b.c.replies.give(ch.rep)
-			for _, i := range f.idx {
-				b.res[i].err = err
-			}
-			if firstErr == nil {
-				firstErr = err
-			}
+			p.failFlight(f, err)
 			continue
 		}
 		f.cl = cl
-		inflight = append(inflight, f)
+		cl.budget = ch.rep
+		p.inflight = append(p.inflight, f)
 	}
-	for len(inflight) > 0 {
-		finishOne()
+	p.left = nil
+	for len(p.inflight) > 0 {
+		b.finishOne(ctx, p)
 	}
-	return firstErr
+	return p.firstErr
+}
+
+// withoutGeneration is ctx with no expected generation.
+func withoutGeneration(ctx context.Context) context.Context {
+	return context.WithValue(ctx, expectedGenerationKey{}, nil)
+}
+
+// window is how many requests of one batch are in flight at most.
+func (b *Batch) window() int { return max(1, b.c.limits.MaxInFlight/2) }
+
+// pendingBatch is a batch between Send and the end of Wait.
+type pendingBatch struct {
+	// ops and res are the batch's as Send found them: a Reset meanwhile
+	// starts new ones and leaves these alone.
+	ops      []*wire.Op
+	res      []*BatchResult
+	left     []chunk // not yet sent
+	inflight []batchFlight
+	// parked: the reply bytes this batch holds between Send and Wait.
+	parked   int
+	gen      uint64
+	hasGen   bool
+	firstErr error
+}
+
+// batchFlight is one request of a batch.
+type batchFlight struct {
+	ch  chunk
+	ops []*wire.Op
+	idx []int
+	// runs[j] is how many of idx the j-th of ops stands for: more than
+	// one for a packed run (packedbatch.go); nil when none is.
+	runs []int
+	cl   *call
+}
+
+func (p *pendingBatch) flight(ch chunk) batchFlight {
+	f := batchFlight{ch: ch}
+	for i := ch.from; i < ch.to; i++ {
+		if p.ops[i] != nil {
+			f.ops = append(f.ops, p.ops[i])
+			f.idx = append(f.idx, i)
+		}
+	}
+	return f
+}
+
+// failFlight gives every operation of f the error err, which is the
+// batch's unless it has one already.
+func (p *pendingBatch) failFlight(f batchFlight, err error) {
+	for _, i := range f.idx {
+		p.res[i].err = err
+	}
+	if p.firstErr == nil {
+		p.firstErr = err
+	}
+}
+
+// finishOne waits for the oldest request of p in flight and fills in its
+// operations' results.
+func (b *Batch) finishOne(ctx context.Context, p *pendingBatch) {
+	f := p.inflight[0]
+	p.inflight = p.inflight[1:]
+	rep, err := b.c.finish(ctx, "batch", f.cl)
+	if f.cl.budget > 0 { // else given back with the late reply
+		b.c.replies.give(f.cl.budget)
+	}
+	if f.runs != nil && err == nil {
+		unpackResults(p.res, rep, f.idx, f.runs)
+	} else {
+		for j, i := range f.idx {
+			r := p.res[i]
+			switch {
+			case err != nil:
+				r.err = err
+			case j >= len(rep.Results):
+				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
+			default:
+				res := rep.Results[j]
+				r.err = resultErr(r.op, res.Status, res.Message)
+				r.data = res.GetData()
+			}
+		}
+	}
+	if err != nil && p.firstErr == nil && CodeOf(err) == CodeUnavailable {
+		p.firstErr = err
+	}
+	// Nothing refers to the reply's messages any more (results point
+	// into its bytes, not into them): recycle them, without the slices
+	// into those bytes, which the results still use.
+	if rep != nil {
+		for _, r := range rep.Results {
+			r.Data = nil
+		}
+		rep.ReturnToVTPool()
+	}
 }
 
 // chunk is a run of a batch's operations sent as one request; rep bounds

@@ -44,6 +44,9 @@ type Client struct {
 	// outstanding together (see Batch.Do): half the socket's send buffer.
 	replyBudget int
 	replies     replyBytes
+	// abandoned: the reply bytes of requests finish gave up on, by id,
+	// given back when their replies arrive or the connection fails.
+	abandoned map[uint64]int
 
 	recvBuf []byte // used only by the goroutine that is reading
 	recvOOB []byte // likewise, for replies that carry a descriptor
@@ -89,6 +92,12 @@ type call struct {
 	// members: the calls of a combined request, whose reply goes to
 	// them; set on the request's own entry in Client.pending.
 	members []*call
+	// budget: the reply bytes a batch took for this request from
+	// Client.replies, which go back when its reply is in. A call that
+	// finish gives up on leaves them to the reader, which gives them back
+	// when it drops the late reply: until then the reply may still fill
+	// the socket (Client.abandoned).
+	budget int
 }
 
 // sendBufs holds buffers for encoding requests; the kernel copies a
@@ -232,6 +241,12 @@ func (c *Client) fail(err error) {
 	}
 	clear(c.queue)
 	c.queue = c.queue[:0]
+	// No reply will come.
+	for id, n := range c.abandoned {
+		delete(c.abandoned, id)
+		c.replies.unpark(n)
+		c.replies.give(n)
+	}
 }
 
 func signal(ch chan struct{}) {
@@ -269,6 +284,27 @@ func (c *Client) startCallFDs(ctx context.Context, ops []*wire.Op, wantFD bool, 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	return c.startHeld(ctx, ops, wantFD, fds)
+}
+
+// tryStart is start for a caller that must not wait for a place in
+// flight: it returns nil and no error when the requests this Client has
+// in flight already hold more than most of the places (Batch.Send).
+func (c *Client) tryStart(ctx context.Context, ops []*wire.Op, most int) (*call, error) {
+	if len(c.sem) >= most {
+		return nil, nil
+	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		return nil, nil
+	}
+	return c.startHeld(ctx, ops, false, nil)
+}
+
+// startHeld is startCallFDs once the in-flight token is held; it gives it
+// back on failure.
+func (c *Client) startHeld(ctx context.Context, ops []*wire.Op, wantFD bool, fds []int) (*call, error) {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -346,6 +382,16 @@ func (c *Client) finish(ctx context.Context, opName string, cl *call) (*wire.Rep
 		}
 		if ctx.Err() != nil {
 			delete(c.pending, cl.id) // a late reply is dropped
+			if cl.budget > 0 {
+				if c.abandoned == nil {
+					c.abandoned = make(map[uint64]int)
+				}
+				c.abandoned[cl.id] = cl.budget
+				// Nobody may read its reply soon: a batch needing room
+				// does not wait for it (replyBytes.take).
+				c.replies.park(cl.budget)
+				cl.budget = 0
+			}
 			c.promoteLocked()
 			c.mu.Unlock()
 			return nil, ctx.Err()
@@ -425,6 +471,11 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		}
 		c.mu.Lock()
 		target := c.pending[rep.Id]
+		late := 0
+		if target == nil {
+			late = c.abandoned[rep.Id]
+			delete(c.abandoned, rep.Id)
+		}
 		if target != nil {
 			delete(c.pending, rep.Id)
 			if target.members != nil {
@@ -439,6 +490,10 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		}
 		done := cl.reply != nil || cl.res != nil || cl.err != nil
 		c.mu.Unlock()
+		if late > 0 {
+			c.replies.unpark(late)
+			c.replies.give(late)
+		}
 		closeFDs(fds) // descriptors nobody asked for
 		if target != nil {
 			if target.members != nil {

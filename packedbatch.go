@@ -127,44 +127,44 @@ func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
 	return out, runs
 }
 
-// unpackResults fills in the results of the operations idx, sent as
-// packed by packRuns (runs), from rep.
-func (b *Batch) unpackResults(rep *wire.Reply, idx, runs []int) {
+// unpackResults fills in the results res[i] of the operations idx, sent
+// as packed by packRuns (runs), from rep.
+func unpackResults(res []*BatchResult, rep *wire.Reply, idx, runs []int) {
 	at := 0 // the next of idx
 	for j, n := range runs {
 		ours := idx[at : at+n]
 		at += n
 		if j >= len(rep.Results) {
 			for _, i := range ours {
-				b.res[i].err = &Error{Code: CodeInternal, Op: b.res[i].op, Message: "missing result"}
+				res[i].err = &Error{Code: CodeInternal, Op: res[i].op, Message: "missing result"}
 			}
 			continue
 		}
-		res := rep.Results[j]
+		rr := rep.Results[j]
 		if n == 1 {
-			r := b.res[ours[0]]
-			r.err = resultErr(r.op, res.Status, res.Message)
-			r.data = res.GetData()
+			r := res[ours[0]]
+			r.err = resultErr(r.op, rr.Status, rr.Message)
+			r.data = rr.GetData()
 			continue
 		}
-		if res.Status != wire.Status_STATUS_OK {
+		if rr.Status != wire.Status_STATUS_OK {
 			for _, i := range ours {
-				b.res[i].err = resultErr(b.res[i].op, res.Status, res.Message)
+				res[i].err = resultErr(res[i].op, rr.Status, rr.Message)
 			}
 			continue
 		}
-		data := res.GetData()
+		data := rr.GetData()
 		for _, i := range ours {
-			r := b.res[i]
+			r := res[i]
 			st, _, d, rest, ok := wire.NextPackedEntry(data)
 			switch {
 			case !ok:
 				r.err = &Error{Code: CodeInternal, Op: r.op, Message: "missing result"}
 				continue
 			case st == wire.Status_STATUS_OK:
-				r.data = d
+				r.data, r.err = d, nil
 			default:
-				r.err = resultErr(r.op, st, string(d))
+				r.data, r.err = nil, resultErr(r.op, st, string(d))
 			}
 			data = rest
 		}

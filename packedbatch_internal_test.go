@@ -84,7 +84,7 @@ func TestPackRuns(t *testing.T) {
 	for i := range idx {
 		idx[i] = i
 	}
-	b.unpackResults(rep, idx, runs)
+	unpackResults(b.res, rep, idx, runs)
 	for i, want := range []string{"0", "1", "2", "r3", "", "p", "m", "", "", "", ""} {
 		d, err := b.res[i].Bytes()
 		if string(d) != want {
@@ -163,7 +163,7 @@ func BenchmarkBatchCodec(b *testing.B) {
 						idx[i] = ch.from + i
 					}
 					if runs != nil {
-						bt.unpackResults(rep, idx, runs)
+						unpackResults(bt.res, rep, idx, runs)
 					} else {
 						for j, i := range idx {
 							r := bt.res[i]
