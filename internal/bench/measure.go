@@ -196,38 +196,72 @@ func measurePipelined(ctx context.Context, one func(context.Context) error, n in
 	return m, nil
 }
 
-// measureBatched queues size operations on a Batch and sends them with one
-// Do, in a loop on this goroutine for d, timing each batch from the first
-// operation queued to the end of Do.
+// measureBatched queues size operations on a Batch and sends them, in a
+// loop on this goroutine for d, with two batches in turn as the client
+// library lets a caller keep them: one is queued and sent while the other
+// is in the daemon, then the older one's results are waited for and
+// checked (Batch.Send, Batch.Wait). Each batch is timed from the first
+// operation queued to the end of its Wait, which includes the time it
+// spends behind the batch before it.
 func measureBatched(ctx context.Context, c *keywarden.Client, queue func(*keywarden.Batch) *keywarden.BatchResult, size int, d time.Duration) (measurement, error) {
 	s := newSampler(maxSamples)
 	m := measurement{batch: size}
-	b := c.NewBatch()
-	res := make([]*keywarden.BatchResult, size)
-	start := time.Now()
-	for {
-		t0 := time.Now()
-		b.Reset()
-		for i := range res {
-			res[i] = queue(b)
+	type turn struct {
+		b   *keywarden.Batch
+		res []*keywarden.BatchResult
+		t0  time.Time
+	}
+	send := func(t *turn) error {
+		t.t0 = time.Now()
+		t.b.Reset()
+		for i := range t.res {
+			t.res[i] = queue(t.b)
 		}
-		err := b.Do(ctx)
+		return t.b.Send(ctx)
+	}
+	wait := func(t *turn) (time.Time, error) {
+		err := t.b.Wait(ctx)
 		t1 := time.Now()
 		if err != nil {
-			return m, err
+			return t1, err
 		}
-		for _, r := range res {
+		for _, r := range t.res {
 			if err := r.Err(); err != nil {
-				return m, fmt.Errorf("an operation of the batch failed: %w", err)
+				return t1, fmt.Errorf("an operation of the batch failed: %w", err)
 			}
 		}
+		s.add(t1.Sub(t.t0))
 		m.ops += size
-		s.add(t1.Sub(t0))
+		return t1, nil
+	}
+	older := &turn{b: c.NewBatch(), res: make([]*keywarden.BatchResult, size)}
+	newer := &turn{b: c.NewBatch(), res: make([]*keywarden.BatchResult, size)}
+	start := time.Now()
+	if err := send(older); err != nil {
+		return m, err
+	}
+	for {
+		if err := send(newer); err != nil {
+			older.b.Wait(ctx)
+			return m, err
+		}
+		t1, err := wait(older)
+		if err != nil {
+			newer.b.Wait(ctx)
+			return m, err
+		}
+		older, newer = newer, older
 		if t1.Sub(start) >= d {
 			break
 		}
 	}
-	m.elapsed = time.Since(start)
+	// The batch still in flight is waited for and counted: the time
+	// measured is that of every operation counted.
+	t1, err := wait(older)
+	if err != nil {
+		return m, err
+	}
+	m.elapsed = t1.Sub(start)
 	m.lat = s.ns
 	return m, nil
 }
