@@ -39,6 +39,10 @@ type Batch struct {
 	packBuf []byte
 	// pend is the batch sent and not yet waited for (Send, Wait).
 	pend *pendingBatch
+	// usedBufs hold replies that results point into; Recycle makes them
+	// freeBufs, which replies are then received into.
+	usedBufs, freeBufs [][]byte
+	recycling          bool // Recycle was called: keep reply buffers
 }
 
 // slab allocates values of T in chunks. Pointers it returns stay valid;
@@ -57,7 +61,8 @@ func (s *slab[T]) new() *T {
 
 type opSize struct{ req, rep int }
 
-// BatchResult is the outcome of one operation of a Batch, valid after Do.
+// BatchResult is the outcome of one operation of a Batch, valid after Do
+// (or Wait) and until the batch is recycled (Recycle).
 type BatchResult struct {
 	op   string
 	data []byte
@@ -77,6 +82,51 @@ func (c *Client) NewBatch() *Batch { return &Batch{c: c} }
 
 // Len returns the number of operations queued.
 func (b *Batch) Len() int { return len(b.ops) }
+
+// Recycle empties the batch for reuse, as Reset does, and lets it reuse
+// the memory of earlier results: the results of earlier calls to Do and
+// Wait become invalid, and the bytes they returned are wiped and
+// overwritten by the next replies. A loop that queues, sends and reads a
+// batch again and again then receives its replies into the same memory
+// instead of new memory each time, which saves this process the work of
+// allocating, faulting in and collecting it. Outside a Send and its
+// Wait, which it leaves alone as Reset does.
+func (b *Batch) Recycle() {
+	b.recycling = true
+	if b.pend == nil {
+		for _, buf := range b.usedBufs {
+			clear(buf[:cap(buf)])
+			b.freeBufs = append(b.freeBufs, buf[:0])
+		}
+		clear(b.usedBufs)
+		b.usedBufs = b.usedBufs[:0]
+	}
+	b.Reset()
+}
+
+// replyBuf returns a buffer kept by the batch for a reply of at most n
+// bytes, or nil if it has none.
+func (b *Batch) replyBuf(n int) []byte {
+	for i := len(b.freeBufs) - 1; i >= 0; i-- {
+		if buf := b.freeBufs[i]; cap(buf) >= n {
+			b.freeBufs[i] = b.freeBufs[len(b.freeBufs)-1]
+			b.freeBufs[len(b.freeBufs)-1] = nil
+			b.freeBufs = b.freeBufs[:len(b.freeBufs)-1]
+			return buf
+		}
+	}
+	if b.recycling {
+		return make([]byte, 0, max(n, pipelineChunk+requestHeadroom))
+	}
+	return nil
+}
+
+// keepBuf returns an unused reply buffer to the batch.
+func (b *Batch) keepBuf(buf []byte) {
+	if buf != nil {
+		b.freeBufs = append(b.freeBufs, buf)
+	}
+}
 
 // Reset empties the batch for reuse. BatchResults of earlier calls to Do
 // stay valid.
@@ -297,9 +347,11 @@ func (b *Batch) Send(ctx context.Context) error {
 		if b.c.limits.PackedRuns {
 			f.ops, f.runs = b.packRuns(f.ops)
 		}
-		cl, err := b.c.tryStart(ctx, f.ops, most)
+		f.buf = b.replyBuf(ch.rep)
+		cl, err := b.c.tryStart(ctx, f.ops, most, f.buf)
 		b.clearPackBuf()
 		if cl == nil {
+			b.keepBuf(f.buf)
 			b.c.replies.give(ch.rep)
 			if err != nil {
 				// As Do: the other requests are still tried, and every
@@ -362,9 +414,11 @@ func (b *Batch) Wait(ctx context.Context) error {
 		if b.c.limits.PackedRuns {
 			f.ops, f.runs = b.packRuns(f.ops)
 		}
-		cl, err := b.c.start(sendCtx, f.ops)
+		f.buf = b.replyBuf(ch.rep)
+		cl, err := b.c.startInto(sendCtx, f.ops, f.buf)
 		b.clearPackBuf()
 		if err != nil {
+			b.keepBuf(f.buf)
 			b.c.replies.give(ch.rep)
 			p.failFlight(f, err)
 			continue
@@ -412,6 +466,7 @@ type batchFlight struct {
 	// one for a packed run (packedbatch.go); nil when none is.
 	runs []int
 	cl   *call
+	buf  []byte // the batch's buffer for the reply, or nil
 }
 
 func (p *pendingBatch) flight(ch chunk) batchFlight {
@@ -445,6 +500,16 @@ func (b *Batch) finishOne(ctx context.Context, p *pendingBatch) {
 	if f.cl.budget > 0 { // else given back with the late reply
 		b.c.replies.give(f.cl.budget)
 	}
+	switch {
+	case f.buf == nil:
+	case err == nil && f.cl.buf == nil:
+		// The results point into it until Recycle.
+		b.usedBufs = append(b.usedBufs, f.buf)
+	case err == nil:
+		b.keepBuf(f.buf) // the reply went elsewhere
+	}
+	// A request that failed drops its buffer: a reply given up on may
+	// still be copied into it.
 	if f.runs != nil && err == nil {
 		unpackResults(p.res, rep, f.idx, f.runs)
 	} else {

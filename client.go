@@ -1,13 +1,14 @@
 package keywarden
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/keywarden/keywarden/internal/seqpacket"
 	"github.com/keywarden/keywarden/internal/wire"
@@ -92,6 +93,10 @@ type call struct {
 	// members: the calls of a combined request, whose reply goes to
 	// them; set on the request's own entry in Client.pending.
 	members []*call
+	// buf, when not nil, is where the reader copies the reply, if it
+	// fits, instead of into a new buffer (a recycling Batch's); the
+	// reader sets it to nil once it has (under Client.mu).
+	buf []byte
 	// budget: the reply bytes a batch took for this request from
 	// Client.replies, which go back when its reply is in. A call that
 	// finish gives up on leaves them to the reader, which gives them back
@@ -284,13 +289,14 @@ func (c *Client) startCallFDs(ctx context.Context, ops []*wire.Op, wantFD bool, 
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	return c.startHeld(ctx, ops, wantFD, fds)
+	return c.startHeld(ctx, ops, wantFD, fds, nil)
 }
 
 // tryStart is start for a caller that must not wait for a place in
 // flight: it returns nil and no error when the requests this Client has
-// in flight already hold more than most of the places (Batch.Send).
-func (c *Client) tryStart(ctx context.Context, ops []*wire.Op, most int) (*call, error) {
+// in flight already hold more than most of the places (Batch.Send). The
+// reply goes into buf if it fits (call.buf).
+func (c *Client) tryStart(ctx context.Context, ops []*wire.Op, most int, buf []byte) (*call, error) {
 	if len(c.sem) >= most {
 		return nil, nil
 	}
@@ -299,12 +305,22 @@ func (c *Client) tryStart(ctx context.Context, ops []*wire.Op, most int) (*call,
 	default:
 		return nil, nil
 	}
-	return c.startHeld(ctx, ops, false, nil)
+	return c.startHeld(ctx, ops, false, nil, buf)
+}
+
+// startInto is start with the reply going into buf if it fits.
+func (c *Client) startInto(ctx context.Context, ops []*wire.Op, buf []byte) (*call, error) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return c.startHeld(ctx, ops, false, nil, buf)
 }
 
 // startHeld is startCallFDs once the in-flight token is held; it gives it
 // back on failure.
-func (c *Client) startHeld(ctx context.Context, ops []*wire.Op, wantFD bool, fds []int) (*call, error) {
+func (c *Client) startHeld(ctx context.Context, ops []*wire.Op, wantFD bool, fds []int, buf []byte) (*call, error) {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -313,7 +329,7 @@ func (c *Client) startHeld(ctx context.Context, ops []*wire.Op, wantFD bool, fds
 		return nil, err
 	}
 	c.nextID++
-	cl := &call{id: c.nextID, wake: make(chan struct{}, 1), wantFD: wantFD}
+	cl := &call{id: c.nextID, wake: make(chan struct{}, 1), wantFD: wantFD, buf: buf}
 	c.pending[cl.id] = cl
 	c.mu.Unlock()
 
@@ -461,7 +477,8 @@ func (c *Client) read(ctx context.Context, cl *call) {
 		// The buffer is wiped at once: a reply may hold plaintext or a
 		// data key, which the caller wipes in its copy and which must not
 		// stay behind here until a longer reply overwrites it.
-		msg := bytes.Clone(c.recvBuf[:n])
+		msg := c.replyBuf(n)
+		copy(msg, c.recvBuf[:n])
 		clear(c.recvBuf[:n])
 		rep := wire.ReplyFromVTPool()
 		if err := rep.UnmarshalVTUnsafe(msg); err != nil {
@@ -521,6 +538,43 @@ func (c *Client) read(ctx context.Context, cl *call) {
 			return
 		}
 	}
+}
+
+// replyBuf returns where the reply of n bytes in recvBuf goes: the buffer
+// its call brought, if it has one large enough, else a new one.
+func (c *Client) replyBuf(n int) []byte {
+	if id, ok := replyID(c.recvBuf[:n]); ok {
+		c.mu.Lock()
+		if t := c.pending[id]; t != nil && t.buf != nil && cap(t.buf) >= n {
+			b := t.buf[:n]
+			t.buf = nil
+			c.mu.Unlock()
+			return b
+		}
+		c.mu.Unlock()
+	}
+	return make([]byte, n)
+}
+
+// replyID reads the id of an encoded Reply, without decoding the rest.
+func replyID(b []byte) (uint64, bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, false
+		}
+		b = b[n:]
+		if num == 2 && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			return v, n > 0
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return 0, false
+		}
+		b = b[n:]
+	}
+	return 0, false
 }
 
 // promoteLocked wakes one waiting call so it takes over reading. c.mu must

@@ -1,0 +1,72 @@
+package keywarden
+
+import (
+	"bytes"
+	"context"
+	"testing"
+)
+
+// Recycle wipes the replies earlier results point into and receives the
+// next replies into the same memory; the results stay right.
+func TestBatchRecycle(t *testing.T) {
+	ctx := context.Background()
+	c, err := Dial(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, err := c.Generate(ctx, KeySpec{Type: HMACSHA256, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := k.MAC(ctx, []byte("message"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.NewBatch()
+	round := func() []*BatchResult {
+		t.Helper()
+		var res []*BatchResult
+		for range 600 {
+			res = append(res, b.MAC(k, []byte("message")))
+		}
+		if err := b.Do(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if d, err := r.Bytes(); err != nil || !bytes.Equal(d, want) {
+				t.Fatalf("operation %d: %x %v", i, d, err)
+			}
+		}
+		return res
+	}
+	round()
+	b.Recycle() // from now on replies go into buffers the batch keeps
+	res := round()
+	if len(b.usedBufs) == 0 {
+		t.Fatal("no reply received into a kept buffer")
+	}
+	kept := map[*byte]bool{}
+	for _, buf := range b.usedBufs {
+		kept[&buf[:1][0]] = true
+	}
+	old, _ := res[0].Bytes()
+	b.Recycle()
+	if !bytes.Equal(old, make([]byte, len(old))) {
+		t.Fatal("a recycled result's bytes were not wiped")
+	}
+	round()
+	for _, buf := range b.usedBufs {
+		if !kept[&buf[:1][0]] {
+			t.Fatal("a reply went into new memory after Recycle")
+		}
+	}
+	// Reset keeps the results: nothing is wiped or reused.
+	res = round()
+	old, _ = res[0].Bytes()
+	b.Reset()
+	round()
+	if !bytes.Equal(old, want) {
+		t.Fatal("Reset disturbed an earlier result")
+	}
+}
