@@ -213,7 +213,7 @@ func measureBatched(ctx context.Context, c *keywarden.Client, queue func(*keywar
 	}
 	send := func(t *turn) error {
 		t.t0 = time.Now()
-		t.b.Reset()
+		t.b.Recycle()
 		for i := range t.res {
 			t.res[i] = queue(t.b)
 		}
