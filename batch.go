@@ -43,20 +43,68 @@ type Batch struct {
 	// freeBufs, which replies are then received into.
 	usedBufs, freeBufs [][]byte
 	recycling          bool // Recycle was called: keep reply buffers
+	// scratchOps and scratchInts hold the slices of the requests of one
+	// Send and its Wait (carve).
+	scratchOps  []*wire.Op
+	scratchInts []int
+}
+
+// carve returns an empty slice of capacity n from the end of *s, whose
+// appends up to n never reach what carve hands out next.
+func carve[T any](s *[]T, n int) []T {
+	if len(*s)+n > cap(*s) {
+		return make([]T, 0, n)
+	}
+	c := (*s)[len(*s) : len(*s) : len(*s)+n]
+	*s = (*s)[:len(*s)+n]
+	return c
 }
 
 // slab allocates values of T in chunks. Pointers it returns stay valid;
-// a chunk is freed when nothing points into it any more.
-type slab[T any] struct{ buf []T }
+// a chunk is freed when nothing points into it any more, unless the slab
+// was rewound: it then keeps its chunks and hands their values out again.
+type slab[T any] struct {
+	buf    []T
+	chunks [][]T // kept once rewound
+	next   int   // the next of chunks to use
+	keep   bool
+}
 
 const slabChunk = 128
 
 func (s *slab[T]) new() *T {
 	if len(s.buf) == cap(s.buf) {
-		s.buf = make([]T, 0, slabChunk)
+		switch {
+		case s.next < len(s.chunks):
+			s.buf = s.chunks[s.next][:0]
+			s.next++
+		case s.keep:
+			s.buf = make([]T, 0, slabChunk)
+			s.chunks = append(s.chunks, s.buf)
+			s.next++
+		default:
+			s.buf = make([]T, 0, slabChunk)
+		}
 	}
 	s.buf = s.buf[:len(s.buf)+1]
 	return &s.buf[len(s.buf)-1]
+}
+
+// rewind zeroes every value handed out and hands them out again: no
+// pointer to one may be used after.
+func (s *slab[T]) rewind() {
+	for _, c := range s.chunks {
+		clear(c[:cap(c)])
+	}
+	if !s.keep {
+		clear(s.buf[:cap(s.buf)])
+		// The current chunk is the first kept.
+		if cap(s.buf) > 0 {
+			s.chunks = append(s.chunks, s.buf[:0])
+		}
+		s.keep = true
+	}
+	s.buf, s.next = nil, 0
 }
 
 type opSize struct{ req, rep int }
@@ -94,6 +142,14 @@ func (b *Batch) Len() int { return len(b.ops) }
 func (b *Batch) Recycle() {
 	b.recycling = true
 	if b.pend == nil {
+		b.opSlab.rewind()
+		b.resSlab.rewind()
+		b.encSlab.rewind()
+		b.encWrap.rewind()
+		b.decSlab.rewind()
+		b.decWrap.rewind()
+		b.macSlab.rewind()
+		b.macWrap.rewind()
 		for _, buf := range b.usedBufs {
 			clear(buf[:cap(buf)])
 			b.freeBufs = append(b.freeBufs, buf[:0])
@@ -320,7 +376,15 @@ func (b *Batch) Send(ctx context.Context) error {
 	if b.pend != nil {
 		return argError("batch", "sent again before Wait")
 	}
-	p := &pendingBatch{ops: b.ops, res: b.res, left: b.chunks()}
+	p := &pendingBatch{b: b, ops: b.ops, res: b.res, left: b.chunks()}
+	// Each operation is in one request: its op and index there, and in a
+	// packed run's op and count, at most once each.
+	if n := 2 * len(b.ops); cap(b.scratchOps) < n {
+		b.scratchOps, b.scratchInts = make([]*wire.Op, 0, n), make([]int, 0, n)
+	} else {
+		clear(b.scratchOps)
+		b.scratchOps, b.scratchInts = b.scratchOps[:0], b.scratchInts[:0]
+	}
 	if g, ok := ExpectedGeneration(ctx); ok {
 		p.gen, p.hasGen = g, true
 	}
@@ -444,6 +508,7 @@ func (b *Batch) window() int { return max(1, b.c.limits.MaxInFlight/2) }
 
 // pendingBatch is a batch between Send and the end of Wait.
 type pendingBatch struct {
+	b *Batch
 	// ops and res are the batch's as Send found them: a Reset meanwhile
 	// starts new ones and leaves these alone.
 	ops      []*wire.Op
@@ -471,6 +536,8 @@ type batchFlight struct {
 
 func (p *pendingBatch) flight(ch chunk) batchFlight {
 	f := batchFlight{ch: ch}
+	n := ch.to - ch.from
+	f.ops, f.idx = carve(&p.b.scratchOps, n), carve(&p.b.scratchInts, n)
 	for i := ch.from; i < ch.to; i++ {
 		if p.ops[i] != nil {
 			f.ops = append(f.ops, p.ops[i])

@@ -70,3 +70,28 @@ func TestBatchRecycle(t *testing.T) {
 		t.Fatal("Reset disturbed an earlier result")
 	}
 }
+
+// A recycled batch queues its operations again in the memory of the
+// earlier ones: queuing allocates nothing.
+func TestBatchRecycleQueuesInPlace(t *testing.T) {
+	c := &Client{limits: Limits{MaxMessageBytes: 256 << 10, MaxInFlight: 64, MaxBatchOps: 4096, PackedRuns: true}}
+	k := &Key{c: c, handle: 1, typ: AES256GCM, info: KeyInfo{Type: AES256GCM}}
+	b := c.NewBatch()
+	pt := make([]byte, 256)
+	queue := func() {
+		b.Recycle()
+		for range 512 {
+			b.Encrypt(k, pt, nil)
+			b.Decrypt(k, pt, nil)
+			b.MAC(k, pt)
+		}
+	}
+	queue()
+	queue()
+	if n := testing.AllocsPerRun(20, queue); n != 0 {
+		t.Fatalf("%.0f allocations to queue 1,536 operations on a recycled batch", n)
+	}
+	if b.Len() != 3*512 {
+		t.Fatalf("%d operations queued", b.Len())
+	}
+}

@@ -103,8 +103,7 @@ func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
 			continue
 		}
 		if runs == nil {
-			out = make([]*wire.Op, 0, n)
-			runs = make([]int, 0, n)
+			out, runs = carve(&b.scratchOps, n), carve(&b.scratchInts, n)
 			out = append(out, ops[:i]...)
 			for range i {
 				runs = append(runs, 1)
