@@ -267,3 +267,67 @@ func TestBatchSendWaitGenerationChange(t *testing.T) {
 		t.Fatalf("a batch sent pinned to the old generation: %v", lateRes.Err())
 	}
 }
+
+// Two batches in turn: one is queued and sent while the daemon executes
+// the other, so that this process and the daemon work at once.
+func ExampleBatch_Send() {
+	ctx := context.Background()
+	client, err := keywarden.Dial(ctx, "")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer client.Close()
+	key, err := client.Generate(ctx, keywarden.KeySpec{Type: keywarden.HMACSHA256, Ephemeral: true})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	type turn struct {
+		b   *keywarden.Batch
+		res []*keywarden.BatchResult
+	}
+	queue := func(t *turn, round int) error {
+		t.b.Recycle() // the results of its last round are read: reuse its memory
+		t.res = t.res[:0]
+		for i := range 1000 {
+			t.res = append(t.res, t.b.MAC(key, fmt.Appendf(nil, "round %d record %d", round, i)))
+		}
+		return t.b.Send(ctx)
+	}
+	tags := 0
+	read := func(t *turn) error {
+		if err := t.b.Wait(ctx); err != nil {
+			return err
+		}
+		for _, r := range t.res {
+			if _, err := r.Bytes(); err != nil {
+				return err
+			}
+			tags++
+		}
+		return nil
+	}
+	a, b := &turn{b: client.NewBatch()}, &turn{b: client.NewBatch()}
+	if err := queue(a, 0); err != nil {
+		fmt.Println(err)
+		return
+	}
+	for round := 1; round < 10; round++ {
+		if err := queue(b, round); err != nil { // b goes behind a
+			fmt.Println(err)
+			return
+		}
+		if err := read(a); err != nil { // a's results, while b is in the daemon
+			fmt.Println(err)
+			return
+		}
+		a, b = b, a
+	}
+	if err := read(a); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(tags, "tags")
+	// Output: 10000 tags
+}

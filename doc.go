@@ -17,7 +17,9 @@
 // apart, on Client.Admin.
 //
 // A Client is safe for concurrent use. Concurrent calls are pipelined on
-// one connection; a Batch sends many small operations in one message.
+// one connection; a Batch sends many small operations in one message,
+// and Batch.Send and Batch.Wait keep one batch in the daemon while the
+// caller prepares the next.
 //
 // This package imports only the protocol and transport packages of the
 // module, never the daemon's internals; a test enforces it.
