@@ -90,6 +90,13 @@ func (s *slab[T]) new() *T {
 	return &s.buf[len(s.buf)-1]
 }
 
+// forget stops keeping the chunks: the values handed out stay the
+// caller's.
+func (s *slab[T]) forget() {
+	clear(s.chunks)
+	s.chunks, s.next, s.keep = s.chunks[:0], 0, false
+}
+
 // rewind zeroes every value handed out and hands them out again: no
 // pointer to one may be used after.
 func (s *slab[T]) rewind() {
@@ -140,24 +147,37 @@ func (b *Batch) Len() int { return len(b.ops) }
 // allocating, faulting in and collecting it. Outside a Send and its
 // Wait, which it leaves alone as Reset does.
 func (b *Batch) Recycle() {
-	b.recycling = true
-	if b.pend == nil {
-		b.opSlab.rewind()
-		b.resSlab.rewind()
-		b.encSlab.rewind()
-		b.encWrap.rewind()
-		b.decSlab.rewind()
-		b.decWrap.rewind()
-		b.macSlab.rewind()
-		b.macWrap.rewind()
-		for _, buf := range b.usedBufs {
-			clear(buf[:cap(buf)])
-			b.freeBufs = append(b.freeBufs, buf[:0])
-		}
-		clear(b.usedBufs)
-		b.usedBufs = b.usedBufs[:0]
+	if b.pend != nil {
+		b.Reset()
+		return
 	}
-	b.Reset()
+	b.eachSlab(slabber.rewind)
+	for _, buf := range b.usedBufs {
+		clear(buf[:cap(buf)])
+		b.freeBufs = append(b.freeBufs, buf[:0])
+	}
+	clear(b.usedBufs)
+	b.usedBufs = b.usedBufs[:0]
+	b.empty()
+	b.recycling = true
+}
+
+// slabber is a slab of any type.
+type slabber interface {
+	rewind()
+	forget()
+}
+
+// eachSlab calls f with each of the batch's slabs.
+func (b *Batch) eachSlab(f func(slabber)) {
+	f(&b.opSlab)
+	f(&b.resSlab)
+	f(&b.encSlab)
+	f(&b.encWrap)
+	f(&b.decSlab)
+	f(&b.decWrap)
+	f(&b.macSlab)
+	f(&b.macWrap)
 }
 
 // replyBuf returns a buffer kept by the batch for a reply of at most n
@@ -192,6 +212,18 @@ func (b *Batch) Reset() {
 		b.ops, b.res, b.sizes = nil, nil, nil
 		return
 	}
+	// The results stay valid: the batch no longer keeps, for reuse, the
+	// memory they use.
+	if b.recycling {
+		b.eachSlab(slabber.forget)
+		clear(b.usedBufs)
+		b.usedBufs = b.usedBufs[:0]
+		b.recycling = false
+	}
+	b.empty()
+}
+
+func (b *Batch) empty() {
 	clear(b.ops)
 	clear(b.res)
 	b.ops, b.res, b.sizes = b.ops[:0], b.res[:0], b.sizes[:0]

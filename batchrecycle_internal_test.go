@@ -95,3 +95,42 @@ func TestBatchRecycleQueuesInPlace(t *testing.T) {
 		t.Fatalf("%d operations queued", b.Len())
 	}
 }
+
+// A batch recycled once and then only Reset keeps the results of every
+// round valid and holds on to none of their memory.
+func TestBatchResetAfterRecycle(t *testing.T) {
+	ctx := context.Background()
+	c, err := Dial(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	k, err := c.Generate(ctx, KeySpec{Type: HMACSHA256, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := k.MAC(ctx, []byte("message"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.NewBatch()
+	b.Recycle()
+	var all []*BatchResult
+	for range 5 {
+		for range 300 {
+			all = append(all, b.MAC(k, []byte("message")))
+		}
+		if err := b.Do(ctx); err != nil {
+			t.Fatal(err)
+		}
+		b.Reset()
+		if len(b.usedBufs) != 0 || len(b.opSlab.chunks) != 0 || len(b.resSlab.chunks) != 0 {
+			t.Fatalf("after Reset the batch keeps %d replies and %d chunks of operations", len(b.usedBufs), len(b.opSlab.chunks))
+		}
+	}
+	for i, r := range all {
+		if d, err := r.Bytes(); err != nil || !bytes.Equal(d, want) {
+			t.Fatalf("result %d: %x %v", i, d, err)
+		}
+	}
+}
