@@ -1854,7 +1854,9 @@ put_mechanism_param (struct buf *b, CK_MECHANISM_PTR m)
 {
 	if (m == NULL)
 		return CKR_ARGUMENTS_BAD;
-	if (m->mechanism > 0xffffffff)
+	/* 0xffffffff is how a NULL_PTR mechanism is sent (end_op): a
+	 * program's mechanism of that type is none the daemon offers. */
+	if (m->mechanism >= 0xffffffff)
 		return CKR_MECHANISM_INVALID;
 	if (m->pParameter == NULL && m->ulParameterLen != 0)
 		return CKR_MECHANISM_PARAM_INVALID;

@@ -524,7 +524,7 @@ static int opfail (CK_FUNCTION_LIST_PTR f)
 	CK_GCM_PARAMS gcm = { iv, sizeof iv, 96, NULL, 0, 128 };
 	CK_MECHANISM mgcm = { CKM_AES_GCM, &gcm, sizeof gcm }, agen = { CKM_AES_KEY_GEN, NULL, 0 };
 	CK_MECHANISM hmac = { CKM_SHA256_HMAC, NULL, 0 }, sha = { CKM_SHA256, NULL, 0 };
-	CK_MECHANISM ggen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 };
+	CK_MECHANISM ggen = { CKM_GENERIC_SECRET_KEY_GEN, NULL, 0 }, none = { 0xffffffff, NULL, 0 };
 	CK_OBJECT_CLASS sec = CKO_SECRET_KEY;
 	CK_KEY_TYPE aes = CKK_AES, gen = CKK_GENERIC_SECRET;
 	CK_ULONG len32 = 32, len;
@@ -580,6 +580,12 @@ static int opfail (CK_FUNCTION_LIST_PTR f)
 			snprintf (what, sizeof what, "%s, round %d: C_*Init with a NULL mechanism", fname[k], round);
 			check (what, f_init (k, s, NULL), CKR_OK);
 			f_ended (k, s, "C_*Init with a NULL mechanism", round);
+			/* The type the module sends for a NULL_PTR mechanism is
+			 * no mechanism: a program's C_*Init of it starts nothing,
+			 * and says so. */
+			snprintf (what, sizeof what, "%s, round %d: C_*Init of mechanism 0xffffffff", fname[k], round);
+			check (what, f_init (k, s, &none), CKR_MECHANISM_INVALID);
+			f_ended (k, s, "C_*Init of mechanism 0xffffffff", round);
 		}
 		/* The daemon's refusals: a signature that does not verify, a
 		 * ciphertext that does not open. */
