@@ -100,6 +100,24 @@ func TestAttackX25519NonExportable(t *testing.T) {
 		}
 	}
 
+	// A short child (whose value a signature would give away a byte at a
+	// time) is never made: derived keys are AES-256 and HMAC keys.
+	for _, n := range []uint64{1, 2, 16, 31} {
+		for _, typ := range []uint64{ckkGenericSecret, ckkAES} {
+			as := []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, typ), boolAttr(ckaToken, false),
+				ulongAttr(ckaValueLen, n)}
+			if rv, h := cl.ecdhDerive(s, base, ckdNull, nil, peer.PublicKey().Bytes(), as...); rv == ckrOK {
+				_, l := cl.getAttr(s, h, ckaValueLen)
+				t.Errorf("a child of type %#x and %d bytes: made, CKA_VALUE_LEN %x", typ, n, l)
+			}
+		}
+	}
+
+	ok := []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkGenericSecret), boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32)}
+	if rv, _ := cl.ecdhDerive(s, base, ckdNull, nil, peer.PublicKey().Bytes(), ok...); rv != ckrOK {
+		t.Fatalf("a child of 32 bytes: rv %#x", rv)
+	}
+
 	// A pair made through the front, asked exportable: its private value
 	// is never read through PKCS #11, its public object has none, and
 	// it derives nothing.
