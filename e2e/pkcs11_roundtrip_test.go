@@ -223,3 +223,17 @@ func TestPKCS11LengthQueryIsLocal(t *testing.T) {
 	}
 	t.Logf("%d round trips", turns)
 }
+
+// One thread ends a session's signature with a C_SignInit of a NULL_PTR
+// mechanism while another starts one, deferred or sent, and signs: every
+// C_Sign that succeeds signs with the key, the others find the operation
+// ended, and the session signs after.
+func TestPKCS11ConcurrentEndOnOneSession(t *testing.T) {
+	e := p11Daemon(t, "ed25519 edA")
+	out := e.clientRun(t, "endrace", "600")
+	for l := range strings.Lines(out) {
+		if strings.Contains(l, " rounds: ") {
+			t.Log(strings.TrimSpace(l))
+		}
+	}
+}

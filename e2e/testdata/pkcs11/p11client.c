@@ -820,6 +820,93 @@ static int initrace (CK_FUNCTION_LIST_PTR f, int rounds)
 	return failed;
 }
 
+/* endrace: a thread ends the session's signature (a C_SignInit with a
+ * NULL_PTR mechanism) while another starts one and signs, deferred or
+ * not: every C_Sign that succeeds signs with the key, the others find no
+ * operation, and the session is sound after. */
+static void *end_racer (void *arg)
+{
+	(void) arg;
+	for (;;) {
+		pthread_barrier_wait (&race.go);
+		if (race.stop)
+			return NULL;
+		spin (race.delay_ns);
+		race.rv = shared->C_SignInit (race.s, NULL, 0);
+		pthread_barrier_wait (&race.done);
+	}
+}
+
+static int endrace (CK_FUNCTION_LIST_PTR f, int rounds)
+{
+	CK_SESSION_HANDLE s;
+	CK_OBJECT_HANDLE a;
+	CK_MECHANISM eddsa = { CKM_EDDSA, NULL, 0 };
+	CK_OBJECT_CLASS data = CKO_DATA;
+	CK_ATTRIBUTE cls = { CKA_CLASS, &data, sizeof data };
+	CK_BYTE msg[] = "message", siga[64], sig[64];
+	CK_ULONG len;
+	pthread_t th;
+	int round, signed_ = 0, ended = 0, bad = 0, endbad = 0;
+
+	check ("C_Initialize", init (f), CKR_OK);
+	check ("C_OpenSession", f->C_OpenSession (0, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+	check ("C_Login", f->C_Login (s, CKU_USER, (CK_UTF8CHAR_PTR) "any", 3), CKR_OK);
+	check ("edA", find (f, s, CKO_PRIVATE_KEY, "edA", &a), CKR_OK);
+	len = 64;
+	check ("edA signs", f->C_SignInit (s, &eddsa, a) == CKR_OK ? f->C_Sign (s, msg, sizeof msg, siga, &len) : 1, CKR_OK);
+	if (failed)
+		return failed;
+	shared = f;
+	race.s = s;
+	race.stop = 0;
+	pthread_barrier_init (&race.go, NULL, 2);
+	pthread_barrier_init (&race.done, NULL, 2);
+	pthread_create (&th, NULL, end_racer, NULL);
+	for (round = 0; round < rounds; round++) {
+		CK_RV rvi, rvs;
+		/* Every other round the module forgets what the daemon
+		 * accepted (a C_SetAttributeValue does, even refused): the
+		 * C_SignInit is sent at once, else deferred to C_Sign. */
+		if (round % 2 == 0)
+			f->C_SetAttributeValue (s, a, &cls, 1);
+		race.delay_ns = (round / 2 % 40) * 2000;
+		pthread_barrier_wait (&race.go);
+		rvi = f->C_SignInit (s, &eddsa, a);
+		spin (30000);
+		len = 64;
+		memset (sig, 0, sizeof sig);
+		rvs = f->C_Sign (s, msg, sizeof msg, sig, &len);
+		pthread_barrier_wait (&race.done);
+		if (race.rv != CKR_OK)
+			endbad++;
+		if (rvi == CKR_OK && rvs == CKR_OK && len == 64 && memcmp (sig, siga, 64) == 0)
+			signed_++;
+		else if (rvi == CKR_OK && rvs == CKR_OPERATION_NOT_INITIALIZED)
+			ended++;
+		else {
+			if (bad < 5)
+				printf ("round %d: C_SignInit %#lx, C_Sign %#lx, %lu bytes\n", round, rvi, rvs, len);
+			bad++;
+		}
+		/* Whatever the order, no operation is left for the next round
+		 * but one ended by the next NULL_PTR C_SignInit: end it here. */
+		f->C_SignInit (s, NULL, 0);
+	}
+	race.stop = 1;
+	pthread_barrier_wait (&race.go);
+	pthread_join (th, NULL);
+	printf ("%d rounds: signed %d times, the operation ended first %d times, else %d times\n", rounds, signed_, ended, bad);
+	check ("a NULL_PTR C_SignInit that failed", endbad != 0, CK_FALSE);
+	check ("a C_SignInit and C_Sign neither signing with the key nor finding the operation ended", bad != 0, CK_FALSE);
+	len = 64;
+	check ("C_SignInit after", f->C_SignInit (s, &eddsa, a), CKR_OK);
+	check ("C_Sign after", f->C_Sign (s, msg, sizeof msg, sig, &len), CKR_OK);
+	check ("the signature after", len == 64 && memcmp (sig, siga, 64) == 0, CK_TRUE);
+	check ("C_Finalize", f->C_Finalize (NULL), CKR_OK);
+	return failed;
+}
+
 static void *worker (void *arg)
 {
 	(void) arg;
@@ -959,6 +1046,8 @@ int main (int argc, char **argv)
 		finrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "initrace") == 0 && argc == 4) {
 		initrace (f, atoi (argv[3]));
+	} else if (strcmp (argv[2], "endrace") == 0 && argc == 4) {
+		endrace (f, atoi (argv[3]));
 	} else if (strcmp (argv[2], "opfail") == 0) {
 		return opfail (f);
 	} else if (strcmp (argv[2], "opstate") == 0) {
