@@ -2,8 +2,10 @@ package p11front
 
 import (
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -160,4 +162,52 @@ func TestAttackTooLongFrameHeaderLies(t *testing.T) {
 	cl.ok(cl.call(callGetSessionInfo, func(e *encoder) { e.u64(s) }))
 	cl2 := tf.dial(t)
 	cl2.ok(cl2.call(callGetInfo, nil))
+}
+
+// A frame too long whose bytes come slowly is under the deadline of its
+// header (bodyTimeout), not one renewed as bytes come: a sender that
+// never finishes it has its connection closed, and others are served
+// meanwhile.
+func TestAttackTooLongFrameSlowly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the body's deadline")
+	}
+	tf := newTestFront(t)
+	c, err := net.Dial("unix", tf.sockPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{0})
+	var v [1]byte
+	io.ReadFull(c, v[:])
+	hdr := make([]byte, frameHeader)
+	binary.BigEndian.PutUint32(hdr[0:], 1)
+	binary.BigEndian.PutUint32(hdr[8:], maxBody+1)
+	c.Write(hdr)
+	start := time.Now()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// A byte every 100 ms: the frame would take days.
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+				if _, err := c.Write([]byte{0}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	cl := tf.dial(t)
+	cl.ok(cl.call(callGetInfo, nil))
+	c.SetReadDeadline(time.Now().Add(bodyTimeout + 10*time.Second))
+	if n, err := c.Read(v[:]); err == nil {
+		t.Fatalf("an answer (%d bytes) to a frame never finished", n)
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection of a frame never finished still open after %v", time.Since(start))
+	}
+	cl.ok(cl.call(callGetInfo, nil))
 }
