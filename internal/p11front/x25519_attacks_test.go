@@ -139,3 +139,43 @@ func TestAttackX25519NonExportable(t *testing.T) {
 		t.Error("a derivation from the public object")
 	}
 }
+
+// An X25519 key is a key agreement key only: a pair asked with a
+// signing or decrypting usage is refused or made without it, and no
+// signature (Ed25519's, ECDSA's) or decryption starts with one.
+func TestAttackX25519OnlyDerives(t *testing.T) {
+	tf := newTestFront(t)
+	coreX25519(t, tf, "xdh", true)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	privs := []uint64{cl.find(s, tmplAttr{ckaLabel, []byte("xdh")}, ulongAttr(ckaClass, ckoPrivateKey))[0]}
+	for _, u := range []uint32{ckaSign, ckaDecrypt, ckaUnwrap} {
+		rv, d := cl.call(callGenerateKeyPair, func(e *encoder) {
+			e.u64(s)
+			e.u32(ckmECMontgomeryGen)
+			e.u32(0xffffffff)
+			writeAttrs(e, []tmplAttr{boolAttr(ckaToken, false)})
+			writeAttrs(e, []tmplAttr{boolAttr(ckaToken, false), boolAttr(u, true)})
+		})
+		if rv != ckrOK {
+			continue
+		}
+		d.Ulong()
+		priv := d.Ulong()
+		if rv, v := cl.getAttr(s, priv, u); rv == ckrOK && bytes.Equal(v, boolVal(true)) {
+			t.Errorf("an X25519 pair asked with usage %#x has it", u)
+		}
+		privs = append(privs, priv)
+	}
+	for _, k := range privs {
+		for _, m := range []struct {
+			call int
+			mech uint32
+		}{{callSignInit, ckmEDDSA}, {callSignInit, ckmECDSA}, {callSignInit, ckmECDSASHA256}, {callDecryptInit, ckmRSAPKCSOAEP}} {
+			if rv := cl.initOp(m.call, s, m.mech, k); rv == ckrOK {
+				t.Errorf("%s with mechanism %#x and an X25519 key: CKR_OK", calls[m.call].name, m.mech)
+			}
+		}
+	}
+}
