@@ -140,10 +140,13 @@ func (c *conn) cGetMechanismInfo(d *decoder, e *encoder) uint64 {
 }
 
 // mechNone is how keywarden's module sends a C_*Init's NULL_PTR
-// mechanism (the type 0xffffffff, no parameter): PKCS #11 3.0 ends the
-// active operation of that kind, if there is one, and starts none. The
-// module sends it too to end an operation in the daemon when it refuses
-// a call of the operation itself, without sending it (docs/pkcs11.md).
+// mechanism (the type 0xffffffff, no parameter, and the key handle 0
+// where the call takes a key; with a key it is a mechanism not offered,
+// as a program may send it through p11-kit's own client): PKCS #11 3.0
+// ends the active operation of that kind, if there is one, and starts
+// none. The module sends it too to end an operation in the daemon when
+// it refuses a call of the operation itself, without sending it
+// (docs/pkcs11.md).
 const mechNone = 0xffffffff
 
 // refused ends the operation of kind on the session of handle h, if
@@ -169,7 +172,7 @@ func opInit(kind int) handler {
 			return rv
 		}
 		slot := s.slotOf(kind)
-		if m.typ == mechNone && !m.hasParam {
+		if m.typ == mechNone && !m.hasParam && oh == 0 {
 			c.abort(slot)
 			return ckrOK
 		}

@@ -211,3 +211,37 @@ func TestAttackTooLongFrameSlowly(t *testing.T) {
 	}
 	cl.ok(cl.call(callGetInfo, nil))
 }
+
+// The NULL_PTR mechanism as keywarden's module sends it comes with no
+// key (handle 0): a C_*Init of the type 0xffffffff with a key, which a
+// program may send through p11-kit's own client, is a mechanism the
+// front does not offer, and ends nothing.
+func TestNullMechanismTakesNoKey(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s := cl.session()
+	cl.login(s)
+	mac := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32))
+	initNone := func(key uint64) uint64 {
+		rv, _ := cl.call(callSignInit, func(e *encoder) { e.u64(s); e.u32(mechNone); e.u32(0xffffffff); e.u64(key) })
+		return rv
+	}
+	if rv := initNone(mac); rv != ckrMechanismInvalid {
+		t.Fatalf("C_SignInit of mechanism 0xffffffff with a key, no operation: rv %#x", rv)
+	}
+	cl.ok(cl.initOp(callSignInit, s, ckmSHA256HMAC, mac), nil)
+	cl.ok(cl.call(callSignUpdate, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("part")) }))
+	if rv := initNone(mac); rv == ckrOK {
+		t.Fatalf("C_SignInit of mechanism 0xffffffff with a key, an operation active: CKR_OK")
+	}
+	d := cl.ok(cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(64) }))
+	if tag := d.Bytes(); len(tag) != 32 {
+		t.Fatalf("C_SignFinal: a tag of %d bytes", len(tag))
+	}
+	// With no key it ends the operation.
+	cl.ok(cl.initOp(callSignInit, s, ckmSHA256HMAC, mac), nil)
+	cl.ok(initNone(0), nil)
+	if rv, _ := cl.call(callSignFinal, func(e *encoder) { e.u64(s); e.u32(64) }); rv != ckrOperationNotInitialized {
+		t.Fatalf("C_SignFinal after a NULL_PTR C_SignInit: rv %#x", rv)
+	}
+}
