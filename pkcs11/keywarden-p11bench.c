@@ -2,7 +2,7 @@
  * keywarden-p11bench: operations per second through a PKCS #11 module,
  * loaded as programs load one, for keywarden bench --pkcs11.
  *
- *   keywarden-p11bench MODULE PIN SECONDS THREADS
+ *   keywarden-p11bench MODULE PIN SECONDS THREADS [OPS]
  *
  * Each thread opens its own session, logs in with PIN, makes session keys
  * (an ECDSA P-256 and an Ed25519 key pair, an HMAC key of 32 bytes, an
@@ -10,7 +10,9 @@
  * do (C_SignInit and C_Sign, C_EncryptInit and C_Encrypt): ECDSA P-256
  * over a SHA-256 digest, Ed25519 of 64 bytes, HMAC-SHA-256 and AES-256-GCM
  * encryption of 256 bytes. It prints one line per operation, "NAME N/s",
- * the sum over the threads, and exits 0; or a message and 1.
+ * the sum over the threads, and exits 0; or a message and 1. OPS, a list
+ * of names separated by commas, runs and prints only those (to count what
+ * one operation costs, with perf or strace around the host).
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -24,6 +26,23 @@
 static CK_FUNCTION_LIST_PTR shared;
 static const char *bench_pin;
 static double bench_seconds;
+static const char *bench_ops;
+
+/* wanted reports whether the operation name is to be run. */
+static int wanted (const char *name)
+{
+	const char *p = bench_ops;
+	size_t n = strlen (name);
+
+	if (p == NULL)
+		return 1;
+	while ((p = strstr (p, name)) != NULL) {
+		if ((p == bench_ops || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+			return 1;
+		p += n;
+	}
+	return 0;
+}
 
 struct bench_result {
 	CK_RV rv;
@@ -106,16 +125,20 @@ static void *bench_worker (void *arg)
 	    (r->rv = f->C_GenerateKey (s, &secgen, sec, 5, &mk)) != CKR_OK ||
 	    (r->rv = f->C_GenerateKey (s, &aesgen, aes, 5, &ak)) != CKR_OK)
 		return NULL;
-	r->ecdsa = bench_op (f, s, &ecdsa, sk, digest, sizeof digest, 0, &r->rv);
+	if (wanted ("ecdsa-p256"))
+		r->ecdsa = bench_op (f, s, &ecdsa, sk, digest, sizeof digest, 0, &r->rv);
 	if (r->rv != CKR_OK)
 		return NULL;
-	r->ed25519 = bench_op (f, s, &eddsa, esk, data, 64, 0, &r->rv);
+	if (wanted ("ed25519"))
+		r->ed25519 = bench_op (f, s, &eddsa, esk, data, 64, 0, &r->rv);
 	if (r->rv != CKR_OK)
 		return NULL;
-	r->hmac = bench_op (f, s, &hmac, mk, data, sizeof data, 0, &r->rv);
+	if (wanted ("hmac-sha256-256B"))
+		r->hmac = bench_op (f, s, &hmac, mk, data, sizeof data, 0, &r->rv);
 	if (r->rv != CKR_OK)
 		return NULL;
-	r->gcm = bench_op (f, s, &gcm, ak, data, sizeof data, 1, &r->rv);
+	if (wanted ("aes-gcm-256B"))
+		r->gcm = bench_op (f, s, &gcm, ak, data, sizeof data, 1, &r->rv);
 	return NULL;
 }
 
@@ -130,13 +153,15 @@ int main (int argc, char **argv)
 	long ecdsa = 0, ed = 0, hmac = 0, gcm = 0;
 	CK_RV rv;
 
-	if (argc != 5) {
-		fprintf (stderr, "usage: keywarden-p11bench MODULE PIN SECONDS THREADS\n");
+	if (argc != 5 && argc != 6) {
+		fprintf (stderr, "usage: keywarden-p11bench MODULE PIN SECONDS THREADS [OPS]\n");
 		return 2;
 	}
 	bench_pin = argv[2];
 	bench_seconds = atof (argv[3]);
 	threads = atoi (argv[4]);
+	if (argc == 6)
+		bench_ops = argv[5];
 	if (threads < 1 || threads > 64 || bench_seconds <= 0) {
 		fprintf (stderr, "keywarden-p11bench: 1 to 64 threads, a positive number of seconds\n");
 		return 2;
@@ -175,7 +200,13 @@ int main (int argc, char **argv)
 		fprintf (stderr, "keywarden-p11bench: a thread failed: 0x%lx\n", (unsigned long) rv);
 		return 1;
 	}
-	printf ("ecdsa-p256 %.0f/s\ned25519 %.0f/s\nhmac-sha256-256B %.0f/s\naes-gcm-256B %.0f/s\n", ecdsa / bench_seconds,
-	        ed / bench_seconds, hmac / bench_seconds, gcm / bench_seconds);
+	if (wanted ("ecdsa-p256"))
+		printf ("ecdsa-p256 %.0f/s\n", ecdsa / bench_seconds);
+	if (wanted ("ed25519"))
+		printf ("ed25519 %.0f/s\n", ed / bench_seconds);
+	if (wanted ("hmac-sha256-256B"))
+		printf ("hmac-sha256-256B %.0f/s\n", hmac / bench_seconds);
+	if (wanted ("aes-gcm-256B"))
+		printf ("aes-gcm-256B %.0f/s\n", gcm / bench_seconds);
 	return 0;
 }
