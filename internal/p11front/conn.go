@@ -6,7 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/keywarden/keywarden/internal/unixsock"
 
@@ -59,7 +64,16 @@ func (c *conn) serve() {
 		c.ss.Close()
 		c.c.Close()
 	}()
-	c.rd = &credReader{uc: c.c, pid: c.id.PID, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	rd, err := newCredReader(c.c, c.id.PID, &c.f.busy)
+	if err != nil {
+		return
+	}
+	c.rd = rd
+	defer rd.done()
+	wr, err := newReplyWriter(c.c)
+	if err != nil {
+		return
+	}
 	// The version byte: the front speaks version 0, which every p11-kit
 	// client accepts (later ones fall back to it).
 	var v [1]byte
@@ -68,8 +82,7 @@ func (c *conn) serve() {
 		return
 	}
 	defer func() { clear(c.rd.buf) }()
-	c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.c.Write([]byte{0}); err != nil {
+	if err := wr.write([]byte{0}); err != nil {
 		return
 	}
 	var hdr [frameHeader]byte
@@ -118,8 +131,7 @@ func (c *conn) serve() {
 			// both replies go in one write.
 			continue
 		}
-		c.c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err = c.c.Write(out)
+		err = wr.write(out)
 		clear(out)
 		out = out[:0]
 		if err != nil || c.closing {
@@ -193,13 +205,70 @@ func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) {
 // written by the process that connected: the listener has SO_PASSCRED,
 // so the kernel attaches the writer's credentials to every write and
 // never joins in one read what two processes wrote.
+//
+// Like the daemon's native socket, it polls the socket briefly before it
+// sleeps, while the client has been answering quickly and no other
+// connection of the front has work: a client that sends its next
+// request within microseconds of its reply (one call after another)
+// finds the connection's goroutine still running, where waking a
+// sleeping thread of the daemon, on a virtual machine, can cost more
+// than the round trip.
 type credReader struct {
 	uc  *net.UnixConn
+	rc  syscall.RawConn
 	pid int32
 	oob []byte
 	// buf[r:w] is read from the socket and not yet returned.
 	buf  []byte
 	r, w int
+	// busy counts the front's connections handling a request; counted:
+	// this connection is counted in it (from the read of a request to
+	// the next wait for the socket).
+	busy     *atomic.Int32
+	counted  bool
+	spin     time.Duration // how long a refill may poll (spin)
+	lastWait time.Duration // how long the last refill waited
+	// A poll that found nothing for spin (the client was slow, or had no
+	// processor: a machine busy with other work) makes the next refills
+	// sleep at once: skip of them, 1, 2, 4, ... up to maxBackoff (backoff)
+	// until a poll finds a request again.
+	skip, backoff int
+	missed        bool // the refill under way polled for spin in vain
+	// The refill under way (readSome), kept here so that neither a read
+	// nor a poll of the socket allocates.
+	start   time.Time
+	poll    bool
+	n, oobn int
+	err     error
+	readFn  func(fd uintptr) bool // r.readSome, made once
+	// empty counts the reads that found the socket empty (for the tests).
+	empty atomic.Int32
+}
+
+// spin is how long a read polls the socket before it sleeps (as the
+// native socket's); maxBackoff bounds the refills that sleep at once
+// after polls in vain.
+const (
+	spin       = 100 * time.Microsecond
+	maxBackoff = 64
+)
+
+func newCredReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*credReader, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &credReader{uc: uc, rc: rc, pid: pid, busy: busy, spin: spin, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	r.readFn = r.readSome
+	return r, nil
+}
+
+// done ends the reader's part in busy.
+func (r *credReader) done() {
+	if r.counted {
+		r.busy.Add(-1)
+		r.counted = false
+	}
 }
 
 // frameBuffered reports whether a whole frame has been read and not yet
@@ -236,7 +305,7 @@ func (r *credReader) Read(p []byte) (int, error) {
 	if r.r == r.w {
 		clear(r.buf[:r.w])
 		r.r, r.w = 0, 0
-		n, oobn, _, _, err := r.uc.ReadMsgUnix(r.buf, r.oob)
+		n, oobn, err := r.refill()
 		if err != nil {
 			return 0, err
 		}
@@ -252,4 +321,147 @@ func (r *credReader) Read(p []byte) (int, error) {
 	n := copy(p, r.buf[r.r:r.w])
 	r.r += n
 	return n, nil
+}
+
+// refill is one recvmsg(2) into the empty buffer, with the credentials
+// into oob, once the socket holds something: polled for up to r.spin
+// first when the last refill waited less than twice that and no other
+// connection has work, then waited for by the runtime (under the read
+// deadline, if one is set).
+func (r *credReader) refill() (n, oobn int, err error) {
+	r.done()
+	r.start = time.Now()
+	r.poll, r.missed = false, false
+	if r.skip > 0 {
+		r.skip--
+	} else {
+		r.poll = r.lastWait < 2*r.spin && r.idle()
+	}
+	err = r.rc.Read(r.readFn)
+	r.lastWait = time.Since(r.start)
+	switch {
+	case r.missed:
+		r.backoff = min(max(2*r.backoff, 1), maxBackoff)
+		r.skip = r.backoff
+	case r.poll:
+		r.backoff = 0
+	}
+	n, oobn = r.n, r.oobn
+	if err == nil && r.err != nil {
+		err = &net.OpError{Op: "read", Net: "unix", Err: os.NewSyscallError("recvmsg", r.err)}
+	}
+	if err == nil && n > 0 && r.busy != nil {
+		r.busy.Add(1)
+		r.counted = true
+	}
+	return n, oobn, err
+}
+
+// readSome reads once what the socket holds (r.n bytes, r.oobn of
+// credentials, or r.err); when it holds nothing, it polls it until r.spin
+// has passed if r.poll says so, and then has the runtime wait until it
+// is readable (it returns false).
+func (r *credReader) readSome(fd uintptr) bool {
+	for {
+		var err error
+		r.n, r.oobn, _, _, err = unix.Recvmsg(int(fd), r.buf, r.oob, unix.MSG_DONTWAIT|unix.MSG_CMSG_CLOEXEC)
+		r.err = nil
+		if errno, ok := err.(unix.Errno); ok {
+			r.err = errno
+		} else if err != nil {
+			r.err = err
+		}
+		if r.err == unix.EINTR {
+			continue
+		}
+		if r.err != unix.EAGAIN {
+			return true
+		}
+		r.empty.Add(1)
+		if r.poll && time.Since(r.start) > r.spin {
+			r.missed = true
+		}
+		if !r.poll || r.missed || !r.idle() {
+			r.poll = false
+			return false // sleep until the socket is readable
+		}
+		runtime.Gosched()
+	}
+}
+
+// idle reports whether no other connection of the front is handling a
+// request.
+func (r *credReader) idle() bool { return r.busy == nil || r.busy.Load() == 0 }
+
+// replyWriter writes a connection's replies, each in one system call. A
+// client nearly always takes its reply at once, so a write is tried first
+// without a deadline or the runtime's poller; only a reply the socket has
+// no room for waits, until writeTimeout passes.
+type replyWriter struct {
+	uc      *net.UnixConn
+	rc      syscall.RawConn
+	timeout time.Duration // writeTimeout
+	// The write under way (writeSome): what is left of it, its error,
+	// and whether it may wait for room.
+	rest    []byte
+	err     error
+	wait    bool
+	writeFn func(fd uintptr) bool // w.writeSome, made once
+}
+
+func newReplyWriter(uc *net.UnixConn) (*replyWriter, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	w := &replyWriter{uc: uc, rc: rc, timeout: writeTimeout}
+	w.writeFn = w.writeSome
+	return w, nil
+}
+
+// write writes b whole: at once if the socket has room for it, which is
+// the rule; otherwise waiting for room, for at most writeTimeout. No
+// deadline is left set after it (the runtime would refuse the next write
+// once it passed).
+func (w *replyWriter) write(b []byte) error {
+	w.rest, w.err, w.wait = b, nil, false
+	defer func() {
+		w.rest = nil
+		if w.wait {
+			w.uc.SetWriteDeadline(time.Time{})
+		}
+	}()
+	for {
+		err := w.rc.Write(w.writeFn)
+		switch {
+		case err != nil:
+			return err
+		case w.err != nil:
+			return &net.OpError{Op: "write", Net: "unix", Err: os.NewSyscallError("sendmsg", w.err)}
+		case len(w.rest) == 0:
+			return nil
+		}
+		// The socket is full: the rest must be taken within the timeout.
+		w.uc.SetWriteDeadline(time.Now().Add(w.timeout))
+		w.wait = true
+	}
+}
+
+// writeSome writes w.rest on fd as far as the socket takes it; once
+// w.wait is set, it has the runtime wait for room (it returns false).
+func (w *replyWriter) writeSome(fd uintptr) bool {
+	for len(w.rest) > 0 {
+		n, err := unix.SendmsgN(int(fd), w.rest, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		switch err {
+		case nil:
+			w.rest = w.rest[n:]
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return !w.wait
+		default:
+			w.err = err
+			return true
+		}
+	}
+	return true
 }

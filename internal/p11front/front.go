@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/keywarden/keywarden/internal/server"
 	"github.com/keywarden/keywarden/internal/unixsock"
@@ -40,6 +41,11 @@ type Front struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	wg        sync.WaitGroup // connections being served
+
+	// busy counts the connections handling a request: a connection
+	// polls its socket for the next one only while no other has work
+	// (see credReader).
+	busy atomic.Int32
 }
 
 // New makes a Front.
