@@ -56,6 +56,7 @@
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -353,6 +354,11 @@ struct slot {
 	pthread_mutex_t qlock;
 	struct waiter *qhead, *qtail;
 	int reading;
+	/* The reader's (see read_replies): how long its last receive waited
+	 * (ns), and how many receives are still to sleep at once after polls
+	 * that found nothing (skip), the next such run's length (backoff). */
+	uint64_t last_wait;
+	unsigned skip, backoff;
 	int broken;         /* the connection failed: shut down, closed once no one uses it */
 	struct buf rx;      /* read and not yet handed over (the reader's) */
 	/* The connection's sessions and accepted initializations. */
@@ -401,6 +407,10 @@ static int finalizing;
 static pthread_mutex_t users_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t users_gone = PTHREAD_COND_INITIALIZER;
 
+/* polling: a thread of the process polls a socket for replies (see
+ * read_replies). */
+static int polling;
+
 /* In the child of a fork, the parent's connections are the parent's: their
  * descriptors are closed here, while their numbers are still the module's
  * (a child may close its descriptors and open others with the same
@@ -417,6 +427,7 @@ after_fork_child (void)
 	/* The other threads are the parent's. */
 	users = 0;
 	finalizing = 0;
+	polling = 0;
 	pthread_mutex_init (&users_lock, NULL);
 	pthread_cond_init (&users_gone, NULL);
 	if (m == NULL)
@@ -1060,13 +1071,39 @@ hand_over (struct slot *s)
 	return rv;
 }
 
+/* Polling for replies. A thread that sleeps in recv is woken when the
+ * reply comes, and on a virtual machine waking a sleeping thread (its
+ * idle virtual CPU) can take longer than the daemon's whole answer. So
+ * the reading thread first polls the socket, for up to SPIN_NS, while
+ * the daemon has been answering quickly: when the last wait took more
+ * than twice that (a slow operation), it sleeps at once and burns no
+ * processor. A poll that ends with nothing (the daemon was slow, or had
+ * no processor: a machine busy with other work) makes the next receives
+ * sleep at once, 1, 2, 4, ... up to MAX_BACKOFF of them, until a poll
+ * finds its reply again. One thread of the process polls at a time
+ * (polling): the others sleep, so that threads waiting on several slots
+ * do not take the processors the daemon and the program need. */
+#define SPIN_NS 100000u
+#define MAX_BACKOFF 64u
+
+static uint64_t
+mono_ns (void)
+{
+	struct timespec ts;
+	clock_gettime (CLOCK_MONOTONIC, &ts);
+	return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
 /* read_replies is one recv by the reading thread, without qlock: as much
- * as has come (only replies to requests sent can be there), handed over. */
+ * as has come (only replies to requests sent can be there), handed over.
+ * It polls first (see polling) when the last wait was short. */
 static int
 read_replies (struct slot *s)
 {
 	size_t want = 4096;
-	ssize_t r;
+	ssize_t r = -1;
+	uint64_t start;
+	int got = 0;
 
 	if (s->rx.len >= 12) {
 		const unsigned char *h = s->rx.p;
@@ -1078,9 +1115,33 @@ read_replies (struct slot *s)
 	reserve (&s->rx, want);
 	if (s->rx.failed)
 		return -1;
-	do
-		r = recv (s->fd, s->rx.p + s->rx.len, s->rx.cap - s->rx.len, 0);
-	while (r < 0 && errno == EINTR);
+	start = mono_ns ();
+	if (s->skip > 0) {
+		s->skip--;
+	} else if (s->last_wait < 2 * SPIN_NS && !__atomic_exchange_n (&polling, 1, __ATOMIC_ACQUIRE)) {
+		for (;;) {
+			r = recv (s->fd, s->rx.p + s->rx.len, s->rx.cap - s->rx.len, MSG_DONTWAIT);
+			if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+				got = 1;
+				break;
+			}
+			if (mono_ns () - start > SPIN_NS)
+				break;
+		}
+		__atomic_store_n (&polling, 0, __ATOMIC_RELEASE);
+		if (got) {
+			s->backoff = 0;
+		} else {
+			s->backoff = s->backoff == 0 ? 1 : s->backoff < MAX_BACKOFF ? 2 * s->backoff : MAX_BACKOFF;
+			s->skip = s->backoff;
+		}
+	}
+	if (!got) {
+		do
+			r = recv (s->fd, s->rx.p + s->rx.len, s->rx.cap - s->rx.len, 0);
+		while (r < 0 && errno == EINTR);
+	}
+	s->last_wait = mono_ns () - start;
 	if (r <= 0)
 		return -1;
 	s->rx.len += r;
@@ -2022,6 +2083,10 @@ C_Initialize (CK_VOID_PTR args)
 		m->slots[i].fd = -1;
 		known_clear (&m->slots[i]);
 	}
+	/* No thread of this process is in the module now: one polling in
+	 * the parent of a fork that ran no handler (_Fork) is not this
+	 * process's. */
+	__atomic_store_n (&polling, 0, __ATOMIC_RELEASE);
 	__atomic_store_n (&mod_pid, m->pid, __ATOMIC_SEQ_CST);
 	if (fork_mark != NULL)
 		__atomic_store_n (fork_mark, 1, __ATOMIC_SEQ_CST);
