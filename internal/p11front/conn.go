@@ -227,9 +227,11 @@ type credReader struct {
 	busy     *atomic.Int32
 	counted  bool
 	spin     time.Duration // how long a refill may poll (spin)
+	gap      time.Duration // the longest gap between two polls (gap)
 	lastWait time.Duration // how long the last refill waited
 	// A poll that found nothing for spin (the client was slow, or had no
-	// processor: a machine busy with other work) makes the next refills
+	// processor: a machine busy with other work), or that lost its own
+	// processor for more than gap, makes the next refills
 	// sleep at once: skip of them, 1, 2, 4, ... up to maxBackoff (backoff)
 	// until a poll finds a request again.
 	skip, backoff int
@@ -237,6 +239,8 @@ type credReader struct {
 	// The refill under way (readSome), kept here so that neither a read
 	// nor a poll of the socket allocates.
 	start   time.Time
+	prev    time.Duration // when the last poll was, since start
+	polls   int           // polls since start
 	poll    bool
 	n, oobn int
 	err     error
@@ -246,11 +250,14 @@ type credReader struct {
 }
 
 // spin is how long a read polls the socket before it sleeps (as the
-// native socket's); maxBackoff bounds the refills that sleep at once
-// after polls in vain.
+// native socket's); a gap longer than gap between two polls ends the
+// polling as one in vain; maxBackoff bounds the refills that sleep at
+// once after polls in vain.
 const (
 	spin       = 100 * time.Microsecond
+	gap        = 20 * time.Microsecond
 	maxBackoff = 64
+	yieldEvery = 16 // polls between two runtime.Gosched
 )
 
 func newCredReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*credReader, error) {
@@ -258,7 +265,7 @@ func newCredReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*credReader
 	if err != nil {
 		return nil, err
 	}
-	r := &credReader{uc: uc, rc: rc, pid: pid, busy: busy, spin: spin, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	r := &credReader{uc: uc, rc: rc, pid: pid, busy: busy, spin: spin, gap: gap, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	r.readFn = r.readSome
 	return r, nil
 }
@@ -331,7 +338,7 @@ func (r *credReader) Read(p []byte) (int, error) {
 func (r *credReader) refill() (n, oobn int, err error) {
 	r.done()
 	r.start = time.Now()
-	r.poll, r.missed = false, false
+	r.poll, r.missed, r.prev, r.polls = false, false, 0, 0
 	if r.skip > 0 {
 		r.skip--
 	} else {
@@ -378,14 +385,24 @@ func (r *credReader) readSome(fd uintptr) bool {
 			return true
 		}
 		r.empty.Add(1)
-		if r.poll && time.Since(r.start) > r.spin {
-			r.missed = true
+		if r.poll {
+			// Polled in vain for spin, or a long gap between two polls:
+			// the goroutine lost its processor to other work, which the
+			// polling delays.
+			now := time.Since(r.start)
+			r.missed = now > r.spin || now-r.prev > r.gap
+			r.prev = now
 		}
 		if !r.poll || r.missed || !r.idle() {
 			r.poll = false
 			return false // sleep until the socket is readable
 		}
-		runtime.Gosched()
+		// Polling must not keep other goroutines from this processor
+		// for long; but yielding at every poll hands the goroutine from
+		// one thread to another, a wake-up more than it saves.
+		if r.polls++; r.polls%yieldEvery == 0 {
+			runtime.Gosched()
+		}
 	}
 }
 

@@ -79,7 +79,7 @@ func TestReadPollsForQuickClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin = time.Minute // however slow the machine, it polls until the request comes
+	r.spin, r.gap = time.Minute, time.Minute // however slow the machine, it polls until the request comes
 	got := make(chan []byte, 1)
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 5)
@@ -107,7 +107,7 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin = time.Minute
+	r.spin, r.gap = time.Minute, time.Minute
 	got := make(chan []byte, 1)
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 1)
@@ -131,7 +131,7 @@ func TestReadBacksOffAfterVainPoll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin = time.Millisecond
+	r.spin, r.gap = time.Millisecond, time.Minute
 	got := make(chan []byte, 1)
 	// The first read polls, in vain (the request comes after the spin),
 	// and then sleeps until it comes.
@@ -237,5 +237,31 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	})
 	if allocs > 1 {
 		t.Errorf("%v allocations a request", allocs)
+	}
+}
+
+// A poll that loses its processor between two reads of the socket (a gap
+// longer than gap) ends as one in vain: on a machine busy with other work
+// polling delays that work, so the next reads sleep at once.
+func TestReadBacksOffAfterGap(t *testing.T) {
+	peer, uc := socketPair(t)
+	r, err := newCredReader(uc, int32(os.Getpid()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.spin, r.gap = time.Minute, 0 // every gap is too long
+	got := make(chan []byte, 1)
+	go func() { got <- readFrame(t, r) }()
+	waitEmpty(t, r, 1)
+	time.Sleep(20 * time.Millisecond)
+	peer.Write(appendFrame(nil, 1, []byte("request")))
+	if b := <-got; string(b) != "request" {
+		t.Fatalf("read %q", b)
+	}
+	if r.skip == 0 {
+		t.Errorf("after a poll with a gap (%d empty reads), no read is to skip polling", r.empty.Load())
+	}
+	if n := r.empty.Load(); n > 3 {
+		t.Errorf("%d empty reads: it went on polling after a gap", n)
 	}
 }
