@@ -1078,12 +1078,14 @@ hand_over (struct slot *s)
  * the daemon has been answering quickly: when the last wait took more
  * than twice that (a slow operation), it sleeps at once and burns no
  * processor. A poll that ends with nothing (the daemon was slow, or had
- * no processor: a machine busy with other work) makes the next receives
+ * no processor: a machine busy with other work), or that lost its own
+ * processor to another thread for more than GAP_NS, makes the next receives
  * sleep at once, 1, 2, 4, ... up to MAX_BACKOFF of them, until a poll
  * finds its reply again. One thread of the process polls at a time
  * (polling): the others sleep, so that threads waiting on several slots
  * do not take the processors the daemon and the program need. */
 #define SPIN_NS 100000u
+#define GAP_NS 20000u
 #define MAX_BACKOFF 64u
 
 static uint64_t
@@ -1119,14 +1121,19 @@ read_replies (struct slot *s)
 	if (s->skip > 0) {
 		s->skip--;
 	} else if (s->last_wait < 2 * SPIN_NS && !__atomic_exchange_n (&polling, 1, __ATOMIC_ACQUIRE)) {
+		uint64_t prev = start, now;
 		for (;;) {
 			r = recv (s->fd, s->rx.p + s->rx.len, s->rx.cap - s->rx.len, MSG_DONTWAIT);
 			if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 				got = 1;
 				break;
 			}
-			if (mono_ns () - start > SPIN_NS)
+			/* A long gap between two polls: the thread lost its
+			 * processor to another, which the polling delayed. */
+			now = mono_ns ();
+			if (now - start > SPIN_NS || now - prev > GAP_NS)
 				break;
+			prev = now;
 		}
 		__atomic_store_n (&polling, 0, __ATOMIC_RELEASE);
 		if (got) {
