@@ -60,7 +60,14 @@ func (w *writer) send(body []byte) error {
 // the rule; otherwise waiting for room, for at most writeTimeout.
 func (w *writer) write(b []byte) error {
 	w.rest, w.err, w.wait = b, nil, false
-	defer func() { w.rest = nil }()
+	defer func() {
+		w.rest = nil
+		if w.wait {
+			// The deadline was for this write only: left set, it would
+			// fail every write once it passed.
+			w.uc.SetWriteDeadline(time.Time{})
+		}
+	}()
 	for {
 		err := w.rc.Write(w.writeFn)
 		switch {
