@@ -50,7 +50,7 @@ func runBench(e *env, args []string) error {
 	if err := want(pos, 0, ""); err != nil {
 		return err
 	}
-	if done, err := sc.run(e, f, &st, *duration, *opsList, *streamMode || *auditMode || *sshAgentMode || *httpMode || st.create || st.startup); done {
+	if done, err := sc.run(e, f, &st, *duration, *opsList, *streamMode || *auditMode || *sshAgentMode || *pkcs11Mode || *httpMode || st.create || st.startup); done {
 		return err
 	}
 	if *httpMode {

@@ -54,3 +54,17 @@ func TestBenchCreateSockets(t *testing.T) {
 		t.Fatalf("bench --create on daemons that do not exist: %v; want the socket's dial error", err)
 	}
 }
+
+// bench --pkcs11 --clients N measures the module with N threads; it is
+// not taken for the scaling bench, which --clients alone starts.
+func TestBenchPKCS11Clients(t *testing.T) {
+	dir := t.TempDir()
+	host := filepath.Join(dir, "no-such-host")
+	var out, errb bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+	err := runBench(e, []string{"--pkcs11", "--clients", "1", "--runs", "1", "--duration", "10ms",
+		"--pkcs11-host", host, "--pkcs11-module", filepath.Join(dir, "no-such-module.so")})
+	if err == nil || !strings.Contains(err.Error(), "no-such-") {
+		t.Fatalf("bench --pkcs11 --clients 1 with no host or module: %v (output %q); want the PKCS #11 bench's error naming them", err, out.String())
+	}
+}

@@ -36,7 +36,7 @@ func (s *scaleFlags) run(e *env, f *flags, st *storeBenchFlags, duration time.Du
 	}
 	switch {
 	case other:
-		return true, usagef("--idle-conns and --resident-keys do not go with --create, --startup, --stream, --audit, --ssh-agent or --http")
+		return true, usagef("--idle-conns and --resident-keys do not go with --create, --startup, --stream, --audit, --ssh-agent, --pkcs11 or --http")
 	case idle && resident:
 		return true, usagef("give --idle-conns or --resident-keys, not both")
 	case idle && s.idleConns < 1, resident && s.residentKeys < 1:
