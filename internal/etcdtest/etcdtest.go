@@ -290,3 +290,47 @@ func (c *Cluster) makeCerts() {
 	c.serverCert, c.serverKey = leaf("member", 2, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
 	c.CertFile, c.KeyFile = leaf("client", 3, x509.ExtKeyUsageClientAuth)
 }
+
+// CPUTime is the processor time (user and system) the running members
+// have used so far, from /proc (for measurements; 0 where it cannot be
+// read).
+func (c *Cluster) CPUTime() time.Duration {
+	var d time.Duration
+	for _, m := range c.members {
+		if m.cmd == nil || m.cmd.Process == nil {
+			continue
+		}
+		d += ProcessCPU(m.cmd.Process.Pid)
+	}
+	return d
+}
+
+// ProcessCPU is the processor time (user and system) process pid has
+// used so far, from /proc/pid/stat (0 if it cannot be read).
+func ProcessCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command's name, which ends with the last ')':
+	// utime and stime are the 12th and 13th, in clock ticks (100 a second
+	// on Linux).
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		var n int64
+		if _, err := fmt.Sscan(v, &n); err != nil {
+			return 0
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100)
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -643,6 +644,7 @@ func BenchmarkClusterAdd(b *testing.B) {
 			}
 			var next atomic.Uint64
 			b.SetParallelism(max(16/runtime.GOMAXPROCS(0), 1))
+			etcd0, self0 := c.CPUTime(), selfCPU(b)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				s := ss[next.Add(1)%uint64(nodes)]
@@ -659,20 +661,39 @@ func BenchmarkClusterAdd(b *testing.B) {
 					}
 				}
 			})
+			b.StopTimer()
+			// Processor time per creation: this process's (the key
+			// stores and their etcd clients) and the members'.
+			b.ReportMetric(float64((selfCPU(b)-self0).Microseconds())/float64(b.N), "cpu-µs/creation")
+			b.ReportMetric(float64((c.CPUTime()-etcd0).Microseconds())/float64(b.N), "etcd-cpu-µs/creation")
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "creations/s")
 			var n store.EtcdCounts
 			for _, s := range ss {
 				c := s.db.(*store.Etcd).Counts()
-				n.Commits, n.Conflicts, n.Calls = n.Commits+c.Commits, n.Conflicts+c.Conflicts, n.Calls+c.Calls
+				n.Commits, n.Conflicts, n.Calls, n.Tried = n.Commits+c.Commits, n.Conflicts+c.Conflicts, n.Calls+c.Calls, n.Tried+c.Tried
+				n.Sent, n.Reads = n.Sent+c.Sent, n.Reads+c.Reads
 			}
 			if n.Commits > 0 {
-				// What each transaction carried, and how many lost to
-				// another key store's (on the store header).
+				// What each transaction carried, how many lost to
+				// another key store's (on the store header), and how
+				// many times a creation was sent before it committed.
 				b.ReportMetric(float64(n.Calls)/float64(n.Commits), "creations/txn")
 				b.ReportMetric(float64(n.Conflicts)/float64(n.Commits+n.Conflicts), "lost/txn")
+				b.ReportMetric(float64(n.Tried)/float64(n.Calls), "sent/creation")
+				b.ReportMetric(float64(n.Sent)/float64(n.Calls), "txn-B/creation")
+				b.ReportMetric(float64(n.Reads)/float64(n.Calls), "reads/creation")
 			}
 		})
 	}
+}
+
+// selfCPU is the processor time this process has used so far.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // A restore into an etcd store larger than one etcd transaction may be

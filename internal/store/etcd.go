@@ -84,9 +84,10 @@ type Etcd struct {
 	// reads counts the requests that read (tests).
 	reads atomic.Int64
 	// commits, conflicts and calls count the transactions that wrote,
-	// those that lost to another writer, and the Update calls committed
-	// (Counts).
-	commits, conflicts, calls atomic.Int64
+	// those that lost to another writer, and the Update calls committed;
+	// tried counts each call once per transaction sent with it, and
+	// sent the bytes of the transactions sent (etcdTx.size) (Counts).
+	commits, conflicts, calls, tried, sent atomic.Int64
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -406,6 +407,8 @@ func (e *Etcd) commitGroup(group []*boltCall) (lingerFor time.Duration) {
 			continue
 		}
 		sent := time.Now()
+		e.tried.Add(int64(len(group)))
+		e.sent.Add(int64(tx.size()))
 		err := e.commit(tx)
 		took := time.Since(sent)
 		if errors.Is(err, errConflict) {
@@ -566,13 +569,18 @@ type EtcdCounts struct {
 	// Commits is the transactions that wrote, Conflicts those that
 	// failed their guard (another writer changed what they read first)
 	// and ran again, Calls the Update calls committed: Calls/Commits is
-	// the mean group a transaction carried.
-	Commits, Conflicts, Calls int64
+	// the mean group a transaction carried. Tried counts each call once
+	// per transaction sent with it: Tried/Calls is how many times a call
+	// was sent before it committed. Sent is the bytes of the
+	// transactions sent (their keys, values and guards), Reads the
+	// requests that read.
+	Commits, Conflicts, Calls, Tried, Sent, Reads int64
 }
 
 // Counts returns what the store has committed, for measurements.
 func (e *Etcd) Counts() EtcdCounts {
-	return EtcdCounts{Commits: e.commits.Load(), Conflicts: e.conflicts.Load(), Calls: e.calls.Load()}
+	return EtcdCounts{Commits: e.commits.Load(), Conflicts: e.conflicts.Load(), Calls: e.calls.Load(), Tried: e.tried.Load(),
+		Sent: e.sent.Load(), Reads: e.reads.Load()}
 }
 
 // MaxOps is the most reads, and the most writes, one transaction may
