@@ -81,6 +81,13 @@ type Etcd struct {
 	// used by the committer only.
 	snap *etcdSnap
 
+	// folMu guards fol.
+	folMu sync.Mutex
+	// fol is what Follow has passed on of late, for the committer to
+	// begin a group at the newest revision this store knows of rather
+	// than at its own last commit (prefetch).
+	fol etcdFollowed
+
 	// reads counts the requests that read (tests).
 	reads atomic.Int64
 	// commits, conflicts and calls count the transactions that wrote,
@@ -487,6 +494,15 @@ func (e *Etcd) prefetch(tx *etcdTx, group []*boltCall, fresh bool) {
 		// revision of the cluster.
 		tx.rev, tx.fromLast = sn.rev, true
 		maps.Copy(tx.pre, sn.vals)
+		// Commits of other writers that Follow has passed on since
+		// move the snapshot to the newest revision followed, with
+		// their values: a group that would begin where another
+		// writer's commit has since changed the store header is not
+		// sent to fail its guard.
+		if rev := e.followedSince(sn.rev, tx.pre); rev > sn.rev {
+			tx.rev = rev
+			e.snap = &etcdSnap{rev: rev, vals: maps.Clone(tx.pre)}
+		}
 		// A key it does not know is taken to be absent, without a
 		// request: what such a group reads of late is the new keys of
 		// creations (their ids and names), which are. The guard of a
@@ -562,6 +578,74 @@ func (e *Etcd) fetch(tx *etcdTx, keys []string) error {
 		tx.pre[k] = r
 	}
 	return nil
+}
+
+// etcdFollowed is what Follow has passed on since it began at from: the
+// newest change of each key changed by a commit after from, up to rev
+// (every commit after from up to rev is in it).
+type etcdFollowed struct {
+	session int64 // the Follow call recording, if changes is not nil
+	from    int64
+	rev     int64
+	changes map[string]etcdChange
+}
+
+// etcdChange is a key's value after a followed commit at rev.
+type etcdChange struct {
+	etcdRead
+	at int64
+}
+
+// maxFollowed bounds the changes kept for the committer (fol): past it,
+// they are dropped and kept again from the last revision followed.
+const maxFollowed = 1024
+
+// followedSince sets in vals, the values of keys at revision rev, the
+// newest value of every key that a commit followed after rev changed,
+// and returns the revision vals are then at: the newest followed, or
+// rev if nothing newer was followed without a gap since rev. The changes
+// at or before rev are dropped: the committer's snapshots only move
+// forward.
+func (e *Etcd) followedSince(rev int64, vals map[string]etcdRead) int64 {
+	e.folMu.Lock()
+	defer e.folMu.Unlock()
+	f := &e.fol
+	if f.changes == nil || f.from > rev || f.rev <= rev {
+		return rev
+	}
+	for k, c := range f.changes {
+		if c.at <= rev {
+			delete(f.changes, k)
+			continue
+		}
+		vals[k] = c.etcdRead
+	}
+	f.from = rev
+	return f.rev
+}
+
+// followed records the changes of commit c, passed on by the Follow call
+// of session, for the committer (followedSince).
+func (e *Etcd) followed(session int64, c *Commit, keys []string) {
+	e.folMu.Lock()
+	defer e.folMu.Unlock()
+	f := &e.fol
+	if f.session != session || f.changes == nil || c.Rev <= f.rev {
+		return
+	}
+	if len(f.changes)+len(keys) > maxFollowed {
+		clear(f.changes)
+		f.from = f.rev
+	}
+	for i, k := range keys {
+		ch := c.Changes[i]
+		r := etcdChange{at: c.Rev}
+		if !ch.Deleted {
+			r.etcdRead = etcdRead{value: ch.Value, rev: c.Rev}
+		}
+		f.changes[k] = r
+	}
+	f.rev = c.Rev
 }
 
 // EtcdCounts counts what an etcd store has committed since it was opened.

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -177,5 +179,72 @@ func TestEtcdConflictedGroupTakesWaitingCalls(t *testing.T) {
 	}
 	if len(lingers) != 0 {
 		t.Fatalf("%d more lingers: a group that lost nothing lingered", len(lingers))
+	}
+}
+
+// A group begins at the newest revision that Follow has passed on, not at
+// this store's own last commit when another writer has committed since:
+// the key the other writer changed is read as it now is, and the group
+// commits at its first try, with no request but the commit. Keys another
+// writer made or deleted meanwhile are read as they are too.
+func TestEtcdGroupBeginsAtFollowedCommits(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/followed/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	other, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/followed/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	put := func(s *Etcd, kvs ...string) {
+		t.Helper()
+		err := s.Update(func(tx Tx) error {
+			for i := 0; i < len(kvs); i += 2 {
+				if kvs[i+1] == "" {
+					if err := tx.Delete(testBucket, []byte(kvs[i])); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := tx.Put(testBucket, []byte(kvs[i]), []byte(kvs[i+1])); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(e, "hdr", "0", "gone", "x")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var followed atomic.Int64
+	go e.Follow(ctx, 0, func(c Commit) error { followed.Store(c.Rev); return nil }, func(int64, time.Time) {})
+	put(other, "hdr", "1", "made", "y", "gone", "")
+	resp, err := other.Client().Get(ctx, other.BucketPrefix(testBucket)+"hdr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for followed.Load() < resp.Header.Revision {
+		time.Sleep(time.Millisecond)
+	}
+	c0 := e.Counts()
+	var hdr, made, gone []byte
+	err = e.Update(func(tx Tx) error {
+		hdr, made, gone = tx.Get(testBucket, []byte("hdr")), tx.Get(testBucket, []byte("made")), tx.Get(testBucket, []byte("gone"))
+		return tx.Put(testBucket, []byte("hdr"), append(bytes.Clone(hdr), '+'))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(hdr) != "1" || string(made) != "y" || gone != nil {
+		t.Fatalf("the group read hdr %q, made %q, gone %q: want what the other writer left (1, y, absent)", hdr, made, gone)
+	}
+	if c := e.Counts(); c.Conflicts != c0.Conflicts || c.Reads != c0.Reads || c.Commits != c0.Commits+1 {
+		t.Fatalf("counted %+v since %+v: want one commit, no conflict, no read", c, c0)
 	}
 }

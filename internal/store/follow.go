@@ -65,6 +65,19 @@ var ErrFollowLost = errors.New("store: the changes to follow were compacted away
 func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error, confirm func(rev int64, asOf time.Time)) error {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	// The commits passed on are recorded for the committer too
+	// (followedSince), from this call's first revision.
+	e.folMu.Lock()
+	session := e.fol.session + 1
+	e.fol = etcdFollowed{session: session, from: from, rev: from, changes: map[string]etcdChange{}}
+	e.folMu.Unlock()
+	defer func() {
+		e.folMu.Lock()
+		if e.fol.session == session {
+			e.fol = etcdFollowed{session: session} // nothing recorded
+		}
+		e.folMu.Unlock()
+	}()
 	start, end := e.prefix+"b/", e.prefix+"b0"
 	wch := e.cli.Watch(ctx, start, clientv3.WithRange(end), clientv3.WithRev(from+1), clientv3.WithPrevKV(),
 		clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
@@ -113,6 +126,7 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 			return fmt.Errorf("%w: the watch was cancelled", ErrUnavailable)
 		}
 		var cur *Commit
+		var keys []string // the etcd keys of cur's changes
 		flush := func() error {
 			if cur == nil {
 				return nil
@@ -123,7 +137,10 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 			e.txnMu.Unlock()
 			cur.Own = own
 			err := commit(*cur)
-			cur = nil
+			if err == nil {
+				e.followed(session, cur, keys)
+			}
+			cur, keys = nil, nil
 			return err
 		}
 		for _, ev := range resp.Events {
@@ -148,6 +165,7 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 				c.Prev = nonNil(ev.PrevKv.Value)
 			}
 			cur.Changes = append(cur.Changes, c)
+			keys = append(keys, string(ev.Kv.Key))
 		}
 		if err := flush(); err != nil {
 			return err
