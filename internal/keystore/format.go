@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/keywarden/keywarden/internal/persist"
@@ -51,6 +52,11 @@ func recordMAC(k *seal.Keys, c recordKind, dst, rb []byte) ([]byte, error) {
 		return k.LegacyMAC(dst, rb)
 	}
 	in := persist.RecordMACInput(make([]byte, 0, len(persist.LabelRecord)+len(rb)), rb)
+	if dst == nil {
+		// The MAC is not secret: made here, outside the secret state,
+		// where an allocation costs more.
+		dst = make([]byte, 0, persist.MACSize)
+	}
 	return k.MAC(c.gen, dst, in)
 }
 
@@ -80,6 +86,19 @@ func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, e
 	if v == nil {
 		return nil, acc, errors.New("the store has no header")
 	}
+	if h, acc, ok := headers.get(k, v); ok {
+		return h, acc, nil
+	}
+	h, acc, err := checkHeader(k, v)
+	if err == nil {
+		headers.put(k, v, h, acc)
+	}
+	return h, acc, err
+}
+
+// checkHeader decodes and checks encoded store header v under keys k.
+func checkHeader(k *seal.Keys, v []byte) (*persist.StoreHeader, persist.Acc, error) {
+	var acc persist.Acc
 	h := &persist.StoreHeader{}
 	if err := h.UnmarshalVT(v); err != nil {
 		return nil, acc, fmt.Errorf("store header: %w", persist.ErrCorrupt)
@@ -99,7 +118,7 @@ func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, e
 	if k.LegacyHeader() {
 		mac, err = k.LegacyMAC(nil, in)
 	} else {
-		mac, err = k.MAC(k.Generation, nil, in)
+		mac, err = k.MAC(k.Generation, make([]byte, 0, persist.MACSize), in)
 	}
 	if err != nil {
 		return nil, acc, err
@@ -148,6 +167,7 @@ func encodeHeader(k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) ([]byte
 	if err != nil {
 		return nil, err
 	}
+	plain := acc
 	acc.Xor(pad)
 	h.Acc = bytes.Clone(acc[:])
 	h.Mac = nil
@@ -155,10 +175,62 @@ func encodeHeader(k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	if h.Mac, err = k.MAC(k.Generation, nil, in); err != nil {
+	if h.Mac, err = k.MAC(k.Generation, make([]byte, 0, persist.MACSize), in); err != nil {
 		return nil, err
 	}
-	return h.MarshalVT()
+	b, err := h.MarshalVT()
+	if err == nil && !k.LegacyHeader() && bytes.Equal(h.StoreId, k.StoreID) {
+		// What readHeader would make of it, under these keys: the
+		// daemon reads it back at its next write and as its follower
+		// sees its commit, without checking it again.
+		headers.put(k, b, h, plain)
+	}
+	return b, err
+}
+
+// headers remembers the last few store headers that were checked (or
+// made) under some keys: the encoded header, and what readHeader gives of
+// it. A header read again with the same bytes under the same keys (the
+// one this daemon wrote last, read by its next write and by its follower;
+// one another daemon wrote, checked by the follower and then read by this
+// daemon's next write) is not checked again: the check of the same bytes
+// under the same keys gives the same answer.
+var headers headerCache
+
+type headerCache struct {
+	mu   sync.Mutex
+	next int
+	e    [8]headerEntry
+}
+
+type headerEntry struct {
+	k   *seal.Keys
+	raw []byte
+	h   *persist.StoreHeader
+	acc persist.Acc
+}
+
+// get returns a copy of what readHeader gives of raw under k, if it is
+// remembered.
+func (c *headerCache) get(k *seal.Keys, raw []byte) (*persist.StoreHeader, persist.Acc, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.e {
+		if e := &c.e[i]; e.k == k && bytes.Equal(e.raw, raw) {
+			return e.h.CloneVT(), e.acc, true
+		}
+	}
+	return nil, persist.Acc{}, false
+}
+
+// put remembers h and acc, checked, as what readHeader gives of raw under
+// k (copies of them).
+func (c *headerCache) put(k *seal.Keys, raw []byte, h *persist.StoreHeader, acc persist.Acc) {
+	e := headerEntry{k: k, raw: bytes.Clone(raw), h: h.CloneVT(), acc: acc}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.e[c.next] = e
+	c.next = (c.next + 1) % len(c.e)
 }
 
 // NewHeader returns the encoded header of an empty store for keys k.
