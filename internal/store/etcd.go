@@ -88,6 +88,14 @@ type Etcd struct {
 	// than at its own last commit (prefetch).
 	fol etcdFollowed
 
+	// foreign counts the commits of other writers that Follow has passed
+	// on; each is signalled on turn too (buffered, one at most).
+	foreign atomic.Int64
+	turn    chan struct{}
+	// lastForeign is foreign as this store's last commit returned; used
+	// by the committer only.
+	lastForeign int64
+
 	// reads counts the requests that read (tests).
 	reads atomic.Int64
 	// commits, conflicts and calls count the transactions that wrote,
@@ -205,7 +213,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
 	}
-	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{}),
+	e := &Etcd{cli: cli, prefix: cfg.Prefix, timeout: cfg.Timeout, maxOps: cfg.MaxTxnOps, own: make(map[int64]struct{}), turn: make(chan struct{}, 1),
 		maxBytes: cfg.MaxRequestBytes - requestMargin(cfg.MaxRequestBytes)}
 	if e.timeout <= 0 {
 		e.timeout = 5 * time.Second
@@ -285,8 +293,10 @@ func (e *Etcd) commitLoop() {
 			}
 			continue
 		}
-		if d := e.commitGroup(group); d > 0 {
-			e.linger(d)
+		if w := e.commitGroup(group); w.others > 0 {
+			e.waitTurn(w)
+		} else if w.took > 0 {
+			e.linger(w.took)
 		}
 	}
 }
@@ -315,6 +325,57 @@ func (e *Etcd) linger(d time.Duration) {
 	select {
 	case <-t.C:
 	case <-e.ctx.Done():
+	}
+}
+
+// maxTurns bounds the commits of other writers that the committer waits
+// for after its own (waitTurn).
+const maxTurns = 4
+
+// turnWaitFloor, zero outside tests, is the least that waitTurn waits
+// for other writers' commits.
+var turnWaitFloor time.Duration
+
+// hookTurn, nil outside tests, is told of each wait of waitTurn: the
+// commits of other writers waited for, and for how long at most.
+var hookTurn atomic.Pointer[func(others int, timeout time.Duration)]
+
+// afterCommit is what the committer does after a group: wait for its turn
+// if other writers committed since its last commit (others > 0), else
+// linger for took if not zero.
+type afterCommit struct {
+	others int           // the commits of other writers followed since the store's last commit
+	from   int64         // foreign as the commit returned
+	took   time.Duration // how long the commit took (at most maxLinger)
+}
+
+// waitTurn waits, after a commit of this store that other writers'
+// commits preceded, for as many commits of theirs (at most maxTurns) as
+// came between this store's last two, or at most four times as long as
+// this store's commit took for each (and twice maxLinger), before the
+// committer's next transaction. Every transaction writes the store
+// header, so transactions sent at once by several daemons all but one
+// fail and are sent again, each costing the cluster and the daemon as
+// much as one that commits: with one daemon's turn after another's, the
+// daemons that write at once commit in turn, each with the calls that
+// gathered meanwhile, rather than race. The waits are bounded: a writer
+// that stops writing holds the others back by one wait at most.
+func (e *Etcd) waitTurn(w afterCommit) {
+	n := min(w.others, maxTurns)
+	timeout := max(min(time.Duration(4*n)*w.took, time.Duration(2*n)*maxLinger), turnWaitFloor)
+	if h := hookTurn.Load(); h != nil {
+		(*h)(n, timeout)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for e.foreign.Load() < w.from+int64(n) {
+		select {
+		case <-e.turn:
+		case <-t.C:
+			return
+		case <-e.ctx.Done():
+			return
+		}
 	}
 }
 
@@ -348,10 +409,11 @@ const maxTries = 64
 
 // commitGroup commits every call's fn in one etcd transaction: each call's
 // effect is committed exactly once or not at all, as in Bolt. It returns
-// how long the committer should linger before its next transaction: the
-// time the commit took (at most maxLinger) if it committed after losing
-// to another writer at least once, 0 otherwise.
-func (e *Etcd) commitGroup(group []*boltCall) (lingerFor time.Duration) {
+// what the committer should wait for before its next transaction: its
+// turn (waitTurn) if it committed after other writers' commits that Follow
+// passed on; else, if it committed after losing to another writer at
+// least once, the time the commit took (at most maxLinger) (linger).
+func (e *Etcd) commitGroup(group []*boltCall) (after afterCommit) {
 	finish := func(c *boltCall, err error) {
 		c.err = err
 		close(c.done)
@@ -454,12 +516,15 @@ func (e *Etcd) commitGroup(group []*boltCall) (lingerFor time.Duration) {
 		for _, c := range group {
 			finish(c, nil)
 		}
-		if lost {
-			return min(took, maxLinger)
+		f := e.foreign.Load()
+		after = afterCommit{others: int(f - e.lastForeign), from: f, took: min(took, maxLinger)}
+		e.lastForeign = f
+		if after.others == 0 && !lost {
+			after.took = 0
 		}
-		return 0
+		return after
 	}
-	return 0
+	return after
 }
 
 // prefetchRounds bounds the rounds of prefetch.

@@ -248,3 +248,99 @@ func TestEtcdGroupBeginsAtFollowedCommits(t *testing.T) {
 		t.Fatalf("counted %+v since %+v: want one commit, no conflict, no read", c, c0)
 	}
 }
+
+// After a commit that another writer's commit preceded, the committer
+// waits for the other writer's next commit (its turn) before its own next
+// transaction, rather than race it: a call that arrives meanwhile
+// commits after the other writer's, on what it wrote.
+func TestEtcdWaitsForOtherWritersTurn(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	open := func() *Etcd {
+		e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/turn/", Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	e, other := open(), open()
+	put := func(s *Etcd, k string) error {
+		return s.Update(func(tx Tx) error {
+			tx.Get(testBucket, []byte("hdr"))
+			if err := tx.Put(testBucket, []byte("hdr"), []byte(k)); err != nil {
+				return err
+			}
+			return tx.Put(testBucket, []byte(k), []byte("x"))
+		})
+	}
+	rev := func(k string) int64 {
+		resp, err := e.Client().Get(context.Background(), e.BucketPrefix(testBucket)+k)
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("%s: %v", k, err)
+		}
+		return resp.Kvs[0].ModRevision
+	}
+	turns := make(chan int, 8)
+	h := func(n int, _ time.Duration) { turns <- n }
+	hookTurn.Store(&h)
+	turnWaitFloor = time.Minute // the other writer's commit, not the bound, ends the wait
+	t.Cleanup(func() { hookTurn.Store(nil); turnWaitFloor = 0 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var followed atomic.Int64
+	go e.Follow(ctx, 0, func(c Commit) error { followed.Store(c.Rev); return nil }, func(int64, time.Time) {})
+	if err := put(other, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	for followed.Load() < rev("warm") {
+		time.Sleep(time.Millisecond)
+	}
+	if err := put(e, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(other, "b"); err != nil {
+		t.Fatal(err)
+	}
+	for followed.Load() < rev("b") {
+		time.Sleep(time.Millisecond)
+	}
+	for len(turns) > 0 {
+		<-turns
+	}
+	if err := put(e, "c"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-turns:
+		if n != 1 {
+			t.Fatalf("waited for %d commits of the other writer, want 1", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a commit that the other writer's preceded was not followed by a wait for its turn")
+	}
+	done := make(chan error, 1)
+	go func() { done <- put(e, "d") }()
+	for waiting := false; !waiting; {
+		select {
+		case err := <-done:
+			t.Fatalf("a call committed without waiting for the other writer's turn (%v)", err)
+		case <-time.After(time.Millisecond):
+		}
+		e.mu.Lock()
+		waiting = len(e.pending) > 0
+		e.mu.Unlock()
+	}
+	c0 := e.Counts()
+	if err := put(other, "e"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if rd, re := rev("d"), rev("e"); rd < re {
+		t.Fatalf("the call that waited committed at revision %d, before the other writer's turn at %d", rd, re)
+	}
+	if c := e.Counts(); c.Conflicts != c0.Conflicts {
+		t.Fatalf("the call that waited for the other writer's turn lost to it: %+v since %+v", c, c0)
+	}
+}

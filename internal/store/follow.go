@@ -139,6 +139,14 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 			err := commit(*cur)
 			if err == nil {
 				e.followed(session, cur, keys)
+				if !own {
+					// Another writer's turn has passed (waitTurn).
+					e.foreign.Add(1)
+					select {
+					case e.turn <- struct{}{}:
+					default:
+					}
+				}
 			}
 			cur, keys = nil, nil
 			return err
