@@ -303,3 +303,34 @@ func TestPeekCutShortAndTooLarge(t *testing.T) {
 	}
 	rd.close()
 }
+
+// A byte sent out of band (MSG_OOB) is read in line with the rest: a
+// peek past the start of the socket would read it so, and the read that
+// takes the answered bytes must take the same bytes, or it takes one
+// the reader never peeked (or fails for want of it) and the two drift
+// apart.
+func TestPeekOutOfBandByteInLine(t *testing.T) {
+	peer, rd := peekPair(t)
+	peer.Write(msg(msgRequestIdentities))
+	if err := unix.Sendmsg(int(peer.Fd()), []byte{0}, nil, nil, unix.MSG_OOB); err != nil {
+		t.Skipf("no MSG_OOB on Unix stream sockets: %v", err)
+	}
+	peer.Write([]byte{0, 0, 1, msgRemoveAllIdentities}) // with the byte above, a message
+	peer.Write(msg(msgRequestIdentities))
+	for i, want := range []byte{msgRequestIdentities, msgRemoveAllIdentities, msgRequestIdentities} {
+		if m, err := nextWithin(t, rd); err != nil || len(m) != 1 || m[0] != want {
+			t.Fatalf("message %d: %x %v, want %x", i, m, err, want)
+		}
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		peer.Write(msg(msgLock, sshString([]byte("x"))))
+	}()
+	if m, err := nextWithin(t, rd); err != nil || len(m) == 0 || m[0] != msgLock {
+		t.Fatalf("last message: %x %v", m, err)
+	}
+	rd.close()
+	if n := unsentOf(t, peer); n != 0 {
+		t.Errorf("%d bytes left in the socket", n)
+	}
+}

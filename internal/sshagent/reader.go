@@ -78,7 +78,12 @@ func newReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*reader, error)
 	rd.readFn = rd.readSome
 	rd.consumeFn = rd.consumeHeld
 	rc.Control(func(fd uintptr) {
-		rd.peek = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+		// A byte sent out of band (MSG_OOB) is read in line: a peek past
+		// the start of the socket reads it so, and a read that takes
+		// bytes skips it otherwise, so that consume would take one byte
+		// more than the reader peeked (or wait for it).
+		rd.peek = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_OOBINLINE, 1) == nil &&
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
 	})
 	return rd, nil
 }
