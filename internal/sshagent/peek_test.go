@@ -334,3 +334,28 @@ func TestPeekOutOfBandByteInLine(t *testing.T) {
 		t.Errorf("%d bytes left in the socket", n)
 	}
 }
+
+// Taking the answered bytes from the socket costs a few reads however
+// little room the buffer has left: a client that sends all of a large
+// message but its last byte leaves the reader one free byte, with the
+// whole message held in the socket, and taking it a byte a read would
+// cost the daemon a system call for each byte the client wrote.
+func TestPeekTakeFewReadsWithLittleRoom(t *testing.T) {
+	for _, size := range []int{len(make([]byte, 16<<10)) - 4, 200 << 10} {
+		peer, rd := peekPair(t)
+		req := frame(make([]byte, size))
+		go func() {
+			peer.Write(req[:len(req)-1])
+			time.Sleep(50 * time.Millisecond)
+			peer.Write(req[len(req)-1:])
+		}()
+		m, err := nextWithin(t, rd)
+		if err != nil || len(m) != size {
+			t.Fatalf("%d bytes: got %d, %v", size, len(m), err)
+		}
+		if rd.takes > 64 {
+			t.Errorf("a message of %d bytes taken from the socket in %d reads", size, rd.takes)
+		}
+		rd.close()
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -62,8 +63,9 @@ type reader struct {
 	peek      bool
 	held      int
 	consumeFn func(fd uintptr) bool // rd.consumeHeld, made once
-	// empty counts the reads that found the socket empty (for the tests).
-	empty int
+	// empty counts the reads that found the socket empty, takes those
+	// that took held bytes (for the tests).
+	empty, takes int
 }
 
 // spin is how long a read polls before it sleeps (as the native socket's).
@@ -194,21 +196,32 @@ func (rd *reader) consume() error {
 }
 
 // consumeHeld reads again, for good, the rd.held bytes at the head of the
-// socket that peeks took, into the buffer's free space, which it clears
-// (they may hold a private key). The socket never blocks.
+// socket that peeks took, into the buffer's free space, or into a spare
+// buffer when that space is smaller than they and than it (a client that
+// sends all of a large message but its last byte leaves one free byte:
+// taking it all a byte a read would cost a system call a byte). It clears
+// what it reads (it may hold a private key). The socket never blocks.
 func (rd *reader) consumeHeld(fd uintptr) bool {
 	rd.err = nil
+	var spare *[takeSize]byte
+	defer func() {
+		if spare != nil {
+			takeBufs.Put(spare)
+		}
+	}()
 	for rd.held > 0 {
 		free := rd.buf[rd.w:]
-		if len(free) == 0 {
-			// Never while a read is wanted: the buffer is full only of a
-			// whole message.
-			return true
+		if len(free) < rd.held && len(free) < takeSize {
+			if spare == nil {
+				spare = takeBufs.Get().(*[takeSize]byte)
+			}
+			free = spare[:]
 		}
 		if len(free) > rd.held {
 			free = free[:rd.held]
 		}
 		n, err := unix.Read(int(fd), free)
+		rd.takes++
 		clear(free[:max(n, 0)])
 		switch {
 		case err == unix.EINTR:
@@ -224,6 +237,12 @@ func (rd *reader) consumeHeld(fd uintptr) bool {
 	}
 	return true
 }
+
+// takeSize is the size of the spare buffers consumeHeld reads into.
+const takeSize = 16 << 10
+
+// takeBufs holds the spare buffers of consumeHeld, cleared.
+var takeBufs = sync.Pool{New: func() any { return new([takeSize]byte) }}
 
 // readSome reads once what the socket holds (rd.n bytes, rd.oobn of
 // credentials, or rd.err); when it holds nothing, it polls it until
