@@ -69,3 +69,60 @@ func TestClusterReplayOwnLastHeader(t *testing.T) {
 		t.Fatal("the unseal accepted the store with the header put back")
 	}
 }
+
+// The store header a daemon last wrote, under the master key's generation
+// before another daemon's rotation, put back through etcd after the first
+// daemon was sealed and unsealed under the new generation: it remembers
+// the header as checked under its keys of then, and does not take it under
+// its keys of now; both daemons see the replay and
+// the next unseal refuses the store.
+func TestClusterReplayHeaderAcrossRotation(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	raw, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	ctx := context.Background()
+	a := clusterNode(t, c.Endpoints(), "/replayrot/", true)
+	b := clusterNode(t, c.Endpoints(), "/replayrot/", false)
+	x, y := obj(t, 1, "x", false), obj(t, 1, "y", false)
+	for _, o := range []*Object{x, y} {
+		if err := a.Add(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := a.db.(*store.Etcd)
+	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+	mine := get(t, raw, hdr)
+	within(t, time.Second, "b follows a", func() bool { _, err := b.Get(y.ID); return err == nil })
+	pr, err := b.Master().PrepareRotation(ctx, seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CommitRotation(pr); err != nil {
+		t.Fatal(err)
+	}
+	within(t, 2*time.Second, "a refuses its keys after the rotation", func() bool {
+		_, err := a.Get(y.ID)
+		return status(err) == wire.Status_STATUS_UNAVAILABLE
+	})
+	a.SealAll()
+	unseal(t, a)
+	if _, err := raw.Put(ctx, hdr, mine); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Add(obj(t, 1, "z", false)); err == nil {
+		t.Error("a creation committed over the header of the previous generation")
+	}
+	for _, s := range []*Store{a, b} {
+		within(t, time.Second, "the replay seen", func() bool {
+			_, err := s.Get(y.ID)
+			return status(err) == wire.Status_STATUS_INTERNAL && strings.Contains(err.Error(), "outside keywarden")
+		})
+	}
+	a.SealAll()
+	if err := a.Master().UnsealPassphrase(ctx, []byte("passphrase"), func(k *seal.Keys) error { return a.Verify(k, false) }); err == nil {
+		t.Fatal("the unseal accepted the store with the header put back")
+	}
+}
