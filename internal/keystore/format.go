@@ -194,7 +194,8 @@ func encodeHeader(k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) ([]byte
 // one this daemon wrote last, read by its next write and by its follower;
 // one another daemon wrote, checked by the follower and then read by this
 // daemon's next write) is not checked again: the check of the same bytes
-// under the same keys gives the same answer.
+// under the same keys, of the same format (the upgrade from format 1
+// changes it), gives the same answer.
 var headers headerCache
 
 type headerCache struct {
@@ -204,10 +205,13 @@ type headerCache struct {
 }
 
 type headerEntry struct {
-	k   *seal.Keys
-	raw []byte
-	h   *persist.StoreHeader
-	acc persist.Acc
+	k *seal.Keys
+	// legacy is k.LegacyHeader() at the check: the upgrade from format 1
+	// changes it under the same keys, and with it the check's answer.
+	legacy bool
+	raw    []byte
+	h      *persist.StoreHeader
+	acc    persist.Acc
 }
 
 // get returns a copy of what readHeader gives of raw under k, if it is
@@ -216,7 +220,7 @@ func (c *headerCache) get(k *seal.Keys, raw []byte) (*persist.StoreHeader, persi
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i := range c.e {
-		if e := &c.e[i]; e.k == k && bytes.Equal(e.raw, raw) {
+		if e := &c.e[i]; e.k == k && e.legacy == k.LegacyHeader() && bytes.Equal(e.raw, raw) {
 			return e.h.CloneVT(), e.acc, true
 		}
 	}
@@ -226,7 +230,7 @@ func (c *headerCache) get(k *seal.Keys, raw []byte) (*persist.StoreHeader, persi
 // put remembers h and acc, checked, as what readHeader gives of raw under
 // k (copies of them).
 func (c *headerCache) put(k *seal.Keys, raw []byte, h *persist.StoreHeader, acc persist.Acc) {
-	e := headerEntry{k: k, raw: bytes.Clone(raw), h: h.CloneVT(), acc: acc}
+	e := headerEntry{k: k, legacy: k.LegacyHeader(), raw: bytes.Clone(raw), h: h.CloneVT(), acc: acc}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.e[c.next] = e
