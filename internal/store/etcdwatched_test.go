@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,15 @@ func TestEtcdGroupFromWatchedValuesStaysGuarded(t *testing.T) {
 	if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte("hot"), []byte("init")) }); err != nil {
 		t.Fatal(err)
 	}
+	var waits, over atomic.Int64
+	h := func(others int, timeout time.Duration) {
+		waits.Add(1)
+		if others > maxTurns || timeout > time.Duration(2*maxTurns)*maxLinger {
+			over.Add(1)
+		}
+	}
+	hookTurn.Store(&h)
+	t.Cleanup(func() { hookTurn.Store(nil) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go e.Follow(ctx, 0, func(Commit) error { return nil }, func(int64, time.Time) {})
@@ -70,4 +80,8 @@ func TestEtcdGroupFromWatchedValuesStaysGuarded(t *testing.T) {
 			t.Fatalf("update %d committed at revision %d having read %q, where the key held %q", i, at, read, then.Kvs[0].Value)
 		}
 	}
+	if over.Load() != 0 {
+		t.Errorf("%d of %d waits for the turn beyond their bound", over.Load(), waits.Load())
+	}
+	t.Logf("%d waits for the turn", waits.Load())
 }
