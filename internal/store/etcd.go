@@ -334,7 +334,7 @@ const maxTurns = 4
 
 // turnWaitFloor, zero outside tests, is the least that waitTurn waits
 // for other writers' commits.
-var turnWaitFloor time.Duration
+var turnWaitFloor atomic.Int64 // a time.Duration
 
 // hookTurn, nil outside tests, is told of each wait of waitTurn: the
 // commits of other writers waited for, and for how long at most.
@@ -362,7 +362,7 @@ type afterCommit struct {
 // that stops writing holds the others back by one wait at most.
 func (e *Etcd) waitTurn(w afterCommit) {
 	n := min(w.others, maxTurns)
-	timeout := max(min(time.Duration(4*n)*w.took, time.Duration(2*n)*maxLinger), turnWaitFloor)
+	timeout := max(min(time.Duration(4*n)*w.took, time.Duration(2*n)*maxLinger), time.Duration(turnWaitFloor.Load()))
 	if h := hookTurn.Load(); h != nil {
 		(*h)(n, timeout)
 	}

@@ -283,8 +283,8 @@ func TestEtcdWaitsForOtherWritersTurn(t *testing.T) {
 	turns := make(chan int, 8)
 	h := func(n int, _ time.Duration) { turns <- n }
 	hookTurn.Store(&h)
-	turnWaitFloor = time.Minute // the other writer's commit, not the bound, ends the wait
-	t.Cleanup(func() { hookTurn.Store(nil); turnWaitFloor = 0 })
+	turnWaitFloor.Store(int64(time.Minute)) // the other writer's commit, not the bound, ends the wait
+	t.Cleanup(func() { hookTurn.Store(nil); turnWaitFloor.Store(0) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var followed atomic.Int64
