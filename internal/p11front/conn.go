@@ -70,7 +70,7 @@ func (c *conn) serve() {
 	}
 	c.rd = rd
 	defer rd.done()
-	wr, err := newReplyWriter(c.c)
+	wr, err := unixsock.NewWriter(c.c, writeTimeout)
 	if err != nil {
 		return
 	}
@@ -82,7 +82,7 @@ func (c *conn) serve() {
 		return
 	}
 	defer func() { clear(c.rd.buf) }()
-	if err := wr.write([]byte{0}); err != nil {
+	if err := wr.Write([]byte{0}); err != nil {
 		return
 	}
 	var hdr [frameHeader]byte
@@ -131,7 +131,7 @@ func (c *conn) serve() {
 			// both replies go in one write.
 			continue
 		}
-		err = wr.write(out)
+		err = wr.Write(out)
 		clear(out)
 		out = out[:0]
 		if err != nil || c.closing {
@@ -409,76 +409,3 @@ func (r *credReader) readSome(fd uintptr) bool {
 // idle reports whether no other connection of the front is handling a
 // request.
 func (r *credReader) idle() bool { return r.busy == nil || r.busy.Load() == 0 }
-
-// replyWriter writes a connection's replies, each in one system call. A
-// client nearly always takes its reply at once, so a write is tried first
-// without a deadline or the runtime's poller; only a reply the socket has
-// no room for waits, until writeTimeout passes.
-type replyWriter struct {
-	uc      *net.UnixConn
-	rc      syscall.RawConn
-	timeout time.Duration // writeTimeout
-	// The write under way (writeSome): what is left of it, its error,
-	// and whether it may wait for room.
-	rest    []byte
-	err     error
-	wait    bool
-	writeFn func(fd uintptr) bool // w.writeSome, made once
-}
-
-func newReplyWriter(uc *net.UnixConn) (*replyWriter, error) {
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	w := &replyWriter{uc: uc, rc: rc, timeout: writeTimeout}
-	w.writeFn = w.writeSome
-	return w, nil
-}
-
-// write writes b whole: at once if the socket has room for it, which is
-// the rule; otherwise waiting for room, for at most writeTimeout. No
-// deadline is left set after it (the runtime would refuse the next write
-// once it passed).
-func (w *replyWriter) write(b []byte) error {
-	w.rest, w.err, w.wait = b, nil, false
-	defer func() {
-		w.rest = nil
-		if w.wait {
-			w.uc.SetWriteDeadline(time.Time{})
-		}
-	}()
-	for {
-		err := w.rc.Write(w.writeFn)
-		switch {
-		case err != nil:
-			return err
-		case w.err != nil:
-			return &net.OpError{Op: "write", Net: "unix", Err: os.NewSyscallError("sendmsg", w.err)}
-		case len(w.rest) == 0:
-			return nil
-		}
-		// The socket is full: the rest must be taken within the timeout.
-		w.uc.SetWriteDeadline(time.Now().Add(w.timeout))
-		w.wait = true
-	}
-}
-
-// writeSome writes w.rest on fd as far as the socket takes it; once
-// w.wait is set, it has the runtime wait for room (it returns false).
-func (w *replyWriter) writeSome(fd uintptr) bool {
-	for len(w.rest) > 0 {
-		n, err := unix.SendmsgN(int(fd), w.rest, nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		switch err {
-		case nil:
-			w.rest = w.rest[n:]
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return !w.wait
-		default:
-			w.err = err
-			return true
-		}
-	}
-	return true
-}

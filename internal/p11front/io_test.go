@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // socketPair returns the client's end of a connected stream socket pair
@@ -161,45 +163,6 @@ func TestReadBacksOffAfterVainPoll(t *testing.T) {
 	}
 }
 
-// A reply that had to wait for room in the socket leaves no deadline
-// behind: a later reply, after the timeout would have passed, is written.
-func TestWriteLeavesNoDeadline(t *testing.T) {
-	peer, uc := socketPair(t)
-	w, err := newReplyWriter(uc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.timeout = 500 * time.Millisecond
-	big := make([]byte, 1<<20) // more than the socket holds
-	drained := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 64<<10)
-		for n := 0; n < len(big); {
-			m, err := peer.Read(buf)
-			if err != nil {
-				drained <- err
-				return
-			}
-			n += m
-		}
-		drained <- nil
-	}()
-	if err := w.write(big); err != nil {
-		t.Fatalf("a reply taken in time: %v", err)
-	}
-	if err := <-drained; err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * w.timeout)
-	if err := w.write([]byte("next")); err != nil {
-		t.Fatalf("the next reply: %v", err)
-	}
-	in := make([]byte, 4)
-	if _, err := peer.Read(in); err != nil || string(in) != "next" {
-		t.Fatalf("read %q %v", in, err)
-	}
-}
-
 // Reading a request, polls included, and writing its reply allocate
 // nothing but the buffer for the sender's address that unix.Recvmsg
 // makes.
@@ -209,7 +172,7 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := newReplyWriter(uc)
+	w, err := unixsock.NewWriter(uc, writeTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +191,7 @@ func TestReadWriteAllocateNothing(t *testing.T) {
 		if n, err := r.Read(body); err != nil || n != len(body) {
 			t.Fatalf("read %d %v", n, err)
 		}
-		if err := w.write(reply); err != nil {
+		if err := w.Write(reply); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := peer.Read(in); err != nil || n != len(reply) || binary.BigEndian.Uint32(in) != 1 {
