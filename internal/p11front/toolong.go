@@ -72,9 +72,7 @@ func (c *conn) tooLong(head []byte, olen, blen uint32) []byte {
 	if kind, ok := opOfCall[int(id)]; ok {
 		d.sig = calls[id].req
 		if h := d.Ulong(); d.err == nil {
-			if s, rv := c.session(h); rv == ckrOK {
-				c.abort(s.slotOf(kind))
-			}
+			c.refused(h, kind)
 		}
 	}
 	return errorResponse(tooLongRV(int(id)))
