@@ -120,13 +120,24 @@ func (h *harness) finding(format string, args ...any) {
 
 // windows knows when the daemon is surely sealed: from a seal's (or a
 // restore's) acknowledgement until the next unseal is sent, if no unseal
-// was under way meanwhile. A key operation that begins and ends inside
-// one such window must fail.
+// was under way, or sent, while the seal was (another administrator's
+// unseal may reach the daemon after the seal, and be answered before the
+// seal's answer is read). A key operation that begins and ends inside one
+// such window must fail.
 type windows struct {
 	mu        sync.Mutex
 	unsealing int
+	unseals   uint64 // unseals sent
 	sealed    bool
 	n         uint64
+}
+
+// sealSent is called before a seal (or a restore) is sent; what it
+// returns goes to sealAcked.
+func (w *windows) sealSent() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.unseals
 }
 
 func (w *windows) snap() (bool, uint64) {
@@ -135,10 +146,10 @@ func (w *windows) snap() (bool, uint64) {
 	return w.sealed, w.n
 }
 
-func (w *windows) sealAcked() {
+func (w *windows) sealAcked(sent uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.unsealing == 0 && !w.sealed {
+	if w.unsealing == 0 && w.unseals == sent && !w.sealed {
 		w.sealed = true
 		w.n++
 	}
@@ -148,6 +159,7 @@ func (w *windows) unsealStart() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.unsealing++
+	w.unseals++
 	if w.sealed {
 		w.sealed = false
 		w.n++

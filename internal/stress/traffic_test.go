@@ -366,9 +366,10 @@ type lifecycle struct {
 
 func (l *lifecycle) seal(ctx context.Context) error {
 	l.h.event("seal")
+	sent := l.h.w.sealSent()
 	err := l.c.Admin().Seal(ctx)
 	if err == nil {
-		l.h.w.sealAcked()
+		l.h.w.sealAcked(sent)
 	}
 	l.h.event("seal: %v", err)
 	l.h.unexpected(ctx, "seal", err)
@@ -468,11 +469,12 @@ func (l *lifecycle) step(ctx context.Context) string {
 		}
 		l.h.event("restore")
 		start := l.h.m.clk.tick()
+		sent := l.h.w.sealSent()
 		_, err := l.c.Admin().Restore(ctx, bytes.NewReader(l.backup.data), &keywarden.RestoreOptions{Force: true})
 		ack := l.h.m.clk.tick()
 		l.h.unexpected(ctx, "restore", err)
 		if err == nil {
-			l.h.w.sealAcked()
+			l.h.w.sealAcked(sent)
 			l.restore = &restoreInfo{start: start, ack: ack, from: l.backup}
 		}
 		l.h.event("restore: %v", err)
