@@ -1,6 +1,8 @@
 package mech
 
 import (
+	"math/big"
+	"slices"
 	"testing"
 	"time"
 
@@ -108,5 +110,47 @@ func TestCanonicalBytesInArena(t *testing.T) {
 	k.Destroy()
 	if got := a.Stats().Allocations; got != before {
 		t.Fatalf("arena allocations after Destroy %d, want %d", got, before)
+	}
+}
+
+// The parsed private keys cached for signing are overwritten by Destroy,
+// as the HMAC key above is.
+func TestDestroyWipesPrivateState(t *testing.T) {
+	for _, typ := range []wire.KeyType{tEd, tP256, tP384, tRSA2048} {
+		k := testKey(t, typ)
+		mustSign(t, k, SignParams{}, []byte("a message"))
+		e := k.exp.Load()
+		if e == nil {
+			t.Fatalf("%s: no expanded state after a signature", k.Spec().Name)
+		}
+		var limbs [][]big.Word
+		var raw []byte
+		switch {
+		case e.ed != nil:
+			raw = e.ed
+		case e.ec != nil:
+			limbs = append(limbs, e.ec.D.Bits())
+		case e.rsa != nil:
+			pc := e.rsa.Precomputed
+			limbs = append(limbs, e.rsa.D.Bits(), pc.Dp.Bits(), pc.Dq.Bits(), pc.Qinv.Bits())
+			for _, p := range e.rsa.Primes {
+				limbs = append(limbs, p.Bits())
+			}
+		}
+		if raw == nil && len(limbs) == 0 {
+			t.Fatalf("%s: no private state cached", k.Spec().Name)
+		}
+		k.Destroy()
+		if slices.ContainsFunc(raw, func(b byte) bool { return b != 0 }) {
+			t.Errorf("%s: Destroy left the cached private key bytes", k.Spec().Name)
+		}
+		for _, l := range limbs {
+			if len(l) == 0 {
+				t.Errorf("%s: an empty private value", k.Spec().Name)
+			}
+			if slices.ContainsFunc(l, func(w big.Word) bool { return w != 0 }) {
+				t.Errorf("%s: Destroy left a cached private value", k.Spec().Name)
+			}
+		}
 	}
 }
