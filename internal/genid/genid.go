@@ -141,6 +141,7 @@ type Tracker struct {
 
 	gen      atomic.Uint64
 	changing atomic.Bool                    // a change's hooks are running
+	begun    atomic.Uint64                  // changes begun (see Mark)
 	checkers atomic.Pointer[[]*sourceState] // sources that are Checkers, set by Start
 	page     *page                          // nil if no page could be made
 	pageErr  error
@@ -329,6 +330,29 @@ func (t *Tracker) Check() uint64 {
 	}
 }
 
+// A Mark stands for the moment it was taken, in the terms of changes:
+// Unchanged reports whether a change has begun since.
+type Mark uint64
+
+// Mark returns a Mark of now, and false if a change is under way (its
+// hooks run): work that must be done within one generation cannot begin
+// then. Work that draws on state a change repairs (random bytes, the
+// nonce budgets of key versions) takes a Mark before it uses any of it,
+// and checks Unchanged once it has made its result, before anyone sees
+// that result: a change begins before its first hook runs, so a result
+// that any hook's repair reached, or that a change begun meanwhile
+// should have failed, finds the Mark changed. Both are an atomic load.
+func (t *Tracker) Mark() (Mark, bool) {
+	m := t.begun.Load()
+	if t.changing.Load() {
+		return 0, false
+	}
+	return Mark(m), true
+}
+
+// Unchanged reports whether no change has begun since m was taken.
+func (t *Tracker) Unchanged(m Mark) bool { return t.begun.Load() == uint64(m) }
+
 // report records a change seen by a source: a new generation, unless it
 // confirms the change another source reported within the coalescing
 // window.
@@ -417,9 +441,11 @@ func (t *Tracker) change(r Report, entropy []byte) Change {
 	from := t.gen.Load()
 	c := Change{From: from, To: from + 1, At: t.cfg.Now(), Sources: []string{source}, Detail: detail,
 		Fresh: r.Fresh, Entropy: entropy}
-	// Requests that start from now on wait in Check until it is published.
+	// Requests that start from now on wait in Check until it is published,
+	// and work under a Mark taken before fails its Unchanged.
 	t.changing.Store(true)
 	defer t.changing.Store(false)
+	t.begun.Add(1)
 	for _, h := range t.hooks {
 		t.runHook(h, func() { h.h.GenerationChanged(c) })
 	}

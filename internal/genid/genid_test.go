@@ -535,3 +535,33 @@ func TestCheckReturnsOnlyPublishedGenerations(t *testing.T) {
 		<-done
 	}
 }
+
+// A Mark is unchanged until a change begins: a Mark taken while a
+// change's hooks run is refused, and one taken before it is changed from
+// the first hook on, not only once the change is published.
+func TestMark(t *testing.T) {
+	tr := New(Config{})
+	defer tr.Close()
+	m, ok := tr.Mark()
+	if !ok || !tr.Unchanged(m) {
+		t.Fatalf("a mark with no change: ok %v, unchanged %v", ok, tr.Unchanged(m))
+	}
+	var inHook struct {
+		ok, unchanged bool
+	}
+	tr.Register("probe", HookFunc(func(Change) {
+		_, inHook.ok = tr.Mark()
+		inHook.unchanged = tr.Unchanged(m)
+	}))
+	tr.Bump("test")
+	if inHook.ok || inHook.unchanged {
+		t.Errorf("in a change's hook: a new mark taken %v, the mark before unchanged %v", inHook.ok, inHook.unchanged)
+	}
+	if tr.Unchanged(m) {
+		t.Error("the mark taken before the change is unchanged after it")
+	}
+	m2, ok := tr.Mark()
+	if !ok || !tr.Unchanged(m2) {
+		t.Fatalf("a mark after the change: ok %v, unchanged %v", ok, tr.Unchanged(m2))
+	}
+}
