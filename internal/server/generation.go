@@ -284,6 +284,60 @@ func (ss *Session) checkGeneration(req *wire.Request) *wire.Error {
 	return nil
 }
 
+// Work that draws random bytes under a key, or counts against a key
+// version's nonce budget (encryptions, data keys, rewraps, wraps), is
+// done within one generation, as the daemon sees it, or not at all. A
+// request passes Check before it runs, but a change may begin while it
+// runs: the change's hooks then re-key the random generator and close
+// every key version while the request, which they do not wait for, goes
+// on with a version counted before and nonces drawn before or after
+// (docs/genid.md, "Nonce budgets"). So such work takes a mark
+// (beginOnce) before it counts or draws anything, and checks it
+// (endOnce) once its result is made and before the result is returned:
+// a change begun in between fails the work with GENERATION_CHANGED, and
+// its result is dropped. A change that begins after the check finds the
+// work done, under a version counted and with bytes drawn before it,
+// as if the snapshot had been taken after the work. The cost is two
+// atomic loads.
+
+// errChangedDuring fails work that a change of generation reached.
+var errChangedDuring = wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
+	"the machine's generation changed (a VM restore or clone) during the operation: its result was discarded; do it again")
+
+// beginOnce marks the start of work that must be done within one
+// generation; it fails at once while a change is under way.
+func (s *Server) beginOnce() (genid.Mark, error) {
+	m, ok := s.gen.Mark()
+	if !ok {
+		return 0, errChangedDuring
+	}
+	return m, nil
+}
+
+// onceStage names a stage of work done within one generation, for tests
+// (Config.onceHook).
+type onceStage int
+
+const (
+	stageCounted onceStage = iota
+	stageMade
+)
+
+// onceAt runs the test hook of stage, if any.
+func (s *Server) onceAt(stage onceStage) {
+	if h := s.cfg.onceHook; h != nil {
+		h(stage)
+	}
+}
+
+// endOnce reports, as an error, whether a change began since m.
+func (s *Server) endOnce(m genid.Mark) error {
+	if !s.gen.Unchanged(m) {
+		return errChangedDuring
+	}
+	return nil
+}
+
 // errGenerationChanged fails a session step from an older generation.
 var errGenerationChanged = wire.Errorf(wire.Status_STATUS_GENERATION_CHANGED,
 	"the machine's generation changed since the session began")

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/keywarden/keywarden/internal/genid"
 	"github.com/keywarden/keywarden/internal/key"
 	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/mech"
 	"github.com/keywarden/keywarden/internal/policy"
+	"github.com/keywarden/keywarden/internal/random"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -77,8 +79,24 @@ func (ss *Session) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *aren
 		fail(err)
 		return
 	}
+	// Encryptions are counted, drawn and sealed within one generation
+	// (generation.go): those a change reaches, whenever in the run, fail,
+	// and those made before it stand.
+	var mark genid.Mark
+	if kind == 1 {
+		if mark, err = ss.s.beginOnce(); err != nil {
+			fail(random.ErrChangedInRun)
+			return
+		}
+	}
 	var ver uint32
 	done := func(i int, data []byte, err error) {
+		if kind == 1 && err == nil {
+			ss.s.onceAt(stageMade)
+			if !ss.s.gen.Unchanged(mark) {
+				err = random.ErrChangedInRun
+			}
+		}
 		if err != nil {
 			ss.setError(&out[i], ops[i], id, reqID, err, noteAt(notes, i))
 			return
@@ -90,6 +108,9 @@ func (ss *Session) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *aren
 	switch {
 	case kind == 1 && o.Spec.Family == key.FamilyAES:
 		v, err = ss.s.store.Encrypting(o, uint64(len(ops)))
+		if err == nil {
+			ss.s.onceAt(stageCounted)
+		}
 	case kind == 2 && o.Spec.Family == key.FamilyAES:
 		// One version for the run, named by the first ciphertext; a run
 		// that mixes versions is done one operation at a time.

@@ -214,6 +214,11 @@ type Config struct {
 	// opHook, if set, runs before each operation (or run of operations,
 	// runs.go) that a request executes.
 	opHook func()
+	// onceHook, if set, runs in work done within one generation
+	// (generation.go) at each of its stages: stageCounted once an
+	// encryption's key version is counted (before any nonce is drawn),
+	// stageMade once the result is made (before the generation is checked).
+	onceHook func(stage onceStage)
 }
 
 // Server serves keywarden requests.

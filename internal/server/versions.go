@@ -69,6 +69,11 @@ func (ss *Session) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.R
 	if err != nil {
 		return nil, err
 	}
+	// Counted, drawn and sealed within one generation (generation.go).
+	mark, err := ss.s.beginOnce()
+	if err != nil {
+		return nil, err
+	}
 	if o.Spec.Family != key.FamilyAES {
 		v, err := ss.current(o)
 		if err != nil {
@@ -80,12 +85,19 @@ func (ss *Session) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.R
 			return err
 		})
 		out.KeyVersion = v.N
-		return ct, err
+		if err != nil {
+			return ct, err
+		}
+		if err := ss.s.endOnce(mark); err != nil {
+			return nil, err
+		}
+		return ct, nil
 	}
 	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
+	ss.s.onceAt(stageCounted)
 	var ct []byte
 	err = o.UseVersion(v, func(m *mech.Key) error {
 		dst := appendCTHeader(a.take(ctHeaderLen+len(e.Plaintext)+encryptOverhead(m)), v.N)
@@ -94,6 +106,14 @@ func (ss *Session) opEncrypt(e *wire.Encrypt, id Identity, a *arena, out *wire.R
 	})
 	if err != nil {
 		ss.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	ss.s.onceAt(stageMade)
+	// A change begun since the mark closed v, and may have re-keyed the
+	// generator before or after the nonce was drawn: the ciphertext is
+	// dropped (its count stays: the nonce was used), and the client
+	// encrypts again, under a version of the new generation.
+	if err := ss.s.endOnce(mark); err != nil {
 		return nil, err
 	}
 	out.KeyVersion = v.N

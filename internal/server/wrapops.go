@@ -87,6 +87,13 @@ func (ss *Session) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	if format == wire.WrapFormat_WRAP_FORMAT_KW && len(material)%8 != 0 {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "RFC 3394 wraps only keys whose length is a multiple of 8 bytes: use kwp")
 	}
+	// The blob's random salt (or RSA-KWP's ephemeral key) is drawn and
+	// used within one generation (generation.go): two clones must not
+	// seal different keys under one salt.
+	mark, err := ss.s.beginOnce()
+	if err != nil {
+		return nil, err
+	}
 	var blob []byte
 	err = wk.Use(func(m *mech.Key) error {
 		if rsaFormat {
@@ -121,6 +128,11 @@ func (ss *Session) opWrap(w *wire.Wrap, id Identity) (*wire.Result, error) {
 	})
 	if err != nil {
 		return nil, wrapErr(err)
+	}
+	ss.s.onceAt(stageMade)
+	if err := ss.s.endOnce(mark); err != nil {
+		clear(blob)
+		return nil, err
 	}
 	// The key has left the daemon: durably so before the blob does.
 	if err := ss.s.store.MarkWrappedOut(tk); err != nil {
@@ -408,10 +420,16 @@ func (ss *Session) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Counted, drawn and sealed within one generation (generation.go).
+	mark, err := ss.s.beginOnce()
+	if err != nil {
+		return nil, err
+	}
 	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
+	ss.s.onceAt(stageCounted)
 	var ct []byte
 	err = o.UseVersion(v, func(m *mech.Key) error {
 		ct, err = m.Encrypt(pt, r.Aad, wire.HashAlg_HASH_ALG_UNSPECIFIED, appendCTHeader(make([]byte, 0, ctHeaderLen+len(pt)+28), v.N))
@@ -419,6 +437,10 @@ func (ss *Session) opRewrap(r *wire.Rewrap, id Identity) (*wire.Result, error) {
 	})
 	if err != nil {
 		ss.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	ss.s.onceAt(stageMade)
+	if err := ss.s.endOnce(mark); err != nil {
 		return nil, err
 	}
 	res := dataResult(ct)
@@ -443,10 +465,18 @@ func (ss *Session) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Res
 	if n < 16 || n > 64 {
 		return nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "a data key is 16 to 64 bytes")
 	}
+	// The data key is drawn, and its ciphertext counted and sealed,
+	// within one generation (generation.go): a clone must not hand out
+	// the same data key.
+	mark, err := ss.s.beginOnce()
+	if err != nil {
+		return nil, err
+	}
 	v, err := ss.s.store.Encrypting(o, 1)
 	if err != nil {
 		return nil, err
 	}
+	ss.s.onceAt(stageCounted)
 	plain := a.take(n)[:n]
 	if err := random.Read(plain); err != nil {
 		ss.s.store.Uncount(v, 1)
@@ -460,6 +490,11 @@ func (ss *Session) opDataKey(dk *wire.DataKey, id Identity, a *arena) (*wire.Res
 	if err != nil {
 		clear(plain)
 		ss.s.store.Uncount(v, 1)
+		return nil, err
+	}
+	ss.s.onceAt(stageMade)
+	if err := ss.s.endOnce(mark); err != nil {
+		clear(plain)
 		return nil, err
 	}
 	res := &wire.DataKeyResult{Ciphertext: ct}
