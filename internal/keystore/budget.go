@@ -147,6 +147,23 @@ func (s *Store) openEpoch(persistent bool) (uint64, error) {
 	return e, nil
 }
 
+// DrawnIn records, on an object not yet added, that its material was
+// drawn from random bytes in budget epoch e (BudgetEpoch, read before the
+// bytes were drawn). Add gives its versions that epoch if a generation
+// change has raised the store's since: material drawn before a change
+// is the same in every clone, and must not encrypt after it in each
+// (the versions still decrypt; the first encryption makes a new one).
+func DrawnIn(o *Object, e uint64) { o.drawnIn, o.drawn = e, true }
+
+// addEpoch is the budget epoch Add gives o's versions, cur being the
+// store's.
+func addEpoch(o *Object, cur uint64) uint64 {
+	if o.drawn {
+		return min(o.drawnIn, cur)
+	}
+	return cur
+}
+
 // open reports whether v may still encrypt: it was made in the current
 // epoch.
 func (s *Store) open(v *Version) bool { return v.epoch == s.epoch.cur.Load() }

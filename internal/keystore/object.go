@@ -64,6 +64,10 @@ type Object struct {
 	// or loaded in; it is refused in any other. 0 for ephemeral objects not
 	// yet added.
 	epoch uint64
+	// drawnIn, when drawn is set, is the budget epoch in which the
+	// material was drawn (DrawnIn); set before the object is added.
+	drawnIn uint64
+	drawn   bool
 }
 
 // Meta are an object's lifecycle settings.

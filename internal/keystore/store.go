@@ -186,7 +186,7 @@ func (s *Store) Add(o *Object) error {
 		return err
 	}
 	for _, v := range o.Versions() {
-		v.epoch = epoch
+		v.epoch = addEpoch(o, epoch)
 	}
 	s.mu.Lock()
 	if s.closed {

@@ -128,3 +128,19 @@ func TestWrapWithinOneGeneration(t *testing.T) {
 		t.Fatalf("wrap again: %v %q", r.Status, r.Message)
 	}
 }
+
+// AES-GCM material drawn before a generation change, for a key added
+// after it, is the same in every clone: its version gets no budget in
+// the new generation, and the key's first encryption makes version 2.
+func TestGenerateAcrossChange(t *testing.T) {
+	c, arm := changeAt(t, stageMade, 1)
+	arm()
+	h := genAES(t, c, 1, 0, false)
+	if r := one(t, c, 2, encryptOp(h, "x")); r.Status != wire.Status_STATUS_OK || r.KeyVersion != 2 {
+		t.Fatalf("first encryption of a key whose material a change followed: %v %q, version %d", r.Status, r.Message, r.KeyVersion)
+	}
+	h = genAES(t, c, 3, 0, false)
+	if r := one(t, c, 4, encryptOp(h, "y")); r.Status != wire.Status_STATUS_OK || r.KeyVersion != 1 {
+		t.Fatalf("first encryption of a key made within one generation: %v %q, version %d", r.Status, r.Message, r.KeyVersion)
+	}
+}

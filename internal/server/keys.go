@@ -110,14 +110,23 @@ func (ss *Session) discard(o *keystore.Object) {
 // caller and opens a handle to it. It takes ownership of mat. kdf records
 // how a key derived from a passphrase was made (nil for others).
 func (ss *Session) create(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, kdf *wire.PassphraseKdf, origin persist.Origin) (*wire.Result, error) {
+	o, err := ss.newObject(t, pt, usage, mat, id, origin)
+	if err != nil {
+		return nil, err
+	}
+	o.KDF = kdf
+	return ss.createObject(o, t, id)
+}
+
+// newObject makes the object create adds. It takes ownership of mat.
+func (ss *Session) newObject(t *wire.KeyTemplate, pt policy.Template, usage key.Usage, mat *mech.Key, id Identity, origin persist.Origin) (*keystore.Object, error) {
 	attrs := &key.Attrs{Usage: usage, Exportable: pt.Exportable, Wrappable: pt.Wrappable, ACL: pt.ACL}
 	o, err := keystore.NewObject(strings.Clone(t.Name), id.UID, mat, attrs, t.Ephemeral, ss.s.cfg.Now(), origin) // not aliasing the request
 	if err != nil {
 		mat.Destroy()
 		return nil, err
 	}
-	o.KDF = kdf
-	return ss.createObject(o, t, id)
+	return o, nil
 }
 
 // createObject adds o, a new object made for template t, to the store and
@@ -167,11 +176,23 @@ func (ss *Session) opGenerate(g *wire.Generate, id Identity) (*wire.Result, erro
 	if err := ss.precheck(g.Template, id); err != nil {
 		return nil, err
 	}
+	// A change between the draw of the material and its version's budget
+	// epoch must not give material from before it a budget after it (in
+	// every clone): the version then encrypts in no epoch, and the key's
+	// first encryption makes a new version.
+	drawnIn := ss.s.store.BudgetEpoch()
+	ss.s.onceAt(stageCounted)
 	mat, err := mech.Generate(pt.Spec)
 	if err != nil {
 		return nil, err
 	}
-	return ss.create(g.Template, pt, usage, mat, id, nil, persist.Origin_ORIGIN_GENERATED)
+	ss.s.onceAt(stageMade)
+	o, err := ss.newObject(g.Template, pt, usage, mat, id, persist.Origin_ORIGIN_GENERATED)
+	if err != nil {
+		return nil, err
+	}
+	keystore.DrawnIn(o, drawnIn)
+	return ss.createObject(o, g.Template, id)
 }
 
 // precheck refuses early, before any expensive work, what Add and

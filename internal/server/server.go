@@ -216,8 +216,9 @@ type Config struct {
 	opHook func()
 	// onceHook, if set, runs in work done within one generation
 	// (generation.go) at each of its stages: stageCounted once an
-	// encryption's key version is counted (before any nonce is drawn),
-	// stageMade once the result is made (before the generation is checked).
+	// encryption's key version is counted, or a key's budget epoch read,
+	// before anything random is drawn; stageMade once the result (or the
+	// key's material) is made, before the generation is checked.
 	onceHook func(stage onceStage)
 }
 
