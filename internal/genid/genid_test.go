@@ -565,3 +565,16 @@ func TestMark(t *testing.T) {
 		t.Fatalf("a mark after the change: ok %v, unchanged %v", ok, tr.Unchanged(m2))
 	}
 }
+
+// BenchmarkMark: what work done within one generation adds, a Mark and
+// its check.
+func BenchmarkMark(b *testing.B) {
+	tr := New(Config{})
+	defer tr.Close()
+	for b.Loop() {
+		m, ok := tr.Mark()
+		if !ok || !tr.Unchanged(m) {
+			b.Fatal("changed")
+		}
+	}
+}
