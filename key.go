@@ -201,6 +201,9 @@ func (k *Key) Refresh(ctx context.Context) (KeyInfo, error) {
 // nonce the daemon chose at random, and authenticates aad: the standard
 // library opens it with that version's key as gcm.Open(nil, c[7:19],
 // c[19:], aad). RSA keys use OAEP with SHA-256 and aad as the label.
+// An encryption that a change of the machine's generation reached while
+// the daemon made it fails with an error matching ErrGenerationChanged,
+// and nothing of it is returned: call Encrypt again.
 func (k *Key) Encrypt(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	return k.AppendEncrypt(ctx, nil, plaintext, aad)
 }
