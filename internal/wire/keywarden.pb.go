@@ -2581,9 +2581,17 @@ type KeyLifecycle struct {
 	// The key is offered to SSH clients by the daemon's ssh-agent socket
 	// (docs/ssh.md): listed to, and signing for, the users who may sign
 	// with it.
-	Ssh           bool `protobuf:"varint,11,opt,name=ssh,proto3" json:"ssh,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ssh bool `protobuf:"varint,11,opt,name=ssh,proto3" json:"ssh,omitempty"`
+	// For a derived key: its base key, when it was derived, had always
+	// been sensitive (never exportable, and generated in the daemon or
+	// derived from such a key), and had never been extractable (never
+	// wrappable nor wrapped out, and generated in the daemon or derived from
+	// such a key). PKCS #11 ties a derived key's CKA_ALWAYS_SENSITIVE and
+	// CKA_NEVER_EXTRACTABLE to these.
+	BaseAlwaysSensitive  bool `protobuf:"varint,12,opt,name=base_always_sensitive,json=baseAlwaysSensitive,proto3" json:"base_always_sensitive,omitempty"`
+	BaseNeverExtractable bool `protobuf:"varint,13,opt,name=base_never_extractable,json=baseNeverExtractable,proto3" json:"base_never_extractable,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *KeyLifecycle) Reset() {
@@ -2689,6 +2697,20 @@ func (x *KeyLifecycle) GetAllowedPrograms() []*Program {
 func (x *KeyLifecycle) GetSsh() bool {
 	if x != nil {
 		return x.Ssh
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetBaseAlwaysSensitive() bool {
+	if x != nil {
+		return x.BaseAlwaysSensitive
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetBaseNeverExtractable() bool {
+	if x != nil {
+		return x.BaseNeverExtractable
 	}
 	return false
 }
@@ -8626,7 +8648,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xdd\x03\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xc7\x04\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -8641,7 +8663,9 @@ const file_keywarden_proto_rawDesc = "" +
 	"\x10deletion_allowed\x18\t \x01(\bR\x0fdeletionAllowed\x12@\n" +
 	"\x10allowed_programs\x18\n" +
 	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
-	"\x03ssh\x18\v \x01(\bR\x03ssh\"5\n" +
+	"\x03ssh\x18\v \x01(\bR\x03ssh\x122\n" +
+	"\x15base_always_sensitive\x18\f \x01(\bR\x13baseAlwaysSensitive\x124\n" +
+	"\x16base_never_extractable\x18\r \x01(\bR\x14baseNeverExtractable\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"=\n" +
