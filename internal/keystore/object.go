@@ -79,6 +79,10 @@ type Meta struct {
 	Trusted bool
 	// WrappedOut: the key's material has left the daemon wrapped.
 	WrappedOut bool
+	// BaseAlwaysSensitive, BaseNeverExtractable: for a derived key, its
+	// base key was always sensitive, and never extractable, when it was
+	// derived (AlwaysSensitive, NeverExtractable).
+	BaseAlwaysSensitive, BaseNeverExtractable bool
 	// MinVersion: versions below it no longer decrypt or verify.
 	MinVersion uint32
 	// NextVersion is the number the next version gets.
@@ -378,6 +382,9 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 		DeletionAllowed:    m.DeletionAllowed,
 		AllowedPrograms:    ProgramsToWire(m.Programs),
 		Ssh:                m.SSH,
+
+		BaseAlwaysSensitive:  m.BaseAlwaysSensitive,
+		BaseNeverExtractable: m.BaseNeverExtractable,
 	}
 	for _, v := range vs {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{

@@ -51,6 +51,9 @@ func record(o *Object) *persist.KeyRecord {
 		DeletionAllowed:    m.DeletionAllowed,
 		AllowedPrograms:    programsToRecord(m.Programs),
 		Ssh:                m.SSH,
+
+		BaseAlwaysSensitive:  m.BaseAlwaysSensitive,
+		BaseNeverExtractable: m.BaseNeverExtractable,
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -459,6 +462,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 		MinVersion: r.MinVersion, NextVersion: r.NextVersion, Budget: r.BudgetPolicy,
 		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second, DeletionAllowed: r.DeletionAllowed,
 		Programs: programsFromRecord(r.AllowedPrograms), SSH: r.Ssh,
+		BaseAlwaysSensitive: r.BaseAlwaysSensitive, BaseNeverExtractable: r.BaseNeverExtractable,
 	})
 	if len(r.Kdf) > 0 {
 		o.KDF = &wire.PassphraseKdf{}
@@ -791,6 +795,9 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 			DeletionAllowed: r.DeletionAllowed,
 			AllowedPrograms: ProgramsToWire(programsFromRecord(r.AllowedPrograms)),
 			Ssh:             r.Ssh,
+
+			BaseAlwaysSensitive:  r.BaseAlwaysSensitive,
+			BaseNeverExtractable: r.BaseNeverExtractable,
 		},
 	}
 	for _, e := range a.ACL {

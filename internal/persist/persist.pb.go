@@ -184,9 +184,17 @@ type KeyRecord struct {
 	AllowedPrograms []*Program `protobuf:"bytes,24,rep,name=allowed_programs,json=allowedPrograms,proto3" json:"allowed_programs,omitempty"`
 	// The ssh-agent socket offers the key (wire.KeyLifecycle.ssh). Absent
 	// (false) in records written before the field.
-	Ssh           bool `protobuf:"varint,25,opt,name=ssh,proto3" json:"ssh,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ssh bool `protobuf:"varint,25,opt,name=ssh,proto3" json:"ssh,omitempty"`
+	// A derived key's base key, when it was derived, had always been
+	// sensitive (never exportable, made in the daemon), and had never been
+	// extractable (never wrappable nor wrapped out, made in the daemon):
+	// PKCS #11's CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE of a derived
+	// key need its base key's. Absent (false) in records written before the
+	// fields, and for keys not derived.
+	BaseAlwaysSensitive  bool `protobuf:"varint,26,opt,name=base_always_sensitive,json=baseAlwaysSensitive,proto3" json:"base_always_sensitive,omitempty"`
+	BaseNeverExtractable bool `protobuf:"varint,27,opt,name=base_never_extractable,json=baseNeverExtractable,proto3" json:"base_never_extractable,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -390,6 +398,20 @@ func (x *KeyRecord) GetAllowedPrograms() []*Program {
 func (x *KeyRecord) GetSsh() bool {
 	if x != nil {
 		return x.Ssh
+	}
+	return false
+}
+
+func (x *KeyRecord) GetBaseAlwaysSensitive() bool {
+	if x != nil {
+		return x.BaseAlwaysSensitive
+	}
+	return false
+}
+
+func (x *KeyRecord) GetBaseNeverExtractable() bool {
+	if x != nil {
+		return x.BaseNeverExtractable
 	}
 	return false
 }
@@ -1194,7 +1216,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xfd\x06\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xe7\a\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1225,7 +1247,9 @@ const file_persist_proto_rawDesc = "" +
 	"\x06format\x18\x16 \x01(\rR\x06format\x12)\n" +
 	"\x10deletion_allowed\x18\x17 \x01(\bR\x0fdeletionAllowed\x12H\n" +
 	"\x10allowed_programs\x18\x18 \x03(\v2\x1d.keywarden.persist.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
-	"\x03ssh\x18\x19 \x01(\bR\x03ssh\"5\n" +
+	"\x03ssh\x18\x19 \x01(\bR\x03ssh\x122\n" +
+	"\x15base_always_sensitive\x18\x1a \x01(\bR\x13baseAlwaysSensitive\x124\n" +
+	"\x16base_never_extractable\x18\x1b \x01(\bR\x14baseNeverExtractable\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"F\n" +

@@ -44,6 +44,8 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.Format = m.Format
 	r.DeletionAllowed = m.DeletionAllowed
 	r.Ssh = m.Ssh
+	r.BaseAlwaysSensitive = m.BaseAlwaysSensitive
+	r.BaseNeverExtractable = m.BaseNeverExtractable
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -394,6 +396,30 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.BaseNeverExtractable {
+		i--
+		if m.BaseNeverExtractable {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xd8
+	}
+	if m.BaseAlwaysSensitive {
+		i--
+		if m.BaseAlwaysSensitive {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xd0
 	}
 	if m.Ssh {
 		i--
@@ -1324,6 +1350,12 @@ func (m *KeyRecord) SizeVT() (n int) {
 	if m.Ssh {
 		n += 3
 	}
+	if m.BaseAlwaysSensitive {
+		n += 3
+	}
+	if m.BaseNeverExtractable {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2196,6 +2228,46 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.Ssh = bool(v != 0)
+		case 26:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field BaseAlwaysSensitive", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.BaseAlwaysSensitive = bool(v != 0)
+		case 27:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field BaseNeverExtractable", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.BaseNeverExtractable = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
