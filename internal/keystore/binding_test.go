@@ -42,6 +42,8 @@ func TestRecordFieldsBoundToBlobs(t *testing.T) {
 		{"budget_policy", func(r *persist.KeyRecord) { r.BudgetPolicy = persist.BudgetPolicy_BUDGET_POLICY_ROTATE }},
 		{"rotate_after", func(r *persist.KeyRecord) { r.RotateAfterSeconds = 0 }},
 		{"wrapped_out", func(r *persist.KeyRecord) { r.WrappedOut = false }},
+		{"base_always_sensitive", func(r *persist.KeyRecord) { r.BaseAlwaysSensitive = true }},
+		{"base_never_extractable", func(r *persist.KeyRecord) { r.BaseNeverExtractable = true }},
 		{"encryptions_reserved", func(r *persist.KeyRecord) { r.Versions[0].EncryptionsReserved = 0 }},
 		{"encryptions_limit", func(r *persist.KeyRecord) { r.Versions[0].EncryptionsLimit = 1 << 40 }},
 		{"created", func(r *persist.KeyRecord) { r.CreatedUnixNano++ }},

@@ -222,6 +222,28 @@ func (o *Object) Version(n uint32) (*Version, bool) {
 	return nil, false
 }
 
+// AlwaysSensitive reports whether o has always been sensitive, as PKCS
+// #11 has it (CKA_ALWAYS_SENSITIVE): never exportable, and made in the
+// daemon, generated or derived from a key that was always sensitive then.
+// A key imported or unwrapped was outside the daemon before.
+func (o *Object) AlwaysSensitive() bool {
+	m := o.Meta()
+	return m.NeverExportable && madeHere(m.Origin, m.BaseAlwaysSensitive)
+}
+
+// NeverExtractable reports whether o has never been extractable, as PKCS
+// #11 has it (CKA_NEVER_EXTRACTABLE): not wrappable, never wrapped out,
+// and made in the daemon, generated or derived from a key that was never
+// extractable then.
+func (o *Object) NeverExtractable() bool {
+	m := o.Meta()
+	return !o.Attrs().Wrappable && !m.WrappedOut && madeHere(m.Origin, m.BaseNeverExtractable)
+}
+
+func madeHere(origin persist.Origin, base bool) bool {
+	return origin == persist.Origin_ORIGIN_GENERATED || origin == persist.Origin_ORIGIN_DERIVED && base
+}
+
 // Policy returns the object as package policy sees it.
 func (o *Object) Policy() policy.Key {
 	m := o.Meta()

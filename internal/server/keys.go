@@ -512,11 +512,12 @@ func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) 
 		mat.Destroy()
 		return nil, err
 	}
-	if ps := parent.Meta().Programs; len(ps) > 0 {
-		m := *o.Meta()
-		m.Programs = ps
-		keystore.SetMeta(o, &m)
-	}
+	// And it records whether its parent was always sensitive and never
+	// extractable (PKCS #11 ties the child's to them).
+	m := *o.Meta()
+	m.Programs = parent.Meta().Programs
+	m.BaseAlwaysSensitive, m.BaseNeverExtractable = parent.AlwaysSensitive(), parent.NeverExtractable()
+	keystore.SetMeta(o, &m)
 	return ss.createObject(o, dv.Template, id)
 }
 
