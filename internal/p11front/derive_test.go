@@ -321,11 +321,14 @@ func TestECDH1DeriveAttacks(t *testing.T) {
 	}
 }
 
-// A derived key is neither always sensitive nor never extractable, made
-// sensitive and unextractable from an exportable ECDH key or from an
-// unexportable generated HMAC key alike: PKCS #11 ties both to its base
-// key's, which the daemon does not record on it. A generated key keeps
-// both.
+// A derived key is always sensitive, and never extractable, only if it
+// is itself sensitive (not extractable) and its base key was always
+// sensitive (never extractable) when it was derived, as PKCS #11 has it:
+// not from an exportable, wrappable ECDH key; from a generated HMAC key
+// that is neither, and from a key derived from that one in turn; always
+// sensitive but not never extractable from a base key that is sensitive
+// but extractable (a derived key is never more extractable than its base
+// key, so an extractable child needs one).
 func TestDerivedKeyProvenance(t *testing.T) {
 	tf := newTestFront(t)
 	coreECDH(t, tf, "dh", true, true)
@@ -334,45 +337,59 @@ func TestDerivedKeyProvenance(t *testing.T) {
 	s := cl.session()
 	cl.login(s)
 	base := cl.find(s, tmplAttr{ckaLabel, []byte("dh")}, ulongAttr(ckaClass, ckoPrivateKey))[0]
-	child := []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkGenericSecret), boolAttr(ckaToken, false),
-		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, false), boolAttr(ckaDerive, true)}
-	rv, fromDH := cl.ecdhDerive(s, base, ckdNull, nil, peer.PublicKey().Bytes(), child...)
+	child := func(extractable bool) []tmplAttr {
+		return []tmplAttr{ulongAttr(ckaClass, ckoSecretKey), ulongAttr(ckaKeyType, ckkGenericSecret), boolAttr(ckaToken, false),
+			boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, extractable), boolAttr(ckaDerive, true)}
+	}
+	rv, fromDH := cl.ecdhDerive(s, base, ckdNull, nil, peer.PublicKey().Bytes(), child(false)...)
 	if rv != ckrOK {
 		t.Fatalf("ECDH derive: rv %#x", rv)
 	}
-
+	hkdf := func(from uint64, extractable bool) uint64 {
+		d := cl.ok(cl.call(callDeriveKey, func(e *encoder) {
+			e.u64(s)
+			e.u32(ckmHKDFDerive)
+			e.u8(1)
+			e.u8(1)
+			e.u64(ckmSHA256)
+			e.u64(ckfHKDFSaltData)
+			e.array([]byte("salt"))
+			e.u64(0)
+			e.array([]byte("info"))
+			e.u64(from)
+			writeAttrs(e, append(child(extractable), ulongAttr(ckaValueLen, 32)))
+		}))
+		return d.Ulong()
+	}
 	hmacKey := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaDerive, true),
 		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, false))
-	d := cl.ok(cl.call(callDeriveKey, func(e *encoder) {
-		e.u64(s)
-		e.u32(ckmHKDFDerive)
-		e.u8(1)
-		e.u8(1)
-		e.u64(ckmSHA256)
-		e.u64(ckfHKDFSaltData)
-		e.array([]byte("salt"))
-		e.u64(0)
-		e.array([]byte("info"))
-		e.u64(hmacKey)
-		writeAttrs(e, append(child, ulongAttr(ckaValueLen, 32)))
-	}))
-	fromHMAC := d.Ulong()
+	fromHMAC := hkdf(hmacKey, false)
+	grandchild := hkdf(fromHMAC, false)
+	extractable := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaDerive, true),
+		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, true))
+	extractableChild := hkdf(extractable, true)
+	fromExtractable := hkdf(extractable, false)
 
 	for _, k := range []struct {
-		name string
-		h    uint64
-		want bool
-	}{{"generated HMAC key", hmacKey, true}, {"child of the ECDH key", fromDH, false}, {"child of the HMAC key", fromHMAC, false}} {
-		for _, a := range []uint32{ckaSensitive, ckaExtractable, ckaAlwaysSensitive, ckaNeverExtractable} {
-			want := k.want
-			switch a {
-			case ckaSensitive:
-				want = true
-			case ckaExtractable:
-				want = false
-			}
-			if rv, v := cl.getAttr(s, k.h, a); rv != ckrOK || !bytes.Equal(v, boolVal(want)) {
-				t.Errorf("%s: attribute %#x: rv %#x, %x, want %t", k.name, a, rv, v, want)
+		name                   string
+		h                      uint64
+		extractable            bool
+		always, neverExtracted bool
+	}{
+		{"generated HMAC key", hmacKey, false, true, true},
+		{"child of the ECDH key", fromDH, false, false, false},
+		{"child of the HMAC key", fromHMAC, false, true, true},
+		{"grandchild of the HMAC key", grandchild, false, true, true},
+		{"extractable HMAC key", extractable, true, true, false},
+		{"extractable child of the extractable key", extractableChild, true, true, false},
+		{"unextractable child of the extractable key", fromExtractable, false, true, false},
+	} {
+		for _, a := range []struct {
+			t    uint32
+			want bool
+		}{{ckaSensitive, true}, {ckaExtractable, k.extractable}, {ckaAlwaysSensitive, k.always}, {ckaNeverExtractable, k.neverExtracted}} {
+			if rv, v := cl.getAttr(s, k.h, a.t); rv != ckrOK || !bytes.Equal(v, boolVal(a.want)) {
+				t.Errorf("%s: attribute %#x: rv %#x, %x, want %t", k.name, a.t, rv, v, a.want)
 			}
 		}
 	}

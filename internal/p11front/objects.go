@@ -323,11 +323,11 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 		case ckaAlwaysSensitive:
 			// A key that was ever outside the daemon in plaintext
 			// (imported) or under another key (unwrapped) was not always
-			// sensitive, as PKCS #11 has it; nor, for want of its base
-			// key's flags, is a derived key said to be.
-			return boolVal(lc.GetNeverExportable() && madeHere(origin)), ckrOK
+			// sensitive, as PKCS #11 has it; a derived key is if its base
+			// key was when it was derived.
+			return boolVal(lc.GetNeverExportable() && madeHere(origin, lc.GetBaseAlwaysSensitive())), ckrOK
 		case ckaNeverExtractable:
-			return boolVal(!info.Wrappable && !lc.GetWrappedOut() && madeHere(origin)), ckrOK
+			return boolVal(!info.Wrappable && !lc.GetWrappedOut() && madeHere(origin, lc.GetBaseNeverExtractable())), ckrOK
 		case ckaWrapWithTrusted:
 			return boolVal(true), ckrOK
 		case ckaAlwaysAuth:
@@ -431,12 +431,13 @@ func (c *conn) label(info *wire.KeyInfo) string {
 }
 
 // madeHere reports whether a key of origin o was made inside the daemon
-// from nothing that was ever outside it: generated. A derived key is not:
-// PKCS #11 has it always sensitive and never extractable only if its base
-// key was too, and the daemon does not record its base key's flags on it,
-// so nothing more is claimed for it than is known.
-func madeHere(o wire.KeyOrigin) bool {
-	return o == wire.KeyOrigin_KEY_ORIGIN_GENERATED
+// from nothing that was ever outside it: generated, or derived from a
+// base key that had the property asked about (base: always sensitive, or
+// never extractable) when it was derived, as the daemon recorded on the
+// derived key. PKCS #11 has a derived key always sensitive and never
+// extractable only if its base key was too.
+func madeHere(o wire.KeyOrigin, base bool) bool {
+	return o == wire.KeyOrigin_KEY_ORIGIN_GENERATED || o == wire.KeyOrigin_KEY_ORIGIN_DERIVED && base
 }
 
 // exportValue asks the core for the raw value of an exportable secret

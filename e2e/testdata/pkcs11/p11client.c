@@ -1171,6 +1171,30 @@ int main (int argc, char **argv)
 			check ("CKA_ALWAYS_SENSITIVE false", as, CK_FALSE);
 			check ("CKA_NEVER_EXTRACTABLE false", ne, CK_FALSE);
 		}
+		{
+			/* Derived from a key generated sensitive and
+			 * unextractable, and from that one in turn: always
+			 * sensitive and never extractable, as their base keys
+			 * were. */
+			CK_MECHANISM ggen = { 0x350 /* CKM_GENERIC_SECRET_KEY_GEN */, NULL, 0 };
+			CK_ATTRIBUTE gena[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+				{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_DERIVE, &yes, 1 }, { CKA_TOKEN, &no, 1 },
+				{ CKA_SENSITIVE, &yes, 1 }, { CKA_EXTRACTABLE, &no, 1 } };
+			CK_ATTRIBUTE childd[] = { { CKA_CLASS, &sec, sizeof sec }, { CKA_KEY_TYPE, &gen, sizeof gen },
+				{ CKA_VALUE_LEN, &len32, sizeof len32 }, { CKA_DERIVE, &yes, 1 }, { CKA_TOKEN, &no, 1 } };
+			CK_OBJECT_HANDLE g, gc, ggc, *hs[] = { &gc, &ggc };
+			CK_BBOOL as, ne;
+			CK_ATTRIBUTE prov[] = { { CKA_ALWAYS_SENSITIVE, &as, 1 }, { CKA_NEVER_EXTRACTABLE, &ne, 1 } };
+			check ("a sensitive, unextractable key to derive from", f->C_GenerateKey (s, &ggen, gena, 7, &g), CKR_OK);
+			check ("derive from it", f->C_DeriveKey (s, &m, g, childd, 5, &gc), CKR_OK);
+			check ("derive from its child", f->C_DeriveKey (s, &m, gc, childd, 5, &ggc), CKR_OK);
+			for (i = 0; i < 2; i++) {
+				as = ne = CK_FALSE;
+				check ("the provenance of a child of a sensitive key", f->C_GetAttributeValue (s, *hs[i], prov, 2), CKR_OK);
+				check ("CKA_ALWAYS_SENSITIVE true", as, CK_TRUE);
+				check ("CKA_NEVER_EXTRACTABLE true", ne, CK_TRUE);
+			}
+		}
 		check ("HMAC with it", f->C_SignInit (s, &hmac, ck), CKR_OK);
 		check ("", f->C_Sign (s, (CK_BYTE_PTR) "abc", 3, tag, &taglen), CKR_OK);
 		printf ("tag: ");
