@@ -114,7 +114,12 @@ func (s *slab[T]) rewind() {
 	s.buf, s.next = nil, 0
 }
 
-type opSize struct{ req, rep int }
+// opSize is what an operation adds to a request (req) and to the
+// client's estimate of its reply (rep, above the size of its result), and
+// the daemon's bound of its result (bound: B(op) in section 4 of
+// docs/protocol.md), by which the daemon decides whether the operation's
+// result may still fit in the reply.
+type opSize struct{ req, rep, bound int }
 
 // BatchResult is the outcome of one operation of a Batch, valid after Do
 // (or Wait) and until the batch is recycled (Recycle).
@@ -229,17 +234,29 @@ func (b *Batch) empty() {
 	b.ops, b.res, b.sizes = b.ops[:0], b.res[:0], b.sizes[:0]
 }
 
-func (b *Batch) add(name string, op *wire.Op, replyData int) *BatchResult {
+func (b *Batch) add(name string, op *wire.Op, replyData, bound int) *BatchResult {
 	r := b.resSlab.new()
 	r.op = name
 	b.ops = append(b.ops, op)
 	b.res = append(b.res, r)
-	b.sizes = append(b.sizes, opSize{req: op.SizeVT() + 8, rep: replyData + 32})
+	b.sizes = append(b.sizes, opSize{req: op.SizeVT() + 8, rep: replyData + 32, bound: bound})
 	return r
 }
 
+// The daemon's bounds of results (B(op) in section 4 of docs/protocol.md),
+// and the room it keeps in a reply for the rest.
+const (
+	boundSmall  = 64
+	boundDigest = boundSmall + 512
+	replyHeader = 64
+)
+
+// refusalRoom bounds the result of an operation the daemon refuses: its
+// status and message.
+const refusalRoom = 256
+
 func (b *Batch) fail(name string, err error) *BatchResult {
-	r := b.add(name, nil, 0)
+	r := b.add(name, nil, 0, 0)
 	r.err = err
 	return r
 }
@@ -255,7 +272,7 @@ func (b *Batch) Encrypt(k *Key, plaintext, aad []byte) *BatchResult {
 	w.Encrypt = e
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("encrypt", op, k.ciphertextBound(len(plaintext)))
+	return b.add("encrypt", op, k.ciphertextBound(len(plaintext)), boundDigest+len(plaintext))
 }
 
 // aesGCMOverhead is what an AES-GCM ciphertext adds to its plaintext: the
@@ -281,7 +298,7 @@ func (b *Batch) Decrypt(k *Key, ciphertext, aad []byte) *BatchResult {
 	w.Decrypt = d
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("decrypt", op, len(ciphertext))
+	return b.add("decrypt", op, len(ciphertext), boundSmall+len(ciphertext))
 }
 
 // SignMessage queues k.SignMessageContext(ctx, msg, opts).
@@ -290,7 +307,7 @@ func (b *Batch) SignMessage(k *Key, msg []byte, opts *SignOptions) *BatchResult 
 	if err != nil {
 		return b.fail("sign", err)
 	}
-	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize)
+	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize, boundDigest)
 }
 
 // SignDigest queues k.SignDigest(digest, opts).
@@ -302,7 +319,7 @@ func (b *Batch) SignDigest(k *Key, digest []byte, opts *SignOptions) *BatchResul
 	if err != nil {
 		return b.fail("sign", err)
 	}
-	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize)
+	return b.add("sign", &wire.Op{Op: &wire.Op_Sign{Sign: s}}, maxSigSize, boundDigest)
 }
 
 // Verify queues k.Verify(msg, sig, opts).
@@ -311,7 +328,7 @@ func (b *Batch) Verify(k *Key, msg, sig []byte, opts *SignOptions) *BatchResult 
 	if err != nil {
 		return b.fail("verify", err)
 	}
-	return b.add("verify", op, 0)
+	return b.add("verify", op, 0, boundSmall)
 }
 
 // MAC queues k.MAC(data).
@@ -322,12 +339,12 @@ func (b *Batch) MAC(k *Key, data []byte) *BatchResult {
 	w.Mac = m
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("mac", op, 64)
+	return b.add("mac", op, 64, boundDigest)
 }
 
 // VerifyMAC queues k.VerifyMAC(data, tag).
 func (b *Batch) VerifyMAC(k *Key, data, tag []byte) *BatchResult {
-	return b.add("mac-verify", &wire.Op{Op: &wire.Op_MacVerify{MacVerify: &wire.MacVerify{Handle: k.handle, Data: data, Tag: tag}}}, 0)
+	return b.add("mac-verify", &wire.Op{Op: &wire.Op_MacVerify{MacVerify: &wire.MacVerify{Handle: k.handle, Data: data, Tag: tag}}}, 0, boundSmall)
 }
 
 // Hash queues Client.Hash(h, data).
@@ -339,15 +356,15 @@ func (b *Batch) Hash(h crypto.Hash, data []byte) *BatchResult {
 	if err != nil {
 		return b.fail("hash", err)
 	}
-	return b.add("hash", &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: alg, Data: data}}}, 64)
+	return b.add("hash", &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: alg, Data: data}}}, 64, boundDigest)
 }
 
 // Ping queues a Ping.
 func (b *Batch) Ping(payload []byte) *BatchResult {
-	return b.add("ping", &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: payload}}}, len(payload))
+	return b.add("ping", &wire.Op{Op: &wire.Op_Ping{Ping: &wire.Ping{Payload: payload}}}, len(payload), boundSmall+len(payload))
 }
 
-// pipelineChunk bounds the requests a Batch sends (see Do).
+// pipelineChunk bounds a combined request (combine.go).
 const pipelineChunk = 64 << 10
 
 // requestHeadroom is room left in a request or reply for everything but
@@ -647,11 +664,28 @@ type chunk struct{ from, to, rep int }
 // chunks splits the batch into requests.
 func (b *Batch) chunks() []chunk {
 	var chunks []chunk
-	// Requests of at most pipelineChunk bytes: while the daemon works on
-	// one, this process encodes the next and decodes the last reply, so
-	// the two processes work at once rather than in turn.
-	limit := min(b.c.limits.MaxMessageBytes-wire.MessageOverhead-requestHeadroom, pipelineChunk)
-	from, req, rep := 0, 0, 0
+	// Requests as large as the daemon takes: each request costs both
+	// processes a round of system calls and wake-ups, and the daemon an
+	// audit record and the caller's identity, which 512 small operations
+	// in one request share rather than three. The two processes work at
+	// once with two batches in flight (Send, Wait), so a batch need not
+	// be cut into pieces for that; the replies of two such requests fit
+	// in the Client's room for replies at once.
+	limit := b.c.limits.MaxMessageBytes - wire.MessageOverhead
+	if room := b.c.replyBudget / 2; room > 0 {
+		limit = min(limit, room)
+	}
+	limit -= requestHeadroom
+	// The daemon executes an operation if the results before it, as
+	// large as they came out, its bound B(op) and 4 bytes for each
+	// operation after it fit in its reply (section 4 of
+	// docs/protocol.md). A request whose results' estimates (at least
+	// refusalRoom each, and each at least 4 bytes more than the result)
+	// and its largest bound fit has every operation executed: the
+	// results before one and the 4 bytes of each after it are within
+	// the estimates of the others.
+	most := b.c.limits.MaxMessageBytes - replyHeader
+	from, req, rep, spent, worst := 0, 0, 0, 0, 0
 	for i := range b.ops {
 		if b.ops[i] == nil { // failed on the client side already
 			if from == i {
@@ -660,12 +694,15 @@ func (b *Batch) chunks() []chunk {
 			continue
 		}
 		s := b.sizes[i]
-		if i > from && (req+s.req > limit || rep+s.rep > limit || i-from >= b.c.limits.MaxBatchOps) {
+		est := max(s.rep, refusalRoom)
+		if i > from && (req+s.req > limit || rep+s.rep > limit || spent+est+max(worst, s.bound) > most || i-from >= b.c.limits.MaxBatchOps) {
 			chunks = append(chunks, chunk{from, i, rep + requestHeadroom})
-			from, req, rep = i, 0, 0
+			from, req, rep, spent, worst = i, 0, 0, 0, 0
 		}
 		req += s.req
 		rep += s.rep
+		spent += est
+		worst = max(worst, s.bound)
 	}
 	if from < len(b.ops) {
 		chunks = append(chunks, chunk{from, len(b.ops), rep + requestHeadroom})
