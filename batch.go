@@ -23,6 +23,10 @@ type Batch struct {
 	ops   []*wire.Op
 	res   []*BatchResult
 	sizes []opSize
+	// packs[i] says what ops[i] shares with the operations of a packed
+	// run it may be sent in (packedbatch.go); kind 0 for an operation
+	// sent as it is.
+	packs []packKey
 
 	// Operations and results are carved from slabs: a few allocations per
 	// hundred operations instead of four per operation.
@@ -214,7 +218,7 @@ func (b *Batch) keepBuf(buf []byte) {
 func (b *Batch) Reset() {
 	if b.pend != nil {
 		// Sent and not waited for: Wait still needs these.
-		b.ops, b.res, b.sizes = nil, nil, nil
+		b.ops, b.res, b.sizes, b.packs = nil, nil, nil, nil
 		return
 	}
 	// The results stay valid: the batch no longer keeps, for reuse, the
@@ -231,7 +235,8 @@ func (b *Batch) Reset() {
 func (b *Batch) empty() {
 	clear(b.ops)
 	clear(b.res)
-	b.ops, b.res, b.sizes = b.ops[:0], b.res[:0], b.sizes[:0]
+	clear(b.packs)
+	b.ops, b.res, b.sizes, b.packs = b.ops[:0], b.res[:0], b.sizes[:0], b.packs[:0]
 }
 
 func (b *Batch) add(name string, op *wire.Op, replyData, bound int) *BatchResult {
@@ -240,6 +245,17 @@ func (b *Batch) add(name string, op *wire.Op, replyData, bound int) *BatchResult
 	b.ops = append(b.ops, op)
 	b.res = append(b.res, r)
 	b.sizes = append(b.sizes, opSize{req: op.SizeVT() + 8, rep: replyData + 32, bound: bound})
+	b.packs = append(b.packs, packKey{})
+	return r
+}
+
+// addPackable is add for an operation that may be sent in a packed run,
+// which k describes.
+func (b *Batch) addPackable(name string, op *wire.Op, replyData, bound int, k packKey) *BatchResult {
+	r := b.add(name, op, replyData, bound)
+	if len(k.msg) <= maxPackedMessage {
+		b.packs[len(b.packs)-1] = k
+	}
 	return r
 }
 
@@ -272,7 +288,8 @@ func (b *Batch) Encrypt(k *Key, plaintext, aad []byte) *BatchResult {
 	w.Encrypt = e
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("encrypt", op, k.ciphertextBound(len(plaintext)), boundDigest+len(plaintext))
+	return b.addPackable("encrypt", op, k.ciphertextBound(len(plaintext)), boundDigest+len(plaintext),
+		packKey{wire.PackedKind_PACKED_KIND_ENCRYPT, k.handle, aad, 0, plaintext})
 }
 
 // aesGCMOverhead is what an AES-GCM ciphertext adds to its plaintext: the
@@ -298,7 +315,8 @@ func (b *Batch) Decrypt(k *Key, ciphertext, aad []byte) *BatchResult {
 	w.Decrypt = d
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("decrypt", op, len(ciphertext), boundSmall+len(ciphertext))
+	return b.addPackable("decrypt", op, len(ciphertext), boundSmall+len(ciphertext),
+		packKey{wire.PackedKind_PACKED_KIND_DECRYPT, k.handle, aad, 0, ciphertext})
 }
 
 // SignMessage queues k.SignMessageContext(ctx, msg, opts).
@@ -339,7 +357,7 @@ func (b *Batch) MAC(k *Key, data []byte) *BatchResult {
 	w.Mac = m
 	op := b.opSlab.new()
 	op.Op = w
-	return b.add("mac", op, 64, boundDigest)
+	return b.addPackable("mac", op, 64, boundDigest, packKey{wire.PackedKind_PACKED_KIND_MAC, k.handle, nil, 0, data})
 }
 
 // VerifyMAC queues k.VerifyMAC(data, tag).
@@ -425,7 +443,7 @@ func (b *Batch) Send(ctx context.Context) error {
 	if b.pend != nil {
 		return argError("batch", "sent again before Wait")
 	}
-	p := &pendingBatch{b: b, ops: b.ops, res: b.res, left: b.chunks()}
+	p := &pendingBatch{b: b, ops: b.ops, res: b.res, packs: b.packs, left: b.chunks()}
 	// Each operation is in one request: its op and index there, and in a
 	// packed run's op and count, at most once each.
 	if n := 2 * len(b.ops); cap(b.scratchOps) < n {
@@ -458,7 +476,7 @@ func (b *Batch) Send(ctx context.Context) error {
 			break
 		}
 		if b.c.limits.PackedRuns {
-			f.ops, f.runs = b.packRuns(f.ops)
+			f.ops, f.runs = b.packRuns(f.ops, f.idx, p.packs)
 		}
 		f.buf = b.replyBuf(ch.rep)
 		cl, err := b.c.tryStart(ctx, f.ops, most, f.buf)
@@ -525,7 +543,7 @@ func (b *Batch) Wait(ctx context.Context) error {
 			}
 		}
 		if b.c.limits.PackedRuns {
-			f.ops, f.runs = b.packRuns(f.ops)
+			f.ops, f.runs = b.packRuns(f.ops, f.idx, p.packs)
 		}
 		f.buf = b.replyBuf(ch.rep)
 		cl, err := b.c.startInto(sendCtx, f.ops, f.buf)
@@ -558,10 +576,11 @@ func (b *Batch) window() int { return max(1, b.c.limits.MaxInFlight/2) }
 // pendingBatch is a batch between Send and the end of Wait.
 type pendingBatch struct {
 	b *Batch
-	// ops and res are the batch's as Send found them: a Reset meanwhile
-	// starts new ones and leaves these alone.
+	// ops, res and packs are the batch's as Send found them: a Reset
+	// meanwhile starts new ones and leaves these alone.
 	ops      []*wire.Op
 	res      []*BatchResult
+	packs    []packKey
 	left     []chunk // not yet sent
 	inflight []batchFlight
 	// parked: the reply bytes this batch holds between Send and Wait.

@@ -331,3 +331,41 @@ func ExampleBatch_Send() {
 	fmt.Println(tags, "tags")
 	// Output: 10000 tags
 }
+
+// A Reset between Send and Wait leaves the operations sent to Wait, the
+// part of a large batch that Send could not send at once included: Wait
+// sends them as they were queued, packed runs and all.
+func TestBatchResetBeforeWaitSendsTheRest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := dial(t)
+	k, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.NewBatch()
+	var res []*keywarden.BatchResult
+	msgs := make([][]byte, 1500) // more replies than the Client lets be outstanding
+	for i := range msgs {
+		msgs[i] = bytes.Repeat([]byte{byte(i)}, 1<<10)
+		res = append(res, b.Encrypt(k, msgs[i], nil))
+	}
+	if err := b.Send(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	if err := b.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		ct, err := r.Bytes()
+		if err != nil {
+			t.Fatalf("encryption %d: %v", i, err)
+		}
+		if i%100 == 0 {
+			if pt, err := k.Decrypt(ctx, ct, nil); err != nil || !bytes.Equal(pt, msgs[i]) {
+				t.Fatalf("encryption %d decrypts to another message (%v)", i, err)
+			}
+		}
+	}
+}

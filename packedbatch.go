@@ -34,61 +34,41 @@ type packKey struct {
 // one, go as they are).
 const maxPackedMessage = 4 << 10
 
-func packKeyOf(op *wire.Op) (k packKey, ok bool) {
-	k, ok = packKeyOfAny(op)
-	if len(k.msg) > maxPackedMessage {
-		return packKey{}, false
-	}
-	return k, ok
-}
-
-func packKeyOfAny(op *wire.Op) (k packKey, ok bool) {
-	switch o := op.GetOp().(type) {
-	case *wire.Op_Encrypt:
-		e := o.Encrypt
-		return packKey{wire.PackedKind_PACKED_KIND_ENCRYPT, e.Handle, e.Aad, e.Hash, e.Plaintext}, true
-	case *wire.Op_Decrypt:
-		d := o.Decrypt
-		return packKey{wire.PackedKind_PACKED_KIND_DECRYPT, d.Handle, d.Aad, d.Hash, d.Ciphertext}, true
-	case *wire.Op_Mac:
-		return packKey{wire.PackedKind_PACKED_KIND_MAC, o.Mac.Handle, nil, 0, o.Mac.Data}, true
-	}
-	return packKey{}, false
-}
-
 func (k *packKey) sameRun(o *packKey) bool {
 	return k.kind == o.kind && k.handle == o.handle && k.hash == o.hash && bytes.Equal(k.aad, o.aad)
 }
 
-// packRuns returns ops with each run of at least minPackedRun operations
-// that can be packed replaced by one Packed operation, and for each
-// operation returned how many of ops it stands for; runs is nil when
-// nothing was packed. The Packed operations' messages are copied into
-// b.packBuf, which holds them until the request is encoded: the caller
-// empties it (clearPackBuf) once it is.
-func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
+// packRuns returns ops, the operations idx of the batch, with each run
+// of at least minPackedRun operations that can be packed replaced by one
+// Packed operation, and for each operation returned how many of ops it
+// stands for; runs is nil when nothing was packed. What each operation
+// shares with a run was noted when it was queued: keys[i] for the
+// operation i of the batch (Batch.packs as Send found it). The
+// Packed operations' messages are copied into b.packBuf, which holds them
+// until the request is encoded: the caller empties it (clearPackBuf) once
+// it is.
+func (b *Batch) packRuns(ops []*wire.Op, idx []int, keys []packKey) (out []*wire.Op, runs []int) {
 	n := len(ops)
 	// Room for every message at once: packBuf is never moved while a
 	// packed run points into it, nor leaves a copy behind.
 	need := 0
-	for _, op := range ops {
-		if m, ok := packKeyOf(op); ok {
-			need += len(m.msg) + binary.MaxVarintLen64
+	for _, i := range idx {
+		if k := &keys[i]; k.kind != 0 {
+			need += len(k.msg) + binary.MaxVarintLen64
 		}
+	}
+	if need == 0 {
+		return ops, nil
 	}
 	if cap(b.packBuf) < need {
 		b.clearPackBuf()
 		b.packBuf = make([]byte, 0, need)
 	}
 	for i := 0; i < n; {
-		k, ok := packKeyOf(ops[i])
+		k := &keys[idx[i]]
 		j := i + 1
-		if ok {
-			for j < n {
-				k2, ok2 := packKeyOf(ops[j])
-				if !ok2 || !k.sameRun(&k2) {
-					break
-				}
+		if k.kind != 0 {
+			for j < n && k.sameRun(&keys[idx[j]]) {
 				j++
 			}
 		}
@@ -110,9 +90,8 @@ func (b *Batch) packRuns(ops []*wire.Op) (out []*wire.Op, runs []int) {
 			}
 		}
 		start := len(b.packBuf)
-		for _, op := range ops[i:j] {
-			m, _ := packKeyOf(op)
-			b.packBuf = wire.AppendPackedMessage(b.packBuf, m.msg)
+		for _, at := range idx[i:j] {
+			b.packBuf = wire.AppendPackedMessage(b.packBuf, keys[at].msg)
 		}
 		buf := b.packBuf[start:len(b.packBuf):len(b.packBuf)]
 		p := &wire.Packed{Kind: k.kind, Handle: k.handle, Aad: k.aad, Hash: k.hash, Count: uint32(j - i), Messages: buf}

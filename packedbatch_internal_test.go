@@ -19,7 +19,7 @@ func TestPackRunsLeavesLargeMessages(t *testing.T) {
 	for range 4 {
 		b.Encrypt(k, make([]byte, maxPackedMessage+1), nil)
 	}
-	if ops, runs := b.packRuns(b.ops); runs != nil || len(ops) != 4 || cap(b.packBuf) != 0 {
+	if ops, runs := b.packRuns(b.ops, indices(0, len(b.ops)), b.packs); runs != nil || len(ops) != 4 || cap(b.packBuf) != 0 {
 		t.Fatalf("a run of large messages: %d ops, runs %v, %d bytes kept", len(ops), runs, cap(b.packBuf))
 	}
 }
@@ -41,7 +41,7 @@ func TestPackRuns(t *testing.T) {
 	b.Decrypt(k1, []byte("ct"), []byte("x")) // 8: run of 3
 	b.Decrypt(k1, []byte("cu"), []byte("x")) // 9
 	b.Decrypt(k1, []byte("cv"), []byte("x")) // 10
-	ops, runs := b.packRuns(b.ops)
+	ops, runs := b.packRuns(b.ops, indices(0, len(b.ops)), b.packs)
 	if want := []int{3, 1, 1, 1, 1, 1, 3}; len(runs) != len(want) || len(ops) != len(want) {
 		t.Fatalf("runs %v, want %v", runs, want)
 	} else {
@@ -98,7 +98,7 @@ func TestPackRuns(t *testing.T) {
 	}
 
 	// Nothing to pack: the ops as they are.
-	if ops, runs := b.packRuns(b.ops[3:6]); runs != nil || len(ops) != 3 {
+	if ops, runs := b.packRuns(b.ops[3:6], indices(3, 6), b.packs); runs != nil || len(ops) != 3 {
 		t.Fatalf("nothing to pack: %v %v", ops, runs)
 	}
 }
@@ -157,7 +157,7 @@ func BenchmarkBatchCodec(b *testing.B) {
 					ops := bt.ops[ch.from:ch.to]
 					var runs []int
 					if packed {
-						ops, runs = bt.packRuns(ops)
+						ops, runs = bt.packRuns(ops, indices(ch.from, ch.to), bt.packs)
 					}
 					buf, _ = wire.AppendMarshal(buf[:0], &wire.Request{Version: 1, Id: 1, Ops: ops})
 					bt.clearPackBuf()
@@ -190,4 +190,13 @@ func BenchmarkBatchCodec(b *testing.B) {
 			}
 		})
 	}
+}
+
+// indices returns from, ..., to-1.
+func indices(from, to int) []int {
+	idx := make([]int, 0, to-from)
+	for i := from; i < to; i++ {
+		idx = append(idx, i)
+	}
+	return idx
 }
