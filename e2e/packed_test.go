@@ -123,3 +123,75 @@ func TestPackedBatches(t *testing.T) {
 		}
 	}
 }
+
+// A batch of 512 small encryptions, decryptions or MACs goes to the
+// daemon in one request, every operation of which the daemon executes:
+// one audit record each, with every operation in it, and every result
+// right. Two batches are in flight at once (Send, Wait), as a caller
+// keeping both processes busy sends them.
+func TestBatchInOneRequest(t *testing.T) {
+	ctx := context.Background()
+	d := startDaemon(t)
+	c := d.client(t)
+	al := newAuditReader(t, d.sock+".audit.log")
+	aes, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.AES256GCM, Ephemeral: true})
+	must(t, "generate", err)
+	hm, err := c.Generate(ctx, keywarden.KeySpec{Type: keywarden.HMACSHA256, Ephemeral: true})
+	must(t, "generate", err)
+	al.read()
+
+	const n = 512
+	msg := func(i int) []byte { return fmt.Appendf(nil, "%0256d", i) }
+	enc, macs := c.NewBatch(), c.NewBatch()
+	var encs, tags []*keywarden.BatchResult
+	for i := range n {
+		encs = append(encs, enc.Encrypt(aes, msg(i), nil))
+		tags = append(tags, macs.MAC(hm, msg(i)))
+	}
+	must(t, "send", enc.Send(ctx))
+	must(t, "send", macs.Send(ctx))
+	must(t, "wait", enc.Wait(ctx))
+	dec := c.NewBatch()
+	var decs []*keywarden.BatchResult
+	for i, r := range encs {
+		ct, err := r.Bytes()
+		if err != nil {
+			t.Fatalf("encryption %d: %v", i, err)
+		}
+		decs = append(decs, dec.Decrypt(aes, ct, nil))
+	}
+	must(t, "send", dec.Send(ctx))
+	must(t, "wait", macs.Wait(ctx))
+	must(t, "wait", dec.Wait(ctx))
+	for i := range n {
+		if pt, err := decs[i].Bytes(); err != nil || !bytes.Equal(pt, msg(i)) {
+			t.Fatalf("decryption %d: %v", i, err)
+		}
+		tag, err := tags[i].Bytes()
+		must(t, "mac", err)
+		if i%64 == 0 {
+			must(t, "verify", hm.VerifyMAC(ctx, msg(i), tag))
+		}
+	}
+
+	batches := 0
+	for _, r := range requests(al.read()) {
+		if r.Op != audit.OpBatch {
+			continue
+		}
+		batches++
+		ops := uint32(0)
+		for _, e := range r.Ops {
+			if e.Status != "OK" {
+				t.Errorf("audit log: %d of %s %s", max(e.Count, 1), e.Op, e.Status)
+			}
+			ops += max(e.Count, 1)
+		}
+		if ops != n {
+			t.Errorf("audit log: a request of %d operations, want %d", ops, n)
+		}
+	}
+	if batches != 3 {
+		t.Errorf("audit log: %d requests for three batches of %d, want 3", batches, n)
+	}
+}
