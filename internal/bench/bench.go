@@ -131,6 +131,13 @@ type Result struct {
 	// daemon, medians over the runs.
 	CPUSeconds       float64 `json:"cpu_seconds,omitempty"`
 	DaemonCPUSeconds float64 `json:"daemon_cpu_seconds,omitempty"`
+	// CPUusPerOp and DaemonCPUusPerOp are, in Run's modes through the
+	// daemon, the processor time (user and system) per operation of this
+	// process, the client, and of the private daemon (none for a daemon
+	// Run did not start), in microseconds: what each process spends,
+	// which the machine's other work disturbs less than the throughput.
+	CPUusPerOp       float64 `json:"cpu_us_per_op,omitempty"`
+	DaemonCPUusPerOp float64 `json:"daemon_cpu_us_per_op,omitempty"`
 }
 
 // Run measures cfg.Ops in every mode and returns one Result per operation
@@ -153,12 +160,14 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (_ []Result, err e
 		}
 	}
 	socket := cfg.Socket
+	daemonPID := 0
 	if socket == "" {
 		say("starting a private daemon")
 		d, derr := startDaemon(ctx, cfg.Executable, cfg.Env)
 		if derr != nil {
 			return nil, derr
 		}
+		daemonPID = d.pid()
 		defer func() {
 			if serr := d.stop(); err == nil && serr != nil {
 				err = serr
@@ -174,7 +183,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (_ []Result, err e
 
 	var results []Result
 	for _, op := range ops {
-		rs, err := runOp(ctx, cfg, c, op, say)
+		rs, err := runOp(ctx, cfg, c, op, daemonPID, say)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", op.name, err)
 		}
@@ -205,8 +214,9 @@ func lookupOps(names []string) ([]operation, error) {
 	return out, nil
 }
 
-// runOp measures one operation in every mode.
-func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, say func(string, ...any)) ([]Result, error) {
+// runOp measures one operation in every mode. daemonPID is the daemon's
+// process, whose processor time is measured too, or 0.
+func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, daemonPID int, say func(string, ...any)) ([]Result, error) {
 	warmup := min(maxWarmup, cfg.Duration)
 	var results []Result
 	add := func(mode string, m measurement) {
@@ -262,11 +272,21 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, s
 		if _, err := md.measure(warmup); err != nil {
 			return nil, fmt.Errorf("%s: %w", md.name, err)
 		}
+		self0, dmn0 := selfCPU(), time.Duration(0)
+		if daemonPID > 0 {
+			dmn0 = procCPU(daemonPID)
+		}
 		m, err := md.measure(cfg.Duration)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", md.name, err)
 		}
 		add(md.name, m)
+		if r := &results[len(results)-1]; m.ops > 0 {
+			r.CPUusPerOp = float64((selfCPU() - self0).Nanoseconds()) / 1e3 / float64(m.ops)
+			if daemonPID > 0 {
+				r.DaemonCPUusPerOp = float64((procCPU(daemonPID) - dmn0).Nanoseconds()) / 1e3 / float64(m.ops)
+			}
+		}
 	}
 
 	if len(results) > 1 && results[0].Mode == ModeFloor && results[1].Mode == ModeRoundTrip {

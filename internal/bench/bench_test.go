@@ -80,8 +80,17 @@ func TestRun(t *testing.T) {
 		{"ping", bench.ModeFloor}, {"ping", bench.ModeRoundTrip}, {"ping", bench.ModePipelined}, {"ping", bench.ModeBatched},
 	}
 	var got []key
+	daemonCPU := 0.0
 	for _, r := range results {
 		got = append(got, key{r.Op, r.Mode})
+		// Each process's processor time per operation through the
+		// daemon (the daemon's in clock ticks of 10 ms: over all the
+		// modes).
+		if through := r.Mode != bench.ModeInProcess && r.Mode != bench.ModeFloor; through != (r.CPUusPerOp > 0) || r.DaemonCPUusPerOp < 0 ||
+			!through && r.DaemonCPUusPerOp != 0 {
+			t.Errorf("%s %s: %v µs of processor time per operation, the daemon's %v", r.Op, r.Mode, r.CPUusPerOp, r.DaemonCPUusPerOp)
+		}
+		daemonCPU += r.DaemonCPUusPerOp
 		if r.OpsPerSec <= 0 || r.Ops <= 0 || r.P50us <= 0 || r.P99us < r.P50us {
 			t.Errorf("%s %s: ops %d, %v ops/s, p50 %v µs, p99 %v µs", r.Op, r.Mode, r.Ops, r.OpsPerSec, r.P50us, r.P99us)
 		}
@@ -100,6 +109,9 @@ func TestRun(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("measured %v, want %v", got, want)
+	}
+	if daemonCPU <= 0 {
+		t.Error("no processor time of the daemon measured")
 	}
 	// Ping's round trip says what it costs over the floor.
 	if i := slices.IndexFunc(results, func(r bench.Result) bool { return r.Mode == bench.ModeFloor }); i >= 0 && i+1 < len(results) {

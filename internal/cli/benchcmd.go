@@ -118,16 +118,22 @@ func runBench(e *env, args []string) error {
 		return printJSON(e, results)
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "OP\tMODE\tOPS/S\tMB/S\tP50(µs)\tP99(µs)\t×INPROC")
+	fmt.Fprintln(w, "OP\tMODE\tOPS/S\tMB/S\tP50(µs)\tP99(µs)\t×INPROC\tCPU(µs/op)\tDAEMON CPU(µs/op)")
 	for _, r := range results {
-		mb, ratio := "-", "-"
+		mb, ratio, cpu, dcpu := "-", "-", "-", "-"
 		if r.Bytes > 0 {
 			mb = fmt.Sprintf("%.1f", r.MBPerSec)
 		}
 		if r.RatioToInProcess > 0 {
 			ratio = fmt.Sprintf("%.2f", r.RatioToInProcess)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n", r.Op, r.Mode, r.OpsPerSec, mb, micros(r.P50us), micros(r.P99us), ratio)
+		if r.CPUusPerOp > 0 {
+			cpu = micros(r.CPUusPerOp)
+		}
+		if r.DaemonCPUusPerOp > 0 {
+			dcpu = micros(r.DaemonCPUusPerOp)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Op, r.Mode, r.OpsPerSec, mb, micros(r.P50us), micros(r.P99us), ratio, cpu, dcpu)
 	}
 	return w.Flush()
 }
