@@ -44,6 +44,10 @@ type Config struct {
 	// Ops names the operations to measure (see Operations); empty means
 	// all of them.
 	Ops []string
+	// Modes names the modes to measure them in (see Modes; ping's floor
+	// goes with its round trip); empty means all of them. Without the
+	// in-process mode, no ratio to it is given.
+	Modes []string
 	// BatchSize is the number of operations per Do in the batched mode;
 	// 0 means 512.
 	BatchSize int
@@ -64,6 +68,9 @@ func (c Config) withDefaults() Config {
 	}
 	if len(c.Ops) == 0 {
 		c.Ops = Operations()
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = Modes()
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 512
@@ -223,7 +230,8 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, d
 		results = append(results, m.result(op, mode))
 	}
 
-	if op.local != nil {
+	measured := func(mode string) bool { return slices.Contains(cfg.Modes, mode) }
+	if op.local != nil && measured(ModeInProcess) {
 		say("measuring %s %s...", op.name, ModeInProcess)
 		fn, err := op.local()
 		if err != nil {
@@ -235,7 +243,7 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, d
 		}
 		add(ModeInProcess, m)
 	}
-	if op.floor {
+	if op.floor && measured(ModeRoundTrip) {
 		say("measuring %s %s...", op.name, ModeFloor)
 		m, err := measureFloor(ctx, cfg.Executable, cfg.Env, warmup, cfg.Duration)
 		if err != nil {
@@ -262,7 +270,7 @@ func runOp(ctx context.Context, cfg Config, c *keywarden.Client, op operation, d
 		}},
 	}
 	for _, md := range modes {
-		if md.name != ModeRoundTrip && r.queue == nil {
+		if md.name != ModeRoundTrip && r.queue == nil || !measured(md.name) {
 			// Large messages: each is a stream of requests already,
 			// measured one at a time.
 			continue

@@ -55,6 +55,36 @@ func daemonConfig(t testing.TB) (executable string, env []string) {
 	return self, []string{daemonEnv + "=1"}
 }
 
+// Run measures only the modes asked for: ping's floor goes with its round
+// trip, and the ratio to in-process is there when the in-process mode is.
+func TestRunModes(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	exe, env := daemonConfig(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	results, err := bench.Run(ctx, bench.Config{
+		Duration:   50 * time.Millisecond,
+		Ops:        []string{"aes256-gcm-open-256", "ping"},
+		Modes:      []string{bench.ModeBatched, bench.ModeInProcess},
+		BatchSize:  64,
+		Executable: exe,
+		Env:        env,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range results {
+		got = append(got, r.Op+" "+r.Mode)
+		if r.Op != "ping" && r.RatioToInProcess <= 0 {
+			t.Errorf("%s %s: ratio %v", r.Op, r.Mode, r.RatioToInProcess)
+		}
+	}
+	if want := []string{"aes256-gcm-open-256 inprocess", "aes256-gcm-open-256 batched", "ping batched"}; !slices.Equal(got, want) {
+		t.Errorf("measured %q, want %q", got, want)
+	}
+}
+
 func TestRun(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // where the private daemon's directory goes

@@ -28,6 +28,7 @@ func runBench(e *env, args []string) error {
 	duration := f.Duration("duration", time.Second, "measure each operation in each mode for this `duration` (with --create: each measurement, default 5s)")
 	opsList := f.String("ops", "", "comma-separated `list` of operations to measure (default: all of "+strings.Join(bench.Operations(), ", ")+")")
 	batch := f.Int("batch", 512, "operations per batch in the batched mode")
+	modesList := f.String("modes", "", "comma-separated `list` of modes to measure the operations in (default: all of "+strings.Join(bench.Modes(), ", ")+"; ping's floor goes with its roundtrip)")
 	pipeline := f.Int("pipeline", 16, "requests in flight at once in the pipelined mode")
 	var st storeBenchFlags
 	st.register(f)
@@ -103,10 +104,21 @@ func runBench(e *env, args []string) error {
 		ops = append(ops, op)
 	}
 
+	var modes []string
+	for _, m := range strings.Split(*modesList, ",") {
+		if m = strings.TrimSpace(m); m == "" {
+			continue
+		}
+		if !slices.Contains(bench.Modes(), m) {
+			return usagef("unknown mode %q (want %s)", m, strings.Join(bench.Modes(), ", "))
+		}
+		modes = append(modes, m)
+	}
+
 	ctx, stop, progress := benchContext(e, f)
 	defer stop()
 	results, err := bench.Run(ctx, bench.Config{
-		Socket: f.socket, Duration: *duration, Ops: ops, BatchSize: *batch, Pipeline: *pipeline,
+		Socket: f.socket, Duration: *duration, Ops: ops, Modes: modes, BatchSize: *batch, Pipeline: *pipeline,
 	}, progress)
 	if err != nil {
 		return err
@@ -203,7 +215,7 @@ func runSSHAgentBench(e *env, f *flags, st *storeBenchFlags, duration time.Durat
 	if f.socket != "" {
 		return usagef("--ssh-agent starts its own daemon: it takes no --socket")
 	}
-	for _, name := range []string{"ops", "batch", "pipeline", "stream", "audit", "create", "startup"} {
+	for _, name := range []string{"ops", "modes", "batch", "pipeline", "stream", "audit", "create", "startup"} {
 		if explicit[name] {
 			return usagef("--%s does not apply to --ssh-agent", name)
 		}
@@ -255,7 +267,7 @@ func runPKCS11Bench(e *env, f *flags, st *storeBenchFlags, duration time.Duratio
 	if f.socket != "" {
 		return usagef("--pkcs11 starts its own daemon: it takes no --socket")
 	}
-	for _, name := range []string{"ops", "batch", "pipeline", "stream", "audit", "create", "startup", "ssh-agent", "http"} {
+	for _, name := range []string{"ops", "modes", "batch", "pipeline", "stream", "audit", "create", "startup", "ssh-agent", "http"} {
 		if explicit[name] {
 			return usagef("--%s does not apply to --pkcs11", name)
 		}
@@ -296,7 +308,7 @@ func runTransitBench(e *env, f *flags, st *storeBenchFlags, duration time.Durati
 	if f.socket != "" {
 		return usagef("--http starts its own daemon: it takes no --socket")
 	}
-	for _, name := range []string{"ops", "batch", "pipeline", "stream", "audit", "create", "startup", "ssh-agent"} {
+	for _, name := range []string{"ops", "modes", "batch", "pipeline", "stream", "audit", "create", "startup", "ssh-agent"} {
 		if explicit[name] {
 			return usagef("--%s does not apply to --http", name)
 		}

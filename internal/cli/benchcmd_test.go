@@ -68,3 +68,19 @@ func TestBenchPKCS11Clients(t *testing.T) {
 		t.Fatalf("bench --pkcs11 --clients 1 with no host or module: %v (output %q); want the PKCS #11 bench's error naming them", err, out.String())
 	}
 }
+
+// bench --modes takes only the modes bench measures, and is refused by
+// the scaling and ssh-agent benches, which have modes of their own.
+func TestBenchModes(t *testing.T) {
+	for _, args := range [][]string{
+		{"--modes", "batched,sideways"},
+		{"--modes", "batched", "--clients", "1,2"},
+		{"--modes", "batched", "--ssh-agent"},
+	} {
+		var out, errb bytes.Buffer
+		e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+		if err := runBench(e, append([]string{"--duration", "10ms"}, args...)); !errors.As(err, new(*usageError)) {
+			t.Errorf("bench %q: %v; want a usage error", args, err)
+		}
+	}
+}

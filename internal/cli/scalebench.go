@@ -46,7 +46,7 @@ func (s *scaleFlags) run(e *env, f *flags, st *storeBenchFlags, duration time.Du
 	case (idle || resident) && f.socket != "":
 		return true, usagef("--idle-conns and --resident-keys start daemons of their own: --socket does not apply")
 	}
-	for _, name := range []string{"batch", "pipeline", "dir"} {
+	for _, name := range []string{"modes", "batch", "pipeline", "dir"} {
 		if explicit[name] {
 			return true, usagef("--%s does not apply to --clients, --idle-conns or --resident-keys", name)
 		}

@@ -64,7 +64,7 @@ func runStoreBench(e *env, f *flags, st *storeBenchFlags, duration time.Duration
 	case st.startup && st.firstUse < 1:
 		return usagef("--first-use must be at least 1")
 	}
-	for _, name := range []string{"ops", "batch", "pipeline"} {
+	for _, name := range []string{"ops", "modes", "batch", "pipeline"} {
 		if explicit[name] {
 			return usagef("--%s does not apply to --create and --startup", name)
 		}
