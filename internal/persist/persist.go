@@ -1,9 +1,11 @@
 package persist
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/bits"
 )
 
@@ -13,6 +15,11 @@ import (
 const (
 	Format       = 2
 	FormatLegacy = 1
+	// FormatShardHeader is the format of the headers of a store of
+	// several shards (StoreHeader.shards): otherwise those of Format,
+	// with a number that a daemon without shards refuses, rather than
+	// take one shard's header for the whole store's.
+	FormatShardHeader = 3
 )
 
 // The labels that start the input of every HMAC under a generation's
@@ -300,4 +307,62 @@ func (a *Acc) Sub(mac []byte) {
 		binary.BigEndian.PutUint64(a[i:], d)
 		borrow = b
 	}
+}
+
+// MaxShards bounds the shards of a store (StoreHeader.shards): a power of
+// two, so that every shard holds as many of the random ids.
+const MaxShards = 64
+
+// ShardsOK reports whether n is a shard count a store may have: a power
+// of two from 1 to MaxShards (0, in a header, is 1).
+func ShardsOK(n uint32) bool { return n >= 1 && n <= MaxShards && n&(n-1) == 0 }
+
+// ShardOf returns the shard of the record of key id in a store of n
+// shards: its first byte modulo n. A record's shard follows from its id,
+// which its MAC, its blobs' associated data and its key in the bucket
+// all cover: a record is in no other shard.
+func ShardOf(id []byte, n uint32) uint32 {
+	if n <= 1 || len(id) == 0 {
+		return 0
+	}
+	return uint32(id[0]) & (n - 1)
+}
+
+// ShardHeaderKey returns the meta bucket's key of shard i's header:
+// MetaHeader for shard 0 (the one header of a store of one shard),
+// "header/i" for the others.
+func ShardHeaderKey(i uint32) []byte {
+	if i == 0 {
+		return MetaHeader
+	}
+	return fmt.Appendf(nil, "%s/%d", MetaHeader, i)
+}
+
+// IsHeaderKey reports whether k, a key of the meta bucket, is a shard's
+// header (MetaHeader or "header/i").
+func IsHeaderKey(k []byte) bool {
+	return bytes.Equal(k, MetaHeader) || bytes.HasPrefix(k, append(bytes.Clone(MetaHeader), '/'))
+}
+
+// HeaderKeyShard returns the shard whose header key k is (ShardHeaderKey),
+// and whether it is one.
+func HeaderKeyShard(k []byte) (uint32, bool) {
+	if bytes.Equal(k, MetaHeader) {
+		return 0, true
+	}
+	if !IsHeaderKey(k) {
+		return 0, false
+	}
+	var i uint32
+	digits := k[len(MetaHeader)+1:]
+	if len(digits) == 0 || len(digits) > 3 || digits[0] == '0' {
+		return 0, false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		i = 10*i + uint32(c-'0')
+	}
+	return i, i < MaxShards
 }

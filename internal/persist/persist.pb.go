@@ -663,7 +663,7 @@ func (x *KeyVersion) GetAutomatic() bool {
 // record deleted, restored from an older copy, or added is noticed.
 type StoreHeader struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
-	Format  uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`
+	Format  uint32                 `protobuf:"varint,1,opt,name=format,proto3" json:"format,omitempty"`                 // 2; 3 in a store of several shards (shards > 1)
 	StoreId []byte                 `protobuf:"bytes,2,opt,name=store_id,json=storeId,proto3" json:"store_id,omitempty"` // 16 random bytes, fixed at init
 	Epoch   uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`                   // incremented by every transaction that writes records
 	Count   uint64                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`                   // key records
@@ -682,7 +682,15 @@ type StoreHeader struct {
 	AccNonce []byte `protobuf:"bytes,8,opt,name=acc_nonce,json=accNonce,proto3" json:"acc_nonce,omitempty"`
 	// The budget epoch when the header was written: the store's budget
 	// epoch is never below it (meta "budget-epoch" alone carries no MAC).
-	BudgetEpoch   uint64 `protobuf:"varint,9,opt,name=budget_epoch,json=budgetEpoch,proto3" json:"budget_epoch,omitempty"`
+	BudgetEpoch uint64 `protobuf:"varint,9,opt,name=budget_epoch,json=budgetEpoch,proto3" json:"budget_epoch,omitempty"`
+	// A store of several shards (shards > 1) has one header per shard,
+	// shard i's at meta "header" (0) or "header/i": it covers the records
+	// whose id's first byte is i modulo shards, and its count, accumulator
+	// and epoch are theirs alone. Both are under the MAC: a header counts
+	// only as the shard it names of a store of as many shards as it
+	// names. Absent (0) in a store of one header.
+	Shard         uint32 `protobuf:"varint,10,opt,name=shard,proto3" json:"shard,omitempty"`
+	Shards        uint32 `protobuf:"varint,11,opt,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -776,6 +784,20 @@ func (x *StoreHeader) GetAccNonce() []byte {
 func (x *StoreHeader) GetBudgetEpoch() uint64 {
 	if x != nil {
 		return x.BudgetEpoch
+	}
+	return 0
+}
+
+func (x *StoreHeader) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *StoreHeader) GetShards() uint32 {
+	if x != nil {
+		return x.Shards
 	}
 	return 0
 }
@@ -1267,7 +1289,7 @@ const file_persist_proto_rawDesc = "" +
 	"\x11encryptions_limit\x18\x06 \x01(\x04R\x10encryptionsLimit\x12 \n" +
 	"\vfingerprint\x18\a \x01(\fR\vfingerprint\x12!\n" +
 	"\fbudget_epoch\x18\b \x01(\x04R\vbudgetEpoch\x12\x1c\n" +
-	"\tautomatic\x18\t \x01(\bR\tautomatic\"\xfc\x01\n" +
+	"\tautomatic\x18\t \x01(\bR\tautomatic\"\xaa\x02\n" +
 	"\vStoreHeader\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x14\n" +
@@ -1277,7 +1299,10 @@ const file_persist_proto_rawDesc = "" +
 	"\x11created_unix_nano\x18\x06 \x01(\x03R\x0fcreatedUnixNano\x12\x10\n" +
 	"\x03mac\x18\a \x01(\fR\x03mac\x12\x1b\n" +
 	"\tacc_nonce\x18\b \x01(\fR\baccNonce\x12!\n" +
-	"\fbudget_epoch\x18\t \x01(\x04R\vbudgetEpoch\"\xdd\x02\n" +
+	"\fbudget_epoch\x18\t \x01(\x04R\vbudgetEpoch\x12\x14\n" +
+	"\x05shard\x18\n" +
+	" \x01(\rR\x05shard\x12\x16\n" +
+	"\x06shards\x18\v \x01(\rR\x06shards\"\xdd\x02\n" +
 	"\fMasterRecord\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12\x19\n" +
 	"\bstore_id\x18\x02 \x01(\fR\astoreId\x12\x1e\n" +
