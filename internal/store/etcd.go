@@ -89,9 +89,14 @@ type Etcd struct {
 	fol etcdFollowed
 
 	// foreign counts the commits of other writers that Follow has passed
-	// on; each is signalled on turn too (buffered, one at most).
+	// on that wrote a key this store's last commit read (its rivals: a
+	// key store's header; not another shard's); each is signalled on
+	// turn too (buffered, one at most).
 	foreign atomic.Int64
 	turn    chan struct{}
+	// lastRead holds the keys this store's last commit read (set by the
+	// committer, read by Follow).
+	lastRead atomic.Pointer[map[string]int64]
 	// lastForeign is foreign as this store's last commit returned; used
 	// by the committer only.
 	lastForeign int64
@@ -827,6 +832,7 @@ func (e *Etcd) commit(tx *etcdTx) error {
 		return nil
 	}
 	e.commits.Add(1)
+	e.lastRead.Store(&tx.reads)
 	sn := &etcdSnap{rev: resp.Header.Revision, vals: make(map[string]etcdRead, len(tx.writes))}
 	for k, w := range tx.writes {
 		if w.deleted {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -342,5 +343,59 @@ func TestEtcdWaitsForOtherWritersTurn(t *testing.T) {
 	}
 	if c := e.Counts(); c.Conflicts != c0.Conflicts {
 		t.Fatalf("the call that waited for the other writer's turn lost to it: %+v since %+v", c, c0)
+	}
+}
+
+// A writer whose commits write none of the keys this store's last commit
+// read (another shard's header of a key store) is no rival: this store's
+// commits after its commits wait for no turn.
+func TestEtcdNoTurnForDisjointWriters(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	open := func() *Etcd {
+		e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/noturn/", Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	e, other := open(), open()
+	put := func(s *Etcd, hdr, k string) error {
+		return s.Update(func(tx Tx) error {
+			tx.Get(testBucket, []byte(hdr))
+			if err := tx.Put(testBucket, []byte(hdr), []byte(k)); err != nil {
+				return err
+			}
+			return tx.Put(testBucket, []byte(k), []byte("x"))
+		})
+	}
+	var turns atomic.Int64
+	h := func(int, time.Duration) { turns.Add(1) }
+	hookTurn.Store(&h)
+	t.Cleanup(func() { hookTurn.Store(nil) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var followed atomic.Int64
+	go e.Follow(ctx, 0, func(c Commit) error { followed.Store(c.Rev); return nil }, func(int64, time.Time) {})
+	for i := range 10 {
+		if err := put(e, "hdr-e", fmt.Sprintf("e%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if err := put(other, "hdr-other", fmt.Sprintf("o%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := e.Client().Get(ctx, e.BucketPrefix(testBucket)+fmt.Sprintf("o%d", i))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatal(err)
+		}
+		for followed.Load() < resp.Kvs[0].ModRevision {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if n := turns.Load(); n != 0 {
+		t.Fatalf("waited %d times for the turn of a writer of other keys", n)
+	}
+	if c := e.Counts(); c.Conflicts != 0 {
+		t.Fatalf("conflicts with a writer of other keys: %+v", c)
 	}
 }

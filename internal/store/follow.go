@@ -139,7 +139,7 @@ func (e *Etcd) Follow(ctx context.Context, from int64, commit func(Commit) error
 			err := commit(*cur)
 			if err == nil {
 				e.followed(session, cur, keys)
-				if !own {
+				if !own && e.rival(keys) {
 					// Another writer's turn has passed (waitTurn).
 					e.foreign.Add(1)
 					select {
@@ -224,3 +224,21 @@ func nonNil(b []byte) []byte {
 }
 
 var _ Shared = (*Etcd)(nil)
+
+// rival reports whether a commit of another writer that changed keys
+// wrote one that this store's last commit read: the next transaction of
+// this store that reads it again would have lost to that commit, had it
+// been sent at once. Writers of disjoint keys (the shards of a key
+// store) are not each other's rivals.
+func (e *Etcd) rival(keys []string) bool {
+	p := e.lastRead.Load()
+	if p == nil {
+		return true
+	}
+	for _, k := range keys {
+		if _, ok := (*p)[k]; ok {
+			return true
+		}
+	}
+	return false
+}
