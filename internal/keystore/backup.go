@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -414,7 +415,7 @@ const restoreChunk = 48
 // restoreEntry reports whether restoreInChunks writes e among the records
 // (the master record goes first, the header last, the floor its own).
 func restoreEntry(e backupEntry) bool {
-	return !bytes.Equal(e.bucket, persist.BucketMeta) || !(bytes.Equal(e.key, persist.MetaHeader) ||
+	return !bytes.Equal(e.bucket, persist.BucketMeta) || !(persist.IsHeaderKey(e.key) ||
 		bytes.Equal(e.key, persist.MetaMaster) || bytes.Equal(e.key, persist.MetaRestoreFloor))
 }
 
@@ -485,32 +486,50 @@ func (s *Store) planRestore(path string) ([]int, error) {
 // (planRestore).
 func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint64) (uint64, []byte, error) {
 	chunk := store.BatchSize(s.db, restoreChunk, 1, 8)
-	var master, header []byte
+	var master []byte
+	var headers [persist.MaxShards][]byte // by shard
 	if err := readBackup(path, func(e backupEntry) error {
 		if bytes.Equal(e.bucket, persist.BucketMeta) {
-			switch {
-			case bytes.Equal(e.key, persist.MetaMaster):
+			if i, ok := persist.HeaderKeyShard(e.key); ok {
+				headers[i] = bytes.Clone(e.val)
+			} else if persist.IsHeaderKey(e.key) {
+				return wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds a malformed store header key")
+			} else if bytes.Equal(e.key, persist.MetaMaster) {
 				master = bytes.Clone(e.val)
-			case bytes.Equal(e.key, persist.MetaHeader):
-				header = bytes.Clone(e.val)
 			}
 		}
 		return nil
 	}); err != nil {
 		return 0, nil, err
 	}
-	if master == nil || header == nil {
+	header := joinHeaders(headers[:])
+	if master == nil || headers[0] == nil {
 		return 0, nil, wire.Errorf(wire.Status_STATUS_INVALID_ARGUMENT, "the backup holds no master record or no store header")
 	}
 	var floor uint64
 	if err := s.db.Update(func(tx store.Tx) error {
 		floor = max(hw, readRestoreFloor(tx))
-		if v := tx.Get(persist.BucketMeta, persist.MetaHeader); v != nil {
+		var old [][]byte
+		if err := tx.ForEach(persist.BucketMeta, persist.MetaHeader, func(k, v []byte) error {
+			if !persist.IsHeaderKey(k) {
+				return nil
+			}
+			old = append(old, bytes.Clone(k))
 			// Read without its MAC (the daemon is sealed): a header
 			// forged higher only raises the floor.
 			var h persist.StoreHeader
 			if h.UnmarshalVT(v) == nil {
 				floor = max(floor, h.Epoch)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		// Every shard's header goes: every write of every daemon reads
+		// the header of the shard it writes in, and fails.
+		for _, k := range old {
+			if err := tx.Delete(persist.BucketMeta, k); err != nil {
+				return err
 			}
 		}
 		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
@@ -519,10 +538,7 @@ func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint6
 		if err := tx.Put(persist.BucketMeta, persist.MetaRestoring, []byte{1}); err != nil {
 			return err
 		}
-		if err := tx.Put(persist.BucketMeta, persist.MetaMaster, master); err != nil {
-			return err
-		}
-		return tx.Delete(persist.BucketMeta, persist.MetaHeader)
+		return tx.Put(persist.BucketMeta, persist.MetaMaster, master)
 	}); err != nil {
 		return 0, nil, err
 	}
@@ -600,8 +616,12 @@ func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint6
 		}
 	}
 	err := s.db.Update(func(tx store.Tx) error {
-		if err := tx.Put(persist.BucketMeta, persist.MetaHeader, header); err != nil {
-			return err
+		for i, h := range headers {
+			if h != nil {
+				if err := tx.Put(persist.BucketMeta, persist.ShardHeaderKey(uint32(i)), h); err != nil {
+					return err
+				}
+			}
 		}
 		if err := tx.Put(persist.BucketMeta, persist.MetaRestoreFloor, binary.BigEndian.AppendUint64(nil, floor)); err != nil {
 			return err
@@ -617,6 +637,23 @@ func (s *Store) restoreInChunks(path string, plan []int, epoch *uint64, hw uint6
 		return 0, nil, err
 	}
 	return floor, header, nil
+}
+
+// joinHeaders returns the headers of every shard, in shard order, each
+// after its length (one header alone: itself): what the high-water mark
+// of a restore names (restoredHighWater).
+func joinHeaders(hs [][]byte) []byte {
+	if len(hs) > 0 && !slices.ContainsFunc(hs[1:], func(h []byte) bool { return h != nil }) {
+		return hs[0]
+	}
+	var b []byte
+	for _, h := range hs {
+		if h != nil {
+			b = binary.BigEndian.AppendUint32(b, uint32(len(h)))
+			b = append(b, h...)
+		}
+	}
+	return b
 }
 
 // readRestoreFloor reads persist.MetaRestoreFloor (0: absent).
@@ -689,8 +726,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 			}); err != nil {
 				return err
 			}
-			var h *persist.StoreHeader
-			var acc persist.Acc
+			st := newShardSet(s.shardCount())
 			for _, id := range ids {
 				v := tx.Get(persist.BucketKeys, id)
 				r, err := checkRecord(k, id, v)
@@ -717,12 +753,7 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 					} else if !c.legacy && c.gen == k.Generation {
 						break
 					}
-					if h == nil {
-						if h, acc, err = readHeader(tx, k); err != nil {
-							return err
-						}
-					}
-					if err := s.rewrapRecord(tx, k, h, &acc, r.CloneVT()); err != nil {
+					if err := s.rewrapRecord(tx, k, st, r.CloneVT()); err != nil {
 						return err
 					}
 				}
@@ -732,10 +763,8 @@ func (s *Store) RewrapAll(progress func(done, total uint64)) error {
 			if last == nil {
 				return nil
 			}
-			if h != nil {
-				if err := s.writeHeader(tx, k, h, acc); err != nil {
-					return err
-				}
+			if err := s.writeShards(tx, k, st); err != nil {
+				return err
 			}
 			var err error
 			stepped, err = s.master.RotationStep(tx, k, last, done+n)
@@ -808,7 +837,7 @@ func recordsNotCurrent(tx store.Tx, k *seal.Keys) uint64 {
 // format, under the current generation: its blobs opened under the old
 // rules and sealed anew, its fingerprints re-encrypted (the inner values
 // need no material), its MAC made anew.
-func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord) error {
+func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, st *shardSet, r *persist.KeyRecord) error {
 	old := r.CloneVT()
 	if err := openFingerprints(k, r); err != nil {
 		return err
@@ -817,5 +846,5 @@ func (s *Store) rewrapRecord(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, 
 	plain := func(i int, fn func([]byte) error) error {
 		return openVersions(k, old, i, func(_ int, b []byte) error { return fn(b) })
 	}
-	return s.putRecordIn(tx, k, h, acc, r, true, plain, nil)
+	return s.putRecordIn(tx, k, st, r, true, plain, nil)
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/keywarden/keywarden/internal/etcdtest"
 	"github.com/keywarden/keywarden/internal/persist"
 	"github.com/keywarden/keywarden/internal/seal"
-	"github.com/keywarden/keywarden/internal/store"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -38,9 +37,8 @@ func TestClusterReplayOwnLastHeader(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	db := a.db.(*store.Etcd)
-	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
-	mine := get(t, raw, hdr) // a's last header
+	hdr := shardHeaderKey(a, x.ID) // x's and y's: a creates in one shard
+	mine := get(t, raw, hdr)       // a's last header
 	within(t, time.Second, "b follows a", func() bool { _, err := b.Get(y.ID); return err == nil })
 	if _, err := b.Rotate(x); err != nil { // b moves the header on
 		t.Fatal(err)
@@ -92,8 +90,7 @@ func TestClusterReplayHeaderAcrossRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	db := a.db.(*store.Etcd)
-	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+	hdr := shardHeaderKey(a, x.ID) // x's and y's: a creates in one shard
 	mine := get(t, raw, hdr)
 	within(t, time.Second, "b follows a", func() bool { _, err := b.Get(y.ID); return err == nil })
 	pr, err := b.Master().PrepareRotation(ctx, seal.Sealing{Passphrase: []byte("passphrase"), Params: testParams})
@@ -112,6 +109,7 @@ func TestClusterReplayHeaderAcrossRotation(t *testing.T) {
 	if _, err := raw.Put(ctx, hdr, mine); err != nil {
 		t.Fatal(err)
 	}
+	a.mine.Store(persist.ShardOf(x.ID[:], a.shardCount())) // z in the shard put back
 	if err := a.Add(obj(t, 1, "z", false)); err == nil {
 		t.Error("a creation committed over the header of the previous generation")
 	}

@@ -300,7 +300,7 @@ func TestClusterTamperThroughEtcd(t *testing.T) {
 			}
 			db := a.db.(*store.Etcd)
 			keys := db.BucketPrefix(persist.BucketKeys)
-			hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
+			hdr := shardHeaderKey(a, x.ID) // x's and y's: a creates in one shard
 			oldX, oldHdr := get(t, raw, keys+string(x.ID[:])), get(t, raw, hdr)
 			if _, err := a.Rotate(x); err != nil { // x's record and the header move on
 				t.Fatal(err)
@@ -538,7 +538,6 @@ func TestClusterReplayGroupCommit(t *testing.T) {
 	db := a.db.(*store.Etcd)
 	keys := db.BucketPrefix(persist.BucketKeys)
 	names := db.BucketPrefix(persist.BucketNames)
-	hdr := db.BucketPrefix(persist.BucketMeta) + string(persist.MetaHeader)
 
 	// Concurrent creations: a's committer puts the calls that wait while
 	// it commits into one etcd transaction.
@@ -557,6 +556,7 @@ func TestClusterReplayGroupCommit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	hdr := shardHeaderKey(a, objs[0].ID) // a creates in one shard
 	// The two records last written in one transaction with the header.
 	hr, err := raw.Get(ctx, hdr)
 	if err != nil {

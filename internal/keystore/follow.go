@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -75,16 +76,17 @@ type follower struct {
 	done   chan struct{}
 
 	// Used by the follow goroutine only: the last revision applied and
-	// the last header verified.
+	// the last header verified of each of the store's n shards.
 	rev      int64
-	hdrEpoch uint64
-	acc      persist.Acc
-	count    uint64
+	n        uint32
+	hdrEpoch []uint64
+	acc      []persist.Acc
+	count    []uint64
 
 	storeID   []byte
-	hw        atomic.Uint64 // the highest header epoch verified
-	confirmed atomic.Int64  // unix nanoseconds of the last confirmation
-	rev0      atomic.Int64  // the last revision confirmed (status)
+	hw        []atomic.Uint64 // the highest header epoch verified, by shard
+	confirmed atomic.Int64    // unix nanoseconds of the last confirmation
+	rev0      atomic.Int64    // the last revision confirmed (status)
 	stale     atomic.Bool
 	failed    atomic.Pointer[error]
 }
@@ -140,17 +142,21 @@ func (s *Store) SetStaleBound(d time.Duration) {
 	s.mu.Unlock()
 }
 
-// startFollow starts following db from revision rev, whose header h (with
-// accumulator acc) the unseal verified, for epoch. s.mu is held.
-func (s *Store) startFollow(db store.Shared, epoch uint64, rev int64, h *persist.StoreHeader, acc persist.Acc) {
+// startFollow starts following db from revision rev, whose headers st
+// the unseal verified, for epoch. s.mu is held.
+func (s *Store) startFollow(db store.Shared, epoch uint64, rev int64, st *shardSet) {
 	bound := s.staleBound
 	if bound <= 0 {
 		bound = DefaultStaleBound
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &follower{s: s, db: db, epoch: epoch, bound: bound, cancel: cancel, done: make(chan struct{}),
-		rev: rev, hdrEpoch: h.Epoch, acc: acc, count: h.Count, storeID: h.StoreId}
-	f.hw.Store(h.Epoch)
+		rev: rev, n: st.n, hdrEpoch: st.epochs(), acc: slices.Clone(st.acc), count: make([]uint64, st.n),
+		hw: make([]atomic.Uint64, st.n), storeID: st.h[0].StoreId}
+	for i, h := range st.h {
+		f.count[i] = h.Count
+		f.hw[i].Store(h.Epoch)
+	}
 	f.confirmed.Store(time.Now().UnixNano())
 	f.rev0.Store(rev)
 	s.fol = f
@@ -164,7 +170,7 @@ func (s *Store) stopFollow() {
 	if f := s.fol; f != nil {
 		f.cancel()
 		s.fol = nil
-		if err := s.writeHighWater(f.storeID, f.hw.Load()); err != nil {
+		if err := s.writeHighWater(f.storeID, f.hwEpochs()); err != nil {
 			s.log.Warn("cannot keep the shared store's high-water mark", "err", err)
 		}
 	}
@@ -175,9 +181,9 @@ func (s *Store) stopFollow() {
 func (f *follower) watchBound(ctx context.Context) {
 	t := time.NewTicker(max(f.bound/10, 10*time.Millisecond))
 	defer t.Stop()
-	saved, lastSave := f.hw.Load(), time.Now()
+	saved, lastSave := f.hwEpochs(), time.Now()
 	save := func() {
-		if hw := f.hw.Load(); hw > saved {
+		if hw := f.hwEpochs(); !slices.Equal(hw, saved) {
 			if err := f.s.writeHighWater(f.storeID, hw); err != nil {
 				f.s.log.Warn("cannot keep the shared store's high-water mark", "err", err)
 			}
@@ -255,11 +261,21 @@ func (f *follower) confirm(rev int64, asOf time.Time) {
 	}
 }
 
-// headerTx is a Tx that holds one store header (for readHeader).
+// hwEpochs returns the highest header epochs verified, by shard.
+func (f *follower) hwEpochs() []uint64 {
+	e := make([]uint64, len(f.hw))
+	for i := range f.hw {
+		e[i] = f.hw[i].Load()
+	}
+	return e
+}
+
+// headerTx is a Tx that holds one store header (for readHeader and
+// readShard).
 type headerTx struct{ v []byte }
 
 func (t headerTx) Get(bucket, k []byte) []byte {
-	if bytes.Equal(bucket, persist.BucketMeta) && bytes.Equal(k, persist.MetaHeader) {
+	if bytes.Equal(bucket, persist.BucketMeta) && persist.IsHeaderKey(k) {
 		return t.v
 	}
 	return nil
@@ -299,18 +315,21 @@ func (f *follower) apply(c store.Commit) error {
 		// already, and its header (if it wrote one, under the keys it
 		// holds now) is the next one to add up to.
 		for _, ch := range c.Changes {
-			if bytes.Equal(ch.Bucket, persist.BucketMeta) && bytes.Equal(ch.Key, persist.MetaHeader) && !ch.Deleted {
-				if h, hacc, err := readHeader(headerTx{ch.Value}, k); err == nil {
-					f.hdrEpoch, f.acc, f.count = h.Epoch, hacc, h.Count
-					f.hw.Store(h.Epoch)
+			if !bytes.Equal(ch.Bucket, persist.BucketMeta) || ch.Deleted {
+				continue
+			}
+			if i, ok := persist.HeaderKeyShard(ch.Key); ok && i < f.n {
+				if h, hacc, err := readShard(headerTx{ch.Value}, k, i, f.n); err == nil {
+					f.hdrEpoch[i], f.acc[i], f.count[i] = h.Epoch, hacc, h.Count
+					f.hw[i].Store(h.Epoch)
 				}
 			}
 		}
 		return nil
 	}
-	var hdr *store.Change
+	var hdrs []store.Change
 	var recs []store.Change
-	for i, ch := range c.Changes {
+	for _, ch := range c.Changes {
 		switch {
 		case bytes.Equal(ch.Bucket, persist.BucketMeta) && bytes.Equal(ch.Key, persist.MetaMaster):
 			// The master key was rotated (or the store restored) by
@@ -320,29 +339,56 @@ func (f *follower) apply(c store.Commit) error {
 			f.fail(err)
 			s.log.Warn("the shared store's master record changed (a master key rotation or a restore elsewhere): keys refused until this daemon is sealed and unsealed", "revision", c.Rev)
 			return err
-		case bytes.Equal(ch.Bucket, persist.BucketMeta) && bytes.Equal(ch.Key, persist.MetaHeader):
-			hdr = &c.Changes[i]
+		case bytes.Equal(ch.Bucket, persist.BucketMeta) && persist.IsHeaderKey(ch.Key):
+			hdrs = append(hdrs, ch)
 		case bytes.Equal(ch.Bucket, persist.BucketKeys):
 			recs = append(recs, ch)
 		}
 	}
-	if hdr == nil {
+	if len(hdrs) == 0 {
 		if len(recs) > 0 {
 			return f.tamper(c.Rev, "key records changed without the store header")
 		}
 		return nil
 	}
-	if hdr.Deleted {
-		return f.tamper(c.Rev, "the store header deleted")
+	// The headers written, each checked as its shard's, later than the
+	// last one of that shard.
+	type shardHdr struct {
+		h     *persist.StoreHeader
+		hacc  persist.Acc
+		acc   persist.Acc
+		count uint64
 	}
-	h, hacc, err := readHeader(headerTx{hdr.Value}, k)
-	if err != nil {
-		return f.tamper(c.Rev, "a store header that fails its check")
+	written := make(map[uint32]*shardHdr, len(hdrs))
+	for _, ch := range hdrs {
+		i, ok := persist.HeaderKeyShard(ch.Key)
+		if !ok {
+			return f.tamper(c.Rev, "a store header under a malformed key")
+		}
+		if ch.Deleted {
+			return f.tamper(c.Rev, fmt.Sprintf("the store header of shard %d deleted", i))
+		}
+		if h, _, err := readHeader(headerTx{ch.Value}, k); err == nil && shardsOf(h) > f.n {
+			// Written under the master key, for more shards: another
+			// daemon split the store (at its unseal).
+			err := wire.Errorf(wire.Status_STATUS_UNAVAILABLE,
+				"the shared store was split into shards by another daemon of the cluster: seal and unseal this one")
+			f.fail(err)
+			s.log.Warn("the shared store was split into shards elsewhere: keys refused until this daemon is sealed and unsealed", "revision", c.Rev)
+			return err
+		}
+		if i >= f.n {
+			return f.tamper(c.Rev, fmt.Sprintf("a header of shard %d in a store of %d shards", i, f.n))
+		}
+		h, hacc, err := readShard(headerTx{ch.Value}, k, i, f.n)
+		if err != nil {
+			return f.tamper(c.Rev, fmt.Sprintf("a store header that fails its check (shard %d)", i))
+		}
+		if h.Epoch <= f.hdrEpoch[i] {
+			return f.tamper(c.Rev, fmt.Sprintf("an older store header put back (shard %d, epoch %d after %d)", i, h.Epoch, f.hdrEpoch[i]))
+		}
+		written[i] = &shardHdr{h: h, hacc: hacc, acc: f.acc[i], count: f.count[i]}
 	}
-	if h.Epoch <= f.hdrEpoch {
-		return f.tamper(c.Rev, fmt.Sprintf("an older store header put back (epoch %d after %d)", h.Epoch, f.hdrEpoch))
-	}
-	acc, count := f.acc, f.count
 	type checked struct {
 		id  key.ID
 		r   *persist.KeyRecord // nil for a deletion
@@ -361,11 +407,15 @@ func (f *follower) apply(c store.Commit) error {
 			return f.tamper(c.Rev, "a key record under a malformed id")
 		}
 		copy(cr.id[:], ch.Key)
+		sh := written[persist.ShardOf(ch.Key, f.n)]
+		if sh == nil {
+			return f.tamper(c.Rev, fmt.Sprintf("key records of shard %d changed without its header", persist.ShardOf(ch.Key, f.n)))
+		}
 		if ch.Prev != nil {
 			mac, _, err := persist.SplitValue(ch.Prev)
 			if err == nil {
 				if old, err := summand(k, mac); err == nil {
-					acc.Sub(old)
+					sh.acc.Sub(old)
 				}
 			}
 			if r, err := checkRecord(k, ch.Key, ch.Prev); err == nil {
@@ -374,7 +424,7 @@ func (f *follower) apply(c store.Commit) error {
 					cr.prevTag = macTag(mac)
 				}
 			}
-			count--
+			sh.count--
 		}
 		if !ch.Deleted {
 			r, err := checkRecord(k, ch.Key, ch.Value)
@@ -386,17 +436,22 @@ func (f *follower) apply(c store.Commit) error {
 			if err != nil {
 				return err
 			}
-			acc.Add(add)
-			count++
+			sh.acc.Add(add)
+			sh.count++
 			cr.r, cr.tag = r, macTag(mac)
 		}
 		done = append(done, cr)
 	}
-	if !k.LegacyHeader() && (acc != hacc || count != h.Count) {
-		return f.tamper(c.Rev, "the key records changed do not add up to the store header")
+	for i, sh := range written {
+		if !k.LegacyHeader() && (sh.acc != sh.hacc || sh.count != sh.h.Count) {
+			return f.tamper(c.Rev, fmt.Sprintf("the key records changed do not add up to the store header (shard %d)", i))
+		}
 	}
-	f.hdrEpoch, f.acc, f.count = h.Epoch, hacc, h.Count
-	f.hw.Store(h.Epoch)
+	for i, sh := range written {
+		f.hdrEpoch[i], f.acc[i], f.count[i] = sh.h.Epoch, sh.hacc, sh.h.Count
+		f.hw[i].Store(sh.h.Epoch)
+		s.wroteElsewhere(i)
+	}
 	if len(done) == 0 {
 		return nil
 	}

@@ -78,14 +78,38 @@ func accPad(k *seal.Keys, nonce []byte) ([]byte, error) {
 
 var errHeader = errors.New("the store header fails its integrity check")
 
-// readHeader reads and checks the store header, and returns it with its
-// accumulator (decrypted).
+// readHeader reads and checks the header of shard 0 (the one header of a
+// store of one shard), and returns it with its accumulator (decrypted).
+// Its Shards says how many shards the store has.
 func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, error) {
-	var acc persist.Acc
 	v := tx.Get(persist.BucketMeta, persist.MetaHeader)
 	if v == nil {
-		return nil, acc, errors.New("the store has no header")
+		return nil, persist.Acc{}, errors.New("the store has no header")
 	}
+	return cachedHeader(k, v)
+}
+
+// readShard reads and checks the header of shard i of a store of n
+// shards: it must name that shard, and that count.
+func readShard(tx store.Tx, k *seal.Keys, i, n uint32) (*persist.StoreHeader, persist.Acc, error) {
+	v := tx.Get(persist.BucketMeta, persist.ShardHeaderKey(i))
+	if v == nil {
+		if i == 0 {
+			return nil, persist.Acc{}, errors.New("the store has no header")
+		}
+		return nil, persist.Acc{}, fmt.Errorf("%w: shard %d of %d has no header (deleted)", errHeader, i, n)
+	}
+	h, acc, err := cachedHeader(k, v)
+	if err == nil && (h.Shard != i || shardsOf(h) != n) {
+		return nil, acc, fmt.Errorf("%w: the header of shard %d of %d where shard %d of %d's belongs", errHeader, h.Shard, shardsOf(h), i, n)
+	}
+	return h, acc, err
+}
+
+// shardsOf returns the number of shards a checked header names.
+func shardsOf(h *persist.StoreHeader) uint32 { return max(h.Shards, 1) }
+
+func cachedHeader(k *seal.Keys, v []byte) (*persist.StoreHeader, persist.Acc, error) {
 	if h, acc, ok := headers.get(k, v); ok {
 		return h, acc, nil
 	}
@@ -94,6 +118,85 @@ func readHeader(tx store.Tx, k *seal.Keys) (*persist.StoreHeader, persist.Acc, e
 		headers.put(k, v, h, acc)
 	}
 	return h, acc, err
+}
+
+// shardSet holds the shard headers a transaction has read, each with its
+// accumulator, to be written back at its end (writeShards): a write of
+// records reads and writes the headers of their shards only.
+type shardSet struct {
+	n   uint32
+	h   []*persist.StoreHeader // nil: not read
+	acc []persist.Acc
+}
+
+func newShardSet(n uint32) *shardSet {
+	n = max(n, 1)
+	return &shardSet{n: n, h: make([]*persist.StoreHeader, n), acc: make([]persist.Acc, n)}
+}
+
+// of returns the header and accumulator of the shard of key id, read and
+// checked at the first call.
+func (st *shardSet) of(tx store.Tx, k *seal.Keys, id []byte) (*persist.StoreHeader, *persist.Acc, error) {
+	i := persist.ShardOf(id, st.n)
+	if st.h[i] == nil {
+		h, acc, err := readShard(tx, k, i, st.n)
+		if err != nil {
+			return nil, nil, err
+		}
+		st.h[i], st.acc[i] = h, acc
+	}
+	return st.h[i], &st.acc[i], nil
+}
+
+// readShards reads and checks every shard's header (shard 0's gives how
+// many there are).
+func readShards(tx store.Tx, k *seal.Keys) (*shardSet, error) {
+	h0, acc0, err := readHeader(tx, k)
+	if err != nil {
+		return nil, err
+	}
+	st := newShardSet(shardsOf(h0))
+	st.h[0], st.acc[0] = h0, acc0
+	for i := uint32(1); i < st.n; i++ {
+		if st.h[i], st.acc[i], err = readShard(tx, k, i, st.n); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// writeShards writes every header of st that was read.
+func (s *Store) writeShards(tx store.Tx, k *seal.Keys, st *shardSet) error {
+	for i, h := range st.h {
+		if h != nil {
+			if err := s.writeHeader(tx, k, h, st.acc[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// maxEpoch returns the highest epoch of the headers of st that were read.
+func (st *shardSet) maxEpoch() uint64 {
+	var e uint64
+	for _, h := range st.h {
+		if h != nil {
+			e = max(e, h.Epoch)
+		}
+	}
+	return e
+}
+
+// epochs returns the epochs of st's headers, by shard.
+func (st *shardSet) epochs() []uint64 {
+	e := make([]uint64, st.n)
+	for i, h := range st.h {
+		if h != nil {
+			e[i] = h.Epoch
+		}
+	}
+	return e
 }
 
 // checkHeader decodes and checks encoded store header v under keys k.
@@ -106,6 +209,8 @@ func checkHeader(k *seal.Keys, v []byte) (*persist.StoreHeader, persist.Acc, err
 	want := uint32(persist.Format)
 	if k.LegacyHeader() {
 		want = persist.FormatLegacy
+	} else if h.Shards > 1 {
+		want = persist.FormatShardHeader
 	}
 	if h.Format != want {
 		return nil, acc, fmt.Errorf("%w: a header of format %d in a store of format %d", errHeader, h.Format, want)
@@ -126,6 +231,9 @@ func checkHeader(k *seal.Keys, v []byte) (*persist.StoreHeader, persist.Acc, err
 	if !hmac.Equal(mac, h.Mac) || !bytes.Equal(h.StoreId, k.StoreID) {
 		return nil, acc, errHeader
 	}
+	if n := shardsOf(h); !persist.ShardsOK(n) || h.Shard >= n || (n > 1 && k.LegacyHeader()) {
+		return nil, acc, fmt.Errorf("%w: shard %d of %d", errHeader, h.Shard, h.Shards)
+	}
 	if acc, err = persist.AccFrom(h.Acc); err != nil {
 		return nil, acc, err
 	}
@@ -143,7 +251,7 @@ func checkHeader(k *seal.Keys, v []byte) (*persist.StoreHeader, persist.Acc, err
 }
 
 // writeHeader writes h, with accumulator acc, in format 2 under k's
-// current generation. Every write of the header goes through it, and
+// current generation, as the header of the shard it names. Every write of the header goes through it, and
 // carries the store's budget epoch (h.BudgetEpoch never goes down): the
 // plain copy in the meta bucket, which a generation change writes even
 // while the daemon is sealed, has no MAC, and someone who puts an older
@@ -154,11 +262,14 @@ func (s *Store) writeHeader(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, a
 	if err != nil {
 		return err
 	}
-	return tx.Put(persist.BucketMeta, persist.MetaHeader, b)
+	return tx.Put(persist.BucketMeta, persist.ShardHeaderKey(h.Shard), b)
 }
 
 func encodeHeader(k *seal.Keys, h *persist.StoreHeader, acc persist.Acc) ([]byte, error) {
 	h.Format = persist.Format
+	if h.Shards > 1 {
+		h.Format = persist.FormatShardHeader
+	}
 	h.AccNonce = make([]byte, persist.NonceSize)
 	if err := random.Read(h.AccNonce); err != nil {
 		return nil, err

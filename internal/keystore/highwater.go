@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/keywarden/keywarden/internal/persist"
 )
 
 // The high-water mark of a shared store: the highest header epoch this
@@ -28,12 +31,46 @@ import (
 // raised above their mark by the first unseal, or an administrator
 // removes their file, which their refusal names.
 
+// A store of several shards has an epoch per shard, and the file holds
+// them all, in shard order, separated by commas: "<store id hex>
+// <e0>,<e1>,...". The floor of a restore is one epoch, above every
+// shard's before it.
+
 // highWater is what the file holds for one store.
 type highWater struct {
-	epoch uint64
-	// restored, if set, is the SHA-256 of the header a restore wrote:
-	// epoch is then the floor that header's epoch is raised above.
+	// epochs are the shards' epochs (one: the store had one header, and
+	// every shard's epoch since is above it); epoch is the highest.
+	epochs []uint64
+	epoch  uint64
+	// restored, if set, is the SHA-256 of the headers a restore wrote
+	// (joinHeaders): epoch is then the floor their epochs are raised
+	// above.
 	restored []byte
+}
+
+// olderThan returns why headers of these epochs, by shard, are older
+// than the mark ("" if they are not).
+func (hw highWater) olderThan(epochs []uint64) string {
+	switch {
+	case len(hw.epochs) == 0:
+		return ""
+	case len(hw.epochs) == 1:
+		// Every shard's epoch begins above the one header's.
+		for i, e := range epochs {
+			if e < hw.epochs[0] {
+				return fmt.Sprintf("header epoch %d of shard %d, %d seen", e, i, hw.epochs[0])
+			}
+		}
+	case len(hw.epochs) != len(epochs):
+		return fmt.Sprintf("%d shards, where this daemon verified a store of %d", len(epochs), len(hw.epochs))
+	default:
+		for i, e := range epochs {
+			if e < hw.epochs[i] {
+				return fmt.Sprintf("header epoch %d of shard %d, %d seen", e, i, hw.epochs[i])
+			}
+		}
+	}
+	return ""
 }
 
 // readHighWater returns the mark the file holds for store id (zero:
@@ -58,8 +95,17 @@ func (s *Store) readHighWater(id []byte) (highWater, error) {
 		return highWater{}, nil // another store's
 	}
 	var hw highWater
-	if hw.epoch, err = strconv.ParseUint(f[1], 10, 64); err != nil {
+	es := strings.Split(f[1], ",")
+	if len(es) > persist.MaxShards || (len(f) == 3 && len(es) != 1) {
 		return highWater{}, fmt.Errorf("%s: malformed", s.hwFile)
+	}
+	for _, e := range es {
+		n, err := strconv.ParseUint(e, 10, 64)
+		if err != nil {
+			return highWater{}, fmt.Errorf("%s: malformed", s.hwFile)
+		}
+		hw.epochs = append(hw.epochs, n)
+		hw.epoch = max(hw.epoch, n)
 	}
 	if len(f) == 3 {
 		if hw.restored, err = hex.DecodeString(f[2]); err != nil || len(hw.restored) != sha256.Size {
@@ -69,18 +115,40 @@ func (s *Store) readHighWater(id []byte) (highWater, error) {
 	return hw, nil
 }
 
-// writeHighWater records epoch for store id, if higher than what the file
-// holds.
-func (s *Store) writeHighWater(id []byte, epoch uint64) error {
-	if s.hwFile == "" {
+// writeHighWater records epochs (by shard) for store id, where higher
+// than what the file holds.
+func (s *Store) writeHighWater(id []byte, epochs []uint64) error {
+	if s.hwFile == "" || len(epochs) == 0 {
 		return nil
 	}
 	s.hwMu.Lock()
 	defer s.hwMu.Unlock()
-	if cur, err := s.readHighWater(id); err == nil && cur.epoch >= epoch {
-		return nil
+	if cur, err := s.readHighWater(id); err == nil {
+		switch {
+		case cur.restored != nil:
+			if slices.Max(epochs) <= cur.epoch {
+				return nil // not yet raised above the restore's floor
+			}
+		case len(cur.epochs) == len(epochs):
+			higher := false
+			epochs = slices.Clone(epochs)
+			for i, e := range cur.epochs {
+				higher = higher || epochs[i] > e
+				epochs[i] = max(epochs[i], e)
+			}
+			if !higher {
+				return nil
+			}
+		}
 	}
-	return s.putHighWater(fmt.Appendf(nil, "%x %d\n", id, epoch))
+	b := fmt.Appendf(nil, "%x ", id)
+	for i, e := range epochs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, e, 10)
+	}
+	return s.putHighWater(append(b, '\n'))
 }
 
 func (s *Store) putHighWater(b []byte) error {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -127,19 +128,21 @@ func objectPlain(o *Object) func(i int, fn func([]byte) error) error {
 // update) or must not (a create). then, if not nil, runs under s.mu once
 // tx commits, as the record is noted (noteRecord).
 func (s *Store) putRecord(tx store.Tx, k *seal.Keys, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error, then func()) error {
-	h, acc, err := readHeader(tx, k)
+	st := newShardSet(s.shardCount())
+	if err := s.putRecordIn(tx, k, st, r, update, plain, then); err != nil {
+		return err
+	}
+	return s.writeShards(tx, k, st)
+}
+
+// putRecordIn is putRecord with the headers (st) read and written by the
+// caller: a batch of writes reads and writes each shard's once. Only the
+// header of r's shard is read and changed.
+func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, st *shardSet, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error, then func()) error {
+	h, acc, err := st.of(tx, k, r.Id)
 	if err != nil {
 		return err
 	}
-	if err := s.putRecordIn(tx, k, h, &acc, r, update, plain, then); err != nil {
-		return err
-	}
-	return s.writeHeader(tx, k, h, acc)
-}
-
-// putRecordIn is putRecord with the header (h, acc) read and written by
-// the caller: a batch of writes reads and writes it once.
-func (s *Store) putRecordIn(tx store.Tx, k *seal.Keys, h *persist.StoreHeader, acc *persist.Acc, r *persist.KeyRecord, update bool, plain func(int, func([]byte) error) error, then func()) error {
 	cur := tx.Get(persist.BucketKeys, r.Id)
 	switch {
 	case update && cur == nil:
@@ -267,7 +270,8 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 		if err := s.checkFresh(tx, o, nil); err != nil {
 			return err
 		}
-		h, acc, err := readHeader(tx, k)
+		st := newShardSet(s.shardCount())
+		h, acc, err := st.of(tx, k, o.ID[:])
 		if err != nil {
 			return err
 		}
@@ -306,7 +310,7 @@ func (s *Store) delete(k *seal.Keys, o *Object) error {
 				}
 			}
 		}
-		return s.writeHeader(tx, k, h, acc)
+		return s.writeShards(tx, k, st)
 	})
 	return storeErr(err)
 }
@@ -518,73 +522,115 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 	return o, nil
 }
 
-// Verify checks the whole store against keys k (at unseal): the header's
-// MAC, every record's MAC, and that the records add up to the header's
-// count and accumulator. It also counts each owner's keys. With accept,
-// a set that does not add up is accepted and the header rewritten.
+// Verify checks the whole store against keys k (at unseal): every shard
+// header's MAC, every record's MAC, and that the records of each shard
+// add up to its header's count and accumulator. It also counts each
+// owner's keys. With accept, a set that does not add up is accepted and
+// the headers rewritten. A shared store of one header is split into
+// storeShards shards (splitShards), and checked again.
 func (s *Store) Verify(k *seal.Keys, accept bool) error {
+	return s.verify(k, accept, true)
+}
+
+func (s *Store) verify(k *seal.Keys, accept, split bool) error {
 	if p, ok := s.db.(prefetcher); ok {
 		p.Prefetch()
 	}
 	var scan verifyScan
-	var hdr *persist.StoreHeader
-	var hacc persist.Acc
+	var st *shardSet
 	var rev int64 // the revision of a shared store checked
-	var rawHeader []byte
+	var raw [][]byte
 	var floor uint64 // persist.MetaRestoreFloor: a restore's, not yet raised above
 	err := s.db.View(func(tx store.Tx) error {
 		if tx.Get(persist.BucketMeta, persist.MetaRestoring) != nil {
 			return errRestoreInterrupted
 		}
 		var err error
-		if hdr, hacc, err = readHeader(tx, k); err != nil {
+		if st, err = readShards(tx, k); err != nil {
 			return err
 		}
-		rawHeader = bytes.Clone(tx.Get(persist.BucketMeta, persist.MetaHeader))
+		raw = make([][]byte, st.n)
+		for i := range raw {
+			raw[i] = bytes.Clone(tx.Get(persist.BucketMeta, persist.ShardHeaderKey(uint32(i))))
+		}
+		if st.n == 1 {
+			// A header of another shard left in a store of one: not
+			// the store's (a shard count lowered).
+			var stray bool
+			tx.ForEach(persist.BucketMeta, persist.MetaHeader, func(k, _ []byte) error {
+				if persist.IsHeaderKey(k) && !bytes.Equal(k, persist.MetaHeader) {
+					stray = true
+					return store.ErrStop
+				}
+				return nil
+			})
+			if stray {
+				return fmt.Errorf("%w: headers of shards in a store of one header", errHeader)
+			}
+		}
 		floor = readRestoreFloor(tx)
 		if r, ok := tx.(store.Revisioned); ok {
 			rev = r.Revision()
 		}
-		scan, err = scanRecords(tx, k, hdr.Count)
+		scan, err = scanRecords(tx, k, st.h[0].Count)
 		return err
 	})
 	if err != nil {
 		return &IntegrityError{Detail: err.Error()}
 	}
+	hdr := st.h[0]
+	epochs := st.epochs()
 	if hw, err := s.readHighWater(hdr.StoreId); err != nil {
 		return &IntegrityError{Detail: fmt.Sprintf("cannot read the high-water mark: %v", err)}
-	} else if hw.restored != nil && hdr.Epoch <= hw.epoch {
-		// This daemon restored a backup: the header it wrote is
+	} else if hw.restored != nil && slices.Max(epochs) <= hw.epoch {
+		// This daemon restored a backup: the headers it wrote are
 		// accepted (and raised above the floor below), no other.
-		if sum := sha256.Sum256(rawHeader); !bytes.Equal(sum[:], hw.restored) {
+		if sum := sha256.Sum256(joinHeaders(raw)); !bytes.Equal(sum[:], hw.restored) {
 			ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
 				"the store is not the one this daemon restored from a backup, nor newer (header epoch %d, at most %d before the restore): rolled back to a state of before the restore",
-				hdr.Epoch, hw.epoch)}
+				slices.Max(epochs), hw.epoch)}
 			s.log.Error("unseal refused", "reason", ie.Detail)
 			return ie
 		}
 		floor = max(floor, hw.epoch)
-	} else if hdr.Epoch < hw.epoch {
+	} else if hw.restored != nil && slices.Min(epochs) <= hw.epoch {
+		// Raised above the floor, all shards at once: a shard at or
+		// below it is one of before the restore, put back.
 		ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
-			"the store is older than one this daemon verified before (header epoch %d, %d seen): rolled back; if a backup was restored on purpose on another daemon, remove %s and unseal again",
-			hdr.Epoch, hw.epoch, s.hwFile)}
+			"a shard of the store is older than the restore this daemon made (header epoch %d, at most %d before the restore): rolled back to a state of before the restore",
+			slices.Min(epochs), hw.epoch)}
+		s.log.Error("unseal refused", "reason", ie.Detail)
+		return ie
+	} else if why := hw.olderThan(epochs); hw.restored == nil && why != "" {
+		ie := &IntegrityError{SetChanged: true, Detail: fmt.Sprintf(
+			"the store is older than one this daemon verified before (%s): rolled back; if a backup was restored on purpose on another daemon, remove %s and unseal again",
+			why, s.hwFile)}
 		s.log.Error("unseal refused", "reason", ie.Detail)
 		return ie
 	}
-	owned, bad, count, acc := scan.owned, scan.bad, scan.count, scan.acc
+	owned, bad := scan.owned, scan.bad
+	counts, accs := scan.fold(st.n)
 	if k.LegacyHeader() {
-		acc = scan.legacyAcc
+		accs[0] = scan.legacyAcc
 	}
-	setChanged := count != hdr.Count || acc != hacc
+	count := sumOf(counts)
+	setChanged := false
+	for i, h := range st.h {
+		setChanged = setChanged || counts[i] != h.Count || accs[i] != st.acc[i]
+	}
 	if len(bad) > 0 || (setChanged && !accept) {
 		ie := &IntegrityError{BadRecords: len(bad), SetChanged: setChanged}
+		var expect uint64
+		for _, h := range st.h {
+			expect += h.Count
+		}
 		switch {
 		case len(bad) > 0 && setChanged:
 			ie.Detail = fmt.Sprintf("%s changed, and the set of records differs from what this daemon last wrote", recordsWere(len(bad)))
 		case len(bad) > 0:
 			ie.Detail = fmt.Sprintf("%s changed outside the daemon", recordsWere(len(bad)))
 		default:
-			ie.Detail = fmt.Sprintf("the set of key records differs from what this daemon last wrote (%d records, %d expected): a record was deleted, added, or restored from an older copy", count, hdr.Count)
+			ie.Detail = fmt.Sprintf("the set of key records differs from what this daemon last wrote (%d records, %d expected): a record was deleted, added, moved, or restored from an older copy", count, expect)
 		}
 		s.log.Error("unseal refused", "reason", ie.Detail)
 		if len(bad) > 0 && !accept {
@@ -594,19 +640,25 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 			return ie
 		}
 	}
-	// The budget epoch the header carries, under its MAC, is a floor for
-	// the plain one the meta bucket holds (writeHeader).
-	s.raiseBudgetEpoch(hdr.BudgetEpoch)
-	verified := hdr.Epoch // for the high-water mark
+	// The budget epoch the headers carry, under their MAC, is a floor
+	// for the plain one the meta bucket holds (writeHeader).
+	for _, h := range st.h {
+		s.raiseBudgetEpoch(h.BudgetEpoch)
+	}
+	verified := epochs // for the high-water mark
+	raised := false
 	if floor != 0 && !k.LegacyHeader() {
 		// The follower begins at the revision checked, before this
 		// write, and follows it.
-		e, err := s.raiseAfterRestore(k, floor, rawHeader)
+		e, err := s.raiseAfterRestore(k, floor, raw)
 		if err != nil {
 			return storeErr(err)
 		}
-		verified = max(verified, e)
+		if e != nil {
+			verified, raised = e, true
+		}
 	}
+	_, shared := s.db.(store.Shared)
 	switch {
 	case k.LegacyHeader():
 		// A store of format 1, checked under its rules: upgraded now, in
@@ -632,19 +684,29 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.log.Warn("key records that failed their check were set aside, as asked; their keys are gone", "records", len(bad))
 		count, bad = n, map[key.ID]struct{}{}
 	case setChanged && accept:
-		s.log.Warn("the store's records do not add up to its header; accepting them as they are, as asked", "records", count, "expected", hdr.Count)
+		s.log.Warn("the store's records do not add up to its headers; accepting them as they are, as asked", "records", count)
 		err := s.db.Update(func(tx store.Tx) error {
-			h, _, err := readHeader(tx, k)
+			st, err := readShards(tx, k)
 			if err != nil {
 				return err
 			}
-			h.Count = count
-			h.Epoch++
-			return s.writeHeader(tx, k, h, acc)
+			setShards(st, counts, accs, 0)
+			return s.writeShards(tx, k, st)
 		})
 		if err != nil {
 			return storeErr(err)
 		}
+	case shared && split && st.n == 1 && storeShards > 1:
+		// A shared store of one header: split into shards, from the
+		// records just checked, and checked again. (A header just
+		// raised above a restore's floor is checked again first.)
+		if !raised {
+			if err := s.splitShards(k, raw[0], scan); err != nil {
+				return storeErr(err)
+			}
+		}
+		s.writeHighWater(hdr.StoreId, verified)
+		return s.verify(k, accept, raised)
 	}
 	mats := newMaterials(len(scan.mats))
 	for _, e := range scan.mats {
@@ -669,32 +731,74 @@ func (s *Store) Verify(k *seal.Keys, accept bool) error {
 		s.bad = bad
 		s.serving = k.Epoch()
 		s.stopFollow()
+		s.setShards(st.n)
 		s.writeHighWater(hdr.StoreId, verified)
 		if sh, ok := s.db.(store.Shared); ok && rev != 0 {
 			// From the revision checked: the writes Verify made since
 			// are followed too, and must add up.
-			s.startFollow(sh, k.Epoch(), rev, hdr, hacc)
+			s.startFollow(sh, k.Epoch(), rev, st)
 		}
 	})
 }
 
-// raiseAfterRestore writes the header of a store restored from a backup
-// anew with an epoch above floor, the highest the store had before the
+// storeShards is the number of shards a shared store is split into at
+// its first unseal (splitShards). A variable for tests.
+var storeShards uint32 = 16
+
+// splitShards splits a shared store of one header, whose records scan
+// checked with the header raw, into storeShards shards, in one
+// transaction: the header becomes shard 0's, and every shard's header has
+// the count and sum of the records of its shard (by their ids), and an
+// epoch above the one header's. The records are not re-written. Had the
+// header changed since it was checked (another daemon wrote), nothing is
+// split, and the next unseal splits.
+func (s *Store) splitShards(k *seal.Keys, raw []byte, scan verifyScan) error {
+	n := storeShards
+	counts, accs := scan.fold(n)
+	split := false
+	err := s.db.Update(func(tx store.Tx) error {
+		split = false
+		if !bytes.Equal(tx.Get(persist.BucketMeta, persist.MetaHeader), raw) {
+			return nil
+		}
+		h0, _, err := readHeader(tx, k)
+		if err != nil {
+			return err
+		}
+		for i := range n {
+			h := h0.CloneVT()
+			h.Shard, h.Shards = i, n
+			h.Count, h.Epoch = counts[i], h0.Epoch+1
+			if err := s.writeHeader(tx, k, h, accs[i]); err != nil {
+				return err
+			}
+		}
+		split = true
+		return nil
+	})
+	if err == nil && split {
+		s.log.Info("shared store split into shards, a header each: several daemons create keys at once", "shards", n)
+	}
+	return err
+}
+
+// raiseAfterRestore writes the headers of a store restored from a backup
+// anew with epochs above floor, the highest the store had before the
 // restore (persist.MetaRestoreFloor), and removes the floor: from then on
 // a header of before the restore, which etcd's history keeps under the
 // same master key, is older than the store's, and refused by epoch (by a
 // follower, and by the high-water mark at unseal). Only checked, the
-// header that Verify checked (checked) is raised: had another one been
-// put in its place since, the unseal fails. It returns the epoch written
-// (0: the header was already above the floor).
-func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64, checked []byte) (uint64, error) {
+// headers that Verify checked (by shard) are raised: had another one been
+// put in place of one since, the unseal fails. It returns the epochs
+// written, by shard (nil: the headers were already above the floor).
+func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64, checked [][]byte) ([]uint64, error) {
 	if floor == math.MaxUint64 {
-		return 0, errors.New("the store's restore floor is at the largest epoch: no header can be above it")
+		return nil, errors.New("the store's restore floor is at the largest epoch: no header can be above it")
 	}
-	var epoch uint64
+	var epochs []uint64
 	err := s.db.Update(func(tx store.Tx) error {
-		epoch = 0
-		h, acc, err := readHeader(tx, k)
+		epochs = nil
+		st, err := readShards(tx, k)
 		if err != nil {
 			return err
 		}
@@ -703,20 +807,22 @@ func (s *Store) raiseAfterRestore(k *seal.Keys, floor uint64, checked []byte) (u
 				return err
 			}
 		}
-		if h.Epoch > floor {
+		if st.maxEpoch() > floor {
 			return nil
 		}
-		if !bytes.Equal(tx.Get(persist.BucketMeta, persist.MetaHeader), checked) {
-			return errors.New("the store header changed while the store was checked: unseal again")
+		for i := range st.n {
+			if int(i) >= len(checked) || !bytes.Equal(tx.Get(persist.BucketMeta, persist.ShardHeaderKey(i)), checked[i]) {
+				return errors.New("the store header changed while the store was checked: unseal again")
+			}
+			st.h[i].Epoch = floor + 1
 		}
-		h.Epoch = floor + 1
-		epoch = h.Epoch
-		return s.writeHeader(tx, k, h, acc)
+		epochs = st.epochs()
+		return s.writeShards(tx, k, st)
 	})
-	if err == nil && epoch != 0 {
-		s.log.Info("store restored from a backup: its header's epoch raised above every one it had before the restore", "epoch", epoch)
+	if err == nil && epochs != nil {
+		s.log.Info("store restored from a backup: its headers' epochs raised above every one it had before the restore", "epoch", floor+1)
 	}
-	return epoch, err
+	return epochs, err
 }
 
 // Empty reports whether the store holds no key records.
@@ -833,18 +939,17 @@ func (s *Store) setAside(k *seal.Keys, bad map[key.ID]struct{}) (uint64, error) 
 		if err := s.moveAside(tx, bad); err != nil {
 			return err
 		}
-		var acc persist.Acc
-		var err error
-		if count, acc, err = sumRecords(tx, k, nil); err != nil {
-			return err
-		}
-		h, _, err := readHeader(tx, k)
+		st, err := readShards(tx, k)
 		if err != nil {
 			return err
 		}
-		h.Count = count
-		h.Epoch++
-		return s.writeHeader(tx, k, h, acc)
+		counts, acc, err := sumRecords(tx, k, st.n, nil)
+		if err != nil {
+			return err
+		}
+		count = sumOf(counts)
+		setShards(st, counts, acc, 0)
+		return s.writeShards(tx, k, st)
 	})
 	return count, err
 }
@@ -864,13 +969,13 @@ func (s *Store) upgrade(k *seal.Keys, old *persist.StoreHeader, bad map[key.ID]s
 		if err := s.moveAside(tx, bad); err != nil {
 			return err
 		}
-		var acc persist.Acc
-		var err error
-		if count, acc, err = sumRecords(tx, k, nil); err != nil {
+		counts, acc, err := sumRecords(tx, k, 1, nil)
+		if err != nil {
 			return err
 		}
+		count = counts[0]
 		h := &persist.StoreHeader{StoreId: k.StoreID, Epoch: old.Epoch + 1, Count: count, CreatedUnixNano: old.CreatedUnixNano}
-		return s.writeHeader(tx, k, h, acc)
+		return s.writeHeader(tx, k, h, acc[0])
 	})
 	return count, err
 }
@@ -917,12 +1022,16 @@ func (s *Store) moveAside(tx store.Tx, bad map[key.ID]struct{}) error {
 }
 
 // sumRecords counts the records of the keys bucket and sums their
-// summands under k's current generation. check, if not nil, is called
-// with each record first; its error is sumRecords'.
-func sumRecords(tx store.Tx, k *seal.Keys, check func(id, v []byte) error) (count uint64, acc persist.Acc, err error) {
+// summands under k's current generation, by shard of a store of n
+// shards. check, if not nil, is called with each record first; its error
+// is sumRecords'.
+func sumRecords(tx store.Tx, k *seal.Keys, n uint32, check func(id, v []byte) error) (count []uint64, acc []persist.Acc, err error) {
+	n = max(n, 1)
+	count, acc = make([]uint64, n), make([]persist.Acc, n)
 	var sum summer
 	err = tx.ForEach(persist.BucketKeys, nil, func(id, v []byte) error {
-		count++
+		i := persist.ShardOf(id, n)
+		count[i]++
 		if check != nil {
 			if err := check(id, v); err != nil {
 				return err
@@ -932,10 +1041,10 @@ func sumRecords(tx store.Tx, k *seal.Keys, check func(id, v []byte) error) (coun
 		if err != nil {
 			return nil // in the count, not in the sum: as Verify counts it
 		}
-		return sum.add(k, &acc, mac)
+		return sum.add(k, acc, i, mac)
 	})
 	if err == nil {
-		err = sum.flush(k, &acc)
+		err = sum.flush(k, acc)
 	}
 	return count, acc, err
 }
@@ -944,18 +1053,20 @@ func sumRecords(tx store.Tx, k *seal.Keys, check func(id, v []byte) error) (coun
 // key's secret state per batch.
 type summer struct {
 	in  [][]byte
+	to  []uint32 // the shard of each
 	buf []byte
 }
 
-func (s *summer) add(k *seal.Keys, acc *persist.Acc, mac []byte) error {
+func (s *summer) add(k *seal.Keys, acc []persist.Acc, shard uint32, mac []byte) error {
 	s.in = append(s.in, persist.SumInput(nil, mac))
+	s.to = append(s.to, shard)
 	if len(s.in) == verifyBatch {
 		return s.flush(k, acc)
 	}
 	return nil
 }
 
-func (s *summer) flush(k *seal.Keys, acc *persist.Acc) error {
+func (s *summer) flush(k *seal.Keys, acc []persist.Acc) error {
 	if len(s.in) == 0 {
 		return nil
 	}
@@ -964,9 +1075,27 @@ func (s *summer) flush(k *seal.Keys, acc *persist.Acc) error {
 	}
 	err := k.MACEach(k.Generation, len(s.in), func(i int) (data, dst []byte) {
 		return s.in[i], s.buf[:0]
-	}, func(_ int, sum []byte) { acc.Add(sum) })
-	s.in = s.in[:0]
+	}, func(i int, sum []byte) { acc[s.to[i]].Add(sum) })
+	s.in, s.to = s.in[:0], s.to[:0]
 	return err
+}
+
+// setShards sets st's headers to count and acc, by shard, each epoch one
+// higher (to at least epoch, if given).
+func setShards(st *shardSet, count []uint64, acc []persist.Acc, epoch uint64) {
+	for i, h := range st.h {
+		h.Count = count[i]
+		h.Epoch = max(h.Epoch+1, epoch)
+		st.acc[i] = acc[i]
+	}
+}
+
+func sumOf(c []uint64) uint64 {
+	var t uint64
+	for _, n := range c {
+		t += n
+	}
+	return t
 }
 
 // countSetAside counts the records in the quarantine bucket.

@@ -223,11 +223,11 @@ func (s *Store) CommitRotation(p *seal.Pending) error {
 	defer l.Release()
 	total, _ := s.Counts()
 	return s.master.CommitRotation(p, uint64(total), func(tx store.Tx, old, next *seal.Keys) error {
-		h, _, err := readHeader(tx, old)
+		st, err := readShards(tx, old)
 		if err != nil {
 			return err
 		}
-		count, acc, err := sumRecords(tx, next, func(id, v []byte) error {
+		counts, acc, err := sumRecords(tx, next, st.n, func(id, v []byte) error {
 			var kid key.ID
 			copy(kid[:], id)
 			err := s.current(old, kid, v)
@@ -245,11 +245,10 @@ func (s *Store) CommitRotation(p *seal.Pending) error {
 			known = s.seen.len()
 		}
 		s.mu.Unlock()
-		if count != uint64(known) {
+		if sumOf(counts) != uint64(known) {
 			return errChangedLive
 		}
-		h.Count = count
-		h.Epoch++
-		return s.writeHeader(tx, next, h, acc)
+		setShards(st, counts, acc, 0)
+		return s.writeShards(tx, next, st)
 	})
 }

@@ -71,6 +71,14 @@ type Store struct {
 	hwFile string
 	hwMu   sync.Mutex
 
+	// shards is the number of shards of the store the last unseal
+	// checked (0 before: one); mine is the shard this daemon creates
+	// keys in, and foreignAt the last time (UnixNano) the follower saw
+	// another daemon write each shard (shard.go).
+	shards    atomic.Uint32
+	mine      atomic.Uint32
+	foreignAt [persist.MaxShards]atomic.Int64
+
 	// loads counts records opened into memory (tests).
 	loads atomic.Uint64
 }
@@ -176,6 +184,9 @@ func (s *Store) Add(o *Object) error {
 	}
 	defer l.Release()
 	k, epoch0 := l.Keys(), l.Epoch()
+	if !o.Ephemeral {
+		s.placeInShard(o)
+	}
 	fps, err := setFingerprints(k, o)
 	if err != nil {
 		return err

@@ -39,10 +39,13 @@ const verifyBatch = 256
 type verifyScan struct {
 	owned map[uint32]int
 	bad   map[key.ID]struct{}
-	count uint64
-	// acc sums the summands of the records; legacyAcc their MACs (the
+	// count counts the records, and acc sums their summands, by the
+	// shard of their id in a store of persist.MaxShards shards (a store of
+	// fewer adds them up: fold); legacyAcc sums their MACs (the
 	// accumulator of a header of format 1).
-	acc, legacyAcc persist.Acc
+	count     [persist.MaxShards]uint64
+	acc       [persist.MaxShards]persist.Acc
+	legacyAcc persist.Acc
 	// mats are the (fingerprint, holder) entries of the good records.
 	mats []matEntry
 	// seen are the ids and MAC tags of the records (Store.seen), in id
@@ -115,8 +118,10 @@ func scanRecords(tx store.Tx, k *seal.Keys, expect uint64) (verifyScan, error) {
 	out := parts[0]
 	for _, p := range parts[1:] {
 		out.mats = append(out.mats, p.mats...)
-		out.count += p.count
-		out.acc.Add(p.acc[:])
+		for i := range out.count {
+			out.count[i] += p.count[i]
+			out.acc[i].Add(p.acc[i][:])
+		}
 		out.legacyAcc.Add(p.legacyAcc[:])
 		for o, n := range p.owned {
 			out.owned[o] += n
@@ -130,6 +135,28 @@ func scanRecords(tx store.Tx, k *seal.Keys, expect uint64) (verifyScan, error) {
 	}
 	out.seen = seen
 	return out, err
+}
+
+// fold returns the count and sum of the records of each shard of a store
+// of n shards.
+func (v *verifyScan) fold(n uint32) ([]uint64, []persist.Acc) {
+	n = max(n, 1)
+	count, acc := make([]uint64, n), make([]persist.Acc, n)
+	for i := range v.count {
+		j := persist.ShardOf([]byte{byte(i)}, n)
+		count[j] += v.count[i]
+		acc[j].Add(v.acc[i][:])
+	}
+	return count, acc
+}
+
+// total returns the number of records.
+func (v *verifyScan) total() uint64 {
+	var t uint64
+	for _, c := range v.count {
+		t += c
+	}
+	return t
 }
 
 // checker is a worker's reusable state.
@@ -168,7 +195,7 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 	// check counts in the sum as in the count: it is in the store).
 	c.idx = c.idx[:0]
 	for i, v := range j.vals {
-		p.count++
+		p.count[persist.ShardOf(j.ids[i], persist.MaxShards)]++
 		if mac, _, err := persist.SplitValue(v); err == nil {
 			c.idx = append(c.idx, i)
 			if k.LegacyHeader() {
@@ -182,7 +209,7 @@ func (c *checker) check(k *seal.Keys, j *verifyJob, p *verifyScan) {
 		i := c.idx[m]
 		c.buf = persist.SumInput(c.buf[:0], j.vals[i][:persist.MACSize])
 		return c.buf, c.macs[m*persist.MACSize : m*persist.MACSize : (m+1)*persist.MACSize]
-	}, func(_ int, sum []byte) { p.acc.Add(sum) })
+	}, func(m int, sum []byte) { p.acc[persist.ShardOf(j.ids[c.idx[m]], persist.MaxShards)].Add(sum) })
 	// Decode each record, and find the rules it was made by.
 	for i, v := range j.vals {
 		_, rb, err := persist.SplitValue(v)
