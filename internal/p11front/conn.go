@@ -6,13 +6,13 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/sockpoll"
 	"github.com/keywarden/keywarden/internal/unixsock"
 
 	"github.com/keywarden/keywarden/internal/server"
@@ -206,9 +206,8 @@ func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) {
 // so the kernel attaches the writer's credentials to every write and
 // never joins in one read what two processes wrote.
 //
-// Like the daemon's native socket, it polls the socket briefly before it
-// sleeps, while the client has been answering quickly and no other
-// connection of the front has work: a client that sends its next
+// It polls the socket briefly before it sleeps, as sockpoll.Poll decides
+// (as the ssh-agent front's reader does): a client that sends its next
 // request within microseconds of its reply (one call after another)
 // finds the connection's goroutine still running, where waking a
 // sleeping thread of the daemon, on a virtual machine, can cost more
@@ -224,24 +223,12 @@ type credReader struct {
 	// busy counts the front's connections handling a request; counted:
 	// this connection is counted in it (from the read of a request to
 	// the next wait for the socket).
-	busy     *atomic.Int32
-	counted  bool
-	spin     time.Duration // how long a refill may poll (spin)
-	gap      time.Duration // the longest gap between two polls (gap)
-	lastWait time.Duration // how long the last refill waited
-	// A poll that found nothing for spin (the client was slow, or had no
-	// processor: a machine busy with other work), or that lost its own
-	// processor for more than gap, makes the next refills
-	// sleep at once: skip of them, 1, 2, 4, ... up to maxBackoff (backoff)
-	// until a poll finds a request again.
-	skip, backoff int
-	missed        bool // the refill under way polled for spin in vain
+	busy    *atomic.Int32
+	counted bool
+	// poll decides whether a refill polls the socket before it sleeps.
+	poll sockpoll.Poll
 	// The refill under way (readSome), kept here so that neither a read
 	// nor a poll of the socket allocates.
-	start   time.Time
-	prev    time.Duration // when the last poll was, since start
-	polls   int           // polls since start
-	poll    bool
 	n, oobn int
 	err     error
 	readFn  func(fd uintptr) bool // r.readSome, made once
@@ -249,23 +236,12 @@ type credReader struct {
 	empty atomic.Int32
 }
 
-// spin is how long a read polls the socket before it sleeps (as the
-// native socket's); a gap longer than gap between two polls ends the
-// polling as one in vain; maxBackoff bounds the refills that sleep at
-// once after polls in vain.
-const (
-	spin       = 100 * time.Microsecond
-	gap        = 20 * time.Microsecond
-	maxBackoff = 64
-	yieldEvery = 16 // polls between two runtime.Gosched
-)
-
 func newCredReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*credReader, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	r := &credReader{uc: uc, rc: rc, pid: pid, busy: busy, spin: spin, gap: gap, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	r := &credReader{uc: uc, rc: rc, pid: pid, busy: busy, poll: sockpoll.New(busy), buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	r.readFn = r.readSome
 	return r, nil
 }
@@ -331,28 +307,14 @@ func (r *credReader) Read(p []byte) (int, error) {
 }
 
 // refill is one recvmsg(2) into the empty buffer, with the credentials
-// into oob, once the socket holds something: polled for up to r.spin
-// first when the last refill waited less than twice that and no other
-// connection has work, then waited for by the runtime (under the read
-// deadline, if one is set).
+// into oob, once the socket holds something: polled first if r.poll says
+// so, then waited for by the runtime (under the read deadline, if one is
+// set).
 func (r *credReader) refill() (n, oobn int, err error) {
 	r.done()
-	r.start = time.Now()
-	r.poll, r.missed, r.prev, r.polls = false, false, 0, 0
-	if r.skip > 0 {
-		r.skip--
-	} else {
-		r.poll = r.lastWait < 2*r.spin && r.idle()
-	}
+	r.poll.Start()
 	err = r.rc.Read(r.readFn)
-	r.lastWait = time.Since(r.start)
-	switch {
-	case r.missed:
-		r.backoff = min(max(2*r.backoff, 1), maxBackoff)
-		r.skip = r.backoff
-	case r.poll:
-		r.backoff = 0
-	}
+	r.poll.Done()
 	n, oobn = r.n, r.oobn
 	if err == nil && r.err != nil {
 		err = &net.OpError{Op: "read", Net: "unix", Err: os.NewSyscallError("recvmsg", r.err)}
@@ -365,9 +327,9 @@ func (r *credReader) refill() (n, oobn int, err error) {
 }
 
 // readSome reads once what the socket holds (r.n bytes, r.oobn of
-// credentials, or r.err); when it holds nothing, it polls it until r.spin
-// has passed if r.poll says so, and then has the runtime wait until it
-// is readable (it returns false).
+// credentials, or r.err); when it holds nothing, it reads it again while
+// r.poll says so, and then has the runtime wait until it is readable (it
+// returns false).
 func (r *credReader) readSome(fd uintptr) bool {
 	for {
 		var err error
@@ -385,27 +347,8 @@ func (r *credReader) readSome(fd uintptr) bool {
 			return true
 		}
 		r.empty.Add(1)
-		if r.poll {
-			// Polled in vain for spin, or a long gap between two polls:
-			// the goroutine lost its processor to other work, which the
-			// polling delays.
-			now := time.Since(r.start)
-			r.missed = now > r.spin || now-r.prev > r.gap
-			r.prev = now
-		}
-		if !r.poll || r.missed || !r.idle() {
-			r.poll = false
+		if !r.poll.Again() {
 			return false // sleep until the socket is readable
-		}
-		// Polling must not keep other goroutines from this processor
-		// for long; but yielding at every poll hands the goroutine from
-		// one thread to another, a wake-up more than it saves.
-		if r.polls++; r.polls%yieldEvery == 0 {
-			runtime.Gosched()
 		}
 	}
 }
-
-// idle reports whether no other connection of the front is handling a
-// request.
-func (r *credReader) idle() bool { return r.busy == nil || r.busy.Load() == 0 }

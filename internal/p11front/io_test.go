@@ -81,7 +81,7 @@ func TestReadPollsForQuickClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin, r.gap = time.Minute, time.Minute // however slow the machine, it polls until the request comes
+	r.poll.Spin, r.poll.Gap = time.Minute, time.Minute // however slow the machine, it polls until the request comes
 	got := make(chan []byte, 1)
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 5)
@@ -109,7 +109,7 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin, r.gap = time.Minute, time.Minute
+	r.poll.Spin, r.poll.Gap = time.Minute, time.Minute
 	got := make(chan []byte, 1)
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 1)
@@ -133,24 +133,23 @@ func TestReadBacksOffAfterVainPoll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin, r.gap = time.Millisecond, time.Minute
+	r.poll.Spin, r.poll.Gap = time.Millisecond, time.Minute
 	got := make(chan []byte, 1)
 	// The first read polls, in vain (the request comes after the spin),
 	// and then sleeps until it comes.
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 1)
-	time.Sleep(50 * r.spin)
+	time.Sleep(50 * r.poll.Spin)
 	peer.Write(appendFrame(nil, 1, []byte("first")))
 	if b := <-got; string(b) != "first" {
 		t.Fatalf("read %q", b)
 	}
-	if r.skip == 0 {
+	if r.poll.Skipping() == 0 {
 		t.Fatalf("after a vain poll of %d empty reads, no read is to skip polling", r.empty.Load())
 	}
-	// The next one sleeps at once, although the last wait was short.
+	// The next one sleeps at once.
 	r.empty.Store(0)
-	r.lastWait = 0
-	r.spin = time.Minute
+	r.poll.Spin = time.Minute
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 1)
 	time.Sleep(20 * time.Millisecond)
@@ -160,6 +159,41 @@ func TestReadBacksOffAfterVainPoll(t *testing.T) {
 	}
 	if n := r.empty.Load(); n > 2 {
 		t.Errorf("%d empty reads after a vain poll: it polled again", n)
+	}
+}
+
+// A wait that slept long, for a reason other than a vain poll (here:
+// another connection was busy), does not stop the next from polling: once
+// a sleep and its wake-up made one wait long, judging the client by it
+// would make every later wait sleep, and wake, too.
+func TestReadPollsAfterLongWait(t *testing.T) {
+	peer, uc := socketPair(t)
+	var busy atomic.Int32
+	busy.Store(1)
+	r, err := newCredReader(uc, int32(os.Getpid()), &busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.poll.Spin, r.poll.Gap = 10*time.Millisecond, time.Minute
+	got := make(chan []byte, 1)
+	go func() { got <- readFrame(t, r) }()
+	waitEmpty(t, r, 1)
+	time.Sleep(100 * time.Millisecond) // a wait ten times the spin
+	peer.Write(appendFrame(nil, 1, []byte("first")))
+	if b := <-got; string(b) != "first" {
+		t.Fatalf("read %q", b)
+	}
+	r.done()
+	busy.Store(0)
+	r.empty.Store(0)
+	go func() { got <- readFrame(t, r) }()
+	time.Sleep(30 * time.Millisecond)
+	peer.Write(appendFrame(nil, 2, []byte("second")))
+	if b := <-got; string(b) != "second" {
+		t.Fatalf("read %q", b)
+	}
+	if n := r.empty.Load(); n <= 2 {
+		t.Errorf("%d empty reads after a long wait: it did not poll", n)
 	}
 }
 
@@ -212,7 +246,7 @@ func TestReadBacksOffAfterGap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.spin, r.gap = time.Minute, 0 // every gap is too long
+	r.poll.Spin, r.poll.Gap = time.Minute, 0 // every gap is too long
 	got := make(chan []byte, 1)
 	go func() { got <- readFrame(t, r) }()
 	waitEmpty(t, r, 1)
@@ -221,7 +255,7 @@ func TestReadBacksOffAfterGap(t *testing.T) {
 	if b := <-got; string(b) != "request" {
 		t.Fatalf("read %q", b)
 	}
-	if r.skip == 0 {
+	if r.poll.Skipping() == 0 {
 		t.Errorf("after a poll with a gap (%d empty reads), no read is to skip polling", r.empty.Load())
 	}
 	if n := r.empty.Load(); n > 3 {

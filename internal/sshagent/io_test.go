@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/sockpoll"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -251,7 +252,7 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 		m, _, err := rd.next()
 		got <- result{m, err}
 	}()
-	time.Sleep(5 * spin)
+	time.Sleep(5 * sockpoll.DefaultSpin)
 	peer.Write(msg(msgRequestIdentities))
 	r := <-got
 	if r.err != nil || len(r.msg) != 1 || r.msg[0] != msgRequestIdentities {
@@ -261,6 +262,93 @@ func TestReadDoesNotPollWhileOthersBusy(t *testing.T) {
 	// before the message was whole.
 	if rd.empty > 2 {
 		t.Errorf("%d empty reads while another connection was busy: it polled", rd.empty)
+	}
+}
+
+// agentSocket returns the client's end of a socket pair and a reader on
+// the other, as the agent's listener makes it (SO_PASSCRED).
+func agentSocket(t *testing.T, busy *atomic.Int32) (*os.File, *reader) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		t.Fatal(err)
+	}
+	peer := os.NewFile(uintptr(fds[0]), "peer")
+	t.Cleanup(func() { peer.Close() })
+	f := os.NewFile(uintptr(fds[1]), "agent")
+	fc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fc.Close() })
+	rd, err := newReader(fc.(*net.UnixConn), int32(os.Getpid()), busy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return peer, rd
+}
+
+// nextAfter sends m on peer after d and returns the message rd reads.
+func nextAfter(t *testing.T, peer *os.File, rd *reader, d time.Duration, m []byte) []byte {
+	t.Helper()
+	type result struct {
+		msg []byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		m, _, err := rd.next()
+		got <- result{m, err}
+	}()
+	time.Sleep(d)
+	peer.Write(m)
+	r := <-got
+	if r.err != nil {
+		t.Fatalf("next: %v", r.err)
+	}
+	return r.msg
+}
+
+// A wait that slept long, for a reason other than a vain poll (here:
+// another connection was busy), does not stop the next from polling: once
+// a sleep and its wake-up made one wait long, judging the client by it
+// would make every later wait sleep, and wake, too.
+func TestReadPollsAfterLongWait(t *testing.T) {
+	var busy atomic.Int32
+	busy.Store(1)
+	peer, rd := agentSocket(t, &busy)
+	rd.poll.Spin, rd.poll.Gap = 10*time.Millisecond, time.Minute
+	if m := nextAfter(t, peer, rd, 100*time.Millisecond, msg(msgRequestIdentities)); len(m) != 1 {
+		t.Fatalf("next: %x", m)
+	}
+	busy.Store(0)
+	rd.empty = 0
+	if m := nextAfter(t, peer, rd, 30*time.Millisecond, msg(msgRequestIdentities)); len(m) != 1 {
+		t.Fatalf("next: %x", m)
+	}
+	if rd.empty <= 2 {
+		t.Errorf("%d empty reads after a long wait: it did not poll", rd.empty)
+	}
+}
+
+// A poll that loses its processor between two reads of the socket (a gap
+// longer than Gap) ends as one in vain: on a machine busy with other work
+// polling delays that work, so the next reads sleep at once.
+func TestReadBacksOffAfterGap(t *testing.T) {
+	peer, rd := agentSocket(t, nil)
+	rd.poll.Spin, rd.poll.Gap = time.Minute, 0 // every gap is too long
+	if m := nextAfter(t, peer, rd, 20*time.Millisecond, msg(msgRequestIdentities)); len(m) != 1 {
+		t.Fatalf("next: %x", m)
+	}
+	if rd.poll.Skipping() == 0 {
+		t.Errorf("after a poll with a gap (%d empty reads), no read is to skip polling", rd.empty)
+	}
+	if rd.empty > 3 {
+		t.Errorf("%d empty reads: it went on polling after a gap", rd.empty)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -13,16 +12,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/keywarden/keywarden/internal/sockpoll"
 	"github.com/keywarden/keywarden/internal/unixsock"
 )
 
 // reader takes a connection's messages from its socket, as few reads as
 // it can: a read takes whatever the socket holds, usually a whole message,
 // so a message costs one system call rather than one for its length and
-// one for its body. Like the daemon's native socket, it polls the socket
-// briefly before it sleeps when the client has been answering quickly
-// and no other connection has work: on a virtual machine, waking a
-// sleeping thread can cost more than a round trip.
+// one for its body. It polls the socket briefly before it sleeps, as
+// sockpoll.Poll decides (as the PKCS #11 front's reader does): on a
+// virtual machine, waking a sleeping thread can cost more than a round
+// trip.
 //
 // A read only peeks (MSG_PEEK, at the socket's peek offset): a message
 // stays in the socket until it is answered, and is taken from it
@@ -35,24 +35,22 @@ import (
 // there.
 type reader struct {
 	// pid is the process that connected: every byte must be its.
-	pid int32
-	// busy counts the front's connections handling a message (nil: none
-	// is counted). A read polls only while it is 0: when another
-	// connection has work, polling takes a processor from it and from the
-	// clients, and the runtime finds this one's next message anyway.
-	busy     *atomic.Int32
+	pid      int32
 	uc       *net.UnixConn
 	rc       syscall.RawConn
 	buf      []byte
-	r, w     int           // buf[r:w] is read and not yet taken
-	deadline bool          // a read deadline is set (a message is under way)
-	lastWait time.Duration // how long the last read waited
+	r, w     int  // buf[r:w] is read and not yet taken
+	deadline bool // a read deadline is set (a message is under way)
 	oob      []byte
+	// poll decides whether a read polls the socket before it sleeps; it
+	// counts the front's connections handling a message (a read polls
+	// only while none is: when another has work, polling takes a
+	// processor from it and from the clients, and the runtime finds this
+	// one's next message anyway).
+	poll sockpoll.Poll
 	// The read under way (readSome), kept here with its arguments so
 	// that a read, and each poll of the socket, allocates nothing but
 	// unix.Recvmsg's buffer for the sender's address.
-	start   time.Time
-	poll    bool
 	n, oobn int
 	err     error
 	readFn  func(fd uintptr) bool // rd.readSome, made once
@@ -68,15 +66,12 @@ type reader struct {
 	empty, takes int
 }
 
-// spin is how long a read polls before it sleeps (as the native socket's).
-const spin = 100 * time.Microsecond
-
 func newReader(uc *net.UnixConn, pid int32, busy *atomic.Int32) (*reader, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	rd := &reader{pid: pid, busy: busy, uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
+	rd := &reader{pid: pid, poll: sockpoll.New(busy), uc: uc, rc: rc, buf: make([]byte, 16<<10), oob: make([]byte, unixsock.OOBSize)}
 	rd.readFn = rd.readSome
 	rd.consumeFn = rd.consumeHeld
 	rc.Control(func(fd uintptr) {
@@ -151,10 +146,9 @@ func (rd *reader) fill(started bool) error {
 		rd.uc.SetReadDeadline(time.Now().Add(bodyTimeout))
 		rd.deadline = true
 	}
-	rd.start = time.Now()
-	rd.poll = rd.lastWait < 2*spin && rd.idle()
+	rd.poll.Start()
 	err := rd.rc.Read(rd.readFn)
-	rd.lastWait = time.Since(rd.start)
+	rd.poll.Done()
 	n, oobn := rd.n, rd.oobn
 	switch {
 	case err != nil:
@@ -245,9 +239,9 @@ const takeSize = 16 << 10
 var takeBufs = sync.Pool{New: func() any { return new([takeSize]byte) }}
 
 // readSome reads once what the socket holds (rd.n bytes, rd.oobn of
-// credentials, or rd.err); when it holds nothing, it polls it until
-// spin has passed if rd.poll says so, and then has the runtime wait
-// until it is readable (it returns false).
+// credentials, or rd.err); when it holds nothing, it reads it again while
+// rd.poll says so, and then has the runtime wait until it is readable
+// (it returns false).
 func (rd *reader) readSome(fd uintptr) bool {
 	for {
 		rd.n, rd.oobn, rd.err = rd.recv(fd)
@@ -266,16 +260,11 @@ func (rd *reader) readSome(fd uintptr) bool {
 				return true
 			}
 		}
-		if !rd.poll || time.Since(rd.start) > spin || !rd.idle() {
+		if !rd.poll.Again() {
 			return false // sleep until the socket is readable
 		}
-		runtime.Gosched()
 	}
 }
-
-// idle reports whether no other connection of the front is handling a
-// message.
-func (rd *reader) idle() bool { return rd.busy == nil || rd.busy.Load() == 0 }
 
 // recv is one recvmsg(2) into the buffer's free space, with the
 // credentials into oob, that never waits.
