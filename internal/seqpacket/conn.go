@@ -5,12 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keywarden/keywarden/internal/sockpoll"
 )
 
 // Socket options and control messages that golang.org/x/sys does not name
@@ -34,10 +35,11 @@ const SendBufferBytes = 512 << 10
 // and received whole.
 type Conn struct {
 	fd int
-	// spin and lastWait drive adaptive polling (see SetSpin); they are used
-	// only by the goroutine that receives.
-	spin     time.Duration
-	lastWait time.Duration
+	// poll drives adaptive polling (see SetSpin); it is used only by the
+	// goroutine that receives, as is empty, the receives that found the
+	// socket empty (for the tests).
+	poll  sockpoll.Poll
+	empty int
 	// state holds the number of system calls in progress on fd in its low
 	// bits and closedBit once Close was called. fd is closed by whoever
 	// leaves state at exactly closedBit, so no call ever sees a reused fd.
@@ -192,43 +194,41 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 	}
 }
 
-// SetSpin lets receives poll the socket for up to d before they block,
-// when the previous message arrived within 2d of being waited for.
+// SetSpin lets receives poll the socket for up to d before they block, as
+// sockpoll.Poll decides (with its default gap).
 //
 // Sleeping in recvmsg costs a wake-up when the message arrives, and on a
 // virtual machine waking an idle virtual CPU can take longer than a whole
 // round trip. A peer in a request-reply loop answers within microseconds,
 // so polling briefly catches its message without any sleep; a peer that
-// is slow to answer (or idle) does not make us poll, so no CPU is burnt
+// is slow to answer (or idle) makes a poll in vain, after which the next
+// receives sleep at once (1, 2, 4, ... of them), so little CPU is burnt
 // waiting for it. Set it before the first receive; 0 never polls.
-func (c *Conn) SetSpin(d time.Duration) { c.spin = d }
+func (c *Conn) SetSpin(d time.Duration) { c.poll = sockpoll.Poll{Spin: d, Gap: sockpoll.DefaultGap} }
 
-// recvmsg receives one message, polling first when SetSpin says so.
+// recvmsg receives one message, polling first when c.poll says so.
 func (c *Conn) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
 	const fl = unix.MSG_CMSG_CLOEXEC | unix.MSG_TRUNC
-	if c.spin == 0 {
+	if c.poll.Spin == 0 {
 		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
 		return n, oobn, flags, err
 	}
-	start := time.Now()
-	// A wait that was a little longer than the spin (it ended in a sleep and
-	// a wake-up, which lengthens it) still says the peer is answering
-	// quickly; only a clearly slow peer stops the polling.
-	if c.lastWait < 2*c.spin {
+	c.poll.Start()
+	if c.poll.Polling() {
 		for {
 			n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl|unix.MSG_DONTWAIT)
 			if err != unix.EAGAIN {
-				c.lastWait = time.Since(start)
+				c.poll.Done()
 				return n, oobn, flags, err
 			}
-			if time.Since(start) > c.spin {
+			c.empty++
+			if !c.poll.Again() {
 				break
 			}
-			runtime.Gosched() // polling must not starve other goroutines
 		}
 	}
 	n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
-	c.lastWait = time.Since(start)
+	c.poll.Done()
 	return n, oobn, flags, err
 }
 
