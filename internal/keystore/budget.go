@@ -155,6 +155,14 @@ func (s *Store) openEpoch(persistent bool) (uint64, error) {
 // (the versions still decrypt; the first encryption makes a new one).
 func DrawnIn(o *Object, e uint64) { o.drawnIn, o.drawn = e, true }
 
+// DerivedFrom records, on an object not yet added, that its material
+// follows from that of base, a version of another key (a derivation): it
+// is as old as base's, the same in every clone that holds base, and gets
+// base's budget epoch (DrawnIn). Derived after a generation change from
+// a version made before it, it decrypts, and its first encryption makes
+// a new version.
+func DerivedFrom(o *Object, base *Version) { DrawnIn(o, base.epoch) }
+
 // addEpoch is the budget epoch Add gives o's versions, cur being the
 // store's.
 func addEpoch(o *Object, cur uint64) uint64 {

@@ -518,6 +518,9 @@ func (ss *Session) opDerive(dv *wire.Derive, id Identity) (*wire.Result, error) 
 	m.Programs = parent.Meta().Programs
 	m.BaseAlwaysSensitive, m.BaseNeverExtractable = parent.AlwaysSensitive(), parent.NeverExtractable()
 	keystore.SetMeta(o, &m)
+	// Its material is the same in every clone that holds the parent's
+	// version: no budget of a later generation than that version's.
+	keystore.DerivedFrom(o, pv)
 	return ss.createObject(o, dv.Template, id)
 }
 
