@@ -44,6 +44,7 @@ func TestRecordFieldsBoundToBlobs(t *testing.T) {
 		{"wrapped_out", func(r *persist.KeyRecord) { r.WrappedOut = false }},
 		{"base_always_sensitive", func(r *persist.KeyRecord) { r.BaseAlwaysSensitive = true }},
 		{"base_never_extractable", func(r *persist.KeyRecord) { r.BaseNeverExtractable = true }},
+		{"ever_wrappable", func(r *persist.KeyRecord) { r.EverWrappable = !r.EverWrappable }},
 		{"encryptions_reserved", func(r *persist.KeyRecord) { r.Versions[0].EncryptionsReserved = 0 }},
 		{"encryptions_limit", func(r *persist.KeyRecord) { r.Versions[0].EncryptionsLimit = 1 << 40 }},
 		{"created", func(r *persist.KeyRecord) { r.CreatedUnixNano++ }},

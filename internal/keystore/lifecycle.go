@@ -26,6 +26,9 @@ func (s *Store) SetAttrs(o *Object, decide func(old *key.Attrs) (*key.Attrs, err
 		err := s.update(o, func(r *persist.KeyRecord) error {
 			r.Usage = uint32(next.Usage)
 			r.Exportable, r.Wrappable = next.Exportable, next.Wrappable
+			// Once wrappable, it was extractable (Meta.EverWrappable), in
+			// a record written before the field too.
+			r.EverWrappable = r.EverWrappable || old.Wrappable
 			r.Acl = nil
 			for _, e := range next.ACL {
 				r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -35,6 +38,11 @@ func (s *Store) SetAttrs(o *Object, decide func(old *key.Attrs) (*key.Attrs, err
 		if err != nil {
 			return err
 		}
+	}
+	if old.Wrappable && !o.Meta().EverWrappable {
+		m := *o.Meta()
+		m.EverWrappable = true
+		o.meta.Store(&m)
 	}
 	s.mu.Lock()
 	o.attrs.Store(next)

@@ -83,6 +83,9 @@ type Meta struct {
 	// base key was always sensitive, and never extractable, when it was
 	// derived (AlwaysSensitive, NeverExtractable).
 	BaseAlwaysSensitive, BaseNeverExtractable bool
+	// EverWrappable: the key has been wrappable (it can only be switched
+	// off): it was extractable, as PKCS #11 has it.
+	EverWrappable bool
 	// MinVersion: versions below it no longer decrypt or verify.
 	MinVersion uint32
 	// NextVersion is the number the next version gets.
@@ -164,7 +167,7 @@ func NewObject(name string, owner uint32, mat *mech.Key, attrs *key.Attrs, ephem
 		Created:   now,
 	}
 	o.attrs.Store(attrs)
-	o.meta.Store(&Meta{Origin: origin, NeverExportable: !attrs.Exportable, MinVersion: 1, NextVersion: 2})
+	o.meta.Store(&Meta{Origin: origin, NeverExportable: !attrs.Exportable, EverWrappable: attrs.Wrappable, MinVersion: 1, NextVersion: 2})
 	v := &Version{N: 1, Created: now, Mat: mat}
 	v.limit.Store(DefaultEncryptionLimit)
 	o.vers.Store(&[]*Version{v})
@@ -232,12 +235,12 @@ func (o *Object) AlwaysSensitive() bool {
 }
 
 // NeverExtractable reports whether o has never been extractable, as PKCS
-// #11 has it (CKA_NEVER_EXTRACTABLE): not wrappable, never wrapped out,
+// #11 has it (CKA_NEVER_EXTRACTABLE): never wrappable, never wrapped out,
 // and made in the daemon, generated or derived from a key that was never
 // extractable then.
 func (o *Object) NeverExtractable() bool {
 	m := o.Meta()
-	return !o.Attrs().Wrappable && !m.WrappedOut && madeHere(m.Origin, m.BaseNeverExtractable)
+	return !o.Attrs().Wrappable && !m.EverWrappable && !m.WrappedOut && madeHere(m.Origin, m.BaseNeverExtractable)
 }
 
 func madeHere(origin persist.Origin, base bool) bool {
@@ -407,6 +410,7 @@ func lifecycleInfo(m *Meta, vs []*Version) *wire.KeyLifecycle {
 
 		BaseAlwaysSensitive:  m.BaseAlwaysSensitive,
 		BaseNeverExtractable: m.BaseNeverExtractable,
+		EverWrappable:        m.EverWrappable,
 	}
 	for _, v := range vs {
 		l.Versions = append(l.Versions, &wire.KeyVersionInfo{

@@ -96,3 +96,37 @@ func TestDerivedProvenanceKept(t *testing.T) {
 		Discard(o)
 	}
 }
+
+// A key that was wrappable, switched to not wrappable, was extractable
+// once: it is never again said to have never been extractable, after a
+// restart either, and whether its record was written before the flag
+// was recorded or after.
+func TestOnceWrappableNeverNeverExtractable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	s := persistent(t, dir)
+	o := obj(t, 1, "k", false)
+	o.attrs.Store(&key.Attrs{Usage: key.Encrypt | key.Decrypt, Wrappable: true})
+	if err := s.Add(o); err != nil {
+		t.Fatal(err)
+	}
+	err := s.SetAttrs(o, func(old *key.Attrs) (*key.Attrs, error) {
+		next := *old
+		next.Wrappable = false
+		return &next, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.NeverExtractable() {
+		t.Error("switched to not wrappable: never extractable")
+	}
+	s = reopen(t, s, dir)
+	o, err = s.Lookup(1, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Release(o)
+	if o.NeverExtractable() || !o.Info(policy.Caller{UID: 1}).GetLifecycle().GetEverWrappable() {
+		t.Error("after a restart: never extractable, or not ever wrappable")
+	}
+}

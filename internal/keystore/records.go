@@ -55,6 +55,7 @@ func record(o *Object) *persist.KeyRecord {
 
 		BaseAlwaysSensitive:  m.BaseAlwaysSensitive,
 		BaseNeverExtractable: m.BaseNeverExtractable,
+		EverWrappable:        m.EverWrappable,
 	}
 	for _, e := range a.ACL {
 		r.Acl = append(r.Acl, &persist.AclEntry{Group: e.Group, Id: e.ID, Usage: uint32(e.Usage)})
@@ -467,6 +468,7 @@ func (s *Store) objectFrom(k *seal.Keys, r *persist.KeyRecord) (o *Object, err e
 		RotateAfter: time.Duration(r.RotateAfterSeconds) * time.Second, DeletionAllowed: r.DeletionAllowed,
 		Programs: programsFromRecord(r.AllowedPrograms), SSH: r.Ssh,
 		BaseAlwaysSensitive: r.BaseAlwaysSensitive, BaseNeverExtractable: r.BaseNeverExtractable,
+		EverWrappable: r.EverWrappable || r.Wrappable,
 	})
 	if len(r.Kdf) > 0 {
 		o.KDF = &wire.PassphraseKdf{}
@@ -904,6 +906,7 @@ func infoFromRecord(r *persist.KeyRecord) *wire.KeyInfo {
 
 			BaseAlwaysSensitive:  r.BaseAlwaysSensitive,
 			BaseNeverExtractable: r.BaseNeverExtractable,
+			EverWrappable:        r.EverWrappable || r.Wrappable,
 		},
 	}
 	for _, e := range a.ACL {

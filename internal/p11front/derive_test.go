@@ -369,6 +369,16 @@ func TestDerivedKeyProvenance(t *testing.T) {
 		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, true))
 	extractableChild := hkdf(extractable, true)
 	fromExtractable := hkdf(extractable, false)
+	// Extractable once, then switched off: still never "never extractable",
+	// nor is a key derived from it afterwards.
+	onceExtractable := cl.generate(s, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32), boolAttr(ckaDerive, true),
+		boolAttr(ckaSensitive, true), boolAttr(ckaExtractable, true))
+	cl.ok(cl.call(callSetAttributeValue, func(e *encoder) {
+		e.u64(s)
+		e.u64(onceExtractable)
+		writeAttrs(e, []tmplAttr{boolAttr(ckaExtractable, false)})
+	}))
+	fromOnceExtractable := hkdf(onceExtractable, false)
 
 	for _, k := range []struct {
 		name                   string
@@ -383,6 +393,8 @@ func TestDerivedKeyProvenance(t *testing.T) {
 		{"extractable HMAC key", extractable, true, true, false},
 		{"extractable child of the extractable key", extractableChild, true, true, false},
 		{"unextractable child of the extractable key", fromExtractable, false, true, false},
+		{"key extractable once", onceExtractable, false, true, false},
+		{"child of the key extractable once", fromOnceExtractable, false, true, false},
 	} {
 		for _, a := range []struct {
 			t    uint32

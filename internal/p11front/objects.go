@@ -327,7 +327,9 @@ func (c *conn) attribute(o *object, t uint32) ([]byte, uint64) {
 			// key was when it was derived.
 			return boolVal(lc.GetNeverExportable() && madeHere(origin, lc.GetBaseAlwaysSensitive())), ckrOK
 		case ckaNeverExtractable:
-			return boolVal(!info.Wrappable && !lc.GetWrappedOut() && madeHere(origin, lc.GetBaseNeverExtractable())), ckrOK
+			// Nor is a key that was wrappable (CKA_EXTRACTABLE) once,
+			// and switched off since.
+			return boolVal(!info.Wrappable && !lc.GetEverWrappable() && !lc.GetWrappedOut() && madeHere(origin, lc.GetBaseNeverExtractable())), ckrOK
 		case ckaWrapWithTrusted:
 			return boolVal(true), ckrOK
 		case ckaAlwaysAuth:

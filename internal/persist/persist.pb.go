@@ -193,8 +193,13 @@ type KeyRecord struct {
 	// fields, and for keys not derived.
 	BaseAlwaysSensitive  bool `protobuf:"varint,26,opt,name=base_always_sensitive,json=baseAlwaysSensitive,proto3" json:"base_always_sensitive,omitempty"`
 	BaseNeverExtractable bool `protobuf:"varint,27,opt,name=base_never_extractable,json=baseNeverExtractable,proto3" json:"base_never_extractable,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The key has been wrappable (PKCS #11's CKA_EXTRACTABLE): set when it
+	// is made wrappable or switched to not wrappable, and never cleared, so
+	// that it is never again said to have never been extractable. Absent
+	// (false) in records written before the field.
+	EverWrappable bool `protobuf:"varint,28,opt,name=ever_wrappable,json=everWrappable,proto3" json:"ever_wrappable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyRecord) Reset() {
@@ -412,6 +417,13 @@ func (x *KeyRecord) GetBaseAlwaysSensitive() bool {
 func (x *KeyRecord) GetBaseNeverExtractable() bool {
 	if x != nil {
 		return x.BaseNeverExtractable
+	}
+	return false
+}
+
+func (x *KeyRecord) GetEverWrappable() bool {
+	if x != nil {
+		return x.EverWrappable
 	}
 	return false
 }
@@ -1238,7 +1250,7 @@ var File_persist_proto protoreflect.FileDescriptor
 
 const file_persist_proto_rawDesc = "" +
 	"\n" +
-	"\rpersist.proto\x12\x14keywarden.persist.v1\"\xe7\a\n" +
+	"\rpersist.proto\x12\x14keywarden.persist.v1\"\x8e\b\n" +
 	"\tKeyRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1271,7 +1283,8 @@ const file_persist_proto_rawDesc = "" +
 	"\x10allowed_programs\x18\x18 \x03(\v2\x1d.keywarden.persist.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
 	"\x03ssh\x18\x19 \x01(\bR\x03ssh\x122\n" +
 	"\x15base_always_sensitive\x18\x1a \x01(\bR\x13baseAlwaysSensitive\x124\n" +
-	"\x16base_never_extractable\x18\x1b \x01(\bR\x14baseNeverExtractable\"5\n" +
+	"\x16base_never_extractable\x18\x1b \x01(\bR\x14baseNeverExtractable\x12%\n" +
+	"\x0eever_wrappable\x18\x1c \x01(\bR\reverWrappable\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"F\n" +

@@ -46,6 +46,7 @@ func (m *KeyRecord) CloneVT() *KeyRecord {
 	r.Ssh = m.Ssh
 	r.BaseAlwaysSensitive = m.BaseAlwaysSensitive
 	r.BaseNeverExtractable = m.BaseNeverExtractable
+	r.EverWrappable = m.EverWrappable
 	if rhs := m.Id; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -398,6 +399,18 @@ func (m *KeyRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.EverWrappable {
+		i--
+		if m.EverWrappable {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xe0
 	}
 	if m.BaseNeverExtractable {
 		i--
@@ -1368,6 +1381,9 @@ func (m *KeyRecord) SizeVT() (n int) {
 	if m.BaseNeverExtractable {
 		n += 3
 	}
+	if m.EverWrappable {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -2286,6 +2302,26 @@ func (m *KeyRecord) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.BaseNeverExtractable = bool(v != 0)
+		case 28:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EverWrappable", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.EverWrappable = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -65,3 +65,22 @@ func TestDeriveAfterChangeInTwoClones(t *testing.T) {
 		t.Errorf("two clones encrypted after the change under the same derived AES material, each with its own budget")
 	}
 }
+
+// A base key that was wrappable (CKA_EXTRACTABLE) and is switched to not
+// wrappable was once extractable: a key derived from it afterwards must
+// not record that its base was never extractable.
+func TestDeriveFromOnceWrappableBase(t *testing.T) {
+	_, c := pair(t, Config{})
+	base := hmacBase(t, c, 1, true)
+	off := false
+	if r := one(t, c, 2, &wire.Op{Op: &wire.Op_SetAttributes{SetAttributes: &wire.SetAttributes{Handle: base, Wrappable: &off}}}); r.Status != wire.Status_STATUS_OK {
+		t.Fatalf("set wrappable off: %v %s", r.Status, r.Message)
+	}
+	child := deriveAES(t, c, 3, base)
+	if lc := child.GetKey().GetInfo().GetLifecycle(); lc.GetBaseNeverExtractable() {
+		t.Errorf("child of a base that was wrappable records base_never_extractable")
+	}
+	if r := one(t, c, 4, &wire.Op{Op: &wire.Op_Info{Info: &wire.Info{Handle: base}}}); !r.GetInfo().GetLifecycle().GetEverWrappable() {
+		t.Errorf("a base that was wrappable: ever_wrappable not set (%v %s)", r.Status, r.Message)
+	}
+}

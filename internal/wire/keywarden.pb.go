@@ -2590,8 +2590,12 @@ type KeyLifecycle struct {
 	// CKA_NEVER_EXTRACTABLE to these.
 	BaseAlwaysSensitive  bool `protobuf:"varint,12,opt,name=base_always_sensitive,json=baseAlwaysSensitive,proto3" json:"base_always_sensitive,omitempty"`
 	BaseNeverExtractable bool `protobuf:"varint,13,opt,name=base_never_extractable,json=baseNeverExtractable,proto3" json:"base_never_extractable,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The key has been wrappable at some time (wrappable can only be
+	// switched off): it was extractable, as PKCS #11 has it. Not known of
+	// keys switched to not wrappable by older versions of the daemon.
+	EverWrappable bool `protobuf:"varint,14,opt,name=ever_wrappable,json=everWrappable,proto3" json:"ever_wrappable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyLifecycle) Reset() {
@@ -2711,6 +2715,13 @@ func (x *KeyLifecycle) GetBaseAlwaysSensitive() bool {
 func (x *KeyLifecycle) GetBaseNeverExtractable() bool {
 	if x != nil {
 		return x.BaseNeverExtractable
+	}
+	return false
+}
+
+func (x *KeyLifecycle) GetEverWrappable() bool {
+	if x != nil {
+		return x.EverWrappable
 	}
 	return false
 }
@@ -8648,7 +8659,7 @@ const file_keywarden_proto_rawDesc = "" +
 	"public_key\x18\r \x01(\fR\tpublicKey\x12!\n" +
 	"\fcaller_usage\x18\x0e \x01(\rR\vcallerUsage\x12-\n" +
 	"\x03kdf\x18\x0f \x01(\v2\x1b.keywarden.v1.PassphraseKdfR\x03kdf\x128\n" +
-	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xc7\x04\n" +
+	"\tlifecycle\x18\x10 \x01(\v2\x1a.keywarden.v1.KeyLifecycleR\tlifecycle\"\xee\x04\n" +
 	"\fKeyLifecycle\x12/\n" +
 	"\x06origin\x18\x01 \x01(\x0e2\x17.keywarden.v1.KeyOriginR\x06origin\x12)\n" +
 	"\x10never_exportable\x18\x02 \x01(\bR\x0fneverExportable\x12\x18\n" +
@@ -8665,7 +8676,8 @@ const file_keywarden_proto_rawDesc = "" +
 	" \x03(\v2\x15.keywarden.v1.ProgramR\x0fallowedPrograms\x12\x10\n" +
 	"\x03ssh\x18\v \x01(\bR\x03ssh\x122\n" +
 	"\x15base_always_sensitive\x18\f \x01(\bR\x13baseAlwaysSensitive\x124\n" +
-	"\x16base_never_extractable\x18\r \x01(\bR\x14baseNeverExtractable\"5\n" +
+	"\x16base_never_extractable\x18\r \x01(\bR\x14baseNeverExtractable\x12%\n" +
+	"\x0eever_wrappable\x18\x0e \x01(\bR\reverWrappable\"5\n" +
 	"\aProgram\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\fR\x06sha256\"=\n" +

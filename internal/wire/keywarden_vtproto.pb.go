@@ -1893,6 +1893,16 @@ func (m *KeyLifecycle) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.EverWrappable {
+		i--
+		if m.EverWrappable {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x70
+	}
 	if m.BaseNeverExtractable {
 		i--
 		if m.BaseNeverExtractable {
@@ -8226,6 +8236,9 @@ func (m *KeyLifecycle) SizeVT() (n int) {
 	if m.BaseNeverExtractable {
 		n += 2
 	}
+	if m.EverWrappable {
+		n += 2
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -14425,6 +14438,26 @@ func (m *KeyLifecycle) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.BaseNeverExtractable = bool(v != 0)
+		case 14:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EverWrappable", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.EverWrappable = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -30918,6 +30951,26 @@ func (m *KeyLifecycle) UnmarshalVTUnsafe(dAtA []byte) error {
 				}
 			}
 			m.BaseNeverExtractable = bool(v != 0)
+		case 14:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EverWrappable", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.EverWrappable = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
