@@ -149,30 +149,55 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 			continue
 		}
 		spans = append(spans, packSpan{orig: i, at: len(ops), n: int(p.Count)})
+		// The slices have room for every operation (counted above): each
+		// is lengthened and its new elements written in place, one kind
+		// of operation per loop.
 		b := p.Messages
-		for range p.Count {
-			msg, rest, ok := wire.NextPackedMessage(b)
-			if !ok {
-				return errPackedBad
+		at, n := len(opv), int(p.Count)
+		opv = opv[:at+n]
+		ops = ops[:len(ops)+n]
+		tail := ops[len(ops)-n:]
+		var ok bool
+		switch p.Kind {
+		case wire.PackedKind_PACKED_KIND_ENCRYPT:
+			k := len(encs)
+			encs, encW = encs[:k+n], encW[:k+n]
+			for j := range n {
+				e := &encs[k+j]
+				*e = wire.Encrypt{Handle: p.Handle, Aad: p.Aad, Hash: p.Hash}
+				if e.Plaintext, b, ok = wire.NextPackedMessage(b); !ok {
+					return errPackedBad
+				}
+				encW[k+j] = wire.Op_Encrypt{Encrypt: e}
+				opv[at+j] = wire.Op{Op: &encW[k+j]}
+				tail[j] = &opv[at+j]
 			}
-			b = rest
-			opv = append(opv, wire.Op{})
-			o := &opv[len(opv)-1]
-			switch p.Kind {
-			case wire.PackedKind_PACKED_KIND_ENCRYPT:
-				encs = append(encs, wire.Encrypt{Handle: p.Handle, Plaintext: msg, Aad: p.Aad, Hash: p.Hash})
-				encW = append(encW, wire.Op_Encrypt{Encrypt: &encs[len(encs)-1]})
-				o.Op = &encW[len(encW)-1]
-			case wire.PackedKind_PACKED_KIND_DECRYPT:
-				decs = append(decs, wire.Decrypt{Handle: p.Handle, Ciphertext: msg, Aad: p.Aad, Hash: p.Hash})
-				decW = append(decW, wire.Op_Decrypt{Decrypt: &decs[len(decs)-1]})
-				o.Op = &decW[len(decW)-1]
-			default:
-				macs = append(macs, wire.Mac{Handle: p.Handle, Data: msg})
-				macW = append(macW, wire.Op_Mac{Mac: &macs[len(macs)-1]})
-				o.Op = &macW[len(macW)-1]
+		case wire.PackedKind_PACKED_KIND_DECRYPT:
+			k := len(decs)
+			decs, decW = decs[:k+n], decW[:k+n]
+			for j := range n {
+				d := &decs[k+j]
+				*d = wire.Decrypt{Handle: p.Handle, Aad: p.Aad, Hash: p.Hash}
+				if d.Ciphertext, b, ok = wire.NextPackedMessage(b); !ok {
+					return errPackedBad
+				}
+				decW[k+j] = wire.Op_Decrypt{Decrypt: d}
+				opv[at+j] = wire.Op{Op: &decW[k+j]}
+				tail[j] = &opv[at+j]
 			}
-			ops = append(ops, o)
+		default:
+			k := len(macs)
+			macs, macW = macs[:k+n], macW[:k+n]
+			for j := range n {
+				m := &macs[k+j]
+				*m = wire.Mac{Handle: p.Handle}
+				if m.Data, b, ok = wire.NextPackedMessage(b); !ok {
+					return errPackedBad
+				}
+				macW[k+j] = wire.Op_Mac{Mac: m}
+				opv[at+j] = wire.Op{Op: &macW[k+j]}
+				tail[j] = &opv[at+j]
+			}
 		}
 		if len(b) != 0 {
 			return errPackedBad
