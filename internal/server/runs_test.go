@@ -79,3 +79,37 @@ func TestRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestRunKindRegions: an encryption, decryption or MAC is run with others
+// only when it names no region of shared memory, as namesRegion says.
+func TestRunKindRegions(t *testing.T) {
+	r := &wire.Region{Length: 1}
+	ops := []*wire.Op{
+		{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: 1}}},
+		{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: 1, Input: r}}},
+		{Op: &wire.Op_Encrypt{Encrypt: &wire.Encrypt{Handle: 1, Output: r}}},
+		{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: 1}}},
+		{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: 1, Input: r}}},
+		{Op: &wire.Op_Decrypt{Decrypt: &wire.Decrypt{Handle: 1, Output: r}}},
+		{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: 1}}},
+		{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: 1, Input: r}}},
+		{Op: &wire.Op_Hash{Hash: &wire.Hash{}}},
+		{Op: &wire.Op_Sign{Sign: &wire.Sign{Handle: 1}}},
+		{},
+	}
+	for i, op := range ops {
+		kind, h, _, _ := runKind(op)
+		want := !namesRegion(op)
+		switch op.GetOp().(type) {
+		case *wire.Op_Encrypt, *wire.Op_Decrypt, *wire.Op_Mac:
+		default:
+			want = false
+		}
+		if (kind != 0) != want {
+			t.Errorf("op %d (%s): kind %d, want run: %v", i, opName(op), kind, want)
+		}
+		if kind != 0 && h != 1 {
+			t.Errorf("op %d: handle %d", i, h)
+		}
+	}
+}
