@@ -14,8 +14,11 @@ import (
 // inline: RSA key generation takes from tens of milliseconds to seconds,
 // and an Argon2id operation waits for the memory budget and a worker.
 // Such a request may finish after requests sent later.
-func isHeavy(req *wire.Request) bool {
-	for _, op := range req.Ops {
+func isHeavy(req *wire.Request) bool { return heavyOps(req.Ops) }
+
+// heavyOps is isHeavy of a request's ops.
+func heavyOps(ops []*wire.Op) bool {
+	for _, op := range ops {
 		if runsApart(op) {
 			return true
 		}

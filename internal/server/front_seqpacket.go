@@ -339,7 +339,7 @@ func (cn *seqConn) handleMessage(m seqpacket.Message) {
 	if !ok {
 		return
 	}
-	if !isHeavy(req) {
+	if !heavyOps(cn.packing.sent(req)) {
 		cn.runInline(req, raw, id, caller)
 		return
 	}
@@ -425,7 +425,7 @@ func (cn *seqConn) runInline(req *wire.Request, raw []byte, id Identity, caller 
 	// Done executing before the reply leaves: a client that sends its
 	// next request as soon as this reply arrives is within the limit.
 	cn.leave()
-	if caller != nil && !changesSeal(req) {
+	if caller != nil && !sealOps(cn.packing.sent(req)) {
 		cn.queueReply(req, rep, id, caller, notes, cn.arena.attach, len(raw))
 	} else {
 		rep = cn.record(req, rep, id, caller, notes, len(raw))

@@ -638,8 +638,11 @@ func (r *opRow) replyBound(op *wire.Op, max int) int {
 
 // changesSeal reports whether req may change the seal state or the master
 // key: the audit log then takes, drops or changes its keys.
-func changesSeal(req *wire.Request) bool {
-	for _, op := range req.Ops {
+func changesSeal(req *wire.Request) bool { return sealOps(req.Ops) }
+
+// sealOps is changesSeal of a request's ops.
+func sealOps(ops []*wire.Op) bool {
+	for _, op := range ops {
 		if r := rowOf(op); r != nil && r.seal == sealChanges {
 			return true
 		}

@@ -212,6 +212,18 @@ func (pk *packing) unpack(req *wire.Request, most int) *wire.Error {
 	return nil
 }
 
+// sent returns req's ops as the client sent them, each packed run one
+// Packed op, while they are taken apart; else req's ops. A Packed op
+// answers isHeavy and changesSeal as each operation it stands for does
+// (TestPackedRunsAnswerAsOne), so that those questions of a request are
+// asked of its runs rather than of each of their messages.
+func (pk *packing) sent(req *wire.Request) []*wire.Op {
+	if pk.orig != nil {
+		return pk.orig
+	}
+	return req.Ops
+}
+
 // maxKeptPacked is the most operations whose structures a packing keeps
 // for the next request: a run of thousands of messages costs a few
 // hundred bytes of them each, which a connection must not hold on to

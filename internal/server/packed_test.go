@@ -415,3 +415,43 @@ func BenchmarkUnpack(b *testing.B) {
 		})
 	}
 }
+
+// TestPackedRunsAnswerAsOne: a Packed op answers the questions asked of
+// a whole request (isHeavy, changesSeal) as each operation it stands for
+// does, so that asking them of the request as sent (packing.sent) gives
+// the answers of the request taken apart.
+func TestPackedRunsAnswerAsOne(t *testing.T) {
+	packedRow := rowOf(packedOp(wire.PackedKind_PACKED_KIND_MAC, 1, "a", "b", "c"))
+	for _, r := range []*opRow{rowEncrypt, rowDecrypt, rowMAC} {
+		if r.exec != packedRow.exec || r.store != packedRow.store || r.seal != packedRow.seal || r.apartIf != nil || packedRow.apartIf != nil {
+			t.Errorf("%s: exec %v store %v seal %v, a packed run's: exec %v store %v seal %v",
+				r.name, r.exec, r.store, r.seal, packedRow.exec, packedRow.store, packedRow.seal)
+		}
+	}
+	others := [][]*wire.Op{
+		{{Op: &wire.Op_Ping{Ping: &wire.Ping{}}}},
+		{kdfOps()[0]},
+		{{Op: &wire.Op_Seal{Seal: &wire.Seal{}}}},
+	}
+	for _, kind := range []wire.PackedKind{wire.PackedKind_PACKED_KIND_ENCRYPT, wire.PackedKind_PACKED_KIND_DECRYPT, wire.PackedKind_PACKED_KIND_MAC} {
+		for _, other := range others {
+			req := &wire.Request{Ops: append([]*wire.Op{packedOp(kind, 1, "a", "b", "c")}, other...)}
+			var pk packing
+			if pk.sent(req)[0] != req.Ops[0] {
+				t.Fatal("sent: not the request's ops")
+			}
+			if err := pk.unpack(req, 64); err != nil {
+				t.Fatal(err)
+			}
+			sent := pk.sent(req)
+			if len(sent) != 1+len(other) || len(req.Ops) != 3+len(other) {
+				t.Fatalf("%d ops sent, %d taken apart", len(sent), len(req.Ops))
+			}
+			if heavyOps(sent) != isHeavy(req) || sealOps(sent) != changesSeal(req) {
+				t.Errorf("%v with %s: heavy %v, %v taken apart; seal %v, %v taken apart", kind, opName(other[0]),
+					heavyOps(sent), isHeavy(req), sealOps(sent), changesSeal(req))
+			}
+			pk.restore(req)
+		}
+	}
+}

@@ -269,7 +269,7 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 		return ss.refusalReply(caller, req.Id, rejectionOf(we)), nil
 	}
 	defer pk.restore(req) // req is the caller's
-	heavy := isHeavy(req)
+	heavy := heavyOps(pk.sent(req))
 	if heavy {
 		cost, r := ss.admitHeavy(req, n)
 		if r.refused() {
