@@ -709,6 +709,15 @@ func (s *Store) verify(k *seal.Keys, accept, split bool) error {
 		}
 		s.writeHighWater(hdr.StoreId, verified)
 		return s.verify(k, accept, raised)
+	case !shared && st.n > 1:
+		// A store of shards in a file of its own (migrated from etcd):
+		// joined into one header, and checked again. Shards that no
+		// header binds together could each be put back from an older
+		// copy of the file, apart.
+		if err := s.joinShards(k, raw, scan); err != nil {
+			return storeErr(err)
+		}
+		return s.verify(k, accept, false)
 	}
 	mats := newMaterials(len(scan.mats))
 	for _, e := range scan.mats {
@@ -780,6 +789,43 @@ func (s *Store) splitShards(k *seal.Keys, raw []byte, scan verifyScan) error {
 	})
 	if err == nil && split {
 		s.log.Info("shared store split into shards, a header each: several daemons create keys at once", "shards", n)
+	}
+	return err
+}
+
+// joinShards joins the shards of a store that is not shared, whose
+// records scan checked with the headers raw, into one header, in one
+// transaction: shard 0's becomes the store's, with the count and sum of
+// every record and an epoch above every shard's, and the other shards'
+// headers go. Had a header changed since it was checked, nothing is
+// joined and the store is refused.
+func (s *Store) joinShards(k *seal.Keys, raw [][]byte, scan verifyScan) error {
+	counts, accs := scan.fold(1)
+	err := s.db.Update(func(tx store.Tx) error {
+		st, err := readShards(tx, k)
+		if err != nil {
+			return err
+		}
+		if int(st.n) != len(raw) {
+			return errors.New("the store header changed while the store was checked: unseal again")
+		}
+		for i := range st.n {
+			if !bytes.Equal(tx.Get(persist.BucketMeta, persist.ShardHeaderKey(i)), raw[i]) {
+				return errors.New("the store header changed while the store was checked: unseal again")
+			}
+		}
+		h := st.h[0].CloneVT()
+		h.Shard, h.Shards = 0, 0
+		h.Count, h.Epoch = counts[0], st.maxEpoch()+1
+		for i := uint32(1); i < st.n; i++ {
+			if err := tx.Delete(persist.BucketMeta, persist.ShardHeaderKey(i)); err != nil {
+				return err
+			}
+		}
+		return s.writeHeader(tx, k, h, accs[0])
+	})
+	if err == nil {
+		s.log.Info("store of shards joined into one header: its file is its own", "shards", len(raw))
 	}
 	return err
 }
