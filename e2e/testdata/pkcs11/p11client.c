@@ -710,6 +710,8 @@ static void *init_racer (void *arg)
 }
 
 /* finrace: a thread digesting until the module is finalized. */
+static int digesters_started;
+
 static void *digester (void *arg)
 {
 	CK_SESSION_HANDLE s;
@@ -726,7 +728,8 @@ static void *digester (void *arg)
 			rv = shared->C_Digest (s, (CK_BYTE_PTR) "abc", 3, out, &len);
 		if (rv == CKR_CRYPTOKI_NOT_INITIALIZED)
 			return (void *) n;
-		n++;
+		if (n++ == 0)
+			__atomic_add_fetch (&digesters_started, 1, __ATOMIC_SEQ_CST);
 	}
 }
 
@@ -738,9 +741,15 @@ static int finrace (CK_FUNCTION_LIST_PTR f, int rounds)
 	for (round = 0; round < rounds && !failed; round++) {
 		pthread_t th[4];
 		check ("C_Initialize", init (f), CKR_OK);
+		__atomic_store_n (&digesters_started, 0, __ATOMIC_SEQ_CST);
 		for (i = 0; i < 4; i++)
 			pthread_create (&th[i], NULL, digester, NULL);
-		usleep (50000 + round * 10000);
+		/* Finalize while every thread is in its loop of calls: wait
+		 * (up to 30 s on a busy machine) until each has digested once,
+		 * then a little longer, more each round. */
+		for (i = 0; i < 3000 && __atomic_load_n (&digesters_started, __ATOMIC_SEQ_CST) < 4; i++)
+			usleep (10000);
+		usleep (round * 10000);
 		check ("C_Finalize while threads wait for replies", f->C_Finalize (NULL), CKR_OK);
 		for (i = 0; i < 4; i++) {
 			void *r;
