@@ -109,10 +109,9 @@ type call struct {
 // message on send, so a buffer is free again once Send returns.
 var sendBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// replySpin is how long the goroutine reading replies polls for one
-// before it sleeps, unless a recent poll found nothing: a fast
-// operation's reply then costs no thread wake-up (see
-// seqpacket.Conn.SetSpin).
+// replySpin is how long the goroutine reading replies polls for one, when
+// the last came quickly, before it sleeps: a fast operation's reply then
+// costs no thread wake-up (see seqpacket.Conn.SetSpin).
 const replySpin = 100 * time.Microsecond
 
 // recvSlice bounds how long a reading goroutine blocks before it checks

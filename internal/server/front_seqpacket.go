@@ -197,9 +197,9 @@ func (s *Server) refuseConn(c *seqpacket.Conn, msg string) {
 	}()
 }
 
-// spin is how long a connection polls for the next request before it
-// sleeps, unless a recent poll found nothing (see seqpacket.Conn.SetSpin):
-// a client in a request-reply loop then never pays the wake-up of a
+// spin is how long a connection polls for the next request, when the last
+// one came quickly, before it sleeps (see seqpacket.Conn.SetSpin): a
+// client in a request-reply loop then never pays the wake-up of a
 // sleeping thread.
 const spin = 100 * time.Microsecond
 
