@@ -12,11 +12,11 @@ import (
 const module = "github.com/keywarden/keywarden"
 
 // clientAllowed are the module's internal packages that client-side code
-// may import: the protocol, the transport and its polling policy, atomic
-// access to the shared generation page, the checks of who owns a file,
-// and the stream ciphertext format. Everything else under internal/
-// belongs to the daemon.
-var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/sockpoll", module + "/internal/shm", module + "/internal/ownfile", module + "/internal/stream"}
+// may import: the protocol, the transport, atomic access to the shared
+// generation page, the checks of who owns a file, and the stream
+// ciphertext format. Everything else under internal/ belongs to the
+// daemon.
+var clientAllowed = []string{module + "/internal/wire", module + "/internal/seqpacket", module + "/internal/shm", module + "/internal/ownfile", module + "/internal/stream"}
 
 // clientSide are the packages that run in the caller's process: the
 // library, and the benchmark, which measures the daemon as a client does.

@@ -5,13 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/keywarden/keywarden/internal/sockpoll"
 )
 
 // Socket options and control messages that golang.org/x/sys does not name
@@ -35,11 +34,10 @@ const SendBufferBytes = 512 << 10
 // and received whole.
 type Conn struct {
 	fd int
-	// poll drives adaptive polling (see SetSpin); it is used only by the
-	// goroutine that receives, as is empty, the receives that found the
-	// socket empty (for the tests).
-	poll  sockpoll.Poll
-	empty int
+	// spin and lastWait drive adaptive polling (see SetSpin); they are used
+	// only by the goroutine that receives.
+	spin     time.Duration
+	lastWait time.Duration
 	// state holds the number of system calls in progress on fd in its low
 	// bits and closedBit once Close was called. fd is closed by whoever
 	// leaves state at exactly closedBit, so no call ever sees a reused fd.
@@ -194,41 +192,43 @@ func (c *Conn) Recv(buf []byte) (n int, err error) {
 	}
 }
 
-// SetSpin lets receives poll the socket for up to d before they block, as
-// sockpoll.Poll decides (with its default gap).
+// SetSpin lets receives poll the socket for up to d before they block,
+// when the previous message arrived within 2d of being waited for.
 //
 // Sleeping in recvmsg costs a wake-up when the message arrives, and on a
 // virtual machine waking an idle virtual CPU can take longer than a whole
 // round trip. A peer in a request-reply loop answers within microseconds,
 // so polling briefly catches its message without any sleep; a peer that
-// is slow to answer (or idle) makes a poll in vain, after which the next
-// receives sleep at once (1, 2, 4, ... of them), so little CPU is burnt
+// is slow to answer (or idle) does not make us poll, so no CPU is burnt
 // waiting for it. Set it before the first receive; 0 never polls.
-func (c *Conn) SetSpin(d time.Duration) { c.poll = sockpoll.Poll{Spin: d, Gap: sockpoll.DefaultGap} }
+func (c *Conn) SetSpin(d time.Duration) { c.spin = d }
 
-// recvmsg receives one message, polling first when c.poll says so.
+// recvmsg receives one message, polling first when SetSpin says so.
 func (c *Conn) recvmsg(buf, oob []byte) (n, oobn, flags int, err error) {
 	const fl = unix.MSG_CMSG_CLOEXEC | unix.MSG_TRUNC
-	if c.poll.Spin == 0 {
+	if c.spin == 0 {
 		n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
 		return n, oobn, flags, err
 	}
-	c.poll.Start()
-	if c.poll.Polling() {
+	start := time.Now()
+	// A wait that was a little longer than the spin (it ended in a sleep and
+	// a wake-up, which lengthens it) still says the peer is answering
+	// quickly; only a clearly slow peer stops the polling.
+	if c.lastWait < 2*c.spin {
 		for {
 			n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl|unix.MSG_DONTWAIT)
 			if err != unix.EAGAIN {
-				c.poll.Done()
+				c.lastWait = time.Since(start)
 				return n, oobn, flags, err
 			}
-			c.empty++
-			if !c.poll.Again() {
+			if time.Since(start) > c.spin {
 				break
 			}
+			runtime.Gosched() // polling must not starve other goroutines
 		}
 	}
 	n, oobn, flags, _, err = unix.Recvmsg(c.fd, buf, oob, fl)
-	c.poll.Done()
+	c.lastWait = time.Since(start)
 	return n, oobn, flags, err
 }
 

@@ -296,39 +296,3 @@ func TestTryRecvMsg(t *testing.T) {
 		t.Fatalf("after the peer closed: %v", err)
 	}
 }
-
-// recvAfter has client send m after d and returns how many times server's
-// receive of it found the socket empty.
-func recvAfter(t *testing.T, client, server *Conn, d time.Duration, m []byte) int {
-	t.Helper()
-	go func() {
-		time.Sleep(d)
-		client.Send(m)
-	}()
-	server.empty = 0
-	buf := make([]byte, 64)
-	n, err := server.Recv(buf)
-	if err != nil || !bytes.Equal(buf[:n], m) {
-		t.Fatalf("Recv: %q, %v", buf[:n], err)
-	}
-	return server.empty
-}
-
-// A receive that polled in vain makes the next sleep at once; a receive
-// that slept long for that reason does not stop the one after it from
-// polling: once a sleep and its wake-up made one wait long, judging the
-// peer by it would make every later receive sleep, and wake, too.
-func TestRecvPollsAfterLongWait(t *testing.T) {
-	client, server := pair(t)
-	server.SetSpin(10 * time.Millisecond)
-	server.poll.Gap = time.Minute // however slow the machine
-	if n := recvAfter(t, client, server, 100*time.Millisecond, []byte("first")); n <= 2 {
-		t.Fatalf("%d empty reads: the first receive did not poll", n)
-	}
-	if n := recvAfter(t, client, server, 100*time.Millisecond, []byte("second")); n > 0 {
-		t.Errorf("%d empty reads after a vain poll: it polled again", n)
-	}
-	if n := recvAfter(t, client, server, 30*time.Millisecond, []byte("third")); n <= 2 {
-		t.Errorf("%d empty reads after a long wait: it did not poll", n)
-	}
-}
