@@ -21,10 +21,26 @@ case "$(dpkg-query -W -f '${Status}' keywarden 2>/dev/null)" in
 *" installed") fail "a keywarden package is installed already; not touching it" ;;
 esac
 
-had_user=no had_state=no had_run=no
+had_user=no had_state=no
 getent passwd keywarden >/dev/null && had_user=yes
 [ -e /var/lib/keywarden ] && had_state=yes
-[ -e /run/keywarden ] && had_run=yes
+# What an earlier daemon left in /run/keywarden (a daemon run by root on
+# the default socket leaves its lock and its development-mode audit log
+# there, owned by root) would stop the package's daemon, which runs as
+# the keywarden account, from taking its lock. The test runs with the
+# directory as a fresh machine has it, and puts the old one back after:
+# unless a daemon still serves there, which it leaves alone.
+saved_run=""
+if [ -e /run/keywarden ]; then
+	# A running daemon holds its lock (flock).
+	for l in /run/keywarden/*.lock; do
+		[ -e "$l" ] || continue
+		flock -n "$l" true || fail "a keywarden daemon runs in /run/keywarden (it holds $l); stop it first"
+	done
+	saved_run=/run/keywarden.before-test-deb.$$
+	mv /run/keywarden "$saved_run"
+	say "moved the existing /run/keywarden aside to $saved_run for the test"
+fi
 work=$(mktemp -d)
 deb=""
 pid=""
@@ -32,7 +48,8 @@ cleanup() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	dpkg -P keywarden >/dev/null 2>&1 || true
 	[ $had_state = yes ] || rm -rf /var/lib/keywarden
-	[ $had_run = yes ] || rm -rf /run/keywarden
+	rm -rf /run/keywarden
+	[ -z "$saved_run" ] || mv "$saved_run" /run/keywarden
 	[ $had_user = yes ] || userdel keywarden 2>/dev/null || true
 	[ -n "$deb" ] && rm -f "$deb"
 	rm -rf "$work"
