@@ -312,13 +312,24 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 		m.scratch = make([]byte, 0, need)
 	}
 	sa := &arena{buf: m.scratch[:0]}
+	_, enc := op.GetOp().(*wire.Op_Encrypt)
+	_, dec := op.GetOp().(*wire.Op_Decrypt)
+	// public is how many bytes at the start of the scratch hold nothing
+	// secret: a decryption's copy of its input, a ciphertext.
+	public := 0
 	defer func() {
-		if _, enc := op.GetOp().(*wire.Op_Encrypt); once && enc {
+		switch {
+		case once && enc:
 			// Only the ciphertext was made here, which the output region
 			// gets anyway: there is nothing of the client's to wipe.
 			return
+		case public > 0 && len(sa.spent) == 0:
+			// The plaintext that follows the ciphertext is wiped.
+			clear(sa.buf[public:])
+			sa.reset()
+		default:
+			sa.wipe() // inputs and outputs are the client's secrets
 		}
-		sa.wipe() // inputs and outputs are the client's secrets
 	}()
 	data, _, _, _, _ := operands(op)
 	if ilo >= 0 {
@@ -328,6 +339,9 @@ func (ss *Session) dispatchShared(r *opRow, op *wire.Op, id Identity, a *arena, 
 			own := sa.take(ihi - ilo)[:ihi-ilo]
 			copy(own, m.mem[ilo:ihi])
 			*data = own
+			if dec {
+				public = len(own)
+			}
 		}
 		// The request is recycled after the reply: it must not keep a
 		// slice of the arena or of the mapping.

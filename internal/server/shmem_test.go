@@ -537,6 +537,74 @@ func scratchCap(t *testing.T, s *Server) int {
 	return 0
 }
 
+// scratchBytes returns a copy of the whole scratch buffer of s's one
+// connection's shared memory, to its capacity.
+func scratchBytes(t *testing.T, s *Server) []byte {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for cn := range s.conns {
+		cn.mu.Lock()
+		m := cn.shm
+		cn.mu.Unlock()
+		if m != nil {
+			m.scratchMu.Lock()
+			defer m.scratchMu.Unlock()
+			return bytes.Clone(m.scratch[:cap(m.scratch)])
+		}
+	}
+	t.Fatal("no connection with shared memory")
+	return nil
+}
+
+// TestShmDecryptWipesPlaintext: after a decryption through shared memory
+// the daemon's scratch holds no byte of the plaintext, and still holds its
+// copy of the ciphertext, which is no secret and is not wiped (a megabyte
+// of writes fewer per megabyte decrypted).
+func TestShmDecryptWipesPlaintext(t *testing.T) {
+	s, c := pair(t, Config{})
+	const n = 256 << 10
+	fd, mem := memfd(t, 4*n, shmSeals)
+	if r := register(t, c, 1, fd); r.Status != wire.Status_STATUS_OK {
+		t.Fatal(r.Message)
+	}
+	h, _ := aesKey(t, c)
+	for i := range n {
+		mem[i] = byte(i%251) + 1 // no zero byte
+	}
+	want := bytes.Clone(mem[:n])
+	res := shmDo(t, c, 2, encOp(h, region(0, n), region(n, n+64)))[0]
+	if res.Status != wire.Status_STATUS_OK {
+		t.Fatalf("encrypt: %v %q", res.Status, res.Message)
+	}
+	ct := bytes.Clone(mem[n : n+res.OutputLength])
+	res = shmDo(t, c, 3, decOp(h, region(n, uint64(len(ct))), region(2*n+4096, n)))[0]
+	if res.Status != wire.Status_STATUS_OK || !bytes.Equal(mem[2*n+4096:3*n+4096], want) {
+		t.Fatalf("decrypt: %v %q", res.Status, res.Message)
+	}
+	sc := scratchBytes(t, s)
+	if len(sc) < len(ct)+n {
+		t.Fatalf("scratch of %d bytes after a decryption of %d", len(sc), n)
+	}
+	if !bytes.Equal(sc[:len(ct)], ct) {
+		t.Error("the copy of the ciphertext was wiped")
+	}
+	if i := bytes.IndexFunc(sc[len(ct):], func(r rune) bool { return r != 0 }); i >= 0 {
+		t.Errorf("byte %d after the ciphertext's copy is not wiped", i)
+	}
+	// A decryption that fails (a flipped byte of the tag) leaves no
+	// plaintext either.
+	mem[n+len(ct)-1] ^= 1
+	res = shmDo(t, c, 4, decOp(h, region(n, uint64(len(ct))), region(2*n+4096, n)))[0]
+	if res.Status == wire.Status_STATUS_OK {
+		t.Fatal("a corrupted ciphertext decrypted")
+	}
+	sc = scratchBytes(t, s)
+	if i := bytes.IndexFunc(sc[len(ct):], func(r rune) bool { return r != 0 }); i >= 0 {
+		t.Errorf("after a failed decryption, byte %d after the ciphertext's copy is not wiped", i)
+	}
+}
+
 // TestShmEncryptReadsInPlace: an AES-GCM encryption and a hash read their
 // input region in place, in their one pass over it, so the daemon's
 // scratch holds only the output; a decryption, which reads its input
