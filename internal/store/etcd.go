@@ -114,6 +114,13 @@ type Etcd struct {
 	pending []*boltCall
 	running bool // the committer goroutine is draining pending
 	closed  bool
+	// want, when not zero, is how many pending calls the committer
+	// waits for (gather); enough is closed when they are.
+	want   int
+	enough chan struct{}
+	// last is what the last group committed, for gather; used by the
+	// committer only (one at a time: running).
+	last afterCommit
 }
 
 // EtcdConfig configures an etcd store.
@@ -264,6 +271,10 @@ func (e *Etcd) update(fn func(Tx) error, alone bool) error {
 	e.pending = append(e.pending, c)
 	start := !e.running
 	e.running = true
+	if e.want > 0 && len(e.pending) >= e.want {
+		close(e.enough)
+		e.want = 0
+	}
 	e.mu.Unlock()
 	if start {
 		go e.commitLoop()
@@ -280,6 +291,7 @@ func (e *Etcd) commitLoop() {
 			e.mu.Unlock()
 			return
 		}
+		e.gather(e.last)
 		n := min(len(e.pending), maxGroup)
 		for i, c := range e.pending[:n] {
 			if c.alone {
@@ -298,12 +310,61 @@ func (e *Etcd) commitLoop() {
 			}
 			continue
 		}
-		if w := e.commitGroup(group); w.others > 0 {
+		t0 := time.Now()
+		w := e.commitGroup(group)
+		if w.others > 0 {
 			e.waitTurn(w)
 		} else if w.took > 0 {
 			e.linger(w.took)
 		}
+		w.cycle, w.end = time.Since(t0), time.Now()
+		e.last = w
 	}
+}
+
+// maxEtcdGather bounds how long the committer waits for more calls before a
+// transaction (gather).
+const maxEtcdGather = 5 * time.Millisecond
+
+// gatherFloor, zero outside tests, is the least that gather waits for
+// the writers of the last transaction.
+var gatherFloor atomic.Int64 // a time.Duration
+
+// gather waits a little, before a transaction, for the calls of the
+// writers that the last one committed to come back. Writers that each
+// wait for their last creation before they make the next (a daemon's
+// clients) otherwise split into two groups that take turns: those whose
+// calls arrived while the last transaction was committing, sent at once
+// when it ends, and those it committed, which arrive while the next one
+// is. Each transaction costs the cluster about as much whatever it
+// carries (a proposal, its log entry on each member and their fsyncs,
+// the watches' events), so one group of all of them costs it half as
+// much. gather waits, if fewer calls are pending than the last
+// transaction carried and found waiting when it committed, until that
+// many are, for at most a quarter of the time the last transaction took
+// from its group's start to its end (and maxEtcdGather): a writer that does
+// not come back holds the others back once, by that time at most, and
+// the next transaction waits only for those that did. e.mu is held; it
+// is released while waiting.
+func (e *Etcd) gather(last afterCommit) {
+
+	want := min(last.calls+last.waiting, maxGroup)
+	wait := max(min(last.cycle/4, maxEtcdGather), time.Duration(gatherFloor.Load()))
+	if want <= 1 || len(e.pending) >= want || wait <= 0 || time.Since(last.end) > last.cycle || e.closed {
+		return
+	}
+	e.want, e.enough = want, make(chan struct{})
+	enough := e.enough
+	e.mu.Unlock()
+	t := time.NewTimer(wait)
+	select {
+	case <-enough:
+	case <-t.C:
+	case <-e.ctx.Done():
+	}
+	t.Stop()
+	e.mu.Lock()
+	e.want = 0
 }
 
 // maxLinger bounds how long the committer waits after a group that won
@@ -352,6 +413,13 @@ type afterCommit struct {
 	others int           // the commits of other writers followed since the store's last commit
 	from   int64         // foreign as the commit returned
 	took   time.Duration // how long the commit took (at most maxLinger)
+
+	// For gather: the calls the transaction committed, those pending
+	// when it had committed, how long the group took from its start to
+	// its end (with any wait after it), and when it ended.
+	calls, waiting int
+	cycle          time.Duration
+	end            time.Time
 }
 
 // waitTurn waits, after a commit of this store that other writers'
@@ -517,12 +585,15 @@ func (e *Etcd) commitGroup(group []*boltCall) (after afterCommit) {
 			return
 		}
 		// The commit functions ran in commit, in the calls' order.
+		e.mu.Lock()
+		waiting := len(e.pending)
+		e.mu.Unlock()
 		e.calls.Add(int64(len(group)))
 		for _, c := range group {
 			finish(c, nil)
 		}
 		f := e.foreign.Load()
-		after = afterCommit{others: int(f - e.lastForeign), from: f, took: min(took, maxLinger)}
+		after = afterCommit{others: int(f - e.lastForeign), from: f, took: min(took, maxLinger), calls: len(group), waiting: waiting}
 		e.lastForeign = f
 		if after.others == 0 && !lost {
 			after.took = 0

@@ -399,3 +399,86 @@ func TestEtcdNoTurnForDisjointWriters(t *testing.T) {
 		t.Fatalf("conflicts with a writer of other keys: %+v", c)
 	}
 }
+
+// Writers that each make their next call once their last has committed
+// (a daemon's clients) go in one group, not in two that take turns: after
+// a transaction of one call, committed while four more waited, the next
+// waits for that call's writer to come back, and carries all five. A
+// writer that does not come back holds the others back by the bound
+// alone.
+func TestEtcdGroupWaitsForItsWriters(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/gather/", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	t.Cleanup(func() { gatherFloor.Store(0) })
+	put := func(k string) error {
+		return e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte(k), []byte("x")) })
+	}
+	// round commits a call alone while four others wait, then, if back,
+	// the call's writer makes another after a pause; it returns the
+	// transactions that committed the six calls.
+	round := func(name string, back bool) int64 {
+		t.Helper()
+		c0 := e.Counts()
+		release, started := make(chan struct{}), make(chan struct{}, 1)
+		first := make(chan error, 1)
+		go func() {
+			first <- e.Update(func(tx Tx) error {
+				select {
+				case started <- struct{}{}:
+				default:
+				}
+				<-release
+				return tx.Put(testBucket, []byte(name+"-first"), []byte("x"))
+			})
+		}()
+		<-started
+		others := make(chan error, 4)
+		for i := range 4 {
+			go func() { others <- put(fmt.Sprintf("%s-%d", name, i)) }()
+		}
+		for {
+			e.mu.Lock()
+			n := len(e.pending)
+			e.mu.Unlock()
+			if n == 4 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		close(release)
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		if back {
+			// Longer than the committer would wait if it did not wait
+			// for this writer (the floor makes it wait that long).
+			time.Sleep(50 * time.Millisecond)
+			if err := put(name + "-again"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 4 {
+			select {
+			case err := <-others:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the waiting calls did not commit")
+			}
+		}
+		return e.Counts().Commits - c0.Commits
+	}
+	gatherFloor.Store(int64(time.Minute)) // the writer's call, not the bound, ends the wait
+	if n := round("back", true); n != 2 {
+		t.Fatalf("%d transactions committed the first call, the four waiting and the first's writer's next: want 2 (the first alone, then the five)", n)
+	}
+	gatherFloor.Store(int64(100 * time.Millisecond))
+	if n := round("gone", false); n != 2 {
+		t.Fatalf("%d transactions committed the first call and the four waiting: want 2", n)
+	}
+}
