@@ -324,7 +324,7 @@ func (e *Etcd) commitLoop() {
 
 // maxEtcdGather bounds how long the committer waits for more calls before a
 // transaction (gather).
-const maxEtcdGather = 5 * time.Millisecond
+const maxEtcdGather = 10 * time.Millisecond
 
 // gatherFloor, zero outside tests, is the least that gather waits for
 // the writers of the last transaction.
@@ -341,15 +341,16 @@ var gatherFloor atomic.Int64 // a time.Duration
 // the watches' events), so one group of all of them costs it half as
 // much. gather waits, if fewer calls are pending than the last
 // transaction carried and found waiting when it committed, until that
-// many are, for at most a quarter of the time the last transaction took
-// from its group's start to its end (and maxEtcdGather): a writer that does
-// not come back holds the others back once, by that time at most, and
-// the next transaction waits only for those that did. e.mu is held; it
-// is released while waiting.
+// many are, for at most as long as the last group took from its start to
+// its end (and maxEtcdGather): on a loaded machine a writer's turn from
+// its answer to its next call takes a good part of a commit. A writer
+// that does not come back holds the others back once, by that time at
+// most, and the next transaction waits only for those that did. e.mu is
+// held; it is released while waiting.
 func (e *Etcd) gather(last afterCommit) {
 
 	want := min(last.calls+last.waiting, maxGroup)
-	wait := max(min(last.cycle/4, maxEtcdGather), time.Duration(gatherFloor.Load()))
+	wait := max(min(last.cycle, maxEtcdGather), time.Duration(gatherFloor.Load()))
 	if want <= 1 || len(e.pending) >= want || wait <= 0 || time.Since(last.end) > last.cycle || e.closed {
 		return
 	}
