@@ -62,8 +62,14 @@ func (ss *Session) openerAlive() bool {
 // (sent before) named the opener, and what was read is the opener's. That
 // one check also stands for markCaller's (openerAlive), which saves a
 // system call per message. If the opener is gone, the message's own
-// pidfd decides, as for any other message.
+// pidfd decides, as for any other message. A request that came on
+// another session's connection (id.Via) is read as that session reads
+// its own.
 func (ss *Session) callerOf(id Identity) audit.Caller {
+	if v := id.Via; v != nil && v != ss && v.s == ss.s {
+		id.Via = nil
+		return v.callerOf(id)
+	}
 	var c audit.Caller
 	openerLives := false
 	if ss.s.resolver != nil && id.Pidfd >= 0 && id.PID > 0 && id.PID == ss.opener.PID && ss.opener.Pidfd >= 0 {

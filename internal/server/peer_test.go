@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -238,5 +239,53 @@ func TestCallerOfOpener(t *testing.T) {
 	}
 	if c.Exe != sleepExe || c.Exited || c.Peer.Exe != shExe {
 		t.Errorf("after exec: %+v, want %s, the peer named as %s", c, sleepExe, shExe)
+	}
+}
+
+// A request a front hands to a session no process opened (the ssh-agent
+// front's session of a key ssh-add gave it), naming the session of the
+// connection it came on (Identity.Via), is read as that session reads its
+// own: the namespaces read when its process connected stand for them,
+// rather than being read again for every request; without Via they are
+// read now.
+func TestCallerOfVia(t *testing.T) {
+	s := mustNew(t, Config{})
+	s.resolver = audit.NewResolver()
+	me, uid, gid := int32(os.Getpid()), uint32(os.Getuid()), uint32(os.Getgid())
+	opener, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	conn, err := s.NewSession(context.Background(), "test", Identity{PID: me, UID: uid, GID: gid, Pidfd: opener})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	held, err := s.NewSession(context.Background(), "test", Identity{UID: uid, GID: gid, Pidfd: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	exe, _ := os.Executable()
+	if conn.peer.Exe != exe || !held.peer.IsZero() {
+		t.Fatalf("peers %+v and %+v", conn.peer, held.peer)
+	}
+	// What was read at connect time, unlike what a read now finds.
+	conn.peer.otherUser, conn.peer.otherPID = true, true
+	alive, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(alive)
+	id := Identity{PID: me, UID: uid, GID: gid, Pidfd: alive, SSHDest: "dest"}
+
+	c := held.callerOf(id)
+	if c.OtherUserNS || c.OtherPIDNS || c.Exe != exe || c.SSHDest != "dest" {
+		t.Errorf("without Via: %+v", c)
+	}
+	id.Via = conn
+	c = held.callerOf(id)
+	if !c.OtherUserNS || !c.OtherPIDNS || !c.Claimed || c.Exe != exe || !c.Peer.IsZero() || c.SSHDest != "dest" {
+		t.Errorf("via the connection's session: %+v, want its namespaces read at connect time", c)
 	}
 }

@@ -50,6 +50,14 @@ type Identity struct {
 	// to UID and GID; PID is then 0 and Pidfd -1: there is no local
 	// process. Recorded, never decided on.
 	Principal string
+	// Via is the session of the connection that carried the request, when
+	// a front hands it to another session (the ssh-agent front signs with
+	// a key that ssh-add gave it, held by a session of its own): the
+	// sender is then read as Via reads its own senders, against the
+	// process that opened Via's connection and what was read of it then
+	// (its namespaces), rather than against a session no process opened.
+	// nil: the session's own. Via must stay open while the request runs.
+	Via *Session
 
 	// ctx is the request's context when it came through Do: what waits
 	// (derivations, slots for heavy work, long polls) stops when it is
