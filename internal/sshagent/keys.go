@@ -229,7 +229,11 @@ func (c *conn) sign(body []byte) []byte {
 			}
 		}
 		op.Handle = k.added.handle
-		res, err = c.run(k.added.ss, c.ident(), c.signReq.request(c.reqID(), op))
+		// The key's session was opened by no process: the caller is read
+		// against the connection's, as a persistent key's request is.
+		id := c.ident()
+		id.Via = c.ss
+		res, err = c.run(k.added.ss, id, c.signReq.request(c.reqID(), op))
 	} else {
 		o, ok := c.opened[string(k.id)]
 		if !ok {
