@@ -23,7 +23,7 @@
 // imported by the daemon or its request path. Its keys are ephemeral, die
 // with its connection, and are never exported or printed, except the
 // persistent keys the store measurements make in stores of their own and
-// RunSSHAgent's one Ed25519 key, made in the measuring process and given
+// RunSSHAgent's two Ed25519 keys, made in the measuring process and given
 // to a development daemon and to OpenSSH's agent, both private to the
-// run, which it dies with.
+// run, which they die with.
 package bench

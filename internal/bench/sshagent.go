@@ -35,6 +35,10 @@ const (
 	// SSHAgentKeywarden is a sign request on the daemon's ssh-agent
 	// socket (serve --ssh-agent).
 	SSHAgentKeywarden = "keywarden-agent"
+	// SSHAgentKeywardenAdded is the same with a key of its own that was
+	// given to the daemon's ssh-agent socket as ssh-add gives one (an
+	// ephemeral key of the agent's), as OpenSSH's agent's key is.
+	SSHAgentKeywardenAdded = "keywarden-agent-added"
 	// SSHAgentOpenSSH is a sign request on OpenSSH's ssh-agent.
 	SSHAgentOpenSSH = "openssh-agent"
 )
@@ -105,14 +109,16 @@ type SSHAgentResult struct {
 const sshBenchKey = "bench-ssh-agent"
 
 // RunSSHAgent measures Ed25519 signatures of 64-byte messages, one
-// request per round trip for each client, made four ways with one key:
+// request per round trip for each client, made five ways with one key:
 // in-process with ed25519.Sign, through a private development daemon's own
 // socket and through its ssh-agent socket (its audit log on, as a daemon
 // runs by default), and through OpenSSH's ssh-agent, started for the run
 // (ssh-agent -D -a SOCKET). The key is made in this process, imported into
 // the daemon, marked for SSH, and added to OpenSSH's agent as ssh-add
 // adds one; the daemon's copy dies with the daemon, the agent's with the
-// agent. Each runs with each number of cfg.Clients concurrent clients, on
+// agent. The fifth way is the daemon's ssh-agent socket with a second
+// key, made here too and added to it as ssh-add adds one, as OpenSSH's
+// agent's is. Each runs with each number of cfg.Clients concurrent clients, on
 // a connection each (for the agents, a blocking client like OpenSSH's
 // own: see blockingConn), in an order
 // reversed on every other run so that a drift of the machine's speed
@@ -164,8 +170,23 @@ func RunSSHAgent(ctx context.Context, cfg SSHAgentConfig, progress io.Writer) (_
 		return nil, fmt.Errorf("importing the key into the daemon: %w", err)
 	}
 
-	modes := []string{SSHInProcess, SSHNative, SSHAgentKeywarden}
-	socks := map[string]string{SSHAgentKeywarden: agentSock, SSHAgentOpenSSH: opensshSock}
+	// The key added to the daemon's agent is another than the persistent
+	// one: the agent would list the same key twice, and sign with one.
+	_, added, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(added)
+	addedPub, err := ssh.NewPublicKey(added.Public())
+	if err != nil {
+		return nil, err
+	}
+	if err := addAgentKey(agentSock, added); err != nil {
+		return nil, fmt.Errorf("adding a key to the daemon's ssh-agent socket: %w", err)
+	}
+
+	modes := []string{SSHInProcess, SSHNative, SSHAgentKeywarden, SSHAgentKeywardenAdded}
+	socks := map[string]string{SSHAgentKeywarden: agentSock, SSHAgentKeywardenAdded: agentSock, SSHAgentOpenSSH: opensshSock}
 	prog, lerr := exec.LookPath(cmp.Or(cfg.OpenSSHAgent, "ssh-agent"))
 	if lerr != nil {
 		say("OpenSSH's ssh-agent was not found (%v): no comparison with it", lerr)
@@ -222,7 +243,11 @@ func RunSSHAgent(ctx context.Context, cfg SSHAgentConfig, progress io.Writer) (_
 					break
 				}
 				closers = append(closers, conn.close)
-				ones[i], err = agentSigner(conn, pub, msg)
+				if mode == SSHAgentKeywardenAdded {
+					ones[i], err = agentSigner(conn, addedPub, msg)
+				} else {
+					ones[i], err = agentSigner(conn, pub, msg)
+				}
 			}
 			if err != nil {
 				done()
@@ -302,6 +327,17 @@ func importSSHKey(ctx context.Context, socket string, priv ed25519.PrivateKey) e
 	yes := true
 	_, err = k.SetLifecycle(ctx, keywarden.LifecycleChange{SSH: &yes})
 	return err
+}
+
+// addAgentKey gives priv to the agent at sock with the agent protocol's
+// add-identity message, as ssh-add adds a key file.
+func addAgentKey(sock string, priv ed25519.PrivateKey) error {
+	conn, err := net.Dial("unix", sock)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return agent.NewClient(conn).Add(agent.AddedKey{PrivateKey: priv, Comment: sshBenchKey})
 }
 
 // agentSigner checks, on conn, that the agent lists pub and makes good
@@ -500,9 +536,8 @@ func startOpenSSHAgent(ctx context.Context, prog, sock string, priv ed25519.Priv
 	for {
 		conn, err := net.Dial("unix", sock)
 		if err == nil {
-			err = agent.NewClient(conn).Add(agent.AddedKey{PrivateKey: priv, Comment: sshBenchKey})
 			conn.Close()
-			if err != nil {
+			if err = addAgentKey(sock, priv); err != nil {
 				stop()
 				return nil, fmt.Errorf("adding the key to ssh-agent: %w", err)
 			}

@@ -18,7 +18,7 @@ func TestRunSSHAgent(t *testing.T) {
 		{"without-openssh", "/nonexistent/ssh-agent"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			modes := []string{bench.SSHInProcess, bench.SSHNative, bench.SSHAgentKeywarden}
+			modes := []string{bench.SSHInProcess, bench.SSHNative, bench.SSHAgentKeywarden, bench.SSHAgentKeywardenAdded}
 			if tc.program == "" {
 				if _, err := exec.LookPath("ssh-agent"); err != nil {
 					t.Skip("OpenSSH's ssh-agent is not installed")
