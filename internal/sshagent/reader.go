@@ -49,8 +49,7 @@ type reader struct {
 	// one's next message anyway).
 	poll sockpoll.Poll
 	// The read under way (readSome), kept here with its arguments so
-	// that a read, and each poll of the socket, allocates nothing but
-	// unix.Recvmsg's buffer for the sender's address.
+	// that a read, and each poll of the socket, allocates nothing.
 	n, oobn int
 	err     error
 	readFn  func(fd uintptr) bool // rd.readSome, made once
@@ -267,13 +266,17 @@ func (rd *reader) readSome(fd uintptr) bool {
 }
 
 // recv is one recvmsg(2) into the buffer's free space, with the
-// credentials into oob, that never waits.
+// credentials into oob, that never waits. It is the standard library's
+// call, which allocates nothing (the sender's address only if it has
+// one, which a client's unbound socket has not), not unix.Recvmsg, whose
+// buffer for that address escapes: an allocation on every read, polls
+// included.
 func (rd *reader) recv(fd uintptr) (n, oobn int, err error) {
 	flags := unix.MSG_DONTWAIT | unix.MSG_CMSG_CLOEXEC
 	if rd.peek {
 		flags |= unix.MSG_PEEK
 	}
-	n, oobn, _, _, err = unix.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, flags)
+	n, oobn, _, _, err = syscall.Recvmsg(int(fd), rd.buf[rd.w:], rd.oob, flags)
 	if errno, ok := err.(unix.Errno); ok {
 		return 0, 0, errno
 	}
