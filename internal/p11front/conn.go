@@ -49,6 +49,12 @@ type conn struct {
 	byKey       map[objectKey]uint64
 	nextObject  uint64
 	keys        map[string]*keyState // by key id
+	// Calls deferred to be combined (combine.go): collecting, the frame
+	// being handled may be; pend, the calls whose operations wait for
+	// the core; held, the replies waiting for them, in order.
+	collecting bool
+	pend       []*deferred
+	held       []heldReply
 	// closing: a refusal could not be recorded; the connection closes
 	// once its reply is sent (the front fails closed).
 	closing bool
@@ -105,9 +111,11 @@ func (c *conn) serve() {
 		}
 		code, olen, blen, err := parseHeader(hdr[:])
 		var body []byte
+		var dc *deferred
 		if err != nil {
 			// Longer than the front takes: read through and answered
 			// with an error, the connection going on (oversized).
+			c.exec()
 			if body, err = c.oversized(olen, blen); err != nil {
 				c.closedBy(err)
 				return
@@ -118,19 +126,37 @@ func (c *conn) serve() {
 				c.closedBy(err)
 				return
 			}
-			body = c.handle(buf[olen:])
-			clear(buf) // it may have held data to encrypt or a key to import
+			if len(c.pend) > 0 && !c.independent(buf[olen:]) {
+				c.exec()
+			}
+			c.collecting = len(c.pend) > 0 || c.rd.frameBuffered()
+			body, dc = c.handle(buf[olen:])
+			c.collecting = false
+			if dc != nil {
+				dc.buf = buf // cleared once its reply is written
+			} else {
+				clear(buf) // it may have held data to encrypt or a key to import
+			}
 		}
 		if waiting {
 			c.c.SetReadDeadline(time.Time{})
 		}
-		out = appendFrame(out, code, body)
-		if !c.closing && len(out) < maxHeldReplies && c.rd.frameBuffered() {
+		if dc != nil || len(c.held) > 0 {
+			c.held = append(c.held, heldReply{code: code, body: body, d: dc})
+		} else {
+			out = appendFrame(out, code, body)
+		}
+		if len(c.pend) == 0 && len(c.held) > 0 {
+			out = c.appendHeld(out) // the deferred calls ran before this frame
+		}
+		if !c.closing && len(out) < maxHeldReplies && len(c.held) < maxCombined && c.rd.frameBuffered() {
 			// The client sent the next request with this one (the
-			// module sends a deferred C_*Init with the call after it):
-			// both replies go in one write.
+			// module sends a deferred C_*Init with the call after it,
+			// and threads that call at once send theirs together):
+			// the replies go in one write.
 			continue
 		}
+		out = c.appendHeld(out)
 		err = wr.Write(out)
 		clear(out)
 		out = out[:0]
@@ -161,30 +187,33 @@ func (c *conn) closedBy(err error) {
 	}
 }
 
-// handle answers one request body.
-func (c *conn) handle(body []byte) []byte {
+// handle answers one request body, or defers it (combine.go): then the
+// call's reply is the deferred call's, once it has run.
+func (c *conn) handle(body []byte) ([]byte, *deferred) {
 	id, d, err := parseRequest(body)
 	if err != nil {
 		c.refuse("request", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed PKCS #11 request")
-		return errorResponse(ckrDeviceError)
+		return errorResponse(ckrDeviceError), nil
 	}
 	h := handlers[id]
 	if h == nil {
-		return errorResponse(ckrFunctionNotSupported)
+		return errorResponse(ckrFunctionNotSupported), nil
 	}
 	if id != callInitialize && !c.initialized {
-		return errorResponse(ckrCryptokiNotInitialized)
+		return errorResponse(ckrCryptokiNotInitialized), nil
 	}
 	e := newResponse(id)
 	rv := h(c, d, e)
-	if rv == rvParse {
+	switch rv {
+	case ckrOK:
+		return e.b, nil
+	case rvDeferred:
+		return nil, c.pend[len(c.pend)-1]
+	case rvParse:
 		c.refuse("request", nil, wire.Status_STATUS_INVALID_ARGUMENT, "malformed "+calls[id].name+" request")
-		return errorResponse(ckrDeviceError)
+		return errorResponse(ckrDeviceError), nil
 	}
-	if rv != ckrOK {
-		return errorResponse(rv)
-	}
-	return e.b
+	return errorResponse(rv), nil
 }
 
 // rvParse is what a handler returns for a request that does not decode.
@@ -193,6 +222,7 @@ const rvParse = ^uint64(0)
 // refuse records a refusal the front decides itself through the core.
 // If it cannot be recorded, the connection closes once its reply is sent.
 func (c *conn) refuse(op string, keyID []byte, st wire.Status, reason string) {
+	c.exec() // recorded after the calls of the frames before
 	c.nextReq++
 	err := c.ss.Refuse(c.f.ctx, c.id, server.Refusal{Op: op, Key: keyID, Request: c.nextReq, Status: st, Reason: reason})
 	if err != nil {

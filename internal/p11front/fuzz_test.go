@@ -158,7 +158,7 @@ func FuzzHandle(f *testing.F) {
 		for _, s := range seeds()[:8] {
 			c.handle(s)
 		}
-		out := c.handle(body)
+		out, _ := c.handle(body)
 		d := &decoder{b: out}
 		rid := d.u32()
 		sig, ok := d.array()

@@ -509,24 +509,44 @@ func sortHandles(hs []uint64) {
 }
 
 // do runs one operation through the core and returns its result, or an
-// error carrying the core's status.
+// error carrying the core's status. Deferred calls run first: the core
+// takes requests in the order of the frames.
 func (c *conn) do(op *wire.Op) (*wire.Result, error) {
+	c.exec()
+	rs, err := c.doAll([]*wire.Op{op}, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := resultErr(rs[0]); err != nil {
+		return nil, err
+	}
+	return rs[0], nil
+}
+
+// resultErr is the failure r reports, if any.
+func resultErr(r *wire.Result) error {
+	if r.Status != wire.Status_STATUS_OK {
+		return &coreError{status: r.Status, msg: r.Message}
+	}
+	return nil
+}
+
+// doAll runs ops in one request of the core's, combined (recorded one
+// operation at a time, each as a request of its own) if combined, and
+// returns a result for each; an error means the whole request failed.
+func (c *conn) doAll(ops []*wire.Op, combined bool) ([]*wire.Result, error) {
 	c.nextReq++
-	rep, err := c.ss.Do(c.f.ctx, c.id, &wire.Request{Version: wire.ProtocolVersion, Id: c.nextReq, Ops: []*wire.Op{op}})
+	rep, err := c.ss.Do(c.f.ctx, c.id, &wire.Request{Version: wire.ProtocolVersion, Id: c.nextReq, Ops: ops, Combined: combined})
 	if err != nil {
 		return nil, &coreError{status: wire.Status_STATUS_UNAVAILABLE, msg: err.Error()}
 	}
 	if rep.Status != wire.Status_STATUS_OK {
 		return nil, &coreError{status: rep.Status, msg: rep.Message}
 	}
-	if len(rep.Results) != 1 {
+	if len(rep.Results) != len(ops) {
 		return nil, &coreError{status: wire.Status_STATUS_INTERNAL, msg: "no result"}
 	}
-	r := rep.Results[0]
-	if r.Status != wire.Status_STATUS_OK {
-		return nil, &coreError{status: r.Status, msg: r.Message}
-	}
-	return r, nil
+	return rep.Results, nil
 }
 
 // coreError is a failure the core reported.

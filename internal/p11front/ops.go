@@ -397,6 +397,12 @@ func opOneShot(kind int) handler {
 					return rv
 				}
 				out, rv = c.finish(op, nil)
+			} else if c.mayDefer(op, data) {
+				if rv := c.deferCall(sh, slot, op, data, room, e); rv != rvDeferred {
+					c.abort(slot)
+					return rv
+				}
+				return rvDeferred
 			} else {
 				out, rv = c.run(op, data)
 			}
@@ -557,13 +563,20 @@ func (c *conn) cVerifyFinal(d *decoder, e *encoder) uint64 {
 
 // run performs op on data through the core.
 func (c *conn) run(op *operation, data []byte) ([]byte, uint64) {
+	wop, rv := c.prepare(op, data)
+	if rv != ckrOK {
+		return nil, rv
+	}
+	r, err := c.do(wop)
+	return resultOf(op, r, err)
+}
+
+// prepare is the core's operation that runs op over data, opening its
+// key first if the connection has not yet.
+func (c *conn) prepare(op *operation, data []byte) (*wire.Op, uint64) {
 	if op.kind == opDigest {
 		h, _ := digestHash(op.mech.typ)
-		r, err := c.do(&wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: h, Data: data}}})
-		if err != nil {
-			return nil, rvOf(err, ckrFunctionFailed)
-		}
-		return r.Data, ckrOK
+		return &wire.Op{Op: &wire.Op_Hash{Hash: &wire.Hash{Alg: h, Data: data}}}, ckrOK
 	}
 	h, err := c.open(op.key)
 	if err != nil {
@@ -572,25 +585,14 @@ func (c *conn) run(op *operation, data []byte) ([]byte, uint64) {
 	switch op.kind {
 	case opSign:
 		if hmacMech(op.mech.typ) {
-			r, err := c.do(&wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: h, Data: data}}})
-			if err != nil {
-				return nil, rvOf(err, ckrKeyFunctionNotPermitted)
-			}
-			return r.Data, ckrOK
+			return &wire.Op{Op: &wire.Op_Mac{Mac: &wire.Mac{Handle: h, Data: data}}}, ckrOK
 		}
 		sg, rv := signParams(op, data)
 		if rv != ckrOK {
 			return nil, rv
 		}
 		sg.Handle = h
-		r, err := c.do(&wire.Op{Op: &wire.Op_Sign{Sign: sg}})
-		if err != nil {
-			return nil, rvOf(err, ckrKeyFunctionNotPermitted)
-		}
-		if _, ok := op.key.pub.(*ecdsa.PublicKey); ok {
-			return ecdsaRaw(r.Data, op.key)
-		}
-		return r.Data, ckrOK
+		return &wire.Op{Op: &wire.Op_Sign{Sign: sg}}, ckrOK
 	case opEncrypt:
 		en := &wire.Encrypt{Handle: h, Plaintext: data}
 		if op.mech.typ == ckmAESGCM {
@@ -598,11 +600,7 @@ func (c *conn) run(op *operation, data []byte) ([]byte, uint64) {
 		} else {
 			en.Hash, _ = oaepHash(op.mech)
 		}
-		r, err := c.do(&wire.Op{Op: &wire.Op_Encrypt{Encrypt: en}})
-		if err != nil {
-			return nil, rvOf(err, ckrKeyFunctionNotPermitted)
-		}
-		return r.Data, ckrOK
+		return &wire.Op{Op: &wire.Op_Encrypt{Encrypt: en}}, ckrOK
 	case opDecrypt:
 		de := &wire.Decrypt{Handle: h, Ciphertext: data}
 		if op.mech.typ == ckmAESGCM {
@@ -610,16 +608,31 @@ func (c *conn) run(op *operation, data []byte) ([]byte, uint64) {
 		} else {
 			de.Hash, _ = oaepHash(op.mech)
 		}
-		r, err := c.do(&wire.Op{Op: &wire.Op_Decrypt{Decrypt: de}})
-		if err != nil {
+		return &wire.Op{Op: &wire.Op_Decrypt{Decrypt: de}}, ckrOK
+	}
+	return nil, ckrGeneralError
+}
+
+// resultOf is op's result from the core's result r, or from err, the
+// failure of the core's operation that prepare made.
+func resultOf(op *operation, r *wire.Result, err error) ([]byte, uint64) {
+	if err != nil {
+		switch op.kind {
+		case opDigest:
+			return nil, rvOf(err, ckrFunctionFailed)
+		case opDecrypt:
 			if st := statusOf(err); st == wire.Status_STATUS_VERIFICATION_FAILED || st == wire.Status_STATUS_INVALID_ARGUMENT {
 				return nil, ckrEncryptedDataInvalid
 			}
-			return nil, rvOf(err, ckrKeyFunctionNotPermitted)
 		}
-		return r.Data, ckrOK
+		return nil, rvOf(err, ckrKeyFunctionNotPermitted)
 	}
-	return nil, ckrGeneralError
+	if op.kind == opSign && !hmacMech(op.mech.typ) {
+		if _, ok := op.key.pub.(*ecdsa.PublicKey); ok {
+			return ecdsaRaw(r.Data, op.key)
+		}
+	}
+	return r.Data, ckrOK
 }
 
 func hmacMech(m uint64) bool {
