@@ -159,3 +159,22 @@ func (c *conn) appendHeld(out []byte) []byte {
 	c.held = c.held[:0]
 	return out
 }
+
+// dropHeld clears the held replies and the frames of deferred calls, of
+// a connection that ends without writing them.
+func (c *conn) dropHeld() {
+	for _, p := range c.pend {
+		clear(p.buf)
+	}
+	clear(c.pend)
+	c.pend = nil
+	for _, h := range c.held {
+		clear(h.body)
+		if h.d != nil {
+			clear(h.d.buf)
+			clear(h.d.body)
+		}
+	}
+	clear(c.held)
+	c.held = nil
+}

@@ -87,7 +87,10 @@ func (c *conn) serve() {
 		c.closedBy(err)
 		return
 	}
-	defer func() { clear(c.rd.buf) }()
+	defer func() {
+		clear(c.rd.buf)
+		c.dropHeld()
+	}()
 	if err := wr.Write([]byte{0}); err != nil {
 		return
 	}
