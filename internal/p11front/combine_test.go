@@ -143,3 +143,62 @@ func TestCallsReadTogetherCombined(t *testing.T) {
 		t.Errorf("the call after a call on its session was combined with it (request %d)", m)
 	}
 }
+
+// Calls read together that fail, or only ask for their result's length,
+// return what they would alone: a decryption that does not authenticate
+// is CKR_ENCRYPTED_DATA_INVALID and ends its operation, a length query
+// keeps its operation and result, and the calls with them succeed.
+func TestCallsReadTogetherFailAsAlone(t *testing.T) {
+	tf := newTestFront(t)
+	cl := tf.dial(t)
+	s1, s2, s3 := cl.session(), cl.session(), cl.session()
+	cl.login(s1)
+	aes := cl.generate(s1, ckmAESKeyGen, boolAttr(ckaToken, false))
+	mac := cl.generate(s1, ckmGenericSecretGen, boolAttr(ckaToken, false), ulongAttr(ckaValueLen, 32))
+	iv := make([]byte, 12)
+	encInit := func(s uint64) []byte {
+		return request(callEncryptInit, func(e *encoder) { e.u64(s); gcm(e, iv, []byte("aad"), 128); e.u64(aes) })
+	}
+	decInit := func(s uint64, aad string) []byte {
+		return request(callDecryptInit, func(e *encoder) { e.u64(s); gcm(e, iv, []byte(aad), 128); e.u64(aes) })
+	}
+	cl.ok(cl.raw(encInit(s1)))
+	ct := cl.ok(cl.call(callEncrypt, func(e *encoder) { e.u64(s1); e.u8(1); e.array([]byte("secret message")); e.u32(4096) })).Bytes()
+	cl.ok(cl.call(callSignInit, func(e *encoder) { e.u64(s3); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(mac) }))
+	tag := cl.ok(cl.call(callSign, func(e *encoder) { e.u64(s3); e.u8(1); e.array([]byte("data")); e.u32(64) })).Bytes()
+
+	decrypt := func(s uint64) []byte {
+		return request(callDecrypt, func(e *encoder) { e.u64(s); e.u8(1); e.array(ct); e.u32(4096) })
+	}
+	sign := func(room uint32) []byte {
+		return request(callSign, func(e *encoder) { e.u64(s3); e.u8(1); e.array([]byte("data")); e.u32(room) })
+	}
+	rvs, ds := cl.sendFrames(
+		decInit(s1, "aad"), decrypt(s1),
+		decInit(s2, "other"), decrypt(s2),
+		request(callSignInit, func(e *encoder) { e.u64(s3); e.u32(ckmSHA256HMAC); e.u32(0xffffffff); e.u64(mac) }),
+		sign(0),
+		decrypt(s2), // s2's decryption ended with its failure
+		sign(64))    // s3's operation stayed after the length query
+	wantRV := []uint64{ckrOK, ckrOK, ckrOK, ckrEncryptedDataInvalid, ckrOK, ckrOK, ckrOperationNotInitialized, ckrOK}
+	for i, rv := range rvs {
+		if rv != wantRV[i] {
+			t.Fatalf("response %d: return value %#x, want %#x", i, rv, wantRV[i])
+		}
+	}
+	if pt := ds[1].Bytes(); string(pt) != "secret message" {
+		t.Errorf("decryption: %q", pt)
+	}
+	ds[5].part("ay")
+	if valid, n := ds[5].u8(), ds[5].u32(); valid != 0 || n != 32 {
+		t.Errorf("length query: valid %d length %d", valid, n)
+	}
+	if got := ds[7].Bytes(); !bytes.Equal(got, tag) {
+		t.Errorf("HMAC after the length query: %x, want %x", got, tag)
+	}
+	// The decryptions and the HMAC of the length query went together.
+	decs, macs := auditOps(t, tf, "decrypt"), auditOps(t, tf, "mac")
+	if len(decs) != 2 || decs[0] != decs[1] || macs[len(macs)-1] != decs[0] {
+		t.Errorf("decryptions recorded as requests %v, the HMAC as %v: not one combined", decs, macs)
+	}
+}
