@@ -15,8 +15,8 @@ import (
 // the connection's goroutine goes through the core's request once.
 //
 // A call is deferred only while another frame is already read (or
-// calls are deferred already), so a program calling from one thread is
-// answered as before. Its reply, and every reply after it, is held until
+// calls are deferred already), so the call of a program calling from
+// one thread goes to the core at once. A deferred call's reply, and every reply after it, is held until
 // the deferred calls have run (exec), which is before the front writes,
 // before it handles any frame that is not one of these calls or that
 // names the session of a deferred call, and before any other request or
