@@ -27,19 +27,25 @@ getent passwd keywarden >/dev/null && had_user=yes
 # What an earlier daemon left in /run/keywarden (a daemon run by root on
 # the default socket leaves its lock and its development-mode audit log
 # there, owned by root) would stop the package's daemon, which runs as
-# the keywarden account, from taking its lock. The test runs with the
-# directory as a fresh machine has it, and puts the old one back after:
-# unless a daemon still serves there, which it leaves alone.
-saved_run=""
+# the keywarden account, from taking its lock. Such a directory is moved
+# aside for the test and put back after. If a daemon still runs there
+# (it holds a lock), it is left alone: the package's daemon then serves
+# on a socket of the test's own, and the directory gets back its owner
+# and mode, which installing the package changes.
+saved_run="" live_run="" alt_run=""
 if [ -e /run/keywarden ]; then
-	# A running daemon holds its lock (flock).
 	for l in /run/keywarden/*.lock; do
 		[ -e "$l" ] || continue
-		flock -n "$l" true || fail "a keywarden daemon runs in /run/keywarden (it holds $l); stop it first"
+		# A running daemon holds its lock (flock).
+		flock -n "$l" true || live_run=$(stat -c '%u:%g %a' /run/keywarden)
 	done
-	saved_run=/run/keywarden.before-test-deb.$$
-	mv /run/keywarden "$saved_run"
-	say "moved the existing /run/keywarden aside to $saved_run for the test"
+	if [ -n "$live_run" ]; then
+		say "a keywarden daemon runs in /run/keywarden; the package's daemon will serve on a socket of its own"
+	else
+		saved_run=/run/keywarden.before-test-deb.$$
+		mv /run/keywarden "$saved_run"
+		say "moved the existing /run/keywarden aside to $saved_run for the test"
+	fi
 fi
 work=$(mktemp -d)
 deb=""
@@ -48,8 +54,14 @@ cleanup() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	dpkg -P keywarden >/dev/null 2>&1 || true
 	[ $had_state = yes ] || rm -rf /var/lib/keywarden
-	rm -rf /run/keywarden
-	[ -z "$saved_run" ] || mv "$saved_run" /run/keywarden
+	[ -z "$alt_run" ] || rm -rf "$alt_run"
+	if [ -n "$live_run" ]; then
+		chown "${live_run% *}" /run/keywarden
+		chmod "${live_run#* }" /run/keywarden
+	else
+		rm -rf /run/keywarden
+		[ -z "$saved_run" ] || mv "$saved_run" /run/keywarden
+	fi
 	[ $had_user = yes ] || userdel keywarden 2>/dev/null || true
 	[ -n "$deb" ] && rm -f "$deb"
 	rm -rf "$work"
@@ -128,6 +140,12 @@ for a in "$@"; do
 	esac
 	prev=$a
 done
+if [ -n "$live_run" ]; then
+	alt_run=/run/keywarden-test-deb.$$
+	install -d -m 0755 -o "${user:-root}" "$alt_run"
+	sock=$alt_run/keywarden.sock
+	set -- "$@" --socket "$sock"
+fi
 if [ -n "$user" ] && [ "$user" != root ]; then
 	set -- setpriv --reuid="$user" --regid="$user" --init-groups -- "$@"
 fi
