@@ -318,6 +318,11 @@ func (e *Etcd) commitLoop() {
 			e.linger(w.took)
 		}
 		w.cycle, w.end = time.Since(t0), time.Now()
+		if group[0].alone {
+			// Its writer (a rotation) does not call again at once:
+			// the next group waits for those that waited.
+			w.calls = 0
+		}
 		e.last = w
 	}
 }
@@ -351,7 +356,9 @@ func (e *Etcd) gather(last afterCommit) {
 
 	want := min(last.calls+last.waiting, maxGroup)
 	wait := max(min(last.cycle, maxEtcdGather), time.Duration(gatherFloor.Load()))
-	if want <= 1 || len(e.pending) >= want || wait <= 0 || time.Since(last.end) > last.cycle || e.closed {
+	// A call alone (UpdateAlone) at the head goes in a transaction of
+	// its own whatever arrives: nothing to wait for.
+	if want <= 1 || len(e.pending) >= want || wait <= 0 || time.Since(last.end) > last.cycle || e.closed || e.pending[0].alone {
 		return
 	}
 	e.want, e.enough = want, make(chan struct{})
