@@ -56,7 +56,9 @@ func gathering(e *Etcd) bool {
 	return e.want > 0
 }
 
-func TestRclusCloseDuringGather(t *testing.T) {
+// Close while the committer waits for writers: the waiting calls fail
+// with ErrClosed at once, and none of them is committed.
+func TestEtcdCloseDuringGather(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/rc/", Timeout: 5 * time.Second})
 	if err != nil {
@@ -112,8 +114,9 @@ func TestRclusCloseDuringGather(t *testing.T) {
 	}
 }
 
-// A lone writer never waits in gather, even with a floor of a second.
-func TestRclusLoneWriterNeverWaits(t *testing.T) {
+// A lone writer waits once at most after a group of five, however long
+// the wait would be.
+func TestEtcdLoneWriterWaitsOnce(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/lone/", Timeout: 5 * time.Second})
 	if err != nil {
@@ -123,28 +126,28 @@ func TestRclusLoneWriterNeverWaits(t *testing.T) {
 	t.Cleanup(func() { gatherFloor.Store(0) })
 	// A group of five first, then the lone writer: one wait at most.
 	outs := primeWant(t, e, "p")
-	gatherFloor.Store(int64(300 * time.Millisecond))
+	gatherFloor.Store(int64(3 * time.Second))
 	for _, ch := range outs {
 		if err := <-ch; err != nil {
 			t.Fatal(err)
 		}
 	}
 	t0 := time.Now()
-	for i := range 100 {
+	for i := range 20 {
 		if err := e.Update(func(tx Tx) error { return tx.Put(testBucket, []byte(fmt.Sprint("l", i)), []byte("x")) }); err != nil {
 			t.Fatal(err)
 		}
 	}
 	d := time.Since(t0)
-	t.Logf("100 lone updates after a group of five: %s", d)
-	if d > 600*time.Millisecond {
+	t.Logf("20 lone updates after a group of five: %s", d)
+	if d > 5*time.Second {
 		t.Errorf("lone writer waited in gather more than once: %s", d)
 	}
 }
 
-// An UpdateAlone call (a master-key rotation) waits in gather for calls
+// An UpdateAlone call (a master-key rotation) does not wait for calls
 // that cannot join its transaction.
-func TestRclusAloneWaitsInGather(t *testing.T) {
+func TestEtcdCallAloneDoesNotWait(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	e, err := OpenEtcd(EtcdConfig{Endpoints: c.Endpoints(), Prefix: "/al/", Timeout: 5 * time.Second})
 	if err != nil {
@@ -159,14 +162,14 @@ func TestRclusAloneWaitsInGather(t *testing.T) {
 		}
 	}
 	// last: 4 calls, 0 waiting -> want 4; an alone call right after.
-	gatherFloor.Store(int64(500 * time.Millisecond))
+	gatherFloor.Store(int64(10 * time.Second))
 	t0 := time.Now()
 	if err := e.UpdateAlone(func(tx Tx) error { return tx.Put(testBucket, []byte("rot"), []byte("x")) }); err != nil {
 		t.Fatal(err)
 	}
 	d := time.Since(t0)
 	t.Logf("UpdateAlone after a group of four took %s", d)
-	if d > 400*time.Millisecond {
+	if d > 5*time.Second {
 		t.Errorf("UpdateAlone waited %s in gather for calls that cannot join it", d)
 	}
 }
