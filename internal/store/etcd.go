@@ -350,8 +350,10 @@ var gatherFloor atomic.Int64 // a time.Duration
 // its end (and maxEtcdGather): on a loaded machine a writer's turn from
 // its answer to its next call takes a good part of a commit. A writer
 // that does not come back holds the others back once, by that time at
-// most, and the next transaction waits only for those that did. e.mu is
-// held; it is released while waiting.
+// most, and the next transaction waits only for those that did; one that
+// keeps coming back late holds back every transaction, by that time at
+// most. A call alone (UpdateAlone) neither waits nor is waited for. e.mu
+// is held; it is released while waiting.
 func (e *Etcd) gather(last afterCommit) {
 
 	want := min(last.calls+last.waiting, maxGroup)
