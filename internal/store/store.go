@@ -106,7 +106,11 @@ type Tx interface {
 
 // Errors.
 var (
-	// ErrClosed is returned after Close.
+	// ErrClosed is returned after Close. An Update that was already
+	// being committed when Close came may fail with it and still have
+	// been committed (the etcd store's transaction may reach the cluster
+	// before its answer is lost): ErrClosed from Update means "not known
+	// to be written", not "not written".
 	ErrClosed = errors.New("store: closed")
 	// ErrStop ends a ForEach early without error.
 	ErrStop = errors.New("store: stop iteration")
