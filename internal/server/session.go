@@ -249,6 +249,9 @@ func (ss *Session) Do(ctx context.Context, id Identity, req *wire.Request) (*wir
 	ss.async.Add(1)
 	ss.mu.Unlock()
 	defer ss.async.Done()
+	if v := ss.enterVia(&id); v != nil {
+		defer v.async.Done()
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -385,6 +388,32 @@ var endedCtx = func() context.Context {
 
 // arenaPool holds wiped arenas for Do.
 var arenaPool = sync.Pool{New: func() any { return new(arena) }}
+
+// enterVia holds id.Via open while a request of id runs on ss: Via's
+// Close waits for it (as for Via's own requests), so that its opener's
+// pidfd, which callerOf reads, is not closed (and its number reused)
+// under it. A Via that is ss, of another server, or closing already is
+// dropped: the request is read as ss's own. The caller calls
+// Via.async.Done once the request is over if it returns non-nil.
+func (ss *Session) enterVia(id *Identity) *Session {
+	v := id.Via
+	if v == nil {
+		return nil
+	}
+	if v == ss || v.s != ss.s {
+		id.Via = nil
+		return nil
+	}
+	v.mu.Lock()
+	if v.ending {
+		v.mu.Unlock()
+		id.Via = nil
+		return nil
+	}
+	v.async.Add(1)
+	v.mu.Unlock()
+	return v
+}
 
 // Close ends the session: what waits stops, requests in progress finish,
 // its streaming sessions end, its handles are dropped and its ephemeral
@@ -755,6 +784,9 @@ func (ss *Session) recordFront(ctx context.Context, id Identity, r Refusal) erro
 	ss.async.Add(1)
 	ss.mu.Unlock()
 	defer ss.async.Done()
+	if v := ss.enterVia(&id); v != nil {
+		defer v.async.Done()
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func (c *conn) add(body []byte, constrained bool) []byte {
 		c.a.log.Warn("ssh-add refused by the core", "uid", c.id.UID, "pid", c.id.PID, "err", err)
 		return replyFailure
 	}
-	r, err := c.do(ss, c.ident(), &wire.Op{Op: &wire.Op_Import{Import: &wire.Import{
+	r, err := c.do(ss, c.viaIdent(), &wire.Op{Op: &wire.Op_Import{Import: &wire.Import{
 		Template: &wire.KeyTemplate{Name: "ssh-add", Type: typ, Usage: uint32(wire.Usage_USAGE_SIGN | wire.Usage_USAGE_VERIFY), Ephemeral: true},
 		Format:   wire.KeyFormat_KEY_FORMAT_PKCS8_DER, Data: pkcs8}}})
 	if err != nil {
@@ -255,7 +255,7 @@ func (c *conn) remove(body []byte) []byte {
 			"ssh-add -d: the key was not added through the agent (keywarden key destroy removes a stored key)"+fingerprintOf(blob))
 	}
 	// Destroyed through the core, so that the removal has its record.
-	if _, err := c.do(k.ss, c.ident(), &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}}); err != nil {
+	if _, err := c.do(k.ss, c.viaIdent(), &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}}); err != nil {
 		c.a.log.Warn("destroying a removed key failed; it dies with its session", "uid", c.id.UID, "err", err)
 	}
 	k.drop()
@@ -270,7 +270,7 @@ func (c *conn) removeAll() []byte {
 		if c.u.take(k.pub.Marshal()) != k {
 			continue
 		}
-		if _, err := c.do(k.ss, c.ident(), &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}}); err != nil {
+		if _, err := c.do(k.ss, c.viaIdent(), &wire.Op{Op: &wire.Op_Destroy{Destroy: &wire.Destroy{Handle: k.handle}}}); err != nil {
 			c.a.log.Warn("destroying a removed key failed; it dies with its session", "uid", c.id.UID, "err", err)
 		}
 		k.drop()

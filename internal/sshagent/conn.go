@@ -222,6 +222,15 @@ func (c *conn) ident() server.Identity {
 	return id
 }
 
+// viaIdent is ident for a request run on a key's own session (a key
+// ssh-add gave the agent, which no process opened): the caller is read
+// against the connection's session, as a persistent key's request is.
+func (c *conn) viaIdent() server.Identity {
+	id := c.ident()
+	id.Via = c.ss
+	return id
+}
+
 // closedBy logs why the connection closes when err is an otherWriter,
 // and reports whether it was.
 func (c *conn) closedBy(err error) bool {

@@ -228,12 +228,18 @@ func (c *conn) sign(body []byte) []byte {
 				return c.refuse("sign", kid, wire.Status_STATUS_PERMISSION_DENIED, "ssh-add -c: "+err.Error())
 			}
 		}
+		// The confirmation may have waited long: another connection of
+		// the uid may have locked the agent meanwhile (ssh-add -x).
+		if c.u.isLocked() {
+			return c.refuse("sign", kid, wire.Status_STATUS_PERMISSION_DENIED, "the agent was locked while the use of the key was being confirmed")
+		}
 		op.Handle = k.added.handle
-		// The key's session was opened by no process: the caller is read
-		// against the connection's, as a persistent key's request is.
-		id := c.ident()
-		id.Via = c.ss
-		res, err = c.run(k.added.ss, id, c.signReq.request(c.reqID(), op))
+		res, err = c.run(k.added.ss, c.viaIdent(), c.signReq.request(c.reqID(), op))
+		if errors.Is(err, server.ErrSessionClosed) {
+			// Removed (ssh-add -d, -D, -t) since it was listed: the core
+			// recorded nothing.
+			return c.refuse("sign", kid, wire.Status_STATUS_NOT_FOUND, "the key was removed before it could sign")
+		}
 	} else {
 		o, ok := c.opened[string(k.id)]
 		if !ok {
