@@ -59,7 +59,14 @@ type heldReply struct {
 // the connection, and the combined request has room for it.
 func (c *conn) mayDefer(op *operation, data []byte) bool {
 	return c.collecting && op.kind != opDigest && len(data) <= maxCombinedData &&
-		op.key != nil && op.key.handle != 0 && !op.key.gone && len(c.pend) < maxCombined
+		op.key != nil && op.key.handle != 0 && !op.key.gone && len(c.pend) < c.maxPend()
+}
+
+// maxPend bounds the calls deferred together: maxCombined, and the
+// core's batch limit in force (--max-batch-ops, which may be lower and
+// would refuse the whole combined request, every call with it).
+func (c *conn) maxPend() int {
+	return min(maxCombined, c.f.cfg.Server.Limits().MaxBatchOps)
 }
 
 // deferCall defers the one-shot call of op over data on session sh,
@@ -154,6 +161,9 @@ func (c *conn) appendHeld(out []byte) []byte {
 			clear(h.d.buf) // it may have held data to encrypt
 		}
 		out = appendFrame(out, h.code, body)
+		if h.d != nil {
+			clear(h.d.body) // a decryption's plaintext, now copied into out (cleared once written)
+		}
 	}
 	clear(c.held)
 	c.held = c.held[:0]
