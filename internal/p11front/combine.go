@@ -26,11 +26,15 @@ import (
 
 // Bounds of a combined request: the core records one of at most 64
 // operations one operation at a time, and each operation's data is
-// small, so that the request and its reply stay well within the core's
-// message size.
+// small. What the calls deferred together carry, with room for each
+// one's reply (its data again, for an encryption, and combinedOverhead),
+// stays within half the core's message size (--max-message-bytes), so
+// that neither the request nor its reply can be refused as too large,
+// whatever the size of the front's reads.
 const (
-	maxCombined     = 64
-	maxCombinedData = 4 << 10
+	maxCombined      = 64
+	maxCombinedData  = 4 << 10
+	combinedOverhead = 1 << 10
 )
 
 // deferred is a one-shot call whose operation waits to go to the core
@@ -44,6 +48,7 @@ type deferred struct {
 	e    *encoder // the response, once the result is in
 	buf  []byte   // the frame, cleared once the reply is written
 	body []byte   // the reply's body, once exec ran
+	size int      // the bytes counted for it against the message size
 }
 
 // heldReply is a reply held until the deferred calls before it have run.
@@ -58,16 +63,27 @@ type heldReply struct {
 // runs in one request (not a digest, not a stream), its key is open on
 // the connection, and the combined request has room for it.
 func (c *conn) mayDefer(op *operation, data []byte) bool {
-	return c.collecting && op.kind != opDigest && len(data) <= maxCombinedData &&
-		op.key != nil && op.key.handle != 0 && !op.key.gone && len(c.pend) < c.maxPend()
+	if !c.collecting || op.kind == opDigest || len(data) > maxCombinedData ||
+		op.key == nil || op.key.handle == 0 || op.key.gone {
+		return false
+	}
+	lim := c.f.cfg.Server.Limits()
+	if len(c.pend) >= min(maxCombined, lim.MaxBatchOps) {
+		// The core's batch limit in force (--max-batch-ops) may be
+		// lower, and would refuse the whole combined request.
+		return false
+	}
+	n := combinedSize(data)
+	for _, d := range c.pend {
+		n += d.size
+	}
+	return n <= lim.MaxMessageBytes/2
 }
 
-// maxPend bounds the calls deferred together: maxCombined, and the
-// core's batch limit in force (--max-batch-ops, which may be lower and
-// would refuse the whole combined request, every call with it).
-func (c *conn) maxPend() int {
-	return min(maxCombined, c.f.cfg.Server.Limits().MaxBatchOps)
-}
+// combinedSize is what a call over data counts against the message
+// size: its data in the request and again in the reply, and room for
+// the rest of both.
+func combinedSize(data []byte) int { return 2*len(data) + combinedOverhead }
 
 // deferCall defers the one-shot call of op over data on session sh,
 // whose response e is to give its result within room bytes.
@@ -76,7 +92,7 @@ func (c *conn) deferCall(sh uint64, slot **operation, op *operation, data []byte
 	if rv != ckrOK {
 		return rv
 	}
-	c.pend = append(c.pend, &deferred{sess: sh, slot: slot, op: op, wop: wop, room: room, e: e})
+	c.pend = append(c.pend, &deferred{sess: sh, slot: slot, op: op, wop: wop, room: room, e: e, size: combinedSize(data)})
 	return rvDeferred
 }
 

@@ -58,9 +58,10 @@ func signReq(s uint64) []byte {
 	return request(callSign, func(e *encoder) { e.u64(s); e.u8(1); e.array([]byte("data")); e.u32(64) })
 }
 
-// A --max-batch-ops below the group's size: every call of the group
-// fails, though each alone succeeds.
-func TestRP11MaxBatchOpsGroupFails(t *testing.T) {
+// A --max-batch-ops below the number of calls read together: each call
+// gets what it gets alone (they went as one combined request over the
+// limit, which refused them all).
+func TestDeferredCallsWithinBatchLimit(t *testing.T) {
 	tf := newTestFrontLimits(t, server.Limits{MaxBatchOps: 2})
 	cl := tf.dial(t)
 	ss, key := hmacSetup(cl, 3)
@@ -81,8 +82,8 @@ func TestRP11MaxBatchOpsGroupFails(t *testing.T) {
 
 // A frame another process writes on the connection after the owner's
 // frames read together: the owner's are answered, the other's never run.
-func TestRP11OtherWriterNotCombined(t *testing.T) {
-	if hx := os.Getenv("RP11_CHILD_FRAME"); hx != "" {
+func TestOtherWriterNotCombined(t *testing.T) {
+	if hx := os.Getenv("P11FRONT_TEST_CHILD_FRAME"); hx != "" {
 		b, _ := hex.DecodeString(hx)
 		f := os.NewFile(3, "sock")
 		f.Write(b)
@@ -112,8 +113,8 @@ func TestRP11OtherWriterNotCombined(t *testing.T) {
 	if _, err := cl.c.Write(out[:half]); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRP11OtherWriterNotCombined$")
-	cmd.Env = append(os.Environ(), "RP11_CHILD_FRAME="+hex.EncodeToString(childFrame))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOtherWriterNotCombined$")
+	cmd.Env = append(os.Environ(), "P11FRONT_TEST_CHILD_FRAME="+hex.EncodeToString(childFrame))
 	cmd.ExtraFiles = []*os.File{f}
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func (cl *client) alone(frames ...[]byte) ([]uint64, []*decoder) {
 
 // Sequences with a call between grouped calls that changes state: the
 // results read together must be those of the frames sent one by one.
-func TestRP11OrderingAsAlone(t *testing.T) {
+func TestCombinedOrderingAsAlone(t *testing.T) {
 	tf := newTestFront(t)
 	simple := func(id int, s uint64) []byte { return request(id, func(e *encoder) { e.u64(s) }) }
 	destroy := func(s, k uint64) []byte { return request(callDestroyObject, func(e *encoder) { e.u64(s); e.u64(k) }) }
