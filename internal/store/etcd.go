@@ -1349,6 +1349,11 @@ func isUnavailable(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		return true
+	case codes.Unknown:
+		// A deadline that ran out on the client's side of a call in
+		// flight can come back as an unknown status with the context's
+		// message.
+		return strings.Contains(status.Convert(err).Message(), context.DeadlineExceeded.Error())
 	}
 	return false
 }
