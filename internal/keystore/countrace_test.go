@@ -101,7 +101,7 @@ func TestEncryptingOvertakenAtLimit(t *testing.T) {
 			t.Fatalf("refuse %v: %d encryptions counted on a version that may make %d", refuse, u, limit)
 		}
 		switch {
-		case refuse && !errors.Is(err, errSpent):
+		case refuse && !errors.Is(err, ErrSpent):
 			t.Fatalf("refuse when spent: %v, %v; want the budget spent", got, err)
 		case !refuse && (err != nil || got == v):
 			t.Fatalf("rotate when spent: version %v, %v; want a new version", got, err)
@@ -131,7 +131,7 @@ func TestEncryptingConcurrentExact(t *testing.T) {
 		wg.Go(func() {
 			for {
 				if _, err := s.Encrypting(o, n); err != nil {
-					if !errors.Is(err, errSpent) {
+					if !errors.Is(err, ErrSpent) {
 						t.Error(err)
 					}
 					return
@@ -225,7 +225,7 @@ func TestCopyBudgetClosedWhileCounting(t *testing.T) {
 	if v.count(1) {
 		t.Fatalf("a closed version counted another encryption (%d of %d)", v.Used(), v.Limit())
 	}
-	if got, err := s.Encrypting(c, 1); !errors.Is(err, errSpent) {
+	if got, err := s.Encrypting(c, 1); !errors.Is(err, ErrSpent) {
 		t.Fatalf("encrypting with the closed copy: version %v, %v; want the budget spent", got, err)
 	}
 	if u := v.Used(); u != before+1 {

@@ -39,7 +39,7 @@ func TestEncryptingUncountCloseStress(t *testing.T) {
 					wasClosed := closed.Load()
 					got, err := s.Encrypting(o, n)
 					if err != nil {
-						if !errors.Is(err, errSpent) {
+						if !errors.Is(err, ErrSpent) {
 							t.Error(err)
 						}
 						return

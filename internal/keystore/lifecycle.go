@@ -327,7 +327,9 @@ func (s *Store) SetLifecycle(o *Object, c Lifecycle) error {
 // reserveBlock is how many encryptions a durable reservation covers.
 const reserveBlock = 1 << 20
 
-var errSpent = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
+// ErrSpent refuses encryptions that the newest version's budget has no
+// room for, under the key's refuse-when-spent policy.
+var ErrSpent = wire.Errorf(wire.Status_STATUS_RESOURCE_EXHAUSTED,
 	"the key's newest version has made as many encryptions as it may (random nonces: NIST SP 800-38D): rotate the key")
 
 // Current returns the version new signatures, MACs and RSA encryptions
@@ -455,7 +457,7 @@ func (s *Store) encryptingLocked(o *Object, n uint64) (*Version, error) {
 	}
 	if !fits(v.Used(), n, v.limit.Load()) || (n > 0 && v.closed()) {
 		if o.Meta().Budget == persist.BudgetPolicy_BUDGET_POLICY_REFUSE || n > DefaultEncryptionLimit/2 {
-			return nil, errSpent
+			return nil, ErrSpent
 		}
 		var err error
 		if v, err = s.rotateLocked(o, false); err != nil {

@@ -112,6 +112,13 @@ func (ss *Session) executeRun(ops []*wire.Op, id Identity, reqID uint64, a *aren
 	switch {
 	case kind == 1 && o.Spec.Family == key.FamilyAES:
 		v, err = ss.s.store.Encrypting(o, uint64(len(ops)))
+		if errors.Is(err, keystore.ErrSpent) {
+			// Under refuse-when-spent, what is left of the budget may be
+			// fewer encryptions than the run's, not none: one at a time,
+			// as many succeed as would alone.
+			ss.executeEach(ops, id, reqID, a, out, notes)
+			return
+		}
 		if err == nil {
 			ss.s.onceAt(stageCounted)
 		}

@@ -2,7 +2,10 @@ package server
 
 import (
 	"testing"
+	"time"
 
+	"github.com/keywarden/keywarden/internal/key"
+	"github.com/keywarden/keywarden/internal/keystore"
 	"github.com/keywarden/keywarden/internal/wire"
 )
 
@@ -111,5 +114,39 @@ func TestRunKindRegions(t *testing.T) {
 		if kind != 0 && h != 1 {
 			t.Errorf("op %d: handle %d", i, h)
 		}
+	}
+}
+
+// A run of encryptions with a key whose budget has room for fewer of
+// them than the run holds, under refuse-when-spent: as many succeed as
+// would one by one, the others are refused (the run was counted at once,
+// and all of it refused).
+func TestRunOfEncryptionsPastRefusedBudget(t *testing.T) {
+	s := newTestServer(t, Config{})
+	id := idOf(1400)
+	ss := doSession(t, s, id.UID)
+	gen := &wire.Op{Op: &wire.Op_Generate{Generate: &wire.Generate{Template: &wire.KeyTemplate{
+		Type: wire.KeyType_KEY_TYPE_AES256_GCM, Name: "strict", RefuseWhenSpent: true}}}}
+	r := do(t, ss, id, 1, gen).Results[0]
+	if r.Status != wire.Status_STATUS_OK {
+		t.Fatalf("generate: %v %q", r.Status, r.Message)
+	}
+	h := r.GetKey().GetHandle()
+	kid, _ := key.IDFromBytes(r.GetKey().GetInfo().GetId())
+	o, err := s.store.Get(kid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keystore.SetFirstVersion(o, 0, time.Time{}, 0, 2) // two encryptions left
+
+	rep := do(t, ss, id, 2, encrypt(h), encrypt(h), encrypt(h), encrypt(h))
+	want := []wire.Status{wire.Status_STATUS_OK, wire.Status_STATUS_OK, wire.Status_STATUS_RESOURCE_EXHAUSTED, wire.Status_STATUS_RESOURCE_EXHAUSTED}
+	for i, w := range want {
+		if st := rep.Results[i].Status; st != w {
+			t.Errorf("encryption %d of 4 with 2 left: %v %q, want %v", i, st, rep.Results[i].Message, w)
+		}
+	}
+	if u := o.Newest().Used(); u != 2 {
+		t.Errorf("%d encryptions counted, want 2", u)
 	}
 }
