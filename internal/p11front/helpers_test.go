@@ -27,13 +27,21 @@ type testFront struct {
 
 func newTestFront(t testing.TB) *testFront {
 	t.Helper()
+	return newTestFrontConfig(t, server.Config{})
+}
+
+// newTestFrontConfig is newTestFront over a core of cfg (its audit log
+// the test's).
+func newTestFrontConfig(t testing.TB, cfg server.Config) *testFront {
+	t.Helper()
 	dir := t.TempDir()
 	tf := &testFront{logPath: filepath.Join(dir, "audit.log"), sockPath: filepath.Join(dir, "p11.sock")}
 	var err error
 	if tf.log, err = audit.Open(audit.Options{Path: tf.logPath, Sync: audit.SyncGrouped}); err != nil {
 		t.Fatal(err)
 	}
-	if tf.srv, err = server.New(server.Config{Audit: tf.log}); err != nil {
+	cfg.Audit = tf.log
+	if tf.srv, err = server.New(cfg); err != nil {
 		t.Fatal(err)
 	}
 	tf.Front = New(Config{Server: tf.srv})
