@@ -1,42 +1,19 @@
 package p11front
 
 import (
-	"context"
 	"encoding/hex"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/keywarden/keywarden/internal/audit"
 	"github.com/keywarden/keywarden/internal/server"
 )
 
 func newTestFrontLimits(t *testing.T, lim server.Limits) *testFront {
 	t.Helper()
-	dir := t.TempDir()
-	tf := &testFront{logPath: filepath.Join(dir, "audit.log"), sockPath: filepath.Join(dir, "p11.sock")}
-	var err error
-	if tf.log, err = audit.Open(audit.Options{Path: tf.logPath, Sync: audit.SyncGrouped}); err != nil {
-		t.Fatal(err)
-	}
-	if tf.srv, err = server.New(server.Config{Audit: tf.log, Limits: lim}); err != nil {
-		t.Fatal(err)
-	}
-	tf.Front = New(Config{Server: tf.srv})
-	l, err := Listen(tf.sockPath, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go tf.Serve(l)
-	t.Cleanup(func() {
-		tf.Close()
-		tf.srv.Shutdown(context.Background())
-		tf.log.Close()
-	})
-	return tf
+	return newTestFrontConfig(t, server.Config{Limits: lim})
 }
 
 func hmacSetup(cl *client, n int) (ss []uint64, key uint64) {
