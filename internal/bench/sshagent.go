@@ -181,8 +181,14 @@ func RunSSHAgent(ctx context.Context, cfg SSHAgentConfig, progress io.Writer) (_
 	if err != nil {
 		return nil, err
 	}
-	if err := addAgentKey(agentSock, added); err != nil {
+	if conn, err := net.Dial("unix", agentSock); err != nil {
 		return nil, fmt.Errorf("adding a key to the daemon's ssh-agent socket: %w", err)
+	} else {
+		err = addAgentKey(conn, added)
+		conn.Close()
+		if err != nil {
+			return nil, fmt.Errorf("adding a key to the daemon's ssh-agent socket: %w", err)
+		}
 	}
 
 	modes := []string{SSHInProcess, SSHNative, SSHAgentKeywarden, SSHAgentKeywardenAdded}
@@ -329,14 +335,9 @@ func importSSHKey(ctx context.Context, socket string, priv ed25519.PrivateKey) e
 	return err
 }
 
-// addAgentKey gives priv to the agent at sock with the agent protocol's
+// addAgentKey gives priv to the agent on conn with the agent protocol's
 // add-identity message, as ssh-add adds a key file.
-func addAgentKey(sock string, priv ed25519.PrivateKey) error {
-	conn, err := net.Dial("unix", sock)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
+func addAgentKey(conn net.Conn, priv ed25519.PrivateKey) error {
 	return agent.NewClient(conn).Add(agent.AddedKey{PrivateKey: priv, Comment: sshBenchKey})
 }
 
@@ -536,8 +537,9 @@ func startOpenSSHAgent(ctx context.Context, prog, sock string, priv ed25519.Priv
 	for {
 		conn, err := net.Dial("unix", sock)
 		if err == nil {
+			err = addAgentKey(conn, priv)
 			conn.Close()
-			if err = addAgentKey(sock, priv); err != nil {
+			if err != nil {
 				stop()
 				return nil, fmt.Errorf("adding the key to ssh-agent: %w", err)
 			}
