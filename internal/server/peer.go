@@ -63,10 +63,10 @@ func (ss *Session) openerAlive() bool {
 // one check also stands for markCaller's (openerAlive), which saves a
 // system call per message. If the opener is gone, the message's own
 // pidfd decides, as for any other message. A request that came on
-// another session's connection (id.Via) is read as that session reads
-// its own.
+// another session's connection (id.Via, which enterVia has checked and
+// holds open) is read as that session reads its own.
 func (ss *Session) callerOf(id Identity) audit.Caller {
-	if v := id.Via; v != nil && v != ss && v.s == ss.s {
+	if v := id.Via; v != nil {
 		id.Via = nil
 		return v.callerOf(id)
 	}
