@@ -46,10 +46,8 @@ type Bolt struct {
 	lastN   int
 	lastEnd time.Time
 	lastDur time.Duration
-	// want, if not 0, is the number of pending writers the committer
-	// waits for; enough is closed when they are there.
-	want   int
-	enough chan struct{}
+	// The committer's wait for more writers (gather).
+	waiters
 
 	// mappedSize is the file's size when its mapping was last unpinned
 	// (used by the committer goroutine only, after OpenBolt).
@@ -144,10 +142,7 @@ func (b *Bolt) update(fn func(Tx) error, alone bool) error {
 	b.pending = append(b.pending, c)
 	start := !b.running
 	b.running = true
-	if b.want > 0 && len(b.pending) >= b.want {
-		close(b.enough)
-		b.want = 0
-	}
+	b.arrived(len(b.pending))
 	b.mu.Unlock()
 	if start {
 		go b.commitLoop()
@@ -204,17 +199,43 @@ func (b *Bolt) gather() {
 	if b.lastN <= 1 || len(b.pending) >= b.lastN || wait <= 0 || time.Since(b.lastEnd) > b.lastDur {
 		return
 	}
-	b.want, b.enough = min(b.lastN, maxGroup), make(chan struct{})
-	enough := b.enough
-	b.mu.Unlock()
-	t := time.NewTimer(wait)
+	b.waitFor(&b.mu, min(b.lastN, maxGroup), wait, nil)
+}
+
+// waiters is a committer's wait, before a transaction, for more writers
+// to be pending: the committer waits (waitFor) and the writers that add
+// themselves tell it (arrived), both with the store's mutex held.
+type waiters struct {
+	// want, if not 0, is the number of pending writers the committer
+	// waits for; enough is closed when they are there.
+	want   int
+	enough chan struct{}
+}
+
+// arrived tells the committer that n writers are pending now.
+func (w *waiters) arrived(n int) {
+	if w.want > 0 && n >= w.want {
+		close(w.enough)
+		w.want = 0
+	}
+}
+
+// waitFor releases mu, which is held, and waits until want writers are
+// pending, d has passed or done is closed (nil: never); then it takes mu
+// again.
+func (w *waiters) waitFor(mu *sync.Mutex, want int, d time.Duration, done <-chan struct{}) {
+	w.want, w.enough = want, make(chan struct{})
+	enough := w.enough
+	mu.Unlock()
+	t := time.NewTimer(d)
 	select {
 	case <-enough:
 	case <-t.C:
+	case <-done:
 	}
 	t.Stop()
-	b.mu.Lock()
-	b.want = 0
+	mu.Lock()
+	w.want = 0
 }
 
 // failedCall identifies the writer whose fn failed a group transaction.

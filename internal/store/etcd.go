@@ -114,10 +114,8 @@ type Etcd struct {
 	pending []*boltCall
 	running bool // the committer goroutine is draining pending
 	closed  bool
-	// want, when not zero, is how many pending calls the committer
-	// waits for (gather); enough is closed when they are.
-	want   int
-	enough chan struct{}
+	// The committer's wait for more calls (gather).
+	waiters
 	// last is what the last group committed, for gather; used by the
 	// committer only (one at a time: running).
 	last afterCommit
@@ -271,10 +269,7 @@ func (e *Etcd) update(fn func(Tx) error, alone bool) error {
 	e.pending = append(e.pending, c)
 	start := !e.running
 	e.running = true
-	if e.want > 0 && len(e.pending) >= e.want {
-		close(e.enough)
-		e.want = 0
-	}
+	e.arrived(len(e.pending))
 	e.mu.Unlock()
 	if start {
 		go e.commitLoop()
@@ -291,7 +286,7 @@ func (e *Etcd) commitLoop() {
 			e.mu.Unlock()
 			return
 		}
-		e.gather(e.last)
+		e.gather()
 		n := min(len(e.pending), maxGroup)
 		for i, c := range e.pending[:n] {
 			if c.alone {
@@ -353,9 +348,9 @@ var gatherFloor atomic.Int64 // a time.Duration
 // most, and the next transaction waits only for those that did; one that
 // keeps coming back late holds back every transaction, by that time at
 // most. A call alone (UpdateAlone) neither waits nor is waited for. e.mu
-// is held; it is released while waiting.
-func (e *Etcd) gather(last afterCommit) {
-
+// is held; it is released while waiting. e.last is the last group's.
+func (e *Etcd) gather() {
+	last := e.last
 	want := min(last.calls+last.waiting, maxGroup)
 	wait := max(min(last.cycle, maxEtcdGather), time.Duration(gatherFloor.Load()))
 	// A call alone (UpdateAlone) at the head goes in a transaction of
@@ -363,18 +358,7 @@ func (e *Etcd) gather(last afterCommit) {
 	if want <= 1 || len(e.pending) >= want || wait <= 0 || time.Since(last.end) > last.cycle || e.closed || e.pending[0].alone {
 		return
 	}
-	e.want, e.enough = want, make(chan struct{})
-	enough := e.enough
-	e.mu.Unlock()
-	t := time.NewTimer(wait)
-	select {
-	case <-enough:
-	case <-t.C:
-	case <-e.ctx.Done():
-	}
-	t.Stop()
-	e.mu.Lock()
-	e.want = 0
+	e.waitFor(&e.mu, want, wait, e.ctx.Done())
 }
 
 // maxLinger bounds how long the committer waits after a group that won
